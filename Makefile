@@ -1,0 +1,44 @@
+# bbjtune — the two commands a fresh machine needs:
+#   make demo   create .venv, install, run the whole pipeline on the embedded default (tiny model + examples/)
+#   make test   create/update .venv, install with test extras, run the tests
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# torch first and pinned: on a CPU machine with a local CPU wheel this avoids a multi-GB CUDA download.
+TORCH  ?= torch==2.13.0
+EXTRAS ?= eval,export,review,qlora-cpu,tensorboard
+# llama-cpp-python compiles llama.cpp from source once (a few minutes on 2 cores); pip caches the wheel.
+export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=OFF
+export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+export HF_HUB_DISABLE_TELEMETRY = 1
+export TOKENIZERS_PARALLELISM = false
+
+.PHONY: demo test install install-test clean-demo
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q -e ".[$(EXTRAS),test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(VENV)/bin/bbjtune run quickstart
+
+test: install-test
+	$(PY) -m pytest -q
+
+clean-demo:
+	rm -rf runs/quickstart

@@ -1,0 +1,3 @@
+from bbjtune.cli import main
+
+main()

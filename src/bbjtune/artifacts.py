@@ -1,0 +1,257 @@
+"""Run directories, manifests and atomic writes: the files every stage reads and writes.
+
+Each stage writes one directory with a `manifest.json` that records what went in (paths and
+sha256), the config, library versions, the git revision, timings and metrics. Every file is written
+atomically: to a temporary file beside the target, flushed and fsynced, then renamed over the final
+path, so a killed run never leaves a half-written file under its real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bbjtune.errors import BbjtuneError
+
+MANIFEST_NAME = "manifest.json"
+TRACKED_LIBRARIES = (
+    "bbjtune", "torch", "transformers", "tokenizers", "peft", "trl", "accelerate", "datasets",
+    "bitsandbytes", "gguf", "llama_cpp_python", "unsloth",
+)
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `final`; on success it is fsynced and renamed onto `final`.
+
+    The caller writes the temporary path however it likes (a library's `save()`, a subprocess).
+    If the block raises, the temporary file is removed and `final` is left untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + ".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if tmp.exists():
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(final: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
+    """Open a temporary file for writing that replaces `final` only when the block succeeds."""
+    if "b" in mode:
+        encoding = None
+    with atomic_path(final) as tmp:
+        with open(tmp, mode, encoding=encoding, newline="" if encoding else None) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
+    """Write one JSON object per line; returns the number of rows written."""
+    n = 0
+    with atomic_open(path, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+            n += 1
+    return n
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# ----------------------------------------------------------------------------- hashing
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def describe_inputs(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Path, size and sha256 of each input file (directories are walked, files sorted)."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            out.append({"path": str(f), "bytes": f.stat().st_size, "sha256": sha256_file(f)})
+    return out
+
+
+# ----------------------------------------------------------------------------- environment
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in TRACKED_LIBRARIES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name.replace("_", "-"))
+    return versions
+
+
+def git_revision(cwd: str | os.PathLike | None = None) -> str | None:
+    """The checkout's commit (with `-dirty` when there are local changes), or None outside git."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=5)
+        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ----------------------------------------------------------------------------- run directories
+
+class StageRun:
+    """One stage's output directory and its manifest, written atomically as the stage goes.
+
+    Use as a context manager: on exit the manifest records the status (`complete`, `failed`,
+    `interrupted`), the wall time and everything recorded on it.
+
+        with StageRun(out_dir, stage="data", config=cfg) as run:
+            run.add_inputs([path])
+            ...
+            run.metrics["kept"] = 123
+    """
+
+    def __init__(self, directory: str | os.PathLike, stage: str, config: Any = None):
+        self.dir = Path(directory)
+        self.stage = stage
+        self.config = config
+        self.inputs: list[dict[str, Any]] = []
+        self.outputs: list[str] = []
+        self.metrics: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}
+        self.extra: dict[str, Any] = {}
+        self._started = 0.0
+        self._t_section: dict[str, float] = {}
+
+    def __enter__(self) -> StageRun:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BbjtuneError(f"cannot create output directory {self.dir}: {exc.strerror}",
+                               "choose a writable location (output_dir in the config)") from exc
+        self._started = time.time()
+        self.write_manifest(status="running")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.timings["total_s"] = round(time.time() - self._started, 3)
+        if exc_type is None:
+            status = "complete"
+        elif issubclass(exc_type, KeyboardInterrupt):
+            status = "interrupted"
+        else:
+            status = "failed"
+            self.extra["error"] = str(exc)
+        self.write_manifest(status=status)
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            self.timings[f"{name}_s"] = round(time.time() - t0, 3)
+
+    def add_inputs(self, paths: Iterable[str | os.PathLike]) -> None:
+        self.inputs.extend(describe_inputs(paths))
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def manifest(self, status: str) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "status": status,
+            "created": datetime.fromtimestamp(self._started or time.time(), timezone.utc).isoformat(),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "inputs": self.inputs,
+            "outputs": sorted(set(self.outputs)),
+            "config": self.config,
+            "versions": library_versions(),
+            "git_revision": git_revision(Path(__file__).parent),
+            "timings": self.timings,
+            "metrics": self.metrics,
+            **self.extra,
+        }
+
+    def write_manifest(self, status: str) -> Path:
+        return atomic_write_json(self.dir / MANIFEST_NAME, self.manifest(status))
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise BbjtuneError(f"{path} not found", "run the stage that produces this directory first") from exc
+    except json.JSONDecodeError as exc:
+        raise BbjtuneError(f"{path} is not valid JSON (line {exc.lineno})",
+                           "the stage was probably killed while writing; re-run it") from exc

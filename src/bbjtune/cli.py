@@ -1,0 +1,117 @@
+"""The `bbjtune` command line: one small function per verb; the work lives in the stage packages."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from click import ClickException
+from rich.console import Console
+
+from bbjtune.errors import BbjtuneError
+
+HELP = (
+    "bbjtune turns a general code model (Qwen2.5-Coder) into a BBj expert and ships it.\n\n"
+    "The usual path is one command, [bold]bbjtune run CONFIG[/bold], which runs every stage in order "
+    "and writes everything under runs/<name>/. CONFIG is a YAML file or a preset name "
+    "([bold]bbjtune config list[/bold]); start with [bold]quickstart[/bold] (a tiny local model that runs "
+    "in minutes on a laptop)."
+)
+
+app = typer.Typer(help=HELP, rich_markup_mode="rich", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]})
+config_app = typer.Typer(help="Show, check and list run configurations (YAML files and presets).",
+                         no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+console = Console(stderr=True)
+
+ConfigArg = Annotated[str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override one setting, e.g. --set train.lora.r=16 (repeatable).")]
+
+
+@app.command("run")
+def run(config: ConfigArg, stages: Annotated[str | None, typer.Option(
+            help="Comma-separated stages to run (default all): data,train,eval,export.")] = None,
+        set_: SetOpt = None) -> None:
+    """Run the whole pipeline for CONFIG: prepare data, train, evaluate, export."""
+    from bbjtune.config import load_config
+    from bbjtune.pipeline import parse_stages, run_pipeline
+
+    cfg = load_config(config, set_)
+    outputs = run_pipeline(cfg, parse_stages(stages), console)
+    console.print(f"\n[bold green]Done.[/] Results are in [bold]{cfg.run_dir}[/]:")
+    for stage, path in outputs.items():
+        console.print(f"  {stage:7s} {path}")
+
+
+@config_app.command("show")
+def config_show(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Print the full configuration with every default filled in (validates it first)."""
+    from bbjtune.config import dump_config, load_config
+
+    typer.echo(dump_config(load_config(config, set_)), nl=False)
+
+
+@config_app.command("check")
+def config_check(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Validate a configuration and check that its data files exist; exit 0 when it is usable."""
+    from bbjtune.config import load_config, missing_inputs
+
+    cfg = load_config(config, set_)
+    missing = missing_inputs(cfg)
+    if missing:
+        raise BbjtuneError(f"{config}: these inputs match no file: {', '.join(missing)}",
+                           "fix the paths under data: (relative paths start from the current directory)")
+    console.print(f"[green]✓[/] {config} is valid (run '{cfg.name}', stages: {', '.join(cfg.train_stages)})")
+
+
+@config_app.command("list")
+def config_list() -> None:
+    """List the shipped presets."""
+    from bbjtune.config import list_presets, load_config
+
+    for name in list_presets():
+        cfg = load_config(name)
+        typer.echo(f"{name:34s} {cfg.model.source}  ({cfg.model.kind}; stages: {', '.join(cfg.train_stages)})")
+
+
+@app.command("inspect")
+def inspect_model(source: Annotated[str, typer.Argument(
+        help="A hub id, a local model directory, a .gguf file, or tiny:<preset>.")]) -> None:
+    """Describe a model: architecture, size, vocabulary, special tokens and chat template."""
+    from bbjtune.models.inspect import describe_model
+
+    for key, value in describe_model(source).items():
+        typer.echo(f"{key:24s} {value}")
+
+
+def main() -> None:
+    """Entry point: user errors become one line and exit code 2, never a traceback."""
+    try:
+        code = app(prog_name="bbjtune", standalone_mode=False)
+    except BbjtuneError as exc:
+        console.print(f"[bold red]error:[/] {exc.message}" + (f"\n[yellow]hint:[/] {exc.hint}" if exc.hint else ""),
+                      highlight=False)
+        sys.exit(exc.exit_code)
+    except ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/] — finished files are kept; run the same command to resume")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except OSError as exc:
+        if exc.errno == 28:  # ENOSPC
+            console.print(f"[bold red]error:[/] no space left on device ({exc.filename or 'output'})\n"
+                          "[yellow]hint:[/] free disk space or choose another output_dir; finished files are kept")
+            sys.exit(2)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

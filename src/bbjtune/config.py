@@ -1,0 +1,409 @@
+"""One YAML file describes a whole bbjtune run; this module validates it before anything heavy starts.
+
+A config has one section per stage (`model`, `data`, `train`, `eval`, `export`). Every key is
+checked: unknown keys, wrong types and contradictory settings fail at once with the key path and a
+hint, long before a model is loaded. Named presets live in `configs/` (`bbjtune run quickstart`).
+
+Relative paths in a config are resolved against the current directory, like the command line's.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bbjtune.errors import BbjtuneError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PRESET_DIRS = (Path("configs"), REPO_ROOT / "configs")
+
+Generation = Literal["character", "vpro5", "gui", "dwc"]
+DType = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are re-checked when assigned."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# ----------------------------------------------------------------------------- model
+
+class ModelConfig(Section):
+    source: str = Field("tiny:demo", description="hub id, local HF directory, local .gguf file, or tiny:<preset>")
+    kind: Literal["base", "instruct"] = Field(
+        "base", description="base: run stage 1 (CPT) then stage 2 (SFT); instruct: SFT only is the usual shortcut")
+    dtype: DType = "auto"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
+
+
+# ----------------------------------------------------------------------------- data
+
+class DataConfig(Section):
+    chatml: list[str] = Field(default_factory=list, description="globs of ChatML JSONL instruction files")
+    sources: list[str] = Field(default_factory=list, description="globs of raw BBj source files for stage 1")
+    output_dir: str | None = Field(None, description="default: <run output_dir>/data")
+    system_prompt: str | None = Field(None, description="the fixed system prompt; default: the most common one")
+    heldout_ratio: float = Field(0.08, ge=0.0, lt=0.5)
+    seed: int = 42
+    max_length: int | None = Field(None, gt=0, description="token limit for the audit; default: train.sft.max_length")
+    min_answer_chars: int = Field(10, ge=0)
+    near_duplicate_threshold: float = Field(0.9, gt=0.0, le=1.0)
+    code_check: Literal["off", "report", "reject"] = "report"
+    scrub_secrets: bool = True
+    decontaminate_against: list[str] = Field(default_factory=lambda: ["evals/*.jsonl"])
+    decontaminate_ngram: int = Field(8, ge=3)
+    decontaminate_threshold: float = Field(0.5, gt=0.0, le=1.0)
+    cpt_from_answers: bool = True
+    cpt_near_dedupe: bool = False
+    cpt_chunk_tokens: int = Field(2048, gt=64)
+    strict: bool = False
+
+
+# ----------------------------------------------------------------------------- train
+
+class LoraConfig(Section):
+    r: int = Field(32, gt=0)
+    alpha: int = Field(64, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+    use_rslora: bool = False
+    use_dora: bool = False
+
+
+class QuantizationConfig(Section):
+    load_in_4bit: bool = Field(True, description="QLoRA: base weights in 4-bit (bitsandbytes)")
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class StageConfig(Section):
+    enabled: bool = True
+    learning_rate: float = Field(gt=0.0, lt=1.0)
+    epochs: float = Field(1.0, gt=0.0)
+    max_steps: int = Field(-1, description="-1: run the epochs; >0 overrides them")
+    max_length: int = Field(2048, gt=0)
+    packing: bool = True
+    per_device_batch_size: int = Field(4, gt=0)
+    gradient_accumulation_steps: int = Field(8, gt=0)
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+
+
+class CptConfig(StageConfig):
+    learning_rate: float = Field(2e-4, gt=0.0, lt=1.0)
+    train_embeddings: bool = Field(False, description="also train embed_tokens/lm_head (the adapter must be merged)")
+    embedding_learning_rate: float | None = Field(None, gt=0.0, lt=1.0)
+
+
+class SftConfig(StageConfig):
+    learning_rate: float = Field(5e-5, gt=0.0, lt=1.0)
+    epochs: float = Field(2.0, gt=0.0)
+    assistant_only_loss: bool = True
+    train_chat_tokens: Literal["auto", "yes", "no"] = Field(
+        "auto", description="train the <|im_start|>/<|im_end|> embedding rows (auto: yes for Base models)")
+
+
+class TrainConfig(Section):
+    backend: Literal["auto", "hf", "unsloth"] = "auto"
+    stages: Literal["all", "cpt", "sft"] = "all"
+    output_dir: str | None = Field(None, description="default: <run output_dir>")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    cpt: CptConfig = Field(default_factory=CptConfig)
+    sft: SftConfig = Field(default_factory=SftConfig)
+    optim: Literal["paged_adamw_8bit", "adamw_8bit", "adamw_torch", "adamw_torch_fused"] = "paged_adamw_8bit"
+    gradient_checkpointing: bool = True
+    use_liger: bool = False
+    seed: int = 42
+    logging_steps: int = Field(10, gt=0)
+    eval_steps: int | None = Field(None, gt=0, description="default: once per epoch")
+    save_steps: int | None = Field(None, gt=0, description="default: once per epoch")
+    save_total_limit: int = Field(2, gt=0)
+    early_stopping_patience: int | None = Field(None, gt=0)
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- eval
+
+class HumanEvalConfig(Section):
+    enabled: bool = True
+    limit: int | None = Field(None, gt=0, description="first N of the 164 tasks (quick runs)")
+    max_drop_points: float = Field(5.0, ge=0.0, description="gate: tuned may lose at most this many points")
+    timeout_s: float = Field(10.0, gt=0.0)
+
+
+class EvalConfig(Section):
+    suites: list[str] = Field(default_factory=lambda: ["evals/bbj-core.jsonl"])
+    output_dir: str | None = Field(None, description="default: <run output_dir>/eval")
+    compiler: Literal["auto", "builtin", "bbjcpl"] = "auto"
+    backend: Literal["transformers", "http", "gguf"] = "transformers"
+    base_url: str | None = None
+    api_model: str | None = None
+    request_timeout_s: float = Field(120.0, gt=0.0)
+    retries: int = Field(3, ge=0)
+    n_samples: int = Field(1, gt=0)
+    k: list[int] = Field(default_factory=lambda: [1])
+    temperature: float = Field(0.2, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(768, gt=0)
+    batch_size: int = Field(16, gt=0)
+    limit: int | None = Field(None, gt=0)
+    seed: int = 42
+    compare_with_base: bool = True
+    humaneval: HumanEvalConfig = Field(default_factory=HumanEvalConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        if self.backend == "http" and not self.base_url:
+            raise ValueError("backend 'http' needs base_url (e.g. http://127.0.0.1:11434/v1 for Ollama)")
+        if max(self.k) > self.n_samples:
+            raise ValueError(f"k={max(self.k)} needs n_samples >= {max(self.k)} (got {self.n_samples})")
+        if self.n_samples > 1 and self.temperature == 0.0:
+            raise ValueError("n_samples > 1 with temperature 0 gives identical samples; raise temperature")
+        return self
+
+
+# ----------------------------------------------------------------------------- export
+
+QuantType = Literal["f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m", "q2_k"]
+
+
+class OllamaConfig(Section):
+    enabled: bool = True
+    model_name: str | None = Field(None, description="default: bbj-<run name>")
+    num_ctx: int = Field(8192, gt=0)
+    temperature: float = Field(0.2, ge=0.0)
+    system_prompt: str | None = Field(None, description="default: the training data's system prompt")
+    quant: QuantType = "q4_k_m"
+
+
+class VllmConfig(Section):
+    enabled: bool = True
+    served_name: str | None = None
+    max_loras: int = Field(4, gt=0)
+    max_model_len: int = Field(8192, gt=0)
+
+
+class ExportConfig(Section):
+    output_dir: str | None = Field(None, description="default: <run output_dir>/export")
+    merged: bool = True
+    gguf: list[QuantType] = Field(default_factory=lambda: ["f16", "q8_0", "q4_k_m"])
+    verify: bool = True
+    ollama: OllamaConfig = Field(default_factory=OllamaConfig)
+    vllm: VllmConfig = Field(default_factory=VllmConfig)
+
+
+# ----------------------------------------------------------------------------- the run
+
+class RunConfig(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    output_dir: str = Field("runs/{name}", description="where every stage writes; {name} is replaced")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        t = self.train
+        stages = {"all": ["cpt", "sft"], "cpt": ["cpt"], "sft": ["sft"]}[t.stages]
+        if "cpt" in stages and t.cpt.enabled and not (self.data.sources or self.data.cpt_from_answers):
+            raise ValueError("train.stages runs stage 1 (CPT) but data.sources is empty and "
+                             "data.cpt_from_answers is false: give raw BBj sources or set train.stages: sft")
+        if "sft" in stages and t.sft.enabled and not self.data.chatml:
+            raise ValueError("train.stages runs stage 2 (SFT) but data.chatml lists no instruction files")
+        if t.early_stopping_patience and self.data.heldout_ratio == 0:
+            raise ValueError("train.early_stopping_patience needs a held-out set: set data.heldout_ratio > 0")
+        if t.cpt.embedding_learning_rate and not t.cpt.train_embeddings:
+            raise ValueError("train.cpt.embedding_learning_rate is set but train.cpt.train_embeddings is false")
+        if t.lora.use_dora and self.export.vllm.enabled:
+            raise ValueError("train.lora.use_dora: vLLM cannot serve DoRA adapters; set export.vllm.enabled: false "
+                             "or train.lora.use_dora: false")
+        if t.quantization.load_in_4bit and t.optim == "adamw_torch_fused" and t.backend == "unsloth":
+            raise ValueError("train.optim adamw_torch_fused is not supported with the unsloth backend")
+        if self.export.vllm.enabled and t.lora.r > 512:
+            raise ValueError("train.lora.r above 512 cannot be served by vLLM (max_lora_rank <= 512)")
+        return self
+
+    # -- derived locations -------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir.replace("{name}", self.name))
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.data.output_dir) if self.data.output_dir else self.run_dir / "data"
+
+    @property
+    def train_dir(self) -> Path:
+        return Path(self.train.output_dir) if self.train.output_dir else self.run_dir
+
+    @property
+    def eval_dir(self) -> Path:
+        return Path(self.eval.output_dir) if self.eval.output_dir else self.run_dir / "eval"
+
+    @property
+    def export_dir(self) -> Path:
+        return Path(self.export.output_dir) if self.export.output_dir else self.run_dir / "export"
+
+    @property
+    def train_stages(self) -> list[str]:
+        wanted = {"all": ["cpt", "sft"], "cpt": ["cpt"], "sft": ["sft"]}[self.train.stages]
+        if self.model.kind == "instruct" and self.train.stages == "all":
+            wanted = ["sft"]  # the documented shortcut: Instruct models skip continued pretraining
+        return [s for s in wanted if getattr(self.train, s).enabled]
+
+
+# ----------------------------------------------------------------------------- loading
+
+def list_presets() -> list[str]:
+    names: set[str] = set()
+    for d in PRESET_DIRS:
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.yaml"))
+    return sorted(names)
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A YAML path, or the name of a preset in configs/ (`quickstart`, `qwen2.5-coder-7b-base`)."""
+    p = Path(name_or_path).expanduser()
+    if p.suffix in (".yaml", ".yml") or os.sep in name_or_path or p.exists():
+        if not p.exists():
+            raise BbjtuneError(f"config file {p} does not exist",
+                               f"check the path, or use a preset name: {', '.join(list_presets())}")
+        if p.is_dir():
+            raise BbjtuneError(f"{p} is a directory, not a config file", "pass a .yaml file or a preset name")
+        return p
+    for d in PRESET_DIRS:
+        candidate = d / f"{name_or_path}.yaml"
+        if candidate.exists():
+            return candidate
+    close = difflib.get_close_matches(name_or_path, list_presets(), n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"known presets: {', '.join(list_presets())}"
+    raise BbjtuneError(f"unknown preset '{name_or_path}'", hint)
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override (`key.path=value`) and validate a config. Errors are BbjtuneErrors."""
+    path = resolve_config_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BbjtuneError(f"cannot read config {path}: {exc.strerror}", "check the file's permissions") from exc
+    except UnicodeDecodeError as exc:
+        raise BbjtuneError(f"config {path} is not UTF-8 text", "save it as UTF-8") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise BbjtuneError(f"{path}{where}: {problem}", "fix the YAML syntax (indentation, colons, quotes)") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise BbjtuneError(f"{path}: the top level must be a mapping of sections (name:, model:, data:, ...)",
+                           "see configs/quickstart.yaml for the layout")
+    raw.setdefault("name", path.stem)
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_config(raw, source=str(path))
+
+
+def validate_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise BbjtuneError(*_explain(exc, source)) from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `--set section.key=value` override; the value is parsed as YAML (`3`, `true`, `[a, b]`)."""
+    if "=" not in item:
+        raise BbjtuneError(f"override '{item}' has no '='", "write it as key.path=value, e.g. train.lora.r=16")
+    key, _, value = item.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise BbjtuneError(f"override '{item}' has an empty key", "write it as key.path=value")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = value
+    node = raw
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise BbjtuneError(f"override '{item}': '{p}' is not a section", "check the key path")
+        node = child
+    node[parts[-1]] = parsed
+
+
+def _explain(exc: ValidationError, source: str) -> tuple[str, str]:
+    """Turn pydantic's first error into (message with key path, hint)."""
+    err = exc.errors()[0]
+    loc = [str(x) for x in err["loc"] if not str(x).startswith(("function-after", "union"))]
+    key = ".".join(x for x in loc if not x.startswith(("list[", "literal[")))
+    etype = err["type"]
+    more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+    if etype == "extra_forbidden":
+        parent, name = loc[:-1], loc[-1]
+        fields = _fields_at(parent)
+        close = difflib.get_close_matches(name, fields, n=1)
+        hint = f"did you mean '{'.'.join([*parent, close[0]])}'?" if close else (
+            f"known keys here: {', '.join(fields)}" if fields else "remove it")
+        return f"{source}: unknown key '{key}'{more}", hint
+    if etype == "missing":
+        return f"{source}: '{key}' is required{more}", "add it to the config"
+    if etype == "value_error":
+        msg = str(err.get("ctx", {}).get("error", err["msg"]))
+        where = f"'{key}': " if key else ""
+        return f"{source}: {where}{msg}{more}", "fix the contradicting settings"
+    if etype == "literal_error":
+        return (f"{source}: '{key}' = {err.get('input')!r} is not allowed{more}",
+                f"use one of {err.get('ctx', {}).get('expected', '')}")
+    return f"{source}: '{key}' = {err.get('input')!r}: {err['msg']}{more}", "fix this value"
+
+
+def _fields_at(path: list[str]) -> list[str]:
+    model: Any = RunConfig
+    for part in path:
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return sorted(model.model_fields)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def expand_globs(patterns: list[str]) -> list[Path]:
+    """Files matching the patterns (`**` allowed), sorted, without duplicates."""
+    import glob
+
+    found: dict[str, Path] = {}
+    for pattern in patterns:
+        for name in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
+            if os.path.isfile(name):
+                found.setdefault(os.path.realpath(name), Path(name))
+    return list(found.values())
+
+
+def missing_inputs(cfg: RunConfig) -> list[str]:
+    """The data patterns of a config that match no file (empty when everything is there)."""
+    import glob
+
+    patterns = [*cfg.data.chatml, *cfg.data.sources]
+    return [p for p in patterns if not glob.glob(os.path.expanduser(p), recursive=True)]

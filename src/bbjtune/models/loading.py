@@ -1,0 +1,178 @@
+"""Load a model and its tokenizer from any source a user may have.
+
+A source is one of
+- `tiny:<preset>[@seed]`  a tiny Qwen2 model built locally (demo, tests);
+- a local `.gguf` file    read by transformers' GGUF loader and dequantized to 16/32-bit weights;
+- a local directory       a Hugging Face checkpoint (config.json + safetensors) or a PEFT adapter;
+- a hub id                `Qwen/Qwen2.5-Coder-7B-Instruct` (needs network or the local HF cache).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from bbjtune.errors import BbjtuneError
+
+SourceKind = Literal["tiny", "gguf", "local", "hub"]
+HUB_HOST = "huggingface.co"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from, resolved: `path` is a directory for tiny/local, the file for gguf."""
+
+    kind: SourceKind
+    spec: str
+    path: Path | None = None
+
+    @property
+    def pretrained_args(self) -> tuple[str, dict[str, Any]]:
+        """The first argument and extra keywords for `from_pretrained`."""
+        if self.kind == "gguf":
+            return str(self.path.parent), {"gguf_file": self.path.name}
+        if self.kind in ("tiny", "local"):
+            return str(self.path), {}
+        return self.spec, {}
+
+
+def resolve_source(spec: str) -> ModelSource:
+    """Decide what kind of source `spec` is; build tiny models; check local paths exist."""
+    spec = spec.strip()
+    if not spec:
+        raise BbjtuneError("the model source is empty", "set model.source to a hub id, a directory, a .gguf or tiny:demo")
+    if spec.startswith("tiny:"):
+        from bbjtune.models.tiny import build_tiny
+        return ModelSource("tiny", spec, build_tiny(spec))
+    path = Path(spec).expanduser()
+    looks_local = spec.startswith((".", "/", "~")) or spec.lower().endswith(".gguf") or path.exists() \
+        or spec.count("/") != 1
+    if not looks_local:
+        return ModelSource("hub", spec)
+    if not path.exists():
+        raise BbjtuneError(f"model source '{spec}' does not exist",
+                           "give an existing directory or .gguf file, a hub id like Qwen/Qwen2.5-Coder-7B, or tiny:demo")
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise BbjtuneError(f"model source '{spec}' is a file but not a .gguf",
+                               "pass the model's directory (with config.json) or a .gguf file")
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise BbjtuneError(f"'{spec}' is not a GGUF file (bad magic bytes)",
+                                   "the download may be incomplete; fetch it again")
+        return ModelSource("gguf", spec, path.resolve())
+    if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        ggufs = sorted(path.glob("*.gguf"))
+        hint = f"did you mean {ggufs[0]}?" if ggufs else "a model directory holds config.json and *.safetensors"
+        raise BbjtuneError(f"'{spec}' has no config.json", hint)
+    return ModelSource("local", spec, path.resolve())
+
+
+def is_adapter_dir(source: ModelSource) -> bool:
+    return source.kind == "local" and (source.path / "adapter_config.json").exists() \
+        and not (source.path / "config.json").exists()
+
+
+def _check_hub_reachable(spec: str) -> None:
+    """Fail fast (instead of ~50 s of retries) when the hub id is neither cached nor reachable."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return  # transformers will look in the cache only, and fail quickly if absent
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")  # cached: never touch the network
+            return
+    except Exception:  # noqa: BLE001 — the cache lookup is only a shortcut
+        pass
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=3).close()
+    except OSError:
+        raise BbjtuneError(
+            f"cannot download '{spec}': the Hugging Face hub is not reachable from this machine",
+            "download the model elsewhere and pass its local directory or .gguf file as model.source",
+        ) from None
+
+
+def _load_error(spec: str, exc: Exception) -> BbjtuneError:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return BbjtuneError(f"could not load '{spec}': {text}",
+                        "check the id or path; a hub id needs network access or the local HF cache")
+
+
+def load_tokenizer(source: str | ModelSource, **kwargs: Any):
+    """The tokenizer of a source, with Qwen's pad token set when the source has none."""
+    from transformers import AutoTokenizer
+
+    src = source if isinstance(source, ModelSource) else resolve_source(source)
+    if src.kind == "hub":
+        _check_hub_reachable(src.spec)
+    name, extra = src.pretrained_args
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **extra, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise _load_error(src.spec, exc) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = "<|endoftext|>" if "<|endoftext|>" in tokenizer.get_vocab() else tokenizer.eos_token
+    return tokenizer
+
+
+def torch_dtype(name: str):
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def load_model(source: str | ModelSource, dtype: str = "auto", quantization: Any = None,
+               device_map: Any = None, attn_implementation: str | None = None, **kwargs: Any):
+    """A causal LM from any source. `quantization` is a config.QuantizationConfig (QLoRA) or None.
+
+    GGUF files are dequantized by transformers; the quantizer reference it leaves on the model is
+    cleared so the model saves and trains like any 16-bit checkpoint.
+    """
+    from transformers import AutoModelForCausalLM
+
+    src = source if isinstance(source, ModelSource) else resolve_source(source)
+    if src.kind == "hub":
+        _check_hub_reachable(src.spec)
+    if is_adapter_dir(src):
+        raise BbjtuneError(f"'{src.spec}' is a LoRA adapter, not a full model",
+                           "pass the base model as the source and the adapter separately (or merge it first)")
+    name, extra = src.pretrained_args
+    args: dict[str, Any] = {"dtype": torch_dtype(dtype), **extra, **kwargs}
+    if attn_implementation:
+        args["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        args["device_map"] = device_map
+    if quantization is not None and quantization.load_in_4bit:
+        args["quantization_config"] = bnb_config(quantization)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, **args)
+    except (OSError, ValueError) as exc:
+        raise _load_error(src.spec, exc) from exc
+    if src.kind == "gguf":
+        model.hf_quantizer = None
+    return model
+
+
+def bnb_config(quantization: Any):
+    """bitsandbytes 4-bit settings for QLoRA (nf4 + double quantization by default)."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise BbjtuneError("4-bit loading (QLoRA) needs bitsandbytes, which is not installed",
+                           "pip install 'bbjtune[gpu]', or set train.quantization.load_in_4bit: false") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=quantization.quant_type,
+        bnb_4bit_use_double_quant=quantization.double_quant,
+        bnb_4bit_compute_dtype=torch_dtype(quantization.compute_dtype),
+        bnb_4bit_quant_storage=torch_dtype(quantization.compute_dtype),
+    )

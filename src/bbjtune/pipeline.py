@@ -1,0 +1,58 @@
+"""`bbjtune run CONFIG`: the stages in order, each reading the files the previous one wrote.
+
+Each stage lives in its own package and exposes `run_stage(cfg) -> Path` in its `stage` module;
+this file only knows their order. Stages talk through run directories, not through each other.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+
+from bbjtune.config import RunConfig
+from bbjtune.errors import BbjtuneError
+
+STAGE_ORDER = ("data", "train", "eval", "export")
+STAGE_MODULES = {
+    "data": "bbjtune.data.stage",
+    "train": "bbjtune.train.stage",
+    "eval": "bbjtune.evaluate.stage",
+    "export": "bbjtune.export.stage",
+}
+STAGE_TITLES = {
+    "data": "Data: audit, clean and split the training data",
+    "train": "Train: continued pretraining and instruction tuning",
+    "eval": "Evaluate: compile rate, patterns, HumanEval, base vs tuned",
+    "export": "Export: merged weights, GGUF, Ollama Modelfile, vLLM config",
+}
+
+
+def stage_function(stage: str) -> Callable[[RunConfig], Path]:
+    module = importlib.import_module(STAGE_MODULES[stage])
+    return module.run_stage
+
+
+def parse_stages(text: str | None) -> list[str]:
+    if not text:
+        return list(STAGE_ORDER)
+    wanted = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in STAGE_ORDER]
+    if unknown:
+        raise BbjtuneError(f"unknown stage(s): {', '.join(unknown)}", f"choose from {', '.join(STAGE_ORDER)}")
+    return [s for s in STAGE_ORDER if s in wanted]
+
+
+def run_pipeline(cfg: RunConfig, stages: list[str], console: Console | None = None) -> dict[str, Path]:
+    """Run the chosen stages in pipeline order; returns each stage's output directory."""
+    console = console or Console(stderr=True)
+    outputs: dict[str, Path] = {}
+    for i, stage in enumerate(stages, 1):
+        console.rule(f"[bold]{i}/{len(stages)} {STAGE_TITLES[stage]}")
+        t0 = time.time()
+        outputs[stage] = stage_function(stage)(cfg)
+        console.print(f"[green]✓[/] {stage} finished in {time.time() - t0:.0f} s → {outputs[stage]}")
+    return outputs

@@ -1,0 +1,37 @@
+"""Shared test helpers: the repo root, the optional shared corpus, the tiny model, running the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_CORPUS = REPO_ROOT.parent / "shared" / "bbj-corpus"
+
+
+@pytest.fixture(scope="session")
+def corpus_dir() -> Path:
+    """../shared/bbj-corpus when present; tests that need it skip cleanly otherwise."""
+    if not SHARED_CORPUS.is_dir():
+        pytest.skip("../shared/bbj-corpus is not present (optional test data)")
+    return SHARED_CORPUS
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A freshly built tiny:test model directory, in a cache private to this test session."""
+    from bbjtune.models.tiny import build_tiny
+
+    return build_tiny("tiny:test", cache_dir=tmp_path_factory.mktemp("tiny-cache"))
+
+
+def run_cli(*args: str, cwd: Path | None = None, input: str | None = None, timeout: int = 600,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m bbjtune ARGS` as a user would, capturing output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "bbjtune", *args], cwd=cwd or REPO_ROOT, input=input,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
