@@ -1,0 +1,130 @@
+"""The built-in BBj syntax checker: source text or a file in, diagnostics out.
+
+`check_source` never raises on bad input: binary data, empty text, enormous lines and
+undecodable bytes each come back as a diagnostic. `check_with` picks between this checker and
+the real `bbjcpl` (see `bbjcpl.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from bbjtune.errors import BbjtuneError
+
+from .diagnostics import Diagnostic, sort_diagnostics
+from .lexer import logical_lines, split_physical_lines
+from .library import check_library, is_library
+from .parser import Parser
+
+Compiler = Literal["builtin", "bbjcpl", "auto"]
+
+MAX_LINE_CHARS = 65_536
+_IDENT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$%!@")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0e-\x19\x1b-\x1f]")
+
+
+def _diagnostic(file, physical, line, col, message, severity, code, numbers=None) -> Diagnostic:
+    source = physical[line] if 0 <= line < len(physical) else ""
+    bbx = numbers.get(line) if numbers else None
+    return Diagnostic(file=file, line=line + 1, column=col + 1, message=message, severity=severity,
+                      code=code, source_line=source, bbx_line=bbx if bbx is not None else 10 * (line + 1))
+
+
+def looks_binary(text: str) -> bool:
+    """NUL characters, or many control characters in the first 8 KiB, mean this is not source."""
+    head = text[:8192]
+    if "\x00" in head:
+        return True
+    return len(_CONTROL_RE.findall(head)) > max(8, len(head) // 20)
+
+
+def check_source(text: str, filename: str | None = None) -> list[Diagnostic]:
+    """Check BBj source text; returns errors and warnings sorted by position.
+
+    Any diagnostic with severity "error" means bbjcpl would (very likely) reject the program.
+    """
+    if looks_binary(text):
+        return [Diagnostic(filename, 1, 1, "binary data, not BBj source text", "error", "binary-file",
+                           "", 10)]
+    if not text.strip():
+        return [Diagnostic(filename, 1, 1, "empty source: no BBj statements", "warning",
+                           "empty-source", "", 10)]
+    physical = split_physical_lines(text)
+    out: list[Diagnostic] = []
+    numbers: dict[int, int] = {}
+
+    def report(line: int, col: int, message: str, severity: str, code: str) -> None:
+        out.append(_diagnostic(filename, physical, line, col, message, severity, code, numbers))
+
+    lines = logical_lines(physical)
+    if is_library(lines):
+        check_library(lines, report)
+        return sort_diagnostics(out)
+
+    parser = Parser(report)
+    numbers = parser.line_numbers
+    for line in lines:
+        text_ = line.text
+        if len(text_) > MAX_LINE_CHARS:
+            report(line.first, 0, f"line is {len(text_):,} characters long; the checker handles "
+                   f"lines up to {MAX_LINE_CHARS:,}", "error", "line-too-long")
+            continue
+        s = text_.lstrip()
+        if not s:
+            continue
+        if (s[0] == "r" or s[0] == "R") and s[:3].lower() == "rem" and (len(s) == 3 or s[3] not in _IDENT_CHARS):
+            continue
+        parser.parse_line(line)
+    parser.finish(len(physical) - 1)
+    return sort_diagnostics(out)
+
+
+def decode_source(data: bytes) -> str:
+    """UTF-8 (with or without BOM), falling back to Latin-1, which decodes any byte sequence."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def check_bytes(data: bytes, filename: str | None = None) -> list[Diagnostic]:
+    if b"\x00" in data[:8192]:
+        return [Diagnostic(filename, 1, 1, "binary data, not BBj source text", "error", "binary-file",
+                           "", 10)]
+    return check_source(decode_source(data), filename)
+
+
+def check_file(path: str | os.PathLike) -> list[Diagnostic]:
+    """Check a file; unreadable files come back as a diagnostic, not an exception."""
+    name = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return [Diagnostic(name, 1, 1, f"cannot read the file: {exc.strerror or exc}", "error",
+                           "unreadable-file", "", 10)]
+    return check_bytes(data, name)
+
+
+def check_with(compiler: Compiler, text: str, filename: str | None = None,
+               timeout: float = 60.0) -> tuple[list[Diagnostic], str]:
+    """Check with the built-in checker or the real bbjcpl; returns (diagnostics, compiler used).
+
+    `auto` uses bbjcpl when it can be found (PATH or $BBJ_HOME/bin), else the built-in checker.
+    """
+    from .bbjcpl import find_bbjcpl, run_bbjcpl
+
+    if compiler not in ("builtin", "bbjcpl", "auto"):
+        raise BbjtuneError(f"unknown compiler {compiler!r}", "use builtin, bbjcpl or auto")
+    if compiler == "builtin":
+        return check_source(text, filename), "builtin"
+    exe = find_bbjcpl()
+    if exe is None:
+        if compiler == "bbjcpl":
+            raise BbjtuneError("bbjcpl was not found on PATH or in $BBJ_HOME/bin",
+                               "set BBJ_HOME to your BBj installation or install BBj; "
+                               "or use --compiler builtin")
+        return check_source(text, filename), "builtin"
+    return run_bbjcpl(text, timeout=timeout, filename=filename, executable=exe), "bbjcpl"
