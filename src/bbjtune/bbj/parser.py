@@ -215,8 +215,13 @@ class Parser:
                     self.unexpected("'=' in the list of assignments")
                 self.assignment_rest(shape, target)
             return False
-        if shape == "name" and not self.at_end():
-            self.fail(f"unknown statement '{self.T[start]}'", "unknown-statement", at=start)
+        if shape == "name":
+            if not self.at_end():
+                self.fail(f"unknown statement '{self.T[start]}'", "unknown-statement", at=start)
+            # The language server accepts a lone name as a statement; it does nothing and is
+            # usually a misspelled verb (ENDWHILE, LOOP).
+            self.problem(self.P[start], f"'{self.T[start]}' alone does nothing: is it a misspelled "
+                         "verb?", "warning", "lone-name")
         return False
 
     def assignment_rest(self, shape: str, target: int) -> None:
