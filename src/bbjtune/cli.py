@@ -9,6 +9,7 @@ import typer
 from click import ClickException
 from rich.console import Console
 
+from bbjtune.bbj import cli as bbj_cli
 from bbjtune.errors import BbjtuneError
 
 HELP = (
@@ -86,6 +87,9 @@ def inspect_model(source: Annotated[str, typer.Argument(
 
     for key, value in describe_model(source).items():
         typer.echo(f"{key:24s} {value}")
+
+
+app.command("check")(bbj_cli.check)
 
 
 def main() -> None:
