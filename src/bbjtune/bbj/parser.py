@@ -99,7 +99,12 @@ class Parser:
         try:
             self.statements()
         except SyntaxProblem as exc:
-            self.problem(exc.offset, exc.message, "error", exc.code)
+            if "ustr" in K:  # an odd number of quotes is the likely cause of whatever failed
+                where = P[K.index("ustr")]
+                self.problem(where, 'unterminated string: this line has an unbalanced \'"\'',
+                             "error", "unterminated-string")
+            else:
+                self.problem(exc.offset, exc.message, "error", exc.code)
             if self.line_block is not None:
                 self.line_block.broken = True  # bbjcpl then also flags the block's end
         except RecursionError:
@@ -863,7 +868,9 @@ class Parser:
             if k == ")":
                 self.i += 1
                 return
-            self.unexpected("',' or ')'", "unbalanced-paren")
+            if k == "eol":
+                self.fail("missing ')': the parenthesis is not closed on this line", "unbalanced-paren")
+            self.unexpected("',' or ')'")
 
     paren_list = args
 
@@ -883,7 +890,9 @@ class Parser:
             if k == "]":
                 self.i += 1
                 return
-            self.unexpected("',' or ']'", "unbalanced-paren")
+            if k == "eol":
+                self.fail("missing ']': the bracket is not closed on this line", "unbalanced-paren")
+            self.unexpected("',' or ']'")
 
     def constructor(self) -> str:
         """`new Type(args)` or `new Type[size]`, then any suffixes."""
