@@ -158,19 +158,23 @@ def stats(records: list[tuple[str, dict]]) -> str:
 
 
 def lint(records: list[tuple[str, dict]]) -> int:
-    """Run bbjtune's syntax checker over every ```bbj block; return the number of failures."""
+    """Run bbjtune's syntax checker over every ```bbj block; return the number of failing blocks.
+
+    Only errors count; warnings are printed but do not fail the run.
+    """
     from bbjtune.bbj import check_source  # imported here: only --lint needs the package
 
     failures = 0
     for where, record in records:
         answer = record["messages"][2]["content"]
         for index, block in enumerate(BBJ_BLOCK.findall(answer), start=1):
-            diagnostics = check_source(block)
-            if diagnostics:
+            diagnostics = check_source(block, f"{where} block {index}")
+            for diagnostic in diagnostics:
+                print(f"{where} block {index} line {diagnostic.line}: {diagnostic.severity}: "
+                      f"{diagnostic.message} [{diagnostic.code}]")
+                print(f"    {diagnostic.source_line.strip()}")
+            if any(d.severity == "error" for d in diagnostics):
                 failures += 1
-                print(f"{where} block {index}:")
-                for diagnostic in diagnostics:
-                    print(f"    {diagnostic}")
     return failures
 
 
