@@ -10,6 +10,7 @@ from click import ClickException
 from rich.console import Console
 
 from bbjtune.bbj import cli as bbj_cli
+from bbjtune.data.cli import data_app
 from bbjtune.errors import BbjtuneError
 
 HELP = (
@@ -90,6 +91,7 @@ def inspect_model(source: Annotated[str, typer.Argument(
 
 
 app.command("check")(bbj_cli.check)
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:
@@ -100,7 +102,7 @@ def main() -> None:
         console.print(f"[bold red]error:[/] {exc.message}" + (f"\n[yellow]hint:[/] {exc.hint}" if exc.hint else ""),
                       highlight=False)
         sys.exit(exc.exit_code)
-    except ClickException as exc:
+    except (ClickException, typer.TyperException) as exc:  # typer >= 0.25 raises its bundled click's errors
         exc.show()
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

@@ -48,14 +48,23 @@ class ModelConfig(Section):
 
 class DataConfig(Section):
     chatml: list[str] = Field(default_factory=list, description="globs of ChatML JSONL instruction files")
-    sources: list[str] = Field(default_factory=list, description="globs of raw BBj source files for stage 1")
+    sources: list[str] = Field(default_factory=list, description="globs or folders of raw BBj source files for stage 1")
     output_dir: str | None = Field(None, description="default: <run output_dir>/data")
     system_prompt: str | None = Field(None, description="the fixed system prompt; default: the most common one")
+    add_system_prompt: bool = Field(True, description="give conversations without a system message the system prompt")
     heldout_ratio: float = Field(0.08, ge=0.0, lt=0.5)
     seed: int = 42
     max_length: int | None = Field(None, gt=0, description="token limit for the audit; default: train.sft.max_length")
-    min_answer_chars: int = Field(10, ge=0)
+    drop_too_long: bool = Field(
+        True, description="leave out conversations longer than max_length (training would cut off their end)")
+    min_answer_chars: int = Field(10, ge=0, description="answers of at most this many characters are fragments")
+    drop_truncated: bool = Field(True, description="leave out answers that look cut off (an unclosed ``` block, ...)")
+    fix_escapes: bool = Field(True, description="turn literal \\n escapes back into line breaks")
+    duplicate_prompts: Literal["keep-first", "keep-all"] = Field(
+        "keep-first", description="a prompt that occurs again with another answer: keep only the first, or all")
     near_duplicate_threshold: float = Field(0.9, gt=0.0, le=1.0)
+    split_group_threshold: float = Field(
+        0.7, gt=0.0, le=1.0, description="prompts at least this similar always land on the same side of the split")
     code_check: Literal["off", "report", "reject"] = "report"
     scrub_secrets: bool = True
     decontaminate_against: list[str] = Field(default_factory=lambda: ["evals/*.jsonl"])
@@ -63,8 +72,8 @@ class DataConfig(Section):
     decontaminate_threshold: float = Field(0.5, gt=0.0, le=1.0)
     cpt_from_answers: bool = True
     cpt_near_dedupe: bool = False
-    cpt_chunk_tokens: int = Field(2048, gt=64)
-    strict: bool = False
+    cpt_chunk_tokens: int | None = Field(None, gt=64, description="default: train.cpt.max_length")
+    strict: bool = Field(False, description="stop at the first unusable line instead of setting it aside")
 
 
 # ----------------------------------------------------------------------------- train

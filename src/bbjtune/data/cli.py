@@ -1,0 +1,154 @@
+"""`bbjtune data audit|prepare`: look at the training data, then clean and split it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bbjtune.errors import BbjtuneError
+
+data_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode="rich",
+    help="Check, clean and split training data: ChatML instruction files (JSONL, one conversation per "
+         "line) and raw BBj source files.\n\n[bold]audit[/bold] reports what is in the data and what is wrong "
+         "with it, without changing anything; [bold]prepare[/bold] writes the cleaned train/held-out sets and "
+         "the plain-BBj corpus for stage 1.")
+
+ConfigOpt = Annotated[str | None, typer.Option(
+    "--config", "-c", help="A config YAML file or preset; its data: section sets the filters.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override one setting, e.g. --set data.seed=7.")]
+StrictOpt = Annotated[bool, typer.Option(
+    "--strict", help="Stop at the first unusable line (exit 2) instead of setting it aside.")]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", help="Count tokens with this model's tokenizer (hub id, folder, .gguf, tiny:demo); "
+                    "default: the config's model.source.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")]
+
+
+def audit(files: Annotated[list[str] | None, typer.Argument(
+              help="ChatML JSONL files or globs (default: the config's data.chatml).", show_default=False)] = None,
+          config: ConfigOpt = None, model: ModelOpt = None,
+          max_length: Annotated[int | None, typer.Option(
+              help="Token limit to compare against (default: train.sft.max_length).")] = None,
+          out: OutOpt = None, strict: StrictOpt = False, set_: SetOpt = None) -> None:
+    """Report on ChatML training data without changing it: broken lines (bad JSON, wrong roles, empty \
+answers, non-UTF-8), system prompts, token lengths against the training limit, duplicate and \
+near-duplicate examples, fragments and cut-off answers, literal \\n escapes, BBj code that fails the \
+checker, secrets in code, and the balance of categories and BBj generations.
+
+    Writes audit.json and report.html (with plots) to --out (default runs/data-audit).
+
+    Exit codes: 0 — no problems found; 1 — some lines would be set aside by prepare; 2 — a usage \
+problem (a missing file, a bad config), or with --strict the first unusable line.
+    """
+    from rich.console import Console
+
+    from bbjtune.data.stage import audit as run_audit
+
+    cfg = _config(config, set_, chatml=files, model=model, out=None)
+    if max_length:
+        cfg.data.max_length = max_length
+    if not cfg.data.chatml:
+        raise BbjtuneError("no ChatML files given", "pass JSONL files, or --config with data.chatml set")
+    out_dir = out or Path("runs/data-audit")
+    outcome = run_audit(cfg, out_dir, strict=strict or cfg.data.strict, console=Console(stderr=True))
+    _print_summary(outcome.audit, out_dir, prepared=False)
+    if outcome.rejected:
+        raise typer.Exit(1)
+
+
+def prepare(config: Annotated[str | None, typer.Argument(
+                help="A config YAML file or preset (e.g. quickstart); optional when --chatml/--sources are given.",
+                show_default=False)] = None,
+            chatml: Annotated[list[str] | None, typer.Option(
+                "--chatml", help="ChatML JSONL files or globs (repeatable); replaces data.chatml.")] = None,
+            sources: Annotated[list[str] | None, typer.Option(
+                "--sources", help="BBj source files, globs or folders (repeatable); replaces data.sources.")] = None,
+            model: ModelOpt = None, out: OutOpt = None, strict: StrictOpt = False, set_: SetOpt = None) -> None:
+    """Clean and split the training data and build the stage 1 corpus.
+
+    Sets aside broken lines, fragments, cut-off answers, over-long and duplicate examples (each with \
+its reason, in rejected.jsonl), repairs literal \\n escapes, scrubs passwords, API keys, e-mail and \
+IP addresses, splits off a held-out set (similar prompts stay on one side), removes training examples \
+that overlap held-out or evaluation prompts, and turns BBj sources plus the code in the training \
+answers into plain-text chunks.
+
+    Writes train.jsonl, heldout.jsonl, cpt.jsonl, rejected.jsonl, audit.json, report.html and \
+manifest.json to --out (default: the run's data folder, runs/<name>/data).
+
+    Exit codes: 0 — nothing was set aside; 1 — some lines or examples were set aside (the outputs are \
+complete; see rejected.jsonl); 2 — a usage problem (a missing file or folder, a bad config), or with \
+--strict the first unusable line.
+    """
+    from rich.console import Console
+
+    from bbjtune.data.stage import prepare as run_prepare
+
+    if config is None and not chatml and not sources:
+        raise BbjtuneError("nothing to prepare", "give a config (bbjtune data prepare quickstart) or --chatml/--sources")
+    cfg = _config(config, set_, chatml=chatml, model=model, out=out, sources=sources)
+    outcome = run_prepare(cfg, cfg.data_dir, strict=strict or cfg.data.strict, console=Console(stderr=True))
+    _print_summary(outcome.audit, outcome.out_dir, prepared=True)
+    if outcome.rejected:
+        raise typer.Exit(1)
+
+
+def _config(config: str | None, overrides: list[str] | None, *, chatml: list[str] | None, model: str | None,
+            out: Path | None, sources: list[str] | None = None):
+    """The run config: a file or preset, or (without one) the defaults; command-line data paths win."""
+    from bbjtune.config import apply_override, load_config, validate_config
+
+    if config:
+        cfg = load_config(config, overrides)
+    else:
+        stages = "all" if chatml and sources else ("cpt" if sources else "sft")
+        raw: dict = {"name": "data", "train": {"stages": stages},
+                     "data": {"chatml": list(chatml or []), "sources": list(sources or []),
+                              "output_dir": str(out or "runs/data")}}
+        for item in overrides or []:
+            apply_override(raw, item)
+        cfg = validate_config(raw, source="command line")
+    if chatml:
+        cfg.data.chatml = list(chatml)
+    if sources:
+        cfg.data.sources = list(sources)
+    if model:
+        cfg.model.source = model
+    if out is not None:
+        cfg.data.output_dir = str(out)
+    return cfg
+
+
+def _print_summary(audit: dict, out_dir: Path, prepared: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="Data " + ("preparation" if prepared else "audit"), show_header=True)
+    for col in ("step", "in", "set aside", "out"):
+        table.add_column(col, justify="right" if col in ("in", "out") else "left")
+    for step in audit["steps"]:
+        removed = ", ".join(f"{k} {v}" for k, v in step["removed"].items()) or "-"
+        table.add_row(step["step"], str(step["in"]), removed, str(step["out"]))
+    console.print(table)
+    tok = audit["tokens"]
+    if tok.get("count"):
+        console.print(f"tokens per conversation: median {tok['median']:.0f}, max {tok['max']} "
+                      f"({tok['over_limit']} over the {tok['limit']} limit; {audit['tokenizer']})")
+    code = audit["code"]
+    if code["blocks"]:
+        console.print(f"BBj code blocks: {code['blocks']} checked, {code['blocks_failed']} fail the checker")
+    if "cpt" in audit:
+        c = audit["cpt"]
+        console.print(f"stage 1 corpus: {c['chunks']} chunks, {c['tokens']} tokens from {c['files_written']} "
+                      f"files and {c['answer_blocks_written']} answer code blocks")
+    n = audit["rejected"]["total"]
+    if n:
+        console.print(f"[yellow]{n} set aside[/] — " + ", ".join(f"{k} {v}" for k, v in audit["rejected"]["by_reason"].items()))
+    console.print(f"Results in [bold]{out_dir}[/] (report.html{', rejected.jsonl' if prepared else ''})")
+
+
+data_app.command("audit")(audit)
+data_app.command("prepare")(prepare)

@@ -1,0 +1,174 @@
+"""The held-out split and decontamination: what the model is tested on never leaks into training.
+
+Split: examples whose prompts are the same or similar (MinHash Jaccard of character 5-grams at
+least `group_threshold`) form one group, and a group goes to one side only. Groups are ordered by
+a hash of (seed, the group's first example) — deterministic, and adding data moves few examples —
+and taken into the held-out set per category until each category has its share (`ratio` of its
+examples, largest remainders first, at least one held-out example overall when ratio > 0).
+
+Decontamination: a training example is dropped when its prompt contains at least `threshold` of
+the word n-grams of a held-out or evaluation prompt (prompts shorter than n words must appear
+whole). The index holds the held-out and eval n-grams only; training prompts stream past it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+from bbjtune.data.clean import ExampleInfo, SimilarityIndex
+
+_WORD_RE = re.compile(r"\w+")
+MIN_SHORT_NGRAM = 3  # prompts of fewer words than this are matched only as a whole
+
+
+# ----------------------------------------------------------------------------- grouping
+
+class UnionFind:
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def group_similar(infos: list[ExampleInfo], threshold: float) -> list[int]:
+    """For each example (by position in `infos`), the position of its group's first member."""
+    uf = UnionFind(len(infos))
+    by_prompt: dict[bytes, int] = {}
+    index = SimilarityIndex(threshold)
+    for pos, info in enumerate(infos):
+        first = by_prompt.setdefault(info.prompt_key, pos)
+        if first != pos:
+            uf.union(first, pos)
+        if info.prompt_sig is not None:
+            for _, other in index.matches(info.prompt_sig):
+                uf.union(other, pos)
+            index.add(pos, info.prompt_sig)
+    return [uf.find(i) for i in range(len(infos))]
+
+
+# ----------------------------------------------------------------------------- split
+
+def split_heldout(infos: list[ExampleInfo], ratio: float, seed: int, group_threshold: float) -> set[int]:
+    """The spool indexes of the held-out examples."""
+    if ratio <= 0 or len(infos) < 2:
+        return set()
+    roots = group_similar(infos, group_threshold)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for pos, root in enumerate(roots):
+        groups[root].append(pos)
+    per_category = Counter(info.category or "" for info in infos)
+    targets = _allocate(per_category, ratio, len(infos))
+
+    def order(root: int) -> str:
+        first = infos[root]
+        return hashlib.sha256(f"{seed}:{first.file}:{first.line}".encode()).hexdigest()
+
+    heldout: set[int] = set()
+    taken: Counter = Counter()
+    for root in sorted(groups, key=order):
+        members = groups[root]
+        category = infos[root].category or ""
+        if taken[category] + len(members) > targets[category]:
+            continue  # too big for what this category still needs; try the next group
+        if len(members) > max(1, len(infos) // 4):
+            continue  # a group this large would make the held-out set one topic
+        taken[category] += len(members)
+        heldout.update(infos[m].index for m in members)
+    return heldout
+
+
+def _allocate(per_category: Counter, ratio: float, total: int) -> dict[str, int]:
+    """Held-out counts per category: `ratio` of each, rounded by largest remainder to the overall total."""
+    want_total = max(1, round(ratio * total))
+    exact = {c: ratio * n for c, n in per_category.items()}
+    counts = {c: math.floor(v) for c, v in exact.items()}
+    rest = want_total - sum(counts.values())
+    for c in sorted(exact, key=lambda c: (-(exact[c] - counts[c]), c))[:max(0, rest)]:
+        counts[c] += 1
+    return counts
+
+
+# ----------------------------------------------------------------------------- decontamination
+
+def words(text: str) -> list[str]:
+    return _WORD_RE.findall(text.casefold())
+
+
+def ngrams(tokens: list[str], n: int) -> set[tuple[str, ...]]:
+    if len(tokens) < n:
+        return set()
+    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+
+
+@dataclass
+class Match:
+    label: str      # e.g. "heldout data/x.jsonl:12" or "eval bbj-core:file-io-001"
+    overlap: float  # share of that prompt's n-grams found in the training prompt
+
+
+class ContaminationIndex:
+    """Word n-grams of held-out and eval prompts; `match(train_prompt)` finds the ones it overlaps."""
+
+    def __init__(self, n: int, threshold: float):
+        self.n = n
+        self.threshold = threshold
+        self._grams: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        self._sizes: list[int] = []
+        self._labels: list[str] = []
+        self._short_lengths: set[int] = set()
+        self._exact: dict[tuple[str, ...], int] = {}
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def add(self, label: str, prompt: str) -> None:
+        tokens = words(prompt)
+        if not tokens:
+            return
+        item = len(self._labels)
+        self._labels.append(label)
+        if len(tokens) >= self.n:
+            grams = ngrams(tokens, self.n)
+        elif len(tokens) >= MIN_SHORT_NGRAM:
+            grams = {tuple(tokens)}
+            self._short_lengths.add(len(tokens))
+        else:
+            self._exact.setdefault(tuple(tokens), item)
+            self._sizes.append(1)
+            return
+        self._sizes.append(len(grams))
+        for g in grams:
+            self._grams[g].append(item)
+
+    def match(self, prompt: str) -> Match | None:
+        """The indexed prompt this training prompt overlaps most, if at or above the threshold."""
+        tokens = words(prompt)
+        exact = self._exact.get(tuple(tokens))
+        if exact is not None:
+            return Match(self._labels[exact], 1.0)
+        grams = ngrams(tokens, self.n)
+        for k in self._short_lengths:
+            grams |= ngrams(tokens, k)
+        hits: Counter = Counter()
+        for g in grams:
+            for item in self._grams.get(g, ()):
+                hits[item] += 1
+        best = None
+        for item, count in hits.items():
+            overlap = count / self._sizes[item]
+            if overlap >= self.threshold and (best is None or overlap > best.overlap):
+                best = Match(self._labels[item], overlap)
+        return best

@@ -1,0 +1,331 @@
+"""The data stage: audit, clean and split the instruction data, and build the stage 1 corpus.
+
+`run_stage(cfg)` (called by `bbjtune run`) and `bbjtune data prepare` do, in order:
+
+1. read every ChatML line once (scan.py): bad lines are set aside with file, line and reason;
+   literal `\\n` escapes are repaired, secrets scrubbed, token lengths counted with the run's
+   tokenizer, BBj code in the answers checked; conversations go to a spool file on disk;
+2. filter and deduplicate (clean.py): fragments, cut-off answers, failing code (if configured),
+   over-long conversations, exact copies, repeated prompts, near copies;
+3. split off the held-out set, with similar prompts kept together (split.py);
+4. drop training examples that overlap a held-out or evaluation prompt (split.py);
+5. write train.jsonl, heldout.jsonl, cpt.jsonl (cpt.py), rejected.jsonl, audit.json,
+   report.html (report.py) and manifest.json with input sha256s and the counts of every step.
+
+Nothing is lost silently: every line that does not reach train.jsonl or heldout.jsonl is in
+rejected.jsonl with its reason, and every repair is counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bbjtune.artifacts import StageRun, atomic_open, atomic_write_json, atomic_write_text
+from bbjtune.config import RunConfig, expand_globs
+from bbjtune.data.chatml import Rejection, example_id, read_raw_line
+from bbjtune.data.clean import Decision, ExampleInfo, filter_and_dedupe
+from bbjtune.data.scan import CodeChecker, ScanResult, answer_bbj_blocks, scan_chatml
+from bbjtune.data.split import ContaminationIndex, split_heldout
+from bbjtune.data.tokens import TokenCounter
+from bbjtune.errors import BbjtuneError
+
+OVERLAPS_HELDOUT = "overlaps-heldout"
+OVERLAPS_EVAL = "overlaps-eval"
+OUTPUTS = ("train.jsonl", "heldout.jsonl", "cpt.jsonl", "rejected.jsonl", "audit.json", "report.html")
+
+
+@dataclass
+class Analysis:
+    """The outcome of the scan and the filters: what an audit shows, and what prepare builds on."""
+
+    cfg: RunConfig
+    chatml_files: list[Path]
+    tokens: TokenCounter
+    max_length: int
+    scan: ScanResult
+    decisions: list[Decision]
+    system_prompt: str | None
+    system_prompt_added: int = 0
+
+    @property
+    def rejected_indexes(self) -> set[int]:
+        return {d.index for d in self.decisions}
+
+
+@dataclass
+class Outcome:
+    out_dir: Path
+    audit: dict[str, Any]
+    rejected: int
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+def run_stage(cfg: RunConfig) -> Path:
+    """`bbjtune run`'s data step: prepare into cfg.data_dir (bad lines are set aside, not fatal)."""
+    return prepare(cfg, cfg.data_dir, strict=cfg.data.strict).out_dir
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def chatml_files(cfg: RunConfig) -> list[Path]:
+    files: list[Path] = []
+    for pattern in cfg.data.chatml:
+        matched = expand_globs([pattern])
+        if not matched:
+            raise BbjtuneError(f"data.chatml: '{pattern}' matches no file",
+                               "check the path (relative paths start from the current directory)")
+        files.extend(f for f in matched if f not in files)
+    return files
+
+
+def eval_prompts(patterns: list[str], warn: Callable[[str], None]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(files, [(label, prompt)]) of the evaluation suites to decontaminate against."""
+    files = expand_globs(patterns) if patterns else []
+    if patterns and not files:
+        warn(f"decontaminate_against: {', '.join(patterns)} match no file; training data is not checked "
+             "against evaluation prompts")
+    prompts = []
+    for path in files:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for n, line in enumerate(fh, 1):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+                    prompts.append((f"eval {path.stem}:{row.get('id', n)}", row["prompt"]))
+    return files, prompts
+
+
+# ----------------------------------------------------------------------------- analysis
+
+def analyse(cfg: RunConfig, files: list[Path], *, strict: bool, spool: Any | None, console: Console,
+            tokens: TokenCounter | None = None) -> Analysis:
+    """Scan the ChatML files and decide which examples stay (no outputs written)."""
+    d = cfg.data
+    tokens = tokens or TokenCounter.for_model(cfg.model.source, warn=_warner(console))
+    max_length = d.max_length or cfg.train.sft.max_length
+    total = sum(f.stat().st_size for f in files)
+    with _progress(console, "Reading ChatML", total) as advance:
+        scan = scan_chatml(files, spool=spool, tokens=tokens, fix_escapes=d.fix_escapes, scrub=d.scrub_secrets,
+                           check_code=d.code_check != "off", strict=strict, progress=advance)
+    system_prompt = scan.system_prompt(d.system_prompt)
+    added = 0
+    if d.add_system_prompt and system_prompt and scan.missing_system:
+        # counted with Qwen's default system prompt (what the template inserts); correct for ours
+        from bbjtune.models.chat_template import QWEN_DEFAULT_SYSTEM
+        delta = tokens.count([system_prompt])[0] - tokens.count([QWEN_DEFAULT_SYSTEM])[0]
+        for info in scan.infos:
+            if info.system_key is None:
+                info.n_tokens += delta
+                added += 1
+    decisions = filter_and_dedupe(
+        scan.infos, min_answer_chars=d.min_answer_chars, drop_truncated=d.drop_truncated, code_check=d.code_check,
+        max_length=max_length, drop_too_long=d.drop_too_long, duplicate_prompts=d.duplicate_prompts,
+        near_duplicate_threshold=d.near_duplicate_threshold)
+    return Analysis(cfg, files, tokens, max_length, scan, decisions, system_prompt, added)
+
+
+def audit(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Console | None = None) -> Outcome:
+    """`bbjtune data audit`: the findings and the report, without changing or writing any data."""
+    from bbjtune.data.audit import build_audit
+    from bbjtune.data.report import write_report
+
+    console = console or Console(stderr=True)
+    files = chatml_files(cfg)
+    if not files:
+        raise BbjtuneError("no ChatML files to audit", "pass JSONL files, or a config whose data.chatml lists some")
+    analysis = analyse(cfg, files, strict=strict, spool=None, console=console)
+    report = build_audit(analysis)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "audit.json", report)
+    atomic_write_text(out_dir / "report.html", write_report(report, title="Data audit"))
+    return Outcome(out_dir, report, report["rejected"]["total"])
+
+
+# ----------------------------------------------------------------------------- prepare
+
+def prepare(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Console | None = None) -> Outcome:
+    """`bbjtune data prepare`: everything in the module docstring; returns the output directory."""
+    from bbjtune.data.audit import build_audit
+    from bbjtune.data.cpt import CptCorpus, find_sources
+    from bbjtune.data.report import write_report
+
+    console = console or Console(stderr=True)
+    d = cfg.data
+    files = chatml_files(cfg)
+    sources, skipped = find_sources(d.sources) if d.sources else ([], [])
+    if not files and not sources:
+        raise BbjtuneError("there is no data to prepare: data.chatml and data.sources are both empty",
+                           "list ChatML JSONL files under data.chatml and/or BBj sources under data.sources")
+    warn = _warner(console)
+    eval_files, eval_items = eval_prompts(d.decontaminate_against, warn)
+    tokens = TokenCounter.for_model(cfg.model.source, warn=warn)
+
+    with StageRun(out_dir, "data", config=cfg.model_dump(mode="json")) as run:
+        run.add_inputs([*files, *sources, *eval_files])
+        spool_path = out_dir / ".spool.jsonl"
+        try:
+            with run.timed("scan"), open(spool_path, "w", encoding="utf-8") as spool:
+                analysis = analyse(cfg, files, strict=strict, spool=spool, console=console, tokens=tokens)
+            with run.timed("write"):
+                written = _write_outputs(analysis, spool_path, out_dir, eval_items, sources, skipped, console)
+        finally:
+            spool_path.unlink(missing_ok=True)
+        report = build_audit(analysis, written)
+        atomic_write_json(out_dir / "audit.json", report)
+        atomic_write_text(out_dir / "report.html", write_report(report, title="Data preparation"))
+        run.outputs.extend(OUTPUTS)
+        run.metrics.update({"steps": report["steps"], "rejected": report["rejected"], "train": written.train,
+                            "heldout": written.heldout, "cpt_chunks": written.cpt.stats.chunks,
+                            "cpt_tokens": written.cpt.stats.tokens, "tokenizer": tokens.describe(),
+                            "system_prompt_added": analysis.system_prompt_added,
+                            "escapes_fixed": analysis.scan.escapes_fixed,
+                            "scrubbed": dict(analysis.scan.scrubbed + written.cpt.stats.scrubbed)})
+    return Outcome(out_dir, report, report["rejected"]["total"],
+                   {"train": written.train, "heldout": written.heldout, "cpt_chunks": written.cpt.stats.chunks})
+
+
+@dataclass
+class Written:
+    """What the writing pass produced (audit.py turns it into figures)."""
+
+    train: int
+    heldout: int
+    heldout_indexes: set[int]
+    contaminated: list[Decision]
+    cpt: Any  # CptCorpus
+    rejections: list[Rejection]
+    split_by_category: dict[str, dict[str, int]]
+    eval_prompts: int
+    straddling_prompts: int
+
+
+def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: list[tuple[str, str]],
+                   sources: list[Path], skipped: list[str], console: Console) -> Written:
+    from bbjtune.data.cpt import CptCorpus
+
+    d, cfg = a.cfg.data, a.cfg
+    dropped = a.rejected_indexes
+    kept = [info for info in a.scan.infos if info.index not in dropped]
+    heldout = split_heldout(kept, d.heldout_ratio, d.seed, d.split_group_threshold)
+    by_index = {info.index: info for info in a.scan.infos}
+
+    index = ContaminationIndex(d.decontaminate_ngram, d.decontaminate_threshold)
+    for label, prompt in eval_items:
+        index.add(label, prompt)
+    for i, row in _read_spool(spool_path):
+        if i in heldout:
+            index.add(f"held-out {by_index[i].where}", _prompt_of(row["messages"]))
+
+    contaminated: list[Decision] = []
+    split_counts: dict[str, dict[str, int]] = {}
+    prompt_sides: dict[bytes, set[str]] = {}
+    checker = CodeChecker() if d.code_check != "off" else None
+    chunk_tokens = d.cpt_chunk_tokens or cfg.train.cpt.max_length
+    n_train = n_heldout = 0
+    with atomic_open(out_dir / "train.jsonl") as train_fh, atomic_open(out_dir / "heldout.jsonl") as heldout_fh, \
+            atomic_open(out_dir / "cpt.jsonl") as cpt_fh:
+        cpt = CptCorpus(cpt_fh, a.tokens, chunk_tokens, d.scrub_secrets, d.cpt_near_dedupe, d.near_duplicate_threshold)
+        cpt.stats.skipped_files = skipped
+        with _progress(console, "Building the stage 1 corpus", len(sources)) as advance:
+            for n, path in enumerate(sources, 1):
+                cpt.add_file(path)
+                advance(n)
+        with _progress(console, "Writing train/held-out", len(a.scan.infos)) as advance:
+            for i, row in _read_spool(spool_path):
+                advance(i + 1)
+                if i in dropped:
+                    continue
+                info = by_index[i]
+                messages = row.pop("messages")
+                side = "heldout" if i in heldout else "train"
+                if side == "train" and len(index):
+                    match = index.match(_prompt_of(messages))
+                    if match is not None:
+                        reason = OVERLAPS_EVAL if match.label.startswith("eval ") else OVERLAPS_HELDOUT
+                        contaminated.append(Decision(i, reason, f"the prompt shares {match.overlap:.0%} of the "
+                                                     f"{d.decontaminate_ngram}-word sequences of {match.label}"))
+                        continue
+                if d.add_system_prompt and a.system_prompt and messages[0]["role"] != "system":
+                    messages.insert(0, {"role": "system", "content": a.system_prompt})
+                record = _output_record(messages, row)
+                (heldout_fh if side == "heldout" else train_fh).write(json.dumps(record, ensure_ascii=False) + "\n")
+                counts = split_counts.setdefault(info.category or "(none)", {"train": 0, "heldout": 0})
+                counts[side] += 1
+                prompt_sides.setdefault(info.prompt_key, set()).add(side)
+                if side == "train":
+                    n_train += 1
+                    if d.cpt_from_answers:
+                        answer = "\n".join(m["content"] for m in messages if m["role"] == "assistant")
+                        codes, _ = answer_bbj_blocks(answer)
+                        if codes:
+                            cpt.add_answer(record["id"], [(c, checker is None or checker.first_error(c) is None)
+                                                          for c in codes])
+                else:
+                    n_heldout += 1
+    rejections = _rejections(a, contaminated, cpt.rejections)
+    with atomic_open(out_dir / "rejected.jsonl") as fh:
+        for r in rejections:
+            fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+    return Written(n_train, n_heldout, heldout, contaminated, cpt, rejections, split_counts, len(eval_items),
+                   sum(len(s) > 1 for s in prompt_sides.values()))
+
+
+def _output_record(messages: list[dict[str, str]], extra: dict[str, Any]) -> dict[str, Any]:
+    record: dict[str, Any] = {"messages": messages, "id": example_id(messages)}
+    for key, value in extra.items():
+        record["source_id" if key == "id" else key] = value
+    return record
+
+
+def _prompt_of(messages: list[dict[str, str]]) -> str:
+    return "\n".join(m["content"] for m in messages if m["role"] == "user")
+
+
+def _read_spool(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(path, encoding="utf-8") as fh:
+        for i, line in enumerate(fh):
+            yield i, json.loads(line)
+
+
+def _rejections(a: Analysis, contaminated: list[Decision], sources: list[Rejection]) -> list[Rejection]:
+    """Every rejection, with the original line text, in file and line order."""
+    by_index = {info.index: info for info in a.scan.infos}
+    out = list(a.scan.rejections)
+    for dec in [*a.decisions, *contaminated]:
+        info: ExampleInfo = by_index[dec.index]
+        extra = {"duplicate_of": dec.duplicate_of} if dec.duplicate_of else {}
+        out.append(Rejection(info.file, info.line, dec.reason, dec.detail, info.offset,
+                             read_raw_line(info.file, info.offset), extra))
+    order = {str(f): n for n, f in enumerate(a.chatml_files)}
+    out.sort(key=lambda r: (order.get(r.file, len(order)), r.line or 0))
+    return out + sources
+
+
+# ----------------------------------------------------------------------------- console helpers
+
+def _warner(console: Console) -> Callable[[str], None]:
+    return lambda message: console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+
+@contextlib.contextmanager
+def _progress(console: Console, label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr for long steps; silent when stderr is not a terminal."""
+    if not console.is_terminal or total == 0 or os.environ.get("BBJTUNE_NO_PROGRESS"):
+        yield lambda done: None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda done: bar.update(task, completed=done)

@@ -1,0 +1,40 @@
+"""Token counts with the run's own tokenizer (what training will see), or an estimate without one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+CHARS_PER_TOKEN = 3.5  # the estimate used when the model's tokenizer cannot be loaded
+
+
+class TokenCounter:
+    """Counts tokens of many texts at once. `exact` is False when counts are estimates."""
+
+    def __init__(self, tokenizer: Any | None, source: str):
+        self.tokenizer = tokenizer
+        self.source = source
+        self.exact = tokenizer is not None
+
+    @classmethod
+    def for_model(cls, source: str, warn: Any = None) -> TokenCounter:
+        """The tokenizer of `source` (see bbjtune.models); an estimate if it cannot be loaded."""
+        from bbjtune.errors import BbjtuneError
+        from bbjtune.models import load_tokenizer
+
+        try:
+            return cls(load_tokenizer(source), source)
+        except BbjtuneError as exc:
+            if warn:
+                warn(f"token counts are estimates ({CHARS_PER_TOKEN} characters per token): {exc.message}")
+            return cls(None, source)
+
+    def count(self, texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        if self.tokenizer is None:
+            return [max(1, round(len(t) / CHARS_PER_TOKEN)) for t in texts]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [len(x) for x in ids]
+
+    def describe(self) -> str:
+        return f"{self.source} tokenizer" if self.exact else f"estimate ({CHARS_PER_TOKEN} characters per token)"
