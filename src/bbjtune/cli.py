@@ -12,6 +12,7 @@ from rich.console import Console
 from bbjtune.bbj import cli as bbj_cli
 from bbjtune.data.cli import data_app
 from bbjtune.errors import BbjtuneError
+from bbjtune.serve.cli import review_app
 
 HELP = (
     "bbjtune turns a general code model (Qwen2.5-Coder) into a BBj expert and ships it.\n\n"
@@ -92,6 +93,7 @@ def inspect_model(source: Annotated[str, typer.Argument(
 
 app.command("check")(bbj_cli.check)
 app.add_typer(data_app, name="data")
+app.add_typer(review_app, name="review")
 
 
 def main() -> None:

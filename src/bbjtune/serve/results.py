@@ -124,7 +124,7 @@ def _candidates(path: Path, name: str) -> list[Path]:
     """Where `name` may be, from the file itself, the review folder, an eval run folder
     (eval/<label>/ -> eval/review/) or the eval folder (eval/ -> eval/review/)."""
     folder = path.parent if path.is_file() else path
-    found = [path] if path.is_file() else []
+    found = [path] if path.is_file() and (path.name == name or name == DB_NAME) else []
     for candidate in (folder / name, folder / REVIEW_DIR_NAME / name, folder.parent / REVIEW_DIR_NAME / name):
         if candidate.is_file() and candidate not in found:
             found.append(candidate)

@@ -1,0 +1,195 @@
+"""`bbjtune review`: start the blind review page for two evaluation runs, and export its results.
+
+`bbjtune review RUN_A RUN_B` is short for `bbjtune review start RUN_A RUN_B`. Heavy imports (the
+web framework) happen inside the functions so `bbjtune --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from bbjtune.errors import BbjtuneError
+
+DEFAULT_PORT = 8765
+
+
+class _StartByDefault(TyperGroup):
+    """`bbjtune review A B` runs `start`; `bbjtune review export ...` runs `export`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["start", *args]
+        return super().parse_args(ctx, args)
+
+
+review_app = typer.Typer(
+    cls=_StartByDefault, no_args_is_help=True, rich_markup_mode="rich",
+    help="Blind human review: BBj experts compare two models' answers on a local web page.\n\n"
+         "[bold]bbjtune review RUN_A RUN_B[/bold] starts the page (same as [bold]review start[/bold]); "
+         "[bold]bbjtune review export REVIEW[/bold] writes the ratings as JSONL/CSV and the summary.")
+
+
+def _review_dir_for(run_b: Path) -> Path:
+    """eval/review/ beside the evaluated runs (eval/<label>/ or eval/<label>/generations.jsonl)."""
+    folder = run_b.parent if run_b.is_file() else run_b
+    return folder.parent / "review"
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise BbjtuneError(f"cannot listen on {host!r}: {exc.strerror}", "use an IP address such as 127.0.0.1") from exc
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise BbjtuneError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                           "another program uses this port; pick another with --port (0 picks a free one)") from exc
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+@review_app.command("start")
+def start(
+    run_a: Annotated[Path, typer.Argument(help="The reference run: an evaluation folder such as "
+                                               "runs/<name>/eval/base, or its generations.jsonl.")],
+    run_b: Annotated[Path, typer.Argument(help="The run under test, usually runs/<name>/eval/tuned. "
+                                               "Results say how often reviewers prefer it.")],
+    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = DEFAULT_PORT,
+    host: Annotated[str, typer.Option(help="Address to listen on. Anything but 127.0.0.1/localhost "
+                                           "requires the access token printed at start.")] = "127.0.0.1",
+    db: Annotated[Path | None, typer.Option(help="The ratings database; default: ratings.sqlite in "
+                                                 "eval/review/ beside the runs.")] = None,
+    token: Annotated[str | None, typer.Option(help="Access token to require (default: a new random one "
+                                                   "when listening beyond this machine; none on 127.0.0.1).")] = None,
+) -> None:
+    """Start the review page for two evaluation runs; stop it with Ctrl+C (ratings are saved as you go)."""
+    import uvicorn
+
+    from bbjtune.serve.app import create_app
+    from bbjtune.serve.items import pair_runs
+    from bbjtune.serve.results import DB_NAME, RESULTS_NAME, write_results
+    from bbjtune.serve.security import LOOPBACK_HOSTS, is_loopback, new_token
+    from bbjtune.serve.storage import ReviewStore
+
+    review = pair_runs(run_a, run_b)
+    db_path = db or _review_dir_for(run_b) / DB_NAME
+    review_dir = db_path.parent
+    store = ReviewStore(db_path)
+    sync = store.sync_items(review)
+    local = is_loopback(host)
+    if token is not None and len(token) < 16:
+        raise BbjtuneError("the access token is too short (fewer than 16 characters)",
+                           "leave --token out to get a random one")
+    if not local and token is None:
+        token = new_token()
+    sock = _bind(host, port)
+    port = sock.getsockname()[1]
+    write_results(store, review_dir)
+
+    for problem in review.problems[:20]:
+        typer.echo(f"warning: {problem}", err=True)
+    if len(review.problems) > 20:
+        typer.echo(f"warning: {len(review.problems) - 20} more problems in the generations files", err=True)
+    if review.only_in_a or review.only_in_b:
+        typer.echo(f"note: {review.only_in_a} prompts only in {review.run_a.label}, {review.only_in_b} only in "
+                   f"{review.run_b.label}; they are left out", err=True)
+    if sync.changed:
+        typer.echo(f"note: the answers to {sync.changed} prompts changed since they were rated; their "
+                   f"{sync.ratings_set_aside} old ratings are kept in the database but no longer counted", err=True)
+    typer.echo(f"Reviewing {sync.items} prompts: {review.run_a.label} (A) vs {review.run_b.label} (B), blind.")
+    typer.echo(f"Ratings: {db_path}   summary: {review_dir / RESULTS_NAME}")
+    shown_host = f"[{host}]" if ":" in host else host
+    if token:
+        typer.echo(f"Access token: {token}")
+    if local:
+        typer.echo(f"Open http://{shown_host}:{port}/" + (f"?token={token}" if token else ""))
+    else:
+        name = socket.gethostname() if host in ("0.0.0.0", "::") else shown_host
+        typer.echo(f"Open http://{name}:{port}/?token={token}")
+        typer.echo("Anyone on the network with this address can rate; share it only with your reviewers.")
+    typer.echo("Press Ctrl+C to stop.")
+
+    app = create_app(store, review_dir, token=token,
+                     allowed_hosts=LOOPBACK_HOSTS | {host} if local else None)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled; stopping is the normal end
+        pass
+    finally:
+        sock.close()
+        summary = write_results(store, review_dir)
+        typer.echo(f"Stopped. {summary['overall']['n_ratings']} ratings of {summary['n_rated_items']} prompts "
+                   f"so far; summary in {review_dir / RESULTS_NAME}")
+
+
+@review_app.command("export")
+def export(
+    review: Annotated[Path, typer.Argument(help="The review: its ratings.sqlite, its folder (eval/review), "
+                                                "or the eval folder of the run.")],
+    out: Annotated[Path | None, typer.Option(help="Folder for ratings.jsonl/ratings.csv (default: the review "
+                                                  "folder). results.json always goes to the review folder.")] = None,
+    format: Annotated[str, typer.Option(help="jsonl, csv, or both separated by a comma.")] = "jsonl,csv",
+    all_versions: Annotated[bool, typer.Option(
+        "--all-versions", help="Also export ratings of answers that changed since (not counted in results).")] = False,
+) -> None:
+    """Write every rating to ratings.jsonl / ratings.csv, rewrite results.json, and print the results."""
+    from bbjtune.serve.results import find_database, write_results
+    from bbjtune.serve.storage import ReviewStore
+
+    formats = tuple(f.strip().lower() for f in format.split(",") if f.strip())
+    unknown = set(formats) - {"jsonl", "csv"}
+    if unknown or not formats:
+        raise BbjtuneError(f"unknown export format {', '.join(sorted(unknown)) or '(none)'}", "use jsonl, csv or jsonl,csv")
+    db_path = find_database(review)
+    if db_path is None:
+        raise BbjtuneError(f"no review database at {review}",
+                           "pass the ratings.sqlite written by `bbjtune review`, or its folder")
+    from bbjtune.serve.results import export_ratings
+
+    store = ReviewStore(db_path)
+    summary = write_results(store, db_path.parent)
+    for path in export_ratings(store, out or db_path.parent, formats, include_set_aside=all_versions):
+        typer.echo(f"wrote {path}")
+    typer.echo(f"wrote {db_path.parent / 'results.json'}")
+    typer.echo(format_summary(summary))
+
+
+def _percent(value: float | None) -> str:
+    return "   –  " if value is None else f"{100 * value:5.1f}%"
+
+
+def _row(name: str, r: dict) -> str:
+    interval = "" if r["win_rate"] is None else f"[{_percent(r['ci_low']).strip()} – {_percent(r['ci_high']).strip()}]"
+    return (f"  {name[:28]:28s} {_percent(r['win_rate'])} {interval:17s} "
+            f"{r['wins']:4d} won {r['losses']:4d} lost {r['ties']:4d} tied  ({r['n_prompts']} prompts)")
+
+
+def format_summary(summary: dict) -> str:
+    """The results as a small text table for the terminal."""
+    a, b = summary["runs"]["a"]["label"], summary["runs"]["b"]["label"]
+    lines = [f"{b} vs {a}: win rate of {b} (ties count half), 95% interval",
+             f"  {summary['n_rated_items']} of {summary['n_items']} prompts rated by "
+             f"{len(summary['reviewers'])} reviewer(s)",
+             _row("all prompts", summary["overall"])]
+    for title, key in (("by category", "by_category"), ("by generation", "by_generation"),
+                       ("by reviewer", "by_reviewer")):
+        if summary[key]:
+            lines.append(f" {title}:")
+            lines.extend(_row(name, r) for name, r in summary[key].items())
+    scores = summary["scores"]
+    if any(s["n"] for s in scores.values()):
+        lines.append(f" mean scores (1-5)  {a} -> {b}:")
+        lines.extend(f"  {name:28s} {s['a']:.2f} -> {s['b']:.2f}" for name, s in scores.items() if s["n"])
+    return "\n".join(lines)
