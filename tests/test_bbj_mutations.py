@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from bbjtune.bbj.checker import check_source, decode_source
-from bbjtune.bbj.lexer import tokenize
+from bbjtune.bbj.lexer import token_starts, tokenize
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "bbj-corpus"
 SEED = 20240611
@@ -50,8 +50,8 @@ def _is_code(line: str) -> bool:
 
 
 def _tokens(line: str):
-    kinds, texts, starts = tokenize(line)
-    return list(zip(kinds, texts, starts))
+    kinds, texts = tokenize(line)
+    return list(zip(kinds, texts, token_starts(line)))
 
 
 def _sites(lines: list[str]) -> dict[str, list[tuple[int, str]]]:

@@ -78,7 +78,7 @@ def check_source(text: str, filename: str | None = None) -> list[Diagnostic]:
         if (s[0] == "r" or s[0] == "R") and s[:3].lower() == "rem" and (len(s) == 3 or s[3] not in _IDENT_CHARS):
             continue
         parser.parse_line(line)
-    parser.finish(len(physical) - 1)
+    parser.finish()
     return sort_diagnostics(out)
 
 
@@ -109,10 +109,12 @@ def check_file(path: str | os.PathLike) -> list[Diagnostic]:
 
 
 def check_with(compiler: Compiler, text: str, filename: str | None = None,
-               timeout: float = 60.0) -> tuple[list[Diagnostic], str]:
+               timeout: float = 60.0, path: str | os.PathLike | None = None) -> tuple[list[Diagnostic], str]:
     """Check with the built-in checker or the real bbjcpl; returns (diagnostics, compiler used).
 
     `auto` uses bbjcpl when it can be found (PATH or $BBJ_HOME/bin), else the built-in checker.
+    When `path` names the file `text` was read from, bbjcpl compiles that file itself (its
+    original bytes and encoding) instead of a temporary copy.
     """
     from .bbjcpl import find_bbjcpl, run_bbjcpl
 
@@ -127,4 +129,5 @@ def check_with(compiler: Compiler, text: str, filename: str | None = None,
                                "set BBJ_HOME to your BBj installation or install BBj; "
                                "or use --compiler builtin")
         return check_source(text, filename), "builtin"
-    return run_bbjcpl(text, timeout=timeout, filename=filename, executable=exe), "bbjcpl"
+    source = Path(path) if path is not None else text
+    return run_bbjcpl(source, timeout=timeout, filename=filename, executable=exe), "bbjcpl"

@@ -49,14 +49,14 @@ line continuations; it agrees with bbjcpl -N on real code and needs no BBj licen
         raise BbjtuneError(f"unknown compiler {compiler!r}", f"use one of: {', '.join(COMPILERS)}")
 
     results = []
-    for name, read in _sources(paths):
+    for name, read, path in _sources(paths):
         data = read()
         if compiler == "builtin":
             diagnostics, used = check_bytes(data, name), "builtin"
         elif b"\x00" in data[:8192]:
             diagnostics, used = check_bytes(data, name), "builtin"  # binary: never handed to bbjcpl
         else:
-            diagnostics, used = check_with(compiler, decode_source(data), name, timeout=timeout)
+            diagnostics, used = check_with(compiler, decode_source(data), name, timeout=timeout, path=path)
         if not warnings:
             diagnostics = [d for d in diagnostics if d.severity == "error"]
         results.append((name, diagnostics, used))
@@ -90,7 +90,7 @@ line continuations; it agrees with bbjcpl -N on real code and needs no BBj licen
 
 
 def _sources(paths: list[str]):
-    """(display name, reader) for every file to check, in a stable order."""
+    """(display name, reader, path or None for stdin) for every file to check, in a stable order."""
     import sys
     from pathlib import Path
 
@@ -99,7 +99,7 @@ def _sources(paths: list[str]):
     out = []
     for raw in paths:
         if raw == "-":
-            out.append(("<stdin>", sys.stdin.buffer.read))
+            out.append(("<stdin>", sys.stdin.buffer.read, None))
             continue
         path = Path(raw)
         if path.is_dir():
@@ -109,9 +109,9 @@ def _sources(paths: list[str]):
             if not found:
                 raise BbjtuneError(f"{raw}: no BBj files ({' '.join(SOURCE_EXTENSIONS)}) in this directory",
                                    "name the files to check explicitly")
-            out.extend((str(p), _reader(p)) for p in found)
+            out.extend((str(p), _reader(p), p) for p in found)
         elif path.is_file():
-            out.append((raw, _reader(path)))
+            out.append((raw, _reader(path), path))
         else:
             raise BbjtuneError(f"{raw}: no such file or directory", "check the path")
     return out

@@ -6,7 +6,7 @@ the text after the colon is appended verbatim (it may even split an identifier o
 continuation lines are joined before tokenizing and every token position is mapped back to its
 physical line and column for diagnostics.
 
-The tokenizer is one compiled regular expression applied with `finditer`; there is no
+The tokenizer is one compiled regular expression applied with `findall`; there is no
 per-character Python loop. Keywords are not reserved in BBj, so the lexer only produces
 identifiers; the parser decides from context whether `release` is a verb or a variable.
 
@@ -23,30 +23,49 @@ import re
 from bisect import bisect_right
 from dataclasses import dataclass
 
-# The most frequent kinds come first; `::` paths and `.5` numbers before the operators. `rem` is recognised
-# after matching, as an identifier that spells REM (see `tokenize`).
+# One alternation, one capturing group: `findall` returns the token texts without building match
+# objects, and the kind of each token follows from its first character (`_kind`). The order
+# matters where alternatives share a first character: `::` paths before the `:` operator, `.5`
+# numbers before the `.` operator, closed strings and mnemonics before unterminated ones.
 _TOKEN_RE = re.compile(
-    r"""[ \t\f\v\x1a]*(?:
-     (?P<id>[A-Za-z_][A-Za-z0-9_]*[$%!@]?)
-    |(?P<path>::(?:[^:\n]|:(?!:))+::)
-    |(?P<num>(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[Ee][-+]?[0-9]+)?)
-    |(?P<op><>|<=|>=|=<|=>|><|[-+*/^=<>(),;:.\[\]\#@?!])
-    |(?P<str>"(?:[^"]|"")*")
-    |(?P<hex>\$[0-9A-Fa-f]*\$)
-    |(?P<mnem>'[^'\n]*')
-    |(?P<ustr>"[^"]*)
-    |(?P<umnem>'[^']*)
-    |(?P<bad>\S)
+    r"""[ \t\f\v\x1a]*(
+      [A-Za-z_][A-Za-z0-9_]*[$%!@]?           # identifier with its type suffix
+    | ::(?:[^:\n]|:(?!:))+::                   # ::file.bbj:: path
+    | (?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[Ee][-+]?[0-9]+)?
+    | <>|<=|>=|=<|=>|><|[-+*/^=<>(),;:.\[\]\#@?!]
+    | "(?:[^"]|"")*"                          # string, "" is a quote
+    | \$[0-9A-Fa-f]*\$                         # hex string
+    | '[^'\n]*'                               # mnemonic
+    | "[^"]*                                  # unterminated string
+    | '[^']*                                  # unterminated mnemonic
+    | \S                                      # anything else is a bad character
     )""",
     re.VERBOSE,
 )
-_GROUP_KIND = [""] * (_TOKEN_RE.groups + 1)
-for _name, _index in _TOKEN_RE.groupindex.items():
-    _GROUP_KIND[_index] = _name
-_ID, _OP = _TOKEN_RE.groupindex["id"], _TOKEN_RE.groupindex["op"]
+OPERATORS = frozenset("<> <= >= =< => >< - + * / ^ = < > ( ) , ; : . [ ] # @ ? !".split())
+_FIRST_CHAR_KIND = {c: "id" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"}
+_FIRST_CHAR_KIND.update((c, "num") for c in "0123456789")
+_FIRST_CHAR_KIND.update((c, c) for c in "(),;[]#@?!+-*/^")  # operators no longer token starts with
+
+
+def _kind(token: str) -> str:
+    """Kind of a token that is not an operator and whose first character does not decide it."""
+    c = token[0]
+    closed = len(token) > 1 and token[-1] == c
+    if c == '"':
+        return "str" if closed else "ustr"
+    if c == "'":
+        return "mnem" if closed else "umnem"
+    if c == "$":
+        return "hex" if closed else "bad"
+    if c == ".":
+        return "num"
+    if c == ":":
+        return "path"
+    return "bad"
+
 
 _LINE_SPLIT_RE = re.compile(r"\r\n|\r|\n")
-_CONTINUATION_RE = re.compile(r"^:", re.MULTILINE)
 
 
 def split_physical_lines(text: str) -> list[str]:
@@ -100,40 +119,29 @@ def logical_lines(physical: list[str]) -> list[LogicalLine]:
     return out
 
 
-def has_continuations(text: str) -> bool:
-    return _CONTINUATION_RE.search(text) is not None
+def tokenize(text: str) -> tuple[list[str], list[str]]:
+    """Tokens of one logical line as parallel lists of kinds and texts, ending with `eol`.
 
-
-def tokenize(text: str) -> tuple[list[str], list[str], list[int]]:
-    """Tokens of one logical line as parallel lists: kinds, texts, start offsets.
-
-    The lists always end with an `eol` token. `REM` as a whole word (not `remark`, `rem$` or a
-    member `x!.rem`) starts a comment: the token stream ends there.
+    `REM` as a whole word (not `remark`, `rem$` or a member `x!.rem`) starts a comment: the token
+    stream ends there. Offsets are computed only when a diagnostic needs them (`token_starts`).
     """
-    kinds: list[str] = []
-    texts: list[str] = []
-    starts: list[int] = []
-    add_kind, add_text, add_start = kinds.append, texts.append, starts.append
-    group_kind = _GROUP_KIND
-    for m in _TOKEN_RE.finditer(text):
-        index = m.lastindex
-        if index is None:  # only trailing whitespace matched
-            break
-        a, b = m.span(index)
-        value = text[a:b]
-        if index == _ID:
-            if b - a == 3 and value.upper() == "REM" and (a == 0 or text[a - 1] not in ".#"):
+    texts = _TOKEN_RE.findall(text)
+    first = _FIRST_CHAR_KIND.get
+    operators = OPERATORS
+    kinds = [first(t[0]) or (t if t in operators else _kind(t)) for t in texts]
+    if "rem" in text.lower():
+        for j, t in enumerate(texts):
+            if len(t) == 3 and kinds[j] == "id" and t.upper() == "REM" and (j == 0 or texts[j - 1] not in ".#"):
+                del texts[j:], kinds[j:]
                 break
-            add_kind("id")
-        elif index == _OP:
-            add_kind(value)
-        else:
-            add_kind(group_kind[index])
-        add_text(value)
-        add_start(a)
-    else:
-        a = len(text.rstrip())
-    add_kind("eol")
-    add_text("")
-    add_start(a)
-    return kinds, texts, starts
+    kinds.append("eol")
+    texts.append("")
+    return kinds, texts
+
+
+def token_starts(text: str) -> list[int]:
+    """Offsets of the tokens `tokenize(text)` returns; the last one is where the line ends."""
+    count = len(tokenize(text)[0]) - 1
+    starts = [m.start(1) for m in _TOKEN_RE.finditer(text)]
+    end = starts[count] if count < len(starts) else len(text.rstrip())
+    return starts[:count] + [end]

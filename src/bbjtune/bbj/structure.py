@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .lexer import LogicalLine, token_starts
+
 DECLARATION_KINDS = frozenset({"CLASS", "INTERFACE", "METHOD", "DEF"})
 END_WORD = {
     "CLASS": "CLASSEND", "INTERFACE": "INTERFACEEND", "METHOD": "METHODEND", "DEF": "FNEND",
@@ -24,36 +26,60 @@ END_WORD = {
 Report = Callable[[int, int, str, str, str], None]  # (line index, column, message, severity, code)
 
 
-class Block:
-    __slots__ = ("kind", "line", "col", "broken", "has_body")
+class Where:
+    """A token of a logical line; its physical line and column are computed only when needed."""
 
-    def __init__(self, kind: str, line: int, col: int):
-        self.kind = kind
+    __slots__ = ("line", "index", "starts")
+
+    def __init__(self, line: LogicalLine, index: int, starts: list[int] | None = None):
         self.line = line
-        self.col = col
+        self.index = index
+        self.starts = starts  # token offsets of the line, when the parser already has them
+
+    def position(self) -> tuple[int, int]:
+        """(physical line index, 0-based column)."""
+        starts = self.starts if self.starts is not None else token_starts(self.line.text)
+        return self.line.locate(starts[min(self.index, len(starts) - 1)])
+
+    @property
+    def line_number(self) -> int:
+        """1-based physical line, for messages."""
+        if self.line.segments is None:
+            return self.line.first + 1
+        return self.position()[0] + 1
+
+
+class Block:
+    __slots__ = ("kind", "where", "broken", "has_body")
+
+    def __init__(self, kind: str, where: Where):
+        self.kind = kind
+        self.where = where
         self.broken = False  # its opening line had a syntax error (bbjcpl then flags the end too)
         self.has_body = False  # a METHOD that contains at least one statement
+
+    @property
+    def line(self) -> int:
+        return self.where.line_number
 
 
 class Blocks:
     """The stack of open blocks while the lines of one file are parsed in order."""
 
     def __init__(self, report: Report):
-        self.report = report
+        self._report = report
         self.stack: list[Block] = []
         self.declaration: Block | None = None  # innermost open declaration block
 
     # ------------------------------------------------------------------ queries
-    @property
-    def context(self) -> str | None:
-        """Kind of the innermost declaration block: None (program level), CLASS, METHOD, ..."""
-        return self.declaration.kind if self.declaration else None
-
     def in_def(self) -> bool:
         return self.declaration is not None and self.declaration.kind == "DEF"
 
     def in_method(self) -> bool:
         return any(b.kind == "METHOD" for b in self.stack)
+
+    def report(self, where: Where, message: str, severity: str, code: str) -> None:
+        self._report(*where.position(), message, severity, code)
 
     def _refresh(self) -> None:
         for block in reversed(self.stack):
@@ -63,7 +89,7 @@ class Blocks:
         self.declaration = None
 
     # ------------------------------------------------------------------ statements
-    def executable(self, line: int, col: int, word: str) -> None:
+    def executable(self, where: Where, word: str) -> None:
         """An executable statement: only allowed at program level, in a METHOD or a DEF."""
         decl = self.declaration
         if decl is None:
@@ -71,104 +97,104 @@ class Blocks:
         if decl.kind == "METHOD":
             decl.has_body = True
         elif decl.kind == "CLASS":
-            self.report(line, col, f"{word} cannot stand in a CLASS body outside a METHOD "
-                        f"(CLASS at line {decl.line + 1}; missing METHOD or CLASSEND?)", "error",
+            self.report(where, f"{word} cannot stand in a CLASS body outside a METHOD "
+                        f"(CLASS at line {decl.line}; missing METHOD or CLASSEND?)", "error",
                         "statement-outside-method")
         elif decl.kind == "INTERFACE":
-            self.report(line, col, f"{word} cannot stand in an INTERFACE body (only METHOD "
+            self.report(where, f"{word} cannot stand in an INTERFACE body (only METHOD "
                         "declarations; missing INTERFACEEND?)", "error", "statement-outside-method")
 
     # ------------------------------------------------------------------ declaration blocks
-    def open_class(self, kind: str, line: int, col: int) -> Block:
-        self._close_controls(line)
+    def open_class(self, kind: str, where: Where) -> Block:
+        self._close_controls()
         decl = self.declaration
         if decl is not None:
             if decl.kind == "METHOD":
-                self._unclosed_method(decl, line)
+                self._unclosed_method(decl)
                 decl = self.declaration
             if decl is not None and decl.kind in ("CLASS", "INTERFACE"):
-                self.report(line, col, f"{kind} starts before the {decl.kind} of line {decl.line + 1} "
+                self.report(where, f"{kind} starts before the {decl.kind} of line {decl.line} "
                             f"is closed (missing {END_WORD[decl.kind]})", "error", "unclosed-block")
                 self._pop_to(decl)
             elif decl is not None:
-                self.report(line, col, f"{kind} cannot be declared inside {decl.kind} (line "
-                            f"{decl.line + 1})", "error", "misplaced-declaration")
-        return self._push(kind, line, col)
+                self.report(where, f"{kind} cannot be declared inside {decl.kind} (line "
+                            f"{decl.line})", "error", "misplaced-declaration")
+        return self._push(kind, where)
 
-    def open_method(self, line: int, col: int) -> Block | None:
-        self._close_controls(line)
+    def open_method(self, where: Where) -> Block | None:
+        self._close_controls()
         decl = self.declaration
         if decl is not None and decl.kind == "METHOD":
-            self._unclosed_method(decl, line)
+            self._unclosed_method(decl)
             decl = self.declaration
         if decl is not None and decl.kind == "INTERFACE":
             return None  # an interface method is a declaration without a body
         if decl is None or decl.kind != "CLASS":
-            where = "inside a DEF" if decl is not None else "outside a CLASS"
-            self.report(line, col, f"METHOD {where}: methods are declared between CLASS and "
+            place = "inside a DEF" if decl is not None else "outside a CLASS"
+            self.report(where, f"METHOD {place}: methods are declared between CLASS and "
                         "CLASSEND", "error", "misplaced-declaration")
-        return self._push("METHOD", line, col)
+        return self._push("METHOD", where)
 
-    def open_def(self, line: int, col: int) -> Block:
+    def open_def(self, where: Where) -> Block:
         if self.in_def():
-            self.report(line, col, f"DEF inside the DEF of line {self.declaration.line + 1} "
+            self.report(where, f"DEF inside the DEF of line {self.declaration.line} "
                         "(missing FNEND?)", "error", "unclosed-block")
-        return self._push("DEF", line, col)
+        return self._push("DEF", where)
 
-    def field(self, line: int, col: int) -> None:
+    def field(self, where: Where) -> None:
         decl = self.declaration
         if decl is not None and decl.kind == "CLASS":
             return
         if decl is not None and decl.kind == "METHOD":
-            self.report(line, col, f"FIELD inside the METHOD of line {decl.line + 1} (missing "
+            self.report(where, f"FIELD inside the METHOD of line {decl.line} (missing "
                         "METHODEND?)", "error", "misplaced-declaration")
         else:
-            self.report(line, col, "FIELD outside a CLASS: fields are declared between CLASS and "
+            self.report(where, "FIELD outside a CLASS: fields are declared between CLASS and "
                         "CLASSEND", "error", "misplaced-declaration")
 
-    def close_declaration(self, kind: str, line: int, col: int) -> None:
+    def close_declaration(self, kind: str, where: Where) -> None:
         """CLASSEND, INTERFACEEND, METHODEND or FNEND."""
         end = END_WORD[kind]
         decl = self.declaration
         if kind in ("CLASS", "INTERFACE") and decl is not None and decl.kind == "METHOD":
-            self._unclosed_method(decl, line)
+            self._unclosed_method(decl)
             decl = self.declaration
         if decl is None or decl.kind != kind:
-            where = f" (inside the {decl.kind} of line {decl.line + 1})" if decl else ""
-            self.report(line, col, f"{end} without {kind}{where}", "error", "unbalanced-block")
+            inside = f" (inside the {decl.kind} of line {decl.line})" if decl else ""
+            self.report(where, f"{end} without {kind}{inside}", "error", "unbalanced-block")
             return
-        self._pop_to(decl, closing_line=line)
+        self._pop_to(decl)
         if decl.broken:
             # bbjcpl reports the end of a block whose opening line it could not compile.
-            self.report(line, col, f"{end} of the {kind} at line {decl.line + 1}, whose declaration "
+            self.report(where, f"{end} of the {kind} at line {decl.line}, whose declaration "
                         "has an error", "error", "broken-declaration")
 
     # ------------------------------------------------------------------ control blocks
-    def open_control(self, kind: str, line: int, col: int) -> None:
-        self._push(kind, line, col)
+    def open_control(self, kind: str, where: Where) -> None:
+        self._push(kind, where)
 
-    def close_control(self, kind: str, line: int, col: int, word: str) -> None:
+    def close_control(self, kind: str, where: Where, word: str) -> None:
         target = self._find_control(kind)
         if target is None:
-            self.report(line, col, f"{word} without {kind}", "warning", "unbalanced-block")
+            self.report(where, f"{word} without {kind}", "warning", "unbalanced-block")
             return
-        self._pop_to(target, closing_line=line)
+        self._pop_to(target)
 
     def in_switch(self) -> bool:
         return self._find_control("SWITCH") is not None
 
-    def case(self, line: int, col: int, word: str) -> None:
+    def case(self, where: Where, word: str) -> None:
         target = self._find_control("SWITCH")
         if target is None:
-            self.report(line, col, f"'{word}' is only allowed inside a SWITCH block", "error",
+            self.report(where, f"'{word}' is only allowed inside a SWITCH block", "error",
                         "case-outside-switch")
             return
         while self.stack[-1] is not target and self.stack[-1].kind == "IF":
             self.stack.pop()
 
-    def else_(self, line: int, col: int) -> None:
+    def else_(self, where: Where) -> None:
         if self._find_control("IF") is None:
-            self.report(line, col, "ELSE without an open IF", "warning", "unbalanced-block")
+            self.report(where, "ELSE without an open IF", "warning", "unbalanced-block")
 
     def _find_control(self, kind: str) -> Block | None:
         for block in reversed(self.stack):
@@ -179,13 +205,13 @@ class Blocks:
         return None
 
     # ------------------------------------------------------------------ end of file
-    def finish(self, last_line: int) -> None:
+    def finish(self) -> None:
         while self.stack:
             block = self.stack[-1]
             if block.kind == "METHOD":
-                self._unclosed_method(block, last_line)
+                self._unclosed_method(block)
             elif block.kind in DECLARATION_KINDS:
-                self.report(block.line, block.col, f"{block.kind} without {END_WORD[block.kind]}",
+                self.report(block.where, f"{block.kind} without {END_WORD[block.kind]}",
                             "error", "unclosed-block")
                 self.stack.pop()
             else:
@@ -194,14 +220,14 @@ class Blocks:
         self.declaration = None
 
     # ------------------------------------------------------------------ helpers
-    def _push(self, kind: str, line: int, col: int) -> Block:
-        block = Block(kind, line, col)
+    def _push(self, kind: str, where: Where) -> Block:
+        block = Block(kind, where)
         self.stack.append(block)
         if kind in DECLARATION_KINDS:
             self.declaration = block
         return block
 
-    def _pop_to(self, target: Block, closing_line: int | None = None) -> None:
+    def _pop_to(self, target: Block) -> None:
         while self.stack:
             block = self.stack.pop()
             if block is target:
@@ -209,7 +235,7 @@ class Blocks:
             self._warn_unclosed(block)
         self._refresh()
 
-    def _close_controls(self, line: int) -> None:
+    def _close_controls(self) -> None:
         """Drop control blocks left open when a declaration starts."""
         while self.stack and self.stack[-1].kind not in DECLARATION_KINDS:
             self._warn_unclosed(self.stack.pop())
@@ -217,18 +243,18 @@ class Blocks:
     def _warn_unclosed(self, block: Block) -> None:
         if block.kind == "IF":
             return  # a block IF without FI is accepted by BBj and common in real code
-        self.report(block.line, block.col, f"{block.kind} without {END_WORD[block.kind]}",
+        self.report(block.where, f"{block.kind} without {END_WORD[block.kind]}",
                     "warning", "unclosed-block")
 
-    def _unclosed_method(self, method: Block, line: int) -> None:
+    def _unclosed_method(self, method: Block) -> None:
         """A METHOD that reaches the next METHOD, CLASSEND or end of file without METHODEND.
 
         The language server accepts a body-less METHOD without METHODEND (a declaration only);
         a METHOD with statements and no METHODEND is an error.
         """
         if method.has_body:
-            self.report(method.line, method.col, "METHOD without METHODEND", "error", "unclosed-block")
+            self.report(method.where, "METHOD without METHODEND", "error", "unclosed-block")
         else:
-            self.report(method.line, method.col, "METHOD without METHODEND (it has no statements, "
+            self.report(method.where, "METHOD without METHODEND (it has no statements, "
                         "so it is read as a declaration only)", "warning", "unclosed-block")
         self._pop_to(method)
