@@ -15,7 +15,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK = 1
 export HF_HUB_DISABLE_TELEMETRY = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: demo test install install-test clean-demo
+.PHONY: demo test install install-test clean-demo browser-test-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,24 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(VENV)/bin/bbjtune run quickstart
 
-test: install-test
+test: install-test browser-test-deps
 	$(PY) -m pytest -q
+
+# The review page's browser test drives Debian's chromium (never Playwright's own download). It is
+# installed here when missing and possible (apt-get as root or with password-less sudo); otherwise
+# the test is skipped and pytest prints why.
+CHROMIUM ?= /usr/bin/chromium
+browser-test-deps:
+	@if [ -x "$(CHROMIUM)" ] || command -v chromium >/dev/null 2>&1; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "note: chromium is missing and there is no apt-get: the browser test will be skipped"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else \
+	  echo "note: chromium is missing and installing it needs root: the browser test will be skipped"; exit 0; fi; \
+	echo "installing Debian's chromium for the browser test (apt-get install -y chromium)"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	$$SUDO apt-get install -y -q chromium >/dev/null 2>&1 \
+	  || { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q chromium >/dev/null 2>&1; } \
+	  || echo "note: could not install chromium: the browser test will be skipped"
 
 clean-demo:
 	rm -rf runs/quickstart

@@ -1,20 +1,29 @@
-"""Two small evaluation runs (base and tuned) for the review tests, written as `bbjtune eval` would.
+"""Two small evaluation runs (base and tuned) for the review tests, written as `bbjtune eval` would,
+and starting/stopping `bbjtune review` as a user does.
 
 One base answer is hostile on purpose: it holds `<script>`, a Jinja expression and `</textarea>`,
-so the tests can prove that model output is shown as text everywhere.
+so the tests can prove that model output is shown as text everywhere (its code also has a syntax
+error, so the checker's inline diagnostics show up in the browser test's screenshot).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 BASE_LABEL = "qwen-base-zz7"
 TUNED_LABEL = "qwen-tuned-qq9"
 HOSTILE_MARK = "<script>alert(1)</script>"
 HOSTILE_OUTPUT = (
     "Use OPEN and READ RECORD. " + HOSTILE_MARK + " Also {{ 7*7 }} and {% raw %} </textarea><b>bold</b>\n"
-    "```bbj\nch = unt\nOPEN (ch)\"data.txt\"\nREAD RECORD (ch, END=eof)line$\neof:\nCLOSE (ch)\n```\n"
+    "```bbj\nch = unt\nOPEN (ch)\"data.txt\"\nREAD RECORD (ch, END=eof line$\neof:\nCLOSE (ch)\n```\n"
 )
 
 # id, category, generation, prompt, base answer, tuned answer
@@ -82,3 +91,33 @@ def write_eval_runs(root: Path, extra_prompts: int = 0) -> tuple[Path, Path]:
         fh.write("{this line is not json\n")
         fh.writelines(json.dumps(r) + "\n" for r in tuned_rows[3:])
     return base_dir, tuned_dir
+
+
+def start_server(*args: str, cwd=REPO_ROOT) -> tuple[subprocess.Popen, dict[str, str]]:
+    """Start `bbjtune review ARGS` and wait for the line with the address it prints."""
+    proc = subprocess.Popen([sys.executable, "-m", "bbjtune", "review", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+    printed: dict[str, str] = {"stdout": ""}
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"review server exited early: {proc.stderr.read()}")
+        printed["stdout"] += line
+        if line.startswith("Access token: "):
+            printed["token"] = line.split(": ", 1)[1].strip()
+        if line.startswith("Open "):
+            printed["url"] = line.split(" ", 1)[1].strip()
+        if line.startswith("Press Ctrl+C"):
+            return proc, printed
+    proc.kill()
+    raise AssertionError("review server did not start within 60 s")
+
+
+def stop_server(proc: subprocess.Popen) -> tuple[str, str]:
+    """Ctrl+C, as a user stops it: a clean exit (0) with a closing line."""
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return out, err

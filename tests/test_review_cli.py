@@ -3,51 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
-from conftest import REPO_ROOT, run_cli
-from review_fixtures import BASE_LABEL, TUNED_LABEL, write_eval_runs
+from conftest import run_cli
+from review_fixtures import BASE_LABEL, TUNED_LABEL, start_server, stop_server, write_eval_runs
 
 from bbjtune.serve.items import pair_runs
 from bbjtune.serve.storage import CRITERIA, Rating, ReviewStore
-
-
-def start_server(*args: str, cwd=REPO_ROOT) -> tuple[subprocess.Popen, dict[str, str]]:
-    """Start `bbjtune review ARGS` and wait for the line with the address it prints."""
-    proc = subprocess.Popen([sys.executable, "-m", "bbjtune", "review", *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
-    printed: dict[str, str] = {"stdout": ""}
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"review server exited early: {proc.stderr.read()}")
-        printed["stdout"] += line
-        if line.startswith("Access token: "):
-            printed["token"] = line.split(": ", 1)[1].strip()
-        if line.startswith("Open "):
-            printed["url"] = line.split(" ", 1)[1].strip()
-        if line.startswith("Press Ctrl+C"):
-            return proc, printed
-    proc.kill()
-    raise AssertionError("review server did not start within 60 s")
-
-
-def stop_server(proc: subprocess.Popen) -> tuple[str, str]:
-    """Ctrl+C, as a user stops it: a clean exit (0) with a closing line."""
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    return out, err
 
 
 def test_server_beyond_loopback_requires_the_printed_token(tmp_path):

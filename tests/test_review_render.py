@@ -27,6 +27,9 @@ def test_highlighter_knows_bbj_quirks():
     assert not any(text in ("release$", "remark") for _, text in tokens)  # suffixed names, identifiers
     assert not any(kind == "comment" for kind, _ in tokens)
     assert _classes(highlight_line('PRINT "no end')) == [("keyword", "PRINT"), ("string", "&#34;no end")]
+    assert _classes(highlight_line("eof:")) == [("label", "eof:")]
+    assert _classes(highlight_line("x = a:b")) == []  # a colon inside a statement is no label
+    assert ("builtin", "unt") in _classes(highlight_line("ch = unt"))
 
 
 def test_everything_is_escaped():

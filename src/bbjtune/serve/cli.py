@@ -74,7 +74,13 @@ def start(
                                                    "when listening beyond this machine; none on 127.0.0.1).")] = None,
 ) -> None:
     """Start the review page for two evaluation runs; stop it with Ctrl+C (ratings are saved as you go)."""
-    import uvicorn
+    try:
+        import python_multipart  # noqa: F401  (form parsing)
+        import starlette  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise BbjtuneError(f"the review page needs {exc.name}, which is not installed",
+                           "pip install 'bbjtune[review]' (or run `make install`)") from exc
 
     from bbjtune.serve.app import create_app
     from bbjtune.serve.items import pair_runs

@@ -1,13 +1,14 @@
 """Model answers as safe HTML: prose as text, BBj code highlighted, checker diagnostics inline.
 
 Everything a model wrote is untrusted. Every piece of it passes through `markupsafe.escape`
-before it is wrapped in our own `<span>`s; nothing here ever emits model text unescaped, and the
-templates add no `|safe` except on this module's output.
+before it is wrapped in our own `<span>`s; nothing here ever emits model text unescaped. The
+templates mark nothing as safe themselves: only this module's `Markup` passes through unescaped.
 
 The highlighter is a small line-by-line tokenizer (one regular expression) that knows just enough
-BBj for reading: keywords and verbs, built-in functions, strings, mnemonics, numbers and `REM`
-comments. Keywords are not reserved in BBj, so it only marks a word as a keyword when it has no
-type suffix (`release` yes, `release$` no). It never fails: any text comes out, some of it plain.
+BBj for reading: keywords and verbs, built-in functions, strings, mnemonics, numbers, `REM`
+comments and labels on a line of their own. Keywords are not reserved in BBj, so it only marks a
+word as a keyword when it has no type suffix (`release` yes, `release$` no). It never fails: any
+text comes out, some of it plain.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ KEYWORDS = frozenset("""
 """.split())
 
 BUILTINS = frozenset("""
-    abs asc atn bbjapi chr cos cvs date day dec err fpt hta ath int ipt len lcs lst mask max min mod
-    num pos rnd round sgn sin sqr stbl str tbl tcb tsk ucs
+    abs asc atn bbjapi bin chr cos cvs date day dec dims err fid fin fpt hta ath ind int ipt len lcs lst
+    mask max min mod num pos rnd round sgn sin sqlunt sqr stbl str tbl tcb tsk ucs unt
 """.split())
 
 _TOKEN_RE = re.compile(
-    r"""(?P<comment>(?<![\w$%!@.#])[Rr][Ee][Mm](?![\w$%!@]).*)
+    r"""(?P<label>^\s*[A-Za-z_][A-Za-z0-9_]*:(?=\s*$))
+    |(?P<comment>(?<![\w$%!@.#])[Rr][Ee][Mm](?![\w$%!@]).*)
     |(?P<string>"(?:[^"]|"")*"?)
     |(?P<hex>\$[0-9A-Fa-f]*\$)
     |(?P<mnemonic>'[A-Za-z][A-Za-z0-9]*')

@@ -10,7 +10,9 @@
   keyed with the review's secret. Every POST carries a CSRF token derived from the session id
   and is refused without it, or when the browser says the request came from another origin.
 - Headers: a Content-Security-Policy that allows only this server's own scripts and styles (no
-  inline script can run, even if some text slipped through unescaped), no framing, no referrer.
+  inline script can run, even if some text slipped through unescaped), no framing, and no referrer
+  sent to other sites (`same-origin`: with `no-referrer` browsers send `Origin: null` on our own
+  POSTs, which the origin check must refuse).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ SECURITY_HEADERS = [
                                  b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),
     (b"cache-control", b"no-store"),
 ]
 
