@@ -310,3 +310,21 @@ def test_summary_that_is_not_json_is_a_clear_error(tmp_path):
     (folder / "results.json").write_text("{ half a file")
     with pytest.raises(BbjtuneError, match="not valid JSON"):
         load_review_summary(tmp_path / "eval")
+
+
+def test_an_unrated_review_counts_as_absent(review):
+    from bbjtune.serve.results import write_results
+
+    write_results(review.store, review.dir)
+    assert (review.dir / "results.json").is_file()
+    assert load_review_summary(review.dir) is None
+
+
+def test_switching_reviewer(review):
+    client = _client(review)
+    page = _login(client, "Ann")
+    _rate(client, _item_id(page), _csrf(page.text))
+    assert client.post("/logout", data={"csrf": _csrf(page.text)}, follow_redirects=False).headers["location"] == "/"
+    assert 'name="name"' in client.get("/").text
+    bob = _login(client, "Bob")
+    assert _progress(bob.text) == "0 of 8 rated" and "Reviewing as <strong id=\"reviewer-name\">Bob<" in bob.text

@@ -151,7 +151,7 @@ def export(
         "--all-versions", help="Also export ratings of answers that changed since (not counted in results).")] = False,
 ) -> None:
     """Write every rating to ratings.jsonl / ratings.csv, rewrite results.json, and print the results."""
-    from bbjtune.serve.results import find_database, write_results
+    from bbjtune.serve.results import export_ratings, find_database, format_summary, write_results
     from bbjtune.serve.storage import ReviewStore
 
     formats = tuple(f.strip().lower() for f in format.split(",") if f.strip())
@@ -162,40 +162,9 @@ def export(
     if db_path is None:
         raise BbjtuneError(f"no review database at {review}",
                            "pass the ratings.sqlite written by `bbjtune review`, or its folder")
-    from bbjtune.serve.results import export_ratings
-
     store = ReviewStore(db_path)
     summary = write_results(store, db_path.parent)
     for path in export_ratings(store, out or db_path.parent, formats, include_set_aside=all_versions):
         typer.echo(f"wrote {path}")
     typer.echo(f"wrote {db_path.parent / 'results.json'}")
     typer.echo(format_summary(summary))
-
-
-def _percent(value: float | None) -> str:
-    return "   –  " if value is None else f"{100 * value:5.1f}%"
-
-
-def _row(name: str, r: dict) -> str:
-    interval = "" if r["win_rate"] is None else f"[{_percent(r['ci_low']).strip()} – {_percent(r['ci_high']).strip()}]"
-    return (f"  {name[:28]:28s} {_percent(r['win_rate'])} {interval:17s} "
-            f"{r['wins']:4d} won {r['losses']:4d} lost {r['ties']:4d} tied  ({r['n_prompts']} prompts)")
-
-
-def format_summary(summary: dict) -> str:
-    """The results as a small text table for the terminal."""
-    a, b = summary["runs"]["a"]["label"], summary["runs"]["b"]["label"]
-    lines = [f"{b} vs {a}: win rate of {b} (ties count half), 95% interval",
-             f"  {summary['n_rated_items']} of {summary['n_items']} prompts rated by "
-             f"{len(summary['reviewers'])} reviewer(s)",
-             _row("all prompts", summary["overall"])]
-    for title, key in (("by category", "by_category"), ("by generation", "by_generation"),
-                       ("by reviewer", "by_reviewer")):
-        if summary[key]:
-            lines.append(f" {title}:")
-            lines.extend(_row(name, r) for name, r in summary[key].items())
-    scores = summary["scores"]
-    if any(s["n"] for s in scores.values()):
-        lines.append(f" mean scores (1-5)  {a} -> {b}:")
-        lines.extend(f"  {name:28s} {s['a']:.2f} -> {s['b']:.2f}" for name, s in scores.items() if s["n"])
-    return "\n".join(lines)

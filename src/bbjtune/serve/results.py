@@ -67,6 +67,37 @@ def write_results(store: ReviewStore, review_dir: str | Path) -> dict:
     return summary
 
 
+# ----------------------------------------------------------------------------- text
+
+def _percent(value: float | None) -> str:
+    return "   –  " if value is None else f"{100 * value:5.1f}%"
+
+
+def _row(name: str, r: dict) -> str:
+    interval = "" if r["win_rate"] is None else f"[{_percent(r['ci_low']).strip()} – {_percent(r['ci_high']).strip()}]"
+    return (f"  {name[:28]:28s} {_percent(r['win_rate'])} {interval:17s} "
+            f"{r['wins']:4d} won {r['losses']:4d} lost {r['ties']:4d} tied  ({r['n_prompts']} prompts)")
+
+
+def format_summary(summary: dict) -> str:
+    """The results as a small text table (the terminal; eval compare may show it in its report)."""
+    a, b = summary["runs"]["a"]["label"], summary["runs"]["b"]["label"]
+    lines = [f"{b} vs {a}: win rate of {b} (ties count half), 95% interval",
+             f"  {summary['n_rated_items']} of {summary['n_items']} prompts rated by "
+             f"{len(summary['reviewers'])} reviewer(s)",
+             _row("all prompts", summary["overall"])]
+    for title, key in (("by category", "by_category"), ("by generation", "by_generation"),
+                       ("by reviewer", "by_reviewer")):
+        if summary[key]:
+            lines.append(f" {title}:")
+            lines.extend(_row(name, r) for name, r in summary[key].items())
+    scores = summary["scores"]
+    if any(s["n"] for s in scores.values()):
+        lines.append(f" mean scores (1-5)  {a} -> {b}:")
+        lines.extend(f"  {name:28s} {s['a']:.2f} -> {s['b']:.2f}" for name, s in scores.items() if s["n"])
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- export
 
 EXPORT_COLUMNS = (
@@ -147,7 +178,8 @@ def load_review_summary(path: str | Path) -> dict | None:
     (eval/<label>/, or a file in it) or the eval folder: the summary is looked for in the folder
     itself, then in `review/` below it, then in `review/` beside it. The summary's runs.a / runs.b
     labels say which runs were compared; run B is the one whose win rate is reported.
-    Raises BbjtuneError when a summary file exists but cannot be read.
+    A review that nobody has rated yet counts as absent. Raises BbjtuneError when a summary file
+    exists but cannot be read.
     """
     for candidate in _candidates(Path(path), RESULTS_NAME):
         try:
@@ -158,5 +190,5 @@ def load_review_summary(path: str | Path) -> dict | None:
         except (OSError, UnicodeDecodeError) as exc:
             raise BbjtuneError(f"cannot read {candidate}: {exc}", "check the file and its permissions") from exc
         if isinstance(summary, dict) and summary.get("kind") == SUMMARY_KIND:
-            return summary
+            return summary if summary.get("overall", {}).get("n_ratings") else None
     return None
