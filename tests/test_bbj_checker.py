@@ -64,6 +64,32 @@ VALID = {
     "lone-cr": 'x = 1\ry = 2\r',
 }
 
+# One statement per verb named in ../shared/BBJ_LANGUAGE.md (each checked on its own).
+EVERY_VERB = [
+    'LET a = 1', 'a = 1, b$ = "x"', 'IF a THEN b = 1 ELSE b = 2', 'IF a = 1 THEN', 'ELSE', 'FI', 'ENDIF',
+    'FOR i = 1 TO n STEP 2', 'NEXT', 'NEXT i', 'WHILE a < 3', 'WEND', 'REPEAT', 'UNTIL a > 3',
+    'SWITCH a', 'BREAK', 'CONTINUE', 'GOTO done', 'GOSUB work', 'ON n GOTO a1, a2', 'ON n GOSUB a1',
+    'RETURN', 'EXITTO done', 'SETERR oops', 'SETERR 0', 'SETESC esc', 'RETRY',
+    'OPEN (1,MODE="O_READ",TIM=5,ERR=oops)"file.txt"', 'READ (1,KEY=k$,IND=2,DOM=*next,END=done,ERR=oops,TIM=1)a$',
+    'READ RECORD (1,END=*break)r$', 'INPUT "Name? ", n$', 'EXTRACT (1,KEY=k$)a$', 'FIND (1,KEY=k$,DOM=*next)a$',
+    'WRITE (1,KEY=k$)a$,b', 'WRITE RECORD (1)r$', 'PRINT (1)"x",', 'PRINT', '? "x"', 'CLOSE (1)',
+    'LOCK (1)', 'UNLOCK (1,ERR=*next)', 'REMOVE (1,KEY=k$)', 'READ (1)IOL=iolist1', 'IOLIST a$, b, c$',
+    'CALL "prog.bbj::label", ERR=oops, a$, b', 'ENTER a$, b', 'EXIT', 'EXIT 2', 'RUN "x.bbj"', 'RELEASE',
+    'RELEASE 1', 'END', 'STOP', 'BYE', 'EXECUTE s$', 'DIM A$(10), B[5,5], R$:"name:c(20*),amt:n(10*)"',
+    'REDIM R$', 'DATA 1, "a"', 'DREAD n, s$', 'RESTORE', 'RESTORE lbl', 'DEF FNX(a) = a * 2', 'PRECISION 4',
+    'DECLARE BBjString s!', 'DECLARE AUTO BBjString s!', 'USE ::path/file.bbj::ClassName', 'USE java.util.HashMap',
+    'x! = new File@("a")', 'x! = CAST(BBjString, y!)', 'THROW msg$, 42', 'PROCESS_EVENTS',
+    'CALLBACK(ON_CLOSE,"done",ctx)', 'sysgui! = BBjAPI().openSysGui("X0")', 'wnd!.setCallback(wnd!.ON_CLOSE,"done")',
+    'SQLOPEN (1)"db"', 'SQLPREP (1)"select 1"', 'SQLEXEC (1)', 'SQLFETCH (1,ERR=done)r$', 'SQLCLOSE (1)',
+    'SELECT (ch)tpl$ FROM f$ WHERE e', 'x = 1; rem note', 'PRINT \'CS\',@(1,2),"x"',
+]
+
+
+@pytest.mark.parametrize("statement", EVERY_VERB)
+def test_every_verb_of_the_language_page(statement):
+    assert errors(statement + "\n") == []
+
+
 INVALID = [
     # (name, source, expected code, 1-based line)
     ("two-values", 'print "a" "b"\n', "unexpected-token", 1),

@@ -43,6 +43,9 @@ line continuations; it agrees with bbjcpl -N on real code and needs no BBj licen
     from .checker import check_bytes, check_with, decode_source
     from .diagnostics import format_bbjcpl, format_human, has_errors
 
+    for stream in (sys.stdout, sys.stderr):  # a source line must never crash the output
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     if format not in FORMATS:
         raise BbjtuneError(f"unknown format {format!r}", f"use one of: {', '.join(FORMATS)}")
     if compiler not in COMPILERS:

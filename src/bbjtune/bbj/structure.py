@@ -180,9 +180,6 @@ class Blocks:
             return
         self._pop_to(target)
 
-    def in_switch(self) -> bool:
-        return self._find_control("SWITCH") is not None
-
     def case(self, where: Where, word: str) -> None:
         target = self._find_control("SWITCH")
         if target is None:
