@@ -88,15 +88,20 @@ def _steps(a: Analysis, written: Written | None) -> list[dict[str, Any]]:
         steps.append({"step": name, "in": n, "removed": removed, "out": n - sum(removed.values())})
         n -= sum(removed.values())
     if written is not None:
+        removed = Counter(dec.reason for dec in written.contaminated)
+        eval_removed = {"overlaps-eval": removed["overlaps-eval"]} if removed["overlaps-eval"] else {}
+        steps.append({"step": "decontaminate-eval", "in": n, "removed": eval_removed,
+                      "out": n - sum(eval_removed.values()),
+                      "note": f"against {written.eval_prompts} evaluation prompts"})
+        n -= sum(eval_removed.values())
         steps.append({"step": "split", "in": n, "removed": {}, "out": n,
                       "note": f"{len(written.heldout_indexes)} held out (ratio {a.cfg.data.heldout_ratio}, "
                               f"seed {a.cfg.data.seed})"})
-        removed = dict(Counter(dec.reason for dec in written.contaminated))
-        steps.append({"step": "decontaminate", "in": n, "removed": removed, "out": n - sum(removed.values()),
-                      "note": f"train vs {len(written.heldout_indexes)} held-out and {written.eval_prompts} "
-                              "evaluation prompts"})
-        steps.append({"step": "write", "in": n - sum(removed.values()), "removed": {},
-                      "out": written.train + written.heldout,
+        held = {"overlaps-heldout": removed["overlaps-heldout"]} if removed["overlaps-heldout"] else {}
+        steps.append({"step": "decontaminate-heldout", "in": n, "removed": held, "out": n - sum(held.values()),
+                      "note": "training prompts against the held-out prompts"})
+        n -= sum(held.values())
+        steps.append({"step": "write", "in": n, "removed": {}, "out": written.train + written.heldout,
                       "note": f"train.jsonl {written.train}, heldout.jsonl {written.heldout}"})
     return steps
 

@@ -10,6 +10,7 @@ summaries, never the data set.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -181,10 +182,10 @@ def _summarise(ex: Example, index: int, result: ScanResult, fix_escapes: bool, s
         result.system_prompts[system_key] += 1
         if system_key not in result.system_texts and len(result.system_texts) < 1000:
             result.system_texts[system_key] = system
+    prompt_key, answer_key = text_key(prompt), text_key(answer)
     info = ExampleInfo(
-        index=index, file=ex.file, line=ex.line, offset=ex.offset,
-        prompt_key=text_key(prompt), answer_key=text_key(answer),
-        example_key=text_key(f"{prompt}\x00{answer}"), system_key=system_key,
+        index=index, file=ex.file, line=ex.line, offset=ex.offset, prompt_key=prompt_key, answer_key=answer_key,
+        example_key=hashlib.blake2b(prompt_key + answer_key, digest_size=12).digest(), system_key=system_key,
         answer_chars=len(answer.strip()),
         category=_label(ex.extra.get("category")), generation=_label(ex.extra.get("generation")),
         task=_label(ex.extra.get("task")),

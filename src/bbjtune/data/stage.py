@@ -7,8 +7,9 @@
    tokenizer, BBj code in the answers checked; conversations go to a spool file on disk;
 2. filter and deduplicate (clean.py): fragments, cut-off answers, failing code (if configured),
    over-long conversations, exact copies, repeated prompts, near copies;
-3. split off the held-out set, with similar prompts kept together (split.py);
-4. drop training examples that overlap a held-out or evaluation prompt (split.py);
+3. drop examples that overlap an evaluation prompt (before the split), and training examples that
+   overlap a held-out prompt (after it) (split.py);
+4. split off the held-out set, with similar prompts kept together (split.py);
 5. write train.jsonl, heldout.jsonl, cpt.jsonl (cpt.py), rejected.jsonl, audit.json,
    report.html (report.py) and manifest.json with input sha256s and the counts of every step.
 
@@ -214,19 +215,24 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
     from bbjtune.data.cpt import CptCorpus
 
     d, cfg = a.cfg.data, a.cfg
+    by_index = {info.index: info for info in a.scan.infos}
     dropped = a.rejected_indexes
+    contaminated: list[Decision] = []
+    if eval_items:  # prompts of the evaluation suite may not be trained on, nor held out (pointless there)
+        evals = ContaminationIndex(d.decontaminate_ngram, d.decontaminate_threshold)
+        for label, prompt in eval_items:
+            evals.add(label, prompt)
+        for i, row in _read_spool(spool_path):
+            if i not in dropped and (match := evals.match(_prompt_of(row["messages"]))) is not None:
+                contaminated.append(_overlap(i, OVERLAPS_EVAL, match, d.decontaminate_ngram))
+        dropped = dropped | {dec.index for dec in contaminated}
     kept = [info for info in a.scan.infos if info.index not in dropped]
     heldout = split_heldout(kept, d.heldout_ratio, d.seed, d.split_group_threshold)
-    by_index = {info.index: info for info in a.scan.infos}
-
     index = ContaminationIndex(d.decontaminate_ngram, d.decontaminate_threshold)
-    for label, prompt in eval_items:
-        index.add(label, prompt)
     for i, row in _read_spool(spool_path):
         if i in heldout:
             index.add(f"held-out {by_index[i].where}", _prompt_of(row["messages"]))
 
-    contaminated: list[Decision] = []
     split_counts: dict[str, dict[str, int]] = {}
     prompt_sides: dict[bytes, set[str]] = {}
     checker = CodeChecker() if d.code_check != "off" else None
@@ -248,13 +254,9 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
                 info = by_index[i]
                 messages = row.pop("messages")
                 side = "heldout" if i in heldout else "train"
-                if side == "train" and len(index):
-                    match = index.match(_prompt_of(messages))
-                    if match is not None:
-                        reason = OVERLAPS_EVAL if match.label.startswith("eval ") else OVERLAPS_HELDOUT
-                        contaminated.append(Decision(i, reason, f"the prompt shares {match.overlap:.0%} of the "
-                                                     f"{d.decontaminate_ngram}-word sequences of {match.label}"))
-                        continue
+                if side == "train" and len(index) and (match := index.match(_prompt_of(messages))) is not None:
+                    contaminated.append(_overlap(i, OVERLAPS_HELDOUT, match, d.decontaminate_ngram))
+                    continue
                 if d.add_system_prompt and a.system_prompt and messages[0]["role"] != "system":
                     messages.insert(0, {"role": "system", "content": a.system_prompt})
                 record = _output_record(messages, row)
@@ -278,6 +280,10 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
             fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
     return Written(n_train, n_heldout, heldout, contaminated, cpt, rejections, split_counts, len(eval_items),
                    sum(len(s) > 1 for s in prompt_sides.values()))
+
+
+def _overlap(index: int, reason: str, match: Any, n: int) -> Decision:
+    return Decision(index, reason, f"the prompt shares {match.overlap:.0%} of the {n}-word sequences of {match.label}")
 
 
 def _output_record(messages: list[dict[str, str]], extra: dict[str, Any]) -> dict[str, Any]:
