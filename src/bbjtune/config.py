@@ -148,7 +148,13 @@ class HumanEvalConfig(Section):
     enabled: bool = True
     limit: int | None = Field(None, gt=0, description="first N of the 164 tasks (quick runs)")
     max_drop_points: float = Field(5.0, ge=0.0, description="gate: tuned may lose at most this many points")
-    timeout_s: float = Field(10.0, gt=0.0)
+    timeout_s: float = Field(10.0, gt=0.0, description="wall-clock and CPU-time limit per program")
+    memory_mb: int = Field(1024, ge=64, description="address-space limit per program")
+    max_new_tokens: int = Field(512, gt=0)
+    prompt_style: Literal["auto", "chat", "completion"] = Field(
+        "auto", description="chat: the problem as a user message; completion: the model continues the code "
+                            "(auto: completion for Base models, chat for Instruct)")
+    workers: int | None = Field(None, gt=0, description="programs run in parallel (default: CPU count)")
 
 
 class EvalConfig(Section):
@@ -156,10 +162,15 @@ class EvalConfig(Section):
     output_dir: str | None = Field(None, description="default: <run output_dir>/eval")
     compiler: Literal["auto", "builtin", "bbjcpl"] = "auto"
     backend: Literal["transformers", "http", "gguf"] = "transformers"
-    base_url: str | None = None
-    api_model: str | None = None
+    base_url: str | None = Field(None, description="http backend: the server's OpenAI-compatible address (…/v1)")
+    api_model: str | None = Field(None, description="http backend: the served name of the tuned model")
+    base_api_model: str | None = Field(None, description="http backend: the served name of the base model, if any")
+    gguf_file: str | None = Field(None, description="gguf backend: the tuned model's .gguf file")
+    base_gguf_file: str | None = Field(None, description="gguf backend: the base model's .gguf file, if any")
     request_timeout_s: float = Field(120.0, gt=0.0)
     retries: int = Field(3, ge=0)
+    concurrency: int = Field(8, gt=0, description="http backend: requests in flight at once")
+    system_prompt: str | None = Field(None, description="default: the training data's system prompt (trained.json)")
     n_samples: int = Field(1, gt=0)
     k: list[int] = Field(default_factory=lambda: [1])
     temperature: float = Field(0.2, ge=0.0)
@@ -175,6 +186,8 @@ class EvalConfig(Section):
     def _check(self) -> EvalConfig:
         if self.backend == "http" and not self.base_url:
             raise ValueError("backend 'http' needs base_url (e.g. http://127.0.0.1:11434/v1 for Ollama)")
+        if self.backend == "gguf" and not self.gguf_file:
+            raise ValueError("backend 'gguf' needs gguf_file (e.g. runs/<name>/export/<name>.q4_k_m.gguf)")
         if max(self.k) > self.n_samples:
             raise ValueError(f"k={max(self.k)} needs n_samples >= {max(self.k)} (got {self.n_samples})")
         if self.n_samples > 1 and self.temperature == 0.0:

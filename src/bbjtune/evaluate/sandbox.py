@@ -37,6 +37,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from bbjtune.errors import BbjtuneError
+
 SANDBOX_UID_BASE = 61000  # root only: sample processes run as 61000 + worker slot
 OUTPUT_LIMIT_BYTES = 1 << 20
 TAIL_CHARS = 2000
@@ -178,12 +180,14 @@ def detect_isolation(mode: str = "auto") -> Isolation:
     is_root = os.geteuid() == 0
     unshare = shutil.which("unshare") if sys.platform.startswith("linux") else None
     tmp_root = os.path.realpath(tempfile.gettempdir())
-    notes = []
+    notes: list[str] = []
+    failures: list[str] = []
     modes = {"auto": ["namespaces", "rlimits"], "namespaces": ["namespaces"], "rlimits": ["rlimits"]}[mode]
     for candidate_mode in modes:
         if candidate_mode == "namespaces" and not unshare:
             notes.append("unshare is not available")
             continue
+        failures = []
         for interp in _interpreter_candidates():
             hide = tuple(p for p in _project_paths() if _safe_to_hide(p, [interp, tmp_root]))
             iso = Isolation(candidate_mode, interp, user_namespace=candidate_mode == "namespaces" and not is_root,
@@ -192,8 +196,11 @@ def detect_isolation(mode: str = "auto") -> Isolation:
             result = _run(iso, "print('ok')\n", Limits(wall_s=20), slot=0)
             if result.passed:
                 return iso
-            notes.append(f"{candidate_mode} with {interp}: {result.reason}")
-    raise RuntimeError("no way to run a sandboxed Python program here: " + "; ".join(notes))
+            failures.append(f"{candidate_mode} with {interp}: {result.reason}")
+        if candidate_mode == "namespaces":
+            notes.append("namespaces failed: " + "; ".join(failures[-2:]))
+    raise BbjtuneError("HumanEval cannot run here: no sandboxed Python process could be started",
+                       "; ".join(notes + failures)[:400] or "check that python3 is installed")
 
 
 def run_python(program: str, limits: Limits = Limits(), slot: int = 0, mode: str = "auto") -> SandboxResult:

@@ -1,0 +1,168 @@
+"""`bbjtune eval compare A B`: two evaluated models side by side (usually base vs tuned).
+
+Deltas (B − A, in points) per tier, category and BBj generation; every drop is listed as a
+regression. The HumanEval gate passes when B's pass@1 is at most `max_drop_points` below A's.
+Example pairs show the same prompt answered by both, those whose verdict changed first. When the
+human review (bbjtune review) has exported results next to the eval directories, their summary is
+included.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_text
+from bbjtune.errors import BbjtuneError
+from bbjtune.evaluate.generations import read_generations
+from bbjtune.evaluate.run import GENERATIONS_FILE, RESULTS_FILE, SCORES_FILE
+
+MAX_EXAMPLES = 12
+
+
+def _load(directory: Path) -> dict[str, Any]:
+    path = directory / RESULTS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BbjtuneError(f"{path} not found", f"evaluate that model first (bbjtune eval ... --label {directory.name}) "
+                                                "or pass an eval/<label>/ directory") from None
+    except json.JSONDecodeError as exc:
+        raise BbjtuneError(f"{path} is not valid JSON (line {exc.lineno})", "re-score it: bbjtune eval score DIR") from None
+
+
+def _cell(a: float | None, b: float | None) -> dict[str, Any]:
+    delta = None if a is None or b is None else round(b - a, 4)
+    return {"a": a, "b": b, "delta": delta, "regression": delta is not None and delta < 0}
+
+
+def _group_metrics(g: dict[str, Any] | None, ks: list[str]) -> dict[str, float | None]:
+    g = g or {}
+    out = {f"compile@{k}": (g.get("compile_at_k") or {}).get(k) for k in ks}
+    out["patterns"] = g.get("patterns_pass_rate")
+    out["factual"] = g.get("factual_accuracy")
+    return out
+
+
+def compare_results(ra: dict[str, Any], rb: dict[str, Any], max_drop_points: float = 5.0) -> dict[str, Any]:
+    """The comparison of two results.json contents (A is the reference, B the candidate)."""
+    a, b = ra["model"], rb["model"]
+    if a == b:
+        a, b = f"{a} (A)", f"{b} (B)"
+    ks = sorted(set(ra.get("compile_at_k", {})) & set(rb.get("compile_at_k", {})), key=int) or ["1"]
+    tiers = {f"compile@{k}": _cell(ra["compile_at_k"].get(k), rb["compile_at_k"].get(k)) for k in ks}
+    tiers["patterns pass rate"] = _cell(ra.get("patterns_pass_rate"), rb.get("patterns_pass_rate"))
+    tiers["factual accuracy"] = _cell(ra.get("factual_accuracy"), rb.get("factual_accuracy"))
+    hea, heb = ra.get("humaneval") or {}, rb.get("humaneval") or {}
+    for key in sorted(set(hea) & set(heb)):
+        if key.startswith("pass_at_"):
+            tiers[f"HumanEval {key.replace('pass_at_', 'pass@')}"] = _cell(hea[key], heb[key])
+    breakdowns = {}
+    for field in ("by_category", "by_generation"):
+        ga, gb = ra.get(field) or {}, rb.get(field) or {}
+        names = sorted(set(ga) | set(gb))
+        pairs = {n: (_group_metrics(ga.get(n), ks), _group_metrics(gb.get(n), ks)) for n in names}
+        metrics = [m for m in _group_metrics({}, ks)
+                   if any(ma[m] is not None or mb[m] is not None for ma, mb in pairs.values())]
+        breakdowns[field] = {n: {m: _cell(ma[m], mb[m]) for m in metrics} for n, (ma, mb) in pairs.items()}
+    regressions = [f"{name}: {_fmt(c['a'])} → {_fmt(c['b'])} ({100 * c['delta']:+.1f} points)"
+                   for name, c in tiers.items() if c["regression"]]
+    for field, label in (("by_category", "category"), ("by_generation", "generation")):
+        for name, g in breakdowns[field].items():
+            regressions += [f"{label} {name}, {m}: {_fmt(c['a'])} → {_fmt(c['b'])} ({100 * c['delta']:+.1f} points)"
+                            for m, c in g.items() if c["regression"]]
+    return {"a": a, "b": b, "compiler": ra.get("compiler") if ra.get("compiler") == rb.get("compiler")
+            else f"{a}: {ra.get('compiler')}, {b}: {rb.get('compiler')}",
+            "primary_metric": f"compile@{ks[0]}", "tiers": tiers, **breakdowns, "regressions": regressions,
+            "humaneval_gate": humaneval_gate(hea.get("pass_at_1"), heb.get("pass_at_1"), max_drop_points, a, b),
+            "n_prompts": {"a": ra.get("n_prompts"), "b": rb.get("n_prompts")}}
+
+
+def _fmt(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def humaneval_gate(pa: float | None, pb: float | None, max_drop_points: float, a: str = "A", b: str = "B") -> dict[str, Any]:
+    """Pass when B lost at most `max_drop_points` points of HumanEval pass@1 against A."""
+    if pa is None or pb is None:
+        return {"status": "not_run", "a": pa, "b": pb, "drop_points": None, "max_drop_points": max_drop_points,
+                "message": "HumanEval was not run for both models, so forgetting was not measured"}
+    drop = round(100 * (pa - pb), 2)
+    ok = drop <= max_drop_points + 1e-9
+    verb = "lost" if drop > 0 else "gained"
+    return {"status": "pass" if ok else "fail", "a": pa, "b": pb, "drop_points": drop, "max_drop_points": max_drop_points,
+            "message": f"{b} {verb} {abs(drop):.1f} points of HumanEval pass@1 against {a} "
+                       f"({100 * pa:.1f}% → {100 * pb:.1f}%); the gate allows a drop of {max_drop_points:g}"}
+
+
+def example_pairs(a_dir: Path, b_dir: Path, limit: int = MAX_EXAMPLES) -> list[dict[str, Any]]:
+    """Sample 0 of prompts both models answered, those whose verdict changed first."""
+    def index(d: Path) -> tuple[dict, dict]:
+        rows = {(r["suite"], r["id"]): r for r in read_generations(d / GENERATIONS_FILE) if r["sample"] == 0}
+        scores = {(s["suite"], s["id"]): s for s in read_generations(d / SCORES_FILE) if s.get("sample") == 0}
+        return rows, scores
+
+    rows_a, scores_a = index(a_dir)
+    rows_b, scores_b = index(b_dir)
+    pairs = []
+    for key in rows_a.keys() & rows_b.keys():
+        if key[0] == "humaneval":
+            continue
+        va, vb = _verdict(scores_a.get(key)), _verdict(scores_b.get(key))
+        change = "fixed" if vb[0] > va[0] else "broke" if vb[0] < va[0] else "same verdict"
+        pairs.append({"suite": key[0], "id": key[1], "category": rows_a[key].get("category"),
+                      "prompt": rows_a[key].get("prompt"), "change": change,
+                      "a_output": rows_a[key].get("output") or rows_a[key].get("error") or "",
+                      "b_output": rows_b[key].get("output") or rows_b[key].get("error") or "",
+                      "a_verdict": va[1], "b_verdict": vb[1]})
+    order = {"fixed": 0, "broke": 1, "same verdict": 2}
+    pairs.sort(key=lambda p: (order[p["change"]], p["suite"], p["id"]))
+    return pairs[:limit]
+
+
+def _verdict(score: dict[str, Any] | None) -> tuple[int, str]:
+    """(number of checks passed, words) for a sample's score."""
+    if score is None:
+        return 0, "not scored"
+    checks = [(name, score.get(field)) for name, field in (("compiles", "compiles"), ("patterns", "patterns_ok"),
+                                                              ("factual", "factual")) if score.get(field) is not None]
+    passed = sum(bool(v) for _, v in checks)
+    words = ", ".join(f"{name} {'✓' if v else '✗'}" for name, v in checks) or "no checks"
+    return passed, words
+
+
+def load_review(a_dir: Path) -> Any:
+    """The human review summary exported next to the eval directories, when there is one."""
+    path = a_dir.parent / "review" / "results.json"
+    if not path.exists():
+        return None
+    try:
+        from bbjtune.serve.results import load_review_summary
+    except ImportError:
+        return None
+    try:
+        return load_review_summary(path)
+    except BbjtuneError as exc:
+        return {"error": str(exc)}
+
+
+def compare_dirs(a_dir: str | Path, b_dir: str | Path, out_dir: str | Path, max_drop_points: float = 5.0) -> dict[str, Any]:
+    """Compare two eval/<label>/ directories; writes results.json and report.html into out_dir."""
+    from bbjtune.evaluate.report import compare_report_html
+
+    a_dir, b_dir, out = Path(a_dir), Path(b_dir), Path(out_dir)
+    ra, rb = _load(a_dir), _load(b_dir)
+    with StageRun(out, stage="eval-compare", config={"a": str(a_dir), "b": str(b_dir),
+                                                     "max_drop_points": max_drop_points}) as run:
+        run.add_inputs([a_dir / RESULTS_FILE, b_dir / RESULTS_FILE])
+        cmp = compare_results(ra, rb, max_drop_points)
+        cmp.update(a_dir=str(a_dir), b_dir=str(b_dir), examples=example_pairs(a_dir, b_dir))
+        review = load_review(a_dir)
+        if review is not None:
+            cmp["human_review"] = review
+        atomic_write_json(out / RESULTS_FILE, cmp)
+        atomic_write_text(out / "report.html", compare_report_html(cmp))
+        run.outputs += [RESULTS_FILE, "report.html"]
+        run.metrics.update(humaneval_gate=cmp["humaneval_gate"]["status"], regressions=len(cmp["regressions"]))
+    return cmp

@@ -1,0 +1,56 @@
+"""Tier 1: does the generated BBj compile?
+
+The code is taken from the answer with `extract_bbj` (fenced ```bbj blocks first) and checked by
+the real `bbjcpl -N` when it is installed (compiler "auto" or "bbjcpl"), else by bbjtune's
+built-in checker; results say which. An answer without code fails with that reason. compile@k
+uses the unbiased estimator in `estimator.py` over the n samples of each prompt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_DIAGNOSTICS_KEPT = 20
+
+
+@dataclass
+class CompileResult:
+    compiles: bool
+    compiler: str
+    reason: str = ""
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)
+    code: str = ""
+
+
+def compile_answer(answer: str, compiler: str = "auto", filename: str = "answer.bbj") -> CompileResult:
+    """Extract the BBj code of an answer and check it; errors are listed, warnings do not fail it."""
+    from bbjtune.bbj import extract_bbj
+
+    code = extract_bbj(answer or "")
+    return compile_code(code, compiler, filename)
+
+
+def compile_code(code: str, compiler: str = "auto", filename: str = "answer.bbj") -> CompileResult:
+    from bbjtune.bbj import check_with
+
+    if not code.strip():
+        used = resolve_compiler(compiler)
+        return CompileResult(False, used, "no BBj code found in the answer", [], code)
+    diagnostics, used = check_with(compiler, code, filename)
+    errors = [d for d in diagnostics if d.severity == "error"]
+    kept = [d.to_dict() for d in errors[:MAX_DIAGNOSTICS_KEPT]]
+    if not errors:
+        return CompileResult(True, used, "", kept, code)
+    first = errors[0]
+    reason = f"line {first.line}: {first.message}" + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")
+    return CompileResult(False, used, reason, kept, code)
+
+
+def resolve_compiler(compiler: str) -> str:
+    """What "auto" means on this machine: "bbjcpl" when the real compiler is found, else "builtin"."""
+    if compiler != "auto":
+        return compiler
+    from bbjtune.bbj.bbjcpl import find_bbjcpl
+
+    return "bbjcpl" if find_bbjcpl() is not None else "builtin"

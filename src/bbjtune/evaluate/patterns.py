@@ -1,0 +1,42 @@
+"""Tier 2: does the answer use the right BBj APIs and idioms, and is it factually right?
+
+`expect.must` patterns must all match the answer, `expect.must_not` patterns must not match
+(Python-isms, Visual Basic syntax, APIs of the wrong BBj generation); `answer`, when a case has
+one, decides whether a factual question was answered correctly. Everything is checked against
+the whole answer text, code and prose alike, as the suite's tests check it against the reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+
+from bbjtune.evaluate.suite import EvalCase
+
+
+@dataclass
+class PatternScore:
+    missing: list[str] = field(default_factory=list)     # must patterns that did not match
+    forbidden: list[str] = field(default_factory=list)   # must_not patterns that matched
+    factual: bool | None = None                          # None: the case has no answer regex
+    has_patterns: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return not self.missing and not self.forbidden
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(pattern: str) -> re.Pattern:
+    return re.compile(pattern)
+
+
+def score_patterns(case: EvalCase, text: str) -> PatternScore:
+    text = text or ""
+    score = PatternScore(has_patterns=bool(case.must or case.must_not))
+    score.missing = [p for p in case.must if not _compiled(p).search(text)]
+    score.forbidden = [p for p in case.must_not if _compiled(p).search(text)]
+    if case.answer is not None:
+        score.factual = bool(text.strip()) and _compiled(case.answer).search(text) is not None
+    return score

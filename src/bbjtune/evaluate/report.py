@@ -1,0 +1,255 @@
+"""report.html for one model and for a comparison of two: one self-contained file each.
+
+Plots are drawn with matplotlib and embedded as PNG data URIs; styles are inline. The page opens
+from disk, offline, mailed as an attachment, with nothing else next to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bbjtune.artifacts import atomic_write_text
+
+MAX_FAILURES_SHOWN = 25
+MAX_TEXT = 2500
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1150px;color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em} h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.6em 0} th,td{border:1px solid #ddd;padding:4px 9px;text-align:left;vertical-align:top}
+th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.muted{color:#777} .bad{background:#fde2e1} .good{background:#e3f6e3} .neg{color:#b00020;font-weight:600} .pos{color:#1b7f1b}
+.badge{display:inline-block;padding:.35em .9em;border-radius:4px;font-weight:700;color:#fff}
+.pass{background:#1b7f1b} .fail{background:#b00020} .na{background:#888}
+pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:.6em;overflow:auto;max-height:22em;white-space:pre-wrap;margin:.3em 0}
+details{margin:.5em 0} summary{cursor:pointer} .pair{display:grid;grid-template-columns:1fr 1fr;gap:1em}
+img{max-width:100%}
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def clip(text: str | None, limit: int = MAX_TEXT) -> str:
+    text = text or ""
+    return text if len(text) <= limit else text[:limit] + f"\n… ({len(text) - limit} more characters)"
+
+
+def page(title: str, body: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
+            f"<style>{CSS}</style></head><body>{body}<p class='muted'>Written by bbjtune eval, {stamp}.</p>"
+            "</body></html>\n")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], row_classes: Sequence[str] | None = None) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f" class='{row_classes[i]}'" if row_classes and row_classes[i] else ""
+        body.append(f"<tr{cls}>" + "".join(row) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def td(value: Any, num: bool = False, cls: str = "") -> str:
+    classes = " ".join(c for c in ("num" if num else "", cls) if c)
+    return f"<td class='{classes}'>{value}</td>" if classes else f"<td>{value}</td>"
+
+
+def png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return f"<img alt='plot' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
+
+
+def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float | None]], title: str) -> str:
+    """Horizontal grouped bars (one group per category, one bar per series), values 0..1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not groups:
+        return ""
+    height = max(2.2, 0.42 * len(groups) * max(1, len(series)) ** 0.5 + 1)
+    fig, ax = plt.subplots(figsize=(8, height))
+    n = len(series)
+    width = 0.8 / max(1, n)
+    for j, (name, values) in enumerate(series.items()):
+        ys = [i + (j - (n - 1) / 2) * width for i in range(len(groups))]
+        ax.barh(ys, [100 * (v or 0) for v in values], height=width, label=name)
+    ax.set_yticks(range(len(groups)), labels=list(groups))
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("%")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=.3)
+    if n > 1:
+        ax.legend(loc="lower right", fontsize=8)
+    return png(fig)
+
+
+def k_keys(results: dict[str, Any]) -> list[str]:
+    return sorted(results.get("compile_at_k", {}), key=int)
+
+
+# ----------------------------------------------------------------------------- one model
+
+def write_model_report(path: str | Path, results: dict[str, Any], scores: Sequence[dict[str, Any]],
+                       rows: Sequence[dict[str, Any]]) -> Path:
+    return atomic_write_text(path, model_report_html(results, scores, rows))
+
+
+def model_report_html(results: dict[str, Any], scores: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> str:
+    label = results["model"]
+    ks = k_keys(results)
+    parts = [f"<h1>BBj evaluation: {esc(label)}</h1>",
+             f"<p class='muted'>model {esc(results.get('model_spec'))} · compiler <b>{esc(results['compiler'])}</b> · "
+             f"sampling {esc(results.get('sampling'))} · suites {esc(', '.join(results.get('suites', [])))}</p>"]
+    he = results.get("humaneval") or {}
+    summary_rows = [[td(f"compile@{k}"), td(pct(results["compile_at_k"][k]), True),
+                     td("share of prompts whose generated BBj compiles (unbiased estimator)")] for k in ks]
+    summary_rows += [
+        [td("patterns pass rate"), td(pct(results["patterns_pass_rate"]), True),
+         td("answers using the expected APIs and idioms, none of the forbidden ones")],
+        [td("factual accuracy"), td(pct(results["factual_accuracy"]), True), td("factual questions answered right")],
+    ]
+    for key in sorted(k for k in he if k.startswith("pass_at_")):
+        summary_rows.append([td(f"HumanEval {key.replace('pass_at_', 'pass@')}"), td(pct(he[key]), True),
+                             td(f"{he.get('n_tasks')} Python tasks, run in the sandbox ({esc(he.get('style'))} prompts)")])
+    parts += ["<h2>Summary</h2>", table(["metric", "value", "meaning"], summary_rows),
+              f"<p>{results['n_prompts']} BBj prompts, {results['n_samples']} samples, "
+              f"{results.get('n_compiled_prompts', 0)} prompts with compiled code; "
+              f"{len(results.get('errors', []))} error(s) recorded.</p>"]
+    first_k = ks[0] if ks else None
+    for field, title in (("by_category", "By category"), ("by_generation", "By BBj generation"), ("by_task", "By task")):
+        groups = results.get(field) or {}
+        names = list(groups)
+        if field == "by_category" and names:
+            parts.append(bar_chart(names, {f"compile@{first_k}": [groups[n]["compile_at_k"].get(first_k) for n in names],
+                                           "patterns": [groups[n]["patterns_pass_rate"] for n in names]},
+                                   f"{label}: compile@{first_k} and patterns per category"))
+        rows_html = [[td(esc(n)), td(g["n_prompts"], True)] +
+                     [td(pct(g["compile_at_k"].get(k)), True) for k in ks] +
+                     [td(pct(g["patterns_pass_rate"]), True), td(pct(g["factual_accuracy"]), True)]
+                     for n, g in groups.items()]
+        parts += [f"<h2>{title}</h2>",
+                  table([field.split("_", 1)[1], "prompts", *[f"compile@{k}" for k in ks], "patterns", "factual"], rows_html)]
+    if he:
+        parts += ["<h2>HumanEval</h2>",
+                  f"<p>Outcomes: {esc(', '.join(f'{k}: {v}' for k, v in sorted(he.get('statuses', {}).items())))}. "
+                  f"Limits: {esc(he.get('limits'))}. Sandbox: {esc(he.get('sandbox'))}.</p>"]
+    parts += _failures_html(scores, rows)
+    parts += _errors_html(results.get("errors", []))
+    return page(f"bbjtune eval: {label}", "".join(parts))
+
+
+def _failures_html(scores: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> list[str]:
+    by_key = {(r["suite"], r["id"], r["sample"]): r for r in rows}
+    failing = [s for s in scores if s.get("suite") != "humaneval" and
+               (s.get("compiles") is False or s.get("patterns_ok") is False or s.get("factual") is False)]
+    if not failing:
+        return []
+    out = [f"<h2>Failing samples ({len(failing)}, first {min(len(failing), MAX_FAILURES_SHOWN)} shown)</h2>"]
+    for s in failing[:MAX_FAILURES_SHOWN]:
+        row = by_key.get((s["suite"], s["id"], s["sample"]), {})
+        why = []
+        if s.get("compiles") is False:
+            why.append(f"does not compile: {esc(s.get('compile_reason'))}")
+        if s.get("missing"):
+            why.append("missing " + ", ".join(f"<code>{esc(p)}</code>" for p in s["missing"]))
+        if s.get("forbidden"):
+            why.append("forbidden " + ", ".join(f"<code>{esc(p)}</code>" for p in s["forbidden"]))
+        if s.get("factual") is False:
+            why.append("factual answer wrong")
+        out.append(f"<details><summary><b>{esc(s['suite'])}/{esc(s['id'])}</b> #{s['sample']} "
+                   f"<span class='muted'>{esc(s.get('category'))} · {esc(s.get('generation'))}</span> — "
+                   f"{'; '.join(why)}</summary><p>{esc(clip(row.get('prompt'), 600))}</p>"
+                   f"<pre>{esc(clip(row.get('output')))}</pre></details>")
+    return out
+
+
+def _errors_html(errors: Sequence[dict[str, Any]]) -> list[str]:
+    if not errors:
+        return []
+    rows = [[td(esc(e.get("suite"))), td(esc(e.get("id", f"line {e.get('line')}"))), td(esc(e.get("sample", ""))),
+             td(esc(e.get("error")))] for e in errors[:200]]
+    return [f"<h2>Errors ({len(errors)})</h2>", table(["suite", "id / line", "sample", "reason"], rows)]
+
+
+# ----------------------------------------------------------------------------- two models
+
+def delta_cell(delta: float | None) -> str:
+    if delta is None:
+        return td("–", True)
+    cls = "neg" if delta < 0 else "pos" if delta > 0 else ""
+    return td(f"{100 * delta:+.1f}", True, cls)
+
+
+def compare_report_html(cmp: dict[str, Any]) -> str:
+    a, b = cmp["a"], cmp["b"]
+    gate = cmp["humaneval_gate"]
+    badge = {"pass": "<span class='badge pass'>PASS</span>", "fail": "<span class='badge fail'>FAIL</span>"}.get(
+        gate["status"], "<span class='badge na'>NOT RUN</span>")
+    parts = [f"<h1>BBj evaluation: {esc(b)} vs {esc(a)}</h1>",
+             f"<p class='muted'>{esc(a)}: {esc(cmp['a_dir'])} · {esc(b)}: {esc(cmp['b_dir'])} · compiler "
+             f"{esc(cmp['compiler'])}. Deltas are {esc(b)} − {esc(a)}, in percentage points; red rows are regressions.</p>",
+             f"<h2>HumanEval gate {badge}</h2><p>{esc(gate['message'])}</p>"]
+    tier_rows, classes = [], []
+    for name, t in cmp["tiers"].items():
+        tier_rows.append([td(esc(name)), td(pct(t["a"]), True), td(pct(t["b"]), True), delta_cell(t["delta"])])
+        classes.append("bad" if t["regression"] else "good" if (t["delta"] or 0) > 0 else "")
+    parts += ["<h2>Tiers</h2>", table(["metric", a, b, "Δ points"], tier_rows, classes)]
+    for field, title in (("by_category", "By category"), ("by_generation", "By BBj generation")):
+        groups = cmp.get(field) or {}
+        if not groups:
+            continue
+        names = list(groups)
+        metric = cmp["primary_metric"]
+        parts.append(bar_chart(names, {a: [groups[n][metric]["a"] for n in names],
+                                       b: [groups[n][metric]["b"] for n in names]}, f"{metric} per {title.lower()[3:]}"))
+        metrics = list(next(iter(groups.values())))
+        rows, classes = [], []
+        for n, g in groups.items():
+            row = [td(esc(n))]
+            for m in metrics:
+                row += [td(pct(g[m]["a"]), True), td(pct(g[m]["b"]), True), delta_cell(g[m]["delta"])]
+            rows.append(row)
+            classes.append("bad" if any(g[m]["regression"] for m in metrics) else "")
+        headers = [field.split("_", 1)[1]] + [h for m in metrics for h in (f"{m} {a}", f"{m} {b}", "Δ")]
+        parts += [f"<h2>{title}</h2>", table(headers, rows, classes)]
+    if cmp.get("regressions"):
+        parts += ["<h2>Regressions</h2><ul>"] + [f"<li>{esc(r)}</li>" for r in cmp["regressions"]] + ["</ul>"]
+    if cmp.get("examples"):
+        parts.append(f"<h2>Example pairs ({len(cmp['examples'])})</h2>")
+        for ex in cmp["examples"]:
+            parts.append(f"<details><summary><b>{esc(ex['suite'])}/{esc(ex['id'])}</b> "
+                         f"<span class='muted'>{esc(ex['category'])}</span> — {esc(ex['change'])}</summary>"
+                         f"<p>{esc(clip(ex['prompt'], 800))}</p><div class='pair'>"
+                         f"<div><b>{esc(a)}</b> <span class='muted'>{esc(ex['a_verdict'])}</span>"
+                         f"<pre>{esc(clip(ex['a_output']))}</pre></div>"
+                         f"<div><b>{esc(b)}</b> <span class='muted'>{esc(ex['b_verdict'])}</span>"
+                         f"<pre>{esc(clip(ex['b_output']))}</pre></div></div></details>")
+    if cmp.get("human_review"):
+        parts += ["<h2>Human review</h2>", f"<pre>{esc(_pretty(cmp['human_review']))}</pre>"]
+    return page(f"bbjtune eval: {b} vs {a}", "".join(parts))
+
+
+def _pretty(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, ensure_ascii=False, default=str)

@@ -1,0 +1,194 @@
+"""Evaluate one model: generate every answer (resumable), then score them, then write the report.
+
+    eval/<label>/
+      settings.json      what was evaluated and how (model, sampling, suites, prompt style)
+      cases.jsonl        the suite cases used (so scoring never needs the suite files again)
+      generations.jsonl  every sample, written before scoring (see generations.py)
+      scores.jsonl       one score per sample, with compiler diagnostics and failed patterns
+      results.json       the numbers; report.html; manifest.json
+
+`score_dir` re-scores a directory from its files alone (another compiler, a fixed checker).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_jsonl, sha256_file
+from bbjtune.config import EvalConfig
+from bbjtune.errors import BbjtuneError
+from bbjtune.evaluate.generate import Backend, Request, Sampling
+from bbjtune.evaluate.generations import GENERATIONS_FILE, generate_to_file, read_generations
+from bbjtune.evaluate.suite import EvalCase, Suite, SuiteProblem
+
+SETTINGS_FILE = "settings.json"
+CASES_FILE = "cases.jsonl"
+SCORES_FILE = "scores.jsonl"
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.html"
+# Settings that change what a sample is; a resumed run must match them.
+FINGERPRINT_KEYS = ("model", "sampling", "system_prompt", "humaneval_style", "humaneval_max_new_tokens")
+
+
+@contextmanager
+def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr; yields `advance(n)`."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+def bbj_requests(cases: Sequence[EvalCase], system_prompt: str | None) -> list[Request]:
+    requests = []
+    for c in cases:
+        system = c.system or system_prompt
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": c.prompt}]
+        requests.append(Request(messages=messages, meta={"suite": c.suite, "id": c.id, "prompt": c.prompt,
+                                                          "category": c.category, "generation": c.generation,
+                                                          "task": c.task}))
+    return requests
+
+
+def sampling_of(ecfg: EvalConfig) -> Sampling:
+    return Sampling(temperature=ecfg.temperature, top_p=ecfg.top_p, max_new_tokens=ecfg.max_new_tokens,
+                    n=ecfg.n_samples, seed=ecfg.seed)
+
+
+def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[], Backend], model_spec: dict[str, Any],
+                   suites: Sequence[Suite], ecfg: EvalConfig, system_prompt: str | None = None,
+                   humaneval_style: str = "chat", fresh: bool = False) -> dict[str, Any]:
+    """Generate (or resume) and score one model; returns its results.json content."""
+    from bbjtune.evaluate import humaneval
+    from bbjtune.evaluate.suite import limit_cases
+
+    out = Path(out_dir)
+    cases = [c for s in suites for c in limit_cases(s.cases, ecfg.limit)]
+    problems = [p for s in suites for p in s.problems]
+    if not cases and not ecfg.humaneval.enabled:
+        raise BbjtuneError("nothing to evaluate: the suites hold no valid case and HumanEval is off",
+                           "fix the suite files (problems: " + "; ".join(map(str, problems[:3])) + ")")
+    sampling = sampling_of(ecfg)
+    settings = {
+        "label": label, "model": model_spec,
+        "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p,
+                     "max_new_tokens": sampling.max_new_tokens, "n": sampling.n, "seed": sampling.seed},
+        "k": sorted(set(ecfg.k)), "compiler": ecfg.compiler, "system_prompt": system_prompt,
+        "suites": [{"name": s.name, "path": str(s.path), "sha256": sha256_file(s.path), "cases": len(s.cases),
+                    "problems": [p.to_dict() for p in s.problems]} for s in suites],
+        "limit": ecfg.limit,
+        "humaneval": ecfg.humaneval.enabled, "humaneval_style": humaneval_style if ecfg.humaneval.enabled else None,
+        "humaneval_max_new_tokens": ecfg.humaneval.max_new_tokens, "humaneval_limit": ecfg.humaneval.limit,
+        "humaneval_limits": {"wall_s": ecfg.humaneval.timeout_s, "memory_mb": ecfg.humaneval.memory_mb},
+    }
+    _prepare_dir(out, settings, fresh)
+    with StageRun(out, stage="eval", config={"label": label, **ecfg.model_dump(mode="json")}) as run:
+        run.add_inputs([s.path for s in suites])
+        run.extra["model"] = model_spec
+        atomic_write_json(out / SETTINGS_FILE, settings)
+        atomic_write_jsonl(out / CASES_FILE, [c.to_dict() for c in cases])
+        requests = bbj_requests(cases, system_prompt)
+        problems_by_id: dict[str, dict[str, Any]] = {}
+        if ecfg.humaneval.enabled:
+            he_problems = humaneval.load_problems(ecfg.humaneval.limit)
+            problems_by_id = {p["task_id"]: p for p in he_problems}
+            requests += humaneval.humaneval_requests(he_problems, humaneval_style, ecfg.humaneval.max_new_tokens,
+                                                     system_prompt if humaneval_style == "chat" else None)
+
+        def extract(request: Request, output: str) -> str:
+            if request.meta["suite"] == humaneval.SUITE_NAME:
+                return humaneval.extract_solution(output, problems_by_id[request.meta["id"]], humaneval_style)
+            from bbjtune.bbj import extract_bbj
+            return extract_bbj(output)
+
+        with run.timed("generate"), progress(f"[{label}] generating", len(requests)) as advance:
+            stats = generate_to_file(backend_factory, requests, sampling, out / GENERATIONS_FILE, label, extract, advance)
+        run.metrics["generation"] = vars(stats)
+        if stats.generated and stats.seconds:
+            run.metrics["generation"]["prompts_per_s"] = round(stats.generated / stats.seconds, 3)
+        with run.timed("score"):
+            results = score_dir(out, extra_problems=problems)
+        run.metrics.update({k: results[k] for k in ("compile_at_k", "patterns_pass_rate", "factual_accuracy",
+                                                     "n_prompts", "n_samples")})
+        run.metrics["humaneval"] = results.get("humaneval")
+        run.outputs += [GENERATIONS_FILE, SCORES_FILE, RESULTS_FILE, REPORT_FILE, CASES_FILE, SETTINGS_FILE]
+    return results
+
+
+def _prepare_dir(out: Path, settings: dict[str, Any], fresh: bool) -> None:
+    """Start over when asked; refuse to mix samples made with other settings into a resumed run."""
+    out.mkdir(parents=True, exist_ok=True)
+    old_path = out / SETTINGS_FILE
+    gen = out / GENERATIONS_FILE
+    if fresh:
+        for name in (GENERATIONS_FILE, SCORES_FILE, RESULTS_FILE, REPORT_FILE):
+            (out / name).unlink(missing_ok=True)
+        return
+    if not gen.exists() or not old_path.exists():
+        return
+    try:
+        old = json.loads(old_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return
+    changed = [k for k in FINGERPRINT_KEYS if old.get(k) != settings.get(k)]
+    if changed:
+        raise BbjtuneError(f"{out} already holds generations made with different {', '.join(changed)}",
+                           "add --fresh to start over there, or use another --label / output directory")
+
+
+def score_dir(out_dir: str | Path, compiler: str | None = None, workers: int | None = None,
+              extra_problems: Sequence[SuiteProblem] = ()) -> dict[str, Any]:
+    """Score a directory's generations from its files alone; writes scores.jsonl, results.json, report.html."""
+    from bbjtune.evaluate import humaneval, report
+    from bbjtune.evaluate.compile import resolve_compiler
+    from bbjtune.evaluate.sandbox import Limits
+    from bbjtune.evaluate.scoring import build_results, score_bbj_samples
+
+    out = Path(out_dir)
+    for name in (SETTINGS_FILE, CASES_FILE, GENERATIONS_FILE):
+        if not (out / name).exists():
+            raise BbjtuneError(f"{out} has no {name}", "point at an eval/<label>/ directory written by `bbjtune eval`")
+    settings = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))
+    cases = [EvalCase.from_dict(json.loads(line)) for line in (out / CASES_FILE).read_text(encoding="utf-8").splitlines()
+             if line.strip()]
+    rows = read_generations(out / GENERATIONS_FILE)
+    n = settings["sampling"]["n"]
+    k_list = [k for k in settings["k"] if k <= n] or [1]
+    compiler = compiler or settings.get("compiler") or "auto"
+    bbj_rows = [r for r in rows if r["suite"] != humaneval.SUITE_NAME]
+    he_rows = [r for r in rows if r["suite"] == humaneval.SUITE_NAME]
+    with progress(f"[{settings['label']}] scoring BBj", len(cases)) as advance:
+        scores = score_bbj_samples(bbj_rows, cases, n, compiler, advance)
+    used = sorted({s["compiler"] for s in scores if s["compiler"]}) or [resolve_compiler(compiler)]
+    he_summary = None
+    if settings.get("humaneval") and he_rows:
+        limits = Limits(wall_s=settings["humaneval_limits"]["wall_s"], cpu_s=int(max(1, settings["humaneval_limits"]["wall_s"])),
+                        memory_mb=settings["humaneval_limits"]["memory_mb"])
+        with progress(f"[{settings['label']}] running HumanEval", len(he_rows)) as advance:
+            he_scores, he_summary = humaneval.score_humaneval(he_rows, settings["humaneval_style"], limits, k_list,
+                                                              workers, advance)
+        scores_all = scores + he_scores
+    else:
+        scores_all = list(scores)
+    errors = [{"suite": r["suite"], "id": r["id"], "sample": r["sample"], "error": r["error"]}
+              for r in rows if r.get("error")]
+    errors += [{"suite": s["suite"], "id": s["id"], "sample": s["sample"], "error": s["error"]}
+               for s in scores if s["error"] and s["error"].startswith("no generation")]
+    problems = [p for suite in settings.get("suites", []) for p in suite.get("problems", [])]
+    problems += [p.to_dict() for p in extra_problems if p.to_dict() not in problems]
+    errors += [{"suite": Path(p["file"]).stem, "file": p["file"], "line": p["line"], "error": p["reason"]}
+               for p in problems]
+    results = build_results(settings["label"], scores, k_list, "+".join(used), he_summary, errors,
+                            extra={"model_spec": settings.get("model"), "sampling": settings["sampling"],
+                                   "suites": [s["name"] for s in settings.get("suites", [])]})
+    atomic_write_jsonl(out / SCORES_FILE, scores_all)
+    atomic_write_json(out / RESULTS_FILE, results)
+    report.write_model_report(out / REPORT_FILE, results, scores_all, rows)
+    return results

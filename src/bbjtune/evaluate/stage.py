@@ -1,0 +1,157 @@
+"""The eval stage of `bbjtune run`: evaluate the base model and the tuned one, then compare them.
+
+    eval/base/     the model the run started from (model.source), no adapter
+    eval/tuned/    the fine-tuned model, from the train stage's trained.json
+    eval/compare/  tuned vs base: deltas per tier and category, the HumanEval gate, example pairs
+
+With the http backend the tuned model is `eval.api_model` on `eval.base_url` (and the base model
+`eval.base_api_model` when set); with the gguf backend `eval.gguf_file` (and `eval.base_gguf_file`).
+Each model directory resumes where a killed run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bbjtune.artifacts import sha256_file
+from bbjtune.config import RunConfig, expand_globs
+from bbjtune.errors import BbjtuneError
+
+console = Console(stderr=True)
+
+
+@dataclass
+class ModelPlan:
+    label: str
+    spec: dict[str, Any]
+    factory: Callable[[], Any]
+
+
+def run_stage(cfg: RunConfig, fresh: bool = False) -> Path:
+    from bbjtune.evaluate.compare import compare_dirs
+    from bbjtune.evaluate.run import evaluate_model
+
+    ecfg = cfg.eval
+    out = cfg.eval_dir
+    suites = load_suites(ecfg.suites)
+    trained = read_trained(cfg.train_dir) if ecfg.backend == "transformers" else None
+    system_prompt = ecfg.system_prompt or (trained or {}).get("system_prompt") or cfg.data.system_prompt
+    style = humaneval_style(ecfg.humaneval.prompt_style, cfg.model.kind)
+    results = {}
+    for plan in plan_models(cfg, trained):
+        console.print(f"[bold]Evaluating {plan.label}[/] ({_describe(plan.spec)})")
+        results[plan.label] = evaluate_model(plan.label, out / plan.label, plan.factory, plan.spec, suites, ecfg,
+                                             system_prompt=system_prompt, humaneval_style=style, fresh=fresh)
+    if "base" in results and "tuned" in results:
+        cmp = compare_dirs(out / "base", out / "tuned", out / "compare", ecfg.humaneval.max_drop_points)
+        print_summary(results, cmp)
+    else:
+        print_summary(results, None)
+    return out
+
+
+def load_suites(patterns: list[str]) -> list:
+    from bbjtune.evaluate.suite import load_suite
+
+    paths = expand_globs(patterns)
+    if not paths:
+        raise BbjtuneError(f"no eval suite matches {', '.join(patterns)}",
+                           "check eval.suites (or --suite); the project's suites are evals/bbj-core.jsonl and "
+                           "evals/bbj-challenge.jsonl")
+    suites = [load_suite(p) for p in paths]
+    for s in suites:
+        for problem in s.problems[:5]:
+            console.print(f"[yellow]skipped[/] {problem}", highlight=False)
+        if len(s.problems) > 5:
+            console.print(f"[yellow]skipped[/] … and {len(s.problems) - 5} more bad case(s) in {s.path}")
+    return suites
+
+
+def read_trained(train_dir: Path) -> dict[str, Any] | None:
+    path = Path(train_dir) / "trained.json"
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BbjtuneError(f"{path} is not valid JSON (line {exc.lineno})", "re-run the train stage") from None
+    data["_path"] = str(path)
+    return data
+
+
+def humaneval_style(setting: str, model_kind: str) -> str:
+    """Base models continue code (their chat tokens are untrained); Instruct models are asked in chat."""
+    if setting != "auto":
+        return setting
+    return "completion" if model_kind == "base" else "chat"
+
+
+def plan_models(cfg: RunConfig, trained: dict[str, Any] | None) -> list[ModelPlan]:
+    from bbjtune.evaluate.generate import make_backend
+
+    e = cfg.eval
+    plans: list[ModelPlan] = []
+    if e.backend == "transformers":
+        if trained is None:
+            raise BbjtuneError(f"no trained model: {Path(cfg.train_dir) / 'trained.json'} does not exist",
+                               "run the train stage first (bbjtune run CONFIG --stages train), or evaluate a "
+                               "model directly: bbjtune eval --model SOURCE")
+        if e.compare_with_base:
+            plans.append(ModelPlan("base", {"backend": "transformers", "source": cfg.model.source, "dtype": cfg.model.dtype},
+                                   lambda: make_backend("transformers", model=cfg.model.source, dtype=cfg.model.dtype,
+                                                        batch_size=e.batch_size)))
+        trained_path = trained["_path"]
+        plans.append(ModelPlan("tuned", {"backend": "transformers", "trained": trained_path,
+                                         "fingerprint": trained_fingerprint(trained)},
+                               lambda: make_backend("transformers", trained=trained_path, batch_size=e.batch_size)))
+    elif e.backend == "http":
+        def http(model: str | None) -> Callable[[], Any]:
+            return lambda: make_backend("http", base_url=e.base_url, api_model=model, timeout_s=e.request_timeout_s,
+                                        retries=e.retries, concurrency=e.concurrency)
+        if e.compare_with_base and e.base_api_model:
+            plans.append(ModelPlan("base", {"backend": "http", "base_url": e.base_url, "model": e.base_api_model},
+                                   http(e.base_api_model)))
+        plans.append(ModelPlan("tuned", {"backend": "http", "base_url": e.base_url, "model": e.api_model}, http(e.api_model)))
+    else:
+        if e.compare_with_base and e.base_gguf_file:
+            plans.append(ModelPlan("base", {"backend": "gguf", "gguf": e.base_gguf_file},
+                                   lambda: make_backend("gguf", model=e.base_gguf_file)))
+        plans.append(ModelPlan("tuned", {"backend": "gguf", "gguf": e.gguf_file}, lambda: make_backend("gguf", model=e.gguf_file)))
+    return plans
+
+
+def trained_fingerprint(trained: dict[str, Any]) -> str:
+    """Changes when the model is retrained: trained.json and the adapter's weights."""
+    parts = [sha256_file(trained["_path"])]
+    adapter = trained.get("adapter")
+    if adapter:
+        for f in sorted(Path(adapter).glob("*.safetensors")):
+            parts.append(sha256_file(f))
+    return ":".join(p[:16] for p in parts)
+
+
+def _describe(spec: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in spec.items() if k != "fingerprint")
+
+
+def print_summary(results: dict[str, dict[str, Any]], cmp: dict[str, Any] | None) -> None:
+    from bbjtune.evaluate.report import pct
+
+    for label, r in results.items():
+        k = next(iter(r["compile_at_k"]), None)
+        he = (r.get("humaneval") or {}).get("pass_at_1")
+        console.print(f"  {label:8s} compile@{k or 1} {pct(r['compile_at_k'].get(k) if k else None):>6s}   "
+                      f"patterns {pct(r['patterns_pass_rate']):>6s}   factual {pct(r['factual_accuracy']):>6s}   "
+                      f"HumanEval pass@1 {pct(he):>6s}   errors {len(r['errors'])}", highlight=False)
+    if cmp:
+        gate = cmp["humaneval_gate"]
+        colour = {"pass": "green", "fail": "red"}.get(gate["status"], "yellow")
+        console.print(f"  HumanEval gate: [{colour}]{gate['status'].upper()}[/] — {gate['message']}", highlight=False)
+        if cmp["regressions"]:
+            console.print(f"  {len(cmp['regressions'])} regression(s); see the compare report")
