@@ -12,6 +12,7 @@ from rich.console import Console
 from bbjtune.bbj import cli as bbj_cli
 from bbjtune.data.cli import data_app
 from bbjtune.errors import BbjtuneError
+from bbjtune.evaluate.cli import eval_app
 from bbjtune.serve.cli import review_app
 
 HELP = (
@@ -27,6 +28,7 @@ app = typer.Typer(help=HELP, rich_markup_mode="rich", no_args_is_help=True, add_
 config_app = typer.Typer(help="Show, check and list run configurations (YAML files and presets).",
                          no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(eval_app, name="eval")
 
 console = Console(stderr=True)
 
