@@ -16,7 +16,7 @@ Run from the repository root:
 
     python examples/build_chatml.py           # rebuild the JSONL
     python examples/build_chatml.py --check   # fail if the JSONL is out of date
-    python examples/build_chatml.py --stats   # print the counts table used in README.md
+    python examples/build_chatml.py --stats   # print the counts tables used in README.md
     python examples/build_chatml.py --lint    # run bbjtune's checker over every bbj block
 
 Standard library only (the lint step imports bbjtune when it is asked for).
@@ -34,6 +34,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SOURCE_DIR = HERE / "chatml" / "source"
 OUTPUT = HERE / "chatml" / "bbj-instructions.jsonl"
+PROGRAMS_DIR = HERE / "programs"
+PROGRAM_SUFFIXES = (".bbj", ".src", ".bbjt", ".bbl")
 
 SYSTEM_PROMPT = (
     "You are a BBj expert. BBj is BASIS International's Business BASIC, the successor of BBx "
@@ -154,7 +156,41 @@ def stats(records: list[tuple[str, dict]]) -> str:
     out.append("|---|" + "---:|" * len(ALLOWED["task"]))
     for gen in ALLOWED["generation"]:
         out.append(f"| {gen} | " + " | ".join(str(gen_by_task[(gen, t)]) for t in ALLOWED["task"]) + " |")
+    out.append("")
+    out.append(program_stats())
     return "\n".join(out)
+
+
+def program_generation(text: str) -> str:
+    """Which UI generation a program belongs to, judged from what it uses."""
+    lower = text.lower()
+    if "getwebmanager()" in lower or "$01001000$" in lower:
+        return "dwc"
+    if "'window'(" in lower:
+        return "vpro5"
+    if "opensysgui" in lower or "class public" in lower:
+        return "gui"
+    return "character"
+
+
+def program_stats() -> str:
+    """One row per program: generation, lines, line endings and encoding."""
+    rows = ["| program | generation | lines | line endings | encoding |", "|---|---|---:|---|---|"]
+    counts: collections.Counter = collections.Counter()
+    for path in sorted(PROGRAMS_DIR.iterdir()):
+        if path.suffix not in PROGRAM_SUFFIXES:
+            continue
+        data = path.read_bytes()
+        try:
+            text, encoding = data.decode("utf-8"), "UTF-8" if max(data, default=0) > 127 else "ASCII"
+        except UnicodeDecodeError:
+            text, encoding = data.decode("latin-1"), "Latin-1"
+        eol = "CRLF" if b"\r\n" in data else "LF"
+        generation = program_generation(text)
+        counts[generation] += 1
+        rows.append(f"| {path.name} | {generation} | {len(text.splitlines())} | {eol} | {encoding} |")
+    summary = ", ".join(f"{g} {counts[g]}" for g in ALLOWED["generation"])
+    return f"Programs: {sum(counts.values())} ({summary})\n\n" + "\n".join(rows)
 
 
 def lint(records: list[tuple[str, dict]]) -> int:
