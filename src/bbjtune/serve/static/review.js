@@ -16,11 +16,11 @@
     return input ? input.value : null;
   }
 
-  function setActive(index) {
+  function setActive(index, quiet) {
     if (!criteria.length) return;
     active = (index + criteria.length) % criteria.length;
     criteria.forEach(function (el, k) { el.classList.toggle("active", k === active); });
-    criteria[active].scrollIntoView({ block: "nearest" });
+    if (!quiet) criteria[active].scrollIntoView({ block: "nearest" });
   }
 
   function firstUnscored() {
@@ -72,7 +72,7 @@
   });
 
   criteria.forEach(function (el, k) {
-    el.addEventListener("change", function () { setActive(k); showError(""); });
+    el.addEventListener("change", function () { setActive(k, true); showError(""); });
   });
 
   document.addEventListener("keydown", function (ev) {
@@ -84,6 +84,7 @@
       return;
     }
     if (ev.altKey || ev.ctrlKey || ev.metaKey) return;
+    if (ev.key === "Enter" && (target.tagName === "A" || target.tagName === "BUTTON")) return;
     var key = ev.key.length === 1 ? ev.key.toLowerCase() : ev.key;
     var handled = true;
     if (key >= "1" && key <= "5" && key.length === 1) {
@@ -105,5 +106,5 @@
   });
 
   var start = firstUnscored();
-  setActive(start >= 0 ? start : 0);
+  setActive(start >= 0 ? start : 0, true);  // no scrolling on load: the prompt comes first
 })();
