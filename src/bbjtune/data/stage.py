@@ -157,7 +157,7 @@ def audit(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Conso
 def prepare(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Console | None = None) -> Outcome:
     """`bbjtune data prepare`: everything in the module docstring; returns the output directory."""
     from bbjtune.data.audit import build_audit
-    from bbjtune.data.cpt import CptCorpus, find_sources
+    from bbjtune.data.cpt import find_sources
     from bbjtune.data.report import write_report
 
     console = console or Console(stderr=True)
@@ -213,6 +213,7 @@ class Written:
 def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: list[tuple[str, str]],
                    sources: list[Path], skipped: list[str], console: Console) -> Written:
     from bbjtune.data.cpt import CptCorpus
+
 
     d, cfg = a.cfg.data, a.cfg
     by_index = {info.index: info for info in a.scan.infos}
