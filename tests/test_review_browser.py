@@ -111,7 +111,9 @@ def test_review_in_a_real_browser(tmp_path, browser_page):
         assert HOSTILE_MARK in shown and "{{ 7*7 }}" in shown and "</textarea><b>bold</b>" in shown
         assert page.evaluate("document.scripts.length") == 1  # only the page's own review.js
         assert page.locator(".answers b, .answers textarea").count() == 0
-        assert page.locator(".tok-keyword").count() > 0 and page.locator(".diag").count() >= 0
+        assert page.locator(".tok-keyword").count() > 0  # highlighted
+        assert page.locator(".diag-error").count() == 1  # the checker's message under the broken line
+        assert page.inner_text(".diag-error").startswith("line 3, column")
         page.keyboard.press("4")
         page.keyboard.press("3")  # a half-filled form, for the screenshot
         assert page.locator(".criterion.active").count() == 1
