@@ -222,6 +222,13 @@ def test_huge_lines_are_reported_not_parsed():
     assert (d.code, d.line, d.severity) == ("line-too-long", 2, "error")
 
 
+def test_many_continuation_lines_are_joined_in_linear_time():
+    start = time.perf_counter()
+    (d,) = check_source("x = 1\n" + ":+1\n" * 60_000)  # one logical line of 180,006 characters
+    assert d.code == "line-too-long"
+    assert time.perf_counter() - start < 5
+
+
 def test_invalid_utf8_falls_back_to_latin1(tmp_path):
     path = tmp_path / "latin.bbj"
     path.write_bytes('rem Stra\xdfe\nname$ = "M\xfcller"\nprint name$\n'.encode("latin-1"))

@@ -107,15 +107,22 @@ def logical_lines(physical: list[str]) -> list[LogicalLine]:
     if not any(line[:1] == ":" for line in physical):
         return [LogicalLine(line, idx) for idx, line in enumerate(physical)]
     out: list[LogicalLine] = []
+    pieces: list[str] = []  # text pieces of the last logical line, joined once it is complete
     for idx, line in enumerate(physical):
         if line[:1] == ":" and out:
             prev = out[-1]
             if prev.segments is None:
                 prev.segments = [(0, prev.first, 0)]
-            prev.segments.append((len(prev.text), idx, 1))
-            prev.text += line[1:]
+                pieces = [prev.text]
+            prev.segments.append((prev.segments[-1][0] + len(pieces[-1]), idx, 1))
+            pieces.append(line[1:])
         else:
+            if out and out[-1].segments is not None and len(pieces) > 1:
+                out[-1].text = "".join(pieces)
+            pieces = [line]
             out.append(LogicalLine(line, idx))
+    if out and out[-1].segments is not None:
+        out[-1].text = "".join(pieces)
     return out
 
 
