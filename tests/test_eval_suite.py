@@ -156,6 +156,9 @@ def test_prompts_are_distinct_within_the_suite():
 def test_reference_satisfies_its_patterns(row):
     problems = failures(row, row["reference"])
     assert not problems, f"{row['_where']} {row['id']}: " + "; ".join(problems)
+    # References are also clean when a scorer matches must_not against the whole answer.
+    prose_hits = [p for p in row["expect"]["must_not"] if re.search(p, row["reference"])]
+    assert not prose_hits, f"{row['_where']} {row['id']}: must_not matches the reference text: {prose_hits}"
 
 
 def _check_source():
