@@ -237,6 +237,13 @@ def test_invalid_utf8_falls_back_to_latin1(tmp_path):
     assert check_file(path) == []
 
 
+def test_byte_order_mark_is_ignored_and_no_break_space_is_flagged():
+    assert check_source("\ufeffx = 1\n") == []
+    (d,) = errors("x = 1\xa0+ 2\n")
+    assert (d.column, d.code) == (6, "unexpected-token") and "U+00A0" in d.message
+    assert errors('x$ = "a\xa0b"\n') == []
+
+
 def test_deep_nesting_is_an_error_not_a_crash():
     found = errors("x = " + "(" * 5000 + "1" + ")" * 5000 + "\n")
     assert found and found[0].code == "too-deep"

@@ -46,6 +46,8 @@ def check_source(text: str, filename: str | None = None) -> list[Diagnostic]:
 
     Any diagnostic with severity "error" means bbjcpl would (very likely) reject the program.
     """
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a byte-order mark decoded as text
     if looks_binary(text):
         return [Diagnostic(filename, 1, 1, "binary data, not BBj source text", "error", "binary-file",
                            "", 10)]

@@ -46,6 +46,8 @@ def describe(kind: str, text: str) -> str:
         return "a hex string"
     if kind == "mnem":
         return f"mnemonic {text}"
+    if kind == "bad" and (text.isspace() or not text.isprintable()):
+        return f"the invisible character U+{ord(text):04X}"
     return f"'{text}'"
 
 

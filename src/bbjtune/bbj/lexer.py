@@ -38,7 +38,7 @@ _TOKEN_RE = re.compile(
     | '[^'\n]*'                               # mnemonic
     | "[^"]*                                  # unterminated string
     | '[^']*                                  # unterminated mnemonic
-    | \S                                      # anything else is a bad character
+    | [^ \t\f\v\x1a]                           # anything else (even a no-break space) is bad
     )""",
     re.VERBOSE,
 )
