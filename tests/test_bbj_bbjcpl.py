@@ -137,6 +137,19 @@ def test_auto_uses_bbjcpl_when_found(fake_bbjcpl):
     assert all(d.code == "bbjcpl" for d in found)
 
 
+def test_fragments_are_compiled_inside_a_class_and_mapped_back(fake_bbjcpl, monkeypatch, tmp_path):
+    # A synthetic capture (not a real one): what bbjcpl would print for the wrapped fragment.
+    fragment = "method public void m()\n  print 1 2\nmethodend\n"
+    (tmp_path / "frag.bbj").write_text("class public BbjtuneFragment\n" + fragment + "classend\n")
+    (tmp_path / "frag-stderr.txt").write_text("/x/frag.bbj: error at line 30 (3):   print 1 2\n"
+                                              "/x/frag.bbj: error at line 50 (5): classend\n")
+    monkeypatch.setenv("FAKE_BBJCPL_CAPTURES", str(tmp_path))
+    found, used = check_with("bbjcpl", fragment, "answer.bbj", fragment=True)
+    assert used == "bbjcpl"
+    assert [(d.line, d.bbx_line, d.source_line) for d in found] == [(2, 20, "  print 1 2"), (3, 30, "methodend")]
+    assert check_with("builtin", fragment.replace(" 2", ""), fragment=True) == ([], "builtin")
+
+
 def test_auto_falls_back_to_builtin(no_bbjcpl):
     found, used = check_with("auto", 'print "a" "b"\n', "a.bbj")
     assert used == "builtin" and [d.line for d in found] == [1]

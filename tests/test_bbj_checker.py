@@ -196,6 +196,13 @@ def test_an_empty_bodied_method_without_methodend_is_only_a_warning():
     assert [d.line for d in warnings(source)] == [2]
 
 
+def test_fragment_mode_accepts_class_members_outside_a_class():
+    member = 'method public BBjString greet(BBjString name$)\n  methodret "Hi " + name$\nmethodend\n'
+    assert [d.code for d in errors(member)] == ["misplaced-declaration"]
+    assert check_source(member + "field public BBjNumber Count\n", fragment=True) == []
+    assert [d.code for d in check_source(member + "methodend\n", fragment=True)] == ["unbalanced-block"]
+
+
 def test_library_files_are_checked_as_declarations():
     lib = 'library\n\n/@@\nReturns the length.\n@/\nLEN(s:string, ERR?!:lineref): int\nvar ARGC: int\n' \
           'label *NEXT\neventtype ON_CLOSE\n'

@@ -56,6 +56,11 @@ def test_unfenced_answers_are_used_when_they_look_like_code():
     assert extract_bbj("") == ""
 
 
+def test_sentences_around_an_unfenced_answer_are_dropped():
+    answer = "Here is the code:\nfor i = 1 to 3\n  print i\nnext i\nIt prints the numbers one to three, each on a line."
+    assert extract_bbj(answer) == "for i = 1 to 3\n  print i\nnext i\n"
+
+
 def test_extracted_code_of_a_typical_answer_checks_clean():
     answer = ("Here is a class:\n\n```bbj\nclass public Greeter\n  method public void hello(BBjString name$)\n"
               '    print "Hello, ", name$\n  methodend\nclassend\n```\n\nCall it with `new Greeter().hello("x")`.\n')

@@ -41,10 +41,12 @@ def looks_binary(text: str) -> bool:
     return len(_CONTROL_RE.findall(head)) > max(8, len(head) // 20)
 
 
-def check_source(text: str, filename: str | None = None) -> list[Diagnostic]:
+def check_source(text: str, filename: str | None = None, *, fragment: bool = False) -> list[Diagnostic]:
     """Check BBj source text; returns errors and warnings sorted by position.
 
     Any diagnostic with severity "error" means bbjcpl would (very likely) reject the program.
+    `fragment=True` checks a piece of a class, such as a single METHOD ... METHODEND answer:
+    METHOD and FIELD may then stand outside CLASS ... CLASSEND.
     """
     if text.startswith("\ufeff"):
         text = text[1:]  # a byte-order mark decoded as text
@@ -66,7 +68,7 @@ def check_source(text: str, filename: str | None = None) -> list[Diagnostic]:
         check_library(lines, report)
         return sort_diagnostics(out)
 
-    parser = Parser(report)
+    parser = Parser(report, fragment)
     numbers = parser.line_numbers
     for line in lines:
         text_ = line.text
@@ -111,25 +113,54 @@ def check_file(path: str | os.PathLike) -> list[Diagnostic]:
 
 
 def check_with(compiler: Compiler, text: str, filename: str | None = None,
-               timeout: float = 60.0, path: str | os.PathLike | None = None) -> tuple[list[Diagnostic], str]:
+               timeout: float = 60.0, path: str | os.PathLike | None = None,
+               fragment: bool = False) -> tuple[list[Diagnostic], str]:
     """Check with the built-in checker or the real bbjcpl; returns (diagnostics, compiler used).
 
     `auto` uses bbjcpl when it can be found (PATH or $BBJ_HOME/bin), else the built-in checker.
     When `path` names the file `text` was read from, bbjcpl compiles that file itself (its
-    original bytes and encoding) instead of a temporary copy.
+    original bytes and encoding) instead of a temporary copy. `fragment=True` accepts METHOD and
+    FIELD outside a CLASS (see `check_source`); bbjcpl then compiles the text inside a class.
     """
     from .bbjcpl import find_bbjcpl, run_bbjcpl
 
     if compiler not in ("builtin", "bbjcpl", "auto"):
         raise BbjtuneError(f"unknown compiler {compiler!r}", "use builtin, bbjcpl or auto")
     if compiler == "builtin":
-        return check_source(text, filename), "builtin"
+        return check_source(text, filename, fragment=fragment), "builtin"
     exe = find_bbjcpl()
     if exe is None:
         if compiler == "bbjcpl":
             raise BbjtuneError("bbjcpl was not found on PATH or in $BBJ_HOME/bin",
                                "set BBJ_HOME to your BBj installation or install BBj; "
                                "or use --compiler builtin")
-        return check_source(text, filename), "builtin"
+        return check_source(text, filename, fragment=fragment), "builtin"
+    if fragment and _TOP_LEVEL_MEMBER_RE.search(text) and not _CLASS_RE.search(text):
+        return _run_bbjcpl_in_class(text, timeout, filename, exe), "bbjcpl"
     source = Path(path) if path is not None else text
     return run_bbjcpl(source, timeout=timeout, filename=filename, executable=exe), "bbjcpl"
+
+
+_TOP_LEVEL_MEMBER_RE = re.compile(r"^[ \t]*(?:method|field)\b", re.IGNORECASE | re.MULTILINE)
+_CLASS_RE = re.compile(r"^[ \t]*(?:class|interface)\b", re.IGNORECASE | re.MULTILINE)
+FRAGMENT_CLASS = "BbjtuneFragment"
+
+
+def _run_bbjcpl_in_class(text: str, timeout: float, filename: str | None, exe) -> list[Diagnostic]:
+    """bbjcpl on a class member fragment: wrapped in a class, line numbers mapped back."""
+    from dataclasses import replace
+
+    from .bbjcpl import run_bbjcpl
+
+    body = text if text.endswith("\n") else text + "\n"
+    wrapped = f"class public {FRAGMENT_CLASS}\n{body}classend\n"
+    lines = body.splitlines()
+    last = len(lines)
+    out = []
+    for d in run_bbjcpl(wrapped, timeout=timeout, filename=filename, executable=exe):
+        if d.code != "bbjcpl":
+            out.append(d)
+            continue
+        line = min(max(d.line - 1, 1), last)  # an error on a wrapper line goes to the nearest line
+        out.append(replace(d, line=line, bbx_line=10 * line, source_line=lines[line - 1]))
+    return out

@@ -82,8 +82,11 @@ def bbj_line_ratio(code: str) -> float:
     lines = [ln for ln in code.splitlines() if ln.strip()]
     if not lines:
         return 0.0
-    hits = sum(1 for ln in lines if _BBJ_LINE_RE.match(ln) and not _looks_like_prose(ln))
-    return hits / len(lines)
+    return sum(1 for ln in lines if _is_bbj_line(ln)) / len(lines)
+
+
+def _is_bbj_line(line: str) -> bool:
+    return bool(_BBJ_LINE_RE.match(line)) and not _looks_like_prose(line)
 
 
 def looks_like_bbj(code: str, threshold: float = 0.6) -> bool:
@@ -101,7 +104,8 @@ def extract_bbj(text: str) -> str:
 
     1. all ```bbj (or bbx, bbjt, ...) fences, joined;
     2. otherwise unlabeled (or ```basic, ```text, ...) fences that look like BBj, joined;
-    3. otherwise the whole answer when it has no fence and looks like code.
+    3. otherwise, for an answer without fences, its code lines (from the first to the last line
+       that reads as BBj) when they look like code.
     """
     blocks = extract_code_blocks(text)
     fenced = [b for b in blocks if b.fenced]
@@ -111,10 +115,23 @@ def extract_bbj(text: str) -> str:
     loose = [b.code for b in fenced if (b.language or "") in LOOSE_LANGUAGES and looks_like_bbj(b.code)]
     if loose:
         return _join(loose)
-    if not fenced and blocks and looks_like_bbj(blocks[0].code):
-        return blocks[0].code.strip("\n") + "\n"
+    if not fenced and blocks:
+        return _bare_code(blocks[0].code)
     return ""
 
 
+def _bare_code(text: str) -> str:
+    """The code of an unfenced answer: from its first to its last BBj-looking line, when those
+    lines read as BBj (a sentence before or after the code is dropped)."""
+    lines = text.splitlines()
+    flags = [bool(ln.strip()) and _is_bbj_line(ln) for ln in lines]
+    if not any(flags):
+        return ""
+    first, last = flags.index(True), len(flags) - 1 - flags[::-1].index(True)
+    code = "\n".join(lines[first:last + 1])
+    return code + "\n" if looks_like_bbj(code) else ""
+
+
 def _join(codes: list[str]) -> str:
-    return "\n\n".join(c.strip("\n") for c in codes if c.strip()) + "\n" if any(c.strip() for c in codes) else ""
+    parts = [c.strip("\n") for c in codes if c.strip()]
+    return "\n\n".join(parts) + "\n" if parts else ""

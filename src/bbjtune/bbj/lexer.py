@@ -45,7 +45,7 @@ _TOKEN_RE = re.compile(
 OPERATORS = frozenset("<> <= >= =< => >< - + * / ^ = < > ( ) , ; : . [ ] # @ ? !".split())
 _FIRST_CHAR_KIND = {c: "id" for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_"}
 _FIRST_CHAR_KIND.update((c, "num") for c in "0123456789")
-_FIRST_CHAR_KIND.update((c, c) for c in "(),;[]#@?!+-*/^")  # operators no longer token starts with
+_FIRST_CHAR_KIND.update((c, c) for c in "(),;[]#@?!+-*/^")  # operators that begin no longer token
 
 
 def _kind(token: str) -> str:

@@ -33,9 +33,9 @@ SUFFIXES = "$%!@"
 class Parser(DeclarationStatements):
     """Parses the logical lines of one file in order; problems go to `report`."""
 
-    def __init__(self, report: Report):
+    def __init__(self, report: Report, fragment: bool = False):
         super().__init__(report)
-        self.blocks = Blocks(report)
+        self.blocks = Blocks(report, fragment)
         self.line_numbers: dict[int, int] = {}  # line index -> the program's own line number
         self.line_ifs = 0  # single-line IFs open on the current line
         self.line_had_if = False

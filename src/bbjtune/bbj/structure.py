@@ -66,8 +66,9 @@ class Block:
 class Blocks:
     """The stack of open blocks while the lines of one file are parsed in order."""
 
-    def __init__(self, report: Report):
+    def __init__(self, report: Report, fragment: bool = False):
         self._report = report
+        self.fragment = fragment  # a piece of a class: METHOD and FIELD may stand at the top level
         self.stack: list[Block] = []
         self.declaration: Block | None = None  # innermost open declaration block
 
@@ -129,7 +130,7 @@ class Blocks:
             decl = self.declaration
         if decl is not None and decl.kind == "INTERFACE":
             return None  # an interface method is a declaration without a body
-        if decl is None or decl.kind != "CLASS":
+        if (decl is None and not self.fragment) or (decl is not None and decl.kind != "CLASS"):
             place = "inside a DEF" if decl is not None else "outside a CLASS"
             self.report(where, f"METHOD {place}: methods are declared between CLASS and "
                         "CLASSEND", "error", "misplaced-declaration")
@@ -143,7 +144,7 @@ class Blocks:
 
     def field(self, where: Where) -> None:
         decl = self.declaration
-        if decl is not None and decl.kind == "CLASS":
+        if (decl is not None and decl.kind == "CLASS") or (decl is None and self.fragment):
             return
         if decl is not None and decl.kind == "METHOD":
             self.report(where, f"FIELD inside the METHOD of line {decl.line} (missing "
