@@ -90,6 +90,12 @@ def test_warnings_can_be_hidden(tmp_path):
     assert (shown["warnings"], hidden["warnings"]) == (1, 0)
 
 
+def test_fragment_flag(tmp_path):
+    (tmp_path / "m.bbj").write_text("method public void run()\n  print 1\nmethodend\n")
+    assert run_check("-c", "builtin", str(tmp_path / "m.bbj")).returncode == 1
+    assert run_check("-c", "builtin", "--fragment", str(tmp_path / "m.bbj")).returncode == 0
+
+
 def test_binary_and_latin1_files(tmp_path):
     (tmp_path / "blob.bbj").write_bytes(bytes(range(256)))
     (tmp_path / "latin.bbj").write_bytes('x$ = "Gr\xfc\xdfe"\n'.encode("latin-1"))

@@ -94,11 +94,11 @@ def decode_source(data: bytes) -> str:
         return data.decode("latin-1")
 
 
-def check_bytes(data: bytes, filename: str | None = None) -> list[Diagnostic]:
+def check_bytes(data: bytes, filename: str | None = None, *, fragment: bool = False) -> list[Diagnostic]:
     if b"\x00" in data[:8192]:
         return [Diagnostic(filename, 1, 1, "binary data, not BBj source text", "error", "binary-file",
                            "", 10)]
-    return check_source(decode_source(data), filename)
+    return check_source(decode_source(data), filename, fragment=fragment)
 
 
 def check_file(path: str | os.PathLike) -> list[Diagnostic]:

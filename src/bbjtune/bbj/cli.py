@@ -26,10 +26,12 @@ CompilerOpt = Annotated[str, typer.Option(
 WarningsOpt = Annotated[bool, typer.Option(
     "--warnings/--no-warnings", help="Show warnings (likely mistakes that still compile).")]
 TimeoutOpt = Annotated[float, typer.Option(help="Seconds bbjcpl may take per file.")]
+FragmentOpt = Annotated[bool, typer.Option(
+    "--fragment", help="The files are pieces of a class: METHOD and FIELD may stand outside CLASS.")]
 
 
 def check(paths: PathsArg, format: FormatOpt = "human", compiler: CompilerOpt = "auto",
-          warnings: WarningsOpt = True, timeout: TimeoutOpt = 60.0) -> None:
+          warnings: WarningsOpt = True, timeout: TimeoutOpt = 60.0, fragment: FragmentOpt = False) -> None:
     """Check BBj programs for syntax errors; exit 1 when any file has an error.
 
     The built-in checker knows BBj's verbs, expressions, option lists, CLASS/METHOD structure and \
@@ -54,12 +56,11 @@ line continuations; it agrees with bbjcpl -N on real code and needs no BBj licen
     results = []
     for name, read, path in _sources(paths):
         data = read()
-        if compiler == "builtin":
-            diagnostics, used = check_bytes(data, name), "builtin"
-        elif b"\x00" in data[:8192]:
-            diagnostics, used = check_bytes(data, name), "builtin"  # binary: never handed to bbjcpl
+        if compiler == "builtin" or b"\x00" in data[:8192]:  # binary data is never handed to bbjcpl
+            diagnostics, used = check_bytes(data, name, fragment=fragment), "builtin"
         else:
-            diagnostics, used = check_with(compiler, decode_source(data), name, timeout=timeout, path=path)
+            diagnostics, used = check_with(compiler, decode_source(data), name, timeout=timeout, path=path,
+                                           fragment=fragment)
         if not warnings:
             diagnostics = [d for d in diagnostics if d.severity == "error"]
         results.append((name, diagnostics, used))
