@@ -148,7 +148,7 @@ def _eval_one(cfg: Any, ecfg: Any, model: str | None, adapter: str | None, train
         dtype = cfg.model.dtype if cfg else "auto"
         spec.update({"trained": info["_path"], "fingerprint": trained_fingerprint(info)} if info else
                     {"source": model, "adapter": adapter, "dtype": dtype})
-        factory = (lambda: make_backend("transformers", trained=info["_path"], batch_size=ecfg.batch_size)) if info else \
+        factory = (lambda: make_backend("transformers", trained=info["_path"], dtype=dtype, batch_size=ecfg.batch_size)) if info else \
             (lambda: make_backend("transformers", model=model, adapter=adapter, dtype=dtype, batch_size=ecfg.batch_size))
     elif kind == "http":
         spec.update(base_url=ecfg.base_url, model=ecfg.api_model)

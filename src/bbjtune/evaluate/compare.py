@@ -132,19 +132,16 @@ def _verdict(score: dict[str, Any] | None) -> tuple[int, str]:
     return passed, words
 
 
-def load_review(a_dir: Path) -> Any:
-    """The human review summary exported next to the eval directories, when there is one."""
-    path = a_dir.parent / "review" / "results.json"
-    if not path.exists():
-        return None
+def load_review(a_dir: Path) -> dict[str, Any] | None:
+    """The human review (bbjtune review) summary exported beside the eval directories, if any."""
     try:
-        from bbjtune.serve.results import load_review_summary
+        from bbjtune.serve.results import format_summary, load_review_summary
     except ImportError:
         return None
-    try:
-        return load_review_summary(path)
-    except BbjtuneError as exc:
-        return {"error": str(exc)}
+    summary = load_review_summary(a_dir)
+    if summary is None:
+        return None
+    return {"summary": summary, "text": format_summary(summary)}
 
 
 def compare_dirs(a_dir: str | Path, b_dir: str | Path, out_dir: str | Path, max_drop_points: float = 5.0) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from bbjtune.errors import BbjtuneError
 from bbjtune.models.chat_template import ENDOFTEXT, IM_END, render_chatml
 
 STOP_TOKENS = (IM_END, ENDOFTEXT)
+SMALL_MODEL_PARAMS = 100_000_000  # below this, CPU generation runs single-threaded
 
 
 @dataclass
@@ -117,14 +118,14 @@ class TransformersBackend:
         return cls(model, tok, batch_size, {"source": source, "adapter": adapter, "tokenizer": str(tok_source)})
 
     @classmethod
-    def from_trained(cls, trained: str | Path, batch_size: int = 16) -> TransformersBackend:
+    def from_trained(cls, trained: str | Path, dtype: str = "auto", batch_size: int = 16) -> TransformersBackend:
         """The fine-tuned model described by a train run's trained.json (or its run directory)."""
+        import torch
+
         from bbjtune.train.trained import load_trained
 
-        model, tok = load_trained(trained)
-        import torch
-        if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
-            model = model.to("cuda")
+        device_map = "auto" if torch.cuda.is_available() else None
+        model, tok = load_trained(trained, dtype=dtype, device_map=device_map, merge=True)
         return cls(model, tok, batch_size, {"trained": str(trained)})
 
     def describe(self) -> dict[str, Any]:
@@ -151,6 +152,17 @@ class TransformersBackend:
         return render_chatml(request.messages, add_generation_prompt=True)
 
     def generate(self, requests: Sequence[Request], sampling: Sampling) -> Iterator[tuple[int, list[Completion]]]:
+        torch = self._torch
+        threads = torch.get_num_threads()
+        if self.device.type == "cpu" and sum(p.numel() for p in self.model.parameters()) < SMALL_MODEL_PARAMS:
+            # Small matrices: thread start-up costs more than it saves (20x slower on a busy 2-core box).
+            torch.set_num_threads(1)
+        try:
+            yield from self._generate_all(requests, sampling)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _generate_all(self, requests: Sequence[Request], sampling: Sampling) -> Iterator[tuple[int, list[Completion]]]:
         prompts = [self.render(r) for r in requests]
         lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
         # Same settings together, then longest first: similar lengths share a batch (little padding)
@@ -253,7 +265,7 @@ def make_backend(kind: str, *, model: str | None = None, adapter: str | None = N
     """Build the backend a config or the command line asks for (loading the model when local)."""
     if kind == "transformers":
         if trained:
-            return TransformersBackend.from_trained(trained, batch_size=batch_size)
+            return TransformersBackend.from_trained(trained, dtype=dtype, batch_size=batch_size)
         if not model:
             raise BbjtuneError("no model to evaluate", "pass --model (a hub id, directory, .gguf or tiny:demo) or a config")
         return TransformersBackend.load(model, adapter=adapter, tokenizer=tokenizer, dtype=dtype, batch_size=batch_size)

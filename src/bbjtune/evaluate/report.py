@@ -245,7 +245,8 @@ def compare_report_html(cmp: dict[str, Any]) -> str:
                          f"<div><b>{esc(b)}</b> <span class='muted'>{esc(ex['b_verdict'])}</span>"
                          f"<pre>{esc(clip(ex['b_output']))}</pre></div></div></details>")
     if cmp.get("human_review"):
-        parts += ["<h2>Human review</h2>", f"<pre>{esc(_pretty(cmp['human_review']))}</pre>"]
+        review = cmp["human_review"]
+        parts += ["<h2>Human review</h2>", f"<pre>{esc(review.get('text') or _pretty(review))}</pre>"]
     return page(f"bbjtune eval: {b} vs {a}", "".join(parts))
 
 

@@ -24,6 +24,7 @@ not native code loaded through ctypes; the report says which isolation was in fo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -91,17 +92,18 @@ class Isolation:
 # The first Python code that runs in the child: hide the project, set limits, drop privileges,
 # then exec the program. It runs with -I -S, so it imports nothing from the project.
 _BOOT = r"""
-import ctypes, json, os, resource, sys
+import ctypes, json, os, resource, signal, sys, time
 cfg = json.loads(sys.argv[1])
-if cfg["hide"]:
-    libc = ctypes.CDLL(None, use_errno=True)
-    for path in cfg["hide"]:
-        if libc.mount(b"none", path.encode(), b"tmpfs", 1, b"size=4k,mode=000") != 0:  # 1 = MS_RDONLY
-            sys.stderr.write("sandbox: cannot hide %s (errno %d)\n" % (path, ctypes.get_errno()))
-            os._exit(97)
+libc = ctypes.CDLL(None, use_errno=True)
+for path in cfg["hide"]:
+    if libc.mount(b"none", path.encode(), b"tmpfs", 1, b"size=4k,mode=000") != 0:  # 1 = MS_RDONLY
+        sys.stderr.write("sandbox: cannot hide %s (errno %d)\n" % (path, ctypes.get_errno()))
+        os._exit(97)
+libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans of the program come back to this process
 pid = os.fork()
-if pid == 0:  # the program: limits, then a different uid (root only), then exec
+if pid == 0:  # the program: own process group, limits, another uid (root only), exec
     try:
+        os.setpgid(0, 0)
         mb = 1 << 20
         for name, soft in (("RLIMIT_CPU", cfg["cpu_s"]), ("RLIMIT_AS", cfg["memory_mb"] * mb),
                            ("RLIMIT_FSIZE", cfg["file_size_mb"] * mb), ("RLIMIT_NOFILE", cfg["max_open_files"]),
@@ -121,13 +123,32 @@ if pid == 0:  # the program: limits, then a different uid (root only), then exec
     except BaseException as exc:
         sys.stderr.write("sandbox: cannot start the program: %r\n" % (exc,))
         os._exit(97)
-# This process only waits, and reports a signal as 128 + its number in the exit code.
+signal.signal(signal.SIGTERM, lambda *_: os.killpg(pid, signal.SIGKILL))
 while True:
     try:
         _, status = os.waitpid(pid, 0)
         break
     except InterruptedError:
         continue
+# Kill and reap whatever the program left running, so nothing outlives it.
+me, deadline = str(os.getpid()), time.monotonic() + 3
+try:
+    os.killpg(pid, signal.SIGKILL)
+except OSError:
+    pass
+while time.monotonic() < deadline:
+    try:
+        if os.waitpid(-1, os.WNOHANG)[0]:
+            continue
+    except ChildProcessError:
+        break
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and open("/proc/%s/stat" % entry).read().rsplit(")", 1)[1].split()[1] == me:
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, IndexError):
+            pass
+    time.sleep(0.005)
 os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
 """
 
@@ -243,13 +264,43 @@ def _run(iso: Isolation, program: str, limits: Limits, slot: int) -> SandboxResu
                 proc.wait(timeout=limits.wall_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
-            _kill_group(proc)
+                if iso.mode == "rlimits":  # the waiting process kills the program's group and reaps it
+                    _signal(proc.pid, signal.SIGTERM)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=3)
+            _kill_group(proc)  # namespaces: killing unshare tears the whole PID namespace down
+            if uid is not None:
+                _kill_uid(uid)
         stderr = _tail(err_path)
         return _classify(proc.returncode, timed_out, stderr, time.monotonic() - t0, limits)
     except OSError as exc:
         return SandboxResult("error", f"sandbox could not start the program: {exc}", None, time.monotonic() - t0)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _kill_uid(uid: int, seconds: float = 3.0) -> None:
+    """Kill every process left running under the sandbox uid (it runs nothing else)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = False
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    found = True
+                    _signal(int(entry), signal.SIGKILL)
+            except OSError:
+                continue
+        if not found:
+            return
+        time.sleep(0.01)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

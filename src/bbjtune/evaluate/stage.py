@@ -109,7 +109,8 @@ def plan_models(cfg: RunConfig, trained: dict[str, Any] | None) -> list[ModelPla
         trained_path = trained["_path"]
         plans.append(ModelPlan("tuned", {"backend": "transformers", "trained": trained_path,
                                          "fingerprint": trained_fingerprint(trained)},
-                               lambda: make_backend("transformers", trained=trained_path, batch_size=e.batch_size)))
+                               lambda: make_backend("transformers", trained=trained_path, dtype=cfg.model.dtype,
+                                                    batch_size=e.batch_size)))
     elif e.backend == "http":
         def http(model: str | None) -> Callable[[], Any]:
             return lambda: make_backend("http", base_url=e.base_url, api_model=model, timeout_s=e.request_timeout_s,
@@ -128,11 +129,12 @@ def plan_models(cfg: RunConfig, trained: dict[str, Any] | None) -> list[ModelPla
 
 def trained_fingerprint(trained: dict[str, Any]) -> str:
     """Changes when the model is retrained: trained.json and the adapter's weights."""
+    from bbjtune.train.trained import read_trained as resolve_trained
+
     parts = [sha256_file(trained["_path"])]
-    adapter = trained.get("adapter")
-    if adapter:
-        for f in sorted(Path(adapter).glob("*.safetensors")):
-            parts.append(sha256_file(f))
+    adapter = resolve_trained(trained["_path"]).adapter
+    if adapter is not None:
+        parts += [sha256_file(f) for f in sorted(adapter.glob("*.safetensors"))]
     return ":".join(p[:16] for p in parts)
 
 

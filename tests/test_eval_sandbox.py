@@ -1,0 +1,144 @@
+"""The HumanEval sandbox: hostile programs are stopped within their limits and reported, nothing leaks.
+
+Each test runs under both isolation modes where the machine allows: `namespaces` (network, PID and
+mount namespaces) and the `rlimits` fallback for machines without unshare.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bbjtune.errors import BbjtuneError
+from bbjtune.evaluate.sandbox import Limits, SandboxResult, detect_isolation, run_python
+from conftest import REPO_ROOT
+
+
+def _available(mode: str) -> bool:
+    try:
+        return detect_isolation(mode).mode == mode
+    except BbjtuneError:
+        return False
+
+
+MODES = [pytest.param(m, marks=pytest.mark.skipif(not _available(m), reason=f"sandbox mode '{m}' does not work here"))
+         for m in ("namespaces", "rlimits")]
+FAST = Limits(wall_s=6, cpu_s=2, memory_mb=256, max_processes=16)
+
+
+def run(program: str, mode: str, limits: Limits = FAST) -> tuple[SandboxResult, float]:
+    t0 = time.monotonic()
+    result = run_python(program, limits, mode=mode)
+    return result, time.monotonic() - t0
+
+
+def _leftover_processes(marker: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_correct_program_passes_and_a_failing_one_says_why(mode):
+    ok, _ = run("assert sum(range(4)) == 6\nprint('fine')\n", mode)
+    assert ok.status == "passed" and ok.returncode == 0
+    bad, _ = run("def f():\n    return 1\nassert f() == 2, 'f is wrong'\n", mode)
+    assert bad.status == "failed" and "AssertionError: f is wrong" in bad.reason
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_infinite_loop_is_stopped_by_the_cpu_limit(mode):
+    result, seconds = run("while True:\n    pass\n", mode)
+    assert result.status == "cpu_limit", result
+    assert seconds < FAST.wall_s + 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_sleeping_program_is_killed_at_the_wall_clock_limit(mode):
+    limits = Limits(wall_s=2, cpu_s=10, memory_mb=256)
+    result, seconds = run("import time\ntime.sleep(60)\n", mode, limits)
+    assert result.status == "timeout" and "2 s wall-clock" in result.reason
+    assert 1.9 < seconds < 6
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_fork_bomb_hits_the_process_limit_and_leaves_nothing_behind(mode):
+    marker = f"forkbomb_{mode}_{os.getpid()}"
+    program = f"import os\n{marker} = 1\nwhile True:\n    os.fork()\n"
+    result, seconds = run(program, mode)
+    assert result.status in ("process_limit", "cpu_limit", "timeout"), result
+    assert seconds < FAST.wall_s + 3
+    time.sleep(0.3)
+    # the program file is gone with its temp dir; no process may still run from it
+    assert not [p for p in _leftover_processes("bbjtune-sandbox-") if "program.py" in p]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_fork_bomb_reports_the_process_limit(mode):
+    result, _ = run("import os\nfor _ in range(200):\n    os.fork()\n", mode, Limits(wall_s=8, cpu_s=4, memory_mb=256,
+                                                                                          max_processes=8))
+    assert result.status == "process_limit" and "8 processes" in result.reason, result
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_memory_hog_hits_the_memory_limit(mode):
+    result, seconds = run("blocks = []\nwhile True:\n    blocks.append(bytearray(10**7))\n", mode)
+    assert result.status == "memory_limit" and "256 MiB" in result.reason
+    assert seconds < FAST.wall_s
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_program_printing_forever_hits_the_output_limit(mode):
+    result, _ = run("while True:\n    print('x' * 1000)\n", mode, Limits(wall_s=6, cpu_s=4, file_size_mb=1))
+    assert result.status == "output_limit"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_network_is_unreachable(mode):
+    program = ("import socket\n"
+               "s = socket.socket()\n"
+               "s.settimeout(2)\n"
+               "s.connect(('127.0.0.1', 9))\n")
+    result, _ = run(program, mode)
+    assert result.status == "failed"
+    assert any(word in result.reason for word in ("unreachable", "refused", "disabled", "Errno"))
+    if mode == "namespaces":
+        # even the loopback is down in a fresh network namespace
+        assert "Network is unreachable" in result.reason or "Cannot assign" in result.reason
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m.values[0] == "namespaces"])
+def test_the_project_is_hidden_from_the_program(mode):
+    target = REPO_ROOT / "pyproject.toml"
+    assert target.exists()
+    result, _ = run(f"print(open({str(target)!r}).read()[:20])\n", mode)
+    assert result.status == "failed" and ("No such file" in result.reason or "Permission denied" in result.reason)
+    cwd, _ = run("import os\nassert os.getcwd().startswith(os.environ['HOME'])\nassert 'bbjtune' not in str(os.listdir('.'))\n",
+                 mode)
+    assert cwd.passed, cwd
+
+
+def test_the_program_cannot_import_the_project():
+    result = run_python("import bbjtune\n", FAST)
+    assert result.status == "failed" and "ModuleNotFoundError" in result.reason
+
+
+def test_isolation_is_described_for_the_report():
+    info = detect_isolation().describe()
+    assert info["mode"] in ("namespaces", "rlimits") and info["interpreter"]
+    assert sys.platform != "linux" or info["network"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_detached_child_does_not_outlive_its_program(mode):
+    program = ("import os, time\n"
+               "if os.fork() == 0:\n"
+               "    os.setsid()\n"          # leave the process group, as a daemon would
+               "    time.sleep(60)\n")
+    result, _ = run(program, mode)
+    assert result.status == "passed"
+    time.sleep(0.3)
+    assert not [p for p in _leftover_processes("bbjtune-sandbox-") if "program.py" in p]
