@@ -71,7 +71,7 @@ KEYDEF_VERBS = frozenset({"MKEYED", "VKEYED", "XKEYED"})
 # options over the years, so an unknown name is suspicious, not certainly wrong.
 CHANNEL_OPTIONS = frozenset({
     "ERR", "END", "DOM", "KEY", "IND", "TIM", "SIZ", "ISZ", "KNUM", "DIR", "MODE", "BSZ", "LEN",
-    "TBL", "ATR", "BLK", "REC", "NUM", "IOL", "OPT", "SEP", "PTR", "FLD", "NOLOCK", "CHN",
+    "TBL", "IOL",
 })
 
 # Every verb with a dedicated parse method: name -> method suffix (parser.stmt_<suffix>).
