@@ -12,11 +12,11 @@ from __future__ import annotations
 
 # Verbs that take an optional channel list `(chan{,NAME=value...})` before their items.
 CHANNEL_VERBS = frozenset({
-    "PRINT", "?", "WRITE", "READ", "INPUT", "INPUTE", "INPUTN", "EXTRACT", "FIND", "GET", "PUT",
+    "PRINT", "?", "WRITE", "READ", "INPUT", "INPUTE", "INPUTN", "EXTRACT", "FIND",
     "PRINTRECORD", "WRITERECORD", "READRECORD", "INPUTRECORD", "EXTRACTRECORD", "FINDRECORD",
     "OPEN", "CLOSE", "LOCK", "UNLOCK", "REMOVE", "CHANOPT", "DUMP", "SETTRACE", "LCHECKIN",
-    "RESCLOSE", "RESOPEN", "SQLOPEN", "SQLPREP", "SQLEXEC", "SQLSET", "SQLCLOSE", "SQLCOMMIT",
-    "SQLROLLBACK", "SQLFETCH", "SQLTABLES", "SQLCOLUMNS", "SQLTMPL", "SELECT", "TCBSET",
+    "RESCLOSE", "SQLOPEN", "SQLPREP", "SQLEXEC", "SQLSET", "SQLCLOSE", "SQLCOMMIT",
+    "SQLROLLBACK", "SQLFETCH", "SELECT",
 })
 
 # Verbs that may be followed by RECORD as a second word (READ RECORD(1)A$).
@@ -37,22 +37,18 @@ GENERIC_VERBS = frozenset(CHANNEL_VERBS | {
     "INITFILE", "IOLIST", "MKDIR", "MKEYED", "PRECISION", "PREFIX", "PROCESS_EVENTS", "REDIM",
     "RELEASE", "RESTORE", "RMDIR", "RUN", "SAVE", "SAVEP", "SERIAL", "SETDAY", "SETDRIVE",
     "SETOPTS", "SETTERM", "SETTIME", "SORT", "START", "STRING", "THROW", "UPDATELIC", "VKEYED",
-    "WAIT", "XCALL", "XFILE", "XKEYED", "ENABLE", "DISABLE", "CLEAR", "BEGIN", "LIST", "LOAD",
-    "MERGE", "EDIT", "SETCTL", "LCHECKOUT", "TRACE",
+    "WAIT", "XCALL", "XFILE", "XKEYED", "ENABLE", "DISABLE",
 })
 
 # Verbs whose channel list or items may use the null field `*`.
 IO_VERBS = frozenset({
-    "PRINT", "?", "WRITE", "READ", "INPUT", "INPUTE", "INPUTN", "EXTRACT", "FIND", "GET", "PUT",
+    "PRINT", "?", "WRITE", "READ", "INPUT", "INPUTE", "INPUTN", "EXTRACT", "FIND",
     "PRINTRECORD", "WRITERECORD", "READRECORD", "INPUTRECORD", "EXTRACTRECORD", "FINDRECORD",
     "ENTER", "DREAD", "IOLIST", "SQLEXEC", "SQLFETCH",
 })
 
 # Verbs whose first item may be omitted (`DELETE ,label`, `PROCESS_EVENTS, TIM=1`).
 LEADING_COMMA_VERBS = frozenset({"DELETE", "PROCESS_EVENTS"})
-
-# Verbs taking a parenthesized positional argument list rather than a channel list.
-PAREN_ARG_VERBS = frozenset({"CALLBACK", "REMOVE_CALLBACK"})
 
 # Option names allowed per verb, where the language server or BASIS documentation pins them
 # (`ERASE fileid{,MODE=string}{,TIM=int}{,ERR=lineref}`). Options must come last for these.
