@@ -35,7 +35,7 @@ def check(paths: PathsArg, format: FormatOpt = "human", compiler: CompilerOpt = 
     """Check BBj programs for syntax errors; exit 1 when any file has an error.
 
     The built-in checker knows BBj's verbs, expressions, option lists, CLASS/METHOD structure and \
-line continuations; it agrees with bbjcpl -N on real code and needs no BBj licence.
+line continuations, needs no BBj licence, and can print its findings in bbjcpl -N's own format.
 
     Examples: bbjtune check src/   ·   bbjtune check -f bbjcpl MyClass.bbj   ·   cat x.bbj | bbjtune check -
     """
