@@ -1,0 +1,247 @@
+"""Check every exported GGUF against the Hugging Face model it came from, with llama.cpp itself.
+
+For each GGUF file: llama.cpp (through llama-cpp-python) must load it; it must split BBj samples into
+exactly the token ids the HF tokenizer gives; its next-token logits on a fixed set of BBj prompts
+must agree with the HF model's within a tolerance that depends on the quant type; and greedy
+decoding from both must give the same text for the first tokens. Tolerances are stated relative
+to the spread of the HF logits (their standard deviation over the vocabulary), so the same numbers
+apply to a tiny test model and to a 7B model; the absolute figures are reported too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bbjtune.errors import BbjtuneError
+from bbjtune.export.quantize import quiet_llama_logs, require_llama_cpp
+from bbjtune.models.chat_template import ENDOFTEXT, IM_END, render_chatml
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Limits for one quant type: max |Δlogit| / std(logits), mean |Δlogit| / std, top-1 agreement."""
+
+    max_rel: float
+    mean_rel: float
+    top1: float
+    greedy_tokens: int     # the first N greedy tokens must agree on every prompt (0: not required)
+
+
+# Measured on the tiny test models and on Qwen2.5-Coder-0.5B (benchmarks/RESULTS.md, "Export"),
+# with headroom; a wrong conversion (tensor order, rope, tokenizer) is off by orders of magnitude.
+TOLERANCES: dict[str, Tolerance] = {
+    "f32": Tolerance(0.01, 0.002, 0.99, 8),
+    "f16": Tolerance(0.05, 0.01, 0.97, 8),
+    "bf16": Tolerance(0.25, 0.05, 0.90, 0),
+    "q8_0": Tolerance(0.25, 0.05, 0.90, 0),
+    "q6_k": Tolerance(0.5, 0.1, 0.85, 0),
+    "q5_k_m": Tolerance(0.75, 0.15, 0.80, 0),
+    "q4_k_m": Tolerance(1.5, 0.3, 0.70, 0),
+    "q4_0": Tolerance(2.0, 0.4, 0.60, 0),
+    "q3_k_m": Tolerance(3.0, 0.6, 0.50, 0),
+    "q2_k": Tolerance(5.0, 1.0, 0.30, 0),
+}
+
+SYSTEM = "You are an expert BBj (BASIS Business BASIC) developer."
+PROMPTS = [
+    render_chatml([{"role": "system", "content": SYSTEM},
+                   {"role": "user", "content": "Write a BBj program that prints the numbers 1 to 10."}],
+                  add_generation_prompt=True),
+    render_chatml([{"role": "system", "content": SYSTEM},
+                   {"role": "user", "content": "How do I open a file for reading in BBj?"}],
+                  add_generation_prompt=True),
+    render_chatml([{"role": "user", "content": "Create a BBjWindow with a button."}], add_generation_prompt=True),
+    "rem count the lines of a file\nch = unt\nopen (ch)\"data.txt\"\nwhile 1\n",
+    "<|fim_prefix|>for i = 1 to 10\n<|fim_suffix|>\nnext i\n<|fim_middle|>",
+]
+TOKENIZER_SAMPLES = [
+    "0010 REM Kundenliste drucken\r\n0020 LET A$=\"Größe: \"+STR(X:\"##0.00\")\r\n0030 PRINT @(0,2),A$\r\n",
+    "class public Customer\n    field public BBjString Name$\n    method public void setName(BBjString n$)\n"
+    "        #Name$ = n$\n    methodend\nclassend\n",
+    "sysgui = bbjapi().openSysGui(\"X0\")\nwin! = sysgui!.addWindow(10,10,300,200,\"Hello\")\n"
+    "btn! = win!.addButton(1,10,10,80,25,\"OK\")\nprocess_events\n",
+    "\tx = 1\t\t; rem tabs and trailing spaces   \n\n\nseterr oops\nescape\noops: print err\n",
+    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n```bbj\nprint \"hi\"\n```<|im_end|>\n<|endoftext|>",
+    "<|fim_prefix|>a$ = \"x\"<|fim_suffix|>print a$<|fim_middle|>",
+    "emoji \U0001F600, é è, $0D0A$, 'CS', 1e-3, 0x1F, x%=-42",
+]
+
+
+@dataclass
+class Reference:
+    """What the HF model says about the prompts: token ids, logits per position, greedy continuations."""
+
+    prompt_ids: list[list[int]]
+    logits: list[np.ndarray]
+    greedy: list[list[int]]
+    sample_ids: list[list[int]]
+    stop_ids: set[int]
+
+
+def hf_reference(model_dir: str | Path, greedy_tokens: int = 16) -> Reference:
+    """Run the merged HF model on the fixed prompts (float32, CPU)."""
+    import torch
+
+    from bbjtune.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(model_dir))
+    model = load_model(str(model_dir), dtype="float32").eval()
+    stop = {tokenizer.convert_tokens_to_ids(t) for t in (IM_END, ENDOFTEXT) if t in tokenizer.get_vocab()}
+    prompt_ids, logits, greedy = [], [], []
+    with torch.no_grad():
+        for text in PROMPTS:
+            ids = tokenizer(text, add_special_tokens=False).input_ids
+            prompt_ids.append(ids)
+            logits.append(model(torch.tensor([ids])).logits[0].float().numpy())
+            greedy.append(_greedy_hf(model, ids, greedy_tokens, stop))
+    samples = [tokenizer(s, add_special_tokens=False).input_ids for s in TOKENIZER_SAMPLES]
+    return Reference(prompt_ids, logits, greedy, samples, stop)
+
+
+def _greedy_hf(model, ids: list[int], n: int, stop: set[int]) -> list[int]:
+    import torch
+
+    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                         max_new_tokens=n, do_sample=False, eos_token_id=sorted(stop) or None,
+                         pad_token_id=min(stop) if stop else None)
+    return [int(t) for t in out[0, len(ids):]]
+
+
+def verify_gguf(path: str | Path, quant: str, ref: Reference, threads: int | None = None) -> dict[str, Any]:
+    """Load `path` with llama.cpp and compare it with the HF reference; returns the report for this file."""
+    llama_cpp = require_llama_cpp()
+    path = Path(path)
+    tol = TOLERANCES.get(quant, TOLERANCES["q2_k"])
+    n_ctx = max(len(p) for p in ref.prompt_ids) + max(len(g) for g in ref.greedy) + 8
+    t0 = time.time()
+    with quiet_llama_logs():
+        try:
+            llm = llama_cpp.Llama(str(path), n_ctx=max(n_ctx, 64), logits_all=True, n_threads=threads,
+                                  n_batch=max(n_ctx, 64), verbose=False)
+        except (ValueError, RuntimeError) as exc:
+            return {"file": path.name, "quant": quant, "loads": False, "error": str(exc), "ok": False}
+    load_s = time.time() - t0
+    try:
+        if llm.n_vocab() != ref.logits[0].shape[-1]:
+            return {"file": path.name, "quant": quant, "loads": True, "ok": False,
+                    "error": f"vocabulary {llm.n_vocab()} != HF {ref.logits[0].shape[-1]}"}
+        tokenization = [llm.tokenize(s.encode("utf-8"), add_bos=False, special=True) == ids
+                        for s, ids in zip(TOKENIZER_SAMPLES, ref.sample_ids)]
+        diffs, top1, spreads, greedy_prefix = [], [], [], []
+        for ids, hf_logits, hf_greedy in zip(ref.prompt_ids, ref.logits, ref.greedy):
+            llm.reset()
+            llm.eval(ids)
+            gg = np.array(llm.scores[:len(ids)], dtype=np.float32)
+            diffs.append(np.abs(gg - hf_logits))
+            spreads.append(hf_logits.std(axis=-1))
+            top1.append(gg.argmax(-1) == hf_logits.argmax(-1))
+            greedy_prefix.append(_common_prefix(_greedy_llama(llm, ids, len(hf_greedy), ref.stop_ids), hf_greedy))
+    finally:
+        llm.close()
+    all_diff = np.concatenate([d.reshape(-1) for d in diffs])
+    spread = float(np.mean(np.concatenate(spreads)))
+    per_pos_max = np.concatenate([d.max(axis=-1) for d in diffs])
+    report = {
+        "file": path.name, "quant": quant, "loads": True, "bytes": path.stat().st_size, "load_s": round(load_s, 3),
+        "tokenization_identical": all(tokenization), "tokenization_samples": len(tokenization),
+        "positions": int(per_pos_max.size),
+        "max_abs_diff": round(float(all_diff.max()), 5), "mean_abs_diff": round(float(all_diff.mean()), 6),
+        "logit_std": round(spread, 5),
+        "max_rel_diff": round(float(all_diff.max()) / spread, 5),
+        "mean_rel_diff": round(float(all_diff.mean()) / spread, 6),
+        "top1_agreement": round(float(np.concatenate(top1).mean()), 4),
+        "greedy_tokens_compared": [len(g) for g in ref.greedy],
+        "greedy_common_prefix": greedy_prefix,
+        "greedy_identical": sum(p == len(g) for p, g in zip(greedy_prefix, ref.greedy)),
+        "tolerance": asdict(tol),
+    }
+    report["failures"] = _failures(report, tol, ref)
+    report["ok"] = not report["failures"]
+    return report
+
+
+def _greedy_llama(llm, ids: list[int], n: int, stop: set[int]) -> list[int]:
+    out: list[int] = []
+    # llm.eval(ids) already ran: the last row of scores predicts the first new token
+    scores = np.array(llm.scores[len(ids) - 1])
+    for _ in range(n):
+        tok = int(scores.argmax())
+        out.append(tok)
+        if tok in stop or len(out) == n:
+            break
+        llm.eval([tok])
+        scores = np.array(llm.scores[llm.n_tokens - 1])
+    return out
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _failures(report: dict[str, Any], tol: Tolerance, ref: Reference) -> list[str]:
+    out = []
+    if not report["tokenization_identical"]:
+        out.append("llama.cpp tokenizes BBj samples differently from the HF tokenizer")
+    if report["max_rel_diff"] > tol.max_rel:
+        out.append(f"max logit difference {report['max_rel_diff']:.3g}×std exceeds {tol.max_rel}×std")
+    if report["mean_rel_diff"] > tol.mean_rel:
+        out.append(f"mean logit difference {report['mean_rel_diff']:.3g}×std exceeds {tol.mean_rel}×std")
+    if report["top1_agreement"] < tol.top1:
+        out.append(f"top-1 agreement {report['top1_agreement']:.3f} below {tol.top1}")
+    if tol.greedy_tokens:
+        short = [p for p, g in zip(report["greedy_common_prefix"], ref.greedy) if p < min(tol.greedy_tokens, len(g))]
+        if short:
+            out.append(f"greedy text diverges within the first {tol.greedy_tokens} tokens on {len(short)} prompt(s)")
+    return out
+
+
+def verify_all(model_dir: str | Path, ggufs: dict[str, Path], threads: int | None = None) -> dict[str, Any]:
+    """Verify each {quant: path}; returns the verify.json content (raises nothing on a mismatch)."""
+    t0 = time.time()
+    ref = hf_reference(model_dir)
+    results = {quant: verify_gguf(path, quant, ref, threads) for quant, path in ggufs.items()}
+    return {"reference": str(model_dir), "prompts": len(PROMPTS), "tokenizer_samples": len(TOKENIZER_SAMPLES),
+            "results": results, "ok": all(r["ok"] for r in results.values()), "seconds": round(time.time() - t0, 2)}
+
+
+def raise_on_failure(report: dict[str, Any]) -> None:
+    bad = {q: r for q, r in report["results"].items() if not r["ok"]}
+    lora = report.get("lora_gguf") or {}
+    if lora.get("lora_ok") is False:
+        bad["lora"] = {"failures": ["base + GGUF LoRA adapter does not compute what the merged model computes"]}
+    if bad:
+        text = "; ".join(f"{q}: {', '.join(r.get('failures') or [r.get('error', 'failed')])}" for q, r in bad.items())
+        raise BbjtuneError(f"GGUF verification failed — {text}",
+                           "see verify.json in the export directory; the files were kept for inspection")
+
+
+def compare_lora_with_merged(base: Path, lora: Path, merged: Path, threads: int | None = None) -> dict[str, Any]:
+    """llama.cpp with base + GGUF LoRA adapter must compute what the merged f16 GGUF computes."""
+    llama_cpp = require_llama_cpp()
+    ids = list(range(0, 32))
+    scores = {}
+    with quiet_llama_logs():
+        for label, kwargs in (("lora", {"model_path": str(base), "lora_path": str(lora)}),
+                              ("merged", {"model_path": str(merged)}), ("base", {"model_path": str(base)})):
+            llm = llama_cpp.Llama(**kwargs, n_ctx=64, logits_all=True, n_threads=threads, verbose=False)
+            try:
+                llm.eval(ids)
+                scores[label] = np.array(llm.scores[:len(ids)], dtype=np.float32)
+            finally:
+                llm.close()
+    lora_vs_merged = float(np.abs(scores["lora"] - scores["merged"]).max())
+    base_vs_merged = float(np.abs(scores["base"] - scores["merged"]).max())
+    # the adapter must account for (nearly) all of the change the merge made
+    ok = lora_vs_merged <= 0.1 * max(base_vs_merged, 1e-6) or lora_vs_merged < 1e-3
+    return {"lora_vs_merged_max_abs_diff": round(lora_vs_merged, 5),
+            "base_vs_merged_max_abs_diff": round(base_vs_merged, 5), "lora_ok": bool(ok)}
