@@ -35,12 +35,14 @@ class GgufBackend:
         with open(p, "rb") as fh:
             if fh.read(4) != b"GGUF":
                 raise BbjtuneError(f"{path} is not a GGUF file", "the file may be incomplete; export or download it again")
+        if n_threads is None:  # a small model is faster on one thread than on a busy machine's many
+            n_threads = 1 if p.stat().st_size < 100_000_000 else os.cpu_count()
         if n_gpu_layers is None:
             n_gpu_layers = -1 if llama_cpp.llama_supports_gpu_offload() else 0
         self.path = str(p)
         self._llama_cpp = llama_cpp
         try:
-            self.llm = llama_cpp.Llama(model_path=self.path, n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
+            self.llm = llama_cpp.Llama(model_path=self.path, n_ctx=n_ctx, n_threads=n_threads,
                                        n_gpu_layers=n_gpu_layers, seed=0, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise BbjtuneError(f"llama.cpp cannot load {path}: {exc}", "check that the file is a complete GGUF model") from exc
@@ -71,7 +73,7 @@ class GgufBackend:
             self.llm.set_seed(seed)
             out = self.llm.create_completion(prompt, max_tokens=min(max_new, self.n_ctx - n_prompt - 1),
                                              temperature=sampling.temperature, top_p=sampling.top_p,
-                                             stop=stops, seed=seed)
+                                             stop=stops, seed=seed, top_k=0, min_p=0.0, repeat_penalty=1.0)
         except (ValueError, RuntimeError) as exc:
             return Completion.failed(f"llama.cpp failed: {exc}", time.monotonic() - t0)
         choice = out["choices"][0]
