@@ -143,6 +143,7 @@ def _eval_one(cfg: Any, ecfg: Any, model: str | None, adapter: str | None, train
             raise BbjtuneError(f"no trained.json at {trained}", "pass a training run directory or its trained.json")
     model_kind = cfg.model.kind if cfg else "instruct"
     system = ecfg.system_prompt or (info or {}).get("system_prompt") or (cfg.data.system_prompt if cfg else None)
+    _check_inputs(kind, model, adapter, ecfg)
     spec: dict[str, Any] = {"backend": kind}
     if kind == "transformers":
         dtype = cfg.model.dtype if cfg else "auto"
@@ -167,6 +168,20 @@ def _eval_one(cfg: Any, ecfg: Any, model: str | None, adapter: str | None, train
                              humaneval_style=style, fresh=fresh)
     print_summary({label: results}, None)
     console.print(f"[green]✓[/] report: {root / label / 'report.html'}")
+
+
+def _check_inputs(kind: str, model: str | None, adapter: str | None, ecfg: Any) -> None:
+    """Fail before any directory is written when a model path is wrong."""
+    from bbjtune.errors import BbjtuneError
+    from bbjtune.models import resolve_source
+
+    if kind == "transformers" and model:
+        resolve_source(model)
+    if adapter and not (Path(adapter) / "adapter_config.json").exists():
+        raise BbjtuneError(f"'{adapter}' is not a LoRA adapter directory (no adapter_config.json)",
+                           "pass the adapter directory a training run wrote, e.g. runs/<name>/sft/adapter")
+    if kind == "gguf" and not Path(ecfg.gguf_file or "").is_file():
+        raise BbjtuneError(f"GGUF file {ecfg.gguf_file} does not exist", "pass --model path/to/model.gguf")
 
 
 def default_label(model: str | None, adapter: str | None, trained: bool) -> str:
