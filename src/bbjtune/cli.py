@@ -12,6 +12,7 @@ from rich.console import Console
 from bbjtune.bbj import cli as bbj_cli
 from bbjtune.data.cli import data_app
 from bbjtune.errors import BbjtuneError
+from bbjtune.export import cli as export_cli
 from bbjtune.evaluate.cli import eval_app
 from bbjtune.serve.cli import review_app
 
@@ -96,6 +97,8 @@ def inspect_model(source: Annotated[str, typer.Argument(
 app.command("check")(bbj_cli.check)
 app.add_typer(data_app, name="data")
 app.add_typer(review_app, name="review")
+app.command("export")(export_cli.export)
+app.add_typer(export_cli.serve_app, name="serve")
 
 
 def main() -> None:

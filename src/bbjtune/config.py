@@ -218,11 +218,26 @@ class VllmConfig(Section):
 
 class ExportConfig(Section):
     output_dir: str | None = Field(None, description="default: <run output_dir>/export")
-    merged: bool = True
-    gguf: list[QuantType] = Field(default_factory=lambda: ["f16", "q8_0", "q4_k_m"])
-    verify: bool = True
+    merged: bool = Field(True, description="keep merged/ (16-bit safetensors for vLLM or transformers); "
+                                           "the GGUF files are made from it either way")
+    gguf: list[QuantType] = Field(default_factory=lambda: ["f16", "q8_0", "q4_k_m"], description=(
+        "GGUF files to write: f16, bf16 and q8_0 directly, the k-quants (q4_k_m, ...) through llama.cpp"))
+    verify: bool = Field(True, description="load each GGUF with llama.cpp and compare tokens, logits and "
+                                           "greedy text with the merged model; a mismatch fails the export")
+    lora_gguf: bool = Field(False, description="also write the adapter as a GGUF LoRA adapter, with its base "
+                                               "as an f16 GGUF (only for adapters without embedding weights)")
+    threads: int | None = Field(None, gt=0, description="CPU threads for llama.cpp (default: all cores)")
     ollama: OllamaConfig = Field(default_factory=OllamaConfig)
     vllm: VllmConfig = Field(default_factory=VllmConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExportConfig:
+        if len(set(self.gguf)) != len(self.gguf):
+            raise ValueError("export.gguf lists a quant type twice")
+        if self.ollama.enabled and self.ollama.quant not in self.gguf:
+            raise ValueError(f"export.ollama.quant '{self.ollama.quant}' is not in export.gguf {self.gguf}: "
+                             "add it there or choose one of those")
+        return self
 
 
 # ----------------------------------------------------------------------------- the run

@@ -45,7 +45,8 @@ def plan_from_trained(path: str | Path) -> MergePlan:
     """The merge plan for a training run: trained.json (or the directory holding it)."""
     from bbjtune.train.trained import read_trained
 
-    trained = read_trained(path)
+    path = Path(path)
+    trained = read_trained(path if path.suffix == ".json" else path / "trained.json")
     return MergePlan(
         base=trained.base_model,
         adapters=[trained.adapter] if trained.adapter else [],

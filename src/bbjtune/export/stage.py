@@ -1,0 +1,279 @@
+"""`bbjtune export`: from a trained run to files Ollama, llama.cpp and vLLM can serve, each verified.
+
+    runs/<name>/export/
+      merged/                 the adapter folded into the 16-bit base (safetensors, tokenizer, stop ids)
+      <name>.f16.gguf         written with the gguf package
+      <name>.q8_0.gguf        written with the gguf package
+      <name>.q4_k_m.gguf      quantized from the f16 file by llama.cpp
+      Modelfile               Ollama: FROM the q4_k_m file, ChatML TEMPLATE, stop tokens, SYSTEM
+      vllm-lora.json          vLLM: launch command with the adapter as LoRA (or the merged model, and why)
+      verify.json             per GGUF: tokenization identical, max/mean |Δlogit|, top-1 and greedy agreement
+      manifest.json
+
+Everything that can be checked is checked before the first large file is written: trained.json,
+the adapter against its base, quant types, llama-cpp-python, free disk space. Every file appears
+under its final name only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bbjtune.artifacts import StageRun, atomic_write_json
+from bbjtune.config import RunConfig
+from bbjtune.errors import BbjtuneError
+from bbjtune.export.gguf import WRITER_TYPES
+
+console = Console(stderr=True)
+
+# Bytes per parameter of each file (k-quants: the averages llama.cpp reports for 7B models).
+BYTES_PER_PARAM = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 1.07, "q6_k": 0.83, "q5_k_m": 0.72,
+                   "q4_k_m": 0.61, "q4_0": 0.57, "q3_k_m": 0.49, "q2_k": 0.42}
+
+
+def gguf_path(cfg: RunConfig, quant: str) -> Path:
+    return cfg.export_dir / f"{cfg.name}.{quant}.gguf"
+
+
+def run_stage(cfg: RunConfig) -> Path:
+    from bbjtune.export.merge import check_plan, plan_from_trained
+    from bbjtune.export.quantize import require_llama_cpp
+
+    export = cfg.export
+    out = cfg.export_dir
+    plan = plan_from_trained(cfg.train_dir)
+    adapters = check_plan(plan)
+    llama_types = [q for q in export.gguf if q not in WRITER_TYPES]
+    if llama_types or export.verify or export.lora_gguf:
+        require_llama_cpp()
+    check_disk_space(out, estimate_parameters(plan.base), export.gguf, export.lora_gguf)
+
+    with StageRun(out, stage="export", config=cfg.model_dump(mode="json")) as run:
+        run.add_inputs([p for p in [Path(plan.base), *plan.adapters] if p.exists() and p.is_dir()])
+        run.extra["base_model"] = plan.base
+        merged = out / "merged"
+        with tempfile.TemporaryDirectory(prefix=".export.", dir=out) as scratch:
+            merged_dir = merged if export.merged else Path(scratch) / "merged"
+            with run.timed("merge"), console.status(f"merging the adapter into {plan.base}"):
+                _merge(plan, merged_dir, cfg.model.dtype)
+            console.print(f"[green]✓[/] merged model → {merged_dir if export.merged else '(temporary)'}")
+            ggufs = _write_ggufs(cfg, merged_dir, run, Path(scratch))
+            report = None
+            if export.verify:
+                report = _verify(cfg, merged_dir, ggufs, run)
+            lora = _lora_gguf(cfg, plan, adapters, merged_dir, run, Path(scratch))
+            if report is not None:
+                report["lora_gguf"] = lora
+                atomic_write_json(out / "verify.json", report)
+                run.outputs.append("verify.json")
+        if export.merged:
+            run.outputs.append("merged/")
+        if export.ollama.enabled:
+            _write_modelfile(cfg, plan, run)
+        if export.vllm.enabled:
+            _write_vllm(cfg, plan, adapters, run)
+        run.outputs.extend(p.name for p in ggufs.values())
+        if report is not None:
+            from bbjtune.export.verify import raise_on_failure
+            raise_on_failure(report)
+    return out
+
+
+# ----------------------------------------------------------------------------- steps
+
+def _merge(plan, merged_dir: Path, dtype: str) -> None:
+    from bbjtune.export.merge import merge
+
+    merge(plan, merged_dir, dtype=dtype)
+
+
+def _write_ggufs(cfg: RunConfig, merged: Path, run: StageRun, scratch: Path) -> dict[str, Path]:
+    """f16/bf16/q8_0 with the gguf package, then the llama.cpp types from an f16 file."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bbjtune.export.gguf import write_gguf
+    from bbjtune.export.quantize import quantize
+
+    wanted = list(cfg.export.gguf)
+    llama_types = [q for q in wanted if q not in WRITER_TYPES]
+    direct = [q for q in wanted if q in WRITER_TYPES]
+    if llama_types and "f16" not in direct:
+        direct.insert(0, "f16")     # the quantizer's input; removed again below when not asked for
+    paths: dict[str, Path] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        for quant in direct:
+            target = gguf_path(cfg, quant) if quant in wanted else scratch / f"{cfg.name}.f16.gguf"
+            task = progress.add_task(f"writing {target.name}", total=None)
+            t0 = time.time()
+            write_gguf(merged, target, quant, name=cfg.name,
+                       on_tensor=lambda i, n, task=task: progress.update(task, completed=i, total=n))
+            _record(run, quant, target, t0)
+            paths[quant] = target
+        for quant in llama_types:
+            target = gguf_path(cfg, quant)
+            task = progress.add_task(f"quantizing {target.name} (llama.cpp)", total=None)
+            t0 = time.time()
+            quantize(paths["f16"], target, quant, threads=cfg.export.threads)
+            progress.update(task, completed=1, total=1)
+            _record(run, quant, target, t0)
+            paths[quant] = target
+    return {q: paths[q] for q in wanted}
+
+
+def _record(run: StageRun, quant: str, path: Path, t0: float) -> None:
+    seconds = round(time.time() - t0, 2)
+    run.timings[f"gguf_{quant}_s"] = seconds
+    run.metrics.setdefault("gguf_bytes", {})[quant] = path.stat().st_size
+    console.print(f"[green]✓[/] {path.name} ({path.stat().st_size / 2**20:.1f} MiB, {seconds:.1f} s)")
+
+
+def _verify(cfg: RunConfig, merged: Path, ggufs: dict[str, Path], run: StageRun) -> dict[str, Any]:
+    from bbjtune.export.verify import verify_all
+
+    with run.timed("verify"), console.status("verifying the GGUF files with llama.cpp"):
+        report = verify_all(merged, ggufs, threads=cfg.export.threads)
+    for quant, r in report["results"].items():
+        mark = "[green]✓[/]" if r["ok"] else "[red]✗[/]"
+        if not r.get("loads"):
+            console.print(f"{mark} {quant}: llama.cpp cannot load it: {r.get('error')}")
+            continue
+        console.print(f"{mark} {quant}: tokens {'identical' if r['tokenization_identical'] else 'DIFFER'}, "
+                      f"max |Δlogit| {r['max_abs_diff']:.4g} ({r['max_rel_diff']:.3f}×std), "
+                      f"top-1 {r['top1_agreement']:.1%}, greedy identical on "
+                      f"{r['greedy_identical']}/{len(r['greedy_common_prefix'])} prompts")
+    run.metrics["verify"] = {q: {k: r.get(k) for k in ("ok", "max_abs_diff", "max_rel_diff", "top1_agreement",
+                                                      "tokenization_identical", "greedy_identical")}
+                             for q, r in report["results"].items()}
+    return report
+
+
+def _lora_gguf(cfg: RunConfig, plan, adapters, merged: Path, run: StageRun, scratch: Path) -> dict[str, Any] | None:
+    """The adapter as a GGUF LoRA (with its base as f16 GGUF), checked against the merged f16 GGUF."""
+    if not cfg.export.lora_gguf:
+        return None
+    from bbjtune.export.lora_gguf import why_not, write_lora_gguf
+
+    if len(adapters) != 1:
+        reason = "there is no adapter" if not adapters else "more than one adapter is chained"
+        console.print(f"[yellow]![/] no GGUF LoRA adapter: {reason}")
+        run.extra["lora_gguf"] = {"written": False, "reasons": [reason]}
+        return run.extra["lora_gguf"]
+    reasons = why_not(adapters[0])
+    if reasons:
+        console.print("[yellow]![/] no GGUF LoRA adapter, because " + "; ".join(reasons)
+                      + ". The merged GGUF files carry the same model.")
+        run.extra["lora_gguf"] = {"written": False, "reasons": reasons}
+        return run.extra["lora_gguf"]
+    from bbjtune.export.gguf import write_gguf
+
+    with run.timed("lora_gguf"), console.status("writing the GGUF LoRA adapter and its base"):
+        lora_path = write_lora_gguf(adapters[0].directory, cfg.export_dir / f"{cfg.name}.lora.gguf", name=cfg.name)
+        base_dir = _base_checkpoint_dir(plan, scratch)
+        base_path = write_gguf(base_dir, cfg.export_dir / f"{cfg.name}.base.f16.gguf", "f16", name=f"{cfg.name}-base")
+    result: dict[str, Any] = {"written": True, "adapter": lora_path.name, "base": base_path.name}
+    if cfg.export.verify:
+        merged_f16 = gguf_path(cfg, "f16") if (gguf_path(cfg, "f16")).exists() else None
+        if merged_f16:
+            from bbjtune.export.verify import compare_lora_with_merged
+            result.update(compare_lora_with_merged(base_path, lora_path, merged_f16, threads=cfg.export.threads))
+    run.outputs += [lora_path.name, base_path.name]
+    run.extra["lora_gguf"] = result
+    console.print(f"[green]✓[/] {lora_path.name} (+ {base_path.name})")
+    return result
+
+
+def _base_checkpoint_dir(plan, scratch: Path) -> Path:
+    """The base as a safetensors directory (GGUF and hub bases are saved to scratch first)."""
+    from bbjtune.models.loading import resolve_source
+
+    source = resolve_source(plan.base)
+    if source.kind in ("local", "tiny"):
+        return source.path
+    from bbjtune.export.merge import MergePlan, merge
+    return merge(MergePlan(base=plan.base, adapters=[], tokenizer=plan.tokenizer, chat=plan.chat), scratch / "base")
+
+
+def _write_modelfile(cfg: RunConfig, plan, run: StageRun) -> None:
+    from bbjtune.export.modelfile import ollama_model_name, write_modelfile
+
+    o = cfg.export.ollama
+    name = ollama_model_name(cfg.name, o.model_name)
+    system = o.system_prompt or plan.system_prompt
+    path = write_modelfile(cfg.export_dir, gguf_path(cfg, o.quant).name, system_prompt=system, num_ctx=o.num_ctx,
+                           temperature=o.temperature, model_name=name)
+    run.outputs.append(path.name)
+    run.extra["ollama"] = {"model_name": name, "modelfile": str(path), "system_prompt": system}
+    console.print(f"[green]✓[/] Modelfile → ollama create {name} -f {path}")
+
+
+def _write_vllm(cfg: RunConfig, plan, adapters, run: StageRun) -> None:
+    from bbjtune.export.vllm import explain, plan_vllm
+
+    v = cfg.export.vllm
+    vplan = plan_vllm(adapters[-1] if adapters else None, plan.base, served_name=v.served_name or f"bbj-{cfg.name}",
+                      max_loras=v.max_loras, max_model_len=v.max_model_len,
+                      merged_dir=cfg.export_dir / "merged" if cfg.export.merged else None)
+    atomic_write_json(cfg.export_dir / "vllm-lora.json", vplan.to_json())
+    run.outputs.append("vllm-lora.json")
+    run.extra["vllm"] = {"mode": "lora" if vplan.lora_ok else "merged", "blockers": vplan.blockers}
+    console.print("[green]✓[/] vllm-lora.json — " + explain(vplan).replace("\n", "\n  "))
+
+
+# ----------------------------------------------------------------------------- disk space
+
+def estimate_parameters(base: str) -> int | None:
+    """Parameter count of the base model from its config (no weights loaded); None when unknown."""
+    from bbjtune.models.loading import resolve_source
+
+    try:
+        source = resolve_source(base)
+    except BbjtuneError:
+        return None
+    if source.kind in ("local", "tiny") and (source.path / "config.json").exists():
+        c = json.loads((source.path / "config.json").read_text(encoding="utf-8"))
+    elif source.kind == "gguf":
+        from bbjtune.export.gguf import read_gguf_metadata
+        m = read_gguf_metadata(source.path)
+        arch = m.get("general.architecture", "qwen2")
+        c = {"hidden_size": m.get(f"{arch}.embedding_length"), "num_hidden_layers": m.get(f"{arch}.block_count"),
+             "intermediate_size": m.get(f"{arch}.feed_forward_length"),
+             "num_attention_heads": m.get(f"{arch}.attention.head_count"),
+             "num_key_value_heads": m.get(f"{arch}.attention.head_count_kv"),
+             "vocab_size": m.get("tokenizer.ggml.tokens"), "tie_word_embeddings": False}
+    else:
+        return None
+    try:
+        h, layers, ff = int(c["hidden_size"]), int(c["num_hidden_layers"]), int(c["intermediate_size"])
+        heads = int(c["num_attention_heads"])
+        kv = int(c.get("num_key_value_heads") or heads) * (h // heads)
+        vocab = int(c["vocab_size"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    per_layer = 2 * h * h + 2 * h * kv + h + 2 * kv + 3 * h * ff + 2 * h
+    return vocab * h * (1 if c.get("tie_word_embeddings") else 2) + layers * per_layer + h
+
+
+def check_disk_space(out: Path, n_params: int | None, quants: list[str], lora: bool) -> None:
+    """Refuse to start when the export directory's disk cannot hold what export will write."""
+    if not n_params:
+        return
+    needed = n_params * (4.0 + sum(BYTES_PER_PARAM[q] for q in quants) + (2.0 if "f16" not in quants else 0)
+                         + (2.0 if lora else 0))
+    needed = int(needed * 1.1)
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise BbjtuneError(
+            f"not enough disk space for the export: about {needed / 2**30:.1f} GiB needed in {out}, "
+            f"{free / 2**30:.1f} GiB free",
+            "free space, write fewer GGUF types (export.gguf), or set export.output_dir to a larger disk")

@@ -1,0 +1,126 @@
+"""`bbjtune export` end to end on the tiny model: trained run → merged → GGUFs verified → Modelfile, vLLM."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bbjtune.artifacts import read_manifest
+from bbjtune.config import load_config
+from bbjtune.errors import BbjtuneError
+from bbjtune.export.gguf import read_gguf_metadata
+from bbjtune.export.modelfile import ollama_values, parse_modelfile
+from bbjtune.export.gotemplate import render_go_template
+from bbjtune.models.chat_template import render_chatml
+
+from conftest import run_cli
+from export_fixtures import SYSTEM_PROMPT, make_adapter, make_trained_run
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'bbjtune[export]')")
+
+
+def _config(tmp_path, *extra):
+    return load_config("quickstart", [f"output_dir={tmp_path}/runs/{{name}}", *extra])
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_dir, tmp_path_factory):
+    from bbjtune.export.stage import run_stage
+
+    tmp = tmp_path_factory.mktemp("stage")
+    cfg = _config(tmp, "export.lora_gguf=true")
+    adapter = make_adapter(tiny_model_dir, cfg.train_dir / "sft" / "adapter", seed=7)
+    make_trained_run(cfg.train_dir, str(tiny_model_dir), adapter, tiny_model_dir, stages=("sft",))
+    out = run_stage(cfg)
+    return cfg, out
+
+
+def test_every_file_is_there_and_nothing_else(exported):
+    cfg, out = exported
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["merged", "Modelfile", "vllm-lora.json", "verify.json", "manifest.json",
+                            "quickstart.f16.gguf", "quickstart.q8_0.gguf", "quickstart.q4_k_m.gguf",
+                            "quickstart.lora.gguf", "quickstart.base.f16.gguf"])   # no temporary leftovers
+    manifest = read_manifest(out)
+    assert manifest["status"] == "complete" and manifest["stage"] == "export"
+    assert {"merge_s", "gguf_f16_s", "gguf_q4_k_m_s", "verify_s", "total_s"} <= set(manifest["timings"])
+    assert (out / "merged" / "model.safetensors").exists() and (out / "merged" / "tokenizer.json").exists()
+
+
+def test_verify_json_reports_agreement_per_quant(exported):
+    _, out = exported
+    report = json.loads((out / "verify.json").read_text())
+    assert report["ok"] and set(report["results"]) == {"f16", "q8_0", "q4_k_m"}
+    for quant, r in report["results"].items():
+        assert r["loads"] and r["tokenization_identical"], quant
+        assert {"max_abs_diff", "top1_agreement", "greedy_common_prefix", "tolerance"} <= set(r)
+    assert report["results"]["f16"]["greedy_identical"] == len(report["results"]["f16"]["greedy_common_prefix"])
+    assert report["lora_gguf"]["written"] and report["lora_gguf"]["lora_ok"]
+
+
+def test_ggufs_stop_on_im_end(exported):
+    _, out = exported
+    md = read_gguf_metadata(out / "quickstart.q4_k_m.gguf")
+    tok = json.loads((out / "merged" / "generation_config.json").read_text())
+    assert md["tokenizer.ggml.eos_token_id"] == tok["eos_token_id"][0]          # <|im_end|>
+    assert md["tokenizer.ggml.eot_token_id"] == tok["eos_token_id"][0]
+
+
+def test_modelfile_points_to_q4_k_m_and_carries_the_training_system_prompt(exported):
+    cfg, out = exported
+    parsed = parse_modelfile((out / "Modelfile").read_text())
+    assert parsed["from"] == "./quickstart.q4_k_m.gguf" and parsed["system"] == SYSTEM_PROMPT
+    assert ("num_ctx", str(cfg.export.ollama.num_ctx)) in parsed["parameters"]
+    conversation = [{"role": "user", "content": "Write a BBj loop"}]
+    rendered = render_go_template(parsed["template"], ollama_values(conversation, parsed["system"]))
+    assert rendered == render_chatml([{"role": "system", "content": SYSTEM_PROMPT}, *conversation],
+                                     add_generation_prompt=True)
+
+
+def test_vllm_config_serves_the_adapter_as_lora(exported):
+    _, out = exported
+    data = json.loads((out / "vllm-lora.json").read_text())
+    assert data["mode"] == "lora" and data["lora"]["rank"] == 8 and data["args"]["max_lora_rank"] == 8
+    assert "--enable-lora" in data["command"] and "merged" in data["merged_command"]
+
+
+def test_serve_commands_on_the_export(exported, tmp_path):
+    _, out = exported
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(f"name: quickstart\noutput_dir: {out.parent.parent}/{{name}}\n"
+                        "model: {source: tiny:test}\ndata: {chatml: [examples/chatml/*.jsonl]}\n")
+    res = run_cli("serve", "ollama", str(cfg_file), env={"PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr
+    assert "ollama create bbj-quickstart -f Modelfile" in res.stdout and "quickstart.q4_k_m.gguf" in res.stdout
+    res = run_cli("serve", "vllm", str(cfg_file))
+    assert res.returncode == 0, res.stderr
+    assert "--enable-lora" in res.stdout and "--max-lora-rank 8" in res.stdout
+
+
+def test_missing_training_fails_in_one_line(tmp_path):
+    from bbjtune.export.stage import run_stage
+
+    with pytest.raises(BbjtuneError, match="trained.json"):
+        run_stage(_config(tmp_path))
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(f"name: nothing\noutput_dir: {tmp_path}/{{name}}\nmodel: {{source: tiny:test}}\n"
+                        "data: {chatml: [examples/chatml/*.jsonl]}\n")
+    res = run_cli("export", str(cfg_file))
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "bbjtune train" in res.stderr
+    assert not (tmp_path / "nothing" / "export").exists()
+
+
+def test_unknown_quant_type_is_a_config_error(tmp_path):
+    with pytest.raises(BbjtuneError, match="export.gguf"):
+        _config(tmp_path, "export.gguf=[f16, q4_k_xl]")
+
+
+def test_not_enough_disk_space_is_refused_before_writing(tmp_path):
+    from bbjtune.export.stage import check_disk_space, estimate_parameters
+
+    with pytest.raises(BbjtuneError, match="not enough disk space"):
+        check_disk_space(tmp_path / "export", 10**15, ["f16", "q4_k_m"], lora=False)
+    check_disk_space(tmp_path / "export", 1000, ["f16"], lora=False)
+    assert not (tmp_path / "export").exists()
+    assert 400_000 < estimate_parameters("tiny:test") < 1_000_000
