@@ -137,16 +137,17 @@ def test_filter_order_and_duplicates():
 
 
 def test_similarity_index_estimates_jaccard():
-    base = [f"t{i}" for i in range(400)]
-    a = set(base)
-    b = set(base[:380] + [f"u{i}" for i in range(20)])  # true Jaccard 380/420 = 0.905
-    c = {f"v{i}" for i in range(400)}
+    base = " ".join(f"t{i}" for i in range(404))
+    changed = " ".join([f"t{i}" for i in range(380)] + [f"u{i}" for i in range(24)])
+    a, b, c = word_shingles(base), word_shingles(changed), word_shingles(base.replace("t", "v"))
+    assert len(a) == 400 and len(np.intersect1d(a, b)) == 376  # true Jaccard 376/424 = 0.887
     index = SimilarityIndex(0.8)
     index.add("a", minhash(a))
     hits = index.matches(minhash(b))
-    assert hits and hits[0][1] == "a" and abs(hits[0][0] - 380 / 420) < 0.08
+    assert hits and hits[0][1] == "a" and abs(hits[0][0] - 376 / 424) < 0.08
     assert index.matches(minhash(c)) == []
-    assert minhash(a).dtype == np.uint32 and (minhash(a) == minhash(set(base))).all()
+    assert minhash(a).dtype == np.uint32 and (minhash(a) == minhash(word_shingles(base.upper()))).all()
+    assert len(char_shingles("abc")) == 1 and len(char_shingles("Hello  World")) == len(char_shingles("hello world"))
 
 
 # ----------------------------------------------------------------------------- scrubbing
@@ -237,10 +238,12 @@ def test_chunks_are_lossless_within_budget_and_cut_at_good_places():
     method = "method public void m{0}()\n" + "    x = {0}\n" * 6 + "methodend\n\n"
     text = "class public C\n" + "".join(method.format(i) for i in range(30)) + "classend\n"
     budget = 120
-    chunks, oversized = chunk_text(text, budget, ESTIMATE)
+    pairs, oversized = chunk_text(text, budget, ESTIMATE)
+    chunks = [c for c, _ in pairs]
     assert "".join(chunks) == text and oversized == 0 and len(chunks) > 3
-    assert all(sum(ESTIMATE.count(statement_units(c))) <= budget for c in chunks)
+    assert all(n == sum(ESTIMATE.count(statement_units(c))) <= budget for c, n in pairs)
     assert sum(c.endswith("methodend\n\n") or c.endswith("methodend\n") for c in chunks[:-1]) >= len(chunks) - 2
     cont = "print 1,\n" + ":2,\n" * 200 + ":3\n"  # one statement longer than the budget stays whole
-    chunks, oversized = chunk_text("x=1\n" + cont, 50, ESTIMATE)
-    assert chunks[-1] == cont and oversized == 1
+    pairs, oversized = chunk_text("x=1\n" + cont, 50, ESTIMATE)
+    assert pairs[-1][0] == cont and oversized == 1
+    assert chunk_text("short\n", 50, ESTIMATE) == ([("short\n", 2)], 0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,7 @@ class ExampleInfo:
     truncated: str | None = None       # why the answer looks cut off
     code_blocks: int = 0
     code_error: str | None = None      # first checker error in the answer's BBj, if any
+    failing_blocks: tuple[int, ...] = ()  # positions of the answer's BBj blocks that fail the checker
     escapes_fixed: bool = False
     scrubbed: dict[str, int] = field(default_factory=dict)
     example_sig: np.ndarray | None = None   # MinHash of the whole example (near duplicates)
@@ -124,6 +126,8 @@ def truncation_reason(answer: str) -> str | None:
 # ----------------------------------------------------------------------------- hashing
 
 _WORD_RE = re.compile(r"\w+|[^\w\s]")
+_ROLL_MULTIPLIER = np.uint64(1_000_003)
+_MASK32 = np.uint64(0xFFFFFFFF)
 
 
 def normalise(text: str) -> str:
@@ -135,26 +139,45 @@ def text_key(text: str) -> bytes:
     return hashlib.blake2b(normalise(text).encode("utf-8"), digest_size=12).digest()
 
 
-def word_shingles(text: str, size: int = 5) -> set[str]:
+def shingle_hashes(hashes: np.ndarray, size: int) -> np.ndarray:
+    """32-bit hashes of every run of `size` consecutive items (one run when there are fewer items),
+    from per-item hashes; a polynomial rolling hash, computed with numpy."""
+    if len(hashes) == 0:
+        return np.zeros(1, dtype=np.uint64)
+    size = min(size, len(hashes))
+    n = len(hashes) - size + 1
+    out = np.zeros(n, dtype=np.uint64)
+    for k in range(size):
+        out = (out * _ROLL_MULTIPLIER + hashes[k:k + n]) & _MASK32
+    return np.unique(out)
+
+
+def word_shingles(text: str, size: int = 5) -> np.ndarray:
+    """Hashes of the text's runs of `size` words (punctuation marks count as words), case-folded."""
     words = _WORD_RE.findall(text.casefold())
-    if len(words) <= size:
-        return {" ".join(words)}
-    return {" ".join(words[i:i + size]) for i in range(len(words) - size + 1)}
+    hashes = np.fromiter((zlib.crc32(w.encode("utf-8")) for w in words), dtype=np.uint64, count=len(words))
+    return shingle_hashes(hashes, size)
 
 
-def char_shingles(text: str, size: int = 5) -> set[str]:
-    flat = normalise(text)
-    if len(flat) <= size:
-        return {flat}
-    return {flat[i:i + size] for i in range(len(flat) - size + 1)}
+def char_shingles(text: str, size: int = 5) -> np.ndarray:
+    """Hashes of the normalised text's runs of `size` characters."""
+    codepoints = np.frombuffer(normalise(text).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    return shingle_hashes(codepoints, size)
 
 
-def minhash(shingles: set[str]) -> np.ndarray:
-    """A MinHash signature (datasketch, fixed seed) as NUM_PERM uint32 values."""
+_PERMUTATIONS = None
+
+
+def minhash(shingles: np.ndarray) -> np.ndarray:
+    """A MinHash signature (datasketch, fixed seed) of shingle hashes, as NUM_PERM uint32 values.
+    The permutations are drawn once and reused."""
+    global _PERMUTATIONS
     from datasketch import MinHash
 
-    m = MinHash(num_perm=NUM_PERM, seed=1, scheme=MINHASH_SCHEME)
-    m.update_batch([s.encode("utf-8") for s in shingles])
+    if _PERMUTATIONS is None:
+        _PERMUTATIONS = MinHash(num_perm=NUM_PERM, seed=1, scheme=MINHASH_SCHEME).permutations
+    m = MinHash(num_perm=NUM_PERM, seed=1, hashfunc=int, permutations=_PERMUTATIONS, scheme=MINHASH_SCHEME)
+    m.update_batch(shingles.tolist())
     return m.hashvalues.astype(np.uint32)
 
 

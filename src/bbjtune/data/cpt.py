@@ -113,14 +113,17 @@ def statement_units(text: str) -> list[str]:
     return units
 
 
-def chunk_text(text: str, budget: int, tokens: TokenCounter) -> tuple[list[str], int]:
-    """The text cut into chunks of at most `budget` tokens on statement boundaries; and how many
-    chunks are over budget (a single statement line longer than the budget stays whole)."""
+def chunk_text(text: str, budget: int, tokens: TokenCounter) -> tuple[list[tuple[str, int]], int]:
+    """The text cut into (chunk, tokens) of at most `budget` tokens on statement boundaries; and how
+    many chunks are over budget (a single statement line longer than the budget stays whole).
+    Chunk token counts are sums over their lines (line ends separate tokens, so this is exact up to
+    a token or so at the joins)."""
+    whole = tokens.count([text])[0]
+    if whole <= budget:
+        return [(text, whole)], 0
     units = statement_units(text)
     counts = tokens.count(units)
-    if sum(counts) <= budget:
-        return [text], 0
-    chunks: list[str] = []
+    chunks: list[tuple[str, int]] = []
     oversized = 0
     current: list[int] = []  # unit indexes
     used = 0
@@ -128,13 +131,14 @@ def chunk_text(text: str, budget: int, tokens: TokenCounter) -> tuple[list[str],
         if current and used + n > budget:
             cut = _best_cut(units, current)
             head, current = current[:cut], current[cut:]
-            chunks.append("".join(units[j] for j in head))
-            oversized += sum(counts[j] for j in head) > budget
+            size = sum(counts[j] for j in head)
+            chunks.append(("".join(units[j] for j in head), size))
+            oversized += size > budget
             used = sum(counts[j] for j in current)
         current.append(i)
         used += n
     if current:
-        chunks.append("".join(units[j] for j in current))
+        chunks.append(("".join(units[j] for j in current), used))
         oversized += used > budget
     return chunks, oversized
 
@@ -188,6 +192,7 @@ class CptCorpus:
         self.seen: dict[bytes, str] = {}
         self.stats = CptStats()
         self.rejections: list[Rejection] = []
+        self._uncounted: list[str] = []
 
     def add_file(self, path: Path) -> None:
         self.stats.files += 1
@@ -205,26 +210,30 @@ class CptCorpus:
             return
         self.stats.files_written += 1
         chunks = self._chunks(text)
-        for i, chunk in enumerate(chunks):
-            self._write(chunk, str(path), i, len(chunks))
+        for i, (chunk, n_tokens) in enumerate(chunks):
+            self._write(chunk, n_tokens, str(path), i, len(chunks))
 
-    def add_answer(self, example_id: str, blocks: list[tuple[str, bool]]) -> None:
+    def add_answer(self, example_id: str, blocks: list[tuple[str, bool]], fits: bool = False) -> None:
         """The BBj blocks of one training answer as (code, passes the checker); source `chatml:<id>`,
-        chunks numbered across the blocks. Blocks with checker errors are not used."""
-        pieces: list[str] = []
+        chunks numbered across the blocks. Blocks with checker errors are not used. `fits`: the whole
+        conversation is within the chunk limit, so no block needs cutting (and counting can wait)."""
+        pieces: list[tuple[str, int | None]] = []
         for code, passes_check in blocks:
             self.stats.answer_blocks += 1
             if not passes_check:
                 self.stats.answer_blocks_failing_check += 1
                 continue
-            text = self._prepare(code.replace("\r\n", "\n").strip("\n") + "\n")
+            text = code.replace("\r\n", "\n").strip("\n") + "\n"  # already scrubbed with its example
             if self._is_duplicate(f"chatml:{example_id}", text, None):
                 self.stats.answer_blocks_duplicate += 1
                 continue
             self.stats.answer_blocks_written += 1
-            pieces.extend(self._chunks(text))
-        for i, piece in enumerate(pieces):
-            self._write(piece, f"chatml:{example_id}", i, len(pieces))
+            if fits or len(text.encode("utf-8")) <= self.chunk_tokens:  # a token is at least one byte
+                pieces.append((text, None))
+            else:
+                pieces.extend(self._chunks(text))
+        for i, (piece, n_tokens) in enumerate(pieces):
+            self._write(piece, n_tokens, f"chatml:{example_id}", i, len(pieces))
 
     def _prepare(self, text: str) -> str:
         if self.scrub:
@@ -252,18 +261,35 @@ class CptCorpus:
         self.seen[key] = source
         return False
 
-    def _chunks(self, text: str) -> list[str]:
+    def _chunks(self, text: str) -> list[tuple[str, int]]:
         chunks, oversized = chunk_text(text, self.chunk_tokens, self.tokens)
         self.stats.oversized_chunks += oversized
         return chunks
 
-    def _write(self, text: str, source: str, chunk: int, n_chunks: int) -> None:
+    def _write(self, text: str, n: int | None, source: str, chunk: int, n_chunks: int) -> None:
         self.out.write(json.dumps({"text": text, "source": source, "chunk": chunk, "n_chunks": n_chunks},
                                   ensure_ascii=False) + "\n")
-        n = self.tokens.count([text])[0]
         self.stats.chunks += 1
-        self.stats.tokens += n
         self.stats.characters += len(text)
+        if n is None:  # counted later, many at a time (the tokenizer is much faster on batches)
+            self._uncounted.append(text)
+            if len(self._uncounted) >= 256:
+                self._count_pending()
+        else:
+            self._counted(n)
+
+    def finish(self) -> CptStats:
+        """Count what is still uncounted; call once after the last text."""
+        self._count_pending()
+        return self.stats
+
+    def _count_pending(self) -> None:
+        for n in self.tokens.count(self._uncounted):
+            self._counted(n)
+        self._uncounted.clear()
+
+    def _counted(self, n: int) -> None:
+        self.stats.tokens += n
         self.stats.chunk_tokens.append(n)
 
     def _reject(self, path: Path, reason: str, detail: str, duplicate_of: str | None = None) -> None:

@@ -10,6 +10,7 @@ summaries, never the data set.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import Counter
@@ -166,7 +167,7 @@ def _summarise(ex: Example, index: int, result: ScanResult, fix_escapes: bool, s
     scrubbed: Counter = Counter()
     if scrub:
         for m in ex.messages:
-            m["content"], found = scrub_text(m["content"])
+            m["content"], found = (_scrub_system if m["role"] == "system" else scrub_text)(m["content"])
             scrubbed.update(found)
         if scrubbed:
             result.scrubbed.update(scrubbed)
@@ -200,6 +201,9 @@ def _summarise(ex: Example, index: int, result: ScanResult, fix_escapes: bool, s
     return info, render_chatml(ex.messages)
 
 
+_scrub_system = functools.lru_cache(maxsize=64)(scrub_text)  # the same system prompt on every line
+
+
 def _check_answer_code(info: ExampleInfo, answer: str, checker: CodeChecker, findings: CodeFindings) -> None:
     codes, bare = answer_bbj_blocks(answer)
     findings.unfenced_code += bare
@@ -208,10 +212,13 @@ def _check_answer_code(info: ExampleInfo, answer: str, checker: CodeChecker, fin
     findings.examples_with_code += 1
     findings.blocks += len(codes)
     info.code_blocks = len(codes)
+    failing = []
     for n, code in enumerate(codes, 1):
         error = checker.first_error(code)
         if error is None:
             continue
+        failing.append(n - 1)
+        info.failing_blocks = tuple(failing)
         findings.blocks_failed += 1
         if info.code_error is None:
             message, line = error

@@ -47,6 +47,8 @@ _SAFE_EMAIL_DOMAINS = ("example.com", "example.org", "example.net")
 _IPV4 = re.compile(r"(?<![\d.])(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 _SAFE_IP_PREFIXES = ("127.", "0.", "255.255.255.255", "192.0.2.", "198.51.100.", "203.0.113.")
 _PLACEHOLDERS = (PASSWORD, API_KEY)
+_NAME_HINT = re.compile(r"pass|pwd|key|token|secret")
+_KEY_PREFIXES = ("AKIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "sk-", "xox", "AIza")
 
 
 def scrub_text(text: str) -> tuple[str, Counter]:
@@ -62,16 +64,26 @@ def scrub_text(text: str) -> tuple[str, Counter]:
         return pattern.sub(one, s)
 
     keep_placeholder = lambda m, value: m.group(0) if m.group(2) in _PLACEHOLDERS else m.group(1) + value  # noqa: E731
-    text = sub(_PRIVATE_KEY, "api_key", lambda m: API_KEY, text)
-    text = sub(_URL_CREDENTIALS, "password", lambda m: keep_placeholder(m, ":" + PASSWORD + "@"), text)
-    text = _STRING_LITERAL.sub(lambda lit: sub(_KV_IN_STRING, "password", lambda m: _kv_value(m), lit.group(0)), text)
-    text = sub(_ASSIGNED_SECRET, "password", lambda m: keep_placeholder(m, f'"{PASSWORD}"'), text)
-    text = sub(_ASSIGNED_KEY, "api_key",
-               lambda m: keep_placeholder(m, f'"{API_KEY}"') if _looks_like_key(m.group(2)) else m.group(0), text)
-    text = sub(_BEARER, "api_key", lambda m: m.group(1) + API_KEY, text)
-    text = sub(_KNOWN_KEYS, "api_key", lambda m: API_KEY, text)
-    text = sub(_EMAIL, "email", lambda m: m.group(0) if m.group(1).lower() in _SAFE_EMAIL_DOMAINS else EMAIL, text)
-    text = sub(_IPV4, "ip", _ip_replacement, text)
+    lower = text.lower()
+    # each pattern runs only when a cheap substring test says it can match (most text has no secrets)
+    if "-----begin" in lower:
+        text = sub(_PRIVATE_KEY, "api_key", lambda m: API_KEY, text)
+    if "://" in text:
+        text = sub(_URL_CREDENTIALS, "password", lambda m: keep_placeholder(m, ":" + PASSWORD + "@"), text)
+    if _NAME_HINT.search(lower):
+        text = _STRING_LITERAL.sub(lambda lit: sub(_KV_IN_STRING, "password", _kv_value, lit.group(0))
+                                   if _NAME_HINT.search(lit.group(0).lower()) else lit.group(0), text)
+        text = sub(_ASSIGNED_SECRET, "password", lambda m: keep_placeholder(m, f'"{PASSWORD}"'), text)
+        text = sub(_ASSIGNED_KEY, "api_key",
+                   lambda m: keep_placeholder(m, f'"{API_KEY}"') if _looks_like_key(m.group(2)) else m.group(0), text)
+    if "bearer" in lower:
+        text = sub(_BEARER, "api_key", lambda m: m.group(1) + API_KEY, text)
+    if any(prefix in text for prefix in _KEY_PREFIXES):
+        text = sub(_KNOWN_KEYS, "api_key", lambda m: API_KEY, text)
+    if "@" in text:
+        text = sub(_EMAIL, "email", lambda m: m.group(0) if m.group(1).lower() in _SAFE_EMAIL_DOMAINS else EMAIL, text)
+    if "." in text:
+        text = sub(_IPV4, "ip", _ip_replacement, text)
     return text, counts
 
 

@@ -33,7 +33,7 @@ from bbjtune.artifacts import StageRun, atomic_open, atomic_write_json, atomic_w
 from bbjtune.config import RunConfig, expand_globs
 from bbjtune.data.chatml import Rejection, example_id, read_raw_line
 from bbjtune.data.clean import Decision, ExampleInfo, filter_and_dedupe
-from bbjtune.data.scan import CodeChecker, ScanResult, answer_bbj_blocks, scan_chatml
+from bbjtune.data.scan import ScanResult, answer_bbj_blocks, scan_chatml
 from bbjtune.data.split import ContaminationIndex, split_heldout
 from bbjtune.data.tokens import TokenCounter
 from bbjtune.errors import BbjtuneError
@@ -236,7 +236,6 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
 
     split_counts: dict[str, dict[str, int]] = {}
     prompt_sides: dict[bytes, set[str]] = {}
-    checker = CodeChecker() if d.code_check != "off" else None
     chunk_tokens = d.cpt_chunk_tokens or cfg.train.cpt.max_length
     n_train = n_heldout = 0
     with atomic_open(out_dir / "train.jsonl") as train_fh, atomic_open(out_dir / "heldout.jsonl") as heldout_fh, \
@@ -269,12 +268,14 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
                     n_train += 1
                     if d.cpt_from_answers:
                         answer = "\n".join(m["content"] for m in messages if m["role"] == "assistant")
-                        codes, _ = answer_bbj_blocks(answer)
+                        codes, _ = answer_bbj_blocks(answer)  # the same blocks the scan checked
                         if codes:
-                            cpt.add_answer(record["id"], [(c, checker is None or checker.first_error(c) is None)
-                                                          for c in codes])
+                            cpt.add_answer(record["id"], [(c, n not in info.failing_blocks)
+                                                          for n, c in enumerate(codes)],
+                                           fits=0 < info.n_tokens <= chunk_tokens)
                 else:
                     n_heldout += 1
+        cpt.finish()
     rejections = _rejections(a, contaminated, cpt.rejections)
     with atomic_open(out_dir / "rejected.jsonl") as fh:
         for r in rejections:

@@ -14,6 +14,9 @@ class TokenCounter:
         self.tokenizer = tokenizer
         self.source = source
         self.exact = tokenizer is not None
+        # fast tokenizers: call the Rust backend directly (same ids, without the per-call Python work)
+        backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+        self._encode = getattr(backend, "encode_batch_fast", None) or getattr(backend, "encode_batch", None)
 
     @classmethod
     def for_model(cls, source: str, warn: Any = None) -> TokenCounter:
@@ -33,6 +36,8 @@ class TokenCounter:
             return []
         if self.tokenizer is None:
             return [max(1, round(len(t) / CHARS_PER_TOKEN)) for t in texts]
+        if self._encode is not None:
+            return [len(e.ids) for e in self._encode(texts, add_special_tokens=False)]
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [len(x) for x in ids]
 
