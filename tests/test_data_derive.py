@@ -65,9 +65,11 @@ def test_latin1_sources_decode():
 def test_derived_code_from_real_corpus_passes_the_checker(corpus_dir):
     from bbjtune.bbj import check_source, extract_bbj
 
-    files = sorted(p for p in (corpus_dir / "real").rglob("*") if p.suffix in (".bbj", ".bbjt", ".src"))
+    # code-generator templates (placeholders like `(DB_NICE)`) are not BBj until expanded
+    files = sorted(p for p in (corpus_dir / "real").rglob("*") if p.suffix in (".bbj", ".bbjt", ".src")
+                   and "(TBL_" not in p.read_text(encoding="latin-1"))
     pairs = [p for p in derive_pairs(files, system="S") if p["derived"] == "method-write"]
     assert len(pairs) >= 300
     failing = [p["id"] for p in pairs
-               if any(d.severity == "error" for d in check_source(extract_bbj(p["messages"][2]["content"])))]
+               if any(d.severity == "error" for d in check_source(extract_bbj(p["messages"][2]["content"]), fragment=True))]
     assert len(failing) / len(pairs) < 0.02, failing[:5]
