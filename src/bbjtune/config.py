@@ -158,7 +158,8 @@ class HumanEvalConfig(Section):
 
 
 class EvalConfig(Section):
-    suites: list[str] = Field(default_factory=lambda: ["evals/bbj-core.jsonl"])
+    suites: list[str] = Field(default_factory=lambda: ["evals/bbj-core.jsonl", "evals/bbj-challenge.jsonl"],
+                              description="eval suite files (JSONL or YAML); globs allowed")
     output_dir: str | None = Field(None, description="default: <run output_dir>/eval")
     compiler: Literal["auto", "builtin", "bbjcpl"] = "auto"
     backend: Literal["transformers", "http", "gguf"] = "transformers"
@@ -177,7 +178,7 @@ class EvalConfig(Section):
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_new_tokens: int = Field(768, gt=0)
     batch_size: int = Field(16, gt=0)
-    limit: int | None = Field(None, gt=0)
+    limit: int | None = Field(None, gt=0, description="at most N prompts per suite, spread over the categories")
     seed: int = 42
     compare_with_base: bool = True
     humaneval: HumanEvalConfig = Field(default_factory=HumanEvalConfig)

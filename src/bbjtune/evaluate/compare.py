@@ -90,10 +90,10 @@ def humaneval_gate(pa: float | None, pb: float | None, max_drop_points: float, a
                 "message": "HumanEval was not run for both models, so forgetting was not measured"}
     drop = round(100 * (pa - pb), 2)
     ok = drop <= max_drop_points + 1e-9
-    verb = "lost" if drop > 0 else "gained"
+    change = f"lost {drop:.1f} points" if drop > 0 else f"gained {-drop:.1f} points" if drop < 0 else "kept its score"
     return {"status": "pass" if ok else "fail", "a": pa, "b": pb, "drop_points": drop, "max_drop_points": max_drop_points,
-            "message": f"{b} {verb} {abs(drop):.1f} points of HumanEval pass@1 against {a} "
-                       f"({100 * pa:.1f}% → {100 * pb:.1f}%); the gate allows a drop of {max_drop_points:g}"}
+            "message": f"{b} {change} of HumanEval pass@1 against {a} "
+                       f"({100 * pa:.1f}% → {100 * pb:.1f}%); the gate allows a drop of {max_drop_points:g} points"}
 
 
 def example_pairs(a_dir: Path, b_dir: Path, limit: int = MAX_EXAMPLES) -> list[dict[str, Any]]:

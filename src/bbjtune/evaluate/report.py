@@ -103,6 +103,13 @@ def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float | None]], 
     return png(fig)
 
 
+def words(mapping: Any) -> str:
+    """{'temperature': 0.2, 'n': 1} → "temperature 0.2, n 1" (None values left out)."""
+    if not isinstance(mapping, dict):
+        return "" if mapping is None else str(mapping)
+    return ", ".join(f"{k} {v}" for k, v in mapping.items() if v is not None and k != "fingerprint")
+
+
 def k_keys(results: dict[str, Any]) -> list[str]:
     return sorted(results.get("compile_at_k", {}), key=int)
 
@@ -118,8 +125,8 @@ def model_report_html(results: dict[str, Any], scores: Sequence[dict[str, Any]],
     label = results["model"]
     ks = k_keys(results)
     parts = [f"<h1>BBj evaluation: {esc(label)}</h1>",
-             f"<p class='muted'>model {esc(results.get('model_spec'))} · compiler <b>{esc(results['compiler'])}</b> · "
-             f"sampling {esc(results.get('sampling'))} · suites {esc(', '.join(results.get('suites', [])))}</p>"]
+             f"<p class='muted'>model {esc(words(results.get('model_spec')))} · compiler <b>{esc(results['compiler'])}</b> · "
+             f"sampling {esc(words(results.get('sampling')))} · suites {esc(', '.join(results.get('suites', [])))}</p>"]
     he = results.get("humaneval") or {}
     summary_rows = [[td(f"compile@{k}"), td(pct(results["compile_at_k"][k]), True),
                      td("share of prompts whose generated BBj compiles (unbiased estimator)")] for k in ks]
@@ -214,15 +221,16 @@ def compare_report_html(cmp: dict[str, Any]) -> str:
         tier_rows.append([td(esc(name)), td(pct(t["a"]), True), td(pct(t["b"]), True), delta_cell(t["delta"])])
         classes.append("bad" if t["regression"] else "good" if (t["delta"] or 0) > 0 else "")
     parts += ["<h2>Tiers</h2>", table(["metric", a, b, "Δ points"], tier_rows, classes)]
-    for field, title in (("by_category", "By category"), ("by_generation", "By BBj generation")):
+    for field, title, noun in (("by_category", "By category", "category"),
+                               ("by_generation", "By BBj generation", "BBj generation")):
         groups = cmp.get(field) or {}
         if not groups:
             continue
         names = list(groups)
-        metric = cmp["primary_metric"]
-        parts.append(bar_chart(names, {a: [groups[n][metric]["a"] for n in names],
-                                       b: [groups[n][metric]["b"] for n in names]}, f"{metric} per {title.lower()[3:]}"))
         metrics = list(next(iter(groups.values())))
+        metric = cmp["primary_metric"] if cmp["primary_metric"] in metrics else metrics[0]
+        parts.append(bar_chart(names, {a: [groups[n][metric]["a"] for n in names],
+                                       b: [groups[n][metric]["b"] for n in names]}, f"{metric} per {noun}"))
         rows, classes = [], []
         for n, g in groups.items():
             row = [td(esc(n))]

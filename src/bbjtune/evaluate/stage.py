@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from bbjtune.artifacts import sha256_file
-from bbjtune.config import RunConfig, expand_globs
+from bbjtune.config import REPO_ROOT, RunConfig, expand_globs
 from bbjtune.errors import BbjtuneError
 
 console = Console(stderr=True)
@@ -60,6 +60,8 @@ def load_suites(patterns: list[str]) -> list:
     from bbjtune.evaluate.suite import load_suite
 
     paths = expand_globs(patterns)
+    if not paths:  # run from another directory: the project's own suites
+        paths = expand_globs([str(REPO_ROOT / p) for p in patterns if not Path(p).is_absolute()])
     if not paths:
         raise BbjtuneError(f"no eval suite matches {', '.join(patterns)}",
                            "check eval.suites (or --suite); the project's suites are evals/bbj-core.jsonl and "
