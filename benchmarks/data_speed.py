@@ -157,7 +157,7 @@ def run_measured(args: list[str], cwd: Path) -> tuple[float, float, int, float]:
     return wall, usage.ru_maxrss / 1024, proc.returncode, usage.ru_utime + usage.ru_stime
 
 
-def bench(n: int, n_sources: int, model: str, work: Path) -> dict:
+def bench(n: int, n_sources: int, model: str, work: Path, workers: int | None) -> dict:
     data = work / f"chatml-{n}.jsonl"
     planted = write_dataset(data, n)
     write_sources(work / "src", n_sources)
@@ -165,12 +165,14 @@ def bench(n: int, n_sources: int, model: str, work: Path) -> dict:
     evals.write_text("".join(json.dumps({"id": f"e{i}", "prompt": make_example(random.Random(10_000 + i), i)
                                          ["messages"][1]["content"]}) + "\n" for i in range(100)))
     bbjtune = [sys.executable, "-m", "bbjtune"]
-    audit = run_measured([*bbjtune, "data", "audit", str(data), "--model", model, "--out", str(work / "audit")], work)
+    extra = ["--set", f"data.workers={workers}"] if workers else []
+    audit = run_measured([*bbjtune, "data", "audit", str(data), "--model", model, "--out", str(work / "audit"),
+                          *extra], work)
     prepare = run_measured([*bbjtune, "data", "prepare", "--chatml", str(data), "--sources", str(work / "src"),
                             "--model", model, "--out", str(work / f"out-{n}"),
-                            "--set", f"data.decontaminate_against=[{evals}]"], work)
+                            "--set", f"data.decontaminate_against=[{evals}]", *extra], work)
     summary = json.loads((work / f"out-{n}" / "audit.json").read_text())
-    return {"examples": n, "file_mib": round(data.stat().st_size / 2**20, 1), "sources": n_sources,
+    return {"examples": n, "workers": workers or "auto", "file_mib": round(data.stat().st_size / 2**20, 1), "sources": n_sources,
             "audit_s": round(audit[0], 1), "audit_cpu_s": round(audit[3], 1), "audit_peak_rss_mib": round(audit[1]),
             "prepare_s": round(prepare[0], 1), "prepare_cpu_s": round(prepare[3], 1),
             "prepare_peak_rss_mib": round(prepare[1]), "load_average": round(os.getloadavg()[0], 1),
@@ -184,6 +186,7 @@ def main() -> None:
     ap.add_argument("--sources", type=int, default=200, help="raw BBj source files for the stage 1 corpus")
     ap.add_argument("--model", default="tiny:demo", help="tokenizer source for token counts")
     ap.add_argument("--smoke", action="store_true", help="300 examples and 10 sources (a quick check)")
+    ap.add_argument("--workers", type=int, help="processes reading the ChatML (default: the stage's own choice)")
     ap.add_argument("--keep", type=Path, help="keep the generated data and outputs in this folder")
     args = ap.parse_args()
     sizes = [300] if args.smoke else [int(s) for s in args.sizes.split(",")]
@@ -191,7 +194,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        results = [bench(n, n_sources, args.model, work) for n in sizes]
+        results = [bench(n, n_sources, args.model, work, args.workers) for n in sizes]
     print(json.dumps({"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
                       "python": platform.python_version(), "model": args.model, "results": results}, indent=2))
 

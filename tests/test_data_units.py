@@ -247,3 +247,30 @@ def test_chunks_are_lossless_within_budget_and_cut_at_good_places():
     pairs, oversized = chunk_text("x=1\n" + cont, 50, ESTIMATE)
     assert pairs[-1][0] == cont and oversized == 1
     assert chunk_text("short\n", 50, ESTIMATE) == ([("short\n", 2)], 0)
+
+
+def test_scan_in_worker_processes_gives_the_same_result(tmp_path):
+    from bbjtune.data.scan import ScanOptions, scan_chatml
+
+    path = tmp_path / "many.jsonl"
+    rows = []
+    for i in range(300):
+        answer = f"Answer {i}:\n\n```bbj\nx = {i}\nprint x\nend\n```\n\nDone with {i}." if i % 7 else "ok"
+        rows.append(line(msgs(("user", f"question {i % 250} about item {i % 250}"), ("assistant", answer)),
+                         category=f"c{i % 3}"))
+    rows.insert(50, b"{broken")
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    options = ScanOptions(fix_escapes=True, scrub=True, check_code=True)
+    spools = [tmp_path / "s1.jsonl", tmp_path / "s2.jsonl"]
+    results = []
+    for workers, spool_path in zip((1, 2), spools):
+        with open(spool_path, "w") as spool:
+            results.append(scan_chatml([path], spool=spool, tokens=ESTIMATE, options=options, strict=False,
+                                       workers=workers))
+    one, two = results
+    assert spools[0].read_bytes() == spools[1].read_bytes()
+    assert [r.line for r in one.rejections] == [r.line for r in two.rejections] == [51]
+    fields = ("index", "line", "prompt_key", "example_key", "n_tokens", "truncated", "code_blocks", "category")
+    assert [[getattr(i, f) for f in fields] for i in one.infos] == [[getattr(i, f) for f in fields] for i in two.infos]
+    assert all((a.example_sig == b.example_sig).all() for a, b in zip(one.infos, two.infos))
+    assert one.code.blocks == two.code.blocks > 200 and one.system_prompts == two.system_prompts

@@ -74,6 +74,9 @@ class DataConfig(Section):
     cpt_near_dedupe: bool = False
     cpt_chunk_tokens: int | None = Field(None, gt=64, description="default: train.cpt.max_length")
     strict: bool = Field(False, description="stop at the first unusable line instead of setting it aside")
+    workers: int | None = Field(
+        None, ge=1, description="processes that read the ChatML files (default: one per CPU core, up to 4, "
+                                "for inputs over 4 MB)")
 
 
 # ----------------------------------------------------------------------------- train

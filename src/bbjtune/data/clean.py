@@ -55,8 +55,11 @@ class ExampleInfo:
     n_tokens: int = 0
     truncated: str | None = None       # why the answer looks cut off
     code_blocks: int = 0
+    bare_code: bool = False            # the answer is BBj code without a ``` fence
     code_error: str | None = None      # first checker error in the answer's BBj, if any
+    code_failure: tuple[int, int, str] | None = None  # (block, line, message) of that error
     failing_blocks: tuple[int, ...] = ()  # positions of the answer's BBj blocks that fail the checker
+    escapes_found: bool = False
     escapes_fixed: bool = False
     scrubbed: dict[str, int] = field(default_factory=dict)
     example_sig: np.ndarray | None = None   # MinHash of the whole example (near duplicates)

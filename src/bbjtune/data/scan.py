@@ -13,13 +13,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bbjtune.data.chatml import Example, Rejection, iter_chatml
+from bbjtune.data.chatml import Example, LineProblem, Rejection, decode_raw, parse_line, read_lines
 from bbjtune.data.clean import (ExampleInfo, char_shingles, fix_literal_escapes, has_literal_escapes, minhash,
                                 text_key, truncation_reason, word_shingles)
 from bbjtune.data.scrub import scrub_text
@@ -27,6 +27,7 @@ from bbjtune.data.tokens import TokenCounter
 from bbjtune.errors import BbjtuneError
 
 TOKEN_BATCH = 256
+LINES_PER_BLOCK = 128
 MAX_SHOWN = 20  # examples kept per finding for the report
 
 
@@ -106,13 +107,20 @@ class CodeChecker:
         return self._verdicts[key]
 
 
-def scan_chatml(files: list[Path], *, spool: Any | None, tokens: TokenCounter, fix_escapes: bool, scrub: bool,
-                check_code: bool, strict: bool, min_hash: bool = True,
-                progress: Callable[[int], None] | None = None) -> ScanResult:
+@dataclass(frozen=True)
+class ScanOptions:
+    fix_escapes: bool
+    scrub: bool
+    check_code: bool
+    min_hash: bool = True
+
+
+def scan_chatml(files: list[Path], *, spool: Any | None, tokens: TokenCounter, options: ScanOptions, strict: bool,
+                workers: int = 1, progress: Callable[[int], None] | None = None) -> ScanResult:
     """Read every line of every file once. `spool` (an open text file or None) receives the usable
-    conversations as JSON lines; `progress(bytes read so far)` drives a progress bar."""
+    conversations as JSON lines; `progress(bytes read so far)` drives a progress bar. With
+    `workers` > 1, blocks of lines are summarised in that many processes (results stay in order)."""
     result = ScanResult(files=[str(f) for f in files])
-    checker = CodeChecker() if check_code else None
     pending: list[tuple[ExampleInfo, str]] = []
 
     def flush_tokens() -> None:
@@ -122,111 +130,197 @@ def scan_chatml(files: list[Path], *, spool: Any | None, tokens: TokenCounter, f
         pending.clear()
 
     done_bytes = 0
-    for path in files:
-        for item in iter_chatml(path, str(path)):
-            result.lines += 1
-            if item is None:
-                result.blank_lines += 1
-                continue
-            if progress and result.lines % 64 == 0:
-                progress(done_bytes + (item.offset or 0))
-            if isinstance(item, Rejection):
-                if strict:
-                    raise BbjtuneError(f"{item.where}: {item.detail}",
-                                       "fix this line, or run without --strict to set bad lines aside in rejected.jsonl")
-                result.rejections.append(item)
-                continue
-            info, rendered = _summarise(item, len(result.infos), result, fix_escapes, scrub, checker, min_hash)
-            result.infos.append(info)
-            if spool is not None:
-                spool.write(json.dumps({"messages": item.messages, **item.extra}, ensure_ascii=False) + "\n")
-            pending.append((info, rendered))
-            if len(pending) >= TOKEN_BATCH:
-                flush_tokens()
-        done_bytes += path.stat().st_size
+    with BlockMapper(workers) as mapper:
+        for path in files:
+            blocks = _blocks(read_lines(path), LINES_PER_BLOCK)
+            for block in mapper.map(summarise_block, blocks, str(path), options):
+                for item in block:
+                    result.lines += 1
+                    if item is None:
+                        result.blank_lines += 1
+                        continue
+                    if isinstance(item, Rejection):
+                        if strict:
+                            raise BbjtuneError(f"{item.where}: {item.detail}", "fix this line, or run without "
+                                               "--strict to set bad lines aside in rejected.jsonl")
+                        result.rejections.append(item)
+                        continue
+                    example, info, rendered = item
+                    info.index = len(result.infos)
+                    _tally(result, example, info)
+                    result.infos.append(info)
+                    if spool is not None:
+                        spool.write(json.dumps({"messages": example.messages, **example.extra},
+                                               ensure_ascii=False) + "\n")
+                    pending.append((info, rendered))
+                    if len(pending) >= TOKEN_BATCH:
+                        flush_tokens()
+                if progress:
+                    progress(done_bytes + max((_offset(item) for item in block), default=0))
+            done_bytes += path.stat().st_size
     flush_tokens()
     if progress:
         progress(done_bytes)
     return result
 
 
-def _summarise(ex: Example, index: int, result: ScanResult, fix_escapes: bool, scrub: bool,
-               checker: CodeChecker | None, min_hash: bool) -> tuple[ExampleInfo, str]:
-    """Repair and scrub `ex` in place, and summarise it; returns the info and its ChatML text."""
+# ----------------------------------------------------------------------------- one block, one example
+
+def summarise_block(lines: list[tuple[int, int, bytes]], label: str, options: ScanOptions) -> list[Any]:
+    """Each line as None (blank), a Rejection, or (Example repaired and scrubbed, its info, its
+    ChatML text). A pure function of its input: it runs in worker processes."""
+    out: list[Any] = []
+    for number, offset, raw in lines:
+        if not raw.strip():
+            out.append(None)
+            continue
+        try:
+            messages, extra = parse_line(raw)
+        except LineProblem as problem:
+            out.append(Rejection(label, number, problem.reason, problem.detail, offset, decode_raw(raw)))
+            continue
+        example = Example(label, number, offset, messages, extra)
+        out.append((example, *summarise(example, options)))
+    return out
+
+
+def summarise(ex: Example, options: ScanOptions) -> tuple[ExampleInfo, str]:
+    """Repair and scrub `ex` in place and describe it; returns its info and its ChatML text."""
     from bbjtune.models.chat_template import render_chatml
 
-    escapes_fixed = False
-    if any(has_literal_escapes(m["content"]) for m in ex.messages if m["role"] != "system"):
-        result.escapes_found += 1
-        if fix_escapes:
-            escapes_fixed = True
-            result.escapes_fixed += 1
-            for m in ex.messages:
-                if m["role"] != "system" and has_literal_escapes(m["content"]):
-                    m["content"] = fix_literal_escapes(m["content"])
+    escapes_found = any(has_literal_escapes(m["content"]) for m in ex.messages if m["role"] != "system")
+    if escapes_found and options.fix_escapes:
+        for m in ex.messages:
+            if m["role"] != "system" and has_literal_escapes(m["content"]):
+                m["content"] = fix_literal_escapes(m["content"])
     scrubbed: Counter = Counter()
-    if scrub:
+    if options.scrub:
         for m in ex.messages:
             m["content"], found = (_scrub_system if m["role"] == "system" else scrub_text)(m["content"])
             scrubbed.update(found)
-        if scrubbed:
-            result.scrubbed.update(scrubbed)
-            result.scrubbed_count += 1
-            if len(result.scrubbed_examples) < MAX_SHOWN:
-                result.scrubbed_examples.append(f"{ex.where} ({', '.join(sorted(scrubbed))})")
     system, prompt, answer = ex.system, ex.prompt, ex.answer
-    if system is None:
-        result.missing_system += 1
-        system_key = None
-    else:
-        system_key = text_key(system)
-        result.system_prompts[system_key] += 1
-        if system_key not in result.system_texts and len(result.system_texts) < 1000:
-            result.system_texts[system_key] = system
     prompt_key, answer_key = text_key(prompt), text_key(answer)
     info = ExampleInfo(
-        index=index, file=ex.file, line=ex.line, offset=ex.offset, prompt_key=prompt_key, answer_key=answer_key,
-        example_key=hashlib.blake2b(prompt_key + answer_key, digest_size=12).digest(), system_key=system_key,
-        answer_chars=len(answer.strip()),
+        index=-1, file=ex.file, line=ex.line, offset=ex.offset, prompt_key=prompt_key, answer_key=answer_key,
+        example_key=hashlib.blake2b(prompt_key + answer_key, digest_size=12).digest(),
+        system_key=None if system is None else text_key(system), answer_chars=len(answer.strip()),
         category=_label(ex.extra.get("category")), generation=_label(ex.extra.get("generation")),
-        task=_label(ex.extra.get("task")),
-        truncated=truncation_reason(answer), escapes_fixed=escapes_fixed,
-        scrubbed=dict(scrubbed),
+        task=_label(ex.extra.get("task")), truncated=truncation_reason(answer), escapes_found=escapes_found,
+        escapes_fixed=escapes_found and options.fix_escapes, scrubbed=dict(scrubbed),
     )
-    if min_hash:
+    if options.min_hash:
         info.example_sig = minhash(word_shingles(f"{prompt}\n{answer}"))
         info.prompt_sig = minhash(char_shingles(prompt))
-    if checker is not None:
-        _check_answer_code(info, answer, checker, result.code)
+    if options.check_code:
+        _check_answer_code(info, answer)
     return info, render_chatml(ex.messages)
 
 
 _scrub_system = functools.lru_cache(maxsize=64)(scrub_text)  # the same system prompt on every line
+_CHECKER: CodeChecker | None = None  # one per process
 
 
-def _check_answer_code(info: ExampleInfo, answer: str, checker: CodeChecker, findings: CodeFindings) -> None:
-    codes, bare = answer_bbj_blocks(answer)
-    findings.unfenced_code += bare
-    if not codes:
-        return
-    findings.examples_with_code += 1
-    findings.blocks += len(codes)
+def _check_answer_code(info: ExampleInfo, answer: str) -> None:
+    global _CHECKER
+    _CHECKER = _CHECKER or CodeChecker()
+    codes, info.bare_code = answer_bbj_blocks(answer)
     info.code_blocks = len(codes)
     failing = []
-    for n, code in enumerate(codes, 1):
-        error = checker.first_error(code)
+    for n, code in enumerate(codes):
+        error = _CHECKER.first_error(code)
         if error is None:
             continue
-        failing.append(n - 1)
-        info.failing_blocks = tuple(failing)
-        findings.blocks_failed += 1
+        failing.append(n)
         if info.code_error is None:
             message, line = error
-            info.code_error = f"BBj block {n}, line {line}: {message}"
-            findings.examples_failed += 1
-            if len(findings.failures) < MAX_SHOWN:
-                findings.failures.append({"where": info.where, "block": n, "line": line, "message": message})
+            info.code_error = f"BBj block {n + 1}, line {line}: {message}"
+            info.code_failure = (n + 1, line, message)
+    info.failing_blocks = tuple(failing)
+
+
+def _tally(result: ScanResult, ex: Example, info: ExampleInfo) -> None:
+    """Add one example's findings to the totals."""
+    result.escapes_found += info.escapes_found
+    result.escapes_fixed += info.escapes_fixed
+    if info.scrubbed:
+        result.scrubbed.update(info.scrubbed)
+        result.scrubbed_count += 1
+        if len(result.scrubbed_examples) < MAX_SHOWN:
+            result.scrubbed_examples.append(f"{info.where} ({', '.join(sorted(info.scrubbed))})")
+    if info.system_key is None:
+        result.missing_system += 1
+    else:
+        result.system_prompts[info.system_key] += 1
+        if info.system_key not in result.system_texts and len(result.system_texts) < 1000:
+            result.system_texts[info.system_key] = ex.system
+    code = result.code
+    code.unfenced_code += info.bare_code
+    if info.code_blocks:
+        code.examples_with_code += 1
+        code.blocks += info.code_blocks
+        code.blocks_failed += len(info.failing_blocks)
+    if info.code_failure is not None:
+        code.examples_failed += 1
+        if len(code.failures) < MAX_SHOWN:
+            block, line, message = info.code_failure
+            code.failures.append({"where": info.where, "block": block, "line": line, "message": message})
+
+
+def _offset(item: Any) -> int:
+    if item is None:
+        return 0
+    return item.offset if isinstance(item, Rejection) else item[0].offset
 
 
 def _label(value: Any) -> str | None:
     return str(value) if isinstance(value, (str, int)) and str(value).strip() else None
+
+
+# ----------------------------------------------------------------------------- worker processes
+
+def _blocks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    block: list[Any] = []
+    for item in items:
+        block.append(item)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+class BlockMapper:
+    """`map(fn, blocks, *args)` in order, in this process or in `workers` spawned processes.
+
+    At most two blocks per worker are in flight, so memory stays bounded whatever the input size.
+    Workers are started fresh (spawn): they import only this package's light modules.
+    """
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool = None
+
+    def __enter__(self) -> BlockMapper:
+        if self.workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def map(self, fn: Callable[..., Any], blocks: Iterator[Any], *args: Any) -> Iterator[Any]:
+        if self._pool is None:
+            for block in blocks:
+                yield fn(block, *args)
+            return
+        window: deque = deque()
+        for block in blocks:
+            window.append(self._pool.submit(fn, block, *args))
+            if len(window) >= 2 * self.workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()

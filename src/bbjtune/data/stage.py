@@ -33,13 +33,14 @@ from bbjtune.artifacts import StageRun, atomic_open, atomic_write_json, atomic_w
 from bbjtune.config import RunConfig, expand_globs
 from bbjtune.data.chatml import Rejection, example_id, read_raw_line
 from bbjtune.data.clean import Decision, ExampleInfo, filter_and_dedupe
-from bbjtune.data.scan import ScanResult, answer_bbj_blocks, scan_chatml
+from bbjtune.data.scan import ScanOptions, ScanResult, answer_bbj_blocks, scan_chatml
 from bbjtune.data.split import ContaminationIndex, split_heldout
 from bbjtune.data.tokens import TokenCounter
 from bbjtune.errors import BbjtuneError
 
 OVERLAPS_HELDOUT = "overlaps-heldout"
 OVERLAPS_EVAL = "overlaps-eval"
+PARALLEL_FROM_BYTES = 4 << 20  # below this, starting worker processes costs more than it saves
 OUTPUTS = ("train.jsonl", "heldout.jsonl", "cpt.jsonl", "rejected.jsonl", "audit.json", "report.html")
 
 
@@ -116,8 +117,9 @@ def analyse(cfg: RunConfig, files: list[Path], *, strict: bool, spool: Any | Non
     max_length = d.max_length or cfg.train.sft.max_length
     total = sum(f.stat().st_size for f in files)
     with _progress(console, "Reading ChatML", total) as advance:
-        scan = scan_chatml(files, spool=spool, tokens=tokens, fix_escapes=d.fix_escapes, scrub=d.scrub_secrets,
-                           check_code=d.code_check != "off", strict=strict, progress=advance)
+        options = ScanOptions(fix_escapes=d.fix_escapes, scrub=d.scrub_secrets, check_code=d.code_check != "off")
+        scan = scan_chatml(files, spool=spool, tokens=tokens, options=options, strict=strict,
+                           workers=d.workers or _auto_workers(total), progress=advance)
     system_prompt = scan.system_prompt(d.system_prompt)
     added = 0
     if d.add_system_prompt and system_prompt and scan.missing_system:
@@ -317,6 +319,12 @@ def _rejections(a: Analysis, contaminated: list[Decision], sources: list[Rejecti
     order = {str(f): n for n, f in enumerate(a.chatml_files)}
     out.sort(key=lambda r: (order.get(r.file, len(order)), r.line or 0))
     return out + sources
+
+
+def _auto_workers(total_bytes: int) -> int:
+    if total_bytes < PARALLEL_FROM_BYTES:
+        return 1
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 # ----------------------------------------------------------------------------- console helpers
