@@ -35,8 +35,10 @@ _KEY_NAME = r"(?:api[_-]?key|apikey|api[_-]?token|access[_-]?token|auth[_-]?toke
 _URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@\"'<>]+):([^\s@\"'/<>]+)@")
 _STRING_LITERAL = re.compile(r'"[^"\n]*"')
 _KV_IN_STRING = re.compile(rf"(?i)(\b(?:{_SECRET_NAME}|{_KEY_NAME})\s*[:=]\s*)([^;&\"'\s,)]+)")
-_ASSIGNED_SECRET = re.compile(r'(?i)(\b(?:\w*(?:password|passwd|pwd)\w*|pass)[$!]?\s*=\s*)"([^"\n]+)"')
-_ASSIGNED_KEY = re.compile(rf'(?i)(\b\w*{_KEY_NAME}\w*[$!]?\s*[=:]\s*)"([A-Za-z0-9_+/=.:-]{{8,}})"')
+# The variable name is matched from the secret word on (`dbPassword$` matches at `Password$`): a
+# leading `\w*` would make the regex engine retry every word of the text.
+_ASSIGNED_SECRET = re.compile(r'(?i)((?:(?:password|passwd|pwd)\w*|\bpass)[$!]?\s*=\s*)"([^"\n]+)"')
+_ASSIGNED_KEY = re.compile(rf'(?i)({_KEY_NAME}\w*[$!]?\s*[=:]\s*)"([A-Za-z0-9_+/=.:-]{{8,}})"')
 _BEARER = re.compile(r"(?i)(\bBearer\s+)([A-Za-z0-9._~+/-]{12,}=*)")
 _KNOWN_KEYS = re.compile(
     r"\b(?:AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_-]{20,}|xox[abposr]-[A-Za-z0-9-]{10,}"
