@@ -245,3 +245,12 @@ def test_the_stage_evaluates_base_and_tuned_and_compares(tmp_path, tiny_model_di
     # compare the directories again through the function the CLI uses, into another place
     again = compare_dirs(out / "base", out / "tuned", tmp_path / "cmp2", max_drop_points=5.0)
     assert again["tiers"] == cmp["tiers"]
+
+    # Retrained: the tuned answers are made again, the base model's are reused.
+    make_adapter(tiny_model_dir, run_dir / "sft" / "adapter", scale=0.5, seed=1)
+    run_stage(cfg)
+    base_gen = json.loads((out / "base" / "manifest.json").read_text())["metrics"]["generation"]
+    tuned_gen = json.loads((out / "tuned" / "manifest.json").read_text())["metrics"]["generation"]
+    assert base_gen["generated"] == 0 and base_gen["reused"] == base_gen["requests"]
+    assert tuned_gen["reused"] == 0 and tuned_gen["generated"] == tuned_gen["requests"]
+    assert [r["output"] for r in read_jsonl(out / "tuned" / "generations.jsonl")] != [r["output"] for r in tuned_rows]

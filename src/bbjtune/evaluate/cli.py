@@ -61,6 +61,9 @@ def eval_run(
     limit: Annotated[int | None, Opt(help="At most N prompts per suite, spread over the categories.")] = None,
     humaneval_limit: Annotated[int | None, Opt(help="Only the first N HumanEval tasks.")] = None,
     no_humaneval: Annotated[bool, Opt("--no-humaneval", help="Skip HumanEval.")] = False,
+    humaneval_style: Annotated[str | None, Opt(help="HumanEval prompts: chat (Instruct models) or completion "
+                                                    "(Base models continue the code). Default: from the config's "
+                                                    "model.kind, chat without a config.")] = None,
     n_samples: Annotated[int | None, Opt(help="Answers per prompt (compile@k needs k of them).")] = None,
     k: Annotated[list[int] | None, Opt(help="k for compile@k and pass@k; repeatable.")] = None,
     temperature: Annotated[float | None, Opt(help="Sampling temperature (0 = greedy).")] = None,
@@ -91,6 +94,8 @@ def eval_run(
         he["limit"] = humaneval_limit
     if no_humaneval:
         he["enabled"] = False
+    if humaneval_style is not None:
+        he["prompt_style"] = humaneval_style
     if backend == "gguf" and model:
         updates["gguf_file"] = model
     if backend == "http" and model:
@@ -203,7 +208,10 @@ def eval_compare(
                                          "else compare-A-vs-B/).")] = None,
     max_drop: Annotated[float, Opt(help="HumanEval gate: B may lose at most this many points of pass@1.")] = 5.0,
 ) -> None:
-    """Put two evaluated models side by side: deltas, regressions, the HumanEval gate, example pairs."""
+    """Put two evaluated models side by side: deltas, regressions, the HumanEval gate, example pairs.
+
+    Exits with status 1 when the HumanEval gate fails (B forgot too much Python), so scripts can stop there.
+    """
     from rich.console import Console
 
     from bbjtune.evaluate.compare import compare_dirs

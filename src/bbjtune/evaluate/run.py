@@ -64,8 +64,12 @@ def sampling_of(ecfg: EvalConfig) -> Sampling:
 
 def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[], Backend], model_spec: dict[str, Any],
                    suites: Sequence[Suite], ecfg: EvalConfig, system_prompt: str | None = None,
-                   humaneval_style: str = "chat", fresh: bool = False) -> dict[str, Any]:
-    """Generate (or resume) and score one model; returns its results.json content."""
+                   humaneval_style: str = "chat", fresh: bool = False, restart_on_change: bool = False) -> dict[str, Any]:
+    """Generate (or resume) and score one model; returns its results.json content.
+
+    Saved answers made with other settings (another model, temperature, ...) are an error, unless
+    `restart_on_change` (the pipeline: the config is the truth) or `fresh` start over.
+    """
     from bbjtune.evaluate import humaneval
     from bbjtune.evaluate.suite import limit_cases
 
@@ -88,7 +92,7 @@ def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[]
         "humaneval_max_new_tokens": ecfg.humaneval.max_new_tokens, "humaneval_limit": ecfg.humaneval.limit,
         "humaneval_limits": {"wall_s": ecfg.humaneval.timeout_s, "memory_mb": ecfg.humaneval.memory_mb},
     }
-    _prepare_dir(out, settings, fresh)
+    _prepare_dir(out, settings, fresh, restart_on_change)
     with StageRun(out, stage="eval", config={"label": label, **ecfg.model_dump(mode="json")}) as run:
         run.add_inputs([s.path for s in suites])
         run.extra["model"] = model_spec
@@ -122,25 +126,30 @@ def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[]
     return results
 
 
-def _prepare_dir(out: Path, settings: dict[str, Any], fresh: bool) -> None:
-    """Start over when asked; refuse to mix samples made with other settings into a resumed run."""
+def _prepare_dir(out: Path, settings: dict[str, Any], fresh: bool, restart_on_change: bool) -> None:
+    """Start over when asked; never mix samples made with other settings into a resumed run."""
     out.mkdir(parents=True, exist_ok=True)
-    old_path = out / SETTINGS_FILE
-    gen = out / GENERATIONS_FILE
-    if fresh:
+    changed = _changed_settings(out, settings)
+    if changed and not fresh:
+        if not restart_on_change:
+            raise BbjtuneError(f"{out} already holds generations made with different {', '.join(changed)}",
+                               "add --fresh to start over there, or use another --label / output directory")
+        from rich.console import Console
+        Console(stderr=True).print(f"[yellow]{out.name}:[/] {', '.join(changed)} changed since the saved answers "
+                                   "were made: generating them again", highlight=False)
+    if fresh or changed:
         for name in (GENERATIONS_FILE, SCORES_FILE, RESULTS_FILE, REPORT_FILE):
             (out / name).unlink(missing_ok=True)
-        return
-    if not gen.exists() or not old_path.exists():
-        return
+
+
+def _changed_settings(out: Path, settings: dict[str, Any]) -> list[str]:
+    if not (out / GENERATIONS_FILE).exists() or not (out / SETTINGS_FILE).exists():
+        return []
     try:
-        old = json.loads(old_path.read_text(encoding="utf-8"))
+        old = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
-        return
-    changed = [k for k in FINGERPRINT_KEYS if old.get(k) != settings.get(k)]
-    if changed:
-        raise BbjtuneError(f"{out} already holds generations made with different {', '.join(changed)}",
-                           "add --fresh to start over there, or use another --label / output directory")
+        return ["settings"]
+    return [k for k in FINGERPRINT_KEYS if old.get(k) != settings.get(k)]
 
 
 def score_dir(out_dir: str | Path, compiler: str | None = None, workers: int | None = None,

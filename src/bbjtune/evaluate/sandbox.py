@@ -99,7 +99,8 @@ for path in cfg["hide"]:
     if libc.mount(b"none", path.encode(), b"tmpfs", 1, b"size=4k,mode=000") != 0:  # 1 = MS_RDONLY
         sys.stderr.write("sandbox: cannot hide %s (errno %d)\n" % (path, ctypes.get_errno()))
         os._exit(97)
-libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans of the program come back to this process
+if hasattr(libc, "prctl"):  # Linux: PR_SET_CHILD_SUBREAPER, orphans of the program come back to this process
+    libc.prctl(36, 1, 0, 0, 0)
 pid = os.fork()
 if pid == 0:  # the program: own process group, limits, another uid (root only), exec
     try:
@@ -142,7 +143,7 @@ while time.monotonic() < deadline:
             continue
     except ChildProcessError:
         break
-    for entry in os.listdir("/proc"):
+    for entry in (os.listdir("/proc") if os.path.isdir("/proc") else []):
         try:
             if entry.isdigit() and open("/proc/%s/stat" % entry).read().rsplit(")", 1)[1].split()[1] == me:
                 os.kill(int(entry), signal.SIGKILL)
@@ -287,7 +288,7 @@ def _signal(pid: int, sig: int) -> None:
 def _kill_uid(uid: int, seconds: float = 3.0) -> None:
     """Kill every process left running under the sandbox uid (it runs nothing else)."""
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while os.path.isdir("/proc") and time.monotonic() < deadline:
         found = False
         for entry in os.listdir("/proc"):
             if not entry.isdigit():

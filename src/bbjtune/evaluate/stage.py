@@ -47,7 +47,8 @@ def run_stage(cfg: RunConfig, fresh: bool = False) -> Path:
     for plan in plan_models(cfg, trained):
         console.print(f"[bold]Evaluating {plan.label}[/] ({_describe(plan.spec)})")
         results[plan.label] = evaluate_model(plan.label, out / plan.label, plan.factory, plan.spec, suites, ecfg,
-                                             system_prompt=system_prompt, humaneval_style=style, fresh=fresh)
+                                             system_prompt=system_prompt, humaneval_style=style, fresh=fresh,
+                                             restart_on_change=True)
     if "base" in results and "tuned" in results:
         cmp = compare_dirs(out / "base", out / "tuned", out / "compare", ecfg.humaneval.max_drop_points)
         print_summary(results, cmp)
