@@ -103,8 +103,8 @@ def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[]
         if ecfg.humaneval.enabled:
             he_problems = humaneval.load_problems(ecfg.humaneval.limit)
             problems_by_id = {p["task_id"]: p for p in he_problems}
-            requests += humaneval.humaneval_requests(he_problems, humaneval_style, ecfg.humaneval.max_new_tokens,
-                                                     system_prompt if humaneval_style == "chat" else None)
+            # No BBj system prompt here: the question is whether plain Python still works.
+            requests += humaneval.humaneval_requests(he_problems, humaneval_style, ecfg.humaneval.max_new_tokens)
 
         def extract(request: Request, output: str) -> str:
             if request.meta["suite"] == humaneval.SUITE_NAME:
