@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,3 +275,31 @@ def test_scan_in_worker_processes_gives_the_same_result(tmp_path):
     assert [[getattr(i, f) for f in fields] for i in one.infos] == [[getattr(i, f) for f in fields] for i in two.infos]
     assert all((a.example_sig == b.example_sig).all() for a, b in zip(one.infos, two.infos))
     assert one.code.blocks == two.code.blocks > 200 and one.system_prompts == two.system_prompts
+
+
+def test_cpt_corpus_drops_copies_and_near_copies(tmp_path):
+    import io
+
+    from bbjtune.data.cpt import CptCorpus
+
+    program = "".join(f'print "line {i} of the program", {i}\n' for i in range(60))
+    files = {"a.bbj": program, "b.bbj": program.replace("\n", "\r\n"),          # same after LF
+             "c.bbj": program.replace("line 7 ", "row 7 "), "d.bbj": "print 1\nend\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_bytes(text.encode("utf-8"))
+    for near_dedupe, expected in ((False, {"b.bbj": "duplicate-file"}),
+                                  (True, {"b.bbj": "duplicate-file", "c.bbj": "near-duplicate-file"})):
+        out = io.StringIO()
+        corpus = CptCorpus(out, ESTIMATE, 100, scrub=True, near_dedupe=near_dedupe, near_threshold=0.9)
+        for name in sorted(files):
+            corpus.add_file(tmp_path / name)
+        corpus.add_answer("abc", [("print 1\nend\n", True), ("x = (\n", False), ("print 2\n", True)])
+        stats = corpus.finish()
+        assert {Path(r.file).name: r.reason for r in corpus.rejections} == expected
+        rows = [json.loads(x) for x in out.getvalue().splitlines()]
+        assert [r["text"] for r in rows if r["source"] == "chatml:abc"] == ["print 2\n"]  # d.bbj has the first
+        assert stats.answer_blocks == 3 and stats.answer_blocks_failing_check == 1
+        assert stats.answer_blocks_duplicate == 1 and stats.tokens == sum(stats.chunk_tokens)
+        assert abs(stats.tokens - sum(ESTIMATE.count([r["text"] for r in rows]))) < 0.02 * stats.tokens
+        a_chunks = [r for r in rows if r["source"].endswith("a.bbj")]
+        assert len(a_chunks) > 1 and "".join(r["text"] for r in a_chunks) == program

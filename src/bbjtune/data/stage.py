@@ -72,7 +72,13 @@ class Outcome:
 
 def run_stage(cfg: RunConfig) -> Path:
     """`bbjtune run`'s data step: prepare into cfg.data_dir (bad lines are set aside, not fatal)."""
-    return prepare(cfg, cfg.data_dir, strict=cfg.data.strict).out_dir
+    console = Console(stderr=True)
+    outcome = prepare(cfg, cfg.data_dir, strict=cfg.data.strict, console=console)
+    c = outcome.counts
+    aside = f"[yellow]{outcome.rejected} set aside[/] (rejected.jsonl)" if outcome.rejected else "nothing set aside"
+    console.print(f"data: {c['train']} training and {c['heldout']} held-out conversations, {c['cpt_chunks']} "
+                  f"stage 1 chunks; {aside}; report: {outcome.out_dir / 'report.html'}", highlight=False)
+    return outcome.out_dir
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -146,9 +152,13 @@ def audit(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Conso
     files = chatml_files(cfg)
     if not files:
         raise BbjtuneError("no ChatML files to audit", "pass JSONL files, or a config whose data.chatml lists some")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BbjtuneError(f"cannot create output directory {out_dir}: {exc.strerror}",
+                           "choose a writable location with --out") from exc
     analysis = analyse(cfg, files, strict=strict, spool=None, console=console)
     report = build_audit(analysis)
-    out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "audit.json", report)
     atomic_write_text(out_dir / "report.html", write_report(report, title="Data audit"))
     return Outcome(out_dir, report, report["rejected"]["total"])
