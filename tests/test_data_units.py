@@ -303,3 +303,11 @@ def test_cpt_corpus_drops_copies_and_near_copies(tmp_path):
         assert abs(stats.tokens - sum(ESTIMATE.count([r["text"] for r in rows]))) < 0.02 * stats.tokens
         a_chunks = [r for r in rows if r["source"].endswith("a.bbj")]
         assert len(a_chunks) > 1 and "".join(r["text"] for r in a_chunks) == program
+
+
+def test_split_never_holds_out_the_only_example_of_a_category():
+    infos = [_info(i, f"prompt number {i} on its own", category="big") for i in range(40)]
+    topics = ["orbital mechanics", "baking sourdough", "tax forms", "jazz chords", "sailing knots", "moss gardens"]
+    infos += [_info(40 + k, f"how about {topic}?", category=f"rare{k}") for k, topic in enumerate(topics)]
+    held = split_heldout(infos, 0.1, 3, 0.7)  # 4.6 to hold out: the remainder would go to a singleton
+    assert len(held) == 4 and all(infos[i].category == "big" for i in held)

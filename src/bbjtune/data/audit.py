@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bbjtune.data.chatml import SCHEMA_REASONS
 from bbjtune.data.clean import DEDUPE_REASONS, FILTER_REASONS
 
 if TYPE_CHECKING:
@@ -174,5 +173,3 @@ def _clip(text: str | None, limit: int = 300) -> str | None:
         return text
     return text[:limit] + f" … ({len(text) - limit} more characters)"
 
-
-REASON_ORDER = (*SCHEMA_REASONS, *FILTER_REASONS, *DEDUPE_REASONS)

@@ -4,7 +4,8 @@ Split: examples whose prompts are the same or similar (MinHash Jaccard of charac
 least `group_threshold`) form one group, and a group goes to one side only. Groups are ordered by
 a hash of (seed, the group's first example) — deterministic, and adding data moves few examples —
 and taken into the held-out set per category until each category has its share (`ratio` of its
-examples, largest remainders first, at least one held-out example overall when ratio > 0).
+examples, largest remainders first, at least one held-out example overall when ratio > 0, and
+never the last example of a category).
 
 Decontamination: a training example is dropped when its prompt contains at least `threshold` of
 the word n-grams of a held-out or evaluation prompt (prompts shorter than n words must appear
@@ -98,7 +99,7 @@ def _allocate(per_category: Counter, ratio: float, total: int) -> dict[str, int]
     rest = want_total - sum(counts.values())
     for c in sorted(exact, key=lambda c: (-(exact[c] - counts[c]), c))[:max(0, rest)]:
         counts[c] += 1
-    return counts
+    return {c: min(n, per_category[c] - 1) for c, n in counts.items()}  # a category keeps one for training
 
 
 # ----------------------------------------------------------------------------- decontamination
