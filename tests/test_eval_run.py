@@ -254,3 +254,26 @@ def test_the_stage_evaluates_base_and_tuned_and_compares(tmp_path, tiny_model_di
     assert base_gen["generated"] == 0 and base_gen["reused"] == base_gen["requests"]
     assert tuned_gen["reused"] == 0 and tuned_gen["generated"] == tuned_gen["requests"]
     assert [r["output"] for r in read_jsonl(out / "tuned" / "generations.jsonl")] != [r["output"] for r in tuned_rows]
+
+
+def test_compare_merges_the_human_review_when_there_is_one(tmp_path):
+    eval_dir = tmp_path / "eval"
+    for label, c1 in (("base", 0.2), ("tuned", 0.6)):
+        (eval_dir / label).mkdir(parents=True)
+        (eval_dir / label / "results.json").write_text(json.dumps(
+            {"model": label, "compiler": "builtin", "compile_at_k": {"1": c1}, "patterns_pass_rate": 0.5,
+             "factual_accuracy": None, "humaneval": None, "by_category": {}, "by_generation": {}, "n_prompts": 3}))
+    assert "human_review" not in compare_dirs(eval_dir / "base", eval_dir / "tuned", eval_dir / "compare")
+    overall = {"win_rate": 0.75, "ci_low": 0.41, "ci_high": 0.93, "n_prompts": 4, "n_ratings": 4, "wins": 3,
+               "losses": 1, "ties": 0, "decisive_rate": 0.75}
+    summary = {"kind": "bbjtune-review", "version": 1, "runs": {"a": {"label": "base"}, "b": {"label": "tuned"}},
+               "n_items": 3, "n_rated_items": 3, "reviewers": ["Ann"], "overall": overall,
+               "by_category": {}, "by_generation": {}, "by_reviewer": {"Ann": overall},
+               "scores": {"correctness": {"a": 2.5, "b": 3.5, "delta": 1.0, "n": 4}}}
+    (eval_dir / "review").mkdir()
+    (eval_dir / "review" / "results.json").write_text(json.dumps(summary))
+    cmp = compare_dirs(eval_dir / "base", eval_dir / "tuned", eval_dir / "compare")
+    assert cmp["human_review"]["summary"]["overall"]["win_rate"] == 0.75
+    html = (eval_dir / "compare" / "report.html").read_text()
+    assert "Human review" in html and "win rate of tuned" in html and "75.0%" in html
+    assert cmp["humaneval_gate"]["status"] == "not_run"
