@@ -32,6 +32,7 @@ class GenerationStats:
     failed_samples: int = 0
     seconds: float = 0.0
     tokens: int = 0
+    first_error: str | None = None
 
 
 def read_generations(path: str | Path) -> list[dict[str, Any]]:
@@ -101,7 +102,9 @@ def generate_to_file(backend_factory: Callable[[], Backend], requests: Sequence[
                 for s, completion in enumerate(completions):
                     code = extract(request, completion.text) if completion.error is None else ""
                     row = make_row(request, s, completion, label, code)
-                    stats.failed_samples += row["error"] is not None
+                    if row["error"] is not None:
+                        stats.failed_samples += 1
+                        stats.first_error = stats.first_error or row["error"]
                     stats.tokens += completion.tokens or 0
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
                 fh.flush()

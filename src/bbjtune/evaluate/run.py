@@ -114,6 +114,12 @@ def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[]
 
         with run.timed("generate"), progress(f"[{label}] generating", len(requests)) as advance:
             stats = generate_to_file(backend_factory, requests, sampling, out / GENERATIONS_FILE, label, extract, advance)
+        if stats.failed_samples:
+            from rich.console import Console
+            Console(stderr=True).print(f"[yellow]{label}: {stats.failed_samples} sample(s) got no answer[/] "
+                                       f"(first: {stats.first_error}); they count as failed and are listed in "
+                                       "results.json. Running the same command again retries the failed requests "
+                                       "(not empty answers).", highlight=False)
         run.metrics["generation"] = vars(stats)
         if stats.generated and stats.seconds:
             run.metrics["generation"]["prompts_per_s"] = round(stats.generated / stats.seconds, 3)
