@@ -68,6 +68,7 @@ def run(gguf: Path, out: Path, lora_scale: float) -> dict:
     if not (base_dir / "config.json").exists():
         model = timed("gguf_to_hf_s", load_model, str(gguf), dtype="float32")
         tokenizer = load_tokenizer(str(gguf))
+        del model.config.quantization_config   # the weights are dequantized: save a plain checkpoint
         model.to(torch.bfloat16).save_pretrained(base_dir)
         tokenizer.save_pretrained(base_dir)
         del model

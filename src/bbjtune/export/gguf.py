@@ -108,7 +108,7 @@ def read_checkpoint(model_dir: str | Path) -> QwenCheckpoint:
         raise BbjtuneError(
             f"{model_dir}: GGUF export supports the Qwen2 architecture (Qwen2.5, Qwen2.5-Coder); "
             f"this model is '{model_type}'", "export a Qwen2.5 model, or convert it with llama.cpp's own converter")
-    if config.get("quantization_config"):
+    if (config.get("quantization_config") or {}).get("quant_method", "gguf") != "gguf":
         raise BbjtuneError(f"{model_dir} holds quantized (bitsandbytes/GPTQ/AWQ) weights",
                            "export from the 16-bit merged model (bbjtune export merges into the 16-bit base)")
     if config.get("use_sliding_window"):

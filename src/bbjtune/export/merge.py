@@ -68,6 +68,8 @@ def refuse_quantized_base(base: str) -> None:
     quant: dict[str, Any] = {}
     if config.exists():
         quant = json.loads(config.read_text(encoding="utf-8")).get("quantization_config") or {}
+    if quant.get("quant_method") == "gguf":
+        quant = {}   # dequantized from a GGUF when loaded: the saved weights are plain 16/32-bit
     hub_id = not Path(base).expanduser().exists() and not base.startswith("tiny:")
     if quant or (hub_id and any(tag in base.lower() for tag in ("bnb-4bit", "-4bit", "gptq", "-awq"))):
         method = quant.get("quant_method", "4-bit")
@@ -103,6 +105,11 @@ def merge(plan: MergePlan, out_dir: str | Path, *, dtype: str = "auto",
     step = on_step or (lambda _msg: None)
     step(f"loading base {plan.base}")
     model = load_model(plan.base, dtype=dtype)
+    if _quant_method(model.config) == "gguf":
+        # a checkpoint saved from a GGUF-loaded model: plain weights, but transformers re-attaches
+        # its GGUF "quantizer", which refuses to save; the weights are ordinary floats
+        model.hf_quantizer = None
+        del model.config.quantization_config
     save_dtype = _declared_dtype(plan.base) or model.dtype
     for adapter in plan.adapters:
         step(f"merging {adapter}")
@@ -131,6 +138,13 @@ def merge(plan: MergePlan, out_dir: str | Path, *, dtype: str = "auto",
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _quant_method(config: Any) -> str | None:
+    quant = getattr(config, "quantization_config", None)
+    if quant is None:
+        return None
+    return quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
 
 
 def _set_stop_tokens(model: Any, vocab: dict[str, int], chat: bool) -> None:

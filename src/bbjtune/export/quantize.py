@@ -49,7 +49,7 @@ def quantize(source: str | Path, out_path: str | Path, quant: str, threads: int 
     llama_cpp = require_llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, LLAMA_CPP_TYPES[quant])
-    params.nthread = threads or os.cpu_count() or 1
+    params.nthread = threads or (1 if source.stat().st_size < 64 * 2**20 else os.cpu_count() or 1)
     with quiet_llama_logs(), atomic_path(out_path) as tmp:
         rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
         if rc != 0:

@@ -10,6 +10,7 @@ apply to a tiny test model and to a 7B model; the absolute figures are reported 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ TOLERANCES: dict[str, Tolerance] = {
     "q2_k": Tolerance(5.0, 1.0, 0.30, 0),
 }
 
+SMALL_MODEL_BYTES = 64 * 2**20
 SYSTEM = "You are an expert BBj (BASIS Business BASIC) developer."
 PROMPTS = [
     render_chatml([{"role": "system", "content": SYSTEM},
@@ -93,12 +95,16 @@ def hf_reference(model_dir: str | Path, greedy_tokens: int = 16) -> Reference:
     model = load_model(str(model_dir), dtype="float32").eval()
     stop = {tokenizer.convert_tokens_to_ids(t) for t in (IM_END, ENDOFTEXT) if t in tokenizer.get_vocab()}
     prompt_ids, logits, greedy = [], [], []
+    threads = torch.get_num_threads()
+    if sum(p.numel() for p in model.parameters()) < SMALL_MODEL_BYTES // 2:
+        torch.set_num_threads(1)   # tiny models: thread hand-offs cost more than they give
     with torch.no_grad():
         for text in PROMPTS:
             ids = tokenizer(text, add_special_tokens=False).input_ids
             prompt_ids.append(ids)
             logits.append(model(torch.tensor([ids])).logits[0].float().numpy())
             greedy.append(_greedy_hf(model, ids, greedy_tokens, stop))
+    torch.set_num_threads(threads)
     samples = [tokenizer(s, add_special_tokens=False).input_ids for s in TOKENIZER_SAMPLES]
     return Reference(prompt_ids, logits, greedy, samples, stop)
 
@@ -118,11 +124,12 @@ def verify_gguf(path: str | Path, quant: str, ref: Reference, threads: int | Non
     path = Path(path)
     tol = TOLERANCES.get(quant, TOLERANCES["q2_k"])
     n_ctx = max(len(p) for p in ref.prompt_ids) + max(len(g) for g in ref.greedy) + 8
+    threads = threads or default_threads(path)
     t0 = time.time()
     with quiet_llama_logs():
         try:
             llm = llama_cpp.Llama(str(path), n_ctx=max(n_ctx, 64), logits_all=True, n_threads=threads,
-                                  n_batch=max(n_ctx, 64), verbose=False)
+                                  n_threads_batch=threads, n_batch=max(n_ctx, 64), verbose=False)
         except (ValueError, RuntimeError) as exc:
             return {"file": path.name, "quant": quant, "loads": False, "error": str(exc), "ok": False}
     load_s = time.time() - t0
@@ -163,6 +170,12 @@ def verify_gguf(path: str | Path, quant: str, ref: Reference, threads: int | Non
     report["failures"] = _failures(report, tol, ref)
     report["ok"] = not report["failures"]
     return report
+
+
+def default_threads(path: str | Path) -> int:
+    """One thread for small files: llama.cpp's threads spin-wait, which costs more than it gains
+    on a tiny model (50x slower on a busy 2-core machine); all cores for real models."""
+    return 1 if Path(path).stat().st_size < SMALL_MODEL_BYTES else (os.cpu_count() or 1)
 
 
 def _greedy_llama(llm, ids: list[int], n: int, stop: set[int]) -> list[int]:
@@ -233,7 +246,8 @@ def compare_lora_with_merged(base: Path, lora: Path, merged: Path, threads: int 
     with quiet_llama_logs():
         for label, kwargs in (("lora", {"model_path": str(base), "lora_path": str(lora)}),
                               ("merged", {"model_path": str(merged)}), ("base", {"model_path": str(base)})):
-            llm = llama_cpp.Llama(**kwargs, n_ctx=64, logits_all=True, n_threads=threads, verbose=False)
+            n = threads or default_threads(kwargs["model_path"])
+            llm = llama_cpp.Llama(**kwargs, n_ctx=64, logits_all=True, n_threads=n, n_threads_batch=n, verbose=False)
             try:
                 llm.eval(ids)
                 scores[label] = np.array(llm.scores[:len(ids)], dtype=np.float32)
