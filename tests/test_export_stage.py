@@ -98,6 +98,36 @@ def test_serve_commands_on_the_export(exported, tmp_path):
     assert "--enable-lora" in res.stdout and "--max-lora-rank 8" in res.stdout
 
 
+def test_serve_ollama_runs_ollama_create_when_ollama_is_installed(exported, tmp_path):
+    """Ollama cannot run here: a stand-in `ollama` on PATH records how bbjtune calls it."""
+    _, out = exported
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "called.txt"
+    fake = bin_dir / "ollama"
+    fake.write_text(f"#!/bin/sh\necho \"$PWD|$*\" > {record}\nexit ${{OLLAMA_EXIT:-0}}\n")
+    fake.chmod(0o755)
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(f"name: quickstart\noutput_dir: {out.parent.parent}/{{name}}\n"
+                        "model: {source: tiny:test}\ndata: {chatml: [examples/chatml/*.jsonl]}\n")
+    res = run_cli("serve", "ollama", str(cfg_file), env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr
+    assert record.read_text().strip() == f"{out}|create bbj-quickstart -f Modelfile"
+    res = run_cli("serve", "ollama", str(cfg_file), env={"PATH": f"{bin_dir}:/usr/bin:/bin", "OLLAMA_EXIT": "1"})
+    assert res.returncode == 2 and "ollama create" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_missing_base_model_stops_before_anything_is_written(tiny_model_dir, tmp_path):
+    from bbjtune.export.stage import run_stage
+
+    cfg = _config(tmp_path)
+    adapter = make_adapter(tiny_model_dir, tmp_path / "adapter")
+    make_trained_run(cfg.train_dir, str(tmp_path / "gone"), adapter, tiny_model_dir)
+    with pytest.raises(BbjtuneError, match="does not exist"):
+        run_stage(cfg)
+    assert not cfg.export_dir.exists()
+
+
 def test_missing_training_fails_in_one_line(tmp_path):
     from bbjtune.export.stage import run_stage
 
@@ -116,11 +146,13 @@ def test_unknown_quant_type_is_a_config_error(tmp_path):
         _config(tmp_path, "export.gguf=[f16, q4_k_xl]")
 
 
-def test_not_enough_disk_space_is_refused_before_writing(tmp_path):
+def test_not_enough_disk_space_is_refused_before_writing(tmp_path, tiny_model_dir):
     from bbjtune.export.stage import check_disk_space, estimate_parameters
+    from bbjtune.models import load_model
 
     with pytest.raises(BbjtuneError, match="not enough disk space"):
         check_disk_space(tmp_path / "export", 10**15, ["f16", "q4_k_m"], lora=False)
     check_disk_space(tmp_path / "export", 1000, ["f16"], lora=False)
     assert not (tmp_path / "export").exists()
-    assert 400_000 < estimate_parameters("tiny:test") < 1_000_000
+    model = load_model(str(tiny_model_dir), dtype="float32")
+    assert estimate_parameters(str(tiny_model_dir)) == sum(p.numel() for p in model.parameters())
