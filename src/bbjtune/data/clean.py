@@ -189,32 +189,53 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class SimilarityIndex:
-    """MinHash LSH over signatures: which earlier items are at least `threshold` similar."""
+    """MinHash LSH: which added items are at least `threshold` similar to a signature.
+
+    Banding as in datasketch's MinHashLSH (whose choice of bands and rows for the threshold is used),
+    stored compactly: one dict per band from the band's hash to the slot(s) in that bucket, ~100
+    bytes per band and item instead of ~400. Candidates are confirmed with the signatures' Jaccard
+    estimate. Signatures are referenced, not copied.
+    """
 
     def __init__(self, threshold: float):
         from datasketch import MinHashLSH
 
+        lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
         self.threshold = threshold
-        self._lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
-        self._sigs: dict[Any, np.ndarray] = {}
+        self.bands, self.rows = lsh.b, lsh.r
+        self._buckets: list[dict[int, int | list[int]]] = [{} for _ in range(self.bands)]
+        self._keys: list[Any] = []
+        self._sigs: list[np.ndarray] = []
 
-    def _lean(self, sig: np.ndarray):
-        from datasketch import LeanMinHash
+    def __len__(self) -> int:
+        return len(self._keys)
 
-        return LeanMinHash(seed=1, hashvalues=sig, scheme=MINHASH_SCHEME)
+    def _band_hashes(self, sig: np.ndarray) -> list[int]:
+        # Python's hash of bytes: consistent within the process, which is all the index needs
+        return [hash(row.tobytes()) for row in sig[:self.bands * self.rows].reshape(self.bands, self.rows)]
 
     def matches(self, sig: np.ndarray) -> list[tuple[float, Any]]:
-        """(estimated Jaccard, key) of the indexed items at least `threshold` similar, best first."""
-        found = []
-        for key in self._lsh.query(self._lean(sig)):
-            score = jaccard(sig, self._sigs[key])
-            if score >= self.threshold:
-                found.append((score, key))
-        return sorted(found, key=lambda t: (-t[0], t[1]))
+        """(estimated Jaccard, key) of the added items at least `threshold` similar, best (then earliest) first."""
+        slots: set[int] = set()
+        for bucket, h in zip(self._buckets, self._band_hashes(sig)):
+            hit = bucket.get(h)
+            if hit is not None:
+                slots.update((hit,) if isinstance(hit, int) else hit)
+        scored = sorted((-jaccard(sig, self._sigs[s]), s) for s in slots)
+        return [(-neg, self._keys[s]) for neg, s in scored if -neg >= self.threshold]
 
     def add(self, key: Any, sig: np.ndarray) -> None:
-        self._lsh.insert(key, self._lean(sig))
-        self._sigs[key] = sig
+        slot = len(self._keys)
+        self._keys.append(key)
+        self._sigs.append(sig)
+        for bucket, h in zip(self._buckets, self._band_hashes(sig)):
+            hit = bucket.get(h)
+            if hit is None:
+                bucket[h] = slot
+            elif isinstance(hit, int):
+                bucket[h] = [hit, slot]
+            else:
+                hit.append(slot)
 
 
 # ----------------------------------------------------------------------------- decisions
