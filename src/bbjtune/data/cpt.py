@@ -34,6 +34,9 @@ from bbjtune.errors import BbjtuneError
 
 SOURCE_EXTENSIONS = (".bbj", ".src", ".bbjt", ".bbl", ".txt")
 BINARY_SNIFF_BYTES = 8192
+# BBj code averages 3-4 characters per token: a text over 8 x budget characters is counted line by
+# line at once (the chunks are the same either way; this saves counting it whole first)
+MAX_CHARS_PER_TOKEN = 8
 
 DUPLICATE_FILE = "duplicate-file"
 NEAR_DUPLICATE_FILE = "near-duplicate-file"
@@ -118,9 +121,10 @@ def chunk_text(text: str, budget: int, tokens: TokenCounter) -> tuple[list[tuple
     many chunks are over budget (a single statement line longer than the budget stays whole).
     Chunk token counts are sums over their lines (line ends separate tokens, so this is exact up to
     a token or so at the joins)."""
-    whole = tokens.count([text])[0]
-    if whole <= budget:
-        return [(text, whole)], 0
+    if len(text) <= MAX_CHARS_PER_TOKEN * budget:
+        whole = tokens.count([text])[0]
+        if whole <= budget:
+            return [(text, whole)], 0
     units = statement_units(text)
     counts = tokens.count(units)
     chunks: list[tuple[str, int]] = []
