@@ -13,6 +13,7 @@ from bbjtune.bbj import cli as bbj_cli
 from bbjtune.data.cli import data_app
 from bbjtune.errors import BbjtuneError
 from bbjtune.export import cli as export_cli
+from bbjtune.train import cli as train_cli
 from bbjtune.evaluate.cli import eval_app
 from bbjtune.serve.cli import review_app
 
@@ -95,6 +96,7 @@ def inspect_model(source: Annotated[str, typer.Argument(
 
 
 app.command("check")(bbj_cli.check)
+app.command("train")(train_cli.train)
 app.add_typer(data_app, name="data")
 app.add_typer(review_app, name="review")
 app.command("export")(export_cli.export)

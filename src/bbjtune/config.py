@@ -143,6 +143,10 @@ class TrainConfig(Section):
     save_total_limit: int = Field(2, gt=0)
     early_stopping_patience: int | None = Field(None, gt=0)
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
+    max_grad_norm: float = Field(1.0, gt=0.0, description="gradient clipping")
+    keep_checkpoints: bool = Field(False, description="keep the resumable checkpoints after a stage completes")
+    cpu_threads: int | None = Field(
+        None, gt=0, description="torch threads when training on CPU (default: torch's choice; 1 is fastest for tiny models)")
 
 
 # ----------------------------------------------------------------------------- eval

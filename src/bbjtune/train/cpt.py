@@ -1,0 +1,90 @@
+"""Stage 1, continued pretraining (CPT): teach a Base model BBj syntax from raw code.
+
+Reads `cpt.jsonl` (chunks of BBj source, each closed with `<|endoftext|>`), trains a LoRA
+adapter with the loss on every token, saves it to `cpt/adapter/` and merges it into the 16-bit
+base weights in `cpt/merged/` (never into 4-bit weights: stage 2 then trains a fresh adapter on
+the merged model, quantized again if QLoRA is on).
+
+- Packing: chunks are packed into rows of `max_length` tokens (best-fit decreasing; a chunk
+  longer than a row continues in the next one), each document attending only to itself.
+- Evaluation: the loss on the held-out answers' code (`heldout.jsonl`), which the model never
+  trains on in either stage.
+- Embeddings: `train.cpt.train_embeddings` also trains embed_tokens/lm_head in full, at
+  `train.cpt.embedding_learning_rate` (default: the LoRA rate; 2-10x lower is common). Such an
+  adapter is large and cannot be served as-is; the merge below bakes it into the weights.
+- Learning rate ~2e-4 (LoRA), warmup then cosine decay.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any
+
+from bbjtune.models.chat_template import ENDOFTEXT
+from bbjtune.train import recipe
+from bbjtune.train.inputs import TrainingData
+from bbjtune.train.recipe import StageJob
+
+
+def run_cpt(job: StageJob, data: TrainingData) -> dict[str, Any]:
+    """Train stage 1, save `cpt/adapter/`, merge into `cpt/merged/`; returns the final metrics."""
+    tokenizer = recipe.load_training_tokenizer(job.base_source)
+    model, peft_settings, lora = _setup_model(job)
+    train_dataset, eval_dataset = _setup_data(data)
+    args = recipe.sft_config(job, has_eval=eval_dataset is not None, dataset_text_field="text",
+                             eos_token=ENDOFTEXT, packing_strategy="bfd_split")
+    resume_from = recipe.decide_resume(job)
+    trainer = recipe.make_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings,
+                                  callbacks=recipe.stage_callbacks(job, resume_from),
+                                  embedding_lr=job.cfg.train.cpt.embedding_learning_rate)
+    recipe.record_fingerprint(job)
+    recipe.train(trainer, job, resume_from)
+    metrics = recipe.final_metrics(trainer, eval_dataset is not None)
+    if recipe.is_main_process():
+        recipe.save_adapter(trainer, tokenizer, job.adapter_dir, chat_model=False)
+    del trainer, model
+    _free_memory()
+    if recipe.is_main_process():
+        merge(job)
+    recipe.wait_for_everyone()
+    return {"metrics": metrics, "lora": lora}
+
+
+def merged_dir(job: StageJob) -> Path:
+    return job.out_dir / "merged"
+
+
+def _setup_model(job: StageJob) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
+    from bbjtune.train import backends
+
+    modules = ["embed_tokens", "lm_head"] if job.cfg.train.cpt.train_embeddings else None
+    lora = recipe.lora_settings(job.cfg, recipe.model_config(job.base_source), modules_to_save=modules)
+    if job.backend == "unsloth":
+        return backends.load_unsloth(job.base_source, job.cfg, job.stage_cfg, lora), None, lora
+    return backends.load_hf(job.base_source, job.cfg), lora, lora
+
+
+def _setup_data(data: TrainingData):
+    from datasets import Dataset
+
+    train = Dataset.from_dict({"text": [t + ENDOFTEXT for t in data.texts]})
+    code = data.heldout_code()
+    heldout = Dataset.from_dict({"text": [t + ENDOFTEXT for t in code]}) if code else None
+    return train, heldout
+
+
+def merge(job: StageJob) -> Path:
+    """Base (16-bit) + stage 1 adapter → `cpt/merged/`, a full model stage 2 starts from."""
+    from bbjtune.train.merge import merge_adapter
+
+    job.console.print(f"merging the stage 1 adapter into the {job.cfg.model.dtype} base weights → {merged_dir(job)}")
+    return merge_adapter(job.base_source, job.adapter_dir, merged_dir(job), dtype=job.cfg.model.dtype)
+
+
+def _free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,174 @@
+"""`bbjtune train --dry-run`: everything that can be checked before a GPU is touched.
+
+Validates the config and the data (already done by the caller), tokenizes the data exactly as
+the trainer will, shows three examples with the trained tokens highlighted (green: the model
+learns to produce these; grey: context only), reports lengths, truncation and packing, and
+prints the per-GPU memory estimate with and without gradient checkpointing.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from bbjtune.config import RunConfig
+from bbjtune.models.chat_template import ENDOFTEXT
+from bbjtune.train.inputs import TrainingData
+
+TRAINED_STYLE = "bold black on green3"
+CONTEXT_STYLE = "grey50"
+SAMPLE_CHARS = 1600
+
+
+def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+    """(input ids, trained mask) of one conversation, the way trl's assistant-only loss computes them."""
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    return list(out["input_ids"]), list(out["assistant_masks"])
+
+
+def render_tokens(tokenizer: Any, ids: list[int], mask: list[int], limit: int = SAMPLE_CHARS) -> Text:
+    """The decoded tokens, trained ones highlighted; long samples keep their start and end."""
+    text = Text()
+    pieces = [(tokenizer.decode([i]), bool(m)) for i, m in zip(ids, mask)]
+    total = sum(len(p) for p, _ in pieces)
+    head = tail = None
+    if total > limit:
+        head, tail = limit * 2 // 3, limit // 3
+    written = 0
+    skipped = False
+    for piece, trained in pieces:
+        start = written
+        written += len(piece)
+        if head is not None and head < start and written < total - tail:
+            if not skipped:
+                text.append(f"\n  … {total - head - tail} characters not shown …\n", style="italic")
+                skipped = True
+            continue
+        text.append(piece, style=TRAINED_STYLE if trained else CONTEXT_STYLE)
+    return text
+
+
+def packed_rows(lengths: list[int], max_length: int) -> int:
+    """Rows after best-fit-decreasing packing (what trl's `bfd` does), each length capped at max_length."""
+    free: list[int] = []
+    for n in sorted((min(n, max_length) for n in lengths), reverse=True):
+        best = min((i for i, f in enumerate(free) if f >= n), key=lambda i: free[i], default=None)
+        if best is None:
+            free.append(max_length - n)
+        else:
+            free[best] -= n
+    return len(free)
+
+
+def show_dry_run(cfg: RunConfig, stages: list[str], data: TrainingData, console: Console) -> None:
+    from bbjtune.train import backends
+    from bbjtune.train.recipe import load_training_tokenizer
+
+    console.rule(f"[bold]bbjtune train --dry-run[/] {cfg.name}")
+    wanted = cfg.train.backend
+    chosen = "unsloth" if wanted == "unsloth" else ("unsloth" if wanted == "auto" and backends.unsloth_importable()
+                                                    and backends.cuda_available() else "hf")
+    q = cfg.train.quantization
+    console.print(f"model      {cfg.model.source} ({cfg.model.kind}), stages: {' → '.join(stages)}")
+    console.print(f"backend    {wanted} → {chosen} on this machine; weights "
+                  f"{'nf4 4-bit (QLoRA)' + (' + double quant' if q.double_quant else '') if q.load_in_4bit else cfg.model.dtype}")
+    console.print(f"LoRA       r={cfg.train.lora.r} alpha={cfg.train.lora.alpha} dropout={cfg.train.lora.dropout} "
+                  f"targets={cfg.train.lora.target_modules} rsLoRA={cfg.train.lora.use_rslora} DoRA={cfg.train.lora.use_dora}")
+    console.print(f"data       {cfg.data_dir}: {len(data.conversations)} conversations, {len(data.heldout)} held out, "
+                  f"{len(data.texts)} stage 1 chunks")
+
+    tokenizer = load_training_tokenizer(cfg.model.source)
+    for stage in stages:
+        if stage == "cpt":
+            _show_cpt(cfg, data, tokenizer, console)
+        else:
+            _show_sft(cfg, data, tokenizer, console)
+    _show_memory(cfg, stages, tokenizer, console)
+    console.print("[green]✓[/] config and data are usable; nothing was trained.")
+
+
+def _length_summary(lengths: list[int], max_length: int) -> str:
+    over = sum(1 for n in lengths if n > max_length)
+    return (f"tokens per example: min {min(lengths)}, median {int(statistics.median(lengths))}, max {max(lengths)}; "
+            f"{over} longer than max_length {max_length}" + (" (truncated)" if over else ""))
+
+
+def _steps(cfg: RunConfig, stage: str, rows: int) -> str:
+    sc = getattr(cfg.train, stage)
+    per_step = sc.per_device_batch_size * sc.gradient_accumulation_steps
+    steps = sc.max_steps if sc.max_steps > 0 else max(1, -(-rows // per_step)) * sc.epochs
+    return f"{rows} rows of up to {sc.max_length} tokens, {per_step} rows per optimizer step per GPU → ~{int(steps)} steps"
+
+
+def _show_sft(cfg: RunConfig, data: TrainingData, tokenizer: Any, console: Console) -> None:
+    sc = cfg.train.sft
+    console.rule("stage 2 (SFT): three training examples")
+    legend = Text("legend: ")
+    legend.append("trained on (the answer and its <|im_end|>)", style=TRAINED_STYLE)
+    legend.append("  ")
+    legend.append("context only", style=CONTEXT_STYLE)
+    console.print(legend)
+    tokenized = [tokenize_conversation(tokenizer, c) for c in data.conversations]
+    if not sc.assistant_only_loss:
+        tokenized = [(ids, [1] * len(ids)) for ids, _ in tokenized]
+    for n, (ids, mask) in enumerate(tokenized[:3], 1):
+        console.rule(f"example {n}: {len(ids)} tokens, {sum(mask)} trained", style="dim")
+        console.print(render_tokens(tokenizer, ids, mask), highlight=False, markup=False)
+    lengths = [len(ids) for ids, _ in tokenized]
+    trained = sum(sum(m) for _, m in tokenized)
+    console.rule(style="dim")
+    console.print(_length_summary(lengths, sc.max_length))
+    console.print(f"trained tokens: {trained:,} of {sum(lengths):,} ({100 * trained / max(sum(lengths), 1):.0f}%)")
+    rows = packed_rows(lengths, sc.max_length) if sc.packing else len(lengths)
+    fill = sum(min(n, sc.max_length) for n in lengths) / (rows * sc.max_length) if sc.packing else None
+    console.print(_steps(cfg, "sft", rows) + (f"; packing fills {100 * fill:.0f}% of each row" if fill else ""))
+
+
+def _show_cpt(cfg: RunConfig, data: TrainingData, tokenizer: Any, console: Console) -> None:
+    sc = cfg.train.cpt
+    console.rule("stage 1 (CPT): raw BBj code, every token trained")
+    lengths = [len(tokenizer(t + ENDOFTEXT)["input_ids"]) for t in data.texts]
+    ids = tokenizer(data.texts[0] + ENDOFTEXT)["input_ids"]
+    console.print(render_tokens(tokenizer, ids, [1] * len(ids), limit=800), highlight=False, markup=False)
+    console.print(f"{len(data.texts)} chunks, {sum(lengths):,} tokens; " + _length_summary(lengths, sc.max_length)
+                  .replace(" (truncated)", " (continued in the next row)"))
+    rows = -(-sum(lengths) // sc.max_length) if sc.packing else len(lengths)
+    console.print(_steps(cfg, "cpt", rows))
+
+
+def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Console) -> None:
+    from bbjtune.train.memory import Architecture, estimate_for_config, known_architecture
+
+    arch = known_architecture(cfg.model.source)
+    if arch is None:
+        try:
+            from bbjtune.train.recipe import model_config
+
+            arch = Architecture.from_config(model_config(cfg.model.source))
+        except Exception as exc:  # noqa: BLE001 — the estimate is optional: say why it is missing
+            console.print(f"[yellow]memory estimate skipped:[/] cannot read the model's config ({exc})")
+            return
+    tokens = 2 if "sft" in stages and cfg.train.sft.train_chat_tokens != "no" and cfg.model.kind == "base" else 0
+    table = Table(title=f"GPU memory per GPU (estimate, GiB) — {arch.params / 1e9:.2f}B parameters",
+                  title_justify="left")
+    table.add_column("stage")
+    for col in ("weights", "LoRA+grads+optimizer", "activations", "output head", "overhead", "total"):
+        table.add_column(col, justify="right")
+    for stage in stages:
+        for ckpt in (True, False):
+            e = estimate_for_config(cfg, stage, arch, trainable_tokens=tokens if stage == "sft" else 0,
+                                    gradient_checkpointing=ckpt).as_gib()
+            mark = " ←" if ckpt == cfg.train.gradient_checkpointing else ""
+            table.add_row(f"{stage}, checkpointing {'on' if ckpt else 'off'}{mark}", *(f"{e[k]:.1f}" for k in (
+                "weights", "adapter", "activations", "output_head", "overhead")), f"[bold]{e['total']:.1f}[/]")
+    console.print(table)
+    sc = getattr(cfg.train, stages[-1])
+    for strategy, gpus in (("zero2", 2), ("zero3", 4)):
+        e = estimate_for_config(cfg, stages[-1], arch, trainable_tokens=tokens, strategy=strategy, gpus=gpus).as_gib()
+        console.print(f"  {strategy} on {gpus} GPUs: {e['total']:.1f} GiB per GPU")
+    console.print(f"  batch {sc.per_device_batch_size} x {sc.max_length} tokens per GPU; "
+                  "the CUDA context (~0.5 GiB) comes on top")

@@ -1,0 +1,117 @@
+"""The data stage's files, read and checked before any model is loaded.
+
+`train.jsonl` / `heldout.jsonl` hold one ChatML conversation per line, `cpt.jsonl` one `{"text"}`
+chunk of raw BBj code per line (see INTERFACES.md). A bad line stops training with its file and
+line number, in the first second, not after the model has loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bbjtune.errors import BbjtuneError
+
+ROLES = {"system", "user", "assistant", "tool"}
+PREPARE_HINT = "run `bbjtune data prepare CONFIG` (or `bbjtune run CONFIG`) first"
+
+
+@dataclass
+class TrainingData:
+    """What one training run reads: conversations for SFT, text chunks for CPT, their files."""
+
+    conversations: list[list[dict[str, str]]] = field(default_factory=list)
+    heldout: list[list[dict[str, str]]] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def system_prompt(self) -> str | None:
+        """The most common system message of the training conversations (None when there is none)."""
+        prompts = Counter(c[0]["content"] for c in self.conversations if c and c[0]["role"] == "system")
+        return prompts.most_common(1)[0][0] if prompts else None
+
+    def heldout_code(self) -> list[str]:
+        """The held-out answers as raw text: stage 1's evaluation set (code the model has not seen)."""
+        return [m["content"] for c in self.heldout for m in c if m["role"] == "assistant" and m["content"].strip()]
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; a line that is not a JSON object is an error."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise BbjtuneError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})",
+                                       f"fix or remove the line, or re-run the data stage ({PREPARE_HINT})") from None
+                if not isinstance(obj, dict):
+                    raise BbjtuneError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}",
+                                       "each line must be one {...} object")
+                rows.append((lineno, obj))
+    except UnicodeDecodeError as exc:
+        raise BbjtuneError(f"{path}: not UTF-8 text (byte {exc.start})", "save the file as UTF-8") from None
+    return rows
+
+
+def check_conversation(obj: dict[str, Any], where: str) -> list[dict[str, str]]:
+    """The `messages` of one line, validated: roles known, contents strings, at least one answer."""
+    messages = obj.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BbjtuneError(f"{where}: no \"messages\" list", 'each line needs {"messages": [{"role": ..., "content": ...}]}')
+    clean = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise BbjtuneError(f"{where}: message {i + 1} needs a role ({', '.join(sorted(ROLES))}) and a text content",
+                               'write it as {"role": "user", "content": "..."}')
+        clean.append({"role": m["role"], "content": m["content"]})
+    if not any(m["role"] == "assistant" for m in clean):
+        raise BbjtuneError(f"{where}: the conversation has no assistant answer", "there is nothing to learn from it; remove it")
+    return clean
+
+
+def load_conversations(path: Path, required: bool = True) -> list[list[dict[str, str]]]:
+    if not path.exists():
+        if required:
+            raise BbjtuneError(f"{path} not found", PREPARE_HINT)
+        return []
+    return [check_conversation(obj, f"{path}:{lineno}") for lineno, obj in read_jsonl(path)]
+
+
+def load_texts(path: Path) -> list[str]:
+    if not path.exists():
+        raise BbjtuneError(f"{path} not found (stage 1 reads raw BBj code from it)", PREPARE_HINT)
+    texts = []
+    for lineno, obj in read_jsonl(path):
+        text = obj.get("text")
+        if not isinstance(text, str):
+            raise BbjtuneError(f"{path}:{lineno}: no \"text\" string", 'each line needs {"text": "..."}')
+        if text.strip():
+            texts.append(text)
+    return texts
+
+
+def load_training_data(data_dir: Path, stages: list[str]) -> TrainingData:
+    """Read what the given stages need from the data stage's directory; fail early and clearly."""
+    data = TrainingData()
+    if "sft" in stages or "cpt" in stages:
+        # stage 1 evaluates on held-out answers, stage 2 trains on the conversations
+        data.conversations = load_conversations(data_dir / "train.jsonl", required="sft" in stages)
+        data.heldout = load_conversations(data_dir / "heldout.jsonl", required=False)
+        data.files += [p for p in (data_dir / "train.jsonl", data_dir / "heldout.jsonl") if p.exists()]
+    if "sft" in stages and not data.conversations:
+        raise BbjtuneError(f"{data_dir / 'train.jsonl'} has no conversations", "add ChatML examples and re-run the data stage")
+    if "cpt" in stages:
+        data.texts = load_texts(data_dir / "cpt.jsonl")
+        data.files.append(data_dir / "cpt.jsonl")
+        if not data.texts:
+            raise BbjtuneError(f"{data_dir / 'cpt.jsonl'} has no text", "give raw BBj sources (data.sources) or "
+                               "set train.stages: sft")
+    return data

@@ -1,0 +1,43 @@
+"""Merge a LoRA adapter into the 16-bit weights of its base model and save a full model.
+
+Merging always starts from the 16-bit base, never from 4-bit weights, even when the adapter was
+trained with QLoRA: rounding a merged model to nf4 would throw the adapter's small updates away.
+Modules trained in full (`modules_to_save`) and trained token rows (`trainable_token_indices`)
+are written into the merged weights too.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def merge_adapter(base_source: str, adapter_dir: Path, out_dir: Path, dtype: str = "auto",
+                  device_map: Any = None) -> Path:
+    """Load base + adapter, merge, save model + tokenizer + generation config to `out_dir` (atomically)."""
+    import torch
+    from peft import PeftModel
+
+    from bbjtune.models import load_model, load_tokenizer
+
+    if device_map is None and torch.cuda.is_available():
+        device_map = {"": 0}
+    model = load_model(base_source, dtype=dtype, device_map=device_map)
+    model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    tokenizer = load_tokenizer(str(adapter_dir))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if (adapter_dir / "generation_config.json").exists():
+            shutil.copyfile(adapter_dir / "generation_config.json", tmp / "generation_config.json")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    del model
+    return out_dir

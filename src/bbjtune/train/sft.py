@@ -1,0 +1,73 @@
+"""Stage 2, instruction tuning (SFT): teach the model to answer BBj requests in ChatML.
+
+Reads `train.jsonl` (and `heldout.jsonl` for the evaluation loss), trains a fresh LoRA adapter on
+the 16-bit model from stage 1 (`cpt/merged`) or on the original model (Instruct models, or a Base
+model trained by SFT alone) and writes `sft/adapter/`.
+
+- Loss: only the assistant answers count, each including its closing `<|im_end|>` (the chat
+  template's `{% generation %}` markers tell trl which tokens those are), so the model learns to
+  answer and to stop; system and user turns are context only.
+- Packing: conversations are packed into rows of `max_length` tokens (best-fit decreasing) with
+  position ids restarting at 0 for each conversation; attention never crosses from one
+  conversation into another (transformers builds a block-diagonal mask from the position ids, or
+  flash-attention uses them directly), and the first token of each conversation is never a target
+  of the previous one's last token.
+- Base models: the `<|im_start|>`/`<|im_end|>` embedding rows were never trained; with
+  `train.sft.train_chat_tokens: auto` (or yes) exactly those rows train too (peft
+  `trainable_token_indices`; the adapter must then be merged before serving, which export does).
+- Stopping: the saved tokenizer ends turns with `<|im_end|>` and the generation config stops on
+  `<|im_end|>` and `<|endoftext|>`.
+- Learning rate ~5e-5 with warmup and cosine decay; effective batch = per-device batch x
+  gradient accumulation x GPUs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bbjtune.train import recipe
+from bbjtune.train.inputs import TrainingData
+from bbjtune.train.recipe import StageJob
+
+
+def run_sft(job: StageJob, data: TrainingData) -> dict[str, Any]:
+    """Train stage 2 and save `sft/adapter/`; returns the final metrics."""
+    tokenizer = recipe.load_training_tokenizer(job.base_source)
+    model, peft_settings, lora = _setup_model(job, tokenizer)
+    train_dataset, eval_dataset = _setup_data(data)
+    args = recipe.sft_config(job, has_eval=eval_dataset is not None,
+                             assistant_only_loss=job.stage_cfg.assistant_only_loss, packing_strategy="bfd")
+    resume_from = recipe.decide_resume(job)
+    trainer = recipe.make_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings,
+                                  callbacks=recipe.stage_callbacks(job, resume_from))
+    recipe.record_fingerprint(job)
+    recipe.train(trainer, job, resume_from)
+    metrics = recipe.final_metrics(trainer, eval_dataset is not None)
+    if recipe.is_main_process():
+        recipe.save_adapter(trainer, tokenizer, job.adapter_dir, chat_model=True)
+    recipe.wait_for_everyone()
+    return {"metrics": metrics, "lora": lora}
+
+
+def wants_chat_token_training(job: StageJob) -> bool:
+    choice = job.cfg.train.sft.train_chat_tokens
+    return choice == "yes" or (choice == "auto" and job.cfg.model.kind == "base")
+
+
+def _setup_model(job: StageJob, tokenizer: Any) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
+    from bbjtune.train import backends
+
+    model_config = recipe.model_config(job.base_source)
+    tokens = recipe.chat_token_ids(tokenizer) if wants_chat_token_training(job) else None
+    lora = recipe.lora_settings(job.cfg, model_config, trainable_tokens=tokens)
+    if job.backend == "unsloth":
+        return backends.load_unsloth(job.base_source, job.cfg, job.stage_cfg, lora), None, lora
+    return backends.load_hf(job.base_source, job.cfg), lora, lora
+
+
+def _setup_data(data: TrainingData):
+    from datasets import Dataset
+
+    train = Dataset.from_list([{"messages": c} for c in data.conversations])
+    heldout = Dataset.from_list([{"messages": c} for c in data.heldout]) if data.heldout else None
+    return train, heldout

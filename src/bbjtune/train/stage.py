@@ -1,0 +1,150 @@
+"""The training stage as the pipeline sees it: `run_stage(cfg) -> Path` (the train directory).
+
+Runs the configured stages in order — stage 1 (CPT) then stage 2 (SFT) on the merged result for
+Base models, SFT alone for Instruct models — and writes `trained.json`. A stage that already
+finished with the same settings and data is not trained again; a stage that was stopped resumes
+from its last checkpoint (`resume="auto"`, the default), or must resume (`"always"`, --resume),
+or starts over (`"never"`, --restart).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bbjtune.artifacts import MANIFEST_NAME, StageRun, sha256_file
+from bbjtune.config import RunConfig
+from bbjtune.errors import BbjtuneError
+from bbjtune.train.inputs import TrainingData, load_training_data
+
+STAGES = ("cpt", "sft")
+
+
+def run_stage(cfg: RunConfig, stages: list[str] | None = None, resume: str = "auto", dry_run: bool = False,
+              console: Console | None = None) -> Path:
+    console = console or Console(stderr=True)
+    stages = [s for s in STAGES if s in (stages or cfg.train_stages)]
+    if not stages:
+        raise BbjtuneError("no training stage is enabled", "enable train.cpt or train.sft, or pick --stage")
+    data = load_training_data(cfg.data_dir, stages)
+    if dry_run:
+        from bbjtune.train.dryrun import show_dry_run
+
+        show_dry_run(cfg, stages, data, console)
+        return cfg.train_dir
+
+    from bbjtune.train import backends
+
+    backend = backends.choose_backend(cfg.train.backend)
+    if backend == "unsloth":
+        backends.import_unsloth_first()
+    from bbjtune.train import recipe
+
+    recipe.configure_torch(cfg)
+    console.print(f"training {' → '.join(stages)} on {cfg.model.source} with the {backend} backend "
+                  f"({'QLoRA 4-bit' if cfg.train.quantization.load_in_4bit else cfg.model.dtype}); "
+                  f"writing to {cfg.train_dir}")
+    results: dict[str, dict[str, Any]] = {}
+    for stage in stages:
+        job = recipe.StageJob(cfg=cfg, stage=stage, base_source=base_for(cfg, stage), backend=backend,
+                              console=console, resume=resume, data_fingerprint=data_fingerprint(cfg, stage))
+        results[stage] = _run_one(job, data)
+    if recipe.is_main_process():
+        _write_handle(cfg, stages[-1], results[stages[-1]], data)
+    return cfg.train_dir
+
+
+def base_for(cfg: RunConfig, stage: str) -> str:
+    """Stage 1 starts from the original model; stage 2 from stage 1's merged model when the plan has one."""
+    if stage == "cpt" or "cpt" not in cfg.train_stages:
+        return cfg.model.source
+    merged = cfg.train_dir / "cpt" / "merged"
+    if not (merged / "config.json").exists():
+        raise BbjtuneError(f"stage 2 trains on stage 1's merged model, but {merged} does not exist",
+                           "run stage 1 first (--stage cpt or --stage all), or set train.stages: sft")
+    return str(merged)
+
+
+def data_fingerprint(cfg: RunConfig, stage: str) -> str:
+    """Hashes of the files a stage learns from (for stage 2 on stage 1's model, also stage 1's identity)."""
+    names = ["cpt.jsonl", "heldout.jsonl"] if stage == "cpt" else ["train.jsonl", "heldout.jsonl"]
+    parts = [f"{n}:{sha256_file(cfg.data_dir / n)}" for n in names if (cfg.data_dir / n).exists()]
+    if stage == "sft" and "cpt" in cfg.train_stages:
+        parts.append("cpt:" + str(_manifest(cfg.train_dir / "cpt").get("fingerprint")))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _manifest(directory: Path) -> dict[str, Any]:
+    try:
+        return json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _is_done(job: Any) -> bool:
+    manifest = _manifest(job.out_dir)
+    outputs_there = (job.adapter_dir / "adapter_config.json").exists() and (
+        job.stage != "cpt" or (job.out_dir / "merged" / "config.json").exists())
+    return (job.resume != "never" and manifest.get("status") == "complete"
+            and manifest.get("fingerprint") == job.fingerprint() and outputs_there)
+
+
+class _Record(StageRun):
+    """The stage's manifest; only the main process writes it under `accelerate launch`."""
+
+    def write_manifest(self, status: str) -> Path:
+        from bbjtune.train.recipe import is_main_process
+
+        return super().write_manifest(status) if is_main_process() else self.dir / MANIFEST_NAME
+
+
+def _run_one(job: Any, data: TrainingData) -> dict[str, Any]:
+    from bbjtune.train import cpt, recipe, sft
+    from bbjtune.train.modelcard import write_model_card
+
+    if _is_done(job):
+        manifest = _manifest(job.out_dir)
+        job.console.print(f"[green]✓[/] {job.stage}: already trained with these settings and data "
+                          f"({job.adapter_dir}); --restart trains it again")
+        return {"metrics": manifest.get("metrics", {}), "lora": manifest.get("lora", {})}
+    record = _Record(job.out_dir, stage=f"train-{job.stage}", config=job.cfg.model_dump(mode="json"))
+    with record as run:
+        run.add_inputs(p for p in data.files if p.name != ("cpt.jsonl" if job.stage == "sft" else "train.jsonl"))
+        run.extra.update(fingerprint=job.fingerprint(), backend=job.backend, base_model=job.base_source)
+        with run.timed("train"):
+            result = (cpt.run_cpt if job.stage == "cpt" else sft.run_sft)(job, data)
+        run.metrics.update(result["metrics"])
+        run.extra["lora"] = result["lora"]
+        run.outputs += [str(job.adapter_dir)] + ([str(job.out_dir / "merged")] if job.stage == "cpt" else [])
+        if recipe.is_main_process():
+            write_model_card(job.adapter_dir / "README.md", cfg=job.cfg, stage=job.stage, base_model=job.base_source,
+                             metrics=result["metrics"], lora=result["lora"], inputs=run.inputs, backend=job.backend)
+    if recipe.is_main_process() and not job.cfg.train.keep_checkpoints:
+        shutil.rmtree(job.checkpoints_dir, ignore_errors=True)
+    _summarize(job, result["metrics"])
+    return result
+
+
+def _summarize(job: Any, metrics: dict[str, Any]) -> None:
+    def fmt(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, (int, float)) else "–"
+
+    job.console.print(f"[green]✓[/] {job.stage}: {metrics.get('steps')} steps, loss {fmt(metrics.get('first_loss'))} → "
+                      f"{fmt(metrics.get('final_loss'))}, held-out loss {fmt(metrics.get('eval_loss'))} → {job.adapter_dir}")
+
+
+def _write_handle(cfg: RunConfig, last_stage: str, result: dict[str, Any], data: TrainingData) -> Path:
+    from bbjtune.train.trained import write_trained
+
+    stage_dir = cfg.train_dir / last_stage
+    base = base_for(cfg, last_stage)
+    chain = ["cpt", "sft"] if last_stage == "sft" and base != cfg.model.source else [last_stage]
+    return write_trained(cfg.train_dir, base_model=base, original_model=cfg.model.source,
+                         adapter=stage_dir / "adapter", tokenizer=stage_dir / "adapter", stages=chain,
+                         lora=result["lora"], max_length=getattr(cfg.train, last_stage).max_length,
+                         system_prompt=cfg.data.system_prompt or data.system_prompt)

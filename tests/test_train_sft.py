@@ -1,0 +1,167 @@
+"""Stage 2 (SFT) on the tiny model: what is trained on, packing boundaries, stopping, saved artifacts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from rich.console import Console
+from train_helpers import PAIRS, SYSTEM, conversation, make_config, write_data
+
+from bbjtune.models.chat_template import ENDOFTEXT, IM_END, IM_START
+from bbjtune.train import recipe, sft
+from bbjtune.train.dryrun import tokenize_conversation
+from bbjtune.train.inputs import load_training_data
+
+
+def build_trainer(cfg, stage="sft"):
+    """The exact trainer `bbjtune train` builds, without training it."""
+    recipe.configure_torch(cfg)
+    data = load_training_data(cfg.data_dir, [stage])
+    job = recipe.StageJob(cfg=cfg, stage=stage, base_source=cfg.model.source, backend="hf",
+                          console=Console(stderr=True, quiet=True), resume="never")
+    tokenizer = recipe.load_training_tokenizer(job.base_source)
+    model, peft_settings, _ = sft._setup_model(job, tokenizer)
+    train_dataset, eval_dataset = sft._setup_data(data)
+    args = recipe.sft_config(job, has_eval=eval_dataset is not None,
+                             assistant_only_loss=cfg.train.sft.assistant_only_loss, packing_strategy="bfd")
+    return recipe.make_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings, callbacks=[]), data
+
+
+@pytest.fixture(scope="module")
+def unpacked(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("sft-unpacked")
+    write_data(tmp / "data", n_train=6, multi_turn=True)
+    cfg = make_config(tmp, tiny_model_dir, train__sft__packing=False)
+    return build_trainer(cfg)
+
+
+def test_trained_span_is_exactly_each_answer_and_its_im_end(unpacked):
+    trainer, data = unpacked
+    tokenizer = trainer.processing_class
+    for row, conv in zip(trainer.train_dataset, data.conversations):
+        ids, labels = row["input_ids"], row["labels"]
+        spans, current = [], []
+        for token, label in zip(ids, labels):
+            if label != -100:
+                assert label == token  # labels are the inputs; the trainer shifts them
+                current.append(token)
+            elif current:
+                spans.append(current)
+                current = []
+        if current:
+            spans.append(current)
+        answers = [m["content"] + IM_END for m in conv if m["role"] == "assistant"]
+        assert [tokenizer.decode(s) for s in spans] == answers
+        # system prompt, user turns and the "<|im_start|>assistant\n" headers are context only
+        assert SYSTEM not in tokenizer.decode([t for t, lab in zip(ids, labels) if lab != -100])
+
+
+def test_dry_run_shows_the_trainers_mask(unpacked):
+    trainer, data = unpacked
+    for row, conv in zip(trainer.train_dataset, data.conversations):
+        ids, mask = tokenize_conversation(trainer.processing_class, conv)
+        assert ids == row["input_ids"]
+        assert [int(label != -100) for label in row["labels"]] == mask
+
+
+def test_full_sequence_loss_when_assistant_only_is_off(tmp_path, tiny_model_dir):
+    write_data(tmp_path / "data", n_train=4)
+    cfg = make_config(tmp_path, tiny_model_dir, train__sft__packing=False, train__sft__assistant_only_loss=False)
+    trainer, _ = build_trainer(cfg)
+    row = trainer.train_dataset[0]
+    assert row["labels"] == row["input_ids"]
+
+
+def test_packing_keeps_examples_apart(tmp_path, tiny_model_dir):
+    write_data(tmp_path / "data", n_train=12)
+    cfg = make_config(tmp_path, tiny_model_dir, train__sft__max_length=96, train__sft__per_device_batch_size=2)
+    trainer, data = build_trainer(cfg)
+    tokenizer = trainer.processing_class
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "attention_mask" not in batch  # the mask comes from the position ids: block-diagonal per row
+    ids, pos, labels = batch["input_ids"], batch["position_ids"], batch["labels"]
+    assert ids.shape == pos.shape == labels.shape and ids.shape[0] == 2
+
+    model = trainer.model.eval()
+    im_start = tokenizer.convert_tokens_to_ids(IM_START)
+    checked = 0
+    for r in range(ids.shape[0]):
+        starts = (pos[r] == 0).nonzero().flatten().tolist()
+        real = [s for s in starts if ids[r, s] == im_start]  # pads at the row's end also restart at 0
+        assert len(real) >= 2, "rows should hold several packed examples"
+        assert all(labels[r, s] == -100 for s in starts)  # no target across an example boundary
+        with torch.no_grad():
+            packed = model(input_ids=ids[r:r + 1], position_ids=pos[r:r + 1]).logits[0]
+        ends = real[1:] + [next((s for s in starts if s > real[-1] and ids[r, s] != im_start), ids.shape[1])]
+        for start, end in zip(real, ends):
+            assert pos[r, start:end].tolist() == list(range(end - start))  # positions restart per example
+            alone_ids = ids[r:r + 1, start:end]
+            with torch.no_grad():
+                alone = model(input_ids=alone_ids).logits[0]
+            assert torch.allclose(packed[start:end], alone, atol=1e-4), "an example saw its neighbour"
+            text = tokenizer.decode(alone_ids[0])
+            assert text.startswith(IM_START + "system\n" + SYSTEM) and text.endswith(IM_END + "\n")
+            checked += 1
+    assert checked >= 4
+
+
+def test_trained_model_stops_at_im_end(tmp_path, tiny_model_dir):
+    """Stage 2 teaches the Base model to end its answer with <|im_end|>, and generation stops there."""
+    from bbjtune.train.stage import run_stage
+    from bbjtune.train.trained import load_trained
+
+    write_data(tmp_path / "data", n_train=48, n_heldout=2)
+    cfg = make_config(tmp_path, tiny_model_dir, train__sft__epochs=8, train__sft__learning_rate=1e-2,
+                      train__lora__r=16, train__lora__alpha=32, train__sft__per_device_batch_size=4,
+                      train__sft__max_length=512, train__logging_steps=20)
+    run_stage(cfg, console=Console(stderr=True, quiet=True))
+
+    model, tokenizer = load_trained(cfg.train_dir)
+    assert tokenizer.eos_token == IM_END
+    eos = model.generation_config.eos_token_id
+    assert sorted(eos) == sorted(tokenizer.convert_tokens_to_ids([IM_END, ENDOFTEXT]))
+    for i in range(len(PAIRS)):
+        prompt = [m for m in conversation(i) if m["role"] != "assistant"]
+        answer = conversation(i)[-1]["content"]
+        inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        limit = len(tokenizer(answer)["input_ids"]) + 8
+        out = model.generate(**inputs, max_new_tokens=limit * 3, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+        assert out[-1].item() == tokenizer.convert_tokens_to_ids(IM_END), f"did not stop: {tokenizer.decode(out)!r}"
+        assert len(out) <= limit, f"stopped too late ({len(out)} tokens): {tokenizer.decode(out)!r}"
+
+
+def test_saved_adapter_and_handle(tmp_path, tiny_model_dir):
+    from bbjtune.train.stage import run_stage
+    from bbjtune.train.trained import read_trained
+
+    write_data(tmp_path / "data", n_train=8)
+    cfg = make_config(tmp_path, tiny_model_dir, train__sft__max_steps=2)
+    run_stage(cfg, console=Console(stderr=True, quiet=True))
+    handle = json.loads((cfg.train_dir / "trained.json").read_text())
+    assert set(handle) >= {"base_model", "original_model", "adapter", "tokenizer", "stages", "lora", "modules_to_save",
+                           "trainable_token_indices", "max_length", "system_prompt"}
+    assert handle["stages"] == ["sft"] and handle["system_prompt"] == SYSTEM and handle["max_length"] == 256
+    assert handle["lora"]["r"] == 8 and handle["modules_to_save"] == []
+    assert handle["trainable_token_indices"] == sorted(
+        load_tokenizer_ids(handle["tokenizer"], [IM_START, IM_END]))  # Base model: the chat-token rows train
+    adapter = read_trained(cfg.train_dir).adapter
+    card = (adapter / "README.md").read_text()
+    from bbjtune.artifacts import sha256_file
+    assert sha256_file(cfg.data_dir / "train.jsonl") in card and "Merge before serving" in card
+    gen = json.loads((adapter / "generation_config.json").read_text())
+    assert len(gen["eos_token_id"]) == 2
+    rows = [json.loads(line) for line in (cfg.train_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows and all(r["stage"] == "sft" for r in rows)
+    assert any("loss" in r for r in rows) and any("eval_loss" in r for r in rows)
+    manifest = json.loads((cfg.train_dir / "sft" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["metrics"]["steps"] == 2
+    assert not (cfg.train_dir / "sft" / "checkpoints").exists()  # removed once the stage is complete
+
+
+def load_tokenizer_ids(path, tokens):
+    from bbjtune.models import load_tokenizer
+
+    tok = load_tokenizer(path)
+    return [tok.convert_tokens_to_ids(t) for t in tokens]
