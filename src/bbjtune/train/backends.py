@@ -15,6 +15,7 @@ Both backends hand the same trl `SFTTrainer` a model; they differ in how it is l
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 from typing import Any
@@ -106,6 +107,7 @@ def load_unsloth(source: str, cfg: Any, stage_cfg: Any, lora: dict[str, Any]) ->
         model_name=name, max_seq_length=stage_cfg.max_length, dtype=torch_dtype(cfg.model.dtype),
         load_in_4bit=cfg.train.quantization.load_in_4bit, full_finetuning=False,
     )
+    lora = copy.deepcopy(lora)  # peft extends the lists it is given
     targets = lora["target_modules"]
     extra_peft: dict[str, Any] = {}
     if lora.get("trainable_token_indices"):

@@ -171,9 +171,11 @@ def lora_settings(cfg: RunConfig, model_config: Any, *, modules_to_save: list[st
 
 
 def peft_config(settings: dict[str, Any]):
+    import copy
+
     from peft import LoraConfig
 
-    return LoraConfig(task_type="CAUSAL_LM", **settings)
+    return LoraConfig(task_type="CAUSAL_LM", **copy.deepcopy(settings))  # peft extends the lists it is given
 
 
 # ----------------------------------------------------------------------------- trl config

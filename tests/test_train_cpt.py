@@ -1,0 +1,138 @@
+"""Stage 1 (CPT) and the chain to stage 2 on the tiny model; QLoRA through bitsandbytes on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from rich.console import Console
+from train_helpers import make_config, write_data
+
+from bbjtune.models import load_model, load_tokenizer
+from bbjtune.train.stage import run_stage
+
+QUIET = Console(stderr=True, quiet=True)
+
+
+def test_cpt_trains_on_every_token_and_merges(tmp_path, tiny_model_dir):
+    from bbjtune.train import cpt, recipe
+    from bbjtune.train.inputs import load_training_data
+
+    write_data(tmp_path / "data", n_cpt=12)
+    cfg = make_config(tmp_path, tiny_model_dir, train__stages="cpt", train__cpt__epochs=4,
+                      train__cpt__learning_rate=1e-2, train__cpt__train_embeddings=True)
+    # the prepared rows: every token is a target except the first of each packed document
+    data = load_training_data(cfg.data_dir, ["cpt"])
+    job = recipe.StageJob(cfg=cfg, stage="cpt", base_source=cfg.model.source, backend="hf", console=QUIET)
+    tokenizer = recipe.load_training_tokenizer(cfg.model.source)
+    model, settings, _ = cpt._setup_model(job)
+    train, heldout = cpt._setup_data(data)
+    assert heldout is not None and len(heldout) == 4  # the held-out answers' code
+    args = recipe.sft_config(job, has_eval=True, dataset_text_field="text", eos_token="<|endoftext|>",
+                             packing_strategy="bfd_split")
+    trainer = recipe.make_trainer(job, model, tokenizer, args, train, heldout, settings, callbacks=[])
+    batch = next(iter(trainer.get_train_dataloader()))
+    firsts = batch["position_ids"] == 0
+    assert (batch["labels"][~firsts] == batch["input_ids"][~firsts]).all()
+    assert tokenizer.convert_tokens_to_ids("<|endoftext|>") in batch["input_ids"]  # documents end with EOS
+
+    run_stage(cfg, console=QUIET)
+    metrics = json.loads((cfg.train_dir / "cpt" / "manifest.json").read_text())["metrics"]
+    assert metrics["final_loss"] < metrics["first_loss"] - 0.3
+    handle = json.loads((cfg.train_dir / "trained.json").read_text())
+    assert handle["stages"] == ["cpt"] and handle["trainable_token_indices"] is None
+    assert handle["modules_to_save"] == ["embed_tokens"]  # served only after the merge below
+
+    # the merged 16-bit model computes what base + adapter computes
+    from bbjtune.train.trained import load_trained
+
+    with_adapter, tok = load_trained(cfg.train_dir)
+    merged = load_model(str(cfg.train_dir / "cpt" / "merged"), dtype="float32").eval()
+    ids = tok("print \"hello\"\nfor i = 1 to 3", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(with_adapter(ids).logits, merged(ids).logits, atol=1e-4)
+        base = load_model(str(tiny_model_dir), dtype="float32").eval()
+        assert not torch.allclose(base(ids).logits, merged(ids).logits, atol=1e-3)
+
+
+def test_cpt_embeddings_train_with_their_own_learning_rate(tmp_path, tiny_model_dir):
+    from bbjtune.train import cpt, recipe
+    from bbjtune.train.inputs import load_training_data
+
+    write_data(tmp_path / "data", n_cpt=8)
+    cfg = make_config(tmp_path, tiny_model_dir, train__stages="cpt", train__cpt__train_embeddings=True,
+                      train__cpt__embedding_learning_rate=1e-3)
+    data = load_training_data(cfg.data_dir, ["cpt"])
+    job = recipe.StageJob(cfg=cfg, stage="cpt", base_source=cfg.model.source, backend="hf", console=QUIET)
+    model, settings, _ = cpt._setup_model(job)
+    assert settings["modules_to_save"] == ["embed_tokens"]  # tied lm_head follows the embedding
+    train, _ = cpt._setup_data(data)
+    args = recipe.sft_config(job, has_eval=False, dataset_text_field="text", eos_token="<|endoftext|>",
+                             packing_strategy="bfd_split")
+    trainer = recipe.make_trainer(job, model, recipe.load_training_tokenizer(cfg.model.source), args, train, None,
+                                  settings, callbacks=[], embedding_lr=1e-3)
+    optimizer = trainer.create_optimizer()
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    rates = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            rates[names[id(p)]] = group["lr"]
+    embedding = [n for n in rates if "modules_to_save" in n]
+    assert embedding and all(rates[n] == 1e-3 for n in embedding)
+    assert all(rate == cfg.train.cpt.learning_rate for n, rate in rates.items() if "lora_" in n)
+
+
+def test_all_runs_cpt_then_sft_on_the_merged_model(tmp_path, tiny_model_dir):
+    write_data(tmp_path / "data")
+    cfg = make_config(tmp_path, tiny_model_dir, train__stages="all", train__cpt__max_steps=3, train__sft__max_steps=3)
+    assert cfg.train_stages == ["cpt", "sft"]
+    run_stage(cfg, console=QUIET)
+    handle = json.loads((cfg.train_dir / "trained.json").read_text())
+    merged = cfg.train_dir / "cpt" / "merged"
+    assert handle["stages"] == ["cpt", "sft"]
+    assert handle["base_model"] == str(merged.resolve()) and handle["original_model"] == str(tiny_model_dir)
+    assert handle["adapter"] == str((cfg.train_dir / "sft" / "adapter").resolve())
+    adapter_cfg = json.loads((cfg.train_dir / "sft" / "adapter" / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"] == str(merged)
+    assert (merged / "model.safetensors").exists() and load_tokenizer(str(merged)).chat_template
+    stages = [json.loads(line)["stage"] for line in (cfg.train_dir / "metrics.jsonl").read_text().splitlines()]
+    assert stages.index("sft") > stages.index("cpt") and set(stages) == {"cpt", "sft"}
+
+    # unchanged settings and data: nothing is trained again
+    before = (cfg.train_dir / "sft" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    run_stage(cfg, console=QUIET)
+    assert (cfg.train_dir / "sft" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == before
+
+
+def test_qlora_on_cpu_with_bitsandbytes(tmp_path, tiny_model_dir):
+    """QLoRA: nf4 + double-quantized frozen weights (bitsandbytes' CPU backend), bf16 LoRA, 8-bit AdamW."""
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes as bnb
+
+    from bbjtune.train import recipe, sft
+    from bbjtune.train.inputs import load_training_data
+
+    write_data(tmp_path / "data", n_train=12)
+    cfg = make_config(tmp_path, tiny_model_dir, train__quantization__load_in_4bit=True,
+                      train__optim="paged_adamw_8bit", train__sft__max_steps=6, train__sft__learning_rate=1e-2)
+    assert recipe.optimizer_name(cfg) == "adamw_8bit"  # paging is a GPU feature
+    job = recipe.StageJob(cfg=cfg, stage="sft", base_source=cfg.model.source, backend="hf", console=QUIET)
+    tokenizer = recipe.load_training_tokenizer(cfg.model.source)
+    model, _, _ = sft._setup_model(job, tokenizer)
+    linear = model.model.layers[0].mlp.up_proj
+    assert isinstance(linear, bnb.nn.Linear4bit)
+    assert linear.weight.quant_state.quant_type == "nf4" and linear.weight.quant_state.nested  # double quant
+    del model, load_training_data
+
+    run_stage(cfg, console=QUIET)
+    manifest = json.loads((cfg.train_dir / "sft" / "manifest.json").read_text())
+    assert manifest["metrics"]["final_loss"] < manifest["metrics"]["first_loss"]
+    # the adapter loads on the 16-bit base for evaluation/export
+    from bbjtune.train.trained import load_trained
+
+    model, tok = load_trained(cfg.train_dir, dtype="float32", merge=True)
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    ids = tok("print 1", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
