@@ -94,6 +94,7 @@ def test_literal_escapes():
     ("To open a file you use the OPEN verb and then the", True),
     ("You pass the channel, the key,", True),
     ("It works like this...", True),
+    ("Open the file first.\n\n`", True),
     ("Here:\n```bbj\nprint 1\nend\n```\nThat prints one.", False),
     ("Here:\n```bbj\nprint 1\nend\n```", False),
     ("print \"x\"\nend", False),                      # bare code, not a sentence

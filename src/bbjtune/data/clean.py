@@ -104,7 +104,7 @@ _DANGLING_END = tuple(",;([{=+-*/&|<")
 def truncation_reason(answer: str) -> str | None:
     """Why an answer looks cut off, or None. A heuristic, tuned to be quiet on complete answers:
 
-    - a ``` code block that is opened and never closed;
+    - a ``` code block that is opened and never closed, or a fence cut to one or two backticks;
     - the answer ends in '...' or on a character that needs a continuation (`,` `(` `=` ...)
       outside a code block;
     - the last line is a sentence (at least four plain words) without its final punctuation.
@@ -119,6 +119,8 @@ def truncation_reason(answer: str) -> str | None:
         return None
     if last_line.endswith(("...", "…")):
         return "ends with '...'"
+    if last_line in ("`", "``"):
+        return "ends in a partial ``` fence"
     words = last_line.split()
     looks_like_prose = len(words) >= 4 and sum(bool(_PROSE_WORD_RE.match(w)) for w in words) >= 0.8 * len(words)
     if looks_like_prose and (last_line[-1].isalnum() or last_line.endswith(_DANGLING_END)):
