@@ -211,3 +211,21 @@ def test_check_against_reference_finds_patterns_the_reference_breaks():
     assert check_against_reference(case(must=[r"(?i)open"], reference=GOOD_BBJ), compiler="builtin") == []
     broken = check_against_reference(case(reference=BROKEN_BBJ), compiler="builtin")
     assert broken and "does not compile" in broken[0]
+
+
+def test_a_line_that_is_only_a_name_does_not_compile():
+    from bbjtune.evaluate.compile import compile_answer
+
+    assert not compile_answer("```bbj\nStaticStaticStaticStatic\n```", compiler="builtin").compiles
+    assert compile_answer("```bbj\nx = 1\nprint x\n```", compiler="builtin").compiles
+
+
+def test_must_not_looks_at_code_not_at_the_explanation():
+    from bbjtune.evaluate.suite import EvalCase
+
+    case = EvalCase(id="t", prompt="p", category="oop", generation="gui", task="fix", suite="s",
+                    must=[r"(?i)methodret"], must_not=[r"(?im)^\s*return\b"])
+    good = "Replace the\nreturn with METHODRET:\n```bbj\nclass public A\nmethod public BBjNumber f()\n  methodret 1\nmethodend\nclassend\n```"
+    bad = "```bbj\nclass public A\nmethod public BBjNumber f()\n  methodret 1\n  return\nmethodend\nclassend\n```"
+    assert score_patterns(case, good).passed
+    assert score_patterns(case, bad).forbidden

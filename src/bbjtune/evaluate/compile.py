@@ -4,6 +4,10 @@ The code is taken from the answer with `extract_bbj` (fenced ```bbj blocks first
 the real `bbjcpl -N` when it is installed (compiler "auto" or "bbjcpl"), else by bbjtune's
 built-in checker; results say which. An answer without code fails with that reason. compile@k
 uses the unbiased estimator in `estimator.py` over the n samples of each prompt.
+
+Scoring is stricter than the checker's defaults in one way: a statement that is only a name
+("lone-name", a warning for the language server's sake) fails here, because degenerate output
+such as `StaticStaticStatic` would otherwise count as compiling code.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_DIAGNOSTICS_KEPT = 20
+FAILING_WARNINGS = frozenset({"lone-name"})
 
 
 @dataclass
@@ -38,7 +43,7 @@ def compile_code(code: str, compiler: str = "auto", filename: str = "answer.bbj"
         used = resolve_compiler(compiler)
         return CompileResult(False, used, "no BBj code found in the answer", [], code)
     diagnostics, used = check_with(compiler, code, filename)
-    errors = [d for d in diagnostics if d.severity == "error"]
+    errors = [d for d in diagnostics if d.severity == "error" or d.code in FAILING_WARNINGS]
     kept = [d.to_dict() for d in errors[:MAX_DIAGNOSTICS_KEPT]]
     if not errors:
         return CompileResult(True, used, "", kept, code)

@@ -2,8 +2,10 @@
 
 `expect.must` patterns must all match the answer, `expect.must_not` patterns must not match
 (Python-isms, Visual Basic syntax, APIs of the wrong BBj generation); `answer`, when a case has
-one, decides whether a factual question was answered correctly. Everything is checked against
-the whole answer text, code and prose alike, as the suite's tests check it against the reference.
+one, decides whether a factual question was answered correctly. `must` and `answer` are checked
+against the whole answer; `must_not` against the answer's fenced code blocks (any language) when
+it has some, so an answer that explains "replace the `return` with `METHODRET`" is not punished
+for quoting the mistake, else against the whole answer.
 """
 
 from __future__ import annotations
@@ -32,11 +34,20 @@ def _compiled(pattern: str) -> re.Pattern:
     return re.compile(pattern)
 
 
+def fenced_code(text: str) -> str:
+    """All fenced code blocks of an answer, joined; "" when it has none."""
+    from bbjtune.bbj import extract_code_blocks
+
+    return "\n".join(b.code for b in extract_code_blocks(text) if b.fenced)
+
+
 def score_patterns(case: EvalCase, text: str) -> PatternScore:
     text = text or ""
+    code = fenced_code(text)
+    forbidden_in = code if code.strip() else text
     score = PatternScore(has_patterns=bool(case.must or case.must_not))
     score.missing = [p for p in case.must if not _compiled(p).search(text)]
-    score.forbidden = [p for p in case.must_not if _compiled(p).search(text)]
+    score.forbidden = [p for p in case.must_not if _compiled(p).search(forbidden_in)]
     if case.answer is not None:
         score.factual = bool(text.strip()) and _compiled(case.answer).search(text) is not None
     return score
