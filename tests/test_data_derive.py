@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bbjtune.data.derive import decode_source, derive_pairs, documented_methods
+from bbjtune.data.derive import derive_pairs, documented_methods
 
 SOURCE = """\
 use java.util.HashMap
@@ -51,15 +51,12 @@ def test_pairs_write_and_explain_keep_provenance(tmp_path):
     write = next(p for p in pairs if p["derived"] == "method-write")
     assert write["messages"][0] == {"role": "system", "content": "SYS"}
     assert "`setPrice`" in write["messages"][1]["content"] and "PriceList" in write["messages"][1]["content"]
-    assert write["messages"][2]["content"].startswith("```bbj\nmethod public void setPrice")
+    assert write["messages"][2]["content"].startswith("```bbj\nclass public PriceList\n\n    method public void setPrice")
+    assert write["messages"][2]["content"].endswith("classend\n```")
     assert "\r" not in write["messages"][2]["content"]
     assert write["source"] == str(src) and len(write["id"]) == 16
     explain = next(p for p in pairs if p["derived"] == "method-explain")
     assert explain["messages"][2]["content"].startswith("Store the price of an article")
-
-
-def test_latin1_sources_decode():
-    assert decode_source("PRINT \"Größe\"\r\n".encode("latin-1")) == "PRINT \"Größe\"\n"
 
 
 def test_derived_code_from_real_corpus_passes_the_checker(corpus_dir):
@@ -71,5 +68,22 @@ def test_derived_code_from_real_corpus_passes_the_checker(corpus_dir):
     pairs = [p for p in derive_pairs(files, system="S") if p["derived"] == "method-write"]
     assert len(pairs) >= 300
     failing = [p["id"] for p in pairs
-               if any(d.severity == "error" for d in check_source(extract_bbj(p["messages"][2]["content"]), fragment=True))]
+               if any(d.severity == "error" for d in check_source(extract_bbj(p["messages"][2]["content"])))]
     assert len(failing) / len(pairs) < 0.02, failing[:5]
+
+
+def test_data_derive_command_writes_chatml(tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "PriceList.bbj").write_text(SOURCE)
+    out = run_cli("data", "derive", "src", "--out", "derived.jsonl", "--system", "You are a BBj expert.",
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in (tmp_path / "derived.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["messages"][0]["content"] == "You are a BBj expert." for r in rows)
+    assert "3 instruction pairs" in out.stderr
+    missing = run_cli("data", "derive", "nowhere", "--out", "x.jsonl", cwd=tmp_path)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr

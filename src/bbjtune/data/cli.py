@@ -95,6 +95,25 @@ complete; see rejected.jsonl); 2 — a usage problem (a missing file or folder, 
         raise typer.Exit(1)
 
 
+def derive(sources: Annotated[list[str], typer.Argument(
+               help="BBj source files, globs or folders to derive from.", show_default=False)],
+           out: Annotated[Path, typer.Option("--out", "-o", help="The ChatML JSONL file to write.")],
+           system: Annotated[str | None, typer.Option(
+               help="The system prompt of every pair (default: the one in examples/chatml).")] = None) -> None:
+    """Derive instruction pairs from real BBj code: "write this documented method", "explain this \
+method" (from its rem /** ... */ doc comment) and "complete this program". Feed the file to \
+[bold]prepare[/bold] with your other ChatML data; prepare deduplicates and decontaminates it."""
+    from rich.console import Console
+
+    from bbjtune.artifacts import atomic_write_jsonl
+    from bbjtune.data.cpt import find_sources
+    from bbjtune.data.derive import default_system_prompt, derive_pairs
+
+    files, _ = find_sources(sources)
+    n = atomic_write_jsonl(out, derive_pairs(files, system or default_system_prompt()))
+    Console(stderr=True).print(f"{n} instruction pairs from {len(files)} source files → {out}")
+
+
 def _config(config: str | None, overrides: list[str] | None, *, chatml: list[str] | None, model: str | None,
             out: Path | None, sources: list[str] | None = None):
     """The run config: a file or preset, or (without one) the defaults; command-line data paths win."""
@@ -152,3 +171,4 @@ def _print_summary(audit: dict, out_dir: Path, prepared: bool) -> None:
 
 data_app.command("audit")(audit)
 data_app.command("prepare")(prepare)
+data_app.command("derive")(derive)

@@ -3,7 +3,8 @@
 Real BBj libraries document their methods with javadoc-style `rem /** ... rem */` blocks. From
 each documented method we derive two ChatML examples:
 
-- write:   "Write a BBj method ... that <doc>" → the method's code;
+- write:   "Write a BBj method ... that <doc>" → the method's code inside its class (so the answer
+           compiles on its own, as a complete BBj file must);
 - explain: "Explain what this BBj method does" + the code → the doc text as prose;
 
 and from each small program one "complete this program" pair (the first part → the rest).
@@ -18,6 +19,8 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from bbjtune.data.cpt import SourceProblem, decode_source
 
 METHOD_RE = re.compile(r"^\s*method\s+(?P<sig>.*)$", re.IGNORECASE)
 METHODEND_RE = re.compile(r"^\s*methodend\b", re.IGNORECASE)
@@ -40,15 +43,6 @@ class DocumentedMethod:
     code: str               # from the method line to methodend, original indentation removed
     description: str        # the doc comment's prose
     tags: list[tuple[str, str]]  # (@param/@return/@throws, text)
-
-
-def decode_source(data: bytes) -> str:
-    """BBj files are UTF-8 or Latin-1, LF or CRLF: give text with LF line ends."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")
-    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _dedent(lines: list[str]) -> str:
@@ -139,11 +133,15 @@ def pairs_from_method(m: DocumentedMethod, system: str) -> list[dict]:
     if returns:
         spec += f"\n\nReturns: {returns[0]}"
     meta = {"category": "oop", "generation": guess_generation(m.code), "source": m.path}
+    code = m.code
+    if m.class_name:
+        code = f"class public {m.class_name}\n\n" + "".join(
+            f"    {line}\n" if line else "\n" for line in m.code.rstrip("\n").split("\n")) + "\nclassend\n"
     write = _example(
         system,
         f"Write the BBj method `{_method_name(m.signature)}`{owner} with the signature `{m.signature}`. "
         f"It should do the following: {spec}",
-        f"```bbj\n{m.code}```", task="write", derived="method-write", **meta)
+        f"```bbj\n{code}```", task="write", derived="method-write", **meta)
     explanation = m.description
     if params:
         explanation += "\n\nIts parameters:\n" + "\n".join(params)
@@ -174,7 +172,10 @@ def completion_pair(text: str, path: str, system: str) -> dict | None:
 def derive_pairs(files: Iterable[Path], system: str) -> Iterator[dict]:
     """All derived pairs from the given source files, each with a stable id."""
     for path in files:
-        text = decode_source(Path(path).read_bytes())
+        try:
+            text, _ = decode_source(Path(path).read_bytes())
+        except SourceProblem:
+            continue  # binary or empty: nothing to learn from
         derived = [p for m in documented_methods(text, str(path)) for p in pairs_from_method(m, system)]
         if (pair := completion_pair(text, str(path), system)) is not None:
             derived.append(pair)
@@ -182,3 +183,14 @@ def derive_pairs(files: Iterable[Path], system: str) -> Iterator[dict]:
             key = "\n".join(msg["content"] for msg in pair["messages"][1:])
             pair["id"] = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
             yield pair
+
+
+def default_system_prompt() -> str:
+    """The system prompt of the project's examples (the fixed prompt used in training)."""
+    import json
+
+    examples = Path(__file__).resolve().parents[3] / "examples" / "chatml" / "bbj-instructions.jsonl"
+    if examples.exists():
+        with open(examples, encoding="utf-8") as fh:
+            return json.loads(fh.readline())["messages"][0]["content"]
+    return "You are a BBj expert. Answer with correct, idiomatic BBj code."
