@@ -8,9 +8,13 @@ PIP    := $(PY) -m pip
 # torch first and pinned: on a CPU machine with a local CPU wheel this avoids a multi-GB CUDA download.
 TORCH  ?= torch==2.13.0
 EXTRAS ?= eval,export,review,qlora-cpu,tensorboard
-# llama-cpp-python compiles llama.cpp from source once (a few minutes on 2 cores); pip caches the wheel.
-export CMAKE_ARGS ?= -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=OFF
-export CMAKE_BUILD_PARALLEL_LEVEL ?= 2
+# llama-cpp-python compiles llama.cpp from source once: ~9 CPU-minutes, 5-7 min on 2 cores (benchmarks/
+# RESULTS.md, "Export"); pip caches the wheel (~/.cache/pip/wheels: cache that directory in CI).
+# GGML_NATIVE=OFF: a portable AVX2 build whose cached wheel works on any x86-64 machine of the last decade.
+# LLAVA_BUILD=OFF: skip the multimodal library bbjtune never loads. llama.cpp's examples, tests and C++
+# server are already off when llama-cpp-python builds it.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 export HF_HUB_DISABLE_TELEMETRY = 1
 export TOKENIZERS_PARALLELISM = false

@@ -114,7 +114,7 @@ def _chat(path: Path) -> dict:
         t0 = time.time()
         res = llm.create_chat_completion(
             messages=[{"role": "system", "content": "You are an expert BBj developer."},
-                      {"role": "user", "content": BBJ_REQUEST}], max_tokens=256, temperature=0.0)
+                      {"role": "user", "content": BBJ_REQUEST}], max_tokens=768, temperature=0.0)
         seconds = time.time() - t0
     finally:
         llm.close()

@@ -46,8 +46,10 @@ def server(tiny_model_dir, tmp_path_factory):
             pytest.fail(f"server did not start: {proc.stdout.read()}")
         time.sleep(0.5)
     yield base
-    proc.terminate()
-    proc.wait(timeout=20)
+    proc.terminate()    # SIGTERM to bbjtune must stop the llama.cpp server it started
+    assert proc.wait(timeout=30) == 0
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{base}/models", timeout=2)
 
 
 def test_models_endpoint_names_the_model(server):

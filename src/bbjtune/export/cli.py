@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -129,11 +130,16 @@ def serve_gguf(
         typer.echo(f"warning: listening on {host}: other machines can reach this server (it has no password)", err=True)
     typer.echo(f"Serving {path.name} as \"{alias}\" at http://{host}:{port}/v1  (Ctrl-C stops)", err=True)
     proc = subprocess.Popen(command)
+    # stopping bbjtune stops the server too (a service manager or a test sends SIGTERM, not Ctrl-C)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: proc.terminate())
     try:
         code = proc.wait()
     except KeyboardInterrupt:
         proc.terminate()
         proc.wait(timeout=10)
+        return
+    if code in (-signal.SIGTERM, -signal.SIGHUP):
         return
     if code != 0:
         raise BbjtuneError(f"the llama.cpp server stopped with exit code {code}",

@@ -56,7 +56,9 @@ def run_stage(cfg: RunConfig) -> Path:
     check_disk_space(out, estimate_parameters(plan.base), export.gguf, export.lora_gguf)
 
     with StageRun(out, stage="export", config=cfg.model_dump(mode="json")) as run:
-        run.add_inputs([p for p in [Path(plan.base), *plan.adapters] if p.exists() and p.is_dir()])
+        # hash the small inputs (adapters, trained.json, the base's config), not a multi-GB base model
+        base_config = Path(plan.base) / "config.json"
+        run.add_inputs([cfg.train_dir / "trained.json", *plan.adapters, *([base_config] if base_config.exists() else [])])
         run.extra["base_model"] = plan.base
         merged = out / "merged"
         with tempfile.TemporaryDirectory(prefix=".export.", dir=out) as scratch:

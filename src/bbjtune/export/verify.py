@@ -33,19 +33,22 @@ class Tolerance:
     greedy_tokens: int     # the first N greedy tokens must agree on every prompt (0: not required)
 
 
-# Measured on the tiny test models and on Qwen2.5-Coder-0.5B (benchmarks/RESULTS.md, "Export"),
-# with headroom; a wrong conversion (tensor order, rope, tokenizer) is off by orders of magnitude.
+# Calibrated on Qwen2.5-Coder-0.5B-Instruct (bf16 merged model vs its GGUFs, 5 BBj prompts, ~150 k
+# logits per position; benchmarks/RESULTS.md "Export") with 2-3x headroom: there f16 gave max 0.071×std,
+# mean 0.0013×std, top-1 100 %; q8_0 0.32 / 0.024 / 98 %; q4_k_m 0.76 / 0.059 / 96 %. The max is a
+# tail over millions of logits, so it gets the widest margin; the mean and top-1 carry the verdict.
+# A wrong conversion (swapped tensors, wrong rope, wrong tokenizer) is off by orders of magnitude.
 TOLERANCES: dict[str, Tolerance] = {
-    "f32": Tolerance(0.01, 0.002, 0.99, 8),
-    "f16": Tolerance(0.05, 0.01, 0.97, 8),
-    "bf16": Tolerance(0.25, 0.05, 0.90, 0),
-    "q8_0": Tolerance(0.25, 0.05, 0.90, 0),
-    "q6_k": Tolerance(0.5, 0.1, 0.85, 0),
-    "q5_k_m": Tolerance(0.75, 0.15, 0.80, 0),
-    "q4_k_m": Tolerance(1.5, 0.3, 0.70, 0),
-    "q4_0": Tolerance(2.0, 0.4, 0.60, 0),
-    "q3_k_m": Tolerance(3.0, 0.6, 0.50, 0),
-    "q2_k": Tolerance(5.0, 1.0, 0.30, 0),
+    "f32": Tolerance(0.05, 0.005, 0.99, 8),
+    "f16": Tolerance(0.2, 0.01, 0.97, 8),
+    "bf16": Tolerance(0.5, 0.03, 0.95, 0),
+    "q8_0": Tolerance(0.8, 0.06, 0.93, 0),
+    "q6_k": Tolerance(1.2, 0.1, 0.9, 0),
+    "q5_k_m": Tolerance(1.6, 0.13, 0.87, 0),
+    "q4_k_m": Tolerance(2.5, 0.2, 0.8, 0),
+    "q4_0": Tolerance(3.0, 0.25, 0.75, 0),
+    "q3_k_m": Tolerance(4.0, 0.35, 0.65, 0),
+    "q2_k": Tolerance(6.0, 0.6, 0.4, 0),
 }
 
 SMALL_MODEL_BYTES = 64 * 2**20
