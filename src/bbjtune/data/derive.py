@@ -7,7 +7,7 @@ each documented method we derive two ChatML examples:
            compiles on its own, as a complete BBj file must);
 - explain: "Explain what this BBj method does" + the code → the doc text as prose;
 
-and from each small program one "complete this program" pair (the first part → the rest).
+and from each small program one "complete this program" pair (its first part → the whole program).
 Everything derived keeps its provenance (`source`, `derived`), so the data stage can deduplicate it
 and decontaminate it against the evaluation suite like any other example.
 """
@@ -24,7 +24,8 @@ from bbjtune.data.cpt import SourceProblem, decode_source
 
 METHOD_RE = re.compile(r"^\s*method\s+(?P<sig>.*)$", re.IGNORECASE)
 METHODEND_RE = re.compile(r"^\s*methodend\b", re.IGNORECASE)
-CLASS_RE = re.compile(r"^\s*class\s+(?:(?:public|private|protected|static|final)\s+)*(?P<name>[\w.]+)", re.IGNORECASE)
+CLASS_RE = re.compile(r"^\s*class\s+(?:(?:public|private|protected|static|final)\s+)*"
+                      r"(?!(?:public|private|protected|static|final)\b)(?P<name>[\w.]+)", re.IGNORECASE)
 CLASSEND_RE = re.compile(r"^\s*classend\b", re.IGNORECASE)
 DOC_END_RE = re.compile(r"^\s*rem\s*(?:/\*\*.*)?\*/\s*$", re.IGNORECASE)
 DOC_START_RE = re.compile(r"^\s*rem\s*/\*\*(?P<rest>.*)$", re.IGNORECASE)
@@ -117,6 +118,21 @@ def _example(system: str, user: str, assistant: str, **meta: str) -> dict:
     return {"messages": messages, **meta}
 
 
+def _sentence(text: str) -> str:
+    """End a doc phrase with a full stop, as prose answers do."""
+    text = text.rstrip()
+    return text + "." if text and text[-1].isalnum() or text.endswith(("`", ")", "'", '"')) else text
+
+
+def in_class(method_code: str, class_name: str | None) -> str:
+    """A method inside its class, so the code is a whole BBj file (continuation lines stay in column 0)."""
+    if not class_name:
+        return method_code
+    body = "".join("\n" if not line else (line + "\n" if line.startswith(":") else f"    {line}\n")
+                   for line in method_code.rstrip("\n").split("\n"))
+    return f"class public {class_name}\n\n{body}\nclassend\n"
+
+
 def pairs_from_method(m: DocumentedMethod, system: str) -> list[dict]:
     if len(m.description) < MIN_DOC_CHARS or "{@inheritDoc}" in m.description:
         return []
@@ -133,21 +149,18 @@ def pairs_from_method(m: DocumentedMethod, system: str) -> list[dict]:
     if returns:
         spec += f"\n\nReturns: {returns[0]}"
     meta = {"category": "oop", "generation": guess_generation(m.code), "source": m.path}
-    code = m.code
-    if m.class_name:
-        code = f"class public {m.class_name}\n\n" + "".join(
-            f"    {line}\n" if line else "\n" for line in m.code.rstrip("\n").split("\n")) + "\nclassend\n"
+    code = in_class(m.code, m.class_name)
     write = _example(
         system,
         f"Write the BBj method `{_method_name(m.signature)}`{owner} with the signature `{m.signature}`. "
         f"It should do the following: {spec}",
         f"```bbj\n{code}```", task="write", derived="method-write", **meta)
-    explanation = m.description
+    explanation = _sentence(m.description)
     if params:
-        explanation += "\n\nIts parameters:\n" + "\n".join(params)
+        explanation += "\n\nIts parameters:\n" + "\n".join(_sentence(p) for p in params)
     if returns:
-        explanation += f"\n\nIt returns {returns[0][0].lower() + returns[0][1:]}"
-    explain = _example(system, f"Explain what this BBj method does:\n\n```bbj\n{m.code}```",
+        explanation += f"\n\nIt returns {_sentence(returns[0][0].lower() + returns[0][1:])}"
+    explain = _example(system, f"Explain what this BBj method does:\n\n```bbj\n{code}```",
                        explanation, task="explain", derived="method-explain", **meta)
     return [write, explain]
 
@@ -163,9 +176,10 @@ def completion_pair(text: str, path: str, system: str) -> dict | None:
     cut = min(blanks, key=lambda i: abs(i - mid)) if blanks else mid
     if lines[cut].startswith(":") or (cut + 1 < len(lines) and lines[cut + 1].startswith(":")):
         return None
-    head, tail = "\n".join(lines[:cut]).rstrip() + "\n", "\n".join(lines[cut:]).strip("\n") + "\n"
+    head = "\n".join(lines[:cut]).rstrip() + "\n"
     return _example(system, f"Complete this BBj program:\n\n```bbj\n{head}```",
-                    f"```bbj\n{tail}```", task="write", derived="complete-program",
+                    f"Here is the complete program:\n\n```bbj\n{text.strip(chr(10))}\n```",
+                    task="write", derived="complete-program",
                     category="program-structure", generation=guess_generation(text), source=path)
 
 
