@@ -107,29 +107,50 @@ def test_packing_keeps_examples_apart(tmp_path, tiny_model_dir):
     assert checked >= 4
 
 
+def generate_answers(model, tokenizer, max_new_tokens):
+    """Greedy answers to each request of PAIRS: (generated ids, expected answer)."""
+    results = []
+    for i in range(len(PAIRS)):
+        prompt = [m for m in conversation(i) if m["role"] != "assistant"]
+        inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        results.append((out[0, inputs["input_ids"].shape[1]:], conversation(i)[-1]["content"]))
+    return results
+
+
 def test_trained_model_stops_at_im_end(tmp_path, tiny_model_dir):
-    """Stage 2 teaches the Base model to end its answer with <|im_end|>, and generation stops there."""
+    """Stage 2 teaches a Base model (which never saw ChatML) to end each answer with <|im_end|>, and stop there."""
+    from transformers import GenerationConfig
+
+    from bbjtune.models import load_model, load_tokenizer
     from bbjtune.train.stage import run_stage
     from bbjtune.train.trained import load_trained
+    from train_helpers import pretrain_base
+
+    base_dir = pretrain_base(tmp_path / "base", tiny_model_dir)
+    base, base_tokenizer = load_model(str(base_dir), dtype="float32").eval(), load_tokenizer(str(base_dir))
+    im_end = base_tokenizer.convert_tokens_to_ids(IM_END)
+    base.generation_config = GenerationConfig(eos_token_id=[im_end], pad_token_id=base_tokenizer.pad_token_id)
+    stops_before = sum(out[-1].item() == im_end for out, _ in generate_answers(base, base_tokenizer, 40))
+    assert stops_before == 0, "the Base model already ends answers with <|im_end|>; the test would prove nothing"
 
     write_data(tmp_path / "data", n_train=48, n_heldout=2)
-    cfg = make_config(tmp_path, tiny_model_dir, train__sft__epochs=8, train__sft__learning_rate=1e-2,
+    cfg = make_config(tmp_path, base_dir, train__sft__epochs=20, train__sft__learning_rate=5e-3,
                       train__lora__r=16, train__lora__alpha=32, train__sft__per_device_batch_size=4,
-                      train__sft__max_length=512, train__logging_steps=20)
+                      train__logging_steps=20)
     run_stage(cfg, console=Console(stderr=True, quiet=True))
 
     model, tokenizer = load_trained(cfg.train_dir)
     assert tokenizer.eos_token == IM_END
-    eos = model.generation_config.eos_token_id
-    assert sorted(eos) == sorted(tokenizer.convert_tokens_to_ids([IM_END, ENDOFTEXT]))
-    for i in range(len(PAIRS)):
-        prompt = [m for m in conversation(i) if m["role"] != "assistant"]
-        answer = conversation(i)[-1]["content"]
-        inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        limit = len(tokenizer(answer)["input_ids"]) + 8
-        out = model.generate(**inputs, max_new_tokens=limit * 3, do_sample=False)[0, inputs["input_ids"].shape[1]:]
-        assert out[-1].item() == tokenizer.convert_tokens_to_ids(IM_END), f"did not stop: {tokenizer.decode(out)!r}"
-        assert len(out) <= limit, f"stopped too late ({len(out)} tokens): {tokenizer.decode(out)!r}"
+    assert sorted(model.generation_config.eos_token_id) == sorted(tokenizer.convert_tokens_to_ids([IM_END, ENDOFTEXT]))
+    exact = 0
+    for out, answer in generate_answers(model, tokenizer, 60):
+        text = tokenizer.decode(out)
+        assert out[-1].item() == im_end, f"did not stop: {text!r}"
+        assert len(out) <= 2 * len(tokenizer(answer)["input_ids"]) + 4, f"stopped too late: {text!r}"
+        exact += text == answer + IM_END
+    assert exact >= len(PAIRS) // 2, "the answers themselves were not learnt"
 
 
 def test_saved_adapter_and_handle(tmp_path, tiny_model_dir):

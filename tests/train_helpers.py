@@ -86,3 +86,29 @@ def make_config(tmp_path: Path, model_dir: Path, data_dir: Path | None = None, *
     for key, value in overrides.items():
         _set(raw, key.replace("__", "."), value)
     return validate_config(raw)
+
+
+def pretrain_base(out_dir: Path, model_dir: Path, steps: int = 300, lr: float = 2e-3) -> Path:
+    """A stand-in for a pretrained Base model: tiny:test fully trained on plain text, never on ChatML.
+
+    A random tiny model with frozen random embeddings cannot put much probability on any token, so
+    LoRA alone cannot teach it anything quickly; a real Base model knows its language already. This
+    one knows the requests and answers as plain text and has never seen <|im_start|>/<|im_end|>.
+    """
+    import torch
+
+    from bbjtune.models import load_model, load_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(str(model_dir))
+    model = load_model(str(model_dir), dtype="float32").train()
+    texts = [f"{q}\n{a}\n" for q, a in PAIRS] + CODE
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    for step in range(steps):
+        ids = torch.tensor([tokenizer(texts[step % len(texts)] + "<|endoftext|>")["input_ids"]])
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir

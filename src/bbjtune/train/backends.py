@@ -35,9 +35,11 @@ def local_rank() -> int:
 
 
 def sharded_launch() -> bool:
-    """True under `accelerate launch` with FSDP or DeepSpeed (the model must be loaded without a device map)."""
-    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or \
-        os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    """True under `accelerate launch` with FSDP or DeepSpeed ZeRO-3, which place (shard) the weights themselves."""
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    zero3 = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and \
+        os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "") == "3"
+    return fsdp or zero3
 
 
 def unsloth_importable() -> bool:

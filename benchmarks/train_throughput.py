@@ -1,0 +1,479 @@
+"""Training throughput: plain HF+PEFT, Unsloth as documented, and bbjtune's own SFT path, side by side.
+
+Builds Qwen2.5-Coder architectures with random weights (speed does not depend on the values),
+saves them once under --work-dir, then measures each row in its own process (Unsloth patches
+libraries on import; a fresh process keeps every row honest):
+
+  7b-lora     bf16 LoRA r=32 on all linear layers, batch 4 x 2048, gradient checkpointing, SDPA
+  7b-qlora    the same on nf4 + double-quantized weights
+  14b-qlora   the 14B architecture, QLoRA
+  mix         7B LoRA on a realistic BBj length mix (conversations of 100-2000+ tokens): without
+              packing each batch is padded to its longest conversation, bbjtune packs them; the
+              figure that matters is useful (non-padding) tokens per second
+
+Each group has four rows: (a) hf-peft: transformers + peft + Trainer, the plain baseline;
+(b) unsloth: FastLanguageModel + get_peft_model + trl's SFTTrainer as Unsloth's docs show;
+(c) bbjtune-hf and (d) bbjtune-unsloth: bbjtune's SFT recipe (`bbjtune.train.recipe`) with each
+backend. Reported per row: tokens/s (all tokens fed to the model, padding included), useful
+tokens/s, MFU (model FLOPs utilisation: 6 x (linear + lm_head parameters) + 6 x layers x hidden x
+sequence per token for the causal attention, over the GPU's dense bf16 peak), peak memory
+(torch's max allocated), for bbjtune rows the memory estimate and its error, and the ratios to (a)
+and (b). A row whose library is missing says "not available".
+
+    python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
+    python benchmarks/train_throughput.py --groups 7b-lora,mix --steps 8
+    python benchmarks/train_throughput.py --smoke --out /tmp/smoke.json      # CPU, tiny sizes, seconds
+
+Prints a markdown table; writes every measurement as JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ARCHS = {
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "14b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=48, num_attention_heads=40,
+                num_key_value_heads=8, vocab_size=152064, tie_word_embeddings=False),
+    "smoke": dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=4096, tie_word_embeddings=False),
+}
+GROUPS = {  # group: (architecture, 4-bit, workload)
+    "7b-lora": ("7b", False, "full"),
+    "7b-qlora": ("7b", True, "full"),
+    "14b-qlora": ("14b", True, "full"),
+    "mix": ("7b", False, "mix"),
+}
+PATHS = ("hf-peft", "unsloth", "bbjtune-hf", "bbjtune-unsloth")
+QWEN2_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+GiB = 1024**3
+
+
+@dataclass
+class Settings:
+    batch: int = 4
+    seq: int = 2048
+    lora_r: int = 32
+    lora_alpha: int = 64
+    steps: int = 6
+    warmup: int = 2
+    smoke: bool = False
+
+
+# ----------------------------------------------------------------------------- workloads
+
+def bbj_length_mix(n: int, seq: int, rng: random.Random) -> list[int]:
+    """Conversation lengths in tokens, shaped like BBj instruction data: most a few hundred tokens,
+    a long tail of multi-screen programs (log-normal, median ~ seq/4, capped at seq)."""
+    return [max(48, min(seq, int(rng.lognormvariate(math.log(seq / 4), 0.75)))) for _ in range(n)]
+
+
+def token_rows(lengths: list[int], vocab: int, rng: random.Random) -> list[list[int]]:
+    return [[rng.randrange(16, vocab) for _ in range(n)] for n in lengths]
+
+
+def conversations_from_rows(rows: list[list[int]], tokenizer: Any) -> list[list[dict[str, str]]]:
+    """ChatML conversations whose answers decode from the given token rows (for bbjtune's own path)."""
+    out = []
+    for ids in rows:
+        cut = max(8, len(ids) // 8)
+        out.append([{"role": "system", "content": "You are a BBj expert."},
+                    {"role": "user", "content": tokenizer.decode(ids[:cut])},
+                    {"role": "assistant", "content": tokenizer.decode(ids[cut:])}])
+    return out
+
+
+# ----------------------------------------------------------------------------- model checkpoints
+
+def make_checkpoint(arch: str, work_dir: Path, device: str) -> Path:
+    """A random-weight Qwen2 checkpoint (bf16 safetensors) + a ChatML tokenizer, built once."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from bbjtune.models.tiny import build_tiny
+
+    target = work_dir / f"qwen2.5-coder-{arch}-random"
+    if (target / "config.json").exists():
+        return target
+    config = Qwen2Config(**ARCHS[arch], max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+                         use_sliding_window=False, bos_token_id=0, eos_token_id=0)
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    with torch.device(device):
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(config).to(dtype)
+    tmp = Path(tempfile.mkdtemp(prefix=".ckpt.", dir=work_dir))
+    model.save_pretrained(tmp, max_shard_size="5GB")
+    del model
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(build_tiny("tiny:test")).save_pretrained(tmp)  # ChatML specials; ids < 4096
+    tmp.rename(target)
+    return target
+
+
+# ----------------------------------------------------------------------------- measuring
+
+class Meter:
+    """Times optimizer steps after warm-up; counts tokens fed and useful (non-padding) tokens."""
+
+    def __init__(self, warmup: int, pad_id: int):
+        self.warmup, self.pad_id = warmup, pad_id
+        self.tokens = self.useful = 0
+        self.pending_tokens = self.pending_useful = 0
+        self.steps = 0
+        self.t0: float | None = None
+        self.elapsed = 0.0
+
+    def count(self, batch: dict[str, Any]) -> None:
+        """Called with each micro-batch as the model receives it."""
+        ids = batch["input_ids"]
+        self.pending_tokens += ids.numel()
+        if "attention_mask" in batch:
+            self.pending_useful += int(batch["attention_mask"].sum())
+        else:
+            self.pending_useful += int((ids != self.pad_id).sum())
+
+    def step_begin(self) -> None:
+        _sync()
+        self.t0 = time.perf_counter()
+
+    def step_end(self) -> None:
+        _sync()
+        self.steps += 1
+        if self.steps > self.warmup:
+            self.elapsed += time.perf_counter() - self.t0
+            self.tokens += self.pending_tokens
+            self.useful += self.pending_useful
+        self.pending_tokens = self.pending_useful = 0
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def meter_callback(meter: Meter):
+    from transformers import TrainerCallback
+
+    class _Callback(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            meter.step_begin()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            meter.step_end()
+
+    return _Callback()
+
+
+def attach(trainer: Any, meter: Meter) -> None:
+    """Count the tokens of every micro-batch the trainer computes a loss on, and time its steps."""
+    compute_loss = trainer.compute_loss
+
+    def counted(model, inputs, *args, **kwargs):
+        if model.training:
+            meter.count(inputs)
+        return compute_loss(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = counted
+    trainer.add_callback(meter_callback(meter))
+
+
+def reset_peak() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory() -> dict[str, float]:
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return {"peak_allocated_gib": torch.cuda.max_memory_allocated() / GiB,
+                "peak_reserved_gib": torch.cuda.max_memory_reserved() / GiB}
+    return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB}
+
+
+def flops_per_token(arch: str, seq: int) -> float:
+    a = ARCHS[arch]
+    h, i, layers, heads, kv = (a["hidden_size"], a["intermediate_size"], a["num_hidden_layers"],
+                               a["num_attention_heads"], a["num_key_value_heads"])
+    head_dim = h // heads
+    linear = layers * (h * h * 2 + 2 * h * kv * head_dim + 3 * h * i) + a["vocab_size"] * h
+    return 6 * linear + 6 * layers * h * seq
+
+
+def gpu_peak_flops() -> tuple[str, float | None]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu", None
+    name = torch.cuda.get_device_name(0)
+    return name, next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+# ----------------------------------------------------------------------------- the four paths
+
+def run_hf_peft(ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, meter: Meter, out_dir: Path) -> None:
+    """(a) The plain baseline: transformers model + peft LoRA + transformers Trainer, padding per batch."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from bbjtune.models import load_tokenizer
+
+    dtype = torch.float32 if s.smoke else torch.bfloat16
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
+    if quant:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": 0}
+    model = AutoModelForCausalLM.from_pretrained(ckpt, **kwargs)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    model = get_peft_model(model, LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=0.0,
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    model.train()  # from_pretrained leaves eval mode, where checkpointing does nothing (DESIGN.md)
+    tokenizer = load_tokenizer(str(ckpt))
+    data = Dataset.from_list([{"input_ids": r, "labels": r} for r in rows])
+    collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+    args = TrainingArguments(output_dir=str(out_dir), per_device_train_batch_size=s.batch, max_steps=s.warmup + s.steps,
+                             learning_rate=2e-4, logging_steps=1000, save_strategy="no", report_to="none",
+                             bf16=not s.smoke, use_cpu=s.smoke, optim="adamw_torch", disable_tqdm=True,
+                             remove_unused_columns=False, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator)
+    attach(trainer, meter)
+    reset_peak()
+    trainer.train()
+
+
+def run_unsloth(ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, meter: Meter, out_dir: Path) -> None:
+    """(b) Unsloth as its documentation shows: FastLanguageModel, get_peft_model, trl's SFTTrainer."""
+    from unsloth import FastLanguageModel  # noqa: I001 — before trl/transformers, as Unsloth requires
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    model, tokenizer = FastLanguageModel.from_pretrained(model_name=str(ckpt), max_seq_length=s.seq, dtype=None,
+                                                         load_in_4bit=quant)
+    model = FastLanguageModel.get_peft_model(model, r=s.lora_r, target_modules=QWEN2_LINEAR, lora_alpha=s.lora_alpha,
+                                             lora_dropout=0, bias="none", use_gradient_checkpointing="unsloth",
+                                             random_state=3407)
+    data = Dataset.from_list([{"input_ids": r} for r in rows])
+    args = SFTConfig(output_dir=str(out_dir), per_device_train_batch_size=s.batch, max_steps=s.warmup + s.steps,
+                     learning_rate=2e-4, logging_steps=1000, save_strategy="no", report_to="none", bf16=True,
+                     optim="adamw_torch", max_length=s.seq, packing=False, disable_tqdm=True)
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=data, args=args)
+    attach(trainer, meter)
+    reset_peak()
+    trainer.train()
+
+
+def run_bbjtune(ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, meter: Meter, out_dir: Path,
+                backend: str) -> dict[str, Any]:
+    """(c, d) bbjtune's SFT recipe, with the given backend, on the same tokens as ChatML conversations."""
+    if backend == "unsloth":
+        import unsloth  # noqa: F401 — first, as Unsloth requires
+    from rich.console import Console
+
+    from bbjtune.config import validate_config
+    from bbjtune.models import load_tokenizer
+    from bbjtune.train import recipe, sft
+    from bbjtune.train.inputs import TrainingData
+    from bbjtune.train.memory import Architecture, estimate_for_config
+
+    tokenizer = load_tokenizer(str(ckpt))
+    cfg = validate_config({
+        "name": "bench", "output_dir": str(out_dir),
+        "model": {"source": str(ckpt), "kind": "instruct", "dtype": "float32" if s.smoke else "bfloat16",
+                  "attn_implementation": "sdpa"},
+        "data": {"chatml": ["-"], "output_dir": str(out_dir / "data")},
+        "train": {"backend": backend, "stages": "sft", "optim": "adamw_torch", "gradient_checkpointing": True,
+                  "lora": {"r": s.lora_r, "alpha": s.lora_alpha, "dropout": 0.0},
+                  "quantization": {"load_in_4bit": quant}, "save_steps": 10**6, "logging_steps": 1000,
+                  "sft": {"max_steps": s.warmup + s.steps, "max_length": s.seq, "per_device_batch_size": s.batch,
+                          "gradient_accumulation_steps": 1, "packing": True, "learning_rate": 2e-4}},
+        "export": {"vllm": {"enabled": False}},
+    })
+    recipe.configure_torch(cfg)
+    job = recipe.StageJob(cfg=cfg, stage="sft", base_source=str(ckpt), backend=backend,
+                          console=Console(stderr=True, quiet=True), resume="never")
+    tok = recipe.load_training_tokenizer(job.base_source)
+    model, peft_settings, _ = sft._setup_model(job, tok)
+    data = TrainingData(conversations=conversations_from_rows(rows, tokenizer))
+    train_dataset, _ = sft._setup_data(data)
+    args = recipe.sft_config(job, has_eval=False, assistant_only_loss=True, packing_strategy="bfd")
+    trainer = recipe.make_trainer(job, model, tok, args, train_dataset, None, peft_settings, callbacks=[])
+    attach(trainer, meter)
+    reset_peak()
+    trainer.train()
+    estimate = estimate_for_config(cfg, "sft", Architecture.from_config(model.config)).as_gib()
+    return {"estimate_gib": estimate["total"]}
+
+
+# ----------------------------------------------------------------------------- one row (worker process)
+
+def measure(group: str, path: str, s: Settings, work_dir: Path) -> dict[str, Any]:
+    import importlib.util
+
+    import torch
+
+    arch, quant, workload = GROUPS[group]
+    if s.smoke:
+        arch = "smoke"
+    row: dict[str, Any] = {"group": group, "path": path, "arch": arch, "qlora": quant, "workload": workload,
+                           "batch": s.batch, "seq": s.seq, "lora_r": s.lora_r}
+    missing = [m for m, needed in (("unsloth", "unsloth" in path), ("bitsandbytes", quant)) if needed
+               and importlib.util.find_spec(m) is None]
+    if "unsloth" in path and not torch.cuda.is_available():
+        missing.append("a CUDA GPU")
+    if missing:
+        row["status"] = "not available (needs " + ", ".join(missing) + ")"
+        return row
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ckpt = make_checkpoint(arch, work_dir, device)
+    rng = random.Random(0)
+    n = s.batch * (s.warmup + s.steps) * (4 if workload == "mix" else 1)
+    lengths = bbj_length_mix(n, s.seq, rng) if workload == "mix" else [s.seq] * n
+    rows = token_rows(lengths, 4000, rng)
+    meter = Meter(s.warmup, pad_id=0)
+    out_dir = Path(tempfile.mkdtemp(prefix=f"{group}-{path}-", dir=work_dir))
+    from bbjtune.models import load_tokenizer
+
+    meter.pad_id = load_tokenizer(str(ckpt)).pad_token_id
+    try:
+        extra = {}
+        if path == "hf-peft":
+            run_hf_peft(ckpt, quant, rows, s, meter, out_dir)
+        elif path == "unsloth":
+            run_unsloth(ckpt, quant, rows, s, meter, out_dir)
+        else:
+            extra = run_bbjtune(ckpt, quant, rows, s, meter, out_dir, path.split("-", 1)[1])
+    except Exception as exc:  # noqa: BLE001 — a failing row is reported, the others still run
+        row["status"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        return row
+    gpu, peak = gpu_peak_flops()
+    row.update(status="ok", device=gpu, measured_steps=meter.steps - s.warmup, seconds=round(meter.elapsed, 3),
+               tokens_per_s=meter.tokens / meter.elapsed if meter.elapsed else None,
+               useful_tokens_per_s=meter.useful / meter.elapsed if meter.elapsed else None,
+               padding_share=1 - meter.useful / meter.tokens if meter.tokens else None, **peak_memory(), **extra)
+    if peak and row["useful_tokens_per_s"]:
+        row["mfu"] = row["useful_tokens_per_s"] * flops_per_token(arch, s.seq) / peak
+    if "estimate_gib" in row and "peak_allocated_gib" in row:
+        row["estimate_error"] = row["estimate_gib"] / row["peak_allocated_gib"] - 1
+    return row
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+def run_row(group: str, path: str, s: Settings, work_dir: Path, timeout: int) -> dict[str, Any]:
+    """Measure one row in a fresh process (Unsloth patches libraries globally)."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
+        result_file = Path(fh.name)
+    cmd = [sys.executable, __file__, "--worker", f"{group}:{path}", "--work-dir", str(work_dir),
+           "--json", str(result_file), "--steps", str(s.steps), "--warmup", str(s.warmup),
+           "--batch", str(s.batch), "--seq", str(s.seq)] + (["--smoke"] if s.smoke else [])
+    t0 = time.time()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if result_file.exists() and result_file.stat().st_size:
+            row = json.loads(result_file.read_text())
+        else:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            row = {"group": group, "path": path, "status": f"failed: exit {proc.returncode}: {tail[0][:200]}"}
+    except subprocess.TimeoutExpired:
+        row = {"group": group, "path": path, "status": f"failed: timed out after {timeout} s"}
+    finally:
+        result_file.unlink(missing_ok=True)
+    row["wall_s"] = round(time.time() - t0, 1)
+    print(f"  {group:10s} {path:16s} {row.get('status')}  ({row['wall_s']} s)", file=sys.stderr, flush=True)
+    return row
+
+
+def ratio(row: dict[str, Any], ref: dict[str, Any] | None, key: str) -> str:
+    if not ref or ref.get("status") != "ok" or row.get("status") != "ok" or not ref.get(key):
+        return "–"
+    return f"{row[key] / ref[key]:.2f}x"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    mem_key = "peak_allocated_gib" if any("peak_allocated_gib" in r for r in rows) else "peak_rss_gib"
+    lines = ["| group | path | tokens/s | useful tokens/s | MFU | peak memory GiB | estimate GiB (error) "
+             "| vs (a) hf-peft | vs (b) unsloth |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r.get("status") != "ok":
+            lines.append(f"| {r['group']} | {r['path']} | {r.get('status')} | | | | | | |")
+            continue
+        same = {x["path"]: x for x in rows if x["group"] == r["group"]}
+        est = (f"{r['estimate_gib']:.1f} ({100 * r['estimate_error']:+.0f}%)" if "estimate_error" in r
+               else f"{r['estimate_gib']:.1f}" if "estimate_gib" in r else "–")
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "–"
+        lines.append(f"| {r['group']} | {r['path']} | {r['tokens_per_s']:,.0f} | {r['useful_tokens_per_s']:,.0f} | {mfu} "
+                     f"| {r[mem_key]:.1f} | {est} | {ratio(r, same.get('hf-peft'), 'useful_tokens_per_s')} "
+                     f"| {ratio(r, same.get('unsloth'), 'useful_tokens_per_s')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated, from {', '.join(GROUPS)}")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, from {', '.join(PATHS)}")
+    parser.add_argument("--steps", type=int, default=6, help="measured optimizer steps per row")
+    parser.add_argument("--warmup", type=int, default=2, help="steps before measuring (compilation, allocator)")
+    parser.add_argument("--batch", type=int, default=None, help="rows per step (default 4; smoke 2)")
+    parser.add_argument("--seq", type=int, default=None, help="tokens per row (default 2048; smoke 128)")
+    parser.add_argument("--smoke", action="store_true", help="CPU-sized architecture: checks the script, not speed")
+    parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "bbjtune-bench",
+                        help="random-weight checkpoints are written here once (7B: 15 GB, 14B: 30 GB)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file for all measurements")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per row")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
+    a = parser.parse_args()
+    s = Settings(batch=a.batch or (2 if a.smoke else 4), seq=a.seq or (128 if a.smoke else 2048), steps=a.steps,
+                 warmup=a.warmup, smoke=a.smoke)
+    a.work_dir.mkdir(parents=True, exist_ok=True)
+    if a.worker:
+        group, path = a.worker.split(":")
+        a.json.write_text(json.dumps(measure(group, path, s, a.work_dir), default=str))
+        return
+    groups = [g for g in a.groups.split(",") if g]
+    paths = [p for p in a.paths.split(",") if p]
+    unknown = [g for g in groups if g not in GROUPS] + [p for p in paths if p not in PATHS]
+    if unknown:
+        parser.error(f"unknown group/path: {', '.join(unknown)}")
+    print(f"measuring {len(groups) * len(paths)} rows (each in its own process)...", file=sys.stderr)
+    rows = [run_row(g, p, s, a.work_dir, a.timeout) for g in groups for p in paths]
+    command = "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:])
+    header = (f"Training throughput — {datetime.now(timezone.utc).strftime('%Y-%m-%d')}, `{command}`, "
+              f"batch {s.batch} x {s.seq}, LoRA r={s.lora_r} all linear, gradient checkpointing, SDPA, "
+              f"{s.steps} measured steps after {s.warmup} warm-up")
+    print(header + "\n\n" + markdown(rows))
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps({"settings": asdict(s), "command": command, "rows": rows}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
