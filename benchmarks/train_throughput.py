@@ -72,6 +72,7 @@ class Settings:
     steps: int = 6
     warmup: int = 2
     smoke: bool = False
+    gradient_checkpointing: bool = True
 
 
 # ----------------------------------------------------------------------------- workloads
@@ -309,7 +310,8 @@ def run_bbjtune(ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, met
         "model": {"source": str(ckpt), "kind": "instruct", "dtype": "float32" if s.smoke else "bfloat16",
                   "attn_implementation": "sdpa"},
         "data": {"chatml": ["-"], "output_dir": str(out_dir / "data")},
-        "train": {"backend": backend, "stages": "sft", "optim": "adamw_torch", "gradient_checkpointing": True,
+        "train": {"backend": backend, "stages": "sft", "optim": "adamw_torch",
+                  "gradient_checkpointing": s.gradient_checkpointing,
                   "lora": {"r": s.lora_r, "alpha": s.lora_alpha, "dropout": 0.0},
                   "quantization": {"load_in_4bit": quant}, "save_steps": 10**6, "logging_steps": 1000,
                   "sft": {"max_steps": s.warmup + s.steps, "max_length": s.seq, "per_device_batch_size": s.batch,
@@ -335,15 +337,18 @@ def run_bbjtune(ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, met
 # ----------------------------------------------------------------------------- one row (worker process)
 
 def measure(group: str, path: str, s: Settings, work_dir: Path) -> dict[str, Any]:
+    arch, quant, workload = GROUPS[group]
+    return measure_row(group, "smoke" if s.smoke else arch, quant, workload, path, s, work_dir)
+
+
+def measure_row(group: str, arch: str, quant: bool, workload: str, path: str, s: Settings,
+                work_dir: Path) -> dict[str, Any]:
     import importlib.util
 
     import torch
-
-    arch, quant, workload = GROUPS[group]
-    if s.smoke:
-        arch = "smoke"
     row: dict[str, Any] = {"group": group, "path": path, "arch": arch, "qlora": quant, "workload": workload,
-                           "batch": s.batch, "seq": s.seq, "lora_r": s.lora_r}
+                           "batch": s.batch, "seq": s.seq, "lora_r": s.lora_r,
+                           "gradient_checkpointing": s.gradient_checkpointing}
     missing = [m for m, needed in (("unsloth", "unsloth" in path), ("bitsandbytes", quant)) if needed
                and importlib.util.find_spec(m) is None]
     if "unsloth" in path and not torch.cuda.is_available():

@@ -151,6 +151,8 @@ def test_trained_model_stops_at_im_end(tmp_path, tiny_model_dir):
         assert len(out) <= 2 * len(tokenizer(answer)["input_ids"]) + 4, f"stopped too late: {text!r}"
         exact += text == answer + IM_END
     assert exact >= len(PAIRS) // 2, "the answers themselves were not learnt"
+    check = json.loads((cfg.train_dir / "sft" / "manifest.json").read_text())["metrics"]["stop_check"]
+    assert check["of"] == 2 and check["stopped"] == 2  # the stage's own check on the held-out requests
 
 
 def test_saved_adapter_and_handle(tmp_path, tiny_model_dir):

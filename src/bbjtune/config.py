@@ -123,6 +123,12 @@ class SftConfig(StageConfig):
     assistant_only_loss: bool = True
     train_chat_tokens: Literal["auto", "yes", "no"] = Field(
         "auto", description="train the <|im_start|>/<|im_end|> embedding rows (auto: yes for Base models)")
+    stop_check: int = Field(
+        4, ge=0, description="after training, answer this many held-out requests greedily and report how many "
+                             "end with <|im_end|> (0: skip)")
+    train_embeddings: bool = Field(
+        False, description="also train embed_tokens/lm_head in full (tiny random models; the adapter must be merged)")
+    embedding_learning_rate: float | None = Field(None, gt=0.0, lt=1.0)
 
 
 class TrainConfig(Section):
@@ -270,8 +276,9 @@ class RunConfig(Section):
             raise ValueError("train.stages runs stage 2 (SFT) but data.chatml lists no instruction files")
         if t.early_stopping_patience and self.data.heldout_ratio == 0:
             raise ValueError("train.early_stopping_patience needs a held-out set: set data.heldout_ratio > 0")
-        if t.cpt.embedding_learning_rate and not t.cpt.train_embeddings:
-            raise ValueError("train.cpt.embedding_learning_rate is set but train.cpt.train_embeddings is false")
+        for name in ("cpt", "sft"):
+            if getattr(t, name).embedding_learning_rate and not getattr(t, name).train_embeddings:
+                raise ValueError(f"train.{name}.embedding_learning_rate is set but train.{name}.train_embeddings is false")
         if t.lora.use_dora and self.export.vllm.enabled:
             raise ValueError("train.lora.use_dora: vLLM cannot serve DoRA adapters; set export.vllm.enabled: false "
                              "or train.lora.use_dora: false")

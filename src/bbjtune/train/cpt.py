@@ -37,7 +37,7 @@ def run_cpt(job: StageJob, data: TrainingData) -> dict[str, Any]:
     resume_from = recipe.decide_resume(job)
     trainer = recipe.make_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings,
                                   callbacks=recipe.stage_callbacks(job, resume_from),
-                                  embedding_lr=job.cfg.train.cpt.embedding_learning_rate)
+                                  embedding_lr=job.stage_cfg.embedding_learning_rate)
     recipe.record_fingerprint(job)
     recipe.train(trainer, job, resume_from)
     metrics = recipe.final_metrics(trainer, eval_dataset is not None)
@@ -58,7 +58,7 @@ def merged_dir(job: StageJob) -> Path:
 def _setup_model(job: StageJob) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
     from bbjtune.train import backends
 
-    modules = ["embed_tokens", "lm_head"] if job.cfg.train.cpt.train_embeddings else None
+    modules = ["embed_tokens", "lm_head"] if job.stage_cfg.train_embeddings else None
     lora = recipe.lora_settings(job.cfg, recipe.model_config(job.base_source), modules_to_save=modules)
     if job.backend == "unsloth":
         return backends.load_unsloth(job.base_source, job.cfg, job.stage_cfg, lora), None, lora

@@ -101,13 +101,16 @@ def load_texts(path: Path) -> list[str]:
 def load_training_data(data_dir: Path, stages: list[str]) -> TrainingData:
     """Read what the given stages need from the data stage's directory; fail early and clearly."""
     data = TrainingData()
-    if "sft" in stages or "cpt" in stages:
-        # stage 1 evaluates on held-out answers, stage 2 trains on the conversations
-        data.conversations = load_conversations(data_dir / "train.jsonl", required="sft" in stages)
-        data.heldout = load_conversations(data_dir / "heldout.jsonl", required=False)
-        data.files += [p for p in (data_dir / "train.jsonl", data_dir / "heldout.jsonl") if p.exists()]
-    if "sft" in stages and not data.conversations:
-        raise BbjtuneError(f"{data_dir / 'train.jsonl'} has no conversations", "add ChatML examples and re-run the data stage")
+    if "sft" in stages:
+        data.conversations = load_conversations(data_dir / "train.jsonl")
+        data.files.append(data_dir / "train.jsonl")
+        if not data.conversations:
+            raise BbjtuneError(f"{data_dir / 'train.jsonl'} has no conversations",
+                               "add ChatML examples and re-run the data stage")
+    # both stages evaluate on the held-out conversations (stage 1 on their answers' code)
+    data.heldout = load_conversations(data_dir / "heldout.jsonl", required=False)
+    if data.heldout:
+        data.files.append(data_dir / "heldout.jsonl")
     if "cpt" in stages:
         data.texts = load_texts(data_dir / "cpt.jsonl")
         data.files.append(data_dir / "cpt.jsonl")

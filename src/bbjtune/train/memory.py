@@ -183,7 +183,7 @@ def estimate_for_config(cfg: Any, stage: str, arch: Architecture, *, trainable_t
     t = cfg.train
     sc = getattr(t, stage)
     weight_bytes = 4 if cfg.model.dtype == "float32" else 2
-    modules = ["embed_tokens", "lm_head"] if stage == "cpt" and t.cpt.train_embeddings else None
+    modules = ["embed_tokens", "lm_head"] if sc.train_embeddings else None
     return estimate(
         arch, batch=sc.per_device_batch_size, seq=sc.max_length, quant_4bit=t.quantization.load_in_4bit,
         double_quant=t.quantization.double_quant, weight_bytes=weight_bytes, lora_r=t.lora.r,

@@ -45,6 +45,8 @@ def write_model_card(path: Path, *, cfg: Any, stage: str, base_model: str, metri
               f"| steps / epochs | {metrics.get('steps')} / {metrics.get('epochs')} |",
               f"| loss (first → last logged) | {_num(metrics.get('first_loss'))} → {_num(metrics.get('final_loss'))} |",
               f"| held-out loss | {_num(metrics.get('eval_loss'))} |",
+              *([f"| greedy answers ending with <\\|im_end\\|> | {metrics['stop_check']['stopped']} of "
+                 f"{metrics['stop_check']['of']} held-out requests |"] if "of" in (metrics.get("stop_check") or {}) else []),
               f"| learning rate, schedule | {sc.learning_rate:g}, {sc.lr_scheduler}, warmup {sc.warmup_ratio:g} |",
               f"| batch | {sc.per_device_batch_size} per device x {sc.gradient_accumulation_steps} accumulation |",
               f"| max length, packing | {sc.max_length}, {'on' if sc.packing else 'off'} |",

@@ -39,12 +39,14 @@ def run_sft(job: StageJob, data: TrainingData) -> dict[str, Any]:
                              assistant_only_loss=job.stage_cfg.assistant_only_loss, packing_strategy="bfd")
     resume_from = recipe.decide_resume(job)
     trainer = recipe.make_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings,
-                                  callbacks=recipe.stage_callbacks(job, resume_from))
+                                  callbacks=recipe.stage_callbacks(job, resume_from),
+                                  embedding_lr=job.stage_cfg.embedding_learning_rate)
     recipe.record_fingerprint(job)
     recipe.train(trainer, job, resume_from)
     metrics = recipe.final_metrics(trainer, eval_dataset is not None)
     if recipe.is_main_process():
         recipe.save_adapter(trainer, tokenizer, job.adapter_dir, chat_model=True)
+        metrics["stop_check"] = stop_check(trainer.model, tokenizer, data, job.stage_cfg.stop_check)
     recipe.wait_for_everyone()
     return {"metrics": metrics, "lora": lora}
 
@@ -58,8 +60,11 @@ def _setup_model(job: StageJob, tokenizer: Any) -> tuple[Any, dict[str, Any] | N
     from bbjtune.train import backends
 
     model_config = recipe.model_config(job.base_source)
-    tokens = recipe.chat_token_ids(tokenizer) if wants_chat_token_training(job) else None
-    lora = recipe.lora_settings(job.cfg, model_config, trainable_tokens=tokens)
+    if job.stage_cfg.train_embeddings:  # whole embedding (chat-token rows included) and lm_head
+        lora = recipe.lora_settings(job.cfg, model_config, modules_to_save=["embed_tokens", "lm_head"])
+    else:
+        tokens = recipe.chat_token_ids(tokenizer) if wants_chat_token_training(job) else None
+        lora = recipe.lora_settings(job.cfg, model_config, trainable_tokens=tokens)
     if job.backend == "unsloth":
         return backends.load_unsloth(job.base_source, job.cfg, job.stage_cfg, lora), None, lora
     return backends.load_hf(job.base_source, job.cfg), lora, lora
@@ -71,3 +76,40 @@ def _setup_data(data: TrainingData):
     train = Dataset.from_list([{"messages": c} for c in data.conversations])
     heldout = Dataset.from_list([{"messages": c} for c in data.heldout]) if data.heldout else None
     return train, heldout
+
+
+def stop_check(model: Any, tokenizer: Any, data: TrainingData, n: int) -> dict[str, Any] | None:
+    """Answer `n` held-out requests greedily: does each answer end with <|im_end|> before running long?
+
+    A Base model that never learnt to stop rambles until max_new_tokens; this catches it here,
+    not at evaluation. Each answer may take 1.5x its reference length plus 16 tokens.
+    """
+    import torch
+
+    from bbjtune.models.chat_template import ENDOFTEXT, IM_END
+    from bbjtune.train.backends import world_size
+
+    conversations = [c for c in (data.heldout or data.conversations) if c[-1]["role"] == "assistant"][:n]
+    if not conversations or world_size() > 1:
+        return None
+    stop_ids = tokenizer.convert_tokens_to_ids([IM_END, ENDOFTEXT])
+    stopped, lengths = 0, []
+    was_training = model.training
+    model.eval()
+    try:
+        for conv in conversations:
+            inputs = tokenizer.apply_chat_template(conv[:-1], add_generation_prompt=True, return_tensors="pt",
+                                                   return_dict=True).to(model.device)
+            budget = min(int(1.5 * len(tokenizer(conv[-1]["content"])["input_ids"])) + 16, 2048)
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=budget, do_sample=False, eos_token_id=stop_ids,
+                                     pad_token_id=tokenizer.pad_token_id, use_cache=True)
+            new = out[0, inputs["input_ids"].shape[1]:].tolist()
+            stopped += bool(new) and new[-1] in stop_ids
+            lengths.append(len(new))
+    except Exception as exc:  # noqa: BLE001 — a diagnostic; training itself succeeded
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        model.train(was_training)
+    return {"stopped": stopped, "of": len(conversations), "answer_tokens": lengths}
+

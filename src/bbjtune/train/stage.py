@@ -136,6 +136,13 @@ def _summarize(job: Any, metrics: dict[str, Any]) -> None:
 
     job.console.print(f"[green]✓[/] {job.stage}: {metrics.get('steps')} steps, loss {fmt(metrics.get('first_loss'))} → "
                       f"{fmt(metrics.get('final_loss'))}, held-out loss {fmt(metrics.get('eval_loss'))} → {job.adapter_dir}")
+    check = metrics.get("stop_check") or {}
+    if "of" in check:
+        style = "green" if check["stopped"] == check["of"] else "yellow"
+        job.console.print(f"  [{style}]{check['stopped']} of {check['of']}[/] held-out answers end with <|im_end|> "
+                          f"(greedy; lengths {check['answer_tokens']} tokens)")
+    elif "error" in check:
+        job.console.print(f"  [yellow]stop check skipped:[/] {check['error']}")
 
 
 def _write_handle(cfg: RunConfig, last_stage: str, result: dict[str, Any], data: TrainingData) -> Path:
