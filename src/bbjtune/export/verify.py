@@ -99,15 +99,17 @@ def hf_reference(model_dir: str | Path, greedy_tokens: int = 16) -> Reference:
     stop = {tokenizer.convert_tokens_to_ids(t) for t in (IM_END, ENDOFTEXT) if t in tokenizer.get_vocab()}
     prompt_ids, logits, greedy = [], [], []
     threads = torch.get_num_threads()
-    if sum(p.numel() for p in model.parameters()) < SMALL_MODEL_BYTES // 2:
-        torch.set_num_threads(1)   # tiny models: thread hand-offs cost more than they give
-    with torch.no_grad():
-        for text in PROMPTS:
-            ids = tokenizer(text, add_special_tokens=False).input_ids
-            prompt_ids.append(ids)
-            logits.append(model(torch.tensor([ids])).logits[0].float().numpy())
-            greedy.append(_greedy_hf(model, ids, greedy_tokens, stop))
-    torch.set_num_threads(threads)
+    small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_BYTES // 2
+    torch.set_num_threads(1 if small else min(threads, default_threads()))   # see default_threads
+    try:
+        with torch.no_grad():
+            for text in PROMPTS:
+                ids = tokenizer(text, add_special_tokens=False).input_ids
+                prompt_ids.append(ids)
+                logits.append(model(torch.tensor([ids])).logits[0].float().numpy())
+                greedy.append(_greedy_hf(model, ids, greedy_tokens, stop))
+    finally:
+        torch.set_num_threads(threads)
     samples = [tokenizer(s, add_special_tokens=False).input_ids for s in TOKENIZER_SAMPLES]
     return Reference(prompt_ids, logits, greedy, samples, stop)
 
@@ -175,10 +177,16 @@ def verify_gguf(path: str | Path, quant: str, ref: Reference, threads: int | Non
     return report
 
 
-def default_threads(path: str | Path) -> int:
-    """One thread for small files: llama.cpp's threads spin-wait, which costs more than it gains
-    on a tiny model (50x slower on a busy 2-core machine); all cores for real models."""
-    return 1 if Path(path).stat().st_size < SMALL_MODEL_BYTES else (os.cpu_count() or 1)
+def default_threads(path: str | Path | None = None) -> int:
+    """Threads for llama.cpp and torch while verifying: all cores but one, and one for tiny models.
+
+    Both libraries' worker threads spin-wait at every operation; when another process holds a
+    core they wait for a descheduled thread each time. Measured on a busy 2-core machine:
+    Qwen2.5-0.5B verification 8 s with one thread, 128 s with two; tiny models 50x slower.
+    """
+    if path is not None and Path(path).stat().st_size < SMALL_MODEL_BYTES:
+        return 1
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 def _greedy_llama(llm, ids: list[int], n: int, stop: set[int]) -> list[int]:
