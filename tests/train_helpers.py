@@ -41,6 +41,12 @@ def two_turn(i: int) -> list[dict[str, str]]:
             {"role": "user", "content": r2}, {"role": "assistant", "content": a2}]
 
 
+def fenced(conv: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The conversation with its answer in a ```bbj block, as real answers are."""
+    *head, answer = conv
+    return [*head, {"role": "assistant", "content": f"Like this:\n\n```bbj\n{answer['content']}\n```"}]
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -51,7 +57,7 @@ def write_data(data_dir: Path, n_train: int = 24, n_heldout: int = 4, n_cpt: int
     """train.jsonl, heldout.jsonl and cpt.jsonl shaped like the data stage's (see INTERFACES.md)."""
     make = two_turn if multi_turn else conversation
     write_jsonl(data_dir / "train.jsonl", [{"messages": make(i), "id": f"{i:016x}"} for i in range(n_train)])
-    write_jsonl(data_dir / "heldout.jsonl", [{"messages": conversation(i + 1), "id": f"h{i:015x}"}
+    write_jsonl(data_dir / "heldout.jsonl", [{"messages": fenced(conversation(i + 1)), "id": f"h{i:015x}"}
                                              for i in range(n_heldout)])
     write_jsonl(data_dir / "cpt.jsonl", [{"text": CODE[i % len(CODE)], "source": f"prog{i % len(CODE)}.bbj",
                                           "chunk": 0, "n_chunks": 1} for i in range(n_cpt)])

@@ -46,12 +46,10 @@ def train(
         raise BbjtuneError("--resume and --restart contradict each other", "pick one")
     if stage not in (None, "cpt", "sft", "all"):
         raise BbjtuneError(f"--stage {stage}: unknown stage", "use cpt, sft or all")
-    overrides = list(set_ or [])
-    if stage:
-        overrides.append(f"train.stages={stage}")
-    cfg = load_config(config, overrides)
+    cfg = load_config(config, set_)
+    stages = None if stage is None else ["cpt", "sft"] if stage == "all" else [stage]
     console = Console(stderr=True)
-    out = run_stage(cfg, resume="always" if resume else "never" if restart else "auto", dry_run=dry_run,
-                    console=console)
+    out = run_stage(cfg, stages=stages, resume="always" if resume else "never" if restart else "auto",
+                    dry_run=dry_run, console=console)
     if not dry_run:
         console.print(f"[bold green]Done.[/] The trained model is described by [bold]{out / 'trained.json'}[/]")

@@ -35,8 +35,11 @@ class TrainingData:
         return prompts.most_common(1)[0][0] if prompts else None
 
     def heldout_code(self) -> list[str]:
-        """The held-out answers as raw text: stage 1's evaluation set (code the model has not seen)."""
-        return [m["content"] for c in self.heldout for m in c if m["role"] == "assistant" and m["content"].strip()]
+        """The code blocks of the held-out answers: stage 1's evaluation set (BBj the model has not seen)."""
+        from bbjtune.bbj import extract_code_blocks
+
+        return [block.code for c in self.heldout for m in c if m["role"] == "assistant"
+                for block in extract_code_blocks(m["content"]) if block.fenced and block.code.strip()]
 
 
 def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:

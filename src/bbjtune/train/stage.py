@@ -27,6 +27,11 @@ STAGES = ("cpt", "sft")
 
 def run_stage(cfg: RunConfig, stages: list[str] | None = None, resume: str = "auto", dry_run: bool = False,
               console: Console | None = None) -> Path:
+    """Train `stages` (default: the config's plan, `cfg.train_stages`); returns the train directory.
+
+    Choosing stages does not change the plan: `--stage sft` on a Base config whose plan is
+    CPT → SFT trains stage 2 on the existing `cpt/merged`.
+    """
     console = console or Console(stderr=True)
     stages = [s for s in STAGES if s in (stages or cfg.train_stages)]
     if not stages:
@@ -49,19 +54,22 @@ def run_stage(cfg: RunConfig, stages: list[str] | None = None, resume: str = "au
     console.print(f"training {' → '.join(stages)} on {cfg.model.source} with the {backend} backend "
                   f"({'QLoRA 4-bit' if cfg.train.quantization.load_in_4bit else cfg.model.dtype}); "
                   f"writing to {cfg.train_dir}")
+    chained = "cpt" in cfg.train_stages or "cpt" in stages  # stage 2 then starts from stage 1's merged model
     results: dict[str, dict[str, Any]] = {}
     for stage in stages:
-        job = recipe.StageJob(cfg=cfg, stage=stage, base_source=base_for(cfg, stage), backend=backend,
-                              console=console, resume=resume, data_fingerprint=data_fingerprint(cfg, stage))
+        job = recipe.StageJob(cfg=cfg, stage=stage, base_source=base_for(cfg, stage, chained), backend=backend,
+                              console=console, resume=resume, data_fingerprint=data_fingerprint(cfg, stage, chained))
+        if stage == "sft" and chained:
+            console.print(f"stage 2 starts from stage 1's merged model {job.base_source}")
         results[stage] = _run_one(job, data)
     if recipe.is_main_process():
-        _write_handle(cfg, stages[-1], results[stages[-1]], data)
+        _write_handle(cfg, stages[-1], results[stages[-1]], data, chained)
     return cfg.train_dir
 
 
-def base_for(cfg: RunConfig, stage: str) -> str:
-    """Stage 1 starts from the original model; stage 2 from stage 1's merged model when the plan has one."""
-    if stage == "cpt" or "cpt" not in cfg.train_stages:
+def base_for(cfg: RunConfig, stage: str, chained: bool) -> str:
+    """Stage 1 starts from the original model; stage 2 from stage 1's merged model when they are chained."""
+    if stage == "cpt" or not chained:
         return cfg.model.source
     merged = cfg.train_dir / "cpt" / "merged"
     if not (merged / "config.json").exists():
@@ -70,11 +78,11 @@ def base_for(cfg: RunConfig, stage: str) -> str:
     return str(merged)
 
 
-def data_fingerprint(cfg: RunConfig, stage: str) -> str:
+def data_fingerprint(cfg: RunConfig, stage: str, chained: bool) -> str:
     """Hashes of the files a stage learns from (for stage 2 on stage 1's model, also stage 1's identity)."""
     names = ["cpt.jsonl", "heldout.jsonl"] if stage == "cpt" else ["train.jsonl", "heldout.jsonl"]
     parts = [f"{n}:{sha256_file(cfg.data_dir / n)}" for n in names if (cfg.data_dir / n).exists()]
-    if stage == "sft" and "cpt" in cfg.train_stages:
+    if stage == "sft" and chained:
         parts.append("cpt:" + str(_manifest(cfg.train_dir / "cpt").get("fingerprint")))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
@@ -145,11 +153,11 @@ def _summarize(job: Any, metrics: dict[str, Any]) -> None:
         job.console.print(f"  [yellow]stop check skipped:[/] {check['error']}")
 
 
-def _write_handle(cfg: RunConfig, last_stage: str, result: dict[str, Any], data: TrainingData) -> Path:
+def _write_handle(cfg: RunConfig, last_stage: str, result: dict[str, Any], data: TrainingData, chained: bool) -> Path:
     from bbjtune.train.trained import write_trained
 
     stage_dir = cfg.train_dir / last_stage
-    base = base_for(cfg, last_stage)
+    base = base_for(cfg, last_stage, chained)
     chain = ["cpt", "sft"] if last_stage == "sft" and base != cfg.model.source else [last_stage]
     return write_trained(cfg.train_dir, base_model=base, original_model=cfg.model.source,
                          adapter=stage_dir / "adapter", tokenizer=stage_dir / "adapter", stages=chain,
