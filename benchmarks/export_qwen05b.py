@@ -75,6 +75,7 @@ def run(gguf: Path, out: Path, lora_scale: float) -> dict:
     # 2. a LoRA adapter (r=16, all linear layers) with small random B: it changes the model measurably
     adapter_dir = out / "adapter"
     model = load_model(str(base_dir), dtype="float32")
+    torch.manual_seed(0)   # lora_A's initialisation: the same adapter on every run
     peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
