@@ -79,7 +79,8 @@ def read_adapter(directory: str | Path) -> AdapterInfo:
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise BbjtuneError(f"{cfg_path} line {exc.lineno}: not valid JSON", "the adapter is damaged; train again") from None
+        raise BbjtuneError(f"{cfg_path} line {exc.lineno}: not valid JSON",
+                           "the adapter is damaged; train again") from None
     if config.get("peft_type") != "LORA":
         raise BbjtuneError(f"{directory}: a {config.get('peft_type')} adapter, not LoRA",
                            "export merges and serves LoRA adapters only")

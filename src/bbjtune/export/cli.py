@@ -26,10 +26,10 @@ serve_app = typer.Typer(
 def export(config: ConfigArg, set_: SetOpt = None) -> None:
     """Package the trained model for use: GGUF files for Ollama/llama.cpp, a Modelfile, a vLLM config.
 
-    Merges the trained adapter into the base model (merged/), writes GGUF files (f16, q8_0 and the
-    smaller q4_k_m by default), an Ollama Modelfile with the right chat format and stop tokens, and
-    vllm-lora.json with the vLLM launch command. Every GGUF is loaded with llama.cpp and checked
-    against the merged model (same tokens, close next-token scores, same greedy text): verify.json.
+    Merges the trained adapter into the base model (merged/), writes GGUF files (f16, q8_0 and the smaller q4_k_m by default), an Ollama Modelfile with the right chat format and stop tokens, and vllm-lora.json with the vLLM launch command.
+
+    Every GGUF is loaded with llama.cpp and checked against the merged model (same tokens, close next-token scores, same greedy text); the figures are in verify.json.
+
     Run `bbjtune train CONFIG` first.
     """
     from rich.console import Console
@@ -50,8 +50,7 @@ def export(config: ConfigArg, set_: SetOpt = None) -> None:
 def serve_ollama(config: ConfigArg, set_: SetOpt = None) -> None:
     """Create the Ollama model from the exported Modelfile (`ollama create`), or show how to.
 
-    When `ollama` is installed on this machine, runs `ollama create NAME -f Modelfile` in the export
-    directory. Otherwise prints the commands to run where Ollama is installed.
+    When `ollama` is installed on this machine, runs `ollama create NAME -f Modelfile` in the export directory. Otherwise prints the commands to run where Ollama is installed.
     """
     from bbjtune.config import load_config
     from bbjtune.export.modelfile import ollama_model_name, parse_modelfile
@@ -82,8 +81,7 @@ def serve_ollama(config: ConfigArg, set_: SetOpt = None) -> None:
 def serve_vllm(config: ConfigArg, set_: SetOpt = None) -> None:
     """Check the adapter for vLLM and print the launch command (also written to vllm-lora.json).
 
-    vLLM serves the base model with the BBj adapter as a LoRA chosen per request. Adapters it cannot
-    load (DoRA, trained embeddings, rank too high) are reported, and the merged model is served instead.
+    vLLM serves the base model with the BBj adapter as a LoRA chosen per request. Adapters it cannot load (DoRA, trained embeddings, rank too high) are reported, and the merged model is served instead.
     """
     from bbjtune.artifacts import atomic_write_json
     from bbjtune.config import load_config
@@ -115,8 +113,7 @@ def serve_gguf(
 ) -> None:
     """Serve a GGUF model through an OpenAI-compatible HTTP API (llama.cpp; no Ollama needed).
 
-    Editors, scripts and `bbjtune eval` (eval.backend: http) can then talk to the model at
-    http://HOST:PORT/v1. Stop it with Ctrl-C.
+    Editors, scripts and `bbjtune eval` (eval.backend: http) can then talk to the model at http://HOST:PORT/v1. Stop it with Ctrl-C.
     """
     from bbjtune.export.quantize import require_llama_cpp
 
@@ -160,6 +157,7 @@ def _gguf_target(target: str, quant: str, overrides: list[str] | None) -> tuple[
     path = gguf_path(cfg, quant)
     if not path.exists():
         made = sorted(p.name for p in cfg.export_dir.glob("*.gguf")) if cfg.export_dir.exists() else []
-        hint = f"exported files: {', '.join(made)} (choose one with --quant)" if made else f"run `bbjtune export {target}` first"
+        hint = (f"exported files: {', '.join(made)} (choose one with --quant)" if made
+                else f"run `bbjtune export {target}` first")
         raise BbjtuneError(f"{path} does not exist", hint)
     return path, ollama_model_name(cfg.name, cfg.export.ollama.model_name)

@@ -208,7 +208,7 @@ def _generation_eos_ids(model_dir: Path) -> list[int]:
 
 # ----------------------------------------------------------------------------- tensors
 
-def _storage_type(out_type: str, name: str, shape: tuple[int, ...]):
+def _storage_type(out_type: str, shape: tuple[int, ...]):
     """The GGML type a tensor is stored in for a given output type."""
     import gguf
 
@@ -279,11 +279,11 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, out_type: str = "f16
 
     with atomic_path(out_path) as tmp, _open_tensors(ckpt) as source:
         writer = gguf.GGUFWriter(str(tmp), ARCH)
-        _add_metadata(writer, cfg, vocab, name or Path(out_path).name.split(".")[0], out_type, chat_template)
+        _add_metadata(writer, ckpt, vocab, name or Path(out_path).name.split(".")[0], out_type, chat_template)
         plan = []
         for hf_name in names:
             shape = tuple(source(hf_name).get_slice(hf_name).get_shape())
-            qtype = _storage_type(out_type, hf_name, shape)
+            qtype = _storage_type(out_type, shape)
             if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
                 dtype = np.float32 if qtype == gguf.GGMLQuantizationType.F32 else np.float16
                 nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -305,8 +305,10 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, out_type: str = "f16
     return Path(out_path)
 
 
-def _add_metadata(writer, cfg: dict[str, Any], vocab: GgufVocab, name: str, out_type: str, template: str) -> None:
+def _add_metadata(writer, ckpt: QwenCheckpoint, vocab: GgufVocab, name: str, out_type: str, template: str) -> None:
     import gguf
+
+    cfg = ckpt.config
 
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
@@ -316,7 +318,7 @@ def _add_metadata(writer, cfg: dict[str, Any], vocab: GgufVocab, name: str, out_
     writer.add_feed_forward_length(int(cfg["intermediate_size"]))
     writer.add_head_count(int(cfg["num_attention_heads"]))
     writer.add_head_count_kv(int(cfg.get("num_key_value_heads", cfg["num_attention_heads"])))
-    writer.add_rope_freq_base(float((cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 1e4))))
+    writer.add_rope_freq_base(ckpt.rope_theta)
     writer.add_layer_norm_rms_eps(float(cfg.get("rms_norm_eps", 1e-6)))
     _add_rope_scaling(writer, cfg)
     writer.add_file_type(_file_type(out_type))

@@ -70,4 +70,5 @@ def _key(keys: set[str], module: str, which: str) -> str:
     for candidate in (f"base_model.model.{module}.lora_{which}.weight", f"{module}.lora_{which}.weight"):
         if candidate in keys:
             return candidate
-    raise BbjtuneError(f"adapter weights for {module} (lora_{which}) are missing", "the adapter is damaged; train again")
+    raise BbjtuneError(f"adapter weights for {module} (lora_{which}) are missing",
+                       "the adapter is damaged; train again")

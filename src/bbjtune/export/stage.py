@@ -58,7 +58,8 @@ def run_stage(cfg: RunConfig) -> Path:
     with StageRun(out, stage="export", config=cfg.model_dump(mode="json")) as run:
         # hash the small inputs (adapters, trained.json, the base's config), not a multi-GB base model
         base_config = Path(plan.base) / "config.json"
-        run.add_inputs([cfg.train_dir / "trained.json", *plan.adapters, *([base_config] if base_config.exists() else [])])
+        run.add_inputs([cfg.train_dir / "trained.json", *plan.adapters,
+                        *([base_config] if base_config.exists() else [])])
         run.extra["base_model"] = plan.base
         merged = out / "merged"
         with tempfile.TemporaryDirectory(prefix=".export.", dir=out) as scratch:
@@ -159,9 +160,13 @@ def _verify(cfg: RunConfig, merged: Path, ggufs: dict[str, Path], run: StageRun)
 
 def _lora_gguf(cfg: RunConfig, plan, adapters, merged: Path, run: StageRun, scratch: Path) -> dict[str, Any] | None:
     """The adapter as a GGUF LoRA (with its base as f16 GGUF), checked against the merged f16 GGUF."""
-    if not cfg.export.lora_gguf:
-        return None
     from bbjtune.export.lora_gguf import why_not, write_lora_gguf
+
+    if not cfg.export.lora_gguf:
+        possible = len(adapters) == 1 and not why_not(adapters[0])
+        run.extra["lora_gguf"] = {"written": False, "reasons": ["export.lora_gguf is false"
+                                                                + (" (this adapter could be one)" if possible else "")]}
+        return None
 
     if len(adapters) != 1:
         reason = "there is no adapter" if not adapters else "more than one adapter is chained"
