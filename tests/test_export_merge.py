@@ -160,13 +160,13 @@ def test_gguf_lora_refuses_adapters_with_embedding_weights(tiny_model_dir, tmp_p
 
 
 def test_a_base_saved_from_a_gguf_merges_and_exports(tiny_model_dir, adapter, tmp_path):
-    """model.source: a .gguf → training saves it as a checkpoint whose config still names the GGUF quantizer."""
+    """model.source: a .gguf → the checkpoint training saves from it is plain weights, and merges."""
     from bbjtune.export.gguf import write_gguf
 
     from_gguf = load_model(str(write_gguf(tiny_model_dir, tmp_path / "t.f16.gguf", "f16")), dtype="float32")
     from_gguf.save_pretrained(tmp_path / "base")
     load_tokenizer(str(tiny_model_dir)).save_pretrained(tmp_path / "base")
-    assert json.loads((tmp_path / "base" / "config.json").read_text())["quantization_config"]["quant_method"] == "gguf"
+    assert "quantization_config" not in json.loads((tmp_path / "base" / "config.json").read_text())
     out = merge(MergePlan(base=str(tmp_path / "base"), adapters=[adapter]), tmp_path / "merged")
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
     assert write_gguf(out, tmp_path / "m.f16.gguf", "f16").stat().st_size > 0
