@@ -376,6 +376,8 @@ def measure_row(group: str, arch: str, quant: bool, workload: str, path: str, s:
         else:
             extra = run_bbjtune(ckpt, quant, rows, s, meter, out_dir, path.split("-", 1)[1])
     except Exception as exc:  # noqa: BLE001 — a failing row is reported, the others still run
+        import traceback
+        traceback.print_exc()
         row["status"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         return row
     gpu, peak = gpu_peak_flops()
@@ -401,7 +403,8 @@ def run_row(group: str, path: str, s: Settings, work_dir: Path, timeout: int) ->
            "--batch", str(s.batch), "--seq", str(s.seq)] + (["--smoke"] if s.smoke else [])
     t0 = time.time()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0")}  # one GPU per row
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         if result_file.exists() and result_file.stat().st_size:
             row = json.loads(result_file.read_text())
         else:

@@ -52,6 +52,26 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def use_one_gpu_unless_launched(console: Any = None) -> None:
+    """Without `accelerate launch`, train on one GPU even when the machine has several.
+
+    transformers would otherwise wrap the model in `nn.DataParallel`, which trl refuses. Must run
+    before CUDA is initialised; the GPU count comes from NVML, which does not initialise it.
+    """
+    import torch
+
+    if "WORLD_SIZE" in os.environ or "CUDA_VISIBLE_DEVICES" in os.environ or torch.cuda.device_count() <= 1:
+        return
+    if torch.cuda.is_initialized():
+        raise BbjtuneError(f"{torch.cuda.device_count()} GPUs are visible and training was not started with "
+                           "accelerate launch", "set CUDA_VISIBLE_DEVICES=0, or use accelerate launch "
+                           "--config_file configs/accelerate/ddp.yaml -m bbjtune train CONFIG")
+    if console is not None:
+        console.print(f"{torch.cuda.device_count()} GPUs visible: training on GPU 0 (for all of them: accelerate launch "
+                      "--config_file configs/accelerate/ddp.yaml -m bbjtune train CONFIG)")
+    os.environ["CUDA_VISIBLE_DEVICES"] = "0"
+
+
 def choose_backend(requested: str) -> str:
     """Resolve `auto`; check that an explicit `unsloth` can run here."""
     if requested == "hf":

@@ -45,6 +45,7 @@ def run_stage(cfg: RunConfig, stages: list[str] | None = None, resume: str = "au
 
     from bbjtune.train import backends
 
+    backends.use_one_gpu_unless_launched(console)
     backend = backends.choose_backend(cfg.train.backend)
     if backend == "unsloth":
         backends.import_unsloth_first()
