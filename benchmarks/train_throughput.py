@@ -80,7 +80,7 @@ class Settings:
 def bbj_length_mix(n: int, seq: int, rng: random.Random) -> list[int]:
     """Conversation lengths in tokens, shaped like BBj instruction data: most a few hundred tokens,
     a long tail of multi-screen programs (log-normal, median ~ seq/4, capped at seq)."""
-    return [max(48, min(seq, int(rng.lognormvariate(math.log(seq / 4), 0.75)))) for _ in range(n)]
+    return [max(16, min(seq, int(rng.lognormvariate(math.log(seq / 4), 0.75)))) for _ in range(n)]
 
 
 def token_rows(lengths: list[int], vocab: int, rng: random.Random) -> list[list[int]]:

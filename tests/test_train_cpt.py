@@ -136,3 +136,27 @@ def test_qlora_on_cpu_with_bitsandbytes(tmp_path, tiny_model_dir):
     ids = tok("print 1", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.isfinite(model(ids).logits).all()
+
+
+def test_untied_model_trains_chat_token_rows_in_embedding_and_head(tmp_path, tiny_model_dir):
+    """Qwen2.5-Coder 7B/14B/32B do not tie lm_head to the embedding: both get their chat-token rows trained."""
+    from bbjtune.train.trained import load_trained
+
+    model = load_model(str(tiny_model_dir), dtype="float32")
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    model.save_pretrained(tmp_path / "untied")
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(tmp_path / "untied")
+
+    write_data(tmp_path / "data", n_train=8)
+    cfg = make_config(tmp_path, tmp_path / "untied", train__sft__max_steps=3, train__sft__learning_rate=1e-2)
+    run_stage(cfg, console=QUIET)
+    handle = json.loads((cfg.train_dir / "trained.json").read_text())
+    ids = handle["trainable_token_indices"]
+    merged, _ = load_trained(cfg.train_dir, dtype="float32", merge=True)
+    base = load_model(str(tmp_path / "untied"), dtype="float32")
+    for name in ("get_input_embeddings", "get_output_embeddings"):
+        before, after = getattr(base, name)().weight, getattr(merged, name)().weight
+        assert not torch.allclose(before[ids], after[ids])  # the chat-token rows trained...
+        others = [i for i in range(50)]
+        assert torch.equal(before[others], after[others])   # ...and nothing else in the matrix

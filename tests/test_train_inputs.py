@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from conftest import REPO_ROOT, run_cli
@@ -139,3 +140,35 @@ def test_train_help_and_bad_flags():
     assert result.returncode == 0 and "--dry-run" in result.stdout and "--resume" in result.stdout
     result = run_cli("train", "quickstart", "--stage", "everything")
     assert result.returncode == 2 and "unknown stage" in result.stderr and "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------------- settings that reach the libraries
+
+def test_lora_settings_follow_the_config(tmp_path, tiny_model_dir):
+    from bbjtune.train.recipe import lora_settings, peft_config
+
+    cfg = make_config(tmp_path, tiny_model_dir, train__lora__use_dora=True, train__lora__use_rslora=True,
+                      train__lora__r=4, train__lora__alpha=8, train__lora__target_modules=["q_proj", "v_proj"])
+    tied = lora_settings(cfg, SimpleNamespace(tie_word_embeddings=True), trainable_tokens=[7, 8])
+    untied = lora_settings(cfg, SimpleNamespace(tie_word_embeddings=False), trainable_tokens=[7, 8])
+    assert tied["trainable_token_indices"] == {"embed_tokens": [7, 8]}
+    assert untied["trainable_token_indices"] == {"embed_tokens": [7, 8], "lm_head": [7, 8]}
+    config = peft_config(untied)
+    assert config.use_dora and config.use_rslora and config.r == 4 and config.lora_alpha == 8
+    assert set(config.target_modules) == {"q_proj", "v_proj"}
+    full = lora_settings(cfg, SimpleNamespace(tie_word_embeddings=True), modules_to_save=["embed_tokens", "lm_head"])
+    assert full["modules_to_save"] == ["embed_tokens"] and full["ensure_weight_tying"]
+
+
+def test_early_stopping_evaluates_and_saves_in_step(tmp_path, tiny_model_dir):
+    from bbjtune.train.recipe import StageJob, sft_config
+
+    cfg = make_config(tmp_path, tiny_model_dir, train__early_stopping_patience=2, train__eval_steps=5,
+                      train__sft__lr_scheduler="linear",
+                      train__sft__gradient_accumulation_steps=4, train__optim="adamw_torch")
+    job = StageJob(cfg=cfg, stage="sft", base_source=cfg.model.source, backend="hf", console=Console(quiet=True))
+    args = sft_config(job, has_eval=True)
+    assert args.load_best_model_at_end and args.metric_for_best_model == "eval_loss" and not args.greater_is_better
+    assert args.eval_strategy == args.save_strategy == "steps" and args.eval_steps == args.save_steps == 5
+    assert args.lr_scheduler_type == "linear" and args.gradient_accumulation_steps == 4
+    assert sft_config(job, has_eval=False).eval_strategy == "no"

@@ -160,7 +160,7 @@ def test_saved_adapter_and_handle(tmp_path, tiny_model_dir):
     from bbjtune.train.trained import read_trained
 
     write_data(tmp_path / "data", n_train=8)
-    cfg = make_config(tmp_path, tiny_model_dir, train__sft__max_steps=2)
+    cfg = make_config(tmp_path, tiny_model_dir, train__sft__max_steps=2, train__report_to=["tensorboard"])
     run_stage(cfg, console=Console(stderr=True, quiet=True))
     handle = json.loads((cfg.train_dir / "trained.json").read_text())
     assert set(handle) >= {"base_model", "original_model", "adapter", "tokenizer", "stages", "lora", "modules_to_save",
@@ -181,6 +181,7 @@ def test_saved_adapter_and_handle(tmp_path, tiny_model_dir):
     manifest = json.loads((cfg.train_dir / "sft" / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["metrics"]["steps"] == 2
     assert not (cfg.train_dir / "sft" / "checkpoints").exists()  # removed once the stage is complete
+    assert list((cfg.train_dir / "tensorboard" / "sft").glob("events.out.tfevents.*"))
 
 
 def load_tokenizer_ids(path, tokens):

@@ -131,13 +131,20 @@ def load_unsloth(source: str, cfg: Any, stage_cfg: Any, lora: dict[str, Any]) ->
     )
     lora = copy.deepcopy(lora)  # peft extends the lists it is given
     targets = lora["target_modules"]
-    extra_peft: dict[str, Any] = {}
-    if lora.get("trainable_token_indices"):
-        extra_peft["trainable_token_indices"] = lora["trainable_token_indices"]
-    return FastLanguageModel.get_peft_model(
-        model, r=lora["r"], lora_alpha=lora["lora_alpha"], lora_dropout=lora["lora_dropout"],
+    settings = dict(
+        r=lora["r"], lora_alpha=lora["lora_alpha"], lora_dropout=lora["lora_dropout"],
         target_modules=QWEN2_LINEAR_MODULES if targets == "all-linear" else targets, bias="none",
         use_gradient_checkpointing="unsloth" if cfg.train.gradient_checkpointing else False,
         random_state=cfg.train.seed, use_rslora=lora["use_rslora"], modules_to_save=lora["modules_to_save"],
-        **extra_peft,
     )
+    if lora.get("trainable_token_indices"):
+        try:  # passed through to peft's LoraConfig by Unsloth versions that forward extra keywords
+            return FastLanguageModel.get_peft_model(model, trainable_token_indices=lora["trainable_token_indices"],
+                                                    **settings)
+        except TypeError as exc:
+            if "trainable_token_indices" not in str(exc):
+                raise
+            raise BbjtuneError("this Unsloth version cannot train the <|im_start|>/<|im_end|> rows a Base model needs",
+                               "set train.sft.train_chat_tokens: no (Unsloth then initialises untrained tokens "
+                               "itself), or train.backend: hf") from None
+    return FastLanguageModel.get_peft_model(model, **settings)

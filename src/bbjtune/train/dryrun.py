@@ -141,7 +141,7 @@ def _show_cpt(cfg: RunConfig, data: TrainingData, tokenizer: Any, console: Conso
 
 
 def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Console) -> None:
-    from bbjtune.train.memory import Architecture, estimate_for_config, known_architecture
+    from bbjtune.train.memory import GiB, Architecture, estimate_for_config, known_architecture
 
     arch = known_architecture(cfg.model.source)
     if arch is None:
@@ -153,7 +153,8 @@ def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Con
             console.print(f"[yellow]memory estimate skipped:[/] cannot read the model's config ({exc})")
             return
     tokens = 2 if "sft" in stages and cfg.train.sft.train_chat_tokens != "no" and cfg.model.kind == "base" else 0
-    table = Table(title=f"GPU memory per GPU (estimate, GiB) — {arch.params / 1e9:.2f}B parameters",
+    unit, scale = ("GiB", 1.0) if arch.params > 5e7 else ("MiB", 1024.0)  # tiny models: MiB
+    table = Table(title=f"GPU memory per GPU (estimate, {unit}) — {arch.params / 1e9:.2f}B parameters",
                   title_justify="left")
     table.add_column("stage")
     for col in ("weights", "LoRA+grads+optimizer", "activations", "output head", "overhead", "total"):
@@ -161,14 +162,16 @@ def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Con
     for stage in stages:
         for ckpt in (True, False):
             e = estimate_for_config(cfg, stage, arch, trainable_tokens=tokens if stage == "sft" else 0,
-                                    gradient_checkpointing=ckpt).as_gib()
+                                    gradient_checkpointing=ckpt)
             mark = " ←" if ckpt == cfg.train.gradient_checkpointing else ""
-            table.add_row(f"{stage}, checkpointing {'on' if ckpt else 'off'}{mark}", *(f"{e[k]:.1f}" for k in (
-                "weights", "adapter", "activations", "output_head", "overhead")), f"[bold]{e['total']:.1f}[/]")
+            table.add_row(f"{stage}, checkpointing {'on' if ckpt else 'off'}{mark}",
+                          *(f"{getattr(e, k) * scale / GiB:.1f}" for k in ("weights", "adapter", "activations",
+                                                                           "output_head", "overhead")),
+                          f"[bold]{e.total * scale / GiB:.1f}[/]")
     console.print(table)
     sc = getattr(cfg.train, stages[-1])
     for strategy, gpus in (("zero2", 2), ("zero3", 4)):
-        e = estimate_for_config(cfg, stages[-1], arch, trainable_tokens=tokens, strategy=strategy, gpus=gpus).as_gib()
-        console.print(f"  {strategy} on {gpus} GPUs: {e['total']:.1f} GiB per GPU")
+        e = estimate_for_config(cfg, stages[-1], arch, trainable_tokens=tokens, strategy=strategy, gpus=gpus)
+        console.print(f"  {strategy} on {gpus} GPUs: {e.total * scale / GiB:.1f} {unit} per GPU")
     console.print(f"  batch {sc.per_device_batch_size} x {sc.max_length} tokens per GPU; "
                   "the CUDA context (~0.5 GiB) comes on top")

@@ -10,8 +10,8 @@ import yaml
 
 from bbjtune.artifacts import atomic_write_text, library_versions
 
-STAGE_NAMES = {"cpt": "stage 1, continued pretraining on raw BBj code",
-               "sft": "stage 2, instruction tuning on BBj questions and answers (ChatML)"}
+STAGE_NAMES = {"cpt": "stage 1: continued pretraining on raw BBj code",
+               "sft": "stage 2: instruction tuning on BBj questions and answers in ChatML"}
 
 
 def write_model_card(path: Path, *, cfg: Any, stage: str, base_model: str, metrics: dict[str, Any],
@@ -44,7 +44,7 @@ def write_model_card(path: Path, *, cfg: Any, stage: str, base_model: str, metri
     lines += ["", "## Training", "", "| | |", "|---|---|",
               f"| steps / epochs | {metrics.get('steps')} / {metrics.get('epochs')} |",
               f"| loss (first → last logged) | {_num(metrics.get('first_loss'))} → {_num(metrics.get('final_loss'))} |",
-              f"| held-out loss | {_num(metrics.get('eval_loss'))} |",
+              f"| held-out loss (before → after) | {_num(metrics.get('first_eval_loss'))} → {_num(metrics.get('eval_loss'))} |",
               *([f"| greedy answers ending with <\\|im_end\\|> | {metrics['stop_check']['stopped']} of "
                  f"{metrics['stop_check']['of']} held-out requests |"] if "of" in (metrics.get("stop_check") or {}) else []),
               f"| learning rate, schedule | {sc.learning_rate:g}, {sc.lr_scheduler}, warmup {sc.warmup_ratio:g} |",
@@ -56,7 +56,7 @@ def write_model_card(path: Path, *, cfg: Any, stage: str, base_model: str, metri
               f"| r / alpha / dropout | {lora['r']} / {lora['lora_alpha']} / {lora['lora_dropout']} |",
               f"| target modules | {lora['target_modules']} |",
               f"| rsLoRA / DoRA | {lora['use_rslora']} / {lora['use_dora']} |",
-              f"| trained token rows | {lora.get('trainable_token_indices') or 'none'} |",
+              f"| trained token rows | {_token_rows(lora.get('trainable_token_indices'))} |",
               f"| modules trained in full | {lora.get('modules_to_save') or 'none'} |",
               "", "## Data", "", "| file | lines | sha256 |", "|---|---|---|"]
     for item in inputs:
@@ -66,6 +66,14 @@ def write_model_card(path: Path, *, cfg: Any, stage: str, base_model: str, metri
               "", "## Versions", ""]
     lines += [f"- {k}: {v}" for k, v in library_versions().items()]
     return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _token_rows(indices: Any) -> str:
+    if not indices:
+        return "none"
+    ids = sorted({i for v in indices.values() for i in v}) if isinstance(indices, dict) else indices
+    where = " and ".join(indices) if isinstance(indices, dict) else "embed_tokens"
+    return f"{', '.join(map(str, ids))} (<\\|im_start\\|>, <\\|im_end\\|>) in {where}"
 
 
 def _num(value: Any) -> str:

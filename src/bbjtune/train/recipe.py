@@ -315,8 +315,10 @@ def decide_resume(job: StageJob) -> Path | None:
         return found
     if job.resume == "auto" and matches:
         return found
+    wait_for_everyone()  # every process has looked before the old checkpoints go
     if is_main_process() and job.checkpoints_dir.exists():
         shutil.rmtree(job.checkpoints_dir)
+    wait_for_everyone()
     return None
 
 
@@ -401,6 +403,8 @@ def final_metrics(trainer: Any, has_eval: bool) -> dict[str, Any]:
     if has_eval:
         at_end = [h["eval_loss"] for h in history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
         metrics["eval_loss"] = at_end[-1] if at_end else trainer.evaluate()["eval_loss"]
+        at_start = [h["eval_loss"] for h in history if "eval_loss" in h and h.get("step") == 0]
+        metrics["first_eval_loss"] = at_start[0] if at_start else None
     return metrics
 
 

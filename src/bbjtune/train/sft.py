@@ -38,6 +38,7 @@ def run_sft(job: StageJob, data: TrainingData) -> dict[str, Any]:
     args = recipe.sft_config(job, has_eval=eval_dataset is not None,
                              assistant_only_loss=job.stage_cfg.assistant_only_loss, packing_strategy="bfd")
     resume_from = recipe.decide_resume(job)
+    args.eval_on_start = eval_dataset is not None and resume_from is None  # the held-out loss before training
     trainer = recipe.make_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings,
                                   callbacks=recipe.stage_callbacks(job, resume_from),
                                   embedding_lr=job.stage_cfg.embedding_learning_rate)

@@ -144,7 +144,8 @@ def _summarize(job: Any, metrics: dict[str, Any]) -> None:
         return f"{v:.4f}" if isinstance(v, (int, float)) else "–"
 
     job.console.print(f"[green]✓[/] {job.stage}: {metrics.get('steps')} steps, loss {fmt(metrics.get('first_loss'))} → "
-                      f"{fmt(metrics.get('final_loss'))}, held-out loss {fmt(metrics.get('eval_loss'))} → {job.adapter_dir}")
+                      f"{fmt(metrics.get('final_loss'))}, held-out loss {fmt(metrics.get('first_eval_loss'))} → "
+                      f"{fmt(metrics.get('eval_loss'))}; saved in {job.adapter_dir}")
     check = metrics.get("stop_check") or {}
     if "of" in check:
         style = "green" if check["stopped"] == check["of"] else "yellow"
