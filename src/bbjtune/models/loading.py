@@ -159,6 +159,7 @@ def load_model(source: str | ModelSource, dtype: str = "auto", quantization: Any
         raise _load_error(src.spec, exc) from exc
     if _dequantized_gguf(model.config):
         model.hf_quantizer = None
+        model.is_quantized = False   # the Trainer refuses "quantized" models otherwise
         del model.config.quantization_config
     return model
 
