@@ -173,6 +173,11 @@ def test_saved_adapter_and_handle(tmp_path, tiny_model_dir):
     card = (adapter / "README.md").read_text()
     from bbjtune.artifacts import sha256_file
     assert sha256_file(cfg.data_dir / "train.jsonl") in card and "Merge before serving" in card
+    from bbjtune.models import load_tokenizer
+
+    saved, original = load_tokenizer(str(adapter)), load_tokenizer(str(tiny_model_dir))
+    sample = conversation(0)
+    assert saved.apply_chat_template(sample, tokenize=True) == original.apply_chat_template(sample, tokenize=True)
     gen = json.loads((adapter / "generation_config.json").read_text())
     assert len(gen["eos_token_id"]) == 2
     rows = [json.loads(line) for line in (cfg.train_dir / "metrics.jsonl").read_text().splitlines()]
