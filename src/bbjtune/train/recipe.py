@@ -239,6 +239,17 @@ def make_trainer(job: StageJob, model: Any, tokenizer: Any, args: Any, train_dat
     from trl import SFTTrainer
 
     class Trainer(SFTTrainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            # trl counts one row per batch when there is no attention mask (its padding-free layout);
+            # PackedRowsCollator batches several rows without a mask: count them all.
+            before = self._total_train_tokens
+            loss = super().compute_loss(model, inputs, *args, **kwargs)
+            rows = inputs["input_ids"].shape[0]
+            if model.training and "attention_mask" not in inputs and rows > 1:
+                self._total_train_tokens = before + (self._total_train_tokens - before) * rows
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            return loss
+
         def create_optimizer(self, model=None):
             if self.optimizer is not None or not embedding_lr:
                 return super().create_optimizer(model)
