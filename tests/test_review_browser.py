@@ -44,6 +44,14 @@ def browser_page():
             browser.close()
 
 
+def assert_text(page, selector: str, text: str, contains: bool = False, timeout: int = 15_000) -> None:
+    """Wait (instead of reading once) until the element shows the text: navigation and scripts take time."""
+    page.wait_for_function(
+        "([s, t, c]) => { const e = document.querySelector(s); "
+        "return !!e && (c ? e.textContent.includes(t) : e.textContent === t); }",
+        arg=[selector, text, contains], timeout=timeout)
+
+
 def _rate_with_keyboard(page, scores: str, preference: str) -> None:
     before = page.text_content("#progress-text")
     for key in scores:
@@ -69,17 +77,17 @@ def test_review_in_a_real_browser(tmp_path, browser_page):
         page.keyboard.press("Enter")
         page.wait_for_selector("#rating-form")
         total = len(PROMPTS)
-        assert page.text_content("#progress-text") == f"0 of {total} rated"
+        assert_text(page, "#progress-text", f"0 of {total} rated")
         assert page.text_content("#reviewer-name") == "Ann Expert"
 
         # Enter before everything is scored: the page says what is missing and stays.
         first_url = page.url
         page.keyboard.press("Enter")
-        assert "Score correctness of the left answer" in page.text_content("#client-error")
+        assert_text(page, "#client-error", "Score correctness of the left answer", contains=True)
         assert page.url == first_url
 
         _rate_with_keyboard(page, "445532", "a")  # six scores (1-5), left is better, save
-        assert page.text_content("#progress-text") == f"1 of {total} rated"
+        assert_text(page, "#progress-text", f"1 of {total} rated")
         _rate_with_keyboard(page, "333333", "ArrowRight")  # right is better
         third_url = page.url
         comment = "</textarea><script>alert(3)</script> {{ 7*7 }}"
@@ -87,13 +95,13 @@ def test_review_in_a_real_browser(tmp_path, browser_page):
         page.keyboard.type(comment)
         page.keyboard.press("Escape")
         _rate_with_keyboard(page, "555511", "s")  # a tie, with a comment
-        assert page.text_content("#progress-text") == f"3 of {total} rated"
+        assert_text(page, "#progress-text", f"3 of {total} rated")
 
         page.reload()
-        assert page.text_content("#progress-text") == f"3 of {total} rated"
+        assert_text(page, "#progress-text", f"3 of {total} rated")
         page.goto(url)  # start over from the front page: straight back to the next prompt
         page.wait_for_selector("#rating-form")
-        assert page.text_content("#progress-text") == f"3 of {total} rated"
+        assert_text(page, "#progress-text", f"3 of {total} rated")
         page.goto(third_url)
         assert page.input_value("#comment") == comment
         assert page.is_checked('input[name="prefer"][value="tie"]')
