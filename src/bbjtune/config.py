@@ -184,6 +184,7 @@ class EvalConfig(Section):
     request_timeout_s: float = Field(120.0, gt=0.0)
     retries: int = Field(3, ge=0)
     concurrency: int = Field(8, gt=0, description="http backend: requests in flight at once")
+    threads: int | None = Field(None, gt=0, description="gguf backend: CPU threads (default: all cores)")
     system_prompt: str | None = Field(None, description="default: the training data's system prompt (trained.json)")
     n_samples: int = Field(1, gt=0)
     k: list[int] = Field(default_factory=lambda: [1])

@@ -163,7 +163,7 @@ def _eval_one(cfg: Any, ecfg: Any, model: str | None, adapter: str | None, train
                                        concurrency=ecfg.concurrency)
     else:
         spec.update(gguf=ecfg.gguf_file)
-        factory = lambda: make_backend("gguf", model=ecfg.gguf_file)  # noqa: E731
+        factory = lambda: make_backend("gguf", model=ecfg.gguf_file, threads=ecfg.threads)  # noqa: E731
     label = label or default_label(model or ecfg.api_model or ecfg.gguf_file, adapter, bool(info))
     root = out or (cfg.eval_dir if cfg else Path("runs") / "eval")
     suites = load_suites(ecfg.suites)

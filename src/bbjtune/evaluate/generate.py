@@ -261,7 +261,7 @@ def apply_adapter(model: Any, adapter: str) -> Any:
 def make_backend(kind: str, *, model: str | None = None, adapter: str | None = None, trained: str | None = None,
                  tokenizer: str | None = None, dtype: str = "auto", batch_size: int = 16,
                  base_url: str | None = None, api_model: str | None = None, timeout_s: float = 120.0,
-                 retries: int = 3, concurrency: int = 8, n_ctx: int = 8192) -> Backend:
+                 retries: int = 3, concurrency: int = 8, n_ctx: int = 8192, threads: int | None = None) -> Backend:
     """Build the backend a config or the command line asks for (loading the model when local)."""
     if kind == "transformers":
         if trained:
@@ -281,7 +281,7 @@ def make_backend(kind: str, *, model: str | None = None, adapter: str | None = N
 
         if not model:
             raise BbjtuneError("the gguf backend needs a .gguf file", "pass --model path/to/model.gguf")
-        return GgufBackend(model, n_ctx=n_ctx)
+        return GgufBackend(model, n_ctx=n_ctx, n_threads=threads)
     raise BbjtuneError(f"unknown backend '{kind}'", "use transformers, http or gguf")
 
 

@@ -125,8 +125,8 @@ def plan_models(cfg: RunConfig, trained: dict[str, Any] | None) -> list[ModelPla
     else:
         if e.compare_with_base and e.base_gguf_file:
             plans.append(ModelPlan("base", {"backend": "gguf", "gguf": e.base_gguf_file},
-                                   lambda: make_backend("gguf", model=e.base_gguf_file)))
-        plans.append(ModelPlan("tuned", {"backend": "gguf", "gguf": e.gguf_file}, lambda: make_backend("gguf", model=e.gguf_file)))
+                                   lambda: make_backend("gguf", model=e.base_gguf_file, threads=e.threads)))
+        plans.append(ModelPlan("tuned", {"backend": "gguf", "gguf": e.gguf_file}, lambda: make_backend("gguf", model=e.gguf_file, threads=e.threads)))
     return plans
 
 
