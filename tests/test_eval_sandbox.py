@@ -142,3 +142,39 @@ def test_a_detached_child_does_not_outlive_its_program(mode):
     assert result.status == "passed"
     time.sleep(0.3)
     assert not [p for p in _leftover_processes("bbjtune-sandbox-") if "program.py" in p]
+
+
+def test_many_workers_starting_at_once_all_get_a_working_sandbox():
+    # The first samples of a HumanEval run reach the sandbox together from every worker thread;
+    # they must share one probe, not run 16 probes that clean up after each other.
+    from bbjtune.evaluate import sandbox
+    from bbjtune.evaluate.humaneval import run_programs
+
+    sandbox._detect.cache_clear()
+    results = run_programs(["print('ok')\n"] * 48, Limits(wall_s=20), workers=16)
+    assert [r.status for r in results] == ["passed"] * 48
+
+
+def test_two_evaluations_on_one_machine_use_different_uids():
+    from bbjtune.evaluate.sandbox import sandbox_uid
+
+    mine = {sandbox_uid(slot) for slot in range(4)}
+    other = subprocess.run([sys.executable, "-c", "from bbjtune.evaluate.sandbox import sandbox_uid\n"
+                            "print(*(sandbox_uid(s) for s in range(4)))"],
+                           capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    assert len(mine) == 4 and len(other) == 4 and not mine & {int(u) for u in other}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="samples run under their own uid only when bbjtune runs as root")
+def test_a_sample_of_another_evaluation_survives_this_one_cleaning_up():
+    # Cleaning up after a sample kills every process of its uid; a second evaluation running
+    # side by side on the same machine (another process) must not lose its samples to that.
+    other = subprocess.Popen(
+        [sys.executable, "-c", "from bbjtune.evaluate.sandbox import Limits, run_python\n"
+         "r = run_python('import time\\ntime.sleep(3)\\nprint(1)\\n', Limits(wall_s=20))\n"
+         "print(r.status, r.reason)"], stdout=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # the other sample is sleeping now
+    for _ in range(5):
+        assert run_python("print('ok')\n", Limits(wall_s=20)).status == "passed"
+    out, _ = other.communicate(timeout=60)
+    assert out.startswith("passed"), out

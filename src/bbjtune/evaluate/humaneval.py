@@ -27,7 +27,7 @@ from typing import Any
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.estimator import mean_pass_at_k
 from bbjtune.evaluate.generate import Request, truncate_at_stop
-from bbjtune.evaluate.sandbox import Limits, SandboxResult, detect_isolation, run_python
+from bbjtune.evaluate.sandbox import SLOTS_PER_BLOCK, Limits, SandboxResult, detect_isolation, run_python
 
 SUITE_NAME = "humaneval"
 COMPLETION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
@@ -92,7 +92,7 @@ def build_program(problem: dict[str, Any], solution: str, style: str) -> str:
 def run_programs(programs: Sequence[str], limits: Limits, workers: int | None = None,
                  on_done: Callable[[int], None] | None = None) -> list[SandboxResult]:
     """Run programs in the sandbox, `workers` at a time (each worker has its own sandbox slot)."""
-    workers = max(1, min(workers or os.cpu_count() or 1, len(programs) or 1))
+    workers = max(1, min(workers or os.cpu_count() or 1, len(programs) or 1, SLOTS_PER_BLOCK))
     detect_isolation()  # probe once, before the threads start
     slots: queue.Queue[int] = queue.Queue()
     for s in range(workers):

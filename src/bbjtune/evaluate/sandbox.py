@@ -13,8 +13,9 @@ Each program runs in its own process with
 
 Who runs it: a normal user gets a user namespace as well (`unshare --user --map-root-user`), and
 the process limit counts only that namespace's processes. root is exempt from the process limit,
-so as root the program runs under an otherwise unused uid (`SANDBOX_UID_BASE + slot`, one per
-parallel worker), which also keeps it out of root-only files.
+so as root the program runs under an otherwise unused uid, one per parallel worker, from a block
+of uids that this process alone holds (a lock file claims it), so evaluations running side by
+side never kill each other's samples; this also keeps the program out of root-only files.
 
 Fallback, when namespaces are not available (some containers forbid `unshare`): the same limits
 and temp dir, its own session (the process group is killed afterwards), and the network blocked
@@ -37,10 +38,13 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bbjtune.errors import BbjtuneError
 
-SANDBOX_UID_BASE = 61000  # root only: sample processes run as 61000 + worker slot
+SANDBOX_UID_BASE = 61000  # root only: sample processes run as 61000 + 256 * block + worker slot
+SLOTS_PER_BLOCK = 256     # parallel workers one process may use
+UID_BLOCKS = 64           # processes that may run samples side by side on one machine
 OUTPUT_LIMIT_BYTES = 1 << 20
 TAIL_CHARS = 2000
 
@@ -191,7 +195,51 @@ def _interpreter_candidates() -> list[str]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+_DETECT_LOCK = threading.Lock()
+_UID_LOCK = threading.Lock()
+_uid_block: int | None = None
+_uid_block_file = None  # kept open: the lock on it lasts as long as this process
+
+
+def sandbox_uid(slot: int) -> int:
+    """The uid a sample in worker `slot` runs under (root only).
+
+    Every process that runs samples claims its own block of uids by locking a file, so two
+    evaluations on one machine never share a uid: cleaning up after a sample kills every process
+    of its uid, which must not hit a sample of the other evaluation.
+    """
+    global _uid_block, _uid_block_file
+    if not 0 <= slot < SLOTS_PER_BLOCK:
+        raise ValueError(f"sandbox slot {slot} is outside 0..{SLOTS_PER_BLOCK - 1}")
+    with _UID_LOCK:
+        if _uid_block is None:
+            _uid_block, _uid_block_file = _claim_uid_block()
+    return SANDBOX_UID_BASE + _uid_block * SLOTS_PER_BLOCK + slot
+
+
+def _claim_uid_block() -> tuple[int, Any]:
+    import fcntl
+
+    lock_dir = os.path.join(tempfile.gettempdir(), "bbjtune-sandbox-uids")
+    with contextlib.suppress(OSError):
+        os.makedirs(lock_dir, mode=0o700, exist_ok=True)
+    for block in range(UID_BLOCKS):
+        try:
+            fh = open(os.path.join(lock_dir, f"block-{block}.lock"), "a+")
+        except OSError:
+            break
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            continue
+        return block, fh
+    raise BbjtuneError(f"HumanEval cannot run here: {UID_BLOCKS} evaluations already run samples on this "
+                       f"machine, or {lock_dir} is not writable",
+                       "wait for the other evaluations to finish, or run this one with HumanEval off "
+                       "(--no-humaneval)")
+
+
 def detect_isolation(mode: str = "auto") -> Isolation:
     """The strongest isolation that works here, found by running a trivial program under it.
 
@@ -199,6 +247,12 @@ def detect_isolation(mode: str = "auto") -> Isolation:
     The environment variable BBJTUNE_SANDBOX overrides "auto".
     """
     mode = os.environ.get("BBJTUNE_SANDBOX", mode) if mode == "auto" else mode
+    with _DETECT_LOCK:  # worker threads asking at once must not probe at once (probes share slot 0)
+        return _detect(mode)
+
+
+@functools.lru_cache(maxsize=None)
+def _detect(mode: str) -> Isolation:
     is_root = os.geteuid() == 0
     unshare = shutil.which("unshare") if sys.platform.startswith("linux") else None
     tmp_root = os.path.realpath(tempfile.gettempdir())
@@ -232,7 +286,7 @@ def run_python(program: str, limits: Limits = Limits(), slot: int = 0, mode: str
 
 def _run(iso: Isolation, program: str, limits: Limits, slot: int) -> SandboxResult:
     workdir = tempfile.mkdtemp(prefix="bbjtune-sandbox-")
-    uid = SANDBOX_UID_BASE + slot if iso.drop_to_uid else None
+    uid = sandbox_uid(slot) if iso.drop_to_uid else None
     t0 = time.monotonic()
     try:
         prog_path = os.path.join(workdir, "program.py")
