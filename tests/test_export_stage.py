@@ -156,3 +156,27 @@ def test_not_enough_disk_space_is_refused_before_writing(tmp_path, tiny_model_di
     assert not (tmp_path / "export").exists()
     model = load_model(str(tiny_model_dir), dtype="float32")
     assert estimate_parameters(str(tiny_model_dir)) == sum(p.numel() for p in model.parameters())
+
+
+def test_the_modelfile_keeps_its_quant_when_it_passed_verification(exported):
+    from bbjtune.export.stage import ollama_quant
+
+    _, out = exported
+    report = json.loads((out / "verify.json").read_text())
+    sizes = {q: (out / f"quickstart.{q}.gguf").stat().st_size for q in report["results"]}
+    assert ollama_quant("q4_k_m", report, sizes) == "q4_k_m"
+
+
+def test_the_modelfile_falls_back_to_the_smallest_file_that_passed(exported):
+    # as measured on a fine-tuned 0.5B model: q4_k_m fails (top-1 0.75), q8_0 and f16 pass
+    from bbjtune.export.stage import ollama_quant
+
+    _, out = exported
+    report = json.loads((out / "verify.json").read_text())
+    sizes = {q: (out / f"quickstart.{q}.gguf").stat().st_size for q in report["results"]}
+    report["results"]["q4_k_m"]["ok"] = False
+    assert ollama_quant("q4_k_m", report, sizes) == "q8_0"
+    for r in report["results"].values():
+        r["ok"] = False
+    assert ollama_quant("q4_k_m", report, sizes) == "q4_k_m"   # nothing passed: keep the configured file
+    assert ollama_quant("q4_k_m", None, sizes) == "q4_k_m"     # verification off

@@ -5,7 +5,8 @@
       <name>.f16.gguf         written with the gguf package
       <name>.q8_0.gguf        written with the gguf package
       <name>.q4_k_m.gguf      quantized from the f16 file by llama.cpp
-      Modelfile               Ollama: FROM the q4_k_m file, ChatML TEMPLATE, stop tokens, SYSTEM
+      Modelfile               Ollama: FROM the q4_k_m file (the smallest verified one if it fails), ChatML
+                              TEMPLATE, stop tokens, SYSTEM
       vllm-lora.json          vLLM: launch command with the adapter as LoRA (or the merged model, and why)
       verify.json             per GGUF: tokenization identical, max/mean |Δlogit|, top-1 and greedy agreement
       manifest.json
@@ -79,7 +80,7 @@ def run_stage(cfg: RunConfig) -> Path:
         if export.merged:
             run.outputs.append("merged/")
         if export.ollama.enabled:
-            _write_modelfile(cfg, plan, run)
+            _write_modelfile(cfg, plan, run, report)
         if export.vllm.enabled:
             _write_vllm(cfg, plan, adapters, run)
         run.outputs.extend(p.name for p in ggufs.values())
@@ -208,17 +209,36 @@ def _base_checkpoint_dir(plan, scratch: Path) -> Path:
     return merge(MergePlan(base=plan.base, adapters=[], tokenizer=plan.tokenizer, chat=plan.chat), scratch / "base")
 
 
-def _write_modelfile(cfg: RunConfig, plan, run: StageRun) -> None:
+def ollama_quant(wanted: str, report: dict[str, Any] | None, sizes: dict[str, int]) -> str:
+    """The GGUF the Modelfile uses: the configured one, unless verification failed it.
+
+    Then the smallest file that passed (a 0.5B model can lose a quarter of its top-1 agreement at
+    q4_k_m while q8_0 stays faithful); if none passed, the configured one all the same.
+    """
+    results = (report or {}).get("results") or {}
+    if wanted not in results or results[wanted].get("ok"):
+        return wanted
+    passed = [q for q, r in results.items() if r.get("ok") and q in sizes]
+    return min(passed, key=lambda q: sizes[q]) if passed else wanted
+
+
+def _write_modelfile(cfg: RunConfig, plan, run: StageRun, report: dict[str, Any] | None = None) -> None:
     from bbjtune.export.modelfile import ollama_model_name, write_modelfile
 
     o = cfg.export.ollama
     name = ollama_model_name(cfg.name, o.model_name)
     system = o.system_prompt or plan.system_prompt
-    path = write_modelfile(cfg.export_dir, gguf_path(cfg, o.quant).name, system_prompt=system, num_ctx=o.num_ctx,
+    sizes = {q: gguf_path(cfg, q).stat().st_size for q in cfg.export.gguf if gguf_path(cfg, q).exists()}
+    quant = ollama_quant(o.quant, report, sizes)
+    if quant != o.quant:
+        console.print(f"[yellow]the Modelfile uses {quant}, not {o.quant}:[/] the {o.quant} file failed "
+                      f"verification (verify.json); {quant} passed", highlight=False)
+    path = write_modelfile(cfg.export_dir, gguf_path(cfg, quant).name, system_prompt=system, num_ctx=o.num_ctx,
                            temperature=o.temperature, model_name=name)
     run.outputs.append(path.name)
-    run.extra["ollama"] = {"model_name": name, "modelfile": str(path), "system_prompt": system}
-    console.print(f"[green]✓[/] Modelfile → ollama create {name} -f {path}")
+    run.extra["ollama"] = {"model_name": name, "modelfile": str(path), "system_prompt": system, "quant": quant,
+                           **({"configured_quant": o.quant} if quant != o.quant else {})}
+    console.print(f"[green]✓[/] Modelfile ({quant}) → ollama create {name} -f {path}")
 
 
 def _write_vllm(cfg: RunConfig, plan, adapters, run: StageRun) -> None:

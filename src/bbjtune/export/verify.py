@@ -245,8 +245,11 @@ def raise_on_failure(report: dict[str, Any]) -> None:
         bad["lora"] = {"failures": ["base + GGUF LoRA adapter does not compute what the merged model computes"]}
     if bad:
         text = "; ".join(f"{q}: {', '.join(r.get('failures') or [r.get('error', 'failed')])}" for q, r in bad.items())
+        good = [q for q, r in report["results"].items() if r["ok"]]
         raise BbjtuneError(f"GGUF verification failed — {text}",
-                           "see verify.json in the export directory; the files were kept for inspection")
+                           "see verify.json in the export directory; the files were kept for inspection"
+                           + (f"; {', '.join(good)} passed (the Modelfile then uses the smallest of them)"
+                              if good else ""))
 
 
 def compare_lora_with_merged(base: Path, lora: Path, merged: Path, threads: int | None = None) -> dict[str, Any]:
