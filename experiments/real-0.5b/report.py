@@ -4,7 +4,7 @@
 
 Reads eval/<label>/results.json for every evaluated model and metrics.jsonl; writes
 experiments/real-0.5b/results.md (the measured tables, pasted into RESULTS.md) and
-experiments/real-0.5b/{loss_curves,compile_by_generation}.png.
+experiments/real-0.5b/{loss_curves,compile_by_generation,tradeoff}.png.
 """
 
 from __future__ import annotations
@@ -19,14 +19,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).parent
-# label in eval/ → what it is, in table order
+# label in eval/ → what it is, in table order. run.sh's eval step writes the first four, its sweep
+# step the others.
 MODELS = {
-    "base-q8_0": "base (Qwen2.5-Coder-0.5B-Instruct), q8_0",
-    "stage1-q8_0": "stage 1 only (CPT), q8_0",
-    "tuned-q8_0": "stage 1 + 2 (CPT + SFT), q8_0",
-    "tuned-q4_k_m": "stage 1 + 2, exported q4_k_m",
-    "base-q4_k_m": "base, the original q4_k_m file",
-    "tuned-hf": "stage 1 + 2, bf16 on the GPU (transformers)",
+    "base": "base: Qwen2.5-Coder-0.5B-Instruct",
+    "stage1": "stage 1 only (CPT, 2 epochs)",
+    "tuned": "stage 1 + 2 (CPT + SFT 2e-4 × 8 epochs)",
+    "tuned-q4_k_m": "stage 1 + 2, exported q4_k_m GGUF (llama.cpp, CPU)",
+    "tuned-q8_0": "stage 1 + 2, exported q8_0 GGUF (llama.cpp, CPU)",
+}
+SWEEP = {
+    "instruct-sft-only": "no stage 1; SFT 1e-4 × 3 (the one-stage Instruct shortcut)",
+    "sft-5e-5x3": "stage 1 + SFT 5e-5 × 3 epochs",
+    "sft-1e-4x3": "stage 1 + SFT 1e-4 × 3 epochs",
+    "cpt6-sft-1e-4x3": "stage 1 × 6 epochs + SFT 1e-4 × 3 epochs",
+    "tuned": "stage 1 + SFT 2e-4 × 8 epochs (chosen)",
 }
 GENERATIONS = ("character", "vpro5", "gui", "dwc")
 
@@ -35,21 +42,24 @@ def pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
 
-def load(run: Path) -> dict[str, dict]:
+def load(run: Path, labels=MODELS) -> dict[str, dict]:
     out = {}
-    for label in MODELS:
+    for label in labels:
         f = run / "eval" / label / "results.json"
         if f.exists():
             out[label] = json.loads(f.read_text())
     return out
 
 
-def headline_table(results: dict[str, dict]) -> str:
-    rows = ["| model | compile@1 | patterns | factual | HumanEval pass@1 | prompts |",
-            "|---|---|---|---|---|---|"]
+def headline_table(results: dict[str, dict], names: dict[str, str] = MODELS) -> str:
+    rows = ["| model | compile@1 | compile@1 bbj-core | compile@1 bbj-challenge | patterns | factual "
+            "| HumanEval pass@1 | BBj prompts |",
+            "|---|---|---|---|---|---|---|---|"]
     for label, r in results.items():
-        he = (r.get("humaneval") or {}).get("pass_at_k", {}).get("1") if r.get("humaneval") else None
-        rows.append(f"| {MODELS[label]} | {pct(r['compile_at_k'].get('1'))} | {pct(r.get('patterns_pass_rate'))} | "
+        he = (r.get("humaneval") or {}).get("pass_at_1")
+        suite = {s: r["by_suite"].get(s, {}).get("compile_at_k", {}).get("1") for s in ("bbj-core", "bbj-challenge")}
+        rows.append(f"| {names[label]} (`{label}`) | {pct(r['compile_at_k'].get('1'))} | {pct(suite['bbj-core'])} | "
+                    f"{pct(suite['bbj-challenge'])} | {pct(r.get('patterns_pass_rate'))} | "
                     f"{pct(r.get('factual_accuracy'))} | {pct(he)} | {r['n_prompts']} |")
     return "\n".join(rows)
 
@@ -89,7 +99,7 @@ def plot_losses(run: Path) -> Path | None:
 
 
 def plot_generations(results: dict[str, dict]) -> Path:
-    labels = [label for label in ("base-q8_0", "stage1-q8_0", "tuned-q8_0", "tuned-q4_k_m") if label in results]
+    labels = [label for label in ("base", "stage1", "tuned", "tuned-q4_k_m") if label in results]
     fig, ax = plt.subplots(figsize=(8, 3.6))
     width = 0.8 / max(len(labels), 1)
     for i, label in enumerate(labels):
@@ -105,17 +115,45 @@ def plot_generations(results: dict[str, dict]) -> Path:
     return out
 
 
+def plot_tradeoff(base: dict | None, stage1: dict | None, sweep: dict[str, dict]) -> Path | None:
+    """compile@1 against HumanEval pass@1 for every recipe: what BBj costs in Python."""
+    points = {**({"base": base} if base else {}), **({"stage1": stage1} if stage1 else {}), **sweep}
+    points = {k: r for k, r in points.items() if (r.get("humaneval") or {}).get("pass_at_1") is not None}
+    if len(points) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, r in points.items():
+        x, y = 100 * r["humaneval"]["pass_at_1"], 100 * r["compile_at_k"]["1"]
+        ax.scatter(x, y, color="tab:gray" if label in ("base", "stage1") else "tab:blue")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if base:
+        bx, by = 100 * base["humaneval"]["pass_at_1"], 100 * base["compile_at_k"]["1"]
+        ax.axvline(bx - 5, color="tab:red", linestyle=":", label="HumanEval target (base − 5)")
+        ax.axhline(by + 30, color="tab:green", linestyle=":", label="compile@1 target (base + 30)")
+    ax.set_xlabel("HumanEval pass@1 (%)")
+    ax.set_ylabel("BBj compile@1 (%)")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    out = HERE / "tradeoff.png"
+    fig.savefig(out, dpi=110)
+    return out
+
+
 def main(run: Path) -> None:
     results = load(run)
     if not results:
         sys.exit(f"no evaluation results under {run}/eval")
-    parts = ["## Headline (both suites: bbj-core + bbj-challenge)", headline_table(results),
-             "## compile@1 by BBj generation", breakdown_table(results, "by_generation"),
-             "## compile@1 by category", breakdown_table(results, "by_category"),
-             "## compile@1 by task", breakdown_table(results, "by_task")]
+    parts = ["## Headline (both suites: bbj-core + bbj-challenge)", headline_table(results)]
+    sweep = load(run, SWEEP)
+    if len(sweep) > 1:
+        parts += ["## Recipe sweep (same data, same stage 1 unless said)", headline_table(sweep, SWEEP)]
+    parts += ["## compile@1 by BBj generation", breakdown_table(results, "by_generation"),
+              "## compile@1 by category", breakdown_table(results, "by_category"),
+              "## compile@1 by task", breakdown_table(results, "by_task")]
     (HERE / "results.md").write_text("\n\n".join(parts) + "\n", encoding="utf-8")
     plot_losses(run)
     plot_generations(results)
+    plot_tradeoff(results.get("base"), results.get("stage1"), sweep)
     print("\n\n".join(parts))
 
 
