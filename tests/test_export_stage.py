@@ -167,6 +167,26 @@ def test_the_modelfile_keeps_its_quant_when_it_passed_verification(exported):
     assert ollama_quant("q4_k_m", report, sizes) == "q4_k_m"
 
 
+def test_a_q4_k_m_that_fails_verification_leaves_ollama_and_serve_on_q8_0(tiny_model_dir, tmp_path, monkeypatch):
+    # A real failure: the q4_k_m file is verified against a tolerance no 4-bit file can meet.
+    from bbjtune.export import verify
+    from bbjtune.export.cli import modelfile_quant
+    from bbjtune.export.stage import run_stage
+
+    monkeypatch.setitem(verify.TOLERANCES, "q4_k_m",
+                        verify.Tolerance(**{**vars(verify.TOLERANCES["q4_k_m"]), "top1": 1.01}))
+    cfg = _config(tmp_path, "export.gguf=[q8_0,q4_k_m]")
+    adapter = make_adapter(tiny_model_dir, cfg.train_dir / "sft" / "adapter", seed=7)
+    make_trained_run(cfg.train_dir, str(tiny_model_dir), adapter, tiny_model_dir, stages=("sft",))
+    with pytest.raises(BbjtuneError, match="q4_k_m") as err:
+        run_stage(cfg)
+    assert "q8_0 passed" in err.value.hint
+    out = cfg.export_dir
+    assert parse_modelfile((out / "Modelfile").read_text())["from"] == "./quickstart.q8_0.gguf"
+    assert (out / "quickstart.q4_k_m.gguf").exists()                 # kept for inspection
+    assert modelfile_quant(cfg) == "q8_0"                             # `serve gguf` serves the same file
+
+
 def test_the_modelfile_falls_back_to_the_smallest_file_that_passed(exported):
     # as measured on a fine-tuned 0.5B model: q4_k_m fails (top-1 0.75), q8_0 and f16 pass
     from bbjtune.export.stage import ollama_quant

@@ -104,7 +104,8 @@ def serve_vllm(config: ConfigArg, set_: SetOpt = None) -> None:
 @serve_app.command("gguf")
 def serve_gguf(
     target: Annotated[str, typer.Argument(help="A .gguf file, or a config/preset whose export to serve.")],
-    quant: Annotated[str, typer.Option(help="Which exported GGUF to serve when TARGET is a config.")] = "q4_k_m",
+    quant: Annotated[str | None, typer.Option(help="Which exported GGUF to serve when TARGET is a config "
+                                                  "(default: the one the Modelfile uses).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on. 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context length in tokens (prompt + answer).")] = 4096,
@@ -143,7 +144,18 @@ def serve_gguf(
                            f"is port {port} already in use? Choose another with --port")
 
 
-def _gguf_target(target: str, quant: str, overrides: list[str] | None) -> tuple[Path, str]:
+def modelfile_quant(cfg) -> str:
+    """The GGUF the export's Modelfile points at (a failed q4_k_m falls back to a verified file)."""
+    import json
+
+    try:
+        manifest = json.loads((cfg.export_dir / "manifest.json").read_text(encoding="utf-8"))
+        return (manifest.get("ollama") or {}).get("quant") or cfg.export.ollama.quant
+    except (OSError, ValueError):
+        return cfg.export.ollama.quant
+
+
+def _gguf_target(target: str, quant: str | None, overrides: list[str] | None) -> tuple[Path, str]:
     path = Path(target).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
@@ -154,7 +166,7 @@ def _gguf_target(target: str, quant: str, overrides: list[str] | None) -> tuple[
     from bbjtune.export.stage import gguf_path
 
     cfg = load_config(target, overrides)
-    path = gguf_path(cfg, quant)
+    path = gguf_path(cfg, quant or modelfile_quant(cfg))
     if not path.exists():
         made = sorted(p.name for p in cfg.export_dir.glob("*.gguf")) if cfg.export_dir.exists() else []
         hint = (f"exported files: {', '.join(made)} (choose one with --quant)" if made
