@@ -260,25 +260,29 @@ class ExpressionParser:
 
     def args(self) -> None:
         """`(expr, expr, ...)`; the current token is '('."""
-        K = self.K
         self.i += 1
-        if K[self.i] == ")":
+        if self.K[self.i] == ")":
             self.i += 1
             return
+        self._items_until(")", "missing ')': the parenthesis is not closed on this line")
+
+    paren_list = args
+
+    def _items_until(self, close: str, unclosed: str) -> None:
+        """`expr, expr, ... close`: comma-separated expressions up to and including `close`."""
+        K = self.K
         while True:
             self.expr()
             k = K[self.i]
             if k == ",":
                 self.i += 1
                 continue
-            if k == ")":
+            if k == close:
                 self.i += 1
                 return
             if k == "eol":
-                self.fail("missing ')': the parenthesis is not closed on this line", "unbalanced-paren")
-            self.unexpected("',' or ')'")
-
-    paren_list = args
+                self.fail(unclosed, "unbalanced-paren")
+            self.unexpected(f"',' or '{close}'")
 
     def index(self) -> None:
         """`[expr, ...]` or `[ALL]`; the current token is '['."""
@@ -287,18 +291,7 @@ class ExpressionParser:
         if K[self.i] == "id" and K[self.i + 1] == "]" and self.T[self.i].upper() == "ALL":
             self.i += 2
             return
-        while True:
-            self.expr()
-            k = K[self.i]
-            if k == ",":
-                self.i += 1
-                continue
-            if k == "]":
-                self.i += 1
-                return
-            if k == "eol":
-                self.fail("missing ']': the bracket is not closed on this line", "unbalanced-paren")
-            self.unexpected("',' or ']'")
+        self._items_until("]", "missing ']': the bracket is not closed on this line")
 
     def constructor(self) -> str:
         """`new Type(args)` or `new Type[size]`, then any suffixes."""

@@ -34,14 +34,7 @@ def run_cpt(job: StageJob, data: TrainingData) -> dict[str, Any]:
     train_dataset, eval_dataset = _setup_data(data)
     args = recipe.sft_config(job, has_eval=eval_dataset is not None, dataset_text_field="text",
                              eos_token=ENDOFTEXT, packing_strategy="bfd_split")
-    resume_from = recipe.decide_resume(job)
-    args.eval_on_start = eval_dataset is not None and resume_from is None  # the held-out loss before training
-    trainer = recipe.make_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings,
-                                  callbacks=recipe.stage_callbacks(job, resume_from),
-                                  embedding_lr=job.stage_cfg.embedding_learning_rate)
-    recipe.record_fingerprint(job)
-    recipe.train(trainer, job, resume_from)
-    metrics = recipe.final_metrics(trainer, eval_dataset is not None)
+    trainer, metrics = recipe.run_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings)
     if recipe.is_main_process():
         recipe.save_adapter(trainer, tokenizer, job.adapter_dir, chat_model=False)
     del trainer, model

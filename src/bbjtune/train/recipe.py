@@ -402,6 +402,19 @@ def stage_callbacks(job: StageJob, resume_from: Path | None) -> list[Any]:
     return callbacks
 
 
+def run_trainer(job: StageJob, model: Any, tokenizer: Any, args: Any, train_dataset: Any, eval_dataset: Any,
+                peft_settings: Any) -> tuple[Any, dict[str, Any]]:
+    """Build the trainer, train (resuming when there is a checkpoint) and return it with its final metrics."""
+    resume_from = decide_resume(job)
+    args.eval_on_start = eval_dataset is not None and resume_from is None  # the held-out loss before training
+    trainer = make_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings,
+                           callbacks=stage_callbacks(job, resume_from),
+                           embedding_lr=job.stage_cfg.embedding_learning_rate)
+    record_fingerprint(job)
+    train(trainer, job, resume_from)
+    return trainer, final_metrics(trainer, eval_dataset is not None)
+
+
 def final_metrics(trainer: Any, has_eval: bool) -> dict[str, Any]:
     """Last training loss, a final held-out evaluation, step counts."""
     history = trainer.state.log_history
