@@ -109,12 +109,13 @@ class StageConfig(Section):
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.01, ge=0.0)
     lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    train_embeddings: bool = Field(False, description="also train embed_tokens/lm_head in full (stage 1 on new "
+                                                      "vocabulary, tiny random models; the adapter must be merged)")
+    embedding_learning_rate: float | None = Field(None, gt=0.0, lt=1.0)
 
 
 class CptConfig(StageConfig):
     learning_rate: float = Field(2e-4, gt=0.0, lt=1.0)
-    train_embeddings: bool = Field(False, description="also train embed_tokens/lm_head (the adapter must be merged)")
-    embedding_learning_rate: float | None = Field(None, gt=0.0, lt=1.0)
 
 
 class SftConfig(StageConfig):
@@ -126,9 +127,6 @@ class SftConfig(StageConfig):
     stop_check: int = Field(
         4, ge=0, description="after training, answer this many held-out requests greedily and report how many "
                              "end with <|im_end|> (0: skip)")
-    train_embeddings: bool = Field(
-        False, description="also train embed_tokens/lm_head in full (tiny random models; the adapter must be merged)")
-    embedding_learning_rate: float | None = Field(None, gt=0.0, lt=1.0)
 
 
 class TrainConfig(Section):
