@@ -146,12 +146,11 @@ def serve_gguf(
 
 def modelfile_quant(cfg) -> str:
     """The GGUF the export's Modelfile points at (a failed q4_k_m falls back to a verified file)."""
-    import json
+    from bbjtune.artifacts import read_manifest
 
     try:
-        manifest = json.loads((cfg.export_dir / "manifest.json").read_text(encoding="utf-8"))
-        return (manifest.get("ollama") or {}).get("quant") or cfg.export.ollama.quant
-    except (OSError, ValueError):
+        return (read_manifest(cfg.export_dir).get("ollama") or {}).get("quant") or cfg.export.ollama.quant
+    except BbjtuneError:   # no export yet, or a damaged manifest: the configured file
         return cfg.export.ollama.quant
 
 

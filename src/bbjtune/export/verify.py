@@ -181,8 +181,9 @@ def default_threads(path: str | Path | None = None) -> int:
     """Threads for llama.cpp and torch while verifying: all cores but one, and one for tiny models.
 
     Both libraries' worker threads spin-wait at every operation; when another process holds a
-    core they wait for a descheduled thread each time. Measured on a busy 2-core machine:
-    Qwen2.5-0.5B verification 8 s with one thread, 128 s with two; tiny models 50x slower.
+    core they wait for a descheduled thread each time. Measured on a busy 2-core machine
+    (benchmarks/RESULTS.md, "Export"): Qwen2.5-0.5B verification 49 s on one thread, 622 s on
+    both. Tiny models get one thread: their operations are too small to share.
     """
     if path is not None and Path(path).stat().st_size < SMALL_MODEL_BYTES:
         return 1
@@ -248,8 +249,7 @@ def raise_on_failure(report: dict[str, Any]) -> None:
         good = [q for q, r in report["results"].items() if r["ok"]]
         raise BbjtuneError(f"GGUF verification failed — {text}",
                            "see verify.json in the export directory; the files were kept for inspection"
-                           + (f"; {', '.join(good)} passed (the Modelfile then uses the smallest of them)"
-                              if good else ""))
+                           + (f"; {', '.join(good)} passed" if good else ""))
 
 
 def compare_lora_with_merged(base: Path, lora: Path, merged: Path, threads: int | None = None) -> dict[str, Any]:
