@@ -76,6 +76,38 @@ def breakdown_table(results: dict[str, dict], key: str) -> str:
     return "\n".join(rows)
 
 
+def _save(fig, name: str) -> Path:
+    fig.tight_layout()
+    out = HERE / name
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def eval_overlap(run: Path, n: int = 8) -> dict[str, float]:
+    """The largest share of an evaluation prompt's n-word sequences found in what was trained on
+    (stage 1 texts, stage 2 conversations whole): the after-the-fact decontamination check."""
+    from bbjtune.data.clean import word_shingles
+
+    def shingles(texts) -> set[int]:
+        return {int(h) for t in texts for h in word_shingles(t, n)}
+
+    def rows(name: str):
+        return [json.loads(line) for line in (run / "data" / name).read_text(encoding="utf-8").splitlines() if line]
+
+    trained = {"stage 1": shingles(r["text"] for r in rows("cpt.jsonl")),
+               "stage 2": shingles("\n".join(m["content"] for m in r["messages"]) for r in rows("train.jsonl"))}
+    prompts = [json.loads(line)["prompt"] for f in sorted(Path("evals").glob("*.jsonl"))
+               for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    worst = {k: 0.0 for k in trained}
+    for p in prompts:
+        own = shingles([p])
+        for k, seen in trained.items():
+            if own:
+                worst[k] = max(worst[k], len(own & seen) / len(own))
+    return worst
+
+
 def plot_losses(run: Path) -> Path | None:
     f = run / "metrics.jsonl"
     if not f.exists():
@@ -92,10 +124,7 @@ def plot_losses(run: Path) -> Path | None:
         ax.set_title({"cpt": "stage 1: continued pretraining", "sft": "stage 2: instruction tuning"}[stage])
         ax.set_xlabel("optimizer step")
         ax.legend()
-    fig.tight_layout()
-    out = HERE / "loss_curves.png"
-    fig.savefig(out, dpi=110)
-    return out
+    return _save(fig, "loss_curves.png")
 
 
 def plot_generations(results: dict[str, dict]) -> Path:
@@ -109,10 +138,7 @@ def plot_generations(results: dict[str, dict]) -> Path:
     ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(GENERATIONS))], GENERATIONS)
     ax.set_ylabel("compile@1 (%)")
     ax.legend()
-    fig.tight_layout()
-    out = HERE / "compile_by_generation.png"
-    fig.savefig(out, dpi=110)
-    return out
+    return _save(fig, "compile_by_generation.png")
 
 
 def plot_tradeoff(base: dict | None, stage1: dict | None, sweep: dict[str, dict]) -> Path | None:
@@ -133,10 +159,7 @@ def plot_tradeoff(base: dict | None, stage1: dict | None, sweep: dict[str, dict]
     ax.set_xlabel("HumanEval pass@1 (%)")
     ax.set_ylabel("BBj compile@1 (%)")
     ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    out = HERE / "tradeoff.png"
-    fig.savefig(out, dpi=110)
-    return out
+    return _save(fig, "tradeoff.png")
 
 
 def main(run: Path) -> None:
@@ -150,6 +173,11 @@ def main(run: Path) -> None:
     parts += ["## compile@1 by BBj generation", breakdown_table(results, "by_generation"),
               "## compile@1 by category", breakdown_table(results, "by_category"),
               "## compile@1 by task", breakdown_table(results, "by_task")]
+    if (run / "data" / "train.jsonl").exists():
+        overlap = eval_overlap(run)
+        parts += ["## Decontamination, checked after the fact",
+                  "Largest share of one evaluation prompt's 8-word sequences found in the training data: "
+                  + ", ".join(f"{k} {100 * v:.1f} %" for k, v in overlap.items()) + "."]
     (HERE / "results.md").write_text("\n\n".join(parts) + "\n", encoding="utf-8")
     plot_losses(run)
     plot_generations(results)
