@@ -86,22 +86,23 @@ def _save(fig, name: str) -> Path:
 
 def eval_overlap(run: Path, n: int = 8) -> dict[str, float]:
     """The largest share of an evaluation prompt's n-word sequences found in what was trained on
-    (stage 1 texts, stage 2 conversations whole): the after-the-fact decontamination check."""
-    from bbjtune.data.clean import word_shingles
+    (stage 1 texts, stage 2 conversations whole), with the data stage's own words and n-grams:
+    the after-the-fact decontamination check."""
+    from bbjtune.data.split import ngrams, words
 
-    def shingles(texts) -> set[int]:
-        return {int(h) for t in texts for h in word_shingles(t, n)}
+    def grams(texts) -> set[tuple[str, ...]]:
+        return {g for t in texts for g in ngrams(words(t), n)}
 
     def rows(name: str):
         return [json.loads(line) for line in (run / "data" / name).read_text(encoding="utf-8").splitlines() if line]
 
-    trained = {"stage 1": shingles(r["text"] for r in rows("cpt.jsonl")),
-               "stage 2": shingles("\n".join(m["content"] for m in r["messages"]) for r in rows("train.jsonl"))}
+    trained = {"stage 1": grams(r["text"] for r in rows("cpt.jsonl")),
+               "stage 2": grams("\n".join(m["content"] for m in r["messages"]) for r in rows("train.jsonl"))}
     prompts = [json.loads(line)["prompt"] for f in sorted(Path("evals").glob("*.jsonl"))
                for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
     worst = {k: 0.0 for k in trained}
     for p in prompts:
-        own = shingles([p])
+        own = grams([p])
         for k, seen in trained.items():
             if own:
                 worst[k] = max(worst[k], len(own & seen) / len(own))
@@ -176,7 +177,7 @@ def main(run: Path) -> None:
     if (run / "data" / "train.jsonl").exists():
         overlap = eval_overlap(run)
         parts += ["## Decontamination, checked after the fact",
-                  "Largest share of one evaluation prompt's 8-word sequences found in the training data: "
+                  "Largest share of one evaluation prompt's 8-word sequences (the data stage's words) found in the training data: "
                   + ", ".join(f"{k} {100 * v:.1f} %" for k, v in overlap.items()) + "."]
     (HERE / "results.md").write_text("\n\n".join(parts) + "\n", encoding="utf-8")
     plot_losses(run)
