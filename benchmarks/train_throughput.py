@@ -88,13 +88,26 @@ def token_rows(lengths: list[int], vocab: int, rng: random.Random) -> list[list[
 
 
 def conversations_from_rows(rows: list[list[int]], tokenizer: Any) -> list[list[dict[str, str]]]:
-    """ChatML conversations whose answers decode from the given token rows (for bbjtune's own path)."""
+    """ChatML conversations as long as the given token rows once the chat template is applied.
+
+    Decoding random ids and encoding the text again merges some of them, so the answer is topped up
+    with more ids until the templated conversation has at least the row's length (a full-length row
+    is then cut to max_length by the trainer, exactly like the baseline's rows).
+    """
+    rng = random.Random(1)
     out = []
     for ids in rows:
         cut = max(8, len(ids) // 8)
-        out.append([{"role": "system", "content": "You are a BBj expert."},
+        answer = list(ids[cut:])
+        for _ in range(20):
+            conv = [{"role": "system", "content": "You are a BBj expert."},
                     {"role": "user", "content": tokenizer.decode(ids[:cut])},
-                    {"role": "assistant", "content": tokenizer.decode(ids[cut:])}])
+                    {"role": "assistant", "content": tokenizer.decode(answer)}]
+            short = len(ids) - len(tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"])
+            if short <= 0:
+                break
+            answer += [rng.randrange(16, 4000) for _ in range(short)]
+        out.append(conv)
     return out
 
 
@@ -142,6 +155,12 @@ class Meter:
     def count(self, batch: dict[str, Any]) -> None:
         """Called with each micro-batch as the model receives it."""
         ids = batch["input_ids"]
+        if os.environ.get("BENCH_DEBUG") and self.steps < 2:  # what the model is fed: shapes, padding, packed segments
+            pos = batch.get("position_ids")
+            print(f"batch {self.steps}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.items() if hasattr(v, "shape"))
+                  + f"; pad {int((ids == self.pad_id).sum())}; segments {int((pos == 0).sum()) if pos is not None else '-'}"
+                  + (f"; mask sum {int(batch['attention_mask'].sum())}" if "attention_mask" in batch else ""),
+                  file=sys.stderr, flush=True)
         self.pending_tokens += ids.numel()
         if "attention_mask" in batch:
             self.pending_useful += int(batch["attention_mask"].sum())
@@ -405,6 +424,9 @@ def run_row(group: str, path: str, s: Settings, work_dir: Path, timeout: int) ->
     try:
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0")}  # one GPU per row
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        log = work_dir / "logs" / f"{group}-{path}.log"  # the worker's full output, for a failing row
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(proc.stdout + proc.stderr)
         if result_file.exists() and result_file.stat().st_size:
             row = json.loads(result_file.read_text())
         else:
@@ -472,15 +494,19 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown group/path: {', '.join(unknown)}")
     print(f"measuring {len(groups) * len(paths)} rows (each in its own process)...", file=sys.stderr)
-    rows = [run_row(g, p, s, a.work_dir, a.timeout) for g in groups for p in paths]
+    from bbjtune.artifacts import atomic_write_json
+
     command = "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:])
+    rows: list[dict[str, Any]] = []
+    for g in groups:
+        for p in paths:
+            rows.append(run_row(g, p, s, a.work_dir, a.timeout))
+            if a.out:  # after every row, so a run cut short keeps what it measured
+                atomic_write_json(a.out, {"settings": asdict(s), "command": command, "rows": rows})
     header = (f"Training throughput — {datetime.now(timezone.utc).strftime('%Y-%m-%d')}, `{command}`, "
               f"batch {s.batch} x {s.seq}, LoRA r={s.lora_r} all linear, gradient checkpointing, SDPA, "
               f"{s.steps} measured steps after {s.warmup} warm-up")
     print(header + "\n\n" + markdown(rows))
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps({"settings": asdict(s), "command": command, "rows": rows}, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -89,13 +89,15 @@ def test_packing_keeps_examples_apart(tmp_path, tiny_model_dir):
     checked = 0
     for r in range(ids.shape[0]):
         starts = (pos[r] == 0).nonzero().flatten().tolist()
-        real = [s for s in starts if ids[r, s] == im_start]  # pads at the row's end also restart at 0
-        assert len(real) >= 2, "rows should hold several packed examples"
+        assert all(ids[r, s] == im_start for s in starts)  # only examples restart positions, never padding
+        assert len(starts) >= 2, "rows should hold several packed examples"
         assert all(labels[r, s] == -100 for s in starts)  # no target across an example boundary
         with torch.no_grad():
             packed = model(input_ids=ids[r:r + 1], position_ids=pos[r:r + 1]).logits[0]
-        ends = real[1:] + [next((s for s in starts if s > real[-1] and ids[r, s] != im_start), ids.shape[1])]
-        for start, end in zip(real, ends):
+        text_end = ids.shape[1]
+        while text_end > starts[-1] and labels[r, text_end - 1] == -100 and ids[r, text_end - 1] == tokenizer.pad_token_id:
+            text_end -= 1  # the row's padding: no labels, positions continuing the last example
+        for start, end in zip(starts, starts[1:] + [text_end]):
             assert pos[r, start:end].tolist() == list(range(end - start))  # positions restart per example
             alone_ids = ids[r:r + 1, start:end]
             with torch.no_grad():
@@ -105,6 +107,35 @@ def test_packing_keeps_examples_apart(tmp_path, tiny_model_dir):
             assert text.startswith(IM_START + "system\n" + SYSTEM) and text.endswith(IM_END + "\n")
             checked += 1
     assert checked >= 4
+
+
+def test_padding_keeps_single_example_rows_unpacked(tiny_model_dir):
+    """A row holding one example plus padding must look unpacked (SDPA's causal fast path) and stay exact."""
+    from transformers import AutoModelForCausalLM
+    from transformers.masking_utils import find_packed_sequence_indices
+
+    from bbjtune.train.packing import PackedRowsCollator
+
+    pad = 0
+    long_row = {"input_ids": list(range(5, 17)), "seq_lengths": [12]}
+    short_row = {"input_ids": list(range(20, 27)), "seq_lengths": [7]}
+    batch = PackedRowsCollator(pad_token_id=pad)([{**long_row, "labels": long_row["input_ids"]},
+                                                  {**short_row, "labels": short_row["input_ids"]}])
+    assert batch["position_ids"][1].tolist() == list(range(12))  # the 5 pads continue the positions
+    assert batch["input_ids"][1, 7:].tolist() == [pad] * 5 and (batch["labels"][1, 7:] == -100).all()
+    assert find_packed_sequence_indices(batch["position_ids"]) is None  # no block mask: the fast path
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        padded = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[1, :7]
+        alone = model(input_ids=torch.tensor([short_row["input_ids"]])).logits[0]
+    assert torch.allclose(padded, alone, atol=1e-5)
+
+    packed = PackedRowsCollator(pad_token_id=pad)([{"input_ids": list(range(5, 14)), "seq_lengths": [4, 5],
+                                                    "labels": list(range(5, 14))}, {**short_row, "labels": short_row["input_ids"]}])
+    assert packed["position_ids"][0].tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 4]
+    assert packed["position_ids"][1].tolist() == list(range(9))
+    assert packed["labels"][0, 4] == -100  # the second example's first token is not a target of the first
 
 
 def generate_answers(model, tokenizer, max_new_tokens):

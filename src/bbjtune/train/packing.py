@@ -10,7 +10,10 @@ other:
   block-diagonal mask — for 8 rows of 1024 tokens a 8192 x 8192 mask, 8x the attention work of
   8 separate rows. `PackedRowsCollator` keeps the rows apart instead: each row carries position
   ids that restart at 0 for every example and no attention mask, from which transformers builds
-  a block-diagonal causal mask per row (`masking_utils.find_packed_sequence_indices`).
+  a block-diagonal causal mask per row (`masking_utils.find_packed_sequence_indices`). Padding
+  continues the last example's positions, so a row with a single example stays on SDPA's causal
+  fast path (measured on one H200: a 7B batch whose short rows restarted positions at every pad ran
+  at 0.60x the tokens/s of the same rows unpacked; see benchmarks/RESULTS.md).
 
 Either way the first token of an example is never a target of the previous example's last
 token (its label is -100), so the loss does not cross examples either.
@@ -35,10 +38,19 @@ class PackedRowsCollator:
         inner = DataCollatorForLanguageModeling(pad_token_id=self.pad_token_id, padding_free=False,
                                                 return_position_ids=True, pad_to_multiple_of=self.pad_to_multiple_of)
         batch = inner(examples)
-        # Padding at the end of a short row gets position id 0 per token: each pad is its own one-token
-        # "example", attends to nothing else and has no label.
-        batch.pop("attention_mask")
-        batch["labels"][batch["position_ids"] == 0] = -100
+        positions, labels = batch["position_ids"], batch["labels"]
+        labels[positions == 0] = -100
+        # Padding sits at the end of a short row. It continues the positions of the row's last example
+        # instead of restarting at 0: causal attention never lets a real token see a later pad, pads have
+        # no label, and a row holding one example then looks unpacked to transformers, which keeps
+        # SDPA's fast causal kernel for it (restarting pads would make every short row "packed").
+        pads = batch.pop("attention_mask") == 0
+        if pads.any():
+            real = (~pads).sum(dim=1, keepdim=True)  # right padding: the first `real` tokens of each row
+            last = positions.gather(1, (real - 1).clamp(min=0))
+            steps = positions.new_tensor(range(positions.shape[1])).expand_as(positions) - real + 1
+            positions[pads] = (last + steps)[pads]
+            labels[pads] = -100
         return batch
 
 
