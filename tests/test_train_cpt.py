@@ -33,8 +33,18 @@ def test_cpt_trains_on_every_token_and_merges(tmp_path, tiny_model_dir):
                              packing_strategy="bfd_split")
     trainer = recipe.make_trainer(job, model, tokenizer, args, train, heldout, settings, callbacks=[])
     batch = next(iter(trainer.get_train_dataloader()))
+    ids, labels = batch["input_ids"], batch["labels"]
     firsts = batch["position_ids"] == 0
-    assert (batch["labels"][~firsts] == batch["input_ids"][~firsts]).all()
+    padding = torch.zeros_like(firsts)  # a short row's tail: no labels, positions continuing its last document
+    for r in range(ids.shape[0]):
+        end = ids.shape[1]
+        while end > 0 and labels[r, end - 1] == -100 and ids[r, end - 1] == tokenizer.pad_token_id:
+            end -= 1
+        padding[r, end:] = True
+    assert (labels[padding] == -100).all() and not (firsts & padding).any()
+    targets = ~firsts & ~padding
+    assert (labels[targets] == ids[targets]).all()
+    assert (labels[firsts] == -100).all()
     assert tokenizer.convert_tokens_to_ids("<|endoftext|>") in batch["input_ids"]  # documents end with EOS
 
     run_stage(cfg, console=QUIET)

@@ -6,9 +6,10 @@ Both backends hand the same trl `SFTTrainer` a model; they differ in how it is l
   trainer, which wraps the model with peft. Portable: CPU, one GPU, `accelerate launch` (DDP, FSDP,
   DeepSpeed).
 - `unsloth`: `FastLanguageModel.from_pretrained` + `FastLanguageModel.get_peft_model`, as Unsloth's
-  documentation shows; Unsloth's fused kernels and its own gradient checkpointing make QLoRA
-  about 3.5x faster at a third of the memory on one H200 (see DESIGN.md). One CUDA GPU only; an
-  optional extra (`pip install 'bbjtune[unsloth]'`), never required.
+  documentation shows; Unsloth's fused kernels and its own gradient checkpointing. Measured on one
+  H200 with bbjtune's recipe (benchmarks/RESULTS.md): 7B QLoRA 10,986 tokens/s at 8.8 GiB against
+  8,376 at 9.5 GiB on `hf`; on a BBj length mix 10,019 useful tokens/s against 6,923. One CUDA GPU
+  only; an optional extra (`pip install 'bbjtune[unsloth]'`), never required.
 
 `backend: auto` picks Unsloth when it is importable and exactly one CUDA GPU trains.
 """

@@ -12,8 +12,8 @@ other:
   ids that restart at 0 for every example and no attention mask, from which transformers builds
   a block-diagonal causal mask per row (`masking_utils.find_packed_sequence_indices`). Padding
   continues the last example's positions, so a row with a single example stays on SDPA's causal
-  fast path (measured on one H200: a 7B batch whose short rows restarted positions at every pad ran
-  at 0.60x the tokens/s of the same rows unpacked; see benchmarks/RESULTS.md).
+  fast path instead of a masked kernel (benchmarks/RESULTS.md, 2026-12-01, has what restarting
+  positions at every pad cost on one H200).
 
 Either way the first token of an example is never a target of the previous example's last
 token (its label is -100), so the loss does not cross examples either.
