@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -15,8 +16,8 @@ from bbjtune.train.dryrun import tokenize_conversation
 from bbjtune.train.inputs import load_training_data
 
 
-def build_trainer(cfg, stage="sft"):
-    """The exact trainer `bbjtune train` builds, without training it."""
+def build_trainer(cfg, stage="sft", trainer_backend="hf"):
+    """The exact trainer `bbjtune train` builds, without training it (the model always loads the hf way)."""
     recipe.configure_torch(cfg)
     data = load_training_data(cfg.data_dir, [stage])
     job = recipe.StageJob(cfg=cfg, stage=stage, base_source=cfg.model.source, backend="hf",
@@ -24,6 +25,7 @@ def build_trainer(cfg, stage="sft"):
     tokenizer = recipe.load_training_tokenizer(job.base_source)
     model, peft_settings, _ = sft._setup_model(job, tokenizer)
     train_dataset, eval_dataset = sft._setup_data(data)
+    job = dataclasses.replace(job, backend=trainer_backend)
     args = recipe.sft_config(job, has_eval=eval_dataset is not None,
                              assistant_only_loss=cfg.train.sft.assistant_only_loss, packing_strategy="bfd")
     return recipe.make_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings, callbacks=[]), data
@@ -107,6 +109,20 @@ def test_packing_keeps_examples_apart(tmp_path, tiny_model_dir):
             assert text.startswith(IM_START + "system\n" + SYSTEM) and text.endswith(IM_END + "\n")
             checked += 1
     assert checked >= 4
+
+
+def test_unsloth_keeps_its_padding_free_batches(tmp_path, tiny_model_dir):
+    """Unsloth's attention keeps packed examples apart only in its own one-row batches: no row collator there."""
+    from bbjtune.train.packing import PackedRowsCollator
+
+    write_data(tmp_path / "data", n_train=12)
+    cfg = make_config(tmp_path, tiny_model_dir, train__sft__max_length=96, train__sft__per_device_batch_size=2)
+    hf, _ = build_trainer(cfg)
+    assert isinstance(hf.data_collator, PackedRowsCollator)
+    unsloth, _ = build_trainer(cfg, trainer_backend="unsloth")  # the collator is the point
+    assert not isinstance(unsloth.data_collator, PackedRowsCollator) and unsloth.data_collator.padding_free
+    batch = next(iter(unsloth.get_train_dataloader()))
+    assert batch["input_ids"].shape[0] == 1  # one flattened row; the examples' boundaries travel with it
 
 
 def test_padding_keeps_single_example_rows_unpacked(tiny_model_dir):

@@ -6,10 +6,10 @@ Both backends hand the same trl `SFTTrainer` a model; they differ in how it is l
   trainer, which wraps the model with peft. Portable: CPU, one GPU, `accelerate launch` (DDP, FSDP,
   DeepSpeed).
 - `unsloth`: `FastLanguageModel.from_pretrained` + `FastLanguageModel.get_peft_model`, as Unsloth's
-  documentation shows; Unsloth's fused kernels and its own gradient checkpointing. Measured on one
-  H200 with bbjtune's recipe (benchmarks/RESULTS.md): 7B QLoRA 10,986 tokens/s at 8.8 GiB against
-  8,376 at 9.5 GiB on `hf`; on a BBj length mix 10,019 useful tokens/s against 6,923. One CUDA GPU
-  only; an optional extra (`pip install 'bbjtune[unsloth]'`), never required.
+  documentation shows; Unsloth's fused kernels, its own gradient checkpointing and its padding-free
+  batches (bbjtune keeps them: see `packing.install_collator`). Unsloth on its own trains a 7B QLoRA
+  at 1.28x the plain HF+PEFT tokens/s in 0.38x the memory on one H200 (benchmarks/RESULTS.md). One
+  CUDA GPU only; an optional extra (`pip install 'bbjtune[unsloth]'`), never required.
 
 `backend: auto` picks Unsloth when it is importable and exactly one CUDA GPU trains.
 """

@@ -15,6 +15,8 @@ other:
   fast path instead of a masked kernel (benchmarks/RESULTS.md, 2026-12-01, has what restarting
   positions at every pad cost on one H200).
 
+- Unsloth: its own padding-free batches and varlen attention (see `install_collator`).
+
 Either way the first token of an example is never a target of the previous example's last
 token (its label is -100), so the loss does not cross examples either.
 """
@@ -61,9 +63,16 @@ def uses_varlen_attention(model: Any) -> bool:
     return "flash" in implementation
 
 
-def install_collator(trainer: Any, packing: bool) -> None:
-    """Swap trl's padding-free collator for `PackedRowsCollator` where that is cheaper (SDPA, eager)."""
-    if not packing or uses_varlen_attention(trainer.model):
+def install_collator(trainer: Any, packing: bool, backend: str = "hf") -> None:
+    """Swap trl's padding-free collator for `PackedRowsCollator` where that is cheaper (SDPA, eager).
+
+    Never under the unsloth backend: Unsloth wraps trl's padding-free collator so that each batch is
+    one flattened row plus `packed_seq_lengths`, which its attention turns into varlen kernels. Its
+    model forward infers example boundaries from position ids only for a batch of one row, so
+    several packed rows without that key would be attended as one causal sequence each: examples
+    would see their neighbours (Unsloth 2026.10's `LlamaModel_fast_forward`).
+    """
+    if not packing or backend == "unsloth" or uses_varlen_attention(trainer.model):
         return
     trainer.data_collator = PackedRowsCollator(pad_token_id=trainer.processing_class.pad_token_id,
                                                pad_to_multiple_of=trainer.args.pad_to_multiple_of)

@@ -271,7 +271,7 @@ def make_trainer(job: StageJob, model: Any, tokenizer: Any, args: Any, train_dat
                       peft_config=peft_config(peft_settings) if peft_settings else None)
     trainer.remove_callback(PrinterCallback)  # RichProgress prints the logs
     _expose_output_head_bias(trainer.model)
-    install_collator(trainer, args.packing)
+    install_collator(trainer, args.packing, job.backend)
     return trainer
 
 
