@@ -43,6 +43,17 @@ def sharded_launch() -> bool:
     return fsdp or zero3
 
 
+def check_launch() -> None:
+    """FSDP and DeepSpeed place weights on GPUs; without any, say so instead of failing deep inside accelerate."""
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if (fsdp or deepspeed) and not cuda_available():
+        raise BbjtuneError(f"{'FSDP' if fsdp else 'DeepSpeed'} training needs CUDA GPUs and none is visible",
+                           "on CPU, or to check a config quickly, use plain data parallel: torchrun "
+                           "--nproc_per_node 2 -m bbjtune train CONFIG (or accelerate launch with "
+                           "configs/accelerate/ddp.yaml on GPUs)")
+
+
 def unsloth_importable() -> bool:
     return importlib.util.find_spec("unsloth") is not None
 

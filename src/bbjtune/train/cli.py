@@ -35,11 +35,13 @@ def train(
     Ctrl-C or SIGTERM saves a checkpoint and stops; run the same command again to continue.
 
     Several GPUs: accelerate launch --config_file configs/accelerate/ddp.yaml -m bbjtune train CONFIG
+    (torchrun --nproc_per_node N -m bbjtune train CONFIG works too, also on CPU).
     """
     from rich.console import Console
 
     from bbjtune.config import load_config
     from bbjtune.errors import BbjtuneError
+    from bbjtune.train.recipe import is_main_process
     from bbjtune.train.stage import run_stage
 
     if resume and restart:
@@ -48,7 +50,7 @@ def train(
         raise BbjtuneError(f"--stage {stage}: unknown stage", "use cpt, sft or all")
     cfg = load_config(config, set_)
     stages = None if stage is None else ["cpt", "sft"] if stage == "all" else [stage]
-    console = Console(stderr=True)
+    console = Console(stderr=True, quiet=not is_main_process())  # one report, not one per GPU
     out = run_stage(cfg, stages=stages, resume="always" if resume else "never" if restart else "auto",
                     dry_run=dry_run, console=console)
     if not dry_run:

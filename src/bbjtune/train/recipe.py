@@ -423,6 +423,8 @@ def final_metrics(trainer: Any, has_eval: bool) -> dict[str, Any]:
         "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0.0, 3),
         "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
         "train_tokens": getattr(trainer, "_total_train_tokens", None),
+        "processes": trainer.args.world_size,  # >1 under accelerate launch
+        "distributed": str(getattr(trainer.accelerator.distributed_type, "value", trainer.accelerator.distributed_type)),
     }
     if has_eval:
         at_end = [h["eval_loss"] for h in history if "eval_loss" in h and h.get("step") == trainer.state.global_step]

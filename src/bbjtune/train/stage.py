@@ -45,6 +45,7 @@ def run_stage(cfg: RunConfig, stages: list[str] | None = None, resume: str = "au
 
     from bbjtune.train import backends
 
+    backends.check_launch()
     backends.use_one_gpu_unless_launched(console)
     backend = backends.choose_backend(cfg.train.backend)
     if backend == "unsloth":
@@ -143,7 +144,9 @@ def _summarize(job: Any, metrics: dict[str, Any]) -> None:
     def fmt(v: Any) -> str:
         return f"{v:.4f}" if isinstance(v, (int, float)) else "–"
 
-    job.console.print(f"[green]✓[/] {job.stage}: {metrics.get('steps')} steps, loss {fmt(metrics.get('first_loss'))} → "
+    processes = metrics.get("processes") or 1
+    where = f" on {processes} processes ({metrics.get('distributed')})" if processes > 1 else ""
+    job.console.print(f"[green]✓[/] {job.stage}: {metrics.get('steps')} steps{where}, loss {fmt(metrics.get('first_loss'))} → "
                       f"{fmt(metrics.get('final_loss'))}, held-out loss {fmt(metrics.get('first_eval_loss'))} → "
                       f"{fmt(metrics.get('eval_loss'))}; saved in {job.adapter_dir}")
     check = metrics.get("stop_check") or {}
