@@ -70,6 +70,9 @@ class DataConfig(Section):
     decontaminate_against: list[str] = Field(default_factory=lambda: ["evals/*.jsonl"])
     decontaminate_ngram: int = Field(8, ge=3)
     decontaminate_threshold: float = Field(0.5, gt=0.0, le=1.0)
+    replay: list[str] = Field(
+        default_factory=list, description="globs of general (non-BBj) ChatML files mixed into stage 2 to keep general "
+                                          "coding skills (bbjtune data replay makes one from the model's own answers)")
     cpt_from_answers: bool = True
     cpt_near_dedupe: bool = False
     cpt_chunk_tokens: int | None = Field(None, gt=64, description="default: train.cpt.max_length")
@@ -124,6 +127,9 @@ class SftConfig(StageConfig):
     assistant_only_loss: bool = True
     train_chat_tokens: Literal["auto", "yes", "no"] = Field(
         "auto", description="train the <|im_start|>/<|im_end|> embedding rows (auto: yes for Base models)")
+    replay_ratio: float = Field(
+        0.2, ge=0.0, lt=1.0, description="share of stage 2's training examples drawn from the prepared replay.jsonl "
+                                         "(when data.replay gave one; 0: BBj only)")
     stop_check: int = Field(
         4, ge=0, description="after training, answer this many held-out requests greedily and report how many "
                              "end with <|im_end|> (0: skip)")

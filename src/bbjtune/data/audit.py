@@ -32,6 +32,8 @@ def build_audit(a: Analysis, written: Written | None = None) -> dict[str, Any]:
     if written is not None:
         rejected.update(dec.reason for dec in written.contaminated)
         rejected.update(r.reason for r in written.cpt.rejections)
+        if written.replay is not None:
+            rejected.update(r.reason for r in written.replay.rejections)
 
     report: dict[str, Any] = {
         "inputs": {"chatml": scan.files},
@@ -160,6 +162,10 @@ def _add_prepare_figures(report: dict[str, Any], a: Analysis, w: Written, by_ind
     for r in w.cpt.rejections[:MAX_SHOWN]:
         _show(report["findings"], r.reason, {"where": r.where, "detail": r.detail})
     report["inputs"]["sources"] = cpt.files
+    if w.replay is not None:
+        report["replay"] = w.replay.counts()
+        for r in w.replay.rejections[:MAX_SHOWN]:
+            _show(report["findings"], r.reason, {"where": r.where, "detail": r.detail})
 
 
 def _show(findings: dict[str, list], reason: str, item: dict[str, Any]) -> None:

@@ -14,7 +14,8 @@ data_app = typer.Typer(
     help="Check, clean and split training data: ChatML instruction files (JSONL, one conversation per "
          "line) and raw BBj source files.\n\n[bold]audit[/bold] reports what is in the data and what is wrong "
          "with it, without changing anything; [bold]prepare[/bold] writes the cleaned train/held-out sets and "
-         "the plain-BBj corpus for stage 1.")
+         "the plain-BBj corpus for stage 1; [bold]derive[/bold] makes instruction pairs from BBj sources; "
+         "[bold]replay[/bold] makes general conversations that keep general skills in stage 2.")
 
 ConfigOpt = Annotated[str | None, typer.Option(
     "--config", "-c", help="A config YAML file or preset; its data: section sets the filters.")]
@@ -114,6 +115,74 @@ method" (from its rem /** ... */ doc comment) and "complete this program". Feed 
     Console(stderr=True).print(f"{n} instruction pairs from {len(files)} source files → {out}")
 
 
+def replay_command(
+        config: Annotated[str | None, typer.Argument(
+            help="A config YAML file or preset: its model.source answers (unless --model) and its run folder "
+                 "holds the output.", show_default=False)] = None,
+        model: Annotated[str | None, typer.Option(
+            "--model", help="The model that answers (hub id, folder, .gguf, tiny:demo; with --backend http the "
+                            "server's model name). For a Base model give its Instruct sibling.")] = None,
+        prompts: Annotated[Path | None, typer.Option(
+            "--prompts", help="JSONL of {\"prompt\": ...} lines (or ChatML; the last user turn is the prompt); "
+                              "default: the project's examples/general-prompts.jsonl.")] = None,
+        out: Annotated[Path | None, typer.Option(
+            "--out", "-o", help="The ChatML JSONL to write (default: <run folder>/replay/self-distilled.jsonl).")] = None,
+        samples: Annotated[int, typer.Option("--samples", min=1, help="Answers per prompt.")] = 1,
+        temperature: Annotated[float | None, typer.Option(
+            "--temperature", min=0.0, help="Default: 0 (greedy) for one sample, 0.7 for several.")] = None,
+        max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=16)] = 1024,
+        limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N prompts.")] = None,
+        backend: Annotated[str, typer.Option(
+            "--backend", help="transformers (load the model here), http (an OpenAI-compatible server: vLLM, "
+                              "Ollama) or gguf.")] = "transformers",
+        base_url: Annotated[str | None, typer.Option("--base-url", help="The server for --backend http.")] = None,
+        batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+        set_: SetOpt = None) -> None:
+    """Make general (non-BBj) training conversations from the model's own answers, to mix into stage 2.
+
+    Fine-tuning on BBj alone costs some general coding skill; training on a share of the model's own answers to general coding prompts (self-distillation) keeps it. Answers that run out of tokens are left out. Written as it goes: run the same command again after an interruption to continue.
+
+    Then list the file under data.replay in the config and run [bold]bbjtune data prepare[/bold]; train.sft.replay_ratio (default 0.2) sets its share of stage 2's examples.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bbjtune.data import replay
+    from bbjtune.evaluate.generate import make_backend
+
+    cfg = _config(config, set_, chatml=None, model=None, out=None) if config else None
+    source = model or (cfg.model.source if cfg else None)
+    if not source:
+        raise BbjtuneError("no model to answer the prompts", "pass --model, or a config whose model.source is set")
+    rows = replay.load_prompts(prompts or replay.DEFAULT_PROMPTS)[:limit]
+    target = out or ((cfg.run_dir if cfg else Path("runs")) / "replay" / "self-distilled.jsonl")
+    console = Console(stderr=True)
+    engine = make_backend(backend, model=source if backend != "http" else None, api_model=source,
+                          base_url=base_url, batch_size=batch_size)
+    try:
+        with Progress(TextColumn("answering general prompts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task("", total=len(rows))
+            done = len(replay.done_ids(target) & {r["id"] for r in rows})
+            bar.update(task, completed=done)
+            result = replay.generate(engine, rows, target, model_name=Path(source).name or source, system=None,
+                                     samples=samples, temperature=(0.0 if samples == 1 else 0.7)
+                                     if temperature is None else temperature,
+                                     max_new_tokens=max_new_tokens, seed=cfg.data.seed if cfg else 42,
+                                     progress=lambda n: bar.update(task, completed=done + n))
+    finally:
+        engine.close()
+    console.print(f"{result.written} answers written to {target}"
+                  + (f" ({result.skipped_done} prompts answered before)" if result.skipped_done else "")
+                  + (f"; {result.cut_off} left out (ran out of tokens or empty)" if result.cut_off else "")
+                  + (f"; {result.failed} failed" if result.failed else ""))
+    if result.written or result.skipped_done:
+        console.print(f"Next: add '{target}' to data.replay in the config, then bbjtune data prepare CONFIG")
+    else:
+        raise BbjtuneError("the model finished none of its answers", "raise --max-new-tokens, or let a stronger "
+                           "(Instruct) model answer with --model")
+
+
 def _config(config: str | None, overrides: list[str] | None, *, chatml: list[str] | None, model: str | None,
             out: Path | None, sources: list[str] | None = None):
     """The run config: a file or preset, or (without one) the defaults; command-line data paths win."""
@@ -163,6 +232,10 @@ def _print_summary(audit: dict, out_dir: Path, prepared: bool) -> None:
         c = audit["cpt"]
         console.print(f"stage 1 corpus: {c['chunks']} chunks, {c['tokens']} tokens from {c['files_written']} "
                       f"files and {c['answer_blocks_written']} answer code blocks")
+    if "replay" in audit:
+        r = audit["replay"]
+        console.print(f"replay: {r['kept']} general conversations for stage 2 (replay.jsonl), checked against "
+                      f"{r['checked_against_prompts']} evaluation prompts")
     n = audit["rejected"]["total"]
     if n:
         console.print(f"[yellow]{n} set aside[/] — " + ", ".join(f"{k} {v}" for k, v in audit["rejected"]["by_reason"].items()))
@@ -172,3 +245,4 @@ def _print_summary(audit: dict, out_dir: Path, prepared: bool) -> None:
 data_app.command("audit")(audit)
 data_app.command("prepare")(prepare)
 data_app.command("derive")(derive)
+data_app.command("replay")(replay_command)

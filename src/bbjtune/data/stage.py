@@ -11,7 +11,9 @@
    overlap a held-out prompt (after it) (split.py);
 4. split off the held-out set, with similar prompts kept together (split.py);
 5. write train.jsonl, heldout.jsonl, cpt.jsonl (cpt.py), rejected.jsonl, audit.json,
-   report.html (report.py) and manifest.json with input sha256s and the counts of every step.
+   report.html (report.py) and manifest.json with input sha256s and the counts of every step;
+6. with `data.replay`: check and clean the general conversations stage 2 mixes in (replay.py)
+   into replay.jsonl.
 
 Nothing is lost silently: every line that does not reach train.jsonl or heldout.jsonl is in
 rejected.jsonl with its reason, and every repair is counted.
@@ -35,6 +37,7 @@ from bbjtune.data.chatml import Rejection, example_id, read_raw_line
 from bbjtune.data.clean import Decision, ExampleInfo, filter_and_dedupe
 from bbjtune.data.scan import ScanOptions, ScanResult, answer_bbj_blocks, scan_chatml
 from bbjtune.data.split import ContaminationIndex, split_heldout
+from bbjtune.data import replay
 from bbjtune.data.tokens import TokenCounter
 from bbjtune.errors import BbjtuneError
 
@@ -84,11 +87,15 @@ def run_stage(cfg: RunConfig) -> Path:
 # ----------------------------------------------------------------------------- inputs
 
 def chatml_files(cfg: RunConfig) -> list[Path]:
+    return _matched(cfg.data.chatml, "data.chatml")
+
+
+def _matched(patterns: list[str], key: str) -> list[Path]:
     files: list[Path] = []
-    for pattern in cfg.data.chatml:
+    for pattern in patterns:
         matched = expand_globs([pattern])
         if not matched:
-            raise BbjtuneError(f"data.chatml: '{pattern}' matches no file",
+            raise BbjtuneError(f"{key}: '{pattern}' matches no file",
                                "check the path (relative paths start from the current directory)")
         files.extend(f for f in matched if f not in files)
     return files
@@ -182,29 +189,42 @@ def prepare(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Con
     warn = _warner(console)
     eval_files, eval_items = eval_prompts(d.decontaminate_against, warn)
     tokens = TokenCounter.for_model(cfg.model.source, warn=warn)
+    replay_files = _matched(d.replay, "data.replay")
 
     with StageRun(out_dir, "data", config=cfg.model_dump(mode="json")) as run:
-        run.add_inputs([*files, *sources, *eval_files])
+        run.add_inputs([*files, *sources, *eval_files, *replay_files])
         spool_path = out_dir / ".spool.jsonl"
         try:
             with run.timed("scan"), open(spool_path, "w", encoding="utf-8") as spool:
                 analysis = analyse(cfg, files, strict=strict, spool=spool, console=console, tokens=tokens)
+            replayed = None
+            if replay_files:
+                with run.timed("replay"):
+                    replayed = replay.prepare(replay_files, out_dir / replay.REPLAY_FILE, eval_items=eval_items,
+                                              ngram=d.decontaminate_ngram, threshold=d.decontaminate_threshold,
+                                              min_answer_chars=d.min_answer_chars, fix_escapes=d.fix_escapes,
+                                              scrub=d.scrub_secrets, warn=warn)
+            else:  # a replay.jsonl left from an earlier preparation must not be trained on
+                (out_dir / replay.REPLAY_FILE).unlink(missing_ok=True)
             with run.timed("write"):
-                written = _write_outputs(analysis, spool_path, out_dir, eval_items, sources, skipped, console)
+                written = _write_outputs(analysis, spool_path, out_dir, eval_items, sources, skipped, console,
+                                         replayed)
         finally:
             spool_path.unlink(missing_ok=True)
         report = build_audit(analysis, written)
         atomic_write_json(out_dir / "audit.json", report)
         atomic_write_text(out_dir / "report.html", write_report(report, title="Data preparation"))
-        run.outputs.extend(OUTPUTS)
+        run.outputs.extend([*OUTPUTS, *([replay.REPLAY_FILE] if replayed else [])])
         run.metrics.update({"steps": report["steps"], "rejected": report["rejected"], "train": written.train,
                             "heldout": written.heldout, "cpt_chunks": written.cpt.stats.chunks,
                             "cpt_tokens": written.cpt.stats.tokens, "tokenizer": tokens.describe(),
+                            "replay": replayed.kept if replayed else 0,
                             "system_prompt_added": analysis.system_prompt_added,
                             "escapes_fixed": analysis.scan.escapes_fixed,
                             "scrubbed": dict(analysis.scan.scrubbed + written.cpt.stats.scrubbed)})
     return Outcome(out_dir, report, report["rejected"]["total"],
-                   {"train": written.train, "heldout": written.heldout, "cpt_chunks": written.cpt.stats.chunks})
+                   {"train": written.train, "heldout": written.heldout, "cpt_chunks": written.cpt.stats.chunks,
+                    "replay": replayed.kept if replayed else 0})
 
 
 @dataclass
@@ -220,10 +240,11 @@ class Written:
     split_by_category: dict[str, dict[str, int]]
     eval_prompts: int
     straddling_prompts: int
+    replay: Any = None  # replay.ReplayResult when data.replay gave files
 
 
 def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: list[tuple[str, str]],
-                   sources: list[Path], skipped: list[str], console: Console) -> Written:
+                   sources: list[Path], skipped: list[str], console: Console, replayed: Any = None) -> Written:
     from bbjtune.data.cpt import CptCorpus
 
 
@@ -288,12 +309,12 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
                 else:
                     n_heldout += 1
         cpt.finish()
-    rejections = _rejections(a, contaminated, cpt.rejections)
+    rejections = _rejections(a, contaminated, [*cpt.rejections, *(replayed.rejections if replayed else [])])
     with atomic_open(out_dir / "rejected.jsonl") as fh:
         for r in rejections:
             fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
     return Written(n_train, n_heldout, heldout, contaminated, cpt, rejections, split_counts, len(eval_items),
-                   sum(len(s) > 1 for s in prompt_sides.values()))
+                   sum(len(s) > 1 for s in prompt_sides.values()), replayed)
 
 
 def _overlap(index: int, reason: str, match: Any, n: int) -> Decision:

@@ -26,7 +26,19 @@ class TrainingData:
     conversations: list[list[dict[str, str]]] = field(default_factory=list)
     heldout: list[list[dict[str, str]]] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    replay: list[list[dict[str, str]]] = field(default_factory=list)  # general conversations (replay.jsonl)
     files: list[Path] = field(default_factory=list)
+
+    def replay_sample(self, ratio: float, seed: int) -> list[list[dict[str, str]]]:
+        """Replay conversations making up `ratio` of the BBj + replay mix (all of them when there are fewer)."""
+        import random
+
+        if ratio <= 0 or not self.replay:
+            return []
+        wanted = round(ratio / (1 - ratio) * len(self.conversations))
+        if wanted >= len(self.replay):
+            return list(self.replay)
+        return random.Random(seed).sample(self.replay, wanted)
 
     @property
     def system_prompt(self) -> str | None:
@@ -110,6 +122,9 @@ def load_training_data(data_dir: Path, stages: list[str]) -> TrainingData:
         if not data.conversations:
             raise BbjtuneError(f"{data_dir / 'train.jsonl'} has no conversations",
                                "add ChatML examples and re-run the data stage")
+        data.replay = load_conversations(data_dir / "replay.jsonl", required=False)
+        if data.replay:
+            data.files.append(data_dir / "replay.jsonl")
     # both stages evaluate on the held-out conversations (stage 1 on their answers' code)
     data.heldout = load_conversations(data_dir / "heldout.jsonl", required=False)
     if data.heldout:

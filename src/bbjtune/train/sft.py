@@ -1,6 +1,7 @@
 """Stage 2, instruction tuning (SFT): teach the model to answer BBj requests in ChatML.
 
-Reads `train.jsonl` (and `heldout.jsonl` for the evaluation loss), trains a fresh LoRA adapter on
+Reads `train.jsonl` (and `heldout.jsonl` for the evaluation loss; `replay.jsonl`, general coding
+conversations, makes up `train.sft.replay_ratio` of the examples when the data stage wrote one), trains a fresh LoRA adapter on
 the 16-bit model from stage 1 (`cpt/merged`) or on the original model (Instruct models, or a Base
 model trained by SFT alone) and writes `sft/adapter/`.
 
@@ -34,7 +35,13 @@ def run_sft(job: StageJob, data: TrainingData) -> dict[str, Any]:
     """Train stage 2 and save `sft/adapter/`; returns the final metrics."""
     tokenizer = recipe.load_training_tokenizer(job.base_source)
     model, peft_settings, lora = _setup_model(job, tokenizer)
-    train_dataset, eval_dataset = _setup_data(data)
+    replay = data.replay_sample(job.stage_cfg.replay_ratio, job.cfg.train.seed)
+    if replay:
+        share = len(replay) / (len(replay) + len(data.conversations))
+        job.console.print(f"stage 2 mixes {len(replay)} of {len(data.replay)} general conversations (replay.jsonl) "
+                          f"into {len(data.conversations)} BBj ones: {share:.0%} of the examples "
+                          f"(train.sft.replay_ratio {job.stage_cfg.replay_ratio:g})")
+    train_dataset, eval_dataset = _setup_data(data, replay)
     args = recipe.sft_config(job, has_eval=eval_dataset is not None,
                              assistant_only_loss=job.stage_cfg.assistant_only_loss, packing_strategy="bfd")
     trainer, metrics = recipe.run_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings)
@@ -64,10 +71,11 @@ def _setup_model(job: StageJob, tokenizer: Any) -> tuple[Any, dict[str, Any] | N
     return backends.load_hf(job.base_source, job.cfg), lora, lora
 
 
-def _setup_data(data: TrainingData):
+def _setup_data(data: TrainingData, replay: list[list[dict[str, str]]] | None = None):
+    """The training set (BBj conversations plus the replay sample; trl shuffles them) and the held-out set."""
     from datasets import Dataset
 
-    train = Dataset.from_list([{"messages": c} for c in data.conversations])
+    train = Dataset.from_list([{"messages": c} for c in [*data.conversations, *(replay or [])]])
     heldout = Dataset.from_list([{"messages": c} for c in data.heldout]) if data.heldout else None
     return train, heldout
 

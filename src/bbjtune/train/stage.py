@@ -82,7 +82,7 @@ def base_for(cfg: RunConfig, stage: str, chained: bool) -> str:
 
 def data_fingerprint(cfg: RunConfig, stage: str, chained: bool) -> str:
     """Hashes of the files a stage learns from (for stage 2 on stage 1's model, also stage 1's identity)."""
-    names = ["cpt.jsonl", "heldout.jsonl"] if stage == "cpt" else ["train.jsonl", "heldout.jsonl"]
+    names = ["cpt.jsonl", "heldout.jsonl"] if stage == "cpt" else ["train.jsonl", "heldout.jsonl", "replay.jsonl"]
     parts = [f"{n}:{sha256_file(cfg.data_dir / n)}" for n in names if (cfg.data_dir / n).exists()]
     if stage == "sft" and chained:
         parts.append("cpt:" + str(_manifest(cfg.train_dir / "cpt").get("fingerprint")))

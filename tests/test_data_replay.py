@@ -1,0 +1,155 @@
+"""Replay: general conversations made from the model's own answers, cleaned by prepare, mixed into stage 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT, run_cli
+
+ADD = "Write a Python function that adds two numbers."
+ADD_ANSWER = "def add(a, b):\n    return a + b"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def chat(prompt: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
+
+
+@pytest.fixture(scope="module")
+def answering_model(tiny_model_dir, tmp_path_factory):
+    """tiny:test trained until it answers ADD with ADD_ANSWER and ends its turn; saved to disk."""
+    import torch
+
+    from bbjtune.models import load_model, load_tokenizer
+
+    model = load_model(str(tiny_model_dir), dtype="float32")
+    tok = load_tokenizer(str(tiny_model_dir))
+    ids = torch.tensor([tok.apply_chat_template(chat(ADD, ADD_ANSWER)["messages"], tokenize=True,
+                                                return_dict=True)["input_ids"]])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if loss.item() < 0.05:
+            break
+    torch.set_num_threads(threads)
+    assert loss.item() < 0.05
+    out = tmp_path_factory.mktemp("answering-model")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_replay_writes_the_models_answers_and_resumes(answering_model, tmp_path):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"id": "add", "prompt": ADD, "language": "python"}])
+    out = tmp_path / "replay.jsonl"
+    args = ("data", "replay", "--model", str(answering_model), "--prompts", str(prompts), "--out", str(out),
+            "--max-new-tokens", "40")
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    rows = read_jsonl(out)
+    assert len(rows) == 1 and rows[0]["prompt_id"] == "add" and rows[0]["language"] == "python"
+    assert rows[0]["messages"] == chat(ADD, ADD_ANSWER)["messages"]  # the model's own answer, as ChatML
+    assert rows[0]["source"].startswith("self:")
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert "1 prompts answered before" in again.stderr and len(read_jsonl(out)) == 1  # nothing asked twice
+
+
+def test_replay_that_finishes_nothing_says_what_to_do(tiny_model_dir, tmp_path):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Sort a list in Python."}])
+    out = run_cli("data", "replay", "--model", str(tiny_model_dir), "--prompts", str(prompts),
+                  "--out", str(tmp_path / "r.jsonl"), "--max-new-tokens", "16")
+    assert out.returncode != 0
+    assert "finished none of its answers" in out.stderr and "--max-new-tokens" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_bad_prompt_file_names_file_and_line(tmp_path):
+    from bbjtune.data.replay import load_prompts
+    from bbjtune.errors import BbjtuneError
+
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "ok"}, "{not json", {"prompt": "x"}])
+    with pytest.raises(BbjtuneError, match=r"p\.jsonl:2"):
+        load_prompts(path)
+
+
+def test_shipped_general_prompts_load_and_are_not_benchmark_prompts():
+    from bbjtune.data.replay import DEFAULT_PROMPTS, benchmark_prompts, load_prompts
+    from bbjtune.data.split import ContaminationIndex
+
+    rows = load_prompts(DEFAULT_PROMPTS)
+    assert len(rows) >= 90 and len({r["id"] for r in rows}) == len(rows)
+    assert {r["language"] for r in rows} >= {"python", "javascript", "sql"}
+    index = ContaminationIndex(8, 0.5)
+    for label, prompt in benchmark_prompts(lambda message: None):
+        index.add(label, prompt)
+    assert len(index) == 164  # HumanEval is installed for the tests
+    assert [r["id"] for r in rows if index.match(r["prompt"])] == []
+
+
+def test_prepare_cleans_replay_and_stage_two_mixes_it(tmp_path):
+    from bbjtune.evaluate.humaneval import load_problems
+
+    eval_prompt = json.loads((REPO_ROOT / "evals" / "bbj-core.jsonl").read_text().splitlines()[0])["prompt"]
+    humaneval = load_problems(1)[0]["prompt"]
+    good = [chat(f"Write a Python function number {i} that returns {i} squared.", f"def f{i}():\n    return {i * i}")
+            for i in range(40)]
+    replay_file = write_jsonl(tmp_path / "general.jsonl", [
+        *good,
+        "{broken json",                                                        # line 41
+        good[0],                                                               # 42: duplicate
+        chat("Say something.", "ok"),                                          # 43: too short
+        chat(humaneval, "    return sorted(numbers)[0]  # long enough answer"),  # 44: HumanEval prompt
+        chat(eval_prompt, "A long enough answer about reading notes.txt."),    # 45: a BBj eval prompt
+        chat("Explain recursion.", "Recursion is when a function calls itself, for example"),  # 46: cut off
+    ])
+    examples = REPO_ROOT / "examples" / "chatml" / "bbj-instructions.jsonl"
+    out = run_cli("data", "prepare", "--chatml", str(examples), "--model", "tiny:test", "--out", str(tmp_path / "d"),
+                  "--set", f"data.replay=['{replay_file}']")
+    assert out.returncode == 1, out.stderr  # lines were set aside
+    data = tmp_path / "d"
+    replay = read_jsonl(data / "replay.jsonl")
+    assert len(replay) == 40 and all(r["messages"][0]["role"] == "user" for r in replay)
+    rejected = {r["line"]: r for r in read_jsonl(data / "rejected.jsonl") if r.get("replay")}
+    assert {n: r["reason"] for n, r in rejected.items()} == {
+        41: "replay-malformed-json", 42: "replay-duplicate", 43: "replay-too-short", 44: "replay-overlaps-eval",
+        45: "replay-overlaps-eval", 46: "replay-truncated"}
+    assert "HumanEval/0" in rejected[44]["detail"] and rejected[42]["raw"] == json.dumps(good[0])
+    assert all(r["file"] == str(replay_file) for r in rejected.values())
+    audit = json.loads((data / "audit.json").read_text())
+    assert audit["replay"]["kept"] == 40 and audit["replay"]["checked_against_prompts"] >= 164 + 176
+    assert "replay: 40 general conversations" in out.stdout
+    assert json.loads((data / "manifest.json").read_text())["metrics"]["replay"] == 40
+
+    from bbjtune.train import sft
+    from bbjtune.train.inputs import load_training_data
+
+    training = load_training_data(data, ["sft"])
+    assert len(training.replay) == 40 and data / "replay.jsonl" in training.files
+    n_bbj = len(training.conversations)
+    sample = training.replay_sample(0.2, seed=1)
+    assert len(sample) == round(0.25 * n_bbj) < 40  # 20% of the mix
+    assert training.replay_sample(0.2, seed=1) == sample  # the same seed, the same sample
+    assert training.replay_sample(0.0, seed=1) == [] and len(training.replay_sample(0.9, seed=1)) == 40
+    train, _ = sft._setup_data(training, sample)
+    assert len(train) == n_bbj + len(sample)
+
+    again = run_cli("data", "prepare", "--chatml", str(examples), "--model", "tiny:test", "--out", str(data))
+    assert again.returncode == 0, again.stderr
+    assert not (data / "replay.jsonl").exists()  # no longer configured: never trained on by accident
