@@ -135,6 +135,8 @@ def test_prepare_cleans_replay_and_stage_two_mixes_it(tmp_path):
     audit = json.loads((data / "audit.json").read_text())
     assert audit["replay"]["kept"] == 40 and audit["replay"]["checked_against_prompts"] >= 164 + 176
     assert "replay: 40 general conversations" in out.stdout
+    report = (data / "report.html").read_text()
+    assert "Replay (replay.jsonl)" in report and "replay-overlaps-eval 2" in report
     assert json.loads((data / "manifest.json").read_text())["metrics"]["replay"] == 40
 
     from bbjtune.train import sft

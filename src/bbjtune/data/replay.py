@@ -33,6 +33,7 @@ from bbjtune.data.clean import DUPLICATE, TOO_SHORT, TRUNCATED, fix_literal_esca
 from bbjtune.data.scrub import scrub_text
 from bbjtune.data.split import ContaminationIndex
 from bbjtune.errors import BbjtuneError
+from bbjtune.train.inputs import read_jsonl
 
 REPLAY_FILE = "replay.jsonl"
 OVERLAPS_BENCHMARK = "overlaps-eval"
@@ -130,21 +131,14 @@ def load_prompts(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise BbjtuneError(f"{path} does not exist", "pass --prompts with a JSONL file of {\"prompt\": ...} lines")
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BbjtuneError(f"{path}:{n}: not valid JSON ({exc.msg})", "fix or remove that line") from None
-            if isinstance(row, dict) and isinstance(row.get("messages"), list):
-                users = [m.get("content") for m in row["messages"] if isinstance(m, dict) and m.get("role") == "user"]
-                row = {"prompt": users[-1] if users else None, "id": row.get("id")}
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-                raise BbjtuneError(f"{path}:{n}: no \"prompt\" text", "each line needs {\"prompt\": \"...\"}")
-            rows.append({"id": str(row.get("id") or f"line-{n}"), "prompt": row["prompt"],
-                         **({"language": row["language"]} if "language" in row else {})})
+    for n, row in read_jsonl(path, hint="fix or remove that line"):
+        if isinstance(row.get("messages"), list):
+            users = [m.get("content") for m in row["messages"] if isinstance(m, dict) and m.get("role") == "user"]
+            row = {"prompt": users[-1] if users else None, "id": row.get("id")}
+        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise BbjtuneError(f"{path}:{n}: no \"prompt\" text", "each line needs {\"prompt\": \"...\"}")
+        rows.append({"id": str(row.get("id") or f"line-{n}"), "prompt": row["prompt"],
+                     **({"language": row["language"]} if "language" in row else {})})
     if not rows:
         raise BbjtuneError(f"{path} has no prompts", "add lines of {\"prompt\": \"...\"}")
     return rows

@@ -42,6 +42,8 @@ def write_report(audit: dict[str, Any], title: str) -> str:
         parts.append(_split(audit))
     if "cpt" in audit:
         parts.append(_cpt(audit))
+    if "replay" in audit:
+        parts.append(_replay(audit))
     parts.append(_findings(audit))
     parts.append("</body></html>\n")
     return "\n".join(parts)
@@ -56,6 +58,8 @@ def _summary(a: dict[str, Any]) -> str:
         rows += [("train.jsonl", a["split"]["train"]), ("heldout.jsonl", a["split"]["heldout"])]
     if "cpt" in a:
         rows += [("cpt.jsonl chunks", a["cpt"]["chunks"]), ("cpt.jsonl tokens", a["cpt"]["tokens"])]
+    if "replay" in a:
+        rows += [("replay.jsonl (general conversations for stage 2)", a["replay"]["kept"])]
     body = "".join(f"<tr><th>{e(k)}</th><td class='n'>{e(v)}</td></tr>" for k, v in rows)
     reasons = "".join(f"<tr><td><code>{e(r)}</code></td><td class='n'>{e(n)}</td></tr>"
                       for r, n in a["rejected"]["by_reason"].items())
@@ -154,6 +158,18 @@ def _split(a: dict[str, Any]) -> str:
             f"checked against {e(dc['eval_prompts'])} evaluation prompts and the held-out prompts "
             f"({e(dc['ngram'])}-word sequences, threshold {e(dc['threshold'])}); removed: {e(removed)}.</p>"
             f"<table><tr><th>category</th><th>train</th><th>held-out</th></tr>{rows}</table>")
+
+
+def _replay(a: dict[str, Any]) -> str:
+    r = a["replay"]
+    removed = ", ".join(f"{k} {v}" for k, v in r["rejected"].items()) or "—"
+    scrubbed = ", ".join(f"{k} {v}" for k, v in r["scrubbed"].items()) or "—"
+    rows = [("kept", r["kept"]), ("set aside", removed), ("literal \\n escapes repaired", r["escapes_fixed"]),
+            ("secrets scrubbed", scrubbed),
+            ("checked against evaluation prompts (HumanEval, BBj suites)", r["checked_against_prompts"])]
+    body = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows)
+    return (f"<h2>Replay (replay.jsonl)</h2><p>General coding conversations that stage 2 mixes in "
+            f"(train.sft.replay_ratio) so the model keeps its general skills.</p><table>{body}</table>")
 
 
 def _cpt(a: dict[str, Any]) -> str:

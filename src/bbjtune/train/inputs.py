@@ -54,7 +54,8 @@ class TrainingData:
                 for block in extract_code_blocks(m["content"]) if block.fenced and block.code.strip()]
 
 
-def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def read_jsonl(path: Path, hint: str = f"fix or remove the line, or re-run the data stage ({PREPARE_HINT})"
+               ) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; a line that is not a JSON object is an error."""
     rows = []
     try:
@@ -66,7 +67,7 @@ def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise BbjtuneError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})",
-                                       f"fix or remove the line, or re-run the data stage ({PREPARE_HINT})") from None
+                                       hint) from None
                 if not isinstance(obj, dict):
                     raise BbjtuneError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}",
                                        "each line must be one {...} object")
