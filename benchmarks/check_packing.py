@@ -1,0 +1,138 @@
+"""Do packed examples stay apart? bbjtune's SFT batch, as the trainer builds it, against each example alone.
+
+Takes the first training batch of bbjtune's stage 2 recipe (packing on) with the chosen backend,
+runs the model on it, and runs the model again on every packed example by itself. If attention
+crossed from one example into the next, the packed logits of the later examples differ from the
+lone ones. A control run feeds the same rows with plain positions (no example boundaries): its
+logits must differ, which shows the check can see contamination at all.
+
+    python benchmarks/check_packing.py                     # hf backend, tiny model, CPU or GPU
+    python benchmarks/check_packing.py --backend unsloth   # one CUDA GPU, Unsloth installed
+
+Prints the largest difference per example relative to the largest lone logit; exits 1 when an
+example differs by more than --tolerance, 3 when the control shows no contamination either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REQUESTS = ["Print hello.", "Open the customer file.", "Loop from 1 to 3.", "Define a string template.",
+            "Close channel 1.", "Read a record by key."]
+ANSWERS = ['PRINT "hello"', 'chan = unt\nopen (chan)"CUSTOMER"', "for i = 1 to 3\n    print i\nnext i",
+           'dim rec$:"ID:C(6),NAME:C(30)"', "close (1)", 'read record (1,key="000100",dom=missing)rec$']
+
+
+def conversations(n: int) -> list[list[dict[str, str]]]:
+    return [[{"role": "system", "content": "You are a BBj expert."},
+             {"role": "user", "content": REQUESTS[i % len(REQUESTS)] + f" (variant {i})"},
+             {"role": "assistant", "content": ANSWERS[i % len(ANSWERS)]}] for i in range(n)]
+
+
+def first_batch(model_dir: str, backend: str, dtype: str, work: Path) -> tuple[Any, dict[str, Any]]:
+    """The trainer's model and its first training batch, exactly as `bbjtune train` would build them."""
+    from rich.console import Console
+
+    from bbjtune.config import validate_config
+    from bbjtune.train import recipe, sft
+    from bbjtune.train.inputs import TrainingData
+
+    cfg = validate_config({
+        "name": "check", "output_dir": str(work),
+        "model": {"source": model_dir, "kind": "instruct", "dtype": dtype, "attn_implementation": "sdpa"},
+        "data": {"chatml": ["-"], "output_dir": str(work / "data")},
+        "train": {"backend": backend, "stages": "sft", "optim": "adamw_torch", "gradient_checkpointing": False,
+                  "lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "quantization": {"load_in_4bit": False},
+                  "sft": {"max_steps": 1, "max_length": 160, "per_device_batch_size": 2,
+                          "gradient_accumulation_steps": 1, "packing": True}},
+        "export": {"vllm": {"enabled": False}},
+    })
+    recipe.configure_torch(cfg)
+    job = recipe.StageJob(cfg=cfg, stage="sft", base_source=model_dir, backend=backend,
+                          console=Console(stderr=True, quiet=True), resume="never")
+    tok = recipe.load_training_tokenizer(model_dir)
+    model, peft_settings, _ = sft._setup_model(job, tok)
+    train, _ = sft._setup_data(TrainingData(conversations=conversations(16)))
+    args = recipe.sft_config(job, has_eval=False, assistant_only_loss=True, packing_strategy="bfd")
+    trainer = recipe.make_trainer(job, model, tok, args, train, None, peft_settings, callbacks=[])
+    return trainer.model, next(iter(trainer.get_train_dataloader()))
+
+
+def segments(positions: list[int]) -> list[tuple[int, int]]:
+    starts = [i for i, p in enumerate(positions) if p == 0]
+    return list(zip(starts, starts[1:] + [len(positions)]))
+
+
+def check(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    ids, pos = batch["input_ids"], batch["position_ids"]
+    model.eval()
+    rows = []
+    with torch.no_grad():
+        packed = model(**inputs).logits.float()
+        control = model(input_ids=ids, position_ids=torch.arange(ids.shape[1], device=device)
+                        .expand_as(ids)).logits.float()
+        for r in range(ids.shape[0]):
+            for n, (start, end) in enumerate(segments(pos[r].tolist())):
+                alone = model(input_ids=ids[r:r + 1, start:end]).logits[0].float()
+                scale = alone.abs().max().item() or 1.0
+                rows.append({"row": r, "example": n, "tokens": end - start,
+                             "packed_vs_alone": (packed[r, start:end] - alone).abs().max().item() / scale,
+                             "control_vs_alone": (control[r, start:end] - alone).abs().max().item() / scale})
+    return {"batch_shape": list(ids.shape), "keys": sorted(batch), "examples": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["hf", "unsloth"], default="hf")
+    parser.add_argument("--model", default="tiny:test", help="a model directory or tiny:<preset>")
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on a GPU, float32 on CPU")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="largest relative difference allowed (default: 0.03 in bfloat16, 1e-4 in float32)")
+    parser.add_argument("--json", type=Path, help="write the measurements here")
+    a = parser.parse_args()
+    if a.backend == "unsloth":
+        os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")  # Unsloth returns no logits in training otherwise
+        import unsloth  # noqa: F401 — before transformers, as Unsloth requires
+    import torch
+
+    from bbjtune.models.tiny import build_tiny
+
+    dtype = a.dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
+    tolerance = a.tolerance or (0.03 if dtype == "bfloat16" else 1e-4)
+    model_dir = str(build_tiny(a.model)) if a.model.startswith("tiny:") else a.model
+    with tempfile.TemporaryDirectory() as work:
+        model, batch = first_batch(model_dir, a.backend, dtype, Path(work))
+        result = check(model, batch)
+    examples = result["examples"]
+    later = [e for e in examples if e["example"] > 0]
+    worst = max(e["packed_vs_alone"] for e in examples)
+    control = min((e["control_vs_alone"] for e in later), default=0.0)
+    result.update(backend=a.backend, dtype=dtype, tolerance=tolerance, worst=worst, control_min=control)
+    print(f"{a.backend} ({dtype}): batch {result['batch_shape']} ({', '.join(result['keys'])}), "
+          f"{len(examples)} packed examples; largest packed-vs-alone difference {worst:.2e} "
+          f"(tolerance {tolerance:g}); control without boundaries, smallest difference of a later example "
+          f"{control:.2e}")
+    if a.json:
+        a.json.write_text(json.dumps(result, indent=2))
+    if worst > tolerance:
+        print("FAIL: packed examples see each other", file=sys.stderr)
+        sys.exit(1)
+    if not later or control <= 10 * tolerance:
+        print("INCONCLUSIVE: the control shows no contamination either (no later examples, or too small a model)",
+              file=sys.stderr)
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()
