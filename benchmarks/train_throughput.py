@@ -24,7 +24,9 @@ and (b). A row whose library is missing says "not available".
     python benchmarks/train_throughput.py --groups 7b-lora,mix --steps 8
     python benchmarks/train_throughput.py --smoke --out /tmp/smoke.json      # CPU, tiny sizes, seconds
 
-Prints a markdown table; writes every measurement as JSON to --out.
+Prints a markdown table; writes every measurement as JSON to --out (after each row, so a run cut
+short keeps what it measured) and each worker's output to --work-dir/logs/. BENCH_DEBUG=1 prints the
+shapes, padding and packed examples of the first two batches of every row into those logs.
 """
 
 from __future__ import annotations

@@ -152,6 +152,22 @@ def test_prepare_cleans_replay_and_stage_two_mixes_it(tmp_path):
     train, _ = sft._setup_data(training, sample)
     assert len(train) == n_bbj + len(sample)
 
+    import yaml
+    from train_helpers import make_config
+
+    from bbjtune.models.tiny import build_tiny
+
+    cfg = make_config(tmp_path, build_tiny("tiny:test"), data_dir=data, train__sft__max_steps=1,
+                      train__sft__max_length=512)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    trained = run_cli("train", str(config))
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    text = " ".join(trained.stderr.split())
+    assert f"stage 2 mixes {len(sample)} of 40 general conversations (replay.jsonl) into {n_bbj} BBj ones" in text
+    manifest = json.loads((cfg.train_dir / "sft" / "manifest.json").read_text())
+    assert any(i["path"].endswith("replay.jsonl") for i in manifest["inputs"])  # hashed with the other inputs
+
     again = run_cli("data", "prepare", "--chatml", str(examples), "--model", "tiny:test", "--out", str(data))
     assert again.returncode == 0, again.stderr
     assert not (data / "replay.jsonl").exists()  # no longer configured: never trained on by accident
