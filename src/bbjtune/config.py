@@ -462,5 +462,5 @@ def missing_inputs(cfg: RunConfig) -> list[str]:
     """The data patterns of a config that match no file (empty when everything is there)."""
     import glob
 
-    patterns = [*cfg.data.chatml, *cfg.data.sources]
+    patterns = [*cfg.data.chatml, *cfg.data.sources, *cfg.data.replay]
     return [p for p in patterns if not glob.glob(os.path.expanduser(p), recursive=True)]
