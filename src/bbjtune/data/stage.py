@@ -33,11 +33,11 @@ from rich.console import Console
 
 from bbjtune.artifacts import StageRun, atomic_open, atomic_write_json, atomic_write_text
 from bbjtune.config import RunConfig, expand_globs
+from bbjtune.data import replay
 from bbjtune.data.chatml import Rejection, example_id, read_raw_line
 from bbjtune.data.clean import Decision, ExampleInfo, filter_and_dedupe
 from bbjtune.data.scan import ScanOptions, ScanResult, answer_bbj_blocks, scan_chatml
 from bbjtune.data.split import ContaminationIndex, split_heldout
-from bbjtune.data import replay
 from bbjtune.data.tokens import TokenCounter
 from bbjtune.errors import BbjtuneError
 
