@@ -80,6 +80,12 @@ def test_replay_that_finishes_nothing_says_what_to_do(tiny_model_dir, tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_a_base_model_is_not_asked_to_answer(tmp_path):
+    out = run_cli("data", "replay", "quickstart", "--limit", "1", "--out", str(tmp_path / "r.jsonl"))
+    assert out.returncode == 2 and "is a Base model" in out.stderr and "--model" in out.stderr
+    assert not (tmp_path / "r.jsonl").exists()
+
+
 def test_bad_prompt_file_names_file_and_line(tmp_path):
     from bbjtune.data.replay import load_prompts
     from bbjtune.errors import BbjtuneError

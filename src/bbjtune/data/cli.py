@@ -154,6 +154,10 @@ def replay_command(
     source = model or (cfg.model.source if cfg else None)
     if not source:
         raise BbjtuneError("no model to answer the prompts", "pass --model, or a config whose model.source is set")
+    if not model and cfg and cfg.model.kind == "base":
+        raise BbjtuneError(f"{source} is a Base model (model.kind: base): it does not answer chat requests yet",
+                           "let its Instruct sibling answer: --model Qwen/Qwen2.5-Coder-7B-Instruct (the same size "
+                           "as the config's model)")
     rows = replay.load_prompts(prompts or replay.DEFAULT_PROMPTS)[:limit]
     target = out or ((cfg.run_dir if cfg else Path("runs")) / "replay" / "self-distilled.jsonl")
     console = Console(stderr=True)
