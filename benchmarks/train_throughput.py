@@ -443,6 +443,19 @@ def run_row(group: str, path: str, s: Settings, work_dir: Path, timeout: int) ->
     return row
 
 
+def versions() -> dict[str, str | None]:
+    """The libraries each row ran with (read from their metadata; nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "unsloth", "unsloth_zoo"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def ratio(row: dict[str, Any], ref: dict[str, Any] | None, key: str) -> str:
     if not ref or ref.get("status") != "ok" or row.get("status") != "ok" or not ref.get(key):
         return "–"
@@ -504,7 +517,8 @@ def main() -> None:
         for p in paths:
             rows.append(run_row(g, p, s, a.work_dir, a.timeout))
             if a.out:  # after every row, so a run cut short keeps what it measured
-                atomic_write_json(a.out, {"settings": asdict(s), "command": command, "rows": rows})
+                atomic_write_json(a.out, {"settings": asdict(s), "command": command, "versions": versions(),
+                                          "rows": rows})
     header = (f"Training throughput — {datetime.now(timezone.utc).strftime('%Y-%m-%d')}, `{command}`, "
               f"batch {s.batch} x {s.seq}, LoRA r={s.lora_r} all linear, gradient checkpointing, SDPA, "
               f"{s.steps} measured steps after {s.warmup} warm-up")

@@ -17,7 +17,10 @@ def test_throughput_smoke(tmp_path):
          "hf-peft,unsloth,bbjtune-hf", "--steps", "1", "--warmup", "1", "--work-dir", str(tmp_path / "work"),
          "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    rows = {r["path"]: r for r in json.loads(out.read_text())["rows"]}
+    result = json.loads(out.read_text())
+    rows = {r["path"]: r for r in result["rows"]}
+    assert result["versions"]["torch"] and result["versions"]["trl"]  # what the rows ran with
+    assert (tmp_path / "work" / "logs" / "mix-bbjtune-hf.log").exists()  # each worker's output is kept
     for path in ("hf-peft", "bbjtune-hf"):
         assert rows[path]["status"] == "ok", rows[path]
         assert rows[path]["useful_tokens_per_s"] > 0 and rows[path]["measured_steps"] == 1
