@@ -229,3 +229,22 @@ def test_must_not_looks_at_code_not_at_the_explanation():
     bad = "```bbj\nclass public A\nmethod public BBjNumber f()\n  methodret 1\n  return\nmethodend\nclassend\n```"
     assert score_patterns(case, good).passed
     assert score_patterns(case, bad).forbidden
+
+
+def test_a_failed_humaneval_gate_points_to_replay(monkeypatch):
+    from rich.console import Console
+
+    from bbjtune.evaluate import stage
+    from bbjtune.evaluate.compare import humaneval_gate
+
+    recorder = Console(record=True, width=200)
+    monkeypatch.setattr(stage, "console", recorder)
+    result = {"compile_at_k": {1: 0.5}, "patterns_pass_rate": 0.5, "factual_accuracy": 0.5, "errors": []}
+    failed = humaneval_gate(0.561, 0.445, 5.0, "base", "tuned")
+    assert failed["status"] == "fail"
+    stage.print_summary({"base": result, "tuned": result}, {"humaneval_gate": failed, "regressions": []})
+    assert "bbjtune data replay" in recorder.export_text()
+    recorder = Console(record=True, width=200)
+    monkeypatch.setattr(stage, "console", recorder)
+    stage.print_summary({"base": result}, {"humaneval_gate": humaneval_gate(0.561, 0.55, 5.0), "regressions": []})
+    assert "replay" not in recorder.export_text()

@@ -158,5 +158,8 @@ def print_summary(results: dict[str, dict[str, Any]], cmp: dict[str, Any] | None
         gate = cmp["humaneval_gate"]
         colour = {"pass": "green", "fail": "red"}.get(gate["status"], "yellow")
         console.print(f"  HumanEval gate: [{colour}]{gate['status'].upper()}[/] — {gate['message']}", highlight=False)
+        if gate["status"] == "fail":
+            console.print("  To keep more general skill, mix general conversations into stage 2: bbjtune data replay "
+                          "(README, 'Keeping general coding skills')", highlight=False)
         if cmp["regressions"]:
             console.print(f"  {len(cmp['regressions'])} regression(s); see the compare report")
