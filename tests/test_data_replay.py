@@ -71,6 +71,34 @@ def test_replay_writes_the_models_answers_and_resumes(answering_model, tmp_path)
     assert "1 prompts answered before" in again.stderr and len(read_jsonl(out)) == 1  # nothing asked twice
 
 
+def test_replay_through_an_openai_compatible_server(tmp_path):
+    """A team that serves the Instruct model (vLLM, Ollama) lets the server answer: --backend http."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from test_eval_generate import FakeOpenAI  # answers every prompt with a BBj block quoting it; "empty" with ""
+
+    FakeOpenAI.calls = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "Sort a list."}, {"id": "b", "prompt": "empty"}])
+        out = tmp_path / "r.jsonl"
+        proc = run_cli("data", "replay", "--backend", "http", "--base-url", f"http://127.0.0.1:{server.server_address[1]}/v1",
+                       "--model", "served-instruct", "--prompts", str(prompts), "--out", str(out), "--samples", "2")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stderr
+    rows = read_jsonl(out)
+    assert [r["prompt_id"] for r in rows] == ["a", "a"]  # two samples; the empty answers are left out
+    assert rows[0]["messages"][-1]["content"] == '```bbj\nprint "Sort a list."\nend\n```'
+    assert "2 left out" in " ".join(proc.stderr.split())
+    calls = [c for c in FakeOpenAI.calls if c.get("messages")]
+    assert {c["model"] for c in calls} == {"served-instruct"} and {c["temperature"] for c in calls} == {0.7}
+    assert len({c["seed"] for c in calls if c["messages"][-1]["content"] == "Sort a list."}) == 2
+
+
 def test_replay_that_finishes_nothing_says_what_to_do(tiny_model_dir, tmp_path):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Sort a list in Python."}])
     out = run_cli("data", "replay", "--model", str(tiny_model_dir), "--prompts", str(prompts),
