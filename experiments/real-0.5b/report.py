@@ -19,14 +19,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).parent
-# label in eval/ → what it is, in table order. run.sh's eval step writes the first four, its sweep
-# and replay steps the others.
+# label in eval/ → what it is, in table order. run.sh's eval step writes base, stage1 and tuned, its
+# export step the GGUF labels; SWEEP below comes from its sweep and replay steps.
 MODELS = {
     "base": "base: Qwen2.5-Coder-0.5B-Instruct",
     "stage1": "stage 1 only (CPT, 2 epochs)",
     "tuned": "stage 1 + 2 (CPT + SFT 2e-4 × 8 epochs)",
     "tuned-q4_k_m": "stage 1 + 2, exported q4_k_m GGUF (llama.cpp, CPU)",
     "tuned-q8_0": "stage 1 + 2, exported q8_0 GGUF (llama.cpp, CPU)",
+    "base-q4_k_m": "base, its own q4_k_m GGUF (llama.cpp, CPU)",
 }
 SWEEP = {
     "instruct-sft-only": "no stage 1; SFT 1e-4 × 3 (the one-stage Instruct shortcut)",

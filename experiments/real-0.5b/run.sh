@@ -12,7 +12,8 @@
 #   eval    base vs stage-1-only vs stage-1+2 on evals/ (compile@1, patterns) and HumanEval
 #   sweep   four other recipes on the same data (RESULTS.md, "recipe sweep"): train and evaluate each
 #   replay  stage 2 with 20% general conversations from the base model's own answers (bbjtune data replay)
-#   export  merged weights → q8_0 and q4_k_m GGUF, then compile@1 of both files (llama.cpp)
+#   export  merged weights → q8_0 and q4_k_m GGUF, then compile@1 of both files and of the base
+#           model's own q4_k_m file (llama.cpp, like for like)
 #   report  experiments/real-0.5b/RESULTS.md tables and plots from the files above
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -104,6 +105,8 @@ if want export; then
     $BBJ eval run "$CFG" "${SET[@]}" --backend gguf --model "$RUN/export/real-0.5b.$q.gguf" \
       --label "tuned-$q" --no-humaneval
   done
+  stamp "eval: the base model's own q4_k_m GGUF (llama.cpp), like for like"
+  $BBJ eval run "$CFG" "${SET[@]}" --backend gguf --model "$MODEL" --label base-q4_k_m --no-humaneval
 fi
 if want report; then
   stamp "report"
