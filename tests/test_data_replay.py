@@ -152,6 +152,7 @@ def test_prepare_cleans_replay_and_stage_two_mixes_it(tmp_path):
         chat(humaneval, "    return sorted(numbers)[0]  # long enough answer"),  # 44: HumanEval prompt
         chat(eval_prompt, "A long enough answer about reading notes.txt."),    # 45: a BBj eval prompt
         chat("Explain recursion.", "Recursion is when a function calls itself, for example"),  # 46: cut off
+        chat("List the numbers.", "\n".join(f"print({i})" for i in range(2000))),  # 47: longer than max_length
     ])
     examples = REPO_ROOT / "examples" / "chatml" / "bbj-instructions.jsonl"
     out = run_cli("data", "prepare", "--chatml", str(examples), "--model", "tiny:test", "--out", str(tmp_path / "d"),
@@ -163,7 +164,7 @@ def test_prepare_cleans_replay_and_stage_two_mixes_it(tmp_path):
     rejected = {r["line"]: r for r in read_jsonl(data / "rejected.jsonl") if r.get("replay")}
     assert {n: r["reason"] for n, r in rejected.items()} == {
         41: "replay-malformed-json", 42: "replay-duplicate", 43: "replay-too-short", 44: "replay-overlaps-eval",
-        45: "replay-overlaps-eval", 46: "replay-truncated"}
+        45: "replay-overlaps-eval", 46: "replay-truncated", 47: "replay-too-long"}
     assert "HumanEval/0" in rejected[44]["detail"] and rejected[42]["raw"] == json.dumps(good[0])
     assert all(r["file"] == str(replay_file) for r in rejected.values())
     audit = json.loads((data / "audit.json").read_text())

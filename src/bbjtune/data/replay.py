@@ -5,14 +5,17 @@ Qwen2.5-Coder-0.5B: HumanEval pass@1 56.1 -> 44.5 after stage 2; experiments/rea
 share of general conversations into stage 2 ("replay") is the usual remedy. Two parts:
 
 - `generate(...)` (`bbjtune data replay`): self-distillation. The model answers general coding
-  prompts (default: the 96 of general-prompts.jsonl beside this file) and the answers become ChatML conversations.
-  Training on the model's own answers keeps its behaviour outside BBj without any outside data. For
-  a Base model, generate with its Instruct sibling. Written as it goes; a killed run continues.
+  prompts (default: the 96 of general-prompts.jsonl beside this file) and the answers become
+  ChatML conversations, without a system message: like HumanEval's requests, they get the model's
+  default one. Training on the model's own answers keeps its behaviour outside BBj without any
+  outside data. For a Base model, generate with its Instruct sibling. Written as it goes; a killed
+  run continues.
 - `prepare(...)` (called by `bbjtune data prepare` when `data.replay` lists files): schema checks
   with file and line, literal `\\n` repair, secret scrubbing, exact duplicates, answers that are
-  empty fragments or cut off, and decontamination against the evaluation prompts and HumanEval (a
-  replayed conversation must not teach the benchmark that measures what replay protects). Writes
-  replay.jsonl; stage 2 samples `train.sft.replay_ratio` of its examples from it.
+  empty fragments or cut off, conversations longer than stage 2's sequences, and decontamination
+  against the evaluation prompts and HumanEval (a replayed conversation must not teach the
+  benchmark that measures what replay protects). Writes replay.jsonl; stage 2 samples
+  `train.sft.replay_ratio` of its examples from it.
 
 BBj checks do not apply: replayed answers are Python, JavaScript, SQL, ...
 """
@@ -28,8 +31,8 @@ from typing import Any
 
 from bbjtune.artifacts import atomic_open
 from bbjtune.data.chatml import Rejection, example_id, iter_chatml, read_raw_line
-from bbjtune.data.clean import DUPLICATE, TOO_SHORT, TRUNCATED, fix_literal_escapes, has_literal_escapes, \
-    truncation_reason
+from bbjtune.data.clean import DUPLICATE, TOO_LONG, TOO_SHORT, TRUNCATED, fix_literal_escapes, \
+    has_literal_escapes, truncation_reason
 from bbjtune.data.scrub import scrub_text
 from bbjtune.data.split import ContaminationIndex
 from bbjtune.errors import BbjtuneError
@@ -68,8 +71,16 @@ def benchmark_prompts(warn: Callable[[str], None]) -> list[tuple[str, str]]:
 
 
 def prepare(files: list[Path], out_path: Path, *, eval_items: list[tuple[str, str]], ngram: int, threshold: float,
-            min_answer_chars: int, fix_escapes: bool, scrub: bool, warn: Callable[[str], None]) -> ReplayResult:
-    """Check and clean the replay files into `out_path` (see the module docstring)."""
+            min_answer_chars: int, fix_escapes: bool, scrub: bool, warn: Callable[[str], None],
+            count_tokens: Callable[[list[str]], list[int]] | None = None, max_length: int | None = None
+            ) -> ReplayResult:
+    """Check and clean the replay files into `out_path` (see the module docstring).
+
+    With `count_tokens` and `max_length`, conversations longer than stage 2's sequences are set aside:
+    training would cut their answers off.
+    """
+    from bbjtune.models.chat_template import render_chatml
+
     result = ReplayResult()
     index = ContaminationIndex(ngram, threshold)
     items = [*eval_items, *benchmark_prompts(warn)]
@@ -104,6 +115,8 @@ def prepare(files: list[Path], out_path: Path, *, eval_items: list[tuple[str, st
                     reject(TOO_SHORT, f"the answer has {len(answer.strip())} characters")
                 elif (why := truncation_reason(answer)) is not None:
                     reject(TRUNCATED, why)
+                elif max_length and count_tokens and (n := count_tokens([render_chatml(messages)])[0]) > max_length:
+                    reject(TOO_LONG, f"{n} tokens; training truncates at {max_length}")
                 elif (key := example_id(messages)) in seen:
                     reject(DUPLICATE, "the same conversation occurs earlier in the replay files")
                 elif (match := index.match(prompt)) is not None:

@@ -203,7 +203,8 @@ def prepare(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Con
                     replayed = replay.prepare(replay_files, out_dir / replay.REPLAY_FILE, eval_items=eval_items,
                                               ngram=d.decontaminate_ngram, threshold=d.decontaminate_threshold,
                                               min_answer_chars=d.min_answer_chars, fix_escapes=d.fix_escapes,
-                                              scrub=d.scrub_secrets, warn=warn)
+                                              scrub=d.scrub_secrets, warn=warn, count_tokens=tokens.count,
+                                              max_length=analysis.max_length if d.drop_too_long else None)
             else:  # a replay.jsonl left from an earlier preparation must not be trained on
                 (out_dir / replay.REPLAY_FILE).unlink(missing_ok=True)
             with run.timed("write"):
