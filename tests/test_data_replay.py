@@ -58,11 +58,12 @@ def answering_model(tiny_model_dir, tmp_path_factory):
 def test_replay_writes_the_models_answers_and_resumes(answering_model, tmp_path):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"id": "add", "prompt": ADD, "language": "python"}])
     out = tmp_path / "replay.jsonl"
+    out.write_text('{"messages": [{"role": "user", "con')  # a run killed in the middle of a line
     args = ("data", "replay", "--model", str(answering_model), "--prompts", str(prompts), "--out", str(out),
             "--max-new-tokens", "40")
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
-    rows = read_jsonl(out)
+    rows = read_jsonl(out)  # the torn line is gone; every line parses
     assert len(rows) == 1 and rows[0]["prompt_id"] == "add" and rows[0]["language"] == "python"
     assert rows[0]["messages"] == chat(ADD, ADD_ANSWER)["messages"]  # the model's own answer, as ChatML
     assert rows[0]["source"].startswith("self:")
