@@ -197,6 +197,9 @@ def test_prepare_cleans_replay_and_stage_two_mixes_it(tmp_path):
                       train__sft__max_length=512)
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    dry = run_cli("train", str(config), "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert f"stage 2 mixes {len(sample)} of 40 general conversations" in " ".join(dry.stdout.split() + dry.stderr.split())
     trained = run_cli("train", str(config))
     assert trained.returncode == 0, trained.stderr[-2000:]
     text = " ".join(trained.stderr.split())
