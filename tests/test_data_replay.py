@@ -129,8 +129,9 @@ def test_shipped_general_prompts_load_and_are_not_benchmark_prompts():
     from bbjtune.data.split import ContaminationIndex
 
     rows = load_prompts(DEFAULT_PROMPTS)
-    assert len(rows) >= 90 and len({r["id"] for r in rows}) == len(rows)
-    assert {r["language"] for r in rows} >= {"python", "javascript", "sql"}
+    assert len(rows) == 160 and len({r["id"] for r in rows}) == len(rows)
+    assert {r["language"] for r in rows} >= {"python", "java", "javascript", "typescript", "sql", "shell", "go", "csharp"}
+    assert len({r["prompt"] for r in rows}) == len(rows)
     index = ContaminationIndex(8, 0.5)
     for label, prompt in benchmark_prompts(lambda message: None):
         index.add(label, prompt)

@@ -124,7 +124,7 @@ def replay_command(
                             "server's model name). For a Base model give its Instruct sibling.")] = None,
         prompts: Annotated[Path | None, typer.Option(
             "--prompts", help="JSONL of {\"prompt\": ...} lines (or ChatML; the last user turn is the prompt); "
-                              "default: 96 general coding prompts shipped with bbjtune.")] = None,
+                              "default: 160 general coding prompts shipped with bbjtune.")] = None,
         out: Annotated[Path | None, typer.Option(
             "--out", "-o", help="The ChatML JSONL to write (default: <run folder>/replay/self-distilled.jsonl).")] = None,
         samples: Annotated[int, typer.Option("--samples", min=1, help="Answers per prompt.")] = 1,

@@ -5,7 +5,7 @@ Qwen2.5-Coder-0.5B: HumanEval pass@1 56.1 -> 44.5 after stage 2; experiments/rea
 share of general conversations into stage 2 ("replay") is the usual remedy. Two parts:
 
 - `generate(...)` (`bbjtune data replay`): self-distillation. The model answers general coding
-  prompts (default: the 96 of general-prompts.jsonl beside this file) and the answers become
+  prompts (default: the 160 of general-prompts.jsonl beside this file) and the answers become
   ChatML conversations, without a system message: like HumanEval's requests, they get the model's
   default one. Training on the model's own answers keeps its behaviour outside BBj without any
   outside data. For a Base model, generate with its Instruct sibling. Written as it goes; a killed
@@ -41,7 +41,7 @@ from bbjtune.train.inputs import read_jsonl
 REPLAY_FILE = "replay.jsonl"
 OVERLAPS_BENCHMARK = "overlaps-eval"
 REASON_PREFIX = "replay-"  # rejected.jsonl tells replay rejections from the BBj data's
-DEFAULT_PROMPTS = Path(__file__).with_name("general-prompts.jsonl")  # 96 prompts, written for bbjtune
+DEFAULT_PROMPTS = Path(__file__).with_name("general-prompts.jsonl")  # 160 prompts, written for bbjtune
 
 
 @dataclass
