@@ -86,7 +86,8 @@ def test_replay_through_an_openai_compatible_server(tmp_path):
         prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "Sort a list."}, {"id": "b", "prompt": "empty"}])
         out = tmp_path / "r.jsonl"
         proc = run_cli("data", "replay", "--backend", "http", "--base-url", f"http://127.0.0.1:{server.server_address[1]}/v1",
-                       "--model", "served-instruct", "--prompts", str(prompts), "--out", str(out), "--samples", "2")
+                       "--model", "served-instruct", "--prompts", str(prompts), "--out", str(out), "--samples", "2",
+                       "--system", "You are a helpful programmer.")
     finally:
         server.shutdown()
         server.server_close()
@@ -94,6 +95,7 @@ def test_replay_through_an_openai_compatible_server(tmp_path):
     rows = read_jsonl(out)
     assert [r["prompt_id"] for r in rows] == ["a", "a"]  # two samples; the empty answers are left out
     assert rows[0]["messages"][-1]["content"] == '```bbj\nprint "Sort a list."\nend\n```'
+    assert rows[0]["messages"][0] == {"role": "system", "content": "You are a helpful programmer."}
     assert "2 left out" in " ".join(proc.stderr.split())
     calls = [c for c in FakeOpenAI.calls if c.get("messages")]
     assert {c["model"] for c in calls} == {"served-instruct"} and {c["temperature"] for c in calls} == {0.7}

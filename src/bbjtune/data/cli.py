@@ -137,6 +137,9 @@ def replay_command(
                               "Ollama) or gguf.")] = "transformers",
         base_url: Annotated[str | None, typer.Option("--base-url", help="The server for --backend http.")] = None,
         batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+        system: Annotated[str | None, typer.Option(
+            "--system", help="A system message for every conversation (default: none, so the model's default "
+                             "applies, as for HumanEval).")] = None,
         set_: SetOpt = None) -> None:
     """Make general (non-BBj) training conversations from the model's own answers, to mix into stage 2.
 
@@ -169,7 +172,7 @@ def replay_command(
             task = bar.add_task("", total=len(rows))
             done = len(replay.done_ids(target) & {r["id"] for r in rows})
             bar.update(task, completed=done)
-            result = replay.generate(engine, rows, target, model_name=Path(source).name or source, system=None,
+            result = replay.generate(engine, rows, target, model_name=Path(source).name or source, system=system,
                                      samples=samples, temperature=(0.0 if samples == 1 else 0.7)
                                      if temperature is None else temperature,
                                      max_new_tokens=max_new_tokens, seed=cfg.data.seed if cfg else 42,
