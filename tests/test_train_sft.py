@@ -125,6 +125,20 @@ def test_unsloth_keeps_its_padding_free_batches(tmp_path, tiny_model_dir):
     assert batch["input_ids"].shape[0] == 1  # one flattened row; the examples' boundaries travel with it
 
 
+def test_unsloth_batches_without_example_boundaries_stop_training(tmp_path, tiny_model_dir):
+    """If Unsloth ever batched packed rows without boundaries it reads, training must not start."""
+    from bbjtune.errors import BbjtuneError
+    from bbjtune.train.packing import PackedRowsCollator, check_one_row_batches
+
+    write_data(tmp_path / "data", n_train=12)
+    cfg = make_config(tmp_path, tiny_model_dir, train__sft__max_length=96, train__sft__per_device_batch_size=2)
+    trainer, _ = build_trainer(cfg, trainer_backend="unsloth")
+    check_one_row_batches(trainer)  # trl's padding-free batches: one row, positions, no mask
+    trainer.data_collator = PackedRowsCollator(pad_token_id=trainer.processing_class.pad_token_id)
+    with pytest.raises(BbjtuneError, match="would see each other"):
+        check_one_row_batches(trainer)  # several rows: Unsloth would attend across examples
+
+
 def test_padding_keeps_single_example_rows_unpacked(tiny_model_dir):
     """A row holding one example plus padding must look unpacked (SDPA's causal fast path) and stay exact."""
     from transformers import AutoModelForCausalLM

@@ -72,7 +72,29 @@ def install_collator(trainer: Any, packing: bool, backend: str = "hf") -> None:
     several packed rows without that key would be attended as one causal sequence each: examples
     would see their neighbours (Unsloth 2026.10's `LlamaModel_fast_forward`).
     """
+    if packing and backend == "unsloth":
+        check_one_row_batches(trainer)
     if not packing or backend == "unsloth" or uses_varlen_attention(trainer.model):
         return
     trainer.data_collator = PackedRowsCollator(pad_token_id=trainer.processing_class.pad_token_id,
                                                pad_to_multiple_of=trainer.args.pad_to_multiple_of)
+
+
+def check_one_row_batches(trainer: Any) -> None:
+    """Under Unsloth, stop before training unless a packed batch keeps its examples' boundaries.
+
+    Safe batches are one flattened row that carries `packed_seq_lengths` (Unsloth's collator), or
+    one row with position ids and no attention mask (Unsloth derives the boundaries from them). A
+    future Unsloth that batches packed rows any other way would let examples see each other.
+    """
+    from bbjtune.errors import BbjtuneError
+
+    dataset = trainer.train_dataset
+    batch = trainer.data_collator([dataset[i] for i in range(min(2, len(dataset)))])
+    ids = batch["input_ids"]
+    one_row = ids.shape[0] == 1 and "attention_mask" not in batch and "position_ids" in batch
+    if "packed_seq_lengths" in batch or one_row:
+        return
+    raise BbjtuneError(f"with this Unsloth version packed batches arrive as {ids.shape[0]} rows without example "
+                       "boundaries Unsloth's attention reads, so packed conversations would see each other",
+                       "set train.backend: hf (or train.sft.packing: false) and report the Unsloth version")
