@@ -23,13 +23,14 @@ BBj checks do not apply: replayed answers are Python, JavaScript, SQL, ...
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bbjtune.artifacts import atomic_open
+from bbjtune.artifacts import atomic_open, atomic_write_jsonl
 from bbjtune.data.chatml import Rejection, example_id, iter_chatml, read_raw_line
 from bbjtune.data.clean import DUPLICATE, TOO_LONG, TOO_SHORT, TRUNCATED, fix_literal_escapes, \
     has_literal_escapes, truncation_reason
@@ -158,16 +159,10 @@ def load_prompts(path: Path) -> list[dict[str, Any]]:
 
 
 def done_ids(out_path: Path) -> set[str]:
-    """Prompt ids already answered in a previous (possibly killed) run; a torn last line is ignored."""
-    ids: set[str] = set()
-    if out_path.exists():
-        with open(out_path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    ids.add(json.loads(line)["prompt_id"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    continue
-    return ids
+    """Prompt ids already answered in a previous (possibly killed) run."""
+    from bbjtune.evaluate.generations import read_generations  # complete lines only
+
+    return {row["prompt_id"] for row in read_generations(out_path) if "prompt_id" in row}
 
 
 @dataclass
@@ -184,11 +179,15 @@ def generate(backend: Any, prompts: list[dict[str, Any]], out_path: Path, *, mod
     """Answer each prompt with the backend and append the answers as ChatML lines (resumable)."""
     from bbjtune.evaluate.generate import Request, Sampling
 
+    from bbjtune.evaluate.generations import read_generations
+
     result = GenerateResult()
-    done = done_ids(out_path)
+    rows = read_generations(out_path)
+    done = {row["prompt_id"] for row in rows if "prompt_id" in row}
     todo = [p for p in prompts if p["id"] not in done]
     result.skipped_done = len(prompts) - len(todo)
-    _drop_torn_line(out_path)
+    if out_path.exists():
+        atomic_write_jsonl(out_path, rows)  # without a line torn by a killed run
     if not todo:
         return result
     head = [{"role": "system", "content": system}] if system else []
@@ -210,15 +209,7 @@ def generate(backend: Any, prompts: list[dict[str, Any]], out_path: Path, *, mod
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
                     result.written += 1
             out.flush()
+            os.fsync(out.fileno())
             if progress:
                 progress(finished)
     return result
-
-
-def _drop_torn_line(path: Path) -> None:
-    """A run killed mid-write can leave a last line without its newline; cut it before appending."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        path.write_bytes(data[:data.rfind(b"\n") + 1])
