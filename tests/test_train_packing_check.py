@@ -30,6 +30,14 @@ def test_hf_backend_keeps_packed_examples_apart(tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_hf_backend_keeps_packed_examples_apart_on_the_gpu(tmp_path):
+    proc, result = run_check(tmp_path)  # bfloat16, SDPA on CUDA
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert result["dtype"] == "bfloat16" and result["control_min"] > 0.05
+
+
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("unsloth") is None,
                     reason="needs a CUDA GPU with Unsloth installed")
 def test_unsloth_backend_keeps_packed_examples_apart(tmp_path):
