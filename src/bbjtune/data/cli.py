@@ -164,21 +164,17 @@ def replay_command(
     rows = replay.load_prompts(prompts or replay.DEFAULT_PROMPTS)[:limit]
     target = out or ((cfg.run_dir if cfg else Path("runs")) / "replay" / "self-distilled.jsonl")
     console = Console(stderr=True)
-    engine = make_backend(backend, model=source if backend != "http" else None, api_model=source,
-                          base_url=base_url, batch_size=batch_size)
-    try:
-        with Progress(TextColumn("answering general prompts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as bar:
-            task = bar.add_task("", total=len(rows))
-            done = len(replay.done_ids(target) & {r["id"] for r in rows})
-            bar.update(task, completed=done)
-            result = replay.generate(engine, rows, target, model_name=Path(source).name or source, system=system,
-                                     samples=samples, temperature=(0.0 if samples == 1 else 0.7)
-                                     if temperature is None else temperature,
-                                     max_new_tokens=max_new_tokens, seed=cfg.data.seed if cfg else 42,
-                                     progress=lambda n: bar.update(task, completed=done + n))
-    finally:
-        engine.close()
+    if temperature is None:
+        temperature = 0.0 if samples == 1 else 0.7
+    with Progress(TextColumn("answering general prompts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("", total=len(rows))
+        result = replay.generate(
+            lambda: make_backend(backend, model=source if backend != "http" else None, api_model=source,
+                                 base_url=base_url, batch_size=batch_size),
+            rows, target, model_name=Path(source).name or source, system=system, samples=samples,
+            temperature=temperature, max_new_tokens=max_new_tokens, seed=cfg.data.seed if cfg else 42,
+            progress=lambda n: bar.update(task, completed=n))
     console.print(f"{result.written} answers written to {target}"
                   + (f" ({result.skipped_done} prompts answered before)" if result.skipped_done else "")
                   + (f"; {result.cut_off} left out (ran out of tokens or empty)" if result.cut_off else "")

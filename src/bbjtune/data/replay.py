@@ -71,19 +71,19 @@ def benchmark_prompts(warn: Callable[[str], None]) -> list[tuple[str, str]]:
         return []
 
 
-def prepare(files: list[Path], out_path: Path, *, eval_items: list[tuple[str, str]], ngram: int, threshold: float,
-            min_answer_chars: int, fix_escapes: bool, scrub: bool, warn: Callable[[str], None],
-            count_tokens: Callable[[list[str]], list[int]] | None = None, max_length: int | None = None
-            ) -> ReplayResult:
-    """Check and clean the replay files into `out_path` (see the module docstring).
+def prepare(files: list[Path], out_path: Path, d: Any, *, eval_items: list[tuple[str, str]],
+            warn: Callable[[str], None], count_tokens: Callable[[list[str]], list[int]] | None = None,
+            max_length: int | None = None) -> ReplayResult:
+    """Check and clean the replay files into `out_path` with the data config `d`'s filters (see above).
 
     With `count_tokens` and `max_length`, conversations longer than stage 2's sequences are set aside:
     training would cut their answers off.
     """
     from bbjtune.models.chat_template import render_chatml
 
+    ngram = d.decontaminate_ngram
     result = ReplayResult()
-    index = ContaminationIndex(ngram, threshold)
+    index = ContaminationIndex(ngram, d.decontaminate_threshold)
     items = [*eval_items, *benchmark_prompts(warn)]
     for label, prompt in items:
         index.add(label, prompt)
@@ -100,10 +100,10 @@ def prepare(files: list[Path], out_path: Path, *, eval_items: list[tuple[str, st
                     continue
                 reject = _rejecter(item, result)
                 messages = item.messages
-                if fix_escapes and any(has_literal_escapes(m["content"]) for m in messages):
+                if d.fix_escapes and any(has_literal_escapes(m["content"]) for m in messages):
                     messages = [{**m, "content": fix_literal_escapes(m["content"])} for m in messages]
                     result.escapes_fixed += 1
-                if scrub:
+                if d.scrub_secrets:
                     cleaned = []
                     for m in messages:
                         text, counts = scrub_text(m["content"])
@@ -112,7 +112,7 @@ def prepare(files: list[Path], out_path: Path, *, eval_items: list[tuple[str, st
                     messages = cleaned
                 answer = "\n".join(m["content"] for m in messages if m["role"] == "assistant")
                 prompt = "\n".join(m["content"] for m in messages if m["role"] == "user")
-                if len(answer.strip()) <= min_answer_chars:
+                if len(answer.strip()) <= d.min_answer_chars:
                     reject(TOO_SHORT, f"the answer has {len(answer.strip())} characters")
                 elif (why := truncation_reason(answer)) is not None:
                     reject(TRUNCATED, why)
@@ -158,13 +158,6 @@ def load_prompts(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def done_ids(out_path: Path) -> set[str]:
-    """Prompt ids already answered in a previous (possibly killed) run."""
-    from bbjtune.evaluate.generations import read_generations  # complete lines only
-
-    return {row["prompt_id"] for row in read_generations(out_path) if "prompt_id" in row}
-
-
 @dataclass
 class GenerateResult:
     written: int = 0
@@ -173,27 +166,42 @@ class GenerateResult:
     failed: int = 0
 
 
-def generate(backend: Any, prompts: list[dict[str, Any]], out_path: Path, *, model_name: str, system: str | None,
-             samples: int, temperature: float, max_new_tokens: int, seed: int,
+def generate(backend_factory: Callable[[], Any], prompts: list[dict[str, Any]], out_path: Path, *, model_name: str,
+             system: str | None, samples: int, temperature: float, max_new_tokens: int, seed: int,
              progress: Callable[[int], None] | None = None) -> GenerateResult:
-    """Answer each prompt with the backend and append the answers as ChatML lines (resumable)."""
-    from bbjtune.evaluate.generate import Request, Sampling
+    """Answer each prompt and append the answers as ChatML lines (resumable).
 
+    Prompts answered by an earlier run are skipped; the backend is only built when some are left.
+    `progress` receives the number of prompts done so far, those of earlier runs included.
+    """
+    from bbjtune.evaluate.generate import Request, Sampling
     from bbjtune.evaluate.generations import read_generations
 
     result = GenerateResult()
-    rows = read_generations(out_path)
+    rows = read_generations(out_path)  # complete lines only
     done = {row["prompt_id"] for row in rows if "prompt_id" in row}
     todo = [p for p in prompts if p["id"] not in done]
     result.skipped_done = len(prompts) - len(todo)
     if out_path.exists():
         atomic_write_jsonl(out_path, rows)  # without a line torn by a killed run
+    if progress:
+        progress(result.skipped_done)
     if not todo:
         return result
     head = [{"role": "system", "content": system}] if system else []
     requests = [Request(messages=[*head, {"role": "user", "content": p["prompt"]}], meta=p) for p in todo]
     sampling = Sampling(temperature=temperature, top_p=0.95, max_new_tokens=max_new_tokens, n=samples, seed=seed)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    backend = backend_factory()
+    try:
+        _append_answers(backend, requests, sampling, out_path, model_name, result, progress)
+    finally:
+        backend.close()
+    return result
+
+
+def _append_answers(backend: Any, requests: list[Any], sampling: Any, out_path: Path, model_name: str,
+                    result: GenerateResult, progress: Callable[[int], None] | None) -> None:
     with open(out_path, "a", encoding="utf-8") as out:
         for finished, (i, completions) in enumerate(backend.generate(requests, sampling), 1):
             request = requests[i]
@@ -211,5 +219,4 @@ def generate(backend: Any, prompts: list[dict[str, Any]], out_path: Path, *, mod
             out.flush()
             os.fsync(out.fileno())
             if progress:
-                progress(finished)
-    return result
+                progress(result.skipped_done + finished)

@@ -200,10 +200,8 @@ def prepare(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Con
             replayed = None
             if replay_files:
                 with run.timed("replay"):
-                    replayed = replay.prepare(replay_files, out_dir / replay.REPLAY_FILE, eval_items=eval_items,
-                                              ngram=d.decontaminate_ngram, threshold=d.decontaminate_threshold,
-                                              min_answer_chars=d.min_answer_chars, fix_escapes=d.fix_escapes,
-                                              scrub=d.scrub_secrets, warn=warn, count_tokens=tokens.count,
+                    replayed = replay.prepare(replay_files, out_dir / replay.REPLAY_FILE, d, eval_items=eval_items,
+                                              warn=warn, count_tokens=tokens.count,
                                               max_length=analysis.max_length if d.drop_too_long else None)
             else:  # a replay.jsonl left from an earlier preparation must not be trained on
                 (out_dir / replay.REPLAY_FILE).unlink(missing_ok=True)
