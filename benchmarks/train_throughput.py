@@ -513,12 +513,12 @@ def main() -> None:
 
     command = "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:])
     rows: list[dict[str, Any]] = []
+    result = {"settings": asdict(s), "command": command, "versions": versions(), "rows": rows}
     for g in groups:
         for p in paths:
             rows.append(run_row(g, p, s, a.work_dir, a.timeout))
             if a.out:  # after every row, so a run cut short keeps what it measured
-                atomic_write_json(a.out, {"settings": asdict(s), "command": command, "versions": versions(),
-                                          "rows": rows})
+                atomic_write_json(a.out, result)
     header = (f"Training throughput — {datetime.now(timezone.utc).strftime('%Y-%m-%d')}, `{command}`, "
               f"batch {s.batch} x {s.seq}, LoRA r={s.lora_r} all linear, gradient checkpointing, SDPA, "
               f"{s.steps} measured steps after {s.warmup} warm-up")

@@ -228,7 +228,7 @@ def _write_modelfile(cfg: RunConfig, plan, run: StageRun, report: dict[str, Any]
     o = cfg.export.ollama
     name = ollama_model_name(cfg.name, o.model_name)
     system = o.system_prompt or plan.system_prompt
-    sizes = {q: gguf_path(cfg, q).stat().st_size for q in cfg.export.gguf if gguf_path(cfg, q).exists()}
+    sizes = {q: f.stat().st_size for q in cfg.export.gguf if (f := gguf_path(cfg, q)).exists()}
     quant = ollama_quant(o.quant, report, sizes)
     if quant != o.quant:
         console.print(f"[yellow]the Modelfile uses {quant}, not {o.quant}:[/] the {o.quant} file failed "

@@ -35,19 +35,21 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def _launched_with(name: str) -> bool:
+    """`accelerate launch` with FSDP or DeepSpeed sets ACCELERATE_USE_<NAME>=true for every process."""
+    return os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"
+
+
 def sharded_launch() -> bool:
     """True under `accelerate launch` with FSDP or DeepSpeed ZeRO-3, which place (shard) the weights themselves."""
-    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
-    zero3 = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and \
-        os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "") == "3"
-    return fsdp or zero3
+    zero3 = _launched_with("DEEPSPEED") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "") == "3"
+    return _launched_with("FSDP") or zero3
 
 
 def check_launch() -> None:
     """FSDP and DeepSpeed place weights on GPUs; without any, say so instead of failing deep inside accelerate."""
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
-    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
-    if (fsdp or deepspeed) and not cuda_available():
+    fsdp = _launched_with("FSDP")
+    if (fsdp or _launched_with("DEEPSPEED")) and not cuda_available():
         raise BbjtuneError(f"{'FSDP' if fsdp else 'DeepSpeed'} training needs CUDA GPUs and none is visible",
                            "on CPU, or to check a config quickly, use plain data parallel: torchrun "
                            "--nproc_per_node 2 -m bbjtune train CONFIG (or accelerate launch with "

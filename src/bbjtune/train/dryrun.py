@@ -81,9 +81,8 @@ def show_dry_run(cfg: RunConfig, stages: list[str], data: TrainingData, console:
     console.print(f"data       {cfg.data_dir}: {len(data.conversations)} conversations, {len(data.heldout)} held out, "
                   f"{len(data.texts)} stage 1 chunks")
     if data.replay and "sft" in stages:
-        mixed = len(data.replay_sample(cfg.train.sft.replay_ratio, cfg.train.seed))
-        console.print(f"replay     stage 2 mixes {mixed} of {len(data.replay)} general conversations (replay.jsonl; "
-                      f"train.sft.replay_ratio {cfg.train.sft.replay_ratio:g})")
+        ratio = cfg.train.sft.replay_ratio
+        console.print(f"replay     {data.describe_replay(len(data.replay_sample(ratio, cfg.train.seed)), ratio)}")
 
     tokenizer = load_training_tokenizer(cfg.model.source)
     for stage in stages:

@@ -40,6 +40,12 @@ class TrainingData:
             return list(self.replay)
         return random.Random(seed).sample(self.replay, wanted)
 
+    def describe_replay(self, mixed: int, ratio: float) -> str:
+        """What stage 2 mixes in, for the training log and the dry run."""
+        share = mixed / (mixed + len(self.conversations))
+        return (f"stage 2 mixes {mixed} of {len(self.replay)} general conversations (replay.jsonl) into "
+                f"{len(self.conversations)} BBj ones: {share:.0%} of the examples (train.sft.replay_ratio {ratio:g})")
+
     @property
     def system_prompt(self) -> str | None:
         """The most common system message of the training conversations (None when there is none)."""

@@ -72,9 +72,12 @@ def install_collator(trainer: Any, packing: bool, backend: str = "hf") -> None:
     several packed rows without that key would be attended as one causal sequence each: examples
     would see their neighbours (Unsloth 2026.10's `LlamaModel_fast_forward`).
     """
-    if packing and backend == "unsloth":
+    if not packing:
+        return
+    if backend == "unsloth":
         check_one_row_batches(trainer)
-    if not packing or backend == "unsloth" or uses_varlen_attention(trainer.model):
+        return
+    if uses_varlen_attention(trainer.model):
         return
     trainer.data_collator = PackedRowsCollator(pad_token_id=trainer.processing_class.pad_token_id,
                                                pad_to_multiple_of=trainer.args.pad_to_multiple_of)

@@ -1,9 +1,9 @@
 """Stage 2, instruction tuning (SFT): teach the model to answer BBj requests in ChatML.
 
 Reads `train.jsonl` (and `heldout.jsonl` for the evaluation loss; `replay.jsonl`, general coding
-conversations, makes up `train.sft.replay_ratio` of the examples when the data stage wrote one), trains a fresh LoRA adapter on
-the 16-bit model from stage 1 (`cpt/merged`) or on the original model (Instruct models, or a Base
-model trained by SFT alone) and writes `sft/adapter/`.
+conversations, makes up `train.sft.replay_ratio` of the examples when the data stage wrote one),
+trains a fresh LoRA adapter on the 16-bit model from stage 1 (`cpt/merged`) or on the original
+model (Instruct models, or a Base model trained by SFT alone) and writes `sft/adapter/`.
 
 - Loss: only the assistant answers count, each including its closing `<|im_end|>` (the chat
   template's `{% generation %}` markers tell trl which tokens those are), so the model learns to
@@ -37,10 +37,7 @@ def run_sft(job: StageJob, data: TrainingData) -> dict[str, Any]:
     model, peft_settings, lora = _setup_model(job, tokenizer)
     replay = data.replay_sample(job.stage_cfg.replay_ratio, job.cfg.train.seed)
     if replay:
-        share = len(replay) / (len(replay) + len(data.conversations))
-        job.console.print(f"stage 2 mixes {len(replay)} of {len(data.replay)} general conversations (replay.jsonl) "
-                          f"into {len(data.conversations)} BBj ones: {share:.0%} of the examples "
-                          f"(train.sft.replay_ratio {job.stage_cfg.replay_ratio:g})")
+        job.console.print(data.describe_replay(len(replay), job.stage_cfg.replay_ratio))
     train_dataset, eval_dataset = _setup_data(data, replay)
     args = recipe.sft_config(job, has_eval=eval_dataset is not None,
                              assistant_only_loss=job.stage_cfg.assistant_only_loss, packing_strategy="bfd")
