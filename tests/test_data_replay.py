@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, run_cli
+from train_helpers import overfit_chat
 
 ADD = "Write a Python function that adds two numbers."
 ADD_ANSWER = "def add(a, b):\n    return a + b"
@@ -29,29 +30,8 @@ def chat(prompt: str, answer: str) -> dict:
 @pytest.fixture(scope="module")
 def answering_model(tiny_model_dir, tmp_path_factory):
     """tiny:test trained until it answers ADD with ADD_ANSWER and ends its turn; saved to disk."""
-    import torch
-
-    from bbjtune.models import load_model, load_tokenizer
-
-    model = load_model(str(tiny_model_dir), dtype="float32")
-    tok = load_tokenizer(str(tiny_model_dir))
-    ids = torch.tensor([tok.apply_chat_template(chat(ADD, ADD_ANSWER)["messages"], tokenize=True,
-                                                return_dict=True)["input_ids"]])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(300):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        if loss.item() < 0.05:
-            break
-    torch.set_num_threads(threads)
-    assert loss.item() < 0.05
     out = tmp_path_factory.mktemp("answering-model")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    assert overfit_chat(tiny_model_dir, chat(ADD, ADD_ANSWER)["messages"], out, steps=300, stop_below=0.05) < 0.05
     return out
 
 

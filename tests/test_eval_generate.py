@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from train_helpers import overfit_chat
 
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.generate import Request, Sampling, TransformersBackend, make_backend, truncate_at_stop
@@ -43,28 +44,8 @@ def varied_model(tiny_model_dir):
 @pytest.fixture(scope="module")
 def stopping_model(tiny_model_dir, tmp_path_factory):
     """tiny:test trained until it answers CONVERSATION and ends its turn with <|im_end|>; saved to disk."""
-    import torch
-
-    from bbjtune.models import load_model, load_tokenizer
-
-    model = load_model(str(tiny_model_dir), dtype="float32")
-    tok = load_tokenizer(str(tiny_model_dir))
-    ids = torch.tensor([tok.apply_chat_template(CONVERSATION, tokenize=True, return_dict=True)["input_ids"]])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for _ in range(80):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    torch.set_num_threads(threads)
-    model.eval()
-    assert loss.item() < 0.1
     out = tmp_path_factory.mktemp("stopping-model")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    assert overfit_chat(tiny_model_dir, CONVERSATION, out, steps=80) < 0.1
     return out
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from rich.console import Console
-from train_helpers import make_config, write_data
+from train_helpers import make_config, padding_start, write_data
 
 from bbjtune.models import load_model, load_tokenizer
 from bbjtune.train.stage import run_stage
@@ -33,15 +33,14 @@ def test_cpt_trains_on_every_token_and_merges(tmp_path, tiny_model_dir):
                              packing_strategy="bfd_split")
     trainer = recipe.make_trainer(job, model, tokenizer, args, train, heldout, settings, callbacks=[])
     batch = next(iter(trainer.get_train_dataloader()))
-    ids, labels = batch["input_ids"], batch["labels"]
-    firsts = batch["position_ids"] == 0
+    ids, labels, pos = batch["input_ids"], batch["labels"], batch["position_ids"]
+    firsts = pos == 0
     padding = torch.zeros_like(firsts)  # a short row's tail: no labels, positions continuing its last document
     for r in range(ids.shape[0]):
-        end = ids.shape[1]
-        while end > 0 and labels[r, end - 1] == -100 and ids[r, end - 1] == tokenizer.pad_token_id:
-            end -= 1
+        end = padding_start(ids[r], labels[r], tokenizer.pad_token_id)
         padding[r, end:] = True
-    assert (labels[padding] == -100).all() and not (firsts & padding).any()
+        assert pos[r, end:].tolist() == list(range(pos[r, end - 1] + 1, pos[r, end - 1] + 1 + ids.shape[1] - end))
+    assert not (firsts & padding).any()
     targets = ~firsts & ~padding
     assert (labels[targets] == ids[targets]).all()
     assert (labels[firsts] == -100).all()

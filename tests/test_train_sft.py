@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from rich.console import Console
-from train_helpers import PAIRS, SYSTEM, conversation, make_config, write_data
+from train_helpers import PAIRS, SYSTEM, conversation, make_config, padding_start, write_data
 
 from bbjtune.models.chat_template import ENDOFTEXT, IM_END, IM_START
 from bbjtune.train import recipe, sft
@@ -96,9 +96,7 @@ def test_packing_keeps_examples_apart(tmp_path, tiny_model_dir):
         assert all(labels[r, s] == -100 for s in starts)  # no target across an example boundary
         with torch.no_grad():
             packed = model(input_ids=ids[r:r + 1], position_ids=pos[r:r + 1]).logits[0]
-        text_end = ids.shape[1]
-        while text_end > starts[-1] and labels[r, text_end - 1] == -100 and ids[r, text_end - 1] == tokenizer.pad_token_id:
-            text_end -= 1  # the row's padding: no labels, positions continuing the last example
+        text_end = padding_start(ids[r], labels[r], tokenizer.pad_token_id, floor=starts[-1])  # then the padding
         for start, end in zip(starts, starts[1:] + [text_end]):
             assert pos[r, start:end].tolist() == list(range(end - start))  # positions restart per example
             alone_ids = ids[r:r + 1, start:end]
@@ -111,9 +109,11 @@ def test_packing_keeps_examples_apart(tmp_path, tiny_model_dir):
     assert checked >= 4
 
 
-def test_unsloth_keeps_its_padding_free_batches(tmp_path, tiny_model_dir):
-    """Unsloth's attention keeps packed examples apart only in its own one-row batches: no row collator there."""
-    from bbjtune.train.packing import PackedRowsCollator
+def test_unsloth_keeps_its_padding_free_batches_and_refuses_others(tmp_path, tiny_model_dir):
+    """Unsloth's attention keeps packed examples apart only in its own one-row batches: no row collator there,
+    and if Unsloth ever batched packed rows without boundaries it reads, training must not start."""
+    from bbjtune.errors import BbjtuneError
+    from bbjtune.train.packing import PackedRowsCollator, check_one_row_batches
 
     write_data(tmp_path / "data", n_train=12)
     cfg = make_config(tmp_path, tiny_model_dir, train__sft__max_length=96, train__sft__per_device_batch_size=2)
@@ -124,19 +124,10 @@ def test_unsloth_keeps_its_padding_free_batches(tmp_path, tiny_model_dir):
     batch = next(iter(unsloth.get_train_dataloader()))
     assert batch["input_ids"].shape[0] == 1  # one flattened row; the examples' boundaries travel with it
 
-
-def test_unsloth_batches_without_example_boundaries_stop_training(tmp_path, tiny_model_dir):
-    """If Unsloth ever batched packed rows without boundaries it reads, training must not start."""
-    from bbjtune.errors import BbjtuneError
-    from bbjtune.train.packing import PackedRowsCollator, check_one_row_batches
-
-    write_data(tmp_path / "data", n_train=12)
-    cfg = make_config(tmp_path, tiny_model_dir, train__sft__max_length=96, train__sft__per_device_batch_size=2)
-    trainer, _ = build_trainer(cfg, trainer_backend="unsloth")
-    check_one_row_batches(trainer)  # trl's padding-free batches: one row, positions, no mask
-    trainer.data_collator = PackedRowsCollator(pad_token_id=trainer.processing_class.pad_token_id)
+    check_one_row_batches(unsloth)  # trl's padding-free batches: one row, positions, no mask
+    unsloth.data_collator = PackedRowsCollator(pad_token_id=unsloth.processing_class.pad_token_id)
     with pytest.raises(BbjtuneError, match="would see each other"):
-        check_one_row_batches(trainer)  # several rows: Unsloth would attend across examples
+        check_one_row_batches(unsloth)  # several rows: Unsloth would attend across examples
 
 
 def test_padding_keeps_single_example_rows_unpacked(tiny_model_dir):

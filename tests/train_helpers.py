@@ -118,3 +118,40 @@ def pretrain_base(out_dir: Path, model_dir: Path, steps: int = 300, lr: float = 
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def overfit_chat(model_dir: Path, messages: list[dict[str, str]], out_dir: Path, steps: int,
+                 stop_below: float | None = None) -> float:
+    """tiny:test trained on one conversation until it answers it and ends its turn; saved to out_dir.
+
+    Returns the last loss (the caller asserts how low it must be). One thread: the model is tiny.
+    """
+    import torch
+
+    from bbjtune.models import load_model, load_tokenizer
+
+    model = load_model(str(model_dir), dtype="float32").train()
+    tok = load_tokenizer(str(model_dir))
+    ids = torch.tensor([tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if stop_below is not None and loss.item() < stop_below:
+            break
+    torch.set_num_threads(threads)
+    model.eval().save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    return loss.item()
+
+
+def padding_start(ids: Any, labels: Any, pad_id: int, floor: int = 0) -> int:
+    """Where the padding at the end of one packed row begins: trailing pad tokens without labels."""
+    end = len(ids)
+    while end > floor and labels[end - 1] == -100 and ids[end - 1] == pad_id:
+        end -= 1
+    return end
