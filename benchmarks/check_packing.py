@@ -23,16 +23,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-REQUESTS = ["Print hello.", "Open the customer file.", "Loop from 1 to 3.", "Define a string template.",
-            "Close channel 1.", "Read a record by key."]
-ANSWERS = ['PRINT "hello"', 'chan = unt\nopen (chan)"CUSTOMER"', "for i = 1 to 3\n    print i\nnext i",
-           'dim rec$:"ID:C(6),NAME:C(30)"', "close (1)", 'read record (1,key="000100",dom=missing)rec$']
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "chatml" / "bbj-instructions.jsonl"
 
 
 def conversations(n: int) -> list[list[dict[str, str]]]:
-    return [[{"role": "system", "content": "You are a BBj expert."},
-             {"role": "user", "content": REQUESTS[i % len(REQUESTS)] + f" (variant {i})"},
-             {"role": "assistant", "content": ANSWERS[i % len(ANSWERS)]}] for i in range(n)]
+    """The project's own BBj examples (the first n), as stage 2 trains on them."""
+    from bbjtune.train.inputs import load_conversations
+
+    return load_conversations(EXAMPLES)[:n]
 
 
 def first_batch(model_dir: str, backend: str, dtype: str, work: Path) -> tuple[Any, dict[str, Any]]:
@@ -49,7 +47,7 @@ def first_batch(model_dir: str, backend: str, dtype: str, work: Path) -> tuple[A
         "data": {"chatml": ["-"], "output_dir": str(work / "data")},
         "train": {"backend": backend, "stages": "sft", "optim": "adamw_torch", "gradient_checkpointing": False,
                   "lora": {"r": 8, "alpha": 16, "dropout": 0.0}, "quantization": {"load_in_4bit": False},
-                  "sft": {"max_steps": 1, "max_length": 160, "per_device_batch_size": 2,
+                  "sft": {"max_steps": 1, "max_length": 1024, "per_device_batch_size": 2,
                           "gradient_accumulation_steps": 1, "packing": True}},
         "export": {"vllm": {"enabled": False}},
     })
