@@ -19,9 +19,12 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bbjtune.errors import BbjtuneError
+
+if TYPE_CHECKING:
+    from bbjtune.config import RunConfig
 
 # Qwen2's linear layers; peft's "all-linear" resolves to exactly these (lm_head excluded).
 QWEN2_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -40,14 +43,42 @@ def _launched_with(name: str) -> bool:
     return os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"
 
 
+def _zero3() -> bool:
+    return _launched_with("DEEPSPEED") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "") == "3"
+
+
 def sharded_launch() -> bool:
     """True under `accelerate launch` with FSDP or DeepSpeed ZeRO-3, which place (shard) the weights themselves."""
-    zero3 = _launched_with("DEEPSPEED") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "") == "3"
-    return _launched_with("FSDP") or zero3
+    return _launched_with("FSDP") or _zero3()
 
 
-def check_launch() -> None:
-    """FSDP and DeepSpeed place weights on GPUs; without any, say so instead of failing deep inside accelerate."""
+def check_launch(cfg: RunConfig, stages: list[str]) -> None:
+    """Stop before training on launches that cannot work, saying what to do instead of failing deep inside.
+
+    FSDP and DeepSpeed place weights on GPUs, so they need some. Stage 2 on a Base model trains the
+    chat-token rows of the embedding (peft's trainable tokens), which sharding handles only in part
+    (each case seen on an H200, tiny model, QLoRA, torch 2.11, trl 1.15):
+    - DeepSpeed ZeRO-3 fails: trl's fused LM head reads `lm_head.weight`, which peft computes for those
+      rows instead of holding a ZeRO-3 parameter.
+    - FSDP with fsdp_use_orig_params false fails: those rows and the frozen weights share an FSDP unit
+      ("Must flatten tensors with uniform requires_grad"). With true, stage 2 trained on its own, while
+      both stages in one launch failed in stage 2's forward.
+    """
+    from bbjtune.train.sft import wants_chat_token_training
+
+    chat_tokens = "sft" in stages and wants_chat_token_training(cfg) and not cfg.train.sft.train_embeddings
+    if chat_tokens and _zero3():
+        raise BbjtuneError("DeepSpeed ZeRO-3 cannot train the chat-token rows that stage 2 trains on a Base model",
+                           "launch with configs/accelerate/fsdp_qlora.yaml (it shards the weights too), or with "
+                           "deepspeed_zero2.yaml or ddp.yaml when the model fits on one GPU; ZeRO-3 works for "
+                           "stage 1 (--stage cpt) and for Instruct models")
+    orig_params = os.environ.get("FSDP_USE_ORIG_PARAMS", "false").lower() in ("true", "1", "yes")
+    if chat_tokens and _launched_with("FSDP") and (not orig_params or "cpt" in stages):
+        raise BbjtuneError("under FSDP, stage 2 on a Base model (it trains the chat-token rows) needs "
+                           "fsdp_use_orig_params true and a launch of its own",
+                           "run stage 1 with the shipped config (add --stage cpt), then stage 2: accelerate launch "
+                           "--config_file configs/accelerate/fsdp_qlora.yaml --fsdp_use_orig_params true "
+                           "-m bbjtune train CONFIG --stage sft")
     fsdp = _launched_with("FSDP")
     if (fsdp or _launched_with("DEEPSPEED")) and not cuda_available():
         raise BbjtuneError(f"{'FSDP' if fsdp else 'DeepSpeed'} training needs CUDA GPUs and none is visible",

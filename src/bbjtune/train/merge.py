@@ -10,8 +10,31 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+@contextmanager
+def _outside_zero3() -> Iterator[None]:
+    """Load plain full weights even inside a DeepSpeed ZeRO-3 run (`--stage all` merges between stages).
+
+    Stage 1's training arguments leave transformers' global ZeRO-3 switch on; from_pretrained would then
+    partition the base across processes (and refuse a device map). The merge runs in the main process
+    alone on whole weights, so the switch is off while it loads and restored afterwards.
+    """
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:
+        yield
+        return
+    saved = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 def merge_adapter(base_source: str, adapter_dir: Path, out_dir: Path, dtype: str = "auto",
@@ -24,8 +47,9 @@ def merge_adapter(base_source: str, adapter_dir: Path, out_dir: Path, dtype: str
 
     if device_map is None and torch.cuda.is_available():
         device_map = {"": 0}
-    model = load_model(base_source, dtype=dtype, device_map=device_map)
-    model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    with _outside_zero3():
+        model = load_model(base_source, dtype=dtype, device_map=device_map)
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     tokenizer = load_tokenizer(str(adapter_dir))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))

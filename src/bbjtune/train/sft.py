@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bbjtune.config import RunConfig
 from bbjtune.train import recipe
 from bbjtune.train.inputs import TrainingData
 from bbjtune.train.recipe import StageJob
@@ -49,9 +50,9 @@ def run_sft(job: StageJob, data: TrainingData) -> dict[str, Any]:
     return {"metrics": metrics, "lora": lora}
 
 
-def wants_chat_token_training(job: StageJob) -> bool:
-    choice = job.cfg.train.sft.train_chat_tokens
-    return choice == "yes" or (choice == "auto" and job.cfg.model.kind == "base")
+def wants_chat_token_training(cfg: RunConfig) -> bool:
+    choice = cfg.train.sft.train_chat_tokens
+    return choice == "yes" or (choice == "auto" and cfg.model.kind == "base")
 
 
 def _setup_model(job: StageJob, tokenizer: Any) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
@@ -61,7 +62,7 @@ def _setup_model(job: StageJob, tokenizer: Any) -> tuple[Any, dict[str, Any] | N
     if job.stage_cfg.train_embeddings:  # whole embedding (chat-token rows included) and lm_head
         lora = recipe.lora_settings(job.cfg, model_config, modules_to_save=["embed_tokens", "lm_head"])
     else:
-        tokens = recipe.chat_token_ids(tokenizer) if wants_chat_token_training(job) else None
+        tokens = recipe.chat_token_ids(tokenizer) if wants_chat_token_training(job.cfg) else None
         lora = recipe.lora_settings(job.cfg, model_config, trainable_tokens=tokens)
     if job.backend == "unsloth":
         return backends.load_unsloth(job.base_source, job.cfg, job.stage_cfg, lora), None, lora
@@ -86,10 +87,10 @@ def stop_check(model: Any, tokenizer: Any, data: TrainingData, n: int) -> dict[s
     import torch
 
     from bbjtune.models.chat_template import ENDOFTEXT, IM_END
-    from bbjtune.train.backends import world_size
+    from bbjtune.train.backends import sharded_launch, world_size
 
     conversations = [c for c in (data.heldout or data.conversations) if c[-1]["role"] == "assistant"][:n]
-    if not conversations or world_size() > 1:
+    if not conversations or world_size() > 1 or sharded_launch():  # generation needs whole, unwrapped weights
         return None
     stop_ids = tokenizer.convert_tokens_to_ids([IM_END, ENDOFTEXT])
     stopped, lengths = 0, []

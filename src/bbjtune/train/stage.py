@@ -45,7 +45,7 @@ def run_stage(cfg: RunConfig, stages: list[str] | None = None, resume: str = "au
 
     from bbjtune.train import backends
 
-    backends.check_launch()
+    backends.check_launch(cfg, stages)
     backends.use_one_gpu_unless_launched(console)
     backend = backends.choose_backend(cfg.train.backend)
     if backend == "unsloth":
