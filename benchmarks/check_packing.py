@@ -10,7 +10,8 @@ logits must differ, which shows the check can see contamination at all.
     python benchmarks/check_packing.py --backend unsloth   # one CUDA GPU, Unsloth installed
 
 Prints the largest difference per example relative to the largest lone logit; exits 1 when an
-example differs by more than --tolerance, 3 when the control shows no contamination either.
+example differs by more than --tolerance, 2 when the trainer's batches are not packed at all, 3 when
+the control shows no contamination either.
 """
 
 from __future__ import annotations
@@ -59,12 +60,33 @@ def first_batch(model_dir: str, backend: str, dtype: str, work: Path) -> tuple[A
     train, _ = sft._setup_data(TrainingData(conversations=conversations(16)))
     args = recipe.sft_config(job, has_eval=False, assistant_only_loss=True, packing_strategy="bfd")
     trainer = recipe.make_trainer(job, model, tok, args, train, None, peft_settings, callbacks=[])
-    return trainer.model, next(iter(trainer.get_train_dataloader()))
+    return trainer.model, packed_batch(trainer.get_train_dataloader())
+
+
+def packed_batch(loader: Any) -> dict[str, Any]:
+    """The first batch with a row that holds several examples (the order of batches follows the sampler)."""
+    first = None
+    for batch in loader:
+        first = first or batch
+        if "packed_seq_lengths" in batch and len(batch["packed_seq_lengths"]) > 1:
+            return batch
+        if "position_ids" in batch and any(len(segments(row)) > 1 for row in batch["position_ids"].tolist()):
+            return batch
+    return first
 
 
 def segments(positions: list[int]) -> list[tuple[int, int]]:
     starts = [i for i, p in enumerate(positions) if p == 0]
     return list(zip(starts, starts[1:] + [len(positions)]))
+
+
+def positions_from_lengths(lengths: Any, ids: Any) -> Any:
+    """Unsloth's padding-free batches give one row and each example's length instead of position ids."""
+    import torch
+
+    flat = [int(n) for n in torch.as_tensor(lengths).flatten().tolist()]
+    assert ids.shape[0] == 1 and sum(flat) == ids.shape[1], (ids.shape, flat)
+    return torch.cat([torch.arange(n) for n in flat]).view(1, -1)
 
 
 def check(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +95,8 @@ def check(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
     device = next(model.parameters()).device
     batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    ids, pos = batch["input_ids"], batch["position_ids"]
+    ids = batch["input_ids"]
+    pos = batch["position_ids"] if "position_ids" in batch else positions_from_lengths(batch["packed_seq_lengths"], ids)
     model.eval()
     rows = []
     with torch.no_grad():
@@ -100,7 +123,6 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the measurements here")
     a = parser.parse_args()
     if a.backend == "unsloth":
-        os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")  # Unsloth returns no logits in training otherwise
         import unsloth  # noqa: F401 — before transformers, as Unsloth requires
     import torch
 
@@ -111,6 +133,13 @@ def main() -> None:
     model_dir = str(build_tiny(a.model)) if a.model.startswith("tiny:") else a.model
     with tempfile.TemporaryDirectory() as work:
         model, batch = first_batch(model_dir, a.backend, dtype, Path(work))
+        if "position_ids" not in batch and "packed_seq_lengths" not in batch:
+            print(f"NOT PACKED: the trainer handed padded rows {list(batch['input_ids'].shape)} "
+                  f"({', '.join(sorted(batch))}); there are no packed examples to check", file=sys.stderr)
+            sys.exit(2)
+        # Only now: Unsloth turns packing off for a trainer built while UNSLOTH_RETURN_LOGITS=1 (it reads the
+        # variable at init); its forward reads it at every call and returns no logits when given labels without it
+        os.environ["UNSLOTH_RETURN_LOGITS"] = "1"
         result = check(model, batch)
     examples = result["examples"]
     later = [e for e in examples if e["example"] > 0]
