@@ -303,9 +303,11 @@ def run_unsloth(ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, met
                                              lora_dropout=0, bias="none", use_gradient_checkpointing="unsloth",
                                              random_state=3407)
     data = Dataset.from_list([{"input_ids": r} for r in rows])
+    # gradient_accumulation_steps explicitly: Unsloth's SFTConfig defaults it to 2, the other paths use 1
     args = SFTConfig(output_dir=str(out_dir), per_device_train_batch_size=s.batch, max_steps=s.warmup + s.steps,
-                     learning_rate=2e-4, logging_steps=1000, save_strategy="no", report_to="none", bf16=True,
-                     optim="adamw_torch", max_length=s.seq, packing=False, disable_tqdm=True)
+                     gradient_accumulation_steps=1, learning_rate=2e-4, logging_steps=1000, save_strategy="no",
+                     report_to="none", bf16=True, optim="adamw_torch", max_length=s.seq, packing=False,
+                     disable_tqdm=True)
     trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=data, args=args)
     attach(trainer, meter)
     reset_peak()
