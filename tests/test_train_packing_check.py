@@ -44,3 +44,28 @@ def test_unsloth_backend_keeps_packed_examples_apart(tmp_path):
     proc, result = run_check(tmp_path, "--backend", "unsloth")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert result["batch_shape"][0] == 1 and "packed_seq_lengths" in result["keys"]  # Unsloth's own batches
+
+
+def load_check_module():
+    spec = importlib.util.spec_from_file_location("check_packing", REPO_ROOT / "benchmarks" / "check_packing.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_unsloth_style_batches_give_their_example_boundaries():
+    check_packing = load_check_module()
+    ids = torch.zeros(1, 9, dtype=torch.long)
+    positions = check_packing.positions_from_lengths(torch.tensor([4, 2, 3]), ids)
+    assert positions.tolist() == [[0, 1, 2, 3, 0, 1, 0, 1, 2]]
+    assert check_packing.segments(positions[0].tolist()) == [(0, 4), (4, 6), (6, 9)]
+
+
+def test_the_check_takes_the_first_batch_that_packs():
+    check_packing = load_check_module()
+    alone = {"input_ids": torch.zeros(2, 4), "position_ids": torch.tensor([[0, 1, 2, 3], [0, 1, 2, 3]])}
+    packed = {"input_ids": torch.zeros(2, 4), "position_ids": torch.tensor([[0, 1, 2, 3], [0, 1, 0, 1]])}
+    unsloth = {"input_ids": torch.zeros(1, 6), "packed_seq_lengths": torch.tensor([3, 3])}
+    assert check_packing.packed_batch([alone, packed]) is packed
+    assert check_packing.packed_batch([alone, unsloth]) is unsloth
+    assert check_packing.packed_batch([alone]) is alone  # nothing packs: the first, which the check calls inconclusive
