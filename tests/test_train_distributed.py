@@ -43,6 +43,9 @@ def test_both_stages_train_in_two_processes(tmp_path, tiny_model_dir):
     assert handle["stages"] == ["cpt", "sft"]
     assert proc.stderr.count("✓ sft:") == 1  # one report, not one per process
     assert "on 2 processes (MULTI_CPU)" in proc.stderr
+    sft_metrics = json.loads((cfg.train_dir / "sft" / "manifest.json").read_text())["metrics"]
+    assert "several processes" in sft_metrics["stop_check"]["skipped"]  # said, not silently dropped
+    assert "stop check skipped" in proc.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without GPUs")

@@ -90,8 +90,11 @@ def stop_check(model: Any, tokenizer: Any, data: TrainingData, n: int) -> dict[s
     from bbjtune.train.backends import sharded_launch, world_size
 
     conversations = [c for c in (data.heldout or data.conversations) if c[-1]["role"] == "assistant"][:n]
-    if not conversations or world_size() > 1 or sharded_launch():  # generation needs whole, unwrapped weights
+    if not conversations:
         return None
+    if world_size() > 1 or sharded_launch():  # generation needs whole, unwrapped weights in one process
+        return {"skipped": "the model was trained in several processes or with sharded weights; "
+                           "`bbjtune eval` on the result shows whether its answers stop"}
     stop_ids = tokenizer.convert_tokens_to_ids([IM_END, ENDOFTEXT])
     stopped, lengths = 0, []
     was_training = model.training

@@ -154,8 +154,8 @@ def _summarize(job: Any, metrics: dict[str, Any]) -> None:
         style = "green" if check["stopped"] == check["of"] else "yellow"
         job.console.print(f"  [{style}]{check['stopped']} of {check['of']}[/] held-out answers end with <|im_end|> "
                           f"(greedy; lengths {check['answer_tokens']} tokens)")
-    elif "error" in check:
-        job.console.print(f"  [yellow]stop check skipped:[/] {check['error']}")
+    elif "error" in check or "skipped" in check:
+        job.console.print(f"  [yellow]stop check skipped:[/] {check.get('error') or check['skipped']}")
 
 
 def _write_handle(cfg: RunConfig, last_stage: str, result: dict[str, Any], data: TrainingData, chained: bool) -> Path:
