@@ -57,9 +57,11 @@ def test_fsdp_without_gpus_says_what_to_do(tmp_path, tiny_model_dir):
     assert "Traceback" not in proc.stderr
 
 
-def test_zero3_refuses_chat_token_training_before_it_starts(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_zero3_refuses_chat_token_training_before_it_starts(tmp_path, tiny_model_dir, dry_run):
     cfg, path = write_config(tmp_path, tiny_model_dir, train__stages="all")  # a Base model: stage 2 trains chat tokens
-    proc = bbjtune("train", str(path), env={"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"})
+    proc = bbjtune("train", str(path), *(["--dry-run"] if dry_run else []),
+                   env={"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"})
     message = " ".join(proc.stderr.split())  # rich wraps long lines
     assert proc.returncode != 0
     assert "ZeRO-3 cannot train the chat-token rows" in message and "fsdp_qlora.yaml" in message

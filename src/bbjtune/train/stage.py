@@ -37,15 +37,15 @@ def run_stage(cfg: RunConfig, stages: list[str] | None = None, resume: str = "au
     if not stages:
         raise BbjtuneError("no training stage is enabled", "enable train.cpt or train.sft, or pick --stage")
     data = load_training_data(cfg.data_dir, stages)
+    from bbjtune.train import backends
+
+    backends.check_launch(cfg, stages)  # a dry run under accelerate launch says the same as the real one
     if dry_run:
         from bbjtune.train.dryrun import show_dry_run
 
         show_dry_run(cfg, stages, data, console)
         return cfg.train_dir
 
-    from bbjtune.train import backends
-
-    backends.check_launch(cfg, stages)
     backends.use_one_gpu_unless_launched(console)
     backend = backends.choose_backend(cfg.train.backend)
     if backend == "unsloth":
