@@ -11,10 +11,10 @@ share of general conversations into stage 2 ("replay") is the usual remedy. Two 
   outside data. For a Base model, generate with its Instruct sibling. Written as it goes; a killed
   run continues.
 - `prepare(...)` (called by `bbjtune data prepare` when `data.replay` lists files): schema checks
-  with file and line, literal `\\n` repair, secret scrubbing, exact duplicates, answers that are
-  empty fragments or cut off, conversations longer than stage 2's sequences, and decontamination
-  against the evaluation prompts and HumanEval (a replayed conversation must not teach the
-  benchmark that measures what replay protects). Writes replay.jsonl; stage 2 samples
+  with file and line, literal `\\n` repair and secret scrubbing (the BBj data's rules, from
+  scan.py), exact duplicates, answers that are empty fragments or cut off, conversations longer
+  than stage 2's sequences, and decontamination against the evaluation prompts and HumanEval (a
+  replayed conversation must not teach the benchmark that measures what replay protects). Writes replay.jsonl; stage 2 samples
   `train.sft.replay_ratio` of its examples from it.
 
 BBj checks do not apply: replayed answers are Python, JavaScript, SQL, ...
@@ -32,9 +32,8 @@ from typing import Any
 
 from bbjtune.artifacts import atomic_open, atomic_write_jsonl
 from bbjtune.data.chatml import Rejection, example_id, iter_chatml, read_raw_line
-from bbjtune.data.clean import DUPLICATE, TOO_LONG, TOO_SHORT, TRUNCATED, fix_literal_escapes, \
-    has_literal_escapes, truncation_reason
-from bbjtune.data.scrub import scrub_text
+from bbjtune.data.clean import DUPLICATE, TOO_LONG, TOO_SHORT, TRUNCATED, truncation_reason
+from bbjtune.data.scan import repair_messages
 from bbjtune.data.split import ContaminationIndex
 from bbjtune.errors import BbjtuneError
 from bbjtune.train.inputs import read_jsonl
@@ -90,44 +89,36 @@ def prepare(files: list[Path], out_path: Path, d: Any, *, eval_items: list[tuple
     result.benchmark_prompts = len(items)
     seen: set[str] = set()
     with atomic_open(out_path) as out:
-        for path in files:
-            for item in iter_chatml(path):
-                if item is None:
-                    continue
-                if isinstance(item, Rejection):
-                    item.reason, item.extra["replay"] = f"{REASON_PREFIX}{item.reason}", True
-                    result.rejections.append(item)
-                    continue
-                reject = _rejecter(item, result)
-                messages = item.messages
-                if d.fix_escapes and any(has_literal_escapes(m["content"]) for m in messages):
-                    messages = [{**m, "content": fix_literal_escapes(m["content"])} for m in messages]
-                    result.escapes_fixed += 1
-                if d.scrub_secrets:
-                    cleaned = []
-                    for m in messages:
-                        text, counts = scrub_text(m["content"])
-                        result.scrubbed.update(counts)
-                        cleaned.append({**m, "content": text})
-                    messages = cleaned
-                answer = "\n".join(m["content"] for m in messages if m["role"] == "assistant")
-                prompt = "\n".join(m["content"] for m in messages if m["role"] == "user")
-                if len(answer.strip()) <= d.min_answer_chars:
-                    reject(TOO_SHORT, f"the answer has {len(answer.strip())} characters")
-                elif (why := truncation_reason(answer)) is not None:
-                    reject(TRUNCATED, why)
-                elif max_length and count_tokens and (n := count_tokens([render_chatml(messages)])[0]) > max_length:
-                    reject(TOO_LONG, f"{n} tokens; training truncates at {max_length}")
-                elif (key := example_id(messages)) in seen:
-                    reject(DUPLICATE, "the same conversation occurs earlier in the replay files")
-                elif (match := index.match(prompt)) is not None:
-                    reject(OVERLAPS_BENCHMARK, f"the prompt shares {match.overlap:.0%} of the {ngram}-word "
-                                               f"sequences of {match.label}")
-                else:
-                    seen.add(key)
-                    record = {"messages": messages, "id": key, **item.extra}
-                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-                    result.kept += 1
+        for item in (item for path in files for item in iter_chatml(path)):
+            if item is None:
+                continue
+            if isinstance(item, Rejection):
+                item.reason, item.extra["replay"] = f"{REASON_PREFIX}{item.reason}", True
+                result.rejections.append(item)
+                continue
+            reject = _rejecter(item, result)
+            messages = item.messages
+            escapes, scrubbed = repair_messages(messages, fix_escapes=d.fix_escapes, scrub=d.scrub_secrets)
+            result.escapes_fixed += escapes and d.fix_escapes
+            result.scrubbed.update(scrubbed)
+            answer = "\n".join(m["content"] for m in messages if m["role"] == "assistant")
+            prompt = "\n".join(m["content"] for m in messages if m["role"] == "user")
+            if len(answer.strip()) <= d.min_answer_chars:
+                reject(TOO_SHORT, f"the answer has {len(answer.strip())} characters")
+            elif (why := truncation_reason(answer)) is not None:
+                reject(TRUNCATED, why)
+            elif max_length and count_tokens and (n := count_tokens([render_chatml(messages)])[0]) > max_length:
+                reject(TOO_LONG, f"{n} tokens; training truncates at {max_length}")
+            elif (key := example_id(messages)) in seen:
+                reject(DUPLICATE, "the same conversation occurs earlier in the replay files")
+            elif (match := index.match(prompt)) is not None:
+                reject(OVERLAPS_BENCHMARK, f"the prompt shares {match.overlap:.0%} of the {ngram}-word "
+                                           f"sequences of {match.label}")
+            else:
+                seen.add(key)
+                record = {"messages": messages, "id": key, **item.extra}
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                result.kept += 1
     return result
 
 

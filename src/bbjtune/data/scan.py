@@ -184,20 +184,29 @@ def summarise_block(lines: list[tuple[int, int, bytes]], label: str, options: Sc
     return out
 
 
+def repair_messages(messages: list[dict[str, str]], *, fix_escapes: bool, scrub: bool) -> tuple[bool, Counter]:
+    """Repair literal `\\n` escapes (outside system prompts) and scrub secrets, in place.
+
+    Returns whether escapes were found and what was scrubbed. Shared by the BBj data and replay.
+    """
+    escapes_found = any(has_literal_escapes(m["content"]) for m in messages if m["role"] != "system")
+    if escapes_found and fix_escapes:
+        for m in messages:
+            if m["role"] != "system" and has_literal_escapes(m["content"]):
+                m["content"] = fix_literal_escapes(m["content"])
+    scrubbed: Counter = Counter()
+    if scrub:
+        for m in messages:
+            m["content"], found = (_scrub_system if m["role"] == "system" else scrub_text)(m["content"])
+            scrubbed.update(found)
+    return escapes_found, scrubbed
+
+
 def summarise(ex: Example, options: ScanOptions) -> tuple[ExampleInfo, str]:
     """Repair and scrub `ex` in place and describe it; returns its info and its ChatML text."""
     from bbjtune.models.chat_template import render_chatml
 
-    escapes_found = any(has_literal_escapes(m["content"]) for m in ex.messages if m["role"] != "system")
-    if escapes_found and options.fix_escapes:
-        for m in ex.messages:
-            if m["role"] != "system" and has_literal_escapes(m["content"]):
-                m["content"] = fix_literal_escapes(m["content"])
-    scrubbed: Counter = Counter()
-    if options.scrub:
-        for m in ex.messages:
-            m["content"], found = (_scrub_system if m["role"] == "system" else scrub_text)(m["content"])
-            scrubbed.update(found)
+    escapes_found, scrubbed = repair_messages(ex.messages, fix_escapes=options.fix_escapes, scrub=options.scrub)
     system, prompt, answer = ex.system, ex.prompt, ex.answer
     prompt_key, answer_key = text_key(prompt), text_key(answer)
     info = ExampleInfo(
