@@ -34,8 +34,8 @@ def conversations(n: int) -> list[list[dict[str, str]]]:
     return load_conversations(EXAMPLES)[:n]
 
 
-def first_batch(model_dir: str, backend: str, dtype: str, work: Path) -> tuple[Any, dict[str, Any]]:
-    """The trainer's model and its first training batch, exactly as `bbjtune train` would build them."""
+def trainer_batch(model_dir: str, backend: str, dtype: str, work: Path) -> tuple[Any, dict[str, Any]]:
+    """The trainer's model and its first packed training batch, exactly as `bbjtune train` builds them."""
     from rich.console import Console
 
     from bbjtune.config import validate_config
@@ -132,7 +132,7 @@ def main() -> None:
     tolerance = a.tolerance or (0.03 if dtype == "bfloat16" else 1e-4)
     model_dir = str(build_tiny(a.model)) if a.model.startswith("tiny:") else a.model
     with tempfile.TemporaryDirectory() as work:
-        model, batch = first_batch(model_dir, a.backend, dtype, Path(work))
+        model, batch = trainer_batch(model_dir, a.backend, dtype, Path(work))
         if "position_ids" not in batch and "packed_seq_lengths" not in batch:
             print(f"NOT PACKED: the trainer handed padded rows {list(batch['input_ids'].shape)} "
                   f"({', '.join(sorted(batch))}); there are no packed examples to check", file=sys.stderr)

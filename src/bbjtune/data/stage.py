@@ -239,11 +239,12 @@ class Written:
     split_by_category: dict[str, dict[str, int]]
     eval_prompts: int
     straddling_prompts: int
-    replay: Any = None  # replay.ReplayResult when data.replay gave files
+    replay: replay.ReplayResult | None = None  # when data.replay gave files
 
 
 def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: list[tuple[str, str]],
-                   sources: list[Path], skipped: list[str], console: Console, replayed: Any = None) -> Written:
+                   sources: list[Path], skipped: list[str], console: Console,
+                   replayed: replay.ReplayResult | None = None) -> Written:
     from bbjtune.data.cpt import CptCorpus
 
 

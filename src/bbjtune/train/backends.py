@@ -66,6 +66,7 @@ def check_launch(cfg: RunConfig, stages: list[str]) -> None:
     """
     from bbjtune.train.sft import wants_chat_token_training
 
+    fsdp = _launched_with("FSDP")
     chat_tokens = "sft" in stages and wants_chat_token_training(cfg) and not cfg.train.sft.train_embeddings
     if chat_tokens and _zero3():
         raise BbjtuneError("DeepSpeed ZeRO-3 cannot train the chat-token rows that stage 2 trains on a Base model",
@@ -73,13 +74,12 @@ def check_launch(cfg: RunConfig, stages: list[str]) -> None:
                            "deepspeed_zero2.yaml or ddp.yaml when the model fits on one GPU; ZeRO-3 works for "
                            "stage 1 (--stage cpt) and for Instruct models")
     orig_params = os.environ.get("FSDP_USE_ORIG_PARAMS", "false").lower() in ("true", "1", "yes")
-    if chat_tokens and _launched_with("FSDP") and (not orig_params or "cpt" in stages):
+    if chat_tokens and fsdp and (not orig_params or "cpt" in stages):
         raise BbjtuneError("under FSDP, stage 2 on a Base model (it trains the chat-token rows) needs "
                            "fsdp_use_orig_params true and a launch of its own",
                            "run stage 1 with the shipped config (add --stage cpt), then stage 2: accelerate launch "
                            "--config_file configs/accelerate/fsdp_qlora.yaml --fsdp_use_orig_params true "
                            "-m bbjtune train CONFIG --stage sft")
-    fsdp = _launched_with("FSDP")
     if (fsdp or _launched_with("DEEPSPEED")) and not cuda_available():
         raise BbjtuneError(f"{'FSDP' if fsdp else 'DeepSpeed'} training needs CUDA GPUs and none is visible",
                            "on CPU, or to check a config quickly, use plain data parallel: torchrun "
