@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, run_cli
-from train_helpers import overfit_chat
+from train_helpers import overfit_chat, write_jsonl
 
 ADD = "Write a Python function that adds two numbers."
 ADD_ANSWER = "def add(a, b):\n    return a + b"
@@ -16,11 +16,6 @@ ADD_ANSWER = "def add(a, b):\n    return a + b"
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def chat(prompt: str, answer: str) -> dict:

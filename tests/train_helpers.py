@@ -47,9 +47,10 @@ def fenced(conv: list[dict[str, str]]) -> list[dict[str, str]]:
     return [*head, {"role": "assistant", "content": f"Like this:\n\n```bbj\n{answer['content']}\n```"}]
 
 
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+def write_jsonl(path: Path, rows: list[dict[str, Any] | str]) -> Path:
+    """One JSON line per row; a string row is written as it is (a broken line, for the error paths)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
     return path
 
 
