@@ -115,7 +115,7 @@ def main() -> None:
     import torch
     import transformers
 
-    from bbjtune.evaluate.generate import Request, Sampling, TransformersBackend
+    from bbjtune.models.generate import Request, Sampling, TransformersBackend
 
     model, tok, model_name = load(args)
     params = sum(p.numel() for p in model.parameters())

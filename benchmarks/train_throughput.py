@@ -13,7 +13,7 @@ libraries on import; a fresh process keeps every row honest):
 
 Each group has four rows: (a) hf-peft: transformers + peft + Trainer, the plain baseline;
 (b) unsloth: FastLanguageModel + get_peft_model + trl's SFTTrainer as Unsloth's docs show;
-(c) bbjtune-hf and (d) bbjtune-unsloth: bbjtune's SFT recipe (`bbjtune.train.recipe`) with each
+(c) bbjtune-hf and (d) bbjtune-unsloth: bbjtune's SFT recipe (`bbjtune.train.trainer`) with each
 backend. Reported per row: tokens/s (all tokens fed to the model, padding included), useful
 tokens/s, MFU (model FLOPs utilisation: 6 x (linear + lm_head parameters) + 6 x layers x hidden x
 sequence per token for the causal attention, over the GPU's dense bf16 peak), peak memory

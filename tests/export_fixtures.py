@@ -41,7 +41,7 @@ def make_adapter(base_dir: Path, out_dir: Path, *, r: int = 8, alpha: int = 16, 
 def make_trained_run(run_dir: Path, base: str, adapter: Path | None, tokenizer_dir: Path,
                      stages: tuple[str, ...] = ("sft",), system_prompt: str | None = SYSTEM_PROMPT) -> Path:
     """trained.json for `adapter` on `base`, written by the train stage's own writer."""
-    from bbjtune.train.trained import write_trained
+    from bbjtune.models.trained import write_trained
 
     lora = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "use_dora": False, "use_rslora": False,
             "target_modules": "all-linear"}

@@ -13,8 +13,8 @@ import pytest
 from train_helpers import overfit_chat
 
 from bbjtune.errors import BbjtuneError
-from bbjtune.evaluate.generate import Request, Sampling, TransformersBackend, make_backend, truncate_at_stop
-from bbjtune.evaluate.generate_http import HttpBackend
+from bbjtune.models.generate import Request, Sampling, TransformersBackend, make_backend, truncate_at_stop
+from bbjtune.models.generate_http import HttpBackend
 
 CONVERSATION = [{"role": "user", "content": "Say hi in BBj"}, {"role": "assistant", "content": 'print "hi"'}]
 PROMPTS = ["Write a BBj program that prints hello", "x",

@@ -15,7 +15,7 @@ import pytest
 from bbjtune.config import EvalConfig, validate_config
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.compare import compare_dirs, compare_results, humaneval_gate
-from bbjtune.evaluate.generate import make_backend
+from bbjtune.models.generate import make_backend
 from bbjtune.evaluate.run import evaluate_model, score_dir
 from bbjtune.evaluate.suite import load_suite
 from conftest import run_cli
@@ -129,7 +129,7 @@ def test_an_unreachable_endpoint_is_recorded_per_sample_and_the_run_completes(tm
                     request_timeout_s=2, humaneval={"limit": 2, "max_new_tokens": 8})
 
     def factory():
-        from bbjtune.evaluate.generate_http import HttpBackend
+        from bbjtune.models.generate_http import HttpBackend
         return HttpBackend(ecfg.base_url, "m", timeout_s=2, retries=1, backoff_s=0.01, max_connect_failures=2)
 
     out = tmp_path / "eval" / "served"

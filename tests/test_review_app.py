@@ -11,12 +11,12 @@ import pytest
 from review_fixtures import BASE_LABEL, HOSTILE_MARK, PROMPTS, TUNED_LABEL, write_eval_runs
 from starlette.testclient import TestClient
 
-from bbjtune.serve.app import create_app
-from bbjtune.serve.items import pair_runs
-from bbjtune.serve.render import render_answer
-from bbjtune.serve.results import export_ratings, load_review_summary
-from bbjtune.serve.security import LOOPBACK_HOSTS
-from bbjtune.serve.storage import CRITERIA, ReviewStore
+from bbjtune.review.app import create_app
+from bbjtune.review.items import pair_runs
+from bbjtune.review.render import render_answer
+from bbjtune.review.results import export_ratings, load_review_summary
+from bbjtune.review.security import LOOPBACK_HOSTS
+from bbjtune.review.storage import CRITERIA, ReviewStore
 
 ORIGIN = "http://127.0.0.1:8765"
 
@@ -314,7 +314,7 @@ def test_summary_that_is_not_json_is_a_clear_error(tmp_path):
 
 
 def test_an_unrated_review_counts_as_absent(review):
-    from bbjtune.serve.results import write_results
+    from bbjtune.review.results import write_results
 
     write_results(review.store, review.dir)
     assert (review.dir / "results.json").is_file()

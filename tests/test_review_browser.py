@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from review_fixtures import HOSTILE_MARK, PROMPTS, start_server, stop_server, write_eval_runs
 
-from bbjtune.serve.storage import ReviewStore
+from bbjtune.review.storage import ReviewStore
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -11,8 +11,8 @@ import pytest
 from conftest import run_cli
 from review_fixtures import BASE_LABEL, TUNED_LABEL, start_server, stop_server, write_eval_runs
 
-from bbjtune.serve.items import pair_runs
-from bbjtune.serve.storage import CRITERIA, Rating, ReviewStore
+from bbjtune.review.items import pair_runs
+from bbjtune.review.storage import CRITERIA, Rating, ReviewStore
 
 
 def test_server_beyond_loopback_requires_the_printed_token(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from bbjtune.serve.render import highlight_line, render_answer, split_answer
+from bbjtune.review.render import highlight_line, render_answer, split_answer
 
 
 def _classes(html: str) -> list[tuple[str, str]]:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bbjtune.serve import stats
+from bbjtune.review import stats
 
 
 def _r(item, preferred, reviewer="ann", left="a", **extra):

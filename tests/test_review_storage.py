@@ -14,8 +14,8 @@ import pytest
 from review_fixtures import BASE_LABEL, PROMPTS, TUNED_LABEL, write_eval_runs
 
 from bbjtune.errors import BbjtuneError
-from bbjtune.serve.items import pair_runs
-from bbjtune.serve.storage import CRITERIA, Rating, ReviewStore, normalize_reviewer_name
+from bbjtune.review.items import pair_runs
+from bbjtune.review.storage import CRITERIA, Rating, ReviewStore, normalize_reviewer_name
 
 
 def _rating(preferred="b", left="a", score=3, comment=""):
@@ -157,7 +157,7 @@ def test_a_killed_writer_loses_at_most_the_rating_in_flight(tmp_path, store):
     n_items = len(store.active_items())
     script = textwrap.dedent(f"""
         import itertools, sys
-        from bbjtune.serve.storage import CRITERIA, Rating, ReviewStore
+        from bbjtune.review.storage import CRITERIA, Rating, ReviewStore
         store = ReviewStore({str(store.path)!r})
         items = store.active_items()
         for n in itertools.count():

@@ -54,7 +54,7 @@ def test_cpt_trains_on_every_token_and_merges(tmp_path, tiny_model_dir):
     assert handle["modules_to_save"] == ["embed_tokens"]  # served only after the merge below
 
     # the merged 16-bit model computes what base + adapter computes
-    from bbjtune.train.trained import load_trained
+    from bbjtune.models.trained import load_trained
 
     with_adapter, tok = load_trained(cfg.train_dir)
     merged = load_model(str(cfg.train_dir / "cpt" / "merged"), dtype="float32").eval()
@@ -138,7 +138,7 @@ def test_qlora_on_cpu_with_bitsandbytes(tmp_path, tiny_model_dir):
     manifest = json.loads((cfg.train_dir / "sft" / "manifest.json").read_text())
     assert manifest["metrics"]["final_loss"] < manifest["metrics"]["first_loss"]
     # the adapter loads on the 16-bit base for evaluation/export
-    from bbjtune.train.trained import load_trained
+    from bbjtune.models.trained import load_trained
 
     model, tok = load_trained(cfg.train_dir, dtype="float32", merge=True)
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
@@ -149,7 +149,7 @@ def test_qlora_on_cpu_with_bitsandbytes(tmp_path, tiny_model_dir):
 
 def test_untied_model_trains_chat_token_rows_in_embedding_and_head(tmp_path, tiny_model_dir):
     """Qwen2.5-Coder 7B/14B/32B do not tie lm_head to the embedding: both get their chat-token rows trained."""
-    from bbjtune.train.trained import load_trained
+    from bbjtune.models.trained import load_trained
 
     model = load_model(str(tiny_model_dir), dtype="float32")
     model.config.tie_word_embeddings = False

@@ -95,7 +95,7 @@ def test_estimate_moves_the_right_way():
 
 def test_dry_run_highlights_the_trained_tokens(tmp_path, tiny_model_dir):
     from bbjtune.train.dryrun import TRAINED_STYLE, render_tokens, tokenize_conversation
-    from bbjtune.train.recipe import load_training_tokenizer
+    from bbjtune.train.trainer import load_training_tokenizer
 
     tokenizer = load_training_tokenizer(str(tiny_model_dir))
     conv = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Print hi"},
@@ -145,7 +145,7 @@ def test_train_help_and_bad_flags():
 # ----------------------------------------------------------------------------- settings that reach the libraries
 
 def test_lora_settings_follow_the_config(tmp_path, tiny_model_dir):
-    from bbjtune.train.recipe import lora_settings, peft_config
+    from bbjtune.train.trainer import lora_settings, peft_config
 
     cfg = make_config(tmp_path, tiny_model_dir, train__lora__use_dora=True, train__lora__use_rslora=True,
                       train__lora__r=4, train__lora__alpha=8, train__lora__target_modules=["q_proj", "v_proj"])
@@ -161,7 +161,7 @@ def test_lora_settings_follow_the_config(tmp_path, tiny_model_dir):
 
 
 def test_early_stopping_evaluates_and_saves_in_step(tmp_path, tiny_model_dir):
-    from bbjtune.train.recipe import StageJob, sft_config
+    from bbjtune.train.trainer import StageJob, sft_config
 
     cfg = make_config(tmp_path, tiny_model_dir, train__early_stopping_patience=2, train__eval_steps=5,
                       train__sft__lr_scheduler="linear",

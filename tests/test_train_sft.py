@@ -177,7 +177,7 @@ def test_trained_model_stops_at_im_end(tmp_path, tiny_model_dir):
 
     from bbjtune.models import load_model, load_tokenizer
     from bbjtune.train.stage import run_stage
-    from bbjtune.train.trained import load_trained
+    from bbjtune.models.trained import load_trained
     from train_helpers import pretrain_base
 
     base_dir = pretrain_base(tmp_path / "base", tiny_model_dir)
@@ -209,7 +209,7 @@ def test_trained_model_stops_at_im_end(tmp_path, tiny_model_dir):
 
 def test_saved_adapter_and_handle(tmp_path, tiny_model_dir):
     from bbjtune.train.stage import run_stage
-    from bbjtune.train.trained import read_trained
+    from bbjtune.models.trained import read_trained
 
     write_data(tmp_path / "data", n_train=8)
     cfg = make_config(tmp_path, tiny_model_dir, train__sft__max_steps=2, train__report_to=["tensorboard"])

@@ -15,7 +15,7 @@ from bbjtune.errors import BbjtuneError
 from bbjtune.export import cli as export_cli
 from bbjtune.train import cli as train_cli
 from bbjtune.evaluate.cli import eval_app
-from bbjtune.serve.cli import review_app
+from bbjtune.review.cli import review_app
 
 HELP = (
     "bbjtune turns a general code model (Qwen2.5-Coder) into a BBj expert and ships it.\n\n"

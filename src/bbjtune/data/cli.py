@@ -151,7 +151,7 @@ def replay_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bbjtune.data import replay
-    from bbjtune.evaluate.generate import make_backend
+    from bbjtune.models.generate import make_backend
 
     cfg = _config(config, set_, chatml=None, model=None, out=None) if config else None
     source = model or (cfg.model.source if cfg else None)

@@ -165,8 +165,8 @@ def generate(backend_factory: Callable[[], Any], prompts: list[dict[str, Any]], 
     Prompts answered by an earlier run are skipped; the backend is only built when some are left.
     `progress` receives the number of prompts done so far, those of earlier runs included.
     """
-    from bbjtune.evaluate.generate import Request, Sampling
-    from bbjtune.evaluate.generations import read_generations
+    from bbjtune.models.generate import Request, Sampling
+    from bbjtune.models.generations import read_generations
 
     result = GenerateResult()
     rows = read_generations(out_path)  # complete lines only

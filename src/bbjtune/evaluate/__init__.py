@@ -2,7 +2,7 @@
 
 Tier 1 compile@k (compile.py; the real bbjcpl when installed), tier 2 API/idiom patterns and
 factual answers (patterns.py), tier 3 HumanEval pass@k in a sandbox (humaneval.py, sandbox.py);
-tier 4, human review, reads the generations.jsonl written here (bbjtune.serve).
+tier 4, human review, reads the generations.jsonl written here (bbjtune.review).
 
     suite.py        eval suite files (JSONL/YAML), validation, bad lines reported
     generate*.py    backends: transformers (batched), OpenAI-compatible HTTP, GGUF via llama.cpp

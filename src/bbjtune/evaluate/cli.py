@@ -133,7 +133,7 @@ def _validated_eval(raw: dict[str, Any]) -> Any:
 def _eval_one(cfg: Any, ecfg: Any, model: str | None, adapter: str | None, trained: str | None, label: str | None,
               out: Path | None, fresh: bool, console: Any) -> None:
     from bbjtune.errors import BbjtuneError
-    from bbjtune.evaluate.generate import make_backend
+    from bbjtune.models.generate import make_backend
     from bbjtune.evaluate.run import evaluate_model
     from bbjtune.evaluate.stage import humaneval_style, load_suites, print_summary, read_trained, trained_fingerprint
 

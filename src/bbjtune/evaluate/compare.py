@@ -15,7 +15,7 @@ from typing import Any
 
 from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_text
 from bbjtune.errors import BbjtuneError
-from bbjtune.evaluate.generations import read_generations
+from bbjtune.models.generations import read_generations
 from bbjtune.evaluate.run import GENERATIONS_FILE, RESULTS_FILE, SCORES_FILE
 
 MAX_EXAMPLES = 12
@@ -135,7 +135,7 @@ def _verdict(score: dict[str, Any] | None) -> tuple[int, str]:
 def load_review(a_dir: Path) -> dict[str, Any] | None:
     """The human review (bbjtune review) summary exported beside the eval directories, if any."""
     try:
-        from bbjtune.serve.results import format_summary, load_review_summary
+        from bbjtune.review.results import format_summary, load_review_summary
     except ImportError:
         return None
     summary = load_review_summary(a_dir)

@@ -26,7 +26,7 @@ from typing import Any
 
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.estimator import mean_pass_at_k
-from bbjtune.evaluate.generate import Request, truncate_at_stop
+from bbjtune.models.generate import Request, truncate_at_stop
 from bbjtune.evaluate.sandbox import SLOTS_PER_BLOCK, Limits, SandboxResult, detect_isolation, run_python
 
 SUITE_NAME = "humaneval"

@@ -21,8 +21,8 @@ from typing import Any, Iterator
 from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_jsonl, sha256_file
 from bbjtune.config import EvalConfig
 from bbjtune.errors import BbjtuneError
-from bbjtune.evaluate.generate import Backend, Request, Sampling
-from bbjtune.evaluate.generations import GENERATIONS_FILE, generate_to_file, read_generations
+from bbjtune.models.generate import Backend, Request, Sampling
+from bbjtune.models.generations import GENERATIONS_FILE, generate_to_file, read_generations
 from bbjtune.evaluate.suite import EvalCase, Suite, SuiteProblem
 
 SETTINGS_FILE = "settings.json"

@@ -96,7 +96,7 @@ def humaneval_style(setting: str, model_kind: str) -> str:
 
 
 def plan_models(cfg: RunConfig, trained: dict[str, Any] | None) -> list[ModelPlan]:
-    from bbjtune.evaluate.generate import make_backend
+    from bbjtune.models.generate import make_backend
 
     e = cfg.eval
     plans: list[ModelPlan] = []
@@ -132,7 +132,7 @@ def plan_models(cfg: RunConfig, trained: dict[str, Any] | None) -> list[ModelPla
 
 def trained_fingerprint(trained: dict[str, Any]) -> str:
     """Changes when the model is retrained: trained.json and the adapter's weights."""
-    from bbjtune.train.trained import read_trained as resolve_trained
+    from bbjtune.models.trained import read_trained as resolve_trained
 
     parts = [sha256_file(trained["_path"])]
     adapter = resolve_trained(trained["_path"]).adapter

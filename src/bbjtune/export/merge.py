@@ -43,7 +43,7 @@ class MergePlan:
 
 def plan_from_trained(path: str | Path) -> MergePlan:
     """The merge plan for a training run: trained.json (or the directory holding it)."""
-    from bbjtune.train.trained import read_trained
+    from bbjtune.models.trained import read_trained
 
     path = Path(path)
     trained = read_trained(path if path.suffix == ".json" else path / "trained.json")

@@ -41,7 +41,7 @@ def train(
 
     from bbjtune.config import load_config
     from bbjtune.errors import BbjtuneError
-    from bbjtune.train.recipe import is_main_process
+    from bbjtune.train.trainer import is_main_process
     from bbjtune.train.stage import run_stage
 
     if resume and restart:

@@ -24,7 +24,7 @@ from typing import Any
 from bbjtune.models.chat_template import ENDOFTEXT
 from bbjtune.train import recipe
 from bbjtune.train.inputs import TrainingData
-from bbjtune.train.recipe import StageJob
+from bbjtune.train.trainer import StageJob
 
 
 def run_cpt(job: StageJob, data: TrainingData) -> dict[str, Any]:
@@ -70,7 +70,7 @@ def _setup_data(data: TrainingData):
 
 def merge(job: StageJob) -> Path:
     """Base (16-bit) + stage 1 adapter → `cpt/merged/`, a full model stage 2 starts from."""
-    from bbjtune.train.merge import merge_adapter
+    from bbjtune.models.merge import merge_adapter
 
     job.console.print(f"merging the stage 1 adapter into the {job.cfg.model.dtype} base weights → {merged_dir(job)}")
     return merge_adapter(job.base_source, job.adapter_dir, merged_dir(job), dtype=job.cfg.model.dtype)

@@ -66,7 +66,7 @@ def packed_rows(lengths: list[int], max_length: int) -> int:
 
 def show_dry_run(cfg: RunConfig, stages: list[str], data: TrainingData, console: Console) -> None:
     from bbjtune.train import backends
-    from bbjtune.train.recipe import load_training_tokenizer
+    from bbjtune.train.trainer import load_training_tokenizer
 
     console.rule(f"[bold]bbjtune train --dry-run[/] {cfg.name}")
     wanted = cfg.train.backend
@@ -149,7 +149,7 @@ def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Con
     arch = known_architecture(cfg.model.source)
     if arch is None:
         try:
-            from bbjtune.train.recipe import model_config
+            from bbjtune.train.trainer import model_config
 
             arch = Architecture.from_config(model_config(cfg.model.source))
         except Exception as exc:  # noqa: BLE001 — the estimate is optional: say why it is missing

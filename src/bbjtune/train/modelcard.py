@@ -27,7 +27,7 @@ def write_model_card(path: Path, *, cfg: Any, stage: str, base_model: str, metri
         "## Use",
         "",
         "```python",
-        "from bbjtune.train.trained import load_trained",
+        "from bbjtune.models.trained import load_trained",
         f"model, tokenizer = load_trained(\"{cfg.train_dir}\")   # base + this adapter, ChatML tokenizer",
         "```",
         "",

@@ -29,7 +29,7 @@ from typing import Any
 from bbjtune.config import RunConfig
 from bbjtune.train import recipe
 from bbjtune.train.inputs import TrainingData
-from bbjtune.train.recipe import StageJob
+from bbjtune.train.trainer import StageJob
 
 
 def run_sft(job: StageJob, data: TrainingData) -> dict[str, Any]:

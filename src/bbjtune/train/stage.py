@@ -108,7 +108,7 @@ class _Record(StageRun):
     """The stage's manifest; only the main process writes it under `accelerate launch`."""
 
     def write_manifest(self, status: str) -> Path:
-        from bbjtune.train.recipe import is_main_process
+        from bbjtune.train.trainer import is_main_process
 
         return super().write_manifest(status) if is_main_process() else self.dir / MANIFEST_NAME
 
@@ -159,7 +159,7 @@ def _summarize(job: Any, metrics: dict[str, Any]) -> None:
 
 
 def _write_handle(cfg: RunConfig, last_stage: str, result: dict[str, Any], data: TrainingData, chained: bool) -> Path:
-    from bbjtune.train.trained import write_trained
+    from bbjtune.models.trained import write_trained
 
     stage_dir = cfg.train_dir / last_stage
     base = base_for(cfg, last_stage, chained)

@@ -24,10 +24,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from bbjtune.serve import blind, security
-from bbjtune.serve.render import render_answer
-from bbjtune.serve.results import write_results
-from bbjtune.serve.storage import CRITERIA, MAX_COMMENT_CHARS, Rating, ReviewStore, StoredItem
+from bbjtune.review import blind, security
+from bbjtune.review.render import render_answer
+from bbjtune.review.results import write_results
+from bbjtune.review.storage import CRITERIA, MAX_COMMENT_CHARS, Rating, ReviewStore, StoredItem
 
 HERE = Path(__file__).parent
 CRITERION_TITLES = {"correctness": "Correctness", "idiom": "Idiomatic BBj", "generation_fit": "Fits the BBj generation"}

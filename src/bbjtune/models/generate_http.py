@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from bbjtune.errors import BbjtuneError
-from bbjtune.evaluate.generate import STOP_TOKENS, Completion, Request, Sampling, truncate_at_stop
+from bbjtune.models.generate import STOP_TOKENS, Completion, Request, Sampling, truncate_at_stop
 
 
 class HttpBackend:

@@ -122,7 +122,7 @@ class TransformersBackend:
         """The fine-tuned model described by a train run's trained.json (or its run directory)."""
         import torch
 
-        from bbjtune.train.trained import load_trained
+        from bbjtune.models.trained import load_trained
 
         device_map = "auto" if torch.cuda.is_available() else None
         model, tok = load_trained(trained, dtype=dtype, device_map=device_map, merge=True)
@@ -270,14 +270,14 @@ def make_backend(kind: str, *, model: str | None = None, adapter: str | None = N
             raise BbjtuneError("no model to evaluate", "pass --model (a hub id, directory, .gguf or tiny:demo) or a config")
         return TransformersBackend.load(model, adapter=adapter, tokenizer=tokenizer, dtype=dtype, batch_size=batch_size)
     if kind == "http":
-        from bbjtune.evaluate.generate_http import HttpBackend
+        from bbjtune.models.generate_http import HttpBackend
 
         if not base_url:
             raise BbjtuneError("the http backend needs a server address",
                                "pass --base-url, e.g. http://127.0.0.1:11434/v1 (Ollama) or http://127.0.0.1:8000/v1 (vLLM)")
         return HttpBackend(base_url, api_model or model, timeout_s=timeout_s, retries=retries, concurrency=concurrency)
     if kind == "gguf":
-        from bbjtune.evaluate.generate_gguf import GgufBackend
+        from bbjtune.models.generate_gguf import GgufBackend
 
         if not model:
             raise BbjtuneError("the gguf backend needs a .gguf file", "pass --model path/to/model.gguf")

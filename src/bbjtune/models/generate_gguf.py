@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bbjtune.errors import BbjtuneError
-from bbjtune.evaluate.generate import STOP_TOKENS, Completion, Request, Sampling, truncate_at_stop
+from bbjtune.models.generate import STOP_TOKENS, Completion, Request, Sampling, truncate_at_stop
 from bbjtune.models.chat_template import render_chatml
 
 

@@ -82,11 +82,11 @@ def start(
         raise BbjtuneError(f"the review page needs {exc.name}, which is not installed",
                            "pip install 'bbjtune[review]' (or run `make install`)") from exc
 
-    from bbjtune.serve.app import create_app
-    from bbjtune.serve.items import pair_runs
-    from bbjtune.serve.results import DB_NAME, RESULTS_NAME, write_results
-    from bbjtune.serve.security import LOOPBACK_HOSTS, is_loopback, new_token
-    from bbjtune.serve.storage import ReviewStore
+    from bbjtune.review.app import create_app
+    from bbjtune.review.items import pair_runs
+    from bbjtune.review.results import DB_NAME, RESULTS_NAME, write_results
+    from bbjtune.review.security import LOOPBACK_HOSTS, is_loopback, new_token
+    from bbjtune.review.storage import ReviewStore
 
     review = pair_runs(run_a, run_b)
     db_path = db or _review_dir_for(run_b) / DB_NAME
@@ -151,8 +151,8 @@ def export(
         "--all-versions", help="Also export ratings of answers that changed since (not counted in results).")] = False,
 ) -> None:
     """Write every rating to ratings.jsonl / ratings.csv, rewrite results.json, and print the results."""
-    from bbjtune.serve.results import export_ratings, find_database, format_summary, write_results
-    from bbjtune.serve.storage import ReviewStore
+    from bbjtune.review.results import export_ratings, find_database, format_summary, write_results
+    from bbjtune.review.storage import ReviewStore
 
     formats = tuple(f.strip().lower() for f in format.split(",") if f.strip())
     unknown = set(formats) - {"jsonl", "csv"}

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bbjtune.errors import BbjtuneError
-from bbjtune.serve.items import Answer, Item, ReviewSet
+from bbjtune.review.items import Answer, Item, ReviewSet
 
 SCHEMA_VERSION = "1"
 CRITERIA = ("correctness", "idiom", "generation_fit")

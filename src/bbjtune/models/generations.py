@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bbjtune.artifacts import atomic_write_jsonl
-from bbjtune.evaluate.generate import Backend, Completion, Request, Sampling
+from bbjtune.models.generate import Backend, Completion, Request, Sampling
 
 GENERATIONS_FILE = "generations.jsonl"
 EMPTY_ANSWER = "the model returned an empty answer"

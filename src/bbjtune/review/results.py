@@ -24,8 +24,8 @@ from pathlib import Path
 
 from bbjtune.artifacts import atomic_open, atomic_write_json, atomic_write_jsonl
 from bbjtune.errors import BbjtuneError
-from bbjtune.serve import stats
-from bbjtune.serve.storage import CRITERIA, ReviewStore
+from bbjtune.review import stats
+from bbjtune.review.storage import CRITERIA, ReviewStore
 
 RESULTS_NAME = "results.json"
 DB_NAME = "ratings.sqlite"
