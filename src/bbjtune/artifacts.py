@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -90,6 +91,39 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
     return n
 
 
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, *, keep_existing: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory beside `final`; on success it takes `final`'s place.
+
+    The old `final` is moved aside, never deleted, before the new one is renamed in, and removed
+    only afterwards: a crash at any point leaves either the old or the new directory under the
+    real name (or the old one beside it as `.<name>.old.*`), never nothing and never a half-written
+    one. With `keep_existing` a `final` that appeared meanwhile (another process built the same
+    cache entry) is kept and the new directory discarded. If the block raises, `final` is untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if keep_existing and final.exists():
+            return
+        _replace_dir(tmp, final)
+        _fsync_dir(final.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_dir(new: Path, final: Path) -> None:
+    if not final.exists():
+        os.replace(new, final)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+    os.replace(final, old / final.name)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -109,6 +143,52 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset)):
         return sorted(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# ----------------------------------------------------------------------------- reading JSONL
+
+def read_jsonl(path: str | os.PathLike, hint: str = "fix or remove the line, or re-run the stage that wrote it"
+               ) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; a line that is not a JSON object is an error."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise BbjtuneError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})",
+                                       hint) from None
+                if not isinstance(obj, dict):
+                    raise BbjtuneError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}",
+                                       "each line must be one {...} object")
+                rows.append((lineno, obj))
+    except UnicodeDecodeError as exc:
+        raise BbjtuneError(f"{path}: not UTF-8 text (byte {exc.start})", "save the file as UTF-8") from None
+    return rows
+
+
+def read_complete_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The complete lines of a file a run appends to as it goes (generations, metrics); [] when absent.
+
+    A last line without its newline was being written when the run was killed: it is dropped (the
+    run writes it again when it resumes), and so is a line that does not parse.
+    """
+    rows: list[dict[str, Any]] = []
+    p = Path(path)
+    if not p.exists():
+        return rows
+    with open(p, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
 
 
 # ----------------------------------------------------------------------------- hashing

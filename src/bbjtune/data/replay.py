@@ -30,13 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bbjtune.artifacts import atomic_open, atomic_write_jsonl
+from bbjtune.artifacts import atomic_open, atomic_write_jsonl, read_complete_jsonl, read_jsonl
 from bbjtune.data.chatml import Rejection, example_id, iter_chatml, read_raw_line
 from bbjtune.data.clean import DUPLICATE, TOO_LONG, TOO_SHORT, TRUNCATED, truncation_reason
 from bbjtune.data.scan import repair_messages
 from bbjtune.data.split import ContaminationIndex
 from bbjtune.errors import BbjtuneError
-from bbjtune.train.inputs import read_jsonl
 
 REPLAY_FILE = "replay.jsonl"
 OVERLAPS_BENCHMARK = "overlaps-eval"
@@ -166,10 +165,9 @@ def generate(backend_factory: Callable[[], Any], prompts: list[dict[str, Any]], 
     `progress` receives the number of prompts done so far, those of earlier runs included.
     """
     from bbjtune.models.generate import Request, Sampling
-    from bbjtune.models.generations import read_generations
 
     result = GenerateResult()
-    rows = read_generations(out_path)  # complete lines only
+    rows = read_complete_jsonl(out_path)  # complete lines only
     done = {row["prompt_id"] for row in rows if "prompt_id" in row}
     todo = [p for p in prompts if p["id"] not in done]
     result.skipped_done = len(prompts) - len(todo)

@@ -13,9 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_text
+from bbjtune.artifacts import StageRun, read_complete_jsonl, atomic_write_json, atomic_write_text
 from bbjtune.errors import BbjtuneError
-from bbjtune.models.generations import read_generations
 from bbjtune.evaluate.run import GENERATIONS_FILE, RESULTS_FILE, SCORES_FILE
 
 MAX_EXAMPLES = 12
@@ -99,8 +98,8 @@ def humaneval_gate(pa: float | None, pb: float | None, max_drop_points: float, a
 def example_pairs(a_dir: Path, b_dir: Path, limit: int = MAX_EXAMPLES) -> list[dict[str, Any]]:
     """Sample 0 of prompts both models answered, those whose verdict changed first."""
     def index(d: Path) -> tuple[dict, dict]:
-        rows = {(r["suite"], r["id"]): r for r in read_generations(d / GENERATIONS_FILE) if r["sample"] == 0}
-        scores = {(s["suite"], s["id"]): s for s in read_generations(d / SCORES_FILE) if s.get("sample") == 0}
+        rows = {(r["suite"], r["id"]): r for r in read_complete_jsonl(d / GENERATIONS_FILE) if r["sample"] == 0}
+        scores = {(s["suite"], s["id"]): s for s in read_complete_jsonl(d / SCORES_FILE) if s.get("sample") == 0}
         return rows, scores
 
     rows_a, scores_a = index(a_dir)

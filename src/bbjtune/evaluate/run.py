@@ -18,11 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_jsonl, sha256_file
+from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_jsonl, read_complete_jsonl, sha256_file
 from bbjtune.config import EvalConfig
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.generate import Backend, Request, Sampling
-from bbjtune.models.generations import GENERATIONS_FILE, generate_to_file, read_generations
+from bbjtune.models.generations import GENERATIONS_FILE, generate_to_file
 from bbjtune.evaluate.suite import EvalCase, Suite, SuiteProblem
 
 SETTINGS_FILE = "settings.json"
@@ -173,7 +173,7 @@ def score_dir(out_dir: str | Path, compiler: str | None = None, workers: int | N
     settings = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))
     cases = [EvalCase.from_dict(json.loads(line)) for line in (out / CASES_FILE).read_text(encoding="utf-8").splitlines()
              if line.strip()]
-    rows = read_generations(out / GENERATIONS_FILE)
+    rows = read_complete_jsonl(out / GENERATIONS_FILE)
     n = settings["sampling"]["n"]
     k_list = [k for k in settings["k"] if k <= n] or [1]
     compiler = compiler or settings.get("compiler") or "auto"

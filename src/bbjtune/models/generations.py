@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bbjtune.artifacts import atomic_write_jsonl
+from bbjtune.artifacts import atomic_write_jsonl, read_complete_jsonl
 from bbjtune.models.generate import Backend, Completion, Request, Sampling
 
 GENERATIONS_FILE = "generations.jsonl"
@@ -33,23 +33,6 @@ class GenerationStats:
     seconds: float = 0.0
     tokens: int = 0
     first_error: str | None = None
-
-
-def read_generations(path: str | Path) -> list[dict[str, Any]]:
-    """All complete lines of a generations file (a line torn by a kill is ignored)."""
-    rows = []
-    p = Path(path)
-    if not p.exists():
-        return rows
-    with open(p, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.endswith("\n"):
-                break  # the last line was being written when the run stopped
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
 
 
 def request_key(meta: dict[str, Any]) -> tuple[str, str]:
@@ -83,7 +66,7 @@ def generate_to_file(backend_factory: Callable[[], Backend], requests: Sequence[
                      on_done: Callable[[int], None] | None = None) -> GenerationStats:
     """Generate what is missing from `path` and append it; the backend is only built when needed."""
     path = Path(path)
-    rows = read_generations(path)
+    rows = read_complete_jsonl(path)
     done = completed_keys(rows, sampling.n)
     todo = [r for r in requests if request_key(r.meta) not in done]
     stats = GenerationStats(requests=len(requests), reused=len(requests) - len(todo))

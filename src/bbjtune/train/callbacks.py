@@ -18,7 +18,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from bbjtune.artifacts import atomic_write_jsonl
+from bbjtune.artifacts import atomic_write_jsonl, read_complete_jsonl
 
 
 class MetricsLog(TrainerCallback):
@@ -28,7 +28,7 @@ class MetricsLog(TrainerCallback):
         self.path, self.stage, self.is_main = path, stage, is_main
         self.last: dict[str, Any] = {}
         if is_main:
-            keep_rows = [r for r in read_metrics(path)
+            keep_rows = [r for r in read_complete_jsonl(path)
                          if r.get("stage") != stage or (resume_step is not None and r.get("step", 0) <= resume_step)]
             atomic_write_jsonl(path, keep_rows)
 
@@ -43,19 +43,6 @@ class MetricsLog(TrainerCallback):
         self.last.update(row)
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The rows of a metrics.jsonl (a half-written last line from a killed run is skipped)."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 class RichProgress(TrainerCallback):

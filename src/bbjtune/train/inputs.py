@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bbjtune.artifacts import read_jsonl
 from bbjtune.errors import BbjtuneError
 
 ROLES = {"system", "user", "assistant", "tool"}
 PREPARE_HINT = "run `bbjtune data prepare CONFIG` (or `bbjtune run CONFIG`) first"
+PREPARE_FIX = f"fix or remove the line, or re-run the data stage ({PREPARE_HINT})"
 
 
 @dataclass
@@ -60,29 +62,6 @@ class TrainingData:
                 for block in extract_code_blocks(m["content"]) if block.fenced and block.code.strip()]
 
 
-def read_jsonl(path: Path, hint: str = f"fix or remove the line, or re-run the data stage ({PREPARE_HINT})"
-               ) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; a line that is not a JSON object is an error."""
-    rows = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise BbjtuneError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})",
-                                       hint) from None
-                if not isinstance(obj, dict):
-                    raise BbjtuneError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}",
-                                       "each line must be one {...} object")
-                rows.append((lineno, obj))
-    except UnicodeDecodeError as exc:
-        raise BbjtuneError(f"{path}: not UTF-8 text (byte {exc.start})", "save the file as UTF-8") from None
-    return rows
-
-
 def check_conversation(obj: dict[str, Any], where: str) -> list[dict[str, str]]:
     """The `messages` of one line, validated: roles known, contents strings, at least one answer."""
     messages = obj.get("messages")
@@ -104,14 +83,14 @@ def load_conversations(path: Path, required: bool = True) -> list[list[dict[str,
         if required:
             raise BbjtuneError(f"{path} not found", PREPARE_HINT)
         return []
-    return [check_conversation(obj, f"{path}:{lineno}") for lineno, obj in read_jsonl(path)]
+    return [check_conversation(obj, f"{path}:{lineno}") for lineno, obj in read_jsonl(path, PREPARE_FIX)]
 
 
 def load_texts(path: Path) -> list[str]:
     if not path.exists():
         raise BbjtuneError(f"{path} not found (stage 1 reads raw BBj code from it)", PREPARE_HINT)
     texts = []
-    for lineno, obj in read_jsonl(path):
+    for lineno, obj in read_jsonl(path, PREPARE_FIX):
         text = obj.get("text")
         if not isinstance(text, str):
             raise BbjtuneError(f"{path}:{lineno}: no \"text\" string", 'each line needs {"text": "..."}')
