@@ -21,27 +21,32 @@ import gc
 from pathlib import Path
 from typing import Any
 
+from bbjtune.models.architecture import model_config
 from bbjtune.models.chat_template import ENDOFTEXT
-from bbjtune.train import recipe
+from bbjtune.models.merge import merge_adapters
+from bbjtune.train import backends
 from bbjtune.train.inputs import TrainingData
-from bbjtune.train.trainer import StageJob
+from bbjtune.train.job import StageJob, is_main_process, wait_for_everyone
+from bbjtune.train.lora import lora_settings
+from bbjtune.train.model_io import load_training_tokenizer, save_adapter
+from bbjtune.train.trainer import run_trainer, training_arguments
 
 
 def run_cpt(job: StageJob, data: TrainingData) -> dict[str, Any]:
     """Train stage 1, save `cpt/adapter/`, merge into `cpt/merged/`; returns the final metrics."""
-    tokenizer = recipe.load_training_tokenizer(job.base_source)
+    tokenizer = load_training_tokenizer(job.base_source)
     model, peft_settings, lora = _setup_model(job)
     train_dataset, eval_dataset = _setup_data(data)
-    args = recipe.sft_config(job, has_eval=eval_dataset is not None, dataset_text_field="text",
-                             eos_token=ENDOFTEXT, packing_strategy="bfd_split")
-    trainer, metrics = recipe.run_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings)
-    if recipe.is_main_process():
-        recipe.save_adapter(trainer, tokenizer, job.adapter_dir, chat_model=False)
+    args = training_arguments(job, has_eval=eval_dataset is not None, dataset_text_field="text",
+                                 eos_token=ENDOFTEXT, packing_strategy="bfd_split")
+    trainer, metrics = run_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings)
+    if is_main_process():
+        save_adapter(trainer, tokenizer, job.adapter_dir, chat_model=False)
     del trainer, model
     _free_memory()
-    if recipe.is_main_process():
+    if is_main_process():
         merge(job)
-    recipe.wait_for_everyone()
+    wait_for_everyone()
     return {"metrics": metrics, "lora": lora}
 
 
@@ -50,10 +55,8 @@ def merged_dir(job: StageJob) -> Path:
 
 
 def _setup_model(job: StageJob) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
-    from bbjtune.train import backends
-
     modules = ["embed_tokens", "lm_head"] if job.stage_cfg.train_embeddings else None
-    lora = recipe.lora_settings(job.cfg, recipe.model_config(job.base_source), modules_to_save=modules)
+    lora = lora_settings(job.cfg, model_config(job.base_source), modules_to_save=modules)
     if job.backend == "unsloth":
         return backends.load_unsloth(job.base_source, job.cfg, job.stage_cfg, lora), None, lora
     return backends.load_hf(job.base_source, job.cfg), lora, lora
@@ -70,10 +73,12 @@ def _setup_data(data: TrainingData):
 
 def merge(job: StageJob) -> Path:
     """Base (16-bit) + stage 1 adapter → `cpt/merged/`, a full model stage 2 starts from."""
-    from bbjtune.models.merge import merge_adapter
+    import torch
 
     job.console.print(f"merging the stage 1 adapter into the {job.cfg.model.dtype} base weights → {merged_dir(job)}")
-    return merge_adapter(job.base_source, job.adapter_dir, merged_dir(job), dtype=job.cfg.model.dtype)
+    return merge_adapters(job.base_source, [job.adapter_dir], merged_dir(job), tokenizer_source=str(job.adapter_dir),
+                          chat=False, dtype=job.cfg.model.dtype,
+                          device_map={"": 0} if torch.cuda.is_available() else None)
 
 
 def _free_memory() -> None:

@@ -26,44 +26,41 @@ from __future__ import annotations
 
 from typing import Any
 
-from bbjtune.config import RunConfig
-from bbjtune.train import recipe
+from bbjtune.models.architecture import model_config
+from bbjtune.models.chat_template import ENDOFTEXT, IM_END
+from bbjtune.train import backends
 from bbjtune.train.inputs import TrainingData
-from bbjtune.train.trainer import StageJob
+from bbjtune.train.job import StageJob, is_main_process, wait_for_everyone
+from bbjtune.train.lora import chat_token_ids, lora_settings, wants_chat_token_training
+from bbjtune.train.model_io import load_training_tokenizer, save_adapter
+from bbjtune.train.trainer import run_trainer, training_arguments
 
 
 def run_sft(job: StageJob, data: TrainingData) -> dict[str, Any]:
     """Train stage 2 and save `sft/adapter/`; returns the final metrics."""
-    tokenizer = recipe.load_training_tokenizer(job.base_source)
+    tokenizer = load_training_tokenizer(job.base_source)
     model, peft_settings, lora = _setup_model(job, tokenizer)
     replay = data.replay_sample(job.stage_cfg.replay_ratio, job.cfg.train.seed)
     if replay:
         job.console.print(data.describe_replay(len(replay), job.stage_cfg.replay_ratio))
     train_dataset, eval_dataset = _setup_data(data, replay)
-    args = recipe.sft_config(job, has_eval=eval_dataset is not None,
+    args = training_arguments(job, has_eval=eval_dataset is not None,
                              assistant_only_loss=job.stage_cfg.assistant_only_loss, packing_strategy="bfd")
-    trainer, metrics = recipe.run_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings)
-    if recipe.is_main_process():
-        recipe.save_adapter(trainer, tokenizer, job.adapter_dir, chat_model=True)
+    trainer, metrics = run_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings)
+    if is_main_process():
+        save_adapter(trainer, tokenizer, job.adapter_dir, chat_model=True)
         metrics["stop_check"] = stop_check(trainer.model, tokenizer, data, job.stage_cfg.stop_check)
-    recipe.wait_for_everyone()
+    wait_for_everyone()
     return {"metrics": metrics, "lora": lora}
 
 
-def wants_chat_token_training(cfg: RunConfig) -> bool:
-    choice = cfg.train.sft.train_chat_tokens
-    return choice == "yes" or (choice == "auto" and cfg.model.kind == "base")
-
-
 def _setup_model(job: StageJob, tokenizer: Any) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
-    from bbjtune.train import backends
-
-    model_config = recipe.model_config(job.base_source)
+    architecture = model_config(job.base_source)
     if job.stage_cfg.train_embeddings:  # whole embedding (chat-token rows included) and lm_head
-        lora = recipe.lora_settings(job.cfg, model_config, modules_to_save=["embed_tokens", "lm_head"])
+        lora = lora_settings(job.cfg, architecture, modules_to_save=["embed_tokens", "lm_head"])
     else:
-        tokens = recipe.chat_token_ids(tokenizer) if wants_chat_token_training(job.cfg) else None
-        lora = recipe.lora_settings(job.cfg, model_config, trainable_tokens=tokens)
+        tokens = chat_token_ids(tokenizer) if wants_chat_token_training(job.cfg) else None
+        lora = lora_settings(job.cfg, architecture, trainable_tokens=tokens)
     if job.backend == "unsloth":
         return backends.load_unsloth(job.base_source, job.cfg, job.stage_cfg, lora), None, lora
     return backends.load_hf(job.base_source, job.cfg), lora, lora
@@ -86,13 +83,10 @@ def stop_check(model: Any, tokenizer: Any, data: TrainingData, n: int) -> dict[s
     """
     import torch
 
-    from bbjtune.models.chat_template import ENDOFTEXT, IM_END
-    from bbjtune.train.backends import sharded_launch, world_size
-
     conversations = [c for c in (data.heldout or data.conversations) if c[-1]["role"] == "assistant"][:n]
     if not conversations:
         return None
-    if world_size() > 1 or sharded_launch():  # generation needs whole, unwrapped weights in one process
+    if backends.world_size() > 1 or backends.sharded_launch():  # generation needs whole, unwrapped weights in one process
         return {"skipped": "the model was trained in several processes or with sharded weights; "
                            "`bbjtune eval` on the result shows whether its answers stop"}
     stop_ids = tokenizer.convert_tokens_to_ids([IM_END, ENDOFTEXT])

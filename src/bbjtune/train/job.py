@@ -1,0 +1,77 @@
+"""One training stage's job (what it trains, where it writes) and the processes it runs in.
+
+Under `accelerate launch` or `torchrun` every process runs the same code; only the main one
+(RANK 0) writes manifests, adapters and reports, and the others wait for it at the barriers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bbjtune.config import RunConfig, StageConfig
+
+STOP_HINT = "run the same command again to continue (it resumes from the checkpoint), or add --resume"
+
+class TrainingStopped(KeyboardInterrupt):
+    """Training stopped on request after saving a checkpoint; the stage is incomplete."""
+
+@dataclass
+class StageJob:
+    """One stage's run: what it trains, where it writes, how it was asked to start."""
+
+    cfg: RunConfig
+    stage: str                      # "cpt" or "sft"
+    base_source: str                # the model the adapter is trained on
+    backend: str                    # "hf" or "unsloth" (resolved)
+    console: Console
+    data_fingerprint: str = ""
+    resume: str = "auto"            # "auto" | "always" | "never"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stage_cfg(self) -> StageConfig:
+        return getattr(self.cfg.train, self.stage)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.cfg.train_dir / self.stage
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.out_dir / "adapter"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.cfg.train_dir / "metrics.jsonl"
+
+    def fingerprint(self) -> str:
+        """Everything that decides this stage's result; a checkpoint is resumable only when it matches."""
+        t = self.cfg.train
+        settings = {
+            "stage": self.stage, "base": self.base_source, "model": self.cfg.model.model_dump(mode="json"),
+            "lora": t.lora.model_dump(mode="json"), "quantization": t.quantization.model_dump(mode="json"),
+            "stage_cfg": self.stage_cfg.model_dump(mode="json"), "optim": t.optim, "seed": t.seed,
+            "gradient_checkpointing": t.gradient_checkpointing, "backend": self.backend, "data": self.data_fingerprint,
+        }
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+def wait_for_everyone() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
