@@ -355,19 +355,3 @@ def _add_rope_scaling(writer, cfg: dict[str, Any]) -> None:
     elif kind not in (None, "default"):
         raise BbjtuneError(f"rope scaling '{kind}' is not supported by the GGUF exporter",
                            "remove rope_scaling from config.json, or use YaRN as Qwen2.5 documents")
-
-
-def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
-    """Scalar and string metadata of a GGUF file (token lists are summarised by their length)."""
-    import gguf
-
-    reader = gguf.GGUFReader(str(path))
-    out: dict[str, Any] = {}
-    for key, fld in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        value = fld.contents()
-        out[key] = len(value) if isinstance(value, list) and len(value) > 16 else value
-    out["tensor_types"] = sorted({t.tensor_type.name for t in reader.tensors})
-    out["tensor_count"] = len(reader.tensors)
-    return out

@@ -54,7 +54,8 @@ def run_stage(cfg: RunConfig) -> Path:
     llama_types = [q for q in export.gguf if q not in WRITER_TYPES]
     if llama_types or export.verify or export.lora_gguf:
         require_llama_cpp()
-    check_disk_space(out, estimate_parameters(plan.base), export.gguf, export.lora_gguf)
+    arch = architecture_of(plan.base)
+    check_disk_space(out, arch.params if arch else None, export.gguf, export.lora_gguf)
 
     with StageRun(out, stage="export", config=cfg.model_dump(mode="json")) as run:
         # hash the small inputs (adapters, trained.json, the base's config), not a multi-GB base model
@@ -255,38 +256,6 @@ def _write_vllm(cfg: RunConfig, plan, adapters, run: StageRun) -> None:
 
 
 # ----------------------------------------------------------------------------- disk space
-
-def estimate_parameters(base: str) -> int | None:
-    """Parameter count of the base model from its config (no weights loaded); None when unknown."""
-    from bbjtune.models.loading import resolve_source
-
-    try:
-        source = resolve_source(base)
-    except BbjtuneError:
-        return None
-    if source.kind in ("local", "tiny") and (source.path / "config.json").exists():
-        c = json.loads((source.path / "config.json").read_text(encoding="utf-8"))
-    elif source.kind == "gguf":
-        from bbjtune.export.gguf import read_gguf_metadata
-        m = read_gguf_metadata(source.path)
-        arch = m.get("general.architecture", "qwen2")
-        c = {"hidden_size": m.get(f"{arch}.embedding_length"), "num_hidden_layers": m.get(f"{arch}.block_count"),
-             "intermediate_size": m.get(f"{arch}.feed_forward_length"),
-             "num_attention_heads": m.get(f"{arch}.attention.head_count"),
-             "num_key_value_heads": m.get(f"{arch}.attention.head_count_kv"),
-             "vocab_size": m.get("tokenizer.ggml.tokens"), "tie_word_embeddings": False}
-    else:
-        return None
-    try:
-        h, layers, ff = int(c["hidden_size"]), int(c["num_hidden_layers"]), int(c["intermediate_size"])
-        heads = int(c["num_attention_heads"])
-        kv = int(c.get("num_key_value_heads") or heads) * (h // heads)
-        vocab = int(c["vocab_size"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    per_layer = 2 * h * h + 2 * h * kv + h + 2 * kv + 3 * h * ff + 2 * h
-    return vocab * h * (1 if c.get("tie_word_embeddings") else 2) + layers * per_layer + h
-
 
 def check_disk_space(out: Path, n_params: int | None, quants: list[str], lora: bool) -> None:
     """Refuse to start when the export directory's disk cannot hold what export will write."""
