@@ -1,19 +1,29 @@
-"""Merge a LoRA adapter into the 16-bit weights of its base model and save a full model.
+"""Merge LoRA adapters into the 16-bit weights of their base model and save a full model: the one merge.
+
+Stage 1 merges its adapter before stage 2 (train/cpt.py) and export merges the final adapter(s)
+(export/merge.py checks the plan first); both call `merge_adapters`.
 
 Merging always starts from the 16-bit base, never from 4-bit weights, even when the adapter was
 trained with QLoRA: rounding a merged model to nf4 would throw the adapter's small updates away.
 Modules trained in full (`modules_to_save`) and trained token rows (`trainable_token_indices`)
-are written into the merged weights too.
+are written into the merged weights too. Adapters are applied in order (stage 1 then stage 2),
+each merged before the next is loaded, exactly as training stacked them. The result (safetensors,
+tokenizer with the ChatML template, a generation config that stops on `<|endoftext|>`, and on
+`<|im_end|>` for a chat model) appears under its final name only when complete.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from bbjtune.artifacts import atomic_dir
+from bbjtune.errors import BbjtuneError
+from bbjtune.models.chat_template import CHATML_TEMPLATE, ENDOFTEXT, IM_END, IM_START
+from bbjtune.models.loading import load_model, load_tokenizer
 
 
 @contextmanager
@@ -37,31 +47,62 @@ def _outside_zero3() -> Iterator[None]:
         hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
-def merge_adapter(base_source: str, adapter_dir: Path, out_dir: Path, dtype: str = "auto",
-                  device_map: Any = None) -> Path:
-    """Load base + adapter, merge, save model + tokenizer + generation config to `out_dir` (atomically)."""
+def merge_adapters(base: str, adapters: Sequence[str | Path], out_dir: str | Path, *, tokenizer_source: str,
+                   chat: bool, dtype: str = "auto", device_map: Any = None,
+                   on_step: Callable[[str], None] | None = None) -> Path:
+    """Load `base`, fold each adapter in (in order), save model + tokenizer + stop tokens to `out_dir` atomically."""
     import torch
     from peft import PeftModel
 
-    from bbjtune.models import load_model, load_tokenizer
-
-    if device_map is None and torch.cuda.is_available():
-        device_map = {"": 0}
+    step = on_step or (lambda _msg: None)
+    step(f"loading base {base}")
     with _outside_zero3():
-        model = load_model(base_source, dtype=dtype, device_map=device_map)
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-    tokenizer = load_tokenizer(str(adapter_dir))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp)
+        model = load_model(base, dtype=dtype, device_map=device_map)  # clears a GGUF checkpoint's leftover quantizer
+        save_dtype = _declared_dtype(base) or model.dtype
+        for adapter in adapters:
+            step(f"merging {adapter}")
+            try:
+                model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+            except (RuntimeError, ValueError, KeyError) as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise BbjtuneError(f"the adapter {adapter} does not fit the base {base}: {first[:300]}",
+                                   "use the adapter with the base model it was trained on") from None
+    model = model.to(save_dtype)
+    tokenizer = load_tokenizer(tokenizer_source)
+    vocab = tokenizer.get_vocab()
+    if IM_START in vocab and IM_END in vocab:
+        tokenizer.chat_template = CHATML_TEMPLATE   # same text as the training template, no loss markers
+    _set_stop_tokens(model, vocab, chat)
+    out_dir = Path(out_dir)
+    step(f"saving {out_dir}")
+    with atomic_dir(out_dir) as tmp:
+        with torch.no_grad():
+            model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if (adapter_dir / "generation_config.json").exists():
-            shutil.copyfile(adapter_dir / "generation_config.json", tmp / "generation_config.json")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     del model
     return out_dir
+
+
+def _set_stop_tokens(model: Any, vocab: dict[str, int], chat: bool) -> None:
+    """A chat model stops on <|im_end|> (end of its turn) and <|endoftext|> (end of document)."""
+    gen = model.generation_config
+    eot = vocab.get(ENDOFTEXT)
+    stops = [vocab[IM_END]] if chat and IM_END in vocab else []
+    if eot is not None:
+        stops.append(eot)
+        gen.pad_token_id = eot
+    if stops:
+        gen.eos_token_id = stops if len(stops) > 1 else stops[0]
+        model.config.eos_token_id = stops[0]
+
+
+def _declared_dtype(base: str):
+    """The dtype a local base checkpoint was saved in (merged models are saved the same way)."""
+    import torch
+
+    config = Path(base).expanduser() / "config.json"
+    if not config.exists():
+        return None
+    cfg = json.loads(config.read_text(encoding="utf-8"))
+    name = cfg.get("dtype") or cfg.get("torch_dtype")
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(name)
