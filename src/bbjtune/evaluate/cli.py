@@ -135,26 +135,24 @@ def _eval_one(cfg: Any, ecfg: Any, model: str | None, adapter: str | None, train
     from bbjtune.errors import BbjtuneError
     from bbjtune.models.generate import make_backend
     from bbjtune.evaluate.run import evaluate_model
-    from bbjtune.evaluate.stage import humaneval_style, load_suites, print_summary, read_trained, trained_fingerprint
+    from bbjtune.evaluate.stage import humaneval_style, load_suites, print_summary, trained_fingerprint
+    from bbjtune.models.trained import read_trained
 
     kind = ecfg.backend
     if kind == "transformers" and not (model or trained):
         raise BbjtuneError("no model to evaluate", "pass --model SOURCE (and --adapter DIR), --trained RUN_DIR, or a CONFIG")
     info = None
     if trained:
-        p = Path(trained)
-        info = read_trained(p if p.is_dir() else p.parent)
-        if info is None:
-            raise BbjtuneError(f"no trained.json at {trained}", "pass a training run directory or its trained.json")
+        info = read_trained(trained)  # a training run directory or its trained.json
     model_kind = cfg.model.kind if cfg else "instruct"
-    system = ecfg.system_prompt or (info or {}).get("system_prompt") or (cfg.data.system_prompt if cfg else None)
+    system = ecfg.system_prompt or (info.raw.get("system_prompt") if info else None) or (cfg.data.system_prompt if cfg else None)
     _check_inputs(kind, model, adapter, ecfg)
     spec: dict[str, Any] = {"backend": kind}
     if kind == "transformers":
         dtype = cfg.model.dtype if cfg else "auto"
-        spec.update({"trained": info["_path"], "fingerprint": trained_fingerprint(info)} if info else
+        spec.update({"trained": str(info.path), "fingerprint": trained_fingerprint(info)} if info else
                     {"source": model, "adapter": adapter, "dtype": dtype})
-        factory = (lambda: make_backend("transformers", trained=info["_path"], dtype=dtype, batch_size=ecfg.batch_size)) if info else \
+        factory = (lambda: make_backend("transformers", trained=str(info.path), dtype=dtype, batch_size=ecfg.batch_size)) if info else \
             (lambda: make_backend("transformers", model=model, adapter=adapter, dtype=dtype, batch_size=ecfg.batch_size))
     elif kind == "http":
         spec.update(base_url=ecfg.base_url, model=ecfg.api_model)

@@ -22,6 +22,7 @@ from rich.console import Console
 from bbjtune.artifacts import sha256_file
 from bbjtune.config import REPO_ROOT, RunConfig, expand_globs
 from bbjtune.errors import BbjtuneError
+from bbjtune.models.trained import TRAINED_NAME, Trained, read_trained
 
 console = Console(stderr=True)
 
@@ -40,8 +41,9 @@ def run_stage(cfg: RunConfig, fresh: bool = False) -> Path:
     ecfg = cfg.eval
     out = cfg.eval_dir
     suites = load_suites(ecfg.suites)
-    trained = read_trained(cfg.train_dir) if ecfg.backend == "transformers" else None
-    system_prompt = ecfg.system_prompt or (trained or {}).get("system_prompt") or cfg.data.system_prompt
+    has_trained = ecfg.backend == "transformers" and (cfg.train_dir / TRAINED_NAME).exists()
+    trained = read_trained(cfg.train_dir) if has_trained else None
+    system_prompt = ecfg.system_prompt or (trained.raw.get("system_prompt") if trained else None) or cfg.data.system_prompt
     style = humaneval_style(ecfg.humaneval.prompt_style, cfg.model.kind)
     results = {}
     for plan in plan_models(cfg, trained):
@@ -76,18 +78,6 @@ def load_suites(patterns: list[str]) -> list:
     return suites
 
 
-def read_trained(train_dir: Path) -> dict[str, Any] | None:
-    path = Path(train_dir) / "trained.json"
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BbjtuneError(f"{path} is not valid JSON (line {exc.lineno})", "re-run the train stage") from None
-    data["_path"] = str(path)
-    return data
-
-
 def humaneval_style(setting: str, model_kind: str) -> str:
     """Base models continue code (their chat tokens are untrained); Instruct models are asked in chat."""
     if setting != "auto":
@@ -95,7 +85,7 @@ def humaneval_style(setting: str, model_kind: str) -> str:
     return "completion" if model_kind == "base" else "chat"
 
 
-def plan_models(cfg: RunConfig, trained: dict[str, Any] | None) -> list[ModelPlan]:
+def plan_models(cfg: RunConfig, trained: Trained | None) -> list[ModelPlan]:
     from bbjtune.models.generate import make_backend
 
     e = cfg.eval
@@ -109,7 +99,7 @@ def plan_models(cfg: RunConfig, trained: dict[str, Any] | None) -> list[ModelPla
             plans.append(ModelPlan("base", {"backend": "transformers", "source": cfg.model.source, "dtype": cfg.model.dtype},
                                    lambda: make_backend("transformers", model=cfg.model.source, dtype=cfg.model.dtype,
                                                         batch_size=e.batch_size)))
-        trained_path = trained["_path"]
+        trained_path = str(trained.path)
         plans.append(ModelPlan("tuned", {"backend": "transformers", "trained": trained_path,
                                          "fingerprint": trained_fingerprint(trained)},
                                lambda: make_backend("transformers", trained=trained_path, dtype=cfg.model.dtype,
@@ -130,14 +120,11 @@ def plan_models(cfg: RunConfig, trained: dict[str, Any] | None) -> list[ModelPla
     return plans
 
 
-def trained_fingerprint(trained: dict[str, Any]) -> str:
+def trained_fingerprint(trained: Trained) -> str:
     """Changes when the model is retrained: trained.json and the adapter's weights."""
-    from bbjtune.models.trained import read_trained as resolve_trained
-
-    parts = [sha256_file(trained["_path"])]
-    adapter = resolve_trained(trained["_path"]).adapter
-    if adapter is not None:
-        parts += [sha256_file(f) for f in sorted(adapter.glob("*.safetensors"))]
+    parts = [sha256_file(trained.path)]
+    if trained.adapter is not None:
+        parts += [sha256_file(f) for f in sorted(trained.adapter.glob("*.safetensors"))]
     return ":".join(p[:16] for p in parts)
 
 
