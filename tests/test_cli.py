@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import run_cli
 
 VERBS = ["run", "inspect", "config"]

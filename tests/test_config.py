@@ -4,10 +4,10 @@ import time
 
 import pytest
 import yaml
+from conftest import REPO_ROOT
 
 from bbjtune.config import RunConfig, apply_override, list_presets, load_config, resolve_config_path
 from bbjtune.errors import BbjtuneError
-from conftest import REPO_ROOT
 
 EXPECTED_PRESETS = {"quickstart"} | {f"qwen2.5-coder-{s}-{k}" for s in ("7b", "14b", "32b")
                                      for k in ("base", "instruct")}

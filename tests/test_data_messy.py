@@ -11,7 +11,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
 
 SYSTEM = "You are a BBj expert. Answer with BBj code in ```bbj blocks."

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT, run_cli
 from train_helpers import overfit_chat, write_jsonl
 
@@ -52,7 +51,9 @@ def test_replay_through_an_openai_compatible_server(tmp_path):
     import threading
     from http.server import ThreadingHTTPServer
 
-    from test_eval_generate import FakeOpenAI  # answers every prompt with a BBj block quoting it; "empty" with ""
+    from test_eval_generate import (
+        FakeOpenAI,  # answers every prompt with a BBj block quoting it; "empty" with ""
+    )
 
     FakeOpenAI.calls = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)

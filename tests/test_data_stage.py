@@ -7,7 +7,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT, run_cli
 
 SOURCE_EXTENSIONS = (".bbj", ".src", ".bbjt", ".bbl", ".txt")
@@ -19,9 +18,9 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def test_pipeline_finds_the_data_stage():
     from bbjtune.data.stage import run_stage
-    from bbjtune.pipeline import stage_function
+    from bbjtune.pipeline import STAGES
 
-    assert stage_function("data") is run_stage
+    assert STAGES["data"] is run_stage
 
 
 def test_data_help_names_the_exit_codes():

@@ -13,7 +13,8 @@ import pytest
 from train_helpers import overfit_chat
 
 from bbjtune.errors import BbjtuneError
-from bbjtune.models.generate import Request, Sampling, TransformersBackend, make_backend, truncate_at_stop
+from bbjtune.models.backend import make_backend
+from bbjtune.models.generate import Request, Sampling, TransformersBackend, truncate_at_stop
 from bbjtune.models.generate_http import HttpBackend
 
 CONVERSATION = [{"role": "user", "content": "Say hi in BBj"}, {"role": "assistant", "content": 'print "hi"'}]

@@ -11,14 +11,14 @@ import socket
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from bbjtune.config import EvalConfig, validate_config
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.compare import compare_dirs, compare_results, humaneval_gate
-from bbjtune.models.generate import make_backend
 from bbjtune.evaluate.run import evaluate_model, score_dir
 from bbjtune.evaluate.suite import load_suite
-from conftest import run_cli
+from bbjtune.models.backend import make_backend
 
 CASES = [
     {"id": "hello", "prompt": "Print hello in BBj.", "category": "strings", "generation": "character", "task": "write",

@@ -12,10 +12,10 @@ import sys
 import time
 
 import pytest
+from conftest import REPO_ROOT
 
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.sandbox import Limits, SandboxResult, detect_isolation, run_python
-from conftest import REPO_ROOT
 
 
 def _available(mode: str) -> bool:

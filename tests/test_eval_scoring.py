@@ -11,8 +11,8 @@ from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.compile import compile_answer
 from bbjtune.evaluate.estimator import mean_pass_at_k, pass_at_k
 from bbjtune.evaluate.patterns import score_patterns
-from bbjtune.evaluate.scoring import build_results, score_bbj_samples, summarize_bbj
-from bbjtune.evaluate.suite import EvalCase, check_against_reference, limit_cases, load_suite
+from bbjtune.evaluate.scoring import build_results, check_against_reference, score_bbj_samples, summarize_bbj
+from bbjtune.evaluate.suite import EvalCase, limit_cases, load_suite
 
 GOOD_BBJ = "```bbj\nch = unt\nopen (ch)\"notes.txt\"\nread (ch,end=*break)text$\nclose (ch)\nprint text$\nend\n```\n"
 BROKEN_BBJ = "Here you go:\n\n```bbj\nx = (1 + 2\nprint x\n```\n"

@@ -6,13 +6,12 @@ import json
 
 import pytest
 import torch
+from export_fixtures import make_padded_vocab_model, make_wide_model
 
 from bbjtune.errors import BbjtuneError
 from bbjtune.export.gguf import read_gguf_metadata, read_vocab, write_gguf
 from bbjtune.models import load_model, load_tokenizer
 from bbjtune.models.chat_template import CHATML_TEMPLATE, IM_END, IM_START, render_chatml
-
-from export_fixtures import make_padded_vocab_model, make_wide_model
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'bbjtune[export]')")
 

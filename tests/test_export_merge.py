@@ -6,14 +6,13 @@ import json
 
 import pytest
 import torch
+from export_fixtures import make_adapter, make_trained_run
 
 from bbjtune.errors import BbjtuneError
 from bbjtune.export.adapter import read_adapter
 from bbjtune.export.merge import MergePlan, check_plan, merge, plan_from_trained
 from bbjtune.models import load_model, load_tokenizer
 from bbjtune.models.chat_template import CHATML_TEMPLATE, ENDOFTEXT, IM_END
-
-from export_fixtures import make_adapter, make_trained_run
 
 IDS = torch.tensor([[5, 17, 300, 42, 1000, 7, 99, 250]])
 

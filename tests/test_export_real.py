@@ -14,7 +14,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.real

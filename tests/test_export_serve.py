@@ -9,10 +9,9 @@ import sys
 import time
 
 import pytest
+from conftest import REPO_ROOT, run_cli
 
 from bbjtune.models.chat_template import render_chatml
-
-from conftest import REPO_ROOT, run_cli
 
 pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
 httpx = pytest.importorskip("httpx")

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_cli
+from export_fixtures import SYSTEM_PROMPT, make_adapter, make_trained_run
 
 from bbjtune.artifacts import read_manifest
 from bbjtune.config import load_config
 from bbjtune.errors import BbjtuneError
 from bbjtune.export.gguf import read_gguf_metadata
-from bbjtune.export.modelfile import ollama_values, parse_modelfile
 from bbjtune.export.gotemplate import render_go_template
+from bbjtune.export.modelfile import ollama_values, parse_modelfile
 from bbjtune.models.chat_template import render_chatml
-
-from conftest import run_cli
-from export_fixtures import SYSTEM_PROMPT, make_adapter, make_trained_run
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'bbjtune[export]')")
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from export_fixtures import make_adapter
 
 from bbjtune.export.adapter import read_adapter
-from bbjtune.export.vllm import VLLM_LORA_RANKS, max_lora_rank_for, plan_vllm, explain
-
-from export_fixtures import make_adapter
+from bbjtune.export.vllm import VLLM_LORA_RANKS, explain, max_lora_rank_for, plan_vllm
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from bbjtune.errors import BbjtuneError
 from bbjtune.train.inputs import load_training_data
 from bbjtune.train.memory import QWEN25, Architecture, estimate, known_architecture
 
-
 # ----------------------------------------------------------------------------- data files
 
 def test_bad_lines_name_file_and_line(tmp_path):

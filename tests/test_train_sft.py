@@ -173,12 +173,12 @@ def generate_answers(model, tokenizer, max_new_tokens):
 
 def test_trained_model_stops_at_im_end(tmp_path, tiny_model_dir):
     """Stage 2 teaches a Base model (which never saw ChatML) to end each answer with <|im_end|>, and stop there."""
+    from train_helpers import pretrain_base
     from transformers import GenerationConfig
 
     from bbjtune.models import load_model, load_tokenizer
-    from bbjtune.train.stage import run_stage
     from bbjtune.models.trained import load_trained
-    from train_helpers import pretrain_base
+    from bbjtune.train.stage import run_stage
 
     base_dir = pretrain_base(tmp_path / "base", tiny_model_dir)
     base, base_tokenizer = load_model(str(base_dir), dtype="float32").eval(), load_tokenizer(str(base_dir))
@@ -208,8 +208,8 @@ def test_trained_model_stops_at_im_end(tmp_path, tiny_model_dir):
 
 
 def test_saved_adapter_and_handle(tmp_path, tiny_model_dir):
-    from bbjtune.train.stage import run_stage
     from bbjtune.models.trained import read_trained
+    from bbjtune.train.stage import run_stage
 
     write_data(tmp_path / "data", n_train=8)
     cfg = make_config(tmp_path, tiny_model_dir, train__sft__max_steps=2, train__report_to=["tensorboard"])

@@ -10,12 +10,14 @@ from click import ClickException
 from rich.console import Console
 
 from bbjtune.bbj import cli as bbj_cli
+from bbjtune.config import dump_config, list_presets, load_config, missing_inputs
 from bbjtune.data.cli import data_app
 from bbjtune.errors import BbjtuneError
-from bbjtune.export import cli as export_cli
-from bbjtune.train import cli as train_cli
 from bbjtune.evaluate.cli import eval_app
+from bbjtune.export import cli as export_cli
+from bbjtune.models.inspect import describe_model
 from bbjtune.review.cli import review_app
+from bbjtune.train import cli as train_cli
 
 HELP = (
     "bbjtune turns a general code model (Qwen2.5-Coder) into a BBj expert and ships it.\n\n"
@@ -44,8 +46,8 @@ def run(config: ConfigArg, stages: Annotated[str | None, typer.Option(
             help="Comma-separated stages to run (default all): data,train,eval,export.")] = None,
         set_: SetOpt = None) -> None:
     """Run the whole pipeline for CONFIG: prepare data, train, evaluate, export."""
-    from bbjtune.config import load_config
-    from bbjtune.pipeline import parse_stages, run_pipeline
+    from bbjtune.pipeline import parse_stages, run_pipeline  # every stage: only when the verb runs, not for --help
+
 
     cfg = load_config(config, set_)
     outputs = run_pipeline(cfg, parse_stages(stages), console)
@@ -57,7 +59,6 @@ def run(config: ConfigArg, stages: Annotated[str | None, typer.Option(
 @config_app.command("show")
 def config_show(config: ConfigArg, set_: SetOpt = None) -> None:
     """Print the full configuration with every default filled in (validates it first)."""
-    from bbjtune.config import dump_config, load_config
 
     typer.echo(dump_config(load_config(config, set_)), nl=False)
 
@@ -65,7 +66,6 @@ def config_show(config: ConfigArg, set_: SetOpt = None) -> None:
 @config_app.command("check")
 def config_check(config: ConfigArg, set_: SetOpt = None) -> None:
     """Validate a configuration and check that its data files exist; exit 0 when it is usable."""
-    from bbjtune.config import load_config, missing_inputs
 
     cfg = load_config(config, set_)
     missing = missing_inputs(cfg)
@@ -78,7 +78,6 @@ def config_check(config: ConfigArg, set_: SetOpt = None) -> None:
 @config_app.command("list")
 def config_list() -> None:
     """List the shipped presets."""
-    from bbjtune.config import list_presets, load_config
 
     for name in list_presets():
         cfg = load_config(name)
@@ -89,7 +88,6 @@ def config_list() -> None:
 def inspect_model(source: Annotated[str, typer.Argument(
         help="A hub id, a local model directory, a .gguf file, or tiny:<preset>.")]) -> None:
     """Describe a model: architecture, size, vocabulary, special tokens and chat template."""
-    from bbjtune.models.inspect import describe_model
 
     for key, value in describe_model(source).items():
         typer.echo(f"{key:24s} {value}")

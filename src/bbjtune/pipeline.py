@@ -1,12 +1,12 @@
 """`bbjtune run CONFIG`: the stages in order, each reading the files the previous one wrote.
 
 Each stage lives in its own package and exposes `run_stage(cfg) -> Path` in its `stage` module;
-this file only knows their order. Stages talk through run directories, not through each other.
+this file only knows their order. Stages talk through run directories (INTERFACES.md), not
+through each other.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,26 +14,25 @@ from pathlib import Path
 from rich.console import Console
 
 from bbjtune.config import RunConfig
+from bbjtune.data import stage as data_stage
 from bbjtune.errors import BbjtuneError
+from bbjtune.evaluate import stage as eval_stage
+from bbjtune.export import stage as export_stage
+from bbjtune.train import stage as train_stage
 
-STAGE_ORDER = ("data", "train", "eval", "export")
-STAGE_MODULES = {
-    "data": "bbjtune.data.stage",
-    "train": "bbjtune.train.stage",
-    "eval": "bbjtune.evaluate.stage",
-    "export": "bbjtune.export.stage",
+STAGES: dict[str, Callable[[RunConfig], Path]] = {
+    "data": data_stage.run_stage,
+    "train": train_stage.run_stage,
+    "eval": eval_stage.run_stage,
+    "export": export_stage.run_stage,
 }
+STAGE_ORDER = tuple(STAGES)
 STAGE_TITLES = {
     "data": "Data: audit, clean and split the training data",
     "train": "Train: continued pretraining and instruction tuning",
     "eval": "Evaluate: compile rate, patterns, HumanEval, base vs tuned",
     "export": "Export: merged weights, GGUF, Ollama Modelfile, vLLM config",
 }
-
-
-def stage_function(stage: str) -> Callable[[RunConfig], Path]:
-    module = importlib.import_module(STAGE_MODULES[stage])
-    return module.run_stage
 
 
 def parse_stages(text: str | None) -> list[str]:
@@ -53,6 +52,6 @@ def run_pipeline(cfg: RunConfig, stages: list[str], console: Console | None = No
     for i, stage in enumerate(stages, 1):
         console.rule(f"[bold]{i}/{len(stages)} {STAGE_TITLES[stage]}")
         t0 = time.time()
-        outputs[stage] = stage_function(stage)(cfg)
+        outputs[stage] = STAGES[stage](cfg)
         console.print(f"[green]✓[/] {stage} finished in {time.time() - t0:.0f} s → {outputs[stage]}")
     return outputs

@@ -14,6 +14,7 @@ from typing import Literal
 
 from bbjtune.errors import BbjtuneError
 
+from .bbjcpl import find_bbjcpl, run_bbjcpl
 from .diagnostics import Diagnostic, sort_diagnostics
 from .lexer import logical_lines, split_physical_lines
 from .library import check_library, is_library
@@ -122,7 +123,6 @@ def check_with(compiler: Compiler, text: str, filename: str | None = None,
     original bytes and encoding) instead of a temporary copy. `fragment=True` accepts METHOD and
     FIELD outside a CLASS (see `check_source`); bbjcpl then compiles the text inside a class.
     """
-    from .bbjcpl import find_bbjcpl, run_bbjcpl
 
     if compiler not in ("builtin", "bbjcpl", "auto"):
         raise BbjtuneError(f"unknown compiler {compiler!r}", "use builtin, bbjcpl or auto")
@@ -150,7 +150,6 @@ def _run_bbjcpl_in_class(text: str, timeout: float, filename: str | None, exe) -
     """bbjcpl on a class member fragment: wrapped in a class, line numbers mapped back."""
     from dataclasses import replace
 
-    from .bbjcpl import run_bbjcpl
 
     body = text if text.endswith("\n") else text + "\n"
     wrapped = f"class public {FRAGMENT_CLASS}\n{body}classend\n"

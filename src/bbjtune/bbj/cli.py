@@ -8,6 +8,9 @@ import typer
 
 from bbjtune.errors import BbjtuneError
 
+from .checker import check_bytes, check_with, decode_source
+from .diagnostics import format_bbjcpl, format_human, has_errors
+
 # Extensions searched for when a directory is given. Files named explicitly are checked whatever
 # their extension. `.bbx` is left out: it usually holds tokenized (binary) programs.
 SOURCE_EXTENSIONS = (".bbj", ".bbjt", ".src", ".bbl")
@@ -42,8 +45,6 @@ line continuations, needs no BBj licence, and can print its findings in bbjcpl -
     import json
     import sys
 
-    from .checker import check_bytes, check_with, decode_source
-    from .diagnostics import format_bbjcpl, format_human, has_errors
 
     for stream in (sys.stdout, sys.stderr):  # a source line must never crash the output
         if hasattr(stream, "reconfigure"):

@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
+from bbjtune.artifacts import atomic_write_jsonl
+from bbjtune.config import apply_override, load_config, validate_config
+from bbjtune.data import replay
+from bbjtune.data.cpt import find_sources
+from bbjtune.data.derive import default_system_prompt, derive_pairs
+from bbjtune.data.stage import audit as run_audit
+from bbjtune.data.stage import prepare as run_prepare
 from bbjtune.errors import BbjtuneError
+from bbjtune.models.backend import make_backend
 
 data_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode="rich",
@@ -46,7 +54,6 @@ problem (a missing file, a bad config), or with --strict the first unusable line
     """
     from rich.console import Console
 
-    from bbjtune.data.stage import audit as run_audit
 
     cfg = _config(config, set_, chatml=files, model=model, out=None)
     if max_length:
@@ -85,7 +92,6 @@ complete; see rejected.jsonl); 2 — a usage problem (a missing file or folder, 
     """
     from rich.console import Console
 
-    from bbjtune.data.stage import prepare as run_prepare
 
     if config is None and not chatml and not sources:
         raise BbjtuneError("nothing to prepare", "give a config (bbjtune data prepare quickstart) or --chatml/--sources")
@@ -106,9 +112,6 @@ method" (from its rem /** ... */ doc comment) and "complete this program". Feed 
 [bold]prepare[/bold] with your other ChatML data; prepare deduplicates and decontaminates it."""
     from rich.console import Console
 
-    from bbjtune.artifacts import atomic_write_jsonl
-    from bbjtune.data.cpt import find_sources
-    from bbjtune.data.derive import default_system_prompt, derive_pairs
 
     files, _ = find_sources(sources)
     n = atomic_write_jsonl(out, derive_pairs(files, system or default_system_prompt()))
@@ -150,8 +153,6 @@ def replay_command(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from bbjtune.data import replay
-    from bbjtune.models.generate import make_backend
 
     cfg = _config(config, set_, chatml=None, model=None, out=None) if config else None
     source = model or (cfg.model.source if cfg else None)
@@ -189,7 +190,6 @@ def replay_command(
 def _config(config: str | None, overrides: list[str] | None, *, chatml: list[str] | None, model: str | None,
             out: Path | None, sources: list[str] | None = None):
     """The run config: a file or preset, or (without one) the defaults; command-line data paths win."""
-    from bbjtune.config import apply_override, load_config, validate_config
 
     if config:
         cfg = load_config(config, overrides)

@@ -36,6 +36,9 @@ from bbjtune.data.clean import DUPLICATE, TOO_LONG, TOO_SHORT, TRUNCATED, trunca
 from bbjtune.data.scan import repair_messages
 from bbjtune.data.split import ContaminationIndex
 from bbjtune.errors import BbjtuneError
+from bbjtune.evaluate.humaneval import load_problems
+from bbjtune.models.chat_template import render_chatml
+from bbjtune.models.generate import Request, Sampling
 
 REPLAY_FILE = "replay.jsonl"
 OVERLAPS_BENCHMARK = "overlaps-eval"
@@ -60,7 +63,6 @@ class ReplayResult:
 def benchmark_prompts(warn: Callable[[str], None]) -> list[tuple[str, str]]:
     """HumanEval's prompts, when the package that has them is installed."""
     try:
-        from bbjtune.evaluate.humaneval import load_problems
 
         return [(f"eval {p['task_id']}", p["prompt"]) for p in load_problems()]
     except BbjtuneError:
@@ -77,7 +79,6 @@ def prepare(files: list[Path], out_path: Path, d: Any, *, eval_items: list[tuple
     With `count_tokens` and `max_length`, conversations longer than stage 2's sequences are set aside:
     training would cut their answers off.
     """
-    from bbjtune.models.chat_template import render_chatml
 
     ngram = d.decontaminate_ngram
     result = ReplayResult()
@@ -164,7 +165,6 @@ def generate(backend_factory: Callable[[], Any], prompts: list[dict[str, Any]], 
     Prompts answered by an earlier run are skipped; the backend is only built when some are left.
     `progress` receives the number of prompts done so far, those of earlier runs included.
     """
-    from bbjtune.models.generate import Request, Sampling
 
     result = GenerateResult()
     rows = read_complete_jsonl(out_path)  # complete lines only

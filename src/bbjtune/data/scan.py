@@ -19,12 +19,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bbjtune.bbj import check_source, extract_code_blocks
+from bbjtune.bbj.extract import BBJ_LANGUAGES, LOOSE_LANGUAGES, looks_like_bbj
 from bbjtune.data.chatml import Example, LineProblem, Rejection, decode_raw, parse_line, read_lines
-from bbjtune.data.clean import (ExampleInfo, char_shingles, fix_literal_escapes, has_literal_escapes, minhash,
-                                text_key, truncation_reason, word_shingles)
+from bbjtune.data.clean import (
+    ExampleInfo,
+    char_shingles,
+    fix_literal_escapes,
+    has_literal_escapes,
+    minhash,
+    text_key,
+    truncation_reason,
+    word_shingles,
+)
 from bbjtune.data.scrub import scrub_text
 from bbjtune.data.tokens import TokenCounter
 from bbjtune.errors import BbjtuneError
+from bbjtune.models.chat_template import render_chatml
 
 TOKEN_BATCH = 256
 LINES_PER_BLOCK = 128
@@ -76,8 +87,6 @@ def answer_bbj_blocks(answer: str) -> tuple[list[str], bool]:
     Fences labelled bbj (bbx, bbjt, ...) count; unlabeled or loosely labelled fences (```basic,
     ```text) count when their lines read as BBj; an answer without fences counts when it is code.
     """
-    from bbjtune.bbj import extract_code_blocks
-    from bbjtune.bbj.extract import BBJ_LANGUAGES, LOOSE_LANGUAGES, looks_like_bbj
 
     blocks = extract_code_blocks(answer)
     fenced = [b for b in blocks if b.fenced]
@@ -97,7 +106,6 @@ class CodeChecker:
 
     def first_error(self, code: str) -> tuple[str, int] | None:
         """(message, line) of the first error in a block, or None when it passes."""
-        from bbjtune.bbj import check_source
 
         key = text_key(code) + len(code).to_bytes(4, "little")
         if key not in self._verdicts:
@@ -204,7 +212,6 @@ def repair_messages(messages: list[dict[str, str]], *, fix_escapes: bool, scrub:
 
 def summarise(ex: Example, options: ScanOptions) -> tuple[ExampleInfo, str]:
     """Repair and scrub `ex` in place and describe it; returns its info and its ChatML text."""
-    from bbjtune.models.chat_template import render_chatml
 
     escapes_found, scrubbed = repair_messages(ex.messages, fix_escapes=options.fix_escapes, scrub=options.scrub)
     system, prompt, answer = ex.system, ex.prompt, ex.answer

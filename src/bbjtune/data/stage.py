@@ -34,12 +34,16 @@ from rich.console import Console
 from bbjtune.artifacts import StageRun, atomic_open, atomic_write_json, atomic_write_text
 from bbjtune.config import RunConfig, expand_globs
 from bbjtune.data import replay
+from bbjtune.data.audit import build_audit
 from bbjtune.data.chatml import Rejection, example_id, read_raw_line
 from bbjtune.data.clean import Decision, ExampleInfo, filter_and_dedupe
+from bbjtune.data.cpt import CptCorpus, find_sources
+from bbjtune.data.report import write_report
 from bbjtune.data.scan import ScanOptions, ScanResult, answer_bbj_blocks, scan_chatml
 from bbjtune.data.split import ContaminationIndex, split_heldout
 from bbjtune.data.tokens import TokenCounter
 from bbjtune.errors import BbjtuneError
+from bbjtune.models.chat_template import QWEN_DEFAULT_SYSTEM
 
 OVERLAPS_HELDOUT = "overlaps-heldout"
 OVERLAPS_EVAL = "overlaps-eval"
@@ -137,7 +141,6 @@ def analyse(cfg: RunConfig, files: list[Path], *, strict: bool, spool: Any | Non
     added = 0
     if d.add_system_prompt and system_prompt and scan.missing_system:
         # counted with Qwen's default system prompt (what the template inserts); correct for ours
-        from bbjtune.models.chat_template import QWEN_DEFAULT_SYSTEM
         delta = tokens.count([system_prompt])[0] - tokens.count([QWEN_DEFAULT_SYSTEM])[0]
         for info in scan.infos:
             if info.system_key is None:
@@ -152,8 +155,6 @@ def analyse(cfg: RunConfig, files: list[Path], *, strict: bool, spool: Any | Non
 
 def audit(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Console | None = None) -> Outcome:
     """`bbjtune data audit`: the findings and the report, without changing or writing any data."""
-    from bbjtune.data.audit import build_audit
-    from bbjtune.data.report import write_report
 
     console = console or Console(stderr=True)
     files = chatml_files(cfg)
@@ -175,9 +176,6 @@ def audit(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Conso
 
 def prepare(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Console | None = None) -> Outcome:
     """`bbjtune data prepare`: everything in the module docstring; returns the output directory."""
-    from bbjtune.data.audit import build_audit
-    from bbjtune.data.cpt import find_sources
-    from bbjtune.data.report import write_report
 
     console = console or Console(stderr=True)
     d = cfg.data
@@ -245,7 +243,6 @@ class Written:
 def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: list[tuple[str, str]],
                    sources: list[Path], skipped: list[str], console: Console,
                    replayed: replay.ReplayResult | None = None) -> Written:
-    from bbjtune.data.cpt import CptCorpus
 
 
     d, cfg = a.cfg.data, a.cfg

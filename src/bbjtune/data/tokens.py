@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from bbjtune.errors import BbjtuneError
+from bbjtune.models import load_tokenizer
+
 CHARS_PER_TOKEN = 3.5  # the estimate used when the model's tokenizer cannot be loaded
 
 
@@ -21,8 +24,6 @@ class TokenCounter:
     @classmethod
     def for_model(cls, source: str, warn: Any = None) -> TokenCounter:
         """The tokenizer of `source` (see bbjtune.models); an estimate if it cannot be loaded."""
-        from bbjtune.errors import BbjtuneError
-        from bbjtune.models import load_tokenizer
 
         try:
             return cls(load_tokenizer(source), source)

@@ -19,6 +19,15 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from bbjtune.config import EvalConfig, load_config, validate_config
+from bbjtune.errors import BbjtuneError
+from bbjtune.evaluate.compare import compare_dirs
+from bbjtune.evaluate.run import evaluate_model, score_dir
+from bbjtune.evaluate.stage import humaneval_style, load_suites, print_summary, run_stage, trained_fingerprint
+from bbjtune.models import resolve_source
+from bbjtune.models.backend import make_backend
+from bbjtune.models.trained import read_trained
+
 
 class DefaultCommandGroup(TyperGroup):
     """A group whose first argument, when it is not one of its commands, goes to `default_command`.
@@ -77,8 +86,6 @@ def eval_run(
     """Evaluate a run (base vs tuned) or one model; answers are saved first, so a killed run resumes."""
     from rich.console import Console
 
-    from bbjtune.config import EvalConfig, load_config
-    from bbjtune.errors import BbjtuneError
 
     console = Console(stderr=True)
     cfg = load_config(config, set_) if config else None
@@ -109,7 +116,6 @@ def eval_run(
         cfg.eval = ecfg
         if out:
             cfg.eval.output_dir = str(out)
-        from bbjtune.evaluate.stage import run_stage
 
         path = run_stage(cfg, fresh=fresh)
         console.print(f"[green]✓[/] reports: {path}/*/report.html")
@@ -120,8 +126,6 @@ def eval_run(
 def _validated_eval(raw: dict[str, Any]) -> Any:
     from pydantic import ValidationError
 
-    from bbjtune.config import EvalConfig, validate_config
-    from bbjtune.errors import BbjtuneError
 
     try:
         return EvalConfig.model_validate(raw)
@@ -132,11 +136,6 @@ def _validated_eval(raw: dict[str, Any]) -> Any:
 
 def _eval_one(cfg: Any, ecfg: Any, model: str | None, adapter: str | None, trained: str | None, label: str | None,
               out: Path | None, fresh: bool, console: Any) -> None:
-    from bbjtune.errors import BbjtuneError
-    from bbjtune.models.generate import make_backend
-    from bbjtune.evaluate.run import evaluate_model
-    from bbjtune.evaluate.stage import humaneval_style, load_suites, print_summary, trained_fingerprint
-    from bbjtune.models.trained import read_trained
 
     kind = ecfg.backend
     if kind == "transformers" and not (model or trained):
@@ -175,8 +174,6 @@ def _eval_one(cfg: Any, ecfg: Any, model: str | None, adapter: str | None, train
 
 def _check_inputs(kind: str, model: str | None, adapter: str | None, ecfg: Any) -> None:
     """Fail before any directory is written when a model path is wrong."""
-    from bbjtune.errors import BbjtuneError
-    from bbjtune.models import resolve_source
 
     if kind == "transformers" and model:
         resolve_source(model)
@@ -212,8 +209,6 @@ def eval_compare(
     """
     from rich.console import Console
 
-    from bbjtune.evaluate.compare import compare_dirs
-    from bbjtune.evaluate.stage import print_summary
 
     if out is None:
         same_run = a.resolve().parent == b.resolve().parent and {a.name, b.name} == {"base", "tuned"}
@@ -235,8 +230,6 @@ def eval_score(
     """Score saved answers again (e.g. with the real bbjcpl), without loading the model."""
     from rich.console import Console
 
-    from bbjtune.evaluate.run import score_dir
-    from bbjtune.evaluate.stage import print_summary
 
     results = score_dir(directory, compiler=compiler)
     print_summary({results["model"]: results}, None)

@@ -13,9 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bbjtune.artifacts import StageRun, read_complete_jsonl, atomic_write_json, atomic_write_text
+from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_text, read_complete_jsonl
 from bbjtune.errors import BbjtuneError
+from bbjtune.evaluate.report import compare_report_html
 from bbjtune.evaluate.run import GENERATIONS_FILE, RESULTS_FILE, SCORES_FILE
+from bbjtune.review_summary import format_summary, load_review_summary
 
 MAX_EXAMPLES = 12
 
@@ -133,10 +135,6 @@ def _verdict(score: dict[str, Any] | None) -> tuple[int, str]:
 
 def load_review(a_dir: Path) -> dict[str, Any] | None:
     """The human review (bbjtune review) summary exported beside the eval directories, if any."""
-    try:
-        from bbjtune.review.results import format_summary, load_review_summary
-    except ImportError:
-        return None
     summary = load_review_summary(a_dir)
     if summary is None:
         return None
@@ -145,7 +143,6 @@ def load_review(a_dir: Path) -> dict[str, Any] | None:
 
 def compare_dirs(a_dir: str | Path, b_dir: str | Path, out_dir: str | Path, max_drop_points: float = 5.0) -> dict[str, Any]:
     """Compare two eval/<label>/ directories; writes results.json and report.html into out_dir."""
-    from bbjtune.evaluate.report import compare_report_html
 
     a_dir, b_dir, out = Path(a_dir), Path(b_dir), Path(out_dir)
     ra, rb = _load(a_dir), _load(b_dir)

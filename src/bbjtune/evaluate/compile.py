@@ -15,6 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from bbjtune.bbj import check_with, extract_bbj
+from bbjtune.bbj.bbjcpl import find_bbjcpl
+
 MAX_DIAGNOSTICS_KEPT = 20
 FAILING_WARNINGS = frozenset({"lone-name"})
 
@@ -30,14 +33,12 @@ class CompileResult:
 
 def compile_answer(answer: str, compiler: str = "auto", filename: str = "answer.bbj") -> CompileResult:
     """Extract the BBj code of an answer and check it; errors are listed, warnings do not fail it."""
-    from bbjtune.bbj import extract_bbj
 
     code = extract_bbj(answer or "")
     return compile_code(code, compiler, filename)
 
 
 def compile_code(code: str, compiler: str = "auto", filename: str = "answer.bbj") -> CompileResult:
-    from bbjtune.bbj import check_with
 
     if not code.strip():
         used = resolve_compiler(compiler)
@@ -56,6 +57,5 @@ def resolve_compiler(compiler: str) -> str:
     """What "auto" means on this machine: "bbjcpl" when the real compiler is found, else "builtin"."""
     if compiler != "auto":
         return compiler
-    from bbjtune.bbj.bbjcpl import find_bbjcpl
 
     return "bbjcpl" if find_bbjcpl() is not None else "builtin"

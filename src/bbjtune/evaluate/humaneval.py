@@ -26,8 +26,8 @@ from typing import Any
 
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.estimator import mean_pass_at_k
-from bbjtune.models.generate import Request, truncate_at_stop
 from bbjtune.evaluate.sandbox import SLOTS_PER_BLOCK, Limits, SandboxResult, detect_isolation, run_python
+from bbjtune.models.generate import Request, truncate_at_stop
 
 SUITE_NAME = "humaneval"
 COMPLETION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")

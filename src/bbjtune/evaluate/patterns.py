@@ -14,6 +14,7 @@ import functools
 import re
 from dataclasses import dataclass, field
 
+from bbjtune.bbj import extract_code_blocks
 from bbjtune.evaluate.suite import EvalCase
 
 
@@ -36,7 +37,6 @@ def _compiled(pattern: str) -> re.Pattern:
 
 def fenced_code(text: str) -> str:
     """All fenced code blocks of an answer, joined; "" when it has none."""
-    from bbjtune.bbj import extract_code_blocks
 
     return "\n".join(b.code for b in extract_code_blocks(text) if b.fenced)
 

@@ -18,12 +18,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_jsonl, read_complete_jsonl, sha256_file
+from bbjtune.artifacts import (
+    StageRun,
+    atomic_write_json,
+    atomic_write_jsonl,
+    read_complete_jsonl,
+    sha256_file,
+)
+from bbjtune.bbj import extract_bbj
 from bbjtune.config import EvalConfig
 from bbjtune.errors import BbjtuneError
+from bbjtune.evaluate import humaneval, report
+from bbjtune.evaluate.compile import resolve_compiler
+from bbjtune.evaluate.sandbox import Limits
+from bbjtune.evaluate.scoring import build_results, score_bbj_samples
+from bbjtune.evaluate.suite import EvalCase, Suite, SuiteProblem, limit_cases
 from bbjtune.models.generate import Backend, Request, Sampling
 from bbjtune.models.generations import GENERATIONS_FILE, generate_to_file
-from bbjtune.evaluate.suite import EvalCase, Suite, SuiteProblem
 
 SETTINGS_FILE = "settings.json"
 CASES_FILE = "cases.jsonl"
@@ -70,8 +81,6 @@ def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[]
     Saved answers made with other settings (another model, temperature, ...) are an error, unless
     `restart_on_change` (the pipeline: the config is the truth) or `fresh` start over.
     """
-    from bbjtune.evaluate import humaneval
-    from bbjtune.evaluate.suite import limit_cases
 
     out = Path(out_dir)
     cases = [c for s in suites for c in limit_cases(s.cases, ecfg.limit)]
@@ -109,7 +118,6 @@ def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[]
         def extract(request: Request, output: str) -> str:
             if request.meta["suite"] == humaneval.SUITE_NAME:
                 return humaneval.extract_solution(output, problems_by_id[request.meta["id"]], humaneval_style)
-            from bbjtune.bbj import extract_bbj
             return extract_bbj(output)
 
         with run.timed("generate"), progress(f"[{label}] generating", len(requests)) as advance:
@@ -161,10 +169,6 @@ def _changed_settings(out: Path, settings: dict[str, Any]) -> list[str]:
 def score_dir(out_dir: str | Path, compiler: str | None = None, workers: int | None = None,
               extra_problems: Sequence[SuiteProblem] = ()) -> dict[str, Any]:
     """Score a directory's generations from its files alone; writes scores.jsonl, results.json, report.html."""
-    from bbjtune.evaluate import humaneval, report
-    from bbjtune.evaluate.compile import resolve_compiler
-    from bbjtune.evaluate.sandbox import Limits
-    from bbjtune.evaluate.scoring import build_results, score_bbj_samples
 
     out = Path(out_dir)
     for name in (SETTINGS_FILE, CASES_FILE, GENERATIONS_FILE):

@@ -15,7 +15,8 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bbjtune.evaluate.compile import compile_code
+from bbjtune.bbj import extract_bbj
+from bbjtune.evaluate.compile import compile_answer, compile_code
 from bbjtune.evaluate.estimator import mean_pass_at_k
 from bbjtune.evaluate.patterns import score_patterns
 from bbjtune.evaluate.suite import EvalCase
@@ -50,7 +51,6 @@ def score_sample(case: EvalCase, sample: int, row: dict[str, Any] | None, compil
         else:
             code = row.get("code")
             if code is None:  # rows written by other tools may lack the extracted code
-                from bbjtune.bbj import extract_bbj
                 code = extract_bbj(output)
             result = compile_code(code, compiler, f"{case.id}.bbj")
             score.update(compiles=result.compiles, compiler=result.compiler, compile_reason=result.reason,
@@ -119,3 +119,21 @@ def build_results(label: str, scores: Sequence[dict[str, Any]], k_list: Sequence
         "errors": errors,
         **(extra or {}),
     }
+
+
+def check_against_reference(case: EvalCase, compiler: str = "builtin") -> list[str]:
+    """Why the case's own reference answer would fail its checks ([] when it passes them all)."""
+
+    if case.reference is None:
+        return ["no reference answer"]
+    problems = []
+    pat = score_patterns(case, case.reference)
+    problems += [f"must pattern does not match the reference: {p!r}" for p in pat.missing]
+    problems += [f"must_not pattern matches the reference: {p!r}" for p in pat.forbidden]
+    if pat.factual is False:
+        problems.append(f"answer regex does not match the reference: {case.answer!r}")
+    if case.compile:
+        result = compile_answer(case.reference, compiler=compiler, filename=f"{case.id}.bbj")
+        if not result.compiles:
+            problems.append(f"reference code does not compile: {result.reason}")
+    return problems

@@ -11,7 +11,6 @@ Each model directory resumes where a killed run stopped.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,11 @@ from rich.console import Console
 from bbjtune.artifacts import sha256_file
 from bbjtune.config import REPO_ROOT, RunConfig, expand_globs
 from bbjtune.errors import BbjtuneError
+from bbjtune.evaluate.compare import compare_dirs
+from bbjtune.evaluate.report import pct
+from bbjtune.evaluate.run import evaluate_model
+from bbjtune.evaluate.suite import load_suite
+from bbjtune.models.backend import make_backend
 from bbjtune.models.trained import TRAINED_NAME, Trained, read_trained
 
 console = Console(stderr=True)
@@ -35,8 +39,6 @@ class ModelPlan:
 
 
 def run_stage(cfg: RunConfig, fresh: bool = False) -> Path:
-    from bbjtune.evaluate.compare import compare_dirs
-    from bbjtune.evaluate.run import evaluate_model
 
     ecfg = cfg.eval
     out = cfg.eval_dir
@@ -60,7 +62,6 @@ def run_stage(cfg: RunConfig, fresh: bool = False) -> Path:
 
 
 def load_suites(patterns: list[str]) -> list:
-    from bbjtune.evaluate.suite import load_suite
 
     paths = expand_globs(patterns)
     if not paths:  # run from another directory: the project's own suites
@@ -86,7 +87,6 @@ def humaneval_style(setting: str, model_kind: str) -> str:
 
 
 def plan_models(cfg: RunConfig, trained: Trained | None) -> list[ModelPlan]:
-    from bbjtune.models.generate import make_backend
 
     e = cfg.eval
     plans: list[ModelPlan] = []
@@ -133,7 +133,6 @@ def _describe(spec: dict[str, Any]) -> str:
 
 
 def print_summary(results: dict[str, dict[str, Any]], cmp: dict[str, Any] | None) -> None:
-    from bbjtune.evaluate.report import pct
 
     for label, r in results.items():
         k = next(iter(r["compile_at_k"]), None)

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from bbjtune.bbj import extract_bbj
 from bbjtune.errors import BbjtuneError
 
 PROSE_TASKS = frozenset({"explain", "factual"})
@@ -216,7 +217,6 @@ def default_compile(task: str, reference: str | None) -> bool:
         return False
     if reference is None:
         return True
-    from bbjtune.bbj import extract_bbj
 
     return bool(extract_bbj(reference).strip())
 
@@ -236,23 +236,3 @@ def limit_cases(cases: list[EvalCase], limit: int | None) -> list[EvalCase]:
                 picked.append(q.pop(0))
     order = {id(c): i for i, c in enumerate(cases)}
     return sorted(picked, key=lambda c: order[id(c)])
-
-
-def check_against_reference(case: EvalCase, compiler: str = "builtin") -> list[str]:
-    """Why the case's own reference answer would fail its checks ([] when it passes them all)."""
-    from bbjtune.evaluate.compile import compile_answer
-    from bbjtune.evaluate.patterns import score_patterns
-
-    if case.reference is None:
-        return ["no reference answer"]
-    problems = []
-    pat = score_patterns(case, case.reference)
-    problems += [f"must pattern does not match the reference: {p!r}" for p in pat.missing]
-    problems += [f"must_not pattern matches the reference: {p!r}" for p in pat.forbidden]
-    if pat.factual is False:
-        problems.append(f"answer regex does not match the reference: {case.answer!r}")
-    if case.compile:
-        result = compile_answer(case.reference, compiler=compiler, filename=f"{case.id}.bbj")
-        if not result.compiles:
-            problems.append(f"reference code does not compile: {result.reason}")
-    return problems

@@ -11,7 +11,15 @@ from typing import Annotated
 
 import typer
 
+from bbjtune.artifacts import atomic_write_json, read_manifest
+from bbjtune.config import load_config
 from bbjtune.errors import BbjtuneError
+from bbjtune.export.adapter import read_adapter
+from bbjtune.export.merge import plan_from_trained
+from bbjtune.export.modelfile import ollama_model_name, parse_modelfile
+from bbjtune.export.quantize import require_llama_cpp
+from bbjtune.export.stage import gguf_path, run_stage
+from bbjtune.export.vllm import explain, plan_vllm
 
 ConfigArg = Annotated[str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")]
 SetOpt = Annotated[list[str] | None, typer.Option(
@@ -34,8 +42,6 @@ def export(config: ConfigArg, set_: SetOpt = None) -> None:
     """
     from rich.console import Console
 
-    from bbjtune.config import load_config
-    from bbjtune.export.stage import run_stage
 
     cfg = load_config(config, set_)
     out = run_stage(cfg)
@@ -52,8 +58,6 @@ def serve_ollama(config: ConfigArg, set_: SetOpt = None) -> None:
 
     When `ollama` is installed on this machine, runs `ollama create NAME -f Modelfile` in the export directory. Otherwise prints the commands to run where Ollama is installed.
     """
-    from bbjtune.config import load_config
-    from bbjtune.export.modelfile import ollama_model_name, parse_modelfile
 
     cfg = load_config(config, set_)
     modelfile = cfg.export_dir / "Modelfile"
@@ -83,11 +87,6 @@ def serve_vllm(config: ConfigArg, set_: SetOpt = None) -> None:
 
     vLLM serves the base model with the BBj adapter as a LoRA chosen per request. Adapters it cannot load (DoRA, trained embeddings, rank too high) are reported, and the merged model is served instead.
     """
-    from bbjtune.artifacts import atomic_write_json
-    from bbjtune.config import load_config
-    from bbjtune.export.adapter import read_adapter
-    from bbjtune.export.merge import plan_from_trained
-    from bbjtune.export.vllm import explain, plan_vllm
 
     cfg = load_config(config, set_)
     plan = plan_from_trained(cfg.train_dir)
@@ -116,7 +115,6 @@ def serve_gguf(
 
     Editors, scripts and `bbjtune eval` (eval.backend: http) can then talk to the model at http://HOST:PORT/v1. Stop it with Ctrl-C.
     """
-    from bbjtune.export.quantize import require_llama_cpp
 
     path, alias = _gguf_target(target, quant, set_)
     require_llama_cpp()
@@ -146,7 +144,6 @@ def serve_gguf(
 
 def modelfile_quant(cfg) -> str:
     """The GGUF the export's Modelfile points at (a failed q4_k_m falls back to a verified file)."""
-    from bbjtune.artifacts import read_manifest
 
     try:
         return (read_manifest(cfg.export_dir).get("ollama") or {}).get("quant") or cfg.export.ollama.quant
@@ -160,9 +157,6 @@ def _gguf_target(target: str, quant: str | None, overrides: list[str] | None) ->
         if not path.is_file():
             raise BbjtuneError(f"{path} does not exist", "give an existing .gguf file, or a config to serve its export")
         return path, path.name.split(".")[0]
-    from bbjtune.config import load_config
-    from bbjtune.export.modelfile import ollama_model_name
-    from bbjtune.export.stage import gguf_path
 
     cfg = load_config(target, overrides)
     path = gguf_path(cfg, quant or modelfile_quant(cfg))

@@ -19,6 +19,7 @@ from bbjtune.models.loading import resolve_source
 from bbjtune.models.merge import merge_adapters
 from bbjtune.models.trained import TRAINED_NAME, read_trained
 
+
 @dataclass
 class MergePlan:
     """What to merge: a base model source, the adapters to fold in (in order), the tokenizer to ship."""

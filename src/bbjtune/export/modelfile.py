@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bbjtune.artifacts import atomic_write_text
 from bbjtune.errors import BbjtuneError
 from bbjtune.export.gotemplate import render_go_template
 from bbjtune.models.chat_template import ENDOFTEXT, IM_END, QWEN_DEFAULT_SYSTEM, render_chatml
@@ -164,6 +165,5 @@ def ollama_model_name(run_name: str, configured: str | None) -> str:
 
 
 def write_modelfile(export_dir: Path, gguf_name: str, **kwargs: Any) -> Path:
-    from bbjtune.artifacts import atomic_write_text
 
     return atomic_write_text(export_dir / "Modelfile", build_modelfile(gguf_name, **kwargs))

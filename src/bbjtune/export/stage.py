@@ -18,7 +18,6 @@ under its final name only when complete.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -30,7 +29,15 @@ from rich.console import Console
 from bbjtune.artifacts import StageRun, atomic_write_json
 from bbjtune.config import RunConfig
 from bbjtune.errors import BbjtuneError
-from bbjtune.export.gguf import WRITER_TYPES
+from bbjtune.export.gguf import WRITER_TYPES, write_gguf
+from bbjtune.export.lora_gguf import why_not, write_lora_gguf
+from bbjtune.export.merge import MergePlan, check_plan, merge, plan_from_trained
+from bbjtune.export.modelfile import ollama_model_name, write_modelfile
+from bbjtune.export.quantize import quantize, require_llama_cpp
+from bbjtune.export.verify import compare_lora_with_merged, raise_on_failure, verify_all
+from bbjtune.export.vllm import explain, plan_vllm
+from bbjtune.models.architecture import architecture_of
+from bbjtune.models.loading import resolve_source
 
 console = Console(stderr=True)
 
@@ -44,8 +51,6 @@ def gguf_path(cfg: RunConfig, quant: str) -> Path:
 
 
 def run_stage(cfg: RunConfig) -> Path:
-    from bbjtune.export.merge import check_plan, plan_from_trained
-    from bbjtune.export.quantize import require_llama_cpp
 
     export = cfg.export
     out = cfg.export_dir
@@ -86,7 +91,6 @@ def run_stage(cfg: RunConfig) -> Path:
             _write_vllm(cfg, plan, adapters, run)
         run.outputs.extend(p.name for p in ggufs.values())
         if report is not None:
-            from bbjtune.export.verify import raise_on_failure
             raise_on_failure(report)
     return out
 
@@ -94,7 +98,6 @@ def run_stage(cfg: RunConfig) -> Path:
 # ----------------------------------------------------------------------------- steps
 
 def _merge(plan, merged_dir: Path, dtype: str) -> None:
-    from bbjtune.export.merge import merge
 
     merge(plan, merged_dir, dtype=dtype)
 
@@ -103,8 +106,6 @@ def _write_ggufs(cfg: RunConfig, merged: Path, run: StageRun, scratch: Path) -> 
     """f16/bf16/q8_0 with the gguf package, then the llama.cpp types from an f16 file."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from bbjtune.export.gguf import write_gguf
-    from bbjtune.export.quantize import quantize
 
     wanted = list(cfg.export.gguf)
     llama_types = [q for q in wanted if q not in WRITER_TYPES]
@@ -141,7 +142,6 @@ def _record(run: StageRun, quant: str, path: Path, t0: float) -> None:
 
 
 def _verify(cfg: RunConfig, merged: Path, ggufs: dict[str, Path], run: StageRun) -> dict[str, Any]:
-    from bbjtune.export.verify import verify_all
 
     with run.timed("verify"), console.status("verifying the GGUF files with llama.cpp"):
         report = verify_all(merged, ggufs, threads=cfg.export.threads)
@@ -162,7 +162,6 @@ def _verify(cfg: RunConfig, merged: Path, ggufs: dict[str, Path], run: StageRun)
 
 def _lora_gguf(cfg: RunConfig, plan, adapters, merged: Path, run: StageRun, scratch: Path) -> dict[str, Any] | None:
     """The adapter as a GGUF LoRA (with its base as f16 GGUF), checked against the merged f16 GGUF."""
-    from bbjtune.export.lora_gguf import why_not, write_lora_gguf
 
     if not cfg.export.lora_gguf:
         possible = len(adapters) == 1 and not why_not(adapters[0])
@@ -181,7 +180,6 @@ def _lora_gguf(cfg: RunConfig, plan, adapters, merged: Path, run: StageRun, scra
                       + ". The merged GGUF files carry the same model.")
         run.extra["lora_gguf"] = {"written": False, "reasons": reasons}
         return run.extra["lora_gguf"]
-    from bbjtune.export.gguf import write_gguf
 
     with run.timed("lora_gguf"), console.status("writing the GGUF LoRA adapter and its base"):
         lora_path = write_lora_gguf(adapters[0].directory, cfg.export_dir / f"{cfg.name}.lora.gguf", name=cfg.name)
@@ -191,7 +189,6 @@ def _lora_gguf(cfg: RunConfig, plan, adapters, merged: Path, run: StageRun, scra
     if cfg.export.verify:
         merged_f16 = gguf_path(cfg, "f16") if (gguf_path(cfg, "f16")).exists() else None
         if merged_f16:
-            from bbjtune.export.verify import compare_lora_with_merged
             result.update(compare_lora_with_merged(base_path, lora_path, merged_f16, threads=cfg.export.threads))
     run.outputs += [lora_path.name, base_path.name]
     run.extra["lora_gguf"] = result
@@ -201,12 +198,10 @@ def _lora_gguf(cfg: RunConfig, plan, adapters, merged: Path, run: StageRun, scra
 
 def _base_checkpoint_dir(plan, scratch: Path) -> Path:
     """The base as a safetensors directory (GGUF and hub bases are saved to scratch first)."""
-    from bbjtune.models.loading import resolve_source
 
     source = resolve_source(plan.base)
     if source.kind in ("local", "tiny"):
         return source.path
-    from bbjtune.export.merge import MergePlan, merge
     return merge(MergePlan(base=plan.base, adapters=[], tokenizer=plan.tokenizer, chat=plan.chat), scratch / "base")
 
 
@@ -224,7 +219,6 @@ def ollama_quant(wanted: str, report: dict[str, Any] | None, sizes: dict[str, in
 
 
 def _write_modelfile(cfg: RunConfig, plan, run: StageRun, report: dict[str, Any] | None = None) -> None:
-    from bbjtune.export.modelfile import ollama_model_name, write_modelfile
 
     o = cfg.export.ollama
     name = ollama_model_name(cfg.name, o.model_name)
@@ -243,7 +237,6 @@ def _write_modelfile(cfg: RunConfig, plan, run: StageRun, report: dict[str, Any]
 
 
 def _write_vllm(cfg: RunConfig, plan, adapters, run: StageRun) -> None:
-    from bbjtune.export.vllm import explain, plan_vllm
 
     v = cfg.export.vllm
     vplan = plan_vllm(adapters[-1] if adapters else None, plan.base, served_name=v.served_name or f"bbj-{cfg.name}",

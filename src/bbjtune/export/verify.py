@@ -20,6 +20,7 @@ import numpy as np
 
 from bbjtune.errors import BbjtuneError
 from bbjtune.export.quantize import quiet_llama_logs, require_llama_cpp
+from bbjtune.models import load_model, load_tokenizer
 from bbjtune.models.chat_template import ENDOFTEXT, IM_END, render_chatml
 
 
@@ -92,7 +93,6 @@ def hf_reference(model_dir: str | Path, greedy_tokens: int = 16) -> Reference:
     """Run the merged HF model on the fixed prompts (float32, CPU)."""
     import torch
 
-    from bbjtune.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(str(model_dir))
     model = load_model(str(model_dir), dtype="float32").eval()

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bbjtune.errors import BbjtuneError
+from bbjtune.models import load_model, load_tokenizer
 from bbjtune.models.chat_template import ENDOFTEXT, IM_END, render_chatml
+from bbjtune.models.trained import load_trained
 
 STOP_TOKENS = (IM_END, ENDOFTEXT)
 SMALL_MODEL_PARAMS = 100_000_000  # below this, CPU generation runs single-threaded
@@ -107,7 +109,6 @@ class TransformersBackend:
         """A model from any source bbjtune accepts, with an optional LoRA adapter applied on top."""
         import torch
 
-        from bbjtune.models import load_model, load_tokenizer
 
         device_map = "auto" if torch.cuda.is_available() else None
         model = load_model(source, dtype=dtype, device_map=device_map)
@@ -122,7 +123,6 @@ class TransformersBackend:
         """The fine-tuned model described by a train run's trained.json (or its run directory)."""
         import torch
 
-        from bbjtune.models.trained import load_trained
 
         device_map = "auto" if torch.cuda.is_available() else None
         model, tok = load_trained(trained, dtype=dtype, device_map=device_map, merge=True)
@@ -254,35 +254,6 @@ def apply_adapter(model: Any, adapter: str) -> Any:
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         return peft_model
     return peft_model.merge_and_unload()
-
-
-# ----------------------------------------------------------------------------- choosing a backend
-
-def make_backend(kind: str, *, model: str | None = None, adapter: str | None = None, trained: str | None = None,
-                 tokenizer: str | None = None, dtype: str = "auto", batch_size: int = 16,
-                 base_url: str | None = None, api_model: str | None = None, timeout_s: float = 120.0,
-                 retries: int = 3, concurrency: int = 8, n_ctx: int = 8192, threads: int | None = None) -> Backend:
-    """Build the backend a config or the command line asks for (loading the model when local)."""
-    if kind == "transformers":
-        if trained:
-            return TransformersBackend.from_trained(trained, dtype=dtype, batch_size=batch_size)
-        if not model:
-            raise BbjtuneError("no model to evaluate", "pass --model (a hub id, directory, .gguf or tiny:demo) or a config")
-        return TransformersBackend.load(model, adapter=adapter, tokenizer=tokenizer, dtype=dtype, batch_size=batch_size)
-    if kind == "http":
-        from bbjtune.models.generate_http import HttpBackend
-
-        if not base_url:
-            raise BbjtuneError("the http backend needs a server address",
-                               "pass --base-url, e.g. http://127.0.0.1:11434/v1 (Ollama) or http://127.0.0.1:8000/v1 (vLLM)")
-        return HttpBackend(base_url, api_model or model, timeout_s=timeout_s, retries=retries, concurrency=concurrency)
-    if kind == "gguf":
-        from bbjtune.models.generate_gguf import GgufBackend
-
-        if not model:
-            raise BbjtuneError("the gguf backend needs a .gguf file", "pass --model path/to/model.gguf")
-        return GgufBackend(model, n_ctx=n_ctx, n_threads=threads)
-    raise BbjtuneError(f"unknown backend '{kind}'", "use transformers, http or gguf")
 
 
 ProgressCallback = Callable[[int], None]

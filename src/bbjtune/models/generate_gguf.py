@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bbjtune.errors import BbjtuneError
-from bbjtune.models.generate import STOP_TOKENS, Completion, Request, Sampling, truncate_at_stop
 from bbjtune.models.chat_template import render_chatml
+from bbjtune.models.generate import STOP_TOKENS, Completion, Request, Sampling, truncate_at_stop
 
 
 class GgufBackend:

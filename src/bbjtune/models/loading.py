@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bbjtune.errors import BbjtuneError
+from bbjtune.models.tiny import build_tiny
 
 SourceKind = Literal["tiny", "gguf", "local", "hub"]
 HUB_HOST = "huggingface.co"
@@ -45,7 +46,6 @@ def resolve_source(spec: str) -> ModelSource:
     if not spec:
         raise BbjtuneError("the model source is empty", "set model.source to a hub id, a directory, a .gguf or tiny:demo")
     if spec.startswith("tiny:"):
-        from bbjtune.models.tiny import build_tiny
         return ModelSource("tiny", spec, build_tiny(spec))
     path = Path(spec).expanduser()
     looks_local = spec.startswith((".", "/", "~")) or spec.lower().endswith(".gguf") or path.exists() \

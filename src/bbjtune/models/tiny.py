@@ -120,7 +120,16 @@ def build_tiny(source: str = "tiny:test", cache_dir: Path | None = None) -> Path
 
 
 def _build_tokenizer(corpus: list[str], model_vocab: int):
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     n_added = len(QWEN_SPECIAL_TOKENS) + len(QWEN_PLAIN_ADDED_TOKENS) + len(QWEN_FIM_TOKENS)

@@ -19,6 +19,7 @@ from typing import Any
 
 from bbjtune.artifacts import atomic_write_json
 from bbjtune.errors import BbjtuneError
+from bbjtune.models import load_model, load_tokenizer
 
 TRAINED_NAME = "trained.json"
 
@@ -123,7 +124,6 @@ def load_trained(path: str | Path, dtype: str = "auto", device_map: Any = None, 
     from peft import PeftModel
     from transformers import GenerationConfig
 
-    from bbjtune.models import load_model, load_tokenizer
 
     trained = read_trained(path)
     model = load_model(trained.base_model, dtype=dtype, device_map=device_map, quantization=quantization)

@@ -15,6 +15,12 @@ import typer
 from typer.core import TyperGroup
 
 from bbjtune.errors import BbjtuneError
+from bbjtune.review.app import create_app
+from bbjtune.review.items import pair_runs
+from bbjtune.review.results import export_ratings, find_database, write_results
+from bbjtune.review.security import LOOPBACK_HOSTS, is_loopback, new_token
+from bbjtune.review.storage import ReviewStore
+from bbjtune.review_summary import DB_NAME, RESULTS_NAME, format_summary
 
 DEFAULT_PORT = 8765
 
@@ -82,11 +88,6 @@ def start(
         raise BbjtuneError(f"the review page needs {exc.name}, which is not installed",
                            "pip install 'bbjtune[review]' (or run `make install`)") from exc
 
-    from bbjtune.review.app import create_app
-    from bbjtune.review.items import pair_runs
-    from bbjtune.review.results import DB_NAME, RESULTS_NAME, write_results
-    from bbjtune.review.security import LOOPBACK_HOSTS, is_loopback, new_token
-    from bbjtune.review.storage import ReviewStore
 
     review = pair_runs(run_a, run_b)
     db_path = db or _review_dir_for(run_b) / DB_NAME
@@ -151,8 +152,6 @@ def export(
         "--all-versions", help="Also export ratings of answers that changed since (not counted in results).")] = False,
 ) -> None:
     """Write every rating to ratings.jsonl / ratings.csv, rewrite results.json, and print the results."""
-    from bbjtune.review.results import export_ratings, find_database, format_summary, write_results
-    from bbjtune.review.storage import ReviewStore
 
     formats = tuple(f.strip().lower() for f in format.split(",") if f.strip())
     unknown = set(formats) - {"jsonl", "csv"}

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
+from bbjtune.bbj import check_source
+
 KEYWORDS = frozenset("""
     and begin break bye call callback case cast chdir class classend close continue data declare def
     default delete dim disable dread drop dump else enable end endif enter erase escape execute exit
@@ -135,11 +137,7 @@ def split_answer(output: str, code: str = "") -> list[Segment]:
 
 @functools.lru_cache(maxsize=4096)
 def _diagnostics(code: str) -> tuple | None:
-    """The checker's diagnostics for a code block, or None when the checker is not installed."""
-    try:
-        from bbjtune.bbj import check_source
-    except ImportError:
-        return None
+    """The checker's diagnostics for a code block."""
     return tuple(check_source(code))
 
 

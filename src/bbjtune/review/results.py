@@ -1,5 +1,6 @@
 """Review results: the summary `bbjtune eval compare` merges, and exports of every rating.
 
+Reading and printing the summary is `bbjtune.review_summary` (evaluation reads it too).
 `results.json` (in the review folder, `eval/review/` beside the evaluated runs) looks like
 
     {"kind": "bbjtune-review", "version": 1, "updated": "...",
@@ -18,19 +19,14 @@ with a 95% Wilson interval; see `stats.py` for why.
 from __future__ import annotations
 
 import csv
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 from bbjtune.artifacts import atomic_open, atomic_write_json, atomic_write_jsonl
-from bbjtune.errors import BbjtuneError
 from bbjtune.review import stats
 from bbjtune.review.storage import CRITERIA, ReviewStore
+from bbjtune.review_summary import DB_NAME, RESULTS_NAME, SUMMARY_KIND, candidates
 
-RESULTS_NAME = "results.json"
-DB_NAME = "ratings.sqlite"
-REVIEW_DIR_NAME = "review"
-SUMMARY_KIND = "bbjtune-review"
 METHOD = ("win_rate: share of prompts where reviewers preferred run B's answer over run A's; a tie counts "
           "half; several reviewers of one prompt are averaged; 95% Wilson score interval over prompts. "
           "decisive_rate: B's share of the ratings that were not ties.")
@@ -65,37 +61,6 @@ def write_results(store: ReviewStore, review_dir: str | Path) -> dict:
     summary = build_summary(store)
     atomic_write_json(Path(review_dir) / RESULTS_NAME, summary)
     return summary
-
-
-# ----------------------------------------------------------------------------- text
-
-def _percent(value: float | None) -> str:
-    return "   –  " if value is None else f"{100 * value:5.1f}%"
-
-
-def _row(name: str, r: dict) -> str:
-    interval = "" if r["win_rate"] is None else f"[{_percent(r['ci_low']).strip()} – {_percent(r['ci_high']).strip()}]"
-    return (f"  {name[:28]:28s} {_percent(r['win_rate'])} {interval:17s} "
-            f"{r['wins']:4d} won {r['losses']:4d} lost {r['ties']:4d} tied  ({r['n_prompts']} prompts)")
-
-
-def format_summary(summary: dict) -> str:
-    """The results as a small text table (the terminal; eval compare may show it in its report)."""
-    a, b = summary["runs"]["a"]["label"], summary["runs"]["b"]["label"]
-    lines = [f"{b} vs {a}: win rate of {b} (ties count half), 95% interval",
-             f"  {summary['n_rated_items']} of {summary['n_items']} prompts rated by "
-             f"{len(summary['reviewers'])} reviewer(s)",
-             _row("all prompts", summary["overall"])]
-    for title, key in (("by category", "by_category"), ("by generation", "by_generation"),
-                       ("by reviewer", "by_reviewer")):
-        if summary[key]:
-            lines.append(f" {title}:")
-            lines.extend(_row(name, r) for name, r in summary[key].items())
-    scores = summary["scores"]
-    if any(s["n"] for s in scores.values()):
-        lines.append(f" mean scores (1-5)  {a} -> {b}:")
-        lines.extend(f"  {name:28s} {s['a']:.2f} -> {s['b']:.2f}" for name, s in scores.items() if s["n"])
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- export
@@ -149,46 +114,10 @@ def export_ratings(store: ReviewStore, out_dir: str | Path, formats: tuple[str, 
     return written
 
 
-# ----------------------------------------------------------------------------- the hook for eval compare
-
-def _candidates(path: Path, name: str) -> list[Path]:
-    """Where `name` may be, from the file itself, the review folder, an eval run folder
-    (eval/<label>/ -> eval/review/) or the eval folder (eval/ -> eval/review/)."""
-    folder = path.parent if path.is_file() else path
-    found = [path] if path.is_file() and (path.name == name or name == DB_NAME) else []
-    for candidate in (folder / name, folder / REVIEW_DIR_NAME / name, folder.parent / REVIEW_DIR_NAME / name):
-        if candidate.is_file() and candidate not in found:
-            found.append(candidate)
-    return found
-
-
 def find_database(path: str | Path) -> Path | None:
     """The review database for a ratings.sqlite path, a review folder, an eval run folder or eval folder."""
     path = Path(path)
     if path.is_file():
         return path
-    found = _candidates(path, DB_NAME)
+    found = candidates(path, DB_NAME)
     return found[0] if found else None
-
-
-def load_review_summary(path: str | Path) -> dict | None:
-    """The human review summary for an evaluation, or None when nobody has reviewed it.
-
-    `path` may be the review's results.json, the review folder, an evaluation run folder
-    (eval/<label>/, or a file in it) or the eval folder: the summary is looked for in the folder
-    itself, then in `review/` below it, then in `review/` beside it. The summary's runs.a / runs.b
-    labels say which runs were compared; run B is the one whose win rate is reported.
-    A review that nobody has rated yet counts as absent. Raises BbjtuneError when a summary file
-    exists but cannot be read.
-    """
-    for candidate in _candidates(Path(path), RESULTS_NAME):
-        try:
-            summary = json.loads(candidate.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise BbjtuneError(f"{candidate} is not valid JSON (line {exc.lineno})",
-                               "rewrite it with `bbjtune review export` on its review folder") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BbjtuneError(f"cannot read {candidate}: {exc}", "check the file and its permissions") from exc
-        if isinstance(summary, dict) and summary.get("kind") == SUMMARY_KIND:
-            return summary if summary.get("overall", {}).get("n_ratings") else None
-    return None

@@ -22,6 +22,9 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from bbjtune.errors import BbjtuneError
+from bbjtune.models import load_model, resolve_source
+from bbjtune.models.loading import torch_dtype
+from bbjtune.train.lora import wants_chat_token_training
 
 if TYPE_CHECKING:
     from bbjtune.config import RunConfig
@@ -64,7 +67,6 @@ def check_launch(cfg: RunConfig, stages: list[str]) -> None:
       ("Must flatten tensors with uniform requires_grad"). With true, stage 2 trained on its own, while
       both stages in one launch failed in stage 2's forward.
     """
-    from bbjtune.train.sft import wants_chat_token_training
 
     fsdp = _launched_with("FSDP")
     chat_tokens = "sft" in stages and wants_chat_token_training(cfg) and not cfg.train.sft.train_embeddings
@@ -147,7 +149,6 @@ def training_device_map(quantized: bool) -> Any:
 
 def load_hf(source: str, cfg: Any) -> Any:
     """A causal LM ready for peft: 16-bit, or 4-bit nf4 (QLoRA) when the config asks for it."""
-    from bbjtune.models import load_model
 
     quantization = cfg.train.quantization if cfg.train.quantization.load_in_4bit else None
     return load_model(source, dtype=cfg.model.dtype, quantization=quantization,
@@ -159,8 +160,6 @@ def load_unsloth(source: str, cfg: Any, stage_cfg: Any, lora: dict[str, Any]) ->
     """The Unsloth path, as Unsloth documents it: FastLanguageModel + get_peft_model (LoRA applied)."""
     from unsloth import FastLanguageModel
 
-    from bbjtune.models import resolve_source
-    from bbjtune.models.loading import torch_dtype
 
     if lora.get("use_dora"):
         raise BbjtuneError("the unsloth backend does not train DoRA adapters",

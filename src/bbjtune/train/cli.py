@@ -6,6 +6,10 @@ from typing import Annotated
 
 import typer
 
+from bbjtune.config import load_config
+from bbjtune.errors import BbjtuneError
+from bbjtune.train.job import is_main_process
+
 
 def train(
     config: Annotated[str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")],
@@ -39,10 +43,8 @@ def train(
     """
     from rich.console import Console
 
-    from bbjtune.config import load_config
-    from bbjtune.errors import BbjtuneError
-    from bbjtune.train.trainer import is_main_process
-    from bbjtune.train.stage import run_stage
+
+    from bbjtune.train.stage import run_stage  # loads transformers: only when the verb runs, never for --help
 
     if resume and restart:
         raise BbjtuneError("--resume and --restart contradict each other", "pick one")

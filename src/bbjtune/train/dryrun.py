@@ -16,8 +16,12 @@ from rich.table import Table
 from rich.text import Text
 
 from bbjtune.config import RunConfig
+from bbjtune.models.architecture import Architecture, known_architecture, model_config
 from bbjtune.models.chat_template import ENDOFTEXT
+from bbjtune.train import backends
 from bbjtune.train.inputs import TrainingData
+from bbjtune.train.memory import GiB, estimate_for_config
+from bbjtune.train.model_io import load_training_tokenizer
 
 TRAINED_STYLE = "bold black on green3"
 CONTEXT_STYLE = "grey50"
@@ -65,8 +69,6 @@ def packed_rows(lengths: list[int], max_length: int) -> int:
 
 
 def show_dry_run(cfg: RunConfig, stages: list[str], data: TrainingData, console: Console) -> None:
-    from bbjtune.train import backends
-    from bbjtune.train.trainer import load_training_tokenizer
 
     console.rule(f"[bold]bbjtune train --dry-run[/] {cfg.name}")
     wanted = cfg.train.backend
@@ -144,12 +146,10 @@ def _show_cpt(cfg: RunConfig, data: TrainingData, tokenizer: Any, console: Conso
 
 
 def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Console) -> None:
-    from bbjtune.train.memory import GiB, Architecture, estimate_for_config, known_architecture
 
     arch = known_architecture(cfg.model.source)
     if arch is None:
         try:
-            from bbjtune.train.trainer import model_config
 
             arch = Architecture.from_config(model_config(cfg.model.source))
         except Exception as exc:  # noqa: BLE001 — the estimate is optional: say why it is missing

@@ -7,13 +7,13 @@ line number, in the first second, not after the model has loaded.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bbjtune.artifacts import read_jsonl
+from bbjtune.bbj import extract_code_blocks
 from bbjtune.errors import BbjtuneError
 
 ROLES = {"system", "user", "assistant", "tool"}
@@ -56,7 +56,6 @@ class TrainingData:
 
     def heldout_code(self) -> list[str]:
         """The code blocks of the held-out answers: stage 1's evaluation set (BBj the model has not seen)."""
-        from bbjtune.bbj import extract_code_blocks
 
         return [block.code for c in self.heldout for m in c if m["role"] == "assistant"
                 for block in extract_code_blocks(m["content"]) if block.fenced and block.code.strip()]

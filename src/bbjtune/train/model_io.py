@@ -10,6 +10,7 @@ from bbjtune.errors import BbjtuneError
 from bbjtune.models import load_tokenizer
 from bbjtune.models.chat_template import ENDOFTEXT, IM_END, install_training_template
 
+
 def load_training_tokenizer(source: str):
     """The source's tokenizer with the ChatML template that carries the loss markers."""
     tokenizer = load_tokenizer(source)

@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from bbjtune.errors import BbjtuneError
+
 
 @dataclass
 class PackedRowsCollator:
@@ -90,7 +92,6 @@ def check_one_row_batches(trainer: Any) -> None:
     one row with position ids and no attention mask (Unsloth derives the boundaries from them). A
     future Unsloth that batches packed rows any other way would let examples see each other.
     """
-    from bbjtune.errors import BbjtuneError
 
     dataset = trainer.train_dataset
     batch = trainer.data_collator([dataset[i] for i in range(min(2, len(dataset)))])

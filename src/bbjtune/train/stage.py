@@ -20,7 +20,13 @@ from rich.console import Console
 from bbjtune.artifacts import MANIFEST_NAME, StageRun, sha256_file
 from bbjtune.config import RunConfig
 from bbjtune.errors import BbjtuneError
+from bbjtune.models.trained import write_trained
+from bbjtune.train import backends, cpt, sft
+from bbjtune.train.dryrun import show_dry_run
 from bbjtune.train.inputs import TrainingData, load_training_data
+from bbjtune.train.job import StageJob, is_main_process
+from bbjtune.train.modelcard import write_model_card
+from bbjtune.train.trainer import configure_torch
 
 STAGES = ("cpt", "sft")
 
@@ -37,11 +43,9 @@ def run_stage(cfg: RunConfig, stages: list[str] | None = None, resume: str = "au
     if not stages:
         raise BbjtuneError("no training stage is enabled", "enable train.cpt or train.sft, or pick --stage")
     data = load_training_data(cfg.data_dir, stages)
-    from bbjtune.train import backends
 
     backends.check_launch(cfg, stages)  # a dry run under accelerate launch says the same as the real one
     if dry_run:
-        from bbjtune.train.dryrun import show_dry_run
 
         show_dry_run(cfg, stages, data, console)
         return cfg.train_dir
@@ -50,21 +54,20 @@ def run_stage(cfg: RunConfig, stages: list[str] | None = None, resume: str = "au
     backend = backends.choose_backend(cfg.train.backend)
     if backend == "unsloth":
         backends.import_unsloth_first()
-    from bbjtune.train import recipe
 
-    recipe.configure_torch(cfg)
+    configure_torch(cfg)
     console.print(f"training {' → '.join(stages)} on {cfg.model.source} with the {backend} backend "
                   f"({'QLoRA 4-bit' if cfg.train.quantization.load_in_4bit else cfg.model.dtype}); "
                   f"writing to {cfg.train_dir}")
     chained = "cpt" in cfg.train_stages or "cpt" in stages  # stage 2 then starts from stage 1's merged model
     results: dict[str, dict[str, Any]] = {}
     for stage in stages:
-        job = recipe.StageJob(cfg=cfg, stage=stage, base_source=base_for(cfg, stage, chained), backend=backend,
+        job = StageJob(cfg=cfg, stage=stage, base_source=base_for(cfg, stage, chained), backend=backend,
                               console=console, resume=resume, data_fingerprint=data_fingerprint(cfg, stage, chained))
         if stage == "sft" and chained:
             console.print(f"stage 2 starts from stage 1's merged model {job.base_source}")
         results[stage] = _run_one(job, data)
-    if recipe.is_main_process():
+    if is_main_process():
         _write_handle(cfg, stages[-1], results[stages[-1]], data, chained)
     return cfg.train_dir
 
@@ -108,14 +111,11 @@ class _Record(StageRun):
     """The stage's manifest; only the main process writes it under `accelerate launch`."""
 
     def write_manifest(self, status: str) -> Path:
-        from bbjtune.train.trainer import is_main_process
 
         return super().write_manifest(status) if is_main_process() else self.dir / MANIFEST_NAME
 
 
 def _run_one(job: Any, data: TrainingData) -> dict[str, Any]:
-    from bbjtune.train import cpt, recipe, sft
-    from bbjtune.train.modelcard import write_model_card
 
     if _is_done(job):
         manifest = _manifest(job.out_dir)
@@ -131,10 +131,10 @@ def _run_one(job: Any, data: TrainingData) -> dict[str, Any]:
         run.metrics.update(result["metrics"])
         run.extra["lora"] = result["lora"]
         run.outputs += [str(job.adapter_dir)] + ([str(job.out_dir / "merged")] if job.stage == "cpt" else [])
-        if recipe.is_main_process():
+        if is_main_process():
             write_model_card(job.adapter_dir / "README.md", cfg=job.cfg, stage=job.stage, base_model=job.base_source,
                              metrics=result["metrics"], lora=result["lora"], inputs=run.inputs, backend=job.backend)
-    if recipe.is_main_process() and not job.cfg.train.keep_checkpoints:
+    if is_main_process() and not job.cfg.train.keep_checkpoints:
         shutil.rmtree(job.checkpoints_dir, ignore_errors=True)
     _summarize(job, result["metrics"])
     return result
@@ -159,7 +159,6 @@ def _summarize(job: Any, metrics: dict[str, Any]) -> None:
 
 
 def _write_handle(cfg: RunConfig, last_stage: str, result: dict[str, Any], data: TrainingData, chained: bool) -> Path:
-    from bbjtune.models.trained import write_trained
 
     stage_dir = cfg.train_dir / last_stage
     base = base_for(cfg, last_stage, chained)

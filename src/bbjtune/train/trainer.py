@@ -26,7 +26,6 @@ from bbjtune.train.job import StageJob, TrainingStopped, is_main_process
 from bbjtune.train.lora import peft_config
 from bbjtune.train.packing import install_collator
 
-
 # ----------------------------------------------------------------------------- environment
 
 def configure_torch(cfg: RunConfig) -> None:
