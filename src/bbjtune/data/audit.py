@@ -7,14 +7,12 @@ The same figures serve `bbjtune data audit` (before anything is changed) and `bb
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bbjtune.data.clean import DEDUPE_REASONS, FILTER_REASONS
-
-if TYPE_CHECKING:
-    from bbjtune.data.stage import Analysis, Written
+from bbjtune.data.outcome import Analysis, Written
 
 MAX_SHOWN = 20
 HISTOGRAM_BINS = 30

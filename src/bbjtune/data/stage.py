@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +37,9 @@ from bbjtune.data.audit import build_audit
 from bbjtune.data.chatml import Rejection, example_id, read_raw_line
 from bbjtune.data.clean import Decision, ExampleInfo, filter_and_dedupe
 from bbjtune.data.cpt import CptCorpus, find_sources
+from bbjtune.data.outcome import Analysis, Outcome, Written
 from bbjtune.data.report import write_report
-from bbjtune.data.scan import ScanOptions, ScanResult, answer_bbj_blocks, scan_chatml
+from bbjtune.data.scan import ScanOptions, answer_bbj_blocks, scan_chatml
 from bbjtune.data.split import ContaminationIndex, split_heldout
 from bbjtune.data.tokens import TokenCounter
 from bbjtune.errors import BbjtuneError
@@ -49,32 +49,6 @@ OVERLAPS_HELDOUT = "overlaps-heldout"
 OVERLAPS_EVAL = "overlaps-eval"
 PARALLEL_FROM_BYTES = 4 << 20  # below this, starting worker processes costs more than it saves
 OUTPUTS = ("train.jsonl", "heldout.jsonl", "cpt.jsonl", "rejected.jsonl", "audit.json", "report.html")
-
-
-@dataclass
-class Analysis:
-    """The outcome of the scan and the filters: what an audit shows, and what prepare builds on."""
-
-    cfg: RunConfig
-    chatml_files: list[Path]
-    tokens: TokenCounter
-    max_length: int
-    scan: ScanResult
-    decisions: list[Decision]
-    system_prompt: str | None
-    system_prompt_added: int = 0
-
-    @property
-    def rejected_indexes(self) -> set[int]:
-        return {d.index for d in self.decisions}
-
-
-@dataclass
-class Outcome:
-    out_dir: Path
-    audit: dict[str, Any]
-    rejected: int
-    counts: dict[str, Any] = field(default_factory=dict)
 
 
 def run_stage(cfg: RunConfig) -> Path:
@@ -222,22 +196,6 @@ def prepare(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Con
     return Outcome(out_dir, report, report["rejected"]["total"],
                    {"train": written.train, "heldout": written.heldout, "cpt_chunks": written.cpt.stats.chunks,
                     "replay": replayed.kept if replayed else 0})
-
-
-@dataclass
-class Written:
-    """What the writing pass produced (audit.py turns it into figures)."""
-
-    train: int
-    heldout: int
-    heldout_indexes: set[int]
-    contaminated: list[Decision]
-    cpt: Any  # CptCorpus
-    rejections: list[Rejection]
-    split_by_category: dict[str, dict[str, int]]
-    eval_prompts: int
-    straddling_prompts: int
-    replay: replay.ReplayResult | None = None  # when data.replay gave files
 
 
 def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: list[tuple[str, str]],
