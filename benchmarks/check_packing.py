@@ -39,7 +39,10 @@ def trainer_batch(model_dir: str, backend: str, dtype: str, work: Path) -> tuple
     from rich.console import Console
 
     from bbjtune.config import validate_config
-    from bbjtune.train import recipe, sft
+    from bbjtune.train import sft
+    from bbjtune.train.job import StageJob
+    from bbjtune.train.model_io import load_training_tokenizer
+    from bbjtune.train.trainer import configure_torch, make_trainer, training_arguments
     from bbjtune.train.inputs import TrainingData
 
     cfg = validate_config({
@@ -52,14 +55,14 @@ def trainer_batch(model_dir: str, backend: str, dtype: str, work: Path) -> tuple
                           "gradient_accumulation_steps": 1, "packing": True}},
         "export": {"vllm": {"enabled": False}},
     })
-    recipe.configure_torch(cfg)
-    job = recipe.StageJob(cfg=cfg, stage="sft", base_source=model_dir, backend=backend,
+    configure_torch(cfg)
+    job = StageJob(cfg=cfg, stage="sft", base_source=model_dir, backend=backend,
                           console=Console(stderr=True, quiet=True), resume="never")
-    tok = recipe.load_training_tokenizer(model_dir)
+    tok = load_training_tokenizer(model_dir)
     model, peft_settings, _ = sft._setup_model(job, tok)
     train, _ = sft._setup_data(TrainingData(conversations=conversations(16)))
-    args = recipe.sft_config(job, has_eval=False, assistant_only_loss=True, packing_strategy="bfd")
-    trainer = recipe.make_trainer(job, model, tok, args, train, None, peft_settings, callbacks=[])
+    args = training_arguments(job, has_eval=False, assistant_only_loss=True, packing_strategy="bfd")
+    trainer = make_trainer(job, model, tok, args, train, None, peft_settings, callbacks=[])
     return trainer.model, packed_batch(trainer.get_train_dataloader())
 
 

@@ -260,7 +260,13 @@ def run_hf_peft(ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, met
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        BitsAndBytesConfig,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+    )
 
     from bbjtune.models import load_tokenizer
 
@@ -323,9 +329,13 @@ def run_bbjtune(ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, met
 
     from bbjtune.config import validate_config
     from bbjtune.models import load_tokenizer
-    from bbjtune.train import recipe, sft
+    from bbjtune.train import sft
+    from bbjtune.train.job import StageJob
+    from bbjtune.train.model_io import load_training_tokenizer
+    from bbjtune.train.trainer import configure_torch, make_trainer, training_arguments
     from bbjtune.train.inputs import TrainingData
-    from bbjtune.train.memory import Architecture, estimate_for_config
+    from bbjtune.models.architecture import Architecture
+    from bbjtune.train.memory import estimate_for_config
 
     tokenizer = load_tokenizer(str(ckpt))
     cfg = validate_config({
@@ -341,15 +351,15 @@ def run_bbjtune(ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, met
                           "gradient_accumulation_steps": 1, "packing": True, "learning_rate": 2e-4}},
         "export": {"vllm": {"enabled": False}},
     })
-    recipe.configure_torch(cfg)
-    job = recipe.StageJob(cfg=cfg, stage="sft", base_source=str(ckpt), backend=backend,
+    configure_torch(cfg)
+    job = StageJob(cfg=cfg, stage="sft", base_source=str(ckpt), backend=backend,
                           console=Console(stderr=True, quiet=True), resume="never")
-    tok = recipe.load_training_tokenizer(job.base_source)
+    tok = load_training_tokenizer(job.base_source)
     model, peft_settings, _ = sft._setup_model(job, tok)
     data = TrainingData(conversations=conversations_from_rows(rows, tokenizer))
     train_dataset, _ = sft._setup_data(data)
-    args = recipe.sft_config(job, has_eval=False, assistant_only_loss=True, packing_strategy="bfd")
-    trainer = recipe.make_trainer(job, model, tok, args, train_dataset, None, peft_settings, callbacks=[])
+    args = training_arguments(job, has_eval=False, assistant_only_loss=True, packing_strategy="bfd")
+    trainer = make_trainer(job, model, tok, args, train_dataset, None, peft_settings, callbacks=[])
     attach(trainer, meter)
     reset_peak()
     trainer.train()

@@ -5,12 +5,7 @@ import json
 import pytest
 
 from bbjtune.artifacts import (
-    StageRun,
-    atomic_open,
-    atomic_write_json,
-    atomic_write_jsonl,
-    read_manifest,
-    sha256_file,
+    StageRun, atomic_open, atomic_write_json, atomic_write_jsonl, read_manifest, sha256_file,
 )
 from bbjtune.errors import BbjtuneError
 

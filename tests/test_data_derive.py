@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
 
 from bbjtune.data.derive import derive_pairs, documented_methods
 

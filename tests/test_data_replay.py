@@ -118,7 +118,7 @@ def test_shipped_general_prompts_load_and_are_not_benchmark_prompts():
 
 
 def test_prepare_cleans_replay_and_stage_two_mixes_it(tmp_path):
-    from bbjtune.evaluate.humaneval import load_problems
+    from bbjtune.humaneval_problems import load_problems
 
     eval_prompt = json.loads((REPO_ROOT / "evals" / "bbj-core.jsonl").read_text().splitlines()[0])["prompt"]
     humaneval = load_problems(1)[0]["prompt"]

@@ -10,18 +10,9 @@ import numpy as np
 import pytest
 
 from bbjtune.data.chatml import LineProblem, iter_chatml, parse_line
-from bbjtune.data.clean import (
-    ExampleInfo,
-    SimilarityIndex,
-    char_shingles,
-    filter_and_dedupe,
-    fix_literal_escapes,
-    has_literal_escapes,
-    minhash,
-    text_key,
-    truncation_reason,
-    word_shingles,
-)
+from bbjtune.data.clean import (ExampleInfo, SimilarityIndex, char_shingles, filter_and_dedupe,
+                                fix_literal_escapes, has_literal_escapes, minhash, text_key, truncation_reason,
+                                word_shingles)
 from bbjtune.data.cpt import SourceProblem, chunk_text, decode_source, statement_units
 from bbjtune.data.scrub import scrub_text
 from bbjtune.data.split import ContaminationIndex, split_heldout

@@ -5,11 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bbjtune.evaluate.humaneval import (
-    build_program,
-    extract_solution,
-    humaneval_requests,
-    load_problems,
-    score_humaneval,
+    build_program, extract_solution, humaneval_requests, load_problems, score_humaneval,
 )
 from bbjtune.evaluate.sandbox import Limits
 

@@ -9,7 +9,8 @@ import torch
 from export_fixtures import make_padded_vocab_model, make_wide_model
 
 from bbjtune.errors import BbjtuneError
-from bbjtune.export.gguf import read_gguf_metadata, read_vocab, write_gguf
+from bbjtune.export.gguf import read_vocab, write_gguf
+from bbjtune.models.architecture import read_gguf_metadata
 from bbjtune.models import load_model, load_tokenizer
 from bbjtune.models.chat_template import CHATML_TEMPLATE, IM_END, IM_START, render_chatml
 

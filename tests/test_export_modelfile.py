@@ -7,15 +7,8 @@ import pytest
 from bbjtune.errors import BbjtuneError
 from bbjtune.export.gotemplate import GoTemplateError, render_go_template
 from bbjtune.export.modelfile import (
-    CHATML_GO_TEMPLATE,
-    SAMPLE_CONVERSATIONS,
-    build_modelfile,
-    check_template,
-    expected_chatml,
-    ollama_model_name,
-    ollama_values,
-    parse_modelfile,
-    render_fim,
+    CHATML_GO_TEMPLATE, SAMPLE_CONVERSATIONS, build_modelfile, check_template, expected_chatml, ollama_model_name,
+    ollama_values, parse_modelfile, render_fim,
 )
 from bbjtune.models import load_tokenizer
 from bbjtune.models.chat_template import QWEN_DEFAULT_SYSTEM, render_chatml

@@ -11,7 +11,7 @@ from export_fixtures import SYSTEM_PROMPT, make_adapter, make_trained_run
 from bbjtune.artifacts import read_manifest
 from bbjtune.config import load_config
 from bbjtune.errors import BbjtuneError
-from bbjtune.export.gguf import read_gguf_metadata
+from bbjtune.models.architecture import read_gguf_metadata
 from bbjtune.export.gotemplate import render_go_template
 from bbjtune.export.modelfile import ollama_values, parse_modelfile
 from bbjtune.models.chat_template import render_chatml
@@ -146,7 +146,8 @@ def test_unknown_quant_type_is_a_config_error(tmp_path):
 
 
 def test_not_enough_disk_space_is_refused_before_writing(tmp_path, tiny_model_dir):
-    from bbjtune.export.stage import check_disk_space, estimate_parameters
+    from bbjtune.export.stage import check_disk_space
+    from bbjtune.models.architecture import architecture_of
     from bbjtune.models import load_model
 
     with pytest.raises(BbjtuneError, match="not enough disk space"):
@@ -154,7 +155,7 @@ def test_not_enough_disk_space_is_refused_before_writing(tmp_path, tiny_model_di
     check_disk_space(tmp_path / "export", 1000, ["f16"], lora=False)
     assert not (tmp_path / "export").exists()
     model = load_model(str(tiny_model_dir), dtype="float32")
-    assert estimate_parameters(str(tiny_model_dir)) == sum(p.numel() for p in model.parameters())
+    assert architecture_of(str(tiny_model_dir)).params == sum(p.numel() for p in model.parameters())
 
 
 def test_the_modelfile_keeps_its_quant_when_it_passed_verification(exported):
@@ -169,8 +170,8 @@ def test_the_modelfile_keeps_its_quant_when_it_passed_verification(exported):
 def test_a_q4_k_m_that_fails_verification_leaves_ollama_and_serve_on_q8_0(tiny_model_dir, tmp_path, monkeypatch):
     # A real failure: the q4_k_m file is verified against a tolerance no 4-bit file can meet.
     from bbjtune.export import verify
-    from bbjtune.export.cli import modelfile_quant
     from bbjtune.export.stage import run_stage
+    from bbjtune.serve.cli import modelfile_quant
 
     monkeypatch.setitem(verify.TOLERANCES, "q4_k_m",
                         verify.Tolerance(**{**vars(verify.TOLERANCES["q4_k_m"]), "top1": 1.01}))

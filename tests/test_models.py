@@ -9,11 +9,7 @@ import torch
 from bbjtune.errors import BbjtuneError
 from bbjtune.models import load_model, load_tokenizer, resolve_source
 from bbjtune.models.chat_template import (
-    CHATML_TEMPLATE,
-    CHATML_TRAINING_TEMPLATE,
-    IM_END,
-    install_training_template,
-    render_chatml,
+    CHATML_TEMPLATE, CHATML_TRAINING_TEMPLATE, IM_END, install_training_template, render_chatml,
 )
 from bbjtune.models.tiny import QWEN_FIM_TOKENS, QWEN_SPECIAL_TOKENS, build_tiny
 

@@ -16,7 +16,10 @@ QUIET = Console(stderr=True, quiet=True)
 
 
 def test_cpt_trains_on_every_token_and_merges(tmp_path, tiny_model_dir):
-    from bbjtune.train import cpt, recipe
+    from bbjtune.train import cpt
+    from bbjtune.train.job import StageJob
+    from bbjtune.train.model_io import load_training_tokenizer
+    from bbjtune.train.trainer import make_trainer, training_arguments
     from bbjtune.train.inputs import load_training_data
 
     write_data(tmp_path / "data", n_cpt=12)
@@ -24,14 +27,14 @@ def test_cpt_trains_on_every_token_and_merges(tmp_path, tiny_model_dir):
                       train__cpt__learning_rate=1e-2, train__cpt__train_embeddings=True)
     # the prepared rows: every token is a target except the first of each packed document
     data = load_training_data(cfg.data_dir, ["cpt"])
-    job = recipe.StageJob(cfg=cfg, stage="cpt", base_source=cfg.model.source, backend="hf", console=QUIET)
-    tokenizer = recipe.load_training_tokenizer(cfg.model.source)
+    job = StageJob(cfg=cfg, stage="cpt", base_source=cfg.model.source, backend="hf", console=QUIET)
+    tokenizer = load_training_tokenizer(cfg.model.source)
     model, settings, _ = cpt._setup_model(job)
     train, heldout = cpt._setup_data(data)
     assert heldout is not None and len(heldout) == 4  # the held-out answers' code
-    args = recipe.sft_config(job, has_eval=True, dataset_text_field="text", eos_token="<|endoftext|>",
+    args = training_arguments(job, has_eval=True, dataset_text_field="text", eos_token="<|endoftext|>",
                              packing_strategy="bfd_split")
-    trainer = recipe.make_trainer(job, model, tokenizer, args, train, heldout, settings, callbacks=[])
+    trainer = make_trainer(job, model, tokenizer, args, train, heldout, settings, callbacks=[])
     batch = next(iter(trainer.get_train_dataloader()))
     ids, labels, pos = batch["input_ids"], batch["labels"], batch["position_ids"]
     firsts = pos == 0
@@ -66,20 +69,23 @@ def test_cpt_trains_on_every_token_and_merges(tmp_path, tiny_model_dir):
 
 
 def test_cpt_embeddings_train_with_their_own_learning_rate(tmp_path, tiny_model_dir):
-    from bbjtune.train import cpt, recipe
+    from bbjtune.train import cpt
+    from bbjtune.train.job import StageJob
+    from bbjtune.train.model_io import load_training_tokenizer
+    from bbjtune.train.trainer import make_trainer, training_arguments
     from bbjtune.train.inputs import load_training_data
 
     write_data(tmp_path / "data", n_cpt=8)
     cfg = make_config(tmp_path, tiny_model_dir, train__stages="cpt", train__cpt__train_embeddings=True,
                       train__cpt__embedding_learning_rate=1e-3)
     data = load_training_data(cfg.data_dir, ["cpt"])
-    job = recipe.StageJob(cfg=cfg, stage="cpt", base_source=cfg.model.source, backend="hf", console=QUIET)
+    job = StageJob(cfg=cfg, stage="cpt", base_source=cfg.model.source, backend="hf", console=QUIET)
     model, settings, _ = cpt._setup_model(job)
     assert settings["modules_to_save"] == ["embed_tokens"]  # tied lm_head follows the embedding
     train, _ = cpt._setup_data(data)
-    args = recipe.sft_config(job, has_eval=False, dataset_text_field="text", eos_token="<|endoftext|>",
+    args = training_arguments(job, has_eval=False, dataset_text_field="text", eos_token="<|endoftext|>",
                              packing_strategy="bfd_split")
-    trainer = recipe.make_trainer(job, model, recipe.load_training_tokenizer(cfg.model.source), args, train, None,
+    trainer = make_trainer(job, model, load_training_tokenizer(cfg.model.source), args, train, None,
                                   settings, callbacks=[], embedding_lr=1e-3)
     optimizer = trainer.create_optimizer()
     names = {id(p): n for n, p in trainer.model.named_parameters()}
@@ -119,15 +125,18 @@ def test_qlora_on_cpu_with_bitsandbytes(tmp_path, tiny_model_dir):
     pytest.importorskip("bitsandbytes")
     import bitsandbytes as bnb
 
-    from bbjtune.train import recipe, sft
+    from bbjtune.train import sft
+    from bbjtune.train.job import StageJob
+    from bbjtune.train.model_io import load_training_tokenizer
+    from bbjtune.train.trainer import optimizer_name
     from bbjtune.train.inputs import load_training_data
 
     write_data(tmp_path / "data", n_train=12)
     cfg = make_config(tmp_path, tiny_model_dir, train__quantization__load_in_4bit=True,
                       train__optim="paged_adamw_8bit", train__sft__max_steps=6, train__sft__learning_rate=1e-2)
-    assert recipe.optimizer_name(cfg) == "adamw_8bit"  # paging is a GPU feature
-    job = recipe.StageJob(cfg=cfg, stage="sft", base_source=cfg.model.source, backend="hf", console=QUIET)
-    tokenizer = recipe.load_training_tokenizer(cfg.model.source)
+    assert optimizer_name(cfg) == "adamw_8bit"  # paging is a GPU feature
+    job = StageJob(cfg=cfg, stage="sft", base_source=cfg.model.source, backend="hf", console=QUIET)
+    tokenizer = load_training_tokenizer(cfg.model.source)
     model, _, _ = sft._setup_model(job, tokenizer)
     linear = model.model.layers[0].mlp.up_proj
     assert isinstance(linear, bnb.nn.Linear4bit)

@@ -12,7 +12,8 @@ from train_helpers import SYSTEM, make_config, write_data, write_jsonl
 
 from bbjtune.errors import BbjtuneError
 from bbjtune.train.inputs import load_training_data
-from bbjtune.train.memory import QWEN25, Architecture, estimate, known_architecture
+from bbjtune.models.architecture import QWEN25, Architecture, known_architecture
+from bbjtune.train.memory import estimate
 
 # ----------------------------------------------------------------------------- data files
 
@@ -94,7 +95,7 @@ def test_estimate_moves_the_right_way():
 
 def test_dry_run_highlights_the_trained_tokens(tmp_path, tiny_model_dir):
     from bbjtune.train.dryrun import TRAINED_STYLE, render_tokens, tokenize_conversation
-    from bbjtune.train.trainer import load_training_tokenizer
+    from bbjtune.train.model_io import load_training_tokenizer
 
     tokenizer = load_training_tokenizer(str(tiny_model_dir))
     conv = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Print hi"},
@@ -144,7 +145,7 @@ def test_train_help_and_bad_flags():
 # ----------------------------------------------------------------------------- settings that reach the libraries
 
 def test_lora_settings_follow_the_config(tmp_path, tiny_model_dir):
-    from bbjtune.train.trainer import lora_settings, peft_config
+    from bbjtune.train.lora import lora_settings, peft_config
 
     cfg = make_config(tmp_path, tiny_model_dir, train__lora__use_dora=True, train__lora__use_rslora=True,
                       train__lora__r=4, train__lora__alpha=8, train__lora__target_modules=["q_proj", "v_proj"])
@@ -160,14 +161,15 @@ def test_lora_settings_follow_the_config(tmp_path, tiny_model_dir):
 
 
 def test_early_stopping_evaluates_and_saves_in_step(tmp_path, tiny_model_dir):
-    from bbjtune.train.trainer import StageJob, sft_config
+    from bbjtune.train.job import StageJob
+    from bbjtune.train.trainer import training_arguments
 
     cfg = make_config(tmp_path, tiny_model_dir, train__early_stopping_patience=2, train__eval_steps=5,
                       train__sft__lr_scheduler="linear",
                       train__sft__gradient_accumulation_steps=4, train__optim="adamw_torch")
     job = StageJob(cfg=cfg, stage="sft", base_source=cfg.model.source, backend="hf", console=Console(quiet=True))
-    args = sft_config(job, has_eval=True)
+    args = training_arguments(job, has_eval=True)
     assert args.load_best_model_at_end and args.metric_for_best_model == "eval_loss" and not args.greater_is_better
     assert args.eval_strategy == args.save_strategy == "steps" and args.eval_steps == args.save_steps == 5
     assert args.lr_scheduler_type == "linear" and args.gradient_accumulation_steps == 4
-    assert sft_config(job, has_eval=False).eval_strategy == "no"
+    assert training_arguments(job, has_eval=False).eval_strategy == "no"

@@ -11,24 +11,27 @@ from rich.console import Console
 from train_helpers import PAIRS, SYSTEM, conversation, make_config, padding_start, write_data
 
 from bbjtune.models.chat_template import ENDOFTEXT, IM_END, IM_START
-from bbjtune.train import recipe, sft
+from bbjtune.train import sft
+from bbjtune.train.job import StageJob
+from bbjtune.train.model_io import load_training_tokenizer
+from bbjtune.train.trainer import configure_torch, make_trainer, training_arguments
 from bbjtune.train.dryrun import tokenize_conversation
 from bbjtune.train.inputs import load_training_data
 
 
 def build_trainer(cfg, stage="sft", trainer_backend="hf"):
     """The exact trainer `bbjtune train` builds, without training it (the model always loads the hf way)."""
-    recipe.configure_torch(cfg)
+    configure_torch(cfg)
     data = load_training_data(cfg.data_dir, [stage])
-    job = recipe.StageJob(cfg=cfg, stage=stage, base_source=cfg.model.source, backend="hf",
+    job = StageJob(cfg=cfg, stage=stage, base_source=cfg.model.source, backend="hf",
                           console=Console(stderr=True, quiet=True), resume="never")
-    tokenizer = recipe.load_training_tokenizer(job.base_source)
+    tokenizer = load_training_tokenizer(job.base_source)
     model, peft_settings, _ = sft._setup_model(job, tokenizer)
     train_dataset, eval_dataset = sft._setup_data(data)
     job = dataclasses.replace(job, backend=trainer_backend)
-    args = recipe.sft_config(job, has_eval=eval_dataset is not None,
+    args = training_arguments(job, has_eval=eval_dataset is not None,
                              assistant_only_loss=cfg.train.sft.assistant_only_loss, packing_strategy="bfd")
-    return recipe.make_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings, callbacks=[]), data
+    return make_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings, callbacks=[]), data
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from bbjtune.evaluate.cli import eval_app
 from bbjtune.export import cli as export_cli
 from bbjtune.models.inspect import describe_model
 from bbjtune.review.cli import review_app
+from bbjtune.serve.cli import serve_app
 from bbjtune.train import cli as train_cli
 
 HELP = (
@@ -46,8 +47,8 @@ def run(config: ConfigArg, stages: Annotated[str | None, typer.Option(
             help="Comma-separated stages to run (default all): data,train,eval,export.")] = None,
         set_: SetOpt = None) -> None:
     """Run the whole pipeline for CONFIG: prepare data, train, evaluate, export."""
-    from bbjtune.pipeline import parse_stages, run_pipeline  # every stage: only when the verb runs, not for --help
-
+    # the pipeline loads every stage (transformers among them): only when the verb runs, not for --help
+    from bbjtune.pipeline import parse_stages, run_pipeline
 
     cfg = load_config(config, set_)
     outputs = run_pipeline(cfg, parse_stages(stages), console)
@@ -98,7 +99,7 @@ app.command("train")(train_cli.train)
 app.add_typer(data_app, name="data")
 app.add_typer(review_app, name="review")
 app.command("export")(export_cli.export)
-app.add_typer(export_cli.serve_app, name="serve")
+app.add_typer(serve_app, name="serve")
 
 
 def main() -> None:

@@ -150,7 +150,6 @@ def _run_bbjcpl_in_class(text: str, timeout: float, filename: str | None, exe) -
     """bbjcpl on a class member fragment: wrapped in a class, line numbers mapped back."""
     from dataclasses import replace
 
-
     body = text if text.endswith("\n") else text + "\n"
     wrapped = f"class public {FRAGMENT_CLASS}\n{body}classend\n"
     lines = body.splitlines()

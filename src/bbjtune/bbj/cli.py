@@ -45,7 +45,6 @@ line continuations, needs no BBj licence, and can print its findings in bbjcpl -
     import json
     import sys
 
-
     for stream in (sys.stdout, sys.stderr):  # a source line must never crash the output
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")

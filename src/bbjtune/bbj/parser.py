@@ -19,17 +19,8 @@ from .expressions import GLUE_WORDS, Report, SyntaxProblem, describe
 from .lexer import LogicalLine, tokenize
 from .structure import Blocks
 from .verbs import (
-    BARE_VERBS,
-    CHANNEL_OPTIONS,
-    CHANNEL_VERBS,
-    FORBIDDEN_LABELS,
-    GENERIC_VERBS,
-    IO_VERBS,
-    KEYDEF_VERBS,
-    LEADING_COMMA_VERBS,
-    RECORD_VERBS,
-    SPECIAL_VERBS,
-    VERB_OPTIONS,
+    BARE_VERBS, CHANNEL_OPTIONS, CHANNEL_VERBS, FORBIDDEN_LABELS, GENERIC_VERBS, IO_VERBS,
+    KEYDEF_VERBS, LEADING_COMMA_VERBS, RECORD_VERBS, SPECIAL_VERBS, VERB_OPTIONS,
 )
 
 # Statements that are declarations rather than executable code (allowed in a CLASS body).

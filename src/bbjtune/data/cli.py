@@ -54,7 +54,6 @@ problem (a missing file, a bad config), or with --strict the first unusable line
     """
     from rich.console import Console
 
-
     cfg = _config(config, set_, chatml=files, model=model, out=None)
     if max_length:
         cfg.data.max_length = max_length
@@ -92,7 +91,6 @@ complete; see rejected.jsonl); 2 — a usage problem (a missing file or folder, 
     """
     from rich.console import Console
 
-
     if config is None and not chatml and not sources:
         raise BbjtuneError("nothing to prepare", "give a config (bbjtune data prepare quickstart) or --chatml/--sources")
     cfg = _config(config, set_, chatml=chatml, model=model, out=out, sources=sources)
@@ -111,7 +109,6 @@ def derive(sources: Annotated[list[str], typer.Argument(
 method" (from its rem /** ... */ doc comment) and "complete this program". Feed the file to \
 [bold]prepare[/bold] with your other ChatML data; prepare deduplicates and decontaminates it."""
     from rich.console import Console
-
 
     files, _ = find_sources(sources)
     n = atomic_write_jsonl(out, derive_pairs(files, system or default_system_prompt()))
@@ -152,7 +149,6 @@ def replay_command(
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 
     cfg = _config(config, set_, chatml=None, model=None, out=None) if config else None
     source = model or (cfg.model.source if cfg else None)

@@ -47,9 +47,9 @@ class DocumentedMethod:
 
 
 def _dedent(lines: list[str]) -> str:
-    indents = [len(l) - len(l.lstrip()) for l in lines if l.strip()]
+    indents = [len(line) - len(line.lstrip()) for line in lines if line.strip()]
     cut = min(indents) if indents else 0
-    return "\n".join(l[cut:] if l.strip() else "" for l in lines).rstrip() + "\n"
+    return "\n".join(line[cut:] if line.strip() else "" for line in lines).rstrip() + "\n"
 
 
 def _parse_doc(lines: list[str]) -> tuple[str, list[tuple[str, str]]]:

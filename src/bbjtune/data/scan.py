@@ -22,16 +22,8 @@ from typing import Any
 from bbjtune.bbj import check_source, extract_code_blocks
 from bbjtune.bbj.extract import BBJ_LANGUAGES, LOOSE_LANGUAGES, looks_like_bbj
 from bbjtune.data.chatml import Example, LineProblem, Rejection, decode_raw, parse_line, read_lines
-from bbjtune.data.clean import (
-    ExampleInfo,
-    char_shingles,
-    fix_literal_escapes,
-    has_literal_escapes,
-    minhash,
-    text_key,
-    truncation_reason,
-    word_shingles,
-)
+from bbjtune.data.clean import (ExampleInfo, char_shingles, fix_literal_escapes, has_literal_escapes, minhash,
+                                text_key, truncation_reason, word_shingles)
 from bbjtune.data.scrub import scrub_text
 from bbjtune.data.tokens import TokenCounter
 from bbjtune.errors import BbjtuneError

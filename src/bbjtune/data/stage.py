@@ -201,8 +201,6 @@ def prepare(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Con
 def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: list[tuple[str, str]],
                    sources: list[Path], skipped: list[str], console: Console,
                    replayed: replay.ReplayResult | None = None) -> Written:
-
-
     d, cfg = a.cfg.data, a.cfg
     by_index = {info.index: info for info in a.scan.infos}
     dropped = a.rejected_indexes

@@ -86,7 +86,6 @@ def eval_run(
     """Evaluate a run (base vs tuned) or one model; answers are saved first, so a killed run resumes."""
     from rich.console import Console
 
-
     console = Console(stderr=True)
     cfg = load_config(config, set_) if config else None
     if set_ and not config:
@@ -126,7 +125,6 @@ def eval_run(
 def _validated_eval(raw: dict[str, Any]) -> Any:
     from pydantic import ValidationError
 
-
     try:
         return EvalConfig.model_validate(raw)
     except ValidationError:
@@ -136,7 +134,6 @@ def _validated_eval(raw: dict[str, Any]) -> Any:
 
 def _eval_one(cfg: Any, ecfg: Any, model: str | None, adapter: str | None, trained: str | None, label: str | None,
               out: Path | None, fresh: bool, console: Any) -> None:
-
     kind = ecfg.backend
     if kind == "transformers" and not (model or trained):
         raise BbjtuneError("no model to evaluate", "pass --model SOURCE (and --adapter DIR), --trained RUN_DIR, or a CONFIG")
@@ -209,7 +206,6 @@ def eval_compare(
     """
     from rich.console import Console
 
-
     if out is None:
         same_run = a.resolve().parent == b.resolve().parent and {a.name, b.name} == {"base", "tuned"}
         out = a.parent / ("compare" if same_run else f"compare-{a.name}-vs-{b.name}")
@@ -229,7 +225,6 @@ def eval_score(
 ) -> None:
     """Score saved answers again (e.g. with the real bbjcpl), without loading the model."""
     from rich.console import Console
-
 
     results = score_dir(directory, compiler=compiler)
     print_summary({results["model"]: results}, None)

@@ -39,7 +39,6 @@ def compile_answer(answer: str, compiler: str = "auto", filename: str = "answer.
 
 
 def compile_code(code: str, compiler: str = "auto", filename: str = "answer.bbj") -> CompileResult:
-
     if not code.strip():
         used = resolve_compiler(compiler)
         return CompileResult(False, used, "no BBj code found in the answer", [], code)

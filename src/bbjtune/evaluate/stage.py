@@ -39,7 +39,6 @@ class ModelPlan:
 
 
 def run_stage(cfg: RunConfig, fresh: bool = False) -> Path:
-
     ecfg = cfg.eval
     out = cfg.eval_dir
     suites = load_suites(ecfg.suites)
@@ -62,7 +61,6 @@ def run_stage(cfg: RunConfig, fresh: bool = False) -> Path:
 
 
 def load_suites(patterns: list[str]) -> list:
-
     paths = expand_globs(patterns)
     if not paths:  # run from another directory: the project's own suites
         paths = expand_globs([str(REPO_ROOT / p) for p in patterns if not Path(p).is_absolute()])
@@ -87,7 +85,6 @@ def humaneval_style(setting: str, model_kind: str) -> str:
 
 
 def plan_models(cfg: RunConfig, trained: Trained | None) -> list[ModelPlan]:
-
     e = cfg.eval
     plans: list[ModelPlan] = []
     if e.backend == "transformers":
@@ -133,7 +130,6 @@ def _describe(spec: dict[str, Any]) -> str:
 
 
 def print_summary(results: dict[str, dict[str, Any]], cmp: dict[str, Any] | None) -> None:
-
     for label, r in results.items():
         k = next(iter(r["compile_at_k"]), None)
         he = (r.get("humaneval") or {}).get("pass_at_1")

@@ -165,5 +165,4 @@ def ollama_model_name(run_name: str, configured: str | None) -> str:
 
 
 def write_modelfile(export_dir: Path, gguf_name: str, **kwargs: Any) -> Path:
-
     return atomic_write_text(export_dir / "Modelfile", build_modelfile(gguf_name, **kwargs))

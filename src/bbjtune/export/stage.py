@@ -51,7 +51,6 @@ def gguf_path(cfg: RunConfig, quant: str) -> Path:
 
 
 def run_stage(cfg: RunConfig) -> Path:
-
     export = cfg.export
     out = cfg.export_dir
     plan = plan_from_trained(cfg.train_dir)
@@ -98,14 +97,12 @@ def run_stage(cfg: RunConfig) -> Path:
 # ----------------------------------------------------------------------------- steps
 
 def _merge(plan, merged_dir: Path, dtype: str) -> None:
-
     merge(plan, merged_dir, dtype=dtype)
 
 
 def _write_ggufs(cfg: RunConfig, merged: Path, run: StageRun, scratch: Path) -> dict[str, Path]:
     """f16/bf16/q8_0 with the gguf package, then the llama.cpp types from an f16 file."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 
     wanted = list(cfg.export.gguf)
     llama_types = [q for q in wanted if q not in WRITER_TYPES]
@@ -142,7 +139,6 @@ def _record(run: StageRun, quant: str, path: Path, t0: float) -> None:
 
 
 def _verify(cfg: RunConfig, merged: Path, ggufs: dict[str, Path], run: StageRun) -> dict[str, Any]:
-
     with run.timed("verify"), console.status("verifying the GGUF files with llama.cpp"):
         report = verify_all(merged, ggufs, threads=cfg.export.threads)
     for quant, r in report["results"].items():
@@ -219,7 +215,6 @@ def ollama_quant(wanted: str, report: dict[str, Any] | None, sizes: dict[str, in
 
 
 def _write_modelfile(cfg: RunConfig, plan, run: StageRun, report: dict[str, Any] | None = None) -> None:
-
     o = cfg.export.ollama
     name = ollama_model_name(cfg.name, o.model_name)
     system = o.system_prompt or plan.system_prompt
@@ -237,7 +232,6 @@ def _write_modelfile(cfg: RunConfig, plan, run: StageRun, report: dict[str, Any]
 
 
 def _write_vllm(cfg: RunConfig, plan, adapters, run: StageRun) -> None:
-
     v = cfg.export.vllm
     vplan = plan_vllm(adapters[-1] if adapters else None, plan.base, served_name=v.served_name or f"bbj-{cfg.name}",
                       max_loras=v.max_loras, max_model_len=v.max_model_len,

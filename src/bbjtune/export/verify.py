@@ -93,7 +93,6 @@ def hf_reference(model_dir: str | Path, greedy_tokens: int = 16) -> Reference:
     """Run the merged HF model on the fixed prompts (float32, CPU)."""
     import torch
 
-
     tokenizer = load_tokenizer(str(model_dir))
     model = load_model(str(model_dir), dtype="float32").eval()
     stop = {tokenizer.convert_tokens_to_ids(t) for t in (IM_END, ENDOFTEXT) if t in tokenizer.get_vocab()}

@@ -62,6 +62,7 @@ class VllmPlan:
                      "max_loras": self.max_loras if self.lora_ok else None, "max_model_len": self.max_model_len},
             "command": shlex.join(cmd) if cmd else None,
             "merged_command": shlex.join(self.merged_command()) if self.merged_dir else None,
+            "explanation": explain(self),  # what `bbjtune serve vllm` prints
             "request_example": (
                 "curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' "
                 f"-d '{{\"model\": \"{self.served_name}\", \"messages\": "

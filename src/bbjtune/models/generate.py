@@ -109,7 +109,6 @@ class TransformersBackend:
         """A model from any source bbjtune accepts, with an optional LoRA adapter applied on top."""
         import torch
 
-
         device_map = "auto" if torch.cuda.is_available() else None
         model = load_model(source, dtype=dtype, device_map=device_map)
         tok_source = tokenizer or (adapter if adapter and _has_tokenizer(adapter) else source)
@@ -122,7 +121,6 @@ class TransformersBackend:
     def from_trained(cls, trained: str | Path, dtype: str = "auto", batch_size: int = 16) -> TransformersBackend:
         """The fine-tuned model described by a train run's trained.json (or its run directory)."""
         import torch
-
 
         device_map = "auto" if torch.cuda.is_available() else None
         model, tok = load_trained(trained, dtype=dtype, device_map=device_map, merge=True)

@@ -124,7 +124,6 @@ def load_trained(path: str | Path, dtype: str = "auto", device_map: Any = None, 
     from peft import PeftModel
     from transformers import GenerationConfig
 
-
     trained = read_trained(path)
     model = load_model(trained.base_model, dtype=dtype, device_map=device_map, quantization=quantization)
     if trained.adapter is not None:

@@ -88,7 +88,6 @@ def start(
         raise BbjtuneError(f"the review page needs {exc.name}, which is not installed",
                            "pip install 'bbjtune[review]' (or run `make install`)") from exc
 
-
     review = pair_runs(run_a, run_b)
     db_path = db or _review_dir_for(run_b) / DB_NAME
     review_dir = db_path.parent

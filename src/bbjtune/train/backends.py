@@ -160,7 +160,6 @@ def load_unsloth(source: str, cfg: Any, stage_cfg: Any, lora: dict[str, Any]) ->
     """The Unsloth path, as Unsloth documents it: FastLanguageModel + get_peft_model (LoRA applied)."""
     from unsloth import FastLanguageModel
 
-
     if lora.get("use_dora"):
         raise BbjtuneError("the unsloth backend does not train DoRA adapters",
                            "set train.lora.use_dora: false, or train.backend: hf")

@@ -43,8 +43,8 @@ def train(
     """
     from rich.console import Console
 
-
-    from bbjtune.train.stage import run_stage  # loads transformers: only when the verb runs, never for --help
+    # the stage loads transformers: only when the verb runs, never for --help
+    from bbjtune.train.stage import run_stage
 
     if resume and restart:
         raise BbjtuneError("--resume and --restart contradict each other", "pick one")

@@ -69,7 +69,6 @@ def packed_rows(lengths: list[int], max_length: int) -> int:
 
 
 def show_dry_run(cfg: RunConfig, stages: list[str], data: TrainingData, console: Console) -> None:
-
     console.rule(f"[bold]bbjtune train --dry-run[/] {cfg.name}")
     wanted = cfg.train.backend
     chosen = "unsloth" if wanted == "unsloth" else ("unsloth" if wanted == "auto" and backends.unsloth_importable()
@@ -146,11 +145,9 @@ def _show_cpt(cfg: RunConfig, data: TrainingData, tokenizer: Any, console: Conso
 
 
 def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Console) -> None:
-
     arch = known_architecture(cfg.model.source)
     if arch is None:
         try:
-
             arch = Architecture.from_config(model_config(cfg.model.source))
         except Exception as exc:  # noqa: BLE001 — the estimate is optional: say why it is missing
             console.print(f"[yellow]memory estimate skipped:[/] cannot read the model's config ({exc})")

@@ -46,7 +46,6 @@ def run_stage(cfg: RunConfig, stages: list[str] | None = None, resume: str = "au
 
     backends.check_launch(cfg, stages)  # a dry run under accelerate launch says the same as the real one
     if dry_run:
-
         show_dry_run(cfg, stages, data, console)
         return cfg.train_dir
 
@@ -111,12 +110,10 @@ class _Record(StageRun):
     """The stage's manifest; only the main process writes it under `accelerate launch`."""
 
     def write_manifest(self, status: str) -> Path:
-
         return super().write_manifest(status) if is_main_process() else self.dir / MANIFEST_NAME
 
 
 def _run_one(job: Any, data: TrainingData) -> dict[str, Any]:
-
     if _is_done(job):
         manifest = _manifest(job.out_dir)
         job.console.print(f"[green]✓[/] {job.stage}: already trained with these settings and data "
@@ -159,7 +156,6 @@ def _summarize(job: Any, metrics: dict[str, Any]) -> None:
 
 
 def _write_handle(cfg: RunConfig, last_stage: str, result: dict[str, Any], data: TrainingData, chained: bool) -> Path:
-
     stage_dir = cfg.train_dir / last_stage
     base = base_for(cfg, last_stage, chained)
     chain = ["cpt", "sft"] if last_stage == "sft" and base != cfg.model.source else [last_stage]

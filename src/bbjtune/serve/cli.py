@@ -1,0 +1,167 @@
+"""`bbjtune serve ollama|vllm|gguf`: run what `bbjtune export` wrote (its files, never its code)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bbjtune.artifacts import read_manifest
+from bbjtune.config import RunConfig, load_config
+from bbjtune.errors import BbjtuneError
+
+ConfigArg = Annotated[str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override one setting, e.g. --set export.ollama.quant=q8_0 (repeatable).")]
+VLLM_FILE = "vllm-lora.json"
+
+serve_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode="rich",
+    help="Run an exported BBj model: in Ollama, in vLLM, or as a local OpenAI-compatible server.\n\n"
+         "Run [bold]bbjtune export CONFIG[/bold] first; these commands use its files.")
+
+
+@serve_app.command("ollama")
+def serve_ollama(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Create the Ollama model from the exported Modelfile (`ollama create`), or show how to.
+
+    When `ollama` is installed on this machine, runs `ollama create NAME -f Modelfile` in the export directory. Otherwise prints the commands to run where Ollama is installed.
+    """
+    cfg = load_config(config, set_)
+    modelfile = cfg.export_dir / "Modelfile"
+    if not modelfile.exists():
+        raise BbjtuneError(f"{modelfile} not found", f"run `bbjtune export {config}` first")
+    gguf = (cfg.export_dir / modelfile_from(modelfile.read_text(encoding="utf-8"))).resolve()
+    if not gguf.exists():
+        raise BbjtuneError(f"the Modelfile points to {gguf}, which does not exist", f"run `bbjtune export {config}` again")
+    name = exported_ollama(cfg).get("model_name") or default_model_name(cfg)
+    command = ["ollama", "create", name, "-f", "Modelfile"]
+    if shutil.which("ollama") is None:
+        typer.echo(f"Ollama is not installed on this machine. Where it is, copy these two files into one folder:\n"
+                   f"  {modelfile}\n  {gguf}\n"
+                   f"and run there:\n  {' '.join(command)}\n  ollama run {name}")
+        return
+    typer.echo(f"running: {' '.join(command)}  (in {cfg.export_dir})", err=True)
+    result = subprocess.run(command, cwd=cfg.export_dir)
+    if result.returncode != 0:
+        raise BbjtuneError(f"`ollama create` failed (exit code {result.returncode})",
+                           "is the Ollama server running (`ollama serve`)? See its message above")
+    typer.echo(f"Created. Try it:  ollama run {name}")
+
+
+@serve_app.command("vllm")
+def serve_vllm(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Print the vLLM launch command the export wrote (vllm-lora.json).
+
+    vLLM serves the base model with the BBj adapter as a LoRA chosen per request. Adapters it cannot load (DoRA, trained embeddings, rank too high) were reported by the export, and the merged model is served instead.
+    """
+    cfg = load_config(config, set_)
+    path = cfg.export_dir / VLLM_FILE
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BbjtuneError(f"{path} not found", f"run `bbjtune export {config}` first") from None
+    except json.JSONDecodeError as exc:
+        raise BbjtuneError(f"{path} is not valid JSON (line {exc.lineno})", f"run `bbjtune export {config}` again") from None
+    typer.echo(plan.get("explanation") or plan.get("command") or "the export found no way to serve this model in vLLM")
+    typer.echo(f"(from {path})", err=True)
+
+
+@serve_app.command("gguf")
+def serve_gguf(
+    target: Annotated[str, typer.Argument(help="A .gguf file, or a config/preset whose export to serve.")],
+    quant: Annotated[str | None, typer.Option(help="Which exported GGUF to serve when TARGET is a config "
+                                                  "(default: the one the Modelfile uses).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on. 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context length in tokens (prompt + answer).")] = 4096,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: llama.cpp's choice).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Serve a GGUF model through an OpenAI-compatible HTTP API (llama.cpp; no Ollama needed).
+
+    Editors, scripts and `bbjtune eval` (eval.backend: http) can then talk to the model at http://HOST:PORT/v1. Stop it with Ctrl-C.
+    """
+    path, alias = _gguf_target(target, quant, set_)
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise BbjtuneError("llama-cpp-python is not installed; it runs the GGUF server",
+                           "pip install 'bbjtune[export]' (compiles llama.cpp once, a few minutes)")
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", alias,
+               "--host", host, "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False"]
+    if threads:
+        command += ["--n_threads", str(threads)]
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: listening on {host}: other machines can reach this server (it has no password)", err=True)
+    typer.echo(f"Serving {path.name} as \"{alias}\" at http://{host}:{port}/v1  (Ctrl-C stops)", err=True)
+    proc = subprocess.Popen(command)
+    # stopping bbjtune stops the server too (a service manager or a test sends SIGTERM, not Ctrl-C)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: proc.terminate())
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=10)
+        return
+    if code in (-signal.SIGTERM, -signal.SIGHUP):
+        return
+    if code != 0:
+        raise BbjtuneError(f"the llama.cpp server stopped with exit code {code}",
+                           f"is port {port} already in use? Choose another with --port")
+
+
+# ----------------------------------------------------------------------------- the export's files
+
+def exported_ollama(cfg: RunConfig) -> dict[str, Any]:
+    """The export manifest's `ollama` block (model_name, quant, modelfile); {} before an export."""
+    try:
+        return read_manifest(cfg.export_dir).get("ollama") or {}
+    except BbjtuneError:   # no export yet, or a damaged manifest: the configured values
+        return {}
+
+
+def modelfile_quant(cfg: RunConfig) -> str:
+    """The GGUF the export's Modelfile points at (a failed q4_k_m falls back to a verified file)."""
+    return exported_ollama(cfg).get("quant") or cfg.export.ollama.quant
+
+
+def default_model_name(cfg: RunConfig) -> str:
+    return (cfg.export.ollama.model_name or f"bbj-{cfg.name}").lower()
+
+
+def exported_gguf(cfg: RunConfig, quant: str) -> Path:
+    """Where the export writes the GGUF of one quant type: <export_dir>/<run name>.<quant>.gguf."""
+    return cfg.export_dir / f"{cfg.name}.{quant}.gguf"
+
+
+def modelfile_from(text: str) -> str:
+    """The file a Modelfile's FROM line names."""
+    m = re.search(r"(?m)^FROM\s+(.+?)\s*$", text)
+    if not m:
+        raise BbjtuneError("the Modelfile has no FROM line", "run `bbjtune export` again")
+    return m.group(1)
+
+
+def _gguf_target(target: str, quant: str | None, overrides: list[str] | None) -> tuple[Path, str]:
+    path = Path(target).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise BbjtuneError(f"{path} does not exist", "give an existing .gguf file, or a config to serve its export")
+        return path, path.name.split(".")[0]
+
+    cfg = load_config(target, overrides)
+    path = exported_gguf(cfg, quant or modelfile_quant(cfg))
+    if not path.exists():
+        made = sorted(p.name for p in cfg.export_dir.glob("*.gguf")) if cfg.export_dir.exists() else []
+        hint = (f"exported files: {', '.join(made)} (choose one with --quant)" if made
+                else f"run `bbjtune export {target}` first")
+        raise BbjtuneError(f"{path} does not exist", hint)
+    return path, exported_ollama(cfg).get("model_name") or default_model_name(cfg)
