@@ -1,6 +1,8 @@
 # bbjtune — the two commands a fresh machine needs:
 #   make demo   create .venv, install, run the whole pipeline on the embedded default (tiny model + examples/)
-#   make test   create/update .venv, install with test extras, run the tests
+#   make test   create/update .venv, install with test extras, lint (ruff check), run the tests
+# and the quick loop while changing code:
+#   make test-fast   lint and the tests that train no model (tests marked slow are left out)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -19,7 +21,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK = 1
 export HF_HUB_DISABLE_TELEMETRY = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: demo test install install-test clean-demo browser-test-deps
+.PHONY: demo test test-fast lint install install-test clean-demo browser-test-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +43,14 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(VENV)/bin/bbjtune run quickstart
 
-test: install-test browser-test-deps
+test: install-test browser-test-deps lint
 	$(PY) -m pytest -q
+
+test-fast: install-test lint
+	$(PY) -m pytest -q -m "not slow and not real and not gpu"
+
+lint: install-test
+	$(PY) -m ruff check .
 
 # The review page's browser test drives Debian's chromium (never Playwright's own download). It is
 # installed here when missing and possible (apt-get as root or with password-less sudo); otherwise

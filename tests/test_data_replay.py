@@ -117,6 +117,7 @@ def test_shipped_general_prompts_load_and_are_not_benchmark_prompts():
     assert [r["id"] for r in rows if index.match(r["prompt"])] == []
 
 
+@pytest.mark.slow  # trains a tiny model
 def test_prepare_cleans_replay_and_stage_two_mixes_it(tmp_path):
     from bbjtune.humaneval_problems import load_problems
 

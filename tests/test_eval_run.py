@@ -214,6 +214,7 @@ def test_eval_help_lists_its_commands_and_routes_to_run():
     assert "--adapter" in run_help.stdout and "--backend" in run_help.stdout
 
 
+@pytest.mark.slow  # trains a tiny model
 def test_the_stage_evaluates_base_and_tuned_and_compares(tmp_path, tiny_model_dir, suite_file):
     from export_fixtures import make_adapter, make_trained_run
 

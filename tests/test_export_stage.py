@@ -16,6 +16,8 @@ from bbjtune.export.gotemplate import render_go_template
 from bbjtune.export.modelfile import ollama_values, parse_modelfile
 from bbjtune.models.chat_template import render_chatml
 
+pytestmark = pytest.mark.slow  # trains tiny models: `make test` runs it, `make test-fast` leaves it out
+
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'bbjtune[export]')")
 
 

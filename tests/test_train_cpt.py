@@ -12,6 +12,8 @@ from train_helpers import make_config, padding_start, write_data
 from bbjtune.models import load_model, load_tokenizer
 from bbjtune.train.stage import run_stage
 
+pytestmark = pytest.mark.slow  # trains tiny models: `make test` runs it, `make test-fast` leaves it out
+
 QUIET = Console(stderr=True, quiet=True)
 
 

@@ -14,6 +14,8 @@ import yaml
 from conftest import REPO_ROOT
 from train_helpers import make_config, write_data
 
+pytestmark = pytest.mark.slow  # trains tiny models: `make test` runs it, `make test-fast` leaves it out
+
 
 def write_config(tmp_path, model_dir, **overrides):
     write_data(tmp_path / "data", n_train=16)

@@ -9,11 +9,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 import yaml
 from conftest import REPO_ROOT, run_cli
 from safetensors.torch import load_file
 from train_helpers import make_config, write_data
+
+pytestmark = pytest.mark.slow  # trains tiny models: `make test` runs it, `make test-fast` leaves it out
 
 
 def write_config(tmp_path, model_dir, data_dir, name):

@@ -18,6 +18,8 @@ from bbjtune.train.trainer import configure_torch, make_trainer, training_argume
 from bbjtune.train.dryrun import tokenize_conversation
 from bbjtune.train.inputs import load_training_data
 
+pytestmark = pytest.mark.slow  # trains tiny models: `make test` runs it, `make test-fast` leaves it out
+
 
 def build_trainer(cfg, stage="sft", trainer_backend="hf"):
     """The exact trainer `bbjtune train` builds, without training it (the model always loads the hf way)."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_text, read_complete_jsonl
 from bbjtune.errors import BbjtuneError
+from bbjtune.evaluate.metrics import PRIMARY, Metric, flat, metric_of
 from bbjtune.evaluate.report import compare_report_html
 from bbjtune.evaluate.run import GENERATIONS_FILE, RESULTS_FILE, SCORES_FILE
 from bbjtune.review_summary import format_summary, load_review_summary
@@ -33,17 +34,10 @@ def _load(directory: Path) -> dict[str, Any]:
         raise BbjtuneError(f"{path} is not valid JSON (line {exc.lineno})", "re-score it: bbjtune eval score DIR") from None
 
 
-def _cell(a: float | None, b: float | None) -> dict[str, Any]:
+def _cell(a: float | None, b: float | None, metric: Metric | None = None) -> dict[str, Any]:
     delta = None if a is None or b is None else round(b - a, 4)
-    return {"a": a, "b": b, "delta": delta, "regression": delta is not None and delta < 0}
-
-
-def _group_metrics(g: dict[str, Any] | None, ks: list[str]) -> dict[str, float | None]:
-    g = g or {}
-    out = {f"compile@{k}": (g.get("compile_at_k") or {}).get(k) for k in ks}
-    out["patterns"] = g.get("patterns_pass_rate")
-    out["factual"] = g.get("factual_accuracy")
-    return out
+    worse = metric.worse(a, b) if metric and delta is not None else delta is not None and delta < 0
+    return {"a": a, "b": b, "delta": delta, "regression": worse}
 
 
 def compare_results(ra: dict[str, Any], rb: dict[str, Any], max_drop_points: float = 5.0) -> dict[str, Any]:
@@ -51,10 +45,9 @@ def compare_results(ra: dict[str, Any], rb: dict[str, Any], max_drop_points: flo
     a, b = ra["model"], rb["model"]
     if a == b:
         a, b = f"{a} (A)", f"{b} (B)"
-    ks = sorted(set(ra.get("compile_at_k", {})) & set(rb.get("compile_at_k", {})), key=int) or ["1"]
-    tiers = {f"compile@{k}": _cell(ra["compile_at_k"].get(k), rb["compile_at_k"].get(k)) for k in ks}
-    tiers["patterns pass rate"] = _cell(ra.get("patterns_pass_rate"), rb.get("patterns_pass_rate"))
-    tiers["factual accuracy"] = _cell(ra.get("factual_accuracy"), rb.get("factual_accuracy"))
+    ks = sorted(set(ra.get(PRIMARY.key, {})) & set(rb.get(PRIMARY.key, {})), key=int) or ["1"]
+    fa, fb = flat(ra, ks), flat(rb, ks)
+    tiers = {name: _cell(fa[name], fb[name], metric_of(name)) for name in fa}
     hea, heb = ra.get("humaneval") or {}, rb.get("humaneval") or {}
     for key in sorted(set(hea) & set(heb)):
         if key.startswith("pass_at_"):
@@ -63,10 +56,10 @@ def compare_results(ra: dict[str, Any], rb: dict[str, Any], max_drop_points: flo
     for field in ("by_category", "by_generation"):
         ga, gb = ra.get(field) or {}, rb.get(field) or {}
         names = sorted(set(ga) | set(gb))
-        pairs = {n: (_group_metrics(ga.get(n), ks), _group_metrics(gb.get(n), ks)) for n in names}
-        metrics = [m for m in _group_metrics({}, ks)
+        pairs = {n: (flat(ga.get(n), ks, short=True), flat(gb.get(n), ks, short=True)) for n in names}
+        metrics = [m for m in flat({}, ks, short=True)
                    if any(ma[m] is not None or mb[m] is not None for ma, mb in pairs.values())]
-        breakdowns[field] = {n: {m: _cell(ma[m], mb[m]) for m in metrics} for n, (ma, mb) in pairs.items()}
+        breakdowns[field] = {n: {m: _cell(ma[m], mb[m], metric_of(m)) for m in metrics} for n, (ma, mb) in pairs.items()}
     regressions = [f"{name}: {_fmt(c['a'])} → {_fmt(c['b'])} ({100 * c['delta']:+.1f} points)"
                    for name, c in tiers.items() if c["regression"]]
     for field, label in (("by_category", "category"), ("by_generation", "generation")):
@@ -75,7 +68,7 @@ def compare_results(ra: dict[str, Any], rb: dict[str, Any], max_drop_points: flo
                             for m, c in g.items() if c["regression"]]
     return {"a": a, "b": b, "compiler": ra.get("compiler") if ra.get("compiler") == rb.get("compiler")
             else f"{a}: {ra.get('compiler')}, {b}: {rb.get('compiler')}",
-            "primary_metric": f"compile@{ks[0]}", "tiers": tiers, **breakdowns, "regressions": regressions,
+            "primary_metric": next(iter(PRIMARY.values({}, ks))), "tiers": tiers, **breakdowns, "regressions": regressions,
             "humaneval_gate": humaneval_gate(hea.get("pass_at_1"), heb.get("pass_at_1"), max_drop_points, a, b),
             "n_prompts": {"a": ra.get("n_prompts"), "b": rb.get("n_prompts")}}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bbjtune.artifacts import atomic_write_text
+from bbjtune.evaluate.metrics import METRICS, PRIMARY, flat, percent
 
 MAX_FAILURES_SHOWN = 25
 MAX_TEXT = 2500
@@ -35,10 +36,6 @@ img{max-width:100%}
 
 def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value))
-
-
-def pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}%"
 
 
 def clip(text: str | None, limit: int = MAX_TEXT) -> str:
@@ -128,15 +125,10 @@ def model_report_html(results: dict[str, Any], scores: Sequence[dict[str, Any]],
              f"<p class='muted'>model {esc(words(results.get('model_spec')))} · compiler <b>{esc(results['compiler'])}</b> · "
              f"sampling {esc(words(results.get('sampling')))} · suites {esc(', '.join(results.get('suites', [])))}</p>"]
     he = results.get("humaneval") or {}
-    summary_rows = [[td(f"compile@{k}"), td(pct(results["compile_at_k"][k]), True),
-                     td("share of prompts whose generated BBj compiles (unbiased estimator)")] for k in ks]
-    summary_rows += [
-        [td("patterns pass rate"), td(pct(results["patterns_pass_rate"]), True),
-         td("answers using the expected APIs and idioms, none of the forbidden ones")],
-        [td("factual accuracy"), td(pct(results["factual_accuracy"]), True), td("factual questions answered right")],
-    ]
+    summary_rows = [[td(name), td(m.format(value), True), td(m.meaning)]
+                    for m in METRICS for name, value in m.values(results, ks).items()]
     for key in sorted(k for k in he if k.startswith("pass_at_")):
-        summary_rows.append([td(f"HumanEval {key.replace('pass_at_', 'pass@')}"), td(pct(he[key]), True),
+        summary_rows.append([td(f"HumanEval {key.replace('pass_at_', 'pass@')}"), td(percent(he[key]), True),
                              td(f"{he.get('n_tasks')} Python tasks, run in the sandbox ({esc(he.get('style'))} prompts)")])
     parts += ["<h2>Summary</h2>", table(["metric", "value", "meaning"], summary_rows),
               f"<p>{results['n_prompts']} BBj prompts, {results['n_samples']} samples, "
@@ -147,15 +139,15 @@ def model_report_html(results: dict[str, Any], scores: Sequence[dict[str, Any]],
         groups = results.get(field) or {}
         names = list(groups)
         if field == "by_category" and names:
-            parts.append(bar_chart(names, {f"compile@{first_k}": [groups[n]["compile_at_k"].get(first_k) for n in names],
-                                           "patterns": [groups[n]["patterns_pass_rate"] for n in names]},
-                                   f"{label}: compile@{first_k} and patterns per category"))
+            charted = {**PRIMARY.values(None, [first_k], short=True), METRICS[1].short: None}
+            parts.append(bar_chart(names, {name: [flat(groups[n], [first_k], short=True)[name] for n in names]
+                                           for name in charted},
+                                   f"{label}: {' and '.join(charted)} per category"))
         rows_html = [[td(esc(n)), td(g["n_prompts"], True)] +
-                     [td(pct(g["compile_at_k"].get(k)), True) for k in ks] +
-                     [td(pct(g["patterns_pass_rate"]), True), td(pct(g["factual_accuracy"]), True)]
+                     [td(percent(v), True) for v in flat(g, ks, short=True).values()]
                      for n, g in groups.items()]
         parts += [f"<h2>{title}</h2>",
-                  table([field.split("_", 1)[1], "prompts", *[f"compile@{k}" for k in ks], "patterns", "factual"], rows_html)]
+                  table([field.split("_", 1)[1], "prompts", *flat(None, ks, short=True)], rows_html)]
     if he:
         parts += ["<h2>HumanEval</h2>",
                   f"<p>Outcomes: {esc(', '.join(f'{k}: {v}' for k, v in sorted(he.get('statuses', {}).items())))}. "
@@ -218,7 +210,7 @@ def compare_report_html(cmp: dict[str, Any]) -> str:
              f"<h2>HumanEval gate {badge}</h2><p>{esc(gate['message'])}</p>"]
     tier_rows, classes = [], []
     for name, t in cmp["tiers"].items():
-        tier_rows.append([td(esc(name)), td(pct(t["a"]), True), td(pct(t["b"]), True), delta_cell(t["delta"])])
+        tier_rows.append([td(esc(name)), td(percent(t["a"]), True), td(percent(t["b"]), True), delta_cell(t["delta"])])
         classes.append("bad" if t["regression"] else "good" if (t["delta"] or 0) > 0 else "")
     parts += ["<h2>Tiers</h2>", table(["metric", a, b, "Δ points"], tier_rows, classes)]
     for field, title, noun in (("by_category", "By category", "category"),
@@ -235,7 +227,7 @@ def compare_report_html(cmp: dict[str, Any]) -> str:
         for n, g in groups.items():
             row = [td(esc(n))]
             for m in metrics:
-                row += [td(pct(g[m]["a"]), True), td(pct(g[m]["b"]), True), delta_cell(g[m]["delta"])]
+                row += [td(percent(g[m]["a"]), True), td(percent(g[m]["b"]), True), delta_cell(g[m]["delta"])]
             rows.append(row)
             classes.append("bad" if any(g[m]["regression"] for m in metrics) else "")
         headers = [field.split("_", 1)[1]] + [h for m in metrics for h in (f"{m} {a}", f"{m} {b}", "Δ")]

@@ -24,6 +24,7 @@ from bbjtune.config import EvalConfig
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate import humaneval, report
 from bbjtune.evaluate.compile import resolve_compiler
+from bbjtune.evaluate.metrics import METRICS
 from bbjtune.evaluate.sandbox import Limits
 from bbjtune.evaluate.scoring import build_results, score_bbj_samples
 from bbjtune.evaluate.suite import EvalCase, Suite, SuiteProblem, limit_cases
@@ -127,8 +128,7 @@ def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[]
             run.metrics["generation"]["prompts_per_s"] = round(stats.generated / stats.seconds, 3)
         with run.timed("score"):
             results = score_dir(out, extra_problems=problems)
-        run.metrics.update({k: results[k] for k in ("compile_at_k", "patterns_pass_rate", "factual_accuracy",
-                                                     "n_prompts", "n_samples")})
+        run.metrics.update({k: results[k] for k in (*(m.key for m in METRICS), "n_prompts", "n_samples")})
         run.metrics["humaneval"] = results.get("humaneval")
         run.outputs += [GENERATIONS_FILE, SCORES_FILE, RESULTS_FILE, REPORT_FILE, CASES_FILE, SETTINGS_FILE]
     return results

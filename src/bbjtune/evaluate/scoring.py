@@ -17,7 +17,7 @@ from typing import Any
 
 from bbjtune.bbj import extract_bbj
 from bbjtune.evaluate.compile import compile_answer, compile_code
-from bbjtune.evaluate.estimator import mean_pass_at_k
+from bbjtune.evaluate.metrics import METRICS, headline
 from bbjtune.evaluate.patterns import score_patterns
 from bbjtune.evaluate.suite import EvalCase
 
@@ -63,31 +63,11 @@ def score_sample(case: EvalCase, sample: int, row: dict[str, Any] | None, compil
     return score
 
 
-def _rate(values: list[bool]) -> float | None:
-    return round(sum(values) / len(values), 4) if values else None
-
-
 def summarize_bbj(scores: Sequence[dict[str, Any]], k_list: Sequence[int]) -> dict[str, Any]:
-    """The headline numbers of a set of sample scores."""
-    per_prompt: dict[tuple[str, str], list[bool]] = defaultdict(list)
-    patterns, factual = [], []
-    prompts = set()
-    for s in scores:
-        prompts.add((s["suite"], s["id"]))
-        if s["compiles"] is not None:
-            per_prompt[(s["suite"], s["id"])].append(bool(s["compiles"]))
-        if s["patterns_ok"] is not None:
-            patterns.append(bool(s["patterns_ok"]))
-        if s["factual"] is not None:
-            factual.append(bool(s["factual"]))
-    counts = [(len(v), sum(v)) for v in per_prompt.values()]
-    compile_at_k = {}
-    for k in k_list:
-        value = mean_pass_at_k(counts, k)
-        if value is not None:
-            compile_at_k[str(k)] = round(value, 4)
-    return {"n_prompts": len(prompts), "n_samples": len(scores), "n_compiled_prompts": len(per_prompt),
-            "compile_at_k": compile_at_k, "patterns_pass_rate": _rate(patterns), "factual_accuracy": _rate(factual)}
+    """The headline numbers of a set of sample scores: counts, then every metric of metrics.METRICS."""
+    compiled = {(s["suite"], s["id"]) for s in scores if s["compiles"] is not None}
+    return {"n_prompts": len({(s["suite"], s["id"]) for s in scores}), "n_samples": len(scores),
+            "n_compiled_prompts": len(compiled), **headline(scores, k_list)}
 
 
 def breakdown(scores: Sequence[dict[str, Any]], field: str, k_list: Sequence[int]) -> dict[str, Any]:
@@ -105,9 +85,7 @@ def build_results(label: str, scores: Sequence[dict[str, Any]], k_list: Sequence
     return {
         "model": label,
         "compiler": compiler,
-        "compile_at_k": head["compile_at_k"],
-        "patterns_pass_rate": head["patterns_pass_rate"],
-        "factual_accuracy": head["factual_accuracy"],
+        **{m.key: head[m.key] for m in METRICS},
         "by_category": breakdown(scores, "category", k_list),
         "by_generation": breakdown(scores, "generation", k_list),
         "by_suite": breakdown(scores, "suite", k_list),

@@ -21,8 +21,8 @@ from rich.console import Console
 from bbjtune.artifacts import sha256_file
 from bbjtune.config import REPO_ROOT, RunConfig, expand_globs
 from bbjtune.errors import BbjtuneError
+from bbjtune.evaluate.metrics import PRIMARY, flat, percent
 from bbjtune.evaluate.compare import compare_dirs
-from bbjtune.evaluate.report import pct
 from bbjtune.evaluate.run import evaluate_model
 from bbjtune.evaluate.suite import load_suite
 from bbjtune.models.backend import make_backend
@@ -131,11 +131,11 @@ def _describe(spec: dict[str, Any]) -> str:
 
 def print_summary(results: dict[str, dict[str, Any]], cmp: dict[str, Any] | None) -> None:
     for label, r in results.items():
-        k = next(iter(r["compile_at_k"]), None)
+        first_k = next(iter(r[PRIMARY.key]), "1")
         he = (r.get("humaneval") or {}).get("pass_at_1")
-        console.print(f"  {label:8s} compile@{k or 1} {pct(r['compile_at_k'].get(k) if k else None):>6s}   "
-                      f"patterns {pct(r['patterns_pass_rate']):>6s}   factual {pct(r['factual_accuracy']):>6s}   "
-                      f"HumanEval pass@1 {pct(he):>6s}   errors {len(r['errors'])}", highlight=False)
+        figures = "   ".join(f"{name} {percent(value):>6s}" for name, value in flat(r, [first_k], short=True).items())
+        console.print(f"  {label:8s} {figures}   HumanEval pass@1 {percent(he):>6s}   errors {len(r['errors'])}",
+                      highlight=False)
     if cmp:
         gate = cmp["humaneval_gate"]
         colour = {"pass": "green", "fail": "red"}.get(gate["status"], "yellow")
