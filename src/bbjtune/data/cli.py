@@ -15,6 +15,7 @@ from bbjtune.data.derive import default_system_prompt, derive_pairs
 from bbjtune.data.stage import audit as run_audit
 from bbjtune.data.stage import prepare as run_prepare
 from bbjtune.errors import BbjtuneError
+from bbjtune.progress import progress_bar
 from bbjtune.models.backend import make_backend
 
 data_app = typer.Typer(
@@ -148,7 +149,6 @@ def replay_command(
     Then list the file under data.replay in the config and run [bold]bbjtune data prepare[/bold]; train.sft.replay_ratio (default 0.2) sets its share of stage 2's examples.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     cfg = _config(config, set_, chatml=None, model=None, out=None) if config else None
     source = model or (cfg.model.source if cfg else None)
@@ -163,15 +163,13 @@ def replay_command(
     console = Console(stderr=True)
     if temperature is None:
         temperature = 0.0 if samples == 1 else 0.7
-    with Progress(TextColumn("answering general prompts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task("", total=len(rows))
+    with progress_bar("answering general prompts", len(rows), console) as done:
         result = replay.generate(
             lambda: make_backend(backend, model=source if backend != "http" else None, api_model=source,
                                  base_url=base_url, batch_size=batch_size),
             rows, target, model_name=Path(source).name or source, system=system, samples=samples,
             temperature=temperature, max_new_tokens=max_new_tokens, seed=cfg.data.seed if cfg else 42,
-            progress=lambda n: bar.update(task, completed=n))
+            progress=done)
     console.print(f"{result.written} answers written to {target}"
                   + (f" ({result.skipped_done} prompts answered before)" if result.skipped_done else "")
                   + (f"; {result.cut_off} left out (ran out of tokens or empty)" if result.cut_off else "")

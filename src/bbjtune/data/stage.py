@@ -43,6 +43,7 @@ from bbjtune.data.scan import ScanOptions, answer_bbj_blocks, scan_chatml
 from bbjtune.data.split import ContaminationIndex, split_heldout
 from bbjtune.data.tokens import TokenCounter
 from bbjtune.errors import BbjtuneError
+from bbjtune.progress import progress_bar
 from bbjtune.models.chat_template import QWEN_DEFAULT_SYSTEM
 
 OVERLAPS_HELDOUT = "overlaps-heldout"
@@ -323,9 +324,5 @@ def _progress(console: Console, label: str, total: int) -> Iterator[Callable[[in
     if not console.is_terminal or total == 0 or os.environ.get("BBJTUNE_NO_PROGRESS"):
         yield lambda done: None
         return
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeRemainingColumn(), console=console, transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda done: bar.update(task, completed=done)
+    with progress_bar(label, total, console, eta=True) as done:
+        yield done

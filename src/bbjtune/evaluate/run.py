@@ -29,6 +29,7 @@ from bbjtune.evaluate.sandbox import Limits
 from bbjtune.evaluate.scoring import build_results, score_bbj_samples
 from bbjtune.evaluate.suite import EvalCase, Suite, SuiteProblem, limit_cases
 from bbjtune.models.generate import Backend, Request, Sampling
+from bbjtune.progress import progress_bar
 from bbjtune.models.generations import GENERATIONS_FILE, generate_to_file
 
 SETTINGS_FILE = "settings.json"
@@ -42,14 +43,15 @@ FINGERPRINT_KEYS = ("model", "sampling", "system_prompt", "humaneval_style", "hu
 
 @contextmanager
 def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr; yields `advance(n)`."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """A progress bar on stderr that stays when done; yields `advance(n)`."""
+    finished = 0
+    with progress_bar(description, total, transient=False) as done:
+        def advance(n: int = 1) -> None:
+            nonlocal finished
+            finished += n
+            done(finished)
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
+        yield advance
 
 
 def bbj_requests(cases: Sequence[EvalCase], system_prompt: str | None) -> list[Request]:

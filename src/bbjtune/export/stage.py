@@ -29,6 +29,7 @@ from rich.console import Console
 from bbjtune.artifacts import StageRun, atomic_write_json
 from bbjtune.config import RunConfig
 from bbjtune.errors import BbjtuneError
+from bbjtune.progress import new_progress
 from bbjtune.export.gguf import WRITER_TYPES, write_gguf
 from bbjtune.export.lora_gguf import why_not, write_lora_gguf
 from bbjtune.export.merge import MergePlan, check_plan, merge, plan_from_trained
@@ -102,7 +103,6 @@ def _merge(plan, merged_dir: Path, dtype: str) -> None:
 
 def _write_ggufs(cfg: RunConfig, merged: Path, run: StageRun, scratch: Path) -> dict[str, Path]:
     """f16/bf16/q8_0 with the gguf package, then the llama.cpp types from an f16 file."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     wanted = list(cfg.export.gguf)
     llama_types = [q for q in wanted if q not in WRITER_TYPES]
@@ -110,8 +110,7 @@ def _write_ggufs(cfg: RunConfig, merged: Path, run: StageRun, scratch: Path) -> 
     if llama_types and "f16" not in direct:
         direct.insert(0, "f16")     # the quantizer's input; removed again below when not asked for
     paths: dict[str, Path] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with new_progress(console) as progress:
         for quant in direct:
             target = gguf_path(cfg, quant) if quant in wanted else scratch / f"{cfg.name}.f16.gguf"
             task = progress.add_task(f"writing {target.name}", total=None)

@@ -19,6 +19,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from bbjtune.artifacts import atomic_write_jsonl, read_complete_jsonl
+from bbjtune.progress import new_progress
 
 
 class MetricsLog(TrainerCallback):
@@ -59,21 +60,7 @@ class RichProgress(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not self.is_main:
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-            console=self.console or Console(stderr=True), transient=False,
-        )
+        self.progress = new_progress(self.console, unit="steps", eta=True, status=True, transient=False)
         self.progress.start()
         self.task = self.progress.add_task(self.stage, total=state.max_steps, completed=state.global_step, status="")
 
