@@ -6,32 +6,13 @@ HTML-escaped: a training file can hold `<script>` as easily as BBj code.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
-from datetime import datetime, timezone
 from typing import Any
 
-STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
-h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:left;
-vertical-align:top}th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
-code,pre{font:12px ui-monospace,Menlo,Consolas,monospace;background:#f6f6f6}pre{padding:.4rem;white-space:pre-wrap;
-word-break:break-all;margin:0}.muted{color:#777}.bad{color:#b00}.ok{color:#070}img{max-width:100%}
-.plots{display:flex;flex-wrap:wrap;gap:1rem}.plots img{width:520px}
-"""
-
-
-def e(value: Any) -> str:
-    """Escape anything for HTML."""
-    return html.escape("" if value is None else str(value), quote=True)
-
+from bbjtune.html_report import clip, figure, img, page
+from bbjtune.html_report import esc as e
 
 def write_report(audit: dict[str, Any], title: str) -> str:
-    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{e(title)} — bbjtune</title>",
-             f"<style>{STYLE}</style></head><body>",
-             f"<h1>{e(title)}</h1><p class='muted'>bbjtune · {e(_now())} · token counts: {e(audit['tokenizer'])}</p>"]
+    parts = [f"<h1>{e(title)}</h1><p class='muted'>token counts: {e(audit['tokenizer'])}</p>"]
     parts.append(_summary(audit))
     parts.append(_steps(audit))
     parts.append(_plots(audit))
@@ -45,8 +26,7 @@ def write_report(audit: dict[str, Any], title: str) -> str:
     if "replay" in audit:
         parts.append(_replay(audit))
     parts.append(_findings(audit))
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+    return page(f"{title} — bbjtune", "\n".join(parts), written_by="bbjtune data")
 
 
 # ----------------------------------------------------------------------------- sections
@@ -60,8 +40,8 @@ def _summary(a: dict[str, Any]) -> str:
         rows += [("cpt.jsonl chunks", a["cpt"]["chunks"]), ("cpt.jsonl tokens", a["cpt"]["tokens"])]
     if "replay" in a:
         rows += [("replay.jsonl (general conversations for stage 2)", a["replay"]["kept"])]
-    body = "".join(f"<tr><th>{e(k)}</th><td class='n'>{e(v)}</td></tr>" for k, v in rows)
-    reasons = "".join(f"<tr><td><code>{e(r)}</code></td><td class='n'>{e(n)}</td></tr>"
+    body = "".join(f"<tr><th>{e(k)}</th><td class='num'>{e(v)}</td></tr>" for k, v in rows)
+    reasons = "".join(f"<tr><td><code>{e(r)}</code></td><td class='num'>{e(n)}</td></tr>"
                       for r, n in a["rejected"]["by_reason"].items())
     out = f"<h2>Summary</h2><table>{body}</table>"
     if reasons:
@@ -73,8 +53,8 @@ def _steps(a: dict[str, Any]) -> str:
     rows = []
     for s in a["steps"]:
         removed = ", ".join(f"{k} {v}" for k, v in s["removed"].items()) or "—"
-        rows.append(f"<tr><td>{e(s['step'])}</td><td class='n'>{e(s['in'])}</td><td>{e(removed)}</td>"
-                    f"<td class='n'>{e(s['out'])}</td><td class='muted'>{e(s.get('note', ''))}</td></tr>")
+        rows.append(f"<tr><td>{e(s['step'])}</td><td class='num'>{e(s['in'])}</td><td>{e(removed)}</td>"
+                    f"<td class='num'>{e(s['out'])}</td><td class='muted'>{e(s.get('note', ''))}</td></tr>")
     return ("<h2>Steps</h2><table><tr><th>step</th><th>in</th><th>removed</th><th>out</th><th>note</th></tr>"
             + "".join(rows) + "</table>")
 
@@ -95,13 +75,12 @@ def _plots(a: dict[str, Any]) -> str:
         images.append(_bars(a["rejected"]["by_reason"], "set aside, by reason"))
     if not images:
         return ""
-    return "<h2>Plots</h2><div class='plots'>" + "".join(
-        f"<img alt='{e(alt)}' src='data:image/png;base64,{png}'>" for alt, png in images) + "</div>"
+    return "<h2>Plots</h2><div class='plots'>" + "".join(images) + "</div>"
 
 
 def _system(a: dict[str, Any]) -> str:
     s = a["system_prompts"]
-    rows = "".join(f"<tr><td class='n'>{e(p['count'])}</td><td><pre>{e(_clip(p['text']))}</pre></td></tr>"
+    rows = "".join(f"<tr><td class='num'>{e(p['count'])}</td><td><pre>{e(clip(p['text']))}</pre></td></tr>"
                    for p in s["most_common"])
     return (f"<h2>System prompt</h2><p>{e(s['distinct'])} distinct system prompt(s); {e(s['missing'])} "
             f"conversation(s) without one ({e(s['added'])} given the chosen prompt); {e(s['different'])} use "
@@ -127,7 +106,7 @@ def _quality(a: dict[str, Any]) -> str:
         ("answers with bare code (no ``` fence)", code["unfenced_code"]),
         ("conversations scrubbed of secrets/PII", scrub["examples"]),
     ]
-    body = "".join(f"<tr><th>{e(k)}</th><td class='n'>{e(v)}</td></tr>" for k, v in rows)
+    body = "".join(f"<tr><th>{e(k)}</th><td class='num'>{e(v)}</td></tr>" for k, v in rows)
     kinds = ", ".join(f"{k}: {v}" for k, v in scrub["by_kind"].items()) or "none"
     out = f"<h2>Quality</h2><table>{body}</table><p>Scrubbed values by kind: {e(kinds)}.</p>"
     if code["failures"]:
@@ -141,7 +120,7 @@ def _quality(a: dict[str, Any]) -> str:
 def _balance(a: dict[str, Any]) -> str:
     out = ["<h2>Balance</h2>"]
     for key, counts in a["balance"].items():
-        cells = "".join(f"<tr><td>{e(k)}</td><td class='n'>{e(v)}</td></tr>" for k, v in counts.items())
+        cells = "".join(f"<tr><td>{e(k)}</td><td class='num'>{e(v)}</td></tr>" for k, v in counts.items())
         out.append(f"<table style='display:inline-table;margin-right:1rem'><tr><th>{e(key)}</th><th>examples</th>"
                    f"</tr>{cells}</table>")
     return "".join(out)
@@ -149,12 +128,12 @@ def _balance(a: dict[str, Any]) -> str:
 
 def _split(a: dict[str, Any]) -> str:
     s, dc = a["split"], a["decontamination"]
-    rows = "".join(f"<tr><td>{e(c)}</td><td class='n'>{e(v['train'])}</td><td class='n'>{e(v['heldout'])}</td></tr>"
+    rows = "".join(f"<tr><td>{e(c)}</td><td class='num'>{e(v['train'])}</td><td class='num'>{e(v['heldout'])}</td></tr>"
                    for c, v in sorted(s["by_category"].items()))
     straddle = s["prompts_on_both_sides"]
     removed = ", ".join(f"{k} {v}" for k, v in dc["removed"].items()) or "none"
     return (f"<h2>Split and decontamination</h2><p>Held-out ratio {e(s['ratio'])}, seed {e(s['seed'])}; "
-            f"prompts on both sides: <b class='{'bad' if straddle else 'ok'}'>{e(straddle)}</b>. Training prompts "
+            f"prompts on both sides: <b class='{'neg' if straddle else 'pos'}'>{e(straddle)}</b>. Training prompts "
             f"checked against {e(dc['eval_prompts'])} evaluation prompts and the held-out prompts "
             f"({e(dc['ngram'])}-word sequences, threshold {e(dc['threshold'])}); removed: {e(removed)}.</p>"
             f"<table><tr><th>category</th><th>train</th><th>held-out</th></tr>{rows}</table>")
@@ -188,7 +167,7 @@ def _cpt(a: dict[str, Any]) -> str:
 
 def _findings(a: dict[str, Any]) -> str:
     if not a["findings"]:
-        return "<h2>Findings</h2><p class='ok'>Nothing was set aside.</p>"
+        return "<h2>Findings</h2><p class='pos'>Nothing was set aside.</p>"
     out = ["<h2>Findings (first examples per reason)</h2>"]
     for reason, items in a["findings"].items():
         out.append(f"<h3><code>{e(reason)}</code></h3><table><tr><th>where</th><th>why</th></tr>")
@@ -201,25 +180,8 @@ def _findings(a: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- plots
 
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt, plt.subplots(figsize=(6.4, 3.4), dpi=90)
-
-
-def _png(plt, fig) -> str:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _histogram(dist: dict[str, Any], title: str, limit: int | None = None) -> tuple[str, str]:
-    plt, (fig, ax) = _figure()
+def _histogram(dist: dict[str, Any], title: str, limit: int | None = None) -> str:
+    _, (fig, ax) = figure()
     edges, counts = dist["histogram"]["edges"], dist["histogram"]["counts"]
     ax.stairs(counts, edges, fill=True, color="#4878a8")
     if limit is not None and limit <= edges[-1] * 1.5:
@@ -227,21 +189,12 @@ def _histogram(dist: dict[str, Any], title: str, limit: int | None = None) -> tu
         ax.legend()
     ax.set_title(title, fontsize=10)
     ax.set_ylabel("examples")
-    return title, _png(plt, fig)
+    return img(fig, title)
 
 
-def _bars(counts: dict[str, int], title: str) -> tuple[str, str]:
-    plt, (fig, ax) = _figure()
+def _bars(counts: dict[str, int], title: str) -> str:
+    _, (fig, ax) = figure()
     labels = [str(k)[:24].replace("$", r"\$") for k in counts][:20]  # '$' would start mathtext
     ax.barh(labels[::-1], list(counts.values())[:20][::-1], color="#4878a8")
     ax.set_title(title, fontsize=10)
-    return title, _png(plt, fig)
-
-
-def _clip(text: str | None, limit: int = 600) -> str:
-    text = text or ""
-    return text if len(text) <= limit else text[:limit] + " …"
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return img(fig, title)

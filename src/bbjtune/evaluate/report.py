@@ -6,84 +6,23 @@ from disk, offline, mailed as an attachment, with nothing else next to it.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from bbjtune.artifacts import atomic_write_text
 from bbjtune.evaluate.metrics import METRICS, PRIMARY, flat, percent
+from bbjtune.html_report import clip, esc, figure, img, table, td
+from bbjtune.html_report import page as html_page
 
 MAX_FAILURES_SHOWN = 25
-MAX_TEXT = 2500
-
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1150px;color:#222;padding:0 1em}
-h1{font-size:1.6em;margin-bottom:.2em} h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-table{border-collapse:collapse;margin:.6em 0} th,td{border:1px solid #ddd;padding:4px 9px;text-align:left;vertical-align:top}
-th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.muted{color:#777} .bad{background:#fde2e1} .good{background:#e3f6e3} .neg{color:#b00020;font-weight:600} .pos{color:#1b7f1b}
-.badge{display:inline-block;padding:.35em .9em;border-radius:4px;font-weight:700;color:#fff}
-.pass{background:#1b7f1b} .fail{background:#b00020} .na{background:#888}
-pre{background:#f7f7f7;border:1px solid #e3e3e3;padding:.6em;overflow:auto;max-height:22em;white-space:pre-wrap;margin:.3em 0}
-details{margin:.5em 0} summary{cursor:pointer} .pair{display:grid;grid-template-columns:1fr 1fr;gap:1em}
-img{max-width:100%}
-"""
-
-
-def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
-
-
-def clip(text: str | None, limit: int = MAX_TEXT) -> str:
-    text = text or ""
-    return text if len(text) <= limit else text[:limit] + f"\n… ({len(text) - limit} more characters)"
-
-
-def page(title: str, body: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
-            f"<style>{CSS}</style></head><body>{body}<p class='muted'>Written by bbjtune eval, {stamp}.</p>"
-            "</body></html>\n")
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], row_classes: Sequence[str] | None = None) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = []
-    for i, row in enumerate(rows):
-        cls = f" class='{row_classes[i]}'" if row_classes and row_classes[i] else ""
-        body.append(f"<tr{cls}>" + "".join(row) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-def td(value: Any, num: bool = False, cls: str = "") -> str:
-    classes = " ".join(c for c in ("num" if num else "", cls) if c)
-    return f"<td class='{classes}'>{value}</td>" if classes else f"<td>{value}</td>"
-
-
-def png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return f"<img alt='plot' src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'>"
-
 
 def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float | None]], title: str) -> str:
     """Horizontal grouped bars (one group per category, one bar per series), values 0..1."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not groups:
         return ""
     height = max(2.2, 0.42 * len(groups) * max(1, len(series)) ** 0.5 + 1)
-    fig, ax = plt.subplots(figsize=(8, height))
+    _, (fig, ax) = figure(8, height)
     n = len(series)
     width = 0.8 / max(1, n)
     for j, (name, values) in enumerate(series.items()):
@@ -97,7 +36,11 @@ def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float | None]], 
     ax.grid(axis="x", alpha=.3)
     if n > 1:
         ax.legend(loc="lower right", fontsize=8)
-    return png(fig)
+    return img(fig)
+
+
+def page(title: str, body: str) -> str:
+    return html_page(title, body, written_by="bbjtune eval")
 
 
 def words(mapping: Any) -> str:
