@@ -6,8 +6,11 @@ crossed from one example into the next, the packed logits of the later examples 
 lone ones. A control run feeds the same rows with plain positions (no example boundaries): its
 logits must differ, which shows the check can see contamination at all.
 
-    python benchmarks/check_packing.py                     # hf backend, tiny model, CPU or GPU
-    python benchmarks/check_packing.py --backend unsloth   # one CUDA GPU, Unsloth installed
+    python tests/packing_check.py                     # hf backend, tiny model, CPU or GPU
+    python tests/packing_check.py --backend unsloth   # one CUDA GPU, Unsloth installed
+
+tests/test_train_packing_check.py runs it in the test suite (the CPU case in-process, the GPU and
+Unsloth cases as this script: Unsloth must be imported first in a fresh process).
 
 Prints the largest difference per example relative to the largest lone logit; exits 1 when an
 example differs by more than --tolerance, 2 when the trainer's batches are not packed at all, 3 when
@@ -116,6 +119,37 @@ def check(model: Any, batch: dict[str, Any]) -> dict[str, Any]:
     return {"batch_shape": list(ids.shape), "keys": sorted(batch), "examples": rows}
 
 
+def measure(model: str = "tiny:test", backend: str = "hf", dtype: str | None = None,
+            tolerance: float | None = None) -> dict[str, Any]:
+    """Build the trainer's first packed batch and compare every packed example with itself alone.
+
+    The result has `worst` (largest packed-vs-alone difference, relative to the largest lone logit),
+    `control_min` (the same for a run without example boundaries: must be large) and `packed`.
+    """
+    import torch
+
+    from bbjtune.models.tiny import build_tiny
+
+    dtype = dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
+    tolerance = tolerance or (0.03 if dtype == "bfloat16" else 1e-4)
+    model_dir = str(build_tiny(model)) if model.startswith("tiny:") else model
+    with tempfile.TemporaryDirectory() as work:
+        model_obj, batch = trainer_batch(model_dir, backend, dtype, Path(work))
+        if "position_ids" not in batch and "packed_seq_lengths" not in batch:
+            return {"packed": False, "batch_shape": list(batch["input_ids"].shape), "keys": sorted(batch),
+                    "backend": backend, "dtype": dtype, "tolerance": tolerance}
+        # Only now: Unsloth turns packing off for a trainer built while UNSLOTH_RETURN_LOGITS=1 (it reads the
+        # variable at init); its forward reads it at every call and returns no logits when given labels without it
+        os.environ["UNSLOTH_RETURN_LOGITS"] = "1"
+        result = check(model_obj, batch)
+    examples = result["examples"]
+    later = [e for e in examples if e["example"] > 0]
+    result.update(packed=True, backend=backend, dtype=dtype, tolerance=tolerance,
+                  worst=max(e["packed_vs_alone"] for e in examples),
+                  control_min=min((e["control_vs_alone"] for e in later), default=0.0))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=["hf", "unsloth"], default="hf")
@@ -127,29 +161,14 @@ def main() -> None:
     a = parser.parse_args()
     if a.backend == "unsloth":
         import unsloth  # noqa: F401 — before transformers, as Unsloth requires
-    import torch
-
-    from bbjtune.models.tiny import build_tiny
-
-    dtype = a.dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
-    tolerance = a.tolerance or (0.03 if dtype == "bfloat16" else 1e-4)
-    model_dir = str(build_tiny(a.model)) if a.model.startswith("tiny:") else a.model
-    with tempfile.TemporaryDirectory() as work:
-        model, batch = trainer_batch(model_dir, a.backend, dtype, Path(work))
-        if "position_ids" not in batch and "packed_seq_lengths" not in batch:
-            print(f"NOT PACKED: the trainer handed padded rows {list(batch['input_ids'].shape)} "
-                  f"({', '.join(sorted(batch))}); there are no packed examples to check", file=sys.stderr)
-            sys.exit(2)
-        # Only now: Unsloth turns packing off for a trainer built while UNSLOTH_RETURN_LOGITS=1 (it reads the
-        # variable at init); its forward reads it at every call and returns no logits when given labels without it
-        os.environ["UNSLOTH_RETURN_LOGITS"] = "1"
-        result = check(model, batch)
-    examples = result["examples"]
+    result = measure(a.model, a.backend, a.dtype, a.tolerance)
+    if not result["packed"]:
+        print(f"NOT PACKED: the trainer handed padded rows {result['batch_shape']} "
+              f"({', '.join(result['keys'])}); there are no packed examples to check", file=sys.stderr)
+        sys.exit(2)
+    examples, worst, control, tolerance = result["examples"], result["worst"], result["control_min"], result["tolerance"]
     later = [e for e in examples if e["example"] > 0]
-    worst = max(e["packed_vs_alone"] for e in examples)
-    control = min((e["control_vs_alone"] for e in later), default=0.0)
-    result.update(backend=a.backend, dtype=dtype, tolerance=tolerance, worst=worst, control_min=control)
-    print(f"{a.backend} ({dtype}): batch {result['batch_shape']} ({', '.join(result['keys'])}), "
+    print(f"{a.backend} ({result['dtype']}): batch {result['batch_shape']} ({', '.join(result['keys'])}), "
           f"{len(examples)} packed examples; largest packed-vs-alone difference {worst:.2e} "
           f"(tolerance {tolerance:g}); control without boundaries, smallest difference of a later example "
           f"{control:.2e}")

@@ -1,4 +1,4 @@
-"""benchmarks/check_packing.py: packed examples, as the trainer batches them, against each example alone."""
+"""tests/packing_check.py: packed examples, as the trainer batches them, against each example alone."""
 
 from __future__ import annotations
 
@@ -9,19 +9,21 @@ import sys
 
 import pytest
 import torch
+import packing_check
 from conftest import REPO_ROOT
 
 
 def run_check(tmp_path, *args):
     out = tmp_path / "check.json"
-    proc = subprocess.run([sys.executable, "benchmarks/check_packing.py", "--json", str(out), *args], cwd=REPO_ROOT,
+    proc = subprocess.run([sys.executable, "tests/packing_check.py", "--json", str(out), *args], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=600)
     return proc, json.loads(out.read_text()) if out.exists() else None
 
 
-def test_hf_backend_keeps_packed_examples_apart(tmp_path):
-    proc, result = run_check(tmp_path, "--dtype", "float32")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+@pytest.mark.slow  # trains nothing, but builds the trainer and runs the tiny model on every example
+def test_hf_backend_keeps_packed_examples_apart():
+    result = packing_check.measure(dtype="float32")   # in-process: no second interpreter to start
+    assert result["packed"], result["keys"]
     later = [e for e in result["examples"] if e["example"] > 0]
     assert len(later) >= 2  # rows really hold several examples
     assert result["worst"] < 1e-4  # each packed example computes what it computes alone
@@ -45,26 +47,17 @@ def test_unsloth_backend_keeps_packed_examples_apart(tmp_path):
     assert result["batch_shape"][0] == 1 and "packed_seq_lengths" in result["keys"]  # Unsloth's own batches
 
 
-def load_check_module():
-    spec = importlib.util.spec_from_file_location("check_packing", REPO_ROOT / "benchmarks" / "check_packing.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_unsloth_style_batches_give_their_example_boundaries():
-    check_packing = load_check_module()
     ids = torch.zeros(1, 9, dtype=torch.long)
-    positions = check_packing.positions_from_lengths(torch.tensor([4, 2, 3]), ids)
+    positions = packing_check.positions_from_lengths(torch.tensor([4, 2, 3]), ids)
     assert positions.tolist() == [[0, 1, 2, 3, 0, 1, 0, 1, 2]]
-    assert check_packing.segments(positions[0].tolist()) == [(0, 4), (4, 6), (6, 9)]
+    assert packing_check.segments(positions[0].tolist()) == [(0, 4), (4, 6), (6, 9)]
 
 
 def test_the_check_takes_the_first_batch_that_packs():
-    check_packing = load_check_module()
     alone = {"input_ids": torch.zeros(2, 4), "position_ids": torch.tensor([[0, 1, 2, 3], [0, 1, 2, 3]])}
     packed = {"input_ids": torch.zeros(2, 4), "position_ids": torch.tensor([[0, 1, 2, 3], [0, 1, 0, 1]])}
     unsloth = {"input_ids": torch.zeros(1, 6), "packed_seq_lengths": torch.tensor([3, 3])}
-    assert check_packing.packed_batch([alone, packed]) is packed
-    assert check_packing.packed_batch([alone, unsloth]) is unsloth
-    assert check_packing.packed_batch([alone]) is alone  # nothing packs: the first, which the check calls inconclusive
+    assert packing_check.packed_batch([alone, packed]) is packed
+    assert packing_check.packed_batch([alone, unsloth]) is unsloth
+    assert packing_check.packed_batch([alone]) is alone  # nothing packs: the first, which the check calls inconclusive
