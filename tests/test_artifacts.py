@@ -54,3 +54,32 @@ def test_stage_run_marks_failures(tmp_path):
 def test_read_manifest_of_missing_dir_is_a_user_error(tmp_path):
     with pytest.raises(BbjtuneError):
         read_manifest(tmp_path / "nothing")
+
+
+def test_atomic_dir_replaces_a_directory_only_when_the_new_one_is_complete(tmp_path):
+    from bbjtune.artifacts import atomic_dir
+
+    final = tmp_path / "adapter"
+    with atomic_dir(final) as tmp:
+        (tmp / "weights").write_text("first")
+    assert (final / "weights").read_text() == "first"
+    with pytest.raises(RuntimeError), atomic_dir(final) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("killed while saving")
+    assert (final / "weights").read_text() == "first"          # the old directory is still there, whole
+    with atomic_dir(final) as tmp:
+        (tmp / "weights").write_text("second")
+    assert (final / "weights").read_text() == "second"
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no temporary or old directory left behind
+    with atomic_dir(final, keep_existing=True) as tmp:          # a cache entry another process finished first
+        (tmp / "weights").write_text("third")
+    assert (final / "weights").read_text() == "second"
+
+
+def test_complete_jsonl_lines_only(tmp_path):
+    from bbjtune.artifacts import read_complete_jsonl
+
+    path = tmp_path / "generations.jsonl"
+    path.write_text('{"a": 1}\nnot json\n{"a": 2}\n{"a": 3, "tor', encoding="utf-8")
+    assert read_complete_jsonl(path) == [{"a": 1}, {"a": 2}]   # a torn last line and a bad line are dropped
+    assert read_complete_jsonl(tmp_path / "missing.jsonl") == []

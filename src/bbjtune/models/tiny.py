@@ -14,11 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bbjtune.artifacts import atomic_dir
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.chat_template import CHATML_TRAINING_TEMPLATE, ENDOFTEXT, IM_END, IM_START
 
@@ -103,19 +102,10 @@ def build_tiny(source: str = "tiny:test", cache_dir: Path | None = None) -> Path
     target = root / f"{name}-s{seed}-{key}"
     if (target / "config.json").exists():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    try:
+    with atomic_dir(target, keep_existing=True) as tmp:  # another process may build the same entry
         tokenizer = _build_tokenizer(corpus, preset.vocab_size)
         tokenizer.save_pretrained(tmp)
         _build_model(preset, tokenizer, seed).save_pretrained(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process built it first
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

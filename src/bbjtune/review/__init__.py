@@ -3,10 +3,10 @@
 `bbjtune review RUN_A RUN_B` pairs the two evaluation runs' `generations.jsonl` by prompt, shows
 each pair in a random but stable left/right order, and stores the ratings in SQLite beside the
 runs (`eval/review/ratings.sqlite`). `results.json` in the same folder holds the summary that
-`bbjtune eval compare` merges into its report (see `results.load_review_summary`).
+`bbjtune eval compare` merges into its report (read through `bbjtune.review_summary`).
 
 Modules: `items` (reading and pairing generations), `storage` (SQLite), `stats` (win rate and
-its confidence interval), `results` (summary, export, the hook for eval compare), `render`
+its confidence interval), `results` (summary, export), `render`
 (answers as escaped, highlighted HTML with checker diagnostics), `security` (access token, host
 check, CSRF), `app` (the web app), `cli` (the `bbjtune review` verbs).
 """
