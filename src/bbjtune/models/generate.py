@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bbjtune.errors import BbjtuneError
 from bbjtune.models import load_model, load_tokenizer
 from bbjtune.models.chat_template import ENDOFTEXT, IM_END, render_chatml
+from bbjtune.models.merge import apply_adapter
 from bbjtune.models.trained import load_trained
 
 STOP_TOKENS = (IM_END, ENDOFTEXT)
@@ -234,24 +234,6 @@ def _split_by_settings(batch: list[int], requests: Sequence[Request]) -> list[li
 def _has_tokenizer(path: str) -> bool:
     p = Path(path)
     return (p / "tokenizer_config.json").exists() or (p / "tokenizer.json").exists()
-
-
-def apply_adapter(model: Any, adapter: str) -> Any:
-    """Put a PEFT LoRA adapter on a loaded base; merged into 16-bit weights for faster generation."""
-    from peft import PeftModel
-
-    path = Path(adapter)
-    if not (path / "adapter_config.json").exists():
-        raise BbjtuneError(f"'{adapter}' is not a LoRA adapter directory (no adapter_config.json)",
-                           "pass the adapter directory a training run wrote, e.g. runs/<name>/sft/adapter")
-    try:
-        peft_model = PeftModel.from_pretrained(model, str(path))
-    except (ValueError, RuntimeError, KeyError) as exc:
-        raise BbjtuneError(f"cannot apply adapter {adapter}: {str(exc).splitlines()[0]}",
-                           "the adapter must have been trained on this base model") from exc
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
-        return peft_model
-    return peft_model.merge_and_unload()
 
 
 ProgressCallback = Callable[[int], None]

@@ -1,7 +1,8 @@
-"""Merge LoRA adapters into the 16-bit weights of their base model and save a full model: the one merge.
+"""Merge LoRA adapters into the 16-bit weights of their base model: the one merge, on disk or in memory.
 
 Stage 1 merges its adapter before stage 2 (train/cpt.py) and export merges the final adapter(s)
-(export/merge.py checks the plan first); both call `merge_adapters`.
+(export/merge.py checks the plan first); both call `merge_adapters`. Generation applies an adapter in
+memory through `apply_adapter` (a model from --adapter, or a training run's trained.json).
 
 Merging always starts from the 16-bit base, never from 4-bit weights, even when the adapter was
 trained with QLoRA: rounding a merged model to nf4 would throw the adapter's small updates away.
@@ -45,6 +46,25 @@ def _outside_zero3() -> Iterator[None]:
         yield
     finally:
         hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+def apply_adapter(model: Any, adapter: str | Path, merge: bool = True) -> Any:
+    """Put a PEFT LoRA adapter on a loaded base, in memory; merged into 16-bit weights (faster generation)
+    unless `merge` is off or the base is quantized (a 4-bit base keeps the adapter beside its weights)."""
+    from peft import PeftModel
+
+    path = Path(adapter)
+    if not (path / "adapter_config.json").exists():
+        raise BbjtuneError(f"'{adapter}' is not a LoRA adapter directory (no adapter_config.json)",
+                           "pass the adapter directory a training run wrote, e.g. runs/<name>/sft/adapter")
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(path))
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise BbjtuneError(f"cannot apply adapter {adapter}: {str(exc).splitlines()[0]}",
+                           "the adapter must have been trained on this base model") from exc
+    if not merge or getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        return peft_model
+    return peft_model.merge_and_unload()
 
 
 def merge_adapters(base: str, adapters: Sequence[str | Path], out_dir: str | Path, *, tokenizer_source: str,

@@ -19,6 +19,7 @@ from typing import Any
 
 from bbjtune.artifacts import atomic_write_json
 from bbjtune.errors import BbjtuneError
+from bbjtune.models.merge import apply_adapter
 from bbjtune.models import load_model, load_tokenizer
 
 TRAINED_NAME = "trained.json"
@@ -121,15 +122,12 @@ def load_trained(path: str | Path, dtype: str = "auto", device_map: Any = None, 
     The tokenizer is the one saved with the adapter (ChatML template, `<|im_end|>` ends a turn);
     the model's generation config stops on `<|im_end|>` and `<|endoftext|>` after SFT.
     """
-    from peft import PeftModel
     from transformers import GenerationConfig
 
     trained = read_trained(path)
     model = load_model(trained.base_model, dtype=dtype, device_map=device_map, quantization=quantization)
     if trained.adapter is not None:
-        model = PeftModel.from_pretrained(model, str(trained.adapter))
-        if merge:
-            model = model.merge_and_unload()
+        model = apply_adapter(model, trained.adapter, merge=merge)
         if (trained.adapter / "generation_config.json").exists():
             model.generation_config = GenerationConfig.from_pretrained(str(trained.adapter))
     model.eval()
