@@ -44,7 +44,7 @@ def test_every_stage_ran_and_finished(run_dir):
     assert compare["a"] == "base" and compare["b"] == "tuned" and "compile@1" in compare["tiers"]
     verify = json.loads((run_dir / "export" / "verify.json").read_text())
     assert verify["ok"] and set(verify["results"]) == {"f16", "q8_0"}
-    assert "FROM quickstart.q8_0.gguf" in (run_dir / "export" / "Modelfile").read_text()
+    assert "FROM ./quickstart.q8_0.gguf" in (run_dir / "export" / "Modelfile").read_text()
 
 
 # ----------------------------------------------------------------------------- INTERFACES.md
