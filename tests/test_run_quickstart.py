@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow  # trains the tiny model: `make test` runs it, `ma
 
 INTERFACES = REPO_ROOT / "INTERFACES.md"
 SHORT = ["train.cpt.max_steps=3", "train.sft.max_steps=3", "train.sft.stop_check=1", "eval.limit=4",
-         "eval.humaneval.limit=2", "export.gguf=[f16,q8_0]", "export.ollama.quant=q8_0"]
+         "eval.max_new_tokens=48", "eval.humaneval.limit=2", "eval.humaneval.max_new_tokens=48",
+         "export.gguf=[f16,q8_0]", "export.ollama.quant=q8_0"]
 
 
 @pytest.fixture(scope="module")

@@ -19,15 +19,13 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bbjtune.config import RunConfig
 from bbjtune.errors import BbjtuneError
 from bbjtune.models import load_model, resolve_source
 from bbjtune.models.loading import torch_dtype
 from bbjtune.train.lora import wants_chat_token_training
-
-if TYPE_CHECKING:
-    from bbjtune.config import RunConfig
 
 # Qwen2's linear layers; peft's "all-linear" resolves to exactly these (lm_head excluded).
 QWEN2_LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
