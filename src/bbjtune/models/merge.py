@@ -60,8 +60,9 @@ def apply_adapter(model: Any, adapter: str | Path, merge: bool = True) -> Any:
     try:
         peft_model = PeftModel.from_pretrained(model, str(path))
     except (ValueError, RuntimeError, KeyError) as exc:
-        raise BbjtuneError(f"cannot apply adapter {adapter}: {str(exc).splitlines()[0]}",
-                           "the adapter must have been trained on this base model") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BbjtuneError(f"the adapter {adapter} does not fit the base model: {first[:300]}",
+                           "use the adapter with the base model it was trained on") from None
     if not merge or getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         return peft_model
     return peft_model.merge_and_unload()
@@ -72,21 +73,15 @@ def merge_adapters(base: str, adapters: Sequence[str | Path], out_dir: str | Pat
                    on_step: Callable[[str], None] | None = None) -> Path:
     """Load `base`, fold each adapter in (in order), save model + tokenizer + stop tokens to `out_dir` atomically."""
     import torch
-    from peft import PeftModel
 
     step = on_step or (lambda _msg: None)
     step(f"loading base {base}")
     with _outside_zero3():
         model = load_model(base, dtype=dtype, device_map=device_map)  # clears a GGUF checkpoint's leftover quantizer
         save_dtype = _declared_dtype(base) or model.dtype
-        for adapter in adapters:
+        for adapter in adapters:   # each merged before the next is loaded, as training stacked them
             step(f"merging {adapter}")
-            try:
-                model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-            except (RuntimeError, ValueError, KeyError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise BbjtuneError(f"the adapter {adapter} does not fit the base {base}: {first[:300]}",
-                                   "use the adapter with the base model it was trained on") from None
+            model = apply_adapter(model, adapter)
     model = model.to(save_dtype)
     tokenizer = load_tokenizer(tokenizer_source)
     vocab = tokenizer.get_vocab()
