@@ -238,7 +238,7 @@ class Program:
         while K[k] == "[" and K[k + 1] == "]":  # an array result: its type is not tracked
             ret, k = None, k + 2
         if K[k] == "(":  # no return type written: a constructor, or void
-            name, ret, k = T[j], None, k
+            name, ret = T[j], None
             if k != j + 1:
                 return
         elif K[k] == "id" and K[k + 1] == "(":

@@ -85,9 +85,7 @@ def assess(code: str, *, generation: str | None = None, must_not: Sequence[str] 
 
 def check_quality(code: str, *, generation: str | None = None, must_not: Sequence[str] = ()) -> list[Finding]:
     """The tier 2 findings of a piece of BBj code, sorted by line (no syntax check)."""
-    code = code or ""
-    if code.startswith("\ufeff"):
-        code = code[1:]
+    code = (code or "").removeprefix("\ufeff")
     lines = logical_lines(split_physical_lines(code))
     findings: list[Finding] = []
     if code.strip():
