@@ -121,6 +121,10 @@ def write_model_report(path: str | Path, results: dict[str, Any], scores: Sequen
     return atomic_write_text(path, model_report_html(results, scores, rows))
 
 
+CLEAN_MEANING = ("compiles and passes the tier 2 checks: real BBjAPI methods and argument counts, defined labels, "
+                 "a statement, no runaway repetition, the right generation")
+
+
 def model_report_html(results: dict[str, Any], scores: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> str:
     label = results["model"]
     ks = k_keys(results)
@@ -132,8 +136,7 @@ def model_report_html(results: dict[str, Any], scores: Sequence[dict[str, Any]],
     summary_rows = [[td(f"compile@{k}"), td(pct(results["compile_at_k"][k]), True),
                      td("share of prompts whose generated BBj compiles (unbiased estimator)")] for k in ks]
     summary_rows += [[td(f"clean@{k}"), td(pct(clean[k]), True),
-                      td(("compiles and passes the tier 2 checks: real BBjAPI methods and argument counts, "
-                          "defined labels, a statement, no runaway repetition, the right generation"))]
+                      td(CLEAN_MEANING)]
                      for k in ks if k in clean]
     summary_rows += [
         [td("patterns pass rate"), td(pct(results["patterns_pass_rate"]), True),
