@@ -1,8 +1,10 @@
 """False alarms of the tier 2 checks on real BBj code (their precision), for benchmarks/RESULTS.md.
 
 Every file here is correct BBj written by people: real programs (`bbj-corpus/real`), the language
-server's snippets its tests assert valid, and its per-verb examples. Any tier 2 error on them is a
-false alarm. The generation check needs a suite's patterns and is not run here.
+server's snippets its tests assert valid, and its per-verb examples; and the reference answers of
+the project's eval suites (checked with their suite's generation and must_not patterns). Any tier 2
+error on them is a false alarm. "calls checked" counts the method calls whose receiver's type was
+known, i.e. how much the API check covered.
 
     python benchmarks/tier2_precision.py [../shared/bbj-corpus] [--show]
 """
@@ -15,8 +17,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from bbjtune.bbj.api import Program, tokenized
 from bbjtune.bbj.checker import decode_source
+from bbjtune.bbj.extract import extract_bbj
+from bbjtune.bbj.lexer import logical_lines, split_physical_lines
 from bbjtune.bbj.quality import check_quality
+from bbjtune.evaluate.suite import load_suite
+
+EVALS = Path(__file__).resolve().parents[1] / "evals"
 
 VALID_LABELS = frozenset({"valid", "valid-parse"})
 
@@ -35,23 +43,41 @@ def corpus_files(root: Path) -> dict[str, list[Path]]:
     return {"real": real, "snippets (valid)": snippets, "examples": examples}
 
 
+def sources(root: Path) -> dict[str, list[tuple[str, str, dict]]]:
+    """(name, code, check_quality arguments) per corpus."""
+    out = {name: [(str(p.relative_to(root)), decode_source(p.read_bytes()), {}) for p in files]
+           for name, files in corpus_files(root).items()}
+    refs = []
+    for suite in sorted(EVALS.glob("*.jsonl")):
+        for case in load_suite(suite).cases:
+            if case.compile and case.reference:
+                refs.append((f"{suite.name}:{case.id}", extract_bbj(case.reference),
+                             {"generation": case.generation, "must_not": case.must_not}))
+    out["eval suite references"] = refs
+    return out
+
+
 def measure(root: Path) -> dict[str, dict]:
     out = {}
-    for name, files in corpus_files(root).items():
+    for name, items in sources(root).items():
         rules: Counter = Counter()
         flagged, alarms = [], 0
-        lines = 0
-        t0 = time.perf_counter()
-        for path in files:
-            text = decode_source(path.read_bytes())
+        lines = calls = 0
+        seconds = 0.0
+        for path, text, kw in items:
             lines += text.count("\n") + 1
-            errors = [f for f in check_quality(text) if f.severity == "error"]
+            program = Program(tokenized(logical_lines(split_physical_lines(text))))
+            program.check_calls()
+            calls += program.calls_checked
+            t0 = time.perf_counter()
+            errors = [f for f in check_quality(text, **kw) if f.severity == "error"]
+            seconds += time.perf_counter() - t0
             alarms += len(errors)
             rules.update(f.rule for f in errors)
             if errors:
                 flagged.append((path, errors))
-        out[name] = {"files": len(files), "lines": lines, "files_flagged": len(flagged), "false_alarms": alarms,
-                     "by_rule": dict(rules), "seconds": round(time.perf_counter() - t0, 2), "flagged": flagged}
+        out[name] = {"files": len(items), "lines": lines, "calls": calls, "files_flagged": len(flagged), "false_alarms": alarms,
+                     "by_rule": dict(rules), "seconds": round(seconds, 2), "flagged": flagged}
     return out
 
 
@@ -62,16 +88,16 @@ def main(argv: list[str]) -> int:
     if not (root / "real").is_dir():
         print(f"{root}/real not found: pass the bbj-corpus folder", file=sys.stderr)
         return 2
-    print("| corpus | files | lines | files with a false alarm | false alarms | by rule | seconds |")
-    print("|---|---:|---:|---:|---:|---|---:|")
+    print("| corpus | files | lines | calls checked | files with a false alarm | false alarms | by rule | seconds |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|")
     for name, r in measure(root).items():
         rules = ", ".join(f"{k} {v}" for k, v in sorted(r["by_rule"].items())) or "-"
-        print(f"| {name} | {r['files']} | {r['lines']:,} | {r['files_flagged']} | {r['false_alarms']} | {rules} "
+        print(f"| {name} | {r['files']} | {r['lines']:,} | {r['calls']:,} | {r['files_flagged']} | {r['false_alarms']} | {rules} "
               f"| {r['seconds']} |")
         if show:
             for path, errors in r["flagged"]:
                 for f in errors:
-                    print(f"    {path.relative_to(root)}:{f.line}: {f.rule}: {f.message}")
+                    print(f"    {path}:{f.line}: {f.rule}: {f.message}")
     return 0
 
 

@@ -184,6 +184,7 @@ class Program:
         self.own: dict[str, OwnClass] = {}
         self.declared: dict[str, str] = {}  # lower variable name (with suffix, '#' for fields) -> type
         self.assigned: dict[str, str] = {}
+        self.calls_checked = 0  # calls whose receiver's type was known (the checks' coverage)
         self._declarations()
         for _ in range(3):  # chains depend on variables and variables on chains
             if not self._assignments():
@@ -395,6 +396,7 @@ class Program:
         return typ, i
 
     def _check(self, allowed, typ: str, name: str, n_args: int, problems: list, line) -> None:
+        self.calls_checked += 1
         counts = allowed.get(name.lower())
         where = line.first + 1 if line is not None else 0
         if counts is None:
