@@ -143,9 +143,9 @@ goto done
 
 def test_set_callback_label_and_numbered_programs():
     assert rules(GUI.replace("on_close:", "closing:")) == ["undefined-label", "undefined-label"]
-    numbered = "0010 gosub 0100\n0020 goto 0300\n0100 print \"x\"\n0110 return\n"
+    numbered = "0010 gosub 0100\n0015 seterr 0\n0020 goto 0300\n0100 print \"x\"\n0110 return\n"
     found = [f for f in check_quality(numbered) if f.rule == "undefined-label"]
-    assert [(f.line, "0300" in f.message) for f in found] == [(2, True)]
+    assert [(f.line, "0300" in f.message) for f in found] == [(3, True)]
 
 
 def test_code_with_no_statement():
@@ -163,6 +163,8 @@ def test_runaway_repetition():
     # short lines (ENDIF, NEXT, PRINT "") and a few repeats occur in real code
     assert rules("if a then\nif b then\nprint 1\nendif\nendif\nendif\n" + 'print ""\n' * 9) == []
     assert rules(line * 3) == []
+    numbered = "".join(f"{10 * (i + 1):04d} {line}" for i in range(9))
+    assert rules(numbered) == ["repetition"]
 
 
 def test_generation_fit_and_must_not_patterns():

@@ -45,6 +45,7 @@ MAX_BLOCK = 12
 MIN_REPEATS_LINE = 8     # one line eight times in a row
 MIN_REPEATS_BLOCK = 4    # a block of 2+ lines four times in a row
 MIN_REPEATED_CHARS = 12  # lines shorter than this (ENDIF, NEXT I, PRINT "") repeat in real code
+_LINE_NUMBER_RE = re.compile(r"^\d+ ")  # numbered programs: 0010 PRINT X and 0020 PRINT X repeat
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,8 @@ def _label_findings(toks: list[tuple[LogicalLine, list[str], list[str]]]) -> lis
     out = []
     for where, ref in refs:
         if ref[0].isdigit():
-            if numbers and str(int(ref)) not in numbers:
+            # SETERR 0 / SETESC 0 switch the handler off; 0 is never a line reference
+            if numbers and int(ref) != 0 and str(int(ref)) not in numbers:
                 out.append(Finding("undefined-label", where, f"line number {ref} is not in the program"))
         elif ref.lower() not in labels:
             out.append(Finding("undefined-label", where, f"no label '{ref}:' in the code"))
@@ -195,7 +197,7 @@ def _args(K: list[str], T: list[str], i: int) -> list[list[tuple[str, str]]]:
 # ----------------------------------------------------------------------------- repetition
 def _repetition(lines: list[LogicalLine]) -> list[Finding]:
     """The first block of 1..MAX_BLOCK lines repeated back to back (blank and REM lines ignored)."""
-    body = [(ln.first + 1, " ".join(ln.text.split()).lower()) for ln in lines]
+    body = [(ln.first + 1, _LINE_NUMBER_RE.sub("", " ".join(ln.text.split()).lower())) for ln in lines]
     body = [(n, t) for n, t in body if t and not t.startswith("rem")]
     texts = [t for _, t in body]
     total = len(texts)
