@@ -222,3 +222,27 @@ def test_false_alarms_on_real_bbj_stay_near_zero():
         if errors:
             flagged.append(f"{path.name}: {errors[0].rule} {errors[0].message}")
     assert len(flagged) <= len(files) // 100, flagged  # at most 1 % of real files
+
+
+def test_check_tier2_on_the_command_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "demo.bbj"
+    src.write_text(GUI.replace("process_events", 'timer! = sysgui!.createTimer(1, 5, "tick")\nprocess_events'))
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable)}
+    env.pop("BBJ_HOME", None)
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "bbjtune", "check", *args, str(src)], capture_output=True,
+                              text=True, env=env, timeout=120, check=False)
+
+    assert run().returncode == 0  # syntax only: it compiles
+    out = run("--tier2", "-f", "json")
+    assert out.returncode == 1
+    codes = [d["code"] for d in json.loads(out.stdout)["files"][0]["diagnostics"]]
+    assert codes == ["unknown-method"]
+    assert "generation-mismatch" in run("--tier2", "--generation", "character").stdout
+    bad = run("--tier2", "--generation", "cobol")
+    assert bad.returncode == 2 and "unknown generation" in bad.stderr and "Traceback" not in bad.stderr
