@@ -185,8 +185,12 @@ class Program:
         self.declared: dict[str, str] = {}  # lower variable name (with suffix, '#' for fields) -> type
         self.assigned: dict[str, str] = {}
         self.calls_checked = 0  # calls whose receiver's type was known (the checks' coverage)
+        self.scope = ""  # the scope of the line being read (see _scopes)
         self._declarations()
-        for _ in range(3):  # chains depend on variables and variables on chains
+        # Chains depend on variables and variables on chains: each pass types one more link of
+        # `a! = BBjAPI()`, `b! = a!.getSysGui()`, `c! = b!.addWindow(...)`; what is still untyped
+        # after the last pass stays unknown (no finding).
+        for _ in range(6):
             if not self._assignments():
                 break
 
