@@ -40,6 +40,7 @@ def _cell(a: float | None, b: float | None) -> dict[str, Any]:
 def _group_metrics(g: dict[str, Any] | None, ks: list[str]) -> dict[str, float | None]:
     g = g or {}
     out = {f"compile@{k}": (g.get("compile_at_k") or {}).get(k) for k in ks}
+    out.update({f"clean@{k}": (g.get("clean_at_k") or {}).get(k) for k in ks})
     out["patterns"] = g.get("patterns_pass_rate")
     out["factual"] = g.get("factual_accuracy")
     return out
@@ -52,6 +53,10 @@ def compare_results(ra: dict[str, Any], rb: dict[str, Any], max_drop_points: flo
         a, b = f"{a} (A)", f"{b} (B)"
     ks = sorted(set(ra.get("compile_at_k", {})) & set(rb.get("compile_at_k", {})), key=int) or ["1"]
     tiers = {f"compile@{k}": _cell(ra["compile_at_k"].get(k), rb["compile_at_k"].get(k)) for k in ks}
+    for k in ks:  # results written before tier 2 have no clean@k; shown only when either side has it
+        ca, cb = (ra.get("clean_at_k") or {}).get(k), (rb.get("clean_at_k") or {}).get(k)
+        if ca is not None or cb is not None:
+            tiers[f"clean@{k}"] = _cell(ca, cb)
     tiers["patterns pass rate"] = _cell(ra.get("patterns_pass_rate"), rb.get("patterns_pass_rate"))
     tiers["factual accuracy"] = _cell(ra.get("factual_accuracy"), rb.get("factual_accuracy"))
     hea, heb = ra.get("humaneval") or {}, rb.get("humaneval") or {}
@@ -125,8 +130,9 @@ def _verdict(score: dict[str, Any] | None) -> tuple[int, str]:
     """(number of checks passed, words) for a sample's score."""
     if score is None:
         return 0, "not scored"
-    checks = [(name, score.get(field)) for name, field in (("compiles", "compiles"), ("patterns", "patterns_ok"),
-                                                              ("factual", "factual")) if score.get(field) is not None]
+    checks = [(name, score.get(field)) for name, field in (("compiles", "compiles"), ("clean", "clean"),
+                                                              ("patterns", "patterns_ok"), ("factual", "factual"))
+              if score.get(field) is not None]
     passed = sum(bool(v) for _, v in checks)
     words = ", ".join(f"{name} {'✓' if v else '✗'}" for name, v in checks) or "no checks"
     return passed, words

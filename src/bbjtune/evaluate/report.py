@@ -121,6 +121,10 @@ def write_model_report(path: str | Path, results: dict[str, Any], scores: Sequen
     return atomic_write_text(path, model_report_html(results, scores, rows))
 
 
+CLEAN_MEANING = ("compiles and passes the tier 2 checks: real BBjAPI methods and argument counts, defined labels, "
+                 "a statement, no runaway repetition, the right generation")
+
+
 def model_report_html(results: dict[str, Any], scores: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> str:
     label = results["model"]
     ks = k_keys(results)
@@ -128,8 +132,12 @@ def model_report_html(results: dict[str, Any], scores: Sequence[dict[str, Any]],
              f"<p class='muted'>model {esc(words(results.get('model_spec')))} · compiler <b>{esc(results['compiler'])}</b> · "
              f"sampling {esc(words(results.get('sampling')))} · suites {esc(', '.join(results.get('suites', [])))}</p>"]
     he = results.get("humaneval") or {}
+    clean = results.get("clean_at_k") or {}  # absent in results written before tier 2
     summary_rows = [[td(f"compile@{k}"), td(pct(results["compile_at_k"][k]), True),
                      td("share of prompts whose generated BBj compiles (unbiased estimator)")] for k in ks]
+    summary_rows += [[td(f"clean@{k}"), td(pct(clean[k]), True),
+                      td(CLEAN_MEANING)]
+                     for k in ks if k in clean]
     summary_rows += [
         [td("patterns pass rate"), td(pct(results["patterns_pass_rate"]), True),
          td("answers using the expected APIs and idioms, none of the forbidden ones")],
@@ -147,15 +155,21 @@ def model_report_html(results: dict[str, Any], scores: Sequence[dict[str, Any]],
         groups = results.get(field) or {}
         names = list(groups)
         if field == "by_category" and names:
-            parts.append(bar_chart(names, {f"compile@{first_k}": [groups[n]["compile_at_k"].get(first_k) for n in names],
-                                           "patterns": [groups[n]["patterns_pass_rate"] for n in names]},
-                                   f"{label}: compile@{first_k} and patterns per category"))
+            series = {f"compile@{first_k}": [groups[n]["compile_at_k"].get(first_k) for n in names]}
+            if clean:
+                series[f"clean@{first_k}"] = [(groups[n].get("clean_at_k") or {}).get(first_k) for n in names]
+            series["patterns"] = [groups[n]["patterns_pass_rate"] for n in names]
+            parts.append(bar_chart(names, series, f"{label}: compile@{first_k}{', clean' if clean else ''} "
+                                   "and patterns per category"))
+        clean_ks = [k for k in ks if k in clean]
         rows_html = [[td(esc(n)), td(g["n_prompts"], True)] +
                      [td(pct(g["compile_at_k"].get(k)), True) for k in ks] +
+                     [td(pct((g.get("clean_at_k") or {}).get(k)), True) for k in clean_ks] +
                      [td(pct(g["patterns_pass_rate"]), True), td(pct(g["factual_accuracy"]), True)]
                      for n, g in groups.items()]
         parts += [f"<h2>{title}</h2>",
-                  table([field.split("_", 1)[1], "prompts", *[f"compile@{k}" for k in ks], "patterns", "factual"], rows_html)]
+                  table([field.split("_", 1)[1], "prompts", *[f"compile@{k}" for k in ks],
+                         *[f"clean@{k}" for k in clean_ks], "patterns", "factual"], rows_html)]
     if he:
         parts += ["<h2>HumanEval</h2>",
                   f"<p>Outcomes: {esc(', '.join(f'{k}: {v}' for k, v in sorted(he.get('statuses', {}).items())))}. "
@@ -168,7 +182,8 @@ def model_report_html(results: dict[str, Any], scores: Sequence[dict[str, Any]],
 def _failures_html(scores: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> list[str]:
     by_key = {(r["suite"], r["id"], r["sample"]): r for r in rows}
     failing = [s for s in scores if s.get("suite") != "humaneval" and
-               (s.get("compiles") is False or s.get("patterns_ok") is False or s.get("factual") is False)]
+               (s.get("compiles") is False or s.get("clean") is False or s.get("patterns_ok") is False
+                or s.get("factual") is False)]
     if not failing:
         return []
     out = [f"<h2>Failing samples ({len(failing)}, first {min(len(failing), MAX_FAILURES_SHOWN)} shown)</h2>"]
@@ -177,6 +192,10 @@ def _failures_html(scores: Sequence[dict[str, Any]], rows: Sequence[dict[str, An
         why = []
         if s.get("compiles") is False:
             why.append(f"does not compile: {esc(s.get('compile_reason'))}")
+        elif s.get("clean") is False:
+            found = [f for f in s.get("findings", []) if f.get("severity") == "error"]
+            why.append("not clean: " + "; ".join(f"line {f['line']} {esc(f['rule'])}: {esc(clip(f['message'], 160))}"
+                                                 for f in found[:3]))
         if s.get("missing"):
             why.append("missing " + ", ".join(f"<code>{esc(p)}</code>" for p in s["missing"]))
         if s.get("forbidden"):

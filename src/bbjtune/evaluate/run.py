@@ -125,7 +125,7 @@ def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[]
             run.metrics["generation"]["prompts_per_s"] = round(stats.generated / stats.seconds, 3)
         with run.timed("score"):
             results = score_dir(out, extra_problems=problems)
-        run.metrics.update({k: results[k] for k in ("compile_at_k", "patterns_pass_rate", "factual_accuracy",
+        run.metrics.update({k: results.get(k) for k in ("compile_at_k", "clean_at_k", "patterns_pass_rate", "factual_accuracy",
                                                      "n_prompts", "n_samples")})
         run.metrics["humaneval"] = results.get("humaneval")
         run.outputs += [GENERATIONS_FILE, SCORES_FILE, RESULTS_FILE, REPORT_FILE, CASES_FILE, SETTINGS_FILE]

@@ -151,8 +151,9 @@ def print_summary(results: dict[str, dict[str, Any]], cmp: dict[str, Any] | None
     for label, r in results.items():
         k = next(iter(r["compile_at_k"]), None)
         he = (r.get("humaneval") or {}).get("pass_at_1")
+        clean = (r.get("clean_at_k") or {}).get(k) if k else None
         console.print(f"  {label:8s} compile@{k or 1} {pct(r['compile_at_k'].get(k) if k else None):>6s}   "
-                      f"patterns {pct(r['patterns_pass_rate']):>6s}   factual {pct(r['factual_accuracy']):>6s}   "
+                      f"clean@{k or 1} {pct(clean):>6s}   patterns {pct(r['patterns_pass_rate']):>6s}   factual {pct(r['factual_accuracy']):>6s}   "
                       f"HumanEval pass@1 {pct(he):>6s}   errors {len(r['errors'])}", highlight=False)
     if cmp:
         gate = cmp["humaneval_gate"]
