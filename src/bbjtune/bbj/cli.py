@@ -9,13 +9,16 @@ import typer
 from bbjtune.errors import BbjtuneError
 
 from .checker import check_bytes, check_with, decode_source
-from .diagnostics import format_bbjcpl, format_human, has_errors
+from .diagnostics import Diagnostic, format_bbjcpl, format_human, has_errors, sort_diagnostics
+from .lexer import split_physical_lines
+from .quality import check_quality
 
 # Extensions searched for when a directory is given. Files named explicitly are checked whatever
 # their extension. `.bbx` is left out: it usually holds tokenized (binary) programs.
 SOURCE_EXTENSIONS = (".bbj", ".bbjt", ".src", ".bbl")
 FORMATS = ("human", "bbjcpl", "json")
 COMPILERS = ("auto", "builtin", "bbjcpl")
+GENERATIONS = ("character", "vpro5", "gui", "dwc")
 
 PathsArg = Annotated[list[str], typer.Argument(
     help="BBj files, directories (searched recursively for .bbj .bbjt .src .bbl), or - for "
@@ -31,10 +34,17 @@ WarningsOpt = Annotated[bool, typer.Option(
 TimeoutOpt = Annotated[float, typer.Option(help="Seconds bbjcpl may take per file.")]
 FragmentOpt = Annotated[bool, typer.Option(
     "--fragment", help="The files are pieces of a class: METHOD and FIELD may stand outside CLASS.")]
+Tier2Opt = Annotated[bool, typer.Option(
+    "--tier2", help="Also run the checks beyond syntax (as clean@k does): BBjAPI methods that do not "
+    "exist or get an impossible number of arguments, undefined labels, no statement, runaway repetition.")]
+GenerationOpt = Annotated[str | None, typer.Option(
+    "--generation", help="With --tier2: the BBj generation the code should be (character, vpro5, gui, dwc); "
+    "the other generation's hallmarks are then errors.")]
 
 
 def check(paths: PathsArg, format: FormatOpt = "human", compiler: CompilerOpt = "auto",
-          warnings: WarningsOpt = True, timeout: TimeoutOpt = 60.0, fragment: FragmentOpt = False) -> None:
+          warnings: WarningsOpt = True, timeout: TimeoutOpt = 60.0, fragment: FragmentOpt = False,
+          tier2: Tier2Opt = False, generation: GenerationOpt = None) -> None:
     """Check BBj programs for syntax errors; exit 1 when any file has an error.
 
     The built-in checker knows BBj's verbs, expressions, option lists, CLASS/METHOD structure and \
@@ -50,6 +60,8 @@ line continuations, needs no BBj licence, and can print its findings in bbjcpl -
             stream.reconfigure(errors="replace")
     if format not in FORMATS:
         raise BbjtuneError(f"unknown format {format!r}", f"use one of: {', '.join(FORMATS)}")
+    if generation is not None and generation not in GENERATIONS:
+        raise BbjtuneError(f"unknown generation {generation!r}", f"use one of: {', '.join(GENERATIONS)}")
     if compiler not in COMPILERS:
         raise BbjtuneError(f"unknown compiler {compiler!r}", f"use one of: {', '.join(COMPILERS)}")
 
@@ -61,6 +73,8 @@ line continuations, needs no BBj licence, and can print its findings in bbjcpl -
         else:
             diagnostics, used = check_with(compiler, decode_source(data), name, timeout=timeout, path=path,
                                            fragment=fragment)
+        if tier2 and format != "bbjcpl":  # bbjcpl's format is the compiler's, syntax only
+            diagnostics = sort_diagnostics([*diagnostics, *_tier2(decode_source(data), name, generation)])
         if not warnings:
             diagnostics = [d for d in diagnostics if d.severity == "error"]
         results.append((name, diagnostics, used))
@@ -91,6 +105,14 @@ line continuations, needs no BBj licence, and can print its findings in bbjcpl -
                          f"{'/'.join(used)}: {len(failed)} with errors ({errors} errors, {warns} warnings)\n")
     if failed:
         raise typer.Exit(1)
+
+
+def _tier2(text: str, name: str, generation: str | None) -> list:
+    """The tier 2 findings of one file as diagnostics (code = the rule)."""
+    lines = split_physical_lines(text)
+    return [Diagnostic(name, f.line, 1, f.message, f.severity, f.rule,
+                       lines[f.line - 1] if 0 < f.line <= len(lines) else "", 10 * f.line)
+            for f in check_quality(text, generation=generation)]
 
 
 def _sources(paths: list[str]):

@@ -93,6 +93,11 @@ def looks_like_bbj(code: str, threshold: float = 0.6) -> bool:
     return bbj_line_ratio(code) >= threshold
 
 
+def without_prose(text: str) -> str:
+    """`text` minus the lines that read as English sentences (for answers whose code is unfenced)."""
+    return "\n".join(ln for ln in text.splitlines() if not _looks_like_prose(ln))
+
+
 def _looks_like_prose(line: str) -> bool:
     s = line.strip()
     words = s.split()

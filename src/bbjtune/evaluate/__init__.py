@@ -1,7 +1,8 @@
 """Evaluation: did fine-tuning make the model better at BBj, and did it keep its Python?
 
 Tier 1 compile@k (compile.py; the real bbjcpl when installed), tier 2 API/idiom patterns and
-factual answers (patterns.py), tier 3 HumanEval pass@k in a sandbox (humaneval.py, sandbox.py);
+factual answers (patterns.py) and clean@k (compiles and passes bbj/quality.py's static checks),
+tier 3 HumanEval pass@k in a sandbox (humaneval.py, sandbox.py);
 tier 4, human review, reads the generations.jsonl written here (bbjtune.review). Generation itself
 (the backends, generations.jsonl) lives in bbjtune.models: the data stage's replay answers use it too.
 

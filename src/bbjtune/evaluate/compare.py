@@ -15,7 +15,7 @@ from typing import Any
 
 from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_text, read_complete_jsonl
 from bbjtune.errors import BbjtuneError
-from bbjtune.evaluate.metrics import PRIMARY, Metric, flat, metric_of
+from bbjtune.evaluate.metrics import PRIMARY, Metric, flat, metric_of, present
 from bbjtune.evaluate.report import compare_report_html
 from bbjtune.evaluate.run import GENERATIONS_FILE, RESULTS_FILE, SCORES_FILE
 from bbjtune.review_summary import format_summary, load_review_summary
@@ -46,7 +46,8 @@ def compare_results(ra: dict[str, Any], rb: dict[str, Any], max_drop_points: flo
     if a == b:
         a, b = f"{a} (A)", f"{b} (B)"
     ks = sorted(set(ra.get(PRIMARY.key, {})) & set(rb.get(PRIMARY.key, {})), key=int) or ["1"]
-    fa, fb = flat(ra, ks), flat(rb, ks)
+    shown = present(ra, rb)  # clean@k only when either side has it (results before tier 2 lack it)
+    fa, fb = flat(ra, ks, metrics=shown), flat(rb, ks, metrics=shown)
     tiers = {name: _cell(fa[name], fb[name], metric_of(name)) for name in fa}
     hea, heb = ra.get("humaneval") or {}, rb.get("humaneval") or {}
     for key in sorted(set(hea) & set(heb)):
@@ -56,8 +57,9 @@ def compare_results(ra: dict[str, Any], rb: dict[str, Any], max_drop_points: flo
     for field in ("by_category", "by_generation"):
         ga, gb = ra.get(field) or {}, rb.get(field) or {}
         names = sorted(set(ga) | set(gb))
-        pairs = {n: (flat(ga.get(n), ks, short=True), flat(gb.get(n), ks, short=True)) for n in names}
-        metrics = [m for m in flat({}, ks, short=True)
+        pairs = {n: (flat(ga.get(n), ks, short=True, metrics=shown), flat(gb.get(n), ks, short=True, metrics=shown))
+                 for n in names}
+        metrics = [m for m in flat({}, ks, short=True, metrics=shown)
                    if any(ma[m] is not None or mb[m] is not None for ma, mb in pairs.values())]
         breakdowns[field] = {n: {m: _cell(ma[m], mb[m], metric_of(m)) for m in metrics} for n, (ma, mb) in pairs.items()}
     regressions = [f"{name}: {_fmt(c['a'])} → {_fmt(c['b'])} ({100 * c['delta']:+.1f} points)"
@@ -119,8 +121,9 @@ def _verdict(score: dict[str, Any] | None) -> tuple[int, str]:
     """(number of checks passed, words) for a sample's score."""
     if score is None:
         return 0, "not scored"
-    checks = [(name, score.get(field)) for name, field in (("compiles", "compiles"), ("patterns", "patterns_ok"),
-                                                              ("factual", "factual")) if score.get(field) is not None]
+    checks = [(name, score.get(field)) for name, field in (("compiles", "compiles"), ("clean", "clean"),
+                                                              ("patterns", "patterns_ok"), ("factual", "factual"))
+              if score.get(field) is not None]
     passed = sum(bool(v) for _, v in checks)
     words = ", ".join(f"{name} {'✓' if v else '✗'}" for name, v in checks) or "no checks"
     return passed, words

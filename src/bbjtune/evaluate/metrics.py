@@ -48,6 +48,10 @@ class Metric:
     aggregate: Callable[[Sequence[dict[str, Any]], str, Sequence[int]], Any] = _rate
     per_k: bool = False           # one value per k (a dict "k" -> value) instead of one number
     higher_is_better: bool = True
+    charted: bool = True          # a bar of the report's per-category chart
+    # results.json written before the metric existed lack it (or hold {}): the report and the
+    # comparison then leave it out instead of showing "–" as if it had been measured
+    added_later: bool = False
 
     def compute(self, scores: Sequence[dict[str, Any]], k_list: Sequence[int]) -> Any:
         return self.aggregate(scores, self.sample_field, k_list)
@@ -76,9 +80,15 @@ def percent(value: float | None) -> str:
 METRICS: tuple[Metric, ...] = (
     Metric("compile_at_k", "compile@k", "compile@k", "share of prompts whose generated BBj compiles (unbiased estimator)",
            "compiles", aggregate=_pass_at_k, per_k=True),
+    # tier 2 (bbj/quality.py); a sample that does not compile is not clean, prose-only cases have no "clean"
+    Metric("clean_at_k", "clean@k", "clean@k",
+           "compiles and passes the tier 2 checks: real BBjAPI methods and argument counts, defined labels, "
+           "a statement, no runaway repetition, the right generation",
+           "clean", aggregate=_pass_at_k, per_k=True, added_later=True),
     Metric("patterns_pass_rate", "patterns pass rate", "patterns",
            "answers using the expected APIs and idioms, none of the forbidden ones", "patterns_ok"),
-    Metric("factual_accuracy", "factual accuracy", "factual", "factual questions answered right", "factual"),
+    Metric("factual_accuracy", "factual accuracy", "factual", "factual questions answered right", "factual",
+           charted=False),
 )
 PRIMARY = METRICS[0]
 
@@ -88,10 +98,17 @@ def headline(scores: Sequence[dict[str, Any]], k_list: Sequence[int]) -> dict[st
     return {m.key: m.compute(scores, k_list) for m in METRICS}
 
 
-def flat(results: dict[str, Any] | None, ks: Sequence[str], *, short: bool = False) -> dict[str, float | None]:
-    """All metrics of a results.json (or a by_* group) as {label: value}, compile@k spread over the ks."""
+def present(*results: dict[str, Any] | None) -> tuple[Metric, ...]:
+    """The metrics any of these results.json hold: all but those added later that every one lacks."""
+    return tuple(m for m in METRICS
+                 if not m.added_later or any((r or {}).get(m.key) not in (None, {}) for r in results))
+
+
+def flat(results: dict[str, Any] | None, ks: Sequence[str], *, short: bool = False,
+         metrics: Sequence[Metric] = METRICS) -> dict[str, float | None]:
+    """The metrics of a results.json (or a by_* group) as {label: value}, compile@k spread over the ks."""
     out: dict[str, float | None] = {}
-    for m in METRICS:
+    for m in metrics:
         out.update(m.values(results, ks, short=short))
     return out
 

@@ -3,9 +3,11 @@
 `expect.must` patterns must all match the answer, `expect.must_not` patterns must not match
 (Python-isms, Visual Basic syntax, APIs of the wrong BBj generation); `answer`, when a case has
 one, decides whether a factual question was answered correctly. `must` and `answer` are checked
-against the whole answer; `must_not` against the answer's fenced code blocks (any language) when
-it has some, so an answer that explains "replace the `return` with `METHODRET`" is not punished
-for quoting the mistake, else against the whole answer.
+against the whole answer (fix tasks ask for an explanation too); `must_not` patterns are about
+code and look at code only: the answer's fenced code blocks (any language) when it has some, so an
+answer that explains "replace the `return` with `METHODRET`" is not punished for quoting the
+mistake; else, for a case whose answer is code, the answer without its lines of prose (sentences
+around unfenced code); else (explain and factual answers without code) the whole answer.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from bbjtune.bbj import extract_code_blocks
+from bbjtune.bbj.extract import without_prose
 from bbjtune.evaluate.suite import EvalCase
 
 
@@ -44,7 +47,12 @@ def fenced_code(text: str) -> str:
 def score_patterns(case: EvalCase, text: str) -> PatternScore:
     text = text or ""
     code = fenced_code(text)
-    forbidden_in = code if code.strip() else text
+    if not code.strip():
+        if case.compile:
+            code = without_prose(text)
+        else:
+            code = text
+    forbidden_in = code
     score = PatternScore(has_patterns=bool(case.must or case.must_not))
     score.missing = [p for p in case.must if not _compiled(p).search(text)]
     score.forbidden = [p for p in case.must_not if _compiled(p).search(forbidden_in)]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bbjtune.artifacts import atomic_write_text
-from bbjtune.evaluate.metrics import METRICS, PRIMARY, flat, percent
+from bbjtune.evaluate.metrics import flat, percent, present
 from bbjtune.html_report import clip, esc, figure, img, table, td
 from bbjtune.html_report import page as html_page
 
@@ -50,6 +50,11 @@ def words(mapping: Any) -> str:
     return ", ".join(f"{k} {v}" for k, v in mapping.items() if v is not None and k != "fingerprint")
 
 
+def _and(names: list[str]) -> str:
+    """["a", "b", "c"] → "a, b and c"."""
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
 def k_keys(results: dict[str, Any]) -> list[str]:
     return sorted(results.get("compile_at_k", {}), key=int)
 
@@ -68,8 +73,9 @@ def model_report_html(results: dict[str, Any], scores: Sequence[dict[str, Any]],
              f"<p class='muted'>model {esc(words(results.get('model_spec')))} · compiler <b>{esc(results['compiler'])}</b> · "
              f"sampling {esc(words(results.get('sampling')))} · suites {esc(', '.join(results.get('suites', [])))}</p>"]
     he = results.get("humaneval") or {}
+    shown = present(results)  # clean@k is left out of results written before tier 2
     summary_rows = [[td(name), td(m.format(value), True), td(m.meaning)]
-                    for m in METRICS for name, value in m.values(results, ks).items()]
+                    for m in shown for name, value in m.values(results, ks).items()]
     for key in sorted(k for k in he if k.startswith("pass_at_")):
         summary_rows.append([td(f"HumanEval {key.replace('pass_at_', 'pass@')}"), td(percent(he[key]), True),
                              td(f"{he.get('n_tasks')} Python tasks, run in the sandbox ({esc(he.get('style'))} prompts)")])
@@ -82,15 +88,15 @@ def model_report_html(results: dict[str, Any], scores: Sequence[dict[str, Any]],
         groups = results.get(field) or {}
         names = list(groups)
         if field == "by_category" and names:
-            charted = {**PRIMARY.values(None, [first_k], short=True), METRICS[1].short: None}
+            charted = flat(None, [first_k], short=True, metrics=[m for m in shown if m.charted])
             parts.append(bar_chart(names, {name: [flat(groups[n], [first_k], short=True)[name] for n in names]
                                            for name in charted},
-                                   f"{label}: {' and '.join(charted)} per category"))
+                                   f"{label}: {_and(list(charted))} per category"))
         rows_html = [[td(esc(n)), td(g["n_prompts"], True)] +
-                     [td(percent(v), True) for v in flat(g, ks, short=True).values()]
+                     [td(percent(v), True) for v in flat(g, ks, short=True, metrics=shown).values()]
                      for n, g in groups.items()]
         parts += [f"<h2>{title}</h2>",
-                  table([field.split("_", 1)[1], "prompts", *flat(None, ks, short=True)], rows_html)]
+                  table([field.split("_", 1)[1], "prompts", *flat(None, ks, short=True, metrics=shown)], rows_html)]
     if he:
         parts += ["<h2>HumanEval</h2>",
                   f"<p>Outcomes: {esc(', '.join(f'{k}: {v}' for k, v in sorted(he.get('statuses', {}).items())))}. "
@@ -103,7 +109,8 @@ def model_report_html(results: dict[str, Any], scores: Sequence[dict[str, Any]],
 def _failures_html(scores: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> list[str]:
     by_key = {(r["suite"], r["id"], r["sample"]): r for r in rows}
     failing = [s for s in scores if s.get("suite") != "humaneval" and
-               (s.get("compiles") is False or s.get("patterns_ok") is False or s.get("factual") is False)]
+               (s.get("compiles") is False or s.get("clean") is False or s.get("patterns_ok") is False
+                or s.get("factual") is False)]
     if not failing:
         return []
     out = [f"<h2>Failing samples ({len(failing)}, first {min(len(failing), MAX_FAILURES_SHOWN)} shown)</h2>"]
@@ -112,6 +119,10 @@ def _failures_html(scores: Sequence[dict[str, Any]], rows: Sequence[dict[str, An
         why = []
         if s.get("compiles") is False:
             why.append(f"does not compile: {esc(s.get('compile_reason'))}")
+        elif s.get("clean") is False:
+            found = [f for f in s.get("findings", []) if f.get("severity") == "error"]
+            why.append("not clean: " + "; ".join(f"line {f['line']} {esc(f['rule'])}: {esc(clip(f['message'], 160))}"
+                                                 for f in found[:3]))
         if s.get("missing"):
             why.append("missing " + ", ".join(f"<code>{esc(p)}</code>" for p in s["missing"]))
         if s.get("forbidden"):

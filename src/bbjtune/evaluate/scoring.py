@@ -1,12 +1,14 @@
 """Score BBj samples (compile, patterns, facts) and sum them up into results.json's numbers.
 
-Per sample (scores.jsonl): whether its code compiles, with the compiler's first errors; which
+Per sample (scores.jsonl): whether its code compiles, with the compiler's first errors; whether it
+is clean (compiles and passes the tier 2 checks of `bbj/quality.py`: real BBjAPI methods, defined
+labels, a statement, no runaway repetition, the right generation), with their findings; which
 `must` patterns are missing and which `must_not` patterns match; whether a factual answer is right.
 A sample that failed to generate (error) fails every check that applies to it.
 
-Summaries: compile@k by the unbiased estimator over each prompt's samples (prompts whose answer is
-compiled), the share of samples passing all their patterns, the share of factual answers right;
-overall and per category, BBj generation, suite and task.
+Summaries: every metric of evaluate/metrics.py (compile@k and clean@k by the unbiased estimator
+over each prompt's samples, the share of samples passing all their patterns, the share of factual
+answers right); overall and per category, BBj generation, suite and task.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bbjtune.bbj import extract_bbj
+from bbjtune.bbj.quality import check_quality
 from bbjtune.evaluate.compile import compile_answer, compile_code
 from bbjtune.evaluate.metrics import METRICS, headline
 from bbjtune.evaluate.patterns import score_patterns
 from bbjtune.evaluate.suite import EvalCase
 
 MISSING_SAMPLE = "no generation for this sample (the run was interrupted before it)"
+MAX_FINDINGS_KEPT = 20
 
 
 def score_bbj_samples(rows: Sequence[dict[str, Any]], cases: Sequence[EvalCase], n_samples: int,
@@ -44,10 +48,11 @@ def score_sample(case: EvalCase, sample: int, row: dict[str, Any] | None, compil
     score: dict[str, Any] = {"suite": case.suite, "id": case.id, "sample": sample, "category": case.category,
                              "generation": case.generation, "task": case.task, "error": error,
                              "compiles": None, "compiler": None, "compile_reason": "", "diagnostics": [],
+                             "clean": None, "findings": [],
                              "patterns_ok": None, "missing": [], "forbidden": [], "factual": None}
     if case.compile:
         if error:
-            score.update(compiles=False, compile_reason=f"no answer: {error}")
+            score.update(compiles=False, compile_reason=f"no answer: {error}", clean=False)
         else:
             code = row.get("code")
             if code is None:  # rows written by other tools may lack the extracted code
@@ -55,6 +60,9 @@ def score_sample(case: EvalCase, sample: int, row: dict[str, Any] | None, compil
             result = compile_code(code, compiler, f"{case.id}.bbj")
             score.update(compiles=result.compiles, compiler=result.compiler, compile_reason=result.reason,
                          diagnostics=result.diagnostics)
+            findings = check_quality(code, generation=case.generation, must_not=case.must_not)
+            score.update(clean=result.compiles and not any(f.severity == "error" for f in findings),
+                         findings=[f.to_dict() for f in findings[:MAX_FINDINGS_KEPT]])
     pat = score_patterns(case, output)
     if pat.has_patterns:
         score.update(patterns_ok=pat.passed and not error, missing=pat.missing, forbidden=pat.forbidden)
