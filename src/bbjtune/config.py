@@ -157,8 +157,8 @@ class SelfSampleConfig(Section):
     seed: int = 42
 
 
-class RftConfig(StageConfig):
-    """Rejection-sampling fine-tuning: SFT on the best passing sample of each prompt (and the references)."""
+class RftConfig(SftConfig):
+    """Rejection-sampling fine-tuning: stage 2's recipe on the best passing sample of each prompt (and the references)."""
 
     learning_rate: float = Field(2e-5, gt=0.0, lt=1.0)
     epochs: float = Field(1.0, gt=0.0)
