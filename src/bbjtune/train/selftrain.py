@@ -186,7 +186,7 @@ def build_data(job: StageJob, prompts: list[SelfPrompt], rows: list[dict[str, An
             rft.append([*prompt.context, {"role": "assistant", "content": prompt.reference}])
         chosen = [r["output"] for r in passing]
         if not chosen and getattr(cfg, "reference_as_chosen", False) and failing:
-            chosen = [prompt.reference]
+            chosen = [prompt.reference] * len(failing)  # against each failing answer, up to the limit
         limit = getattr(cfg, "max_pairs_per_prompt", 1)
         for good, bad in list(zip(chosen, [r["output"] for r in failing]))[:limit]:
             pairs.append({"prompt": prompt.context, "chosen": [{"role": "assistant", "content": good}],

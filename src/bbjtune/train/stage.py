@@ -109,7 +109,9 @@ def _run_self_training(cfg: RunConfig, stage: str, backend: str, console: Consol
     job = recipe.StageJob(cfg=cfg, stage=stage, base_source=previous[0], backend=backend, console=console,
                           resume=resume, data_fingerprint=data_fingerprint(cfg, "sft", chained) + ":" + str(previous))
     result = selftrain.run_selftrain(job, data, previous)
-    _summarize(job, result["metrics"])
+    m = result["metrics"]
+    console.print(f"[green]✓[/] {stage}: {len(m['rounds'])} round(s), last {m.get('steps')} steps; adapter "
+                  f"{result['adapter']} on {result['base']}; rounds in {cfg.train_dir / stage / 'selftrain.json'}")
     return result
 
 
