@@ -25,6 +25,7 @@ from bbjtune.artifacts import MANIFEST_NAME, StageRun, sha256_file
 from bbjtune.config import RunConfig
 from bbjtune.errors import BbjtuneError
 from bbjtune.train.inputs import TrainingData, load_training_data
+from bbjtune.train.verdict import tier as verdict_tier
 
 STAGES = ("cpt", "sft", "rft", "dpo", "grpo")
 SELF_TRAINING = ("rft", "dpo", "grpo")
@@ -48,7 +49,15 @@ def run_stage(cfg: RunConfig, stages: list[str] | None = None, resume: str = "au
     if dry_run:
         from bbjtune.train.dryrun import show_dry_run
 
-        show_dry_run(cfg, stages, data, console)
+        supervised = [s for s in stages if s not in SELF_TRAINING]
+        if supervised:
+            show_dry_run(cfg, supervised, data, console)
+        for s in stages:
+            if s in SELF_TRAINING:
+                sampling = getattr(cfg.train, s).sampling
+                console.print(f"{s}: {sampling.rounds} round(s) of {sampling.samples_per_prompt} samples per training "
+                              f"prompt (temperature {sampling.temperature:g}, up to {sampling.max_new_tokens} tokens), "
+                              f"judged by {verdict_tier()}; then training on the verdicts")
         return cfg.train_dir
 
     backends.use_one_gpu_unless_launched(console)
