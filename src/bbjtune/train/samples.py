@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,8 +90,10 @@ def training_prompts(cfg: RunConfig, conversations: Sequence[list[dict[str, str]
             out.skip("reference has no BBj code")
             continue
         out.prompts.append(SelfPrompt(pid, context, reference, derive_must_patterns(reference)))
-    if sampling.max_prompts:
-        out.prompts = out.prompts[:sampling.max_prompts]
+    if sampling.max_prompts and len(out.prompts) > sampling.max_prompts:
+        # a seeded sample across all files, not the first file's prompts (train.jsonl keeps the input order)
+        keep = set(random.Random(sampling.seed).sample(range(len(out.prompts)), sampling.max_prompts))
+        out.prompts = [p for i, p in enumerate(out.prompts) if i in keep]
     return out
 
 
