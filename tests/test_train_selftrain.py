@@ -74,6 +74,12 @@ def test_prompts_are_decontaminated_like_the_data_stage_and_need_code(tmp_path, 
     assert found.skipped["overlaps an eval or held-out prompt"] == 2
     assert found.skipped["reference has no BBj code"] == 1
     assert all(p.context[0]["content"] == SYSTEM for p in found.prompts if p.context[0]["role"] == "system")
+    some = training_prompts(cfg, load_conversations(data_dir / "train.jsonl"), sampling(extra_prompts=[str(extra)],
+                                                                                        max_prompts=2))
+    again = training_prompts(cfg, load_conversations(data_dir / "train.jsonl"), sampling(extra_prompts=[str(extra)],
+                                                                                         max_prompts=2))
+    assert len(some.prompts) == 2 and [p.id for p in some.prompts] == [p.id for p in again.prompts]
+    assert {p.id for p in some.prompts} < {p.id for p in found.prompts}
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -222,7 +228,10 @@ def test_sft_rft_dpo_in_one_run_then_nothing_to_redo(tmp_path, tiny_model_dir):
         stats = summary["rounds"][0]
         assert stats["samples"] == 2 * stats["prompts"] and stats["prompts"] == 5  # 6 distinct prompts, 1 held out
         assert len(read_samples(cfg.train_dir / name / "round-1" / SAMPLES_FILE)) == stats["samples"]
-    assert json.loads((cfg.train_dir / "dpo" / "round-1" / "round.json").read_text())["stats"]["pairs"] > 0
+    pairs = json.loads((cfg.train_dir / "dpo" / "round-1" / "round.json").read_text())["stats"]["pairs"]
+    assert pairs > 0
+    section = (cfg.train_dir / "dpo" / "selftrain.md").read_text()
+    assert section.startswith("## Self-training: dpo") and f"| 1 | 5 | 10 |" in section and f"| {pairs} |" in section
     before = (cfg.train_dir / "dpo" / "round-1" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
     log = Console(stderr=True, record=True, width=200)
     run_stage(cfg, console=log)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bbjtune.errors import BbjtuneError
 
@@ -210,6 +210,15 @@ class TrainConfig(Section):
     rft: RftConfig = Field(default_factory=RftConfig)
     dpo: DpoConfig = Field(default_factory=DpoConfig)
     grpo: GrpoConfig = Field(default_factory=GrpoConfig)
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _known_stages(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            unknown = [s for s in value if s not in ("cpt", "sft", *SELF_TRAINING_STAGES)]
+            if unknown:
+                raise ValueError(f"unknown stage(s) {unknown}: list some of cpt, sft, rft, dpo, grpo in that order")
+        return value
+
     optim: Literal["paged_adamw_8bit", "adamw_8bit", "adamw_torch", "adamw_torch_fused"] = "paged_adamw_8bit"
     gradient_checkpointing: bool = True
     use_liger: bool = False

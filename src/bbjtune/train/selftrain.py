@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bbjtune.artifacts import atomic_write_json
+from bbjtune.artifacts import atomic_write_json, atomic_write_text
 from bbjtune.config import SelfSampleConfig
 from bbjtune.train import recipe
 from bbjtune.train.inputs import TrainingData
@@ -34,6 +34,11 @@ from bbjtune.train.samples import SAMPLES_FILE, SelfPrompt, by_prompt, sample_pr
 from bbjtune.train.verdict import tier
 
 SUMMARY_FILE = "selftrain.json"
+REPORT_FILE = "selftrain.md"
+REPORT_COLUMNS = (("round", "round"), ("prompts", "prompts"), ("samples", "samples"), ("compile_rate", "compile"),
+                  ("clean_rate", "clean"), ("patterns_rate", "patterns"), ("pass_rate", "pass"),
+                  ("ran_on_rate", "ran on"), ("prompts_with_a_passing_answer", "prompts passing"),
+                  ("rft_examples", "RFT examples"), ("pairs", "pairs"), ("median_answer_tokens", "median tokens"))
 ROUND_FILE = "round.json"
 
 
@@ -67,6 +72,7 @@ def run_selftrain(job: StageJob, data: TrainingData, previous: tuple[str, str | 
         if recipe.is_main_process():
             atomic_write_json(job.cfg.train_dir / job.stage / SUMMARY_FILE,
                               {"stage": job.stage, "checks": tier(), "rounds": rounds})
+            atomic_write_text(job.cfg.train_dir / job.stage / REPORT_FILE, report_section(job.stage, rounds))
     return {"metrics": {**result["metrics"], "rounds": rounds}, "lora": result["lora"],
             "base": previous[0], "adapter": previous[1]}
 
@@ -212,6 +218,22 @@ def train_round(job: RoundJob, data: TrainingData, built: Built) -> dict[str, An
     if job.stage == "dpo":
         return preference.run_preference(job, built.pairs, built.unpaired)
     return preference.run_grpo(job, data)
+
+
+def report_section(stage: str, rounds: list[dict[str, Any]]) -> str:
+    """A Markdown section with one row per round: the samples' pass rates and what was built from them."""
+    def cell(key: str, value: Any) -> str:
+        return f"{value:.1%}" if key.endswith("_rate") and isinstance(value, (int, float)) else str(value)
+
+    lines = [f"## Self-training: {stage}", "",
+             f"Checks: {rounds[0]['checks'] if rounds else tier()}. Rates are shares of all samples of the round.", "",
+             "| " + " | ".join(title for _, title in REPORT_COLUMNS) + " |",
+             "|" + "---|" * len(REPORT_COLUMNS)]
+    lines += ["| " + " | ".join(cell(k, r.get(k, "")) for k, _ in REPORT_COLUMNS) + " |" for r in rounds]
+    skipped = rounds[-1].get("prompts_skipped") if rounds else None
+    if skipped:
+        lines += ["", "Prompts left out: " + ", ".join(f"{n} {reason}" for reason, n in skipped.items()) + "."]
+    return "\n".join(lines) + "\n"
 
 
 def describe_round(stage: str, s: dict[str, Any]) -> str:
