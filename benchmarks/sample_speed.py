@@ -17,6 +17,7 @@ Variants (each on its own prompts count, reported with it; tokens/s is the figur
   old-k        batch_size 16, k sampled answers per prompt (today's default batch for k samples)
   new-k        batch_tokens, k sampled answers per prompt
   new-k-static batch_tokens + static KV cache (compiled on CUDA): a cold run (with compiling) and a warm one
+  continuous-k transformers' continuous batching (paged cache; the prompt prefilled once, k sequences forked)
 A variant that fails (e.g. compiling on an unsupported setup) is reported with its error, not fatal.
 """
 
@@ -96,6 +97,7 @@ def main() -> None:
         "new-k": (lambda: TransformersBackend(model, tok, batch_tokens=args.batch_tokens), args.prompts, sampled),
         "new-k-static": (lambda: TransformersBackend(model, tok, batch_tokens=args.batch_tokens, static_cache=True),
                          args.prompts, sampled),
+        "continuous-k": (lambda: TransformersBackend(model, tok, continuous=True), args.prompts, sampled),
     }
     warm = TransformersBackend(model, tok, batch_size=8)
     timed(warm, requests[:8], Sampling(temperature=0.0, max_new_tokens=4))  # CUDA context, kernels
@@ -107,7 +109,7 @@ def main() -> None:
         try:
             backend = make()
             rows[name] = timed(backend, requests[:n_prompts], sampling)
-            if name.endswith("static"):  # the first run compiled; the second shows the steady state
+            if name.endswith(("static", "continuous-k")):  # the first run compiled/captured; the second is steady
                 rows[name] = {"cold": rows[name], **timed(backend, requests[:n_prompts], sampling)}
         except Exception as exc:  # noqa: BLE001 — a variant that cannot run is a result too
             rows[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}

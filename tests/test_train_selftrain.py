@@ -138,6 +138,20 @@ def test_token_budget_batches_give_the_same_greedy_answers(tiny_model_dir):
     assert {i: [c.text for c in cs] for i, cs in static.generate(requests, settings)} == one
 
 
+@pytest.mark.slow
+def test_continuous_batching_returns_k_answers_per_prompt(tiny_model_dir):
+    # transformers' continuous batching is built for GPUs: ~30 s for this on a CPU
+    from bbjtune.evaluate.generate import Request, Sampling
+
+    backend = TransformersBackend.load(str(tiny_model_dir), dtype="float32", continuous=True)
+    requests = [Request(messages=conversation(i)[:2]) for i in range(3)]
+    got = dict(backend.generate(requests, Sampling(temperature=0.8, max_new_tokens=5, n=3, seed=1)))
+    assert sorted(got) == [0, 1, 2] and all(len(c) == 3 for c in got.values())
+    assert all(c.error is None and 0 < c.tokens <= 5 and c.finish_reason in ("stop", "length")
+               for cs in got.values() for c in cs)
+    assert len({c.text for cs in got.values() for c in cs}) > 1  # sampled, not one answer copied
+
+
 # ----------------------------------------------------------------------------- building the data
 
 def row(pid, sample, output, v):

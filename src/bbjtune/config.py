@@ -149,6 +149,9 @@ class SelfSampleConfig(Section):
         "eval suites and the held-out split like the training data"))
     batch_tokens: int = Field(65536, gt=0, description=(
         "sequences x (prompt + answer tokens) generated at once; larger batches use the GPU better"))
+    engine: Literal["batched", "continuous"] = Field("batched", description=(
+        "batched: padded batches of batch_tokens; continuous: transformers' continuous batching (GPU only in "
+        "practice; benchmarks/sample_speed.py compares them)"))
     min_pattern_share: float = Field(0.5, ge=0.0, le=1.0, description=(
         "an answer passes the prompt's own patterns (derived from the reference answer) when it matches at "
         "least this share of them"))

@@ -10,7 +10,8 @@ n samples per request, with the same sampling settings everywhere. Three backend
   sequences x (longest prompt + new tokens)), which keeps a GPU busy when n samples per prompt
   multiply the rows; `static_cache` pre-allocates the KV cache, which lets transformers compile
   the decoding step on a GPU (prompts are then padded to a multiple of 64 tokens, so few distinct
-  shapes need compiling).
+  shapes need compiling). `continuous` hands the prompts to transformers' continuous batching
+  instead (generate_continuous.py).
 - `http` (generate_http.py): any OpenAI-compatible server (vLLM, Ollama, llama.cpp's server).
 - `gguf` (generate_gguf.py): a GGUF file through llama-cpp-python.
 
@@ -92,7 +93,7 @@ class TransformersBackend:
     name = "transformers"
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, description: dict[str, Any] | None = None,
-                 batch_tokens: int | None = None, static_cache: bool = False):
+                 batch_tokens: int | None = None, static_cache: bool = False, continuous: bool = False):
         import torch
 
         self.model = model.eval()
@@ -103,6 +104,7 @@ class TransformersBackend:
         self.batch_size = batch_size
         self.batch_tokens = batch_tokens
         self.static_cache = static_cache
+        self.continuous = continuous
         self.device = next(model.parameters()).device
         self.stop_ids = self._stop_ids()
         self._description = description or {}
@@ -111,7 +113,8 @@ class TransformersBackend:
 
     @classmethod
     def load(cls, source: str, adapter: str | None = None, tokenizer: str | None = None, dtype: str = "auto",
-             batch_size: int = 16, batch_tokens: int | None = None, static_cache: bool = False) -> TransformersBackend:
+             batch_size: int = 16, batch_tokens: int | None = None, static_cache: bool = False,
+             continuous: bool = False) -> TransformersBackend:
         """A model from any source bbjtune accepts, with an optional LoRA adapter applied on top."""
         import torch
 
@@ -124,7 +127,7 @@ class TransformersBackend:
         if adapter:
             model = apply_adapter(model, adapter)
         return cls(model, tok, batch_size, {"source": source, "adapter": adapter, "tokenizer": str(tok_source)},
-                   batch_tokens=batch_tokens, static_cache=static_cache)
+                   batch_tokens=batch_tokens, static_cache=static_cache, continuous=continuous)
 
     @classmethod
     def from_trained(cls, trained: str | Path, dtype: str = "auto", batch_size: int = 16) -> TransformersBackend:
@@ -139,7 +142,7 @@ class TransformersBackend:
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "batch_size": self.batch_size, "batch_tokens": self.batch_tokens,
-                "static_cache": self.static_cache, "device": str(self.device),
+                "static_cache": self.static_cache, "continuous": self.continuous, "device": str(self.device),
                 "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""), **self._description}
 
     def close(self) -> None:
@@ -168,7 +171,12 @@ class TransformersBackend:
             # Small matrices: thread start-up costs more than it saves (20x slower on a busy 2-core box).
             torch.set_num_threads(1)
         try:
-            yield from self._generate_all(requests, sampling)
+            if self.continuous:
+                from bbjtune.evaluate.generate_continuous import generate_continuous
+
+                yield from generate_continuous(self, requests, sampling)
+            else:
+                yield from self._generate_all(requests, sampling)
         finally:
             torch.set_num_threads(threads)
 

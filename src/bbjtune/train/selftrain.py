@@ -133,7 +133,8 @@ def _sample(job: RoundJob, prompts: list[SelfPrompt], sampling: SelfSampleConfig
                 def generate(self, requests, settings):
                     nonlocal backend
                     backend = TransformersBackend.load(job.base_source, dtype=job.cfg.model.dtype,
-                                                       batch_tokens=sampling.batch_tokens)
+                                                       batch_tokens=sampling.batch_tokens,
+                                                       continuous=sampling.engine == "continuous")
                     yield from backend.generate(requests, settings)
 
             rows = sample_prompts(Lazy(), prompts, sampling, path, seed=sampling.seed + 1000 * job.round,
