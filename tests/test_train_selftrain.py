@@ -252,3 +252,10 @@ def test_sft_rft_dpo_in_one_run_then_nothing_to_redo(tmp_path, tiny_model_dir):
     text = log.export_text()
     assert "rft round 1: already trained" in text and "dpo round 1: already trained" in text
     assert (cfg.train_dir / "dpo" / "round-1" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == before
+    # stage 2 trained again (other settings): everything built on it is stale and is redone
+    retrained = cfg.model_copy(deep=True)
+    retrained.train.sft.max_steps = 3
+    run_stage(retrained, console=log)
+    text = log.export_text()
+    assert "already trained" not in text and "rft round 1: merging" in text and "dpo round 1: merging" in text
+    assert (cfg.train_dir / "dpo" / "round-1" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns != before

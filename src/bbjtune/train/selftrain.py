@@ -20,12 +20,13 @@ lists all rounds (the report's section). A finished round is not redone; a kille
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bbjtune.artifacts import atomic_write_json, atomic_write_text
+from bbjtune.artifacts import atomic_write_json, atomic_write_text, sha256_file
 from bbjtune.config import SelfSampleConfig
 from bbjtune.train import recipe
 from bbjtune.train.inputs import TrainingData
@@ -40,6 +41,8 @@ REPORT_COLUMNS = (("round", "round"), ("prompts", "prompts"), ("samples", "sampl
                   ("ran_on_rate", "ran on"), ("prompts_with_a_passing_answer", "prompts passing"),
                   ("rft_examples", "RFT examples"), ("pairs", "pairs"), ("median_answer_tokens", "median tokens"))
 ROUND_FILE = "round.json"
+START_FILE = "start.json"
+SAMPLING_FILE = "sampling.json"
 
 
 @dataclass
@@ -63,9 +66,10 @@ def run_selftrain(job: StageJob, data: TrainingData, previous: tuple[str, str | 
     rounds: list[dict[str, Any]] = []
     result: dict[str, Any] = {}
     for n in range(1, sampling.rounds + 1):
+        origin = model_identity(previous)
         rjob = RoundJob(cfg=job.cfg, stage=job.stage, base_source="", backend=job.backend, console=job.console,
-                        data_fingerprint=job.data_fingerprint, resume=job.resume, round=n)
-        rjob.base_source = str(_start_model(rjob, previous))
+                        data_fingerprint=f"{job.data_fingerprint}:{origin}", resume=job.resume, round=n)
+        rjob.base_source = str(_start_model(rjob, previous, origin))
         result = run_round(rjob, data)
         rounds.append(result["round"])
         previous = (rjob.base_source, str(rjob.adapter_dir))
@@ -77,16 +81,33 @@ def run_selftrain(job: StageJob, data: TrainingData, previous: tuple[str, str | 
             "base": previous[0], "adapter": previous[1]}
 
 
-def _start_model(job: RoundJob, previous: tuple[str, str | None]) -> Path | str:
+def model_identity(model: tuple[str, str | None]) -> str:
+    """What a round starts from: the base's path and the previous adapter's weights (a retrained SFT differs)."""
+    base, adapter = model
+    parts = [str(Path(base).resolve()) if Path(base).exists() else base]
+    if adapter is not None:
+        weights = sorted(Path(adapter).glob("adapter_model.*"))
+        parts += [sha256_file(w) for w in weights] or [str(adapter)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _start_model(job: RoundJob, previous: tuple[str, str | None], origin: str) -> Path | str:
+    """The previous model merged into `round-N/start/`, merged again when what it came from has changed.
+
+    Whatever was sampled from an older start model is stale then too, so the round's samples go with it.
+    """
     base, adapter = previous
     if adapter is None:
         return base
     start = job.out_dir / "start"
-    if not (start / "config.json").exists() and recipe.is_main_process():
+    record = job.out_dir / START_FILE
+    if recipe.is_main_process() and (not (start / "config.json").exists() or _read_json(record).get("origin") != origin):
         from bbjtune.train.merge import merge_adapter
 
+        (job.out_dir / SAMPLES_FILE).unlink(missing_ok=True)
         job.console.print(f"{job.stage} round {job.round}: merging {adapter} into {base} → {start}")
         merge_adapter(base, Path(adapter), start, dtype=job.cfg.model.dtype)
+        atomic_write_json(record, {"origin": origin, "base": base, "adapter": adapter})
     recipe.wait_for_everyone()
     return start
 
@@ -123,6 +144,10 @@ def _sample(job: RoundJob, prompts: list[SelfPrompt], sampling: SelfSampleConfig
     from bbjtune.evaluate.generate import TransformersBackend
 
     path = job.out_dir / SAMPLES_FILE
+    settings = {"sampling": sampling.model_dump(mode="json", exclude={"rounds"}), "start": job.data_fingerprint}
+    if _read_json(job.out_dir / SAMPLING_FILE) != settings:  # samples drawn otherwise are not reused
+        path.unlink(missing_ok=True)
+        atomic_write_json(job.out_dir / SAMPLING_FILE, settings)
     backend = None
     try:
         with Progress(console=job.console, transient=True) as progress:

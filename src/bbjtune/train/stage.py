@@ -112,8 +112,11 @@ def _before(cfg: RunConfig, stage: str) -> str:
 
 def _run_self_training(cfg: RunConfig, stage: str, backend: str, console: Console, resume: str, data: TrainingData,
                        chained: bool) -> dict[str, Any]:
-    from bbjtune.train import recipe, selftrain
+    from bbjtune.train import backends, recipe, selftrain
 
+    if backends.world_size() > 1:
+        raise BbjtuneError(f"{stage} samples from the model in one process; it does not run under a multi-process launch",
+                           f"run it on its own without accelerate launch/torchrun: bbjtune train CONFIG --stage {stage}")
     previous = model_after(cfg, _before(cfg, stage), chained)
     job = recipe.StageJob(cfg=cfg, stage=stage, base_source=previous[0], backend=backend, console=console,
                           resume=resume, data_fingerprint=data_fingerprint(cfg, "sft", chained) + ":" + str(previous))
