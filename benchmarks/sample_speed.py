@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from generate_batching import load, suite_prompts  # noqa: E402  (the same model and prompts as that benchmark)
+from generate_batching import load, suite_prompts  # the same model and prompts as that benchmark
 
 
 def parse_args() -> argparse.Namespace:

@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 from train_helpers import SYSTEM, conversation, fenced, make_config, write_data, write_jsonl
 
-from bbjtune.evaluate.generate import Completion, TransformersBackend
+from bbjtune.evaluate.generate import TransformersBackend
 from bbjtune.train import preference, selftrain, verdict
 from bbjtune.train.recipe import StageJob
 from bbjtune.train.samples import SAMPLES_FILE, SelfPrompt, read_samples, sample_prompts, training_prompts
@@ -161,7 +161,7 @@ def row(pid, sample, output, v):
 def test_rft_keeps_the_best_passing_answer_and_dpo_pairs_pass_with_fail(tmp_path, tiny_model_dir):
     cfg = make_config(tmp_path, tiny_model_dir, train__stages=["sft", "rft", "dpo"])
     prompts = [SelfPrompt("a", conversation(0)[:2], "REF-A", MUST), SelfPrompt("b", conversation(1)[:2], "REF-B", MUST)]
-    judge = lambda text, reason="stop": verdict.judge(text, MUST, finish_reason=reason, compiler="builtin")  # noqa: E731
+    judge = lambda text, reason="stop": verdict.judge(text, MUST, finish_reason=reason, compiler="builtin")
     longer = GOOD.replace("end\n```", "rem done\nend\n```")
     rows = [row("a", 0, longer, judge(longer)), row("a", 1, GOOD, judge(GOOD)), row("a", 2, "oops", judge("oops")),
             row("b", 0, "nope", judge("nope")), row("b", 1, GOOD, judge(GOOD, "length"))]
@@ -245,7 +245,7 @@ def test_sft_rft_dpo_in_one_run_then_nothing_to_redo(tmp_path, tiny_model_dir):
     pairs = json.loads((cfg.train_dir / "dpo" / "round-1" / "round.json").read_text())["stats"]["pairs"]
     assert pairs > 0
     section = (cfg.train_dir / "dpo" / "selftrain.md").read_text()
-    assert section.startswith("## Self-training: dpo") and f"| 1 | 5 | 10 |" in section and f"| {pairs} |" in section
+    assert section.startswith("## Self-training: dpo") and "| 1 | 5 | 10 |" in section and f"| {pairs} |" in section
     before = (cfg.train_dir / "dpo" / "round-1" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
     log = Console(stderr=True, record=True, width=200)
     run_stage(cfg, console=log)

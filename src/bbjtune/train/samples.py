@@ -98,11 +98,8 @@ def training_prompts(cfg: RunConfig, conversations: Sequence[list[dict[str, str]
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
-    """Complete lines of samples.jsonl; a torn last line (killed run) is dropped and the file rewritten."""
-    rows = read_generations(path)
-    if path.exists() and sum(1 for _ in open(path, encoding="utf-8")) != len(rows):
-        atomic_write_jsonl(path, rows)
-    return rows
+    """Complete lines of samples.jsonl (a line torn by a kill is left out; sample_prompts rewrites the file)."""
+    return read_generations(path)
 
 
 def sample_prompts(backend: Any, prompts: Sequence[SelfPrompt], sampling: SelfSampleConfig, path: Path, *, seed: int,
