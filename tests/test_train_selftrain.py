@@ -259,3 +259,21 @@ def test_sft_rft_dpo_in_one_run_then_nothing_to_redo(tmp_path, tiny_model_dir):
     text = log.export_text()
     assert "already trained" not in text and "rft round 1: merging" in text and "dpo round 1: merging" in text
     assert (cfg.train_dir / "dpo" / "round-1" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns != before
+
+
+def test_a_self_training_stage_on_its_own_after_a_plain_sft_run(tmp_path, tiny_model_dir):
+    # train.stages: sft (the usual config), then `bbjtune train CONFIG --stage rft` on its result
+    from bbjtune.train.stage import run_stage
+    from bbjtune.train.trained import read_trained
+
+    write_data(tmp_path / "data", n_train=8, n_heldout=1)
+    cfg = make_config(tmp_path, tiny_model_dir, train__sft__max_steps=1, data__decontaminate_against=[],
+                      train__rft={"max_steps": 1, "max_length": 256, "gradient_accumulation_steps": 1,
+                                  "sampling": {"samples_per_prompt": 2, "max_new_tokens": 4}})
+    run_stage(cfg, console=QUIET)
+    assert read_trained(cfg.train_dir).stages == ["sft"]
+    run_stage(cfg, stages=["rft"], console=QUIET)
+    handle = read_trained(cfg.train_dir)
+    assert handle.stages == ["sft", "rft"] and handle.adapter == (cfg.train_dir / "rft" / "round-1" / "adapter").resolve()
+    start = json.loads((cfg.train_dir / "rft" / "round-1" / "start.json").read_text())
+    assert start["adapter"] == str(cfg.train_dir / "sft" / "adapter")

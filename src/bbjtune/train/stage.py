@@ -103,11 +103,15 @@ def model_after(cfg: RunConfig, stage: str, chained: bool) -> tuple[str, str | N
     return base_for(cfg, stage, chained), str(adapter)
 
 
+def _plan_with(cfg: RunConfig, stage: str) -> list[str]:
+    """The configured stages with sft and `stage` in (a --stage rft on a config that plans only cpt and sft)."""
+    return [s for s in STAGES if s in cfg.train_stages or s in ("sft", stage)]
+
+
 def _before(cfg: RunConfig, stage: str) -> str:
     """The stage a self-training stage starts after: the one before it in the plan (sft at least)."""
-    plan = [s for s in STAGES if s in cfg.train_stages or s == "sft"]
-    earlier = plan[:plan.index(stage)] if stage in plan else ["sft"]
-    return earlier[-1]
+    plan = _plan_with(cfg, stage)
+    return plan[plan.index(stage) - 1]
 
 
 def _run_self_training(cfg: RunConfig, stage: str, backend: str, console: Console, resume: str, data: TrainingData,
@@ -225,7 +229,7 @@ def _write_handle(cfg: RunConfig, last_stage: str, result: dict[str, Any], data:
 
     if last_stage in SELF_TRAINING:
         base, adapter = model_after(cfg, last_stage, chained)
-        plan = [s for s in STAGES if s in cfg.train_stages or s == "sft"]
+        plan = _plan_with(cfg, last_stage)
         chain = [s for s in plan[:plan.index(last_stage) + 1] if s != "cpt" or chained]
         return write_trained(cfg.train_dir, base_model=base, original_model=cfg.model.source, adapter=Path(adapter),
                              tokenizer=Path(adapter), stages=chain, lora=result["lora"],
