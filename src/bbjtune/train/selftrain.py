@@ -126,10 +126,10 @@ def run_round(job: RoundJob, data: TrainingData) -> dict[str, Any]:
 
         raise BbjtuneError(f"{job.stage}: no training prompt to sample ({_describe_skips(prompts.skipped)})",
                            "self-training needs training answers with BBj code; check train.jsonl")
-    rows = _sample(job, prompts.prompts, sampling)
+    rows, speed = _sample(job, prompts.prompts, sampling)
     built = build_data(job, prompts.prompts, rows)
     stats = {"round": job.round, "checks": tier(), "prompts": len(prompts.prompts), "prompts_skipped": prompts.skipped,
-             **sample_stats(rows), **built.stats}
+             **sample_stats(rows), **built.stats, "sampling_speed": speed}
     job.console.print(describe_round(job.stage, stats))
     result = train_round(job, data, built)
     if recipe.is_main_process():
@@ -138,12 +138,17 @@ def run_round(job: RoundJob, data: TrainingData) -> dict[str, Any]:
     return {**result, "round": stats}
 
 
-def _sample(job: RoundJob, prompts: list[SelfPrompt], sampling: SelfSampleConfig) -> list[dict[str, Any]]:
+def _sample(job: RoundJob, prompts: list[SelfPrompt], sampling: SelfSampleConfig
+            ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """All samples of the round, and how fast this call generated the new ones (model load excluded)."""
+    import time
+
     from rich.progress import Progress
 
     from bbjtune.evaluate.generate import TransformersBackend
 
     path = job.out_dir / SAMPLES_FILE
+    started = 0.0
     settings = {"sampling": sampling.model_dump(mode="json", exclude={"rounds"}), "start": job.data_fingerprint}
     if _read_json(job.out_dir / SAMPLING_FILE) != settings:  # samples drawn otherwise are not reused
         path.unlink(missing_ok=True)
@@ -156,19 +161,24 @@ def _sample(job: RoundJob, prompts: list[SelfPrompt], sampling: SelfSampleConfig
 
             class Lazy:  # the model loads only when a prompt is left to sample
                 def generate(self, requests, settings):
-                    nonlocal backend
+                    nonlocal backend, started
                     backend = TransformersBackend.load(job.base_source, dtype=job.cfg.model.dtype,
                                                        batch_tokens=sampling.batch_tokens,
                                                        continuous=sampling.engine == "continuous")
+                    started = time.monotonic()
                     yield from backend.generate(requests, settings)
 
             rows = sample_prompts(Lazy(), prompts, sampling, path, seed=sampling.seed + 1000 * job.round,
                                   on_prompt=lambda k: progress.advance(task, k))
+        seconds = time.monotonic() - started if started else 0.0
+        tokens = backend.generated_tokens if backend is not None else 0
     finally:
         if backend is not None:
             backend.close()
         _free_memory()
-    return rows
+    speed = {"engine": sampling.engine, "generated_tokens": tokens, "seconds": round(seconds, 1),
+             "tokens_per_s": round(tokens / seconds, 1) if seconds else None}
+    return rows, speed
 
 
 def sample_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -267,7 +277,9 @@ def describe_round(stage: str, s: dict[str, Any]) -> str:
     return (f"{stage} round {s['round']}: {s['samples']} samples of {s['prompts']} prompts{skipped} — compile "
             f"{s['compile_rate']:.0%}, clean {s['clean_rate']:.0%}, patterns {s['patterns_rate']:.0%}, pass "
             f"{s['pass_rate']:.0%}, ran on {s['ran_on_rate']:.0%}; {s['prompts_with_a_passing_answer']} prompts with a "
-            f"passing answer, {s['rft_examples']} RFT examples, {s['pairs']} pairs (checks: {s['checks']})")
+            f"passing answer, {s['rft_examples']} RFT examples, {s['pairs']} pairs (checks: {s['checks']})"
+            + (f"; sampled {s['sampling_speed']['tokens_per_s']:,.0f} tokens/s" if s["sampling_speed"]["tokens_per_s"]
+               else ""))
 
 
 def _describe_skips(skipped: dict[str, int]) -> str:
