@@ -222,6 +222,7 @@ def test_grpo_trains_with_the_checker_reward(tmp_path, tiny_model_dir):
     assert 0.0 <= result["metrics"]["reward_last"] <= 3.0
 
 
+@pytest.mark.slow
 def test_sft_rft_dpo_in_one_run_then_nothing_to_redo(tmp_path, tiny_model_dir):
     from bbjtune.train.stage import run_stage
     from bbjtune.train.trained import read_trained
@@ -263,6 +264,7 @@ def test_sft_rft_dpo_in_one_run_then_nothing_to_redo(tmp_path, tiny_model_dir):
     assert (cfg.train_dir / "dpo" / "round-1" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns != before
 
 
+@pytest.mark.slow
 def test_a_self_training_stage_on_its_own_after_a_plain_sft_run(tmp_path, tiny_model_dir):
     # train.stages: sft (the usual config), then `bbjtune train CONFIG --stage rft` on its result
     from bbjtune.train.stage import run_stage
