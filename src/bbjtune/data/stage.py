@@ -257,7 +257,7 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
         for label, prompt in eval_items:
             evals.add(label, prompt)
         for i, row in _read_spool(spool_path):
-            if i not in dropped and (match := evals.match(_prompt_of(row["messages"]))) is not None:
+            if i not in dropped and (match := evals.match(prompt_of(row["messages"]))) is not None:
                 contaminated.append(_overlap(i, OVERLAPS_EVAL, match, d.decontaminate_ngram))
         dropped = dropped | {dec.index for dec in contaminated}
     kept = [info for info in a.scan.infos if info.index not in dropped]
@@ -265,7 +265,7 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
     index = ContaminationIndex(d.decontaminate_ngram, d.decontaminate_threshold)
     for i, row in _read_spool(spool_path):
         if i in heldout:
-            index.add(f"held-out {by_index[i].where}", _prompt_of(row["messages"]))
+            index.add(f"held-out {by_index[i].where}", prompt_of(row["messages"]))
 
     split_counts: dict[str, dict[str, int]] = {}
     prompt_sides: dict[bytes, set[str]] = {}
@@ -287,7 +287,7 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
                 info = by_index[i]
                 messages = row.pop("messages")
                 side = "heldout" if i in heldout else "train"
-                if side == "train" and len(index) and (match := index.match(_prompt_of(messages))) is not None:
+                if side == "train" and len(index) and (match := index.match(prompt_of(messages))) is not None:
                     contaminated.append(_overlap(i, OVERLAPS_HELDOUT, match, d.decontaminate_ngram))
                     continue
                 if d.add_system_prompt and a.system_prompt and messages[0]["role"] != "system":
@@ -328,7 +328,7 @@ def _output_record(messages: list[dict[str, str]], extra: dict[str, Any]) -> dic
     return record
 
 
-def _prompt_of(messages: list[dict[str, str]]) -> str:
+def prompt_of(messages: list[dict[str, str]]) -> str:
     return "\n".join(m["content"] for m in messages if m["role"] == "user")
 
 

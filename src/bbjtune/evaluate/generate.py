@@ -5,7 +5,13 @@ n samples per request, with the same sampling settings everywhere. Three backend
 
 - `transformers` (this file): a model loaded in this process, optionally with a LoRA adapter on
   top of a base; prompts are rendered with the model's chat template, batched by similar length
-  with left padding, and generation stops on `<|im_end|>` and `<|endoftext|>`.
+  with left padding, and generation stops on `<|im_end|>` and `<|endoftext|>`. Batches hold a
+  fixed number of prompts (`batch_size`), or as many as fit a token budget (`batch_tokens`:
+  sequences x (longest prompt + new tokens)), which keeps a GPU busy when n samples per prompt
+  multiply the rows; `static_cache` pre-allocates the KV cache, which lets transformers compile
+  the decoding step on a GPU (prompts are then padded to a multiple of 64 tokens, so few distinct
+  shapes need compiling). `continuous` hands the prompts to transformers' continuous batching
+  instead (generate_continuous.py).
 - `http` (generate_http.py): any OpenAI-compatible server (vLLM, Ollama, llama.cpp's server).
 - `gguf` (generate_gguf.py): a GGUF file through llama-cpp-python.
 
@@ -86,7 +92,8 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, description: dict[str, Any] | None = None):
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, description: dict[str, Any] | None = None,
+                 batch_tokens: int | None = None, static_cache: bool = False, continuous: bool = False):
         import torch
 
         self.model = model.eval()
@@ -95,6 +102,9 @@ class TransformersBackend:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = ENDOFTEXT if ENDOFTEXT in self.tokenizer.get_vocab() else self.tokenizer.eos_token
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
+        self.static_cache = static_cache
+        self.continuous = continuous
         self.device = next(model.parameters()).device
         self.stop_ids = self._stop_ids()
         self._description = description or {}
@@ -103,7 +113,8 @@ class TransformersBackend:
 
     @classmethod
     def load(cls, source: str, adapter: str | None = None, tokenizer: str | None = None, dtype: str = "auto",
-             batch_size: int = 16) -> TransformersBackend:
+             batch_size: int = 16, batch_tokens: int | None = None, static_cache: bool = False,
+             continuous: bool = False) -> TransformersBackend:
         """A model from any source bbjtune accepts, with an optional LoRA adapter applied on top."""
         import torch
 
@@ -115,7 +126,8 @@ class TransformersBackend:
         tok = load_tokenizer(tok_source)
         if adapter:
             model = apply_adapter(model, adapter)
-        return cls(model, tok, batch_size, {"source": source, "adapter": adapter, "tokenizer": str(tok_source)})
+        return cls(model, tok, batch_size, {"source": source, "adapter": adapter, "tokenizer": str(tok_source)},
+                   batch_tokens=batch_tokens, static_cache=static_cache, continuous=continuous)
 
     @classmethod
     def from_trained(cls, trained: str | Path, dtype: str = "auto", batch_size: int = 16) -> TransformersBackend:
@@ -129,7 +141,8 @@ class TransformersBackend:
         return cls(model, tok, batch_size, {"trained": str(trained)})
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "batch_size": self.batch_size, "device": str(self.device),
+        return {"backend": self.name, "batch_size": self.batch_size, "batch_tokens": self.batch_tokens,
+                "static_cache": self.static_cache, "continuous": self.continuous, "device": str(self.device),
                 "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""), **self._description}
 
     def close(self) -> None:
@@ -158,7 +171,12 @@ class TransformersBackend:
             # Small matrices: thread start-up costs more than it saves (20x slower on a busy 2-core box).
             torch.set_num_threads(1)
         try:
-            yield from self._generate_all(requests, sampling)
+            if self.continuous:
+                from bbjtune.evaluate.generate_continuous import generate_continuous
+
+                yield from generate_continuous(self, requests, sampling)
+            else:
+                yield from self._generate_all(requests, sampling)
         finally:
             torch.set_num_threads(threads)
 
@@ -169,11 +187,30 @@ class TransformersBackend:
         # and an out-of-memory batch shows up at the start, not after an hour.
         order = sorted(range(len(requests)), key=lambda i: (requests[i].max_new_tokens or sampling.max_new_tokens,
                                                              requests[i].stop, -lengths[i]))
-        for batch_no, start in enumerate(range(0, len(order), self.batch_size)):
-            batch = order[start:start + self.batch_size]
+        for batch_no, batch in enumerate(self._batches(order, lengths, requests, sampling)):
             groups = _split_by_settings(batch, requests)
             for group in groups:
                 yield from self._generate_batch(group, prompts, requests, sampling, seed=sampling.seed + batch_no)
+
+    def _batches(self, order: list[int], lengths: list[int], requests: Sequence[Request],
+                 sampling: Sampling) -> Iterator[list[int]]:
+        """`batch_size` prompts at a time, or as many as keep rows x (longest prompt + new tokens) within batch_tokens."""
+        if not self.batch_tokens:
+            for start in range(0, len(order), self.batch_size):
+                yield order[start:start + self.batch_size]
+            return
+        batch: list[int] = []
+        longest = 0
+        for i in order:
+            new = requests[i].max_new_tokens or sampling.max_new_tokens
+            wider = max(longest, lengths[i] + new)
+            if batch and (len(batch) + 1) * sampling.n * wider > self.batch_tokens:
+                yield batch
+                batch, wider = [], lengths[i] + new
+            batch.append(i)
+            longest = wider
+        if batch:
+            yield batch
 
     def _generate_batch(self, batch: list[int], prompts: list[str], requests: Sequence[Request],
                         sampling: Sampling, seed: int) -> Iterator[tuple[int, list[Completion]]]:
@@ -200,9 +237,12 @@ class TransformersBackend:
     def _run_generate(self, prompts: list[str], stops: tuple[str, ...], max_new: int, sampling: Sampling,
                       seed: int) -> list[tuple[str, str, int]]:
         torch = self._torch
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
+                             pad_to_multiple_of=64 if self.static_cache else None).to(self.device)
         kwargs: dict[str, Any] = {"max_new_tokens": max_new, "num_return_sequences": sampling.n,
                                   "eos_token_id": self.stop_ids, "pad_token_id": self.tokenizer.pad_token_id}
+        if self.static_cache:
+            kwargs["cache_implementation"] = "static"
         if sampling.temperature > 0:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
         else:
