@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bbjtune.bbj.quality import Finding, check_quality
-from bbjtune.evaluate.compile import Assessment, assess
+from bbjtune.bbj.quality import Assessment, Finding, assess, check_quality
 
 CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "bbj-corpus"
 

@@ -199,7 +199,7 @@ def test_repairs_are_applied_and_counted(messy):
 
 
 def test_outputs_follow_the_interface(messy):
-    from bbjtune.data.chatml import example_id
+    from bbjtune.decontamination import example_id
 
     out = messy["out"]
     for row in read_jsonl(out / "train.jsonl") + read_jsonl(out / "heldout.jsonl"):

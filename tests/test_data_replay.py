@@ -104,7 +104,7 @@ def test_bad_prompt_file_names_file_and_line(tmp_path):
 
 def test_shipped_general_prompts_load_and_are_not_benchmark_prompts():
     from bbjtune.data.replay import DEFAULT_PROMPTS, benchmark_prompts, load_prompts
-    from bbjtune.data.split import ContaminationIndex
+    from bbjtune.decontamination import ContaminationIndex
 
     rows = load_prompts(DEFAULT_PROMPTS)
     assert len(rows) == 160 and len({r["id"] for r in rows}) == len(rows)

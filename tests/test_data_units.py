@@ -15,7 +15,8 @@ from bbjtune.data.clean import (ExampleInfo, SimilarityIndex, char_shingles, fil
                                 word_shingles)
 from bbjtune.data.cpt import SourceProblem, chunk_text, decode_source, statement_units
 from bbjtune.data.scrub import scrub_text
-from bbjtune.data.split import ContaminationIndex, split_heldout
+from bbjtune.data.split import split_heldout
+from bbjtune.decontamination import ContaminationIndex
 from bbjtune.data.tokens import TokenCounter
 from bbjtune.errors import BbjtuneError
 

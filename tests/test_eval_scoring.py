@@ -8,7 +8,7 @@ from math import comb
 import pytest
 
 from bbjtune.errors import BbjtuneError
-from bbjtune.evaluate.compile import compile_answer
+from bbjtune.bbj.compile import compile_answer
 from bbjtune.evaluate.estimator import mean_pass_at_k, pass_at_k
 from bbjtune.evaluate.patterns import score_patterns
 from bbjtune.evaluate.scoring import build_results, check_against_reference, score_bbj_samples, summarize_bbj
@@ -214,7 +214,7 @@ def test_check_against_reference_finds_patterns_the_reference_breaks():
 
 
 def test_a_line_that_is_only_a_name_does_not_compile():
-    from bbjtune.evaluate.compile import compile_answer
+    from bbjtune.bbj.compile import compile_answer
 
     assert not compile_answer("```bbj\nStaticStaticStaticStatic\n```", compiler="builtin").compiles
     assert compile_answer("```bbj\nx = 1\nprint x\n```", compiler="builtin").compiles

@@ -90,7 +90,7 @@ def eval_overlap(run: Path, n: int = 8) -> dict[str, float]:
     """The largest share of an evaluation prompt's n-word sequences found in what was trained on
     (stage 1 texts, stage 2 conversations whole), with the data stage's own words and n-grams:
     the after-the-fact decontamination check."""
-    from bbjtune.data.split import ngrams, words
+    from bbjtune.decontamination import ngrams, words
 
     def grams(texts) -> set[tuple[str, ...]]:
         return {g for t in texts for g in ngrams(words(t), n)}

@@ -15,6 +15,13 @@
 #   export  merged weights → q8_0 and q4_k_m GGUF, then compile@1 of both files and of the base
 #           model's own q4_k_m file (llama.cpp, like for like)
 #   report  experiments/real-0.5b/RESULTS.md tables and plots from the files above
+# and, not in the default list (each runnable on its own, after train):
+#   rft     self-training on stage 2's model: 8 samples per training prompt, judged by the checker
+#           and tier 2, SFT on the best passing answers + references (sweep/rft)
+#   dpo     DPO on pairs of passing/failing samples of the RFT model (sweep/rft-dpo; DPO_AFTER=sft
+#           puts it on stage 2's model instead, in sweep/dpo)
+#   results experiments/real-0.5b/results.json: one row per evaluated recipe (results.py)
+# e.g. the self-training proof in pieces: --steps rft   then --steps dpo   then --steps results
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -95,6 +102,27 @@ if want replay; then
     --set train.sft.replay_ratio=0.2
   $BBJ eval run "$CFG" "${SET[@]}" --trained "$RUN/sweep/sft-replay-20" --label sft-replay-20 || true
 fi
+# A self-training variant trains in sweep/<label>/ on links to the runs it builds on, then is evaluated.
+selftrain() {
+  local label=$1 stages=$2; shift 2
+  stamp "self-training: $label ($stages)"
+  $BBJ train "$CFG" "${SET[@]}" --set "train.output_dir=$RUN/sweep/$label" --set "train.stages=[$stages]" "$@"
+  $BBJ eval run "$CFG" "${SET[@]}" --trained "$RUN/sweep/$label" --label "$label" || true
+}
+link() { mkdir -p "$RUN/sweep/$1"; [ -e "$RUN/sweep/$1/$2" ] || ln -s "$3" "$RUN/sweep/$1/$2"; }
+if want rft; then
+  link rft cpt ../../cpt; link rft sft ../../sft
+  selftrain rft cpt,sft,rft --stage rft
+fi
+if want dpo; then
+  if [ "${DPO_AFTER:-rft}" = rft ]; then
+    link rft-dpo cpt ../../cpt; link rft-dpo sft ../../sft; link rft-dpo rft ../rft/rft
+    selftrain rft-dpo cpt,sft,rft,dpo --stage dpo
+  else
+    link dpo cpt ../../cpt; link dpo sft ../../sft
+    selftrain dpo cpt,sft,dpo --stage dpo
+  fi
+fi
 if want export; then
   stamp "export"
   # exit 2 = a GGUF failed verification (a 0.5B model at q4_k_m does); the files are kept and
@@ -111,5 +139,9 @@ fi
 if want report; then
   stamp "report"
   $PY experiments/real-0.5b/report.py "$RUN"
+fi
+if want results; then
+  stamp "results.json"
+  $PY experiments/real-0.5b/results.py "$RUN"
 fi
 stamp "done"

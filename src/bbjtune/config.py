@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bbjtune.errors import BbjtuneError
 
@@ -24,6 +24,7 @@ PRESET_DIRS = (Path("configs"), REPO_ROOT / "configs")
 
 Generation = Literal["character", "vpro5", "gui", "dwc"]
 DType = Literal["auto", "bfloat16", "float16", "float32"]
+SELF_TRAINING_STAGES = ("rft", "dpo", "grpo")
 
 
 class Section(BaseModel):
@@ -135,14 +136,92 @@ class SftConfig(StageConfig):
                              "end with <|im_end|> (0: skip)")
 
 
+class SelfSampleConfig(Section):
+    """How a self-training stage samples and judges answers to the training prompts."""
+
+    samples_per_prompt: int = Field(8, ge=2, description="answers sampled per training prompt (k)")
+    temperature: float = Field(0.8, gt=0.0, description="sampling temperature (> 0: the k answers must differ)")
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(768, gt=0, description="an answer that reaches it counts as failing (it ran on)")
+    max_prompts: int | None = Field(None, gt=0, description="at most N training prompts per round (default: all)")
+    extra_prompts: list[str] = Field(default_factory=list, description=(
+        "globs of more ChatML files to take prompts from, e.g. `bbjtune data derive` output; checked against the "
+        "eval suites and the held-out split like the training data"))
+    batch_tokens: int = Field(65536, gt=0, description=(
+        "sequences x (prompt + answer tokens) generated at once; larger batches use the GPU better"))
+    engine: Literal["batched", "continuous"] = Field("batched", description=(
+        "batched: padded batches of batch_tokens; continuous: transformers' continuous batching (GPU only in "
+        "practice; benchmarks/sample_speed.py compares them)"))
+    min_pattern_share: float = Field(0.5, ge=0.0, le=1.0, description=(
+        "an answer passes the prompt's own patterns (derived from the reference answer) when it matches at "
+        "least this share of them"))
+    compiler: Literal["auto", "builtin", "bbjcpl"] = Field("auto", description="auto: bbjcpl when installed")
+    rounds: int = Field(1, ge=1, le=10, description="sample → train rounds; each round samples from the last one's model")
+    seed: int = 42
+
+
+class RftConfig(SftConfig):
+    """Rejection-sampling fine-tuning: stage 2's recipe on the best passing sample of each prompt (and the references)."""
+
+    learning_rate: float = Field(2e-5, gt=0.0, lt=1.0)
+    epochs: float = Field(1.0, gt=0.0)
+    include_references: bool = Field(True, description="train on the reference answers too (keeps the SFT data in view)")
+    sampling: SelfSampleConfig = Field(default_factory=SelfSampleConfig)
+
+
+class DpoConfig(StageConfig):
+    """Preference optimisation on (passing, failing) answers to the same prompt."""
+
+    learning_rate: float = Field(5e-6, gt=0.0, lt=1.0)
+    epochs: float = Field(1.0, gt=0.0)
+    packing: bool = False
+    per_device_batch_size: int = Field(2, gt=0)
+    gradient_accumulation_steps: int = Field(8, gt=0)
+    beta: float = Field(0.1, gt=0.0, description="how far the policy may move from the starting model")
+    loss: Literal["auto", "dpo", "kto"] = Field("auto", description=(
+        "dpo: pairs; kto: unpaired good/bad answers (uses prompts where all k answers pass or all fail); "
+        "auto: kto when fewer than min_pairs pairs were built"))
+    min_pairs: int = Field(64, gt=0)
+    reference_as_chosen: bool = Field(True, description=(
+        "when no sample of a prompt passes, pair its reference answer with a failing sample"))
+    max_pairs_per_prompt: int = Field(2, gt=0)
+    sampling: SelfSampleConfig = Field(default_factory=SelfSampleConfig)
+
+
+class GrpoConfig(StageConfig):
+    """GRPO with the checks as the reward (online: the model samples while it trains; slow, optional)."""
+
+    learning_rate: float = Field(1e-6, gt=0.0, lt=1.0)
+    epochs: float = Field(1.0, gt=0.0)
+    packing: bool = False
+    per_device_batch_size: int = Field(8, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    beta: float = Field(0.04, ge=0.0, description="KL penalty towards the starting model")
+    sampling: SelfSampleConfig = Field(default_factory=SelfSampleConfig)
+
+
 class TrainConfig(Section):
     backend: Literal["auto", "hf", "unsloth"] = "auto"
-    stages: Literal["all", "cpt", "sft"] = "all"
+    stages: Literal["all", "cpt", "sft"] | list[Literal["cpt", "sft", "rft", "dpo", "grpo"]] = Field(
+        "all", description="all: cpt then sft (sft alone for Instruct models); or a list in order, e.g. "
+                           "[cpt, sft, rft, dpo] (rft/dpo/grpo learn from the checker's verdicts on the model's samples)")
     output_dir: str | None = Field(None, description="default: <run output_dir>")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
     cpt: CptConfig = Field(default_factory=CptConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
+    rft: RftConfig = Field(default_factory=RftConfig)
+    dpo: DpoConfig = Field(default_factory=DpoConfig)
+    grpo: GrpoConfig = Field(default_factory=GrpoConfig)
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _known_stages(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            unknown = [s for s in value if s not in ("cpt", "sft", *SELF_TRAINING_STAGES)]
+            if unknown:
+                raise ValueError(f"unknown stage(s) {unknown}: list some of cpt, sft, rft, dpo, grpo in that order")
+        return value
+
     optim: Literal["paged_adamw_8bit", "adamw_8bit", "adamw_torch", "adamw_torch_fused"] = "paged_adamw_8bit"
     gradient_checkpointing: bool = True
     use_liger: bool = False
@@ -273,7 +352,7 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
         t = self.train
-        stages = {"all": ["cpt", "sft"], "cpt": ["cpt"], "sft": ["sft"]}[t.stages]
+        stages = self.planned_stages
         if "cpt" in stages and t.cpt.enabled and not (self.data.sources or self.data.cpt_from_answers):
             raise ValueError("train.stages runs stage 1 (CPT) but data.sources is empty and "
                              "data.cpt_from_answers is false: give raw BBj sources or set train.stages: sft")
@@ -281,6 +360,15 @@ class RunConfig(Section):
             raise ValueError("train.stages runs stage 2 (SFT) but data.chatml lists no instruction files")
         if t.early_stopping_patience and self.data.heldout_ratio == 0:
             raise ValueError("train.early_stopping_patience needs a held-out set: set data.heldout_ratio > 0")
+        if isinstance(t.stages, list):
+            if len(set(t.stages)) != len(t.stages):
+                raise ValueError(f"train.stages lists a stage twice: {t.stages}")
+            order = ["cpt", "sft", "rft", "dpo", "grpo"]
+            if t.stages != sorted(t.stages, key=order.index):
+                raise ValueError(f"train.stages {t.stages} is out of order: stages run as cpt, sft, rft, dpo, grpo")
+            if any(s in t.stages for s in SELF_TRAINING_STAGES) and not self.data.chatml:
+                raise ValueError("train.stages has a self-training stage but data.chatml lists no instruction files "
+                                 "(its prompts and references come from the training data)")
         for name in ("cpt", "sft"):
             if getattr(t, name).embedding_learning_rate and not getattr(t, name).train_embeddings:
                 raise ValueError(f"train.{name}.embedding_learning_rate is set but train.{name}.train_embeddings is false")
@@ -315,8 +403,14 @@ class RunConfig(Section):
         return Path(self.export.output_dir) if self.export.output_dir else self.run_dir / "export"
 
     @property
+    def planned_stages(self) -> list[str]:
+        """The stages train.stages names, before the Instruct shortcut and `enabled` are applied."""
+        stages = self.train.stages
+        return list(stages) if isinstance(stages, list) else {"all": ["cpt", "sft"], "cpt": ["cpt"], "sft": ["sft"]}[stages]
+
+    @property
     def train_stages(self) -> list[str]:
-        wanted = {"all": ["cpt", "sft"], "cpt": ["cpt"], "sft": ["sft"]}[self.train.stages]
+        wanted = self.planned_stages
         if self.model.kind == "instruct" and self.train.stages == "all":
             wanted = ["sft"]  # the documented shortcut: Instruct models skip continued pretraining
         return [s for s in wanted if getattr(self.train, s).enabled]

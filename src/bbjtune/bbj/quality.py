@@ -11,8 +11,8 @@ developer sees at once; these checks find the common ones in model answers:
   other generation's hallmarks (a SysGui window in a character program, mnemonic windows where
   BBjAPI is asked for), matched against the code.
 
-`clean` = compiles and no finding of severity "error": `bbjtune.evaluate.compile.assess` adds the
-syntax check as evaluation runs it (this shared layer imports no stage).
+`assess` adds the syntax check as evaluation runs it (`compile.compile_code`, built-in checker by
+default). `clean` = compiles and no finding of severity "error".
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from .api import check_api_calls, tokenized
+from .compile import compile_code
 from .lexer import LogicalLine, logical_lines, split_physical_lines
 
 Severity = Literal["error", "warning"]
@@ -57,6 +58,30 @@ class Finding:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class Assessment:
+    """Tier 1 and tier 2 together: clean = compiles and no tier 2 finding of severity "error"."""
+    compiles: bool
+    findings: list[Finding] = field(default_factory=list)
+    compile_reason: str = ""
+
+    @property
+    def clean(self) -> bool:
+        return self.compiles and not any(f.severity == "error" for f in self.findings)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+
+def assess(code: str, *, generation: str | None = None, must_not: Sequence[str] = (),
+           compiler: str = "builtin") -> Assessment:
+    """Compile `code` as evaluation does and run every tier 2 check on it."""
+    result = compile_code(code or "", compiler)
+    return Assessment(result.compiles, check_quality(code, generation=generation, must_not=must_not),
+                      result.reason)
 
 
 def check_quality(code: str, *, generation: str | None = None, must_not: Sequence[str] = ()) -> list[Finding]:

@@ -16,7 +16,6 @@ Files are read as bytes and never held in memory as a whole: a 100 MB file costs
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -99,12 +98,6 @@ class LineProblem(ValueError):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
-
-
-def example_id(messages: list[dict[str, str]]) -> str:
-    """The stable id of a conversation: sha256 of its messages (canonical JSON), 16 hex digits."""
-    canonical = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
 def decode_raw(raw: bytes) -> str:

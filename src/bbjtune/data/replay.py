@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from bbjtune.artifacts import atomic_open, atomic_write_jsonl, read_complete_jsonl, read_jsonl
-from bbjtune.data.chatml import Rejection, example_id, iter_chatml, read_raw_line
+from bbjtune.data.chatml import Rejection, iter_chatml, read_raw_line
 from bbjtune.data.clean import DUPLICATE, TOO_LONG, TOO_SHORT, TRUNCATED, truncation_reason
 from bbjtune.data.scan import repair_messages
-from bbjtune.data.split import ContaminationIndex
+from bbjtune.decontamination import ContaminationIndex, example_id
 from bbjtune.errors import BbjtuneError
 from bbjtune.humaneval_problems import load_problems
 from bbjtune.models.chat_template import render_chatml

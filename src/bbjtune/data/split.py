@@ -1,4 +1,4 @@
-"""The held-out split and decontamination: what the model is tested on never leaks into training.
+"""The held-out split: what the model is tested on never leaks into training.
 
 Split: examples whose prompts are the same or similar (MinHash Jaccard of character 5-grams at
 least `group_threshold`) form one group, and a group goes to one side only. Groups are ordered by
@@ -7,23 +7,17 @@ and taken into the held-out set per category until each category has its share (
 examples, largest remainders first, at least one held-out example overall when ratio > 0, and
 never the last example of a category).
 
-Decontamination: a training example is dropped when its prompt contains at least `threshold` of
-the word n-grams of a held-out or evaluation prompt (prompts shorter than n words must appear
-whole). The index holds the held-out and eval n-grams only; training prompts stream past it.
+Decontamination (the n-gram index against held-out and eval prompts) lives in
+bbjtune/decontamination.py: self-training checks its prompts with the same index.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 
 from bbjtune.data.clean import ExampleInfo, SimilarityIndex
-
-_WORD_RE = re.compile(r"\w+")
-MIN_SHORT_NGRAM = 3  # prompts of fewer words than this are matched only as a whole
 
 
 # ----------------------------------------------------------------------------- grouping
@@ -100,76 +94,3 @@ def _allocate(per_category: Counter, ratio: float, total: int) -> dict[str, int]
     for c in sorted(exact, key=lambda c: (-(exact[c] - counts[c]), c))[:max(0, rest)]:
         counts[c] += 1
     return {c: min(n, per_category[c] - 1) for c, n in counts.items()}  # a category keeps one for training
-
-
-# ----------------------------------------------------------------------------- decontamination
-
-def words(text: str) -> list[str]:
-    return _WORD_RE.findall(text.casefold())
-
-
-def ngrams(tokens: list[str], n: int) -> set[tuple[str, ...]]:
-    if len(tokens) < n:
-        return set()
-    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
-
-
-@dataclass
-class Match:
-    label: str      # e.g. "heldout data/x.jsonl:12" or "eval bbj-core:file-io-001"
-    overlap: float  # share of that prompt's n-grams found in the training prompt
-
-
-class ContaminationIndex:
-    """Word n-grams of held-out and eval prompts; `match(train_prompt)` finds the ones it overlaps."""
-
-    def __init__(self, n: int, threshold: float):
-        self.n = n
-        self.threshold = threshold
-        self._grams: dict[tuple[str, ...], list[int]] = defaultdict(list)
-        self._sizes: list[int] = []
-        self._labels: list[str] = []
-        self._short_lengths: set[int] = set()
-        self._exact: dict[tuple[str, ...], int] = {}
-
-    def __len__(self) -> int:
-        return len(self._labels)
-
-    def add(self, label: str, prompt: str) -> None:
-        tokens = words(prompt)
-        if not tokens:
-            return
-        item = len(self._labels)
-        self._labels.append(label)
-        if len(tokens) >= self.n:
-            grams = ngrams(tokens, self.n)
-        elif len(tokens) >= MIN_SHORT_NGRAM:
-            grams = {tuple(tokens)}
-            self._short_lengths.add(len(tokens))
-        else:
-            self._exact.setdefault(tuple(tokens), item)
-            self._sizes.append(1)
-            return
-        self._sizes.append(len(grams))
-        for g in grams:
-            self._grams[g].append(item)
-
-    def match(self, prompt: str) -> Match | None:
-        """The indexed prompt this training prompt overlaps most, if at or above the threshold."""
-        tokens = words(prompt)
-        exact = self._exact.get(tuple(tokens))
-        if exact is not None:
-            return Match(self._labels[exact], 1.0)
-        grams = ngrams(tokens, self.n)
-        for k in self._short_lengths:
-            grams |= ngrams(tokens, k)
-        hits: Counter = Counter()
-        for g in grams:
-            for item in self._grams.get(g, ()):
-                hits[item] += 1
-        best = None
-        for item, count in hits.items():
-            overlap = count / self._sizes[item]
-            if overlap >= self.threshold and (best is None or overlap > best.overlap):
-                best = Match(self._labels[item], overlap)
-        return best

@@ -34,14 +34,15 @@ from bbjtune.artifacts import StageRun, atomic_open, atomic_write_json, atomic_w
 from bbjtune.config import RunConfig, expand_globs
 from bbjtune.data import replay
 from bbjtune.data.audit import build_audit
-from bbjtune.data.chatml import Rejection, example_id, read_raw_line
+from bbjtune.data.chatml import Rejection, read_raw_line
 from bbjtune.data.clean import Decision, ExampleInfo, filter_and_dedupe
 from bbjtune.data.cpt import CptCorpus, find_sources
 from bbjtune.data.outcome import Analysis, Outcome, Written
 from bbjtune.data.report import write_report
 from bbjtune.data.scan import ScanOptions, answer_bbj_blocks, scan_chatml
-from bbjtune.data.split import ContaminationIndex, split_heldout
+from bbjtune.data.split import split_heldout
 from bbjtune.data.tokens import TokenCounter
+from bbjtune.decontamination import ContaminationIndex, eval_prompts, example_id, prompt_of
 from bbjtune.errors import BbjtuneError
 from bbjtune.progress import progress_bar
 from bbjtune.models.chat_template import QWEN_DEFAULT_SYSTEM
@@ -78,25 +79,6 @@ def _matched(patterns: list[str], key: str) -> list[Path]:
                                "check the path (relative paths start from the current directory)")
         files.extend(f for f in matched if f not in files)
     return files
-
-
-def eval_prompts(patterns: list[str], warn: Callable[[str], None]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """(files, [(label, prompt)]) of the evaluation suites to decontaminate against."""
-    files = expand_globs(patterns) if patterns else []
-    if patterns and not files:
-        warn(f"decontaminate_against: {', '.join(patterns)} match no file; training data is not checked "
-             "against evaluation prompts")
-    prompts = []
-    for path in files:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for n, line in enumerate(fh, 1):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict) and isinstance(row.get("prompt"), str):
-                    prompts.append((f"eval {path.stem}:{row.get('id', n)}", row["prompt"]))
-    return files, prompts
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -211,7 +193,7 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
         for label, prompt in eval_items:
             evals.add(label, prompt)
         for i, row in _read_spool(spool_path):
-            if i not in dropped and (match := evals.match(_prompt_of(row["messages"]))) is not None:
+            if i not in dropped and (match := evals.match(prompt_of(row["messages"]))) is not None:
                 contaminated.append(_overlap(i, OVERLAPS_EVAL, match, d.decontaminate_ngram))
         dropped = dropped | {dec.index for dec in contaminated}
     kept = [info for info in a.scan.infos if info.index not in dropped]
@@ -219,7 +201,7 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
     index = ContaminationIndex(d.decontaminate_ngram, d.decontaminate_threshold)
     for i, row in _read_spool(spool_path):
         if i in heldout:
-            index.add(f"held-out {by_index[i].where}", _prompt_of(row["messages"]))
+            index.add(f"held-out {by_index[i].where}", prompt_of(row["messages"]))
 
     split_counts: dict[str, dict[str, int]] = {}
     prompt_sides: dict[bytes, set[str]] = {}
@@ -241,7 +223,7 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
                 info = by_index[i]
                 messages = row.pop("messages")
                 side = "heldout" if i in heldout else "train"
-                if side == "train" and len(index) and (match := index.match(_prompt_of(messages))) is not None:
+                if side == "train" and len(index) and (match := index.match(prompt_of(messages))) is not None:
                     contaminated.append(_overlap(i, OVERLAPS_HELDOUT, match, d.decontaminate_ngram))
                     continue
                 if d.add_system_prompt and a.system_prompt and messages[0]["role"] != "system":
@@ -280,10 +262,6 @@ def _output_record(messages: list[dict[str, str]], extra: dict[str, Any]) -> dic
     for key, value in extra.items():
         record["source_id" if key == "id" else key] = value
     return record
-
-
-def _prompt_of(messages: list[dict[str, str]]) -> str:
-    return "\n".join(m["content"] for m in messages if m["role"] == "user")
 
 
 def _read_spool(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

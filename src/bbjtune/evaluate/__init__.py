@@ -1,6 +1,6 @@
 """Evaluation: did fine-tuning make the model better at BBj, and did it keep its Python?
 
-Tier 1 compile@k (compile.py; the real bbjcpl when installed), tier 2 API/idiom patterns and
+Tier 1 compile@k (bbj/compile.py; the real bbjcpl when installed), tier 2 API/idiom patterns and
 factual answers (patterns.py) and clean@k (compiles and passes bbj/quality.py's static checks),
 tier 3 HumanEval pass@k in a sandbox (humaneval.py, sandbox.py);
 tier 4, human review, reads the generations.jsonl written here (bbjtune.review). Generation itself

@@ -23,7 +23,7 @@ from bbjtune.bbj import extract_bbj
 from bbjtune.config import EvalConfig
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate import humaneval, report
-from bbjtune.evaluate.compile import resolve_compiler
+from bbjtune.bbj.compile import resolve_compiler
 from bbjtune.evaluate.metrics import METRICS
 from bbjtune.evaluate.sandbox import Limits
 from bbjtune.evaluate.scoring import build_results, score_bbj_samples

@@ -19,7 +19,7 @@ from typing import Any
 
 from bbjtune.bbj import extract_bbj
 from bbjtune.bbj.quality import check_quality
-from bbjtune.evaluate.compile import compile_answer, compile_code
+from bbjtune.bbj.compile import compile_answer, compile_code
 from bbjtune.evaluate.metrics import METRICS, headline
 from bbjtune.evaluate.patterns import score_patterns
 from bbjtune.evaluate.suite import EvalCase

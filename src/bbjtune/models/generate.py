@@ -5,7 +5,13 @@ n samples per request, with the same sampling settings everywhere. Three backend
 
 - `transformers` (this file): a model loaded in this process, optionally with a LoRA adapter on
   top of a base; prompts are rendered with the model's chat template, batched by similar length
-  with left padding, and generation stops on `<|im_end|>` and `<|endoftext|>`.
+  with left padding, and generation stops on `<|im_end|>` and `<|endoftext|>`. Batches hold a
+  fixed number of prompts (`batch_size`), or as many as fit a token budget (`batch_tokens`:
+  sequences x (longest prompt + new tokens)), which keeps a GPU busy when n samples per prompt
+  multiply the rows; `static_cache` pre-allocates the KV cache, which lets transformers compile
+  the decoding step on a GPU (prompts are then padded to a multiple of 64 tokens, so few distinct
+  shapes need compiling). `continuous` hands the prompts to transformers' continuous batching
+  instead (`generate_continuous`, at the end of this file).
 - `http` (generate_http.py): any OpenAI-compatible server (vLLM, Ollama, llama.cpp's server).
 - `gguf` (generate_gguf.py): a GGUF file through llama-cpp-python.
 
@@ -88,7 +94,8 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, description: dict[str, Any] | None = None):
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, description: dict[str, Any] | None = None,
+                 batch_tokens: int | None = None, static_cache: bool = False, continuous: bool = False):
         import torch
 
         self.model = model.eval()
@@ -97,6 +104,9 @@ class TransformersBackend:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = ENDOFTEXT if ENDOFTEXT in self.tokenizer.get_vocab() else self.tokenizer.eos_token
         self.batch_size = batch_size
+        self.batch_tokens = batch_tokens
+        self.static_cache = static_cache
+        self.continuous = continuous
         self.device = next(model.parameters()).device
         self.stop_ids = self._stop_ids()
         self._description = description or {}
@@ -105,7 +115,8 @@ class TransformersBackend:
 
     @classmethod
     def load(cls, source: str, adapter: str | None = None, tokenizer: str | None = None, dtype: str = "auto",
-             batch_size: int = 16) -> TransformersBackend:
+             batch_size: int = 16, batch_tokens: int | None = None, static_cache: bool = False,
+             continuous: bool = False) -> TransformersBackend:
         """A model from any source bbjtune accepts, with an optional LoRA adapter applied on top."""
         import torch
 
@@ -115,7 +126,8 @@ class TransformersBackend:
         tok = load_tokenizer(tok_source)
         if adapter:
             model = apply_adapter(model, adapter)
-        return cls(model, tok, batch_size, {"source": source, "adapter": adapter, "tokenizer": str(tok_source)})
+        return cls(model, tok, batch_size, {"source": source, "adapter": adapter, "tokenizer": str(tok_source)},
+                   batch_tokens=batch_tokens, static_cache=static_cache, continuous=continuous)
 
     @classmethod
     def from_trained(cls, trained: str | Path, dtype: str = "auto", batch_size: int = 16) -> TransformersBackend:
@@ -127,7 +139,8 @@ class TransformersBackend:
         return cls(model, tok, batch_size, {"trained": str(trained)})
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "batch_size": self.batch_size, "device": str(self.device),
+        return {"backend": self.name, "batch_size": self.batch_size, "batch_tokens": self.batch_tokens,
+                "static_cache": self.static_cache, "continuous": self.continuous, "device": str(self.device),
                 "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""), **self._description}
 
     def close(self) -> None:
@@ -156,7 +169,10 @@ class TransformersBackend:
             # Small matrices: thread start-up costs more than it saves (20x slower on a busy 2-core box).
             torch.set_num_threads(1)
         try:
-            yield from self._generate_all(requests, sampling)
+            if self.continuous:
+                yield from generate_continuous(self, requests, sampling)
+            else:
+                yield from self._generate_all(requests, sampling)
         finally:
             torch.set_num_threads(threads)
 
@@ -167,11 +183,30 @@ class TransformersBackend:
         # and an out-of-memory batch shows up at the start, not after an hour.
         order = sorted(range(len(requests)), key=lambda i: (requests[i].max_new_tokens or sampling.max_new_tokens,
                                                              requests[i].stop, -lengths[i]))
-        for batch_no, start in enumerate(range(0, len(order), self.batch_size)):
-            batch = order[start:start + self.batch_size]
+        for batch_no, batch in enumerate(self._batches(order, lengths, requests, sampling)):
             groups = _split_by_settings(batch, requests)
             for group in groups:
                 yield from self._generate_batch(group, prompts, requests, sampling, seed=sampling.seed + batch_no)
+
+    def _batches(self, order: list[int], lengths: list[int], requests: Sequence[Request],
+                 sampling: Sampling) -> Iterator[list[int]]:
+        """`batch_size` prompts at a time, or as many as keep rows x (longest prompt + new tokens) within batch_tokens."""
+        if not self.batch_tokens:
+            for start in range(0, len(order), self.batch_size):
+                yield order[start:start + self.batch_size]
+            return
+        batch: list[int] = []
+        longest = 0
+        for i in order:
+            new = requests[i].max_new_tokens or sampling.max_new_tokens
+            wider = max(longest, lengths[i] + new)
+            if batch and (len(batch) + 1) * sampling.n * wider > self.batch_tokens:
+                yield batch
+                batch, wider = [], lengths[i] + new
+            batch.append(i)
+            longest = wider
+        if batch:
+            yield batch
 
     def _generate_batch(self, batch: list[int], prompts: list[str], requests: Sequence[Request],
                         sampling: Sampling, seed: int) -> Iterator[tuple[int, list[Completion]]]:
@@ -198,9 +233,12 @@ class TransformersBackend:
     def _run_generate(self, prompts: list[str], stops: tuple[str, ...], max_new: int, sampling: Sampling,
                       seed: int) -> list[tuple[str, str, int]]:
         torch = self._torch
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
+                             pad_to_multiple_of=64 if self.static_cache else None).to(self.device)
         kwargs: dict[str, Any] = {"max_new_tokens": max_new, "num_return_sequences": sampling.n,
                                   "eos_token_id": self.stop_ids, "pad_token_id": self.tokenizer.pad_token_id}
+        if self.static_cache:
+            kwargs["cache_implementation"] = "static"
         if sampling.temperature > 0:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
         else:
@@ -237,3 +275,69 @@ def _has_tokenizer(path: str) -> bool:
 
 
 ProgressCallback = Callable[[int], None]
+
+
+# ----------------------------------------------------------------------------- continuous batching
+# transformers' `generate_batch` keeps a paged KV cache and refills the batch as soon as a sequence
+# ends, instead of running every row of a batch until its longest answer ends. With n samples per
+# prompt it prefills the prompt once and forks n sequences from it (its "child" requests share the
+# prompt's cache blocks). Both matter for self-training: k=8 sampled answers per prompt differ a lot
+# in length, and a padded batch computes the short ones' rows for nothing until the longest stops.
+# Prompts go in chunks of `chunk` prompts so results reach the caller (and the samples file) while
+# the run goes on. On a CPU it is slow (tens of seconds for a dozen short answers from a tiny model:
+# the engine is built for GPUs), so the padded batches stay the default; benchmarks/sample_speed.py
+# measures both on a GPU in one run.
+
+def generate_continuous(backend: Any, requests: Sequence[Request], sampling: Sampling,
+                        chunk: int = 256) -> Iterator[tuple[int, list[Completion]]]:
+    """Yield (index, n completions) per request, chunk by chunk, through `model.generate_batch`."""
+    from transformers import GenerationConfig
+
+    torch = backend._torch
+    tok = backend.tokenizer
+    prompts = [backend.render(r) for r in requests]
+    ids = tok(prompts, add_special_tokens=False)["input_ids"]
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault((r.max_new_tokens or sampling.max_new_tokens, r.stop), []).append(i)
+    for (max_new, stops), members in groups.items():
+        config = GenerationConfig(max_new_tokens=max_new, num_return_sequences=sampling.n,
+                                  min_new_tokens=getattr(backend.model.generation_config, "min_new_tokens", None),
+                                  eos_token_id=backend.stop_ids, pad_token_id=tok.pad_token_id,
+                                  do_sample=sampling.temperature > 0,
+                                  **({"temperature": sampling.temperature, "top_p": sampling.top_p}
+                                     if sampling.temperature > 0 else {}))
+        for start in range(0, len(members), chunk):
+            part = members[start:start + chunk]
+            torch.manual_seed(sampling.seed + start)
+            t0 = time.monotonic()
+            with torch.inference_mode():
+                outputs = backend.model.generate_batch([ids[i] for i in part], generation_config=config,
+                                                       progress_bar=False)
+            share = (time.monotonic() - t0) / len(part)
+            by_prompt: dict[tuple[int, ...], list[int]] = {}
+            for i in part:
+                by_prompt.setdefault(tuple(ids[i]), []).append(i)
+            found: dict[int, list[Completion]] = {i: [] for i in part}
+            for out in outputs.values():
+                owners = by_prompt.get(tuple(out.prompt_ids)) or []
+                owner = next((i for i in owners if len(found[i]) < sampling.n), None)
+                if owner is not None:
+                    found[owner].append(_completion(backend, out, stops, share))
+            for i in part:
+                got = found[i] + [Completion.failed("continuous batching returned no answer", share)] * (
+                    sampling.n - len(found[i]))
+                yield i, got
+
+
+def _completion(backend: Any, out: Any, stops: tuple[str, ...], share: float) -> Completion:
+    if out.error is not None:
+        return Completion.failed(str(out.error), share)
+    tokens = list(out.generated_tokens)
+    stop_set = set(backend.stop_ids)
+    end = next((k for k, t in enumerate(tokens) if t in stop_set), None)
+    finish = "stop" if end is not None else "length"
+    tokens = tokens if end is None else tokens[:end]
+    backend.generated_tokens += len(tokens)
+    text, hit = truncate_at_stop(backend.tokenizer.decode(tokens, skip_special_tokens=True), stops)
+    return Completion(text, "stop" if hit else finish, None, round(share, 4), len(tokens))

@@ -15,7 +15,9 @@ def train(
     config: Annotated[str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")],
     stage: Annotated[str | None, typer.Option(
         "--stage", help="Which training to run: cpt (stage 1: learn BBj from raw source code), sft (stage 2: "
-                        "learn to answer BBj requests) or all (cpt, then sft on its result). Default: train.stages.",
+                        "learn to answer BBj requests), all (cpt, then sft on its result), or a self-training stage after "
+                        "sft: rft, dpo, grpo (learn from the checker's verdicts on the model's own answers). "
+                        "Default: train.stages.",
     )] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue a stopped run from its last checkpoint (fails if there is none). Without it, "
@@ -48,8 +50,8 @@ def train(
 
     if resume and restart:
         raise BbjtuneError("--resume and --restart contradict each other", "pick one")
-    if stage not in (None, "cpt", "sft", "all"):
-        raise BbjtuneError(f"--stage {stage}: unknown stage", "use cpt, sft or all")
+    if stage not in (None, "cpt", "sft", "all", "rft", "dpo", "grpo"):
+        raise BbjtuneError(f"--stage {stage}: unknown stage", "use cpt, sft, all, rft, dpo or grpo")
     cfg = load_config(config, set_)
     stages = None if stage is None else ["cpt", "sft"] if stage == "all" else [stage]
     console = Console(stderr=True, quiet=not is_main_process())  # one report, not one per GPU

@@ -101,7 +101,7 @@ def load_texts(path: Path) -> list[str]:
 def load_training_data(data_dir: Path, stages: list[str]) -> TrainingData:
     """Read what the given stages need from the data stage's directory; fail early and clearly."""
     data = TrainingData()
-    if "sft" in stages:
+    if {"sft", "rft", "dpo", "grpo"} & set(stages):  # self-training samples the training prompts
         data.conversations = load_conversations(data_dir / "train.jsonl")
         data.files.append(data_dir / "train.jsonl")
         if not data.conversations:

@@ -5,6 +5,10 @@ Base models, SFT alone for Instruct models — and writes `trained.json`. A stag
 finished with the same settings and data is not trained again; a stage that was stopped resumes
 from its last checkpoint (`resume="auto"`, the default), or must resume (`"always"`, --resume),
 or starts over (`"never"`, --restart).
+
+Self-training stages (`rft`, `dpo`, `grpo`, listed after sft in `train.stages`) start from the
+model before them and run in rounds (selftrain.py); `trained.json` then points at the last
+round's merged start model and its adapter.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ from bbjtune.train.dryrun import show_dry_run
 from bbjtune.train.inputs import TrainingData, load_training_data
 from bbjtune.train.job import StageJob, is_main_process
 from bbjtune.train.modelcard import write_model_card
+from bbjtune.train.selftrain import run_selftrain
 from bbjtune.train.trainer import configure_torch
+from bbjtune.train.verdict import tier as verdict_tier
 
-STAGES = ("cpt", "sft")
+STAGES = ("cpt", "sft", "rft", "dpo", "grpo")
+SELF_TRAINING = ("rft", "dpo", "grpo")
 
 
 def run_stage(cfg: RunConfig, stages: list[str] | None = None, resume: str = "auto", dry_run: bool = False,
@@ -46,7 +53,15 @@ def run_stage(cfg: RunConfig, stages: list[str] | None = None, resume: str = "au
 
     backends.check_launch(cfg, stages)  # a dry run under accelerate launch says the same as the real one
     if dry_run:
-        show_dry_run(cfg, stages, data, console)
+        supervised = [s for s in stages if s not in SELF_TRAINING]
+        if supervised:
+            show_dry_run(cfg, supervised, data, console)
+        for s in stages:
+            if s in SELF_TRAINING:
+                sampling = getattr(cfg.train, s).sampling
+                console.print(f"{s}: {sampling.rounds} round(s) of {sampling.samples_per_prompt} samples per training "
+                              f"prompt (temperature {sampling.temperature:g}, up to {sampling.max_new_tokens} tokens), "
+                              f"judged by {verdict_tier()}; then training on the verdicts")
         return cfg.train_dir
 
     backends.use_one_gpu_unless_launched(console)
@@ -61,14 +76,67 @@ def run_stage(cfg: RunConfig, stages: list[str] | None = None, resume: str = "au
     chained = "cpt" in cfg.train_stages or "cpt" in stages  # stage 2 then starts from stage 1's merged model
     results: dict[str, dict[str, Any]] = {}
     for stage in stages:
+        if stage in SELF_TRAINING:
+            results[stage] = _run_self_training(cfg, stage, backend, console, resume, data, chained)
+            continue
         job = StageJob(cfg=cfg, stage=stage, base_source=base_for(cfg, stage, chained), backend=backend,
-                              console=console, resume=resume, data_fingerprint=data_fingerprint(cfg, stage, chained))
+                       console=console, resume=resume, data_fingerprint=data_fingerprint(cfg, stage, chained))
         if stage == "sft" and chained:
             console.print(f"stage 2 starts from stage 1's merged model {job.base_source}")
         results[stage] = _run_one(job, data)
     if is_main_process():
         _write_handle(cfg, stages[-1], results[stages[-1]], data, chained)
     return cfg.train_dir
+
+
+def model_after(cfg: RunConfig, stage: str, chained: bool) -> tuple[str, str | None]:
+    """(16-bit model, adapter or None) that `stage` produced: what the next self-training stage starts from."""
+    if stage in SELF_TRAINING:
+        summary = _manifest_file(cfg.train_dir / stage / "selftrain.json")
+        rounds = summary.get("rounds") or []
+        if not rounds:
+            raise BbjtuneError(f"{stage} has not run yet ({cfg.train_dir / stage})", f"train it first (--stage {stage})")
+        last = cfg.train_dir / stage / f"round-{rounds[-1]['round']}"
+        start = last / "start" if (last / "start" / "config.json").exists() else model_after(
+            cfg, _before(cfg, stage), chained)[0]
+        return str(start), str(last / "adapter")
+    adapter = cfg.train_dir / stage / "adapter"
+    if not (adapter / "adapter_config.json").exists():
+        raise BbjtuneError(f"{stage} has not run yet: {adapter} does not exist", f"train it first (--stage {stage})")
+    return base_for(cfg, stage, chained), str(adapter)
+
+
+def _plan_with(cfg: RunConfig, stage: str) -> list[str]:
+    """The configured stages with sft and `stage` in (a --stage rft on a config that plans only cpt and sft)."""
+    return [s for s in STAGES if s in cfg.train_stages or s in ("sft", stage)]
+
+
+def _before(cfg: RunConfig, stage: str) -> str:
+    """The stage a self-training stage starts after: the one before it in the plan (sft at least)."""
+    plan = _plan_with(cfg, stage)
+    return plan[plan.index(stage) - 1]
+
+
+def _run_self_training(cfg: RunConfig, stage: str, backend: str, console: Console, resume: str, data: TrainingData,
+                       chained: bool) -> dict[str, Any]:
+    if backends.world_size() > 1:
+        raise BbjtuneError(f"{stage} samples from the model in one process; it does not run under a multi-process launch",
+                           f"run it on its own without accelerate launch/torchrun: bbjtune train CONFIG --stage {stage}")
+    previous = model_after(cfg, _before(cfg, stage), chained)
+    job = StageJob(cfg=cfg, stage=stage, base_source=previous[0], backend=backend, console=console,
+                   resume=resume, data_fingerprint=data_fingerprint(cfg, "sft", chained) + ":" + str(previous))
+    result = run_selftrain(job, data, previous)
+    m = result["metrics"]
+    console.print(f"[green]✓[/] {stage}: {len(m['rounds'])} round(s), last {m.get('steps')} steps; adapter "
+                  f"{result['adapter']} on {result['base']}; rounds in {cfg.train_dir / stage / 'selftrain.json'}")
+    return result
+
+
+def _manifest_file(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def base_for(cfg: RunConfig, stage: str, chained: bool) -> str:
@@ -92,10 +160,7 @@ def data_fingerprint(cfg: RunConfig, stage: str, chained: bool) -> str:
 
 
 def _manifest(directory: Path) -> dict[str, Any]:
-    try:
-        return json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return _manifest_file(directory / MANIFEST_NAME)
 
 
 def _is_done(job: Any) -> bool:
@@ -156,6 +221,13 @@ def _summarize(job: Any, metrics: dict[str, Any]) -> None:
 
 
 def _write_handle(cfg: RunConfig, last_stage: str, result: dict[str, Any], data: TrainingData, chained: bool) -> Path:
+    if last_stage in SELF_TRAINING:
+        base, adapter = model_after(cfg, last_stage, chained)
+        plan = _plan_with(cfg, last_stage)
+        chain = [s for s in plan[:plan.index(last_stage) + 1] if s != "cpt" or chained]
+        return write_trained(cfg.train_dir, base_model=base, original_model=cfg.model.source, adapter=Path(adapter),
+                             tokenizer=Path(adapter), stages=chain, lora=result["lora"],
+                             max_length=cfg.train.sft.max_length, system_prompt=cfg.data.system_prompt or data.system_prompt)
     stage_dir = cfg.train_dir / last_stage
     base = base_for(cfg, last_stage, chained)
     chain = ["cpt", "sft"] if last_stage == "sft" and base != cfg.model.source else [last_stage]

@@ -1,0 +1,300 @@
+"""Self-training stages after SFT: the model learns from the checker's verdicts on its own answers.
+
+`train.stages: [cpt, sft, rft, dpo]` (any of rft, dpo, grpo after sft). Each round of a stage:
+
+1. start: the previous model (SFT's, or the previous stage's or round's) merged into 16-bit
+   weights in `<stage>/round-N/start/` — the model that samples, and the base a fresh LoRA
+   adapter trains on (for DPO also the frozen reference: the adapter switched off);
+2. sample `sampling.samples_per_prompt` answers per training prompt (`samples.py`, resumable) and
+   judge each (`verdict.py`: compiles, tier-2 clean, the prompt's must-patterns, finished);
+3. build the data: RFT — the best passing answer of each prompt (plus the references); DPO — pairs
+   of a passing and a failing answer to the same prompt (the reference stands in for a passing
+   one where none passed); KTO instead when pairs are scarce (unpaired good and bad answers);
+4. train (`preference.py` for DPO/KTO/GRPO, stage 2's recipe for RFT) into `round-N/adapter/`.
+
+`round-N/round.json` records pass rates, answers kept, pairs built; `<stage>/selftrain.json`
+lists all rounds (the report's section). A finished round is not redone; a killed one resumes
+(samples from samples.jsonl, training from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bbjtune.artifacts import atomic_write_json, atomic_write_text, sha256_file
+from bbjtune.config import SelfSampleConfig
+from bbjtune.errors import BbjtuneError
+from bbjtune.models.generate import TransformersBackend
+from bbjtune.models.merge import merge_adapters
+from bbjtune.progress import new_progress
+from bbjtune.train import preference, sft
+from bbjtune.train.inputs import TrainingData
+from bbjtune.train.job import StageJob, is_main_process, wait_for_everyone
+from bbjtune.train.samples import SAMPLES_FILE, SelfPrompt, by_prompt, sample_prompts, training_prompts
+from bbjtune.train.verdict import tier
+
+SUMMARY_FILE = "selftrain.json"
+REPORT_FILE = "selftrain.md"
+REPORT_COLUMNS = (("round", "round"), ("prompts", "prompts"), ("samples", "samples"), ("compile_rate", "compile"),
+                  ("clean_rate", "clean"), ("patterns_rate", "patterns"), ("pass_rate", "pass"),
+                  ("ran_on_rate", "ran on"), ("prompts_with_a_passing_answer", "prompts passing"),
+                  ("rft_examples", "RFT examples"), ("pairs", "pairs"), ("median_answer_tokens", "median tokens"))
+ROUND_FILE = "round.json"
+START_FILE = "start.json"
+SAMPLING_FILE = "sampling.json"
+
+
+@dataclass
+class RoundJob(StageJob):
+    """One round of a self-training stage: writes under `<stage>/round-N/`."""
+
+    round: int = 1
+
+    @property
+    def out_dir(self) -> Path:
+        return self.cfg.train_dir / self.stage / f"round-{self.round}"
+
+
+def sampling_of(job: StageJob) -> SelfSampleConfig:
+    return job.stage_cfg.sampling
+
+
+def run_selftrain(job: StageJob, data: TrainingData, previous: tuple[str, str | None]) -> dict[str, Any]:
+    """All rounds of one self-training stage, starting from `previous` = (16-bit model, adapter or None)."""
+    sampling = sampling_of(job)
+    rounds: list[dict[str, Any]] = []
+    result: dict[str, Any] = {}
+    for n in range(1, sampling.rounds + 1):
+        origin = model_identity(previous)
+        rjob = RoundJob(cfg=job.cfg, stage=job.stage, base_source="", backend=job.backend, console=job.console,
+                        data_fingerprint=f"{job.data_fingerprint}:{origin}", resume=job.resume, round=n)
+        rjob.base_source = str(_start_model(rjob, previous, origin))
+        result = run_round(rjob, data)
+        rounds.append(result["round"])
+        previous = (rjob.base_source, str(rjob.adapter_dir))
+        if is_main_process():
+            atomic_write_json(job.cfg.train_dir / job.stage / SUMMARY_FILE,
+                              {"stage": job.stage, "checks": tier(), "rounds": rounds})
+            atomic_write_text(job.cfg.train_dir / job.stage / REPORT_FILE, report_section(job.stage, rounds))
+    return {"metrics": {**result["metrics"], "rounds": rounds}, "lora": result["lora"],
+            "base": previous[0], "adapter": previous[1]}
+
+
+def model_identity(model: tuple[str, str | None]) -> str:
+    """What a round starts from: the base's path and the previous adapter's weights (a retrained SFT differs)."""
+    base, adapter = model
+    parts = [str(Path(base).resolve()) if Path(base).exists() else base]
+    if adapter is not None:
+        weights = sorted(Path(adapter).glob("adapter_model.*"))
+        parts += [sha256_file(w) for w in weights] or [str(adapter)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _start_model(job: RoundJob, previous: tuple[str, str | None], origin: str) -> Path | str:
+    """The previous model merged into `round-N/start/`, merged again when what it came from has changed.
+
+    Whatever was sampled from an older start model is stale then too, so the round's samples go with it.
+    """
+    base, adapter = previous
+    if adapter is None:
+        return base
+    start = job.out_dir / "start"
+    record = job.out_dir / START_FILE
+    if is_main_process() and (not (start / "config.json").exists() or _read_json(record).get("origin") != origin):
+        (job.out_dir / SAMPLES_FILE).unlink(missing_ok=True)
+        job.console.print(f"{job.stage} round {job.round}: merging {adapter} into {base} → {start}")
+        merge_adapters(base, [adapter], start, tokenizer_source=adapter, chat=True, dtype=job.cfg.model.dtype,
+                       device_map={"": 0} if _cuda() else None)
+        atomic_write_json(record, {"origin": origin, "base": base, "adapter": adapter})
+    wait_for_everyone()
+    return start
+
+
+def run_round(job: RoundJob, data: TrainingData) -> dict[str, Any]:
+    """Sample, judge, build the data and train one round; a round already done is read back."""
+    done = _read_json(job.out_dir / ROUND_FILE)
+    if (job.resume != "never" and done.get("fingerprint") == job.fingerprint()
+            and (job.adapter_dir / "adapter_config.json").exists()):
+        job.console.print(f"[green]✓[/] {job.stage} round {job.round}: already trained ({job.adapter_dir})")
+        return {"metrics": done.get("metrics", {}), "lora": done.get("lora", {}), "round": done["stats"]}
+    sampling = sampling_of(job)
+    prompts = training_prompts(job.cfg, data.conversations, sampling, warn=lambda m: job.console.print(f"[yellow]{m}"))
+    if not prompts.prompts:
+        raise BbjtuneError(f"{job.stage}: no training prompt to sample ({_describe_skips(prompts.skipped)})",
+                           "self-training needs training answers with BBj code; check train.jsonl")
+    rows, speed = _sample(job, prompts.prompts, sampling)
+    built = build_data(job, prompts.prompts, rows)
+    stats = {"round": job.round, "checks": tier(), "prompts": len(prompts.prompts), "prompts_skipped": prompts.skipped,
+             **sample_stats(rows), **built.stats, "sampling_speed": speed}
+    job.console.print(describe_round(job.stage, stats))
+    result = train_round(job, data, built)
+    if is_main_process():
+        atomic_write_json(job.out_dir / ROUND_FILE, {"fingerprint": job.fingerprint(), "stats": stats,
+                                                     "metrics": result["metrics"], "lora": result["lora"]})
+    return {**result, "round": stats}
+
+
+def _sample(job: RoundJob, prompts: list[SelfPrompt], sampling: SelfSampleConfig
+            ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """All samples of the round, and how fast this call generated the new ones (model load excluded)."""
+    path = job.out_dir / SAMPLES_FILE
+    started = 0.0
+    settings = {"sampling": sampling.model_dump(mode="json", exclude={"rounds"}), "start": job.data_fingerprint}
+    if _read_json(job.out_dir / SAMPLING_FILE) != settings:  # samples drawn otherwise are not reused
+        path.unlink(missing_ok=True)
+        atomic_write_json(job.out_dir / SAMPLING_FILE, settings)
+    backend = None
+    try:
+        with new_progress(job.console, unit="prompts") as progress:
+            task = progress.add_task(f"{job.stage} round {job.round}: sampling {sampling.samples_per_prompt} answers "
+                                     f"per prompt", total=len(prompts))
+
+            class Lazy:  # the model loads only when a prompt is left to sample
+                def generate(self, requests, settings):
+                    nonlocal backend, started
+                    backend = TransformersBackend.load(job.base_source, dtype=job.cfg.model.dtype,
+                                                       batch_tokens=sampling.batch_tokens,
+                                                       continuous=sampling.engine == "continuous")
+                    started = time.monotonic()
+                    yield from backend.generate(requests, settings)
+
+            rows = sample_prompts(Lazy(), prompts, sampling, path, seed=sampling.seed + 1000 * job.round,
+                                  on_prompt=lambda k: progress.advance(task, k))
+        seconds = time.monotonic() - started if started else 0.0
+        tokens = backend.generated_tokens if backend is not None else 0
+    finally:
+        if backend is not None:
+            backend.close()
+        _free_memory()
+    speed = {"engine": sampling.engine, "generated_tokens": tokens, "seconds": round(seconds, 1),
+             "tokens_per_s": round(tokens / seconds, 1) if seconds else None}
+    return rows, speed
+
+
+def sample_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pass rates of the samples (the round's own compile@1-like figures)."""
+    n = len(rows) or 1
+    verdicts = [r["verdict"] for r in rows]
+    tokens = sorted(r.get("tokens") or 0 for r in rows)
+    return {"samples": len(rows),
+            "compile_rate": round(sum(v["compiles"] for v in verdicts) / n, 4),
+            "clean_rate": round(sum(v["clean"] for v in verdicts) / n, 4),
+            "patterns_rate": round(sum(v["patterns_ok"] for v in verdicts) / n, 4),
+            "pass_rate": round(sum(v["passed"] for v in verdicts) / n, 4),
+            "ran_on_rate": round(sum(v["ran_on"] for v in verdicts) / n, 4),
+            "median_answer_tokens": tokens[len(tokens) // 2] if tokens else 0}
+
+
+@dataclass
+class Built:
+    rft: list[list[dict[str, str]]]
+    pairs: list[dict[str, Any]]
+    unpaired: list[dict[str, Any]]
+    stats: dict[str, Any]
+
+
+def _best_first(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(samples, key=lambda r: (-r["verdict"]["reward"], len(r["output"]), r["sample"]))
+
+
+def build_data(job: StageJob, prompts: list[SelfPrompt], rows: list[dict[str, Any]]) -> Built:
+    """RFT conversations, DPO pairs and KTO examples from the judged samples."""
+    cfg = job.stage_cfg
+    by_id = {p.id: p for p in prompts}
+    rft: list[list[dict[str, str]]] = []
+    pairs: list[dict[str, Any]] = []
+    unpaired: list[dict[str, Any]] = []
+    prompts_with_pass = 0
+    for pid, samples in by_prompt(rows):
+        prompt = by_id.get(pid)
+        if prompt is None:
+            continue
+        passing = _best_first([r for r in samples if r["verdict"]["passed"]])
+        failing = _best_first([r for r in samples if r["verdict"]["failed"]])[::-1]  # worst first
+        prompts_with_pass += bool(passing)
+        if passing:
+            rft.append([*prompt.context, {"role": "assistant", "content": passing[0]["output"]}])
+        if getattr(cfg, "include_references", False):
+            rft.append([*prompt.context, {"role": "assistant", "content": prompt.reference}])
+        chosen = [r["output"] for r in passing]
+        if not chosen and getattr(cfg, "reference_as_chosen", False) and failing:
+            chosen = [prompt.reference] * len(failing)  # against each failing answer, up to the limit
+        limit = getattr(cfg, "max_pairs_per_prompt", 1)
+        for good, bad in list(zip(chosen, [r["output"] for r in failing]))[:limit]:
+            pairs.append({"prompt": prompt.context, "chosen": [{"role": "assistant", "content": good}],
+                          "rejected": [{"role": "assistant", "content": bad}]})
+        for r in passing[:limit] + failing[:limit]:
+            unpaired.append({"prompt": prompt.context, "completion": [{"role": "assistant", "content": r["output"]}],
+                             "label": bool(r["verdict"]["passed"])})
+    stats = {"prompts_with_a_passing_answer": prompts_with_pass, "rft_examples": len(rft), "pairs": len(pairs),
+             "kto_examples": len(unpaired)}
+    return Built(rft, pairs, unpaired, stats)
+
+
+def train_round(job: RoundJob, data: TrainingData, built: Built) -> dict[str, Any]:
+    if job.stage == "rft":
+        if not built.rft:
+            raise BbjtuneError("rft: no answer passed the checks and train.rft.include_references is off",
+                               "turn include_references on, sample more (sampling.samples_per_prompt), or lower "
+                               "sampling.min_pattern_share")
+        return sft.run_sft(job, TrainingData(conversations=built.rft, heldout=data.heldout, replay=data.replay))
+    if job.stage == "dpo":
+        return preference.run_preference(job, built.pairs, built.unpaired)
+    return preference.run_grpo(job, data)
+
+
+def report_section(stage: str, rounds: list[dict[str, Any]]) -> str:
+    """A Markdown section with one row per round: the samples' pass rates and what was built from them."""
+    def cell(key: str, value: Any) -> str:
+        return f"{value:.1%}" if key.endswith("_rate") and isinstance(value, (int, float)) else str(value)
+
+    lines = [f"## Self-training: {stage}", "",
+             f"Checks: {rounds[0]['checks'] if rounds else tier()}. Rates are shares of all samples of the round.", "",
+             "| " + " | ".join(title for _, title in REPORT_COLUMNS) + " |",
+             "|" + "---|" * len(REPORT_COLUMNS)]
+    lines += ["| " + " | ".join(cell(k, r.get(k, "")) for k, _ in REPORT_COLUMNS) + " |" for r in rounds]
+    skipped = rounds[-1].get("prompts_skipped") if rounds else None
+    if skipped:
+        lines += ["", "Prompts left out: " + ", ".join(f"{n} {reason}" for reason, n in skipped.items()) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def describe_round(stage: str, s: dict[str, Any]) -> str:
+    skipped = f", {sum(s['prompts_skipped'].values())} prompts left out" if s["prompts_skipped"] else ""
+    return (f"{stage} round {s['round']}: {s['samples']} samples of {s['prompts']} prompts{skipped} — compile "
+            f"{s['compile_rate']:.0%}, clean {s['clean_rate']:.0%}, patterns {s['patterns_rate']:.0%}, pass "
+            f"{s['pass_rate']:.0%}, ran on {s['ran_on_rate']:.0%}; {s['prompts_with_a_passing_answer']} prompts with a "
+            f"passing answer, {s['rft_examples']} RFT examples, {s['pairs']} pairs (checks: {s['checks']})"
+            + (f"; sampled {s['sampling_speed']['tokens_per_s']:,.0f} tokens/s" if s["sampling_speed"]["tokens_per_s"]
+               else ""))
+
+
+def _describe_skips(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in skipped.items()) or "train.jsonl has no conversations"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
