@@ -26,7 +26,7 @@ def _available(mode: str) -> bool:
 
 
 MODES = [pytest.param(m, marks=pytest.mark.skipif(not _available(m), reason=f"sandbox mode '{m}' does not work here"))
-         for m in ("namespaces", "rlimits")]
+         for m in ("bwrap", "namespaces", "rlimits")]
 FAST = Limits(wall_s=6, cpu_s=2, memory_mb=256, max_processes=16)
 
 
@@ -128,7 +128,7 @@ def test_the_program_cannot_import_the_project():
 
 def test_isolation_is_described_for_the_report():
     info = detect_isolation().describe()
-    assert info["mode"] in ("namespaces", "rlimits") and info["interpreter"]
+    assert info["mode"] == "bwrap" and info["interpreter"] and info["home_hidden"]
     assert sys.platform != "linux" or info["network"]
 
 
