@@ -43,7 +43,7 @@ def unprivileged_reason() -> str | None:
 
 
 def run_as(user: str, code: str, home: Path | None = None, extra_env: dict[str, str] | None = None,
-           timeout: int = 300) -> dict:
+           timeout: int = 300, cwd: Path | None = None) -> dict:
     """Run `code` (which prints one JSON line last) as `user`; returns that JSON."""
     if user == "nobody" and os.geteuid() != 0:
         pytest.skip("these tests already run unprivileged (see the 'current' variant)")
@@ -56,7 +56,7 @@ def run_as(user: str, code: str, home: Path | None = None, extra_env: dict[str, 
         argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", _system_python(), "-c", code]
     else:
         argv = [sys.executable, "-c", code]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=tempfile.gettempdir())
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd or tempfile.gettempdir())
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
