@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bbjtune.evaluate.sandbox import Limits, detect_isolation, run_python
 
-LIMITS = Limits(wall_s=20, cpu_s=10, memory_mb=512, max_processes=32, tmpfs_mb=64)
+LIMITS = Limits(wall_s=20, cpu_s=10, memory_mb=512, max_processes=32)
 SECRET = os.environ.get("BBJTUNE_TEST_SECRET", "")
 
 
@@ -154,7 +154,8 @@ def attack_proc() -> dict:
         "for p in pids:\n"
         "    for name in ('environ', 'cmdline'):\n"
         "        try:\n"
-        "            found.append(open('/proc/%s/%s' % (p, name), 'rb').read().decode('latin-1'))\n"
+        "            text = open('/proc/%s/%s' % (p, name), 'rb').read().decode('latin-1')\n"
+        "            found += [part for part in text.split('\\0') if 'harness-secret-' in part]\n"
         "        except OSError:\n"
         "            pass\n"
         "sys.stderr.write('PIDS %d\\n' % len(pids))\n"
