@@ -178,3 +178,33 @@ def test_a_sample_of_another_evaluation_survives_this_one_cleaning_up():
         assert run_python("print('ok')\n", Limits(wall_s=20)).status == "passed"
     out, _ = other.communicate(timeout=60)
     assert out.startswith("passed"), out
+
+
+def test_without_bubblewrap_untrusted_code_is_refused_unless_the_user_opts_in(monkeypatch):
+    from bbjtune.evaluate import bwrap, sandbox
+
+    monkeypatch.setattr(bwrap, "bwrap_path", lambda: None)
+    monkeypatch.delenv("BBJTUNE_SANDBOX", raising=False)
+    sandbox._detect.cache_clear()
+    try:
+        with pytest.raises(BbjtuneError) as refused:
+            detect_isolation("auto")
+        message = str(refused.value)
+        assert "bubblewrap" in message and "apt-get install bubblewrap" in message
+        assert "eval.humaneval.sandbox: namespaces" in message  # the named setting that opts in
+        assert detect_isolation("rlimits").mode == "rlimits"    # ... and opting in works
+        with pytest.raises(BbjtuneError, match="unknown sandbox mode"):
+            detect_isolation("none")
+    finally:
+        sandbox._detect.cache_clear()
+
+
+def test_the_sandbox_setting_is_validated_in_the_config():
+    from pydantic import ValidationError
+
+    from bbjtune.config import HumanEvalConfig
+
+    assert HumanEvalConfig().sandbox == "auto"
+    assert HumanEvalConfig(sandbox="rlimits").sandbox == "rlimits"
+    with pytest.raises(ValidationError):
+        HumanEvalConfig(sandbox="off")
