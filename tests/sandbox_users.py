@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT
 
 USERS = ["current", "nobody"]
@@ -56,7 +55,8 @@ def run_as(user: str, code: str, home: Path | None = None, extra_env: dict[str, 
         argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", _system_python(), "-c", code]
     else:
         argv = [sys.executable, "-c", code]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd or tempfile.gettempdir())
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd or tempfile.gettempdir(),
+                         check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

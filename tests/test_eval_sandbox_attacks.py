@@ -14,10 +14,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from sandbox_users import USERS, make_home, run_as
 
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.sandbox import detect_isolation
-from sandbox_users import USERS, make_home, run_as
 
 
 def _bwrap_works() -> bool:

@@ -10,7 +10,6 @@ import json
 import shutil
 
 import pytest
-
 from sandbox_users import USERS, make_home, run_as
 
 WRONG = "def has_close_elements(numbers, threshold):\n    return None\n"

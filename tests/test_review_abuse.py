@@ -17,20 +17,31 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
+from conftest import REPO_ROOT
 from review_fixtures import start_server, stop_server, write_eval_runs
 from sandbox_users import USERS, _system_python, unprivileged_reason
 from starlette.testclient import TestClient
-from test_review_app import ORIGIN, _csrf, _item_id, _key, _login, _rate, review  # noqa: F401  (fixture)
+from test_review_app import ORIGIN, _csrf, _item_id, _key, _login, _rate
 
 from bbjtune.serve.app import create_app
+from bbjtune.serve.items import pair_runs
 from bbjtune.serve.security import ACCESS_COOKIE, SESSION_COOKIE
 from bbjtune.serve.storage import ReviewStore
-from conftest import REPO_ROOT
 
 MAX_BODY_BYTES = 64 * 1024  # the cap the issue asks for (security.MAX_BODY_BYTES)
+
+
+@pytest.fixture
+def review(tmp_path):
+    base, tuned = write_eval_runs(tmp_path)
+    review_dir = tmp_path / "eval" / "review"
+    store = ReviewStore(review_dir / "ratings.sqlite")
+    store.sync_items(pair_runs(base, tuned))
+    return SimpleNamespace(store=store, dir=review_dir)
 
 
 def _client(review, **options) -> TestClient:
@@ -231,5 +242,5 @@ def test_tls_options_are_checked(tmp_path):
                         (["--tls-cert", str(base / "generations.jsonl"), "--tls-key", str(base / "generations.jsonl")],
                          "cannot use")):
         out = subprocess.run([sys.executable, "-m", "bbjtune", "review", str(base), str(tuned), "--port", "0", *extra],
-                             capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+                             capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False)
         assert out.returncode == 2 and "Traceback" not in out.stderr and said in out.stderr, out.stderr

@@ -34,11 +34,11 @@ def bwrap_path() -> str | None:
     return shutil.which("bwrap") or next((p for p in ("/usr/bin/bwrap", "/bin/bwrap") if os.path.exists(p)), None)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _supports(bwrap: str, option: str) -> bool:
     """Whether this bwrap knows `option` (older releases lack --disable-userns and --size)."""
     try:
-        out = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return option in out.stdout + out.stderr
