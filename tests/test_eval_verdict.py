@@ -81,3 +81,16 @@ def test_answers_are_plain_data_with_their_exact_types():
                                   "    return (N(0), N(0))\n")
     result = judge_solution(problem, rigged, limits)
     assert result.status == "failed" and "not plain data" in result.reason
+
+
+@pytest.mark.slow
+def test_every_reference_solution_passes_under_the_judge():
+    # The judge must accept all 164 canonical solutions, as the in-process harness did: plain data
+    # covers every HumanEval answer, and tests that call the function by name reach the sample too.
+    from bbjtune.evaluate.humaneval import load_problems, score_humaneval
+    from bbjtune.evaluate.sandbox import Limits
+
+    rows = [{"suite": "humaneval", "id": p["task_id"], "sample": 0, "code": p["canonical_solution"], "error": None}
+            for p in load_problems()]
+    scores, summary = score_humaneval(rows, "completion", Limits(), [1], workers=2)
+    assert [s["id"] for s in scores if not s["passed"]] == [] and summary["pass_at_1"] == 1.0

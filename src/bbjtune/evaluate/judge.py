@@ -141,6 +141,7 @@ candidate.__name__ = candidate.__qualname__ = cfg["entry"]
 ns = {"__name__": "__judge__"}
 try:
     exec(compile(cfg["prompt"] + "\n    pass\n", "prompt.py", "exec"), ns)
+    ns[cfg["entry"]] = candidate  # some tests call the function by its name (HumanEval/33), not as candidate
     exec(compile(cfg["test"], "test.py", "exec"), ns)
 except BaseException as exc:
     print(json.dumps({"verdict": "error", "reason": "the problem's own tests do not load: %%r" %% (exc,)}))
