@@ -208,3 +208,15 @@ def test_the_sandbox_setting_is_validated_in_the_config():
     assert HumanEvalConfig(sandbox="rlimits").sandbox == "rlimits"
     with pytest.raises(ValidationError):
         HumanEvalConfig(sandbox="off")
+
+
+def test_bbjtune_may_run_from_a_directory_the_sandbox_uid_cannot_enter(tmp_path):
+    # pytest's own temp dirs (and many home directories) are 0700: as root the sandbox runs under
+    # another uid, which must not need to reach the directory bbjtune runs in
+    inner = tmp_path / "private" / "work"
+    inner.mkdir(parents=True)
+    (tmp_path / "private").chmod(0o700)
+    out = subprocess.run([sys.executable, "-c", "from bbjtune.evaluate.sandbox import run_python\n"
+                          "r = run_python('import os\\nprint(os.listdir(\".\"))\\n')\nprint(r.status, r.reason)"],
+                         cwd=inner, capture_output=True, text=True, timeout=120, check=False)
+    assert out.stdout.startswith("passed"), out.stdout + out.stderr

@@ -28,6 +28,7 @@ import subprocess
 SAMPLE_DIR = "/tmp"                     # cwd, HOME and TMPDIR inside the sandbox
 PROGRAM_PATH = "/tmp/.bbjtune-program.py"
 HIDDEN_SYSTEM_DIRS = ("/home", "/root", "/run", "/mnt", "/media", "/srv")
+FRESH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # replaced by empty, size-capped file systems
 
 
 def bwrap_path() -> str | None:
@@ -52,9 +53,13 @@ def hidden_paths(project_paths: list[str]) -> list[str]:
     """Directories the sample must not see: system places for people's files, home, the project."""
     paths = [p for p in HIDDEN_SYSTEM_DIRS if os.path.isdir(p)]
     home = os.path.expanduser("~")
+    # under /tmp, /var/tmp and /dev/shm a path is gone anyway (fresh file systems), and bwrap, running
+    # as the sandbox's uid, may not even be allowed to reach it to cover it (a 0700 pytest directory)
+    replaced = [os.path.realpath(p) for p in FRESH_DIRS]
     for extra in [home, *project_paths]:
         real = os.path.realpath(extra)
-        if os.path.isdir(real) and real not in ("/", "/usr", "/etc") and not any(_under(real, p) for p in paths):
+        if os.path.isdir(real) and real not in ("/", "/usr", "/etc") \
+                and not any(_under(real, p) for p in paths + replaced):
             paths.append(real)
     return paths
 
@@ -68,7 +73,7 @@ def command(bwrap: str, interpreter: str, program_file: str, hide: list[str], tm
     args += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
     for path in hide:
         args += ["--tmpfs", path, "--remount-ro", path]
-    for path in ("/tmp", "/var/tmp", "/dev/shm"):
+    for path in FRESH_DIRS:
         if path != "/var/tmp" or os.path.isdir(path):
             args += [*size, "--tmpfs", path]
     # an interpreter living under a hidden directory (pyenv in the home) is shown again, read-only
