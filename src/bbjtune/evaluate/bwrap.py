@@ -49,8 +49,24 @@ def _under(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
-def hidden_paths(project_paths: list[str]) -> list[str]:
-    """Directories the sample must not see: system places for people's files, home, the project."""
+def _others_can_reach(path: str) -> bool:
+    """Whether a uid with no relation to the owners (the sandbox uid under root) can look up `path`."""
+    parent = os.path.dirname(path)
+    while parent not in ("/", ""):
+        try:
+            if not os.stat(parent).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        parent = os.path.dirname(parent)
+    return True
+
+
+def hidden_paths(project_paths: list[str], as_other_uid: bool = False) -> list[str]:
+    """Directories the sample must not see: system places for people's files, home, the project.
+
+    `as_other_uid` (root runs bwrap under a separate uid): a directory that uid cannot even look up
+    is unreadable to the sample anyway, and bwrap could not cover it, so it is left out."""
     paths = [p for p in HIDDEN_SYSTEM_DIRS if os.path.isdir(p)]
     home = os.path.expanduser("~")
     # under /tmp, /var/tmp and /dev/shm a path is gone anyway (fresh file systems), and bwrap, running
@@ -59,7 +75,8 @@ def hidden_paths(project_paths: list[str]) -> list[str]:
     for extra in [home, *project_paths]:
         real = os.path.realpath(extra)
         if os.path.isdir(real) and real not in ("/", "/usr", "/etc") \
-                and not any(_under(real, p) for p in paths + replaced):
+                and not any(_under(real, p) for p in paths + replaced) \
+                and (not as_other_uid or _others_can_reach(real)):
             paths.append(real)
     return paths
 

@@ -280,7 +280,7 @@ def _detect(mode: str) -> Isolation:
         tool = ""
     for interp in _interpreter_candidates():
         if mode == "bwrap":
-            hide = tuple(bwrap.hidden_paths(_project_paths()))
+            hide = tuple(bwrap.hidden_paths(_project_paths(), as_other_uid=is_root))
         elif mode == "namespaces":
             hide = tuple(p for p in _project_paths() if _safe_to_hide(p, [interp, tmp_root]))
         else:
