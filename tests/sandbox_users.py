@@ -48,7 +48,9 @@ def run_as(user: str, code: str, home: Path | None = None, extra_env: dict[str, 
         pytest.skip("these tests already run unprivileged (see the 'current' variant)")
     if user == "nobody" and unprivileged_reason():
         pytest.skip(f"cannot run as an unprivileged user: {unprivileged_reason()}")
-    paths = [str(REPO_ROOT / "src"), str(REPO_ROOT / "tests"), *site.getsitepackages()]
+    # this checkout first, then wherever this interpreter finds its packages (a venv, or PYTHONPATH)
+    paths = [str(REPO_ROOT / "src"), str(REPO_ROOT / "tests"), *site.getsitepackages(),
+             *(p for p in sys.path if p and os.path.isdir(p) and "site-packages" in p)]
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(paths), "LANG": "C.UTF-8",
            "HOME": str(home) if home else tempfile.gettempdir(), **(extra_env or {})}
     if user == "nobody":

@@ -51,9 +51,11 @@ def test_a_correct_program_passes_and_a_failing_one_says_why(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_an_infinite_loop_is_stopped_by_the_cpu_limit(mode):
-    result, seconds = run("while True:\n    pass\n", mode)
+    # a generous wall clock: on a loaded machine 2 CPU-seconds can take several wall seconds
+    limits = Limits(wall_s=30, cpu_s=2, memory_mb=256, max_processes=16)
+    result, seconds = run("while True:\n    pass\n", mode, limits)
     assert result.status == "cpu_limit", result
-    assert seconds < FAST.wall_s + 2
+    assert seconds < limits.wall_s
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -155,6 +157,7 @@ def test_many_workers_starting_at_once_all_get_a_working_sandbox():
     assert [r.status for r in results] == ["passed"] * 48
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="samples run under their own uid only when bbjtune runs as root")
 def test_two_evaluations_on_one_machine_use_different_uids():
     from bbjtune.evaluate.sandbox import sandbox_uid
 
