@@ -94,3 +94,23 @@ def test_every_reference_solution_passes_under_the_judge():
             for p in load_problems()]
     scores, summary = score_humaneval(rows, "completion", Limits(), [1], workers=2)
     assert [s["id"] for s in scores if not s["passed"]] == [] and summary["pass_at_1"] == 1.0
+
+
+def test_an_oversized_reply_fails_the_sample_and_the_judge_still_answers():
+    from bbjtune.evaluate.humaneval import load_problems
+    from bbjtune.evaluate.judge import MAX_MESSAGE_BYTES, judge_solution
+    from bbjtune.evaluate.sandbox import Limits
+
+    problem = load_problems(1)[0]
+    # the sample finds the reply pipe itself and writes one line longer than a reply may be
+    flood = problem["prompt"] + (
+        "    import os\n"
+        f"    line = b'{{\"ok\": \"' + b'x' * {MAX_MESSAGE_BYTES + 10} + b'\"}}\\n'\n"
+        "    for fd in range(3, 64):\n"
+        "        try:\n"
+        "            os.write(fd, line)\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    return True\n")
+    result = judge_solution(problem, flood, Limits(wall_s=30, cpu_s=10, memory_mb=512, file_size_mb=64))
+    assert result.status == "failed" and "too long" in result.reason, result

@@ -31,6 +31,7 @@ from typing import Any
 from bbjtune.evaluate.sandbox import Limits, SandboxResult, run_python
 
 MAX_MESSAGE_BYTES = 16 << 20
+JUDGE_EXTRA_MB = 512  # the judge's memory cap: the sample's limit plus room for the tests' own data
 
 # Plain data <-> JSON, shared by both sides (each side runs it with -I -S, importing only json).
 _CODEC = r'''
@@ -111,9 +112,12 @@ while True:
 
 # Runs outside the sandbox, on the problem's own (trusted) prompt and tests only.
 _JUDGE = r'''
-import json, os, sys, traceback
+import json, os, resource, sys, traceback
 ''' + _CODEC + r'''
 cfg = json.loads(sys.stdin.read())
+# the judge decodes what the sample sends: a reply built to blow up into objects must not take the machine
+resource.setrlimit(resource.RLIMIT_AS, (cfg["memory_bytes"], cfg["memory_bytes"]))
+resource.setrlimit(resource.RLIMIT_CPU, (cfg["cpu_s"], cfg["cpu_s"] + 1))
 _requests, _replies, _limit = cfg["requests"], cfg["replies"], cfg["limit"]
 
 class SampleFailed(Exception):
@@ -179,6 +183,7 @@ def judge_solution(problem: dict[str, Any], code: str, limits: Limits, slot: int
                                          stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=tmp,
                                          pass_fds=(requests_w, replies_r), env={"PATH": "/usr/bin:/bin"})
             cfg = {"requests": requests_w, "replies": replies_r, "limit": MAX_MESSAGE_BYTES,
+                   "memory_bytes": (limits.memory_mb + JUDGE_EXTRA_MB) << 20, "cpu_s": max(1, int(limits.cpu_s)) * 2 + 10,
                    "entry": problem["entry_point"], "prompt": problem["prompt"], "test": problem["test"]}
             with contextlib.suppress(BrokenPipeError):
                 judge.stdin.write(json.dumps(cfg).encode())
