@@ -223,3 +223,36 @@ def test_bbjtune_may_run_from_a_directory_the_sandbox_uid_cannot_enter(tmp_path)
                           "r = run_python('import os\\nprint(os.listdir(\".\"))\\n')\nprint(r.status, r.reason)"],
                          cwd=inner, capture_output=True, text=True, timeout=120, check=False)
     assert out.stdout.startswith("passed"), out.stdout + out.stderr
+
+
+def test_the_eval_command_takes_the_sandbox_choice_and_checks_it(tmp_path):
+    from conftest import run_cli
+
+    bad = run_cli("eval", "--model", "tiny:test", "--sandbox", "none", "--out", str(tmp_path), cwd=tmp_path, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "sandbox" in bad.stderr, bad.stderr
+
+
+def test_eval_refuses_before_generating_when_no_sandbox_works(tmp_path, monkeypatch):
+    # an hour of generation must not end in "cannot score HumanEval": the check comes first
+    from bbjtune.config import EvalConfig
+    from bbjtune.evaluate import bwrap, sandbox
+    from bbjtune.evaluate.run import evaluate_model
+    from bbjtune.evaluate.suite import load_suite
+
+    suite = tmp_path / "mini.jsonl"
+    suite.write_text('{"id": "x", "prompt": "Print hello in BBj.", "category": "strings", "generation": "character", '
+                     '"task": "write", "expect": {}, "reference": "print 1"}\n')
+    monkeypatch.setattr(bwrap, "bwrap_path", lambda: None)
+    monkeypatch.delenv("BBJTUNE_SANDBOX", raising=False)
+    sandbox._detect.cache_clear()
+
+    def must_not_load():
+        raise AssertionError("the model was loaded although HumanEval could not be scored")
+
+    try:
+        with pytest.raises(BbjtuneError, match="bubblewrap"):
+            evaluate_model("tiny", tmp_path / "out", must_not_load, {"backend": "transformers"},
+                           [load_suite(suite)], EvalConfig.model_validate({"humaneval": {"limit": 1}}),
+                           humaneval_style="completion")
+    finally:
+        sandbox._detect.cache_clear()
