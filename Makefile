@@ -61,19 +61,20 @@ browser-test-deps:
 	  || echo "note: could not install chromium: the browser test will be skipped"
 
 # HumanEval runs code the model wrote inside bubblewrap (bwrap); without it `bbjtune eval` refuses to run
-# HumanEval unless eval.humaneval.sandbox names a weaker mode, and the sandbox tests skip. Installed here
+# HumanEval unless eval.humaneval.sandbox names a weaker mode (the tests then opt in to one and skip the
+# bubblewrap-specific ones). Installed here
 # like chromium: when missing and possible (apt-get as root or with password-less sudo).
 sandbox-deps:
 	@if command -v bwrap >/dev/null 2>&1; then exit 0; fi; \
 	if ! command -v apt-get >/dev/null 2>&1; then \
-	  echo "note: bubblewrap is missing and there is no apt-get: HumanEval and its sandbox tests need it (install bwrap)"; exit 0; fi; \
+	  echo "note: bubblewrap is missing and there is no apt-get: the bubblewrap tests will be skipped (install bwrap)"; exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else \
-	  echo "note: bubblewrap is missing and installing it needs root (sudo apt-get install bubblewrap): HumanEval's sandbox tests will be skipped"; exit 0; fi; \
+	  echo "note: bubblewrap is missing and installing it needs root (sudo apt-get install bubblewrap): the bubblewrap tests will be skipped (the others opt in to a weaker sandbox)"; exit 0; fi; \
 	echo "installing bubblewrap, the sandbox HumanEval runs model-written code in (apt-get install -y bubblewrap)"; \
 	export DEBIAN_FRONTEND=noninteractive; \
 	$$SUDO apt-get install -y -q bubblewrap >/dev/null 2>&1 \
 	  || { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q bubblewrap >/dev/null 2>&1; } \
-	  || echo "note: could not install bubblewrap: HumanEval's sandbox tests will be skipped"
+	  || echo "note: could not install bubblewrap: the bubblewrap tests will be skipped (the others opt in to a weaker sandbox)"
 
 clean-demo:
 	rm -rf runs/quickstart
