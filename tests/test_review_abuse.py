@@ -244,3 +244,12 @@ def test_tls_options_are_checked(tmp_path):
         out = subprocess.run([sys.executable, "-m", "bbjtune", "review", str(base), str(tuned), "--port", "0", *extra],
                              capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False)
         assert out.returncode == 2 and "Traceback" not in out.stderr and said in out.stderr, out.stderr
+
+
+def test_the_person_running_the_review_can_look_up_a_lost_key(review):
+    from conftest import run_cli
+
+    carol = _client(review)
+    first = _login(carol, "Carol")
+    out = run_cli("review", "keys", str(review.store.path), timeout=120)
+    assert out.returncode == 0 and f"Carol\t{_key(first.text)}" in out.stdout, out.stdout + out.stderr

@@ -32,7 +32,8 @@ review_app = typer.Typer(
     cls=_StartByDefault, no_args_is_help=True, rich_markup_mode="rich",
     help="Blind human review: BBj experts compare two models' answers on a local web page.\n\n"
          "[bold]bbjtune review RUN_A RUN_B[/bold] starts the page (same as [bold]review start[/bold]); "
-         "[bold]bbjtune review export REVIEW[/bold] writes the ratings as JSONL/CSV and the summary.")
+         "[bold]bbjtune review export REVIEW[/bold] writes the ratings as JSONL/CSV and the summary; "
+         "[bold]bbjtune review keys REVIEW[/bold] prints the reviewers' keys.")
 
 
 def _review_dir_for(run_b: Path) -> Path:
@@ -168,6 +169,26 @@ def start(
         summary = write_results(store, review_dir)
         typer.echo(f"Stopped. {summary['overall']['n_ratings']} ratings of {summary['n_rated_items']} prompts "
                    f"so far; summary in {review_dir / RESULTS_NAME}")
+
+
+@review_app.command("keys")
+def keys(
+    review: Annotated[Path, typer.Argument(help="The review: its ratings.sqlite, its folder (eval/review), "
+                                                "or the eval folder of the run.")],
+) -> None:
+    """Print each reviewer's key (for a reviewer who lost theirs: it logs their name in from another browser)."""
+    from bbjtune.serve.results import find_database
+    from bbjtune.serve.storage import ReviewStore
+
+    db_path = find_database(review)
+    if db_path is None:
+        raise BbjtuneError(f"no review database at {review}",
+                           "pass the ratings.sqlite written by `bbjtune review`, or its folder")
+    rows = ReviewStore(db_path).reviewer_keys()
+    if not rows:
+        typer.echo("no reviewers yet")
+    for name, key in rows:
+        typer.echo(f"{name}\t{key or '(none yet: set at the next login)'}")
 
 
 @review_app.command("export")

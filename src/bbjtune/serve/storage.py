@@ -301,6 +301,12 @@ class ReviewStore:
         raw = base64.b32encode(digest).decode().lower()[:KEY_CHARS]
         return "-".join(raw[i:i + 4] for i in range(0, KEY_CHARS, 4))
 
+    def reviewer_keys(self) -> list[tuple[str, str | None]]:
+        """(name, key) of every reviewer, for the person running the review (a reviewer who lost theirs)."""
+        with self._reading() as db:
+            rows = db.execute("SELECT id, name, key_salt FROM reviewers ORDER BY name COLLATE NOCASE").fetchall()
+        return [(row["name"], self._key(row["id"], row["key_salt"]) if row["key_salt"] else None) for row in rows]
+
     def reviewer_name(self, reviewer_id: int) -> str | None:
         with self._reading() as db:
             row = db.execute("SELECT name FROM reviewers WHERE id = ?", (reviewer_id,)).fetchone()
