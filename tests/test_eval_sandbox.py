@@ -220,9 +220,10 @@ def test_bbjtune_may_run_from_a_directory_the_sandbox_uid_cannot_enter(tmp_path)
     inner = tmp_path / "private" / "work"
     inner.mkdir(parents=True)
     (tmp_path / "private").chmod(0o700)
-    out = subprocess.run([sys.executable, "-c", "from bbjtune.evaluate.sandbox import run_python\n"
-                          "r = run_python('import os\\nprint(os.listdir(\".\"))\\n')\nprint(r.status, r.reason)"],
-                         cwd=inner, capture_output=True, text=True, timeout=120, check=False)
+    code = ("from bbjtune.evaluate.sandbox import run_python\n"
+            "r = run_python('import os\\nprint(os.listdir(\".\"))\\n')\nprint(r.status, r.reason)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=inner, capture_output=True, text=True, timeout=120,
+                         check=False)
     assert out.stdout.startswith("passed"), out.stdout + out.stderr
 
 
