@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from bbjtune.errors import BbjtuneError
-from bbjtune.evaluate.sandbox import Limits, SandboxResult, detect_isolation, run_python
+from bbjtune.evaluate.sandbox import SLOTS_PER_BLOCK, Limits, SandboxResult, detect_isolation, run_python, sandbox_uid
 
 
 def _available(mode: str) -> bool:
@@ -36,9 +36,20 @@ def run(program: str, mode: str, limits: Limits = FAST) -> tuple[SandboxResult, 
     return result, time.monotonic() - t0
 
 
-def _leftover_processes(marker: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
+def _leftover_programs() -> list[str]:
+    """Sample processes of this test process still running. As root every process that runs samples
+    has its own block of sandbox uids (`sandbox_uid`), so samples of other evaluations running at the
+    same time on a shared machine are not counted; without root every sample runs under the caller's
+    uid and all are counted."""
+    mine = ({sandbox_uid(slot) for slot in range(SLOTS_PER_BLOCK)} if os.geteuid() == 0 else None)
+    out = subprocess.run(["ps", "-eo", "pid=,uid=,args="], capture_output=True, text=True).stdout
+    found = []
+    for line in out.splitlines():
+        pid, uid, args = (line.split(None, 2) + ["", "", ""])[:3]
+        if "bbjtune-sandbox-" in args and "program.py" in args and "ps -eo" not in args \
+                and (mine is None or (uid.isdigit() and int(uid) in mine)):
+            found.append(line)
+    return found
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -75,7 +86,7 @@ def test_a_fork_bomb_hits_the_process_limit_and_leaves_nothing_behind(mode):
     assert seconds < FAST.wall_s + 3
     time.sleep(0.3)
     # the program file is gone with its temp dir; no process may still run from it
-    assert not [p for p in _leftover_processes("bbjtune-sandbox-") if "program.py" in p]
+    assert not _leftover_programs()
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -144,7 +155,7 @@ def test_a_detached_child_does_not_outlive_its_program(mode):
     result, _ = run(program, mode)
     assert result.status == "passed"
     time.sleep(0.3)
-    assert not [p for p in _leftover_processes("bbjtune-sandbox-") if "program.py" in p]
+    assert not _leftover_programs()
 
 
 def test_many_workers_starting_at_once_all_get_a_working_sandbox():
