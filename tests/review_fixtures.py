@@ -93,11 +93,14 @@ def write_eval_runs(root: Path, extra_prompts: int = 0) -> tuple[Path, Path]:
     return base_dir, tuned_dir
 
 
-def start_server(*args: str, cwd=REPO_ROOT) -> tuple[subprocess.Popen, dict[str, str]]:
-    """Start `bbjtune review ARGS` and wait for the line with the address it prints."""
-    proc = subprocess.Popen([sys.executable, "-m", "bbjtune", "review", *args], cwd=cwd, text=True,
+def start_server(*args: str, cwd=REPO_ROOT, launcher: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen, dict[str, str]]:
+    """Start `bbjtune review ARGS` and wait for the line with the address it prints.
+
+    `launcher` replaces `python -m bbjtune` (e.g. to run it as another user), `env` the environment."""
+    proc = subprocess.Popen([*(launcher or [sys.executable, "-m", "bbjtune"]), "review", *args], cwd=cwd, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+                            env=env or {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
     printed: dict[str, str] = {"stdout": ""}
     deadline = time.time() + 60
     while time.time() < deadline:

@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from bbjtune.errors import BbjtuneError
-from bbjtune.evaluate.sandbox import Limits, SandboxResult, detect_isolation, run_python
+from bbjtune.evaluate.sandbox import SLOTS_PER_BLOCK, Limits, SandboxResult, detect_isolation, run_python, sandbox_uid
 
 
 def _available(mode: str) -> bool:
@@ -26,7 +26,7 @@ def _available(mode: str) -> bool:
 
 
 MODES = [pytest.param(m, marks=pytest.mark.skipif(not _available(m), reason=f"sandbox mode '{m}' does not work here"))
-         for m in ("namespaces", "rlimits")]
+         for m in ("bwrap", "namespaces", "rlimits")]
 FAST = Limits(wall_s=6, cpu_s=2, memory_mb=256, max_processes=16)
 
 
@@ -36,9 +36,20 @@ def run(program: str, mode: str, limits: Limits = FAST) -> tuple[SandboxResult, 
     return result, time.monotonic() - t0
 
 
-def _leftover_processes(marker: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
+def _leftover_programs() -> list[str]:
+    """Sample processes of this test process still running. As root every process that runs samples
+    has its own block of sandbox uids (`sandbox_uid`), so samples of other evaluations running at the
+    same time on a shared machine are not counted; without root every sample runs under the caller's
+    uid and all are counted."""
+    mine = ({sandbox_uid(slot) for slot in range(SLOTS_PER_BLOCK)} if os.geteuid() == 0 else None)
+    out = subprocess.run(["ps", "-eo", "pid=,uid=,args="], capture_output=True, text=True).stdout
+    found = []
+    for line in out.splitlines():
+        pid, uid, args = (line.split(None, 2) + ["", "", ""])[:3]
+        if "bbjtune-sandbox-" in args and "program.py" in args and "ps -eo" not in args \
+                and (mine is None or (uid.isdigit() and int(uid) in mine)):
+            found.append(line)
+    return found
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -51,9 +62,11 @@ def test_a_correct_program_passes_and_a_failing_one_says_why(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_an_infinite_loop_is_stopped_by_the_cpu_limit(mode):
-    result, seconds = run("while True:\n    pass\n", mode)
+    # a generous wall clock: on a loaded machine 2 CPU-seconds can take several wall seconds
+    limits = Limits(wall_s=30, cpu_s=2, memory_mb=256, max_processes=16)
+    result, seconds = run("while True:\n    pass\n", mode, limits)
     assert result.status == "cpu_limit", result
-    assert seconds < FAST.wall_s + 2
+    assert seconds < limits.wall_s
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -73,7 +86,7 @@ def test_a_fork_bomb_hits_the_process_limit_and_leaves_nothing_behind(mode):
     assert seconds < FAST.wall_s + 3
     time.sleep(0.3)
     # the program file is gone with its temp dir; no process may still run from it
-    assert not [p for p in _leftover_processes("bbjtune-sandbox-") if "program.py" in p]
+    assert not _leftover_programs()
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -128,7 +141,8 @@ def test_the_program_cannot_import_the_project():
 
 def test_isolation_is_described_for_the_report():
     info = detect_isolation().describe()
-    assert info["mode"] in ("namespaces", "rlimits") and info["interpreter"]
+    assert info["mode"] == os.environ.get("BBJTUNE_SANDBOX", "bwrap") and info["interpreter"]
+    assert info["home_hidden"] == (info["mode"] == "bwrap")
     assert sys.platform != "linux" or info["network"]
 
 
@@ -141,7 +155,7 @@ def test_a_detached_child_does_not_outlive_its_program(mode):
     result, _ = run(program, mode)
     assert result.status == "passed"
     time.sleep(0.3)
-    assert not [p for p in _leftover_processes("bbjtune-sandbox-") if "program.py" in p]
+    assert not _leftover_programs()
 
 
 def test_many_workers_starting_at_once_all_get_a_working_sandbox():
@@ -155,6 +169,7 @@ def test_many_workers_starting_at_once_all_get_a_working_sandbox():
     assert [r.status for r in results] == ["passed"] * 48
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="samples run under their own uid only when bbjtune runs as root")
 def test_two_evaluations_on_one_machine_use_different_uids():
     from bbjtune.evaluate.sandbox import sandbox_uid
 
@@ -178,3 +193,79 @@ def test_a_sample_of_another_evaluation_survives_this_one_cleaning_up():
         assert run_python("print('ok')\n", Limits(wall_s=20)).status == "passed"
     out, _ = other.communicate(timeout=60)
     assert out.startswith("passed"), out
+
+
+def test_without_bubblewrap_untrusted_code_is_refused_unless_the_user_opts_in(monkeypatch):
+    from bbjtune.evaluate import bwrap, sandbox
+
+    monkeypatch.setattr(bwrap, "bwrap_path", lambda: None)
+    monkeypatch.delenv("BBJTUNE_SANDBOX", raising=False)
+    sandbox._detect.cache_clear()
+    try:
+        with pytest.raises(BbjtuneError) as refused:
+            detect_isolation("auto")
+        message = str(refused.value)
+        assert "bubblewrap" in message and "apt-get install bubblewrap" in message
+        assert "eval.humaneval.sandbox: namespaces" in message  # the named setting that opts in
+        assert detect_isolation("rlimits").mode == "rlimits"    # ... and opting in works
+        with pytest.raises(BbjtuneError, match="unknown sandbox mode"):
+            detect_isolation("none")
+    finally:
+        sandbox._detect.cache_clear()
+
+
+def test_the_sandbox_setting_is_validated_in_the_config():
+    from pydantic import ValidationError
+
+    from bbjtune.config import HumanEvalConfig
+
+    assert HumanEvalConfig().sandbox == "auto"
+    assert HumanEvalConfig(sandbox="rlimits").sandbox == "rlimits"
+    with pytest.raises(ValidationError):
+        HumanEvalConfig(sandbox="off")
+
+
+def test_bbjtune_may_run_from_a_directory_the_sandbox_uid_cannot_enter(tmp_path):
+    # pytest's own temp dirs (and many home directories) are 0700: as root the sandbox runs under
+    # another uid, which must not need to reach the directory bbjtune runs in
+    inner = tmp_path / "private" / "work"
+    inner.mkdir(parents=True)
+    (tmp_path / "private").chmod(0o700)
+    code = ("from bbjtune.evaluate.sandbox import run_python\n"
+            "r = run_python('import os\\nprint(os.listdir(\".\"))\\n')\nprint(r.status, r.reason)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=inner, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert out.stdout.startswith("passed"), out.stdout + out.stderr
+
+
+def test_the_eval_command_takes_the_sandbox_choice_and_checks_it(tmp_path):
+    from conftest import run_cli
+
+    bad = run_cli("eval", "--model", "tiny:test", "--sandbox", "none", "--out", str(tmp_path), cwd=tmp_path, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "sandbox" in bad.stderr, bad.stderr
+
+
+def test_eval_refuses_before_generating_when_no_sandbox_works(tmp_path, monkeypatch):
+    # an hour of generation must not end in "cannot score HumanEval": the check comes first
+    from bbjtune.config import EvalConfig
+    from bbjtune.evaluate import bwrap, sandbox
+    from bbjtune.evaluate.run import evaluate_model
+    from bbjtune.evaluate.suite import load_suite
+
+    suite = tmp_path / "mini.jsonl"
+    suite.write_text('{"id": "x", "prompt": "Print hello in BBj.", "category": "strings", "generation": "character", '
+                     '"task": "write", "expect": {}, "reference": "print 1"}\n')
+    monkeypatch.setattr(bwrap, "bwrap_path", lambda: None)
+    monkeypatch.delenv("BBJTUNE_SANDBOX", raising=False)
+    sandbox._detect.cache_clear()
+
+    def must_not_load():
+        raise AssertionError("the model was loaded although HumanEval could not be scored")
+
+    try:
+        with pytest.raises(BbjtuneError, match="bubblewrap"):
+            evaluate_model("tiny", tmp_path / "out", must_not_load, {"backend": "transformers"},
+                           [load_suite(suite)], EvalConfig.model_validate({"humaneval": {"limit": 1}}),
+                           humaneval_style="completion")
+    finally:
+        sandbox._detect.cache_clear()

@@ -30,7 +30,8 @@ VERBS = _verbs(typer.main.get_command(app))
 def test_the_tree_holds_every_verb():
     names = {" ".join(path) for path, _ in VERBS}
     expected = {"run", "config", "config show", "config check", "config list", "inspect", "check", "train",
-                "data", "eval", "export", "review", "serve", "serve ollama", "serve vllm", "serve gguf"}
+                "data", "eval", "export", "review", "review start", "review keys", "review export",
+                "serve", "serve ollama", "serve vllm", "serve gguf"}
     assert expected <= names, expected - names
 
 

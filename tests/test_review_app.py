@@ -39,9 +39,13 @@ def _csrf(html: str) -> str:
     return re.search(r'name="csrf" value="([0-9a-f]+)"', html).group(1)
 
 
-def _login(client: TestClient, name: str = "Ann"):
+def _login(client: TestClient, name: str = "Ann", key: str = ""):
     page = client.get("/")
-    return client.post("/login", data={"name": name, "csrf": _csrf(page.text)})
+    return client.post("/login", data={"name": name, "key": key, "csrf": _csrf(page.text)})
+
+
+def _key(html: str) -> str:
+    return re.search(r'id="reviewer-key">([a-z0-9-]+)<', html).group(1)
 
 
 def _item_id(response) -> int:
@@ -86,9 +90,9 @@ def test_login_rate_and_resume(review):
     second = client.get(saved.headers["location"])
     assert _progress(second.text) == "1 of 8 rated" and _item_id(second) != _item_id(first)
 
-    # A new browser, same name: the progress is there and /next skips the rated prompt.
+    # A new browser, same name and the reviewer's key: the progress is there and /next skips the rated prompt.
     other = _client(review)
-    again = _login(other, "  ann ")
+    again = _login(other, "  ann ", _key(first.text))
     assert _progress(again.text) == "1 of 8 rated"
     assert _item_id(again) == _item_id(second)
     # Reopening a rated prompt shows the stored choices.
@@ -228,7 +232,7 @@ def test_the_page_never_says_which_model_is_which(review):
             if "html" in response.headers.get("content-type", ""):
                 field_names |= set(re.findall(r'name="([^"]+)"', response.text))
             assert not re.search(r'\b(run|model)[-_]?[ab]\b', blob, re.I)
-    assert field_names == {"csrf", "name", "prefer", "comment", "referrer", "viewport",
+    assert field_names == {"csrf", "name", "key", "prefer", "comment", "referrer", "viewport",
                            *(f"{side}_{c}" for side in ("left", "right") for c in CRITERIA)}
 
 

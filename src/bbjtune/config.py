@@ -245,7 +245,11 @@ class HumanEvalConfig(Section):
     limit: int | None = Field(None, gt=0, description="first N of the 164 tasks (quick runs)")
     max_drop_points: float = Field(5.0, ge=0.0, description="gate: tuned may lose at most this many points")
     timeout_s: float = Field(10.0, gt=0.0, description="wall-clock and CPU-time limit per program")
-    memory_mb: int = Field(1024, ge=64, description="address-space limit per program")
+    memory_mb: int = Field(1024, ge=64, description="memory limit per program, all its processes together")
+    sandbox: Literal["auto", "bwrap", "namespaces", "rlimits"] = Field(
+        "auto", description="isolation of the model's code: auto/bwrap needs bubblewrap (apt-get install "
+                            "bubblewrap) and refuses to run without it; namespaces (unshare) and rlimits (limits "
+                            "only, no real isolation) are weaker and run only when chosen here")
     max_new_tokens: int = Field(512, gt=0)
     prompt_style: Literal["auto", "chat", "completion"] = Field(
         "auto", description="chat: the problem as a user message; completion: the model continues the code "

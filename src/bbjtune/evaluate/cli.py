@@ -73,6 +73,9 @@ def eval_run(
     humaneval_style: Annotated[str | None, Opt(help="HumanEval prompts: chat (Instruct models) or completion "
                                                     "(Base models continue the code). Default: from the config's "
                                                     "model.kind, chat without a config.")] = None,
+    sandbox: Annotated[str | None, Opt(help="Isolation of the model's HumanEval code: auto (bubblewrap; refuses to "
+                                            "run without it), or the weaker namespaces / rlimits, which you choose "
+                                            "here or with eval.humaneval.sandbox.")] = None,
     n_samples: Annotated[int | None, Opt(help="Answers per prompt (compile@k needs k of them).")] = None,
     k: Annotated[list[int] | None, Opt(help="k for compile@k and pass@k; repeatable.")] = None,
     temperature: Annotated[float | None, Opt(help="Sampling temperature (0 = greedy).")] = None,
@@ -102,6 +105,8 @@ def eval_run(
         he["enabled"] = False
     if humaneval_style is not None:
         he["prompt_style"] = humaneval_style
+    if sandbox is not None:
+        he["sandbox"] = sandbox
     if backend == "gguf" and model:
         updates["gguf_file"] = model
     if backend == "http" and model:

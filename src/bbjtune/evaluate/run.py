@@ -25,7 +25,7 @@ from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate import humaneval, report
 from bbjtune.bbj.compile import resolve_compiler
 from bbjtune.evaluate.metrics import METRICS
-from bbjtune.evaluate.sandbox import Limits
+from bbjtune.evaluate.sandbox import Limits, detect_isolation
 from bbjtune.evaluate.scoring import build_results, score_bbj_samples
 from bbjtune.evaluate.suite import EvalCase, Suite, SuiteProblem, limit_cases
 from bbjtune.models.generate import Backend, Request, Sampling
@@ -97,7 +97,10 @@ def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[]
         "humaneval": ecfg.humaneval.enabled, "humaneval_style": humaneval_style if ecfg.humaneval.enabled else None,
         "humaneval_max_new_tokens": ecfg.humaneval.max_new_tokens, "humaneval_limit": ecfg.humaneval.limit,
         "humaneval_limits": {"wall_s": ecfg.humaneval.timeout_s, "memory_mb": ecfg.humaneval.memory_mb},
+        "humaneval_sandbox": ecfg.humaneval.sandbox,
     }
+    if ecfg.humaneval.enabled:  # refuse before generating, not after, when nothing can run the answers safely
+        detect_isolation(ecfg.humaneval.sandbox)
     _prepare_dir(out, settings, fresh, restart_on_change)
     with StageRun(out, stage="eval", config={"label": label, **ecfg.model_dump(mode="json")}) as run:
         run.add_inputs([s.path for s in suites])
@@ -188,7 +191,7 @@ def score_dir(out_dir: str | Path, compiler: str | None = None, workers: int | N
                         memory_mb=settings["humaneval_limits"]["memory_mb"])
         with progress(f"[{settings['label']}] running HumanEval", len(he_rows)) as advance:
             he_scores, he_summary = humaneval.score_humaneval(he_rows, settings["humaneval_style"], limits, k_list,
-                                                              workers, advance)
+                                                              workers, advance, settings.get("humaneval_sandbox", "auto"))
         scores_all = scores + he_scores
     else:
         scores_all = list(scores)

@@ -1,26 +1,23 @@
 """Run untrusted Python (a model's HumanEval answer) in a separate, locked-down process.
 
-Each program runs in its own process with
-- limits set by `resource`: CPU seconds, address space, number of processes, file size, open files,
-  no core dumps; and a wall-clock timeout after which the whole process tree is killed;
-- no network: a fresh network namespace (`unshare --net`, only a loopback that is down);
-- a fresh PID namespace, so killing its first process kills every process it started (a fork
-  bomb cannot outlive its sample);
-- a fresh mount namespace in which the project directory and the current directory are covered by
-  an empty read-only tmpfs: the program cannot read or write the project;
-- a private temporary directory as cwd, HOME and TMPDIR, removed afterwards; an empty environment;
-  Python started with `-I -S -B` (no site-packages, no user site, no PYTHON* variables).
+Isolation, strongest first (`detect_isolation` tries the one asked for by running a trivial program):
+- `bwrap` (the default, and the only mode used without the user's consent): bubblewrap's read-only
+  root, private /tmp, /var/tmp, /dev/shm and /proc, no network, no capabilities, the home and the
+  project hidden, every process killed with the sandbox (see `bwrap.py`).
+- `namespaces`: hand-made namespaces through `unshare` (network, PID, mount; the project covered by
+  a tmpfs). Weaker: as a normal user the sample is root of its own user namespace and can unmount
+  what hides the project, and the home, /tmp and /dev/shm stay visible.
+- `rlimits`: no namespaces at all; the network is blocked inside Python by an audit hook, which
+  native code (ctypes) and child programs (subprocess) bypass. Only the limits below hold.
+When bubblewrap is missing or cannot start, HumanEval refuses to run unless the user opts in to a
+weaker mode (`eval.humaneval.sandbox: namespaces` or `rlimits`, or BBJTUNE_SANDBOX).
 
-Who runs it: a normal user gets a user namespace as well (`unshare --user --map-root-user`), and
-the process limit counts only that namespace's processes. root is exempt from the process limit,
-so as root the program runs under an otherwise unused uid, one per parallel worker, from a block
-of uids that this process alone holds (a lock file claims it), so evaluations running side by
-side never kill each other's samples; this also keeps the program out of root-only files.
-
-Fallback, when namespaces are not available (some containers forbid `unshare`): the same limits
-and temp dir, its own session (the process group is killed afterwards), and the network blocked
-inside Python by an audit hook that refuses socket use. That hook stops ordinary Python code but
-not native code loaded through ctypes; the report says which isolation was in force.
+In every mode: rlimits per process (CPU seconds, address space, processes, file size, open files, no
+core dumps); a total memory cap over the sample's whole process tree (`treewatch.py`: cgroups are
+not available to every user); a wall-clock timeout after which the whole tree is killed; an empty
+environment; Python started with `-I -S -B`. As root the sample runs under an otherwise unused uid,
+one per parallel worker, from a block of uids that this process alone holds (a lock file claims it),
+so evaluations running side by side never kill each other's samples and root's files stay closed.
 """
 
 from __future__ import annotations
@@ -41,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from bbjtune.errors import BbjtuneError
+from bbjtune.evaluate import bwrap
+from bbjtune.evaluate.treewatch import WATCHER
 
 SANDBOX_UID_BASE = 61000  # root only: sample processes run as 61000 + 256 * block + worker slot
 SLOTS_PER_BLOCK = 256     # parallel workers one process may use
@@ -57,6 +56,7 @@ class Limits:
     max_processes: int = 32
     max_open_files: int = 64
     file_size_mb: int = 16
+    tmpfs_mb: int = 64          # bwrap: size of each private /tmp, /var/tmp, /dev/shm (held in RAM)
 
 
 @dataclass
@@ -79,18 +79,20 @@ class SandboxResult:
 class Isolation:
     """What the sandbox can do on this machine (found once by trying it)."""
 
-    mode: str                              # "namespaces" or "rlimits"
+    mode: str                              # "bwrap", "namespaces" or "rlimits"
     interpreter: str
+    bwrap: str = ""
     user_namespace: bool = False
     drop_to_uid: bool = False
     hidden: tuple[str, ...] = field(default_factory=tuple)
     note: str = ""
 
     def describe(self) -> dict:
-        network = "none (network namespace)" if self.mode == "namespaces" else "blocked by a Python audit hook"
+        network = "blocked by a Python audit hook" if self.mode == "rlimits" else "none (network namespace)"
         return {"mode": self.mode, "network": network, "interpreter": self.interpreter,
                 "runs_as": "separate uid" if self.drop_to_uid else "current user",
-                "project_hidden": bool(self.hidden) and self.mode == "namespaces", "note": self.note}
+                "project_hidden": bool(self.hidden) and self.mode != "rlimits",
+                "home_hidden": self.mode == "bwrap", "memory_cap": "whole process tree", "note": self.note}
 
 
 # The first Python code that runs in the child: hide the project, set limits, drop privileges,
@@ -240,51 +242,84 @@ def _claim_uid_block() -> tuple[int, Any]:
                        "(--no-humaneval)")
 
 
-def detect_isolation(mode: str = "auto") -> Isolation:
-    """The strongest isolation that works here, found by running a trivial program under it.
+MODES = ("auto", "bwrap", "namespaces", "rlimits")
+INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: sudo apt-get install bubblewrap; Fedora: sudo dnf install "
+                "bubblewrap), or accept weaker isolation with eval.humaneval.sandbox: namespaces (or rlimits)")
 
-    `mode`: "auto" (namespaces when they work, else rlimits), "namespaces" or "rlimits".
+
+def detect_isolation(mode: str = "auto") -> Isolation:
+    """The isolation asked for, checked by running a trivial program under it.
+
+    `mode`: "auto" or "bwrap" (bubblewrap; refused with a hint when it does not work), or one of
+    the weaker modes "namespaces" and "rlimits", which only the user's explicit choice selects.
     The environment variable BBJTUNE_SANDBOX overrides "auto".
     """
     mode = os.environ.get("BBJTUNE_SANDBOX", mode) if mode == "auto" else mode
+    if mode not in MODES:
+        raise BbjtuneError(f"unknown sandbox mode {mode!r}", f"use one of {', '.join(MODES)}")
     with _DETECT_LOCK:  # worker threads asking at once must not probe at once (probes share slot 0)
-        return _detect(mode)
+        return _detect("bwrap" if mode == "auto" else mode)
 
 
 @functools.lru_cache(maxsize=None)
 def _detect(mode: str) -> Isolation:
     is_root = os.geteuid() == 0
-    unshare = shutil.which("unshare") if sys.platform.startswith("linux") else None
     tmp_root = os.path.realpath(tempfile.gettempdir())
-    notes: list[str] = []
     failures: list[str] = []
-    modes = {"auto": ["namespaces", "rlimits"], "namespaces": ["namespaces"], "rlimits": ["rlimits"]}[mode]
-    for candidate_mode in modes:
-        if candidate_mode == "namespaces" and not unshare:
-            notes.append("unshare is not available")
-            continue
-        failures = []
-        for interp in _interpreter_candidates():
+    if mode == "bwrap":
+        tool = bwrap.bwrap_path() if sys.platform.startswith("linux") else None
+        if not tool:
+            raise BbjtuneError("HumanEval runs code the model wrote, and bubblewrap (bwrap), which isolates it, "
+                               "is not installed", INSTALL_HINT)
+    elif mode == "namespaces":
+        tool = shutil.which("unshare") if sys.platform.startswith("linux") else None
+        if not tool:
+            raise BbjtuneError("sandbox mode 'namespaces' needs unshare (util-linux), which is missing",
+                               "install util-linux, or use eval.humaneval.sandbox: rlimits")
+    else:
+        tool = ""
+    for interp in _interpreter_candidates():
+        if mode == "bwrap":
+            hide = tuple(bwrap.hidden_paths(_project_paths(), as_other_uid=is_root))
+        elif mode == "namespaces":
             hide = tuple(p for p in _project_paths() if _safe_to_hide(p, [interp, tmp_root]))
-            iso = Isolation(candidate_mode, interp, user_namespace=candidate_mode == "namespaces" and not is_root,
-                            drop_to_uid=is_root, hidden=hide if candidate_mode == "namespaces" else (),
-                            note="; ".join(notes)[:300])
-            result = _run(iso, "print('ok')\n", Limits(wall_s=20), slot=0)
-            if result.passed:
-                return iso
-            failures.append(f"{candidate_mode} with {interp}: {result.reason}")
-        if candidate_mode == "namespaces":
-            notes.append("namespaces failed: " + "; ".join(failures[-2:]))
-    raise BbjtuneError("HumanEval cannot run here: no sandboxed Python process could be started",
-                       "; ".join(notes + failures)[:400] or "check that python3 is installed")
+        else:
+            hide = ()
+        iso = Isolation(mode, interp, bwrap=tool if mode == "bwrap" else "",
+                        user_namespace=mode == "namespaces" and not is_root, drop_to_uid=is_root, hidden=hide)
+        result = _run(iso, "print('ok')\n", Limits(wall_s=20), slot=0)
+        if result.passed:
+            return iso
+        failures.append(f"{interp}: {result.reason}")
+    if mode == "bwrap":
+        raise BbjtuneError("HumanEval runs code the model wrote, and bubblewrap cannot start a sandbox here "
+                           f"({'; '.join(failures[-2:])[:300]}); it needs unprivileged user namespaces or a setuid "
+                           "bwrap", "enable user namespaces (sysctl kernel.unprivileged_userns_clone=1), or accept "
+                           "weaker isolation with eval.humaneval.sandbox: namespaces (or rlimits)")
+    raise BbjtuneError(f"HumanEval cannot run here: no sandboxed Python process could be started in mode {mode}",
+                       "; ".join(failures)[:400] or "check that python3 is installed")
 
 
-def run_python(program: str, limits: Limits = Limits(), slot: int = 0, mode: str = "auto") -> SandboxResult:
-    """Run one Python program in the sandbox; `slot` tells parallel workers apart."""
-    return _run(detect_isolation(mode), program, limits, slot)
+def run_python(program: str, limits: Limits = Limits(), slot: int = 0, mode: str = "auto",
+               pass_fds: tuple[int, ...] = ()) -> SandboxResult:
+    """Run one Python program in the sandbox; `slot` tells parallel workers apart; `pass_fds` stay open in it."""
+    return _run(detect_isolation(mode), program, limits, slot, pass_fds)
 
 
-def _run(iso: Isolation, program: str, limits: Limits, slot: int) -> SandboxResult:
+def _command(iso: Isolation, cfg: dict, prog_path: str, limits: Limits) -> list[str]:
+    boot = [iso.interpreter if iso.mode == "bwrap" else sys.executable, "-I", "-S", "-B", "-c", _BOOT]
+    if iso.mode == "bwrap":
+        return [*bwrap.command(iso.bwrap, iso.interpreter, prog_path, list(iso.hidden), limits.tmpfs_mb),
+                *boot, json.dumps(cfg)]
+    if iso.mode == "namespaces":
+        ns = ["--net", "--pid", "--fork", "--kill-child", "--mount"]
+        if iso.user_namespace:
+            ns = ["--user", "--map-root-user", *ns]
+        return [shutil.which("unshare") or "unshare", *ns, *boot, json.dumps(cfg)]
+    return [*boot, json.dumps(cfg)]
+
+
+def _run(iso: Isolation, program: str, limits: Limits, slot: int, pass_fds: tuple[int, ...] = ()) -> SandboxResult:
     workdir = tempfile.mkdtemp(prefix="bbjtune-sandbox-")
     uid = sandbox_uid(slot) if iso.drop_to_uid else None
     t0 = time.monotonic()
@@ -298,22 +333,22 @@ def _run(iso: Isolation, program: str, limits: Limits, slot: int) -> SandboxResu
         os.chmod(workdir, 0o700)
         env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
                "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
-        cfg = {"hide": list(iso.hidden) if iso.mode == "namespaces" else [], "uid": uid, "workdir": workdir,
-               "program": prog_path, "interpreter": iso.interpreter, "env": env,
+        inside = iso.mode == "bwrap"  # bwrap: the program sees its own /tmp, and bwrap already runs as `uid`
+        cfg = {"hide": list(iso.hidden) if iso.mode == "namespaces" else [],
+               "uid": None if inside else uid, "workdir": bwrap.SAMPLE_DIR if inside else workdir,
+               "program": bwrap.PROGRAM_PATH if inside else prog_path, "interpreter": iso.interpreter,
+               "env": {**env, "HOME": bwrap.SAMPLE_DIR, "TMPDIR": bwrap.SAMPLE_DIR} if inside else env,
                "audit_hook": _AUDIT_HOOK if iso.mode == "rlimits" else "",
                "cpu_s": max(1, int(limits.cpu_s)), "memory_mb": limits.memory_mb,
                "file_size_mb": limits.file_size_mb, "max_open_files": limits.max_open_files,
                "max_processes": limits.max_processes}
-        boot = [sys.executable, "-I", "-S", "-B", "-c", _BOOT, json.dumps(cfg)]
-        if iso.mode == "namespaces":
-            ns = ["--net", "--pid", "--fork", "--kill-child", "--mount"]
-            if iso.user_namespace:
-                ns = ["--user", "--map-root-user", *ns]
-            boot = [shutil.which("unshare") or "unshare", *ns, *boot]
+        drop = {"user": uid, "group": uid, "extra_groups": []} if inside and uid is not None else {}
         out_path, err_path = os.path.join(workdir, ".stdout"), os.path.join(workdir, ".stderr")
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen(boot, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                    cwd=workdir, env=env, start_new_session=True)
+            proc = subprocess.Popen(_command(iso, cfg, prog_path, limits), stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=err, cwd=workdir, env=env, start_new_session=True, pass_fds=pass_fds,
+                                    **drop)
+            watched = WATCHER.watch(proc.pid, limits.memory_mb)
             timed_out = False
             try:
                 proc.wait(timeout=limits.wall_s)
@@ -323,10 +358,15 @@ def _run(iso: Isolation, program: str, limits: Limits, slot: int) -> SandboxResu
                     _signal(proc.pid, signal.SIGTERM)
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.wait(timeout=3)
-            _kill_group(proc)  # namespaces: killing unshare tears the whole PID namespace down
+            finally:
+                WATCHER.unwatch(watched)
+            _kill_group(proc)  # namespaces/bwrap: killing the first process tears the whole PID namespace down
             if uid is not None:
                 _kill_uid(uid)
         stderr = _tail(err_path)
+        if watched.killed and not timed_out:
+            return SandboxResult("memory_limit", f"its processes together used more than the {limits.memory_mb} MiB "
+                                 "memory limit", proc.returncode, round(time.monotonic() - t0, 3), stderr[-TAIL_CHARS:])
         return _classify(proc.returncode, timed_out, stderr, time.monotonic() - t0, limits)
     except OSError as exc:
         return SandboxResult("error", f"sandbox could not start the program: {exc}", None, time.monotonic() - t0)
@@ -348,10 +388,16 @@ def _kill_uid(uid: int, seconds: float = 3.0) -> None:
             if not entry.isdigit():
                 continue
             try:
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    found = True
-                    _signal(int(entry), signal.SIGKILL)
-            except OSError:
+                if os.stat(f"/proc/{entry}").st_uid != uid:
+                    continue
+                # a zombie runs nothing; it waits for its parent (host init, when bwrap's own init
+                # outlived the first bwrap process), which may reap only every few seconds
+                with open(f"/proc/{entry}/stat", "rb") as fh:
+                    if fh.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                        continue
+                found = True
+                _signal(int(entry), signal.SIGKILL)
+            except (OSError, IndexError):
                 continue
         if not found:
             return

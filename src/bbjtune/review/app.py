@@ -1,6 +1,6 @@
 """The review web app: a name, then one prompt at a time with two anonymous answers to rate.
 
-Pages: `/` (enter your name), `/next` (your first unrated prompt), `/item/<n>` (a prompt with its
+Pages: `/` (enter your name, and your reviewer key when the name is already yours), `/next` (your first unrated prompt), `/item/<n>` (a prompt with its
 two answers and the rating form), `/done`. Forms post back to the same address and redirect
 (post/redirect/get), so a reload never submits twice. Everything on the page speaks of "left"
 and "right"; the mapping to runs lives only in the server (see `blind.py`).
@@ -90,12 +90,14 @@ class ReviewApp:
 
     def _page(self, request: Request, session: Session, template: str, status: int = 200, **context) -> Response:
         context.update(csrf=security.csrf_token(self.store.secret, session.id),
-                       reviewer=self.store.reviewer_name(session.reviewer_id) if session.reviewer_id else None)
+                       reviewer=self.store.reviewer_name(session.reviewer_id) if session.reviewer_id else None,
+                       reviewer_key=self.store.reviewer_key(session.reviewer_id) if session.reviewer_id else None)
         return self._finish(self.templates.TemplateResponse(request, template, context, status_code=status), session)
 
     async def _checked_form(self, request: Request, session: Session):
         """The posted form, or None when it fails the CSRF or origin check."""
-        form = await request.form()
+        form = await request.form(max_files=0, max_fields=security.MAX_FORM_FIELDS,
+                                  max_part_size=security.MAX_BODY_BYTES)
         if session.changed or not security.same_origin(request) or not security.csrf_ok(
                 self.store.secret, session.id, form.get("csrf")):
             return None
@@ -129,9 +131,9 @@ class ReviewApp:
         form = await self._checked_form(request, session)
         if form is None:
             return self._finish(PlainTextResponse(FORBIDDEN_TEXT, status_code=403), session)
-        name = str(form.get("name", ""))
+        name, key = str(form.get("name", "")), str(form.get("key", ""))
         try:
-            session.reviewer_id = await run_in_threadpool(self.store.reviewer_id, name)
+            session.reviewer_id, _ = await run_in_threadpool(self.store.login, name, key)
         except ValueError as exc:
             return self._page(request, session, "login.html", status=400, name=name[:200], error=str(exc),
                               n_items=len(self.store.active_items()))

@@ -7,6 +7,7 @@ web framework) happen inside the functions so `bbjtune --help` stays fast.
 from __future__ import annotations
 
 import socket
+import ssl
 from pathlib import Path
 from typing import Annotated
 
@@ -38,7 +39,8 @@ review_app = typer.Typer(
     cls=_StartByDefault, no_args_is_help=True, rich_markup_mode="rich",
     help="Blind human review: BBj experts compare two models' answers on a local web page.\n\n"
          "[bold]bbjtune review RUN_A RUN_B[/bold] starts the page (same as [bold]review start[/bold]); "
-         "[bold]bbjtune review export REVIEW[/bold] writes the ratings as JSONL/CSV and the summary.")
+         "[bold]bbjtune review export REVIEW[/bold] writes the ratings as JSONL/CSV and the summary; "
+         "[bold]bbjtune review keys REVIEW[/bold] prints the reviewers' keys.")
 
 
 def _review_dir_for(run_b: Path) -> Path:
@@ -65,6 +67,18 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _ssl_options(cert: Path | None, key: Path | None) -> dict[str, str]:
+    """uvicorn's TLS options, after checking that the pair loads (a bad file is one line, not a traceback)."""
+    if cert is None or key is None:
+        return {}
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
+    except (ssl.SSLError, OSError) as exc:
+        raise BbjtuneError(f"cannot use {cert} with {key}: {exc}",
+                           "pass a PEM certificate and its matching private key") from exc
+    return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+
+
 @review_app.command("start")
 def start(
     run_a: Annotated[Path, typer.Argument(help="The reference run: an evaluation folder such as "
@@ -78,6 +92,12 @@ def start(
                                                  "eval/review/ beside the runs.")] = None,
     token: Annotated[str | None, typer.Option(help="Access token to require (default: a new random one "
                                                    "when listening beyond this machine; none on 127.0.0.1).")] = None,
+    require_token: Annotated[bool, typer.Option(
+        "--require-token", help="Require a new random access token on 127.0.0.1 too (keeps other users of "
+                                "this machine out).")] = False,
+    tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this certificate (PEM); needs --tls-key. "
+                                                       "Recommended beyond this machine.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="The private key (PEM) of --tls-cert.")] = None,
 ) -> None:
     """Start the review page for two evaluation runs; stop it with Ctrl+C (ratings are saved as you go)."""
     try:
@@ -97,8 +117,15 @@ def start(
     if token is not None and len(token) < 16:
         raise BbjtuneError("the access token is too short (fewer than 16 characters)",
                            "leave --token out to get a random one")
-    if not local and token is None:
+    if (not local or require_token) and token is None:
         token = new_token()
+    if (tls_cert is None) != (tls_key is None):
+        raise BbjtuneError("--tls-cert and --tls-key go together", "pass both (PEM files), or neither for plain HTTP")
+    for path in (tls_cert, tls_key):
+        if path is not None and not path.is_file():
+            raise BbjtuneError(f"{path} does not exist", "pass the PEM files of your certificate and its key")
+    tls = _ssl_options(tls_cert, tls_key)
+    scheme = "https" if tls else "http"
     sock = _bind(host, port)
     port = sock.getsockname()[1]
     write_results(store, review_dir)
@@ -119,16 +146,19 @@ def start(
     if token:
         typer.echo(f"Access token: {token}")
     if local:
-        typer.echo(f"Open http://{shown_host}:{port}/" + (f"?token={token}" if token else ""))
+        typer.echo(f"Open {scheme}://{shown_host}:{port}/" + (f"?token={token}" if token else ""))
     else:
         name = socket.gethostname() if host in ("0.0.0.0", "::") else shown_host
-        typer.echo(f"Open http://{name}:{port}/?token={token}")
+        typer.echo(f"Open {scheme}://{name}:{port}/?token={token}")
         typer.echo("Anyone on the network with this address can rate; share it only with your reviewers.")
+        if not tls:
+            typer.echo("warning: plain HTTP: the network can read the address, the token and the access cookie; "
+                       "serve HTTPS with --tls-cert/--tls-key", err=True)
     typer.echo("Press Ctrl+C to stop.")
 
     app = create_app(store, review_dir, token=token,
-                     allowed_hosts=LOOPBACK_HOSTS | {host} if local else None)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+                     allowed_hosts=LOOPBACK_HOSTS | {host} if local else None, secure_cookies=bool(tls))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", **tls))
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it handled; stopping is the normal end
@@ -138,6 +168,23 @@ def start(
         summary = write_results(store, review_dir)
         typer.echo(f"Stopped. {summary['overall']['n_ratings']} ratings of {summary['n_rated_items']} prompts "
                    f"so far; summary in {review_dir / RESULTS_NAME}")
+
+
+@review_app.command("keys")
+def keys(
+    review: Annotated[Path, typer.Argument(help="The review: its ratings.sqlite, its folder (eval/review), "
+                                                "or the eval folder of the run.")],
+) -> None:
+    """Print each reviewer's key (for a reviewer who lost theirs: it logs their name in from another browser)."""
+    db_path = find_database(review)
+    if db_path is None:
+        raise BbjtuneError(f"no review database at {review}",
+                           "pass the ratings.sqlite written by `bbjtune review`, or its folder")
+    rows = ReviewStore(db_path).reviewer_keys()
+    if not rows:
+        typer.echo("no reviewers yet")
+    for name, key in rows:
+        typer.echo(f"{name}\t{key or '(none yet: set at the next login)'}")
 
 
 @review_app.command("export")

@@ -9,6 +9,14 @@
 - Sessions: a signed cookie (`<session id>.<reviewer id>.<HMAC>`), SameSite=Lax and HttpOnly,
   keyed with the review's secret. Every POST carries a CSRF token derived from the session id
   and is refused without it, or when the browser says the request came from another origin.
+- The access cookie holds a value derived from the token (an HMAC), never the token itself, so a
+  cookie seen on the wire or in a browser profile does not reveal the token that the printed
+  address and `Authorization: Bearer` use. Over plain HTTP the cookie still travels in clear text:
+  `--tls-cert/--tls-key` serve HTTPS (and mark every cookie Secure).
+- Request bodies: at most MAX_BODY_BYTES, refused with 413 from the Content-Length header or as soon
+  as the bytes received pass it, before any form parsing, session or CSRF check; forms may hold at
+  most MAX_FORM_FIELDS fields.
+- Cookies and form values are compared as bytes, so a non-ASCII value is a mismatch, not an error.
 - Headers: a Content-Security-Policy that allows only this server's own scripts and styles (no
   inline script can run, even if some text slipped through unescaped), no framing, and no referrer
   sent to other sites (`same-origin`: with `no-referrer` browsers send `Origin: null` on our own
@@ -28,6 +36,8 @@ from starlette.responses import PlainTextResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 ACCESS_COOKIE = "bbjtune_access"
+MAX_BODY_BYTES = 64 * 1024      # a rating with a full 4000-character comment is under 20 KiB
+MAX_FORM_FIELDS = 32            # the rating form has 9
 SESSION_COOKIE = "bbjtune_session"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -40,6 +50,7 @@ SECURITY_HEADERS = [
     (b"cache-control", b"no-store"),
 ]
 
+TOO_LARGE_TEXT = "This request is too large for the review page.\n"
 UNAUTHORIZED_TEXT = ("This review server needs its access token.\n"
                      "Open the address that `bbjtune review` printed when it started (it ends in ?token=...).\n")
 
@@ -73,7 +84,10 @@ class AccessGuard:
         self.allowed_hosts = allowed_hosts
 
     def _token_ok(self, supplied: str | None) -> bool:
-        return bool(supplied) and hmac.compare_digest(supplied.encode(), self.token.encode())
+        return bool(supplied) and equal(supplied, self.token)
+
+    def _cookie_ok(self, supplied: str | None) -> bool:
+        return bool(supplied) and equal(supplied, access_cookie_value(self.token))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,15 +111,66 @@ class AccessGuard:
                 rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
                 target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
                 response = RedirectResponse(target, status_code=303)
-                response.set_cookie(ACCESS_COOKIE, self.token, httponly=True, samesite="lax")
+                response.set_cookie(ACCESS_COOKIE, access_cookie_value(self.token), httponly=True, samesite="lax",
+                                    secure=scope.get("scheme") == "https")
                 await response(scope, receive, send_with_headers)
                 return
             bearer = request.headers.get("authorization", "")
-            supplied = bearer[7:] if bearer.lower().startswith("bearer ") else request.cookies.get(ACCESS_COOKIE)
-            if not self._token_ok(supplied):
+            allowed = (self._token_ok(bearer[7:]) if bearer.lower().startswith("bearer ")
+                       else self._cookie_ok(request.cookies.get(ACCESS_COOKIE)))
+            if not allowed:
                 await PlainTextResponse(UNAUTHORIZED_TEXT, status_code=401)(scope, receive, send_with_headers)
                 return
+        if request.method not in ("GET", "HEAD"):
+            body = await _read_body(scope, receive, send_with_headers)
+            if body is None:
+                return
+            receive = _replay(body, receive)
         await self.app(scope, receive, send_with_headers)
+
+
+async def _read_body(scope: Scope, receive: Receive, send: Send) -> bytes | None:
+    """The whole request body, or None once a 413 (or nothing, for a client that left) was sent."""
+    declared = Request(scope).headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        await PlainTextResponse(TOO_LARGE_TEXT, status_code=413, headers={"connection": "close"})(scope, receive, send)
+        return None
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            await PlainTextResponse(TOO_LARGE_TEXT, status_code=413, headers={"connection": "close"})(scope, receive, send)
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def equal(supplied: str, expected: str) -> bool:
+    """Constant-time comparison of two strings as UTF-8 bytes (any character is allowed: no TypeError)."""
+    return hmac.compare_digest(supplied.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
+
+
+def access_cookie_value(token: str) -> str:
+    """What the access cookie holds: derived from the token, so the cookie never reveals it."""
+    return hmac.new(token.encode(), b"bbjtune review access cookie", hashlib.sha256).hexdigest()
 
 
 # ----------------------------------------------------------------------------- sessions and CSRF
@@ -128,7 +193,8 @@ def read_session(secret: bytes, cookie: str | None) -> tuple[str, int | None] | 
     if not cookie or cookie.count(".") != 2:
         return None
     session_id, reviewer, mac = cookie.split(".")
-    if not hmac.compare_digest(mac, _mac(secret, f"session|{session_id}.{reviewer}")) or not reviewer.isdigit():
+    if not equal(mac, _mac(secret, f"session|{session_id}.{reviewer}")) or not reviewer.isascii() \
+            or not reviewer.isdigit() or len(reviewer) > 18:
         return None
     return session_id, (int(reviewer) or None)
 
@@ -138,7 +204,7 @@ def csrf_token(secret: bytes, session_id: str) -> str:
 
 
 def csrf_ok(secret: bytes, session_id: str, supplied: str | None) -> bool:
-    return bool(supplied) and hmac.compare_digest(supplied, csrf_token(secret, session_id))
+    return bool(supplied) and isinstance(supplied, str) and equal(supplied, csrf_token(secret, session_id))
 
 
 def same_origin(request: Request) -> bool:

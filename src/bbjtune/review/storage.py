@@ -10,13 +10,21 @@ answer changes, the new version becomes a new item and the ratings of the old ve
 but no longer counted (they rated different text). Which items count is decided each time the
 server starts (`sync_items`).
 
+Reviewers: a name (case-insensitive) and a key. The key is derived from the review's secret and a
+random salt per reviewer (so the server can show it again to its owner, and stores no password);
+the first login with a name creates the reviewer, every later login with that name needs the key.
+Reviewers created before keys existed get one at their next login.
+
 Ratings are stored in model terms ("a" = run A, "b" = run B), never in screen terms; the side the
 reviewer saw on the left is kept too (`left_side`) so position bias can be measured.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import hmac
 import secrets
 import sqlite3
 import unicodedata
@@ -33,6 +41,8 @@ CRITERIA = ("correctness", "idiom", "generation_fit")
 PREFERENCES = ("a", "b", "tie")
 MAX_NAME_CHARS = 60
 MAX_COMMENT_CHARS = 4000
+MAX_ITEM_ID = (1 << 63) - 1  # SQLite's largest INTEGER: a larger id in a URL is simply not an item
+KEY_CHARS = 12               # 60 bits, in base32: guessing it over HTTP is hopeless
 
 _SCORE_COLUMNS = [f"{side}_{criterion}" for side in "ab" for criterion in CRITERIA]
 
@@ -51,7 +61,8 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE TABLE IF NOT EXISTS reviewers (
     id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE COLLATE NOCASE,
-    created TEXT NOT NULL
+    created TEXT NOT NULL,
+    key_salt TEXT
 );
 CREATE TABLE IF NOT EXISTS ratings (
     reviewer_id INTEGER NOT NULL REFERENCES reviewers(id),
@@ -132,6 +143,9 @@ class ReviewStore:
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(reviewers)")}
+                if "key_salt" not in columns:  # a review database from before reviewer keys
+                    db.execute("ALTER TABLE reviewers ADD COLUMN key_salt TEXT")
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('secret', ?)", (secrets.token_hex(32),))
                 version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
@@ -235,6 +249,8 @@ class ReviewStore:
         return [self._stored(row) for row in rows]
 
     def active_item(self, item_id: int) -> StoredItem | None:
+        if not 0 < item_id <= MAX_ITEM_ID:
+            return None
         with self._reading() as db:
             row = db.execute("SELECT * FROM items WHERE id = ? AND active = 1", (item_id,)).fetchone()
         return self._stored(row) if row else None
@@ -245,8 +261,51 @@ class ReviewStore:
         """The id of the reviewer with this name (case-insensitive), created on first use."""
         name = normalize_reviewer_name(name)
         with self._transaction() as db:
-            db.execute("INSERT OR IGNORE INTO reviewers (name, created) VALUES (?, ?)", (name, _now()))
+            db.execute("INSERT OR IGNORE INTO reviewers (name, created, key_salt) VALUES (?, ?, ?)",
+                       (name, _now(), secrets.token_hex(16)))
             return db.execute("SELECT id FROM reviewers WHERE name = ?", (name,)).fetchone()[0]
+
+    def login(self, name: str, key: str = "") -> tuple[int, bool]:
+        """(reviewer id, whether the reviewer is new) for a login with this name and key.
+
+        A new name creates the reviewer; a known name needs its key (ValueError otherwise, with
+        the reason to show)."""
+        name = normalize_reviewer_name(name)
+        with self._transaction() as db:
+            row = db.execute("SELECT id, key_salt FROM reviewers WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                cursor = db.execute("INSERT INTO reviewers (name, created, key_salt) VALUES (?, ?, ?)",
+                                    (name, _now(), secrets.token_hex(16)))
+                return cursor.lastrowid, True
+            if row["key_salt"] is None:  # from before reviewer keys: this login claims the name
+                db.execute("UPDATE reviewers SET key_salt = ? WHERE id = ?", (secrets.token_hex(16), row["id"]))
+                return row["id"], False
+            expected = self._key(row["id"], row["key_salt"])
+            typed = "".join(ch for ch in key.lower() if ch.isalnum())
+            if not hmac.compare_digest(typed.encode("utf-8", "surrogateescape"), expected.replace("-", "").encode()):
+                raise ValueError("This name is already taken by a reviewer. If it is yours, enter your reviewer key "
+                                 "(shown at the top of the page in the browser you first used); otherwise choose "
+                                 "another name.")
+            return row["id"], False
+
+    def reviewer_key(self, reviewer_id: int) -> str | None:
+        """The key that lets this reviewer log in from another browser (None for an unknown reviewer)."""
+        with self._reading() as db:
+            row = db.execute("SELECT key_salt FROM reviewers WHERE id = ?", (reviewer_id,)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return self._key(reviewer_id, row[0])
+
+    def _key(self, reviewer_id: int, salt: str) -> str:
+        digest = hmac.new(self.secret, f"reviewer key|{reviewer_id}|{salt}".encode(), hashlib.sha256).digest()
+        raw = base64.b32encode(digest).decode().lower()[:KEY_CHARS]
+        return "-".join(raw[i:i + 4] for i in range(0, KEY_CHARS, 4))
+
+    def reviewer_keys(self) -> list[tuple[str, str | None]]:
+        """(name, key) of every reviewer, for the person running the review (a reviewer who lost theirs)."""
+        with self._reading() as db:
+            rows = db.execute("SELECT id, name, key_salt FROM reviewers ORDER BY name COLLATE NOCASE").fetchall()
+        return [(row["name"], self._key(row["id"], row["key_salt"]) if row["key_salt"] else None) for row in rows]
 
     def reviewer_name(self, reviewer_id: int) -> str | None:
         with self._reading() as db:
