@@ -2,6 +2,8 @@
 
 A source is one of
 - `tiny:<preset>[@seed]`  a tiny Qwen2 model built locally (demo, tests);
+- `random:<name>[@seed]`   random weights of a published architecture (`random:qwen2.5-coder-14b`),
+                          saved as a local checkpoint: the scale rehearsal without a download;
 - a local `.gguf` file    read by transformers' GGUF loader and dequantized to 16/32-bit weights;
 - a local directory       a Hugging Face checkpoint (config.json + safetensors) or a PEFT adapter;
 - a hub id                `Qwen/Qwen2.5-Coder-7B-Instruct` (needs network or the local HF cache).
@@ -47,6 +49,9 @@ def resolve_source(spec: str) -> ModelSource:
         raise BbjtuneError("the model source is empty", "set model.source to a hub id, a directory, a .gguf or tiny:demo")
     if spec.startswith("tiny:"):
         return ModelSource("tiny", spec, build_tiny(spec))
+    if spec.startswith("random:"):
+        from bbjtune.models.random_weights import build_random
+        return ModelSource("local", spec, build_random(spec))
     path = Path(spec).expanduser()
     looks_local = spec.startswith((".", "/", "~")) or spec.lower().endswith(".gguf") or path.exists() \
         or spec.count("/") != 1
