@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bbjtune.errors import BbjtuneError
+from bbjtune.models.random_weights import build_random
 from bbjtune.models.tiny import build_tiny
 
 SourceKind = Literal["tiny", "gguf", "local", "hub"]
@@ -50,8 +51,7 @@ def resolve_source(spec: str) -> ModelSource:
     if spec.startswith("tiny:"):
         return ModelSource("tiny", spec, build_tiny(spec))
     if spec.startswith("random:"):
-        from bbjtune.models.random_weights import build_random
-        return ModelSource("local", spec, build_random(spec))
+        return ModelSource("local", spec, build_random(spec, write_tokenizer=save_tokenizer))
     path = Path(spec).expanduser()
     looks_local = spec.startswith((".", "/", "~")) or spec.lower().endswith(".gguf") or path.exists() \
         or spec.count("/") != 1
@@ -122,6 +122,11 @@ def load_tokenizer(source: str | ModelSource, **kwargs: Any):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = "<|endoftext|>" if "<|endoftext|>" in tokenizer.get_vocab() else tokenizer.eos_token
     return tokenizer
+
+
+def save_tokenizer(source: str, out: Path) -> None:
+    """Copy a source's tokenizer into `out` (random-weight checkpoints borrow the Qwen2.5 one)."""
+    load_tokenizer(source).save_pretrained(out)
 
 
 def torch_dtype(name: str):

@@ -116,8 +116,13 @@ def tokenizer_source() -> str:
         "to any Qwen2.5 model directory or .gguf")
 
 
-def build_random(spec: str, cache_dir: Path | None = None, progress: bool = True) -> Path:
-    """The directory of `random:<name>` (built on first use, then cached)."""
+def build_random(spec: str, write_tokenizer: Callable[[str, Path], None], cache_dir: Path | None = None,
+                 progress: bool = True) -> Path:
+    """The directory of `random:<name>` (built on first use, then cached).
+
+    `write_tokenizer(source, directory)` saves the tokenizer of a model source into the checkpoint
+    (models.loading passes its own, which knows every kind of source).
+    """
     name, variant, seed = parse_random_source(spec)
     tok_src = tokenizer_source()
     tok_path = Path(tok_src).expanduser()
@@ -132,7 +137,7 @@ def build_random(spec: str, cache_dir: Path | None = None, progress: bool = True
     _check_disk(root, parameter_count(config) * 2, spec)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
     try:
-        save_tokenizer(tok_src, tmp)
+        write_tokenizer(tok_src, tmp)
         write_random_checkpoint(config, tmp, seed=seed, progress=progress)
         try:
             os.rename(tmp, target)
@@ -152,12 +157,6 @@ def _check_disk(where: Path, weight_bytes: int, spec: str) -> None:
             f"not enough disk for {spec}: its weights need {needed / 2**30:.1f} GiB in {where}, "
             f"{free / 2**30:.1f} GiB free",
             "free space, or set BBJTUNE_CACHE_DIR to a larger disk")
-
-
-def save_tokenizer(source: str, out: Path) -> None:
-    from bbjtune.models.loading import load_tokenizer
-
-    load_tokenizer(source).save_pretrained(out)
 
 
 def write_random_checkpoint(config: dict[str, Any], out: Path, *, seed: int = 0, progress: bool = True,
