@@ -97,8 +97,15 @@ def row_for(eval_dir: Path) -> dict:
         "humaneval_pass_at_1": pct(humaneval),
         "median_answer_chars": statistics.median(lengths) if lengths else None,
         "hit_token_limit": ran_on, "hit_token_limit_share": pct(ran_on / n_cases) if n_cases else None,
-        "by_suite": {k: v for k, v in table.items() if k != "all"},
+        "by_suite": _suites(results) if "clean_at_k" in results else {k: v for k, v in table.items() if k != "all"},
     }
+
+
+def _suites(results: dict) -> dict[str, dict[str, float | None]]:
+    """compile@1 and clean@1 per suite as the evaluation scored them (clean there includes the case's
+    generation fit, which the self-training verdict alone does not know)."""
+    return {suite: {"compile_at_1": pct(v["compile_at_k"].get("1")), "clean_at_1": pct(v["clean_at_k"].get("1"))}
+            for suite, v in (results.get("by_suite") or {}).items() if "clean_at_k" in v}
 
 
 def main() -> None:
