@@ -61,3 +61,22 @@ def test_training_after_an_evaluation_pass_matches_training_without_one(block_al
     assert fresh.keys() == after_eval.keys() and len(fresh) == 2 * 7 * 2  # A and B of 7 linears x 2 layers
     for name, grad in fresh.items():
         assert torch.equal(grad, after_eval[name]), name
+
+
+@pytest.mark.slow  # ~40 CPU-seconds: the default batch is 8 x 4 sequences of up to 2048 tokens
+def test_a_config_without_a_train_section_trains_qlora_on_cpu(tmp_path, tiny_model_dir):
+    """QLoRA is the default: a config that names only the model and the data trains on CPU, no traceback."""
+    from conftest import run_cli
+    from train_helpers import write_data
+
+    data = write_data(tmp_path / "data", n_train=8, n_heldout=2)
+    config = tmp_path / "minimal.yaml"
+    config.write_text(f"name: minimal\noutput_dir: {tmp_path / 'run'}\n"
+                      f"model:\n  source: {tiny_model_dir}\n  kind: instruct\n"
+                      f"data:\n  chatml: [unused.jsonl]\n  output_dir: {data}\n")
+    # one optimizer step (8 x 4 sequences) keeps it short; the evaluation passes before and after it remain
+    proc = run_cli("train", str(config), "--set", "train.sft.max_steps=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "QLoRA 4-bit" in " ".join(proc.stderr.split() + proc.stdout.split())
+    assert list((tmp_path / "run").rglob("sft/adapter/adapter_model.safetensors"))
