@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bbjtune.artifacts import follow_umask, make_temp_dir
 from bbjtune.errors import BbjtuneError
 from bbjtune.export.adapter import AdapterInfo, check_adapter_fits, read_adapter
 from bbjtune.models.chat_template import CHATML_TEMPLATE, ENDOFTEXT, IM_END, IM_START
@@ -123,12 +124,13 @@ def merge(plan: MergePlan, out_dir: str | Path, *, dtype: str = "auto",
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir.parent, prefix=f".{out_dir.name}.")
     try:
         step(f"saving {out_dir}")
         with torch.no_grad():
             model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        follow_umask(tmp)
         replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,10 +15,10 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bbjtune.artifacts import follow_umask, make_temp_dir
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.chat_template import CHATML_TRAINING_TEMPLATE, ENDOFTEXT, IM_END, IM_START
 
@@ -104,11 +104,12 @@ def build_tiny(source: str = "tiny:test", cache_dir: Path | None = None) -> Path
     if (target / "config.json").exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+    tmp = make_temp_dir(root, prefix=f".{target.name}.")
     try:
         tokenizer = _build_tokenizer(corpus, preset.vocab_size)
         tokenizer.save_pretrained(tmp)
         _build_model(preset, tokenizer, seed).save_pretrained(tmp)
+        follow_umask(tmp)
         try:
             os.rename(tmp, target)
         except OSError:  # another process built it first

@@ -9,11 +9,12 @@ are written into the merged weights too.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from bbjtune.artifacts import follow_umask, make_temp_dir
 
 
 @contextmanager
@@ -52,12 +53,13 @@ def merge_adapter(base_source: str, adapter_dir: Path, out_dir: Path, dtype: str
         model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     tokenizer = load_tokenizer(str(adapter_dir))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir.parent, prefix=f".{out_dir.name}.")
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if (adapter_dir / "generation_config.json").exists():
             shutil.copyfile(adapter_dir / "generation_config.json", tmp / "generation_config.json")
+        follow_umask(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

@@ -22,6 +22,7 @@ from typing import Any
 
 from rich.console import Console
 
+from bbjtune.artifacts import follow_umask, make_temp_dir
 from bbjtune.config import RunConfig, StageConfig
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.chat_template import ENDOFTEXT, IM_END, IM_START
@@ -437,9 +438,8 @@ def final_metrics(trainer: Any, has_eval: bool) -> dict[str, Any]:
 def save_adapter(trainer: Any, tokenizer: Any, adapter_dir: Path, chat_model: bool) -> None:
     """Adapter, tokenizer and generation config, written beside the target then swapped in."""
     import shutil
-    import tempfile
 
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter.", dir=adapter_dir.parent))
+    tmp = make_temp_dir(adapter_dir.parent, prefix=".adapter.")
     try:
         trainer.model.save_pretrained(tmp)
         saved_tokenizer = tokenizer
@@ -448,6 +448,7 @@ def save_adapter(trainer: Any, tokenizer: Any, adapter_dir: Path, chat_model: bo
             saved_tokenizer.eos_token = IM_END
         saved_tokenizer.save_pretrained(tmp)
         generation.save_pretrained(tmp)
+        follow_umask(tmp)
         if adapter_dir.exists():
             shutil.rmtree(adapter_dir)
         tmp.rename(adapter_dir)
