@@ -46,8 +46,11 @@ def run(config: ConfigArg, stages: Annotated[str | None, typer.Option(
     """Run the whole pipeline for CONFIG: prepare data, train, evaluate, export."""
     from bbjtune.config import load_config
     from bbjtune.pipeline import parse_stages, run_pipeline
+    from bbjtune.quiet import allow_bitsandbytes, needs_bitsandbytes
 
     cfg = load_config(config, set_)
+    if needs_bitsandbytes(cfg):
+        allow_bitsandbytes()
     outputs = run_pipeline(cfg, parse_stages(stages), console)
     console.print(f"\n[bold green]Done.[/] Results are in [bold]{cfg.run_dir}[/]:")
     for stage, path in outputs.items():
@@ -105,6 +108,9 @@ app.add_typer(export_cli.serve_app, name="serve")
 
 def main() -> None:
     """Entry point: user errors become one line and exit code 2, never a traceback."""
+    from bbjtune.quiet import leave_bitsandbytes_unloaded
+
+    leave_bitsandbytes_unloaded()  # `run`/`train` load it again when their config quantizes
     try:
         code = app(prog_name="bbjtune", standalone_mode=False)
     except BbjtuneError as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bbjtune.errors import BbjtuneError
+from bbjtune.quiet import quiet_weight_bars
 
 SourceKind = Literal["tiny", "gguf", "local", "hub"]
 HUB_HOST = "huggingface.co"
@@ -139,6 +140,7 @@ def load_model(source: str | ModelSource, dtype: str = "auto", quantization: Any
     """
     from transformers import AutoModelForCausalLM
 
+    quiet_weight_bars()
     src = source if isinstance(source, ModelSource) else resolve_source(source)
     if src.kind == "hub":
         _check_hub_reachable(src.spec)
