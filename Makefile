@@ -24,10 +24,28 @@ export TOKENIZERS_PARALLELISM = false
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+comma := ,
+empty :=
+space := $(empty) $(empty)
+# the extras without `export`: prebuilt wheels only, installed first
+WHEEL_EXTRAS = $(subst $(space),$(comma),$(filter-out export,$(subst $(comma),$(space),$(EXTRAS))))
+HEARTBEAT ?= 30
+
+# llama-cpp-python goes last and on its own: unless pip has its wheel cached, pip compiles llama.cpp
+# for minutes without a word, so make says so first and reports every $(HEARTBEAT) s while it runs.
 $(VENV)/.installed: pyproject.toml | $(PY)
+	@echo "installing bbjtune and its libraries into $(VENV) (prebuilt wheels)"
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[$(EXTRAS)]"
+	$(PIP) install -q -e ".[$(WHEEL_EXTRAS)]"
+	@case ",$(EXTRAS)," in *,export,*) ;; *) exit 0;; esac; \
+	if ! $(PY) -c "import llama_cpp" 2>/dev/null; then \
+	  echo "installing llama-cpp-python (GGUF quantization, verification, serve gguf): unless pip has its"; \
+	  echo "  wheel cached, this compiles llama.cpp from source, about 9 CPU-minutes (5-7 min on 2 cores)"; fi; \
+	start=$$(date +%s); $(PIP) install -q -e ".[$(EXTRAS)]" & pid=$$!; \
+	while kill -0 $$pid 2>/dev/null; do sleep $(HEARTBEAT); \
+	  if kill -0 $$pid 2>/dev/null; then echo "  ... still installing llama-cpp-python ($$(($$(date +%s) - start)) s)"; fi; \
+	done; wait $$pid
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

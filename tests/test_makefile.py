@@ -62,3 +62,43 @@ def test_browser_test_no_installs_nothing(tmp_path):
     out = _make(_fake_apt_get(tmp_path), "BROWSER_TEST=no")
     assert not any(line.startswith("APT-GET") for line in out)
     assert out == ["note: BROWSER_TEST=no: chromium is not installed by make (the browser test skips without it)"]
+
+
+def _fake_python(tmp_path: Path, has_llama_cpp: bool) -> Path:
+    """An interpreter stand-in: imports succeed except llama_cpp; pip records its call and takes 2.5 s for llama."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\n"
+                    'if [ "$1" = -c ]; then case "$2" in *llama_cpp*) exit ' + ("0" if has_llama_cpp else "1")
+                    + ";; esac; exit 0; fi\n"
+                    'echo "PIP $*"\n'
+                    'case "$*" in *export*) sleep 2.5;; esac\n')
+    fake.chmod(0o755)
+    return fake
+
+
+def _install(tmp_path: Path, has_llama_cpp: bool) -> list[str]:
+    venv = tmp_path / "venv"
+    proc = subprocess.run(["make", "-s", "--no-print-directory", f"{venv}/.installed", f"VENV={venv}",
+                           f"PY={_fake_python(tmp_path, has_llama_cpp)}", "HEARTBEAT=1"],
+                          cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout
+    assert (venv / ".installed").exists()
+    return proc.stdout.splitlines()
+
+
+def test_install_announces_the_llama_cpp_compile_and_reports_while_it_runs(tmp_path):
+    (tmp_path / "venv").mkdir()
+    out = _install(tmp_path, has_llama_cpp=False)
+    pips = [i for i, line in enumerate(out) if line.startswith("PIP -m pip install -q -e")]
+    assert [out[i] for i in pips] == ["PIP -m pip install -q -e .[eval,review,qlora-cpu,tensorboard]",
+                                     "PIP -m pip install -q -e .[eval,export,review,qlora-cpu,tensorboard]"]
+    between = " ".join(out[pips[0] + 1:pips[1]])
+    assert "this compiles llama.cpp from source, about 9 CPU-minutes" in between
+    assert any(line.startswith("  ... still installing llama-cpp-python (") for line in out[pips[1]:])
+
+
+def test_install_says_nothing_of_a_compile_when_llama_cpp_is_there(tmp_path):
+    (tmp_path / "venv").mkdir()
+    out = _install(tmp_path, has_llama_cpp=True)
+    assert not any("compiles llama.cpp" in line for line in out)
