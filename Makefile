@@ -19,7 +19,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK = 1
 export HF_HUB_DISABLE_TELEMETRY = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: demo test install install-test clean-demo browser-test-deps
+.PHONY: demo test install install-wheels install-test clean-demo browser-test-deps
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,35 +29,54 @@ empty :=
 space := $(empty) $(empty)
 # the extras without `export`: prebuilt wheels only, installed first
 WHEEL_EXTRAS = $(subst $(space),$(comma),$(filter-out export,$(subst $(comma),$(space),$(EXTRAS))))
+# the `export` extra's llama.cpp binding, as pyproject.toml names it (tests/test_makefile.py keeps them equal)
+LLAMA_CPP_REQ = llama-cpp-python[server]>=0.3.8
 HEARTBEAT ?= 30
+# Wait for the background job $$pid, saying every $(HEARTBEAT) s that it still runs; its exit status.
+WAIT_FOR = n=0; while kill -0 $$pid 2>/dev/null; do sleep 1; n=$$((n + 1)); \
+	  if [ $$((n % $(HEARTBEAT))) = 0 ] && kill -0 $$pid 2>/dev/null; then echo "  ... $(1) ($$n s)"; fi; \
+	done; wait $$pid
+LLAMA_CPP_NOTE = echo "llama-cpp-python (GGUF quantization, verification, serve gguf): unless pip has its wheel"; \
+	echo "  cached, installing it compiles llama.cpp from source, about 9 CPU-minutes (5-7 min on 2 cores)"
 
-# llama-cpp-python goes last and on its own: unless pip has its wheel cached, pip compiles llama.cpp
-# for minutes without a word, so make says so first and reports every $(HEARTBEAT) s while it runs.
-$(VENV)/.installed: pyproject.toml | $(PY)
+$(VENV)/.installed-wheels: pyproject.toml | $(PY)
 	@echo "installing bbjtune and its libraries into $(VENV) (prebuilt wheels)"
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e ".[$(WHEEL_EXTRAS)]"
+	touch $@
+
+# llama-cpp-python goes last and on its own: pip compiles llama.cpp for minutes without a word, so
+# make says so first and reports while it runs.
+$(VENV)/.installed: $(VENV)/.installed-wheels
 	@case ",$(EXTRAS)," in *,export,*) ;; *) exit 0;; esac; \
-	if ! $(PY) -c "import llama_cpp" 2>/dev/null; then \
-	  echo "installing llama-cpp-python (GGUF quantization, verification, serve gguf): unless pip has its"; \
-	  echo "  wheel cached, this compiles llama.cpp from source, about 9 CPU-minutes (5-7 min on 2 cores)"; fi; \
-	start=$$(date +%s); $(PIP) install -q -e ".[$(EXTRAS)]" & pid=$$!; \
-	while kill -0 $$pid 2>/dev/null; do sleep $(HEARTBEAT); \
-	  if kill -0 $$pid 2>/dev/null; then echo "  ... still installing llama-cpp-python ($$(($$(date +%s) - start)) s)"; fi; \
-	done; wait $$pid
+	if ! $(PY) -c "import llama_cpp" 2>/dev/null; then $(LLAMA_CPP_NOTE); fi; \
+	$(PIP) install -q -e ".[$(EXTRAS)]" & pid=$$!; $(call WAIT_FOR,still installing llama-cpp-python)
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) install -q -e ".[$(EXTRAS),test]"
 	touch $@
 
+install-wheels: $(VENV)/.installed-wheels
+
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
-demo: install
-	$(VENV)/bin/bbjtune run quickstart
+# A fresh demo builds llama-cpp-python in the background while it prepares data, trains and
+# evaluates (the tiny model trains on one thread, so the build has the other core), and waits for it
+# only before the export, which needs it. The build's output goes to $(VENV)/llama-cpp-build.log.
+demo: $(VENV)/.installed-wheels
+	@if $(PY) -c "import llama_cpp" 2>/dev/null; then exec $(VENV)/bin/bbjtune run quickstart; fi; \
+	$(LLAMA_CPP_NOTE); echo "  building it in the background while the demo trains (log: $(VENV)/llama-cpp-build.log)"; \
+	$(PIP) install -q "$(LLAMA_CPP_REQ)" > $(VENV)/llama-cpp-build.log 2>&1 & pid=$$!; \
+	$(VENV)/bin/bbjtune run quickstart --stages data,train,eval || { kill $$pid 2>/dev/null; exit 1; }; \
+	if kill -0 $$pid 2>/dev/null; then echo "waiting for the llama.cpp build before the GGUF export"; fi; \
+	if ! { $(call WAIT_FOR,still compiling llama.cpp); }; then \
+	  tail -n 20 $(VENV)/llama-cpp-build.log; echo "llama-cpp-python did not build: see $(VENV)/llama-cpp-build.log"; exit 1; fi; \
+	touch $(VENV)/.installed; \
+	$(VENV)/bin/bbjtune run quickstart --stages export
 
 test: install-test browser-test-deps
 	$(PY) -m pytest -q
