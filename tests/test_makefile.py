@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -147,9 +148,7 @@ def test_demo_runs_in_one_go_when_llama_cpp_is_installed(tmp_path):
 
 
 def test_the_makefile_names_the_llama_cpp_requirement_of_pyproject():
-    import re
-    import tomllib
-
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
     extras = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     match = re.search(r"^LLAMA_CPP_REQ = (.+)$", (REPO_ROOT / "Makefile").read_text(), re.M)
     assert match and extras["export"] == [match.group(1).strip()]
