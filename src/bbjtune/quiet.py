@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
 _UNLOADED = "bitsandbytes"
+BNB_CPU_LOGGER = "bitsandbytes.backends.cpu.ops"  # logs the kernel notice when bitsandbytes is imported
 WEIGHT_BARS = ("Loading weights", "Writing model shards")
 
 
@@ -40,9 +42,19 @@ def leave_bitsandbytes_unloaded() -> bool:
 
 
 def allow_bitsandbytes() -> None:
-    """Undo `leave_bitsandbytes_unloaded` (before anything has asked whether bitsandbytes is there)."""
+    """Undo `leave_bitsandbytes_unloaded` (before anything has asked whether bitsandbytes is there).
+
+    Its import-time notice about the AVX-512 inference kernel is dropped here too: QLoRA runs keep
+    their layers off that kernel's layout (models.loading.keep_4bit_layout_trainable), so the
+    notice is about nothing bbjtune runs.
+    """
     if _UNLOADED in sys.modules and sys.modules[_UNLOADED] is None:
         del sys.modules[_UNLOADED]
+    logging.getLogger(BNB_CPU_LOGGER).addFilter(_drop_kernel_notice)
+
+
+def _drop_kernel_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward")
 
 
 def quiet_weight_bars() -> None:
