@@ -47,6 +47,7 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=suffix + ".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide outputs from other users
     try:
         yield tmp
         if tmp.exists():
@@ -57,6 +58,45 @@ def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system shows it (Linux: /proc)."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it, then put it back
+    os.umask(mask)
+    return mask
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """A new directory inside `parent`, to fill and then rename into place (after `follow_umask`).
+
+    tempfile.mkdtemp creates it 0700 whatever the umask, and the rename keeps that mode: a model
+    directory made that way cannot be read by an Ollama or vLLM service or a colleague running as
+    another user. It gets the mode a plain `mkdir` gives instead.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
+
+
+def follow_umask(tree: str | os.PathLike) -> None:
+    """Give `tree` and everything in it the modes that `open`/`mkdir` give under the current umask.
+
+    For directories written by libraries that do not: safetensors 0.8 writes every weights file
+    0600 whatever the umask (measured: `save_file` under umask 022 gives 0600).
+    """
+    mask = current_umask()
+    root = Path(tree)
+    os.chmod(root, 0o777 & ~mask)
+    for path in root.rglob("*"):
+        if path.is_symlink():
+            continue
+        executable = path.is_dir() or os.stat(path).st_mode & 0o111
+        os.chmod(path, (0o777 if executable else 0o666) & ~mask)
 
 
 @contextlib.contextmanager
@@ -100,14 +140,16 @@ def atomic_dir(final: str | os.PathLike, *, keep_existing: bool = False) -> Iter
     real name (or the old one beside it as `.<name>.old.*`), never nothing and never a half-written
     one. With `keep_existing` a `final` that appeared meanwhile (another process built the same
     cache entry) is kept and the new directory discarded. If the block raises, `final` is untouched.
+    The directory and what the block wrote into it get the modes the umask gives (`follow_umask`).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp = make_temp_dir(final.parent, prefix=f".{final.name}.")
     try:
         yield tmp
         if keep_existing and final.exists():
             return
+        follow_umask(tmp)  # safetensors writes weights 0600: a service running as another user could not read them
         _replace_dir(tmp, final)
         _fsync_dir(final.parent)
     finally:

@@ -16,6 +16,7 @@ from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.cli import eval_app
 from bbjtune.export import cli as export_cli
 from bbjtune.models.inspect import describe_model
+from bbjtune.quiet import allow_bitsandbytes, leave_bitsandbytes_unloaded, needs_bitsandbytes
 from bbjtune.review.cli import review_app
 from bbjtune.serve.cli import serve_app
 from bbjtune.train import cli as train_cli
@@ -51,6 +52,8 @@ def run(config: ConfigArg, stages: Annotated[str | None, typer.Option(
     from bbjtune.pipeline import parse_stages, run_pipeline
 
     cfg = load_config(config, set_)
+    if needs_bitsandbytes(cfg):
+        allow_bitsandbytes()
     outputs = run_pipeline(cfg, parse_stages(stages), console)
     console.print(f"\n[bold green]Done.[/] Results are in [bold]{cfg.run_dir}[/]:")
     for stage, path in outputs.items():
@@ -104,6 +107,7 @@ app.add_typer(serve_app, name="serve")
 
 def main() -> None:
     """Entry point: user errors become one line and exit code 2, never a traceback."""
+    leave_bitsandbytes_unloaded()  # `run`/`train` load it again when their config quantizes
     try:
         code = app(prog_name="bbjtune", standalone_mode=False)
     except BbjtuneError as exc:

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.random_weights import build_random
 from bbjtune.models.tiny import build_tiny
+from bbjtune.quiet import quiet_weight_bars
 
 SourceKind = Literal["tiny", "gguf", "local", "hub"]
 HUB_HOST = "huggingface.co"
@@ -149,6 +150,7 @@ def load_model(source: str | ModelSource, dtype: str = "auto", quantization: Any
     """
     from transformers import AutoModelForCausalLM
 
+    quiet_weight_bars()
     src = source if isinstance(source, ModelSource) else resolve_source(source)
     if src.kind == "hub":
         _check_hub_reachable(src.spec)
@@ -167,6 +169,8 @@ def load_model(source: str | ModelSource, dtype: str = "auto", quantization: Any
         model = AutoModelForCausalLM.from_pretrained(name, **args)
     except (OSError, ValueError) as exc:
         raise _load_error(src.spec, exc) from exc
+    if "quantization_config" in args:
+        keep_4bit_layout_trainable(model)
     if _dequantized_gguf(model.config):
         model.hf_quantizer = None
         model.is_quantized = False   # the Trainer refuses "quantized" models otherwise
@@ -178,6 +182,28 @@ def _dequantized_gguf(config: Any) -> bool:
     quant = getattr(config, "quantization_config", None)
     method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
     return str(getattr(method, "value", method)).lower() == "gguf"
+
+
+def keep_4bit_layout_trainable(model: Any) -> int:
+    """Keep bitsandbytes' 4-bit layers in their training layout on CPUs with AVX-512 BF16.
+
+    On such CPUs bitsandbytes (0.49+) rewrites a `Linear4bit` weight in place into an
+    inference-only layout the first time the layer runs in eval mode without gradients (the
+    trainer's evaluation pass, a stop check), and never rewrites it back when training resumes.
+    Measured with bitsandbytes 0.50.2 on a tiny Qwen2: with rows that are not a whole number of
+    64-value quantization blocks (`tiny:test`, 160 wide) the rewrite itself fails ("shape '[64, 2]'
+    is invalid for input of size 160"); with rows that are (`tiny:demo`, every Qwen2.5 size) the
+    next training step runs through the inference kernel and fails on the layers with a bias
+    ("a view of a leaf Variable ... in-place operation"). Without the rewrite both train, with
+    gradients identical to a model that was never evaluated; evaluation stays on the portable path.
+    Returns how many layers were switched.
+    """
+    switched = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            switched += 1
+    return switched
 
 
 def bnb_config(quantization: Any):

@@ -20,6 +20,7 @@ from pathlib import Path
 from bbjtune.artifacts import atomic_dir
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.chat_template import CHATML_TRAINING_TEMPLATE, ENDOFTEXT, IM_END, IM_START
+from bbjtune.quiet import quiet_weight_bars
 
 BUILD_VERSION = "1"  # bump when the build changes, so caches are rebuilt
 
@@ -151,6 +152,7 @@ def _build_model(preset: TinyPreset, tokenizer, seed: int):
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
+    quiet_weight_bars()
     eos = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
     config = Qwen2Config(
         vocab_size=preset.vocab_size, hidden_size=preset.hidden_size,

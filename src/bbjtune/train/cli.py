@@ -8,6 +8,7 @@ import typer
 
 from bbjtune.config import load_config
 from bbjtune.errors import BbjtuneError
+from bbjtune.quiet import allow_bitsandbytes, needs_bitsandbytes
 from bbjtune.train.job import is_main_process
 
 
@@ -53,6 +54,8 @@ def train(
     if stage not in (None, "cpt", "sft", "all", "rft", "dpo", "grpo"):
         raise BbjtuneError(f"--stage {stage}: unknown stage", "use cpt, sft, all, rft, dpo or grpo")
     cfg = load_config(config, set_)
+    if needs_bitsandbytes(cfg):
+        allow_bitsandbytes()
     stages = None if stage is None else ["cpt", "sft"] if stage == "all" else [stage]
     console = Console(stderr=True, quiet=not is_main_process())  # one report, not one per GPU
     out = run_stage(cfg, stages=stages, resume="always" if resume else "never" if restart else "auto",
