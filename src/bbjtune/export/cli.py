@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from bbjtune.errors import BbjtuneError
+from bbjtune.serve.gateway.cli import serve_gateway
 
 ConfigArg = Annotated[str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")]
 SetOpt = Annotated[list[str] | None, typer.Option(
@@ -19,7 +20,8 @@ SetOpt = Annotated[list[str] | None, typer.Option(
 
 serve_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode="rich",
-    help="Run an exported BBj model: in Ollama, in vLLM, or as a local OpenAI-compatible server.\n\n"
+    help="Run an exported BBj model: in Ollama, in vLLM, or as a local OpenAI-compatible server; "
+         "[bold]gateway[/bold] checks the BBj in its answers.\n\n"
          "Run [bold]bbjtune export CONFIG[/bold] first; these commands use its files.")
 
 
@@ -142,6 +144,9 @@ def serve_gguf(
     if code != 0:
         raise BbjtuneError(f"the llama.cpp server stopped with exit code {code}",
                            f"is port {port} already in use? Choose another with --port")
+
+
+serve_app.command("gateway")(serve_gateway)
 
 
 def modelfile_quant(cfg) -> str:
