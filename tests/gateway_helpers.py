@@ -31,7 +31,7 @@ PROSE = "Paris is the capital of France."
 @contextmanager
 def serving(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
     """Serve `app` on a free loopback port in a thread; yields http://host:port."""
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)   # see gateway.cli.bind
     sock.bind((host, 0))
     sock.listen(64)
     port = sock.getsockname()[1]
