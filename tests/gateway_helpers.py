@@ -13,8 +13,9 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -54,10 +55,9 @@ def serving(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
 class ReplayUpstream:
     """An OpenAI-compatible server that answers from `answers` in turn (the last one repeats)."""
 
-    def __init__(self, answers: list[str], model: str = "bbj-replay", delay: float = 0.0):
+    def __init__(self, answers: list[str], model: str = "bbj-replay"):
         self.answers = list(answers)
         self.model = model
-        self.delay = delay
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.app = Starlette(routes=[Route("/v1/models", self.models), Route("/v1/chat/completions", self.chat,
@@ -75,8 +75,6 @@ class ReplayUpstream:
         body = await request.json()
         self.requests.append(body)
         self.headers.append(dict(request.headers))
-        if self.delay:
-            time.sleep(self.delay)   # a model's generation time (blocking, as a real server's compute is)
         return body
 
     async def chat(self, request: Request):

@@ -6,15 +6,14 @@ import json
 
 import httpx
 import pytest
+from conftest import REPO_ROOT, run_cli
+from gateway_helpers import BAD_BBJ, GOOD_BBJ, ReplayUpstream, serving
 
 from bbjtune.config import DataConfig
 from bbjtune.data import feedback
 from bbjtune.data.chatml import Example, iter_chatml
 from bbjtune.serve.gateway.app import GatewaySettings, create_app
 from bbjtune.serve.gateway.log import Exchange, ExchangeLog, read_log
-
-from conftest import REPO_ROOT, run_cli
-from gateway_helpers import BAD_BBJ, GOOD_BBJ, ReplayUpstream, serving
 
 FIXED_BBJ = "Fixed:\n```bbj\nfor i=1 to 10\n  print \"a\"\nnext i\nend\n```\n"
 EVAL_PROMPT = json.loads((REPO_ROOT / "evals" / "bbj-core.jsonl").open().readline())["prompt"]
@@ -88,7 +87,7 @@ def test_outputs_load_as_chatml_and_as_trl_preference_data(log_rows, tmp_path, t
     from transformers import AutoTokenizer
     from trl.data_utils import is_conversational, maybe_apply_chat_template
 
-    path, ids = log_rows
+    path, _ids = log_rows
     res = run_cli("data", "feedback", str(path), "--compiler", "builtin")
     assert res.returncode == 0, res.stderr
     assert "3 SFT conversations (2 accepted, 1 corrected), 1 preference pairs" in " ".join(res.stderr.split())

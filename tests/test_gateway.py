@@ -10,12 +10,11 @@ import re
 
 import httpx
 import pytest
+from conftest import run_cli
+from gateway_helpers import BAD_BBJ, GOOD_BBJ, PROSE, WORSE_BBJ, ReplayUpstream, serving
 
 from bbjtune.serve.gateway.app import GatewaySettings, create_app
 from bbjtune.serve.gateway.log import ExchangeLog, read_log
-
-from conftest import run_cli
-from gateway_helpers import BAD_BBJ, GOOD_BBJ, PROSE, WORSE_BBJ, ReplayUpstream, serving
 
 openai = pytest.importorskip("openai")
 ASK = [{"role": "user", "content": "Write a BBj loop printing 1 to 10"}]
@@ -44,7 +43,7 @@ def gateway(tmp_path):
         ctx.__exit__(None, None, None)
 
 
-def client(url: str, key: str = "unused") -> "openai.OpenAI":
+def client(url: str, key: str = "unused") -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=30)
 
 
@@ -66,7 +65,7 @@ def test_best_of_n_returns_the_first_answer_that_passes(gateway):
 
 
 def test_when_nothing_passes_the_answer_with_fewest_errors_comes_back_with_diagnostics(gateway):
-    url, upstream, log = gateway([WORSE_BBJ, BAD_BBJ], best_of=2)
+    url, _upstream, _log = gateway([WORSE_BBJ, BAD_BBJ], best_of=2)
     reply = client(url).chat.completions.create(model="m", messages=ASK)
     extra = reply.model_extra["bbjtune"]
     assert reply.choices[0].message.content == BAD_BBJ
@@ -94,7 +93,7 @@ def test_streaming_passes_tokens_through_and_ends_with_the_verdict(gateway):
 
 
 def test_streaming_with_best_of_sends_the_passing_answer(gateway):
-    url, upstream, _ = gateway([BAD_BBJ, GOOD_BBJ], best_of=3)
+    url, _upstream, _ = gateway([BAD_BBJ, GOOD_BBJ], best_of=3)
     chunks = list(client(url).chat.completions.create(model="m", messages=ASK, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == GOOD_BBJ
     assert chunks[-1].model_extra["bbjtune"]["attempts"] == 2
@@ -115,7 +114,7 @@ def test_comment_mode_appends_the_verdict_to_chat_answers_but_logs_the_answer(ga
 def test_fim_completion_is_checked_within_its_file(gateway):
     # the file already has an error above the cursor; only errors the completion adds count
     prompt = "<|fim_prefix|>x=(\na=1\nb=2\n<|fim_suffix|>\nprint c\nend\n<|fim_middle|>"
-    url, upstream, log = gateway(["c=(a+b", "c=a+b"], best_of=2, diagnostics="comment")
+    url, _upstream, log = gateway(["c=(a+b", "c=a+b"], best_of=2, diagnostics="comment")
     reply = client(url).completions.create(model="m", prompt=prompt, max_tokens=16)
     assert reply.choices[0].text == "c=a+b"   # no comment in text an editor inserts into code
     extra = reply.model_extra["bbjtune"]
@@ -201,14 +200,13 @@ def test_no_log_means_no_id_no_file_and_no_rating(gateway, tmp_path):
 
 def test_unreachable_upstream_is_a_clear_502(tmp_path):
     app = create_app(GatewaySettings(upstream="http://127.0.0.1:9/v1", compiler="builtin"), None)
-    with serving(app) as url:
-        with pytest.raises(openai.InternalServerError) as info:
-            client(url).chat.completions.create(model="m", messages=ASK)
+    with serving(app) as url, pytest.raises(openai.InternalServerError) as info:
+        client(url).chat.completions.create(model="m", messages=ASK)
     assert "cannot be reached" in str(info.value)
 
 
 def test_log_survives_a_restart_and_reads_back(tmp_path, gateway):
-    url, _, log = gateway([GOOD_BBJ])
+    url, _, _log = gateway([GOOD_BBJ])
     ex_id = client(url).chat.completions.create(model="m", messages=ASK).model_extra["bbjtune"]["id"]
     rows = read_log(tmp_path / "log.sqlite")
     assert [r["id"] for r in rows] == [ex_id] and rows[0]["request"]["messages"] == ASK

@@ -11,10 +11,9 @@ import sys
 import time
 
 import pytest
+from conftest import REPO_ROOT
 
 from bbjtune.serve.gateway.log import read_log
-
-from conftest import REPO_ROOT
 
 pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
 openai = pytest.importorskip("openai")

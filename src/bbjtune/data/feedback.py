@@ -104,9 +104,9 @@ class _Builder:
             return
         if accepted:
             self._sft(row, prompt, row["answer"], "accepted")
-        if correction:
-            if self._sft(row, prompt, correction, "corrected") and correction.strip() != row["answer"].strip():
-                self._pair(row, prompt, correction, row["answer"], "corrected")
+        if (correction and self._sft(row, prompt, correction, "corrected")
+                and correction.strip() != row["answer"].strip()):
+            self._pair(row, prompt, correction, row["answer"], "corrected")
         if checker_pairs:
             for attempt in row["rejected"]:
                 if attempt["verdict"] == "fail":

@@ -29,7 +29,12 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import (
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
 from .check import Verdict, comment_text
@@ -156,6 +161,7 @@ class Gateway:
                     started: float) -> AsyncIterator[str]:
         parts: list[str] = []
         last: dict[str, Any] = {}
+        upstream_start = time.perf_counter()
         try:
             async for event in self.upstream.stream(PATHS[kind], upstream_body):
                 last = event
@@ -165,7 +171,7 @@ class Gateway:
             yield _event(exc.body)
             yield "data: [DONE]\n\n"
             return
-        upstream_s = time.perf_counter() - started
+        upstream_s = time.perf_counter() - upstream_start
         text = "".join(parts)
         check_start = time.perf_counter()
         verdict = await check_text(kind, body, text, self.settings.compiler)
