@@ -109,7 +109,8 @@ def main() -> None:
                         res = client.post(f"{ways[way]}/chat/completions", json=body)
                         res.raise_for_status()
                         times[way].append(time.perf_counter() - t0)
-                    print(f"prompt {i + 1}/{len(prompts)} done", file=sys.stderr)
+                    print(f"prompt {i + 1}/{len(prompts)} done: "
+                          + ", ".join(f"{w} {times[w][-1]:.1f} s" for w in ways), file=sys.stderr, flush=True)
         finally:
             for p in procs:
                 p.terminate()
