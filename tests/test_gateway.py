@@ -174,8 +174,9 @@ def test_requests_browsers_could_forge_oversized_ones_and_n_are_refused(gateway)
 def test_token_off_loopback_is_required_and_never_passed_upstream(gateway):
     token = "s3cret-token-for-the-gateway"
     url, upstream, _ = gateway([GOOD_BBJ], token=token, upstream_key="upstream-key")
-    with pytest.raises(openai.AuthenticationError):
+    with pytest.raises(openai.AuthenticationError) as info:
         client(url, key="wrong").chat.completions.create(model="m", messages=ASK)
+    assert "the token `bbjtune serve gateway` printed" in info.value.response.text
     assert upstream.requests == []
     reply = client(url, key=token).chat.completions.create(model="m", messages=ASK)
     assert reply.model_extra["bbjtune"]["verdict"] == "pass"

@@ -67,10 +67,12 @@ def _host_name(host_header: str) -> str:
 class AccessGuard:
     """ASGI middleware: host check, access token, and security headers on every response."""
 
-    def __init__(self, app: ASGIApp, token: str | None = None, allowed_hosts: frozenset[str] | None = None):
+    def __init__(self, app: ASGIApp, token: str | None = None, allowed_hosts: frozenset[str] | None = None,
+                 unauthorized_text: str = UNAUTHORIZED_TEXT):
         self.app = app
         self.token = token
         self.allowed_hosts = allowed_hosts
+        self.unauthorized_text = unauthorized_text
 
     def _token_ok(self, supplied: str | None) -> bool:
         return bool(supplied) and hmac.compare_digest(supplied.encode(), self.token.encode())
@@ -103,7 +105,7 @@ class AccessGuard:
             bearer = request.headers.get("authorization", "")
             supplied = bearer[7:] if bearer.lower().startswith("bearer ") else request.cookies.get(ACCESS_COOKIE)
             if not self._token_ok(supplied):
-                await PlainTextResponse(UNAUTHORIZED_TEXT, status_code=401)(scope, receive, send_with_headers)
+                await PlainTextResponse(self.unauthorized_text, status_code=401)(scope, receive, send_with_headers)
                 return
         await self.app(scope, receive, send_with_headers)
 

@@ -44,6 +44,8 @@ from .upstream import Upstream, UpstreamError, error_body
 
 EXCHANGE_HEADER = "X-Bbjtune-Exchange"
 MAX_BEST_OF = 8
+UNAUTHORIZED_TEXT = ("This gateway needs its access token: use the token `bbjtune serve gateway` printed at start "
+                     "as the API key (Authorization: Bearer ...).\n")
 # Request fields the gateway handles itself instead of passing them on.
 _OWN_FIELDS = ("stream", "stream_options", "best_of")
 
@@ -310,4 +312,4 @@ def create_app(settings: GatewaySettings, log: ExchangeLog | None, *, token: str
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.gateway = gw
-    return AccessGuard(app, token=token, allowed_hosts=allowed_hosts)
+    return AccessGuard(app, token=token, allowed_hosts=allowed_hosts, unauthorized_text=UNAUTHORIZED_TEXT)
