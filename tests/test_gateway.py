@@ -221,3 +221,33 @@ def test_cli_refuses_bad_options_in_one_line():
     assert res.returncode == 2 and "not an http(s) address" in res.stderr and "Traceback" not in res.stderr
     res = run_cli("serve", "gateway", "--diagnostics", "loud", "--port", "0")
     assert res.returncode == 2 and "--diagnostics" in res.stderr
+
+
+def test_cli_off_loopback_prints_a_token_and_requires_it(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "bbjtune", "serve", "gateway", "--host", "0.0.0.0", "--port", "0",
+                             "--no-log", "--upstream", "http://127.0.0.1:9/v1"], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        port = token = None
+        for line in proc.stdout:
+            if m := re.search(r"Gateway at http://0\.0\.0\.0:(\d+)/v1", line):
+                port = m.group(1)
+            if m := re.search(r"Access token \(the editor's API key\): (\S+)", line):
+                token = m.group(1)
+            if "Ctrl+C" in line:
+                break
+        assert port and token and len(token) >= 16
+        url = f"http://127.0.0.1:{port}/v1/models"
+        assert httpx.get(url, timeout=10).status_code == 401
+        res = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert res.status_code == 502 and "cannot be reached" in res.json()["error"]["message"]
+        assert list(tmp_path.iterdir()) == []   # --no-log: not even the default log file
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status says why it stopped
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
