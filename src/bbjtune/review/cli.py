@@ -19,7 +19,7 @@ from bbjtune.errors import BbjtuneError
 from bbjtune.review.app import create_app
 from bbjtune.review.items import pair_runs
 from bbjtune.review.results import export_ratings, find_database, write_results
-from bbjtune.review.security import LOOPBACK_HOSTS, is_loopback, new_token
+from bbjtune.web_security import LOOPBACK_HOSTS, is_loopback, new_token
 from bbjtune.review.storage import ReviewStore
 from bbjtune.review_summary import DB_NAME, RESULTS_NAME, format_summary
 
