@@ -29,7 +29,7 @@ from test_review_app import ORIGIN, _csrf, _item_id, _key, _login, _rate
 
 from bbjtune.review.app import create_app
 from bbjtune.review.items import pair_runs
-from bbjtune.review.security import ACCESS_COOKIE, SESSION_COOKIE
+from bbjtune.web_security import ACCESS_COOKIE, SESSION_COOKIE
 from bbjtune.review.storage import ReviewStore
 
 MAX_BODY_BYTES = 64 * 1024  # the cap the issue asks for (security.MAX_BODY_BYTES)

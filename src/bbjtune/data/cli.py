@@ -1,4 +1,4 @@
-"""`bbjtune data audit|prepare`: look at the training data, then clean and split it."""
+"""`bbjtune data audit|prepare|derive|replay|feedback`: look at the training data, then clean and split it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from bbjtune.artifacts import atomic_write_jsonl
-from bbjtune.config import apply_override, load_config, validate_config
-from bbjtune.data import replay
+from bbjtune.config import DataConfig, apply_override, load_config, validate_config
+from bbjtune.data import feedback, replay
 from bbjtune.data.cpt import find_sources
 from bbjtune.data.derive import default_system_prompt, derive_pairs
 from bbjtune.data.stage import audit as run_audit
@@ -24,7 +24,8 @@ data_app = typer.Typer(
          "line) and raw BBj source files.\n\n[bold]audit[/bold] reports what is in the data and what is wrong "
          "with it, without changing anything; [bold]prepare[/bold] writes the cleaned train/held-out sets and "
          "the plain-BBj corpus for stage 1; [bold]derive[/bold] makes instruction pairs from BBj sources; "
-         "[bold]replay[/bold] makes general conversations that keep general skills in stage 2.")
+         "[bold]replay[/bold] makes general conversations that keep general skills in stage 2; "
+         "[bold]feedback[/bold] turns the gateway's rated answers into training data.")
 
 ConfigOpt = Annotated[str | None, typer.Option(
     "--config", "-c", help="A config YAML file or preset; its data: section sets the filters.")]
@@ -181,6 +182,41 @@ def replay_command(
                            "(Instruct) model answer with --model")
 
 
+def feedback_command(
+        log: Annotated[Path, typer.Argument(help="The gateway's exchange log (bbjtune serve gateway --log).",
+                                            show_default=False)],
+        out: Annotated[Path | None, typer.Option(
+            "--out", "-o", help="Output folder (default: feedback/ beside the log).")] = None,
+        config: ConfigOpt = None,
+        compiler: Annotated[str, typer.Option(
+            help="Checker for the answers: auto (bbjcpl when installed), bbjcpl or builtin.")] = "auto",
+        checker_pairs: Annotated[bool, typer.Option(
+            "--checker-pairs", help="Also pair each best-of-N attempt that failed the checker (rejected) with the "
+                                    "answer that passed (chosen).")] = False,
+        set_: SetOpt = None) -> None:
+    """Turn the gateway's rated answers into training data: SFT conversations (answers rated up, and \
+corrections) and preference pairs (the model's answer rejected, the correction chosen).
+
+    Scrubbed, deduplicated and checked against the evaluation prompts like any other data (the data: section \
+of --config sets the filters). Writes sft.jsonl (add it to data.chatml), preference.jsonl (prompt/chosen/rejected \
+in trl's conversational format), rejected.jsonl and summary.json.
+    """
+    from rich.console import Console
+
+    if compiler not in ("auto", "bbjcpl", "builtin"):
+        raise BbjtuneError(f"unknown --compiler {compiler!r}", "use auto, bbjcpl or builtin")
+    d = load_config(config, set_).data if config else DataConfig()
+    console = Console(stderr=True)
+    target = out or log.parent / "feedback"
+    s = feedback.run(log, target, d, compiler=compiler, checker_pairs=checker_pairs,
+                     warn=lambda msg: console.print(f"[yellow]warning:[/] {msg}"))
+    console.print(f"{s['exchanges']} exchanges: {s['sft']} SFT conversations ({s['sft_accepted']} accepted, "
+                  f"{s['sft_corrected']} corrected), {s['preference_pairs']} preference pairs"
+                  + (f"; set aside: {', '.join(f'{k} {v}' for k, v in s['rejected'].items())}" if s["rejected"] else "")
+                  + (f"; nothing from: {', '.join(f'{k} {v}' for k, v in s['skipped'].items())}" if s["skipped"] else ""))
+    console.print(f"Results in [bold]{target}[/] (sft.jsonl, preference.jsonl, rejected.jsonl, summary.json)")
+
+
 def _config(config: str | None, overrides: list[str] | None, *, chatml: list[str] | None, model: str | None,
             out: Path | None, sources: list[str] | None = None):
     """The run config: a file or preset, or (without one) the defaults; command-line data paths win."""
@@ -243,3 +279,4 @@ data_app.command("audit")(audit)
 data_app.command("prepare")(prepare)
 data_app.command("derive")(derive)
 data_app.command("replay")(replay_command)
+data_app.command("feedback")(feedback_command)

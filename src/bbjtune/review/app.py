@@ -24,7 +24,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from bbjtune.review import blind, security
+from bbjtune import web_security as security
+from bbjtune.review import blind
 from bbjtune.review.render import render_answer
 from bbjtune.review.results import write_results
 from bbjtune.review.storage import CRITERIA, MAX_COMMENT_CHARS, Rating, ReviewStore, StoredItem

@@ -19,9 +19,9 @@ from bbjtune.errors import BbjtuneError
 from bbjtune.review.app import create_app
 from bbjtune.review.items import pair_runs
 from bbjtune.review.results import export_ratings, find_database, write_results
-from bbjtune.review.security import LOOPBACK_HOSTS, is_loopback, new_token
 from bbjtune.review.storage import ReviewStore
 from bbjtune.review_summary import DB_NAME, RESULTS_NAME, format_summary
+from bbjtune.web_security import LOOPBACK_HOSTS, is_loopback, listening_socket, new_token
 
 DEFAULT_PORT = 8765
 
@@ -47,24 +47,6 @@ def _review_dir_for(run_b: Path) -> Path:
     """eval/review/ beside the evaluated runs (eval/<label>/ or eval/<label>/generations.jsonl)."""
     folder = run_b.parent if run_b.is_file() else run_b
     return folder.parent / "review"
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    except socket.gaierror as exc:
-        raise BbjtuneError(f"cannot listen on {host!r}: {exc.strerror}", "use an IP address such as 127.0.0.1") from exc
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise BbjtuneError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                           "another program uses this port; pick another with --port (0 picks a free one)") from exc
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
 
 
 def _ssl_options(cert: Path | None, key: Path | None) -> dict[str, str]:
@@ -126,7 +108,7 @@ def start(
             raise BbjtuneError(f"{path} does not exist", "pass the PEM files of your certificate and its key")
     tls = _ssl_options(tls_cert, tls_key)
     scheme = "https" if tls else "http"
-    sock = _bind(host, port)
+    sock = listening_socket(host, port)
     port = sock.getsockname()[1]
     write_results(store, review_dir)
 

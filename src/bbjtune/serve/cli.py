@@ -1,4 +1,5 @@
-"""`bbjtune serve ollama|vllm|gguf`: run what `bbjtune export` wrote (its files, never its code)."""
+"""`bbjtune serve ollama|vllm|gguf`: run what `bbjtune export` wrote (its files, never its code);
+`bbjtune serve gateway` (serve/gateway/) checks the BBj in the answers of any of them."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import typer
 from bbjtune.artifacts import read_manifest
 from bbjtune.config import RunConfig, load_config
 from bbjtune.errors import BbjtuneError
+from bbjtune.serve.gateway.cli import serve_gateway
 
 ConfigArg = Annotated[str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")]
 SetOpt = Annotated[list[str] | None, typer.Option(
@@ -25,7 +27,8 @@ VLLM_FILE = "vllm-lora.json"
 
 serve_app = typer.Typer(
     no_args_is_help=True, rich_markup_mode="rich",
-    help="Run an exported BBj model: in Ollama, in vLLM, or as a local OpenAI-compatible server.\n\n"
+    help="Run an exported BBj model: in Ollama, in vLLM, or as a local OpenAI-compatible server; "
+         "[bold]gateway[/bold] checks the BBj in its answers.\n\n"
          "Run [bold]bbjtune export CONFIG[/bold] first; these commands use its files.")
 
 
@@ -119,6 +122,9 @@ def serve_gguf(
 
 
 # ----------------------------------------------------------------------------- the export's files
+
+serve_app.command("gateway")(serve_gateway)
+
 
 def exported_ollama(cfg: RunConfig) -> dict[str, Any]:
     """The export manifest's `ollama` block (model_name, quant, modelfile); {} before an export."""

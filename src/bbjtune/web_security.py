@@ -1,4 +1,6 @@
-"""Who may talk to the review server, and how its forms are protected.
+"""Who may talk to the project's web servers (the review page, the gateway), and how their forms are protected.
+
+Shared below the stages: `bbjtune review` and `bbjtune serve gateway` both sit behind AccessGuard.
 
 - Access token: when the server listens on anything but the loopback address, every request must
   carry the token printed at start: `?token=` once (it is then kept in an HttpOnly cookie and the
@@ -15,7 +17,8 @@
   `--tls-cert/--tls-key` serve HTTPS (and mark every cookie Secure).
 - Request bodies: at most MAX_BODY_BYTES, refused with 413 from the Content-Length header or as soon
   as the bytes received pass it, before any form parsing, session or CSRF check; forms may hold at
-  most MAX_FORM_FIELDS fields.
+  most MAX_FORM_FIELDS fields. A server whose requests are larger (the gateway: prompts with whole
+  files) passes max_body_bytes=None and bounds every body itself.
 - Cookies and form values are compared as bytes, so a non-ASCII value is a mismatch, not an error.
 - Headers: a Content-Security-Policy that allows only this server's own scripts and styles (no
   inline script can run, even if some text slipped through unescaped), no framing, and no referrer
@@ -29,11 +32,14 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+import socket
 from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bbjtune.errors import BbjtuneError
 
 ACCESS_COOKIE = "bbjtune_access"
 MAX_BODY_BYTES = 64 * 1024      # a rating with a full 4000-character comment is under 20 KiB
@@ -68,6 +74,29 @@ def new_token() -> str:
     return secrets.token_urlsafe(24)
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket for uvicorn (port 0 picks a free one); a bad address or a busy
+    port is one line with what to do."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as exc:
+        raise BbjtuneError(f"cannot listen on {host!r}: {exc.strerror}", "use an IP address such as 127.0.0.1") from exc
+    # IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off only on sockets whose protocol says TCP,
+    # and with it on every response waited ~40 ms for a delayed ACK (measured on the gateway: 44 ms per
+    # request on loopback, 1 ms without; benchmarks/gateway_latency.py)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise BbjtuneError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                           "another program uses this port; pick another with --port (0 picks a free one)") from exc
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
 def _host_name(host_header: str) -> str:
     """The host part of a Host header ("[::1]:8765" -> "::1", "127.0.0.1:80" -> "127.0.0.1")."""
     if host_header.startswith("["):
@@ -78,10 +107,13 @@ def _host_name(host_header: str) -> str:
 class AccessGuard:
     """ASGI middleware: host check, access token, and security headers on every response."""
 
-    def __init__(self, app: ASGIApp, token: str | None = None, allowed_hosts: frozenset[str] | None = None):
+    def __init__(self, app: ASGIApp, token: str | None = None, allowed_hosts: frozenset[str] | None = None,
+                 unauthorized_text: str = UNAUTHORIZED_TEXT, max_body_bytes: int | None = MAX_BODY_BYTES):
         self.app = app
         self.token = token
         self.allowed_hosts = allowed_hosts
+        self.unauthorized_text = unauthorized_text
+        self.max_body_bytes = max_body_bytes
 
     def _token_ok(self, supplied: str | None) -> bool:
         return bool(supplied) and equal(supplied, self.token)
@@ -119,20 +151,20 @@ class AccessGuard:
             allowed = (self._token_ok(bearer[7:]) if bearer.lower().startswith("bearer ")
                        else self._cookie_ok(request.cookies.get(ACCESS_COOKIE)))
             if not allowed:
-                await PlainTextResponse(UNAUTHORIZED_TEXT, status_code=401)(scope, receive, send_with_headers)
+                await PlainTextResponse(self.unauthorized_text, status_code=401)(scope, receive, send_with_headers)
                 return
-        if request.method not in ("GET", "HEAD"):
-            body = await _read_body(scope, receive, send_with_headers)
+        if request.method not in ("GET", "HEAD") and self.max_body_bytes is not None:
+            body = await _read_body(scope, receive, send_with_headers, self.max_body_bytes)
             if body is None:
                 return
             receive = _replay(body, receive)
         await self.app(scope, receive, send_with_headers)
 
 
-async def _read_body(scope: Scope, receive: Receive, send: Send) -> bytes | None:
+async def _read_body(scope: Scope, receive: Receive, send: Send, limit: int) -> bytes | None:
     """The whole request body, or None once a 413 (or nothing, for a client that left) was sent."""
     declared = Request(scope).headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
         await PlainTextResponse(TOO_LARGE_TEXT, status_code=413, headers={"connection": "close"})(scope, receive, send)
         return None
     chunks, size = [], 0
@@ -142,7 +174,7 @@ async def _read_body(scope: Scope, receive: Receive, send: Send) -> bytes | None
             return None
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
+        if size > limit:
             await PlainTextResponse(TOO_LARGE_TEXT, status_code=413, headers={"connection": "close"})(scope, receive, send)
             return None
         chunks.append(chunk)

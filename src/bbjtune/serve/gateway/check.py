@@ -1,0 +1,87 @@
+"""The gateway's verdict on one answer: does the BBj in it pass the checker?
+
+Chat answers: the code is taken as evaluation takes it (`compile_answer`: ```bbj fences first,
+then unlabelled fences that read as BBj, then bare code) and checked by bbjcpl when installed,
+else by the built-in checker. An answer without BBj gets "no-code" and is never retried: a question
+about something else must not cost N samples.
+
+Completions (an editor filling in the middle of a file): the inserted text alone is rarely a
+whole program, and the file around it may already have errors the model did not cause. So the file
+is checked twice, prefix + suffix and prefix + completion + suffix, and the completion fails only
+when it adds errors. Only files that read as BBj are checked.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from bbjtune.bbj import check_with
+from bbjtune.bbj.compile import FAILING_WARNINGS, compile_answer
+from bbjtune.bbj.extract import bbj_line_ratio
+
+# Qwen2.5-Coder's fill-in-the-middle tokens: an editor may send the whole FIM prompt as `prompt`.
+_FIM_RE = re.compile(r"<\|fim_prefix\|>(.*?)<\|fim_suffix\|>(.*?)<\|fim_middle\|>\s*\Z", re.DOTALL)
+# A file whose lines read as BBj this often is checked (lower than extract's 0.6: an editor's
+# window onto a file often starts or ends inside a comment block).
+FILE_BBJ_RATIO = 0.5
+MAX_DIAGNOSTICS = 20
+
+
+@dataclass
+class Verdict:
+    verdict: str                 # pass, fail, no-code
+    compiler: str | None = None
+    reason: str = ""
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict != "fail"
+
+
+def check_chat_answer(answer: str, compiler: str) -> Verdict:
+    result = compile_answer(answer, compiler)
+    if not result.code.strip():
+        return Verdict("no-code")
+    return Verdict("pass" if result.compiles else "fail", result.compiler, result.reason, result.diagnostics)
+
+
+def split_fim(prompt: str, suffix: str | None) -> tuple[str, str]:
+    """(prefix, suffix) of a completion request: FIM tokens in the prompt, or prompt + `suffix` field."""
+    m = _FIM_RE.search(prompt)
+    if m:
+        return m.group(1), m.group(2)
+    return prompt, suffix or ""
+
+
+def check_completion(prefix: str, middle: str, suffix: str, compiler: str) -> Verdict:
+    whole = prefix + middle + suffix
+    if not middle.strip() or bbj_line_ratio(whole) < FILE_BBJ_RATIO:
+        return Verdict("no-code")
+    before, _ = check_with(compiler, prefix + suffix, "completion.bbj", fragment=True)
+    after, used = check_with(compiler, whole, "completion.bbj", fragment=True)
+    failing = [d for d in after if d.severity == "error" or d.code in FAILING_WARNINGS]
+    n_before = sum(1 for d in before if d.severity == "error" or d.code in FAILING_WARNINGS)
+    # errors are matched by count, not position: the completion shifts every line below it
+    if len(failing) <= n_before:
+        return Verdict("pass", used)
+    start = prefix.count("\n") + 1
+    end = start + middle.count("\n")
+    inside = [d for d in failing if start <= d.line <= end] or failing
+    first = inside[0]
+    reason = (f"line {first.line}: {first.message}" + f" (the completion adds {len(failing) - n_before} "
+              f"error{'s' if len(failing) - n_before > 1 else ''})")
+    return Verdict("fail", used, reason, [d.to_dict() for d in inside[:MAX_DIAGNOSTICS]])
+
+
+def comment_text(v: Verdict, attempts: int) -> str:
+    """The note appended to a chat answer in `--diagnostics comment` mode (markdown, after the answer)."""
+    tries = f" after {attempts} attempts" if attempts > 1 else ""
+    if v.verdict == "pass":
+        return f"\n\n> BBj check ({v.compiler}): the code passes{tries}."
+    lines = [f"\n\n> BBj check ({v.compiler}): the code does not pass{tries}."]
+    for d in v.diagnostics[:5]:
+        lines.append(f"> - line {d['line']}: {d['message']}")
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Best-of-N: ask the upstream, check the BBj, ask again until it passes or N answers are drawn.
+
+Retries sample at `retry_temperature` at least: with the client's temperature 0 (greedy, what
+editors often send) every retry would return the same failing answer. When no attempt passes, the
+one with the fewest checker errors is returned (the first among equals), and the others are kept in
+the log as rejected answers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from .check import Verdict, check_chat_answer, check_completion, split_fim
+from .upstream import Upstream
+
+PATHS = {"chat": "/chat/completions", "completion": "/completions"}
+
+
+@dataclass
+class Attempt:
+    body: dict[str, Any]
+    text: str
+    verdict: Verdict
+
+
+@dataclass
+class Outcome:
+    chosen: Attempt
+    attempts: int
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    upstream_s: float = 0.0
+    check_s: float = 0.0
+
+
+def answer_text(kind: str, body: dict[str, Any]) -> str:
+    """The text of the first choice of an upstream response (chat message or completion text)."""
+    choices = body.get("choices") or [{}]
+    first = choices[0] if isinstance(choices[0], dict) else {}
+    if kind == "chat":
+        return ((first.get("message") or {}).get("content")) or ""
+    return first.get("text") or ""
+
+
+async def check_text(kind: str, request: dict[str, Any], text: str, compiler: str) -> Verdict:
+    """The checker runs in a worker thread: bbjcpl is a separate process and the built-in
+    checker takes milliseconds to tens of milliseconds, either of which would stall other clients."""
+    if kind == "chat":
+        return await anyio.to_thread.run_sync(check_chat_answer, text, compiler)
+    prefix, suffix = split_fim(str(request.get("prompt") or ""), request.get("suffix"))
+    return await anyio.to_thread.run_sync(check_completion, prefix, text, suffix, compiler)
+
+
+async def best_of(upstream: Upstream, kind: str, request: dict[str, Any], n: int, compiler: str,
+                  retry_temperature: float) -> Outcome:
+    tried: list[Attempt] = []
+    outcome = Outcome(chosen=None, attempts=0)  # type: ignore[arg-type]
+    body = dict(request)
+    for i in range(n):
+        if i == 1:
+            body["temperature"] = max(float(body.get("temperature") or 0.0), retry_temperature)
+            body.pop("seed", None)  # a fixed seed would draw the same answer again
+        reply = await upstream.post(PATHS[kind], body)
+        outcome.upstream_s += reply.seconds
+        text = answer_text(kind, reply.body)
+        start = time.perf_counter()
+        verdict = await check_text(kind, request, text, compiler)
+        outcome.check_s += time.perf_counter() - start
+        tried.append(Attempt(reply.body, text, verdict))
+        if verdict.passed:
+            break
+    outcome.attempts = len(tried)
+    best = min(range(len(tried)), key=lambda j: (not tried[j].verdict.passed, len(tried[j].verdict.diagnostics), j))
+    outcome.chosen = tried[best]
+    outcome.rejected = [{"answer": a.text, "verdict": a.verdict.verdict, "reason": a.verdict.reason,
+                         "diagnostics": a.verdict.diagnostics} for j, a in enumerate(tried) if j != best]
+    return outcome

@@ -1,0 +1,253 @@
+"""The checking gateway over real HTTP, in front of a replaying upstream (see gateway_helpers.py).
+
+Best-of-N needs a model that writes BBj, sometimes right and sometimes wrong; the replaying upstream
+plays such answers in a fixed order, so each test knows which attempt should win.
+"""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+from conftest import run_cli
+from gateway_helpers import BAD_BBJ, GOOD_BBJ, PROSE, WORSE_BBJ, ReplayUpstream, serving
+
+from bbjtune.serve.gateway.app import GatewaySettings, create_app
+from bbjtune.gateway_log import ExchangeLog, read_log
+
+openai = pytest.importorskip("openai")
+ASK = [{"role": "user", "content": "Write a BBj loop printing 1 to 10"}]
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    """gateway(answers, **settings) -> (base url, upstream, log): a gateway in front of a replaying upstream."""
+    stack = []
+
+    def start(answers, *, log=True, token=None, allowed_hosts=None, **settings):
+        upstream = ReplayUpstream(answers)
+        up_ctx = serving(upstream.app)
+        up_url = up_ctx.__enter__()
+        stack.append(up_ctx)
+        store = ExchangeLog(tmp_path / "log.sqlite") if log else None
+        app = create_app(GatewaySettings(upstream=f"{up_url}/v1", compiler="builtin", **settings), store,
+                         token=token, allowed_hosts=allowed_hosts)
+        gw_ctx = serving(app)
+        url = gw_ctx.__enter__()
+        stack.append(gw_ctx)
+        return url, upstream, store
+
+    yield start
+    for ctx in reversed(stack):
+        ctx.__exit__(None, None, None)
+
+
+def client(url: str, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=30)
+
+
+def test_best_of_n_returns_the_first_answer_that_passes(gateway):
+    url, upstream, log = gateway([BAD_BBJ, BAD_BBJ, GOOD_BBJ, BAD_BBJ], best_of=4)
+    raw = client(url).chat.completions.with_raw_response.create(model="m", messages=ASK, temperature=0)
+    reply = raw.parse()
+    assert reply.choices[0].message.content == GOOD_BBJ
+    extra = reply.model_extra["bbjtune"]
+    assert extra["verdict"] == "pass" and extra["attempts"] == 3 and extra["compiler"] == "builtin"
+    assert raw.headers["x-bbjtune-exchange"] == extra["id"]
+    # greedy first, then sampled: a greedy retry would repeat the failing answer
+    assert [r["temperature"] for r in upstream.requests] == [0, 0.7, 0.7]
+    row = log.get(extra["id"])
+    assert row["answer"] == GOOD_BBJ and row["attempts"] == 3 and row["verdict"] == "pass"
+    assert [r["verdict"] for r in row["rejected"]] == ["fail", "fail"]
+    assert "malformed option list" in row["rejected"][0]["reason"]
+    assert row["model"] == "bbj-replay" and row["latency_ms"] >= row["upstream_ms"] > 0
+
+
+def test_when_nothing_passes_the_answer_with_fewest_errors_comes_back_with_diagnostics(gateway):
+    url, _upstream, _log = gateway([WORSE_BBJ, BAD_BBJ], best_of=2)
+    reply = client(url).chat.completions.create(model="m", messages=ASK)
+    extra = reply.model_extra["bbjtune"]
+    assert reply.choices[0].message.content == BAD_BBJ
+    assert extra["verdict"] == "fail" and extra["attempts"] == 2
+    assert extra["diagnostics"][0]["line"] == 2 and "line 2" in extra["reason"]   # lines of the code block
+
+
+def test_answers_without_bbj_are_not_retried(gateway):
+    url, upstream, _ = gateway([PROSE, GOOD_BBJ], best_of=3)
+    reply = client(url).chat.completions.create(model="m", messages=[{"role": "user", "content": "Capital?"}])
+    assert reply.choices[0].message.content == PROSE
+    assert reply.model_extra["bbjtune"]["verdict"] == "no-code" and len(upstream.requests) == 1
+
+
+def test_streaming_passes_tokens_through_and_ends_with_the_verdict(gateway):
+    url, upstream, log = gateway([BAD_BBJ])
+    chunks = list(client(url).chat.completions.create(model="m", messages=ASK, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == BAD_BBJ
+    assert len(chunks) > 5   # passed on piece by piece, not collected first
+    extra = chunks[-1].model_extra["bbjtune"]
+    assert extra["verdict"] == "fail" and extra["attempts"] == 1
+    assert upstream.requests[0]["stream"] is True
+    assert log.get(extra["id"])["answer"] == BAD_BBJ
+
+
+def test_streaming_with_best_of_sends_the_passing_answer(gateway):
+    url, _upstream, _ = gateway([BAD_BBJ, GOOD_BBJ], best_of=3)
+    chunks = list(client(url).chat.completions.create(model="m", messages=ASK, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == GOOD_BBJ
+    assert chunks[-1].model_extra["bbjtune"]["attempts"] == 2
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+
+
+def test_comment_mode_appends_the_verdict_to_chat_answers_but_logs_the_answer(gateway):
+    url, _, log = gateway([BAD_BBJ], diagnostics="comment")
+    reply = client(url).chat.completions.create(model="m", messages=ASK)
+    content = reply.choices[0].message.content
+    assert content.startswith(BAD_BBJ)
+    assert "> BBj check (builtin): the code does not pass." in content and "> - line 2: malformed" in content
+    assert log.get(reply.model_extra["bbjtune"]["id"])["answer"] == BAD_BBJ
+    streamed = list(client(url).chat.completions.create(model="m", messages=ASK, stream=True))
+    assert "does not pass" in "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+
+
+def test_fim_completion_is_checked_within_its_file(gateway):
+    # the file already has an error above the cursor; only errors the completion adds count
+    prompt = "<|fim_prefix|>x=(\na=1\nb=2\n<|fim_suffix|>\nprint c\nend\n<|fim_middle|>"
+    url, _upstream, log = gateway(["c=(a+b", "c=a+b"], best_of=2, diagnostics="comment")
+    reply = client(url).completions.create(model="m", prompt=prompt, max_tokens=16)
+    assert reply.choices[0].text == "c=a+b"   # no comment in text an editor inserts into code
+    extra = reply.model_extra["bbjtune"]
+    assert extra["verdict"] == "pass" and extra["attempts"] == 2
+    assert "adds 1 error" in log.get(extra["id"])["rejected"][0]["reason"]
+    # the same with prompt + suffix fields, streamed
+    url2, _, _ = gateway(["c=(a+b"])
+    chunks = list(client(url2).completions.create(model="m", prompt="a=1\nb=2\n", suffix="\nprint c\nend\n",
+                                                  stream=True, max_tokens=16))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "c=(a+b"
+    assert chunks[-1].model_extra["bbjtune"]["verdict"] == "fail"
+
+
+def test_rating_endpoint_stores_rating_and_correction(gateway):
+    url, _, log = gateway([BAD_BBJ])
+    ex_id = client(url).chat.completions.create(model="m", messages=ASK).model_extra["bbjtune"]["id"]
+    res = httpx.post(f"{url}/v1/feedback", json={"id": ex_id, "rating": "down", "correction": GOOD_BBJ})
+    assert res.status_code == 200 and res.json() == {"id": ex_id, "rating": -1, "corrected": True}
+    assert httpx.post(f"{url}/v1/feedback", json={"id": ex_id, "rating": "up"}).json()["rating"] == 1
+    row = log.get(ex_id)
+    assert row["rating"] == 1 and row["correction"] == GOOD_BBJ   # a later rating keeps the correction
+    assert httpx.post(f"{url}/v1/feedback", json={"id": "ex-nope", "rating": "up"}).status_code == 404
+    assert httpx.post(f"{url}/v1/feedback", json={"id": ex_id, "rating": "meh"}).status_code == 400
+    assert httpx.post(f"{url}/v1/feedback", json={"id": ex_id}).status_code == 400
+
+
+def test_rating_page_shows_answers_escaped_and_needs_its_csrf_token(gateway):
+    url, _, log = gateway(["```bbj\nprint \"<script>x</script>\"\nend\n```"])
+    ex_id = client(url).chat.completions.create(model="m", messages=ASK).model_extra["bbjtune"]["id"]
+    page = httpx.get(f"{url}/feedback")
+    assert page.status_code == 200 and ex_id in page.text
+    assert "<script>x" not in page.text and "&lt;script&gt;x" in page.text
+    csrf = re.search(r"name='csrf' value='([^']+)'", page.text).group(1)
+    form = {"csrf": csrf, "rating": "down", "correction": "print 1\r\nend\r\n"}
+    assert httpx.post(f"{url}/feedback/{ex_id}", data={**form, "csrf": "forged"}).status_code == 403
+    assert httpx.post(f"{url}/feedback/{ex_id}", data=form, headers={"Origin": "http://evil.example"}).status_code == 403
+    assert log.get(ex_id)["rating"] is None
+    res = httpx.post(f"{url}/feedback/{ex_id}", data=form, headers={"Origin": url})
+    assert res.status_code == 303
+    row = log.get(ex_id)
+    assert row["rating"] == -1 and row["correction"] == "print 1\nend\n"
+
+
+def test_requests_browsers_could_forge_oversized_ones_and_n_are_refused(gateway):
+    url, upstream, log = gateway([GOOD_BBJ], max_body_bytes=2000)
+    assert httpx.post(f"{url}/v1/chat/completions", content='{"messages": []}',
+                      headers={"Content-Type": "text/plain"}).status_code == 415
+    big = {"model": "m", "messages": [{"role": "user", "content": "x" * 5000}]}
+    res = httpx.post(f"{url}/v1/chat/completions", json=big)
+    assert res.status_code == 413 and "2,000 bytes" in res.json()["error"]["message"]
+    assert httpx.post(f"{url}/v1/chat/completions", json={"model": "m", "messages": ASK, "n": 2}).status_code == 400
+    assert httpx.post(f"{url}/v1/chat/completions", json={"model": "m"}).status_code == 400
+    assert httpx.post(f"{url}/v1/completions", json={"model": "m", "prompt": ["a", "b"]}).status_code == 400
+    assert upstream.requests == [] and log.recent() == []
+
+
+def test_token_off_loopback_is_required_and_never_passed_upstream(gateway):
+    token = "s3cret-token-for-the-gateway"
+    url, upstream, _ = gateway([GOOD_BBJ], token=token, upstream_key="upstream-key")
+    with pytest.raises(openai.AuthenticationError) as info:
+        client(url, key="wrong").chat.completions.create(model="m", messages=ASK)
+    assert "the token `bbjtune serve gateway` printed" in info.value.response.text
+    assert upstream.requests == []
+    reply = client(url, key=token).chat.completions.create(model="m", messages=ASK)
+    assert reply.model_extra["bbjtune"]["verdict"] == "pass"
+    assert upstream.headers[0]["authorization"] == "Bearer upstream-key"
+    assert [m.id for m in client(url, key=token).models.list().data] == ["bbj-replay"]
+
+
+def test_host_check_on_loopback_and_a_forced_model_name(gateway):
+    url, upstream, _ = gateway([GOOD_BBJ], allowed_hosts=frozenset({"127.0.0.1", "localhost"}), model="bbj:7b")
+    assert httpx.get(f"{url}/v1/models", headers={"Host": "attacker.example"}).status_code == 400
+    client(url).chat.completions.create(model="whatever-the-editor-says", messages=ASK)
+    assert upstream.requests[0]["model"] == "bbj:7b"
+
+
+def test_no_log_means_no_id_no_file_and_no_rating(gateway, tmp_path):
+    url, _, _ = gateway([GOOD_BBJ], log=False)
+    raw = client(url).chat.completions.with_raw_response.create(model="m", messages=ASK)
+    assert "x-bbjtune-exchange" not in raw.headers and raw.parse().model_extra["bbjtune"]["id"] is None
+    assert not (tmp_path / "log.sqlite").exists()
+    assert httpx.post(f"{url}/v1/feedback", json={"id": "x", "rating": "up"}).status_code == 404
+
+
+def test_unreachable_upstream_is_a_clear_502(tmp_path):
+    app = create_app(GatewaySettings(upstream="http://127.0.0.1:9/v1", compiler="builtin"), None)
+    with serving(app) as url, pytest.raises(openai.InternalServerError) as info:
+        client(url).chat.completions.create(model="m", messages=ASK)
+    assert "cannot be reached" in str(info.value)
+
+
+def test_log_survives_a_restart_and_reads_back(tmp_path, gateway):
+    url, _, _log = gateway([GOOD_BBJ])
+    ex_id = client(url).chat.completions.create(model="m", messages=ASK).model_extra["bbjtune"]["id"]
+    rows = read_log(tmp_path / "log.sqlite")
+    assert [r["id"] for r in rows] == [ex_id] and rows[0]["request"]["messages"] == ASK
+    (tmp_path / "junk.sqlite").write_text("not a database")
+    res = run_cli("data", "feedback", str(tmp_path / "junk.sqlite"), "-o", str(tmp_path / "out"))
+    assert res.returncode == 2 and "not a gateway exchange log" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_refuses_bad_options_in_one_line():
+    res = run_cli("serve", "gateway", "--upstream", "ftp://x", "--port", "0")
+    assert res.returncode == 2 and "not an http(s) address" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("serve", "gateway", "--diagnostics", "loud", "--port", "0")
+    assert res.returncode == 2 and "--diagnostics" in res.stderr
+
+
+def test_cli_off_loopback_prints_a_token_and_requires_it(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "bbjtune", "serve", "gateway", "--host", "0.0.0.0", "--port", "0",
+                             "--no-log", "--upstream", "http://127.0.0.1:9/v1"], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        port = token = None
+        for line in proc.stdout:
+            if m := re.search(r"Gateway at http://0\.0\.0\.0:(\d+)/v1", line):
+                port = m.group(1)
+            if m := re.search(r"Access token \(the editor's API key\): (\S+)", line):
+                token = m.group(1)
+            if "Ctrl+C" in line:
+                break
+        assert port and token and len(token) >= 16
+        url = f"http://127.0.0.1:{port}/v1/models"
+        assert httpx.get(url, timeout=10).status_code == 401
+        res = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert res.status_code == 502 and "cannot be reached" in res.json()["error"]["message"]
+        assert list(tmp_path.iterdir()) == []   # --no-log: not even the default log file
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status says why it stopped
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
