@@ -119,6 +119,19 @@ class StageConfig(Section):
 
 class CptConfig(StageConfig):
     learning_rate: float = Field(2e-4, gt=0.0, lt=1.0)
+    # 0.5: the FIM paper (arXiv:2207.14255) saw no left-to-right cost at 0.5-0.9, StarCoder used 0.5,
+    # and Qwen2.5-Coder was pretrained with FIM: plain text alone would train editor completion away.
+    fim_rate: float = Field(
+        0.5, ge=0.0, le=1.0, description="share of stage 1 documents turned into fill-in-the-middle samples "
+                                         "(what editors ask for); 0: plain text only")
+    fim_spm_rate: float = Field(0.5, ge=0.0, le=1.0, description="share of FIM samples in suffix-prefix-middle "
+                                                                 "order (the rest prefix-suffix-middle)")
+    fim_line_level_rate: float = Field(
+        0.5, ge=0.0, le=1.0, description="share of FIM samples whose hole is whole lines (the rest: cut at "
+                                         "random characters, like a cursor inside a line)")
+    fim_repo_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of FIM samples from source files that start with other files of "
+                                         "the same folder (<|repo_name|>/<|file_sep|>, repository-level completion)")
 
 
 class SftConfig(StageConfig):
