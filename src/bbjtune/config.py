@@ -53,6 +53,9 @@ class DataConfig(Section):
     system_prompt: str | None = Field(None, description="the fixed system prompt; default: the most common one")
     add_system_prompt: bool = Field(True, description="give conversations without a system message the system prompt")
     heldout_ratio: float = Field(0.08, ge=0.0, lt=0.5)
+    heldout_sources_ratio: float = Field(
+        0.05, ge=0.0, lt=0.5, description="share of the source files (data.sources) kept out of stage 1 for the "
+                                          "fill-in-the-middle evaluation (heldout_sources.jsonl; from 10 files on)")
     seed: int = 42
     max_length: int | None = Field(None, gt=0, description="token limit for the audit; default: train.sft.max_length")
     drop_too_long: bool = Field(
