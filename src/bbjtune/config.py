@@ -190,6 +190,21 @@ class HumanEvalConfig(Section):
     workers: int | None = Field(None, gt=0, description="programs run in parallel (default: CPU count)")
 
 
+class FimEvalConfig(Section):
+    enabled: bool = Field(True, description="the fill-in-the-middle suite (editor completion), built from the data "
+                                            "stage's held-out source files (heldout_sources.jsonl)")
+    samples: int = Field(60, gt=0, description="holes to fill, spread over the held-out files and the kinds")
+    kinds: list[Literal["line", "block", "statement"]] = Field(
+        default_factory=lambda: ["line", "block", "statement"],
+        description="line: a whole line; block: 2 to max_block_lines lines; statement: the rest of a line")
+    max_block_lines: int = Field(4, ge=2)
+    context_lines_before: int = Field(40, ge=0, description="lines of the file sent before the hole (editors send "
+                                                            "a window, not the whole file)")
+    context_lines_after: int = Field(20, ge=0, description="lines of the file sent after the hole")
+    max_new_tokens: int = Field(128, gt=0)
+    seed: int = 42
+
+
 class EvalConfig(Section):
     suites: list[str] = Field(default_factory=lambda: ["evals/bbj-core.jsonl", "evals/bbj-challenge.jsonl"],
                               description="eval suite files (JSONL or YAML); globs allowed")
@@ -216,6 +231,7 @@ class EvalConfig(Section):
     seed: int = 42
     compare_with_base: bool = True
     humaneval: HumanEvalConfig = Field(default_factory=HumanEvalConfig)
+    fim: FimEvalConfig = Field(default_factory=FimEvalConfig)
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:

@@ -58,6 +58,12 @@ def compare_results(ra: dict[str, Any], rb: dict[str, Any], max_drop_points: flo
     for key in sorted(set(hea) & set(heb)):
         if key.startswith("pass_at_"):
             tiers[f"HumanEval {key.replace('pass_at_', 'pass@')}"] = _cell(hea[key], heb[key])
+    fa, fb = ra.get("fim") or {}, rb.get("fim") or {}
+    if fa and fb:  # editor completion on held-out files (fim.py)
+        from bbjtune.evaluate.fim import FIM_METRICS
+
+        for key, name in FIM_METRICS:
+            tiers[name] = _cell(fa.get(key), fb.get(key))
     breakdowns = {}
     for field in ("by_category", "by_generation"):
         ga, gb = ra.get(field) or {}, rb.get(field) or {}
@@ -68,8 +74,14 @@ def compare_results(ra: dict[str, Any], rb: dict[str, Any], max_drop_points: flo
         breakdowns[field] = {n: {m: _cell(ma[m], mb[m]) for m in metrics} for n, (ma, mb) in pairs.items()}
     regressions = [f"{name}: {_fmt(c['a'])} → {_fmt(c['b'])} ({100 * c['delta']:+.1f} points)"
                    for name, c in tiers.items() if c["regression"]]
-    for field, label in (("by_category", "category"), ("by_generation", "generation")):
-        for name, g in breakdowns[field].items():
+    if fa and fb:
+        from bbjtune.evaluate.fim import FIM_METRICS
+
+        kinds = sorted(set(fa.get("by_kind") or {}) & set(fb.get("by_kind") or {}))
+        breakdowns["fim_by_kind"] = {k: {name: _cell(fa["by_kind"][k].get(key), fb["by_kind"][k].get(key))
+                                         for key, name in FIM_METRICS} for k in kinds}
+    for field, label in (("by_category", "category"), ("by_generation", "generation"), ("fim_by_kind", "FIM hole")):
+        for name, g in breakdowns.get(field, {}).items():
             regressions += [f"{label} {name}, {m}: {_fmt(c['a'])} → {_fmt(c['b'])} ({100 * c['delta']:+.1f} points)"
                             for m, c in g.items() if c["regression"]]
     return {"a": a, "b": b, "compiler": ra.get("compiler") if ra.get("compiler") == rb.get("compiler")

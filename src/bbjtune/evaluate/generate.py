@@ -201,8 +201,14 @@ class TransformersBackend:
                       seed: int) -> list[tuple[str, str, int]]:
         torch = self._torch
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        # A stop that is one special token (the FIM suite's <|fim_prefix|>, <|file_sep|>, ...) ends generation
+        # as a stop id: decoding skips special tokens, so as a stop string it would never be seen.
+        special = set(self.tokenizer.all_special_tokens)
+        vocab = self.tokenizer.get_vocab()
+        stop_ids = sorted(set(self.stop_ids) | {vocab[s] for s in stops if s in special and s in vocab})
+        stops = tuple(s for s in stops if s not in special)
         kwargs: dict[str, Any] = {"max_new_tokens": max_new, "num_return_sequences": sampling.n,
-                                  "eos_token_id": self.stop_ids, "pad_token_id": self.tokenizer.pad_token_id}
+                                  "eos_token_id": stop_ids, "pad_token_id": self.tokenizer.pad_token_id}
         if sampling.temperature > 0:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
         else:
@@ -214,7 +220,7 @@ class TransformersBackend:
             out = self.model.generate(**enc, **kwargs)
         new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
         results = []
-        stop_set = set(self.stop_ids)
+        stop_set = set(stop_ids)
         for ids in new_tokens:
             end = next((k for k, t in enumerate(ids) if t in stop_set), None)
             finish = "stop" if end is not None else "length"
