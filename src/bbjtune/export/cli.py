@@ -114,13 +114,14 @@ def serve_gguf(
 ) -> None:
     """Serve a GGUF model through an OpenAI-compatible HTTP API (llama.cpp; no Ollama needed).
 
-    Editors, scripts and `bbjtune eval` (eval.backend: http) can then talk to the model at http://HOST:PORT/v1. Stop it with Ctrl-C.
+    Editors, scripts and `bbjtune eval` (eval.backend: http) can then talk to the model at http://HOST:PORT/v1. Code completion: POST /v1/completions with the raw fill-in-the-middle prompt (<|fim_prefix|>…<|fim_suffix|>…<|fim_middle|>, as Continue sends it) or with "suffix". Stop it with Ctrl-C.
     """
     from bbjtune.export.quantize import require_llama_cpp
 
     path, alias = _gguf_target(target, quant, set_)
     require_llama_cpp()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", alias,
+    # llama-cpp-python's server behind a rewrite that makes editor FIM requests work (llama_server.py)
+    command = [sys.executable, "-m", "bbjtune.export.llama_server", "--model", str(path), "--model_alias", alias,
                "--host", host, "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False"]
     if threads:
         command += ["--n_threads", str(threads)]
