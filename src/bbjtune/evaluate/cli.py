@@ -135,7 +135,8 @@ def _eval_one(cfg: Any, ecfg: Any, model: str | None, adapter: str | None, train
     from bbjtune.errors import BbjtuneError
     from bbjtune.evaluate.generate import make_backend
     from bbjtune.evaluate.run import evaluate_model
-    from bbjtune.evaluate.stage import humaneval_style, load_suites, print_summary, read_trained, trained_fingerprint
+    from bbjtune.evaluate.stage import (humaneval_style, load_fim_cases, load_suites, print_summary, read_trained,
+                                        trained_fingerprint)
 
     kind = ecfg.backend
     if kind == "transformers" and not (model or trained):
@@ -169,8 +170,9 @@ def _eval_one(cfg: Any, ecfg: Any, model: str | None, adapter: str | None, train
     suites = load_suites(ecfg.suites)
     style = humaneval_style(ecfg.humaneval.prompt_style, model_kind)
     console.print(f"[bold]Evaluating {label}[/] → {root / label}")
+    fim_cases = load_fim_cases(cfg, ecfg) if cfg else []  # the held-out files come from the config's data stage
     results = evaluate_model(label, root / label, factory, spec, suites, ecfg, system_prompt=system,
-                             humaneval_style=style, fresh=fresh)
+                             humaneval_style=style, fresh=fresh, fim_cases=fim_cases)
     print_summary({label: results}, None)
     console.print(f"[green]✓[/] report: {root / label / 'report.html'}")
 

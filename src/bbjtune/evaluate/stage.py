@@ -61,11 +61,13 @@ def run_stage(cfg: RunConfig, fresh: bool = False) -> Path:
     return out
 
 
-def load_fim_cases(cfg: RunConfig) -> list:
-    """The FIM suite's cases from the data stage's held-out source files ([] when off or there are none)."""
+def load_fim_cases(cfg: RunConfig, ecfg: Any = None) -> list:
+    """The FIM suite's cases from the data stage's held-out source files ([] when off or there are none);
+    `ecfg` (default cfg.eval) gives the settings."""
     from bbjtune.evaluate import fim
 
-    f = cfg.eval.fim
+    ecfg = ecfg or cfg.eval
+    f = ecfg.fim
     if not f.enabled:
         return []
     path = cfg.data_dir / "heldout_sources.jsonl"
@@ -74,7 +76,7 @@ def load_fim_cases(cfg: RunConfig) -> list:
                       "prepare` with data.sources; set eval.fim.enabled: false to silence this)", highlight=False)
         return []
     cases, info = fim.build_cases(fim.read_heldout_sources(path), f.samples, f.seed, f.kinds, f.max_block_lines,
-                                  f.context_lines_before, f.context_lines_after, cfg.eval.compiler)
+                                  f.context_lines_before, f.context_lines_after, ecfg.compiler)
     if not cases:
         console.print(f"[yellow]note:[/] no fill-in-the-middle suite: of {info['files']} held-out source file(s), "
                       f"{info['files_used']} compile as they are (the suite needs files that do; from 10 source "
