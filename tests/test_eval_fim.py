@@ -133,6 +133,15 @@ def test_base_vs_tuned_report_fim_next_to_the_other_tiers(tmp_path, tiny_model_d
     assert set(cmp["fim_by_kind"]) == {"line", "block", "statement"}
     assert "Fill-in-the-middle, by hole" in (tmp_path / "compare" / "report.html").read_text()
 
+    # other FIM cases later: only the FIM samples are made again, the BBj answers are kept
+    hello = next(x for x in rows if x["suite"] == "mini")
+    again = evaluate_model("tuned", tmp_path / "tuned", factory, {"source": str(tiny_model_dir)}, [load_suite(suite)],
+                           ecfg, fim_cases=cases[:3])
+    assert again["fim"]["n_cases"] == 3
+    rows = [json.loads(x) for x in (tmp_path / "tuned" / "generations.jsonl").read_text().splitlines()]
+    assert [x for x in rows if x["suite"] == "mini"] == [hello]
+    assert sorted(x["id"] for x in rows if x["suite"] == "fim") == sorted(c.id for c in cases[:3])
+
 
 def test_eval_stage_builds_the_suite_from_the_data_stage_files(tmp_path, tiny_model_dir):
     from bbjtune.config import validate_config

@@ -10,8 +10,16 @@ import torch
 from rich.console import Console
 from train_helpers import make_config, write_data
 
-from bbjtune.models.fim import (FILE_SEP, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, REPO_NAME, fim_prompt, psm_sample,
-                                spm_sample)
+from bbjtune.models.fim import (
+    FILE_SEP,
+    FIM_MIDDLE,
+    FIM_PREFIX,
+    FIM_SUFFIX,
+    REPO_NAME,
+    fim_prompt,
+    psm_sample,
+    spm_sample,
+)
 from bbjtune.train.fim import FimSettings, fim_documents, split_document
 
 QUIET = Console(stderr=True, quiet=True)

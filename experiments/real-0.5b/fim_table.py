@@ -33,13 +33,15 @@ def row(label: str, r: dict) -> str:
 
 def main(eval_dir: Path) -> str:
     found = {p.parent.name: json.loads(p.read_text()) for p in sorted(eval_dir.glob("*/results.json"))}
-    labels = [x for x in ORDER if x in found] + sorted(set(found) - set(ORDER) - {"compare"})
+    found = {label: r for label, r in found.items() if "tiers" not in r}  # not the compare-* folders
+    labels = [x for x in ORDER if x in found] + sorted(set(found) - set(ORDER))
     n = next((r["fim"]["n_cases"] for r in found.values() if r.get("fim")), 0)
-    lines = [f"FIM: {n} holes in held-out real BBj files (never trained on); exact match, edit similarity, "
+    intro = (f"FIM: {n} holes in held-out real BBj files (never trained on); exact match, edit similarity, "
              "compile@1 of the filled file and stop rate in %; per-kind columns are exact match. compile@1 "
-             "(chat) and HumanEval pass@1 as in the main tables.", "",
-             "| model | what | FIM exact | FIM edit sim. | FIM compile@1 | FIM stops | line | block | statement "
-             "| BBj compile@1 | HumanEval |", "|" + "---|" * 11]
+             "(chat) and HumanEval pass@1 as in the main tables.")
+    header = ("| model | what | FIM exact | FIM edit sim. | FIM compile@1 | FIM stops | line | block | statement "
+              "| BBj compile@1 | HumanEval |")
+    lines = [intro, "", header, "|" + "---|" * 11]
     lines += [row(label, found[label]) for label in labels]
     text = "\n".join(lines) + "\n"
     (eval_dir / "summary.md").write_text(text, encoding="utf-8")

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_jsonl, sha256_file
-from bbjtune.evaluate import fim
 from bbjtune.config import EvalConfig
 from bbjtune.errors import BbjtuneError
+from bbjtune.evaluate import fim
 from bbjtune.evaluate.generate import Backend, Request, Sampling
 from bbjtune.evaluate.generations import GENERATIONS_FILE, generate_to_file, read_generations
 from bbjtune.evaluate.suite import EvalCase, Suite, SuiteProblem
@@ -33,7 +33,7 @@ SCORES_FILE = "scores.jsonl"
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.html"
 # Settings that change what a sample is; a resumed run must match them.
-FINGERPRINT_KEYS = ("model", "sampling", "system_prompt", "humaneval_style", "humaneval_max_new_tokens", "fim")
+FINGERPRINT_KEYS = ("model", "sampling", "system_prompt", "humaneval_style", "humaneval_max_new_tokens")
 
 
 @contextmanager
@@ -170,6 +170,17 @@ def _prepare_dir(out: Path, settings: dict[str, Any], fresh: bool, restart_on_ch
     if fresh or changed:
         for name in (GENERATIONS_FILE, SCORES_FILE, RESULTS_FILE, REPORT_FILE):
             (out / name).unlink(missing_ok=True)
+    elif _old_settings(out).get("fim") != settings.get("fim") and (out / GENERATIONS_FILE).exists():
+        # other FIM cases (or none before): only the FIM samples are made again, the rest stay valid
+        kept = [r for r in read_generations(out / GENERATIONS_FILE) if r.get("suite") != fim.SUITE_NAME]
+        atomic_write_jsonl(out / GENERATIONS_FILE, kept)
+
+
+def _old_settings(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def _changed_settings(out: Path, settings: dict[str, Any]) -> list[str]:

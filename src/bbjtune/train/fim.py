@@ -30,7 +30,13 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from bbjtune.models.fim import RepoFile, contains_fim_token, psm_sample, repo_context, spm_sample
+from bbjtune.models.fim import (
+    RepoFile,
+    contains_fim_token,
+    psm_sample,
+    repo_context,
+    spm_sample,
+)
 
 
 @dataclass(frozen=True)
