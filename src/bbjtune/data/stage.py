@@ -88,8 +88,9 @@ def run_stage(cfg: RunConfig) -> Path:
     outcome = prepare(cfg, cfg.data_dir, strict=cfg.data.strict, console=console)
     c = outcome.counts
     aside = f"[yellow]{outcome.rejected} set aside[/] (rejected.jsonl)" if outcome.rejected else "nothing set aside"
+    held = f", {c['heldout_sources']} source files held out for the completion test" if c.get("heldout_sources") else ""
     console.print(f"data: {c['train']} training and {c['heldout']} held-out conversations, {c['cpt_chunks']} "
-                  f"stage 1 chunks; {aside}; report: {outcome.out_dir / 'report.html'}", highlight=False)
+                  f"stage 1 chunks{held}; {aside}; report: {outcome.out_dir / 'report.html'}", highlight=False)
     return outcome.out_dir
 
 
@@ -233,7 +234,7 @@ def prepare(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Con
                             "scrubbed": dict(analysis.scan.scrubbed + written.cpt.stats.scrubbed)})
     return Outcome(out_dir, report, report["rejected"]["total"],
                    {"train": written.train, "heldout": written.heldout, "cpt_chunks": written.cpt.stats.chunks,
-                    "replay": replayed.kept if replayed else 0})
+                    "replay": replayed.kept if replayed else 0, "heldout_sources": len(written.heldout_sources)})
 
 
 @dataclass
