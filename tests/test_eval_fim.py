@@ -156,3 +156,23 @@ def test_eval_stage_builds_the_suite_from_the_data_stage_files(tmp_path, tiny_mo
     assert len(cases) == 9 and {Path(c.source).name for c in cases} <= {"a.bbj", "b.bbj"}
     cfg.eval.fim.enabled = False
     assert load_fim_cases(cfg) == []
+
+
+def test_a_fim_token_ends_a_local_completion(tiny_model_dir):
+    """The transformers backend stops on FIM structure tokens (decoding drops them, so a stop string cannot)."""
+    import torch
+
+    from bbjtune.evaluate.generate import Request, Sampling, TransformersBackend
+    from bbjtune.models.fim import FIM_STOP_TOKENS
+
+    backend = TransformersBackend.load(str(tiny_model_dir), dtype="float32", batch_size=2)
+    fim_prefix = backend.tokenizer.convert_tokens_to_ids(FIM_PREFIX)
+    push = torch.zeros(backend.model.config.vocab_size)
+    push[fim_prefix] = 1e4  # the model now always wants to write <|fim_prefix|>
+    backend.model.lm_head.register_forward_hook(lambda module, args, out: out + push)
+    prompt = fim.FimCase("x", "a.bbj", "line", "", "n = 0\n", "", "print n\n", "", 2).prompt()
+    sampling = Sampling(temperature=0.0, max_new_tokens=5)
+    ((_, [with_stops]),) = list(backend.generate([Request(text=prompt, stop=FIM_STOP_TOKENS)], sampling))
+    ((_, [without]),) = list(backend.generate([Request(text=prompt)], sampling))
+    assert (with_stops.finish_reason, with_stops.text, with_stops.tokens) == ("stop", "", 0)
+    assert without.finish_reason == "length" and without.tokens == 5

@@ -202,8 +202,9 @@ class TransformersBackend:
         torch = self._torch
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         # A stop that is one special token (the FIM suite's <|fim_prefix|>, <|file_sep|>, ...) ends generation
-        # as a stop id: decoding skips special tokens, so as a stop string it would never be seen.
-        special = set(self.tokenizer.all_special_tokens)
+        # as a stop id: decoding skips special tokens, so as a stop string it would never be seen. Added
+        # tokens count too: Qwen's tokenizer read from a GGUF lists the FIM tokens as added, not special.
+        special = set(self.tokenizer.all_special_tokens) | set(self.tokenizer.get_added_vocab())
         vocab = self.tokenizer.get_vocab()
         stop_ids = sorted(set(self.stop_ids) | {vocab[s] for s in stops if s in special and s in vocab})
         stops = tuple(s for s in stops if s not in special)
