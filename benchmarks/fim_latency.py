@@ -18,7 +18,10 @@ Two figures per hole:
     python benchmarks/fim_latency.py --server                 # the same requests over HTTP through
                                                               # `bbjtune serve gguf` (the editor's path)
 
-Prints JSON (also written to benchmarks/results/) and a Markdown row for benchmarks/RESULTS.md.
+Wall times depend on what else runs on the machine; the CPU time of a request (this process, all
+llama.cpp threads; in-process runs only) does not, and on an otherwise idle machine the wall time is
+about CPU time / threads. Prints JSON (also written to benchmarks/results/) and a Markdown row for
+benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -91,18 +94,18 @@ class InProcess:
         self.ids = {t: self.llm.tokenize(t.encode(), add_bos=False, special=True) for t in END_TOKENS}
         self.ban = {str(v[0]): -100.0 for v in self.ids.values() if len(v) == 1}
 
-    def complete(self, prompt: str, max_tokens: int, forced: bool) -> tuple[float, float, int, int]:
-        """(seconds to the first token, seconds in all, prompt tokens, new tokens)."""
+    def complete(self, prompt: str, max_tokens: int, forced: bool) -> tuple[float, float, int, int, float]:
+        """(seconds to the first token, seconds in all, prompt tokens, new tokens, CPU seconds)."""
         self.llm.reset()  # no KV cache carried from the previous hole: every request reads its prompt
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         first, n = None, 0
         for chunk in self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stream=True,
                                                 logit_bias=self.ban if forced else None):
             if first is None:
                 first = time.perf_counter() - t0
             n += chunk["choices"][0]["finish_reason"] is None  # the last chunk only says why it ended
-        total = time.perf_counter() - t0
-        return first or total, total, len(self.llm.tokenize(prompt.encode(), add_bos=False, special=True)), n
+        total, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return first or total, total, len(self.llm.tokenize(prompt.encode(), add_bos=False, special=True)), n, cpu
 
 
 class OverHttp:
@@ -131,7 +134,7 @@ class OverHttp:
         vocab = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
         self.ban = {str(vocab.tokenize(t.encode(), add_bos=False, special=True)[0]): -100.0 for t in END_TOKENS}
 
-    def complete(self, prompt: str, max_tokens: int, forced: bool) -> tuple[float, float, int, int]:
+    def complete(self, prompt: str, max_tokens: int, forced: bool) -> tuple[float, float, int, int, float]:
         body = {"model": "m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stream": True}
         if forced:
             body["logit_bias"] = self.ban
@@ -143,7 +146,7 @@ class OverHttp:
                     if first is None:
                         first = time.perf_counter() - t0
                     n += json.loads(line[6:])["choices"][0]["finish_reason"] is None
-        return first or 0.0, time.perf_counter() - t0, -1, n
+        return first or 0.0, time.perf_counter() - t0, -1, n, float("nan")  # the server's CPU is not ours
 
     def close(self) -> None:
         self.proc.terminate()
@@ -172,9 +175,11 @@ def main() -> None:
                    f"{os.getloadavg()[0]:.1f}", "threads": args.threads, "holes": len(cases), "program": args.program,
         "prompt_tokens_median": med(forced, 2) if not args.server else None,
         "forced": {"tokens": args.tokens, "first_token_s": med(forced, 0), "total_s": med(forced, 1),
+                   "cpu_s": med(forced, 4) if not args.server else None,
                    "total_s_max": round(max(r[1] for r in forced), 3),
                    "tokens_per_s": round(args.tokens / statistics.median(r[1] - r[0] for r in forced), 1)},
         "natural": {"max_tokens": args.max_tokens, "tokens_median": med(natural, 3), "total_s": med(natural, 1),
+                    "cpu_s": med(natural, 4) if not args.server else None,
                     "stopped_before_limit": sum(r[3] < args.max_tokens for r in natural)},
     }
     out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"fim_latency-{result['date']}.json"
@@ -184,6 +189,7 @@ def main() -> None:
     f, nat = result["forced"], result["natural"]
     print(f"| {result['date']} | {result['machine']}, {args.threads} threads | `python benchmarks/fim_latency.py"
           f"{' --server' if args.server else ''}` | {name}: {f['tokens']} tokens in **{f['total_s']} s** "
+          f"({f['cpu_s']} CPU-s) "
           f"(first token {f['first_token_s']} s, {f['tokens_per_s']} tokens/s); natural completions "
           f"{nat['tokens_median']} tokens in {nat['total_s']} s |")
 
