@@ -118,22 +118,25 @@ def test_repository_level_samples_use_files_of_the_same_folder():
 
 
 def test_loss_covers_the_whole_fim_sample_and_training_records_it(tmp_path, tiny_model_dir):
-    from bbjtune.train import cpt, recipe
+    from bbjtune.train import cpt
     from bbjtune.train.inputs import load_training_data
+    from bbjtune.train.job import StageJob
+    from bbjtune.train.model_io import load_training_tokenizer
+    from bbjtune.train.trainer import make_trainer, training_arguments
     from bbjtune.train.stage import run_stage
 
     write_data(tmp_path / "data", n_cpt=12)
     cfg = make_config(tmp_path, tiny_model_dir, train__stages="cpt", train__cpt__fim_rate=1.0,
                       train__cpt__max_steps=3)
     data = load_training_data(cfg.data_dir, ["cpt"])
-    job = recipe.StageJob(cfg=cfg, stage="cpt", base_source=cfg.model.source, backend="hf", console=QUIET)
-    tokenizer = recipe.load_training_tokenizer(cfg.model.source)
+    job = StageJob(cfg=cfg, stage="cpt", base_source=cfg.model.source, backend="hf", console=QUIET)
+    tokenizer = load_training_tokenizer(cfg.model.source)
     train, _, stats = cpt._setup_data(data, job, tokenizer)
     assert stats["fim_samples"] == 12 and all(t.startswith(FIM_PREFIX) for t in train["text"])
     model, settings, _ = cpt._setup_model(job)
-    args = recipe.sft_config(job, has_eval=False, dataset_text_field="text", eos_token="<|endoftext|>",
-                             packing_strategy="bfd_split")
-    trainer = recipe.make_trainer(job, model, tokenizer, args, train, None, settings, callbacks=[])
+    args = training_arguments(job, has_eval=False, dataset_text_field="text", eos_token="<|endoftext|>",
+                              packing_strategy="bfd_split")
+    trainer = make_trainer(job, model, tokenizer, args, train, None, settings, callbacks=[])
     batch = next(iter(trainer.get_train_dataloader()))
     ids, labels, pos = batch["input_ids"], batch["labels"], batch["position_ids"]
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
