@@ -51,7 +51,10 @@ def test_quickstart_data_stage_on_the_examples(tmp_path):
     assert audit["system_prompts"]["distinct"] == 1
     cpt = read_jsonl(data / "cpt.jsonl")
     sources = {r["source"] for r in cpt}
-    assert {f"examples/programs/{p.name}" for p in programs} <= sources
+    held = {r["source"] for r in read_jsonl(data / "heldout_sources.jsonl")}  # kept for the FIM evaluation
+    assert len(held) == 1 and not held & sources
+    assert {f"examples/programs/{p.name}" for p in programs} == (sources - {s for s in sources
+                                                                            if s.startswith("chatml:")}) | held
     train_ids = {r["id"] for r in train}
     assert {s.removeprefix("chatml:") for s in sources if s.startswith("chatml:")} <= train_ids
     manifest = json.loads((data / "manifest.json").read_text())
@@ -72,6 +75,8 @@ def test_cpt_corpus_from_real_bbj_keeps_every_file(corpus_dir, tiny_model_dir, t
     outcome = prepare(cfg, tmp_path / "out")
     rows = read_jsonl(tmp_path / "out" / "cpt.jsonl")
     rejected = {r["file"]: r for r in read_jsonl(tmp_path / "out" / "rejected.jsonl")}
+    held = {r["source"]: r["text"] for r in read_jsonl(tmp_path / "out" / "heldout_sources.jsonl")}
+    assert len(held) >= 3  # 5% of the real files, for the fill-in-the-middle evaluation
     chunks: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         chunks[r["source"]].append(r)
@@ -79,7 +84,10 @@ def test_cpt_corpus_from_real_bbj_keeps_every_file(corpus_dir, tiny_model_dir, t
     assert len(files) > 50
     for path in files:
         name = str(path)
-        assert (name in chunks) != (name in rejected), f"{path} is lost or written twice"
+        assert (name in chunks) + (name in rejected) + (name in held) == 1, f"{path} is lost or written twice"
+        if name in held:
+            assert held[name] == scrub_text(decode_source(path.read_bytes())[0])[0]
+            continue
         if name in rejected:
             assert rejected[name]["reason"] in ("duplicate-file", "empty-file", "binary-file"), rejected[name]
             continue

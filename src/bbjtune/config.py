@@ -54,6 +54,9 @@ class DataConfig(Section):
     system_prompt: str | None = Field(None, description="the fixed system prompt; default: the most common one")
     add_system_prompt: bool = Field(True, description="give conversations without a system message the system prompt")
     heldout_ratio: float = Field(0.08, ge=0.0, lt=0.5)
+    heldout_sources_ratio: float = Field(
+        0.05, ge=0.0, lt=0.5, description="share of the source files (data.sources) kept out of stage 1 for the "
+                                          "fill-in-the-middle evaluation (heldout_sources.jsonl; from 10 files on)")
     seed: int = 42
     max_length: int | None = Field(None, gt=0, description="token limit for the audit; default: train.sft.max_length")
     drop_too_long: bool = Field(
@@ -120,6 +123,19 @@ class StageConfig(Section):
 
 class CptConfig(StageConfig):
     learning_rate: float = Field(2e-4, gt=0.0, lt=1.0)
+    # 0.5: the FIM paper (arXiv:2207.14255) saw no left-to-right cost at 0.5-0.9, StarCoder used 0.5,
+    # and Qwen2.5-Coder was pretrained with FIM: plain text alone would train editor completion away.
+    fim_rate: float = Field(
+        0.5, ge=0.0, le=1.0, description="share of stage 1 documents turned into fill-in-the-middle samples "
+                                         "(what editors ask for); 0: plain text only")
+    fim_spm_rate: float = Field(0.5, ge=0.0, le=1.0, description="share of FIM samples in suffix-prefix-middle "
+                                                                 "order (the rest prefix-suffix-middle)")
+    fim_line_level_rate: float = Field(
+        0.5, ge=0.0, le=1.0, description="share of FIM samples whose hole is whole lines (the rest: cut at "
+                                         "random characters, like a cursor inside a line)")
+    fim_repo_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="share of FIM samples from source files that start with other files of "
+                                         "the same folder (<|repo_name|>/<|file_sep|>, repository-level completion)")
 
 
 class SftConfig(StageConfig):
@@ -257,6 +273,21 @@ class HumanEvalConfig(Section):
     workers: int | None = Field(None, gt=0, description="programs run in parallel (default: CPU count)")
 
 
+class FimEvalConfig(Section):
+    enabled: bool = Field(True, description="the fill-in-the-middle suite (editor completion), built from the data "
+                                            "stage's held-out source files (heldout_sources.jsonl)")
+    samples: int = Field(60, gt=0, description="holes to fill, spread over the held-out files and the kinds")
+    kinds: list[Literal["line", "block", "statement"]] = Field(
+        default_factory=lambda: ["line", "block", "statement"],
+        description="line: a whole line; block: 2 to max_block_lines lines; statement: the rest of a line")
+    max_block_lines: int = Field(4, ge=2)
+    context_lines_before: int = Field(40, ge=0, description="lines of the file sent before the hole (editors send "
+                                                            "a window, not the whole file)")
+    context_lines_after: int = Field(20, ge=0, description="lines of the file sent after the hole")
+    max_new_tokens: int = Field(128, gt=0)
+    seed: int = 42
+
+
 class EvalConfig(Section):
     suites: list[str] = Field(default_factory=lambda: ["evals/bbj-core.jsonl", "evals/bbj-challenge.jsonl"],
                               description="eval suite files (JSONL or YAML); globs allowed")
@@ -283,6 +314,7 @@ class EvalConfig(Section):
     seed: int = 42
     compare_with_base: bool = True
     humaneval: HumanEvalConfig = Field(default_factory=HumanEvalConfig)
+    fim: FimEvalConfig = Field(default_factory=FimEvalConfig)
 
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:

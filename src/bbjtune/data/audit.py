@@ -96,9 +96,10 @@ def _steps(a: Analysis, written: Written | None) -> list[dict[str, Any]]:
         steps.append({"step": "split", "in": n, "removed": {}, "out": n,
                       "note": f"{len(written.heldout_indexes)} held out (ratio {a.cfg.data.heldout_ratio}, "
                               f"seed {a.cfg.data.seed})"})
-        held = {"overlaps-heldout": removed["overlaps-heldout"]} if removed["overlaps-heldout"] else {}
+        held = {r: removed[r] for r in ("overlaps-heldout", "from-heldout-source") if removed[r]}
         steps.append({"step": "decontaminate-heldout", "in": n, "removed": held, "out": n - sum(held.values()),
-                      "note": "training prompts against the held-out prompts"})
+                      "note": "training prompts against the held-out prompts; examples derived from held-out "
+                              "source files"})
         n -= sum(held.values())
         steps.append({"step": "write", "in": n, "removed": {}, "out": written.train + written.heldout,
                       "note": f"train.jsonl {written.train}, heldout.jsonl {written.heldout}"})

@@ -265,6 +265,9 @@ def _print_summary(audit: dict, out_dir: Path, prepared: bool) -> None:
         c = audit["cpt"]
         console.print(f"stage 1 corpus: {c['chunks']} chunks, {c['tokens']} tokens from {c['files_written']} "
                       f"files and {c['answer_blocks_written']} answer code blocks")
+        if c.get("heldout_files"):
+            console.print(f"{c['heldout_files']} source files held out of training for the completion test "
+                          "(heldout_sources.jsonl)")
     if "replay" in audit:
         r = audit["replay"]
         console.print(f"replay: {r['kept']} general conversations for stage 2 (replay.jsonl), checked against "

@@ -163,6 +163,7 @@ def _best_cut(units: list[str], current: list[int]) -> int:
 class CptStats:
     files: int = 0
     files_written: int = 0
+    heldout_files: int = 0
     encodings: Counter = field(default_factory=Counter)
     chunks: int = 0
     oversized_chunks: int = 0
@@ -216,6 +217,25 @@ class CptCorpus:
         chunks = self._chunks(text)
         for i, (chunk, n_tokens) in enumerate(chunks):
             self._write(chunk, n_tokens, str(path), i, len(chunks))
+
+    def hold_out(self, path: Path) -> str | None:
+        """A held-out source file's text (for the FIM evaluation), never written to the corpus; it
+        enters the duplicate index first, so a training file with the same text is set aside as its
+        duplicate. None when the file is unusable or repeats an earlier held-out file."""
+        self.stats.files += 1
+        try:
+            text, _ = decode_source(path.read_bytes())
+        except OSError as exc:
+            self._reject(path, UNREADABLE_FILE, f"cannot read the file: {exc.strerror}")
+            return None
+        except SourceProblem as problem:
+            self._reject(path, problem.reason, problem.detail)
+            return None
+        text = self._prepare(text)
+        if self._is_duplicate(str(path), text, path):
+            return None
+        self.stats.heldout_files += 1
+        return text
 
     def add_answer(self, example_id: str, blocks: list[tuple[str, bool]], fits: bool = False) -> None:
         """The BBj blocks of one training answer as (code, passes the checker); source `chatml:<id>`,

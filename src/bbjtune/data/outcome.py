@@ -57,3 +57,4 @@ class Written:
     eval_prompts: int
     straddling_prompts: int
     replay: ReplayResult | None = None  # when data.replay gave files
+    heldout_sources: list[str] = field(default_factory=list)  # source files kept out of stage 1

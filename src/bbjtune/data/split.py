@@ -94,3 +94,22 @@ def _allocate(per_category: Counter, ratio: float, total: int) -> dict[str, int]
     for c in sorted(exact, key=lambda c: (-(exact[c] - counts[c]), c))[:max(0, rest)]:
         counts[c] += 1
     return {c: min(n, per_category[c] - 1) for c, n in counts.items()}  # a category keeps one for training
+
+
+# ----------------------------------------------------------------------------- source files
+
+MIN_SOURCES_TO_HOLD_OUT = 10  # with fewer files, every one is worth more for training than for a test
+
+
+def split_sources(contents: list[bytes], ratio: float, seed: int) -> set[int]:
+    """The positions of the source files held out of stage 1 (the FIM suite is built from them).
+
+    Files are ordered by a hash of (seed, content): the choice does not depend on where the corpus
+    lies or how it is globbed, and adding files moves few others. `ratio` of them, at least one,
+    once there are MIN_SOURCES_TO_HOLD_OUT files."""
+    if ratio <= 0 or len(contents) < MIN_SOURCES_TO_HOLD_OUT:
+        return set()
+    want = max(1, round(ratio * len(contents)))
+    order = sorted(range(len(contents)),
+                   key=lambda i: hashlib.sha256(f"{seed}:".encode() + hashlib.sha256(contents[i]).digest()).hexdigest())
+    return set(order[:want])

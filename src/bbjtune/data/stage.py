@@ -12,6 +12,9 @@
 4. split off the held-out set, with similar prompts kept together (split.py);
 5. write train.jsonl, heldout.jsonl, cpt.jsonl (cpt.py), rejected.jsonl, audit.json,
    report.html (report.py) and manifest.json with input sha256s and the counts of every step;
+   `data.heldout_sources_ratio` of the source files stay out of cpt.jsonl, in
+   heldout_sources.jsonl (the fill-in-the-middle evaluation's files; the manifest lists them), and
+   conversations derived from them (their "source") stay out of train.jsonl;
 6. with `data.replay`: check and clean the general conversations stage 2 mixes in (replay.py)
    into replay.jsonl.
 
@@ -40,7 +43,7 @@ from bbjtune.data.cpt import CptCorpus, find_sources
 from bbjtune.data.outcome import Analysis, Outcome, Written
 from bbjtune.data.report import write_report
 from bbjtune.data.scan import ScanOptions, answer_bbj_blocks, scan_chatml
-from bbjtune.data.split import split_heldout
+from bbjtune.data.split import split_heldout, split_sources
 from bbjtune.data.tokens import TokenCounter
 from bbjtune.decontamination import ContaminationIndex, eval_prompts, example_id, prompt_of
 from bbjtune.errors import BbjtuneError
@@ -49,8 +52,14 @@ from bbjtune.models.chat_template import QWEN_DEFAULT_SYSTEM
 
 OVERLAPS_HELDOUT = "overlaps-heldout"
 OVERLAPS_EVAL = "overlaps-eval"
+FROM_HELDOUT_SOURCE = "from-heldout-source"
+HELDOUT_SOURCES_FILE = "heldout_sources.jsonl"
+# Stage 1 chunks leave room for the FIM tokens (3, and a token or two where the cut splits a word),
+# so a FIM sample still fits one training row (train/fim.py keeps samples that do not fit plain).
+FIM_RESERVED_TOKENS = 8
 PARALLEL_FROM_BYTES = 4 << 20  # below this, starting worker processes costs more than it saves
-OUTPUTS = ("train.jsonl", "heldout.jsonl", "cpt.jsonl", "rejected.jsonl", "audit.json", "report.html")
+OUTPUTS = ("train.jsonl", "heldout.jsonl", "cpt.jsonl", HELDOUT_SOURCES_FILE, "rejected.jsonl", "audit.json",
+           "report.html")
 
 
 def run_stage(cfg: RunConfig) -> Path:
@@ -59,8 +68,9 @@ def run_stage(cfg: RunConfig) -> Path:
     outcome = prepare(cfg, cfg.data_dir, strict=cfg.data.strict, console=console)
     c = outcome.counts
     aside = f"[yellow]{outcome.rejected} set aside[/] (rejected.jsonl)" if outcome.rejected else "nothing set aside"
+    held = f", {c['heldout_sources']} source files held out for the completion test" if c.get("heldout_sources") else ""
     console.print(f"data: {c['train']} training and {c['heldout']} held-out conversations, {c['cpt_chunks']} "
-                  f"stage 1 chunks; {aside}; report: {outcome.out_dir / 'report.html'}", highlight=False)
+                  f"stage 1 chunks{held}; {aside}; report: {outcome.out_dir / 'report.html'}", highlight=False)
     return outcome.out_dir
 
 
@@ -171,6 +181,7 @@ def prepare(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Con
         run.outputs.extend([*OUTPUTS, *([replay.REPLAY_FILE] if replayed else [])])
         run.metrics.update({"steps": report["steps"], "rejected": report["rejected"], "train": written.train,
                             "heldout": written.heldout, "cpt_chunks": written.cpt.stats.chunks,
+                            "heldout_sources": written.heldout_sources,
                             "cpt_tokens": written.cpt.stats.tokens, "tokenizer": tokens.describe(),
                             "replay": replayed.kept if replayed else 0,
                             "system_prompt_added": analysis.system_prompt_added,
@@ -178,7 +189,7 @@ def prepare(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Con
                             "scrubbed": dict(analysis.scan.scrubbed + written.cpt.stats.scrubbed)})
     return Outcome(out_dir, report, report["rejected"]["total"],
                    {"train": written.train, "heldout": written.heldout, "cpt_chunks": written.cpt.stats.chunks,
-                    "replay": replayed.kept if replayed else 0})
+                    "replay": replayed.kept if replayed else 0, "heldout_sources": len(written.heldout_sources)})
 
 
 def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: list[tuple[str, str]],
@@ -205,15 +216,26 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
 
     split_counts: dict[str, dict[str, int]] = {}
     prompt_sides: dict[bytes, set[str]] = {}
-    chunk_tokens = d.cpt_chunk_tokens or cfg.train.cpt.max_length
+    chunk_tokens = d.cpt_chunk_tokens or (
+        cfg.train.cpt.max_length - (FIM_RESERVED_TOKENS if cfg.train.cpt.fim_rate > 0 else 0))
+    held_files = _heldout_sources(sources, d.heldout_sources_ratio, d.seed)
+    held_paths: list[str] = []
+    held_real: set[str] = set()
     n_train = n_heldout = 0
     with atomic_open(out_dir / "train.jsonl") as train_fh, atomic_open(out_dir / "heldout.jsonl") as heldout_fh, \
-            atomic_open(out_dir / "cpt.jsonl") as cpt_fh:
+            atomic_open(out_dir / "cpt.jsonl") as cpt_fh, atomic_open(out_dir / HELDOUT_SOURCES_FILE) as held_fh:
         cpt = CptCorpus(cpt_fh, a.tokens, chunk_tokens, d.scrub_secrets, d.cpt_near_dedupe, d.near_duplicate_threshold)
         cpt.stats.skipped_files = skipped
+        for path in held_files:  # first: a training file repeating one of them is then set aside as its copy
+            text = cpt.hold_out(path)
+            held_real.add(os.path.realpath(path))
+            if text is not None:
+                held_fh.write(json.dumps({"source": str(path), "text": text}, ensure_ascii=False) + "\n")
+                held_paths.append(str(path))
         with _progress(console, "Building the stage 1 corpus", len(sources)) as advance:
             for n, path in enumerate(sources, 1):
-                cpt.add_file(path)
+                if os.path.realpath(path) not in held_real:
+                    cpt.add_file(path)
                 advance(n)
         with _progress(console, "Writing train/held-out", len(a.scan.infos)) as advance:
             for i, row in _read_spool(spool_path):
@@ -225,6 +247,11 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
                 side = "heldout" if i in heldout else "train"
                 if side == "train" and len(index) and (match := index.match(prompt_of(messages))) is not None:
                     contaminated.append(_overlap(i, OVERLAPS_HELDOUT, match, d.decontaminate_ngram))
+                    continue
+                source = row.get("source")
+                if side == "train" and isinstance(source, str) and os.path.realpath(source) in held_real:
+                    contaminated.append(Decision(i, FROM_HELDOUT_SOURCE, f"derived from {source}, a source file held "
+                                                                         "out for the fill-in-the-middle evaluation"))
                     continue
                 if d.add_system_prompt and a.system_prompt and messages[0]["role"] != "system":
                     messages.insert(0, {"role": "system", "content": a.system_prompt})
@@ -250,7 +277,19 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
         for r in rejections:
             fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
     return Written(n_train, n_heldout, heldout, contaminated, cpt, rejections, split_counts, len(eval_items),
-                   sum(len(s) > 1 for s in prompt_sides.values()), replayed)
+                   sum(len(s) > 1 for s in prompt_sides.values()), replayed, held_paths)
+
+
+def _heldout_sources(sources: list[Path], ratio: float, seed: int) -> list[Path]:
+    """The source files kept out of stage 1 (split.split_sources decides; unreadable files count as empty)."""
+    contents = []
+    for path in sources:
+        try:
+            contents.append(path.read_bytes())
+        except OSError:
+            contents.append(b"")
+    chosen = split_sources(contents, ratio, seed)
+    return [p for i, p in enumerate(sources) if i in chosen]
 
 
 def _overlap(index: int, reason: str, match: Any, n: int) -> Decision:

@@ -23,7 +23,8 @@ from bbjtune.config import EvalConfig, load_config, validate_config
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.compare import compare_dirs
 from bbjtune.evaluate.run import evaluate_model, score_dir
-from bbjtune.evaluate.stage import humaneval_style, load_suites, print_summary, run_stage, trained_fingerprint
+from bbjtune.evaluate.stage import (humaneval_style, load_fim_cases, load_suites, print_summary, run_stage,
+                                    trained_fingerprint)
 from bbjtune.models import resolve_source
 from bbjtune.models.backend import make_backend
 from bbjtune.models.trained import read_trained
@@ -168,8 +169,9 @@ def _eval_one(cfg: Any, ecfg: Any, model: str | None, adapter: str | None, train
     suites = load_suites(ecfg.suites)
     style = humaneval_style(ecfg.humaneval.prompt_style, model_kind)
     console.print(f"[bold]Evaluating {label}[/] → {root / label}")
+    fim_cases = load_fim_cases(cfg, ecfg) if cfg else []  # the held-out files come from the config's data stage
     results = evaluate_model(label, root / label, factory, spec, suites, ecfg, system_prompt=system,
-                             humaneval_style=style, fresh=fresh)
+                             humaneval_style=style, fresh=fresh, fim_cases=fim_cases)
     print_summary({label: results}, None)
     console.print(f"[green]✓[/] report: {root / label / 'report.html'}")
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_text, read_complete_jsonl
 from bbjtune.errors import BbjtuneError
+from bbjtune.evaluate.fim import FIM_METRICS
 from bbjtune.evaluate.metrics import PRIMARY, Metric, flat, metric_of, present
 from bbjtune.evaluate.report import compare_report_html
 from bbjtune.evaluate.run import GENERATIONS_FILE, RESULTS_FILE, SCORES_FILE
@@ -53,6 +54,10 @@ def compare_results(ra: dict[str, Any], rb: dict[str, Any], max_drop_points: flo
     for key in sorted(set(hea) & set(heb)):
         if key.startswith("pass_at_"):
             tiers[f"HumanEval {key.replace('pass_at_', 'pass@')}"] = _cell(hea[key], heb[key])
+    fim_a, fim_b = ra.get("fim") or {}, rb.get("fim") or {}
+    if fim_a and fim_b:  # editor completion on held-out files (fim.py)
+        for key, name in FIM_METRICS:
+            tiers[name] = _cell(fim_a.get(key), fim_b.get(key))
     breakdowns = {}
     for field in ("by_category", "by_generation"):
         ga, gb = ra.get(field) or {}, rb.get(field) or {}
@@ -64,8 +69,12 @@ def compare_results(ra: dict[str, Any], rb: dict[str, Any], max_drop_points: flo
         breakdowns[field] = {n: {m: _cell(ma[m], mb[m], metric_of(m)) for m in metrics} for n, (ma, mb) in pairs.items()}
     regressions = [f"{name}: {_fmt(c['a'])} → {_fmt(c['b'])} ({100 * c['delta']:+.1f} points)"
                    for name, c in tiers.items() if c["regression"]]
-    for field, label in (("by_category", "category"), ("by_generation", "generation")):
-        for name, g in breakdowns[field].items():
+    if fim_a and fim_b:
+        kinds = sorted(set(fim_a.get("by_kind") or {}) & set(fim_b.get("by_kind") or {}))
+        breakdowns["fim_by_kind"] = {k: {name: _cell(fim_a["by_kind"][k].get(key), fim_b["by_kind"][k].get(key))
+                                         for key, name in FIM_METRICS} for k in kinds}
+    for field, label in (("by_category", "category"), ("by_generation", "generation"), ("fim_by_kind", "FIM hole")):
+        for name, g in breakdowns.get(field, {}).items():
             regressions += [f"{label} {name}, {m}: {_fmt(c['a'])} → {_fmt(c['b'])} ({100 * c['delta']:+.1f} points)"
                             for m, c in g.items() if c["regression"]]
     return {"a": a, "b": b, "compiler": ra.get("compiler") if ra.get("compiler") == rb.get("compiler")

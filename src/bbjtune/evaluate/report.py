@@ -97,6 +97,7 @@ def model_report_html(results: dict[str, Any], scores: Sequence[dict[str, Any]],
                      for n, g in groups.items()]
         parts += [f"<h2>{title}</h2>",
                   table([field.split("_", 1)[1], "prompts", *flat(None, ks, short=True, metrics=shown)], rows_html)]
+    parts += _fim_html(results.get("fim"))
     if he:
         parts += ["<h2>HumanEval</h2>",
                   f"<p>Outcomes: {esc(', '.join(f'{k}: {v}' for k, v in sorted(he.get('statuses', {}).items())))}. "
@@ -104,6 +105,21 @@ def model_report_html(results: dict[str, Any], scores: Sequence[dict[str, Any]],
     parts += _failures_html(scores, rows)
     parts += _errors_html(results.get("errors", []))
     return page(f"bbjtune eval: {label}", "".join(parts))
+
+
+def _fim_html(fim: dict[str, Any] | None) -> list[str]:
+    """Editor completion on held-out files: the four rates, overall and per kind of hole."""
+    if not fim:
+        return []
+    groups = {"all": fim, **(fim.get("by_kind") or {})}
+    rows = [[td(esc(name)), td(g["n_samples"], True), td(percent(g["exact_match"]), True),
+             td(percent(g["edit_similarity"]), True), td(percent(g["compile_at_1"]), True), td(percent(g["stop_rate"]), True)]
+            for name, g in groups.items()]
+    return ["<h2>Fill-in-the-middle (editor completion)</h2>",
+            f"<p>{fim['n_cases']} holes in held-out source files the model never trained on. compile@1: the "
+            "whole file with the completion in the hole compiles; stop rate: the completion ended by itself "
+            "without running on into the code after the hole.</p>",
+            table(["hole", "samples", "exact match", "edit similarity", "compile@1", "stop rate"], rows)]
 
 
 def _failures_html(scores: Sequence[dict[str, Any]], rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -168,7 +184,8 @@ def compare_report_html(cmp: dict[str, Any]) -> str:
         classes.append("bad" if t["regression"] else "good" if (t["delta"] or 0) > 0 else "")
     parts += ["<h2>Tiers</h2>", table(["metric", a, b, "Δ points"], tier_rows, classes)]
     for field, title, noun in (("by_category", "By category", "category"),
-                               ("by_generation", "By BBj generation", "BBj generation")):
+                               ("by_generation", "By BBj generation", "BBj generation"),
+                               ("fim_by_kind", "Fill-in-the-middle, by hole", "hole")):
         groups = cmp.get(field) or {}
         if not groups:
             continue

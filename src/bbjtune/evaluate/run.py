@@ -3,6 +3,7 @@
     eval/<label>/
       settings.json      what was evaluated and how (model, sampling, suites, prompt style)
       cases.jsonl        the suite cases used (so scoring never needs the suite files again)
+      fim_cases.jsonl    the fill-in-the-middle cases, when the FIM suite runs (fim.py)
       generations.jsonl  every sample, written before scoring (see generations.py)
       scores.jsonl       one score per sample, with compiler diagnostics and failed patterns
       results.json       the numbers; report.html; manifest.json
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -22,7 +24,7 @@ from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_jsonl, r
 from bbjtune.bbj import extract_bbj
 from bbjtune.config import EvalConfig
 from bbjtune.errors import BbjtuneError
-from bbjtune.evaluate import humaneval, report
+from bbjtune.evaluate import fim, humaneval, report
 from bbjtune.bbj.compile import resolve_compiler
 from bbjtune.evaluate.metrics import METRICS
 from bbjtune.evaluate.sandbox import Limits, detect_isolation
@@ -72,7 +74,8 @@ def sampling_of(ecfg: EvalConfig) -> Sampling:
 
 def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[], Backend], model_spec: dict[str, Any],
                    suites: Sequence[Suite], ecfg: EvalConfig, system_prompt: str | None = None,
-                   humaneval_style: str = "chat", fresh: bool = False, restart_on_change: bool = False) -> dict[str, Any]:
+                   humaneval_style: str = "chat", fresh: bool = False, restart_on_change: bool = False,
+                   fim_cases: Sequence[Any] = ()) -> dict[str, Any]:
     """Generate (or resume) and score one model; returns its results.json content.
 
     Saved answers made with other settings (another model, temperature, ...) are an error, unless
@@ -82,7 +85,7 @@ def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[]
     out = Path(out_dir)
     cases = [c for s in suites for c in limit_cases(s.cases, ecfg.limit)]
     problems = [p for s in suites for p in s.problems]
-    if not cases and not ecfg.humaneval.enabled:
+    if not cases and not ecfg.humaneval.enabled and not fim_cases:
         raise BbjtuneError("nothing to evaluate: the suites hold no valid case and HumanEval is off",
                            "fix the suite files (problems: " + "; ".join(map(str, problems[:3])) + ")")
     sampling = sampling_of(ecfg)
@@ -98,6 +101,7 @@ def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[]
         "humaneval_max_new_tokens": ecfg.humaneval.max_new_tokens, "humaneval_limit": ecfg.humaneval.limit,
         "humaneval_limits": {"wall_s": ecfg.humaneval.timeout_s, "memory_mb": ecfg.humaneval.memory_mb},
         "humaneval_sandbox": ecfg.humaneval.sandbox,
+        "fim": _fim_settings(fim_cases, ecfg),
     }
     if ecfg.humaneval.enabled:  # refuse before generating, not after, when nothing can run the answers safely
         detect_isolation(ecfg.humaneval.sandbox)
@@ -108,6 +112,11 @@ def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[]
         atomic_write_json(out / SETTINGS_FILE, settings)
         atomic_write_jsonl(out / CASES_FILE, [c.to_dict() for c in cases])
         requests = bbj_requests(cases, system_prompt)
+        if fim_cases:
+            fim.write_cases(out / fim.CASES_FILE, fim_cases)
+            requests += fim.fim_requests(fim_cases, ecfg.fim.max_new_tokens)
+        else:
+            (out / fim.CASES_FILE).unlink(missing_ok=True)
         problems_by_id: dict[str, dict[str, Any]] = {}
         if ecfg.humaneval.enabled:
             he_problems = humaneval.load_problems(ecfg.humaneval.limit)
@@ -118,6 +127,8 @@ def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[]
         def extract(request: Request, output: str) -> str:
             if request.meta["suite"] == humaneval.SUITE_NAME:
                 return humaneval.extract_solution(output, problems_by_id[request.meta["id"]], humaneval_style)
+            if request.meta["suite"] == fim.SUITE_NAME:
+                return output  # the completion goes into the hole as it is
             return extract_bbj(output)
 
         with run.timed("generate"), progress(f"[{label}] generating", len(requests)) as advance:
@@ -135,8 +146,19 @@ def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[]
             results = score_dir(out, extra_problems=problems)
         run.metrics.update({k: results[k] for k in (*(m.key for m in METRICS), "n_prompts", "n_samples")})
         run.metrics["humaneval"] = results.get("humaneval")
+        run.metrics["fim"] = results.get("fim")
         run.outputs += [GENERATIONS_FILE, SCORES_FILE, RESULTS_FILE, REPORT_FILE, CASES_FILE, SETTINGS_FILE]
+        if fim_cases:
+            run.outputs.append(fim.CASES_FILE)
     return results
+
+
+def _fim_settings(fim_cases: Sequence[Any], ecfg: EvalConfig) -> dict[str, Any] | None:
+    """What decides the FIM samples: the cases themselves (by hash) and the token limit."""
+    if not fim_cases:
+        return None
+    digest = hashlib.sha256(json.dumps([c.to_dict() for c in fim_cases], sort_keys=True).encode()).hexdigest()[:16]
+    return {"cases": len(fim_cases), "cases_sha256": digest, "max_new_tokens": ecfg.fim.max_new_tokens}
 
 
 def _prepare_dir(out: Path, settings: dict[str, Any], fresh: bool, restart_on_change: bool) -> None:
@@ -153,6 +175,17 @@ def _prepare_dir(out: Path, settings: dict[str, Any], fresh: bool, restart_on_ch
     if fresh or changed:
         for name in (GENERATIONS_FILE, SCORES_FILE, RESULTS_FILE, REPORT_FILE):
             (out / name).unlink(missing_ok=True)
+    elif _old_settings(out).get("fim") != settings.get("fim") and (out / GENERATIONS_FILE).exists():
+        # other FIM cases (or none before): only the FIM samples are made again, the rest stay valid
+        kept = [r for r in read_complete_jsonl(out / GENERATIONS_FILE) if r.get("suite") != fim.SUITE_NAME]
+        atomic_write_jsonl(out / GENERATIONS_FILE, kept)
+
+
+def _old_settings(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def _changed_settings(out: Path, settings: dict[str, Any]) -> list[str]:
@@ -180,7 +213,7 @@ def score_dir(out_dir: str | Path, compiler: str | None = None, workers: int | N
     n = settings["sampling"]["n"]
     k_list = [k for k in settings["k"] if k <= n] or [1]
     compiler = compiler or settings.get("compiler") or "auto"
-    bbj_rows = [r for r in rows if r["suite"] != humaneval.SUITE_NAME]
+    bbj_rows = [r for r in rows if r["suite"] not in (humaneval.SUITE_NAME, fim.SUITE_NAME)]
     he_rows = [r for r in rows if r["suite"] == humaneval.SUITE_NAME]
     with progress(f"[{settings['label']}] scoring BBj", len(cases)) as advance:
         scores = score_bbj_samples(bbj_rows, cases, n, compiler, advance)
@@ -195,6 +228,9 @@ def score_dir(out_dir: str | Path, compiler: str | None = None, workers: int | N
         scores_all = scores + he_scores
     else:
         scores_all = list(scores)
+    fim_cases = fim.read_cases(out / fim.CASES_FILE)
+    fim_scores = fim.score_fim(rows, fim_cases, n, compiler) if fim_cases else []
+    scores_all += fim_scores
     errors = [{"suite": r["suite"], "id": r["id"], "sample": r["sample"], "error": r["error"]}
               for r in rows if r.get("error")]
     errors += [{"suite": s["suite"], "id": s["id"], "sample": s["sample"], "error": s["error"]}
@@ -205,7 +241,8 @@ def score_dir(out_dir: str | Path, compiler: str | None = None, workers: int | N
                for p in problems]
     results = build_results(settings["label"], scores, k_list, "+".join(used), he_summary, errors,
                             extra={"model_spec": settings.get("model"), "sampling": settings["sampling"],
-                                   "suites": [s["name"] for s in settings.get("suites", [])]})
+                                   "suites": [s["name"] for s in settings.get("suites", [])],
+                                   "fim": fim.summarize_fim(fim_scores)})
     atomic_write_jsonl(out / SCORES_FILE, scores_all)
     atomic_write_json(out / RESULTS_FILE, results)
     report.write_model_report(out / REPORT_FILE, results, scores_all, rows)

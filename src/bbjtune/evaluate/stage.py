@@ -4,6 +4,9 @@
     eval/tuned/    the fine-tuned model, from the train stage's trained.json
     eval/compare/  tuned vs base: deltas per tier and category, the HumanEval gate, example pairs
 
+With `eval.fim.enabled` both models also fill holes in the data stage's held-out source files
+(fim.py): the same cases for both, built once here.
+
 With the http backend the tuned model is `eval.api_model` on `eval.base_url` (and the base model
 `eval.base_api_model` when set); with the gguf backend `eval.gguf_file` (and `eval.base_gguf_file`).
 Each model directory resumes where a killed run stopped.
@@ -21,6 +24,7 @@ from rich.console import Console
 from bbjtune.artifacts import sha256_file
 from bbjtune.config import REPO_ROOT, RunConfig, expand_globs
 from bbjtune.errors import BbjtuneError
+from bbjtune.evaluate import fim
 from bbjtune.evaluate.metrics import PRIMARY, flat, percent
 from bbjtune.evaluate.compare import compare_dirs
 from bbjtune.evaluate.run import evaluate_model
@@ -46,18 +50,40 @@ def run_stage(cfg: RunConfig, fresh: bool = False) -> Path:
     trained = read_trained(cfg.train_dir) if has_trained else None
     system_prompt = ecfg.system_prompt or (trained.raw.get("system_prompt") if trained else None) or cfg.data.system_prompt
     style = humaneval_style(ecfg.humaneval.prompt_style, cfg.model.kind)
+    fim_cases = load_fim_cases(cfg)
     results = {}
     for plan in plan_models(cfg, trained):
         console.print(f"[bold]Evaluating {plan.label}[/] ({_describe(plan.spec)})")
         results[plan.label] = evaluate_model(plan.label, out / plan.label, plan.factory, plan.spec, suites, ecfg,
                                              system_prompt=system_prompt, humaneval_style=style, fresh=fresh,
-                                             restart_on_change=True)
+                                             restart_on_change=True, fim_cases=fim_cases)
     if "base" in results and "tuned" in results:
         cmp = compare_dirs(out / "base", out / "tuned", out / "compare", ecfg.humaneval.max_drop_points)
         print_summary(results, cmp)
     else:
         print_summary(results, None)
     return out
+
+
+def load_fim_cases(cfg: RunConfig, ecfg: Any = None) -> list:
+    """The FIM suite's cases from the data stage's held-out source files ([] when off or there are none);
+    `ecfg` (default cfg.eval) gives the settings."""
+    ecfg = ecfg or cfg.eval
+    f = ecfg.fim
+    if not f.enabled:
+        return []
+    path = cfg.data_dir / "heldout_sources.jsonl"
+    if not path.exists():
+        console.print(f"[yellow]note:[/] no fill-in-the-middle suite: {path} does not exist (run `bbjtune data "
+                      "prepare` with data.sources; set eval.fim.enabled: false to silence this)", highlight=False)
+        return []
+    cases, info = fim.build_cases(fim.read_heldout_sources(path), f.samples, f.seed, f.kinds, f.max_block_lines,
+                                  f.context_lines_before, f.context_lines_after, ecfg.compiler)
+    if not cases:
+        console.print(f"[yellow]note:[/] no fill-in-the-middle suite: of {info['files']} held-out source file(s), "
+                      f"{info['files_used']} compile as they are (the suite needs files that do; from 10 source "
+                      "files on, data.heldout_sources_ratio of them are held out)", highlight=False)
+    return cases
 
 
 def load_suites(patterns: list[str]) -> list:
@@ -136,6 +162,11 @@ def print_summary(results: dict[str, dict[str, Any]], cmp: dict[str, Any] | None
         figures = "   ".join(f"{name} {percent(value):>6s}" for name, value in flat(r, [first_k], short=True).items())
         console.print(f"  {label:8s} {figures}   HumanEval pass@1 {percent(he):>6s}   errors {len(r['errors'])}",
                       highlight=False)
+        if r.get("fim"):
+            f = r["fim"]
+            console.print(f"  {'':8s} FIM ({f['n_cases']} holes): exact {percent(f['exact_match'])}   edit similarity "
+                          f"{percent(f['edit_similarity'])}   compile@1 {percent(f['compile_at_1'])}   "
+                          f"stops {percent(f['stop_rate'])}", highlight=False)
     if cmp:
         gate = cmp["humaneval_gate"]
         colour = {"pass": "green", "fail": "red"}.get(gate["status"], "yellow")

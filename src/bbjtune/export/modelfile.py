@@ -20,8 +20,7 @@ from bbjtune.artifacts import atomic_write_text
 from bbjtune.errors import BbjtuneError
 from bbjtune.export.gotemplate import render_go_template
 from bbjtune.models.chat_template import ENDOFTEXT, IM_END, QWEN_DEFAULT_SYSTEM, render_chatml
-
-FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE = "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"
+from bbjtune.models.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, fim_prompt
 STOP_TOKENS = (IM_END, ENDOFTEXT)
 
 # Ollama fills .System (all system messages, or the Modelfile's SYSTEM), .Messages, and for
@@ -47,8 +46,8 @@ CHATML_GO_TEMPLATE = (
 
 
 def render_fim(prefix: str, suffix: str) -> str:
-    """Qwen2.5-Coder's fill-in-the-middle prompt: the model writes the middle, then <|endoftext|>."""
-    return f"{FIM_PREFIX}{prefix}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}"
+    """Qwen2.5-Coder's fill-in-the-middle prompt (models/fim.py), the one stage 1 trains on."""
+    return fim_prompt(prefix, suffix)
 
 
 def ollama_values(messages: list[dict[str, str]], default_system: str | None) -> dict[str, Any]:

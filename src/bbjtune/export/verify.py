@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,7 @@ class Reference:
     greedy: list[list[int]]
     sample_ids: list[list[int]]
     stop_ids: set[int]
+    greedy_margins: list[list[float]] = field(default_factory=list)  # top-1 minus top-2 logit at each greedy step
 
 
 def hf_reference(model_dir: str | Path, greedy_tokens: int = 16) -> Reference:
@@ -96,7 +97,7 @@ def hf_reference(model_dir: str | Path, greedy_tokens: int = 16) -> Reference:
     tokenizer = load_tokenizer(str(model_dir))
     model = load_model(str(model_dir), dtype="float32").eval()
     stop = {tokenizer.convert_tokens_to_ids(t) for t in (IM_END, ENDOFTEXT) if t in tokenizer.get_vocab()}
-    prompt_ids, logits, greedy = [], [], []
+    prompt_ids, logits, greedy, margins = [], [], [], []
     threads = torch.get_num_threads()
     small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_BYTES // 2
     torch.set_num_threads(1 if small else min(threads, default_threads()))   # see default_threads
@@ -106,20 +107,27 @@ def hf_reference(model_dir: str | Path, greedy_tokens: int = 16) -> Reference:
                 ids = tokenizer(text, add_special_tokens=False).input_ids
                 prompt_ids.append(ids)
                 logits.append(model(torch.tensor([ids])).logits[0].float().numpy())
-                greedy.append(_greedy_hf(model, ids, greedy_tokens, stop))
+                tokens, steps = _greedy_hf(model, ids, greedy_tokens, stop)
+                greedy.append(tokens)
+                margins.append(steps)
     finally:
         torch.set_num_threads(threads)
     samples = [tokenizer(s, add_special_tokens=False).input_ids for s in TOKENIZER_SAMPLES]
-    return Reference(prompt_ids, logits, greedy, samples, stop)
+    return Reference(prompt_ids, logits, greedy, samples, stop, margins)
 
 
-def _greedy_hf(model, ids: list[int], n: int, stop: set[int]) -> list[int]:
+def _greedy_hf(model, ids: list[int], n: int, stop: set[int]) -> tuple[list[int], list[float]]:
+    """The greedy continuation, and at each step how far the chosen token's logit led the runner-up."""
     import torch
 
     out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                          max_new_tokens=n, do_sample=False, eos_token_id=sorted(stop) or None,
-                         pad_token_id=min(stop) if stop else None)
-    return [int(t) for t in out[0, len(ids):]]
+                         pad_token_id=min(stop) if stop else None, return_dict_in_generate=True, output_logits=True)
+    margins = []
+    for step in out.logits:
+        top2 = torch.topk(step[0].float(), 2).values
+        margins.append(float(top2[0] - top2[1]))
+    return [int(t) for t in out.sequences[0, len(ids):]], margins
 
 
 def verify_gguf(path: str | Path, quant: str, ref: Reference, threads: int | None = None) -> dict[str, Any]:
@@ -169,6 +177,11 @@ def verify_gguf(path: str | Path, quant: str, ref: Reference, threads: int | Non
         "greedy_tokens_compared": [len(g) for g in ref.greedy],
         "greedy_common_prefix": greedy_prefix,
         "greedy_identical": sum(p == len(g) for p, g in zip(greedy_prefix, ref.greedy)),
+        # a divergence where the merged model's two best tokens were closer than twice the largest logit
+        # difference measured is a tie that rounding broke, not a wrong conversion: seen with the
+        # quickstart's briefly trained tiny model (margin 3e-05 against |Δlogit| 9e-04 in f16)
+        "greedy_near_ties": [i for i, (p, g, m) in enumerate(zip(greedy_prefix, ref.greedy, ref.greedy_margins))
+                             if p < len(g) and p < len(m) and m[p] <= 2 * float(all_diff.max())],
         "tolerance": asdict(tol),
     }
     report["failures"] = _failures(report, tol, ref)
@@ -223,7 +236,9 @@ def _failures(report: dict[str, Any], tol: Tolerance, ref: Reference) -> list[st
     if report["top1_agreement"] < tol.top1:
         out.append(f"top-1 agreement {report['top1_agreement']:.3f} below {tol.top1}")
     if tol.greedy_tokens:
-        short = [p for p, g in zip(report["greedy_common_prefix"], ref.greedy) if p < min(tol.greedy_tokens, len(g))]
+        ties = set(report.get("greedy_near_ties", ()))
+        short = [p for i, (p, g) in enumerate(zip(report["greedy_common_prefix"], ref.greedy))
+                 if p < min(tol.greedy_tokens, len(g)) and i not in ties]
         if short:
             out.append(f"greedy text diverges within the first {tol.greedy_tokens} tokens on {len(short)} prompt(s)")
     return out

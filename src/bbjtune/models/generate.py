@@ -230,13 +230,25 @@ class TransformersBackend:
             yield i, [Completion(text, finish, None, round(share, 4), n_tok)
                       for text, finish, n_tok in texts[j * sampling.n:(j + 1) * sampling.n]]
 
+    def token_stops(self, stops: tuple[str, ...]) -> tuple[list[int], tuple[str, ...]]:
+        """(stop token ids, remaining stop strings) for a request's stops.
+
+        A stop that is one special token (the FIM suite's <|fim_prefix|>, <|file_sep|>, ...) ends generation
+        as a stop id: decoding skips special tokens, so as a stop string it would never be seen. Added
+        tokens count too: Qwen's tokenizer read from a GGUF lists the FIM tokens as added, not special."""
+        special = set(self.tokenizer.all_special_tokens) | set(self.tokenizer.get_added_vocab())
+        vocab = self.tokenizer.get_vocab()
+        stop_ids = sorted(set(self.stop_ids) | {vocab[s] for s in stops if s in special and s in vocab})
+        return stop_ids, tuple(s for s in stops if s not in special)
+
     def _run_generate(self, prompts: list[str], stops: tuple[str, ...], max_new: int, sampling: Sampling,
                       seed: int) -> list[tuple[str, str, int]]:
         torch = self._torch
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
                              pad_to_multiple_of=64 if self.static_cache else None).to(self.device)
+        stop_ids, stops = self.token_stops(stops)
         kwargs: dict[str, Any] = {"max_new_tokens": max_new, "num_return_sequences": sampling.n,
-                                  "eos_token_id": self.stop_ids, "pad_token_id": self.tokenizer.pad_token_id}
+                                  "eos_token_id": stop_ids, "pad_token_id": self.tokenizer.pad_token_id}
         if self.static_cache:
             kwargs["cache_implementation"] = "static"
         if sampling.temperature > 0:
@@ -250,7 +262,7 @@ class TransformersBackend:
             out = self.model.generate(**enc, **kwargs)
         new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
         results = []
-        stop_set = set(self.stop_ids)
+        stop_set = set(stop_ids)
         for ids in new_tokens:
             end = next((k for k, t in enumerate(ids) if t in stop_set), None)
             finish = "stop" if end is not None else "length"
@@ -300,10 +312,11 @@ def generate_continuous(backend: Any, requests: Sequence[Request], sampling: Sam
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(requests):
         groups.setdefault((r.max_new_tokens or sampling.max_new_tokens, r.stop), []).append(i)
-    for (max_new, stops), members in groups.items():
+    for (max_new, request_stops), members in groups.items():
+        stop_ids, stops = backend.token_stops(request_stops)
         config = GenerationConfig(max_new_tokens=max_new, num_return_sequences=sampling.n,
                                   min_new_tokens=getattr(backend.model.generation_config, "min_new_tokens", None),
-                                  eos_token_id=backend.stop_ids, pad_token_id=tok.pad_token_id,
+                                  eos_token_id=stop_ids, pad_token_id=tok.pad_token_id,
                                   do_sample=sampling.temperature > 0,
                                   **({"temperature": sampling.temperature, "top_p": sampling.top_p}
                                      if sampling.temperature > 0 else {}))
@@ -323,18 +336,18 @@ def generate_continuous(backend: Any, requests: Sequence[Request], sampling: Sam
                 owners = by_prompt.get(tuple(out.prompt_ids)) or []
                 owner = next((i for i in owners if len(found[i]) < sampling.n), None)
                 if owner is not None:
-                    found[owner].append(_completion(backend, out, stops, share))
+                    found[owner].append(_completion(backend, out, stop_ids, stops, share))
             for i in part:
                 got = found[i] + [Completion.failed("continuous batching returned no answer", share)] * (
                     sampling.n - len(found[i]))
                 yield i, got
 
 
-def _completion(backend: Any, out: Any, stops: tuple[str, ...], share: float) -> Completion:
+def _completion(backend: Any, out: Any, stop_ids: list[int], stops: tuple[str, ...], share: float) -> Completion:
     if out.error is not None:
         return Completion.failed(str(out.error), share)
     tokens = list(out.generated_tokens)
-    stop_set = set(backend.stop_ids)
+    stop_set = set(stop_ids)
     end = next((k for k, t in enumerate(tokens) if t in stop_set), None)
     finish = "stop" if end is not None else "length"
     tokens = tokens if end is None else tokens[:end]

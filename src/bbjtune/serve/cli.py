@@ -91,13 +91,14 @@ def serve_gguf(
 ) -> None:
     """Serve a GGUF model through an OpenAI-compatible HTTP API (llama.cpp; no Ollama needed).
 
-    Editors, scripts and `bbjtune eval` (eval.backend: http) can then talk to the model at http://HOST:PORT/v1. Stop it with Ctrl-C.
+    Editors, scripts and `bbjtune eval` (eval.backend: http) can then talk to the model at http://HOST:PORT/v1. Code completion: POST /v1/completions with the raw fill-in-the-middle prompt (<|fim_prefix|>…<|fim_suffix|>…<|fim_middle|>, as Continue sends it) or with "suffix". Stop it with Ctrl-C.
     """
     path, alias = _gguf_target(target, quant, set_)
     if importlib.util.find_spec("llama_cpp") is None:
         raise BbjtuneError("llama-cpp-python is not installed; it runs the GGUF server",
                            "pip install 'bbjtune[export]' (compiles llama.cpp once, a few minutes)")
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", alias,
+    # llama-cpp-python's server behind a rewrite that makes editor FIM requests work (llama_server.py)
+    command = [sys.executable, "-m", "bbjtune.serve.llama_server", "--model", str(path), "--model_alias", alias,
                "--host", host, "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False"]
     if threads:
         command += ["--n_threads", str(threads)]

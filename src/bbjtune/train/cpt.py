@@ -7,6 +7,8 @@ the merged model, quantized again if QLoRA is on).
 
 - Packing: chunks are packed into rows of `max_length` tokens (best-fit decreasing; a chunk
   longer than a row continues in the next one), each document attending only to itself.
+- Fill-in-the-middle: `train.cpt.fim_rate` of the chunks become FIM samples (fim.py), so the
+  model keeps (and learns for BBj) the completion editors ask for.
 - Evaluation: the loss on the held-out answers' code (`heldout.jsonl`), which the model never
   trains on in either stage.
 - Embeddings: `train.cpt.train_embeddings` also trains embed_tokens/lm_head in full, at
@@ -25,6 +27,7 @@ from bbjtune.models.architecture import model_config
 from bbjtune.models.chat_template import ENDOFTEXT
 from bbjtune.models.merge import merge_adapters
 from bbjtune.train import backends
+from bbjtune.train.fim import FimSettings, fim_documents
 from bbjtune.train.inputs import TrainingData
 from bbjtune.train.job import StageJob, is_main_process, wait_for_everyone
 from bbjtune.train.lora import lora_settings
@@ -36,7 +39,7 @@ def run_cpt(job: StageJob, data: TrainingData) -> dict[str, Any]:
     """Train stage 1, save `cpt/adapter/`, merge into `cpt/merged/`; returns the final metrics."""
     tokenizer = load_training_tokenizer(job.base_source)
     model, peft_settings, lora = _setup_model(job)
-    train_dataset, eval_dataset = _setup_data(data)
+    train_dataset, eval_dataset, fim_stats = _setup_data(data, job, tokenizer)
     args = training_arguments(job, has_eval=eval_dataset is not None, dataset_text_field="text",
                                  eos_token=ENDOFTEXT, packing_strategy="bfd_split")
     trainer, metrics = run_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings)
@@ -47,6 +50,8 @@ def run_cpt(job: StageJob, data: TrainingData) -> dict[str, Any]:
     if is_main_process():
         merge(job)
     wait_for_everyone()
+    if fim_stats is not None:
+        metrics["fim"] = fim_stats
     return {"metrics": metrics, "lora": lora}
 
 
@@ -62,13 +67,35 @@ def _setup_model(job: StageJob) -> tuple[Any, dict[str, Any] | None, dict[str, A
     return backends.load_hf(job.base_source, job.cfg), lora, lora
 
 
-def _setup_data(data: TrainingData):
+def _setup_data(data: TrainingData, job: StageJob | None = None, tokenizer: Any = None):
+    """(train, held-out, FIM statistics or None); FIM samples only when a job asks for them."""
     from datasets import Dataset
 
-    train = Dataset.from_dict({"text": [t + ENDOFTEXT for t in data.texts]})
+    texts, fim_stats = list(data.texts), None
+    if job is not None and tokenizer is not None and job.cfg.train.cpt.fim_rate > 0:
+        texts, fim_stats = fim_texts(data, job, tokenizer)
+    train = Dataset.from_dict({"text": [t + ENDOFTEXT for t in texts]})
     code = data.heldout_code()
     heldout = Dataset.from_dict({"text": [t + ENDOFTEXT for t in code]}) if code else None
-    return train, heldout
+    return train, heldout, fim_stats
+
+
+def fim_texts(data: TrainingData, job: StageJob, tokenizer: Any) -> tuple[list[str], dict[str, Any]]:
+    """The chunks with `train.cpt.fim_rate` of them as fill-in-the-middle samples, and what was done."""
+    c = job.cfg.train.cpt
+    settings = FimSettings(rate=c.fim_rate, spm_rate=c.fim_spm_rate, line_level_rate=c.fim_line_level_rate,
+                           repo_rate=c.fim_repo_rate, seed=job.cfg.train.seed)
+
+    def fits(texts: list[str]) -> list[bool]:  # + the closing <|endoftext|>
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [len(x) + 1 <= c.max_length for x in ids]
+
+    sources = data.text_sources or [None] * len(data.texts)
+    texts, stats = fim_documents(data.texts, sources, settings, fits)
+    summary = stats.to_dict()
+    job.console.print(f"stage 1: {summary['fim_samples']} of {stats.documents} documents as fill-in-the-middle "
+                      f"samples (train.cpt.fim_rate {c.fim_rate:g})", highlight=False)
+    return texts, summary
 
 
 def merge(job: StageJob) -> Path:

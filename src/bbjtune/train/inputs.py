@@ -28,6 +28,7 @@ class TrainingData:
     conversations: list[list[dict[str, str]]] = field(default_factory=list)
     heldout: list[list[dict[str, str]]] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    text_sources: list[str | None] = field(default_factory=list)  # cpt.jsonl's "source" of each text
     replay: list[list[dict[str, str]]] = field(default_factory=list)  # general conversations (replay.jsonl)
     files: list[Path] = field(default_factory=list)
 
@@ -86,16 +87,22 @@ def load_conversations(path: Path, required: bool = True) -> list[list[dict[str,
 
 
 def load_texts(path: Path) -> list[str]:
+    return [text for text, _ in load_text_records(path)]
+
+
+def load_text_records(path: Path) -> list[tuple[str, str | None]]:
+    """(text, source) of each cpt.jsonl line with text; source is the file path or chatml:<id>."""
     if not path.exists():
         raise BbjtuneError(f"{path} not found (stage 1 reads raw BBj code from it)", PREPARE_HINT)
-    texts = []
+    records = []
     for lineno, obj in read_jsonl(path, PREPARE_FIX):
         text = obj.get("text")
         if not isinstance(text, str):
             raise BbjtuneError(f"{path}:{lineno}: no \"text\" string", 'each line needs {"text": "..."}')
         if text.strip():
-            texts.append(text)
-    return texts
+            source = obj.get("source")
+            records.append((text, source if isinstance(source, str) else None))
+    return records
 
 
 def load_training_data(data_dir: Path, stages: list[str]) -> TrainingData:
@@ -115,7 +122,9 @@ def load_training_data(data_dir: Path, stages: list[str]) -> TrainingData:
     if data.heldout:
         data.files.append(data_dir / "heldout.jsonl")
     if "cpt" in stages:
-        data.texts = load_texts(data_dir / "cpt.jsonl")
+        records = load_text_records(data_dir / "cpt.jsonl")
+        data.texts = [text for text, _ in records]
+        data.text_sources = [source for _, source in records]
         data.files.append(data_dir / "cpt.jsonl")
         if not data.texts:
             raise BbjtuneError(f"{data_dir / 'cpt.jsonl'} has no text", "give raw BBj sources (data.sources) or "

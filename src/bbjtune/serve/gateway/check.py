@@ -20,9 +20,10 @@ from typing import Any
 from bbjtune.bbj import check_with
 from bbjtune.bbj.compile import FAILING_WARNINGS, compile_answer
 from bbjtune.bbj.extract import bbj_line_ratio
+from bbjtune.models.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 # Qwen2.5-Coder's fill-in-the-middle tokens: an editor may send the whole FIM prompt as `prompt`.
-_FIM_RE = re.compile(r"<\|fim_prefix\|>(.*?)<\|fim_suffix\|>(.*?)<\|fim_middle\|>\s*\Z", re.DOTALL)
+_FIM_RE = re.compile(f"{re.escape(FIM_PREFIX)}(.*?){re.escape(FIM_SUFFIX)}(.*?){re.escape(FIM_MIDDLE)}\\s*\\Z", re.DOTALL)
 # A file whose lines read as BBj this often is checked (lower than extract's 0.6: an editor's
 # window onto a file often starts or ends inside a comment block).
 FILE_BBJ_RATIO = 0.5

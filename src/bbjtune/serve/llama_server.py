@@ -1,0 +1,131 @@
+"""`bbjtune serve gguf`'s server: llama-cpp-python's OpenAI-compatible app, answering FIM requests right.
+
+Editors ask for completions two ways, and both reach `POST /v1/completions`:
+
+- the raw prompt: Continue (and most editor plugins for Qwen2.5-Coder) write
+  `<|fim_prefix|>…<|fim_suffix|>…<|fim_middle|>` themselves. llama-cpp-python reads the FIM tokens
+  in such a prompt as single tokens (special tokens are parsed when no `suffix` is given);
+- OpenAI's `suffix` field (the prompt is then the text before the cursor). llama-cpp-python 0.3.x
+  builds that prompt with token id 0 in place of the three FIM tokens (its `_create_completion`
+  still carries "TODO: Fix" there; measured: 17 prompt tokens where the raw form has 16, and the tiny
+  model answers with the token "!"). So the request is rewritten here into the raw PSM prompt
+  (models/fim.py) before llama-cpp-python sees it.
+
+Where a FIM completion ends: llama.cpp ends generation on `<|endoftext|>` (what the model writes after
+the middle) and on `<|fim_pad|>`, `<|repo_name|>`, `<|file_sep|>` (end-of-generation tokens for it),
+but not on `<|fim_prefix|>`/`<|fim_suffix|>`/`<|fim_middle|>`; and llama-cpp-python detokenizes special
+tokens to nothing, so a stop string cannot catch them either (measured: a forced `<|fim_prefix|>`
+ran on to the length limit with stop=["<|fim_prefix|>"]). A FIM request therefore gets those three
+tokens banned (logit bias -100; a middle never contains them) unless the client biases them itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bbjtune.models.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, fim_prompt
+
+COMPLETIONS_PATH = "/v1/completions"
+BANNED_IN_MIDDLE = (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
+
+
+def rewrite_completion_request(body: bytes, banned_ids: dict[str, int]) -> bytes:
+    """A /v1/completions body with `suffix` turned into the raw FIM prompt, and FIM structure tokens
+    banned from a FIM completion. Anything that is not such a request passes unchanged."""
+    try:
+        request = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return body  # the server answers it with its own validation error
+    if not isinstance(request, dict) or not isinstance(request.get("prompt"), str):
+        return body
+    changed = False
+    if isinstance(request.get("suffix"), str):
+        request["prompt"] = fim_prompt(request["prompt"], request.pop("suffix"))
+        changed = True
+    if request["prompt"].rstrip().endswith(FIM_MIDDLE) and banned_ids:
+        bias = request.get("logit_bias") if isinstance(request.get("logit_bias"), dict) else {}
+        if request.get("logit_bias_type", "input_ids") == "input_ids":
+            for token_id in banned_ids.values():
+                bias.setdefault(str(token_id), -100.0)
+            request["logit_bias"] = bias
+            changed = True
+    return json.dumps(request).encode() if changed else body
+
+
+class FimRequests:
+    """ASGI middleware: `rewrite_completion_request` on every POST /v1/completions."""
+
+    def __init__(self, app: Any, banned_ids: dict[str, int]):
+        self.app = app
+        self.banned_ids = banned_ids
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != COMPLETIONS_PATH:
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = rewrite_completion_request(b"".join(chunks), self.banned_ids)
+        headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        delivered = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app({**scope, "headers": headers}, replay, send)
+
+
+def fim_token_ids(gguf_path: str | Path) -> dict[str, int]:
+    """The ids of the FIM structure tokens in a GGUF's vocabulary (empty when it has none)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(gguf_path))
+    field = reader.fields.get("tokenizer.ggml.tokens")
+    if field is None:
+        return {}
+    wanted = set(BANNED_IN_MIDDLE)
+    found: dict[str, int] = {}
+    for token_id, part in enumerate(field.data):
+        text = bytes(field.parts[part]).decode("utf-8", errors="replace")
+        if text in wanted:
+            found[text] = token_id
+    return found
+
+
+def main() -> None:
+    """Same arguments as `python -m llama_cpp.server`; serve_gguf in serve/cli.py builds them."""
+    import argparse
+    import os
+
+    import uvicorn
+    from llama_cpp.server.app import create_app
+    from llama_cpp.server.cli import add_args_from_model, parse_model_from_args
+    from llama_cpp.server.settings import ModelSettings, ServerSettings, Settings
+
+    parser = argparse.ArgumentParser(description="bbjtune's llama.cpp server (OpenAI-compatible, FIM-aware)")
+    add_args_from_model(parser, Settings)
+    args = parser.parse_args()
+    server_settings = parse_model_from_args(ServerSettings, args)
+    model_settings = parse_model_from_args(ModelSettings, args)
+    app = create_app(server_settings=server_settings, model_settings=[model_settings])
+    wrapped = FimRequests(app, fim_token_ids(model_settings.model))
+    uvicorn.run(wrapped, host=os.getenv("HOST", server_settings.host), port=int(os.getenv("PORT", server_settings.port)),
+                log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
