@@ -34,6 +34,20 @@ app.add_typer(eval_app, name="eval")
 
 console = Console(stderr=True)
 
+def _print_version(value: bool) -> None:
+    if value:
+        from bbjtune import __version__
+
+        typer.echo(f"bbjtune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print bbjtune's version and exit.")] = False) -> None:
+    pass
+
+
 ConfigArg = Annotated[str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override one setting, e.g. --set train.lora.r=16 (repeatable).")]
@@ -66,13 +80,21 @@ def config_show(config: ConfigArg, set_: SetOpt = None) -> None:
 def config_check(config: ConfigArg, set_: SetOpt = None) -> None:
     """Validate a configuration and check that its data files exist; exit 0 when it is usable."""
     from bbjtune.config import load_config, missing_inputs
+    from bbjtune.models.loading import check_source
 
     cfg = load_config(config, set_)
+    try:
+        kind = check_source(cfg.model.source)
+    except BbjtuneError as exc:
+        raise BbjtuneError(f"{config}: model.source: {exc.message}", exc.hint) from None
     missing = missing_inputs(cfg)
     if missing:
         raise BbjtuneError(f"{config}: these inputs match no file: {', '.join(missing)}",
                            "fix the paths under data: (relative paths start from the current directory)")
     console.print(f"[green]✓[/] {config} is valid (run '{cfg.name}', stages: {', '.join(cfg.train_stages)})")
+    if kind == "hub":
+        console.print(f"  model.source {cfg.model.source} is a hub id: it is fetched (or read from the local "
+                      "Hugging Face cache) when a stage first loads it")
 
 
 @config_app.command("list")

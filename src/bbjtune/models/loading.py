@@ -39,6 +39,18 @@ class ModelSource:
         return self.spec, {}
 
 
+def check_source(spec: str) -> SourceKind:
+    """Check that a source can be found without building or loading anything; returns its kind.
+
+    Local paths must exist (with config.json or a GGUF header) and tiny presets must be known;
+    a hub id is taken on trust (checking it needs the network)."""
+    if spec.strip().startswith("tiny:"):
+        from bbjtune.models.tiny import parse_tiny_source
+        parse_tiny_source(spec.strip())
+        return "tiny"
+    return resolve_source(spec).kind
+
+
 def resolve_source(spec: str) -> ModelSource:
     """Decide what kind of source `spec` is; build tiny models; check local paths exist."""
     spec = spec.strip()
@@ -53,7 +65,8 @@ def resolve_source(spec: str) -> ModelSource:
     if not looks_local:
         return ModelSource("hub", spec)
     if not path.exists():
-        raise BbjtuneError(f"model source '{spec}' does not exist",
+        where = "" if path.is_absolute() else f" (looked for {path.absolute()})"
+        raise BbjtuneError(f"model source '{spec}' does not exist{where}",
                            "give an existing directory or .gguf file, a hub id like Qwen/Qwen2.5-Coder-7B, or tiny:demo")
     if path.is_file():
         if path.suffix.lower() != ".gguf":
