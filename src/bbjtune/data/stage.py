@@ -96,17 +96,19 @@ def _matched(patterns: list[str], key: str) -> list[Path]:
         matched = expand_globs([pattern])
         if not matched:
             raise BbjtuneError(f"{key}: '{pattern}' matches no file",
-                               "check the path (relative paths start from the current directory)")
+                               f"check the path (relative paths start from the current directory, {Path.cwd()})")
         files.extend(f for f in matched if f not in files)
     return files
 
 
-def eval_prompts(patterns: list[str], warn: Callable[[str], None]) -> tuple[list[Path], list[tuple[str, str]]]:
+def eval_prompts(patterns: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """(files, [(label, prompt)]) of the evaluation suites to decontaminate against."""
     files = expand_globs(patterns) if patterns else []
-    if patterns and not files:
-        warn(f"decontaminate_against: {', '.join(patterns)} match no file; training data is not checked "
-             "against evaluation prompts")
+    if patterns and not files:  # a warning here went unnoticed: the data would silently go unchecked
+        raise BbjtuneError(f"data.decontaminate_against: {', '.join(patterns)} match no file (relative paths "
+                           f"start from the current directory, {Path.cwd()})",
+                           "give the evaluation prompts' path (absolute, or relative to where you run bbjtune), or "
+                           "set data.decontaminate_against: [] to train without checking against them")
     prompts = []
     for path in files:
         with open(path, encoding="utf-8", errors="replace") as fh:
@@ -187,7 +189,7 @@ def prepare(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Con
         raise BbjtuneError("there is no data to prepare: data.chatml and data.sources are both empty",
                            "list ChatML JSONL files under data.chatml and/or BBj sources under data.sources")
     warn = _warner(console)
-    eval_files, eval_items = eval_prompts(d.decontaminate_against, warn)
+    eval_files, eval_items = eval_prompts(d.decontaminate_against)
     tokens = TokenCounter.for_model(cfg.model.source, warn=warn)
     replay_files = _matched(d.replay, "data.replay")
 
