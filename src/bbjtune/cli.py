@@ -59,13 +59,18 @@ def run(config: ConfigArg, stages: Annotated[str | None, typer.Option(
         set_: SetOpt = None) -> None:
     """Run the whole pipeline for CONFIG: prepare data, train, evaluate, export."""
     from bbjtune.config import load_config
-    from bbjtune.pipeline import parse_stages, run_pipeline
+    from bbjtune.pipeline import next_steps, parse_stages, run_pipeline
 
     cfg = load_config(config, set_)
     outputs = run_pipeline(cfg, parse_stages(stages), console)
     console.print(f"\n[bold green]Done.[/] Results are in [bold]{cfg.run_dir}[/]:")
     for stage, path in outputs.items():
         console.print(f"  {stage:7s} {path}")
+    steps = next_steps(outputs)
+    if steps:
+        console.print("\n[bold]Next:[/]")
+        for what, where in steps:
+            console.print(f"  {what}:\n    [bold]{where}[/]", highlight=False, soft_wrap=True)
 
 
 @config_app.command("show")
