@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+from conftest import run_cli
+
 from bbjtune.pipeline import next_steps
 
 
@@ -16,3 +21,25 @@ def test_the_end_of_a_run_names_the_reports_and_the_review_command(tmp_path):
                            str(run / "eval" / "tuned" / "report.html"), str(run / "eval" / "base" / "report.html"),
                            f"bbjtune review {run / 'eval' / 'base'} {run / 'eval' / 'tuned'}"]
     assert next_steps({"train": run}) == []  # a training-only run has no report to point at
+
+
+@pytest.mark.slow
+def test_the_demo_recipe_learns_to_answer_with_short_bbj(tmp_path):
+    """The quickstart recipe, evaluated on a few of the demo's prompts: the tuned model answers every
+    one with text that ends with <|im_end|>, and more of its answers compile than the base model's.
+
+    The whole recipe (both stages, as `make demo` trains them); only the evaluation is cut down
+    (10 prompts, no HumanEval), which keeps this test at a few CPU minutes."""
+    out = run_cli("run", "quickstart", "--stages", "data,train,eval", "--set", f"output_dir={tmp_path}/{{name}}",
+                  "--set", "eval.limit=5", "--set", "eval.humaneval.enabled=false", cwd=tmp_path, timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    evaluation = tmp_path / "quickstart" / "eval"
+    tuned = [json.loads(line) for line in (evaluation / "tuned" / "generations.jsonl").read_text().splitlines()]
+    assert len(tuned) == 10
+    for row in tuned:
+        assert row["output"].strip() and not row["error"], row
+        assert row["finish_reason"] == "stop", row  # ended with <|im_end|>, not cut off at max_new_tokens
+    base, after = (json.loads((evaluation / label / "results.json").read_text())["compile_at_k"]["1"]
+                   for label in ("base", "tuned"))
+    assert after > base, (base, after)
+    assert f"bbjtune review {evaluation / 'base'} {evaluation / 'tuned'}" in " ".join(out.stderr.split())
