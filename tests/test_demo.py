@@ -23,6 +23,27 @@ def test_the_end_of_a_run_names_the_reports_and_the_review_command(tmp_path):
     assert next_steps({"train": run}) == []  # a training-only run has no report to point at
 
 
+def test_the_demo_data_is_built_from_its_templates_and_every_answer_compiles():
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    from bbjtune.bbj import check_source, extract_bbj
+
+    build = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "demo" / "build_short_programs.py"), "--check"],
+                           capture_output=True, text=True, timeout=60)
+    assert build.returncode == 0, build.stdout + build.stderr
+    rows = [json.loads(line) for line in (REPO_ROOT / "examples" / "demo" / "short-programs.jsonl").open()]
+    assert len(rows) >= 150
+    for row in rows:
+        answer = row["messages"][-1]["content"]
+        assert answer.startswith("```bbj\n") and answer.endswith("\n```")
+        code = extract_bbj(answer)
+        assert 2 <= len(code.splitlines()) <= 10
+        assert [d for d in check_source(code) if d.severity == "error"] == [], code
+
+
 @pytest.mark.slow
 def test_the_demo_recipe_learns_to_answer_with_short_bbj(tmp_path):
     """The quickstart recipe, evaluated on a few of the demo's prompts: the tuned model answers every
