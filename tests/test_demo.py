@@ -15,8 +15,7 @@ def test_the_end_of_a_run_names_the_reports_and_the_review_command(tmp_path):
     for d in ("data", "eval/base", "eval/tuned", "eval/compare"):
         (run / d).mkdir(parents=True)
         (run / d / "report.html").write_text("<html></html>")
-    steps = dict((where, what) for what, where in next_steps({"data": run / "data", "train": run,
-                                                               "eval": run / "eval"}))
+    steps = {where: what for what, where in next_steps({"data": run / "data", "train": run, "eval": run / "eval"})}
     assert list(steps) == [str(run / "data" / "report.html"), str(run / "eval" / "compare" / "report.html"),
                            str(run / "eval" / "tuned" / "report.html"), str(run / "eval" / "base" / "report.html"),
                            f"bbjtune review {run / 'eval' / 'base'} {run / 'eval' / 'tuned'}"]
@@ -32,7 +31,7 @@ def test_the_demo_data_is_built_from_its_templates_and_every_answer_compiles():
     from bbjtune.bbj import check_source, extract_bbj
 
     build = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "demo" / "build_short_programs.py"), "--check"],
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=60, check=False)
     assert build.returncode == 0, build.stdout + build.stderr
     rows = [json.loads(line) for line in (REPO_ROOT / "examples" / "demo" / "short-programs.jsonl").open()]
     assert len(rows) >= 150

@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 OUTPUT = HERE / "short-programs.jsonl"
 sys.path.insert(0, str(HERE.parent))
-from build_chatml import SYSTEM_PROMPT  # noqa: E402  (one system prompt for all example data)
+from build_chatml import SYSTEM_PROMPT  # one system prompt for all example data
 
 WORDS = ["invoice", "customer", "order", "report", "BASIS", "Business BASIC", "warehouse", "ledger",
          "payroll", "inventory", "Hello, world", "backup done", "Good morning", "end of day", "price list"]
@@ -65,8 +65,8 @@ TEMPLATES = [
      'ch = unt\nopen (ch,err=missing)"{f}"\nclose (ch)\nprint "found"\nend\nmissing:\nprint "{f} is missing"\nend'),
     ("gui", "gui", "Write a BBj program that opens a window titled \"{t}\".",
      "Open the SysGui, add a window and wait for events:",
-     'sysgui! = BBjAPI().openSysGui("X0")\nwnd! = sysgui!.addWindow(100,100,300,200,"{t}")\n'
-     'wnd!.setCallback(wnd!.ON_CLOSE,"done")\nprocess_events\ndone:\nrelease'),
+     ('sysgui! = BBjAPI().openSysGui("X0")\nwnd! = sysgui!.addWindow(100,100,300,200,"{t}")\n'
+      'wnd!.setCallback(wnd!.ON_CLOSE,"done")\nprocess_events\ndone:\nrelease')),
     ("strings", "character", "Write a BBj program that prints the first {k} characters of \"{w}\".",
      "A substring takes a start and a length:", 'text$ = "{w}"\nprint text$(1,{k})\nend'),
     ("program-structure", "character", "Write a BBj program that adds the numbers from 1 to {n}.",
