@@ -69,3 +69,16 @@ def test_check_counts_in_the_singular_when_there_is_one(tmp_path):
     (tmp_path / "a.bbj").write_text('print "a" "b"\n')
     out = run_cli("check", "-c", "builtin", "a.bbj", cwd=tmp_path)
     assert "checked 1 file with builtin: 1 with errors (1 error, 0 warnings)" in out.stderr
+
+
+def test_config_check_knows_random_architectures_without_building_them(tmp_path, monkeypatch):
+    # a random 14B checkpoint would take minutes and ~30 GB: config check only parses the name
+    monkeypatch.setenv("BBJTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.jsonl").write_text("{}\n")
+    (tmp_path / "c.yaml").write_text(MISSING_MODEL.replace("./models/not-here", "'random:qwen2.5-coder-14b'"))
+    out = run_cli("config", "check", "c.yaml", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "cache").exists()
+    (tmp_path / "c.yaml").write_text(MISSING_MODEL.replace("./models/not-here", "'random:qwen2.5-coder-99b'"))
+    assert_one_clear_error(run_cli("config", "check", "c.yaml", cwd=tmp_path), "unknown architecture")
