@@ -14,7 +14,7 @@ import json
 from conftest import REPO_ROOT, run_cli
 from test_cli import assert_one_clear_error
 
-from bbjtune.config import load_config
+from bbjtune.config import default_data_config, load_config
 
 
 def test_a_preset_finds_its_files_from_any_directory(tmp_path, monkeypatch):
@@ -63,3 +63,9 @@ def test_decontamination_files_that_do_not_exist_are_an_error(tmp_path):
     assert_one_clear_error(out, "data.decontaminate_against: myevals/*.jsonl match no file", str(tmp_path),
                            "decontaminate_against: []")
     assert not (tmp_path / "runs" / "c" / "data" / "train.jsonl").exists()
+
+
+def test_the_data_defaults_alone_find_the_eval_prompts_from_any_directory(tmp_path, monkeypatch):
+    # `bbjtune data feedback LOG` without a config decontaminates against these; matching nothing is an error
+    monkeypatch.chdir(tmp_path)
+    assert default_data_config().decontaminate_against == [str(REPO_ROOT / "evals" / "*.jsonl")]

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bbjtune.config_paths import anchor_inputs
+from bbjtune.config_paths import INPUT_KEYS, anchor_inputs, anchor_section
 from bbjtune.errors import BbjtuneError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -487,6 +487,16 @@ def validate_config(raw: dict[str, Any], source: str = "<config>", preset_root: 
         raise BbjtuneError(*_explain(exc, source)) from None
     anchor_inputs(cfg, preset_root, REPO_ROOT)
     return cfg
+
+
+def default_data_config() -> DataConfig:
+    """The data section's defaults alone (`bbjtune data feedback` without a config), its built-in
+    paths found as in a whole config (config_paths.py)."""
+    data = DataConfig()
+    for section_name, key in INPUT_KEYS:
+        if section_name == "data":
+            anchor_section(data, key, None, REPO_ROOT)
+    return data
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

@@ -36,10 +36,13 @@ def anchor_inputs(cfg: Any, preset_root: Path | None, project_root: Path) -> Non
     """Rewrite, in place, relative input paths that match nothing from the current directory but do
     from their root: `preset_root` for values a preset sets, `project_root` for built-in defaults."""
     for section_name, key in INPUT_KEYS:
-        section = getattr(cfg, section_name)
-        root = preset_root if key in section.model_fields_set else project_root
-        if root is None:
-            continue
+        anchor_section(getattr(cfg, section_name), key, preset_root, project_root)
+
+
+def anchor_section(section: Any, key: str, preset_root: Path | None, project_root: Path) -> None:
+    """`anchor_inputs` for one key of one section (a section used without a whole config)."""
+    root = preset_root if key in section.model_fields_set else project_root
+    if root is not None:
         patterns = getattr(section, key)
         anchored = [_anchor(p, root) for p in patterns]
         if anchored != patterns:
