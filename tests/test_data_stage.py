@@ -37,7 +37,9 @@ def test_quickstart_data_stage_on_the_examples(tmp_path):
     programs = sorted(p for p in (REPO_ROOT / "examples" / "programs").glob("*") if p.suffix in SOURCE_EXTENSIONS)
     if not chatml or not programs:
         pytest.skip("examples/ has no ChatML or programs yet")
-    out = run_cli("run", "quickstart", "--stages", "data", "--set", f"output_dir={tmp_path}/{{name}}")
+    # the demo itself trains stage 2 on the short examples/demo/; these are the examples real presets use
+    out = run_cli("run", "quickstart", "--stages", "data", "--set", f"output_dir={tmp_path}/{{name}}",
+                  "--set", "data.chatml=[examples/chatml/*.jsonl]", "--set", "train.sft.max_length=1024")
     assert out.returncode == 0, out.stderr
     data = tmp_path / "quickstart" / "data"
     n_lines = sum(1 for f in chatml for line in f.read_text(encoding="utf-8").splitlines() if line.strip())

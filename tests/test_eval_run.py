@@ -163,6 +163,30 @@ def test_compare_results_deltas_regressions_and_the_gate():
     assert humaneval_gate(None, 0.5, 5.0)["status"] == "not_run"
 
 
+def test_a_comparison_without_signal_says_so_instead_of_pass():
+    both_zero = humaneval_gate(0.0, 0.0, 5.0, "base", "tuned", n_tasks=164)
+    assert both_zero["status"] == "no_signal"
+    assert both_zero["message"].startswith("no signal: neither base nor tuned solves any of 164 HumanEval problems")
+    too_few = humaneval_gate(0.5, 0.5, 5.0, n_tasks=8)  # one problem is 12.5 points
+    assert too_few["status"] == "no_signal" and "12.5 points" in too_few["message"]
+    assert humaneval_gate(0.5, 0.5, 5.0, n_tasks=164)["status"] == "pass"
+    assert humaneval_gate(0.625, 0.125, 5.0, n_tasks=8)["status"] == "fail"  # a large drop is a drop even on 8
+
+    def zero(label):
+        return {"model": label, "compile_at_k": {"1": 0.0}, "patterns_pass_rate": 0.0, "factual_accuracy": None,
+                "humaneval": {"pass_at_1": 0.0, "n_tasks": 8}, "by_category": {}, "by_generation": {},
+                "n_prompts": 80}
+
+    cmp = compare_results(zero("base"), zero("tuned"), 5.0)
+    assert cmp["humaneval_gate"]["status"] == "no_signal"
+    assert cmp["no_signal"] == [
+        "no signal in compile@1: both models score 0.0% of the 80 prompts, so this comparison cannot tell them apart",
+        "no signal in patterns pass rate: both models score 0.0%, so this comparison cannot tell them apart"]
+    from bbjtune.evaluate.report import compare_report_html
+    html = compare_report_html({**cmp, "a_dir": "a", "b_dir": "b", "examples": []})
+    assert "NO SIGNAL" in html and "PASS" not in html and "no signal in compile@1" in html
+
+
 def test_compare_two_models_and_the_cli(tmp_path, tiny_model_dir, suite_file):
     from export_fixtures import make_adapter
 
@@ -183,11 +207,12 @@ def test_compare_two_models_and_the_cli(tmp_path, tiny_model_dir, suite_file):
     out = run_cli("eval", "compare", str(eval_dir / "base"), str(eval_dir / "tuned"), "--max-drop", "100", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     cmp = json.loads((eval_dir / "compare" / "results.json").read_text())
-    assert cmp["a"] == "base" and cmp["b"] == "tuned" and cmp["humaneval_gate"]["status"] == "pass"
+    assert cmp["a"] == "base" and cmp["b"] == "tuned" and cmp["humaneval_gate"]["status"] == "no_signal"  # 1 problem
+    assert "HumanEval gate: NO SIGNAL" in out.stderr
     assert cmp["examples"] and {"a_output", "b_output", "change"} <= set(cmp["examples"][0])
     assert any(e["a_output"] != e["b_output"] for e in cmp["examples"]), "the adapter should change answers"
     html = (eval_dir / "compare" / "report.html").read_text()
-    assert "HumanEval gate" in html and "PASS" in html and "data:image/png;base64," in html
+    assert "HumanEval gate" in html and "NO SIGNAL" in html and "data:image/png;base64," in html
 
     rescore = run_cli("eval", "score", str(eval_dir / "base"), cwd=tmp_path)
     assert rescore.returncode == 0, rescore.stderr
@@ -241,7 +266,7 @@ def test_the_stage_evaluates_base_and_tuned_and_compares(tmp_path, tiny_model_di
     assert settings_used["system_prompt"].startswith("You are an expert BBj developer")  # from trained.json
     assert settings_used["humaneval_style"] == "completion"                               # a Base model
     cmp = json.loads((out / "compare" / "results.json").read_text())
-    assert cmp["a"] == "base" and cmp["b"] == "tuned" and cmp["humaneval_gate"]["status"] in ("pass", "fail")
+    assert cmp["a"] == "base" and cmp["b"] == "tuned" and cmp["humaneval_gate"]["status"] in ("no_signal", "fail")  # 1 problem: a pass would mean nothing
 
     # compare the directories again through the function the CLI uses, into another place
     again = compare_dirs(out / "base", out / "tuned", tmp_path / "cmp2", max_drop_points=5.0)

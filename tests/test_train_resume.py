@@ -60,10 +60,14 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir):
     stopped_at = int(checkpoints[-1].name.split("-")[1])
     assert 5 <= stopped_at < 24
     assert json.loads((cfg.train_dir / "sft" / "manifest.json").read_text())["status"] == "interrupted"
+    # the user is told that a checkpoint was saved, where, and how to go on
+    assert f"sft stopped at step {stopped_at}; checkpoint saved in" in stderr, stderr
+    assert "run the same command again to continue" in stderr
     assert not (cfg.train_dir / "trained.json").exists()
 
     resumed = run_cli("train", str(path), "--resume")
     assert resumed.returncode == 0, resumed.stderr
+    assert f"sft: resuming from step {stopped_at}" in resumed.stderr
 
     straight_weights, straight_losses = final_state(straight_cfg)
     weights, losses = final_state(cfg)

@@ -9,6 +9,7 @@ import typer
 from click import ClickException
 from rich.console import Console
 
+from bbjtune import __version__
 from bbjtune.bbj import cli as bbj_cli
 from bbjtune.config import dump_config, list_presets, load_config, missing_inputs
 from bbjtune.data.cli import data_app
@@ -16,6 +17,7 @@ from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.cli import eval_app
 from bbjtune.export import cli as export_cli
 from bbjtune.models.inspect import describe_model
+from bbjtune.models.loading import check_source
 from bbjtune.quiet import allow_bitsandbytes, leave_bitsandbytes_unloaded, needs_bitsandbytes
 from bbjtune.review.cli import review_app
 from bbjtune.serve.cli import serve_app
@@ -38,6 +40,19 @@ app.add_typer(eval_app, name="eval")
 
 console = Console(stderr=True)
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"bbjtune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print bbjtune's version and exit.")] = False) -> None:
+    pass
+
+
 ConfigArg = Annotated[str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override one setting, e.g. --set train.lora.r=16 (repeatable).")]
@@ -49,7 +64,7 @@ def run(config: ConfigArg, stages: Annotated[str | None, typer.Option(
         set_: SetOpt = None) -> None:
     """Run the whole pipeline for CONFIG: prepare data, train, evaluate, export."""
     # the pipeline loads every stage (transformers among them): only when the verb runs, not for --help
-    from bbjtune.pipeline import parse_stages, run_pipeline
+    from bbjtune.pipeline import next_steps, parse_stages, run_pipeline
 
     cfg = load_config(config, set_)
     if needs_bitsandbytes(cfg):
@@ -58,6 +73,11 @@ def run(config: ConfigArg, stages: Annotated[str | None, typer.Option(
     console.print(f"\n[bold green]Done.[/] Results are in [bold]{cfg.run_dir}[/]:")
     for stage, path in outputs.items():
         console.print(f"  {stage:7s} {path}")
+    steps = next_steps(outputs)
+    if steps:
+        console.print("\n[bold]Next:[/]")
+        for what, where in steps:
+            console.print(f"  {what}:\n    [bold]{where}[/]", highlight=False, soft_wrap=True)
 
 
 @config_app.command("show")
@@ -72,11 +92,18 @@ def config_check(config: ConfigArg, set_: SetOpt = None) -> None:
     """Validate a configuration and check that its data files exist; exit 0 when it is usable."""
 
     cfg = load_config(config, set_)
+    try:
+        kind = check_source(cfg.model.source)
+    except BbjtuneError as exc:
+        raise BbjtuneError(f"{config}: model.source: {exc.message}", exc.hint) from None
     missing = missing_inputs(cfg)
     if missing:
         raise BbjtuneError(f"{config}: these inputs match no file: {', '.join(missing)}",
                            "fix the paths under data: (relative paths start from the current directory)")
     console.print(f"[green]✓[/] {config} is valid (run '{cfg.name}', stages: {', '.join(cfg.train_stages)})")
+    if kind == "hub":
+        console.print(f"  model.source {cfg.model.source} is a hub id: it is fetched (or read from the local "
+                      "Hugging Face cache) when a stage first loads it")
 
 
 @config_app.command("list")

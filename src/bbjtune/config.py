@@ -4,7 +4,9 @@ A config has one section per stage (`model`, `data`, `train`, `eval`, `export`).
 checked: unknown keys, wrong types and contradictory settings fail at once with the key path and a
 hint, long before a model is loaded. Named presets live in `configs/` (`bbjtune run quickstart`).
 
-Relative paths in a config are resolved against the current directory, like the command line's.
+Relative paths in a config are resolved against the current directory, like the command line's;
+a preset's paths and the built-in defaults that name bbjtune's own files fall back to the project
+they ship in (`config_paths.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bbjtune.config_paths import INPUT_KEYS, anchor_inputs, anchor_section
 from bbjtune.errors import BbjtuneError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -503,14 +506,29 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunCon
     raw.setdefault("name", path.stem)
     for item in overrides or []:
         apply_override(raw, item)
-    return validate_config(raw, source=str(path))
+    in_configs_dir = any(path.resolve().parent == d.resolve() for d in PRESET_DIRS if d.is_dir())
+    return validate_config(raw, source=str(path), preset_root=path.resolve().parent.parent if in_configs_dir else None)
 
 
-def validate_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
+def validate_config(raw: dict[str, Any], source: str = "<config>", preset_root: Path | None = None) -> RunConfig:
+    """Validate a config; relative inputs of a preset (in `preset_root`/configs) and of the built-in
+    defaults are found from their own root when the current directory lacks them (config_paths.py)."""
     try:
-        return RunConfig.model_validate(raw)
+        cfg = RunConfig.model_validate(raw)
     except ValidationError as exc:
         raise BbjtuneError(*_explain(exc, source)) from None
+    anchor_inputs(cfg, preset_root, REPO_ROOT)
+    return cfg
+
+
+def default_data_config() -> DataConfig:
+    """The data section's defaults alone (`bbjtune data feedback` without a config), its built-in
+    paths found as in a whole config (config_paths.py)."""
+    data = DataConfig()
+    for section_name, key in INPUT_KEYS:
+        if section_name == "data":
+            anchor_section(data, key, None, REPO_ROOT)
+    return data
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

@@ -14,11 +14,11 @@ import hashlib
 import json
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from bbjtune.config import expand_globs
+from bbjtune.errors import BbjtuneError
 
 _WORD_RE = re.compile(r"\w+")
 MIN_SHORT_NGRAM = 3  # prompts of fewer words than this are matched only as a whole
@@ -35,12 +35,14 @@ def prompt_of(messages: list[dict[str, str]]) -> str:
     return "\n".join(m["content"] for m in messages if m["role"] == "user")
 
 
-def eval_prompts(patterns: list[str], warn: Callable[[str], None]) -> tuple[list[Path], list[tuple[str, str]]]:
+def eval_prompts(patterns: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """(files, [(label, prompt)]) of the evaluation suites to decontaminate against."""
     files = expand_globs(patterns) if patterns else []
-    if patterns and not files:
-        warn(f"decontaminate_against: {', '.join(patterns)} match no file; training data is not checked "
-             "against evaluation prompts")
+    if patterns and not files:  # a warning here went unnoticed: the data would silently go unchecked
+        raise BbjtuneError(f"data.decontaminate_against: {', '.join(patterns)} match no file (relative paths "
+                           f"start from the current directory, {Path.cwd()})",
+                           "give the evaluation prompts' path (absolute, or relative to where you run bbjtune), or "
+                           "set data.decontaminate_against: [] to train without checking against them")
     prompts = []
     for path in files:
         with open(path, encoding="utf-8", errors="replace") as fh:

@@ -55,3 +55,20 @@ def run_pipeline(cfg: RunConfig, stages: list[str], console: Console | None = No
         outputs[stage] = STAGES[stage](cfg)
         console.print(f"[green]✓[/] {stage} finished in {time.time() - t0:.0f} s → {outputs[stage]}")
     return outputs
+
+
+def next_steps(outputs: dict[str, Path]) -> list[tuple[str, str]]:
+    """(what, where) for the reports a finished run wrote and the commands that come next."""
+    steps: list[tuple[str, str]] = []
+    data, evaluation = outputs.get("data"), outputs.get("eval")
+    if data is not None and (data / "report.html").exists():
+        steps.append(("the data report (what was kept, set aside and why)", str(data / "report.html")))
+    if evaluation is not None:
+        for label, what in (("compare", "base vs tuned, side by side"), ("tuned", "the tuned model's answers"),
+                            ("base", "the base model's answers")):
+            if (evaluation / label / "report.html").exists():
+                steps.append((f"the evaluation report: {what}", str(evaluation / label / "report.html")))
+        if (evaluation / "base").is_dir() and (evaluation / "tuned").is_dir():
+            steps.append(("rate the answers blind in your browser",
+                          f"bbjtune review {evaluation / 'base'} {evaluation / 'tuned'}"))
+    return steps

@@ -34,6 +34,12 @@ def _diagnostic(file, physical, line, col, message, severity, code, numbers=None
                       code=code, source_line=source, bbx_line=bbx if bbx is not None else 10 * (line + 1))
 
 
+# BBj saves programs tokenized (binary) unless told to save them as text; its bbjlst utility lists
+# a tokenized program as text, which is what a checker (ours or bbjcpl) reads.
+BINARY_MESSAGE = ("binary data, not BBj source text: a tokenized (saved) program? list it as text with "
+                  "BBj's bbjlst first")
+
+
 def looks_binary(text: str) -> bool:
     """NUL characters, or many control characters in the first 8 KiB, mean this is not source."""
     head = text[:8192]
@@ -52,8 +58,7 @@ def check_source(text: str, filename: str | None = None, *, fragment: bool = Fal
     if text.startswith("\ufeff"):
         text = text[1:]  # a byte-order mark decoded as text
     if looks_binary(text):
-        return [Diagnostic(filename, 1, 1, "binary data, not BBj source text", "error", "binary-file",
-                           "", 10)]
+        return [Diagnostic(filename, 1, 1, BINARY_MESSAGE, "error", "binary-file", "", 10)]
     if not text.strip():
         return [Diagnostic(filename, 1, 1, "empty source: no BBj statements", "warning",
                            "empty-source", "", 10)]
@@ -95,10 +100,19 @@ def decode_source(data: bytes) -> str:
         return data.decode("latin-1")
 
 
+def not_utf8_at(data: bytes) -> tuple[int, int] | None:
+    """(line, byte) of the first byte that is not UTF-8, or None when `data` is valid UTF-8
+    (then `decode_source` reads it as UTF-8, else as Latin-1)."""
+    try:
+        data.decode("utf-8-sig")
+        return None
+    except UnicodeDecodeError as exc:
+        return data.count(b"\n", 0, exc.start) + 1, data[exc.start]
+
+
 def check_bytes(data: bytes, filename: str | None = None, *, fragment: bool = False) -> list[Diagnostic]:
     if b"\x00" in data[:8192]:
-        return [Diagnostic(filename, 1, 1, "binary data, not BBj source text", "error", "binary-file",
-                           "", 10)]
+        return [Diagnostic(filename, 1, 1, BINARY_MESSAGE, "error", "binary-file", "", 10)]
     return check_source(decode_source(data), filename, fragment=fragment)
 
 

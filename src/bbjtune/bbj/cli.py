@@ -8,7 +8,7 @@ import typer
 
 from bbjtune.errors import BbjtuneError
 
-from .checker import check_bytes, check_with, decode_source
+from .checker import check_bytes, check_with, decode_source, not_utf8_at
 from .diagnostics import Diagnostic, format_bbjcpl, format_human, has_errors, sort_diagnostics
 from .lexer import split_physical_lines
 from .quality import check_quality
@@ -66,8 +66,15 @@ line continuations, needs no BBj licence, and can print its findings in bbjcpl -
         raise BbjtuneError(f"unknown compiler {compiler!r}", f"use one of: {', '.join(COMPILERS)}")
 
     results = []
+    encodings: dict[str, str] = {}
     for name, read, path in _sources(paths):
         data = read()
+        bad = None if b"\x00" in data[:8192] else not_utf8_at(data)
+        encodings[name] = "utf-8" if bad is None else "latin-1"
+        if bad is not None and format != "json":
+            sys.stderr.write(f"note: {name}: not valid UTF-8 (byte 0x{bad[1]:02X} on line {bad[0]}): read as "
+                             "Latin-1 (ISO-8859-1), as BBj sources are often Latin-1 or CP1252; messages show "
+                             "its characters as Latin-1\n")
         if compiler == "builtin" or b"\x00" in data[:8192]:  # binary data is never handed to bbjcpl
             diagnostics, used = check_bytes(data, name, fragment=fragment), "builtin"
         else:
@@ -83,7 +90,7 @@ line continuations, needs no BBj licence, and can print its findings in bbjcpl -
     if format == "json":
         payload = {
             "files": [{
-                "file": name, "compiler": used, "valid": not has_errors(diagnostics),
+                "file": name, "compiler": used, "encoding": encodings[name], "valid": not has_errors(diagnostics),
                 "errors": sum(d.severity == "error" for d in diagnostics),
                 "warnings": sum(d.severity == "warning" for d in diagnostics),
                 "diagnostics": [d.to_dict() for d in diagnostics],
@@ -101,8 +108,8 @@ line continuations, needs no BBj licence, and can print its findings in bbjcpl -
             errors += sum(d.severity == "error" for d in diagnostics)
             warns += sum(d.severity == "warning" for d in diagnostics)
         used = sorted({u for _, _, u in results})
-        sys.stderr.write(f"checked {len(results)} file{'s' if len(results) != 1 else ''} with "
-                         f"{'/'.join(used)}: {len(failed)} with errors ({errors} errors, {warns} warnings)\n")
+        sys.stderr.write(f"checked {_count(len(results), 'file')} with {'/'.join(used)}: {len(failed)} with "
+                         f"errors ({_count(errors, 'error')}, {_count(warns, 'warning')})\n")
     if failed:
         raise typer.Exit(1)
 
@@ -113,6 +120,10 @@ def _tier2(text: str, name: str, generation: str | None) -> list:
     return [Diagnostic(name, f.line, 1, f.message, f.severity, f.rule,
                        lines[f.line - 1] if 0 < f.line <= len(lines) else "", 10 * f.line)
             for f in check_quality(text, generation=generation)]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _sources(paths: list[str]):

@@ -166,6 +166,8 @@ class ExpressionParser:
             elif nk == "(" and word.upper() == "CAST":
                 return self.cast()
             self.i = i + 1
+            if nk == "[" and K[i + 2] == "]":
+                return self.whole_array()
             if nk == "." or nk == "(" or nk == "[":
                 return self.suffixes(word[-1] == "$")
             return "name"
@@ -197,6 +199,8 @@ class ExpressionParser:
                 self.i = i + 1
                 self.unexpected("a field or method name after '#'")
             self.i = i + 2
+            if K[i + 2] == "[" and K[i + 3] == "]":
+                return self.whole_array()
             if K[i + 2] in ("(", ".", "["):
                 shape = self.suffixes(self.T[i + 1][-1] == "$")
                 return shape
@@ -232,6 +236,14 @@ class ExpressionParser:
         if k == ")" or k == "]":
             self.fail(f"unexpected '{k}' (unbalanced parentheses or a missing value)", "unbalanced-paren")
         self.unexpected("a value")
+
+    def whole_array(self) -> str:
+        """`name[]`: the whole array, as BASIS documents it (`x![] = s!.split(",")`, `print a[]`,
+        `str(a$[])`, `dread x![]`, `clear x![]`); nothing may follow the empty brackets."""
+        self.i += 2
+        if self.K[self.i] in ("(", ".", "["):
+            self.unexpected("nothing after the whole-array reference '[]'")
+        return "var"
 
     def suffixes(self, is_str: bool) -> str:
         """`.member`, `(args)` and `[index]` after an operand."""

@@ -433,17 +433,42 @@ class Parser(DeclarationStatements):
         if self.word() != "EXCEPT":
             return False
         self.i += 1
+        self.variable_list("EXCEPT")
+        return False
+
+    def stmt_clear(self, u: str) -> bool:
+        """`CLEAR`, `CLEAR EXCEPT varlist` (as BEGIN) or BBj's `CLEAR varlist` (`clear x!, a$[]`)."""
+        if self.word(self.i + 1) == "EXCEPT":
+            return self.stmt_begin(u)
+        self.i += 1
+        if not self.at_end():
+            self.variable_list("CLEAR")
+        return False
+
+    def variable_list(self, verb: str) -> None:
+        """`a, b$, c![], d$[ALL]`: variables only (no calls, no literals)."""
         while True:
             target = self.i
             shape = self.operand()
             if shape not in ("name", "var"):
-                self.fail(f"'{self.T[target]}' must be a variable or an array with [ALL]",
-                          "malformed-except", at=target)
+                self.fail(f"{verb} takes variables: '{self.T[target]}' must be a variable or an array "
+                          "with [] or [ALL]", "malformed-except", at=target)
             if self.K[self.i] != ",":
-                return False
+                return
             self.i += 1
 
     # ------------------------------------------------------------------ verbs with own syntax
+    def stmt_open(self, u: str) -> bool:
+        """`OPEN (chan{,MODE=..}{,TIM=..}{,ERR=..})fileid`: the channel list and the file id are required."""
+        self.i += 1
+        if self.K[self.i] != "(":
+            self.unexpected("'(' and a channel number after OPEN (OPEN (chan)\"file\")", "malformed-open")
+        self.channel_list()
+        if self.at_end():
+            self.fail('OPEN needs the file to open after the channel list: OPEN (chan)"file"', "malformed-open")
+        self.items(u)
+        return False
+
     def stmt_rename(self, u: str) -> bool:
         self.i += 1
         self.expr()

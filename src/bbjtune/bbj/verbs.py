@@ -80,7 +80,7 @@ SPECIAL_VERBS = {
     "CLASS": "class", "INTERFACE": "class", "CLASSEND": "classend", "INTERFACEEND": "classend",
     "METHOD": "method", "METHODEND": "methodend", "METHODRET": "methodret", "FIELD": "field",
     "DECLARE": "declare", "USE": "use", "RENAME": "rename", "SELECT": "select", "TABLE": "table",
-    "BEGIN": "begin", "CLEAR": "begin", "CALLBACK": "paren_args", "REMOVE_CALLBACK": "paren_args",
+    "BEGIN": "begin", "CLEAR": "clear", "OPEN": "open", "CALLBACK": "paren_args", "REMOVE_CALLBACK": "paren_args",
 }
 
 # Label names the language server rejects (they read as verbs).

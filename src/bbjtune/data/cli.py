@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bbjtune.artifacts import atomic_write_jsonl
-from bbjtune.config import DataConfig, apply_override, load_config, validate_config
+from bbjtune.config import apply_override, default_data_config, load_config, validate_config
 from bbjtune.data import feedback, replay
 from bbjtune.data.cpt import find_sources
 from bbjtune.data.derive import default_system_prompt, derive_pairs
@@ -205,7 +205,7 @@ in trl's conversational format), rejected.jsonl and summary.json.
 
     if compiler not in ("auto", "bbjcpl", "builtin"):
         raise BbjtuneError(f"unknown --compiler {compiler!r}", "use auto, bbjcpl or builtin")
-    d = load_config(config, set_).data if config else DataConfig()
+    d = load_config(config, set_).data if config else default_data_config()
     console = Console(stderr=True)
     target = out or log.parent / "feedback"
     s = feedback.run(log, target, d, compiler=compiler, checker_pairs=checker_pairs,

@@ -203,7 +203,7 @@ def write(result: FeedbackResult, out_dir: Path) -> dict[str, Any]:
 def run(log_path: Path, out_dir: Path, d: Any, *, compiler: str, checker_pairs: bool,
         warn: Callable[[str], None]) -> dict[str, Any]:
     rows = read_log(log_path)
-    _, items = eval_prompts(d.decontaminate_against, warn)
+    _, items = eval_prompts(d.decontaminate_against)
     result = build(rows, d, compiler=compiler, eval_items=[*items, *benchmark_prompts(warn)],
                    checker_pairs=checker_pairs)
     return write(result, out_dir)

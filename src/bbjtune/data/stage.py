@@ -86,7 +86,7 @@ def _matched(patterns: list[str], key: str) -> list[Path]:
         matched = expand_globs([pattern])
         if not matched:
             raise BbjtuneError(f"{key}: '{pattern}' matches no file",
-                               "check the path (relative paths start from the current directory)")
+                               f"check the path (relative paths start from the current directory, {Path.cwd()})")
         files.extend(f for f in matched if f not in files)
     return files
 
@@ -152,7 +152,7 @@ def prepare(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Con
         raise BbjtuneError("there is no data to prepare: data.chatml and data.sources are both empty",
                            "list ChatML JSONL files under data.chatml and/or BBj sources under data.sources")
     warn = _warner(console)
-    eval_files, eval_items = eval_prompts(d.decontaminate_against, warn)
+    eval_files, eval_items = eval_prompts(d.decontaminate_against)
     tokens = TokenCounter.for_model(cfg.model.source, warn=warn)
     replay_files = _matched(d.replay, "data.replay")
 

@@ -1,7 +1,9 @@
 """`bbjtune eval compare A B`: two evaluated models side by side (usually base vs tuned).
 
 Deltas (B − A, in points) per tier, category and BBj generation; every drop is listed as a
-regression. The HumanEval gate passes when B's pass@1 is at most `max_drop_points` below A's.
+regression, and a tier where both models score zero is named as one without signal. The HumanEval
+gate passes when B's pass@1 is at most `max_drop_points` below A's, and says "no signal" instead
+when the measurement could not have failed (both zero, or too few problems).
 Example pairs show the same prompt answered by both, those whose verdict changed first. When the
 human review (bbjtune review) has exported results next to the eval directories, their summary is
 included.
@@ -77,28 +79,61 @@ def compare_results(ra: dict[str, Any], rb: dict[str, Any], max_drop_points: flo
         for name, g in breakdowns.get(field, {}).items():
             regressions += [f"{label} {name}, {m}: {_fmt(c['a'])} → {_fmt(c['b'])} ({100 * c['delta']:+.1f} points)"
                             for m, c in g.items() if c["regression"]]
+    n_tasks = min((h["n_tasks"] for h in (hea, heb) if h.get("n_tasks")), default=None)
     return {"a": a, "b": b, "compiler": ra.get("compiler") if ra.get("compiler") == rb.get("compiler")
             else f"{a}: {ra.get('compiler')}, {b}: {rb.get('compiler')}",
             "primary_metric": next(iter(PRIMARY.values({}, ks))), "tiers": tiers, **breakdowns, "regressions": regressions,
-            "humaneval_gate": humaneval_gate(hea.get("pass_at_1"), heb.get("pass_at_1"), max_drop_points, a, b),
+            "no_signal": no_signal(tiers, ra.get("n_prompts")),
+            "humaneval_gate": humaneval_gate(hea.get("pass_at_1"), heb.get("pass_at_1"), max_drop_points, a, b, n_tasks),
             "n_prompts": {"a": ra.get("n_prompts"), "b": rb.get("n_prompts")}}
+
+
+def no_signal(tiers: dict[str, dict[str, Any]], n_prompts: int | None) -> list[str]:
+    """The BBj tiers where both models scored zero, in words: a 0.0 → 0.0 row says nothing about either
+    model. HumanEval rows are left to the gate, which says the same of them (`humaneval_gate`)."""
+    notes = []
+    for name, t in tiers.items():
+        if name.startswith("HumanEval") or t["a"] != 0 or t["b"] != 0:
+            continue
+        metric = metric_of(name)
+        if not metric.higher_is_better:  # zero is then the best score, not an empty measurement
+            continue
+        of = f" of the {n_prompts} prompts" if n_prompts and metric.per_k else ""  # per_k: a share of prompts
+        notes.append(f"no signal in {name}: both models score {metric.format(0.0)}{of}, so this comparison "
+                     "cannot tell them apart")
+    return notes
 
 
 def _fmt(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
 
-def humaneval_gate(pa: float | None, pb: float | None, max_drop_points: float, a: str = "A", b: str = "B") -> dict[str, Any]:
-    """Pass when B lost at most `max_drop_points` points of HumanEval pass@1 against A."""
+def humaneval_gate(pa: float | None, pb: float | None, max_drop_points: float, a: str = "A", b: str = "B",
+                   n_tasks: int | None = None) -> dict[str, Any]:
+    """Pass when B lost at most `max_drop_points` points of HumanEval pass@1 against A.
+
+    A pass needs a measurement that could have failed: when both models solve nothing, or one
+    problem of the `n_tasks` is worth more than the allowed drop (8 problems: 12.5 points each), the
+    status is "no_signal" and the message says why instead of PASS."""
     if pa is None or pb is None:
         return {"status": "not_run", "a": pa, "b": pb, "drop_points": None, "max_drop_points": max_drop_points,
                 "message": "HumanEval was not run for both models, so forgetting was not measured"}
     drop = round(100 * (pa - pb), 2)
     ok = drop <= max_drop_points + 1e-9
     change = f"lost {drop:.1f} points" if drop > 0 else f"gained {-drop:.1f} points" if drop < 0 else "kept its score"
-    return {"status": "pass" if ok else "fail", "a": pa, "b": pb, "drop_points": drop, "max_drop_points": max_drop_points,
-            "message": f"{b} {change} of HumanEval pass@1 against {a} "
-                       f"({100 * pa:.1f}% → {100 * pb:.1f}%); the gate allows a drop of {max_drop_points:g} points"}
+    scores = f"({100 * pa:.1f}% → {100 * pb:.1f}%"
+    status, message = ("pass" if ok else "fail"), (f"{b} {change} of HumanEval pass@1 against {a} {scores}); the gate "
+                                                  f"allows a drop of {max_drop_points:g} points")
+    problems = f"{n_tasks} HumanEval problems" if n_tasks else "the HumanEval problems"
+    if ok and pa == 0 and pb == 0:
+        status, message = "no_signal", (f"no signal: neither {a} nor {b} solves any of {problems} {scores}), so "
+                                        "forgetting was not measured; HumanEval needs a model that solves some")
+    elif ok and n_tasks and 100 / n_tasks > max_drop_points:
+        status, message = "no_signal", (f"no signal: {b} {change} {scores}), but with {problems} one problem is "
+                                        f"{100 / n_tasks:.1f} points, more than the {max_drop_points:g}-point drop the "
+                                        "gate allows; raise eval.humaneval.limit")
+    return {"status": status, "a": pa, "b": pb, "drop_points": drop, "max_drop_points": max_drop_points,
+            "n_tasks": n_tasks, "message": message}
 
 
 def example_pairs(a_dir: Path, b_dir: Path, limit: int = MAX_EXAMPLES) -> list[dict[str, Any]]:

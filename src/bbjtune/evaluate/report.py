@@ -172,12 +172,14 @@ def delta_cell(delta: float | None) -> str:
 def compare_report_html(cmp: dict[str, Any]) -> str:
     a, b = cmp["a"], cmp["b"]
     gate = cmp["humaneval_gate"]
-    badge = {"pass": "<span class='badge pass'>PASS</span>", "fail": "<span class='badge fail'>FAIL</span>"}.get(
+    badge = {"pass": "<span class='badge pass'>PASS</span>", "fail": "<span class='badge fail'>FAIL</span>",
+             "no_signal": "<span class='badge na'>NO SIGNAL</span>"}.get(
         gate["status"], "<span class='badge na'>NOT RUN</span>")
     parts = [f"<h1>BBj evaluation: {esc(b)} vs {esc(a)}</h1>",
              f"<p class='muted'>{esc(a)}: {esc(cmp['a_dir'])} · {esc(b)}: {esc(cmp['b_dir'])} · compiler "
              f"{esc(cmp['compiler'])}. Deltas are {esc(b)} − {esc(a)}, in percentage points; red rows are regressions.</p>",
              f"<h2>HumanEval gate {badge}</h2><p>{esc(gate['message'])}</p>"]
+    parts += [f"<p class='muted'><b>{esc(note)}</b></p>" for note in cmp.get("no_signal") or []]
     tier_rows, classes = [], []
     for name, t in cmp["tiers"].items():
         tier_rows.append([td(esc(name)), td(percent(t["a"]), True), td(percent(t["b"]), True), delta_cell(t["delta"])])

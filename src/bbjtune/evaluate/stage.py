@@ -170,7 +170,10 @@ def print_summary(results: dict[str, dict[str, Any]], cmp: dict[str, Any] | None
     if cmp:
         gate = cmp["humaneval_gate"]
         colour = {"pass": "green", "fail": "red"}.get(gate["status"], "yellow")
-        console.print(f"  HumanEval gate: [{colour}]{gate['status'].upper()}[/] — {gate['message']}", highlight=False)
+        console.print(f"  HumanEval gate: [{colour}]{gate['status'].upper().replace('_', ' ')}[/] — {gate['message']}",
+                      highlight=False)
+        for note in cmp.get("no_signal") or []:
+            console.print(f"  [yellow]{note}[/]", highlight=False)
         if gate["status"] == "fail":
             console.print("  To keep more general skill, mix general conversations into stage 2: bbjtune data replay "
                           "(README, 'Keeping general coding skills')", highlight=False)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bbjtune.errors import BbjtuneError
-from bbjtune.models.random_weights import build_random
-from bbjtune.models.tiny import build_tiny
+from bbjtune.models.random_weights import build_random, parse_random_source
+from bbjtune.models.tiny import build_tiny, parse_tiny_source
 from bbjtune.quiet import quiet_weight_bars
 
 SourceKind = Literal["tiny", "gguf", "local", "hub"]
@@ -44,6 +44,21 @@ class ModelSource:
         return self.spec, {}
 
 
+def check_source(spec: str) -> SourceKind:
+    """Check that a source can be found without building or loading anything; returns its kind.
+
+    Local paths must exist (with config.json or a GGUF header) and tiny presets and random
+    architectures must be known (neither is built here: a random 14B checkpoint takes minutes);
+    a hub id is taken on trust (checking it needs the network)."""
+    if spec.strip().startswith("tiny:"):
+        parse_tiny_source(spec.strip())
+        return "tiny"
+    if spec.strip().startswith("random:"):
+        parse_random_source(spec.strip())
+        return "local"   # resolve_source builds it as a local checkpoint
+    return resolve_source(spec).kind
+
+
 def resolve_source(spec: str) -> ModelSource:
     """Decide what kind of source `spec` is; build tiny models; check local paths exist."""
     spec = spec.strip()
@@ -59,7 +74,8 @@ def resolve_source(spec: str) -> ModelSource:
     if not looks_local:
         return ModelSource("hub", spec)
     if not path.exists():
-        raise BbjtuneError(f"model source '{spec}' does not exist",
+        where = "" if path.is_absolute() else f" (looked for {path.absolute()})"
+        raise BbjtuneError(f"model source '{spec}' does not exist{where}",
                            "give an existing directory or .gguf file, a hub id like Qwen/Qwen2.5-Coder-7B, or tiny:demo")
     if path.is_file():
         if path.suffix.lower() != ".gguf":

@@ -52,12 +52,12 @@ class PromptSet:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
-def training_prompts(cfg: RunConfig, conversations: Sequence[list[dict[str, str]]], sampling: SelfSampleConfig,
-                     warn: Callable[[str], None] = lambda _: None) -> PromptSet:
+def training_prompts(cfg: RunConfig, conversations: Sequence[list[dict[str, str]]], sampling: SelfSampleConfig
+                     ) -> PromptSet:
     """The prompts a self-training round samples: training conversations plus extra files, decontaminated."""
     d = cfg.data
     index = ContaminationIndex(d.decontaminate_ngram, d.decontaminate_threshold)
-    for label, prompt in eval_prompts(d.decontaminate_against, warn)[1]:
+    for label, prompt in eval_prompts(d.decontaminate_against)[1]:
         index.add(label, prompt)
     for n, conv in enumerate(load_conversations(cfg.data_dir / "heldout.jsonl", required=False), 1):
         index.add(f"held-out {n}", prompt_of(conv))

@@ -124,7 +124,7 @@ def run_round(job: RoundJob, data: TrainingData) -> dict[str, Any]:
         job.console.print(f"[green]✓[/] {job.stage} round {job.round}: already trained ({job.adapter_dir})")
         return {"metrics": done.get("metrics", {}), "lora": done.get("lora", {}), "round": done["stats"]}
     sampling = sampling_of(job)
-    prompts = training_prompts(job.cfg, data.conversations, sampling, warn=lambda m: job.console.print(f"[yellow]{m}"))
+    prompts = training_prompts(job.cfg, data.conversations, sampling)
     if not prompts.prompts:
         raise BbjtuneError(f"{job.stage}: no training prompt to sample ({_describe_skips(prompts.skipped)})",
                            "self-training needs training answers with BBj code; check train.jsonl")

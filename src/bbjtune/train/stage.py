@@ -24,6 +24,7 @@ from rich.console import Console
 from bbjtune.artifacts import MANIFEST_NAME, StageRun, sha256_file
 from bbjtune.config import RunConfig
 from bbjtune.errors import BbjtuneError
+from bbjtune.models.loading import check_source
 from bbjtune.models.trained import write_trained
 from bbjtune.train import backends, cpt, sft
 from bbjtune.train.dryrun import show_dry_run
@@ -49,6 +50,8 @@ def run_stage(cfg: RunConfig, stages: list[str] | None = None, resume: str = "au
     stages = [s for s in STAGES if s in (stages or cfg.train_stages)]
     if not stages:
         raise BbjtuneError("no training stage is enabled", "enable train.cpt or train.sft, or pick --stage")
+    if stages[0] == "cpt" or "cpt" not in cfg.train_stages:  # the first stage trains the original model
+        check_source(cfg.model.source)  # a missing model is the first thing to fix, before the data
     data = load_training_data(cfg.data_dir, stages)
 
     backends.check_launch(cfg, stages)  # a dry run under accelerate launch says the same as the real one

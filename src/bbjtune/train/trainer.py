@@ -22,7 +22,7 @@ from bbjtune.errors import BbjtuneError
 from bbjtune.models.loading import torch_dtype
 from bbjtune.train.callbacks import GracefulStop, MetricsLog, RichProgress
 from bbjtune.train.checkpoints import checkpoint_step, decide_resume, record_fingerprint
-from bbjtune.train.job import StageJob, TrainingStopped, is_main_process
+from bbjtune.train.job import STOP_HINT, StageJob, TrainingStopped, is_main_process
 from bbjtune.train.lora import peft_config
 from bbjtune.train.packing import install_collator
 
@@ -182,6 +182,9 @@ def run_trainer(job: StageJob, model: Any, tokenizer: Any, args: Any, train_data
                 peft_settings: Any) -> tuple[Any, dict[str, Any]]:
     """Build the trainer, train (resuming when there is a checkpoint) and return it with its final metrics."""
     resume_from = decide_resume(job)
+    if resume_from is not None:
+        job.console.print(f"{job.stage}: resuming from step {checkpoint_step(resume_from)} "
+                          f"(checkpoint {resume_from}); --restart starts over")
     args.eval_on_start = eval_dataset is not None and resume_from is None  # the held-out loss before training
     trainer = make_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings,
                            callbacks=stage_callbacks(job, resume_from),
@@ -203,8 +206,10 @@ def train(trainer: Any, job: StageJob, resume_from: Path | None) -> Any:
             if isinstance(cb, RichProgress):
                 cb.close()
     if stop.stopped_at is not None:
-        raise TrainingStopped(f"{job.stage} stopped at step {stop.stopped_at}; checkpoint saved in "
-                              f"{job.checkpoints_dir}")
+        message = f"{job.stage} stopped at step {stop.stopped_at}; checkpoint saved in {job.checkpoints_dir}"
+        # Said here: the command line turns any KeyboardInterrupt into exit code 130 and drops its text.
+        job.console.print(f"[yellow]{message}[/]\n{STOP_HINT}", highlight=False)
+        raise TrainingStopped(message)
     return result
 
 def final_metrics(trainer: Any, has_eval: bool) -> dict[str, Any]:
