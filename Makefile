@@ -1,6 +1,6 @@
 # bbjtune — the two commands a fresh machine needs:
 #   make demo   create .venv, install, run the whole pipeline on the embedded default (tiny model + examples/)
-#   make test   create/update .venv, install with test extras, lint (ruff check), run the tests
+#   make test   create/update .venv, install with test extras, lint (ruff check, ruff format --check), run the tests
 # and the quick loop while changing code:
 #   make test-fast   lint and the tests that train no model (tests marked slow are left out)
 PYTHON ?= python3
@@ -93,6 +93,7 @@ test-fast: install-test lint
 
 lint: install-test
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # The review page's browser test drives Debian's chromium (never Playwright's own download). When it
 # is missing, `make test` says so and why, then installs it when it can (apt-get as root or with

@@ -24,33 +24,77 @@ OUT = Path(__file__).resolve().parents[1] / "src" / "bbjtune" / "bbj" / "bbjapi_
 
 # sysgui classes that are not controls: no BBjControl methods.
 NON_CONTROLS = {
-    "BBjFont", "BBjImage", "BBjIcon", "BBjImageManager", "BBjSystemMetrics", "BBjGridSortInfo",
-    "BBjHelpManager", "BBjGeolocation", "BBjServerSecurity", "BBjGridData", "BBjGridCell",
-    "BBjGridHeader", "SysGuiBatchAgent",
+    "BBjFont",
+    "BBjImage",
+    "BBjIcon",
+    "BBjImageManager",
+    "BBjSystemMetrics",
+    "BBjGridSortInfo",
+    "BBjHelpManager",
+    "BBjGeolocation",
+    "BBjServerSecurity",
+    "BBjGridData",
+    "BBjGridCell",
+    "BBjGridHeader",
+    "SysGuiBatchAgent",
 }
 # Interfaces that controls implement; every control may use their methods.
 CONTROL_MIXINS = [
-    "ClientValidation", "DragSource", "DropTarget", "Editable", "Focusable", "GridRecordSetBindable",
-    "Injectable", "ListBehavior", "RecordSetBindable", "RecordSetFillable", "ScrollWheelBehaviorIF",
-    "Scrollable", "Separator", "TabTraversable", "TextAlignable", "TextControl", "Validation",
+    "ClientValidation",
+    "DragSource",
+    "DropTarget",
+    "Editable",
+    "Focusable",
+    "GridRecordSetBindable",
+    "Injectable",
+    "ListBehavior",
+    "RecordSetBindable",
+    "RecordSetFillable",
+    "ScrollWheelBehaviorIF",
+    "Scrollable",
+    "Separator",
+    "TabTraversable",
+    "TextAlignable",
+    "TextControl",
+    "Validation",
     "WrappedJComponentBase",
 ]
 PARENTS = {
     "BBjWindow": ["BBjControl"],
-    "BBjTopLevelWindow": ["BBjWindow", "MDIWindowIF"], "BBjChildWindow": ["BBjWindow"], "BBjDialogWindow": ["BBjWindow"],
-    "BBjToggleButton": ["BBjButton"], "BBjToolButton": ["BBjButton", "BBjToggleButton"],
-    "BBjCheckBox": ["BBjToggleButton"], "BBjRadioButton": ["BBjToggleButton"], "BBjMenuButton": ["BBjButton"],
-    "BBjInputD": ["BBjInput"], "BBjInputE": ["BBjInput"], "BBjInputN": ["BBjInput"], "BBjInputT": ["BBjInput"],
-    "BBjInputDSpinner": ["BBjInputD", "BBjSpinner"], "BBjInputESpinner": ["BBjInputE", "BBjSpinner"],
-    "BBjInputNSpinner": ["BBjInputN", "BBjSpinner"], "BBjInputTSpinner": ["BBjInputT", "BBjSpinner"],
-    "BBjEditBoxSpinner": ["BBjEditBox", "BBjSpinner"], "BBjListSpinner": ["BBjSpinner", "ListBehavior"],
-    "BBjCEdit": ["BBjEditBox"], "BBjListBox": ["ListBehavior"], "BBjListButton": ["ListBehavior", "BBjComboBox"],
+    "BBjTopLevelWindow": ["BBjWindow", "MDIWindowIF"],
+    "BBjChildWindow": ["BBjWindow"],
+    "BBjDialogWindow": ["BBjWindow"],
+    "BBjToggleButton": ["BBjButton"],
+    "BBjToolButton": ["BBjButton", "BBjToggleButton"],
+    "BBjCheckBox": ["BBjToggleButton"],
+    "BBjRadioButton": ["BBjToggleButton"],
+    "BBjMenuButton": ["BBjButton"],
+    "BBjInputD": ["BBjInput"],
+    "BBjInputE": ["BBjInput"],
+    "BBjInputN": ["BBjInput"],
+    "BBjInputT": ["BBjInput"],
+    "BBjInputDSpinner": ["BBjInputD", "BBjSpinner"],
+    "BBjInputESpinner": ["BBjInputE", "BBjSpinner"],
+    "BBjInputNSpinner": ["BBjInputN", "BBjSpinner"],
+    "BBjInputTSpinner": ["BBjInputT", "BBjSpinner"],
+    "BBjEditBoxSpinner": ["BBjEditBox", "BBjSpinner"],
+    "BBjListSpinner": ["BBjSpinner", "ListBehavior"],
+    "BBjCEdit": ["BBjEditBox"],
+    "BBjListBox": ["ListBehavior"],
+    "BBjListButton": ["ListBehavior", "BBjComboBox"],
     "BBjListEdit": ["ListBehavior", "BBjEditBox", "BBjComboBox"],
-    "BBjStandardGrid": ["BBjGrid"], "BBjDataAwareGrid": ["BBjGrid"], "BBjDataBoundGrid": ["BBjGrid"],
+    "BBjStandardGrid": ["BBjGrid"],
+    "BBjDataAwareGrid": ["BBjGrid"],
+    "BBjDataBoundGrid": ["BBjGrid"],
     "BBjDebugGrid": ["BBjGrid"],
-    "BBjCommonChart": ["BBjChart"], "BBjGenericChart": ["BBjChart"], "BBjBarChart": ["BBjCommonChart"],
-    "BBjLineChart": ["BBjCommonChart"], "BBjPieChart": ["BBjCommonChart"],
-    "BBjMenu": ["BBjMenuItem"], "BBjPopupMenu": ["BBjMenu"], "BBjCheckableMenuItem": ["BBjMenuItem"],
+    "BBjCommonChart": ["BBjChart"],
+    "BBjGenericChart": ["BBjChart"],
+    "BBjBarChart": ["BBjCommonChart"],
+    "BBjLineChart": ["BBjCommonChart"],
+    "BBjPieChart": ["BBjCommonChart"],
+    "BBjMenu": ["BBjMenuItem"],
+    "BBjPopupMenu": ["BBjMenu"],
+    "BBjCheckableMenuItem": ["BBjMenuItem"],
     "BBjMenuBar": ["BBjMenu"],
     "BBjEnterpriseNamespace": ["BBjNamespace"],
     "BBjMDI": ["MDIInfraStructureIF", "MDIWindowIF", "MDIBorderManagementIF"],
@@ -78,8 +122,12 @@ def build(index: dict) -> dict:
             if name in classes:
                 continue  # BBjString exists twice; the proxies one comes first
             parents = list(PARENTS.get(name, []))
-            if package.endswith(".sysgui") and name not in NON_CONTROLS and name != "BBjControl" \
-                    and name not in CONTROL_MIXINS:
+            if (
+                package.endswith(".sysgui")
+                and name not in NON_CONTROLS
+                and name != "BBjControl"
+                and name not in CONTROL_MIXINS
+            ):
                 parents += ["BBjControl", *CONTROL_MIXINS]
             if package.endswith(".event") and name != EVENT_FAMILY:
                 parents.append(EVENT_FAMILY)
@@ -97,8 +145,8 @@ def build(index: dict) -> dict:
                 events[m] = sorted(set(events.get(m, [])) | set(c))
     return {
         "origin": "derived from the BBj language server's javadoc data (BBx-Kitchen/bbj-language-server, "
-                  "MIT) via bbj-corpus api/bbjapi-index.json: class and method names and argument counts "
-                  "only; parents stated by benchmarks/build_api_table.py",
+        "MIT) via bbj-corpus api/bbjapi-index.json: class and method names and argument counts "
+        "only; parents stated by benchmarks/build_api_table.py",
         "source_note": index.get("source", ""),
         "classes": classes,
     }

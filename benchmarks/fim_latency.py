@@ -42,15 +42,26 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
-              "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+END_TOKENS = (
+    "<|endoftext|>",
+    "<|im_end|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+    "<|fim_prefix|>",
+    "<|fim_suffix|>",
+    "<|fim_middle|>",
+)
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="a .gguf file (default: the real 0.5B if fetched, else tiny:test)")
-    p.add_argument("--program", default=str(REPO / "examples" / "programs" / "vp_orderentry.bbj"),
-                   help="the BBj file the holes are cut from")
+    p.add_argument(
+        "--program",
+        default=str(REPO / "examples" / "programs" / "vp_orderentry.bbj"),
+        help="the BBj file the holes are cut from",
+    )
     p.add_argument("--holes", type=int, default=12)
     p.add_argument("--tokens", type=int, default=32, help="forced completion length")
     p.add_argument("--max-tokens", type=int, default=64, help="limit of a natural completion")
@@ -79,8 +90,15 @@ def holes(program: Path, n: int) -> list:
     from bbjtune.evaluate.fim import build_cases
 
     record = {"source": str(program), "text": program.read_text(encoding="utf-8", errors="replace")}
-    cases, info = build_cases([record], n, seed=0, kinds=["statement"], context_lines_before=40,
-                              context_lines_after=20, compiler="builtin")
+    cases, info = build_cases(
+        [record],
+        n,
+        seed=0,
+        kinds=["statement"],
+        context_lines_before=40,
+        context_lines_after=20,
+        compiler="builtin",
+    )
     if not cases:
         sys.exit(f"{program} gives no holes (does it compile? {info})")
     return cases
@@ -99,13 +117,24 @@ class InProcess:
         self.llm.reset()  # no KV cache carried from the previous hole: every request reads its prompt
         c0, t0 = time.process_time(), time.perf_counter()
         first, n = None, 0
-        for chunk in self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stream=True,
-                                                logit_bias=self.ban if forced else None):
+        for chunk in self.llm.create_completion(
+            prompt,
+            max_tokens=max_tokens,
+            temperature=0.0,
+            stream=True,
+            logit_bias=self.ban if forced else None,
+        ):
             if first is None:
                 first = time.perf_counter() - t0
             n += chunk["choices"][0]["finish_reason"] is None  # the last chunk only says why it ended
         total, cpu = time.perf_counter() - t0, time.process_time() - c0
-        return first or total, total, len(self.llm.tokenize(prompt.encode(), add_bos=False, special=True)), n, cpu
+        return (
+            first or total,
+            total,
+            len(self.llm.tokenize(prompt.encode(), add_bos=False, special=True)),
+            n,
+            cpu,
+        )
 
 
 class OverHttp:
@@ -115,9 +144,24 @@ class OverHttp:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        self.proc = subprocess.Popen([sys.executable, "-m", "bbjtune", "serve", "gguf", str(model), "--port", str(port),
-                                      "--threads", str(threads)], cwd=REPO, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bbjtune",
+                "serve",
+                "gguf",
+                str(model),
+                "--port",
+                str(port),
+                "--threads",
+                str(threads),
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        )
         self.base, self.http = f"http://127.0.0.1:{port}/v1", httpx.Client(timeout=300)
         deadline = time.time() + 300
         while True:
@@ -132,7 +176,9 @@ class OverHttp:
         import llama_cpp  # only to look up the end tokens' ids, as InProcess does
 
         vocab = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
-        self.ban = {str(vocab.tokenize(t.encode(), add_bos=False, special=True)[0]): -100.0 for t in END_TOKENS}
+        self.ban = {
+            str(vocab.tokenize(t.encode(), add_bos=False, special=True)[0]): -100.0 for t in END_TOKENS
+        }
 
     def complete(self, prompt: str, max_tokens: int, forced: bool) -> tuple[float, float, int, int, float]:
         body = {"model": "m", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stream": True}
@@ -170,28 +216,46 @@ def main() -> None:
         return round(statistics.median(r[i] for r in rows), 3)
 
     result = {
-        "date": date.today().isoformat(), "model": name, "gguf": str(model), "path": "http" if args.server else "llama.cpp",
+        "date": date.today().isoformat(),
+        "model": name,
+        "gguf": str(model),
+        "path": "http" if args.server else "llama.cpp",
         "machine": f"{os.cpu_count()}-core CPU, {platform.processor() or platform.machine()}, load average "
-                   f"{os.getloadavg()[0]:.1f}", "threads": args.threads, "holes": len(cases), "program": args.program,
+        f"{os.getloadavg()[0]:.1f}",
+        "threads": args.threads,
+        "holes": len(cases),
+        "program": args.program,
         "prompt_tokens_median": med(forced, 2) if not args.server else None,
-        "forced": {"tokens": args.tokens, "first_token_s": med(forced, 0), "total_s": med(forced, 1),
-                   "cpu_s": med(forced, 4) if not args.server else None,
-                   "total_s_max": round(max(r[1] for r in forced), 3),
-                   "tokens_per_s": round(args.tokens / statistics.median(r[1] - r[0] for r in forced), 1)},
-        "natural": {"max_tokens": args.max_tokens, "tokens_median": med(natural, 3), "total_s": med(natural, 1),
-                    "cpu_s": med(natural, 4) if not args.server else None,
-                    "stopped_before_limit": sum(r[3] < args.max_tokens for r in natural)},
+        "forced": {
+            "tokens": args.tokens,
+            "first_token_s": med(forced, 0),
+            "total_s": med(forced, 1),
+            "cpu_s": med(forced, 4) if not args.server else None,
+            "total_s_max": round(max(r[1] for r in forced), 3),
+            "tokens_per_s": round(args.tokens / statistics.median(r[1] - r[0] for r in forced), 1),
+        },
+        "natural": {
+            "max_tokens": args.max_tokens,
+            "tokens_median": med(natural, 3),
+            "total_s": med(natural, 1),
+            "cpu_s": med(natural, 4) if not args.server else None,
+            "stopped_before_limit": sum(r[3] < args.max_tokens for r in natural),
+        },
     }
-    out = Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"fim_latency-{result['date']}.json"
+    out = (
+        Path(args.out) if args.out else REPO / "benchmarks" / "results" / f"fim_latency-{result['date']}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     f, nat = result["forced"], result["natural"]
-    print(f"| {result['date']} | {result['machine']}, {args.threads} threads | `python benchmarks/fim_latency.py"
-          f"{' --server' if args.server else ''}` | {name}: {f['tokens']} tokens in **{f['total_s']} s** "
-          f"({f['cpu_s']} CPU-s) "
-          f"(first token {f['first_token_s']} s, {f['tokens_per_s']} tokens/s); natural completions "
-          f"{nat['tokens_median']} tokens in {nat['total_s']} s |")
+    print(
+        f"| {result['date']} | {result['machine']}, {args.threads} threads | `python benchmarks/fim_latency.py"
+        f"{' --server' if args.server else ''}` | {name}: {f['tokens']} tokens in **{f['total_s']} s** "
+        f"({f['cpu_s']} CPU-s) "
+        f"(first token {f['first_token_s']} s, {f['tokens_per_s']} tokens/s); natural completions "
+        f"{nat['tokens_median']} tokens in {nat['total_s']} s |"
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,13 @@ def free_port() -> int:
 
 
 def start(args: list[str], ready: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "bbjtune", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bbjtune", *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     deadline = time.time() + 180
     while time.time() < deadline:
         try:
@@ -81,49 +86,105 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "src"))
     from bbjtune.gateway_log import read_log
 
-    prompts = [json.loads(line)["prompt"] for line in (REPO / "evals" / "bbj-core.jsonl").open()][:args.prompts]
+    prompts = [json.loads(line)["prompt"] for line in (REPO / "evals" / "bbj-core.jsonl").open()][
+        : args.prompts
+    ]
     with tempfile.TemporaryDirectory() as tmp_:
         tmp = Path(tmp_)
         gguf = args.gguf or tiny_gguf(tmp)
         up, g1, gk = free_port(), free_port(), free_port()
-        procs = [start(["serve", "gguf", str(gguf), "--port", str(up), "--n-ctx", "2048", "--threads",
-                        str(args.threads)], f"http://127.0.0.1:{up}/v1/models")]
+        procs = [
+            start(
+                [
+                    "serve",
+                    "gguf",
+                    str(gguf),
+                    "--port",
+                    str(up),
+                    "--n-ctx",
+                    "2048",
+                    "--threads",
+                    str(args.threads),
+                ],
+                f"http://127.0.0.1:{up}/v1/models",
+            )
+        ]
         upstream = f"http://127.0.0.1:{up}/v1"
         for port, n in ((g1, 1), (gk, args.best_of)):
-            procs.append(start(["serve", "gateway", "--upstream", upstream, "--port", str(port), "--best-of", str(n),
-                                "--compiler", "builtin", "--log", str(tmp / f"log-{n}.sqlite")],
-                               f"http://127.0.0.1:{port}/v1/models"))
-        ways = {"direct": upstream, "gateway best-of-1": f"http://127.0.0.1:{g1}/v1",
-                f"gateway best-of-{args.best_of}": f"http://127.0.0.1:{gk}/v1"}
+            procs.append(
+                start(
+                    [
+                        "serve",
+                        "gateway",
+                        "--upstream",
+                        upstream,
+                        "--port",
+                        str(port),
+                        "--best-of",
+                        str(n),
+                        "--compiler",
+                        "builtin",
+                        "--log",
+                        str(tmp / f"log-{n}.sqlite"),
+                    ],
+                    f"http://127.0.0.1:{port}/v1/models",
+                )
+            )
+        ways = {
+            "direct": upstream,
+            "gateway best-of-1": f"http://127.0.0.1:{g1}/v1",
+            f"gateway best-of-{args.best_of}": f"http://127.0.0.1:{gk}/v1",
+        }
         times: dict[str, list[float]] = {w: [] for w in ways}
         try:
             with httpx.Client(timeout=600, trust_env=False) as client:
-                client.post(f"{upstream}/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
-                                                                  "max_tokens": 4})   # load the model
+                client.post(
+                    f"{upstream}/chat/completions",
+                    json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+                )  # load the model
                 for i, prompt in enumerate(prompts):
-                    order = list(ways)[i % 3:] + list(ways)[:i % 3]
+                    order = list(ways)[i % 3 :] + list(ways)[: i % 3]
                     for way in order:
-                        body = {"model": "m", "max_tokens": args.max_tokens, "temperature": 0, "seed": 0,
-                                "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]}
+                        body = {
+                            "model": "m",
+                            "max_tokens": args.max_tokens,
+                            "temperature": 0,
+                            "seed": 0,
+                            "messages": [
+                                {"role": "system", "content": SYSTEM},
+                                {"role": "user", "content": prompt},
+                            ],
+                        }
                         t0 = time.perf_counter()
                         res = client.post(f"{ways[way]}/chat/completions", json=body)
                         res.raise_for_status()
                         times[way].append(time.perf_counter() - t0)
-                    print(f"prompt {i + 1}/{len(prompts)} done: "
-                          + ", ".join(f"{w} {times[w][-1]:.1f} s" for w in ways), file=sys.stderr, flush=True)
+                    print(
+                        f"prompt {i + 1}/{len(prompts)} done: "
+                        + ", ".join(f"{w} {times[w][-1]:.1f} s" for w in ways),
+                        file=sys.stderr,
+                        flush=True,
+                    )
         finally:
             for p in procs:
                 p.terminate()
                 p.wait(timeout=30)
-        logs = {"gateway best-of-1": read_log(tmp / "log-1.sqlite"),
-                f"gateway best-of-{args.best_of}": read_log(tmp / f"log-{args.best_of}.sqlite")}
+        logs = {
+            "gateway best-of-1": read_log(tmp / "log-1.sqlite"),
+            f"gateway best-of-{args.best_of}": read_log(tmp / f"log-{args.best_of}.sqlite"),
+        }
 
     base = statistics.median(times["direct"])
-    result = {"date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-              f"load {os.getloadavg()[0]:.1f}", "model": gguf.name if args.gguf else "tiny:test (f16 GGUF)",
-              "prompts": len(prompts), "max_tokens": args.max_tokens,
-              "command": "python benchmarks/gateway_latency.py " + " ".join(sys.argv[1:]),
-              "direct_median_s": round(base, 4), "gateways": {}}
+    result = {
+        "date": str(date.today()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
+        "model": gguf.name if args.gguf else "tiny:test (f16 GGUF)",
+        "prompts": len(prompts),
+        "max_tokens": args.max_tokens,
+        "command": "python benchmarks/gateway_latency.py " + " ".join(sys.argv[1:]),
+        "direct_median_s": round(base, 4),
+        "gateways": {},
+    }
     for way, rows in logs.items():
         overhead = [r["latency_ms"] - r["upstream_ms"] for r in rows]
         result["gateways"][way] = {
@@ -141,10 +202,12 @@ def main() -> None:
     if args.out:
         args.out.write_text(text + "\n")
     for way, g in result["gateways"].items():
-        print(f"| {result['date']} | {result['machine']} | {result['model']} | {way} | {result['prompts']} | "
-              f"{base:.3f} s | {g['median_s']:.3f} s | {g['ratio_to_direct']:.2f}x | {g['overhead_ms_median']:.1f} ms "
-              f"(max {g['overhead_ms_max']:.1f}) | {g['check_ms_median']:.1f} ms | {g['mean_attempts']} | "
-              f"{g['verdicts']['pass']}/{g['verdicts']['fail']}/{g['verdicts']['no-code']} |")
+        print(
+            f"| {result['date']} | {result['machine']} | {result['model']} | {way} | {result['prompts']} | "
+            f"{base:.3f} s | {g['median_s']:.3f} s | {g['ratio_to_direct']:.2f}x | {g['overhead_ms_median']:.1f} ms "
+            f"(max {g['overhead_ms_max']:.1f}) | {g['check_ms_median']:.1f} ms | {g['mean_attempts']} | "
+            f"{g['verdicts']['pass']}/{g['verdicts']['fail']}/{g['verdicts']['no-code']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -31,20 +31,36 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 # Qwen2.5-Coder-0.5B's architecture (config.json of the released model).
-QWEN05B = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-               intermediate_size=4864, vocab_size=151936, max_position_embeddings=32768, rope_theta=1_000_000.0,
-               rms_norm_eps=1e-6, tie_word_embeddings=True)
+QWEN05B = dict(
+    hidden_size=896,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    intermediate_size=4864,
+    vocab_size=151936,
+    max_position_embeddings=32768,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+)
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="tiny model on CPU, few prompts (checks the script works)")
-    p.add_argument("--model", help="a model source (hub id, directory, tiny:<preset>); default: random-init 0.5B shape")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny model on CPU, few prompts (checks the script works)"
+    )
+    p.add_argument(
+        "--model", help="a model source (hub id, directory, tiny:<preset>); default: random-init 0.5B shape"
+    )
     p.add_argument("--prompts", type=int, help="number of prompts (default 500; smoke 24)")
     p.add_argument("--max-new-tokens", type=int, help="tokens per answer (default 128; smoke 16)")
     p.add_argument("--batch-size", type=int, help="batch size of the batched run (default 64; smoke 8)")
-    p.add_argument("--sequential-sample", type=int,
-                   help="prompts run one at a time, then scaled to all (default 64; smoke: all; 0: all)")
+    p.add_argument(
+        "--sequential-sample",
+        type=int,
+        help="prompts run one at a time, then scaled to all (default 64; smoke: all; 0: all)",
+    )
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     p.add_argument("--out", type=Path, help="also write the result as JSON to this file")
     args = p.parse_args()
@@ -121,32 +137,60 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     requests = [Request(messages=[{"role": "user", "content": p}]) for p in suite_prompts(args.prompts)]
     sampling = Sampling(temperature=0.0, max_new_tokens=args.max_new_tokens)
-    prompt_tokens = [len(tok.apply_chat_template(r.messages, tokenize=True, add_generation_prompt=True,
-                                                 return_dict=True)["input_ids"]) for r in requests]
+    prompt_tokens = [
+        len(
+            tok.apply_chat_template(r.messages, tokenize=True, add_generation_prompt=True, return_dict=True)[
+                "input_ids"
+            ]
+        )
+        for r in requests
+    ]
 
     batched = TransformersBackend(model, tok, batch_size=args.batch_size)
     sequential = TransformersBackend(model, tok, batch_size=1)
-    timed_generate(batched, requests[:min(len(requests), args.batch_size)], Sampling(temperature=0.0, max_new_tokens=4))
+    timed_generate(
+        batched, requests[: min(len(requests), args.batch_size)], Sampling(temperature=0.0, max_new_tokens=4)
+    )
     timed_generate(sequential, requests[:2], Sampling(temperature=0.0, max_new_tokens=4))  # warm-up
     model.generation_config.min_new_tokens = args.max_new_tokens  # same work per answer, EOS or not
 
     b_seconds, b_tokens = timed_generate(batched, requests, sampling)
-    sample = requests if not args.sequential_sample else requests[:args.sequential_sample]
+    sample = requests if not args.sequential_sample else requests[: args.sequential_sample]
     s_seconds, s_tokens = timed_generate(sequential, sample, sampling)
     s_all = s_seconds * len(requests) / len(sample)
     speedup = s_all / b_seconds
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()})"
+    )
     result = {
-        "date": date.today().isoformat(), "device": device, "model": model_name, "parameters": params,
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "torch": torch.__version__,
-        "transformers": transformers.__version__, "prompts": len(requests), "max_new_tokens": args.max_new_tokens,
-        "prompt_tokens_mean": round(sum(prompt_tokens) / len(prompt_tokens), 1), "batch_size": args.batch_size,
-        "batched": {"seconds": round(b_seconds, 2), "tokens": b_tokens, "tokens_per_s": round(b_tokens / b_seconds, 1),
-                    "prompts_per_s": round(len(requests) / b_seconds, 2)},
-        "sequential": {"prompts_run": len(sample), "seconds": round(s_seconds, 2), "tokens": s_tokens,
-                       "tokens_per_s": round(s_tokens / s_seconds, 1),
-                       "seconds_for_all_prompts": round(s_all, 1), "extrapolated": len(sample) < len(requests)},
+        "date": date.today().isoformat(),
+        "device": device,
+        "model": model_name,
+        "parameters": params,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "prompts": len(requests),
+        "max_new_tokens": args.max_new_tokens,
+        "prompt_tokens_mean": round(sum(prompt_tokens) / len(prompt_tokens), 1),
+        "batch_size": args.batch_size,
+        "batched": {
+            "seconds": round(b_seconds, 2),
+            "tokens": b_tokens,
+            "tokens_per_s": round(b_tokens / b_seconds, 1),
+            "prompts_per_s": round(len(requests) / b_seconds, 2),
+        },
+        "sequential": {
+            "prompts_run": len(sample),
+            "seconds": round(s_seconds, 2),
+            "tokens": s_tokens,
+            "tokens_per_s": round(s_tokens / s_seconds, 1),
+            "seconds_for_all_prompts": round(s_all, 1),
+            "extrapolated": len(sample) < len(requests),
+        },
         "speedup": round(speedup, 1),
         "command": "python benchmarks/generate_batching.py " + " ".join(sys.argv[1:]),
     }
@@ -154,10 +198,14 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    seq_note = f"one at a time {s_all:,.0f} s" + (f" (measured on {len(sample)} prompts, scaled)" if result["sequential"]["extrapolated"] else "")
-    print(f"\n| {result['date']} | {device} | {model_name}, {result['dtype']}, {len(requests)} prompts x "
-          f"{args.max_new_tokens} tokens, batch {args.batch_size} | `{result['command'].strip()}` | "
-          f"**{speedup:.1f}x**: batched {b_seconds:,.1f} s ({result['batched']['tokens_per_s']:,.0f} tok/s), {seq_note} |")
+    seq_note = f"one at a time {s_all:,.0f} s" + (
+        f" (measured on {len(sample)} prompts, scaled)" if result["sequential"]["extrapolated"] else ""
+    )
+    print(
+        f"\n| {result['date']} | {device} | {model_name}, {result['dtype']}, {len(requests)} prompts x "
+        f"{args.max_new_tokens} tokens, batch {args.batch_size} | `{result['command'].strip()}` | "
+        f"**{speedup:.1f}x**: batched {b_seconds:,.1f} s ({result['batched']['tokens_per_s']:,.0f} tok/s), {seq_note} |"
+    )
 
 
 if __name__ == "__main__":

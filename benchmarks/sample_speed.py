@@ -40,13 +40,19 @@ from generate_batching import load, suite_prompts  # noqa: E402 — the same mod
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="tiny model on CPU, few prompts (checks the script works)")
-    p.add_argument("--model", help="a model source (hub id, directory, tiny:<preset>); default: random-init 0.5B shape")
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny model on CPU, few prompts (checks the script works)"
+    )
+    p.add_argument(
+        "--model", help="a model source (hub id, directory, tiny:<preset>); default: random-init 0.5B shape"
+    )
     p.add_argument("--prompts", type=int, help="prompts for the new variants (default 128; smoke 8)")
     p.add_argument("--old-prompts", type=int, help="prompts for the old variants (default 32; smoke 8)")
     p.add_argument("--k", type=int, default=8, help="samples per prompt (default 8)")
     p.add_argument("--max-new-tokens", type=int, help="tokens per answer (default 128; smoke 12)")
-    p.add_argument("--batch-tokens", type=int, help="token budget of the new batches (default 262144; smoke 2048)")
+    p.add_argument(
+        "--batch-tokens", type=int, help="token budget of the new batches (default 262144; smoke 2048)"
+    )
     p.add_argument("--skip", nargs="*", default=[], help="variants to leave out (e.g. new-k-static)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     p.add_argument("--out", type=Path, help="also write the result as JSON to this file")
@@ -72,8 +78,13 @@ def timed(backend, requests, sampling) -> dict:
     seconds = time.perf_counter() - t0
     tokens = sum(c.tokens or 0 for comps in results.values() for c in comps)
     assert len(results) == len(requests)
-    out = {"prompts": len(requests), "answers": sum(len(c) for c in results.values()), "seconds": round(seconds, 2),
-           "tokens": tokens, "tokens_per_s": round(tokens / seconds, 1)}
+    out = {
+        "prompts": len(requests),
+        "answers": sum(len(c) for c in results.values()),
+        "seconds": round(seconds, 2),
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 1),
+    }
     if torch.cuda.is_available():
         out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return out
@@ -94,9 +105,16 @@ def main() -> None:
     variants = {
         "old-eval": (lambda: TransformersBackend(model, tok, batch_size=64), args.old_prompts, greedy),
         "old-k": (lambda: TransformersBackend(model, tok, batch_size=16), args.old_prompts, sampled),
-        "new-k": (lambda: TransformersBackend(model, tok, batch_tokens=args.batch_tokens), args.prompts, sampled),
-        "new-k-static": (lambda: TransformersBackend(model, tok, batch_tokens=args.batch_tokens, static_cache=True),
-                         args.prompts, sampled),
+        "new-k": (
+            lambda: TransformersBackend(model, tok, batch_tokens=args.batch_tokens),
+            args.prompts,
+            sampled,
+        ),
+        "new-k-static": (
+            lambda: TransformersBackend(model, tok, batch_tokens=args.batch_tokens, static_cache=True),
+            args.prompts,
+            sampled,
+        ),
         "continuous-k": (lambda: TransformersBackend(model, tok, continuous=True), args.prompts, sampled),
     }
     warm = TransformersBackend(model, tok, batch_size=8)
@@ -109,32 +127,49 @@ def main() -> None:
         try:
             backend = make()
             rows[name] = timed(backend, requests[:n_prompts], sampling)
-            if name.endswith(("static", "continuous-k")):  # the first run compiled/captured; the second is steady
+            if name.endswith(
+                ("static", "continuous-k")
+            ):  # the first run compiled/captured; the second is steady
                 rows[name] = {"cold": rows[name], **timed(backend, requests[:n_prompts], sampling)}
         except Exception as exc:  # noqa: BLE001 — a variant that cannot run is a result too
             rows[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
         print(name, json.dumps(rows[name]), flush=True)
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
+    device = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()})"
+    )
     base = rows.get("old-k", {}).get("tokens_per_s")
     result = {
-        "date": date.today().isoformat(), "device": device, "model": model_name,
+        "date": date.today().isoformat(),
+        "device": device,
+        "model": model_name,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "torch": torch.__version__,
-        "transformers": transformers.__version__, "k": args.k, "max_new_tokens": args.max_new_tokens,
-        "batch_tokens": args.batch_tokens, "variants": rows,
-        "speedup_vs_old_k": {n: round(r["tokens_per_s"] / base, 2) for n, r in rows.items()
-                             if base and "tokens_per_s" in r},
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "k": args.k,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_tokens": args.batch_tokens,
+        "variants": rows,
+        "speedup_vs_old_k": {
+            n: round(r["tokens_per_s"] / base, 2) for n, r in rows.items() if base and "tokens_per_s" in r
+        },
         "command": "python benchmarks/sample_speed.py " + " ".join(sys.argv[1:]),
     }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    cells = ", ".join(f"{n} {r['tokens_per_s']:,.0f} tok/s" if "tokens_per_s" in r else f"{n} failed"
-                      for n, r in rows.items())
-    print(f"\n| {result['date']} | {device} | {model_name}, {result['dtype']}, k={args.k} x {args.max_new_tokens} tokens, "
-          f"budget {args.batch_tokens:,} | `{result['command'].strip()}` | {cells} |")
+    cells = ", ".join(
+        f"{n} {r['tokens_per_s']:,.0f} tok/s" if "tokens_per_s" in r else f"{n} failed"
+        for n, r in rows.items()
+    )
+    print(
+        f"\n| {result['date']} | {device} | {model_name}, {result['dtype']}, k={args.k} x {args.max_new_tokens} tokens, "
+        f"budget {args.batch_tokens:,} | `{result['command'].strip()}` | {cells} |"
+    )
 
 
 if __name__ == "__main__":

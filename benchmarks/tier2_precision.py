@@ -30,7 +30,9 @@ VALID_LABELS = frozenset({"valid", "valid-parse"})
 
 
 def corpus_files(root: Path) -> dict[str, list[Path]]:
-    real = sorted(p for p in (root / "real").rglob("*") if p.suffix.lower() in (".bbj", ".bbjt", ".src", ".bbl"))
+    real = sorted(
+        p for p in (root / "real").rglob("*") if p.suffix.lower() in (".bbj", ".bbjt", ".src", ".bbl")
+    )
     ls = root / "language-server"
     snippets = []
     index = ls / "index.jsonl"
@@ -45,14 +47,21 @@ def corpus_files(root: Path) -> dict[str, list[Path]]:
 
 def sources(root: Path) -> dict[str, list[tuple[str, str, dict]]]:
     """(name, code, check_quality arguments) per corpus."""
-    out = {name: [(str(p.relative_to(root)), decode_source(p.read_bytes()), {}) for p in files]
-           for name, files in corpus_files(root).items()}
+    out = {
+        name: [(str(p.relative_to(root)), decode_source(p.read_bytes()), {}) for p in files]
+        for name, files in corpus_files(root).items()
+    }
     refs = []
     for suite in sorted(EVALS.glob("*.jsonl")):
         for case in load_suite(suite).cases:
             if case.compile and case.reference:
-                refs.append((f"{suite.name}:{case.id}", extract_bbj(case.reference),
-                             {"generation": case.generation, "must_not": case.must_not}))
+                refs.append(
+                    (
+                        f"{suite.name}:{case.id}",
+                        extract_bbj(case.reference),
+                        {"generation": case.generation, "must_not": case.must_not},
+                    )
+                )
     out["eval suite references"] = refs
     return out
 
@@ -76,8 +85,16 @@ def measure(root: Path) -> dict[str, dict]:
             rules.update(f.rule for f in errors)
             if errors:
                 flagged.append((path, errors))
-        out[name] = {"files": len(items), "lines": lines, "calls": calls, "files_flagged": len(flagged), "false_alarms": alarms,
-                     "by_rule": dict(rules), "seconds": round(seconds, 2), "flagged": flagged}
+        out[name] = {
+            "files": len(items),
+            "lines": lines,
+            "calls": calls,
+            "files_flagged": len(flagged),
+            "false_alarms": alarms,
+            "by_rule": dict(rules),
+            "seconds": round(seconds, 2),
+            "flagged": flagged,
+        }
     return out
 
 
@@ -88,12 +105,16 @@ def main(argv: list[str]) -> int:
     if not (root / "real").is_dir():
         print(f"{root}/real not found: pass the bbj-corpus folder", file=sys.stderr)
         return 2
-    print("| corpus | files | lines | calls checked | files with a false alarm | false alarms | by rule | seconds |")
+    print(
+        "| corpus | files | lines | calls checked | files with a false alarm | false alarms | by rule | seconds |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|---:|")
     for name, r in measure(root).items():
         rules = ", ".join(f"{k} {v}" for k, v in sorted(r["by_rule"].items())) or "-"
-        print(f"| {name} | {r['files']} | {r['lines']:,} | {r['calls']:,} | {r['files_flagged']} | {r['false_alarms']} | {rules} "
-              f"| {r['seconds']} |")
+        print(
+            f"| {name} | {r['files']} | {r['lines']:,} | {r['calls']:,} | {r['files_flagged']} | {r['false_alarms']} | {rules} "
+            f"| {r['seconds']} |"
+        )
         if show:
             for path, errors in r["flagged"]:
                 for f in errors:

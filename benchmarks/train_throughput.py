@@ -46,12 +46,33 @@ from pathlib import Path
 from typing import Any
 
 ARCHS = {
-    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
-    "14b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=48, num_attention_heads=40,
-                num_key_value_heads=8, vocab_size=152064, tie_word_embeddings=False),
-    "smoke": dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=4096, tie_word_embeddings=False),
+    "7b": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+    ),
+    "14b": dict(
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=48,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+    ),
+    "smoke": dict(
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=4096,
+        tie_word_embeddings=False,
+    ),
 }
 GROUPS = {  # group: (architecture, 4-bit, workload)
     "7b-lora": ("7b", False, "full"),
@@ -79,6 +100,7 @@ class Settings:
 
 # ----------------------------------------------------------------------------- workloads
 
+
 def bbj_length_mix(n: int, seq: int, rng: random.Random) -> list[int]:
     """Conversation lengths in tokens, shaped like BBj instruction data: most a few hundred tokens,
     a long tail of multi-screen programs (log-normal, median ~ seq/4, capped at seq)."""
@@ -102,10 +124,14 @@ def conversations_from_rows(rows: list[list[int]], tokenizer: Any) -> list[list[
         cut = max(8, len(ids) // 8)
         answer = list(ids[cut:])
         for _ in range(20):
-            conv = [{"role": "system", "content": "You are a BBj expert."},
-                    {"role": "user", "content": tokenizer.decode(ids[:cut])},
-                    {"role": "assistant", "content": tokenizer.decode(answer)}]
-            short = len(ids) - len(tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"])
+            conv = [
+                {"role": "system", "content": "You are a BBj expert."},
+                {"role": "user", "content": tokenizer.decode(ids[:cut])},
+                {"role": "assistant", "content": tokenizer.decode(answer)},
+            ]
+            short = len(ids) - len(
+                tokenizer.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"]
+            )
             if short <= 0:
                 break
             answer += [rng.randrange(16, 4000) for _ in range(short)]
@@ -114,6 +140,7 @@ def conversations_from_rows(rows: list[list[int]], tokenizer: Any) -> list[list[
 
 
 # ----------------------------------------------------------------------------- model checkpoints
+
 
 def make_checkpoint(arch: str, work_dir: Path, device: str) -> Path:
     """A random-weight Qwen2 checkpoint (bf16 safetensors) + a ChatML tokenizer, built once."""
@@ -125,8 +152,15 @@ def make_checkpoint(arch: str, work_dir: Path, device: str) -> Path:
     target = work_dir / f"qwen2.5-coder-{arch}-random"
     if (target / "config.json").exists():
         return target
-    config = Qwen2Config(**ARCHS[arch], max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
-                         use_sliding_window=False, bos_token_id=0, eos_token_id=0)
+    config = Qwen2Config(
+        **ARCHS[arch],
+        max_position_embeddings=32768,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        use_sliding_window=False,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     dtype = torch.float32 if device == "cpu" else torch.bfloat16
     with torch.device(device):
         torch.manual_seed(0)
@@ -143,6 +177,7 @@ def make_checkpoint(arch: str, work_dir: Path, device: str) -> Path:
 
 # ----------------------------------------------------------------------------- measuring
 
+
 class Meter:
     """Times optimizer steps after warm-up; counts tokens fed and useful (non-padding) tokens."""
 
@@ -157,12 +192,18 @@ class Meter:
     def count(self, batch: dict[str, Any]) -> None:
         """Called with each micro-batch as the model receives it."""
         ids = batch["input_ids"]
-        if os.environ.get("BENCH_DEBUG") and self.steps < 2:  # what the model is fed: shapes, padding, packed segments
+        if (
+            os.environ.get("BENCH_DEBUG") and self.steps < 2
+        ):  # what the model is fed: shapes, padding, packed segments
             pos = batch.get("position_ids")
-            print(f"batch {self.steps}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.items() if hasattr(v, "shape"))
-                  + f"; pad {int((ids == self.pad_id).sum())}; segments {int((pos == 0).sum()) if pos is not None else '-'}"
-                  + (f"; mask sum {int(batch['attention_mask'].sum())}" if "attention_mask" in batch else ""),
-                  file=sys.stderr, flush=True)
+            print(
+                f"batch {self.steps}: "
+                + ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.items() if hasattr(v, "shape"))
+                + f"; pad {int((ids == self.pad_id).sum())}; segments {int((pos == 0).sum()) if pos is not None else '-'}"
+                + (f"; mask sum {int(batch['attention_mask'].sum())}" if "attention_mask" in batch else ""),
+                file=sys.stderr,
+                flush=True,
+            )
         self.pending_tokens += ids.numel()
         if "attention_mask" in batch:
             self.pending_useful += int(batch["attention_mask"].sum())
@@ -230,15 +271,22 @@ def peak_memory() -> dict[str, float]:
     import torch
 
     if torch.cuda.is_available():
-        return {"peak_allocated_gib": torch.cuda.max_memory_allocated() / GiB,
-                "peak_reserved_gib": torch.cuda.max_memory_reserved() / GiB}
+        return {
+            "peak_allocated_gib": torch.cuda.max_memory_allocated() / GiB,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved() / GiB,
+        }
     return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB}
 
 
 def flops_per_token(arch: str, seq: int) -> float:
     a = ARCHS[arch]
-    h, i, layers, heads, kv = (a["hidden_size"], a["intermediate_size"], a["num_hidden_layers"],
-                               a["num_attention_heads"], a["num_key_value_heads"])
+    h, i, layers, heads, kv = (
+        a["hidden_size"],
+        a["intermediate_size"],
+        a["num_hidden_layers"],
+        a["num_attention_heads"],
+        a["num_key_value_heads"],
+    )
     head_dim = h // heads
     linear = layers * (h * h * 2 + 2 * h * kv * head_dim + 3 * h * i) + a["vocab_size"] * h
     return 6 * linear + 6 * layers * h * seq
@@ -255,7 +303,10 @@ def gpu_peak_flops() -> tuple[str, float | None]:
 
 # ----------------------------------------------------------------------------- the four paths
 
-def run_hf_peft(ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, meter: Meter, out_dir: Path) -> None:
+
+def run_hf_peft(
+    ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, meter: Meter, out_dir: Path
+) -> None:
     """(a) The plain baseline: transformers model + peft LoRA + transformers Trainer, padding per batch."""
     import torch
     from datasets import Dataset
@@ -274,54 +325,99 @@ def run_hf_peft(ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, met
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": "sdpa"}
     if quant:
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_quant_storage=torch.bfloat16,
+        )
     if torch.cuda.is_available():
         kwargs["device_map"] = {"": 0}
     model = AutoModelForCausalLM.from_pretrained(ckpt, **kwargs)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.enable_input_require_grads()
-    model = get_peft_model(model, LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=0.0,
-                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=s.lora_r,
+            lora_alpha=s.lora_alpha,
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        ),
+    )
     model.train()  # from_pretrained leaves eval mode, where checkpointing does nothing (DESIGN.md)
     tokenizer = load_tokenizer(str(ckpt))
     data = Dataset.from_list([{"input_ids": r, "labels": r} for r in rows])
     collator = DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
-    args = TrainingArguments(output_dir=str(out_dir), per_device_train_batch_size=s.batch, max_steps=s.warmup + s.steps,
-                             learning_rate=2e-4, logging_steps=1000, save_strategy="no", report_to="none",
-                             bf16=not s.smoke, use_cpu=s.smoke, optim="adamw_torch", disable_tqdm=True,
-                             remove_unused_columns=False, dataloader_num_workers=0)
+    args = TrainingArguments(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=s.batch,
+        max_steps=s.warmup + s.steps,
+        learning_rate=2e-4,
+        logging_steps=1000,
+        save_strategy="no",
+        report_to="none",
+        bf16=not s.smoke,
+        use_cpu=s.smoke,
+        optim="adamw_torch",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator)
     attach(trainer, meter)
     reset_peak()
     trainer.train()
 
 
-def run_unsloth(ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, meter: Meter, out_dir: Path) -> None:
+def run_unsloth(
+    ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, meter: Meter, out_dir: Path
+) -> None:
     """(b) Unsloth as its documentation shows: FastLanguageModel, get_peft_model, trl's SFTTrainer."""
     from unsloth import FastLanguageModel  # noqa: I001 — before trl/transformers, as Unsloth requires
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    model, tokenizer = FastLanguageModel.from_pretrained(model_name=str(ckpt), max_seq_length=s.seq, dtype=None,
-                                                         load_in_4bit=quant)
-    model = FastLanguageModel.get_peft_model(model, r=s.lora_r, target_modules=QWEN2_LINEAR, lora_alpha=s.lora_alpha,
-                                             lora_dropout=0, bias="none", use_gradient_checkpointing="unsloth",
-                                             random_state=3407)
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(ckpt), max_seq_length=s.seq, dtype=None, load_in_4bit=quant
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=s.lora_r,
+        target_modules=QWEN2_LINEAR,
+        lora_alpha=s.lora_alpha,
+        lora_dropout=0,
+        bias="none",
+        use_gradient_checkpointing="unsloth",
+        random_state=3407,
+    )
     data = Dataset.from_list([{"input_ids": r} for r in rows])
     # gradient_accumulation_steps explicitly: Unsloth's SFTConfig defaults it to 2, the other paths use 1
-    args = SFTConfig(output_dir=str(out_dir), per_device_train_batch_size=s.batch, max_steps=s.warmup + s.steps,
-                     gradient_accumulation_steps=1, learning_rate=2e-4, logging_steps=1000, save_strategy="no",
-                     report_to="none", bf16=True, optim="adamw_torch", max_length=s.seq, packing=False,
-                     disable_tqdm=True)
+    args = SFTConfig(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=s.batch,
+        max_steps=s.warmup + s.steps,
+        gradient_accumulation_steps=1,
+        learning_rate=2e-4,
+        logging_steps=1000,
+        save_strategy="no",
+        report_to="none",
+        bf16=True,
+        optim="adamw_torch",
+        max_length=s.seq,
+        packing=False,
+        disable_tqdm=True,
+    )
     trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=data, args=args)
     attach(trainer, meter)
     reset_peak()
     trainer.train()
 
 
-def run_bbjtune(ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, meter: Meter, out_dir: Path,
-                backend: str) -> dict[str, Any]:
+def run_bbjtune(
+    ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, meter: Meter, out_dir: Path, backend: str
+) -> dict[str, Any]:
     """(c, d) bbjtune's SFT recipe, with the given backend, on the same tokens as ChatML conversations."""
     if backend == "unsloth":
         import unsloth  # noqa: F401 — first, as Unsloth requires
@@ -338,22 +434,47 @@ def run_bbjtune(ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, met
     from bbjtune.train.memory import estimate_for_config
 
     tokenizer = load_tokenizer(str(ckpt))
-    cfg = validate_config({
-        "name": "bench", "output_dir": str(out_dir),
-        "model": {"source": str(ckpt), "kind": "instruct", "dtype": "float32" if s.smoke else "bfloat16",
-                  "attn_implementation": "sdpa"},
-        "data": {"chatml": ["-"], "output_dir": str(out_dir / "data")},
-        "train": {"backend": backend, "stages": "sft", "optim": "adamw_torch",
-                  "gradient_checkpointing": s.gradient_checkpointing,
-                  "lora": {"r": s.lora_r, "alpha": s.lora_alpha, "dropout": 0.0},
-                  "quantization": {"load_in_4bit": quant}, "save_steps": 10**6, "logging_steps": 1000,
-                  "sft": {"max_steps": s.warmup + s.steps, "max_length": s.seq, "per_device_batch_size": s.batch,
-                          "gradient_accumulation_steps": 1, "packing": True, "learning_rate": 2e-4}},
-        "export": {"vllm": {"enabled": False}},
-    })
+    cfg = validate_config(
+        {
+            "name": "bench",
+            "output_dir": str(out_dir),
+            "model": {
+                "source": str(ckpt),
+                "kind": "instruct",
+                "dtype": "float32" if s.smoke else "bfloat16",
+                "attn_implementation": "sdpa",
+            },
+            "data": {"chatml": ["-"], "output_dir": str(out_dir / "data")},
+            "train": {
+                "backend": backend,
+                "stages": "sft",
+                "optim": "adamw_torch",
+                "gradient_checkpointing": s.gradient_checkpointing,
+                "lora": {"r": s.lora_r, "alpha": s.lora_alpha, "dropout": 0.0},
+                "quantization": {"load_in_4bit": quant},
+                "save_steps": 10**6,
+                "logging_steps": 1000,
+                "sft": {
+                    "max_steps": s.warmup + s.steps,
+                    "max_length": s.seq,
+                    "per_device_batch_size": s.batch,
+                    "gradient_accumulation_steps": 1,
+                    "packing": True,
+                    "learning_rate": 2e-4,
+                },
+            },
+            "export": {"vllm": {"enabled": False}},
+        }
+    )
     configure_torch(cfg)
-    job = StageJob(cfg=cfg, stage="sft", base_source=str(ckpt), backend=backend,
-                          console=Console(stderr=True, quiet=True), resume="never")
+    job = StageJob(
+        cfg=cfg,
+        stage="sft",
+        base_source=str(ckpt),
+        backend=backend,
+        console=Console(stderr=True, quiet=True),
+        resume="never",
+    )
     tok = load_training_tokenizer(job.base_source)
     model, peft_settings, _ = sft._setup_model(job, tok)
     data = TrainingData(conversations=conversations_from_rows(rows, tokenizer))
@@ -369,21 +490,35 @@ def run_bbjtune(ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, met
 
 # ----------------------------------------------------------------------------- one row (worker process)
 
+
 def measure(group: str, path: str, s: Settings, work_dir: Path) -> dict[str, Any]:
     arch, quant, workload = GROUPS[group]
     return measure_row(group, "smoke" if s.smoke else arch, quant, workload, path, s, work_dir)
 
 
-def measure_row(group: str, arch: str, quant: bool, workload: str, path: str, s: Settings,
-                work_dir: Path) -> dict[str, Any]:
+def measure_row(
+    group: str, arch: str, quant: bool, workload: str, path: str, s: Settings, work_dir: Path
+) -> dict[str, Any]:
     import importlib.util
 
     import torch
-    row: dict[str, Any] = {"group": group, "path": path, "arch": arch, "qlora": quant, "workload": workload,
-                           "batch": s.batch, "seq": s.seq, "lora_r": s.lora_r,
-                           "gradient_checkpointing": s.gradient_checkpointing}
-    missing = [m for m, needed in (("unsloth", "unsloth" in path), ("bitsandbytes", quant)) if needed
-               and importlib.util.find_spec(m) is None]
+
+    row: dict[str, Any] = {
+        "group": group,
+        "path": path,
+        "arch": arch,
+        "qlora": quant,
+        "workload": workload,
+        "batch": s.batch,
+        "seq": s.seq,
+        "lora_r": s.lora_r,
+        "gradient_checkpointing": s.gradient_checkpointing,
+    }
+    missing = [
+        m
+        for m, needed in (("unsloth", "unsloth" in path), ("bitsandbytes", quant))
+        if needed and importlib.util.find_spec(m) is None
+    ]
     if "unsloth" in path and not torch.cuda.is_available():
         missing.append("a CUDA GPU")
     if missing:
@@ -410,14 +545,22 @@ def measure_row(group: str, arch: str, quant: bool, workload: str, path: str, s:
             extra = run_bbjtune(ckpt, quant, rows, s, meter, out_dir, path.split("-", 1)[1])
     except Exception as exc:  # noqa: BLE001 — a failing row is reported, the others still run
         import traceback
+
         traceback.print_exc()
         row["status"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         return row
     gpu, peak = gpu_peak_flops()
-    row.update(status="ok", device=gpu, measured_steps=meter.steps - s.warmup, seconds=round(meter.elapsed, 3),
-               tokens_per_s=meter.tokens / meter.elapsed if meter.elapsed else None,
-               useful_tokens_per_s=meter.useful / meter.elapsed if meter.elapsed else None,
-               padding_share=1 - meter.useful / meter.tokens if meter.tokens else None, **peak_memory(), **extra)
+    row.update(
+        status="ok",
+        device=gpu,
+        measured_steps=meter.steps - s.warmup,
+        seconds=round(meter.elapsed, 3),
+        tokens_per_s=meter.tokens / meter.elapsed if meter.elapsed else None,
+        useful_tokens_per_s=meter.useful / meter.elapsed if meter.elapsed else None,
+        padding_share=1 - meter.useful / meter.tokens if meter.tokens else None,
+        **peak_memory(),
+        **extra,
+    )
     if peak and row["useful_tokens_per_s"]:
         row["mfu"] = row["useful_tokens_per_s"] * flops_per_token(arch, s.seq) / peak
     if "estimate_gib" in row and "peak_allocated_gib" in row:
@@ -427,16 +570,35 @@ def measure_row(group: str, arch: str, quant: bool, workload: str, path: str, s:
 
 # ----------------------------------------------------------------------------- orchestration
 
+
 def run_row(group: str, path: str, s: Settings, work_dir: Path, timeout: int) -> dict[str, Any]:
     """Measure one row in a fresh process (Unsloth patches libraries globally)."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         result_file = Path(fh.name)
-    cmd = [sys.executable, __file__, "--worker", f"{group}:{path}", "--work-dir", str(work_dir),
-           "--json", str(result_file), "--steps", str(s.steps), "--warmup", str(s.warmup),
-           "--batch", str(s.batch), "--seq", str(s.seq)] + (["--smoke"] if s.smoke else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        f"{group}:{path}",
+        "--work-dir",
+        str(work_dir),
+        "--json",
+        str(result_file),
+        "--steps",
+        str(s.steps),
+        "--warmup",
+        str(s.warmup),
+        "--batch",
+        str(s.batch),
+        "--seq",
+        str(s.seq),
+    ] + (["--smoke"] if s.smoke else [])
     t0 = time.time()
     try:
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0")}  # one GPU per row
+        env = {
+            **os.environ,
+            "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0"),
+        }  # one GPU per row
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         log = work_dir / "logs" / f"{group}-{path}.log"  # the worker's full output, for a failing row
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -460,7 +622,16 @@ def versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str | None] = {}
-    for name in ("torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "unsloth", "unsloth_zoo"):
+    for name in (
+        "torch",
+        "transformers",
+        "peft",
+        "trl",
+        "accelerate",
+        "bitsandbytes",
+        "unsloth",
+        "unsloth_zoo",
+    ):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -476,40 +647,65 @@ def ratio(row: dict[str, Any], ref: dict[str, Any] | None, key: str) -> str:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     mem_key = "peak_allocated_gib" if any("peak_allocated_gib" in r for r in rows) else "peak_rss_gib"
-    lines = ["| group | path | tokens/s | useful tokens/s | MFU | peak memory GiB | estimate GiB (error) "
-             "| vs (a) hf-peft | vs (b) unsloth |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| group | path | tokens/s | useful tokens/s | MFU | peak memory GiB | estimate GiB (error) "
+        "| vs (a) hf-peft | vs (b) unsloth |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if r.get("status") != "ok":
             lines.append(f"| {r['group']} | {r['path']} | {r.get('status')} | | | | | | |")
             continue
         same = {x["path"]: x for x in rows if x["group"] == r["group"]}
-        est = (f"{r['estimate_gib']:.1f} ({100 * r['estimate_error']:+.0f}%)" if "estimate_error" in r
-               else f"{r['estimate_gib']:.1f}" if "estimate_gib" in r else "–")
+        est = (
+            f"{r['estimate_gib']:.1f} ({100 * r['estimate_error']:+.0f}%)"
+            if "estimate_error" in r
+            else f"{r['estimate_gib']:.1f}"
+            if "estimate_gib" in r
+            else "–"
+        )
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "–"
-        lines.append(f"| {r['group']} | {r['path']} | {r['tokens_per_s']:,.0f} | {r['useful_tokens_per_s']:,.0f} | {mfu} "
-                     f"| {r[mem_key]:.1f} | {est} | {ratio(r, same.get('hf-peft'), 'useful_tokens_per_s')} "
-                     f"| {ratio(r, same.get('unsloth'), 'useful_tokens_per_s')} |")
+        lines.append(
+            f"| {r['group']} | {r['path']} | {r['tokens_per_s']:,.0f} | {r['useful_tokens_per_s']:,.0f} | {mfu} "
+            f"| {r[mem_key]:.1f} | {est} | {ratio(r, same.get('hf-peft'), 'useful_tokens_per_s')} "
+            f"| {ratio(r, same.get('unsloth'), 'useful_tokens_per_s')} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--groups", default=",".join(GROUPS), help=f"comma-separated, from {', '.join(GROUPS)}")
+    parser.add_argument(
+        "--groups", default=",".join(GROUPS), help=f"comma-separated, from {', '.join(GROUPS)}"
+    )
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, from {', '.join(PATHS)}")
     parser.add_argument("--steps", type=int, default=6, help="measured optimizer steps per row")
-    parser.add_argument("--warmup", type=int, default=2, help="steps before measuring (compilation, allocator)")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="steps before measuring (compilation, allocator)"
+    )
     parser.add_argument("--batch", type=int, default=None, help="rows per step (default 4; smoke 2)")
     parser.add_argument("--seq", type=int, default=None, help="tokens per row (default 2048; smoke 128)")
-    parser.add_argument("--smoke", action="store_true", help="CPU-sized architecture: checks the script, not speed")
-    parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "bbjtune-bench",
-                        help="random-weight checkpoints are written here once (7B: 15 GB, 14B: 30 GB)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="CPU-sized architecture: checks the script, not speed"
+    )
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "bbjtune-bench",
+        help="random-weight checkpoints are written here once (7B: 15 GB, 14B: 30 GB)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON file for all measurements")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per row")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     a = parser.parse_args()
-    s = Settings(batch=a.batch or (2 if a.smoke else 4), seq=a.seq or (128 if a.smoke else 2048), steps=a.steps,
-                 warmup=a.warmup, smoke=a.smoke)
+    s = Settings(
+        batch=a.batch or (2 if a.smoke else 4),
+        seq=a.seq or (128 if a.smoke else 2048),
+        steps=a.steps,
+        warmup=a.warmup,
+        smoke=a.smoke,
+    )
     a.work_dir.mkdir(parents=True, exist_ok=True)
     if a.worker:
         group, path = a.worker.split(":")
@@ -531,9 +727,11 @@ def main() -> None:
             rows.append(run_row(g, p, s, a.work_dir, a.timeout))
             if a.out:  # after every row, so a run cut short keeps what it measured
                 atomic_write_json(a.out, result)
-    header = (f"Training throughput — {datetime.now(timezone.utc).strftime('%Y-%m-%d')}, `{command}`, "
-              f"batch {s.batch} x {s.seq}, LoRA r={s.lora_r} all linear, gradient checkpointing, SDPA, "
-              f"{s.steps} measured steps after {s.warmup} warm-up")
+    header = (
+        f"Training throughput — {datetime.now(timezone.utc).strftime('%Y-%m-%d')}, `{command}`, "
+        f"batch {s.batch} x {s.seq}, LoRA r={s.lora_r} all linear, gradient checkpointing, SDPA, "
+        f"{s.steps} measured steps after {s.warmup} warm-up"
+    )
     print(header + "\n\n" + markdown(rows))
 
 

@@ -46,8 +46,16 @@ SYSTEM_PROMPT = (
 
 ALLOWED = {
     "category": (
-        "file-io", "strings", "oop", "gui", "dwc", "sql", "error-handling",
-        "character-ui", "math-dates", "program-structure",
+        "file-io",
+        "strings",
+        "oop",
+        "gui",
+        "dwc",
+        "sql",
+        "error-handling",
+        "character-ui",
+        "math-dates",
+        "program-structure",
     ),
     "generation": ("character", "vpro5", "gui", "dwc"),
     "task": ("write", "explain", "fix", "convert"),
@@ -206,8 +214,10 @@ def lint(records: list[tuple[str, dict]]) -> int:
         for index, block in enumerate(BBJ_BLOCK.findall(answer), start=1):
             diagnostics = check_source(block, f"{where} block {index}")
             for diagnostic in diagnostics:
-                print(f"{where} block {index} line {diagnostic.line}: {diagnostic.severity}: "
-                      f"{diagnostic.message} [{diagnostic.code}]")
+                print(
+                    f"{where} block {index} line {diagnostic.line}: {diagnostic.severity}: "
+                    f"{diagnostic.message} [{diagnostic.code}]"
+                )
                 print(f"    {diagnostic.source_line.strip()}")
             if any(d.severity == "error" for d in diagnostics):
                 failures += 1

@@ -29,12 +29,24 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny("tiny:test", cache_dir=tmp_path_factory.mktemp("tiny-cache"))
 
 
-def run_cli(*args: str, cwd: Path | None = None, input: str | None = None, timeout: int = 600,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str,
+    cwd: Path | None = None,
+    input: str | None = None,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     """Run `python -m bbjtune ARGS` as a user would, capturing output."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "bbjtune", *args], cwd=cwd or REPO_ROOT, input=input,
-                          capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-m", "bbjtune", *args],
+        cwd=cwd or REPO_ROOT,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
 
 
 def pytest_configure(config):
@@ -55,6 +67,9 @@ def pytest_configure(config):
             except BbjtuneError:
                 continue
             os.environ["BBJTUNE_SANDBOX"] = weaker
-            print(f"note: {exc.message}; the sandbox tests use the weaker '{weaker}' mode "
-                  "(make test installs bubblewrap: apt-get install bubblewrap)", file=sys.stderr)
+            print(
+                f"note: {exc.message}; the sandbox tests use the weaker '{weaker}' mode "
+                "(make test installs bubblewrap: apt-get install bubblewrap)",
+                file=sys.stderr,
+            )
             return

@@ -13,9 +13,20 @@ from pathlib import Path
 SYSTEM_PROMPT = "You are an expert BBj developer. Answer with working BBj code."
 
 
-def make_adapter(base_dir: Path, out_dir: Path, *, r: int = 8, alpha: int = 16, seed: int = 0, scale: float = 0.05,
-                 use_dora: bool = False, use_rslora: bool = False, modules_to_save: list[str] | None = None,
-                 trainable_token_indices: list[int] | None = None, target_modules="all-linear") -> Path:
+def make_adapter(
+    base_dir: Path,
+    out_dir: Path,
+    *,
+    r: int = 8,
+    alpha: int = 16,
+    seed: int = 0,
+    scale: float = 0.05,
+    use_dora: bool = False,
+    use_rslora: bool = False,
+    modules_to_save: list[str] | None = None,
+    trainable_token_indices: list[int] | None = None,
+    target_modules="all-linear",
+) -> Path:
     """A PEFT LoRA adapter on `base_dir` whose B matrices are random (so it changes the model)."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -23,9 +34,16 @@ def make_adapter(base_dir: Path, out_dir: Path, *, r: int = 8, alpha: int = 16, 
     from bbjtune.models import load_model
 
     model = load_model(str(base_dir), dtype="float32")
-    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=target_modules, use_dora=use_dora,
-                        use_rslora=use_rslora, modules_to_save=modules_to_save,
-                        trainable_token_indices=trainable_token_indices, lora_dropout=0.0)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        target_modules=target_modules,
+        use_dora=use_dora,
+        use_rslora=use_rslora,
+        modules_to_save=modules_to_save,
+        trainable_token_indices=trainable_token_indices,
+        lora_dropout=0.0,
+    )
     peft_model = get_peft_model(model, config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -38,21 +56,47 @@ def make_adapter(base_dir: Path, out_dir: Path, *, r: int = 8, alpha: int = 16, 
     return out_dir
 
 
-def make_trained_run(run_dir: Path, base: str, adapter: Path | None, tokenizer_dir: Path,
-                     stages: tuple[str, ...] = ("sft",), system_prompt: str | None = SYSTEM_PROMPT) -> Path:
+def make_trained_run(
+    run_dir: Path,
+    base: str,
+    adapter: Path | None,
+    tokenizer_dir: Path,
+    stages: tuple[str, ...] = ("sft",),
+    system_prompt: str | None = SYSTEM_PROMPT,
+) -> Path:
     """trained.json for `adapter` on `base`, written by the train stage's own writer."""
     from bbjtune.models.trained import write_trained
 
-    lora = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "use_dora": False, "use_rslora": False,
-            "target_modules": "all-linear"}
+    lora = {
+        "r": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "use_dora": False,
+        "use_rslora": False,
+        "target_modules": "all-linear",
+    }
     if adapter is not None:
         cfg = json.loads((adapter / "adapter_config.json").read_text())
-        lora.update(r=cfg["r"], lora_alpha=cfg["lora_alpha"], use_dora=cfg.get("use_dora", False),
-                    use_rslora=cfg.get("use_rslora", False), modules_to_save=cfg.get("modules_to_save"),
-                    trainable_token_indices=cfg.get("trainable_token_indices"))
+        lora.update(
+            r=cfg["r"],
+            lora_alpha=cfg["lora_alpha"],
+            use_dora=cfg.get("use_dora", False),
+            use_rslora=cfg.get("use_rslora", False),
+            modules_to_save=cfg.get("modules_to_save"),
+            trainable_token_indices=cfg.get("trainable_token_indices"),
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
-    return write_trained(run_dir, base_model=base, original_model=base, adapter=adapter, tokenizer=tokenizer_dir,
-                         stages=list(stages), lora=lora, max_length=512, system_prompt=system_prompt)
+    return write_trained(
+        run_dir,
+        base_model=base,
+        original_model=base,
+        adapter=adapter,
+        tokenizer=tokenizer_dir,
+        stages=list(stages),
+        lora=lora,
+        max_length=512,
+        system_prompt=system_prompt,
+    )
 
 
 def make_wide_model(tiny_dir: Path, out_dir: Path, hidden: int = 256, seed: int = 0) -> Path:
@@ -63,15 +107,24 @@ def make_wide_model(tiny_dir: Path, out_dir: Path, hidden: int = 256, seed: int 
     if (out_dir / "config.json").exists():
         return out_dir
     base = json.loads((tiny_dir / "config.json").read_text())
-    config = Qwen2Config(vocab_size=base["vocab_size"], hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=1024, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
-                         tie_word_embeddings=False, bos_token_id=base["bos_token_id"],
-                         eos_token_id=base["eos_token_id"])
+    config = Qwen2Config(
+        vocab_size=base["vocab_size"],
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=base["bos_token_id"],
+        eos_token_id=base["eos_token_id"],
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config)
-        with torch.no_grad():   # a wider spread than the default init, so top-1 choices are not near-ties
+        with torch.no_grad():  # a wider spread than the default init, so top-1 choices are not near-ties
             for p in model.parameters():
                 if p.dim() == 2:
                     p.normal_(0, 0.08)

@@ -24,15 +24,17 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 GOOD_BBJ = "Here is the loop:\n```bbj\nfor i=1 to 10\n  print i\nnext i\nend\n```\n"
-BAD_BBJ = "Here is the loop:\n```bbj\nfor i=1 to 10\n  print (\"a\"\nnext i\nend\n```\n"
-WORSE_BBJ = "```bbj\nfor i=1 to 10\n  print (\"a\"\n  x=(1+\nnext i\nend\n```\n"
+BAD_BBJ = 'Here is the loop:\n```bbj\nfor i=1 to 10\n  print ("a"\nnext i\nend\n```\n'
+WORSE_BBJ = '```bbj\nfor i=1 to 10\n  print ("a"\n  x=(1+\nnext i\nend\n```\n'
 PROSE = "Paris is the capital of France."
 
 
 @contextmanager
 def serving(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
     """Serve `app` on a free loopback port in a thread; yields http://host:port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)   # see web_security.listening_socket
+    sock = socket.socket(
+        socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+    )  # see web_security.listening_socket
     sock.bind((host, 0))
     sock.listen(64)
     port = sock.getsockname()[1]
@@ -60,16 +62,22 @@ class ReplayUpstream:
         self.model = model
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
-        self.app = Starlette(routes=[Route("/v1/models", self.models), Route("/v1/chat/completions", self.chat,
-                                                                             methods=["POST"]),
-                                     Route("/v1/completions", self.completions, methods=["POST"])])
+        self.app = Starlette(
+            routes=[
+                Route("/v1/models", self.models),
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/v1/completions", self.completions, methods=["POST"]),
+            ]
+        )
 
     def _next(self) -> str:
         i = min(len(self.requests) - 1, len(self.answers) - 1)
         return self.answers[i]
 
     async def models(self, request: Request):
-        return JSONResponse({"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "me"}]})
+        return JSONResponse(
+            {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "me"}]}
+        )
 
     async def _take(self, request: Request) -> dict[str, Any]:
         body = await request.json()
@@ -82,29 +90,66 @@ class ReplayUpstream:
         text = self._next()
         head = {"id": f"chatcmpl-{len(self.requests)}", "created": 1, "model": self.model}
         if body.get("stream"):
-            pieces = [text[i:i + 7] for i in range(0, len(text), 7)]
-            events = [{**head, "object": "chat.completion.chunk",
-                       "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
-            events += [{**head, "object": "chat.completion.chunk",
-                        "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]} for p in pieces]
-            events.append({**head, "object": "chat.completion.chunk",
-                           "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            pieces = [text[i : i + 7] for i in range(0, len(text), 7)]
+            events = [
+                {
+                    **head,
+                    "object": "chat.completion.chunk",
+                    "choices": [
+                        {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                    ],
+                }
+            ]
+            events += [
+                {
+                    **head,
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}],
+                }
+                for p in pieces
+            ]
+            events.append(
+                {
+                    **head,
+                    "object": "chat.completion.chunk",
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                }
+            )
             return StreamingResponse(_sse(events), media_type="text/event-stream")
-        return JSONResponse({**head, "object": "chat.completion", "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}})
+        return JSONResponse(
+            {
+                **head,
+                "object": "chat.completion",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
+            }
+        )
 
     async def completions(self, request: Request):
         body = await self._take(request)
         text = self._next()
-        head = {"id": f"cmpl-{len(self.requests)}", "created": 1, "model": self.model, "object": "text_completion"}
+        head = {
+            "id": f"cmpl-{len(self.requests)}",
+            "created": 1,
+            "model": self.model,
+            "object": "text_completion",
+        }
         if body.get("stream"):
-            events = [{**head, "choices": [{"index": 0, "text": text[i:i + 5], "finish_reason": None}]}
-                      for i in range(0, len(text), 5)]
+            events = [
+                {**head, "choices": [{"index": 0, "text": text[i : i + 5], "finish_reason": None}]}
+                for i in range(0, len(text), 5)
+            ]
             events.append({**head, "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]})
             return StreamingResponse(_sse(events), media_type="text/event-stream")
-        return JSONResponse({**head, "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
-                             "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}})
+        return JSONResponse(
+            {
+                **head,
+                "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
+            }
+        )
 
 
 async def _sse(events: list[dict[str, Any]]):

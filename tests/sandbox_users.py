@@ -41,26 +41,56 @@ def unprivileged_reason() -> str | None:
     return None
 
 
-def run_as(user: str, code: str, home: Path | None = None, extra_env: dict[str, str] | None = None,
-           timeout: int = 300, cwd: Path | None = None) -> dict:
+def run_as(
+    user: str,
+    code: str,
+    home: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    timeout: int = 300,
+    cwd: Path | None = None,
+) -> dict:
     """Run `code` (which prints one JSON line last) as `user`; returns that JSON."""
     if user == "nobody" and os.geteuid() != 0:
         pytest.skip("these tests already run unprivileged (see the 'current' variant)")
     if user == "nobody" and unprivileged_reason():
         pytest.skip(f"cannot run as an unprivileged user: {unprivileged_reason()}")
     # this checkout first, then wherever this interpreter finds its packages (a venv, or PYTHONPATH)
-    paths = [str(REPO_ROOT / "src"), str(REPO_ROOT / "tests"), *site.getsitepackages(),
-             *(p for p in sys.path if p and os.path.isdir(p) and "site-packages" in p)]
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": os.pathsep.join(paths), "LANG": "C.UTF-8",
-           "HOME": str(home) if home else tempfile.gettempdir(), **(extra_env or {})}
+    paths = [
+        str(REPO_ROOT / "src"),
+        str(REPO_ROOT / "tests"),
+        *site.getsitepackages(),
+        *(p for p in sys.path if p and os.path.isdir(p) and "site-packages" in p),
+    ]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": os.pathsep.join(paths),
+        "LANG": "C.UTF-8",
+        "HOME": str(home) if home else tempfile.gettempdir(),
+        **(extra_env or {}),
+    }
     if os.environ.get("BBJTUNE_SANDBOX"):  # the weaker mode conftest opted in to, where bubblewrap cannot run
         env["BBJTUNE_SANDBOX"] = os.environ["BBJTUNE_SANDBOX"]
     if user == "nobody":
-        argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", _system_python(), "-c", code]
+        argv = [
+            "setpriv",
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            _system_python(),
+            "-c",
+            code,
+        ]
     else:
         argv = [sys.executable, "-c", code]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd or tempfile.gettempdir(),
-                         check=False)
+    out = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd or tempfile.gettempdir(),
+        check=False,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -5,7 +5,12 @@ import json
 import pytest
 
 from bbjtune.artifacts import (
-    StageRun, atomic_open, atomic_write_json, atomic_write_jsonl, read_manifest, sha256_file,
+    StageRun,
+    atomic_open,
+    atomic_write_json,
+    atomic_write_jsonl,
+    read_manifest,
+    sha256_file,
 )
 from bbjtune.errors import BbjtuneError
 
@@ -25,6 +30,7 @@ def test_atomic_json_and_sha(tmp_path):
     p = atomic_write_json(tmp_path / "x" / "m.json", {"k": [1, 2], "path": tmp_path})
     assert json.loads(p.read_text())["k"] == [1, 2]
     import hashlib
+
     assert sha256_file(p) == hashlib.sha256(p.read_bytes()).hexdigest()
 
 
@@ -66,12 +72,12 @@ def test_atomic_dir_replaces_a_directory_only_when_the_new_one_is_complete(tmp_p
     with pytest.raises(RuntimeError), atomic_dir(final) as tmp:
         (tmp / "weights").write_text("half")
         raise RuntimeError("killed while saving")
-    assert (final / "weights").read_text() == "first"          # the old directory is still there, whole
+    assert (final / "weights").read_text() == "first"  # the old directory is still there, whole
     with atomic_dir(final) as tmp:
         (tmp / "weights").write_text("second")
     assert (final / "weights").read_text() == "second"
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no temporary or old directory left behind
-    with atomic_dir(final, keep_existing=True) as tmp:          # a cache entry another process finished first
+    with atomic_dir(final, keep_existing=True) as tmp:  # a cache entry another process finished first
         (tmp / "weights").write_text("third")
     assert (final / "weights").read_text() == "second"
 
@@ -81,5 +87,5 @@ def test_complete_jsonl_lines_only(tmp_path):
 
     path = tmp_path / "generations.jsonl"
     path.write_text('{"a": 1}\nnot json\n{"a": 2}\n{"a": 3, "tor', encoding="utf-8")
-    assert read_complete_jsonl(path) == [{"a": 1}, {"a": 2}]   # a torn last line and a bad line are dropped
+    assert read_complete_jsonl(path) == [{"a": 1}, {"a": 2}]  # a torn last line and a bad line are dropped
     assert read_complete_jsonl(tmp_path / "missing.jsonl") == []

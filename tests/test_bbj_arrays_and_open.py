@@ -37,28 +37,34 @@ def test_documented_whole_array_and_clear_forms_are_accepted(statement):
     assert errors(statement) == []
 
 
-@pytest.mark.parametrize("statement,code", [
-    ("x = a[](1)", "syntax-error"),          # nothing may follow the empty brackets
-    ("x = a[].size()", "syntax-error"),
-    ("x = (a)[]", "unbalanced-paren"),       # only a name can be a whole array
-    ("x = []", "syntax-error"),
-    ("clear 5", "malformed-except"),         # CLEAR's list holds variables only
-    ('clear x!, "a"', "malformed-except"),
-])
+@pytest.mark.parametrize(
+    "statement,code",
+    [
+        ("x = a[](1)", "syntax-error"),  # nothing may follow the empty brackets
+        ("x = a[].size()", "syntax-error"),
+        ("x = (a)[]", "unbalanced-paren"),  # only a name can be a whole array
+        ("x = []", "syntax-error"),
+        ("clear 5", "malformed-except"),  # CLEAR's list holds variables only
+        ('clear x!, "a"', "malformed-except"),
+    ],
+)
 def test_misused_empty_brackets_and_clear_lists_are_errors(statement, code):
     found = errors(statement)
     assert [d.code for d in found] == [code], found
 
 
-@pytest.mark.parametrize("statement", ["open (1)", "open (1,err=oops)", "open (ch,mode=\"O_READ\")",
-                                       'open "file.txt"', "open"])
+@pytest.mark.parametrize(
+    "statement", ["open (1)", "open (1,err=oops)", 'open (ch,mode="O_READ")', 'open "file.txt"', "open"]
+)
 def test_open_without_a_channel_or_file_id_is_an_error(statement):
     (d,) = errors(statement)
     assert d.code == "malformed-open"
     assert "OPEN (chan)" in d.message
 
 
-@pytest.mark.parametrize("statement", ['open (1)"file.txt"', "open (ch,err=oops)file$",
-                                       'open(1)"states.dat"', 'OPEN (unt)"path/"+"x.png"'])
+@pytest.mark.parametrize(
+    "statement",
+    ['open (1)"file.txt"', "open (ch,err=oops)file$", 'open(1)"states.dat"', 'OPEN (unt)"path/"+"x.png"'],
+)
 def test_open_with_a_file_id_is_accepted(statement):
     assert errors(statement) == []

@@ -32,7 +32,9 @@ def no_bbjcpl(monkeypatch, tmp_path):
 @pytest.fixture
 def fake_bbjcpl(monkeypatch, tmp_path):
     """BBJ_HOME points at the replaying test double; nothing named bbjcpl on PATH."""
-    monkeypatch.setenv("PATH", str(tmp_path) + os.pathsep + os.path.dirname(sys.executable))  # python3 for the double
+    monkeypatch.setenv(
+        "PATH", str(tmp_path) + os.pathsep + os.path.dirname(sys.executable)
+    )  # python3 for the double
     monkeypatch.setenv("BBJ_HOME", str(FAKE_HOME))
     monkeypatch.setenv("FAKE_BBJCPL_CAPTURES", str(CAPTURES))
     return FAKE_HOME / "bin" / "bbjcpl"
@@ -55,7 +57,9 @@ def test_parses_the_real_multiple_errors_capture_exactly():
 
 @needs_captures
 def test_parses_the_real_single_error_and_no_error_captures():
-    single = parse_bbjcpl_output((CAPTURES / "single-error-stderr.txt").read_text(encoding="utf-8"), filename="s.bbj")
+    single = parse_bbjcpl_output(
+        (CAPTURES / "single-error-stderr.txt").read_text(encoding="utf-8"), filename="s.bbj"
+    )
     assert [(d.file, d.line, d.bbx_line) for d in single] == [("s.bbj", 3, 30), ("s.bbj", 5, 50)]
     assert parse_bbjcpl_output((CAPTURES / "no-errors-stderr.txt").read_text(encoding="utf-8")) == []
 
@@ -63,7 +67,13 @@ def test_parses_the_real_single_error_and_no_error_captures():
 def test_parses_windows_paths_crlf_and_stdout():
     stderr = "C:\\work\\app\\x.bbj: error at line 120 (12): \tprint (\r\n"
     (d,) = parse_bbjcpl_output(stderr, "BBj compiler banner\n")
-    assert (d.file, d.line, d.bbx_line, d.source_line, d.column) == ("C:\\work\\app\\x.bbj", 12, 120, "\tprint (", 2)
+    assert (d.file, d.line, d.bbx_line, d.source_line, d.column) == (
+        "C:\\work\\app\\x.bbj",
+        12,
+        120,
+        "\tprint (",
+        2,
+    )
     (d,) = parse_bbjcpl_output("", "a.bbj: error at line 0010 (1): x =\n")
     assert (d.line, d.bbx_line) == (1, 10)
 
@@ -94,14 +104,18 @@ def test_run_bbjcpl_on_a_file_replays_the_capture(fake_bbjcpl, name):
     program = CAPTURES / f"{name}.bbj"
     expected = parse_bbjcpl_output((CAPTURES / f"{name}-stderr.txt").read_text(encoding="utf-8"))
     found = run_bbjcpl(program)
-    assert [(d.file, d.line, d.bbx_line, d.source_line) for d in found] == \
-        [(str(program), d.line, d.bbx_line, d.source_line) for d in expected]
+    assert [(d.file, d.line, d.bbx_line, d.source_line) for d in found] == [
+        (str(program), d.line, d.bbx_line, d.source_line) for d in expected
+    ]
 
 
 @needs_captures
 def test_run_bbjcpl_on_text_reports_the_callers_name(fake_bbjcpl):
     text = (CAPTURES / "single-error.bbj").read_text(encoding="utf-8")
-    assert [(d.file, d.line) for d in run_bbjcpl(text, filename="mine.bbj")] == [("mine.bbj", 3), ("mine.bbj", 5)]
+    assert [(d.file, d.line) for d in run_bbjcpl(text, filename="mine.bbj")] == [
+        ("mine.bbj", 3),
+        ("mine.bbj", 5),
+    ]
     assert {d.file for d in run_bbjcpl(text)} == {None}
 
 
@@ -110,8 +124,9 @@ def test_the_builtin_checker_agrees_with_the_captures():
     for program in sorted(CAPTURES.glob("*.bbj")):
         real = parse_bbjcpl_output((CAPTURES / f"{program.stem}-stderr.txt").read_text(encoding="utf-8"))
         ours = [d for d in check_source(program.read_text(encoding="utf-8")) if d.severity == "error"]
-        assert [(d.line, d.bbx_line, d.source_line) for d in ours] == \
-            [(d.line, d.bbx_line, d.source_line) for d in real], program.name
+        assert [(d.line, d.bbx_line, d.source_line) for d in ours] == [
+            (d.line, d.bbx_line, d.source_line) for d in real
+        ], program.name
 
 
 @needs_captures
@@ -141,12 +156,16 @@ def test_fragments_are_compiled_inside_a_class_and_mapped_back(fake_bbjcpl, monk
     # A synthetic capture (not a real one): what bbjcpl would print for the wrapped fragment.
     fragment = "method public void m()\n  print 1 2\nmethodend\n"
     (tmp_path / "frag.bbj").write_text("class public BbjtuneFragment\n" + fragment + "classend\n")
-    (tmp_path / "frag-stderr.txt").write_text("/x/frag.bbj: error at line 30 (3):   print 1 2\n"
-                                              "/x/frag.bbj: error at line 50 (5): classend\n")
+    (tmp_path / "frag-stderr.txt").write_text(
+        "/x/frag.bbj: error at line 30 (3):   print 1 2\n/x/frag.bbj: error at line 50 (5): classend\n"
+    )
     monkeypatch.setenv("FAKE_BBJCPL_CAPTURES", str(tmp_path))
     found, used = check_with("bbjcpl", fragment, "answer.bbj", fragment=True)
     assert used == "bbjcpl"
-    assert [(d.line, d.bbx_line, d.source_line) for d in found] == [(2, 20, "  print 1 2"), (3, 30, "methodend")]
+    assert [(d.line, d.bbx_line, d.source_line) for d in found] == [
+        (2, 20, "  print 1 2"),
+        (3, 30, "methodend"),
+    ]
     assert check_with("builtin", fragment.replace(" 2", ""), fragment=True) == ([], "builtin")
 
 

@@ -22,8 +22,14 @@ def run_check(*args: str, stdin: bytes | None = None, env: dict | None = None) -
     environment = {**os.environ, "PATH": os.path.dirname(sys.executable)}
     environment.pop("BBJ_HOME", None)
     environment.update(env or {})
-    return subprocess.run([sys.executable, "-m", "bbjtune", "check", *args], input=stdin, capture_output=True,
-                          env=environment, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "bbjtune", "check", *args],
+        input=stdin,
+        capture_output=True,
+        env=environment,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -48,16 +54,19 @@ def test_invalid_file_exits_1_with_bbjcpl_lines(tree):
     path = str(tree / "sub" / "bad.src")
     result = run_check("--format", "bbjcpl", path)
     assert result.returncode == 1
-    assert result.stdout.decode() == (f'{path}: error at line 20 (2): print "a" "b"\n'
-                                      f"{path}: error at line 30 (3): for i = 1 10\n")
+    assert result.stdout.decode() == (
+        f'{path}: error at line 20 (2): print "a" "b"\n{path}: error at line 30 (3): for i = 1 10\n'
+    )
 
 
 def test_human_format_shows_the_line_and_a_caret(tree):
     result = run_check(str(tree / "sub" / "bad.src"))
     out = result.stdout.decode().splitlines()
     assert result.returncode == 1
-    assert out[0].endswith("bad.src:2:11: error: unexpected a string after the statement (missing ';' or operator?) "
-                           "[unexpected-token]")
+    assert out[0].endswith(
+        "bad.src:2:11: error: unexpected a string after the statement (missing ';' or operator?) "
+        "[unexpected-token]"
+    )
     assert out[1:3] == ['    print "a" "b"', "    " + " " * 10 + "^"]
 
 

@@ -39,12 +39,17 @@ def is_generator_template(path: Path) -> bool:
 
 
 def snippets() -> list[dict]:
-    return [json.loads(line) for line in (LS / "index.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    return [
+        json.loads(line) for line in (LS / "index.jsonl").read_text(encoding="utf-8").splitlines() if line
+    ]
 
 
 def error_list(diagnostics) -> list[str]:
-    return [f"{d.line}:{d.column} {d.code}: {d.message} | {d.source_line.strip()[:80]}"
-            for d in diagnostics if d.severity == "error"]
+    return [
+        f"{d.line}:{d.column} {d.code}: {d.message} | {d.source_line.strip()[:80]}"
+        for d in diagnostics
+        if d.severity == "error"
+    ]
 
 
 def test_real_programs_are_accepted():
@@ -80,8 +85,13 @@ def test_language_server_syntax_negatives_are_flagged():
 def test_language_server_line_break_negatives_get_a_warning():
     # The language server flags these in validation, while its parser accepts them (other
     # snippets with the same text are labelled valid-parse): a warning satisfies both.
-    rows = [r for r in snippets() if r["kind_hint"] == "syntax-or-structure" and r["label"] == "unknown"
-            and any("needs to start in a new line" in line for line in r["expect_lines"])]
+    rows = [
+        r
+        for r in snippets()
+        if r["kind_hint"] == "syntax-or-structure"
+        and r["label"] == "unknown"
+        and any("needs to start in a new line" in line for line in r["expect_lines"])
+    ]
     assert len(rows) == 3
     for r in rows:
         diagnostics = check_file(LS / r["path"])
@@ -111,8 +121,13 @@ def test_real_files_with_crlf_and_latin1_decode_and_pass():
     manifest = (CORPUS / "MANIFEST.tsv").read_text(encoding="utf-8").splitlines()
     header = manifest[0].split("\t")
     rows = [dict(zip(header, line.split("\t"))) for line in manifest[1:]]
-    special = [r for r in rows if r["local_path"].startswith("real/") and r["local_path"].endswith(".bbj")
-               and (r["encoding"] == "latin1" or r["eol"] == "crlf")]
+    special = [
+        r
+        for r in rows
+        if r["local_path"].startswith("real/")
+        and r["local_path"].endswith(".bbj")
+        and (r["encoding"] == "latin1" or r["eol"] == "crlf")
+    ]
     assert any(r["encoding"] == "latin1" for r in special) and any(r["eol"] == "crlf" for r in special)
     for r in special:
         path = CORPUS / r["local_path"]

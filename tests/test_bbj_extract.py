@@ -5,7 +5,9 @@ from __future__ import annotations
 from bbjtune.bbj import CodeBlock, check_source, extract_bbj, extract_code_blocks
 from bbjtune.bbj.extract import looks_like_bbj
 
-PROGRAM = 'sysgui! = BBjAPI().openSysGui("X0")\nwnd! = sysgui!.addWindow(10,10,200,100,"Hi")\nprocess_events\n'
+PROGRAM = (
+    'sysgui! = BBjAPI().openSysGui("X0")\nwnd! = sysgui!.addWindow(10,10,200,100,"Hi")\nprocess_events\n'
+)
 
 
 def test_code_blocks_with_language_position_and_tilde_fences():
@@ -18,7 +20,7 @@ def test_code_blocks_with_language_position_and_tilde_fences():
 
 
 def test_info_string_attributes_and_case_are_ignored():
-    (block,) = extract_code_blocks("```BBj title=\"demo.bbj\"\nprint 1\n```\n")
+    (block,) = extract_code_blocks('```BBj title="demo.bbj"\nprint 1\n```\n')
     assert block.language == "bbj"
 
 
@@ -51,7 +53,9 @@ def test_unlabelled_fences_are_used_when_they_look_like_bbj():
 
 def test_unfenced_answers_are_used_when_they_look_like_code():
     assert extract_bbj(PROGRAM) == PROGRAM
-    prose = "BBj is a business language.\nIt runs on the JVM and has a GUI API that many developers use daily."
+    prose = (
+        "BBj is a business language.\nIt runs on the JVM and has a GUI API that many developers use daily."
+    )
     assert extract_bbj(prose) == ""
     assert extract_bbj("") == ""
 
@@ -62,8 +66,10 @@ def test_sentences_around_an_unfenced_answer_are_dropped():
 
 
 def test_extracted_code_of_a_typical_answer_checks_clean():
-    answer = ("Here is a class:\n\n```bbj\nclass public Greeter\n  method public void hello(BBjString name$)\n"
-              '    print "Hello, ", name$\n  methodend\nclassend\n```\n\nCall it with `new Greeter().hello("x")`.\n')
+    answer = (
+        "Here is a class:\n\n```bbj\nclass public Greeter\n  method public void hello(BBjString name$)\n"
+        '    print "Hello, ", name$\n  methodend\nclassend\n```\n\nCall it with `new Greeter().hello("x")`.\n'
+    )
     code = extract_bbj(answer)
     assert code.startswith("class public Greeter") and code.endswith("classend\n")
     assert check_source(code) == []

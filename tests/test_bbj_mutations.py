@@ -25,10 +25,44 @@ CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "bbj-corpus"
 SEED = 20240611
 PER_CLASS = 90  # mutants per class (fewer when the corpus has fewer sites)
 OPTION_NAMES = {"ERR", "KEY", "DOM", "END", "MODE", "TIM", "IND", "SIZ", "ISZ", "KNUM", "DIR"}
-OPTION_VERBS = {"OPEN", "READ", "WRITE", "PRINT", "INPUT", "EXTRACT", "FIND", "CLOSE", "REMOVE", "CALL",
-                "RUN", "LOCK", "UNLOCK", "SQLOPEN", "SQLPREP", "SQLEXEC", "ENTER", "EXECUTE", "ERASE"}
-ARG_VERBS = {"PRINT", "GOTO", "GOSUB", "DECLARE", "USE", "THROW", "CALL", "RELEASE", "SWITCH", "FIELD",
-             "WHILE", "METHODRET", "DIM", "EXITTO", "SETERR"}
+OPTION_VERBS = {
+    "OPEN",
+    "READ",
+    "WRITE",
+    "PRINT",
+    "INPUT",
+    "EXTRACT",
+    "FIND",
+    "CLOSE",
+    "REMOVE",
+    "CALL",
+    "RUN",
+    "LOCK",
+    "UNLOCK",
+    "SQLOPEN",
+    "SQLPREP",
+    "SQLEXEC",
+    "ENTER",
+    "EXECUTE",
+    "ERASE",
+}
+ARG_VERBS = {
+    "PRINT",
+    "GOTO",
+    "GOSUB",
+    "DECLARE",
+    "USE",
+    "THROW",
+    "CALL",
+    "RELEASE",
+    "SWITCH",
+    "FIELD",
+    "WHILE",
+    "METHODRET",
+    "DIM",
+    "EXITTO",
+    "SETERR",
+}
 
 
 @dataclass(frozen=True)
@@ -40,7 +74,9 @@ class Mutant:
 
 
 def corpus_files() -> list[Path]:
-    files = sorted((CORPUS / "real").glob("*/*")) + sorted((CORPUS / "language-server" / "examples").glob("*.bbj"))
+    files = sorted((CORPUS / "real").glob("*/*")) + sorted(
+        (CORPUS / "language-server" / "examples").glob("*.bbj")
+    )
     return [f for f in files if f.suffix.lower() in (".bbj", ".bbjt", ".src")]
 
 
@@ -58,7 +94,11 @@ def _sites(lines: list[str]) -> dict[str, list[tuple[int, str]]]:
     """Every place each mutation can be applied: kind -> [(line index, mutated line or marker)]."""
     sites: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for n, line in enumerate(lines):
-        if not _is_code(line) or line.startswith(":") or (n + 1 < len(lines) and lines[n + 1].startswith(":")):
+        if (
+            not _is_code(line)
+            or line.startswith(":")
+            or (n + 1 < len(lines) and lines[n + 1].startswith(":"))
+        ):
             continue
         s = line.strip().lower()
         toks = _tokens(line)
@@ -67,15 +107,17 @@ def _sites(lines: list[str]) -> dict[str, list[tuple[int, str]]]:
             sites["delete-methodend"].append((n, ""))
         if s == "classend":
             sites["delete-classend"].append((n, ""))
-        sites["stray-methodend"].append((n, line + "\n" + " " * (len(line) - len(line.lstrip())) + "methodend"))
+        sites["stray-methodend"].append(
+            (n, line + "\n" + " " * (len(line) - len(line.lstrip())) + "methodend")
+        )
         for k, (kind, text, start) in enumerate(toks):
             if kind == ")":
-                sites["unbalance-paren"].append((n, line[:start] + line[start + 1:]))
+                sites["unbalance-paren"].append((n, line[:start] + line[start + 1 :]))
             elif kind == "(" and k % 3 == 0:
                 sites["unbalance-paren"].append((n, line[:start] + "(" + line[start:]))
             elif kind == "str":
                 cut = start if k % 2 else start + len(text) - 1
-                sites["unbalance-quote"].append((n, line[:cut] + line[cut + 1:]))
+                sites["unbalance-quote"].append((n, line[:cut] + line[cut + 1 :]))
             elif kind == "," and toks[k + 1][0] == "id" and toks[k + 2][0] == "=":
                 # NAME=value option of an I/O or program verb: drop '=' or drop the value
                 if words and words[0] in OPTION_VERBS and toks[k + 1][1].upper() in OPTION_NAMES:
@@ -84,33 +126,45 @@ def _sites(lines: list[str]) -> dict[str, list[tuple[int, str]]]:
                         value = toks[k + 4] if toks[k + 3][0] == "*" else toks[k + 3]  # *NEXT: two tokens
                         end = value[2] + len(value[1])
                         if toks[k + 3][0] in ("id", "num", "str", "*"):
-                            sites["break-option-list"].append((n, line[:eq + 1] + line[end:]))
+                            sites["break-option-list"].append((n, line[: eq + 1] + line[end:]))
                     else:
-                        sites["break-option-list"].append((n, line[:eq] + " " + line[eq + 1:]))
-            elif kind == "," and k > 0 and toks[k - 1][0] in ("id", "num", "str") and toks[k + 1][0] in ("id", "num", "str"):
+                        sites["break-option-list"].append((n, line[:eq] + " " + line[eq + 1 :]))
+            elif (
+                kind == ","
+                and k > 0
+                and toks[k - 1][0] in ("id", "num", "str")
+                and toks[k + 1][0] in ("id", "num", "str")
+            ):
                 if any(t[0] == "(" for t in toks[:k]) and words[0] not in ("CLASS", "METHOD", "INTERFACE"):
                     # inside a call's argument list: f(a, b) -> f(a b)
                     depth = sum(1 for t in toks[:k] if t[0] == "(") - sum(1 for t in toks[:k] if t[0] == ")")
                     if depth > 0:
-                        sites["missing-comma"].append((n, line[:start] + " " + line[start + 1:]))
+                        sites["missing-comma"].append((n, line[:start] + " " + line[start + 1 :]))
         if words and words[0] == "FOR":
             to = next((t for t in toks if t[0] == "id" and t[1].upper() == "TO"), None)
             if to is not None:
-                sites["drop-to"].append((n, line[:to[2]] + line[to[2] + 2:]))
+                sites["drop-to"].append((n, line[: to[2]] + line[to[2] + 2 :]))
         # a simple assignment `name = value` at the start of the line: put a call on the left
         if len(toks) > 3 and toks[0][0] == "id" and toks[1][0] == "=" and words[0] not in ("FOR",):
             start, name = toks[0][2], toks[0][1]
-            rest = line[toks[1][2]:]
+            rest = line[toks[1][2] :]
             if name[-1] in "$%!":
                 sites["call-on-left"].append((n, line[:start] + name + ".toString() " + rest))
             else:
                 sites["call-on-left"].append((n, line[:start] + f"ctrl(sysgui,105,{name}) " + rest))
         # a verb with an argument, misspelled by swapping two letters: PRINT x -> PIRNT x
-        if len(toks) > 2 and toks[0][0] == "id" and words[0] in ARG_VERBS and toks[1][0] not in ("(", "=", ".", "["):
+        if (
+            len(toks) > 2
+            and toks[0][0] == "id"
+            and words[0] in ARG_VERBS
+            and toks[1][0] not in ("(", "=", ".", "[")
+        ):
             verb = toks[0][1]
             if verb[1] != verb[2]:
                 typo = verb[0] + verb[2] + verb[1] + verb[3:]
-                sites["misspelled-verb"].append((n, line[:toks[0][2]] + typo + line[toks[0][2] + len(verb):]))
+                sites["misspelled-verb"].append(
+                    (n, line[: toks[0][2]] + typo + line[toks[0][2] + len(verb) :])
+                )
     return sites
 
 
@@ -131,7 +185,7 @@ def generate_mutants(per_class: int = PER_CLASS, seed: int = SEED) -> list[Mutan
     for kind in sorted(pool):
         chosen = rng.sample(pool[kind], min(per_class, len(pool[kind])))
         for rel, lines, n, new in chosen:
-            changed = lines[:n] + ([new] if new else []) + lines[n + 1:]
+            changed = lines[:n] + ([new] if new else []) + lines[n + 1 :]
             mutants.append(Mutant(kind, rel, n + 1, "\n".join(changed)))
     return mutants
 
@@ -160,7 +214,9 @@ def format_report(report) -> str:
     return "\n".join(lines)
 
 
-needs_corpus = pytest.mark.skipif(not (CORPUS / "real").is_dir(), reason="../shared/bbj-corpus is not present")
+needs_corpus = pytest.mark.skipif(
+    not (CORPUS / "real").is_dir(), reason="../shared/bbj-corpus is not present"
+)
 
 
 @needs_corpus

@@ -40,12 +40,15 @@ def test_the_contract_names_and_a_clean_gui_program():
     assert (f.rule, f.line, f.message, f.severity) == ("unknown-method", 3, "x", "error")
 
 
-@pytest.mark.parametrize("line, owner", [
-    ('edit! = window!.addBbjEditBox(102, 10, 40, 200, 25, "")', "BBjWindow"),
-    ('app! = BBjAPI().openApp("orders")', "BBjAPI"),
-    ("rec! = BBjAPI().readRecord(1)", "BBjAPI"),
-    ('timer! = sysgui!.createTimer(1, 5, "tick")', "BBjSysGui"),
-])
+@pytest.mark.parametrize(
+    "line, owner",
+    [
+        ('edit! = window!.addBbjEditBox(102, 10, 40, 200, 25, "")', "BBjWindow"),
+        ('app! = BBjAPI().openApp("orders")', "BBjAPI"),
+        ("rec! = BBjAPI().readRecord(1)", "BBjAPI"),
+        ('timer! = sysgui!.createTimer(1, 5, "tick")', "BBjSysGui"),
+    ],
+)
 def test_the_invented_methods_of_the_issue_are_caught(line, owner):
     code = GUI.replace("process_events", line + "\nprocess_events")
     found = [f for f in check_quality(code) if f.rule == "unknown-method"]
@@ -104,21 +107,25 @@ print c!.getName()
 c!.greet("Bob")
 """
     assert rules(code) == []
-    assert rules(code + 'c!.greet()\n') == ["bad-arity"]
+    assert rules(code + "c!.greet()\n") == ["bad-arity"]
     assert rules(code + 'c!.shout("x")\n') == ["unknown-method"]
     # a class extending one defined elsewhere is not checked: its parent's methods are unknown
-    assert rules(code.replace("class public Customer", "class public Customer extends Person")
-                 + 'c!.shout("x")\n') == []
+    assert (
+        rules(
+            code.replace("class public Customer", "class public Customer extends Person") + 'c!.shout("x")\n'
+        )
+        == []
+    )
 
 
 def test_argument_counts():
-    assert rules(GUI + "button!.setText()\n") == ["bad-arity"]   # fewer than any overload
+    assert rules(GUI + "button!.setText()\n") == ["bad-arity"]  # fewer than any overload
     # one more than documented: the javadoc data misses overloads, so only a warning
     found = check_quality(GUI + "gui! = BBjAPI().getSysGui(1)\n")
     assert [(f.rule, f.severity) for f in found] == [("bad-arity", "warning")]
     assert rules(GUI + 'button!.setText("a", "b", "c")\n') == ["bad-arity"]
     # ERR= is an option of the call, not an argument
-    assert rules(GUI + "button!.setText(\"a\", err=*next)\n") == []
+    assert rules(GUI + 'button!.setText("a", err=*next)\n') == []
 
 
 def test_labels():
@@ -138,19 +145,22 @@ goto done
         found = [f for f in check_quality(code) if f.rule == "undefined-label"]
         assert found and all(missing in f.message for f in found), missing
     # symbolic labels, setCallback to an object's method, numbers in an unnumbered program: fine
-    assert rules('open (1, err=*next) "x"\nb!.setCallback(b!.ON_BUTTON_PUSH, #this!, "onPush")\ngoto 100\n') == []
+    assert (
+        rules('open (1, err=*next) "x"\nb!.setCallback(b!.ON_BUTTON_PUSH, #this!, "onPush")\ngoto 100\n')
+        == []
+    )
 
 
 def test_set_callback_label_and_numbered_programs():
     assert rules(GUI.replace("on_close:", "closing:")) == ["undefined-label", "undefined-label"]
-    numbered = "0010 gosub 0100\n0015 seterr 0\n0020 goto 0300\n0100 print \"x\"\n0110 return\n"
+    numbered = '0010 gosub 0100\n0015 seterr 0\n0020 goto 0300\n0100 print "x"\n0110 return\n'
     found = [f for f in check_quality(numbered) if f.rule == "undefined-label"]
     assert [(f.line, "0300" in f.message) for f in found] == [(3, True)]
 
 
 def test_code_with_no_statement():
     assert rules("rem just a comment\nREM another one\n\n") == ["no-statement"]
-    assert rules("rem print a greeting\nprint \"hello\"\n") == []
+    assert rules('rem print a greeting\nprint "hello"\n') == []
     assert assess("rem nothing here\n").clean is False
 
 
@@ -170,12 +180,16 @@ def test_runaway_repetition():
 def test_generation_fit_and_must_not_patterns():
     assert rules(GUI, generation="character") == ["generation-mismatch", "generation-mismatch"]
     assert rules(GUI, generation="gui") == []
-    mnemonic = "sysgui = unt\nopen (sysgui) \"X0\"\nprint (sysgui) 'WINDOW'(100, 100, 300, 200, \"Demo\", $00000000$, 0)\n"
+    mnemonic = 'sysgui = unt\nopen (sysgui) "X0"\nprint (sysgui) \'WINDOW\'(100, 100, 300, 200, "Demo", $00000000$, 0)\n'
     assert rules(mnemonic, generation="vpro5") == []
     assert rules(mnemonic, generation="gui") == ["generation-mismatch"]
     code = "def add(a, b):\n    return a + b\n"
-    found = check_quality(code, must_not=[r"(?im)^\s*def\s+\w+\s*\([^)]*\)\s*(->\s*[^:]+)?:\s*$", "(unclosed"])
-    assert [(f.rule, f.line) for f in found if f.rule == "generation-mismatch"] == [("generation-mismatch", 1)]
+    found = check_quality(
+        code, must_not=[r"(?im)^\s*def\s+\w+\s*\([^)]*\)\s*(->\s*[^:]+)?:\s*$", "(unclosed"]
+    )
+    assert [(f.rule, f.line) for f in found if f.rule == "generation-mismatch"] == [
+        ("generation-mismatch", 1)
+    ]
 
 
 def test_bad_input_does_not_crash():
@@ -185,10 +199,14 @@ def test_bad_input_does_not_crash():
 
 
 def test_the_table_names_its_origin_and_lacks_the_invented_methods():
-    table = json.loads((Path(__file__).resolve().parents[1] / "src/bbjtune/bbj/bbjapi_table.json").read_text())
+    table = json.loads(
+        (Path(__file__).resolve().parents[1] / "src/bbjtune/bbj/bbjapi_table.json").read_text()
+    )
     assert "bbj-language-server" in table["origin"] and "MIT" in table["origin"]
     classes = table["classes"]
-    assert "createTimer" in classes["BBjAPI"]["methods"] and "createTimer" not in classes["BBjSysGui"]["methods"]
+    assert (
+        "createTimer" in classes["BBjAPI"]["methods"] and "createTimer" not in classes["BBjSysGui"]["methods"]
+    )
     assert "addButton" in classes["BBjWindow"]["methods"]
     assert not {"openApp", "readRecord"} & set(classes["BBjAPI"]["methods"])
 
@@ -199,8 +217,9 @@ def test_the_table_is_what_the_build_script_makes_of_the_index():
         pytest.skip("../shared/bbj-corpus is not present")
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("build_api_table", Path(__file__).resolve().parents[1]
-                                                  / "benchmarks" / "build_api_table.py")
+    spec = importlib.util.spec_from_file_location(
+        "build_api_table", Path(__file__).resolve().parents[1] / "benchmarks" / "build_api_table.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     built = module.build(json.loads(index.read_text(encoding="utf-8")))
@@ -230,13 +249,21 @@ def test_check_tier2_on_the_command_line(tmp_path):
     import sys
 
     src = tmp_path / "demo.bbj"
-    src.write_text(GUI.replace("process_events", 'timer! = sysgui!.createTimer(1, 5, "tick")\nprocess_events'))
+    src.write_text(
+        GUI.replace("process_events", 'timer! = sysgui!.createTimer(1, 5, "tick")\nprocess_events')
+    )
     env = {**os.environ, "PATH": os.path.dirname(sys.executable)}
     env.pop("BBJ_HOME", None)
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "bbjtune", "check", *args, str(src)], capture_output=True,
-                              text=True, env=env, timeout=120, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "bbjtune", "check", *args, str(src)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
 
     assert run().returncode == 0  # syntax only: it compiles
     out = run("--tier2", "-f", "json")

@@ -43,6 +43,7 @@ def test_bad_yaml(tmp_path):
 
 def test_unreadable_config(tmp_path):
     import os
+
     p = tmp_path / "locked.yaml"
     p.write_text("name: x\n")
     p.chmod(0)

@@ -9,8 +9,9 @@ from conftest import REPO_ROOT
 from bbjtune.config import RunConfig, apply_override, list_presets, load_config, resolve_config_path
 from bbjtune.errors import BbjtuneError
 
-EXPECTED_PRESETS = {"quickstart"} | {f"qwen2.5-coder-{s}-{k}" for s in ("7b", "14b", "32b")
-                                     for k in ("base", "instruct")}
+EXPECTED_PRESETS = {"quickstart"} | {
+    f"qwen2.5-coder-{s}-{k}" for s in ("7b", "14b", "32b") for k in ("base", "instruct")
+}
 
 
 def test_every_expected_preset_ships():
@@ -30,8 +31,12 @@ def test_qwen_presets_carry_the_recommended_recipe(size):
     for kind in ("base", "instruct"):
         cfg = load_config(f"qwen2.5-coder-{size}-{kind}")
         t = cfg.train
-        assert cfg.model.source == f"Qwen/Qwen2.5-Coder-{size.upper()}" + ("-Instruct" if kind == "instruct" else "")
-        assert t.quantization.load_in_4bit and t.quantization.quant_type == "nf4" and t.quantization.double_quant
+        assert cfg.model.source == f"Qwen/Qwen2.5-Coder-{size.upper()}" + (
+            "-Instruct" if kind == "instruct" else ""
+        )
+        assert (
+            t.quantization.load_in_4bit and t.quantization.quant_type == "nf4" and t.quantization.double_quant
+        )
         assert (t.lora.r, t.lora.alpha, t.lora.target_modules) == (32, 64, "all-linear")
         assert t.optim == "paged_adamw_8bit"
         assert t.cpt.learning_rate == 2e-4 and t.sft.learning_rate == 5e-5
@@ -75,8 +80,12 @@ def test_bad_literal_lists_choices(tmp_path):
 
 
 def test_contradiction_is_reported(tmp_path):
-    err = error_of(write(tmp_path, "name: x\ndata: {chatml: [a.jsonl], heldout_ratio: 0}\n"
-                                   "train: {early_stopping_patience: 3}\n"))
+    err = error_of(
+        write(
+            tmp_path,
+            "name: x\ndata: {chatml: [a.jsonl], heldout_ratio: 0}\ntrain: {early_stopping_patience: 3}\n",
+        )
+    )
     assert "held-out" in err.message
 
 

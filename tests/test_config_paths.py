@@ -43,25 +43,43 @@ def test_a_user_config_keeps_its_own_paths_but_gets_the_default_eval_prompts(tmp
 
 
 def test_quickstart_data_stage_from_another_directory_decontaminates(tmp_path):
-    out = run_cli("run", "quickstart", "--stages", "data", "--set", f"output_dir={tmp_path}/{{name}}",
-                  cwd=tmp_path)
+    out = run_cli(
+        "run", "quickstart", "--stages", "data", "--set", f"output_dir={tmp_path}/{{name}}", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     manifest = json.loads((tmp_path / "quickstart" / "data" / "manifest.json").read_text())
     inputs = {item["path"] for item in manifest["inputs"]}
-    assert {str(REPO_ROOT / "evals" / "bbj-core.jsonl"), str(REPO_ROOT / "evals" / "bbj-challenge.jsonl")} <= inputs
+    assert {
+        str(REPO_ROOT / "evals" / "bbj-core.jsonl"),
+        str(REPO_ROOT / "evals" / "bbj-challenge.jsonl"),
+    } <= inputs
     assert "match no file" not in out.stderr
 
 
 def test_decontamination_files_that_do_not_exist_are_an_error(tmp_path):
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "a.jsonl").write_text(json.dumps({"messages": [
-        {"role": "user", "content": "Write a BBj program that prints hello."},
-        {"role": "assistant", "content": "```bbj\nprint \"hello\"\n```"}]}) + "\n")
-    (tmp_path / "c.yaml").write_text("name: c\nmodel: {source: 'tiny:test'}\ntrain: {stages: sft}\n"
-                                     "data: {chatml: [data/*.jsonl], decontaminate_against: [myevals/*.jsonl]}\n")
+    (tmp_path / "data" / "a.jsonl").write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "Write a BBj program that prints hello."},
+                    {"role": "assistant", "content": '```bbj\nprint "hello"\n```'},
+                ]
+            }
+        )
+        + "\n"
+    )
+    (tmp_path / "c.yaml").write_text(
+        "name: c\nmodel: {source: 'tiny:test'}\ntrain: {stages: sft}\n"
+        "data: {chatml: [data/*.jsonl], decontaminate_against: [myevals/*.jsonl]}\n"
+    )
     out = run_cli("data", "prepare", "c.yaml", cwd=tmp_path)
-    assert_one_clear_error(out, "data.decontaminate_against: myevals/*.jsonl match no file", str(tmp_path),
-                           "decontaminate_against: []")
+    assert_one_clear_error(
+        out,
+        "data.decontaminate_against: myevals/*.jsonl match no file",
+        str(tmp_path),
+        "decontaminate_against: []",
+    )
     assert not (tmp_path / "runs" / "c" / "data" / "train.jsonl").exists()
 
 

@@ -12,9 +12,21 @@ from conftest import REPO_ROOT
 
 @pytest.mark.slow
 def test_data_speed_smoke_finds_what_it_planted(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "data_speed.py"), "--smoke",
-                          "--model", "tiny:test", "--keep", str(tmp_path)],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "data_speed.py"),
+            "--smoke",
+            "--model",
+            "tiny:test",
+            "--keep",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)["results"][0]
     planted, rejected = result["planted"], result["rejected"]

@@ -50,7 +50,9 @@ def test_pairs_write_and_explain_keep_provenance(tmp_path):
     write = next(p for p in pairs if p["derived"] == "method-write")
     assert write["messages"][0] == {"role": "system", "content": "SYS"}
     assert "`setPrice`" in write["messages"][1]["content"] and "PriceList" in write["messages"][1]["content"]
-    assert write["messages"][2]["content"].startswith("```bbj\nclass public PriceList\n\n    method public void setPrice")
+    assert write["messages"][2]["content"].startswith(
+        "```bbj\nclass public PriceList\n\n    method public void setPrice"
+    )
     assert write["messages"][2]["content"].endswith("classend\n```")
     assert "\r" not in write["messages"][2]["content"]
     assert write["source"] == str(src) and len(write["id"]) == 16
@@ -62,12 +64,18 @@ def test_derived_code_from_real_corpus_passes_the_checker(corpus_dir):
     from bbjtune.bbj import check_source, extract_bbj
 
     # code-generator templates (placeholders like `(DB_NICE)`) are not BBj until expanded
-    files = sorted(p for p in (corpus_dir / "real").rglob("*") if p.suffix in (".bbj", ".bbjt", ".src")
-                   and "(TBL_" not in p.read_text(encoding="latin-1"))
+    files = sorted(
+        p
+        for p in (corpus_dir / "real").rglob("*")
+        if p.suffix in (".bbj", ".bbjt", ".src") and "(TBL_" not in p.read_text(encoding="latin-1")
+    )
     pairs = [p for p in derive_pairs(files, system="S") if p["derived"] == "method-write"]
     assert len(pairs) >= 300
-    failing = [p["id"] for p in pairs
-               if any(d.severity == "error" for d in check_source(extract_bbj(p["messages"][2]["content"])))]
+    failing = [
+        p["id"]
+        for p in pairs
+        if any(d.severity == "error" for d in check_source(extract_bbj(p["messages"][2]["content"])))
+    ]
     assert len(failing) / len(pairs) < 0.02, failing[:5]
 
 
@@ -78,8 +86,9 @@ def test_data_derive_command_writes_chatml(tmp_path):
 
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "PriceList.bbj").write_text(SOURCE)
-    out = run_cli("data", "derive", "src", "--out", "derived.jsonl", "--system", "You are a BBj expert.",
-                  cwd=tmp_path)
+    out = run_cli(
+        "data", "derive", "src", "--out", "derived.jsonl", "--system", "You are a BBj expert.", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in (tmp_path / "derived.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["messages"][0]["content"] == "You are a BBj expert." for r in rows)

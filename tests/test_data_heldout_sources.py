@@ -14,7 +14,7 @@ QUIET = Console(stderr=True, quiet=True)
 
 
 def program(i: int) -> str:
-    return f"rem program {i}\nfor i = 1 to {i + 3}\n  print \"line \", i, \" of {i}\"\nnext i\nend\n"
+    return f'rem program {i}\nfor i = 1 to {i + 3}\n  print "line ", i, " of {i}"\nnext i\nend\n'
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -29,7 +29,7 @@ def test_split_sources_is_deterministic_and_independent_of_order():
     assert split_sources(contents, 0.1, seed=8) != held
     reordered = list(reversed(contents))
     assert {contents[i] for i in held} == {reordered[i] for i in split_sources(reordered, 0.1, seed=7)}
-    assert split_sources(contents[:MIN_SOURCES_TO_HOLD_OUT - 1], 0.5, seed=7) == set()
+    assert split_sources(contents[: MIN_SOURCES_TO_HOLD_OUT - 1], 0.5, seed=7) == set()
     assert split_sources(contents, 0.0, seed=7) == set()
 
 
@@ -45,13 +45,31 @@ def test_prepare_keeps_heldout_sources_out_of_training(tmp_path):
     chosen = {sources[i].name for i in split_sources([p.read_bytes() for p in sources], 0.1, seed=42)}
     # conversations derived from a source file carry its path ("source"); those of held-out files must go
     derived = tmp_path / "derived.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"Explain program number {i} of the tool set please"},
-                          {"role": "assistant", "content": f"It loops over the lines of program {i} and prints them."}],
-             "source": str(src / f"p{i:02d}.bbj")} for i in range(20)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Explain program number {i} of the tool set please"},
+                {"role": "assistant", "content": f"It loops over the lines of program {i} and prints them."},
+            ],
+            "source": str(src / f"p{i:02d}.bbj"),
+        }
+        for i in range(20)
+    ]
     derived.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    cfg = validate_config({"name": "t", "output_dir": str(tmp_path / "run"), "model": {"source": "tiny:test"},
-                           "data": {"chatml": [str(derived)], "sources": [str(src)], "heldout_sources_ratio": 0.1,
-                                    "heldout_ratio": 0.0, "decontaminate_against": []}})
+    cfg = validate_config(
+        {
+            "name": "t",
+            "output_dir": str(tmp_path / "run"),
+            "model": {"source": "tiny:test"},
+            "data": {
+                "chatml": [str(derived)],
+                "sources": [str(src)],
+                "heldout_sources_ratio": 0.1,
+                "heldout_ratio": 0.0,
+                "decontaminate_against": [],
+            },
+        }
+    )
     out = prepare(cfg, cfg.data_dir, console=QUIET)
 
     held = read_jsonl(cfg.data_dir / "heldout_sources.jsonl")

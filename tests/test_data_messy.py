@@ -14,12 +14,16 @@ import pytest
 from conftest import run_cli
 
 SYSTEM = "You are a BBj expert. Answer with BBj code in ```bbj blocks."
-WORDS = ("apple river stone cloud amber forest silver candle harbor meadow lantern copper violet thunder "
-         "orchard pebble canyon falcon glacier marble saddle timber velvet willow anchor beacon cobalt "
-         "dune ember fjord garnet hollow ivory jasper kettle lagoon mosaic nectar onyx prairie quartz "
-         "raven summit tundra umber vortex walnut yonder zephyr bramble cinder drift fable grove").split()
+WORDS = (
+    "apple river stone cloud amber forest silver candle harbor meadow lantern copper violet thunder "
+    "orchard pebble canyon falcon glacier marble saddle timber velvet willow anchor beacon cobalt "
+    "dune ember fjord garnet hollow ivory jasper kettle lagoon mosaic nectar onyx prairie quartz "
+    "raven summit tundra umber vortex walnut yonder zephyr bramble cinder drift fable grove"
+).split()
 N_GOOD = 30
-EVAL_PROMPT = "Write a BBj program that reads the customer file and prints every customer name with its balance."
+EVAL_PROMPT = (
+    "Write a BBj program that reads the customer file and prints every customer name with its balance."
+)
 
 
 def words(rng: random.Random, n: int) -> str:
@@ -29,17 +33,28 @@ def words(rng: random.Random, n: int) -> str:
 def good_example(i: int, category: str, system: bool = True) -> dict:
     rng = random.Random(i)
     prompt = f"Task {i}: {words(rng, 14)}?"
-    answer = (f"{words(rng, 150).capitalize()}.\n\n```bbj\nrem example {i}\nx = {i}\n"
-              f"print \"{rng.choice(WORDS)}\", x\nend\n```\n\n{words(rng, 12).capitalize()}.")
+    answer = (
+        f"{words(rng, 150).capitalize()}.\n\n```bbj\nrem example {i}\nx = {i}\n"
+        f'print "{rng.choice(WORDS)}", x\nend\n```\n\n{words(rng, 12).capitalize()}.'
+    )
     messages = ([{"role": "system", "content": SYSTEM}] if system else []) + [
-        {"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": answer},
+    ]
     return {"messages": messages, "category": category, "generation": "character", "task": "write"}
 
 
 def conv(prompt: str, answer: str) -> dict:
-    return {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt},
-                         {"role": "assistant", "content": answer}],
-            "category": "alpha", "generation": "character", "task": "write"}
+    return {
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": answer},
+        ],
+        "category": "alpha",
+        "generation": "character",
+        "task": "write",
+    }
 
 
 def build_messy(path: Path) -> dict:
@@ -53,61 +68,103 @@ def build_messy(path: Path) -> dict:
     for g in goods:
         add(g)
     # -- lines that are not usable conversations (schema) ------------------------------------
-    add('{"messages": [{"role": "user", "content": "broken <script>alert(1)</script>')                                      # malformed-json
-    add(conv("Which role?", "A fine answer with enough text.") | {"messages": [
-        {"role": "user", "content": "Hi there, a question"}, {"role": "bot", "content": "An answer."}]})  # unknown-role
-    add({"conversation": [{"role": "user", "content": "x"}]})                                       # missing-messages
-    add(conv("Open a file in BBj please", "   "))                                                   # empty-answer
-    lines.append(b'{"messages": [{"role": "user", "content": "caf\xe9 latin-1 byte"}, '
-                 b'{"role": "assistant", "content": "An answer of some length."}]}')               # not-utf8
-    add('{"messages": [{"role": "user", "content": "lone \\ud800 surrogate"}, '
-        '{"role": "assistant", "content": "An answer of some length."}]}')                        # not-utf8
-    add([1, 2, 3])                                                                                 # not-an-object
-    add({"messages": [{"role": "user", "content": "first"}, {"role": "user", "content": "second"},
-                      {"role": "assistant", "content": "An answer of some length."}]})            # bad-role-order
-    add("")                                                                                        # blank line
+    add('{"messages": [{"role": "user", "content": "broken <script>alert(1)</script>')  # malformed-json
+    add(
+        conv("Which role?", "A fine answer with enough text.")
+        | {
+            "messages": [
+                {"role": "user", "content": "Hi there, a question"},
+                {"role": "bot", "content": "An answer."},
+            ]
+        }
+    )  # unknown-role
+    add({"conversation": [{"role": "user", "content": "x"}]})  # missing-messages
+    add(conv("Open a file in BBj please", "   "))  # empty-answer
+    lines.append(
+        b'{"messages": [{"role": "user", "content": "caf\xe9 latin-1 byte"}, '
+        b'{"role": "assistant", "content": "An answer of some length."}]}'
+    )  # not-utf8
+    add(
+        '{"messages": [{"role": "user", "content": "lone \\ud800 surrogate"}, '
+        '{"role": "assistant", "content": "An answer of some length."}]}'
+    )  # not-utf8
+    add([1, 2, 3])  # not-an-object
+    add(
+        {
+            "messages": [
+                {"role": "user", "content": "first"},
+                {"role": "user", "content": "second"},
+                {"role": "assistant", "content": "An answer of some length."},
+            ]
+        }
+    )  # bad-role-order
+    add("")  # blank line
     # -- filters ---------------------------------------------------------------------------------
-    add(conv("Say something short about BBj strings", "OK, done."))                               # too-short (9)
-    add(conv("Show a counting loop in BBj", "Here is the loop:\n\n```bbj\nfor i = 1 to 10\n    print i\n"))  # truncated
-    add(conv("How do I open a file in BBj?", "To open a file you use the OPEN verb and then the"))  # truncated
-    add(conv("Print a greeting in BBj with a typo", "Like this:\n\n```bbj\nprint \"unterminated\nend\n```\n\n"
-             "That prints the greeting."))                                                          # code error
-    add(conv("Explain every verb of BBj in great depth", "Verb. " * 3000 + "Done."))              # too-long
+    add(conv("Say something short about BBj strings", "OK, done."))  # too-short (9)
+    add(
+        conv("Show a counting loop in BBj", "Here is the loop:\n\n```bbj\nfor i = 1 to 10\n    print i\n")
+    )  # truncated
+    add(
+        conv("How do I open a file in BBj?", "To open a file you use the OPEN verb and then the")
+    )  # truncated
+    add(
+        conv(
+            "Print a greeting in BBj with a typo",
+            'Like this:\n\n```bbj\nprint "unterminated\nend\n```\n\nThat prints the greeting.',
+        )
+    )  # code error
+    add(conv("Explain every verb of BBj in great depth", "Verb. " * 3000 + "Done."))  # too-long
     # -- duplicates -----------------------------------------------------------------------------
-    add(goods[1])                                                                                  # duplicate
+    add(goods[1])  # duplicate
     shouted = json.loads(json.dumps(goods[2]))
     shouted["messages"][1]["content"] = "  " + shouted["messages"][1]["content"].upper() + "  "
     shouted["messages"][2]["content"] = shouted["messages"][2]["content"].replace(" ", "   ")
-    add(shouted)                                                                                   # duplicate
+    add(shouted)  # duplicate
     other_answer = json.loads(json.dumps(goods[3]))
-    other_answer["messages"][2]["content"] = "A different answer.\n\n```bbj\nprint \"other\"\nend\n```\n\nDone here."
-    add(other_answer)                                                                              # duplicate-prompt
+    other_answer["messages"][2]["content"] = (
+        'A different answer.\n\n```bbj\nprint "other"\nend\n```\n\nDone here.'
+    )
+    add(other_answer)  # duplicate-prompt
     near = json.loads(json.dumps(goods[4]))
     near["messages"][1]["content"] = near["messages"][1]["content"].replace("?", " please?")
-    add(near)                                                                                      # near-duplicate
+    add(near)  # near-duplicate
     # -- kept, but repaired or counted ------------------------------------------------------------
     escaped = good_example(100, "alpha")
     escaped["messages"][2]["content"] = escaped["messages"][2]["content"].replace("\n", "\\n")
-    add(escaped)                                                                                   # escapes fixed
+    add(escaped)  # escapes fixed
     secret = good_example(101, "beta")
     secret["messages"][2]["content"] = secret["messages"][2]["content"].replace(
-        "```\n\n", "```\n\n```bbj\nsqlopen (1)\"DSN=sales;UID=admin;PWD=hunter2\"\napiKey$ = \"AbCdEf1234567890\"\n"
-        "mail$ = \"jane.doe@acme-corp.com\"\nhost$ = \"10.20.30.40\"\nend\n```\n\n")
-    add(secret)                                                                                    # scrubbed
-    add(good_example(102, "alpha", system=False))                                                  # system added
+        "```\n\n",
+        '```\n\n```bbj\nsqlopen (1)"DSN=sales;UID=admin;PWD=hunter2"\napiKey$ = "AbCdEf1234567890"\n'
+        'mail$ = "jane.doe@acme-corp.com"\nhost$ = "10.20.30.40"\nend\n```\n\n',
+    )
+    add(secret)  # scrubbed
+    add(good_example(102, "alpha", system=False))  # system added
     html = good_example(103, "beta")
     html["messages"][1]["content"] += " <script>alert('x')</script>"
-    add(html)                                                                                      # escaped in report
-    add(conv(EVAL_PROMPT, "Read the file sequentially.\n\n```bbj\nopen (1)\"CUSTOMER\"\nend\n```\n\nThat is all."))                                                                    # overlaps-eval
+    add(html)  # escaped in report
+    add(
+        conv(
+            EVAL_PROMPT, 'Read the file sequentially.\n\n```bbj\nopen (1)"CUSTOMER"\nend\n```\n\nThat is all.'
+        )
+    )  # overlaps-eval
     path.write_bytes(b"\n".join(lines) + b"\n")
     return {
         "lines": len(lines),
-        "schema": {"malformed-json": 1, "unknown-role": 1, "missing-messages": 1, "empty-answer": 1,
-                   "not-utf8": 2, "not-an-object": 1, "bad-role-order": 1},
+        "schema": {
+            "malformed-json": 1,
+            "unknown-role": 1,
+            "missing-messages": 1,
+            "empty-answer": 1,
+            "not-utf8": 2,
+            "not-an-object": 1,
+            "bad-role-order": 1,
+        },
         "filters": {"too-short": 1, "truncated": 2, "too-long": 1},
         "dedupe": {"duplicate": 2, "duplicate-prompt": 1, "near-duplicate": 1},
         "decontaminate": {"overlaps-eval": 1},
-        "kept_before_decontamination": N_GOOD + 6,  # goods + code error + escaped + secret + no-system + html + eval
+        "kept_before_decontamination": N_GOOD
+        + 6,  # goods + code error + escaped + secret + no-system + html + eval
     }
 
 
@@ -118,17 +175,32 @@ def messy(tmp_path_factory, tiny_model_dir):
     (root / "evals.jsonl").write_text(json.dumps({"id": "e1", "prompt": EVAL_PROMPT}) + "\n")
     src = root / "src"
     src.mkdir()
-    (src / "latin.bbj").write_bytes("rem Gr\xfc\xdfe\r\nprint \"\xe4\"\r\nend\r\n".encode("latin-1"))
-    (src / "zcopy.bbj").write_bytes("rem Gr\xfc\xdfe\nprint \"\xe4\"\nend\n".encode("latin-1"))  # same after LF
+    (src / "latin.bbj").write_bytes('rem Gr\xfc\xdfe\r\nprint "\xe4"\r\nend\r\n'.encode("latin-1"))
+    (src / "zcopy.bbj").write_bytes('rem Gr\xfc\xdfe\nprint "\xe4"\nend\n'.encode("latin-1"))  # same after LF
     (src / "cont.src").write_text('print "a",\n:"b"\nend\n')
     (src / "empty.bbj").write_text("  \n")
     (src / "blob.bbl").write_bytes(b"\x00\x01\x02binary")
     (src / "README.md").write_text("# not a source\n")
     out = root / "out"
-    result = run_cli("data", "prepare", "--chatml", str(root / "messy.jsonl"), "--sources", str(src),
-                     "--model", str(tiny_model_dir), "--out", str(out),
-                     "--set", "data.max_length=2000", "--set", "data.heldout_ratio=0.1",
-                     "--set", f"data.decontaminate_against=[{root / 'evals.jsonl'}]", cwd=root)
+    result = run_cli(
+        "data",
+        "prepare",
+        "--chatml",
+        str(root / "messy.jsonl"),
+        "--sources",
+        str(src),
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(out),
+        "--set",
+        "data.max_length=2000",
+        "--set",
+        "data.heldout_ratio=0.1",
+        "--set",
+        f"data.decontaminate_against=[{root / 'evals.jsonl'}]",
+        cwd=root,
+    )
     return {"root": root, "out": out, "expected": expected, "result": result}
 
 
@@ -140,8 +212,15 @@ def test_exit_code_says_something_was_rejected(messy):
     r = messy["result"]
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
-    for name in ("train.jsonl", "heldout.jsonl", "cpt.jsonl", "rejected.jsonl", "audit.json", "report.html",
-                 "manifest.json"):
+    for name in (
+        "train.jsonl",
+        "heldout.jsonl",
+        "cpt.jsonl",
+        "rejected.jsonl",
+        "audit.json",
+        "report.html",
+        "manifest.json",
+    ):
         assert (messy["out"] / name).is_file(), name
 
 
@@ -212,7 +291,15 @@ def test_outputs_follow_the_interface(messy):
     assert manifest["status"] == "complete"
     assert any(i["path"].endswith("messy.jsonl") and len(i["sha256"]) == 64 for i in manifest["inputs"])
     assert [s["step"] for s in manifest["metrics"]["steps"]] == [
-        "read", "repair", "filter", "deduplicate", "decontaminate-eval", "split", "decontaminate-heldout", "write"]
+        "read",
+        "repair",
+        "filter",
+        "deduplicate",
+        "decontaminate-eval",
+        "split",
+        "decontaminate-heldout",
+        "write",
+    ]
 
 
 def test_split_is_stratified_and_decontaminated(messy):
@@ -232,11 +319,13 @@ def test_cpt_corpus_from_sources_and_answers(messy):
     assert latin["text"] == 'rem Grüße\nprint "ä"\nend\n'
     cont = next(r for s, r in by_source.items() if s.endswith("cont.src"))
     assert cont["text"] == 'print "a",\n:"b"\nend\n'
-    rejected = {Path(r["file"]).name: r["reason"] for r in read_jsonl(out / "rejected.jsonl") if r["line"] is None}
+    rejected = {
+        Path(r["file"]).name: r["reason"] for r in read_jsonl(out / "rejected.jsonl") if r["line"] is None
+    }
     assert rejected == {"zcopy.bbj": "duplicate-file", "empty.bbj": "empty-file", "blob.bbl": "binary-file"}
     answers = [r for r in rows if r["source"].startswith("chatml:")]
     train_ids = {r["id"] for r in read_jsonl(out / "train.jsonl")}
-    assert answers and {r["source"][len("chatml:"):] for r in answers} <= train_ids
+    assert answers and {r["source"][len("chatml:") :] for r in answers} <= train_ids
     assert not any('"unterminated' in r["text"] for r in answers)  # failing code is not used
     audit = json.loads((out / "audit.json").read_text())
     assert audit["cpt"]["skipped_files"][0].endswith("README.md")
@@ -251,8 +340,18 @@ def test_report_is_self_contained_and_escaped(messy):
 
 
 def test_strict_stops_at_the_first_bad_line(messy, tiny_model_dir, tmp_path):
-    r = run_cli("data", "prepare", "--chatml", str(messy["root"] / "messy.jsonl"), "--model", str(tiny_model_dir),
-                "--out", str(tmp_path / "strict"), "--strict", cwd=tmp_path)
+    r = run_cli(
+        "data",
+        "prepare",
+        "--chatml",
+        str(messy["root"] / "messy.jsonl"),
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(tmp_path / "strict"),
+        "--strict",
+        cwd=tmp_path,
+    )
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
     assert f"messy.jsonl:{N_GOOD + 1}" in r.stderr and "malformed JSON" in r.stderr
@@ -260,8 +359,18 @@ def test_strict_stops_at_the_first_bad_line(messy, tiny_model_dir, tmp_path):
 
 
 def test_audit_reports_without_writing_data(messy, tiny_model_dir, tmp_path):
-    r = run_cli("data", "audit", str(messy["root"] / "messy.jsonl"), "--model", str(tiny_model_dir),
-                "--max-length", "2000", "--out", str(tmp_path / "audit"), cwd=tmp_path)
+    r = run_cli(
+        "data",
+        "audit",
+        str(messy["root"] / "messy.jsonl"),
+        "--model",
+        str(tiny_model_dir),
+        "--max-length",
+        "2000",
+        "--out",
+        str(tmp_path / "audit"),
+        cwd=tmp_path,
+    )
     assert "Traceback" not in r.stderr and r.returncode == 1, r.stderr + r.stdout
     audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
     assert sorted(p.name for p in (tmp_path / "audit").iterdir()) == ["audit.json", "report.html"]
@@ -272,11 +381,14 @@ def test_audit_reports_without_writing_data(messy, tiny_model_dir, tmp_path):
     assert audit["tokens"]["over_limit"] == 1 and audit["tokens_exact"] is True
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--chatml", "nowhere/*.jsonl"], "matches no file"),
-    (["--sources", "empty-dir"], "matches no file"),
-    (["--sources", "docs-only"], "none is a BBj source"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--chatml", "nowhere/*.jsonl"], "matches no file"),
+        (["--sources", "empty-dir"], "matches no file"),
+        (["--sources", "docs-only"], "none is a BBj source"),
+    ],
+)
 def test_missing_inputs_are_usage_errors(args, needle, tmp_path):
     (tmp_path / "empty-dir").mkdir()
     (tmp_path / "docs-only").mkdir()

@@ -25,7 +25,10 @@ def chat(prompt: str, answer: str) -> dict:
 def answering_model(tiny_model_dir, tmp_path_factory):
     """tiny:test trained until it answers ADD with ADD_ANSWER and ends its turn; saved to disk."""
     out = tmp_path_factory.mktemp("answering-model")
-    assert overfit_chat(tiny_model_dir, chat(ADD, ADD_ANSWER)["messages"], out, steps=300, stop_below=0.05) < 0.05
+    assert (
+        overfit_chat(tiny_model_dir, chat(ADD, ADD_ANSWER)["messages"], out, steps=300, stop_below=0.05)
+        < 0.05
+    )
     return out
 
 
@@ -33,8 +36,18 @@ def test_replay_writes_the_models_answers_and_resumes(answering_model, tmp_path)
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"id": "add", "prompt": ADD, "language": "python"}])
     out = tmp_path / "replay.jsonl"
     out.write_text('{"messages": [{"role": "user", "con')  # a run killed in the middle of a line
-    args = ("data", "replay", "--model", str(answering_model), "--prompts", str(prompts), "--out", str(out),
-            "--max-new-tokens", "40")
+    args = (
+        "data",
+        "replay",
+        "--model",
+        str(answering_model),
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "40",
+    )
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
     rows = read_jsonl(out)  # the torn line is gone; every line parses
@@ -59,11 +72,28 @@ def test_replay_through_an_openai_compatible_server(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "Sort a list."}, {"id": "b", "prompt": "empty"}])
+        prompts = write_jsonl(
+            tmp_path / "p.jsonl", [{"id": "a", "prompt": "Sort a list."}, {"id": "b", "prompt": "empty"}]
+        )
         out = tmp_path / "r.jsonl"
-        proc = run_cli("data", "replay", "--backend", "http", "--base-url", f"http://127.0.0.1:{server.server_address[1]}/v1",
-                       "--model", "served-instruct", "--prompts", str(prompts), "--out", str(out), "--samples", "2",
-                       "--system", "You are a helpful programmer.")
+        proc = run_cli(
+            "data",
+            "replay",
+            "--backend",
+            "http",
+            "--base-url",
+            f"http://127.0.0.1:{server.server_address[1]}/v1",
+            "--model",
+            "served-instruct",
+            "--prompts",
+            str(prompts),
+            "--out",
+            str(out),
+            "--samples",
+            "2",
+            "--system",
+            "You are a helpful programmer.",
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -80,8 +110,18 @@ def test_replay_through_an_openai_compatible_server(tmp_path):
 
 def test_replay_that_finishes_nothing_says_what_to_do(tiny_model_dir, tmp_path):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Sort a list in Python."}])
-    out = run_cli("data", "replay", "--model", str(tiny_model_dir), "--prompts", str(prompts),
-                  "--out", str(tmp_path / "r.jsonl"), "--max-new-tokens", "16")
+    out = run_cli(
+        "data",
+        "replay",
+        "--model",
+        str(tiny_model_dir),
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(tmp_path / "r.jsonl"),
+        "--max-new-tokens",
+        "16",
+    )
     assert out.returncode != 0
     assert "finished none of its answers" in out.stderr and "--max-new-tokens" in out.stderr
     assert "Traceback" not in out.stderr
@@ -108,7 +148,16 @@ def test_shipped_general_prompts_load_and_are_not_benchmark_prompts():
 
     rows = load_prompts(DEFAULT_PROMPTS)
     assert len(rows) == 160 and len({r["id"] for r in rows}) == len(rows)
-    assert {r["language"] for r in rows} >= {"python", "java", "javascript", "typescript", "sql", "shell", "go", "csharp"}
+    assert {r["language"] for r in rows} >= {
+        "python",
+        "java",
+        "javascript",
+        "typescript",
+        "sql",
+        "shell",
+        "go",
+        "csharp",
+    }
     assert len({r["prompt"] for r in rows}) == len(rows)
     index = ContaminationIndex(8, 0.5)
     for label, prompt in benchmark_prompts(lambda message: None):
@@ -123,29 +172,57 @@ def test_prepare_cleans_replay_and_stage_two_mixes_it(tmp_path):
 
     eval_prompt = json.loads((REPO_ROOT / "evals" / "bbj-core.jsonl").read_text().splitlines()[0])["prompt"]
     humaneval = load_problems(1)[0]["prompt"]
-    good = [chat(f"Write a Python function number {i} that returns {i} squared.", f"def f{i}():\n    return {i * i}")
-            for i in range(40)]
-    replay_file = write_jsonl(tmp_path / "general.jsonl", [
-        *good,
-        "{broken json",                                                        # line 41
-        good[0],                                                               # 42: duplicate
-        chat("Say something.", "ok"),                                          # 43: too short
-        chat(humaneval, "    return sorted(numbers)[0]  # long enough answer"),  # 44: HumanEval prompt
-        chat(eval_prompt, "A long enough answer about reading notes.txt."),    # 45: a BBj eval prompt
-        chat("Explain recursion.", "Recursion is when a function calls itself, for example"),  # 46: cut off
-        chat("List the numbers.", "\n".join(f"print({i})" for i in range(2000))),  # 47: longer than max_length
-    ])
+    good = [
+        chat(
+            f"Write a Python function number {i} that returns {i} squared.",
+            f"def f{i}():\n    return {i * i}",
+        )
+        for i in range(40)
+    ]
+    replay_file = write_jsonl(
+        tmp_path / "general.jsonl",
+        [
+            *good,
+            "{broken json",  # line 41
+            good[0],  # 42: duplicate
+            chat("Say something.", "ok"),  # 43: too short
+            chat(humaneval, "    return sorted(numbers)[0]  # long enough answer"),  # 44: HumanEval prompt
+            chat(eval_prompt, "A long enough answer about reading notes.txt."),  # 45: a BBj eval prompt
+            chat(
+                "Explain recursion.", "Recursion is when a function calls itself, for example"
+            ),  # 46: cut off
+            chat(
+                "List the numbers.", "\n".join(f"print({i})" for i in range(2000))
+            ),  # 47: longer than max_length
+        ],
+    )
     examples = REPO_ROOT / "examples" / "chatml" / "bbj-instructions.jsonl"
-    out = run_cli("data", "prepare", "--chatml", str(examples), "--model", "tiny:test", "--out", str(tmp_path / "d"),
-                  "--set", f"data.replay=['{replay_file}']")
+    out = run_cli(
+        "data",
+        "prepare",
+        "--chatml",
+        str(examples),
+        "--model",
+        "tiny:test",
+        "--out",
+        str(tmp_path / "d"),
+        "--set",
+        f"data.replay=['{replay_file}']",
+    )
     assert out.returncode == 1, out.stderr  # lines were set aside
     data = tmp_path / "d"
     replay = read_jsonl(data / "replay.jsonl")
     assert len(replay) == 40 and all(r["messages"][0]["role"] == "user" for r in replay)
     rejected = {r["line"]: r for r in read_jsonl(data / "rejected.jsonl") if r.get("replay")}
     assert {n: r["reason"] for n, r in rejected.items()} == {
-        41: "replay-malformed-json", 42: "replay-duplicate", 43: "replay-too-short", 44: "replay-overlaps-eval",
-        45: "replay-overlaps-eval", 46: "replay-truncated", 47: "replay-too-long"}
+        41: "replay-malformed-json",
+        42: "replay-duplicate",
+        43: "replay-too-short",
+        44: "replay-overlaps-eval",
+        45: "replay-overlaps-eval",
+        46: "replay-truncated",
+        47: "replay-too-long",
+    }
     assert "HumanEval/0" in rejected[44]["detail"] and rejected[42]["raw"] == json.dumps(good[0])
     assert all(r["file"] == str(replay_file) for r in rejected.values())
     audit = json.loads((data / "audit.json").read_text())
@@ -173,17 +250,23 @@ def test_prepare_cleans_replay_and_stage_two_mixes_it(tmp_path):
 
     from bbjtune.models.tiny import build_tiny
 
-    cfg = make_config(tmp_path, build_tiny("tiny:test"), data_dir=data, train__sft__max_steps=1,
-                      train__sft__max_length=512)
+    cfg = make_config(
+        tmp_path, build_tiny("tiny:test"), data_dir=data, train__sft__max_steps=1, train__sft__max_length=512
+    )
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     dry = run_cli("train", str(config), "--dry-run")
     assert dry.returncode == 0, dry.stderr[-2000:]
-    assert f"stage 2 mixes {len(sample)} of 40 general conversations" in " ".join(dry.stdout.split() + dry.stderr.split())
+    assert f"stage 2 mixes {len(sample)} of 40 general conversations" in " ".join(
+        dry.stdout.split() + dry.stderr.split()
+    )
     trained = run_cli("train", str(config))
     assert trained.returncode == 0, trained.stderr[-2000:]
     text = " ".join(trained.stderr.split())
-    assert f"stage 2 mixes {len(sample)} of 40 general conversations (replay.jsonl) into {n_bbj} BBj ones" in text
+    assert (
+        f"stage 2 mixes {len(sample)} of 40 general conversations (replay.jsonl) into {n_bbj} BBj ones"
+        in text
+    )
     manifest = json.loads((cfg.train_dir / "sft" / "manifest.json").read_text())
     assert any(i["path"].endswith("replay.jsonl") for i in manifest["inputs"])  # hashed with the other inputs
 

@@ -34,12 +34,24 @@ def test_data_help_names_the_exit_codes():
 def test_quickstart_data_stage_on_the_examples(tmp_path):
     """`bbjtune run quickstart --stages data`: the shipped examples go through without loss."""
     chatml = sorted((REPO_ROOT / "examples" / "chatml").glob("*.jsonl"))
-    programs = sorted(p for p in (REPO_ROOT / "examples" / "programs").glob("*") if p.suffix in SOURCE_EXTENSIONS)
+    programs = sorted(
+        p for p in (REPO_ROOT / "examples" / "programs").glob("*") if p.suffix in SOURCE_EXTENSIONS
+    )
     if not chatml or not programs:
         pytest.skip("examples/ has no ChatML or programs yet")
     # the demo itself trains stage 2 on the short examples/demo/; these are the examples real presets use
-    out = run_cli("run", "quickstart", "--stages", "data", "--set", f"output_dir={tmp_path}/{{name}}",
-                  "--set", "data.chatml=[examples/chatml/*.jsonl]", "--set", "train.sft.max_length=1024")
+    out = run_cli(
+        "run",
+        "quickstart",
+        "--stages",
+        "data",
+        "--set",
+        f"output_dir={tmp_path}/{{name}}",
+        "--set",
+        "data.chatml=[examples/chatml/*.jsonl]",
+        "--set",
+        "train.sft.max_length=1024",
+    )
     assert out.returncode == 0, out.stderr
     data = tmp_path / "quickstart" / "data"
     n_lines = sum(1 for f in chatml for line in f.read_text(encoding="utf-8").splitlines() if line.strip())
@@ -55,8 +67,9 @@ def test_quickstart_data_stage_on_the_examples(tmp_path):
     sources = {r["source"] for r in cpt}
     held = {r["source"] for r in read_jsonl(data / "heldout_sources.jsonl")}  # kept for the FIM evaluation
     assert len(held) == 1 and not held & sources
-    assert {f"examples/programs/{p.name}" for p in programs} == (sources - {s for s in sources
-                                                                            if s.startswith("chatml:")}) | held
+    assert {f"examples/programs/{p.name}" for p in programs} == (
+        sources - {s for s in sources if s.startswith("chatml:")}
+    ) | held
     train_ids = {r["id"] for r in train}
     assert {s.removeprefix("chatml:") for s in sources if s.startswith("chatml:")} <= train_ids
     manifest = json.loads((data / "manifest.json").read_text())
@@ -72,8 +85,14 @@ def test_cpt_corpus_from_real_bbj_keeps_every_file(corpus_dir, tiny_model_dir, t
     from bbjtune.data.stage import prepare
 
     real = corpus_dir / "real"
-    cfg = validate_config({"name": "corpus", "model": {"source": str(tiny_model_dir)}, "train": {"stages": "cpt"},
-                           "data": {"sources": [str(real)], "cpt_chunk_tokens": 256}})
+    cfg = validate_config(
+        {
+            "name": "corpus",
+            "model": {"source": str(tiny_model_dir)},
+            "train": {"stages": "cpt"},
+            "data": {"sources": [str(real)], "cpt_chunk_tokens": 256},
+        }
+    )
     outcome = prepare(cfg, tmp_path / "out")
     rows = read_jsonl(tmp_path / "out" / "cpt.jsonl")
     rejected = {r["file"]: r for r in read_jsonl(tmp_path / "out" / "rejected.jsonl")}
@@ -94,7 +113,9 @@ def test_cpt_corpus_from_real_bbj_keeps_every_file(corpus_dir, tiny_model_dir, t
             assert rejected[name]["reason"] in ("duplicate-file", "empty-file", "binary-file"), rejected[name]
             continue
         parts = chunks[name]
-        assert [p["chunk"] for p in parts] == list(range(len(parts))) and {p["n_chunks"] for p in parts} == {len(parts)}
+        assert [p["chunk"] for p in parts] == list(range(len(parts))) and {p["n_chunks"] for p in parts} == {
+            len(parts)
+        }
         text, _ = decode_source(path.read_bytes())
         assert "".join(p["text"] for p in parts) == scrub_text(text)[0]
         for part in parts[1:]:

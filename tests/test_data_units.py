@@ -10,9 +10,18 @@ import numpy as np
 import pytest
 
 from bbjtune.data.chatml import LineProblem, iter_chatml, parse_line
-from bbjtune.data.clean import (ExampleInfo, SimilarityIndex, char_shingles, filter_and_dedupe,
-                                fix_literal_escapes, has_literal_escapes, minhash, text_key, truncation_reason,
-                                word_shingles)
+from bbjtune.data.clean import (
+    ExampleInfo,
+    SimilarityIndex,
+    char_shingles,
+    filter_and_dedupe,
+    fix_literal_escapes,
+    has_literal_escapes,
+    minhash,
+    text_key,
+    truncation_reason,
+    word_shingles,
+)
 from bbjtune.data.cpt import SourceProblem, chunk_text, decode_source, statement_units
 from bbjtune.data.scrub import scrub_text
 from bbjtune.data.split import split_heldout
@@ -33,22 +42,26 @@ def msgs(*pairs):
 
 # ----------------------------------------------------------------------------- chatml
 
-@pytest.mark.parametrize("raw, reason", [
-    (b'{"messages": [', "malformed-json"),
-    (b'"just a string"', "not-an-object"),
-    (b'{"text": "hello"}', "missing-messages"),
-    (b'{"messages": []}', "missing-messages"),
-    (b'{"messages": ["hi"]}', "bad-message"),
-    (line(msgs(("user", "q"), ("assistant", 5))), "bad-message"),
-    (line(msgs(("human", "q"), ("assistant", "a"))), "unknown-role"),
-    (line(msgs(("assistant", "a"), ("user", "q"))), "bad-role-order"),
-    (line(msgs(("user", "q"), ("assistant", "a"), ("user", "q2"))), "bad-role-order"),
-    (line(msgs(("user", "q"), ("system", "s"), ("assistant", "a"))), "bad-role-order"),
-    (line(msgs(("user", " \n"), ("assistant", "a"))), "empty-prompt"),
-    (line(msgs(("user", "q"), ("assistant", ""))), "empty-answer"),
-    (line(msgs(("system", ""), ("user", "q"), ("assistant", "a"))), "empty-system-prompt"),
-    (b'{"messages": [{"role": "user", "content": "\xff"}]}', "not-utf8"),
-])
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b'{"messages": [', "malformed-json"),
+        (b'"just a string"', "not-an-object"),
+        (b'{"text": "hello"}', "missing-messages"),
+        (b'{"messages": []}', "missing-messages"),
+        (b'{"messages": ["hi"]}', "bad-message"),
+        (line(msgs(("user", "q"), ("assistant", 5))), "bad-message"),
+        (line(msgs(("human", "q"), ("assistant", "a"))), "unknown-role"),
+        (line(msgs(("assistant", "a"), ("user", "q"))), "bad-role-order"),
+        (line(msgs(("user", "q"), ("assistant", "a"), ("user", "q2"))), "bad-role-order"),
+        (line(msgs(("user", "q"), ("system", "s"), ("assistant", "a"))), "bad-role-order"),
+        (line(msgs(("user", " \n"), ("assistant", "a"))), "empty-prompt"),
+        (line(msgs(("user", "q"), ("assistant", ""))), "empty-answer"),
+        (line(msgs(("system", ""), ("user", "q"), ("assistant", "a"))), "empty-system-prompt"),
+        (b'{"messages": [{"role": "user", "content": "\xff"}]}', "not-utf8"),
+    ],
+)
 def test_each_bad_line_has_its_reason(raw, reason):
     with pytest.raises(LineProblem) as exc:
         parse_line(raw)
@@ -56,16 +69,26 @@ def test_each_bad_line_has_its_reason(raw, reason):
 
 
 def test_good_lines_keep_extra_keys_and_multi_turn():
-    messages, extra = parse_line(line(msgs(("system", "s"), ("user", "q1"), ("assistant", "a1"), ("user", "q2"),
-                                           ("assistant", "a2")), category="oop", task="fix"))
+    messages, extra = parse_line(
+        line(
+            msgs(("system", "s"), ("user", "q1"), ("assistant", "a1"), ("user", "q2"), ("assistant", "a2")),
+            category="oop",
+            task="fix",
+        )
+    )
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant"]
     assert extra == {"category": "oop", "task": "fix"}
 
 
 def test_reading_handles_bom_crlf_and_blank_lines(tmp_path):
     p = tmp_path / "x.jsonl"
-    p.write_bytes(b"\xef\xbb\xbf" + line(msgs(("user", "q"), ("assistant", "a"))) + b"\r\n\r\n"
-                  + line(msgs(("user", "q2"), ("assistant", "a2"))) + b"\r\n")
+    p.write_bytes(
+        b"\xef\xbb\xbf"
+        + line(msgs(("user", "q"), ("assistant", "a")))
+        + b"\r\n\r\n"
+        + line(msgs(("user", "q2"), ("assistant", "a2")))
+        + b"\r\n"
+    )
     items = list(iter_chatml(p))
     assert items[1] is None
     assert [(i.line, i.prompt) for i in items if i] == [(1, "q"), (3, "q2")]
@@ -83,34 +106,48 @@ def test_utf16_file_is_a_usage_error(tmp_path):
 
 # ----------------------------------------------------------------------------- repairs and filters
 
+
 def test_literal_escapes():
     assert has_literal_escapes('Use this:\\n```bbj\\nprint \\"hi\\"\\n```')
     assert not has_literal_escapes("line one\nline two")
-    assert not has_literal_escapes('one literal \\n among\nreal\nline\nbreaks')
+    assert not has_literal_escapes("one literal \\n among\nreal\nline\nbreaks")
     assert fix_literal_escapes('a\\nb\\tc \\"q\\"') == 'a\nb\tc "q"'
 
 
-@pytest.mark.parametrize("answer, cut", [
-    ("Here:\n```bbj\nprint 1\n", True),
-    ("To open a file you use the OPEN verb and then the", True),
-    ("You pass the channel, the key,", True),
-    ("It works like this...", True),
-    ("Open the file first.\n\n`", True),
-    ("Here:\n```bbj\nprint 1\nend\n```\nThat prints one.", False),
-    ("Here:\n```bbj\nprint 1\nend\n```", False),
-    ("print \"x\"\nend", False),                      # bare code, not a sentence
-    ("Yes.", False),
-    ("Here:\n```bbj\nprint 1\nend\n```\nSee also `PRINT`", False),  # short trailing note
-])
+@pytest.mark.parametrize(
+    "answer, cut",
+    [
+        ("Here:\n```bbj\nprint 1\n", True),
+        ("To open a file you use the OPEN verb and then the", True),
+        ("You pass the channel, the key,", True),
+        ("It works like this...", True),
+        ("Open the file first.\n\n`", True),
+        ("Here:\n```bbj\nprint 1\nend\n```\nThat prints one.", False),
+        ("Here:\n```bbj\nprint 1\nend\n```", False),
+        ('print "x"\nend', False),  # bare code, not a sentence
+        ("Yes.", False),
+        ("Here:\n```bbj\nprint 1\nend\n```\nSee also `PRINT`", False),  # short trailing note
+    ],
+)
 def test_truncation_heuristic(answer, cut):
     assert bool(truncation_reason(answer)) is cut, truncation_reason(answer)
 
 
 def _info(i, prompt="p", answer="a" * 50, **kw) -> ExampleInfo:
     pk, ak = text_key(prompt), text_key(answer)
-    base = dict(index=i, file="f.jsonl", line=i + 1, offset=0, prompt_key=pk, answer_key=ak,
-                example_key=hashlib.blake2b(pk + ak).digest(), system_key=None, answer_chars=len(answer),
-                example_sig=minhash(word_shingles(prompt + "\n" + answer)), prompt_sig=minhash(char_shingles(prompt)))
+    base = dict(
+        index=i,
+        file="f.jsonl",
+        line=i + 1,
+        offset=0,
+        prompt_key=pk,
+        answer_key=ak,
+        example_key=hashlib.blake2b(pk + ak).digest(),
+        system_key=None,
+        answer_chars=len(answer),
+        example_sig=minhash(word_shingles(prompt + "\n" + answer)),
+        prompt_sig=minhash(char_shingles(prompt)),
+    )
     base.update(kw)
     return ExampleInfo(**base)
 
@@ -119,23 +156,47 @@ def test_filter_order_and_duplicates():
     long_answer = " ".join(f"word{i}" for i in range(200))
     infos = [
         _info(0, "first prompt", long_answer),
-        _info(1, "first prompt", long_answer),                       # exact copy
-        _info(2, "first prompt", "another answer " * 10),            # repeated prompt
-        _info(3, "first prompt, please", long_answer),               # near copy
-        _info(4, "short", "ok", answer_chars=2),                     # fragment (and a repeat of nothing)
+        _info(1, "first prompt", long_answer),  # exact copy
+        _info(2, "first prompt", "another answer " * 10),  # repeated prompt
+        _info(3, "first prompt, please", long_answer),  # near copy
+        _info(4, "short", "ok", answer_chars=2),  # fragment (and a repeat of nothing)
         _info(5, "cut", "x" * 40, truncated="never closed"),
         _info(6, "bad code", "y" * 40, code_error="line 1: oops"),
         _info(7, "long", "z" * 40, n_tokens=5000),
         _info(8, "fine", "w" * 40),
     ]
-    kw = dict(min_answer_chars=10, drop_truncated=True, code_check="reject", max_length=1000, drop_too_long=True,
-              duplicate_prompts="keep-first", near_duplicate_threshold=0.9)
+    kw = dict(
+        min_answer_chars=10,
+        drop_truncated=True,
+        code_check="reject",
+        max_length=1000,
+        drop_too_long=True,
+        duplicate_prompts="keep-first",
+        near_duplicate_threshold=0.9,
+    )
     got = {d.index: d.reason for d in filter_and_dedupe(infos, **kw)}
-    assert got == {1: "duplicate", 2: "duplicate-prompt", 3: "near-duplicate", 4: "too-short", 5: "truncated",
-                   6: "code-error", 7: "too-long"}
-    relaxed = {d.index: d.reason for d in filter_and_dedupe(
-        infos, **{**kw, "code_check": "report", "duplicate_prompts": "keep-all", "drop_truncated": False,
-                  "drop_too_long": False})}
+    assert got == {
+        1: "duplicate",
+        2: "duplicate-prompt",
+        3: "near-duplicate",
+        4: "too-short",
+        5: "truncated",
+        6: "code-error",
+        7: "too-long",
+    }
+    relaxed = {
+        d.index: d.reason
+        for d in filter_and_dedupe(
+            infos,
+            **{
+                **kw,
+                "code_check": "report",
+                "duplicate_prompts": "keep-all",
+                "drop_truncated": False,
+                "drop_too_long": False,
+            },
+        )
+    }
     assert relaxed == {1: "duplicate", 3: "near-duplicate", 4: "too-short"}
 
 
@@ -150,38 +211,54 @@ def test_similarity_index_estimates_jaccard():
     assert hits and hits[0][1] == "a" and abs(hits[0][0] - 376 / 424) < 0.08
     assert index.matches(minhash(c)) == []
     assert minhash(a).dtype == np.uint32 and (minhash(a) == minhash(word_shingles(base.upper()))).all()
-    assert len(char_shingles("abc")) == 1 and len(char_shingles("Hello  World")) == len(char_shingles("hello world"))
+    assert len(char_shingles("abc")) == 1 and len(char_shingles("Hello  World")) == len(
+        char_shingles("hello world")
+    )
 
 
 # ----------------------------------------------------------------------------- scrubbing
 
-@pytest.mark.parametrize("text, kinds, gone", [
-    ('sqlopen (1)"DSN=sales;UID=admin;PWD=hunter2"', {"password": 1}, "hunter2"),
-    ('url$ = "jdbc:mysql://bob:s3cret@db.acme.com/erp"', {"password": 1}, "s3cret"),
-    ('password$ = "Tr0ub4dor&3"', {"password": 1}, "Tr0ub4dor"),
-    ('apiKey$ = "AbCdEf1234567890"', {"api_key": 1}, "AbCdEf1234567890"),
-    ("aws key AKIAIOSFODNN7EXAMPLE here", {"api_key": 1}, "AKIAIOSFODNN7EXAMPLE"),
-    ('hdr$ = "Authorization: Bearer abcdef1234567890xyz"', {"api_key": 1}, "abcdef1234567890xyz"),
-    ("-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----", {"api_key": 1}, "MIIEow"),
-    ('mail$ = "jane.doe@acme-corp.com"', {"email": 1}, "jane.doe"),
-    ('host$ = "192.168.10.5"', {"ip": 1}, "192.168.10.5"),
-])
+
+@pytest.mark.parametrize(
+    "text, kinds, gone",
+    [
+        ('sqlopen (1)"DSN=sales;UID=admin;PWD=hunter2"', {"password": 1}, "hunter2"),
+        ('url$ = "jdbc:mysql://bob:s3cret@db.acme.com/erp"', {"password": 1}, "s3cret"),
+        ('password$ = "Tr0ub4dor&3"', {"password": 1}, "Tr0ub4dor"),
+        ('apiKey$ = "AbCdEf1234567890"', {"api_key": 1}, "AbCdEf1234567890"),
+        ("aws key AKIAIOSFODNN7EXAMPLE here", {"api_key": 1}, "AKIAIOSFODNN7EXAMPLE"),
+        ('hdr$ = "Authorization: Bearer abcdef1234567890xyz"', {"api_key": 1}, "abcdef1234567890xyz"),
+        ("-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----", {"api_key": 1}, "MIIEow"),
+        ('mail$ = "jane.doe@acme-corp.com"', {"email": 1}, "jane.doe"),
+        ('host$ = "192.168.10.5"', {"ip": 1}, "192.168.10.5"),
+    ],
+)
 def test_scrub_finds_secrets(text, kinds, gone):
     new, counts = scrub_text(text)
     assert dict(counts) == kinds and gone not in new
     assert scrub_text(new) == (new, {})  # placeholders are left alone: scrubbing twice changes nothing
 
 
-@pytest.mark.parametrize("text", [
-    'PRINT "Password: ",', "IF pwd$ = input$ THEN GOTO ok", 'compass$ = "north"', 'tokenizer$ = "split words"',
-    "loopback 127.0.0.1 and 0.0.0.0 and docs 192.0.2.7", "version 300.1.2.3", 'mail$ = "user@example.com"',
-    "@(10,5) File@(x) sysgui!", 'print "token=1"',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        'PRINT "Password: ",',
+        "IF pwd$ = input$ THEN GOTO ok",
+        'compass$ = "north"',
+        'tokenizer$ = "split words"',
+        "loopback 127.0.0.1 and 0.0.0.0 and docs 192.0.2.7",
+        "version 300.1.2.3",
+        'mail$ = "user@example.com"',
+        "@(10,5) File@(x) sysgui!",
+        'print "token=1"',
+    ],
+)
 def test_scrub_leaves_ordinary_code_alone(text):
     assert scrub_text(text) == (text, {})
 
 
 # ----------------------------------------------------------------------------- split and decontamination
+
 
 def test_split_is_deterministic_stratified_and_keeps_groups_together():
     infos = []
@@ -210,8 +287,10 @@ def test_contamination_index():
     index = ContaminationIndex(8, 0.5)
     index.add("eval s:1", "Write a BBj program that prints every line of a text file with line numbers")
     index.add("eval s:2", "Sort an array")  # shorter than n words: must appear whole
-    index.add("eval s:3", "Hi")             # one or two words: only an identical prompt matches
-    hit = index.match("Please write a BBj program that prints every line of a text file with line numbers, thanks")
+    index.add("eval s:3", "Hi")  # one or two words: only an identical prompt matches
+    hit = index.match(
+        "Please write a BBj program that prints every line of a text file with line numbers, thanks"
+    )
     assert hit and hit.label == "eval s:1" and hit.overlap == 1.0
     assert index.match("Write a BBj program that opens a window with a button") is None
     assert index.match("How do I sort an array in BBj?").label == "eval s:2"
@@ -219,6 +298,7 @@ def test_contamination_index():
 
 
 # ----------------------------------------------------------------------------- stage 1 corpus
+
 
 def test_decode_source():
     assert decode_source("a\r\nb\rc".encode("latin-1")) == ("a\nb\nc\n", "utf-8")
@@ -245,7 +325,9 @@ def test_chunks_are_lossless_within_budget_and_cut_at_good_places():
     chunks = [c for c, _ in pairs]
     assert "".join(chunks) == text and oversized == 0 and len(chunks) > 3
     assert all(n == sum(ESTIMATE.count(statement_units(c))) <= budget for c, n in pairs)
-    assert sum(c.endswith("methodend\n\n") or c.endswith("methodend\n") for c in chunks[:-1]) >= len(chunks) - 2
+    assert (
+        sum(c.endswith("methodend\n\n") or c.endswith("methodend\n") for c in chunks[:-1]) >= len(chunks) - 2
+    )
     cont = "print 1,\n" + ":2,\n" * 200 + ":3\n"  # one statement longer than the budget stays whole
     pairs, oversized = chunk_text("x=1\n" + cont, 50, ESTIMATE)
     assert pairs[-1][0] == cont and oversized == 1
@@ -259,8 +341,12 @@ def test_scan_in_worker_processes_gives_the_same_result(tmp_path):
     rows = []
     for i in range(300):
         answer = f"Answer {i}:\n\n```bbj\nx = {i}\nprint x\nend\n```\n\nDone with {i}." if i % 7 else "ok"
-        rows.append(line(msgs(("user", f"question {i % 250} about item {i % 250}"), ("assistant", answer)),
-                         category=f"c{i % 3}"))
+        rows.append(
+            line(
+                msgs(("user", f"question {i % 250} about item {i % 250}"), ("assistant", answer)),
+                category=f"c{i % 3}",
+            )
+        )
     rows.insert(50, b"{broken")
     path.write_bytes(b"\n".join(rows) + b"\n")
     options = ScanOptions(fix_escapes=True, scrub=True, check_code=True)
@@ -268,13 +354,27 @@ def test_scan_in_worker_processes_gives_the_same_result(tmp_path):
     results = []
     for workers, spool_path in zip((1, 2), spools):
         with open(spool_path, "w") as spool:
-            results.append(scan_chatml([path], spool=spool, tokens=ESTIMATE, options=options, strict=False,
-                                       workers=workers))
+            results.append(
+                scan_chatml(
+                    [path], spool=spool, tokens=ESTIMATE, options=options, strict=False, workers=workers
+                )
+            )
     one, two = results
     assert spools[0].read_bytes() == spools[1].read_bytes()
     assert [r.line for r in one.rejections] == [r.line for r in two.rejections] == [51]
-    fields = ("index", "line", "prompt_key", "example_key", "n_tokens", "truncated", "code_blocks", "category")
-    assert [[getattr(i, f) for f in fields] for i in one.infos] == [[getattr(i, f) for f in fields] for i in two.infos]
+    fields = (
+        "index",
+        "line",
+        "prompt_key",
+        "example_key",
+        "n_tokens",
+        "truncated",
+        "code_blocks",
+        "category",
+    )
+    assert [[getattr(i, f) for f in fields] for i in one.infos] == [
+        [getattr(i, f) for f in fields] for i in two.infos
+    ]
     assert all((a.example_sig == b.example_sig).all() for a, b in zip(one.infos, two.infos))
     assert one.code.blocks == two.code.blocks > 200 and one.system_prompts == two.system_prompts
 
@@ -285,12 +385,18 @@ def test_cpt_corpus_drops_copies_and_near_copies(tmp_path):
     from bbjtune.data.cpt import CptCorpus
 
     program = "".join(f'print "line {i} of the program", {i}\n' for i in range(60))
-    files = {"a.bbj": program, "b.bbj": program.replace("\n", "\r\n"),          # same after LF
-             "c.bbj": program.replace("line 7 ", "row 7 "), "d.bbj": "print 1\nend\n"}
+    files = {
+        "a.bbj": program,
+        "b.bbj": program.replace("\n", "\r\n"),  # same after LF
+        "c.bbj": program.replace("line 7 ", "row 7 "),
+        "d.bbj": "print 1\nend\n",
+    }
     for name, text in files.items():
         (tmp_path / name).write_bytes(text.encode("utf-8"))
-    for near_dedupe, expected in ((False, {"b.bbj": "duplicate-file"}),
-                                  (True, {"b.bbj": "duplicate-file", "c.bbj": "near-duplicate-file"})):
+    for near_dedupe, expected in (
+        (False, {"b.bbj": "duplicate-file"}),
+        (True, {"b.bbj": "duplicate-file", "c.bbj": "near-duplicate-file"}),
+    ):
         out = io.StringIO()
         corpus = CptCorpus(out, ESTIMATE, 100, scrub=True, near_dedupe=near_dedupe, near_threshold=0.9)
         for name in sorted(files):
@@ -299,7 +405,9 @@ def test_cpt_corpus_drops_copies_and_near_copies(tmp_path):
         stats = corpus.finish()
         assert {Path(r.file).name: r.reason for r in corpus.rejections} == expected
         rows = [json.loads(x) for x in out.getvalue().splitlines()]
-        assert [r["text"] for r in rows if r["source"] == "chatml:abc"] == ["print 2\n"]  # d.bbj has the first
+        assert [r["text"] for r in rows if r["source"] == "chatml:abc"] == [
+            "print 2\n"
+        ]  # d.bbj has the first
         assert stats.answer_blocks == 3 and stats.answer_blocks_failing_check == 1
         assert stats.answer_blocks_duplicate == 1 and stats.tokens == sum(stats.chunk_tokens)
         assert abs(stats.tokens - sum(ESTIMATE.count([r["text"] for r in rows]))) < 0.02 * stats.tokens
@@ -309,7 +417,14 @@ def test_cpt_corpus_drops_copies_and_near_copies(tmp_path):
 
 def test_split_never_holds_out_the_only_example_of_a_category():
     infos = [_info(i, f"prompt number {i} on its own", category="big") for i in range(40)]
-    topics = ["orbital mechanics", "baking sourdough", "tax forms", "jazz chords", "sailing knots", "moss gardens"]
+    topics = [
+        "orbital mechanics",
+        "baking sourdough",
+        "tax forms",
+        "jazz chords",
+        "sailing knots",
+        "moss gardens",
+    ]
     infos += [_info(40 + k, f"how about {topic}?", category=f"rare{k}") for k, topic in enumerate(topics)]
     held = split_heldout(infos, 0.1, 3, 0.7)  # 4.6 to hold out: the remainder would go to a singleton
     assert len(held) == 4 and all(infos[i].category == "big" for i in held)

@@ -15,10 +15,16 @@ def test_the_end_of_a_run_names_the_reports_and_the_review_command(tmp_path):
     for d in ("data", "eval/base", "eval/tuned", "eval/compare"):
         (run / d).mkdir(parents=True)
         (run / d / "report.html").write_text("<html></html>")
-    steps = {where: what for what, where in next_steps({"data": run / "data", "train": run, "eval": run / "eval"})}
-    assert list(steps) == [str(run / "data" / "report.html"), str(run / "eval" / "compare" / "report.html"),
-                           str(run / "eval" / "tuned" / "report.html"), str(run / "eval" / "base" / "report.html"),
-                           f"bbjtune review {run / 'eval' / 'base'} {run / 'eval' / 'tuned'}"]
+    steps = {
+        where: what for what, where in next_steps({"data": run / "data", "train": run, "eval": run / "eval"})
+    }
+    assert list(steps) == [
+        str(run / "data" / "report.html"),
+        str(run / "eval" / "compare" / "report.html"),
+        str(run / "eval" / "tuned" / "report.html"),
+        str(run / "eval" / "base" / "report.html"),
+        f"bbjtune review {run / 'eval' / 'base'} {run / 'eval' / 'tuned'}",
+    ]
     assert next_steps({"train": run}) == []  # a training-only run has no report to point at
 
 
@@ -30,8 +36,13 @@ def test_the_demo_data_is_built_from_its_templates_and_every_answer_compiles():
 
     from bbjtune.bbj import check_source, extract_bbj
 
-    build = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / "demo" / "build_short_programs.py"), "--check"],
-                           capture_output=True, text=True, timeout=60, check=False)
+    build = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "examples" / "demo" / "build_short_programs.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert build.returncode == 0, build.stdout + build.stderr
     rows = [json.loads(line) for line in (REPO_ROOT / "examples" / "demo" / "short-programs.jsonl").open()]
     assert len(rows) >= 150
@@ -50,16 +61,32 @@ def test_the_demo_recipe_learns_to_answer_with_short_bbj(tmp_path):
 
     The whole recipe (both stages, as `make demo` trains them); only the evaluation is cut down
     (10 prompts, no HumanEval), which keeps this test at a few CPU minutes."""
-    out = run_cli("run", "quickstart", "--stages", "data,train,eval", "--set", f"output_dir={tmp_path}/{{name}}",
-                  "--set", "eval.limit=5", "--set", "eval.humaneval.enabled=false", cwd=tmp_path, timeout=1800)
+    out = run_cli(
+        "run",
+        "quickstart",
+        "--stages",
+        "data,train,eval",
+        "--set",
+        f"output_dir={tmp_path}/{{name}}",
+        "--set",
+        "eval.limit=5",
+        "--set",
+        "eval.humaneval.enabled=false",
+        cwd=tmp_path,
+        timeout=1800,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     evaluation = tmp_path / "quickstart" / "eval"
-    tuned = [json.loads(line) for line in (evaluation / "tuned" / "generations.jsonl").read_text().splitlines()]
+    tuned = [
+        json.loads(line) for line in (evaluation / "tuned" / "generations.jsonl").read_text().splitlines()
+    ]
     assert len(tuned) == 10
     for row in tuned:
         assert row["output"].strip() and not row["error"], row
         assert row["finish_reason"] == "stop", row  # ended with <|im_end|>, not cut off at max_new_tokens
-    base, after = (json.loads((evaluation / label / "results.json").read_text())["compile_at_k"]["1"]
-                   for label in ("base", "tuned"))
+    base, after = (
+        json.loads((evaluation / label / "results.json").read_text())["compile_at_k"]["1"]
+        for label in ("base", "tuned")
+    )
     assert after > base, (base, after)
     assert f"bbjtune review {evaluation / 'base'} {evaluation / 'tuned'}" in " ".join(out.stderr.split())

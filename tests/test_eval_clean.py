@@ -8,10 +8,14 @@ from bbjtune.evaluate.report import model_report_html
 from bbjtune.evaluate.scoring import build_results, score_bbj_samples, summarize_bbj
 from bbjtune.evaluate.suite import EvalCase
 
-CLEAN = ('```bbj\nsysgui! = BBjAPI().openSysGui("X0")\nwnd! = sysgui!.addWindow(10, 10, 300, 200, "Hi")\n'
-         'process_events\n```\n')
-INVENTED = ('```bbj\nsysgui! = BBjAPI().openSysGui("X0")\nwnd! = sysgui!.addWindow(10, 10, 300, 200, "Hi")\n'
-            'ed! = wnd!.addBbjEditBox(101, 10, 10, 100, 20, "")\nprocess_events\n```\n')
+CLEAN = (
+    '```bbj\nsysgui! = BBjAPI().openSysGui("X0")\nwnd! = sysgui!.addWindow(10, 10, 300, 200, "Hi")\n'
+    "process_events\n```\n"
+)
+INVENTED = (
+    '```bbj\nsysgui! = BBjAPI().openSysGui("X0")\nwnd! = sysgui!.addWindow(10, 10, 300, 200, "Hi")\n'
+    'ed! = wnd!.addBbjEditBox(101, 10, 10, 100, 20, "")\nprocess_events\n```\n'
+)
 BROKEN = "```bbj\nx = (1 + 2\n```\n"
 
 
@@ -65,11 +69,23 @@ def test_prose_answers_and_old_scores_have_no_clean():
 
 def test_compare_shows_clean_deltas():
     def res(compile1, clean1):
-        return {"model": "m", "compile_at_k": {"1": compile1}, "clean_at_k": {"1": clean1},
-                "patterns_pass_rate": 0.1, "factual_accuracy": None,
-                "by_category": {"gui": {"compile_at_k": {"1": compile1}, "clean_at_k": {"1": clean1},
-                                        "patterns_pass_rate": 0.1, "factual_accuracy": None}},
-                "by_generation": {}}
+        return {
+            "model": "m",
+            "compile_at_k": {"1": compile1},
+            "clean_at_k": {"1": clean1},
+            "patterns_pass_rate": 0.1,
+            "factual_accuracy": None,
+            "by_category": {
+                "gui": {
+                    "compile_at_k": {"1": compile1},
+                    "clean_at_k": {"1": clean1},
+                    "patterns_pass_rate": 0.1,
+                    "factual_accuracy": None,
+                }
+            },
+            "by_generation": {},
+        }
+
     cmp = compare_results(res(0.5, 0.2), res(0.7, 0.1))
     assert cmp["tiers"]["clean@1"]["delta"] == -0.1
     assert any(r.startswith("clean@1") for r in cmp["regressions"])
@@ -81,7 +97,7 @@ def test_compare_shows_clean_deltas():
 def test_must_not_ignores_the_prose_around_unfenced_code():
     c = case(must_not=[r"(?i)\bself\.\w+"], generation="character")
     prose = "Unlike Python, where you would write self.count in a method, BBj uses fields here.\n"
-    assert score_patterns(c, prose + 'count = count + 1\nprint count\n').passed
+    assert score_patterns(c, prose + "count = count + 1\nprint count\n").passed
     assert score_patterns(c, "self.count = 1\nprint count\n").forbidden
     # an explain answer has no code: its prose is what must_not is about
     assert score_patterns(case(task="explain", compile=False, must_not=[r"(?i)\bself\.\w+"]), prose).forbidden

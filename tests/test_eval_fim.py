@@ -35,13 +35,17 @@ BROKEN = "rem does not compile\nprint (\nend\n"
 
 def records() -> list[dict[str, str]]:
     second = PROGRAM.replace("notes.txt", "other.txt").replace("for i = 1 to 3", "for i = 1 to 5")
-    return [{"source": "held/a.bbj", "text": PROGRAM}, {"source": "held/b.bbj", "text": second},
-            {"source": "held/broken.bbj", "text": BROKEN}]
+    return [
+        {"source": "held/a.bbj", "text": PROGRAM},
+        {"source": "held/b.bbj", "text": second},
+        {"source": "held/broken.bbj", "text": BROKEN},
+    ]
 
 
 def test_cases_come_from_compiling_files_and_rebuild_them():
-    cases, info = fim.build_cases(records(), samples=24, seed=1, compiler="builtin", context_lines_before=5,
-                                  context_lines_after=3)
+    cases, info = fim.build_cases(
+        records(), samples=24, seed=1, compiler="builtin", context_lines_before=5, context_lines_after=3
+    )
     assert info["files_not_compiling"] == ["held/broken.bbj"] and info["files_used"] == 2
     assert len(cases) == 24 and len({c.id for c in cases}) == 24
     assert {c.kind for c in cases} == {"line", "block", "statement"}
@@ -49,7 +53,7 @@ def test_cases_come_from_compiling_files_and_rebuild_them():
     for c in cases:
         assert c.before + c.prefix + c.middle + c.suffix + c.after == texts[c.source]  # nothing lost
         assert c.prompt() == f"{FIM_PREFIX}{c.prefix}{FIM_SUFFIX}{c.suffix}{FIM_MIDDLE}"
-        assert c.prefix.count("\n") <= 5 and c.suffix.count("\n") <= 3           # the window an editor sends
+        assert c.prefix.count("\n") <= 5 and c.suffix.count("\n") <= 3  # the window an editor sends
         assert not c.middle.lstrip().lower().startswith("rem") and c.middle.strip()
         if c.kind == "line":
             assert c.middle.endswith("\n") and c.middle.count("\n") == 1
@@ -57,26 +61,36 @@ def test_cases_come_from_compiling_files_and_rebuild_them():
             assert 2 <= c.middle.count("\n") <= 4
         else:  # the rest of a statement: the cursor is inside the line, its line end stays in the suffix
             assert "\n" not in c.middle and c.suffix.startswith("\n") and not c.prefix.endswith("\n")
-    again, _ = fim.build_cases(records(), samples=24, seed=1, compiler="builtin", context_lines_before=5,
-                               context_lines_after=3)
+    again, _ = fim.build_cases(
+        records(), samples=24, seed=1, compiler="builtin", context_lines_before=5, context_lines_after=3
+    )
     assert [c.to_dict() for c in again] == [c.to_dict() for c in cases]
 
 
 def _row(case: fim.FimCase, output: str, finish: str = "stop", error: str | None = None) -> dict:
-    return {"suite": "fim", "id": case.id, "sample": 0, "output": output, "finish_reason": finish, "error": error}
+    return {
+        "suite": "fim",
+        "id": case.id,
+        "sample": 0,
+        "output": output,
+        "finish_reason": finish,
+        "error": error,
+    }
 
 
 def test_scores_exact_similar_compiling_and_stopping():
     cases, _ = fim.build_cases(records()[:1], samples=30, seed=2, kinds=["line"], compiler="builtin")
     case = next(c for c in cases if c.middle == "total$ = str(n)\n")
-    follow = case.suffix.split("\n")[0]                            # 'print "total: " + total$'
-    rows = {"right": _row(case, "total$ = str(n)"),                # no line end: exact, but the file breaks
-            "right_nl": _row(case, "total$ = str(n)\n"),
-            "near": _row(case, "total$ = str(m)\n"),
-            "broken": _row(case, "total$ = str(n\n"),
-            "runs_on": _row(case, f"total$ = str(n)\n{follow}\n"),
-            "cut": _row(case, "total$ = str(n)\n", finish="length"),
-            "failed": _row(case, "", finish="error", error="HTTP 500")}
+    follow = case.suffix.split("\n")[0]  # 'print "total: " + total$'
+    rows = {
+        "right": _row(case, "total$ = str(n)"),  # no line end: exact, but the file breaks
+        "right_nl": _row(case, "total$ = str(n)\n"),
+        "near": _row(case, "total$ = str(m)\n"),
+        "broken": _row(case, "total$ = str(n\n"),
+        "runs_on": _row(case, f"total$ = str(n)\n{follow}\n"),
+        "cut": _row(case, "total$ = str(n)\n", finish="length"),
+        "failed": _row(case, "", finish="error", error="HTTP 500"),
+    }
     got = {}
     for name, row in rows.items():
         (score,) = fim.score_fim([row], [case], 1, "builtin")
@@ -86,7 +100,7 @@ def test_scores_exact_similar_compiling_and_stopping():
     assert not got["near"]["exact"] and 0.9 < got["near"]["edit_similarity"] < 1.0 and got["near"]["compiles"]
     assert not got["broken"]["compiles"] and "line" in got["broken"]["compile_reason"]
     assert got["runs_on"]["ran_past_suffix"] and not got["runs_on"]["stopped"]
-    assert got["cut"]["exact"] and not got["cut"]["stopped"]              # ended by the length limit
+    assert got["cut"]["exact"] and not got["cut"]["stopped"]  # ended by the length limit
     assert not any(got["failed"][k] for k in ("exact", "compiles", "stopped"))
     summary = fim.summarize_fim(list(got.values()))
     assert summary["n_samples"] == 7 and summary["exact_match"] == round(3 / 7, 4)
@@ -102,12 +116,31 @@ def test_base_vs_tuned_report_fim_next_to_the_other_tiers(tmp_path, tiny_model_d
     from bbjtune.evaluate.run import evaluate_model, score_dir
 
     suite = tmp_path / "mini.jsonl"
-    suite.write_text(json.dumps({"id": "hello", "prompt": "Print hello in BBj.", "category": "strings",
-                                 "generation": "character", "task": "write", "expect": {"must": ["(?i)print"]}}) + "\n")
+    suite.write_text(
+        json.dumps(
+            {
+                "id": "hello",
+                "prompt": "Print hello in BBj.",
+                "category": "strings",
+                "generation": "character",
+                "task": "write",
+                "expect": {"must": ["(?i)print"]},
+            }
+        )
+        + "\n"
+    )
     from bbjtune.evaluate.suite import load_suite
 
-    ecfg = EvalConfig.model_validate({"max_new_tokens": 8, "temperature": 0.0, "batch_size": 4, "compiler": "builtin",
-                                      "humaneval": {"enabled": False}, "fim": {"samples": 6, "max_new_tokens": 6}})
+    ecfg = EvalConfig.model_validate(
+        {
+            "max_new_tokens": 8,
+            "temperature": 0.0,
+            "batch_size": 4,
+            "compiler": "builtin",
+            "humaneval": {"enabled": False},
+            "fim": {"samples": 6, "max_new_tokens": 6},
+        }
+    )
     cases, _ = fim.build_cases(records(), 6, 0, compiler="builtin")
 
     def factory():
@@ -115,8 +148,15 @@ def test_base_vs_tuned_report_fim_next_to_the_other_tiers(tmp_path, tiny_model_d
 
     results = {}
     for label in ("base", "tuned"):
-        results[label] = evaluate_model(label, tmp_path / label, factory, {"source": str(tiny_model_dir)},
-                                        [load_suite(suite)], ecfg, fim_cases=cases)
+        results[label] = evaluate_model(
+            label,
+            tmp_path / label,
+            factory,
+            {"source": str(tiny_model_dir)},
+            [load_suite(suite)],
+            ecfg,
+            fim_cases=cases,
+        )
     r = results["tuned"]
     assert r["fim"]["n_cases"] == 6 and r["fim"]["n_samples"] == 6
     assert r["n_prompts"] == 1  # the FIM holes are not counted as BBj prompts
@@ -135,8 +175,15 @@ def test_base_vs_tuned_report_fim_next_to_the_other_tiers(tmp_path, tiny_model_d
 
     # other FIM cases later: only the FIM samples are made again, the BBj answers are kept
     hello = next(x for x in rows if x["suite"] == "mini")
-    again = evaluate_model("tuned", tmp_path / "tuned", factory, {"source": str(tiny_model_dir)}, [load_suite(suite)],
-                           ecfg, fim_cases=cases[:3])
+    again = evaluate_model(
+        "tuned",
+        tmp_path / "tuned",
+        factory,
+        {"source": str(tiny_model_dir)},
+        [load_suite(suite)],
+        ecfg,
+        fim_cases=cases[:3],
+    )
     assert again["fim"]["n_cases"] == 3
     rows = [json.loads(x) for x in (tmp_path / "tuned" / "generations.jsonl").read_text().splitlines()]
     assert [x for x in rows if x["suite"] == "mini"] == [hello]
@@ -147,8 +194,15 @@ def test_eval_stage_builds_the_suite_from_the_data_stage_files(tmp_path, tiny_mo
     from bbjtune.config import validate_config
     from bbjtune.evaluate.stage import load_fim_cases
 
-    cfg = validate_config({"name": "t", "output_dir": str(tmp_path / "run"), "model": {"source": str(tiny_model_dir)},
-                           "data": {"chatml": ["unused.jsonl"]}, "eval": {"compiler": "builtin", "fim": {"samples": 9}}})
+    cfg = validate_config(
+        {
+            "name": "t",
+            "output_dir": str(tmp_path / "run"),
+            "model": {"source": str(tiny_model_dir)},
+            "data": {"chatml": ["unused.jsonl"]},
+            "eval": {"compiler": "builtin", "fim": {"samples": 9}},
+        }
+    )
     assert load_fim_cases(cfg) == []  # no heldout_sources.jsonl: a note, no suite, no crash
     cfg.data_dir.mkdir(parents=True)
     (cfg.data_dir / "heldout_sources.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records()))

@@ -18,8 +18,12 @@ from bbjtune.models.generate import Request, Sampling, TransformersBackend, trun
 from bbjtune.models.generate_http import HttpBackend
 
 CONVERSATION = [{"role": "user", "content": "Say hi in BBj"}, {"role": "assistant", "content": 'print "hi"'}]
-PROMPTS = ["Write a BBj program that prints hello", "x",
-           "How do I open a file in BBj? Explain channels and the UNT function in detail.", "sort an array"]
+PROMPTS = [
+    "Write a BBj program that prints hello",
+    "x",
+    "How do I open a file in BBj? Explain channels and the UNT function in detail.",
+    "sort an array",
+]
 
 
 def chat(text: str) -> Request:
@@ -52,6 +56,7 @@ def stopping_model(tiny_model_dir, tmp_path_factory):
 
 # ----------------------------------------------------------------------------- transformers
 
+
 def test_batched_left_padded_generation_equals_one_prompt_at_a_time(varied_model):
     model, tok = varied_model
     requests = [chat(p) for p in PROMPTS]
@@ -72,7 +77,11 @@ def test_generation_stops_on_im_end_even_when_the_model_only_knows_endoftext(sto
     assert model.generation_config.eos_token_id == tok.convert_tokens_to_ids("<|endoftext|>")
     backend = TransformersBackend(model, tok, batch_size=2)
     assert tok.convert_tokens_to_ids("<|im_end|>") in backend.stop_ids
-    results = dict(backend.generate([chat("Say hi in BBj"), chat("Say hi in BBj")], Sampling(temperature=0, max_new_tokens=40)))
+    results = dict(
+        backend.generate(
+            [chat("Say hi in BBj"), chat("Say hi in BBj")], Sampling(temperature=0, max_new_tokens=40)
+        )
+    )
     for completions in results.values():
         assert completions[0].text == 'print "hi"'
         assert completions[0].finish_reason == "stop" and completions[0].tokens < 40
@@ -81,11 +90,17 @@ def test_generation_stops_on_im_end_even_when_the_model_only_knows_endoftext(sto
 def test_text_requests_stop_at_stop_strings(varied_model):
     model, tok = varied_model
     backend = TransformersBackend(model, tok, batch_size=2)
-    free = dict(backend.generate([Request(text="def f(x):\n")], Sampling(temperature=0, max_new_tokens=24)))[0][0].text
+    free = dict(backend.generate([Request(text="def f(x):\n")], Sampling(temperature=0, max_new_tokens=24)))[
+        0
+    ][0].text
     stop = free[3:6]
     assert stop, "need some generated text to stop on"
-    cut = dict(backend.generate([Request(text="def f(x):\n", stop=(stop,))], Sampling(temperature=0, max_new_tokens=24)))
-    assert cut[0][0].text == free[:free.index(stop)] and cut[0][0].finish_reason == "stop"
+    cut = dict(
+        backend.generate(
+            [Request(text="def f(x):\n", stop=(stop,))], Sampling(temperature=0, max_new_tokens=24)
+        )
+    )
+    assert cut[0][0].text == free[: free.index(stop)] and cut[0][0].finish_reason == "stop"
 
 
 def test_n_samples_with_a_seed_are_reproducible(varied_model):
@@ -122,6 +137,7 @@ def test_truncate_at_stop_uses_the_earliest_stop():
 
 # ----------------------------------------------------------------------------- http
 
+
 class FakeOpenAI(BaseHTTPRequestHandler):
     """A small OpenAI-compatible server: /v1/models, /v1/chat/completions, /v1/completions."""
 
@@ -149,8 +165,13 @@ class FakeOpenAI(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         FakeOpenAI.calls.append({"path": self.path, **body})
         if self.path == "/v1/completions":
-            return self._send(200, {"choices": [{"text": "    return 1\n\ndef other():\n", "finish_reason": "stop"}],
-                                    "usage": {"completion_tokens": 9}})
+            return self._send(
+                200,
+                {
+                    "choices": [{"text": "    return 1\n\ndef other():\n", "finish_reason": "stop"}],
+                    "usage": {"completion_tokens": 9},
+                },
+            )
         prompt = body["messages"][-1]["content"]
         if prompt == "flaky" and (prompt, body["seed"]) not in FakeOpenAI.flaky_seen:
             FakeOpenAI.flaky_seen.add((prompt, body["seed"]))
@@ -162,8 +183,19 @@ class FakeOpenAI(BaseHTTPRequestHandler):
         if prompt == "garbage":
             return self._send(200, "<html>proxy error</html>")
         content = "" if prompt == "empty" else f'```bbj\nprint "{prompt}"\nend\n```'
-        self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                      "finish_reason": "stop"}], "usage": {"completion_tokens": 7}})
+        self._send(
+            200,
+            {
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"completion_tokens": 7},
+            },
+        )
 
 
 @pytest.fixture()
@@ -190,17 +222,27 @@ def test_http_backend_against_a_local_server(openai_server):
     assert all(c.error is None for c in by["flaky"]), "a 500 must be retried"
     assert all("HTTP 400" in c.error and "max_tokens" in c.error for c in by["bad"])
     assert all("within 0.8 s" in c.error and "3 attempts" in c.error for c in by["slow"])
-    assert all(c.error is None and c.text == "" for c in by["empty"])  # empty answers are judged by the caller
+    assert all(
+        c.error is None and c.text == "" for c in by["empty"]
+    )  # empty answers are judged by the caller
     assert all("not an OpenAI completion" in c.error for c in by["garbage"])
     hello_calls = [c for c in FakeOpenAI.calls if c.get("messages", [{}])[-1].get("content") == "hello"]
     assert sorted(c["seed"] for c in hello_calls) == [11, 12]
-    assert {(c["model"], c["temperature"], c["top_p"], c["max_tokens"]) for c in hello_calls} == {("bbj-test", 0.5, 0.9, 50)}
-    assert sum(1 for c in FakeOpenAI.calls if c.get("messages", [{}])[-1].get("content") == "bad") == 2  # no retry on 4xx
+    assert {(c["model"], c["temperature"], c["top_p"], c["max_tokens"]) for c in hello_calls} == {
+        ("bbj-test", 0.5, 0.9, 50)
+    }
+    assert (
+        sum(1 for c in FakeOpenAI.calls if c.get("messages", [{}])[-1].get("content") == "bad") == 2
+    )  # no retry on 4xx
 
 
 def test_http_text_requests_use_the_completions_endpoint_and_stop_strings(openai_server):
     backend = HttpBackend(openai_server, model="m", retries=0)
-    out = dict(backend.generate([Request(text="def f():\n", stop=("\ndef ",))], Sampling(temperature=0, max_new_tokens=20)))
+    out = dict(
+        backend.generate(
+            [Request(text="def f():\n", stop=("\ndef ",))], Sampling(temperature=0, max_new_tokens=20)
+        )
+    )
     assert out[0][0].text == "    return 1\n" and out[0][0].finish_reason == "stop"
     call = FakeOpenAI.calls[-1]
     assert call["path"] == "/v1/completions" and call["prompt"] == "def f():\n" and "\ndef " in call["stop"]
@@ -210,8 +252,15 @@ def test_an_unreachable_endpoint_fails_every_sample_quickly_with_the_reason():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    backend = HttpBackend(f"http://127.0.0.1:{port}/v1", model="m", timeout_s=2, retries=2, backoff_s=0.01,
-                          concurrency=2, max_connect_failures=3)
+    backend = HttpBackend(
+        f"http://127.0.0.1:{port}/v1",
+        model="m",
+        timeout_s=2,
+        retries=2,
+        backoff_s=0.01,
+        concurrency=2,
+        max_connect_failures=3,
+    )
     t0 = time.monotonic()
     results = dict(backend.generate([chat(f"q{i}") for i in range(30)], Sampling(temperature=0, n=1)))
     assert time.monotonic() - t0 < 10
@@ -223,8 +272,11 @@ def test_an_unreachable_endpoint_fails_every_sample_quickly_with_the_reason():
 
 # ----------------------------------------------------------------------------- gguf
 
+
 def test_gguf_backend_answers_like_the_transformers_model(stopping_model, tmp_path):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'bbjtune[export]')")
+    pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (pip install 'bbjtune[export]')"
+    )
     from bbjtune.export.gguf import write_gguf
     from bbjtune.models.chat_template import render_chatml
 
@@ -232,7 +284,11 @@ def test_gguf_backend_answers_like_the_transformers_model(stopping_model, tmp_pa
     backend = make_backend("gguf", model=str(gguf_path), n_ctx=512)
     try:
         as_text = render_chatml(CONVERSATION[:1], add_generation_prompt=True)
-        out = dict(backend.generate([chat("Say hi in BBj"), Request(text=as_text)], Sampling(temperature=0, max_new_tokens=40)))
+        out = dict(
+            backend.generate(
+                [chat("Say hi in BBj"), Request(text=as_text)], Sampling(temperature=0, max_new_tokens=40)
+            )
+        )
         assert out[0][0].text == 'print "hi"' and out[0][0].finish_reason == "stop"
         assert out[1][0].text == 'print "hi"'
         assert backend.describe()["gguf"] == str(gguf_path)

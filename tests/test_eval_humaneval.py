@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 
 from bbjtune.evaluate.humaneval import (
-    build_program, extract_solution, humaneval_requests, load_problems, score_humaneval,
+    build_program,
+    extract_solution,
+    humaneval_requests,
+    load_problems,
+    score_humaneval,
 )
 from bbjtune.evaluate.sandbox import Limits
 
@@ -18,8 +22,11 @@ def problems():
 
 
 def rows_for(problems, solutions):
-    return [{"suite": "humaneval", "id": p["task_id"], "sample": s, "code": code, "error": None}
-            for p, codes in zip(problems, solutions) for s, code in enumerate(codes)]
+    return [
+        {"suite": "humaneval", "id": p["task_id"], "sample": s, "code": code, "error": None}
+        for p, codes in zip(problems, solutions)
+        for s, code in enumerate(codes)
+    ]
 
 
 def test_the_package_ships_all_164_problems_in_order():
@@ -44,11 +51,31 @@ def test_reference_solutions_pass_and_stubs_fail(problems):
 def test_a_hanging_answer_and_a_missing_answer_are_recorded_and_the_run_completes(problems):
     p0, p1, p2 = problems[:3]
     rows = [
-        {"suite": "humaneval", "id": p0["task_id"], "sample": 0, "code": "    while True:\n        pass\n", "error": None},
-        {"suite": "humaneval", "id": p1["task_id"], "sample": 0, "code": "", "error": "cannot connect to server"},
-        {"suite": "humaneval", "id": p2["task_id"], "sample": 0, "code": p2["canonical_solution"], "error": None},
+        {
+            "suite": "humaneval",
+            "id": p0["task_id"],
+            "sample": 0,
+            "code": "    while True:\n        pass\n",
+            "error": None,
+        },
+        {
+            "suite": "humaneval",
+            "id": p1["task_id"],
+            "sample": 0,
+            "code": "",
+            "error": "cannot connect to server",
+        },
+        {
+            "suite": "humaneval",
+            "id": p2["task_id"],
+            "sample": 0,
+            "code": p2["canonical_solution"],
+            "error": None,
+        },
     ]
-    scores, summary = score_humaneval(rows, "completion", Limits(wall_s=4, cpu_s=2, memory_mb=256), [1], workers=2)
+    scores, summary = score_humaneval(
+        rows, "completion", Limits(wall_s=4, cpu_s=2, memory_mb=256), [1], workers=2
+    )
     assert scores[0]["status"] in ("cpu_limit", "timeout") and not scores[0]["passed"]
     assert scores[1]["status"] == "no_answer" and "cannot connect" in scores[1]["reason"]
     assert scores[2]["passed"]
@@ -57,10 +84,12 @@ def test_a_hanging_answer_and_a_missing_answer_are_recorded_and_the_run_complete
 
 def test_chat_answers_are_extracted_from_their_code_block(problems):
     p = problems[0]  # has_close_elements
-    answer = ("Sure! Here is the function:\n\n```python\nfrom typing import List\n\n"
-              f"def {p['entry_point']}(numbers: List[float], threshold: float) -> bool:\n"
-              "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n"
-              "```\n\nIt compares every pair.")
+    answer = (
+        "Sure! Here is the function:\n\n```python\nfrom typing import List\n\n"
+        f"def {p['entry_point']}(numbers: List[float], threshold: float) -> bool:\n"
+        "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n"
+        "```\n\nIt compares every pair."
+    )
     code = extract_solution(answer, p, "chat")
     assert code.startswith("from typing import List") and "Sure" not in code
     rows = [{"suite": "humaneval", "id": p["task_id"], "sample": 0, "code": code, "error": None}]

@@ -21,12 +21,34 @@ from bbjtune.evaluate.suite import load_suite
 from bbjtune.models.backend import make_backend
 
 CASES = [
-    {"id": "hello", "prompt": "Print hello in BBj.", "category": "strings", "generation": "character", "task": "write",
-     "expect": {"must": ["(?i)print"], "must_not": ["(?i)console\\.log"]}, "reference": "```bbj\nprint \"hello\"\n```\n"},
-    {"id": "file", "prompt": "Open notes.txt and print its first line.", "category": "file-io", "generation": "character",
-     "task": "write", "expect": {"must": ["(?i)open\\s*\\("]}, "reference": "```bbj\nopen (1)\"notes.txt\"\n```\n"},
-    {"id": "unt", "prompt": "What does UNT return?", "category": "file-io", "generation": "character", "task": "factual",
-     "expect": {}, "answer": "(?i)channel", "reference": "The next free channel number."},
+    {
+        "id": "hello",
+        "prompt": "Print hello in BBj.",
+        "category": "strings",
+        "generation": "character",
+        "task": "write",
+        "expect": {"must": ["(?i)print"], "must_not": ["(?i)console\\.log"]},
+        "reference": '```bbj\nprint "hello"\n```\n',
+    },
+    {
+        "id": "file",
+        "prompt": "Open notes.txt and print its first line.",
+        "category": "file-io",
+        "generation": "character",
+        "task": "write",
+        "expect": {"must": ["(?i)open\\s*\\("]},
+        "reference": '```bbj\nopen (1)"notes.txt"\n```\n',
+    },
+    {
+        "id": "unt",
+        "prompt": "What does UNT return?",
+        "category": "file-io",
+        "generation": "character",
+        "task": "factual",
+        "expect": {},
+        "answer": "(?i)channel",
+        "reference": "The next free channel number.",
+    },
 ]
 
 
@@ -40,8 +62,13 @@ def suite_file(tmp_path) -> Path:
 
 
 def settings(**kw) -> EvalConfig:
-    base = {"max_new_tokens": 8, "temperature": 0.0, "batch_size": 4, "compiler": "builtin",
-            "humaneval": {"limit": 2, "max_new_tokens": 8, "timeout_s": 5, "workers": 2}}
+    base = {
+        "max_new_tokens": 8,
+        "temperature": 0.0,
+        "batch_size": 4,
+        "compiler": "builtin",
+        "humaneval": {"limit": 2, "max_new_tokens": 8, "timeout_s": 5, "workers": 2},
+    }
     base.update(kw)
     return EvalConfig.model_validate(base)
 
@@ -51,6 +78,7 @@ def tiny_factory(model_dir: Path, calls: list | None = None):
         if calls is not None:
             calls.append(1)
         return make_backend("transformers", model=str(model_dir), dtype="float32", batch_size=4)
+
     return factory
 
 
@@ -63,22 +91,60 @@ def test_one_model_end_to_end_then_resume_then_rescore(tmp_path, tiny_model_dir,
     suites = [load_suite(suite_file)]
     spec = {"backend": "transformers", "source": str(tiny_model_dir)}
     calls: list = []
-    results = evaluate_model("tiny", out, tiny_factory(tiny_model_dir, calls), spec, suites, settings(),
-                             humaneval_style="completion")
+    results = evaluate_model(
+        "tiny",
+        out,
+        tiny_factory(tiny_model_dir, calls),
+        spec,
+        suites,
+        settings(),
+        humaneval_style="completion",
+    )
     assert calls == [1]
-    for name in ("generations.jsonl", "scores.jsonl", "results.json", "report.html", "manifest.json", "cases.jsonl",
-                 "settings.json"):
+    for name in (
+        "generations.jsonl",
+        "scores.jsonl",
+        "results.json",
+        "report.html",
+        "manifest.json",
+        "cases.jsonl",
+        "settings.json",
+    ):
         assert (out / name).exists(), name
 
     rows = read_jsonl(out / "generations.jsonl")
     assert len(rows) == 3 + 2  # three BBj prompts, two HumanEval tasks
-    required = {"id", "prompt", "category", "generation", "task", "sample", "output", "code", "finish_reason", "error",
-                "latency_s", "model", "suite"}
+    required = {
+        "id",
+        "prompt",
+        "category",
+        "generation",
+        "task",
+        "sample",
+        "output",
+        "code",
+        "finish_reason",
+        "error",
+        "latency_s",
+        "model",
+        "suite",
+    }
     assert all(required <= set(r) for r in rows)
     assert {r["suite"] for r in rows} == {"mini", "humaneval"} and {r["model"] for r in rows} == {"tiny"}
 
-    for key in ("model", "compiler", "compile_at_k", "patterns_pass_rate", "factual_accuracy", "by_category",
-                "by_generation", "humaneval", "n_prompts", "n_samples", "errors"):
+    for key in (
+        "model",
+        "compiler",
+        "compile_at_k",
+        "patterns_pass_rate",
+        "factual_accuracy",
+        "by_category",
+        "by_generation",
+        "humaneval",
+        "n_prompts",
+        "n_samples",
+        "errors",
+    ):
         assert key in results, key
     assert results["compiler"] == "builtin" and results["n_prompts"] == 3 and results["n_samples"] == 3
     assert set(results["by_category"]) == {"strings", "file-io"}
@@ -95,18 +161,29 @@ def test_one_model_end_to_end_then_resume_then_rescore(tmp_path, tiny_model_dir,
     # A killed run: two finished lines and half a line. Running again generates only what is missing.
     lines = (out / "generations.jsonl").read_text().splitlines(keepends=True)
     (out / "generations.jsonl").write_text("".join(lines[:2]) + lines[2][:25])
-    again = evaluate_model("tiny", out, tiny_factory(tiny_model_dir, calls), spec, suites, settings(),
-                           humaneval_style="completion")
+    again = evaluate_model(
+        "tiny",
+        out,
+        tiny_factory(tiny_model_dir, calls),
+        spec,
+        suites,
+        settings(),
+        humaneval_style="completion",
+    )
     assert calls == [1, 1]
     new_lines = (out / "generations.jsonl").read_text().splitlines(keepends=True)
     assert new_lines[:2] == lines[:2] and len(new_lines) == 5
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["metrics"]["generation"]["reused"] == 2 and manifest["metrics"]["generation"]["generated"] == 3
+    assert (
+        manifest["metrics"]["generation"]["reused"] == 2
+        and manifest["metrics"]["generation"]["generated"] == 3
+    )
     assert again["compile_at_k"] == results["compile_at_k"]  # greedy: the same answers again
 
     # Everything generated: the model is not even loaded.
     def must_not_load():
         raise AssertionError("the model was loaded although every answer was saved")
+
     evaluate_model("tiny", out, must_not_load, spec, suites, settings(), humaneval_style="completion")
 
     # Scoring again from the files alone gives the same numbers.
@@ -115,9 +192,19 @@ def test_one_model_end_to_end_then_resume_then_rescore(tmp_path, tiny_model_dir,
 
     # Other settings would mix samples: refused, unless --fresh.
     with pytest.raises(BbjtuneError, match="different sampling"):
-        evaluate_model("tiny", out, must_not_load, spec, suites, settings(max_new_tokens=9), humaneval_style="completion")
-    evaluate_model("tiny", out, tiny_factory(tiny_model_dir, calls), spec, suites, settings(max_new_tokens=9),
-                   humaneval_style="completion", fresh=True)
+        evaluate_model(
+            "tiny", out, must_not_load, spec, suites, settings(max_new_tokens=9), humaneval_style="completion"
+        )
+    evaluate_model(
+        "tiny",
+        out,
+        tiny_factory(tiny_model_dir, calls),
+        spec,
+        suites,
+        settings(max_new_tokens=9),
+        humaneval_style="completion",
+        fresh=True,
+    )
     assert len(read_jsonl(out / "generations.jsonl")) == 5
 
 
@@ -125,11 +212,18 @@ def test_an_unreachable_endpoint_is_recorded_per_sample_and_the_run_completes(tm
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ecfg = settings(backend="http", base_url=f"http://127.0.0.1:{port}/v1", api_model="m", retries=1,
-                    request_timeout_s=2, humaneval={"limit": 2, "max_new_tokens": 8})
+    ecfg = settings(
+        backend="http",
+        base_url=f"http://127.0.0.1:{port}/v1",
+        api_model="m",
+        retries=1,
+        request_timeout_s=2,
+        humaneval={"limit": 2, "max_new_tokens": 8},
+    )
 
     def factory():
         from bbjtune.models.generate_http import HttpBackend
+
         return HttpBackend(ecfg.base_url, "m", timeout_s=2, retries=1, backoff_s=0.01, max_connect_failures=2)
 
     out = tmp_path / "eval" / "served"
@@ -144,13 +238,27 @@ def test_an_unreachable_endpoint_is_recorded_per_sample_and_the_run_completes(tm
 
 def test_compare_results_deltas_regressions_and_the_gate():
     def results(model, c1, patterns, he, strings):
-        return {"model": model, "compiler": "builtin", "compile_at_k": {"1": c1}, "patterns_pass_rate": patterns,
-                "factual_accuracy": None, "humaneval": {"pass_at_1": he},
-                "by_category": {"strings": {"compile_at_k": {"1": strings}, "patterns_pass_rate": patterns,
-                                            "factual_accuracy": None}},
-                "by_generation": {}, "n_prompts": 10}
+        return {
+            "model": model,
+            "compiler": "builtin",
+            "compile_at_k": {"1": c1},
+            "patterns_pass_rate": patterns,
+            "factual_accuracy": None,
+            "humaneval": {"pass_at_1": he},
+            "by_category": {
+                "strings": {
+                    "compile_at_k": {"1": strings},
+                    "patterns_pass_rate": patterns,
+                    "factual_accuracy": None,
+                }
+            },
+            "by_generation": {},
+            "n_prompts": 10,
+        }
 
-    cmp = compare_results(results("base", 0.30, 0.50, 0.60, 0.40), results("tuned", 0.70, 0.45, 0.54, 0.20), 5.0)
+    cmp = compare_results(
+        results("base", 0.30, 0.50, 0.60, 0.40), results("tuned", 0.70, 0.45, 0.54, 0.20), 5.0
+    )
     assert cmp["tiers"]["compile@1"] == {"a": 0.30, "b": 0.70, "delta": 0.4, "regression": False}
     assert cmp["tiers"]["patterns pass rate"]["regression"] is True
     assert cmp["by_category"]["strings"]["compile@1"]["delta"] == pytest.approx(-0.2)
@@ -158,7 +266,7 @@ def test_compare_results_deltas_regressions_and_the_gate():
     gate = cmp["humaneval_gate"]
     assert gate["status"] == "fail" and gate["drop_points"] == pytest.approx(6.0)
     assert humaneval_gate(0.60, 0.56, 5.0)["status"] == "pass"
-    assert humaneval_gate(0.60, 0.55, 5.0)["status"] == "pass"     # exactly 5 points is allowed
+    assert humaneval_gate(0.60, 0.55, 5.0)["status"] == "pass"  # exactly 5 points is allowed
     assert humaneval_gate(0.60, 0.70, 5.0)["message"].startswith("B gained 10.0 points")
     assert humaneval_gate(None, 0.5, 5.0)["status"] == "not_run"
 
@@ -166,23 +274,36 @@ def test_compare_results_deltas_regressions_and_the_gate():
 def test_a_comparison_without_signal_says_so_instead_of_pass():
     both_zero = humaneval_gate(0.0, 0.0, 5.0, "base", "tuned", n_tasks=164)
     assert both_zero["status"] == "no_signal"
-    assert both_zero["message"].startswith("no signal: neither base nor tuned solves any of 164 HumanEval problems")
+    assert both_zero["message"].startswith(
+        "no signal: neither base nor tuned solves any of 164 HumanEval problems"
+    )
     too_few = humaneval_gate(0.5, 0.5, 5.0, n_tasks=8)  # one problem is 12.5 points
     assert too_few["status"] == "no_signal" and "12.5 points" in too_few["message"]
     assert humaneval_gate(0.5, 0.5, 5.0, n_tasks=164)["status"] == "pass"
-    assert humaneval_gate(0.625, 0.125, 5.0, n_tasks=8)["status"] == "fail"  # a large drop is a drop even on 8
+    assert (
+        humaneval_gate(0.625, 0.125, 5.0, n_tasks=8)["status"] == "fail"
+    )  # a large drop is a drop even on 8
 
     def zero(label):
-        return {"model": label, "compile_at_k": {"1": 0.0}, "patterns_pass_rate": 0.0, "factual_accuracy": None,
-                "humaneval": {"pass_at_1": 0.0, "n_tasks": 8}, "by_category": {}, "by_generation": {},
-                "n_prompts": 80}
+        return {
+            "model": label,
+            "compile_at_k": {"1": 0.0},
+            "patterns_pass_rate": 0.0,
+            "factual_accuracy": None,
+            "humaneval": {"pass_at_1": 0.0, "n_tasks": 8},
+            "by_category": {},
+            "by_generation": {},
+            "n_prompts": 80,
+        }
 
     cmp = compare_results(zero("base"), zero("tuned"), 5.0)
     assert cmp["humaneval_gate"]["status"] == "no_signal"
     assert cmp["no_signal"] == [
         "no signal in compile@1: both models score 0.0% of the 80 prompts, so this comparison cannot tell them apart",
-        "no signal in patterns pass rate: both models score 0.0%, so this comparison cannot tell them apart"]
+        "no signal in patterns pass rate: both models score 0.0%, so this comparison cannot tell them apart",
+    ]
     from bbjtune.evaluate.report import compare_report_html
+
     html = compare_report_html({**cmp, "a_dir": "a", "b_dir": "b", "examples": []})
     assert "NO SIGNAL" in html and "PASS" not in html and "no signal in compile@1" in html
 
@@ -192,22 +313,45 @@ def test_compare_two_models_and_the_cli(tmp_path, tiny_model_dir, suite_file):
 
     adapter = make_adapter(tiny_model_dir, tmp_path / "adapter", scale=0.5)
     eval_dir = tmp_path / "eval"
-    common = ["--suite", str(suite_file), "--max-new-tokens", "8", "--temperature", "0", "--humaneval-limit", "1",
-              "--compiler", "builtin", "--out", str(eval_dir)]
+    common = [
+        "--suite",
+        str(suite_file),
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "0",
+        "--humaneval-limit",
+        "1",
+        "--compiler",
+        "builtin",
+        "--out",
+        str(eval_dir),
+    ]
     base = run_cli("eval", "--model", str(tiny_model_dir), "--label", "base", *common, cwd=tmp_path)
     assert base.returncode == 0, base.stderr
     assert "compile@1" in base.stderr and "HumanEval" in base.stderr
     # the tuned model in-process (a second CLI start would only cost time): same settings as the CLI's
     ecfg = settings(temperature=0.0, max_new_tokens=8, humaneval={"limit": 1})
-    evaluate_model("tuned", eval_dir / "tuned",
-                   lambda: make_backend("transformers", model=str(tiny_model_dir), adapter=str(adapter), dtype="float32"),
-                   {"backend": "transformers", "adapter": str(adapter)}, [load_suite(suite_file)], ecfg,
-                   humaneval_style="chat")
+    evaluate_model(
+        "tuned",
+        eval_dir / "tuned",
+        lambda: make_backend(
+            "transformers", model=str(tiny_model_dir), adapter=str(adapter), dtype="float32"
+        ),
+        {"backend": "transformers", "adapter": str(adapter)},
+        [load_suite(suite_file)],
+        ecfg,
+        humaneval_style="chat",
+    )
 
-    out = run_cli("eval", "compare", str(eval_dir / "base"), str(eval_dir / "tuned"), "--max-drop", "100", cwd=tmp_path)
+    out = run_cli(
+        "eval", "compare", str(eval_dir / "base"), str(eval_dir / "tuned"), "--max-drop", "100", cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     cmp = json.loads((eval_dir / "compare" / "results.json").read_text())
-    assert cmp["a"] == "base" and cmp["b"] == "tuned" and cmp["humaneval_gate"]["status"] == "no_signal"  # 1 problem
+    assert (
+        cmp["a"] == "base" and cmp["b"] == "tuned" and cmp["humaneval_gate"]["status"] == "no_signal"
+    )  # 1 problem
     assert "HumanEval gate: NO SIGNAL" in out.stderr
     assert cmp["examples"] and {"a_output", "b_output", "change"} <= set(cmp["examples"][0])
     assert any(e["a_output"] != e["b_output"] for e in cmp["examples"]), "the adapter should change answers"
@@ -229,7 +373,10 @@ def test_cli_errors_are_one_clear_line(tmp_path, suite_file):
         out = run_cli(*args, cwd=tmp_path)
         assert out.returncode == 2, (args, out.stdout, out.stderr)
         assert not (tmp_path / "runs").exists(), "a failed start must not leave directories behind"
-        assert "Traceback" not in out.stderr and "error:" in out.stderr and needle in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr and "error:" in out.stderr and needle in out.stderr, (
+            args,
+            out.stderr,
+        )
 
 
 def test_eval_help_lists_its_commands_and_routes_to_run():
@@ -247,10 +394,22 @@ def test_the_stage_evaluates_base_and_tuned_and_compares(tmp_path, tiny_model_di
 
     run_dir = tmp_path / "runs" / "t"
     adapter = make_adapter(tiny_model_dir, run_dir / "sft" / "adapter", scale=0.5)
-    cfg = validate_config({"name": "t", "output_dir": str(run_dir), "model": {"source": str(tiny_model_dir), "dtype": "float32"},
-                           "data": {"chatml": ["x.jsonl"]}, "train": {"stages": "sft"},
-                           "eval": {"suites": [str(suite_file)], "max_new_tokens": 8, "temperature": 0.0,
-                                    "compiler": "builtin", "humaneval": {"limit": 1, "max_new_tokens": 8}}})
+    cfg = validate_config(
+        {
+            "name": "t",
+            "output_dir": str(run_dir),
+            "model": {"source": str(tiny_model_dir), "dtype": "float32"},
+            "data": {"chatml": ["x.jsonl"]},
+            "train": {"stages": "sft"},
+            "eval": {
+                "suites": [str(suite_file)],
+                "max_new_tokens": 8,
+                "temperature": 0.0,
+                "compiler": "builtin",
+                "humaneval": {"limit": 1, "max_new_tokens": 8},
+            },
+        }
+    )
     with pytest.raises(BbjtuneError, match="no trained model"):
         run_stage(cfg)
     make_trained_run(run_dir, str(tiny_model_dir), adapter, tiny_model_dir)
@@ -264,9 +423,13 @@ def test_the_stage_evaluates_base_and_tuned_and_compares(tmp_path, tiny_model_di
     assert base_rows[0]["prompt"] == tuned_rows[0]["prompt"]
     settings_used = json.loads((out / "tuned" / "settings.json").read_text())
     assert settings_used["system_prompt"].startswith("You are an expert BBj developer")  # from trained.json
-    assert settings_used["humaneval_style"] == "completion"                               # a Base model
+    assert settings_used["humaneval_style"] == "completion"  # a Base model
     cmp = json.loads((out / "compare" / "results.json").read_text())
-    assert cmp["a"] == "base" and cmp["b"] == "tuned" and cmp["humaneval_gate"]["status"] in ("no_signal", "fail")  # 1 problem: a pass would mean nothing
+    assert (
+        cmp["a"] == "base"
+        and cmp["b"] == "tuned"
+        and cmp["humaneval_gate"]["status"] in ("no_signal", "fail")
+    )  # 1 problem: a pass would mean nothing
 
     # compare the directories again through the function the CLI uses, into another place
     again = compare_dirs(out / "base", out / "tuned", tmp_path / "cmp2", max_drop_points=5.0)
@@ -279,23 +442,55 @@ def test_the_stage_evaluates_base_and_tuned_and_compares(tmp_path, tiny_model_di
     tuned_gen = json.loads((out / "tuned" / "manifest.json").read_text())["metrics"]["generation"]
     assert base_gen["generated"] == 0 and base_gen["reused"] == base_gen["requests"]
     assert tuned_gen["reused"] == 0 and tuned_gen["generated"] == tuned_gen["requests"]
-    assert [r["output"] for r in read_jsonl(out / "tuned" / "generations.jsonl")] != [r["output"] for r in tuned_rows]
+    assert [r["output"] for r in read_jsonl(out / "tuned" / "generations.jsonl")] != [
+        r["output"] for r in tuned_rows
+    ]
 
 
 def test_compare_merges_the_human_review_when_there_is_one(tmp_path):
     eval_dir = tmp_path / "eval"
     for label, c1 in (("base", 0.2), ("tuned", 0.6)):
         (eval_dir / label).mkdir(parents=True)
-        (eval_dir / label / "results.json").write_text(json.dumps(
-            {"model": label, "compiler": "builtin", "compile_at_k": {"1": c1}, "patterns_pass_rate": 0.5,
-             "factual_accuracy": None, "humaneval": None, "by_category": {}, "by_generation": {}, "n_prompts": 3}))
+        (eval_dir / label / "results.json").write_text(
+            json.dumps(
+                {
+                    "model": label,
+                    "compiler": "builtin",
+                    "compile_at_k": {"1": c1},
+                    "patterns_pass_rate": 0.5,
+                    "factual_accuracy": None,
+                    "humaneval": None,
+                    "by_category": {},
+                    "by_generation": {},
+                    "n_prompts": 3,
+                }
+            )
+        )
     assert "human_review" not in compare_dirs(eval_dir / "base", eval_dir / "tuned", eval_dir / "compare")
-    overall = {"win_rate": 0.75, "ci_low": 0.41, "ci_high": 0.93, "n_prompts": 4, "n_ratings": 4, "wins": 3,
-               "losses": 1, "ties": 0, "decisive_rate": 0.75}
-    summary = {"kind": "bbjtune-review", "version": 1, "runs": {"a": {"label": "base"}, "b": {"label": "tuned"}},
-               "n_items": 3, "n_rated_items": 3, "reviewers": ["Ann"], "overall": overall,
-               "by_category": {}, "by_generation": {}, "by_reviewer": {"Ann": overall},
-               "scores": {"correctness": {"a": 2.5, "b": 3.5, "delta": 1.0, "n": 4}}}
+    overall = {
+        "win_rate": 0.75,
+        "ci_low": 0.41,
+        "ci_high": 0.93,
+        "n_prompts": 4,
+        "n_ratings": 4,
+        "wins": 3,
+        "losses": 1,
+        "ties": 0,
+        "decisive_rate": 0.75,
+    }
+    summary = {
+        "kind": "bbjtune-review",
+        "version": 1,
+        "runs": {"a": {"label": "base"}, "b": {"label": "tuned"}},
+        "n_items": 3,
+        "n_rated_items": 3,
+        "reviewers": ["Ann"],
+        "overall": overall,
+        "by_category": {},
+        "by_generation": {},
+        "by_reviewer": {"Ann": overall},
+        "scores": {"correctness": {"a": 2.5, "b": 3.5, "delta": 1.0, "n": 4}},
+    }
     (eval_dir / "review").mkdir()
     (eval_dir / "review" / "results.json").write_text(json.dumps(summary))
     cmp = compare_dirs(eval_dir / "base", eval_dir / "tuned", eval_dir / "compare")

@@ -15,7 +15,14 @@ import pytest
 from conftest import REPO_ROOT
 
 from bbjtune.errors import BbjtuneError
-from bbjtune.evaluate.sandbox import SLOTS_PER_BLOCK, Limits, SandboxResult, detect_isolation, run_python, sandbox_uid
+from bbjtune.evaluate.sandbox import (
+    SLOTS_PER_BLOCK,
+    Limits,
+    SandboxResult,
+    detect_isolation,
+    run_python,
+    sandbox_uid,
+)
 
 
 def _available(mode: str) -> bool:
@@ -25,8 +32,12 @@ def _available(mode: str) -> bool:
         return False
 
 
-MODES = [pytest.param(m, marks=pytest.mark.skipif(not _available(m), reason=f"sandbox mode '{m}' does not work here"))
-         for m in ("bwrap", "namespaces", "rlimits")]
+MODES = [
+    pytest.param(
+        m, marks=pytest.mark.skipif(not _available(m), reason=f"sandbox mode '{m}' does not work here")
+    )
+    for m in ("bwrap", "namespaces", "rlimits")
+]
 FAST = Limits(wall_s=6, cpu_s=2, memory_mb=256, max_processes=16)
 
 
@@ -41,13 +52,17 @@ def _leftover_programs() -> list[str]:
     has its own block of sandbox uids (`sandbox_uid`), so samples of other evaluations running at the
     same time on a shared machine are not counted; without root every sample runs under the caller's
     uid and all are counted."""
-    mine = ({sandbox_uid(slot) for slot in range(SLOTS_PER_BLOCK)} if os.geteuid() == 0 else None)
+    mine = {sandbox_uid(slot) for slot in range(SLOTS_PER_BLOCK)} if os.geteuid() == 0 else None
     out = subprocess.run(["ps", "-eo", "pid=,uid=,args="], capture_output=True, text=True).stdout
     found = []
     for line in out.splitlines():
         pid, uid, args = (line.split(None, 2) + ["", "", ""])[:3]
-        if "bbjtune-sandbox-" in args and "program.py" in args and "ps -eo" not in args \
-                and (mine is None or (uid.isdigit() and int(uid) in mine)):
+        if (
+            "bbjtune-sandbox-" in args
+            and "program.py" in args
+            and "ps -eo" not in args
+            and (mine is None or (uid.isdigit() and int(uid) in mine))
+        ):
             found.append(line)
     return found
 
@@ -91,8 +106,11 @@ def test_a_fork_bomb_hits_the_process_limit_and_leaves_nothing_behind(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_fork_bomb_reports_the_process_limit(mode):
-    result, _ = run("import os\nfor _ in range(200):\n    os.fork()\n", mode, Limits(wall_s=8, cpu_s=4, memory_mb=256,
-                                                                                          max_processes=8))
+    result, _ = run(
+        "import os\nfor _ in range(200):\n    os.fork()\n",
+        mode,
+        Limits(wall_s=8, cpu_s=4, memory_mb=256, max_processes=8),
+    )
     assert result.status == "process_limit" and "8 processes" in result.reason, result
 
 
@@ -111,10 +129,7 @@ def test_a_program_printing_forever_hits_the_output_limit(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_the_network_is_unreachable(mode):
-    program = ("import socket\n"
-               "s = socket.socket()\n"
-               "s.settimeout(2)\n"
-               "s.connect(('127.0.0.1', 9))\n")
+    program = "import socket\ns = socket.socket()\ns.settimeout(2)\ns.connect(('127.0.0.1', 9))\n"
     result, _ = run(program, mode)
     assert result.status == "failed"
     assert any(word in result.reason for word in ("unreachable", "refused", "disabled", "Errno"))
@@ -128,9 +143,13 @@ def test_the_project_is_hidden_from_the_program(mode):
     target = REPO_ROOT / "pyproject.toml"
     assert target.exists()
     result, _ = run(f"print(open({str(target)!r}).read()[:20])\n", mode)
-    assert result.status == "failed" and ("No such file" in result.reason or "Permission denied" in result.reason)
-    cwd, _ = run("import os\nassert os.getcwd().startswith(os.environ['HOME'])\nassert 'bbjtune' not in str(os.listdir('.'))\n",
-                 mode)
+    assert result.status == "failed" and (
+        "No such file" in result.reason or "Permission denied" in result.reason
+    )
+    cwd, _ = run(
+        "import os\nassert os.getcwd().startswith(os.environ['HOME'])\nassert 'bbjtune' not in str(os.listdir('.'))\n",
+        mode,
+    )
     assert cwd.passed, cwd
 
 
@@ -148,10 +167,12 @@ def test_isolation_is_described_for_the_report():
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_detached_child_does_not_outlive_its_program(mode):
-    program = ("import os, time\n"
-               "if os.fork() == 0:\n"
-               "    os.setsid()\n"          # leave the process group, as a daemon would
-               "    time.sleep(60)\n")
+    program = (
+        "import os, time\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"  # leave the process group, as a daemon would
+        "    time.sleep(60)\n"
+    )
     result, _ = run(program, mode)
     assert result.status == "passed"
     time.sleep(0.3)
@@ -169,25 +190,44 @@ def test_many_workers_starting_at_once_all_get_a_working_sandbox():
     assert [r.status for r in results] == ["passed"] * 48
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="samples run under their own uid only when bbjtune runs as root")
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="samples run under their own uid only when bbjtune runs as root"
+)
 def test_two_evaluations_on_one_machine_use_different_uids():
     from bbjtune.evaluate.sandbox import sandbox_uid
 
     mine = {sandbox_uid(slot) for slot in range(4)}
-    other = subprocess.run([sys.executable, "-c", "from bbjtune.evaluate.sandbox import sandbox_uid\n"
-                            "print(*(sandbox_uid(s) for s in range(4)))"],
-                           capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from bbjtune.evaluate.sandbox import sandbox_uid\nprint(*(sandbox_uid(s) for s in range(4)))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
     assert len(mine) == 4 and len(other) == 4 and not mine & {int(u) for u in other}
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="samples run under their own uid only when bbjtune runs as root")
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="samples run under their own uid only when bbjtune runs as root"
+)
 def test_a_sample_of_another_evaluation_survives_this_one_cleaning_up():
     # Cleaning up after a sample kills every process of its uid; a second evaluation running
     # side by side on the same machine (another process) must not lose its samples to that.
     other = subprocess.Popen(
-        [sys.executable, "-c", "from bbjtune.evaluate.sandbox import Limits, run_python\n"
-         "r = run_python('import time\\ntime.sleep(3)\\nprint(1)\\n', Limits(wall_s=20))\n"
-         "print(r.status, r.reason)"], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "from bbjtune.evaluate.sandbox import Limits, run_python\n"
+            "r = run_python('import time\\ntime.sleep(3)\\nprint(1)\\n', Limits(wall_s=20))\n"
+            "print(r.status, r.reason)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(1.0)  # the other sample is sleeping now
     for _ in range(5):
         assert run_python("print('ok')\n", Limits(wall_s=20)).status == "passed"
@@ -207,7 +247,7 @@ def test_without_bubblewrap_untrusted_code_is_refused_unless_the_user_opts_in(mo
         message = str(refused.value)
         assert "bubblewrap" in message and "apt-get install bubblewrap" in message
         assert "eval.humaneval.sandbox: namespaces" in message  # the named setting that opts in
-        assert detect_isolation("rlimits").mode == "rlimits"    # ... and opting in works
+        assert detect_isolation("rlimits").mode == "rlimits"  # ... and opting in works
         with pytest.raises(BbjtuneError, match="unknown sandbox mode"):
             detect_isolation("none")
     finally:
@@ -231,17 +271,22 @@ def test_bbjtune_may_run_from_a_directory_the_sandbox_uid_cannot_enter(tmp_path)
     inner = tmp_path / "private" / "work"
     inner.mkdir(parents=True)
     (tmp_path / "private").chmod(0o700)
-    code = ("from bbjtune.evaluate.sandbox import run_python\n"
-            "r = run_python('import os\\nprint(os.listdir(\".\"))\\n')\nprint(r.status, r.reason)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=inner, capture_output=True, text=True, timeout=120,
-                         check=False)
+    code = (
+        "from bbjtune.evaluate.sandbox import run_python\n"
+        "r = run_python('import os\\nprint(os.listdir(\".\"))\\n')\nprint(r.status, r.reason)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=inner, capture_output=True, text=True, timeout=120, check=False
+    )
     assert out.stdout.startswith("passed"), out.stdout + out.stderr
 
 
 def test_the_eval_command_takes_the_sandbox_choice_and_checks_it(tmp_path):
     from conftest import run_cli
 
-    bad = run_cli("eval", "--model", "tiny:test", "--sandbox", "none", "--out", str(tmp_path), cwd=tmp_path, timeout=120)
+    bad = run_cli(
+        "eval", "--model", "tiny:test", "--sandbox", "none", "--out", str(tmp_path), cwd=tmp_path, timeout=120
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "sandbox" in bad.stderr, bad.stderr
 
 
@@ -253,8 +298,10 @@ def test_eval_refuses_before_generating_when_no_sandbox_works(tmp_path, monkeypa
     from bbjtune.evaluate.suite import load_suite
 
     suite = tmp_path / "mini.jsonl"
-    suite.write_text('{"id": "x", "prompt": "Print hello in BBj.", "category": "strings", "generation": "character", '
-                     '"task": "write", "expect": {}, "reference": "print 1"}\n')
+    suite.write_text(
+        '{"id": "x", "prompt": "Print hello in BBj.", "category": "strings", "generation": "character", '
+        '"task": "write", "expect": {}, "reference": "print 1"}\n'
+    )
     monkeypatch.setattr(bwrap, "bwrap_path", lambda: None)
     monkeypatch.delenv("BBJTUNE_SANDBOX", raising=False)
     sandbox._detect.cache_clear()
@@ -264,8 +311,14 @@ def test_eval_refuses_before_generating_when_no_sandbox_works(tmp_path, monkeypa
 
     try:
         with pytest.raises(BbjtuneError, match="bubblewrap"):
-            evaluate_model("tiny", tmp_path / "out", must_not_load, {"backend": "transformers"},
-                           [load_suite(suite)], EvalConfig.model_validate({"humaneval": {"limit": 1}}),
-                           humaneval_style="completion")
+            evaluate_model(
+                "tiny",
+                tmp_path / "out",
+                must_not_load,
+                {"backend": "transformers"},
+                [load_suite(suite)],
+                EvalConfig.model_validate({"humaneval": {"limit": 1}}),
+                humaneval_style="completion",
+            )
     finally:
         sandbox._detect.cache_clear()

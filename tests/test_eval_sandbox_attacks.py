@@ -27,8 +27,11 @@ def _bwrap_works() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _bwrap_works(), reason="bubblewrap is not installed or cannot start here "
-                                                            "(make test installs it: apt-get install bubblewrap)")
+pytestmark = pytest.mark.skipif(
+    not _bwrap_works(),
+    reason="bubblewrap is not installed or cannot start here "
+    "(make test installs it: apt-get install bubblewrap)",
+)
 
 
 @pytest.fixture(scope="module", params=USERS)
@@ -39,8 +42,13 @@ def seen(request):
     if user == "nobody" and os.geteuid() == 0:
         shutil.chown(project, "nobody", "nogroup")
     try:
-        yield run_as(user, "import sandbox_attacks; sandbox_attacks.main()", home=home, cwd=project,
-                     extra_env={"BBJTUNE_TEST_SECRET": "harness-secret-" + secrets.token_hex(8)})
+        yield run_as(
+            user,
+            "import sandbox_attacks; sandbox_attacks.main()",
+            home=home,
+            cwd=project,
+            extra_env={"BBJTUNE_TEST_SECRET": "harness-secret-" + secrets.token_hex(8)},
+        )
     finally:
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(project, ignore_errors=True)

@@ -14,21 +14,27 @@ from bbjtune.evaluate.patterns import score_patterns
 from bbjtune.evaluate.scoring import build_results, check_against_reference, score_bbj_samples, summarize_bbj
 from bbjtune.evaluate.suite import EvalCase, limit_cases, load_suite
 
-GOOD_BBJ = "```bbj\nch = unt\nopen (ch)\"notes.txt\"\nread (ch,end=*break)text$\nclose (ch)\nprint text$\nend\n```\n"
+GOOD_BBJ = (
+    '```bbj\nch = unt\nopen (ch)"notes.txt"\nread (ch,end=*break)text$\nclose (ch)\nprint text$\nend\n```\n'
+)
 BROKEN_BBJ = "Here you go:\n\n```bbj\nx = (1 + 2\nprint x\n```\n"
 
 
 # ----------------------------------------------------------------------------- estimator
 
-@pytest.mark.parametrize("n,c,k,expected", [
-    (5, 2, 1, 2 / 5),                       # pass@1 is the plain success rate
-    (5, 2, 2, 1 - comb(3, 2) / comb(5, 2)),  # 1 - 3/10 = 0.7
-    (4, 1, 3, 1 - 1 / 4),                   # 1 - C(3,3)/C(4,3)
-    (10, 0, 5, 0.0),
-    (3, 3, 1, 1.0),
-    (6, 4, 3, 1.0),                          # fewer than k failures: some draw always passes
-    (20, 3, 10, 1 - comb(17, 10) / comb(20, 10)),
-])
+
+@pytest.mark.parametrize(
+    "n,c,k,expected",
+    [
+        (5, 2, 1, 2 / 5),  # pass@1 is the plain success rate
+        (5, 2, 2, 1 - comb(3, 2) / comb(5, 2)),  # 1 - 3/10 = 0.7
+        (4, 1, 3, 1 - 1 / 4),  # 1 - C(3,3)/C(4,3)
+        (10, 0, 5, 0.0),
+        (3, 3, 1, 1.0),
+        (6, 4, 3, 1.0),  # fewer than k failures: some draw always passes
+        (20, 3, 10, 1 - comb(17, 10) / comb(20, 10)),
+    ],
+)
 def test_pass_at_k_matches_hand_computed_values(n, c, k, expected):
     assert pass_at_k(n, c, k) == pytest.approx(expected, abs=1e-12)
 
@@ -49,6 +55,7 @@ def test_mean_pass_at_k_averages_prompts_and_skips_short_ones():
 
 # ----------------------------------------------------------------------------- patterns
 
+
 def case(**kw) -> EvalCase:
     base = dict(suite="s", id="c1", prompt="p", category="file-io", generation="character", task="write")
     base.update(kw)
@@ -61,14 +68,14 @@ def test_patterns_report_missing_and_forbidden():
     assert ok.passed and ok.missing == [] and ok.forbidden == []
     bad = score_patterns(c, "with open('notes.txt') as f:\n    self.lines = f.read()\n")
     assert not bad.passed
-    assert bad.missing == [r"(?i)\bclose\s*\("]   # "with open(" does contain "open("
+    assert bad.missing == [r"(?i)\bclose\s*\("]  # "with open(" does contain "open("
     assert bad.forbidden == [r"(?i)with\s+open\s*\(", r"\bself\."]
 
 
 def test_patterns_are_case_sensitive_unless_the_pattern_says_otherwise():
     c = case(must=["OPEN"])
-    assert score_patterns(c, "OPEN (1)\"x\"").passed
-    assert not score_patterns(c, "open (1)\"x\"").passed
+    assert score_patterns(c, 'OPEN (1)"x"').passed
+    assert not score_patterns(c, 'open (1)"x"').passed
 
 
 def test_factual_answer_regex():
@@ -80,6 +87,7 @@ def test_factual_answer_regex():
 
 
 # ----------------------------------------------------------------------------- compile
+
 
 def test_valid_bbj_compiles_with_the_builtin_checker():
     result = compile_answer(GOOD_BBJ, compiler="builtin")
@@ -109,6 +117,7 @@ def test_asking_for_bbjcpl_when_it_is_missing_is_a_clear_error(monkeypatch, tmp_
 
 # ----------------------------------------------------------------------------- per-sample scores and summaries
 
+
 def test_scores_and_summary_have_the_known_values():
     c1 = case(id="a", must=[r"(?i)\bopen\b"])
     c2 = case(id="b", category="strings", generation="gui")
@@ -116,9 +125,23 @@ def test_scores_and_summary_have_the_known_values():
     rows = [
         {"suite": "s", "id": "a", "sample": 0, "output": GOOD_BBJ, "code": None, "error": None},
         {"suite": "s", "id": "a", "sample": 1, "output": BROKEN_BBJ, "code": None, "error": None},
-        {"suite": "s", "id": "b", "sample": 0, "output": "", "code": "", "error": "the model returned an empty answer"},
+        {
+            "suite": "s",
+            "id": "b",
+            "sample": 0,
+            "output": "",
+            "code": "",
+            "error": "the model returned an empty answer",
+        },
         # sample 1 of b is missing (run killed): counted as failed
-        {"suite": "s", "id": "q", "sample": 0, "output": "UNT returns a free channel", "code": "", "error": None},
+        {
+            "suite": "s",
+            "id": "q",
+            "sample": 0,
+            "output": "UNT returns a free channel",
+            "code": "",
+            "error": None,
+        },
         {"suite": "s", "id": "q", "sample": 1, "output": "channel 0", "code": "", "error": None},
     ]
     scores = score_bbj_samples(rows, [c1, c2, c3], n_samples=2, compiler="builtin")
@@ -128,18 +151,33 @@ def test_scores_and_summary_have_the_known_values():
     assert by[("a", 1)]["compiles"] is False and by[("a", 1)]["diagnostics"]
     assert by[("b", 0)]["compiles"] is False and "empty answer" in by[("b", 0)]["compile_reason"]
     assert by[("b", 1)]["error"].startswith("no generation")
-    assert by[("q", 0)]["compiles"] is None and by[("q", 0)]["factual"] is True and by[("q", 1)]["factual"] is False
+    assert (
+        by[("q", 0)]["compiles"] is None
+        and by[("q", 0)]["factual"] is True
+        and by[("q", 1)]["factual"] is False
+    )
 
     summary = summarize_bbj(scores, [1, 2])
     # compiled prompts: a (1 of 2) and b (0 of 2); q is not compiled
     assert summary["compile_at_k"] == {"1": pytest.approx(0.25), "2": pytest.approx(0.5)}
-    assert summary["patterns_pass_rate"] == pytest.approx(0.5)   # only a has patterns: 1 of 2 samples
+    assert summary["patterns_pass_rate"] == pytest.approx(0.5)  # only a has patterns: 1 of 2 samples
     assert summary["factual_accuracy"] == pytest.approx(0.5)
     assert summary["n_prompts"] == 3 and summary["n_samples"] == 6
 
     results = build_results("m", scores, [1, 2], "builtin", None, [])
-    for key in ("model", "compiler", "compile_at_k", "patterns_pass_rate", "factual_accuracy", "by_category",
-                "by_generation", "humaneval", "n_prompts", "n_samples", "errors"):
+    for key in (
+        "model",
+        "compiler",
+        "compile_at_k",
+        "patterns_pass_rate",
+        "factual_accuracy",
+        "by_category",
+        "by_generation",
+        "humaneval",
+        "n_prompts",
+        "n_samples",
+        "errors",
+    ):
         assert key in results
     assert results["by_category"]["strings"]["compile_at_k"]["1"] == 0.0
     assert results["by_category"]["file-io"]["compile_at_k"]["1"] == pytest.approx(0.5)
@@ -148,16 +186,24 @@ def test_scores_and_summary_have_the_known_values():
 
 # ----------------------------------------------------------------------------- suite files
 
+
 def test_a_suite_with_bad_lines_keeps_the_good_cases_and_reports_each_bad_line(tmp_path):
-    good = {"id": "ok-1", "prompt": "Write BBj", "category": "strings", "generation": "character", "task": "write",
-            "expect": {"must": ["(?i)print"], "must_not": []}, "reference": "```bbj\nprint \"x\"\n```\n"}
+    good = {
+        "id": "ok-1",
+        "prompt": "Write BBj",
+        "category": "strings",
+        "generation": "character",
+        "task": "write",
+        "expect": {"must": ["(?i)print"], "must_not": []},
+        "reference": '```bbj\nprint "x"\n```\n',
+    }
     lines = [
         json.dumps(good),
         "{not json",
         json.dumps({**good, "id": "no-prompt", "prompt": ""}),
         json.dumps({**good, "id": "bad-regex", "expect": {"must": ["(unclosed"]}}),
         json.dumps({**good, "id": "typo", "expects": {}}),
-        json.dumps(good),                                  # duplicate id
+        json.dumps(good),  # duplicate id
         "",
         json.dumps([1, 2]),
         json.dumps({**good, "id": "ok-2", "task": "explain"}),
@@ -180,10 +226,12 @@ def test_a_suite_with_bad_lines_keeps_the_good_cases_and_reports_each_bad_line(t
 
 def test_yaml_suites_report_the_line_of_a_bad_case(tmp_path):
     path = tmp_path / "suite.yaml"
-    path.write_text("cases:\n"
-                    "  - id: y1\n    prompt: Print hello in BBj\n    category: strings\n    generation: character\n"
-                    "    task: write\n    expect: {must: ['(?i)print']}\n"
-                    "  - id: y2\n    prompt: ''\n    category: strings\n    generation: character\n    task: write\n")
+    path.write_text(
+        "cases:\n"
+        "  - id: y1\n    prompt: Print hello in BBj\n    category: strings\n    generation: character\n"
+        "    task: write\n    expect: {must: ['(?i)print']}\n"
+        "  - id: y2\n    prompt: ''\n    category: strings\n    generation: character\n    task: write\n"
+    )
     suite = load_suite(path)
     assert [c.id for c in suite.cases] == ["y1"]
     assert [(p.line, "'prompt'" in p.reason) for p in suite.problems] == [(8, True)]
@@ -202,8 +250,12 @@ def test_limit_spreads_over_categories_in_file_order():
 
 
 def test_check_against_reference_finds_patterns_the_reference_breaks():
-    c = case(must=[r"(?i)\bopen\b", r"(?i)\bwrite\b"], must_not=[r"(?i)\bclose\b"], answer=r"never",
-             reference=GOOD_BBJ)
+    c = case(
+        must=[r"(?i)\bopen\b", r"(?i)\bwrite\b"],
+        must_not=[r"(?i)\bclose\b"],
+        answer=r"never",
+        reference=GOOD_BBJ,
+    )
     problems = check_against_reference(c, compiler="builtin")
     assert any("does not match the reference" in p and "write" in p for p in problems)
     assert any("must_not pattern matches" in p and "close" in p for p in problems)
@@ -223,8 +275,16 @@ def test_a_line_that_is_only_a_name_does_not_compile():
 def test_must_not_looks_at_code_not_at_the_explanation():
     from bbjtune.evaluate.suite import EvalCase
 
-    case = EvalCase(id="t", prompt="p", category="oop", generation="gui", task="fix", suite="s",
-                    must=[r"(?i)methodret"], must_not=[r"(?im)^\s*return\b"])
+    case = EvalCase(
+        id="t",
+        prompt="p",
+        category="oop",
+        generation="gui",
+        task="fix",
+        suite="s",
+        must=[r"(?i)methodret"],
+        must_not=[r"(?im)^\s*return\b"],
+    )
     good = "Replace the\nreturn with METHODRET:\n```bbj\nclass public A\nmethod public BBjNumber f()\n  methodret 1\nmethodend\nclassend\n```"
     bad = "```bbj\nclass public A\nmethod public BBjNumber f()\n  methodret 1\n  return\nmethodend\nclassend\n```"
     assert score_patterns(case, good).passed
@@ -246,5 +306,7 @@ def test_a_failed_humaneval_gate_points_to_replay(monkeypatch):
     assert "bbjtune data replay" in recorder.export_text()
     recorder = Console(record=True, width=200)
     monkeypatch.setattr(stage, "console", recorder)
-    stage.print_summary({"base": result}, {"humaneval_gate": humaneval_gate(0.561, 0.55, 5.0), "regressions": []})
+    stage.print_summary(
+        {"base": result}, {"humaneval_gate": humaneval_gate(0.561, 0.55, 5.0), "regressions": []}
+    )
     assert "replay" not in recorder.export_text()

@@ -23,8 +23,19 @@ CHALLENGE = EVALS / "bbj-challenge.jsonl"
 README = EVALS / "README.md"
 TRAINING_GLOB = "examples/chatml/*.jsonl"
 
-CATEGORIES = ("file-io", "strings", "oop", "gui", "dwc", "sql", "error-handling", "character-ui",
-              "conversion", "math-dates", "program-structure")
+CATEGORIES = (
+    "file-io",
+    "strings",
+    "oop",
+    "gui",
+    "dwc",
+    "sql",
+    "error-handling",
+    "character-ui",
+    "conversion",
+    "math-dates",
+    "program-structure",
+)
 GENERATIONS = ("character", "vpro5", "gui", "dwc")
 TASKS = ("write", "explain", "fix", "convert", "factual")
 CODE_TASKS = ("write", "fix", "convert")
@@ -37,6 +48,7 @@ INLINE_FLAGS = re.compile(r"^\(\?([aiLmsux]+)\)")  # every pattern is case-insen
 
 
 # ---- how a scorer applies the patterns (documented in evals/README.md) ----
+
 
 def code_of(answer: str) -> str:
     """The text `must_not` patterns are matched against: all fenced blocks, else the whole answer."""
@@ -66,6 +78,7 @@ def failures(case: dict, answer: str) -> list[str]:
 
 # ---- loading ----
 
+
 def load(path: Path) -> list[dict]:
     rows = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -93,6 +106,7 @@ def case_id(row: dict) -> str:
 
 # ---- schema ----
 
+
 @pytest.mark.parametrize("row", ALL_ROWS, ids=case_id)
 def test_case_schema(row):
     where = row["_where"]
@@ -106,13 +120,17 @@ def test_case_schema(row):
     assert isinstance(row["prompt"], str) and len(row["prompt"].split()) >= 5, f"{where}: prompt too short"
     assert isinstance(row["reference"], str) and row["reference"].strip(), f"{where}: empty reference"
     expect = row["expect"]
-    assert isinstance(expect, dict) and set(expect) == {"must", "must_not"}, f"{where}: expect needs must and must_not"
+    assert isinstance(expect, dict) and set(expect) == {"must", "must_not"}, (
+        f"{where}: expect needs must and must_not"
+    )
     assert expect["must"], f"{where}: at least one must pattern"
     patterns = expect["must"] + expect["must_not"] + ([row["answer"]] if "answer" in row else [])
     for p in patterns:
         assert isinstance(p, str), f"{where}: pattern {p!r} is not a string"
         flags = INLINE_FLAGS.match(p)
-        assert flags and "i" in flags.group(1), f"{where}: pattern must start with inline flags incl. i: {p!r}"
+        assert flags and "i" in flags.group(1), (
+            f"{where}: pattern must start with inline flags incl. i: {p!r}"
+        )
         try:
             re.compile(p)
         except re.error as e:
@@ -152,6 +170,7 @@ def test_prompts_are_distinct_within_the_suite():
 
 # ---- references against their own patterns ----
 
+
 @pytest.mark.parametrize("row", ALL_ROWS, ids=case_id)
 def test_reference_satisfies_its_patterns(row):
     problems = failures(row, row["reference"])
@@ -175,7 +194,8 @@ def test_reference_code_passes_the_checker(row):
     for n, code in enumerate(bbj_blocks(row["reference"]), 1):
         errors = [d for d in check_source(code) if d.severity == "error"]
         assert not errors, f"{row['id']} block {n}: " + "; ".join(
-            f"line {d.line}:{d.column} {d.message} | {d.source_line.strip()}" for d in errors)
+            f"line {d.line}:{d.column} {d.message} | {d.source_line.strip()}" for d in errors
+        )
 
 
 def test_checker_rejects_broken_reference_code():
@@ -186,8 +206,11 @@ def test_checker_rejects_broken_reference_code():
     broken = code.replace("    methodend\n", "", 1)
     assert [d for d in check_source(broken) if d.severity == "error"]
     code = bbj_blocks(BY_ID["file-io-001"]["reference"])[0]
-    assert [d for d in check_source(code.replace('open (ch)"notes.txt"', 'open (ch"notes.txt"'))
-            if d.severity == "error"]
+    assert [
+        d
+        for d in check_source(code.replace('open (ch)"notes.txt"', 'open (ch"notes.txt"'))
+        if d.severity == "error"
+    ]
 
 
 # ---- the patterns must reject wrong answers ----
@@ -236,33 +259,33 @@ public class Invoice {
 
 # Wrong answers that look like BBj but contain the mistake the case is about.
 WRONG_BBJ = {
-    "file-io-001": "```bbj\nch = unt\nopen (ch)\"notes.txt\"\nwhile not eof(ch)\n    read (ch)line$\n    print line$\nwend\n```\n",
-    "file-io-004": "```bbj\nch = unt\nopen (ch)\"CUSTMAST\"\nread (ch,key=\"000450\",end=gone)name$\ngone:\n```\n",
+    "file-io-001": '```bbj\nch = unt\nopen (ch)"notes.txt"\nwhile not eof(ch)\n    read (ch)line$\n    print line$\nwend\n```\n',
+    "file-io-004": '```bbj\nch = unt\nopen (ch)"CUSTMAST"\nread (ch,key="000450",end=gone)name$\ngone:\n```\n',
     "oop-001": "```bbj\nclass public Invoice\n    field public BBjNumber Total\n    method public BBjNumber getTotal()\n"
-               "        return #Total\n    methodend\nend class\n```\n",
+    "        return #Total\n    methodend\nend class\n```\n",
     "oop-007": "```bbj\nclass public StockLevel\n    field private BBjNumber OnHand\n    method public void receive(BBjNumber qty)\n"
-               "        OnHand = OnHand + qty\n    methodend\nclassend\n```\n",
-    "gui-001": "```bbj\nsysgui! = BBjAPI().openSysGui(\"X0\")\nwnd! = sysgui!.addWindow(10,10,200,100,\"Hi\")\n"
-               "MsgBox \"Hello\"\n```\n",
-    "gui-011": "```bbj\nsysgui! = BBjAPI().openSysGui(\"X0\")\nwnd! = sysgui!.addWindow(100,100,260,120,\"Hello\")\n"
-               "b! = wnd!.addButton(101,80,40,100,28,\"OK\")\nb!.setCallback(BBjAPI.ON_BUTTON_PUSH,\"ok\")\nprocess_events\n```\n",
+    "        OnHand = OnHand + qty\n    methodend\nclassend\n```\n",
+    "gui-001": '```bbj\nsysgui! = BBjAPI().openSysGui("X0")\nwnd! = sysgui!.addWindow(10,10,200,100,"Hi")\n'
+    'MsgBox "Hello"\n```\n',
+    "gui-011": '```bbj\nsysgui! = BBjAPI().openSysGui("X0")\nwnd! = sysgui!.addWindow(100,100,260,120,"Hello")\n'
+    'b! = wnd!.addButton(101,80,40,100,28,"OK")\nb!.setCallback(BBjAPI.ON_BUTTON_PUSH,"ok")\nprocess_events\n```\n',
     "gui-013": "```bbj\nctrl(sysgui,105,0)=name$\n```\n",
-    "dwc-012": "```bbj\nwnd!.setStyle(\"display\",\"grid\")\nwnd!.setStyle(\"grid-template-columns\",\"1fr 1fr\")\n```\n",
-    "sql-001": "```bbj\nconn! = BBjAPI().getJDBCConnection(\"ChileCompany\")\nstmt! = conn!.createStatement()\n"
-               "rs! = stmt!.executeQuery(\"SELECT * FROM CUSTOMER WHERE COUNTRY='\" + country$ + \"'\")\n"
-               "while rs!.next()\n    print rs!.getString(1)\nwend\n```\n",
-    "character-ui-012": "```bbj\nprint @(20,5),\"TOTAL\"\n```\nThe row comes first in @(row,column).\n",
+    "dwc-012": '```bbj\nwnd!.setStyle("display","grid")\nwnd!.setStyle("grid-template-columns","1fr 1fr")\n```\n',
+    "sql-001": '```bbj\nconn! = BBjAPI().getJDBCConnection("ChileCompany")\nstmt! = conn!.createStatement()\n'
+    'rs! = stmt!.executeQuery("SELECT * FROM CUSTOMER WHERE COUNTRY=\'" + country$ + "\'")\n'
+    "while rs!.next()\n    print rs!.getString(1)\nwend\n```\n",
+    "character-ui-012": '```bbj\nprint @(20,5),"TOTAL"\n```\nThe row comes first in @(row,column).\n',
     "math-dates-006": "```bbj\ndef fnleap(y)\n    if y % 4 = 0 then return 1\n    return 0\nfnend\n```\n",
     "strings-010": "It marks the variable as global, so every program can see it.",
-    "challenge-001": "```bbj\nfruit = BBjAPI().makeVector()\nfruit.addItem(\"apple\")\n```\n",
+    "challenge-001": '```bbj\nfruit = BBjAPI().makeVector()\nfruit.addItem("apple")\n```\n',
     "challenge-003": "```bbj\nclass public Cart\n    field private BBjNumber Total\n    method public BBjNumber getTotal()\n"
-                     "        return #Total\n    methodend\nclassend\n```\n",
-    "challenge-004": "```bbj\nif qty > 100 then discount = 5\n    print \"bulk order\"\nfi\n```\n",
+    "        return #Total\n    methodend\nclassend\n```\n",
+    "challenge-004": '```bbj\nif qty > 100 then discount = 5\n    print "bulk order"\nfi\n```\n',
     "challenge-007": "```bbj\nextract record (och,key=ord$,end=no_order)ord_rec$\n```\n",
     "challenge-011": "```bbj\nfor i = 1 to items!.size()\n    print items!.getItem(i)\nnext i\n```\n",
-    "challenge-016": "```bbj\nmsg$ = \"Dear customer, \"+\n    :\"your order has shipped.\"\n```\n",
-    "challenge-023": "```bbj\nwhile rs!.next()\n    print rs!.getString(0),\" \",rs!.getString(1)\nwend\n```\n",
-    "challenge-025": "Use backslash escapes: `msg$ = \"He said \\\"hi\\\"\\n\"`.",
+    "challenge-016": '```bbj\nmsg$ = "Dear customer, "+\n    :"your order has shipped."\n```\n',
+    "challenge-023": '```bbj\nwhile rs!.next()\n    print rs!.getString(0)," ",rs!.getString(1)\nwend\n```\n',
+    "challenge-025": 'Use backslash escapes: `msg$ = "He said \\"hi\\"\\n"`.',
 }
 
 
@@ -284,6 +307,7 @@ def test_code_of_uses_fences_only_when_present():
 
 # ---- decontamination against the training examples ----
 
+
 def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
 
@@ -292,7 +316,7 @@ def _grams(text: str, n: int = 8) -> set[tuple[str, ...]]:
     w = _words(text)
     if len(w) < n:
         return {tuple(w)} if w else set()
-    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+    return {tuple(w[i : i + n]) for i in range(len(w) - n + 1)}
 
 
 def _training_prompts() -> list[tuple[str, str]]:
@@ -306,15 +330,18 @@ def _training_prompts() -> list[tuple[str, str]]:
             messages = row.get("messages") if isinstance(row, dict) else None
             if not isinstance(messages, list):
                 continue
-            user = "\n".join(m.get("content", "") for m in messages
-                             if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str))
+            user = "\n".join(
+                m.get("content", "")
+                for m in messages
+                if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str)
+            )
             if user.strip():
                 out.append((f"{path.name}:{lineno}", user))
     return out
 
 
-JACCARD_MAX = 0.2   # word 8-gram Jaccard similarity of eval prompt and training prompt
-OVERLAP_MAX = 0.5   # shared 8-grams / 8-grams of the shorter of the two prompts
+JACCARD_MAX = 0.2  # word 8-gram Jaccard similarity of eval prompt and training prompt
+OVERLAP_MAX = 0.5  # shared 8-grams / 8-grams of the shorter of the two prompts
 
 
 def test_prompts_are_not_near_duplicates_of_training_examples():
@@ -336,25 +363,33 @@ def test_prompts_are_not_near_duplicates_of_training_examples():
             jaccard = shared / len(g | train_grams[i])
             overlap = shared / min(len(g), len(train_grams[i]))
             if jaccard >= JACCARD_MAX or overlap >= OVERLAP_MAX:
-                clashes.append(f"{row['id']} ~ {training[i][0]} (jaccard {jaccard:.2f}, overlap {overlap:.2f})")
+                clashes.append(
+                    f"{row['id']} ~ {training[i][0]} (jaccard {jaccard:.2f}, overlap {overlap:.2f})"
+                )
     assert not clashes, "eval prompts too close to training prompts:\n" + "\n".join(clashes)
 
 
 def test_decontamination_measure_flags_a_paraphrase():
     # The measure above must catch a lightly edited copy of a prompt.
     prompt = BY_ID["file-io-003"]["prompt"]
-    edited = prompt.replace("Before a risky price update, make", "Please make").replace("report how many", "print how many")
+    edited = prompt.replace("Before a risky price update, make", "Please make").replace(
+        "report how many", "print how many"
+    )
     a, b = _grams(prompt), _grams(edited)
     assert len(a & b) / len(a | b) >= JACCARD_MAX
 
 
 # ---- README counts are computed from the files ----
 
+
 def count_tables() -> str:
     """The markdown the README must contain, computed from the suites."""
     lines = []
-    for title, key, values in (("category", "category", CATEGORIES), ("generation", "generation", GENERATIONS),
-                               ("task", "task", TASKS)):
+    for title, key, values in (
+        ("category", "category", CATEGORIES),
+        ("generation", "generation", GENERATIONS),
+        ("task", "task", TASKS),
+    ):
         core = Counter(r[key] for r in CORE_ROWS)
         chal = Counter(r[key] for r in CHALLENGE_ROWS)
         lines.append(f"| {title} | core | challenge | total |")

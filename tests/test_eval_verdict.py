@@ -20,12 +20,16 @@ ATTACKS = {
     "atexit hook": "import atexit, os\natexit.register(lambda: os._exit(0))\n" + WRONG,
     "sys.excepthook": "import os, sys\nsys.excepthook = lambda *args: os._exit(0)\n" + WRONG,
     "__main__ block that exits": WRONG + "if __name__ == '__main__':\n    import sys\n    sys.exit(0)\n",
-    "== is always true": ("class Anything:\n    def __eq__(self, other):\n        return True\n"
-                          "    __hash__ = object.__hash__\n"
-                          "def has_close_elements(numbers, threshold):\n    return Anything()\n"),
+    "== is always true": (
+        "class Anything:\n    def __eq__(self, other):\n        return True\n"
+        "    __hash__ = object.__hash__\n"
+        "def has_close_elements(numbers, threshold):\n    return Anything()\n"
+    ),
 }
-RIGHT = ("def has_close_elements(numbers, threshold):\n"
-         "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n")
+RIGHT = (
+    "def has_close_elements(numbers, threshold):\n"
+    "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n"
+)
 
 SCORE = """
 import json, sys
@@ -77,8 +81,9 @@ def test_answers_are_plain_data_with_their_exact_types():
     assert judge_solution(problem, as_list, limits).status == "failed"
     assert judge_solution(problem, as_tuple, limits).passed
     # a subclass of int whose == is rigged is refused, not compared
-    rigged = problem["prompt"] + ("    class N(int):\n        def __eq__(self, o):\n            return True\n"
-                                  "    return (N(0), N(0))\n")
+    rigged = problem["prompt"] + (
+        "    class N(int):\n        def __eq__(self, o):\n            return True\n    return (N(0), N(0))\n"
+    )
     result = judge_solution(problem, rigged, limits)
     assert result.status == "failed" and "not plain data" in result.reason
 
@@ -91,8 +96,16 @@ def test_every_reference_solution_passes_under_the_judge():
     from bbjtune.humaneval_problems import load_problems
     from bbjtune.evaluate.sandbox import Limits
 
-    rows = [{"suite": "humaneval", "id": p["task_id"], "sample": 0, "code": p["canonical_solution"], "error": None}
-            for p in load_problems()]
+    rows = [
+        {
+            "suite": "humaneval",
+            "id": p["task_id"],
+            "sample": 0,
+            "code": p["canonical_solution"],
+            "error": None,
+        }
+        for p in load_problems()
+    ]
     scores, summary = score_humaneval(rows, "completion", Limits(), [1], workers=2)
     assert [s["id"] for s in scores if not s["passed"]] == [] and summary["pass_at_1"] == 1.0
 
@@ -112,6 +125,7 @@ def test_an_oversized_reply_fails_the_sample_and_the_judge_still_answers():
         "            os.write(fd, line)\n"
         "        except OSError:\n"
         "            pass\n"
-        "    return True\n")
+        "    return True\n"
+    )
     result = judge_solution(problem, flood, Limits(wall_s=30, cpu_s=10, memory_mb=512, file_size_mb=64))
     assert result.status == "failed" and "too long" in result.reason, result

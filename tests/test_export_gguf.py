@@ -14,9 +14,11 @@ from bbjtune.models.architecture import read_gguf_metadata
 from bbjtune.models import load_model, load_tokenizer
 from bbjtune.models.chat_template import CHATML_TEMPLATE, IM_END, IM_START, render_chatml
 
-llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'bbjtune[export]')")
+llama_cpp = pytest.importorskip(
+    "llama_cpp", reason="llama-cpp-python is not installed (pip install 'bbjtune[export]')"
+)
 
-BBJ_TEXT = "0010 REM Größe\r\nPRINT \"x$=\", x$, @(0,2)\nmethod public void run()\n  #n$ = \"a\"\nmethodend\n"
+BBJ_TEXT = '0010 REM Größe\r\nPRINT "x$=", x$, @(0,2)\nmethod public void run()\n  #n$ = "a"\nmethodend\n'
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,10 @@ def test_metadata_is_what_llama_cpp_expects_of_qwen2(ggufs, tiny_model_dir):
     assert md["tokenizer.ggml.add_bos_token"] is False
     assert md["tokenizer.ggml.padding_token_id"] == tok.convert_tokens_to_ids("<|endoftext|>")
     assert md["tokenizer.ggml.fim_pre_token_id"] == tok.convert_tokens_to_ids("<|fim_prefix|>")
-    assert md["tokenizer.chat_template"] == CHATML_TEMPLATE and "{% generation" not in md["tokenizer.chat_template"]
+    assert (
+        md["tokenizer.chat_template"] == CHATML_TEMPLATE
+        and "{% generation" not in md["tokenizer.chat_template"]
+    )
     assert md["tensor_types"] == ["F16", "F32"]
     assert read_gguf_metadata(ggufs["q8_0"])["tensor_types"] == ["F32", "Q8_0"]
 
@@ -55,7 +60,7 @@ def test_vocab_types(tiny_model_dir):
     vocab = read_vocab(tiny_model_dir, cfg["vocab_size"])
     ids = load_tokenizer(str(tiny_model_dir)).get_vocab()
     assert vocab.types[ids[IM_START]] == gguf.TokenType.CONTROL
-    assert vocab.types[ids["<tool_call>"]] == gguf.TokenType.USER_DEFINED     # added but not special, as Qwen
+    assert vocab.types[ids["<tool_call>"]] == gguf.TokenType.USER_DEFINED  # added but not special, as Qwen
     assert vocab.types[ids["Ġ"]] == gguf.TokenType.NORMAL
     assert all(" " in m for m in vocab.merges)
     # the tiny base model stops on <|endoftext|> only: eos stays there, no eot
@@ -117,7 +122,11 @@ def test_llama_cpp_agrees_with_hf(ggufs, tiny_model_dir):
     assert f16["tokenization_identical"] and f16["greedy_identical"] == len(f16["greedy_common_prefix"])
     assert f16["max_rel_diff"] < TOLERANCES["f16"].max_rel
     # quantization error grows with fewer bits, and stays far below what a broken conversion gives
-    assert f16["max_abs_diff"] < report["results"]["q8_0"]["max_abs_diff"] < report["results"]["q4_k_m"]["max_abs_diff"]
+    assert (
+        f16["max_abs_diff"]
+        < report["results"]["q8_0"]["max_abs_diff"]
+        < report["results"]["q4_k_m"]["max_abs_diff"]
+    )
 
 
 def test_real_q4_k_blocks_on_a_256_wide_model(tiny_model_dir, tmp_path):
@@ -130,7 +139,7 @@ def test_real_q4_k_blocks_on_a_256_wide_model(tiny_model_dir, tmp_path):
     q4 = quantize(f16, tmp_path / "wide.q4_k_m.gguf", "q4_k_m")
     types = read_gguf_metadata(q4)["tensor_types"]
     assert "Q4_K" in types and "Q6_K" in types
-    assert read_gguf_metadata(q4)["general.file_type"] == 15   # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    assert read_gguf_metadata(q4)["general.file_type"] == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
     report = verify_all(wide, {"f16": f16, "q4_k_m": q4})["results"]
     assert report["f16"]["ok"], report["f16"]["failures"]
     q = report["q4_k_m"]
@@ -169,6 +178,7 @@ def test_unknown_type_and_wrong_model_fail_before_writing(tiny_model_dir, tmp_pa
     with pytest.raises(BbjtuneError, match="Qwen2 architecture"):
         write_gguf(other, tmp_path / "x.f16.gguf", "f16")
     from bbjtune.export.quantize import quantize
+
     with pytest.raises(BbjtuneError, match="unknown llama.cpp quant type"):
         quantize(tmp_path / "x.f16.gguf", tmp_path / "x.iq1.gguf", "iq1_s")
     assert not list(tmp_path.glob("*.gguf"))
@@ -185,12 +195,17 @@ def test_interrupted_write_leaves_no_file(tiny_model_dir, tmp_path):
 
 
 def test_chat_prompt_tokenizes_the_same_in_llama_cpp(ggufs, tiny_model_dir):
-    text = render_chatml([{"role": "system", "content": "S"}, {"role": "user", "content": BBJ_TEXT}],
-                         add_generation_prompt=True)
+    text = render_chatml(
+        [{"role": "system", "content": "S"}, {"role": "user", "content": BBJ_TEXT}],
+        add_generation_prompt=True,
+    )
     tok = load_tokenizer(str(tiny_model_dir))
     llm = llama_cpp.Llama(str(ggufs["q4_k_m"]), n_ctx=256, verbose=False)
     try:
-        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text, add_special_tokens=False).input_ids
+        assert (
+            llm.tokenize(text.encode(), add_bos=False, special=True)
+            == tok(text, add_special_tokens=False).input_ids
+        )
         assert llm.metadata["tokenizer.chat_template"] == CHATML_TEMPLATE
     finally:
         llm.close()

@@ -35,7 +35,7 @@ def test_merged_model_computes_what_base_plus_adapter_computes(tiny_model_dir, a
     out = merge(MergePlan(base=str(tiny_model_dir), adapters=[adapter], chat=True), tmp_path / "merged")
     got = _logits(load_model(str(out), dtype="float32"))
     assert (got - want).abs().max() < 1e-4
-    assert (base - want).abs().max() > 0.05          # the adapter really changes the model
+    assert (base - want).abs().max() > 0.05  # the adapter really changes the model
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".safetensors") == ["model.safetensors"]
 
 
@@ -46,7 +46,7 @@ def test_merged_dir_has_tokenizer_template_and_stop_ids(tiny_model_dir, adapter,
     assert gen["eos_token_id"] == [tok.convert_tokens_to_ids(IM_END), tok.convert_tokens_to_ids(ENDOFTEXT)]
     assert tok.chat_template == CHATML_TEMPLATE
     # the saved tokenizer splits text exactly as the training tokenizer
-    text = "<|im_start|>user\nPRINT \"Größe\"\r\n<|im_end|>\n"
+    text = '<|im_start|>user\nPRINT "Größe"\r\n<|im_end|>\n'
     assert tok(text).input_ids == load_tokenizer(str(tiny_model_dir))(text).input_ids
 
 
@@ -56,13 +56,16 @@ def test_stage_one_then_stage_two_chain(tiny_model_dir, tmp_path):
     first = make_adapter(tiny_model_dir, tmp_path / "cpt", seed=2)
     stage1 = merge(MergePlan(base=str(tiny_model_dir), adapters=[first], chat=False), tmp_path / "cpt-merged")
     second = make_adapter(stage1, tmp_path / "sft", seed=3)
-    model = PeftModel.from_pretrained(load_model(str(tiny_model_dir), dtype="float32"), str(first)).merge_and_unload()
+    model = PeftModel.from_pretrained(
+        load_model(str(tiny_model_dir), dtype="float32"), str(first)
+    ).merge_and_unload()
     want = _logits(PeftModel.from_pretrained(model, str(second)))
     chained = merge(MergePlan(base=str(tiny_model_dir), adapters=[first, second]), tmp_path / "chained")
     assert (_logits(load_model(str(chained), dtype="float32")) - want).abs().max() < 1e-4
     # stage 1 alone (a Base model) stops on <|endoftext|> only
-    assert json.loads((stage1 / "generation_config.json").read_text())["eos_token_id"] == \
-        load_tokenizer(str(tiny_model_dir)).convert_tokens_to_ids(ENDOFTEXT)
+    assert json.loads((stage1 / "generation_config.json").read_text())["eos_token_id"] == load_tokenizer(
+        str(tiny_model_dir)
+    ).convert_tokens_to_ids(ENDOFTEXT)
 
 
 def test_trained_json_becomes_a_plan(tiny_model_dir, adapter, tmp_path):
@@ -75,8 +78,14 @@ def test_trained_json_becomes_a_plan(tiny_model_dir, adapter, tmp_path):
 def test_merge_refuses_a_4bit_base(tmp_path, adapter):
     base = tmp_path / "qwen-bnb"
     base.mkdir()
-    (base / "config.json").write_text(json.dumps({"model_type": "qwen2", "quantization_config": {
-        "quant_method": "bitsandbytes", "load_in_4bit": True}}))
+    (base / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "qwen2",
+                "quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True},
+            }
+        )
+    )
     with pytest.raises(BbjtuneError, match="quantized .bitsandbytes.") as err:
         merge(MergePlan(base=str(base), adapters=[adapter]), tmp_path / "out")
     assert "16-bit" in err.value.hint
@@ -88,7 +97,7 @@ def test_merge_refuses_a_4bit_base(tmp_path, adapter):
 def test_adapter_for_a_different_base_size_is_refused_before_loading(tmp_path, adapter):
     from bbjtune.models.tiny import build_tiny
 
-    other = build_tiny("tiny:demo", cache_dir=tmp_path / "cache")   # 192 wide instead of 64
+    other = build_tiny("tiny:demo", cache_dir=tmp_path / "cache")  # 192 wide instead of 64
     with pytest.raises(BbjtuneError, match="does not fit the base model") as err:
         check_plan(MergePlan(base=str(other), adapters=[adapter]))
     assert "different base model" in err.value.hint
@@ -99,11 +108,16 @@ def test_adapter_of_another_architecture_is_refused(tiny_model_dir, tmp_path):
 
     foreign = tmp_path / "gpt2-adapter"
     foreign.mkdir()
-    (foreign / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8,
-                                                             "target_modules": ["c_attn"]}))
-    save_file({"base_model.model.transformer.h.0.attn.c_attn.lora_A.weight": torch.zeros(4, 64),
-               "base_model.model.transformer.h.0.attn.c_attn.lora_B.weight": torch.zeros(192, 4)},
-              foreign / "adapter_model.safetensors")
+    (foreign / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["c_attn"]})
+    )
+    save_file(
+        {
+            "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight": torch.zeros(4, 64),
+            "base_model.model.transformer.h.0.attn.c_attn.lora_B.weight": torch.zeros(192, 4),
+        },
+        foreign / "adapter_model.safetensors",
+    )
     with pytest.raises(BbjtuneError, match="does not have"):
         check_plan(MergePlan(base=str(tiny_model_dir), adapters=[foreign]))
 
@@ -141,9 +155,11 @@ def test_gguf_lora_adapter_matches_the_merged_gguf(tiny_model_dir, tmp_path):
     # rsLoRA scaling (alpha/sqrt(r)) must be folded in correctly too
     adapter = make_adapter(tiny_model_dir, tmp_path / "rs", r=4, alpha=8, use_rslora=True, seed=5)
     merged = merge(MergePlan(base=str(tiny_model_dir), adapters=[adapter]), tmp_path / "merged")
-    result = compare_lora_with_merged(write_gguf(tiny_model_dir, tmp_path / "base.f16.gguf", "f16"),
-                                      write_lora_gguf(adapter, tmp_path / "a.lora.gguf"),
-                                      write_gguf(merged, tmp_path / "m.f16.gguf", "f16"))
+    result = compare_lora_with_merged(
+        write_gguf(tiny_model_dir, tmp_path / "base.f16.gguf", "f16"),
+        write_lora_gguf(adapter, tmp_path / "a.lora.gguf"),
+        write_gguf(merged, tmp_path / "m.f16.gguf", "f16"),
+    )
     assert result["lora_ok"], result
     assert result["lora_vs_merged_max_abs_diff"] < 0.05 * result["base_vs_merged_max_abs_diff"]
 

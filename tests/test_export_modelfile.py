@@ -7,8 +7,15 @@ import pytest
 from bbjtune.errors import BbjtuneError
 from bbjtune.export.gotemplate import GoTemplateError, render_go_template
 from bbjtune.export.modelfile import (
-    CHATML_GO_TEMPLATE, SAMPLE_CONVERSATIONS, build_modelfile, check_template, expected_chatml, ollama_model_name,
-    ollama_values, parse_modelfile, render_fim,
+    CHATML_GO_TEMPLATE,
+    SAMPLE_CONVERSATIONS,
+    build_modelfile,
+    check_template,
+    expected_chatml,
+    ollama_model_name,
+    ollama_values,
+    parse_modelfile,
+    render_fim,
 )
 from bbjtune.models import load_tokenizer
 from bbjtune.models.chat_template import QWEN_DEFAULT_SYSTEM, render_chatml
@@ -17,9 +24,15 @@ SYSTEM = "You are an expert BBj developer."
 CONVERSATIONS = [
     [{"role": "user", "content": "Print hello in BBj"}],
     [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Open a file"}],
-    [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-     {"role": "user", "content": "c"}, {"role": "assistant", "content": "d\n\n"}, {"role": "user", "content": "e"}],
-    [{"role": "user", "content": "  leading spaces, {{ .Braces }} and \"quotes\"\n\n"}],
+    [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "d\n\n"},
+        {"role": "user", "content": "e"},
+    ],
+    [{"role": "user", "content": '  leading spaces, {{ .Braces }} and "quotes"\n\n'}],
     [{"role": "user", "content": ""}],
 ]
 
@@ -59,8 +72,9 @@ def test_fim_form_for_code_completion():
 
 
 def test_modelfile_has_from_template_stops_params_and_system():
-    text = build_modelfile("run.q4_k_m.gguf", system_prompt=SYSTEM, num_ctx=8192, temperature=0.2,
-                           model_name="bbj-run")
+    text = build_modelfile(
+        "run.q4_k_m.gguf", system_prompt=SYSTEM, num_ctx=8192, temperature=0.2, model_name="bbj-run"
+    )
     parsed = parse_modelfile(text)
     assert parsed["from"] == "./run.q4_k_m.gguf"
     assert parsed["template"] == CHATML_GO_TEMPLATE
@@ -72,7 +86,8 @@ def test_modelfile_has_from_template_stops_params_and_system():
     # what Ollama will send for a chat with the Modelfile's SYSTEM is the training format
     data = ollama_values([{"role": "user", "content": "x"}], parsed["system"])
     assert render_go_template(parsed["template"], data) == render_chatml(
-        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "x"}], add_generation_prompt=True)
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "x"}], add_generation_prompt=True
+    )
 
 
 def test_modelfile_without_system_prompt_has_no_system_line():
@@ -81,7 +96,7 @@ def test_modelfile_without_system_prompt_has_no_system_line():
 
 
 def test_bad_inputs():
-    with pytest.raises(BbjtuneError, match="triple quotes|\"\"\""):
+    with pytest.raises(BbjtuneError, match='triple quotes|"""'):
         build_modelfile("m.gguf", system_prompt='say """hi"""', num_ctx=1, temperature=0.1, model_name="m")
     with pytest.raises(BbjtuneError, match="not a valid Ollama model name"):
         ollama_model_name("x", "bad name!")
@@ -89,35 +104,50 @@ def test_bad_inputs():
 
 
 def test_a_wrong_template_is_caught():
-    broken = CHATML_GO_TEMPLATE.replace("{{ $m.Content }}<|im_end|>\n{{ else if", "{{ $m.Content }}\n{{ else if")
+    broken = CHATML_GO_TEMPLATE.replace(
+        "{{ $m.Content }}<|im_end|>\n{{ else if", "{{ $m.Content }}\n{{ else if"
+    )
     assert broken != CHATML_GO_TEMPLATE
     with pytest.raises(BbjtuneError, match="renders"):
         check_template(broken, None)
-    check_template(CHATML_GO_TEMPLATE, SYSTEM)   # and the real one passes
+    check_template(CHATML_GO_TEMPLATE, SYSTEM)  # and the real one passes
     assert len(SAMPLE_CONVERSATIONS) >= 4
 
 
 # ----------------------------------------------------------------------------- the Go template subset
 
-@pytest.mark.parametrize("template, data, want", [
-    ("a {{ .X }} b", {"X": 1}, "a 1 b"),
-    ("a  {{- .X -}}  b", {"X": "x"}, "axb"),
-    ("a\n{{- if .X }}yes{{ else }}no{{ end }}", {"X": ""}, "ano"),
-    ("{{ if eq .X \"k\" }}1{{ else if eq .X \"j\" }}2{{ else }}3{{ end }}", {"X": "j"}, "2"),
-    ("{{ range $i, $m := .L }}{{ $i }}={{ $m.N }};{{ end }}", {"L": [{"N": "a"}, {"N": "b"}]}, "0=a;1=b;"),
-    ("{{ range .L }}[{{ . }}]{{ end }}", {"L": ["p", "q"]}, "[p][q]"),
-    ("{{ range $i, $_ := .L }}{{ $last := eq (len (slice $.L $i)) 1 }}{{ if $last }}L{{ end }}{{ end }}",
-     {"L": [1, 2, 3]}, "L"),
-    ("{{ if and .A (not .B) }}ok{{ end }}{{ if or .B .C }}c{{ end }}", {"A": 1, "B": 0, "C": "x"}, "okc"),
-    ("{{ \"q\\\"\\n\" }}", {}, "q\"\n"),
-    ("{{/* a comment */}}x", {}, "x"),
-])
+
+@pytest.mark.parametrize(
+    "template, data, want",
+    [
+        ("a {{ .X }} b", {"X": 1}, "a 1 b"),
+        ("a  {{- .X -}}  b", {"X": "x"}, "axb"),
+        ("a\n{{- if .X }}yes{{ else }}no{{ end }}", {"X": ""}, "ano"),
+        ('{{ if eq .X "k" }}1{{ else if eq .X "j" }}2{{ else }}3{{ end }}', {"X": "j"}, "2"),
+        (
+            "{{ range $i, $m := .L }}{{ $i }}={{ $m.N }};{{ end }}",
+            {"L": [{"N": "a"}, {"N": "b"}]},
+            "0=a;1=b;",
+        ),
+        ("{{ range .L }}[{{ . }}]{{ end }}", {"L": ["p", "q"]}, "[p][q]"),
+        (
+            "{{ range $i, $_ := .L }}{{ $last := eq (len (slice $.L $i)) 1 }}{{ if $last }}L{{ end }}{{ end }}",
+            {"L": [1, 2, 3]},
+            "L",
+        ),
+        ("{{ if and .A (not .B) }}ok{{ end }}{{ if or .B .C }}c{{ end }}", {"A": 1, "B": 0, "C": "x"}, "okc"),
+        ('{{ "q\\"\\n" }}', {}, 'q"\n'),
+        ("{{/* a comment */}}x", {}, "x"),
+    ],
+)
 def test_go_template_subset(template, data, want):
     assert render_go_template(template, data) == want
 
 
-@pytest.mark.parametrize("template", ["{{ if .X }}", "{{ .X ", "{{ template \"x\" }}", "{{ printf \"%s\" .X }}",
-                                      "{{ $undefined }}", "{{ end }}"])
+@pytest.mark.parametrize(
+    "template",
+    ["{{ if .X }}", "{{ .X ", '{{ template "x" }}', '{{ printf "%s" .X }}', "{{ $undefined }}", "{{ end }}"],
+)
 def test_go_template_refuses_what_it_does_not_support(template):
     with pytest.raises(GoTemplateError):
         render_go_template(template, {"X": 1})

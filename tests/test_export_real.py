@@ -21,26 +21,58 @@ pytestmark = pytest.mark.real
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 from fetch_qwen05b import default_gguf_path  # noqa: E402
 
-TOOLS = [{"type": "function", "function": {"name": "compile_bbj", "description": "Compile BBj source",
-                                           "parameters": {"type": "object", "properties": {"src": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "compile_bbj",
+            "description": "Compile BBj source",
+            "parameters": {"type": "object", "properties": {"src": {"type": "string"}}},
+        },
+    }
+]
 CONVERSATIONS = [
     [{"role": "user", "content": "Write a BBj loop"}],
     [{"role": "system", "content": "You are a BBj expert."}, {"role": "user", "content": "hi"}],
-    [{"role": "system", "content": "S"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-     {"role": "user", "content": "c"}, {"role": "assistant", "content": "d\n\n"}, {"role": "user", "content": "e"}],
+    [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "d\n\n"},
+        {"role": "user", "content": "e"},
+    ],
     [{"role": "user", "content": "é ü {{ x }} {% raw %}"}, {"role": "assistant", "content": ""}],
-    [{"role": "user", "content": "a"}, {"role": "system", "content": "late system"}, {"role": "user", "content": "b"}],
+    [
+        {"role": "user", "content": "a"},
+        {"role": "system", "content": "late system"},
+        {"role": "user", "content": "b"},
+    ],
 ]
 TOOL_CONVERSATIONS = [
     [{"role": "system", "content": "S"}, {"role": "user", "content": "compile it"}],
-    [{"role": "user", "content": "compile"},
-     {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
-         "name": "compile_bbj", "arguments": {"src": "print 1"}}}]},
-     {"role": "tool", "content": "ok"}, {"role": "tool", "content": "no errors"},
-     {"role": "assistant", "content": "It compiles."}],
-    [{"role": "user", "content": "x"},
-     {"role": "assistant", "content": "Let me check.", "tool_calls": [{"name": "compile_bbj", "arguments": {"src": "x"}}]},
-     {"role": "tool", "content": "error at line 1"}],
+    [
+        {"role": "user", "content": "compile"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"type": "function", "function": {"name": "compile_bbj", "arguments": {"src": "print 1"}}}
+            ],
+        },
+        {"role": "tool", "content": "ok"},
+        {"role": "tool", "content": "no errors"},
+        {"role": "assistant", "content": "It compiles."},
+    ],
+    [
+        {"role": "user", "content": "x"},
+        {
+            "role": "assistant",
+            "content": "Let me check.",
+            "tool_calls": [{"name": "compile_bbj", "arguments": {"src": "x"}}],
+        },
+        {"role": "tool", "content": "error at line 1"},
+    ],
 ]
 
 
@@ -88,16 +120,29 @@ def test_ollama_template_renders_like_the_real_qwen_template(real_template, tiny
 
     tok = load_tokenizer(str(tiny_model_dir))
     for messages in CONVERSATIONS[:3]:
-        assert render_go_template(CHATML_GO_TEMPLATE, ollama_values(messages, None)) == \
-            _render(tok, real_template, messages)
+        assert render_go_template(CHATML_GO_TEMPLATE, ollama_values(messages, None)) == _render(
+            tok, real_template, messages
+        )
 
 
 def test_real_model_export_end_to_end(real_gguf, tmp_path):
     t0 = time.time()
     report_path = tmp_path / "report.json"
-    res = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "export_qwen05b.py"), "--gguf", str(real_gguf),
-                          "--out", str(tmp_path / "out"), "--json", str(report_path)],
-                         capture_output=True, text=True, timeout=3600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "benchmarks" / "export_qwen05b.py"),
+            "--gguf",
+            str(real_gguf),
+            "--out",
+            str(tmp_path / "out"),
+            "--json",
+            str(report_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(report_path.read_text())
     assert report["verify_ok"], {q: r["failures"] for q, r in report["verify"].items()}
@@ -105,5 +150,5 @@ def test_real_model_export_end_to_end(real_gguf, tmp_path):
         assert r["tokenization_identical"], quant
     assert report["verify"]["f16"]["top1_agreement"] > 0.95
     answer = report["generation"]
-    assert answer["finish_reason"] == "stop" and answer["text"].strip()   # it stops by itself
+    assert answer["finish_reason"] == "stop" and answer["text"].strip()  # it stops by itself
     print(json.dumps({"seconds": round(time.time() - t0), **report["times_s"]}))

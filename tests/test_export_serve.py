@@ -30,9 +30,27 @@ def server(tiny_model_dir, tmp_path_factory):
 
     gguf = write_gguf(tiny_model_dir, tmp_path_factory.mktemp("serve") / "bbj-tiny.f16.gguf", "f16")
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bbjtune", "serve", "gguf", str(gguf), "--port", str(port),
-                             "--n-ctx", "512", "--threads", "1"], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bbjtune",
+            "serve",
+            "gguf",
+            str(gguf),
+            "--port",
+            str(port),
+            "--n-ctx",
+            "512",
+            "--threads",
+            "1",
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     base = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 120
     while True:
@@ -46,7 +64,7 @@ def server(tiny_model_dir, tmp_path_factory):
             pytest.fail(f"server did not start: {proc.stdout.read()}")
         time.sleep(0.5)
     yield base
-    proc.terminate()    # SIGTERM to bbjtune must stop the llama.cpp server it started
+    proc.terminate()  # SIGTERM to bbjtune must stop the llama.cpp server it started
     assert proc.wait(timeout=30) == 0
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{base}/models", timeout=2)
@@ -58,16 +76,28 @@ def test_models_endpoint_names_the_model(server):
 
 
 def test_chat_uses_the_chatml_template_from_the_gguf(server):
-    messages = [{"role": "system", "content": "You are a BBj expert."},
-                {"role": "user", "content": "Write a BBj loop"}]
-    chat = httpx.post(f"{server}/chat/completions", timeout=60, json={
-        "model": "bbj-tiny", "messages": messages, "max_tokens": 12, "temperature": 0.0}).json()
+    messages = [
+        {"role": "system", "content": "You are a BBj expert."},
+        {"role": "user", "content": "Write a BBj loop"},
+    ]
+    chat = httpx.post(
+        f"{server}/chat/completions",
+        timeout=60,
+        json={"model": "bbj-tiny", "messages": messages, "max_tokens": 12, "temperature": 0.0},
+    ).json()
     assert chat["choices"][0]["finish_reason"] in ("stop", "length")
     assert chat["usage"]["prompt_tokens"] > 10
     # the same prompt written out as ChatML text gives the same tokens and the same greedy answer
-    completion = httpx.post(f"{server}/completions", timeout=60, json={
-        "model": "bbj-tiny", "prompt": render_chatml(messages, add_generation_prompt=True),
-        "max_tokens": 12, "temperature": 0.0}).json()
+    completion = httpx.post(
+        f"{server}/completions",
+        timeout=60,
+        json={
+            "model": "bbj-tiny",
+            "prompt": render_chatml(messages, add_generation_prompt=True),
+            "max_tokens": 12,
+            "temperature": 0.0,
+        },
+    ).json()
     assert completion["usage"]["prompt_tokens"] == chat["usage"]["prompt_tokens"]
     assert completion["choices"][0]["text"] == chat["choices"][0]["message"]["content"]
 
@@ -81,9 +111,13 @@ def test_only_loopback_by_default():
 
 # ----------------------------------------------------------------------------- code completion (FIM)
 
+
 def _completion(server: str, **body) -> dict:
-    return httpx.post(f"{server}/completions", timeout=60, json={"model": "bbj-tiny", "temperature": 0.0,
-                                                                 "max_tokens": 8, **body}).json()
+    return httpx.post(
+        f"{server}/completions",
+        timeout=60,
+        json={"model": "bbj-tiny", "temperature": 0.0, "max_tokens": 8, **body},
+    ).json()
 
 
 def test_fim_prompt_as_editors_send_it(server, tiny_model_dir):
@@ -91,11 +125,13 @@ def test_fim_prompt_as_editors_send_it(server, tiny_model_dir):
     from bbjtune.models import load_tokenizer
     from bbjtune.models.fim import fim_prompt
 
-    prefix, suffix = "ch = unt\nopen (ch)\"notes.txt\"\nread (ch)", "\nclose (ch)\n"
+    prefix, suffix = 'ch = unt\nopen (ch)"notes.txt"\nread (ch)', "\nclose (ch)\n"
     raw = _completion(server, prompt=fim_prompt(prefix, suffix))
     tok = load_tokenizer(str(tiny_model_dir))
     # the FIM markers are read as the single tokens the model was trained on, not as text
-    assert raw["usage"]["prompt_tokens"] == len(tok(fim_prompt(prefix, suffix), add_special_tokens=False)["input_ids"])
+    assert raw["usage"]["prompt_tokens"] == len(
+        tok(fim_prompt(prefix, suffix), add_special_tokens=False)["input_ids"]
+    )
     assert raw["usage"]["prompt_tokens"] < len(tok(fim_prompt(prefix, suffix).replace("|", "/"))["input_ids"])
     with_suffix = _completion(server, prompt=prefix, suffix=suffix)
     assert with_suffix["usage"]["prompt_tokens"] == raw["usage"]["prompt_tokens"]
@@ -110,20 +146,34 @@ def test_fim_completion_ends_on_the_models_end_tokens(server, tiny_model_dir):
     prompt = fim_prompt("for i = 1 to 3\n", "\nnext i\n")
     for token in ("<|endoftext|>", "<|file_sep|>"):  # what ends a middle (and a repository-level sample)
         forced = _completion(server, prompt=prompt, logit_bias={str(tok.convert_tokens_to_ids(token)): 100.0})
-        assert forced["choices"][0]["finish_reason"] == "stop" and forced["usage"]["completion_tokens"] == 0, token
+        assert (
+            forced["choices"][0]["finish_reason"] == "stop" and forced["usage"]["completion_tokens"] == 0
+        ), token
 
 
 def test_fim_request_rewrite():
     from bbjtune.serve.llama_server import rewrite_completion_request
 
     ids = {"<|fim_prefix|>": 7, "<|fim_suffix|>": 8, "<|fim_middle|>": 9}
-    out = json.loads(rewrite_completion_request(json.dumps({"prompt": "a = ", "suffix": "\nb = 2\n",
-                                                            "max_tokens": 4}).encode(), ids))
-    assert out == {"prompt": "<|fim_prefix|>a = <|fim_suffix|>\nb = 2\n<|fim_middle|>", "max_tokens": 4,
-                   "logit_bias": {"7": -100.0, "8": -100.0, "9": -100.0}}
+    out = json.loads(
+        rewrite_completion_request(
+            json.dumps({"prompt": "a = ", "suffix": "\nb = 2\n", "max_tokens": 4}).encode(), ids
+        )
+    )
+    assert out == {
+        "prompt": "<|fim_prefix|>a = <|fim_suffix|>\nb = 2\n<|fim_middle|>",
+        "max_tokens": 4,
+        "logit_bias": {"7": -100.0, "8": -100.0, "9": -100.0},
+    }
     # the client's own bias wins; plain completions and other bodies pass untouched
-    out = json.loads(rewrite_completion_request(json.dumps({"prompt": "<|fim_prefix|>x<|fim_suffix|>y<|fim_middle|>",
-                                                            "logit_bias": {"7": 5.0}}).encode(), ids))
+    out = json.loads(
+        rewrite_completion_request(
+            json.dumps(
+                {"prompt": "<|fim_prefix|>x<|fim_suffix|>y<|fim_middle|>", "logit_bias": {"7": 5.0}}
+            ).encode(),
+            ids,
+        )
+    )
     assert out["logit_bias"] == {"7": 5.0, "8": -100.0, "9": -100.0}
     for body in (b'{"prompt": "print 1"}', b"not json", b'{"prompt": ["a"]}'):
         assert rewrite_completion_request(body, ids) == body

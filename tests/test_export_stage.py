@@ -40,9 +40,20 @@ def exported(tiny_model_dir, tmp_path_factory):
 def test_every_file_is_there_and_nothing_else(exported):
     cfg, out = exported
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["merged", "Modelfile", "vllm-lora.json", "verify.json", "manifest.json",
-                            "quickstart.f16.gguf", "quickstart.q8_0.gguf", "quickstart.q4_k_m.gguf",
-                            "quickstart.lora.gguf", "quickstart.base.f16.gguf"])   # no temporary leftovers
+    assert names == sorted(
+        [
+            "merged",
+            "Modelfile",
+            "vllm-lora.json",
+            "verify.json",
+            "manifest.json",
+            "quickstart.f16.gguf",
+            "quickstart.q8_0.gguf",
+            "quickstart.q4_k_m.gguf",
+            "quickstart.lora.gguf",
+            "quickstart.base.f16.gguf",
+        ]
+    )  # no temporary leftovers
     manifest = read_manifest(out)
     assert manifest["status"] == "complete" and manifest["stage"] == "export"
     assert {"merge_s", "gguf_f16_s", "gguf_q4_k_m_s", "verify_s", "total_s"} <= set(manifest["timings"])
@@ -56,7 +67,9 @@ def test_verify_json_reports_agreement_per_quant(exported):
     for quant, r in report["results"].items():
         assert r["loads"] and r["tokenization_identical"], quant
         assert {"max_abs_diff", "top1_agreement", "greedy_common_prefix", "tolerance"} <= set(r)
-    assert report["results"]["f16"]["greedy_identical"] == len(report["results"]["f16"]["greedy_common_prefix"])
+    assert report["results"]["f16"]["greedy_identical"] == len(
+        report["results"]["f16"]["greedy_common_prefix"]
+    )
     assert report["lora_gguf"]["written"] and report["lora_gguf"]["lora_ok"]
 
 
@@ -64,7 +77,7 @@ def test_ggufs_stop_on_im_end(exported):
     _, out = exported
     md = read_gguf_metadata(out / "quickstart.q4_k_m.gguf")
     tok = json.loads((out / "merged" / "generation_config.json").read_text())
-    assert md["tokenizer.ggml.eos_token_id"] == tok["eos_token_id"][0]          # <|im_end|>
+    assert md["tokenizer.ggml.eos_token_id"] == tok["eos_token_id"][0]  # <|im_end|>
     assert md["tokenizer.ggml.eot_token_id"] == tok["eos_token_id"][0]
 
 
@@ -75,8 +88,9 @@ def test_modelfile_points_to_q4_k_m_and_carries_the_training_system_prompt(expor
     assert ("num_ctx", str(cfg.export.ollama.num_ctx)) in parsed["parameters"]
     conversation = [{"role": "user", "content": "Write a BBj loop"}]
     rendered = render_go_template(parsed["template"], ollama_values(conversation, parsed["system"]))
-    assert rendered == render_chatml([{"role": "system", "content": SYSTEM_PROMPT}, *conversation],
-                                     add_generation_prompt=True)
+    assert rendered == render_chatml(
+        [{"role": "system", "content": SYSTEM_PROMPT}, *conversation], add_generation_prompt=True
+    )
 
 
 def test_vllm_config_serves_the_adapter_as_lora(exported):
@@ -89,11 +103,15 @@ def test_vllm_config_serves_the_adapter_as_lora(exported):
 def test_serve_commands_on_the_export(exported, tmp_path):
     _, out = exported
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text(f"name: quickstart\noutput_dir: {out.parent.parent}/{{name}}\n"
-                        "model: {source: tiny:test}\ndata: {chatml: [examples/chatml/*.jsonl]}\n")
+    cfg_file.write_text(
+        f"name: quickstart\noutput_dir: {out.parent.parent}/{{name}}\n"
+        "model: {source: tiny:test}\ndata: {chatml: [examples/chatml/*.jsonl]}\n"
+    )
     res = run_cli("serve", "ollama", str(cfg_file), env={"PATH": "/usr/bin:/bin"})
     assert res.returncode == 0, res.stderr
-    assert "ollama create bbj-quickstart -f Modelfile" in res.stdout and "quickstart.q4_k_m.gguf" in res.stdout
+    assert (
+        "ollama create bbj-quickstart -f Modelfile" in res.stdout and "quickstart.q4_k_m.gguf" in res.stdout
+    )
     res = run_cli("serve", "vllm", str(cfg_file))
     assert res.returncode == 0, res.stderr
     assert "--enable-lora" in res.stdout and "--max-lora-rank 8" in res.stdout
@@ -106,15 +124,19 @@ def test_serve_ollama_runs_ollama_create_when_ollama_is_installed(exported, tmp_
     bin_dir.mkdir()
     record = tmp_path / "called.txt"
     fake = bin_dir / "ollama"
-    fake.write_text(f"#!/bin/sh\necho \"$PWD|$*\" > {record}\nexit ${{OLLAMA_EXIT:-0}}\n")
+    fake.write_text(f'#!/bin/sh\necho "$PWD|$*" > {record}\nexit ${{OLLAMA_EXIT:-0}}\n')
     fake.chmod(0o755)
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text(f"name: quickstart\noutput_dir: {out.parent.parent}/{{name}}\n"
-                        "model: {source: tiny:test}\ndata: {chatml: [examples/chatml/*.jsonl]}\n")
+    cfg_file.write_text(
+        f"name: quickstart\noutput_dir: {out.parent.parent}/{{name}}\n"
+        "model: {source: tiny:test}\ndata: {chatml: [examples/chatml/*.jsonl]}\n"
+    )
     res = run_cli("serve", "ollama", str(cfg_file), env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
     assert res.returncode == 0, res.stderr
     assert record.read_text().strip() == f"{out}|create bbj-quickstart -f Modelfile"
-    res = run_cli("serve", "ollama", str(cfg_file), env={"PATH": f"{bin_dir}:/usr/bin:/bin", "OLLAMA_EXIT": "1"})
+    res = run_cli(
+        "serve", "ollama", str(cfg_file), env={"PATH": f"{bin_dir}:/usr/bin:/bin", "OLLAMA_EXIT": "1"}
+    )
     assert res.returncode == 2 and "ollama create" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -135,8 +157,10 @@ def test_missing_training_fails_in_one_line(tmp_path):
     with pytest.raises(BbjtuneError, match="trained.json"):
         run_stage(_config(tmp_path))
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text(f"name: nothing\noutput_dir: {tmp_path}/{{name}}\nmodel: {{source: tiny:test}}\n"
-                        "data: {chatml: [examples/chatml/*.jsonl]}\n")
+    cfg_file.write_text(
+        f"name: nothing\noutput_dir: {tmp_path}/{{name}}\nmodel: {{source: tiny:test}}\n"
+        "data: {chatml: [examples/chatml/*.jsonl]}\n"
+    )
     res = run_cli("export", str(cfg_file))
     assert res.returncode == 2 and "Traceback" not in res.stderr and "bbjtune train" in res.stderr
     assert not (tmp_path / "nothing" / "export").exists()
@@ -169,14 +193,17 @@ def test_the_modelfile_keeps_its_quant_when_it_passed_verification(exported):
     assert ollama_quant("q4_k_m", report, sizes) == "q4_k_m"
 
 
-def test_a_q4_k_m_that_fails_verification_leaves_ollama_and_serve_on_q8_0(tiny_model_dir, tmp_path, monkeypatch):
+def test_a_q4_k_m_that_fails_verification_leaves_ollama_and_serve_on_q8_0(
+    tiny_model_dir, tmp_path, monkeypatch
+):
     # A real failure: the q4_k_m file is verified against a tolerance no 4-bit file can meet.
     from bbjtune.export import verify
     from bbjtune.export.stage import run_stage
     from bbjtune.serve.cli import modelfile_quant
 
-    monkeypatch.setitem(verify.TOLERANCES, "q4_k_m",
-                        verify.Tolerance(**{**vars(verify.TOLERANCES["q4_k_m"]), "top1": 1.01}))
+    monkeypatch.setitem(
+        verify.TOLERANCES, "q4_k_m", verify.Tolerance(**{**vars(verify.TOLERANCES["q4_k_m"]), "top1": 1.01})
+    )
     cfg = _config(tmp_path, "export.gguf=[q8_0,q4_k_m]")
     adapter = make_adapter(tiny_model_dir, cfg.train_dir / "sft" / "adapter", seed=7)
     make_trained_run(cfg.train_dir, str(tiny_model_dir), adapter, tiny_model_dir, stages=("sft",))
@@ -185,8 +212,8 @@ def test_a_q4_k_m_that_fails_verification_leaves_ollama_and_serve_on_q8_0(tiny_m
     assert "q8_0 passed" in err.value.hint
     out = cfg.export_dir
     assert parse_modelfile((out / "Modelfile").read_text())["from"] == "./quickstart.q8_0.gguf"
-    assert (out / "quickstart.q4_k_m.gguf").exists()                 # kept for inspection
-    assert modelfile_quant(cfg) == "q8_0"                             # `serve gguf` serves the same file
+    assert (out / "quickstart.q4_k_m.gguf").exists()  # kept for inspection
+    assert modelfile_quant(cfg) == "q8_0"  # `serve gguf` serves the same file
 
 
 def test_the_modelfile_falls_back_to_the_smallest_file_that_passed(exported):
@@ -200,5 +227,5 @@ def test_the_modelfile_falls_back_to_the_smallest_file_that_passed(exported):
     assert ollama_quant("q4_k_m", report, sizes) == "q8_0"
     for r in report["results"].values():
         r["ok"] = False
-    assert ollama_quant("q4_k_m", report, sizes) == "q4_k_m"   # nothing passed: keep the configured file
-    assert ollama_quant("q4_k_m", None, sizes) == "q4_k_m"     # verification off
+    assert ollama_quant("q4_k_m", report, sizes) == "q4_k_m"  # nothing passed: keep the configured file
+    assert ollama_quant("q4_k_m", None, sizes) == "q4_k_m"  # verification off

@@ -70,12 +70,19 @@ def test_model_directories_and_their_files_are_readable_by_others(tmp_path, tiny
     try:
         built = build_tiny("tiny:test@3", cache_dir=tmp_path / "cache")
         adapter = tmp_path / "adapter"
-        peft_model = get_peft_model(load_model(str(tiny_model_dir), dtype="float32"),
-                                    LoraConfig(r=2, target_modules=["q_proj"]))
+        peft_model = get_peft_model(
+            load_model(str(tiny_model_dir), dtype="float32"), LoraConfig(r=2, target_modules=["q_proj"])
+        )
         peft_model.save_pretrained(adapter)
         load_tokenizer(str(tiny_model_dir)).save_pretrained(adapter)
-        merged = merge_adapters(str(tiny_model_dir), [adapter], tmp_path / "export" / "merged",
-                                tokenizer_source=str(adapter), chat=False, dtype="float32")
+        merged = merge_adapters(
+            str(tiny_model_dir),
+            [adapter],
+            tmp_path / "export" / "merged",
+            tokenizer_source=str(adapter),
+            chat=False,
+            dtype="float32",
+        )
     finally:
         os.umask(old)
     for directory in (built, merged):

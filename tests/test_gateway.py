@@ -31,8 +31,12 @@ def gateway(tmp_path):
         up_url = up_ctx.__enter__()
         stack.append(up_ctx)
         store = ExchangeLog(tmp_path / "log.sqlite") if log else None
-        app = create_app(GatewaySettings(upstream=f"{up_url}/v1", compiler="builtin", **settings), store,
-                         token=token, allowed_hosts=allowed_hosts)
+        app = create_app(
+            GatewaySettings(upstream=f"{up_url}/v1", compiler="builtin", **settings),
+            store,
+            token=token,
+            allowed_hosts=allowed_hosts,
+        )
         gw_ctx = serving(app)
         url = gw_ctx.__enter__()
         stack.append(gw_ctx)
@@ -70,7 +74,7 @@ def test_when_nothing_passes_the_answer_with_fewest_errors_comes_back_with_diagn
     extra = reply.model_extra["bbjtune"]
     assert reply.choices[0].message.content == BAD_BBJ
     assert extra["verdict"] == "fail" and extra["attempts"] == 2
-    assert extra["diagnostics"][0]["line"] == 2 and "line 2" in extra["reason"]   # lines of the code block
+    assert extra["diagnostics"][0]["line"] == 2 and "line 2" in extra["reason"]  # lines of the code block
 
 
 def test_answers_without_bbj_are_not_retried(gateway):
@@ -85,7 +89,7 @@ def test_streaming_passes_tokens_through_and_ends_with_the_verdict(gateway):
     chunks = list(client(url).chat.completions.create(model="m", messages=ASK, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == BAD_BBJ
-    assert len(chunks) > 5   # passed on piece by piece, not collected first
+    assert len(chunks) > 5  # passed on piece by piece, not collected first
     extra = chunks[-1].model_extra["bbjtune"]
     assert extra["verdict"] == "fail" and extra["attempts"] == 1
     assert upstream.requests[0]["stream"] is True
@@ -116,14 +120,17 @@ def test_fim_completion_is_checked_within_its_file(gateway):
     prompt = "<|fim_prefix|>x=(\na=1\nb=2\n<|fim_suffix|>\nprint c\nend\n<|fim_middle|>"
     url, _upstream, log = gateway(["c=(a+b", "c=a+b"], best_of=2, diagnostics="comment")
     reply = client(url).completions.create(model="m", prompt=prompt, max_tokens=16)
-    assert reply.choices[0].text == "c=a+b"   # no comment in text an editor inserts into code
+    assert reply.choices[0].text == "c=a+b"  # no comment in text an editor inserts into code
     extra = reply.model_extra["bbjtune"]
     assert extra["verdict"] == "pass" and extra["attempts"] == 2
     assert "adds 1 error" in log.get(extra["id"])["rejected"][0]["reason"]
     # the same with prompt + suffix fields, streamed
     url2, _, _ = gateway(["c=(a+b"])
-    chunks = list(client(url2).completions.create(model="m", prompt="a=1\nb=2\n", suffix="\nprint c\nend\n",
-                                                  stream=True, max_tokens=16))
+    chunks = list(
+        client(url2).completions.create(
+            model="m", prompt="a=1\nb=2\n", suffix="\nprint c\nend\n", stream=True, max_tokens=16
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == "c=(a+b"
     assert chunks[-1].model_extra["bbjtune"]["verdict"] == "fail"
 
@@ -135,14 +142,14 @@ def test_rating_endpoint_stores_rating_and_correction(gateway):
     assert res.status_code == 200 and res.json() == {"id": ex_id, "rating": -1, "corrected": True}
     assert httpx.post(f"{url}/v1/feedback", json={"id": ex_id, "rating": "up"}).json()["rating"] == 1
     row = log.get(ex_id)
-    assert row["rating"] == 1 and row["correction"] == GOOD_BBJ   # a later rating keeps the correction
+    assert row["rating"] == 1 and row["correction"] == GOOD_BBJ  # a later rating keeps the correction
     assert httpx.post(f"{url}/v1/feedback", json={"id": "ex-nope", "rating": "up"}).status_code == 404
     assert httpx.post(f"{url}/v1/feedback", json={"id": ex_id, "rating": "meh"}).status_code == 400
     assert httpx.post(f"{url}/v1/feedback", json={"id": ex_id}).status_code == 400
 
 
 def test_rating_page_shows_answers_escaped_and_needs_its_csrf_token(gateway):
-    url, _, log = gateway(["```bbj\nprint \"<script>x</script>\"\nend\n```"])
+    url, _, log = gateway(['```bbj\nprint "<script>x</script>"\nend\n```'])
     ex_id = client(url).chat.completions.create(model="m", messages=ASK).model_extra["bbjtune"]["id"]
     page = httpx.get(f"{url}/feedback")
     assert page.status_code == 200 and ex_id in page.text
@@ -150,7 +157,12 @@ def test_rating_page_shows_answers_escaped_and_needs_its_csrf_token(gateway):
     csrf = re.search(r"name='csrf' value='([^']+)'", page.text).group(1)
     form = {"csrf": csrf, "rating": "down", "correction": "print 1\r\nend\r\n"}
     assert httpx.post(f"{url}/feedback/{ex_id}", data={**form, "csrf": "forged"}).status_code == 403
-    assert httpx.post(f"{url}/feedback/{ex_id}", data=form, headers={"Origin": "http://evil.example"}).status_code == 403
+    assert (
+        httpx.post(
+            f"{url}/feedback/{ex_id}", data=form, headers={"Origin": "http://evil.example"}
+        ).status_code
+        == 403
+    )
     assert log.get(ex_id)["rating"] is None
     res = httpx.post(f"{url}/feedback/{ex_id}", data=form, headers={"Origin": url})
     assert res.status_code == 303
@@ -160,12 +172,19 @@ def test_rating_page_shows_answers_escaped_and_needs_its_csrf_token(gateway):
 
 def test_requests_browsers_could_forge_oversized_ones_and_n_are_refused(gateway):
     url, upstream, log = gateway([GOOD_BBJ], max_body_bytes=2000)
-    assert httpx.post(f"{url}/v1/chat/completions", content='{"messages": []}',
-                      headers={"Content-Type": "text/plain"}).status_code == 415
+    assert (
+        httpx.post(
+            f"{url}/v1/chat/completions", content='{"messages": []}', headers={"Content-Type": "text/plain"}
+        ).status_code
+        == 415
+    )
     big = {"model": "m", "messages": [{"role": "user", "content": "x" * 5000}]}
     res = httpx.post(f"{url}/v1/chat/completions", json=big)
     assert res.status_code == 413 and "2,000 bytes" in res.json()["error"]["message"]
-    assert httpx.post(f"{url}/v1/chat/completions", json={"model": "m", "messages": ASK, "n": 2}).status_code == 400
+    assert (
+        httpx.post(f"{url}/v1/chat/completions", json={"model": "m", "messages": ASK, "n": 2}).status_code
+        == 400
+    )
     assert httpx.post(f"{url}/v1/chat/completions", json={"model": "m"}).status_code == 400
     assert httpx.post(f"{url}/v1/completions", json={"model": "m", "prompt": ["a", "b"]}).status_code == 400
     assert upstream.requests == [] and log.recent() == []
@@ -185,7 +204,9 @@ def test_token_off_loopback_is_required_and_never_passed_upstream(gateway):
 
 
 def test_host_check_on_loopback_and_a_forced_model_name(gateway):
-    url, upstream, _ = gateway([GOOD_BBJ], allowed_hosts=frozenset({"127.0.0.1", "localhost"}), model="bbj:7b")
+    url, upstream, _ = gateway(
+        [GOOD_BBJ], allowed_hosts=frozenset({"127.0.0.1", "localhost"}), model="bbj:7b"
+    )
     assert httpx.get(f"{url}/v1/models", headers={"Host": "attacker.example"}).status_code == 400
     client(url).chat.completions.create(model="whatever-the-editor-says", messages=ASK)
     assert upstream.requests[0]["model"] == "bbj:7b"
@@ -213,7 +234,9 @@ def test_log_survives_a_restart_and_reads_back(tmp_path, gateway):
     assert [r["id"] for r in rows] == [ex_id] and rows[0]["request"]["messages"] == ASK
     (tmp_path / "junk.sqlite").write_text("not a database")
     res = run_cli("data", "feedback", str(tmp_path / "junk.sqlite"), "-o", str(tmp_path / "out"))
-    assert res.returncode == 2 and "not a gateway exchange log" in res.stderr and "Traceback" not in res.stderr
+    assert (
+        res.returncode == 2 and "not a gateway exchange log" in res.stderr and "Traceback" not in res.stderr
+    )
 
 
 def test_cli_refuses_bad_options_in_one_line():
@@ -229,9 +252,27 @@ def test_cli_off_loopback_prints_a_token_and_requires_it(tmp_path):
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "bbjtune", "serve", "gateway", "--host", "0.0.0.0", "--port", "0",
-                             "--no-log", "--upstream", "http://127.0.0.1:9/v1"], cwd=tmp_path, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bbjtune",
+            "serve",
+            "gateway",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--no-log",
+            "--upstream",
+            "http://127.0.0.1:9/v1",
+        ],
+        cwd=tmp_path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         port = token = None
         for line in proc.stdout:
@@ -246,7 +287,7 @@ def test_cli_off_loopback_prints_a_token_and_requires_it(tmp_path):
         assert httpx.get(url, timeout=10).status_code == 401
         res = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert res.status_code == 502 and "cannot be reached" in res.json()["error"]["message"]
-        assert list(tmp_path.iterdir()) == []   # --no-log: not even the default log file
+        assert list(tmp_path.iterdir()) == []  # --no-log: not even the default log file
     finally:
         proc.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status says why it stopped

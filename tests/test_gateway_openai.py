@@ -27,8 +27,14 @@ def _free_port() -> int:
 
 
 def _start(args: list[str], ready_url: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "bbjtune", *args], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bbjtune", *args],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     deadline = time.time() + 120
     while True:
         try:
@@ -49,12 +55,28 @@ def stack(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gateway")
     gguf = write_gguf(tiny_model_dir, tmp / "bbj-tiny.f16.gguf", "f16")
     up_port, gw_port = _free_port(), _free_port()
-    upstream = _start(["serve", "gguf", str(gguf), "--port", str(up_port), "--n-ctx", "512", "--threads", "1"],
-                      f"http://127.0.0.1:{up_port}/v1/models")
+    upstream = _start(
+        ["serve", "gguf", str(gguf), "--port", str(up_port), "--n-ctx", "512", "--threads", "1"],
+        f"http://127.0.0.1:{up_port}/v1/models",
+    )
     log = tmp / "exchanges.sqlite"
-    gateway = _start(["serve", "gateway", "--upstream", f"http://127.0.0.1:{up_port}/v1", "--port", str(gw_port),
-                      "--best-of", "2", "--compiler", "builtin", "--log", str(log)],
-                     f"http://127.0.0.1:{gw_port}/v1/models")
+    gateway = _start(
+        [
+            "serve",
+            "gateway",
+            "--upstream",
+            f"http://127.0.0.1:{up_port}/v1",
+            "--port",
+            str(gw_port),
+            "--best-of",
+            "2",
+            "--compiler",
+            "builtin",
+            "--log",
+            str(log),
+        ],
+        f"http://127.0.0.1:{gw_port}/v1/models",
+    )
     yield f"http://127.0.0.1:{gw_port}/v1", log
     for proc in (gateway, upstream):
         proc.send_signal(signal.SIGINT if proc is gateway else signal.SIGTERM)
@@ -78,7 +100,11 @@ def test_models_come_from_the_upstream(client):
 
 def test_chat_through_the_gateway(client, stack):
     raw = client.chat.completions.with_raw_response.create(
-        model="bbj-tiny", messages=[{"role": "user", "content": "Write a BBj loop"}], max_tokens=12, temperature=0)
+        model="bbj-tiny",
+        messages=[{"role": "user", "content": "Write a BBj loop"}],
+        max_tokens=12,
+        temperature=0,
+    )
     reply = raw.parse()
     extra = reply.model_extra["bbjtune"]
     assert raw.headers["x-bbjtune-exchange"] == extra["id"]
@@ -90,8 +116,15 @@ def test_chat_through_the_gateway(client, stack):
 
 
 def test_streaming_chat_through_the_gateway(client, stack):
-    chunks = list(client.chat.completions.create(model="bbj-tiny", max_tokens=12, temperature=0, stream=True,
-                                                 messages=[{"role": "user", "content": "Write a BBj loop"}]))
+    chunks = list(
+        client.chat.completions.create(
+            model="bbj-tiny",
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            messages=[{"role": "user", "content": "Write a BBj loop"}],
+        )
+    )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     extra = chunks[-1].model_extra["bbjtune"]
     _consistent(extra)
@@ -100,14 +133,18 @@ def test_streaming_chat_through_the_gateway(client, stack):
 
 
 def test_completion_and_rating_through_the_gateway(client, stack):
-    raw = client.completions.with_raw_response.create(model="bbj-tiny", prompt="rem print numbers\nfor i=1 to 3\n",
-                                                      max_tokens=8, temperature=0)
+    raw = client.completions.with_raw_response.create(
+        model="bbj-tiny", prompt="rem print numbers\nfor i=1 to 3\n", max_tokens=8, temperature=0
+    )
     reply = raw.parse()
     extra = reply.model_extra["bbjtune"]
     _consistent(extra)
     ex_id = raw.headers["x-bbjtune-exchange"]
-    rated = httpx.post(f"{stack[0]}/feedback", json={"id": ex_id, "rating": "down",
-                                                     "correction": "  print i\nnext i\n"}, timeout=10)
+    rated = httpx.post(
+        f"{stack[0]}/feedback",
+        json={"id": ex_id, "rating": "down", "correction": "  print i\nnext i\n"},
+        timeout=10,
+    )
     assert rated.status_code == 200 and rated.json()["rating"] == -1
     row = next(r for r in read_log(stack[1]) if r["id"] == ex_id)
     assert row["endpoint"] == "completion" and row["answer"] == reply.choices[0].text

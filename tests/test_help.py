@@ -29,9 +29,29 @@ VERBS = _verbs(typer.main.get_command(app))
 
 def test_the_tree_holds_every_verb():
     names = {" ".join(path) for path, _ in VERBS}
-    expected = {"run", "config", "config show", "config check", "config list", "inspect", "check", "train",
-                "data", "eval", "export", "review", "review start", "review keys", "review export",
-                "serve", "serve ollama", "serve vllm", "serve gguf", "serve gateway", "data feedback"}
+    expected = {
+        "run",
+        "config",
+        "config show",
+        "config check",
+        "config list",
+        "inspect",
+        "check",
+        "train",
+        "data",
+        "eval",
+        "export",
+        "review",
+        "review start",
+        "review keys",
+        "review export",
+        "serve",
+        "serve ollama",
+        "serve vllm",
+        "serve gguf",
+        "serve gateway",
+        "data feedback",
+    }
     assert expected <= names, expected - names
 
 

@@ -21,19 +21,26 @@ import bbjtune
 
 PACKAGE = Path(bbjtune.__file__).parent
 STAGES = ("data", "train", "evaluate", "export", "serve", "review")
-ABOVE_STAGES = ("cli", "pipeline", "__main__")   # the command line and `bbjtune run` call every stage
+ABOVE_STAGES = ("cli", "pipeline", "__main__")  # the command line and `bbjtune run` call every stage
 
 
 def _modules() -> list[tuple[str, Path]]:
-    return [(".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts), p) for p in sorted(PACKAGE.rglob("*.py"))]
+    return [
+        (".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts), p)
+        for p in sorted(PACKAGE.rglob("*.py"))
+    ]
 
 
 def _imports(path: Path, module: str) -> list[tuple[str, int, bool]]:
     """(imported bbjtune module, line, inside a function) for every import statement of a file."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    in_function = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                   for n in ast.walk(f)}
+    in_function = {
+        id(n)
+        for f in ast.walk(tree)
+        if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for n in ast.walk(f)
+    }
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
@@ -42,8 +49,11 @@ def _imports(path: Path, module: str) -> list[tuple[str, int, bool]]:
                 names = [".".join([*base, node.module] if node.module else base)]
             else:
                 names = [node.module or ""]
-            names = [f"{names[0]}.{a.name}" for a in node.names] if names[0] in ("bbjtune", *[
-                f"bbjtune.{s}" for s in STAGES]) else names
+            names = (
+                [f"{names[0]}.{a.name}" for a in node.names]
+                if names[0] in ("bbjtune", *[f"bbjtune.{s}" for s in STAGES])
+                else names
+            )
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         else:
@@ -68,14 +78,20 @@ def test_no_stage_imports_another_and_the_shared_layer_imports_no_stage():
             if theirs and theirs != mine:
                 where = f"the {mine} stage" if mine else "the shared layer"
                 wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {where} imports {target}")
-    assert not wrong, "move what two stages share below them (models/, artifacts.py, ...):\n" + "\n".join(wrong)
+    assert not wrong, "move what two stages share below them (models/, artifacts.py, ...):\n" + "\n".join(
+        wrong
+    )
 
 
 def test_imports_sit_at_the_top_except_where_the_command_line_defers_a_stage():
     """A function-level import hides cycles; the command line alone defers loading a stage (--help stays fast)."""
-    inside = [f"{path.relative_to(PACKAGE.parent)}:{line}: {target}"
-              for module, path in _modules() if path.name != "cli.py"
-              for target, line, in_function in _imports(path, module) if in_function]
+    inside = [
+        f"{path.relative_to(PACKAGE.parent)}:{line}: {target}"
+        for module, path in _modules()
+        if path.name != "cli.py"
+        for target, line, in_function in _imports(path, module)
+        if in_function
+    ]
     assert not inside, "import at the top of the module:\n" + "\n".join(inside)
 
 
@@ -95,7 +111,11 @@ def test_every_module_imports_on_its_own():
 
 @pytest.mark.parametrize("module", ["bbjtune.cli"])
 def test_the_command_line_loads_no_torch(module):
-    code = (f"import sys, {module}; "
-            "print(','.join(m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets') if m in sys.modules))")
+    code = (
+        f"import sys, {module}; "
+        "print(','.join(m for m in ('torch', 'transformers', 'peft', 'trl', 'datasets') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"`import {module}` loaded {out.stdout.strip()}: --help would take seconds"
+    assert out.stdout.strip() == "", (
+        f"`import {module}` loaded {out.stdout.strip()}: --help would take seconds"
+    )

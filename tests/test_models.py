@@ -9,25 +9,37 @@ import torch
 from bbjtune.errors import BbjtuneError
 from bbjtune.models import load_model, load_tokenizer, resolve_source
 from bbjtune.models.chat_template import (
-    CHATML_TEMPLATE, CHATML_TRAINING_TEMPLATE, IM_END, install_training_template, render_chatml,
+    CHATML_TEMPLATE,
+    CHATML_TRAINING_TEMPLATE,
+    IM_END,
+    install_training_template,
+    render_chatml,
 )
 from bbjtune.models.tiny import QWEN_FIM_TOKENS, QWEN_SPECIAL_TOKENS, build_tiny
 
 SAMPLES = [
-    "PRINT \"Größe: \", x$, @(0,2)\r\n0010 REM legacy\n",
+    'PRINT "Größe: ", x$, @(0,2)\r\n0010 REM legacy\n',
     "method public BBjString getName()\n    methodret #Name$\nmethodend\n",
     "def add(a, b):\n    return a + b\n\n\n",
     "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n```bbj\nx=1\n```<|im_end|>\n<|endoftext|>",
     "<|fim_prefix|>a = 1<|fim_suffix|>print a<|fim_middle|>",
-    "  tabs\tand   spaces \u00e9\u00e8 emoji \U0001F600 $0D0A$ 'CS'",
+    "  tabs\tand   spaces \u00e9\u00e8 emoji \U0001f600 $0D0A$ 'CS'",
 ]
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Write a BBj loop"}],
-    [{"role": "system", "content": "You are a BBj expert."}, {"role": "user", "content": "hi"},
-     {"role": "assistant", "content": "```bbj\nprint \"hi\"\n```"}],
-    [{"role": "system", "content": "S"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-     {"role": "user", "content": "c"}, {"role": "assistant", "content": "d\n\n"}],
+    [
+        {"role": "system", "content": "You are a BBj expert."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": '```bbj\nprint "hi"\n```'},
+    ],
+    [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "d\n\n"},
+    ],
     [{"role": "user", "content": ""}, {"role": "assistant", "content": "{{ not jinja }} {% raw %}"}],
 ]
 
@@ -70,9 +82,11 @@ def test_tokenizer_round_trip_same_ids(tiny_model_dir, tmp_path):
 
     original = load_tokenizer(str(tiny_model_dir))
     original.save_pretrained(tmp_path / "saved")
-    for reloaded in (AutoTokenizer.from_pretrained(tmp_path / "saved"),
-                     PreTrainedTokenizerFast.from_pretrained(tmp_path / "saved"),
-                     AutoTokenizer.from_pretrained(tiny_model_dir)):
+    for reloaded in (
+        AutoTokenizer.from_pretrained(tmp_path / "saved"),
+        PreTrainedTokenizerFast.from_pretrained(tmp_path / "saved"),
+        AutoTokenizer.from_pretrained(tiny_model_dir),
+    ):
         for text in SAMPLES:
             ids = original(text)["input_ids"]
             assert reloaded(text)["input_ids"] == ids
@@ -97,17 +111,30 @@ def test_model_round_trip_same_logits(tiny_model_dir, tmp_path):
 def test_chat_template_renders_exactly_like_chatml(tiny_model_dir, conversation, generation_prompt):
     tok = load_tokenizer(str(tiny_model_dir))
     expected = render_chatml(conversation, add_generation_prompt=generation_prompt)
-    assert tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=generation_prompt) == expected
+    assert (
+        tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=generation_prompt)
+        == expected
+    )
     tok.chat_template = CHATML_TEMPLATE
-    assert tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=generation_prompt) == expected
+    assert (
+        tok.apply_chat_template(conversation, tokenize=False, add_generation_prompt=generation_prompt)
+        == expected
+    )
 
 
 def test_tool_conversations_render_like_chatml(tiny_model_dir):
     tok = load_tokenizer(str(tiny_model_dir))
     tools = [{"type": "function", "function": {"name": "compile", "parameters": {"type": "object"}}}]
-    conv = [{"role": "user", "content": "check it"},
-            {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "compile", "arguments": {"f": "a.bbj"}}}]},
-            {"role": "tool", "content": "ok"}, {"role": "tool", "content": "done"}]
+    conv = [
+        {"role": "user", "content": "check it"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "compile", "arguments": {"f": "a.bbj"}}}],
+        },
+        {"role": "tool", "content": "ok"},
+        {"role": "tool", "content": "done"},
+    ]
     text = tok.apply_chat_template(conv, tools=tools, tokenize=False, add_generation_prompt=True)
     assert text == render_chatml(conv, add_generation_prompt=True, tools=tools)
 
@@ -154,6 +181,7 @@ def test_unreachable_hub_fails_fast_with_hint(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     import bbjtune.models.loading as loading
+
     monkeypatch.setattr(loading, "HUB_HOST", "hub.invalid")  # a name that never resolves
     t0 = time.perf_counter()
     with pytest.raises(BbjtuneError) as info:
@@ -170,7 +198,7 @@ def test_checkpoint_saved_from_a_gguf_reloads_and_saves_again(tiny_model_dir, tm
     model.save_pretrained(tmp_path / "from-gguf")
     cfg_path = tmp_path / "from-gguf" / "config.json"
     cfg = _json.loads(cfg_path.read_text())
-    cfg["quantization_config"] = {"quant_method": "gguf"}   # what transformers writes for a GGUF-loaded model
+    cfg["quantization_config"] = {"quant_method": "gguf"}  # what transformers writes for a GGUF-loaded model
     cfg_path.write_text(_json.dumps(cfg))
     again = load_model(str(tmp_path / "from-gguf"), dtype="float32")
     assert getattr(again.config, "quantization_config", None) is None and again.hf_quantizer is None

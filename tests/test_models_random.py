@@ -14,15 +14,28 @@ from bbjtune.models.loading import load_model, load_tokenizer, resolve_source
 
 def small_config(**over):
     cfg = rw.published_config("qwen2.5-coder-0.5b")
-    cfg.update(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-               num_key_value_heads=2, vocab_size=4096, **over)
+    cfg.update(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=4096,
+        **over,
+    )
     return cfg
 
 
 def test_published_parameter_counts_match_the_model_cards():
     # Qwen's model cards: 0.49B, 1.54B, 3.09B, 7.61B, 14.7B, 32.5B parameters.
-    expected = {"qwen2.5-coder-0.5b": 0.49e9, "qwen2.5-coder-1.5b": 1.54e9, "qwen2.5-coder-3b": 3.09e9,
-                "qwen2.5-coder-7b": 7.61e9, "qwen2.5-coder-14b": 14.7e9, "qwen2.5-coder-32b": 32.5e9}
+    expected = {
+        "qwen2.5-coder-0.5b": 0.49e9,
+        "qwen2.5-coder-1.5b": 1.54e9,
+        "qwen2.5-coder-3b": 3.09e9,
+        "qwen2.5-coder-7b": 7.61e9,
+        "qwen2.5-coder-14b": 14.7e9,
+        "qwen2.5-coder-32b": 32.5e9,
+    }
     for name, n in expected.items():
         got = rw.parameter_count(rw.published_config(name))
         assert abs(got - n) / n < 0.01, (name, got)
@@ -33,7 +46,9 @@ def test_parameter_count_equals_the_transformers_model():
 
     for tied in (True, False):
         cfg = small_config(tie_word_embeddings=tied)
-        model = AutoModelForCausalLM.from_config(Qwen2Config(**{k: v for k, v in cfg.items() if k != "model_type"}))
+        model = AutoModelForCausalLM.from_config(
+            Qwen2Config(**{k: v for k, v in cfg.items() if k != "model_type"})
+        )
         assert sum(p.numel() for p in model.parameters()) == rw.parameter_count(cfg)
 
 
@@ -46,6 +61,7 @@ def test_sharded_checkpoint_loads_with_from_pretrained(tmp_path):
     assert files[0] == f"model-00001-of-{len(files):05d}.safetensors"
     assert written == rw.parameter_count(cfg) * 2 == index["metadata"]["total_size"]
     from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
     weights = dict(model.named_parameters())
     assert torch.all(weights["model.norm.weight"] == 1)
@@ -61,6 +77,7 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
         rw.write_random_checkpoint(cfg, tmp_path / name, seed=seed, progress=False)
     from safetensors.torch import load_file
+
     a, b, c = (load_file(tmp_path / n / "model-00001-of-00001.safetensors") for n in "abc")
     key = "model.layers.0.mlp.down_proj.weight"
     assert torch.equal(a[key], b[key]) and not torch.equal(a[key], c[key])
@@ -82,6 +99,7 @@ def test_refuses_before_writing_when_the_disk_is_too_small(monkeypatch, tmp_path
     monkeypatch.setenv("BBJTUNE_TOKENIZER_SOURCE", "tiny:test")
     monkeypatch.setenv("BBJTUNE_CACHE_DIR", str(tmp_path))
     import shutil
+
     real = shutil.disk_usage
     monkeypatch.setattr(rw.shutil, "disk_usage", lambda p: real(p)._replace(free=10 * 2**30))
     with pytest.raises(BbjtuneError, match=r"need 6\d\.\d GiB .* 10\.0 GiB free"):
@@ -96,10 +114,13 @@ def test_random_source_is_a_real_checkpoint_every_verb_can_load(monkeypatch, tmp
     monkeypatch.setenv("BBJTUNE_CACHE_DIR", str(tmp_path))
     src = resolve_source("random:qwen2.5-coder-0.5b-instruct")
     assert src.kind == "local" and (src.path / "config.json").exists()
-    assert resolve_source("random:qwen2.5-coder-0.5b-instruct").path == src.path   # cached
+    assert resolve_source("random:qwen2.5-coder-0.5b-instruct").path == src.path  # cached
     model = load_model(src, dtype="bfloat16")
-    assert sum(p.numel() for p in model.parameters()) == rw.parameter_count(
-        rw.published_config("qwen2.5-coder-0.5b")) == 494_032_768
+    assert (
+        sum(p.numel() for p in model.parameters())
+        == rw.parameter_count(rw.published_config("qwen2.5-coder-0.5b"))
+        == 494_032_768
+    )
     assert model.generation_config.eos_token_id == 151645
     tok = load_tokenizer(src)
     ids = tok("print 1", return_tensors="pt").input_ids

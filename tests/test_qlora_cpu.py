@@ -8,7 +8,9 @@ import torch
 from bbjtune.config import QuantizationConfig
 from bbjtune.models import load_model
 
-bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed (pip install 'bbjtune[qlora-cpu]')")
+bnb = pytest.importorskip(
+    "bitsandbytes", reason="bitsandbytes is not installed (pip install 'bbjtune[qlora-cpu]')"
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +24,15 @@ def block_aligned_model(tmp_path_factory):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    config = Qwen2Config(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     out = tmp_path_factory.mktemp("aligned")
     Qwen2ForCausalLM(config).save_pretrained(out)
     return out
@@ -34,7 +43,9 @@ def _lora_model(path):
 
     model = load_model(str(path), dtype="float32", quantization=QuantizationConfig())
     torch.manual_seed(1)  # init_lora_weights=False: both LoRA matrices random, so every one gets a gradient
-    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    return get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    )
 
 
 def _gradients(model, ids):
@@ -54,8 +65,9 @@ def test_training_after_an_evaluation_pass_matches_training_without_one(block_al
     with torch.no_grad():  # what the trainer's evaluation pass and the stop check do
         evaluated(input_ids=ids)
     layers = [m for m in evaluated.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers), \
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers), (
         "a 4-bit layer was rewritten into bitsandbytes' inference-only CPU layout"
+    )
     after_eval = _gradients(evaluated, ids)
 
     assert fresh.keys() == after_eval.keys() and len(fresh) == 2 * 7 * 2  # A and B of 7 linears x 2 layers
@@ -71,9 +83,11 @@ def test_a_config_without_a_train_section_trains_qlora_on_cpu(tmp_path, tiny_mod
 
     data = write_data(tmp_path / "data", n_train=8, n_heldout=2)
     config = tmp_path / "minimal.yaml"
-    config.write_text(f"name: minimal\noutput_dir: {tmp_path / 'run'}\n"
-                      f"model:\n  source: {tiny_model_dir}\n  kind: instruct\n"
-                      f"data:\n  chatml: [unused.jsonl]\n  output_dir: {data}\n")
+    config.write_text(
+        f"name: minimal\noutput_dir: {tmp_path / 'run'}\n"
+        f"model:\n  source: {tiny_model_dir}\n  kind: instruct\n"
+        f"data:\n  chatml: [unused.jsonl]\n  output_dir: {data}\n"
+    )
     # one optimizer step (8 x 4 sequences) keeps it short; the evaluation passes before and after it remain
     proc = run_cli("train", str(config), "--set", "train.sft.max_steps=1")
     assert proc.returncode == 0, proc.stderr[-3000:]

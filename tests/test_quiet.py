@@ -17,8 +17,9 @@ NOISE = ("bitsandbytes", "gemm_4bit", "Loading weights", "Writing model shards")
 
 
 def test_only_quantizing_or_8bit_runs_need_bitsandbytes():
-    assert needs_bitsandbytes(validate_config({"name": "x", "model": {"source": "tiny:test"},
-                                               "data": {"chatml": ["x.jsonl"]}}))  # QLoRA is the default
+    assert needs_bitsandbytes(
+        validate_config({"name": "x", "model": {"source": "tiny:test"}, "data": {"chatml": ["x.jsonl"]}})
+    )  # QLoRA is the default
     assert not needs_bitsandbytes(load_config("quickstart"))  # float32, adamw_torch
     assert needs_bitsandbytes(load_config("quickstart", ["train.optim=adamw_8bit"]))
 
@@ -30,8 +31,14 @@ def test_float32_training_prints_no_bitsandbytes_line_and_never_imports_it(tmp_p
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     # -X importtime lists every module the process imports, on stderr, one "import time:" line each
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "bbjtune", "train", str(config)],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "bbjtune", "train", str(config)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     lines = (proc.stdout + proc.stderr).splitlines()
     printed = [line for line in lines if not line.startswith("import time:")]
     assert proc.returncode == 0, "\n".join(printed[-30:])
@@ -45,10 +52,14 @@ def test_float32_training_prints_no_bitsandbytes_line_and_never_imports_it(tmp_p
 
 def test_a_quantizing_run_still_loads_bitsandbytes():
     pytest.importorskip("bitsandbytes")
-    code = ("import sys\nfrom bbjtune.quiet import allow_bitsandbytes, leave_bitsandbytes_unloaded\n"
-            "leave_bitsandbytes_unloaded()\nimport importlib.util\nassert importlib.util.find_spec('bitsandbytes') is None\n"
-            "allow_bitsandbytes()\nimport peft\nprint('bitsandbytes' in sys.modules and sys.modules['bitsandbytes'] is not None)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    code = (
+        "import sys\nfrom bbjtune.quiet import allow_bitsandbytes, leave_bitsandbytes_unloaded\n"
+        "leave_bitsandbytes_unloaded()\nimport importlib.util\nassert importlib.util.find_spec('bitsandbytes') is None\n"
+        "allow_bitsandbytes()\nimport peft\nprint('bitsandbytes' in sys.modules and sys.modules['bitsandbytes'] is not None)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "True"
     assert "gemm_4bit_forward" not in proc.stderr  # the kernel notice of AVX-512 BF16 CPUs is dropped

@@ -46,16 +46,21 @@ def review(tmp_path):
 
 def _client(review, **options) -> TestClient:
     # raise_server_exceptions=False: a crash must show as the 500 a browser would get
-    return TestClient(create_app(review.store, review.dir, **options), base_url=ORIGIN,
-                      raise_server_exceptions=False)
+    return TestClient(
+        create_app(review.store, review.dir, **options), base_url=ORIGIN, raise_server_exceptions=False
+    )
 
 
 # ----------------------------------------------------------------------------- request size
 
+
 def test_a_body_over_the_cap_is_refused_without_a_session(review):
     client = _client(review)
-    big = client.post("/login", content=b"name=" + b"x" * (MAX_BODY_BYTES + 1),
-                      headers={"content-type": "application/x-www-form-urlencoded"})
+    big = client.post(
+        "/login",
+        content=b"name=" + b"x" * (MAX_BODY_BYTES + 1),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert big.status_code == 413
     fine = _login(client, "Ann")
     assert fine.status_code == 200 and "/item/" in str(fine.url)
@@ -97,9 +102,22 @@ def _start_as(user: str, tmp: Path, *args: str):
     shutil.chown(tmp, "nobody", "nogroup")
     for path in tmp.rglob("*"):
         shutil.chown(path, "nobody", "nogroup")
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), "PYTHONUNBUFFERED": "1", "COLUMNS": "200",
-           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), *site.getsitepackages()])}
-    launcher = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", _system_python(), "-m", "bbjtune"]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp),
+        "PYTHONUNBUFFERED": "1",
+        "COLUMNS": "200",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), *site.getsitepackages()]),
+    }
+    launcher = [
+        "setpriv",
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        _system_python(),
+        "-m",
+        "bbjtune",
+    ]
     return start_server(*args, cwd=tmp, launcher=launcher, env=env)
 
 
@@ -117,13 +135,17 @@ def test_the_real_server_refuses_huge_bodies_before_reading_them(user_tmp):
     try:
         port = int(printed["url"].rsplit(":", 1)[1].split("/")[0])
         # 858 MiB announced, no session, no CSRF token: refused from the header alone
-        head = (b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-                b"Content-Length: 899678208\r\n\r\n")
+        head = (
+            b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 899678208\r\n\r\n"
+        )
         answer, seconds = _send_raw(port, head, [b"name=" + b"x" * 1000])
         assert answer.startswith(b"HTTP/1.1 413") and seconds < 5, answer
         # no length announced: streamed in chunks, refused once 64 KiB have arrived
-        head = (b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n")
+        head = (
+            b"POST /login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         chunk = b"%x\r\n%s\r\n" % (16384, b"x" * 16384)
         answer, seconds = _send_raw(port, head, [chunk] * 64)
         assert answer.startswith(b"HTTP/1.1 413"), answer
@@ -134,10 +156,11 @@ def test_the_real_server_refuses_huge_bodies_before_reading_them(user_tmp):
 
 # ----------------------------------------------------------------------------- no 500s
 
+
 def test_item_ids_beyond_sqlite_integers_are_not_found(review):
     client = _client(review)
     page = _login(client)
-    for big in (2 ** 63, 2 ** 64 + 5, 10 ** 40):
+    for big in (2**63, 2**64 + 5, 10**40):
         assert client.get(f"/item/{big}").status_code == 404
         assert _rate(client, big, _csrf(page.text)).status_code == 404
 
@@ -154,11 +177,16 @@ def test_a_non_ascii_session_cookie_gets_a_fresh_session(review):
         client = _client(review)
         response = client.get("/", headers={"cookie": f"{SESSION_COOKIE}={cookie}".encode()})
         assert response.status_code == 200 and 'name="name"' in response.text, cookie
-        assert client.get("/next", headers={"cookie": f"{SESSION_COOKIE}={cookie}".encode()},
-                          follow_redirects=False).status_code == 303
+        assert (
+            client.get(
+                "/next", headers={"cookie": f"{SESSION_COOKIE}={cookie}".encode()}, follow_redirects=False
+            ).status_code
+            == 303
+        )
 
 
 # ----------------------------------------------------------------------------- who is who
+
 
 def test_typing_someone_elses_name_does_not_log_in_as_them(review):
     carol = _client(review)
@@ -183,8 +211,10 @@ def test_reviewers_from_before_keys_get_one_at_their_next_login(tmp_path, review
     shutil.copy(review.store.path, old)
     with sqlite3.connect(old) as db:  # the reviewers table as it was before keys
         db.execute("DROP TABLE reviewers")
-        db.execute("CREATE TABLE reviewers (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE, "
-                   "created TEXT NOT NULL)")
+        db.execute(
+            "CREATE TABLE reviewers (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE, "
+            "created TEXT NOT NULL)"
+        )
         db.execute("INSERT INTO reviewers (name, created) VALUES ('Dora', '2026-01-01')")
     store = ReviewStore(old)
     dora, new = store.login("dora")
@@ -194,6 +224,7 @@ def test_reviewers_from_before_keys_get_one_at_their_next_login(tmp_path, review
 
 
 # ----------------------------------------------------------------------------- the token
+
 
 def test_the_access_cookie_never_holds_the_token(review):
     token = "t0ken-for-tests-0123456789"
@@ -211,8 +242,26 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
     if not shutil.which("openssl"):
         pytest.skip("openssl is needed to make a test certificate")
     cert, key = tmp / "cert.pem", tmp / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -220,8 +269,19 @@ def test_tls_serves_https_with_secure_cookies_and_a_loopback_token_on_request(us
     user, tmp = user_tmp
     base, tuned = write_eval_runs(tmp)
     cert, key = _self_signed(tmp)
-    proc, printed = _start_as(user, tmp, str(base), str(tuned), "--port", "0", "--tls-cert", str(cert),
-                              "--tls-key", str(key), "--require-token")
+    proc, printed = _start_as(
+        user,
+        tmp,
+        str(base),
+        str(tuned),
+        "--port",
+        "0",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        "--require-token",
+    )
     try:
         assert printed["url"].startswith("https://127.0.0.1:") and printed["token"]
         context = ssl.create_default_context(cafile=str(cert))
@@ -238,11 +298,21 @@ def test_tls_serves_https_with_secure_cookies_and_a_loopback_token_on_request(us
 
 def test_tls_options_are_checked(tmp_path):
     base, tuned = write_eval_runs(tmp_path)
-    for extra, said in ((["--tls-cert", str(tmp_path / "missing.pem")], "--tls-cert and --tls-key go together"),
-                        (["--tls-cert", str(base / "generations.jsonl"), "--tls-key", str(base / "generations.jsonl")],
-                         "cannot use")):
-        out = subprocess.run([sys.executable, "-m", "bbjtune", "review", str(base), str(tuned), "--port", "0", *extra],
-                             capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=False)
+    for extra, said in (
+        (["--tls-cert", str(tmp_path / "missing.pem")], "--tls-cert and --tls-key go together"),
+        (
+            ["--tls-cert", str(base / "generations.jsonl"), "--tls-key", str(base / "generations.jsonl")],
+            "cannot use",
+        ),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "bbjtune", "review", str(base), str(tuned), "--port", "0", *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO_ROOT,
+            check=False,
+        )
         assert out.returncode == 2 and "Traceback" not in out.stderr and said in out.stderr, out.stderr
 
 

@@ -64,19 +64,25 @@ def _progress(html: str) -> str:
 
 
 def _answer_html(html: str, side: str) -> str:
-    return re.search(rf'id="answer-{side}">.*?<div class="answer-body">(.*?)</div>\s*<fieldset', html, re.S).group(1)
+    return re.search(
+        rf'id="answer-{side}">.*?<div class="answer-body">(.*?)</div>\s*<fieldset', html, re.S
+    ).group(1)
 
 
 def _run_shown(html: str, side: str, stored) -> str:
     """Which run's answer the page shows on this side ("a" or "b"), found by its content."""
     shown = _answer_html(html, side)
-    matches = [run for run, answer in (("a", stored.item.a), ("b", stored.item.b))
-               if shown == str(render_answer(answer.output, answer.code).html)]
+    matches = [
+        run
+        for run, answer in (("a", stored.item.a), ("b", stored.item.b))
+        if shown == str(render_answer(answer.output, answer.code).html)
+    ]
     assert len(matches) == 1, "fixture answers must differ"
     return matches[0]
 
 
 # ----------------------------------------------------------------------------- the flow
+
 
 def test_login_rate_and_resume(review):
     client = _client(review)
@@ -117,8 +123,12 @@ def test_invalid_rating_is_refused_with_the_form_kept(review):
     data = {"csrf": _csrf(page.text), "comment": "</textarea><script>alert(2)</script>"}
     response = client.post(f"/item/{_item_id(page)}", data=data)
     assert response.status_code == 400 and "Choose which answer is better" in response.text
-    assert "&lt;/textarea&gt;&lt;script&gt;alert(2)" in response.text and "<script>alert(2)" not in response.text
-    data.update(prefer="left", **{f"left_{c}": "4" for c in CRITERIA}, **{f"right_{c}": "9" for c in CRITERIA})
+    assert (
+        "&lt;/textarea&gt;&lt;script&gt;alert(2)" in response.text and "<script>alert(2)" not in response.text
+    )
+    data.update(
+        prefer="left", **{f"left_{c}": "4" for c in CRITERIA}, **{f"right_{c}": "9" for c in CRITERIA}
+    )
     response = client.post(f"/item/{_item_id(page)}", data=data)
     assert response.status_code == 400 and "right answer (1 to 5)" in response.text
     assert review.store.rating_records() == []
@@ -141,6 +151,7 @@ def test_name_is_required(review):
 
 # ----------------------------------------------------------------------------- CSRF and cookies
 
+
 def test_posts_without_a_valid_csrf_token_are_refused(review):
     client = _client(review)
     page = _login(client)
@@ -153,11 +164,13 @@ def test_posts_without_a_valid_csrf_token_are_refused(review):
     assert client.post("/login", data={"name": "Mallory"}).status_code == 403
     assert client.post("/logout", data={}).status_code == 403
     # The right token from another site's page is refused too.
-    cross = client.post(f"/item/{item}", data={"csrf": good, "prefer": "left"},
-                        headers={"Origin": "http://evil.example"})
+    cross = client.post(
+        f"/item/{item}", data={"csrf": good, "prefer": "left"}, headers={"Origin": "http://evil.example"}
+    )
     assert cross.status_code == 403
-    cross = client.post(f"/item/{item}", data={"csrf": good, "prefer": "left"},
-                        headers={"Sec-Fetch-Site": "cross-site"})
+    cross = client.post(
+        f"/item/{item}", data={"csrf": good, "prefer": "left"}, headers={"Sec-Fetch-Site": "cross-site"}
+    )
     assert cross.status_code == 403
     # A browser without the session cookie cannot use someone else's token.
     stranger = _client(review)
@@ -174,8 +187,11 @@ def test_session_cookie_flags_and_forgery(review):
     _login(client)
     value = client.cookies["bbjtune_session"]
     session_id, reviewer, mac = value.split(".")
-    forged = TestClient(create_app(review.store, review.dir), base_url=ORIGIN,
-                        cookies={"bbjtune_session": f"{session_id}.{int(reviewer) + 1}.{mac}"})
+    forged = TestClient(
+        create_app(review.store, review.dir),
+        base_url=ORIGIN,
+        cookies={"bbjtune_session": f"{session_id}.{int(reviewer) + 1}.{mac}"},
+    )
     assert forged.get("/next", follow_redirects=False).headers["location"] == "/"
 
 
@@ -188,6 +204,7 @@ def test_security_headers(review):
 
 
 # ----------------------------------------------------------------------------- access token and host
+
 
 def test_access_token_is_required_on_every_request(review):
     token = "t0ken-for-tests-0123456789"
@@ -214,9 +231,19 @@ def test_loopback_server_checks_the_host_header(review):
 
 # ----------------------------------------------------------------------------- blinding
 
+
 def test_the_page_never_says_which_model_is_which(review):
-    secrets_of_the_runs = [BASE_LABEL, TUNED_LABEL, str(review.base), str(review.tuned), "1.2345", "9.8765",
-                           "eval/base", "eval/tuned", "empty output"]
+    secrets_of_the_runs = [
+        BASE_LABEL,
+        TUNED_LABEL,
+        str(review.base),
+        str(review.tuned),
+        "1.2345",
+        "9.8765",
+        "eval/base",
+        "eval/tuned",
+        "empty output",
+    ]
     field_names = set()
     for name in ("Ann", "Bob"):
         client = _client(review)
@@ -231,9 +258,17 @@ def test_the_page_never_says_which_model_is_which(review):
                 assert secret not in blob, (secret, str(response.url))
             if "html" in response.headers.get("content-type", ""):
                 field_names |= set(re.findall(r'name="([^"]+)"', response.text))
-            assert not re.search(r'\b(run|model)[-_]?[ab]\b', blob, re.I)
-    assert field_names == {"csrf", "name", "key", "prefer", "comment", "referrer", "viewport",
-                           *(f"{side}_{c}" for side in ("left", "right") for c in CRITERIA)}
+            assert not re.search(r"\b(run|model)[-_]?[ab]\b", blob, re.I)
+    assert field_names == {
+        "csrf",
+        "name",
+        "key",
+        "prefer",
+        "comment",
+        "referrer",
+        "viewport",
+        *(f"{side}_{c}" for side in ("left", "right") for c in CRITERIA),
+    }
 
 
 def test_sides_are_random_per_reviewer_and_stable_across_reloads(review):
@@ -256,8 +291,14 @@ def test_screen_choices_are_stored_in_model_terms(review):
     page = _login(client)
     stored = review.store.active_item(_item_id(page))
     base_side = "left" if _run_shown(page.text, "left", stored) == "a" else "right"
-    _rate(client, stored.id, _csrf(page.text), prefer=base_side,
-          left=5 if base_side == "left" else 1, right=5 if base_side == "right" else 1)
+    _rate(
+        client,
+        stored.id,
+        _csrf(page.text),
+        prefer=base_side,
+        left=5 if base_side == "left" else 1,
+        right=5 if base_side == "right" else 1,
+    )
     record = review.store.rating_records()[0]
     assert record["preferred"] == "a"
     assert all(record[f"a_{c}"] == 5 and record[f"b_{c}"] == 1 for c in CRITERIA)
@@ -275,12 +316,18 @@ def test_hostile_model_output_is_text(review):
 
 # ----------------------------------------------------------------------------- results
 
+
 def test_results_are_written_after_each_rating_and_exported(review):
     client = _client(review)
     page = _login(client)
     for k in range(3):
-        response = _rate(client, _item_id(page), _csrf(page.text), prefer=("left", "right", "tie")[k],
-                         comment="=HYPERLINK(\"http://x\")" if k == 0 else "")
+        response = _rate(
+            client,
+            _item_id(page),
+            _csrf(page.text),
+            prefer=("left", "right", "tie")[k],
+            comment='=HYPERLINK("http://x")' if k == 0 else "",
+        )
         page = client.get(response.headers["location"])
     summary = json.loads((review.dir / "results.json").read_text())
     assert summary["kind"] == "bbjtune-review" and summary["overall"]["n_ratings"] == 3
@@ -293,8 +340,14 @@ def test_results_are_written_after_each_rating_and_exported(review):
     assert summary["by_reviewer"]["Ann"]["n_ratings"] == 3
 
     # The hook for `bbjtune eval compare`: every path a caller is likely to hold finds it.
-    for path in (review.dir / "results.json", review.dir, review.base, review.tuned, review.root / "eval",
-                 review.tuned / "generations.jsonl"):
+    for path in (
+        review.dir / "results.json",
+        review.dir,
+        review.base,
+        review.tuned,
+        review.root / "eval",
+        review.tuned / "generations.jsonl",
+    ):
         assert load_review_summary(path)["overall"] == overall, path
     assert load_review_summary(review.root / "nothing-here") is None
 
@@ -304,8 +357,10 @@ def test_results_are_written_after_each_rating_and_exported(review):
     with open(files[1], newline="", encoding="utf-8") as fh:
         table = list(csv.DictReader(fh))
     assert len(table) == 3
-    assert [r["comment"] for r in table if r["comment"]] == ["'=HYPERLINK(\"http://x\")"]  # no spreadsheet formula
-    assert [r["comment"] for r in rows if r["comment"]] == ["=HYPERLINK(\"http://x\")"]  # JSONL keeps the text
+    assert [r["comment"] for r in table if r["comment"]] == [
+        '\'=HYPERLINK("http://x")'
+    ]  # no spreadsheet formula
+    assert [r["comment"] for r in rows if r["comment"]] == ['=HYPERLINK("http://x")']  # JSONL keeps the text
 
 
 def test_summary_that_is_not_json_is_a_clear_error(tmp_path):
@@ -330,7 +385,12 @@ def test_switching_reviewer(review):
     client = _client(review)
     page = _login(client, "Ann")
     _rate(client, _item_id(page), _csrf(page.text))
-    assert client.post("/logout", data={"csrf": _csrf(page.text)}, follow_redirects=False).headers["location"] == "/"
+    assert (
+        client.post("/logout", data={"csrf": _csrf(page.text)}, follow_redirects=False).headers["location"]
+        == "/"
+    )
     assert 'name="name"' in client.get("/").text
     bob = _login(client, "Bob")
-    assert _progress(bob.text) == "0 of 8 rated" and "Reviewing as <strong id=\"reviewer-name\">Bob<" in bob.text
+    assert (
+        _progress(bob.text) == "0 of 8 rated" and 'Reviewing as <strong id="reviewer-name">Bob<' in bob.text
+    )

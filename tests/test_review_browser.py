@@ -17,24 +17,40 @@ from review_fixtures import HOSTILE_MARK, PROMPTS, start_server, stop_server, wr
 
 from bbjtune.review.storage import ReviewStore
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _chromium() -> str:
-    for candidate in (os.environ.get("BBJTUNE_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
+    for candidate in (
+        os.environ.get("BBJTUNE_CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
-    pytest.skip("browser test skipped: Debian's chromium is not installed "
-                "(apt-get install -y chromium, or set BBJTUNE_CHROMIUM to a Chromium binary)")
+    pytest.skip(
+        "browser test skipped: Debian's chromium is not installed "
+        "(apt-get install -y chromium, or set BBJTUNE_CHROMIUM to a Chromium binary)"
+    )
 
 
 @pytest.fixture
 def browser_page():
     executable = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="browser test skipped: playwright is not installed "
-                                                                  "(pip install -e '.[test]')")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api",
+        reason="browser test skipped: playwright is not installed (pip install -e '.[test]')",
+    )
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
         try:
@@ -49,7 +65,9 @@ def assert_text(page, selector: str, text: str, contains: bool = False, timeout:
     page.wait_for_function(
         "([s, t, c]) => { const e = document.querySelector(s); "
         "return !!e && (c ? e.textContent.includes(t) : e.textContent === t); }",
-        arg=[selector, text, contains], timeout=timeout)
+        arg=[selector, text, contains],
+        timeout=timeout,
+    )
 
 
 def _rate_with_keyboard(page, scores: str, preference: str) -> None:
@@ -58,8 +76,9 @@ def _rate_with_keyboard(page, scores: str, preference: str) -> None:
         page.keyboard.press(key)
     page.keyboard.press(preference)
     page.keyboard.press("Enter")
-    page.wait_for_function("previous => document.querySelector('#progress-text').textContent !== previous",
-                           arg=before)
+    page.wait_for_function(
+        "previous => document.querySelector('#progress-text').textContent !== previous", arg=before
+    )
 
 
 def test_review_in_a_real_browser(tmp_path, browser_page):

@@ -43,12 +43,14 @@ def test_server_beyond_loopback_requires_the_printed_token(tmp_path):
 
 def test_loopback_server_needs_no_token_and_reports_problems(tmp_path):
     base, tuned = write_eval_runs(tmp_path)
-    proc, printed = start_server(str(base), str(tuned), "--port", "0", "--db", str(tmp_path / "r" / "x.sqlite"))
+    proc, printed = start_server(
+        str(base), str(tuned), "--port", "0", "--db", str(tmp_path / "r" / "x.sqlite")
+    )
     try:
         assert "token" not in printed and printed["url"].startswith("http://127.0.0.1:")
         assert httpx.get(printed["url"]).status_code == 200
         assert httpx.get(printed["url"], headers={"Host": "rebind.example"}).status_code == 400
-        with httpx.Client() as client:   # one kept-alive connection, as a browser uses
+        with httpx.Client() as client:  # one kept-alive connection, as a browser uses
             times = []
             for _ in range(9):
                 started = time.perf_counter()

@@ -43,18 +43,24 @@ def test_everything_is_escaped():
 
 def test_answer_split_into_prose_and_code():
     segments = split_answer("Intro text\n```bbj\nPRINT 1\n```\nMore\n~~~python\nprint(1)\n~~~\n")
-    assert [(s.kind, s.language) for s in segments] == [("prose", ""), ("code", "bbj"), ("prose", ""),
-                                                          ("code", "python")]
+    assert [(s.kind, s.language) for s in segments] == [
+        ("prose", ""),
+        ("code", "bbj"),
+        ("prose", ""),
+        ("code", "python"),
+    ]
     assert segments[1].text == "PRINT 1"
     unclosed = split_answer("Look:\n```\nPRINT 1\nPRINT 2")
     assert unclosed[-1].kind == "code" and unclosed[-1].text == "PRINT 1\nPRINT 2"
 
 
 def test_unfenced_answer_uses_the_extracted_code():
-    output = "Here is the program:\nPRINT \"hi\"\nEND\nThat prints hi."
-    segments = split_answer(output, code="PRINT \"hi\"\nEND")
+    output = 'Here is the program:\nPRINT "hi"\nEND\nThat prints hi.'
+    segments = split_answer(output, code='PRINT "hi"\nEND')
     assert [s.kind for s in segments] == ["prose", "code", "prose"]
-    assert split_answer("Just an explanation, no code.", code="") == split_answer("Just an explanation, no code.")
+    assert split_answer("Just an explanation, no code.", code="") == split_answer(
+        "Just an explanation, no code."
+    )
 
 
 def test_diagnostics_are_shown_on_their_line():
@@ -69,7 +75,7 @@ def test_diagnostics_are_shown_on_their_line():
 
 
 def test_clean_code_non_bbj_blocks_and_empty_answers():
-    clean = render_answer("```bbj\nPRINT \"Hello\"\nEND\n```")
+    clean = render_answer('```bbj\nPRINT "Hello"\nEND\n```')
     assert clean.checked and clean.errors == 0 and clean.warnings == 0 and "diag" not in str(clean.html)
     python = render_answer("```python\nprint('x' if a else \"y\")\n```")
     assert not python.checked and "tok-" not in str(python.html)

@@ -66,9 +66,11 @@ def test_no_ratings_gives_empty_result():
 
 
 def test_grouped_and_scores():
-    ratings = [_r(1, "b", category="gui", a_correctness=2, b_correctness=4),
-               _r(2, "a", category="gui", a_correctness=4, b_correctness=3),
-               _r(3, "b", category="sql", a_correctness=1, b_correctness=5)]
+    ratings = [
+        _r(1, "b", category="gui", a_correctness=2, b_correctness=4),
+        _r(2, "a", category="gui", a_correctness=4, b_correctness=3),
+        _r(3, "b", category="sql", a_correctness=1, b_correctness=5),
+    ]
     groups = stats.grouped_win_rates(ratings, lambda r: r["category"])
     assert list(groups) == ["gui", "sql"]
     assert groups["gui"]["win_rate"] == 0.5 and groups["sql"]["win_rate"] == 1.0
@@ -77,8 +79,13 @@ def test_grouped_and_scores():
 
 
 def test_position_bias_and_agreement():
-    ratings = [_r(1, "a", "ann", left="a"), _r(1, "a", "bob", left="b"), _r(2, "b", "ann", left="b"),
-               _r(2, "tie", "bob", left="a"), _r(3, "b", "ann", left="a")]
+    ratings = [
+        _r(1, "a", "ann", left="a"),
+        _r(1, "a", "bob", left="b"),
+        _r(2, "b", "ann", left="b"),
+        _r(2, "tie", "bob", left="a"),
+        _r(3, "b", "ann", left="a"),
+    ]
     bias = stats.position_bias(ratings)
     assert bias == {"decisive": 4, "left_chosen": 2, "left_rate": 0.5}
     agreement = stats.agreement(ratings)

@@ -20,7 +20,9 @@ from bbjtune.review.storage import CRITERIA, Rating, ReviewStore, normalize_revi
 
 def _rating(preferred="b", left="a", score=3, comment=""):
     scores = {c: score for c in CRITERIA}
-    return Rating(preferred=preferred, left_side=left, scores_a=dict(scores), scores_b=dict(scores), comment=comment)
+    return Rating(
+        preferred=preferred, left_side=left, scores_a=dict(scores), scores_b=dict(scores), comment=comment
+    )
 
 
 @pytest.fixture
@@ -36,6 +38,7 @@ def store(tmp_path, runs):
 
 
 # ----------------------------------------------------------------------------- pairing
+
 
 def test_pairing_by_suite_and_id_with_problems_reported(runs):
     review = pair_runs(*runs)
@@ -73,6 +76,7 @@ def test_same_labels_are_told_apart(tmp_path, runs):
 
 
 # ----------------------------------------------------------------------------- the database
+
 
 def test_database_is_wal_and_items_are_stored_with_content(store):
     db = sqlite3.connect(store.path)
@@ -125,8 +129,8 @@ def test_changed_answers_set_old_ratings_aside(tmp_path, runs, store):
         store.save_rating(ann, stored.id, _rating("a"))
     # Evaluate the tuned run again: the answer to "hello" changes.
     path = runs[1] / "generations.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{\"")]
-    rows[0]["output"] = "```bbj\nPRINT \"Hello again\"\n```"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.startswith('{"')]
+    rows[0]["output"] = '```bbj\nPRINT "Hello again"\n```'
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = store.sync_items(pair_runs(*runs))
     assert (report.items, report.new, report.changed, report.ratings_set_aside) == (len(PROMPTS), 1, 1, 1)
@@ -138,9 +142,14 @@ def test_changed_answers_set_old_ratings_aside(tmp_path, runs, store):
 def test_another_pair_of_runs_needs_another_database(tmp_path, runs, store):
     other = tmp_path / "x" / "eval" / "tuned2"
     other.mkdir(parents=True)
-    rows = [json.loads(line) for line in (runs[1] / "generations.jsonl").read_text().splitlines()
-            if line.startswith("{\"")]
-    (other / "generations.jsonl").write_text("".join(json.dumps({**r, "model": "tuned2"}) + "\n" for r in rows))
+    rows = [
+        json.loads(line)
+        for line in (runs[1] / "generations.jsonl").read_text().splitlines()
+        if line.startswith('{"')
+    ]
+    (other / "generations.jsonl").write_text(
+        "".join(json.dumps({**r, "model": "tuned2"}) + "\n" for r in rows)
+    )
     with pytest.raises(BbjtuneError, match="--db"):
         store.sync_items(pair_runs(runs[0], other))
 
@@ -167,8 +176,12 @@ def test_a_killed_writer_loses_at_most_the_rating_in_flight(tmp_path, store):
                               Rating("b", "a", dict(scores), dict(scores), comment=str(n)))
             print(n, flush=True)
     """)
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     confirmed = -1
     try:
         for line in child.stdout:

@@ -17,9 +17,17 @@ from conftest import REPO_ROOT, run_cli
 pytestmark = pytest.mark.slow  # trains the tiny model: `make test` runs it, `make test-fast` leaves it out
 
 INTERFACES = REPO_ROOT / "INTERFACES.md"
-SHORT = ["train.cpt.max_steps=3", "train.sft.max_steps=3", "train.sft.stop_check=1", "eval.limit=4",
-         "eval.max_new_tokens=48", "eval.humaneval.limit=2", "eval.humaneval.max_new_tokens=48",
-         "export.gguf=[f16,q8_0]", "export.ollama.quant=q8_0"]
+SHORT = [
+    "train.cpt.max_steps=3",
+    "train.sft.max_steps=3",
+    "train.sft.stop_check=1",
+    "eval.limit=4",
+    "eval.max_new_tokens=48",
+    "eval.humaneval.limit=2",
+    "eval.humaneval.max_new_tokens=48",
+    "export.gguf=[f16,q8_0]",
+    "export.ollama.quant=q8_0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +41,15 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 def test_every_stage_ran_and_finished(run_dir):
-    stages = {"data": "data", "cpt": "train-cpt", "sft": "train-sft", "eval/base": "eval", "eval/tuned": "eval",
-              "eval/compare": "eval-compare", "export": "export"}
+    stages = {
+        "data": "data",
+        "cpt": "train-cpt",
+        "sft": "train-sft",
+        "eval/base": "eval",
+        "eval/tuned": "eval",
+        "eval/compare": "eval-compare",
+        "export": "export",
+    }
     for directory, stage in stages.items():
         manifest = json.loads((run_dir / directory / "manifest.json").read_text())
         assert (manifest["stage"], manifest["status"]) == (stage, "complete"), directory
@@ -50,6 +65,7 @@ def test_every_stage_ran_and_finished(run_dir):
 
 # ----------------------------------------------------------------------------- INTERFACES.md
 
+
 def documented_files(text: str) -> dict[str, dict]:
     """{path pattern: {"optional": bool, "fields": {name: optional}}} from the `### \\`path\\`` sections."""
     files: dict[str, dict] = {}
@@ -57,7 +73,9 @@ def documented_files(text: str) -> dict[str, dict]:
     for line in text.splitlines():
         heading = re.match(r"^###\s+`([^`]+)`(.*)$", line)
         if heading:
-            current = files.setdefault(heading.group(1), {"optional": "*optional*" in heading.group(2), "fields": {}})
+            current = files.setdefault(
+                heading.group(1), {"optional": "*optional*" in heading.group(2), "fields": {}}
+            )
         elif line.startswith("#"):
             current = None
         elif current is not None and (field := re.match(r"^- `([^`]+)`", line)):
@@ -67,7 +85,9 @@ def documented_files(text: str) -> dict[str, dict]:
 
 def _instances(run_dir: Path, pattern: str) -> list[Path]:
     if pattern == "*/manifest.json":
-        return sorted(p for p in run_dir.rglob("manifest.json") if "merged" not in p.parts and "adapter" not in p.parts)
+        return sorted(
+            p for p in run_dir.rglob("manifest.json") if "merged" not in p.parts and "adapter" not in p.parts
+        )
     pattern = pattern.replace("<name>", run_dir.name)
     if "<quant>" in pattern:
         return [run_dir / pattern.replace("<quant>", quant) for quant in ("f16", "q8_0")]
@@ -99,8 +119,13 @@ def test_interfaces_md_lists_every_file_and_field_the_run_writes(run_dir):
                 continue
             required = {name for name, optional in doc["fields"].items() if not optional}
             for row in _rows(path):
-                problems += [f"{where}: documented field `{name}` is missing" for name in sorted(required - set(row))]
-                problems += [f"{where}: field `{name}` is not in INTERFACES.md" for name in sorted(set(row) - set(doc["fields"]))]
+                problems += [
+                    f"{where}: documented field `{name}` is missing" for name in sorted(required - set(row))
+                ]
+                problems += [
+                    f"{where}: field `{name}` is not in INTERFACES.md"
+                    for name in sorted(set(row) - set(doc["fields"]))
+                ]
     problems = list(dict.fromkeys(problems))  # one line per file and field, not per JSONL row
     assert not problems, "INTERFACES.md and the run directory disagree:\n" + "\n".join(problems)
 
@@ -116,4 +141,6 @@ def test_every_file_the_run_writes_is_documented(run_dir):
         name = re.sub(rf"^{re.escape(run_dir.name)}\.\w+\.gguf$", "<name>.<quant>.gguf", rel.name)
         if name not in text:
             undocumented.append(str(rel))
-    assert not undocumented, "files the run writes that INTERFACES.md does not mention:\n" + "\n".join(undocumented)
+    assert not undocumented, "files the run writes that INTERFACES.md does not mention:\n" + "\n".join(
+        undocumented
+    )

@@ -13,9 +13,28 @@ from conftest import REPO_ROOT
 def test_throughput_smoke(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, "benchmarks/train_throughput.py", "--smoke", "--groups", "mix", "--paths",
-         "hf-peft,unsloth,bbjtune-hf", "--steps", "1", "--warmup", "1", "--work-dir", str(tmp_path / "work"),
-         "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "benchmarks/train_throughput.py",
+            "--smoke",
+            "--groups",
+            "mix",
+            "--paths",
+            "hf-peft,unsloth,bbjtune-hf",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     rows = {r["path"]: r for r in result["rows"]}

@@ -25,8 +25,14 @@ def test_cpt_trains_on_every_token_and_merges(tmp_path, tiny_model_dir):
     from bbjtune.train.inputs import load_training_data
 
     write_data(tmp_path / "data", n_cpt=12)
-    cfg = make_config(tmp_path, tiny_model_dir, train__stages="cpt", train__cpt__epochs=4,
-                      train__cpt__learning_rate=1e-2, train__cpt__train_embeddings=True)
+    cfg = make_config(
+        tmp_path,
+        tiny_model_dir,
+        train__stages="cpt",
+        train__cpt__epochs=4,
+        train__cpt__learning_rate=1e-2,
+        train__cpt__train_embeddings=True,
+    )
     # the prepared rows: every token is a target except the first of each packed document
     data = load_training_data(cfg.data_dir, ["cpt"])
     job = StageJob(cfg=cfg, stage="cpt", base_source=cfg.model.source, backend="hf", console=QUIET)
@@ -34,17 +40,22 @@ def test_cpt_trains_on_every_token_and_merges(tmp_path, tiny_model_dir):
     model, settings, _ = cpt._setup_model(job)
     train, heldout, _ = cpt._setup_data(data)
     assert heldout is not None and len(heldout) == 4  # the held-out answers' code
-    args = training_arguments(job, has_eval=True, dataset_text_field="text", eos_token="<|endoftext|>",
-                             packing_strategy="bfd_split")
+    args = training_arguments(
+        job, has_eval=True, dataset_text_field="text", eos_token="<|endoftext|>", packing_strategy="bfd_split"
+    )
     trainer = make_trainer(job, model, tokenizer, args, train, heldout, settings, callbacks=[])
     batch = next(iter(trainer.get_train_dataloader()))
     ids, labels, pos = batch["input_ids"], batch["labels"], batch["position_ids"]
     firsts = pos == 0
-    padding = torch.zeros_like(firsts)  # a short row's tail: no labels, positions continuing its last document
+    padding = torch.zeros_like(
+        firsts
+    )  # a short row's tail: no labels, positions continuing its last document
     for r in range(ids.shape[0]):
         end = padding_start(ids[r], labels[r], tokenizer.pad_token_id)
         padding[r, end:] = True
-        assert pos[r, end:].tolist() == list(range(pos[r, end - 1] + 1, pos[r, end - 1] + 1 + ids.shape[1] - end))
+        assert pos[r, end:].tolist() == list(
+            range(pos[r, end - 1] + 1, pos[r, end - 1] + 1 + ids.shape[1] - end)
+        )
     assert not (firsts & padding).any()
     targets = ~firsts & ~padding
     assert (labels[targets] == ids[targets]).all()
@@ -63,7 +74,7 @@ def test_cpt_trains_on_every_token_and_merges(tmp_path, tiny_model_dir):
 
     with_adapter, tok = load_trained(cfg.train_dir)
     merged = load_model(str(cfg.train_dir / "cpt" / "merged"), dtype="float32").eval()
-    ids = tok("print \"hello\"\nfor i = 1 to 3", return_tensors="pt")["input_ids"]
+    ids = tok('print "hello"\nfor i = 1 to 3', return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.allclose(with_adapter(ids).logits, merged(ids).logits, atol=1e-4)
         base = load_model(str(tiny_model_dir), dtype="float32").eval()
@@ -78,17 +89,36 @@ def test_cpt_embeddings_train_with_their_own_learning_rate(tmp_path, tiny_model_
     from bbjtune.train.inputs import load_training_data
 
     write_data(tmp_path / "data", n_cpt=8)
-    cfg = make_config(tmp_path, tiny_model_dir, train__stages="cpt", train__cpt__train_embeddings=True,
-                      train__cpt__embedding_learning_rate=1e-3)
+    cfg = make_config(
+        tmp_path,
+        tiny_model_dir,
+        train__stages="cpt",
+        train__cpt__train_embeddings=True,
+        train__cpt__embedding_learning_rate=1e-3,
+    )
     data = load_training_data(cfg.data_dir, ["cpt"])
     job = StageJob(cfg=cfg, stage="cpt", base_source=cfg.model.source, backend="hf", console=QUIET)
     model, settings, _ = cpt._setup_model(job)
     assert settings["modules_to_save"] == ["embed_tokens"]  # tied lm_head follows the embedding
     train, _, _ = cpt._setup_data(data)
-    args = training_arguments(job, has_eval=False, dataset_text_field="text", eos_token="<|endoftext|>",
-                             packing_strategy="bfd_split")
-    trainer = make_trainer(job, model, load_training_tokenizer(cfg.model.source), args, train, None,
-                                  settings, callbacks=[], embedding_lr=1e-3)
+    args = training_arguments(
+        job,
+        has_eval=False,
+        dataset_text_field="text",
+        eos_token="<|endoftext|>",
+        packing_strategy="bfd_split",
+    )
+    trainer = make_trainer(
+        job,
+        model,
+        load_training_tokenizer(cfg.model.source),
+        args,
+        train,
+        None,
+        settings,
+        callbacks=[],
+        embedding_lr=1e-3,
+    )
     optimizer = trainer.create_optimizer()
     names = {id(p): n for n, p in trainer.model.named_parameters()}
     rates = {}
@@ -102,7 +132,9 @@ def test_cpt_embeddings_train_with_their_own_learning_rate(tmp_path, tiny_model_
 
 def test_all_runs_cpt_then_sft_on_the_merged_model(tmp_path, tiny_model_dir):
     write_data(tmp_path / "data")
-    cfg = make_config(tmp_path, tiny_model_dir, train__stages="all", train__cpt__max_steps=3, train__sft__max_steps=3)
+    cfg = make_config(
+        tmp_path, tiny_model_dir, train__stages="all", train__cpt__max_steps=3, train__sft__max_steps=3
+    )
     assert cfg.train_stages == ["cpt", "sft"]
     run_stage(cfg, console=QUIET)
     handle = json.loads((cfg.train_dir / "trained.json").read_text())
@@ -113,7 +145,9 @@ def test_all_runs_cpt_then_sft_on_the_merged_model(tmp_path, tiny_model_dir):
     adapter_cfg = json.loads((cfg.train_dir / "sft" / "adapter" / "adapter_config.json").read_text())
     assert adapter_cfg["base_model_name_or_path"] == str(merged)
     assert (merged / "model.safetensors").exists() and load_tokenizer(str(merged)).chat_template
-    stages = [json.loads(line)["stage"] for line in (cfg.train_dir / "metrics.jsonl").read_text().splitlines()]
+    stages = [
+        json.loads(line)["stage"] for line in (cfg.train_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     assert stages.index("sft") > stages.index("cpt") and set(stages) == {"cpt", "sft"}
 
     # unchanged settings and data: nothing is trained again
@@ -134,8 +168,14 @@ def test_qlora_on_cpu_with_bitsandbytes(tmp_path, tiny_model_dir):
     from bbjtune.train.inputs import load_training_data
 
     write_data(tmp_path / "data", n_train=12)
-    cfg = make_config(tmp_path, tiny_model_dir, train__quantization__load_in_4bit=True,
-                      train__optim="paged_adamw_8bit", train__sft__max_steps=6, train__sft__learning_rate=1e-2)
+    cfg = make_config(
+        tmp_path,
+        tiny_model_dir,
+        train__quantization__load_in_4bit=True,
+        train__optim="paged_adamw_8bit",
+        train__sft__max_steps=6,
+        train__sft__learning_rate=1e-2,
+    )
     assert optimizer_name(cfg) == "adamw_8bit"  # paging is a GPU feature
     job = StageJob(cfg=cfg, stage="sft", base_source=cfg.model.source, backend="hf", console=QUIET)
     tokenizer = load_training_tokenizer(cfg.model.source)
@@ -179,4 +219,4 @@ def test_untied_model_trains_chat_token_rows_in_embedding_and_head(tmp_path, tin
         before, after = getattr(base, name)().weight, getattr(merged, name)().weight
         assert not torch.allclose(before[ids], after[ids])  # the chat-token rows trained...
         others = [i for i in range(50)]
-        assert torch.equal(before[others], after[others])   # ...and nothing else in the matrix
+        assert torch.equal(before[others], after[others])  # ...and nothing else in the matrix

@@ -27,13 +27,20 @@ def write_config(tmp_path, model_dir, **overrides):
 
 def bbjtune(*args, env=None, launcher=()):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
-    return subprocess.run([sys.executable, *launcher, "-m", "bbjtune", *args], capture_output=True, text=True,
-                          env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, *launcher, "-m", "bbjtune", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def test_both_stages_train_in_two_processes(tmp_path, tiny_model_dir):
     cfg, path = write_config(tmp_path, tiny_model_dir, train__stages="all")
-    proc = bbjtune("train", str(path), launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"))
+    proc = bbjtune(
+        "train", str(path), launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for stage in ("cpt", "sft"):
         metrics = json.loads((cfg.train_dir / stage / "manifest.json").read_text())["metrics"]
@@ -61,9 +68,15 @@ def test_fsdp_without_gpus_says_what_to_do(tmp_path, tiny_model_dir):
 
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_zero3_refuses_chat_token_training_before_it_starts(tmp_path, tiny_model_dir, dry_run):
-    cfg, path = write_config(tmp_path, tiny_model_dir, train__stages="all")  # a Base model: stage 2 trains chat tokens
-    proc = bbjtune("train", str(path), *(["--dry-run"] if dry_run else []),
-                   env={"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"})
+    cfg, path = write_config(
+        tmp_path, tiny_model_dir, train__stages="all"
+    )  # a Base model: stage 2 trains chat tokens
+    proc = bbjtune(
+        "train",
+        str(path),
+        *(["--dry-run"] if dry_run else []),
+        env={"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"},
+    )
     message = " ".join(proc.stderr.split())  # rich wraps long lines
     assert proc.returncode != 0
     assert "ZeRO-3 cannot train the chat-token rows" in message and "fsdp_qlora.yaml" in message
@@ -73,8 +86,13 @@ def test_zero3_refuses_chat_token_training_before_it_starts(tmp_path, tiny_model
 @pytest.mark.parametrize("orig_params, stage", [("false", "sft"), ("true", "all")])
 def test_fsdp_says_how_to_train_chat_tokens(tmp_path, tiny_model_dir, orig_params, stage):
     cfg, path = write_config(tmp_path, tiny_model_dir, train__stages="all")
-    proc = bbjtune("train", str(path), "--stage", stage,
-                   env={"ACCELERATE_USE_FSDP": "true", "FSDP_USE_ORIG_PARAMS": orig_params})
+    proc = bbjtune(
+        "train",
+        str(path),
+        "--stage",
+        stage,
+        env={"ACCELERATE_USE_FSDP": "true", "FSDP_USE_ORIG_PARAMS": orig_params},
+    )
     message = " ".join(proc.stderr.split())  # rich wraps long lines
     assert proc.returncode != 0 and "Traceback" not in message
     assert "needs fsdp_use_orig_params true and a launch of its own" in message
@@ -97,12 +115,26 @@ def test_sharded_qlora_trains_both_stages_on_the_gpus(tmp_path, tiny_model_dir, 
     if launch.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
         pytest.skip("deepspeed is not installed")
     gpus = torch.cuda.device_count()
-    cfg, path = write_config(tmp_path, tiny_model_dir, train__stages="all", model__dtype="bfloat16",
-                             train__quantization__load_in_4bit=True, train__optim="paged_adamw_8bit",
-                             train__gradient_checkpointing=True,
-                             train__sft__train_chat_tokens="no" if launch == "deepspeed_zero3" else "auto")
-    launcher = ("-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / f"{launch}.yaml"),
-                "--num_processes", str(gpus), "--main_process_port", "29517")
+    cfg, path = write_config(
+        tmp_path,
+        tiny_model_dir,
+        train__stages="all",
+        model__dtype="bfloat16",
+        train__quantization__load_in_4bit=True,
+        train__optim="paged_adamw_8bit",
+        train__gradient_checkpointing=True,
+        train__sft__train_chat_tokens="no" if launch == "deepspeed_zero3" else "auto",
+    )
+    launcher = (
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ACCELERATE_CONFIGS / f"{launch}.yaml"),
+        "--num_processes",
+        str(gpus),
+        "--main_process_port",
+        "29517",
+    )
     env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, range(gpus)))}
     if launch == "fsdp_qlora":  # two launches, as bbjtune asks for under FSDP (see the config's comments)
         proc = bbjtune("train", str(path), "--stage", "cpt", launcher=launcher, env=env)

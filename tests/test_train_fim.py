@@ -42,14 +42,18 @@ def test_psm_and_spm_token_layout(tiny_model_dir):
         return tok(text, add_special_tokens=False)["input_ids"]
 
     # PSM: <|fim_prefix|> prefix <|fim_suffix|> suffix <|fim_middle|> middle, each FIM marker one token
-    assert psm_sample(prefix, middle, suffix) == f"{FIM_PREFIX}{prefix}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}{middle}"
+    assert (
+        psm_sample(prefix, middle, suffix) == f"{FIM_PREFIX}{prefix}{FIM_SUFFIX}{suffix}{FIM_MIDDLE}{middle}"
+    )
     assert enc(psm_sample(prefix, middle, suffix)) == (
-        [ids[FIM_PREFIX]] + enc(prefix) + [ids[FIM_SUFFIX]] + enc(suffix) + [ids[FIM_MIDDLE]] + enc(middle))
+        [ids[FIM_PREFIX]] + enc(prefix) + [ids[FIM_SUFFIX]] + enc(suffix) + [ids[FIM_MIDDLE]] + enc(middle)
+    )
     # the editor's prompt is the PSM sample without its middle
     assert psm_sample(prefix, middle, suffix).startswith(fim_prompt(prefix, suffix))
     # SPM (StarCoder's layout): <|fim_prefix|><|fim_suffix|> suffix <|fim_middle|> prefix+middle
     assert enc(spm_sample(prefix, middle, suffix)) == (
-        [ids[FIM_PREFIX], ids[FIM_SUFFIX]] + enc(suffix) + [ids[FIM_MIDDLE]] + enc(prefix + middle))
+        [ids[FIM_PREFIX], ids[FIM_SUFFIX]] + enc(suffix) + [ids[FIM_MIDDLE]] + enc(prefix + middle)
+    )
 
 
 @pytest.mark.parametrize("line_level", [False, True])
@@ -66,11 +70,11 @@ def test_split_keeps_the_text_and_a_nonempty_middle(line_level):
 def _restore(sample: str) -> str:
     """The original document from a PSM or SPM sample."""
     body = sample.split(REPO_NAME)[-1]
-    body = body[body.index(FIM_PREFIX):] if FIM_PREFIX in body else body
+    body = body[body.index(FIM_PREFIX) :] if FIM_PREFIX in body else body
     if body.startswith(FIM_PREFIX + FIM_SUFFIX):  # SPM
-        suffix, rest = body[len(FIM_PREFIX + FIM_SUFFIX):].split(FIM_MIDDLE)
+        suffix, rest = body[len(FIM_PREFIX + FIM_SUFFIX) :].split(FIM_MIDDLE)
         return rest + suffix
-    prefix, rest = body[len(FIM_PREFIX):].split(FIM_SUFFIX)
+    prefix, rest = body[len(FIM_PREFIX) :].split(FIM_SUFFIX)
     suffix, middle = rest.split(FIM_MIDDLE)
     return prefix + middle + suffix
 
@@ -85,7 +89,9 @@ def test_fim_documents_rate_layouts_and_determinism():
     assert stats.fim["psm-line"] > 20 and stats.fim["psm-char"] > 20
     for original, sample in zip(texts, out):
         assert sample == original or _restore(sample) == original  # nothing lost, nothing added
-    assert fim_documents(texts, [None] * len(texts), settings, always_fits)[0] == out  # same seed, same samples
+    assert (
+        fim_documents(texts, [None] * len(texts), settings, always_fits)[0] == out
+    )  # same seed, same samples
     assert fim_documents(texts, [None] * len(texts), FimSettings(rate=0.5, seed=4), always_fits)[0] != out
     assert fim_documents(texts, [None] * len(texts), FimSettings(rate=0.0), always_fits)[0] == texts
 
@@ -94,7 +100,7 @@ def test_samples_that_do_not_fit_a_row_stay_plain():
     texts = [PROGRAM] * 20
     out, stats = fim_documents(texts, [None] * 20, FimSettings(rate=1.0), lambda ts: [False] * len(ts))
     assert out == texts and stats.kept_plain["too-long-with-fim-tokens"] == 20
-    literal = [f"print \"{FIM_MIDDLE}\"\n"]
+    literal = [f'print "{FIM_MIDDLE}"\n']
     out, stats = fim_documents(literal, [None], FimSettings(rate=1.0), always_fits)
     assert out == literal and stats.kept_plain["contains-fim-token"] == 1
 
@@ -106,14 +112,18 @@ def test_repository_level_samples_use_files_of_the_same_folder():
     first = out[0]
     assert first.startswith(f"{REPO_NAME}app\n{FILE_SEP}")
     lead, sample = first.split(FIM_PREFIX, 1)
-    assert lead.endswith(f"{FILE_SEP}a.bbj\n")                 # the file with the hole comes last, by path
+    assert lead.endswith(f"{FILE_SEP}a.bbj\n")  # the file with the hole comes last, by path
     assert "rem b" in lead and "rem c" in lead and "rem other" not in lead
     assert _restore(FIM_PREFIX + sample) == texts[0]
     assert not out[3].startswith(REPO_NAME)  # alone in its folder: a plain FIM sample
     assert stats.fim["repo"] == 3
     # only as many sibling files as fit the row
-    out, _ = fim_documents(texts, sources, FimSettings(rate=1.0, repo_rate=1.0, seed=1),
-                           lambda ts: [t.count(FILE_SEP) <= 2 for t in ts])
+    out, _ = fim_documents(
+        texts,
+        sources,
+        FimSettings(rate=1.0, repo_rate=1.0, seed=1),
+        lambda ts: [t.count(FILE_SEP) <= 2 for t in ts],
+    )
     assert out[0].count(FILE_SEP) == 2
 
 
@@ -126,16 +136,22 @@ def test_loss_covers_the_whole_fim_sample_and_training_records_it(tmp_path, tiny
     from bbjtune.train.stage import run_stage
 
     write_data(tmp_path / "data", n_cpt=12)
-    cfg = make_config(tmp_path, tiny_model_dir, train__stages="cpt", train__cpt__fim_rate=1.0,
-                      train__cpt__max_steps=3)
+    cfg = make_config(
+        tmp_path, tiny_model_dir, train__stages="cpt", train__cpt__fim_rate=1.0, train__cpt__max_steps=3
+    )
     data = load_training_data(cfg.data_dir, ["cpt"])
     job = StageJob(cfg=cfg, stage="cpt", base_source=cfg.model.source, backend="hf", console=QUIET)
     tokenizer = load_training_tokenizer(cfg.model.source)
     train, _, stats = cpt._setup_data(data, job, tokenizer)
     assert stats["fim_samples"] == 12 and all(t.startswith(FIM_PREFIX) for t in train["text"])
     model, settings, _ = cpt._setup_model(job)
-    args = training_arguments(job, has_eval=False, dataset_text_field="text", eos_token="<|endoftext|>",
-                              packing_strategy="bfd_split")
+    args = training_arguments(
+        job,
+        has_eval=False,
+        dataset_text_field="text",
+        eos_token="<|endoftext|>",
+        packing_strategy="bfd_split",
+    )
     trainer = make_trainer(job, model, tokenizer, args, train, None, settings, callbacks=[])
     batch = next(iter(trainer.get_train_dataloader()))
     ids, labels, pos = batch["input_ids"], batch["labels"], batch["position_ids"]
@@ -147,11 +163,13 @@ def test_loss_covers_the_whole_fim_sample_and_training_records_it(tmp_path, tiny
             if ids[r, start] != pre:
                 continue  # padding continues positions, never restarts at 0 (packing.py)
             samples += 1
-            end = start + (ids[r, start:] == eos).nonzero()[0].item()   # the sample's closing <|endoftext|>
+            end = start + (ids[r, start:] == eos).nonzero()[0].item()  # the sample's closing <|endoftext|>
             m = start + (ids[r, start:end] == mid).nonzero()[0].item()
-            assert labels[r, start] == -100                            # never predicted from the previous sample
-            assert (labels[r, start + 1:end + 1] == ids[r, start + 1:end + 1]).all()  # prefix, suffix, middle, EOS
-            assert end > m + 1                                          # a non-empty middle is trained
+            assert labels[r, start] == -100  # never predicted from the previous sample
+            assert (
+                labels[r, start + 1 : end + 1] == ids[r, start + 1 : end + 1]
+            ).all()  # prefix, suffix, middle, EOS
+            assert end > m + 1  # a non-empty middle is trained
     assert samples >= 4
 
     run_stage(cfg, console=QUIET)

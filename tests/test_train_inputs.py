@@ -17,6 +17,7 @@ from bbjtune.train.memory import estimate
 
 # ----------------------------------------------------------------------------- data files
 
+
 def test_bad_lines_name_file_and_line(tmp_path):
     data = write_data(tmp_path / "data", n_train=3)
     with open(data / "train.jsonl", "a", encoding="utf-8") as fh:
@@ -52,6 +53,7 @@ def test_system_prompt_and_heldout_code(tmp_path):
 
 # ----------------------------------------------------------------------------- memory estimate
 
+
 def test_architectures_match_the_published_parameter_counts():
     # Qwen2.5-Coder model cards: 0.49B, 7.61B, 14.7B, 32.5B parameters
     assert abs(QWEN25["0.5b"].params / 1e9 - 0.49) < 0.01
@@ -83,7 +85,9 @@ def test_estimate_moves_the_right_way():
     lora = estimate(a, quant_4bit=False, **base)
     qlora = estimate(a, quant_4bit=True, **base)
     assert qlora.weights < lora.weights / 2.5  # nf4 + 16-bit embeddings
-    assert estimate(a, quant_4bit=True, gradient_checkpointing=False, **base).activations > 5 * qlora.activations
+    assert (
+        estimate(a, quant_4bit=True, gradient_checkpointing=False, **base).activations > 5 * qlora.activations
+    )
     assert estimate(a, quant_4bit=True, fused_loss=False, **base).output_head > 5 * qlora.output_head
     assert estimate(a, quant_4bit=True, strategy="zero3", gpus=4, **base).total < qlora.total
     # plain HF+PEFT, 7B LoRA bf16, batch 4 x 2048, measured on one H200: 30.7 GiB (DESIGN.md)
@@ -93,16 +97,20 @@ def test_estimate_moves_the_right_way():
 
 # ----------------------------------------------------------------------------- dry run
 
+
 def test_dry_run_highlights_the_trained_tokens(tmp_path, tiny_model_dir):
     from bbjtune.train.dryrun import TRAINED_STYLE, render_tokens, tokenize_conversation
     from bbjtune.train.model_io import load_training_tokenizer
 
     tokenizer = load_training_tokenizer(str(tiny_model_dir))
-    conv = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Print hi"},
-            {"role": "assistant", "content": 'PRINT "hi"'}]
+    conv = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Print hi"},
+        {"role": "assistant", "content": 'PRINT "hi"'},
+    ]
     ids, mask = tokenize_conversation(tokenizer, conv)
     text = render_tokens(tokenizer, ids, mask)
-    highlighted = "".join(text.plain[s.start:s.end] for s in text.spans if s.style == TRAINED_STYLE)
+    highlighted = "".join(text.plain[s.start : s.end] for s in text.spans if s.style == TRAINED_STYLE)
     assert highlighted == 'PRINT "hi"<|im_end|>'
     assert text.plain == tokenizer.decode(ids)
 
@@ -144,11 +152,19 @@ def test_train_help_and_bad_flags():
 
 # ----------------------------------------------------------------------------- settings that reach the libraries
 
+
 def test_lora_settings_follow_the_config(tmp_path, tiny_model_dir):
     from bbjtune.train.lora import lora_settings, peft_config
 
-    cfg = make_config(tmp_path, tiny_model_dir, train__lora__use_dora=True, train__lora__use_rslora=True,
-                      train__lora__r=4, train__lora__alpha=8, train__lora__target_modules=["q_proj", "v_proj"])
+    cfg = make_config(
+        tmp_path,
+        tiny_model_dir,
+        train__lora__use_dora=True,
+        train__lora__use_rslora=True,
+        train__lora__r=4,
+        train__lora__alpha=8,
+        train__lora__target_modules=["q_proj", "v_proj"],
+    )
     tied = lora_settings(cfg, SimpleNamespace(tie_word_embeddings=True), trainable_tokens=[7, 8])
     untied = lora_settings(cfg, SimpleNamespace(tie_word_embeddings=False), trainable_tokens=[7, 8])
     assert tied["trainable_token_indices"] == {"embed_tokens": [7, 8]}
@@ -156,7 +172,9 @@ def test_lora_settings_follow_the_config(tmp_path, tiny_model_dir):
     config = peft_config(untied)
     assert config.use_dora and config.use_rslora and config.r == 4 and config.lora_alpha == 8
     assert set(config.target_modules) == {"q_proj", "v_proj"}
-    full = lora_settings(cfg, SimpleNamespace(tie_word_embeddings=True), modules_to_save=["embed_tokens", "lm_head"])
+    full = lora_settings(
+        cfg, SimpleNamespace(tie_word_embeddings=True), modules_to_save=["embed_tokens", "lm_head"]
+    )
     assert full["modules_to_save"] == ["embed_tokens"] and full["ensure_weight_tying"]
 
 
@@ -164,12 +182,24 @@ def test_early_stopping_evaluates_and_saves_in_step(tmp_path, tiny_model_dir):
     from bbjtune.train.job import StageJob
     from bbjtune.train.trainer import training_arguments
 
-    cfg = make_config(tmp_path, tiny_model_dir, train__early_stopping_patience=2, train__eval_steps=5,
-                      train__sft__lr_scheduler="linear",
-                      train__sft__gradient_accumulation_steps=4, train__optim="adamw_torch")
-    job = StageJob(cfg=cfg, stage="sft", base_source=cfg.model.source, backend="hf", console=Console(quiet=True))
+    cfg = make_config(
+        tmp_path,
+        tiny_model_dir,
+        train__early_stopping_patience=2,
+        train__eval_steps=5,
+        train__sft__lr_scheduler="linear",
+        train__sft__gradient_accumulation_steps=4,
+        train__optim="adamw_torch",
+    )
+    job = StageJob(
+        cfg=cfg, stage="sft", base_source=cfg.model.source, backend="hf", console=Console(quiet=True)
+    )
     args = training_arguments(job, has_eval=True)
-    assert args.load_best_model_at_end and args.metric_for_best_model == "eval_loss" and not args.greater_is_better
+    assert (
+        args.load_best_model_at_end
+        and args.metric_for_best_model == "eval_loss"
+        and not args.greater_is_better
+    )
     assert args.eval_strategy == args.save_strategy == "steps" and args.eval_steps == args.save_steps == 5
     assert args.lr_scheduler_type == "linear" and args.gradient_accumulation_steps == 4
     assert training_arguments(job, has_eval=False).eval_strategy == "no"

@@ -15,14 +15,19 @@ from conftest import REPO_ROOT
 
 def run_check(tmp_path, *args):
     out = tmp_path / "check.json"
-    proc = subprocess.run([sys.executable, "tests/packing_check.py", "--json", str(out), *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "tests/packing_check.py", "--json", str(out), *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return proc, json.loads(out.read_text()) if out.exists() else None
 
 
 @pytest.mark.slow  # trains nothing, but builds the trainer and runs the tiny model on every example
 def test_hf_backend_keeps_packed_examples_apart():
-    result = packing_check.measure(dtype="float32")   # in-process: no second interpreter to start
+    result = packing_check.measure(dtype="float32")  # in-process: no second interpreter to start
     assert result["packed"], result["keys"]
     later = [e for e in result["examples"] if e["example"] > 0]
     assert len(later) >= 2  # rows really hold several examples
@@ -39,8 +44,10 @@ def test_hf_backend_keeps_packed_examples_apart_on_the_gpu(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("unsloth") is None,
-                    reason="needs a CUDA GPU with Unsloth installed")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("unsloth") is None,
+    reason="needs a CUDA GPU with Unsloth installed",
+)
 def test_unsloth_backend_keeps_packed_examples_apart(tmp_path):
     proc, result = run_check(tmp_path, "--backend", "unsloth")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -60,4 +67,6 @@ def test_the_check_takes_the_first_batch_that_packs():
     unsloth = {"input_ids": torch.zeros(1, 6), "packed_seq_lengths": torch.tensor([3, 3])}
     assert packing_check.packed_batch([alone, packed]) is packed
     assert packing_check.packed_batch([alone, unsloth]) is unsloth
-    assert packing_check.packed_batch([alone]) is alone  # nothing packs: the first, which the check calls inconclusive
+    assert (
+        packing_check.packed_batch([alone]) is alone
+    )  # nothing packs: the first, which the check calls inconclusive

@@ -20,9 +20,17 @@ pytestmark = pytest.mark.slow  # trains tiny models: `make test` runs it, `make 
 
 
 def write_config(tmp_path, model_dir, data_dir, name):
-    cfg = make_config(tmp_path / name, model_dir, data_dir, train__sft__max_steps=24, train__logging_steps=1,
-                      train__lora__dropout=0.1, train__sft__per_device_batch_size=2, train__sft__warmup_ratio=0.1,
-                      train__sft__max_length=128)
+    cfg = make_config(
+        tmp_path / name,
+        model_dir,
+        data_dir,
+        train__sft__max_steps=24,
+        train__logging_steps=1,
+        train__lora__dropout=0.1,
+        train__sft__per_device_batch_size=2,
+        train__sft__warmup_ratio=0.1,
+        train__sft__max_length=128,
+    )
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     return cfg, path
@@ -43,13 +51,20 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir):
 
     cfg, path = write_config(tmp_path, tiny_model_dir, data_dir, "stopped")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "bbjtune", "train", str(path)], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bbjtune", "train", str(path)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     metrics = cfg.train_dir / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and any(json.loads(line).get("step", 0) >= 5 for line in metrics.read_text().splitlines()
-                                    if line.strip()):
+        if metrics.exists() and any(
+            json.loads(line).get("step", 0) >= 5 for line in metrics.read_text().splitlines() if line.strip()
+        ):
             proc.send_signal(signal.SIGTERM)
             break
         time.sleep(0.02)

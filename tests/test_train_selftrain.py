@@ -13,7 +13,7 @@ from bbjtune.train import preference, selftrain, verdict
 from bbjtune.train.job import StageJob
 from bbjtune.train.samples import SAMPLES_FILE, SelfPrompt, read_samples, sample_prompts, training_prompts
 
-GOOD = "```bbj\nch = unt\nopen (ch)\"notes.txt\"\nread (ch,end=done)x$\ndone:\nclose (ch)\nend\n```"
+GOOD = '```bbj\nch = unt\nopen (ch)"notes.txt"\nread (ch,end=done)x$\ndone:\nclose (ch)\nend\n```'
 MUST = [r"(?i)(?<![\w.])OPEN\b", r"(?i)(?<![\w.])READ\b", r"(?i)(?<![\w.])CLOSE\b", r"(?i)\bEND\s*="]
 QUIET = Console(stderr=True, quiet=True)
 
@@ -26,15 +26,18 @@ def sampling(**kw):
 
 # ----------------------------------------------------------------------------- verdicts
 
+
 def test_verdicts_on_clean_broken_runaway_and_off_task_answers():
     good = verdict.judge(GOOD, MUST, compiler="builtin")
     assert good.compiles and good.clean and good.pattern_share == 1.0 and good.passed and not good.failed
     assert good.reward == 3.0
-    python = verdict.judge("```python\nwith open('notes.txt') as f:\n    print(f.read())\n```", MUST, compiler="builtin")
+    python = verdict.judge(
+        "```python\nwith open('notes.txt') as f:\n    print(f.read())\n```", MUST, compiler="builtin"
+    )
     assert not python.compiles and python.failed and not python.passed
     ran_on = verdict.judge(GOOD, MUST, finish_reason="length", compiler="builtin")
     assert ran_on.clean and ran_on.failed and not ran_on.passed and ran_on.reward == 2.0
-    off_task = verdict.judge("```bbj\nprint \"hello\"\nend\n```", MUST, compiler="builtin")
+    off_task = verdict.judge('```bbj\nprint "hello"\nend\n```', MUST, compiler="builtin")
     assert off_task.clean and not off_task.patterns_ok and not off_task.passed and not off_task.failed
 
 
@@ -42,7 +45,7 @@ def test_tier_two_verdicts_use_assess():
     from bbjtune.bbj.quality import assess
 
     assert verdict.tier() == "checker+quality"
-    code = "sysgui! = BBjAPI().openSysGui(\"X0\")\nwin! = sysgui!.addBbjEditBox(1,2,3)\nend\n"
+    code = 'sysgui! = BBjAPI().openSysGui("X0")\nwin! = sysgui!.addBbjEditBox(1,2,3)\nend\n'
     expected = assess(code)
     got = verdict.judge(f"```bbj\n{code}```", [], compiler="builtin")
     assert got.clean == bool(expected.compiles and expected.clean)
@@ -52,33 +55,53 @@ def test_tier_two_verdicts_use_assess():
 
 # ----------------------------------------------------------------------------- prompts
 
+
 def test_prompts_are_decontaminated_like_the_data_stage_and_need_code(tmp_path, tiny_model_dir):
     data_dir = write_data(tmp_path / "data", n_train=6, n_heldout=1)  # held out: the prompt of PAIRS[1]
     evals = write_jsonl(tmp_path / "evals.jsonl", [{"id": "e1", "prompt": conversation(2)[1]["content"]}])
-    extra = write_jsonl(tmp_path / "derived.jsonl", [
-        {"messages": fenced([{"role": "user", "content": "Write the customer list program in full."},
-                             {"role": "assistant", "content": "open (1)\"CUST\"\nclose (1)"}])},
-        {"messages": [{"role": "user", "content": "What is BBj?"},
-                      {"role": "assistant", "content": "A Business BASIC dialect by BASIS."}]}])
+    extra = write_jsonl(
+        tmp_path / "derived.jsonl",
+        [
+            {
+                "messages": fenced(
+                    [
+                        {"role": "user", "content": "Write the customer list program in full."},
+                        {"role": "assistant", "content": 'open (1)"CUST"\nclose (1)'},
+                    ]
+                )
+            },
+            {
+                "messages": [
+                    {"role": "user", "content": "What is BBj?"},
+                    {"role": "assistant", "content": "A Business BASIC dialect by BASIS."},
+                ]
+            },
+        ],
+    )
     cfg = make_config(tmp_path, tiny_model_dir, data_dir, data__decontaminate_against=[str(evals)])
     from bbjtune.train.inputs import load_conversations
 
-    found = training_prompts(cfg, load_conversations(data_dir / "train.jsonl"), sampling(extra_prompts=[str(extra)]))
+    found = training_prompts(
+        cfg, load_conversations(data_dir / "train.jsonl"), sampling(extra_prompts=[str(extra)])
+    )
     asked = {p.context[-1]["content"] for p in found.prompts}
     assert conversation(1)[1]["content"] not in asked and conversation(2)[1]["content"] not in asked
     assert "Write the customer list program in full." in asked and "What is BBj?" not in asked
     assert found.skipped["overlaps an eval or held-out prompt"] == 2
     assert found.skipped["reference has no BBj code"] == 1
     assert all(p.context[0]["content"] == SYSTEM for p in found.prompts if p.context[0]["role"] == "system")
-    some = training_prompts(cfg, load_conversations(data_dir / "train.jsonl"), sampling(extra_prompts=[str(extra)],
-                                                                                        max_prompts=2))
-    again = training_prompts(cfg, load_conversations(data_dir / "train.jsonl"), sampling(extra_prompts=[str(extra)],
-                                                                                         max_prompts=2))
+    some = training_prompts(
+        cfg, load_conversations(data_dir / "train.jsonl"), sampling(extra_prompts=[str(extra)], max_prompts=2)
+    )
+    again = training_prompts(
+        cfg, load_conversations(data_dir / "train.jsonl"), sampling(extra_prompts=[str(extra)], max_prompts=2)
+    )
     assert len(some.prompts) == 2 and [p.id for p in some.prompts] == [p.id for p in again.prompts]
     assert {p.id for p in some.prompts} < {p.id for p in found.prompts}
 
 
 # ----------------------------------------------------------------------------- sampling
+
 
 class Interrupted(RuntimeError):
     pass
@@ -128,7 +151,9 @@ def test_token_budget_batches_give_the_same_greedy_answers(tiny_model_dir):
     settings = Sampling(temperature=0.0, max_new_tokens=6)
     lengths = [len(fixed.tokenizer(fixed.render(r))["input_ids"]) for r in requests]
     batches = list(budget._batches(sorted(range(6), key=lambda i: -lengths[i]), lengths, requests, settings))
-    assert len(batches) > 1 and all(len(b) * (max(lengths[i] for i in b) + 6) <= 200 or len(b) == 1 for b in batches)
+    assert len(batches) > 1 and all(
+        len(b) * (max(lengths[i] for i in b) + 6) <= 200 or len(b) == 1 for b in batches
+    )
     one = {i: [c.text for c in cs] for i, cs in fixed.generate(requests, settings)}
     assert {i: [c.text for c in cs] for i, cs in budget.generate(requests, settings)} == one
     assert {i: [c.text for c in cs] for i, cs in static.generate(requests, settings)} == one
@@ -143,12 +168,16 @@ def test_continuous_batching_returns_k_answers_per_prompt(tiny_model_dir):
     requests = [Request(messages=conversation(i)[:2]) for i in range(3)]
     got = dict(backend.generate(requests, Sampling(temperature=0.8, max_new_tokens=5, n=3, seed=1)))
     assert sorted(got) == [0, 1, 2] and all(len(c) == 3 for c in got.values())
-    assert all(c.error is None and 0 < c.tokens <= 5 and c.finish_reason in ("stop", "length")
-               for cs in got.values() for c in cs)
+    assert all(
+        c.error is None and 0 < c.tokens <= 5 and c.finish_reason in ("stop", "length")
+        for cs in got.values()
+        for c in cs
+    )
     assert len({c.text for cs in got.values() for c in cs}) > 1  # sampled, not one answer copied
 
 
 # ----------------------------------------------------------------------------- building the data
+
 
 def row(pid, sample, output, v):
     return {"prompt_id": pid, "sample": sample, "output": output, "error": None, "verdict": v.to_dict()}
@@ -156,14 +185,22 @@ def row(pid, sample, output, v):
 
 def test_rft_keeps_the_best_passing_answer_and_dpo_pairs_pass_with_fail(tmp_path, tiny_model_dir):
     cfg = make_config(tmp_path, tiny_model_dir, train__stages=["sft", "rft", "dpo"])
-    prompts = [SelfPrompt("a", conversation(0)[:2], "REF-A", MUST), SelfPrompt("b", conversation(1)[:2], "REF-B", MUST)]
+    prompts = [
+        SelfPrompt("a", conversation(0)[:2], "REF-A", MUST),
+        SelfPrompt("b", conversation(1)[:2], "REF-B", MUST),
+    ]
 
     def judge(text, reason="stop"):
         return verdict.judge(text, MUST, finish_reason=reason, compiler="builtin")
 
     longer = GOOD.replace("end\n```", "rem done\nend\n```")
-    rows = [row("a", 0, longer, judge(longer)), row("a", 1, GOOD, judge(GOOD)), row("a", 2, "oops", judge("oops")),
-            row("b", 0, "nope", judge("nope")), row("b", 1, GOOD, judge(GOOD, "length"))]
+    rows = [
+        row("a", 0, longer, judge(longer)),
+        row("a", 1, GOOD, judge(GOOD)),
+        row("a", 2, "oops", judge("oops")),
+        row("b", 0, "nope", judge("nope")),
+        row("b", 1, GOOD, judge(GOOD, "length")),
+    ]
     rjob = StageJob(cfg=cfg, stage="rft", base_source="x", backend="hf", console=QUIET)
     built = selftrain.build_data(rjob, prompts, rows)
     answers = [c[-1]["content"] for c in built.rft]
@@ -171,7 +208,10 @@ def test_rft_keeps_the_best_passing_answer_and_dpo_pairs_pass_with_fail(tmp_path
     djob = StageJob(cfg=cfg, stage="dpo", base_source="x", backend="hf", console=QUIET)
     pairs = selftrain.build_data(djob, prompts, rows).pairs
     assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
-        (GOOD, "oops"), ("REF-B", "nope"), ("REF-B", GOOD)][:len(pairs)]
+        (GOOD, "oops"),
+        ("REF-B", "nope"),
+        ("REF-B", GOOD),
+    ][: len(pairs)]
     assert len(pairs) == 3  # b: no passing answer, so its reference stands in against both failing ones
     stats = selftrain.sample_stats(rows)
     assert stats["compile_rate"] == 0.6 and stats["pass_rate"] == 0.4 and stats["ran_on_rate"] == 0.2
@@ -180,17 +220,40 @@ def test_rft_keeps_the_best_passing_answer_and_dpo_pairs_pass_with_fail(tmp_path
 
 # ----------------------------------------------------------------------------- training
 
+
 def dpo_config(tmp_path, model, **kw):
-    return make_config(tmp_path, model, train__stages=["sft", "dpo"], train__logging_steps=1, train__dpo={
-        "learning_rate": 5e-3, "max_steps": 8, "per_device_batch_size": 4, "gradient_accumulation_steps": 1,
-        "warmup_ratio": 0.0, "max_length": 128, "beta": 0.1, "loss": "dpo", **kw})
+    return make_config(
+        tmp_path,
+        model,
+        train__stages=["sft", "dpo"],
+        train__logging_steps=1,
+        train__dpo={
+            "learning_rate": 5e-3,
+            "max_steps": 8,
+            "per_device_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "warmup_ratio": 0.0,
+            "max_length": 128,
+            "beta": 0.1,
+            "loss": "dpo",
+            **kw,
+        },
+    )
 
 
 def test_dpo_raises_the_margin_of_chosen_over_rejected(tmp_path, tiny_model_dir):
     cfg = dpo_config(tmp_path, tiny_model_dir)
-    pairs = [{"prompt": conversation(i)[:2], "chosen": [{"role": "assistant", "content": conversation(i)[2]["content"]}],
-              "rejected": [{"role": "assistant", "content": "def main():\n    return None"}]} for i in range(4)]
-    job = selftrain.RoundJob(cfg=cfg, stage="dpo", base_source=str(tiny_model_dir), backend="hf", console=QUIET)
+    pairs = [
+        {
+            "prompt": conversation(i)[:2],
+            "chosen": [{"role": "assistant", "content": conversation(i)[2]["content"]}],
+            "rejected": [{"role": "assistant", "content": "def main():\n    return None"}],
+        }
+        for i in range(4)
+    ]
+    job = selftrain.RoundJob(
+        cfg=cfg, stage="dpo", base_source=str(tiny_model_dir), backend="hf", console=QUIET
+    )
     result = preference.run_preference(job, pairs, [])
     m = result["metrics"]
     assert m["loss_type"] == "dpo" and m["steps"] == 8
@@ -200,9 +263,14 @@ def test_dpo_raises_the_margin_of_chosen_over_rejected(tmp_path, tiny_model_dir)
 
 def test_kto_trains_on_unpaired_answers(tmp_path, tiny_model_dir):
     cfg = dpo_config(tmp_path, tiny_model_dir, loss="auto", max_steps=3)
-    unpaired = [{"prompt": conversation(i)[:2], "completion": [{"role": "assistant", "content": text}], "label": good}
-                for i in range(4) for text, good in ((conversation(i)[2]["content"], True), ("def f(): pass", False))]
-    job = selftrain.RoundJob(cfg=cfg, stage="dpo", base_source=str(tiny_model_dir), backend="hf", console=QUIET)
+    unpaired = [
+        {"prompt": conversation(i)[:2], "completion": [{"role": "assistant", "content": text}], "label": good}
+        for i in range(4)
+        for text, good in ((conversation(i)[2]["content"], True), ("def f(): pass", False))
+    ]
+    job = selftrain.RoundJob(
+        cfg=cfg, stage="dpo", base_source=str(tiny_model_dir), backend="hf", console=QUIET
+    )
     result = preference.run_preference(job, pairs=[], unpaired=unpaired)
     assert result["metrics"]["loss_type"] == "kto" and result["metrics"]["steps"] == 3
     assert (job.adapter_dir / "adapter_config.json").exists()
@@ -210,12 +278,25 @@ def test_kto_trains_on_unpaired_answers(tmp_path, tiny_model_dir):
 
 def test_grpo_trains_with_the_checker_reward(tmp_path, tiny_model_dir):
     data_dir = write_data(tmp_path / "data", n_train=8, n_heldout=0)
-    cfg = make_config(tmp_path, tiny_model_dir, data_dir, train__stages=["sft", "grpo"], train__logging_steps=1,
-                      train__grpo={"max_steps": 2, "per_device_batch_size": 2, "learning_rate": 1e-3, "max_length": 128,
-                                   "sampling": {"samples_per_prompt": 2, "max_new_tokens": 8}})
+    cfg = make_config(
+        tmp_path,
+        tiny_model_dir,
+        data_dir,
+        train__stages=["sft", "grpo"],
+        train__logging_steps=1,
+        train__grpo={
+            "max_steps": 2,
+            "per_device_batch_size": 2,
+            "learning_rate": 1e-3,
+            "max_length": 128,
+            "sampling": {"samples_per_prompt": 2, "max_new_tokens": 8},
+        },
+    )
     from bbjtune.train.inputs import load_training_data
 
-    job = selftrain.RoundJob(cfg=cfg, stage="grpo", base_source=str(tiny_model_dir), backend="hf", console=QUIET)
+    job = selftrain.RoundJob(
+        cfg=cfg, stage="grpo", base_source=str(tiny_model_dir), backend="hf", console=QUIET
+    )
     result = preference.run_grpo(job, load_training_data(data_dir, ["grpo"]))
     assert result["metrics"]["steps"] == 2 and "reward_last" in result["metrics"]
     assert 0.0 <= result["metrics"]["reward_last"] <= 3.0
@@ -228,10 +309,23 @@ def test_sft_rft_dpo_in_one_run_then_nothing_to_redo(tmp_path, tiny_model_dir):
 
     write_data(tmp_path / "data", n_train=12, n_heldout=1)
     samp = {"samples_per_prompt": 2, "max_new_tokens": 8, "batch_tokens": 2048}
-    stage = {"max_steps": 2, "learning_rate": 1e-3, "max_length": 256, "per_device_batch_size": 4,
-             "gradient_accumulation_steps": 1, "sampling": samp}
-    cfg = make_config(tmp_path, tiny_model_dir, train__stages=["sft", "rft", "dpo"], train__sft__max_steps=2,
-                      train__rft=stage, train__dpo={**stage, "min_pairs": 1}, data__decontaminate_against=[])
+    stage = {
+        "max_steps": 2,
+        "learning_rate": 1e-3,
+        "max_length": 256,
+        "per_device_batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "sampling": samp,
+    }
+    cfg = make_config(
+        tmp_path,
+        tiny_model_dir,
+        train__stages=["sft", "rft", "dpo"],
+        train__sft__max_steps=2,
+        train__rft=stage,
+        train__dpo={**stage, "min_pairs": 1},
+        data__decontaminate_against=[],
+    )
     run_stage(cfg, console=QUIET)
     handle = read_trained(cfg.train_dir)
     assert handle.stages == ["sft", "rft", "dpo"]
@@ -240,27 +334,37 @@ def test_sft_rft_dpo_in_one_run_then_nothing_to_redo(tmp_path, tiny_model_dir):
     for name in ("rft", "dpo"):
         summary = json.loads((cfg.train_dir / name / "selftrain.json").read_text())
         stats = summary["rounds"][0]
-        assert stats["samples"] == 2 * stats["prompts"] and stats["prompts"] == 5  # 6 distinct prompts, 1 held out
+        assert (
+            stats["samples"] == 2 * stats["prompts"] and stats["prompts"] == 5
+        )  # 6 distinct prompts, 1 held out
         assert len(read_samples(cfg.train_dir / name / "round-1" / SAMPLES_FILE)) == stats["samples"]
         speed = stats["sampling_speed"]
         assert speed["engine"] == "batched" and speed["generated_tokens"] > 0 and speed["tokens_per_s"] > 0
     pairs = json.loads((cfg.train_dir / "dpo" / "round-1" / "round.json").read_text())["stats"]["pairs"]
     assert pairs > 0
     section = (cfg.train_dir / "dpo" / "selftrain.md").read_text()
-    assert section.startswith("## Self-training: dpo") and "| 1 | 5 | 10 |" in section and f"| {pairs} |" in section
+    assert (
+        section.startswith("## Self-training: dpo")
+        and "| 1 | 5 | 10 |" in section
+        and f"| {pairs} |" in section
+    )
     before = (cfg.train_dir / "dpo" / "round-1" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
     log = Console(stderr=True, record=True, width=200)
     run_stage(cfg, console=log)
     text = log.export_text()
     assert "rft round 1: already trained" in text and "dpo round 1: already trained" in text
-    assert (cfg.train_dir / "dpo" / "round-1" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == before
+    assert (
+        cfg.train_dir / "dpo" / "round-1" / "adapter" / "adapter_model.safetensors"
+    ).stat().st_mtime_ns == before
     # stage 2 trained again (other settings): everything built on it is stale and is redone
     retrained = cfg.model_copy(deep=True)
     retrained.train.sft.max_steps = 3
     run_stage(retrained, console=log)
     text = log.export_text()
     assert "already trained" not in text and "rft round 1: merging" in text and "dpo round 1: merging" in text
-    assert (cfg.train_dir / "dpo" / "round-1" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns != before
+    assert (
+        cfg.train_dir / "dpo" / "round-1" / "adapter" / "adapter_model.safetensors"
+    ).stat().st_mtime_ns != before
 
 
 @pytest.mark.slow
@@ -270,13 +374,25 @@ def test_a_self_training_stage_on_its_own_after_a_plain_sft_run(tmp_path, tiny_m
     from bbjtune.models.trained import read_trained
 
     write_data(tmp_path / "data", n_train=8, n_heldout=1)
-    cfg = make_config(tmp_path, tiny_model_dir, train__sft__max_steps=1, data__decontaminate_against=[],
-                      train__rft={"max_steps": 1, "max_length": 256, "gradient_accumulation_steps": 1,
-                                  "sampling": {"samples_per_prompt": 2, "max_new_tokens": 4}})
+    cfg = make_config(
+        tmp_path,
+        tiny_model_dir,
+        train__sft__max_steps=1,
+        data__decontaminate_against=[],
+        train__rft={
+            "max_steps": 1,
+            "max_length": 256,
+            "gradient_accumulation_steps": 1,
+            "sampling": {"samples_per_prompt": 2, "max_new_tokens": 4},
+        },
+    )
     run_stage(cfg, console=QUIET)
     assert read_trained(cfg.train_dir).stages == ["sft"]
     run_stage(cfg, stages=["rft"], console=QUIET)
     handle = read_trained(cfg.train_dir)
-    assert handle.stages == ["sft", "rft"] and handle.adapter == (cfg.train_dir / "rft" / "round-1" / "adapter").resolve()
+    assert (
+        handle.stages == ["sft", "rft"]
+        and handle.adapter == (cfg.train_dir / "rft" / "round-1" / "adapter").resolve()
+    )
     start = json.loads((cfg.train_dir / "rft" / "round-1" / "start.json").read_text())
     assert start["adapter"] == str(cfg.train_dir / "sft" / "adapter")

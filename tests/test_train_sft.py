@@ -25,15 +25,27 @@ def build_trainer(cfg, stage="sft", trainer_backend="hf"):
     """The exact trainer `bbjtune train` builds, without training it (the model always loads the hf way)."""
     configure_torch(cfg)
     data = load_training_data(cfg.data_dir, [stage])
-    job = StageJob(cfg=cfg, stage=stage, base_source=cfg.model.source, backend="hf",
-                          console=Console(stderr=True, quiet=True), resume="never")
+    job = StageJob(
+        cfg=cfg,
+        stage=stage,
+        base_source=cfg.model.source,
+        backend="hf",
+        console=Console(stderr=True, quiet=True),
+        resume="never",
+    )
     tokenizer = load_training_tokenizer(job.base_source)
     model, peft_settings, _ = sft._setup_model(job, tokenizer)
     train_dataset, eval_dataset = sft._setup_data(data)
     job = dataclasses.replace(job, backend=trainer_backend)
-    args = training_arguments(job, has_eval=eval_dataset is not None,
-                             assistant_only_loss=cfg.train.sft.assistant_only_loss, packing_strategy="bfd")
-    return make_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings, callbacks=[]), data
+    args = training_arguments(
+        job,
+        has_eval=eval_dataset is not None,
+        assistant_only_loss=cfg.train.sft.assistant_only_loss,
+        packing_strategy="bfd",
+    )
+    return make_trainer(
+        job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings, callbacks=[]
+    ), data
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +87,9 @@ def test_dry_run_shows_the_trainers_mask(unpacked):
 
 def test_full_sequence_loss_when_assistant_only_is_off(tmp_path, tiny_model_dir):
     write_data(tmp_path / "data", n_train=4)
-    cfg = make_config(tmp_path, tiny_model_dir, train__sft__packing=False, train__sft__assistant_only_loss=False)
+    cfg = make_config(
+        tmp_path, tiny_model_dir, train__sft__packing=False, train__sft__assistant_only_loss=False
+    )
     trainer, _ = build_trainer(cfg)
     row = trainer.train_dataset[0]
     assert row["labels"] == row["input_ids"]
@@ -83,7 +97,9 @@ def test_full_sequence_loss_when_assistant_only_is_off(tmp_path, tiny_model_dir)
 
 def test_packing_keeps_examples_apart(tmp_path, tiny_model_dir):
     write_data(tmp_path / "data", n_train=12)
-    cfg = make_config(tmp_path, tiny_model_dir, train__sft__max_length=96, train__sft__per_device_batch_size=2)
+    cfg = make_config(
+        tmp_path, tiny_model_dir, train__sft__max_length=96, train__sft__per_device_batch_size=2
+    )
     trainer, data = build_trainer(cfg)
     tokenizer = trainer.processing_class
     batch = next(iter(trainer.get_train_dataloader()))
@@ -100,11 +116,13 @@ def test_packing_keeps_examples_apart(tmp_path, tiny_model_dir):
         assert len(starts) >= 2, "rows should hold several packed examples"
         assert all(labels[r, s] == -100 for s in starts)  # no target across an example boundary
         with torch.no_grad():
-            packed = model(input_ids=ids[r:r + 1], position_ids=pos[r:r + 1]).logits[0]
-        text_end = padding_start(ids[r], labels[r], tokenizer.pad_token_id, floor=starts[-1])  # then the padding
+            packed = model(input_ids=ids[r : r + 1], position_ids=pos[r : r + 1]).logits[0]
+        text_end = padding_start(
+            ids[r], labels[r], tokenizer.pad_token_id, floor=starts[-1]
+        )  # then the padding
         for start, end in zip(starts, starts[1:] + [text_end]):
             assert pos[r, start:end].tolist() == list(range(end - start))  # positions restart per example
-            alone_ids = ids[r:r + 1, start:end]
+            alone_ids = ids[r : r + 1, start:end]
             with torch.no_grad():
                 alone = model(input_ids=alone_ids).logits[0]
             assert torch.allclose(packed[start:end], alone, atol=1e-4), "an example saw its neighbour"
@@ -121,7 +139,9 @@ def test_unsloth_keeps_its_padding_free_batches_and_refuses_others(tmp_path, tin
     from bbjtune.train.packing import PackedRowsCollator, check_one_row_batches
 
     write_data(tmp_path / "data", n_train=12)
-    cfg = make_config(tmp_path, tiny_model_dir, train__sft__max_length=96, train__sft__per_device_batch_size=2)
+    cfg = make_config(
+        tmp_path, tiny_model_dir, train__sft__max_length=96, train__sft__per_device_batch_size=2
+    )
     hf, _ = build_trainer(cfg)
     assert isinstance(hf.data_collator, PackedRowsCollator)
     unsloth, _ = build_trainer(cfg, trainer_backend="unsloth")  # the collator is the point
@@ -145,8 +165,9 @@ def test_padding_keeps_single_example_rows_unpacked(tiny_model_dir):
     pad = 0
     long_row = {"input_ids": list(range(5, 17)), "seq_lengths": [12]}
     short_row = {"input_ids": list(range(20, 27)), "seq_lengths": [7]}
-    batch = PackedRowsCollator(pad_token_id=pad)([{**long_row, "labels": long_row["input_ids"]},
-                                                  {**short_row, "labels": short_row["input_ids"]}])
+    batch = PackedRowsCollator(pad_token_id=pad)(
+        [{**long_row, "labels": long_row["input_ids"]}, {**short_row, "labels": short_row["input_ids"]}]
+    )
     assert batch["position_ids"][1].tolist() == list(range(12))  # the 5 pads continue the positions
     assert batch["input_ids"][1, 7:].tolist() == [pad] * 5 and (batch["labels"][1, 7:] == -100).all()
     assert find_packed_sequence_indices(batch["position_ids"]) is None  # no block mask: the fast path
@@ -157,8 +178,12 @@ def test_padding_keeps_single_example_rows_unpacked(tiny_model_dir):
         alone = model(input_ids=torch.tensor([short_row["input_ids"]])).logits[0]
     assert torch.allclose(padded, alone, atol=1e-5)
 
-    packed = PackedRowsCollator(pad_token_id=pad)([{"input_ids": list(range(5, 14)), "seq_lengths": [4, 5],
-                                                    "labels": list(range(5, 14))}, {**short_row, "labels": short_row["input_ids"]}])
+    packed = PackedRowsCollator(pad_token_id=pad)(
+        [
+            {"input_ids": list(range(5, 14)), "seq_lengths": [4, 5], "labels": list(range(5, 14))},
+            {**short_row, "labels": short_row["input_ids"]},
+        ]
+    )
     assert packed["position_ids"][0].tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 4]
     assert packed["position_ids"][1].tolist() == list(range(9))
     assert packed["labels"][0, 4] == -100  # the second example's first token is not a target of the first
@@ -169,10 +194,12 @@ def generate_answers(model, tokenizer, max_new_tokens):
     results = []
     for i in range(len(PAIRS)):
         prompt = [m for m in conversation(i) if m["role"] != "assistant"]
-        inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        inputs = tokenizer.apply_chat_template(
+            prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        results.append((out[0, inputs["input_ids"].shape[1]:], conversation(i)[-1]["content"]))
+        results.append((out[0, inputs["input_ids"].shape[1] :], conversation(i)[-1]["content"]))
     return results
 
 
@@ -190,17 +217,28 @@ def test_trained_model_stops_at_im_end(tmp_path, tiny_model_dir):
     im_end = base_tokenizer.convert_tokens_to_ids(IM_END)
     base.generation_config = GenerationConfig(eos_token_id=[im_end], pad_token_id=base_tokenizer.pad_token_id)
     stops_before = sum(out[-1].item() == im_end for out, _ in generate_answers(base, base_tokenizer, 40))
-    assert stops_before == 0, "the Base model already ends answers with <|im_end|>; the test would prove nothing"
+    assert stops_before == 0, (
+        "the Base model already ends answers with <|im_end|>; the test would prove nothing"
+    )
 
     write_data(tmp_path / "data", n_train=48, n_heldout=2)
-    cfg = make_config(tmp_path, base_dir, train__sft__epochs=20, train__sft__learning_rate=5e-3,
-                      train__lora__r=16, train__lora__alpha=32, train__sft__per_device_batch_size=4,
-                      train__logging_steps=20)
+    cfg = make_config(
+        tmp_path,
+        base_dir,
+        train__sft__epochs=20,
+        train__sft__learning_rate=5e-3,
+        train__lora__r=16,
+        train__lora__alpha=32,
+        train__sft__per_device_batch_size=4,
+        train__logging_steps=20,
+    )
     run_stage(cfg, console=Console(stderr=True, quiet=True))
 
     model, tokenizer = load_trained(cfg.train_dir)
     assert tokenizer.eos_token == IM_END
-    assert sorted(model.generation_config.eos_token_id) == sorted(tokenizer.convert_tokens_to_ids([IM_END, ENDOFTEXT]))
+    assert sorted(model.generation_config.eos_token_id) == sorted(
+        tokenizer.convert_tokens_to_ids([IM_END, ENDOFTEXT])
+    )
     exact = 0
     for out, answer in generate_answers(model, tokenizer, 60):
         text = tokenizer.decode(out)
@@ -220,21 +258,35 @@ def test_saved_adapter_and_handle(tmp_path, tiny_model_dir):
     cfg = make_config(tmp_path, tiny_model_dir, train__sft__max_steps=2, train__report_to=["tensorboard"])
     run_stage(cfg, console=Console(stderr=True, quiet=True))
     handle = json.loads((cfg.train_dir / "trained.json").read_text())
-    assert set(handle) >= {"base_model", "original_model", "adapter", "tokenizer", "stages", "lora", "modules_to_save",
-                           "trainable_token_indices", "max_length", "system_prompt"}
+    assert set(handle) >= {
+        "base_model",
+        "original_model",
+        "adapter",
+        "tokenizer",
+        "stages",
+        "lora",
+        "modules_to_save",
+        "trainable_token_indices",
+        "max_length",
+        "system_prompt",
+    }
     assert handle["stages"] == ["sft"] and handle["system_prompt"] == SYSTEM and handle["max_length"] == 256
     assert handle["lora"]["r"] == 8 and handle["modules_to_save"] == []
     assert handle["trainable_token_indices"] == sorted(
-        load_tokenizer_ids(handle["tokenizer"], [IM_START, IM_END]))  # Base model: the chat-token rows train
+        load_tokenizer_ids(handle["tokenizer"], [IM_START, IM_END])
+    )  # Base model: the chat-token rows train
     adapter = read_trained(cfg.train_dir).adapter
     card = (adapter / "README.md").read_text()
     from bbjtune.artifacts import sha256_file
+
     assert sha256_file(cfg.data_dir / "train.jsonl") in card and "Merge before serving" in card
     from bbjtune.models import load_tokenizer
 
     saved, original = load_tokenizer(str(adapter)), load_tokenizer(str(tiny_model_dir))
     sample = conversation(0)
-    assert saved.apply_chat_template(sample, tokenize=True) == original.apply_chat_template(sample, tokenize=True)
+    assert saved.apply_chat_template(sample, tokenize=True) == original.apply_chat_template(
+        sample, tokenize=True
+    )
     gen = json.loads((adapter / "generation_config.json").read_text())
     assert len(gen["eos_token_id"]) == 2
     rows = [json.loads(line) for line in (cfg.train_dir / "metrics.jsonl").read_text().splitlines()]

@@ -22,23 +22,31 @@ PAIRS = [
 
 CODE = [
     'rem list customers\nchan = unt\nopen (chan)"CUSTOMER"\nwhile 1\n    read record (chan,end=done)rec$\n'
-    '    print rec.name$\nwend\ndone:\nclose (chan)\nend\n',
-    'class public Counter\n    field private BBjNumber Count\n    method public void add()\n'
-    '        #Count = #Count + 1\n    methodend\nclassend\n',
+    "    print rec.name$\nwend\ndone:\nclose (chan)\nend\n",
+    "class public Counter\n    field private BBjNumber Count\n    method public void add()\n"
+    "        #Count = #Count + 1\n    methodend\nclassend\n",
     'x$ = "BBj"\nprint len(x$), cvs(x$,4)\nfor i = 1 to 10 step 2\n    print str(i:"00")\nnext i\n',
 ]
 
 
 def conversation(i: int) -> list[dict[str, str]]:
     request, answer = PAIRS[i % len(PAIRS)]
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": request},
-            {"role": "assistant", "content": answer}]
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": request},
+        {"role": "assistant", "content": answer},
+    ]
 
 
 def two_turn(i: int) -> list[dict[str, str]]:
     (r1, a1), (r2, a2) = PAIRS[i % len(PAIRS)], PAIRS[(i + 1) % len(PAIRS)]
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": r1}, {"role": "assistant", "content": a1},
-            {"role": "user", "content": r2}, {"role": "assistant", "content": a2}]
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": r1},
+        {"role": "assistant", "content": a1},
+        {"role": "user", "content": r2},
+        {"role": "assistant", "content": a2},
+    ]
 
 
 def fenced(conv: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -50,18 +58,29 @@ def fenced(conv: list[dict[str, str]]) -> list[dict[str, str]]:
 def write_jsonl(path: Path, rows: list[dict[str, Any] | str]) -> Path:
     """One JSON line per row; a string row is written as it is (a broken line, for the error paths)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8"
+    )
     return path
 
 
-def write_data(data_dir: Path, n_train: int = 24, n_heldout: int = 4, n_cpt: int = 12, multi_turn: bool = False) -> Path:
+def write_data(
+    data_dir: Path, n_train: int = 24, n_heldout: int = 4, n_cpt: int = 12, multi_turn: bool = False
+) -> Path:
     """train.jsonl, heldout.jsonl and cpt.jsonl shaped like the data stage's (see INTERFACES.md)."""
     make = two_turn if multi_turn else conversation
     write_jsonl(data_dir / "train.jsonl", [{"messages": make(i), "id": f"{i:016x}"} for i in range(n_train)])
-    write_jsonl(data_dir / "heldout.jsonl", [{"messages": fenced(conversation(i + 1)), "id": f"h{i:015x}"}
-                                             for i in range(n_heldout)])
-    write_jsonl(data_dir / "cpt.jsonl", [{"text": CODE[i % len(CODE)], "source": f"prog{i % len(CODE)}.bbj",
-                                          "chunk": 0, "n_chunks": 1} for i in range(n_cpt)])
+    write_jsonl(
+        data_dir / "heldout.jsonl",
+        [{"messages": fenced(conversation(i + 1)), "id": f"h{i:015x}"} for i in range(n_heldout)],
+    )
+    write_jsonl(
+        data_dir / "cpt.jsonl",
+        [
+            {"text": CODE[i % len(CODE)], "source": f"prog{i % len(CODE)}.bbj", "chunk": 0, "n_chunks": 1}
+            for i in range(n_cpt)
+        ],
+    )
     return data_dir
 
 
@@ -76,17 +95,36 @@ def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
 def make_config(tmp_path: Path, model_dir: Path, data_dir: Path | None = None, **overrides: Any) -> RunConfig:
     """A validated config for the tiny model; overrides use double underscores for dots (train__sft__epochs=2)."""
     raw: dict[str, Any] = {
-        "name": "t", "output_dir": str(tmp_path / "run"),
+        "name": "t",
+        "output_dir": str(tmp_path / "run"),
         "model": {"source": str(model_dir), "kind": "base", "dtype": "float32"},
         "data": {"chatml": ["unused.jsonl"], "output_dir": str(data_dir or tmp_path / "data")},
         "train": {
-            "backend": "hf", "stages": "sft", "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-            "quantization": {"load_in_4bit": False}, "optim": "adamw_torch", "gradient_checkpointing": False,
-            "logging_steps": 2, "cpu_threads": 1, "seed": 0,
-            "cpt": {"learning_rate": 5e-3, "epochs": 1, "max_length": 128, "per_device_batch_size": 4,
-                    "gradient_accumulation_steps": 1, "warmup_ratio": 0.0},
-            "sft": {"learning_rate": 5e-3, "epochs": 1, "max_length": 256, "per_device_batch_size": 4,
-                    "gradient_accumulation_steps": 1, "warmup_ratio": 0.0},
+            "backend": "hf",
+            "stages": "sft",
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+            "quantization": {"load_in_4bit": False},
+            "optim": "adamw_torch",
+            "gradient_checkpointing": False,
+            "logging_steps": 2,
+            "cpu_threads": 1,
+            "seed": 0,
+            "cpt": {
+                "learning_rate": 5e-3,
+                "epochs": 1,
+                "max_length": 128,
+                "per_device_batch_size": 4,
+                "gradient_accumulation_steps": 1,
+                "warmup_ratio": 0.0,
+            },
+            "sft": {
+                "learning_rate": 5e-3,
+                "epochs": 1,
+                "max_length": 256,
+                "per_device_batch_size": 4,
+                "gradient_accumulation_steps": 1,
+                "warmup_ratio": 0.0,
+            },
         },
         "export": {"vllm": {"enabled": False}},
     }
@@ -121,8 +159,13 @@ def pretrain_base(out_dir: Path, model_dir: Path, steps: int = 300, lr: float = 
     return out_dir
 
 
-def overfit_chat(model_dir: Path, messages: list[dict[str, str]], out_dir: Path, steps: int,
-                 stop_below: float | None = None) -> float:
+def overfit_chat(
+    model_dir: Path,
+    messages: list[dict[str, str]],
+    out_dir: Path,
+    steps: int,
+    stop_below: float | None = None,
+) -> float:
     """tiny:test trained on one conversation until it answers it and ends its turn; saved to out_dir.
 
     Returns the last loss (the caller asserts how low it must be). One thread: the model is tiny.

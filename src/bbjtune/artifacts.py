@@ -28,12 +28,23 @@ from bbjtune.errors import BbjtuneError
 
 MANIFEST_NAME = "manifest.json"
 TRACKED_LIBRARIES = (
-    "bbjtune", "torch", "transformers", "tokenizers", "peft", "trl", "accelerate", "datasets",
-    "bitsandbytes", "gguf", "llama_cpp_python", "unsloth",
+    "bbjtune",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "peft",
+    "trl",
+    "accelerate",
+    "datasets",
+    "bitsandbytes",
+    "gguf",
+    "llama_cpp_python",
+    "unsloth",
 )
 
 
 # ----------------------------------------------------------------------------- atomic writes
+
 
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
@@ -118,7 +129,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+    return atomic_write_text(
+        path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+    )
 
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
@@ -149,7 +162,9 @@ def atomic_dir(final: str | os.PathLike, *, keep_existing: bool = False) -> Iter
         yield tmp
         if keep_existing and final.exists():
             return
-        follow_umask(tmp)  # safetensors writes weights 0600: a service running as another user could not read them
+        follow_umask(
+            tmp
+        )  # safetensors writes weights 0600: a service running as another user could not read them
         _replace_dir(tmp, final)
         _fsync_dir(final.parent)
     finally:
@@ -189,8 +204,10 @@ def _json_default(obj: Any) -> Any:
 
 # ----------------------------------------------------------------------------- reading JSONL
 
-def read_jsonl(path: str | os.PathLike, hint: str = "fix or remove the line, or re-run the stage that wrote it"
-               ) -> list[tuple[int, dict[str, Any]]]:
+
+def read_jsonl(
+    path: str | os.PathLike, hint: str = "fix or remove the line, or re-run the stage that wrote it"
+) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; a line that is not a JSON object is an error."""
     rows = []
     try:
@@ -201,11 +218,14 @@ def read_jsonl(path: str | os.PathLike, hint: str = "fix or remove the line, or 
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise BbjtuneError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})",
-                                       hint) from None
+                    raise BbjtuneError(
+                        f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})", hint
+                    ) from None
                 if not isinstance(obj, dict):
-                    raise BbjtuneError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}",
-                                       "each line must be one {...} object")
+                    raise BbjtuneError(
+                        f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}",
+                        "each line must be one {...} object",
+                    )
                 rows.append((lineno, obj))
     except UnicodeDecodeError as exc:
         raise BbjtuneError(f"{path}: not UTF-8 text (byte {exc.start})", "save the file as UTF-8") from None
@@ -235,6 +255,7 @@ def read_complete_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------- hashing
 
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -256,6 +277,7 @@ def describe_inputs(paths: Iterable[str | os.PathLike]) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------- environment
 
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "platform": platform.platform()}
     for name in TRACKED_LIBRARIES:
@@ -270,14 +292,20 @@ def git_revision(cwd: str | os.PathLike | None = None) -> str | None:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
         if rev.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 # ----------------------------------------------------------------------------- run directories
+
 
 class StageRun:
     """One stage's output directory and its manifest, written atomically as the stage goes.
@@ -307,8 +335,10 @@ class StageRun:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise BbjtuneError(f"cannot create output directory {self.dir}: {exc.strerror}",
-                               "choose a writable location (output_dir in the config)") from exc
+            raise BbjtuneError(
+                f"cannot create output directory {self.dir}: {exc.strerror}",
+                "choose a writable location (output_dir in the config)",
+            ) from exc
         self._started = time.time()
         self.write_manifest(status="running")
         return self
@@ -365,5 +395,7 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError as exc:
         raise BbjtuneError(f"{path} not found", "run the stage that produces this directory first") from exc
     except json.JSONDecodeError as exc:
-        raise BbjtuneError(f"{path} is not valid JSON (line {exc.lineno})",
-                           "the stage was probably killed while writing; re-run it") from exc
+        raise BbjtuneError(
+            f"{path} is not valid JSON (line {exc.lineno})",
+            "the stage was probably killed while writing; re-run it",
+        ) from exc

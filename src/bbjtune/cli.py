@@ -31,10 +31,17 @@ HELP = (
     "in minutes on a laptop)."
 )
 
-app = typer.Typer(help=HELP, rich_markup_mode="rich", no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]})
-config_app = typer.Typer(help="Show, check and list run configurations (YAML files and presets).",
-                         no_args_is_help=True)
+app = typer.Typer(
+    help=HELP,
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+config_app = typer.Typer(
+    help="Show, check and list run configurations (YAML files and presets).", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
 app.add_typer(eval_app, name="eval")
 
@@ -48,20 +55,34 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _options(version: Annotated[bool, typer.Option(
-        "--version", callback=_print_version, is_eager=True, help="Print bbjtune's version and exit.")] = False) -> None:
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print bbjtune's version and exit."
+        ),
+    ] = False,
+) -> None:
     pass
 
 
-ConfigArg = Annotated[str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")]
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="Override one setting, e.g. --set train.lora.r=16 (repeatable).")]
+ConfigArg = Annotated[
+    str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override one setting, e.g. --set train.lora.r=16 (repeatable)."),
+]
 
 
 @app.command("run")
-def run(config: ConfigArg, stages: Annotated[str | None, typer.Option(
-            help="Comma-separated stages to run (default all): data,train,eval,export.")] = None,
-        set_: SetOpt = None) -> None:
+def run(
+    config: ConfigArg,
+    stages: Annotated[
+        str | None, typer.Option(help="Comma-separated stages to run (default all): data,train,eval,export.")
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
     """Run the whole pipeline for CONFIG: prepare data, train, evaluate, export."""
     # the pipeline loads every stage (transformers among them): only when the verb runs, not for --help
     from bbjtune.pipeline import next_steps, parse_stages, run_pipeline
@@ -98,12 +119,16 @@ def config_check(config: ConfigArg, set_: SetOpt = None) -> None:
         raise BbjtuneError(f"{config}: model.source: {exc.message}", exc.hint) from None
     missing = missing_inputs(cfg)
     if missing:
-        raise BbjtuneError(f"{config}: these inputs match no file: {', '.join(missing)}",
-                           "fix the paths under data: (relative paths start from the current directory)")
+        raise BbjtuneError(
+            f"{config}: these inputs match no file: {', '.join(missing)}",
+            "fix the paths under data: (relative paths start from the current directory)",
+        )
     console.print(f"[green]✓[/] {config} is valid (run '{cfg.name}', stages: {', '.join(cfg.train_stages)})")
     if kind == "hub":
-        console.print(f"  model.source {cfg.model.source} is a hub id: it is fetched (or read from the local "
-                      "Hugging Face cache) when a stage first loads it")
+        console.print(
+            f"  model.source {cfg.model.source} is a hub id: it is fetched (or read from the local "
+            "Hugging Face cache) when a stage first loads it"
+        )
 
 
 @config_app.command("list")
@@ -112,12 +137,17 @@ def config_list() -> None:
 
     for name in list_presets():
         cfg = load_config(name)
-        typer.echo(f"{name:34s} {cfg.model.source}  ({cfg.model.kind}; stages: {', '.join(cfg.train_stages)})")
+        typer.echo(
+            f"{name:34s} {cfg.model.source}  ({cfg.model.kind}; stages: {', '.join(cfg.train_stages)})"
+        )
 
 
 @app.command("inspect")
-def inspect_model(source: Annotated[str, typer.Argument(
-        help="A hub id, a local model directory, a .gguf file, or tiny:<preset>.")]) -> None:
+def inspect_model(
+    source: Annotated[
+        str, typer.Argument(help="A hub id, a local model directory, a .gguf file, or tiny:<preset>.")
+    ],
+) -> None:
     """Describe a model: architecture, size, vocabulary, special tokens and chat template."""
 
     for key, value in describe_model(source).items():
@@ -138,8 +168,10 @@ def main() -> None:
     try:
         code = app(prog_name="bbjtune", standalone_mode=False)
     except BbjtuneError as exc:
-        console.print(f"[bold red]error:[/] {exc.message}" + (f"\n[yellow]hint:[/] {exc.hint}" if exc.hint else ""),
-                      highlight=False)
+        console.print(
+            f"[bold red]error:[/] {exc.message}" + (f"\n[yellow]hint:[/] {exc.hint}" if exc.hint else ""),
+            highlight=False,
+        )
         sys.exit(exc.exit_code)
     except (ClickException, typer.TyperException) as exc:  # typer >= 0.25 raises its bundled click's errors
         exc.show()
@@ -151,8 +183,10 @@ def main() -> None:
         raise
     except OSError as exc:
         if exc.errno == 28:  # ENOSPC
-            console.print(f"[bold red]error:[/] no space left on device ({exc.filename or 'output'})\n"
-                          "[yellow]hint:[/] free disk space or choose another output_dir; finished files are kept")
+            console.print(
+                f"[bold red]error:[/] no space left on device ({exc.filename or 'output'})\n"
+                "[yellow]hint:[/] free disk space or choose another output_dir; finished files are kept"
+            )
             sys.exit(2)
         raise
     sys.exit(code if isinstance(code, int) else 0)

@@ -38,10 +38,15 @@ class Section(BaseModel):
 
 # ----------------------------------------------------------------------------- model
 
+
 class ModelConfig(Section):
-    source: str = Field("tiny:demo", description="hub id, local HF directory, local .gguf file, or tiny:<preset>")
+    source: str = Field(
+        "tiny:demo", description="hub id, local HF directory, local .gguf file, or tiny:<preset>"
+    )
     kind: Literal["base", "instruct"] = Field(
-        "base", description="base: run stage 1 (CPT) then stage 2 (SFT); instruct: SFT only is the usual shortcut")
+        "base",
+        description="base: run stage 1 (CPT) then stage 2 (SFT); instruct: SFT only is the usual shortcut",
+    )
     dtype: DType = "auto"
     revision: str | None = None
     trust_remote_code: bool = False
@@ -50,46 +55,76 @@ class ModelConfig(Section):
 
 # ----------------------------------------------------------------------------- data
 
+
 class DataConfig(Section):
     chatml: list[str] = Field(default_factory=list, description="globs of ChatML JSONL instruction files")
-    sources: list[str] = Field(default_factory=list, description="globs or folders of raw BBj source files for stage 1")
+    sources: list[str] = Field(
+        default_factory=list, description="globs or folders of raw BBj source files for stage 1"
+    )
     output_dir: str | None = Field(None, description="default: <run output_dir>/data")
-    system_prompt: str | None = Field(None, description="the fixed system prompt; default: the most common one")
-    add_system_prompt: bool = Field(True, description="give conversations without a system message the system prompt")
+    system_prompt: str | None = Field(
+        None, description="the fixed system prompt; default: the most common one"
+    )
+    add_system_prompt: bool = Field(
+        True, description="give conversations without a system message the system prompt"
+    )
     heldout_ratio: float = Field(0.08, ge=0.0, lt=0.5)
     heldout_sources_ratio: float = Field(
-        0.05, ge=0.0, lt=0.5, description="share of the source files (data.sources) kept out of stage 1 for the "
-                                          "fill-in-the-middle evaluation (heldout_sources.jsonl; from 10 files on)")
+        0.05,
+        ge=0.0,
+        lt=0.5,
+        description="share of the source files (data.sources) kept out of stage 1 for the "
+        "fill-in-the-middle evaluation (heldout_sources.jsonl; from 10 files on)",
+    )
     seed: int = 42
-    max_length: int | None = Field(None, gt=0, description="token limit for the audit; default: train.sft.max_length")
+    max_length: int | None = Field(
+        None, gt=0, description="token limit for the audit; default: train.sft.max_length"
+    )
     drop_too_long: bool = Field(
-        True, description="leave out conversations longer than max_length (training would cut off their end)")
-    min_answer_chars: int = Field(10, ge=0, description="answers of at most this many characters are fragments")
-    drop_truncated: bool = Field(True, description="leave out answers that look cut off (an unclosed ``` block, ...)")
+        True, description="leave out conversations longer than max_length (training would cut off their end)"
+    )
+    min_answer_chars: int = Field(
+        10, ge=0, description="answers of at most this many characters are fragments"
+    )
+    drop_truncated: bool = Field(
+        True, description="leave out answers that look cut off (an unclosed ``` block, ...)"
+    )
     fix_escapes: bool = Field(True, description="turn literal \\n escapes back into line breaks")
     duplicate_prompts: Literal["keep-first", "keep-all"] = Field(
-        "keep-first", description="a prompt that occurs again with another answer: keep only the first, or all")
+        "keep-first",
+        description="a prompt that occurs again with another answer: keep only the first, or all",
+    )
     near_duplicate_threshold: float = Field(0.9, gt=0.0, le=1.0)
     split_group_threshold: float = Field(
-        0.7, gt=0.0, le=1.0, description="prompts at least this similar always land on the same side of the split")
+        0.7,
+        gt=0.0,
+        le=1.0,
+        description="prompts at least this similar always land on the same side of the split",
+    )
     code_check: Literal["off", "report", "reject"] = "report"
     scrub_secrets: bool = True
     decontaminate_against: list[str] = Field(default_factory=lambda: ["evals/*.jsonl"])
     decontaminate_ngram: int = Field(8, ge=3)
     decontaminate_threshold: float = Field(0.5, gt=0.0, le=1.0)
     replay: list[str] = Field(
-        default_factory=list, description="globs of general (non-BBj) ChatML files mixed into stage 2 to keep general "
-                                          "coding skills (bbjtune data replay makes one from the model's own answers)")
+        default_factory=list,
+        description="globs of general (non-BBj) ChatML files mixed into stage 2 to keep general "
+        "coding skills (bbjtune data replay makes one from the model's own answers)",
+    )
     cpt_from_answers: bool = True
     cpt_near_dedupe: bool = False
     cpt_chunk_tokens: int | None = Field(None, gt=64, description="default: train.cpt.max_length")
     strict: bool = Field(False, description="stop at the first unusable line instead of setting it aside")
     workers: int | None = Field(
-        None, ge=1, description="processes that read the ChatML files (default: one per CPU core, up to 4, "
-                                "for inputs over 4 MB)")
+        None,
+        ge=1,
+        description="processes that read the ChatML files (default: one per CPU core, up to 4, "
+        "for inputs over 4 MB)",
+    )
 
 
 # ----------------------------------------------------------------------------- train
+
 
 class LoraConfig(Section):
     r: int = Field(32, gt=0)
@@ -119,8 +154,11 @@ class StageConfig(Section):
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.01, ge=0.0)
     lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
-    train_embeddings: bool = Field(False, description="also train embed_tokens/lm_head in full (stage 1 on new "
-                                                      "vocabulary, tiny random models; the adapter must be merged)")
+    train_embeddings: bool = Field(
+        False,
+        description="also train embed_tokens/lm_head in full (stage 1 on new "
+        "vocabulary, tiny random models; the adapter must be merged)",
+    )
     embedding_learning_rate: float | None = Field(None, gt=0.0, lt=1.0)
 
 
@@ -129,16 +167,32 @@ class CptConfig(StageConfig):
     # 0.5: the FIM paper (arXiv:2207.14255) saw no left-to-right cost at 0.5-0.9, StarCoder used 0.5,
     # and Qwen2.5-Coder was pretrained with FIM: plain text alone would train editor completion away.
     fim_rate: float = Field(
-        0.5, ge=0.0, le=1.0, description="share of stage 1 documents turned into fill-in-the-middle samples "
-                                         "(what editors ask for); 0: plain text only")
-    fim_spm_rate: float = Field(0.5, ge=0.0, le=1.0, description="share of FIM samples in suffix-prefix-middle "
-                                                                 "order (the rest prefix-suffix-middle)")
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="share of stage 1 documents turned into fill-in-the-middle samples "
+        "(what editors ask for); 0: plain text only",
+    )
+    fim_spm_rate: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="share of FIM samples in suffix-prefix-middle order (the rest prefix-suffix-middle)",
+    )
     fim_line_level_rate: float = Field(
-        0.5, ge=0.0, le=1.0, description="share of FIM samples whose hole is whole lines (the rest: cut at "
-                                         "random characters, like a cursor inside a line)")
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="share of FIM samples whose hole is whole lines (the rest: cut at "
+        "random characters, like a cursor inside a line)",
+    )
     fim_repo_rate: float = Field(
-        0.0, ge=0.0, le=1.0, description="share of FIM samples from source files that start with other files of "
-                                         "the same folder (<|repo_name|>/<|file_sep|>, repository-level completion)")
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of FIM samples from source files that start with other files of "
+        "the same folder (<|repo_name|>/<|file_sep|>, repository-level completion)",
+    )
 
 
 class SftConfig(StageConfig):
@@ -146,36 +200,71 @@ class SftConfig(StageConfig):
     epochs: float = Field(2.0, gt=0.0)
     assistant_only_loss: bool = True
     train_chat_tokens: Literal["auto", "yes", "no"] = Field(
-        "auto", description="train the <|im_start|>/<|im_end|> embedding rows (auto: yes for Base models)")
+        "auto", description="train the <|im_start|>/<|im_end|> embedding rows (auto: yes for Base models)"
+    )
     replay_ratio: float = Field(
-        0.2, ge=0.0, lt=1.0, description="share of stage 2's training examples drawn from the prepared replay.jsonl "
-                                         "(when data.replay gave one; 0: BBj only)")
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="share of stage 2's training examples drawn from the prepared replay.jsonl "
+        "(when data.replay gave one; 0: BBj only)",
+    )
     stop_check: int = Field(
-        4, ge=0, description="after training, answer this many held-out requests greedily and report how many "
-                             "end with <|im_end|> (0: skip)")
+        4,
+        ge=0,
+        description="after training, answer this many held-out requests greedily and report how many "
+        "end with <|im_end|> (0: skip)",
+    )
 
 
 class SelfSampleConfig(Section):
     """How a self-training stage samples and judges answers to the training prompts."""
 
     samples_per_prompt: int = Field(8, ge=2, description="answers sampled per training prompt (k)")
-    temperature: float = Field(0.8, gt=0.0, description="sampling temperature (> 0: the k answers must differ)")
+    temperature: float = Field(
+        0.8, gt=0.0, description="sampling temperature (> 0: the k answers must differ)"
+    )
     top_p: float = Field(0.95, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(768, gt=0, description="an answer that reaches it counts as failing (it ran on)")
-    max_prompts: int | None = Field(None, gt=0, description="at most N training prompts per round (default: all)")
-    extra_prompts: list[str] = Field(default_factory=list, description=(
-        "globs of more ChatML files to take prompts from, e.g. `bbjtune data derive` output; checked against the "
-        "eval suites and the held-out split like the training data"))
-    batch_tokens: int = Field(65536, gt=0, description=(
-        "sequences x (prompt + answer tokens) generated at once; larger batches use the GPU better"))
-    engine: Literal["batched", "continuous"] = Field("batched", description=(
-        "batched: padded batches of batch_tokens; continuous: transformers' continuous batching (GPU only in "
-        "practice; benchmarks/sample_speed.py compares them)"))
-    min_pattern_share: float = Field(0.5, ge=0.0, le=1.0, description=(
-        "an answer passes the prompt's own patterns (derived from the reference answer) when it matches at "
-        "least this share of them"))
+    max_new_tokens: int = Field(
+        768, gt=0, description="an answer that reaches it counts as failing (it ran on)"
+    )
+    max_prompts: int | None = Field(
+        None, gt=0, description="at most N training prompts per round (default: all)"
+    )
+    extra_prompts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "globs of more ChatML files to take prompts from, e.g. `bbjtune data derive` output; checked against the "
+            "eval suites and the held-out split like the training data"
+        ),
+    )
+    batch_tokens: int = Field(
+        65536,
+        gt=0,
+        description=(
+            "sequences x (prompt + answer tokens) generated at once; larger batches use the GPU better"
+        ),
+    )
+    engine: Literal["batched", "continuous"] = Field(
+        "batched",
+        description=(
+            "batched: padded batches of batch_tokens; continuous: transformers' continuous batching (GPU only in "
+            "practice; benchmarks/sample_speed.py compares them)"
+        ),
+    )
+    min_pattern_share: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "an answer passes the prompt's own patterns (derived from the reference answer) when it matches at "
+            "least this share of them"
+        ),
+    )
     compiler: Literal["auto", "builtin", "bbjcpl"] = Field("auto", description="auto: bbjcpl when installed")
-    rounds: int = Field(1, ge=1, le=10, description="sample → train rounds; each round samples from the last one's model")
+    rounds: int = Field(
+        1, ge=1, le=10, description="sample → train rounds; each round samples from the last one's model"
+    )
     seed: int = 42
 
 
@@ -184,7 +273,9 @@ class RftConfig(SftConfig):
 
     learning_rate: float = Field(2e-5, gt=0.0, lt=1.0)
     epochs: float = Field(1.0, gt=0.0)
-    include_references: bool = Field(True, description="train on the reference answers too (keeps the SFT data in view)")
+    include_references: bool = Field(
+        True, description="train on the reference answers too (keeps the SFT data in view)"
+    )
     sampling: SelfSampleConfig = Field(default_factory=SelfSampleConfig)
 
 
@@ -197,12 +288,18 @@ class DpoConfig(StageConfig):
     per_device_batch_size: int = Field(2, gt=0)
     gradient_accumulation_steps: int = Field(8, gt=0)
     beta: float = Field(0.1, gt=0.0, description="how far the policy may move from the starting model")
-    loss: Literal["auto", "dpo", "kto"] = Field("auto", description=(
-        "dpo: pairs; kto: unpaired good/bad answers (uses prompts where all k answers pass or all fail); "
-        "auto: kto when fewer than min_pairs pairs were built"))
+    loss: Literal["auto", "dpo", "kto"] = Field(
+        "auto",
+        description=(
+            "dpo: pairs; kto: unpaired good/bad answers (uses prompts where all k answers pass or all fail); "
+            "auto: kto when fewer than min_pairs pairs were built"
+        ),
+    )
     min_pairs: int = Field(64, gt=0)
-    reference_as_chosen: bool = Field(True, description=(
-        "when no sample of a prompt passes, pair its reference answer with a failing sample"))
+    reference_as_chosen: bool = Field(
+        True,
+        description=("when no sample of a prompt passes, pair its reference answer with a failing sample"),
+    )
     max_pairs_per_prompt: int = Field(2, gt=0)
     sampling: SelfSampleConfig = Field(default_factory=SelfSampleConfig)
 
@@ -222,8 +319,10 @@ class GrpoConfig(StageConfig):
 class TrainConfig(Section):
     backend: Literal["auto", "hf", "unsloth"] = "auto"
     stages: Literal["all", "cpt", "sft"] | list[Literal["cpt", "sft", "rft", "dpo", "grpo"]] = Field(
-        "all", description="all: cpt then sft (sft alone for Instruct models); or a list in order, e.g. "
-                           "[cpt, sft, rft, dpo] (rft/dpo/grpo learn from the checker's verdicts on the model's samples)")
+        "all",
+        description="all: cpt then sft (sft alone for Instruct models); or a list in order, e.g. "
+        "[cpt, sft, rft, dpo] (rft/dpo/grpo learn from the checker's verdicts on the model's samples)",
+    )
     output_dir: str | None = Field(None, description="default: <run output_dir>")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
@@ -232,13 +331,16 @@ class TrainConfig(Section):
     rft: RftConfig = Field(default_factory=RftConfig)
     dpo: DpoConfig = Field(default_factory=DpoConfig)
     grpo: GrpoConfig = Field(default_factory=GrpoConfig)
+
     @field_validator("stages", mode="before")
     @classmethod
     def _known_stages(cls, value: Any) -> Any:
         if isinstance(value, list):
             unknown = [s for s in value if s not in ("cpt", "sft", *SELF_TRAINING_STAGES)]
             if unknown:
-                raise ValueError(f"unknown stage(s) {unknown}: list some of cpt, sft, rft, dpo, grpo in that order")
+                raise ValueError(
+                    f"unknown stage(s) {unknown}: list some of cpt, sft, rft, dpo, grpo in that order"
+                )
         return value
 
     optim: Literal["paged_adamw_8bit", "adamw_8bit", "adamw_torch", "adamw_torch_fused"] = "paged_adamw_8bit"
@@ -252,12 +354,18 @@ class TrainConfig(Section):
     early_stopping_patience: int | None = Field(None, gt=0)
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
     max_grad_norm: float = Field(1.0, gt=0.0, description="gradient clipping")
-    keep_checkpoints: bool = Field(False, description="keep the resumable checkpoints after a stage completes")
+    keep_checkpoints: bool = Field(
+        False, description="keep the resumable checkpoints after a stage completes"
+    )
     cpu_threads: int | None = Field(
-        None, gt=0, description="torch threads when training on CPU (default: torch's choice; 1 is fastest for tiny models)")
+        None,
+        gt=0,
+        description="torch threads when training on CPU (default: torch's choice; 1 is fastest for tiny models)",
+    )
 
 
 # ----------------------------------------------------------------------------- eval
+
 
 class HumanEvalConfig(Section):
     enabled: bool = True
@@ -266,54 +374,75 @@ class HumanEvalConfig(Section):
     timeout_s: float = Field(10.0, gt=0.0, description="wall-clock and CPU-time limit per program")
     memory_mb: int = Field(1024, ge=64, description="memory limit per program, all its processes together")
     sandbox: Literal["auto", "bwrap", "namespaces", "rlimits"] = Field(
-        "auto", description="isolation of the model's code: auto/bwrap needs bubblewrap (apt-get install "
-                            "bubblewrap) and refuses to run without it; namespaces (unshare) and rlimits (limits "
-                            "only, no real isolation) are weaker and run only when chosen here")
+        "auto",
+        description="isolation of the model's code: auto/bwrap needs bubblewrap (apt-get install "
+        "bubblewrap) and refuses to run without it; namespaces (unshare) and rlimits (limits "
+        "only, no real isolation) are weaker and run only when chosen here",
+    )
     max_new_tokens: int = Field(512, gt=0)
     prompt_style: Literal["auto", "chat", "completion"] = Field(
-        "auto", description="chat: the problem as a user message; completion: the model continues the code "
-                            "(auto: completion for Base models, chat for Instruct)")
+        "auto",
+        description="chat: the problem as a user message; completion: the model continues the code "
+        "(auto: completion for Base models, chat for Instruct)",
+    )
     workers: int | None = Field(None, gt=0, description="programs run in parallel (default: CPU count)")
 
 
 class FimEvalConfig(Section):
-    enabled: bool = Field(True, description="the fill-in-the-middle suite (editor completion), built from the data "
-                                            "stage's held-out source files (heldout_sources.jsonl)")
+    enabled: bool = Field(
+        True,
+        description="the fill-in-the-middle suite (editor completion), built from the data "
+        "stage's held-out source files (heldout_sources.jsonl)",
+    )
     samples: int = Field(60, gt=0, description="holes to fill, spread over the held-out files and the kinds")
     kinds: list[Literal["line", "block", "statement"]] = Field(
         default_factory=lambda: ["line", "block", "statement"],
-        description="line: a whole line; block: 2 to max_block_lines lines; statement: the rest of a line")
+        description="line: a whole line; block: 2 to max_block_lines lines; statement: the rest of a line",
+    )
     max_block_lines: int = Field(4, ge=2)
-    context_lines_before: int = Field(40, ge=0, description="lines of the file sent before the hole (editors send "
-                                                            "a window, not the whole file)")
+    context_lines_before: int = Field(
+        40,
+        ge=0,
+        description="lines of the file sent before the hole (editors send a window, not the whole file)",
+    )
     context_lines_after: int = Field(20, ge=0, description="lines of the file sent after the hole")
     max_new_tokens: int = Field(128, gt=0)
     seed: int = 42
 
 
 class EvalConfig(Section):
-    suites: list[str] = Field(default_factory=lambda: ["evals/bbj-core.jsonl", "evals/bbj-challenge.jsonl"],
-                              description="eval suite files (JSONL or YAML); globs allowed")
+    suites: list[str] = Field(
+        default_factory=lambda: ["evals/bbj-core.jsonl", "evals/bbj-challenge.jsonl"],
+        description="eval suite files (JSONL or YAML); globs allowed",
+    )
     output_dir: str | None = Field(None, description="default: <run output_dir>/eval")
     compiler: Literal["auto", "builtin", "bbjcpl"] = "auto"
     backend: Literal["transformers", "http", "gguf"] = "transformers"
-    base_url: str | None = Field(None, description="http backend: the server's OpenAI-compatible address (…/v1)")
+    base_url: str | None = Field(
+        None, description="http backend: the server's OpenAI-compatible address (…/v1)"
+    )
     api_model: str | None = Field(None, description="http backend: the served name of the tuned model")
-    base_api_model: str | None = Field(None, description="http backend: the served name of the base model, if any")
+    base_api_model: str | None = Field(
+        None, description="http backend: the served name of the base model, if any"
+    )
     gguf_file: str | None = Field(None, description="gguf backend: the tuned model's .gguf file")
     base_gguf_file: str | None = Field(None, description="gguf backend: the base model's .gguf file, if any")
     request_timeout_s: float = Field(120.0, gt=0.0)
     retries: int = Field(3, ge=0)
     concurrency: int = Field(8, gt=0, description="http backend: requests in flight at once")
     threads: int | None = Field(None, gt=0, description="gguf backend: CPU threads (default: all cores)")
-    system_prompt: str | None = Field(None, description="default: the training data's system prompt (trained.json)")
+    system_prompt: str | None = Field(
+        None, description="default: the training data's system prompt (trained.json)"
+    )
     n_samples: int = Field(1, gt=0)
     k: list[int] = Field(default_factory=lambda: [1])
     temperature: float = Field(0.2, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_new_tokens: int = Field(768, gt=0)
     batch_size: int = Field(16, gt=0)
-    limit: int | None = Field(None, gt=0, description="at most N prompts per suite, spread over the categories")
+    limit: int | None = Field(
+        None, gt=0, description="at most N prompts per suite, spread over the categories"
+    )
     seed: int = 42
     compare_with_base: bool = True
     humaneval: HumanEvalConfig = Field(default_factory=HumanEvalConfig)
@@ -355,14 +484,27 @@ class VllmConfig(Section):
 
 class ExportConfig(Section):
     output_dir: str | None = Field(None, description="default: <run output_dir>/export")
-    merged: bool = Field(True, description="keep merged/ (16-bit safetensors for vLLM or transformers); "
-                                           "the GGUF files are made from it either way")
-    gguf: list[QuantType] = Field(default_factory=lambda: ["f16", "q8_0", "q4_k_m"], description=(
-        "GGUF files to write: f16, bf16 and q8_0 directly, the k-quants (q4_k_m, ...) through llama.cpp"))
-    verify: bool = Field(True, description="load each GGUF with llama.cpp and compare tokens, logits and "
-                                           "greedy text with the merged model; a mismatch fails the export")
-    lora_gguf: bool = Field(False, description="also write the adapter as a GGUF LoRA adapter, with its base "
-                                               "as an f16 GGUF (only for adapters without embedding weights)")
+    merged: bool = Field(
+        True,
+        description="keep merged/ (16-bit safetensors for vLLM or transformers); "
+        "the GGUF files are made from it either way",
+    )
+    gguf: list[QuantType] = Field(
+        default_factory=lambda: ["f16", "q8_0", "q4_k_m"],
+        description=(
+            "GGUF files to write: f16, bf16 and q8_0 directly, the k-quants (q4_k_m, ...) through llama.cpp"
+        ),
+    )
+    verify: bool = Field(
+        True,
+        description="load each GGUF with llama.cpp and compare tokens, logits and "
+        "greedy text with the merged model; a mismatch fails the export",
+    )
+    lora_gguf: bool = Field(
+        False,
+        description="also write the adapter as a GGUF LoRA adapter, with its base "
+        "as an f16 GGUF (only for adapters without embedding weights)",
+    )
     threads: int | None = Field(None, gt=0, description="CPU threads for llama.cpp (default: all cores)")
     ollama: OllamaConfig = Field(default_factory=OllamaConfig)
     vllm: VllmConfig = Field(default_factory=VllmConfig)
@@ -372,12 +514,15 @@ class ExportConfig(Section):
         if len(set(self.gguf)) != len(self.gguf):
             raise ValueError("export.gguf lists a quant type twice")
         if self.ollama.enabled and self.ollama.quant not in self.gguf:
-            raise ValueError(f"export.ollama.quant '{self.ollama.quant}' is not in export.gguf {self.gguf}: "
-                             "add it there or choose one of those")
+            raise ValueError(
+                f"export.ollama.quant '{self.ollama.quant}' is not in export.gguf {self.gguf}: "
+                "add it there or choose one of those"
+            )
         return self
 
 
 # ----------------------------------------------------------------------------- the run
+
 
 class RunConfig(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -393,8 +538,10 @@ class RunConfig(Section):
         t = self.train
         stages = self.planned_stages
         if "cpt" in stages and t.cpt.enabled and not (self.data.sources or self.data.cpt_from_answers):
-            raise ValueError("train.stages runs stage 1 (CPT) but data.sources is empty and "
-                             "data.cpt_from_answers is false: give raw BBj sources or set train.stages: sft")
+            raise ValueError(
+                "train.stages runs stage 1 (CPT) but data.sources is empty and "
+                "data.cpt_from_answers is false: give raw BBj sources or set train.stages: sft"
+            )
         if "sft" in stages and t.sft.enabled and not self.data.chatml:
             raise ValueError("train.stages runs stage 2 (SFT) but data.chatml lists no instruction files")
         if t.early_stopping_patience and self.data.heldout_ratio == 0:
@@ -404,16 +551,24 @@ class RunConfig(Section):
                 raise ValueError(f"train.stages lists a stage twice: {t.stages}")
             order = ["cpt", "sft", "rft", "dpo", "grpo"]
             if t.stages != sorted(t.stages, key=order.index):
-                raise ValueError(f"train.stages {t.stages} is out of order: stages run as cpt, sft, rft, dpo, grpo")
+                raise ValueError(
+                    f"train.stages {t.stages} is out of order: stages run as cpt, sft, rft, dpo, grpo"
+                )
             if any(s in t.stages for s in SELF_TRAINING_STAGES) and not self.data.chatml:
-                raise ValueError("train.stages has a self-training stage but data.chatml lists no instruction files "
-                                 "(its prompts and references come from the training data)")
+                raise ValueError(
+                    "train.stages has a self-training stage but data.chatml lists no instruction files "
+                    "(its prompts and references come from the training data)"
+                )
         for name in ("cpt", "sft"):
             if getattr(t, name).embedding_learning_rate and not getattr(t, name).train_embeddings:
-                raise ValueError(f"train.{name}.embedding_learning_rate is set but train.{name}.train_embeddings is false")
+                raise ValueError(
+                    f"train.{name}.embedding_learning_rate is set but train.{name}.train_embeddings is false"
+                )
         if t.lora.use_dora and self.export.vllm.enabled:
-            raise ValueError("train.lora.use_dora: vLLM cannot serve DoRA adapters; set export.vllm.enabled: false "
-                             "or train.lora.use_dora: false")
+            raise ValueError(
+                "train.lora.use_dora: vLLM cannot serve DoRA adapters; set export.vllm.enabled: false "
+                "or train.lora.use_dora: false"
+            )
         if t.quantization.load_in_4bit and t.optim == "adamw_torch_fused" and t.backend == "unsloth":
             raise ValueError("train.optim adamw_torch_fused is not supported with the unsloth backend")
         if self.export.vllm.enabled and t.lora.r > 512:
@@ -445,7 +600,11 @@ class RunConfig(Section):
     def planned_stages(self) -> list[str]:
         """The stages train.stages names, before the Instruct shortcut and `enabled` are applied."""
         stages = self.train.stages
-        return list(stages) if isinstance(stages, list) else {"all": ["cpt", "sft"], "cpt": ["cpt"], "sft": ["sft"]}[stages]
+        return (
+            list(stages)
+            if isinstance(stages, list)
+            else {"all": ["cpt", "sft"], "cpt": ["cpt"], "sft": ["sft"]}[stages]
+        )
 
     @property
     def train_stages(self) -> list[str]:
@@ -456,6 +615,7 @@ class RunConfig(Section):
 
 
 # ----------------------------------------------------------------------------- loading
+
 
 def list_presets() -> list[str]:
     names: set[str] = set()
@@ -470,8 +630,10 @@ def resolve_config_path(name_or_path: str) -> Path:
     p = Path(name_or_path).expanduser()
     if p.suffix in (".yaml", ".yml") or os.sep in name_or_path or p.exists():
         if not p.exists():
-            raise BbjtuneError(f"config file {p} does not exist",
-                               f"check the path, or use a preset name: {', '.join(list_presets())}")
+            raise BbjtuneError(
+                f"config file {p} does not exist",
+                f"check the path, or use a preset name: {', '.join(list_presets())}",
+            )
         if p.is_dir():
             raise BbjtuneError(f"{p} is a directory, not a config file", "pass a .yaml file or a preset name")
         return p
@@ -490,27 +652,37 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunCon
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise BbjtuneError(f"cannot read config {path}: {exc.strerror}", "check the file's permissions") from exc
+        raise BbjtuneError(
+            f"cannot read config {path}: {exc.strerror}", "check the file's permissions"
+        ) from exc
     except UnicodeDecodeError as exc:
         raise BbjtuneError(f"config {path} is not UTF-8 text", "save it as UTF-8") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise BbjtuneError(f"{path}{where}: {problem}", "fix the YAML syntax (indentation, colons, quotes)") from exc
+        raise BbjtuneError(
+            f"{path}{where}: {problem}", "fix the YAML syntax (indentation, colons, quotes)"
+        ) from exc
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise BbjtuneError(f"{path}: the top level must be a mapping of sections (name:, model:, data:, ...)",
-                           "see configs/quickstart.yaml for the layout")
+        raise BbjtuneError(
+            f"{path}: the top level must be a mapping of sections (name:, model:, data:, ...)",
+            "see configs/quickstart.yaml for the layout",
+        )
     raw.setdefault("name", path.stem)
     for item in overrides or []:
         apply_override(raw, item)
     in_configs_dir = any(path.resolve().parent == d.resolve() for d in PRESET_DIRS if d.is_dir())
-    return validate_config(raw, source=str(path), preset_root=path.resolve().parent.parent if in_configs_dir else None)
+    return validate_config(
+        raw, source=str(path), preset_root=path.resolve().parent.parent if in_configs_dir else None
+    )
 
 
-def validate_config(raw: dict[str, Any], source: str = "<config>", preset_root: Path | None = None) -> RunConfig:
+def validate_config(
+    raw: dict[str, Any], source: str = "<config>", preset_root: Path | None = None
+) -> RunConfig:
     """Validate a config; relative inputs of a preset (in `preset_root`/configs) and of the built-in
     defaults are found from their own root when the current directory lacks them (config_paths.py)."""
     try:
@@ -534,7 +706,9 @@ def default_data_config() -> DataConfig:
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Apply one `--set section.key=value` override; the value is parsed as YAML (`3`, `true`, `[a, b]`)."""
     if "=" not in item:
-        raise BbjtuneError(f"override '{item}' has no '='", "write it as key.path=value, e.g. train.lora.r=16")
+        raise BbjtuneError(
+            f"override '{item}' has no '='", "write it as key.path=value, e.g. train.lora.r=16"
+        )
     key, _, value = item.partition("=")
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
@@ -563,8 +737,11 @@ def _explain(exc: ValidationError, source: str) -> tuple[str, str]:
         parent, name = loc[:-1], loc[-1]
         fields = _fields_at(parent)
         close = difflib.get_close_matches(name, fields, n=1)
-        hint = f"did you mean '{'.'.join([*parent, close[0]])}'?" if close else (
-            f"known keys here: {', '.join(fields)}" if fields else "remove it")
+        hint = (
+            f"did you mean '{'.'.join([*parent, close[0]])}'?"
+            if close
+            else (f"known keys here: {', '.join(fields)}" if fields else "remove it")
+        )
         return f"{source}: unknown key '{key}'{more}", hint
     if etype == "missing":
         return f"{source}: '{key}' is required{more}", "add it to the config"
@@ -573,8 +750,10 @@ def _explain(exc: ValidationError, source: str) -> tuple[str, str]:
         where = f"'{key}': " if key else ""
         return f"{source}: {where}{msg}{more}", "fix the contradicting settings"
     if etype == "literal_error":
-        return (f"{source}: '{key}' = {err.get('input')!r} is not allowed{more}",
-                f"use one of {err.get('ctx', {}).get('expected', '')}")
+        return (
+            f"{source}: '{key}' = {err.get('input')!r} is not allowed{more}",
+            f"use one of {err.get('ctx', {}).get('expected', '')}",
+        )
     return f"{source}: '{key}' = {err.get('input')!r}: {err['msg']}{more}", "fix this value"
 
 

@@ -23,8 +23,13 @@ from pathlib import Path
 from typing import Any
 
 # (section, key) of every config value that lists input files or globs.
-INPUT_KEYS = (("data", "chatml"), ("data", "sources"), ("data", "replay"), ("data", "decontaminate_against"),
-              ("eval", "suites"))
+INPUT_KEYS = (
+    ("data", "chatml"),
+    ("data", "sources"),
+    ("data", "replay"),
+    ("data", "decontaminate_against"),
+    ("eval", "suites"),
+)
 
 
 def matches(pattern: str) -> bool:

@@ -39,10 +39,12 @@ def eval_prompts(patterns: list[str]) -> tuple[list[Path], list[tuple[str, str]]
     """(files, [(label, prompt)]) of the evaluation suites to decontaminate against."""
     files = expand_globs(patterns) if patterns else []
     if patterns and not files:  # a warning here went unnoticed: the data would silently go unchecked
-        raise BbjtuneError(f"data.decontaminate_against: {', '.join(patterns)} match no file (relative paths "
-                           f"start from the current directory, {Path.cwd()})",
-                           "give the evaluation prompts' path (absolute, or relative to where you run bbjtune), or "
-                           "set data.decontaminate_against: [] to train without checking against them")
+        raise BbjtuneError(
+            f"data.decontaminate_against: {', '.join(patterns)} match no file (relative paths "
+            f"start from the current directory, {Path.cwd()})",
+            "give the evaluation prompts' path (absolute, or relative to where you run bbjtune), or "
+            "set data.decontaminate_against: [] to train without checking against them",
+        )
     prompts = []
     for path in files:
         with open(path, encoding="utf-8", errors="replace") as fh:
@@ -63,12 +65,12 @@ def words(text: str) -> list[str]:
 def ngrams(tokens: list[str], n: int) -> set[tuple[str, ...]]:
     if len(tokens) < n:
         return set()
-    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
 
 
 @dataclass
 class Match:
-    label: str      # e.g. "heldout data/x.jsonl:12" or "eval bbj-core:file-io-001"
+    label: str  # e.g. "heldout data/x.jsonl:12" or "eval bbj-core:file-io-001"
     overlap: float  # share of that prompt's n-grams found in the training prompt
 
 

@@ -51,8 +51,25 @@ CREATE TABLE IF NOT EXISTS exchanges (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-COLUMNS = ("id", "created", "endpoint", "model", "request", "answer", "verdict", "compiler", "diagnostics",
-           "attempts", "rejected", "latency_ms", "upstream_ms", "check_ms", "rating", "correction", "rated")
+COLUMNS = (
+    "id",
+    "created",
+    "endpoint",
+    "model",
+    "request",
+    "answer",
+    "verdict",
+    "compiler",
+    "diagnostics",
+    "attempts",
+    "rejected",
+    "latency_ms",
+    "upstream_ms",
+    "check_ms",
+    "rating",
+    "correction",
+    "rated",
+)
 _JSON_COLUMNS = ("request", "diagnostics", "rejected")
 
 
@@ -87,10 +104,14 @@ class ExchangeLog:
             # else the gateway does); WAL stays consistent, a power cut may lose the last few rows
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
         except sqlite3.DatabaseError as exc:
-            raise BbjtuneError(f"{self.path} is not a usable exchange log ({exc})",
-                               "give a new file with --log, or the gateway's own log file") from exc
+            raise BbjtuneError(
+                f"{self.path} is not a usable exchange log ({exc})",
+                "give a new file with --log, or the gateway's own log file",
+            ) from exc
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -98,11 +119,26 @@ class ExchangeLog:
 
     def add(self, ex: Exchange, exchange_id: str | None = None) -> str:
         exchange_id = exchange_id or new_id()
-        row = (exchange_id, time.time(), ex.endpoint, ex.model, json.dumps(ex.request, ensure_ascii=False), ex.answer,
-               ex.verdict, ex.compiler, json.dumps(ex.diagnostics, ensure_ascii=False), ex.attempts,
-               json.dumps(ex.rejected, ensure_ascii=False), ex.latency_ms, ex.upstream_ms, ex.check_ms)
+        row = (
+            exchange_id,
+            time.time(),
+            ex.endpoint,
+            ex.model,
+            json.dumps(ex.request, ensure_ascii=False),
+            ex.answer,
+            ex.verdict,
+            ex.compiler,
+            json.dumps(ex.diagnostics, ensure_ascii=False),
+            ex.attempts,
+            json.dumps(ex.rejected, ensure_ascii=False),
+            ex.latency_ms,
+            ex.upstream_ms,
+            ex.check_ms,
+        )
         with self._lock:
-            self._db.execute(f"INSERT INTO exchanges ({', '.join(COLUMNS[:14])}) VALUES ({', '.join('?' * 14)})", row)
+            self._db.execute(
+                f"INSERT INTO exchanges ({', '.join(COLUMNS[:14])}) VALUES ({', '.join('?' * 14)})", row
+            )
         return exchange_id
 
     def rate(self, exchange_id: str, rating: int | None, correction: str | None) -> bool:
@@ -112,19 +148,23 @@ class ExchangeLog:
         with self._lock:
             cur = self._db.execute(
                 "UPDATE exchanges SET rating = COALESCE(?, rating), correction = COALESCE(?, correction), rated = ? "
-                "WHERE id = ?", (rating, correction, time.time(), exchange_id))
+                "WHERE id = ?",
+                (rating, correction, time.time(), exchange_id),
+            )
         return cur.rowcount == 1
 
     def get(self, exchange_id: str) -> dict[str, Any] | None:
         with self._lock:
-            row = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM exchanges WHERE id = ?",
-                                   (exchange_id,)).fetchone()
+            row = self._db.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM exchanges WHERE id = ?", (exchange_id,)
+            ).fetchone()
         return _row(row) if row else None
 
     def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         with self._lock:
-            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM exchanges ORDER BY created DESC LIMIT ?",
-                                    (limit,)).fetchall()
+            rows = self._db.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM exchanges ORDER BY created DESC LIMIT ?", (limit,)
+            ).fetchall()
         return [_row(r) for r in rows]
 
 
@@ -132,7 +172,9 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     """Every exchange of a log file, oldest first (read-only; the gateway may be writing)."""
     path = Path(path)
     if not path.is_file():
-        raise BbjtuneError(f"{path} does not exist", "give the file that `bbjtune serve gateway --log` writes")
+        raise BbjtuneError(
+            f"{path} does not exist", "give the file that `bbjtune serve gateway --log` writes"
+        )
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
@@ -140,8 +182,10 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
         finally:
             db.close()
     except sqlite3.DatabaseError as exc:
-        raise BbjtuneError(f"{path} is not a gateway exchange log ({exc})",
-                           "give the file that `bbjtune serve gateway --log` writes") from exc
+        raise BbjtuneError(
+            f"{path} is not a gateway exchange log ({exc})",
+            "give the file that `bbjtune serve gateway --log` writes",
+        ) from exc
     return [_row(r) for r in rows]
 
 

@@ -47,12 +47,16 @@ def now() -> str:
 
 def page(title: str, body: str, *, written_by: str) -> str:
     """A whole page: head, styles, the body, and a footer saying which command wrote it and when."""
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
-            f"<style>{CSS}</style></head><body>{body}<p class='muted'>Written by {esc(written_by)}, {now()}.</p>"
-            "</body></html>\n")
+    return (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
+        f"<style>{CSS}</style></head><body>{body}<p class='muted'>Written by {esc(written_by)}, {now()}.</p>"
+        "</body></html>\n"
+    )
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]], row_classes: Sequence[str] | None = None) -> str:
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[str]], row_classes: Sequence[str] | None = None
+) -> str:
     """Headers are escaped here; cells come ready-made from `td`."""
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = []

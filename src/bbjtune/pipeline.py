@@ -64,11 +64,18 @@ def next_steps(outputs: dict[str, Path]) -> list[tuple[str, str]]:
     if data is not None and (data / "report.html").exists():
         steps.append(("the data report (what was kept, set aside and why)", str(data / "report.html")))
     if evaluation is not None:
-        for label, what in (("compare", "base vs tuned, side by side"), ("tuned", "the tuned model's answers"),
-                            ("base", "the base model's answers")):
+        for label, what in (
+            ("compare", "base vs tuned, side by side"),
+            ("tuned", "the tuned model's answers"),
+            ("base", "the base model's answers"),
+        ):
             if (evaluation / label / "report.html").exists():
                 steps.append((f"the evaluation report: {what}", str(evaluation / label / "report.html")))
         if (evaluation / "base").is_dir() and (evaluation / "tuned").is_dir():
-            steps.append(("rate the answers blind in your browser",
-                          f"bbjtune review {evaluation / 'base'} {evaluation / 'tuned'}"))
+            steps.append(
+                (
+                    "rate the answers blind in your browser",
+                    f"bbjtune review {evaluation / 'base'} {evaluation / 'tuned'}",
+                )
+            )
     return steps

@@ -11,12 +11,24 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
-def new_progress(console: Console | None = None, *, unit: str = "", eta: bool = False, status: bool = False,
-                 transient: bool = True) -> Progress:
+def new_progress(
+    console: Console | None = None,
+    *,
+    unit: str = "",
+    eta: bool = False,
+    status: bool = False,
+    transient: bool = True,
+) -> Progress:
     """A rich Progress with bbjtune's columns; tasks added to it may carry a `status` field."""
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
     if unit:
@@ -30,8 +42,14 @@ def new_progress(console: Console | None = None, *, unit: str = "", eta: bool = 
 
 
 @contextlib.contextmanager
-def progress_bar(label: str, total: int | None, console: Console | None = None, *, transient: bool = True,
-                 eta: bool = False) -> Iterator[Callable[[int], None]]:
+def progress_bar(
+    label: str,
+    total: int | None,
+    console: Console | None = None,
+    *,
+    transient: bool = True,
+    eta: bool = False,
+) -> Iterator[Callable[[int], None]]:
     """One bar for one step; yields `done(n)`, which sets how many of `total` are finished."""
     with new_progress(console, eta=eta, transient=transient) as bar:
         task = bar.add_task(label, total=total)

@@ -43,10 +43,14 @@ def load_review_summary(path: str | Path) -> dict | None:
         try:
             summary = json.loads(candidate.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise BbjtuneError(f"{candidate} is not valid JSON (line {exc.lineno})",
-                               "rewrite it with `bbjtune review export` on its review folder") from exc
+            raise BbjtuneError(
+                f"{candidate} is not valid JSON (line {exc.lineno})",
+                "rewrite it with `bbjtune review export` on its review folder",
+            ) from exc
         except (OSError, UnicodeDecodeError) as exc:
-            raise BbjtuneError(f"cannot read {candidate}: {exc}", "check the file and its permissions") from exc
+            raise BbjtuneError(
+                f"cannot read {candidate}: {exc}", "check the file and its permissions"
+            ) from exc
         if isinstance(summary, dict) and summary.get("kind") == SUMMARY_KIND:
             return summary if summary.get("overall", {}).get("n_ratings") else None
     return None
@@ -57,20 +61,31 @@ def _percent(value: float | None) -> str:
 
 
 def _row(name: str, r: dict) -> str:
-    interval = "" if r["win_rate"] is None else f"[{_percent(r['ci_low']).strip()} – {_percent(r['ci_high']).strip()}]"
-    return (f"  {name[:28]:28s} {_percent(r['win_rate'])} {interval:17s} "
-            f"{r['wins']:4d} won {r['losses']:4d} lost {r['ties']:4d} tied  ({r['n_prompts']} prompts)")
+    interval = (
+        ""
+        if r["win_rate"] is None
+        else f"[{_percent(r['ci_low']).strip()} – {_percent(r['ci_high']).strip()}]"
+    )
+    return (
+        f"  {name[:28]:28s} {_percent(r['win_rate'])} {interval:17s} "
+        f"{r['wins']:4d} won {r['losses']:4d} lost {r['ties']:4d} tied  ({r['n_prompts']} prompts)"
+    )
 
 
 def format_summary(summary: dict) -> str:
     """The results as a small text table (the terminal; eval compare may show it in its report)."""
     a, b = summary["runs"]["a"]["label"], summary["runs"]["b"]["label"]
-    lines = [f"{b} vs {a}: win rate of {b} (ties count half), 95% interval",
-             f"  {summary['n_rated_items']} of {summary['n_items']} prompts rated by "
-             f"{len(summary['reviewers'])} reviewer(s)",
-             _row("all prompts", summary["overall"])]
-    for title, key in (("by category", "by_category"), ("by generation", "by_generation"),
-                       ("by reviewer", "by_reviewer")):
+    lines = [
+        f"{b} vs {a}: win rate of {b} (ties count half), 95% interval",
+        f"  {summary['n_rated_items']} of {summary['n_items']} prompts rated by "
+        f"{len(summary['reviewers'])} reviewer(s)",
+        _row("all prompts", summary["overall"]),
+    ]
+    for title, key in (
+        ("by category", "by_category"),
+        ("by generation", "by_generation"),
+        ("by reviewer", "by_reviewer"),
+    ):
         if summary[key]:
             lines.append(f" {title}:")
             lines.extend(_row(name, r) for name, r in summary[key].items())

@@ -42,14 +42,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bbjtune.errors import BbjtuneError
 
 ACCESS_COOKIE = "bbjtune_access"
-MAX_BODY_BYTES = 64 * 1024      # a rating with a full 4000-character comment is under 20 KiB
-MAX_FORM_FIELDS = 32            # the rating form has 9
+MAX_BODY_BYTES = 64 * 1024  # a rating with a full 4000-character comment is under 20 KiB
+MAX_FORM_FIELDS = 32  # the rating form has 9
 SESSION_COOKIE = "bbjtune_session"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-                                 b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),
@@ -57,8 +60,10 @@ SECURITY_HEADERS = [
 ]
 
 TOO_LARGE_TEXT = "This request is too large for the review page.\n"
-UNAUTHORIZED_TEXT = ("This review server needs its access token.\n"
-                     "Open the address that `bbjtune review` printed when it started (it ends in ?token=...).\n")
+UNAUTHORIZED_TEXT = (
+    "This review server needs its access token.\n"
+    "Open the address that `bbjtune review` printed when it started (it ends in ?token=...).\n"
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -80,7 +85,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     except socket.gaierror as exc:
-        raise BbjtuneError(f"cannot listen on {host!r}: {exc.strerror}", "use an IP address such as 127.0.0.1") from exc
+        raise BbjtuneError(
+            f"cannot listen on {host!r}: {exc.strerror}", "use an IP address such as 127.0.0.1"
+        ) from exc
     # IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off only on sockets whose protocol says TCP,
     # and with it on every response waited ~40 ms for a delayed ACK (measured on the gateway: 44 ms per
     # request on loopback, 1 ms without; benchmarks/gateway_latency.py)
@@ -90,8 +97,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise BbjtuneError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                           "another program uses this port; pick another with --port (0 picks a free one)") from exc
+        raise BbjtuneError(
+            f"cannot listen on {host}:{port}: {exc.strerror}",
+            "another program uses this port; pick another with --port (0 picks a free one)",
+        ) from exc
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
@@ -107,8 +116,14 @@ def _host_name(host_header: str) -> str:
 class AccessGuard:
     """ASGI middleware: host check, access token, and security headers on every response."""
 
-    def __init__(self, app: ASGIApp, token: str | None = None, allowed_hosts: frozenset[str] | None = None,
-                 unauthorized_text: str = UNAUTHORIZED_TEXT, max_body_bytes: int | None = MAX_BODY_BYTES):
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: str | None = None,
+        allowed_hosts: frozenset[str] | None = None,
+        unauthorized_text: str = UNAUTHORIZED_TEXT,
+        max_body_bytes: int | None = MAX_BODY_BYTES,
+    ):
         self.app = app
         self.token = token
         self.allowed_hosts = allowed_hosts
@@ -130,12 +145,19 @@ class AccessGuard:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
                 message.setdefault("headers", [])
-                message["headers"] = list(message["headers"]) + [h for h in SECURITY_HEADERS if h[0] not in present]
+                message["headers"] = list(message["headers"]) + [
+                    h for h in SECURITY_HEADERS if h[0] not in present
+                ]
             await send(message)
 
         request = Request(scope)
-        if self.allowed_hosts is not None and _host_name(request.headers.get("host", "")) not in self.allowed_hosts:
-            await PlainTextResponse("unexpected Host header\n", status_code=400)(scope, receive, send_with_headers)
+        if (
+            self.allowed_hosts is not None
+            and _host_name(request.headers.get("host", "")) not in self.allowed_hosts
+        ):
+            await PlainTextResponse("unexpected Host header\n", status_code=400)(
+                scope, receive, send_with_headers
+            )
             return
         if self.token:
             from_query = request.query_params.get("token")
@@ -143,15 +165,25 @@ class AccessGuard:
                 rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
                 target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
                 response = RedirectResponse(target, status_code=303)
-                response.set_cookie(ACCESS_COOKIE, access_cookie_value(self.token), httponly=True, samesite="lax",
-                                    secure=scope.get("scheme") == "https")
+                response.set_cookie(
+                    ACCESS_COOKIE,
+                    access_cookie_value(self.token),
+                    httponly=True,
+                    samesite="lax",
+                    secure=scope.get("scheme") == "https",
+                )
                 await response(scope, receive, send_with_headers)
                 return
             bearer = request.headers.get("authorization", "")
-            allowed = (self._token_ok(bearer[7:]) if bearer.lower().startswith("bearer ")
-                       else self._cookie_ok(request.cookies.get(ACCESS_COOKIE)))
+            allowed = (
+                self._token_ok(bearer[7:])
+                if bearer.lower().startswith("bearer ")
+                else self._cookie_ok(request.cookies.get(ACCESS_COOKIE))
+            )
             if not allowed:
-                await PlainTextResponse(self.unauthorized_text, status_code=401)(scope, receive, send_with_headers)
+                await PlainTextResponse(self.unauthorized_text, status_code=401)(
+                    scope, receive, send_with_headers
+                )
                 return
         if request.method not in ("GET", "HEAD") and self.max_body_bytes is not None:
             body = await _read_body(scope, receive, send_with_headers, self.max_body_bytes)
@@ -165,7 +197,9 @@ async def _read_body(scope: Scope, receive: Receive, send: Send, limit: int) -> 
     """The whole request body, or None once a 413 (or nothing, for a client that left) was sent."""
     declared = Request(scope).headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        await PlainTextResponse(TOO_LARGE_TEXT, status_code=413, headers={"connection": "close"})(scope, receive, send)
+        await PlainTextResponse(TOO_LARGE_TEXT, status_code=413, headers={"connection": "close"})(
+            scope, receive, send
+        )
         return None
     chunks, size = [], 0
     while True:
@@ -175,7 +209,9 @@ async def _read_body(scope: Scope, receive: Receive, send: Send, limit: int) -> 
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            await PlainTextResponse(TOO_LARGE_TEXT, status_code=413, headers={"connection": "close"})(scope, receive, send)
+            await PlainTextResponse(TOO_LARGE_TEXT, status_code=413, headers={"connection": "close"})(
+                scope, receive, send
+            )
             return None
         chunks.append(chunk)
         if not message.get("more_body", False):
@@ -197,7 +233,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 def equal(supplied: str, expected: str) -> bool:
     """Constant-time comparison of two strings as UTF-8 bytes (any character is allowed: no TypeError)."""
-    return hmac.compare_digest(supplied.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))
+    return hmac.compare_digest(
+        supplied.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
 
 
 def access_cookie_value(token: str) -> str:
@@ -206,6 +244,7 @@ def access_cookie_value(token: str) -> str:
 
 
 # ----------------------------------------------------------------------------- sessions and CSRF
+
 
 def _mac(secret: bytes, message: str) -> str:
     return hmac.new(secret, message.encode(), hashlib.sha256).hexdigest()[:32]
@@ -225,8 +264,12 @@ def read_session(secret: bytes, cookie: str | None) -> tuple[str, int | None] | 
     if not cookie or cookie.count(".") != 2:
         return None
     session_id, reviewer, mac = cookie.split(".")
-    if not equal(mac, _mac(secret, f"session|{session_id}.{reviewer}")) or not reviewer.isascii() \
-            or not reviewer.isdigit() or len(reviewer) > 18:
+    if (
+        not equal(mac, _mac(secret, f"session|{session_id}.{reviewer}"))
+        or not reviewer.isascii()
+        or not reviewer.isdigit()
+        or len(reviewer) > 18
+    ):
         return None
     return session_id, (int(reviewer) or None)
 

@@ -6,6 +6,11 @@ from .diagnostics import Diagnostic
 from .extract import CodeBlock, extract_bbj, extract_code_blocks
 
 __all__ = [
-    "CodeBlock", "Diagnostic", "check_file", "check_source", "check_with", "extract_bbj",
+    "CodeBlock",
+    "Diagnostic",
+    "check_file",
+    "check_source",
+    "check_with",
+    "extract_bbj",
     "extract_code_blocks",
 ]

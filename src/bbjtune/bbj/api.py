@@ -29,8 +29,15 @@ from .lexer import LogicalLine, tokenize
 
 TABLE_PATH = Path(__file__).with_name("bbjapi_table.json")
 # java.lang.Object's methods: every object has them, with these argument counts.
-OBJECT_METHODS = {"equals": {1}, "hashcode": {0}, "tostring": {0}, "getclass": {0}, "notify": {0},
-                  "notifyall": {0}, "wait": {0, 1, 2}}
+OBJECT_METHODS = {
+    "equals": {1},
+    "hashcode": {0},
+    "tostring": {0},
+    "getclass": {0},
+    "notify": {0},
+    "notifyall": {0},
+    "wait": {0, 1, 2},
+}
 # Names that also mean plain Java values: getString() returns a java.lang.String, not a BBjString.
 NOT_RESULT_TYPES = frozenset({"bbjstring", "bbjnumber", "bbjint", "string", "number", "int"})
 # Declared types whose values are not checked: BBj lets a `BBjString`/`BBjNumber` variable hold
@@ -94,7 +101,7 @@ class ApiTable:
             return SPECIAL_RESULTS[low]
         for prefix in RESULT_PREFIXES:
             if low.startswith(prefix) and len(low) > len(prefix):
-                rest = low[len(prefix):]
+                rest = low[len(prefix) :]
                 for cand in ("bbj" + rest, rest):
                     if cand in self.by_lower and cand not in NOT_RESULT_TYPES:
                         return self.by_lower[cand]
@@ -167,8 +174,13 @@ def _count_args(K: list[str], T: list[str], i: int) -> int:
                 return n
         elif k == "," and depth == 1:
             n += 1
-        elif depth == 1 and k == "id" and K[i + 1] == "=" and K[i - 1] in ("(", ",") \
-                and T[i].lower() in CALL_OPTIONS:
+        elif (
+            depth == 1
+            and k == "id"
+            and K[i + 1] == "="
+            and K[i - 1] in ("(", ",")
+            and T[i].lower() in CALL_OPTIONS
+        ):
             n -= 1  # `x!.add(err=*next)`: an option, not an argument
         i += 1
     return n
@@ -382,8 +394,9 @@ class Program:
             return self._class_name(ret) if ret else None
         return self.api.result_type(typ, method)
 
-    def chain(self, K, T, i: int, problems: list | None, line: LogicalLine | None = None
-              ) -> tuple[str | None, int]:
+    def chain(
+        self, K, T, i: int, problems: list | None, line: LogicalLine | None = None
+    ) -> tuple[str | None, int]:
         """Type of `primary(.method(args))*` at i; checks each call when `problems` is a list."""
         typ, i = self.primary(K, T, i)
         while typ and K[i] == "." and K[i + 1] == "id":
@@ -415,9 +428,15 @@ class Program:
             # for API classes a count within the documented range, or one more than the most, is
             # only a warning; fewer than the fewest, or two more than the most, is an error.
             sure = self.own.get(typ.lower()) is not None or n_args < min(counts) or n_args > max(counts) + 1
-            problems.append(ApiProblem(where, "bad-arity", f"{typ}.{name}() takes {expected} argument"
-                                       f"{'' if sorted(counts) == [1] else 's'}, not {n_args}",
-                                       "error" if sure else "warning"))
+            problems.append(
+                ApiProblem(
+                    where,
+                    "bad-arity",
+                    f"{typ}.{name}() takes {expected} argument"
+                    f"{'' if sorted(counts) == [1] else 's'}, not {n_args}",
+                    "error" if sure else "warning",
+                )
+            )
 
     # ------------------------------------------------------------- checks
     def check_calls(self) -> list[ApiProblem]:

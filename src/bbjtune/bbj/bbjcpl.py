@@ -60,18 +60,40 @@ def parse_bbjcpl_output(stderr: str, stdout: str = "", filename: str | None = No
                 source = m.group("source")
                 physical = int(m.group("line"))
                 column = len(source) - len(source.lstrip()) + 1
-                out.append(Diagnostic(
-                    file=filename if filename is not None else m.group("file"), line=physical,
-                    column=column, message=BBJCPL_MESSAGE, severity="error", code="bbjcpl",
-                    source_line=source, bbx_line=int(m.group("bbx"))))
+                out.append(
+                    Diagnostic(
+                        file=filename if filename is not None else m.group("file"),
+                        line=physical,
+                        column=column,
+                        message=BBJCPL_MESSAGE,
+                        severity="error",
+                        code="bbjcpl",
+                        source_line=source,
+                        bbx_line=int(m.group("bbx")),
+                    )
+                )
             elif keep_other and line.strip():
-                out.append(Diagnostic(file=filename, line=1, column=1, message=f"bbjcpl: {line.strip()}",
-                                      severity="error", code="bbjcpl-message", source_line="", bbx_line=10))
+                out.append(
+                    Diagnostic(
+                        file=filename,
+                        line=1,
+                        column=1,
+                        message=f"bbjcpl: {line.strip()}",
+                        severity="error",
+                        code="bbjcpl-message",
+                        source_line="",
+                        bbx_line=10,
+                    )
+                )
     return out
 
 
-def run_bbjcpl(text_or_path: str | os.PathLike, timeout: float = 60.0, filename: str | None = None,
-               executable: str | os.PathLike | None = None) -> list[Diagnostic]:
+def run_bbjcpl(
+    text_or_path: str | os.PathLike,
+    timeout: float = 60.0,
+    filename: str | None = None,
+    executable: str | os.PathLike | None = None,
+) -> list[Diagnostic]:
     """Run `bbjcpl -N` and return its verdict as diagnostics (an empty list: it compiles).
 
     A `str` is program text, written to a temporary file; a `Path` (any os.PathLike) is a file
@@ -80,8 +102,10 @@ def run_bbjcpl(text_or_path: str | os.PathLike, timeout: float = 60.0, filename:
     """
     exe = Path(executable) if executable is not None else find_bbjcpl()
     if exe is None:
-        raise BbjtuneError("bbjcpl was not found on PATH or in $BBJ_HOME/bin",
-                           "set BBJ_HOME to your BBj installation or install BBj; or use the built-in checker")
+        raise BbjtuneError(
+            "bbjcpl was not found on PATH or in $BBJ_HOME/bin",
+            "set BBJ_HOME to your BBj installation or install BBj; or use the built-in checker",
+        )
     if isinstance(text_or_path, str):
         name = Path(filename).name if filename else "program.bbj"
         if not name.lower().endswith((".bbj", ".bbjt", ".src", ".bbl", ".txt")):
@@ -100,16 +124,29 @@ def run_bbjcpl(text_or_path: str | os.PathLike, timeout: float = 60.0, filename:
 
 def _run(exe: Path, source: Path, timeout: float, filename: str | None) -> list[Diagnostic]:
     try:
-        proc = subprocess.run([str(exe), "-N", str(source)], capture_output=True, text=True,
-                              encoding="utf-8", errors="replace", timeout=timeout, check=False)
+        proc = subprocess.run(
+            [str(exe), "-N", str(source)],
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
-        raise BbjtuneError(f"bbjcpl did not finish within {timeout:g} s on {filename or source.name}",
-                           "raise the timeout, or use the built-in checker") from None
+        raise BbjtuneError(
+            f"bbjcpl did not finish within {timeout:g} s on {filename or source.name}",
+            "raise the timeout, or use the built-in checker",
+        ) from None
     except OSError as exc:
-        raise BbjtuneError(f"cannot run {exe}: {exc.strerror or exc}",
-                           "check the BBj installation (BBJ_HOME) and that bbjcpl is executable") from None
+        raise BbjtuneError(
+            f"cannot run {exe}: {exc.strerror or exc}",
+            "check the BBj installation (BBJ_HOME) and that bbjcpl is executable",
+        ) from None
     diagnostics = parse_bbjcpl_output(proc.stderr, proc.stdout, filename)
     if diagnostics and all(d.code == "bbjcpl-message" for d in diagnostics):
-        raise BbjtuneError(f"bbjcpl did not check {filename or source.name}: {diagnostics[0].message}",
-                           "check the BBj installation and licence, or use the built-in checker")
+        raise BbjtuneError(
+            f"bbjcpl did not check {filename or source.name}: {diagnostics[0].message}",
+            "check the BBj installation and licence, or use the built-in checker",
+        )
     return diagnostics

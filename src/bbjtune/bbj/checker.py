@@ -30,14 +30,23 @@ _CONTROL_RE = re.compile(r"[\x00-\x08\x0e-\x19\x1b-\x1f]")
 def _diagnostic(file, physical, line, col, message, severity, code, numbers=None) -> Diagnostic:
     source = physical[line] if 0 <= line < len(physical) else ""
     bbx = numbers.get(line) if numbers else None
-    return Diagnostic(file=file, line=line + 1, column=col + 1, message=message, severity=severity,
-                      code=code, source_line=source, bbx_line=bbx if bbx is not None else 10 * (line + 1))
+    return Diagnostic(
+        file=file,
+        line=line + 1,
+        column=col + 1,
+        message=message,
+        severity=severity,
+        code=code,
+        source_line=source,
+        bbx_line=bbx if bbx is not None else 10 * (line + 1),
+    )
 
 
 # BBj saves programs tokenized (binary) unless told to save them as text; its bbjlst utility lists
 # a tokenized program as text, which is what a checker (ours or bbjcpl) reads.
-BINARY_MESSAGE = ("binary data, not BBj source text: a tokenized (saved) program? list it as text with "
-                  "BBj's bbjlst first")
+BINARY_MESSAGE = (
+    "binary data, not BBj source text: a tokenized (saved) program? list it as text with BBj's bbjlst first"
+)
 
 
 def looks_binary(text: str) -> bool:
@@ -60,8 +69,9 @@ def check_source(text: str, filename: str | None = None, *, fragment: bool = Fal
     if looks_binary(text):
         return [Diagnostic(filename, 1, 1, BINARY_MESSAGE, "error", "binary-file", "", 10)]
     if not text.strip():
-        return [Diagnostic(filename, 1, 1, "empty source: no BBj statements", "warning",
-                           "empty-source", "", 10)]
+        return [
+            Diagnostic(filename, 1, 1, "empty source: no BBj statements", "warning", "empty-source", "", 10)
+        ]
     physical = split_physical_lines(text)
     out: list[Diagnostic] = []
     numbers: dict[int, int] = {}
@@ -79,13 +89,22 @@ def check_source(text: str, filename: str | None = None, *, fragment: bool = Fal
     for line in lines:
         text_ = line.text
         if len(text_) > MAX_LINE_CHARS:
-            report(line.first, 0, f"line is {len(text_):,} characters long; the checker handles "
-                   f"lines up to {MAX_LINE_CHARS:,}", "error", "line-too-long")
+            report(
+                line.first,
+                0,
+                f"line is {len(text_):,} characters long; the checker handles lines up to {MAX_LINE_CHARS:,}",
+                "error",
+                "line-too-long",
+            )
             continue
         s = text_.lstrip()
         if not s:
             continue
-        if (s[0] == "r" or s[0] == "R") and s[:3].lower() == "rem" and (len(s) == 3 or s[3] not in _IDENT_CHARS):
+        if (
+            (s[0] == "r" or s[0] == "R")
+            and s[:3].lower() == "rem"
+            and (len(s) == 3 or s[3] not in _IDENT_CHARS)
+        ):
             continue
         parser.parse_line(line)
     parser.finish()
@@ -122,14 +141,22 @@ def check_file(path: str | os.PathLike) -> list[Diagnostic]:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        return [Diagnostic(name, 1, 1, f"cannot read the file: {exc.strerror or exc}", "error",
-                           "unreadable-file", "", 10)]
+        return [
+            Diagnostic(
+                name, 1, 1, f"cannot read the file: {exc.strerror or exc}", "error", "unreadable-file", "", 10
+            )
+        ]
     return check_bytes(data, name)
 
 
-def check_with(compiler: Compiler, text: str, filename: str | None = None,
-               timeout: float = 60.0, path: str | os.PathLike | None = None,
-               fragment: bool = False) -> tuple[list[Diagnostic], str]:
+def check_with(
+    compiler: Compiler,
+    text: str,
+    filename: str | None = None,
+    timeout: float = 60.0,
+    path: str | os.PathLike | None = None,
+    fragment: bool = False,
+) -> tuple[list[Diagnostic], str]:
     """Check with the built-in checker or the real bbjcpl; returns (diagnostics, compiler used).
 
     `auto` uses bbjcpl when it can be found (PATH or $BBJ_HOME/bin), else the built-in checker.
@@ -145,9 +172,10 @@ def check_with(compiler: Compiler, text: str, filename: str | None = None,
     exe = find_bbjcpl()
     if exe is None:
         if compiler == "bbjcpl":
-            raise BbjtuneError("bbjcpl was not found on PATH or in $BBJ_HOME/bin",
-                               "set BBJ_HOME to your BBj installation or install BBj; "
-                               "or use --compiler builtin")
+            raise BbjtuneError(
+                "bbjcpl was not found on PATH or in $BBJ_HOME/bin",
+                "set BBJ_HOME to your BBj installation or install BBj; or use --compiler builtin",
+            )
         return check_source(text, filename, fragment=fragment), "builtin"
     if fragment and _TOP_LEVEL_MEMBER_RE.search(text) and not _CLASS_RE.search(text):
         return _run_bbjcpl_in_class(text, timeout, filename, exe), "bbjcpl"

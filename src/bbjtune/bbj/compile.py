@@ -50,7 +50,9 @@ def compile_code(code: str, compiler: str = "auto", filename: str = "answer.bbj"
     if not errors:
         return CompileResult(True, used, "", kept, code)
     first = errors[0]
-    reason = f"line {first.line}: {first.message}" + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")
+    reason = f"line {first.line}: {first.message}" + (
+        f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    )
     return CompileResult(False, used, reason, kept, code)
 
 

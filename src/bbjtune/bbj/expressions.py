@@ -109,8 +109,7 @@ class ExpressionParser:
         i = self.i
         if self.K[i + 1] == "id":
             if self.P[i + 1] != self.P[i] + 1:
-                self.fail("a symbolic label reference may not contain whitespace (write *NEXT)",
-                          "bad-label")
+                self.fail("a symbolic label reference may not contain whitespace (write *NEXT)", "bad-label")
             self.i += 2
             return
         self.fail("expected a symbolic label such as *NEXT after '*'", "bad-label")
@@ -230,7 +229,7 @@ class ExpressionParser:
             self.i += 1
             return "lit"
         if k == "ustr":
-            self.fail("unterminated string (missing closing \")", "unterminated-string")
+            self.fail('unterminated string (missing closing ")', "unterminated-string")
         if k == "umnem":
             self.fail("unterminated mnemonic (missing closing ')", "unterminated-string")
         if k == ")" or k == "]":

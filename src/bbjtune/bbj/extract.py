@@ -11,7 +11,9 @@ import re
 from dataclasses import dataclass
 
 # Info strings that mean "this is BBj".
-BBJ_LANGUAGES = frozenset({"bbj", "bbx", "bbjt", "bbl", "basis", "bbj-source", "bbjsrc", "pro5", "visualpro5"})
+BBJ_LANGUAGES = frozenset(
+    {"bbj", "bbx", "bbjt", "bbl", "basis", "bbj-source", "bbjsrc", "pro5", "visualpro5"}
+)
 # Info strings under which models often put BBj anyway; used only when the code looks like BBj.
 LOOSE_LANGUAGES = frozenset({"", "basic", "vb", "vbnet", "text", "txt", "plain", "plaintext", "code"})
 
@@ -133,7 +135,7 @@ def _bare_code(text: str) -> str:
     if not any(flags):
         return ""
     first, last = flags.index(True), len(flags) - 1 - flags[::-1].index(True)
-    code = "\n".join(lines[first:last + 1])
+    code = "\n".join(lines[first : last + 1])
     return code + "\n" if looks_like_bbj(code) else ""
 
 

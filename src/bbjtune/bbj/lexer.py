@@ -138,7 +138,12 @@ def tokenize(text: str) -> tuple[list[str], list[str]]:
     kinds = [first(t[0]) or (t if t in operators else _kind(t)) for t in texts]
     if "rem" in text.lower():
         for j, t in enumerate(texts):
-            if len(t) == 3 and kinds[j] == "id" and t.upper() == "REM" and (j == 0 or texts[j - 1] not in ".#"):
+            if (
+                len(t) == 3
+                and kinds[j] == "id"
+                and t.upper() == "REM"
+                and (j == 0 or texts[j - 1] not in ".#")
+            ):
                 del texts[j:], kinds[j:]
                 break
     kinds.append("eol")

@@ -16,8 +16,10 @@ from typing import Callable
 
 from .lexer import LogicalLine
 
-_FUNCTION_RE = re.compile(r"\s*[A-Za-z_]\w*\s*\(\s*(?:[A-Za-z_]\w*\s*\??!?\s*(?::\s*\w+)?\s*"
-                          r"(?:,\s*[A-Za-z_]\w*\s*\??!?\s*(?::\s*\w+)?\s*)*)?\)\s*:\s*\w+\s*$")
+_FUNCTION_RE = re.compile(
+    r"\s*[A-Za-z_]\w*\s*\(\s*(?:[A-Za-z_]\w*\s*\??!?\s*(?::\s*\w+)?\s*"
+    r"(?:,\s*[A-Za-z_]\w*\s*\??!?\s*(?::\s*\w+)?\s*)*)?\)\s*:\s*\w+\s*$"
+)
 _VAR_RE = re.compile(r"\s*var\s+[A-Za-z_]\w*[$%!]?\s*(?::\s*\w+)?\s*$", re.IGNORECASE)
 _LABEL_RE = re.compile(r"\s*label\s+\*[A-Za-z_]\w*\s*$", re.IGNORECASE)
 _EVENT_RE = re.compile(r"\s*eventtype\s+[A-Za-z_]\w*\s*$", re.IGNORECASE)
@@ -53,9 +55,18 @@ def check_library(lines: list[LogicalLine], report: Callable[[int, int, str, str
         if s.lower().startswith("rem") and (len(s) == 3 or not (s[3].isalnum() or s[3] == "_")):
             continue
         if not any(rx.match(text) for rx in _DECLARATIONS):
-            report(line.first, len(text) - len(text.lstrip()),
-                   "not a library declaration (NAME(params): type, var NAME, label *NAME, eventtype NAME)",
-                   "error", "syntax-error")
+            report(
+                line.first,
+                len(text) - len(text.lstrip()),
+                "not a library declaration (NAME(params): type, var NAME, label *NAME, eventtype NAME)",
+                "error",
+                "syntax-error",
+            )
     if in_doc:
-        report(lines[-1].first, 0, "documentation block /@@ ... is not closed with @/", "error",
-               "unterminated-comment")
+        report(
+            lines[-1].first,
+            0,
+            "documentation block /@@ ... is not closed with @/",
+            "error",
+            "unterminated-comment",
+        )

@@ -23,22 +23,48 @@ from bbjtune.bbj.verbs import BARE_VERBS, CHANNEL_OPTIONS, GENERIC_VERBS, SPECIA
 
 VERBS = frozenset(GENERIC_VERBS | set(SPECIAL_VERBS) | BARE_VERBS)
 # In (nearly) every program, or the closing half of a pair whose opening half is already counted.
-UNINFORMATIVE = frozenset({
-    "PRINT", "?", "END", "STOP", "LET", "REM", "ELSE", "FI", "ENDIF", "WEND", "NEXT", "SWEND", "RETURN",
-    "BREAK", "CONTINUE", "CLASSEND", "METHODEND", "INTERFACEEND", "FNEND", "THEN", "UNTIL", "CASE", "DIM",
-    "RELEASE", "BYE", "IF", "RECORD",
-})
+UNINFORMATIVE = frozenset(
+    {
+        "PRINT",
+        "?",
+        "END",
+        "STOP",
+        "LET",
+        "REM",
+        "ELSE",
+        "FI",
+        "ENDIF",
+        "WEND",
+        "NEXT",
+        "SWEND",
+        "RETURN",
+        "BREAK",
+        "CONTINUE",
+        "CLASSEND",
+        "METHODEND",
+        "INTERFACEEND",
+        "FNEND",
+        "THEN",
+        "UNTIL",
+        "CASE",
+        "DIM",
+        "RELEASE",
+        "BYE",
+        "IF",
+        "RECORD",
+    }
+)
 DECLARING_VERBS = frozenset({"METHOD", "CLASS", "INTERFACE", "FIELD", "DECLARE", "USE"})
 MAX_PATTERNS = 12
 
 FOREIGN_IDIOMS = (
-    r"(?im)^\s*def\s+\w+\s*\([^)]*\)\s*(->\s*[^:]+)?:\s*$",          # Python function
-    r"(?i)\bwith\s+open\s*\(",                                         # Python file handling
-    r"(?i)\bself\.\w+",                                                # Python/VB object access
-    r"(?i)\bdim[ \t]+\w+[ \t]+as[ \t]+\w+",                           # Visual Basic declaration
-    r"(?im)^[ \t]*end[ \t]+(sub|function|if|class|select|with)\b",     # Visual Basic block end
-    r"(?im)^\s*((public|private)\s+)?(sub|function)\s+\w+\s*\(",       # Visual Basic procedure
-    r"(?im)^\s*//",                                                    # C-style comment
+    r"(?im)^\s*def\s+\w+\s*\([^)]*\)\s*(->\s*[^:]+)?:\s*$",  # Python function
+    r"(?i)\bwith\s+open\s*\(",  # Python file handling
+    r"(?i)\bself\.\w+",  # Python/VB object access
+    r"(?i)\bdim[ \t]+\w+[ \t]+as[ \t]+\w+",  # Visual Basic declaration
+    r"(?im)^[ \t]*end[ \t]+(sub|function|if|class|select|with)\b",  # Visual Basic block end
+    r"(?im)^\s*((public|private)\s+)?(sub|function)\s+\w+\s*\(",  # Visual Basic procedure
+    r"(?im)^\s*//",  # C-style comment
 )
 
 
@@ -69,8 +95,14 @@ def derive_must_patterns(reference: str, limit: int = MAX_PATTERNS) -> list[str]
                     if upper not in UNINFORMATIVE:
                         verbs.setdefault(upper, None)
                     declaring = upper in DECLARING_VERBS
-                elif (nxt == "(" and not follows_dot and not declaring and upper not in UNINFORMATIVE
-                      and _is_function_name(upper) and (j == 0 or texts[j - 1].upper() != "NEW")):
+                elif (
+                    nxt == "("
+                    and not follows_dot
+                    and not declaring
+                    and upper not in UNINFORMATIVE
+                    and _is_function_name(upper)
+                    and (j == 0 or texts[j - 1].upper() != "NEW")
+                ):
                     functions.setdefault(text.lower(), None)
                 elif nxt == "=" and upper in CHANNEL_OPTIONS and j > 0 and texts[j - 1] in ("(", ","):
                     options.setdefault(upper, None)

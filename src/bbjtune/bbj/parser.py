@@ -19,14 +19,33 @@ from .expressions import GLUE_WORDS, Report, SyntaxProblem, describe
 from .lexer import LogicalLine, tokenize
 from .structure import Blocks
 from .verbs import (
-    BARE_VERBS, CHANNEL_OPTIONS, CHANNEL_VERBS, FORBIDDEN_LABELS, GENERIC_VERBS, IO_VERBS,
-    KEYDEF_VERBS, LEADING_COMMA_VERBS, RECORD_VERBS, SPECIAL_VERBS, VERB_OPTIONS,
+    BARE_VERBS,
+    CHANNEL_OPTIONS,
+    CHANNEL_VERBS,
+    FORBIDDEN_LABELS,
+    GENERIC_VERBS,
+    IO_VERBS,
+    KEYDEF_VERBS,
+    LEADING_COMMA_VERBS,
+    RECORD_VERBS,
+    SPECIAL_VERBS,
+    VERB_OPTIONS,
 )
 
 # Statements that are declarations rather than executable code (allowed in a CLASS body).
-NON_EXECUTABLE = frozenset({
-    "CLASS", "INTERFACE", "CLASSEND", "INTERFACEEND", "METHOD", "METHODEND", "FIELD", "DECLARE", "USE",
-})
+NON_EXECUTABLE = frozenset(
+    {
+        "CLASS",
+        "INTERFACE",
+        "CLASSEND",
+        "INTERFACEEND",
+        "METHOD",
+        "METHODEND",
+        "FIELD",
+        "DECLARE",
+        "USE",
+    }
+)
 SUFFIXES = "$%!@"
 
 
@@ -61,8 +80,12 @@ class Parser(DeclarationStatements):
             self.statements()
         except SyntaxProblem as exc:
             if "ustr" in K:  # an odd number of quotes is the likely cause of whatever failed
-                self.problem(K.index("ustr"), 'unterminated string: this line has an unbalanced \'"\'',
-                             "error", "unterminated-string")
+                self.problem(
+                    K.index("ustr"),
+                    "unterminated string: this line has an unbalanced '\"'",
+                    "error",
+                    "unterminated-string",
+                )
             else:
                 self.problem(exc.index, exc.message, "error", exc.code)
             if self.line_block is not None:
@@ -94,16 +117,23 @@ class Parser(DeclarationStatements):
                 u = self.T[self.i].upper()
                 if u in GLUE_WORDS:
                     if self.line_ifs == 0:
-                        self.problem(self.i, f"{u} should start a new line (there is no IF "
-                                     "before it on this line)", "warning", "line-break")
+                        self.problem(
+                            self.i,
+                            f"{u} should start a new line (there is no IF before it on this line)",
+                            "warning",
+                            "line-break",
+                        )
                     continue
                 if u == "IF":
                     if not self.line_had_if:
-                        self.problem(self.i, "IF should start a new line or follow ';'",
-                                     "warning", "line-break")
+                        self.problem(
+                            self.i, "IF should start a new line or follow ';'", "warning", "line-break"
+                        )
                     continue
-            self.fail(f"unexpected {describe(k, self.T[self.i])} after the statement "
-                      "(missing ';' or operator?)", "unexpected-token")
+            self.fail(
+                f"unexpected {describe(k, self.T[self.i])} after the statement (missing ';' or operator?)",
+                "unexpected-token",
+            )
 
     def statement(self) -> bool:
         """Parse one statement; True when the next statement may follow without ';'."""
@@ -131,7 +161,7 @@ class Parser(DeclarationStatements):
                 self.blocks.executable(self.at(i), "a statement")
             return self.stmt_assign_or_call()
         if k == "ustr":
-            self.fail("unterminated string (missing closing \")", "unterminated-string")
+            self.fail('unterminated string (missing closing ")', "unterminated-string")
         if k == "num":
             self.fail(f"a statement cannot start with the number {T[i]}", "unknown-statement")
         self.fail(f"a statement cannot start with {describe(k, T[i])}", "unknown-statement")
@@ -156,14 +186,21 @@ class Parser(DeclarationStatements):
                 self.fail(f"unknown statement '{self.T[start]}'", "unknown-statement", at=start)
             # The language server accepts a lone name as a statement; it does nothing and is
             # usually a misspelled verb (ENDWHILE, LOOP).
-            self.problem(start, f"'{self.T[start]}' alone does nothing: is it a misspelled "
-                         "verb?", "warning", "lone-name")
+            self.problem(
+                start,
+                f"'{self.T[start]}' alone does nothing: is it a misspelled verb?",
+                "warning",
+                "lone-name",
+            )
         return False
 
     def assignment_rest(self, shape: str, target: int) -> None:
         if shape == "call":
-            self.fail("a function or method call cannot be assigned to: the left side of '=' "
-                      "must be a variable", "call-assignment", at=target)
+            self.fail(
+                "a function or method call cannot be assigned to: the left side of '=' must be a variable",
+                "call-assignment",
+                at=target,
+            )
         if shape not in ("name", "var", "substr"):
             self.fail("the left side of '=' must be a variable", "invalid-assignment", at=target)
         self.i += 1
@@ -210,16 +247,22 @@ class Parser(DeclarationStatements):
             if K[i] == "id" and K[i + 1] == "=":
                 name = T[i].upper()
                 if name not in CHANNEL_OPTIONS:
-                    self.problem(i, f"unknown option {T[i]}= in the channel list", "warning",
-                                 "unknown-option")
+                    self.problem(
+                        i, f"unknown option {T[i]}= in the channel list", "warning", "unknown-option"
+                    )
                 self.i += 2
                 self.expr()
             else:
-                self.fail("malformed option list: after the channel only NAME=value options may "
-                          f"follow, found {describe(K[i], T[i])}", "malformed-options")
+                self.fail(
+                    "malformed option list: after the channel only NAME=value options may "
+                    f"follow, found {describe(K[i], T[i])}",
+                    "malformed-options",
+                )
         if K[self.i] != ")":
-            self.fail(f"malformed option list: expected ',' or ')', found "
-                      f"{describe(K[self.i], T[self.i])}", "malformed-options")
+            self.fail(
+                f"malformed option list: expected ',' or ')', found {describe(K[self.i], T[self.i])}",
+                "malformed-options",
+            )
         self.i += 1
 
     def items(self, verb: str) -> None:
@@ -242,15 +285,16 @@ class Parser(DeclarationStatements):
                 elif allowed is not None and k == "id" and K[i + 1] == "=":
                     if T[i].upper() not in allowed:
                         names = ", ".join(sorted(allowed))
-                        self.fail(f"{verb} accepts the options {names}; found {T[i]}=",
-                                  "invalid-option")
+                        self.fail(f"{verb} accepts the options {names}; found {T[i]}=", "invalid-option")
                     self.i += 2
                     self.expr()
                     seen_option = True
                 else:
                     if seen_option and allowed is not None:
-                        self.fail(f"{verb}: options (NAME=value) must come after all other "
-                                  "arguments", "invalid-option")
+                        self.fail(
+                            f"{verb}: options (NAME=value) must come after all other arguments",
+                            "invalid-option",
+                        )
                     self.expr()
                 if K[self.i] != ",":
                     return
@@ -451,8 +495,12 @@ class Parser(DeclarationStatements):
             target = self.i
             shape = self.operand()
             if shape not in ("name", "var"):
-                self.fail(f"{verb} takes variables: '{self.T[target]}' must be a variable or an array "
-                          "with [] or [ALL]", "malformed-except", at=target)
+                self.fail(
+                    f"{verb} takes variables: '{self.T[target]}' must be a variable or an array "
+                    "with [] or [ALL]",
+                    "malformed-except",
+                    at=target,
+                )
             if self.K[self.i] != ",":
                 return
             self.i += 1
@@ -465,7 +513,9 @@ class Parser(DeclarationStatements):
             self.unexpected("'(' and a channel number after OPEN (OPEN (chan)\"file\")", "malformed-open")
         self.channel_list()
         if self.at_end():
-            self.fail('OPEN needs the file to open after the channel list: OPEN (chan)"file"', "malformed-open")
+            self.fail(
+                'OPEN needs the file to open after the channel list: OPEN (chan)"file"', "malformed-open"
+            )
         self.items(u)
         return False
 

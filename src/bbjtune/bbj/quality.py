@@ -43,8 +43,8 @@ GENERATION_PATTERNS: dict[str, tuple[str, ...]] = {
 }
 # Repetition: a block of up to MAX_BLOCK lines repeated back to back this many times.
 MAX_BLOCK = 12
-MIN_REPEATS_LINE = 8     # one line eight times in a row
-MIN_REPEATS_BLOCK = 4    # a block of 2+ lines four times in a row
+MIN_REPEATS_LINE = 8  # one line eight times in a row
+MIN_REPEATS_BLOCK = 4  # a block of 2+ lines four times in a row
 MIN_REPEATED_CHARS = 12  # lines shorter than this (ENDIF, NEXT I, PRINT "") repeat in real code
 _LINE_NUMBER_RE = re.compile(r"^\d+ ")  # numbered programs: 0010 PRINT X and 0020 PRINT X repeat
 
@@ -63,6 +63,7 @@ class Finding:
 @dataclass
 class Assessment:
     """Tier 1 and tier 2 together: clean = compiles and no tier 2 finding of severity "error"."""
+
     compiles: bool
     findings: list[Finding] = field(default_factory=list)
     compile_reason: str = ""
@@ -76,12 +77,14 @@ class Assessment:
         return [f for f in self.findings if f.severity == "error"]
 
 
-def assess(code: str, *, generation: str | None = None, must_not: Sequence[str] = (),
-           compiler: str = "builtin") -> Assessment:
+def assess(
+    code: str, *, generation: str | None = None, must_not: Sequence[str] = (), compiler: str = "builtin"
+) -> Assessment:
     """Compile `code` as evaluation does and run every tier 2 check on it."""
     result = compile_code(code or "", compiler)
-    return Assessment(result.compiles, check_quality(code, generation=generation, must_not=must_not),
-                      result.reason)
+    return Assessment(
+        result.compiles, check_quality(code, generation=generation, must_not=must_not), result.reason
+    )
 
 
 def check_quality(code: str, *, generation: str | None = None, must_not: Sequence[str] = ()) -> list[Finding]:
@@ -92,8 +95,9 @@ def check_quality(code: str, *, generation: str | None = None, must_not: Sequenc
     if code.strip():
         toks = tokenized(lines)
         if not any(_has_statement(K, T) for _line, K, T in toks):
-            findings.append(Finding("no-statement", 1, "the code has no executable statement "
-                                    "(only comments or labels)"))
+            findings.append(
+                Finding("no-statement", 1, "the code has no executable statement (only comments or labels)")
+            )
         findings += _label_findings(toks)
         findings += [Finding(p.rule, p.line, p.message, p.severity) for p in check_api_calls(lines)]
         findings += _repetition(lines)
@@ -207,17 +211,22 @@ def _repetition(lines: list[LogicalLine]) -> list[Finding]:
             break
         start = 0
         while start + size * need <= total:
-            block = texts[start:start + size]
+            block = texts[start : start + size]
             if sum(len(t) for t in block) < MIN_REPEATED_CHARS * size:
                 start += 1
                 continue
             reps = 1
-            while texts[start + reps * size:start + (reps + 1) * size] == block:
+            while texts[start + reps * size : start + (reps + 1) * size] == block:
                 reps += 1
             if reps >= need:
                 what = "line" if size == 1 else f"block of {size} lines"
-                return [Finding("repetition", body[start][0], f"the same {what} is repeated {reps} times "
-                                "in a row (runaway generation)")]
+                return [
+                    Finding(
+                        "repetition",
+                        body[start][0],
+                        f"the same {what} is repeated {reps} times in a row (runaway generation)",
+                    )
+                ]
             start += 1
     return []
 
@@ -240,7 +249,16 @@ def _pattern_findings(code: str, generation: str | None, must_not: Sequence[str]
         if m is None:
             continue
         line = code.count("\n", 0, m.start()) + 1
-        why = f"for {generation} code" if pattern in GENERATION_PATTERNS.get(generation or "", ()) else "(must_not)"
-        out.append(Finding("generation-mismatch", line, f"{m.group(0).strip()[:60]!r} does not belong here "
-                           f"{why}: matches {pattern}"))
+        why = (
+            f"for {generation} code"
+            if pattern in GENERATION_PATTERNS.get(generation or "", ())
+            else "(must_not)"
+        )
+        out.append(
+            Finding(
+                "generation-mismatch",
+                line,
+                f"{m.group(0).strip()[:60]!r} does not belong here {why}: matches {pattern}",
+            )
+        )
     return out

@@ -19,8 +19,15 @@ from .lexer import LogicalLine, token_starts
 
 DECLARATION_KINDS = frozenset({"CLASS", "INTERFACE", "METHOD", "DEF"})
 END_WORD = {
-    "CLASS": "CLASSEND", "INTERFACE": "INTERFACEEND", "METHOD": "METHODEND", "DEF": "FNEND",
-    "IF": "FI", "FOR": "NEXT", "WHILE": "WEND", "REPEAT": "UNTIL", "SWITCH": "SWEND",
+    "CLASS": "CLASSEND",
+    "INTERFACE": "INTERFACEEND",
+    "METHOD": "METHODEND",
+    "DEF": "FNEND",
+    "IF": "FI",
+    "FOR": "NEXT",
+    "WHILE": "WEND",
+    "REPEAT": "UNTIL",
+    "SWITCH": "SWEND",
 }
 
 Report = Callable[[int, int, str, str, str], None]  # (line index, column, message, severity, code)
@@ -98,12 +105,20 @@ class Blocks:
         if decl.kind == "METHOD":
             decl.has_body = True
         elif decl.kind == "CLASS":
-            self.report(where, f"{word} cannot stand in a CLASS body outside a METHOD "
-                        f"(CLASS at line {decl.line}; missing METHOD or CLASSEND?)", "error",
-                        "statement-outside-method")
+            self.report(
+                where,
+                f"{word} cannot stand in a CLASS body outside a METHOD "
+                f"(CLASS at line {decl.line}; missing METHOD or CLASSEND?)",
+                "error",
+                "statement-outside-method",
+            )
         elif decl.kind == "INTERFACE":
-            self.report(where, f"{word} cannot stand in an INTERFACE body (only METHOD "
-                        "declarations; missing INTERFACEEND?)", "error", "statement-outside-method")
+            self.report(
+                where,
+                f"{word} cannot stand in an INTERFACE body (only METHOD declarations; missing INTERFACEEND?)",
+                "error",
+                "statement-outside-method",
+            )
 
     # ------------------------------------------------------------------ declaration blocks
     def open_class(self, kind: str, where: Where) -> Block:
@@ -114,12 +129,21 @@ class Blocks:
                 self._unclosed_method(decl)
                 decl = self.declaration
             if decl is not None and decl.kind in ("CLASS", "INTERFACE"):
-                self.report(where, f"{kind} starts before the {decl.kind} of line {decl.line} "
-                            f"is closed (missing {END_WORD[decl.kind]})", "error", "unclosed-block")
+                self.report(
+                    where,
+                    f"{kind} starts before the {decl.kind} of line {decl.line} "
+                    f"is closed (missing {END_WORD[decl.kind]})",
+                    "error",
+                    "unclosed-block",
+                )
                 self._pop_to(decl)
             elif decl is not None:
-                self.report(where, f"{kind} cannot be declared inside {decl.kind} (line "
-                            f"{decl.line})", "error", "misplaced-declaration")
+                self.report(
+                    where,
+                    f"{kind} cannot be declared inside {decl.kind} (line {decl.line})",
+                    "error",
+                    "misplaced-declaration",
+                )
         return self._push(kind, where)
 
     def open_method(self, where: Where) -> Block | None:
@@ -132,14 +156,22 @@ class Blocks:
             return None  # an interface method is a declaration without a body
         if (decl is None and not self.fragment) or (decl is not None and decl.kind != "CLASS"):
             place = "inside a DEF" if decl is not None else "outside a CLASS"
-            self.report(where, f"METHOD {place}: methods are declared between CLASS and "
-                        "CLASSEND", "error", "misplaced-declaration")
+            self.report(
+                where,
+                f"METHOD {place}: methods are declared between CLASS and CLASSEND",
+                "error",
+                "misplaced-declaration",
+            )
         return self._push("METHOD", where)
 
     def open_def(self, where: Where) -> Block:
         if self.in_def():
-            self.report(where, f"DEF inside the DEF of line {self.declaration.line} "
-                        "(missing FNEND?)", "error", "unclosed-block")
+            self.report(
+                where,
+                f"DEF inside the DEF of line {self.declaration.line} (missing FNEND?)",
+                "error",
+                "unclosed-block",
+            )
         return self._push("DEF", where)
 
     def field(self, where: Where) -> None:
@@ -147,11 +179,19 @@ class Blocks:
         if (decl is not None and decl.kind == "CLASS") or (decl is None and self.fragment):
             return
         if decl is not None and decl.kind == "METHOD":
-            self.report(where, f"FIELD inside the METHOD of line {decl.line} (missing "
-                        "METHODEND?)", "error", "misplaced-declaration")
+            self.report(
+                where,
+                f"FIELD inside the METHOD of line {decl.line} (missing METHODEND?)",
+                "error",
+                "misplaced-declaration",
+            )
         else:
-            self.report(where, "FIELD outside a CLASS: fields are declared between CLASS and "
-                        "CLASSEND", "error", "misplaced-declaration")
+            self.report(
+                where,
+                "FIELD outside a CLASS: fields are declared between CLASS and CLASSEND",
+                "error",
+                "misplaced-declaration",
+            )
 
     def close_declaration(self, kind: str, where: Where) -> None:
         """CLASSEND, INTERFACEEND, METHODEND or FNEND."""
@@ -167,8 +207,12 @@ class Blocks:
         self._pop_to(decl)
         if decl.broken:
             # bbjcpl reports the end of a block whose opening line it could not compile.
-            self.report(where, f"{end} of the {kind} at line {decl.line}, whose declaration "
-                        "has an error", "error", "broken-declaration")
+            self.report(
+                where,
+                f"{end} of the {kind} at line {decl.line}, whose declaration has an error",
+                "error",
+                "broken-declaration",
+            )
 
     # ------------------------------------------------------------------ control blocks
     def open_control(self, kind: str, where: Where) -> None:
@@ -184,8 +228,9 @@ class Blocks:
     def case(self, where: Where, word: str) -> None:
         target = self._find_control("SWITCH")
         if target is None:
-            self.report(where, f"'{word}' is only allowed inside a SWITCH block", "error",
-                        "case-outside-switch")
+            self.report(
+                where, f"'{word}' is only allowed inside a SWITCH block", "error", "case-outside-switch"
+            )
             return
         while self.stack[-1] is not target and self.stack[-1].kind == "IF":
             self.stack.pop()
@@ -209,8 +254,9 @@ class Blocks:
             if block.kind == "METHOD":
                 self._unclosed_method(block)
             elif block.kind in DECLARATION_KINDS:
-                self.report(block.where, f"{block.kind} without {END_WORD[block.kind]}",
-                            "error", "unclosed-block")
+                self.report(
+                    block.where, f"{block.kind} without {END_WORD[block.kind]}", "error", "unclosed-block"
+                )
                 self.stack.pop()
             else:
                 self._warn_unclosed(block)
@@ -241,8 +287,7 @@ class Blocks:
     def _warn_unclosed(self, block: Block) -> None:
         if block.kind == "IF":
             return  # a block IF without FI is accepted by BBj and common in real code
-        self.report(block.where, f"{block.kind} without {END_WORD[block.kind]}",
-                    "warning", "unclosed-block")
+        self.report(block.where, f"{block.kind} without {END_WORD[block.kind]}", "warning", "unclosed-block")
 
     def _unclosed_method(self, method: Block) -> None:
         """A METHOD that reaches the next METHOD, CLASSEND or end of file without METHODEND.
@@ -253,6 +298,10 @@ class Blocks:
         if method.has_body:
             self.report(method.where, "METHOD without METHODEND", "error", "unclosed-block")
         else:
-            self.report(method.where, "METHOD without METHODEND (it has no statements, "
-                        "so it is read as a declaration only)", "warning", "unclosed-block")
+            self.report(
+                method.where,
+                "METHOD without METHODEND (it has no statements, so it is read as a declaration only)",
+                "warning",
+                "unclosed-block",
+            )
         self._pop_to(method)

@@ -53,12 +53,20 @@ def build_audit(a: Analysis, written: Written | None = None) -> dict[str, Any]:
             "escapes_fixed": scan.escapes_fixed,
         },
         "duplicates": _duplicates(a),
-        "code": {**{k: v for k, v in scan.code.__dict__.items() if k != "failures"},
-                 "check": a.cfg.data.code_check, "failures": scan.code.failures},
-        "scrubbed": {"examples": scan.scrubbed_count, "by_kind": dict(scan.scrubbed),
-                     "where": scan.scrubbed_examples},
-        "balance": {key: dict(Counter(getattr(i, key) or "(none)" for i in infos).most_common())
-                    for key in ("category", "generation", "task")},
+        "code": {
+            **{k: v for k, v in scan.code.__dict__.items() if k != "failures"},
+            "check": a.cfg.data.code_check,
+            "failures": scan.code.failures,
+        },
+        "scrubbed": {
+            "examples": scan.scrubbed_count,
+            "by_kind": dict(scan.scrubbed),
+            "where": scan.scrubbed_examples,
+        },
+        "balance": {
+            key: dict(Counter(getattr(i, key) or "(none)" for i in infos).most_common())
+            for key in ("category", "generation", "task")
+        },
         "findings": {},
     }
     for r in scan.rejections:
@@ -76,11 +84,23 @@ def _steps(a: Analysis, written: Written | None) -> list[dict[str, Any]]:
     scan = a.scan
     reasons = Counter(dec.reason for dec in a.decisions)
     schema = Counter(r.reason for r in scan.rejections)
-    steps = [{"step": "read", "in": scan.lines - scan.blank_lines, "removed": dict(schema),
-              "out": len(scan.infos), "note": f"{scan.blank_lines} blank line(s) skipped"},
-             {"step": "repair", "in": len(scan.infos), "removed": {}, "out": len(scan.infos),
-              "note": f"{scan.escapes_fixed} with literal \\n escapes fixed; {scan.scrubbed_count} scrubbed of "
-                      f"secrets/PII; {a.system_prompt_added} given the system prompt"}]
+    steps = [
+        {
+            "step": "read",
+            "in": scan.lines - scan.blank_lines,
+            "removed": dict(schema),
+            "out": len(scan.infos),
+            "note": f"{scan.blank_lines} blank line(s) skipped",
+        },
+        {
+            "step": "repair",
+            "in": len(scan.infos),
+            "removed": {},
+            "out": len(scan.infos),
+            "note": f"{scan.escapes_fixed} with literal \\n escapes fixed; {scan.scrubbed_count} scrubbed of "
+            f"secrets/PII; {a.system_prompt_added} given the system prompt",
+        },
+    ]
     n = len(scan.infos)
     for name, group in (("filter", FILTER_REASONS), ("deduplicate", DEDUPE_REASONS)):
         removed = {r: reasons[r] for r in group if reasons[r]}
@@ -89,20 +109,47 @@ def _steps(a: Analysis, written: Written | None) -> list[dict[str, Any]]:
     if written is not None:
         removed = Counter(dec.reason for dec in written.contaminated)
         eval_removed = {"overlaps-eval": removed["overlaps-eval"]} if removed["overlaps-eval"] else {}
-        steps.append({"step": "decontaminate-eval", "in": n, "removed": eval_removed,
-                      "out": n - sum(eval_removed.values()),
-                      "note": f"against {written.eval_prompts} evaluation prompts"})
+        steps.append(
+            {
+                "step": "decontaminate-eval",
+                "in": n,
+                "removed": eval_removed,
+                "out": n - sum(eval_removed.values()),
+                "note": f"against {written.eval_prompts} evaluation prompts",
+            }
+        )
         n -= sum(eval_removed.values())
-        steps.append({"step": "split", "in": n, "removed": {}, "out": n,
-                      "note": f"{len(written.heldout_indexes)} held out (ratio {a.cfg.data.heldout_ratio}, "
-                              f"seed {a.cfg.data.seed})"})
+        steps.append(
+            {
+                "step": "split",
+                "in": n,
+                "removed": {},
+                "out": n,
+                "note": f"{len(written.heldout_indexes)} held out (ratio {a.cfg.data.heldout_ratio}, "
+                f"seed {a.cfg.data.seed})",
+            }
+        )
         held = {r: removed[r] for r in ("overlaps-heldout", "from-heldout-source") if removed[r]}
-        steps.append({"step": "decontaminate-heldout", "in": n, "removed": held, "out": n - sum(held.values()),
-                      "note": "training prompts against the held-out prompts; examples derived from held-out "
-                              "source files"})
+        steps.append(
+            {
+                "step": "decontaminate-heldout",
+                "in": n,
+                "removed": held,
+                "out": n - sum(held.values()),
+                "note": "training prompts against the held-out prompts; examples derived from held-out "
+                "source files",
+            }
+        )
         n -= sum(held.values())
-        steps.append({"step": "write", "in": n, "removed": {}, "out": written.train + written.heldout,
-                      "note": f"train.jsonl {written.train}, heldout.jsonl {written.heldout}"})
+        steps.append(
+            {
+                "step": "write",
+                "in": n,
+                "removed": {},
+                "out": written.train + written.heldout,
+                "note": f"train.jsonl {written.train}, heldout.jsonl {written.heldout}",
+            }
+        )
     return steps
 
 
@@ -110,9 +157,14 @@ def _system_prompts(a: Analysis) -> dict[str, Any]:
     scan = a.scan
     common = [{"text": scan.system_texts[k], "count": n} for k, n in scan.system_prompts.most_common(5)]
     chosen_key = next((k for k, t in scan.system_texts.items() if t == a.system_prompt), None)
-    return {"distinct": len(scan.system_prompts), "missing": scan.missing_system, "most_common": common,
-            "chosen": a.system_prompt, "added": a.system_prompt_added,
-            "different": sum(n for k, n in scan.system_prompts.items() if k != chosen_key)}
+    return {
+        "distinct": len(scan.system_prompts),
+        "missing": scan.missing_system,
+        "most_common": common,
+        "chosen": a.system_prompt,
+        "added": a.system_prompt_added,
+        "different": sum(n for k, n in scan.system_prompts.items() if k != chosen_key),
+    }
 
 
 def _duplicates(a: Analysis) -> dict[str, int]:
@@ -126,10 +178,13 @@ def _duplicates(a: Analysis) -> dict[str, int]:
 
     infos = a.scan.infos
     near = sum(dec.reason == "near-duplicate" for dec in a.decisions)
-    return {"exact_examples": repeats(i.example_key for i in infos),
-            "repeated_prompts": repeats(i.prompt_key for i in infos),
-            "repeated_answers": repeats(i.answer_key for i in infos),
-            "near_duplicates": near, "near_duplicate_threshold": a.cfg.data.near_duplicate_threshold}
+    return {
+        "exact_examples": repeats(i.example_key for i in infos),
+        "repeated_prompts": repeats(i.prompt_key for i in infos),
+        "repeated_answers": repeats(i.answer_key for i in infos),
+        "near_duplicates": near,
+        "near_duplicate_threshold": a.cfg.data.near_duplicate_threshold,
+    }
 
 
 def _distribution(values: list[int], over: int | None = None) -> dict[str, Any]:
@@ -137,9 +192,15 @@ def _distribution(values: list[int], over: int | None = None) -> dict[str, Any]:
         return {"count": 0}
     arr = np.asarray(values)
     counts, edges = np.histogram(arr, bins=min(HISTOGRAM_BINS, max(1, len(set(values)))))
-    out = {"count": len(values), "min": int(arr.min()), "median": float(np.median(arr)),
-           "mean": round(float(arr.mean()), 1), "p95": float(np.percentile(arr, 95)), "max": int(arr.max()),
-           "histogram": {"edges": [round(float(e), 1) for e in edges], "counts": counts.tolist()}}
+    out = {
+        "count": len(values),
+        "min": int(arr.min()),
+        "median": float(np.median(arr)),
+        "mean": round(float(arr.mean()), 1),
+        "p95": float(np.percentile(arr, 95)),
+        "max": int(arr.max()),
+        "histogram": {"edges": [round(float(e), 1) for e in edges], "counts": counts.tolist()},
+    }
     if over is not None:
         out["limit"] = over
         out["over_limit"] = int((arr > over).sum())
@@ -147,17 +208,28 @@ def _distribution(values: list[int], over: int | None = None) -> dict[str, Any]:
 
 
 def _add_prepare_figures(report: dict[str, Any], a: Analysis, w: Written, by_index: dict) -> None:
-    report["split"] = {"train": w.train, "heldout": w.heldout, "ratio": a.cfg.data.heldout_ratio,
-                       "seed": a.cfg.data.seed, "by_category": w.split_by_category,
-                       "prompts_on_both_sides": w.straddling_prompts}
+    report["split"] = {
+        "train": w.train,
+        "heldout": w.heldout,
+        "ratio": a.cfg.data.heldout_ratio,
+        "seed": a.cfg.data.seed,
+        "by_category": w.split_by_category,
+        "prompts_on_both_sides": w.straddling_prompts,
+    }
     report["decontamination"] = {
-        "ngram": a.cfg.data.decontaminate_ngram, "threshold": a.cfg.data.decontaminate_threshold,
-        "eval_prompts": w.eval_prompts, "removed": dict(Counter(dec.reason for dec in w.contaminated))}
+        "ngram": a.cfg.data.decontaminate_ngram,
+        "threshold": a.cfg.data.decontaminate_threshold,
+        "eval_prompts": w.eval_prompts,
+        "removed": dict(Counter(dec.reason for dec in w.contaminated)),
+    }
     for dec in w.contaminated[:MAX_SHOWN]:
         _show(report["findings"], dec.reason, {"where": by_index[dec.index].where, "detail": dec.detail})
     cpt = w.cpt.stats
-    report["cpt"] = {**cpt.to_dict(), "chunk_token_limit": w.cpt.chunk_tokens,
-                     "chunk_tokens_distribution": _distribution(cpt.chunk_tokens)}
+    report["cpt"] = {
+        **cpt.to_dict(),
+        "chunk_token_limit": w.cpt.chunk_tokens,
+        "chunk_tokens_distribution": _distribution(cpt.chunk_tokens),
+    }
     for r in w.cpt.rejections[:MAX_SHOWN]:
         _show(report["findings"], r.reason, {"where": r.where, "detail": r.detail})
     report["inputs"]["sources"] = cpt.files
@@ -177,4 +249,3 @@ def _clip(text: str | None, limit: int = 300) -> str | None:
     if text is None or len(text) <= limit:
         return text
     return text[:limit] + f" … ({len(text) - limit} more characters)"
-

@@ -39,8 +39,18 @@ BAD_ROLE_ORDER = "bad-role-order"
 EMPTY_PROMPT = "empty-prompt"
 EMPTY_ANSWER = "empty-answer"
 EMPTY_SYSTEM = "empty-system-prompt"
-SCHEMA_REASONS = (NOT_UTF8, MALFORMED_JSON, NOT_AN_OBJECT, MISSING_MESSAGES, BAD_MESSAGE, UNKNOWN_ROLE,
-                  BAD_ROLE_ORDER, EMPTY_PROMPT, EMPTY_ANSWER, EMPTY_SYSTEM)
+SCHEMA_REASONS = (
+    NOT_UTF8,
+    MALFORMED_JSON,
+    NOT_AN_OBJECT,
+    MISSING_MESSAGES,
+    BAD_MESSAGE,
+    UNKNOWN_ROLE,
+    BAD_ROLE_ORDER,
+    EMPTY_PROMPT,
+    EMPTY_ANSWER,
+    EMPTY_SYSTEM,
+)
 
 
 @dataclass
@@ -89,8 +99,14 @@ class Rejection:
         return f"{self.file}:{self.line}" if self.line else self.file
 
     def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "line": self.line, "reason": self.reason, "detail": self.detail,
-                "raw": self.raw, **self.extra}
+        return {
+            "file": self.file,
+            "line": self.line,
+            "reason": self.reason,
+            "detail": self.detail,
+            "raw": self.raw,
+            **self.extra,
+        }
 
 
 class LineProblem(ValueError):
@@ -110,7 +126,9 @@ def read_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
     try:
         fh = open(path, "rb")
     except OSError as exc:
-        raise BbjtuneError(f"cannot read {path}: {exc.strerror}", "check that the file exists and is readable") from exc
+        raise BbjtuneError(
+            f"cannot read {path}: {exc.strerror}", "check that the file exists and is readable"
+        ) from exc
     with fh:
         head = fh.read(4)
         if head.startswith(UTF16_BOMS):
@@ -121,7 +139,7 @@ def read_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
             start = offset
             offset += len(raw)
             if number == 1 and raw.startswith(UTF8_BOM):
-                raw = raw[len(UTF8_BOM):]
+                raw = raw[len(UTF8_BOM) :]
                 start += len(UTF8_BOM)
             yield number, start, raw.rstrip(b"\r\n")
 
@@ -138,8 +156,10 @@ def parse_line(raw: bytes) -> tuple[list[dict[str, str]], dict[str, Any]]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise LineProblem(NOT_UTF8, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}); "
-                                    "save the file as UTF-8") from None
+        raise LineProblem(
+            NOT_UTF8,
+            f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}); save the file as UTF-8",
+        ) from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -147,7 +167,9 @@ def parse_line(raw: bytes) -> tuple[list[dict[str, str]], dict[str, Any]]:
     except RecursionError:
         raise LineProblem(MALFORMED_JSON, "malformed JSON: nested too deeply") from None
     if not isinstance(obj, dict):
-        raise LineProblem(NOT_AN_OBJECT, f"the line is a JSON {type(obj).__name__}, not an object with 'messages'")
+        raise LineProblem(
+            NOT_AN_OBJECT, f"the line is a JSON {type(obj).__name__}, not an object with 'messages'"
+        )
     if "messages" not in obj:
         keys = ", ".join(sorted(map(str, obj))[:6]) or "none"
         raise LineProblem(MISSING_MESSAGES, f"no 'messages' key (keys: {keys})")
@@ -160,14 +182,19 @@ def parse_line(raw: bytes) -> tuple[list[dict[str, str]], dict[str, Any]]:
             raise LineProblem(BAD_MESSAGE, f"message {i} is not an object with 'role' and 'content'")
         role, content = m["role"], m["content"]
         if role not in ROLES:
-            raise LineProblem(UNKNOWN_ROLE, f"message {i} has role {str(role)[:40]!r}; use system, user or assistant")
+            raise LineProblem(
+                UNKNOWN_ROLE, f"message {i} has role {str(role)[:40]!r}; use system, user or assistant"
+            )
         if not isinstance(content, str):
-            raise LineProblem(BAD_MESSAGE, f"message {i} ({role}) content is a {type(content).__name__}, not text")
+            raise LineProblem(
+                BAD_MESSAGE, f"message {i} ({role}) content is a {type(content).__name__}, not text"
+            )
         try:
             content.encode("utf-8")
         except UnicodeEncodeError:
-            raise LineProblem(NOT_UTF8, f"message {i} ({role}) contains an invalid \\u escape "
-                                        "(a lone surrogate)") from None
+            raise LineProblem(
+                NOT_UTF8, f"message {i} ({role}) contains an invalid \\u escape (a lone surrogate)"
+            ) from None
         clean.append({"role": role, "content": content})
     _check_order(clean)
     return clean, obj
@@ -179,9 +206,12 @@ def _check_order(messages: list[dict[str, str]]) -> None:
     if "system" in turns:
         raise LineProblem(BAD_ROLE_ORDER, "a system message may only come first")
     expected = ["user", "assistant"] * (len(turns) // 2 + 1)
-    if not turns or turns != expected[:len(turns)] or turns[-1] != "assistant":
-        raise LineProblem(BAD_ROLE_ORDER, f"roles are {' → '.join(roles)}; expected [system →] user → assistant "
-                                          "(alternating, ending with the assistant)")
+    if not turns or turns != expected[: len(turns)] or turns[-1] != "assistant":
+        raise LineProblem(
+            BAD_ROLE_ORDER,
+            f"roles are {' → '.join(roles)}; expected [system →] user → assistant "
+            "(alternating, ending with the assistant)",
+        )
     for i, m in enumerate(messages, 1):
         if not m["content"].strip():
             reason = {"system": EMPTY_SYSTEM, "user": EMPTY_PROMPT, "assistant": EMPTY_ANSWER}[m["role"]]

@@ -40,30 +40,30 @@ MINHASH_SCHEME = "affine32"  # datasketch >= 2.0: 32-bit hash values, fixed so s
 class ExampleInfo:
     """What the decisions need to know about one example; its text stays on disk (the spool)."""
 
-    index: int                 # position in the spool (valid examples, in input order)
+    index: int  # position in the spool (valid examples, in input order)
     file: str
     line: int
     offset: int
-    prompt_key: bytes          # hash of the normalised prompt
-    answer_key: bytes          # hash of the normalised answer
-    example_key: bytes         # hash of the normalised prompt + answer (the system prompt aside)
-    system_key: bytes | None   # hash of the system prompt (None: no system message)
+    prompt_key: bytes  # hash of the normalised prompt
+    answer_key: bytes  # hash of the normalised answer
+    example_key: bytes  # hash of the normalised prompt + answer (the system prompt aside)
+    system_key: bytes | None  # hash of the system prompt (None: no system message)
     answer_chars: int
     category: str | None = None
     generation: str | None = None
     task: str | None = None
     n_tokens: int = 0
-    truncated: str | None = None       # why the answer looks cut off
+    truncated: str | None = None  # why the answer looks cut off
     code_blocks: int = 0
-    bare_code: bool = False            # the answer is BBj code without a ``` fence
-    code_error: str | None = None      # first checker error in the answer's BBj, if any
+    bare_code: bool = False  # the answer is BBj code without a ``` fence
+    code_error: str | None = None  # first checker error in the answer's BBj, if any
     code_failure: tuple[int, int, str] | None = None  # (block, line, message) of that error
     failing_blocks: tuple[int, ...] = ()  # positions of the answer's BBj blocks that fail the checker
     escapes_found: bool = False
     escapes_fixed: bool = False
     scrubbed: dict[str, int] = field(default_factory=dict)
-    example_sig: np.ndarray | None = None   # MinHash of the whole example (near duplicates)
-    prompt_sig: np.ndarray | None = None    # MinHash of the prompt (grouping for the split)
+    example_sig: np.ndarray | None = None  # MinHash of the whole example (near duplicates)
+    prompt_sig: np.ndarray | None = None  # MinHash of the prompt (grouping for the split)
 
     @property
     def where(self) -> str:
@@ -122,7 +122,9 @@ def truncation_reason(answer: str) -> str | None:
     if last_line in ("`", "``"):
         return "ends in a partial ``` fence"
     words = last_line.split()
-    looks_like_prose = len(words) >= 4 and sum(bool(_PROSE_WORD_RE.match(w)) for w in words) >= 0.8 * len(words)
+    looks_like_prose = len(words) >= 4 and sum(bool(_PROSE_WORD_RE.match(w)) for w in words) >= 0.8 * len(
+        words
+    )
     if looks_like_prose and (last_line[-1].isalnum() or last_line.endswith(_DANGLING_END)):
         return f"ends mid-sentence: '…{last_line[-40:]}'"
     return None
@@ -153,7 +155,7 @@ def shingle_hashes(hashes: np.ndarray, size: int) -> np.ndarray:
     n = len(hashes) - size + 1
     out = np.zeros(n, dtype=np.uint64)
     for k in range(size):
-        out = (out * _ROLL_MULTIPLIER + hashes[k:k + n]) & _MASK32
+        out = (out * _ROLL_MULTIPLIER + hashes[k : k + n]) & _MASK32
     return np.unique(out)
 
 
@@ -214,7 +216,7 @@ class SimilarityIndex:
 
     def _band_hashes(self, sig: np.ndarray) -> list[int]:
         # Python's hash of bytes: consistent within the process, which is all the index needs
-        return [hash(row.tobytes()) for row in sig[:self.bands * self.rows].reshape(self.bands, self.rows)]
+        return [hash(row.tobytes()) for row in sig[: self.bands * self.rows].reshape(self.bands, self.rows)]
 
     def matches(self, sig: np.ndarray) -> list[tuple[float, Any]]:
         """(estimated Jaccard, key) of the added items at least `threshold` similar, best (then earliest) first."""
@@ -242,6 +244,7 @@ class SimilarityIndex:
 
 # ----------------------------------------------------------------------------- decisions
 
+
 @dataclass
 class Decision:
     """Why one example is left out (`index` is its spool position)."""
@@ -252,9 +255,17 @@ class Decision:
     duplicate_of: str | None = None
 
 
-def filter_and_dedupe(infos: list[ExampleInfo], *, min_answer_chars: int, drop_truncated: bool,
-                      code_check: str, max_length: int, drop_too_long: bool, duplicate_prompts: str,
-                      near_duplicate_threshold: float) -> list[Decision]:
+def filter_and_dedupe(
+    infos: list[ExampleInfo],
+    *,
+    min_answer_chars: int,
+    drop_truncated: bool,
+    code_check: str,
+    max_length: int,
+    drop_too_long: bool,
+    duplicate_prompts: str,
+    near_duplicate_threshold: float,
+) -> list[Decision]:
     """Decide which examples to leave out; the first applicable reason wins, in pipeline order:
     too short, truncated, code error, too long, duplicate, duplicate prompt, near duplicate.
     The first of each duplicate set is kept (files and lines are read in the given order)."""
@@ -264,28 +275,51 @@ def filter_and_dedupe(infos: list[ExampleInfo], *, min_answer_chars: int, drop_t
     near = SimilarityIndex(near_duplicate_threshold)
     for info in infos:
         if info.answer_chars <= min_answer_chars:  # a fragment, not an answer
-            out.append(Decision(info.index, TOO_SHORT, f"the answer has {info.answer_chars} characters "
-                                                       f"(the minimum is {min_answer_chars + 1})"))
+            out.append(
+                Decision(
+                    info.index,
+                    TOO_SHORT,
+                    f"the answer has {info.answer_chars} characters (the minimum is {min_answer_chars + 1})",
+                )
+            )
         elif drop_truncated and info.truncated:
             out.append(Decision(info.index, TRUNCATED, f"the answer looks cut off: {info.truncated}"))
         elif code_check == "reject" and info.code_error:
             out.append(Decision(info.index, CODE_ERROR, info.code_error))
         elif drop_too_long and info.n_tokens > max_length:
-            out.append(Decision(info.index, TOO_LONG, f"{info.n_tokens} tokens; training truncates at {max_length}, "
-                                                      "cutting off the end of the answer"))
+            out.append(
+                Decision(
+                    info.index,
+                    TOO_LONG,
+                    f"{info.n_tokens} tokens; training truncates at {max_length}, "
+                    "cutting off the end of the answer",
+                )
+            )
         elif info.example_key in seen_examples:
             first = seen_examples[info.example_key]
             out.append(Decision(info.index, DUPLICATE, f"same conversation as {first.where}", first.where))
         elif duplicate_prompts == "keep-first" and info.prompt_key in seen_prompts:
             first = seen_prompts[info.prompt_key]
-            out.append(Decision(info.index, DUPLICATE_PROMPT, f"same prompt as {first.where} "
-                                                              "(a different answer; the first is kept)", first.where))
+            out.append(
+                Decision(
+                    info.index,
+                    DUPLICATE_PROMPT,
+                    f"same prompt as {first.where} (a different answer; the first is kept)",
+                    first.where,
+                )
+            )
         else:
             hits = near.matches(info.example_sig) if info.example_sig is not None else []
             if hits:
                 score, first = hits[0]
-                out.append(Decision(info.index, NEAR_DUPLICATE,
-                                    f"{score:.0%} similar to {first} (threshold {near_duplicate_threshold:.0%})", first))
+                out.append(
+                    Decision(
+                        info.index,
+                        NEAR_DUPLICATE,
+                        f"{score:.0%} similar to {first} (threshold {near_duplicate_threshold:.0%})",
+                        first,
+                    )
+                )
                 continue
             seen_examples[info.example_key] = info
             seen_prompts.setdefault(info.prompt_key, info)

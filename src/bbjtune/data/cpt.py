@@ -44,12 +44,14 @@ BINARY_FILE = "binary-file"
 EMPTY_FILE = "empty-file"
 UNREADABLE_FILE = "unreadable-file"
 
-_GOOD_END_RE = re.compile(r"^\s*(?:\d+\s+)?(?:methodend|classend|interfaceend|fnend|return|end|stop|bye|swend)\b",
-                          re.IGNORECASE)
+_GOOD_END_RE = re.compile(
+    r"^\s*(?:\d+\s+)?(?:methodend|classend|interfaceend|fnend|return|end|stop|bye|swend)\b", re.IGNORECASE
+)
 _LABEL_RE = re.compile(r"^\s*(?:\d+\s+)?[A-Za-z_][\w.]*:\s*$")
 
 
 # ----------------------------------------------------------------------------- finding files
+
 
 def find_sources(patterns: list[str]) -> tuple[list[Path], list[str]]:
     """Source files matched by globs or directories (walked recursively), sorted, without repeats;
@@ -66,16 +68,22 @@ def find_sources(patterns: list[str]) -> tuple[list[Path], list[str]]:
         sources = [p for p in candidates if p.suffix.lower() in SOURCE_EXTENSIONS]
         skipped.extend(str(p) for p in candidates if p.suffix.lower() not in SOURCE_EXTENSIONS)
         if not sources:
-            what = "matches no file" if not candidates else \
-                f"matches {len(candidates)} file(s) but none is a BBj source ({' '.join(SOURCE_EXTENSIONS)})"
-            raise BbjtuneError(f"data.sources: '{pattern}' {what}",
-                               "point it at BBj source files or a folder holding them, or remove it")
+            what = (
+                "matches no file"
+                if not candidates
+                else f"matches {len(candidates)} file(s) but none is a BBj source ({' '.join(SOURCE_EXTENSIONS)})"
+            )
+            raise BbjtuneError(
+                f"data.sources: '{pattern}' {what}",
+                "point it at BBj source files or a folder holding them, or remove it",
+            )
         for p in sources:
             found.setdefault(os.path.realpath(p), p)
     return list(found.values()), sorted(set(skipped))
 
 
 # ----------------------------------------------------------------------------- reading
+
 
 class SourceProblem(ValueError):
     def __init__(self, reason: str, detail: str):
@@ -101,6 +109,7 @@ def decode_source(data: bytes) -> tuple[str, str]:
 
 
 # ----------------------------------------------------------------------------- chunking
+
 
 def statement_units(text: str) -> list[str]:
     """The text as a list of statement lines: each physical line with its `:` continuation lines
@@ -159,6 +168,7 @@ def _best_cut(units: list[str], current: list[int]) -> int:
 
 # ----------------------------------------------------------------------------- the corpus
 
+
 @dataclass
 class CptStats:
     files: int = 0
@@ -187,8 +197,15 @@ class CptStats:
 class CptCorpus:
     """Writes cpt.jsonl records to `out`, dropping duplicates and recording what it dropped."""
 
-    def __init__(self, out: IO[str], tokens: TokenCounter, chunk_tokens: int, scrub: bool,
-                 near_dedupe: bool, near_threshold: float):
+    def __init__(
+        self,
+        out: IO[str],
+        tokens: TokenCounter,
+        chunk_tokens: int,
+        scrub: bool,
+        near_dedupe: bool,
+        near_threshold: float,
+    ):
         self.out = out
         self.tokens = tokens
         self.chunk_tokens = chunk_tokens
@@ -270,7 +287,9 @@ class CptCorpus:
         key = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
         if key in self.seen:
             if file is not None:
-                self._reject(file, DUPLICATE_FILE, f"same text as {self.seen[key]}", duplicate_of=self.seen[key])
+                self._reject(
+                    file, DUPLICATE_FILE, f"same text as {self.seen[key]}", duplicate_of=self.seen[key]
+                )
             return True
         sig = None
         if self.near is not None:
@@ -279,7 +298,9 @@ class CptCorpus:
             if hits:
                 score, first = hits[0]
                 if file is not None:
-                    self._reject(file, NEAR_DUPLICATE_FILE, f"{score:.0%} similar to {first}", duplicate_of=first)
+                    self._reject(
+                        file, NEAR_DUPLICATE_FILE, f"{score:.0%} similar to {first}", duplicate_of=first
+                    )
                 return True
             self.near.add(source, sig)
         self.seen[key] = source
@@ -291,8 +312,12 @@ class CptCorpus:
         return chunks
 
     def _write(self, text: str, n: int | None, source: str, chunk: int, n_chunks: int) -> None:
-        self.out.write(json.dumps({"text": text, "source": source, "chunk": chunk, "n_chunks": n_chunks},
-                                  ensure_ascii=False) + "\n")
+        self.out.write(
+            json.dumps(
+                {"text": text, "source": source, "chunk": chunk, "n_chunks": n_chunks}, ensure_ascii=False
+            )
+            + "\n"
+        )
         self.stats.chunks += 1
         self.stats.characters += len(text)
         if n is None:  # counted later, many at a time (the tokenizer is much faster on batches)

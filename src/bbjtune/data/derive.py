@@ -24,8 +24,11 @@ from bbjtune.data.cpt import SourceProblem, decode_source
 
 METHOD_RE = re.compile(r"^\s*method\s+(?P<sig>.*)$", re.IGNORECASE)
 METHODEND_RE = re.compile(r"^\s*methodend\b", re.IGNORECASE)
-CLASS_RE = re.compile(r"^\s*class\s+(?:(?:public|private|protected|static|final)\s+)*"
-                      r"(?!(?:public|private|protected|static|final)\b)(?P<name>[\w.]+)", re.IGNORECASE)
+CLASS_RE = re.compile(
+    r"^\s*class\s+(?:(?:public|private|protected|static|final)\s+)*"
+    r"(?!(?:public|private|protected|static|final)\b)(?P<name>[\w.]+)",
+    re.IGNORECASE,
+)
 CLASSEND_RE = re.compile(r"^\s*classend\b", re.IGNORECASE)
 DOC_END_RE = re.compile(r"^\s*rem\s*(?:/\*\*.*)?\*/\s*$", re.IGNORECASE)
 DOC_START_RE = re.compile(r"^\s*rem\s*/\*\*(?P<rest>.*)$", re.IGNORECASE)
@@ -40,9 +43,9 @@ COMPLETE_MIN_LINES, COMPLETE_MAX_LINES = 16, 140
 class DocumentedMethod:
     path: str
     class_name: str | None
-    signature: str          # the `method ...` line, stripped
-    code: str               # from the method line to methodend, original indentation removed
-    description: str        # the doc comment's prose
+    signature: str  # the `method ...` line, stripped
+    code: str  # from the method line to methodend, original indentation removed
+    description: str  # the doc comment's prose
     tags: list[tuple[str, str]]  # (@param/@return/@throws, text)
 
 
@@ -90,8 +93,9 @@ def documented_methods(text: str, path: str) -> Iterator[DocumentedMethod]:
                 end += 1
             if end < len(lines) and DOC_START_RE.match(lines[start]):
                 description, tags = _parse_doc(lines[start:i])
-                yield DocumentedMethod(path, class_name, line.strip(), _dedent(lines[i:end + 1]),
-                                       description, tags)
+                yield DocumentedMethod(
+                    path, class_name, line.strip(), _dedent(lines[i : end + 1]), description, tags
+                )
                 i = end
         i += 1
 
@@ -103,7 +107,13 @@ def _method_name(signature: str) -> str:
 
 def guess_generation(code: str) -> str:
     low = code.lower()
-    if "getwebmanager" in low or "getwebcomponent" in low or "dwc" in low or "setstyle(" in low or "addstyle(" in low:
+    if (
+        "getwebmanager" in low
+        or "getwebcomponent" in low
+        or "dwc" in low
+        or "setstyle(" in low
+        or "addstyle(" in low
+    ):
         return "dwc"
     if "'window'" in low or "'button'" in low:
         return "vpro5"
@@ -113,8 +123,11 @@ def guess_generation(code: str) -> str:
 
 
 def _example(system: str, user: str, assistant: str, **meta: str) -> dict:
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": user},
-                {"role": "assistant", "content": assistant}]
+    messages = [
+        {"role": "system", "content": system},
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": assistant},
+    ]
     return {"messages": messages, **meta}
 
 
@@ -128,8 +141,10 @@ def in_class(method_code: str, class_name: str | None) -> str:
     """A method inside its class, so the code is a whole BBj file (continuation lines stay in column 0)."""
     if not class_name:
         return method_code
-    body = "".join("\n" if not line else (line + "\n" if line.startswith(":") else f"    {line}\n")
-                   for line in method_code.rstrip("\n").split("\n"))
+    body = "".join(
+        "\n" if not line else (line + "\n" if line.startswith(":") else f"    {line}\n")
+        for line in method_code.rstrip("\n").split("\n")
+    )
     return f"class public {class_name}\n\n{body}\nclassend\n"
 
 
@@ -140,8 +155,11 @@ def pairs_from_method(m: DocumentedMethod, system: str) -> list[dict]:
     if body_lines < 3 or body_lines > MAX_METHOD_LINES:
         return []
     owner = f" of the class `{m.class_name}`" if m.class_name else ""
-    params = [f"- `{text.split()[0]}`: {' '.join(text.split()[1:])}" for tag, text in m.tags
-              if tag == "@param" and text.split()]
+    params = [
+        f"- `{text.split()[0]}`: {' '.join(text.split()[1:])}"
+        for tag, text in m.tags
+        if tag == "@param" and text.split()
+    ]
     returns = [text for tag, text in m.tags if tag == "@return" and text]
     spec = m.description
     if params:
@@ -154,14 +172,24 @@ def pairs_from_method(m: DocumentedMethod, system: str) -> list[dict]:
         system,
         f"Write the BBj method `{_method_name(m.signature)}`{owner} with the signature `{m.signature}`. "
         f"It should do the following: {spec}",
-        f"```bbj\n{code}```", task="write", derived="method-write", **meta)
+        f"```bbj\n{code}```",
+        task="write",
+        derived="method-write",
+        **meta,
+    )
     explanation = _sentence(m.description)
     if params:
         explanation += "\n\nIts parameters:\n" + "\n".join(_sentence(p) for p in params)
     if returns:
         explanation += f"\n\nIt returns {_sentence(returns[0][0].lower() + returns[0][1:])}"
-    explain = _example(system, f"Explain what this BBj method does:\n\n```bbj\n{code}```",
-                       explanation, task="explain", derived="method-explain", **meta)
+    explain = _example(
+        system,
+        f"Explain what this BBj method does:\n\n```bbj\n{code}```",
+        explanation,
+        task="explain",
+        derived="method-explain",
+        **meta,
+    )
     return [write, explain]
 
 
@@ -171,16 +199,25 @@ def completion_pair(text: str, path: str, system: str) -> dict | None:
     if not COMPLETE_MIN_LINES <= len(lines) <= COMPLETE_MAX_LINES:
         return None
     mid = len(lines) // 2
-    blanks = [i for i in range(len(lines) // 3, 2 * len(lines) // 3) if not lines[i].strip()
-              and not lines[i + 1].startswith(":")]
+    blanks = [
+        i
+        for i in range(len(lines) // 3, 2 * len(lines) // 3)
+        if not lines[i].strip() and not lines[i + 1].startswith(":")
+    ]
     cut = min(blanks, key=lambda i: abs(i - mid)) if blanks else mid
     if lines[cut].startswith(":") or (cut + 1 < len(lines) and lines[cut + 1].startswith(":")):
         return None
     head = "\n".join(lines[:cut]).rstrip() + "\n"
-    return _example(system, f"Complete this BBj program:\n\n```bbj\n{head}```",
-                    f"Here is the complete program:\n\n```bbj\n{text.strip(chr(10))}\n```",
-                    task="write", derived="complete-program",
-                    category="program-structure", generation=guess_generation(text), source=path)
+    return _example(
+        system,
+        f"Complete this BBj program:\n\n```bbj\n{head}```",
+        f"Here is the complete program:\n\n```bbj\n{text.strip(chr(10))}\n```",
+        task="write",
+        derived="complete-program",
+        category="program-structure",
+        generation=guess_generation(text),
+        source=path,
+    )
 
 
 def derive_pairs(files: Iterable[Path], system: str) -> Iterator[dict]:

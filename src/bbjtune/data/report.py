@@ -11,6 +11,7 @@ from typing import Any
 from bbjtune.html_report import clip, figure, img, page
 from bbjtune.html_report import esc as e
 
+
 def write_report(audit: dict[str, Any], title: str) -> str:
     parts = [f"<h1>{e(title)}</h1><p class='muted'>token counts: {e(audit['tokenizer'])}</p>"]
     parts.append(_summary(audit))
@@ -31,9 +32,13 @@ def write_report(audit: dict[str, Any], title: str) -> str:
 
 # ----------------------------------------------------------------------------- sections
 
+
 def _summary(a: dict[str, Any]) -> str:
-    rows = [("lines read", a["lines"]), ("usable conversations", a["examples"]),
-            ("set aside (rejected.jsonl)", a["rejected"]["total"])]
+    rows = [
+        ("lines read", a["lines"]),
+        ("usable conversations", a["examples"]),
+        ("set aside (rejected.jsonl)", a["rejected"]["total"]),
+    ]
     if "split" in a:
         rows += [("train.jsonl", a["split"]["train"]), ("heldout.jsonl", a["split"]["heldout"])]
     if "cpt" in a:
@@ -41,8 +46,10 @@ def _summary(a: dict[str, Any]) -> str:
     if "replay" in a:
         rows += [("replay.jsonl (general conversations for stage 2)", a["replay"]["kept"])]
     body = "".join(f"<tr><th>{e(k)}</th><td class='num'>{e(v)}</td></tr>" for k, v in rows)
-    reasons = "".join(f"<tr><td><code>{e(r)}</code></td><td class='num'>{e(n)}</td></tr>"
-                      for r, n in a["rejected"]["by_reason"].items())
+    reasons = "".join(
+        f"<tr><td><code>{e(r)}</code></td><td class='num'>{e(n)}</td></tr>"
+        for r, n in a["rejected"]["by_reason"].items()
+    )
     out = f"<h2>Summary</h2><table>{body}</table>"
     if reasons:
         out += f"<h3>Set aside, by reason</h3><table><tr><th>reason</th><th>count</th></tr>{reasons}</table>"
@@ -53,18 +60,28 @@ def _steps(a: dict[str, Any]) -> str:
     rows = []
     for s in a["steps"]:
         removed = ", ".join(f"{k} {v}" for k, v in s["removed"].items()) or "—"
-        rows.append(f"<tr><td>{e(s['step'])}</td><td class='num'>{e(s['in'])}</td><td>{e(removed)}</td>"
-                    f"<td class='num'>{e(s['out'])}</td><td class='muted'>{e(s.get('note', ''))}</td></tr>")
-    return ("<h2>Steps</h2><table><tr><th>step</th><th>in</th><th>removed</th><th>out</th><th>note</th></tr>"
-            + "".join(rows) + "</table>")
+        rows.append(
+            f"<tr><td>{e(s['step'])}</td><td class='num'>{e(s['in'])}</td><td>{e(removed)}</td>"
+            f"<td class='num'>{e(s['out'])}</td><td class='muted'>{e(s.get('note', ''))}</td></tr>"
+        )
+    return (
+        "<h2>Steps</h2><table><tr><th>step</th><th>in</th><th>removed</th><th>out</th><th>note</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _plots(a: dict[str, Any]) -> str:
     images = []
     tokens = a["tokens"]
     if tokens.get("count"):
-        images.append(_histogram(tokens, f"tokens per conversation (limit {a['max_length']}: "
-                                         f"{tokens['over_limit']} over)", limit=a["max_length"]))
+        images.append(
+            _histogram(
+                tokens,
+                f"tokens per conversation (limit {a['max_length']}: {tokens['over_limit']} over)",
+                limit=a["max_length"],
+            )
+        )
     if a["answer_chars"].get("count"):
         images.append(_histogram(a["answer_chars"], "characters per answer"))
     for key in ("category", "generation"):
@@ -80,18 +97,25 @@ def _plots(a: dict[str, Any]) -> str:
 
 def _system(a: dict[str, Any]) -> str:
     s = a["system_prompts"]
-    rows = "".join(f"<tr><td class='num'>{e(p['count'])}</td><td><pre>{e(clip(p['text']))}</pre></td></tr>"
-                   for p in s["most_common"])
-    return (f"<h2>System prompt</h2><p>{e(s['distinct'])} distinct system prompt(s); {e(s['missing'])} "
-            f"conversation(s) without one ({e(s['added'])} given the chosen prompt); {e(s['different'])} use "
-            f"a different one than the chosen prompt.</p>"
-            f"<table><tr><th>count</th><th>text</th></tr>{rows}</table>")
+    rows = "".join(
+        f"<tr><td class='num'>{e(p['count'])}</td><td><pre>{e(clip(p['text']))}</pre></td></tr>"
+        for p in s["most_common"]
+    )
+    return (
+        f"<h2>System prompt</h2><p>{e(s['distinct'])} distinct system prompt(s); {e(s['missing'])} "
+        f"conversation(s) without one ({e(s['added'])} given the chosen prompt); {e(s['different'])} use "
+        f"a different one than the chosen prompt.</p>"
+        f"<table><tr><th>count</th><th>text</th></tr>{rows}</table>"
+    )
 
 
 def _quality(a: dict[str, Any]) -> str:
     ans, dup, code, scrub, tok = a["answers"], a["duplicates"], a["code"], a["scrubbed"], a["tokens"]
     rows = [
-        ("token length (median / p95 / max)", f"{tok.get('median', 0):.0f} / {tok.get('p95', 0):.0f} / {tok.get('max', 0)}"),
+        (
+            "token length (median / p95 / max)",
+            f"{tok.get('median', 0):.0f} / {tok.get('p95', 0):.0f} / {tok.get('max', 0)}",
+        ),
         (f"over the {a['max_length']}-token limit", tok.get("over_limit", 0)),
         ("answers of ≤ the minimum length (fragments)", ans["too_short"]),
         ("answers that look cut off", ans["truncated"]),
@@ -111,8 +135,11 @@ def _quality(a: dict[str, Any]) -> str:
     out = f"<h2>Quality</h2><table>{body}</table><p>Scrubbed values by kind: {e(kinds)}.</p>"
     if code["failures"]:
         out += "<h3>BBj that fails the checker (first examples)</h3><table><tr><th>where</th><th>problem</th></tr>"
-        out += "".join(f"<tr><td>{e(f['where'])} block {e(f['block'])}</td><td>line {e(f['line'])}: "
-                       f"<code>{e(f['message'])}</code></td></tr>" for f in code["failures"])
+        out += "".join(
+            f"<tr><td>{e(f['where'])} block {e(f['block'])}</td><td>line {e(f['line'])}: "
+            f"<code>{e(f['message'])}</code></td></tr>"
+            for f in code["failures"]
+        )
         out += "</table>"
     return out
 
@@ -121,46 +148,63 @@ def _balance(a: dict[str, Any]) -> str:
     out = ["<h2>Balance</h2>"]
     for key, counts in a["balance"].items():
         cells = "".join(f"<tr><td>{e(k)}</td><td class='num'>{e(v)}</td></tr>" for k, v in counts.items())
-        out.append(f"<table style='display:inline-table;margin-right:1rem'><tr><th>{e(key)}</th><th>examples</th>"
-                   f"</tr>{cells}</table>")
+        out.append(
+            f"<table style='display:inline-table;margin-right:1rem'><tr><th>{e(key)}</th><th>examples</th>"
+            f"</tr>{cells}</table>"
+        )
     return "".join(out)
 
 
 def _split(a: dict[str, Any]) -> str:
     s, dc = a["split"], a["decontamination"]
-    rows = "".join(f"<tr><td>{e(c)}</td><td class='num'>{e(v['train'])}</td><td class='num'>{e(v['heldout'])}</td></tr>"
-                   for c, v in sorted(s["by_category"].items()))
+    rows = "".join(
+        f"<tr><td>{e(c)}</td><td class='num'>{e(v['train'])}</td><td class='num'>{e(v['heldout'])}</td></tr>"
+        for c, v in sorted(s["by_category"].items())
+    )
     straddle = s["prompts_on_both_sides"]
     removed = ", ".join(f"{k} {v}" for k, v in dc["removed"].items()) or "none"
-    return (f"<h2>Split and decontamination</h2><p>Held-out ratio {e(s['ratio'])}, seed {e(s['seed'])}; "
-            f"prompts on both sides: <b class='{'neg' if straddle else 'pos'}'>{e(straddle)}</b>. Training prompts "
-            f"checked against {e(dc['eval_prompts'])} evaluation prompts and the held-out prompts "
-            f"({e(dc['ngram'])}-word sequences, threshold {e(dc['threshold'])}); removed: {e(removed)}.</p>"
-            f"<table><tr><th>category</th><th>train</th><th>held-out</th></tr>{rows}</table>")
+    return (
+        f"<h2>Split and decontamination</h2><p>Held-out ratio {e(s['ratio'])}, seed {e(s['seed'])}; "
+        f"prompts on both sides: <b class='{'neg' if straddle else 'pos'}'>{e(straddle)}</b>. Training prompts "
+        f"checked against {e(dc['eval_prompts'])} evaluation prompts and the held-out prompts "
+        f"({e(dc['ngram'])}-word sequences, threshold {e(dc['threshold'])}); removed: {e(removed)}.</p>"
+        f"<table><tr><th>category</th><th>train</th><th>held-out</th></tr>{rows}</table>"
+    )
 
 
 def _replay(a: dict[str, Any]) -> str:
     r = a["replay"]
     removed = ", ".join(f"{k} {v}" for k, v in r["rejected"].items()) or "—"
     scrubbed = ", ".join(f"{k} {v}" for k, v in r["scrubbed"].items()) or "—"
-    rows = [("kept", r["kept"]), ("set aside", removed), ("literal \\n escapes repaired", r["escapes_fixed"]),
-            ("secrets scrubbed", scrubbed),
-            ("checked against evaluation prompts (HumanEval, BBj suites)", r["checked_against_prompts"])]
+    rows = [
+        ("kept", r["kept"]),
+        ("set aside", removed),
+        ("literal \\n escapes repaired", r["escapes_fixed"]),
+        ("secrets scrubbed", scrubbed),
+        ("checked against evaluation prompts (HumanEval, BBj suites)", r["checked_against_prompts"]),
+    ]
     body = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows)
-    return (f"<h2>Replay (replay.jsonl)</h2><p>General coding conversations that stage 2 mixes in "
-            f"(train.sft.replay_ratio) so the model keeps its general skills.</p><table>{body}</table>")
+    return (
+        f"<h2>Replay (replay.jsonl)</h2><p>General coding conversations that stage 2 mixes in "
+        f"(train.sft.replay_ratio) so the model keeps its general skills.</p><table>{body}</table>"
+    )
 
 
 def _cpt(a: dict[str, Any]) -> str:
     c = a["cpt"]
     enc = ", ".join(f"{k} {v}" for k, v in c["encodings"].items()) or "—"
-    rows = [("source files read / written", f"{c['files']} / {c['files_written']}"), ("encodings", enc),
-            ("chunks (limit per chunk)", f"{c['chunks']} ({c['chunk_token_limit']} tokens)"),
-            ("chunks over the limit (one very long line)", c["oversized_chunks"]),
-            ("tokens / characters", f"{c['tokens']} / {c['characters']}"),
-            ("answer code blocks (used / duplicate / failing the checker)",
-             f"{c['answer_blocks_written']} / {c['answer_blocks_duplicate']} / {c['answer_blocks_failing_check']}"),
-            ("files matched but not BBj sources (skipped)", len(c["skipped_files"]))]
+    rows = [
+        ("source files read / written", f"{c['files']} / {c['files_written']}"),
+        ("encodings", enc),
+        ("chunks (limit per chunk)", f"{c['chunks']} ({c['chunk_token_limit']} tokens)"),
+        ("chunks over the limit (one very long line)", c["oversized_chunks"]),
+        ("tokens / characters", f"{c['tokens']} / {c['characters']}"),
+        (
+            "answer code blocks (used / duplicate / failing the checker)",
+            f"{c['answer_blocks_written']} / {c['answer_blocks_duplicate']} / {c['answer_blocks_failing_check']}",
+        ),
+        ("files matched but not BBj sources (skipped)", len(c["skipped_files"])),
+    ]
     body = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows)
     return f"<h2>Stage 1 corpus (cpt.jsonl)</h2><table>{body}</table>"
 
@@ -179,6 +223,7 @@ def _findings(a: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- plots
+
 
 def _histogram(dist: dict[str, Any], title: str, limit: int | None = None) -> str:
     _, (fig, ax) = figure()

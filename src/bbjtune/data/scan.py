@@ -22,8 +22,16 @@ from typing import Any
 from bbjtune.bbj import check_source, extract_code_blocks
 from bbjtune.bbj.extract import BBJ_LANGUAGES, LOOSE_LANGUAGES, looks_like_bbj
 from bbjtune.data.chatml import Example, LineProblem, Rejection, decode_raw, parse_line, read_lines
-from bbjtune.data.clean import (ExampleInfo, char_shingles, fix_literal_escapes, has_literal_escapes, minhash,
-                                text_key, truncation_reason, word_shingles)
+from bbjtune.data.clean import (
+    ExampleInfo,
+    char_shingles,
+    fix_literal_escapes,
+    has_literal_escapes,
+    minhash,
+    text_key,
+    truncation_reason,
+    word_shingles,
+)
 from bbjtune.data.scrub import scrub_text
 from bbjtune.data.tokens import TokenCounter
 from bbjtune.errors import BbjtuneError
@@ -42,7 +50,7 @@ class CodeFindings:
     blocks: int = 0
     blocks_failed: int = 0
     examples_failed: int = 0
-    unfenced_code: int = 0        # answers that are bare code, or code mixed into prose without a fence
+    unfenced_code: int = 0  # answers that are bare code, or code mixed into prose without a fence
     failures: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -58,7 +66,7 @@ class ScanResult:
     scrubbed: Counter = field(default_factory=Counter)
     scrubbed_examples: list[str] = field(default_factory=list)  # where, for the first MAX_SHOWN
     scrubbed_count: int = 0
-    system_prompts: Counter = field(default_factory=Counter)    # key -> count
+    system_prompts: Counter = field(default_factory=Counter)  # key -> count
     system_texts: dict[bytes, str] = field(default_factory=dict)
     missing_system: int = 0
     code: CodeFindings = field(default_factory=CodeFindings)
@@ -85,8 +93,14 @@ def answer_bbj_blocks(answer: str) -> tuple[list[str], bool]:
     if not fenced:
         bare = [b.code for b in blocks if looks_like_bbj(b.code)]
         return bare, bool(bare)
-    codes = [b.code for b in fenced if b.code.strip() and (
-        b.language in BBJ_LANGUAGES or ((b.language or "") in LOOSE_LANGUAGES and looks_like_bbj(b.code)))]
+    codes = [
+        b.code
+        for b in fenced
+        if b.code.strip()
+        and (
+            b.language in BBJ_LANGUAGES or ((b.language or "") in LOOSE_LANGUAGES and looks_like_bbj(b.code))
+        )
+    ]
     return codes, False
 
 
@@ -102,8 +116,11 @@ class CodeChecker:
         key = text_key(code) + len(code).to_bytes(4, "little")
         if key not in self._verdicts:
             errors = [d for d in check_source(code, "answer.bbj") if d.is_error]
-            self._verdicts[key] = (f"{errors[0].message}: {errors[0].source_line.strip()[:120]}", errors[0].line) \
-                if errors else None
+            self._verdicts[key] = (
+                (f"{errors[0].message}: {errors[0].source_line.strip()[:120]}", errors[0].line)
+                if errors
+                else None
+            )
         return self._verdicts[key]
 
 
@@ -115,8 +132,16 @@ class ScanOptions:
     min_hash: bool = True
 
 
-def scan_chatml(files: list[Path], *, spool: Any | None, tokens: TokenCounter, options: ScanOptions, strict: bool,
-                workers: int = 1, progress: Callable[[int], None] | None = None) -> ScanResult:
+def scan_chatml(
+    files: list[Path],
+    *,
+    spool: Any | None,
+    tokens: TokenCounter,
+    options: ScanOptions,
+    strict: bool,
+    workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> ScanResult:
     """Read every line of every file once. `spool` (an open text file or None) receives the usable
     conversations as JSON lines; `progress(bytes read so far)` drives a progress bar. With
     `workers` > 1, blocks of lines are summarised in that many processes (results stay in order)."""
@@ -141,8 +166,11 @@ def scan_chatml(files: list[Path], *, spool: Any | None, tokens: TokenCounter, o
                         continue
                     if isinstance(item, Rejection):
                         if strict:
-                            raise BbjtuneError(f"{item.where}: {item.detail}", "fix this line, or run without "
-                                               "--strict to set bad lines aside in rejected.jsonl")
+                            raise BbjtuneError(
+                                f"{item.where}: {item.detail}",
+                                "fix this line, or run without "
+                                "--strict to set bad lines aside in rejected.jsonl",
+                            )
                         result.rejections.append(item)
                         continue
                     example, info, rendered = item
@@ -150,8 +178,10 @@ def scan_chatml(files: list[Path], *, spool: Any | None, tokens: TokenCounter, o
                     _tally(result, example, info)
                     result.infos.append(info)
                     if spool is not None:
-                        spool.write(json.dumps({"messages": example.messages, **example.extra},
-                                               ensure_ascii=False) + "\n")
+                        spool.write(
+                            json.dumps({"messages": example.messages, **example.extra}, ensure_ascii=False)
+                            + "\n"
+                        )
                     pending.append((info, rendered))
                     if len(pending) >= TOKEN_BATCH:
                         flush_tokens()
@@ -165,6 +195,7 @@ def scan_chatml(files: list[Path], *, spool: Any | None, tokens: TokenCounter, o
 
 
 # ----------------------------------------------------------------------------- one block, one example
+
 
 def summarise_block(lines: list[tuple[int, int, bytes]], label: str, options: ScanOptions) -> list[Any]:
     """Each line as None (blank), a Rejection, or (Example repaired and scrubbed, its info, its
@@ -184,7 +215,9 @@ def summarise_block(lines: list[tuple[int, int, bytes]], label: str, options: Sc
     return out
 
 
-def repair_messages(messages: list[dict[str, str]], *, fix_escapes: bool, scrub: bool) -> tuple[bool, Counter]:
+def repair_messages(
+    messages: list[dict[str, str]], *, fix_escapes: bool, scrub: bool
+) -> tuple[bool, Counter]:
     """Repair literal `\\n` escapes (outside system prompts) and scrub secrets, in place.
 
     Returns whether escapes were found and what was scrubbed. Shared by the BBj data and replay.
@@ -205,16 +238,28 @@ def repair_messages(messages: list[dict[str, str]], *, fix_escapes: bool, scrub:
 def summarise(ex: Example, options: ScanOptions) -> tuple[ExampleInfo, str]:
     """Repair and scrub `ex` in place and describe it; returns its info and its ChatML text."""
 
-    escapes_found, scrubbed = repair_messages(ex.messages, fix_escapes=options.fix_escapes, scrub=options.scrub)
+    escapes_found, scrubbed = repair_messages(
+        ex.messages, fix_escapes=options.fix_escapes, scrub=options.scrub
+    )
     system, prompt, answer = ex.system, ex.prompt, ex.answer
     prompt_key, answer_key = text_key(prompt), text_key(answer)
     info = ExampleInfo(
-        index=-1, file=ex.file, line=ex.line, offset=ex.offset, prompt_key=prompt_key, answer_key=answer_key,
+        index=-1,
+        file=ex.file,
+        line=ex.line,
+        offset=ex.offset,
+        prompt_key=prompt_key,
+        answer_key=answer_key,
         example_key=hashlib.blake2b(prompt_key + answer_key, digest_size=12).digest(),
-        system_key=None if system is None else text_key(system), answer_chars=len(answer.strip()),
-        category=_label(ex.extra.get("category")), generation=_label(ex.extra.get("generation")),
-        task=_label(ex.extra.get("task")), truncated=truncation_reason(answer), escapes_found=escapes_found,
-        escapes_fixed=escapes_found and options.fix_escapes, scrubbed=dict(scrubbed),
+        system_key=None if system is None else text_key(system),
+        answer_chars=len(answer.strip()),
+        category=_label(ex.extra.get("category")),
+        generation=_label(ex.extra.get("generation")),
+        task=_label(ex.extra.get("task")),
+        truncated=truncation_reason(answer),
+        escapes_found=escapes_found,
+        escapes_fixed=escapes_found and options.fix_escapes,
+        scrubbed=dict(scrubbed),
     )
     if options.min_hash:
         info.example_sig = minhash(word_shingles(f"{prompt}\n{answer}"))
@@ -285,6 +330,7 @@ def _label(value: Any) -> str | None:
 
 
 # ----------------------------------------------------------------------------- worker processes
+
 
 def _blocks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
     block: list[Any] = []

@@ -29,8 +29,10 @@ IP = "192.0.2.10"
 KINDS = ("password", "api_key", "email", "ip")
 
 _SECRET_NAME = r"(?:password|passwd|pwd|pass)"
-_KEY_NAME = r"(?:api[_-]?key|apikey|api[_-]?token|access[_-]?token|auth[_-]?token|secret[_-]?key|" \
-            r"client[_-]?secret|access[_-]?key|secret|token)"
+_KEY_NAME = (
+    r"(?:api[_-]?key|apikey|api[_-]?token|access[_-]?token|auth[_-]?token|secret[_-]?key|"
+    r"client[_-]?secret|access[_-]?key|secret|token)"
+)
 
 _URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@\"'<>]+):([^\s@\"'/<>]+)@")
 _STRING_LITERAL = re.compile(r'"[^"\n]*"')
@@ -42,7 +44,8 @@ _ASSIGNED_KEY = re.compile(rf'(?i)({_KEY_NAME}\w*[$!]?\s*[=:]\s*)"([A-Za-z0-9_+/
 _BEARER = re.compile(r"(?i)(\bBearer\s+)([A-Za-z0-9._~+/-]{12,}=*)")
 _KNOWN_KEYS = re.compile(
     r"\b(?:AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}|sk-[A-Za-z0-9_-]{20,}|xox[abposr]-[A-Za-z0-9-]{10,}"
-    r"|AIza[0-9A-Za-z_-]{35})\b")
+    r"|AIza[0-9A-Za-z_-]{35})\b"
+)
 _PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.DOTALL)
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})\b")
 _SAFE_EMAIL_DOMAINS = ("example.com", "example.org", "example.net")
@@ -63,6 +66,7 @@ def scrub_text(text: str) -> tuple[str, Counter]:
             if new != m.group(0):
                 counts[kind] += 1
             return new
+
         return pattern.sub(one, s)
 
     keep_placeholder = lambda m, value: m.group(0) if m.group(2) in _PLACEHOLDERS else m.group(1) + value  # noqa: E731
@@ -73,17 +77,32 @@ def scrub_text(text: str) -> tuple[str, Counter]:
     if "://" in text:
         text = sub(_URL_CREDENTIALS, "password", lambda m: keep_placeholder(m, ":" + PASSWORD + "@"), text)
     if _NAME_HINT.search(lower):
-        text = _STRING_LITERAL.sub(lambda lit: sub(_KV_IN_STRING, "password", _kv_value, lit.group(0))
-                                   if _NAME_HINT.search(lit.group(0).lower()) else lit.group(0), text)
+        text = _STRING_LITERAL.sub(
+            lambda lit: (
+                sub(_KV_IN_STRING, "password", _kv_value, lit.group(0))
+                if _NAME_HINT.search(lit.group(0).lower())
+                else lit.group(0)
+            ),
+            text,
+        )
         text = sub(_ASSIGNED_SECRET, "password", lambda m: keep_placeholder(m, f'"{PASSWORD}"'), text)
-        text = sub(_ASSIGNED_KEY, "api_key",
-                   lambda m: keep_placeholder(m, f'"{API_KEY}"') if _looks_like_key(m.group(2)) else m.group(0), text)
+        text = sub(
+            _ASSIGNED_KEY,
+            "api_key",
+            lambda m: keep_placeholder(m, f'"{API_KEY}"') if _looks_like_key(m.group(2)) else m.group(0),
+            text,
+        )
     if "bearer" in lower:
         text = sub(_BEARER, "api_key", lambda m: m.group(1) + API_KEY, text)
     if any(prefix in text for prefix in _KEY_PREFIXES):
         text = sub(_KNOWN_KEYS, "api_key", lambda m: API_KEY, text)
     if "@" in text:
-        text = sub(_EMAIL, "email", lambda m: m.group(0) if m.group(1).lower() in _SAFE_EMAIL_DOMAINS else EMAIL, text)
+        text = sub(
+            _EMAIL,
+            "email",
+            lambda m: m.group(0) if m.group(1).lower() in _SAFE_EMAIL_DOMAINS else EMAIL,
+            text,
+        )
     if "." in text:
         text = sub(_IPV4, "ip", _ip_replacement, text)
     return text, counts

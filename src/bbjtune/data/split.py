@@ -22,6 +22,7 @@ from bbjtune.data.clean import ExampleInfo, SimilarityIndex
 
 # ----------------------------------------------------------------------------- grouping
 
+
 class UnionFind:
     def __init__(self, n: int):
         self.parent = list(range(n))
@@ -55,6 +56,7 @@ def group_similar(infos: list[ExampleInfo], threshold: float) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- split
+
 
 def split_heldout(infos: list[ExampleInfo], ratio: float, seed: int, group_threshold: float) -> set[int]:
     """The spool indexes of the held-out examples."""
@@ -91,7 +93,7 @@ def _allocate(per_category: Counter, ratio: float, total: int) -> dict[str, int]
     exact = {c: ratio * n for c, n in per_category.items()}
     counts = {c: math.floor(v) for c, v in exact.items()}
     rest = want_total - sum(counts.values())
-    for c in sorted(exact, key=lambda c: (-(exact[c] - counts[c]), c))[:max(0, rest)]:
+    for c in sorted(exact, key=lambda c: (-(exact[c] - counts[c]), c))[: max(0, rest)]:
         counts[c] += 1
     return {c: min(n, per_category[c] - 1) for c, n in counts.items()}  # a category keeps one for training
 
@@ -110,6 +112,8 @@ def split_sources(contents: list[bytes], ratio: float, seed: int) -> set[int]:
     if ratio <= 0 or len(contents) < MIN_SOURCES_TO_HOLD_OUT:
         return set()
     want = max(1, round(ratio * len(contents)))
-    order = sorted(range(len(contents)),
-                   key=lambda i: hashlib.sha256(f"{seed}:".encode() + hashlib.sha256(contents[i]).digest()).hexdigest())
+    order = sorted(
+        range(len(contents)),
+        key=lambda i: hashlib.sha256(f"{seed}:".encode() + hashlib.sha256(contents[i]).digest()).hexdigest(),
+    )
     return set(order[:want])

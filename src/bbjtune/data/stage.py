@@ -58,8 +58,15 @@ HELDOUT_SOURCES_FILE = "heldout_sources.jsonl"
 # so a FIM sample still fits one training row (train/fim.py keeps samples that do not fit plain).
 FIM_RESERVED_TOKENS = 8
 PARALLEL_FROM_BYTES = 4 << 20  # below this, starting worker processes costs more than it saves
-OUTPUTS = ("train.jsonl", "heldout.jsonl", "cpt.jsonl", HELDOUT_SOURCES_FILE, "rejected.jsonl", "audit.json",
-           "report.html")
+OUTPUTS = (
+    "train.jsonl",
+    "heldout.jsonl",
+    "cpt.jsonl",
+    HELDOUT_SOURCES_FILE,
+    "rejected.jsonl",
+    "audit.json",
+    "report.html",
+)
 
 
 def run_stage(cfg: RunConfig) -> Path:
@@ -67,14 +74,26 @@ def run_stage(cfg: RunConfig) -> Path:
     console = Console(stderr=True)
     outcome = prepare(cfg, cfg.data_dir, strict=cfg.data.strict, console=console)
     c = outcome.counts
-    aside = f"[yellow]{outcome.rejected} set aside[/] (rejected.jsonl)" if outcome.rejected else "nothing set aside"
-    held = f", {c['heldout_sources']} source files held out for the completion test" if c.get("heldout_sources") else ""
-    console.print(f"data: {c['train']} training and {c['heldout']} held-out conversations, {c['cpt_chunks']} "
-                  f"stage 1 chunks{held}; {aside}; report: {outcome.out_dir / 'report.html'}", highlight=False)
+    aside = (
+        f"[yellow]{outcome.rejected} set aside[/] (rejected.jsonl)"
+        if outcome.rejected
+        else "nothing set aside"
+    )
+    held = (
+        f", {c['heldout_sources']} source files held out for the completion test"
+        if c.get("heldout_sources")
+        else ""
+    )
+    console.print(
+        f"data: {c['train']} training and {c['heldout']} held-out conversations, {c['cpt_chunks']} "
+        f"stage 1 chunks{held}; {aside}; report: {outcome.out_dir / 'report.html'}",
+        highlight=False,
+    )
     return outcome.out_dir
 
 
 # ----------------------------------------------------------------------------- inputs
+
 
 def chatml_files(cfg: RunConfig) -> list[Path]:
     return _matched(cfg.data.chatml, "data.chatml")
@@ -85,25 +104,44 @@ def _matched(patterns: list[str], key: str) -> list[Path]:
     for pattern in patterns:
         matched = expand_globs([pattern])
         if not matched:
-            raise BbjtuneError(f"{key}: '{pattern}' matches no file",
-                               f"check the path (relative paths start from the current directory, {Path.cwd()})")
+            raise BbjtuneError(
+                f"{key}: '{pattern}' matches no file",
+                f"check the path (relative paths start from the current directory, {Path.cwd()})",
+            )
         files.extend(f for f in matched if f not in files)
     return files
 
 
 # ----------------------------------------------------------------------------- analysis
 
-def analyse(cfg: RunConfig, files: list[Path], *, strict: bool, spool: Any | None, console: Console,
-            tokens: TokenCounter | None = None) -> Analysis:
+
+def analyse(
+    cfg: RunConfig,
+    files: list[Path],
+    *,
+    strict: bool,
+    spool: Any | None,
+    console: Console,
+    tokens: TokenCounter | None = None,
+) -> Analysis:
     """Scan the ChatML files and decide which examples stay (no outputs written)."""
     d = cfg.data
     tokens = tokens or TokenCounter.for_model(cfg.model.source, warn=_warner(console))
     max_length = d.max_length or cfg.train.sft.max_length
     total = sum(f.stat().st_size for f in files)
     with _progress(console, "Reading ChatML", total) as advance:
-        options = ScanOptions(fix_escapes=d.fix_escapes, scrub=d.scrub_secrets, check_code=d.code_check != "off")
-        scan = scan_chatml(files, spool=spool, tokens=tokens, options=options, strict=strict,
-                           workers=d.workers or _auto_workers(total), progress=advance)
+        options = ScanOptions(
+            fix_escapes=d.fix_escapes, scrub=d.scrub_secrets, check_code=d.code_check != "off"
+        )
+        scan = scan_chatml(
+            files,
+            spool=spool,
+            tokens=tokens,
+            options=options,
+            strict=strict,
+            workers=d.workers or _auto_workers(total),
+            progress=advance,
+        )
     system_prompt = scan.system_prompt(d.system_prompt)
     added = 0
     if d.add_system_prompt and system_prompt and scan.missing_system:
@@ -114,9 +152,15 @@ def analyse(cfg: RunConfig, files: list[Path], *, strict: bool, spool: Any | Non
                 info.n_tokens += delta
                 added += 1
     decisions = filter_and_dedupe(
-        scan.infos, min_answer_chars=d.min_answer_chars, drop_truncated=d.drop_truncated, code_check=d.code_check,
-        max_length=max_length, drop_too_long=d.drop_too_long, duplicate_prompts=d.duplicate_prompts,
-        near_duplicate_threshold=d.near_duplicate_threshold)
+        scan.infos,
+        min_answer_chars=d.min_answer_chars,
+        drop_truncated=d.drop_truncated,
+        code_check=d.code_check,
+        max_length=max_length,
+        drop_too_long=d.drop_too_long,
+        duplicate_prompts=d.duplicate_prompts,
+        near_duplicate_threshold=d.near_duplicate_threshold,
+    )
     return Analysis(cfg, files, tokens, max_length, scan, decisions, system_prompt, added)
 
 
@@ -126,12 +170,16 @@ def audit(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Conso
     console = console or Console(stderr=True)
     files = chatml_files(cfg)
     if not files:
-        raise BbjtuneError("no ChatML files to audit", "pass JSONL files, or a config whose data.chatml lists some")
+        raise BbjtuneError(
+            "no ChatML files to audit", "pass JSONL files, or a config whose data.chatml lists some"
+        )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BbjtuneError(f"cannot create output directory {out_dir}: {exc.strerror}",
-                           "choose a writable location with --out") from exc
+        raise BbjtuneError(
+            f"cannot create output directory {out_dir}: {exc.strerror}",
+            "choose a writable location with --out",
+        ) from exc
     analysis = analyse(cfg, files, strict=strict, spool=None, console=console)
     report = build_audit(analysis)
     atomic_write_json(out_dir / "audit.json", report)
@@ -141,7 +189,10 @@ def audit(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Conso
 
 # ----------------------------------------------------------------------------- prepare
 
-def prepare(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Console | None = None) -> Outcome:
+
+def prepare(
+    cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Console | None = None
+) -> Outcome:
     """`bbjtune data prepare`: everything in the module docstring; returns the output directory."""
 
     console = console or Console(stderr=True)
@@ -149,8 +200,10 @@ def prepare(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Con
     files = chatml_files(cfg)
     sources, skipped = find_sources(d.sources) if d.sources else ([], [])
     if not files and not sources:
-        raise BbjtuneError("there is no data to prepare: data.chatml and data.sources are both empty",
-                           "list ChatML JSONL files under data.chatml and/or BBj sources under data.sources")
+        raise BbjtuneError(
+            "there is no data to prepare: data.chatml and data.sources are both empty",
+            "list ChatML JSONL files under data.chatml and/or BBj sources under data.sources",
+        )
     warn = _warner(console)
     eval_files, eval_items = eval_prompts(d.decontaminate_against)
     tokens = TokenCounter.for_model(cfg.model.source, warn=warn)
@@ -165,36 +218,67 @@ def prepare(cfg: RunConfig, out_dir: Path, *, strict: bool = False, console: Con
             replayed = None
             if replay_files:
                 with run.timed("replay"):
-                    replayed = replay.prepare(replay_files, out_dir / replay.REPLAY_FILE, d, eval_items=eval_items,
-                                              warn=warn, count_tokens=tokens.count,
-                                              max_length=analysis.max_length if d.drop_too_long else None)
+                    replayed = replay.prepare(
+                        replay_files,
+                        out_dir / replay.REPLAY_FILE,
+                        d,
+                        eval_items=eval_items,
+                        warn=warn,
+                        count_tokens=tokens.count,
+                        max_length=analysis.max_length if d.drop_too_long else None,
+                    )
             else:  # a replay.jsonl left from an earlier preparation must not be trained on
                 (out_dir / replay.REPLAY_FILE).unlink(missing_ok=True)
             with run.timed("write"):
-                written = _write_outputs(analysis, spool_path, out_dir, eval_items, sources, skipped, console,
-                                         replayed)
+                written = _write_outputs(
+                    analysis, spool_path, out_dir, eval_items, sources, skipped, console, replayed
+                )
         finally:
             spool_path.unlink(missing_ok=True)
         report = build_audit(analysis, written)
         atomic_write_json(out_dir / "audit.json", report)
         atomic_write_text(out_dir / "report.html", write_report(report, title="Data preparation"))
         run.outputs.extend([*OUTPUTS, *([replay.REPLAY_FILE] if replayed else [])])
-        run.metrics.update({"steps": report["steps"], "rejected": report["rejected"], "train": written.train,
-                            "heldout": written.heldout, "cpt_chunks": written.cpt.stats.chunks,
-                            "heldout_sources": written.heldout_sources,
-                            "cpt_tokens": written.cpt.stats.tokens, "tokenizer": tokens.describe(),
-                            "replay": replayed.kept if replayed else 0,
-                            "system_prompt_added": analysis.system_prompt_added,
-                            "escapes_fixed": analysis.scan.escapes_fixed,
-                            "scrubbed": dict(analysis.scan.scrubbed + written.cpt.stats.scrubbed)})
-    return Outcome(out_dir, report, report["rejected"]["total"],
-                   {"train": written.train, "heldout": written.heldout, "cpt_chunks": written.cpt.stats.chunks,
-                    "replay": replayed.kept if replayed else 0, "heldout_sources": len(written.heldout_sources)})
+        run.metrics.update(
+            {
+                "steps": report["steps"],
+                "rejected": report["rejected"],
+                "train": written.train,
+                "heldout": written.heldout,
+                "cpt_chunks": written.cpt.stats.chunks,
+                "heldout_sources": written.heldout_sources,
+                "cpt_tokens": written.cpt.stats.tokens,
+                "tokenizer": tokens.describe(),
+                "replay": replayed.kept if replayed else 0,
+                "system_prompt_added": analysis.system_prompt_added,
+                "escapes_fixed": analysis.scan.escapes_fixed,
+                "scrubbed": dict(analysis.scan.scrubbed + written.cpt.stats.scrubbed),
+            }
+        )
+    return Outcome(
+        out_dir,
+        report,
+        report["rejected"]["total"],
+        {
+            "train": written.train,
+            "heldout": written.heldout,
+            "cpt_chunks": written.cpt.stats.chunks,
+            "replay": replayed.kept if replayed else 0,
+            "heldout_sources": len(written.heldout_sources),
+        },
+    )
 
 
-def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: list[tuple[str, str]],
-                   sources: list[Path], skipped: list[str], console: Console,
-                   replayed: replay.ReplayResult | None = None) -> Written:
+def _write_outputs(
+    a: Analysis,
+    spool_path: Path,
+    out_dir: Path,
+    eval_items: list[tuple[str, str]],
+    sources: list[Path],
+    skipped: list[str],
+    console: Console,
+    replayed: replay.ReplayResult | None = None,
+) -> Written:
     d, cfg = a.cfg.data, a.cfg
     by_index = {info.index: info for info in a.scan.infos}
     dropped = a.rejected_indexes
@@ -217,14 +301,21 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
     split_counts: dict[str, dict[str, int]] = {}
     prompt_sides: dict[bytes, set[str]] = {}
     chunk_tokens = d.cpt_chunk_tokens or (
-        cfg.train.cpt.max_length - (FIM_RESERVED_TOKENS if cfg.train.cpt.fim_rate > 0 else 0))
+        cfg.train.cpt.max_length - (FIM_RESERVED_TOKENS if cfg.train.cpt.fim_rate > 0 else 0)
+    )
     held_files = _heldout_sources(sources, d.heldout_sources_ratio, d.seed)
     held_paths: list[str] = []
     held_real: set[str] = set()
     n_train = n_heldout = 0
-    with atomic_open(out_dir / "train.jsonl") as train_fh, atomic_open(out_dir / "heldout.jsonl") as heldout_fh, \
-            atomic_open(out_dir / "cpt.jsonl") as cpt_fh, atomic_open(out_dir / HELDOUT_SOURCES_FILE) as held_fh:
-        cpt = CptCorpus(cpt_fh, a.tokens, chunk_tokens, d.scrub_secrets, d.cpt_near_dedupe, d.near_duplicate_threshold)
+    with (
+        atomic_open(out_dir / "train.jsonl") as train_fh,
+        atomic_open(out_dir / "heldout.jsonl") as heldout_fh,
+        atomic_open(out_dir / "cpt.jsonl") as cpt_fh,
+        atomic_open(out_dir / HELDOUT_SOURCES_FILE) as held_fh,
+    ):
+        cpt = CptCorpus(
+            cpt_fh, a.tokens, chunk_tokens, d.scrub_secrets, d.cpt_near_dedupe, d.near_duplicate_threshold
+        )
         cpt.stats.skipped_files = skipped
         for path in held_files:  # first: a training file repeating one of them is then set aside as its copy
             text = cpt.hold_out(path)
@@ -250,13 +341,21 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
                     continue
                 source = row.get("source")
                 if side == "train" and isinstance(source, str) and os.path.realpath(source) in held_real:
-                    contaminated.append(Decision(i, FROM_HELDOUT_SOURCE, f"derived from {source}, a source file held "
-                                                                         "out for the fill-in-the-middle evaluation"))
+                    contaminated.append(
+                        Decision(
+                            i,
+                            FROM_HELDOUT_SOURCE,
+                            f"derived from {source}, a source file held "
+                            "out for the fill-in-the-middle evaluation",
+                        )
+                    )
                     continue
                 if d.add_system_prompt and a.system_prompt and messages[0]["role"] != "system":
                     messages.insert(0, {"role": "system", "content": a.system_prompt})
                 record = _output_record(messages, row)
-                (heldout_fh if side == "heldout" else train_fh).write(json.dumps(record, ensure_ascii=False) + "\n")
+                (heldout_fh if side == "heldout" else train_fh).write(
+                    json.dumps(record, ensure_ascii=False) + "\n"
+                )
                 counts = split_counts.setdefault(info.category or "(none)", {"train": 0, "heldout": 0})
                 counts[side] += 1
                 prompt_sides.setdefault(info.prompt_key, set()).add(side)
@@ -266,9 +365,11 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
                         answer = "\n".join(m["content"] for m in messages if m["role"] == "assistant")
                         codes, _ = answer_bbj_blocks(answer)  # the same blocks the scan checked
                         if codes:
-                            cpt.add_answer(record["id"], [(c, n not in info.failing_blocks)
-                                                          for n, c in enumerate(codes)],
-                                           fits=0 < info.n_tokens <= chunk_tokens)
+                            cpt.add_answer(
+                                record["id"],
+                                [(c, n not in info.failing_blocks) for n, c in enumerate(codes)],
+                                fits=0 < info.n_tokens <= chunk_tokens,
+                            )
                 else:
                     n_heldout += 1
         cpt.finish()
@@ -276,8 +377,19 @@ def _write_outputs(a: Analysis, spool_path: Path, out_dir: Path, eval_items: lis
     with atomic_open(out_dir / "rejected.jsonl") as fh:
         for r in rejections:
             fh.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
-    return Written(n_train, n_heldout, heldout, contaminated, cpt, rejections, split_counts, len(eval_items),
-                   sum(len(s) > 1 for s in prompt_sides.values()), replayed, held_paths)
+    return Written(
+        n_train,
+        n_heldout,
+        heldout,
+        contaminated,
+        cpt,
+        rejections,
+        split_counts,
+        len(eval_items),
+        sum(len(s) > 1 for s in prompt_sides.values()),
+        replayed,
+        held_paths,
+    )
 
 
 def _heldout_sources(sources: list[Path], ratio: float, seed: int) -> list[Path]:
@@ -293,7 +405,9 @@ def _heldout_sources(sources: list[Path], ratio: float, seed: int) -> list[Path]
 
 
 def _overlap(index: int, reason: str, match: Any, n: int) -> Decision:
-    return Decision(index, reason, f"the prompt shares {match.overlap:.0%} of the {n}-word sequences of {match.label}")
+    return Decision(
+        index, reason, f"the prompt shares {match.overlap:.0%} of the {n}-word sequences of {match.label}"
+    )
 
 
 def _output_record(messages: list[dict[str, str]], extra: dict[str, Any]) -> dict[str, Any]:
@@ -316,8 +430,17 @@ def _rejections(a: Analysis, contaminated: list[Decision], sources: list[Rejecti
     for dec in [*a.decisions, *contaminated]:
         info: ExampleInfo = by_index[dec.index]
         extra = {"duplicate_of": dec.duplicate_of} if dec.duplicate_of else {}
-        out.append(Rejection(info.file, info.line, dec.reason, dec.detail, info.offset,
-                             read_raw_line(info.file, info.offset), extra))
+        out.append(
+            Rejection(
+                info.file,
+                info.line,
+                dec.reason,
+                dec.detail,
+                info.offset,
+                read_raw_line(info.file, info.offset),
+                extra,
+            )
+        )
     order = {str(f): n for n, f in enumerate(a.chatml_files)}
     out.sort(key=lambda r: (order.get(r.file, len(order)), r.line or 0))
     return out + sources
@@ -326,10 +449,13 @@ def _rejections(a: Analysis, contaminated: list[Decision], sources: list[Rejecti
 def _auto_workers(total_bytes: int) -> int:
     if total_bytes < PARALLEL_FROM_BYTES:
         return 1
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    return max(
+        1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    )
 
 
 # ----------------------------------------------------------------------------- console helpers
+
 
 def _warner(console: Console) -> Callable[[str], None]:
     return lambda message: console.print(f"[yellow]warning:[/] {message}", highlight=False)

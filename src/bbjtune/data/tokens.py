@@ -18,7 +18,9 @@ class TokenCounter:
         self.source = source
         self.exact = tokenizer is not None
         # fast tokenizers: call the Rust backend directly (same ids, without the per-call Python work)
-        backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+        backend = (
+            getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+        )
         self._encode = getattr(backend, "encode_batch_fast", None) or getattr(backend, "encode_batch", None)
 
     @classmethod
@@ -43,4 +45,6 @@ class TokenCounter:
         return [len(x) for x in ids]
 
     def describe(self) -> str:
-        return f"{self.source} tokenizer" if self.exact else f"estimate ({CHARS_PER_TOKEN} characters per token)"
+        return (
+            f"{self.source} tokenizer" if self.exact else f"estimate ({CHARS_PER_TOKEN} characters per token)"
+        )

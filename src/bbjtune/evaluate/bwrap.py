@@ -25,14 +25,16 @@ import os
 import shutil
 import subprocess
 
-SAMPLE_DIR = "/tmp"                     # cwd, HOME and TMPDIR inside the sandbox
+SAMPLE_DIR = "/tmp"  # cwd, HOME and TMPDIR inside the sandbox
 PROGRAM_PATH = "/tmp/.bbjtune-program.py"
 HIDDEN_SYSTEM_DIRS = ("/home", "/root", "/run", "/mnt", "/media", "/srv")
 FRESH_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # replaced by empty, size-capped file systems
 
 
 def bwrap_path() -> str | None:
-    return shutil.which("bwrap") or next((p for p in ("/usr/bin/bwrap", "/bin/bwrap") if os.path.exists(p)), None)
+    return shutil.which("bwrap") or next(
+        (p for p in ("/usr/bin/bwrap", "/bin/bwrap") if os.path.exists(p)), None
+    )
 
 
 @functools.cache
@@ -74,9 +76,12 @@ def hidden_paths(project_paths: list[str], as_other_uid: bool = False) -> list[s
     replaced = [os.path.realpath(p) for p in FRESH_DIRS]
     for extra in [home, *project_paths]:
         real = os.path.realpath(extra)
-        if os.path.isdir(real) and real not in ("/", "/usr", "/etc") \
-                and not any(_under(real, p) for p in paths + replaced) \
-                and (not as_other_uid or _others_can_reach(real)):
+        if (
+            os.path.isdir(real)
+            and real not in ("/", "/usr", "/etc")
+            and not any(_under(real, p) for p in paths + replaced)
+            and (not as_other_uid or _others_can_reach(real))
+        ):
             paths.append(real)
     return paths
 
@@ -84,7 +89,15 @@ def hidden_paths(project_paths: list[str], as_other_uid: bool = False) -> list[s
 def command(bwrap: str, interpreter: str, program_file: str, hide: list[str], tmpfs_mb: int) -> list[str]:
     """The bwrap arguments up to (not including) the command run inside."""
     size = ["--size", str(tmpfs_mb << 20)] if _supports(bwrap, "--size") else []
-    args = [bwrap, "--die-with-parent", "--new-session", "--unshare-all", "--unshare-user", "--cap-drop", "ALL"]
+    args = [
+        bwrap,
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-all",
+        "--unshare-user",
+        "--cap-drop",
+        "ALL",
+    ]
     if _supports(bwrap, "--disable-userns"):
         args.append("--disable-userns")
     args += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
@@ -97,9 +110,23 @@ def command(bwrap: str, interpreter: str, program_file: str, hide: list[str], tm
     prefix = os.path.dirname(os.path.dirname(os.path.realpath(interpreter)))
     if any(_under(prefix, h) for h in hide):
         args += ["--ro-bind", prefix, prefix]
-    args += ["--ro-bind", program_file, PROGRAM_PATH, "--chdir", SAMPLE_DIR, "--hostname", "sandbox",
-             "--clearenv"]
-    for key, value in (("PATH", "/usr/bin:/bin"), ("HOME", SAMPLE_DIR), ("TMPDIR", SAMPLE_DIR),
-                       ("LANG", "C.UTF-8"), ("PYTHONHASHSEED", "0"), ("PYTHONDONTWRITEBYTECODE", "1")):
+    args += [
+        "--ro-bind",
+        program_file,
+        PROGRAM_PATH,
+        "--chdir",
+        SAMPLE_DIR,
+        "--hostname",
+        "sandbox",
+        "--clearenv",
+    ]
+    for key, value in (
+        ("PATH", "/usr/bin:/bin"),
+        ("HOME", SAMPLE_DIR),
+        ("TMPDIR", SAMPLE_DIR),
+        ("LANG", "C.UTF-8"),
+        ("PYTHONHASHSEED", "0"),
+        ("PYTHONDONTWRITEBYTECODE", "1"),
+    ):
         args += ["--setenv", key, value]
     return args

@@ -23,8 +23,14 @@ from bbjtune.config import EvalConfig, load_config, validate_config
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.compare import compare_dirs
 from bbjtune.evaluate.run import evaluate_model, score_dir
-from bbjtune.evaluate.stage import (humaneval_style, load_fim_cases, load_suites, print_summary, run_stage,
-                                    trained_fingerprint)
+from bbjtune.evaluate.stage import (
+    humaneval_style,
+    load_fim_cases,
+    load_suites,
+    print_summary,
+    run_stage,
+    trained_fingerprint,
+)
 from bbjtune.models import resolve_source
 from bbjtune.models.backend import make_backend
 from bbjtune.models.trained import read_trained
@@ -46,46 +52,86 @@ class DefaultCommandGroup(TyperGroup):
 
 
 eval_app = typer.Typer(
-    cls=DefaultCommandGroup, no_args_is_help=True, rich_markup_mode="rich",
+    cls=DefaultCommandGroup,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
     help="Measure BBj skill: share of answers that compile, use the right APIs, answer facts right; "
-         "HumanEval shows whether Python was forgotten. [bold]bbjtune eval CONFIG[/bold] evaluates a run's base "
-         "and tuned models and compares them; [bold]bbjtune eval --model X[/bold] evaluates one model.")
+    "HumanEval shows whether Python was forgotten. [bold]bbjtune eval CONFIG[/bold] evaluates a run's base "
+    "and tuned models and compares them; [bold]bbjtune eval --model X[/bold] evaluates one model.",
+)
 
 Opt = typer.Option
 
 
 @eval_app.command("run")
 def eval_run(
-    config: Annotated[str | None, typer.Argument(
-        help="A run config or preset: evaluates its base and tuned models (or only --model, with its settings).")] = None,
-    model: Annotated[str | None, Opt(help="Evaluate this model: hub id, directory, .gguf, tiny:<preset>; "
-                                          "with --backend http the served model name.")] = None,
+    config: Annotated[
+        str | None,
+        typer.Argument(
+            help="A run config or preset: evaluates its base and tuned models (or only --model, with its settings)."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        Opt(
+            help="Evaluate this model: hub id, directory, .gguf, tiny:<preset>; "
+            "with --backend http the served model name."
+        ),
+    ] = None,
     adapter: Annotated[str | None, Opt(help="A LoRA adapter directory to put on --model.")] = None,
-    trained: Annotated[str | None, Opt(help="A training run's trained.json (or run directory): the tuned model.")] = None,
-    backend: Annotated[str | None, Opt(help="transformers (local), http (OpenAI-compatible server) or gguf.")] = None,
-    base_url: Annotated[str | None, Opt(help="http backend: the server's address, e.g. http://127.0.0.1:11434/v1.")] = None,
-    suite: Annotated[list[str] | None, Opt(help="Eval suite file(s) (JSONL or YAML); repeatable. Default: the config's.")] = None,
-    label: Annotated[str | None, Opt(help="Name of this model's results directory (default from the model).")] = None,
-    out: Annotated[Path | None, Opt(help="Where eval/<label>/ directories go (default: the run's eval dir, "
-                                         "or runs/eval).")] = None,
+    trained: Annotated[
+        str | None, Opt(help="A training run's trained.json (or run directory): the tuned model.")
+    ] = None,
+    backend: Annotated[
+        str | None, Opt(help="transformers (local), http (OpenAI-compatible server) or gguf.")
+    ] = None,
+    base_url: Annotated[
+        str | None, Opt(help="http backend: the server's address, e.g. http://127.0.0.1:11434/v1.")
+    ] = None,
+    suite: Annotated[
+        list[str] | None, Opt(help="Eval suite file(s) (JSONL or YAML); repeatable. Default: the config's.")
+    ] = None,
+    label: Annotated[
+        str | None, Opt(help="Name of this model's results directory (default from the model).")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        Opt(help="Where eval/<label>/ directories go (default: the run's eval dir, or runs/eval)."),
+    ] = None,
     limit: Annotated[int | None, Opt(help="At most N prompts per suite, spread over the categories.")] = None,
     humaneval_limit: Annotated[int | None, Opt(help="Only the first N HumanEval tasks.")] = None,
     no_humaneval: Annotated[bool, Opt("--no-humaneval", help="Skip HumanEval.")] = False,
-    humaneval_style: Annotated[str | None, Opt(help="HumanEval prompts: chat (Instruct models) or completion "
-                                                    "(Base models continue the code). Default: from the config's "
-                                                    "model.kind, chat without a config.")] = None,
-    sandbox: Annotated[str | None, Opt(help="Isolation of the model's HumanEval code: auto (bubblewrap; refuses to "
-                                            "run without it), or the weaker namespaces / rlimits, which you choose "
-                                            "here or with eval.humaneval.sandbox.")] = None,
+    humaneval_style: Annotated[
+        str | None,
+        Opt(
+            help="HumanEval prompts: chat (Instruct models) or completion "
+            "(Base models continue the code). Default: from the config's "
+            "model.kind, chat without a config."
+        ),
+    ] = None,
+    sandbox: Annotated[
+        str | None,
+        Opt(
+            help="Isolation of the model's HumanEval code: auto (bubblewrap; refuses to "
+            "run without it), or the weaker namespaces / rlimits, which you choose "
+            "here or with eval.humaneval.sandbox."
+        ),
+    ] = None,
     n_samples: Annotated[int | None, Opt(help="Answers per prompt (compile@k needs k of them).")] = None,
     k: Annotated[list[int] | None, Opt(help="k for compile@k and pass@k; repeatable.")] = None,
     temperature: Annotated[float | None, Opt(help="Sampling temperature (0 = greedy).")] = None,
     max_new_tokens: Annotated[int | None, Opt(help="Longest answer, in tokens.")] = None,
     batch_size: Annotated[int | None, Opt(help="Prompts generated together (transformers backend).")] = None,
     compiler: Annotated[str | None, Opt(help="auto (bbjcpl when installed), builtin or bbjcpl.")] = None,
-    system_prompt: Annotated[str | None, Opt(help="System prompt for every question (default: the training data's).")] = None,
-    fresh: Annotated[bool, Opt("--fresh", help="Discard saved answers and generate everything again.")] = False,
-    set_: Annotated[list[str] | None, Opt("--set", help="Override a config setting, e.g. --set eval.top_p=0.9.")] = None,
+    system_prompt: Annotated[
+        str | None, Opt(help="System prompt for every question (default: the training data's).")
+    ] = None,
+    fresh: Annotated[
+        bool, Opt("--fresh", help="Discard saved answers and generate everything again.")
+    ] = False,
+    set_: Annotated[
+        list[str] | None, Opt("--set", help="Override a config setting, e.g. --set eval.top_p=0.9.")
+    ] = None,
 ) -> None:
     """Evaluate a run (base vs tuned) or one model; answers are saved first, so a killed run resumes."""
     from rich.console import Console
@@ -94,10 +140,23 @@ def eval_run(
     cfg = load_config(config, set_) if config else None
     if set_ and not config:
         raise BbjtuneError("--set needs a CONFIG", "pass a config or preset name before the options")
-    updates = {key: value for key, value in {
-        "suites": suite or None, "limit": limit, "n_samples": n_samples, "k": k or None, "temperature": temperature,
-        "max_new_tokens": max_new_tokens, "batch_size": batch_size, "compiler": compiler, "backend": backend,
-        "base_url": base_url, "system_prompt": system_prompt}.items() if value is not None}
+    updates = {
+        key: value
+        for key, value in {
+            "suites": suite or None,
+            "limit": limit,
+            "n_samples": n_samples,
+            "k": k or None,
+            "temperature": temperature,
+            "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size,
+            "compiler": compiler,
+            "backend": backend,
+            "base_url": base_url,
+            "system_prompt": system_prompt,
+        }.items()
+        if value is not None
+    }
     base = cfg.eval.model_dump() if cfg else EvalConfig().model_dump()
     he = base["humaneval"]
     if humaneval_limit is not None:
@@ -138,29 +197,63 @@ def _validated_eval(raw: dict[str, Any]) -> Any:
         raise BbjtuneError("invalid eval options", "check the values") from None
 
 
-def _eval_one(cfg: Any, ecfg: Any, model: str | None, adapter: str | None, trained: str | None, label: str | None,
-              out: Path | None, fresh: bool, console: Any) -> None:
+def _eval_one(
+    cfg: Any,
+    ecfg: Any,
+    model: str | None,
+    adapter: str | None,
+    trained: str | None,
+    label: str | None,
+    out: Path | None,
+    fresh: bool,
+    console: Any,
+) -> None:
     kind = ecfg.backend
     if kind == "transformers" and not (model or trained):
-        raise BbjtuneError("no model to evaluate", "pass --model SOURCE (and --adapter DIR), --trained RUN_DIR, or a CONFIG")
+        raise BbjtuneError(
+            "no model to evaluate", "pass --model SOURCE (and --adapter DIR), --trained RUN_DIR, or a CONFIG"
+        )
     info = None
     if trained:
         info = read_trained(trained)  # a training run directory or its trained.json
     model_kind = cfg.model.kind if cfg else "instruct"
-    system = ecfg.system_prompt or (info.raw.get("system_prompt") if info else None) or (cfg.data.system_prompt if cfg else None)
+    system = (
+        ecfg.system_prompt
+        or (info.raw.get("system_prompt") if info else None)
+        or (cfg.data.system_prompt if cfg else None)
+    )
     _check_inputs(kind, model, adapter, ecfg)
     spec: dict[str, Any] = {"backend": kind}
     if kind == "transformers":
         dtype = cfg.model.dtype if cfg else "auto"
-        spec.update({"trained": str(info.path), "fingerprint": trained_fingerprint(info)} if info else
-                    {"source": model, "adapter": adapter, "dtype": dtype})
-        factory = (lambda: make_backend("transformers", trained=str(info.path), dtype=dtype, batch_size=ecfg.batch_size)) if info else \
-            (lambda: make_backend("transformers", model=model, adapter=adapter, dtype=dtype, batch_size=ecfg.batch_size))
+        spec.update(
+            {"trained": str(info.path), "fingerprint": trained_fingerprint(info)}
+            if info
+            else {"source": model, "adapter": adapter, "dtype": dtype}
+        )
+        factory = (
+            (
+                lambda: make_backend(
+                    "transformers", trained=str(info.path), dtype=dtype, batch_size=ecfg.batch_size
+                )
+            )
+            if info
+            else (
+                lambda: make_backend(
+                    "transformers", model=model, adapter=adapter, dtype=dtype, batch_size=ecfg.batch_size
+                )
+            )
+        )
     elif kind == "http":
         spec.update(base_url=ecfg.base_url, model=ecfg.api_model)
-        factory = lambda: make_backend("http", base_url=ecfg.base_url, api_model=ecfg.api_model,  # noqa: E731
-                                       timeout_s=ecfg.request_timeout_s, retries=ecfg.retries,
-                                       concurrency=ecfg.concurrency)
+        factory = lambda: make_backend(  # noqa: E731
+            "http",
+            base_url=ecfg.base_url,
+            api_model=ecfg.api_model,
+            timeout_s=ecfg.request_timeout_s,
+            retries=ecfg.retries,
+            concurrency=ecfg.concurrency,
+        )
     else:
         spec.update(gguf=ecfg.gguf_file)
         factory = lambda: make_backend("gguf", model=ecfg.gguf_file, threads=ecfg.threads)  # noqa: E731
@@ -169,9 +262,21 @@ def _eval_one(cfg: Any, ecfg: Any, model: str | None, adapter: str | None, train
     suites = load_suites(ecfg.suites)
     style = humaneval_style(ecfg.humaneval.prompt_style, model_kind)
     console.print(f"[bold]Evaluating {label}[/] → {root / label}")
-    fim_cases = load_fim_cases(cfg, ecfg) if cfg else []  # the held-out files come from the config's data stage
-    results = evaluate_model(label, root / label, factory, spec, suites, ecfg, system_prompt=system,
-                             humaneval_style=style, fresh=fresh, fim_cases=fim_cases)
+    fim_cases = (
+        load_fim_cases(cfg, ecfg) if cfg else []
+    )  # the held-out files come from the config's data stage
+    results = evaluate_model(
+        label,
+        root / label,
+        factory,
+        spec,
+        suites,
+        ecfg,
+        system_prompt=system,
+        humaneval_style=style,
+        fresh=fresh,
+        fim_cases=fim_cases,
+    )
     print_summary({label: results}, None)
     console.print(f"[green]✓[/] report: {root / label / 'report.html'}")
 
@@ -182,8 +287,10 @@ def _check_inputs(kind: str, model: str | None, adapter: str | None, ecfg: Any) 
     if kind == "transformers" and model:
         resolve_source(model)
     if adapter and not (Path(adapter) / "adapter_config.json").exists():
-        raise BbjtuneError(f"'{adapter}' is not a LoRA adapter directory (no adapter_config.json)",
-                           "pass the adapter directory a training run wrote, e.g. runs/<name>/sft/adapter")
+        raise BbjtuneError(
+            f"'{adapter}' is not a LoRA adapter directory (no adapter_config.json)",
+            "pass the adapter directory a training run wrote, e.g. runs/<name>/sft/adapter",
+        )
     if kind == "gguf" and not Path(ecfg.gguf_file or "").is_file():
         raise BbjtuneError(f"GGUF file {ecfg.gguf_file} does not exist", "pass --model path/to/model.gguf")
 
@@ -201,11 +308,19 @@ def default_label(model: str | None, adapter: str | None, trained: bool) -> str:
 
 @eval_app.command("compare")
 def eval_compare(
-    a: Annotated[Path, typer.Argument(help="The reference: an eval/<label>/ directory (usually the base model).")],
-    b: Annotated[Path, typer.Argument(help="The candidate: another eval/<label>/ directory (usually the tuned model).")],
-    out: Annotated[Path | None, Opt(help="Where to write (default: compare/ next to A for base vs tuned, "
-                                         "else compare-A-vs-B/).")] = None,
-    max_drop: Annotated[float, Opt(help="HumanEval gate: B may lose at most this many points of pass@1.")] = 5.0,
+    a: Annotated[
+        Path, typer.Argument(help="The reference: an eval/<label>/ directory (usually the base model).")
+    ],
+    b: Annotated[
+        Path, typer.Argument(help="The candidate: another eval/<label>/ directory (usually the tuned model).")
+    ],
+    out: Annotated[
+        Path | None,
+        Opt(help="Where to write (default: compare/ next to A for base vs tuned, else compare-A-vs-B/)."),
+    ] = None,
+    max_drop: Annotated[
+        float, Opt(help="HumanEval gate: B may lose at most this many points of pass@1.")
+    ] = 5.0,
 ) -> None:
     """Put two evaluated models side by side: deltas, regressions, the HumanEval gate, example pairs.
 
@@ -218,6 +333,7 @@ def eval_compare(
         out = a.parent / ("compare" if same_run else f"compare-{a.name}-vs-{b.name}")
     cmp = compare_dirs(a, b, out, max_drop)
     import json
+
     results = {p.name: json.loads((p / "results.json").read_text(encoding="utf-8")) for p in (a, b)}
     print_summary(results, cmp)
     Console(stderr=True).print(f"[green]✓[/] report: {out / 'report.html'}")
@@ -228,7 +344,9 @@ def eval_compare(
 @eval_app.command("score")
 def eval_score(
     directory: Annotated[Path, typer.Argument(help="An eval/<label>/ directory holding generations.jsonl.")],
-    compiler: Annotated[str | None, Opt(help="auto, builtin or bbjcpl (default: as when it was generated).")] = None,
+    compiler: Annotated[
+        str | None, Opt(help="auto, builtin or bbjcpl (default: as when it was generated).")
+    ] = None,
 ) -> None:
     """Score saved answers again (e.g. with the real bbjcpl), without loading the model."""
     from rich.console import Console

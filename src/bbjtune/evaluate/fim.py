@@ -48,12 +48,12 @@ class FimCase:
     id: str
     source: str
     kind: str
-    before: str   # the file before the prompt's window (not sent)
-    prefix: str   # sent: the window's lines before the hole
-    middle: str   # expected
-    suffix: str   # sent: the window's lines after the hole
-    after: str    # the file after the window (not sent)
-    line: int     # 1-based line of the hole's start
+    before: str  # the file before the prompt's window (not sent)
+    prefix: str  # sent: the window's lines before the hole
+    middle: str  # expected
+    suffix: str  # sent: the window's lines after the hole
+    after: str  # the file after the window (not sent)
+    line: int  # 1-based line of the hole's start
 
     def prompt(self) -> str:
         return fim_prompt(self.prefix, self.suffix)
@@ -72,12 +72,15 @@ class FimCase:
 
 # ----------------------------------------------------------------------------- building the suite
 
+
 def read_heldout_sources(path: Path) -> list[dict[str, str]]:
     """The data stage's held-out source files ({"source", "text"} per line)."""
     if not path.exists():
-        raise BbjtuneError(f"{path} not found (the FIM suite is built from the held-out source files)",
-                           "run `bbjtune data prepare CONFIG` with data.sources (from 10 files on, "
-                           "data.heldout_sources_ratio of them are held out), or set eval.fim.enabled: false")
+        raise BbjtuneError(
+            f"{path} not found (the FIM suite is built from the held-out source files)",
+            "run `bbjtune data prepare CONFIG` with data.sources (from 10 files on, "
+            "data.heldout_sources_ratio of them are held out), or set eval.fim.enabled: false",
+        )
     records = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -85,7 +88,9 @@ def read_heldout_sources(path: Path) -> list[dict[str, str]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise BbjtuneError(f"{path}:{n}: not valid JSON ({exc.msg})", "re-run `bbjtune data prepare CONFIG`") from None
+            raise BbjtuneError(
+                f"{path}:{n}: not valid JSON ({exc.msg})", "re-run `bbjtune data prepare CONFIG`"
+            ) from None
         if isinstance(row, dict) and isinstance(row.get("text"), str) and isinstance(row.get("source"), str):
             records.append(row)
     return records
@@ -93,14 +98,20 @@ def read_heldout_sources(path: Path) -> list[dict[str, str]]:
 
 def _is_code(line: str) -> bool:
     s = line.strip()
-    return bool(s) and not s.lower().startswith("rem") and not s.startswith(":") and len(line) <= MAX_LINE_CHARS
+    return (
+        bool(s) and not s.lower().startswith("rem") and not s.startswith(":") and len(line) <= MAX_LINE_CHARS
+    )
 
 
 def _hole_lines(lines: list[str], start: int, count: int) -> bool:
     """Whether lines[start:start+count] can be masked: starting on a code line, holding code, and not
     ending before a `:` continuation line (that would cut a statement in two)."""
     end = start + count
-    if end > len(lines) or not _is_code(lines[start]) or any(len(ln) > MAX_LINE_CHARS for ln in lines[start:end]):
+    if (
+        end > len(lines)
+        or not _is_code(lines[start])
+        or any(len(ln) > MAX_LINE_CHARS for ln in lines[start:end])
+    ):
         return False
     if sum(_is_code(ln) for ln in lines[start:end]) < min(count, 2):
         return False
@@ -114,16 +125,28 @@ def _statement_cuts(line: str) -> list[int]:
     word_end = first
     while word_end < len(body) and not body[word_end].isspace() and body[word_end] not in "=(":
         word_end += 1
-    return [i + 1 for i in range(word_end, len(body) - 2) if body[i] in _BOUNDARY_AFTER and body[i + 1:].strip()]
+    return [
+        i + 1 for i in range(word_end, len(body) - 2) if body[i] in _BOUNDARY_AFTER and body[i + 1 :].strip()
+    ]
 
 
-def build_cases(records: Sequence[dict[str, str]], samples: int, seed: int, kinds: Sequence[str] = KINDS,
-                max_block_lines: int = 4, context_lines_before: int = 40, context_lines_after: int = 20,
-                compiler: str = "auto") -> tuple[list[FimCase], dict[str, Any]]:
+def build_cases(
+    records: Sequence[dict[str, str]],
+    samples: int,
+    seed: int,
+    kinds: Sequence[str] = KINDS,
+    max_block_lines: int = 4,
+    context_lines_before: int = 40,
+    context_lines_after: int = 20,
+    compiler: str = "auto",
+) -> tuple[list[FimCase], dict[str, Any]]:
     """`samples` cases spread over the files and kinds (deterministic for a seed); and what was used."""
     usable, skipped = [], []
     for r in sorted(records, key=lambda r: r["source"]):
-        if contains_fim_token(r["text"]) or not compile_code(r["text"], compiler, Path(r["source"]).name).compiles:
+        if (
+            contains_fim_token(r["text"])
+            or not compile_code(r["text"], compiler, Path(r["source"]).name).compiles
+        ):
             skipped.append(r["source"])
         else:
             usable.append(r)
@@ -146,8 +169,14 @@ def build_cases(records: Sequence[dict[str, str]], samples: int, seed: int, kind
     return cases, info
 
 
-def _make_case(record: dict[str, str], kind: str, rng: random.Random, max_block_lines: int,
-               before_lines: int, after_lines: int) -> FimCase | None:
+def _make_case(
+    record: dict[str, str],
+    kind: str,
+    rng: random.Random,
+    max_block_lines: int,
+    before_lines: int,
+    after_lines: int,
+) -> FimCase | None:
     lines = record["text"].splitlines(keepends=True)
     count = rng.randint(2, max(2, max_block_lines)) if kind == "block" else 1
     starts = [i for i in range(len(lines)) if _is_code(lines[i]) and _hole_lines(lines, i, count)]
@@ -163,15 +192,23 @@ def _make_case(record: dict[str, str], kind: str, rng: random.Random, max_block_
         end_of_text = len(line.rstrip("\n"))
         head, middle, tail_first = head + line[:cut], line[cut:end_of_text], line[end_of_text:]
     else:
-        middle, tail_first = "".join(lines[start:start + count]), ""
-    tail = tail_first + "".join(lines[start + count:])
+        middle, tail_first = "".join(lines[start : start + count]), ""
+    tail = tail_first + "".join(lines[start + count :])
     window_start = max(0, start - before_lines)
     before = "".join(lines[:window_start])
-    prefix = head[len(before):]
+    prefix = head[len(before) :]
     after_cut = _nth_line_end(tail, after_lines)
-    return FimCase(id=f"{Path(record['source']).name}:{start + 1}:{kind}", source=record["source"], kind=kind,
-                   before=before, prefix=prefix, middle=middle, suffix=tail[:after_cut], after=tail[after_cut:],
-                   line=start + 1)
+    return FimCase(
+        id=f"{Path(record['source']).name}:{start + 1}:{kind}",
+        source=record["source"],
+        kind=kind,
+        before=before,
+        prefix=prefix,
+        middle=middle,
+        suffix=tail[:after_cut],
+        after=tail[after_cut:],
+        line=start + 1,
+    )
 
 
 def _nth_line_end(text: str, n: int) -> int:
@@ -191,13 +228,30 @@ def write_cases(path: Path, cases: Sequence[FimCase]) -> None:
 def read_cases(path: Path) -> list[FimCase]:
     if not path.exists():
         return []
-    return [FimCase.from_dict(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        FimCase.from_dict(json.loads(line))
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
 
 
 def fim_requests(cases: Sequence[FimCase], max_new_tokens: int) -> list[Request]:
-    return [Request(text=c.prompt(), stop=FIM_STOP_TOKENS, max_new_tokens=max_new_tokens,
-                    meta={"suite": SUITE_NAME, "id": c.id, "prompt": _readable(c), "category": c.kind,
-                          "generation": None, "task": "fim"}) for c in cases]
+    return [
+        Request(
+            text=c.prompt(),
+            stop=FIM_STOP_TOKENS,
+            max_new_tokens=max_new_tokens,
+            meta={
+                "suite": SUITE_NAME,
+                "id": c.id,
+                "prompt": _readable(c),
+                "category": c.kind,
+                "generation": None,
+                "task": "fim",
+            },
+        )
+        for c in cases
+    ]
 
 
 def _readable(case: FimCase) -> str:
@@ -208,6 +262,7 @@ def _readable(case: FimCase) -> str:
 
 
 # ----------------------------------------------------------------------------- scoring
+
 
 def normalise(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.split("\n")).strip("\n")
@@ -236,8 +291,9 @@ def ran_past_suffix(case: FimCase, completion: str) -> bool:
     return completion.count(following) > case.middle.count(following)
 
 
-def score_fim(rows: Sequence[dict[str, Any]], cases: Sequence[FimCase], n_samples: int,
-              compiler: str = "auto") -> list[dict[str, Any]]:
+def score_fim(
+    rows: Sequence[dict[str, Any]], cases: Sequence[FimCase], n_samples: int, compiler: str = "auto"
+) -> list[dict[str, Any]]:
     """One score per (case, sample); a missing or failed sample fails every check."""
     by_key = {(r["id"], r["sample"]): r for r in rows if r.get("suite") == SUITE_NAME}
     scores = []
@@ -246,18 +302,39 @@ def score_fim(rows: Sequence[dict[str, Any]], cases: Sequence[FimCase], n_sample
             row = by_key.get((case.id, s))
             error = "no generation for this sample" if row is None else row.get("error")
             out = "" if row is None or error else row.get("output") or ""
-            score = {"suite": SUITE_NAME, "id": case.id, "sample": s, "category": case.kind, "generation": None,
-                     "task": "fim", "error": error, "exact": False, "edit_similarity": 0.0, "compiles": False,
-                     "compiler": None, "compile_reason": f"no answer: {error}" if error else "", "diagnostics": [],
-                     "stopped": False, "ran_past_suffix": False, "patterns_ok": None, "factual": None}
+            score = {
+                "suite": SUITE_NAME,
+                "id": case.id,
+                "sample": s,
+                "category": case.kind,
+                "generation": None,
+                "task": "fim",
+                "error": error,
+                "exact": False,
+                "edit_similarity": 0.0,
+                "compiles": False,
+                "compiler": None,
+                "compile_reason": f"no answer: {error}" if error else "",
+                "diagnostics": [],
+                "stopped": False,
+                "ran_past_suffix": False,
+                "patterns_ok": None,
+                "factual": None,
+            }
             if not error:
                 got, want = normalise(out), normalise(case.middle)
                 result = compile_code(case.filled(out), compiler, Path(case.source).name)
                 past = ran_past_suffix(case, out)
-                score.update(exact=got == want, edit_similarity=round(edit_similarity(got, want), 4),
-                             compiles=result.compiles, compiler=result.compiler, compile_reason=result.reason,
-                             diagnostics=result.diagnostics, ran_past_suffix=past,
-                             stopped=row.get("finish_reason") == "stop" and not past)
+                score.update(
+                    exact=got == want,
+                    edit_similarity=round(edit_similarity(got, want), 4),
+                    compiles=result.compiles,
+                    compiler=result.compiler,
+                    compile_reason=result.reason,
+                    diagnostics=result.diagnostics,
+                    ran_past_suffix=past,
+                    stopped=row.get("finish_reason") == "stop" and not past,
+                )
             scores.append(score)
     return scores
 
@@ -269,17 +346,27 @@ def summarize_fim(scores: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
     def rates(group: Sequence[dict[str, Any]]) -> dict[str, Any]:
         n = len(group)
-        return {"n_samples": n, "exact_match": round(sum(s["exact"] for s in group) / n, 4),
-                "edit_similarity": round(sum(s["edit_similarity"] for s in group) / n, 4),
-                "compile_at_1": round(sum(bool(s["compiles"]) for s in group) / n, 4),
-                "stop_rate": round(sum(s["stopped"] for s in group) / n, 4)}
+        return {
+            "n_samples": n,
+            "exact_match": round(sum(s["exact"] for s in group) / n, 4),
+            "edit_similarity": round(sum(s["edit_similarity"] for s in group) / n, 4),
+            "compile_at_1": round(sum(bool(s["compiles"]) for s in group) / n, 4),
+            "stop_rate": round(sum(s["stopped"] for s in group) / n, 4),
+        }
 
     kinds: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for s in scores:
         kinds[s["category"]].append(s)
-    return {**rates(scores), "n_cases": len({s["id"] for s in scores}),
-            "by_kind": {k: rates(v) for k, v in sorted(kinds.items())}}
+    return {
+        **rates(scores),
+        "n_cases": len({s["id"] for s in scores}),
+        "by_kind": {k: rates(v) for k, v in sorted(kinds.items())},
+    }
 
 
-FIM_METRICS = (("exact_match", "FIM exact match"), ("edit_similarity", "FIM edit similarity"),
-               ("compile_at_1", "FIM compile@1"), ("stop_rate", "FIM stop rate"))
+FIM_METRICS = (
+    ("exact_match", "FIM exact match"),
+    ("edit_similarity", "FIM edit similarity"),
+    ("compile_at_1", "FIM compile@1"),
+    ("stop_rate", "FIM stop rate"),
+)

@@ -34,25 +34,42 @@ from bbjtune.models.generate import Request, truncate_at_stop
 
 SUITE_NAME = "humaneval"
 COMPLETION_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
-CHAT_INSTRUCTION = ("Complete the following Python function. Answer with the whole function "
-                    "(including the signature) in one ```python code block.\n\n")
+CHAT_INSTRUCTION = (
+    "Complete the following Python function. Answer with the whole function "
+    "(including the signature) in one ```python code block.\n\n"
+)
 _FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 
 
-def humaneval_requests(problems: Sequence[dict[str, Any]], style: str, max_new_tokens: int,
-                       system_prompt: str | None = None) -> list[Request]:
+def humaneval_requests(
+    problems: Sequence[dict[str, Any]], style: str, max_new_tokens: int, system_prompt: str | None = None
+) -> list[Request]:
     requests = []
     for p in problems:
-        meta = {"suite": SUITE_NAME, "id": p["task_id"], "category": "python", "generation": None,
-                "task": f"humaneval-{style}"}
+        meta = {
+            "suite": SUITE_NAME,
+            "id": p["task_id"],
+            "category": "python",
+            "generation": None,
+            "task": f"humaneval-{style}",
+        }
         if style == "completion":
-            requests.append(Request(text=p["prompt"], stop=COMPLETION_STOPS, max_new_tokens=max_new_tokens,
-                                    meta={**meta, "prompt": p["prompt"]}))
+            requests.append(
+                Request(
+                    text=p["prompt"],
+                    stop=COMPLETION_STOPS,
+                    max_new_tokens=max_new_tokens,
+                    meta={**meta, "prompt": p["prompt"]},
+                )
+            )
         else:
             user = CHAT_INSTRUCTION + "```python\n" + p["prompt"] + "```"
-            messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
-                [{"role": "user", "content": user}]
-            requests.append(Request(messages=messages, max_new_tokens=max_new_tokens, meta={**meta, "prompt": user}))
+            messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+                {"role": "user", "content": user}
+            ]
+            requests.append(
+                Request(messages=messages, max_new_tokens=max_new_tokens, meta={**meta, "prompt": user})
+            )
     return requests
 
 
@@ -75,17 +92,24 @@ def solution_code(problem: dict[str, Any], solution: str, style: str) -> str:
     """The problem's prompt completed by the model's solution (without the tests)."""
     entry = problem["entry_point"]
     if style == "completion" or not re.search(rf"^\s*def\s+{re.escape(entry)}\s*\(", solution, re.M):
-        return problem["prompt"] + solution      # the solution continues the function's body
-    return problem["prompt"] + "\n    pass\n\n" + solution   # a full definition replaces the stub
+        return problem["prompt"] + solution  # the solution continues the function's body
+    return problem["prompt"] + "\n    pass\n\n" + solution  # a full definition replaces the stub
 
 
 def build_program(problem: dict[str, Any], solution: str, style: str) -> str:
     """Problem + solution + the problem's own tests in one program (for reading; scoring uses `judge.py`)."""
-    return f"{solution_code(problem, solution, style)}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+    return (
+        f"{solution_code(problem, solution, style)}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+    )
 
 
-def _in_parallel(jobs: Sequence[Any], run: Callable[[Any, int], SandboxResult], workers: int | None,
-                 on_done: Callable[[int], None] | None, mode: str) -> list[SandboxResult]:
+def _in_parallel(
+    jobs: Sequence[Any],
+    run: Callable[[Any, int], SandboxResult],
+    workers: int | None,
+    on_done: Callable[[int], None] | None,
+    mode: str,
+) -> list[SandboxResult]:
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1, SLOTS_PER_BLOCK))
     detect_isolation(mode)  # probe once, before the threads start (and refuse early without a sandbox)
     slots: queue.Queue[int] = queue.Queue()
@@ -105,23 +129,49 @@ def _in_parallel(jobs: Sequence[Any], run: Callable[[Any, int], SandboxResult], 
         return list(pool.map(one, jobs))
 
 
-def run_programs(programs: Sequence[str], limits: Limits, workers: int | None = None,
-                 on_done: Callable[[int], None] | None = None, mode: str = "auto") -> list[SandboxResult]:
+def run_programs(
+    programs: Sequence[str],
+    limits: Limits,
+    workers: int | None = None,
+    on_done: Callable[[int], None] | None = None,
+    mode: str = "auto",
+) -> list[SandboxResult]:
     """Run programs in the sandbox, `workers` at a time (each worker has its own sandbox slot)."""
-    return _in_parallel(programs, lambda program, slot: run_python(program, limits, slot=slot, mode=mode),
-                        workers, on_done, mode)
+    return _in_parallel(
+        programs,
+        lambda program, slot: run_python(program, limits, slot=slot, mode=mode),
+        workers,
+        on_done,
+        mode,
+    )
 
 
-def judge_solutions(jobs: Sequence[tuple[dict[str, Any], str]], limits: Limits, workers: int | None = None,
-                    on_done: Callable[[int], None] | None = None, mode: str = "auto") -> list[SandboxResult]:
+def judge_solutions(
+    jobs: Sequence[tuple[dict[str, Any], str]],
+    limits: Limits,
+    workers: int | None = None,
+    on_done: Callable[[int], None] | None = None,
+    mode: str = "auto",
+) -> list[SandboxResult]:
     """Judge (problem, solution code) pairs: the code runs in the sandbox, the problem's tests in a judge."""
-    return _in_parallel(jobs, lambda job, slot: judge_solution(job[0], job[1], limits, slot=slot, mode=mode),
-                        workers, on_done, mode)
+    return _in_parallel(
+        jobs,
+        lambda job, slot: judge_solution(job[0], job[1], limits, slot=slot, mode=mode),
+        workers,
+        on_done,
+        mode,
+    )
 
 
-def score_humaneval(rows: Sequence[dict[str, Any]], style: str, limits: Limits, k_list: Sequence[int],
-                    workers: int | None = None, on_done: Callable[[int], None] | None = None, sandbox: str = "auto"
-                    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def score_humaneval(
+    rows: Sequence[dict[str, Any]],
+    style: str,
+    limits: Limits,
+    k_list: Sequence[int],
+    workers: int | None = None,
+    on_done: Callable[[int], None] | None = None,
+    sandbox: str = "auto",
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run every HumanEval sample; returns (one score per sample, the summary for results.json)."""
     problems = {p["task_id"]: p for p in load_problems()}
     scores: list[dict[str, Any]] = []
@@ -138,17 +188,31 @@ def score_humaneval(rows: Sequence[dict[str, Any]], style: str, limits: Limits, 
         scores.append(score)
     results = judge_solutions([job for _, job in to_run], limits, workers, on_done, sandbox)
     for (idx, _), res in zip(to_run, results):
-        scores[idx].update(passed=res.passed, status=res.status, reason=res.reason,
-                           duration_s=res.duration_s, stderr_tail=res.stderr_tail[-600:] if not res.passed else "")
+        scores[idx].update(
+            passed=res.passed,
+            status=res.status,
+            reason=res.reason,
+            duration_s=res.duration_s,
+            stderr_tail=res.stderr_tail[-600:] if not res.passed else "",
+        )
     per_task: dict[str, list[bool]] = {}
     for s in scores:
         per_task.setdefault(s["id"], []).append(s["passed"])
     counts = [(len(v), sum(v)) for v in per_task.values()]
-    summary: dict[str, Any] = {"n_tasks": len(per_task), "n_samples": len(scores), "style": style,
-                               "statuses": dict(Counter(s["status"] for s in scores)),
-                               "limits": {"wall_s": limits.wall_s, "cpu_s": limits.cpu_s, "memory_mb": limits.memory_mb,
-                                          "max_processes": limits.max_processes},
-                               "sandbox": detect_isolation(sandbox).describe(), "verdict": "judge process"}
+    summary: dict[str, Any] = {
+        "n_tasks": len(per_task),
+        "n_samples": len(scores),
+        "style": style,
+        "statuses": dict(Counter(s["status"] for s in scores)),
+        "limits": {
+            "wall_s": limits.wall_s,
+            "cpu_s": limits.cpu_s,
+            "memory_mb": limits.memory_mb,
+            "max_processes": limits.max_processes,
+        },
+        "sandbox": detect_isolation(sandbox).describe(),
+        "verdict": "judge process",
+    }
     for k in k_list:
         value = mean_pass_at_k(counts, k)
         if value is not None:

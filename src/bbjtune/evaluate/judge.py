@@ -34,7 +34,7 @@ MAX_MESSAGE_BYTES = 16 << 20
 JUDGE_EXTRA_MB = 512  # the judge's memory cap: the sample's limit plus room for the tests' own data
 
 # Plain data <-> JSON, shared by both sides (each side runs it with -I -S, importing only json).
-_CODEC = r'''
+_CODEC = r"""
 def _enc(v, depth=0):
     if depth > 200:
         raise ValueError("nested too deeply")
@@ -85,12 +85,15 @@ def _write_line(fd, obj):
     data = (json.dumps(obj) + "\n").encode()
     while data:
         data = data[os.write(fd, data):]
-'''
+"""
 
 # Runs in the sandbox: load the model's code, then answer calls until the judge hangs up.
-_SAMPLE = r'''
+_SAMPLE = (
+    r"""
 import json, os, sys
-''' + _CODEC + r'''
+"""
+    + _CODEC
+    + r"""
 _requests, _replies, _entry, _limit = %(requests)d, %(replies)d, %(entry)r, %(limit)d
 _code = %(code)r
 _ns = {"__name__": "__main__", "__builtins__": __builtins__}
@@ -108,12 +111,16 @@ while True:
             raise
         reply = {"error": "%%s: %%s" %% (type(exc).__name__, str(exc)[:300])}
     _write_line(_replies, reply)
-'''
+"""
+)
 
 # Runs outside the sandbox, on the problem's own (trusted) prompt and tests only.
-_JUDGE = r'''
+_JUDGE = (
+    r"""
 import json, os, resource, sys, traceback
-''' + _CODEC + r'''
+"""
+    + _CODEC
+    + r"""
 cfg = json.loads(sys.stdin.read())
 # the judge decodes what the sample sends: a reply built to blow up into objects must not take the machine
 resource.setrlimit(resource.RLIMIT_AS, (cfg["memory_bytes"], cfg["memory_bytes"]))
@@ -162,16 +169,23 @@ except AssertionError as exc:
 except BaseException as exc:  # the tests computing on the answer failed (e.g. a wrong type)
     verdict = {"verdict": "failed", "reason": "%%s: %%s" %% (type(exc).__name__, str(exc)[:300])}
 print(json.dumps(verdict))
-'''
+"""
+)
 
 
 def sample_program(code: str, entry: str, requests_fd: int, replies_fd: int) -> str:
-    return _SAMPLE % {"requests": requests_fd, "replies": replies_fd, "entry": entry, "code": code,
-                      "limit": MAX_MESSAGE_BYTES}
+    return _SAMPLE % {
+        "requests": requests_fd,
+        "replies": replies_fd,
+        "entry": entry,
+        "code": code,
+        "limit": MAX_MESSAGE_BYTES,
+    }
 
 
-def judge_solution(problem: dict[str, Any], code: str, limits: Limits, slot: int = 0,
-                   mode: str = "auto") -> SandboxResult:
+def judge_solution(
+    problem: dict[str, Any], code: str, limits: Limits, slot: int = 0, mode: str = "auto"
+) -> SandboxResult:
     """Run `code` (the problem's prompt with the model's solution) in the sandbox; the judge decides."""
     requests_r, requests_w = os.pipe()
     replies_r, replies_w = os.pipe()
@@ -179,12 +193,25 @@ def judge_solution(problem: dict[str, Any], code: str, limits: Limits, slot: int
         out_path = os.path.join(tmp, "verdict")
         try:
             with open(out_path, "wb") as out, open(os.path.join(tmp, "stderr"), "wb") as err:
-                judge = subprocess.Popen([sys.executable, "-I", "-S", "-B", "-c", _JUDGE % {}],
-                                         stdin=subprocess.PIPE, stdout=out, stderr=err, cwd=tmp,
-                                         pass_fds=(requests_w, replies_r), env={"PATH": "/usr/bin:/bin"})
-            cfg = {"requests": requests_w, "replies": replies_r, "limit": MAX_MESSAGE_BYTES,
-                   "memory_bytes": (limits.memory_mb + JUDGE_EXTRA_MB) << 20, "cpu_s": max(1, int(limits.cpu_s)) * 2 + 10,
-                   "entry": problem["entry_point"], "prompt": problem["prompt"], "test": problem["test"]}
+                judge = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-B", "-c", _JUDGE % {}],
+                    stdin=subprocess.PIPE,
+                    stdout=out,
+                    stderr=err,
+                    cwd=tmp,
+                    pass_fds=(requests_w, replies_r),
+                    env={"PATH": "/usr/bin:/bin"},
+                )
+            cfg = {
+                "requests": requests_w,
+                "replies": replies_r,
+                "limit": MAX_MESSAGE_BYTES,
+                "memory_bytes": (limits.memory_mb + JUDGE_EXTRA_MB) << 20,
+                "cpu_s": max(1, int(limits.cpu_s)) * 2 + 10,
+                "entry": problem["entry_point"],
+                "prompt": problem["prompt"],
+                "test": problem["test"],
+            }
             with contextlib.suppress(BrokenPipeError):
                 judge.stdin.write(json.dumps(cfg).encode())
                 judge.stdin.close()
@@ -207,7 +234,10 @@ def judge_solution(problem: dict[str, Any], code: str, limits: Limits, slot: int
             with open(out_path, encoding="utf-8") as fh:
                 verdict = json.loads(fh.read().strip().splitlines()[-1])
         except (OSError, ValueError, IndexError):
-            verdict = {"verdict": "error", "reason": f"the judge gave no verdict (exit code {judge.returncode})"}
+            verdict = {
+                "verdict": "error",
+                "reason": f"the judge gave no verdict (exit code {judge.returncode})",
+            }
     return _combine(verdict, ran)
 
 
@@ -221,6 +251,9 @@ def _combine(verdict: dict[str, Any], ran: SandboxResult) -> SandboxResult:
         return ran
     reason = verdict["reason"]
     if verdict.get("ended"):
-        reason = (ran.reason if ran.status == "failed" else
-                  f"the program exited (code {ran.returncode}) before the tests finished")
+        reason = (
+            ran.reason
+            if ran.status == "failed"
+            else f"the program exited (code {ran.returncode}) before the tests finished"
+        )
     return SandboxResult("failed", reason, ran.returncode, ran.duration_s, ran.stderr_tail)

@@ -40,15 +40,15 @@ def _pass_at_k(scores: Sequence[dict[str, Any]], field: str, k_list: Sequence[in
 
 @dataclass(frozen=True)
 class Metric:
-    key: str                      # the key in results.json and in each by_* group
-    label: str                    # a row of the report and of the comparison
-    short: str                    # a column of the breakdown tables and the terminal summary
-    meaning: str                  # the report's one-line explanation
-    sample_field: str             # the scores.jsonl field it aggregates
+    key: str  # the key in results.json and in each by_* group
+    label: str  # a row of the report and of the comparison
+    short: str  # a column of the breakdown tables and the terminal summary
+    meaning: str  # the report's one-line explanation
+    sample_field: str  # the scores.jsonl field it aggregates
     aggregate: Callable[[Sequence[dict[str, Any]], str, Sequence[int]], Any] = _rate
-    per_k: bool = False           # one value per k (a dict "k" -> value) instead of one number
+    per_k: bool = False  # one value per k (a dict "k" -> value) instead of one number
     higher_is_better: bool = True
-    charted: bool = True          # a bar of the report's per-category chart
+    charted: bool = True  # a bar of the report's per-category chart
     # results.json written before the metric existed lack it (or hold {}): the report and the
     # comparison then leave it out instead of showing "–" as if it had been measured
     added_later: bool = False
@@ -56,8 +56,9 @@ class Metric:
     def compute(self, scores: Sequence[dict[str, Any]], k_list: Sequence[int]) -> Any:
         return self.aggregate(scores, self.sample_field, k_list)
 
-    def values(self, results: dict[str, Any] | None, ks: Sequence[str], *, short: bool = False
-               ) -> dict[str, float | None]:
+    def values(
+        self, results: dict[str, Any] | None, ks: Sequence[str], *, short: bool = False
+    ) -> dict[str, float | None]:
         """{label: value} from a results.json (or a by_* group); compile@k spreads over the ks."""
         results = results or {}
         name = self.short if short else self.label
@@ -66,7 +67,7 @@ class Metric:
         return {name: results.get(self.key)}
 
     def format(self, value: float | None) -> str:
-        return percent(value)   # every BBj metric is a share of prompts or samples
+        return percent(value)  # every BBj metric is a share of prompts or samples
 
     def worse(self, a: float, b: float) -> bool:
         """B is worse than A on this metric."""
@@ -78,17 +79,42 @@ def percent(value: float | None) -> str:
 
 
 METRICS: tuple[Metric, ...] = (
-    Metric("compile_at_k", "compile@k", "compile@k", "share of prompts whose generated BBj compiles (unbiased estimator)",
-           "compiles", aggregate=_pass_at_k, per_k=True),
+    Metric(
+        "compile_at_k",
+        "compile@k",
+        "compile@k",
+        "share of prompts whose generated BBj compiles (unbiased estimator)",
+        "compiles",
+        aggregate=_pass_at_k,
+        per_k=True,
+    ),
     # tier 2 (bbj/quality.py); a sample that does not compile is not clean, prose-only cases have no "clean"
-    Metric("clean_at_k", "clean@k", "clean@k",
-           "compiles and passes the tier 2 checks: real BBjAPI methods and argument counts, defined labels, "
-           "a statement, no runaway repetition, the right generation",
-           "clean", aggregate=_pass_at_k, per_k=True, added_later=True),
-    Metric("patterns_pass_rate", "patterns pass rate", "patterns",
-           "answers using the expected APIs and idioms, none of the forbidden ones", "patterns_ok"),
-    Metric("factual_accuracy", "factual accuracy", "factual", "factual questions answered right", "factual",
-           charted=False),
+    Metric(
+        "clean_at_k",
+        "clean@k",
+        "clean@k",
+        "compiles and passes the tier 2 checks: real BBjAPI methods and argument counts, defined labels, "
+        "a statement, no runaway repetition, the right generation",
+        "clean",
+        aggregate=_pass_at_k,
+        per_k=True,
+        added_later=True,
+    ),
+    Metric(
+        "patterns_pass_rate",
+        "patterns pass rate",
+        "patterns",
+        "answers using the expected APIs and idioms, none of the forbidden ones",
+        "patterns_ok",
+    ),
+    Metric(
+        "factual_accuracy",
+        "factual accuracy",
+        "factual",
+        "factual questions answered right",
+        "factual",
+        charted=False,
+    ),
 )
 PRIMARY = METRICS[0]
 
@@ -100,12 +126,20 @@ def headline(scores: Sequence[dict[str, Any]], k_list: Sequence[int]) -> dict[st
 
 def present(*results: dict[str, Any] | None) -> tuple[Metric, ...]:
     """The metrics any of these results.json hold: all but those added later that every one lacks."""
-    return tuple(m for m in METRICS
-                 if not m.added_later or any((r or {}).get(m.key) not in (None, {}) for r in results))
+    return tuple(
+        m
+        for m in METRICS
+        if not m.added_later or any((r or {}).get(m.key) not in (None, {}) for r in results)
+    )
 
 
-def flat(results: dict[str, Any] | None, ks: Sequence[str], *, short: bool = False,
-         metrics: Sequence[Metric] = METRICS) -> dict[str, float | None]:
+def flat(
+    results: dict[str, Any] | None,
+    ks: Sequence[str],
+    *,
+    short: bool = False,
+    metrics: Sequence[Metric] = METRICS,
+) -> dict[str, float | None]:
     """The metrics of a results.json (or a by_* group) as {label: value}, compile@k spread over the ks."""
     out: dict[str, float | None] = {}
     for m in metrics:

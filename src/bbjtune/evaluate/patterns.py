@@ -23,9 +23,9 @@ from bbjtune.evaluate.suite import EvalCase
 
 @dataclass
 class PatternScore:
-    missing: list[str] = field(default_factory=list)     # must patterns that did not match
-    forbidden: list[str] = field(default_factory=list)   # must_not patterns that matched
-    factual: bool | None = None                          # None: the case has no answer regex
+    missing: list[str] = field(default_factory=list)  # must patterns that did not match
+    forbidden: list[str] = field(default_factory=list)  # must_not patterns that matched
+    factual: bool | None = None  # None: the case has no answer regex
     has_patterns: bool = False
 
     @property

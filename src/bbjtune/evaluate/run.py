@@ -20,7 +20,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_jsonl, read_complete_jsonl, sha256_file
+from bbjtune.artifacts import (
+    StageRun,
+    atomic_write_json,
+    atomic_write_jsonl,
+    read_complete_jsonl,
+    sha256_file,
+)
 from bbjtune.bbj import extract_bbj
 from bbjtune.config import EvalConfig
 from bbjtune.errors import BbjtuneError
@@ -48,6 +54,7 @@ def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
     """A progress bar on stderr that stays when done; yields `advance(n)`."""
     finished = 0
     with progress_bar(description, total, transient=False) as done:
+
         def advance(n: int = 1) -> None:
             nonlocal finished
             finished += n
@@ -60,22 +67,48 @@ def bbj_requests(cases: Sequence[EvalCase], system_prompt: str | None) -> list[R
     requests = []
     for c in cases:
         system = c.system or system_prompt
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": c.prompt}]
-        requests.append(Request(messages=messages, meta={"suite": c.suite, "id": c.id, "prompt": c.prompt,
-                                                          "category": c.category, "generation": c.generation,
-                                                          "task": c.task}))
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": c.prompt}
+        ]
+        requests.append(
+            Request(
+                messages=messages,
+                meta={
+                    "suite": c.suite,
+                    "id": c.id,
+                    "prompt": c.prompt,
+                    "category": c.category,
+                    "generation": c.generation,
+                    "task": c.task,
+                },
+            )
+        )
     return requests
 
 
 def sampling_of(ecfg: EvalConfig) -> Sampling:
-    return Sampling(temperature=ecfg.temperature, top_p=ecfg.top_p, max_new_tokens=ecfg.max_new_tokens,
-                    n=ecfg.n_samples, seed=ecfg.seed)
+    return Sampling(
+        temperature=ecfg.temperature,
+        top_p=ecfg.top_p,
+        max_new_tokens=ecfg.max_new_tokens,
+        n=ecfg.n_samples,
+        seed=ecfg.seed,
+    )
 
 
-def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[], Backend], model_spec: dict[str, Any],
-                   suites: Sequence[Suite], ecfg: EvalConfig, system_prompt: str | None = None,
-                   humaneval_style: str = "chat", fresh: bool = False, restart_on_change: bool = False,
-                   fim_cases: Sequence[Any] = ()) -> dict[str, Any]:
+def evaluate_model(
+    label: str,
+    out_dir: str | Path,
+    backend_factory: Callable[[], Backend],
+    model_spec: dict[str, Any],
+    suites: Sequence[Suite],
+    ecfg: EvalConfig,
+    system_prompt: str | None = None,
+    humaneval_style: str = "chat",
+    fresh: bool = False,
+    restart_on_change: bool = False,
+    fim_cases: Sequence[Any] = (),
+) -> dict[str, Any]:
     """Generate (or resume) and score one model; returns its results.json content.
 
     Saved answers made with other settings (another model, temperature, ...) are an error, unless
@@ -86,19 +119,39 @@ def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[]
     cases = [c for s in suites for c in limit_cases(s.cases, ecfg.limit)]
     problems = [p for s in suites for p in s.problems]
     if not cases and not ecfg.humaneval.enabled and not fim_cases:
-        raise BbjtuneError("nothing to evaluate: the suites hold no valid case and HumanEval is off",
-                           "fix the suite files (problems: " + "; ".join(map(str, problems[:3])) + ")")
+        raise BbjtuneError(
+            "nothing to evaluate: the suites hold no valid case and HumanEval is off",
+            "fix the suite files (problems: " + "; ".join(map(str, problems[:3])) + ")",
+        )
     sampling = sampling_of(ecfg)
     settings = {
-        "label": label, "model": model_spec,
-        "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p,
-                     "max_new_tokens": sampling.max_new_tokens, "n": sampling.n, "seed": sampling.seed},
-        "k": sorted(set(ecfg.k)), "compiler": ecfg.compiler, "system_prompt": system_prompt,
-        "suites": [{"name": s.name, "path": str(s.path), "sha256": sha256_file(s.path), "cases": len(s.cases),
-                    "problems": [p.to_dict() for p in s.problems]} for s in suites],
+        "label": label,
+        "model": model_spec,
+        "sampling": {
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_new_tokens": sampling.max_new_tokens,
+            "n": sampling.n,
+            "seed": sampling.seed,
+        },
+        "k": sorted(set(ecfg.k)),
+        "compiler": ecfg.compiler,
+        "system_prompt": system_prompt,
+        "suites": [
+            {
+                "name": s.name,
+                "path": str(s.path),
+                "sha256": sha256_file(s.path),
+                "cases": len(s.cases),
+                "problems": [p.to_dict() for p in s.problems],
+            }
+            for s in suites
+        ],
         "limit": ecfg.limit,
-        "humaneval": ecfg.humaneval.enabled, "humaneval_style": humaneval_style if ecfg.humaneval.enabled else None,
-        "humaneval_max_new_tokens": ecfg.humaneval.max_new_tokens, "humaneval_limit": ecfg.humaneval.limit,
+        "humaneval": ecfg.humaneval.enabled,
+        "humaneval_style": humaneval_style if ecfg.humaneval.enabled else None,
+        "humaneval_max_new_tokens": ecfg.humaneval.max_new_tokens,
+        "humaneval_limit": ecfg.humaneval.limit,
         "humaneval_limits": {"wall_s": ecfg.humaneval.timeout_s, "memory_mb": ecfg.humaneval.memory_mb},
         "humaneval_sandbox": ecfg.humaneval.sandbox,
         "fim": _fim_settings(fim_cases, ecfg),
@@ -122,7 +175,9 @@ def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[]
             he_problems = humaneval.load_problems(ecfg.humaneval.limit)
             problems_by_id = {p["task_id"]: p for p in he_problems}
             # No BBj system prompt here: the question is whether plain Python still works.
-            requests += humaneval.humaneval_requests(he_problems, humaneval_style, ecfg.humaneval.max_new_tokens)
+            requests += humaneval.humaneval_requests(
+                he_problems, humaneval_style, ecfg.humaneval.max_new_tokens
+            )
 
         def extract(request: Request, output: str) -> str:
             if request.meta["suite"] == humaneval.SUITE_NAME:
@@ -132,13 +187,19 @@ def evaluate_model(label: str, out_dir: str | Path, backend_factory: Callable[[]
             return extract_bbj(output)
 
         with run.timed("generate"), progress(f"[{label}] generating", len(requests)) as advance:
-            stats = generate_to_file(backend_factory, requests, sampling, out / GENERATIONS_FILE, label, extract, advance)
+            stats = generate_to_file(
+                backend_factory, requests, sampling, out / GENERATIONS_FILE, label, extract, advance
+            )
         if stats.failed_samples:
             from rich.console import Console
-            Console(stderr=True).print(f"[yellow]{label}: {stats.failed_samples} sample(s) got no answer[/] "
-                                       f"(first: {stats.first_error}); they count as failed and are listed in "
-                                       "results.json. Running the same command again retries the failed requests "
-                                       "(not empty answers).", highlight=False)
+
+            Console(stderr=True).print(
+                f"[yellow]{label}: {stats.failed_samples} sample(s) got no answer[/] "
+                f"(first: {stats.first_error}); they count as failed and are listed in "
+                "results.json. Running the same command again retries the failed requests "
+                "(not empty answers).",
+                highlight=False,
+            )
         run.metrics["generation"] = vars(stats)
         if stats.generated and stats.seconds:
             run.metrics["generation"]["prompts_per_s"] = round(stats.generated / stats.seconds, 3)
@@ -157,7 +218,9 @@ def _fim_settings(fim_cases: Sequence[Any], ecfg: EvalConfig) -> dict[str, Any] 
     """What decides the FIM samples: the cases themselves (by hash) and the token limit."""
     if not fim_cases:
         return None
-    digest = hashlib.sha256(json.dumps([c.to_dict() for c in fim_cases], sort_keys=True).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(
+        json.dumps([c.to_dict() for c in fim_cases], sort_keys=True).encode()
+    ).hexdigest()[:16]
     return {"cases": len(fim_cases), "cases_sha256": digest, "max_new_tokens": ecfg.fim.max_new_tokens}
 
 
@@ -167,11 +230,17 @@ def _prepare_dir(out: Path, settings: dict[str, Any], fresh: bool, restart_on_ch
     changed = _changed_settings(out, settings)
     if changed and not fresh:
         if not restart_on_change:
-            raise BbjtuneError(f"{out} already holds generations made with different {', '.join(changed)}",
-                               "add --fresh to start over there, or use another --label / output directory")
+            raise BbjtuneError(
+                f"{out} already holds generations made with different {', '.join(changed)}",
+                "add --fresh to start over there, or use another --label / output directory",
+            )
         from rich.console import Console
-        Console(stderr=True).print(f"[yellow]{out.name}:[/] {', '.join(changed)} changed since the saved answers "
-                                   "were made: generating them again", highlight=False)
+
+        Console(stderr=True).print(
+            f"[yellow]{out.name}:[/] {', '.join(changed)} changed since the saved answers "
+            "were made: generating them again",
+            highlight=False,
+        )
     if fresh or changed:
         for name in (GENERATIONS_FILE, SCORES_FILE, RESULTS_FILE, REPORT_FILE):
             (out / name).unlink(missing_ok=True)
@@ -198,17 +267,26 @@ def _changed_settings(out: Path, settings: dict[str, Any]) -> list[str]:
     return [k for k in FINGERPRINT_KEYS if old.get(k) != settings.get(k)]
 
 
-def score_dir(out_dir: str | Path, compiler: str | None = None, workers: int | None = None,
-              extra_problems: Sequence[SuiteProblem] = ()) -> dict[str, Any]:
+def score_dir(
+    out_dir: str | Path,
+    compiler: str | None = None,
+    workers: int | None = None,
+    extra_problems: Sequence[SuiteProblem] = (),
+) -> dict[str, Any]:
     """Score a directory's generations from its files alone; writes scores.jsonl, results.json, report.html."""
 
     out = Path(out_dir)
     for name in (SETTINGS_FILE, CASES_FILE, GENERATIONS_FILE):
         if not (out / name).exists():
-            raise BbjtuneError(f"{out} has no {name}", "point at an eval/<label>/ directory written by `bbjtune eval`")
+            raise BbjtuneError(
+                f"{out} has no {name}", "point at an eval/<label>/ directory written by `bbjtune eval`"
+            )
     settings = json.loads((out / SETTINGS_FILE).read_text(encoding="utf-8"))
-    cases = [EvalCase.from_dict(json.loads(line)) for line in (out / CASES_FILE).read_text(encoding="utf-8").splitlines()
-             if line.strip()]
+    cases = [
+        EvalCase.from_dict(json.loads(line))
+        for line in (out / CASES_FILE).read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     rows = read_complete_jsonl(out / GENERATIONS_FILE)
     n = settings["sampling"]["n"]
     k_list = [k for k in settings["k"] if k <= n] or [1]
@@ -220,29 +298,57 @@ def score_dir(out_dir: str | Path, compiler: str | None = None, workers: int | N
     used = sorted({s["compiler"] for s in scores if s["compiler"]}) or [resolve_compiler(compiler)]
     he_summary = None
     if settings.get("humaneval") and he_rows:
-        limits = Limits(wall_s=settings["humaneval_limits"]["wall_s"], cpu_s=int(max(1, settings["humaneval_limits"]["wall_s"])),
-                        memory_mb=settings["humaneval_limits"]["memory_mb"])
+        limits = Limits(
+            wall_s=settings["humaneval_limits"]["wall_s"],
+            cpu_s=int(max(1, settings["humaneval_limits"]["wall_s"])),
+            memory_mb=settings["humaneval_limits"]["memory_mb"],
+        )
         with progress(f"[{settings['label']}] running HumanEval", len(he_rows)) as advance:
-            he_scores, he_summary = humaneval.score_humaneval(he_rows, settings["humaneval_style"], limits, k_list,
-                                                              workers, advance, settings.get("humaneval_sandbox", "auto"))
+            he_scores, he_summary = humaneval.score_humaneval(
+                he_rows,
+                settings["humaneval_style"],
+                limits,
+                k_list,
+                workers,
+                advance,
+                settings.get("humaneval_sandbox", "auto"),
+            )
         scores_all = scores + he_scores
     else:
         scores_all = list(scores)
     fim_cases = fim.read_cases(out / fim.CASES_FILE)
     fim_scores = fim.score_fim(rows, fim_cases, n, compiler) if fim_cases else []
     scores_all += fim_scores
-    errors = [{"suite": r["suite"], "id": r["id"], "sample": r["sample"], "error": r["error"]}
-              for r in rows if r.get("error")]
-    errors += [{"suite": s["suite"], "id": s["id"], "sample": s["sample"], "error": s["error"]}
-               for s in scores if s["error"] and s["error"].startswith("no generation")]
+    errors = [
+        {"suite": r["suite"], "id": r["id"], "sample": r["sample"], "error": r["error"]}
+        for r in rows
+        if r.get("error")
+    ]
+    errors += [
+        {"suite": s["suite"], "id": s["id"], "sample": s["sample"], "error": s["error"]}
+        for s in scores
+        if s["error"] and s["error"].startswith("no generation")
+    ]
     problems = [p for suite in settings.get("suites", []) for p in suite.get("problems", [])]
     problems += [p.to_dict() for p in extra_problems if p.to_dict() not in problems]
-    errors += [{"suite": Path(p["file"]).stem, "file": p["file"], "line": p["line"], "error": p["reason"]}
-               for p in problems]
-    results = build_results(settings["label"], scores, k_list, "+".join(used), he_summary, errors,
-                            extra={"model_spec": settings.get("model"), "sampling": settings["sampling"],
-                                   "suites": [s["name"] for s in settings.get("suites", [])],
-                                   "fim": fim.summarize_fim(fim_scores)})
+    errors += [
+        {"suite": Path(p["file"]).stem, "file": p["file"], "line": p["line"], "error": p["reason"]}
+        for p in problems
+    ]
+    results = build_results(
+        settings["label"],
+        scores,
+        k_list,
+        "+".join(used),
+        he_summary,
+        errors,
+        extra={
+            "model_spec": settings.get("model"),
+            "sampling": settings["sampling"],
+            "suites": [s["name"] for s in settings.get("suites", [])],
+            "fim": fim.summarize_fim(fim_scores),
+        },
+    )
     atomic_write_jsonl(out / SCORES_FILE, scores_all)
     atomic_write_json(out / RESULTS_FILE, results)
     report.write_model_report(out / REPORT_FILE, results, scores_all, rows)

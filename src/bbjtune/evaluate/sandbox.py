@@ -42,8 +42,8 @@ from bbjtune.evaluate import bwrap
 from bbjtune.evaluate.treewatch import WATCHER
 
 SANDBOX_UID_BASE = 61000  # root only: sample processes run as 61000 + 256 * block + worker slot
-SLOTS_PER_BLOCK = 256     # parallel workers one process may use
-UID_BLOCKS = 64           # processes that may run samples side by side on one machine
+SLOTS_PER_BLOCK = 256  # parallel workers one process may use
+UID_BLOCKS = 64  # processes that may run samples side by side on one machine
 OUTPUT_LIMIT_BYTES = 1 << 20
 TAIL_CHARS = 2000
 
@@ -56,13 +56,13 @@ class Limits:
     max_processes: int = 32
     max_open_files: int = 64
     file_size_mb: int = 16
-    tmpfs_mb: int = 64          # bwrap: size of each private /tmp, /var/tmp, /dev/shm (held in RAM)
+    tmpfs_mb: int = 64  # bwrap: size of each private /tmp, /var/tmp, /dev/shm (held in RAM)
 
 
 @dataclass
 class SandboxResult:
-    status: str            # passed | failed | timeout | cpu_limit | memory_limit | process_limit | output_limit | error
-    reason: str            # one line a person can read
+    status: str  # passed | failed | timeout | cpu_limit | memory_limit | process_limit | output_limit | error
+    reason: str  # one line a person can read
     returncode: int | None
     duration_s: float
     stderr_tail: str = ""
@@ -79,7 +79,7 @@ class SandboxResult:
 class Isolation:
     """What the sandbox can do on this machine (found once by trying it)."""
 
-    mode: str                              # "bwrap", "namespaces" or "rlimits"
+    mode: str  # "bwrap", "namespaces" or "rlimits"
     interpreter: str
     bwrap: str = ""
     user_namespace: bool = False
@@ -89,10 +89,16 @@ class Isolation:
 
     def describe(self) -> dict:
         network = "blocked by a Python audit hook" if self.mode == "rlimits" else "none (network namespace)"
-        return {"mode": self.mode, "network": network, "interpreter": self.interpreter,
-                "runs_as": "separate uid" if self.drop_to_uid else "current user",
-                "project_hidden": bool(self.hidden) and self.mode != "rlimits",
-                "home_hidden": self.mode == "bwrap", "memory_cap": "whole process tree", "note": self.note}
+        return {
+            "mode": self.mode,
+            "network": network,
+            "interpreter": self.interpreter,
+            "runs_as": "separate uid" if self.drop_to_uid else "current user",
+            "project_hidden": bool(self.hidden) and self.mode != "rlimits",
+            "home_hidden": self.mode == "bwrap",
+            "memory_cap": "whole process tree",
+            "note": self.note,
+        }
 
 
 # The first Python code that runs in the child: hide the project, set limits, drop privileges,
@@ -187,8 +193,13 @@ def _safe_to_hide(path: str, keep: list[str]) -> bool:
 
 def _interpreter_candidates() -> list[str]:
     seen, out = set(), []
-    for p in (getattr(sys, "_base_executable", None), sys.executable, shutil.which("python3"),
-              "/usr/bin/python3", "/usr/local/bin/python3"):
+    for p in (
+        getattr(sys, "_base_executable", None),
+        sys.executable,
+        shutil.which("python3"),
+        "/usr/bin/python3",
+        "/usr/local/bin/python3",
+    ):
         if p and os.path.exists(p):
             real = os.path.realpath(p)
             if real not in seen:
@@ -236,15 +247,18 @@ def _claim_uid_block() -> tuple[int, Any]:
             fh.close()
             continue
         return block, fh
-    raise BbjtuneError(f"HumanEval cannot run here: {UID_BLOCKS} evaluations already run samples on this "
-                       f"machine, or {lock_dir} is not writable",
-                       "wait for the other evaluations to finish, or run this one with HumanEval off "
-                       "(--no-humaneval)")
+    raise BbjtuneError(
+        f"HumanEval cannot run here: {UID_BLOCKS} evaluations already run samples on this "
+        f"machine, or {lock_dir} is not writable",
+        "wait for the other evaluations to finish, or run this one with HumanEval off (--no-humaneval)",
+    )
 
 
 MODES = ("auto", "bwrap", "namespaces", "rlimits")
-INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: sudo apt-get install bubblewrap; Fedora: sudo dnf install "
-                "bubblewrap), or accept weaker isolation with eval.humaneval.sandbox: namespaces (or rlimits)")
+INSTALL_HINT = (
+    "install bubblewrap (Debian/Ubuntu: sudo apt-get install bubblewrap; Fedora: sudo dnf install "
+    "bubblewrap), or accept weaker isolation with eval.humaneval.sandbox: namespaces (or rlimits)"
+)
 
 
 def detect_isolation(mode: str = "auto") -> Isolation:
@@ -269,13 +283,18 @@ def _detect(mode: str) -> Isolation:
     if mode == "bwrap":
         tool = bwrap.bwrap_path() if sys.platform.startswith("linux") else None
         if not tool:
-            raise BbjtuneError("HumanEval runs code the model wrote, and bubblewrap (bwrap), which isolates it, "
-                               "is not installed", INSTALL_HINT)
+            raise BbjtuneError(
+                "HumanEval runs code the model wrote, and bubblewrap (bwrap), which isolates it, "
+                "is not installed",
+                INSTALL_HINT,
+            )
     elif mode == "namespaces":
         tool = shutil.which("unshare") if sys.platform.startswith("linux") else None
         if not tool:
-            raise BbjtuneError("sandbox mode 'namespaces' needs unshare (util-linux), which is missing",
-                               "install util-linux, or use eval.humaneval.sandbox: rlimits")
+            raise BbjtuneError(
+                "sandbox mode 'namespaces' needs unshare (util-linux), which is missing",
+                "install util-linux, or use eval.humaneval.sandbox: rlimits",
+            )
     else:
         tool = ""
     for interp in _interpreter_candidates():
@@ -285,23 +304,35 @@ def _detect(mode: str) -> Isolation:
             hide = tuple(p for p in _project_paths() if _safe_to_hide(p, [interp, tmp_root]))
         else:
             hide = ()
-        iso = Isolation(mode, interp, bwrap=tool if mode == "bwrap" else "",
-                        user_namespace=mode == "namespaces" and not is_root, drop_to_uid=is_root, hidden=hide)
+        iso = Isolation(
+            mode,
+            interp,
+            bwrap=tool if mode == "bwrap" else "",
+            user_namespace=mode == "namespaces" and not is_root,
+            drop_to_uid=is_root,
+            hidden=hide,
+        )
         result = _run(iso, "print('ok')\n", Limits(wall_s=20), slot=0)
         if result.passed:
             return iso
         failures.append(f"{interp}: {result.reason}")
     if mode == "bwrap":
-        raise BbjtuneError("HumanEval runs code the model wrote, and bubblewrap cannot start a sandbox here "
-                           f"({'; '.join(failures[-2:])[:300]}); it needs unprivileged user namespaces or a setuid "
-                           "bwrap", "enable user namespaces (sysctl kernel.unprivileged_userns_clone=1), or accept "
-                           "weaker isolation with eval.humaneval.sandbox: namespaces (or rlimits)")
-    raise BbjtuneError(f"HumanEval cannot run here: no sandboxed Python process could be started in mode {mode}",
-                       "; ".join(failures)[:400] or "check that python3 is installed")
+        raise BbjtuneError(
+            "HumanEval runs code the model wrote, and bubblewrap cannot start a sandbox here "
+            f"({'; '.join(failures[-2:])[:300]}); it needs unprivileged user namespaces or a setuid "
+            "bwrap",
+            "enable user namespaces (sysctl kernel.unprivileged_userns_clone=1), or accept "
+            "weaker isolation with eval.humaneval.sandbox: namespaces (or rlimits)",
+        )
+    raise BbjtuneError(
+        f"HumanEval cannot run here: no sandboxed Python process could be started in mode {mode}",
+        "; ".join(failures)[:400] or "check that python3 is installed",
+    )
 
 
-def run_python(program: str, limits: Limits = Limits(), slot: int = 0, mode: str = "auto",
-               pass_fds: tuple[int, ...] = ()) -> SandboxResult:
+def run_python(
+    program: str, limits: Limits = Limits(), slot: int = 0, mode: str = "auto", pass_fds: tuple[int, ...] = ()
+) -> SandboxResult:
     """Run one Python program in the sandbox; `slot` tells parallel workers apart; `pass_fds` stay open in it."""
     return _run(detect_isolation(mode), program, limits, slot, pass_fds)
 
@@ -309,8 +340,11 @@ def run_python(program: str, limits: Limits = Limits(), slot: int = 0, mode: str
 def _command(iso: Isolation, cfg: dict, prog_path: str, limits: Limits) -> list[str]:
     boot = [iso.interpreter if iso.mode == "bwrap" else sys.executable, "-I", "-S", "-B", "-c", _BOOT]
     if iso.mode == "bwrap":
-        return [*bwrap.command(iso.bwrap, iso.interpreter, prog_path, list(iso.hidden), limits.tmpfs_mb),
-                *boot, json.dumps(cfg)]
+        return [
+            *bwrap.command(iso.bwrap, iso.interpreter, prog_path, list(iso.hidden), limits.tmpfs_mb),
+            *boot,
+            json.dumps(cfg),
+        ]
     if iso.mode == "namespaces":
         ns = ["--net", "--pid", "--fork", "--kill-child", "--mount"]
         if iso.user_namespace:
@@ -319,7 +353,9 @@ def _command(iso: Isolation, cfg: dict, prog_path: str, limits: Limits) -> list[
     return [*boot, json.dumps(cfg)]
 
 
-def _run(iso: Isolation, program: str, limits: Limits, slot: int, pass_fds: tuple[int, ...] = ()) -> SandboxResult:
+def _run(
+    iso: Isolation, program: str, limits: Limits, slot: int, pass_fds: tuple[int, ...] = ()
+) -> SandboxResult:
     workdir = tempfile.mkdtemp(prefix="bbjtune-sandbox-")
     uid = sandbox_uid(slot) if iso.drop_to_uid else None
     t0 = time.monotonic()
@@ -331,23 +367,43 @@ def _run(iso: Isolation, program: str, limits: Limits, slot: int, pass_fds: tupl
         if uid is not None:
             os.chown(workdir, uid, uid)
         os.chmod(workdir, 0o700)
-        env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
-               "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": workdir,
+            "TMPDIR": workdir,
+            "LANG": "C.UTF-8",
+            "PYTHONHASHSEED": "0",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
         inside = iso.mode == "bwrap"  # bwrap: the program sees its own /tmp, and bwrap already runs as `uid`
-        cfg = {"hide": list(iso.hidden) if iso.mode == "namespaces" else [],
-               "uid": None if inside else uid, "workdir": bwrap.SAMPLE_DIR if inside else workdir,
-               "program": bwrap.PROGRAM_PATH if inside else prog_path, "interpreter": iso.interpreter,
-               "env": {**env, "HOME": bwrap.SAMPLE_DIR, "TMPDIR": bwrap.SAMPLE_DIR} if inside else env,
-               "audit_hook": _AUDIT_HOOK if iso.mode == "rlimits" else "",
-               "cpu_s": max(1, int(limits.cpu_s)), "memory_mb": limits.memory_mb,
-               "file_size_mb": limits.file_size_mb, "max_open_files": limits.max_open_files,
-               "max_processes": limits.max_processes}
+        cfg = {
+            "hide": list(iso.hidden) if iso.mode == "namespaces" else [],
+            "uid": None if inside else uid,
+            "workdir": bwrap.SAMPLE_DIR if inside else workdir,
+            "program": bwrap.PROGRAM_PATH if inside else prog_path,
+            "interpreter": iso.interpreter,
+            "env": {**env, "HOME": bwrap.SAMPLE_DIR, "TMPDIR": bwrap.SAMPLE_DIR} if inside else env,
+            "audit_hook": _AUDIT_HOOK if iso.mode == "rlimits" else "",
+            "cpu_s": max(1, int(limits.cpu_s)),
+            "memory_mb": limits.memory_mb,
+            "file_size_mb": limits.file_size_mb,
+            "max_open_files": limits.max_open_files,
+            "max_processes": limits.max_processes,
+        }
         drop = {"user": uid, "group": uid, "extra_groups": []} if inside and uid is not None else {}
         out_path, err_path = os.path.join(workdir, ".stdout"), os.path.join(workdir, ".stderr")
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen(_command(iso, cfg, prog_path, limits), stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=err, cwd=workdir, env=env, start_new_session=True, pass_fds=pass_fds,
-                                    **drop)
+            proc = subprocess.Popen(
+                _command(iso, cfg, prog_path, limits),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                cwd=workdir,
+                env=env,
+                start_new_session=True,
+                pass_fds=pass_fds,
+                **drop,
+            )
             watched = WATCHER.watch(proc.pid, limits.memory_mb)
             timed_out = False
             try:
@@ -360,16 +416,25 @@ def _run(iso: Isolation, program: str, limits: Limits, slot: int, pass_fds: tupl
                         proc.wait(timeout=3)
             finally:
                 WATCHER.unwatch(watched)
-            _kill_group(proc)  # namespaces/bwrap: killing the first process tears the whole PID namespace down
+            _kill_group(
+                proc
+            )  # namespaces/bwrap: killing the first process tears the whole PID namespace down
             if uid is not None:
                 _kill_uid(uid)
         stderr = _tail(err_path)
         if watched.killed and not timed_out:
-            return SandboxResult("memory_limit", f"its processes together used more than the {limits.memory_mb} MiB "
-                                 "memory limit", proc.returncode, round(time.monotonic() - t0, 3), stderr[-TAIL_CHARS:])
+            return SandboxResult(
+                "memory_limit",
+                f"its processes together used more than the {limits.memory_mb} MiB memory limit",
+                proc.returncode,
+                round(time.monotonic() - t0, 3),
+                stderr[-TAIL_CHARS:],
+            )
         return _classify(proc.returncode, timed_out, stderr, time.monotonic() - t0, limits)
     except OSError as exc:
-        return SandboxResult("error", f"sandbox could not start the program: {exc}", None, time.monotonic() - t0)
+        return SandboxResult(
+            "error", f"sandbox could not start the program: {exc}", None, time.monotonic() - t0
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -439,7 +504,9 @@ def _classify(rc: int | None, timed_out: bool, stderr: str, duration: float, lim
         return SandboxResult(status, reason, rc, round(duration, 3), stderr[-TAIL_CHARS:])
 
     if timed_out:
-        return result("timeout", f"killed after the {limits.wall_s:g} s wall-clock limit (endless loop or too slow)")
+        return result(
+            "timeout", f"killed after the {limits.wall_s:g} s wall-clock limit (endless loop or too slow)"
+        )
     if rc == 0:
         return result("passed", "ok")
     if rc == 97 and last.startswith("sandbox:"):

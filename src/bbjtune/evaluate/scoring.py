@@ -28,8 +28,13 @@ MISSING_SAMPLE = "no generation for this sample (the run was interrupted before 
 MAX_FINDINGS_KEPT = 20
 
 
-def score_bbj_samples(rows: Sequence[dict[str, Any]], cases: Sequence[EvalCase], n_samples: int,
-                      compiler: str = "auto", on_done: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+def score_bbj_samples(
+    rows: Sequence[dict[str, Any]],
+    cases: Sequence[EvalCase],
+    n_samples: int,
+    compiler: str = "auto",
+    on_done: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
     """One score per (case, sample); samples missing from `rows` are scored as failed."""
     by_key = {(r["suite"], r["id"], r["sample"]): r for r in rows}
     scores = []
@@ -45,11 +50,25 @@ def score_bbj_samples(rows: Sequence[dict[str, Any]], cases: Sequence[EvalCase],
 def score_sample(case: EvalCase, sample: int, row: dict[str, Any] | None, compiler: str) -> dict[str, Any]:
     error = MISSING_SAMPLE if row is None else row.get("error")
     output = "" if row is None or error else row.get("output") or ""
-    score: dict[str, Any] = {"suite": case.suite, "id": case.id, "sample": sample, "category": case.category,
-                             "generation": case.generation, "task": case.task, "error": error,
-                             "compiles": None, "compiler": None, "compile_reason": "", "diagnostics": [],
-                             "clean": None, "findings": [],
-                             "patterns_ok": None, "missing": [], "forbidden": [], "factual": None}
+    score: dict[str, Any] = {
+        "suite": case.suite,
+        "id": case.id,
+        "sample": sample,
+        "category": case.category,
+        "generation": case.generation,
+        "task": case.task,
+        "error": error,
+        "compiles": None,
+        "compiler": None,
+        "compile_reason": "",
+        "diagnostics": [],
+        "clean": None,
+        "findings": [],
+        "patterns_ok": None,
+        "missing": [],
+        "forbidden": [],
+        "factual": None,
+    }
     if case.compile:
         if error:
             score.update(compiles=False, compile_reason=f"no answer: {error}", clean=False)
@@ -58,11 +77,17 @@ def score_sample(case: EvalCase, sample: int, row: dict[str, Any] | None, compil
             if code is None:  # rows written by other tools may lack the extracted code
                 code = extract_bbj(output)
             result = compile_code(code, compiler, f"{case.id}.bbj")
-            score.update(compiles=result.compiles, compiler=result.compiler, compile_reason=result.reason,
-                         diagnostics=result.diagnostics)
+            score.update(
+                compiles=result.compiles,
+                compiler=result.compiler,
+                compile_reason=result.reason,
+                diagnostics=result.diagnostics,
+            )
             findings = check_quality(code, generation=case.generation, must_not=case.must_not)
-            score.update(clean=result.compiles and not any(f.severity == "error" for f in findings),
-                         findings=[f.to_dict() for f in findings[:MAX_FINDINGS_KEPT]])
+            score.update(
+                clean=result.compiles and not any(f.severity == "error" for f in findings),
+                findings=[f.to_dict() for f in findings[:MAX_FINDINGS_KEPT]],
+            )
     pat = score_patterns(case, output)
     if pat.has_patterns:
         score.update(patterns_ok=pat.passed and not error, missing=pat.missing, forbidden=pat.forbidden)
@@ -74,8 +99,12 @@ def score_sample(case: EvalCase, sample: int, row: dict[str, Any] | None, compil
 def summarize_bbj(scores: Sequence[dict[str, Any]], k_list: Sequence[int]) -> dict[str, Any]:
     """The headline numbers of a set of sample scores: counts, then every metric of metrics.METRICS."""
     compiled = {(s["suite"], s["id"]) for s in scores if s["compiles"] is not None}
-    return {"n_prompts": len({(s["suite"], s["id"]) for s in scores}), "n_samples": len(scores),
-            "n_compiled_prompts": len(compiled), **headline(scores, k_list)}
+    return {
+        "n_prompts": len({(s["suite"], s["id"]) for s in scores}),
+        "n_samples": len(scores),
+        "n_compiled_prompts": len(compiled),
+        **headline(scores, k_list),
+    }
 
 
 def breakdown(scores: Sequence[dict[str, Any]], field: str, k_list: Sequence[int]) -> dict[str, Any]:
@@ -85,9 +114,15 @@ def breakdown(scores: Sequence[dict[str, Any]], field: str, k_list: Sequence[int
     return {name: summarize_bbj(group, k_list) for name, group in sorted(groups.items())}
 
 
-def build_results(label: str, scores: Sequence[dict[str, Any]], k_list: Sequence[int], compiler: str,
-                  humaneval: dict[str, Any] | None, errors: list[dict[str, Any]],
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_results(
+    label: str,
+    scores: Sequence[dict[str, Any]],
+    k_list: Sequence[int],
+    compiler: str,
+    humaneval: dict[str, Any] | None,
+    errors: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """results.json (INTERFACES.md): headline numbers, breakdowns, HumanEval summary, errors."""
     head = summarize_bbj(scores, k_list)
     return {

@@ -48,15 +48,29 @@ def run_stage(cfg: RunConfig, fresh: bool = False) -> Path:
     suites = load_suites(ecfg.suites)
     has_trained = ecfg.backend == "transformers" and (cfg.train_dir / TRAINED_NAME).exists()
     trained = read_trained(cfg.train_dir) if has_trained else None
-    system_prompt = ecfg.system_prompt or (trained.raw.get("system_prompt") if trained else None) or cfg.data.system_prompt
+    system_prompt = (
+        ecfg.system_prompt
+        or (trained.raw.get("system_prompt") if trained else None)
+        or cfg.data.system_prompt
+    )
     style = humaneval_style(ecfg.humaneval.prompt_style, cfg.model.kind)
     fim_cases = load_fim_cases(cfg)
     results = {}
     for plan in plan_models(cfg, trained):
         console.print(f"[bold]Evaluating {plan.label}[/] ({_describe(plan.spec)})")
-        results[plan.label] = evaluate_model(plan.label, out / plan.label, plan.factory, plan.spec, suites, ecfg,
-                                             system_prompt=system_prompt, humaneval_style=style, fresh=fresh,
-                                             restart_on_change=True, fim_cases=fim_cases)
+        results[plan.label] = evaluate_model(
+            plan.label,
+            out / plan.label,
+            plan.factory,
+            plan.spec,
+            suites,
+            ecfg,
+            system_prompt=system_prompt,
+            humaneval_style=style,
+            fresh=fresh,
+            restart_on_change=True,
+            fim_cases=fim_cases,
+        )
     if "base" in results and "tuned" in results:
         cmp = compare_dirs(out / "base", out / "tuned", out / "compare", ecfg.humaneval.max_drop_points)
         print_summary(results, cmp)
@@ -74,15 +88,29 @@ def load_fim_cases(cfg: RunConfig, ecfg: Any = None) -> list:
         return []
     path = cfg.data_dir / "heldout_sources.jsonl"
     if not path.exists():
-        console.print(f"[yellow]note:[/] no fill-in-the-middle suite: {path} does not exist (run `bbjtune data "
-                      "prepare` with data.sources; set eval.fim.enabled: false to silence this)", highlight=False)
+        console.print(
+            f"[yellow]note:[/] no fill-in-the-middle suite: {path} does not exist (run `bbjtune data "
+            "prepare` with data.sources; set eval.fim.enabled: false to silence this)",
+            highlight=False,
+        )
         return []
-    cases, info = fim.build_cases(fim.read_heldout_sources(path), f.samples, f.seed, f.kinds, f.max_block_lines,
-                                  f.context_lines_before, f.context_lines_after, ecfg.compiler)
+    cases, info = fim.build_cases(
+        fim.read_heldout_sources(path),
+        f.samples,
+        f.seed,
+        f.kinds,
+        f.max_block_lines,
+        f.context_lines_before,
+        f.context_lines_after,
+        ecfg.compiler,
+    )
     if not cases:
-        console.print(f"[yellow]note:[/] no fill-in-the-middle suite: of {info['files']} held-out source file(s), "
-                      f"{info['files_used']} compile as they are (the suite needs files that do; from 10 source "
-                      "files on, data.heldout_sources_ratio of them are held out)", highlight=False)
+        console.print(
+            f"[yellow]note:[/] no fill-in-the-middle suite: of {info['files']} held-out source file(s), "
+            f"{info['files_used']} compile as they are (the suite needs files that do; from 10 source "
+            "files on, data.heldout_sources_ratio of them are held out)",
+            highlight=False,
+        )
     return cases
 
 
@@ -91,9 +119,11 @@ def load_suites(patterns: list[str]) -> list:
     if not paths:  # run from another directory: the project's own suites
         paths = expand_globs([str(REPO_ROOT / p) for p in patterns if not Path(p).is_absolute()])
     if not paths:
-        raise BbjtuneError(f"no eval suite matches {', '.join(patterns)}",
-                           "check eval.suites (or --suite); the project's suites are evals/bbj-core.jsonl and "
-                           "evals/bbj-challenge.jsonl")
+        raise BbjtuneError(
+            f"no eval suite matches {', '.join(patterns)}",
+            "check eval.suites (or --suite); the project's suites are evals/bbj-core.jsonl and "
+            "evals/bbj-challenge.jsonl",
+        )
     suites = [load_suite(p) for p in paths]
     for s in suites:
         for problem in s.problems[:5]:
@@ -115,31 +145,76 @@ def plan_models(cfg: RunConfig, trained: Trained | None) -> list[ModelPlan]:
     plans: list[ModelPlan] = []
     if e.backend == "transformers":
         if trained is None:
-            raise BbjtuneError(f"no trained model: {Path(cfg.train_dir) / 'trained.json'} does not exist",
-                               "run the train stage first (bbjtune run CONFIG --stages train), or evaluate a "
-                               "model directly: bbjtune eval --model SOURCE")
+            raise BbjtuneError(
+                f"no trained model: {Path(cfg.train_dir) / 'trained.json'} does not exist",
+                "run the train stage first (bbjtune run CONFIG --stages train), or evaluate a "
+                "model directly: bbjtune eval --model SOURCE",
+            )
         if e.compare_with_base:
-            plans.append(ModelPlan("base", {"backend": "transformers", "source": cfg.model.source, "dtype": cfg.model.dtype},
-                                   lambda: make_backend("transformers", model=cfg.model.source, dtype=cfg.model.dtype,
-                                                        batch_size=e.batch_size)))
+            plans.append(
+                ModelPlan(
+                    "base",
+                    {"backend": "transformers", "source": cfg.model.source, "dtype": cfg.model.dtype},
+                    lambda: make_backend(
+                        "transformers", model=cfg.model.source, dtype=cfg.model.dtype, batch_size=e.batch_size
+                    ),
+                )
+            )
         trained_path = str(trained.path)
-        plans.append(ModelPlan("tuned", {"backend": "transformers", "trained": trained_path,
-                                         "fingerprint": trained_fingerprint(trained)},
-                               lambda: make_backend("transformers", trained=trained_path, dtype=cfg.model.dtype,
-                                                    batch_size=e.batch_size)))
+        plans.append(
+            ModelPlan(
+                "tuned",
+                {
+                    "backend": "transformers",
+                    "trained": trained_path,
+                    "fingerprint": trained_fingerprint(trained),
+                },
+                lambda: make_backend(
+                    "transformers", trained=trained_path, dtype=cfg.model.dtype, batch_size=e.batch_size
+                ),
+            )
+        )
     elif e.backend == "http":
+
         def http(model: str | None) -> Callable[[], Any]:
-            return lambda: make_backend("http", base_url=e.base_url, api_model=model, timeout_s=e.request_timeout_s,
-                                        retries=e.retries, concurrency=e.concurrency)
+            return lambda: make_backend(
+                "http",
+                base_url=e.base_url,
+                api_model=model,
+                timeout_s=e.request_timeout_s,
+                retries=e.retries,
+                concurrency=e.concurrency,
+            )
+
         if e.compare_with_base and e.base_api_model:
-            plans.append(ModelPlan("base", {"backend": "http", "base_url": e.base_url, "model": e.base_api_model},
-                                   http(e.base_api_model)))
-        plans.append(ModelPlan("tuned", {"backend": "http", "base_url": e.base_url, "model": e.api_model}, http(e.api_model)))
+            plans.append(
+                ModelPlan(
+                    "base",
+                    {"backend": "http", "base_url": e.base_url, "model": e.base_api_model},
+                    http(e.base_api_model),
+                )
+            )
+        plans.append(
+            ModelPlan(
+                "tuned", {"backend": "http", "base_url": e.base_url, "model": e.api_model}, http(e.api_model)
+            )
+        )
     else:
         if e.compare_with_base and e.base_gguf_file:
-            plans.append(ModelPlan("base", {"backend": "gguf", "gguf": e.base_gguf_file},
-                                   lambda: make_backend("gguf", model=e.base_gguf_file, threads=e.threads)))
-        plans.append(ModelPlan("tuned", {"backend": "gguf", "gguf": e.gguf_file}, lambda: make_backend("gguf", model=e.gguf_file, threads=e.threads)))
+            plans.append(
+                ModelPlan(
+                    "base",
+                    {"backend": "gguf", "gguf": e.base_gguf_file},
+                    lambda: make_backend("gguf", model=e.base_gguf_file, threads=e.threads),
+                )
+            )
+        plans.append(
+            ModelPlan(
+                "tuned",
+                {"backend": "gguf", "gguf": e.gguf_file},
+                lambda: make_backend("gguf", model=e.gguf_file, threads=e.threads),
+            )
+        )
     return plans
 
 
@@ -159,23 +234,35 @@ def print_summary(results: dict[str, dict[str, Any]], cmp: dict[str, Any] | None
     for label, r in results.items():
         first_k = next(iter(r[PRIMARY.key]), "1")
         he = (r.get("humaneval") or {}).get("pass_at_1")
-        figures = "   ".join(f"{name} {percent(value):>6s}" for name, value in flat(r, [first_k], short=True).items())
-        console.print(f"  {label:8s} {figures}   HumanEval pass@1 {percent(he):>6s}   errors {len(r['errors'])}",
-                      highlight=False)
+        figures = "   ".join(
+            f"{name} {percent(value):>6s}" for name, value in flat(r, [first_k], short=True).items()
+        )
+        console.print(
+            f"  {label:8s} {figures}   HumanEval pass@1 {percent(he):>6s}   errors {len(r['errors'])}",
+            highlight=False,
+        )
         if r.get("fim"):
             f = r["fim"]
-            console.print(f"  {'':8s} FIM ({f['n_cases']} holes): exact {percent(f['exact_match'])}   edit similarity "
-                          f"{percent(f['edit_similarity'])}   compile@1 {percent(f['compile_at_1'])}   "
-                          f"stops {percent(f['stop_rate'])}", highlight=False)
+            console.print(
+                f"  {'':8s} FIM ({f['n_cases']} holes): exact {percent(f['exact_match'])}   edit similarity "
+                f"{percent(f['edit_similarity'])}   compile@1 {percent(f['compile_at_1'])}   "
+                f"stops {percent(f['stop_rate'])}",
+                highlight=False,
+            )
     if cmp:
         gate = cmp["humaneval_gate"]
         colour = {"pass": "green", "fail": "red"}.get(gate["status"], "yellow")
-        console.print(f"  HumanEval gate: [{colour}]{gate['status'].upper().replace('_', ' ')}[/] — {gate['message']}",
-                      highlight=False)
+        console.print(
+            f"  HumanEval gate: [{colour}]{gate['status'].upper().replace('_', ' ')}[/] — {gate['message']}",
+            highlight=False,
+        )
         for note in cmp.get("no_signal") or []:
             console.print(f"  [yellow]{note}[/]", highlight=False)
         if gate["status"] == "fail":
-            console.print("  To keep more general skill, mix general conversations into stage 2: bbjtune data replay "
-                          "(README, 'Keeping general coding skills')", highlight=False)
+            console.print(
+                "  To keep more general skill, mix general conversations into stage 2: bbjtune data replay "
+                "(README, 'Keeping general coding skills')",
+                highlight=False,
+            )
         if cmp["regressions"]:
             console.print(f"  {len(cmp['regressions'])} regression(s); see the compare report")

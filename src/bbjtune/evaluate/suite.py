@@ -61,18 +61,37 @@ class EvalCase:
         return (self.suite, self.id)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"suite": self.suite, "id": self.id, "prompt": self.prompt, "category": self.category,
-                "generation": self.generation, "task": self.task,
-                "expect": {"must": self.must, "must_not": self.must_not}, "answer": self.answer,
-                "reference": self.reference, "compile": self.compile, "system": self.system}
+        return {
+            "suite": self.suite,
+            "id": self.id,
+            "prompt": self.prompt,
+            "category": self.category,
+            "generation": self.generation,
+            "task": self.task,
+            "expect": {"must": self.must, "must_not": self.must_not},
+            "answer": self.answer,
+            "reference": self.reference,
+            "compile": self.compile,
+            "system": self.system,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalCase:
         expect = d.get("expect") or {}
-        return cls(suite=d["suite"], id=d["id"], prompt=d["prompt"], category=d["category"],
-                   generation=d["generation"], task=d["task"], must=list(expect.get("must", [])),
-                   must_not=list(expect.get("must_not", [])), answer=d.get("answer"),
-                   reference=d.get("reference"), compile=bool(d.get("compile", True)), system=d.get("system"))
+        return cls(
+            suite=d["suite"],
+            id=d["id"],
+            prompt=d["prompt"],
+            category=d["category"],
+            generation=d["generation"],
+            task=d["task"],
+            must=list(expect.get("must", [])),
+            must_not=list(expect.get("must_not", [])),
+            answer=d.get("answer"),
+            reference=d.get("reference"),
+            compile=bool(d.get("compile", True)),
+            system=d.get("system"),
+        )
 
 
 @dataclass(frozen=True)
@@ -102,12 +121,18 @@ def load_suite(path: str | Path) -> Suite:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise BbjtuneError(f"eval suite {path} does not exist",
-                           "check eval.suites in the config (or --suite); the project's suites are in evals/") from None
+        raise BbjtuneError(
+            f"eval suite {path} does not exist",
+            "check eval.suites in the config (or --suite); the project's suites are in evals/",
+        ) from None
     except UnicodeDecodeError as exc:
-        raise BbjtuneError(f"eval suite {path} is not UTF-8 text (byte {exc.start})", "save it as UTF-8") from None
+        raise BbjtuneError(
+            f"eval suite {path} is not UTF-8 text (byte {exc.start})", "save it as UTF-8"
+        ) from None
     except OSError as exc:
-        raise BbjtuneError(f"cannot read eval suite {path}: {exc.strerror}", "check the file's permissions") from None
+        raise BbjtuneError(
+            f"cannot read eval suite {path}: {exc.strerror}", "check the file's permissions"
+        ) from None
     if path.suffix.lower() in (".yaml", ".yml"):
         raw, problems = _read_yaml(text, str(path))
     else:
@@ -153,12 +178,21 @@ def _read_yaml(text: str, name: str) -> tuple[list[tuple[int, Any]], list[SuiteP
         if root is None:
             return [], []
         if not isinstance(root, yaml.SequenceNode):
-            return [], [SuiteProblem(name, root.start_mark.line + 1,
-                                     "a YAML suite must be a list of cases (or hold one under 'cases:')")]
-        return [(node.start_mark.line + 1, loader.construct_object(node, deep=True)) for node in root.value], []
+            return [], [
+                SuiteProblem(
+                    name,
+                    root.start_mark.line + 1,
+                    "a YAML suite must be a list of cases (or hold one under 'cases:')",
+                )
+            ]
+        return [
+            (node.start_mark.line + 1, loader.construct_object(node, deep=True)) for node in root.value
+        ], []
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        return [], [SuiteProblem(name, mark.line + 1 if mark else 1, f"invalid YAML: {getattr(exc, 'problem', exc)}")]
+        return [], [
+            SuiteProblem(name, mark.line + 1 if mark else 1, f"invalid YAML: {getattr(exc, 'problem', exc)}")
+        ]
     finally:
         loader.dispose()
 
@@ -168,7 +202,10 @@ def _make_case(obj: Any, suite: str, line: int) -> tuple[EvalCase | None, str | 
         return None, f"a case must be an object, got {type(obj).__name__}"
     unknown = sorted(set(obj) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
     if unknown:
-        return None, f"unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}"
+        return (
+            None,
+            f"unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(REQUIRED_KEYS + OPTIONAL_KEYS)}",
+        )
     for key in REQUIRED_KEYS:
         value = obj.get(key)
         if not isinstance(value, str) or not value.strip():
@@ -189,7 +226,10 @@ def _make_case(obj: Any, suite: str, line: int) -> tuple[EvalCase | None, str | 
         patterns[kind] = items
     answer = obj.get("answer")
     if answer is not None and (not isinstance(answer, str) or regex_error(answer) is not None):
-        return None, f"'answer' must be a valid regular expression: {regex_error(answer) if isinstance(answer, str) else answer!r}"
+        return (
+            None,
+            f"'answer' must be a valid regular expression: {regex_error(answer) if isinstance(answer, str) else answer!r}",
+        )
     for key in ("reference", "system"):
         if obj.get(key) is not None and not isinstance(obj[key], str):
             return None, f"'{key}' must be a string"
@@ -197,10 +237,21 @@ def _make_case(obj: Any, suite: str, line: int) -> tuple[EvalCase | None, str | 
         return None, "'compile' must be true or false"
     reference = obj.get("reference")
     compile_it = obj["compile"] if "compile" in obj else default_compile(obj["task"], reference)
-    return EvalCase(suite=suite, id=obj["id"].strip(), prompt=obj["prompt"], category=obj["category"].strip(),
-                    generation=obj["generation"].strip(), task=obj["task"].strip(), must=patterns["must"],
-                    must_not=patterns["must_not"], answer=answer, reference=reference, compile=compile_it,
-                    system=obj.get("system"), line=line), None
+    return EvalCase(
+        suite=suite,
+        id=obj["id"].strip(),
+        prompt=obj["prompt"],
+        category=obj["category"].strip(),
+        generation=obj["generation"].strip(),
+        task=obj["task"].strip(),
+        must=patterns["must"],
+        must_not=patterns["must_not"],
+        answer=answer,
+        reference=reference,
+        compile=compile_it,
+        system=obj.get("system"),
+        line=line,
+    ), None
 
 
 def regex_error(pattern: str) -> str | None:

@@ -25,8 +25,10 @@ EMBEDDING_MODULES = ("embed_tokens", "lm_head")
 class AdapterInfo:
     directory: Path
     config: dict[str, Any]
-    lora_shapes: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)  # module → {"A":…, "B":…}
-    other_keys: list[str] = field(default_factory=list)   # saved weights that are not LoRA A/B pairs
+    lora_shapes: dict[str, dict[str, tuple[int, ...]]] = field(
+        default_factory=dict
+    )  # module → {"A":…, "B":…}
+    other_keys: list[str] = field(default_factory=list)  # saved weights that are not LoRA A/B pairs
 
     @property
     def rank(self) -> int:
@@ -61,8 +63,10 @@ class AdapterInfo:
         if self.modules_to_save:
             reasons.append(f"it carries full copies of {', '.join(self.modules_to_save)} (modules_to_save)")
         if self.trainable_token_indices:
-            reasons.append("it trains embedding rows of special tokens (trainable_token_indices), "
-                           "which only exist as full embedding weights")
+            reasons.append(
+                "it trains embedding rows of special tokens (trainable_token_indices), "
+                "which only exist as full embedding weights"
+            )
         if self.embedding_lora:
             reasons.append(f"it puts LoRA on the embeddings ({', '.join(self.embedding_lora)})")
         if self.other_keys and not (self.modules_to_save or self.trainable_token_indices):
@@ -74,21 +78,28 @@ def read_adapter(directory: str | Path) -> AdapterInfo:
     directory = Path(directory)
     cfg_path = directory / "adapter_config.json"
     if not cfg_path.exists():
-        raise BbjtuneError(f"{directory} is not a LoRA adapter (no adapter_config.json)",
-                           "point to the adapter directory written by bbjtune train (e.g. runs/<name>/sft/adapter)")
+        raise BbjtuneError(
+            f"{directory} is not a LoRA adapter (no adapter_config.json)",
+            "point to the adapter directory written by bbjtune train (e.g. runs/<name>/sft/adapter)",
+        )
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise BbjtuneError(f"{cfg_path} line {exc.lineno}: not valid JSON",
-                           "the adapter is damaged; train again") from None
+        raise BbjtuneError(
+            f"{cfg_path} line {exc.lineno}: not valid JSON", "the adapter is damaged; train again"
+        ) from None
     if config.get("peft_type") != "LORA":
-        raise BbjtuneError(f"{directory}: a {config.get('peft_type')} adapter, not LoRA",
-                           "export merges and serves LoRA adapters only")
+        raise BbjtuneError(
+            f"{directory}: a {config.get('peft_type')} adapter, not LoRA",
+            "export merges and serves LoRA adapters only",
+        )
     info = AdapterInfo(directory, config)
     weights = directory / "adapter_model.safetensors"
     if not weights.exists():
-        raise BbjtuneError(f"{directory} has no adapter_model.safetensors",
-                           "the adapter was not saved completely; train again (or save with safetensors)")
+        raise BbjtuneError(
+            f"{directory} has no adapter_model.safetensors",
+            "the adapter was not saved completely; train again (or save with safetensors)",
+        )
     from safetensors import safe_open
 
     with safe_open(weights, framework="pt") as st:
@@ -119,7 +130,8 @@ def check_adapter_fits(info: AdapterInfo, base_dir: Path | None) -> None:
         if weight is None:
             raise BbjtuneError(
                 f"the adapter in {info.directory} adapts '{module}', which the base model {base_dir} does not have",
-                "the adapter belongs to another model architecture; export it with the base it was trained on")
+                "the adapter belongs to another model architecture; export it with the base it was trained on",
+            )
         if module.split(".")[-1] in EMBEDDING_MODULES:
             continue
         a, b = pair.get("A"), pair.get("B")
@@ -129,7 +141,8 @@ def check_adapter_fits(info: AdapterInfo, base_dir: Path | None) -> None:
                 f"the adapter in {info.directory} does not fit the base model {base_dir}: '{module}' is "
                 f"{weight[0]}×{weight[1]} in the base but {got} in the adapter",
                 "the adapter was trained on a different base model (another size?); use that base "
-                f"(adapter_config.json says: {info.config.get('base_model_name_or_path')})")
+                f"(adapter_config.json says: {info.config.get('base_model_name_or_path')})",
+            )
 
 
 def _checkpoint_shapes(directory: Path) -> dict[str, tuple[int, ...]]:

@@ -10,9 +10,13 @@ from rich.console import Console
 from bbjtune.config import load_config
 from bbjtune.export.stage import run_stage
 
-ConfigArg = Annotated[str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")]
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="Override one setting, e.g. --set export.verify=false (repeatable).")]
+ConfigArg = Annotated[
+    str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override one setting, e.g. --set export.verify=false (repeatable)."),
+]
 
 
 def export(config: ConfigArg, set_: SetOpt = None) -> None:

@@ -56,8 +56,12 @@ BLOCK_NAMES = {
 }
 _BLOCK_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 FIM_TOKENS = {
-    "fim_pre": "<|fim_prefix|>", "fim_suf": "<|fim_suffix|>", "fim_mid": "<|fim_middle|>",
-    "fim_pad": "<|fim_pad|>", "fim_rep": "<|repo_name|>", "fim_sep": "<|file_sep|>",
+    "fim_pre": "<|fim_prefix|>",
+    "fim_suf": "<|fim_suffix|>",
+    "fim_mid": "<|fim_middle|>",
+    "fim_pad": "<|fim_pad|>",
+    "fim_rep": "<|repo_name|>",
+    "fim_sep": "<|file_sep|>",
 }
 # Qwen2's pre-tokenizer split rule; llama.cpp's `qwen2` pre-tokenizer applies the same one.
 QWEN2_SPLIT_REGEX = (
@@ -78,17 +82,20 @@ def gguf_tensor_name(hf_name: str) -> str | None:
 
 # ----------------------------------------------------------------------------- model description
 
+
 @dataclass
 class QwenCheckpoint:
     """What the GGUF needs to know about a Qwen2 checkpoint directory (read without loading weights)."""
 
     directory: Path
     config: dict[str, Any]
-    tensor_files: dict[str, Path]      # parameter name → safetensors file
+    tensor_files: dict[str, Path]  # parameter name → safetensors file
 
     @property
     def tied_embeddings(self) -> bool:
-        return bool(self.config.get("tie_word_embeddings", False)) or "lm_head.weight" not in self.tensor_files
+        return (
+            bool(self.config.get("tie_word_embeddings", False)) or "lm_head.weight" not in self.tensor_files
+        )
 
     @property
     def rope_theta(self) -> float:
@@ -102,23 +109,33 @@ def read_checkpoint(model_dir: str | Path) -> QwenCheckpoint:
     try:
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise BbjtuneError(f"{model_dir} has no config.json", "export needs a merged model directory") from None
+        raise BbjtuneError(
+            f"{model_dir} has no config.json", "export needs a merged model directory"
+        ) from None
     model_type = config.get("model_type")
     if model_type != "qwen2":
         raise BbjtuneError(
             f"{model_dir}: GGUF export supports the Qwen2 architecture (Qwen2.5, Qwen2.5-Coder); "
-            f"this model is '{model_type}'", "export a Qwen2.5 model, or convert it with llama.cpp's own converter")
+            f"this model is '{model_type}'",
+            "export a Qwen2.5 model, or convert it with llama.cpp's own converter",
+        )
     if (config.get("quantization_config") or {}).get("quant_method", "gguf") != "gguf":
-        raise BbjtuneError(f"{model_dir} holds quantized (bitsandbytes/GPTQ/AWQ) weights",
-                           "export from the 16-bit merged model (bbjtune export merges into the 16-bit base)")
+        raise BbjtuneError(
+            f"{model_dir} holds quantized (bitsandbytes/GPTQ/AWQ) weights",
+            "export from the 16-bit merged model (bbjtune export merges into the 16-bit base)",
+        )
     if config.get("use_sliding_window"):
-        raise BbjtuneError(f"{model_dir}: sliding-window attention is not supported by this exporter",
-                           "set use_sliding_window false (Qwen2.5 ships with it off)")
+        raise BbjtuneError(
+            f"{model_dir}: sliding-window attention is not supported by this exporter",
+            "set use_sliding_window false (Qwen2.5 ships with it off)",
+        )
     from safetensors import safe_open
 
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
-        raise BbjtuneError(f"{model_dir} has no .safetensors weights", "save the model with safe_serialization")
+        raise BbjtuneError(
+            f"{model_dir} has no .safetensors weights", "save the model with safe_serialization"
+        )
     tensor_files: dict[str, Path] = {}
     for f in files:
         with safe_open(f, framework="pt") as st:
@@ -126,19 +143,22 @@ def read_checkpoint(model_dir: str | Path) -> QwenCheckpoint:
                 tensor_files[key] = f
     unknown = [k for k in tensor_files if gguf_tensor_name(k) is None]
     if unknown:
-        raise BbjtuneError(f"{model_dir}: tensors with no place in a Qwen2 GGUF: {', '.join(unknown[:5])}",
-                           "is this a plain Qwen2ForCausalLM checkpoint (not an adapter or another model)?")
+        raise BbjtuneError(
+            f"{model_dir}: tensors with no place in a Qwen2 GGUF: {', '.join(unknown[:5])}",
+            "is this a plain Qwen2ForCausalLM checkpoint (not an adapter or another model)?",
+        )
     return QwenCheckpoint(model_dir, config, tensor_files)
 
 
 # ----------------------------------------------------------------------------- tokenizer
+
 
 @dataclass
 class GgufVocab:
     tokens: list[str]
     types: list[int]
     merges: list[str]
-    special_ids: dict[str, int] = field(default_factory=dict)   # eos, eot, bos, pad, fim_*
+    special_ids: dict[str, int] = field(default_factory=dict)  # eos, eot, bos, pad, fim_*
 
 
 def read_vocab(model_dir: str | Path, vocab_size: int) -> GgufVocab:
@@ -149,20 +169,29 @@ def read_vocab(model_dir: str | Path, vocab_size: int) -> GgufVocab:
     try:
         tj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise BbjtuneError(f"{path} is missing", "save the tokenizer (fast tokenizer) next to the weights") from None
+        raise BbjtuneError(
+            f"{path} is missing", "save the tokenizer (fast tokenizer) next to the weights"
+        ) from None
     model = tj.get("model", {})
     if model.get("type") != "BPE":
-        raise BbjtuneError(f"{path}: expected a byte-level BPE tokenizer (Qwen2), got {model.get('type')}",
-                           "export a Qwen2.5 model with its own tokenizer")
+        raise BbjtuneError(
+            f"{path}: expected a byte-level BPE tokenizer (Qwen2), got {model.get('type')}",
+            "export a Qwen2.5 model with its own tokenizer",
+        )
     if QWEN2_SPLIT_REGEX not in _split_patterns(tj.get("pre_tokenizer")):
-        raise BbjtuneError(f"{path}: the pre-tokenizer is not Qwen2's",
-                           "llama.cpp would split text differently; export a Qwen2.5 tokenizer")
+        raise BbjtuneError(
+            f"{path}: the pre-tokenizer is not Qwen2's",
+            "llama.cpp would split text differently; export a Qwen2.5 tokenizer",
+        )
     id_to_token: dict[int, str] = {i: t for t, i in model["vocab"].items()}
     added = {t["id"]: t for t in tj.get("added_tokens", [])}
     id_to_token.update({i: t["content"] for i, t in added.items()})
     if max(id_to_token) >= vocab_size:
-        raise BbjtuneError(f"{path}: the tokenizer has ids up to {max(id_to_token)} but the model only "
-                           f"{vocab_size} embedding rows", "the tokenizer does not belong to this model")
+        raise BbjtuneError(
+            f"{path}: the tokenizer has ids up to {max(id_to_token)} but the model only "
+            f"{vocab_size} embedding rows",
+            "the tokenizer does not belong to this model",
+        )
     tokens, types = [], []
     for i in range(vocab_size):
         if i not in id_to_token:
@@ -179,7 +208,7 @@ def read_vocab(model_dir: str | Path, vocab_size: int) -> GgufVocab:
     special = {k: ids[t] for k, t in FIM_TOKENS.items() if t in ids}
     eos_ids = _generation_eos_ids(Path(model_dir))
     if ENDOFTEXT in ids:
-        special["bos"] = special["pad"] = ids[ENDOFTEXT]   # as Qwen's own GGUFs (never added: add_bos false)
+        special["bos"] = special["pad"] = ids[ENDOFTEXT]  # as Qwen's own GGUFs (never added: add_bos false)
     chat = IM_END in ids and (not eos_ids or ids[IM_END] in eos_ids)
     special["eos"] = ids[IM_END] if chat else (eos_ids[0] if eos_ids else ids.get(ENDOFTEXT, 0))
     if chat:
@@ -193,20 +222,27 @@ def _split_patterns(node: Any) -> list[str]:
         return [p for child in node for p in _split_patterns(child)]
     if not isinstance(node, dict):
         return []
-    found = [node["pattern"]["Regex"]] if node.get("type") == "Split" and "Regex" in node.get("pattern", {}) else []
+    found = (
+        [node["pattern"]["Regex"]]
+        if node.get("type") == "Split" and "Regex" in node.get("pattern", {})
+        else []
+    )
     return found + _split_patterns(node.get("pretokenizers", []))
 
 
 def _generation_eos_ids(model_dir: Path) -> list[int]:
     """The stop ids of generation_config.json (a chat model stops on <|im_end|> and <|endoftext|>)."""
     try:
-        eos = json.loads((model_dir / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id")
+        eos = json.loads((model_dir / "generation_config.json").read_text(encoding="utf-8")).get(
+            "eos_token_id"
+        )
     except (FileNotFoundError, json.JSONDecodeError):
         return []
     return [eos] if isinstance(eos, int) else list(eos or [])
 
 
 # ----------------------------------------------------------------------------- tensors
+
 
 def _storage_type(out_type: str, shape: tuple[int, ...]):
     """The GGML type a tensor is stored in for a given output type."""
@@ -238,6 +274,7 @@ def _tensor_order(names: list[str]) -> list[str]:
         if m:
             return (1, int(m.group(1)), name)
         return (0 if "embed" in name else 2, 0, name)
+
     return sorted(names, key=key)
 
 
@@ -261,8 +298,16 @@ def _open_tensors(ckpt: QwenCheckpoint) -> Iterator[Callable[[str], Any]]:
 
 # ----------------------------------------------------------------------------- writing
 
-def write_gguf(model_dir: str | Path, out_path: str | Path, out_type: str = "f16", *, name: str | None = None,
-               chat_template: str = CHATML_TEMPLATE, on_tensor: Callable[[int, int], None] | None = None) -> Path:
+
+def write_gguf(
+    model_dir: str | Path,
+    out_path: str | Path,
+    out_type: str = "f16",
+    *,
+    name: str | None = None,
+    chat_template: str = CHATML_TEMPLATE,
+    on_tensor: Callable[[int, int], None] | None = None,
+) -> Path:
     """Write `model_dir` (a Qwen2 safetensors checkpoint) as one GGUF file of `out_type`.
 
     The file appears at `out_path` only when complete (it is written beside it and renamed).
@@ -270,12 +315,18 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, out_type: str = "f16
     import gguf
 
     if out_type not in WRITER_TYPES:
-        raise BbjtuneError(f"GGUF type '{out_type}' is not written directly",
-                           f"write one of {', '.join(WRITER_TYPES)} first, then quantize it with llama.cpp")
+        raise BbjtuneError(
+            f"GGUF type '{out_type}' is not written directly",
+            f"write one of {', '.join(WRITER_TYPES)} first, then quantize it with llama.cpp",
+        )
     ckpt = read_checkpoint(model_dir)
     cfg = ckpt.config
     vocab = read_vocab(ckpt.directory, int(cfg["vocab_size"]))
-    names = [n for n in _tensor_order(list(ckpt.tensor_files)) if not (n == "lm_head.weight" and ckpt.tied_embeddings)]
+    names = [
+        n
+        for n in _tensor_order(list(ckpt.tensor_files))
+        if not (n == "lm_head.weight" and ckpt.tied_embeddings)
+    ]
 
     with atomic_path(out_path) as tmp, _open_tensors(ckpt) as source:
         writer = gguf.GGUFWriter(str(tmp), ARCH)
@@ -290,8 +341,13 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, out_type: str = "f16
                 writer.add_tensor_info(gguf_tensor_name(hf_name), shape, np.dtype(dtype), nbytes)
             else:
                 byte_shape = gguf.quant_shape_to_byte_shape(shape, qtype)
-                writer.add_tensor_info(gguf_tensor_name(hf_name), byte_shape, np.dtype(np.uint8),
-                                       int(np.prod(byte_shape)), raw_dtype=qtype)
+                writer.add_tensor_info(
+                    gguf_tensor_name(hf_name),
+                    byte_shape,
+                    np.dtype(np.uint8),
+                    int(np.prod(byte_shape)),
+                    raw_dtype=qtype,
+                )
             plan.append((hf_name, qtype))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
@@ -305,7 +361,9 @@ def write_gguf(model_dir: str | Path, out_path: str | Path, out_type: str = "f16
     return Path(out_path)
 
 
-def _add_metadata(writer, ckpt: QwenCheckpoint, vocab: GgufVocab, name: str, out_type: str, template: str) -> None:
+def _add_metadata(
+    writer, ckpt: QwenCheckpoint, vocab: GgufVocab, name: str, out_type: str, template: str
+) -> None:
     import gguf
 
     cfg = ckpt.config
@@ -330,8 +388,12 @@ def _add_metadata(writer, ckpt: QwenCheckpoint, vocab: GgufVocab, name: str, out
     writer.add_token_types(vocab.types)
     writer.add_token_merges(vocab.merges)
     ids = vocab.special_ids
-    for key, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
-                     ("eot", writer.add_eot_token_id), ("pad", writer.add_pad_token_id)):
+    for key, add in (
+        ("bos", writer.add_bos_token_id),
+        ("eos", writer.add_eos_token_id),
+        ("eot", writer.add_eot_token_id),
+        ("pad", writer.add_pad_token_id),
+    ):
         if key in ids:
             add(ids[key])
     for key in FIM_TOKENS:
@@ -353,5 +415,7 @@ def _add_rope_scaling(writer, cfg: dict[str, Any]) -> None:
         writer.add_rope_scaling_factor(float(rope["factor"]))
         writer.add_rope_scaling_orig_ctx_len(int(rope.get("original_max_position_embeddings", 32768)))
     elif kind not in (None, "default"):
-        raise BbjtuneError(f"rope scaling '{kind}' is not supported by the GGUF exporter",
-                           "remove rope_scaling from config.json, or use YaRN as Qwen2.5 documents")
+        raise BbjtuneError(
+            f"rope scaling '{kind}' is not supported by the GGUF exporter",
+            "remove rope_scaling from config.json, or use YaRN as Qwen2.5 documents",
+        )

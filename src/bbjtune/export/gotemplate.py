@@ -26,9 +26,12 @@ class GoTemplateError(ValueError):
 # ----------------------------------------------------------------------------- lexing
 
 _ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.S)
-_TOKEN = re.compile(r"""\s*(?:(?P<str>"(?:[^"\\]|\\.)*")|(?P<num>-?\d+)|(?P<lp>\()|(?P<rp>\))
+_TOKEN = re.compile(
+    r"""\s*(?:(?P<str>"(?:[^"\\]|\\.)*")|(?P<num>-?\d+)|(?P<lp>\()|(?P<rp>\))
                         |(?P<var>\$[A-Za-z0-9_]*(?:\.[A-Za-z_]\w*)*)|(?P<field>\.(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)?)
-                        |(?P<ident>[A-Za-z_]\w*)|(?P<assign>:=)|(?P<comma>,))""", re.X)
+                        |(?P<ident>[A-Za-z_]\w*)|(?P<assign>:=)|(?P<comma>,))""",
+    re.X,
+)
 
 
 def _split(template: str) -> list[tuple[str, str]]:
@@ -37,7 +40,7 @@ def _split(template: str) -> list[tuple[str, str]]:
     pos = 0
     trim_next = False
     for m in _ACTION.finditer(template):
-        text = template[pos:m.start()]
+        text = template[pos : m.start()]
         if trim_next:
             text = text.lstrip(" \t\r\n")
         if m.group(1):
@@ -73,9 +76,10 @@ def _tokens(expr: str) -> list[tuple[str, str]]:
 
 # ----------------------------------------------------------------------------- parsing
 
+
 @dataclass
 class _Node:
-    kind: str                       # text | output | assign | if | range
+    kind: str  # text | output | assign | if | range
     value: Any = None
     branches: list[tuple[Any, list[_Node]]] = field(default_factory=list)  # if: (cond tokens | None, body)
     body: list[_Node] = field(default_factory=list)
@@ -119,8 +123,14 @@ def _parse(parts: list[tuple[str, str]]) -> list[_Node]:
                 if not m:
                     raise GoTemplateError(f"cannot parse '{value}'")
                 body, _ = block(("end",))
-                nodes.append(_Node("range", _tokens(m.group(3)), body=body,
-                                   names=[n for n in (m.group(1), m.group(2)) if n]))
+                nodes.append(
+                    _Node(
+                        "range",
+                        _tokens(m.group(3)),
+                        body=body,
+                        names=[n for n in (m.group(1), m.group(2)) if n],
+                    )
+                )
             elif re.match(r"^\$\w+\s*:=", value):
                 name, _, expr = value.partition(":=")
                 nodes.append(_Node("assign", _tokens(expr), names=[name.strip()]))
@@ -138,9 +148,15 @@ def _parse(parts: list[tuple[str, str]]) -> list[_Node]:
 
 # ----------------------------------------------------------------------------- evaluation
 
+
 def _truth(value: Any) -> bool:
-    return not (value is None or value is False or value == 0 or value == "" or
-                (hasattr(value, "__len__") and len(value) == 0))
+    return not (
+        value is None
+        or value is False
+        or value == 0
+        or value == ""
+        or (hasattr(value, "__len__") and len(value) == 0)
+    )
 
 
 def _field(value: Any, path: list[str]) -> Any:
@@ -156,9 +172,9 @@ def _field(value: Any, path: list[str]) -> Any:
 
 def _slice(seq: Any, *idx: int) -> Any:
     if len(idx) == 1:
-        return seq[idx[0]:]
+        return seq[idx[0] :]
     if len(idx) == 2:
-        return seq[idx[0]:idx[1]]
+        return seq[idx[0] : idx[1]]
     return seq
 
 
@@ -167,9 +183,15 @@ def _eq(a: Any, *others: Any) -> bool:
 
 
 FUNCTIONS = {
-    "eq": _eq, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
-    "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b, "not": lambda a: not _truth(a),
-    "len": lambda a: len(a), "slice": _slice,
+    "eq": _eq,
+    "ne": lambda a, b: a != b,
+    "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b,
+    "ge": lambda a, b: a >= b,
+    "not": lambda a: not _truth(a),
+    "len": lambda a: len(a),
+    "slice": _slice,
 }
 
 
@@ -234,7 +256,7 @@ class _Evaluator:
                 i += 1
             if depth:
                 raise GoTemplateError("unbalanced parentheses")
-            value, inner_rest = self._command(rest[:i - 1], dot, scope)
+            value, inner_rest = self._command(rest[: i - 1], dot, scope)
             if inner_rest:
                 raise GoTemplateError(f"unexpected '{inner_rest[0][1]}'")
             return value, rest[i:]

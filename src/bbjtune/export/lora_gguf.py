@@ -41,8 +41,10 @@ def write_lora_gguf(adapter_dir: str | Path, out_path: str | Path, *, name: str 
     info = read_adapter(adapter_dir)
     reasons = why_not(info)
     if reasons:
-        raise BbjtuneError(f"{adapter_dir} cannot be a GGUF adapter: " + "; ".join(reasons),
-                           "use the merged GGUF instead (bbjtune export writes it)")
+        raise BbjtuneError(
+            f"{adapter_dir} cannot be a GGUF adapter: " + "; ".join(reasons),
+            "use the merged GGUF instead (bbjtune export writes it)",
+        )
     rank = int(info.config.get("r", 8))
     scaling = info.alpha / (math.sqrt(rank) if info.config.get("use_rslora") else rank)
     weights = Path(adapter_dir) / "adapter_model.safetensors"
@@ -57,8 +59,8 @@ def write_lora_gguf(adapter_dir: str | Path, out_path: str | Path, *, name: str 
             base = gguf_tensor_name(f"{module}.weight")
             a = st.get_tensor(_key(keys, module, "A")).float().numpy()
             b = st.get_tensor(_key(keys, module, "B")).float().numpy() * scaling
-            writer.add_tensor(f"{base}.lora_a", a.astype(np.float16))   # (r, in) → ggml ne [in, r]
-            writer.add_tensor(f"{base}.lora_b", b.astype(np.float16))   # (out, r) → ggml ne [r, out]
+            writer.add_tensor(f"{base}.lora_a", a.astype(np.float16))  # (r, in) → ggml ne [in, r]
+            writer.add_tensor(f"{base}.lora_b", b.astype(np.float16))  # (out, r) → ggml ne [r, out]
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -70,5 +72,6 @@ def _key(keys: set[str], module: str, which: str) -> str:
     for candidate in (f"base_model.model.{module}.lora_{which}.weight", f"{module}.lora_{which}.weight"):
         if candidate in keys:
             return candidate
-    raise BbjtuneError(f"adapter weights for {module} (lora_{which}) are missing",
-                       "the adapter is damaged; train again")
+    raise BbjtuneError(
+        f"adapter weights for {module} (lora_{which}) are missing", "the adapter is damaged; train again"
+    )

@@ -27,7 +27,7 @@ class MergePlan:
     base: str
     adapters: list[Path] = field(default_factory=list)
     tokenizer: str | None = None
-    chat: bool = True                     # instruction-tuned: stop on <|im_end|> as well
+    chat: bool = True  # instruction-tuned: stop on <|im_end|> as well
     system_prompt: str | None = None
     trained: dict[str, Any] = field(default_factory=dict)
 
@@ -37,6 +37,7 @@ class MergePlan:
 
 
 # ----------------------------------------------------------------------------- trained.json
+
 
 def plan_from_trained(path: str | Path) -> MergePlan:
     """The merge plan for a training run: trained.json (or the directory holding it)."""
@@ -54,17 +55,20 @@ def plan_from_trained(path: str | Path) -> MergePlan:
 
 # ----------------------------------------------------------------------------- checks
 
+
 def refuse_quantized_base(base: str) -> None:
     """A 4-bit base cannot take a merge without losing most of the update: say which model to use."""
-    hint = ("merge into the original 16-bit model: set model.source to the non-quantized checkpoint "
-            "(e.g. Qwen/Qwen2.5-Coder-7B-Instruct instead of a -bnb-4bit copy); QLoRA training on a "
-            "4-bit base is fine, only the merge needs 16-bit weights")
+    hint = (
+        "merge into the original 16-bit model: set model.source to the non-quantized checkpoint "
+        "(e.g. Qwen/Qwen2.5-Coder-7B-Instruct instead of a -bnb-4bit copy); QLoRA training on a "
+        "4-bit base is fine, only the merge needs 16-bit weights"
+    )
     config = Path(base).expanduser() / "config.json"
     quant: dict[str, Any] = {}
     if config.exists():
         quant = json.loads(config.read_text(encoding="utf-8")).get("quantization_config") or {}
     if quant.get("quant_method") == "gguf":
-        quant = {}   # dequantized from a GGUF when loaded: the saved weights are plain 16/32-bit
+        quant = {}  # dequantized from a GGUF when loaded: the saved weights are plain 16/32-bit
     hub_id = not Path(base).expanduser().exists() and not base.startswith("tiny:")
     if quant or (hub_id and any(tag in base.lower() for tag in ("bnb-4bit", "-4bit", "gptq", "-awq"))):
         method = quant.get("quant_method", "4-bit")
@@ -86,9 +90,18 @@ def check_plan(plan: MergePlan) -> list[AdapterInfo]:
 
 # ----------------------------------------------------------------------------- merging
 
-def merge(plan: MergePlan, out_dir: str | Path, *, dtype: str = "auto",
-          on_step: Callable[[str], None] | None = None) -> Path:
+
+def merge(
+    plan: MergePlan, out_dir: str | Path, *, dtype: str = "auto", on_step: Callable[[str], None] | None = None
+) -> Path:
     """Check the plan, then fold its adapters into the base and save the merged model to `out_dir` atomically."""
     check_plan(plan)
-    return merge_adapters(plan.base, plan.adapters, out_dir, tokenizer_source=plan.tokenizer_source, chat=plan.chat,
-                          dtype=dtype, on_step=on_step)
+    return merge_adapters(
+        plan.base,
+        plan.adapters,
+        out_dir,
+        tokenizer_source=plan.tokenizer_source,
+        chat=plan.chat,
+        dtype=dtype,
+        on_step=on_step,
+    )

@@ -21,6 +21,7 @@ from bbjtune.errors import BbjtuneError
 from bbjtune.export.gotemplate import render_go_template
 from bbjtune.models.chat_template import ENDOFTEXT, IM_END, QWEN_DEFAULT_SYSTEM, render_chatml
 from bbjtune.models.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, fim_prompt
+
 STOP_TOKENS = (IM_END, ENDOFTEXT)
 
 # Ollama fills .System (all system messages, or the Modelfile's SYSTEM), .Messages, and for
@@ -32,13 +33,13 @@ CHATML_GO_TEMPLATE = (
     "{{ if .System }}{{ .System }}{{ else }}" + QWEN_DEFAULT_SYSTEM + "{{ end }}<|im_end|>\n"
     "{{ range $i, $m := .Messages }}\n"
     "{{- $last := eq (len (slice $.Messages $i)) 1 }}\n"
-    "{{- if eq $m.Role \"user\" }}<|im_start|>user\n"
+    '{{- if eq $m.Role "user" }}<|im_start|>user\n'
     "{{ $m.Content }}<|im_end|>\n"
-    "{{ else if eq $m.Role \"assistant\" }}<|im_start|>assistant\n"
+    '{{ else if eq $m.Role "assistant" }}<|im_start|>assistant\n'
     "{{ $m.Content }}{{ if not $last }}<|im_end|>\n"
     "{{ end }}\n"
     "{{- end }}\n"
-    "{{- if and $last (ne $m.Role \"assistant\") }}<|im_start|>assistant\n"
+    '{{- if and $last (ne $m.Role "assistant") }}<|im_start|>assistant\n'
     "{{ end }}\n"
     "{{- end }}\n"
     "{{- end }}"
@@ -56,8 +57,7 @@ def ollama_values(messages: list[dict[str, str]], default_system: str | None) ->
     if not systems and default_system:
         systems = [default_system]
     turns = [{"Role": m["role"], "Content": m["content"]} for m in messages if m["role"] != "system"]
-    return {"System": "\n\n".join(systems), "Messages": turns,
-            "Prompt": "", "Suffix": "", "Response": ""}
+    return {"System": "\n\n".join(systems), "Messages": turns, "Prompt": "", "Suffix": "", "Response": ""}
 
 
 def expected_chatml(messages: list[dict[str, str]], default_system: str | None) -> str:
@@ -71,13 +71,21 @@ def expected_chatml(messages: list[dict[str, str]], default_system: str | None) 
 
 SAMPLE_CONVERSATIONS: list[list[dict[str, str]]] = [
     [{"role": "user", "content": "Write a BBj program that prints the numbers 1 to 10."}],
-    [{"role": "system", "content": "You are an expert BBj developer."},
-     {"role": "user", "content": "Open a file in BBj"}],
-    [{"role": "system", "content": "S"}, {"role": "user", "content": "How do I declare a string?"},
-     {"role": "assistant", "content": "```bbj\nname$ = \"BBj\"\n```"},
-     {"role": "user", "content": "And a number?"}],
-    [{"role": "user", "content": "Complete: FOR I=1 TO 10"}, {"role": "assistant", "content": "PRINT I\nNEXT I"}],
-    [{"role": "user", "content": "text with {{ braces }}, \"quotes\" and a trailing newline\n"}],
+    [
+        {"role": "system", "content": "You are an expert BBj developer."},
+        {"role": "user", "content": "Open a file in BBj"},
+    ],
+    [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "How do I declare a string?"},
+        {"role": "assistant", "content": '```bbj\nname$ = "BBj"\n```'},
+        {"role": "user", "content": "And a number?"},
+    ],
+    [
+        {"role": "user", "content": "Complete: FOR I=1 TO 10"},
+        {"role": "assistant", "content": "PRINT I\nNEXT I"},
+    ],
+    [{"role": "user", "content": 'text with {{ braces }}, "quotes" and a trailing newline\n'}],
 ]
 SAMPLE_FIM = [("rem open a channel\nch = unt\n", "\nread record(ch,key=k$)rec$\n"), ("x = ", "")]
 
@@ -88,22 +96,27 @@ def check_template(template: str, system_prompt: str | None) -> None:
         got = render_go_template(template, ollama_values(messages, system_prompt))
         want = expected_chatml(messages, system_prompt)
         if got != want:
-            raise BbjtuneError(f"the Ollama TEMPLATE renders {got!r} where the model was trained on {want!r}",
-                               "this is a bug in bbjtune's Modelfile template; please report it")
+            raise BbjtuneError(
+                f"the Ollama TEMPLATE renders {got!r} where the model was trained on {want!r}",
+                "this is a bug in bbjtune's Modelfile template; please report it",
+            )
     for prefix, suffix in SAMPLE_FIM:
         if not suffix:
             continue
         got = render_go_template(template, {"Prompt": prefix, "Suffix": suffix, "System": "", "Messages": []})
         if got != render_fim(prefix, suffix):
-            raise BbjtuneError(f"the Ollama TEMPLATE renders the code-completion form as {got!r}",
-                               "this is a bug in bbjtune's Modelfile template; please report it")
+            raise BbjtuneError(
+                f"the Ollama TEMPLATE renders the code-completion form as {got!r}",
+                "this is a bug in bbjtune's Modelfile template; please report it",
+            )
 
 
 # ----------------------------------------------------------------------------- the file
 
+
 @dataclass
 class Modelfile:
-    gguf: str                                   # path relative to the Modelfile (./name.q4_k_m.gguf)
+    gguf: str  # path relative to the Modelfile (./name.q4_k_m.gguf)
     template: str = CHATML_GO_TEMPLATE
     system: str | None = None
     parameters: list[tuple[str, str]] = field(default_factory=list)
@@ -120,20 +133,35 @@ class Modelfile:
         return "\n".join(lines) + "\n"
 
 
-def build_modelfile(gguf_name: str, *, system_prompt: str | None, num_ctx: int, temperature: float,
-                    model_name: str, adapter_name: str | None = None) -> str:
+def build_modelfile(
+    gguf_name: str,
+    *,
+    system_prompt: str | None,
+    num_ctx: int,
+    temperature: float,
+    model_name: str,
+    adapter_name: str | None = None,
+) -> str:
     """The Modelfile text for `gguf_name` (a file beside the Modelfile), validated before it is returned."""
     if system_prompt and '"""' in system_prompt:
-        raise BbjtuneError('the system prompt contains """, which a Modelfile cannot quote',
-                           "set export.ollama.system_prompt to a text without triple quotes")
+        raise BbjtuneError(
+            'the system prompt contains """, which a Modelfile cannot quote',
+            "set export.ollama.system_prompt to a text without triple quotes",
+        )
     check_template(CHATML_GO_TEMPLATE, system_prompt)
     params = [("stop", f'"{t}"') for t in STOP_TOKENS]
     params += [("num_ctx", str(num_ctx)), ("temperature", _number(temperature))]
-    header = (f"# {model_name}: a Qwen2.5-Coder model fine-tuned on BBj by bbjtune.\n"
-              f"# Create it with:  ollama create {model_name} -f Modelfile\n"
-              f"# Then chat:       ollama run {model_name}\n")
-    body = Modelfile(f"./{gguf_name}", system=system_prompt, parameters=params,
-                     adapter=f"./{adapter_name}" if adapter_name else None).render()
+    header = (
+        f"# {model_name}: a Qwen2.5-Coder model fine-tuned on BBj by bbjtune.\n"
+        f"# Create it with:  ollama create {model_name} -f Modelfile\n"
+        f"# Then chat:       ollama run {model_name}\n"
+    )
+    body = Modelfile(
+        f"./{gguf_name}",
+        system=system_prompt,
+        parameters=params,
+        adapter=f"./{adapter_name}" if adapter_name else None,
+    ).render()
     return header + body
 
 
@@ -144,7 +172,9 @@ def _number(value: float) -> str:
 def parse_modelfile(text: str) -> dict[str, Any]:
     """Read back FROM, ADAPTER, TEMPLATE, SYSTEM and PARAMETERs (the instructions bbjtune writes)."""
     out: dict[str, Any] = {"parameters": []}
-    pattern = re.compile(r'^(FROM|ADAPTER|TEMPLATE|SYSTEM|PARAMETER)\s+(?:"""(.*?)"""|(.*?))\s*$', re.S | re.M)
+    pattern = re.compile(
+        r'^(FROM|ADAPTER|TEMPLATE|SYSTEM|PARAMETER)\s+(?:"""(.*?)"""|(.*?))\s*$', re.S | re.M
+    )
     for m in pattern.finditer(re.sub(r"(?m)^#.*\n", "", text)):
         word, value = m.group(1), m.group(2) if m.group(2) is not None else m.group(3)
         if word == "PARAMETER":
@@ -158,8 +188,10 @@ def parse_modelfile(text: str) -> dict[str, Any]:
 def ollama_model_name(run_name: str, configured: str | None) -> str:
     name = configured or f"bbj-{run_name}"
     if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9._:/-]*", name):
-        raise BbjtuneError(f"'{name}' is not a valid Ollama model name",
-                           "use letters, digits, '.', '_', '-' (set export.ollama.model_name)")
+        raise BbjtuneError(
+            f"'{name}' is not a valid Ollama model name",
+            "use letters, digits, '.', '_', '-' (set export.ollama.model_name)",
+        )
     return name.lower()
 
 

@@ -35,14 +35,17 @@ def require_llama_cpp():
         raise BbjtuneError(
             "llama-cpp-python is not installed; it quantizes (q4_k_m) and verifies GGUF files",
             "pip install 'bbjtune[export]' (compiles llama.cpp once, a few minutes), or set "
-            "export.gguf to [f16, q8_0] and export.verify: false") from None
+            "export.gguf to [f16, q8_0] and export.verify: false",
+        ) from None
     return llama_cpp
 
 
 def quantize(source: str | Path, out_path: str | Path, quant: str, threads: int | None = None) -> Path:
     """Quantize the f16/bf16/f32 GGUF `source` to `quant` with llama.cpp; returns `out_path`."""
     if quant not in LLAMA_CPP_TYPES:
-        raise BbjtuneError(f"unknown llama.cpp quant type '{quant}'", f"use one of {', '.join(LLAMA_CPP_TYPES)}")
+        raise BbjtuneError(
+            f"unknown llama.cpp quant type '{quant}'", f"use one of {', '.join(LLAMA_CPP_TYPES)}"
+        )
     source = Path(source)
     if not source.is_file():
         raise BbjtuneError(f"{source} does not exist", "write the f16 GGUF first")
@@ -53,8 +56,10 @@ def quantize(source: str | Path, out_path: str | Path, quant: str, threads: int 
     with quiet_llama_logs(), atomic_path(out_path) as tmp:
         rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
         if rc != 0:
-            raise BbjtuneError(f"llama.cpp could not quantize {source} to {quant} (code {rc})",
-                               "check that the f16 GGUF loads (bbjtune export verifies it) and that disk space is left")
+            raise BbjtuneError(
+                f"llama.cpp could not quantize {source} to {quant} (code {rc})",
+                "check that the f16 GGUF loads (bbjtune export verifies it) and that disk space is left",
+            )
     return Path(out_path)
 
 

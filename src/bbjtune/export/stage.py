@@ -43,8 +43,18 @@ from bbjtune.models.loading import resolve_source
 console = Console(stderr=True)
 
 # Bytes per parameter of each file (k-quants: the averages llama.cpp reports for 7B models).
-BYTES_PER_PARAM = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 1.07, "q6_k": 0.83, "q5_k_m": 0.72,
-                   "q4_k_m": 0.61, "q4_0": 0.57, "q3_k_m": 0.49, "q2_k": 0.42}
+BYTES_PER_PARAM = {
+    "f32": 4.0,
+    "f16": 2.0,
+    "bf16": 2.0,
+    "q8_0": 1.07,
+    "q6_k": 0.83,
+    "q5_k_m": 0.72,
+    "q4_k_m": 0.61,
+    "q4_0": 0.57,
+    "q3_k_m": 0.49,
+    "q2_k": 0.42,
+}
 
 
 def gguf_path(cfg: RunConfig, quant: str) -> Path:
@@ -65,8 +75,9 @@ def run_stage(cfg: RunConfig) -> Path:
     with StageRun(out, stage="export", config=cfg.model_dump(mode="json")) as run:
         # hash the small inputs (adapters, trained.json, the base's config), not a multi-GB base model
         base_config = Path(plan.base) / "config.json"
-        run.add_inputs([cfg.train_dir / "trained.json", *plan.adapters,
-                        *([base_config] if base_config.exists() else [])])
+        run.add_inputs(
+            [cfg.train_dir / "trained.json", *plan.adapters, *([base_config] if base_config.exists() else [])]
+        )
         run.extra["base_model"] = plan.base
         merged = out / "merged"
         with tempfile.TemporaryDirectory(prefix=".export.", dir=out) as scratch:
@@ -97,6 +108,7 @@ def run_stage(cfg: RunConfig) -> Path:
 
 # ----------------------------------------------------------------------------- steps
 
+
 def _merge(plan, merged_dir: Path, dtype: str) -> None:
     merge(plan, merged_dir, dtype=dtype)
 
@@ -108,15 +120,20 @@ def _write_ggufs(cfg: RunConfig, merged: Path, run: StageRun, scratch: Path) -> 
     llama_types = [q for q in wanted if q not in WRITER_TYPES]
     direct = [q for q in wanted if q in WRITER_TYPES]
     if llama_types and "f16" not in direct:
-        direct.insert(0, "f16")     # the quantizer's input; removed again below when not asked for
+        direct.insert(0, "f16")  # the quantizer's input; removed again below when not asked for
     paths: dict[str, Path] = {}
     with new_progress(console) as progress:
         for quant in direct:
             target = gguf_path(cfg, quant) if quant in wanted else scratch / f"{cfg.name}.f16.gguf"
             task = progress.add_task(f"writing {target.name}", total=None)
             t0 = time.time()
-            write_gguf(merged, target, quant, name=cfg.name,
-                       on_tensor=lambda i, n, task=task: progress.update(task, completed=i, total=n))
+            write_gguf(
+                merged,
+                target,
+                quant,
+                name=cfg.name,
+                on_tensor=lambda i, n, task=task: progress.update(task, completed=i, total=n),
+            )
             _record(run, quant, target, t0)
             paths[quant] = target
         for quant in llama_types:
@@ -145,23 +162,40 @@ def _verify(cfg: RunConfig, merged: Path, ggufs: dict[str, Path], run: StageRun)
         if not r.get("loads"):
             console.print(f"{mark} {quant}: llama.cpp cannot load it: {r.get('error')}")
             continue
-        console.print(f"{mark} {quant}: tokens {'identical' if r['tokenization_identical'] else 'DIFFER'}, "
-                      f"max |Δlogit| {r['max_abs_diff']:.4g} ({r['max_rel_diff']:.3f}×std), "
-                      f"top-1 {r['top1_agreement']:.1%}, greedy identical on "
-                      f"{r['greedy_identical']}/{len(r['greedy_common_prefix'])} prompts")
-    run.metrics["verify"] = {q: {k: r.get(k) for k in ("ok", "max_abs_diff", "max_rel_diff", "top1_agreement",
-                                                      "tokenization_identical", "greedy_identical")}
-                             for q, r in report["results"].items()}
+        console.print(
+            f"{mark} {quant}: tokens {'identical' if r['tokenization_identical'] else 'DIFFER'}, "
+            f"max |Δlogit| {r['max_abs_diff']:.4g} ({r['max_rel_diff']:.3f}×std), "
+            f"top-1 {r['top1_agreement']:.1%}, greedy identical on "
+            f"{r['greedy_identical']}/{len(r['greedy_common_prefix'])} prompts"
+        )
+    run.metrics["verify"] = {
+        q: {
+            k: r.get(k)
+            for k in (
+                "ok",
+                "max_abs_diff",
+                "max_rel_diff",
+                "top1_agreement",
+                "tokenization_identical",
+                "greedy_identical",
+            )
+        }
+        for q, r in report["results"].items()
+    }
     return report
 
 
-def _lora_gguf(cfg: RunConfig, plan, adapters, merged: Path, run: StageRun, scratch: Path) -> dict[str, Any] | None:
+def _lora_gguf(
+    cfg: RunConfig, plan, adapters, merged: Path, run: StageRun, scratch: Path
+) -> dict[str, Any] | None:
     """The adapter as a GGUF LoRA (with its base as f16 GGUF), checked against the merged f16 GGUF."""
 
     if not cfg.export.lora_gguf:
         possible = len(adapters) == 1 and not why_not(adapters[0])
-        run.extra["lora_gguf"] = {"written": False, "reasons": ["export.lora_gguf is false"
-                                                                + (" (this adapter could be one)" if possible else "")]}
+        run.extra["lora_gguf"] = {
+            "written": False,
+            "reasons": ["export.lora_gguf is false" + (" (this adapter could be one)" if possible else "")],
+        }
         return None
 
     if len(adapters) != 1:
@@ -171,20 +205,29 @@ def _lora_gguf(cfg: RunConfig, plan, adapters, merged: Path, run: StageRun, scra
         return run.extra["lora_gguf"]
     reasons = why_not(adapters[0])
     if reasons:
-        console.print("[yellow]![/] no GGUF LoRA adapter, because " + "; ".join(reasons)
-                      + ". The merged GGUF files carry the same model.")
+        console.print(
+            "[yellow]![/] no GGUF LoRA adapter, because "
+            + "; ".join(reasons)
+            + ". The merged GGUF files carry the same model."
+        )
         run.extra["lora_gguf"] = {"written": False, "reasons": reasons}
         return run.extra["lora_gguf"]
 
     with run.timed("lora_gguf"), console.status("writing the GGUF LoRA adapter and its base"):
-        lora_path = write_lora_gguf(adapters[0].directory, cfg.export_dir / f"{cfg.name}.lora.gguf", name=cfg.name)
+        lora_path = write_lora_gguf(
+            adapters[0].directory, cfg.export_dir / f"{cfg.name}.lora.gguf", name=cfg.name
+        )
         base_dir = _base_checkpoint_dir(plan, scratch)
-        base_path = write_gguf(base_dir, cfg.export_dir / f"{cfg.name}.base.f16.gguf", "f16", name=f"{cfg.name}-base")
+        base_path = write_gguf(
+            base_dir, cfg.export_dir / f"{cfg.name}.base.f16.gguf", "f16", name=f"{cfg.name}-base"
+        )
     result: dict[str, Any] = {"written": True, "adapter": lora_path.name, "base": base_path.name}
     if cfg.export.verify:
         merged_f16 = gguf_path(cfg, "f16") if (gguf_path(cfg, "f16")).exists() else None
         if merged_f16:
-            result.update(compare_lora_with_merged(base_path, lora_path, merged_f16, threads=cfg.export.threads))
+            result.update(
+                compare_lora_with_merged(base_path, lora_path, merged_f16, threads=cfg.export.threads)
+            )
     run.outputs += [lora_path.name, base_path.name]
     run.extra["lora_gguf"] = result
     console.print(f"[green]✓[/] {lora_path.name} (+ {base_path.name})")
@@ -197,7 +240,9 @@ def _base_checkpoint_dir(plan, scratch: Path) -> Path:
     source = resolve_source(plan.base)
     if source.kind in ("local", "tiny"):
         return source.path
-    return merge(MergePlan(base=plan.base, adapters=[], tokenizer=plan.tokenizer, chat=plan.chat), scratch / "base")
+    return merge(
+        MergePlan(base=plan.base, adapters=[], tokenizer=plan.tokenizer, chat=plan.chat), scratch / "base"
+    )
 
 
 def ollama_quant(wanted: str, report: dict[str, Any] | None, sizes: dict[str, int]) -> str:
@@ -220,21 +265,40 @@ def _write_modelfile(cfg: RunConfig, plan, run: StageRun, report: dict[str, Any]
     sizes = {q: f.stat().st_size for q in cfg.export.gguf if (f := gguf_path(cfg, q)).exists()}
     quant = ollama_quant(o.quant, report, sizes)
     if quant != o.quant:
-        console.print(f"[yellow]the Modelfile uses {quant}, not {o.quant}:[/] the {o.quant} file failed "
-                      f"verification (verify.json); {quant} passed", highlight=False)
-    path = write_modelfile(cfg.export_dir, gguf_path(cfg, quant).name, system_prompt=system, num_ctx=o.num_ctx,
-                           temperature=o.temperature, model_name=name)
+        console.print(
+            f"[yellow]the Modelfile uses {quant}, not {o.quant}:[/] the {o.quant} file failed "
+            f"verification (verify.json); {quant} passed",
+            highlight=False,
+        )
+    path = write_modelfile(
+        cfg.export_dir,
+        gguf_path(cfg, quant).name,
+        system_prompt=system,
+        num_ctx=o.num_ctx,
+        temperature=o.temperature,
+        model_name=name,
+    )
     run.outputs.append(path.name)
-    run.extra["ollama"] = {"model_name": name, "modelfile": str(path), "system_prompt": system, "quant": quant,
-                           **({"configured_quant": o.quant} if quant != o.quant else {})}
+    run.extra["ollama"] = {
+        "model_name": name,
+        "modelfile": str(path),
+        "system_prompt": system,
+        "quant": quant,
+        **({"configured_quant": o.quant} if quant != o.quant else {}),
+    }
     console.print(f"[green]✓[/] Modelfile ({quant}) → ollama create {name} -f {path}")
 
 
 def _write_vllm(cfg: RunConfig, plan, adapters, run: StageRun) -> None:
     v = cfg.export.vllm
-    vplan = plan_vllm(adapters[-1] if adapters else None, plan.base, served_name=v.served_name or f"bbj-{cfg.name}",
-                      max_loras=v.max_loras, max_model_len=v.max_model_len,
-                      merged_dir=cfg.export_dir / "merged" if cfg.export.merged else None)
+    vplan = plan_vllm(
+        adapters[-1] if adapters else None,
+        plan.base,
+        served_name=v.served_name or f"bbj-{cfg.name}",
+        max_loras=v.max_loras,
+        max_model_len=v.max_model_len,
+        merged_dir=cfg.export_dir / "merged" if cfg.export.merged else None,
+    )
     atomic_write_json(cfg.export_dir / "vllm-lora.json", vplan.to_json())
     run.outputs.append("vllm-lora.json")
     run.extra["vllm"] = {"mode": "lora" if vplan.lora_ok else "merged", "blockers": vplan.blockers}
@@ -243,12 +307,17 @@ def _write_vllm(cfg: RunConfig, plan, adapters, run: StageRun) -> None:
 
 # ----------------------------------------------------------------------------- disk space
 
+
 def check_disk_space(out: Path, n_params: int | None, quants: list[str], lora: bool) -> None:
     """Refuse to start when the export directory's disk cannot hold what export will write."""
     if not n_params:
         return
-    needed = n_params * (4.0 + sum(BYTES_PER_PARAM[q] for q in quants) + (2.0 if "f16" not in quants else 0)
-                         + (2.0 if lora else 0))
+    needed = n_params * (
+        4.0
+        + sum(BYTES_PER_PARAM[q] for q in quants)
+        + (2.0 if "f16" not in quants else 0)
+        + (2.0 if lora else 0)
+    )
     needed = int(needed * 1.1)
     probe = out
     while not probe.exists() and probe != probe.parent:
@@ -258,4 +327,5 @@ def check_disk_space(out: Path, n_params: int | None, quants: list[str], lora: b
         raise BbjtuneError(
             f"not enough disk space for the export: about {needed / 2**30:.1f} GiB needed in {out}, "
             f"{free / 2**30:.1f} GiB free",
-            "free space, write fewer GGUF types (export.gguf), or set export.output_dir to a larger disk")
+            "free space, write fewer GGUF types (export.gguf), or set export.output_dir to a larger disk",
+        )

@@ -31,7 +31,7 @@ class Tolerance:
     max_rel: float
     mean_rel: float
     top1: float
-    greedy_tokens: int     # the first N greedy tokens must agree on every prompt (0: not required)
+    greedy_tokens: int  # the first N greedy tokens must agree on every prompt (0: not required)
 
 
 # Calibrated on Qwen2.5-Coder-0.5B-Instruct (bf16 merged model vs its GGUFs, 5 BBj prompts, ~150 k
@@ -55,26 +55,36 @@ TOLERANCES: dict[str, Tolerance] = {
 SMALL_MODEL_BYTES = 64 * 2**20
 SYSTEM = "You are an expert BBj (BASIS Business BASIC) developer."
 PROMPTS = [
-    render_chatml([{"role": "system", "content": SYSTEM},
-                   {"role": "user", "content": "Write a BBj program that prints the numbers 1 to 10."}],
-                  add_generation_prompt=True),
-    render_chatml([{"role": "system", "content": SYSTEM},
-                   {"role": "user", "content": "How do I open a file for reading in BBj?"}],
-                  add_generation_prompt=True),
-    render_chatml([{"role": "user", "content": "Create a BBjWindow with a button."}], add_generation_prompt=True),
-    "rem count the lines of a file\nch = unt\nopen (ch)\"data.txt\"\nwhile 1\n",
+    render_chatml(
+        [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "Write a BBj program that prints the numbers 1 to 10."},
+        ],
+        add_generation_prompt=True,
+    ),
+    render_chatml(
+        [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "How do I open a file for reading in BBj?"},
+        ],
+        add_generation_prompt=True,
+    ),
+    render_chatml(
+        [{"role": "user", "content": "Create a BBjWindow with a button."}], add_generation_prompt=True
+    ),
+    'rem count the lines of a file\nch = unt\nopen (ch)"data.txt"\nwhile 1\n',
     "<|fim_prefix|>for i = 1 to 10\n<|fim_suffix|>\nnext i\n<|fim_middle|>",
 ]
 TOKENIZER_SAMPLES = [
-    "0010 REM Kundenliste drucken\r\n0020 LET A$=\"Größe: \"+STR(X:\"##0.00\")\r\n0030 PRINT @(0,2),A$\r\n",
+    '0010 REM Kundenliste drucken\r\n0020 LET A$="Größe: "+STR(X:"##0.00")\r\n0030 PRINT @(0,2),A$\r\n',
     "class public Customer\n    field public BBjString Name$\n    method public void setName(BBjString n$)\n"
     "        #Name$ = n$\n    methodend\nclassend\n",
-    "sysgui = bbjapi().openSysGui(\"X0\")\nwin! = sysgui!.addWindow(10,10,300,200,\"Hello\")\n"
-    "btn! = win!.addButton(1,10,10,80,25,\"OK\")\nprocess_events\n",
+    'sysgui = bbjapi().openSysGui("X0")\nwin! = sysgui!.addWindow(10,10,300,200,"Hello")\n'
+    'btn! = win!.addButton(1,10,10,80,25,"OK")\nprocess_events\n',
     "\tx = 1\t\t; rem tabs and trailing spaces   \n\n\nseterr oops\nescape\noops: print err\n",
-    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n```bbj\nprint \"hi\"\n```<|im_end|>\n<|endoftext|>",
-    "<|fim_prefix|>a$ = \"x\"<|fim_suffix|>print a$<|fim_middle|>",
-    "emoji \U0001F600, é è, $0D0A$, 'CS', 1e-3, 0x1F, x%=-42",
+    '<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n```bbj\nprint "hi"\n```<|im_end|>\n<|endoftext|>',
+    '<|fim_prefix|>a$ = "x"<|fim_suffix|>print a$<|fim_middle|>',
+    "emoji \U0001f600, é è, $0D0A$, 'CS', 1e-3, 0x1F, x%=-42",
 ]
 
 
@@ -87,7 +97,9 @@ class Reference:
     greedy: list[list[int]]
     sample_ids: list[list[int]]
     stop_ids: set[int]
-    greedy_margins: list[list[float]] = field(default_factory=list)  # top-1 minus top-2 logit at each greedy step
+    greedy_margins: list[list[float]] = field(
+        default_factory=list
+    )  # top-1 minus top-2 logit at each greedy step
 
 
 def hf_reference(model_dir: str | Path, greedy_tokens: int = 16) -> Reference:
@@ -100,7 +112,7 @@ def hf_reference(model_dir: str | Path, greedy_tokens: int = 16) -> Reference:
     prompt_ids, logits, greedy, margins = [], [], [], []
     threads = torch.get_num_threads()
     small = sum(p.numel() for p in model.parameters()) < SMALL_MODEL_BYTES // 2
-    torch.set_num_threads(1 if small else min(threads, default_threads()))   # see default_threads
+    torch.set_num_threads(1 if small else min(threads, default_threads()))  # see default_threads
     try:
         with torch.no_grad():
             for text in PROMPTS:
@@ -120,14 +132,21 @@ def _greedy_hf(model, ids: list[int], n: int, stop: set[int]) -> tuple[list[int]
     """The greedy continuation, and at each step how far the chosen token's logit led the runner-up."""
     import torch
 
-    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                         max_new_tokens=n, do_sample=False, eos_token_id=sorted(stop) or None,
-                         pad_token_id=min(stop) if stop else None, return_dict_in_generate=True, output_logits=True)
+    out = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=n,
+        do_sample=False,
+        eos_token_id=sorted(stop) or None,
+        pad_token_id=min(stop) if stop else None,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
     margins = []
     for step in out.logits:
         top2 = torch.topk(step[0].float(), 2).values
         margins.append(float(top2[0] - top2[1]))
-    return [int(t) for t in out.sequences[0, len(ids):]], margins
+    return [int(t) for t in out.sequences[0, len(ids) :]], margins
 
 
 def verify_gguf(path: str | Path, quant: str, ref: Reference, threads: int | None = None) -> dict[str, Any]:
@@ -140,36 +159,58 @@ def verify_gguf(path: str | Path, quant: str, ref: Reference, threads: int | Non
     t0 = time.time()
     with quiet_llama_logs():
         try:
-            llm = llama_cpp.Llama(str(path), n_ctx=max(n_ctx, 64), logits_all=True, n_threads=threads,
-                                  n_threads_batch=threads, n_batch=max(n_ctx, 64), verbose=False)
+            llm = llama_cpp.Llama(
+                str(path),
+                n_ctx=max(n_ctx, 64),
+                logits_all=True,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_batch=max(n_ctx, 64),
+                verbose=False,
+            )
         except (ValueError, RuntimeError) as exc:
             return {"file": path.name, "quant": quant, "loads": False, "error": str(exc), "ok": False}
     load_s = time.time() - t0
     try:
         if llm.n_vocab() != ref.logits[0].shape[-1]:
-            return {"file": path.name, "quant": quant, "loads": True, "ok": False,
-                    "error": f"vocabulary {llm.n_vocab()} != HF {ref.logits[0].shape[-1]}"}
-        tokenization = [llm.tokenize(s.encode("utf-8"), add_bos=False, special=True) == ids
-                        for s, ids in zip(TOKENIZER_SAMPLES, ref.sample_ids)]
+            return {
+                "file": path.name,
+                "quant": quant,
+                "loads": True,
+                "ok": False,
+                "error": f"vocabulary {llm.n_vocab()} != HF {ref.logits[0].shape[-1]}",
+            }
+        tokenization = [
+            llm.tokenize(s.encode("utf-8"), add_bos=False, special=True) == ids
+            for s, ids in zip(TOKENIZER_SAMPLES, ref.sample_ids)
+        ]
         diffs, top1, spreads, greedy_prefix = [], [], [], []
         for ids, hf_logits, hf_greedy in zip(ref.prompt_ids, ref.logits, ref.greedy):
             llm.reset()
             llm.eval(ids)
-            gg = np.array(llm.scores[:len(ids)], dtype=np.float32)
+            gg = np.array(llm.scores[: len(ids)], dtype=np.float32)
             diffs.append(np.abs(gg - hf_logits))
             spreads.append(hf_logits.std(axis=-1))
             top1.append(gg.argmax(-1) == hf_logits.argmax(-1))
-            greedy_prefix.append(_common_prefix(_greedy_llama(llm, ids, len(hf_greedy), ref.stop_ids), hf_greedy))
+            greedy_prefix.append(
+                _common_prefix(_greedy_llama(llm, ids, len(hf_greedy), ref.stop_ids), hf_greedy)
+            )
     finally:
         llm.close()
     all_diff = np.concatenate([d.reshape(-1) for d in diffs])
     spread = float(np.mean(np.concatenate(spreads)))
     per_pos_max = np.concatenate([d.max(axis=-1) for d in diffs])
     report = {
-        "file": path.name, "quant": quant, "loads": True, "bytes": path.stat().st_size, "load_s": round(load_s, 3),
-        "tokenization_identical": all(tokenization), "tokenization_samples": len(tokenization),
+        "file": path.name,
+        "quant": quant,
+        "loads": True,
+        "bytes": path.stat().st_size,
+        "load_s": round(load_s, 3),
+        "tokenization_identical": all(tokenization),
+        "tokenization_samples": len(tokenization),
         "positions": int(per_pos_max.size),
-        "max_abs_diff": round(float(all_diff.max()), 5), "mean_abs_diff": round(float(all_diff.mean()), 6),
+        "max_abs_diff": round(float(all_diff.max()), 5),
+        "mean_abs_diff": round(float(all_diff.mean()), 6),
         "logit_std": round(spread, 5),
         "max_rel_diff": round(float(all_diff.max()) / spread, 5),
         "mean_rel_diff": round(float(all_diff.mean()) / spread, 6),
@@ -180,8 +221,11 @@ def verify_gguf(path: str | Path, quant: str, ref: Reference, threads: int | Non
         # a divergence where the merged model's two best tokens were closer than twice the largest logit
         # difference measured is a tie that rounding broke, not a wrong conversion: seen with the
         # quickstart's briefly trained tiny model (margin 3e-05 against |Δlogit| 9e-04 in f16)
-        "greedy_near_ties": [i for i, (p, g, m) in enumerate(zip(greedy_prefix, ref.greedy, ref.greedy_margins))
-                             if p < len(g) and p < len(m) and m[p] <= 2 * float(all_diff.max())],
+        "greedy_near_ties": [
+            i
+            for i, (p, g, m) in enumerate(zip(greedy_prefix, ref.greedy, ref.greedy_margins))
+            if p < len(g) and p < len(m) and m[p] <= 2 * float(all_diff.max())
+        ],
         "tolerance": asdict(tol),
     }
     report["failures"] = _failures(report, tol, ref)
@@ -237,10 +281,15 @@ def _failures(report: dict[str, Any], tol: Tolerance, ref: Reference) -> list[st
         out.append(f"top-1 agreement {report['top1_agreement']:.3f} below {tol.top1}")
     if tol.greedy_tokens:
         ties = set(report.get("greedy_near_ties", ()))
-        short = [p for i, (p, g) in enumerate(zip(report["greedy_common_prefix"], ref.greedy))
-                 if p < min(tol.greedy_tokens, len(g)) and i not in ties]
+        short = [
+            p
+            for i, (p, g) in enumerate(zip(report["greedy_common_prefix"], ref.greedy))
+            if p < min(tol.greedy_tokens, len(g)) and i not in ties
+        ]
         if short:
-            out.append(f"greedy text diverges within the first {tol.greedy_tokens} tokens on {len(short)} prompt(s)")
+            out.append(
+                f"greedy text diverges within the first {tol.greedy_tokens} tokens on {len(short)} prompt(s)"
+            )
     return out
 
 
@@ -249,41 +298,63 @@ def verify_all(model_dir: str | Path, ggufs: dict[str, Path], threads: int | Non
     t0 = time.time()
     ref = hf_reference(model_dir)
     results = {quant: verify_gguf(path, quant, ref, threads) for quant, path in ggufs.items()}
-    return {"reference": str(model_dir), "prompts": len(PROMPTS), "tokenizer_samples": len(TOKENIZER_SAMPLES),
-            "results": results, "ok": all(r["ok"] for r in results.values()), "seconds": round(time.time() - t0, 2)}
+    return {
+        "reference": str(model_dir),
+        "prompts": len(PROMPTS),
+        "tokenizer_samples": len(TOKENIZER_SAMPLES),
+        "results": results,
+        "ok": all(r["ok"] for r in results.values()),
+        "seconds": round(time.time() - t0, 2),
+    }
 
 
 def raise_on_failure(report: dict[str, Any]) -> None:
     bad = {q: r for q, r in report["results"].items() if not r["ok"]}
     lora = report.get("lora_gguf") or {}
     if lora.get("lora_ok") is False:
-        bad["lora"] = {"failures": ["base + GGUF LoRA adapter does not compute what the merged model computes"]}
+        bad["lora"] = {
+            "failures": ["base + GGUF LoRA adapter does not compute what the merged model computes"]
+        }
     if bad:
-        text = "; ".join(f"{q}: {', '.join(r.get('failures') or [r.get('error', 'failed')])}" for q, r in bad.items())
+        text = "; ".join(
+            f"{q}: {', '.join(r.get('failures') or [r.get('error', 'failed')])}" for q, r in bad.items()
+        )
         good = [q for q, r in report["results"].items() if r["ok"]]
-        raise BbjtuneError(f"GGUF verification failed — {text}",
-                           "see verify.json in the export directory; the files were kept for inspection"
-                           + (f"; {', '.join(good)} passed" if good else ""))
+        raise BbjtuneError(
+            f"GGUF verification failed — {text}",
+            "see verify.json in the export directory; the files were kept for inspection"
+            + (f"; {', '.join(good)} passed" if good else ""),
+        )
 
 
-def compare_lora_with_merged(base: Path, lora: Path, merged: Path, threads: int | None = None) -> dict[str, Any]:
+def compare_lora_with_merged(
+    base: Path, lora: Path, merged: Path, threads: int | None = None
+) -> dict[str, Any]:
     """llama.cpp with base + GGUF LoRA adapter must compute what the merged f16 GGUF computes."""
     llama_cpp = require_llama_cpp()
     ids = list(range(0, 32))
     scores = {}
     with quiet_llama_logs():
-        for label, kwargs in (("lora", {"model_path": str(base), "lora_path": str(lora)}),
-                              ("merged", {"model_path": str(merged)}), ("base", {"model_path": str(base)})):
+        for label, kwargs in (
+            ("lora", {"model_path": str(base), "lora_path": str(lora)}),
+            ("merged", {"model_path": str(merged)}),
+            ("base", {"model_path": str(base)}),
+        ):
             n = threads or default_threads(kwargs["model_path"])
-            llm = llama_cpp.Llama(**kwargs, n_ctx=64, logits_all=True, n_threads=n, n_threads_batch=n, verbose=False)
+            llm = llama_cpp.Llama(
+                **kwargs, n_ctx=64, logits_all=True, n_threads=n, n_threads_batch=n, verbose=False
+            )
             try:
                 llm.eval(ids)
-                scores[label] = np.array(llm.scores[:len(ids)], dtype=np.float32)
+                scores[label] = np.array(llm.scores[: len(ids)], dtype=np.float32)
             finally:
                 llm.close()
     lora_vs_merged = float(np.abs(scores["lora"] - scores["merged"]).max())
     base_vs_merged = float(np.abs(scores["base"] - scores["merged"]).max())
     # the adapter must account for (nearly) all of the change the merge made
     ok = lora_vs_merged <= 0.1 * max(base_vs_merged, 1e-6) or lora_vs_merged < 1e-3
-    return {"lora_vs_merged_max_abs_diff": round(lora_vs_merged, 5),
-            "base_vs_merged_max_abs_diff": round(base_vs_merged, 5), "lora_ok": bool(ok)}
+    return {
+        "lora_vs_merged_max_abs_diff": round(lora_vs_merged, 5),
+        "base_vs_merged_max_abs_diff": round(base_vs_merged, 5),
+        "lora_ok": bool(ok),
+    }

@@ -16,7 +16,7 @@ from typing import Any
 
 from bbjtune.export.adapter import AdapterInfo
 
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)   # the values --max-lora-rank accepts
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values --max-lora-rank accepts
 
 
 @dataclass
@@ -36,16 +36,33 @@ class VllmPlan:
         return self.adapter is not None and not self.blockers
 
     def lora_command(self) -> list[str]:
-        return ["vllm", "serve", str(self.base_model), "--enable-lora",
-                "--lora-modules", f"{self.served_name}={self.adapter}",
-                "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras),
-                "--max-model-len", str(self.max_model_len)]
+        return [
+            "vllm",
+            "serve",
+            str(self.base_model),
+            "--enable-lora",
+            "--lora-modules",
+            f"{self.served_name}={self.adapter}",
+            "--max-lora-rank",
+            str(self.max_lora_rank),
+            "--max-loras",
+            str(self.max_loras),
+            "--max-model-len",
+            str(self.max_model_len),
+        ]
 
     def merged_command(self) -> list[str] | None:
         if self.merged_dir is None:
             return None
-        return ["vllm", "serve", str(self.merged_dir), "--served-model-name", self.served_name,
-                "--max-model-len", str(self.max_model_len)]
+        return [
+            "vllm",
+            "serve",
+            str(self.merged_dir),
+            "--served-model-name",
+            self.served_name,
+            "--max-model-len",
+            str(self.max_model_len),
+        ]
 
     def command(self) -> list[str] | None:
         return self.lora_command() if self.lora_ok else self.merged_command()
@@ -56,17 +73,24 @@ class VllmPlan:
             "served_model_name": self.served_name,
             "mode": "lora" if self.lora_ok else "merged",
             "base_model": self.base_model,
-            "lora": {"name": self.served_name, "path": str(self.adapter), "rank": self.rank} if self.lora_ok else None,
+            "lora": {"name": self.served_name, "path": str(self.adapter), "rank": self.rank}
+            if self.lora_ok
+            else None,
             "lora_blockers": self.blockers,
-            "args": {"enable_lora": self.lora_ok, "max_lora_rank": self.max_lora_rank if self.lora_ok else None,
-                     "max_loras": self.max_loras if self.lora_ok else None, "max_model_len": self.max_model_len},
+            "args": {
+                "enable_lora": self.lora_ok,
+                "max_lora_rank": self.max_lora_rank if self.lora_ok else None,
+                "max_loras": self.max_loras if self.lora_ok else None,
+                "max_model_len": self.max_model_len,
+            },
             "command": shlex.join(cmd) if cmd else None,
             "merged_command": shlex.join(self.merged_command()) if self.merged_dir else None,
             "explanation": explain(self),  # what `bbjtune serve vllm` prints
             "request_example": (
                 "curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' "
-                f"-d '{{\"model\": \"{self.served_name}\", \"messages\": "
-                "[{\"role\": \"user\", \"content\": \"Write a BBj program that prints hello\"}]}'"),
+                f'-d \'{{"model": "{self.served_name}", "messages": '
+                '[{"role": "user", "content": "Write a BBj program that prints hello"}]}\''
+            ),
         }
 
 
@@ -75,26 +99,46 @@ def max_lora_rank_for(rank: int) -> int | None:
     return next((r for r in VLLM_LORA_RANKS if r >= rank), None)
 
 
-def plan_vllm(info: AdapterInfo | None, base_model: str | None, *, served_name: str, max_loras: int,
-              max_model_len: int, merged_dir: Path | None) -> VllmPlan:
+def plan_vllm(
+    info: AdapterInfo | None,
+    base_model: str | None,
+    *,
+    served_name: str,
+    max_loras: int,
+    max_model_len: int,
+    merged_dir: Path | None,
+) -> VllmPlan:
     """Check the adapter against what vLLM accepts and build the launch plan."""
-    blockers = list(info.serving_blockers()) if info else ["there is no adapter (nothing was trained with LoRA)"]
+    blockers = (
+        list(info.serving_blockers()) if info else ["there is no adapter (nothing was trained with LoRA)"]
+    )
     rank = info.rank if info else None
     max_rank = max_lora_rank_for(rank) if rank else None
     if rank and max_rank is None:
         blockers.append(f"its rank {rank} is above vLLM's largest --max-lora-rank ({VLLM_LORA_RANKS[-1]})")
     if base_model and (base_model.lower().endswith(".gguf") or base_model.startswith("tiny:")):
         blockers.append(f"its base '{base_model}' is not a Hugging Face checkpoint vLLM can load with LoRA")
-    return VllmPlan(served_name, base_model, info.directory.resolve() if info else None, rank, max_rank,
-                    max_loras, max_model_len, merged_dir.resolve() if merged_dir else None, blockers)
+    return VllmPlan(
+        served_name,
+        base_model,
+        info.directory.resolve() if info else None,
+        rank,
+        max_rank,
+        max_loras,
+        max_model_len,
+        merged_dir.resolve() if merged_dir else None,
+        blockers,
+    )
 
 
 def explain(plan: VllmPlan) -> str:
     """Human text: the command to run and, when LoRA serving is impossible, why and what instead."""
     lines = []
     if plan.lora_ok:
-        lines.append(f"vLLM serves the base model with the BBj adapter as LoRA '{plan.served_name}' "
-                     f"(rank {plan.rank}, --max-lora-rank {plan.max_lora_rank}):")
+        lines.append(
+            f"vLLM serves the base model with the BBj adapter as LoRA '{plan.served_name}' "
+            f"(rank {plan.rank}, --max-lora-rank {plan.max_lora_rank}):"
+        )
         lines.append("  " + shlex.join(plan.lora_command()))
     else:
         lines.append("vLLM cannot load this adapter as a LoRA because " + "; ".join(plan.blockers) + ".")
@@ -103,6 +147,10 @@ def explain(plan: VllmPlan) -> str:
             lines.append("Serve the merged model instead (the adapter is already folded into its weights):")
             lines.append("  " + shlex.join(merged))
         else:
-            lines.append("Run `bbjtune export` with export.merged: true to get a merged model vLLM can serve.")
-    lines.append(f"Then ask it with \"model\": \"{plan.served_name}\" at http://127.0.0.1:8000/v1/chat/completions")
+            lines.append(
+                "Run `bbjtune export` with export.merged: true to get a merged model vLLM can serve."
+            )
+    lines.append(
+        f'Then ask it with "model": "{plan.served_name}" at http://127.0.0.1:8000/v1/chat/completions'
+    )
     return "\n".join(lines)

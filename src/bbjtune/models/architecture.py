@@ -38,8 +38,15 @@ class Architecture:
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer in one decoder layer."""
         h, i, q, kv = self.hidden, self.intermediate, self.heads * self.head_dim, self.kv_dim
-        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
-                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+        return {
+            "q_proj": (h, q),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (q, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
 
     @property
     def linear_params(self) -> int:
@@ -60,9 +67,15 @@ class Architecture:
     def from_config(cls, config: Any) -> Architecture:
         get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
         heads = get("num_attention_heads")
-        return cls(hidden=get("hidden_size"), intermediate=get("intermediate_size"), layers=get("num_hidden_layers"),
-                   heads=heads, kv_heads=get("num_key_value_heads") or heads, vocab=get("vocab_size"),
-                   tied=bool(get("tie_word_embeddings", False)))
+        return cls(
+            hidden=get("hidden_size"),
+            intermediate=get("intermediate_size"),
+            layers=get("num_hidden_layers"),
+            heads=heads,
+            kv_heads=get("num_key_value_heads") or heads,
+            vocab=get("vocab_size"),
+            tied=bool(get("tie_word_embeddings", False)),
+        )
 
 
 # Qwen2.5(-Coder) architectures, for estimates without downloading a config.
@@ -101,11 +114,15 @@ def architecture_of(source: str) -> Architecture | None:
     elif resolved.kind == "gguf":
         m = read_gguf_metadata(resolved.path)
         arch = m.get("general.architecture", "qwen2")
-        config = {"hidden_size": m.get(f"{arch}.embedding_length"), "num_hidden_layers": m.get(f"{arch}.block_count"),
-                  "intermediate_size": m.get(f"{arch}.feed_forward_length"),
-                  "num_attention_heads": m.get(f"{arch}.attention.head_count"),
-                  "num_key_value_heads": m.get(f"{arch}.attention.head_count_kv"),
-                  "vocab_size": m.get("tokenizer.ggml.tokens"), "tie_word_embeddings": False}
+        config = {
+            "hidden_size": m.get(f"{arch}.embedding_length"),
+            "num_hidden_layers": m.get(f"{arch}.block_count"),
+            "intermediate_size": m.get(f"{arch}.feed_forward_length"),
+            "num_attention_heads": m.get(f"{arch}.attention.head_count"),
+            "num_key_value_heads": m.get(f"{arch}.attention.head_count_kv"),
+            "vocab_size": m.get("tokenizer.ggml.tokens"),
+            "tie_word_embeddings": False,
+        }
     else:
         return None
     try:

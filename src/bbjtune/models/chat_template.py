@@ -27,8 +27,8 @@ _TOOLS_INTRO = (
 )
 _TOOLS_OUTRO = (
     "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments "
-    "within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, "
-    "\\\"arguments\\\": <args-json-object>}\\n</tool_call><|im_end|>\\n"
+    'within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, '
+    '\\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n'
 )
 
 # One template, two forms: with the markers (what bbjtune saves) and without them.
@@ -37,9 +37,9 @@ _TEMPLATE = (
     "{%- if tools -%}\n"
     "  {{- '<|im_start|>system\\n' -}}\n"
     "  {{- messages[0]['content'] if messages[0]['role'] == 'system' else default_system -}}\n"
-    "  {{- \"" + _TOOLS_INTRO + "\" -}}\n"
+    '  {{- "' + _TOOLS_INTRO + '" -}}\n'
     "  {%- for tool in tools -%}{{- '\\n' -}}{{- tool | tojson -}}{%- endfor -%}\n"
-    "  {{- \"" + _TOOLS_OUTRO + "\" -}}\n"
+    '  {{- "' + _TOOLS_OUTRO + '" -}}\n'
     "{%- elif messages[0]['role'] == 'system' -%}\n"
     "  {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' -}}\n"
     "{%- else -%}\n"
@@ -56,7 +56,7 @@ _TEMPLATE = (
     "      {%- if message.content -%}{{- '\\n' + message.content -}}{%- endif -%}\n"
     "      {%- for call in message.tool_calls -%}\n"
     "        {%- set fn = call.function if call.function is defined else call -%}\n"
-    "        {{- '\\n<tool_call>\\n{\"name\": \"' + fn.name + '\", \"arguments\": ' -}}\n"
+    '        {{- \'\\n<tool_call>\\n{"name": "\' + fn.name + \'", "arguments": \' -}}\n'
     "        {{- fn.arguments | tojson -}}{{- '}\\n</tool_call>' -}}\n"
     "      {%- endfor -%}\n"
     "    {%- else -%}{{- message.content -}}{%- endif -%}\n"
@@ -72,16 +72,22 @@ _TEMPLATE = (
 
 CHATML_TEMPLATE = _TEMPLATE.replace("@@GEN@@", "").replace("@@ENDGEN@@", "")
 CHATML_TRAINING_TEMPLATE = _TEMPLATE.replace("@@GEN@@", "{%- generation -%}").replace(
-    "@@ENDGEN@@", "{%- endgeneration -%}")
+    "@@ENDGEN@@", "{%- endgeneration -%}"
+)
 
 
-def render_chatml(messages: list[dict[str, Any]], add_generation_prompt: bool = False,
-                  tools: list[dict[str, Any]] | None = None) -> str:
+def render_chatml(
+    messages: list[dict[str, Any]],
+    add_generation_prompt: bool = False,
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
     """The ChatML text of a conversation, written out in plain Python (the format's specification)."""
     out = []
     first_is_system = bool(messages) and messages[0]["role"] == "system"
     if tools:
-        out.append(IM_START + "system\n" + (messages[0]["content"] if first_is_system else QWEN_DEFAULT_SYSTEM))
+        out.append(
+            IM_START + "system\n" + (messages[0]["content"] if first_is_system else QWEN_DEFAULT_SYSTEM)
+        )
         out.append(json.loads('"' + _TOOLS_INTRO + '"'))
         out.extend("\n" + json.dumps(t, ensure_ascii=False) for t in tools)
         out.append(json.loads('"' + _TOOLS_OUTRO + '"'))
@@ -98,8 +104,13 @@ def render_chatml(messages: list[dict[str, Any]], add_generation_prompt: bool = 
             out.append(f"{IM_START}assistant" + (f"\n{m['content']}" if m.get("content") else ""))
             for call in m["tool_calls"]:
                 fn = call.get("function", call)
-                out.append('\n<tool_call>\n{"name": "' + fn["name"] + '", "arguments": '
-                           + json.dumps(fn["arguments"], ensure_ascii=False) + "}\n</tool_call>")
+                out.append(
+                    '\n<tool_call>\n{"name": "'
+                    + fn["name"]
+                    + '", "arguments": '
+                    + json.dumps(fn["arguments"], ensure_ascii=False)
+                    + "}\n</tool_call>"
+                )
             out.append(f"{IM_END}\n")
         elif role == "tool":
             if i == 0 or messages[i - 1]["role"] != "tool":
@@ -124,8 +135,12 @@ def install_training_template(tokenizer: Any) -> None:
     """
     own = getattr(tokenizer, "chat_template", None)
     if own and own != CHATML_TRAINING_TEMPLATE:
-        sample = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
-                  {"role": "assistant", "content": "A"}, {"role": "user", "content": "V"}]
+        sample = [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "U"},
+            {"role": "assistant", "content": "A"},
+            {"role": "user", "content": "V"},
+        ]
         theirs = tokenizer.apply_chat_template(sample, tokenize=False, add_generation_prompt=True)
         if theirs != render_chatml(sample, add_generation_prompt=True):
             raise ValueError("the tokenizer's chat template is not Qwen ChatML")

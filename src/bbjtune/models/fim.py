@@ -44,7 +44,17 @@ FIM_TOKENS = (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, FIM_PAD, REPO_NAME, FILE_SEP)
 
 # What ends a completion: the model's own end (<|endoftext|>), and any structure token, which means
 # the model has left the middle (Continue stops on the same set for Qwen2.5-Coder).
-FIM_STOP_TOKENS = (ENDOFTEXT, FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, FIM_PAD, REPO_NAME, FILE_SEP, IM_START, IM_END)
+FIM_STOP_TOKENS = (
+    ENDOFTEXT,
+    FIM_PREFIX,
+    FIM_SUFFIX,
+    FIM_MIDDLE,
+    FIM_PAD,
+    REPO_NAME,
+    FILE_SEP,
+    IM_START,
+    IM_END,
+)
 
 
 def fim_prompt(prefix: str, suffix: str) -> str:
@@ -71,7 +81,9 @@ class RepoFile:
 def repo_context(repo: str, files: list[RepoFile], path: str) -> str:
     """The repository-level lead-in: other files of the tree, then the path of the file with the hole."""
     parts = [f"{REPO_NAME}{repo}\n"]
-    parts += [f"{FILE_SEP}{f.path}\n{f.text if f.text.endswith(chr(10)) else f.text + chr(10)}" for f in files]
+    parts += [
+        f"{FILE_SEP}{f.path}\n{f.text if f.text.endswith(chr(10)) else f.text + chr(10)}" for f in files
+    ]
     parts.append(f"{FILE_SEP}{path}\n")
     return "".join(parts)
 

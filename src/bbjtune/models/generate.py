@@ -42,8 +42,8 @@ class Request:
 
     messages: list[dict[str, str]] | None = None
     text: str | None = None
-    stop: tuple[str, ...] = ()          # extra stop strings (text continuation)
-    max_new_tokens: int | None = None   # None: the sampling default
+    stop: tuple[str, ...] = ()  # extra stop strings (text continuation)
+    max_new_tokens: int | None = None  # None: the sampling default
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -59,7 +59,7 @@ class Sampling:
 @dataclass
 class Completion:
     text: str
-    finish_reason: str               # "stop" | "length" | "error"
+    finish_reason: str  # "stop" | "length" | "error"
     error: str | None = None
     latency_s: float = 0.0
     tokens: int | None = None
@@ -74,7 +74,9 @@ class Backend(Protocol):
 
     def describe(self) -> dict[str, Any]: ...
 
-    def generate(self, requests: Sequence[Request], sampling: Sampling) -> Iterator[tuple[int, list[Completion]]]:
+    def generate(
+        self, requests: Sequence[Request], sampling: Sampling
+    ) -> Iterator[tuple[int, list[Completion]]]:
         """Yield (index into requests, its n completions), in any order, as they finish."""
         ...
 
@@ -89,20 +91,31 @@ def truncate_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
 
 # ----------------------------------------------------------------------------- transformers
 
+
 class TransformersBackend:
     """A causal LM in this process; batched generation with left padding."""
 
     name = "transformers"
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, description: dict[str, Any] | None = None,
-                 batch_tokens: int | None = None, static_cache: bool = False, continuous: bool = False):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        batch_size: int = 16,
+        description: dict[str, Any] | None = None,
+        batch_tokens: int | None = None,
+        static_cache: bool = False,
+        continuous: bool = False,
+    ):
         import torch
 
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = ENDOFTEXT if ENDOFTEXT in self.tokenizer.get_vocab() else self.tokenizer.eos_token
+            self.tokenizer.pad_token = (
+                ENDOFTEXT if ENDOFTEXT in self.tokenizer.get_vocab() else self.tokenizer.eos_token
+            )
         self.batch_size = batch_size
         self.batch_tokens = batch_tokens
         self.static_cache = static_cache
@@ -114,9 +127,17 @@ class TransformersBackend:
         self.generated_tokens = 0
 
     @classmethod
-    def load(cls, source: str, adapter: str | None = None, tokenizer: str | None = None, dtype: str = "auto",
-             batch_size: int = 16, batch_tokens: int | None = None, static_cache: bool = False,
-             continuous: bool = False) -> TransformersBackend:
+    def load(
+        cls,
+        source: str,
+        adapter: str | None = None,
+        tokenizer: str | None = None,
+        dtype: str = "auto",
+        batch_size: int = 16,
+        batch_tokens: int | None = None,
+        static_cache: bool = False,
+        continuous: bool = False,
+    ) -> TransformersBackend:
         """A model from any source bbjtune accepts, with an optional LoRA adapter applied on top."""
         import torch
 
@@ -126,11 +147,20 @@ class TransformersBackend:
         tok = load_tokenizer(tok_source)
         if adapter:
             model = apply_adapter(model, adapter)
-        return cls(model, tok, batch_size, {"source": source, "adapter": adapter, "tokenizer": str(tok_source)},
-                   batch_tokens=batch_tokens, static_cache=static_cache, continuous=continuous)
+        return cls(
+            model,
+            tok,
+            batch_size,
+            {"source": source, "adapter": adapter, "tokenizer": str(tok_source)},
+            batch_tokens=batch_tokens,
+            static_cache=static_cache,
+            continuous=continuous,
+        )
 
     @classmethod
-    def from_trained(cls, trained: str | Path, dtype: str = "auto", batch_size: int = 16) -> TransformersBackend:
+    def from_trained(
+        cls, trained: str | Path, dtype: str = "auto", batch_size: int = 16
+    ) -> TransformersBackend:
         """The fine-tuned model described by a train run's trained.json (or its run directory)."""
         import torch
 
@@ -139,9 +169,16 @@ class TransformersBackend:
         return cls(model, tok, batch_size, {"trained": str(trained)})
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "batch_size": self.batch_size, "batch_tokens": self.batch_tokens,
-                "static_cache": self.static_cache, "continuous": self.continuous, "device": str(self.device),
-                "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""), **self._description}
+        return {
+            "backend": self.name,
+            "batch_size": self.batch_size,
+            "batch_tokens": self.batch_tokens,
+            "static_cache": self.static_cache,
+            "continuous": self.continuous,
+            "device": str(self.device),
+            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            **self._description,
+        }
 
     def close(self) -> None:
         self.model = None
@@ -159,10 +196,14 @@ class TransformersBackend:
         if request.text is not None:
             return request.text
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(
+                request.messages, tokenize=False, add_generation_prompt=True
+            )
         return render_chatml(request.messages, add_generation_prompt=True)
 
-    def generate(self, requests: Sequence[Request], sampling: Sampling) -> Iterator[tuple[int, list[Completion]]]:
+    def generate(
+        self, requests: Sequence[Request], sampling: Sampling
+    ) -> Iterator[tuple[int, list[Completion]]]:
         torch = self._torch
         threads = torch.get_num_threads()
         if self.device.type == "cpu" and sum(p.numel() for p in self.model.parameters()) < SMALL_MODEL_PARAMS:
@@ -176,24 +217,35 @@ class TransformersBackend:
         finally:
             torch.set_num_threads(threads)
 
-    def _generate_all(self, requests: Sequence[Request], sampling: Sampling) -> Iterator[tuple[int, list[Completion]]]:
+    def _generate_all(
+        self, requests: Sequence[Request], sampling: Sampling
+    ) -> Iterator[tuple[int, list[Completion]]]:
         prompts = [self.render(r) for r in requests]
         lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
         # Same settings together, then longest first: similar lengths share a batch (little padding)
         # and an out-of-memory batch shows up at the start, not after an hour.
-        order = sorted(range(len(requests)), key=lambda i: (requests[i].max_new_tokens or sampling.max_new_tokens,
-                                                             requests[i].stop, -lengths[i]))
+        order = sorted(
+            range(len(requests)),
+            key=lambda i: (
+                requests[i].max_new_tokens or sampling.max_new_tokens,
+                requests[i].stop,
+                -lengths[i],
+            ),
+        )
         for batch_no, batch in enumerate(self._batches(order, lengths, requests, sampling)):
             groups = _split_by_settings(batch, requests)
             for group in groups:
-                yield from self._generate_batch(group, prompts, requests, sampling, seed=sampling.seed + batch_no)
+                yield from self._generate_batch(
+                    group, prompts, requests, sampling, seed=sampling.seed + batch_no
+                )
 
-    def _batches(self, order: list[int], lengths: list[int], requests: Sequence[Request],
-                 sampling: Sampling) -> Iterator[list[int]]:
+    def _batches(
+        self, order: list[int], lengths: list[int], requests: Sequence[Request], sampling: Sampling
+    ) -> Iterator[list[int]]:
         """`batch_size` prompts at a time, or as many as keep rows x (longest prompt + new tokens) within batch_tokens."""
         if not self.batch_tokens:
             for start in range(0, len(order), self.batch_size):
-                yield order[start:start + self.batch_size]
+                yield order[start : start + self.batch_size]
             return
         batch: list[int] = []
         longest = 0
@@ -208,8 +260,9 @@ class TransformersBackend:
         if batch:
             yield batch
 
-    def _generate_batch(self, batch: list[int], prompts: list[str], requests: Sequence[Request],
-                        sampling: Sampling, seed: int) -> Iterator[tuple[int, list[Completion]]]:
+    def _generate_batch(
+        self, batch: list[int], prompts: list[str], requests: Sequence[Request], sampling: Sampling, seed: int
+    ) -> Iterator[tuple[int, list[Completion]]]:
         torch = self._torch
         req = requests[batch[0]]
         max_new = req.max_new_tokens or sampling.max_new_tokens
@@ -218,7 +271,11 @@ class TransformersBackend:
             texts = self._run_generate([prompts[i] for i in batch], req.stop, max_new, sampling, seed)
         except torch.OutOfMemoryError:
             if len(batch) == 1:
-                yield batch[0], [Completion.failed("out of GPU memory for this prompt; lower max_new_tokens")] * sampling.n
+                yield (
+                    batch[0],
+                    [Completion.failed("out of GPU memory for this prompt; lower max_new_tokens")]
+                    * sampling.n,
+                )
                 return
             torch.cuda.empty_cache()
             half = len(batch) // 2
@@ -227,8 +284,13 @@ class TransformersBackend:
             return
         share = (time.monotonic() - t0) / len(batch)
         for j, i in enumerate(batch):
-            yield i, [Completion(text, finish, None, round(share, 4), n_tok)
-                      for text, finish, n_tok in texts[j * sampling.n:(j + 1) * sampling.n]]
+            yield (
+                i,
+                [
+                    Completion(text, finish, None, round(share, 4), n_tok)
+                    for text, finish, n_tok in texts[j * sampling.n : (j + 1) * sampling.n]
+                ],
+            )
 
     def token_stops(self, stops: tuple[str, ...]) -> tuple[list[int], tuple[str, ...]]:
         """(stop token ids, remaining stop strings) for a request's stops.
@@ -241,14 +303,24 @@ class TransformersBackend:
         stop_ids = sorted(set(self.stop_ids) | {vocab[s] for s in stops if s in special and s in vocab})
         return stop_ids, tuple(s for s in stops if s not in special)
 
-    def _run_generate(self, prompts: list[str], stops: tuple[str, ...], max_new: int, sampling: Sampling,
-                      seed: int) -> list[tuple[str, str, int]]:
+    def _run_generate(
+        self, prompts: list[str], stops: tuple[str, ...], max_new: int, sampling: Sampling, seed: int
+    ) -> list[tuple[str, str, int]]:
         torch = self._torch
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False,
-                             pad_to_multiple_of=64 if self.static_cache else None).to(self.device)
+        enc = self.tokenizer(
+            prompts,
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+            pad_to_multiple_of=64 if self.static_cache else None,
+        ).to(self.device)
         stop_ids, stops = self.token_stops(stops)
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new, "num_return_sequences": sampling.n,
-                                  "eos_token_id": stop_ids, "pad_token_id": self.tokenizer.pad_token_id}
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new,
+            "num_return_sequences": sampling.n,
+            "eos_token_id": stop_ids,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
         if self.static_cache:
             kwargs["cache_implementation"] = "static"
         if sampling.temperature > 0:
@@ -260,7 +332,7 @@ class TransformersBackend:
         torch.manual_seed(seed)
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
-        new_tokens = out[:, enc["input_ids"].shape[1]:].tolist()
+        new_tokens = out[:, enc["input_ids"].shape[1] :].tolist()
         results = []
         stop_set = set(stop_ids)
         for ids in new_tokens:
@@ -300,8 +372,10 @@ ProgressCallback = Callable[[int], None]
 # the engine is built for GPUs), so the padded batches stay the default; benchmarks/sample_speed.py
 # measures both on a GPU in one run.
 
-def generate_continuous(backend: Any, requests: Sequence[Request], sampling: Sampling,
-                        chunk: int = 256) -> Iterator[tuple[int, list[Completion]]]:
+
+def generate_continuous(
+    backend: Any, requests: Sequence[Request], sampling: Sampling, chunk: int = 256
+) -> Iterator[tuple[int, list[Completion]]]:
     """Yield (index, n completions) per request, chunk by chunk, through `model.generate_batch`."""
     from transformers import GenerationConfig
 
@@ -314,19 +388,27 @@ def generate_continuous(backend: Any, requests: Sequence[Request], sampling: Sam
         groups.setdefault((r.max_new_tokens or sampling.max_new_tokens, r.stop), []).append(i)
     for (max_new, request_stops), members in groups.items():
         stop_ids, stops = backend.token_stops(request_stops)
-        config = GenerationConfig(max_new_tokens=max_new, num_return_sequences=sampling.n,
-                                  min_new_tokens=getattr(backend.model.generation_config, "min_new_tokens", None),
-                                  eos_token_id=stop_ids, pad_token_id=tok.pad_token_id,
-                                  do_sample=sampling.temperature > 0,
-                                  **({"temperature": sampling.temperature, "top_p": sampling.top_p}
-                                     if sampling.temperature > 0 else {}))
+        config = GenerationConfig(
+            max_new_tokens=max_new,
+            num_return_sequences=sampling.n,
+            min_new_tokens=getattr(backend.model.generation_config, "min_new_tokens", None),
+            eos_token_id=stop_ids,
+            pad_token_id=tok.pad_token_id,
+            do_sample=sampling.temperature > 0,
+            **(
+                {"temperature": sampling.temperature, "top_p": sampling.top_p}
+                if sampling.temperature > 0
+                else {}
+            ),
+        )
         for start in range(0, len(members), chunk):
-            part = members[start:start + chunk]
+            part = members[start : start + chunk]
             torch.manual_seed(sampling.seed + start)
             t0 = time.monotonic()
             with torch.inference_mode():
-                outputs = backend.model.generate_batch([ids[i] for i in part], generation_config=config,
-                                                       progress_bar=False)
+                outputs = backend.model.generate_batch(
+                    [ids[i] for i in part], generation_config=config, progress_bar=False
+                )
             share = (time.monotonic() - t0) / len(part)
             by_prompt: dict[tuple[int, ...], list[int]] = {}
             for i in part:
@@ -339,11 +421,14 @@ def generate_continuous(backend: Any, requests: Sequence[Request], sampling: Sam
                     found[owner].append(_completion(backend, out, stop_ids, stops, share))
             for i in part:
                 got = found[i] + [Completion.failed("continuous batching returned no answer", share)] * (
-                    sampling.n - len(found[i]))
+                    sampling.n - len(found[i])
+                )
                 yield i, got
 
 
-def _completion(backend: Any, out: Any, stop_ids: list[int], stops: tuple[str, ...], share: float) -> Completion:
+def _completion(
+    backend: Any, out: Any, stop_ids: list[int], stops: tuple[str, ...], share: float
+) -> Completion:
     if out.error is not None:
         return Completion.failed(str(out.error), share)
     tokens = list(out.generated_tokens)

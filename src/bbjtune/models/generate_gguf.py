@@ -23,18 +23,27 @@ from bbjtune.models.generate import STOP_TOKENS, Completion, Request, Sampling, 
 class GgufBackend:
     name = "gguf"
 
-    def __init__(self, path: str, n_ctx: int = 8192, n_threads: int | None = None, n_gpu_layers: int | None = None):
+    def __init__(
+        self, path: str, n_ctx: int = 8192, n_threads: int | None = None, n_gpu_layers: int | None = None
+    ):
         try:
             import llama_cpp
         except ImportError:
-            raise BbjtuneError("the gguf backend needs llama-cpp-python, which is not installed",
-                               "pip install 'bbjtune[export]' (it compiles llama.cpp once, a few minutes)") from None
+            raise BbjtuneError(
+                "the gguf backend needs llama-cpp-python, which is not installed",
+                "pip install 'bbjtune[export]' (it compiles llama.cpp once, a few minutes)",
+            ) from None
         p = Path(path)
         if not p.is_file():
-            raise BbjtuneError(f"GGUF file {path} does not exist", "pass the path of a .gguf file (bbjtune export writes them)")
+            raise BbjtuneError(
+                f"GGUF file {path} does not exist",
+                "pass the path of a .gguf file (bbjtune export writes them)",
+            )
         with open(p, "rb") as fh:
             if fh.read(4) != b"GGUF":
-                raise BbjtuneError(f"{path} is not a GGUF file", "the file may be incomplete; export or download it again")
+                raise BbjtuneError(
+                    f"{path} is not a GGUF file", "the file may be incomplete; export or download it again"
+                )
         if n_threads is None:  # a small model is faster on one thread than on a busy machine's many
             n_threads = 1 if p.stat().st_size < 100_000_000 else os.cpu_count()
         if n_gpu_layers is None:
@@ -42,24 +51,42 @@ class GgufBackend:
         self.path = str(p)
         self._llama_cpp = llama_cpp
         try:
-            self.llm = llama_cpp.Llama(model_path=self.path, n_ctx=n_ctx, n_threads=n_threads,
-                                       n_gpu_layers=n_gpu_layers, seed=0, verbose=False)
+            self.llm = llama_cpp.Llama(
+                model_path=self.path,
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_gpu_layers=n_gpu_layers,
+                seed=0,
+                verbose=False,
+            )
         except (ValueError, RuntimeError) as exc:
-            raise BbjtuneError(f"llama.cpp cannot load {path}: {exc}", "check that the file is a complete GGUF model") from exc
+            raise BbjtuneError(
+                f"llama.cpp cannot load {path}: {exc}", "check that the file is a complete GGUF model"
+            ) from exc
         self.n_ctx = self.llm.n_ctx()
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "gguf": self.path, "n_ctx": self.n_ctx,
-                "llama_cpp": getattr(self._llama_cpp, "__version__", "?")}
+        return {
+            "backend": self.name,
+            "gguf": self.path,
+            "n_ctx": self.n_ctx,
+            "llama_cpp": getattr(self._llama_cpp, "__version__", "?"),
+        }
 
     def close(self) -> None:
         llm, self.llm = self.llm, None
         if llm is not None:
             llm.close()
 
-    def generate(self, requests: Sequence[Request], sampling: Sampling) -> Iterator[tuple[int, list[Completion]]]:
+    def generate(
+        self, requests: Sequence[Request], sampling: Sampling
+    ) -> Iterator[tuple[int, list[Completion]]]:
         for i, request in enumerate(requests):
-            prompt = request.text if request.text is not None else render_chatml(request.messages, add_generation_prompt=True)
+            prompt = (
+                request.text
+                if request.text is not None
+                else render_chatml(request.messages, add_generation_prompt=True)
+            )
             yield i, [self._one(prompt, request, sampling, sampling.seed + s) for s in range(sampling.n)]
 
     def _one(self, prompt: str, request: Request, sampling: Sampling, seed: int) -> Completion:
@@ -69,11 +96,21 @@ class GgufBackend:
         try:
             n_prompt = len(self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
             if n_prompt + 1 >= self.n_ctx:
-                return Completion.failed(f"the prompt has {n_prompt} tokens, more than the context of {self.n_ctx}")
+                return Completion.failed(
+                    f"the prompt has {n_prompt} tokens, more than the context of {self.n_ctx}"
+                )
             self.llm.set_seed(seed)
-            out = self.llm.create_completion(prompt, max_tokens=min(max_new, self.n_ctx - n_prompt - 1),
-                                             temperature=sampling.temperature, top_p=sampling.top_p,
-                                             stop=stops, seed=seed, top_k=0, min_p=0.0, repeat_penalty=1.0)
+            out = self.llm.create_completion(
+                prompt,
+                max_tokens=min(max_new, self.n_ctx - n_prompt - 1),
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                stop=stops,
+                seed=seed,
+                top_k=0,
+                min_p=0.0,
+                repeat_penalty=1.0,
+            )
         except (ValueError, RuntimeError) as exc:
             return Completion.failed(f"llama.cpp failed: {exc}", time.monotonic() - t0)
         choice = out["choices"][0]

@@ -25,14 +25,23 @@ from bbjtune.models.generate import STOP_TOKENS, Completion, Request, Sampling, 
 class HttpBackend:
     name = "http"
 
-    def __init__(self, base_url: str, model: str | None = None, timeout_s: float = 120.0, retries: int = 3,
-                 concurrency: int = 8, backoff_s: float = 0.5, max_connect_failures: int = 5,
-                 api_key: str | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        timeout_s: float = 120.0,
+        retries: int = 3,
+        concurrency: int = 8,
+        backoff_s: float = 0.5,
+        max_connect_failures: int = 5,
+        api_key: str | None = None,
+    ):
         try:
             import httpx
         except ImportError:
-            raise BbjtuneError("the http backend needs httpx, which is not installed",
-                               "pip install 'bbjtune[eval]'") from None
+            raise BbjtuneError(
+                "the http backend needs httpx, which is not installed", "pip install 'bbjtune[eval]'"
+            ) from None
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.retries = retries
@@ -42,15 +51,23 @@ class HttpBackend:
         key = api_key or os.environ.get("BBJTUNE_API_KEY") or os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._httpx = httpx
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)), headers=headers)
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout_s, connect=min(10.0, timeout_s)), headers=headers
+        )
         self._lock = threading.Lock()
         self._connect_failures = 0
         self._down_reason: str | None = None
         self.model = model or self._first_served_model() or "default"
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "base_url": self.base_url, "model": self.model,
-                "timeout_s": self.timeout_s, "retries": self.retries, "concurrency": self.concurrency}
+        return {
+            "backend": self.name,
+            "base_url": self.base_url,
+            "model": self.model,
+            "timeout_s": self.timeout_s,
+            "retries": self.retries,
+            "concurrency": self.concurrency,
+        }
 
     def close(self) -> None:
         self._client.close()
@@ -63,7 +80,9 @@ class HttpBackend:
         except Exception:  # noqa: BLE001 — only a convenience; requests will report real problems
             return None
 
-    def generate(self, requests: Sequence[Request], sampling: Sampling) -> Iterator[tuple[int, list[Completion]]]:
+    def generate(
+        self, requests: Sequence[Request], sampling: Sampling
+    ) -> Iterator[tuple[int, list[Completion]]]:
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="bbjtune-http") as pool:
             futures = {pool.submit(self._samples, r, sampling): i for i, r in enumerate(requests)}
             for fut in as_completed(futures):
@@ -73,8 +92,13 @@ class HttpBackend:
         return [self._one(request, sampling, sampling.seed + s) for s in range(sampling.n)]
 
     def _one(self, request: Request, sampling: Sampling, seed: int) -> Completion:
-        body: dict[str, Any] = {"model": self.model, "temperature": sampling.temperature, "top_p": sampling.top_p,
-                                "max_tokens": request.max_new_tokens or sampling.max_new_tokens, "seed": seed}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": request.max_new_tokens or sampling.max_new_tokens,
+            "seed": seed,
+        }
         stops = list(request.stop)
         if request.text is not None:
             url, body["prompt"] = f"{self.base_url}/completions", request.text
@@ -107,7 +131,9 @@ class HttpBackend:
                 reason = f"HTTP {resp.status_code} from {url}: {resp.text[:200]}"
                 continue
             if resp.status_code >= 400:
-                return Completion.failed(f"HTTP {resp.status_code} from {url}: {resp.text[:300]}", time.monotonic() - t0)
+                return Completion.failed(
+                    f"HTTP {resp.status_code} from {url}: {resp.text[:300]}", time.monotonic() - t0
+                )
             return self._parse(resp, stops, time.monotonic() - t0)
         return Completion.failed(f"{reason} (after {self.retries + 1} attempts)", time.monotonic() - t0)
 
@@ -117,18 +143,27 @@ class HttpBackend:
             text = choice["message"]["content"] if "message" in choice else choice["text"]
             finish = choice.get("finish_reason") or "stop"
         except (ValueError, KeyError, IndexError, TypeError):
-            return Completion.failed(f"the server's answer is not an OpenAI completion: {resp.text[:200]!r}", latency)
+            return Completion.failed(
+                f"the server's answer is not an OpenAI completion: {resp.text[:200]!r}", latency
+            )
         text, hit = truncate_at_stop(text or "", stops)
         tokens = (resp.json().get("usage") or {}).get("completion_tokens")
-        return Completion(text, "stop" if hit else ("length" if finish == "length" else "stop"), None,
-                          round(latency, 4), tokens)
+        return Completion(
+            text,
+            "stop" if hit else ("length" if finish == "length" else "stop"),
+            None,
+            round(latency, 4),
+            tokens,
+        )
 
     def _note_connect_failure(self, reason: str) -> None:
         with self._lock:
             self._connect_failures += 1
             if self._connect_failures >= self.max_connect_failures and not self._down_reason:
-                self._down_reason = (f"the endpoint looks down ({self._connect_failures} connection failures in a row; "
-                                     f"last: {reason})")
+                self._down_reason = (
+                    f"the endpoint looks down ({self._connect_failures} connection failures in a row; "
+                    f"last: {reason})"
+                )
 
     def _note_success(self) -> None:
         with self._lock:

@@ -54,16 +54,33 @@ def make_row(request: Request, sample: int, completion: Completion, label: str, 
     error = completion.error
     if error is None and not completion.text.strip():
         error = EMPTY_ANSWER
-    return {"id": m["id"], "prompt": m.get("prompt", ""), "category": m.get("category"),
-            "generation": m.get("generation"), "task": m.get("task"), "sample": sample,
-            "output": completion.text, "code": code if error is None else "",
-            "finish_reason": completion.finish_reason, "error": error, "latency_s": completion.latency_s,
-            "tokens": completion.tokens, "model": label, "suite": m["suite"]}
+    return {
+        "id": m["id"],
+        "prompt": m.get("prompt", ""),
+        "category": m.get("category"),
+        "generation": m.get("generation"),
+        "task": m.get("task"),
+        "sample": sample,
+        "output": completion.text,
+        "code": code if error is None else "",
+        "finish_reason": completion.finish_reason,
+        "error": error,
+        "latency_s": completion.latency_s,
+        "tokens": completion.tokens,
+        "model": label,
+        "suite": m["suite"],
+    }
 
 
-def generate_to_file(backend_factory: Callable[[], Backend], requests: Sequence[Request], sampling: Sampling,
-                     path: str | Path, label: str, extract: Callable[[Request, str], str],
-                     on_done: Callable[[int], None] | None = None) -> GenerationStats:
+def generate_to_file(
+    backend_factory: Callable[[], Backend],
+    requests: Sequence[Request],
+    sampling: Sampling,
+    path: str | Path,
+    label: str,
+    extract: Callable[[Request, str], str],
+    on_done: Callable[[int], None] | None = None,
+) -> GenerationStats:
     """Generate what is missing from `path` and append it; the backend is only built when needed."""
     path = Path(path)
     rows = read_complete_jsonl(path)

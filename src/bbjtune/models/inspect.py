@@ -17,7 +17,8 @@ def describe_model(spec: str) -> dict[str, Any]:
     sample = [{"role": "user", "content": "hi"}]
     template = getattr(tokenizer, "chat_template", None)
     chatml = bool(template) and tokenizer.apply_chat_template(
-        sample, tokenize=False, add_generation_prompt=True) == render_chatml(sample, add_generation_prompt=True)
+        sample, tokenize=False, add_generation_prompt=True
+    ) == render_chatml(sample, add_generation_prompt=True)
     return {
         "source": f"{source.kind}: {source.path or source.spec}",
         "architecture": ", ".join(getattr(cfg, "architectures", None) or [type(model).__name__]),
@@ -29,5 +30,5 @@ def describe_model(spec: str) -> dict[str, Any]:
         "special tokens": ", ".join(f"{t}={vocab[t]}" for t in (ENDOFTEXT, IM_START, IM_END) if t in vocab),
         "eos (generation)": model.generation_config.eos_token_id,
         "chat template": ("Qwen ChatML" if chatml else "other" if template else "none")
-                         + (" with loss markers" if has_generation_markers(template) else ""),
+        + (" with loss markers" if has_generation_markers(template) else ""),
     }

@@ -55,7 +55,7 @@ def check_source(spec: str) -> SourceKind:
         return "tiny"
     if spec.strip().startswith("random:"):
         parse_random_source(spec.strip())
-        return "local"   # resolve_source builds it as a local checkpoint
+        return "local"  # resolve_source builds it as a local checkpoint
     return resolve_source(spec).kind
 
 
@@ -63,39 +63,56 @@ def resolve_source(spec: str) -> ModelSource:
     """Decide what kind of source `spec` is; build tiny models; check local paths exist."""
     spec = spec.strip()
     if not spec:
-        raise BbjtuneError("the model source is empty", "set model.source to a hub id, a directory, a .gguf or tiny:demo")
+        raise BbjtuneError(
+            "the model source is empty", "set model.source to a hub id, a directory, a .gguf or tiny:demo"
+        )
     if spec.startswith("tiny:"):
         return ModelSource("tiny", spec, build_tiny(spec))
     if spec.startswith("random:"):
         return ModelSource("local", spec, build_random(spec, write_tokenizer=save_tokenizer))
     path = Path(spec).expanduser()
-    looks_local = spec.startswith((".", "/", "~")) or spec.lower().endswith(".gguf") or path.exists() \
+    looks_local = (
+        spec.startswith((".", "/", "~"))
+        or spec.lower().endswith(".gguf")
+        or path.exists()
         or spec.count("/") != 1
+    )
     if not looks_local:
         return ModelSource("hub", spec)
     if not path.exists():
         where = "" if path.is_absolute() else f" (looked for {path.absolute()})"
-        raise BbjtuneError(f"model source '{spec}' does not exist{where}",
-                           "give an existing directory or .gguf file, a hub id like Qwen/Qwen2.5-Coder-7B, or tiny:demo")
+        raise BbjtuneError(
+            f"model source '{spec}' does not exist{where}",
+            "give an existing directory or .gguf file, a hub id like Qwen/Qwen2.5-Coder-7B, or tiny:demo",
+        )
     if path.is_file():
         if path.suffix.lower() != ".gguf":
-            raise BbjtuneError(f"model source '{spec}' is a file but not a .gguf",
-                               "pass the model's directory (with config.json) or a .gguf file")
+            raise BbjtuneError(
+                f"model source '{spec}' is a file but not a .gguf",
+                "pass the model's directory (with config.json) or a .gguf file",
+            )
         with open(path, "rb") as fh:
             if fh.read(4) != b"GGUF":
-                raise BbjtuneError(f"'{spec}' is not a GGUF file (bad magic bytes)",
-                                   "the download may be incomplete; fetch it again")
+                raise BbjtuneError(
+                    f"'{spec}' is not a GGUF file (bad magic bytes)",
+                    "the download may be incomplete; fetch it again",
+                )
         return ModelSource("gguf", spec, path.resolve())
     if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
         ggufs = sorted(path.glob("*.gguf"))
-        hint = f"did you mean {ggufs[0]}?" if ggufs else "a model directory holds config.json and *.safetensors"
+        hint = (
+            f"did you mean {ggufs[0]}?" if ggufs else "a model directory holds config.json and *.safetensors"
+        )
         raise BbjtuneError(f"'{spec}' has no config.json", hint)
     return ModelSource("local", spec, path.resolve())
 
 
 def is_adapter_dir(source: ModelSource) -> bool:
-    return source.kind == "local" and (source.path / "adapter_config.json").exists() \
+    return (
+        source.kind == "local"
+        and (source.path / "adapter_config.json").exists()
         and not (source.path / "config.json").exists()
+    )
 
 
 def _check_hub_reachable(spec: str) -> None:
@@ -104,6 +121,7 @@ def _check_hub_reachable(spec: str) -> None:
         return  # transformers will look in the cache only, and fail quickly if absent
     try:
         from huggingface_hub import try_to_load_from_cache
+
         if isinstance(try_to_load_from_cache(spec, "config.json"), str):
             os.environ.setdefault("HF_HUB_OFFLINE", "1")  # cached: never touch the network
             return
@@ -120,8 +138,10 @@ def _check_hub_reachable(spec: str) -> None:
 
 def _load_error(spec: str, exc: Exception) -> BbjtuneError:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return BbjtuneError(f"could not load '{spec}': {text}",
-                        "check the id or path; a hub id needs network access or the local HF cache")
+    return BbjtuneError(
+        f"could not load '{spec}': {text}",
+        "check the id or path; a hub id needs network access or the local HF cache",
+    )
 
 
 def load_tokenizer(source: str | ModelSource, **kwargs: Any):
@@ -137,7 +157,9 @@ def load_tokenizer(source: str | ModelSource, **kwargs: Any):
     except (OSError, ValueError) as exc:
         raise _load_error(src.spec, exc) from exc
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = "<|endoftext|>" if "<|endoftext|>" in tokenizer.get_vocab() else tokenizer.eos_token
+        tokenizer.pad_token = (
+            "<|endoftext|>" if "<|endoftext|>" in tokenizer.get_vocab() else tokenizer.eos_token
+        )
     return tokenizer
 
 
@@ -156,8 +178,14 @@ def torch_dtype(name: str):
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
-def load_model(source: str | ModelSource, dtype: str = "auto", quantization: Any = None,
-               device_map: Any = None, attn_implementation: str | None = None, **kwargs: Any):
+def load_model(
+    source: str | ModelSource,
+    dtype: str = "auto",
+    quantization: Any = None,
+    device_map: Any = None,
+    attn_implementation: str | None = None,
+    **kwargs: Any,
+):
     """A causal LM from any source. `quantization` is a config.QuantizationConfig (QLoRA) or None.
 
     GGUF files are dequantized by transformers; the quantizer reference it leaves on the model (and
@@ -171,8 +199,10 @@ def load_model(source: str | ModelSource, dtype: str = "auto", quantization: Any
     if src.kind == "hub":
         _check_hub_reachable(src.spec)
     if is_adapter_dir(src):
-        raise BbjtuneError(f"'{src.spec}' is a LoRA adapter, not a full model",
-                           "pass the base model as the source and the adapter separately (or merge it first)")
+        raise BbjtuneError(
+            f"'{src.spec}' is a LoRA adapter, not a full model",
+            "pass the base model as the source and the adapter separately (or merge it first)",
+        )
     name, extra = src.pretrained_args
     args: dict[str, Any] = {"dtype": torch_dtype(dtype), **extra, **kwargs}
     if attn_implementation:
@@ -189,7 +219,7 @@ def load_model(source: str | ModelSource, dtype: str = "auto", quantization: Any
         keep_4bit_layout_trainable(model)
     if _dequantized_gguf(model.config):
         model.hf_quantizer = None
-        model.is_quantized = False   # the Trainer refuses "quantized" models otherwise
+        model.is_quantized = False  # the Trainer refuses "quantized" models otherwise
         del model.config.quantization_config
     return model
 
@@ -227,12 +257,15 @@ def bnb_config(quantization: Any):
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
-        raise BbjtuneError("4-bit loading (QLoRA) needs bitsandbytes, which is not installed",
-                           "pip install 'bbjtune[gpu]', or set train.quantization.load_in_4bit: false") from None
+        raise BbjtuneError(
+            "4-bit loading (QLoRA) needs bitsandbytes, which is not installed",
+            "pip install 'bbjtune[gpu]', or set train.quantization.load_in_4bit: false",
+        ) from None
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type=quantization.quant_type,
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quantization.quant_type,
         bnb_4bit_use_double_quant=quantization.double_quant,
         bnb_4bit_compute_dtype=torch_dtype(quantization.compute_dtype),
         bnb_4bit_quant_storage=torch_dtype(quantization.compute_dtype),

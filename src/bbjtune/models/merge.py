@@ -55,38 +55,52 @@ def apply_adapter(model: Any, adapter: str | Path, merge: bool = True) -> Any:
 
     path = Path(adapter)
     if not (path / "adapter_config.json").exists():
-        raise BbjtuneError(f"'{adapter}' is not a LoRA adapter directory (no adapter_config.json)",
-                           "pass the adapter directory a training run wrote, e.g. runs/<name>/sft/adapter")
+        raise BbjtuneError(
+            f"'{adapter}' is not a LoRA adapter directory (no adapter_config.json)",
+            "pass the adapter directory a training run wrote, e.g. runs/<name>/sft/adapter",
+        )
     try:
         peft_model = PeftModel.from_pretrained(model, str(path))
     except (ValueError, RuntimeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BbjtuneError(f"the adapter {adapter} does not fit the base model: {first[:300]}",
-                           "use the adapter with the base model it was trained on") from None
+        raise BbjtuneError(
+            f"the adapter {adapter} does not fit the base model: {first[:300]}",
+            "use the adapter with the base model it was trained on",
+        ) from None
     if not merge or getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         return peft_model
     return peft_model.merge_and_unload()
 
 
-def merge_adapters(base: str, adapters: Sequence[str | Path], out_dir: str | Path, *, tokenizer_source: str,
-                   chat: bool, dtype: str = "auto", device_map: Any = None,
-                   on_step: Callable[[str], None] | None = None) -> Path:
+def merge_adapters(
+    base: str,
+    adapters: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    tokenizer_source: str,
+    chat: bool,
+    dtype: str = "auto",
+    device_map: Any = None,
+    on_step: Callable[[str], None] | None = None,
+) -> Path:
     """Load `base`, fold each adapter in (in order), save model + tokenizer + stop tokens to `out_dir` atomically."""
     import torch
 
     step = on_step or (lambda _msg: None)
     step(f"loading base {base}")
     with _outside_zero3():
-        model = load_model(base, dtype=dtype, device_map=device_map)  # clears a GGUF checkpoint's leftover quantizer
+        model = load_model(
+            base, dtype=dtype, device_map=device_map
+        )  # clears a GGUF checkpoint's leftover quantizer
         save_dtype = _declared_dtype(base) or model.dtype
-        for adapter in adapters:   # each merged before the next is loaded, as training stacked them
+        for adapter in adapters:  # each merged before the next is loaded, as training stacked them
             step(f"merging {adapter}")
             model = apply_adapter(model, adapter)
     model = model.to(save_dtype)
     tokenizer = load_tokenizer(tokenizer_source)
     vocab = tokenizer.get_vocab()
     if IM_START in vocab and IM_END in vocab:
-        tokenizer.chat_template = CHATML_TEMPLATE   # same text as the training template, no loss markers
+        tokenizer.chat_template = CHATML_TEMPLATE  # same text as the training template, no loss markers
     _set_stop_tokens(model, vocab, chat)
     out_dir = Path(out_dir)
     step(f"saving {out_dir}")

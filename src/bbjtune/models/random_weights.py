@@ -39,36 +39,87 @@ from bbjtune.models.tiny import cache_root
 
 BUILD_VERSION = "1"
 SHARD_BYTES = 4 * 1024**3
-INIT_STD = 0.02   # Qwen2's initializer_range: activations stay finite through every layer
+INIT_STD = 0.02  # Qwen2's initializer_range: activations stay finite through every layer
 
 _COMMON = {
-    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
-    "attention_dropout": 0.0, "initializer_range": INIT_STD, "rms_norm_eps": 1e-6,
-    "rope_theta": 1_000_000.0, "max_position_embeddings": 32768, "sliding_window": 131072,
-    "use_sliding_window": False, "use_cache": True, "bos_token_id": 151643, "torch_dtype": "bfloat16",
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "hidden_act": "silu",
+    "attention_dropout": 0.0,
+    "initializer_range": INIT_STD,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1_000_000.0,
+    "max_position_embeddings": 32768,
+    "sliding_window": 131072,
+    "use_sliding_window": False,
+    "use_cache": True,
+    "bos_token_id": 151643,
+    "torch_dtype": "bfloat16",
 }
 # name -> the fields that differ between sizes (Qwen2.5-Coder's published config.json files)
 PUBLISHED: dict[str, dict[str, Any]] = {
-    "qwen2.5-coder-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                               num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                               tie_word_embeddings=True, max_window_layers=24),
-    "qwen2.5-coder-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                               num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
-                               tie_word_embeddings=True, max_window_layers=28),
-    "qwen2.5-coder-3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                             num_attention_heads=16, num_key_value_heads=2, vocab_size=151936,
-                             tie_word_embeddings=True, max_window_layers=36),
-    "qwen2.5-coder-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                             num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
-                             tie_word_embeddings=False, max_window_layers=28),
-    "qwen2.5-coder-14b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=48,
-                              num_attention_heads=40, num_key_value_heads=8, vocab_size=152064,
-                              tie_word_embeddings=False, max_window_layers=48),
-    "qwen2.5-coder-32b": dict(hidden_size=5120, intermediate_size=27648, num_hidden_layers=64,
-                              num_attention_heads=40, num_key_value_heads=8, vocab_size=152064,
-                              tie_word_embeddings=False, max_window_layers=64),
+    "qwen2.5-coder-0.5b": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        max_window_layers=24,
+    ),
+    "qwen2.5-coder-1.5b": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        max_window_layers=28,
+    ),
+    "qwen2.5-coder-3b": dict(
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        max_window_layers=36,
+    ),
+    "qwen2.5-coder-7b": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+        max_window_layers=28,
+    ),
+    "qwen2.5-coder-14b": dict(
+        hidden_size=5120,
+        intermediate_size=13824,
+        num_hidden_layers=48,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+        max_window_layers=48,
+    ),
+    "qwen2.5-coder-32b": dict(
+        hidden_size=5120,
+        intermediate_size=27648,
+        num_hidden_layers=64,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+        max_window_layers=64,
+    ),
 }
-EOS = {"base": 151643, "instruct": 151645}   # <|endoftext|>, <|im_end|>
+EOS = {"base": 151643, "instruct": 151645}  # <|endoftext|>, <|im_end|>
 DEFAULT_TOKENIZER_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 
 
@@ -79,8 +130,10 @@ def parse_random_source(spec: str) -> tuple[str, str, int]:
     m = re.fullmatch(r"(qwen2\.5-coder-[0-9.]+b)(?:-(base|instruct))?", name)
     if not m or m.group(1) not in PUBLISHED:
         names = ", ".join(f"random:{n}" for n in PUBLISHED)
-        raise BbjtuneError(f"unknown architecture in '{spec}'",
-                           f"use one of {names} (add -instruct for the Instruct end-of-turn id, @N for a seed)")
+        raise BbjtuneError(
+            f"unknown architecture in '{spec}'",
+            f"use one of {names} (add -instruct for the Instruct end-of-turn id, @N for a seed)",
+        )
     try:
         return m.group(1), m.group(2) or "base", int(seed) if seed else 0
     except ValueError:
@@ -95,7 +148,11 @@ def published_config(name: str, variant: str = "base") -> dict[str, Any]:
 def parameter_count(config: dict[str, Any]) -> int:
     """Parameters of a Qwen2 model from its config (q/k/v carry biases; norms one vector each)."""
     h, i, n = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-    heads, kv_heads, vocab = config["num_attention_heads"], config["num_key_value_heads"], config["vocab_size"]
+    heads, kv_heads, vocab = (
+        config["num_attention_heads"],
+        config["num_key_value_heads"],
+        config["vocab_size"],
+    )
     kv = kv_heads * (h // heads)
     per_layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * i + 2 * h
     head = 0 if config.get("tie_word_embeddings") else vocab * h
@@ -113,11 +170,16 @@ def tokenizer_source() -> str:
     raise BbjtuneError(
         "random weights need the Qwen2.5 tokenizer, and none was found",
         f"run `python benchmarks/fetch_qwen05b.py` (puts it in {default}) or set BBJTUNE_TOKENIZER_SOURCE "
-        "to any Qwen2.5 model directory or .gguf")
+        "to any Qwen2.5 model directory or .gguf",
+    )
 
 
-def build_random(spec: str, write_tokenizer: Callable[[str, Path], None], cache_dir: Path | None = None,
-                 progress: bool = True) -> Path:
+def build_random(
+    spec: str,
+    write_tokenizer: Callable[[str, Path], None],
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> Path:
     """The directory of `random:<name>` (built on first use, then cached).
 
     `write_tokenizer(source, directory)` saves the tokenizer of a model source into the checkpoint
@@ -141,7 +203,7 @@ def build_random(spec: str, write_tokenizer: Callable[[str, Path], None], cache_
         write_random_checkpoint(config, tmp, seed=seed, progress=progress)
         try:
             os.rename(tmp, target)
-        except OSError:   # another process finished the same build first
+        except OSError:  # another process finished the same build first
             if not (target / "model.safetensors.index.json").exists():
                 raise
     finally:
@@ -156,11 +218,13 @@ def _check_disk(where: Path, weight_bytes: int, spec: str) -> None:
         raise BbjtuneError(
             f"not enough disk for {spec}: its weights need {needed / 2**30:.1f} GiB in {where}, "
             f"{free / 2**30:.1f} GiB free",
-            "free space, or set BBJTUNE_CACHE_DIR to a larger disk")
+            "free space, or set BBJTUNE_CACHE_DIR to a larger disk",
+        )
 
 
-def write_random_checkpoint(config: dict[str, Any], out: Path, *, seed: int = 0, progress: bool = True,
-                            shard_bytes: int = SHARD_BYTES) -> int:
+def write_random_checkpoint(
+    config: dict[str, Any], out: Path, *, seed: int = 0, progress: bool = True, shard_bytes: int = SHARD_BYTES
+) -> int:
     """Write config, generation config and random bf16 weights of `config` into `out`; return bytes.
 
     Shapes and names come from the transformers model built on the meta device (no memory), so the
@@ -175,12 +239,19 @@ def write_random_checkpoint(config: dict[str, Any], out: Path, *, seed: int = 0,
     hf_config = Qwen2Config(**{k: v for k, v in config.items() if k not in ("architectures", "model_type")})
     hf_config.architectures = ["Qwen2ForCausalLM"]
     hf_config.save_pretrained(out)
-    GenerationConfig(bos_token_id=config["bos_token_id"], eos_token_id=config["eos_token_id"],
-                     pad_token_id=151643, do_sample=False).save_pretrained(out)
+    GenerationConfig(
+        bos_token_id=config["bos_token_id"],
+        eos_token_id=config["eos_token_id"],
+        pad_token_id=151643,
+        do_sample=False,
+    ).save_pretrained(out)
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(hf_config, dtype=torch.bfloat16)
-    tensors = [(n, tuple(p.shape)) for n, p in meta.state_dict().items()
-               if not (config.get("tie_word_embeddings") and n == "lm_head.weight")]
+    tensors = [
+        (n, tuple(p.shape))
+        for n, p in meta.state_dict().items()
+        if not (config.get("tie_word_embeddings") and n == "lm_head.weight")
+    ]
     del meta
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -207,7 +278,9 @@ def write_random_checkpoint(config: dict[str, Any], out: Path, *, seed: int = 0,
             elif name.endswith(".bias"):
                 t = torch.zeros(shape, dtype=torch.bfloat16)
             else:
-                t = torch.empty(shape, dtype=torch.bfloat16, device=device).normal_(0.0, INIT_STD, generator=gen)
+                t = torch.empty(shape, dtype=torch.bfloat16, device=device).normal_(
+                    0.0, INIT_STD, generator=gen
+                )
             pending[name] = t.cpu()
             shards[-1].append(name)
             pending_bytes += size
@@ -233,7 +306,9 @@ def _progress(label: str, total: int, enabled: bool) -> Iterator[Callable[[int],
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn(label), BarColumn(), DownloadColumn(), TimeElapsedColumn(), transient=True) as bar:
+    with Progress(
+        TextColumn(label), BarColumn(), DownloadColumn(), TimeElapsedColumn(), transient=True
+    ) as bar:
         task = bar.add_task(label, total=total)
         yield lambda n: bar.advance(task, n)
 

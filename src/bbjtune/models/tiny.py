@@ -26,14 +26,30 @@ BUILD_VERSION = "1"  # bump when the build changes, so caches are rebuilt
 
 # Qwen2.5's special tokens, in Qwen's id order (151643 onwards there).
 QWEN_SPECIAL_TOKENS = [
-    ENDOFTEXT, IM_START, IM_END,
-    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>",
-    "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
-    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+    ENDOFTEXT,
+    IM_START,
+    IM_END,
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 ]
 QWEN_PLAIN_ADDED_TOKENS = ["<tool_call>", "</tool_call>"]  # added, but not special
-QWEN_FIM_TOKENS = ["<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
-                   "<|repo_name|>", "<|file_sep|>"]
+QWEN_FIM_TOKENS = [
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+]
 
 # Qwen2's pre-tokenizer: letters, single digits, punctuation runs, newlines, spaces.
 QWEN_PRETOKENIZE_REGEX = (
@@ -44,7 +60,7 @@ QWEN_PRETOKENIZE_REGEX = (
 
 @dataclass(frozen=True)
 class TinyPreset:
-    vocab_size: int            # the model's embedding rows (≥ tokenizer size, like Qwen's 151936)
+    vocab_size: int  # the model's embedding rows (≥ tokenizer size, like Qwen's 151936)
     hidden_size: int
     intermediate_size: int
     num_hidden_layers: int
@@ -72,8 +88,9 @@ def parse_tiny_source(source: str) -> tuple[str, int]:
     spec = source.split(":", 1)[1] if ":" in source else source
     name, _, seed = spec.partition("@")
     if name not in PRESETS:
-        raise BbjtuneError(f"unknown tiny model preset '{name}'",
-                           f"use one of: {', '.join('tiny:' + p for p in PRESETS)}")
+        raise BbjtuneError(
+            f"unknown tiny model preset '{name}'", f"use one of: {', '.join('tiny:' + p for p in PRESETS)}"
+        )
     try:
         return name, int(seed) if seed else 0
     except ValueError:
@@ -96,9 +113,17 @@ def build_tiny(source: str = "tiny:test", cache_dir: Path | None = None) -> Path
     name, seed = parse_tiny_source(source)
     preset = PRESETS[name]
     corpus = tokenizer_corpus()
-    key = hashlib.sha256(json.dumps(
-        [BUILD_VERSION, name, seed, asdict(preset), [hashlib.sha256(t.encode()).hexdigest() for t in corpus]]
-    ).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                BUILD_VERSION,
+                name,
+                seed,
+                asdict(preset),
+                [hashlib.sha256(t.encode()).hexdigest() for t in corpus],
+            ]
+        ).encode()
+    ).hexdigest()[:16]
     root = cache_dir or cache_root() / "tiny"
     target = root / f"{name}-s{seed}-{key}"
     if (target / "config.json").exists():
@@ -126,23 +151,37 @@ def _build_tokenizer(corpus: list[str], model_vocab: int):
     n_added = len(QWEN_SPECIAL_TOKENS) + len(QWEN_PLAIN_ADDED_TOKENS) + len(QWEN_FIM_TOKENS)
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    trainer = trainers.BpeTrainer(vocab_size=model_vocab - n_added, min_frequency=2, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
+    trainer = trainers.BpeTrainer(
+        vocab_size=model_vocab - n_added,
+        min_frequency=2,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+    )
     tok.train_from_iterator(corpus, trainer=trainer)
     from tokenizers import AddedToken
+
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN_PLAIN_ADDED_TOKENS])
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_FIM_TOKENS])
     wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=ENDOFTEXT, pad_token=ENDOFTEXT, bos_token=None, unk_token=None,
-        additional_special_tokens=[IM_START, IM_END, *QWEN_FIM_TOKENS], model_max_length=32768,
-        clean_up_tokenization_spaces=False, split_special_tokens=False,
+        tokenizer_object=tok,
+        eos_token=ENDOFTEXT,
+        pad_token=ENDOFTEXT,
+        bos_token=None,
+        unk_token=None,
+        additional_special_tokens=[IM_START, IM_END, *QWEN_FIM_TOKENS],
+        model_max_length=32768,
+        clean_up_tokenization_spaces=False,
+        split_special_tokens=False,
     )
     wrapped.chat_template = CHATML_TRAINING_TEMPLATE
     return wrapped
@@ -155,17 +194,27 @@ def _build_model(preset: TinyPreset, tokenizer, seed: int):
     quiet_weight_bars()
     eos = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
     config = Qwen2Config(
-        vocab_size=preset.vocab_size, hidden_size=preset.hidden_size,
-        intermediate_size=preset.intermediate_size, num_hidden_layers=preset.num_hidden_layers,
-        num_attention_heads=preset.num_attention_heads, num_key_value_heads=preset.num_key_value_heads,
-        max_position_embeddings=preset.max_position_embeddings, rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=eos, eos_token_id=eos,
-        pad_token_id=None, use_sliding_window=False, dtype="float32",
+        vocab_size=preset.vocab_size,
+        hidden_size=preset.hidden_size,
+        intermediate_size=preset.intermediate_size,
+        num_hidden_layers=preset.num_hidden_layers,
+        num_attention_heads=preset.num_attention_heads,
+        num_key_value_heads=preset.num_key_value_heads,
+        max_position_embeddings=preset.max_position_embeddings,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        pad_token_id=None,
+        use_sliding_window=False,
+        dtype="float32",
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config)
     # A Base model stops on <|endoftext|>; stage 2 adds <|im_end|> to the stop ids.
-    model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
-                                               do_sample=False)
+    model.generation_config = GenerationConfig(
+        bos_token_id=eos, eos_token_id=eos, pad_token_id=eos, do_sample=False
+    )
     return model

@@ -43,8 +43,18 @@ class Trained:
         return bool(self.raw.get("modules_to_save")) or bool(self.raw.get("trainable_token_indices"))
 
 
-def write_trained(train_dir: Path, *, base_model: str, original_model: str, adapter: Path | None, tokenizer: Path,
-                  stages: list[str], lora: dict[str, Any], max_length: int, system_prompt: str | None) -> Path:
+def write_trained(
+    train_dir: Path,
+    *,
+    base_model: str,
+    original_model: str,
+    adapter: Path | None,
+    tokenizer: Path,
+    stages: list[str],
+    lora: dict[str, Any],
+    max_length: int,
+    system_prompt: str | None,
+) -> Path:
     """Write the handle; paths inside the run directory are also recorded relative to it."""
     train_dir = Path(train_dir)
 
@@ -62,15 +72,22 @@ def write_trained(train_dir: Path, *, base_model: str, original_model: str, adap
         "adapter": absolute(adapter),
         "tokenizer": absolute(tokenizer),
         "stages": stages,
-        "lora": {"r": lora["r"], "alpha": lora["lora_alpha"], "dropout": lora["lora_dropout"],
-                 "use_dora": lora["use_dora"], "use_rslora": lora["use_rslora"],
-                 "target_modules": lora["target_modules"]},
+        "lora": {
+            "r": lora["r"],
+            "alpha": lora["lora_alpha"],
+            "dropout": lora["lora_dropout"],
+            "use_dora": lora["use_dora"],
+            "use_rslora": lora["use_rslora"],
+            "target_modules": lora["target_modules"],
+        },
         "modules_to_save": list(lora.get("modules_to_save") or []),
         "trainable_token_indices": token_ids,
         "max_length": max_length,
         "system_prompt": system_prompt,
-        "relative": {key: _relative(value, train_dir) for key, value in
-                     (("base_model", base_model), ("adapter", adapter), ("tokenizer", tokenizer))},
+        "relative": {
+            key: _relative(value, train_dir)
+            for key, value in (("base_model", base_model), ("adapter", adapter), ("tokenizer", tokenizer))
+        },
     }
     return atomic_write_json(train_dir / TRAINED_NAME, record)
 
@@ -92,7 +109,9 @@ def read_trained(path: str | Path) -> Trained:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise BbjtuneError(f"{path} not found", "train first: bbjtune train CONFIG (or bbjtune run CONFIG)") from None
+        raise BbjtuneError(
+            f"{path} not found", "train first: bbjtune train CONFIG (or bbjtune run CONFIG)"
+        ) from None
     except json.JSONDecodeError as exc:
         raise BbjtuneError(f"{path} is not valid JSON (line {exc.lineno})", "re-run bbjtune train") from None
     rel = raw.get("relative") or {}
@@ -110,13 +129,24 @@ def read_trained(path: str | Path) -> Trained:
     tokenizer = locate("tokenizer")
     if adapter is not None and not Path(adapter).exists():
         raise BbjtuneError(f"{path}: the adapter {adapter} does not exist", "re-run bbjtune train")
-    return Trained(path=path, base_model=locate("base_model"), original_model=raw.get("original_model"),
-                   adapter=Path(adapter) if adapter else None, tokenizer=Path(tokenizer),
-                   stages=list(raw.get("stages", [])), raw=raw)
+    return Trained(
+        path=path,
+        base_model=locate("base_model"),
+        original_model=raw.get("original_model"),
+        adapter=Path(adapter) if adapter else None,
+        tokenizer=Path(tokenizer),
+        stages=list(raw.get("stages", [])),
+        raw=raw,
+    )
 
 
-def load_trained(path: str | Path, dtype: str = "auto", device_map: Any = None, merge: bool = False,
-                 quantization: Any = None):
+def load_trained(
+    path: str | Path,
+    dtype: str = "auto",
+    device_map: Any = None,
+    merge: bool = False,
+    quantization: Any = None,
+):
     """(model, tokenizer) of a training run, adapter applied (merged into the weights when `merge`).
 
     The tokenizer is the one saved with the adapter (ChatML template, `<|im_end|>` ends a turn);

@@ -31,7 +31,11 @@ from bbjtune.review.results import write_results
 from bbjtune.review.storage import CRITERIA, MAX_COMMENT_CHARS, Rating, ReviewStore, StoredItem
 
 HERE = Path(__file__).parent
-CRITERION_TITLES = {"correctness": "Correctness", "idiom": "Idiomatic BBj", "generation_fit": "Fits the BBj generation"}
+CRITERION_TITLES = {
+    "correctness": "Correctness",
+    "idiom": "Idiomatic BBj",
+    "generation_fit": "Fits the BBj generation",
+}
 CRITERION_HINTS = {
     "correctness": "Does it do what was asked, and would it run?",
     "idiom": "Is it the way an experienced BBj developer would write it?",
@@ -49,14 +53,25 @@ class Session:
 
 
 class ReviewApp:
-    def __init__(self, store: ReviewStore, review_dir: str | Path, token: str | None = None,
-                 allowed_hosts: frozenset[str] | None = None, secure_cookies: bool = False):
+    def __init__(
+        self,
+        store: ReviewStore,
+        review_dir: str | Path,
+        token: str | None = None,
+        allowed_hosts: frozenset[str] | None = None,
+        secure_cookies: bool = False,
+    ):
         self.store = store
         self.review_dir = Path(review_dir)
         self.secure_cookies = secure_cookies
         self._results_lock = threading.Lock()
-        env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-                                 undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+        env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(HERE / "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
         self.templates = Jinja2Templates(env=env)
         routes = [
             Route("/", self.home, methods=["GET"]),
@@ -84,23 +99,38 @@ class ReviewApp:
 
     def _finish(self, response: Response, session: Session) -> Response:
         if session.changed:
-            response.set_cookie(security.SESSION_COOKIE, security.sign_session(self.store.secret, session.id,
-                                                                               session.reviewer_id),
-                                max_age=60 * 60 * 24 * 365, httponly=True, samesite="lax", secure=self.secure_cookies)
+            response.set_cookie(
+                security.SESSION_COOKIE,
+                security.sign_session(self.store.secret, session.id, session.reviewer_id),
+                max_age=60 * 60 * 24 * 365,
+                httponly=True,
+                samesite="lax",
+                secure=self.secure_cookies,
+            )
         return response
 
-    def _page(self, request: Request, session: Session, template: str, status: int = 200, **context) -> Response:
-        context.update(csrf=security.csrf_token(self.store.secret, session.id),
-                       reviewer=self.store.reviewer_name(session.reviewer_id) if session.reviewer_id else None,
-                       reviewer_key=self.store.reviewer_key(session.reviewer_id) if session.reviewer_id else None)
-        return self._finish(self.templates.TemplateResponse(request, template, context, status_code=status), session)
+    def _page(
+        self, request: Request, session: Session, template: str, status: int = 200, **context
+    ) -> Response:
+        context.update(
+            csrf=security.csrf_token(self.store.secret, session.id),
+            reviewer=self.store.reviewer_name(session.reviewer_id) if session.reviewer_id else None,
+            reviewer_key=self.store.reviewer_key(session.reviewer_id) if session.reviewer_id else None,
+        )
+        return self._finish(
+            self.templates.TemplateResponse(request, template, context, status_code=status), session
+        )
 
     async def _checked_form(self, request: Request, session: Session):
         """The posted form, or None when it fails the CSRF or origin check."""
-        form = await request.form(max_files=0, max_fields=security.MAX_FORM_FIELDS,
-                                  max_part_size=security.MAX_BODY_BYTES)
-        if session.changed or not security.same_origin(request) or not security.csrf_ok(
-                self.store.secret, session.id, form.get("csrf")):
+        form = await request.form(
+            max_files=0, max_fields=security.MAX_FORM_FIELDS, max_part_size=security.MAX_BODY_BYTES
+        )
+        if (
+            session.changed
+            or not security.same_origin(request)
+            or not security.csrf_ok(self.store.secret, session.id, form.get("csrf"))
+        ):
             return None
         return form
 
@@ -124,8 +154,9 @@ class ReviewApp:
         session = self._session(request)
         if session.reviewer_id is not None:
             return self._finish(RedirectResponse("/next", status_code=303), session)
-        return self._page(request, session, "login.html", name="", error=None,
-                          n_items=len(self.store.active_items()))
+        return self._page(
+            request, session, "login.html", name="", error=None, n_items=len(self.store.active_items())
+        )
 
     async def login(self, request: Request) -> Response:
         session = self._session(request)
@@ -136,8 +167,15 @@ class ReviewApp:
         try:
             session.reviewer_id, _ = await run_in_threadpool(self.store.login, name, key)
         except ValueError as exc:
-            return self._page(request, session, "login.html", status=400, name=name[:200], error=str(exc),
-                              n_items=len(self.store.active_items()))
+            return self._page(
+                request,
+                session,
+                "login.html",
+                status=400,
+                name=name[:200],
+                error=str(exc),
+                n_items=len(self.store.active_items()),
+            )
         session.changed = True
         return self._finish(RedirectResponse("/next", status_code=303), session)
 
@@ -162,8 +200,9 @@ class ReviewApp:
             return self._finish(RedirectResponse("/", status_code=303), session)
         order = self._ordered(session.reviewer_id)
         rated = len(self.store.rated_item_ids(session.reviewer_id))
-        return self._page(request, session, "done.html", rated=rated, total=len(order),
-                          first=order[0].id if order else None)
+        return self._page(
+            request, session, "done.html", rated=rated, total=len(order), first=order[0].id if order else None
+        )
 
     def show_item(self, request: Request) -> Response:
         session = self._session(request)
@@ -173,7 +212,9 @@ class ReviewApp:
         if stored is None:
             return self._page(request, session, "missing.html", status=404)
         existing = self.store.rating(session.reviewer_id, stored.id)
-        return self._item_page(request, session, stored, self._form_values(stored, session.reviewer_id, existing))
+        return self._item_page(
+            request, session, stored, self._form_values(stored, session.reviewer_id, existing)
+        )
 
     async def rate_item(self, request: Request) -> Response:
         session = self._session(request)
@@ -206,8 +247,12 @@ class ReviewApp:
         left = blind.left_side(self.store.secret, reviewer_id, stored.id)
         by_run = {"a": rating.scores_a, "b": rating.scores_b}
         right = "b" if left == "a" else "a"
-        values = {"prefer": "tie" if rating.preferred == "tie" else ("left" if rating.preferred == left else "right"),
-                  "comment": rating.comment}
+        values = {
+            "prefer": "tie"
+            if rating.preferred == "tie"
+            else ("left" if rating.preferred == left else "right"),
+            "comment": rating.comment,
+        }
         for side, run in (("left", left), ("right", right)):
             values.update({f"{side}_{c}": str(by_run[run][c]) for c in CRITERIA})
         return values
@@ -224,21 +269,32 @@ class ReviewApp:
             for criterion in CRITERIA:
                 raw = values[f"{side}_{criterion}"]
                 if raw not in ("1", "2", "3", "4", "5"):
-                    raise ValueError(f"Score {CRITERION_TITLES[criterion].lower()} of the {side} answer (1 to 5).")
+                    raise ValueError(
+                        f"Score {CRITERION_TITLES[criterion].lower()} of the {side} answer (1 to 5)."
+                    )
                 scores[run][criterion] = int(raw)
         comment = values["comment"].replace("\r\n", "\n").strip()
         if len(comment) > MAX_COMMENT_CHARS:
             raise ValueError(f"The comment is longer than {MAX_COMMENT_CHARS} characters.")
         preferred = "tie" if prefer == "tie" else (left if prefer == "left" else right)
-        return Rating(preferred=preferred, left_side=left, scores_a=scores["a"], scores_b=scores["b"], comment=comment)
+        return Rating(
+            preferred=preferred, left_side=left, scores_a=scores["a"], scores_b=scores["b"], comment=comment
+        )
 
     def _save(self, reviewer_id: int, item_id: int, rating: Rating) -> None:
         self.store.save_rating(reviewer_id, item_id, rating)
         with self._results_lock:
             write_results(self.store, self.review_dir)
 
-    def _item_page(self, request: Request, session: Session, stored: StoredItem, values: dict[str, str],
-                   error: str | None = None, status: int = 200) -> Response:
+    def _item_page(
+        self,
+        request: Request,
+        session: Session,
+        stored: StoredItem,
+        values: dict[str, str],
+        error: str | None = None,
+        status: int = 200,
+    ) -> Response:
         reviewer_id = session.reviewer_id
         order = [s.id for s in self._ordered(reviewer_id)]
         position = order.index(stored.id)
@@ -250,15 +306,35 @@ class ReviewApp:
             answer = answers[run]
             sides.append({"name": side, "rendered": render_answer(answer.output, answer.code)})
         return self._page(
-            request, session, "item.html", status=status, item=stored.item, item_id=stored.id, sides=sides,
-            values=values, error=error, criteria=CRITERIA, titles=CRITERION_TITLES, hints=CRITERION_HINTS,
-            position=position + 1, total=len(order), rated=len(rated), is_rated=stored.id in rated,
+            request,
+            session,
+            "item.html",
+            status=status,
+            item=stored.item,
+            item_id=stored.id,
+            sides=sides,
+            values=values,
+            error=error,
+            criteria=CRITERIA,
+            titles=CRITERION_TITLES,
+            hints=CRITERION_HINTS,
+            position=position + 1,
+            total=len(order),
+            rated=len(rated),
+            is_rated=stored.id in rated,
             previous_id=order[position - 1] if position > 0 else None,
-            next_id=order[position + 1] if position + 1 < len(order) else None)
+            next_id=order[position + 1] if position + 1 < len(order) else None,
+        )
 
 
-def create_app(store: ReviewStore, review_dir: str | Path, token: str | None = None,
-               allowed_hosts: frozenset[str] | None = None, secure_cookies: bool = False):
+def create_app(
+    store: ReviewStore,
+    review_dir: str | Path,
+    token: str | None = None,
+    allowed_hosts: frozenset[str] | None = None,
+    secure_cookies: bool = False,
+):
     """The ASGI app for one review (the store, where results.json goes, and the access rules)."""
-    return ReviewApp(store, review_dir, token=token, allowed_hosts=allowed_hosts,
-                     secure_cookies=secure_cookies).asgi
+    return ReviewApp(
+        store, review_dir, token=token, allowed_hosts=allowed_hosts, secure_cookies=secure_cookies
+    ).asgi

@@ -26,6 +26,8 @@ def left_side(secret: bytes, reviewer_id: int, item_id: int) -> str:
     return "a" if _draw(secret, "side", reviewer_id, item_id)[0] & 1 else "b"
 
 
-def review_order(secret: bytes, reviewer_id: int, items: Sequence[T], item_id=lambda item: item.id) -> list[T]:
+def review_order(
+    secret: bytes, reviewer_id: int, items: Sequence[T], item_id=lambda item: item.id
+) -> list[T]:
     """The items in this reviewer's own shuffled order (keeps order effects out of the results)."""
     return sorted(items, key=lambda item: _draw(secret, "order", reviewer_id, item_id(item)))

@@ -36,11 +36,14 @@ class _StartByDefault(TyperGroup):
 
 
 review_app = typer.Typer(
-    cls=_StartByDefault, no_args_is_help=True, rich_markup_mode="rich",
+    cls=_StartByDefault,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
     help="Blind human review: BBj experts compare two models' answers on a local web page.\n\n"
-         "[bold]bbjtune review RUN_A RUN_B[/bold] starts the page (same as [bold]review start[/bold]); "
-         "[bold]bbjtune review export REVIEW[/bold] writes the ratings as JSONL/CSV and the summary; "
-         "[bold]bbjtune review keys REVIEW[/bold] prints the reviewers' keys.")
+    "[bold]bbjtune review RUN_A RUN_B[/bold] starts the page (same as [bold]review start[/bold]); "
+    "[bold]bbjtune review export REVIEW[/bold] writes the ratings as JSONL/CSV and the summary; "
+    "[bold]bbjtune review keys REVIEW[/bold] prints the reviewers' keys.",
+)
 
 
 def _review_dir_for(run_b: Path) -> Path:
@@ -56,29 +59,61 @@ def _ssl_options(cert: Path | None, key: Path | None) -> dict[str, str]:
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(str(cert), str(key))
     except (ssl.SSLError, OSError) as exc:
-        raise BbjtuneError(f"cannot use {cert} with {key}: {exc}",
-                           "pass a PEM certificate and its matching private key") from exc
+        raise BbjtuneError(
+            f"cannot use {cert} with {key}: {exc}", "pass a PEM certificate and its matching private key"
+        ) from exc
     return {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
 
 
 @review_app.command("start")
 def start(
-    run_a: Annotated[Path, typer.Argument(help="The reference run: an evaluation folder such as "
-                                               "runs/<name>/eval/base, or its generations.jsonl.")],
-    run_b: Annotated[Path, typer.Argument(help="The run under test, usually runs/<name>/eval/tuned. "
-                                               "Results say how often reviewers prefer it.")],
+    run_a: Annotated[
+        Path,
+        typer.Argument(
+            help="The reference run: an evaluation folder such as "
+            "runs/<name>/eval/base, or its generations.jsonl."
+        ),
+    ],
+    run_b: Annotated[
+        Path,
+        typer.Argument(
+            help="The run under test, usually runs/<name>/eval/tuned. "
+            "Results say how often reviewers prefer it."
+        ),
+    ],
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = DEFAULT_PORT,
-    host: Annotated[str, typer.Option(help="Address to listen on. Anything but 127.0.0.1/localhost "
-                                           "requires the access token printed at start.")] = "127.0.0.1",
-    db: Annotated[Path | None, typer.Option(help="The ratings database; default: ratings.sqlite in "
-                                                 "eval/review/ beside the runs.")] = None,
-    token: Annotated[str | None, typer.Option(help="Access token to require (default: a new random one "
-                                                   "when listening beyond this machine; none on 127.0.0.1).")] = None,
-    require_token: Annotated[bool, typer.Option(
-        "--require-token", help="Require a new random access token on 127.0.0.1 too (keeps other users of "
-                                "this machine out).")] = False,
-    tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this certificate (PEM); needs --tls-key. "
-                                                       "Recommended beyond this machine.")] = None,
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address to listen on. Anything but 127.0.0.1/localhost "
+            "requires the access token printed at start."
+        ),
+    ] = "127.0.0.1",
+    db: Annotated[
+        Path | None,
+        typer.Option(help="The ratings database; default: ratings.sqlite in eval/review/ beside the runs."),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Access token to require (default: a new random one "
+            "when listening beyond this machine; none on 127.0.0.1)."
+        ),
+    ] = None,
+    require_token: Annotated[
+        bool,
+        typer.Option(
+            "--require-token",
+            help="Require a new random access token on 127.0.0.1 too (keeps other users of "
+            "this machine out).",
+        ),
+    ] = False,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="Serve HTTPS with this certificate (PEM); needs --tls-key. Recommended beyond this machine."
+        ),
+    ] = None,
     tls_key: Annotated[Path | None, typer.Option(help="The private key (PEM) of --tls-cert.")] = None,
 ) -> None:
     """Start the review page for two evaluation runs; stop it with Ctrl+C (ratings are saved as you go)."""
@@ -87,8 +122,10 @@ def start(
         import starlette  # noqa: F401
         import uvicorn
     except ImportError as exc:
-        raise BbjtuneError(f"the review page needs {exc.name}, which is not installed",
-                           "pip install 'bbjtune[review]' (or run `make install`)") from exc
+        raise BbjtuneError(
+            f"the review page needs {exc.name}, which is not installed",
+            "pip install 'bbjtune[review]' (or run `make install`)",
+        ) from exc
 
     review = pair_runs(run_a, run_b)
     db_path = db or _review_dir_for(run_b) / DB_NAME
@@ -97,12 +134,16 @@ def start(
     sync = store.sync_items(review)
     local = is_loopback(host)
     if token is not None and len(token) < 16:
-        raise BbjtuneError("the access token is too short (fewer than 16 characters)",
-                           "leave --token out to get a random one")
+        raise BbjtuneError(
+            "the access token is too short (fewer than 16 characters)",
+            "leave --token out to get a random one",
+        )
     if (not local or require_token) and token is None:
         token = new_token()
     if (tls_cert is None) != (tls_key is None):
-        raise BbjtuneError("--tls-cert and --tls-key go together", "pass both (PEM files), or neither for plain HTTP")
+        raise BbjtuneError(
+            "--tls-cert and --tls-key go together", "pass both (PEM files), or neither for plain HTTP"
+        )
     for path in (tls_cert, tls_key):
         if path is not None and not path.is_file():
             raise BbjtuneError(f"{path} does not exist", "pass the PEM files of your certificate and its key")
@@ -117,12 +158,20 @@ def start(
     if len(review.problems) > 20:
         typer.echo(f"warning: {len(review.problems) - 20} more problems in the generations files", err=True)
     if review.only_in_a or review.only_in_b:
-        typer.echo(f"note: {review.only_in_a} prompts only in {review.run_a.label}, {review.only_in_b} only in "
-                   f"{review.run_b.label}; they are left out", err=True)
+        typer.echo(
+            f"note: {review.only_in_a} prompts only in {review.run_a.label}, {review.only_in_b} only in "
+            f"{review.run_b.label}; they are left out",
+            err=True,
+        )
     if sync.changed:
-        typer.echo(f"note: the answers to {sync.changed} prompts changed since they were rated; their "
-                   f"{sync.ratings_set_aside} old ratings are kept in the database but no longer counted", err=True)
-    typer.echo(f"Reviewing {sync.items} prompts: {review.run_a.label} (A) vs {review.run_b.label} (B), blind.")
+        typer.echo(
+            f"note: the answers to {sync.changed} prompts changed since they were rated; their "
+            f"{sync.ratings_set_aside} old ratings are kept in the database but no longer counted",
+            err=True,
+        )
+    typer.echo(
+        f"Reviewing {sync.items} prompts: {review.run_a.label} (A) vs {review.run_b.label} (B), blind."
+    )
     typer.echo(f"Ratings: {db_path}   summary: {review_dir / RESULTS_NAME}")
     shown_host = f"[{host}]" if ":" in host else host
     if token:
@@ -134,12 +183,20 @@ def start(
         typer.echo(f"Open {scheme}://{name}:{port}/?token={token}")
         typer.echo("Anyone on the network with this address can rate; share it only with your reviewers.")
         if not tls:
-            typer.echo("warning: plain HTTP: the network can read the address, the token and the access cookie; "
-                       "serve HTTPS with --tls-cert/--tls-key", err=True)
+            typer.echo(
+                "warning: plain HTTP: the network can read the address, the token and the access cookie; "
+                "serve HTTPS with --tls-cert/--tls-key",
+                err=True,
+            )
     typer.echo("Press Ctrl+C to stop.")
 
-    app = create_app(store, review_dir, token=token,
-                     allowed_hosts=LOOPBACK_HOSTS | {host} if local else None, secure_cookies=bool(tls))
+    app = create_app(
+        store,
+        review_dir,
+        token=token,
+        allowed_hosts=LOOPBACK_HOSTS | {host} if local else None,
+        secure_cookies=bool(tls),
+    )
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", **tls))
     try:
         server.run(sockets=[sock])
@@ -148,20 +205,28 @@ def start(
     finally:
         sock.close()
         summary = write_results(store, review_dir)
-        typer.echo(f"Stopped. {summary['overall']['n_ratings']} ratings of {summary['n_rated_items']} prompts "
-                   f"so far; summary in {review_dir / RESULTS_NAME}")
+        typer.echo(
+            f"Stopped. {summary['overall']['n_ratings']} ratings of {summary['n_rated_items']} prompts "
+            f"so far; summary in {review_dir / RESULTS_NAME}"
+        )
 
 
 @review_app.command("keys")
 def keys(
-    review: Annotated[Path, typer.Argument(help="The review: its ratings.sqlite, its folder (eval/review), "
-                                                "or the eval folder of the run.")],
+    review: Annotated[
+        Path,
+        typer.Argument(
+            help="The review: its ratings.sqlite, its folder (eval/review), or the eval folder of the run."
+        ),
+    ],
 ) -> None:
     """Print each reviewer's key (for a reviewer who lost theirs: it logs their name in from another browser)."""
     db_path = find_database(review)
     if db_path is None:
-        raise BbjtuneError(f"no review database at {review}",
-                           "pass the ratings.sqlite written by `bbjtune review`, or its folder")
+        raise BbjtuneError(
+            f"no review database at {review}",
+            "pass the ratings.sqlite written by `bbjtune review`, or its folder",
+        )
     rows = ReviewStore(db_path).reviewer_keys()
     if not rows:
         typer.echo("no reviewers yet")
@@ -171,24 +236,42 @@ def keys(
 
 @review_app.command("export")
 def export(
-    review: Annotated[Path, typer.Argument(help="The review: its ratings.sqlite, its folder (eval/review), "
-                                                "or the eval folder of the run.")],
-    out: Annotated[Path | None, typer.Option(help="Folder for ratings.jsonl/ratings.csv (default: the review "
-                                                  "folder). results.json always goes to the review folder.")] = None,
+    review: Annotated[
+        Path,
+        typer.Argument(
+            help="The review: its ratings.sqlite, its folder (eval/review), or the eval folder of the run."
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for ratings.jsonl/ratings.csv (default: the review "
+            "folder). results.json always goes to the review folder."
+        ),
+    ] = None,
     format: Annotated[str, typer.Option(help="jsonl, csv, or both separated by a comma.")] = "jsonl,csv",
-    all_versions: Annotated[bool, typer.Option(
-        "--all-versions", help="Also export ratings of answers that changed since (not counted in results).")] = False,
+    all_versions: Annotated[
+        bool,
+        typer.Option(
+            "--all-versions",
+            help="Also export ratings of answers that changed since (not counted in results).",
+        ),
+    ] = False,
 ) -> None:
     """Write every rating to ratings.jsonl / ratings.csv, rewrite results.json, and print the results."""
 
     formats = tuple(f.strip().lower() for f in format.split(",") if f.strip())
     unknown = set(formats) - {"jsonl", "csv"}
     if unknown or not formats:
-        raise BbjtuneError(f"unknown export format {', '.join(sorted(unknown)) or '(none)'}", "use jsonl, csv or jsonl,csv")
+        raise BbjtuneError(
+            f"unknown export format {', '.join(sorted(unknown)) or '(none)'}", "use jsonl, csv or jsonl,csv"
+        )
     db_path = find_database(review)
     if db_path is None:
-        raise BbjtuneError(f"no review database at {review}",
-                           "pass the ratings.sqlite written by `bbjtune review`, or its folder")
+        raise BbjtuneError(
+            f"no review database at {review}",
+            "pass the ratings.sqlite written by `bbjtune review`, or its folder",
+        )
     store = ReviewStore(db_path)
     summary = write_results(store, db_path.parent)
     for path in export_ratings(store, out or db_path.parent, formats, include_set_aside=all_versions):

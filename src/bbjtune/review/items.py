@@ -47,8 +47,9 @@ class Item:
     @property
     def digest(self) -> str:
         """Changes whenever the prompt or either answer changes (ratings belong to one version)."""
-        payload = json.dumps([self.suite, self.prompt_id, self.prompt, self.a.output, self.b.output],
-                             ensure_ascii=False)
+        payload = json.dumps(
+            [self.suite, self.prompt_id, self.prompt, self.a.output, self.b.output], ensure_ascii=False
+        )
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
@@ -76,9 +77,11 @@ def find_generations(path: str | Path) -> Path:
     if path.is_dir():
         path = path / GENERATIONS_NAME
     if not path.is_file():
-        raise BbjtuneError(f"{path} not found",
-                           "pass an evaluation run directory (e.g. runs/<name>/eval/tuned) or its "
-                           "generations.jsonl; run `bbjtune eval` first")
+        raise BbjtuneError(
+            f"{path} not found",
+            "pass an evaluation run directory (e.g. runs/<name>/eval/tuned) or its "
+            "generations.jsonl; run `bbjtune eval` first",
+        )
     return path
 
 
@@ -94,7 +97,9 @@ def read_generations(path: Path) -> tuple[dict[tuple[str, str], dict], str | Non
     try:
         handle = open(path, encoding="utf-8", errors="replace")
     except OSError as exc:
-        raise BbjtuneError(f"cannot read {path}: {exc.strerror}", "check the path and its permissions") from exc
+        raise BbjtuneError(
+            f"cannot read {path}: {exc.strerror}", "check the path and its permissions"
+        ) from exc
     with handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -109,16 +114,18 @@ def read_generations(path: Path) -> tuple[dict[tuple[str, str], dict], str | Non
                 continue
             prompt_id = row.get("id")
             if not isinstance(prompt_id, (str, int)) or isinstance(prompt_id, bool) or str(prompt_id) == "":
-                problems.append(f"{path}:{number}: no \"id\"; line skipped")
+                problems.append(f'{path}:{number}: no "id"; line skipped')
                 continue
             if row.get("sample", 0) not in (0, None):
                 continue
             if not isinstance(row.get("output"), (str, type(None))):
-                problems.append(f"{path}:{number}: \"output\" is not text; line skipped")
+                problems.append(f'{path}:{number}: "output" is not text; line skipped')
                 continue
             key = (_text(row.get("suite")), str(prompt_id))
             if key in rows:
-                problems.append(f"{path}:{number}: a second sample 0 for {key[0]}/{key[1]}; the first is kept")
+                problems.append(
+                    f"{path}:{number}: a second sample 0 for {key[0]}/{key[1]}; the first is kept"
+                )
                 continue
             rows[key] = row
             label = label or (_text(row.get("model")) or None)
@@ -146,16 +153,29 @@ def pair_runs(run_a: str | Path, run_b: str | Path) -> ReviewSet:
         row_b = rows_b.get(key)
         if row_b is None:
             continue
-        items.append(Item(
-            suite=key[0], prompt_id=key[1],
-            category=_text(row_a.get("category")) or _text(row_b.get("category")) or "uncategorized",
-            generation=_text(row_a.get("generation")) or _text(row_b.get("generation")),
-            task=_text(row_a.get("task")) or _text(row_b.get("task")),
-            prompt=_text(row_a.get("prompt")) or _text(row_b.get("prompt")),
-            a=_answer(row_a), b=_answer(row_b)))
-    review = ReviewSet(Run(label_a, path_a), Run(label_b, path_b), items, problems_a + problems_b,
-                       only_in_a=len(rows_a.keys() - rows_b.keys()), only_in_b=len(rows_b.keys() - rows_a.keys()))
+        items.append(
+            Item(
+                suite=key[0],
+                prompt_id=key[1],
+                category=_text(row_a.get("category")) or _text(row_b.get("category")) or "uncategorized",
+                generation=_text(row_a.get("generation")) or _text(row_b.get("generation")),
+                task=_text(row_a.get("task")) or _text(row_b.get("task")),
+                prompt=_text(row_a.get("prompt")) or _text(row_b.get("prompt")),
+                a=_answer(row_a),
+                b=_answer(row_b),
+            )
+        )
+    review = ReviewSet(
+        Run(label_a, path_a),
+        Run(label_b, path_b),
+        items,
+        problems_a + problems_b,
+        only_in_a=len(rows_a.keys() - rows_b.keys()),
+        only_in_b=len(rows_b.keys() - rows_a.keys()),
+    )
     if not items:
-        raise BbjtuneError(f"{path_a} and {path_b} have no prompt in common (matched by suite and id, sample 0)",
-                           "review two evaluations of the same suite, e.g. eval/base and eval/tuned of one run")
+        raise BbjtuneError(
+            f"{path_a} and {path_b} have no prompt in common (matched by suite and id, sample 0)",
+            "review two evaluations of the same suite, e.g. eval/base and eval/tuned of one run",
+        )
     return review

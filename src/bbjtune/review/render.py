@@ -21,7 +21,8 @@ from markupsafe import Markup, escape
 
 from bbjtune.bbj import check_source
 
-KEYWORDS = frozenset("""
+KEYWORDS = frozenset(
+    """
     and begin break bye call callback case cast chdir class classend close continue data declare def
     default delete dim disable dread drop dump else enable end endif enter erase escape execute exit
     exitto extends extract field fi file find fnend for from gosub goto if implements input interface
@@ -29,12 +30,15 @@ KEYWORDS = frozenset("""
     precision print private process_events protected public read record redim release remove repeat
     restore retry return run select seterr setesc sqlclose sqlexec sqlfetch sqlopen sqlprep static
     step stop swend switch then this throw to unlock until use void wait wend where while write
-""".split())
+""".split()
+)
 
-BUILTINS = frozenset("""
+BUILTINS = frozenset(
+    """
     abs asc atn bbjapi bin chr cos cvs date day dec dims err fid fin fpt hta ath ind int ipt len lcs lst
     mask max min mod num pos rnd round sgn sin sqlunt sqr stbl str tbl tcb tsk ucs unt
-""".split())
+""".split()
+)
 
 _TOKEN_RE = re.compile(
     r"""(?P<label>^\s*[A-Za-z_][A-Za-z0-9_]*:(?=\s*$))
@@ -63,7 +67,7 @@ def highlight_line(line: str) -> Markup:
     for match in _TOKEN_RE.finditer(line):
         kind, text = match.lastgroup, match.group()
         if match.start() > pos:
-            out.append(str(escape(line[pos:match.start()])))
+            out.append(str(escape(line[pos : match.start()])))
         if kind == "word":
             bare = text.lower()
             if bare in KEYWORDS:
@@ -87,6 +91,7 @@ def highlight_bbj(code: str) -> Markup:
 
 
 # ----------------------------------------------------------------------------- answers
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -117,8 +122,9 @@ def split_answer(output: str, code: str = "") -> list[Segment]:
         prose = []
         body = []
         i += 1
-        while i < len(lines) and not (lines[i].strip().startswith(fence[0] * len(fence))
-                                      and not lines[i].strip().strip(fence[0])):
+        while i < len(lines) and not (
+            lines[i].strip().startswith(fence[0] * len(fence)) and not lines[i].strip().strip(fence[0])
+        ):
             body.append(lines[i])
             i += 1
         i += 1  # the closing fence (or the end of an unclosed block)
@@ -130,7 +136,11 @@ def split_answer(output: str, code: str = "") -> list[Segment]:
     code = code.replace("\r\n", "\n").strip("\n")
     if code.strip() and code in text:
         before, after = text.split(code, 1)
-        parts = [Segment("prose", before.strip("\n")), Segment("code", code, "bbj"), Segment("prose", after.strip("\n"))]
+        parts = [
+            Segment("prose", before.strip("\n")),
+            Segment("code", code, "bbj"),
+            Segment("prose", after.strip("\n")),
+        ]
         return [s for s in parts if s.kind == "code" or s.text.strip()]
     return segments
 
@@ -162,11 +172,15 @@ def _render_code(segment: Segment) -> tuple[str, int, int, bool]:
         worst = "error" if any(d.severity == "error" for d in found) else ("warning" if found else "")
         rows.append(f'<span class="code-line{" has-" + worst if worst else ""}">{content}</span>')
         for diag in found:
-            rows.append(f'<span class="diag diag-{escape(diag.severity)}">line {diag.line}, column {diag.column}: '
-                        f'{escape(diag.severity)}: {escape(diag.message)}</span>')
+            rows.append(
+                f'<span class="diag diag-{escape(diag.severity)}">line {diag.line}, column {diag.column}: '
+                f"{escape(diag.severity)}: {escape(diag.message)}</span>"
+            )
     label = escape(segment.language or "bbj") if is_bbj else escape(segment.language or "text")
-    html = (f'<div class="code-block"><div class="code-lang">{label}</div>'
-            f'<pre><code>{"".join(rows)}</code></pre></div>')
+    html = (
+        f'<div class="code-block"><div class="code-lang">{label}</div>'
+        f"<pre><code>{''.join(rows)}</code></pre></div>"
+    )
     errors = sum(d.severity == "error" for d in diagnostics or ())
     warnings = sum(d.severity != "error" for d in diagnostics or ())
     return html, errors, warnings, diagnostics is not None
@@ -175,7 +189,9 @@ def _render_code(segment: Segment) -> tuple[str, int, int, bool]:
 def render_answer(output: str, code: str = "") -> RenderedAnswer:
     """An answer as HTML: prose paragraphs as text, code blocks highlighted with diagnostics."""
     if not output.strip():
-        return RenderedAnswer(Markup('<p class="no-answer">(no answer: the model returned nothing)</p>'), 0, 0, False)
+        return RenderedAnswer(
+            Markup('<p class="no-answer">(no answer: the model returned nothing)</p>'), 0, 0, False
+        )
     parts, errors, warnings, checked = [], 0, 0, False
     for segment in split_answer(output, code):
         if segment.kind == "prose":

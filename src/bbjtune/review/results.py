@@ -27,9 +27,11 @@ from bbjtune.review import stats
 from bbjtune.review.storage import CRITERIA, ReviewStore
 from bbjtune.review_summary import DB_NAME, RESULTS_NAME, SUMMARY_KIND, candidates
 
-METHOD = ("win_rate: share of prompts where reviewers preferred run B's answer over run A's; a tie counts "
-          "half; several reviewers of one prompt are averaged; 95% Wilson score interval over prompts. "
-          "decisive_rate: B's share of the ratings that were not ties.")
+METHOD = (
+    "win_rate: share of prompts where reviewers preferred run B's answer over run A's; a tie counts "
+    "half; several reviewers of one prompt are averaged; 95% Wilson score interval over prompts. "
+    "decisive_rate: B's share of the ratings that were not ties."
+)
 
 
 def build_summary(store: ReviewStore) -> dict:
@@ -40,8 +42,10 @@ def build_summary(store: ReviewStore) -> dict:
         "kind": SUMMARY_KIND,
         "version": 1,
         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "runs": {"a": {"label": label_a, "generations": store.meta("path_a")},
-                 "b": {"label": label_b, "generations": store.meta("path_b")}},
+        "runs": {
+            "a": {"label": label_a, "generations": store.meta("path_a")},
+            "b": {"label": label_b, "generations": store.meta("path_b")},
+        },
         "n_items": len(store.active_items()),
         "n_rated_items": len({r["item_id"] for r in ratings}),
         "reviewers": sorted({r["reviewer"] for r in ratings}, key=str.casefold),
@@ -66,7 +70,17 @@ def write_results(store: ReviewStore, review_dir: str | Path) -> dict:
 # ----------------------------------------------------------------------------- export
 
 EXPORT_COLUMNS = (
-    ["reviewer", "suite", "id", "category", "generation", "task", "preferred", "preferred_label", "left_label"]
+    [
+        "reviewer",
+        "suite",
+        "id",
+        "category",
+        "generation",
+        "task",
+        "preferred",
+        "preferred_label",
+        "left_label",
+    ]
     + [f"{side}_{c}" for side in "ab" for c in CRITERIA]
     + ["comment", "prompt", "created", "updated", "counted"]
 )
@@ -78,12 +92,27 @@ def export_rows(store: ReviewStore, include_set_aside: bool = False) -> list[dic
     labels = {"a": label_a, "b": label_b, "tie": "tie"}
     rows = []
     for r in store.rating_records(active_only=not include_set_aside):
-        row = {"reviewer": r["reviewer"], "suite": r["suite"], "id": r["prompt_id"], "category": r["category"],
-               "generation": r["generation"], "task": r["task"], "preferred": r["preferred"],
-               "preferred_label": labels[r["preferred"]], "left_label": labels[r["left_side"]]}
+        row = {
+            "reviewer": r["reviewer"],
+            "suite": r["suite"],
+            "id": r["prompt_id"],
+            "category": r["category"],
+            "generation": r["generation"],
+            "task": r["task"],
+            "preferred": r["preferred"],
+            "preferred_label": labels[r["preferred"]],
+            "left_label": labels[r["left_side"]],
+        }
         row.update({f"{side}_{c}": r[f"{side}_{c}"] for side in "ab" for c in CRITERIA})
-        row.update({"comment": r["comment"], "prompt": r["prompt"], "created": r["created"],
-                    "updated": r["updated"], "counted": r["active"]})
+        row.update(
+            {
+                "comment": r["comment"],
+                "prompt": r["prompt"],
+                "created": r["created"],
+                "updated": r["updated"],
+                "counted": r["active"],
+            }
+        )
         rows.append(row)
     return rows
 
@@ -95,8 +124,12 @@ def _csv_cell(value: object) -> object:
     return value
 
 
-def export_ratings(store: ReviewStore, out_dir: str | Path, formats: tuple[str, ...] = ("jsonl", "csv"),
-                   include_set_aside: bool = False) -> list[Path]:
+def export_ratings(
+    store: ReviewStore,
+    out_dir: str | Path,
+    formats: tuple[str, ...] = ("jsonl", "csv"),
+    include_set_aside: bool = False,
+) -> list[Path]:
     """Write ratings.jsonl and/or ratings.csv into out_dir; returns the files written."""
     rows = export_rows(store, include_set_aside)
     out_dir = Path(out_dir)

@@ -81,8 +81,12 @@ def mean_scores(ratings: list[dict], criteria: Iterable[str]) -> dict[str, dict]
         b = [r[f"b_{criterion}"] for r in ratings]
         mean_a = round(sum(a) / len(a), 3) if a else None
         mean_b = round(sum(b) / len(b), 3) if b else None
-        out[criterion] = {"a": mean_a, "b": mean_b, "n": len(a),
-                          "delta": round(mean_b - mean_a, 3) if a else None}
+        out[criterion] = {
+            "a": mean_a,
+            "b": mean_b,
+            "n": len(a),
+            "delta": round(mean_b - mean_a, 3) if a else None,
+        }
     return out
 
 
@@ -90,8 +94,11 @@ def position_bias(ratings: list[dict]) -> dict:
     """Share of decisive ratings that picked the answer shown on the left (about 0.5 when unbiased)."""
     decisive = [r for r in ratings if r["preferred"] != "tie"]
     left = sum(r["preferred"] == r["left_side"] for r in decisive)
-    return {"decisive": len(decisive), "left_chosen": left,
-            "left_rate": round(left / len(decisive), 4) if decisive else None}
+    return {
+        "decisive": len(decisive),
+        "left_chosen": left,
+        "left_rate": round(left / len(decisive), 4) if decisive else None,
+    }
 
 
 def agreement(ratings: list[dict]) -> dict:
@@ -108,5 +115,8 @@ def agreement(ratings: list[dict]) -> dict:
             for j in range(i + 1, len(prefs)):
                 pairs += 1
                 agreeing += prefs[i] == prefs[j]
-    return {"prompts_with_several_reviewers": shared, "pairs": pairs,
-            "agreement": round(agreeing / pairs, 4) if pairs else None}
+    return {
+        "prompts_with_several_reviewers": shared,
+        "pairs": pairs,
+        "agreement": round(agreeing / pairs, 4) if pairs else None,
+    }

@@ -42,7 +42,7 @@ PREFERENCES = ("a", "b", "tie")
 MAX_NAME_CHARS = 60
 MAX_COMMENT_CHARS = 4000
 MAX_ITEM_ID = (1 << 63) - 1  # SQLite's largest INTEGER: a larger id in a URL is simply not an item
-KEY_CHARS = 12               # 60 bits, in base32: guessing it over HTTP is hopeless
+KEY_CHARS = 12  # 60 bits, in base32: guessing it over HTTP is hopeless
 
 _SCORE_COLUMNS = [f"{side}_{criterion}" for side in "ab" for criterion in CRITERIA]
 
@@ -101,7 +101,9 @@ class Rating:
         if self.left_side not in ("a", "b"):
             raise ValueError("left_side must be 'a' or 'b'")
         for scores in (self.scores_a, self.scores_b):
-            if set(scores) != set(CRITERIA) or not all(isinstance(v, int) and 1 <= v <= 5 for v in scores.values()):
+            if set(scores) != set(CRITERIA) or not all(
+                isinstance(v, int) and 1 <= v <= 5 for v in scores.values()
+            ):
                 raise ValueError(f"scores need {', '.join(CRITERIA)}, each 1 to 5")
         if len(self.comment) > MAX_COMMENT_CHARS:
             raise ValueError(f"the comment is longer than {MAX_COMMENT_CHARS} characters")
@@ -150,13 +152,19 @@ class ReviewStore:
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('secret', ?)", (secrets.token_hex(32),))
                 version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            raise BbjtuneError(f"{self.path} is not a usable review database ({exc})",
-                               "point --db at another file, or move this one away to start afresh") from exc
+            raise BbjtuneError(
+                f"{self.path} is not a usable review database ({exc})",
+                "point --db at another file, or move this one away to start afresh",
+            ) from exc
         except OSError as exc:
-            raise BbjtuneError(f"cannot create {self.path}: {exc.strerror}", "choose a writable --db path") from exc
+            raise BbjtuneError(
+                f"cannot create {self.path}: {exc.strerror}", "choose a writable --db path"
+            ) from exc
         if version != SCHEMA_VERSION:
-            raise BbjtuneError(f"{self.path} was written by another bbjtune version (schema {version})",
-                               "use a new --db file for this review")
+            raise BbjtuneError(
+                f"{self.path} was written by another bbjtune version (schema {version})",
+                "use a new --db file for this review",
+            )
         self.secret = bytes.fromhex(self.meta("secret") or "")
 
     # ------------------------------------------------------------------ connections
@@ -208,39 +216,74 @@ class ReviewStore:
     def sync_items(self, review: ReviewSet) -> SyncReport:
         """Store the runs' items and make exactly them the ones that count."""
         with self._transaction() as db:
-            known = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('label_a', 'label_b')").fetchall())
-            if known and (known.get("label_a"), known.get("label_b")) != (review.run_a.label, review.run_b.label):
+            known = dict(
+                db.execute("SELECT key, value FROM meta WHERE key IN ('label_a', 'label_b')").fetchall()
+            )
+            if known and (known.get("label_a"), known.get("label_b")) != (
+                review.run_a.label,
+                review.run_b.label,
+            ):
                 raise BbjtuneError(
                     f"{self.path} holds the review of {known.get('label_a')} vs {known.get('label_b')}, "
                     f"not {review.run_a.label} vs {review.run_b.label}",
-                    "pass --db with another file for this pair of runs")
+                    "pass --db with another file for this pair of runs",
+                )
             before = db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
             db.executemany(
                 "INSERT OR IGNORE INTO items (digest, suite, prompt_id, category, generation, task, prompt, "
                 "output_a, code_a, failed_a, output_b, code_b, failed_b) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(it.digest, it.suite, it.prompt_id, it.category, it.generation, it.task, it.prompt,
-                  it.a.output, it.a.code, int(it.a.failed), it.b.output, it.b.code, int(it.b.failed))
-                 for it in review.items])
+                [
+                    (
+                        it.digest,
+                        it.suite,
+                        it.prompt_id,
+                        it.category,
+                        it.generation,
+                        it.task,
+                        it.prompt,
+                        it.a.output,
+                        it.a.code,
+                        int(it.a.failed),
+                        it.b.output,
+                        it.b.code,
+                        int(it.b.failed),
+                    )
+                    for it in review.items
+                ],
+            )
             db.execute("UPDATE items SET active = 0")
-            db.executemany("UPDATE items SET active = 1, position = ? WHERE digest = ?",
-                           [(pos, it.digest) for pos, it in enumerate(review.items)])
+            db.executemany(
+                "UPDATE items SET active = 1, position = ? WHERE digest = ?",
+                [(pos, it.digest) for pos, it in enumerate(review.items)],
+            )
             new = db.execute("SELECT COUNT(*) FROM items").fetchone()[0] - before
             stale = db.execute(
                 "SELECT COUNT(DISTINCT old.suite || '/' || old.prompt_id), COUNT(r.item_id) FROM items old "
                 "JOIN ratings r ON r.item_id = old.id WHERE old.active = 0 AND EXISTS (SELECT 1 FROM items cur "
-                "WHERE cur.active = 1 AND cur.suite = old.suite AND cur.prompt_id = old.prompt_id)").fetchone()
-            for key, value in (("label_a", review.run_a.label), ("label_b", review.run_b.label),
-                               ("path_a", str(review.run_a.path)), ("path_b", str(review.run_b.path)),
-                               ("synced", _now())):
+                "WHERE cur.active = 1 AND cur.suite = old.suite AND cur.prompt_id = old.prompt_id)"
+            ).fetchone()
+            for key, value in (
+                ("label_a", review.run_a.label),
+                ("label_b", review.run_b.label),
+                ("path_a", str(review.run_a.path)),
+                ("path_b", str(review.run_b.path)),
+                ("synced", _now()),
+            ):
                 db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
         return SyncReport(items=len(review.items), new=new, changed=stale[0], ratings_set_aside=stale[1])
 
     @staticmethod
     def _stored(row: sqlite3.Row) -> StoredItem:
-        item = Item(suite=row["suite"], prompt_id=row["prompt_id"], category=row["category"],
-                    generation=row["generation"], task=row["task"], prompt=row["prompt"],
-                    a=Answer(row["output_a"], row["code_a"], bool(row["failed_a"])),
-                    b=Answer(row["output_b"], row["code_b"], bool(row["failed_b"])))
+        item = Item(
+            suite=row["suite"],
+            prompt_id=row["prompt_id"],
+            category=row["category"],
+            generation=row["generation"],
+            task=row["task"],
+            prompt=row["prompt"],
+            a=Answer(row["output_a"], row["code_a"], bool(row["failed_a"])),
+            b=Answer(row["output_b"], row["code_b"], bool(row["failed_b"])),
+        )
         return StoredItem(id=row["id"], digest=row["digest"], item=item)
 
     def active_items(self) -> list[StoredItem]:
@@ -261,8 +304,10 @@ class ReviewStore:
         """The id of the reviewer with this name (case-insensitive), created on first use."""
         name = normalize_reviewer_name(name)
         with self._transaction() as db:
-            db.execute("INSERT OR IGNORE INTO reviewers (name, created, key_salt) VALUES (?, ?, ?)",
-                       (name, _now(), secrets.token_hex(16)))
+            db.execute(
+                "INSERT OR IGNORE INTO reviewers (name, created, key_salt) VALUES (?, ?, ?)",
+                (name, _now(), secrets.token_hex(16)),
+            )
             return db.execute("SELECT id FROM reviewers WHERE name = ?", (name,)).fetchone()[0]
 
     def login(self, name: str, key: str = "") -> tuple[int, bool]:
@@ -274,18 +319,26 @@ class ReviewStore:
         with self._transaction() as db:
             row = db.execute("SELECT id, key_salt FROM reviewers WHERE name = ?", (name,)).fetchone()
             if row is None:
-                cursor = db.execute("INSERT INTO reviewers (name, created, key_salt) VALUES (?, ?, ?)",
-                                    (name, _now(), secrets.token_hex(16)))
+                cursor = db.execute(
+                    "INSERT INTO reviewers (name, created, key_salt) VALUES (?, ?, ?)",
+                    (name, _now(), secrets.token_hex(16)),
+                )
                 return cursor.lastrowid, True
             if row["key_salt"] is None:  # from before reviewer keys: this login claims the name
-                db.execute("UPDATE reviewers SET key_salt = ? WHERE id = ?", (secrets.token_hex(16), row["id"]))
+                db.execute(
+                    "UPDATE reviewers SET key_salt = ? WHERE id = ?", (secrets.token_hex(16), row["id"])
+                )
                 return row["id"], False
             expected = self._key(row["id"], row["key_salt"])
             typed = "".join(ch for ch in key.lower() if ch.isalnum())
-            if not hmac.compare_digest(typed.encode("utf-8", "surrogateescape"), expected.replace("-", "").encode()):
-                raise ValueError("This name is already taken by a reviewer. If it is yours, enter your reviewer key "
-                                 "(shown at the top of the page in the browser you first used); otherwise choose "
-                                 "another name.")
+            if not hmac.compare_digest(
+                typed.encode("utf-8", "surrogateescape"), expected.replace("-", "").encode()
+            ):
+                raise ValueError(
+                    "This name is already taken by a reviewer. If it is yours, enter your reviewer key "
+                    "(shown at the top of the page in the browser you first used); otherwise choose "
+                    "another name."
+                )
             return row["id"], False
 
     def reviewer_key(self, reviewer_id: int) -> str | None:
@@ -299,13 +352,17 @@ class ReviewStore:
     def _key(self, reviewer_id: int, salt: str) -> str:
         digest = hmac.new(self.secret, f"reviewer key|{reviewer_id}|{salt}".encode(), hashlib.sha256).digest()
         raw = base64.b32encode(digest).decode().lower()[:KEY_CHARS]
-        return "-".join(raw[i:i + 4] for i in range(0, KEY_CHARS, 4))
+        return "-".join(raw[i : i + 4] for i in range(0, KEY_CHARS, 4))
 
     def reviewer_keys(self) -> list[tuple[str, str | None]]:
         """(name, key) of every reviewer, for the person running the review (a reviewer who lost theirs)."""
         with self._reading() as db:
-            rows = db.execute("SELECT id, name, key_salt FROM reviewers ORDER BY name COLLATE NOCASE").fetchall()
-        return [(row["name"], self._key(row["id"], row["key_salt"]) if row["key_salt"] else None) for row in rows]
+            rows = db.execute(
+                "SELECT id, name, key_salt FROM reviewers ORDER BY name COLLATE NOCASE"
+            ).fetchall()
+        return [
+            (row["name"], self._key(row["id"], row["key_salt"]) if row["key_salt"] else None) for row in rows
+        ]
 
     def reviewer_name(self, reviewer_id: int) -> str | None:
         with self._reading() as db:
@@ -326,23 +383,32 @@ class ReviewStore:
                 "left_side = excluded.left_side, "
                 + ", ".join(f"{c} = excluded.{c}" for c in _SCORE_COLUMNS)
                 + ", comment = excluded.comment, updated = excluded.updated",
-                (reviewer_id, item_id, rating.preferred, rating.left_side, *values, rating.comment, now, now))
+                (reviewer_id, item_id, rating.preferred, rating.left_side, *values, rating.comment, now, now),
+            )
 
     def rating(self, reviewer_id: int, item_id: int) -> Rating | None:
         with self._reading() as db:
-            row = db.execute("SELECT * FROM ratings WHERE reviewer_id = ? AND item_id = ?",
-                             (reviewer_id, item_id)).fetchone()
+            row = db.execute(
+                "SELECT * FROM ratings WHERE reviewer_id = ? AND item_id = ?", (reviewer_id, item_id)
+            ).fetchone()
         if row is None:
             return None
-        return Rating(preferred=row["preferred"], left_side=row["left_side"],
-                      scores_a={c: row[f"a_{c}"] for c in CRITERIA},
-                      scores_b={c: row[f"b_{c}"] for c in CRITERIA}, comment=row["comment"])
+        return Rating(
+            preferred=row["preferred"],
+            left_side=row["left_side"],
+            scores_a={c: row[f"a_{c}"] for c in CRITERIA},
+            scores_b={c: row[f"b_{c}"] for c in CRITERIA},
+            comment=row["comment"],
+        )
 
     def rated_item_ids(self, reviewer_id: int) -> set[int]:
         """The active items this reviewer has rated."""
         with self._reading() as db:
-            rows = db.execute("SELECT r.item_id FROM ratings r JOIN items i ON i.id = r.item_id "
-                              "WHERE r.reviewer_id = ? AND i.active = 1", (reviewer_id,)).fetchall()
+            rows = db.execute(
+                "SELECT r.item_id FROM ratings r JOIN items i ON i.id = r.item_id "
+                "WHERE r.reviewer_id = ? AND i.active = 1",
+                (reviewer_id,),
+            ).fetchall()
         return {row[0] for row in rows}
 
     def rating_records(self, active_only: bool = True) -> list[dict]:
@@ -353,7 +419,8 @@ class ReviewStore:
                 "SELECT rv.name AS reviewer, i.id AS item_id, i.suite, i.prompt_id, i.category, i.generation, "
                 "i.task, i.prompt, i.active, r.* FROM ratings r JOIN items i ON i.id = r.item_id "
                 f"JOIN reviewers rv ON rv.id = r.reviewer_id {where} "
-                "ORDER BY i.position, rv.name COLLATE NOCASE").fetchall()
+                "ORDER BY i.position, rv.name COLLATE NOCASE"
+            ).fetchall()
         records = []
         for row in rows:
             record = dict(row)

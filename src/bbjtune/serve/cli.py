@@ -20,16 +20,22 @@ from bbjtune.config import RunConfig, load_config
 from bbjtune.errors import BbjtuneError
 from bbjtune.serve.gateway.cli import serve_gateway
 
-ConfigArg = Annotated[str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")]
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="Override one setting, e.g. --set export.ollama.quant=q8_0 (repeatable).")]
+ConfigArg = Annotated[
+    str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override one setting, e.g. --set export.ollama.quant=q8_0 (repeatable)."),
+]
 VLLM_FILE = "vllm-lora.json"
 
 serve_app = typer.Typer(
-    no_args_is_help=True, rich_markup_mode="rich",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
     help="Run an exported BBj model: in Ollama, in vLLM, or as a local OpenAI-compatible server; "
-         "[bold]gateway[/bold] checks the BBj in its answers.\n\n"
-         "Run [bold]bbjtune export CONFIG[/bold] first; these commands use its files.")
+    "[bold]gateway[/bold] checks the BBj in its answers.\n\n"
+    "Run [bold]bbjtune export CONFIG[/bold] first; these commands use its files.",
+)
 
 
 @serve_app.command("ollama")
@@ -44,19 +50,25 @@ def serve_ollama(config: ConfigArg, set_: SetOpt = None) -> None:
         raise BbjtuneError(f"{modelfile} not found", f"run `bbjtune export {config}` first")
     gguf = (cfg.export_dir / modelfile_from(modelfile.read_text(encoding="utf-8"))).resolve()
     if not gguf.exists():
-        raise BbjtuneError(f"the Modelfile points to {gguf}, which does not exist", f"run `bbjtune export {config}` again")
+        raise BbjtuneError(
+            f"the Modelfile points to {gguf}, which does not exist", f"run `bbjtune export {config}` again"
+        )
     name = exported_ollama(cfg).get("model_name") or default_model_name(cfg)
     command = ["ollama", "create", name, "-f", "Modelfile"]
     if shutil.which("ollama") is None:
-        typer.echo(f"Ollama is not installed on this machine. Where it is, copy these two files into one folder:\n"
-                   f"  {modelfile}\n  {gguf}\n"
-                   f"and run there:\n  {' '.join(command)}\n  ollama run {name}")
+        typer.echo(
+            f"Ollama is not installed on this machine. Where it is, copy these two files into one folder:\n"
+            f"  {modelfile}\n  {gguf}\n"
+            f"and run there:\n  {' '.join(command)}\n  ollama run {name}"
+        )
         return
     typer.echo(f"running: {' '.join(command)}  (in {cfg.export_dir})", err=True)
     result = subprocess.run(command, cwd=cfg.export_dir)
     if result.returncode != 0:
-        raise BbjtuneError(f"`ollama create` failed (exit code {result.returncode})",
-                           "is the Ollama server running (`ollama serve`)? See its message above")
+        raise BbjtuneError(
+            f"`ollama create` failed (exit code {result.returncode})",
+            "is the Ollama server running (`ollama serve`)? See its message above",
+        )
     typer.echo(f"Created. Try it:  ollama run {name}")
 
 
@@ -73,17 +85,29 @@ def serve_vllm(config: ConfigArg, set_: SetOpt = None) -> None:
     except FileNotFoundError:
         raise BbjtuneError(f"{path} not found", f"run `bbjtune export {config}` first") from None
     except json.JSONDecodeError as exc:
-        raise BbjtuneError(f"{path} is not valid JSON (line {exc.lineno})", f"run `bbjtune export {config}` again") from None
-    typer.echo(plan.get("explanation") or plan.get("command") or "the export found no way to serve this model in vLLM")
+        raise BbjtuneError(
+            f"{path} is not valid JSON (line {exc.lineno})", f"run `bbjtune export {config}` again"
+        ) from None
+    typer.echo(
+        plan.get("explanation")
+        or plan.get("command")
+        or "the export found no way to serve this model in vLLM"
+    )
     typer.echo(f"(from {path})", err=True)
 
 
 @serve_app.command("gguf")
 def serve_gguf(
     target: Annotated[str, typer.Argument(help="A .gguf file, or a config/preset whose export to serve.")],
-    quant: Annotated[str | None, typer.Option(help="Which exported GGUF to serve when TARGET is a config "
-                                                  "(default: the one the Modelfile uses).")] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on. 127.0.0.1 keeps it on this machine.")] = "127.0.0.1",
+    quant: Annotated[
+        str | None,
+        typer.Option(
+            help="Which exported GGUF to serve when TARGET is a config (default: the one the Modelfile uses)."
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on. 127.0.0.1 keeps it on this machine.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context length in tokens (prompt + answer).")] = 4096,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: llama.cpp's choice).")] = None,
@@ -95,16 +119,36 @@ def serve_gguf(
     """
     path, alias = _gguf_target(target, quant, set_)
     if importlib.util.find_spec("llama_cpp") is None:
-        raise BbjtuneError("llama-cpp-python is not installed; it runs the GGUF server",
-                           "pip install 'bbjtune[export]' (compiles llama.cpp once, a few minutes)")
+        raise BbjtuneError(
+            "llama-cpp-python is not installed; it runs the GGUF server",
+            "pip install 'bbjtune[export]' (compiles llama.cpp once, a few minutes)",
+        )
     # llama-cpp-python's server behind a rewrite that makes editor FIM requests work (llama_server.py)
-    command = [sys.executable, "-m", "bbjtune.serve.llama_server", "--model", str(path), "--model_alias", alias,
-               "--host", host, "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False"]
+    command = [
+        sys.executable,
+        "-m",
+        "bbjtune.serve.llama_server",
+        "--model",
+        str(path),
+        "--model_alias",
+        alias,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+        "--verbose",
+        "False",
+    ]
     if threads:
         command += ["--n_threads", str(threads)]
     if host not in ("127.0.0.1", "localhost", "::1"):
-        typer.echo(f"warning: listening on {host}: other machines can reach this server (it has no password)", err=True)
-    typer.echo(f"Serving {path.name} as \"{alias}\" at http://{host}:{port}/v1  (Ctrl-C stops)", err=True)
+        typer.echo(
+            f"warning: listening on {host}: other machines can reach this server (it has no password)",
+            err=True,
+        )
+    typer.echo(f'Serving {path.name} as "{alias}" at http://{host}:{port}/v1  (Ctrl-C stops)', err=True)
     proc = subprocess.Popen(command)
     # stopping bbjtune stops the server too (a service manager or a test sends SIGTERM, not Ctrl-C)
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -118,8 +162,10 @@ def serve_gguf(
     if code in (-signal.SIGTERM, -signal.SIGHUP):
         return
     if code != 0:
-        raise BbjtuneError(f"the llama.cpp server stopped with exit code {code}",
-                           f"is port {port} already in use? Choose another with --port")
+        raise BbjtuneError(
+            f"the llama.cpp server stopped with exit code {code}",
+            f"is port {port} already in use? Choose another with --port",
+        )
 
 
 # ----------------------------------------------------------------------------- the export's files
@@ -131,7 +177,7 @@ def exported_ollama(cfg: RunConfig) -> dict[str, Any]:
     """The export manifest's `ollama` block (model_name, quant, modelfile); {} before an export."""
     try:
         return read_manifest(cfg.export_dir).get("ollama") or {}
-    except BbjtuneError:   # no export yet, or a damaged manifest: the configured values
+    except BbjtuneError:  # no export yet, or a damaged manifest: the configured values
         return {}
 
 
@@ -161,14 +207,19 @@ def _gguf_target(target: str, quant: str | None, overrides: list[str] | None) ->
     path = Path(target).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
-            raise BbjtuneError(f"{path} does not exist", "give an existing .gguf file, or a config to serve its export")
+            raise BbjtuneError(
+                f"{path} does not exist", "give an existing .gguf file, or a config to serve its export"
+            )
         return path, path.name.split(".")[0]
 
     cfg = load_config(target, overrides)
     path = exported_gguf(cfg, quant or modelfile_quant(cfg))
     if not path.exists():
         made = sorted(p.name for p in cfg.export_dir.glob("*.gguf")) if cfg.export_dir.exists() else []
-        hint = (f"exported files: {', '.join(made)} (choose one with --quant)" if made
-                else f"run `bbjtune export {target}` first")
+        hint = (
+            f"exported files: {', '.join(made)} (choose one with --quant)"
+            if made
+            else f"run `bbjtune export {target}` first"
+        )
         raise BbjtuneError(f"{path} does not exist", hint)
     return path, exported_ollama(cfg).get("model_name") or default_model_name(cfg)

@@ -62,8 +62,12 @@ class FimRequests:
         self.app = app
         self.banned_ids = banned_ids
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
-                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    async def __call__(
+        self,
+        scope: dict[str, Any],
+        receive: Callable[[], Awaitable[dict[str, Any]]],
+        send: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != COMPLETIONS_PATH:
             await self.app(scope, receive, send)
             return
@@ -123,8 +127,12 @@ def main() -> None:
     model_settings = parse_model_from_args(ModelSettings, args)
     app = create_app(server_settings=server_settings, model_settings=[model_settings])
     wrapped = FimRequests(app, fim_token_ids(model_settings.model))
-    uvicorn.run(wrapped, host=os.getenv("HOST", server_settings.host), port=int(os.getenv("PORT", server_settings.port)),
-                log_level="warning")
+    uvicorn.run(
+        wrapped,
+        host=os.getenv("HOST", server_settings.host),
+        port=int(os.getenv("PORT", server_settings.port)),
+        log_level="warning",
+    )
 
 
 if __name__ == "__main__":

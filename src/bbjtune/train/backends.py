@@ -69,22 +69,28 @@ def check_launch(cfg: RunConfig, stages: list[str]) -> None:
     fsdp = _launched_with("FSDP")
     chat_tokens = "sft" in stages and wants_chat_token_training(cfg) and not cfg.train.sft.train_embeddings
     if chat_tokens and _zero3():
-        raise BbjtuneError("DeepSpeed ZeRO-3 cannot train the chat-token rows that stage 2 trains on a Base model",
-                           "launch with configs/accelerate/fsdp_qlora.yaml (it shards the weights too), or with "
-                           "deepspeed_zero2.yaml or ddp.yaml when the model fits on one GPU; ZeRO-3 works for "
-                           "stage 1 (--stage cpt) and for Instruct models")
+        raise BbjtuneError(
+            "DeepSpeed ZeRO-3 cannot train the chat-token rows that stage 2 trains on a Base model",
+            "launch with configs/accelerate/fsdp_qlora.yaml (it shards the weights too), or with "
+            "deepspeed_zero2.yaml or ddp.yaml when the model fits on one GPU; ZeRO-3 works for "
+            "stage 1 (--stage cpt) and for Instruct models",
+        )
     orig_params = os.environ.get("FSDP_USE_ORIG_PARAMS", "false").lower() in ("true", "1", "yes")
     if chat_tokens and fsdp and (not orig_params or "cpt" in stages):
-        raise BbjtuneError("under FSDP, stage 2 on a Base model (it trains the chat-token rows) needs "
-                           "fsdp_use_orig_params true and a launch of its own",
-                           "run stage 1 with the shipped config (add --stage cpt), then stage 2: accelerate launch "
-                           "--config_file configs/accelerate/fsdp_qlora.yaml --fsdp_use_orig_params true "
-                           "-m bbjtune train CONFIG --stage sft")
+        raise BbjtuneError(
+            "under FSDP, stage 2 on a Base model (it trains the chat-token rows) needs "
+            "fsdp_use_orig_params true and a launch of its own",
+            "run stage 1 with the shipped config (add --stage cpt), then stage 2: accelerate launch "
+            "--config_file configs/accelerate/fsdp_qlora.yaml --fsdp_use_orig_params true "
+            "-m bbjtune train CONFIG --stage sft",
+        )
     if (fsdp or _launched_with("DEEPSPEED")) and not cuda_available():
-        raise BbjtuneError(f"{'FSDP' if fsdp else 'DeepSpeed'} training needs CUDA GPUs and none is visible",
-                           "on CPU, or to check a config quickly, use plain data parallel: torchrun "
-                           "--nproc_per_node 2 -m bbjtune train CONFIG (or accelerate launch with "
-                           "configs/accelerate/ddp.yaml on GPUs)")
+        raise BbjtuneError(
+            f"{'FSDP' if fsdp else 'DeepSpeed'} training needs CUDA GPUs and none is visible",
+            "on CPU, or to check a config quickly, use plain data parallel: torchrun "
+            "--nproc_per_node 2 -m bbjtune train CONFIG (or accelerate launch with "
+            "configs/accelerate/ddp.yaml on GPUs)",
+        )
 
 
 def unsloth_importable() -> bool:
@@ -108,12 +114,17 @@ def use_one_gpu_unless_launched(console: Any = None) -> None:
     if "WORLD_SIZE" in os.environ or "CUDA_VISIBLE_DEVICES" in os.environ or torch.cuda.device_count() <= 1:
         return
     if torch.cuda.is_initialized():
-        raise BbjtuneError(f"{torch.cuda.device_count()} GPUs are visible and training was not started with "
-                           "accelerate launch", "set CUDA_VISIBLE_DEVICES=0, or use accelerate launch "
-                           "--config_file configs/accelerate/ddp.yaml -m bbjtune train CONFIG")
+        raise BbjtuneError(
+            f"{torch.cuda.device_count()} GPUs are visible and training was not started with "
+            "accelerate launch",
+            "set CUDA_VISIBLE_DEVICES=0, or use accelerate launch "
+            "--config_file configs/accelerate/ddp.yaml -m bbjtune train CONFIG",
+        )
     if console is not None:
-        console.print(f"{torch.cuda.device_count()} GPUs visible: training on GPU 0 (for all of them: accelerate launch "
-                      "--config_file configs/accelerate/ddp.yaml -m bbjtune train CONFIG)")
+        console.print(
+            f"{torch.cuda.device_count()} GPUs visible: training on GPU 0 (for all of them: accelerate launch "
+            "--config_file configs/accelerate/ddp.yaml -m bbjtune train CONFIG)"
+        )
     os.environ["CUDA_VISIBLE_DEVICES"] = "0"
 
 
@@ -125,11 +136,15 @@ def choose_backend(requested: str) -> str:
     if requested == "auto":
         return "unsloth" if single_gpu and unsloth_importable() else "hf"
     if not unsloth_importable():
-        raise BbjtuneError("train.backend is 'unsloth' but Unsloth is not installed",
-                           "pip install 'bbjtune[unsloth]' on the GPU machine, or set train.backend: hf (or auto)")
+        raise BbjtuneError(
+            "train.backend is 'unsloth' but Unsloth is not installed",
+            "pip install 'bbjtune[unsloth]' on the GPU machine, or set train.backend: hf (or auto)",
+        )
     if not single_gpu:
-        raise BbjtuneError("the unsloth backend trains on exactly one CUDA GPU",
-                           "set train.backend: hf for CPU or multi-GPU (accelerate launch) training")
+        raise BbjtuneError(
+            "the unsloth backend trains on exactly one CUDA GPU",
+            "set train.backend: hf for CPU or multi-GPU (accelerate launch) training",
+        )
     return "unsloth"
 
 
@@ -149,9 +164,13 @@ def load_hf(source: str, cfg: Any) -> Any:
     """A causal LM ready for peft: 16-bit, or 4-bit nf4 (QLoRA) when the config asks for it."""
 
     quantization = cfg.train.quantization if cfg.train.quantization.load_in_4bit else None
-    return load_model(source, dtype=cfg.model.dtype, quantization=quantization,
-                      device_map=training_device_map(quantization is not None),
-                      attn_implementation=cfg.model.attn_implementation)
+    return load_model(
+        source,
+        dtype=cfg.model.dtype,
+        quantization=quantization,
+        device_map=training_device_map(quantization is not None),
+        attn_implementation=cfg.model.attn_implementation,
+    )
 
 
 def load_unsloth(source: str, cfg: Any, stage_cfg: Any, lora: dict[str, Any]) -> Any:
@@ -159,33 +178,48 @@ def load_unsloth(source: str, cfg: Any, stage_cfg: Any, lora: dict[str, Any]) ->
     from unsloth import FastLanguageModel
 
     if lora.get("use_dora"):
-        raise BbjtuneError("the unsloth backend does not train DoRA adapters",
-                           "set train.lora.use_dora: false, or train.backend: hf")
+        raise BbjtuneError(
+            "the unsloth backend does not train DoRA adapters",
+            "set train.lora.use_dora: false, or train.backend: hf",
+        )
     src = resolve_source(source)
     name, extra = src.pretrained_args
     if extra:
-        raise BbjtuneError("the unsloth backend cannot load a .gguf file directly",
-                           "convert it to a model directory first, or use train.backend: hf")
+        raise BbjtuneError(
+            "the unsloth backend cannot load a .gguf file directly",
+            "convert it to a model directory first, or use train.backend: hf",
+        )
     model, _ = FastLanguageModel.from_pretrained(
-        model_name=name, max_seq_length=stage_cfg.max_length, dtype=torch_dtype(cfg.model.dtype),
-        load_in_4bit=cfg.train.quantization.load_in_4bit, full_finetuning=False,
+        model_name=name,
+        max_seq_length=stage_cfg.max_length,
+        dtype=torch_dtype(cfg.model.dtype),
+        load_in_4bit=cfg.train.quantization.load_in_4bit,
+        full_finetuning=False,
     )
     lora = copy.deepcopy(lora)  # peft extends the lists it is given
     targets = lora["target_modules"]
     settings = dict(
-        r=lora["r"], lora_alpha=lora["lora_alpha"], lora_dropout=lora["lora_dropout"],
-        target_modules=QWEN2_LINEAR_MODULES if targets == "all-linear" else targets, bias="none",
+        r=lora["r"],
+        lora_alpha=lora["lora_alpha"],
+        lora_dropout=lora["lora_dropout"],
+        target_modules=QWEN2_LINEAR_MODULES if targets == "all-linear" else targets,
+        bias="none",
         use_gradient_checkpointing="unsloth" if cfg.train.gradient_checkpointing else False,
-        random_state=cfg.train.seed, use_rslora=lora["use_rslora"], modules_to_save=lora["modules_to_save"],
+        random_state=cfg.train.seed,
+        use_rslora=lora["use_rslora"],
+        modules_to_save=lora["modules_to_save"],
     )
     if lora.get("trainable_token_indices"):
         try:  # passed through to peft's LoraConfig by Unsloth versions that forward extra keywords
-            return FastLanguageModel.get_peft_model(model, trainable_token_indices=lora["trainable_token_indices"],
-                                                    **settings)
+            return FastLanguageModel.get_peft_model(
+                model, trainable_token_indices=lora["trainable_token_indices"], **settings
+            )
         except TypeError as exc:
             if "trainable_token_indices" not in str(exc):
                 raise
-            raise BbjtuneError("this Unsloth version cannot train the <|im_start|>/<|im_end|> rows a Base model needs",
-                               "set train.sft.train_chat_tokens: no (Unsloth then initialises untrained tokens "
-                               "itself), or train.backend: hf") from None
+            raise BbjtuneError(
+                "this Unsloth version cannot train the <|im_start|>/<|im_end|> rows a Base model needs",
+                "set train.sft.train_chat_tokens: no (Unsloth then initialises untrained tokens "
+                "itself), or train.backend: hf",
+            ) from None
     return FastLanguageModel.get_peft_model(model, **settings)

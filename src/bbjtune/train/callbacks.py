@@ -29,15 +29,22 @@ class MetricsLog(TrainerCallback):
         self.path, self.stage, self.is_main = path, stage, is_main
         self.last: dict[str, Any] = {}
         if is_main:
-            keep_rows = [r for r in read_complete_jsonl(path)
-                         if r.get("stage") != stage or (resume_step is not None and r.get("step", 0) <= resume_step)]
+            keep_rows = [
+                r
+                for r in read_complete_jsonl(path)
+                if r.get("stage") != stage or (resume_step is not None and r.get("step", 0) <= resume_step)
+            ]
             atomic_write_jsonl(path, keep_rows)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not self.is_main or not logs:
             return
-        row: dict[str, Any] = {"stage": self.stage, "step": state.global_step,
-                               "epoch": round(state.epoch or 0.0, 4), "time": round(time.time(), 3)}
+        row: dict[str, Any] = {
+            "stage": self.stage,
+            "step": state.global_step,
+            "epoch": round(state.epoch or 0.0, 4),
+            "time": round(time.time(), 3),
+        }
         for key, value in logs.items():
             if isinstance(value, (int, float)) and math.isfinite(value):
                 row[key] = value
@@ -62,7 +69,9 @@ class RichProgress(TrainerCallback):
             return
         self.progress = new_progress(self.console, unit="steps", eta=True, status=True, transient=False)
         self.progress.start()
-        self.task = self.progress.add_task(self.stage, total=state.max_steps, completed=state.global_step, status="")
+        self.task = self.progress.add_task(
+            self.stage, total=state.max_steps, completed=state.global_step, status=""
+        )
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is not None:
@@ -73,15 +82,28 @@ class RichProgress(TrainerCallback):
             return
         self.last_loss = logs.get("loss", self.last_loss)
         self.last_eval = logs.get("eval_loss", self.last_eval)
-        parts = [f"loss {self.last_loss:.4f}" if self.last_loss is not None else "",
-                 f"eval loss {self.last_eval:.4f}" if self.last_eval is not None else ""]
+        parts = [
+            f"loss {self.last_loss:.4f}" if self.last_loss is not None else "",
+            f"eval loss {self.last_eval:.4f}" if self.last_eval is not None else "",
+        ]
         self.progress.update(self.task, status="  ".join(p for p in parts if p))
-        shown = {k: logs[k] for k in ("loss", "eval_loss", "learning_rate", "grad_norm", "mean_token_accuracy",
-                                      "eval_mean_token_accuracy") if k in logs}
+        shown = {
+            k: logs[k]
+            for k in (
+                "loss",
+                "eval_loss",
+                "learning_rate",
+                "grad_norm",
+                "mean_token_accuracy",
+                "eval_mean_token_accuracy",
+            )
+            if k in logs
+        }
         if shown:
             text = "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
-            self.progress.console.print(f"[dim]{self.stage} step {state.global_step}/{state.max_steps}[/]  {text}",
-                                        highlight=False)
+            self.progress.console.print(
+                f"[dim]{self.stage} step {state.global_step}/{state.max_steps}[/]  {text}", highlight=False
+            )
 
     def on_train_end(self, args, state, control, **kwargs):
         self.close()
@@ -124,8 +146,10 @@ class GracefulStop(TrainerCallback):
             raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
         self.requested = True
         if self.console is not None:
-            self.console.print("[yellow]stop requested[/] — saving a checkpoint after this step "
-                               "(Ctrl-C again to stop at once)")
+            self.console.print(
+                "[yellow]stop requested[/] — saving a checkpoint after this step "
+                "(Ctrl-C again to stop at once)"
+            )
 
     def _anyone_requested(self) -> bool:
         import torch.distributed as dist

@@ -18,6 +18,7 @@ from bbjtune.train.job import StageJob, is_main_process, wait_for_everyone
 
 FINGERPRINT_FILE = "fingerprint.json"
 
+
 def last_checkpoint(directory: Path) -> Path | None:
     """The newest complete checkpoint (one whose trainer_state.json was written and parses)."""
     if not directory.is_dir():
@@ -33,8 +34,10 @@ def last_checkpoint(directory: Path) -> Path | None:
             candidates.append((int(suffix), d))
     return max(candidates)[1] if candidates else None
 
+
 def checkpoint_step(checkpoint: Path) -> int:
     return int(json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
+
 
 def decide_resume(job: StageJob) -> Path | None:
     """The checkpoint to resume from, or None to start fresh (old checkpoints are then removed)."""
@@ -46,11 +49,15 @@ def decide_resume(job: StageJob) -> Path | None:
     matches = found is not None and recorded == job.fingerprint()
     if job.resume == "always":
         if found is None:
-            raise BbjtuneError(f"--resume: no checkpoint to resume in {job.checkpoints_dir}",
-                               "run without --resume to start this stage")
+            raise BbjtuneError(
+                f"--resume: no checkpoint to resume in {job.checkpoints_dir}",
+                "run without --resume to start this stage",
+            )
         if not matches:
-            raise BbjtuneError(f"--resume: the checkpoint in {job.checkpoints_dir} was made with other settings or data",
-                               "resume with the settings it was made with, or add --restart to start over")
+            raise BbjtuneError(
+                f"--resume: the checkpoint in {job.checkpoints_dir} was made with other settings or data",
+                "resume with the settings it was made with, or add --restart to start over",
+            )
         return found
     if job.resume == "auto" and matches:
         return found
@@ -59,6 +66,7 @@ def decide_resume(job: StageJob) -> Path | None:
         shutil.rmtree(job.checkpoints_dir)
     wait_for_everyone()
     return None
+
 
 def record_fingerprint(job: StageJob) -> None:
     if is_main_process():

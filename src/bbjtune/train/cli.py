@@ -13,23 +13,42 @@ from bbjtune.train.job import is_main_process
 
 
 def train(
-    config: Annotated[str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")],
-    stage: Annotated[str | None, typer.Option(
-        "--stage", help="Which training to run: cpt (stage 1: learn BBj from raw source code), sft (stage 2: "
-                        "learn to answer BBj requests), all (cpt, then sft on its result), or a self-training stage after "
-                        "sft: rft, dpo, grpo (learn from the checker's verdicts on the model's own answers). "
-                        "Default: train.stages.",
-    )] = None,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue a stopped run from its last checkpoint (fails if there is none). Without it, "
-                         "a stopped run with unchanged settings resumes anyway.")] = False,
-    restart: Annotated[bool, typer.Option(
-        "--restart", help="Train from scratch: ignore finished stages and checkpoints.")] = False,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Check the config and data, show 3 examples with the tokens that are trained on "
-                          "highlighted, and estimate the GPU memory; trains nothing.")] = False,
-    set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override one setting, e.g. --set train.lora.r=16 (repeatable).")] = None,
+    config: Annotated[
+        str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")
+    ],
+    stage: Annotated[
+        str | None,
+        typer.Option(
+            "--stage",
+            help="Which training to run: cpt (stage 1: learn BBj from raw source code), sft (stage 2: "
+            "learn to answer BBj requests), all (cpt, then sft on its result), or a self-training stage after "
+            "sft: rft, dpo, grpo (learn from the checker's verdicts on the model's own answers). "
+            "Default: train.stages.",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue a stopped run from its last checkpoint (fails if there is none). Without it, "
+            "a stopped run with unchanged settings resumes anyway.",
+        ),
+    ] = False,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Train from scratch: ignore finished stages and checkpoints.")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Check the config and data, show 3 examples with the tokens that are trained on "
+            "highlighted, and estimate the GPU memory; trains nothing.",
+        ),
+    ] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override one setting, e.g. --set train.lora.r=16 (repeatable)."),
+    ] = None,
 ) -> None:
     """Fine-tune the model on the prepared BBj data (run `bbjtune data prepare CONFIG` first).
 
@@ -58,7 +77,14 @@ def train(
         allow_bitsandbytes()
     stages = None if stage is None else ["cpt", "sft"] if stage == "all" else [stage]
     console = Console(stderr=True, quiet=not is_main_process())  # one report, not one per GPU
-    out = run_stage(cfg, stages=stages, resume="always" if resume else "never" if restart else "auto",
-                    dry_run=dry_run, console=console)
+    out = run_stage(
+        cfg,
+        stages=stages,
+        resume="always" if resume else "never" if restart else "auto",
+        dry_run=dry_run,
+        console=console,
+    )
     if not dry_run:
-        console.print(f"[bold green]Done.[/] The trained model is described by [bold]{out / 'trained.json'}[/]")
+        console.print(
+            f"[bold green]Done.[/] The trained model is described by [bold]{out / 'trained.json'}[/]"
+        )

@@ -40,8 +40,13 @@ def run_cpt(job: StageJob, data: TrainingData) -> dict[str, Any]:
     tokenizer = load_training_tokenizer(job.base_source)
     model, peft_settings, lora = _setup_model(job)
     train_dataset, eval_dataset, fim_stats = _setup_data(data, job, tokenizer)
-    args = training_arguments(job, has_eval=eval_dataset is not None, dataset_text_field="text",
-                                 eos_token=ENDOFTEXT, packing_strategy="bfd_split")
+    args = training_arguments(
+        job,
+        has_eval=eval_dataset is not None,
+        dataset_text_field="text",
+        eos_token=ENDOFTEXT,
+        packing_strategy="bfd_split",
+    )
     trainer, metrics = run_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings)
     if is_main_process():
         save_adapter(trainer, tokenizer, job.adapter_dir, chat_model=False)
@@ -83,8 +88,13 @@ def _setup_data(data: TrainingData, job: StageJob | None = None, tokenizer: Any 
 def fim_texts(data: TrainingData, job: StageJob, tokenizer: Any) -> tuple[list[str], dict[str, Any]]:
     """The chunks with `train.cpt.fim_rate` of them as fill-in-the-middle samples, and what was done."""
     c = job.cfg.train.cpt
-    settings = FimSettings(rate=c.fim_rate, spm_rate=c.fim_spm_rate, line_level_rate=c.fim_line_level_rate,
-                           repo_rate=c.fim_repo_rate, seed=job.cfg.train.seed)
+    settings = FimSettings(
+        rate=c.fim_rate,
+        spm_rate=c.fim_spm_rate,
+        line_level_rate=c.fim_line_level_rate,
+        repo_rate=c.fim_repo_rate,
+        seed=job.cfg.train.seed,
+    )
 
     def fits(texts: list[str]) -> list[bool]:  # + the closing <|endoftext|>
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -93,8 +103,11 @@ def fim_texts(data: TrainingData, job: StageJob, tokenizer: Any) -> tuple[list[s
     sources = data.text_sources or [None] * len(data.texts)
     texts, stats = fim_documents(data.texts, sources, settings, fits)
     summary = stats.to_dict()
-    job.console.print(f"stage 1: {summary['fim_samples']} of {stats.documents} documents as fill-in-the-middle "
-                      f"samples (train.cpt.fim_rate {c.fim_rate:g})", highlight=False)
+    job.console.print(
+        f"stage 1: {summary['fim_samples']} of {stats.documents} documents as fill-in-the-middle "
+        f"samples (train.cpt.fim_rate {c.fim_rate:g})",
+        highlight=False,
+    )
     return texts, summary
 
 
@@ -102,10 +115,18 @@ def merge(job: StageJob) -> Path:
     """Base (16-bit) + stage 1 adapter → `cpt/merged/`, a full model stage 2 starts from."""
     import torch
 
-    job.console.print(f"merging the stage 1 adapter into the {job.cfg.model.dtype} base weights → {merged_dir(job)}")
-    return merge_adapters(job.base_source, [job.adapter_dir], merged_dir(job), tokenizer_source=str(job.adapter_dir),
-                          chat=False, dtype=job.cfg.model.dtype,
-                          device_map={"": 0} if torch.cuda.is_available() else None)
+    job.console.print(
+        f"merging the stage 1 adapter into the {job.cfg.model.dtype} base weights → {merged_dir(job)}"
+    )
+    return merge_adapters(
+        job.base_source,
+        [job.adapter_dir],
+        merged_dir(job),
+        tokenizer_source=str(job.adapter_dir),
+        chat=False,
+        dtype=job.cfg.model.dtype,
+        device_map={"": 0} if torch.cuda.is_available() else None,
+    )
 
 
 def _free_memory() -> None:

@@ -30,7 +30,9 @@ SAMPLE_CHARS = 1600
 
 def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
     """(input ids, trained mask) of one conversation, the way trl's assistant-only loss computes them."""
-    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    out = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     return list(out["input_ids"]), list(out["assistant_masks"])
 
 
@@ -71,19 +73,34 @@ def packed_rows(lengths: list[int], max_length: int) -> int:
 def show_dry_run(cfg: RunConfig, stages: list[str], data: TrainingData, console: Console) -> None:
     console.rule(f"[bold]bbjtune train --dry-run[/] {cfg.name}")
     wanted = cfg.train.backend
-    chosen = "unsloth" if wanted == "unsloth" else ("unsloth" if wanted == "auto" and backends.unsloth_importable()
-                                                    and backends.cuda_available() else "hf")
+    chosen = (
+        "unsloth"
+        if wanted == "unsloth"
+        else (
+            "unsloth"
+            if wanted == "auto" and backends.unsloth_importable() and backends.cuda_available()
+            else "hf"
+        )
+    )
     q = cfg.train.quantization
     console.print(f"model      {cfg.model.source} ({cfg.model.kind}), stages: {' → '.join(stages)}")
-    console.print(f"backend    {wanted} → {chosen} on this machine; weights "
-                  f"{'nf4 4-bit (QLoRA)' + (' + double quant' if q.double_quant else '') if q.load_in_4bit else cfg.model.dtype}")
-    console.print(f"LoRA       r={cfg.train.lora.r} alpha={cfg.train.lora.alpha} dropout={cfg.train.lora.dropout} "
-                  f"targets={cfg.train.lora.target_modules} rsLoRA={cfg.train.lora.use_rslora} DoRA={cfg.train.lora.use_dora}")
-    console.print(f"data       {cfg.data_dir}: {len(data.conversations)} conversations, {len(data.heldout)} held out, "
-                  f"{len(data.texts)} stage 1 chunks")
+    console.print(
+        f"backend    {wanted} → {chosen} on this machine; weights "
+        f"{'nf4 4-bit (QLoRA)' + (' + double quant' if q.double_quant else '') if q.load_in_4bit else cfg.model.dtype}"
+    )
+    console.print(
+        f"LoRA       r={cfg.train.lora.r} alpha={cfg.train.lora.alpha} dropout={cfg.train.lora.dropout} "
+        f"targets={cfg.train.lora.target_modules} rsLoRA={cfg.train.lora.use_rslora} DoRA={cfg.train.lora.use_dora}"
+    )
+    console.print(
+        f"data       {cfg.data_dir}: {len(data.conversations)} conversations, {len(data.heldout)} held out, "
+        f"{len(data.texts)} stage 1 chunks"
+    )
     if data.replay and "sft" in stages:
         ratio = cfg.train.sft.replay_ratio
-        console.print(f"replay     {data.describe_replay(len(data.replay_sample(ratio, cfg.train.seed)), ratio)}")
+        console.print(
+            f"replay     {data.describe_replay(len(data.replay_sample(ratio, cfg.train.seed)), ratio)}"
+        )
 
     tokenizer = load_training_tokenizer(cfg.model.source)
     for stage in stages:
@@ -97,8 +114,10 @@ def show_dry_run(cfg: RunConfig, stages: list[str], data: TrainingData, console:
 
 def _length_summary(lengths: list[int], max_length: int) -> str:
     over = sum(1 for n in lengths if n > max_length)
-    return (f"tokens per example: min {min(lengths)}, median {int(statistics.median(lengths))}, max {max(lengths)}; "
-            f"{over} longer than max_length {max_length}" + (" (truncated)" if over else ""))
+    return (
+        f"tokens per example: min {min(lengths)}, median {int(statistics.median(lengths))}, max {max(lengths)}; "
+        f"{over} longer than max_length {max_length}" + (" (truncated)" if over else "")
+    )
 
 
 def _steps(cfg: RunConfig, stage: str, rows: int) -> str:
@@ -126,10 +145,14 @@ def _show_sft(cfg: RunConfig, data: TrainingData, tokenizer: Any, console: Conso
     trained = sum(sum(m) for _, m in tokenized)
     console.rule(style="dim")
     console.print(_length_summary(lengths, sc.max_length))
-    console.print(f"trained tokens: {trained:,} of {sum(lengths):,} ({100 * trained / max(sum(lengths), 1):.0f}%)")
+    console.print(
+        f"trained tokens: {trained:,} of {sum(lengths):,} ({100 * trained / max(sum(lengths), 1):.0f}%)"
+    )
     rows = packed_rows(lengths, sc.max_length) if sc.packing else len(lengths)
     fill = sum(min(n, sc.max_length) for n in lengths) / (rows * sc.max_length) if sc.packing else None
-    console.print(_steps(cfg, "sft", rows) + (f"; packing fills {100 * fill:.0f}% of each row" if fill else ""))
+    console.print(
+        _steps(cfg, "sft", rows) + (f"; packing fills {100 * fill:.0f}% of each row" if fill else "")
+    )
 
 
 def _show_cpt(cfg: RunConfig, data: TrainingData, tokenizer: Any, console: Console) -> None:
@@ -138,8 +161,10 @@ def _show_cpt(cfg: RunConfig, data: TrainingData, tokenizer: Any, console: Conso
     lengths = [len(tokenizer(t + ENDOFTEXT)["input_ids"]) for t in data.texts]
     ids = tokenizer(data.texts[0] + ENDOFTEXT)["input_ids"]
     console.print(render_tokens(tokenizer, ids, [1] * len(ids), limit=800), highlight=False, markup=False)
-    console.print(f"{len(data.texts)} chunks, {sum(lengths):,} tokens; " + _length_summary(lengths, sc.max_length)
-                  .replace(" (truncated)", " (continued in the next row)"))
+    console.print(
+        f"{len(data.texts)} chunks, {sum(lengths):,} tokens; "
+        + _length_summary(lengths, sc.max_length).replace(" (truncated)", " (continued in the next row)")
+    )
     rows = -(-sum(lengths) // sc.max_length) if sc.packing else len(lengths)
     console.print(_steps(cfg, "cpt", rows))
 
@@ -152,26 +177,41 @@ def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Con
         except Exception as exc:  # noqa: BLE001 — the estimate is optional: say why it is missing
             console.print(f"[yellow]memory estimate skipped:[/] cannot read the model's config ({exc})")
             return
-    tokens = 2 if "sft" in stages and cfg.train.sft.train_chat_tokens != "no" and cfg.model.kind == "base" else 0
+    tokens = (
+        2 if "sft" in stages and cfg.train.sft.train_chat_tokens != "no" and cfg.model.kind == "base" else 0
+    )
     unit, scale = ("GiB", 1.0) if arch.params > 5e7 else ("MiB", 1024.0)  # tiny models: MiB
-    table = Table(title=f"GPU memory per GPU (estimate, {unit}) — {arch.params / 1e9:.2f}B parameters",
-                  title_justify="left")
+    table = Table(
+        title=f"GPU memory per GPU (estimate, {unit}) — {arch.params / 1e9:.2f}B parameters",
+        title_justify="left",
+    )
     table.add_column("stage")
     for col in ("weights", "LoRA+grads+optimizer", "activations", "output head", "overhead", "total"):
         table.add_column(col, justify="right")
     for stage in stages:
         for ckpt in (True, False):
-            e = estimate_for_config(cfg, stage, arch, trainable_tokens=tokens if stage == "sft" else 0,
-                                    gradient_checkpointing=ckpt)
+            e = estimate_for_config(
+                cfg,
+                stage,
+                arch,
+                trainable_tokens=tokens if stage == "sft" else 0,
+                gradient_checkpointing=ckpt,
+            )
             mark = " ←" if ckpt == cfg.train.gradient_checkpointing else ""
-            table.add_row(f"{stage}, checkpointing {'on' if ckpt else 'off'}{mark}",
-                          *(f"{getattr(e, k) * scale / GiB:.1f}" for k in ("weights", "adapter", "activations",
-                                                                           "output_head", "overhead")),
-                          f"[bold]{e.total * scale / GiB:.1f}[/]")
+            table.add_row(
+                f"{stage}, checkpointing {'on' if ckpt else 'off'}{mark}",
+                *(
+                    f"{getattr(e, k) * scale / GiB:.1f}"
+                    for k in ("weights", "adapter", "activations", "output_head", "overhead")
+                ),
+                f"[bold]{e.total * scale / GiB:.1f}[/]",
+            )
     console.print(table)
     sc = getattr(cfg.train, stages[-1])
     for strategy, gpus in (("zero2", 2), ("zero3", 4)):
         e = estimate_for_config(cfg, stages[-1], arch, trainable_tokens=tokens, strategy=strategy, gpus=gpus)
         console.print(f"  {strategy} on {gpus} GPUs: {e.total * scale / GiB:.1f} {unit} per GPU")
-    console.print(f"  batch {sc.per_device_batch_size} x {sc.max_length} tokens per GPU; "
-                  "the CUDA context (~0.5 GiB) comes on top")
+    console.print(
+        f"  batch {sc.per_device_batch_size} x {sc.max_length} tokens per GPU; "
+        "the CUDA context (~0.5 GiB) comes on top"
+    )

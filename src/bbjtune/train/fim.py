@@ -52,12 +52,16 @@ class FimSettings:
 @dataclass
 class FimStats:
     documents: int = 0
-    fim: Counter = field(default_factory=Counter)   # psm/spm x char/line, repo
+    fim: Counter = field(default_factory=Counter)  # psm/spm x char/line, repo
     kept_plain: Counter = field(default_factory=Counter)  # why a chosen document stayed plain
 
     def to_dict(self) -> dict[str, object]:
-        return {"documents": self.documents, "fim_samples": sum(self.fim[k] for k in ("psm", "spm")),
-                "by_kind": dict(self.fim), "kept_plain": dict(self.kept_plain)}
+        return {
+            "documents": self.documents,
+            "fim_samples": sum(self.fim[k] for k in ("psm", "spm")),
+            "by_kind": dict(self.fim),
+            "kept_plain": dict(self.kept_plain),
+        }
 
 
 def split_document(text: str, rng: random.Random, line_level: bool) -> tuple[str, str, str] | None:
@@ -77,8 +81,12 @@ def split_document(text: str, rng: random.Random, line_level: bool) -> tuple[str
     return text[:lo], text[lo:hi], text[hi:]
 
 
-def fim_documents(texts: Sequence[str], sources: Sequence[str | None], settings: FimSettings,
-                  fits: Callable[[list[str]], list[bool]]) -> tuple[list[str], FimStats]:
+def fim_documents(
+    texts: Sequence[str],
+    sources: Sequence[str | None],
+    settings: FimSettings,
+    fits: Callable[[list[str]], list[bool]],
+) -> tuple[list[str], FimStats]:
     """The stage 1 documents with `settings.rate` of them as FIM samples (same order, same count).
 
     `fits(texts)` says for each text whether it fits one training row (the caller counts tokens).
@@ -133,9 +141,16 @@ def _files_by_folder(texts: Sequence[str], sources: Sequence[str | None]) -> dic
     return folders
 
 
-def _repo_lead(i: int, sources: Sequence[str | None], folders: dict[str, list[int]], texts: Sequence[str],
-               settings: FimSettings, rng: random.Random, sample: str,
-               fits: Callable[[list[str]], list[bool]]) -> str:
+def _repo_lead(
+    i: int,
+    sources: Sequence[str | None],
+    folders: dict[str, list[int]],
+    texts: Sequence[str],
+    settings: FimSettings,
+    rng: random.Random,
+    sample: str,
+    fits: Callable[[list[str]], list[bool]],
+) -> str:
     """Other files of the document's folder, as many as fit beside the sample ('' when none does)."""
     source = sources[i]
     if not source or source.startswith("chatml:"):
@@ -146,11 +161,10 @@ def _repo_lead(i: int, sources: Sequence[str | None], folders: dict[str, list[in
     repo = os.path.basename(folder) or "repository"
     chosen: list[RepoFile] = []
     path = os.path.basename(source)
-    for j in others[:settings.repo_max_files]:
+    for j in others[: settings.repo_max_files]:
         trial = [*chosen, RepoFile(os.path.basename(sources[j] or ""), texts[j])]
         if fits([repo_context(repo, trial, path) + sample])[0]:
             chosen = trial
         else:
             break
     return repo_context(repo, chosen, path) if chosen else ""
-

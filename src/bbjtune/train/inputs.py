@@ -46,8 +46,10 @@ class TrainingData:
     def describe_replay(self, mixed: int, ratio: float) -> str:
         """What stage 2 mixes in, for the training log and the dry run."""
         share = mixed / (mixed + len(self.conversations))
-        return (f"stage 2 mixes {mixed} of {len(self.replay)} general conversations (replay.jsonl) into "
-                f"{len(self.conversations)} BBj ones: {share:.0%} of the examples (train.sft.replay_ratio {ratio:g})")
+        return (
+            f"stage 2 mixes {mixed} of {len(self.replay)} general conversations (replay.jsonl) into "
+            f"{len(self.conversations)} BBj ones: {share:.0%} of the examples (train.sft.replay_ratio {ratio:g})"
+        )
 
     @property
     def system_prompt(self) -> str | None:
@@ -58,23 +60,36 @@ class TrainingData:
     def heldout_code(self) -> list[str]:
         """The code blocks of the held-out answers: stage 1's evaluation set (BBj the model has not seen)."""
 
-        return [block.code for c in self.heldout for m in c if m["role"] == "assistant"
-                for block in extract_code_blocks(m["content"]) if block.fenced and block.code.strip()]
+        return [
+            block.code
+            for c in self.heldout
+            for m in c
+            if m["role"] == "assistant"
+            for block in extract_code_blocks(m["content"])
+            if block.fenced and block.code.strip()
+        ]
 
 
 def check_conversation(obj: dict[str, Any], where: str) -> list[dict[str, str]]:
     """The `messages` of one line, validated: roles known, contents strings, at least one answer."""
     messages = obj.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise BbjtuneError(f"{where}: no \"messages\" list", 'each line needs {"messages": [{"role": ..., "content": ...}]}')
+        raise BbjtuneError(
+            f'{where}: no "messages" list', 'each line needs {"messages": [{"role": ..., "content": ...}]}'
+        )
     clean = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise BbjtuneError(f"{where}: message {i + 1} needs a role ({', '.join(sorted(ROLES))}) and a text content",
-                               'write it as {"role": "user", "content": "..."}')
+            raise BbjtuneError(
+                f"{where}: message {i + 1} needs a role ({', '.join(sorted(ROLES))}) and a text content",
+                'write it as {"role": "user", "content": "..."}',
+            )
         clean.append({"role": m["role"], "content": m["content"]})
     if not any(m["role"] == "assistant" for m in clean):
-        raise BbjtuneError(f"{where}: the conversation has no assistant answer", "there is nothing to learn from it; remove it")
+        raise BbjtuneError(
+            f"{where}: the conversation has no assistant answer",
+            "there is nothing to learn from it; remove it",
+        )
     return clean
 
 
@@ -98,7 +113,7 @@ def load_text_records(path: Path) -> list[tuple[str, str | None]]:
     for lineno, obj in read_jsonl(path, PREPARE_FIX):
         text = obj.get("text")
         if not isinstance(text, str):
-            raise BbjtuneError(f"{path}:{lineno}: no \"text\" string", 'each line needs {"text": "..."}')
+            raise BbjtuneError(f'{path}:{lineno}: no "text" string', 'each line needs {"text": "..."}')
         if text.strip():
             source = obj.get("source")
             records.append((text, source if isinstance(source, str) else None))
@@ -112,8 +127,10 @@ def load_training_data(data_dir: Path, stages: list[str]) -> TrainingData:
         data.conversations = load_conversations(data_dir / "train.jsonl")
         data.files.append(data_dir / "train.jsonl")
         if not data.conversations:
-            raise BbjtuneError(f"{data_dir / 'train.jsonl'} has no conversations",
-                               "add ChatML examples and re-run the data stage")
+            raise BbjtuneError(
+                f"{data_dir / 'train.jsonl'} has no conversations",
+                "add ChatML examples and re-run the data stage",
+            )
         data.replay = load_conversations(data_dir / "replay.jsonl", required=False)
         if data.replay:
             data.files.append(data_dir / "replay.jsonl")
@@ -127,6 +144,8 @@ def load_training_data(data_dir: Path, stages: list[str]) -> TrainingData:
         data.text_sources = [source for _, source in records]
         data.files.append(data_dir / "cpt.jsonl")
         if not data.texts:
-            raise BbjtuneError(f"{data_dir / 'cpt.jsonl'} has no text", "give raw BBj sources (data.sources) or "
-                               "set train.stages: sft")
+            raise BbjtuneError(
+                f"{data_dir / 'cpt.jsonl'} has no text",
+                "give raw BBj sources (data.sources) or set train.stages: sft",
+            )
     return data

@@ -19,20 +19,22 @@ from bbjtune.config import RunConfig, StageConfig
 
 STOP_HINT = "run the same command again to continue (it resumes from the checkpoint), or add --resume"
 
+
 class TrainingStopped(KeyboardInterrupt):
     """Training stopped on request after saving a checkpoint; the stage is incomplete."""
+
 
 @dataclass
 class StageJob:
     """One stage's run: what it trains, where it writes, how it was asked to start."""
 
     cfg: RunConfig
-    stage: str                      # "cpt" or "sft"
-    base_source: str                # the model the adapter is trained on
-    backend: str                    # "hf" or "unsloth" (resolved)
+    stage: str  # "cpt" or "sft"
+    base_source: str  # the model the adapter is trained on
+    backend: str  # "hf" or "unsloth" (resolved)
     console: Console
     data_fingerprint: str = ""
-    resume: str = "auto"            # "auto" | "always" | "never"
+    resume: str = "auto"  # "auto" | "always" | "never"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -59,16 +61,24 @@ class StageJob:
         """Everything that decides this stage's result; a checkpoint is resumable only when it matches."""
         t = self.cfg.train
         settings = {
-            "stage": self.stage, "base": self.base_source, "model": self.cfg.model.model_dump(mode="json"),
-            "lora": t.lora.model_dump(mode="json"), "quantization": t.quantization.model_dump(mode="json"),
-            "stage_cfg": self.stage_cfg.model_dump(mode="json"), "optim": t.optim, "seed": t.seed,
-            "gradient_checkpointing": t.gradient_checkpointing, "backend": self.backend, "data": self.data_fingerprint,
+            "stage": self.stage,
+            "base": self.base_source,
+            "model": self.cfg.model.model_dump(mode="json"),
+            "lora": t.lora.model_dump(mode="json"),
+            "quantization": t.quantization.model_dump(mode="json"),
+            "stage_cfg": self.stage_cfg.model_dump(mode="json"),
+            "optim": t.optim,
+            "seed": t.seed,
+            "gradient_checkpointing": t.gradient_checkpointing,
+            "backend": self.backend,
+            "data": self.data_fingerprint,
         }
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
 
 def wait_for_everyone() -> None:
     import torch.distributed as dist

@@ -35,7 +35,7 @@ Strategy = Literal["single", "ddp", "fsdp", "zero2", "zero3"]
 @dataclass
 class Estimate:
     weights: float
-    adapter: float          # trainable parameters + gradients + optimizer states
+    adapter: float  # trainable parameters + gradients + optimizer states
     activations: float
     output_head: float
     overhead: float
@@ -53,11 +53,26 @@ class Estimate:
         return out
 
 
-def estimate(arch: Architecture, *, batch: int, seq: int, quant_4bit: bool, double_quant: bool = True,
-             weight_bytes: int = 2, lora_r: int = 32, target_modules: str | list[str] = "all-linear",
-             lora_dropout: float = 0.05, use_dora: bool = False, modules_to_save: list[str] | None = None,
-             trainable_tokens: int = 0, optim: str = "adamw_torch", gradient_checkpointing: bool = True,
-             fused_loss: bool = True, strategy: Strategy = "single", gpus: int = 1) -> Estimate:
+def estimate(
+    arch: Architecture,
+    *,
+    batch: int,
+    seq: int,
+    quant_4bit: bool,
+    double_quant: bool = True,
+    weight_bytes: int = 2,
+    lora_r: int = 32,
+    target_modules: str | list[str] = "all-linear",
+    lora_dropout: float = 0.05,
+    use_dora: bool = False,
+    modules_to_save: list[str] | None = None,
+    trainable_tokens: int = 0,
+    optim: str = "adamw_torch",
+    gradient_checkpointing: bool = True,
+    fused_loss: bool = True,
+    strategy: Strategy = "single",
+    gpus: int = 1,
+) -> Estimate:
     """Peak memory of one GPU for one training step, in bytes (see the module docstring)."""
     shapes = arch.linear_shapes()
     targets = list(shapes) if target_modules == "all-linear" else [t for t in target_modules if t in shapes]
@@ -70,10 +85,14 @@ def estimate(arch: Architecture, *, batch: int, seq: int, quant_4bit: bool, doub
         weights = arch.params * weight_bytes
 
     # trainable parameters: LoRA (+ DoRA magnitudes) + full modules + token rows
-    lora = arch.layers * sum(lora_r * (shapes[t][0] + shapes[t][1]) + (shapes[t][1] if use_dora else 0)
-                             for t in targets)
-    full = sum(arch.vocab * arch.hidden for m in (modules_to_save or []) if m in ("embed_tokens", "lm_head")
-               and not (m == "lm_head" and arch.tied))
+    lora = arch.layers * sum(
+        lora_r * (shapes[t][0] + shapes[t][1]) + (shapes[t][1] if use_dora else 0) for t in targets
+    )
+    full = sum(
+        arch.vocab * arch.hidden
+        for m in (modules_to_save or [])
+        if m in ("embed_tokens", "lm_head") and not (m == "lm_head" and arch.tied)
+    )
     tokens = trainable_tokens * arch.hidden * (1 if arch.tied else 2)
     trainable = lora + full + tokens
     param_bytes = 2 if quant_4bit else 4
@@ -107,24 +126,52 @@ def estimate(arch: Architecture, *, batch: int, seq: int, quant_4bit: bool, doub
         adapter = lora * param_bytes + (adapter - lora * param_bytes) / n
 
     overhead = 0.3 * GiB + 0.03 * (weights + adapter + activations + output_head)
-    return Estimate(weights=float(weights), adapter=float(adapter), activations=float(activations),
-                    output_head=float(output_head), overhead=float(overhead), trainable_params=int(trainable),
-                    strategy=strategy, gpus=n)
+    return Estimate(
+        weights=float(weights),
+        adapter=float(adapter),
+        activations=float(activations),
+        output_head=float(output_head),
+        overhead=float(overhead),
+        trainable_params=int(trainable),
+        strategy=strategy,
+        gpus=n,
+    )
 
 
-def estimate_for_config(cfg: Any, stage: str, arch: Architecture, *, trainable_tokens: int = 0,
-                        gradient_checkpointing: bool | None = None, strategy: Strategy = "single",
-                        gpus: int = 1, fused_loss: bool = True) -> Estimate:
+def estimate_for_config(
+    cfg: Any,
+    stage: str,
+    arch: Architecture,
+    *,
+    trainable_tokens: int = 0,
+    gradient_checkpointing: bool | None = None,
+    strategy: Strategy = "single",
+    gpus: int = 1,
+    fused_loss: bool = True,
+) -> Estimate:
     """The estimate for one stage of a bbjtune config."""
     t = cfg.train
     sc = getattr(t, stage)
     weight_bytes = 4 if cfg.model.dtype == "float32" else 2
     modules = ["embed_tokens", "lm_head"] if sc.train_embeddings else None
     return estimate(
-        arch, batch=sc.per_device_batch_size, seq=sc.max_length, quant_4bit=t.quantization.load_in_4bit,
-        double_quant=t.quantization.double_quant, weight_bytes=weight_bytes, lora_r=t.lora.r,
-        target_modules=t.lora.target_modules, lora_dropout=t.lora.dropout, use_dora=t.lora.use_dora,
-        modules_to_save=modules, trainable_tokens=trainable_tokens, optim=t.optim,
-        gradient_checkpointing=t.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing,
-        fused_loss=fused_loss, strategy=strategy, gpus=gpus,
+        arch,
+        batch=sc.per_device_batch_size,
+        seq=sc.max_length,
+        quant_4bit=t.quantization.load_in_4bit,
+        double_quant=t.quantization.double_quant,
+        weight_bytes=weight_bytes,
+        lora_r=t.lora.r,
+        target_modules=t.lora.target_modules,
+        lora_dropout=t.lora.dropout,
+        use_dora=t.lora.use_dora,
+        modules_to_save=modules,
+        trainable_tokens=trainable_tokens,
+        optim=t.optim,
+        gradient_checkpointing=t.gradient_checkpointing
+        if gradient_checkpointing is None
+        else gradient_checkpointing,
+        fused_loss=fused_loss,
+        strategy=strategy,
+        gpus=gpus,
     )

@@ -17,9 +17,12 @@ def load_training_tokenizer(source: str):
     try:
         install_training_template(tokenizer)
     except ValueError:
-        raise BbjtuneError(f"the tokenizer of {source} does not use Qwen's ChatML format",
-                           "bbjtune trains Qwen2.5(-Coder) models; pick one as model.source") from None
+        raise BbjtuneError(
+            f"the tokenizer of {source} does not use Qwen's ChatML format",
+            "bbjtune trains Qwen2.5(-Coder) models; pick one as model.source",
+        ) from None
     return tokenizer
+
 
 def save_adapter(trainer: Any, tokenizer: Any, adapter_dir: Path, chat_model: bool) -> None:
     """Adapter, tokenizer and generation config, written beside the target then swapped in."""

@@ -39,8 +39,12 @@ class PackedRowsCollator:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-        inner = DataCollatorForLanguageModeling(pad_token_id=self.pad_token_id, padding_free=False,
-                                                return_position_ids=True, pad_to_multiple_of=self.pad_to_multiple_of)
+        inner = DataCollatorForLanguageModeling(
+            pad_token_id=self.pad_token_id,
+            padding_free=False,
+            return_position_ids=True,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+        )
         batch = inner(examples)
         positions, labels = batch["position_ids"], batch["labels"]
         labels[positions == 0] = -100
@@ -81,8 +85,9 @@ def install_collator(trainer: Any, packing: bool, backend: str = "hf") -> None:
         return
     if uses_varlen_attention(trainer.model):
         return
-    trainer.data_collator = PackedRowsCollator(pad_token_id=trainer.processing_class.pad_token_id,
-                                               pad_to_multiple_of=trainer.args.pad_to_multiple_of)
+    trainer.data_collator = PackedRowsCollator(
+        pad_token_id=trainer.processing_class.pad_token_id, pad_to_multiple_of=trainer.args.pad_to_multiple_of
+    )
 
 
 def check_one_row_batches(trainer: Any) -> None:
@@ -99,6 +104,8 @@ def check_one_row_batches(trainer: Any) -> None:
     one_row = ids.shape[0] == 1 and "attention_mask" not in batch and "position_ids" in batch
     if "packed_seq_lengths" in batch or one_row:
         return
-    raise BbjtuneError(f"with this Unsloth version packed batches arrive as {ids.shape[0]} rows without example "
-                       "boundaries Unsloth's attention reads, so packed conversations would see each other",
-                       "set train.backend: hf (or train.sft.packing: false) and report the Unsloth version")
+    raise BbjtuneError(
+        f"with this Unsloth version packed batches arrive as {ids.shape[0]} rows without example "
+        "boundaries Unsloth's attention reads, so packed conversations would see each other",
+        "set train.backend: hf (or train.sft.packing: false) and report the Unsloth version",
+    )

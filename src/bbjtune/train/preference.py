@@ -43,15 +43,30 @@ def _common_args(job: StageJob) -> dict[str, Any]:
     sc, t = job.stage_cfg, job.cfg.train
     save_strategy, save_steps = ("steps", t.save_steps) if t.save_steps else ("epoch", None)
     return dict(
-        output_dir=str(job.checkpoints_dir), use_cpu=not torch.cuda.is_available(), seed=t.seed, data_seed=t.seed,
-        num_train_epochs=sc.epochs, max_steps=sc.max_steps, per_device_train_batch_size=sc.per_device_batch_size,
-        gradient_accumulation_steps=sc.gradient_accumulation_steps, learning_rate=sc.learning_rate,
-        lr_scheduler_type=sc.lr_scheduler, warmup_steps=sc.warmup_ratio, weight_decay=sc.weight_decay,
-        max_grad_norm=t.max_grad_norm, optim=optimizer_name(job.cfg), **precision(job.cfg),
+        output_dir=str(job.checkpoints_dir),
+        use_cpu=not torch.cuda.is_available(),
+        seed=t.seed,
+        data_seed=t.seed,
+        num_train_epochs=sc.epochs,
+        max_steps=sc.max_steps,
+        per_device_train_batch_size=sc.per_device_batch_size,
+        gradient_accumulation_steps=sc.gradient_accumulation_steps,
+        learning_rate=sc.learning_rate,
+        lr_scheduler_type=sc.lr_scheduler,
+        warmup_steps=sc.warmup_ratio,
+        weight_decay=sc.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=optimizer_name(job.cfg),
+        **precision(job.cfg),
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
-        logging_steps=t.logging_steps, logging_first_step=True, disable_tqdm=True, report_to="none",
-        save_strategy=save_strategy, save_steps=save_steps, save_total_limit=t.save_total_limit,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        disable_tqdm=True,
+        report_to="none",
+        save_strategy=save_strategy,
+        save_steps=save_steps,
+        save_total_limit=t.save_total_limit,
         dataloader_num_workers=0,
     )
 
@@ -66,20 +81,28 @@ def _setup(job: StageJob) -> tuple[Any, Any, dict[str, Any]]:
     return tokenizer, model, lora
 
 
-def run_preference(job: StageJob, pairs: list[dict[str, Any]], unpaired: list[dict[str, Any]]) -> dict[str, Any]:
+def run_preference(
+    job: StageJob, pairs: list[dict[str, Any]], unpaired: list[dict[str, Any]]
+) -> dict[str, Any]:
     """Train DPO (or KTO) on the round's data; save `adapter/`; returns metrics and LoRA settings."""
     from datasets import Dataset
 
     sc = job.stage_cfg
     loss = choose_loss(sc.loss, len(pairs), sc.min_pairs)
     if loss == "dpo" and not pairs:
-        raise BbjtuneError("dpo: no pair of a passing and a failing answer was built",
-                           "set train.dpo.loss: auto (KTO then uses unpaired answers) or sample more answers")
+        raise BbjtuneError(
+            "dpo: no pair of a passing and a failing answer was built",
+            "set train.dpo.loss: auto (KTO then uses unpaired answers) or sample more answers",
+        )
     if loss == "kto" and not {u["label"] for u in unpaired} >= {True, False}:
-        raise BbjtuneError("kto: needs both passing and failing answers, and the samples have only one kind",
-                           "sample more answers per prompt (sampling.samples_per_prompt) or at a higher temperature")
-    job.console.print(f"{job.stage}: {loss.upper()} on {len(pairs) if loss == 'dpo' else len(unpaired)} examples "
-                      f"({len(pairs)} pairs built; train.dpo.loss {sc.loss})")
+        raise BbjtuneError(
+            "kto: needs both passing and failing answers, and the samples have only one kind",
+            "sample more answers per prompt (sampling.samples_per_prompt) or at a higher temperature",
+        )
+    job.console.print(
+        f"{job.stage}: {loss.upper()} on {len(pairs) if loss == 'dpo' else len(unpaired)} examples "
+        f"({len(pairs)} pairs built; train.dpo.loss {sc.loss})"
+    )
     tokenizer, model, lora = _setup(job)
     if loss == "dpo":
         from trl import DPOConfig, DPOTrainer
@@ -106,26 +129,50 @@ def run_grpo(job: StageJob, data: Any) -> dict[str, Any]:
     prompts = training_prompts(job.cfg, data.conversations, sampling).prompts
     dataset = Dataset.from_list([{"prompt": p.context, "must": p.must} for p in prompts])
 
-    def checker_reward(prompts: list[Any], completions: list[Any], must: list[list[str]], **_: Any) -> list[float]:
+    def checker_reward(
+        prompts: list[Any], completions: list[Any], must: list[list[str]], **_: Any
+    ) -> list[float]:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return [judge(t, m, compiler=sampling.compiler, min_pattern_share=sampling.min_pattern_share).reward
-                for t, m in zip(texts, must)]
+        return [
+            judge(t, m, compiler=sampling.compiler, min_pattern_share=sampling.min_pattern_share).reward
+            for t, m in zip(texts, must)
+        ]
 
     tokenizer, model, lora = _setup(job)
-    args = GRPOConfig(**_common_args(job), beta=sc.beta, num_generations=sampling.samples_per_prompt,
-                      max_completion_length=sampling.max_new_tokens, temperature=sampling.temperature,
-                      top_p=sampling.top_p)
+    args = GRPOConfig(
+        **_common_args(job),
+        beta=sc.beta,
+        num_generations=sampling.samples_per_prompt,
+        max_completion_length=sampling.max_new_tokens,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+    )
     trainer = _trainer(job, GRPOTrainer, model, tokenizer, args, dataset, lora, reward_funcs=[checker_reward])
     return {"metrics": _train_and_save(job, trainer, tokenizer), "lora": lora}
 
 
-def _trainer(job: StageJob, trainer_cls: Any, model: Any, tokenizer: Any, args: Any, dataset: Any,
-             lora: dict[str, Any], **extra: Any) -> Any:
+def _trainer(
+    job: StageJob,
+    trainer_cls: Any,
+    model: Any,
+    tokenizer: Any,
+    args: Any,
+    dataset: Any,
+    lora: dict[str, Any],
+    **extra: Any,
+) -> Any:
     from transformers import PrinterCallback
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    trainer = trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                          peft_config=peft_config(lora), callbacks=stage_callbacks(job, None), **extra)
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(lora),
+        callbacks=stage_callbacks(job, None),
+        **extra,
+    )
     trainer.remove_callback(PrinterCallback)
     return trainer
 
@@ -138,8 +185,11 @@ def _train_and_save(job: StageJob, trainer: Any, tokenizer: Any) -> dict[str, An
         save_adapter(trainer, tokenizer, job.adapter_dir, chat_model=True)
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
-    metrics: dict[str, Any] = {"steps": trainer.state.global_step, "first_loss": losses[0] if losses else None,
-                               "final_loss": losses[-1] if losses else None}
+    metrics: dict[str, Any] = {
+        "steps": trainer.state.global_step,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+    }
     for key in ("rewards/margins", "rewards/chosen", "rewards/rejected", "reward", "kl"):
         values = [h[key] for h in history if key in h]
         if values:

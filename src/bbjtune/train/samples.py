@@ -38,22 +38,23 @@ SAMPLES_FILE = "samples.jsonl"
 @dataclass
 class SelfPrompt:
     id: str
-    context: list[dict[str, str]]     # the conversation up to and including the last user turn
-    reference: str                    # the training data's answer
-    must: list[str]                   # patterns derived from the reference's code
+    context: list[dict[str, str]]  # the conversation up to and including the last user turn
+    reference: str  # the training data's answer
+    must: list[str]  # patterns derived from the reference's code
 
 
 @dataclass
 class PromptSet:
     prompts: list[SelfPrompt] = field(default_factory=list)
-    skipped: dict[str, int] = field(default_factory=dict)   # reason -> count
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
-def training_prompts(cfg: RunConfig, conversations: Sequence[list[dict[str, str]]], sampling: SelfSampleConfig
-                     ) -> PromptSet:
+def training_prompts(
+    cfg: RunConfig, conversations: Sequence[list[dict[str, str]]], sampling: SelfSampleConfig
+) -> PromptSet:
     """The prompts a self-training round samples: training conversations plus extra files, decontaminated."""
     d = cfg.data
     index = ContaminationIndex(d.decontaminate_ngram, d.decontaminate_threshold)
@@ -65,8 +66,10 @@ def training_prompts(cfg: RunConfig, conversations: Sequence[list[dict[str, str]
     for path in expand_globs(sampling.extra_prompts):
         extra.extend(load_conversations(path))
     if sampling.extra_prompts and not extra:
-        raise BbjtuneError(f"sampling.extra_prompts {sampling.extra_prompts} matched no conversations",
-                           "check the globs, or remove extra_prompts")
+        raise BbjtuneError(
+            f"sampling.extra_prompts {sampling.extra_prompts} matched no conversations",
+            "check the globs, or remove extra_prompts",
+        )
     out = PromptSet()
     seen: set[str] = set()
     for conv in [*conversations, *extra]:
@@ -100,8 +103,15 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
     return read_complete_jsonl(path)
 
 
-def sample_prompts(backend: Any, prompts: Sequence[SelfPrompt], sampling: SelfSampleConfig, path: Path, *, seed: int,
-                   on_prompt: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+def sample_prompts(
+    backend: Any,
+    prompts: Sequence[SelfPrompt],
+    sampling: SelfSampleConfig,
+    path: Path,
+    *,
+    seed: int,
+    on_prompt: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
     """k samples per prompt, judged and appended to `path`; prompts already complete there are not sampled again."""
     rows = read_samples(path)
     done = {pid for pid, n in _counts(rows).items() if n >= sampling.samples_per_prompt}
@@ -114,8 +124,13 @@ def sample_prompts(backend: Any, prompts: Sequence[SelfPrompt], sampling: SelfSa
     if not todo:
         return rows
     requests = [Request(messages=p.context, meta={"id": p.id}) for p in todo]
-    settings = Sampling(temperature=sampling.temperature, top_p=sampling.top_p,
-                        max_new_tokens=sampling.max_new_tokens, n=sampling.samples_per_prompt, seed=seed)
+    settings = Sampling(
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        max_new_tokens=sampling.max_new_tokens,
+        n=sampling.samples_per_prompt,
+        seed=seed,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as fh:
         for i, completions in backend.generate(requests, settings):
@@ -131,13 +146,24 @@ def sample_prompts(backend: Any, prompts: Sequence[SelfPrompt], sampling: SelfSa
 
 
 def _row(prompt: SelfPrompt, sample: int, completion: Any, sampling: SelfSampleConfig) -> dict[str, Any]:
-    verdict = judge(completion.text, prompt.must, finish_reason=completion.finish_reason,
-                    compiler=sampling.compiler, min_pattern_share=sampling.min_pattern_share)
+    verdict = judge(
+        completion.text,
+        prompt.must,
+        finish_reason=completion.finish_reason,
+        compiler=sampling.compiler,
+        min_pattern_share=sampling.min_pattern_share,
+    )
     if completion.error:  # the backend could not answer: neither a good nor a bad example
         verdict.clean = verdict.compiles = False
-    return {"prompt_id": prompt.id, "sample": sample, "output": completion.text,
-            "finish_reason": completion.finish_reason, "error": completion.error, "tokens": completion.tokens,
-            "verdict": verdict.to_dict()}
+    return {
+        "prompt_id": prompt.id,
+        "sample": sample,
+        "output": completion.text,
+        "finish_reason": completion.finish_reason,
+        "error": completion.error,
+        "tokens": completion.tokens,
+        "verdict": verdict.to_dict(),
+    }
 
 
 def _counts(rows: Sequence[dict[str, Any]]) -> dict[str, int]:

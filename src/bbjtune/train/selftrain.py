@@ -41,10 +41,20 @@ from bbjtune.train.verdict import tier
 
 SUMMARY_FILE = "selftrain.json"
 REPORT_FILE = "selftrain.md"
-REPORT_COLUMNS = (("round", "round"), ("prompts", "prompts"), ("samples", "samples"), ("compile_rate", "compile"),
-                  ("clean_rate", "clean"), ("patterns_rate", "patterns"), ("pass_rate", "pass"),
-                  ("ran_on_rate", "ran on"), ("prompts_with_a_passing_answer", "prompts passing"),
-                  ("rft_examples", "RFT examples"), ("pairs", "pairs"), ("median_answer_tokens", "median tokens"))
+REPORT_COLUMNS = (
+    ("round", "round"),
+    ("prompts", "prompts"),
+    ("samples", "samples"),
+    ("compile_rate", "compile"),
+    ("clean_rate", "clean"),
+    ("patterns_rate", "patterns"),
+    ("pass_rate", "pass"),
+    ("ran_on_rate", "ran on"),
+    ("prompts_with_a_passing_answer", "prompts passing"),
+    ("rft_examples", "RFT examples"),
+    ("pairs", "pairs"),
+    ("median_answer_tokens", "median tokens"),
+)
 ROUND_FILE = "round.json"
 START_FILE = "start.json"
 SAMPLING_FILE = "sampling.json"
@@ -72,18 +82,32 @@ def run_selftrain(job: StageJob, data: TrainingData, previous: tuple[str, str | 
     result: dict[str, Any] = {}
     for n in range(1, sampling.rounds + 1):
         origin = model_identity(previous)
-        rjob = RoundJob(cfg=job.cfg, stage=job.stage, base_source="", backend=job.backend, console=job.console,
-                        data_fingerprint=f"{job.data_fingerprint}:{origin}", resume=job.resume, round=n)
+        rjob = RoundJob(
+            cfg=job.cfg,
+            stage=job.stage,
+            base_source="",
+            backend=job.backend,
+            console=job.console,
+            data_fingerprint=f"{job.data_fingerprint}:{origin}",
+            resume=job.resume,
+            round=n,
+        )
         rjob.base_source = str(_start_model(rjob, previous, origin))
         result = run_round(rjob, data)
         rounds.append(result["round"])
         previous = (rjob.base_source, str(rjob.adapter_dir))
         if is_main_process():
-            atomic_write_json(job.cfg.train_dir / job.stage / SUMMARY_FILE,
-                              {"stage": job.stage, "checks": tier(), "rounds": rounds})
+            atomic_write_json(
+                job.cfg.train_dir / job.stage / SUMMARY_FILE,
+                {"stage": job.stage, "checks": tier(), "rounds": rounds},
+            )
             atomic_write_text(job.cfg.train_dir / job.stage / REPORT_FILE, report_section(job.stage, rounds))
-    return {"metrics": {**result["metrics"], "rounds": rounds}, "lora": result["lora"],
-            "base": previous[0], "adapter": previous[1]}
+    return {
+        "metrics": {**result["metrics"], "rounds": rounds},
+        "lora": result["lora"],
+        "base": previous[0],
+        "adapter": previous[1],
+    }
 
 
 def model_identity(model: tuple[str, str | None]) -> str:
@@ -106,11 +130,20 @@ def _start_model(job: RoundJob, previous: tuple[str, str | None], origin: str) -
         return base
     start = job.out_dir / "start"
     record = job.out_dir / START_FILE
-    if is_main_process() and (not (start / "config.json").exists() or _read_json(record).get("origin") != origin):
+    if is_main_process() and (
+        not (start / "config.json").exists() or _read_json(record).get("origin") != origin
+    ):
         (job.out_dir / SAMPLES_FILE).unlink(missing_ok=True)
         job.console.print(f"{job.stage} round {job.round}: merging {adapter} into {base} → {start}")
-        merge_adapters(base, [adapter], start, tokenizer_source=adapter, chat=True, dtype=job.cfg.model.dtype,
-                       device_map={"": 0} if _cuda() else None)
+        merge_adapters(
+            base,
+            [adapter],
+            start,
+            tokenizer_source=adapter,
+            chat=True,
+            dtype=job.cfg.model.dtype,
+            device_map={"": 0} if _cuda() else None,
+        )
         atomic_write_json(record, {"origin": origin, "base": base, "adapter": adapter})
     wait_for_everyone()
     return start
@@ -119,61 +152,99 @@ def _start_model(job: RoundJob, previous: tuple[str, str | None], origin: str) -
 def run_round(job: RoundJob, data: TrainingData) -> dict[str, Any]:
     """Sample, judge, build the data and train one round; a round already done is read back."""
     done = _read_json(job.out_dir / ROUND_FILE)
-    if (job.resume != "never" and done.get("fingerprint") == job.fingerprint()
-            and (job.adapter_dir / "adapter_config.json").exists()):
+    if (
+        job.resume != "never"
+        and done.get("fingerprint") == job.fingerprint()
+        and (job.adapter_dir / "adapter_config.json").exists()
+    ):
         job.console.print(f"[green]✓[/] {job.stage} round {job.round}: already trained ({job.adapter_dir})")
         return {"metrics": done.get("metrics", {}), "lora": done.get("lora", {}), "round": done["stats"]}
     sampling = sampling_of(job)
     prompts = training_prompts(job.cfg, data.conversations, sampling)
     if not prompts.prompts:
-        raise BbjtuneError(f"{job.stage}: no training prompt to sample ({_describe_skips(prompts.skipped)})",
-                           "self-training needs training answers with BBj code; check train.jsonl")
+        raise BbjtuneError(
+            f"{job.stage}: no training prompt to sample ({_describe_skips(prompts.skipped)})",
+            "self-training needs training answers with BBj code; check train.jsonl",
+        )
     rows, speed = _sample(job, prompts.prompts, sampling)
     built = build_data(job, prompts.prompts, rows)
-    stats = {"round": job.round, "checks": tier(), "prompts": len(prompts.prompts), "prompts_skipped": prompts.skipped,
-             **sample_stats(rows), **built.stats, "sampling_speed": speed}
+    stats = {
+        "round": job.round,
+        "checks": tier(),
+        "prompts": len(prompts.prompts),
+        "prompts_skipped": prompts.skipped,
+        **sample_stats(rows),
+        **built.stats,
+        "sampling_speed": speed,
+    }
     job.console.print(describe_round(job.stage, stats))
     result = train_round(job, data, built)
     if is_main_process():
-        atomic_write_json(job.out_dir / ROUND_FILE, {"fingerprint": job.fingerprint(), "stats": stats,
-                                                     "metrics": result["metrics"], "lora": result["lora"]})
+        atomic_write_json(
+            job.out_dir / ROUND_FILE,
+            {
+                "fingerprint": job.fingerprint(),
+                "stats": stats,
+                "metrics": result["metrics"],
+                "lora": result["lora"],
+            },
+        )
     return {**result, "round": stats}
 
 
-def _sample(job: RoundJob, prompts: list[SelfPrompt], sampling: SelfSampleConfig
-            ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _sample(
+    job: RoundJob, prompts: list[SelfPrompt], sampling: SelfSampleConfig
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """All samples of the round, and how fast this call generated the new ones (model load excluded)."""
     path = job.out_dir / SAMPLES_FILE
     started = 0.0
-    settings = {"sampling": sampling.model_dump(mode="json", exclude={"rounds"}), "start": job.data_fingerprint}
+    settings = {
+        "sampling": sampling.model_dump(mode="json", exclude={"rounds"}),
+        "start": job.data_fingerprint,
+    }
     if _read_json(job.out_dir / SAMPLING_FILE) != settings:  # samples drawn otherwise are not reused
         path.unlink(missing_ok=True)
         atomic_write_json(job.out_dir / SAMPLING_FILE, settings)
     backend = None
     try:
         with new_progress(job.console, unit="prompts") as progress:
-            task = progress.add_task(f"{job.stage} round {job.round}: sampling {sampling.samples_per_prompt} answers "
-                                     f"per prompt", total=len(prompts))
+            task = progress.add_task(
+                f"{job.stage} round {job.round}: sampling {sampling.samples_per_prompt} answers per prompt",
+                total=len(prompts),
+            )
 
             class Lazy:  # the model loads only when a prompt is left to sample
                 def generate(self, requests, settings):
                     nonlocal backend, started
-                    backend = TransformersBackend.load(job.base_source, dtype=job.cfg.model.dtype,
-                                                       batch_tokens=sampling.batch_tokens,
-                                                       continuous=sampling.engine == "continuous")
+                    backend = TransformersBackend.load(
+                        job.base_source,
+                        dtype=job.cfg.model.dtype,
+                        batch_tokens=sampling.batch_tokens,
+                        continuous=sampling.engine == "continuous",
+                    )
                     started = time.monotonic()
                     yield from backend.generate(requests, settings)
 
-            rows = sample_prompts(Lazy(), prompts, sampling, path, seed=sampling.seed + 1000 * job.round,
-                                  on_prompt=lambda k: progress.advance(task, k))
+            rows = sample_prompts(
+                Lazy(),
+                prompts,
+                sampling,
+                path,
+                seed=sampling.seed + 1000 * job.round,
+                on_prompt=lambda k: progress.advance(task, k),
+            )
         seconds = time.monotonic() - started if started else 0.0
         tokens = backend.generated_tokens if backend is not None else 0
     finally:
         if backend is not None:
             backend.close()
         _free_memory()
-    speed = {"engine": sampling.engine, "generated_tokens": tokens, "seconds": round(seconds, 1),
-             "tokens_per_s": round(tokens / seconds, 1) if seconds else None}
+    speed = {
+        "engine": sampling.engine,
+        "generated_tokens": tokens,
+        "seconds": round(seconds, 1),
+        "tokens_per_s": round(tokens / seconds, 1) if seconds else None,
+    }
     return rows, speed
 
 
@@ -182,13 +253,15 @@ def sample_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(rows) or 1
     verdicts = [r["verdict"] for r in rows]
     tokens = sorted(r.get("tokens") or 0 for r in rows)
-    return {"samples": len(rows),
-            "compile_rate": round(sum(v["compiles"] for v in verdicts) / n, 4),
-            "clean_rate": round(sum(v["clean"] for v in verdicts) / n, 4),
-            "patterns_rate": round(sum(v["patterns_ok"] for v in verdicts) / n, 4),
-            "pass_rate": round(sum(v["passed"] for v in verdicts) / n, 4),
-            "ran_on_rate": round(sum(v["ran_on"] for v in verdicts) / n, 4),
-            "median_answer_tokens": tokens[len(tokens) // 2] if tokens else 0}
+    return {
+        "samples": len(rows),
+        "compile_rate": round(sum(v["compiles"] for v in verdicts) / n, 4),
+        "clean_rate": round(sum(v["clean"] for v in verdicts) / n, 4),
+        "patterns_rate": round(sum(v["patterns_ok"] for v in verdicts) / n, 4),
+        "pass_rate": round(sum(v["passed"] for v in verdicts) / n, 4),
+        "ran_on_rate": round(sum(v["ran_on"] for v in verdicts) / n, 4),
+        "median_answer_tokens": tokens[len(tokens) // 2] if tokens else 0,
+    }
 
 
 @dataclass
@@ -227,23 +300,41 @@ def build_data(job: StageJob, prompts: list[SelfPrompt], rows: list[dict[str, An
             chosen = [prompt.reference] * len(failing)  # against each failing answer, up to the limit
         limit = getattr(cfg, "max_pairs_per_prompt", 1)
         for good, bad in list(zip(chosen, [r["output"] for r in failing]))[:limit]:
-            pairs.append({"prompt": prompt.context, "chosen": [{"role": "assistant", "content": good}],
-                          "rejected": [{"role": "assistant", "content": bad}]})
+            pairs.append(
+                {
+                    "prompt": prompt.context,
+                    "chosen": [{"role": "assistant", "content": good}],
+                    "rejected": [{"role": "assistant", "content": bad}],
+                }
+            )
         for r in passing[:limit] + failing[:limit]:
-            unpaired.append({"prompt": prompt.context, "completion": [{"role": "assistant", "content": r["output"]}],
-                             "label": bool(r["verdict"]["passed"])})
-    stats = {"prompts_with_a_passing_answer": prompts_with_pass, "rft_examples": len(rft), "pairs": len(pairs),
-             "kto_examples": len(unpaired)}
+            unpaired.append(
+                {
+                    "prompt": prompt.context,
+                    "completion": [{"role": "assistant", "content": r["output"]}],
+                    "label": bool(r["verdict"]["passed"]),
+                }
+            )
+    stats = {
+        "prompts_with_a_passing_answer": prompts_with_pass,
+        "rft_examples": len(rft),
+        "pairs": len(pairs),
+        "kto_examples": len(unpaired),
+    }
     return Built(rft, pairs, unpaired, stats)
 
 
 def train_round(job: RoundJob, data: TrainingData, built: Built) -> dict[str, Any]:
     if job.stage == "rft":
         if not built.rft:
-            raise BbjtuneError("rft: no answer passed the checks and train.rft.include_references is off",
-                               "turn include_references on, sample more (sampling.samples_per_prompt), or lower "
-                               "sampling.min_pattern_share")
-        return sft.run_sft(job, TrainingData(conversations=built.rft, heldout=data.heldout, replay=data.replay))
+            raise BbjtuneError(
+                "rft: no answer passed the checks and train.rft.include_references is off",
+                "turn include_references on, sample more (sampling.samples_per_prompt), or lower "
+                "sampling.min_pattern_share",
+            )
+        return sft.run_sft(
+            job, TrainingData(conversations=built.rft, heldout=data.heldout, replay=data.replay)
+        )
     if job.stage == "dpo":
         return preference.run_preference(job, built.pairs, built.unpaired)
     return preference.run_grpo(job, data)
@@ -251,28 +342,41 @@ def train_round(job: RoundJob, data: TrainingData, built: Built) -> dict[str, An
 
 def report_section(stage: str, rounds: list[dict[str, Any]]) -> str:
     """A Markdown section with one row per round: the samples' pass rates and what was built from them."""
+
     def cell(key: str, value: Any) -> str:
         return f"{value:.1%}" if key.endswith("_rate") and isinstance(value, (int, float)) else str(value)
 
-    lines = [f"## Self-training: {stage}", "",
-             f"Checks: {rounds[0]['checks'] if rounds else tier()}. Rates are shares of all samples of the round.", "",
-             "| " + " | ".join(title for _, title in REPORT_COLUMNS) + " |",
-             "|" + "---|" * len(REPORT_COLUMNS)]
+    lines = [
+        f"## Self-training: {stage}",
+        "",
+        f"Checks: {rounds[0]['checks'] if rounds else tier()}. Rates are shares of all samples of the round.",
+        "",
+        "| " + " | ".join(title for _, title in REPORT_COLUMNS) + " |",
+        "|" + "---|" * len(REPORT_COLUMNS),
+    ]
     lines += ["| " + " | ".join(cell(k, r.get(k, "")) for k, _ in REPORT_COLUMNS) + " |" for r in rounds]
     skipped = rounds[-1].get("prompts_skipped") if rounds else None
     if skipped:
-        lines += ["", "Prompts left out: " + ", ".join(f"{n} {reason}" for reason, n in skipped.items()) + "."]
+        lines += [
+            "",
+            "Prompts left out: " + ", ".join(f"{n} {reason}" for reason, n in skipped.items()) + ".",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def describe_round(stage: str, s: dict[str, Any]) -> str:
     skipped = f", {sum(s['prompts_skipped'].values())} prompts left out" if s["prompts_skipped"] else ""
-    return (f"{stage} round {s['round']}: {s['samples']} samples of {s['prompts']} prompts{skipped} — compile "
-            f"{s['compile_rate']:.0%}, clean {s['clean_rate']:.0%}, patterns {s['patterns_rate']:.0%}, pass "
-            f"{s['pass_rate']:.0%}, ran on {s['ran_on_rate']:.0%}; {s['prompts_with_a_passing_answer']} prompts with a "
-            f"passing answer, {s['rft_examples']} RFT examples, {s['pairs']} pairs (checks: {s['checks']})"
-            + (f"; sampled {s['sampling_speed']['tokens_per_s']:,.0f} tokens/s" if s["sampling_speed"]["tokens_per_s"]
-               else ""))
+    return (
+        f"{stage} round {s['round']}: {s['samples']} samples of {s['prompts']} prompts{skipped} — compile "
+        f"{s['compile_rate']:.0%}, clean {s['clean_rate']:.0%}, patterns {s['patterns_rate']:.0%}, pass "
+        f"{s['pass_rate']:.0%}, ran on {s['ran_on_rate']:.0%}; {s['prompts_with_a_passing_answer']} prompts with a "
+        f"passing answer, {s['rft_examples']} RFT examples, {s['pairs']} pairs (checks: {s['checks']})"
+        + (
+            f"; sampled {s['sampling_speed']['tokens_per_s']:,.0f} tokens/s"
+            if s["sampling_speed"]["tokens_per_s"]
+            else ""
+        )
+    )
 
 
 def _describe_skips(skipped: dict[str, int]) -> str:

@@ -44,8 +44,12 @@ def run_sft(job: StageJob, data: TrainingData) -> dict[str, Any]:
     if replay:
         job.console.print(data.describe_replay(len(replay), job.stage_cfg.replay_ratio))
     train_dataset, eval_dataset = _setup_data(data, replay)
-    args = training_arguments(job, has_eval=eval_dataset is not None,
-                             assistant_only_loss=job.stage_cfg.assistant_only_loss, packing_strategy="bfd")
+    args = training_arguments(
+        job,
+        has_eval=eval_dataset is not None,
+        assistant_only_loss=job.stage_cfg.assistant_only_loss,
+        packing_strategy="bfd",
+    )
     trainer, metrics = run_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings)
     if is_main_process():
         save_adapter(trainer, tokenizer, job.adapter_dir, chat_model=True)
@@ -86,22 +90,33 @@ def stop_check(model: Any, tokenizer: Any, data: TrainingData, n: int) -> dict[s
     conversations = [c for c in (data.heldout or data.conversations) if c[-1]["role"] == "assistant"][:n]
     if not conversations:
         return None
-    if backends.world_size() > 1 or backends.sharded_launch():  # generation needs whole, unwrapped weights in one process
-        return {"skipped": "the model was trained in several processes or with sharded weights; "
-                           "`bbjtune eval` on the result shows whether its answers stop"}
+    if (
+        backends.world_size() > 1 or backends.sharded_launch()
+    ):  # generation needs whole, unwrapped weights in one process
+        return {
+            "skipped": "the model was trained in several processes or with sharded weights; "
+            "`bbjtune eval` on the result shows whether its answers stop"
+        }
     stop_ids = tokenizer.convert_tokens_to_ids([IM_END, ENDOFTEXT])
     stopped, lengths = 0, []
     was_training = model.training
     model.eval()
     try:
         for conv in conversations:
-            inputs = tokenizer.apply_chat_template(conv[:-1], add_generation_prompt=True, return_tensors="pt",
-                                                   return_dict=True).to(model.device)
+            inputs = tokenizer.apply_chat_template(
+                conv[:-1], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            ).to(model.device)
             budget = min(int(1.5 * len(tokenizer(conv[-1]["content"])["input_ids"])) + 16, 2048)
             with torch.no_grad():
-                out = model.generate(**inputs, max_new_tokens=budget, do_sample=False, eos_token_id=stop_ids,
-                                     pad_token_id=tokenizer.pad_token_id, use_cache=True)
-            new = out[0, inputs["input_ids"].shape[1]:].tolist()
+                out = model.generate(
+                    **inputs,
+                    max_new_tokens=budget,
+                    do_sample=False,
+                    eos_token_id=stop_ids,
+                    pad_token_id=tokenizer.pad_token_id,
+                    use_cache=True,
+                )
+            new = out[0, inputs["input_ids"].shape[1] :].tolist()
             stopped += bool(new) and new[-1] in stop_ids
             lengths.append(len(new))
     except Exception as exc:  # noqa: BLE001 — a diagnostic; training itself succeeded
@@ -109,4 +124,3 @@ def stop_check(model: Any, tokenizer: Any, data: TrainingData, n: int) -> dict[s
     finally:
         model.train(was_training)
     return {"stopped": stopped, "of": len(conversations), "answer_tokens": lengths}
-

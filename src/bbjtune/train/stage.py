@@ -39,8 +39,13 @@ STAGES = ("cpt", "sft", "rft", "dpo", "grpo")
 SELF_TRAINING = ("rft", "dpo", "grpo")
 
 
-def run_stage(cfg: RunConfig, stages: list[str] | None = None, resume: str = "auto", dry_run: bool = False,
-              console: Console | None = None) -> Path:
+def run_stage(
+    cfg: RunConfig,
+    stages: list[str] | None = None,
+    resume: str = "auto",
+    dry_run: bool = False,
+    console: Console | None = None,
+) -> Path:
     """Train `stages` (default: the config's plan, `cfg.train_stages`); returns the train directory.
 
     Choosing stages does not change the plan: `--stage sft` on a Base config whose plan is
@@ -62,9 +67,11 @@ def run_stage(cfg: RunConfig, stages: list[str] | None = None, resume: str = "au
         for s in stages:
             if s in SELF_TRAINING:
                 sampling = getattr(cfg.train, s).sampling
-                console.print(f"{s}: {sampling.rounds} round(s) of {sampling.samples_per_prompt} samples per training "
-                              f"prompt (temperature {sampling.temperature:g}, up to {sampling.max_new_tokens} tokens), "
-                              f"judged by {verdict_tier()}; then training on the verdicts")
+                console.print(
+                    f"{s}: {sampling.rounds} round(s) of {sampling.samples_per_prompt} samples per training "
+                    f"prompt (temperature {sampling.temperature:g}, up to {sampling.max_new_tokens} tokens), "
+                    f"judged by {verdict_tier()}; then training on the verdicts"
+                )
         return cfg.train_dir
 
     backends.use_one_gpu_unless_launched(console)
@@ -73,17 +80,26 @@ def run_stage(cfg: RunConfig, stages: list[str] | None = None, resume: str = "au
         backends.import_unsloth_first()
 
     configure_torch(cfg)
-    console.print(f"training {' → '.join(stages)} on {cfg.model.source} with the {backend} backend "
-                  f"({'QLoRA 4-bit' if cfg.train.quantization.load_in_4bit else cfg.model.dtype}); "
-                  f"writing to {cfg.train_dir}")
+    console.print(
+        f"training {' → '.join(stages)} on {cfg.model.source} with the {backend} backend "
+        f"({'QLoRA 4-bit' if cfg.train.quantization.load_in_4bit else cfg.model.dtype}); "
+        f"writing to {cfg.train_dir}"
+    )
     chained = "cpt" in cfg.train_stages or "cpt" in stages  # stage 2 then starts from stage 1's merged model
     results: dict[str, dict[str, Any]] = {}
     for stage in stages:
         if stage in SELF_TRAINING:
             results[stage] = _run_self_training(cfg, stage, backend, console, resume, data, chained)
             continue
-        job = StageJob(cfg=cfg, stage=stage, base_source=base_for(cfg, stage, chained), backend=backend,
-                       console=console, resume=resume, data_fingerprint=data_fingerprint(cfg, stage, chained))
+        job = StageJob(
+            cfg=cfg,
+            stage=stage,
+            base_source=base_for(cfg, stage, chained),
+            backend=backend,
+            console=console,
+            resume=resume,
+            data_fingerprint=data_fingerprint(cfg, stage, chained),
+        )
         if stage == "sft" and chained:
             console.print(f"stage 2 starts from stage 1's merged model {job.base_source}")
         results[stage] = _run_one(job, data)
@@ -98,14 +114,21 @@ def model_after(cfg: RunConfig, stage: str, chained: bool) -> tuple[str, str | N
         summary = _manifest_file(cfg.train_dir / stage / "selftrain.json")
         rounds = summary.get("rounds") or []
         if not rounds:
-            raise BbjtuneError(f"{stage} has not run yet ({cfg.train_dir / stage})", f"train it first (--stage {stage})")
+            raise BbjtuneError(
+                f"{stage} has not run yet ({cfg.train_dir / stage})", f"train it first (--stage {stage})"
+            )
         last = cfg.train_dir / stage / f"round-{rounds[-1]['round']}"
-        start = last / "start" if (last / "start" / "config.json").exists() else model_after(
-            cfg, _before(cfg, stage), chained)[0]
+        start = (
+            last / "start"
+            if (last / "start" / "config.json").exists()
+            else model_after(cfg, _before(cfg, stage), chained)[0]
+        )
         return str(start), str(last / "adapter")
     adapter = cfg.train_dir / stage / "adapter"
     if not (adapter / "adapter_config.json").exists():
-        raise BbjtuneError(f"{stage} has not run yet: {adapter} does not exist", f"train it first (--stage {stage})")
+        raise BbjtuneError(
+            f"{stage} has not run yet: {adapter} does not exist", f"train it first (--stage {stage})"
+        )
     return base_for(cfg, stage, chained), str(adapter)
 
 
@@ -120,18 +143,30 @@ def _before(cfg: RunConfig, stage: str) -> str:
     return plan[plan.index(stage) - 1]
 
 
-def _run_self_training(cfg: RunConfig, stage: str, backend: str, console: Console, resume: str, data: TrainingData,
-                       chained: bool) -> dict[str, Any]:
+def _run_self_training(
+    cfg: RunConfig, stage: str, backend: str, console: Console, resume: str, data: TrainingData, chained: bool
+) -> dict[str, Any]:
     if backends.world_size() > 1:
-        raise BbjtuneError(f"{stage} samples from the model in one process; it does not run under a multi-process launch",
-                           f"run it on its own without accelerate launch/torchrun: bbjtune train CONFIG --stage {stage}")
+        raise BbjtuneError(
+            f"{stage} samples from the model in one process; it does not run under a multi-process launch",
+            f"run it on its own without accelerate launch/torchrun: bbjtune train CONFIG --stage {stage}",
+        )
     previous = model_after(cfg, _before(cfg, stage), chained)
-    job = StageJob(cfg=cfg, stage=stage, base_source=previous[0], backend=backend, console=console,
-                   resume=resume, data_fingerprint=data_fingerprint(cfg, "sft", chained) + ":" + str(previous))
+    job = StageJob(
+        cfg=cfg,
+        stage=stage,
+        base_source=previous[0],
+        backend=backend,
+        console=console,
+        resume=resume,
+        data_fingerprint=data_fingerprint(cfg, "sft", chained) + ":" + str(previous),
+    )
     result = run_selftrain(job, data, previous)
     m = result["metrics"]
-    console.print(f"[green]✓[/] {stage}: {len(m['rounds'])} round(s), last {m.get('steps')} steps; adapter "
-                  f"{result['adapter']} on {result['base']}; rounds in {cfg.train_dir / stage / 'selftrain.json'}")
+    console.print(
+        f"[green]✓[/] {stage}: {len(m['rounds'])} round(s), last {m.get('steps')} steps; adapter "
+        f"{result['adapter']} on {result['base']}; rounds in {cfg.train_dir / stage / 'selftrain.json'}"
+    )
     return result
 
 
@@ -148,14 +183,18 @@ def base_for(cfg: RunConfig, stage: str, chained: bool) -> str:
         return cfg.model.source
     merged = cfg.train_dir / "cpt" / "merged"
     if not (merged / "config.json").exists():
-        raise BbjtuneError(f"stage 2 trains on stage 1's merged model, but {merged} does not exist",
-                           "run stage 1 first (--stage cpt or --stage all), or set train.stages: sft")
+        raise BbjtuneError(
+            f"stage 2 trains on stage 1's merged model, but {merged} does not exist",
+            "run stage 1 first (--stage cpt or --stage all), or set train.stages: sft",
+        )
     return str(merged)
 
 
 def data_fingerprint(cfg: RunConfig, stage: str, chained: bool) -> str:
     """Hashes of the files a stage learns from (for stage 2 on stage 1's model, also stage 1's identity)."""
-    names = ["cpt.jsonl", "heldout.jsonl"] if stage == "cpt" else ["train.jsonl", "heldout.jsonl", "replay.jsonl"]
+    names = (
+        ["cpt.jsonl", "heldout.jsonl"] if stage == "cpt" else ["train.jsonl", "heldout.jsonl", "replay.jsonl"]
+    )
     parts = [f"{n}:{sha256_file(cfg.data_dir / n)}" for n in names if (cfg.data_dir / n).exists()]
     if stage == "sft" and chained:
         parts.append("cpt:" + str(_manifest(cfg.train_dir / "cpt").get("fingerprint")))
@@ -169,9 +208,14 @@ def _manifest(directory: Path) -> dict[str, Any]:
 def _is_done(job: Any) -> bool:
     manifest = _manifest(job.out_dir)
     outputs_there = (job.adapter_dir / "adapter_config.json").exists() and (
-        job.stage != "cpt" or (job.out_dir / "merged" / "config.json").exists())
-    return (job.resume != "never" and manifest.get("status") == "complete"
-            and manifest.get("fingerprint") == job.fingerprint() and outputs_there)
+        job.stage != "cpt" or (job.out_dir / "merged" / "config.json").exists()
+    )
+    return (
+        job.resume != "never"
+        and manifest.get("status") == "complete"
+        and manifest.get("fingerprint") == job.fingerprint()
+        and outputs_there
+    )
 
 
 class _Record(StageRun):
@@ -184,12 +228,16 @@ class _Record(StageRun):
 def _run_one(job: Any, data: TrainingData) -> dict[str, Any]:
     if _is_done(job):
         manifest = _manifest(job.out_dir)
-        job.console.print(f"[green]✓[/] {job.stage}: already trained with these settings and data "
-                          f"({job.adapter_dir}); --restart trains it again")
+        job.console.print(
+            f"[green]✓[/] {job.stage}: already trained with these settings and data "
+            f"({job.adapter_dir}); --restart trains it again"
+        )
         return {"metrics": manifest.get("metrics", {}), "lora": manifest.get("lora", {})}
     record = _Record(job.out_dir, stage=f"train-{job.stage}", config=job.cfg.model_dump(mode="json"))
     with record as run:
-        run.add_inputs(p for p in data.files if p.name != ("cpt.jsonl" if job.stage == "sft" else "train.jsonl"))
+        run.add_inputs(
+            p for p in data.files if p.name != ("cpt.jsonl" if job.stage == "sft" else "train.jsonl")
+        )
         run.extra.update(fingerprint=job.fingerprint(), backend=job.backend, base_model=job.base_source)
         with run.timed("train"):
             result = (cpt.run_cpt if job.stage == "cpt" else sft.run_sft)(job, data)
@@ -197,8 +245,16 @@ def _run_one(job: Any, data: TrainingData) -> dict[str, Any]:
         run.extra["lora"] = result["lora"]
         run.outputs += [str(job.adapter_dir)] + ([str(job.out_dir / "merged")] if job.stage == "cpt" else [])
         if is_main_process():
-            write_model_card(job.adapter_dir / "README.md", cfg=job.cfg, stage=job.stage, base_model=job.base_source,
-                             metrics=result["metrics"], lora=result["lora"], inputs=run.inputs, backend=job.backend)
+            write_model_card(
+                job.adapter_dir / "README.md",
+                cfg=job.cfg,
+                stage=job.stage,
+                base_model=job.base_source,
+                metrics=result["metrics"],
+                lora=result["lora"],
+                inputs=run.inputs,
+                backend=job.backend,
+            )
     if is_main_process() and not job.cfg.train.keep_checkpoints:
         shutil.rmtree(job.checkpoints_dir, ignore_errors=True)
     _summarize(job, result["metrics"])
@@ -211,30 +267,51 @@ def _summarize(job: Any, metrics: dict[str, Any]) -> None:
 
     processes = metrics.get("processes") or 1
     where = f" on {processes} processes ({metrics.get('distributed')})" if processes > 1 else ""
-    job.console.print(f"[green]✓[/] {job.stage}: {metrics.get('steps')} steps{where}, loss {fmt(metrics.get('first_loss'))} → "
-                      f"{fmt(metrics.get('final_loss'))}, held-out loss {fmt(metrics.get('first_eval_loss'))} → "
-                      f"{fmt(metrics.get('eval_loss'))}; saved in {job.adapter_dir}")
+    job.console.print(
+        f"[green]✓[/] {job.stage}: {metrics.get('steps')} steps{where}, loss {fmt(metrics.get('first_loss'))} → "
+        f"{fmt(metrics.get('final_loss'))}, held-out loss {fmt(metrics.get('first_eval_loss'))} → "
+        f"{fmt(metrics.get('eval_loss'))}; saved in {job.adapter_dir}"
+    )
     check = metrics.get("stop_check") or {}
     if "of" in check:
         style = "green" if check["stopped"] == check["of"] else "yellow"
-        job.console.print(f"  [{style}]{check['stopped']} of {check['of']}[/] held-out answers end with <|im_end|> "
-                          f"(greedy; lengths {check['answer_tokens']} tokens)")
+        job.console.print(
+            f"  [{style}]{check['stopped']} of {check['of']}[/] held-out answers end with <|im_end|> "
+            f"(greedy; lengths {check['answer_tokens']} tokens)"
+        )
     elif "error" in check or "skipped" in check:
         job.console.print(f"  [yellow]stop check skipped:[/] {check.get('error') or check['skipped']}")
 
 
-def _write_handle(cfg: RunConfig, last_stage: str, result: dict[str, Any], data: TrainingData, chained: bool) -> Path:
+def _write_handle(
+    cfg: RunConfig, last_stage: str, result: dict[str, Any], data: TrainingData, chained: bool
+) -> Path:
     if last_stage in SELF_TRAINING:
         base, adapter = model_after(cfg, last_stage, chained)
         plan = _plan_with(cfg, last_stage)
-        chain = [s for s in plan[:plan.index(last_stage) + 1] if s != "cpt" or chained]
-        return write_trained(cfg.train_dir, base_model=base, original_model=cfg.model.source, adapter=Path(adapter),
-                             tokenizer=Path(adapter), stages=chain, lora=result["lora"],
-                             max_length=cfg.train.sft.max_length, system_prompt=cfg.data.system_prompt or data.system_prompt)
+        chain = [s for s in plan[: plan.index(last_stage) + 1] if s != "cpt" or chained]
+        return write_trained(
+            cfg.train_dir,
+            base_model=base,
+            original_model=cfg.model.source,
+            adapter=Path(adapter),
+            tokenizer=Path(adapter),
+            stages=chain,
+            lora=result["lora"],
+            max_length=cfg.train.sft.max_length,
+            system_prompt=cfg.data.system_prompt or data.system_prompt,
+        )
     stage_dir = cfg.train_dir / last_stage
     base = base_for(cfg, last_stage, chained)
     chain = ["cpt", "sft"] if last_stage == "sft" and base != cfg.model.source else [last_stage]
-    return write_trained(cfg.train_dir, base_model=base, original_model=cfg.model.source,
-                         adapter=stage_dir / "adapter", tokenizer=stage_dir / "adapter", stages=chain,
-                         lora=result["lora"], max_length=getattr(cfg.train, last_stage).max_length,
-                         system_prompt=cfg.data.system_prompt or data.system_prompt)
+    return write_trained(
+        cfg.train_dir,
+        base_model=base,
+        original_model=cfg.model.source,
+        adapter=stage_dir / "adapter",
+        tokenizer=stage_dir / "adapter",
+        stages=chain,
+        lora=result["lora"],
+        max_length=getattr(cfg.train, last_stage).max_length,
+        system_prompt=cfg.data.system_prompt or data.system_prompt,
+    )

@@ -28,6 +28,7 @@ from bbjtune.train.packing import install_collator
 
 # ----------------------------------------------------------------------------- environment
 
+
 def configure_torch(cfg: RunConfig) -> None:
     """CPU threads (tiny models train fastest on one) and quieter library logs."""
     import torch
@@ -36,7 +37,9 @@ def configure_torch(cfg: RunConfig) -> None:
         torch.set_num_threads(cfg.train.cpu_threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # trl still passes the old argument names; the renames are transformers' business, not the user's
-    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -44,6 +47,7 @@ def configure_torch(cfg: RunConfig) -> None:
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
+
 
 def precision(cfg: RunConfig) -> dict[str, bool]:
     """`bf16`/`fp16` mixed-precision switches for the trainer, from the model dtype."""
@@ -54,14 +58,17 @@ def precision(cfg: RunConfig) -> dict[str, bool]:
         dtype = torch_dtype(cfg.train.quantization.compute_dtype)
     return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}
 
+
 def optimizer_name(cfg: RunConfig) -> str:
     """The optimizer; 8-bit AdamW needs bitsandbytes, and `paged` only means something on a GPU."""
     import torch
 
     optim = cfg.train.optim
     if "8bit" in optim and importlib.util.find_spec("bitsandbytes") is None:
-        raise BbjtuneError(f"train.optim {optim} needs bitsandbytes, which is not installed",
-                           "pip install 'bbjtune[gpu]', or set train.optim: adamw_torch")
+        raise BbjtuneError(
+            f"train.optim {optim} needs bitsandbytes, which is not installed",
+            "pip install 'bbjtune[gpu]', or set train.optim: adamw_torch",
+        )
     if optim == "paged_adamw_8bit" and not torch.cuda.is_available():
         return "adamw_8bit"
     if optim == "adamw_torch_fused" and not torch.cuda.is_available():
@@ -70,6 +77,7 @@ def optimizer_name(cfg: RunConfig) -> str:
 
 
 # ----------------------------------------------------------------------------- trl config
+
 
 def training_arguments(job: StageJob, has_eval: bool, **stage_specific: Any):
     """trl's SFTConfig for either stage (CPT passes its text field and packing), from the bbjtune config."""
@@ -87,25 +95,46 @@ def training_arguments(job: StageJob, has_eval: bool, **stage_specific: Any):
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(cfg.train_dir / "tensorboard" / job.stage)
     on_gpu = torch.cuda.is_available()
     return SFTConfig(
-        output_dir=str(job.checkpoints_dir), use_cpu=not on_gpu, seed=t.seed, data_seed=t.seed,
-        num_train_epochs=sc.epochs, max_steps=sc.max_steps,
-        per_device_train_batch_size=sc.per_device_batch_size, per_device_eval_batch_size=sc.per_device_batch_size,
+        output_dir=str(job.checkpoints_dir),
+        use_cpu=not on_gpu,
+        seed=t.seed,
+        data_seed=t.seed,
+        num_train_epochs=sc.epochs,
+        max_steps=sc.max_steps,
+        per_device_train_batch_size=sc.per_device_batch_size,
+        per_device_eval_batch_size=sc.per_device_batch_size,
         gradient_accumulation_steps=sc.gradient_accumulation_steps,
         # a float below 1 is a share of the total steps in transformers 5 (its warmup_ratio is deprecated)
-        learning_rate=sc.learning_rate, lr_scheduler_type=sc.lr_scheduler, warmup_steps=sc.warmup_ratio,
-        weight_decay=sc.weight_decay, max_grad_norm=t.max_grad_norm, optim=optimizer_name(cfg),
+        learning_rate=sc.learning_rate,
+        lr_scheduler_type=sc.lr_scheduler,
+        warmup_steps=sc.warmup_ratio,
+        weight_decay=sc.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=optimizer_name(cfg),
         **precision(cfg),
         # Unsloth applies its own (faster) gradient checkpointing when it wraps the model
         gradient_checkpointing=t.gradient_checkpointing and job.backend == "hf",
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
-        logging_steps=t.logging_steps, logging_first_step=True, disable_tqdm=True, report_to=report_to or "none",
-        eval_strategy=eval_strategy, eval_steps=t.eval_steps if eval_strategy == "steps" else None,
-        save_strategy=save_strategy, save_steps=save_steps, save_total_limit=t.save_total_limit,
-        load_best_model_at_end=early, metric_for_best_model="eval_loss" if early else None, greater_is_better=False,
-        max_length=sc.max_length, packing=sc.packing, use_liger_kernel=t.use_liger,
-        dataloader_num_workers=0, ddp_find_unused_parameters=False if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        disable_tqdm=True,
+        report_to=report_to or "none",
+        eval_strategy=eval_strategy,
+        eval_steps=t.eval_steps if eval_strategy == "steps" else None,
+        save_strategy=save_strategy,
+        save_steps=save_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=early,
+        metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False,
+        max_length=sc.max_length,
+        packing=sc.packing,
+        use_liger_kernel=t.use_liger,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         **stage_specific,
     )
+
 
 def _reporter_available(name: str, console: Console) -> bool:
     module = {"tensorboard": "tensorboard", "wandb": "wandb"}[name]
@@ -117,8 +146,18 @@ def _reporter_available(name: str, console: Console) -> bool:
 
 # ----------------------------------------------------------------------------- the trainer
 
-def make_trainer(job: StageJob, model: Any, tokenizer: Any, args: Any, train_dataset: Any, eval_dataset: Any,
-                 peft_settings: dict[str, Any] | None, callbacks: list[Any], embedding_lr: float | None = None):
+
+def make_trainer(
+    job: StageJob,
+    model: Any,
+    tokenizer: Any,
+    args: Any,
+    train_dataset: Any,
+    eval_dataset: Any,
+    peft_settings: dict[str, Any] | None,
+    callbacks: list[Any],
+    embedding_lr: float | None = None,
+):
     """trl's SFTTrainer, with a separate learning rate for trained embedding rows when asked."""
     from transformers import PrinterCallback
     from trl import SFTTrainer
@@ -144,20 +183,32 @@ def make_trainer(job: StageJob, model: Any, tokenizer: Any, args: Any, train_dat
                 if param.requires_grad:
                     is_embedding = "modules_to_save" in name or "trainable_tokens" in name
                     groups.setdefault((is_embedding, name in decay), []).append(param)
-            param_groups = [{"params": params, "weight_decay": self.args.weight_decay if has_decay else 0.0,
-                             **({"lr": embedding_lr} if is_embedding else {})}
-                            for (is_embedding, has_decay), params in groups.items()]
+            param_groups = [
+                {
+                    "params": params,
+                    "weight_decay": self.args.weight_decay if has_decay else 0.0,
+                    **({"lr": embedding_lr} if is_embedding else {}),
+                }
+                for (is_embedding, has_decay), params in groups.items()
+            ]
             optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
             self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
             return self.optimizer
 
-    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                      processing_class=tokenizer, callbacks=callbacks,
-                      peft_config=peft_config(peft_settings) if peft_settings else None)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        peft_config=peft_config(peft_settings) if peft_settings else None,
+    )
     trainer.remove_callback(PrinterCallback)  # RichProgress prints the logs
     _expose_output_head_bias(trainer.model)
     install_collator(trainer, args.packing, job.backend)
     return trainer
+
 
 def _expose_output_head_bias(model: Any) -> None:
     """trl's fused LM head reads `lm_head.bias`; peft's trainable-token wrapper hides it. Give it back."""
@@ -165,6 +216,7 @@ def _expose_output_head_bias(model: Any) -> None:
     if head is not None and not hasattr(head, "bias"):
         base = getattr(head, "original_module", None) or getattr(head, "base_layer", None)
         object.__setattr__(head, "bias", getattr(base, "bias", None))
+
 
 def stage_callbacks(job: StageJob, resume_from: Path | None) -> list[Any]:
     from transformers import EarlyStoppingCallback
@@ -178,20 +230,39 @@ def stage_callbacks(job: StageJob, resume_from: Path | None) -> list[Any]:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=job.cfg.train.early_stopping_patience))
     return callbacks
 
-def run_trainer(job: StageJob, model: Any, tokenizer: Any, args: Any, train_dataset: Any, eval_dataset: Any,
-                peft_settings: Any) -> tuple[Any, dict[str, Any]]:
+
+def run_trainer(
+    job: StageJob,
+    model: Any,
+    tokenizer: Any,
+    args: Any,
+    train_dataset: Any,
+    eval_dataset: Any,
+    peft_settings: Any,
+) -> tuple[Any, dict[str, Any]]:
     """Build the trainer, train (resuming when there is a checkpoint) and return it with its final metrics."""
     resume_from = decide_resume(job)
     if resume_from is not None:
-        job.console.print(f"{job.stage}: resuming from step {checkpoint_step(resume_from)} "
-                          f"(checkpoint {resume_from}); --restart starts over")
+        job.console.print(
+            f"{job.stage}: resuming from step {checkpoint_step(resume_from)} "
+            f"(checkpoint {resume_from}); --restart starts over"
+        )
     args.eval_on_start = eval_dataset is not None and resume_from is None  # the held-out loss before training
-    trainer = make_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings,
-                           callbacks=stage_callbacks(job, resume_from),
-                           embedding_lr=job.stage_cfg.embedding_learning_rate)
+    trainer = make_trainer(
+        job,
+        model,
+        tokenizer,
+        args,
+        train_dataset,
+        eval_dataset,
+        peft_settings,
+        callbacks=stage_callbacks(job, resume_from),
+        embedding_lr=job.stage_cfg.embedding_learning_rate,
+    )
     record_fingerprint(job)
     train(trainer, job, resume_from)
     return trainer, final_metrics(trainer, eval_dataset is not None)
+
 
 def train(trainer: Any, job: StageJob, resume_from: Path | None) -> Any:
     """Run trainer.train(); a stop request saves a checkpoint and raises TrainingStopped."""
@@ -212,19 +283,26 @@ def train(trainer: Any, job: StageJob, resume_from: Path | None) -> Any:
         raise TrainingStopped(message)
     return result
 
+
 def final_metrics(trainer: Any, has_eval: bool) -> dict[str, Any]:
     """Last training loss, a final held-out evaluation, step counts."""
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
     metrics: dict[str, Any] = {
-        "steps": trainer.state.global_step, "epochs": round(trainer.state.epoch or 0.0, 3),
-        "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+        "steps": trainer.state.global_step,
+        "epochs": round(trainer.state.epoch or 0.0, 3),
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
         "train_tokens": getattr(trainer, "_total_train_tokens", None),
         "processes": trainer.args.world_size,  # >1 under accelerate launch
-        "distributed": str(getattr(trainer.accelerator.distributed_type, "value", trainer.accelerator.distributed_type)),
+        "distributed": str(
+            getattr(trainer.accelerator.distributed_type, "value", trainer.accelerator.distributed_type)
+        ),
     }
     if has_eval:
-        at_end = [h["eval_loss"] for h in history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
+        at_end = [
+            h["eval_loss"] for h in history if "eval_loss" in h and h.get("step") == trainer.state.global_step
+        ]
         metrics["eval_loss"] = at_end[-1] if at_end else trainer.evaluate()["eval_loss"]
         at_start = [h["eval_loss"] for h in history if "eval_loss" in h and h.get("step") == 0]
         metrics["first_eval_loss"] = at_start[0] if at_start else None

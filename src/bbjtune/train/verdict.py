@@ -36,12 +36,12 @@ def tier() -> str:
 @dataclass
 class Verdict:
     compiles: bool
-    clean: bool                       # compiles and passes the tier-2 checks
-    pattern_share: float              # share of the prompt's must-patterns matched
+    clean: bool  # compiles and passes the tier-2 checks
+    pattern_share: float  # share of the prompt's must-patterns matched
     patterns_ok: bool
-    ran_on: bool                      # hit max_new_tokens
+    ran_on: bool  # hit max_new_tokens
     findings: list[str] = field(default_factory=list)
-    reason: str = ""                  # first compile error, when it does not compile
+    reason: str = ""  # first compile error, when it does not compile
     compiler: str = ""
 
     @property
@@ -63,8 +63,14 @@ class Verdict:
         return {**asdict(self), "passed": self.passed, "failed": self.failed, "reward": self.reward}
 
 
-def judge(answer: str, must: Sequence[str], *, finish_reason: str = "stop", compiler: str = "auto",
-          min_pattern_share: float = 0.5) -> Verdict:
+def judge(
+    answer: str,
+    must: Sequence[str],
+    *,
+    finish_reason: str = "stop",
+    compiler: str = "auto",
+    min_pattern_share: float = 0.5,
+) -> Verdict:
     """The verdict on one answer to a prompt whose must-patterns are `must`."""
     code = extract_bbj(answer or "")
     result = compile_code(code, compiler)
@@ -75,6 +81,13 @@ def judge(answer: str, must: Sequence[str], *, finish_reason: str = "stop", comp
         clean = bool(assessment.compiles and assessment.clean)
         findings = [str(f) for f in assessment.findings]
     share = pattern_share(answer or "", must)
-    return Verdict(compiles=result.compiles, clean=clean, pattern_share=round(share, 4),
-                   patterns_ok=share >= min_pattern_share, ran_on=finish_reason == "length", findings=findings,
-                   reason=result.reason, compiler=result.compiler)
+    return Verdict(
+        compiles=result.compiles,
+        clean=clean,
+        pattern_share=round(share, 4),
+        patterns_ok=share >= min_pattern_share,
+        ran_on=finish_reason == "length",
+        findings=findings,
+        reason=result.reason,
+        compiler=result.compiler,
+    )

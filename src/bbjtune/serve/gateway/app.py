@@ -47,8 +47,10 @@ from .upstream import Upstream, UpstreamError, error_body
 
 EXCHANGE_HEADER = "X-Bbjtune-Exchange"
 MAX_BEST_OF = 8
-UNAUTHORIZED_TEXT = ("This gateway needs its access token: use the token `bbjtune serve gateway` printed at start "
-                     "as the API key (Authorization: Bearer ...).\n")
+UNAUTHORIZED_TEXT = (
+    "This gateway needs its access token: use the token `bbjtune serve gateway` printed at start "
+    "as the API key (Authorization: Bearer ...).\n"
+)
 # Request fields the gateway handles itself instead of passing them on.
 _OWN_FIELDS = ("stream", "stream_options", "best_of")
 
@@ -57,9 +59,9 @@ _OWN_FIELDS = ("stream", "stream_options", "best_of")
 class GatewaySettings:
     upstream: str
     upstream_key: str | None = None
-    model: str | None = None             # force this upstream model name (editors send their own)
+    model: str | None = None  # force this upstream model name (editors send their own)
     best_of: int = 1
-    diagnostics: str = "field"           # field | comment
+    diagnostics: str = "field"  # field | comment
     compiler: str = "auto"
     retry_temperature: float = 0.7
     max_body_bytes: int = 1_000_000
@@ -100,8 +102,11 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
 def _validate(kind: str, body: dict[str, Any]) -> None:
     if kind == "chat":
         messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages)
+        ):
             raise Refused(400, "`messages` must be a non-empty list of {role, content} objects")
     elif not isinstance(body.get("prompt"), str):
         raise Refused(400, "`prompt` must be a string (one prompt per request)")
@@ -142,11 +147,20 @@ class Gateway:
         if self.settings.model:
             upstream_body["model"] = self.settings.model
         if body.get("stream") and self.settings.best_of == 1:
-            return StreamingResponse(self._live(kind, body, upstream_body, ex_id, started),
-                                     media_type="text/event-stream", headers=headers)
+            return StreamingResponse(
+                self._live(kind, body, upstream_body, ex_id, started),
+                media_type="text/event-stream",
+                headers=headers,
+            )
         try:
-            outcome = await best_of(self.upstream, kind, upstream_body, self.settings.best_of, self.settings.compiler,
-                                    self.settings.retry_temperature)
+            outcome = await best_of(
+                self.upstream,
+                kind,
+                upstream_body,
+                self.settings.best_of,
+                self.settings.compiler,
+                self.settings.retry_temperature,
+            )
         except UpstreamError as exc:
             return JSONResponse(exc.body, status_code=exc.status)
         chosen = outcome.chosen
@@ -155,15 +169,34 @@ class Gateway:
         shown = chosen.text + self._comment(kind, chosen.verdict, outcome.attempts)
         _set_text(kind, result, shown)
         result["bbjtune"] = extra
-        self._record(kind, body, result.get("model"), chosen.text, chosen.verdict, outcome.attempts, outcome.rejected,
-                     started, outcome.upstream_s, outcome.check_s, ex_id)
+        self._record(
+            kind,
+            body,
+            result.get("model"),
+            chosen.text,
+            chosen.verdict,
+            outcome.attempts,
+            outcome.rejected,
+            started,
+            outcome.upstream_s,
+            outcome.check_s,
+            ex_id,
+        )
         headers["X-Bbjtune-Verdict"] = chosen.verdict.verdict
         if body.get("stream"):
-            return StreamingResponse(_as_events(kind, result), media_type="text/event-stream", headers=headers)
+            return StreamingResponse(
+                _as_events(kind, result), media_type="text/event-stream", headers=headers
+            )
         return JSONResponse(result, headers=headers)
 
-    async def _live(self, kind: str, body: dict[str, Any], upstream_body: dict[str, Any], ex_id: str | None,
-                    started: float) -> AsyncIterator[str]:
+    async def _live(
+        self,
+        kind: str,
+        body: dict[str, Any],
+        upstream_body: dict[str, Any],
+        ex_id: str | None,
+        started: float,
+    ) -> AsyncIterator[str]:
         parts: list[str] = []
         last: dict[str, Any] = {}
         upstream_start = time.perf_counter()
@@ -196,21 +229,48 @@ class Gateway:
             return ""
         return comment_text(verdict, attempts)
 
-    def _record(self, kind: str, request: dict[str, Any], model: str | None, text: str, verdict: Verdict,
-                attempts: int, rejected: list[dict[str, Any]], started: float, upstream_s: float, check_s: float,
-                ex_id: str | None) -> None:
+    def _record(
+        self,
+        kind: str,
+        request: dict[str, Any],
+        model: str | None,
+        text: str,
+        verdict: Verdict,
+        attempts: int,
+        rejected: list[dict[str, Any]],
+        started: float,
+        upstream_s: float,
+        check_s: float,
+        ex_id: str | None,
+    ) -> None:
         if self.log is None or ex_id is None:
             return
-        self.log.add(Exchange(kind, model or str(request.get("model") or ""), request, text, verdict.verdict,
-                              verdict.compiler, verdict.diagnostics, attempts, rejected,
-                              1000 * (time.perf_counter() - started), 1000 * upstream_s, 1000 * check_s), ex_id)
+        self.log.add(
+            Exchange(
+                kind,
+                model or str(request.get("model") or ""),
+                request,
+                text,
+                verdict.verdict,
+                verdict.compiler,
+                verdict.diagnostics,
+                attempts,
+                rejected,
+                1000 * (time.perf_counter() - started),
+                1000 * upstream_s,
+                1000 * check_s,
+            ),
+            ex_id,
+        )
 
     # ----------------------------------------------------------------------------- ratings
 
     async def feedback(self, request: Request) -> Response:
         if self.log is None:
-            return JSONResponse(error_body("this gateway keeps no log (started with --no-log): nothing to rate"),
-                                status_code=404)
+            return JSONResponse(
+                error_body("this gateway keeps no log (started with --no-log): nothing to rate"),
+                status_code=404,
+            )
         try:
             body = await read_json(request, self.settings.max_body_bytes)
             ex_id = body.get("id")
@@ -230,21 +290,31 @@ class Gateway:
         if not found:
             return JSONResponse(error_body(f"no exchange with id {ex_id!r}"), status_code=404)
         row = self.log.get(ex_id)
-        return JSONResponse({"id": ex_id, "rating": row["rating"], "corrected": row["correction"] is not None})
+        return JSONResponse(
+            {"id": ex_id, "rating": row["rating"], "corrected": row["correction"] is not None}
+        )
 
 
 def parse_rating(value: Any) -> int | None:
     if value is None:
         return None
     table = {"up": 1, "down": -1, "+1": 1, "-1": -1, 1: 1, -1: -1}
-    if isinstance(value, bool) or (value not in table if not isinstance(value, str) else value.lower() not in table):
-        raise Refused(400, "`rating` must be \"up\" or \"down\"")
+    if isinstance(value, bool) or (
+        value not in table if not isinstance(value, str) else value.lower() not in table
+    ):
+        raise Refused(400, '`rating` must be "up" or "down"')
     return table[value.lower() if isinstance(value, str) else value]
 
 
 def _extra(ex_id: str | None, v: Verdict, attempts: int) -> dict[str, Any]:
-    return {"id": ex_id, "verdict": v.verdict, "compiler": v.compiler, "reason": v.reason,
-            "diagnostics": v.diagnostics, "attempts": attempts}
+    return {
+        "id": ex_id,
+        "verdict": v.verdict,
+        "compiler": v.compiler,
+        "reason": v.reason,
+        "diagnostics": v.diagnostics,
+        "attempts": attempts,
+    }
 
 
 def _set_text(kind: str, body: dict[str, Any], text: str) -> None:
@@ -278,19 +348,40 @@ async def _as_events(kind: str, result: dict[str, Any]) -> AsyncIterator[str]:
     finish = choice.get("finish_reason") or "stop"
     if kind == "chat":
         head["object"] = "chat.completion.chunk"
-        yield _event({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": answer_text(
-            kind, result)}, "finish_reason": None}]})
+        yield _event(
+            {
+                **head,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": answer_text(kind, result)},
+                        "finish_reason": None,
+                    }
+                ],
+            }
+        )
         yield _event({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
     else:
         head["object"] = "text_completion"
-        yield _event({**head, "choices": [{"index": 0, "text": answer_text(kind, result), "finish_reason": finish,
-                                           "logprobs": None}]})
+        yield _event(
+            {
+                **head,
+                "choices": [
+                    {"index": 0, "text": answer_text(kind, result), "finish_reason": finish, "logprobs": None}
+                ],
+            }
+        )
     yield _event({**head, "choices": [], "bbjtune": result["bbjtune"]})
     yield "data: [DONE]\n\n"
 
 
-def create_app(settings: GatewaySettings, log: ExchangeLog | None, *, token: str | None = None,
-               allowed_hosts: frozenset[str] | None = None):
+def create_app(
+    settings: GatewaySettings,
+    log: ExchangeLog | None,
+    *,
+    token: str | None = None,
+    allowed_hosts: frozenset[str] | None = None,
+):
     """The gateway as an ASGI app, behind the access guard the review page uses too (host check, token).
 
     The guard leaves request bodies to the gateway (max_body_bytes=None): API requests are bounded by
@@ -308,6 +399,7 @@ def create_app(settings: GatewaySettings, log: ExchangeLog | None, *, token: str
         Route("/", lambda r: RedirectResponse("/feedback", status_code=303), methods=["GET"]),
         *page.routes(),
     ]
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
@@ -315,5 +407,10 @@ def create_app(settings: GatewaySettings, log: ExchangeLog | None, *, token: str
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.gateway = gw
-    return AccessGuard(app, token=token, allowed_hosts=allowed_hosts, unauthorized_text=UNAUTHORIZED_TEXT,
-                       max_body_bytes=None)
+    return AccessGuard(
+        app,
+        token=token,
+        allowed_hosts=allowed_hosts,
+        unauthorized_text=UNAUTHORIZED_TEXT,
+        max_body_bytes=None,
+    )

@@ -23,7 +23,9 @@ from bbjtune.bbj.extract import bbj_line_ratio
 from bbjtune.models.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 # Qwen2.5-Coder's fill-in-the-middle tokens: an editor may send the whole FIM prompt as `prompt`.
-_FIM_RE = re.compile(f"{re.escape(FIM_PREFIX)}(.*?){re.escape(FIM_SUFFIX)}(.*?){re.escape(FIM_MIDDLE)}\\s*\\Z", re.DOTALL)
+_FIM_RE = re.compile(
+    f"{re.escape(FIM_PREFIX)}(.*?){re.escape(FIM_SUFFIX)}(.*?){re.escape(FIM_MIDDLE)}\\s*\\Z", re.DOTALL
+)
 # A file whose lines read as BBj this often is checked (lower than extract's 0.6: an editor's
 # window onto a file often starts or ends inside a comment block).
 FILE_BBJ_RATIO = 0.5
@@ -32,7 +34,7 @@ MAX_DIAGNOSTICS = 20
 
 @dataclass
 class Verdict:
-    verdict: str                 # pass, fail, no-code
+    verdict: str  # pass, fail, no-code
     compiler: str | None = None
     reason: str = ""
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
@@ -72,8 +74,10 @@ def check_completion(prefix: str, middle: str, suffix: str, compiler: str) -> Ve
     end = start + middle.count("\n")
     inside = [d for d in failing if start <= d.line <= end] or failing
     first = inside[0]
-    reason = (f"line {first.line}: {first.message}" + f" (the completion adds {len(failing) - n_before} "
-              f"error{'s' if len(failing) - n_before > 1 else ''})")
+    reason = (
+        f"line {first.line}: {first.message}" + f" (the completion adds {len(failing) - n_before} "
+        f"error{'s' if len(failing) - n_before > 1 else ''})"
+    )
     return Verdict("fail", used, reason, [d.to_dict() for d in inside[:MAX_DIAGNOSTICS]])
 
 

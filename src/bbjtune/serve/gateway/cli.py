@@ -11,35 +11,70 @@ import typer
 from bbjtune.errors import BbjtuneError
 
 DEFAULT_LOG = Path("runs/gateway/exchanges.sqlite")
-UPSTREAM_SHORTCUTS = {"ollama": "http://127.0.0.1:11434/v1", "gguf": "http://127.0.0.1:8000/v1",
-                      "vllm": "http://127.0.0.1:8000/v1"}
+UPSTREAM_SHORTCUTS = {
+    "ollama": "http://127.0.0.1:11434/v1",
+    "gguf": "http://127.0.0.1:8000/v1",
+    "vllm": "http://127.0.0.1:8000/v1",
+}
 
 
 def serve_gateway(
-    upstream: Annotated[str, typer.Option(
-        help="The model server to ask: its OpenAI-compatible address (http://HOST:PORT/v1), or ollama, gguf or "
-             "vllm for their local defaults (11434, 8000, 8000).")] = "gguf",
-    model: Annotated[str | None, typer.Option(
-        help="Ask the upstream for this model, whatever the editor sends (e.g. the Ollama model name).")] = None,
-    best_of: Annotated[int, typer.Option(
-        "--best-of", min=1, max=8, help="Draw up to N answers until the BBj code passes the checker.")] = 1,
-    diagnostics: Annotated[str, typer.Option(
-        help="Where the checker's verdict goes: field (a `bbjtune` field in every response) or comment (also a "
-             "note appended to chat answers).")] = "field",
-    compiler: Annotated[str, typer.Option(
-        help="auto (bbjcpl when installed, else the built-in checker), bbjcpl or builtin.")] = "auto",
-    host: Annotated[str, typer.Option(
-        help="Address to listen on. Anything but 127.0.0.1/localhost requires the access token printed at start "
-             "(the API key in the editor).")] = "127.0.0.1",
+    upstream: Annotated[
+        str,
+        typer.Option(
+            help="The model server to ask: its OpenAI-compatible address (http://HOST:PORT/v1), or ollama, gguf or "
+            "vllm for their local defaults (11434, 8000, 8000)."
+        ),
+    ] = "gguf",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Ask the upstream for this model, whatever the editor sends (e.g. the Ollama model name)."
+        ),
+    ] = None,
+    best_of: Annotated[
+        int,
+        typer.Option(
+            "--best-of", min=1, max=8, help="Draw up to N answers until the BBj code passes the checker."
+        ),
+    ] = 1,
+    diagnostics: Annotated[
+        str,
+        typer.Option(
+            help="Where the checker's verdict goes: field (a `bbjtune` field in every response) or comment (also a "
+            "note appended to chat answers)."
+        ),
+    ] = "field",
+    compiler: Annotated[
+        str, typer.Option(help="auto (bbjcpl when installed, else the built-in checker), bbjcpl or builtin.")
+    ] = "auto",
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address to listen on. Anything but 127.0.0.1/localhost requires the access token printed at start "
+            "(the API key in the editor)."
+        ),
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8100,
-    token: Annotated[str | None, typer.Option(
-        help="Access token to require (default: a new random one when not on loopback).")] = None,
-    log: Annotated[Path, typer.Option(help="The SQLite file that keeps every exchange and rating.")] = DEFAULT_LOG,
-    no_log: Annotated[bool, typer.Option("--no-log", help="Keep nothing: no log, no ids, no rating.")] = False,
-    upstream_key: Annotated[str | None, typer.Option(
-        help="API key the upstream requires (vLLM --api-key); the editor's own key is never passed on.")] = None,
-    max_request_kb: Annotated[int, typer.Option(
-        min=1, help="Refuse requests larger than this (KiB).")] = 1024,
+    token: Annotated[
+        str | None,
+        typer.Option(help="Access token to require (default: a new random one when not on loopback)."),
+    ] = None,
+    log: Annotated[
+        Path, typer.Option(help="The SQLite file that keeps every exchange and rating.")
+    ] = DEFAULT_LOG,
+    no_log: Annotated[
+        bool, typer.Option("--no-log", help="Keep nothing: no log, no ids, no rating.")
+    ] = False,
+    upstream_key: Annotated[
+        str | None,
+        typer.Option(
+            help="API key the upstream requires (vLLM --api-key); the editor's own key is never passed on."
+        ),
+    ] = None,
+    max_request_kb: Annotated[
+        int, typer.Option(min=1, help="Refuse requests larger than this (KiB).")
+    ] = 1024,
 ) -> None:
     """An OpenAI-compatible endpoint that checks the BBj in every answer, with best-of-N and a feedback log.
 
@@ -58,27 +93,47 @@ def serve_gateway(
         raise BbjtuneError(f"unknown --compiler {compiler!r}", "use auto, bbjcpl or builtin")
     if compiler == "bbjcpl":
         from bbjtune.bbj.bbjcpl import find_bbjcpl
+
         if find_bbjcpl() is None:
-            raise BbjtuneError("bbjcpl was not found on PATH or in $BBJ_HOME/bin",
-                               "set BBJ_HOME to your BBj installation, or use --compiler auto")
+            raise BbjtuneError(
+                "bbjcpl was not found on PATH or in $BBJ_HOME/bin",
+                "set BBJ_HOME to your BBj installation, or use --compiler auto",
+            )
     base = upstream_url(upstream)
     local = is_loopback(host)
     if token is not None and len(token) < 16:
-        raise BbjtuneError("the access token is too short (fewer than 16 characters)", "leave --token out to get a random one")
+        raise BbjtuneError(
+            "the access token is too short (fewer than 16 characters)",
+            "leave --token out to get a random one",
+        )
     if not local and token is None:
         token = new_token()
     store = None if no_log else ExchangeLog(log)
-    settings = GatewaySettings(upstream=base, upstream_key=upstream_key, model=model, best_of=best_of,
-                               diagnostics=diagnostics, compiler=compiler, max_body_bytes=max_request_kb * 1024)
+    settings = GatewaySettings(
+        upstream=base,
+        upstream_key=upstream_key,
+        model=model,
+        best_of=best_of,
+        diagnostics=diagnostics,
+        compiler=compiler,
+        max_body_bytes=max_request_kb * 1024,
+    )
     sock = listening_socket(host, port)
     port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     if not is_loopback(urlparse(base).hostname or ""):
         typer.echo(f"note: prompts and answers go to {base}, which is not on this machine", err=True)
-    typer.echo(f"Gateway at http://{shown}:{port}/v1 in front of {base}"
-               + (f"; best of {best_of}" if best_of > 1 else ""), err=True)
-    typer.echo(f"Exchanges are logged in {log} (rate them at http://{shown}:{port}/feedback)" if store
-               else "Logging is off: nothing is stored.", err=True)
+    typer.echo(
+        f"Gateway at http://{shown}:{port}/v1 in front of {base}"
+        + (f"; best of {best_of}" if best_of > 1 else ""),
+        err=True,
+    )
+    typer.echo(
+        f"Exchanges are logged in {log} (rate them at http://{shown}:{port}/feedback)"
+        if store
+        else "Logging is off: nothing is stored.",
+        err=True,
+    )
     if token:
         typer.echo(f"Access token (the editor's API key): {token}")
         typer.echo("Anyone on the network with this token can use the model; share it only with your team.")
@@ -99,7 +154,8 @@ def upstream_url(value: str) -> str:
     url = UPSTREAM_SHORTCUTS.get(value.lower(), value).rstrip("/")
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise BbjtuneError(f"--upstream {value!r} is not an http(s) address",
-                           "give e.g. http://127.0.0.1:11434/v1, or ollama, gguf or vllm")
+        raise BbjtuneError(
+            f"--upstream {value!r} is not an http(s) address",
+            "give e.g. http://127.0.0.1:11434/v1, or ollama, gguf or vllm",
+        )
     return url
-

@@ -25,7 +25,7 @@ from bbjtune.gateway_log import MAX_CORRECTION_CHARS, ExchangeLog
 from bbjtune.web_security import csrf_ok, csrf_token, same_origin
 
 SHOWN = 50
-MAX_FORM_BYTES = 4 * MAX_CORRECTION_CHARS   # form encoding can take 3 bytes per character
+MAX_FORM_BYTES = 4 * MAX_CORRECTION_CHARS  # form encoding can take 3 bytes per character
 _CSS = """body{font:15px/1.45 system-ui,sans-serif;max-width:60rem;margin:1rem auto;padding:0 1rem;color:#222}
 article{border:1px solid #ccc;border-radius:6px;padding:.6rem 1rem;margin:1rem 0}
 pre{background:#f5f5f5;padding:.5rem;overflow:auto;white-space:pre-wrap}
@@ -40,9 +40,11 @@ class FeedbackPage:
         self.secret = secrets.token_bytes(32)
 
     def routes(self) -> list[Route]:
-        return [Route("/feedback", self.show, methods=["GET"]),
-                Route("/feedback/{exchange_id}", self.rate, methods=["POST"]),
-                Route("/feedback.css", lambda r: Response(_CSS, media_type="text/css"), methods=["GET"])]
+        return [
+            Route("/feedback", self.show, methods=["GET"]),
+            Route("/feedback/{exchange_id}", self.rate, methods=["POST"]),
+            Route("/feedback.css", lambda r: Response(_CSS, media_type="text/css"), methods=["GET"]),
+        ]
 
     async def show(self, request: Request) -> Response:
         if self.log is None:
@@ -50,11 +52,13 @@ class FeedbackPage:
         rows = self.log.recent(SHOWN)
         token = csrf_token(self.secret, "feedback")
         items = "\n".join(_article(r, token) for r in rows) or "<p>No answers yet.</p>"
-        page = (f"<!doctype html><html><head><meta charset='utf-8'><title>bbjtune gateway: rate answers</title>"
-                f"<link rel='stylesheet' href='/feedback.css'></head><body><h1>Rate the model's answers</h1>"
-                f"<p>The latest {SHOWN} answers, newest first. Up or down, and paste a corrected answer where the "
-                f"model got it wrong: <code>bbjtune data feedback LOG</code> turns them into training data.</p>"
-                f"{items}</body></html>")
+        page = (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>bbjtune gateway: rate answers</title>"
+            f"<link rel='stylesheet' href='/feedback.css'></head><body><h1>Rate the model's answers</h1>"
+            f"<p>The latest {SHOWN} answers, newest first. Up or down, and paste a corrected answer where the "
+            f"model got it wrong: <code>bbjtune data feedback LOG</code> turns them into training data.</p>"
+            f"{items}</body></html>"
+        )
         return HTMLResponse(page)
 
     async def rate(self, request: Request) -> Response:
@@ -105,14 +109,18 @@ def _article(row: dict[str, Any], csrf: str) -> str:
     rating = {1: "rated up", -1: "rated down"}.get(row["rating"], "not rated")
     verdict = row["verdict"]
     cls = "pass" if verdict == "pass" else "fail" if verdict == "fail" else ""
-    diag = "".join(f"<li>line {e(str(d.get('line')))}: {e(str(d.get('message')))}</li>" for d in row["diagnostics"][:5])
-    return (f"<article id='{e(row['id'])}'><p class='meta'>{e(row['id'])} · {e(row['model'])} · "
-            f"{e(row['endpoint'])} · {row['attempts']} attempt(s) · {row['latency_ms']:.0f} ms · {rating}</p>"
-            f"<h3>Asked</h3><pre>{e(asked)}</pre><h3>Answer <span class='{cls}'>({e(verdict)})</span></h3>"
-            f"<pre>{e(row['answer'])}</pre>{f'<ul>{diag}</ul>' if diag else ''}"
-            f"<form method='post' action='/feedback/{e(row['id'])}'>"
-            f"<input type='hidden' name='csrf' value='{e(csrf)}'>"
-            f"<textarea name='correction' placeholder='A corrected answer (optional)'>"
-            f"{e(row['correction'] or '')}</textarea><br>"
-            f"<button name='rating' value='up'>👍 Up</button><button name='rating' value='down'>👎 Down</button>"
-            f"<button name='rating' value=''>Save correction only</button></form></article>")
+    diag = "".join(
+        f"<li>line {e(str(d.get('line')))}: {e(str(d.get('message')))}</li>" for d in row["diagnostics"][:5]
+    )
+    return (
+        f"<article id='{e(row['id'])}'><p class='meta'>{e(row['id'])} · {e(row['model'])} · "
+        f"{e(row['endpoint'])} · {row['attempts']} attempt(s) · {row['latency_ms']:.0f} ms · {rating}</p>"
+        f"<h3>Asked</h3><pre>{e(asked)}</pre><h3>Answer <span class='{cls}'>({e(verdict)})</span></h3>"
+        f"<pre>{e(row['answer'])}</pre>{f'<ul>{diag}</ul>' if diag else ''}"
+        f"<form method='post' action='/feedback/{e(row['id'])}'>"
+        f"<input type='hidden' name='csrf' value='{e(csrf)}'>"
+        f"<textarea name='correction' placeholder='A corrected answer (optional)'>"
+        f"{e(row['correction'] or '')}</textarea><br>"
+        f"<button name='rating' value='up'>👍 Up</button><button name='rating' value='down'>👎 Down</button>"
+        f"<button name='rating' value=''>Save correction only</button></form></article>"
+    )

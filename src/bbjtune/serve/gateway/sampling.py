@@ -54,8 +54,9 @@ async def check_text(kind: str, request: dict[str, Any], text: str, compiler: st
     return await anyio.to_thread.run_sync(check_completion, prefix, text, suffix, compiler)
 
 
-async def best_of(upstream: Upstream, kind: str, request: dict[str, Any], n: int, compiler: str,
-                  retry_temperature: float) -> Outcome:
+async def best_of(
+    upstream: Upstream, kind: str, request: dict[str, Any], n: int, compiler: str, retry_temperature: float
+) -> Outcome:
     tried: list[Attempt] = []
     outcome = Outcome(chosen=None, attempts=0)  # type: ignore[arg-type]
     body = dict(request)
@@ -73,8 +74,18 @@ async def best_of(upstream: Upstream, kind: str, request: dict[str, Any], n: int
         if verdict.passed:
             break
     outcome.attempts = len(tried)
-    best = min(range(len(tried)), key=lambda j: (not tried[j].verdict.passed, len(tried[j].verdict.diagnostics), j))
+    best = min(
+        range(len(tried)), key=lambda j: (not tried[j].verdict.passed, len(tried[j].verdict.diagnostics), j)
+    )
     outcome.chosen = tried[best]
-    outcome.rejected = [{"answer": a.text, "verdict": a.verdict.verdict, "reason": a.verdict.reason,
-                         "diagnostics": a.verdict.diagnostics} for j, a in enumerate(tried) if j != best]
+    outcome.rejected = [
+        {
+            "answer": a.text,
+            "verdict": a.verdict.verdict,
+            "reason": a.verdict.reason,
+            "diagnostics": a.verdict.diagnostics,
+        }
+        for j, a in enumerate(tried)
+        if j != best
+    ]
     return outcome

@@ -36,8 +36,12 @@ class Upstream:
     def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 600.0):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
-        self.client = httpx.AsyncClient(base_url=self.base_url, headers=headers, trust_env=False,
-                                        timeout=httpx.Timeout(timeout, connect=10.0))
+        self.client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            trust_env=False,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+        )
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -46,8 +50,12 @@ class Upstream:
         try:
             res = await self.client.get(path)
         except httpx.HTTPError as exc:
-            raise UpstreamError(502, _error_body(f"the upstream model server at {self.base_url} cannot be "
-                                                 f"reached ({type(exc).__name__})")) from exc
+            raise UpstreamError(
+                502,
+                _error_body(
+                    f"the upstream model server at {self.base_url} cannot be reached ({type(exc).__name__})"
+                ),
+            ) from exc
         return _json_or_raise(res)
 
     async def post(self, path: str, body: dict[str, Any]) -> Reply:
@@ -55,8 +63,12 @@ class Upstream:
         try:
             res = await self.client.post(path, json={**body, "stream": False})
         except httpx.HTTPError as exc:
-            raise UpstreamError(502, _error_body(f"the upstream model server at {self.base_url} cannot be "
-                                                 f"reached ({type(exc).__name__})")) from exc
+            raise UpstreamError(
+                502,
+                _error_body(
+                    f"the upstream model server at {self.base_url} cannot be reached ({type(exc).__name__})"
+                ),
+            ) from exc
         return Reply(_json_or_raise(res), time.perf_counter() - start)
 
     async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -75,10 +87,14 @@ class Upstream:
                     try:
                         yield json.loads(data)
                     except json.JSONDecodeError:
-                        continue   # a keep-alive or a malformed event: the answer goes on
+                        continue  # a keep-alive or a malformed event: the answer goes on
         except httpx.HTTPError as exc:
-            raise UpstreamError(502, _error_body(f"the upstream model server at {self.base_url} stopped "
-                                                 f"answering ({type(exc).__name__})")) from exc
+            raise UpstreamError(
+                502,
+                _error_body(
+                    f"the upstream model server at {self.base_url} stopped answering ({type(exc).__name__})"
+                ),
+            ) from exc
 
 
 def _json_or_raise(res: httpx.Response) -> dict[str, Any]:
