@@ -173,7 +173,7 @@ def test_unknown_quant_type_is_a_config_error(tmp_path):
 
 def test_not_enough_disk_space_is_refused_before_writing(tmp_path, tiny_model_dir):
     from bbjtune.export.stage import check_disk_space
-    from bbjtune.models.architecture import architecture_of
+    from bbjtune.models.loading import architecture_of
     from bbjtune.models import load_model
 
     with pytest.raises(BbjtuneError, match="not enough disk space"):

@@ -37,7 +37,7 @@ from bbjtune.export.modelfile import ollama_model_name, write_modelfile
 from bbjtune.export.quantize import quantize, require_llama_cpp
 from bbjtune.export.verify import compare_lora_with_merged, raise_on_failure, verify_all
 from bbjtune.export.vllm import explain, plan_vllm
-from bbjtune.models.architecture import architecture_of
+from bbjtune.models.loading import architecture_of
 from bbjtune.models.loading import resolve_source
 
 console = Console(stderr=True)

@@ -7,14 +7,10 @@ and the export's disk-space check both count parameters from here, with one form
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from bbjtune.errors import BbjtuneError
-from bbjtune.models.loading import resolve_source
 
 
 @dataclass(frozen=True)
@@ -93,44 +89,6 @@ def known_architecture(source: str) -> Architecture | None:
     """The architecture of a Qwen2.5 model named like `Qwen/Qwen2.5-Coder-7B-Instruct`."""
     m = re.search(r"qwen2\.5.*?-(0\.5|1\.5|3|7|14|32)b", source.lower())
     return QWEN25[m.group(1) + "b"] if m else None
-
-
-def model_config(source: str):
-    """The model's transformers config (architecture), without loading weights."""
-    from transformers import AutoConfig
-
-    name, extra = resolve_source(source).pretrained_args
-    return AutoConfig.from_pretrained(name, **extra)
-
-
-def architecture_of(source: str) -> Architecture | None:
-    """The architecture of a local, tiny or GGUF model from its files (nothing downloaded); None when unknown."""
-    try:
-        resolved = resolve_source(source)
-    except BbjtuneError:
-        return None
-    if resolved.kind in ("local", "tiny") and (resolved.path / "config.json").exists():
-        config = json.loads((resolved.path / "config.json").read_text(encoding="utf-8"))
-    elif resolved.kind == "gguf":
-        m = read_gguf_metadata(resolved.path)
-        arch = m.get("general.architecture", "qwen2")
-        config = {
-            "hidden_size": m.get(f"{arch}.embedding_length"),
-            "num_hidden_layers": m.get(f"{arch}.block_count"),
-            "intermediate_size": m.get(f"{arch}.feed_forward_length"),
-            "num_attention_heads": m.get(f"{arch}.attention.head_count"),
-            "num_key_value_heads": m.get(f"{arch}.attention.head_count_kv"),
-            "vocab_size": m.get("tokenizer.ggml.tokens"),
-            "tie_word_embeddings": False,
-        }
-    else:
-        return None
-    try:
-        arch = Architecture.from_config(config)
-        int(arch.params)  # every shape is there and numeric
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
-    return arch
 
 
 def read_gguf_metadata(path: str | Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ A source is one of
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bbjtune.errors import BbjtuneError
+from bbjtune.models.architecture import Architecture, read_gguf_metadata
 from bbjtune.models.random_weights import build_random, parse_random_source
 from bbjtune.models.tiny import build_tiny, parse_tiny_source
 from bbjtune.quiet import quiet_weight_bars
@@ -270,3 +272,41 @@ def bnb_config(quantization: Any):
         bnb_4bit_compute_dtype=torch_dtype(quantization.compute_dtype),
         bnb_4bit_quant_storage=torch_dtype(quantization.compute_dtype),
     )
+
+
+def model_config(source: str):
+    """The model's transformers config (architecture), without loading weights."""
+    from transformers import AutoConfig
+
+    name, extra = resolve_source(source).pretrained_args
+    return AutoConfig.from_pretrained(name, **extra)
+
+
+def architecture_of(source: str) -> Architecture | None:
+    """The architecture of a local, tiny or GGUF model from its files (nothing downloaded); None when unknown."""
+    try:
+        resolved = resolve_source(source)
+    except BbjtuneError:
+        return None
+    if resolved.kind in ("local", "tiny") and (resolved.path / "config.json").exists():
+        config = json.loads((resolved.path / "config.json").read_text(encoding="utf-8"))
+    elif resolved.kind == "gguf":
+        m = read_gguf_metadata(resolved.path)
+        arch = m.get("general.architecture", "qwen2")
+        config = {
+            "hidden_size": m.get(f"{arch}.embedding_length"),
+            "num_hidden_layers": m.get(f"{arch}.block_count"),
+            "intermediate_size": m.get(f"{arch}.feed_forward_length"),
+            "num_attention_heads": m.get(f"{arch}.attention.head_count"),
+            "num_key_value_heads": m.get(f"{arch}.attention.head_count_kv"),
+            "vocab_size": m.get("tokenizer.ggml.tokens"),
+            "tie_word_embeddings": False,
+        }
+    else:
+        return None
+    try:
+        arch = Architecture.from_config(config)
+        int(arch.params)  # every shape is there and numeric
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return arch

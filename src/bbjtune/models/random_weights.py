@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bbjtune.errors import BbjtuneError
+from bbjtune.models.architecture import QWEN25, Architecture
 from bbjtune.models.tiny import cache_root
 
 BUILD_VERSION = "1"
@@ -56,68 +57,25 @@ _COMMON = {
     "bos_token_id": 151643,
     "torch_dtype": "bfloat16",
 }
+
+
+def _shape_fields(arch: Architecture) -> dict[str, Any]:
+    """config.json's shape-deciding fields of a published size (the table lives in models.architecture)."""
+    return dict(
+        hidden_size=arch.hidden,
+        intermediate_size=arch.intermediate,
+        num_hidden_layers=arch.layers,
+        num_attention_heads=arch.heads,
+        num_key_value_heads=arch.kv_heads,
+        vocab_size=arch.vocab,
+        tie_word_embeddings=arch.tied,
+        max_window_layers=arch.layers,
+    )
+
+
 # name -> the fields that differ between sizes (Qwen2.5-Coder's published config.json files)
 PUBLISHED: dict[str, dict[str, Any]] = {
-    "qwen2.5-coder-0.5b": dict(
-        hidden_size=896,
-        intermediate_size=4864,
-        num_hidden_layers=24,
-        num_attention_heads=14,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-        max_window_layers=24,
-    ),
-    "qwen2.5-coder-1.5b": dict(
-        hidden_size=1536,
-        intermediate_size=8960,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-        max_window_layers=28,
-    ),
-    "qwen2.5-coder-3b": dict(
-        hidden_size=2048,
-        intermediate_size=11008,
-        num_hidden_layers=36,
-        num_attention_heads=16,
-        num_key_value_heads=2,
-        vocab_size=151936,
-        tie_word_embeddings=True,
-        max_window_layers=36,
-    ),
-    "qwen2.5-coder-7b": dict(
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        vocab_size=152064,
-        tie_word_embeddings=False,
-        max_window_layers=28,
-    ),
-    "qwen2.5-coder-14b": dict(
-        hidden_size=5120,
-        intermediate_size=13824,
-        num_hidden_layers=48,
-        num_attention_heads=40,
-        num_key_value_heads=8,
-        vocab_size=152064,
-        tie_word_embeddings=False,
-        max_window_layers=48,
-    ),
-    "qwen2.5-coder-32b": dict(
-        hidden_size=5120,
-        intermediate_size=27648,
-        num_hidden_layers=64,
-        num_attention_heads=40,
-        num_key_value_heads=8,
-        vocab_size=152064,
-        tie_word_embeddings=False,
-        max_window_layers=64,
-    ),
+    f"qwen2.5-coder-{size}": _shape_fields(a) for size, a in QWEN25.items()
 }
 EOS = {"base": 151643, "instruct": 151645}  # <|endoftext|>, <|im_end|>
 DEFAULT_TOKENIZER_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
@@ -147,16 +105,7 @@ def published_config(name: str, variant: str = "base") -> dict[str, Any]:
 
 def parameter_count(config: dict[str, Any]) -> int:
     """Parameters of a Qwen2 model from its config (q/k/v carry biases; norms one vector each)."""
-    h, i, n = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-    heads, kv_heads, vocab = (
-        config["num_attention_heads"],
-        config["num_key_value_heads"],
-        config["vocab_size"],
-    )
-    kv = kv_heads * (h // heads)
-    per_layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * i + 2 * h
-    head = 0 if config.get("tie_word_embeddings") else vocab * h
-    return vocab * h + head + n * per_layer + h
+    return Architecture.from_config(config).params
 
 
 def tokenizer_source() -> str:

@@ -23,7 +23,7 @@ import gc
 from pathlib import Path
 from typing import Any
 
-from bbjtune.models.architecture import model_config
+from bbjtune.models.loading import model_config
 from bbjtune.models.chat_template import ENDOFTEXT
 from bbjtune.models.merge import merge_adapters
 from bbjtune.train import backends

@@ -16,7 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 from bbjtune.config import RunConfig
-from bbjtune.models.architecture import Architecture, known_architecture, model_config
+from bbjtune.models.architecture import Architecture, known_architecture
+from bbjtune.models.loading import model_config
 from bbjtune.models.chat_template import ENDOFTEXT
 from bbjtune.train import backends
 from bbjtune.train.inputs import TrainingData

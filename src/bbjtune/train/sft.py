@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bbjtune.models.architecture import model_config
+from bbjtune.models.loading import model_config
 from bbjtune.models.chat_template import ENDOFTEXT, IM_END
 from bbjtune.train import backends
 from bbjtune.train.inputs import TrainingData
