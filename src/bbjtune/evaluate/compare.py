@@ -135,13 +135,16 @@ def no_signal(tiers: dict[str, dict[str, Any]], n_prompts: int | None) -> list[s
     for name, t in tiers.items():
         if name.startswith("HumanEval") or t["a"] != 0 or t["b"] != 0:
             continue
-        metric = metric_of(name)
-        if not metric.higher_is_better:  # zero is then the best score, not an empty measurement
+        try:
+            metric = metric_of(name)
+        except KeyError:  # the FIM rows: shares of their own cases, higher is better, outside the registry
+            metric = None
+        if metric is not None and not metric.higher_is_better:  # zero is then the best score
             continue
-        of = f" of the {n_prompts} prompts" if n_prompts and metric.per_k else ""  # per_k: a share of prompts
+        of = f" of the {n_prompts} prompts" if n_prompts and metric is not None and metric.per_k else ""
+        score = metric.format(0.0) if metric is not None else _fmt(0.0)
         notes.append(
-            f"no signal in {name}: both models score {metric.format(0.0)}{of}, so this comparison "
-            "cannot tell them apart"
+            f"no signal in {name}: both models score {score}{of}, so this comparison cannot tell them apart"
         )
     return notes
 
