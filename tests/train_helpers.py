@@ -149,11 +149,18 @@ def pretrain_base(out_dir: Path, model_dir: Path, steps: int = 300, lr: float = 
     model = load_model(str(model_dir), dtype="float32").train()
     texts = [f"{q}\n{a}\n" for q, a in PAIRS] + CODE
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    for step in range(steps):
-        ids = torch.tensor([tokenizer(texts[step % len(texts)] + "<|endoftext|>")["input_ids"]])
-        model(input_ids=ids, labels=ids).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    # One thread, whatever an earlier training left set (train.cpu_threads): float sums in another
+    # order gave another base model, and a test after other tests learned differently than alone.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for step in range(steps):
+            ids = torch.tensor([tokenizer(texts[step % len(texts)] + "<|endoftext|>")["input_ids"]])
+            model(input_ids=ids, labels=ids).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    finally:
+        torch.set_num_threads(threads)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

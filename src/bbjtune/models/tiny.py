@@ -97,12 +97,17 @@ def parse_tiny_source(source: str) -> tuple[str, int]:
         raise BbjtuneError(f"bad seed in '{source}'", "write it as tiny:<preset>@<integer>") from None
 
 
+# The example folders the tokenizer learns from. A fixed list: a new folder of examples (examples/demo,
+# the demo's generated short programs) would otherwise change every tiny model and every test built on one.
+TOKENIZER_EXAMPLES = ("chatml", "programs")
+
+
 def tokenizer_corpus() -> list[str]:
     """The text the tiny tokenizer learns from: the embedded corpus plus the project's examples."""
     texts = [(Path(__file__).parent / "tiny_corpus.txt").read_text(encoding="utf-8")]
     examples = Path(__file__).resolve().parents[3] / "examples"
-    if examples.is_dir():
-        for f in sorted(examples.rglob("*")):
+    for folder in TOKENIZER_EXAMPLES:
+        for f in sorted((examples / folder).rglob("*")):
             if f.suffix in (".jsonl", ".bbj", ".src", ".bbjt", ".bbl") and f.is_file():
                 texts.append(f.read_bytes().decode("utf-8", errors="replace"))
     return texts

@@ -159,7 +159,7 @@ def make_trainer(
     embedding_lr: float | None = None,
 ):
     """trl's SFTTrainer, with a separate learning rate for trained embedding rows when asked."""
-    from transformers import PrinterCallback
+    from transformers import PrinterCallback, set_seed
     from trl import SFTTrainer
 
     class Trainer(SFTTrainer):
@@ -195,6 +195,10 @@ def make_trainer(
             self.optimizer = optimizer_cls(param_groups, **optimizer_kwargs)
             return self.optimizer
 
+    # trl wraps the model in its LoRA adapter before transformers' Trainer seeds the run, so without
+    # this the adapter's initial weights came from whatever random state earlier work left (a test that
+    # trains after other tests learned a different model than the same test run alone).
+    set_seed(args.seed)
     trainer = Trainer(
         model=model,
         args=args,
