@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from test_eval_scoring import RESULTS_KEYS
 
 from bbjtune.config import EvalConfig, validate_config
 from bbjtune.errors import BbjtuneError
@@ -132,19 +133,7 @@ def test_one_model_end_to_end_then_resume_then_rescore(tmp_path, tiny_model_dir,
     assert all(required <= set(r) for r in rows)
     assert {r["suite"] for r in rows} == {"mini", "humaneval"} and {r["model"] for r in rows} == {"tiny"}
 
-    for key in (
-        "model",
-        "compiler",
-        "compile_at_k",
-        "patterns_pass_rate",
-        "factual_accuracy",
-        "by_category",
-        "by_generation",
-        "humaneval",
-        "n_prompts",
-        "n_samples",
-        "errors",
-    ):
+    for key in RESULTS_KEYS:
         assert key in results, key
     assert results["compiler"] == "builtin" and results["n_prompts"] == 3 and results["n_samples"] == 3
     assert set(results["by_category"]) == {"strings", "file-io"}
