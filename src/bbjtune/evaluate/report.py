@@ -6,6 +6,7 @@ from disk, offline, mailed as an attachment, with nothing else next to it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -306,6 +307,4 @@ def compare_report_html(cmp: dict[str, Any]) -> str:
 
 
 def _pretty(obj: Any) -> str:
-    import json
-
     return json.dumps(obj, indent=2, ensure_ascii=False, default=str)

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from rich.console import Console
+
 from bbjtune.artifacts import (
     StageRun,
     atomic_write_json,
@@ -191,8 +193,6 @@ def evaluate_model(
                 backend_factory, requests, sampling, out / GENERATIONS_FILE, label, extract, advance
             )
         if stats.failed_samples:
-            from rich.console import Console
-
             Console(stderr=True).print(
                 f"[yellow]{label}: {stats.failed_samples} sample(s) got no answer[/] "
                 f"(first: {stats.first_error}); they count as failed and are listed in "
@@ -234,8 +234,6 @@ def _prepare_dir(out: Path, settings: dict[str, Any], fresh: bool, restart_on_ch
                 f"{out} already holds generations made with different {', '.join(changed)}",
                 "add --fresh to start over there, or use another --label / output directory",
             )
-        from rich.console import Console
-
         Console(stderr=True).print(
             f"[yellow]{out.name}:[/] {', '.join(changed)} changed since the saved answers "
             "were made: generating them again",
