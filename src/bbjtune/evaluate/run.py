@@ -17,6 +17,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -129,13 +130,7 @@ def evaluate_model(
     settings = {
         "label": label,
         "model": model_spec,
-        "sampling": {
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "max_new_tokens": sampling.max_new_tokens,
-            "n": sampling.n,
-            "seed": sampling.seed,
-        },
+        "sampling": asdict(sampling),
         "k": sorted(set(ecfg.k)),
         "compiler": ecfg.compiler,
         "system_prompt": system_prompt,
