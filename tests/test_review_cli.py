@@ -9,7 +9,6 @@ import statistics
 import time
 
 import httpx
-import pytest
 from conftest import run_cli
 from review_fixtures import BASE_LABEL, TUNED_LABEL, start_server, stop_server, write_eval_runs
 
@@ -102,9 +101,3 @@ def test_export_writes_files_and_prints_the_results(tmp_path):
     assert summary["agreement"]["prompts_with_several_reviewers"] == 3
     assert f"{TUNED_LABEL} vs {BASE_LABEL}" in result.stdout and "by reviewer" in result.stdout
     assert re.search(r"all prompts\s+\d+\.\d%", result.stdout)
-
-
-@pytest.mark.parametrize("args", [["--help"], ["start", "--help"], ["export", "--help"]])
-def test_help(args):
-    result = run_cli("review", *args)
-    assert result.returncode == 0 and "review" in result.stdout.lower()
