@@ -14,6 +14,21 @@ from bbjtune.evaluate.patterns import score_patterns
 from bbjtune.evaluate.scoring import build_results, check_against_reference, score_bbj_samples, summarize_bbj
 from bbjtune.evaluate.suite import EvalCase, limit_cases, load_suite
 
+# results.json keys every evaluation writes (INTERFACES.md); test_eval_run checks a real run against them
+RESULTS_KEYS = (
+    "model",
+    "compiler",
+    "compile_at_k",
+    "patterns_pass_rate",
+    "factual_accuracy",
+    "by_category",
+    "by_generation",
+    "humaneval",
+    "n_prompts",
+    "n_samples",
+    "errors",
+)
+
 GOOD_BBJ = (
     '```bbj\nch = unt\nopen (ch)"notes.txt"\nread (ch,end=*break)text$\nclose (ch)\nprint text$\nend\n```\n'
 )
@@ -165,19 +180,7 @@ def test_scores_and_summary_have_the_known_values():
     assert summary["n_prompts"] == 3 and summary["n_samples"] == 6
 
     results = build_results("m", scores, [1, 2], "builtin", None, [])
-    for key in (
-        "model",
-        "compiler",
-        "compile_at_k",
-        "patterns_pass_rate",
-        "factual_accuracy",
-        "by_category",
-        "by_generation",
-        "humaneval",
-        "n_prompts",
-        "n_samples",
-        "errors",
-    ):
+    for key in RESULTS_KEYS:
         assert key in results
     assert results["by_category"]["strings"]["compile_at_k"]["1"] == 0.0
     assert results["by_category"]["file-io"]["compile_at_k"]["1"] == pytest.approx(0.5)

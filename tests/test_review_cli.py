@@ -6,11 +6,12 @@ import json
 import re
 import socket
 import statistics
+import subprocess
+import sys
 import time
 
 import httpx
-import pytest
-from conftest import run_cli
+from conftest import REPO_ROOT, run_cli
 from review_fixtures import BASE_LABEL, TUNED_LABEL, start_server, stop_server, write_eval_runs
 
 from bbjtune.review.items import pair_runs
@@ -83,6 +84,33 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     assert bad_format.returncode == 2 and "xlsx" in bad_format.stderr
 
 
+# `python -m bbjtune ARGS` in an interpreter where the review extra (bbjtune[review]) is not installed
+WITHOUT_REVIEW_EXTRA = (
+    "import runpy, sys\n"
+    "for name in ('starlette', 'uvicorn', 'python_multipart'):\n"
+    "    sys.modules[name] = None  # import fails as if absent\n"
+    "runpy.run_module('bbjtune', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def test_without_the_review_extra_the_other_commands_run_and_review_says_what_to_install(tmp_path):
+    base, tuned = write_eval_runs(tmp_path)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", WITHOUT_REVIEW_EXTRA, *args],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert run("eval", "--help").returncode == 0
+    review = run("review", str(base), str(tuned))
+    assert review.returncode == 2 and "Traceback" not in review.stderr, review.stderr
+    assert "the review page needs" in review.stderr and "pip install 'bbjtune" in review.stderr
+
+
 def test_export_writes_files_and_prints_the_results(tmp_path):
     base, tuned = write_eval_runs(tmp_path)
     store = ReviewStore(tmp_path / "eval" / "review" / "ratings.sqlite")
@@ -102,9 +130,3 @@ def test_export_writes_files_and_prints_the_results(tmp_path):
     assert summary["agreement"]["prompts_with_several_reviewers"] == 3
     assert f"{TUNED_LABEL} vs {BASE_LABEL}" in result.stdout and "by reviewer" in result.stdout
     assert re.search(r"all prompts\s+\d+\.\d%", result.stdout)
-
-
-@pytest.mark.parametrize("args", [["--help"], ["start", "--help"], ["export", "--help"]])
-def test_help(args):
-    result = run_cli("review", *args)
-    assert result.returncode == 0 and "review" in result.stdout.lower()

@@ -12,4 +12,7 @@ tier 4, human review, reads the generations.jsonl written here (bbjtune.review).
     run.py          one model: generate, score, report; score_dir re-scores from files
     report.py       report.html (self-contained, plots); compare.py: A vs B, the HumanEval gate
     stage.py        the pipeline stage: base and tuned, then compare; cli.py: `bbjtune eval`
+    fim.py          the fill-in-the-middle suite: holes cut from held-out source files, scored
+    humaneval.py    HumanEval; sandbox.py runs each answer (bwrap.py, treewatch.py: the memory cap)
+                    and judge.py runs the problem's tests in a separate process
 """

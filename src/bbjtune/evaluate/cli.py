@@ -7,16 +7,20 @@
     bbjtune eval compare A B                 two eval directories side by side
     bbjtune eval score DIR                   score saved answers again, without the model
 
-Heavy imports stay inside the functions so `bbjtune --help` stays fast.
+The heavy libraries (torch, transformers, matplotlib) load only when a model or a plot is needed,
+inside the modules that use them, so `bbjtune --help` stays fast.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
+from rich.console import Console
 from typer.core import TyperGroup
 
 from bbjtune.config import EvalConfig, load_config, validate_config
@@ -134,8 +138,6 @@ def eval_run(
     ] = None,
 ) -> None:
     """Evaluate a run (base vs tuned) or one model; answers are saved first, so a killed run resumes."""
-    from rich.console import Console
-
     console = Console(stderr=True)
     cfg = load_config(config, set_) if config else None
     if set_ and not config:
@@ -188,8 +190,6 @@ def eval_run(
 
 
 def _validated_eval(raw: dict[str, Any]) -> Any:
-    from pydantic import ValidationError
-
     try:
         return EvalConfig.model_validate(raw)
     except ValidationError:
@@ -326,14 +326,10 @@ def eval_compare(
 
     Exits with status 1 when the HumanEval gate fails (B forgot too much Python), so scripts can stop there.
     """
-    from rich.console import Console
-
     if out is None:
         same_run = a.resolve().parent == b.resolve().parent and {a.name, b.name} == {"base", "tuned"}
         out = a.parent / ("compare" if same_run else f"compare-{a.name}-vs-{b.name}")
     cmp = compare_dirs(a, b, out, max_drop)
-    import json
-
     results = {p.name: json.loads((p / "results.json").read_text(encoding="utf-8")) for p in (a, b)}
     print_summary(results, cmp)
     Console(stderr=True).print(f"[green]✓[/] report: {out / 'report.html'}")
@@ -349,8 +345,6 @@ def eval_score(
     ] = None,
 ) -> None:
     """Score saved answers again (e.g. with the real bbjcpl), without loading the model."""
-    from rich.console import Console
-
     results = score_dir(directory, compiler=compiler)
     print_summary({results["model"]: results}, None)
     Console(stderr=True).print(f"[green]✓[/] report: {directory / 'report.html'}")

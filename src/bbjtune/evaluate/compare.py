@@ -18,7 +18,7 @@ from typing import Any
 from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_text, read_complete_jsonl
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.fim import FIM_METRICS
-from bbjtune.evaluate.metrics import PRIMARY, Metric, flat, metric_of, present
+from bbjtune.evaluate.metrics import PRIMARY, Metric, flat, metric_of, percent, present
 from bbjtune.evaluate.report import compare_report_html
 from bbjtune.evaluate.run import GENERATIONS_FILE, RESULTS_FILE, SCORES_FILE
 from bbjtune.review_summary import format_summary, load_review_summary
@@ -85,7 +85,7 @@ def compare_results(ra: dict[str, Any], rb: dict[str, Any], max_drop_points: flo
             n: {m: _cell(ma[m], mb[m], metric_of(m)) for m in metrics} for n, (ma, mb) in pairs.items()
         }
     regressions = [
-        f"{name}: {_fmt(c['a'])} → {_fmt(c['b'])} ({100 * c['delta']:+.1f} points)"
+        f"{name}: {percent(c['a'])} → {percent(c['b'])} ({100 * c['delta']:+.1f} points)"
         for name, c in tiers.items()
         if c["regression"]
     ]
@@ -105,7 +105,7 @@ def compare_results(ra: dict[str, Any], rb: dict[str, Any], max_drop_points: flo
     ):
         for name, g in breakdowns.get(field, {}).items():
             regressions += [
-                f"{label} {name}, {m}: {_fmt(c['a'])} → {_fmt(c['b'])} ({100 * c['delta']:+.1f} points)"
+                f"{label} {name}, {m}: {percent(c['a'])} → {percent(c['b'])} ({100 * c['delta']:+.1f} points)"
                 for m, c in g.items()
                 if c["regression"]
             ]
@@ -135,22 +135,14 @@ def no_signal(tiers: dict[str, dict[str, Any]], n_prompts: int | None) -> list[s
     for name, t in tiers.items():
         if name.startswith("HumanEval") or t["a"] != 0 or t["b"] != 0:
             continue
-        try:
-            metric = metric_of(name)
-        except KeyError:  # the FIM rows: shares of their own cases, higher is better, outside the registry
-            metric = None
+        metric = metric_of(name)
         if metric is not None and not metric.higher_is_better:  # zero is then the best score
             continue
         of = f" of the {n_prompts} prompts" if n_prompts and metric is not None and metric.per_k else ""
-        score = metric.format(0.0) if metric is not None else _fmt(0.0)
         notes.append(
-            f"no signal in {name}: both models score {score}{of}, so this comparison cannot tell them apart"
+            f"no signal in {name}: both models score {percent(0.0)}{of}, so this comparison cannot tell them apart"
         )
     return notes
-
-
-def _fmt(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.1f}%"
 
 
 def humaneval_gate(

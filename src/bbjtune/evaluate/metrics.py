@@ -147,10 +147,11 @@ def flat(
     return out
 
 
-def metric_of(label: str) -> Metric:
-    """The metric behind a label that `values` produced."""
+def metric_of(label: str) -> Metric | None:
+    """The metric behind a label that `values` produced; None for a row from outside the registry
+    (HumanEval's pass@k, the FIM rates: shares too, higher is better)."""
     for m in METRICS:
         for name in (m.label, m.short):
             if label == name or (m.per_k and label.startswith(name.split("@")[0] + "@")):
                 return m
-    raise KeyError(label)
+    return None

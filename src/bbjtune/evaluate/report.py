@@ -6,11 +6,13 @@ from disk, offline, mailed as an attachment, with nothing else next to it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bbjtune.artifacts import atomic_write_text
+from bbjtune.evaluate.fim import FIM_METRICS
 from bbjtune.evaluate.metrics import flat, percent, present
 from bbjtune.html_report import clip, esc, figure, img, table, td
 from bbjtune.html_report import page as html_page
@@ -148,22 +150,16 @@ def _fim_html(fim: dict[str, Any] | None) -> list[str]:
         return []
     groups = {"all": fim, **(fim.get("by_kind") or {})}
     rows = [
-        [
-            td(esc(name)),
-            td(g["n_samples"], True),
-            td(percent(g["exact_match"]), True),
-            td(percent(g["edit_similarity"]), True),
-            td(percent(g["compile_at_1"]), True),
-            td(percent(g["stop_rate"]), True),
-        ]
+        [td(esc(name)), td(g["n_samples"], True), *(td(percent(g[key]), True) for key, _ in FIM_METRICS)]
         for name, g in groups.items()
     ]
+    rates = [label.removeprefix("FIM ") for _, label in FIM_METRICS]
     return [
         "<h2>Fill-in-the-middle (editor completion)</h2>",
         f"<p>{fim['n_cases']} holes in held-out source files the model never trained on. compile@1: the "
         "whole file with the completion in the hole compiles; stop rate: the completion ended by itself "
         "without running on into the code after the hole.</p>",
-        table(["hole", "samples", "exact match", "edit similarity", "compile@1", "stop rate"], rows),
+        table(["hole", "samples", *rates], rows),
     ]
 
 
@@ -306,6 +302,4 @@ def compare_report_html(cmp: dict[str, Any]) -> str:
 
 
 def _pretty(obj: Any) -> str:
-    import json
-
     return json.dumps(obj, indent=2, ensure_ascii=False, default=str)

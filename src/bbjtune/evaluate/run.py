@@ -17,8 +17,11 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
+
+from rich.console import Console
 
 from bbjtune.artifacts import (
     StageRun,
@@ -127,13 +130,7 @@ def evaluate_model(
     settings = {
         "label": label,
         "model": model_spec,
-        "sampling": {
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "max_new_tokens": sampling.max_new_tokens,
-            "n": sampling.n,
-            "seed": sampling.seed,
-        },
+        "sampling": asdict(sampling),
         "k": sorted(set(ecfg.k)),
         "compiler": ecfg.compiler,
         "system_prompt": system_prompt,
@@ -191,8 +188,6 @@ def evaluate_model(
                 backend_factory, requests, sampling, out / GENERATIONS_FILE, label, extract, advance
             )
         if stats.failed_samples:
-            from rich.console import Console
-
             Console(stderr=True).print(
                 f"[yellow]{label}: {stats.failed_samples} sample(s) got no answer[/] "
                 f"(first: {stats.first_error}); they count as failed and are listed in "
@@ -234,8 +229,6 @@ def _prepare_dir(out: Path, settings: dict[str, Any], fresh: bool, restart_on_ch
                 f"{out} already holds generations made with different {', '.join(changed)}",
                 "add --fresh to start over there, or use another --label / output directory",
             )
-        from rich.console import Console
-
         Console(stderr=True).print(
             f"[yellow]{out.name}:[/] {', '.join(changed)} changed since the saved answers "
             "were made: generating them again",

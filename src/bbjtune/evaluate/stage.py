@@ -26,6 +26,7 @@ from bbjtune.config import REPO_ROOT, RunConfig, expand_globs
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate import fim
 from bbjtune.evaluate.metrics import PRIMARY, flat, percent
+from bbjtune.evaluate.report import words
 from bbjtune.evaluate.compare import compare_dirs
 from bbjtune.evaluate.run import evaluate_model
 from bbjtune.evaluate.suite import load_suite
@@ -57,7 +58,7 @@ def run_stage(cfg: RunConfig, fresh: bool = False) -> Path:
     fim_cases = load_fim_cases(cfg)
     results = {}
     for plan in plan_models(cfg, trained):
-        console.print(f"[bold]Evaluating {plan.label}[/] ({_describe(plan.spec)})")
+        console.print(f"[bold]Evaluating {plan.label}[/] ({words(plan.spec)})")
         results[plan.label] = evaluate_model(
             plan.label,
             out / plan.label,
@@ -224,10 +225,6 @@ def trained_fingerprint(trained: Trained) -> str:
     if trained.adapter is not None:
         parts += [sha256_file(f) for f in sorted(trained.adapter.glob("*.safetensors"))]
     return ":".join(p[:16] for p in parts)
-
-
-def _describe(spec: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in spec.items() if k != "fingerprint")
 
 
 def print_summary(results: dict[str, dict[str, Any]], cmp: dict[str, Any] | None) -> None:

@@ -1,7 +1,8 @@
 """`bbjtune review`: start the blind review page for two evaluation runs, and export its results.
 
-`bbjtune review RUN_A RUN_B` is short for `bbjtune review start RUN_A RUN_B`. Heavy imports (the
-web framework) happen inside the functions so `bbjtune --help` stays fast.
+`bbjtune review RUN_A RUN_B` is short for `bbjtune review start RUN_A RUN_B`. The web framework is
+imported inside `start` alone: it is an optional extra (bbjtune[review]), and `bbjtune --help`
+stays fast.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ import typer
 from typer.core import TyperGroup
 
 from bbjtune.errors import BbjtuneError
-from bbjtune.review.app import create_app
 from bbjtune.review.items import pair_runs
 from bbjtune.review.results import export_ratings, find_database, write_results
 from bbjtune.review.storage import ReviewStore
 from bbjtune.review_summary import DB_NAME, RESULTS_NAME, format_summary
-from bbjtune.web_security import LOOPBACK_HOSTS, is_loopback, listening_socket, new_token
 
 DEFAULT_PORT = 8765
 
@@ -126,6 +125,10 @@ def start(
             f"the review page needs {exc.name}, which is not installed",
             "pip install 'bbjtune[review]' (or run `make install`)",
         ) from exc
+    # the page's modules load starlette at their top: imported here, after the check above, so that
+    # without the review extra every other command still runs and this one says what to install
+    from bbjtune.review.app import create_app
+    from bbjtune.web_security import LOOPBACK_HOSTS, is_loopback, listening_socket, new_token
 
     review = pair_runs(run_a, run_b)
     db_path = db or _review_dir_for(run_b) / DB_NAME

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bbjtune.errors import BbjtuneError
-
-GENERATIONS_NAME = "generations.jsonl"
+from bbjtune.models.generations import GENERATIONS_FILE
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ def find_generations(path: str | Path) -> Path:
     """Accept an eval run directory (eval/<label>/) or its generations.jsonl file."""
     path = Path(path)
     if path.is_dir():
-        path = path / GENERATIONS_NAME
+        path = path / GENERATIONS_FILE
     if not path.is_file():
         raise BbjtuneError(
             f"{path} not found",

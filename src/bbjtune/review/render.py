@@ -85,11 +85,6 @@ def highlight_line(line: str) -> Markup:
     return Markup("".join(out))
 
 
-def highlight_bbj(code: str) -> Markup:
-    """A whole piece of BBj source, highlighted line by line."""
-    return Markup("\n").join(highlight_line(line) for line in code.split("\n"))
-
-
 # ----------------------------------------------------------------------------- answers
 
 
