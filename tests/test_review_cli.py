@@ -108,7 +108,7 @@ def test_without_the_review_extra_the_other_commands_run_and_review_says_what_to
     assert run("eval", "--help").returncode == 0
     review = run("review", str(base), str(tuned))
     assert review.returncode == 2 and "Traceback" not in review.stderr, review.stderr
-    assert "the review page needs" in review.stderr and "pip install 'bbjtune" in review.stderr
+    assert "the review page needs" in review.stderr and "pip install 'bbjtune[review]'" in review.stderr
 
 
 def test_export_writes_files_and_prints_the_results(tmp_path):

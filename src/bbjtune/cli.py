@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from click import ClickException
 from rich.console import Console
+from rich.markup import escape
 
 from bbjtune import __version__
 from bbjtune.bbj import cli as bbj_cli
@@ -169,7 +170,9 @@ def main() -> None:
         code = app(prog_name="bbjtune", standalone_mode=False)
     except BbjtuneError as exc:
         console.print(
-            f"[bold red]error:[/] {exc.message}" + (f"\n[yellow]hint:[/] {exc.hint}" if exc.hint else ""),
+            # escaped: hints name extras like bbjtune[review], which Rich would take for a style tag and drop
+            f"[bold red]error:[/] {escape(exc.message)}"
+            + (f"\n[yellow]hint:[/] {escape(exc.hint)}" if exc.hint else ""),
             highlight=False,
         )
         sys.exit(exc.exit_code)
@@ -184,7 +187,7 @@ def main() -> None:
     except OSError as exc:
         if exc.errno == 28:  # ENOSPC
             console.print(
-                f"[bold red]error:[/] no space left on device ({exc.filename or 'output'})\n"
+                f"[bold red]error:[/] no space left on device ({escape(str(exc.filename or 'output'))})\n"
                 "[yellow]hint:[/] free disk space or choose another output_dir; finished files are kept"
             )
             sys.exit(2)
