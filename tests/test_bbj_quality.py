@@ -36,8 +36,13 @@ def test_the_contract_names_and_a_clean_gui_program():
     a = assess(GUI)
     assert isinstance(a, Assessment)
     assert a.compiles and a.findings == [] and a.clean
-    f = Finding("unknown-method", 3, "x")
-    assert (f.rule, f.line, f.message, f.severity) == ("unknown-method", 3, "x", "error")
+    # scores, results.json and the report store findings as these dicts (a finding is an error unless told)
+    assert Finding("unknown-method", 3, "x").to_dict() == {
+        "rule": "unknown-method",
+        "line": 3,
+        "message": "x",
+        "severity": "error",
+    }
 
 
 @pytest.mark.parametrize(
