@@ -67,6 +67,7 @@ class Assessment:
     compiles: bool
     findings: list[Finding] = field(default_factory=list)
     compile_reason: str = ""
+    compiler: str = ""  # the compiler that decided `compiles` ("builtin" or "bbjcpl")
 
     @property
     def clean(self) -> bool:
@@ -82,9 +83,8 @@ def assess(
 ) -> Assessment:
     """Compile `code` as evaluation does and run every tier 2 check on it."""
     result = compile_code(code or "", compiler)
-    return Assessment(
-        result.compiles, check_quality(code, generation=generation, must_not=must_not), result.reason
-    )
+    findings = check_quality(code, generation=generation, must_not=must_not)
+    return Assessment(result.compiles, findings, result.reason, result.compiler)
 
 
 def check_quality(code: str, *, generation: str | None = None, must_not: Sequence[str] = ()) -> list[Finding]:
