@@ -46,8 +46,8 @@ NOT_CHECKED = frozenset({"bbjstring", "bbjnumber", "bbjint", "bbjtemplatedstring
 RESULT_PREFIXES = ("get", "add", "open", "create", "make")
 SPECIAL_RESULTS = {"getlastevent": "BBjEvent", "geteventobject": "BBjEvent"}
 MODIFIERS = frozenset({"public", "private", "protected", "static", "abstract", "final", "override"})
-UNKNOWN = ""
-CALL_OPTIONS = frozenset({"err"})  # a variable seen with no type or with two different types
+UNKNOWN = ""  # the type of a variable seen with no type or with two different types
+CALL_OPTIONS = frozenset({"err"})  # `x!.add(err=*next)`: options of a call, not arguments
 
 
 @dataclass(frozen=True)
