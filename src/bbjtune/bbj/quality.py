@@ -35,11 +35,13 @@ LABEL_OPTIONS = frozenset({"err", "end", "dom"})
 # Hallmarks of the other BBj generation, for code whose generation is known. Derived from the
 # suites' own must_not patterns (evals/*.jsonl): character and Visual PRO/5 answers must not open
 # a BBjAPI SysGui window; GUI/DWC answers must not build windows with Visual PRO/5 mnemonics.
+SYSGUI_WINDOW = (r"(?i)\bopenSysGui\b", r"(?i)\.addWindow\s*\(")
+MNEMONIC_WINDOW = (r"(?i)'window'\s*\(", r"(?i)\bctrl\s*\(\s*sysgui", r"(?i)\btmpl\s*\(\s*sysgui")
 GENERATION_PATTERNS: dict[str, tuple[str, ...]] = {
-    "character": (r"(?i)\bopenSysGui\b", r"(?i)\.addWindow\s*\("),
-    "vpro5": (r"(?i)\bopenSysGui\b", r"(?i)\.addWindow\s*\("),
-    "gui": (r"(?i)'window'\s*\(", r"(?i)\bctrl\s*\(\s*sysgui", r"(?i)\btmpl\s*\(\s*sysgui"),
-    "dwc": (r"(?i)'window'\s*\(", r"(?i)\bctrl\s*\(\s*sysgui", r"(?i)\btmpl\s*\(\s*sysgui"),
+    "character": SYSGUI_WINDOW,
+    "vpro5": SYSGUI_WINDOW,
+    "gui": MNEMONIC_WINDOW,
+    "dwc": MNEMONIC_WINDOW,
 }
 # Repetition: a block of up to MAX_BLOCK lines repeated back to back this many times.
 MAX_BLOCK = 12
