@@ -48,9 +48,8 @@ g!.greet("you")
     patterns = derive_must_patterns(code)
     assert patterns[:3] == [r"(?i)\.openSysGui\s*\(", r"(?i)\.addWindow\s*\(", r"(?i)\.greet\s*\("]
     joined = " ".join(patterns)
-    assert (
-        "greeter" not in joined.lower()
-    )  # `new Greeter()` and the class line construct/declare, they do not call
+    # `new Greeter()` and the class line construct/declare, they do not call
+    assert "greeter" not in joined.lower()
     assert r"bbjapi\s*\(" in joined and "CLASS" in joined and "METHOD" in joined
 
 
