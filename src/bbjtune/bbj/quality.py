@@ -160,14 +160,9 @@ def _label_refs(K: list[str], T: list[str]) -> list[str]:
                 refs.append(T[j])
         elif low == "callback" and K[i + 1] == "(" and prev not in (".", "#"):
             # CALLBACK(event, label{, context{, control}})
-            j = i + 2
-            depth = 0
-            while K[j] != "eol" and not (depth == 0 and K[j] == ","):
-                depth += K[j] == "("
-                depth -= K[j] == ")"
-                j += 1
-            if K[j] == "," and K[j + 1] == "id" and K[j + 2] in (",", ")"):
-                refs.append(T[j + 1])
+            args = _args(K, T, i + 1)
+            if len(args) >= 2 and len(args[1]) == 1 and args[1][0][0] == "id":
+                refs.append(args[1][0][1])
         elif low == "setcallback" and prev == "." and K[i + 1] == "(":
             args = _args(K, T, i + 1)
             if len(args) == 2 and len(args[1]) == 1 and args[1][0][0] == "str":
