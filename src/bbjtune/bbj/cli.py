@@ -11,14 +11,14 @@ from bbjtune.errors import BbjtuneError
 from .checker import check_bytes, check_with, decode_source, not_utf8_at
 from .diagnostics import Diagnostic, format_bbjcpl, format_human, has_errors, sort_diagnostics
 from .lexer import split_physical_lines
-from .quality import check_quality
+from .quality import GENERATION_PATTERNS, check_quality
 
 # Extensions searched for when a directory is given. Files named explicitly are checked whatever
 # their extension. `.bbx` is left out: it usually holds tokenized (binary) programs.
 SOURCE_EXTENSIONS = (".bbj", ".bbjt", ".src", ".bbl")
 FORMATS = ("human", "bbjcpl", "json")
 COMPILERS = ("auto", "builtin", "bbjcpl")
-GENERATIONS = ("character", "vpro5", "gui", "dwc")
+GENERATIONS = tuple(GENERATION_PATTERNS)  # the generations whose hallmarks tier 2 knows
 
 PathsArg = Annotated[
     list[str],
