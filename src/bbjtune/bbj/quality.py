@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from .api import check_api_calls, tokenized
+from .api import body_start, check_api_calls, tokenized
 from .compile import compile_code
 from .lexer import LogicalLine, logical_lines, split_physical_lines
 
@@ -108,10 +108,7 @@ def check_quality(code: str, *, generation: str | None = None, must_not: Sequenc
 
 
 def _has_statement(K: list[str], T: list[str]) -> bool:
-    i = 1 if K[0] == "num" else 0
-    if K[i] == "id" and K[i + 1] == ":" and T[i][-1] not in "$%!@":
-        i += 2
-    return K[i] != "eol"
+    return K[body_start(K, T)] != "eol"
 
 
 # ----------------------------------------------------------------------------- labels
