@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bbjtune.bbj.api import Program, tokenized
 from bbjtune.bbj.checker import decode_source
+from bbjtune.bbj.cli import SOURCE_EXTENSIONS
 from bbjtune.bbj.extract import extract_bbj
 from bbjtune.bbj.lexer import logical_lines, split_physical_lines
 from bbjtune.bbj.quality import check_quality
@@ -30,9 +31,7 @@ VALID_LABELS = frozenset({"valid", "valid-parse"})
 
 
 def corpus_files(root: Path) -> dict[str, list[Path]]:
-    real = sorted(
-        p for p in (root / "real").rglob("*") if p.suffix.lower() in (".bbj", ".bbjt", ".src", ".bbl")
-    )
+    real = sorted(p for p in (root / "real").rglob("*") if p.suffix.lower() in SOURCE_EXTENSIONS)
     ls = root / "language-server"
     snippets = []
     index = ls / "index.jsonl"

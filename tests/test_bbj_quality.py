@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from bbjtune.bbj.quality import Assessment, Finding, assess, check_quality
+from bbjtune.train.verdict import judge
 
 CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "bbj-corpus"
+CPL_CAPTURES = CORPUS / "language-server" / "cpl-fixtures"
+FAKE_BBJ_HOME = Path(__file__).resolve().parent / "fixtures" / "bbjcpl" / "fake-bbj-home"
 
 GUI = """\
 sysgui! = BBjAPI().openSysGui("X0")
@@ -36,8 +41,13 @@ def test_the_contract_names_and_a_clean_gui_program():
     a = assess(GUI)
     assert isinstance(a, Assessment)
     assert a.compiles and a.findings == [] and a.clean
-    f = Finding("unknown-method", 3, "x")
-    assert (f.rule, f.line, f.message, f.severity) == ("unknown-method", 3, "x", "error")
+    # scores, results.json and the report store findings as these dicts (a finding is an error unless told)
+    assert Finding("unknown-method", 3, "x").to_dict() == {
+        "rule": "unknown-method",
+        "line": 3,
+        "message": "x",
+        "severity": "error",
+    }
 
 
 @pytest.mark.parametrize(
@@ -190,6 +200,22 @@ def test_generation_fit_and_must_not_patterns():
     assert [(f.rule, f.line) for f in found if f.rule == "generation-mismatch"] == [
         ("generation-mismatch", 1)
     ]
+
+
+@pytest.mark.skipif(not CPL_CAPTURES.is_dir(), reason="../shared/bbj-corpus is not present")
+def test_assess_compiles_once_with_the_chosen_compiler_and_says_which(monkeypatch):
+    # the replaying bbjcpl double (tests/fixtures/bbjcpl) stands in for an installed BBj
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable))
+    monkeypatch.setenv("BBJ_HOME", str(FAKE_BBJ_HOME))
+    monkeypatch.setenv("FAKE_BBJCPL_CAPTURES", str(CPL_CAPTURES))
+    code = (CPL_CAPTURES / "single-error.bbj").read_text(encoding="utf-8")
+    a = assess(code, compiler="auto")
+    assert (a.compiler, a.compiles, a.clean) == ("bbjcpl", False, False)
+    assert a.compile_reason.startswith("line 3:")
+    assert assess(code, compiler="builtin").compiler == "builtin"
+    # self-training's judge takes its verdict from the same single compile
+    v = judge(f"```bbj\n{code}```", [], compiler="auto")
+    assert (v.compiler, v.compiles, v.clean, v.reason) == ("bbjcpl", False, False, a.compile_reason)
 
 
 def test_bad_input_does_not_crash():

@@ -46,8 +46,8 @@ NOT_CHECKED = frozenset({"bbjstring", "bbjnumber", "bbjint", "bbjtemplatedstring
 RESULT_PREFIXES = ("get", "add", "open", "create", "make")
 SPECIAL_RESULTS = {"getlastevent": "BBjEvent", "geteventobject": "BBjEvent"}
 MODIFIERS = frozenset({"public", "private", "protected", "static", "abstract", "final", "override"})
-UNKNOWN = ""
-CALL_OPTIONS = frozenset({"err"})  # a variable seen with no type or with two different types
+UNKNOWN = ""  # the type of a variable seen with no type or with two different types
+CALL_OPTIONS = frozenset({"err"})  # `x!.add(err=*next)`: options of a call, not arguments
 
 
 @dataclass(frozen=True)
@@ -211,9 +211,7 @@ class Program:
         current: OwnClass | None = None
         for n, (_line, K, T) in enumerate(self.lines):
             self.scope = self.scopes[n]
-            i = 1 if K[0] == "num" else 0
-            if K[i] == "id" and K[i + 1] == ":":
-                i += 2
+            i = body_start(K, T)
             word = T[i].lower() if K[i] == "id" else ""
             if word in ("class", "interface"):
                 j = i + 1
@@ -453,7 +451,7 @@ def _scopes(lines) -> list[str]:
     """A scope prefix per line: the method it is in ("m3:") or the main program ("")."""
     out, scope, count = [], "", 0
     for _line, K, T in lines:
-        i = 1 if K[0] == "num" else 0
+        i = body_start(K, T)
         word = T[i].lower() if K[i] == "id" else ""
         if word == "method":
             count += 1
@@ -462,6 +460,14 @@ def _scopes(lines) -> list[str]:
         if word == "methodend":
             scope = ""
     return out
+
+
+def body_start(K: list[str], T: list[str]) -> int:
+    """Index of a line's first statement token, after its line number and label (`0010 top: x = 1`)."""
+    i = 1 if K[0] == "num" else 0
+    if K[i] == "id" and K[i + 1] == ":" and T[i][-1] not in "$%!@":
+        i += 2
+    return i
 
 
 def _statement_starts(K: list[str], T: list[str]) -> list[int]:

@@ -11,14 +11,14 @@ from bbjtune.errors import BbjtuneError
 from .checker import check_bytes, check_with, decode_source, not_utf8_at
 from .diagnostics import Diagnostic, format_bbjcpl, format_human, has_errors, sort_diagnostics
 from .lexer import split_physical_lines
-from .quality import check_quality
+from .quality import GENERATION_PATTERNS, check_quality
 
 # Extensions searched for when a directory is given. Files named explicitly are checked whatever
 # their extension. `.bbx` is left out: it usually holds tokenized (binary) programs.
 SOURCE_EXTENSIONS = (".bbj", ".bbjt", ".src", ".bbl")
 FORMATS = ("human", "bbjcpl", "json")
 COMPILERS = ("auto", "builtin", "bbjcpl")
-GENERATIONS = ("character", "vpro5", "gui", "dwc")
+GENERATIONS = tuple(GENERATION_PATTERNS)  # the generations whose hallmarks tier 2 knows
 
 PathsArg = Annotated[
     list[str],
@@ -108,7 +108,9 @@ line continuations, needs no BBj licence, and can print its findings in bbjcpl -
     encodings: dict[str, str] = {}
     for name, read, path in _sources(paths):
         data = read()
-        bad = None if b"\x00" in data[:8192] else not_utf8_at(data)
+        binary = b"\x00" in data[:8192]  # binary data is never handed to bbjcpl
+        text = decode_source(data)
+        bad = None if binary else not_utf8_at(data)
         encodings[name] = "utf-8" if bad is None else "latin-1"
         if bad is not None and format != "json":
             sys.stderr.write(
@@ -116,14 +118,14 @@ line continuations, needs no BBj licence, and can print its findings in bbjcpl -
                 "Latin-1 (ISO-8859-1), as BBj sources are often Latin-1 or CP1252; messages show "
                 "its characters as Latin-1\n"
             )
-        if compiler == "builtin" or b"\x00" in data[:8192]:  # binary data is never handed to bbjcpl
+        if compiler == "builtin" or binary:
             diagnostics, used = check_bytes(data, name, fragment=fragment), "builtin"
         else:
             diagnostics, used = check_with(
-                compiler, decode_source(data), name, timeout=timeout, path=path, fragment=fragment
+                compiler, text, name, timeout=timeout, path=path, fragment=fragment
             )
         if tier2 and format != "bbjcpl":  # bbjcpl's format is the compiler's, syntax only
-            diagnostics = sort_diagnostics([*diagnostics, *_tier2(decode_source(data), name, generation)])
+            diagnostics = sort_diagnostics([*diagnostics, *_tier2(text, name, generation)])
         if not warnings:
             diagnostics = [d for d in diagnostics if d.severity == "error"]
         results.append((name, diagnostics, used))

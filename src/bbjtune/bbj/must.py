@@ -8,8 +8,7 @@ the eval suites' style, so a sampled answer can be scored like an eval answer: t
 patterns it matches (`pattern_share`).
 
 Statements every program has (PRINT, END, REM, LET, closing words like WEND) are left out: they
-say nothing about the task. `FOREIGN_IDIOMS` are patterns no BBj answer should match (Python and
-Visual Basic habits), the generic part of the suites' `must_not` lists.
+say nothing about the task.
 """
 
 from __future__ import annotations
@@ -56,16 +55,6 @@ UNINFORMATIVE = frozenset(
 )
 DECLARING_VERBS = frozenset({"METHOD", "CLASS", "INTERFACE", "FIELD", "DECLARE", "USE"})
 MAX_PATTERNS = 12
-
-FOREIGN_IDIOMS = (
-    r"(?im)^\s*def\s+\w+\s*\([^)]*\)\s*(->\s*[^:]+)?:\s*$",  # Python function
-    r"(?i)\bwith\s+open\s*\(",  # Python file handling
-    r"(?i)\bself\.\w+",  # Python/VB object access
-    r"(?i)\bdim[ \t]+\w+[ \t]+as[ \t]+\w+",  # Visual Basic declaration
-    r"(?im)^[ \t]*end[ \t]+(sub|function|if|class|select|with)\b",  # Visual Basic block end
-    r"(?im)^\s*((public|private)\s+)?(sub|function)\s+\w+\s*\(",  # Visual Basic procedure
-    r"(?im)^\s*//",  # C-style comment
-)
 
 
 def derive_must_patterns(reference: str, limit: int = MAX_PATTERNS) -> list[str]:
@@ -124,8 +113,3 @@ def pattern_share(text: str, patterns: Sequence[str]) -> float:
     if not patterns:
         return 1.0
     return sum(re.search(p, text or "") is not None for p in patterns) / len(patterns)
-
-
-def foreign_idioms(code: str) -> list[str]:
-    """The FOREIGN_IDIOMS patterns that match the code."""
-    return [p for p in FOREIGN_IDIOMS if re.search(p, code or "")]

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from .api import check_api_calls, tokenized
+from .api import body_start, check_api_calls, tokenized
 from .compile import compile_code
 from .lexer import LogicalLine, logical_lines, split_physical_lines
 
@@ -35,11 +35,13 @@ LABEL_OPTIONS = frozenset({"err", "end", "dom"})
 # Hallmarks of the other BBj generation, for code whose generation is known. Derived from the
 # suites' own must_not patterns (evals/*.jsonl): character and Visual PRO/5 answers must not open
 # a BBjAPI SysGui window; GUI/DWC answers must not build windows with Visual PRO/5 mnemonics.
+SYSGUI_WINDOW = (r"(?i)\bopenSysGui\b", r"(?i)\.addWindow\s*\(")
+MNEMONIC_WINDOW = (r"(?i)'window'\s*\(", r"(?i)\bctrl\s*\(\s*sysgui", r"(?i)\btmpl\s*\(\s*sysgui")
 GENERATION_PATTERNS: dict[str, tuple[str, ...]] = {
-    "character": (r"(?i)\bopenSysGui\b", r"(?i)\.addWindow\s*\("),
-    "vpro5": (r"(?i)\bopenSysGui\b", r"(?i)\.addWindow\s*\("),
-    "gui": (r"(?i)'window'\s*\(", r"(?i)\bctrl\s*\(\s*sysgui", r"(?i)\btmpl\s*\(\s*sysgui"),
-    "dwc": (r"(?i)'window'\s*\(", r"(?i)\bctrl\s*\(\s*sysgui", r"(?i)\btmpl\s*\(\s*sysgui"),
+    "character": SYSGUI_WINDOW,
+    "vpro5": SYSGUI_WINDOW,
+    "gui": MNEMONIC_WINDOW,
+    "dwc": MNEMONIC_WINDOW,
 }
 # Repetition: a block of up to MAX_BLOCK lines repeated back to back this many times.
 MAX_BLOCK = 12
@@ -67,6 +69,7 @@ class Assessment:
     compiles: bool
     findings: list[Finding] = field(default_factory=list)
     compile_reason: str = ""
+    compiler: str = ""  # the compiler that decided `compiles` ("builtin" or "bbjcpl")
 
     @property
     def clean(self) -> bool:
@@ -82,9 +85,8 @@ def assess(
 ) -> Assessment:
     """Compile `code` as evaluation does and run every tier 2 check on it."""
     result = compile_code(code or "", compiler)
-    return Assessment(
-        result.compiles, check_quality(code, generation=generation, must_not=must_not), result.reason
-    )
+    findings = check_quality(code, generation=generation, must_not=must_not)
+    return Assessment(result.compiles, findings, result.reason, result.compiler)
 
 
 def check_quality(code: str, *, generation: str | None = None, must_not: Sequence[str] = ()) -> list[Finding]:
@@ -106,10 +108,7 @@ def check_quality(code: str, *, generation: str | None = None, must_not: Sequenc
 
 
 def _has_statement(K: list[str], T: list[str]) -> bool:
-    i = 1 if K[0] == "num" else 0
-    if K[i] == "id" and K[i + 1] == ":" and T[i][-1] not in "$%!@":
-        i += 2
-    return K[i] != "eol"
+    return K[body_start(K, T)] != "eol"
 
 
 # ----------------------------------------------------------------------------- labels
@@ -158,14 +157,9 @@ def _label_refs(K: list[str], T: list[str]) -> list[str]:
                 refs.append(T[j])
         elif low == "callback" and K[i + 1] == "(" and prev not in (".", "#"):
             # CALLBACK(event, label{, context{, control}})
-            j = i + 2
-            depth = 0
-            while K[j] != "eol" and not (depth == 0 and K[j] == ","):
-                depth += K[j] == "("
-                depth -= K[j] == ")"
-                j += 1
-            if K[j] == "," and K[j + 1] == "id" and K[j + 2] in (",", ")"):
-                refs.append(T[j + 1])
+            args = _args(K, T, i + 1)
+            if len(args) >= 2 and len(args[1]) == 1 and args[1][0][0] == "id":
+                refs.append(args[1][0][1])
         elif low == "setcallback" and prev == "." and K[i + 1] == "(":
             args = _args(K, T, i + 1)
             if len(args) == 2 and len(args[1]) == 1 and args[1][0][0] == "str":

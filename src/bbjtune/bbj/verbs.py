@@ -10,8 +10,9 @@ only when it is not followed by `=`, `.` or `[` (then it is a variable: `release
 
 from __future__ import annotations
 
-# Verbs that take an optional channel list `(chan{,NAME=value...})` before their items.
-CHANNEL_VERBS = frozenset(
+# The record I/O verbs (PRINT, READ, READRECORD, ...): each takes a channel list and may use
+# the null field `*`.
+RECORD_IO_VERBS = frozenset(
     {
         "PRINT",
         "?",
@@ -28,6 +29,13 @@ CHANNEL_VERBS = frozenset(
         "INPUTRECORD",
         "EXTRACTRECORD",
         "FINDRECORD",
+    }
+)
+
+# Verbs that take an optional channel list `(chan{,NAME=value...})` before their items.
+CHANNEL_VERBS = frozenset(
+    RECORD_IO_VERBS
+    | {
         "OPEN",
         "CLOSE",
         "LOCK",
@@ -147,22 +155,8 @@ GENERIC_VERBS = frozenset(
 
 # Verbs whose channel list or items may use the null field `*`.
 IO_VERBS = frozenset(
-    {
-        "PRINT",
-        "?",
-        "WRITE",
-        "READ",
-        "INPUT",
-        "INPUTE",
-        "INPUTN",
-        "EXTRACT",
-        "FIND",
-        "PRINTRECORD",
-        "WRITERECORD",
-        "READRECORD",
-        "INPUTRECORD",
-        "EXTRACTRECORD",
-        "FINDRECORD",
+    RECORD_IO_VERBS
+    | {
         "ENTER",
         "DREAD",
         "IOLIST",

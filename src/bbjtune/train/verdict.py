@@ -4,10 +4,12 @@ An answer is judged on three things, cheapest first:
 
 1. syntax: its BBj code (extracted as the evaluation does) compiles, by bbjcpl when installed,
    else by bbjtune's checker (`bbj.compile.compile_code`, the same call compile@k makes);
-2. tier 2 (`bbj.quality.assess`, the call clean@k makes): BBjAPI methods that exist, labels that
-   are defined, executable code, no runaway repetition;
+2. tier 2 (`bbj.quality.check_quality`, the checks clean@k runs): BBjAPI methods that exist,
+   labels that are defined, executable code, no runaway repetition;
 3. the prompt's own must-patterns, derived from its reference answer (`bbj.must`): the share it
    matches must reach `min_pattern_share`.
+
+`bbj.quality.assess` makes checks 1 and 2: the code is compiled once, by the chosen compiler.
 
 An answer that hit the token limit fails: it ran on instead of finishing. `passed` answers are
 RFT's training data and DPO's chosen side; `failed` ones (not clean) are DPO's rejected side;
@@ -21,7 +23,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bbjtune.bbj import extract_bbj
-from bbjtune.bbj.compile import compile_code
 from bbjtune.bbj.must import pattern_share
 from bbjtune.bbj.quality import assess
 
@@ -72,22 +73,15 @@ def judge(
     min_pattern_share: float = 0.5,
 ) -> Verdict:
     """The verdict on one answer to a prompt whose must-patterns are `must`."""
-    code = extract_bbj(answer or "")
-    result = compile_code(code, compiler)
-    findings: list[str] = []
-    clean = result.compiles
-    if result.compiles:
-        assessment = assess(code)
-        clean = bool(assessment.compiles and assessment.clean)
-        findings = [str(f) for f in assessment.findings]
+    assessment = assess(extract_bbj(answer or ""), compiler=compiler)
     share = pattern_share(answer or "", must)
     return Verdict(
-        compiles=result.compiles,
-        clean=clean,
+        compiles=assessment.compiles,
+        clean=assessment.clean,
         pattern_share=round(share, 4),
         patterns_ok=share >= min_pattern_share,
         ran_on=finish_reason == "length",
-        findings=findings,
-        reason=result.reason,
-        compiler=result.compiler,
+        findings=[str(f) for f in assessment.findings] if assessment.compiles else [],
+        reason=assessment.compile_reason,
+        compiler=assessment.compiler,
     )
