@@ -21,7 +21,7 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from .api import body_start, check_api_calls, tokenized
 from .compile import compile_code
@@ -70,6 +70,7 @@ class Assessment:
     findings: list[Finding] = field(default_factory=list)
     compile_reason: str = ""
     compiler: str = ""  # the compiler that decided `compiles` ("builtin" or "bbjcpl")
+    diagnostics: list[Any] = field(default_factory=list)  # the compiler's, as CompileResult has them
 
     @property
     def clean(self) -> bool:
@@ -81,12 +82,17 @@ class Assessment:
 
 
 def assess(
-    code: str, *, generation: str | None = None, must_not: Sequence[str] = (), compiler: str = "builtin"
+    code: str,
+    *,
+    generation: str | None = None,
+    must_not: Sequence[str] = (),
+    compiler: str = "builtin",
+    filename: str = "answer.bbj",
 ) -> Assessment:
     """Compile `code` as evaluation does and run every tier 2 check on it."""
-    result = compile_code(code or "", compiler)
+    result = compile_code(code or "", compiler, filename)
     findings = check_quality(code, generation=generation, must_not=must_not)
-    return Assessment(result.compiles, findings, result.reason, result.compiler)
+    return Assessment(result.compiles, findings, result.reason, result.compiler, result.diagnostics)
 
 
 def check_quality(code: str, *, generation: str | None = None, must_not: Sequence[str] = ()) -> list[Finding]:

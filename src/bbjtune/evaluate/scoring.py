@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bbjtune.bbj import extract_bbj
-from bbjtune.bbj.quality import check_quality
-from bbjtune.bbj.compile import compile_answer, compile_code
+from bbjtune.bbj.quality import assess
+from bbjtune.bbj.compile import compile_answer
 from bbjtune.evaluate.metrics import METRICS, headline
 from bbjtune.evaluate.patterns import score_patterns
 from bbjtune.evaluate.suite import EvalCase
@@ -76,17 +76,20 @@ def score_sample(case: EvalCase, sample: int, row: dict[str, Any] | None, compil
             code = row.get("code")
             if code is None:  # rows written by other tools may lack the extracted code
                 code = extract_bbj(output)
-            result = compile_code(code, compiler, f"{case.id}.bbj")
-            score.update(
-                compiles=result.compiles,
-                compiler=result.compiler,
-                compile_reason=result.reason,
-                diagnostics=result.diagnostics,
+            verdict = assess(
+                code,
+                generation=case.generation,
+                must_not=case.must_not,
+                compiler=compiler,
+                filename=f"{case.id}.bbj",
             )
-            findings = check_quality(code, generation=case.generation, must_not=case.must_not)
             score.update(
-                clean=result.compiles and not any(f.severity == "error" for f in findings),
-                findings=[f.to_dict() for f in findings[:MAX_FINDINGS_KEPT]],
+                compiles=verdict.compiles,
+                compiler=verdict.compiler,
+                compile_reason=verdict.compile_reason,
+                diagnostics=verdict.diagnostics,
+                clean=verdict.clean,
+                findings=[f.to_dict() for f in verdict.findings[:MAX_FINDINGS_KEPT]],
             )
     pat = score_patterns(case, output)
     if pat.has_patterns:
