@@ -145,6 +145,10 @@ def test_rating_endpoint_stores_rating_and_correction(gateway):
     assert row["rating"] == 1 and row["correction"] == GOOD_BBJ  # a later rating keeps the correction
     assert httpx.post(f"{url}/v1/feedback", json={"id": "ex-nope", "rating": "up"}).status_code == 404
     assert httpx.post(f"{url}/v1/feedback", json={"id": ex_id, "rating": "meh"}).status_code == 400
+    for other in (True, 2, [1], {"up": 1}):  # a list or object once crashed the lookup (500)
+        assert httpx.post(f"{url}/v1/feedback", json={"id": ex_id, "rating": other}).status_code == 400
+    assert httpx.post(f"{url}/v1/feedback", json={"id": ex_id, "rating": -1}).json()["rating"] == -1
+    assert httpx.post(f"{url}/v1/feedback", json={"id": ex_id, "rating": "UP"}).json()["rating"] == 1
     assert httpx.post(f"{url}/v1/feedback", json={"id": ex_id}).status_code == 400
 
 

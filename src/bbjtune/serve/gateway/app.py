@@ -295,15 +295,18 @@ class Gateway:
         )
 
 
+RATINGS = {"up": 1, "down": -1, "+1": 1, "-1": -1}
+
+
 def parse_rating(value: Any) -> int | None:
+    """+1/-1 from "up"/"down"/"+1"/"-1" (any case) or the numbers 1/-1; None when absent."""
     if value is None:
         return None
-    table = {"up": 1, "down": -1, "+1": 1, "-1": -1, 1: 1, -1: -1}
-    if isinstance(value, bool) or (
-        value not in table if not isinstance(value, str) else value.lower() not in table
-    ):
-        raise Refused(400, '`rating` must be "up" or "down"')
-    return table[value.lower() if isinstance(value, str) else value]
+    if isinstance(value, str) and value.lower() in RATINGS:
+        return RATINGS[value.lower()]
+    if isinstance(value, int | float) and not isinstance(value, bool) and value in (1, -1):
+        return int(value)
+    raise Refused(400, '`rating` must be "up" or "down"')
 
 
 def _extra(ex_id: str | None, v: Verdict, attempts: int) -> dict[str, Any]:
