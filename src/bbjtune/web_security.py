@@ -189,7 +189,7 @@ class AccessGuard:
             body = await _read_body(scope, receive, send_with_headers, self.max_body_bytes)
             if body is None:
                 return
-            receive = _replay(body, receive)
+            receive = replay_body(body, receive)
         await self.app(scope, receive, send_with_headers)
 
 
@@ -218,7 +218,8 @@ async def _read_body(scope: Scope, receive: Receive, send: Send, limit: int) -> 
             return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands an ASGI app the body already read, then passes on what comes after."""
     sent = False
 
     async def replay() -> Message:
