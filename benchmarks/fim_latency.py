@@ -34,6 +34,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -80,7 +81,7 @@ def default_model() -> tuple[Path, str]:
     from bbjtune.export.gguf import write_gguf
     from bbjtune.models.tiny import build_tiny
 
-    path = Path("/tmp") / "bbjtune-fim-latency-tiny.f16.gguf"
+    path = Path(tempfile.gettempdir()) / "bbjtune-fim-latency-tiny.f16.gguf"
     if not path.exists():
         write_gguf(build_tiny("tiny:test"), path, "f16")
     return path, "tiny:test f16 (random weights)"
@@ -199,6 +200,12 @@ class OverHttp:
         self.proc.wait(timeout=30)
 
 
+def _shown(path: Path) -> str:
+    """The path inside the repository, else the file name."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
+
+
 def main() -> None:
     args = parse_args()
     model, name = (Path(args.model), Path(args.model).name) if args.model else default_model()
@@ -218,13 +225,13 @@ def main() -> None:
     result = {
         "date": date.today().isoformat(),
         "model": name,
-        "gguf": str(model),
+        "gguf": model.name,  # names only: a result file must not carry this machine's paths
         "path": "http" if args.server else "llama.cpp",
         "machine": f"{os.cpu_count()}-core CPU, {platform.processor() or platform.machine()}, load average "
         f"{os.getloadavg()[0]:.1f}",
         "threads": args.threads,
         "holes": len(cases),
-        "program": args.program,
+        "program": _shown(Path(args.program)),
         "prompt_tokens_median": med(forced, 2) if not args.server else None,
         "forced": {
             "tokens": args.tokens,
