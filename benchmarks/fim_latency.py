@@ -30,9 +30,7 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -142,38 +140,14 @@ class OverHttp:
     def __init__(self, model: Path, threads: int):
         import httpx
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bbjtune",
-                "serve",
-                "gguf",
-                str(model),
-                "--port",
-                str(port),
-                "--threads",
-                str(threads),
-            ],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-        )
+        from serving import free_port, start_bbjtune
+
+        port = free_port()
         self.base, self.http = f"http://127.0.0.1:{port}/v1", httpx.Client(timeout=300)
-        deadline = time.time() + 300
-        while True:
-            try:
-                if self.http.get(f"{self.base}/models").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.time() > deadline:
-                sys.exit("the server did not start")
-            time.sleep(0.5)
+        self.proc = start_bbjtune(
+            ["serve", "gguf", str(model), "--port", str(port), "--threads", str(threads)],
+            f"{self.base}/models",
+        )
         import llama_cpp  # only to look up the end tokens' ids, as InProcess does
 
         vocab = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
