@@ -218,6 +218,20 @@ async def _read_body(scope: Scope, receive: Receive, send: Send, limit: int) -> 
             return b"".join(chunks)
 
 
+async def read_bounded(request: Request, limit: int) -> bytes | None:
+    """The body of a request that AccessGuard left unbounded, or None once it is larger than `limit`
+    (declared in Content-Length, or as the bytes arrive): never more than `limit` bytes held."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 def replay_body(body: bytes, receive: Receive) -> Receive:
     """A `receive` that hands an ASGI app the body already read, then passes on what comes after."""
     sent = False
