@@ -253,6 +253,10 @@ def run(
     rows = read_log(log_path)
     _, items = eval_prompts(d.decontaminate_against)
     result = build(
-        rows, d, compiler=compiler, eval_items=[*items, *benchmark_prompts(warn)], checker_pairs=checker_pairs
+        rows,
+        d,
+        compiler=compiler,
+        eval_items=[*items, *benchmark_prompts(warn, "feedback data")],
+        checker_pairs=checker_pairs,
     )
     return write(result, out_dir)

