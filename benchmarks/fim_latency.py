@@ -30,10 +30,9 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from datetime import date
 from pathlib import Path
@@ -80,7 +79,7 @@ def default_model() -> tuple[Path, str]:
     from bbjtune.export.gguf import write_gguf
     from bbjtune.models.tiny import build_tiny
 
-    path = Path("/tmp") / "bbjtune-fim-latency-tiny.f16.gguf"
+    path = Path(tempfile.gettempdir()) / "bbjtune-fim-latency-tiny.f16.gguf"
     if not path.exists():
         write_gguf(build_tiny("tiny:test"), path, "f16")
     return path, "tiny:test f16 (random weights)"
@@ -141,38 +140,14 @@ class OverHttp:
     def __init__(self, model: Path, threads: int):
         import httpx
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bbjtune",
-                "serve",
-                "gguf",
-                str(model),
-                "--port",
-                str(port),
-                "--threads",
-                str(threads),
-            ],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-        )
+        from serving import free_port, start_bbjtune
+
+        port = free_port()
         self.base, self.http = f"http://127.0.0.1:{port}/v1", httpx.Client(timeout=300)
-        deadline = time.time() + 300
-        while True:
-            try:
-                if self.http.get(f"{self.base}/models").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.time() > deadline:
-                sys.exit("the server did not start")
-            time.sleep(0.5)
+        self.proc = start_bbjtune(
+            ["serve", "gguf", str(model), "--port", str(port), "--threads", str(threads)],
+            f"{self.base}/models",
+        )
         import llama_cpp  # only to look up the end tokens' ids, as InProcess does
 
         vocab = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
@@ -199,6 +174,12 @@ class OverHttp:
         self.proc.wait(timeout=30)
 
 
+def _shown(path: Path) -> str:
+    """The path inside the repository, else the file name."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
+
+
 def main() -> None:
     args = parse_args()
     model, name = (Path(args.model), Path(args.model).name) if args.model else default_model()
@@ -218,13 +199,13 @@ def main() -> None:
     result = {
         "date": date.today().isoformat(),
         "model": name,
-        "gguf": str(model),
+        "gguf": model.name,  # names only: a result file must not carry this machine's paths
         "path": "http" if args.server else "llama.cpp",
         "machine": f"{os.cpu_count()}-core CPU, {platform.processor() or platform.machine()}, load average "
         f"{os.getloadavg()[0]:.1f}",
         "threads": args.threads,
         "holes": len(cases),
-        "program": args.program,
+        "program": _shown(Path(args.program)),
         "prompt_tokens_median": med(forced, 2) if not args.server else None,
         "forced": {
             "tokens": args.tokens,

@@ -26,9 +26,7 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,34 +34,10 @@ from datetime import date
 from pathlib import Path
 
 import httpx
+from serving import free_port, start_bbjtune
 
 REPO = Path(__file__).resolve().parents[1]
 SYSTEM = "You are an expert BBj developer. Answer with working BBj code in a ```bbj block."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(args: list[str], ready: str) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bbjtune", *args],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            if httpx.get(ready, timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise SystemExit(f"{' '.join(args[:2])} did not start")
 
 
 def tiny_gguf(folder: Path) -> Path:
@@ -94,7 +68,7 @@ def main() -> None:
         gguf = args.gguf or tiny_gguf(tmp)
         up, g1, gk = free_port(), free_port(), free_port()
         procs = [
-            start(
+            start_bbjtune(
                 [
                     "serve",
                     "gguf",
@@ -112,7 +86,7 @@ def main() -> None:
         upstream = f"http://127.0.0.1:{up}/v1"
         for port, n in ((g1, 1), (gk, args.best_of)):
             procs.append(
-                start(
+                start_bbjtune(
                     [
                         "serve",
                         "gateway",

@@ -1,4 +1,5 @@
-"""Helpers for the gateway tests: run an ASGI app on a real loopback port, and a replaying upstream.
+"""Helpers for the gateway tests: run an ASGI app on a real loopback port, a replaying upstream, and
+`bbjtune serve ...` as a real process (the gateway, and `serve gguf` for its tests too).
 
 The replaying upstream stands in for a model server where the test needs a model that writes BBj:
 the tiny test model cannot, and best-of-N is only observable when some answers pass the checker and
@@ -10,14 +11,20 @@ real model server is tested separately against `bbjtune serve gguf` (test_gatewa
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
+import pytest
 import uvicorn
+from conftest import REPO_ROOT
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
@@ -27,6 +34,36 @@ GOOD_BBJ = "Here is the loop:\n```bbj\nfor i=1 to 10\n  print i\nnext i\nend\n``
 BAD_BBJ = 'Here is the loop:\n```bbj\nfor i=1 to 10\n  print ("a"\nnext i\nend\n```\n'
 WORSE_BBJ = '```bbj\nfor i=1 to 10\n  print ("a"\n  x=(1+\nnext i\nend\n```\n'
 PROSE = "Paris is the capital of France."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_bbjtune(args: list[str], ready_url: str, timeout: float = 120) -> subprocess.Popen:
+    """`python -m bbjtune ARGS` in the background, once `ready_url` answers 200 (the test fails with
+    the process's output when it exits or does not get there in time)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bbjtune", *args],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(ready_url, timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"{args[:2]} did not start: {proc.stdout.read()}")
+        time.sleep(0.3)
 
 
 @contextmanager

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from bbjtune.config import validate_config
-from bbjtune.data.split import MIN_SOURCES_TO_HOLD_OUT, split_sources
+from bbjtune.data.split import MIN_SOURCES_TO_HOLD_OUT, file_digest, split_sources
 
 QUIET = Console(stderr=True, quiet=True)
 
@@ -22,15 +22,15 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_split_sources_is_deterministic_and_independent_of_order():
-    contents = [program(i).encode() for i in range(40)]
-    held = split_sources(contents, 0.1, seed=7)
+    digests = [file_digest(program(i).encode()) for i in range(40)]
+    held = split_sources(digests, 0.1, seed=7)
     assert len(held) == 4
-    assert split_sources(contents, 0.1, seed=7) == held
-    assert split_sources(contents, 0.1, seed=8) != held
-    reordered = list(reversed(contents))
-    assert {contents[i] for i in held} == {reordered[i] for i in split_sources(reordered, 0.1, seed=7)}
-    assert split_sources(contents[: MIN_SOURCES_TO_HOLD_OUT - 1], 0.5, seed=7) == set()
-    assert split_sources(contents, 0.0, seed=7) == set()
+    assert split_sources(digests, 0.1, seed=7) == held
+    assert split_sources(digests, 0.1, seed=8) != held
+    reordered = list(reversed(digests))
+    assert {digests[i] for i in held} == {reordered[i] for i in split_sources(reordered, 0.1, seed=7)}
+    assert split_sources(digests[: MIN_SOURCES_TO_HOLD_OUT - 1], 0.5, seed=7) == set()
+    assert split_sources(digests, 0.0, seed=7) == set()
 
 
 def test_prepare_keeps_heldout_sources_out_of_training(tmp_path):
@@ -42,7 +42,9 @@ def test_prepare_keeps_heldout_sources_out_of_training(tmp_path):
         (src / f"p{i:02d}.bbj").write_text(program(i), encoding="utf-8")
     (src / "copy.bbj").write_text(program(0), encoding="utf-8")  # a copy of a file that may be held out
     sources = sorted(src.glob("*.bbj"))
-    chosen = {sources[i].name for i in split_sources([p.read_bytes() for p in sources], 0.1, seed=42)}
+    chosen = {
+        sources[i].name for i in split_sources([file_digest(p.read_bytes()) for p in sources], 0.1, seed=42)
+    }
     # conversations derived from a source file carry its path ("source"); those of held-out files must go
     derived = tmp_path / "derived.jsonl"
     rows = [

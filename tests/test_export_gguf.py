@@ -129,6 +129,23 @@ def test_llama_cpp_agrees_with_hf(ggufs, tiny_model_dir):
     )
 
 
+def test_greedy_divergence_fails_unless_the_reference_was_at_a_near_tie(ggufs, tiny_model_dir):
+    """The greedy_near_ties rule: a divergence where the HF model's top two tokens were closer than
+    twice the largest logit difference is rounding, not a wrong conversion; anywhere else it fails."""
+    from bbjtune.export.verify import hf_reference, verify_gguf
+
+    ref = hf_reference(tiny_model_dir)
+    first = ref.greedy[0]
+    ref.greedy[0] = [(first[0] + 1) % ref.logits[0].shape[-1], *first[1:]]  # llama.cpp keeps first[0]
+    ref.greedy_margins[0][0] = 10.0  # a clear lead: the conversion must have changed the answer
+    clear = verify_gguf(ggufs["f16"], "f16", ref)
+    assert clear["greedy_common_prefix"][0] == 0 and clear["greedy_near_ties"] == []
+    assert any("greedy text diverges" in f for f in clear["failures"]) and not clear["ok"]
+    ref.greedy_margins[0][0] = 0.0  # a tie: either token is the greedy choice
+    tie = verify_gguf(ggufs["f16"], "f16", ref)
+    assert tie["greedy_near_ties"] == [0] and tie["ok"], tie["failures"]
+
+
 def test_real_q4_k_blocks_on_a_256_wide_model(tiny_model_dir, tmp_path):
     """Tiny models fall back to q5_0/q8_0 rows; a 256-wide model gets real Q4_K/Q6_K blocks."""
     from bbjtune.export.quantize import quantize

@@ -15,10 +15,10 @@ from bbjtune.export.modelfile import (
     ollama_model_name,
     ollama_values,
     parse_modelfile,
-    render_fim,
 )
 from bbjtune.models import load_tokenizer
 from bbjtune.models.chat_template import QWEN_DEFAULT_SYSTEM, render_chatml
+from bbjtune.models.fim import fim_prompt
 
 SYSTEM = "You are an expert BBj developer."
 CONVERSATIONS = [
@@ -67,8 +67,8 @@ def test_a_trailing_assistant_message_is_continued_not_closed():
 
 def test_fim_form_for_code_completion():
     data = {"Prompt": "for i = 1 to 10\n", "Suffix": "\nnext i\n", "System": SYSTEM, "Messages": []}
-    assert render_go_template(CHATML_GO_TEMPLATE, data) == render_fim("for i = 1 to 10\n", "\nnext i\n")
-    assert render_fim("a", "b") == "<|fim_prefix|>a<|fim_suffix|>b<|fim_middle|>"
+    assert render_go_template(CHATML_GO_TEMPLATE, data) == fim_prompt("for i = 1 to 10\n", "\nnext i\n")
+    assert fim_prompt("a", "b") == "<|fim_prefix|>a<|fim_suffix|>b<|fim_middle|>"
 
 
 def test_modelfile_has_from_template_stops_params_and_system():

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
-from conftest import REPO_ROOT, run_cli
+from conftest import run_cli
+from gateway_helpers import free_port, start_bbjtune
 
 from bbjtune.models.chat_template import render_chatml
 
@@ -18,51 +14,17 @@ pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is 
 httpx = pytest.importorskip("httpx")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     from bbjtune.export.gguf import write_gguf
 
     gguf = write_gguf(tiny_model_dir, tmp_path_factory.mktemp("serve") / "bbj-tiny.f16.gguf", "f16")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bbjtune",
-            "serve",
-            "gguf",
-            str(gguf),
-            "--port",
-            str(port),
-            "--n-ctx",
-            "512",
-            "--threads",
-            "1",
-        ],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    port = free_port()
     base = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(f"{base}/models", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"server did not start: {proc.stdout.read()}")
-        time.sleep(0.5)
+    proc = start_bbjtune(
+        ["serve", "gguf", str(gguf), "--port", str(port), "--n-ctx", "512", "--threads", "1"],
+        f"{base}/models",
+    )
     yield base
     proc.terminate()  # SIGTERM to bbjtune must stop the llama.cpp server it started
     assert proc.wait(timeout=30) == 0

@@ -14,6 +14,7 @@ from conftest import run_cli
 from gateway_helpers import BAD_BBJ, GOOD_BBJ, PROSE, WORSE_BBJ, ReplayUpstream, serving
 
 from bbjtune.serve.gateway.app import GatewaySettings, create_app
+from bbjtune.serve.gateway.page import MAX_FORM_BYTES
 from bbjtune.gateway_log import ExchangeLog, read_log
 
 openai = pytest.importorskip("openai")
@@ -145,6 +146,10 @@ def test_rating_endpoint_stores_rating_and_correction(gateway):
     assert row["rating"] == 1 and row["correction"] == GOOD_BBJ  # a later rating keeps the correction
     assert httpx.post(f"{url}/v1/feedback", json={"id": "ex-nope", "rating": "up"}).status_code == 404
     assert httpx.post(f"{url}/v1/feedback", json={"id": ex_id, "rating": "meh"}).status_code == 400
+    for other in (True, 2, [1], {"up": 1}):  # a list or object once crashed the lookup (500)
+        assert httpx.post(f"{url}/v1/feedback", json={"id": ex_id, "rating": other}).status_code == 400
+    assert httpx.post(f"{url}/v1/feedback", json={"id": ex_id, "rating": -1}).json()["rating"] == -1
+    assert httpx.post(f"{url}/v1/feedback", json={"id": ex_id, "rating": "UP"}).json()["rating"] == 1
     assert httpx.post(f"{url}/v1/feedback", json={"id": ex_id}).status_code == 400
 
 
@@ -181,6 +186,18 @@ def test_requests_browsers_could_forge_oversized_ones_and_n_are_refused(gateway)
     big = {"model": "m", "messages": [{"role": "user", "content": "x" * 5000}]}
     res = httpx.post(f"{url}/v1/chat/completions", json=big)
     assert res.status_code == 413 and "2,000 bytes" in res.json()["error"]["message"]
+
+    def chunked():  # no Content-Length: the limit holds as the bytes arrive
+        yield b'{"model": "m", "messages": [{"role": "user", "content": "'
+        yield from (b"x" * 500 for _ in range(10))
+        yield b'"}]}'
+
+    res = httpx.post(
+        f"{url}/v1/chat/completions", content=chunked(), headers={"Content-Type": "application/json"}
+    )
+    assert res.status_code == 413 and "2,000 bytes" in res.json()["error"]["message"]
+    form = {"rating": "up", "correction": "x" * (MAX_FORM_BYTES + 1)}  # the rating page's own limit
+    assert httpx.post(f"{url}/feedback/ex-any", data=form).status_code == 413
     assert (
         httpx.post(f"{url}/v1/chat/completions", json={"model": "m", "messages": ASK, "n": 2}).status_code
         == 400

@@ -3,15 +3,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 
 import pytest
-from conftest import REPO_ROOT
+from gateway_helpers import free_port, start_bbjtune
 
 from bbjtune.gateway_log import read_log
 
@@ -20,47 +15,19 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(args: list[str], ready_url: str) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bbjtune", *args],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(ready_url, timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"{args[:2]} did not start: {proc.stdout.read()}")
-        time.sleep(0.3)
-
-
 @pytest.fixture(scope="module")
 def stack(tiny_model_dir, tmp_path_factory):
     from bbjtune.export.gguf import write_gguf
 
     tmp = tmp_path_factory.mktemp("gateway")
     gguf = write_gguf(tiny_model_dir, tmp / "bbj-tiny.f16.gguf", "f16")
-    up_port, gw_port = _free_port(), _free_port()
-    upstream = _start(
+    up_port, gw_port = free_port(), free_port()
+    upstream = start_bbjtune(
         ["serve", "gguf", str(gguf), "--port", str(up_port), "--n-ctx", "512", "--threads", "1"],
         f"http://127.0.0.1:{up_port}/v1/models",
     )
     log = tmp / "exchanges.sqlite"
-    gateway = _start(
+    gateway = start_bbjtune(
         [
             "serve",
             "gateway",

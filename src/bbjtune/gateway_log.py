@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS exchanges (
     model TEXT NOT NULL,
     request TEXT NOT NULL,           -- JSON: the client's request body
     answer TEXT NOT NULL,            -- the answer returned to the client
-    verdict TEXT NOT NULL,           -- pass, fail, no-code, unchecked
+    verdict TEXT NOT NULL,           -- pass, fail, no-code
     compiler TEXT,
     diagnostics TEXT NOT NULL,       -- JSON list
     attempts INTEGER NOT NULL,       -- samples drawn (1 + retries)
@@ -136,8 +136,9 @@ class ExchangeLog:
             ex.check_ms,
         )
         with self._lock:
+            columns = COLUMNS[: len(row)]  # the rating columns stay empty until rated
             self._db.execute(
-                f"INSERT INTO exchanges ({', '.join(COLUMNS[:14])}) VALUES ({', '.join('?' * 14)})", row
+                f"INSERT INTO exchanges ({', '.join(columns)}) VALUES ({', '.join('?' * len(row))})", row
             )
         return exchange_id
 

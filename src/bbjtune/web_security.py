@@ -189,7 +189,7 @@ class AccessGuard:
             body = await _read_body(scope, receive, send_with_headers, self.max_body_bytes)
             if body is None:
                 return
-            receive = _replay(body, receive)
+            receive = replay_body(body, receive)
         await self.app(scope, receive, send_with_headers)
 
 
@@ -218,7 +218,22 @@ async def _read_body(scope: Scope, receive: Receive, send: Send, limit: int) -> 
             return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+async def read_bounded(request: Request, limit: int) -> bytes | None:
+    """The body of a request that AccessGuard left unbounded, or None once it is larger than `limit`
+    (declared in Content-Length, or as the bytes arrive): never more than `limit` bytes held."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands an ASGI app the body already read, then passes on what comes after."""
     sent = False
 
     async def replay() -> Message:

@@ -39,7 +39,7 @@ from bbjtune.data.chatml import LineProblem, parse_line
 from bbjtune.data.clean import TRUNCATED, truncation_reason
 from bbjtune.data.replay import benchmark_prompts
 from bbjtune.data.scan import repair_messages
-from bbjtune.decontamination import ContaminationIndex, eval_prompts, example_id
+from bbjtune.decontamination import ContaminationIndex, eval_prompts, example_id, prompt_of
 from bbjtune.gateway_log import read_log
 
 SFT_FILE, PREFERENCE_FILE, REJECTED_FILE, SUMMARY_FILE = (
@@ -114,8 +114,7 @@ class _Builder:
         prompt = self._prompt(row)
         if prompt is None:
             return
-        prompt_text = "\n".join(m["content"] for m in prompt if m["role"] == "user")
-        if (match := self.index.match(prompt_text)) is not None:
+        if (match := self.index.match(prompt_of(prompt))) is not None:
             self.reject(
                 row,
                 "overlaps-eval",
@@ -254,6 +253,10 @@ def run(
     rows = read_log(log_path)
     _, items = eval_prompts(d.decontaminate_against)
     result = build(
-        rows, d, compiler=compiler, eval_items=[*items, *benchmark_prompts(warn)], checker_pairs=checker_pairs
+        rows,
+        d,
+        compiler=compiler,
+        eval_items=[*items, *benchmark_prompts(warn, "feedback data")],
+        checker_pairs=checker_pairs,
     )
     return write(result, out_dir)

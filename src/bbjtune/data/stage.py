@@ -43,7 +43,7 @@ from bbjtune.data.cpt import CptCorpus, find_sources
 from bbjtune.data.outcome import Analysis, Outcome, Written
 from bbjtune.data.report import write_report
 from bbjtune.data.scan import ScanOptions, answer_bbj_blocks, scan_chatml
-from bbjtune.data.split import split_heldout, split_sources
+from bbjtune.data.split import file_digest, split_heldout, split_sources
 from bbjtune.data.tokens import TokenCounter
 from bbjtune.decontamination import ContaminationIndex, eval_prompts, example_id, prompt_of
 from bbjtune.errors import BbjtuneError
@@ -394,13 +394,13 @@ def _write_outputs(
 
 def _heldout_sources(sources: list[Path], ratio: float, seed: int) -> list[Path]:
     """The source files kept out of stage 1 (split.split_sources decides; unreadable files count as empty)."""
-    contents = []
+    digests = []  # one file in memory at a time: a corpus can be far larger than the memory
     for path in sources:
         try:
-            contents.append(path.read_bytes())
+            digests.append(file_digest(path.read_bytes()))
         except OSError:
-            contents.append(b"")
-    chosen = split_sources(contents, ratio, seed)
+            digests.append(file_digest(b""))
+    chosen = split_sources(digests, ratio, seed)
     return [p for i, p in enumerate(sources) if i in chosen]
 
 

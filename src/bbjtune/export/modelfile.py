@@ -46,11 +46,6 @@ CHATML_GO_TEMPLATE = (
 )
 
 
-def render_fim(prefix: str, suffix: str) -> str:
-    """Qwen2.5-Coder's fill-in-the-middle prompt (models/fim.py), the one stage 1 trains on."""
-    return fim_prompt(prefix, suffix)
-
-
 def ollama_values(messages: list[dict[str, str]], default_system: str | None) -> dict[str, Any]:
     """The data Ollama gives the TEMPLATE for a chat request (its `collate` step, for this template's needs)."""
     systems = [m["content"] for m in messages if m["role"] == "system"]
@@ -104,7 +99,7 @@ def check_template(template: str, system_prompt: str | None) -> None:
         if not suffix:
             continue
         got = render_go_template(template, {"Prompt": prefix, "Suffix": suffix, "System": "", "Messages": []})
-        if got != render_fim(prefix, suffix):
+        if got != fim_prompt(prefix, suffix):  # the form stage 1 trains on
             raise BbjtuneError(
                 f"the Ollama TEMPLATE renders the code-completion form as {got!r}",
                 "this is a bug in bbjtune's Modelfile template; please report it",

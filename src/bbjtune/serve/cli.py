@@ -19,6 +19,7 @@ from bbjtune.artifacts import read_manifest
 from bbjtune.config import RunConfig, load_config
 from bbjtune.errors import BbjtuneError
 from bbjtune.serve.gateway.cli import serve_gateway
+from bbjtune.web_security import is_loopback
 
 ConfigArg = Annotated[
     str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")
@@ -143,7 +144,7 @@ def serve_gguf(
     ]
     if threads:
         command += ["--n_threads", str(threads)]
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback(host):
         typer.echo(
             f"warning: listening on {host}: other machines can reach this server (it has no password)",
             err=True,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bbjtune.models.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, fim_prompt
+from bbjtune.web_security import replay_body
 
 COMPLETIONS_PATH = "/v1/completions"
 BANNED_IN_MIDDLE = (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
@@ -81,16 +82,7 @@ class FimRequests:
         body = rewrite_completion_request(b"".join(chunks), self.banned_ids)
         headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
-        delivered = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        await self.app({**scope, "headers": headers}, replay, send)
+        await self.app({**scope, "headers": headers}, replay_body(body, receive), send)
 
 
 def fim_token_ids(gguf_path: str | Path) -> dict[str, int]:

@@ -38,7 +38,7 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from bbjtune.gateway_log import Exchange, ExchangeLog, new_id
-from bbjtune.web_security import AccessGuard
+from bbjtune.web_security import AccessGuard, read_bounded
 
 from .check import Verdict, comment_text
 from .page import FeedbackPage
@@ -82,14 +82,9 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     """The request body as a JSON object, refused above `limit` bytes (413) or when not JSON (415/400)."""
     if "application/json" not in request.headers.get("content-type", ""):
         raise Refused(415, "send the request as JSON (Content-Type: application/json)")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    data = await read_bounded(request, limit)
+    if data is None:
         raise Refused(413, f"the request is larger than the gateway's limit of {limit:,} bytes")
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise Refused(413, f"the request is larger than the gateway's limit of {limit:,} bytes")
     try:
         body = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -295,15 +290,18 @@ class Gateway:
         )
 
 
+RATINGS = {"up": 1, "down": -1, "+1": 1, "-1": -1}
+
+
 def parse_rating(value: Any) -> int | None:
+    """+1/-1 from "up"/"down"/"+1"/"-1" (any case) or the numbers 1/-1; None when absent."""
     if value is None:
         return None
-    table = {"up": 1, "down": -1, "+1": 1, "-1": -1, 1: 1, -1: -1}
-    if isinstance(value, bool) or (
-        value not in table if not isinstance(value, str) else value.lower() not in table
-    ):
-        raise Refused(400, '`rating` must be "up" or "down"')
-    return table[value.lower() if isinstance(value, str) else value]
+    if isinstance(value, str) and value.lower() in RATINGS:
+        return RATINGS[value.lower()]
+    if isinstance(value, int | float) and not isinstance(value, bool) and value in (1, -1):
+        return int(value)
+    raise Refused(400, '`rating` must be "up" or "down"')
 
 
 def _extra(ex_id: str | None, v: Verdict, attempts: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from bbjtune.gateway_log import MAX_CORRECTION_CHARS, ExchangeLog
-from bbjtune.web_security import csrf_ok, csrf_token, same_origin
+from bbjtune.web_security import csrf_ok, csrf_token, read_bounded, same_origin
 
 SHOWN = 50
 MAX_FORM_BYTES = 4 * MAX_CORRECTION_CHARS  # form encoding can take 3 bytes per character
@@ -66,7 +66,7 @@ class FeedbackPage:
             return PlainTextResponse("no log\n", status_code=404)
         if not same_origin(request):
             return PlainTextResponse("refused: the form was sent from another site\n", status_code=403)
-        body = await _read_form(request)
+        body = await read_bounded(request, MAX_FORM_BYTES)  # the access guard leaves bodies to us
         if body is None:
             return PlainTextResponse("the correction is too long\n", status_code=413)
         form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
@@ -82,20 +82,6 @@ class FeedbackPage:
         if not found:
             return PlainTextResponse("no such answer\n", status_code=404)
         return RedirectResponse(f"/feedback#{exchange_id}", status_code=303)
-
-
-async def _read_form(request: Request) -> bytes | None:
-    """The form body, or None past MAX_FORM_BYTES: the access guard leaves bodies to the gateway, so the
-    page bounds its own before holding it whole."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_FORM_BYTES):
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM_BYTES:
-            return None
-    return bytes(body)
 
 
 def _article(row: dict[str, Any], csrf: str) -> str:

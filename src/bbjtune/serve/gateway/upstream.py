@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+UPSTREAM_ERROR = "upstream_error"  # the error type of what the upstream did, not the client
+
 
 class UpstreamError(Exception):
     """The upstream answered with an error, or could not be reached."""
@@ -47,29 +49,26 @@ class Upstream:
         await self.client.aclose()
 
     async def get(self, path: str) -> dict[str, Any]:
-        try:
-            res = await self.client.get(path)
-        except httpx.HTTPError as exc:
-            raise UpstreamError(
-                502,
-                _error_body(
-                    f"the upstream model server at {self.base_url} cannot be reached ({type(exc).__name__})"
-                ),
-            ) from exc
-        return _json_or_raise(res)
+        return _json_or_raise(await self._send("GET", path))
 
     async def post(self, path: str, body: dict[str, Any]) -> Reply:
         start = time.perf_counter()
-        try:
-            res = await self.client.post(path, json={**body, "stream": False})
-        except httpx.HTTPError as exc:
-            raise UpstreamError(
-                502,
-                _error_body(
-                    f"the upstream model server at {self.base_url} cannot be reached ({type(exc).__name__})"
-                ),
-            ) from exc
+        res = await self._send("POST", path, json={**body, "stream": False})
         return Reply(_json_or_raise(res), time.perf_counter() - start)
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self.client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise self._lost(exc, "cannot be reached") from exc
+
+    def _lost(self, exc: httpx.HTTPError, what: str) -> UpstreamError:
+        return UpstreamError(
+            502,
+            error_body(
+                f"the upstream model server at {self.base_url} {what} ({type(exc).__name__})", UPSTREAM_ERROR
+            ),
+        )
 
     async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """The upstream's server-sent events as dicts, until `[DONE]`."""
@@ -89,30 +88,25 @@ class Upstream:
                     except json.JSONDecodeError:
                         continue  # a keep-alive or a malformed event: the answer goes on
         except httpx.HTTPError as exc:
-            raise UpstreamError(
-                502,
-                _error_body(
-                    f"the upstream model server at {self.base_url} stopped answering ({type(exc).__name__})"
-                ),
-            ) from exc
+            raise self._lost(exc, "stopped answering") from exc
 
 
 def _json_or_raise(res: httpx.Response) -> dict[str, Any]:
     try:
         body = res.json()
     except ValueError:
-        body = _error_body(res.text[:500] or f"the upstream answered {res.status_code} without a body")
+        body = error_body(
+            res.text[:500] or f"the upstream answered {res.status_code} without a body", UPSTREAM_ERROR
+        )
     if res.status_code != 200:
         raise UpstreamError(res.status_code, body)
     if not isinstance(body, dict):
-        raise UpstreamError(502, _error_body("the upstream answered with something other than a JSON object"))
+        raise UpstreamError(
+            502, error_body("the upstream answered with something other than a JSON object", UPSTREAM_ERROR)
+        )
     return body
-
-
-def _error_body(message: str, kind: str = "upstream_error") -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind}}
 
 
 def error_body(message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
     """An error in OpenAI's shape, which OpenAI clients show to their users."""
-    return _error_body(message, kind)
+    return {"error": {"message": message, "type": kind}}
