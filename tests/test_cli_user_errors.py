@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import run_cli
 from test_cli import assert_one_clear_error
 
@@ -82,3 +84,17 @@ def test_config_check_knows_random_architectures_without_building_them(tmp_path,
     assert not (tmp_path / "cache").exists()
     (tmp_path / "c.yaml").write_text(MISSING_MODEL.replace("./models/not-here", "'random:qwen2.5-coder-99b'"))
     assert_one_clear_error(run_cli("config", "check", "c.yaml", cwd=tmp_path), "unknown architecture")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("check", "--compiler", "bbjc", "x.bbj"),
+        ("data", "feedback", "log.sqlite", "--compiler", "bbjc"),
+        ("serve", "gateway", "--upstream", "http://127.0.0.1:9/v1", "--compiler", "bbjc"),
+    ],
+)
+def test_every_compiler_option_refuses_an_unknown_name_the_same_way(tmp_path, args):
+    out = run_cli(*args, cwd=tmp_path)
+    assert_one_clear_error(out, "unknown --compiler 'bbjc'")
+    assert "use one of: auto, builtin, bbjcpl" in out.stderr

@@ -8,6 +8,7 @@ import typer
 
 from bbjtune.errors import BbjtuneError
 
+from .compile import check_compiler
 from .checker import check_bytes, check_with, decode_source, not_utf8_at
 from .diagnostics import Diagnostic, format_bbjcpl, format_human, has_errors, sort_diagnostics
 from .lexer import split_physical_lines
@@ -17,7 +18,6 @@ from .quality import GENERATION_PATTERNS, check_quality
 # their extension. `.bbx` is left out: it usually holds tokenized (binary) programs.
 SOURCE_EXTENSIONS = (".bbj", ".bbjt", ".src", ".bbl")
 FORMATS = ("human", "bbjcpl", "json")
-COMPILERS = ("auto", "builtin", "bbjcpl")
 GENERATIONS = tuple(GENERATION_PATTERNS)  # the generations whose hallmarks tier 2 knows
 
 PathsArg = Annotated[
@@ -101,8 +101,7 @@ line continuations, needs no BBj licence, and can print its findings in bbjcpl -
         raise BbjtuneError(f"unknown format {format!r}", f"use one of: {', '.join(FORMATS)}")
     if generation is not None and generation not in GENERATIONS:
         raise BbjtuneError(f"unknown generation {generation!r}", f"use one of: {', '.join(GENERATIONS)}")
-    if compiler not in COMPILERS:
-        raise BbjtuneError(f"unknown compiler {compiler!r}", f"use one of: {', '.join(COMPILERS)}")
+    check_compiler(compiler)
 
     results = []
     encodings: dict[str, str] = {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import BbjtuneError
 from .bbjcpl import find_bbjcpl
 from .checker import check_with
 from .extract import extract_bbj
@@ -54,6 +55,16 @@ def compile_code(code: str, compiler: str = "auto", filename: str = "answer.bbj"
         f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     )
     return CompileResult(False, used, reason, kept, code)
+
+
+COMPILERS = ("auto", "builtin", "bbjcpl")
+
+
+def check_compiler(compiler: str) -> str:
+    """`compiler` when it names one of COMPILERS, else the one-line error every --compiler option gives."""
+    if compiler not in COMPILERS:
+        raise BbjtuneError(f"unknown --compiler {compiler!r}", f"use one of: {', '.join(COMPILERS)}")
+    return compiler
 
 
 def resolve_compiler(compiler: str) -> str:

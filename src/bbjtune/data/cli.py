@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from bbjtune.artifacts import atomic_write_jsonl
+from bbjtune.bbj.compile import check_compiler
 from bbjtune.config import apply_override, default_data_config, load_config, validate_config
 from bbjtune.data import feedback, replay
 from bbjtune.data.cpt import find_sources
@@ -313,8 +314,7 @@ in trl's conversational format), rejected.jsonl and summary.json.
     """
     from rich.console import Console
 
-    if compiler not in ("auto", "bbjcpl", "builtin"):
-        raise BbjtuneError(f"unknown --compiler {compiler!r}", "use auto, bbjcpl or builtin")
+    check_compiler(compiler)
     d = load_config(config, set_).data if config else default_data_config()
     console = Console(stderr=True)
     target = out or log.parent / "feedback"

@@ -8,6 +8,7 @@ from urllib.parse import urlparse
 
 import typer
 
+from bbjtune.bbj.compile import check_compiler
 from bbjtune.errors import BbjtuneError
 
 DEFAULT_LOG = Path("runs/gateway/exchanges.sqlite")
@@ -89,8 +90,7 @@ def serve_gateway(
 
     if diagnostics not in ("field", "comment"):
         raise BbjtuneError(f"unknown --diagnostics {diagnostics!r}", "use field or comment")
-    if compiler not in ("auto", "bbjcpl", "builtin"):
-        raise BbjtuneError(f"unknown --compiler {compiler!r}", "use auto, bbjcpl or builtin")
+    check_compiler(compiler)
     if compiler == "bbjcpl":
         from bbjtune.bbj.bbjcpl import find_bbjcpl
 
