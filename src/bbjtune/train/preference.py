@@ -25,7 +25,7 @@ from bbjtune.train.job import StageJob, is_main_process
 from bbjtune.train.lora import lora_settings, peft_config
 from bbjtune.train.model_io import load_training_tokenizer, save_adapter
 from bbjtune.train.samples import training_prompts
-from bbjtune.train.trainer import common_arguments, stage_callbacks, train
+from bbjtune.train.trainer import common_arguments, final_metrics, stage_callbacks, train
 from bbjtune.train.verdict import judge
 
 
@@ -149,12 +149,7 @@ def _train_and_save(job: StageJob, trainer: Any, tokenizer: Any) -> dict[str, An
     if is_main_process():
         save_adapter(trainer, tokenizer, job.adapter_dir, chat_model=True)
     history = trainer.state.log_history
-    losses = [h["loss"] for h in history if "loss" in h]
-    metrics: dict[str, Any] = {
-        "steps": trainer.state.global_step,
-        "first_loss": losses[0] if losses else None,
-        "final_loss": losses[-1] if losses else None,
-    }
+    metrics = final_metrics(trainer, has_eval=False)
     for key in ("rewards/margins", "rewards/chosen", "rewards/rejected", "reward", "kl"):
         values = [h[key] for h in history if key in h]
         if values:
