@@ -19,7 +19,6 @@ lists all rounds (the report's section). A finished round is not redone; a kille
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import time
@@ -37,6 +36,7 @@ from bbjtune.train import preference, sft
 from bbjtune.train.inputs import TrainingData
 from bbjtune.train.job import StageJob, is_main_process, wait_for_everyone
 from bbjtune.train.samples import SAMPLES_FILE, SelfPrompt, by_prompt, sample_prompts, training_prompts
+from bbjtune.train.trainer import free_memory
 from bbjtune.train.verdict import tier
 
 SUMMARY_FILE = "selftrain.json"
@@ -125,6 +125,8 @@ def _start_model(job: RoundJob, previous: tuple[str, str | None], origin: str) -
 
     Whatever was sampled from an older start model is stale then too, so the round's samples go with it.
     """
+    import torch
+
     base, adapter = previous
     if adapter is None:
         return base
@@ -142,7 +144,7 @@ def _start_model(job: RoundJob, previous: tuple[str, str | None], origin: str) -
             tokenizer_source=adapter,
             chat=True,
             dtype=job.cfg.model.dtype,
-            device_map={"": 0} if _cuda() else None,
+            device_map={"": 0} if torch.cuda.is_available() else None,
         )
         atomic_write_json(record, {"origin": origin, "base": base, "adapter": adapter})
     wait_for_everyone()
@@ -238,7 +240,7 @@ def _sample(
     finally:
         if backend is not None:
             backend.close()
-        _free_memory()
+        free_memory()
     speed = {
         "engine": sampling.engine,
         "generated_tokens": tokens,
@@ -388,17 +390,3 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _free_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -9,6 +9,7 @@ the LoRA weights train in bf16, as QLoRA prescribes.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import warnings
@@ -47,6 +48,15 @@ def configure_torch(cfg: RunConfig) -> None:
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
+
+
+def free_memory() -> None:
+    """Give back what a finished trainer or sampler held (host and GPU) before the next model loads."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def precision(cfg: RunConfig) -> dict[str, bool]:
