@@ -44,7 +44,6 @@ def test_verdicts_on_clean_broken_runaway_and_off_task_answers():
 def test_tier_two_verdicts_use_assess():
     from bbjtune.bbj.quality import assess
 
-    assert verdict.tier() == "checker+quality"
     code = 'sysgui! = BBjAPI().openSysGui("X0")\nwin! = sysgui!.addBbjEditBox(1,2,3)\nend\n'
     expected = assess(code)
     got = verdict.judge(f"```bbj\n{code}```", [], compiler="builtin")

@@ -37,7 +37,7 @@ from bbjtune.train.inputs import TrainingData
 from bbjtune.train.job import StageJob, is_main_process, wait_for_everyone
 from bbjtune.train.samples import SAMPLES_FILE, SelfPrompt, by_prompt, sample_prompts, training_prompts
 from bbjtune.train.trainer import free_memory
-from bbjtune.train.verdict import tier
+from bbjtune.train.verdict import CHECKS
 
 SUMMARY_FILE = "selftrain.json"
 REPORT_FILE = "selftrain.md"
@@ -99,7 +99,7 @@ def run_selftrain(job: StageJob, data: TrainingData, previous: tuple[str, str | 
         if is_main_process():
             atomic_write_json(
                 job.cfg.train_dir / job.stage / SUMMARY_FILE,
-                {"stage": job.stage, "checks": tier(), "rounds": rounds},
+                {"stage": job.stage, "checks": CHECKS, "rounds": rounds},
             )
             atomic_write_text(job.cfg.train_dir / job.stage / REPORT_FILE, report_section(job.stage, rounds))
     return {
@@ -172,7 +172,7 @@ def run_round(job: RoundJob, data: TrainingData) -> dict[str, Any]:
     built = build_data(job, prompts.prompts, rows)
     stats = {
         "round": job.round,
-        "checks": tier(),
+        "checks": CHECKS,
         "prompts": len(prompts.prompts),
         "prompts_skipped": prompts.skipped,
         **sample_stats(rows),
@@ -351,7 +351,7 @@ def report_section(stage: str, rounds: list[dict[str, Any]]) -> str:
     lines = [
         f"## Self-training: {stage}",
         "",
-        f"Checks: {rounds[0]['checks'] if rounds else tier()}. Rates are shares of all samples of the round.",
+        f"Checks: {rounds[0]['checks'] if rounds else CHECKS}. Rates are shares of all samples of the round.",
         "",
         "| " + " | ".join(title for _, title in REPORT_COLUMNS) + " |",
         "|" + "---|" * len(REPORT_COLUMNS),

@@ -33,7 +33,7 @@ from bbjtune.train.job import StageJob, is_main_process
 from bbjtune.train.modelcard import write_model_card
 from bbjtune.train.selftrain import run_selftrain
 from bbjtune.train.trainer import configure_torch
-from bbjtune.train.verdict import tier as verdict_tier
+from bbjtune.train.verdict import CHECKS
 
 STAGES = ("cpt", "sft", "rft", "dpo", "grpo")
 SELF_TRAINING = ("rft", "dpo", "grpo")
@@ -70,7 +70,7 @@ def run_stage(
                 console.print(
                     f"{s}: {sampling.rounds} round(s) of {sampling.samples_per_prompt} samples per training "
                     f"prompt (temperature {sampling.temperature:g}, up to {sampling.max_new_tokens} tokens), "
-                    f"judged by {verdict_tier()}; then training on the verdicts"
+                    f"judged by {CHECKS}; then training on the verdicts"
                 )
         return cfg.train_dir
 
