@@ -71,13 +71,9 @@ class RoundJob(StageJob):
         return self.cfg.train_dir / self.stage / f"round-{self.round}"
 
 
-def sampling_of(job: StageJob) -> SelfSampleConfig:
-    return job.stage_cfg.sampling
-
-
 def run_selftrain(job: StageJob, data: TrainingData, previous: tuple[str, str | None]) -> dict[str, Any]:
     """All rounds of one self-training stage, starting from `previous` = (16-bit model, adapter or None)."""
-    sampling = sampling_of(job)
+    sampling = job.stage_cfg.sampling
     rounds: list[dict[str, Any]] = []
     result: dict[str, Any] = {}
     for n in range(1, sampling.rounds + 1):
@@ -161,7 +157,7 @@ def run_round(job: RoundJob, data: TrainingData) -> dict[str, Any]:
     ):
         job.console.print(f"[green]✓[/] {job.stage} round {job.round}: already trained ({job.adapter_dir})")
         return {"metrics": done.get("metrics", {}), "lora": done.get("lora", {}), "round": done["stats"]}
-    sampling = sampling_of(job)
+    sampling = job.stage_cfg.sampling
     prompts = training_prompts(job.cfg, data.conversations, sampling)
     if not prompts.prompts:
         raise BbjtuneError(
