@@ -206,12 +206,12 @@ def test_rft_keeps_the_best_passing_answer_and_dpo_pairs_pass_with_fail(tmp_path
     assert answers == [GOOD, "REF-A", "REF-B"]  # the shorter of two equal passes; b has none; references kept
     djob = StageJob(cfg=cfg, stage="dpo", base_source="x", backend="hf", console=QUIET)
     pairs = selftrain.build_data(djob, prompts, rows).pairs
+    # b: no passing answer, so its reference stands in against both failing ones
     assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [
         (GOOD, "oops"),
         ("REF-B", "nope"),
         ("REF-B", GOOD),
-    ][: len(pairs)]
-    assert len(pairs) == 3  # b: no passing answer, so its reference stands in against both failing ones
+    ]
     stats = selftrain.sample_stats(rows)
     assert stats["compile_rate"] == 0.6 and stats["pass_rate"] == 0.4 and stats["ran_on_rate"] == 0.2
     assert preference.choose_loss("auto", 3, 64) == "kto" and preference.choose_loss("auto", 64, 64) == "dpo"
