@@ -76,6 +76,14 @@ class StageJob:
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def read_record(path: Path) -> dict[str, Any]:
+    """A JSON record an earlier run wrote (manifest, fingerprint, round), or {} when missing or torn."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 

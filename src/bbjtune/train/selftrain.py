@@ -20,7 +20,6 @@ lists all rounds (the report's section). A finished round is not redone; a kille
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from bbjtune.models.merge import merge_adapters
 from bbjtune.progress import new_progress
 from bbjtune.train import preference, sft
 from bbjtune.train.inputs import TrainingData
-from bbjtune.train.job import StageJob, is_main_process, wait_for_everyone
+from bbjtune.train.job import StageJob, is_main_process, read_record, wait_for_everyone
 from bbjtune.train.samples import SAMPLES_FILE, SelfPrompt, by_prompt, sample_prompts, training_prompts
 from bbjtune.train.trainer import free_memory
 from bbjtune.train.verdict import CHECKS
@@ -129,7 +128,7 @@ def _start_model(job: RoundJob, previous: tuple[str, str | None], origin: str) -
     start = job.out_dir / "start"
     record = job.out_dir / START_FILE
     if is_main_process() and (
-        not (start / "config.json").exists() or _read_json(record).get("origin") != origin
+        not (start / "config.json").exists() or read_record(record).get("origin") != origin
     ):
         (job.out_dir / SAMPLES_FILE).unlink(missing_ok=True)
         job.console.print(f"{job.stage} round {job.round}: merging {adapter} into {base} → {start}")
@@ -149,7 +148,7 @@ def _start_model(job: RoundJob, previous: tuple[str, str | None], origin: str) -
 
 def run_round(job: RoundJob, data: TrainingData) -> dict[str, Any]:
     """Sample, judge, build the data and train one round; a round already done is read back."""
-    done = _read_json(job.out_dir / ROUND_FILE)
+    done = read_record(job.out_dir / ROUND_FILE)
     if (
         job.resume != "never"
         and done.get("fingerprint") == job.fingerprint()
@@ -200,7 +199,7 @@ def _sample(
         "sampling": sampling.model_dump(mode="json", exclude={"rounds"}),
         "start": job.data_fingerprint,
     }
-    if _read_json(job.out_dir / SAMPLING_FILE) != settings:  # samples drawn otherwise are not reused
+    if read_record(job.out_dir / SAMPLING_FILE) != settings:  # samples drawn otherwise are not reused
         path.unlink(missing_ok=True)
         atomic_write_json(job.out_dir / SAMPLING_FILE, settings)
     backend = None
@@ -379,10 +378,3 @@ def describe_round(stage: str, s: dict[str, Any]) -> str:
 
 def _describe_skips(skipped: dict[str, int]) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in skipped.items()) or "train.jsonl has no conversations"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}

@@ -14,7 +14,6 @@ round's merged start model and its adapter.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from bbjtune.models.trained import write_trained
 from bbjtune.train import backends, cpt, sft
 from bbjtune.train.dryrun import show_dry_run
 from bbjtune.train.inputs import TrainingData, load_training_data
-from bbjtune.train.job import StageJob, is_main_process
+from bbjtune.train.job import StageJob, is_main_process, read_record
 from bbjtune.train.modelcard import write_model_card
 from bbjtune.train.selftrain import run_selftrain
 from bbjtune.train.trainer import configure_torch
@@ -111,7 +110,7 @@ def run_stage(
 def model_after(cfg: RunConfig, stage: str, chained: bool) -> tuple[str, str | None]:
     """(16-bit model, adapter or None) that `stage` produced: what the next self-training stage starts from."""
     if stage in SELF_TRAINING:
-        summary = _manifest_file(cfg.train_dir / stage / "selftrain.json")
+        summary = read_record(cfg.train_dir / stage / "selftrain.json")
         rounds = summary.get("rounds") or []
         if not rounds:
             raise BbjtuneError(
@@ -170,13 +169,6 @@ def _run_self_training(
     return result
 
 
-def _manifest_file(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def base_for(cfg: RunConfig, stage: str, chained: bool) -> str:
     """Stage 1 starts from the original model; stage 2 from stage 1's merged model when they are chained."""
     if stage == "cpt" or not chained:
@@ -202,7 +194,7 @@ def data_fingerprint(cfg: RunConfig, stage: str, chained: bool) -> str:
 
 
 def _manifest(directory: Path) -> dict[str, Any]:
-    return _manifest_file(directory / MANIFEST_NAME)
+    return read_record(directory / MANIFEST_NAME)
 
 
 def _is_done(job: Any) -> bool:
