@@ -278,32 +278,22 @@ def _summarize(job: Any, metrics: dict[str, Any]) -> None:
 def _write_handle(
     cfg: RunConfig, last_stage: str, result: dict[str, Any], data: TrainingData, chained: bool
 ) -> Path:
+    base, adapter = model_after(cfg, last_stage, chained)
     if last_stage in SELF_TRAINING:
-        base, adapter = model_after(cfg, last_stage, chained)
         plan = _plan_with(cfg, last_stage)
         chain = [s for s in plan[: plan.index(last_stage) + 1] if s != "cpt" or chained]
-        return write_trained(
-            cfg.train_dir,
-            base_model=base,
-            original_model=cfg.model.source,
-            adapter=Path(adapter),
-            tokenizer=Path(adapter),
-            stages=chain,
-            lora=result["lora"],
-            max_length=cfg.train.sft.max_length,
-            system_prompt=cfg.data.system_prompt or data.system_prompt,
-        )
-    stage_dir = cfg.train_dir / last_stage
-    base = base_for(cfg, last_stage, chained)
-    chain = ["cpt", "sft"] if last_stage == "sft" and base != cfg.model.source else [last_stage]
+        max_length = cfg.train.sft.max_length
+    else:
+        chain = ["cpt", "sft"] if last_stage == "sft" and base != cfg.model.source else [last_stage]
+        max_length = getattr(cfg.train, last_stage).max_length
     return write_trained(
         cfg.train_dir,
         base_model=base,
         original_model=cfg.model.source,
-        adapter=stage_dir / "adapter",
-        tokenizer=stage_dir / "adapter",
+        adapter=Path(adapter),
+        tokenizer=Path(adapter),
         stages=chain,
         lora=result["lora"],
-        max_length=getattr(cfg.train, last_stage).max_length,
+        max_length=max_length,
         system_prompt=cfg.data.system_prompt or data.system_prompt,
     )
