@@ -39,13 +39,7 @@ def run_cpt(job: StageJob, data: TrainingData) -> dict[str, Any]:
     tokenizer = load_training_tokenizer(job.base_source)
     model, peft_settings, lora = _setup_model(job)
     train_dataset, eval_dataset, fim_stats = _setup_data(data, job, tokenizer)
-    args = training_arguments(
-        job,
-        has_eval=eval_dataset is not None,
-        dataset_text_field="text",
-        eos_token=ENDOFTEXT,
-        packing_strategy="bfd_split",
-    )
+    args = arguments(job, has_eval=eval_dataset is not None)
     trainer, metrics = run_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings)
     if is_main_process():
         save_adapter(trainer, tokenizer, job.adapter_dir, chat_model=False)
@@ -57,6 +51,13 @@ def run_cpt(job: StageJob, data: TrainingData) -> dict[str, Any]:
     if fim_stats is not None:
         metrics["fim"] = fim_stats
     return {"metrics": metrics, "lora": lora}
+
+
+def arguments(job: StageJob, has_eval: bool):
+    """Stage 1's trl config: plain text documents, each closed with <|endoftext|>, packed and split."""
+    return training_arguments(
+        job, has_eval, dataset_text_field="text", eos_token=ENDOFTEXT, packing_strategy="bfd_split"
+    )
 
 
 def merged_dir(job: StageJob) -> Path:
