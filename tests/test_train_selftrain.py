@@ -275,6 +275,30 @@ def test_kto_trains_on_unpaired_answers(tmp_path, tiny_model_dir):
     assert (job.adapter_dir / "adapter_config.json").exists()
 
 
+def test_a_resumed_preference_round_keeps_its_logged_steps(tmp_path, tiny_model_dir):
+    # the trainer's log callback learns the checkpoint it resumes from: lines up to it stay in metrics.jsonl
+    cfg = dpo_config(tmp_path, tiny_model_dir, loss="kto", max_steps=2)
+    cfg.train.save_steps = 1
+    unpaired = [
+        {"prompt": conversation(i)[:2], "completion": [{"role": "assistant", "content": text}], "label": good}
+        for i in range(2)
+        for text, good in ((conversation(i)[2]["content"], True), ("def f(): pass", False))
+    ]
+    job = selftrain.RoundJob(
+        cfg=cfg, stage="dpo", base_source=str(tiny_model_dir), backend="hf", console=QUIET
+    )
+
+    def logged_losses():
+        rows = [json.loads(line) for line in job.metrics_path.read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in rows if r["stage"] == "dpo" and "loss" in r]
+
+    preference.run_preference(job, pairs=[], unpaired=unpaired)
+    first = logged_losses()
+    assert [step for step, _ in first] == [1, 2]
+    preference.run_preference(job, pairs=[], unpaired=unpaired)  # resumes from checkpoint-2: nothing to train
+    assert logged_losses() == first
+
+
 def test_grpo_trains_with_the_checker_reward(tmp_path, tiny_model_dir):
     data_dir = write_data(tmp_path / "data", n_train=8, n_heldout=0)
     cfg = make_config(

@@ -79,8 +79,7 @@ def run_preference(
 
         args = KTOConfig(**common_arguments(job), beta=sc.beta, max_length=sc.max_length)
         trainer_cls, dataset = KTOTrainer, Dataset.from_list(unpaired)
-    trainer = _trainer(job, trainer_cls, model, tokenizer, args, dataset, lora)
-    metrics = _train_and_save(job, trainer, tokenizer)
+    metrics = _train_and_save(job, trainer_cls, model, tokenizer, args, dataset, lora)
     metrics["loss_type"] = loss
     return {"metrics": metrics, "lora": lora}
 
@@ -112,11 +111,13 @@ def run_grpo(job: StageJob, data: Any) -> dict[str, Any]:
         temperature=sampling.temperature,
         top_p=sampling.top_p,
     )
-    trainer = _trainer(job, GRPOTrainer, model, tokenizer, args, dataset, lora, reward_funcs=[checker_reward])
-    return {"metrics": _train_and_save(job, trainer, tokenizer), "lora": lora}
+    metrics = _train_and_save(
+        job, GRPOTrainer, model, tokenizer, args, dataset, lora, reward_funcs=[checker_reward]
+    )
+    return {"metrics": metrics, "lora": lora}
 
 
-def _trainer(
+def _train_and_save(
     job: StageJob,
     trainer_cls: Any,
     model: Any,
@@ -125,25 +126,24 @@ def _trainer(
     dataset: Any,
     lora: dict[str, Any],
     **extra: Any,
-) -> Any:
+) -> dict[str, Any]:
+    """Build the trl trainer, train (resuming a matching checkpoint), save `adapter/`; returns the metrics."""
     from transformers import PrinterCallback
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    resume_from = decide_resume(
+        job
+    )  # before the callbacks: metrics.jsonl keeps the lines up to the checkpoint
     trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config(lora),
-        callbacks=stage_callbacks(job, None),
+        callbacks=stage_callbacks(job, resume_from),
         **extra,
     )
     trainer.remove_callback(PrinterCallback)
-    return trainer
-
-
-def _train_and_save(job: StageJob, trainer: Any, tokenizer: Any) -> dict[str, Any]:
-    resume_from = decide_resume(job)
     record_fingerprint(job)
     train(trainer, job, resume_from)
     if is_main_process():
