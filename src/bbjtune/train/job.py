@@ -29,7 +29,7 @@ class StageJob:
     """One stage's run: what it trains, where it writes, how it was asked to start."""
 
     cfg: RunConfig
-    stage: str  # "cpt" or "sft"
+    stage: str  # "cpt", "sft", or a self-training stage ("rft", "dpo", "grpo")
     base_source: str  # the model the adapter is trained on
     backend: str  # "hf" or "unsloth" (resolved)
     console: Console

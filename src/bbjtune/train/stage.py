@@ -197,7 +197,7 @@ def _manifest(directory: Path) -> dict[str, Any]:
     return read_record(directory / MANIFEST_NAME)
 
 
-def _is_done(job: Any) -> bool:
+def _is_done(job: StageJob) -> bool:
     manifest = _manifest(job.out_dir)
     outputs_there = (job.adapter_dir / "adapter_config.json").exists() and (
         job.stage != "cpt" or (job.out_dir / "merged" / "config.json").exists()
@@ -217,7 +217,7 @@ class _Record(StageRun):
         return super().write_manifest(status) if is_main_process() else self.dir / MANIFEST_NAME
 
 
-def _run_one(job: Any, data: TrainingData) -> dict[str, Any]:
+def _run_one(job: StageJob, data: TrainingData) -> dict[str, Any]:
     if _is_done(job):
         manifest = _manifest(job.out_dir)
         job.console.print(
@@ -253,7 +253,7 @@ def _run_one(job: Any, data: TrainingData) -> dict[str, Any]:
     return result
 
 
-def _summarize(job: Any, metrics: dict[str, Any]) -> None:
+def _summarize(job: StageJob, metrics: dict[str, Any]) -> None:
     def fmt(v: Any) -> str:
         return f"{v:.4f}" if isinstance(v, (int, float)) else "–"
 
