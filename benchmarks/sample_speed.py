@@ -27,7 +27,6 @@ import argparse
 import json
 import platform
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
@@ -35,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from generate_batching import load, suite_prompts  # noqa: E402 — the same model and prompts as that benchmark
+from generate_batching import load, suite_prompts, timed_generate  # noqa: E402 — the same model and prompts as that benchmark
 
 
 def parse_args() -> argparse.Namespace:
@@ -61,7 +60,6 @@ def parse_args() -> argparse.Namespace:
     args.old_prompts = args.old_prompts or (8 if args.smoke else 32)
     args.max_new_tokens = args.max_new_tokens or (12 if args.smoke else 128)
     args.batch_tokens = args.batch_tokens or (2048 if args.smoke else 262144)
-    args.sequential_sample = 0
     return args
 
 
@@ -69,18 +67,11 @@ def timed(backend, requests, sampling) -> dict:
     import torch
 
     if torch.cuda.is_available():
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    results = dict(backend.generate(requests, sampling))
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    tokens = sum(c.tokens or 0 for comps in results.values() for c in comps)
-    assert len(results) == len(requests)
+    seconds, tokens = timed_generate(backend, requests, sampling)
     out = {
         "prompts": len(requests),
-        "answers": sum(len(c) for c in results.values()),
+        "answers": len(requests) * sampling.n,  # every backend returns n completions per request
         "seconds": round(seconds, 2),
         "tokens": tokens,
         "tokens_per_s": round(tokens / seconds, 1),

@@ -21,7 +21,7 @@ def test_cpt_trains_on_every_token_and_merges(tmp_path, tiny_model_dir):
     from bbjtune.train import cpt
     from bbjtune.train.job import StageJob
     from bbjtune.train.model_io import load_training_tokenizer
-    from bbjtune.train.trainer import make_trainer, training_arguments
+    from bbjtune.train.trainer import make_trainer
     from bbjtune.train.inputs import load_training_data
 
     write_data(tmp_path / "data", n_cpt=12)
@@ -40,9 +40,7 @@ def test_cpt_trains_on_every_token_and_merges(tmp_path, tiny_model_dir):
     model, settings, _ = cpt._setup_model(job)
     train, heldout, _ = cpt._setup_data(data)
     assert heldout is not None and len(heldout) == 4  # the held-out answers' code
-    args = training_arguments(
-        job, has_eval=True, dataset_text_field="text", eos_token="<|endoftext|>", packing_strategy="bfd_split"
-    )
+    args = cpt.arguments(job, has_eval=True)
     trainer = make_trainer(job, model, tokenizer, args, train, heldout, settings, callbacks=[])
     batch = next(iter(trainer.get_train_dataloader()))
     ids, labels, pos = batch["input_ids"], batch["labels"], batch["position_ids"]
@@ -85,7 +83,7 @@ def test_cpt_embeddings_train_with_their_own_learning_rate(tmp_path, tiny_model_
     from bbjtune.train import cpt
     from bbjtune.train.job import StageJob
     from bbjtune.train.model_io import load_training_tokenizer
-    from bbjtune.train.trainer import make_trainer, training_arguments
+    from bbjtune.train.trainer import make_trainer
     from bbjtune.train.inputs import load_training_data
 
     write_data(tmp_path / "data", n_cpt=8)
@@ -101,13 +99,7 @@ def test_cpt_embeddings_train_with_their_own_learning_rate(tmp_path, tiny_model_
     model, settings, _ = cpt._setup_model(job)
     assert settings["modules_to_save"] == ["embed_tokens"]  # tied lm_head follows the embedding
     train, _, _ = cpt._setup_data(data)
-    args = training_arguments(
-        job,
-        has_eval=False,
-        dataset_text_field="text",
-        eos_token="<|endoftext|>",
-        packing_strategy="bfd_split",
-    )
+    args = cpt.arguments(job, has_eval=False)
     trainer = make_trainer(
         job,
         model,

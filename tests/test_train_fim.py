@@ -132,7 +132,7 @@ def test_loss_covers_the_whole_fim_sample_and_training_records_it(tmp_path, tiny
     from bbjtune.train.inputs import load_training_data
     from bbjtune.train.job import StageJob
     from bbjtune.train.model_io import load_training_tokenizer
-    from bbjtune.train.trainer import make_trainer, training_arguments
+    from bbjtune.train.trainer import make_trainer
     from bbjtune.train.stage import run_stage
 
     write_data(tmp_path / "data", n_cpt=12)
@@ -145,13 +145,7 @@ def test_loss_covers_the_whole_fim_sample_and_training_records_it(tmp_path, tiny
     train, _, stats = cpt._setup_data(data, job, tokenizer)
     assert stats["fim_samples"] == 12 and all(t.startswith(FIM_PREFIX) for t in train["text"])
     model, settings, _ = cpt._setup_model(job)
-    args = training_arguments(
-        job,
-        has_eval=False,
-        dataset_text_field="text",
-        eos_token="<|endoftext|>",
-        packing_strategy="bfd_split",
-    )
+    args = cpt.arguments(job, has_eval=False)
     trainer = make_trainer(job, model, tokenizer, args, train, None, settings, callbacks=[])
     batch = next(iter(trainer.get_train_dataloader()))
     ids, labels, pos = batch["input_ids"], batch["labels"], batch["position_ids"]

@@ -57,7 +57,7 @@ def clean_rates(eval_dir: Path) -> tuple[dict[str, dict[str, float | None]], str
     """clean@1 and compile@1 per suite from the first sample of each compiled case; answer lengths."""
     from bbjtune.artifacts import read_complete_jsonl
     from bbjtune.evaluate.suite import EvalCase
-    from bbjtune.train.verdict import judge, tier
+    from bbjtune.train.verdict import CHECKS, judge
 
     cases = [EvalCase.from_dict(json.loads(line)) for line in
              (eval_dir / "cases.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -79,7 +79,7 @@ def clean_rates(eval_dir: Path) -> tuple[dict[str, dict[str, float | None]], str
     allv = [x for v in per_suite.values() for x in v]
     table["all"] = {"compile_at_1": pct(sum(c for c, _ in allv) / len(allv)) if allv else None,
                     "clean_at_1": pct(sum(k for _, k in allv) / len(allv)) if allv else None}
-    return table, tier(), [len(cases), ran_on, *lengths]
+    return table, CHECKS, [len(cases), ran_on, *lengths]
 
 
 def row_for(eval_dir: Path) -> dict:

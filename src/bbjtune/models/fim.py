@@ -44,17 +44,7 @@ FIM_TOKENS = (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, FIM_PAD, REPO_NAME, FILE_SEP)
 
 # What ends a completion: the model's own end (<|endoftext|>), and any structure token, which means
 # the model has left the middle (Continue stops on the same set for Qwen2.5-Coder).
-FIM_STOP_TOKENS = (
-    ENDOFTEXT,
-    FIM_PREFIX,
-    FIM_SUFFIX,
-    FIM_MIDDLE,
-    FIM_PAD,
-    REPO_NAME,
-    FILE_SEP,
-    IM_START,
-    IM_END,
-)
+FIM_STOP_TOKENS = (ENDOFTEXT, *FIM_TOKENS, IM_START, IM_END)
 
 
 def fim_prompt(prefix: str, suffix: str) -> str:

@@ -22,7 +22,7 @@ run loses at most one batch.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -332,18 +332,17 @@ class TransformersBackend:
         torch.manual_seed(seed)
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
-        new_tokens = out[:, enc["input_ids"].shape[1] :].tolist()
-        results = []
         stop_set = set(stop_ids)
-        for ids in new_tokens:
-            end = next((k for k, t in enumerate(ids) if t in stop_set), None)
-            finish = "stop" if end is not None else "length"
-            ids = ids if end is None else ids[:end]
-            self.generated_tokens += len(ids)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            text, hit = truncate_at_stop(text, stops)
-            results.append((text, "stop" if hit else finish, len(ids)))
-        return results
+        return [self.answer(ids, stop_set, stops) for ids in out[:, enc["input_ids"].shape[1] :].tolist()]
+
+    def answer(self, ids: Sequence[int], stop_ids: set[int], stops: tuple[str, ...]) -> tuple[str, str, int]:
+        """(text, finish reason, tokens) of generated ids: cut at the first stop id, then at the first stop string."""
+        end = next((k for k, t in enumerate(ids) if t in stop_ids), None)
+        finish = "stop" if end is not None else "length"
+        ids = ids if end is None else ids[:end]
+        self.generated_tokens += len(ids)
+        text, hit = truncate_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), stops)
+        return text, "stop" if hit else finish, len(ids)
 
 
 def _split_by_settings(batch: list[int], requests: Sequence[Request]) -> list[list[int]]:
@@ -356,9 +355,6 @@ def _split_by_settings(batch: list[int], requests: Sequence[Request]) -> list[li
 def _has_tokenizer(path: str) -> bool:
     p = Path(path)
     return (p / "tokenizer_config.json").exists() or (p / "tokenizer.json").exists()
-
-
-ProgressCallback = Callable[[int], None]
 
 
 # ----------------------------------------------------------------------------- continuous batching
@@ -431,11 +427,5 @@ def _completion(
 ) -> Completion:
     if out.error is not None:
         return Completion.failed(str(out.error), share)
-    tokens = list(out.generated_tokens)
-    stop_set = set(stop_ids)
-    end = next((k for k, t in enumerate(tokens) if t in stop_set), None)
-    finish = "stop" if end is not None else "length"
-    tokens = tokens if end is None else tokens[:end]
-    backend.generated_tokens += len(tokens)
-    text, hit = truncate_at_stop(backend.tokenizer.decode(tokens, skip_special_tokens=True), stops)
-    return Completion(text, "stop" if hit else finish, None, round(share, 4), len(tokens))
+    text, finish, tokens = backend.answer(list(out.generated_tokens), set(stop_ids), stops)
+    return Completion(text, finish, None, round(share, 4), tokens)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bbjtune.artifacts import atomic_write_json
 from bbjtune.errors import BbjtuneError
-from bbjtune.train.job import StageJob, is_main_process, wait_for_everyone
+from bbjtune.train.job import StageJob, is_main_process, read_record, wait_for_everyone
 
 FINGERPRINT_FILE = "fingerprint.json"
 
@@ -42,10 +42,7 @@ def checkpoint_step(checkpoint: Path) -> int:
 def decide_resume(job: StageJob) -> Path | None:
     """The checkpoint to resume from, or None to start fresh (old checkpoints are then removed)."""
     found = last_checkpoint(job.checkpoints_dir)
-    recorded = None
-    fp_file = job.checkpoints_dir / FINGERPRINT_FILE
-    if fp_file.exists():
-        recorded = json.loads(fp_file.read_text(encoding="utf-8")).get("fingerprint")
+    recorded = read_record(job.checkpoints_dir / FINGERPRINT_FILE).get("fingerprint")
     matches = found is not None and recorded == job.fingerprint()
     if job.resume == "always":
         if found is None:

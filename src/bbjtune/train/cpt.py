@@ -19,7 +19,6 @@ the merged model, quantized again if QLoRA is on).
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from bbjtune.train.inputs import TrainingData
 from bbjtune.train.job import StageJob, is_main_process, wait_for_everyone
 from bbjtune.train.lora import lora_settings
 from bbjtune.train.model_io import load_training_tokenizer, save_adapter
-from bbjtune.train.trainer import run_trainer, training_arguments
+from bbjtune.train.trainer import free_memory, run_trainer, training_arguments
 
 
 def run_cpt(job: StageJob, data: TrainingData) -> dict[str, Any]:
@@ -40,24 +39,25 @@ def run_cpt(job: StageJob, data: TrainingData) -> dict[str, Any]:
     tokenizer = load_training_tokenizer(job.base_source)
     model, peft_settings, lora = _setup_model(job)
     train_dataset, eval_dataset, fim_stats = _setup_data(data, job, tokenizer)
-    args = training_arguments(
-        job,
-        has_eval=eval_dataset is not None,
-        dataset_text_field="text",
-        eos_token=ENDOFTEXT,
-        packing_strategy="bfd_split",
-    )
+    args = arguments(job, has_eval=eval_dataset is not None)
     trainer, metrics = run_trainer(job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings)
     if is_main_process():
         save_adapter(trainer, tokenizer, job.adapter_dir, chat_model=False)
     del trainer, model
-    _free_memory()
+    free_memory()
     if is_main_process():
         merge(job)
     wait_for_everyone()
     if fim_stats is not None:
         metrics["fim"] = fim_stats
     return {"metrics": metrics, "lora": lora}
+
+
+def arguments(job: StageJob, has_eval: bool):
+    """Stage 1's trl config: plain text documents, each closed with <|endoftext|>, packed and split."""
+    return training_arguments(
+        job, has_eval, dataset_text_field="text", eos_token=ENDOFTEXT, packing_strategy="bfd_split"
+    )
 
 
 def merged_dir(job: StageJob) -> Path:
@@ -127,11 +127,3 @@ def merge(job: StageJob) -> Path:
         dtype=job.cfg.model.dtype,
         device_map={"": 0} if torch.cuda.is_available() else None,
     )
-
-
-def _free_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

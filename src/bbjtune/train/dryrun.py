@@ -74,15 +74,8 @@ def packed_rows(lengths: list[int], max_length: int) -> int:
 def show_dry_run(cfg: RunConfig, stages: list[str], data: TrainingData, console: Console) -> None:
     console.rule(f"[bold]bbjtune train --dry-run[/] {cfg.name}")
     wanted = cfg.train.backend
-    chosen = (
-        "unsloth"
-        if wanted == "unsloth"
-        else (
-            "unsloth"
-            if wanted == "auto" and backends.unsloth_importable() and backends.cuda_available()
-            else "hf"
-        )
-    )
+    # an explicit unsloth is shown as asked (the real run says why it cannot run here); auto resolves as it will
+    chosen = "unsloth" if wanted == "unsloth" else backends.choose_backend(wanted)
     q = cfg.train.quantization
     console.print(f"model      {cfg.model.source} ({cfg.model.kind}), stages: {' → '.join(stages)}")
     console.print(

@@ -101,10 +101,6 @@ def load_conversations(path: Path, required: bool = True) -> list[list[dict[str,
     return [check_conversation(obj, f"{path}:{lineno}") for lineno, obj in read_jsonl(path, PREPARE_FIX)]
 
 
-def load_texts(path: Path) -> list[str]:
-    return [text for text, _ in load_text_records(path)]
-
-
 def load_text_records(path: Path) -> list[tuple[str, str | None]]:
     """(text, source) of each cpt.jsonl line with text; source is the file path or chatml:<id>."""
     if not path.exists():

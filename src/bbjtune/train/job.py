@@ -29,7 +29,7 @@ class StageJob:
     """One stage's run: what it trains, where it writes, how it was asked to start."""
 
     cfg: RunConfig
-    stage: str  # "cpt" or "sft"
+    stage: str  # "cpt", "sft", or a self-training stage ("rft", "dpo", "grpo")
     base_source: str  # the model the adapter is trained on
     backend: str  # "hf" or "unsloth" (resolved)
     console: Console
@@ -74,6 +74,14 @@ class StageJob:
             "data": self.data_fingerprint,
         }
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A JSON record an earlier run wrote (manifest, fingerprint, round), or {} when missing or torn."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def is_main_process() -> bool:

@@ -25,7 +25,7 @@ from bbjtune.train.job import StageJob, is_main_process
 from bbjtune.train.lora import lora_settings, peft_config
 from bbjtune.train.model_io import load_training_tokenizer, save_adapter
 from bbjtune.train.samples import training_prompts
-from bbjtune.train.trainer import optimizer_name, precision, stage_callbacks, train
+from bbjtune.train.trainer import common_arguments, final_metrics, stage_callbacks, train
 from bbjtune.train.verdict import judge
 
 
@@ -34,41 +34,6 @@ def choose_loss(loss: str, pairs: int, min_pairs: int) -> str:
     if loss != "auto":
         return loss
     return "dpo" if pairs >= min_pairs else "kto"
-
-
-def _common_args(job: StageJob) -> dict[str, Any]:
-    """The TrainingArguments every trl config here shares, from the bbjtune config."""
-    import torch
-
-    sc, t = job.stage_cfg, job.cfg.train
-    save_strategy, save_steps = ("steps", t.save_steps) if t.save_steps else ("epoch", None)
-    return dict(
-        output_dir=str(job.checkpoints_dir),
-        use_cpu=not torch.cuda.is_available(),
-        seed=t.seed,
-        data_seed=t.seed,
-        num_train_epochs=sc.epochs,
-        max_steps=sc.max_steps,
-        per_device_train_batch_size=sc.per_device_batch_size,
-        gradient_accumulation_steps=sc.gradient_accumulation_steps,
-        learning_rate=sc.learning_rate,
-        lr_scheduler_type=sc.lr_scheduler,
-        warmup_steps=sc.warmup_ratio,
-        weight_decay=sc.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=optimizer_name(job.cfg),
-        **precision(job.cfg),
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
-        logging_steps=t.logging_steps,
-        logging_first_step=True,
-        disable_tqdm=True,
-        report_to="none",
-        save_strategy=save_strategy,
-        save_steps=save_steps,
-        save_total_limit=t.save_total_limit,
-        dataloader_num_workers=0,
-    )
 
 
 def _setup(job: StageJob) -> tuple[Any, Any, dict[str, Any]]:
@@ -107,15 +72,14 @@ def run_preference(
     if loss == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        args = DPOConfig(**_common_args(job), beta=sc.beta, max_length=sc.max_length)
+        args = DPOConfig(**common_arguments(job), beta=sc.beta, max_length=sc.max_length)
         trainer_cls, dataset = DPOTrainer, Dataset.from_list(pairs)
     else:
         from trl import KTOConfig, KTOTrainer
 
-        args = KTOConfig(**_common_args(job), beta=sc.beta, max_length=sc.max_length)
+        args = KTOConfig(**common_arguments(job), beta=sc.beta, max_length=sc.max_length)
         trainer_cls, dataset = KTOTrainer, Dataset.from_list(unpaired)
-    trainer = _trainer(job, trainer_cls, model, tokenizer, args, dataset, lora)
-    metrics = _train_and_save(job, trainer, tokenizer)
+    metrics = _train_and_save(job, trainer_cls, model, tokenizer, args, dataset, lora)
     metrics["loss_type"] = loss
     return {"metrics": metrics, "lora": lora}
 
@@ -140,18 +104,20 @@ def run_grpo(job: StageJob, data: Any) -> dict[str, Any]:
 
     tokenizer, model, lora = _setup(job)
     args = GRPOConfig(
-        **_common_args(job),
+        **common_arguments(job),
         beta=sc.beta,
         num_generations=sampling.samples_per_prompt,
         max_completion_length=sampling.max_new_tokens,
         temperature=sampling.temperature,
         top_p=sampling.top_p,
     )
-    trainer = _trainer(job, GRPOTrainer, model, tokenizer, args, dataset, lora, reward_funcs=[checker_reward])
-    return {"metrics": _train_and_save(job, trainer, tokenizer), "lora": lora}
+    metrics = _train_and_save(
+        job, GRPOTrainer, model, tokenizer, args, dataset, lora, reward_funcs=[checker_reward]
+    )
+    return {"metrics": metrics, "lora": lora}
 
 
-def _trainer(
+def _train_and_save(
     job: StageJob,
     trainer_cls: Any,
     model: Any,
@@ -160,36 +126,30 @@ def _trainer(
     dataset: Any,
     lora: dict[str, Any],
     **extra: Any,
-) -> Any:
+) -> dict[str, Any]:
+    """Build the trl trainer, train (resuming a matching checkpoint), save `adapter/`; returns the metrics."""
     from transformers import PrinterCallback
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    resume_from = decide_resume(
+        job
+    )  # before the callbacks: metrics.jsonl keeps the lines up to the checkpoint
     trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config(lora),
-        callbacks=stage_callbacks(job, None),
+        callbacks=stage_callbacks(job, resume_from),
         **extra,
     )
     trainer.remove_callback(PrinterCallback)
-    return trainer
-
-
-def _train_and_save(job: StageJob, trainer: Any, tokenizer: Any) -> dict[str, Any]:
-    resume_from = decide_resume(job)
     record_fingerprint(job)
     train(trainer, job, resume_from)
     if is_main_process():
         save_adapter(trainer, tokenizer, job.adapter_dir, chat_model=True)
     history = trainer.state.log_history
-    losses = [h["loss"] for h in history if "loss" in h]
-    metrics: dict[str, Any] = {
-        "steps": trainer.state.global_step,
-        "first_loss": losses[0] if losses else None,
-        "final_loss": losses[-1] if losses else None,
-    }
+    metrics = final_metrics(trainer, has_eval=False)
     for key in ("rewards/margins", "rewards/chosen", "rewards/rejected", "reward", "kl"):
         values = [h[key] for h in history if key in h]
         if values:

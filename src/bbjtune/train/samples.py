@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,13 +115,14 @@ def sample_prompts(
 ) -> list[dict[str, Any]]:
     """k samples per prompt, judged and appended to `path`; prompts already complete there are not sampled again."""
     rows = read_samples(path)
-    done = {pid for pid, n in _counts(rows).items() if n >= sampling.samples_per_prompt}
-    by_id = {p.id: p for p in prompts}
+    done = {
+        pid for pid, n in Counter(r["prompt_id"] for r in rows).items() if n >= sampling.samples_per_prompt
+    }
     todo = [p for p in prompts if p.id not in done]
     rows = [r for r in rows if r["prompt_id"] in done]  # a prompt cut off halfway is sampled again in full
     atomic_write_jsonl(path, rows)
     if on_prompt and done:
-        on_prompt(len(done & by_id.keys()))
+        on_prompt(len(done & {p.id for p in prompts}))
     if not todo:
         return rows
     requests = [Request(messages=p.context, meta={"id": p.id}) for p in todo]
@@ -164,13 +166,6 @@ def _row(prompt: SelfPrompt, sample: int, completion: Any, sampling: SelfSampleC
         "tokens": completion.tokens,
         "verdict": verdict.to_dict(),
     }
-
-
-def _counts(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["prompt_id"]] = counts.get(r["prompt_id"], 0) + 1
-    return counts
 
 
 def by_prompt(rows: Sequence[dict[str, Any]]) -> Iterator[tuple[str, list[dict[str, Any]]]]:

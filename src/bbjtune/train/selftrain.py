@@ -19,9 +19,7 @@ lists all rounds (the report's section). A finished round is not redone; a kille
 
 from __future__ import annotations
 
-import gc
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +33,10 @@ from bbjtune.models.merge import merge_adapters
 from bbjtune.progress import new_progress
 from bbjtune.train import preference, sft
 from bbjtune.train.inputs import TrainingData
-from bbjtune.train.job import StageJob, is_main_process, wait_for_everyone
+from bbjtune.train.job import StageJob, is_main_process, read_record, wait_for_everyone
 from bbjtune.train.samples import SAMPLES_FILE, SelfPrompt, by_prompt, sample_prompts, training_prompts
-from bbjtune.train.verdict import tier
+from bbjtune.train.trainer import free_memory
+from bbjtune.train.verdict import CHECKS
 
 SUMMARY_FILE = "selftrain.json"
 REPORT_FILE = "selftrain.md"
@@ -71,13 +70,9 @@ class RoundJob(StageJob):
         return self.cfg.train_dir / self.stage / f"round-{self.round}"
 
 
-def sampling_of(job: StageJob) -> SelfSampleConfig:
-    return job.stage_cfg.sampling
-
-
 def run_selftrain(job: StageJob, data: TrainingData, previous: tuple[str, str | None]) -> dict[str, Any]:
     """All rounds of one self-training stage, starting from `previous` = (16-bit model, adapter or None)."""
-    sampling = sampling_of(job)
+    sampling = job.stage_cfg.sampling
     rounds: list[dict[str, Any]] = []
     result: dict[str, Any] = {}
     for n in range(1, sampling.rounds + 1):
@@ -99,7 +94,7 @@ def run_selftrain(job: StageJob, data: TrainingData, previous: tuple[str, str | 
         if is_main_process():
             atomic_write_json(
                 job.cfg.train_dir / job.stage / SUMMARY_FILE,
-                {"stage": job.stage, "checks": tier(), "rounds": rounds},
+                {"stage": job.stage, "checks": CHECKS, "rounds": rounds},
             )
             atomic_write_text(job.cfg.train_dir / job.stage / REPORT_FILE, report_section(job.stage, rounds))
     return {
@@ -125,13 +120,15 @@ def _start_model(job: RoundJob, previous: tuple[str, str | None], origin: str) -
 
     Whatever was sampled from an older start model is stale then too, so the round's samples go with it.
     """
+    import torch
+
     base, adapter = previous
     if adapter is None:
         return base
     start = job.out_dir / "start"
     record = job.out_dir / START_FILE
     if is_main_process() and (
-        not (start / "config.json").exists() or _read_json(record).get("origin") != origin
+        not (start / "config.json").exists() or read_record(record).get("origin") != origin
     ):
         (job.out_dir / SAMPLES_FILE).unlink(missing_ok=True)
         job.console.print(f"{job.stage} round {job.round}: merging {adapter} into {base} → {start}")
@@ -142,7 +139,7 @@ def _start_model(job: RoundJob, previous: tuple[str, str | None], origin: str) -
             tokenizer_source=adapter,
             chat=True,
             dtype=job.cfg.model.dtype,
-            device_map={"": 0} if _cuda() else None,
+            device_map={"": 0} if torch.cuda.is_available() else None,
         )
         atomic_write_json(record, {"origin": origin, "base": base, "adapter": adapter})
     wait_for_everyone()
@@ -151,7 +148,7 @@ def _start_model(job: RoundJob, previous: tuple[str, str | None], origin: str) -
 
 def run_round(job: RoundJob, data: TrainingData) -> dict[str, Any]:
     """Sample, judge, build the data and train one round; a round already done is read back."""
-    done = _read_json(job.out_dir / ROUND_FILE)
+    done = read_record(job.out_dir / ROUND_FILE)
     if (
         job.resume != "never"
         and done.get("fingerprint") == job.fingerprint()
@@ -159,7 +156,7 @@ def run_round(job: RoundJob, data: TrainingData) -> dict[str, Any]:
     ):
         job.console.print(f"[green]✓[/] {job.stage} round {job.round}: already trained ({job.adapter_dir})")
         return {"metrics": done.get("metrics", {}), "lora": done.get("lora", {}), "round": done["stats"]}
-    sampling = sampling_of(job)
+    sampling = job.stage_cfg.sampling
     prompts = training_prompts(job.cfg, data.conversations, sampling)
     if not prompts.prompts:
         raise BbjtuneError(
@@ -170,7 +167,7 @@ def run_round(job: RoundJob, data: TrainingData) -> dict[str, Any]:
     built = build_data(job, prompts.prompts, rows)
     stats = {
         "round": job.round,
-        "checks": tier(),
+        "checks": CHECKS,
         "prompts": len(prompts.prompts),
         "prompts_skipped": prompts.skipped,
         **sample_stats(rows),
@@ -202,7 +199,7 @@ def _sample(
         "sampling": sampling.model_dump(mode="json", exclude={"rounds"}),
         "start": job.data_fingerprint,
     }
-    if _read_json(job.out_dir / SAMPLING_FILE) != settings:  # samples drawn otherwise are not reused
+    if read_record(job.out_dir / SAMPLING_FILE) != settings:  # samples drawn otherwise are not reused
         path.unlink(missing_ok=True)
         atomic_write_json(job.out_dir / SAMPLING_FILE, settings)
     backend = None
@@ -238,7 +235,7 @@ def _sample(
     finally:
         if backend is not None:
             backend.close()
-        _free_memory()
+        free_memory()
     speed = {
         "engine": sampling.engine,
         "generated_tokens": tokens,
@@ -349,7 +346,7 @@ def report_section(stage: str, rounds: list[dict[str, Any]]) -> str:
     lines = [
         f"## Self-training: {stage}",
         "",
-        f"Checks: {rounds[0]['checks'] if rounds else tier()}. Rates are shares of all samples of the round.",
+        f"Checks: {rounds[0]['checks'] if rounds else CHECKS}. Rates are shares of all samples of the round.",
         "",
         "| " + " | ".join(title for _, title in REPORT_COLUMNS) + " |",
         "|" + "---|" * len(REPORT_COLUMNS),
@@ -381,24 +378,3 @@ def describe_round(stage: str, s: dict[str, Any]) -> str:
 
 def _describe_skips(skipped: dict[str, int]) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in skipped.items()) or "train.jsonl has no conversations"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _free_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -14,7 +14,6 @@ round's merged start model and its adapter.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,11 @@ from bbjtune.models.trained import write_trained
 from bbjtune.train import backends, cpt, sft
 from bbjtune.train.dryrun import show_dry_run
 from bbjtune.train.inputs import TrainingData, load_training_data
-from bbjtune.train.job import StageJob, is_main_process
+from bbjtune.train.job import StageJob, is_main_process, read_record
 from bbjtune.train.modelcard import write_model_card
 from bbjtune.train.selftrain import run_selftrain
 from bbjtune.train.trainer import configure_torch
-from bbjtune.train.verdict import tier as verdict_tier
+from bbjtune.train.verdict import CHECKS
 
 STAGES = ("cpt", "sft", "rft", "dpo", "grpo")
 SELF_TRAINING = ("rft", "dpo", "grpo")
@@ -70,7 +69,7 @@ def run_stage(
                 console.print(
                     f"{s}: {sampling.rounds} round(s) of {sampling.samples_per_prompt} samples per training "
                     f"prompt (temperature {sampling.temperature:g}, up to {sampling.max_new_tokens} tokens), "
-                    f"judged by {verdict_tier()}; then training on the verdicts"
+                    f"judged by {CHECKS}; then training on the verdicts"
                 )
         return cfg.train_dir
 
@@ -111,7 +110,7 @@ def run_stage(
 def model_after(cfg: RunConfig, stage: str, chained: bool) -> tuple[str, str | None]:
     """(16-bit model, adapter or None) that `stage` produced: what the next self-training stage starts from."""
     if stage in SELF_TRAINING:
-        summary = _manifest_file(cfg.train_dir / stage / "selftrain.json")
+        summary = read_record(cfg.train_dir / stage / "selftrain.json")
         rounds = summary.get("rounds") or []
         if not rounds:
             raise BbjtuneError(
@@ -170,13 +169,6 @@ def _run_self_training(
     return result
 
 
-def _manifest_file(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def base_for(cfg: RunConfig, stage: str, chained: bool) -> str:
     """Stage 1 starts from the original model; stage 2 from stage 1's merged model when they are chained."""
     if stage == "cpt" or not chained:
@@ -202,10 +194,10 @@ def data_fingerprint(cfg: RunConfig, stage: str, chained: bool) -> str:
 
 
 def _manifest(directory: Path) -> dict[str, Any]:
-    return _manifest_file(directory / MANIFEST_NAME)
+    return read_record(directory / MANIFEST_NAME)
 
 
-def _is_done(job: Any) -> bool:
+def _is_done(job: StageJob) -> bool:
     manifest = _manifest(job.out_dir)
     outputs_there = (job.adapter_dir / "adapter_config.json").exists() and (
         job.stage != "cpt" or (job.out_dir / "merged" / "config.json").exists()
@@ -225,7 +217,7 @@ class _Record(StageRun):
         return super().write_manifest(status) if is_main_process() else self.dir / MANIFEST_NAME
 
 
-def _run_one(job: Any, data: TrainingData) -> dict[str, Any]:
+def _run_one(job: StageJob, data: TrainingData) -> dict[str, Any]:
     if _is_done(job):
         manifest = _manifest(job.out_dir)
         job.console.print(
@@ -261,7 +253,7 @@ def _run_one(job: Any, data: TrainingData) -> dict[str, Any]:
     return result
 
 
-def _summarize(job: Any, metrics: dict[str, Any]) -> None:
+def _summarize(job: StageJob, metrics: dict[str, Any]) -> None:
     def fmt(v: Any) -> str:
         return f"{v:.4f}" if isinstance(v, (int, float)) else "–"
 
@@ -286,32 +278,22 @@ def _summarize(job: Any, metrics: dict[str, Any]) -> None:
 def _write_handle(
     cfg: RunConfig, last_stage: str, result: dict[str, Any], data: TrainingData, chained: bool
 ) -> Path:
+    base, adapter = model_after(cfg, last_stage, chained)
     if last_stage in SELF_TRAINING:
-        base, adapter = model_after(cfg, last_stage, chained)
         plan = _plan_with(cfg, last_stage)
         chain = [s for s in plan[: plan.index(last_stage) + 1] if s != "cpt" or chained]
-        return write_trained(
-            cfg.train_dir,
-            base_model=base,
-            original_model=cfg.model.source,
-            adapter=Path(adapter),
-            tokenizer=Path(adapter),
-            stages=chain,
-            lora=result["lora"],
-            max_length=cfg.train.sft.max_length,
-            system_prompt=cfg.data.system_prompt or data.system_prompt,
-        )
-    stage_dir = cfg.train_dir / last_stage
-    base = base_for(cfg, last_stage, chained)
-    chain = ["cpt", "sft"] if last_stage == "sft" and base != cfg.model.source else [last_stage]
+        max_length = cfg.train.sft.max_length
+    else:
+        chain = ["cpt", "sft"] if last_stage == "sft" and base != cfg.model.source else [last_stage]
+        max_length = getattr(cfg.train, last_stage).max_length
     return write_trained(
         cfg.train_dir,
         base_model=base,
         original_model=cfg.model.source,
-        adapter=stage_dir / "adapter",
-        tokenizer=stage_dir / "adapter",
+        adapter=Path(adapter),
+        tokenizer=Path(adapter),
         stages=chain,
         lora=result["lora"],
-        max_length=getattr(cfg.train, last_stage).max_length,
+        max_length=max_length,
         system_prompt=cfg.data.system_prompt or data.system_prompt,
     )

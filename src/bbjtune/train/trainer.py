@@ -9,6 +9,7 @@ the LoRA weights train in bf16, as QLoRA prescribes.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import os
 import warnings
@@ -49,6 +50,15 @@ def configure_torch(cfg: RunConfig) -> None:
     datasets.logging.set_verbosity_error()
 
 
+def free_memory() -> None:
+    """Give back what a finished trainer or sampler held (host and GPU) before the next model loads."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def precision(cfg: RunConfig) -> dict[str, bool]:
     """`bf16`/`fp16` mixed-precision switches for the trainer, from the model dtype."""
     import torch
@@ -79,30 +89,20 @@ def optimizer_name(cfg: RunConfig) -> str:
 # ----------------------------------------------------------------------------- trl config
 
 
-def training_arguments(job: StageJob, has_eval: bool, **stage_specific: Any):
-    """trl's SFTConfig for either stage (CPT passes its text field and packing), from the bbjtune config."""
+def common_arguments(job: StageJob) -> dict[str, Any]:
+    """The TrainingArguments every trl config here shares (SFT for stages 1 and 2; DPO, KTO, GRPO)."""
     import torch
-    from trl import SFTConfig
 
-    cfg, sc, t = job.cfg, job.stage_cfg, job.cfg.train
-    eval_strategy = ("steps" if t.eval_steps else "epoch") if has_eval else "no"
-    early = bool(t.early_stopping_patience) and has_eval
+    sc, t = job.stage_cfg, job.cfg.train
     save_strategy, save_steps = ("steps", t.save_steps) if t.save_steps else ("epoch", None)
-    if early:  # the best checkpoint is chosen among evaluated ones: save exactly when evaluating
-        save_strategy, save_steps = eval_strategy, t.eval_steps
-    report_to = [r for r in t.report_to if _reporter_available(r, job.console)]
-    if "tensorboard" in report_to:
-        os.environ["TENSORBOARD_LOGGING_DIR"] = str(cfg.train_dir / "tensorboard" / job.stage)
-    on_gpu = torch.cuda.is_available()
-    return SFTConfig(
+    return dict(
         output_dir=str(job.checkpoints_dir),
-        use_cpu=not on_gpu,
+        use_cpu=not torch.cuda.is_available(),
         seed=t.seed,
         data_seed=t.seed,
         num_train_epochs=sc.epochs,
         max_steps=sc.max_steps,
         per_device_train_batch_size=sc.per_device_batch_size,
-        per_device_eval_batch_size=sc.per_device_batch_size,
         gradient_accumulation_steps=sc.gradient_accumulation_steps,
         # a float below 1 is a share of the total steps in transformers 5 (its warmup_ratio is deprecated)
         learning_rate=sc.learning_rate,
@@ -110,30 +110,51 @@ def training_arguments(job: StageJob, has_eval: bool, **stage_specific: Any):
         warmup_steps=sc.warmup_ratio,
         weight_decay=sc.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        optim=optimizer_name(cfg),
-        **precision(cfg),
-        # Unsloth applies its own (faster) gradient checkpointing when it wraps the model
-        gradient_checkpointing=t.gradient_checkpointing and job.backend == "hf",
+        optim=optimizer_name(job.cfg),
+        **precision(job.cfg),
+        gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         logging_steps=t.logging_steps,
         logging_first_step=True,
         disable_tqdm=True,
-        report_to=report_to or "none",
-        eval_strategy=eval_strategy,
-        eval_steps=t.eval_steps if eval_strategy == "steps" else None,
+        report_to="none",
         save_strategy=save_strategy,
         save_steps=save_steps,
         save_total_limit=t.save_total_limit,
+        dataloader_num_workers=0,
+    )
+
+
+def training_arguments(job: StageJob, has_eval: bool, **stage_specific: Any):
+    """trl's SFTConfig for either stage (CPT passes its text field and packing), from the bbjtune config."""
+    from trl import SFTConfig
+
+    cfg, sc, t = job.cfg, job.stage_cfg, job.cfg.train
+    args = common_arguments(job)
+    eval_strategy = ("steps" if t.eval_steps else "epoch") if has_eval else "no"
+    early = bool(t.early_stopping_patience) and has_eval
+    if early:  # the best checkpoint is chosen among evaluated ones: save exactly when evaluating
+        args.update(save_strategy=eval_strategy, save_steps=t.eval_steps)
+    report_to = [r for r in t.report_to if _reporter_available(r, job.console)]
+    if "tensorboard" in report_to:
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(cfg.train_dir / "tensorboard" / job.stage)
+    args.update(
+        per_device_eval_batch_size=sc.per_device_batch_size,
+        # Unsloth applies its own (faster) gradient checkpointing when it wraps the model
+        gradient_checkpointing=t.gradient_checkpointing and job.backend == "hf",
+        report_to=report_to or "none",
+        eval_strategy=eval_strategy,
+        eval_steps=t.eval_steps if eval_strategy == "steps" else None,
         load_best_model_at_end=early,
         metric_for_best_model="eval_loss" if early else None,
         greater_is_better=False,
         max_length=sc.max_length,
         packing=sc.packing,
         use_liger_kernel=t.use_liger,
-        dataloader_num_workers=0,
         ddp_find_unused_parameters=False if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         **stage_specific,
     )
+    return SFTConfig(**args)
 
 
 def _reporter_available(name: str, console: Console) -> bool:

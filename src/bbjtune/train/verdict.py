@@ -26,12 +26,8 @@ from bbjtune.bbj import extract_bbj
 from bbjtune.bbj.must import pattern_share
 from bbjtune.bbj.quality import assess
 
-CHECKS = "checker+quality"  # recorded in round.json and selftrain.json: which checks judged the samples
-
-
-def tier() -> str:
-    """Which checks judge answers here (syntax and tier 2), as recorded with each round."""
-    return CHECKS
+# Which checks judge answers here (syntax and tier 2): recorded in round.json and selftrain.json
+CHECKS = "checker+quality"
 
 
 @dataclass
