@@ -8,8 +8,10 @@ import pytest
 from rich.console import Console
 from train_helpers import SYSTEM, conversation, fenced, make_config, write_data, write_jsonl
 
+from bbjtune.artifacts import read_complete_jsonl
 from bbjtune.models.generate import TransformersBackend
 from bbjtune.train import preference, selftrain, verdict
+from bbjtune.train.callbacks import MetricsLog
 from bbjtune.train.job import StageJob
 from bbjtune.train.samples import SAMPLES_FILE, SelfPrompt, read_samples, sample_prompts, training_prompts
 
@@ -419,3 +421,22 @@ def test_a_self_training_stage_on_its_own_after_a_plain_sft_run(tmp_path, tiny_m
     )
     start = json.loads((cfg.train_dir / "rft" / "round-1" / "start.json").read_text())
     assert start["adapter"] == str(cfg.train_dir / "sft" / "adapter")
+
+
+def test_a_new_round_keeps_the_metrics_of_the_rounds_before_it(tmp_path):
+    """Every round of a stage logs under the stage's name; starting round 2 (or resuming it) must drop
+    only round 2's own lines, never round 1's or another stage's."""
+    path = tmp_path / "metrics.jsonl"
+    rows = [
+        {"stage": "sft", "step": 5, "loss": 1.0},
+        {"stage": "rft", "round": 1, "step": 5, "loss": 0.9},
+        {"stage": "rft", "round": 2, "step": 5, "loss": 0.8},
+        {"stage": "rft", "round": 2, "step": 10, "loss": 0.7},
+    ]
+    write_jsonl(path, rows)
+    MetricsLog(path, "rft", resume_step=5, round=2)  # round 2 resumes from its step 5
+    assert read_complete_jsonl(path) == rows[:3]
+    MetricsLog(path, "rft", resume_step=None, round=2)  # round 2 starts over
+    assert read_complete_jsonl(path) == rows[:2]
+    MetricsLog(path, "rft", resume_step=None, round=1)
+    assert read_complete_jsonl(path) == rows[:1]

@@ -23,16 +23,21 @@ from bbjtune.progress import new_progress
 
 
 class MetricsLog(TrainerCallback):
-    """One JSON object per log step in `path`; lines of this stage past `resume_step` are dropped first."""
+    """One JSON object per log step in `path`; lines of this stage (and round) past `resume_step` are
+    dropped first. Self-training rounds carry `round`, so round 2 starting over keeps round 1's lines."""
 
-    def __init__(self, path: Path, stage: str, resume_step: int | None, is_main: bool = True):
-        self.path, self.stage, self.is_main = path, stage, is_main
+    def __init__(
+        self, path: Path, stage: str, resume_step: int | None, is_main: bool = True, round: int | None = None
+    ):
+        self.path, self.stage, self.round, self.is_main = path, stage, round, is_main
         self.last: dict[str, Any] = {}
         if is_main:
             keep_rows = [
                 r
                 for r in read_complete_jsonl(path)
-                if r.get("stage") != stage or (resume_step is not None and r.get("step", 0) <= resume_step)
+                if r.get("stage") != stage
+                or r.get("round") != round
+                or (resume_step is not None and r.get("step", 0) <= resume_step)
             ]
             atomic_write_jsonl(path, keep_rows)
 
@@ -41,6 +46,7 @@ class MetricsLog(TrainerCallback):
             return
         row: dict[str, Any] = {
             "stage": self.stage,
+            **({"round": self.round} if self.round is not None else {}),
             "step": state.global_step,
             "epoch": round(state.epoch or 0.0, 4),
             "time": round(time.time(), 3),

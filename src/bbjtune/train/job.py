@@ -36,6 +36,7 @@ class StageJob:
     data_fingerprint: str = ""
     resume: str = "auto"  # "auto" | "always" | "never"
     extra: dict[str, Any] = field(default_factory=dict)
+    round: int | None = None  # the round of a self-training stage (selftrain.RoundJob); None otherwise
 
     @property
     def stage_cfg(self) -> StageConfig:

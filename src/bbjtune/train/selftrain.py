@@ -63,7 +63,7 @@ SAMPLING_FILE = "sampling.json"
 class RoundJob(StageJob):
     """One round of a self-training stage: writes under `<stage>/round-N/`."""
 
-    round: int = 1
+    round: int | None = 1
 
     @property
     def out_dir(self) -> Path:

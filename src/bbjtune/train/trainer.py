@@ -248,7 +248,13 @@ def stage_callbacks(job: StageJob, resume_from: Path | None) -> list[Any]:
 
     main = is_main_process()
     callbacks: list[Any] = [
-        MetricsLog(job.metrics_path, job.stage, checkpoint_step(resume_from) if resume_from else None, main),
+        MetricsLog(
+            job.metrics_path,
+            job.stage,
+            checkpoint_step(resume_from) if resume_from else None,
+            main,
+            job.round,
+        ),
         RichProgress(job.stage, job.console, main),
     ]
     if job.cfg.train.early_stopping_patience:
