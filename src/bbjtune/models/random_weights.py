@@ -59,23 +59,9 @@ _COMMON = {
 }
 
 
-def _shape_fields(arch: Architecture) -> dict[str, Any]:
-    """config.json's shape-deciding fields of a published size (the table lives in models.architecture)."""
-    return dict(
-        hidden_size=arch.hidden,
-        intermediate_size=arch.intermediate,
-        num_hidden_layers=arch.layers,
-        num_attention_heads=arch.heads,
-        num_key_value_heads=arch.kv_heads,
-        vocab_size=arch.vocab,
-        tie_word_embeddings=arch.tied,
-        max_window_layers=arch.layers,
-    )
-
-
 # name -> the fields that differ between sizes (Qwen2.5-Coder's published config.json files)
 PUBLISHED: dict[str, dict[str, Any]] = {
-    f"qwen2.5-coder-{size}": _shape_fields(a) for size, a in QWEN25.items()
+    f"qwen2.5-coder-{size}": a.config_fields() for size, a in QWEN25.items()
 }
 EOS = {"base": 151643, "instruct": 151645}  # <|endoftext|>, <|im_end|>
 DEFAULT_TOKENIZER_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
