@@ -70,9 +70,9 @@ class TinyPreset:
 
 
 PRESETS: dict[str, TinyPreset] = {
-    # the test default: ~0.4M parameters, builds and trains in seconds
+    # the test default: ~0.35M parameters, builds and trains in seconds
     "test": TinyPreset(4096, 64, 160, 2, 4, 2, 2048),
-    # the demo default: ~2.6M parameters, learns the demo data in a few CPU minutes
+    # the demo default: ~2.4M parameters, learns the demo data in a few CPU minutes
     "demo": TinyPreset(4096, 192, 512, 4, 6, 2, 4096),
     # a larger CPU model for experiments
     "small": TinyPreset(8192, 384, 1024, 6, 6, 2, 4096),
