@@ -162,9 +162,8 @@ def atomic_dir(final: str | os.PathLike, *, keep_existing: bool = False) -> Iter
         yield tmp
         if keep_existing and final.exists():
             return
-        follow_umask(
-            tmp
-        )  # safetensors writes weights 0600: a service running as another user could not read them
+        # safetensors writes weights 0600: a service running as another user could not read them
+        follow_umask(tmp)
         _replace_dir(tmp, final)
         _fsync_dir(final.parent)
     finally:
@@ -329,7 +328,6 @@ class StageRun:
         self.timings: dict[str, float] = {}
         self.extra: dict[str, Any] = {}
         self._started = 0.0
-        self._t_section: dict[str, float] = {}
 
     def __enter__(self) -> StageRun:
         try:
