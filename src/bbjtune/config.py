@@ -12,6 +12,7 @@ they ship in (`config_paths.py`).
 from __future__ import annotations
 
 import difflib
+import glob
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bbjtune.config_paths import INPUT_KEYS, anchor_inputs, anchor_section
+from bbjtune.config_paths import INPUT_KEYS, anchor_inputs, anchor_section, matches
 from bbjtune.errors import BbjtuneError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -775,8 +776,6 @@ def dump_config(cfg: RunConfig) -> str:
 
 def expand_globs(patterns: list[str]) -> list[Path]:
     """Files matching the patterns (`**` allowed), sorted, without duplicates."""
-    import glob
-
     found: dict[str, Path] = {}
     for pattern in patterns:
         for name in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
@@ -787,7 +786,4 @@ def expand_globs(patterns: list[str]) -> list[Path]:
 
 def missing_inputs(cfg: RunConfig) -> list[str]:
     """The data patterns of a config that match no file (empty when everything is there)."""
-    import glob
-
-    patterns = [*cfg.data.chatml, *cfg.data.sources, *cfg.data.replay]
-    return [p for p in patterns if not glob.glob(os.path.expanduser(p), recursive=True)]
+    return [p for p in (*cfg.data.chatml, *cfg.data.sources, *cfg.data.replay) if not matches(p)]
