@@ -142,6 +142,7 @@ def build_tiny(source: str = "tiny:test", cache_dir: Path | None = None) -> Path
 
 def _build_tokenizer(corpus: list[str], model_vocab: int):
     from tokenizers import (
+        AddedToken,
         Regex,
         Tokenizer,
         decoders,
@@ -172,8 +173,6 @@ def _build_tokenizer(corpus: list[str], model_vocab: int):
         special_tokens=[],
     )
     tok.train_from_iterator(corpus, trainer=trainer)
-    from tokenizers import AddedToken
-
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN_PLAIN_ADDED_TOKENS])
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_FIM_TOKENS])
