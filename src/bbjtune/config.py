@@ -29,6 +29,7 @@ PRESET_DIRS = (Path("configs"), REPO_ROOT / "configs")
 Generation = Literal["character", "vpro5", "gui", "dwc"]
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 SELF_TRAINING_STAGES = ("rft", "dpo", "grpo")
+TRAIN_STAGE_ORDER = ("cpt", "sft", *SELF_TRAINING_STAGES)  # the order a train.stages list runs in
 
 
 class Section(BaseModel):
@@ -337,10 +338,10 @@ class TrainConfig(Section):
     @classmethod
     def _known_stages(cls, value: Any) -> Any:
         if isinstance(value, list):
-            unknown = [s for s in value if s not in ("cpt", "sft", *SELF_TRAINING_STAGES)]
+            unknown = [s for s in value if s not in TRAIN_STAGE_ORDER]
             if unknown:
                 raise ValueError(
-                    f"unknown stage(s) {unknown}: list some of cpt, sft, rft, dpo, grpo in that order"
+                    f"unknown stage(s) {unknown}: list some of {', '.join(TRAIN_STAGE_ORDER)} in that order"
                 )
         return value
 
@@ -550,10 +551,9 @@ class RunConfig(Section):
         if isinstance(t.stages, list):
             if len(set(t.stages)) != len(t.stages):
                 raise ValueError(f"train.stages lists a stage twice: {t.stages}")
-            order = ["cpt", "sft", "rft", "dpo", "grpo"]
-            if t.stages != sorted(t.stages, key=order.index):
+            if t.stages != sorted(t.stages, key=TRAIN_STAGE_ORDER.index):
                 raise ValueError(
-                    f"train.stages {t.stages} is out of order: stages run as cpt, sft, rft, dpo, grpo"
+                    f"train.stages {t.stages} is out of order: stages run as {', '.join(TRAIN_STAGE_ORDER)}"
                 )
             if any(s in t.stages for s in SELF_TRAINING_STAGES) and not self.data.chatml:
                 raise ValueError(
