@@ -112,14 +112,13 @@ def follow_umask(tree: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def atomic_open(final: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
-    """Open a temporary file for writing that replaces `final` only when the block succeeds."""
+    """Open a temporary file for writing that replaces `final` only when the block succeeds
+    (closing it flushes it; atomic_path fsyncs it before the rename)."""
     if "b" in mode:
         encoding = None
     with atomic_path(final) as tmp:
         with open(tmp, mode, encoding=encoding, newline="" if encoding else None) as fh:
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
