@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip
 # torch first and pinned: on a CPU machine with a local CPU wheel this avoids a multi-GB CUDA download.
 TORCH  ?= torch==2.13.0
 EXTRAS ?= eval,export,review,qlora-cpu,tensorboard
-# llama-cpp-python compiles llama.cpp from source once: ~9 CPU-minutes, 5-7 min on 2 cores (benchmarks/
+# llama-cpp-python compiles llama.cpp from source once: ~9 CPU-minutes, 5-8 min on 2 cores (benchmarks/
 # RESULTS.md, "Export"); pip caches the wheel (~/.cache/pip/wheels: cache that directory in CI).
 # GGML_NATIVE=OFF: a portable AVX2 build whose cached wheel works on any x86-64 machine of the last decade.
 # LLAVA_BUILD=OFF: skip the multimodal library bbjtune never loads. llama.cpp's examples, tests and C++
@@ -39,7 +39,7 @@ WAIT_FOR = n=0; while kill -0 $$pid 2>/dev/null; do sleep 1; n=$$((n + 1)); \
 	  if [ $$((n % $(HEARTBEAT))) = 0 ] && kill -0 $$pid 2>/dev/null; then echo "  ... $(1) ($$n s)"; fi; \
 	done; wait $$pid
 LLAMA_CPP_NOTE = echo "llama-cpp-python (GGUF quantization, verification, serve gguf): unless pip has its wheel"; \
-	echo "  cached, installing it compiles llama.cpp from source, about 9 CPU-minutes (5-7 min on 2 cores)"
+	echo "  cached, installing it compiles llama.cpp from source, about 9 CPU-minutes (5-8 min on 2 cores)"
 
 $(VENV)/.installed-wheels: pyproject.toml | $(PY)
 	@echo "installing bbjtune and its libraries into $(VENV) (prebuilt wheels)"

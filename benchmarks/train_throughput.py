@@ -45,34 +45,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from bbjtune.models.architecture import QWEN25, Architecture
+
+# The published Qwen2.5-Coder shapes (models.architecture), plus a tiny one for --smoke on a CPU.
 ARCHS = {
-    "7b": dict(
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        vocab_size=152064,
-        tie_word_embeddings=False,
-    ),
-    "14b": dict(
-        hidden_size=5120,
-        intermediate_size=13824,
-        num_hidden_layers=48,
-        num_attention_heads=40,
-        num_key_value_heads=8,
-        vocab_size=152064,
-        tie_word_embeddings=False,
-    ),
-    "smoke": dict(
-        hidden_size=64,
-        intermediate_size=160,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=4096,
-        tie_word_embeddings=False,
-    ),
+    "7b": QWEN25["7b"],
+    "14b": QWEN25["14b"],
+    "smoke": Architecture(hidden=64, intermediate=160, layers=2, heads=4, kv_heads=2, vocab=4096, tied=False),
 }
 GROUPS = {  # group: (architecture, 4-bit, workload)
     "7b-lora": ("7b", False, "full"),
@@ -153,7 +132,7 @@ def make_checkpoint(arch: str, work_dir: Path, device: str) -> Path:
     if (target / "config.json").exists():
         return target
     config = Qwen2Config(
-        **ARCHS[arch],
+        **ARCHS[arch].config_fields(),
         max_position_embeddings=32768,
         rope_theta=1_000_000.0,
         rms_norm_eps=1e-6,
@@ -280,16 +259,8 @@ def peak_memory() -> dict[str, float]:
 
 def flops_per_token(arch: str, seq: int) -> float:
     a = ARCHS[arch]
-    h, i, layers, heads, kv = (
-        a["hidden_size"],
-        a["intermediate_size"],
-        a["num_hidden_layers"],
-        a["num_attention_heads"],
-        a["num_key_value_heads"],
-    )
-    head_dim = h // heads
-    linear = layers * (h * h * 2 + 2 * h * kv * head_dim + 3 * h * i) + a["vocab_size"] * h
-    return 6 * linear + 6 * layers * h * seq
+    linear = a.linear_params + a.vocab * a.hidden  # every decoder linear layer and the lm_head
+    return 6 * linear + 6 * a.layers * a.hidden * seq
 
 
 def gpu_peak_flops() -> tuple[str, float | None]:
@@ -430,7 +401,6 @@ def run_bbjtune(
     from bbjtune.train.model_io import load_training_tokenizer
     from bbjtune.train.trainer import configure_torch, make_trainer, training_arguments
     from bbjtune.train.inputs import TrainingData
-    from bbjtune.models.architecture import Architecture
     from bbjtune.train.memory import estimate_for_config
 
     tokenizer = load_tokenizer(str(ckpt))

@@ -7,17 +7,11 @@ VERBS = ["run", "inspect", "config"]
 
 
 def test_top_level_help_lists_verbs():
+    """Through `python -m bbjtune`, as a user runs it (test_help.py checks every verb's --help in-process)."""
     out = run_cli("--help")
     assert out.returncode == 0
     for verb in VERBS:
         assert verb in out.stdout
-
-
-@pytest.mark.parametrize("verb", VERBS)
-def test_each_verb_has_help(verb):
-    out = run_cli(verb, "--help")
-    assert out.returncode == 0, out.stderr
-    assert "Usage" in out.stdout and len(out.stdout) > 200
 
 
 def assert_one_clear_error(out, *needles):

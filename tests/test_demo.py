@@ -81,9 +81,7 @@ def test_the_demo_recipe_learns_to_answer_with_short_bbj(tmp_path):
     rows = [
         json.loads(line) for line in (evaluation / "tuned" / "generations.jsonl").read_text().splitlines()
     ]
-    tuned = [
-        row for row in rows if row.get("suite") != FIM_SUITE
-    ]  # the chat answers; FIM holes are scored apart
+    tuned = [row for row in rows if row.get("suite") != FIM_SUITE]  # the chat answers; FIM holes apart
     assert len(tuned) == 10
     for row in tuned:
         assert row["output"].strip() and not row["error"], row

@@ -25,9 +25,10 @@ def _fake_apt_get(tmp_path: Path, exit_code: int = 0) -> dict[str, str]:
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
 
-def _make(env: dict[str, str], *args: str) -> list[str]:
-    proc = subprocess.run(
-        ["make", "-s", "--no-print-directory", "browser-test-deps", "CHROMIUM=/nonexistent/chromium", *args],
+def _run_make(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`make -s ARGS` in the project, stdout and stderr together (the order the user sees them)."""
+    return subprocess.run(
+        ["make", "-s", "--no-print-directory", *args],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -36,6 +37,10 @@ def _make(env: dict[str, str], *args: str) -> list[str]:
         timeout=60,
         check=False,
     )
+
+
+def _make(env: dict[str, str], *args: str) -> list[str]:
+    proc = _run_make(env, "browser-test-deps", "CHROMIUM=/nonexistent/chromium", *args)
     assert proc.returncode == 0, proc.stdout
     return proc.stdout.splitlines()
 
@@ -106,24 +111,7 @@ def _make_target(tmp_path: Path, target: str, python: Path) -> tuple[int, list[s
     (bin_dir / "bwrap").write_text("#!/bin/sh\nexit 0\n")
     (bin_dir / "bwrap").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(
-        [
-            "make",
-            "-s",
-            "--no-print-directory",
-            target.format(venv=venv),
-            f"VENV={venv}",
-            f"PY={python}",
-            "HEARTBEAT=1",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = _run_make(env, target.format(venv=venv), f"VENV={venv}", f"PY={python}", "HEARTBEAT=1")
     return proc.returncode, proc.stdout.splitlines()
 
 

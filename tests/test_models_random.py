@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
 
 from bbjtune.errors import BbjtuneError
 from bbjtune.models import random_weights as rw
-from bbjtune.models.loading import load_model, load_tokenizer, resolve_source
+from bbjtune.models.loading import load_model, load_tokenizer, resolve_source, save_tokenizer
 
 
 def small_config(**over):
@@ -105,6 +107,30 @@ def test_refuses_before_writing_when_the_disk_is_too_small(monkeypatch, tmp_path
     with pytest.raises(BbjtuneError, match=r"need 6\d\.\d GiB .* 10\.0 GiB free"):
         resolve_source("random:qwen2.5-coder-32b")
     assert not list((tmp_path / "random").glob("*"))
+
+
+def test_a_build_appears_whole_under_its_name_readable_by_other_users(monkeypatch, tmp_path, tiny_model_dir):
+    """A vLLM or Ollama service running as another user reads the cached checkpoint: the directory
+    gets the mode mkdir gives and the files the mode open gives (a bare mkdtemp left it 0700), and no
+    temporary directory stays beside it."""
+    monkeypatch.setenv("BBJTUNE_TOKENIZER_SOURCE", str(tiny_model_dir))
+    small = small_config()
+    monkeypatch.setattr(
+        rw, "published_config", lambda name, variant="base": {**small, "eos_token_id": rw.EOS[variant]}
+    )
+    old = os.umask(0o022)
+    try:
+        built = rw.build_random(
+            "random:qwen2.5-coder-0.5b", save_tokenizer, cache_dir=tmp_path, progress=False
+        )
+    finally:
+        os.umask(old)
+    assert [p.name for p in tmp_path.iterdir()] == [built.name]
+    assert (built / "model.safetensors.index.json").exists()
+    assert stat.S_IMODE(built.stat().st_mode) == 0o755
+    files = {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in built.iterdir() if f.is_file()}
+    assert files and set(files.values()) == {"0o644"}, files
+    assert rw.build_random("random:qwen2.5-coder-0.5b", save_tokenizer, cache_dir=tmp_path) == built  # cached
 
 
 @pytest.mark.slow

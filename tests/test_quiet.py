@@ -17,9 +17,8 @@ NOISE = ("bitsandbytes", "gemm_4bit", "Loading weights", "Writing model shards")
 
 
 def test_only_quantizing_or_8bit_runs_need_bitsandbytes():
-    assert needs_bitsandbytes(
-        validate_config({"name": "x", "model": {"source": "tiny:test"}, "data": {"chatml": ["x.jsonl"]}})
-    )  # QLoRA is the default
+    qlora_by_default = {"name": "x", "model": {"source": "tiny:test"}, "data": {"chatml": ["x.jsonl"]}}
+    assert needs_bitsandbytes(validate_config(qlora_by_default))
     assert not needs_bitsandbytes(load_config("quickstart"))  # float32, adamw_torch
     assert needs_bitsandbytes(load_config("quickstart", ["train.optim=adamw_8bit"]))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +135,19 @@ def make_config(tmp_path: Path, model_dir: Path, data_dir: Path | None = None, *
     return validate_config(raw)
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread inside the block, the caller's thread count restored after it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def pretrain_base(out_dir: Path, model_dir: Path, steps: int = 300, lr: float = 2e-3) -> Path:
     """A stand-in for a pretrained Base model: tiny:test fully trained on plain text, never on ChatML.
 
@@ -151,16 +166,12 @@ def pretrain_base(out_dir: Path, model_dir: Path, steps: int = 300, lr: float = 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     # One thread, whatever an earlier training left set (train.cpu_threads): float sums in another
     # order gave another base model, and a test after other tests learned differently than alone.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         for step in range(steps):
             ids = torch.tensor([tokenizer(texts[step % len(texts)] + "<|endoftext|>")["input_ids"]])
             model(input_ids=ids, labels=ids).loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-    finally:
-        torch.set_num_threads(threads)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
@@ -184,17 +195,15 @@ def overfit_chat(
     model = load_model(str(model_dir), dtype="float32").train()
     tok = load_tokenizer(str(model_dir))
     ids = torch.tensor([tok.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        if stop_below is not None and loss.item() < stop_below:
-            break
-    torch.set_num_threads(threads)
+    with one_thread():
+        for _ in range(steps):
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            if stop_below is not None and loss.item() < stop_below:
+                break
     model.eval().save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return loss.item()

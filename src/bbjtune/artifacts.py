@@ -112,14 +112,13 @@ def follow_umask(tree: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def atomic_open(final: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
-    """Open a temporary file for writing that replaces `final` only when the block succeeds."""
+    """Open a temporary file for writing that replaces `final` only when the block succeeds
+    (closing it flushes it; atomic_path fsyncs it before the rename)."""
     if "b" in mode:
         encoding = None
     with atomic_path(final) as tmp:
         with open(tmp, mode, encoding=encoding, newline="" if encoding else None) as fh:
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -162,9 +161,8 @@ def atomic_dir(final: str | os.PathLike, *, keep_existing: bool = False) -> Iter
         yield tmp
         if keep_existing and final.exists():
             return
-        follow_umask(
-            tmp
-        )  # safetensors writes weights 0600: a service running as another user could not read them
+        # safetensors writes weights 0600: a service running as another user could not read them
+        follow_umask(tmp)
         _replace_dir(tmp, final)
         _fsync_dir(final.parent)
     finally:
@@ -329,7 +327,6 @@ class StageRun:
         self.timings: dict[str, float] = {}
         self.extra: dict[str, Any] = {}
         self._started = 0.0
-        self._t_section: dict[str, float] = {}
 
     def __enter__(self) -> StageRun:
         try:

@@ -12,6 +12,7 @@ they ship in (`config_paths.py`).
 from __future__ import annotations
 
 import difflib
+import glob
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bbjtune.config_paths import INPUT_KEYS, anchor_inputs, anchor_section
+from bbjtune.config_paths import INPUT_KEYS, anchor_inputs, anchor_section, matches
 from bbjtune.errors import BbjtuneError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +29,7 @@ PRESET_DIRS = (Path("configs"), REPO_ROOT / "configs")
 Generation = Literal["character", "vpro5", "gui", "dwc"]
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 SELF_TRAINING_STAGES = ("rft", "dpo", "grpo")
+TRAIN_STAGE_ORDER = ("cpt", "sft", *SELF_TRAINING_STAGES)  # the order a train.stages list runs in
 
 
 class Section(BaseModel):
@@ -336,10 +338,10 @@ class TrainConfig(Section):
     @classmethod
     def _known_stages(cls, value: Any) -> Any:
         if isinstance(value, list):
-            unknown = [s for s in value if s not in ("cpt", "sft", *SELF_TRAINING_STAGES)]
+            unknown = [s for s in value if s not in TRAIN_STAGE_ORDER]
             if unknown:
                 raise ValueError(
-                    f"unknown stage(s) {unknown}: list some of cpt, sft, rft, dpo, grpo in that order"
+                    f"unknown stage(s) {unknown}: list some of {', '.join(TRAIN_STAGE_ORDER)} in that order"
                 )
         return value
 
@@ -549,10 +551,9 @@ class RunConfig(Section):
         if isinstance(t.stages, list):
             if len(set(t.stages)) != len(t.stages):
                 raise ValueError(f"train.stages lists a stage twice: {t.stages}")
-            order = ["cpt", "sft", "rft", "dpo", "grpo"]
-            if t.stages != sorted(t.stages, key=order.index):
+            if t.stages != sorted(t.stages, key=TRAIN_STAGE_ORDER.index):
                 raise ValueError(
-                    f"train.stages {t.stages} is out of order: stages run as cpt, sft, rft, dpo, grpo"
+                    f"train.stages {t.stages} is out of order: stages run as {', '.join(TRAIN_STAGE_ORDER)}"
                 )
             if any(s in t.stages for s in SELF_TRAINING_STAGES) and not self.data.chatml:
                 raise ValueError(
@@ -775,8 +776,6 @@ def dump_config(cfg: RunConfig) -> str:
 
 def expand_globs(patterns: list[str]) -> list[Path]:
     """Files matching the patterns (`**` allowed), sorted, without duplicates."""
-    import glob
-
     found: dict[str, Path] = {}
     for pattern in patterns:
         for name in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
@@ -787,7 +786,4 @@ def expand_globs(patterns: list[str]) -> list[Path]:
 
 def missing_inputs(cfg: RunConfig) -> list[str]:
     """The data patterns of a config that match no file (empty when everything is there)."""
-    import glob
-
-    patterns = [*cfg.data.chatml, *cfg.data.sources, *cfg.data.replay]
-    return [p for p in patterns if not glob.glob(os.path.expanduser(p), recursive=True)]
+    return [p for p in (*cfg.data.chatml, *cfg.data.sources, *cfg.data.replay) if not matches(p)]

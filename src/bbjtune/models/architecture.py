@@ -59,6 +59,19 @@ class Architecture:
     def params(self) -> int:
         return self.linear_params + self.other_params
 
+    def config_fields(self) -> dict[str, Any]:
+        """The shape-deciding fields of a Qwen2 config.json (the inverse of `from_config`)."""
+        return dict(
+            hidden_size=self.hidden,
+            intermediate_size=self.intermediate,
+            num_hidden_layers=self.layers,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.kv_heads,
+            vocab_size=self.vocab,
+            tie_word_embeddings=self.tied,
+            max_window_layers=self.layers,
+        )
+
     @classmethod
     def from_config(cls, config: Any) -> Architecture:
         get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)

@@ -24,7 +24,7 @@ from typing import Any
 from bbjtune.artifacts import atomic_dir
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.chat_template import CHATML_TEMPLATE, ENDOFTEXT, IM_END, IM_START
-from bbjtune.models.loading import load_model, load_tokenizer
+from bbjtune.models.loading import load_model, load_tokenizer, torch_dtype
 
 
 @contextmanager
@@ -89,9 +89,8 @@ def merge_adapters(
     step = on_step or (lambda _msg: None)
     step(f"loading base {base}")
     with _outside_zero3():
-        model = load_model(
-            base, dtype=dtype, device_map=device_map
-        )  # clears a GGUF checkpoint's leftover quantizer
+        # load_model clears a GGUF checkpoint's leftover quantizer
+        model = load_model(base, dtype=dtype, device_map=device_map)
         save_dtype = _declared_dtype(base) or model.dtype
         for adapter in adapters:  # each merged before the next is loaded, as training stacked them
             step(f"merging {adapter}")
@@ -127,11 +126,9 @@ def _set_stop_tokens(model: Any, vocab: dict[str, int], chat: bool) -> None:
 
 def _declared_dtype(base: str):
     """The dtype a local base checkpoint was saved in (merged models are saved the same way)."""
-    import torch
-
     config = Path(base).expanduser() / "config.json"
     if not config.exists():
         return None
     cfg = json.loads(config.read_text(encoding="utf-8"))
     name = cfg.get("dtype") or cfg.get("torch_dtype")
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(name)
+    return torch_dtype(name) if name in ("bfloat16", "float16", "float32") else None

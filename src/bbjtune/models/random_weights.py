@@ -18,7 +18,8 @@ GGUF at its default location (`benchmarks/fetch_qwen05b.py` puts it there).
 Weights are written tensor by tensor into shards of at most `SHARD_BYTES`: peak host memory is one
 shard, not the model (a 32B model is 65 GB in bf16), and a CUDA GPU, when present, draws the random
 numbers. Built directories are cached under `$BBJTUNE_CACHE_DIR/random`, keyed by everything that
-goes into them; a build goes to a temporary directory first and is renamed when complete.
+goes into them; a build goes to a temporary directory first and is renamed when complete
+(artifacts.atomic_dir, as for tiny models: the directory and its files get the umask's modes).
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bbjtune.artifacts import atomic_dir
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.architecture import QWEN25, Architecture
 from bbjtune.models.tiny import cache_root
@@ -59,23 +60,9 @@ _COMMON = {
 }
 
 
-def _shape_fields(arch: Architecture) -> dict[str, Any]:
-    """config.json's shape-deciding fields of a published size (the table lives in models.architecture)."""
-    return dict(
-        hidden_size=arch.hidden,
-        intermediate_size=arch.intermediate,
-        num_hidden_layers=arch.layers,
-        num_attention_heads=arch.heads,
-        num_key_value_heads=arch.kv_heads,
-        vocab_size=arch.vocab,
-        tie_word_embeddings=arch.tied,
-        max_window_layers=arch.layers,
-    )
-
-
 # name -> the fields that differ between sizes (Qwen2.5-Coder's published config.json files)
 PUBLISHED: dict[str, dict[str, Any]] = {
-    f"qwen2.5-coder-{size}": _shape_fields(a) for size, a in QWEN25.items()
+    f"qwen2.5-coder-{size}": a.config_fields() for size, a in QWEN25.items()
 }
 EOS = {"base": 151643, "instruct": 151645}  # <|endoftext|>, <|im_end|>
 DEFAULT_TOKENIZER_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
@@ -146,17 +133,9 @@ def build_random(
         return target
     root.mkdir(parents=True, exist_ok=True)
     _check_disk(root, parameter_count(config) * 2, spec)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
-    try:
+    with atomic_dir(target, keep_existing=True) as tmp:  # another process may build the same entry
         write_tokenizer(tok_src, tmp)
         write_random_checkpoint(config, tmp, seed=seed, progress=progress)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process finished the same build first
-            if not (target / "model.safetensors.index.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -70,9 +70,9 @@ class TinyPreset:
 
 
 PRESETS: dict[str, TinyPreset] = {
-    # the test default: ~0.4M parameters, builds and trains in seconds
+    # the test default: ~0.35M parameters, builds and trains in seconds
     "test": TinyPreset(4096, 64, 160, 2, 4, 2, 2048),
-    # the demo default: ~2.6M parameters, learns the demo data in a few CPU minutes
+    # the demo default: ~2.4M parameters, learns the demo data in a few CPU minutes
     "demo": TinyPreset(4096, 192, 512, 4, 6, 2, 4096),
     # a larger CPU model for experiments
     "small": TinyPreset(8192, 384, 1024, 6, 6, 2, 4096),
@@ -142,6 +142,7 @@ def build_tiny(source: str = "tiny:test", cache_dir: Path | None = None) -> Path
 
 def _build_tokenizer(corpus: list[str], model_vocab: int):
     from tokenizers import (
+        AddedToken,
         Regex,
         Tokenizer,
         decoders,
@@ -172,8 +173,6 @@ def _build_tokenizer(corpus: list[str], model_vocab: int):
         special_tokens=[],
     )
     tok.train_from_iterator(corpus, trainer=trainer)
-    from tokenizers import AddedToken
-
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN_PLAIN_ADDED_TOKENS])
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_FIM_TOKENS])
