@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from bbjtune.artifacts import MANIFEST_NAME, StageRun, sha256_file
-from bbjtune.config import RunConfig
+from bbjtune.config import SELF_TRAINING_STAGES, TRAIN_STAGE_ORDER, RunConfig
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.loading import check_source
 from bbjtune.models.trained import write_trained
@@ -33,9 +33,6 @@ from bbjtune.train.modelcard import write_model_card
 from bbjtune.train.selftrain import run_selftrain
 from bbjtune.train.trainer import configure_torch
 from bbjtune.train.verdict import CHECKS
-
-STAGES = ("cpt", "sft", "rft", "dpo", "grpo")
-SELF_TRAINING = ("rft", "dpo", "grpo")
 
 
 def run_stage(
@@ -51,7 +48,7 @@ def run_stage(
     CPT → SFT trains stage 2 on the existing `cpt/merged`.
     """
     console = console or Console(stderr=True)
-    stages = [s for s in STAGES if s in (stages or cfg.train_stages)]
+    stages = [s for s in TRAIN_STAGE_ORDER if s in (stages or cfg.train_stages)]
     if not stages:
         raise BbjtuneError("no training stage is enabled", "enable train.cpt or train.sft, or pick --stage")
     if stages[0] == "cpt" or "cpt" not in cfg.train_stages:  # the first stage trains the original model
@@ -60,11 +57,11 @@ def run_stage(
 
     backends.check_launch(cfg, stages)  # a dry run under accelerate launch says the same as the real one
     if dry_run:
-        supervised = [s for s in stages if s not in SELF_TRAINING]
+        supervised = [s for s in stages if s not in SELF_TRAINING_STAGES]
         if supervised:
             show_dry_run(cfg, supervised, data, console)
         for s in stages:
-            if s in SELF_TRAINING:
+            if s in SELF_TRAINING_STAGES:
                 sampling = getattr(cfg.train, s).sampling
                 console.print(
                     f"{s}: {sampling.rounds} round(s) of {sampling.samples_per_prompt} samples per training "
@@ -87,7 +84,7 @@ def run_stage(
     chained = "cpt" in cfg.train_stages or "cpt" in stages  # stage 2 then starts from stage 1's merged model
     results: dict[str, dict[str, Any]] = {}
     for stage in stages:
-        if stage in SELF_TRAINING:
+        if stage in SELF_TRAINING_STAGES:
             results[stage] = _run_self_training(cfg, stage, backend, console, resume, data, chained)
             continue
         job = StageJob(
@@ -109,7 +106,7 @@ def run_stage(
 
 def model_after(cfg: RunConfig, stage: str, chained: bool) -> tuple[str, str | None]:
     """(16-bit model, adapter or None) that `stage` produced: what the next self-training stage starts from."""
-    if stage in SELF_TRAINING:
+    if stage in SELF_TRAINING_STAGES:
         summary = read_record(cfg.train_dir / stage / "selftrain.json")
         rounds = summary.get("rounds") or []
         if not rounds:
@@ -133,7 +130,7 @@ def model_after(cfg: RunConfig, stage: str, chained: bool) -> tuple[str, str | N
 
 def _plan_with(cfg: RunConfig, stage: str) -> list[str]:
     """The configured stages with sft and `stage` in (a --stage rft on a config that plans only cpt and sft)."""
-    return [s for s in STAGES if s in cfg.train_stages or s in ("sft", stage)]
+    return [s for s in TRAIN_STAGE_ORDER if s in cfg.train_stages or s in ("sft", stage)]
 
 
 def _before(cfg: RunConfig, stage: str) -> str:
@@ -279,7 +276,7 @@ def _write_handle(
     cfg: RunConfig, last_stage: str, result: dict[str, Any], data: TrainingData, chained: bool
 ) -> Path:
     base, adapter = model_after(cfg, last_stage, chained)
-    if last_stage in SELF_TRAINING:
+    if last_stage in SELF_TRAINING_STAGES:
         plan = _plan_with(cfg, last_stage)
         chain = [s for s in plan[: plan.index(last_stage) + 1] if s != "cpt" or chained]
         max_length = cfg.train.sft.max_length
