@@ -69,9 +69,7 @@ def start_bbjtune(args: list[str], ready_url: str, timeout: float = 120) -> subp
 @contextmanager
 def serving(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
     """Serve `app` on a free loopback port in a thread; yields http://host:port."""
-    sock = socket.socket(
-        socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
-    )  # see web_security.listening_socket
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # see net.listening_socket
     sock.bind((host, 0))
     sock.listen(64)
     port = sock.getsockname()[1]

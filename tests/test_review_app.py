@@ -15,7 +15,7 @@ from bbjtune.review.app import create_app
 from bbjtune.review.items import pair_runs
 from bbjtune.review.render import render_answer
 from bbjtune.review.results import export_ratings
-from bbjtune.web_security import LOOPBACK_HOSTS
+from bbjtune.net import LOOPBACK_HOSTS
 from bbjtune.review.storage import CRITERIA, ReviewStore
 from bbjtune.review_summary import load_review_summary
 

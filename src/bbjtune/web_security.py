@@ -30,22 +30,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import secrets
-import socket
 from urllib.parse import urlencode
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bbjtune.errors import BbjtuneError
 
 ACCESS_COOKIE = "bbjtune_access"
 MAX_BODY_BYTES = 64 * 1024  # a rating with a full 4000-character comment is under 20 KiB
 MAX_FORM_FIELDS = 32  # the rating form has 9
 SESSION_COOKIE = "bbjtune_session"
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 SECURITY_HEADERS = [
     (
@@ -64,46 +60,6 @@ UNAUTHORIZED_TEXT = (
     "This review server needs its access token.\n"
     "Open the address that `bbjtune review` printed when it started (it ends in ?token=...).\n"
 )
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(24)
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A bound, listening TCP socket for uvicorn (port 0 picks a free one); a bad address or a busy
-    port is one line with what to do."""
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    except socket.gaierror as exc:
-        raise BbjtuneError(
-            f"cannot listen on {host!r}: {exc.strerror}", "use an IP address such as 127.0.0.1"
-        ) from exc
-    # IPPROTO_TCP, not 0: asyncio turns Nagle's algorithm off only on sockets whose protocol says TCP,
-    # and with it on every response waited ~40 ms for a delayed ACK (measured on the gateway: 44 ms per
-    # request on loopback, 1 ms without; benchmarks/gateway_latency.py)
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise BbjtuneError(
-            f"cannot listen on {host}:{port}: {exc.strerror}",
-            "another program uses this port; pick another with --port (0 picks a free one)",
-        ) from exc
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
 
 
 def _host_name(host_header: str) -> str:

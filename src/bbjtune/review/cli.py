@@ -16,6 +16,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from bbjtune.net import LOOPBACK_HOSTS, is_loopback, listening_socket, new_token
 from bbjtune.errors import BbjtuneError
 from bbjtune.review.items import pair_runs
 from bbjtune.review.results import export_ratings, find_database, write_results
@@ -128,7 +129,6 @@ def start(
     # the page's modules load starlette at their top: imported here, after the check above, so that
     # without the review extra every other command still runs and this one says what to install
     from bbjtune.review.app import create_app
-    from bbjtune.web_security import LOOPBACK_HOSTS, is_loopback, listening_socket, new_token
 
     review = pair_runs(run_a, run_b)
     db_path = db or _review_dir_for(run_b) / DB_NAME

@@ -19,7 +19,7 @@ from bbjtune.artifacts import read_manifest
 from bbjtune.config import RunConfig, load_config
 from bbjtune.errors import BbjtuneError
 from bbjtune.serve.gateway.cli import serve_gateway
-from bbjtune.web_security import is_loopback
+from bbjtune.net import is_loopback
 
 ConfigArg = Annotated[
     str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")

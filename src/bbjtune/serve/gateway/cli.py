@@ -8,6 +8,7 @@ from urllib.parse import urlparse
 
 import typer
 
+from bbjtune.net import LOOPBACK_HOSTS, is_loopback, listening_socket, new_token
 from bbjtune.bbj.compile import check_compiler
 from bbjtune.errors import BbjtuneError
 
@@ -84,7 +85,6 @@ def serve_gateway(
     import uvicorn
 
     from bbjtune.gateway_log import ExchangeLog
-    from bbjtune.web_security import LOOPBACK_HOSTS, is_loopback, listening_socket, new_token
 
     from .app import GatewaySettings, create_app
 
