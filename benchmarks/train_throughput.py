@@ -29,7 +29,22 @@ short keeps what it measured) and each worker's output to --work-dir/logs/. BENC
 shapes, padding and packed examples of the first two batches of every row into those logs.
 """
 
+# ruff: noqa: E402 — an Unsloth worker must import unsloth before the other imports (see below)
 from __future__ import annotations
+
+import sys
+
+# Unsloth patches transformers, peft and trl when it is imported before them; imported later it warns
+# "Unsloth should be imported before transformers" and runs without some of its patches (both Unsloth
+# rows of the 2026-11 run printed that warning: this script imported bbjtune, and so transformers,
+# first). A worker for an Unsloth row therefore imports it before anything else and records that it did.
+UNSLOTH_FIRST: bool | None = None
+if "--worker" in sys.argv[:-1] and "unsloth" in sys.argv[sys.argv.index("--worker") + 1]:
+    UNSLOTH_FIRST = "transformers" not in sys.modules
+    try:
+        import unsloth  # noqa: F401, I001
+    except ImportError:  # reported as "not available" by measure()
+        UNSLOTH_FIRST = None
 
 import argparse
 import json
@@ -37,7 +52,6 @@ import math
 import os
 import random
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -484,6 +498,8 @@ def measure_row(
         "lora_r": s.lora_r,
         "gradient_checkpointing": s.gradient_checkpointing,
     }
+    if "unsloth" in path:
+        row["unsloth_imported_first"] = UNSLOTH_FIRST
     missing = [
         m
         for m, needed in (("unsloth", "unsloth" in path), ("bitsandbytes", quant))

@@ -15,6 +15,7 @@ from bbjtune.bbj import cli as bbj_cli
 from bbjtune.config import dump_config, list_presets, load_config, missing_inputs
 from bbjtune.data.cli import data_app
 from bbjtune.errors import BbjtuneError
+from bbjtune.import_order import import_unsloth_first
 from bbjtune.evaluate.cli import eval_app
 from bbjtune.export import cli as export_cli
 from bbjtune.models.inspect import describe_model
@@ -85,12 +86,15 @@ def run(
     set_: SetOpt = None,
 ) -> None:
     """Run the whole pipeline for CONFIG: prepare data, train, evaluate, export."""
-    # the pipeline loads every stage (transformers among them): only when the verb runs, not for --help
-    from bbjtune.pipeline import next_steps, parse_stages, run_pipeline
-
     cfg = load_config(config, set_)
     if needs_bitsandbytes(cfg):
         allow_bitsandbytes()
+    if stages is None or "train" in stages:
+        import_unsloth_first(cfg)
+    # the pipeline loads every stage (transformers among them): only when the verb runs (not for --help),
+    # and after Unsloth
+    from bbjtune.pipeline import next_steps, parse_stages, run_pipeline
+
     outputs = run_pipeline(cfg, parse_stages(stages), console)
     console.print(f"\n[bold green]Done.[/] Results are in [bold]{cfg.run_dir}[/]:")
     for stage, path in outputs.items():

@@ -8,6 +8,7 @@ import typer
 
 from bbjtune.config import load_config
 from bbjtune.errors import BbjtuneError
+from bbjtune.import_order import import_unsloth_first
 from bbjtune.quiet import allow_bitsandbytes, needs_bitsandbytes
 from bbjtune.train.job import is_main_process
 
@@ -65,9 +66,6 @@ def train(
     """
     from rich.console import Console
 
-    # the stage loads transformers: only when the verb runs, never for --help
-    from bbjtune.train.stage import run_stage
-
     if resume and restart:
         raise BbjtuneError("--resume and --restart contradict each other", "pick one")
     if stage not in (None, "cpt", "sft", "all", "rft", "dpo", "grpo"):
@@ -75,6 +73,11 @@ def train(
     cfg = load_config(config, set_)
     if needs_bitsandbytes(cfg):
         allow_bitsandbytes()
+    if not dry_run:
+        import_unsloth_first(cfg)
+    # the stage loads transformers: only when the verb runs (never for --help), and after Unsloth
+    from bbjtune.train.stage import run_stage
+
     stages = None if stage is None else ["cpt", "sft"] if stage == "all" else [stage]
     console = Console(stderr=True, quiet=not is_main_process())  # one report, not one per GPU
     out = run_stage(
