@@ -13,6 +13,7 @@ from rich.markup import escape
 from bbjtune import __version__
 from bbjtune.bbj import cli as bbj_cli
 from bbjtune.config import dump_config, list_presets, load_config, missing_inputs
+from bbjtune.data import self_replay
 from bbjtune.data.cli import data_app
 from bbjtune.errors import BbjtuneError
 from bbjtune.import_order import import_unsloth_first
@@ -129,6 +130,16 @@ def config_check(config: ConfigArg, set_: SetOpt = None) -> None:
             "fix the paths under data: (relative paths start from the current directory)",
         )
     console.print(f"[green]✓[/] {config} is valid (run '{cfg.name}', stages: {', '.join(cfg.train_stages)})")
+    if cfg.data.self_replay.enabled:  # said here, made by the data stage only (it loads a model: the GPU machine)
+        skipped = self_replay.skip_reason(cfg)
+        console.print(
+            f"  data.self_replay: not made, {skipped}"
+            if skipped
+            else f"  data.self_replay: the data stage has {self_replay.answering_model(cfg)} answer the general "
+            f"prompts {cfg.data.self_replay.samples} time(s) each into {self_replay.target(cfg)} "
+            "(it loads that model: run the data stage on the GPU machine; once, the file is kept)",
+            highlight=False,
+        )
     if kind == "hub":
         console.print(
             f"  model.source {cfg.model.source} is a hub id: it is fetched (or read from the local "

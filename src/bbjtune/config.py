@@ -58,6 +58,38 @@ class ModelConfig(Section):
 # ----------------------------------------------------------------------------- data
 
 
+class SelfReplayConfig(Section):
+    """General conversations the data stage makes from an Instruct model's own answers (data/self_replay.py).
+
+    Generation loads the answering model, so it needs the GPU machine (once per run: the file is
+    kept and a killed generation continues); the rest of the data stage loads no model.
+    """
+
+    enabled: bool = Field(
+        False,
+        description="have the data stage write <run>/replay/self-distilled.jsonl (the model's own "
+        "answers to general coding prompts; needs the GPU) and use it as a data.replay file",
+    )
+    model: str | None = Field(
+        None,
+        description="the model that answers; default: model.source for an Instruct model (a Base "
+        "model needs its Instruct sibling here, e.g. Qwen/Qwen2.5-Coder-7B-Instruct)",
+    )
+    samples: int = Field(2, gt=0, description="answers per prompt")
+    temperature: float | None = Field(
+        None, ge=0.0, description="default: 0 (greedy) for one sample, 0.7 for several"
+    )
+    max_new_tokens: int = Field(
+        1024, ge=16, description="answers that run out of tokens are left out"
+    )
+    prompts: str | None = Field(
+        None,
+        description='JSONL of {"prompt": ...} lines; default: the 160 general coding prompts shipped '
+        "with bbjtune",
+    )
+    batch_size: int = Field(16, gt=0, description="prompts answered together")
+
+
 class DataConfig(Section):
     chatml: list[str] = Field(default_factory=list, description="globs of ChatML JSONL instruction files")
     sources: list[str] = Field(
@@ -113,6 +145,7 @@ class DataConfig(Section):
         description="globs of general (non-BBj) ChatML files mixed into stage 2 to keep general "
         "coding skills (bbjtune data replay makes one from the model's own answers)",
     )
+    self_replay: SelfReplayConfig = Field(default_factory=SelfReplayConfig)
     cpt_from_answers: bool = True
     cpt_near_dedupe: bool = False
     cpt_chunk_tokens: int | None = Field(None, gt=64, description="default: train.cpt.max_length")
@@ -544,6 +577,14 @@ class RunConfig(Section):
                 "train.stages runs stage 1 (CPT) but data.sources is empty and "
                 "data.cpt_from_answers is false: give raw BBj sources or set train.stages: sft"
             )
+        replay = self.data.self_replay
+        if replay.enabled and self.model.kind == "base" and not replay.model:
+            raise ValueError(
+                f"data.self_replay is enabled but model.source {self.model.source} is a Base model, which "
+                "does not answer chat requests: set data.self_replay.model to its Instruct sibling "
+                "(e.g. Qwen/Qwen2.5-Coder-7B-Instruct for Qwen/Qwen2.5-Coder-7B) or "
+                "data.self_replay.enabled: false"
+            )
         if "sft" in stages and t.sft.enabled and not self.data.chatml:
             raise ValueError("train.stages runs stage 2 (SFT) but data.chatml lists no instruction files")
         if t.early_stopping_patience and self.data.heldout_ratio == 0:
@@ -786,4 +827,6 @@ def expand_globs(patterns: list[str]) -> list[Path]:
 
 def missing_inputs(cfg: RunConfig) -> list[str]:
     """The data patterns of a config that match no file (empty when everything is there)."""
-    return [p for p in (*cfg.data.chatml, *cfg.data.sources, *cfg.data.replay) if not matches(p)]
+    replay = cfg.data.self_replay
+    prompts = [replay.prompts] if replay.enabled and replay.prompts else []
+    return [p for p in (*cfg.data.chatml, *cfg.data.sources, *cfg.data.replay, *prompts) if not matches(p)]

@@ -10,14 +10,12 @@ import typer
 from bbjtune.artifacts import atomic_write_jsonl
 from bbjtune.bbj.compile import check_compiler
 from bbjtune.config import apply_override, default_data_config, load_config, validate_config
-from bbjtune.data import feedback, replay
+from bbjtune.data import feedback, replay, self_replay
 from bbjtune.data.cpt import find_sources
 from bbjtune.data.derive import default_system_prompt, derive_pairs
 from bbjtune.data.stage import audit as run_audit
 from bbjtune.data.stage import prepare as run_prepare
 from bbjtune.errors import BbjtuneError
-from bbjtune.progress import progress_bar
-from bbjtune.models.backend import make_backend
 
 data_app = typer.Typer(
     no_args_is_help=True,
@@ -168,8 +166,8 @@ def replay_command(
     config: Annotated[
         str | None,
         typer.Argument(
-            help="A config YAML file or preset: its model.source answers (unless --model) and its run folder "
-            "holds the output.",
+            help="A config YAML file or preset: its data.self_replay.model or model.source answers (unless "
+            "--model) and its run folder holds the output.",
             show_default=False,
         ),
     ] = None,
@@ -233,49 +231,39 @@ def replay_command(
     from rich.console import Console
 
     cfg = _config(config, set_, chatml=None, model=None, out=None) if config else None
-    source = model or (cfg.model.source if cfg else None)
+    source = model or (self_replay.answering_model(cfg) if cfg else None)
     if not source:
         raise BbjtuneError(
             "no model to answer the prompts", "pass --model, or a config whose model.source is set"
         )
-    if not model and cfg and cfg.model.kind == "base":
+    if not model and cfg and cfg.model.kind == "base" and not cfg.data.self_replay.model:
         raise BbjtuneError(
             f"{source} is a Base model (model.kind: base): it does not answer chat requests yet",
             "let its Instruct sibling answer: --model Qwen/Qwen2.5-Coder-7B-Instruct (the same size "
             "as the config's model)",
         )
-    rows = replay.load_prompts(prompts or replay.DEFAULT_PROMPTS)[:limit]
-    target = out or ((cfg.run_dir if cfg else Path("runs")) / "replay" / "self-distilled.jsonl")
+    target = out or ((cfg.run_dir if cfg else Path("runs")) / self_replay.SELF_REPLAY_FILE)
     console = Console(stderr=True)
-    if temperature is None:
-        temperature = 0.0 if samples == 1 else 0.7
-    with progress_bar("answering general prompts", len(rows), console) as done:
-        result = replay.generate(
-            lambda: make_backend(
-                backend,
-                model=source if backend != "http" else None,
-                api_model=source,
-                base_url=base_url,
-                batch_size=batch_size,
-            ),
-            rows,
-            target,
-            model_name=Path(source).name or source,
-            system=system,
-            samples=samples,
-            temperature=temperature,
-            max_new_tokens=max_new_tokens,
-            seed=cfg.data.seed if cfg else 42,
-            progress=done,
-        )
-    console.print(
-        f"{result.written} answers written to {target}"
-        + (f" ({result.skipped_done} prompts answered before)" if result.skipped_done else "")
-        + (f"; {result.cut_off} left out (ran out of tokens or empty)" if result.cut_off else "")
-        + (f"; {result.failed} failed" if result.failed else "")
+    self_replay.distill(
+        source,
+        prompts or replay.DEFAULT_PROMPTS,
+        target,
+        samples=samples,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        seed=cfg.data.seed if cfg else 42,
+        console=console,
+        batch_size=batch_size,
+        backend=backend,
+        base_url=base_url,
+        system=system,
+        limit=limit,
     )
-    if result.written or result.skipped_done:
-        console.print(f"Next: add '{target}' to data.replay in the config, then bbjtune data prepare CONFIG")
+    if replay.generation_totals(target)["answers"]:
+        console.print(
+            f"Next: add '{target}' to data.replay in the config (or set data.self_replay.enabled: true "
+            "and let the data stage make it), then bbjtune data prepare CONFIG"
+        )
     else:
         raise BbjtuneError(
             "the model finished none of its answers",

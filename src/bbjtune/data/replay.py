@@ -53,6 +53,8 @@ class ReplayResult:
     escapes_fixed: int = 0
     scrubbed: Counter = field(default_factory=Counter)
     benchmark_prompts: int = 0
+    kept_by_file: Counter = field(default_factory=Counter)
+    self_distilled: dict[str, Any] | None = None  # data.self_replay's file: who answered, how many (self_replay.py)
 
     def counts(self) -> dict[str, Any]:
         return {
@@ -61,6 +63,7 @@ class ReplayResult:
             "escapes_fixed": self.escapes_fixed,
             "scrubbed": dict(self.scrubbed),
             "checked_against_prompts": self.benchmark_prompts,
+            **({"self_distilled": self.self_distilled} if self.self_distilled else {}),
         }
 
 
@@ -134,6 +137,7 @@ def prepare(
                 record = {"messages": messages, "id": key, **item.extra}
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
                 result.kept += 1
+                result.kept_by_file[item.file] += 1
     return result
 
 
@@ -190,6 +194,12 @@ class GenerateResult:
     skipped_done: int = 0
     cut_off: int = 0
     failed: int = 0
+    restarted: bool = False  # an earlier file made with other settings was replaced
+
+
+def log_path(out_path: Path) -> Path:
+    """Beside the answers: the settings, then one line per prompt asked (not .jsonl: no replay glob takes it)."""
+    return out_path.with_name(out_path.name + ".log")
 
 
 def generate(
@@ -207,17 +217,37 @@ def generate(
 ) -> GenerateResult:
     """Answer each prompt and append the answers as ChatML lines (resumable).
 
-    Prompts answered by an earlier run are skipped; the backend is only built when some are left.
-    `progress` receives the number of prompts done so far, those of earlier runs included.
+    Prompts asked by an earlier run with the same settings are skipped, those whose answers all ran
+    out of tokens included (the log beside the file records them; asking again would cost the same
+    GPU time for the same outcome); only prompts whose answers all failed are asked again. An earlier
+    file made with other settings (another model, more samples, ...) is replaced: its answers are not
+    this model's. The backend is only built when some prompts are left. `progress` receives the
+    number of prompts done so far, those of earlier runs included.
     """
 
     result = GenerateResult()
+    settings = {
+        "model": model_name,
+        "system": system,
+        "samples": samples,
+        "temperature": temperature,
+        "max_new_tokens": max_new_tokens,
+    }
+    log = log_path(out_path)
+    asked = read_complete_jsonl(log)
+    if asked and asked[0].get("settings") != settings:
+        result.restarted = out_path.exists()
+        out_path.unlink(missing_ok=True)
+        asked = []
     rows = read_complete_jsonl(out_path)  # complete lines only
     done = {row["prompt_id"] for row in rows if "prompt_id" in row}
+    done |= {a["prompt_id"] for a in asked[1:] if a.get("written") or not a.get("failed")}
     todo = [p for p in prompts if p["id"] not in done]
     result.skipped_done = len(prompts) - len(todo)
     if out_path.exists():
         atomic_write_jsonl(out_path, rows)  # without a line torn by a killed run
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_jsonl(log, asked or [{"settings": settings}])
     if progress:
         progress(result.skipped_done)
     if not todo:
@@ -227,13 +257,23 @@ def generate(
     sampling = Sampling(
         temperature=temperature, top_p=0.95, max_new_tokens=max_new_tokens, n=samples, seed=seed
     )
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     backend = backend_factory()
     try:
         _append_answers(backend, requests, sampling, out_path, model_name, result, progress)
     finally:
         backend.close()
     return result
+
+
+def generation_totals(out_path: Path) -> dict[str, int]:
+    """What the answer file and its log hold now, over every run that wrote them."""
+    asked = read_complete_jsonl(log_path(out_path))[1:]
+    return {
+        "answers": len(read_complete_jsonl(out_path)),
+        "prompts_asked": len({a["prompt_id"] for a in asked}),
+        "cut_off": sum(a.get("cut_off", 0) for a in asked),
+        "failed": sum(a.get("failed", 0) for a in asked),
+    }
 
 
 def _append_answers(
@@ -245,14 +285,18 @@ def _append_answers(
     result: GenerateResult,
     progress: Callable[[int], None] | None,
 ) -> None:
-    with open(out_path, "a", encoding="utf-8") as out:
+    with (
+        open(out_path, "a", encoding="utf-8") as out,
+        open(log_path(out_path), "a", encoding="utf-8") as log,
+    ):
         for finished, (i, completions) in enumerate(backend.generate(requests, sampling), 1):
             request = requests[i]
+            counts = Counter()
             for completion in completions:
                 if completion.finish_reason == "error":
-                    result.failed += 1
+                    counts["failed"] += 1
                 elif completion.finish_reason != "stop" or not completion.text.strip():
-                    result.cut_off += 1  # an answer that ran out of tokens would teach cutting off
+                    counts["cut_off"] += 1  # an answer that ran out of tokens would teach cutting off
                 else:
                     messages = [*request.messages, {"role": "assistant", "content": completion.text.strip()}]
                     row = {
@@ -262,8 +306,14 @@ def _append_answers(
                         **({"language": request.meta["language"]} if "language" in request.meta else {}),
                     }
                     out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    result.written += 1
+                    counts["written"] += 1
             out.flush()
             os.fsync(out.fileno())
+            # after the answers: a run killed in between finds the prompt done from its rows
+            log.write(json.dumps({"prompt_id": request.meta["id"], **counts}) + "\n")
+            log.flush()
+            result.written += counts["written"]
+            result.cut_off += counts["cut_off"]
+            result.failed += counts["failed"]
             if progress:
                 progress(result.skipped_done + finished)

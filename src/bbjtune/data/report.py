@@ -183,6 +183,16 @@ def _replay(a: dict[str, Any]) -> str:
         ("secrets scrubbed", scrubbed),
         ("checked against evaluation prompts (HumanEval, BBj suites)", r["checked_against_prompts"]),
     ]
+    if sd := r.get("self_distilled"):
+        rows.insert(
+            0,
+            (
+                "made by data.self_replay",
+                f"{sd['model']} answered {sd['prompts_asked']} of {sd['prompts']} prompts "
+                f"({sd['samples']} samples each): {sd['answers']} answers, {sd['cut_off']} cut off; "
+                f"{sd['kept']} kept",
+            ),
+        )
     body = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in rows)
     return (
         f"<h2>Replay (replay.jsonl)</h2><p>General coding conversations that stage 2 mixes in "

@@ -16,7 +16,9 @@
    heldout_sources.jsonl (the fill-in-the-middle evaluation's files; the manifest lists them), and
    conversations derived from them (their "source") stay out of train.jsonl;
 6. with `data.replay`: check and clean the general conversations stage 2 mixes in (replay.py)
-   into replay.jsonl.
+   into replay.jsonl; with `data.self_replay`, first have the Instruct model answer the general
+   prompts into <run>/replay/self-distilled.jsonl (self_replay.py; loads a model, needs the GPU,
+   skipped when the file is complete) and read it as one more replay file.
 
 Nothing is lost silently: every line that does not reach train.jsonl or heldout.jsonl is in
 rejected.jsonl with its reason, and every repair is counted.
@@ -35,7 +37,7 @@ from rich.console import Console
 
 from bbjtune.artifacts import StageRun, atomic_open, atomic_write_json, atomic_write_text
 from bbjtune.config import RunConfig, expand_globs
-from bbjtune.data import replay
+from bbjtune.data import replay, self_replay
 from bbjtune.data.audit import build_audit
 from bbjtune.data.chatml import Rejection, read_raw_line
 from bbjtune.data.clean import Decision, ExampleInfo, filter_and_dedupe
@@ -208,6 +210,9 @@ def prepare(
     eval_files, eval_items = eval_prompts(d.decontaminate_against)
     tokens = TokenCounter.for_model(cfg.model.source, warn=warn)
     replay_files = _matched(d.replay, "data.replay")
+    distilled = self_replay.ensure(cfg, console)  # before any output: the answers survive a failure below
+    if distilled and not any(_same_file(f, distilled.path) for f in replay_files):
+        replay_files.append(distilled.path)
 
     with StageRun(out_dir, "data", config=cfg.model_dump(mode="json")) as run:
         run.add_inputs([*files, *sources, *eval_files, *replay_files])
@@ -226,6 +231,10 @@ def prepare(
                         warn=warn,
                         count_tokens=tokens.count,
                         max_length=analysis.max_length if d.drop_too_long else None,
+                    )
+                if distilled:
+                    replayed.self_distilled = distilled.record(
+                        sum(n for f, n in replayed.kept_by_file.items() if _same_file(f, distilled.path))
                     )
             else:  # a replay.jsonl left from an earlier preparation must not be trained on
                 (out_dir / replay.REPLAY_FILE).unlink(missing_ok=True)
@@ -250,6 +259,7 @@ def prepare(
                 "cpt_tokens": written.cpt.stats.tokens,
                 "tokenizer": tokens.describe(),
                 "replay": replayed.kept if replayed else 0,
+                **({"self_replay": replayed.self_distilled} if replayed and replayed.self_distilled else {}),
                 "system_prompt_added": analysis.system_prompt_added,
                 "escapes_fixed": analysis.scan.escapes_fixed,
                 "scrubbed": dict(analysis.scan.scrubbed + written.cpt.stats.scrubbed),
@@ -390,6 +400,10 @@ def _write_outputs(
         replayed,
         held_paths,
     )
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _heldout_sources(sources: list[Path], ratio: float, seed: int) -> list[Path]:
