@@ -56,7 +56,7 @@ def test_replay_writes_the_models_answers_and_resumes(answering_model, tmp_path)
     assert rows[0]["source"].startswith("self:")
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr
-    assert "1 prompts answered before" in again.stderr and len(read_jsonl(out)) == 1  # nothing asked twice
+    assert "1 prompts asked before" in again.stderr and len(read_jsonl(out)) == 1  # nothing asked twice
 
 
 def test_replay_through_an_openai_compatible_server(tmp_path):
