@@ -137,7 +137,9 @@ def distill(
     rows = replay.load_prompts(prompts_path)[:limit]
     if temperature is None:
         temperature = 0.0 if samples == 1 else 0.7
-    with progress_bar(f"{label}: {Path(model).name or model} answers general prompts", len(rows), console) as done:
+    with progress_bar(
+        f"{label}: {Path(model).name or model} answers general prompts", len(rows), console, eta=True
+    ) as done:
         result = replay.generate(
             lambda: make_backend(
                 backend,
