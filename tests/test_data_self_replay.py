@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO_ROOT, run_cli
-from test_data_replay import ADD, ADD_ANSWER, answering_model, chat, read_jsonl  # noqa: F401 (a fixture)
+import test_data_replay
+from test_data_replay import ADD, ADD_ANSWER, chat, read_jsonl
 from train_helpers import write_jsonl
 
 from bbjtune.data import replay
@@ -16,6 +17,7 @@ from bbjtune.models.backend import make_backend
 
 OTHER = "Explain what a hash map is, with an example in Java."
 DEMO = REPO_ROOT / "examples" / "demo" / "short-programs.jsonl"
+answering_model = test_data_replay.answering_model  # the fixture: tiny:test trained to answer ADD
 
 
 def write_config(tmp_path: Path, model: str, kind: str, self_replay: dict, **train) -> Path:
@@ -62,6 +64,8 @@ def test_the_data_stage_makes_the_answers_once_and_prepare_keeps_them(answering_
     audit = json.loads((data / "audit.json").read_text())
     assert audit["replay"]["self_distilled"] == record
     assert "made by data.self_replay" in (data / "report.html").read_text()
+    said = " ".join(first.stdout.split())
+    assert f"{len(kept)} of them from data.self_replay: {len(rows)} answers by {answering_model}" in said
 
     before = made.read_bytes()
     again = run_cli("data", "prepare", str(config))
@@ -121,7 +125,10 @@ def test_config_check_and_the_dry_run_do_not_generate(tmp_path):
     check = run_cli("config", "check", str(config))
     assert check.returncode == 0, check.stderr
     text = " ".join((check.stdout + check.stderr).split())
-    assert f"data.self_replay: the data stage has tiny:test answer the general prompts 2 time(s) each into {made}" in text
+    assert (
+        f"data.self_replay: the data stage has tiny:test answer the general prompts 2 time(s) each into {made}"
+        in text
+    )
     prepared = run_cli("data", "prepare", str(config), "--set", "data.self_replay.enabled=false")
     assert prepared.returncode in (0, 1), prepared.stderr[-2000:]
     dry = run_cli("train", str(config), "--dry-run")
@@ -143,4 +150,5 @@ def test_the_presets_replay_with_the_measured_recipe(size):
         assert cfg.train.sft.replay_ratio == 0.2
         # the Instruct model of the same size answers: the preset's own, or the Base model's sibling
         assert (s.model or cfg.model.source) == f"Qwen/Qwen2.5-Coder-{size.upper()}-Instruct"
-    assert not load_config("quickstart").data.self_replay.enabled  # a random tiny model answers nothing useful
+    # the quickstart's random tiny model answers nothing worth keeping
+    assert not load_config("quickstart").data.self_replay.enabled

@@ -130,7 +130,7 @@ def config_check(config: ConfigArg, set_: SetOpt = None) -> None:
             "fix the paths under data: (relative paths start from the current directory)",
         )
     console.print(f"[green]✓[/] {config} is valid (run '{cfg.name}', stages: {', '.join(cfg.train_stages)})")
-    if cfg.data.self_replay.enabled:  # said here, made by the data stage only (it loads a model: the GPU machine)
+    if cfg.data.self_replay.enabled:  # said here; made by the data stage only (it loads a model)
         skipped = self_replay.skip_reason(cfg)
         console.print(
             f"  data.self_replay: not made, {skipped}"

@@ -79,9 +79,7 @@ class SelfReplayConfig(Section):
     temperature: float | None = Field(
         None, ge=0.0, description="default: 0 (greedy) for one sample, 0.7 for several"
     )
-    max_new_tokens: int = Field(
-        1024, ge=16, description="answers that run out of tokens are left out"
-    )
+    max_new_tokens: int = Field(1024, ge=16, description="answers that run out of tokens are left out")
     prompts: str | None = Field(
         None,
         description='JSONL of {"prompt": ...} lines; default: the 160 general coding prompts shipped '

@@ -403,6 +403,12 @@ def _print_summary(audit: dict, out_dir: Path, prepared: bool) -> None:
             f"replay: {r['kept']} general conversations for stage 2 (replay.jsonl), checked against "
             f"{r['checked_against_prompts']} evaluation prompts"
         )
+        if sd := r.get("self_distilled"):
+            console.print(
+                f"  {sd['kept']} of them from data.self_replay: {sd['answers']} answers by {sd['model']} "
+                f"in {sd['file']}",
+                highlight=False,
+            )
     n = audit["rejected"]["total"]
     if n:
         console.print(

@@ -54,7 +54,7 @@ class ReplayResult:
     scrubbed: Counter = field(default_factory=Counter)
     benchmark_prompts: int = 0
     kept_by_file: Counter = field(default_factory=Counter)
-    self_distilled: dict[str, Any] | None = None  # data.self_replay's file: who answered, how many (self_replay.py)
+    self_distilled: dict[str, Any] | None = None  # data.self_replay's file: who answered, how many
 
     def counts(self) -> dict[str, Any]:
         return {

@@ -82,7 +82,7 @@ def ensure(cfg: RunConfig, console: Console) -> Distilled | None:
     if (why := skip_reason(cfg)) is not None:
         console.print(f"data.self_replay: not made, {why}", highlight=False)
         return None
-    if cfg.model.kind == "base" and not s.model:  # the config check refuses this; a config built in code may not
+    if cfg.model.kind == "base" and not s.model:  # refused when a config is loaded; one built in code is not
         raise BbjtuneError(
             f"data.self_replay: model.source {cfg.model.source} is a Base model, which does not answer chat requests",
             "set data.self_replay.model to its Instruct sibling, or data.self_replay.enabled: false",
