@@ -93,10 +93,10 @@ if want sweep; then
 fi
 if want replay; then
   # The remedy proposed for the HumanEval drop: stage 2 again on stage 1's model, with 20% of its
-  # examples general conversations the base model (Instruct, so --model) answered itself (4 samples
+  # examples general conversations the base model (Instruct, so --model) answered itself (2 samples
   # per general prompt).
   stamp "replay: the base model answers the general prompts"
-  $BBJ data replay "$CFG" "${SET[@]}" --model "$MODEL" --samples 4 --out "$RUN/replay/self-distilled.jsonl"
+  $BBJ data replay "$CFG" "${SET[@]}" --model "$MODEL" --samples 2 --out "$RUN/replay/self-distilled.jsonl"
   RSET=(--set "data.output_dir=$RUN/data-replay" --set "data.replay=[$RUN/replay/self-distilled.jsonl]")
   $BBJ data prepare "$CFG" "${SET[@]}" "${RSET[@]}" || [ $? -eq 1 ]
   mkdir -p "$RUN/sweep/sft-replay-20"
