@@ -37,7 +37,11 @@ def two_stage(tiny_model_dir, tmp_path_factory):
     first = make_adapter(base, root / "cpt", seed=4, modules_to_save=["embed_tokens", "lm_head"])
     rows = [3, 5, 4000, 7]
     second = make_adapter(
-        base, root / "sft", seed=5, use_rslora=True, trainable_token_indices={"embed_tokens": rows, "lm_head": rows}
+        base,
+        root / "sft",
+        seed=5,
+        use_rslora=True,
+        trainable_token_indices={"embed_tokens": rows, "lm_head": rows},
     )
     return base, [first, second]
 
