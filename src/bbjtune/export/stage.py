@@ -114,6 +114,10 @@ def run_stage(cfg: RunConfig) -> Path:
                 if reference is None and streaming:
                     hf_model = _merged_in_memory(plan)
                 report = _verify(cfg, model_dir, ggufs, run, hf_model, reference, reference_why)
+                if hf_model is not None:  # model_dir is scratch: name what the reference really was
+                    report["reference"] = (
+                        f"{plan.base} with {len(plan.adapters)} adapter(s), merged in memory"
+                    )
                 del hf_model
             for path in temporary.values():  # the f16 intermediate: every k-quant is written and verified
                 path.unlink(missing_ok=True)
