@@ -12,8 +12,15 @@
       manifest.json
 
 Everything that can be checked is checked before the first large file is written: trained.json,
-the adapter against its base, quant types, llama-cpp-python, free disk space. Every file appears
-under its final name only when complete.
+the adapter against its base, quant types, llama-cpp-python, free disk space and available RAM
+against an estimate from the parameter count (preflight.py). Every file appears under its final
+name only when complete.
+
+Without `export.merged` the adapters are merged tensor by tensor straight into the GGUF writer
+(stream.py): no whole model in RAM, no merged checkpoint on disk. With it, or for an adapter the
+streaming merge cannot reproduce (DoRA, ...), PEFT merges the whole model; the manifest's
+`merge_path` says which ran and why. The f16 file llama.cpp quantizes from, when f16 itself was not
+asked for, is temporary and deleted once the k-quants are written and verified.
 """
 
 from __future__ import annotations
