@@ -156,6 +156,12 @@ def main() -> None:
     parser.add_argument("--alpha", type=int, default=64)
     parser.add_argument("--no-verify", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the exported files and the random base")
+    parser.add_argument(
+        "--hf-merge-only",
+        action="store_true",
+        help="measure the HF merge (whole model, model.dtype bfloat16) alone, for comparison; its row is "
+        "appended to --json",
+    )
     args = parser.parse_args()
 
     os.environ.setdefault("BBJTUNE_CACHE_DIR", str(args.work / "cache"))
@@ -196,6 +202,9 @@ def main() -> None:
         max_length=4096,
         system_prompt=None,
     )
+    if args.hf_merge_only:
+        hf_merge_row(cfg, args, base)
+        return
     out = cfg.export_dir
     if out.exists():
         shutil.rmtree(out)
@@ -272,6 +281,46 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if not args.keep:
         shutil.rmtree(run_root, ignore_errors=True)
+
+
+def hf_merge_row(cfg, args, base: Path) -> None:
+    """The HF merge (PEFT, whole model) into merged safetensors, timed and sampled like the export."""
+    from bbjtune.export.merge import merge, plan_from_trained
+
+    out = args.work / "hf-merged"
+    shutil.rmtree(out, ignore_errors=True)
+    sampler = Sampler(out)
+    sampler.start()
+    sampler.mark("hf merge")
+    t0 = time.time()
+    error = None
+    try:
+        merge(plan_from_trained(cfg.train_dir), out, dtype=cfg.model.dtype)
+    except Exception as exc:  # noqa: BLE001 — a benchmark records the failure (e.g. out of memory) as a row
+        error = f"{type(exc).__name__}: {exc}"
+    wall = time.time() - t0
+    sampler.stop.set()
+    sampler.sample()
+    p = sampler.peaks["hf merge"]
+    row = {
+        "model": args.size,
+        "stage": "export",
+        "step": f"HF merge alone (PEFT, whole model in {cfg.model.dtype}, merged safetensors written)",
+        "ok": error is None,
+        "wall_s": round(wall, 1),
+        "peak_gpu_gib": None,
+        "peak_ram_gib": round(p["rss"] / GiB, 2),
+        "peak_anon_gib": round(p["anon"] / GiB, 2),
+        "peak_disk_gib": round(p["disk"] / GiB, 2),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {_mem_total_gib():.0f} GiB RAM, no GPU",
+        "command": "nice -n 5 python " + " ".join(sys.argv),
+        "error": error,
+    }
+    result = json.loads(args.json.read_text()) if args.json.exists() else {"rows": []}
+    result["rows"].append(row)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(row, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def _verify_summary(verify: dict | None) -> dict | None:

@@ -5,11 +5,12 @@ written (bytes per parameter below), the temporary files at their peak, and the 
 `check_export` refuses with one line (needed, free, what to change) when the disk or the RAM cannot
 take it, and warns when the margin is thin. `bbjtune train --dry-run` prints the same estimate.
 
-The RAM figures are the shape of the work, calibrated on a random 7B export on a 2-core CPU
-(benchmarks/RESULTS.md, "Export at scale"):
-- streaming merge + GGUF writer: a few float32 copies of the largest tensor (the embeddings: the
-  merge's float32 sum, the writer's float32 array and its encoded copy; q8_0 quantizing in numpy
-  makes two more), plus the Python/torch baseline;
+The RAM figures follow the code's arithmetic, as upper bounds, checked against a random 7B export
+on a 2-core CPU (benchmarks/RESULTS.md, "Export at scale"):
+- streaming merge + GGUF writer: float32-sized copies of the largest tensor (the embeddings: the
+  tensor read from safetensors and the merge's result, the writer's float32 array and its f16 copy,
+  about two float32 copies in all; gguf's numpy q8_0 quantizer makes two more), plus the
+  Python/torch baseline. It does not grow with the number of layers: 14B and 32B need the same;
 - HF merge: the whole model in the merge dtype (float32 on a CPU: 4 bytes per parameter);
 - verification against the HF model: the merged model in float32 (hf_reference loads it so);
   against a 16-bit GGUF instead: llama.cpp maps the file, so about its size.
@@ -43,7 +44,7 @@ BYTES_PER_PARAM = {
 WRITER_TYPES = ("f32", "f16", "bf16", "q8_0")  # as export/gguf.py (kept here so the estimate imports no gguf)
 REFERENCE_TYPES = ("f32", "f16", "bf16")  # GGUFs precise enough to stand in for the HF model
 BASELINE_RAM = int(1.5 * GiB)  # Python, torch, tokenizer, llama.cpp's context: measured ~1.2 GiB at 7B
-STREAM_COPIES = 4  # float32 copies of the largest tensor alive at once while streaming (see above)
+STREAM_COPIES = 2  # float32-sized copies of the largest tensor alive at once while streaming (see above)
 Q8_EXTRA_COPIES = 2  # gguf's numpy q8_0 quantizer: scaled copy and rounded copy
 DISK_MARGIN = 1.05  # file sizes vary a little with the tokenizer and the k-quant mixes
 WARN_MARGIN = 1.15
