@@ -233,7 +233,7 @@ def main() -> None:
     verify = json.loads((out / "verify.json").read_text()) if (out / "verify.json").exists() else None
 
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, {_mem_total_gib():.0f} GiB RAM, no GPU"
-    command = "nice -n 5 python " + " ".join(sys.argv)
+    command = "nice -n 5 python " + " ".join(sys.argv).replace(str(args.work), "WORK")
     common = {
         "model": args.size,
         "stage": "export",
@@ -313,7 +313,7 @@ def hf_merge_row(cfg, args, base: Path) -> None:
         "peak_anon_gib": round(p["anon"] / GiB, 2),
         "peak_disk_gib": round(p["disk"] / GiB, 2),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {_mem_total_gib():.0f} GiB RAM, no GPU",
-        "command": "nice -n 5 python " + " ".join(sys.argv),
+        "command": "nice -n 5 python " + " ".join(sys.argv).replace(str(args.work), "WORK"),
         "error": error,
     }
     result = json.loads(args.json.read_text()) if args.json.exists() else {"rows": []}
