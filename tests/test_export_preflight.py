@@ -181,3 +181,19 @@ def test_quantized_files_verified_against_the_f16_gguf(tiny_model_dir, tmp_path)
     wrong = write_gguf(other, tmp_path / "wrong.q8_0.gguf", "q8_0")
     bad = verify_all(wide, {"q8_0": wrong}, reference_gguf=("f16", f16), why="test")
     assert not bad["ok"] and bad["results"]["q8_0"]["failures"]
+
+
+def test_train_refuses_before_loading_a_model_when_the_disk_is_full(tmp_path, tiny_model_dir, monkeypatch):
+    """The check runs in `bbjtune train` itself, before the model is loaded or any stage directory made."""
+    from train_helpers import make_config, write_data
+
+    from bbjtune.export import preflight
+    from bbjtune.train.stage import run_stage
+
+    write_data(tmp_path / "data", n_train=4)
+    cfg = make_config(tmp_path, tiny_model_dir, train__sft__max_steps=1)
+    monkeypatch.setattr(preflight, "free_disk", lambda where: 0)  # this machine's disk, as if full
+    with pytest.raises(BbjtuneError, match="not enough disk space to train") as err:
+        run_stage(cfg, console=Console(stderr=True, quiet=True))
+    assert "0.0 GiB free" in str(err.value) and "output_dir" in err.value.hint
+    assert not (cfg.train_dir / "sft").exists()
