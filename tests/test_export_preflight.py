@@ -197,3 +197,38 @@ def test_train_refuses_before_loading_a_model_when_the_disk_is_full(tmp_path, ti
         run_stage(cfg, console=Console(stderr=True, quiet=True))
     assert "0.0 GiB free" in str(err.value) and "output_dir" in err.value.hint
     assert not (cfg.train_dir / "sft").exists()
+
+
+def test_streamed_export_verifies_against_a_temporary_f16_when_ram_is_short(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """RAM enough to stream but not to hold the merged model in float32: the f16 GGUF is the reference."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from bbjtune.export import stage
+    from bbjtune.export.preflight import BASELINE_RAM
+    from bbjtune.models.loading import architecture_of
+
+    wide = make_wide_model(tiny_model_dir, tmp_path / "wide")
+    arch = architecture_of(str(wide))
+    stream = estimate_export(arch, ["q4_k_m"], streaming=True, verify=False).ram_peak
+    hf = BASELINE_RAM + int(arch.params * 4 * 1.05)
+    assert stream < hf
+    monkeypatch.setattr(stage, "available_ram", lambda: (stream + hf) // 2)  # this machine's RAM, as if small
+    cfg = load_config(
+        "quickstart",
+        [f"output_dir={tmp_path}/runs/{{name}}", "export.merged=false", "export.gguf=[q4_k_m]"],
+    )
+    adapter = make_adapter(wide, cfg.train_dir / "sft" / "adapter", seed=3, scale=0.01)
+    make_trained_run(cfg.train_dir, str(wide), adapter, wide, stages=("sft",))
+    try:
+        out = stage.run_stage(cfg)
+    except BbjtuneError as exc:  # a verdict is not what this test is about; the report must exist
+        assert "verification failed" in str(exc)
+        out = cfg.export_dir
+    verify = json.loads((out / "verify.json").read_text())
+    assert verify["reference_kind"] == "gguf" and verify["reference"] == f"{cfg.name}.f16.gguf"
+    assert "float32" in verify["reference_why"] and verify["reference_tokenization_identical"]
+    assert list(verify["results"]) == ["q4_k_m"] and verify["results"]["q4_k_m"]["positions"] > 0
+    assert sorted(p.name for p in out.glob("*.gguf")) == [f"{cfg.name}.q4_k_m.gguf"]  # f16 was temporary
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["estimate"]["verify_reference"] == "gguf"

@@ -85,7 +85,18 @@ def run_stage(cfg: RunConfig) -> Path:
             save_bytes=_save_bytes(plan.base, cfg.model.dtype),
             available_ram=ram,
         )
-        for warning in check_export(out, est, ram=ram):
+        warnings = check_export(out, est, ram=ram)
+        console.print(
+            f"export needs about {est.disk_peak / 2**30:.1f} GiB of disk at the peak and "
+            f"{max(v for k, v in est.ram.items() if k != 'verify') / 2**30:.1f} GiB of RAM "
+            f"({est.ram.get('verify', 0) / 2**30:.1f} GiB to verify against the "
+            f"{'merged model' if est.verify_reference == 'hf' else '16-bit GGUF'})"
+            if export.verify
+            else f"export needs about {est.disk_peak / 2**30:.1f} GiB of disk at the peak and "
+            f"{est.ram_peak / 2**30:.1f} GiB of RAM",
+            highlight=False,
+        )
+        for warning in warnings:
             console.print(f"[yellow]![/] {warning}")
     reference_why = _gguf_reference_reason(est, ram) if export.verify else None
 

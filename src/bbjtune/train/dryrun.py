@@ -214,7 +214,7 @@ def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Con
 
 def _show_export(cfg: RunConfig, console: Console) -> None:
     """What `bbjtune export` will need in host RAM and disk for this config, and what this machine has."""
-    from bbjtune.export.preflight import available_ram, estimate_export, free_disk
+    from bbjtune.export.preflight import DISK_MARGIN, available_ram, estimate_export, free_disk
 
     arch = known_architecture(cfg.model.source)
     if arch is None:
@@ -237,7 +237,7 @@ def _show_export(cfg: RunConfig, console: Console) -> None:
     )
     unit, scale = ("GiB", 2**30) if arch.params > 5e7 else ("MiB", 2**20)
     table = Table(
-        title=f"export (estimate, {unit}): {'HF merge, merged/ kept' if e.merged else 'streamed merge'}",
+        title=f"export ({unit}, estimate): {'HF merge' if e.merged else 'streamed merge'}",
         title_justify="left",
     )
     table.add_column("file or step")
@@ -262,8 +262,21 @@ def _show_export(cfg: RunConfig, console: Console) -> None:
         if est.verify_reference == "hf"
         else "; verification against the 16-bit GGUF (the HF model does not fit in this RAM)"
     )
+    free = free_disk(cfg.export_dir)
     console.print(
-        f"  this machine: {ram / 2**30:.1f} GiB RAM available, {free_disk(cfg.export_dir) / 2**30:.1f} GiB "
+        f"  this machine: {ram / 2**30:.1f} GiB RAM available, {free / 2**30:.1f} GiB "
         f"free for {cfg.export_dir}{verify}"
         + ("; export.merged: false streams the merge (no whole model in RAM)" if e.merged else "")
     )
+    step, need = max(((k, v) for k, v in est.ram.items() if k != "verify"), key=lambda kv: kv[1])
+    disk = est.disk_peak * DISK_MARGIN
+    if need > ram or disk > free:
+        console.print(
+            "  [yellow]bbjtune export would refuse on this machine:[/] "
+            + (
+                "; ".join(
+                    ([f"its {step} step needs {need / 2**30:.1f} GiB of RAM"] if need > ram else [])
+                    + ([f"it needs {disk / 2**30:.1f} GiB of disk"] if disk > free else [])
+                )
+            )
+        )
