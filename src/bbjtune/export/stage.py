@@ -20,7 +20,8 @@ Without `export.merged` the adapters are merged tensor by tensor straight into t
 (stream.py): no whole model in RAM, no merged checkpoint on disk. With it, or for an adapter the
 streaming merge cannot reproduce (DoRA, ...), PEFT merges the whole model; the manifest's
 `merge_path` says which ran and why. The f16 file llama.cpp quantizes from, when f16 itself was not
-asked for, is temporary and deleted once the k-quants are written and verified.
+asked for, is temporary: deleted once the k-quants are written (after verification when it is
+verification's reference).
 """
 
 from __future__ import annotations
@@ -125,6 +126,9 @@ def run_stage(cfg: RunConfig) -> Path:
                     _merge(plan, model_dir, cfg.model.dtype)
                 console.print(f"[green]✓[/] merged model → {model_dir if export.merged else '(temporary)'}")
                 ggufs, temporary = _write_ggufs(cfg, model_dir, run, scratch, None, need_reference)
+            if not reference_why:  # the f16 intermediate is nobody's reference: gone before verification
+                for path in temporary.values():
+                    path.unlink(missing_ok=True)
             report = None
             if export.verify:
                 reference = _reference_file(ggufs, temporary) if reference_why else None
@@ -137,7 +141,7 @@ def run_stage(cfg: RunConfig) -> Path:
                         f"{plan.base} with {len(plan.adapters)} adapter(s), merged in memory"
                     )
                 del hf_model
-            for path in temporary.values():  # the f16 intermediate: every k-quant is written and verified
+            for path in temporary.values():  # the f16 reference: every k-quant is written and verified
                 path.unlink(missing_ok=True)
             lora = _lora_gguf(cfg, plan, adapters, model_dir, run, scratch)
             if report is not None:
