@@ -519,8 +519,9 @@ class ExportConfig(Section):
     output_dir: str | None = Field(None, description="default: <run output_dir>/export")
     merged: bool = Field(
         True,
-        description="keep merged/ (16-bit safetensors for vLLM or transformers); "
-        "the GGUF files are made from it either way",
+        description="keep merged/ (16-bit safetensors for vLLM or transformers), merged by PEFT on the whole "
+        "model; false: the GGUF files are made by merging tensor by tensor (RAM of one tensor, no merged copy "
+        "on disk)",
     )
     gguf: list[QuantType] = Field(
         default_factory=lambda: ["f16", "q8_0", "q4_k_m"],

@@ -103,8 +103,12 @@ class QwenCheckpoint:
         return float(rope.get("rope_theta", self.config.get("rope_theta", 10000.0)))
 
 
-def read_checkpoint(model_dir: str | Path) -> QwenCheckpoint:
-    """Check that `model_dir` is a Qwen2 safetensors checkpoint and list its tensors."""
+def read_checkpoint(model_dir: str | Path, tensor_names: list[str] | None = None) -> QwenCheckpoint:
+    """Check that `model_dir` is a Qwen2 safetensors checkpoint and list its tensors.
+
+    With `tensor_names` the weights come from elsewhere (export/stream.py merges them on the fly):
+    `model_dir` then needs only config.json and the tokenizer.
+    """
     model_dir = Path(model_dir)
     try:
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
@@ -131,12 +135,12 @@ def read_checkpoint(model_dir: str | Path) -> QwenCheckpoint:
         )
     from safetensors import safe_open
 
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
+    files = sorted(model_dir.glob("*.safetensors")) if tensor_names is None else []
+    if tensor_names is None and not files:
         raise BbjtuneError(
             f"{model_dir} has no .safetensors weights", "save the model with safe_serialization"
         )
-    tensor_files: dict[str, Path] = {}
+    tensor_files: dict[str, Path] = dict.fromkeys(tensor_names or [], model_dir)
     for f in files:
         with safe_open(f, framework="pt") as st:
             for key in st.keys():
@@ -286,12 +290,19 @@ def _file_type(out_type: str) -> int:
 
 
 @contextmanager
-def _open_tensors(ckpt: QwenCheckpoint) -> Iterator[Callable[[str], Any]]:
+def _open_tensors(ckpt: QwenCheckpoint, tensors: Any = None) -> Iterator[tuple[Callable, Callable]]:
+    """(shape_of(name), get(name)) over the checkpoint's safetensors, or over `tensors` when given."""
+    if tensors is not None:
+        yield tensors.shape, tensors.get
+        return
     from safetensors import safe_open
 
     handles = {f: safe_open(f, framework="pt") for f in set(ckpt.tensor_files.values())}
     try:
-        yield lambda name: handles[ckpt.tensor_files[name]]
+        yield (
+            lambda name: handles[ckpt.tensor_files[name]].get_slice(name).get_shape(),
+            lambda name: handles[ckpt.tensor_files[name]].get_tensor(name),
+        )
     finally:
         handles.clear()
 
@@ -307,9 +318,12 @@ def write_gguf(
     name: str | None = None,
     chat_template: str = CHATML_TEMPLATE,
     on_tensor: Callable[[int, int], None] | None = None,
+    tensors: Any = None,
 ) -> Path:
     """Write `model_dir` (a Qwen2 safetensors checkpoint) as one GGUF file of `out_type`.
 
+    `tensors`, when given, supplies the weights instead of `model_dir`'s safetensors: an object with
+    `names` (list), `shape(name)` and `get(name)` (a torch tensor), e.g. stream.StreamedMerge.
     The file appears at `out_path` only when complete (it is written beside it and renamed).
     """
     import gguf
@@ -319,7 +333,7 @@ def write_gguf(
             f"GGUF type '{out_type}' is not written directly",
             f"write one of {', '.join(WRITER_TYPES)} first, then quantize it with llama.cpp",
         )
-    ckpt = read_checkpoint(model_dir)
+    ckpt = read_checkpoint(model_dir, None if tensors is None else list(tensors.names))
     cfg = ckpt.config
     vocab = read_vocab(ckpt.directory, int(cfg["vocab_size"]))
     names = [
@@ -328,12 +342,12 @@ def write_gguf(
         if not (n == "lm_head.weight" and ckpt.tied_embeddings)
     ]
 
-    with atomic_path(out_path) as tmp, _open_tensors(ckpt) as source:
+    with atomic_path(out_path) as tmp, _open_tensors(ckpt, tensors) as (shape_of, get):
         writer = gguf.GGUFWriter(str(tmp), ARCH)
         _add_metadata(writer, ckpt, vocab, name or Path(out_path).name.split(".")[0], out_type, chat_template)
         plan = []
         for hf_name in names:
-            shape = tuple(source(hf_name).get_slice(hf_name).get_shape())
+            shape = tuple(shape_of(hf_name))
             qtype = _storage_type(out_type, shape)
             if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
                 dtype = np.float32 if qtype == gguf.GGMLQuantizationType.F32 else np.float16
@@ -353,7 +367,7 @@ def write_gguf(
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for i, (hf_name, qtype) in enumerate(plan):
-            tensor = source(hf_name).get_tensor(hf_name).float().numpy()
+            tensor = get(hf_name).float().numpy()
             writer.write_tensor_data(_encode(tensor, qtype))
             if on_tensor:
                 on_tensor(i + 1, len(plan))

@@ -12,13 +12,20 @@
       manifest.json
 
 Everything that can be checked is checked before the first large file is written: trained.json,
-the adapter against its base, quant types, llama-cpp-python, free disk space. Every file appears
-under its final name only when complete.
+the adapter against its base, quant types, llama-cpp-python, free disk space and available RAM
+against an estimate from the parameter count (preflight.py). Every file appears under its final
+name only when complete.
+
+Without `export.merged` the adapters are merged tensor by tensor straight into the GGUF writer
+(stream.py): no whole model in RAM, no merged checkpoint on disk. With it, or for an adapter the
+streaming merge cannot reproduce (DoRA, ...), PEFT merges the whole model; the manifest's
+`merge_path` says which ran and why. The f16 file llama.cpp quantizes from, when f16 itself was not
+asked for, is temporary: deleted once the k-quants are written (after verification when it is
+verification's reference).
 """
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +35,6 @@ from rich.console import Console
 
 from bbjtune.artifacts import StageRun, atomic_write_json
 from bbjtune.config import RunConfig
-from bbjtune.errors import BbjtuneError
 from bbjtune.progress import new_progress
 from bbjtune.export.gguf import WRITER_TYPES, write_gguf
 from bbjtune.export.lora_gguf import why_not, write_lora_gguf
@@ -37,24 +43,19 @@ from bbjtune.export.modelfile import ollama_model_name, write_modelfile
 from bbjtune.export.quantize import quantize, require_llama_cpp
 from bbjtune.export.verify import compare_lora_with_merged, raise_on_failure, verify_all
 from bbjtune.export.vllm import explain, plan_vllm
-from bbjtune.models.loading import architecture_of
-from bbjtune.models.loading import resolve_source
+from bbjtune.export.preflight import (
+    BASELINE_RAM,
+    BYTES_PER_PARAM,  # noqa: F401 — re-exported: callers read the file sizes from here
+    REFERENCE_TYPES,
+    available_ram,
+    check_export,
+    estimate_export,
+)
+from bbjtune.export.stream import StreamedMerge, stream_blockers, write_model_files
+from bbjtune.models.loading import architecture_of, resolve_source, torch_dtype
+from bbjtune.models.merge import _declared_dtype
 
 console = Console(stderr=True)
-
-# Bytes per parameter of each file (k-quants: the averages llama.cpp reports for 7B models).
-BYTES_PER_PARAM = {
-    "f32": 4.0,
-    "f16": 2.0,
-    "bf16": 2.0,
-    "q8_0": 1.07,
-    "q6_k": 0.83,
-    "q5_k_m": 0.72,
-    "q4_k_m": 0.61,
-    "q4_0": 0.57,
-    "q3_k_m": 0.49,
-    "q2_k": 0.42,
-}
 
 
 def gguf_path(cfg: RunConfig, quant: str) -> Path:
@@ -69,8 +70,36 @@ def run_stage(cfg: RunConfig) -> Path:
     llama_types = [q for q in export.gguf if q not in WRITER_TYPES]
     if llama_types or export.verify or export.lora_gguf:
         require_llama_cpp()
+    streaming, why = choose_merge_path(export.merged, plan.base, adapters)
     arch = architecture_of(plan.base)
-    check_disk_space(out, arch.params if arch else None, export.gguf, export.lora_gguf)
+    ram = available_ram()
+    est = None
+    if arch is not None:
+        est = estimate_export(
+            arch,
+            list(export.gguf),
+            streaming=streaming,
+            keep_merged=export.merged,
+            lora_gguf=export.lora_gguf,
+            verify=export.verify,
+            merge_bytes=torch_dtype(cfg.model.dtype).itemsize,
+            save_bytes=_save_bytes(plan.base, cfg.model.dtype),
+            available_ram=ram,
+        )
+        warnings = check_export(out, est, ram=ram)
+        console.print(
+            f"export needs about {est.disk_peak / 2**30:.1f} GiB of disk at the peak and "
+            f"{max(v for k, v in est.ram.items() if k != 'verify') / 2**30:.1f} GiB of RAM "
+            f"({est.ram.get('verify', 0) / 2**30:.1f} GiB to verify against the "
+            f"{'merged model' if est.verify_reference == 'hf' else '16-bit GGUF'})"
+            if export.verify
+            else f"export needs about {est.disk_peak / 2**30:.1f} GiB of disk at the peak and "
+            f"{est.ram_peak / 2**30:.1f} GiB of RAM",
+            highlight=False,
+        )
+        for warning in warnings:
+            console.print(f"[yellow]![/] {warning}")
+    reference_why = _gguf_reference_reason(est, ram) if export.verify else None
 
     with StageRun(out, stage="export", config=cfg.model_dump(mode="json")) as run:
         # hash the small inputs (adapters, trained.json, the base's config), not a multi-GB base model
@@ -79,17 +108,42 @@ def run_stage(cfg: RunConfig) -> Path:
             [cfg.train_dir / "trained.json", *plan.adapters, *([base_config] if base_config.exists() else [])]
         )
         run.extra["base_model"] = plan.base
+        run.extra["merge_path"] = {"path": "stream" if streaming else "hf", "reason": why}
+        if est is not None:
+            run.extra["estimate"] = est.to_json()
+        console.print(f"merge: {'streaming, tensor by tensor' if streaming else 'HF (whole model)'} — {why}")
         merged = out / "merged"
-        with tempfile.TemporaryDirectory(prefix=".export.", dir=out) as scratch:
-            merged_dir = merged if export.merged else Path(scratch) / "merged"
-            with run.timed("merge"), console.status(f"merging the adapter into {plan.base}"):
-                _merge(plan, merged_dir, cfg.model.dtype)
-            console.print(f"[green]✓[/] merged model → {merged_dir if export.merged else '(temporary)'}")
-            ggufs = _write_ggufs(cfg, merged_dir, run, Path(scratch))
+        with tempfile.TemporaryDirectory(prefix=".export.", dir=out) as scratch_name:
+            scratch = Path(scratch_name)
+            need_reference = reference_why is not None and not any(q in export.gguf for q in REFERENCE_TYPES)
+            if streaming:
+                model_dir = write_model_files(plan.base, plan.tokenizer_source, plan.chat, scratch / "model")
+                with StreamedMerge(plan.base, adapters, dtype=cfg.model.dtype) as tensors:
+                    ggufs, temporary = _write_ggufs(cfg, model_dir, run, scratch, tensors, need_reference)
+            else:
+                model_dir = merged if export.merged else scratch / "merged"
+                with run.timed("merge"), console.status(f"merging the adapter into {plan.base}"):
+                    _merge(plan, model_dir, cfg.model.dtype)
+                console.print(f"[green]✓[/] merged model → {model_dir if export.merged else '(temporary)'}")
+                ggufs, temporary = _write_ggufs(cfg, model_dir, run, scratch, None, need_reference)
+            if not reference_why:  # the f16 intermediate is nobody's reference: gone before verification
+                for path in temporary.values():
+                    path.unlink(missing_ok=True)
             report = None
             if export.verify:
-                report = _verify(cfg, merged_dir, ggufs, run)
-            lora = _lora_gguf(cfg, plan, adapters, merged_dir, run, Path(scratch))
+                reference = _reference_file(ggufs, temporary) if reference_why else None
+                hf_model = None
+                if reference is None and streaming:
+                    hf_model = _merged_in_memory(plan)
+                report = _verify(cfg, model_dir, ggufs, run, hf_model, reference, reference_why)
+                if hf_model is not None:  # model_dir is scratch: name what the reference really was
+                    report["reference"] = (
+                        f"{plan.base} with {len(plan.adapters)} adapter(s), merged in memory"
+                    )
+                del hf_model
+            for path in temporary.values():  # the f16 reference: every k-quant is written and verified
+                path.unlink(missing_ok=True)
+            lora = _lora_gguf(cfg, plan, adapters, model_dir, run, scratch)
             if report is not None:
                 report["lora_gguf"] = lora
                 atomic_write_json(out / "verify.json", report)
@@ -109,18 +163,68 @@ def run_stage(cfg: RunConfig) -> Path:
 # ----------------------------------------------------------------------------- steps
 
 
+def choose_merge_path(keep_merged: bool, base: str, adapters) -> tuple[bool, str]:
+    """(stream?, why): stream unless merged safetensors are asked for or the adapter needs the HF merge."""
+    if keep_merged:
+        return False, "export.merged is true: the merged safetensors are written, so the HF merge runs"
+    blockers = stream_blockers(base, adapters)
+    if blockers:
+        return False, "the streaming merge cannot reproduce it: " + "; ".join(blockers)
+    return True, "peak RAM about the largest tensor, no merged checkpoint on disk"
+
+
+def _save_bytes(base: str, dtype: str) -> int:
+    declared = _declared_dtype(base)
+    return (declared or torch_dtype(dtype)).itemsize
+
+
+def _gguf_reference_reason(est, ram: int) -> str | None:
+    """Why verification compares against a 16-bit GGUF instead of the HF model (None: the HF model fits)."""
+    if est is None or est.verify_reference == "hf":
+        return None
+    need = BASELINE_RAM + int(est.params * 4 * 1.05)
+    return (
+        f"the merged model in float32 needs about {need / 2**30:.1f} GiB of RAM, {ram / 2**30:.1f} GiB "
+        "available: the quantized files are compared with the 16-bit GGUF instead"
+    )
+
+
+def _reference_file(ggufs: dict[str, Path], temporary: dict[str, Path]) -> tuple[str, Path]:
+    files = {**temporary, **ggufs}
+    quant = next(q for q in REFERENCE_TYPES if q in files)
+    return quant, files[quant]
+
+
+def _merged_in_memory(plan):
+    """The HF merge without saving it: the reference verification compares the GGUF files with."""
+    from bbjtune.models.loading import load_model
+    from bbjtune.models.merge import apply_adapter
+
+    with console.status("merging in memory for verification (HF, float32)"):
+        model = load_model(plan.base, dtype="float32")
+        for adapter in plan.adapters:
+            model = apply_adapter(model, adapter)
+    return model
+
+
 def _merge(plan, merged_dir: Path, dtype: str) -> None:
     merge(plan, merged_dir, dtype=dtype)
 
 
-def _write_ggufs(cfg: RunConfig, merged: Path, run: StageRun, scratch: Path) -> dict[str, Path]:
-    """f16/bf16/q8_0 with the gguf package, then the llama.cpp types from an f16 file."""
+def _write_ggufs(
+    cfg: RunConfig, model_dir: Path, run: StageRun, scratch: Path, tensors, need_reference: bool
+) -> tuple[dict[str, Path], dict[str, Path]]:
+    """f16/bf16/q8_0 with the gguf package, then the llama.cpp types from an f16 file.
+
+    Returns ({type: file} as asked, {type: temporary file}): the f16 that llama.cpp quantizes from
+    (or verification compares with) lives in scratch when it was not asked for; the caller deletes it.
+    """
 
     wanted = list(cfg.export.gguf)
     llama_types = [q for q in wanted if q not in WRITER_TYPES]
     direct = [q for q in wanted if q in WRITER_TYPES]
-    if llama_types and "f16" not in direct:
-        direct.insert(0, "f16")  # the quantizer's input; removed again below when not asked for
+    if (llama_types or need_reference) and "f16" not in direct:
+        direct.insert(0, "f16")
     paths: dict[str, Path] = {}
     with new_progress(console) as progress:
         for quant in direct:
@@ -128,11 +232,12 @@ def _write_ggufs(cfg: RunConfig, merged: Path, run: StageRun, scratch: Path) -> 
             task = progress.add_task(f"writing {target.name}", total=None)
             t0 = time.time()
             write_gguf(
-                merged,
+                model_dir,
                 target,
                 quant,
                 name=cfg.name,
                 on_tensor=lambda i, n, task=task: progress.update(task, completed=i, total=n),
+                tensors=tensors,
             )
             _record(run, quant, target, t0)
             paths[quant] = target
@@ -144,7 +249,7 @@ def _write_ggufs(cfg: RunConfig, merged: Path, run: StageRun, scratch: Path) -> 
             progress.update(task, completed=1, total=1)
             _record(run, quant, target, t0)
             paths[quant] = target
-    return {q: paths[q] for q in wanted}
+    return {q: paths[q] for q in wanted}, {q: p for q, p in paths.items() if q not in wanted}
 
 
 def _record(run: StageRun, quant: str, path: Path, t0: float) -> None:
@@ -154,13 +259,26 @@ def _record(run: StageRun, quant: str, path: Path, t0: float) -> None:
     console.print(f"[green]✓[/] {path.name} ({path.stat().st_size / 2**20:.1f} MiB, {seconds:.1f} s)")
 
 
-def _verify(cfg: RunConfig, merged: Path, ggufs: dict[str, Path], run: StageRun) -> dict[str, Any]:
+def _verify(
+    cfg: RunConfig, model_dir: Path, ggufs: dict[str, Path], run: StageRun, model, reference, why
+) -> dict[str, Any]:
+    if reference is not None:
+        console.print(f"[yellow]![/] verification reference: {reference[1].name}, because {why}")
     with run.timed("verify"), console.status("verifying the GGUF files with llama.cpp"):
-        report = verify_all(merged, ggufs, threads=cfg.export.threads)
+        report = verify_all(
+            model_dir, ggufs, threads=cfg.export.threads, model=model, reference_gguf=reference, why=why
+        )
     for quant, r in report["results"].items():
         mark = "[green]✓[/]" if r["ok"] else "[red]✗[/]"
         if not r.get("loads"):
             console.print(f"{mark} {quant}: llama.cpp cannot load it: {r.get('error')}")
+            continue
+        if r.get("reference"):
+            console.print(
+                f"{mark} {quant}: the reference; tokens "
+                f"{'identical' if r['tokenization_identical'] else 'DIFFER'} (its logits are not checked "
+                "against the HF model: no RAM for it)"
+            )
             continue
         console.print(
             f"{mark} {quant}: tokens {'identical' if r['tokenization_identical'] else 'DIFFER'}, "
@@ -309,23 +427,14 @@ def _write_vllm(cfg: RunConfig, plan, adapters, run: StageRun) -> None:
 
 
 def check_disk_space(out: Path, n_params: int | None, quants: list[str], lora: bool) -> None:
-    """Refuse to start when the export directory's disk cannot hold what export will write."""
+    """Refuse to start when the export directory's disk cannot hold what export will write (HF path)."""
     if not n_params:
         return
-    needed = n_params * (
-        4.0
-        + sum(BYTES_PER_PARAM[q] for q in quants)
-        + (2.0 if "f16" not in quants else 0)
-        + (2.0 if lora else 0)
+    from bbjtune.models.architecture import Architecture
+
+    # an architecture of `n_params` parameters, for the disk arithmetic alone (RAM is not checked here)
+    arch = Architecture(
+        hidden=1, intermediate=1, layers=0, heads=1, kv_heads=1, vocab=n_params - 1, tied=True
     )
-    needed = int(needed * 1.1)
-    probe = out
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if free < needed:
-        raise BbjtuneError(
-            f"not enough disk space for the export: about {needed / 2**30:.1f} GiB needed in {out}, "
-            f"{free / 2**30:.1f} GiB free",
-            "free space, write fewer GGUF types (export.gguf), or set export.output_dir to a larger disk",
-        )
+    est = estimate_export(arch, quants, streaming=False, lora_gguf=lora, verify=False)
+    check_export(out, est, ram=2**62)

@@ -102,12 +102,16 @@ class Reference:
     )  # top-1 minus top-2 logit at each greedy step
 
 
-def hf_reference(model_dir: str | Path, greedy_tokens: int = 16) -> Reference:
-    """Run the merged HF model on the fixed prompts (float32, CPU)."""
+def hf_reference(model_dir: str | Path, greedy_tokens: int = 16, model: Any = None) -> Reference:
+    """Run the merged HF model on the fixed prompts (float32, CPU).
+
+    `model`: the merged model already in memory (the streaming export merges none to disk);
+    `model_dir` then only supplies the tokenizer.
+    """
     import torch
 
     tokenizer = load_tokenizer(str(model_dir))
-    model = load_model(str(model_dir), dtype="float32").eval()
+    model = (model if model is not None else load_model(str(model_dir), dtype="float32")).eval()
     stop = {tokenizer.convert_tokens_to_ids(t) for t in (IM_END, ENDOFTEXT) if t in tokenizer.get_vocab()}
     prompt_ids, logits, greedy, margins = [], [], [], []
     threads = torch.get_num_threads()
@@ -293,13 +297,107 @@ def _failures(report: dict[str, Any], tol: Tolerance, ref: Reference) -> list[st
     return out
 
 
-def verify_all(model_dir: str | Path, ggufs: dict[str, Path], threads: int | None = None) -> dict[str, Any]:
-    """Verify each {quant: path}; returns the verify.json content (raises nothing on a mismatch)."""
+def gguf_reference(
+    path: str | Path, tokenizer_dir: str | Path, greedy_tokens: int = 16, threads: int | None = None
+) -> tuple[Reference, dict[str, Any]]:
+    """The reference from a 16-bit GGUF run by llama.cpp, when the HF model does not fit in RAM.
+
+    Prompts and tokenizer samples are split by the HF tokenizer (the file must split them the same
+    way: that is checked and reported); logits and greedy continuations are llama.cpp's on this file.
+    Returns the reference and this file's own report (it cannot be compared with itself).
+    """
+    llama_cpp = require_llama_cpp()
+    path = Path(path)
+    tokenizer = load_tokenizer(str(tokenizer_dir))
+    stop = {tokenizer.convert_tokens_to_ids(t) for t in (IM_END, ENDOFTEXT) if t in tokenizer.get_vocab()}
+    prompt_ids = [tokenizer(t, add_special_tokens=False).input_ids for t in PROMPTS]
+    samples = [tokenizer(s, add_special_tokens=False).input_ids for s in TOKENIZER_SAMPLES]
+    n_ctx = max(64, max(len(p) for p in prompt_ids) + greedy_tokens + 8)
+    threads = threads or default_threads(path)
     t0 = time.time()
-    ref = hf_reference(model_dir)
-    results = {quant: verify_gguf(path, quant, ref, threads) for quant, path in ggufs.items()}
+    with quiet_llama_logs():
+        llm = llama_cpp.Llama(
+            str(path), n_ctx=n_ctx, logits_all=True, n_threads=threads, n_threads_batch=threads,
+            n_batch=n_ctx, verbose=False,
+        )  # fmt: skip
+    load_s = time.time() - t0
+    logits, greedy, margins = [], [], []
+    try:
+        tokenization = [
+            llm.tokenize(s.encode("utf-8"), add_bos=False, special=True) == ids
+            for s, ids in zip(TOKENIZER_SAMPLES, samples)
+        ]
+        for ids in prompt_ids:
+            llm.reset()
+            llm.eval(ids)
+            logits.append(np.array(llm.scores[: len(ids)], dtype=np.float32))
+            tokens, steps = [], []
+            scores = np.array(llm.scores[len(ids) - 1])
+            for _ in range(greedy_tokens):
+                second, first = np.partition(scores, -2)[-2:]
+                steps.append(float(first - second))
+                tokens.append(int(scores.argmax()))
+                if tokens[-1] in stop or len(tokens) == greedy_tokens:
+                    break
+                llm.eval([tokens[-1]])
+                scores = np.array(llm.scores[llm.n_tokens - 1])
+            greedy.append(tokens)
+            margins.append(steps)
+    finally:
+        llm.close()
+    own = {
+        "file": path.name,
+        "loads": True,
+        "reference": True,
+        "bytes": path.stat().st_size,
+        "load_s": round(load_s, 3),
+        "tokenization_identical": all(tokenization),
+        "tokenization_samples": len(tokenization),
+        "failures": []
+        if all(tokenization)
+        else ["llama.cpp tokenizes BBj samples differently from the HF tokenizer"],
+    }
+    own["ok"] = not own["failures"]
+    return Reference(prompt_ids, logits, greedy, samples, stop, margins), own
+
+
+def verify_all(
+    model_dir: str | Path,
+    ggufs: dict[str, Path],
+    threads: int | None = None,
+    *,
+    model: Any = None,
+    reference_gguf: tuple[str, Path] | None = None,
+    why: str | None = None,
+) -> dict[str, Any]:
+    """Verify each {quant: path}; returns the verify.json content (raises nothing on a mismatch).
+
+    The reference is the merged HF model (from `model_dir`, or `model` when it is in memory), or,
+    with `reference_gguf` = (quant, path), that 16-bit GGUF run by llama.cpp (`why` says why).
+    """
+    t0 = time.time()
+    if reference_gguf is None:
+        ref = hf_reference(model_dir, model=model)
+        results = {quant: verify_gguf(path, quant, ref, threads) for quant, path in ggufs.items()}
+        described = {"reference": str(model_dir), "reference_kind": "hf"}
+    else:
+        ref_quant, ref_path = reference_gguf
+        ref, own = gguf_reference(ref_path, model_dir, threads=threads)
+        results = {
+            quant: {**own, "quant": quant} if quant == ref_quant else verify_gguf(path, quant, ref, threads)
+            for quant, path in ggufs.items()
+        }
+        described = {
+            "reference": Path(ref_path).name,
+            "reference_kind": "gguf",
+            "reference_quant": ref_quant,
+            "reference_why": why,
+            "reference_tokenization_identical": own["tokenization_identical"],
+        }
+        if ref_quant not in ggufs and not own["ok"]:
+            results[f"{ref_quant} (reference)"] = {**own, "quant": ref_quant}
     return {
-        "reference": str(model_dir),
+        **described,
         "prompts": len(PROMPTS),
         "tokenizer_samples": len(TOKENIZER_SAMPLES),
         "results": results,

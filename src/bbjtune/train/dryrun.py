@@ -103,6 +103,7 @@ def show_dry_run(cfg: RunConfig, stages: list[str], data: TrainingData, console:
         else:
             _show_sft(cfg, data, tokenizer, console)
     _show_memory(cfg, stages, tokenizer, console)
+    _show_export(cfg, console)
     console.print("[green]✓[/] config and data are usable; nothing was trained.")
 
 
@@ -209,3 +210,73 @@ def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Con
         f"  batch {sc.per_device_batch_size} x {sc.max_length} tokens per GPU; "
         "the CUDA context (~0.5 GiB) comes on top"
     )
+
+
+def _show_export(cfg: RunConfig, console: Console) -> None:
+    """What `bbjtune export` will need in host RAM and disk for this config, and what this machine has."""
+    from bbjtune.export.preflight import DISK_MARGIN, available_ram, estimate_export, free_disk
+
+    arch = known_architecture(cfg.model.source)
+    if arch is None:
+        try:
+            arch = Architecture.from_config(model_config(cfg.model.source))
+        except Exception:  # noqa: BLE001 — _show_memory already said why
+            return
+    e = cfg.export
+    ram = available_ram()
+    merge_bytes = 2 if cfg.model.dtype in ("bfloat16", "float16") else 4
+    est = estimate_export(
+        arch,
+        list(e.gguf),
+        streaming=not e.merged,  # a DoRA adapter falls back to the HF merge (export says so)
+        keep_merged=e.merged,
+        lora_gguf=e.lora_gguf,
+        verify=e.verify,
+        merge_bytes=merge_bytes,
+        available_ram=ram,
+    )
+    unit, scale = ("GiB", 2**30) if arch.params > 5e7 else ("MiB", 2**20)
+    table = Table(
+        title=f"export ({unit}, estimate): {'HF merge' if e.merged else 'streamed merge'}",
+        title_justify="left",
+    )
+    table.add_column("file or step")
+    table.add_column("disk", justify="right")
+    table.add_column("host RAM", justify="right")
+    for quant, size in est.files.items():
+        table.add_row(f"{quant} GGUF", f"{size / scale:.1f}", "")
+    for name, size in est.scratch.items():
+        table.add_row(f"{name}, temporary", f"{size / scale:.1f}", "")
+    if est.merged:
+        table.add_row("merged/ safetensors", f"{est.merged / scale:.1f}", "")
+    for step, need in est.ram.items():
+        table.add_row(f"step: {step}", "", f"{need / scale:.1f}")
+    table.add_row(
+        "[bold]peak[/]", f"[bold]{est.disk_peak / scale:.1f}[/]", f"[bold]{est.ram_peak / scale:.1f}[/]"
+    )
+    console.print(table)
+    verify = (
+        ""
+        if not e.verify
+        else "; verification against the merged HF model"
+        if est.verify_reference == "hf"
+        else "; verification against the 16-bit GGUF (the HF model does not fit in this RAM)"
+    )
+    free = free_disk(cfg.export_dir)
+    console.print(
+        f"  this machine: {ram / 2**30:.1f} GiB RAM available, {free / 2**30:.1f} GiB "
+        f"free for {cfg.export_dir}{verify}"
+        + ("; export.merged: false streams the merge (no whole model in RAM)" if e.merged else "")
+    )
+    step, need = max(((k, v) for k, v in est.ram.items() if k != "verify"), key=lambda kv: kv[1])
+    disk = est.disk_peak * DISK_MARGIN
+    if need > ram or disk > free:
+        console.print(
+            "  [yellow]bbjtune export would refuse on this machine:[/] "
+            + (
+                "; ".join(
+                    ([f"its {step} step needs {need / 2**30:.1f} GiB of RAM"] if need > ram else [])
+                    + ([f"it needs {disk / 2**30:.1f} GiB of disk"] if disk > free else [])
+                )
+            )
+        )

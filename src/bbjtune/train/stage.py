@@ -30,6 +30,7 @@ from bbjtune.train.dryrun import show_dry_run
 from bbjtune.train.inputs import TrainingData, load_training_data
 from bbjtune.train.job import StageJob, is_main_process, read_record
 from bbjtune.train.modelcard import write_model_card
+from bbjtune.train.resources import check_before_loading
 from bbjtune.train.selftrain import run_selftrain
 from bbjtune.train.trainer import configure_torch
 from bbjtune.train.verdict import CHECKS
@@ -71,6 +72,8 @@ def run_stage(
         return cfg.train_dir
 
     backends.use_one_gpu_unless_launched(console)
+    if is_main_process():  # after the line above: it must run before CUDA is touched
+        check_before_loading(cfg, stages, console)  # disk (and RAM on a CPU) before any model is loaded
     backend = backends.choose_backend(cfg.train.backend)
     if backend == "unsloth":
         backends.import_unsloth_first()

@@ -1,0 +1,90 @@
+"""Host disk and RAM a training run needs, checked before a model is loaded.
+
+Disk: stage 1 followed by stage 2 saves the merged stage-1 model (`cpt/merged/`, 16-bit: 2 bytes per
+parameter), each self-training round saves the model it starts from (the same size), and every
+stage keeps its adapter with checkpoints (LoRA weights plus their two Adam moments, 12 bytes per
+LoRA parameter, `train.save_total_limit` of them). Host RAM: without a CUDA GPU the model trains on
+the CPU, in the configured dtype (`auto` is float32 there); with a GPU the weights go to the GPU
+and host RAM is not the limit, so it is not checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bbjtune.config import SELF_TRAINING_STAGES, RunConfig
+from bbjtune.errors import BbjtuneError
+from bbjtune.models.architecture import Architecture
+
+GiB = 2**30
+BASELINE_RAM = int(1.5 * GiB)
+
+
+@dataclass
+class TrainNeeds:
+    disk: int
+    ram: int | None  # None: the weights go to a GPU; host RAM is not checked
+    parts: dict[str, int]
+
+
+def lora_params(arch: Architecture, r: int) -> int:
+    return arch.layers * sum(r * (a + b) for a, b in arch.linear_shapes().values())
+
+
+def estimate_train(cfg: RunConfig, arch: Architecture, stages: list[str], cuda: bool) -> TrainNeeds:
+    parts: dict[str, int] = {}
+    n = arch.params
+    if "cpt" in stages and "sft" in cfg.train_stages:
+        parts["cpt/merged (16-bit)"] = n * 2
+    rounds = sum(getattr(cfg.train, s).sampling.rounds for s in stages if s in SELF_TRAINING_STAGES)
+    if rounds:
+        parts["self-training start models"] = rounds * n * 2
+    adapter = lora_params(arch, cfg.train.lora.r) * 4
+    parts["adapters and checkpoints"] = len(stages) * adapter * (1 + 3 * cfg.train.save_total_limit)
+    ram = None
+    if not cuda:
+        dtype = cfg.model.dtype
+        per_param = 2 if dtype in ("bfloat16", "float16") else 4
+        ram = BASELINE_RAM + n * per_param + adapter * 4
+    return TrainNeeds(disk=sum(parts.values()), ram=ram, parts=parts)
+
+
+def check_train(
+    cfg: RunConfig, arch: Architecture, stages: list[str], cuda: bool, *, free=None, ram=None
+) -> TrainNeeds:
+    """Refuse with one line when the run directory's disk, or the RAM of a CPU run, cannot take the run."""
+    from bbjtune.export.preflight import available_ram, free_disk
+
+    needs = estimate_train(cfg, arch, stages, cuda)
+    free = free_disk(cfg.train_dir) if free is None else free
+    if free < needs.disk * 1.05:
+        parts = ", ".join(f"{k} {v / GiB:.1f}" for k, v in needs.parts.items())
+        raise BbjtuneError(
+            f"not enough disk space to train: about {needs.disk * 1.05 / GiB:.1f} GiB needed in "
+            f"{cfg.train_dir} ({parts} GiB), {free / GiB:.1f} GiB free",
+            "free space or set output_dir to a larger disk",
+        )
+    if needs.ram is not None:
+        ram = available_ram() if ram is None else ram
+        if ram < needs.ram:
+            raise BbjtuneError(
+                f"not enough RAM to train on the CPU: the {arch.params / 1e9:.2f}B model in "
+                f"{cfg.model.dtype} needs about {needs.ram / GiB:.1f} GiB, {ram / GiB:.1f} GiB available",
+                "train on a CUDA GPU, or choose a smaller model (model.source)",
+            )
+    return needs
+
+
+def check_before_loading(cfg: RunConfig, stages: list[str], console) -> None:
+    """The check `bbjtune train` runs before loading a model (skipped when the architecture is unknown)."""
+    import torch
+
+    from bbjtune.models.architecture import known_architecture
+    from bbjtune.models.loading import architecture_of
+
+    arch = architecture_of(cfg.model.source) or known_architecture(cfg.model.source)
+    if arch is None:
+        return
+    needs = check_train(cfg, arch, stages, torch.cuda.is_available())
+    if needs.disk > GiB:
+        console.print(f"disk: about {needs.disk / GiB:.1f} GiB will be written under {cfg.train_dir}")

@@ -1,0 +1,234 @@
+"""Export and training resource estimates, the refusals they lead to, and the streamed export stage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from export_fixtures import make_adapter, make_trained_run, make_wide_model
+from rich.console import Console
+
+from bbjtune.config import load_config
+from bbjtune.errors import BbjtuneError
+from bbjtune.export.preflight import GiB, check_export, estimate_export
+from bbjtune.models.architecture import QWEN25
+
+SEVEN = QWEN25["7b"]
+N7 = SEVEN.params
+
+
+def test_quantized_only_streaming_counts_the_f16_intermediate_once():
+    est = estimate_export(SEVEN, ["q8_0", "q4_k_m"], streaming=True, available_ram=64 * GiB)
+    assert est.files == {"q8_0": int(N7 * 1.07), "q4_k_m": int(N7 * 0.61)}
+    assert list(est.scratch.values()) == [N7 * 2]  # llama.cpp's f16 input, nothing else
+    assert est.disk_peak == int(N7 * 1.07) + int(N7 * 0.61) + N7 * 2
+    assert est.merged == 0 and est.path == "stream"
+    # the streaming write holds tensors, not the model: below the 14 GiB of 7B weights in bf16, and the
+    # same for 14B and 32B (same embedding matrix, more layers)
+    assert est.ram["merge+write"] < N7 * 2
+    ram = [estimate_export(QWEN25[s], ["q8_0"], streaming=True).ram["merge+write"] for s in ("14b", "32b")]
+    assert ram[0] == ram[1]
+    assert est.verify_reference == "hf"  # 64 GiB hold the 7B model in float32
+
+
+def test_asked_f16_is_not_counted_twice_and_the_hf_path_counts_merged():
+    est = estimate_export(SEVEN, ["f16", "q4_k_m"], streaming=False, keep_merged=True, merge_bytes=2)
+    assert est.scratch == {} and est.merged == N7 * 2
+    assert est.disk_peak == N7 * 2 + int(N7 * 0.61) + N7 * 2
+    assert est.ram["merge"] > N7 * 2  # the whole model in the merge dtype
+    temp = estimate_export(SEVEN, ["f16"], streaming=False, keep_merged=False)
+    assert temp.merged == 0 and temp.scratch == {"merged/ (temporary)": N7 * 2}
+
+
+def test_the_gguf_lora_base_reuses_the_space_of_the_deleted_intermediate():
+    plain = estimate_export(SEVEN, ["q4_k_m"], streaming=True)
+    lora = estimate_export(SEVEN, ["q4_k_m"], streaming=True, lora_gguf=True)
+    assert lora.disk_peak == plain.disk_peak  # f16 scratch (2 B/param) is gone before the base f16 is written
+
+
+def test_verification_switches_to_a_gguf_reference_when_ram_is_short():
+    est = estimate_export(SEVEN, ["q8_0"], streaming=True, available_ram=24 * GiB)
+    assert est.verify_reference == "gguf"
+    assert est.scratch == {"f16 (verification reference)": N7 * 2}  # written only to compare with
+    assert est.ram["verify"] < 24 * GiB
+
+
+def test_refusal_says_needed_free_and_what_to_change(tmp_path):
+    est = estimate_export(SEVEN, ["f16", "q8_0", "q4_k_m"], streaming=True, available_ram=64 * GiB)
+    with pytest.raises(BbjtuneError) as err:
+        check_export(tmp_path / "export", est, free=20 * GiB, ram=64 * GiB)
+    text = str(err.value)
+    assert "GiB needed" in text and "20.0 GiB free" in text and "q4_k_m" in text
+    assert "export.gguf" in err.value.hint
+    hf = estimate_export(SEVEN, ["q4_k_m"], streaming=False, keep_merged=True)
+    with pytest.raises(BbjtuneError, match="RAM for the export's merge step") as err:
+        check_export(tmp_path / "export", hf, free=10**15, ram=24 * GiB)
+    assert "24.0 GiB available" in str(err.value) and "export.merged: false" in err.value.hint
+    # streaming fits the same machine; a thin disk margin is a warning, not a refusal
+    fits = estimate_export(SEVEN, ["q4_k_m"], streaming=True, available_ram=24 * GiB)
+    warnings = check_export(tmp_path / "export", fits, free=int(fits.disk_peak * 1.08), ram=24 * GiB)
+    assert any("disk is tight" in w for w in warnings)
+    assert check_export(tmp_path / "export", fits, free=10**15, ram=10**15) == []
+    assert not (tmp_path / "export").exists()
+
+
+def test_train_estimate_counts_the_merged_stage_one_model_and_cpu_ram(tmp_path):
+    from bbjtune.train.resources import check_train, estimate_train
+
+    cfg = load_config("qwen2.5-coder-7b-base", [f"output_dir={tmp_path}/{{name}}"])
+    needs = estimate_train(cfg, SEVEN, ["cpt", "sft"], cuda=True)
+    assert needs.parts["cpt/merged (16-bit)"] == N7 * 2 and needs.ram is None
+    lora = 28 * 32 * (2 * (3584 + 3584) + 2 * (3584 + 512) + 3 * (3584 + 18944))  # r=32 on all linear layers
+    # two stages, each: the adapter and two checkpoints of adapter + Adam's two moments (float32)
+    assert needs.parts["adapters and checkpoints"] == 2 * lora * 4 * (1 + 3 * 2)
+    with pytest.raises(BbjtuneError, match="not enough disk space to train") as err:
+        check_train(cfg, SEVEN, ["cpt", "sft"], cuda=True, free=5 * GiB)
+    assert "cpt/merged" in str(err.value) and "5.0 GiB free" in str(err.value)
+    with pytest.raises(BbjtuneError, match="RAM to train on the CPU") as err:
+        check_train(cfg, SEVEN, ["sft"], cuda=False, free=10**15, ram=8 * GiB)
+    assert "bfloat16" in str(err.value) and "GPU" in err.value.hint
+    assert check_train(cfg, SEVEN, ["sft"], cuda=True, free=10**15).ram is None
+
+
+def test_dry_run_prints_the_export_estimate(tmp_path):
+    from bbjtune.train.dryrun import _show_export
+
+    cfg = load_config(
+        "qwen2.5-coder-32b-instruct", [f"output_dir={tmp_path}/{{name}}", "export.merged=false"]
+    )
+    console = Console(record=True, width=200)
+    _show_export(cfg, console)
+    text = console.export_text()
+    assert "streamed merge" in text and "q4_k_m GGUF" in text and "f16 GGUF" in text and "peak" in text
+    n = QWEN25["32b"].params
+    assert f"{n * 0.61 / GiB:.1f}" in text  # the q4_k_m size in GiB
+    assert "GiB RAM available" in text
+
+
+# ----------------------------------------------------------------------------- the streamed stage
+
+
+@pytest.fixture(scope="module")
+def streamed(tiny_model_dir, tmp_path_factory):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from bbjtune.export.stage import run_stage
+
+    tmp = tmp_path_factory.mktemp("streamed")
+    cfg = load_config(
+        "quickstart",
+        [f"output_dir={tmp}/runs/{{name}}", "export.merged=false", "export.gguf=[q8_0, q4_k_m]"],
+    )
+    adapter = make_adapter(
+        tiny_model_dir, cfg.train_dir / "sft" / "adapter", seed=7, trainable_token_indices=[3]
+    )
+    make_trained_run(cfg.train_dir, str(tiny_model_dir), adapter, tiny_model_dir, stages=("sft",))
+    return cfg, run_stage(cfg)
+
+
+def test_streamed_export_writes_only_the_asked_files(streamed):
+    cfg, out = streamed
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(
+        ["Modelfile", "vllm-lora.json", "verify.json", "manifest.json"]
+        + [f"{cfg.name}.q8_0.gguf", f"{cfg.name}.q4_k_m.gguf"]
+    )  # no merged/, no f16 intermediate left behind
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["merge_path"]["path"] == "stream"
+    assert manifest["estimate"]["scratch_gib"] and "merge_s" not in manifest["timings"]
+    verify = json.loads((out / "verify.json").read_text())
+    assert verify["ok"] and verify["reference_kind"] == "hf" and "merged in memory" in verify["reference"]
+
+
+def test_streamed_q8_0_equals_the_hf_path_q8_0(streamed, tmp_path):
+    import gguf
+
+    from bbjtune.export.gguf import write_gguf
+    from bbjtune.export.merge import merge, plan_from_trained
+
+    cfg, out = streamed
+    merged = merge(plan_from_trained(cfg.train_dir), tmp_path / "merged")
+    hf = write_gguf(merged, tmp_path / "hf.q8_0.gguf", "q8_0", name=cfg.name)
+    a = {t.name: np.array(t.data) for t in gguf.GGUFReader(str(hf)).tensors}
+    b = {t.name: np.array(t.data) for t in gguf.GGUFReader(str(out / f"{cfg.name}.q8_0.gguf")).tensors}
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_quantized_files_verified_against_the_f16_gguf(tiny_model_dir, tmp_path):
+    """The reference when the HF model does not fit in RAM: a 16-bit GGUF run by llama.cpp."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from bbjtune.export.gguf import write_gguf
+    from bbjtune.export.quantize import quantize
+    from bbjtune.export.verify import verify_all
+
+    wide = make_wide_model(tiny_model_dir, tmp_path / "wide")
+    f16 = write_gguf(wide, tmp_path / "m.f16.gguf", "f16")
+    files = {
+        "f16": f16,
+        "q8_0": write_gguf(wide, tmp_path / "m.q8_0.gguf", "q8_0"),
+        "q4_k_m": quantize(f16, tmp_path / "m.q4_k_m.gguf", "q4_k_m"),
+    }
+    report = verify_all(wide, files, reference_gguf=("f16", f16), why="no RAM (test)")
+    assert report["reference_kind"] == "gguf" and report["reference"] == "m.f16.gguf"
+    assert report["reference_why"] == "no RAM (test)"
+    assert report["results"]["f16"]["reference"] and report["results"]["f16"]["tokenization_identical"]
+    q8 = report["results"]["q8_0"]
+    assert q8["ok"] and 0 < q8["max_rel_diff"] < 0.8 and q8["top1_agreement"] >= 0.93
+    q4 = report["results"]["q4_k_m"]
+    assert q4["max_rel_diff"] > q8["max_rel_diff"]  # coarser rounding, measurably further from the f16
+    # a wrong file is caught against the GGUF reference just as against the HF model
+    other = make_wide_model(tiny_model_dir, tmp_path / "other", seed=1)
+    wrong = write_gguf(other, tmp_path / "wrong.q8_0.gguf", "q8_0")
+    bad = verify_all(wide, {"q8_0": wrong}, reference_gguf=("f16", f16), why="test")
+    assert not bad["ok"] and bad["results"]["q8_0"]["failures"]
+
+
+def test_train_refuses_before_loading_a_model_when_the_disk_is_full(tmp_path, tiny_model_dir, monkeypatch):
+    """The check runs in `bbjtune train` itself, before the model is loaded or any stage directory made."""
+    from train_helpers import make_config, write_data
+
+    from bbjtune.export import preflight
+    from bbjtune.train.stage import run_stage
+
+    write_data(tmp_path / "data", n_train=4)
+    cfg = make_config(tmp_path, tiny_model_dir, train__sft__max_steps=1)
+    monkeypatch.setattr(preflight, "free_disk", lambda where: 0)  # this machine's disk, as if full
+    with pytest.raises(BbjtuneError, match="not enough disk space to train") as err:
+        run_stage(cfg, console=Console(stderr=True, quiet=True))
+    assert "0.0 GiB free" in str(err.value) and "output_dir" in err.value.hint
+    assert not (cfg.train_dir / "sft").exists()
+
+
+def test_streamed_export_verifies_against_a_temporary_f16_when_ram_is_short(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """RAM enough to stream but not to hold the merged model in float32: the f16 GGUF is the reference."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from bbjtune.export import stage
+    from bbjtune.export.preflight import BASELINE_RAM
+    from bbjtune.models.loading import architecture_of
+
+    wide = make_wide_model(tiny_model_dir, tmp_path / "wide")
+    arch = architecture_of(str(wide))
+    stream = estimate_export(arch, ["q4_k_m"], streaming=True, verify=False).ram_peak
+    hf = BASELINE_RAM + int(arch.params * 4 * 1.05)
+    assert stream < hf
+    monkeypatch.setattr(stage, "available_ram", lambda: (stream + hf) // 2)  # this machine's RAM, as if small
+    cfg = load_config(
+        "quickstart",
+        [f"output_dir={tmp_path}/runs/{{name}}", "export.merged=false", "export.gguf=[q4_k_m]"],
+    )
+    adapter = make_adapter(wide, cfg.train_dir / "sft" / "adapter", seed=3, scale=0.01)
+    make_trained_run(cfg.train_dir, str(wide), adapter, wide, stages=("sft",))
+    try:
+        out = stage.run_stage(cfg)
+    except BbjtuneError as exc:  # a verdict is not what this test is about; the report must exist
+        assert "verification failed" in str(exc)
+        out = cfg.export_dir
+    verify = json.loads((out / "verify.json").read_text())
+    assert verify["reference_kind"] == "gguf" and verify["reference"] == f"{cfg.name}.f16.gguf"
+    assert "float32" in verify["reference_why"] and verify["reference_tokenization_identical"]
+    assert list(verify["results"]) == ["q4_k_m"] and verify["results"]["q4_k_m"]["positions"] > 0
+    assert sorted(p.name for p in out.glob("*.gguf")) == [f"{cfg.name}.q4_k_m.gguf"]  # f16 was temporary
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["estimate"]["verify_reference"] == "gguf"
