@@ -166,7 +166,7 @@ def main() -> None:
 
     os.environ.setdefault("BBJTUNE_CACHE_DIR", str(args.work / "cache"))
     from bbjtune.config import load_config
-    from bbjtune.export.preflight import available_ram, free_disk
+    from bbjtune.sizing import available_ram, free_disk
     from bbjtune.models.loading import resolve_source
     from bbjtune.models.trained import write_trained
 

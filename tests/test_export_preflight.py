@@ -11,7 +11,7 @@ from rich.console import Console
 
 from bbjtune.config import load_config
 from bbjtune.errors import BbjtuneError
-from bbjtune.export.preflight import GiB, check_export, estimate_export
+from bbjtune.sizing import GiB, check_export, estimate_export
 from bbjtune.models.architecture import QWEN25
 
 SEVEN = QWEN25["7b"]
@@ -187,12 +187,12 @@ def test_train_refuses_before_loading_a_model_when_the_disk_is_full(tmp_path, ti
     """The check runs in `bbjtune train` itself, before the model is loaded or any stage directory made."""
     from train_helpers import make_config, write_data
 
-    from bbjtune.export import preflight
+    from bbjtune.train import resources
     from bbjtune.train.stage import run_stage
 
     write_data(tmp_path / "data", n_train=4)
     cfg = make_config(tmp_path, tiny_model_dir, train__sft__max_steps=1)
-    monkeypatch.setattr(preflight, "free_disk", lambda where: 0)  # this machine's disk, as if full
+    monkeypatch.setattr(resources, "free_disk", lambda where: 0)  # this machine's disk, as if full
     with pytest.raises(BbjtuneError, match="not enough disk space to train") as err:
         run_stage(cfg, console=Console(stderr=True, quiet=True))
     assert "0.0 GiB free" in str(err.value) and "output_dir" in err.value.hint
@@ -205,7 +205,7 @@ def test_streamed_export_verifies_against_a_temporary_f16_when_ram_is_short(
     """RAM enough to stream but not to hold the merged model in float32: the f16 GGUF is the reference."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     from bbjtune.export import stage
-    from bbjtune.export.preflight import BASELINE_RAM
+    from bbjtune.sizing import BASELINE_RAM
     from bbjtune.models.loading import architecture_of
 
     wide = make_wide_model(tiny_model_dir, tmp_path / "wide")

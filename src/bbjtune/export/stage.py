@@ -43,7 +43,7 @@ from bbjtune.export.modelfile import ollama_model_name, write_modelfile
 from bbjtune.export.quantize import quantize, require_llama_cpp
 from bbjtune.export.verify import compare_lora_with_merged, raise_on_failure, verify_all
 from bbjtune.export.vllm import explain, plan_vllm
-from bbjtune.export.preflight import (
+from bbjtune.sizing import (
     BASELINE_RAM,
     BYTES_PER_PARAM,  # noqa: F401 — re-exported: callers read the file sizes from here
     REFERENCE_TYPES,
@@ -54,6 +54,9 @@ from bbjtune.export.preflight import (
 from bbjtune.export.stream import StreamedMerge, stream_blockers, write_model_files
 from bbjtune.models.loading import architecture_of, resolve_source, torch_dtype
 from bbjtune.models.merge import _declared_dtype
+from bbjtune.models.loading import load_model
+from bbjtune.models.merge import apply_adapter
+from bbjtune.models.architecture import Architecture
 
 console = Console(stderr=True)
 
@@ -197,8 +200,6 @@ def _reference_file(ggufs: dict[str, Path], temporary: dict[str, Path]) -> tuple
 
 def _merged_in_memory(plan):
     """The HF merge without saving it: the reference verification compares the GGUF files with."""
-    from bbjtune.models.loading import load_model
-    from bbjtune.models.merge import apply_adapter
 
     with console.status("merging in memory for verification (HF, float32)"):
         model = load_model(plan.base, dtype="float32")
@@ -430,7 +431,6 @@ def check_disk_space(out: Path, n_params: int | None, quants: list[str], lora: b
     """Refuse to start when the export directory's disk cannot hold what export will write (HF path)."""
     if not n_params:
         return
-    from bbjtune.models.architecture import Architecture
 
     # an architecture of `n_params` parameters, for the disk arithmetic alone (RAM is not checked here)
     arch = Architecture(

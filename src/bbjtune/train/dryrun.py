@@ -23,6 +23,7 @@ from bbjtune.train import backends
 from bbjtune.train.inputs import TrainingData
 from bbjtune.train.memory import GiB, estimate_for_config
 from bbjtune.train.model_io import load_training_tokenizer
+from bbjtune.sizing import DISK_MARGIN, available_ram, estimate_export, free_disk
 
 TRAINED_STYLE = "bold black on green3"
 CONTEXT_STYLE = "grey50"
@@ -214,7 +215,6 @@ def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Con
 
 def _show_export(cfg: RunConfig, console: Console) -> None:
     """What `bbjtune export` will need in host RAM and disk for this config, and what this machine has."""
-    from bbjtune.export.preflight import DISK_MARGIN, available_ram, estimate_export, free_disk
 
     arch = known_architecture(cfg.model.source)
     if arch is None:

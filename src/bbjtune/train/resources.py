@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from bbjtune.config import SELF_TRAINING_STAGES, RunConfig
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.architecture import Architecture
+from bbjtune.sizing import available_ram, free_disk
+from bbjtune.models.architecture import known_architecture
+from bbjtune.models.loading import architecture_of
 
 GiB = 2**30
 BASELINE_RAM = int(1.5 * GiB)
@@ -53,7 +56,6 @@ def check_train(
     cfg: RunConfig, arch: Architecture, stages: list[str], cuda: bool, *, free=None, ram=None
 ) -> TrainNeeds:
     """Refuse with one line when the run directory's disk, or the RAM of a CPU run, cannot take the run."""
-    from bbjtune.export.preflight import available_ram, free_disk
 
     needs = estimate_train(cfg, arch, stages, cuda)
     free = free_disk(cfg.train_dir) if free is None else free
@@ -78,9 +80,6 @@ def check_train(
 def check_before_loading(cfg: RunConfig, stages: list[str], console) -> None:
     """The check `bbjtune train` runs before loading a model (skipped when the architecture is unknown)."""
     import torch
-
-    from bbjtune.models.architecture import known_architecture
-    from bbjtune.models.loading import architecture_of
 
     arch = architecture_of(cfg.model.source) or known_architecture(cfg.model.source)
     if arch is None:
