@@ -95,7 +95,8 @@ def test_dry_run_prints_the_export_estimate(tmp_path):
     from bbjtune.train.dryrun import _show_export
 
     cfg = load_config(
-        "qwen2.5-coder-32b-instruct", [f"output_dir={tmp_path}/{{name}}", "export.merged=false"]
+        "qwen2.5-coder-32b-instruct",
+        [f"output_dir={tmp_path}/{{name}}", "export.merged=false", "export.gguf=[f16, q8_0, q4_k_m]"],
     )
     console = Console(record=True, width=200)
     _show_export(cfg, console)

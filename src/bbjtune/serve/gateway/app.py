@@ -215,9 +215,11 @@ class Gateway:
         if comment:
             final["choices"] = [{"index": 0, "delta": {"content": comment}, "finish_reason": None}]
         final["bbjtune"] = _extra(ex_id, verdict, 1)
+        # logged before the verdict goes out: a client that reads the exchange id from the last event
+        # (an editor's rating button, the feedback page) must find the exchange at once
+        self._record(kind, body, last.get("model"), text, verdict, 1, [], started, upstream_s, check_s, ex_id)
         yield _event(final)
         yield "data: [DONE]\n\n"
-        self._record(kind, body, last.get("model"), text, verdict, 1, [], started, upstream_s, check_s, ex_id)
 
     def _comment(self, kind: str, verdict: Verdict, attempts: int) -> str:
         if self.settings.diagnostics != "comment" or kind != "chat" or verdict.verdict == "no-code":
