@@ -152,3 +152,24 @@ def test_the_presets_replay_with_the_measured_recipe(size):
         assert (s.model or cfg.model.source) == f"Qwen/Qwen2.5-Coder-{size.upper()}-Instruct"
     # the quickstart's random tiny model answers nothing worth keeping
     assert not load_config("quickstart").data.self_replay.enabled
+
+
+def test_a_real_answering_model_is_refused_on_a_machine_without_a_gpu(tmp_path):
+    """A 7B answering 160 prompts on a CPU would take days: the data stage stops before loading it,
+    with what to do, and before anything of the run is written."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU, where the answering model may load")
+    config = write_config(
+        tmp_path,
+        "tiny:test",
+        "base",
+        {"enabled": True, "model": "Qwen/Qwen2.5-Coder-7B-Instruct", "samples": 2},
+    )
+    out = run_cli("data", "prepare", str(config))
+    text = " ".join(out.stderr.split())
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "Qwen/Qwen2.5-Coder-7B-Instruct (7.6B parameters)" in text and "CPU" in text
+    assert "GPU machine" in text and "data.self_replay.enabled: false" in text
+    assert not (tmp_path / "run" / "data").exists()

@@ -17,6 +17,7 @@ and a second preparation only asks the prompts not asked yet. `bbjtune config ch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ from rich.console import Console
 from bbjtune.config import RunConfig
 from bbjtune.data import replay
 from bbjtune.errors import BbjtuneError
+from bbjtune.models.architecture import known_architecture
 from bbjtune.models.backend import make_backend
+from bbjtune.models.loading import architecture_of
 from bbjtune.progress import progress_bar
 
 SELF_REPLAY_FILE = Path("replay") / "self-distilled.jsonl"  # under the run folder
@@ -101,6 +104,7 @@ def ensure(cfg: RunConfig, console: Console) -> Distilled | None:
         batch_size=s.batch_size,
         console=console,
         label="data.self_replay",
+        before_loading=lambda: _refuse_a_real_model_on_the_cpu(model, s.samples),
     )
     totals = replay.generation_totals(path)
     if not totals["answers"]:
@@ -110,6 +114,32 @@ def ensure(cfg: RunConfig, console: Console) -> Distilled | None:
             "(data.self_replay.model), or set data.self_replay.enabled: false",
         )
     return Distilled(path, model, n_prompts, s.samples, result.written, totals)
+
+
+# Above this size the answers are not worth waiting for on a CPU: the 0.5B, the smallest real model,
+# writes about 20 tokens/s there through transformers (one prompt at a time; RESULTS "Editor completion"
+# measured 25 tokens/s for its Q4_K_M through llama.cpp on 2 cores), so 160 prompts x 2 answers of a few
+# hundred tokens each take hours, a 7B days.
+CPU_MAX_PARAMS = 100_000_000
+
+
+def _refuse_a_real_model_on_the_cpu(model: str, samples: int) -> None:
+    """Stop before loading a real-sized answering model on a machine without a CUDA GPU. Called only
+    when prompts are left to answer: a file finished on the GPU machine goes through on any machine."""
+    arch = architecture_of(model) or known_architecture(model)
+    if arch is None or arch.params < CPU_MAX_PARAMS:
+        return
+    import torch  # loaded by the answering model anyway; only here, so that `bbjtune --help` stays light
+
+    if torch.cuda.is_available():
+        return
+    raise BbjtuneError(
+        f"data.self_replay: {model} ({arch.params / 1e9:.1f}B parameters) would answer the general prompts "
+        f"({samples} answers each) on this machine's CPU, which takes hours (days for a 7B)",
+        "run the data stage on the GPU machine (bbjtune data prepare CONFIG there), or set "
+        "data.self_replay.enabled: false (`bbjtune data replay CONFIG --backend http` makes answers from "
+        "a running server; list that file under data.replay)",
+    )
 
 
 def distill(
@@ -128,12 +158,26 @@ def distill(
     system: str | None = None,
     limit: int | None = None,
     label: str = "replay",
+    before_loading: Callable[[], None] | None = None,
 ) -> tuple[replay.GenerateResult, int]:
     """Have `model` answer the prompts into `out` (resuming), with a progress bar and a summary line.
 
     Returns the result and the number of prompts asked for. temperature None: 0 (greedy) for one
-    sample, 0.7 for several (several greedy samples would be copies).
+    sample, 0.7 for several (several greedy samples would be copies). `before_loading` runs just
+    before the model is loaded, which happens only when some prompts are left (it may refuse).
     """
+
+    def load() -> Any:
+        if before_loading is not None:
+            before_loading()
+        return make_backend(
+            backend,
+            model=model if backend != "http" else None,
+            api_model=model,
+            base_url=base_url,
+            batch_size=batch_size,
+        )
+
     rows = replay.load_prompts(prompts_path)[:limit]
     if temperature is None:
         temperature = 0.0 if samples == 1 else 0.7
@@ -141,13 +185,7 @@ def distill(
         f"{label}: {Path(model).name or model} answers general prompts", len(rows), console, eta=True
     ) as done:
         result = replay.generate(
-            lambda: make_backend(
-                backend,
-                model=model if backend != "http" else None,
-                api_model=model,
-                base_url=base_url,
-                batch_size=batch_size,
-            ),
+            load,
             rows,
             out,
             model_name=Path(model).name or model,
