@@ -250,6 +250,10 @@ class SftConfig(StageConfig):
     )
 
 
+# The data stage writes it into the data directory, self-training reads it (train/samples.py).
+SELFTRAIN_PROMPTS_FILE = "selftrain-prompts.jsonl"
+
+
 class SelfSampleConfig(Section):
     """How a self-training stage samples and judges answers to the training prompts."""
 
@@ -269,6 +273,14 @@ class SelfSampleConfig(Section):
         description=(
             "globs of more ChatML files to take prompts from, e.g. `bbjtune data derive` output; checked against the "
             "eval suites and the held-out split like the training data"
+        ),
+    )
+    prompts: Literal["fresh", "train", "both"] = Field(
+        "fresh",
+        description=(
+            "which prompts to sample: fresh = the data stage's selftrain-prompts.jsonl (derived from data.sources, "
+            "none of them trained on) plus extra_prompts; train = train.jsonl's prompts plus extra_prompts; both = "
+            "all. fresh falls back to train, with a note, when there are no fresh prompts"
         ),
     )
     batch_tokens: int = Field(

@@ -233,6 +233,7 @@ def _add_prepare_figures(report: dict[str, Any], a: Analysis, w: Written, by_ind
     for r in w.cpt.rejections[:MAX_SHOWN]:
         _show(report["findings"], r.reason, {"where": r.where, "detail": r.detail})
     report["inputs"]["sources"] = cpt.files
+    report["selftrain_prompts"] = w.selftrain_prompts
     if w.replay is not None:
         report["replay"] = w.replay.counts()
         for r in w.replay.rejections[:MAX_SHOWN]:

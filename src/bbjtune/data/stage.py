@@ -36,7 +36,7 @@ from typing import Any
 from rich.console import Console
 
 from bbjtune.artifacts import StageRun, atomic_open, atomic_write_json, atomic_write_text
-from bbjtune.config import RunConfig, expand_globs
+from bbjtune.config import SELFTRAIN_PROMPTS_FILE, RunConfig, expand_globs
 from bbjtune.data import replay, self_replay
 from bbjtune.data.audit import build_audit
 from bbjtune.data.chatml import Rejection, read_raw_line
@@ -45,6 +45,8 @@ from bbjtune.data.cpt import CptCorpus, find_sources
 from bbjtune.data.outcome import Analysis, Outcome, Written
 from bbjtune.data.report import write_report
 from bbjtune.data.scan import ScanOptions, answer_bbj_blocks, scan_chatml
+from bbjtune.data.derive import default_system_prompt
+from bbjtune.data.selftrain_prompts import prompt_text_key, write_selftrain_prompts
 from bbjtune.data.split import file_digest, split_heldout, split_sources
 from bbjtune.data.tokens import TokenCounter
 from bbjtune.decontamination import ContaminationIndex, eval_prompts, example_id, prompt_of
@@ -65,6 +67,7 @@ OUTPUTS = (
     "heldout.jsonl",
     "cpt.jsonl",
     HELDOUT_SOURCES_FILE,
+    SELFTRAIN_PROMPTS_FILE,
     "rejected.jsonl",
     "audit.json",
     "report.html",
@@ -256,6 +259,7 @@ def prepare(
                 "heldout": written.heldout,
                 "cpt_chunks": written.cpt.stats.chunks,
                 "heldout_sources": written.heldout_sources,
+                "selftrain_prompts": written.selftrain_prompts,
                 "cpt_tokens": written.cpt.stats.tokens,
                 "tokenizer": tokens.describe(),
                 "replay": replayed.kept if replayed else 0,
@@ -275,6 +279,7 @@ def prepare(
             "cpt_chunks": written.cpt.stats.chunks,
             "replay": replayed.kept if replayed else 0,
             "heldout_sources": len(written.heldout_sources),
+            "selftrain_prompts": written.selftrain_prompts["kept"],
         },
     )
 
@@ -316,6 +321,7 @@ def _write_outputs(
     held_files = _heldout_sources(sources, d.heldout_sources_ratio, d.seed)
     held_paths: list[str] = []
     held_real: set[str] = set()
+    train_prompts: set[str] = set()  # what self-training's fresh prompts must not repeat
     n_train = n_heldout = 0
     with (
         atomic_open(out_dir / "train.jsonl") as train_fh,
@@ -371,6 +377,7 @@ def _write_outputs(
                 prompt_sides.setdefault(info.prompt_key, set()).add(side)
                 if side == "train":
                     n_train += 1
+                    train_prompts.add(prompt_text_key(messages))
                     if d.cpt_from_answers:
                         answer = "\n".join(m["content"] for m in messages if m["role"] == "assistant")
                         codes, _ = answer_bbj_blocks(answer)  # the same blocks the scan checked
@@ -383,6 +390,17 @@ def _write_outputs(
                 else:
                     n_heldout += 1
         cpt.finish()
+    for label, prompt in eval_items:  # the held-out index is done with train.jsonl: now it checks fresh prompts
+        index.add(label, prompt)
+    fresh = write_selftrain_prompts(
+        out_dir,
+        sources,
+        held_real,
+        train_prompts,
+        index,
+        system=a.system_prompt or default_system_prompt(),
+        check_code=d.code_check == "reject",
+    )
     rejections = _rejections(a, contaminated, [*cpt.rejections, *(replayed.rejections if replayed else [])])
     with atomic_open(out_dir / "rejected.jsonl") as fh:
         for r in rejections:
@@ -399,6 +417,7 @@ def _write_outputs(
         sum(len(s) > 1 for s in prompt_sides.values()),
         replayed,
         held_paths,
+        fresh,
     )
 
 

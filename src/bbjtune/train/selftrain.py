@@ -5,7 +5,8 @@
 1. start: the previous model (SFT's, or the previous stage's or round's) merged into 16-bit
    weights in `<stage>/round-N/start/` — the model that samples, and the base a fresh LoRA
    adapter trains on (for DPO also the frozen reference: the adapter switched off);
-2. sample `sampling.samples_per_prompt` answers per training prompt (`samples.py`, resumable) and
+2. sample `sampling.samples_per_prompt` answers per prompt (`samples.py`, resumable; by default
+   prompts derived from the sources that stage 2 did not train on, see `sampling.prompts`) and
    judge each (`verdict.py`: compiles, tier-2 clean, the prompt's must-patterns, finished);
 3. build the data: RFT — the best passing answer of each prompt (plus the references); DPO — pairs
    of a passing and a failing answer to the same prompt (the reference stands in for a passing
@@ -158,6 +159,8 @@ def run_round(job: RoundJob, data: TrainingData) -> dict[str, Any]:
         return {"metrics": done.get("metrics", {}), "lora": done.get("lora", {}), "round": done["stats"]}
     sampling = job.stage_cfg.sampling
     prompts = training_prompts(job.cfg, data.conversations, sampling)
+    for note in prompts.notes:
+        job.console.print(f"[yellow]note:[/] {job.stage} round {job.round}: {note}", highlight=False)
     if not prompts.prompts:
         raise BbjtuneError(
             f"{job.stage}: no training prompt to sample ({_describe_skips(prompts.skipped)})",
@@ -171,6 +174,7 @@ def run_round(job: RoundJob, data: TrainingData) -> dict[str, Any]:
         "prompts": len(prompts.prompts),
         "prompts_skipped": prompts.skipped,
         **sample_stats(rows),
+        "prompt_sources": source_stats(prompts.prompts, rows),
         **built.stats,
         "sampling_speed": speed,
     }
@@ -259,6 +263,20 @@ def sample_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "ran_on_rate": round(sum(v["ran_on"] for v in verdicts) / n, 4),
         "median_answer_tokens": tokens[len(tokens) // 2] if tokens else 0,
     }
+
+
+def source_stats(prompts: list[SelfPrompt], rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Pass rates per prompt source (fresh, train, extra): how far recall on trained prompts flatters."""
+    source = {p.id: p.source for p in prompts}
+    out: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(p.source for p in prompts):
+        mine = [r for r in rows if source.get(r["prompt_id"]) == name]
+        figures = sample_stats(mine)
+        out[name] = {
+            "prompts": sum(p.source == name for p in prompts),
+            **{k: figures[k] for k in ("samples", "compile_rate", "clean_rate", "pass_rate")},
+        }
+    return out
 
 
 @dataclass
@@ -352,6 +370,17 @@ def report_section(stage: str, rounds: list[dict[str, Any]]) -> str:
         "|" + "---|" * len(REPORT_COLUMNS),
     ]
     lines += ["| " + " | ".join(cell(k, r.get(k, "")) for k, _ in REPORT_COLUMNS) + " |" for r in rounds]
+    by_source = [
+        f"round {r['round']}: "
+        + ", ".join(
+            f"{name} {s['pass_rate']:.1%} of {s['samples']} samples ({s['prompts']} prompts)"
+            for name, s in r["prompt_sources"].items()
+        )
+        for r in rounds
+        if r.get("prompt_sources")
+    ]
+    if by_source:
+        lines += ["", "Pass rate by prompt source: " + "; ".join(by_source) + "."]
     skipped = rounds[-1].get("prompts_skipped") if rounds else None
     if skipped:
         lines += [
@@ -368,6 +397,12 @@ def describe_round(stage: str, s: dict[str, Any]) -> str:
         f"{s['compile_rate']:.0%}, clean {s['clean_rate']:.0%}, patterns {s['patterns_rate']:.0%}, pass "
         f"{s['pass_rate']:.0%}, ran on {s['ran_on_rate']:.0%}; {s['prompts_with_a_passing_answer']} prompts with a "
         f"passing answer, {s['rft_examples']} RFT examples, {s['pairs']} pairs (checks: {s['checks']})"
+        + (
+            "; pass by prompt source: "
+            + ", ".join(f"{n} {v['pass_rate']:.0%}" for n, v in s["prompt_sources"].items())
+            if s.get("prompt_sources")
+            else ""
+        )
         + (
             f"; sampled {s['sampling_speed']['tokens_per_s']:,.0f} tokens/s"
             if s["sampling_speed"]["tokens_per_s"]
