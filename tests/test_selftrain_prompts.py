@@ -21,7 +21,7 @@ QUIET = Console(stderr=True, quiet=True)
 # Four documented methods: one is also a training prompt, one overlaps an eval prompt, one fails the
 # checker, one is fresh; the complete-the-program pair of the whole file overlaps the eval prompt too
 # (its first half holds the vowels method's comment) and fails the checker.
-GREETER = '''class public Greeter
+GREETER = """class public Greeter
 
     field private BBjString Name$
 
@@ -70,7 +70,7 @@ GREETER = '''class public Greeter
     methodend
 
 classend
-'''
+"""
 EVAL_PROMPT = "Counts the vowels in a text, ignoring upper and lower case."
 
 
@@ -129,7 +129,9 @@ def test_data_stage_writes_fresh_prompts_not_trained_on_nor_evaluated(tmp_path):
         "skipped": {fresh.IN_TRAINING: 1, fresh.OVERLAPS_EVAL_OR_HELDOUT: 2, fresh.FAILS_CHECKER: 1},
     }
     manifest = json.loads((cfg.data_dir / "manifest.json").read_text())
-    assert manifest["metrics"]["selftrain_prompts"] == counts and SELFTRAIN_PROMPTS_FILE in manifest["outputs"]
+    assert (
+        manifest["metrics"]["selftrain_prompts"] == counts and SELFTRAIN_PROMPTS_FILE in manifest["outputs"]
+    )
     assert json.loads((cfg.data_dir / "audit.json").read_text())["selftrain_prompts"] == counts
     assert out.counts["selftrain_prompts"] == 1
 
@@ -217,7 +219,13 @@ def test_round_stats_and_report_give_the_pass_rate_per_prompt_source(prepared):
     ]
     stats = source_stats(prompts, rows)
     n_train = sum(p.source == TRAIN for p in prompts)
-    assert stats[FRESH] == {"prompts": 3, "samples": 6, "compile_rate": 1.0, "clean_rate": 1.0, "pass_rate": 0.5}
+    assert stats[FRESH] == {
+        "prompts": 3,
+        "samples": 6,
+        "compile_rate": 1.0,
+        "clean_rate": 1.0,
+        "pass_rate": 0.5,
+    }
     assert stats[TRAIN]["pass_rate"] == 1.0 and stats[TRAIN]["prompts"] == n_train
     section = report_section("rft", [{"round": 1, "checks": "x", "prompt_sources": stats}])
     assert "fresh 50.0% of 6 samples (3 prompts)" in section and "train 100.0%" in section

@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from bbjtune.artifacts import MANIFEST_NAME, StageRun, sha256_file
-from bbjtune.config import SELF_TRAINING_STAGES, TRAIN_STAGE_ORDER, RunConfig
+from bbjtune.config import SELF_TRAINING_STAGES, SELFTRAIN_PROMPTS_FILE, TRAIN_STAGE_ORDER, RunConfig
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.loading import check_source
 from bbjtune.models.trained import write_trained
@@ -158,7 +158,7 @@ def _run_self_training(
         backend=backend,
         console=console,
         resume=resume,
-        data_fingerprint=data_fingerprint(cfg, "sft", chained) + ":" + str(previous),
+        data_fingerprint=data_fingerprint(cfg, "sft", chained) + ":" + str(previous) + _fresh_prompts_part(cfg),
     )
     result = run_selftrain(job, data, previous)
     m = result["metrics"]
@@ -191,6 +191,12 @@ def data_fingerprint(cfg: RunConfig, stage: str, chained: bool) -> str:
     if stage == "sft" and chained:
         parts.append("cpt:" + str(_manifest(cfg.train_dir / "cpt").get("fingerprint")))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _fresh_prompts_part(cfg: RunConfig) -> str:
+    """The hash of the fresh prompts a self-training round samples: new ones make a finished round stale."""
+    path = cfg.data_dir / SELFTRAIN_PROMPTS_FILE
+    return f":{SELFTRAIN_PROMPTS_FILE}:{sha256_file(path)}" if path.exists() else ""
 
 
 def _manifest(directory: Path) -> dict[str, Any]:
