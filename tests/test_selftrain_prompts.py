@@ -134,6 +134,8 @@ def test_data_stage_writes_fresh_prompts_not_trained_on_nor_evaluated(tmp_path):
     )
     assert json.loads((cfg.data_dir / "audit.json").read_text())["selftrain_prompts"] == counts
     assert out.counts["selftrain_prompts"] == 1
+    report = (cfg.data_dir / "report.html").read_text(encoding="utf-8")
+    assert "selftrain-prompts.jsonl" in report and "1 prompt is a training prompt" in report
 
 
 def test_references_failing_the_checker_stay_unless_code_check_rejects(tmp_path):

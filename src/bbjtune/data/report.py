@@ -45,6 +45,16 @@ def _summary(a: dict[str, Any]) -> str:
         rows += [("cpt.jsonl chunks", a["cpt"]["chunks"]), ("cpt.jsonl tokens", a["cpt"]["tokens"])]
     if "replay" in a:
         rows += [("replay.jsonl (general conversations for stage 2)", a["replay"]["kept"])]
+    if "selftrain_prompts" in a:
+        fresh = a["selftrain_prompts"]
+        left_out = ", ".join(f"{n} {reason}" for reason, n in fresh["skipped"].items())
+        rows += [
+            (
+                f"selftrain-prompts.jsonl (derived from the sources, not trained on; "
+                f"of {fresh['derived']}{'; left out: ' + left_out if left_out else ''})",
+                fresh["kept"],
+            )
+        ]
     body = "".join(f"<tr><th>{e(k)}</th><td class='num'>{e(v)}</td></tr>" for k, v in rows)
     reasons = "".join(
         f"<tr><td><code>{e(r)}</code></td><td class='num'>{e(n)}</td></tr>"

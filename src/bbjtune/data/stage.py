@@ -89,9 +89,10 @@ def run_stage(cfg: RunConfig) -> Path:
         if c.get("heldout_sources")
         else ""
     )
+    fresh = f", {c['selftrain_prompts']} fresh prompts for self-training" if c.get("selftrain_prompts") else ""
     console.print(
         f"data: {c['train']} training and {c['heldout']} held-out conversations, {c['cpt_chunks']} "
-        f"stage 1 chunks{held}; {aside}; report: {outcome.out_dir / 'report.html'}",
+        f"stage 1 chunks{held}{fresh}; {aside}; report: {outcome.out_dir / 'report.html'}",
         highlight=False,
     )
     return outcome.out_dir
