@@ -59,4 +59,6 @@ class Written:
     replay: ReplayResult | None = None  # when data.replay gave files
     heldout_sources: list[str] = field(default_factory=list)  # source files kept out of stage 1
     # self-training's fresh prompts (selftrain_prompts.py): {derived, kept, skipped: {reason: n}}
-    selftrain_prompts: dict[str, Any] = field(default_factory=lambda: {"derived": 0, "kept": 0, "skipped": {}})
+    selftrain_prompts: dict[str, Any] = field(
+        default_factory=lambda: {"derived": 0, "kept": 0, "skipped": {}}
+    )

@@ -89,7 +89,9 @@ def run_stage(cfg: RunConfig) -> Path:
         if c.get("heldout_sources")
         else ""
     )
-    fresh = f", {c['selftrain_prompts']} fresh prompts for self-training" if c.get("selftrain_prompts") else ""
+    fresh = (
+        f", {c['selftrain_prompts']} fresh prompts for self-training" if c.get("selftrain_prompts") else ""
+    )
     console.print(
         f"data: {c['train']} training and {c['heldout']} held-out conversations, {c['cpt_chunks']} "
         f"stage 1 chunks{held}{fresh}; {aside}; report: {outcome.out_dir / 'report.html'}",
@@ -391,7 +393,10 @@ def _write_outputs(
                 else:
                     n_heldout += 1
         cpt.finish()
-    for label, prompt in eval_items:  # the held-out index is done with train.jsonl: now it checks fresh prompts
+    for (
+        label,
+        prompt,
+    ) in eval_items:  # the held-out index is done with train.jsonl: now it checks fresh prompts
         index.add(label, prompt)
     fresh = write_selftrain_prompts(
         out_dir,
