@@ -278,6 +278,18 @@ def test_split_is_deterministic_stratified_and_keeps_groups_together():
     assert group <= held or not (group & held)
 
 
+def test_the_split_depends_on_the_examples_not_on_how_their_file_is_spelled():
+    """`bbjtune data prepare` run from the project (examples/x.jsonl) and from elsewhere (/abs/examples/
+    x.jsonl) holds out the same examples; so does the same data after a file is renamed."""
+    import dataclasses
+
+    infos = [_info(i, f"prompt number {i} about topic {i % 7}", category="ab"[i % 2]) for i in range(120)]
+    held = split_heldout(infos, 0.1, 42, 0.7)
+    for spelled in ("/home/me/project/f.jsonl", "data/renamed.jsonl"):
+        moved = [dataclasses.replace(info, file=spelled) for info in infos]
+        assert split_heldout(moved, 0.1, 42, 0.7) == held
+
+
 def test_split_with_zero_ratio_holds_nothing_out():
     infos = [_info(i, f"p{i}") for i in range(10)]
     assert split_heldout(infos, 0.0, 1, 0.7) == set()

@@ -2,7 +2,8 @@
 
 Split: examples whose prompts are the same or similar (MinHash Jaccard of character 5-grams at
 least `group_threshold`) form one group, and a group goes to one side only. Groups are ordered by
-a hash of (seed, the group's first example) — deterministic, and adding data moves few examples —
+a hash of (seed, the group's first example's content) — deterministic wherever the data stage runs
+from, and adding data moves few examples —
 and taken into the held-out set per category until each category has its share (`ratio` of its
 examples, largest remainders first, at least one held-out example overall when ratio > 0, and
 never the last example of a category).
@@ -70,8 +71,9 @@ def split_heldout(infos: list[ExampleInfo], ratio: float, seed: int, group_thres
     targets = _allocate(per_category, ratio, len(infos))
 
     def order(root: int) -> str:
-        first = infos[root]
-        return hashlib.sha256(f"{seed}:{first.file}:{first.line}".encode()).hexdigest()
+        # by content (prompt + answer), not by file and line: the same data gave another split when the
+        # data stage ran from another folder (a relative path spelled differently), or after a file moved
+        return hashlib.sha256(f"{seed}:".encode() + infos[root].example_key).hexdigest()
 
     heldout: set[int] = set()
     taken: Counter = Counter()
