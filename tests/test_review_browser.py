@@ -92,7 +92,10 @@ def test_review_in_a_real_browser(tmp_path, browser_page):
     try:
         url = printed["url"]
         page.goto(url)
-        page.keyboard.type("Ann Expert")  # the name field has focus
+        # the name field takes the focus by itself (autofocus); Chromium applies it a frame after the page
+        # loads, and a key typed before that is lost (a run once read "nn Expert")
+        page.wait_for_function("document.activeElement && document.activeElement.id === 'name'")
+        page.keyboard.type("Ann Expert")
         page.keyboard.press("Enter")
         page.wait_for_selector("#rating-form")
         total = len(PROMPTS)
