@@ -172,7 +172,17 @@ def test_unknown_quant_type_is_a_config_error(tmp_path):
 
 
 def test_not_enough_disk_space_is_refused_before_writing(tmp_path, tiny_model_dir):
-    from bbjtune.export.stage import check_disk_space
+    from bbjtune.models.architecture import Architecture
+    from bbjtune.sizing import check_export, estimate_export
+
+    def check_disk_space(out, n_params, quants, lora):
+        """The export's disk check for a model of `n_params` parameters (the shape matters not here)."""
+        arch = Architecture(
+            hidden=1, intermediate=1, layers=0, heads=1, kv_heads=1, vocab=n_params - 1, tied=True
+        )
+        est = estimate_export(arch, quants, streaming=False, lora_gguf=lora, verify=False)
+        check_export(out, est, ram=2**62)
+
     from bbjtune.models.loading import architecture_of
     from bbjtune.models import load_model
 

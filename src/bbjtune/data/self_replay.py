@@ -27,9 +27,8 @@ from rich.console import Console
 from bbjtune.config import RunConfig
 from bbjtune.data import replay
 from bbjtune.errors import BbjtuneError
-from bbjtune.models.architecture import known_architecture
 from bbjtune.models.backend import make_backend
-from bbjtune.models.loading import architecture_of
+from bbjtune.models.loading import find_architecture
 from bbjtune.progress import progress_bar
 
 SELF_REPLAY_FILE = Path("replay") / "self-distilled.jsonl"  # under the run folder
@@ -126,7 +125,7 @@ CPU_MAX_PARAMS = 100_000_000
 def _refuse_a_real_model_on_the_cpu(model: str, samples: int) -> None:
     """Stop before loading a real-sized answering model on a machine without a CUDA GPU. Called only
     when prompts are left to answer: a file finished on the GPU machine goes through on any machine."""
-    arch = architecture_of(model) or known_architecture(model)
+    arch = find_architecture(model)
     if arch is None or arch.params < CPU_MAX_PARAMS:
         return
     import torch  # loaded by the answering model anyway; only here, so that `bbjtune --help` stays light

@@ -30,8 +30,8 @@ import numpy as np
 from bbjtune.artifacts import atomic_path
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.chat_template import CHATML_TEMPLATE, ENDOFTEXT, IM_END
+from bbjtune.sizing import WRITER_TYPES  # the types written here; the rest go through llama.cpp
 
-WRITER_TYPES = ("f32", "f16", "bf16", "q8_0")  # the types written here; the rest go through llama.cpp
 ARCH = "qwen2"
 
 # Hugging Face parameter names → llama.cpp tensor names for the Qwen2 architecture.

@@ -45,7 +45,6 @@ from bbjtune.export.verify import compare_lora_with_merged, raise_on_failure, ve
 from bbjtune.export.vllm import explain, plan_vllm
 from bbjtune.sizing import (
     BASELINE_RAM,
-    BYTES_PER_PARAM,  # noqa: F401 — re-exported: callers read the file sizes from here
     REFERENCE_TYPES,
     available_ram,
     check_export,
@@ -56,7 +55,6 @@ from bbjtune.models.loading import architecture_of, resolve_source, torch_dtype
 from bbjtune.models.merge import _declared_dtype
 from bbjtune.models.loading import load_model
 from bbjtune.models.merge import apply_adapter
-from bbjtune.models.architecture import Architecture
 
 console = Console(stderr=True)
 
@@ -422,19 +420,3 @@ def _write_vllm(cfg: RunConfig, plan, adapters, run: StageRun) -> None:
     run.outputs.append("vllm-lora.json")
     run.extra["vllm"] = {"mode": "lora" if vplan.lora_ok else "merged", "blockers": vplan.blockers}
     console.print("[green]✓[/] vllm-lora.json — " + explain(vplan).replace("\n", "\n  "))
-
-
-# ----------------------------------------------------------------------------- disk space
-
-
-def check_disk_space(out: Path, n_params: int | None, quants: list[str], lora: bool) -> None:
-    """Refuse to start when the export directory's disk cannot hold what export will write (HF path)."""
-    if not n_params:
-        return
-
-    # an architecture of `n_params` parameters, for the disk arithmetic alone (RAM is not checked here)
-    arch = Architecture(
-        hidden=1, intermediate=1, layers=0, heads=1, kv_heads=1, vocab=n_params - 1, tied=True
-    )
-    est = estimate_export(arch, quants, streaming=False, lora_gguf=lora, verify=False)
-    check_export(out, est, ram=2**62)

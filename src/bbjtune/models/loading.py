@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bbjtune.errors import BbjtuneError
-from bbjtune.models.architecture import Architecture, read_gguf_metadata
+from bbjtune.models.architecture import Architecture, known_architecture, read_gguf_metadata
 from bbjtune.models.random_weights import build_random, parse_random_source
 from bbjtune.models.tiny import build_tiny, parse_tiny_source
 from bbjtune.quiet import quiet_weight_bars
@@ -280,6 +280,11 @@ def model_config(source: str):
 
     name, extra = resolve_source(source).pretrained_args
     return AutoConfig.from_pretrained(name, **extra)
+
+
+def find_architecture(source: str) -> Architecture | None:
+    """The architecture from the model's files when they are here, else from a Qwen2.5 name (nothing downloaded)."""
+    return architecture_of(source) or known_architecture(source)
 
 
 def architecture_of(source: str) -> Architecture | None:

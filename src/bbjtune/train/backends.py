@@ -148,11 +148,6 @@ def choose_backend(requested: str) -> str:
     return "unsloth"
 
 
-def import_unsloth_first() -> None:
-    """Unsloth patches transformers/peft/trl when imported; it must come before them."""
-    import unsloth  # noqa: F401
-
-
 def training_device_map(quantized: bool) -> Any:
     """Where the weights go at load time: each process's own GPU, or nowhere yet (CPU, FSDP, DeepSpeed)."""
     if not cuda_available() or sharded_launch():

@@ -8,6 +8,7 @@ prints the per-GPU memory estimate with and without gradient checkpointing.
 
 from __future__ import annotations
 
+import functools
 import statistics
 from typing import Any
 
@@ -17,7 +18,7 @@ from rich.text import Text
 
 from bbjtune.config import RunConfig
 from bbjtune.models.architecture import Architecture, known_architecture
-from bbjtune.models.loading import model_config
+from bbjtune.models.loading import model_config, torch_dtype
 from bbjtune.models.chat_template import ENDOFTEXT
 from bbjtune.train import backends
 from bbjtune.train.inputs import TrainingData
@@ -165,14 +166,23 @@ def _show_cpt(cfg: RunConfig, data: TrainingData, tokenizer: Any, console: Conso
     console.print(_steps(cfg, "cpt", rows))
 
 
+@functools.lru_cache(maxsize=4)
+def _architecture(source: str) -> Architecture | str:
+    """The model's shape for both estimates (its config read once), or why it cannot be read."""
+    arch = known_architecture(source)
+    if arch is not None:
+        return arch
+    try:
+        return Architecture.from_config(model_config(source))
+    except Exception as exc:  # noqa: BLE001 — the estimates are optional: say why they are missing
+        return str(exc)
+
+
 def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Console) -> None:
-    arch = known_architecture(cfg.model.source)
-    if arch is None:
-        try:
-            arch = Architecture.from_config(model_config(cfg.model.source))
-        except Exception as exc:  # noqa: BLE001 — the estimate is optional: say why it is missing
-            console.print(f"[yellow]memory estimate skipped:[/] cannot read the model's config ({exc})")
-            return
+    arch = _architecture(cfg.model.source)
+    if isinstance(arch, str):
+        console.print(f"[yellow]memory estimate skipped:[/] cannot read the model's config ({arch})")
+        return
     tokens = (
         2 if "sft" in stages and cfg.train.sft.train_chat_tokens != "no" and cfg.model.kind == "base" else 0
     )
@@ -216,15 +226,11 @@ def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Con
 def _show_export(cfg: RunConfig, console: Console) -> None:
     """What `bbjtune export` will need in host RAM and disk for this config, and what this machine has."""
 
-    arch = known_architecture(cfg.model.source)
-    if arch is None:
-        try:
-            arch = Architecture.from_config(model_config(cfg.model.source))
-        except Exception:  # noqa: BLE001 — _show_memory already said why
-            return
+    arch = _architecture(cfg.model.source)
+    if isinstance(arch, str):  # _show_memory said why
+        return
     e = cfg.export
     ram = available_ram()
-    merge_bytes = 2 if cfg.model.dtype in ("bfloat16", "float16") else 4
     est = estimate_export(
         arch,
         list(e.gguf),
@@ -232,7 +238,7 @@ def _show_export(cfg: RunConfig, console: Console) -> None:
         keep_merged=e.merged,
         lora_gguf=e.lora_gguf,
         verify=e.verify,
-        merge_bytes=merge_bytes,
+        merge_bytes=torch_dtype(cfg.model.dtype).itemsize,  # as the export stage counts it
         available_ram=ram,
     )
     unit, scale = ("GiB", 2**30) if arch.params > 5e7 else ("MiB", 2**20)

@@ -16,8 +16,7 @@ from bbjtune.config import SELF_TRAINING_STAGES, RunConfig
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.architecture import Architecture
 from bbjtune.sizing import available_ram, free_disk
-from bbjtune.models.architecture import known_architecture
-from bbjtune.models.loading import architecture_of
+from bbjtune.models.loading import find_architecture
 
 GiB = 2**30
 BASELINE_RAM = int(1.5 * GiB)
@@ -81,7 +80,7 @@ def check_before_loading(cfg: RunConfig, stages: list[str], console) -> None:
     """The check `bbjtune train` runs before loading a model (skipped when the architecture is unknown)."""
     import torch
 
-    arch = architecture_of(cfg.model.source) or known_architecture(cfg.model.source)
+    arch = find_architecture(cfg.model.source)
     if arch is None:
         return
     needs = check_train(cfg, arch, stages, torch.cuda.is_available())

@@ -74,9 +74,7 @@ def run_stage(
     backends.use_one_gpu_unless_launched(console)
     if is_main_process():  # after the line above: it must run before CUDA is touched
         check_before_loading(cfg, stages, console)  # disk (and RAM on a CPU) before any model is loaded
-    backend = backends.choose_backend(cfg.train.backend)
-    if backend == "unsloth":
-        backends.import_unsloth_first()
+    backend = backends.choose_backend(cfg.train.backend)  # Unsloth, if chosen, was imported first by the CLI
 
     configure_torch(cfg)
     console.print(
