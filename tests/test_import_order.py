@@ -52,7 +52,9 @@ def test_a_run_with_the_unsloth_backend_imports_it_before_transformers(tmp_path,
 def test_the_hf_backend_and_a_dry_run_leave_unsloth_alone(tmp_path, stand_in):
     env, record = stand_in
     for args in (["--set", "train.backend=hf"], ["--set", "train.backend=unsloth", "--dry-run"]):
-        run_cli(
+        out = run_cli(
             "train", "quickstart", *args, "--set", f"output_dir={tmp_path}/{{name}}", env=env, timeout=300
         )
+        # past the point where Unsloth would be imported: the stage itself stops it (no prepared data)
+        assert out.returncode == 2 and "data prepare" in out.stderr, out.stderr[-2000:]
         assert not record.exists(), args

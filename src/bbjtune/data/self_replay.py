@@ -116,9 +116,9 @@ def ensure(cfg: RunConfig, console: Console) -> Distilled | None:
 
 
 # Above this size the answers are not worth waiting for on a CPU: the 0.5B, the smallest real model,
-# writes about 20 tokens/s there through transformers (one prompt at a time; RESULTS "Editor completion"
-# measured 25 tokens/s for its Q4_K_M through llama.cpp on 2 cores), so 160 prompts x 2 answers of a few
-# hundred tokens each take hours, a 7B days.
+# decodes 25 tokens/s at Q4_K_M through llama.cpp on 2 cores (RESULTS "Editor completion"; the data
+# stage answers through transformers, not measured there), so 160 prompts x 2 answers of ~300 tokens take
+# about an hour at that rate, and a 7B, 15x the parameters, most of a day.
 CPU_MAX_PARAMS = 100_000_000
 
 
@@ -134,7 +134,7 @@ def _refuse_a_real_model_on_the_cpu(model: str, samples: int) -> None:
         return
     raise BbjtuneError(
         f"data.self_replay: {model} ({arch.params / 1e9:.1f}B parameters) would answer the general prompts "
-        f"({samples} answers each) on this machine's CPU, which takes hours (days for a 7B)",
+        f"({samples} answers each) on this machine's CPU, which takes hours",
         "run the data stage on the GPU machine (bbjtune data prepare CONFIG there), or set "
         "data.self_replay.enabled: false (`bbjtune data replay CONFIG --backend http` makes answers from "
         "a running server; list that file under data.replay)",
