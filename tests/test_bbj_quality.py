@@ -299,3 +299,30 @@ def test_check_tier2_on_the_command_line(tmp_path):
     assert "generation-mismatch" in run("--tier2", "--generation", "character").stdout
     bad = run("--tier2", "--generation", "cobol")
     assert bad.returncode == 2 and "unknown generation" in bad.stderr and "Traceback" not in bad.stderr
+
+
+CUT_OFF_PROGRAM = """rem every construct that names a label
+open (1,err=no_file,end=done)"data.txt"
+on choice goto first,second,third
+on choice gosub first,second
+callback(ON_BUTTON_PUSH,pushed,sysgui!.getContext())
+button!.setCallback(button!.ON_BUTTON_PUSH,"pushed")
+read (1,key=k$,dom=missing)rec$
+goto done
+first: print "1"
+second: gosub third
+third: return
+pushed: print "pushed"
+missing: no_file: done:
+end
+"""
+
+
+def test_an_answer_cut_off_anywhere_is_judged_without_crashing():
+    # Sampled answers often end mid-statement (the token limit): a round of self-training judged
+    # 4,016 of them and one ending in `... goto` raised IndexError in the label scan.
+    for end in range(1, len(CUT_OFF_PROGRAM) + 1):
+        code = CUT_OFF_PROGRAM[:end]
+        findings = check_quality(code)
+        assert all(isinstance(f, Finding) for f in findings), code
+    assert check_quality("a = 1\non a goto") == []

@@ -144,6 +144,8 @@ def _label_findings(toks: list[tuple[LogicalLine, list[str], list[str]]]) -> lis
 def _label_refs(K: list[str], T: list[str]) -> list[str]:
     refs = []
     n = len(K)
+    # look-ahead past the last token (code that ends in `GOTO`, `ERR=`, ...) reads end-of-line
+    K, T = [*K, "eol", "eol", "eol"], [*T, "", "", ""]
     for i in range(n - 1):
         if K[i] != "id":
             continue
