@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +163,33 @@ def load_tokenizer(source: str | ModelSource, **kwargs: Any):
         tokenizer.pad_token = (
             "<|endoftext|>" if "<|endoftext|>" in tokenizer.get_vocab() else tokenizer.eos_token
         )
+    restore_control_tokens(tokenizer)
     return tokenizer
+
+
+# Qwen's control tokens: <|im_start|>, <|fim_prefix|>, <|file_sep|>, <tool_call>, ...
+CONTROL_TOKEN = re.compile(r"<\|[a-z_]+\|>|</?tool_call>")
+
+
+def restore_control_tokens(tokenizer: Any) -> list[str]:
+    """Make every control token of a Qwen vocabulary one token again; returns those restored.
+
+    Some transformers versions convert a GGUF's tokenizer with only <|endoftext|>, <|im_start|> and
+    <|im_end|> as added tokens: `<|fim_prefix|>` then tokenizes as `<`, `|`, `f`, `im`, ... although
+    the vocabulary holds it as one entry. Such a tokenizer, saved with an adapter and carried into
+    the exported GGUF, breaks editor completion (FIM) everywhere downstream. The restored tokens keep
+    their vocabulary ids and stay non-special, as in Qwen's own tokenizer (decoding keeps them).
+    """
+    vocab = tokenizer.get_vocab()
+    if "<|im_start|>" not in vocab:
+        return []  # not a Qwen ChatML vocabulary: leave it alone
+    added = tokenizer.get_added_vocab()
+    missing = sorted((t for t in vocab if t not in added and CONTROL_TOKEN.fullmatch(t)), key=vocab.get)
+    if missing:
+        from tokenizers import AddedToken
+
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in missing])
+    return missing
 
 
 def save_tokenizer(source: str, out: Path) -> None:
