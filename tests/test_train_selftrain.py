@@ -177,6 +177,19 @@ def test_continuous_batching_returns_k_answers_per_prompt(tiny_model_dir):
     assert len({c.text for cs in got.values() for c in cs}) > 1  # sampled, not one answer copied
 
 
+def test_continuous_batching_that_returns_nothing_stops_with_what_to_do(tiny_model_dir, monkeypatch):
+    # On one H200 (transformers 5.17) generate_batch returned an empty result and no error for 2,048
+    # answers; a self-training round would have judged 2,048 failed answers. Replayed here.
+    from bbjtune.errors import BbjtuneError
+    from bbjtune.models.generate import Request, Sampling
+
+    backend = TransformersBackend.load(str(tiny_model_dir), dtype="float32", continuous=True)
+    monkeypatch.setattr(backend.model, "generate_batch", lambda *a, **k: {})
+    with pytest.raises(BbjtuneError) as err:
+        list(backend.generate([Request(messages=conversation(0)[:2])], Sampling(n=2, max_new_tokens=4)))
+    assert "returned no answers" in str(err.value) and "engine: batched" in err.value.hint
+
+
 # ----------------------------------------------------------------------------- building the data
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from bbjtune.errors import BbjtuneError
 from bbjtune.models import load_model, load_tokenizer
 from bbjtune.models.chat_template import ENDOFTEXT, IM_END, render_chatml
 from bbjtune.models.merge import apply_adapter
@@ -405,6 +406,13 @@ def generate_continuous(
                 outputs = backend.model.generate_batch(
                     [ids[i] for i in part], generation_config=config, progress_bar=False
                 )
+            if not outputs:
+                # seen with transformers 5.17 on an H200: no output and no error, 0.6 s for 2,048 answers
+                raise BbjtuneError(
+                    f"transformers {transformers_version()}'s continuous batching returned no answers "
+                    f"for {len(part)} prompts",
+                    "use the padded batches instead (sampling.engine: batched, the default)",
+                )
             share = (time.monotonic() - t0) / len(part)
             by_prompt: dict[tuple[int, ...], list[int]] = {}
             for i in part:
@@ -420,6 +428,12 @@ def generate_continuous(
                     sampling.n - len(found[i])
                 )
                 yield i, got
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def _completion(
