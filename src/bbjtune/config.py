@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bbjtune.config_paths import INPUT_KEYS, anchor_inputs, anchor_section, matches
 from bbjtune.errors import BbjtuneError
@@ -283,11 +291,11 @@ class SelfSampleConfig(Section):
             "all. fresh falls back to train, with a note, when there are no fresh prompts"
         ),
     )
-    batch_tokens: int = Field(
-        65536,
-        gt=0,
+    batch_tokens: PositiveInt | Literal["auto"] = Field(
+        "auto",
         description=(
-            "sequences x (prompt + answer tokens) generated at once; larger batches use the GPU better"
+            "sequences x (prompt + answer tokens) generated at once; larger batches use the GPU better. auto: half "
+            "of the GPU memory free once the model is loaded, at about 4x the KV cache per token (65,536 on a CPU)"
         ),
     )
     engine: Literal["batched", "continuous"] = Field(

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from bbjtune.errors import BbjtuneError
 from bbjtune.models import load_model, load_tokenizer
@@ -104,7 +104,7 @@ class TransformersBackend:
         tokenizer: Any,
         batch_size: int = 16,
         description: dict[str, Any] | None = None,
-        batch_tokens: int | None = None,
+        batch_tokens: int | Literal["auto"] | None = None,
         static_cache: bool = False,
         continuous: bool = False,
     ):
@@ -118,10 +118,14 @@ class TransformersBackend:
                 ENDOFTEXT if ENDOFTEXT in self.tokenizer.get_vocab() else self.tokenizer.eos_token
             )
         self.batch_size = batch_size
-        self.batch_tokens = batch_tokens
         self.static_cache = static_cache
         self.continuous = continuous
         self.device = next(model.parameters()).device
+        self.batch_tokens = (
+            auto_batch_tokens(model.config, self.device, static_cache)
+            if batch_tokens == "auto"
+            else batch_tokens
+        )
         self.stop_ids = self._stop_ids()
         self._description = description or {}
         self._torch = torch
@@ -135,7 +139,7 @@ class TransformersBackend:
         tokenizer: str | None = None,
         dtype: str = "auto",
         batch_size: int = 16,
-        batch_tokens: int | None = None,
+        batch_tokens: int | Literal["auto"] | None = None,
         static_cache: bool = False,
         continuous: bool = False,
     ) -> TransformersBackend:
@@ -344,6 +348,44 @@ class TransformersBackend:
         self.generated_tokens += len(ids)
         text, hit = truncate_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), stops)
         return text, "stop" if hit else finish, len(ids)
+
+
+# Sampling batches sized to the GPU (`sampling.batch_tokens: auto`). Measured on one H200 with the
+# 0.5B shape (benchmarks/results/sample_speed-2026-12-06-h200.json): 2,048 rows x 233 tokens peaked
+# at 22.9 GiB above the weights, 4.2x their KV cache (the growing cache is copied as it grows; fp32
+# logits and top-p sorting per row). Half of the free memory goes to the batch, which keeps the OOM
+# fallback (halving a batch) for the unforeseen.
+AUTO_MEMORY_SHARE = 0.5
+AUTO_BYTES_PER_KV_BYTE = 4.2
+AUTO_CPU_BATCH_TOKENS = 65_536
+AUTO_MAX_BATCH_TOKENS = 4_194_304
+
+
+def kv_bytes_per_token(config: Any, dtype_bytes: int = 2) -> int:
+    """Bytes of K and V cache one token takes across all layers of a decoder config."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+
+
+def batch_tokens_for(config: Any, free_bytes: int, dtype_bytes: int = 2) -> int:
+    """The token budget (rows x (prompt + new tokens)) that fits `free_bytes` of GPU memory."""
+    per_token = AUTO_BYTES_PER_KV_BYTE * kv_bytes_per_token(config, dtype_bytes)
+    budget = int(AUTO_MEMORY_SHARE * free_bytes / per_token)
+    return max(4_096, min(AUTO_MAX_BATCH_TOKENS, budget // 4_096 * 4_096))
+
+
+def auto_batch_tokens(config: Any, device: Any, static_cache: bool = False) -> int:
+    """`batch_tokens: auto`: sized to the free memory of the model's GPU; a fixed budget on a CPU."""
+    import torch
+
+    if getattr(device, "type", "cpu") != "cuda":
+        return AUTO_CPU_BATCH_TOKENS
+    free, _total = torch.cuda.mem_get_info(device)
+    dtype = getattr(config, "torch_dtype", None) or getattr(config, "dtype", None)
+    dtype_bytes = 4 if str(dtype).endswith("float32") else 2
+    return batch_tokens_for(config, free, dtype_bytes)
 
 
 def _split_by_settings(batch: list[int], requests: Sequence[Request]) -> list[list[int]]:
