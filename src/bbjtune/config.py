@@ -657,6 +657,10 @@ class RunConfig(Section):
     def export_dir(self) -> Path:
         return Path(self.export.output_dir) if self.export.output_dir else self.run_dir / "export"
 
+    def gguf_file(self, quant: str) -> Path:
+        """Where the export writes the GGUF of one quant type, and where `serve` looks for it."""
+        return self.export_dir / f"{self.name}.{quant}.gguf"
+
     @property
     def planned_stages(self) -> list[str]:
         """The stages train.stages names, before the Instruct shortcut and `enabled` are applied."""

@@ -59,10 +59,6 @@ from bbjtune.models.merge import apply_adapter
 console = Console(stderr=True)
 
 
-def gguf_path(cfg: RunConfig, quant: str) -> Path:
-    return cfg.export_dir / f"{cfg.name}.{quant}.gguf"
-
-
 def run_stage(cfg: RunConfig) -> Path:
     export = cfg.export
     out = cfg.export_dir
@@ -227,7 +223,7 @@ def _write_ggufs(
     paths: dict[str, Path] = {}
     with new_progress(console) as progress:
         for quant in direct:
-            target = gguf_path(cfg, quant) if quant in wanted else scratch / f"{cfg.name}.f16.gguf"
+            target = cfg.gguf_file(quant) if quant in wanted else scratch / f"{cfg.name}.f16.gguf"
             task = progress.add_task(f"writing {target.name}", total=None)
             t0 = time.time()
             write_gguf(
@@ -241,7 +237,7 @@ def _write_ggufs(
             _record(run, quant, target, t0)
             paths[quant] = target
         for quant in llama_types:
-            target = gguf_path(cfg, quant)
+            target = cfg.gguf_file(quant)
             task = progress.add_task(f"quantizing {target.name} (llama.cpp)", total=None)
             t0 = time.time()
             quantize(paths["f16"], target, quant, threads=cfg.export.threads)
@@ -340,7 +336,7 @@ def _lora_gguf(
         )
     result: dict[str, Any] = {"written": True, "adapter": lora_path.name, "base": base_path.name}
     if cfg.export.verify:
-        merged_f16 = gguf_path(cfg, "f16") if (gguf_path(cfg, "f16")).exists() else None
+        merged_f16 = cfg.gguf_file("f16") if (cfg.gguf_file("f16")).exists() else None
         if merged_f16:
             result.update(
                 compare_lora_with_merged(base_path, lora_path, merged_f16, threads=cfg.export.threads)
@@ -379,7 +375,7 @@ def _write_modelfile(cfg: RunConfig, plan, run: StageRun, report: dict[str, Any]
     o = cfg.export.ollama
     name = ollama_model_name(cfg.name, o.model_name)
     system = o.system_prompt or plan.system_prompt
-    sizes = {q: f.stat().st_size for q in cfg.export.gguf if (f := gguf_path(cfg, q)).exists()}
+    sizes = {q: f.stat().st_size for q in cfg.export.gguf if (f := cfg.gguf_file(q)).exists()}
     quant = ollama_quant(o.quant, report, sizes)
     if quant != o.quant:
         console.print(
@@ -389,7 +385,7 @@ def _write_modelfile(cfg: RunConfig, plan, run: StageRun, report: dict[str, Any]
         )
     path = write_modelfile(
         cfg.export_dir,
-        gguf_path(cfg, quant).name,
+        cfg.gguf_file(quant).name,
         system_prompt=system,
         num_ctx=o.num_ctx,
         temperature=o.temperature,

@@ -191,11 +191,6 @@ def default_model_name(cfg: RunConfig) -> str:
     return (cfg.export.ollama.model_name or f"bbj-{cfg.name}").lower()
 
 
-def exported_gguf(cfg: RunConfig, quant: str) -> Path:
-    """Where the export writes the GGUF of one quant type: <export_dir>/<run name>.<quant>.gguf."""
-    return cfg.export_dir / f"{cfg.name}.{quant}.gguf"
-
-
 def modelfile_from(text: str) -> str:
     """The file a Modelfile's FROM line names."""
     m = re.search(r"(?m)^FROM\s+(.+?)\s*$", text)
@@ -214,7 +209,7 @@ def _gguf_target(target: str, quant: str | None, overrides: list[str] | None) ->
         return path, path.name.split(".")[0]
 
     cfg = load_config(target, overrides)
-    path = exported_gguf(cfg, quant or modelfile_quant(cfg))
+    path = cfg.gguf_file(quant or modelfile_quant(cfg))
     if not path.exists():
         made = sorted(p.name for p in cfg.export_dir.glob("*.gguf")) if cfg.export_dir.exists() else []
         hint = (
