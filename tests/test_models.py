@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -204,3 +205,28 @@ def test_checkpoint_saved_from_a_gguf_reloads_and_saves_again(tiny_model_dir, tm
     assert getattr(again.config, "quantization_config", None) is None and again.hf_quantizer is None
     again.save_pretrained(tmp_path / "saved-again")
     assert "quantization_config" not in _json.loads((tmp_path / "saved-again" / "config.json").read_text())
+
+
+def test_a_hub_id_pinned_to_a_revision_is_looked_up_at_that_revision(monkeypatch, tmp_path):
+    import bbjtune.models.loading as loading
+
+    src = resolve_source("Qwen/Qwen2.5-Coder-7B@v1.0")
+    assert src.kind == "hub" and src.pretrained_args == ("Qwen/Qwen2.5-Coder-7B", {"revision": "v1.0"})
+    assert resolve_source("Qwen/Qwen2.5-Coder-7B").pretrained_args == ("Qwen/Qwen2.5-Coder-7B", {})
+    # the Hugging Face cache holds config.json for the tag v1.0 only (its on-disk layout)
+    repo = tmp_path / "hf" / "hub" / "models--Qwen--Qwen2.5-Coder-7B"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "v1.0").write_text("0123456789abcdef0123456789abcdef01234567")
+    snapshot = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(loading, "HUB_HOST", "hub.invalid")
+    loading._check_hub_reachable(src)  # cached at that revision: no network needed
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(BbjtuneError, match="not reachable"):
+        loading._check_hub_reachable(resolve_source("Qwen/Qwen2.5-Coder-7B@v2.0"))

@@ -51,15 +51,15 @@ class Section(BaseModel):
 
 class ModelConfig(Section):
     source: str = Field(
-        "tiny:demo", description="hub id, local HF directory, local .gguf file, or tiny:<preset>"
+        "tiny:demo",
+        description="hub id (pinned with @<branch, tag or commit> if you like), local HF directory, local .gguf file, "
+        "or tiny:<preset>",
     )
     kind: Literal["base", "instruct"] = Field(
         "base",
         description="base: run stage 1 (CPT) then stage 2 (SFT); instruct: SFT only is the usual shortcut",
     )
     dtype: DType = "auto"
-    revision: str | None = None
-    trust_remote_code: bool = False
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
 
 

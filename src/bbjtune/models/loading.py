@@ -6,7 +6,8 @@ A source is one of
                           saved as a local checkpoint: the scale rehearsal without a download;
 - a local `.gguf` file    read by transformers' GGUF loader and dequantized to 16/32-bit weights;
 - a local directory       a Hugging Face checkpoint (config.json + safetensors) or a PEFT adapter;
-- a hub id                `Qwen/Qwen2.5-Coder-7B-Instruct` (needs network or the local HF cache).
+- a hub id                `Qwen/Qwen2.5-Coder-7B-Instruct` (needs network or the local HF cache),
+                          optionally pinned: `Qwen/Qwen2.5-Coder-7B-Instruct@<branch, tag or commit>`.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class ModelSource:
             return str(self.path.parent), {"gguf_file": self.path.name}
         if self.kind in ("tiny", "local"):
             return str(self.path), {}
-        return self.spec, {}
+        repo, _, revision = self.spec.partition("@")  # a hub id pinned to a branch, tag or commit
+        return repo, {"revision": revision} if revision else {}
 
 
 def check_source(spec: str) -> SourceKind:
@@ -118,14 +120,15 @@ def is_adapter_dir(source: ModelSource) -> bool:
     )
 
 
-def _check_hub_reachable(spec: str) -> None:
+def _check_hub_reachable(src: ModelSource) -> None:
     """Fail fast (instead of ~50 s of retries) when the hub id is neither cached nor reachable."""
+    spec, extra = src.pretrained_args
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         return  # transformers will look in the cache only, and fail quickly if absent
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+        if isinstance(try_to_load_from_cache(spec, "config.json", revision=extra.get("revision")), str):
             os.environ.setdefault("HF_HUB_OFFLINE", "1")  # cached: never touch the network
             return
     except Exception:  # noqa: BLE001 — the cache lookup is only a shortcut
@@ -153,7 +156,7 @@ def load_tokenizer(source: str | ModelSource, **kwargs: Any):
 
     src = source if isinstance(source, ModelSource) else resolve_source(source)
     if src.kind == "hub":
-        _check_hub_reachable(src.spec)
+        _check_hub_reachable(src)
     name, extra = src.pretrained_args
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **extra, **kwargs)
@@ -226,7 +229,7 @@ def load_model(
     quiet_weight_bars()
     src = source if isinstance(source, ModelSource) else resolve_source(source)
     if src.kind == "hub":
-        _check_hub_reachable(src.spec)
+        _check_hub_reachable(src)
     if is_adapter_dir(src):
         raise BbjtuneError(
             f"'{src.spec}' is a LoRA adapter, not a full model",
