@@ -13,7 +13,14 @@ from bbjtune.models.generate import TransformersBackend
 from bbjtune.train import preference, selftrain, verdict
 from bbjtune.train.callbacks import MetricsLog
 from bbjtune.train.job import StageJob
-from bbjtune.train.samples import SAMPLES_FILE, SelfPrompt, read_samples, sample_prompts, training_prompts
+from bbjtune.train.samples import (
+    FRESH,
+    SAMPLES_FILE,
+    SelfPrompt,
+    read_samples,
+    sample_prompts,
+    training_prompts,
+)
 
 GOOD = '```bbj\nch = unt\nopen (ch)"notes.txt"\nread (ch,end=done)x$\ndone:\nclose (ch)\nend\n```'
 MUST = [r"(?i)(?<![\w.])OPEN\b", r"(?i)(?<![\w.])READ\b", r"(?i)(?<![\w.])CLOSE\b", r"(?i)\bEND\s*="]
@@ -201,7 +208,7 @@ def test_rft_keeps_the_best_passing_answer_and_dpo_pairs_pass_with_fail(tmp_path
     cfg = make_config(tmp_path, tiny_model_dir, train__stages=["sft", "rft", "dpo"])
     prompts = [
         SelfPrompt("a", conversation(0)[:2], "REF-A", MUST),
-        SelfPrompt("b", conversation(1)[:2], "REF-B", MUST),
+        SelfPrompt("b", conversation(1)[:2], "REF-B", MUST, FRESH),
     ]
 
     def judge(text, reason="stop"):
@@ -218,7 +225,16 @@ def test_rft_keeps_the_best_passing_answer_and_dpo_pairs_pass_with_fail(tmp_path
     rjob = StageJob(cfg=cfg, stage="rft", base_source="x", backend="hf", console=QUIET)
     built = selftrain.build_data(rjob, prompts, rows)
     answers = [c[-1]["content"] for c in built.rft]
-    assert answers == [GOOD, "REF-A", "REF-B"]  # the shorter of two equal passes; b has none; references kept
+    # the shorter of two equal passes; b has none; only the fresh prompt's reference (a's is stage 2's data)
+    assert answers == [GOOD, "REF-B"]
+    cfg.train.rft.include_references = True
+    assert [c[-1]["content"] for c in selftrain.build_data(rjob, prompts, rows).rft] == [
+        GOOD,
+        "REF-A",
+        "REF-B",
+    ]
+    cfg.train.rft.include_references = False
+    assert [c[-1]["content"] for c in selftrain.build_data(rjob, prompts, rows).rft] == [GOOD]
     djob = StageJob(cfg=cfg, stage="dpo", base_source="x", backend="hf", console=QUIET)
     pairs = selftrain.build_data(djob, prompts, rows).pairs
     # b: no passing answer, so its reference stands in against both failing ones
@@ -360,7 +376,7 @@ def test_sft_rft_dpo_in_one_run_then_nothing_to_redo(tmp_path, tiny_model_dir):
         tiny_model_dir,
         train__stages=["sft", "rft", "dpo"],
         train__sft__max_steps=2,
-        train__rft=stage,
+        train__rft={**stage, "include_references": True},  # the tiny model passes nothing
         train__dpo={**stage, "min_pairs": 1},
         data__decontaminate_against=[],
     )
@@ -421,6 +437,7 @@ def test_a_self_training_stage_on_its_own_after_a_plain_sft_run(tmp_path, tiny_m
             "max_steps": 1,
             "max_length": 256,
             "gradient_accumulation_steps": 1,
+            "include_references": True,  # the tiny model passes nothing
             "sampling": {"samples_per_prompt": 2, "max_new_tokens": 4},
         },
     )

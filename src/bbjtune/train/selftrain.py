@@ -35,7 +35,7 @@ from bbjtune.progress import new_progress
 from bbjtune.train import preference, sft
 from bbjtune.train.inputs import TrainingData
 from bbjtune.train.job import StageJob, is_main_process, read_record, wait_for_everyone
-from bbjtune.train.samples import SAMPLES_FILE, SelfPrompt, by_prompt, sample_prompts, training_prompts
+from bbjtune.train.samples import SAMPLES_FILE, TRAIN, SelfPrompt, by_prompt, sample_prompts, training_prompts
 from bbjtune.train.trainer import free_memory
 from bbjtune.train.verdict import CHECKS
 
@@ -291,6 +291,11 @@ def _best_first(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(samples, key=lambda r: (-r["verdict"]["reward"], len(r["output"]), r["sample"]))
 
 
+def _keeps_reference(setting: bool | str, prompt: SelfPrompt) -> bool:
+    """train.rft.include_references: all, none, or only where stage 2 has not trained on the reference."""
+    return prompt.source != TRAIN if setting == "untrained" else bool(setting)
+
+
 def build_data(job: StageJob, prompts: list[SelfPrompt], rows: list[dict[str, Any]]) -> Built:
     """RFT conversations, DPO pairs and KTO examples from the judged samples."""
     cfg = job.stage_cfg
@@ -308,7 +313,7 @@ def build_data(job: StageJob, prompts: list[SelfPrompt], rows: list[dict[str, An
         prompts_with_pass += bool(passing)
         if passing:
             rft.append([*prompt.context, {"role": "assistant", "content": passing[0]["output"]}])
-        if getattr(cfg, "include_references", False):
+        if _keeps_reference(getattr(cfg, "include_references", False), prompt):
             rft.append([*prompt.context, {"role": "assistant", "content": prompt.reference}])
         chosen = [r["output"] for r in passing]
         if not chosen and getattr(cfg, "reference_as_chosen", False) and failing:
@@ -342,9 +347,16 @@ def build_data(job: StageJob, prompts: list[SelfPrompt], rows: list[dict[str, An
 def train_round(job: RoundJob, data: TrainingData, built: Built) -> dict[str, Any]:
     if job.stage == "rft":
         if not built.rft:
+            setting = job.stage_cfg.include_references
+            why = (
+                "is off"
+                if setting is False
+                else "is 'untrained', and every prompt was a training prompt (its reference is stage 2's data)"
+            )
             raise BbjtuneError(
-                "rft: no answer passed the checks and train.rft.include_references is off",
-                "turn include_references on, sample more (sampling.samples_per_prompt), or lower "
+                f"rft: no answer passed the checks and train.rft.include_references {why}",
+                "set train.rft.include_references: true, give prompts stage 2 has not seen (data.sources, "
+                "sampling.extra_prompts), sample more (sampling.samples_per_prompt), or lower "
                 "sampling.min_pattern_share",
             )
         return sft.run_sft(
