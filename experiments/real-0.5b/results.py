@@ -38,6 +38,7 @@ RECIPES = {
     "stage1": "stage 1 only",
     "tuned": "sft",
     "sft-replay-20": "+replay",
+    "sft-replay": "+replay",
     "rft": "+rft",
     "rft-dpo": "+dpo",
     "dpo": "+dpo (on sft)",
@@ -59,9 +60,16 @@ def clean_rates(eval_dir: Path) -> tuple[dict[str, dict[str, float | None]], str
     from bbjtune.evaluate.suite import EvalCase
     from bbjtune.train.verdict import CHECKS, judge
 
-    cases = [EvalCase.from_dict(json.loads(line)) for line in
-             (eval_dir / "cases.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
-    rows = {(r["suite"], r["id"]): r for r in read_complete_jsonl(eval_dir / "generations.jsonl") if r["sample"] == 0}
+    cases = [
+        EvalCase.from_dict(json.loads(line))
+        for line in (eval_dir / "cases.jsonl").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    rows = {
+        (r["suite"], r["id"]): r
+        for r in read_complete_jsonl(eval_dir / "generations.jsonl")
+        if r["sample"] == 0
+    }
     per_suite: dict[str, list[tuple[bool, bool]]] = {}
     lengths, ran_on = [], 0
     for case in cases:
@@ -71,14 +79,24 @@ def clean_rates(eval_dir: Path) -> tuple[dict[str, dict[str, float | None]], str
         ran_on += bool(row) and row.get("finish_reason") == "length"
         if not case.compile:
             continue
-        v = judge(output, [], finish_reason=(row or {}).get("finish_reason") or "stop") if row and not row.get("error") \
+        v = (
+            judge(output, [], finish_reason=(row or {}).get("finish_reason") or "stop")
+            if row and not row.get("error")
             else None
+        )
         per_suite.setdefault(case.suite, []).append((bool(v and v.compiles), bool(v and v.clean)))
-    table = {suite: {"compile_at_1": pct(sum(c for c, _ in v) / len(v)), "clean_at_1": pct(sum(k for _, k in v) / len(v))}
-             for suite, v in per_suite.items()}
+    table = {
+        suite: {
+            "compile_at_1": pct(sum(c for c, _ in v) / len(v)),
+            "clean_at_1": pct(sum(k for _, k in v) / len(v)),
+        }
+        for suite, v in per_suite.items()
+    }
     allv = [x for v in per_suite.values() for x in v]
-    table["all"] = {"compile_at_1": pct(sum(c for c, _ in allv) / len(allv)) if allv else None,
-                    "clean_at_1": pct(sum(k for _, k in allv) / len(allv)) if allv else None}
+    table["all"] = {
+        "compile_at_1": pct(sum(c for c, _ in allv) / len(allv)) if allv else None,
+        "clean_at_1": pct(sum(k for _, k in allv) / len(allv)) if allv else None,
+    }
     return table, CHECKS, [len(cases), ran_on, *lengths]
 
 
@@ -88,24 +106,33 @@ def row_for(eval_dir: Path) -> dict:
     humaneval = (results.get("humaneval") or {}).get("pass_at_1")
     label = eval_dir.name
     return {
-        "recipe": RECIPES.get(label, label), "label": label,
+        "recipe": RECIPES.get(label, label),
+        "label": label,
         "compile_at_1": pct(results["compile_at_k"].get("1")),
-        "clean_at_1": pct(results["clean_at_k"].get("1")) if "clean_at_k" in results else table["all"]["clean_at_1"],
+        "clean_at_1": pct(results["clean_at_k"].get("1"))
+        if "clean_at_k" in results
+        else table["all"]["clean_at_1"],
         "clean_checks": "results.json" if "clean_at_k" in results else checks,
         "patterns_pass_rate": pct(results.get("patterns_pass_rate")),
         "factual_accuracy": pct(results.get("factual_accuracy")),
         "humaneval_pass_at_1": pct(humaneval),
         "median_answer_chars": statistics.median(lengths) if lengths else None,
-        "hit_token_limit": ran_on, "hit_token_limit_share": pct(ran_on / n_cases) if n_cases else None,
-        "by_suite": _suites(results) if "clean_at_k" in results else {k: v for k, v in table.items() if k != "all"},
+        "hit_token_limit": ran_on,
+        "hit_token_limit_share": pct(ran_on / n_cases) if n_cases else None,
+        "by_suite": _suites(results)
+        if "clean_at_k" in results
+        else {k: v for k, v in table.items() if k != "all"},
     }
 
 
 def _suites(results: dict) -> dict[str, dict[str, float | None]]:
     """compile@1 and clean@1 per suite as the evaluation scored them (clean there includes the case's
     generation fit, which the self-training verdict alone does not know)."""
-    return {suite: {"compile_at_1": pct(v["compile_at_k"].get("1")), "clean_at_1": pct(v["clean_at_k"].get("1"))}
-            for suite, v in (results.get("by_suite") or {}).items() if "clean_at_k" in v}
+    return {
+        suite: {"compile_at_1": pct(v["compile_at_k"].get("1")), "clean_at_1": pct(v["clean_at_k"].get("1"))}
+        for suite, v in (results.get("by_suite") or {}).items()
+        if "clean_at_k" in v
+    }
 
 
 def main() -> None:
@@ -114,8 +141,15 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=HERE / "results.json")
     args = p.parse_args()
     eval_root = args.run / "eval"
-    dirs = [d for d in sorted(eval_root.iterdir()) if (d / "results.json").exists() and (d / "cases.jsonl").exists()] \
-        if eval_root.is_dir() else []
+    dirs = (
+        [
+            d
+            for d in sorted(eval_root.iterdir())
+            if (d / "results.json").exists() and (d / "cases.jsonl").exists()
+        ]
+        if eval_root.is_dir()
+        else []
+    )
     if not dirs:
         sys.exit(f"{eval_root}: no evaluated model (run run.sh's eval steps first)")
     order = list(RECIPES)
@@ -123,9 +157,11 @@ def main() -> None:
     rows = [row_for(d) for d in dirs]
     args.out.write_text(json.dumps({"rows": rows}, indent=2) + "\n", encoding="utf-8")
     for r in rows:
-        print(f"{r['recipe']:18s} compile@1 {r['compile_at_1']}  clean@1 {r['clean_at_1']}  patterns "
-              f"{r['patterns_pass_rate']}  HumanEval {r['humaneval_pass_at_1']}  median chars {r['median_answer_chars']}"
-              f"  hit limit {r['hit_token_limit']}")
+        print(
+            f"{r['recipe']:18s} compile@1 {r['compile_at_1']}  clean@1 {r['clean_at_1']}  patterns "
+            f"{r['patterns_pass_rate']}  HumanEval {r['humaneval_pass_at_1']}  median chars {r['median_answer_chars']}"
+            f"  hit limit {r['hit_token_limit']}"
+        )
     print(f"wrote {args.out}")
 
 
