@@ -20,10 +20,10 @@
 #           model's own q4_k_m file (llama.cpp, like for like)
 #   report  experiments/real-0.5b/RESULTS.md tables and plots from the files above
 # and, not in the default list (each runnable on its own, after train):
-#   rft     self-training on stage 2's model: 8 samples per training prompt, judged by the checker
-#           and tier 2, SFT on the best passing answers + references (sweep/rft)
+#   rft     self-training on the replay step's stage-2 model: 8 samples per prompt, judged by the
+#           checker and tier 2, SFT on the best passing answers + references (sweep/rft)
 #   dpo     DPO on pairs of passing/failing samples of the RFT model (sweep/rft-dpo; DPO_AFTER=sft
-#           puts it on stage 2's model instead, in sweep/dpo)
+#           puts it on the replay step's stage-2 model instead, in sweep/dpo)
 #   results experiments/real-0.5b/results.json: one row per evaluated recipe (results.py)
 # e.g. the self-training proof in pieces: --steps rft   then --steps dpo   then --steps results
 set -euo pipefail
@@ -114,17 +114,22 @@ selftrain() {
   $BBJ eval run "$CFG" "${SET[@]}" --trained "$RUN/sweep/$label" --label "$label" || true
 }
 link() { mkdir -p "$RUN/sweep/$1"; [ -e "$RUN/sweep/$1/$2" ] || ln -s "$3" "$RUN/sweep/$1/$2"; }
+# Self-training builds on the replay step's stage 2 (sweep/sft-replay-20) with the same replay data, as
+# measured on 2026-12-07 (RESULTS.md): run --steps replay first.
+RSET=(--set "data.output_dir=$RUN/data-replay" --set "data.replay=[$RUN/replay/self-distilled.jsonl]"
+      --set train.sft.replay_ratio=0.2)
 if want rft; then
-  link rft cpt ../../cpt; link rft sft ../../sft
-  selftrain rft cpt,sft,rft --stage rft
+  [ -e "$RUN/sweep/sft-replay-20/trained.json" ] || { echo "rft builds on the replay step: run --steps replay first" >&2; exit 2; }
+  link rft cpt ../../cpt; link rft sft ../sft-replay-20/sft
+  selftrain rft cpt,sft,rft "${RSET[@]}" --stage rft
 fi
 if want dpo; then
   if [ "${DPO_AFTER:-rft}" = rft ]; then
-    link rft-dpo cpt ../../cpt; link rft-dpo sft ../../sft; link rft-dpo rft ../rft/rft
-    selftrain rft-dpo cpt,sft,rft,dpo --stage dpo
+    link rft-dpo cpt ../../cpt; link rft-dpo sft ../sft-replay-20/sft; link rft-dpo rft ../rft/rft
+    selftrain rft-dpo cpt,sft,rft,dpo "${RSET[@]}" --stage dpo
   else
-    link dpo cpt ../../cpt; link dpo sft ../../sft
-    selftrain dpo cpt,sft,dpo --stage dpo
+    link dpo cpt ../../cpt; link dpo sft ../sft-replay-20/sft
+    selftrain dpo cpt,sft,dpo "${RSET[@]}" --stage dpo
   fi
 fi
 if want fim; then
