@@ -80,3 +80,25 @@ def test_the_restored_tokens_survive_saving(stripped_dir: Path, tmp_path: Path) 
 def test_a_complete_tokenizer_is_left_as_it_is(tiny_model_dir: Path) -> None:
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     assert restore_control_tokens(tok) == []
+
+
+def test_a_merge_for_export_writes_the_fim_tokens_for_llama_cpp(stripped_dir: Path, tmp_path: Path) -> None:
+    # What reaches Ollama: the merged directory's tokenizer.json is what the GGUF writer reads. FIM
+    # tokens typed NORMAL there would be split by llama.cpp like any other text.
+    import gguf
+
+    from bbjtune.export.gguf import read_vocab
+    from bbjtune.models.merge import merge_adapters
+
+    merged = merge_adapters(
+        str(stripped_dir),
+        [],
+        tmp_path / "merged",
+        tokenizer_source=str(stripped_dir),
+        chat=True,
+        dtype="float32",
+    )
+    vocab_size = json.loads((merged / "config.json").read_text())["vocab_size"]
+    vocab = read_vocab(merged, vocab_size)
+    for token in (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE, REPO_NAME):
+        assert vocab.types[vocab.tokens.index(token)] == gguf.TokenType.USER_DEFINED
