@@ -494,3 +494,64 @@ def test_compare_merges_the_human_review_when_there_is_one(tmp_path):
     html = (eval_dir / "compare" / "report.html").read_text()
     assert "Human review" in html and "win rate of tuned" in html and "75.0%" in html
     assert cmp["humaneval_gate"]["status"] == "not_run"
+
+
+def test_a_base_model_evaluated_alone_gets_the_training_datas_system_prompt(
+    tmp_path, tiny_model_dir, suite_file
+):
+    # `eval run CONFIG --model BASE` must ask the base what the tuned model is asked: the stage's
+    # base-vs-tuned evaluation gives both the trained system prompt, and so must the single-model path
+    # (the 2026-12-07 base row of experiments/real-0.5b was asked without it).
+    from bbjtune.artifacts import common_system_prompt
+
+    data = tmp_path / "data"
+    data.mkdir()
+    system = "You are a BBj expert. Answer in ```bbj blocks."
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": f"q{i}"},
+                {"role": "assistant", "content": "a"},
+            ]
+        }
+        for i in range(3)
+    ] + [
+        {
+            "messages": [
+                {"role": "system", "content": "other"},
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a"},
+            ]
+        }
+    ]
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"messages": [')
+    assert common_system_prompt(data / "train.jsonl") == system  # the torn last line is left out
+    assert common_system_prompt(tmp_path / "missing.jsonl") is None
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"name: sys\nmodel: {{source: {tiny_model_dir}}}\ndata: {{output_dir: {data}, chatml: [x.jsonl]}}\n"
+        f"eval: {{output_dir: {tmp_path / 'eval'}}}\n"
+    )
+    out = run_cli(
+        "eval",
+        "run",
+        str(config),
+        "--model",
+        str(tiny_model_dir),
+        "--label",
+        "base",
+        "--suite",
+        str(suite_file),
+        "--limit",
+        "1",
+        "--no-humaneval",
+        "--max-new-tokens",
+        "4",
+        "--compiler",
+        "builtin",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    used = json.loads((tmp_path / "eval" / "base" / "settings.json").read_text())
+    assert used["system_prompt"] == system

@@ -230,6 +230,19 @@ def read_jsonl(
     return rows
 
 
+def common_system_prompt(path: str | os.PathLike) -> str | None:
+    """The most common system message of a ChatML JSONL file such as train.jsonl (None without one).
+
+    The system prompt a model was trained under, for evaluating any model (the base too) the same way."""
+    counts: dict[str, int] = {}
+    for row in read_complete_jsonl(path):
+        messages = row.get("messages") if isinstance(row, dict) else None
+        if messages and isinstance(messages[0], dict) and messages[0].get("role") == "system":
+            text = messages[0].get("content") or ""
+            counts[text] = counts.get(text, 0) + 1
+    return max(counts, key=counts.__getitem__) if counts else None
+
+
 def read_complete_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The complete lines of a file a run appends to as it goes (generations, metrics); [] when absent.
 

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from typer.core import TyperGroup
 
+from bbjtune.artifacts import common_system_prompt
 from bbjtune.config import EvalConfig, load_config, validate_config
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.compare import compare_dirs
@@ -221,6 +222,7 @@ def _eval_one(
         ecfg.system_prompt
         or (info.raw.get("system_prompt") if info else None)
         or (cfg.data.system_prompt if cfg else None)
+        or (common_system_prompt(cfg.data_dir / "train.jsonl") if cfg else None)
     )
     _check_inputs(kind, model, adapter, ecfg)
     spec: dict[str, Any] = {"backend": kind}

@@ -21,7 +21,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bbjtune.artifacts import sha256_file
+from bbjtune.artifacts import common_system_prompt, sha256_file
 from bbjtune.config import REPO_ROOT, RunConfig, expand_globs
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate import fim
@@ -53,6 +53,7 @@ def run_stage(cfg: RunConfig, fresh: bool = False) -> Path:
         ecfg.system_prompt
         or (trained.raw.get("system_prompt") if trained else None)
         or cfg.data.system_prompt
+        or common_system_prompt(cfg.data_dir / "train.jsonl")
     )
     style = humaneval_style(ecfg.humaneval.prompt_style, cfg.model.kind)
     fim_cases = load_fim_cases(cfg)
