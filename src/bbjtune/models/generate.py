@@ -122,9 +122,7 @@ class TransformersBackend:
         self.continuous = continuous
         self.device = next(model.parameters()).device
         self.batch_tokens = (
-            auto_batch_tokens(model.config, self.device, static_cache)
-            if batch_tokens == "auto"
-            else batch_tokens
+            auto_batch_tokens(model.config, self.device) if batch_tokens == "auto" else batch_tokens
         )
         self.stop_ids = self._stop_ids()
         self._description = description or {}
@@ -376,7 +374,7 @@ def batch_tokens_for(config: Any, free_bytes: int, dtype_bytes: int = 2) -> int:
     return max(4_096, min(AUTO_MAX_BATCH_TOKENS, budget // 4_096 * 4_096))
 
 
-def auto_batch_tokens(config: Any, device: Any, static_cache: bool = False) -> int:
+def auto_batch_tokens(config: Any, device: Any) -> int:
     """`batch_tokens: auto`: sized to the free memory of the model's GPU; a fixed budget on a CPU."""
     import torch
 
