@@ -46,6 +46,7 @@ RECIPES = {
     "tuned-q8_0": "sft q8_0 gguf",
     "tuned-q4_k_m": "sft q4_k_m gguf",
     "best-q8_0": "best q8_0 gguf",
+    "rft-dpo-q8_0": "+dpo q8_0 gguf (llama.cpp)",
     "base-q4_k_m": "base q4_k_m gguf",
 }
 
