@@ -230,17 +230,22 @@ def read_jsonl(
     return rows
 
 
-def common_system_prompt(path: str | os.PathLike) -> str | None:
-    """The most common system message of a ChatML JSONL file such as train.jsonl (None without one).
-
-    The system prompt a model was trained under, for evaluating any model (the base too) the same way."""
+def most_common_system_prompt(conversations: Any) -> str | None:
+    """The most common first system message of ChatML conversations (None when there is none)."""
     counts: dict[str, int] = {}
-    for row in read_complete_jsonl(path):
-        messages = row.get("messages") if isinstance(row, dict) else None
+    for messages in conversations:
         if messages and isinstance(messages[0], dict) and messages[0].get("role") == "system":
             text = messages[0].get("content") or ""
             counts[text] = counts.get(text, 0) + 1
     return max(counts, key=counts.__getitem__) if counts else None
+
+
+def common_system_prompt(path: str | os.PathLike) -> str | None:
+    """The system prompt a ChatML JSONL file such as train.jsonl mostly uses (None without one): what a
+    model was trained under, for evaluating any model (the base too) the same way."""
+    return most_common_system_prompt(
+        row.get("messages") for row in read_complete_jsonl(path) if isinstance(row, dict)
+    )
 
 
 def read_complete_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -41,12 +41,8 @@ BYTES_PER_PARAM = {
     "q3_k_m": 0.49,
     "q2_k": 0.42,
 }
-WRITER_TYPES = (
-    "f32",
-    "f16",
-    "bf16",
-    "q8_0",
-)  # export/gguf.py writes these itself; the rest go through llama.cpp
+# export/gguf.py writes these itself (kept here so the estimate imports no gguf); the rest go through llama.cpp
+WRITER_TYPES = ("f32", "f16", "bf16", "q8_0")
 REFERENCE_TYPES = ("f32", "f16", "bf16")  # GGUFs precise enough to stand in for the HF model
 BASELINE_RAM = int(1.5 * GiB)  # Python, torch, tokenizer, llama.cpp's context: measured ~1.2 GiB at 7B
 STREAM_COPIES = 2  # float32-sized copies of the largest tensor alive at once while streaming (see above)

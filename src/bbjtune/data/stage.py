@@ -393,10 +393,8 @@ def _write_outputs(
                 else:
                     n_heldout += 1
         cpt.finish()
-    for (
-        label,
-        prompt,
-    ) in eval_items:  # the held-out index is done with train.jsonl: now it checks fresh prompts
+    # the held-out index is done with train.jsonl: now it checks fresh prompts
+    for label, prompt in eval_items:
         index.add(label, prompt)
     fresh = write_selftrain_prompts(
         out_dir,

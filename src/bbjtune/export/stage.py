@@ -336,8 +336,8 @@ def _lora_gguf(
         )
     result: dict[str, Any] = {"written": True, "adapter": lora_path.name, "base": base_path.name}
     if cfg.export.verify:
-        merged_f16 = cfg.gguf_file("f16") if (cfg.gguf_file("f16")).exists() else None
-        if merged_f16:
+        merged_f16 = cfg.gguf_file("f16")
+        if merged_f16.exists():
             result.update(
                 compare_lora_with_merged(base_path, lora_path, merged_f16, threads=cfg.export.threads)
             )

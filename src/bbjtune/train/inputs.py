@@ -7,12 +7,11 @@ line number, in the first second, not after the model has loaded.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bbjtune.artifacts import read_jsonl
+from bbjtune.artifacts import most_common_system_prompt, read_jsonl
 from bbjtune.bbj import extract_code_blocks
 from bbjtune.errors import BbjtuneError
 
@@ -54,8 +53,7 @@ class TrainingData:
     @property
     def system_prompt(self) -> str | None:
         """The most common system message of the training conversations (None when there is none)."""
-        prompts = Counter(c[0]["content"] for c in self.conversations if c and c[0]["role"] == "system")
-        return prompts.most_common(1)[0][0] if prompts else None
+        return most_common_system_prompt(self.conversations)
 
     def heldout_code(self) -> list[str]:
         """The code blocks of the held-out answers: stage 1's evaluation set (BBj the model has not seen)."""

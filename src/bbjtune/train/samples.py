@@ -48,9 +48,8 @@ class SelfPrompt:
     context: list[dict[str, str]]  # the conversation up to and including the last user turn
     reference: str  # the training data's answer
     must: list[str]  # patterns derived from the reference's code
-    source: str = (
-        TRAIN  # FRESH (selftrain-prompts.jsonl), TRAIN (train.jsonl) or EXTRA (sampling.extra_prompts)
-    )
+    # FRESH (selftrain-prompts.jsonl), TRAIN (train.jsonl) or EXTRA (sampling.extra_prompts)
+    source: str = TRAIN
 
 
 @dataclass

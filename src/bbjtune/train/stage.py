@@ -156,10 +156,7 @@ def _run_self_training(
         backend=backend,
         console=console,
         resume=resume,
-        data_fingerprint=data_fingerprint(cfg, "sft", chained)
-        + ":"
-        + str(previous)
-        + _fresh_prompts_part(cfg),
+        data_fingerprint=f"{data_fingerprint(cfg, 'sft', chained)}:{previous}{_fresh_prompts_part(cfg)}",
     )
     result = run_selftrain(job, data, previous)
     m = result["metrics"]
