@@ -87,6 +87,44 @@ def test_generation_stops_on_im_end_even_when_the_model_only_knows_endoftext(sto
         assert completions[0].finish_reason == "stop" and completions[0].tokens < 40
 
 
+def test_window_repeat_penalty_is_llama_cpps_rule_over_the_last_n_tokens():
+    import torch
+
+    from bbjtune.models.generate import window_repeat_penalty
+
+    scores = torch.tensor([[2.0, -2.0, 4.0, 1.0, -1.0]])
+    ids = torch.tensor([[3, 0, 1, 1]])  # token 3 is outside a window of the last 3
+    out = window_repeat_penalty(2.0, 3)(ids, scores.clone())
+    assert out.tolist() == [[1.0, -4.0, 4.0, 1.0, -1.0]]  # positive halved, negative doubled, once each
+    whole = window_repeat_penalty(2.0, 0)(ids, scores.clone())
+    assert whole.tolist() == [[1.0, -4.0, 4.0, 0.5, -1.0]]
+
+
+def test_a_repeat_penalty_keeps_greedy_answers_from_reusing_recent_tokens(varied_model):
+    model, tok = varied_model
+    requests = [chat(p) for p in PROMPTS]
+    plain = dict(
+        TransformersBackend(model, tok, batch_size=4).generate(
+            requests, Sampling(temperature=0.0, max_new_tokens=24)
+        )
+    )
+    strict = Sampling(temperature=0.0, max_new_tokens=24, repeat_penalty=1e6, repeat_last_n=6)
+    backend = TransformersBackend(model, tok, batch_size=4)
+    penalised = dict(backend.generate(requests, strict))
+
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    def repeats(seq: list[int], n: int) -> int:
+        return sum(1 for k, t in enumerate(seq) if t in seq[max(0, k - n) : k])
+
+    before = sum(repeats(ids(plain[i][0].text), 5) for i in plain)
+    assert before > 0, "the plain answers should repeat themselves, or the test proves nothing"
+    for i in penalised:  # the window covers the prompt's tail too; within the answer no token comes back
+        assert repeats(ids(penalised[i][0].text), 5) == 0, penalised[i][0].text
+    assert [penalised[i][0].text for i in penalised] != [plain[i][0].text for i in plain]
+
+
 def test_text_requests_stop_at_stop_strings(varied_model):
     model, tok = varied_model
     backend = TransformersBackend(model, tok, batch_size=2)
@@ -231,6 +269,7 @@ def test_http_backend_against_a_local_server(openai_server):
     assert {(c["model"], c["temperature"], c["top_p"], c["max_tokens"]) for c in hello_calls} == {
         ("bbj-test", 0.5, 0.9, 50)
     }
+    assert not any("repeat_penalty" in c for c in hello_calls)  # off: nothing a server could misread
     assert (
         sum(1 for c in FakeOpenAI.calls if c.get("messages", [{}])[-1].get("content") == "bad") == 2
     )  # no retry on 4xx
@@ -246,6 +285,12 @@ def test_http_text_requests_use_the_completions_endpoint_and_stop_strings(openai
     assert out[0][0].text == "    return 1\n" and out[0][0].finish_reason == "stop"
     call = FakeOpenAI.calls[-1]
     assert call["path"] == "/v1/completions" and call["prompt"] == "def f():\n" and "\ndef " in call["stop"]
+    list(
+        backend.generate(
+            [Request(text="def f():\n")], Sampling(temperature=0, repeat_penalty=1.1, repeat_last_n=32)
+        )
+    )
+    assert (FakeOpenAI.calls[-1]["repeat_penalty"], FakeOpenAI.calls[-1]["repeat_last_n"]) == (1.1, 32)
 
 
 def test_an_unreachable_endpoint_fails_every_sample_quickly_with_the_reason():
@@ -292,9 +337,35 @@ def test_gguf_backend_answers_like_the_transformers_model(stopping_model, tmp_pa
         assert out[0][0].text == 'print "hi"' and out[0][0].finish_reason == "stop"
         assert out[1][0].text == 'print "hi"'
         assert backend.describe()["gguf"] == str(gguf_path)
+
     finally:
         backend.close()
     with pytest.raises(BbjtuneError, match="not a GGUF"):
         bogus = Path(tmp_path / "x.gguf")
         bogus.write_bytes(b"nope")
         make_backend("gguf", model=str(bogus))
+
+
+def test_gguf_backend_applies_the_repeat_penalty_like_transformers(tiny_model_dir, tmp_path):
+    pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (pip install 'bbjtune[export]')"
+    )
+    from bbjtune.export.gguf import write_gguf
+    from bbjtune.models import load_model, load_tokenizer
+
+    gguf_path = write_gguf(tiny_model_dir, tmp_path / "tiny.f32.gguf", "f32")
+    backend = make_backend("gguf", model=str(gguf_path), n_ctx=512)
+    model, tok = load_model(str(tiny_model_dir), dtype="float32"), load_tokenizer(str(tiny_model_dir))
+    hf = TransformersBackend(model, tok, batch_size=1)
+    requests = [Request(text="sort an array of names"), Request(text="x")]
+    try:
+        texts = {}
+        for penalty in (1.0, 1.5):
+            sampling = Sampling(temperature=0, max_new_tokens=12, repeat_penalty=penalty, repeat_last_n=8)
+            texts[penalty] = [dict(b.generate(requests, sampling)) for b in (backend, hf)]
+    finally:
+        backend.close()
+    for penalty, (cpp, ref) in texts.items():
+        assert [cpp[i][0].text for i in cpp] == [ref[i][0].text for i in ref], penalty
+    plain, penalised = texts[1.0][0], texts[1.5][0]
+    assert [plain[i][0].text for i in plain] != [penalised[i][0].text for i in penalised]

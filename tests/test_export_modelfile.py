@@ -82,6 +82,8 @@ def test_modelfile_has_from_template_stops_params_and_system():
     params = parsed["parameters"]
     assert ("stop", "<|im_end|>") in params and ("stop", "<|endoftext|>") in params
     assert ("num_ctx", "8192") in params and ("temperature", "0.2") in params
+    # written even when off: a silent Modelfile gets Ollama's 1.1, which no evaluation measured
+    assert ("repeat_penalty", "1") in params and ("repeat_last_n", "64") in params
     assert "ollama create bbj-run -f Modelfile" in text
     # what Ollama will send for a chat with the Modelfile's SYSTEM is the training format
     data = ollama_values([{"role": "user", "content": "x"}], parsed["system"])
@@ -93,6 +95,16 @@ def test_modelfile_has_from_template_stops_params_and_system():
 def test_modelfile_without_system_prompt_has_no_system_line():
     text = build_modelfile("m.gguf", system_prompt=None, num_ctx=2048, temperature=0.0, model_name="m")
     assert "SYSTEM" not in text and "PARAMETER temperature 0" in text
+    text = build_modelfile(
+        "m.gguf",
+        system_prompt=None,
+        num_ctx=2048,
+        temperature=0.0,
+        model_name="m",
+        repeat_penalty=1.1,
+        repeat_last_n=32,
+    )
+    assert "PARAMETER repeat_penalty 1.1\nPARAMETER repeat_last_n 32" in text
 
 
 def test_bad_inputs():

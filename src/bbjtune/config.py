@@ -497,6 +497,19 @@ class EvalConfig(Section):
     temperature: float = Field(0.2, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_new_tokens: int = Field(768, gt=0)
+    repeat_penalty: float = Field(
+        1.0,
+        ge=1.0,
+        le=2.0,
+        description=(
+            "llama.cpp's repetition penalty over the last repeat_last_n tokens, in every backend; 1.0 = off. "
+            "The Modelfile gets the same value unless export.ollama.repeat_penalty says otherwise (Ollama "
+            "would apply 1.1 where a Modelfile is silent), so the evaluation measures what Ollama runs"
+        ),
+    )
+    repeat_last_n: int = Field(
+        64, ge=0, description="the repeat penalty's window in tokens (0: the whole context)"
+    )
     batch_size: int = Field(16, gt=0)
     limit: int | None = Field(
         None, gt=0, description="at most N prompts per suite, spread over the categories"
@@ -529,6 +542,9 @@ class OllamaConfig(Section):
     model_name: str | None = Field(None, description="default: bbj-<run name>")
     num_ctx: int = Field(8192, gt=0)
     temperature: float = Field(0.2, ge=0.0)
+    repeat_penalty: float | None = Field(
+        None, ge=1.0, le=2.0, description="default: eval.repeat_penalty (with eval.repeat_last_n)"
+    )
     system_prompt: str | None = Field(None, description="default: the training data's system prompt")
     quant: QuantType = "q4_k_m"
 

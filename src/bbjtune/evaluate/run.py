@@ -96,6 +96,8 @@ def sampling_of(ecfg: EvalConfig) -> Sampling:
         max_new_tokens=ecfg.max_new_tokens,
         n=ecfg.n_samples,
         seed=ecfg.seed,
+        repeat_penalty=ecfg.repeat_penalty,
+        repeat_last_n=ecfg.repeat_last_n,
     )
 
 

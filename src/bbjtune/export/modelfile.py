@@ -136,6 +136,8 @@ def build_modelfile(
     temperature: float,
     model_name: str,
     adapter_name: str | None = None,
+    repeat_penalty: float = 1.0,
+    repeat_last_n: int = 64,
 ) -> str:
     """The Modelfile text for `gguf_name` (a file beside the Modelfile), validated before it is returned."""
     if system_prompt and '"""' in system_prompt:
@@ -146,6 +148,8 @@ def build_modelfile(
     check_template(CHATML_GO_TEMPLATE, system_prompt)
     params = [("stop", f'"{t}"') for t in STOP_TOKENS]
     params += [("num_ctx", str(num_ctx)), ("temperature", _number(temperature))]
+    # always written: where a Modelfile is silent Ollama applies 1.1, which the evaluation did not measure
+    params += [("repeat_penalty", _number(repeat_penalty)), ("repeat_last_n", str(repeat_last_n))]
     header = (
         f"# {model_name}: a Qwen2.5-Coder model fine-tuned on BBj by bbjtune.\n"
         f"# Create it with:  ollama create {model_name} -f Modelfile\n"

@@ -55,6 +55,28 @@ class Sampling:
     max_new_tokens: int = 768
     n: int = 1
     seed: int = 42
+    # llama.cpp's repetition penalty (Ollama's repeat_penalty / repeat_last_n): the logits of tokens seen in
+    # the last `repeat_last_n` tokens are divided by `repeat_penalty` (multiplied when negative); 1.0 = off
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+
+
+def window_repeat_penalty(penalty: float, last_n: int) -> Any:
+    """A transformers logits processor with llama.cpp's repetition penalty over the last `last_n` tokens.
+
+    transformers' own `repetition_penalty` looks at the whole context (prompt included), which punishes
+    code for reusing its own variable names; llama.cpp, and so Ollama, look at a window only."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class WindowRepeatPenalty(LogitsProcessor):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            window = input_ids[:, -last_n:] if last_n > 0 else input_ids
+            seen = torch.gather(scores, 1, window)
+            punished = torch.where(seen > 0, seen / penalty, seen * penalty)
+            return scores.scatter(1, window, punished)
+
+    return WindowRepeatPenalty()
 
 
 @dataclass
@@ -330,6 +352,12 @@ class TransformersBackend:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if sampling.repeat_penalty != 1.0:
+            from transformers import LogitsProcessorList
+
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [window_repeat_penalty(sampling.repeat_penalty, sampling.repeat_last_n)]
+            )
         if stops:
             kwargs.update(stop_strings=list(stops), tokenizer=self.tokenizer)
         torch.manual_seed(seed)

@@ -100,6 +100,7 @@ class GgufBackend:
                     f"the prompt has {n_prompt} tokens, more than the context of {self.n_ctx}"
                 )
             self.llm.set_seed(seed)
+            self.llm.last_n_tokens_size = sampling.repeat_last_n  # the repeat penalty's window
             out = self.llm.create_completion(
                 prompt,
                 max_tokens=min(max_new, self.n_ctx - n_prompt - 1),
@@ -109,7 +110,7 @@ class GgufBackend:
                 seed=seed,
                 top_k=0,
                 min_p=0.0,
-                repeat_penalty=1.0,
+                repeat_penalty=sampling.repeat_penalty,
             )
         except (ValueError, RuntimeError) as exc:
             return Completion.failed(f"llama.cpp failed: {exc}", time.monotonic() - t0)

@@ -99,6 +99,8 @@ class HttpBackend:
             "max_tokens": request.max_new_tokens or sampling.max_new_tokens,
             "seed": seed,
         }
+        if sampling.repeat_penalty != 1.0:  # llama.cpp's server reads these; others ignore unknown fields
+            body.update(repeat_penalty=sampling.repeat_penalty, repeat_last_n=sampling.repeat_last_n)
         stops = list(request.stop)
         if request.text is not None:
             url, body["prompt"] = f"{self.base_url}/completions", request.text
