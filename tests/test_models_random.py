@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bbjtune.errors import BbjtuneError
+from bbjtune.export.vllm import servable_base
 from bbjtune.models import random_weights as rw
 from bbjtune.models.loading import load_model, load_tokenizer, resolve_source, save_tokenizer
 
@@ -141,6 +142,9 @@ def test_random_source_is_a_real_checkpoint_every_verb_can_load(monkeypatch, tmp
     src = resolve_source("random:qwen2.5-coder-0.5b-instruct")
     assert src.kind == "local" and (src.path / "config.json").exists()
     assert resolve_source("random:qwen2.5-coder-0.5b-instruct").path == src.path  # cached
+    # vLLM is told the directory, which it can load, not the spec, which it cannot
+    assert servable_base("random:qwen2.5-coder-0.5b-instruct") == str(src.path)
+    assert servable_base("Qwen/Qwen2.5-Coder-7B") == "Qwen/Qwen2.5-Coder-7B"
     model = load_model(src, dtype="bfloat16")
     assert (
         sum(p.numel() for p in model.parameters())

@@ -42,7 +42,7 @@ from bbjtune.export.merge import MergePlan, check_plan, merge, plan_from_trained
 from bbjtune.export.modelfile import ollama_model_name, write_modelfile
 from bbjtune.export.quantize import quantize, require_llama_cpp
 from bbjtune.export.verify import compare_lora_with_merged, raise_on_failure, verify_all
-from bbjtune.export.vllm import explain, plan_vllm
+from bbjtune.export.vllm import explain, plan_vllm, servable_base
 from bbjtune.sizing import (
     BASELINE_RAM,
     REFERENCE_TYPES,
@@ -408,7 +408,7 @@ def _write_vllm(cfg: RunConfig, plan, adapters, run: StageRun) -> None:
     v = cfg.export.vllm
     vplan = plan_vllm(
         adapters[-1] if adapters else None,
-        plan.base,
+        servable_base(plan.base),
         served_name=v.served_name or f"bbj-{cfg.name}",
         max_loras=v.max_loras,
         max_model_len=v.max_model_len,

@@ -99,6 +99,15 @@ def max_lora_rank_for(rank: int) -> int | None:
     return next((r for r in VLLM_LORA_RANKS if r >= rank), None)
 
 
+def servable_base(base: str | None) -> str | None:
+    """What vLLM loads for a base model source: a `random:` architecture's built directory, else as given."""
+    if base and base.startswith("random:"):
+        from bbjtune.models.loading import resolve_source
+
+        return str(resolve_source(base).path)
+    return base
+
+
 def plan_vllm(
     info: AdapterInfo | None,
     base_model: str | None,

@@ -1,0 +1,299 @@
+"""Scale rehearsal: a 7B/14B/32B preset end to end on one GPU, with random weights of the real architecture.
+
+Every step is the CLI a user runs (`bbjtune data prepare`, `train --stage cpt`, `train --stage sft`,
+`export`, `eval run`, `serve gguf` + one request), on `random:qwen2.5-coder-<size>` (the published
+architecture, random bf16 weights, the Qwen2.5 tokenizer) through the preset
+`qwen2.5-coder-<size>-base`. Training is bounded by `--steps` optimizer steps per stage; evaluation by
+`eval.limit` and `eval.humaneval.limit`. While a step runs, a thread samples every 0.5 s:
+
+- GPU memory in use on the device (nvidia-smi; the rehearsal should have the GPU to itself),
+- host RAM: the resident memory of the step's whole process tree,
+- disk: bytes used on the work directory's file system beyond what was used when the rehearsal started
+  (the random base, runs, temporary files).
+
+    python benchmarks/scale_rehearsal.py --size 7b --work /big/disk/scale \\
+        --data runs/prepared-data --json benchmarks/results/scale-2026-12-08-gpu.json
+
+Writes {date, machine, rows: [{model, stage, ok, wall_s, peak_gpu_gib, peak_ram_gib, peak_disk_gib,
+error, metrics}]}, appending to --json when it exists (one file for 7B and 14B). `--data` is a
+prepared data directory (`bbjtune data prepare`'s output) to reuse; without it the data step prepares
+examples/chatml. Needs the Qwen2.5 tokenizer (BBJTUNE_TOKENIZER_SOURCE or benchmarks/fetch_qwen05b.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+GiB = 2**30
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def gpu_used_bytes() -> int | None:
+    """Memory in use on the first GPU, or None without nvidia-smi."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.split()
+        return int(out[0]) * 2**20 if out else None
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
+def tree_rss(pid: int) -> int:
+    """Resident bytes of `pid` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        total += rss.get(p, 0)
+        todo += children.get(p, [])
+    return total
+
+
+class Monitor(threading.Thread):
+    """Peak GPU memory, process-tree RSS and extra disk while one step runs."""
+
+    def __init__(self, pid: int, work: Path, disk0: int, every: float = 0.5):
+        super().__init__(daemon=True)
+        self.pid, self.work, self.disk0, self.every = pid, work, disk0, every
+        self.gpu = self.ram = self.disk = 0
+        self.gpu_seen = False
+        self.stop = threading.Event()
+
+    def sample(self) -> None:
+        used = gpu_used_bytes()
+        if used is not None:
+            self.gpu, self.gpu_seen = max(self.gpu, used), True
+        self.ram = max(self.ram, tree_rss(self.pid))
+        self.disk = max(self.disk, shutil.disk_usage(self.work).used - self.disk0)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            self.sample()
+
+
+def run_step(name: str, argv: list[str], work: Path, disk0: int, log: Path, env: dict) -> dict:
+    """Run one CLI step, sampled; returns its row (without the model)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(argv)}", flush=True)
+    t0 = time.time()
+    with open(log, "w", encoding="utf-8") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        mon = Monitor(proc.pid, work, disk0)
+        mon.start()
+        rc = proc.wait()
+        mon.stop.set()
+    wall = time.time() - t0
+    tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-12:]
+    print(f"    rc={rc} in {wall:.0f} s", flush=True)
+    return {
+        "stage": name,
+        "ok": rc == 0,
+        "rc": rc,
+        "wall_s": round(wall, 1),
+        "peak_gpu_gib": round(mon.gpu / GiB, 2) if mon.gpu_seen else None,
+        "peak_ram_gib": round(mon.ram / GiB, 2),
+        "peak_disk_gib": round(mon.disk / GiB, 2),
+        "error": None if rc == 0 else "\n".join(tail),
+    }
+
+
+def serve_step(cfg_args: list[str], work: Path, disk0: int, log: Path, env: dict, port: int) -> dict:
+    """`bbjtune serve gguf` on the export, one chat request, then stop it: load time and answer latency."""
+    argv = [sys.executable, "-m", "bbjtune", "serve", "gguf", *cfg_args, "--port", str(port)]
+    print(f"[{time.strftime('%H:%M:%S')}] serve: {' '.join(argv)}", flush=True)
+    t0 = time.time()
+    out = open(log, "w", encoding="utf-8")
+    proc = subprocess.Popen(
+        argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True
+    )
+    mon = Monitor(proc.pid, work, disk0)
+    mon.start()
+    base = f"http://127.0.0.1:{port}/v1"
+    error, ready_s, answer_s, answer = None, None, None, None
+    try:
+        while time.time() - t0 < 900:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server stopped (rc {proc.returncode})")
+            try:
+                urllib.request.urlopen(f"{base}/models", timeout=5).read()
+                ready_s = time.time() - t0
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            raise RuntimeError("the server did not answer within 900 s")
+        body = json.dumps(
+            {
+                "messages": [{"role": "user", "content": "Write a BBj program that prints hello."}],
+                "max_tokens": 32,
+                "temperature": 0,
+            }
+        ).encode()
+        t1 = time.time()
+        req = urllib.request.Request(
+            f"{base}/chat/completions", body, headers={"Content-Type": "application/json"}
+        )
+        reply = json.loads(urllib.request.urlopen(req, timeout=600).read())
+        answer_s = time.time() - t1
+        answer = reply["choices"][0]["message"]["content"][:200]
+    except Exception as exc:  # noqa: BLE001 — a rehearsal records what failed as its row
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        mon.stop.set()
+        out.close()
+    return {
+        "stage": "serve",
+        "ok": error is None,
+        "wall_s": round(time.time() - t0, 1),
+        "peak_gpu_gib": round(mon.gpu / GiB, 2) if mon.gpu_seen else None,
+        "peak_ram_gib": round(mon.ram / GiB, 2),
+        "peak_disk_gib": round(mon.disk / GiB, 2),
+        "error": error,
+        "metrics": {
+            "ready_s": ready_s and round(ready_s, 1),
+            "answer_s": answer_s and round(answer_s, 2),
+            "answer": answer,
+        },
+    }
+
+
+def stage_metrics(path: Path) -> dict | None:
+    """The `metrics` of a stage's manifest.json (train/export/eval), when it wrote one."""
+    try:
+        return json.loads(path.read_text()).get("metrics")
+    except (OSError, ValueError):
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="7b", choices=["0.5b", "1.5b", "3b", "7b", "14b", "32b"])
+    parser.add_argument("--work", type=Path, required=True, help="a directory on the disk the run may fill")
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--data", type=Path, help="a prepared data directory to reuse (skips the data step)")
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per training stage")
+    parser.add_argument("--gguf", nargs="+", default=["f16", "q8_0", "q4_k_m"])
+    parser.add_argument(
+        "--only", nargs="+", help="run only these steps (build data cpt sft export eval serve)"
+    )
+    parser.add_argument("--set", action="append", default=[], help="more config overrides")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--preset", help="default: qwen2.5-coder-<size>-base")
+    args = parser.parse_args()
+
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    preset = args.preset or f"qwen2.5-coder-{args.size}-base"
+    data_dir = args.data.resolve() if args.data else work / "data"
+    sets = [
+        f"model.source=random:qwen2.5-coder-{args.size}",
+        f"output_dir={work}/runs/{{name}}",
+        f"data.output_dir={data_dir}",
+        "data.chatml=[examples/chatml/*.jsonl]",
+        "data.sources=[]",
+        "data.self_replay.enabled=false",
+        f"train.cpt.max_steps={args.steps}",
+        f"train.sft.max_steps={args.steps}",
+        f"export.gguf=[{', '.join(args.gguf)}]",
+        f"export.ollama.quant={'q4_k_m' if 'q4_k_m' in args.gguf else args.gguf[-1]}",
+        "eval.limit=4",
+        "eval.humaneval.limit=10",
+        *args.set,
+    ]
+    cfg_args = [preset, *[a for s in sets for a in ("--set", s)]]
+    cli = [sys.executable, "-m", "bbjtune"]
+    steps = {
+        "build": [
+            sys.executable,
+            "-c",
+            "import sys; from bbjtune.models.loading import resolve_source; print(resolve_source(sys.argv[1]).path)",
+            f"random:qwen2.5-coder-{args.size}",
+        ],
+        "data": [*cli, "data", "prepare", *cfg_args],
+        "cpt": [*cli, "train", *cfg_args, "--stage", "cpt"],
+        "sft": [*cli, "train", *cfg_args, "--stage", "sft"],
+        "export": [*cli, "export", *cfg_args],
+        "eval": [*cli, "eval", "run", *cfg_args],
+    }
+    wanted = args.only or [*steps, "serve"]
+    if args.data and "data" in wanted and not args.only:
+        wanted.remove("data")
+    disk0 = shutil.disk_usage(work).used
+    gpu = (
+        subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if shutil.which("nvidia-smi")
+        else "no GPU"
+    )
+    machine = f"{gpu}; {os.cpu_count()} CPU cores; {platform.machine()}"
+    run_dir = work / "runs" / preset
+    manifests = {
+        "cpt": run_dir / "cpt" / "manifest.json",
+        "sft": run_dir / "sft" / "manifest.json",
+        "export": run_dir / "export" / "manifest.json",
+        "eval": run_dir / "eval" / "manifest.json",
+    }
+    rows = []
+    for name in wanted:
+        log = work / f"log-{args.size}-{name}.txt"
+        if name == "serve":
+            row = serve_step(cfg_args, work, disk0, log, env, args.port)
+        else:
+            row = run_step(name, steps[name], work, disk0, log, env)
+            row["metrics"] = stage_metrics(manifests[name]) if name in manifests else None
+            if name == "export" and row["rc"] == 2:
+                # exit 2: a GGUF failed verification, files kept. Random weights give near-flat logits whose
+                # top-1 choice any rounding flips, so that verdict says nothing here; the files are there
+                row.update(ok=True, verification_failed=True)
+        rows.append({"model": args.size, **row})
+        if not row["ok"] and name in ("build", "cpt", "sft", "export"):
+            print(f"{name} failed; later steps need it:\n{row['error']}", flush=True)
+            break
+    result = json.loads(args.json.read_text()) if args.json.exists() else {"rows": []}
+    result.update(
+        date=time.strftime("%Y-%m-%d"),
+        machine=machine,
+        command="python benchmarks/scale_rehearsal.py " + " ".join(sys.argv[1:]).replace(str(work), "WORK"),
+    )
+    result["rows"] = [r for r in result["rows"] if r.get("model") != args.size] + rows
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
