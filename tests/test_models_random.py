@@ -155,3 +155,18 @@ def test_random_source_is_a_real_checkpoint_every_verb_can_load(monkeypatch, tmp
     tok = load_tokenizer(src)
     ids = tok("print 1", return_tensors="pt").input_ids
     assert torch.isfinite(model(ids).logits).all()
+
+
+def test_a_tokenizer_only_directory_is_a_tokenizer_source(tmp_path, tiny_model_dir):
+    """What a machine without the hub carries to build random weights: tokenizer.json and its config."""
+    from transformers import AutoTokenizer
+
+    only = tmp_path / "tokenizer-only"
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(only)
+    assert not (only / "config.json").exists()
+    with pytest.raises(BbjtuneError, match="config.json"):
+        resolve_source(str(only))  # not a model, and not taken for one
+    save_tokenizer(str(only), tmp_path / "out")
+    copied = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    assert copied.get_vocab() == load_tokenizer(str(tiny_model_dir)).get_vocab()
+    assert copied("print 1").input_ids == load_tokenizer(str(tiny_model_dir))("print 1").input_ids

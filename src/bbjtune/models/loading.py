@@ -196,7 +196,18 @@ def restore_control_tokens(tokenizer: Any) -> list[str]:
 
 
 def save_tokenizer(source: str, out: Path) -> None:
-    """Copy a source's tokenizer into `out` (random-weight checkpoints borrow the Qwen2.5 one)."""
+    """Copy a source's tokenizer into `out` (random-weight checkpoints borrow the Qwen2.5 one).
+
+    The source is any model source, or a directory that holds only a tokenizer (tokenizer.json):
+    the 11 MB a GPU machine without the hub needs to build random weights."""
+    folder = Path(source).expanduser()
+    if folder.is_dir() and (folder / "tokenizer.json").exists() and not (folder / "config.json").exists():
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        restore_control_tokens(tok)
+        tok.save_pretrained(out)
+        return
     load_tokenizer(source).save_pretrained(out)
 
 
