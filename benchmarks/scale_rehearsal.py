@@ -265,7 +265,7 @@ def main() -> None:
         "cpt": run_dir / "cpt" / "manifest.json",
         "sft": run_dir / "sft" / "manifest.json",
         "export": run_dir / "export" / "manifest.json",
-        "eval": run_dir / "eval" / "manifest.json",
+        "eval": run_dir / "eval" / "tuned" / "manifest.json",
     }
     rows = []
     for name in wanted:
