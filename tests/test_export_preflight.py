@@ -233,3 +233,61 @@ def test_streamed_export_verifies_against_a_temporary_f16_when_ram_is_short(
     assert sorted(p.name for p in out.glob("*.gguf")) == [f"{cfg.name}.q4_k_m.gguf"]  # f16 was temporary
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["estimate"]["verify_reference"] == "gguf"
+
+
+def test_a_q8_0_kquant_source_needs_no_f16_on_disk():
+    f16 = estimate_export(SEVEN, ["q8_0", "q4_k_m"], streaming=True, available_ram=64 * GiB)
+    q8 = estimate_export(
+        SEVEN, ["q8_0", "q4_k_m"], streaming=True, available_ram=64 * GiB, kquant_source="q8_0"
+    )
+    assert q8.scratch == {} and q8.disk_peak == f16.disk_peak - N7 * 2  # the asked q8_0 is the input
+    alone = estimate_export(SEVEN, ["q4_k_m"], streaming=True, available_ram=64 * GiB, kquant_source="q8_0")
+    assert alone.scratch == {"q8_0 (llama.cpp's input)": int(N7 * 1.07)}
+
+
+def test_export_quantizes_from_q8_0_when_the_disk_cannot_hold_the_f16(tiny_model_dir, tmp_path, monkeypatch):
+    """auto: the disk fits the q8_0 route, not the f16 one; the k-quant comes from the q8_0 file, said so."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from bbjtune.export import stage
+    from bbjtune.models.loading import architecture_of
+    from bbjtune.sizing import DISK_MARGIN
+
+    wide = make_wide_model(tiny_model_dir, tmp_path / "wide")
+    arch = architecture_of(str(wide))
+    peaks = [
+        estimate_export(arch, ["q8_0", "q4_k_m"], streaming=True, kquant_source=s).disk_peak
+        for s in ("f16", "q8_0")
+    ]
+    monkeypatch.setattr(stage, "free_disk", lambda where: int(sum(peaks) / 2 * DISK_MARGIN))
+    monkeypatch.setattr("bbjtune.sizing.free_disk", lambda where: int(sum(peaks) / 2 * DISK_MARGIN))
+    cfg = load_config(
+        "quickstart",
+        [f"output_dir={tmp_path}/runs/{{name}}", "export.merged=false", "export.gguf=[q8_0, q4_k_m]"],
+    )
+    adapter = make_adapter(wide, cfg.train_dir / "sft" / "adapter", seed=3, scale=0.01)
+    make_trained_run(cfg.train_dir, str(wide), adapter, wide, stages=("sft",))
+    try:
+        out = stage.run_stage(cfg)
+    except BbjtuneError as exc:  # the verdict on a tiny random model is not the point here
+        assert "verification failed" in str(exc)
+        out = cfg.export_dir
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["kquant_source"] == "q8_0" and manifest["estimate"]["scratch_gib"] in (0, 0.0, {}, None)
+    assert sorted(p.name for p in out.glob("*.gguf")) == [f"{cfg.name}.q4_k_m.gguf", f"{cfg.name}.q8_0.gguf"]
+    verify = json.loads((out / "verify.json").read_text())
+    q4, q8 = verify["results"]["q4_k_m"], verify["results"]["q8_0"]
+    assert q4["tokenization_identical"] and q4["positions"] > 0
+    assert q4["max_rel_diff"] > q8["max_rel_diff"]  # a real 4-bit file, further from the model than its input
+    # asked explicitly, the f16 route stays even when the disk is short: the refusal names the way out
+    cfg16 = load_config(
+        "quickstart",
+        [
+            f"output_dir={tmp_path}/runs16/{{name}}",
+            "export.merged=false",
+            "export.gguf=[q8_0, q4_k_m]",
+            "export.kquant_source=f16",
+        ],
+    )
+    make_trained_run(cfg16.train_dir, str(wide), adapter, wide, stages=("sft",))
+    with pytest.raises(BbjtuneError, match="kquant_source: q8_0"):
+        stage.run_stage(cfg16)

@@ -581,6 +581,14 @@ class ExportConfig(Section):
         "as an f16 GGUF (only for adapters without embedding weights)",
     )
     threads: int | None = Field(None, gt=0, description="CPU threads for llama.cpp (default: all cores)")
+    kquant_source: Literal["auto", "f16", "q8_0"] = Field(
+        "auto",
+        description=(
+            "the GGUF llama.cpp makes the k-quants (q4_k_m, ...) from: f16 (llama.cpp's usual input); q8_0 "
+            "(about half the disk: no f16 file at all, a 14B fits a 64 GiB disk); auto: f16, or q8_0 when the "
+            "disk cannot hold the f16 file beside the others (said when it happens)"
+        ),
+    )
     ollama: OllamaConfig = Field(default_factory=OllamaConfig)
     vllm: VllmConfig = Field(default_factory=VllmConfig)
 

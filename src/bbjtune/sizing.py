@@ -99,19 +99,21 @@ def estimate_export(
     merge_bytes: int = 4,
     save_bytes: int = 2,
     available_ram: int | None = None,
+    kquant_source: str = "f16",
 ) -> ExportEstimate:
     """The export's files, temporary files at their peak, and RAM per step.
 
     `merge_bytes`: bytes per parameter of the HF merge's dtype (float32 on a CPU, the default);
     `save_bytes`: of the merged checkpoint (the base's declared dtype: bf16 for Qwen2.5).
     `available_ram` decides what verification compares against (see `verify_reference`).
+    `kquant_source`: the file llama.cpp quantizes the k-quants from (f16, or q8_0 to spare the disk).
     """
     n = arch.params
     files = {q: int(n * BYTES_PER_PARAM[q]) for q in quants}
     llama_types = [q for q in quants if q not in WRITER_TYPES]
     scratch: dict[str, int] = {}
-    if llama_types and "f16" not in quants:
-        scratch["f16 (llama.cpp's input)"] = int(n * 2)
+    if llama_types and kquant_source not in quants:
+        scratch[f"{kquant_source} (llama.cpp's input)"] = int(n * BYTES_PER_PARAM[kquant_source])
     merged = int(n * save_bytes) if not streaming else 0
     if not streaming and not keep_merged:
         scratch["merged/ (temporary)"] = merged
@@ -178,8 +180,8 @@ def check_export(
         raise BbjtuneError(
             f"not enough disk space for the export: about {needed_disk / GiB:.1f} GiB needed in {out} "
             f"at the peak ({_disk_parts(est)}), {free / GiB:.1f} GiB free",
-            "free space, write fewer GGUF types (export.gguf), set export.merged: false, or set "
-            "export.output_dir to a larger disk",
+            "free space, write fewer GGUF types (export.gguf), set export.merged: false, set "
+            "export.kquant_source: q8_0 (no f16 file for the k-quants), or set export.output_dir to a larger disk",
         )
     steps = {k: v for k, v in est.ram.items() if k != "verify"}  # verification adapts (see verify_reference)
     step, needed_ram = max(steps.items(), key=lambda kv: kv[1])

@@ -40,8 +40,13 @@ def require_llama_cpp():
     return llama_cpp
 
 
-def quantize(source: str | Path, out_path: str | Path, quant: str, threads: int | None = None) -> Path:
-    """Quantize the f16/bf16/f32 GGUF `source` to `quant` with llama.cpp; returns `out_path`."""
+def quantize(
+    source: str | Path, out_path: str | Path, quant: str, threads: int | None = None, requantize: bool = False
+) -> Path:
+    """Quantize the f16/bf16/f32 GGUF `source` to `quant` with llama.cpp; returns `out_path`.
+
+    `requantize`: `source` is itself quantized (q8_0): llama.cpp dequantizes each tensor and quantizes it
+    again, which it otherwise refuses (export.kquant_source: q8_0)."""
     if quant not in LLAMA_CPP_TYPES:
         raise BbjtuneError(
             f"unknown llama.cpp quant type '{quant}'", f"use one of {', '.join(LLAMA_CPP_TYPES)}"
@@ -53,6 +58,7 @@ def quantize(source: str | Path, out_path: str | Path, quant: str, threads: int 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, LLAMA_CPP_TYPES[quant])
     params.nthread = threads or (1 if source.stat().st_size < 64 * 2**20 else os.cpu_count() or 1)
+    params.allow_requantize = requantize
     with quiet_llama_logs(), atomic_path(out_path) as tmp:
         rc = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(), ctypes.byref(params))
         if rc != 0:

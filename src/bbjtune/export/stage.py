@@ -45,10 +45,12 @@ from bbjtune.export.verify import compare_lora_with_merged, raise_on_failure, ve
 from bbjtune.export.vllm import explain, plan_vllm, servable_base
 from bbjtune.sizing import (
     BASELINE_RAM,
+    DISK_MARGIN,
     REFERENCE_TYPES,
     available_ram,
     check_export,
     estimate_export,
+    free_disk,
 )
 from bbjtune.export.stream import StreamedMerge, stream_blockers, write_model_files
 from bbjtune.models.loading import architecture_of, resolve_source, torch_dtype
@@ -71,18 +73,35 @@ def run_stage(cfg: RunConfig) -> Path:
     arch = architecture_of(plan.base)
     ram = available_ram()
     est = None
+    source = "f16" if export.kquant_source == "auto" else export.kquant_source
     if arch is not None:
-        est = estimate_export(
-            arch,
-            list(export.gguf),
-            streaming=streaming,
-            keep_merged=export.merged,
-            lora_gguf=export.lora_gguf,
-            verify=export.verify,
-            merge_bytes=torch_dtype(cfg.model.dtype).itemsize,
-            save_bytes=_save_bytes(plan.base, cfg.model.dtype),
-            available_ram=ram,
-        )
+
+        def estimate(kquant_source: str):
+            return estimate_export(
+                arch,
+                list(export.gguf),
+                streaming=streaming,
+                keep_merged=export.merged,
+                lora_gguf=export.lora_gguf,
+                verify=export.verify,
+                merge_bytes=torch_dtype(cfg.model.dtype).itemsize,
+                save_bytes=_save_bytes(plan.base, cfg.model.dtype),
+                available_ram=ram,
+                kquant_source=kquant_source,
+            )
+
+        est = estimate(source)
+        if export.kquant_source == "auto" and llama_types and "f16" not in export.gguf:
+            free = free_disk(out)
+            small = estimate("q8_0")
+            if est.disk_peak * DISK_MARGIN > free >= small.disk_peak * DISK_MARGIN:
+                console.print(
+                    f"[yellow]note:[/] {', '.join(llama_types)} will be quantized from a q8_0 file, not f16: "
+                    f"{free / 2**30:.1f} GiB free cannot hold the f16 file beside the others "
+                    f"(set export.kquant_source: f16 and free space to have it)",
+                    highlight=False,
+                )
+                source, est = "q8_0", small
         warnings = check_export(out, est, ram=ram)
         console.print(
             f"export needs about {est.disk_peak / 2**30:.1f} GiB of disk at the peak and "
@@ -106,6 +125,8 @@ def run_stage(cfg: RunConfig) -> Path:
         )
         run.extra["base_model"] = plan.base
         run.extra["merge_path"] = {"path": "stream" if streaming else "hf", "reason": why}
+        if llama_types:
+            run.extra["kquant_source"] = source
         if est is not None:
             run.extra["estimate"] = est.to_json()
         console.print(f"merge: {'streaming, tensor by tensor' if streaming else 'HF (whole model)'} — {why}")
@@ -116,13 +137,15 @@ def run_stage(cfg: RunConfig) -> Path:
             if streaming:
                 model_dir = write_model_files(plan.base, plan.tokenizer_source, plan.chat, scratch / "model")
                 with StreamedMerge(plan.base, adapters, dtype=cfg.model.dtype) as tensors:
-                    ggufs, temporary = _write_ggufs(cfg, model_dir, run, scratch, tensors, need_reference)
+                    ggufs, temporary = _write_ggufs(
+                        cfg, model_dir, run, scratch, tensors, need_reference, source
+                    )
             else:
                 model_dir = merged if export.merged else scratch / "merged"
                 with run.timed("merge"), console.status(f"merging the adapter into {plan.base}"):
                     _merge(plan, model_dir, cfg.model.dtype)
                 console.print(f"[green]✓[/] merged model → {model_dir if export.merged else '(temporary)'}")
-                ggufs, temporary = _write_ggufs(cfg, model_dir, run, scratch, None, need_reference)
+                ggufs, temporary = _write_ggufs(cfg, model_dir, run, scratch, None, need_reference, source)
             if not reference_why:  # the f16 intermediate is nobody's reference: gone before verification
                 for path in temporary.values():
                     path.unlink(missing_ok=True)
@@ -207,23 +230,31 @@ def _merge(plan, merged_dir: Path, dtype: str) -> None:
 
 
 def _write_ggufs(
-    cfg: RunConfig, model_dir: Path, run: StageRun, scratch: Path, tensors, need_reference: bool
+    cfg: RunConfig,
+    model_dir: Path,
+    run: StageRun,
+    scratch: Path,
+    tensors,
+    need_reference: bool,
+    source: str = "f16",
 ) -> tuple[dict[str, Path], dict[str, Path]]:
-    """f16/bf16/q8_0 with the gguf package, then the llama.cpp types from an f16 file.
+    """f16/bf16/q8_0 with the gguf package, then the llama.cpp types from the `source` file (f16 or q8_0).
 
-    Returns ({type: file} as asked, {type: temporary file}): the f16 that llama.cpp quantizes from
-    (or verification compares with) lives in scratch when it was not asked for; the caller deletes it.
+    Returns ({type: file} as asked, {type: temporary file}): the file llama.cpp quantizes from (or the
+    f16 verification compares with) lives in scratch when it was not asked for; the caller deletes it.
     """
 
     wanted = list(cfg.export.gguf)
     llama_types = [q for q in wanted if q not in WRITER_TYPES]
     direct = [q for q in wanted if q in WRITER_TYPES]
-    if (llama_types or need_reference) and "f16" not in direct:
+    if llama_types and source not in direct:
+        direct.insert(0, source)
+    if need_reference and "f16" not in direct:
         direct.insert(0, "f16")
     paths: dict[str, Path] = {}
     with new_progress(console) as progress:
         for quant in direct:
-            target = cfg.gguf_file(quant) if quant in wanted else scratch / f"{cfg.name}.f16.gguf"
+            target = cfg.gguf_file(quant) if quant in wanted else scratch / f"{cfg.name}.{quant}.gguf"
             task = progress.add_task(f"writing {target.name}", total=None)
             t0 = time.time()
             write_gguf(
@@ -240,7 +271,7 @@ def _write_ggufs(
             target = cfg.gguf_file(quant)
             task = progress.add_task(f"quantizing {target.name} (llama.cpp)", total=None)
             t0 = time.time()
-            quantize(paths["f16"], target, quant, threads=cfg.export.threads)
+            quantize(paths[source], target, quant, threads=cfg.export.threads, requantize=source != "f16")
             progress.update(task, completed=1, total=1)
             _record(run, quant, target, t0)
             paths[quant] = target

@@ -240,6 +240,7 @@ def _show_export(cfg: RunConfig, console: Console) -> None:
         verify=e.verify,
         merge_bytes=torch_dtype(cfg.model.dtype).itemsize,  # as the export stage counts it
         available_ram=ram,
+        kquant_source="f16" if e.kquant_source == "auto" else e.kquant_source,
     )
     unit, scale = ("GiB", 2**30) if arch.params > 5e7 else ("MiB", 2**20)
     table = Table(
@@ -274,6 +275,24 @@ def _show_export(cfg: RunConfig, console: Console) -> None:
         f"free for {cfg.export_dir}{verify}"
         + ("; export.merged: false streams the merge (no whole model in RAM)" if e.merged else "")
     )
+    if e.kquant_source == "auto" and "f16 (llama.cpp's input)" in est.scratch:
+        small = estimate_export(
+            arch,
+            list(e.gguf),
+            streaming=not e.merged,
+            keep_merged=e.merged,
+            lora_gguf=e.lora_gguf,
+            verify=e.verify,
+            merge_bytes=torch_dtype(cfg.model.dtype).itemsize,
+            available_ram=ram,
+            kquant_source="q8_0",
+        )
+        console.print(
+            f"  where the disk is short, export quantizes from a q8_0 file instead of the f16 one: peak "
+            f"{small.disk_peak / scale:.1f} {unit} (export.kquant_source: auto)"
+        )
+        if small.disk_peak * DISK_MARGIN <= free < est.disk_peak * DISK_MARGIN:
+            est = small
     step, need = max(((k, v) for k, v in est.ram.items() if k != "verify"), key=lambda kv: kv[1])
     disk = est.disk_peak * DISK_MARGIN
     if need > ram or disk > free:
