@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bbjtune.export.adapter import AdapterInfo
+from bbjtune.models.loading import resolve_source
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values --max-lora-rank accepts
 
@@ -102,8 +103,6 @@ def max_lora_rank_for(rank: int) -> int | None:
 def servable_base(base: str | None) -> str | None:
     """What vLLM loads for a base model source: a `random:` architecture's built directory, else as given."""
     if base and base.startswith("random:"):
-        from bbjtune.models.loading import resolve_source
-
         return str(resolve_source(base).path)
     return base
 
