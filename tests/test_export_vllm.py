@@ -74,3 +74,18 @@ def test_gguf_or_tiny_base_cannot_take_a_vllm_lora(adapters, tmp_path):
 def test_no_adapter(tmp_path):
     plan = _plan(None, tmp_path)
     assert not plan.lora_ok and plan.command()[0:2] == ["vllm", "serve"]
+
+
+def test_an_adapter_on_a_released_stage_one_model_is_served_merged(adapters, tmp_path):
+    """Two adapters in the plan (stage 1's merged model was released): vLLM takes one, so the merged model."""
+    plan = plan_vllm(
+        adapters["plain"],
+        "Qwen/Qwen2.5-Coder-7B",
+        served_name="bbj-x",
+        max_loras=4,
+        max_model_len=8192,
+        merged_dir=tmp_path / "merged",
+        chained=2,
+    )
+    assert not plan.lora_ok and any("keep_merged" in b for b in plan.blockers)
+    assert plan.command()[:3] == ["vllm", "serve", str((tmp_path / "merged").resolve())]

@@ -212,3 +212,46 @@ def test_untied_model_trains_chat_token_rows_in_embedding_and_head(tmp_path, tin
         assert not torch.allclose(before[ids], after[ids])  # the chat-token rows trained...
         others = [i for i in range(50)]
         assert torch.equal(before[others], after[others])  # ...and nothing else in the matrix
+
+
+def test_released_stage_one_model_is_folded_in_on_the_fly_and_rebuilt_when_needed(tmp_path, tiny_model_dir):
+    """train.cpt.keep_merged: false — no cpt/merged on disk; the same model for evaluation and export."""
+    from bbjtune.export.merge import plan_from_trained
+    from bbjtune.models.trained import load_trained, read_trained
+
+    write_data(tmp_path / "data")
+    cfg = make_config(
+        tmp_path, tiny_model_dir, train__stages="all", train__cpt__max_steps=3, train__sft__max_steps=3
+    )
+    run_stage(cfg, console=QUIET)
+    ids = load_tokenizer(str(tiny_model_dir))("10 PRINT X", return_tensors="pt").input_ids
+    with torch.no_grad():
+        kept = load_trained(cfg.train_dir, dtype="float32", merge=True)[0](ids).logits
+    merged = cfg.train_dir / "cpt" / "merged"
+    sft_before = (cfg.train_dir / "sft" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+
+    released = cfg.model_copy(deep=True)
+    released.train.cpt.keep_merged = False
+    run_stage(released, console=QUIET)  # nothing to train again; stage 1's merged model goes
+    assert not merged.exists()
+    assert (cfg.train_dir / "sft" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == sft_before
+    trained = read_trained(cfg.train_dir)
+    assert trained.base_model == str(tiny_model_dir) and trained.needs_merge
+    assert trained.adapters == [(cfg.train_dir / "cpt" / "adapter").resolve(), trained.adapter]
+    assert plan_from_trained(cfg.train_dir).adapters == trained.adapters  # export folds both in, in order
+    with torch.no_grad():
+        on_the_fly = load_trained(cfg.train_dir, dtype="float32", merge=True)[0](ids).logits
+    assert torch.allclose(on_the_fly, kept, atol=1e-4), (on_the_fly - kept).abs().max()
+
+    run_stage(released, console=QUIET)  # a second run keeps trained.json pointing at what exists
+    assert read_trained(cfg.train_dir).base_model == str(tiny_model_dir) and not merged.exists()
+
+    # stage 2 trained again (new settings) needs the merged model: it is rebuilt first
+    again = released.model_copy(deep=True)
+    again.train.sft.max_steps = 4
+    again.train.cpt.keep_merged = True
+    run_stage(again, console=QUIET)
+    assert (merged / "config.json").exists() and read_trained(cfg.train_dir).base_model == str(
+        merged.resolve()
+    )
+    assert (cfg.train_dir / "sft" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns != sft_before

@@ -207,6 +207,15 @@ class CptConfig(StageConfig):
     learning_rate: float = Field(2e-4, gt=0.0, lt=1.0)
     # 0.5: the FIM paper (arXiv:2207.14255) saw no left-to-right cost at 0.5-0.9, StarCoder used 0.5,
     # and Qwen2.5-Coder was pretrained with FIM: plain text alone would train editor completion away.
+    keep_merged: bool = Field(
+        True,
+        description=(
+            "keep stage 1's merged 16-bit model (cpt/merged, as large as the model: 27.5 GiB for 14B) once stage 2 "
+            "has trained on it. false: deleted after stage 2; trained.json then names the original model and "
+            "stage 1's adapter, which evaluation and export merge on the fly, and a stage that trains on it "
+            "again rebuilds it"
+        ),
+    )
     fim_rate: float = Field(
         0.5,
         ge=0.0,

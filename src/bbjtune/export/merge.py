@@ -45,7 +45,7 @@ def plan_from_trained(path: str | Path) -> MergePlan:
     trained = read_trained(path if path.suffix == ".json" else path / TRAINED_NAME)
     return MergePlan(
         base=trained.base_model,
-        adapters=[trained.adapter] if trained.adapter else [],
+        adapters=trained.adapters,  # stage 1's first when its merged model was released
         tokenizer=str(trained.tokenizer) if trained.tokenizer else None,
         chat="sft" in trained.stages,
         system_prompt=trained.raw.get("system_prompt"),

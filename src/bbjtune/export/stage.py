@@ -444,6 +444,7 @@ def _write_vllm(cfg: RunConfig, plan, adapters, run: StageRun) -> None:
         max_loras=v.max_loras,
         max_model_len=v.max_model_len,
         merged_dir=cfg.export_dir / "merged" if cfg.export.merged else None,
+        chained=len(adapters),
     )
     atomic_write_json(cfg.export_dir / "vllm-lora.json", vplan.to_json())
     run.outputs.append("vllm-lora.json")

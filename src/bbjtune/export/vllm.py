@@ -115,11 +115,17 @@ def plan_vllm(
     max_loras: int,
     max_model_len: int,
     merged_dir: Path | None,
+    chained: int = 1,
 ) -> VllmPlan:
-    """Check the adapter against what vLLM accepts and build the launch plan."""
+    """Check the adapter against what vLLM accepts and build the launch plan (`chained`: adapters in the plan)."""
     blockers = (
         list(info.serving_blockers()) if info else ["there is no adapter (nothing was trained with LoRA)"]
     )
+    if chained > 1:
+        blockers.append(
+            "it sits on stage 1's adapter, whose merged model was released (train.cpt.keep_merged: false): "
+            "vLLM serves one adapter on one base"
+        )
     rank = info.rank if info else None
     max_rank = max_lora_rank_for(rank) if rank else None
     if rank and max_rank is None:

@@ -36,11 +36,22 @@ class Trained:
     tokenizer: Path
     stages: list[str]
     raw: dict[str, Any]
+    stage1_adapter: Path | None = None  # set when stage 1's merged model was released: merge it first
 
     @property
     def needs_merge(self) -> bool:
-        """True when the adapter trains whole modules or token rows (not servable by vLLM / GGUF LoRA as-is)."""
-        return bool(self.raw.get("modules_to_save")) or bool(self.raw.get("trainable_token_indices"))
+        """True when the adapter trains whole modules or token rows, or sits on stage 1's adapter (not
+        servable by vLLM / GGUF LoRA as-is)."""
+        return (
+            bool(self.raw.get("modules_to_save"))
+            or bool(self.raw.get("trainable_token_indices"))
+            or self.stage1_adapter is not None
+        )
+
+    @property
+    def adapters(self) -> list[Path]:
+        """The adapters to fold into `base_model`, in order."""
+        return [a for a in (self.stage1_adapter, self.adapter) if a is not None]
 
 
 def write_trained(
@@ -92,6 +103,18 @@ def write_trained(
     return atomic_write_json(train_dir / TRAINED_NAME, record)
 
 
+def release_stage1_base(train_dir: Path, original_model: str, stage1_adapter: Path) -> Path:
+    """Point trained.json at the original model plus stage 1's adapter instead of stage 1's merged model."""
+    handle = Path(train_dir) / TRAINED_NAME
+    raw = json.loads(handle.read_text(encoding="utf-8"))
+    raw["base_model"] = original_model
+    raw["stage1_adapter"] = str(Path(stage1_adapter).resolve())
+    rel = raw.setdefault("relative", {})
+    rel["base_model"] = None
+    rel["stage1_adapter"] = _relative(stage1_adapter, Path(train_dir))
+    return atomic_write_json(handle, raw)
+
+
 def _relative(path: str | Path | None, root: Path) -> str | None:
     if path is None:
         return None
@@ -127,8 +150,10 @@ def read_trained(path: str | Path) -> Trained:
 
     adapter = locate("adapter")
     tokenizer = locate("tokenizer")
-    if adapter is not None and not Path(adapter).exists():
-        raise BbjtuneError(f"{path}: the adapter {adapter} does not exist", "re-run bbjtune train")
+    stage1 = locate("stage1_adapter")
+    for a in (adapter, stage1):
+        if a is not None and not Path(a).exists():
+            raise BbjtuneError(f"{path}: the adapter {a} does not exist", "re-run bbjtune train")
     return Trained(
         path=path,
         base_model=locate("base_model"),
@@ -137,6 +162,7 @@ def read_trained(path: str | Path) -> Trained:
         tokenizer=Path(tokenizer),
         stages=list(raw.get("stages", [])),
         raw=raw,
+        stage1_adapter=Path(stage1) if stage1 else None,
     )
 
 
@@ -156,6 +182,8 @@ def load_trained(
 
     trained = read_trained(path)
     model = load_model(trained.base_model, dtype=dtype, device_map=device_map, quantization=quantization)
+    if trained.stage1_adapter is not None:  # stage 1's merged model was released: rebuild it in memory
+        model = apply_adapter(model, trained.stage1_adapter, merge=True)
     if trained.adapter is not None:
         model = apply_adapter(model, trained.adapter, merge=merge)
         if (trained.adapter / "generation_config.json").exists():

@@ -67,7 +67,8 @@ class StageJob:
             "model": self.cfg.model.model_dump(mode="json"),
             "lora": t.lora.model_dump(mode="json"),
             "quantization": t.quantization.model_dump(mode="json"),
-            "stage_cfg": self.stage_cfg.model_dump(mode="json"),
+            # keep_merged decides what stays on disk afterwards, not what is trained
+            "stage_cfg": self.stage_cfg.model_dump(mode="json", exclude={"keep_merged"}),
             "optim": t.optim,
             "seed": t.seed,
             "gradient_checkpointing": t.gradient_checkpointing,

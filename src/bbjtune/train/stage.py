@@ -20,11 +20,12 @@ from typing import Any
 
 from rich.console import Console
 
-from bbjtune.artifacts import MANIFEST_NAME, StageRun, sha256_file
+from bbjtune.artifacts import MANIFEST_NAME, StageRun, atomic_write_json, sha256_file
 from bbjtune.config import SELF_TRAINING_STAGES, SELFTRAIN_PROMPTS_FILE, TRAIN_STAGE_ORDER, RunConfig
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.loading import check_source
-from bbjtune.models.trained import write_trained
+from bbjtune.models.merge import merge_adapters
+from bbjtune.models.trained import release_stage1_base, write_trained
 from bbjtune.train import backends, cpt, sft
 from bbjtune.train.dryrun import show_dry_run
 from bbjtune.train.inputs import TrainingData, load_training_data
@@ -102,7 +103,60 @@ def run_stage(
         results[stage] = _run_one(job, data)
     if is_main_process():
         _write_handle(cfg, stages[-1], results[stages[-1]], data, chained)
+        if chained and stages[-1] == "sft":
+            if not cfg.train.cpt.keep_merged:
+                release_stage1_merged(cfg, console)
+            else:  # kept again after an earlier release: rebuild what trained.json names
+                ensure_stage1_merged(cfg, str(cfg.train_dir / "cpt" / "merged"), console)
     return cfg.train_dir
+
+
+RELEASED_FILE = "merged.released.json"
+
+
+def release_stage1_merged(cfg: RunConfig, console: Console) -> None:
+    """Delete cpt/merged once stage 2 trained on it (train.cpt.keep_merged: false).
+
+    trained.json is rewritten first (the original model plus stage 1's adapter, which evaluation and
+    export fold in on the fly), then the directory goes: a run killed in between is consistent."""
+    merged = cfg.train_dir / "cpt" / "merged"
+    if not (merged / "config.json").exists():
+        if (
+            merged.parent / RELEASED_FILE
+        ).exists():  # released by an earlier run: this run rewrote trained.json
+            release_stage1_base(cfg.train_dir, cfg.model.source, cfg.train_dir / "cpt" / "adapter")
+        return
+    size = sum(f.stat().st_size for f in merged.rglob("*") if f.is_file())
+    release_stage1_base(cfg.train_dir, cfg.model.source, cfg.train_dir / "cpt" / "adapter")
+    atomic_write_json(
+        merged.parent / RELEASED_FILE, {"bytes": size, "rebuilt_from": str(cfg.train_dir / "cpt" / "adapter")}
+    )
+    shutil.rmtree(merged)
+    console.print(
+        f"[green]✓[/] released stage 1's merged model ({size / 2**30:.1f} GiB; train.cpt.keep_merged: false): "
+        "evaluation and export fold stage 1's adapter in on the fly",
+        highlight=False,
+    )
+
+
+def ensure_stage1_merged(cfg: RunConfig, base: str, console: Console) -> None:
+    """Rebuild cpt/merged from the original model and stage 1's adapter when it was released."""
+    merged = cfg.train_dir / "cpt" / "merged"
+    if Path(base) != merged or (merged / "config.json").exists():
+        return
+    import torch
+
+    console.print(f"rebuilding stage 1's merged model (it was released) → {merged}")
+    merge_adapters(
+        cfg.model.source,
+        [cfg.train_dir / "cpt" / "adapter"],
+        merged,
+        tokenizer_source=str(cfg.train_dir / "cpt" / "adapter"),
+        chat=False,
+        dtype=cfg.model.dtype,
+        device_map={"": 0} if torch.cuda.is_available() else None,
+    )
+    (merged.parent / RELEASED_FILE).unlink(missing_ok=True)
 
 
 def model_after(cfg: RunConfig, stage: str, chained: bool) -> tuple[str, str | None]:
@@ -149,6 +203,7 @@ def _run_self_training(
             f"run it on its own without accelerate launch/torchrun: bbjtune train CONFIG --stage {stage}",
         )
     previous = model_after(cfg, _before(cfg, stage), chained)
+    ensure_stage1_merged(cfg, previous[0], console)
     job = StageJob(
         cfg=cfg,
         stage=stage,
@@ -172,7 +227,7 @@ def base_for(cfg: RunConfig, stage: str, chained: bool) -> str:
     if stage == "cpt" or not chained:
         return cfg.model.source
     merged = cfg.train_dir / "cpt" / "merged"
-    if not (merged / "config.json").exists():
+    if not (merged / "config.json").exists() and not (merged.parent / RELEASED_FILE).exists():
         raise BbjtuneError(
             f"stage 2 trains on stage 1's merged model, but {merged} does not exist",
             "run stage 1 first (--stage cpt or --stage all), or set train.stages: sft",
@@ -204,7 +259,9 @@ def _manifest(directory: Path) -> dict[str, Any]:
 def _is_done(job: StageJob) -> bool:
     manifest = _manifest(job.out_dir)
     outputs_there = (job.adapter_dir / "adapter_config.json").exists() and (
-        job.stage != "cpt" or (job.out_dir / "merged" / "config.json").exists()
+        job.stage != "cpt"
+        or (job.out_dir / "merged" / "config.json").exists()
+        or (job.out_dir / RELEASED_FILE).exists()  # released after stage 2: rebuilt when needed
     )
     return (
         job.resume != "never"
@@ -229,6 +286,7 @@ def _run_one(job: StageJob, data: TrainingData) -> dict[str, Any]:
             f"({job.adapter_dir}); --restart trains it again"
         )
         return {"metrics": manifest.get("metrics", {}), "lora": manifest.get("lora", {})}
+    ensure_stage1_merged(job.cfg, job.base_source, job.console)
     record = _Record(job.out_dir, stage=f"train-{job.stage}", config=job.cfg.model_dump(mode="json"))
     with record as run:
         run.add_inputs(
