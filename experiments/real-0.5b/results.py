@@ -47,6 +47,7 @@ RECIPES = {
     "tuned-q4_k_m": "sft q4_k_m gguf",
     "best-q8_0": "best q8_0 gguf",
     "rft-dpo-q8_0": "+dpo q8_0 gguf (llama.cpp)",
+    "rft-dpo-q8_0-rp1.1": "+dpo q8_0 gguf (llama.cpp), repeat_penalty 1.1",
     "base-q4_k_m": "base q4_k_m gguf",
 }
 
