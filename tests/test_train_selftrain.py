@@ -149,6 +149,45 @@ def test_sampling_resumes_where_it_stopped(tmp_path, tiny_model_dir):
     assert sample_prompts(again, prompts, sampling(), path, seed=1) == rows and again.asked == []
 
 
+def test_a_greedy_answer_joins_the_samples_and_resumes_on_its_own(tmp_path, tiny_model_dir):
+    """sampling.greedy: sample k is the temperature-0 answer, the one an evaluation sees."""
+    from bbjtune.models.generate import Request, Sampling
+
+    backend = TransformersBackend.load(str(tiny_model_dir), dtype="float32", batch_tokens=256)
+    prompts = [SelfPrompt(f"p{i}", conversation(i)[:2], GOOD, MUST) for i in range(3)]
+    path = tmp_path / SAMPLES_FILE
+    killed = StopsAfter(
+        backend, 1
+    )  # the k samples of all prompts are written, then the greedy pass is killed
+    calls = []
+
+    class Both:
+        def generate(self, requests, settings):
+            calls.append(settings.temperature)
+            source = killed if settings.temperature == 0 else backend
+            yield from source.generate(requests, settings)
+
+    with pytest.raises(Interrupted):
+        sample_prompts(Both(), prompts, sampling(greedy=True), path, seed=1)
+    first = read_samples(path)
+    assert len(first) == 7 and calls == [0.8, 0.0]  # 3 x 2 samples, then one greedy answer before the kill
+    (got,) = [r["prompt_id"] for r in first if r["sample"] == 2]
+    resumed = StopsAfter(backend, 99)
+    rows = sample_prompts(resumed, prompts, sampling(greedy=True), path, seed=1)
+    assert [sorted(a) for a in resumed.asked] == [
+        sorted({"p0", "p1", "p2"} - {got})
+    ]  # only the missing greedy
+    assert len(rows) == 9 and sorted(r["sample"] for r in rows if r["prompt_id"] == "p1") == [0, 1, 2]
+    want = dict(
+        backend.generate([Request(messages=prompts[1].context)], Sampling(temperature=0.0, max_new_tokens=8))
+    )
+    greedy_p1 = next(r for r in rows if (r["prompt_id"], r["sample"]) == ("p1", 2))
+    assert greedy_p1["output"] == want[0][0].text and "verdict" in greedy_p1
+    stats = selftrain.greedy_stats(rows, 2)
+    assert stats["samples"] == 3 and 0.0 <= stats["pass_rate"] <= 1.0
+    assert selftrain.greedy_stats([r for r in rows if r["sample"] < 2], 2) is None
+
+
 def test_token_budget_batches_give_the_same_greedy_answers(tiny_model_dir):
     from bbjtune.models.generate import Request, Sampling
 

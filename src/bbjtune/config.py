@@ -279,6 +279,15 @@ class SelfSampleConfig(Section):
         0.8, gt=0.0, description="sampling temperature (> 0: the k answers must differ)"
     )
     top_p: float = Field(0.95, gt=0.0, le=1.0)
+    greedy: bool = Field(
+        False,
+        description=(
+            "add one greedy answer (temperature 0) per prompt to the k samples: the answer an evaluation and an "
+            "editor see. Greedy decoding loops where sampling does not (on the real 0.5B, 19 %% of greedy answers "
+            "ran to the token limit against 10 %% of samples), so its failures give DPO the rejected answers that "
+            "matter most"
+        ).replace("%%", "%"),
+    )
     max_new_tokens: int = Field(
         768, gt=0, description="an answer that reaches it counts as failing (it ran on)"
     )

@@ -138,31 +138,57 @@ def sample_prompts(
     seed: int,
     on_prompt: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """k samples per prompt, judged and appended to `path`; prompts already complete there are not sampled again."""
+    """k samples per prompt (and the greedy answer, sample k, with `sampling.greedy`), judged and appended
+    to `path`; prompts already complete there are not sampled again."""
+    k = sampling.samples_per_prompt
     rows = read_samples(path)
-    done = {
-        pid for pid, n in Counter(r["prompt_id"] for r in rows).items() if n >= sampling.samples_per_prompt
-    }
-    todo = [p for p in prompts if p.id not in done]
-    rows = [r for r in rows if r["prompt_id"] in done]  # a prompt cut off halfway is sampled again in full
+    done = {pid for pid, n in Counter(r["prompt_id"] for r in rows if r["sample"] < k).items() if n >= k}
+    greedy_done = {r["prompt_id"] for r in rows if r["sample"] == k} if sampling.greedy else set()
+    rows = [  # a prompt cut off halfway is sampled again in full
+        r
+        for r in rows
+        if (r["sample"] < k and r["prompt_id"] in done)
+        or (r["sample"] == k and r["prompt_id"] in greedy_done)
+    ]
     atomic_write_jsonl(path, rows)
+    todo = [p for p in prompts if p.id not in done]
     if on_prompt and done:
         on_prompt(len(done & {p.id for p in prompts}))
-    if not todo:
-        return rows
-    requests = [Request(messages=p.context, meta={"id": p.id}) for p in todo]
     settings = Sampling(
         temperature=sampling.temperature,
         top_p=sampling.top_p,
         max_new_tokens=sampling.max_new_tokens,
-        n=sampling.samples_per_prompt,
+        n=k,
         seed=seed,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
+    rows += _sample_into(path, backend, todo, settings, sampling, first=0, on_prompt=on_prompt)
+    if sampling.greedy:
+        greedy = Sampling(temperature=0.0, max_new_tokens=sampling.max_new_tokens, n=1, seed=seed)
+        todo = [p for p in prompts if p.id not in greedy_done]
+        rows += _sample_into(path, backend, todo, greedy, sampling, first=k, on_prompt=None)
+    return rows
+
+
+def _sample_into(
+    path: Path,
+    backend: Any,
+    todo: Sequence[SelfPrompt],
+    settings: Sampling,
+    sampling: SelfSampleConfig,
+    *,
+    first: int,
+    on_prompt: Callable[[int], None] | None,
+) -> list[dict[str, Any]]:
+    """Generate for `todo`, judge, append each prompt's answers (numbered from `first`) as they come."""
+    if not todo:
+        return []
+    requests = [Request(messages=p.context, meta={"id": p.id}) for p in todo]
+    rows: list[dict[str, Any]] = []
     with open(path, "a", encoding="utf-8") as fh:
         for i, completions in backend.generate(requests, settings):
             prompt = todo[i]
-            new = [_row(prompt, s, c, sampling) for s, c in enumerate(completions)]
+            new = [_row(prompt, first + s, c, sampling) for s, c in enumerate(completions)]
             fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
             fh.flush()
             os.fsync(fh.fileno())

@@ -175,6 +175,7 @@ def run_round(job: RoundJob, data: TrainingData) -> dict[str, Any]:
         "prompts_skipped": prompts.skipped,
         **sample_stats(rows),
         "prompt_sources": source_stats(prompts.prompts, rows),
+        **({"greedy": g} if (g := greedy_stats(rows, sampling.samples_per_prompt)) else {}),
         **built.stats,
         "sampling_speed": speed,
     }
@@ -263,6 +264,15 @@ def sample_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "ran_on_rate": round(sum(v["ran_on"] for v in verdicts) / n, 4),
         "median_answer_tokens": tokens[len(tokens) // 2] if tokens else 0,
     }
+
+
+def greedy_stats(rows: list[dict[str, Any]], k: int) -> dict[str, Any] | None:
+    """Pass rates of the greedy answers alone (sampling.greedy): the round's view of what an evaluation sees."""
+    greedy = [r for r in rows if r["sample"] == k]
+    if not greedy:
+        return None
+    s = sample_stats(greedy)
+    return {key: s[key] for key in ("samples", "compile_rate", "clean_rate", "pass_rate", "ran_on_rate")}
 
 
 def source_stats(prompts: list[SelfPrompt], rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -413,6 +423,11 @@ def describe_round(stage: str, s: dict[str, Any]) -> str:
             "; pass by prompt source: "
             + ", ".join(f"{n} {v['pass_rate']:.0%}" for n, v in s["prompt_sources"].items())
             if s.get("prompt_sources")
+            else ""
+        )
+        + (
+            f"; greedy answers pass {s['greedy']['pass_rate']:.0%}, ran on {s['greedy']['ran_on_rate']:.0%}"
+            if s.get("greedy")
             else ""
         )
         + (
