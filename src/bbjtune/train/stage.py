@@ -121,9 +121,8 @@ def release_stage1_merged(cfg: RunConfig, console: Console) -> None:
     export fold in on the fly), then the directory goes: a run killed in between is consistent."""
     merged = cfg.train_dir / "cpt" / "merged"
     if not (merged / "config.json").exists():
-        if (
-            merged.parent / RELEASED_FILE
-        ).exists():  # released by an earlier run: this run rewrote trained.json
+        # released by an earlier run: point the trained.json this run wrote at the original model again
+        if (merged.parent / RELEASED_FILE).exists():
             release_stage1_base(cfg.train_dir, cfg.model.source, cfg.train_dir / "cpt" / "adapter")
         return
     size = sum(f.stat().st_size for f in merged.rglob("*") if f.is_file())
