@@ -4,7 +4,8 @@
       merged/                 the adapter folded into the 16-bit base (safetensors, tokenizer, stop ids)
       <name>.f16.gguf         written with the gguf package
       <name>.q8_0.gguf        written with the gguf package
-      <name>.q4_k_m.gguf      quantized from the f16 file by llama.cpp
+      <name>.q4_k_m.gguf      quantized by llama.cpp from the f16 file (from q8_0 where the disk is short:
+                              export.kquant_source)
       Modelfile               Ollama: FROM the q4_k_m file (the smallest verified one if it fails), ChatML
                               TEMPLATE, stop tokens, SYSTEM
       vllm-lora.json          vLLM: launch command with the adapter as LoRA (or the merged model, and why)
