@@ -200,6 +200,17 @@ def test_train_refuses_before_loading_a_model_when_the_disk_is_full(tmp_path, ti
     assert not (cfg.train_dir / "sft").exists()
 
 
+def _streamed_run(model, runs, gguf: str, *overrides: str):
+    """A quickstart config exporting `gguf` streamed, with a trained run of a small adapter on `model`."""
+    cfg = load_config(
+        "quickstart",
+        [f"output_dir={runs}/{{name}}", "export.merged=false", f"export.gguf={gguf}", *overrides],
+    )
+    adapter = make_adapter(model, cfg.train_dir / "sft" / "adapter", seed=3, scale=0.01)
+    make_trained_run(cfg.train_dir, str(model), adapter, model, stages=("sft",))
+    return cfg, adapter
+
+
 def test_streamed_export_verifies_against_a_temporary_f16_when_ram_is_short(
     tiny_model_dir, tmp_path, monkeypatch
 ):
@@ -215,12 +226,7 @@ def test_streamed_export_verifies_against_a_temporary_f16_when_ram_is_short(
     hf = BASELINE_RAM + int(arch.params * 4 * 1.05)
     assert stream < hf
     monkeypatch.setattr(stage, "available_ram", lambda: (stream + hf) // 2)  # this machine's RAM, as if small
-    cfg = load_config(
-        "quickstart",
-        [f"output_dir={tmp_path}/runs/{{name}}", "export.merged=false", "export.gguf=[q4_k_m]"],
-    )
-    adapter = make_adapter(wide, cfg.train_dir / "sft" / "adapter", seed=3, scale=0.01)
-    make_trained_run(cfg.train_dir, str(wide), adapter, wide, stages=("sft",))
+    cfg, _ = _streamed_run(wide, tmp_path / "runs", "[q4_k_m]")
     try:
         out = stage.run_stage(cfg)
     except BbjtuneError as exc:  # a verdict is not what this test is about; the report must exist
@@ -260,12 +266,7 @@ def test_export_quantizes_from_q8_0_when_the_disk_cannot_hold_the_f16(tiny_model
     ]
     monkeypatch.setattr(stage, "free_disk", lambda where: int(sum(peaks) / 2 * DISK_MARGIN))
     monkeypatch.setattr("bbjtune.sizing.free_disk", lambda where: int(sum(peaks) / 2 * DISK_MARGIN))
-    cfg = load_config(
-        "quickstart",
-        [f"output_dir={tmp_path}/runs/{{name}}", "export.merged=false", "export.gguf=[q8_0, q4_k_m]"],
-    )
-    adapter = make_adapter(wide, cfg.train_dir / "sft" / "adapter", seed=3, scale=0.01)
-    make_trained_run(cfg.train_dir, str(wide), adapter, wide, stages=("sft",))
+    cfg, adapter = _streamed_run(wide, tmp_path / "runs", "[q8_0, q4_k_m]")
     try:
         out = stage.run_stage(cfg)
     except BbjtuneError as exc:  # the verdict on a tiny random model is not the point here
@@ -279,15 +280,26 @@ def test_export_quantizes_from_q8_0_when_the_disk_cannot_hold_the_f16(tiny_model
     assert q4["tokenization_identical"] and q4["positions"] > 0
     assert q4["max_rel_diff"] > q8["max_rel_diff"]  # a real 4-bit file, further from the model than its input
     # asked explicitly, the f16 route stays even when the disk is short: the refusal names the way out
-    cfg16 = load_config(
-        "quickstart",
-        [
-            f"output_dir={tmp_path}/runs16/{{name}}",
-            "export.merged=false",
-            "export.gguf=[q8_0, q4_k_m]",
-            "export.kquant_source=f16",
-        ],
-    )
-    make_trained_run(cfg16.train_dir, str(wide), adapter, wide, stages=("sft",))
+    cfg16, _ = _streamed_run(wide, tmp_path / "runs16", "[q8_0, q4_k_m]", "export.kquant_source=f16")
     with pytest.raises(BbjtuneError, match="kquant_source: q8_0"):
         stage.run_stage(cfg16)
+
+
+def test_auto_kquant_source_takes_q8_0_only_where_f16_does_not_fit_and_q8_0_does():
+    from bbjtune.sizing import DISK_MARGIN, choose_kquant_source
+
+    def estimate(source):
+        return estimate_export(
+            SEVEN, ["q8_0", "q4_k_m"], streaming=True, available_ram=64 * GiB, kquant_source=source
+        )
+
+    f16, q8 = estimate("f16").disk_peak, estimate("q8_0").disk_peak
+    quants = ["q8_0", "q4_k_m"]
+    assert choose_kquant_source("auto", quants, 10**15, estimate)[0] == "f16"  # room: llama.cpp's usual input
+    source, est = choose_kquant_source("auto", quants, int((f16 + q8) / 2 * DISK_MARGIN), estimate)
+    assert source == "q8_0" and est.disk_peak == q8
+    assert (
+        choose_kquant_source("auto", quants, 0, estimate)[0] == "f16"
+    )  # neither fits: export refuses on f16
+    assert choose_kquant_source("f16", quants, int((f16 + q8) / 2 * DISK_MARGIN), estimate)[0] == "f16"
+    assert choose_kquant_source("auto", ["f16", "q4_k_m"], 0, estimate)[0] == "f16"  # f16 is written anyway

@@ -19,6 +19,7 @@ on a 2-core CPU (benchmarks/RESULTS.md, "Export at scale"):
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,21 @@ def estimate_export(
     return ExportEstimate(
         n, "stream" if streaming else "hf", files, scratch, merged_kept, disk_peak, ram, reference
     )
+
+
+def choose_kquant_source(
+    setting: str, quants: list[str], free: int, estimate: Callable[[str], ExportEstimate]
+) -> tuple[str, ExportEstimate]:
+    """The file llama.cpp makes the k-quants from (export.kquant_source), with the export's estimate for it.
+
+    auto: f16, unless the disk cannot hold that route and can hold the q8_0 one (f16 not asked for)."""
+    source = "f16" if setting == "auto" else setting
+    est = estimate(source)
+    if setting == "auto" and any(q not in WRITER_TYPES for q in quants) and "f16" not in quants:
+        small = estimate("q8_0")
+        if est.disk_peak * DISK_MARGIN > free >= small.disk_peak * DISK_MARGIN:
+            return "q8_0", small
+    return source, est
 
 
 # ----------------------------------------------------------------------------- the machine

@@ -46,10 +46,10 @@ from bbjtune.export.verify import compare_lora_with_merged, raise_on_failure, ve
 from bbjtune.export.vllm import explain, plan_vllm, servable_base
 from bbjtune.sizing import (
     BASELINE_RAM,
-    DISK_MARGIN,
     REFERENCE_TYPES,
     available_ram,
     check_export,
+    choose_kquant_source,
     estimate_export,
     free_disk,
 )
@@ -91,19 +91,16 @@ def run_stage(cfg: RunConfig) -> Path:
                 kquant_source=kquant_source,
             )
 
-        est = estimate(source)
-        if export.kquant_source == "auto" and llama_types and "f16" not in export.gguf:
-            free = free_disk(out)
-            small = estimate("q8_0")
-            if est.disk_peak * DISK_MARGIN > free >= small.disk_peak * DISK_MARGIN:
-                console.print(
-                    f"[yellow]note:[/] {', '.join(llama_types)} will be quantized from a q8_0 file, not f16: "
-                    f"{free / 2**30:.1f} GiB free cannot hold the f16 file beside the others "
-                    f"(set export.kquant_source: f16 and free space to have it)",
-                    highlight=False,
-                )
-                source, est = "q8_0", small
-        warnings = check_export(out, est, ram=ram)
+        free = free_disk(out)
+        source, est = choose_kquant_source(export.kquant_source, list(export.gguf), free, estimate)
+        if export.kquant_source == "auto" and source == "q8_0":
+            console.print(
+                f"[yellow]note:[/] {', '.join(llama_types)} will be quantized from a q8_0 file, not f16: "
+                f"{free / 2**30:.1f} GiB free cannot hold the f16 file beside the others "
+                f"(set export.kquant_source: f16 and free space to have it)",
+                highlight=False,
+            )
+        warnings = check_export(out, est, free=free, ram=ram)
         console.print(
             f"export needs about {est.disk_peak / 2**30:.1f} GiB of disk at the peak and "
             f"{max(v for k, v in est.ram.items() if k != 'verify') / 2**30:.1f} GiB of RAM "

@@ -24,7 +24,7 @@ from bbjtune.train import backends
 from bbjtune.train.inputs import TrainingData
 from bbjtune.train.memory import GiB, estimate_for_config
 from bbjtune.train.model_io import load_training_tokenizer
-from bbjtune.sizing import DISK_MARGIN, available_ram, estimate_export, free_disk
+from bbjtune.sizing import DISK_MARGIN, available_ram, choose_kquant_source, estimate_export, free_disk
 
 TRAINED_STYLE = "bold black on green3"
 CONTEXT_STYLE = "grey50"
@@ -231,7 +231,8 @@ def _show_export(cfg: RunConfig, console: Console) -> None:
         return
     e = cfg.export
     ram = available_ram()
-    est = estimate_export(
+    estimate = functools.partial(
+        estimate_export,
         arch,
         list(e.gguf),
         streaming=not e.merged,  # a DoRA adapter falls back to the HF merge (export says so)
@@ -240,8 +241,8 @@ def _show_export(cfg: RunConfig, console: Console) -> None:
         verify=e.verify,
         merge_bytes=torch_dtype(cfg.model.dtype).itemsize,  # as the export stage counts it
         available_ram=ram,
-        kquant_source="f16" if e.kquant_source == "auto" else e.kquant_source,
     )
+    est = estimate(kquant_source="f16" if e.kquant_source == "auto" else e.kquant_source)
     unit, scale = ("GiB", 2**30) if arch.params > 5e7 else ("MiB", 2**20)
     table = Table(
         title=f"export ({unit}, estimate): {'HF merge' if e.merged else 'streamed merge'}",
@@ -276,23 +277,12 @@ def _show_export(cfg: RunConfig, console: Console) -> None:
         + ("; export.merged: false streams the merge (no whole model in RAM)" if e.merged else "")
     )
     if e.kquant_source == "auto" and "f16 (llama.cpp's input)" in est.scratch:
-        small = estimate_export(
-            arch,
-            list(e.gguf),
-            streaming=not e.merged,
-            keep_merged=e.merged,
-            lora_gguf=e.lora_gguf,
-            verify=e.verify,
-            merge_bytes=torch_dtype(cfg.model.dtype).itemsize,
-            available_ram=ram,
-            kquant_source="q8_0",
-        )
         console.print(
             f"  where the disk is short, export quantizes from a q8_0 file instead of the f16 one: peak "
-            f"{small.disk_peak / scale:.1f} {unit} (export.kquant_source: auto)"
+            f"{estimate(kquant_source='q8_0').disk_peak / scale:.1f} {unit} (export.kquant_source: auto)"
         )
-        if small.disk_peak * DISK_MARGIN <= free < est.disk_peak * DISK_MARGIN:
-            est = small
+    # what export itself would choose on this machine decides whether it would refuse
+    est = choose_kquant_source(e.kquant_source, list(e.gguf), free, lambda s: estimate(kquant_source=s))[1]
     step, need = max(((k, v) for k, v in est.ram.items() if k != "verify"), key=lambda kv: kv[1])
     disk = est.disk_peak * DISK_MARGIN
     if need > ram or disk > free:
