@@ -113,17 +113,23 @@ def fim_texts(data: TrainingData, job: StageJob, tokenizer: Any) -> tuple[list[s
 
 def merge(job: StageJob) -> Path:
     """Base (16-bit) + stage 1 adapter → `cpt/merged/`, a full model stage 2 starts from."""
-    import torch
-
     job.console.print(
         f"merging the stage 1 adapter into the {job.cfg.model.dtype} base weights → {merged_dir(job)}"
     )
+    return merge_stage1(job.base_source, job.adapter_dir, merged_dir(job), job.cfg.model.dtype)
+
+
+def merge_stage1(base: str, adapter_dir: Path, out: Path, dtype: str) -> Path:
+    """Fold stage 1's adapter into the base's 16-bit weights (on the GPU when there is one); also how a
+    released `cpt/merged/` is rebuilt."""
+    import torch
+
     return merge_adapters(
-        job.base_source,
-        [job.adapter_dir],
-        merged_dir(job),
-        tokenizer_source=str(job.adapter_dir),
+        base,
+        [adapter_dir],
+        out,
+        tokenizer_source=str(adapter_dir),
         chat=False,
-        dtype=job.cfg.model.dtype,
+        dtype=dtype,
         device_map={"": 0} if torch.cuda.is_available() else None,
     )

@@ -24,7 +24,6 @@ from bbjtune.artifacts import MANIFEST_NAME, StageRun, atomic_write_json, sha256
 from bbjtune.config import SELF_TRAINING_STAGES, SELFTRAIN_PROMPTS_FILE, TRAIN_STAGE_ORDER, RunConfig
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.loading import check_source
-from bbjtune.models.merge import merge_adapters
 from bbjtune.models.trained import release_stage1_base, write_trained
 from bbjtune.train import backends, cpt, sft
 from bbjtune.train.dryrun import show_dry_run
@@ -119,17 +118,16 @@ def release_stage1_merged(cfg: RunConfig, console: Console) -> None:
 
     trained.json is rewritten first (the original model plus stage 1's adapter, which evaluation and
     export fold in on the fly), then the directory goes: a run killed in between is consistent."""
-    merged = cfg.train_dir / "cpt" / "merged"
-    if not (merged / "config.json").exists():
-        # released by an earlier run: point the trained.json this run wrote at the original model again
-        if (merged.parent / RELEASED_FILE).exists():
-            release_stage1_base(cfg.train_dir, cfg.model.source, cfg.train_dir / "cpt" / "adapter")
+    merged, adapter = cfg.train_dir / "cpt" / "merged", cfg.train_dir / "cpt" / "adapter"
+    there = (merged / "config.json").exists()
+    if not there and not (merged.parent / RELEASED_FILE).exists():
+        return
+    # this run wrote trained.json naming cpt/merged: point it at the original model and stage 1's adapter
+    release_stage1_base(cfg.train_dir, cfg.model.source, adapter)
+    if not there:  # released by an earlier run
         return
     size = sum(f.stat().st_size for f in merged.rglob("*") if f.is_file())
-    release_stage1_base(cfg.train_dir, cfg.model.source, cfg.train_dir / "cpt" / "adapter")
-    atomic_write_json(
-        merged.parent / RELEASED_FILE, {"bytes": size, "rebuilt_from": str(cfg.train_dir / "cpt" / "adapter")}
-    )
+    atomic_write_json(merged.parent / RELEASED_FILE, {"bytes": size, "rebuilt_from": str(adapter)})
     shutil.rmtree(merged)
     console.print(
         f"[green]✓[/] released stage 1's merged model ({size / 2**30:.1f} GiB; train.cpt.keep_merged: false): "
@@ -143,18 +141,8 @@ def ensure_stage1_merged(cfg: RunConfig, base: str, console: Console) -> None:
     merged = cfg.train_dir / "cpt" / "merged"
     if Path(base) != merged or (merged / "config.json").exists():
         return
-    import torch
-
     console.print(f"rebuilding stage 1's merged model (it was released) → {merged}")
-    merge_adapters(
-        cfg.model.source,
-        [cfg.train_dir / "cpt" / "adapter"],
-        merged,
-        tokenizer_source=str(cfg.train_dir / "cpt" / "adapter"),
-        chat=False,
-        dtype=cfg.model.dtype,
-        device_map={"": 0} if torch.cuda.is_available() else None,
-    )
+    cpt.merge_stage1(cfg.model.source, cfg.train_dir / "cpt" / "adapter", merged, cfg.model.dtype)
     (merged.parent / RELEASED_FILE).unlink(missing_ok=True)
 
 
