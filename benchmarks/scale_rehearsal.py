@@ -93,8 +93,16 @@ class Monitor(threading.Thread):
         self.disk = max(self.disk, shutil.disk_usage(self.work).used - self.disk0)
 
     def run(self) -> None:
+        self.sample()  # a step shorter than one interval is seen at least once
         while not self.stop.wait(self.every):
             self.sample()
+
+    def peaks(self) -> dict[str, float | None]:
+        return {
+            "peak_gpu_gib": round(self.gpu / GiB, 2) if self.gpu_seen else None,
+            "peak_ram_gib": round(self.ram / GiB, 2),
+            "peak_disk_gib": round(self.disk / GiB, 2),
+        }
 
 
 def run_step(name: str, argv: list[str], work: Path, disk0: int, log: Path, env: dict) -> dict:
@@ -115,9 +123,7 @@ def run_step(name: str, argv: list[str], work: Path, disk0: int, log: Path, env:
         "ok": rc == 0,
         "rc": rc,
         "wall_s": round(wall, 1),
-        "peak_gpu_gib": round(mon.gpu / GiB, 2) if mon.gpu_seen else None,
-        "peak_ram_gib": round(mon.ram / GiB, 2),
-        "peak_disk_gib": round(mon.disk / GiB, 2),
+        **mon.peaks(),
         "error": None if rc == 0 else "\n".join(tail),
     }
 
@@ -175,9 +181,7 @@ def serve_step(cfg_args: list[str], work: Path, disk0: int, log: Path, env: dict
         "stage": "serve",
         "ok": error is None,
         "wall_s": round(time.time() - t0, 1),
-        "peak_gpu_gib": round(mon.gpu / GiB, 2) if mon.gpu_seen else None,
-        "peak_ram_gib": round(mon.ram / GiB, 2),
-        "peak_disk_gib": round(mon.disk / GiB, 2),
+        **mon.peaks(),
         "error": error,
         "metrics": {
             "ready_s": ready_s and round(ready_s, 1),
