@@ -283,10 +283,10 @@ class SelfSampleConfig(Section):
         False,
         description=(
             "add one greedy answer (temperature 0) per prompt to the k samples: the answer an evaluation and an "
-            "editor see. Greedy decoding loops where sampling does not (on the real 0.5B, 19 %% of greedy answers "
-            "ran to the token limit against 10 %% of samples), so its failures give DPO the rejected answers that "
+            "editor see. Greedy decoding loops where sampling does not (on the real 0.5B, 19 % of greedy answers "
+            "ran to the token limit against 10 % of samples), so its failures give DPO the rejected answers that "
             "matter most"
-        ).replace("%%", "%"),
+        ),
     )
     max_new_tokens: int = Field(
         768, gt=0, description="an answer that reaches it counts as failing (it ran on)"
@@ -521,8 +521,8 @@ class EvalConfig(Section):
         le=2.0,
         description=(
             "llama.cpp's repetition penalty over the last repeat_last_n tokens, in every backend; 1.0 = off. "
-            "The Modelfile gets the same value unless export.ollama.repeat_penalty says otherwise (Ollama "
-            "would apply 1.1 where a Modelfile is silent), so the evaluation measures what Ollama runs"
+            "The Modelfile gets the same value unless export.ollama.repeat_penalty says otherwise (Ollama's "
+            "documented default where a Modelfile is silent is 1.1), so the evaluation measures what Ollama runs"
         ),
     )
     repeat_last_n: int = Field(
@@ -603,7 +603,7 @@ class ExportConfig(Section):
         "auto",
         description=(
             "the GGUF llama.cpp makes the k-quants (q4_k_m, ...) from: f16 (llama.cpp's usual input); q8_0 "
-            "(about half the disk: no f16 file at all, a 14B fits a 64 GiB disk); auto: f16, or q8_0 when the "
+            "(no f16 file at all: an estimated export peak of 23 instead of 51 GiB for 14B); auto: f16, or q8_0 when the "
             "disk cannot hold the f16 file beside the others (said when it happens)"
         ),
     )

@@ -148,7 +148,7 @@ def build_modelfile(
     check_template(CHATML_GO_TEMPLATE, system_prompt)
     params = [("stop", f'"{t}"') for t in STOP_TOKENS]
     params += [("num_ctx", str(num_ctx)), ("temperature", _number(temperature))]
-    # always written: where a Modelfile is silent Ollama applies 1.1, which the evaluation did not measure
+    # always written: where a Modelfile is silent, Ollama's documented default is 1.1, which no evaluation used
     params += [("repeat_penalty", _number(repeat_penalty)), ("repeat_last_n", str(repeat_last_n))]
     header = (
         f"# {model_name}: a Qwen2.5-Coder model fine-tuned on BBj by bbjtune.\n"
