@@ -284,19 +284,26 @@ def main() -> None:
                 # top-1 choice any rounding flips, so that verdict says nothing here; the files are there
                 row.update(ok=True, verification_failed=True)
         rows.append({"model": args.size, **row})
+        save(args.json, args.size, rows, machine, work)  # after each step: a run cut short keeps its rows
         if not row["ok"] and name in ("build", "cpt", "sft", "export"):
             print(f"{name} failed; later steps need it:\n{row['error']}", flush=True)
             break
-    result = json.loads(args.json.read_text()) if args.json.exists() else {"rows": []}
+    print(json.dumps(rows, indent=2))
+
+
+def save(path: Path, size: str, rows: list[dict], machine: str, work: Path) -> None:
+    """Write this size's rows into `path`, keeping the other sizes' rows, atomically."""
+    result = json.loads(path.read_text()) if path.exists() else {"rows": []}
     result.update(
         date=time.strftime("%Y-%m-%d"),
         machine=machine,
         command="python benchmarks/scale_rehearsal.py " + " ".join(sys.argv[1:]).replace(str(work), "WORK"),
     )
-    result["rows"] = [r for r in result["rows"] if r.get("model") != args.size] + rows
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(rows, indent=2))
+    result["rows"] = [r for r in result["rows"] if r.get("model") != size] + rows
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
