@@ -91,6 +91,51 @@ def test_train_estimate_counts_the_merged_stage_one_model_and_cpu_ram(tmp_path):
     assert check_train(cfg, SEVEN, ["sft"], cuda=True, free=10**15).ram is None
 
 
+def test_train_estimate_holds_one_start_model_at_a_time_when_they_are_released(tmp_path):
+    from bbjtune.train.resources import estimate_train
+
+    stages = ["cpt", "sft", "rft", "dpo"]
+    cfg = load_config(
+        "qwen2.5-coder-7b-base", [f"output_dir={tmp_path}/{{name}}", f"train.stages=[{', '.join(stages)}]"]
+    )
+    cfg.train.rft.sampling.rounds = 2
+    kept = estimate_train(cfg, SEVEN, stages, cuda=True)
+    assert (
+        kept.parts["cpt/merged (16-bit)"] == N7 * 2 and kept.parts["self-training start models"] == 3 * N7 * 2
+    )
+    cfg.train.keep_round_models = False
+    one = estimate_train(cfg, SEVEN, stages, cuda=True)
+    assert one.parts["self-training start models, one at a time"] == N7 * 2
+    assert kept.disk - one.disk == 2 * N7 * 2
+    cfg.train.cpt.keep_merged = False  # stage 1's merged model goes before the first start is merged
+    least = estimate_train(cfg, SEVEN, stages, cuda=True)
+    assert least.parts == {
+        "cpt/merged, then one self-training start at a time (16-bit)": N7 * 2,
+        "adapters and checkpoints": one.parts["adapters and checkpoints"],
+    }
+
+
+def test_dry_run_line_names_what_training_writes(tmp_path):
+    from rich.console import Console
+
+    from bbjtune.train.resources import show_train_disk
+
+    cfg = load_config(
+        "qwen2.5-coder-14b-base",
+        [
+            f"output_dir={tmp_path}/{{name}}",
+            "train.stages=[cpt, sft, rft, dpo]",
+            "train.keep_round_models=false",
+        ],
+    )
+    console = Console(record=True, width=400)
+    show_train_disk(cfg, ["cpt", "sft", "rft", "dpo"], console)
+    text = console.export_text()
+    # 14.8e9 parameters x 2 bytes: stage 1's merged model and one start model at a time
+    assert "cpt/merged (16-bit) 27.5" in text and "self-training start models, one at a time 27.5" in text
+    assert text.startswith("disk: training writes about 69.4 GiB") and "GiB free there" in text
+
+
 def test_dry_run_prints_the_export_estimate(tmp_path):
     from bbjtune.train.dryrun import _show_export
 

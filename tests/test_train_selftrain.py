@@ -509,3 +509,91 @@ def test_a_new_round_keeps_the_metrics_of_the_rounds_before_it(tmp_path):
     assert read_complete_jsonl(path) == rows[:2]
     MetricsLog(path, "rft", resume_step=None, round=1)
     assert read_complete_jsonl(path) == rows[:1]
+
+
+@pytest.mark.slow
+def test_released_start_models_leave_one_at_a_time_and_the_same_weights(tmp_path, tiny_model_dir):
+    """train.cpt.keep_merged and train.keep_round_models false: each 16-bit model goes once the next is
+    merged (from the original model and the chain of adapters), the weights equal merging one after
+    another, a rerun rebuilds nothing, and a shorter plan rebuilds the start its trained.json names."""
+    import torch
+    from safetensors.torch import load_file
+
+    from bbjtune.models.merge import merge_adapters
+    from bbjtune.models.trained import read_trained
+    from bbjtune.train.stage import run_stage
+
+    write_data(tmp_path / "data", n_train=12, n_heldout=1)
+    samp = {"samples_per_prompt": 2, "max_new_tokens": 8, "batch_tokens": 2048}
+    stage = {
+        "max_steps": 1,
+        "learning_rate": 5e-3,
+        "warmup_ratio": 0.0,  # one step: a warmup would make it a step of learning rate 0
+        "max_length": 256,
+        "gradient_accumulation_steps": 1,
+        "sampling": samp,
+    }
+    cfg = make_config(
+        tmp_path,
+        tiny_model_dir,
+        train__stages=["cpt", "sft", "rft", "dpo"],
+        train__cpt__max_steps=1,
+        train__cpt__keep_merged=False,
+        train__sft__max_steps=1,
+        train__keep_round_models=False,
+        train__rft={**stage, "include_references": True, "sampling": {**samp, "rounds": 2}},
+        train__dpo={**stage, "min_pairs": 1},
+        data__decontaminate_against=[],
+    )
+    log = Console(stderr=True, record=True, width=300)
+    run_stage(cfg, console=log)
+    t = cfg.train_dir
+    text = log.export_text()
+    assert not (t / "cpt" / "merged").exists() and (t / "cpt" / "merged.released.json").exists()
+    for released in (t / "rft" / "round-1", t / "rft" / "round-2"):
+        assert not (released / "start").exists()
+        assert json.loads((released / "start.json").read_text())["released"] is True
+    final = t / "dpo" / "round-1" / "start"
+    assert (final / "config.json").exists() and read_trained(t).base_model == str(final.resolve())
+    assert text.count("released ") == 3 and not list(t.rglob(".start.gone.*"))
+
+    # the same weights as merging each adapter into the saved model before it, one after another
+    adapters = [
+        t / "cpt" / "adapter",
+        t / "sft" / "adapter",
+        *(t / "rft" / f"round-{n}" / "adapter" for n in (1, 2)),
+    ]
+    model = str(tiny_model_dir)
+    for n, adapter in enumerate(adapters):
+        model = str(
+            merge_adapters(
+                model,
+                [adapter],
+                tmp_path / f"step{n}",
+                tokenizer_source=str(adapter),
+                chat=True,
+                dtype="float32",
+            )
+        )
+    want, got = load_file(f"{model}/model.safetensors"), load_file(f"{final}/model.safetensors")
+    assert want.keys() == got.keys()
+    assert all(torch.allclose(want[k], got[k], atol=1e-6) for k in want)
+
+    log = Console(stderr=True, record=True, width=300)
+    run_stage(cfg, console=log)  # nothing to redo, nothing rebuilt
+    text = log.export_text()
+    assert "rft round 2: already trained" in text and "dpo round 1: already trained" in text
+    assert (
+        "merging" not in text and "rebuilding" not in text and not (t / "rft" / "round-2" / "start").exists()
+    )
+
+    shorter = cfg.model_copy(deep=True)
+    shorter.train.stages = ["cpt", "sft", "rft"]
+    run_stage(shorter, console=QUIET)  # trained.json now names rft's last start: it is merged again
+    start = t / "rft" / "round-2" / "start"
+    assert (start / "config.json").exists() and read_trained(t).base_model == str(start.resolve())
+    assert "released" not in json.loads((t / "rft" / "round-2" / "start.json").read_text())
+    rebuilt = load_file(f"{start}/model.safetensors")
+    after_rft1 = load_file(f"{tmp_path / 'step2'}/model.safetensors")  # merged up to rft round 1's adapter
+    assert all(torch.allclose(rebuilt[k], after_rft1[k], atol=1e-6) for k in after_rft1)
+    assert not all(torch.allclose(rebuilt[k], want[k], atol=1e-6) for k in want)  # not the final model

@@ -419,6 +419,15 @@ class TrainConfig(Section):
                 )
         return value
 
+    keep_round_models: bool = Field(
+        True,
+        description=(
+            "keep every self-training round's 16-bit start model (<stage>/round-N/start, as large as the model: "
+            "27.5 GiB for 14B). false: a start is deleted as soon as the next round or stage no longer needs it "
+            "(only the last one stays, the one trained.json names), so a run holds one at a time; a deleted one is "
+            "rebuilt from the original model and the adapters when something trains on it again"
+        ),
+    )
     optim: Literal["paged_adamw_8bit", "adamw_8bit", "adamw_torch", "adamw_torch_fused"] = "paged_adamw_8bit"
     gradient_checkpointing: bool = True
     use_liger: bool = False

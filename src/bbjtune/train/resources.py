@@ -1,7 +1,9 @@
 """Host disk and RAM a training run needs, checked before a model is loaded.
 
 Disk: stage 1 followed by stage 2 saves the merged stage-1 model (`cpt/merged/`, 16-bit: 2 bytes per
-parameter), each self-training round saves the model it starts from (the same size), and every
+parameter), each self-training round saves the model it starts from (the same size; one at a time
+with `train.keep_round_models: false`, and stage 1's merged model goes before the first with
+`train.cpt.keep_merged: false`, see release.py), and every
 stage keeps its adapter with checkpoints (LoRA weights plus their two Adam moments, 12 bytes per
 LoRA parameter, `train.save_total_limit` of them). Host RAM: without a CUDA GPU the model trains on
 the CPU, in the configured dtype (`auto` is float32 there); with a GPU the weights go to the GPU
@@ -36,11 +38,17 @@ def lora_params(arch: Architecture, r: int) -> int:
 def estimate_train(cfg: RunConfig, arch: Architecture, stages: list[str], cuda: bool) -> TrainNeeds:
     parts: dict[str, int] = {}
     n = arch.params
-    if "cpt" in stages and "sft" in cfg.train_stages:
-        parts["cpt/merged (16-bit)"] = n * 2
+    merged = n * 2 if "cpt" in stages and "sft" in cfg.train_stages else 0
     rounds = sum(getattr(cfg.train, s).sampling.rounds for s in stages if s in SELF_TRAINING_STAGES)
-    if rounds:
-        parts["self-training start models"] = rounds * n * 2
+    starts = (rounds if cfg.train.keep_round_models else min(rounds, 1)) * n * 2
+    if merged and starts and not cfg.train.cpt.keep_merged:  # released before the first start is merged
+        parts["cpt/merged, then one self-training start at a time (16-bit)"] = max(merged, starts)
+    else:
+        if merged:
+            parts["cpt/merged (16-bit)"] = merged
+        if starts:
+            at_once = "" if cfg.train.keep_round_models or rounds == 1 else ", one at a time"
+            parts[f"self-training start models{at_once}"] = starts
     adapter = lora_params(arch, cfg.train.lora.r) * 4
     parts["adapters and checkpoints"] = len(stages) * adapter * (1 + 3 * cfg.train.save_total_limit)
     ram = None
@@ -86,3 +94,17 @@ def check_before_loading(cfg: RunConfig, stages: list[str], console) -> None:
     needs = check_train(cfg, arch, stages, torch.cuda.is_available())
     if needs.disk > GiB:
         console.print(f"disk: about {needs.disk / GiB:.1f} GiB will be written under {cfg.train_dir}")
+
+
+def show_train_disk(cfg: RunConfig, stages: list[str], console) -> None:
+    """The dry run's line on what training writes to disk, part by part (nothing for an unknown architecture)."""
+    arch = find_architecture(cfg.model.source)
+    if arch is None:
+        return
+    needs = estimate_train(cfg, arch, stages, cuda=True)
+    parts = "; ".join(f"{k} {v / GiB:.1f}" for k, v in needs.parts.items())
+    console.print(
+        f"disk: training writes about {needs.disk / GiB:.1f} GiB under {cfg.train_dir} ({parts} GiB), "
+        f"{free_disk(cfg.train_dir) / GiB:.1f} GiB free there",
+        highlight=False,
+    )

@@ -30,11 +30,11 @@ from bbjtune.artifacts import atomic_write_json, atomic_write_text, sha256_file
 from bbjtune.config import SelfSampleConfig
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.generate import TransformersBackend
-from bbjtune.models.merge import merge_adapters
 from bbjtune.progress import new_progress
 from bbjtune.train import preference, sft
 from bbjtune.train.inputs import TrainingData
 from bbjtune.train.job import StageJob, is_main_process, read_record, wait_for_everyone
+from bbjtune.train.release import START_FILE, merge_start, release_superseded, start_chain
 from bbjtune.train.samples import SAMPLES_FILE, TRAIN, SelfPrompt, by_prompt, sample_prompts, training_prompts
 from bbjtune.train.trainer import free_memory
 from bbjtune.train.verdict import CHECKS
@@ -56,7 +56,6 @@ REPORT_COLUMNS = (
     ("median_answer_tokens", "median tokens"),
 )
 ROUND_FILE = "round.json"
-START_FILE = "start.json"
 SAMPLING_FILE = "sampling.json"
 
 
@@ -120,31 +119,41 @@ def _start_model(job: RoundJob, previous: tuple[str, str | None], origin: str) -
     """The previous model merged into `round-N/start/`, merged again when what it came from has changed.
 
     Whatever was sampled from an older start model is stale then too, so the round's samples go with it.
+    A start released earlier (train.keep_round_models: false) is rebuilt only when its round must train;
+    the model it comes from is released first when the config lets it go (`release.release_superseded`),
+    and a released one is stood in for by the original model and the chain of adapters.
     """
-    import torch
-
     base, adapter = previous
     if adapter is None:
         return base
     start = job.out_dir / "start"
     record = job.out_dir / START_FILE
-    if is_main_process() and (
-        not (start / "config.json").exists() or read_record(record).get("origin") != origin
-    ):
-        (job.out_dir / SAMPLES_FILE).unlink(missing_ok=True)
-        job.console.print(f"{job.stage} round {job.round}: merging {adapter} into {base} → {start}")
-        merge_adapters(
-            base,
-            [adapter],
-            start,
-            tokenizer_source=adapter,
-            chat=True,
-            dtype=job.cfg.model.dtype,
-            device_map={"": 0} if torch.cuda.is_available() else None,
+    job.base_source = str(start)  # what the round's fingerprint names, whether the start is on disk or not
+    rec = read_record(record)
+    current = rec.get("origin") == origin
+    on_disk = (start / "config.json").exists()
+    if is_main_process() and not (current and (on_disk or (rec.get("released") and _round_done(job)))):
+        if not current:
+            (job.out_dir / SAMPLES_FILE).unlink(missing_ok=True)
+        release_superseded(job.cfg, base, job.console)
+        root, adapters = (base, []) if Path(base, "config.json").exists() else start_chain(job.cfg, base)
+        adapters = [*adapters, adapter]
+        job.console.print(
+            f"{job.stage} round {job.round}: merging {', '.join(adapters)} into {root} → {start}"
         )
+        merge_start(job.cfg, root, adapters, start)
         atomic_write_json(record, {"origin": origin, "base": base, "adapter": adapter})
     wait_for_everyone()
     return start
+
+
+def _round_done(job: RoundJob) -> bool:
+    done = read_record(job.out_dir / ROUND_FILE)
+    return (
+        job.resume != "never"
+        and done.get("fingerprint") == job.fingerprint()
+        and (job.adapter_dir / "adapter_config.json").exists()
+    )
 
 
 def run_round(job: RoundJob, data: TrainingData) -> dict[str, Any]:

@@ -20,17 +20,24 @@ from typing import Any
 
 from rich.console import Console
 
-from bbjtune.artifacts import MANIFEST_NAME, StageRun, atomic_write_json, sha256_file
+from bbjtune.artifacts import MANIFEST_NAME, StageRun, sha256_file
 from bbjtune.config import SELF_TRAINING_STAGES, SELFTRAIN_PROMPTS_FILE, TRAIN_STAGE_ORDER, RunConfig
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.loading import check_source
-from bbjtune.models.trained import release_stage1_base, write_trained
+from bbjtune.models.trained import write_trained
 from bbjtune.train import backends, cpt, sft
 from bbjtune.train.dryrun import show_dry_run
 from bbjtune.train.inputs import TrainingData, load_training_data
 from bbjtune.train.job import StageJob, is_main_process, read_record
 from bbjtune.train.modelcard import write_model_card
-from bbjtune.train.resources import check_before_loading
+from bbjtune.train.release import (
+    RELEASED_FILE,
+    START_FILE,
+    ensure_stage1_merged,
+    ensure_start,
+    release_stage1_merged,
+)
+from bbjtune.train.resources import check_before_loading, show_train_disk
 from bbjtune.train.selftrain import run_selftrain
 from bbjtune.train.trainer import configure_torch
 from bbjtune.train.verdict import CHECKS
@@ -69,6 +76,7 @@ def run_stage(
                     f"prompt (temperature {sampling.temperature:g}, up to {sampling.max_new_tokens} tokens), "
                     f"judged by {CHECKS}; then training on the verdicts"
                 )
+        show_train_disk(cfg, stages, console)
         return cfg.train_dir
 
     backends.use_one_gpu_unless_launched(console)
@@ -101,6 +109,9 @@ def run_stage(
             console.print(f"stage 2 starts from stage 1's merged model {job.base_source}")
         results[stage] = _run_one(job, data)
     if is_main_process():
+        ensure_start(
+            cfg, model_after(cfg, stages[-1], chained)[0], console
+        )  # released by a longer run before
         _write_handle(cfg, stages[-1], results[stages[-1]], data, chained)
         if chained and stages[-1] == "sft":
             if not cfg.train.cpt.keep_merged:
@@ -108,42 +119,6 @@ def run_stage(
             else:  # kept again after an earlier release: rebuild what trained.json names
                 ensure_stage1_merged(cfg, str(cfg.train_dir / "cpt" / "merged"), console)
     return cfg.train_dir
-
-
-RELEASED_FILE = "merged.released.json"
-
-
-def release_stage1_merged(cfg: RunConfig, console: Console) -> None:
-    """Delete cpt/merged once stage 2 trained on it (train.cpt.keep_merged: false).
-
-    trained.json is rewritten first (the original model plus stage 1's adapter, which evaluation and
-    export fold in on the fly), then the directory goes: a run killed in between is consistent."""
-    merged, adapter = cfg.train_dir / "cpt" / "merged", cfg.train_dir / "cpt" / "adapter"
-    there = (merged / "config.json").exists()
-    if not there and not (merged.parent / RELEASED_FILE).exists():
-        return
-    # this run wrote trained.json naming cpt/merged: point it at the original model and stage 1's adapter
-    release_stage1_base(cfg.train_dir, cfg.model.source, adapter)
-    if not there:  # released by an earlier run
-        return
-    size = sum(f.stat().st_size for f in merged.rglob("*") if f.is_file())
-    atomic_write_json(merged.parent / RELEASED_FILE, {"bytes": size, "rebuilt_from": str(adapter)})
-    shutil.rmtree(merged)
-    console.print(
-        f"[green]✓[/] released stage 1's merged model ({size / 2**30:.1f} GiB; train.cpt.keep_merged: false): "
-        "evaluation and export fold stage 1's adapter in on the fly",
-        highlight=False,
-    )
-
-
-def ensure_stage1_merged(cfg: RunConfig, base: str, console: Console) -> None:
-    """Rebuild cpt/merged from the original model and stage 1's adapter when it was released."""
-    merged = cfg.train_dir / "cpt" / "merged"
-    if Path(base) != merged or (merged / "config.json").exists():
-        return
-    console.print(f"rebuilding stage 1's merged model (it was released) → {merged}")
-    cpt.merge_stage1(cfg.model.source, cfg.train_dir / "cpt" / "adapter", merged, cfg.model.dtype)
-    (merged.parent / RELEASED_FILE).unlink(missing_ok=True)
 
 
 def model_after(cfg: RunConfig, stage: str, chained: bool) -> tuple[str, str | None]:
@@ -159,6 +134,7 @@ def model_after(cfg: RunConfig, stage: str, chained: bool) -> tuple[str, str | N
         start = (
             last / "start"
             if (last / "start" / "config.json").exists()
+            or (last / START_FILE).exists()  # on disk or released
             else model_after(cfg, _before(cfg, stage), chained)[0]
         )
         return str(start), str(last / "adapter")
@@ -189,8 +165,9 @@ def _run_self_training(
             f"{stage} samples from the model in one process; it does not run under a multi-process launch",
             f"run it on its own without accelerate launch/torchrun: bbjtune train CONFIG --stage {stage}",
         )
-    previous = model_after(cfg, _before(cfg, stage), chained)
-    ensure_stage1_merged(cfg, previous[0], console)
+    previous = model_after(
+        cfg, _before(cfg, stage), chained
+    )  # a released model is merged anew from its chain
     job = StageJob(
         cfg=cfg,
         stage=stage,
