@@ -109,6 +109,35 @@ def test_scores_exact_similar_compiling_and_stopping():
     assert fim.edit_similarity("kitten", "sitting") == pytest.approx(1 - 3 / 7)
 
 
+def test_what_an_editor_shows_cuts_a_run_on_completion_where_editors_do():
+    cases, _ = fim.build_cases(records()[:1], samples=40, seed=2, compiler="builtin")
+    line = next(c for c in cases if c.kind == "line" and c.middle == "total$ = str(n)\n")
+    follow = line.suffix.split("\n")[0]  # 'print "total: " + total$'
+    more = "print total$\nprint total$\n"
+    # a line hole: the right line, then the line below the cursor again and more: cut before it
+    assert fim.shown(line, f"total$ = str(n)\n{follow}\n{more}") == "total$ = str(n)\n"
+    assert fim.shown(line, f"total$ = str(n)\n{more}") == f"total$ = str(n)\n{more}"  # nothing to cut at
+    statement = next(c for c in cases if c.kind == "statement")
+    assert fim.shown(statement, statement.middle + "\nnext line\n") == statement.middle  # cut at the line end
+    rows = [
+        _row(line, f"total$ = str(n)\n{follow}\n{more}", finish="length"),  # right, then runs on
+        _row(line, f"total$ = str(m)\n{follow}\n"),  # wrong either way
+        _row(statement, statement.middle + "\n" + "x = 1\n" * 20, finish="length"),
+    ]
+    scores = fim.score_fim([rows[0], rows[2]], [line, statement], 1, "builtin")  # one row per (case, sample)
+    runs_on, statement_score = scores
+    assert not runs_on["exact"] and runs_on["shown_exact"] and runs_on["shown_compiles"]
+    assert runs_on["shown_edit_similarity"] == 1.0 > runs_on["edit_similarity"]
+    assert statement_score["shown_exact"] and not statement_score["exact"]
+    (wrong,) = fim.score_fim(rows[1:2], [line], 1, "builtin")
+    assert not wrong["shown_exact"] and 0.9 < wrong["shown_edit_similarity"] < 1.0
+    summary = fim.summarize_fim([runs_on, wrong, statement_score])
+    assert summary["exact_match"] == 0.0 and summary["shown_exact_match"] == round(2 / 3, 4)
+    assert summary["by_kind"]["statement"]["shown_compile_at_1"] == 1.0
+    old = [{k: v for k, v in s.items() if not k.startswith("shown_")} for s in scores]  # scored before
+    assert fim.summarize_fim(old)["shown_exact_match"] is None
+
+
 def test_base_vs_tuned_report_fim_next_to_the_other_tiers(tmp_path, tiny_model_dir):
     """The tiny model's completions are noise; what is checked is that FIM runs and is reported end to end."""
     from bbjtune.evaluate.compare import compare_dirs

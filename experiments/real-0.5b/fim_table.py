@@ -25,10 +25,15 @@ def row(label: str, r: dict) -> str:
     f = r.get("fim") or {}
     he = (r.get("humaneval") or {}).get("pass_at_1")
     kinds = f.get("by_kind") or {}
-    return (f"| {label} | {WHAT.get(label, '')} | {pct(f.get('exact_match'))} | {pct(f.get('edit_similarity'))} | "
-            f"{pct(f.get('compile_at_1'))} | {pct(f.get('stop_rate'))} | "
-            + " | ".join(pct((kinds.get(k) or {}).get("exact_match")) for k in ("line", "block", "statement"))
-            + f" | {pct((r.get('compile_at_k') or {}).get('1'))} | {pct(he)} |")
+    cells = [
+        *(pct(f.get(k)) for k in ("exact_match", "edit_similarity", "compile_at_1", "stop_rate")),
+        *(pct(f.get(k)) for k in ("shown_exact_match", "shown_edit_similarity", "shown_compile_at_1")),
+        *(pct((kinds.get(k) or {}).get("shown_exact_match")) for k in ("line", "block", "statement")),
+        pct((r.get("compile_at_k") or {}).get("1")),
+        pct((r.get("clean_at_k") or {}).get("1")),
+        pct(he),
+    ]
+    return f"| {label} | {WHAT.get(label, '')} | " + " | ".join(cells) + " |"
 
 
 def main(eval_dir: Path) -> str:
@@ -36,12 +41,14 @@ def main(eval_dir: Path) -> str:
     found = {label: r for label, r in found.items() if "tiers" not in r}  # not the compare-* folders
     labels = [x for x in ORDER if x in found] + sorted(set(found) - set(ORDER))
     n = next((r["fim"]["n_cases"] for r in found.values() if r.get("fim")), 0)
-    intro = (f"FIM: {n} holes in held-out real BBj files (never trained on); exact match, edit similarity, "
-             "compile@1 of the filled file and stop rate in %; per-kind columns are exact match. compile@1 "
-             "(chat) and HumanEval pass@1 as in the main tables.")
-    header = ("| model | what | FIM exact | FIM edit sim. | FIM compile@1 | FIM stops | line | block | statement "
-              "| BBj compile@1 | HumanEval |")
-    lines = [intro, "", header, "|" + "---|" * 11]
+    intro = (f"FIM: {n} holes in held-out real BBj files (never trained on), in %. Raw: the whole completion "
+             "(exact match, edit similarity, compile@1 of the filled file, stops by itself). As shown: cut where "
+             "an editor cuts it (at the line end inside a line, before a line repeating the one after the hole); "
+             "per-kind columns are exact match as shown. BBj compile@1 / clean@1 (chat) and HumanEval pass@1 as "
+             "in the main tables.")
+    header = ("| model | what | exact | edit sim. | compile@1 | stops | shown: exact | shown: edit sim. "
+              "| shown: compile@1 | line | block | statement | BBj compile@1 | BBj clean@1 | HumanEval |")
+    lines = [intro, "", header, "|" + "---|" * 15]
     lines += [row(label, found[label]) for label in labels]
     text = "\n".join(lines) + "\n"
     (eval_dir / "summary.md").write_text(text, encoding="utf-8")

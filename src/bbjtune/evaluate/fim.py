@@ -17,7 +17,10 @@ Per sample: exact match (trailing blanks of each line and blank lines around ign
 similarity (1 - Levenshtein distance / longer length, on the same normalised texts), compile@1 of
 the whole file with the completion put in the hole, and `stopped`: the completion ended by itself
 (an end or FIM token, not the length limit) without running on into the suffix (writing the
-suffix's next line once more than the expected middle holds it).
+suffix's next line once more than the expected middle holds it). The same three again for what an
+editor shows (`shown`: editors cut a completion at the line end inside a line, and before a line that
+repeats the one below the cursor): a model that writes the right middle and then runs on fails the
+raw exact match but not this one.
 """
 
 from __future__ import annotations
@@ -291,6 +294,27 @@ def ran_past_suffix(case: FimCase, completion: str) -> bool:
     return completion.count(following) > case.middle.count(following)
 
 
+def shown(case: FimCase, completion: str) -> str:
+    """The part of a completion an editor shows: editors cut what the model writes past the hole.
+
+    A cursor inside a line (`statement`) gets a single-line completion, cut at the line end; at a line
+    start (`line`, `block`) a multi-line one, cut before the first line that repeats the suffix's next
+    non-blank line (the model has run on into code that is already there). These are the stops editor
+    completion tools apply (Continue's single-line mode and its stop at a line equal to the one below
+    the cursor); the raw metrics score the whole completion instead.
+    """
+    if case.kind == "statement":
+        end = completion.find("\n")
+        return completion if end < 0 else completion[:end]
+    following = next((ln.strip() for ln in case.suffix.split("\n") if ln.strip()), "")
+    kept = []
+    for line in completion.splitlines(keepends=True):
+        if following and line.strip() == following:
+            break
+        kept.append(line)
+    return "".join(kept)
+
+
 def score_fim(
     rows: Sequence[dict[str, Any]], cases: Sequence[FimCase], n_samples: int, compiler: str = "auto"
 ) -> list[dict[str, Any]]:
@@ -318,6 +342,9 @@ def score_fim(
                 "diagnostics": [],
                 "stopped": False,
                 "ran_past_suffix": False,
+                "shown_exact": False,
+                "shown_edit_similarity": 0.0,
+                "shown_compiles": False,
                 "patterns_ok": None,
                 "factual": None,
             }
@@ -325,6 +352,12 @@ def score_fim(
                 got, want = normalise(out), normalise(case.middle)
                 result = compile_code(case.filled(out), compiler, Path(case.source).name)
                 past = ran_past_suffix(case, out)
+                view = shown(case, out)
+                as_shown = (
+                    result
+                    if view == out
+                    else compile_code(case.filled(view), compiler, Path(case.source).name)
+                )
                 score.update(
                     exact=got == want,
                     edit_similarity=round(edit_similarity(got, want), 4),
@@ -334,6 +367,9 @@ def score_fim(
                     diagnostics=result.diagnostics,
                     ran_past_suffix=past,
                     stopped=row.get("finish_reason") == "stop" and not past,
+                    shown_exact=normalise(view) == want,
+                    shown_edit_similarity=round(edit_similarity(normalise(view), want), 4),
+                    shown_compiles=as_shown.compiles,
                 )
             scores.append(score)
     return scores
@@ -352,6 +388,19 @@ def summarize_fim(scores: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
             "edit_similarity": round(sum(s["edit_similarity"] for s in group) / n, 4),
             "compile_at_1": round(sum(bool(s["compiles"]) for s in group) / n, 4),
             "stop_rate": round(sum(s["stopped"] for s in group) / n, 4),
+            # what an editor shows (`shown`); None for scores written before it was measured
+            **{
+                key: (
+                    round(sum(float(s[field]) for s in group) / n, 4)
+                    if all(field in s for s in group)
+                    else None
+                )
+                for key, field in (
+                    ("shown_exact_match", "shown_exact"),
+                    ("shown_edit_similarity", "shown_edit_similarity"),
+                    ("shown_compile_at_1", "shown_compiles"),
+                )
+            },
         }
 
     kinds: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -369,4 +418,7 @@ FIM_METRICS = (
     ("edit_similarity", "FIM edit similarity"),
     ("compile_at_1", "FIM compile@1"),
     ("stop_rate", "FIM stop rate"),
+    ("shown_exact_match", "FIM exact match, as an editor shows it"),
+    ("shown_edit_similarity", "FIM edit similarity, as an editor shows it"),
+    ("shown_compile_at_1", "FIM compile@1, as an editor shows it"),
 )

@@ -150,7 +150,7 @@ def _fim_html(fim: dict[str, Any] | None) -> list[str]:
         return []
     groups = {"all": fim, **(fim.get("by_kind") or {})}
     rows = [
-        [td(esc(name)), td(g["n_samples"], True), *(td(percent(g[key]), True) for key, _ in FIM_METRICS)]
+        [td(esc(name)), td(g["n_samples"], True), *(td(percent(g.get(key)), True) for key, _ in FIM_METRICS)]
         for name, g in groups.items()
     ]
     rates = [label.removeprefix("FIM ") for _, label in FIM_METRICS]
@@ -158,7 +158,9 @@ def _fim_html(fim: dict[str, Any] | None) -> list[str]:
         "<h2>Fill-in-the-middle (editor completion)</h2>",
         f"<p>{fim['n_cases']} holes in held-out source files the model never trained on. compile@1: the "
         "whole file with the completion in the hole compiles; stop rate: the completion ended by itself "
-        "without running on into the code after the hole.</p>",
+        "without running on into the code after the hole; as an editor shows it: the completion cut where "
+        "editors cut it (at the line end inside a line, before a line that repeats the one after the "
+        "hole).</p>",
         table(["hole", "samples", *rates], rows),
     ]
 

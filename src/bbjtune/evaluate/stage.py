@@ -244,7 +244,8 @@ def print_summary(results: dict[str, dict[str, Any]], cmp: dict[str, Any] | None
             console.print(
                 f"  {'':8s} FIM ({f['n_cases']} holes): exact {percent(f['exact_match'])}   edit similarity "
                 f"{percent(f['edit_similarity'])}   compile@1 {percent(f['compile_at_1'])}   "
-                f"stops {percent(f['stop_rate'])}",
+                f"stops {percent(f['stop_rate'])}   as shown: exact {percent(f.get('shown_exact_match'))}   "
+                f"compile@1 {percent(f.get('shown_compile_at_1'))}",
                 highlight=False,
             )
     if cmp:
