@@ -303,3 +303,38 @@ def load_tokenizer_ids(path, tokens):
 
     tok = load_tokenizer(path)
     return [tok.convert_tokens_to_ids(t) for t in tokens]
+
+
+def test_stop_check_in_one_batch_finds_what_answering_one_at_a_time_finds(tiny_model_dir):
+    """The stop check batches its requests (left padding); each answer keeps its own token budget."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_training_tokenizer(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    # prompts of different lengths, so the batch pads; one reference short enough to cut its answer early
+    convs = [conversation(i) for i in range(3)]
+    convs[1][1]["content"] += " Explain it in detail, step by step, please."
+    convs[1][2]["content"] = "OK"
+    result = sft.stop_check(model, tokenizer, SimpleNamespace(heldout=convs, conversations=[]), 3)
+    stop_ids = tokenizer.convert_tokens_to_ids([IM_END, ENDOFTEXT])
+    want_stopped, want_lengths = 0, []
+    for conv in convs:  # the reference: one request at a time, each with its own budget
+        budget = min(int(1.5 * len(tokenizer(conv[-1]["content"])["input_ids"])) + 16, 2048)
+        ids = tokenizer.apply_chat_template(
+            conv[:-1], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        with torch.no_grad():
+            out = model.generate(
+                **ids,
+                max_new_tokens=budget,
+                do_sample=False,
+                eos_token_id=stop_ids,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new = out[0, ids["input_ids"].shape[1] :].tolist()
+        want_stopped += new[-1] in stop_ids
+        want_lengths.append(len(new))
+    assert result == {"stopped": want_stopped, "of": 3, "answer_tokens": want_lengths}
+    assert len(set(want_lengths)) > 1  # the budgets differ: the batch did not cut every row alike
