@@ -6,7 +6,8 @@ architecture, random bf16 weights, the Qwen2.5 tokenizer) through the preset
 `qwen2.5-coder-<size>-base`. Training is bounded by `--steps` optimizer steps per stage; evaluation by
 `eval.limit` and `eval.humaneval.limit`. While a step runs, a thread samples every 0.5 s:
 
-- GPU memory in use on the device (nvidia-smi; the rehearsal should have the GPU to itself),
+- GPU memory of the step's processes (nvidia-smi's compute apps; where it lists none of them, e.g. in
+  another pid namespace, the whole card's memory in use, and the row says `peak_gpu_of: card`),
 - host RAM: the resident memory of the step's whole process tree,
 - disk: bytes used on the work directory's file system beyond what was used when the rehearsal started
   (the random base, runs, temporary files).
@@ -39,22 +40,31 @@ GiB = 2**30
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def gpu_used_bytes() -> int | None:
-    """Memory in use on the first GPU, or None without nvidia-smi."""
+def gpu_used_bytes(pids: set[int]) -> tuple[int | None, bool]:
+    """(bytes, per_process): GPU memory of the processes `pids` when nvidia-smi lists any of them, else
+    the memory in use on the first GPU (other jobs included); None without nvidia-smi."""
+
+    def query(*args: str) -> list[str]:
+        return subprocess.run(
+            ["nvidia-smi", *args, "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10
+        ).stdout.splitlines()
+
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.split()
-        return int(out[0]) * 2**20 if out else None
+        mine = 0
+        for line in query("--query-compute-apps=pid,used_memory"):
+            pid, _, used = line.partition(",")
+            if pid.strip().isdigit() and int(pid) in pids and used.strip().isdigit():
+                mine += int(used) * 2**20
+        if mine:
+            return mine, True
+        out = query("--query-gpu=memory.used")
+        return (int(out[0]) * 2**20 if out else None), False
     except (OSError, ValueError, subprocess.TimeoutExpired):
-        return None
+        return None, False
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of `pid` and all its descendants."""
+def process_tree(pid: int) -> tuple[int, set[int]]:
+    """Resident bytes of `pid` and all its descendants, and their pids."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -67,12 +77,13 @@ def tree_rss(pid: int) -> int:
             rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, IndexError, ValueError):
             continue
-    total, todo = 0, [pid]
+    total, todo, seen = 0, [pid], set()
     while todo:
         p = todo.pop()
+        seen.add(p)
         total += rss.get(p, 0)
         todo += children.get(p, [])
-    return total
+    return total, seen
 
 
 class Monitor(threading.Thread):
@@ -81,15 +92,20 @@ class Monitor(threading.Thread):
     def __init__(self, pid: int, work: Path, disk0: int, every: float = 0.5):
         super().__init__(daemon=True)
         self.pid, self.work, self.disk0, self.every = pid, work, disk0, every
-        self.gpu = self.ram = self.disk = 0
+        self.mine = self.card = self.ram = self.disk = 0  # GPU: the step's processes, the whole card
         self.gpu_seen = False
         self.stop = threading.Event()
 
     def sample(self) -> None:
-        used = gpu_used_bytes()
+        rss, pids = process_tree(self.pid)
+        used, per_process = gpu_used_bytes(pids)
         if used is not None:
-            self.gpu, self.gpu_seen = max(self.gpu, used), True
-        self.ram = max(self.ram, tree_rss(self.pid))
+            self.gpu_seen = True
+            if per_process:
+                self.mine = max(self.mine, used)
+            else:
+                self.card = max(self.card, used)
+        self.ram = max(self.ram, rss)
         self.disk = max(self.disk, shutil.disk_usage(self.work).used - self.disk0)
 
     def run(self) -> None:
@@ -99,7 +115,9 @@ class Monitor(threading.Thread):
 
     def peaks(self) -> dict[str, float | None]:
         return {
-            "peak_gpu_gib": round(self.gpu / GiB, 2) if self.gpu_seen else None,
+            # the step's own processes (nvidia-smi's compute apps) when it listed them, else the whole card
+            "peak_gpu_gib": round((self.mine or self.card) / GiB, 2) if self.gpu_seen else None,
+            "peak_gpu_of": ("process" if self.mine else "card") if self.gpu_seen else None,
             "peak_ram_gib": round(self.ram / GiB, 2),
             "peak_disk_gib": round(self.disk / GiB, 2),
         }
