@@ -102,6 +102,33 @@ z!.size()
     assert rules(code) == []
 
 
+def test_an_api_method_names_its_result_on_an_object_of_unknown_type():
+    # sysgui! was never assigned here (the model wrote `sysgui = ...`), yet addWindow returns a window
+    code = """\
+sysgui = BBjAPI().openSysGui("X0")
+wnd! = sysgui!.addWindow(100, 100, 300, 200, "Find", $00090083$)
+rb! = wnd!.addRadioButton(101, 10, 10, 100, 25, "Yes")
+rb!.setChecked(1)
+wnd!.addButton(102, 10, 40, 100, 25, "OK")
+"""
+    found = [f for f in check_quality(code) if f.severity == "error"]
+    assert [(f.rule, f.line) for f in found] == [("unknown-method", 4)]
+    assert "BBjRadioButton has no method setChecked()" in found[0].message
+    # the name decides nothing where the program's own class defines such a method, or no API class has it
+    own = """\
+class public Builder
+    method public Builder addWindow(BBjNumber n)
+        methodret #this!
+    methodend
+classend
+w! = factory!.addWindow(1)
+w!.whatever()
+v! = factory!.makeSomething(1)
+v!.whatever()
+"""
+    assert rules(own) == []
+
+
 def test_a_programs_own_classes_are_checked_with_their_field_accessors():
     code = """\
 class public Customer

@@ -69,6 +69,7 @@ class ApiTable:
             for parent in cls["parents"]:
                 children.setdefault(parent, set()).add(name)
         self.children = children
+        self.method_names = {m.lower() for cls in self.classes.values() for m in cls["methods"]}
 
     def canonical(self, name: str) -> str | None:
         return self.by_lower.get(name.lower())
@@ -396,7 +397,10 @@ class Program:
         self, K, T, i: int, problems: list | None, line: LogicalLine | None = None
     ) -> tuple[str | None, int]:
         """Type of `primary(.method(args))*` at i; checks each call when `problems` is a list."""
+        start = i
         typ, i = self.primary(K, T, i)
+        if typ is None and i > start and T[i - 1].endswith("!"):  # an object variable of unknown type
+            typ, i = self._result_by_name(K, T, i)
         while typ and K[i] == "." and K[i + 1] == "id":
             name = T[i + 1]
             if K[i + 2] != "(" or name[-1] in "$%!@":
@@ -409,6 +413,21 @@ class Program:
                 return None, _close(K, i + 2)
             typ, i = self.result(typ, name), _close(K, i + 2)
         return typ, i
+
+    def _result_by_name(self, K, T, i: int) -> tuple[str | None, int]:
+        """`.addWindow(...)` on an object of unknown type: the class its name gives, the call unchecked.
+
+        Only for a method some BBj API class has and none of the program's own classes defines, whose
+        name gives an API class by the rule of `result` (addWindow -> BBjWindow): such a call returns
+        that class whatever the receiver is, so `w! = sysgui!.addWindow(...)` types `w!` even where
+        `sysgui!` came from somewhere unseen (a parameter, a global, a misspelt assignment)."""
+        if not (K[i] == "." and K[i + 1] == "id" and K[i + 2] == "("):
+            return None, i
+        low = T[i + 1].lower()
+        if low not in self.api.method_names or any(low in own.methods for own in self.own.values()):
+            return None, i
+        typ = self.api.result_type("", low)
+        return (typ, _close(K, i + 2)) if typ else (None, i)
 
     def _check(self, allowed, typ: str, name: str, n_args: int, problems: list, line) -> None:
         self.calls_checked += 1
