@@ -111,7 +111,7 @@ def load(args: argparse.Namespace):
     return model, tok, "random-init Qwen2.5-Coder-0.5B shape"
 
 
-def timed_generate(backend, requests, sampling) -> tuple[float, int]:
+def timed_generate(backend, requests, sampling, lengths: list[int] | None = None) -> tuple[float, int]:
     import torch
 
     if torch.cuda.is_available():
@@ -123,6 +123,8 @@ def timed_generate(backend, requests, sampling) -> tuple[float, int]:
     seconds = time.perf_counter() - t0
     tokens = sum(c.tokens or 0 for comps in results.values() for c in comps)
     assert len(results) == len(requests)
+    if lengths is not None:  # each answer's token count, for the caller's statistics
+        lengths.extend(c.tokens or 0 for comps in results.values() for c in comps)
     return seconds, tokens
 
 

@@ -206,6 +206,51 @@ def test_token_budget_batches_give_the_same_greedy_answers(tiny_model_dir):
     assert {i: [c.text for c in cs] for i, cs in static.generate(requests, settings)} == one
 
 
+def test_refill_gives_the_padded_batches_greedy_answers_and_k_samples(tiny_model_dir):
+    """sampling.engine refill: segments of a few tokens, ended rows replaced by waiting ones."""
+    from bbjtune.models.generate import Request, Sampling
+
+    fixed = TransformersBackend.load(str(tiny_model_dir), dtype="float32", batch_size=8)
+    requests = [Request(messages=conversation(i)[:2]) for i in range(6)]
+    requests[4].max_new_tokens = 5  # another limit: its own group
+    # greedy with a strong repetition penalty: the tiny model's answers differ (plain greedy repeats one token)
+    settings = Sampling(temperature=0.0, max_new_tokens=12, repeat_penalty=3.0)
+    first = {i: cs[0] for i, cs in fixed.generate(requests, settings)}
+    # tokens the greedy answers write at different places end them there: rows end at different times
+    third = {fixed.tokenizer(first[i].text, add_special_tokens=False)["input_ids"][2] for i in (0, 2)}
+    fixed.stop_ids = sorted({*fixed.stop_ids, *third})
+    want = {
+        i: [(c.text, c.finish_reason, c.tokens) for c in cs] for i, cs in fixed.generate(requests, settings)
+    }
+    assert len({t for ((_, _, t),) in want.values()}) > 2 and any(
+        f == "stop" for ((_, f, _),) in want.values()
+    )
+    refill = TransformersBackend(fixed.model, fixed.tokenizer, batch_tokens=150, refill_segment=3)
+    refill.stop_ids = fixed.stop_ids
+    got = {
+        i: [(c.text, c.finish_reason, c.tokens) for c in cs] for i, cs in refill.generate(requests, settings)
+    }
+    assert got == want
+    assert refill.describe()["refill_segment"] == 3 and "refill_segment" not in fixed.describe()
+
+    sampled = dict(refill.generate(requests[:3], Sampling(temperature=0.8, max_new_tokens=7, n=3, seed=1)))
+    assert sorted(sampled) == [0, 1, 2] and all(len(cs) == 3 for cs in sampled.values())
+    assert all(c.error is None and 0 < c.tokens <= 7 for cs in sampled.values() for c in cs)
+    assert len({c.text for cs in sampled.values() for c in cs}) > 3  # sampled, not one answer copied
+
+
+def test_switching_the_sampling_engine_keeps_the_samples_already_drawn():
+    from bbjtune.config import SelfSampleConfig
+
+    def record(**kw):
+        return {"sampling": SelfSampleConfig(**kw).model_dump(mode="json"), "start": "abc"}
+
+    same = selftrain._what_is_drawn
+    assert same(record()) == same(record(engine="refill", segment_tokens=64, batch_tokens=4096))
+    assert same(record()) != same(record(temperature=0.5)) and same(record()) != same(record(greedy=True))
+    assert same({}) != same(record())  # no record yet: sample
+
+
 @pytest.mark.slow
 def test_continuous_batching_returns_k_answers_per_prompt(tiny_model_dir):
     # transformers' continuous batching is built for GPUs: ~30 s for this on a CPU

@@ -316,12 +316,17 @@ class SelfSampleConfig(Section):
             "of the GPU memory free once the model is loaded, at about 4x the KV cache per token (65,536 on a CPU)"
         ),
     )
-    engine: Literal["batched", "continuous"] = Field(
+    engine: Literal["batched", "refill", "continuous"] = Field(
         "batched",
         description=(
-            "batched: padded batches of batch_tokens; continuous: transformers' continuous batching (GPU only in "
-            "practice; benchmarks/sample_speed.py compares them)"
+            "batched: padded batches of batch_tokens, each decoding until its longest answer ends; refill: "
+            "segments of segment_tokens, after each of which ended answers give their rows to waiting ones "
+            "(for answers of very different lengths); continuous: transformers' continuous batching (GPU only "
+            "in practice). benchmarks/sample_speed.py compares them"
         ),
+    )
+    segment_tokens: int = Field(
+        128, gt=0, description="refill: new tokens per segment; each segment reads the text so far again"
     )
     min_pattern_share: float = Field(
         0.5,

@@ -129,6 +129,7 @@ class TransformersBackend:
         batch_tokens: int | Literal["auto"] | None = None,
         static_cache: bool = False,
         continuous: bool = False,
+        refill_segment: int | None = None,
     ):
         import torch
 
@@ -142,6 +143,7 @@ class TransformersBackend:
         self.batch_size = batch_size
         self.static_cache = static_cache
         self.continuous = continuous
+        self.refill_segment = refill_segment  # generate_refill.py: segments of this many new tokens
         self.device = next(model.parameters()).device
         self.batch_tokens = (
             auto_batch_tokens(model.config, self.device) if batch_tokens == "auto" else batch_tokens
@@ -202,6 +204,7 @@ class TransformersBackend:
             "continuous": self.continuous,
             "device": str(self.device),
             "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            **({"refill_segment": self.refill_segment} if self.refill_segment else {}),
             **self._description,
         }
 
@@ -237,6 +240,10 @@ class TransformersBackend:
         try:
             if self.continuous:
                 yield from generate_continuous(self, requests, sampling)
+            elif self.refill_segment:
+                from bbjtune.models.generate_refill import generate_refill
+
+                yield from generate_refill(self, requests, sampling, self.refill_segment)
             else:
                 yield from self._generate_all(requests, sampling)
         finally:
@@ -340,26 +347,10 @@ class TransformersBackend:
             pad_to_multiple_of=64 if self.static_cache else None,
         ).to(self.device)
         stop_ids, stops = self.token_stops(stops)
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new,
-            "num_return_sequences": sampling.n,
-            "eos_token_id": stop_ids,
-            "pad_token_id": self.tokenizer.pad_token_id,
-        }
+        kwargs = generation_kwargs(self, sampling, stop_ids, stops, max_new)
+        kwargs["num_return_sequences"] = sampling.n
         if self.static_cache:
             kwargs["cache_implementation"] = "static"
-        if sampling.temperature > 0:
-            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if sampling.repeat_penalty != 1.0:
-            from transformers import LogitsProcessorList
-
-            kwargs["logits_processor"] = LogitsProcessorList(
-                [window_repeat_penalty(sampling.repeat_penalty, sampling.repeat_last_n)]
-            )
-        if stops:
-            kwargs.update(stop_strings=list(stops), tokenizer=self.tokenizer)
         torch.manual_seed(seed)
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
@@ -374,6 +365,34 @@ class TransformersBackend:
         self.generated_tokens += len(ids)
         text, hit = truncate_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), stops)
         return text, "stop" if hit else finish, len(ids)
+
+
+def generation_kwargs(
+    backend: TransformersBackend,
+    sampling: Sampling,
+    stop_ids: list[int],
+    stops: tuple[str, ...],
+    max_new: int,
+) -> dict[str, Any]:
+    """`model.generate`'s arguments for one sample per row: limit, stops, sampling, repetition penalty."""
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new,
+        "eos_token_id": stop_ids,
+        "pad_token_id": backend.tokenizer.pad_token_id,
+    }
+    if sampling.temperature > 0:
+        kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if sampling.repeat_penalty != 1.0:
+        from transformers import LogitsProcessorList
+
+        kwargs["logits_processor"] = LogitsProcessorList(
+            [window_repeat_penalty(sampling.repeat_penalty, sampling.repeat_last_n)]
+        )
+    if stops:
+        kwargs.update(stop_strings=list(stops), tokenizer=backend.tokenizer)
+    return kwargs
 
 
 # Sampling batches sized to the GPU (`sampling.batch_tokens: auto`). Measured on one H200 with the

@@ -203,6 +203,15 @@ def run_round(job: RoundJob, data: TrainingData) -> dict[str, Any]:
     return {**result, "round": stats}
 
 
+# How samples are computed, not what is drawn: changing them keeps the samples already written.
+EXECUTION_SETTINGS = ("engine", "batch_tokens", "segment_tokens")
+
+
+def _what_is_drawn(settings: dict[str, Any]) -> dict[str, Any]:
+    sampling = {k: v for k, v in (settings.get("sampling") or {}).items() if k not in EXECUTION_SETTINGS}
+    return {**settings, "sampling": sampling}
+
+
 def _sample(
     job: RoundJob, prompts: list[SelfPrompt], sampling: SelfSampleConfig
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -213,9 +222,9 @@ def _sample(
         "sampling": sampling.model_dump(mode="json", exclude={"rounds"}),
         "start": job.data_fingerprint,
     }
-    if read_record(job.out_dir / SAMPLING_FILE) != settings:  # samples drawn otherwise are not reused
-        path.unlink(missing_ok=True)
-        atomic_write_json(job.out_dir / SAMPLING_FILE, settings)
+    if _what_is_drawn(read_record(job.out_dir / SAMPLING_FILE)) != _what_is_drawn(settings):
+        path.unlink(missing_ok=True)  # samples drawn otherwise are not reused
+    atomic_write_json(job.out_dir / SAMPLING_FILE, settings)
     backend = None
     try:
         with new_progress(job.console, unit="prompts") as progress:
@@ -232,6 +241,7 @@ def _sample(
                         dtype=job.cfg.model.dtype,
                         batch_tokens=sampling.batch_tokens,
                         continuous=sampling.engine == "continuous",
+                        refill_segment=sampling.segment_tokens if sampling.engine == "refill" else None,
                     )
                     started = time.monotonic()
                     yield from backend.generate(requests, settings)
