@@ -555,3 +555,32 @@ def test_a_base_model_evaluated_alone_gets_the_training_datas_system_prompt(
     assert out.returncode == 0, out.stderr
     used = json.loads((tmp_path / "eval" / "base" / "settings.json").read_text())
     assert used["system_prompt"] == system
+
+
+def test_refill_engine_gives_the_same_evaluation(tmp_path, tiny_model_dir, suite_file):
+    """eval.engine: refill only changes how the answers are computed: same greedy answers, same scores."""
+    suites = [load_suite(suite_file)]
+    spec = {"backend": "transformers", "source": str(tiny_model_dir)}
+    # a strong repetition penalty makes the tiny model's greedy answers differ from prompt to prompt
+    cfg = settings(max_new_tokens=10, repeat_penalty=2.0, engine="refill", segment_tokens=3)
+    assert cfg.refill_segment == 3 and settings().refill_segment is None
+
+    def refill():
+        return make_backend(
+            "transformers",
+            model=str(tiny_model_dir),
+            dtype="float32",
+            batch_size=4,
+            refill_segment=cfg.refill_segment,
+        )
+
+    outputs = {}
+    for name, factory, ecfg in (
+        ("batched", tiny_factory(tiny_model_dir), settings(max_new_tokens=10, repeat_penalty=2.0)),
+        ("refill", refill, cfg),
+    ):
+        evaluate_model(name, tmp_path / name, factory, spec, suites, ecfg, humaneval_style="completion")
+        rows = read_jsonl(tmp_path / name / "generations.jsonl")
+        outputs[name] = sorted((r["id"], r["output"], r["finish_reason"]) for r in rows)
+    assert outputs["refill"] == outputs["batched"] and len(outputs["batched"]) == 5
+    assert len({out for _, out, _ in outputs["batched"]}) > 2  # not one answer five times

@@ -543,6 +543,21 @@ class EvalConfig(Section):
         64, ge=0, description="the repeat penalty's window in tokens (0: the whole context)"
     )
     batch_size: int = Field(16, gt=0)
+    engine: Literal["batched", "refill"] = Field(
+        "batched",
+        description=(
+            "transformers backend: batched = padded batches of batch_size prompts, each decoding until its "
+            "longest answer ends; refill = segments of segment_tokens, ended answers giving their rows to "
+            "waiting prompts (the same greedy answers)"
+        ),
+    )
+    segment_tokens: int = Field(128, gt=0, description="refill: new tokens per segment")
+
+    @property
+    def refill_segment(self) -> int | None:
+        """The transformers backend's segment size, or None for padded batches."""
+        return self.segment_tokens if self.engine == "refill" else None
+
     limit: int | None = Field(
         None, gt=0, description="at most N prompts per suite, spread over the categories"
     )

@@ -236,13 +236,22 @@ def _eval_one(
         factory = (
             (
                 lambda: make_backend(
-                    "transformers", trained=str(info.path), dtype=dtype, batch_size=ecfg.batch_size
+                    "transformers",
+                    trained=str(info.path),
+                    dtype=dtype,
+                    batch_size=ecfg.batch_size,
+                    refill_segment=ecfg.refill_segment,
                 )
             )
             if info
             else (
                 lambda: make_backend(
-                    "transformers", model=model, adapter=adapter, dtype=dtype, batch_size=ecfg.batch_size
+                    "transformers",
+                    model=model,
+                    adapter=adapter,
+                    dtype=dtype,
+                    batch_size=ecfg.batch_size,
+                    refill_segment=ecfg.refill_segment,
                 )
             )
         )

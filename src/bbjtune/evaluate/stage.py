@@ -158,7 +158,11 @@ def plan_models(cfg: RunConfig, trained: Trained | None) -> list[ModelPlan]:
                     "base",
                     {"backend": "transformers", "source": cfg.model.source, "dtype": cfg.model.dtype},
                     lambda: make_backend(
-                        "transformers", model=cfg.model.source, dtype=cfg.model.dtype, batch_size=e.batch_size
+                        "transformers",
+                        model=cfg.model.source,
+                        dtype=cfg.model.dtype,
+                        batch_size=e.batch_size,
+                        refill_segment=e.refill_segment,
                     ),
                 )
             )
@@ -172,7 +176,11 @@ def plan_models(cfg: RunConfig, trained: Trained | None) -> list[ModelPlan]:
                     "fingerprint": trained_fingerprint(trained),
                 },
                 lambda: make_backend(
-                    "transformers", trained=trained_path, dtype=cfg.model.dtype, batch_size=e.batch_size
+                    "transformers",
+                    trained=trained_path,
+                    dtype=cfg.model.dtype,
+                    batch_size=e.batch_size,
+                    refill_segment=e.refill_segment,
                 ),
             )
         )

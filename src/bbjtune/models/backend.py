@@ -27,17 +27,25 @@ def make_backend(
     concurrency: int = 8,
     n_ctx: int = 8192,
     threads: int | None = None,
+    refill_segment: int | None = None,
 ) -> Backend:
     """Build the backend a config or the command line asks for (loading the model when local)."""
     if kind == "transformers":
         if trained:
-            return TransformersBackend.from_trained(trained, dtype=dtype, batch_size=batch_size)
+            return TransformersBackend.from_trained(
+                trained, dtype=dtype, batch_size=batch_size, refill_segment=refill_segment
+            )
         if not model:
             raise BbjtuneError(
                 "no model to evaluate", "pass --model (a hub id, directory, .gguf or tiny:demo) or a config"
             )
         return TransformersBackend.load(
-            model, adapter=adapter, tokenizer=tokenizer, dtype=dtype, batch_size=batch_size
+            model,
+            adapter=adapter,
+            tokenizer=tokenizer,
+            dtype=dtype,
+            batch_size=batch_size,
+            refill_segment=refill_segment,
         )
     if kind == "http":
         if not base_url:

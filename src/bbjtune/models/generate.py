@@ -164,6 +164,7 @@ class TransformersBackend:
         batch_tokens: int | Literal["auto"] | None = None,
         static_cache: bool = False,
         continuous: bool = False,
+        refill_segment: int | None = None,
     ) -> TransformersBackend:
         """A model from any source bbjtune accepts, with an optional LoRA adapter applied on top."""
         import torch
@@ -182,18 +183,19 @@ class TransformersBackend:
             batch_tokens=batch_tokens,
             static_cache=static_cache,
             continuous=continuous,
+            refill_segment=refill_segment,
         )
 
     @classmethod
     def from_trained(
-        cls, trained: str | Path, dtype: str = "auto", batch_size: int = 16
+        cls, trained: str | Path, dtype: str = "auto", batch_size: int = 16, refill_segment: int | None = None
     ) -> TransformersBackend:
         """The fine-tuned model described by a train run's trained.json (or its run directory)."""
         import torch
 
         device_map = "auto" if torch.cuda.is_available() else None
         model, tok = load_trained(trained, dtype=dtype, device_map=device_map, merge=True)
-        return cls(model, tok, batch_size, {"trained": str(trained)})
+        return cls(model, tok, batch_size, {"trained": str(trained)}, refill_segment=refill_segment)
 
     def describe(self) -> dict[str, Any]:
         return {
