@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from bbjtune.models.generate import Completion, Request, Sampling, generation_kwargs
+from bbjtune.models.requests import Completion, Request, Sampling, generation_kwargs
 
 Row = tuple[int, int]  # (request index, sample index)
 
