@@ -258,6 +258,16 @@ class TransformersBackend:
                 ],
             )
 
+    def prompt_groups(
+        self, requests: Sequence[Request], sampling: Sampling
+    ) -> tuple[list[list[int]], dict[tuple[int, tuple[str, ...]], list[int]]]:
+        """The prompts' token ids, and the requests grouped by (token limit, stop strings)."""
+        ids = self.tokenizer([self.render(r) for r in requests], add_special_tokens=False)["input_ids"]
+        groups: dict[tuple[int, tuple[str, ...]], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((r.max_new_tokens or sampling.max_new_tokens, r.stop), []).append(i)
+        return ids, groups
+
     def token_stops(self, stops: tuple[str, ...]) -> tuple[list[int], tuple[str, ...]]:
         """(stop token ids, remaining stop strings) for a request's stops.
 
@@ -371,11 +381,7 @@ def generate_continuous(
 
     torch = backend._torch
     tok = backend.tokenizer
-    prompts = [backend.render(r) for r in requests]
-    ids = tok(prompts, add_special_tokens=False)["input_ids"]
-    groups: dict[tuple, list[int]] = {}
-    for i, r in enumerate(requests):
-        groups.setdefault((r.max_new_tokens or sampling.max_new_tokens, r.stop), []).append(i)
+    ids, groups = backend.prompt_groups(requests, sampling)
     for (max_new, request_stops), members in groups.items():
         stop_ids, stops = backend.token_stops(request_stops)
         config = GenerationConfig(

@@ -31,12 +31,7 @@ def generate_refill(
     backend: Any, requests: Sequence[Request], sampling: Sampling, segment: int
 ) -> Iterator[tuple[int, list[Completion]]]:
     """Yield (index, n completions) per request, in segments of `segment` new tokens."""
-    tok = backend.tokenizer
-    prompts = [backend.render(r) for r in requests]
-    ids = tok(prompts, add_special_tokens=False)["input_ids"]
-    groups: dict[tuple, list[int]] = {}
-    for i, r in enumerate(requests):
-        groups.setdefault((r.max_new_tokens or sampling.max_new_tokens, r.stop), []).append(i)
+    ids, groups = backend.prompt_groups(requests, sampling)
     for (max_new, request_stops), members in groups.items():
         yield from _group(backend, ids, members, max_new, request_stops, sampling, segment)
 
