@@ -227,10 +227,24 @@ def test_refill_gives_the_padded_batches_greedy_answers_and_k_samples(tiny_model
     )
     refill = TransformersBackend(fixed.model, fixed.tokenizer, batch_tokens=150, refill_segment=3)
     refill.stop_ids = fixed.stop_ids
-    got = {
-        i: [(c.text, c.finish_reason, c.tokens) for c in cs] for i, cs in refill.generate(requests, settings)
-    }
+    shapes = []  # (rows, longest text, new tokens) of every segment
+    real = fixed.model.generate
+
+    def generate(**kw):
+        shapes.append((*kw["input_ids"].shape, kw["max_new_tokens"]))
+        return real(**kw)
+
+    fixed.model.generate = generate
+    try:
+        got = {
+            i: [(c.text, c.finish_reason, c.tokens) for c in cs]
+            for i, cs in refill.generate(requests, settings)
+        }
+    finally:
+        del fixed.model.generate
     assert got == want
+    assert all(rows * (width + new) <= 150 or rows == 1 for rows, width, new in shapes)  # within the budget
+    assert len(shapes) > 4 and len({rows for rows, _, _ in shapes}) > 1  # segments, rows refilled and shed
     assert refill.describe()["refill_segment"] == 3 and "refill_segment" not in fixed.describe()
 
     sampled = dict(refill.generate(requests[:3], Sampling(temperature=0.8, max_new_tokens=7, n=3, seed=1)))

@@ -59,11 +59,20 @@ def _group(
     budget = backend.batch_tokens or backend.batch_size * sampling.n * (max(map(len, ids)) + max_new)
     active: list[Row] = []
     step = 0
+
+    def length(row: Row) -> int:  # the row's text so far: prompt and answer
+        return len(ids[row[0]]) + len(written.get(row, ()))
+
     while queue or active:
-        while queue:  # fill: rows x (longest text so far + one segment) within the budget
-            width = max(len(ids[r[0]]) + len(written.get(r, ())) for r in [*active, queue[0]]) + segment
-            if active and (len(active) + 1) * width > budget:
-                break
+        # rows x (longest text + one segment) within the budget. The texts grow, so when they no longer fit,
+        # the longest rows wait (keeping what they wrote) until others end; then waiting rows fill the room
+        active.sort(key=length)
+        widest = length(active[-1]) + segment if active else 0
+        while len(active) > 1 and len(active) * widest > budget:
+            queue.appendleft(active.pop())
+            widest = length(active[-1]) + segment
+        while queue and (not active or (len(active) + 1) * max(widest, length(queue[0]) + segment) <= budget):
+            widest = max(widest, length(queue[0]) + segment)
             active.append(queue.popleft())
         seqs = [ids[i] + written.get((i, s), []) for i, s in active]
         new = min(segment, max(max_new - len(written.get(r, ())) for r in active))
