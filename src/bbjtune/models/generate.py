@@ -11,7 +11,9 @@ n samples per request, with the same sampling settings everywhere. Three backend
   multiply the rows; `static_cache` pre-allocates the KV cache, which lets transformers compile
   the decoding step on a GPU (prompts are then padded to a multiple of 64 tokens, so few distinct
   shapes need compiling). `continuous` hands the prompts to transformers' continuous batching
-  instead (`generate_continuous`, at the end of this file).
+  instead (`generate_continuous`, at the end of this file); `refill_segment` decodes in segments and
+  gives the rows of ended answers to waiting ones (generate_refill.py). The types all backends share
+  are in requests.py.
 - `http` (generate_http.py): any OpenAI-compatible server (vLLM, Ollama, llama.cpp's server).
 - `gguf` (generate_gguf.py): a GGUF file through llama-cpp-python.
 
