@@ -571,10 +571,14 @@ def test_a_new_round_keeps_the_metrics_of_the_rounds_before_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_released_start_models_leave_one_at_a_time_and_the_same_weights(tmp_path, tiny_model_dir):
+def test_released_start_models_leave_one_at_a_time_and_the_same_weights(
+    tmp_path, tiny_model_dir, monkeypatch
+):
     """train.cpt.keep_merged and train.keep_round_models false: each 16-bit model goes once the next is
     merged (from the original model and the chain of adapters), the weights equal merging one after
-    another, a rerun rebuilds nothing, and a shorter plan rebuilds the start its trained.json names."""
+    another, a rerun rebuilds nothing, and a shorter plan rebuilds the start its trained.json names.
+    The run directory is relative, as `output_dir: runs/{name}` gives: a released model's path must
+    name the same model as before it was released."""
     import torch
     from safetensors.torch import load_file
 
@@ -603,10 +607,13 @@ def test_released_start_models_leave_one_at_a_time_and_the_same_weights(tmp_path
         train__rft={**stage, "include_references": True, "sampling": {**samp, "rounds": 2}},
         train__dpo={**stage, "min_pairs": 1},
         data__decontaminate_against=[],
+        output_dir="run",
     )
+    monkeypatch.chdir(tmp_path)
     log = Console(stderr=True, record=True, width=300)
     run_stage(cfg, console=log)
     t = cfg.train_dir
+    assert not t.is_absolute()
     text = log.export_text()
     assert not (t / "cpt" / "merged").exists() and (t / "cpt" / "merged.released.json").exists()
     for released in (t / "rft" / "round-1", t / "rft" / "round-2"):

@@ -142,10 +142,12 @@ def ensure_start(cfg: RunConfig, model: str, console: Console) -> None:
     atomic_write_json(record, rec)
 
 
-def is_start(model: str | Path) -> bool:
-    """A round's start model, on disk or released (its record is there either way)."""
+def was_released(model: str | Path) -> bool:
+    """A merged model this run deleted: stage 1's (cpt/merged) or a round's start, its record left behind."""
     path = Path(model)
-    return path.name == "start" and (path.parent / START_FILE).exists()
+    if path.name == "merged":
+        return (path.parent / RELEASED_FILE).exists()
+    return path.name == "start" and bool(read_record(path.parent / START_FILE).get("released"))
 
 
 def _same_path(a: Path, b: Path) -> bool:

@@ -34,7 +34,7 @@ from bbjtune.progress import new_progress
 from bbjtune.train import preference, sft
 from bbjtune.train.inputs import TrainingData
 from bbjtune.train.job import StageJob, is_main_process, read_record, wait_for_everyone
-from bbjtune.train.release import START_FILE, merge_start, release_superseded, start_chain
+from bbjtune.train.release import START_FILE, merge_start, release_superseded, start_chain, was_released
 from bbjtune.train.samples import SAMPLES_FILE, TRAIN, SelfPrompt, by_prompt, sample_prompts, training_prompts
 from bbjtune.train.trainer import free_memory
 from bbjtune.train.verdict import CHECKS
@@ -108,7 +108,9 @@ def run_selftrain(job: StageJob, data: TrainingData, previous: tuple[str, str | 
 def model_identity(model: tuple[str, str | None]) -> str:
     """What a round starts from: the base's path and the previous adapter's weights (a retrained SFT differs)."""
     base, adapter = model
-    parts = [str(Path(base).resolve()) if Path(base).exists() else base]
+    # a local path is named absolutely, also once the model there was released (train.keep_round_models,
+    # train.cpt.keep_merged): a run directory given relatively must not change what a finished round started from
+    parts = [str(Path(base).resolve()) if Path(base).exists() or was_released(base) else base]
     if adapter is not None:
         weights = sorted(Path(adapter).glob("adapter_model.*"))
         parts += [sha256_file(w) for w in weights] or [str(adapter)]
