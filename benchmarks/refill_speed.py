@@ -58,10 +58,13 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def stop_tokens(tok, median: float, seed: int = 0) -> list[int]:
-    """Ordinary tokens, as many as give each generated token a ln 2 / median chance to be one of them."""
+def stop_tokens(tok, rows: int, median: float, seed: int = 0) -> list[int]:
+    """Ordinary token ids, as many as give each generated token a ln 2 / median chance to be one of them.
+
+    `rows` is the model's output size: the random model samples over all of it (the default 0.5B shape
+    has 151,936 rows whatever tokenizer the benchmark borrows)."""
     specials = set(tok.all_special_ids) | set(tok.get_added_vocab().values())
-    ordinary = [i for i in range(len(tok)) if i not in specials]
+    ordinary = [i for i in range(rows) if i not in specials]
     count = max(1, round(len(ordinary) * math.log(2) / median))
     return random.Random(seed).sample(ordinary, count)
 
@@ -76,7 +79,7 @@ def main() -> None:
     model, tok, model_name = load(args)
     requests = [Request(messages=[{"role": "user", "content": t}]) for t in suite_prompts(args.prompts)]
     sampling = Sampling(temperature=0.8, top_p=0.95, max_new_tokens=args.max_new_tokens, n=args.k, seed=1)
-    extra = stop_tokens(tok, args.median)
+    extra = stop_tokens(tok, model.get_output_embeddings().weight.shape[0], args.median)
 
     def backend(segment: int | None) -> TransformersBackend:
         b = TransformersBackend(model, tok, batch_tokens=args.batch_tokens, refill_segment=segment)
