@@ -118,11 +118,14 @@ def test_what_an_editor_shows_cuts_a_run_on_completion_where_editors_do():
     assert fim.shown(line, f"total$ = str(n)\n{follow}\n{more}") == "total$ = str(n)\n"
     assert fim.shown(line, f"total$ = str(n)\n{more}") == f"total$ = str(n)\n{more}"  # nothing to cut at
     statement = next(c for c in cases if c.kind == "statement")
-    assert fim.shown(statement, statement.middle + "\nnext line\n") == statement.middle  # cut at the line end
+    below = next(ln for ln in statement.suffix.split("\n") if ln.strip())  # the line after the cursor's
+    # the same rule inside a statement: the rest of the line, then the line below again: cut before it
+    assert fim.shown(statement, f"{statement.middle}\n{below}\nx = 1\n") == statement.middle + "\n"
+    assert fim.shown(statement, f"{statement.middle}\nx = 1\n") == f"{statement.middle}\nx = 1\n"
     rows = [
         _row(line, f"total$ = str(n)\n{follow}\n{more}", finish="length"),  # right, then runs on
         _row(line, f"total$ = str(m)\n{follow}\n"),  # wrong either way
-        _row(statement, statement.middle + "\n" + "x = 1\n" * 20, finish="length"),
+        _row(statement, f"{statement.middle}\n{below}\n" + "x = 1\n" * 20, finish="length"),
     ]
     scores = fim.score_fim([rows[0], rows[2]], [line, statement], 1, "builtin")  # one row per (case, sample)
     runs_on, statement_score = scores

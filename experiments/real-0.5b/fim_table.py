@@ -43,7 +43,7 @@ def main(eval_dir: Path) -> str:
     n = next((r["fim"]["n_cases"] for r in found.values() if r.get("fim")), 0)
     intro = (f"FIM: {n} holes in held-out real BBj files (never trained on), in %. Raw: the whole completion "
              "(exact match, edit similarity, compile@1 of the filled file, stops by itself). As shown: cut where "
-             "an editor cuts it (at the line end inside a line, before a line repeating the one after the hole); "
+             "an editor cuts it (before a line repeating the one after the hole); "
              "per-kind columns are exact match as shown. BBj compile@1 / clean@1 (chat) and HumanEval pass@1 as "
              "in the main tables.")
     header = ("| model | what | exact | edit sim. | compile@1 | stops | shown: exact | shown: edit sim. "

@@ -18,9 +18,9 @@ similarity (1 - Levenshtein distance / longer length, on the same normalised tex
 the whole file with the completion put in the hole, and `stopped`: the completion ended by itself
 (an end or FIM token, not the length limit) without running on into the suffix (writing the
 suffix's next line once more than the expected middle holds it). The same three again for what an
-editor shows (`shown`: editors cut a completion at the line end inside a line, and before a line that
-repeats the one below the cursor): a model that writes the right middle and then runs on fails the
-raw exact match but not this one.
+editor shows (`shown`: editors cut a completion before a line that repeats the one below the cursor):
+a model that writes the right middle and then runs on into the code below fails the raw exact match
+but not this one.
 """
 
 from __future__ import annotations
@@ -295,17 +295,14 @@ def ran_past_suffix(case: FimCase, completion: str) -> bool:
 
 
 def shown(case: FimCase, completion: str) -> str:
-    """The part of a completion an editor shows: editors cut what the model writes past the hole.
+    """The part of a completion an editor shows: the completion cut before the first line that repeats
+    the suffix's next non-blank line (the model has run on into code that is already below the cursor).
 
-    A cursor inside a line (`statement`) gets a single-line completion, cut at the line end; at a line
-    start (`line`, `block`) a multi-line one, cut before the first line that repeats the suffix's next
-    non-blank line (the model has run on into code that is already there). These are the stops editor
-    completion tools apply (Continue's single-line mode and its stop at a line equal to the one below
-    the cursor); the raw metrics score the whole completion instead.
+    Editor completion tools stop a multi-line completion there (Continue's filter for a line similar to
+    the one after the cursor); the raw metrics score the whole completion instead. The rule is the same
+    for every kind of hole: a statement hole's completion may go on past its line, as it may in an editor
+    when the cursor stands at the end of the line.
     """
-    if case.kind == "statement":
-        end = completion.find("\n")
-        return completion if end < 0 else completion[:end]
     following = next((ln.strip() for ln in case.suffix.split("\n") if ln.strip()), "")
     kept = []
     for line in completion.splitlines(keepends=True):

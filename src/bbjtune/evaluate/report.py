@@ -159,8 +159,7 @@ def _fim_html(fim: dict[str, Any] | None) -> list[str]:
         f"<p>{fim['n_cases']} holes in held-out source files the model never trained on. compile@1: the "
         "whole file with the completion in the hole compiles; stop rate: the completion ended by itself "
         "without running on into the code after the hole; as an editor shows it: the completion cut where "
-        "editors cut it (at the line end inside a line, before a line that repeats the one after the "
-        "hole).</p>",
+        "editors cut it, before a line that repeats the one after the hole.</p>",
         table(["hole", "samples", *rates], rows),
     ]
 
