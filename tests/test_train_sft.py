@@ -240,7 +240,8 @@ def test_trained_model_stops_at_im_end(tmp_path, tiny_model_dir):
         tokenizer.convert_tokens_to_ids([IM_END, ENDOFTEXT])
     )
     exact = 0
-    for out, answer in generate_answers(model, tokenizer, 60):
+    answers = generate_answers(model, tokenizer, 60)
+    for out, answer in answers:
         text = tokenizer.decode(out)
         assert out[-1].item() == im_end, f"did not stop: {text!r}"
         assert len(out) <= 2 * len(tokenizer(answer)["input_ids"]) + 4, f"stopped too late: {text!r}"
@@ -248,6 +249,17 @@ def test_trained_model_stops_at_im_end(tmp_path, tiny_model_dir):
     assert exact >= len(PAIRS) // 2, "the answers themselves were not learnt"
     check = json.loads((cfg.train_dir / "sft" / "manifest.json").read_text())["metrics"]["stop_check"]
     assert check["of"] == 2 and check["stopped"] == 2  # the stage's own check on the held-out requests
+    # the check's one padded batch stops each answer where answering one request at a time stops it
+    from types import SimpleNamespace
+
+    convs = [conversation(i) for i in range(len(PAIRS))]
+    batched = sft.stop_check(model, tokenizer, SimpleNamespace(heldout=convs, conversations=[]), len(PAIRS))
+    assert batched == {
+        "stopped": len(PAIRS),
+        "of": len(PAIRS),
+        "answer_tokens": [len(out) for out, _ in answers],
+    }
+    assert len({len(out) for out, _ in answers}) > 1  # answers of different lengths share the batch
 
 
 def test_saved_adapter_and_handle(tmp_path, tiny_model_dir):
