@@ -153,13 +153,18 @@ def estimate_export(
     )
 
 
+def configured_kquant_source(setting: str) -> str:
+    """export.kquant_source before the disk is looked at: auto starts from f16, llama.cpp's usual input."""
+    return "f16" if setting == "auto" else setting
+
+
 def choose_kquant_source(
     setting: str, quants: list[str], free: int, estimate: Callable[[str], ExportEstimate]
 ) -> tuple[str, ExportEstimate]:
     """The file llama.cpp makes the k-quants from (export.kquant_source), with the export's estimate for it.
 
     auto: f16, unless the disk cannot hold that route and can hold the q8_0 one (f16 not asked for)."""
-    source = "f16" if setting == "auto" else setting
+    source = configured_kquant_source(setting)
     est = estimate(source)
     if setting == "auto" and any(q not in WRITER_TYPES for q in quants) and "f16" not in quants:
         small = estimate("q8_0")

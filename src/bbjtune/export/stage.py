@@ -50,6 +50,7 @@ from bbjtune.sizing import (
     available_ram,
     check_export,
     choose_kquant_source,
+    configured_kquant_source,
     estimate_export,
     free_disk,
 )
@@ -74,7 +75,9 @@ def run_stage(cfg: RunConfig) -> Path:
     arch = architecture_of(plan.base)
     ram = available_ram()
     est = None
-    source = "f16" if export.kquant_source == "auto" else export.kquant_source
+    source = configured_kquant_source(
+        export.kquant_source
+    )  # without an architecture, no estimate to choose by
     if arch is not None:
 
         def estimate(kquant_source: str):

@@ -24,7 +24,14 @@ from bbjtune.train import backends
 from bbjtune.train.inputs import TrainingData
 from bbjtune.train.memory import GiB, estimate_for_config
 from bbjtune.train.model_io import load_training_tokenizer
-from bbjtune.sizing import DISK_MARGIN, available_ram, choose_kquant_source, estimate_export, free_disk
+from bbjtune.sizing import (
+    DISK_MARGIN,
+    available_ram,
+    choose_kquant_source,
+    configured_kquant_source,
+    estimate_export,
+    free_disk,
+)
 
 TRAINED_STYLE = "bold black on green3"
 CONTEXT_STYLE = "grey50"
@@ -242,7 +249,7 @@ def _show_export(cfg: RunConfig, console: Console) -> None:
         merge_bytes=torch_dtype(cfg.model.dtype).itemsize,  # as the export stage counts it
         available_ram=ram,
     )
-    est = estimate(kquant_source="f16" if e.kquant_source == "auto" else e.kquant_source)
+    est = estimate(kquant_source=configured_kquant_source(e.kquant_source))
     unit, scale = ("GiB", 2**30) if arch.params > 5e7 else ("MiB", 2**20)
     table = Table(
         title=f"export ({unit}, estimate): {'HF merge' if e.merged else 'streamed merge'}",
