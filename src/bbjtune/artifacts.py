@@ -169,20 +169,23 @@ def atomic_dir(final: str | os.PathLike, *, keep_existing: bool = False) -> Iter
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def remove_dir(path: str | os.PathLike) -> int:
-    """Delete a directory so that no half-deleted copy is ever left under its name; returns its size in bytes.
+def dir_size(path: str | os.PathLike) -> int:
+    """Bytes of the files under a directory."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def remove_dir(path: str | os.PathLike) -> None:
+    """Delete a directory so that no half-deleted copy is ever left under its name.
 
     It is renamed aside first (atomic), then removed: a run killed meanwhile leaves `.<name>.gone.*`
     beside it, never a model directory with some of its weight files missing."""
     path = Path(path)
     if not path.exists():
-        return 0
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        return
     aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.gone.", dir=path.parent))
     os.replace(path, aside / path.name)
     _fsync_dir(path.parent)
     shutil.rmtree(aside, ignore_errors=True)
-    return size
 
 
 def _replace_dir(new: Path, final: Path) -> None:

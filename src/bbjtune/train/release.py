@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bbjtune.artifacts import atomic_write_json, remove_dir
+from bbjtune.artifacts import atomic_write_json, dir_size, remove_dir
 from bbjtune.config import RunConfig
 from bbjtune.models.merge import merge_adapters
 from bbjtune.models.trained import TRAINED_NAME, release_stage1_base
@@ -35,13 +35,13 @@ def release_stage1_merged(cfg: RunConfig, console: Console) -> None:
     consistent."""
     merged, adapter = cfg.train_dir / "cpt" / "merged", cfg.train_dir / "cpt" / "adapter"
     there = (merged / "config.json").exists()
-    if not there and not (merged.parent / RELEASED_FILE).exists():
+    if not there and not was_released(merged):
         return
     if _names(cfg.train_dir, merged):
         release_stage1_base(cfg.train_dir, cfg.model.source, adapter)
     if not there:  # released by an earlier run
         return
-    size = sum(f.stat().st_size for f in merged.rglob("*") if f.is_file())
+    size = dir_size(merged)
     atomic_write_json(merged.parent / RELEASED_FILE, {"bytes": size, "rebuilt_from": str(adapter)})
     remove_dir(merged)
     console.print(
@@ -102,10 +102,10 @@ def release_superseded(cfg: RunConfig, base: str, console: Console) -> None:
         or _names(cfg.train_dir, path)
     ):
         return
-    atomic_write_json(
-        record, {**read_record(record), "released": True}
-    )  # first: a kill leaves it rebuildable
-    size = remove_dir(path)
+    size = dir_size(path)
+    # the record first: a run killed before the directory is gone can still rebuild it
+    atomic_write_json(record, {**read_record(record), "released": True})
+    remove_dir(path)
     console.print(
         f"[green]✓[/] released {path} ({size / 2**30:.1f} GiB; train.keep_round_models: false): the next model "
         "is merged from the original one and the adapters",
@@ -131,15 +131,13 @@ def merge_start(cfg: RunConfig, root: str, adapters: list[str], out: Path) -> No
 def ensure_start(cfg: RunConfig, model: str, console: Console) -> None:
     """Rebuild a round's start that was released, from the original model and its adapters (trained.json names it)."""
     path = Path(model)
-    record = path.parent / START_FILE
-    rec = read_record(record)
-    if path.name != "start" or (path / "config.json").exists() or not rec.get("released"):
+    if path.name != "start" or (path / "config.json").exists() or not was_released(path):
         return
     root, adapters = start_chain(cfg, model)
     console.print(f"rebuilding {path} (it was released) from {root} and {len(adapters)} adapter(s)")
     merge_start(cfg, root, adapters, path)
-    rec.pop("released")
-    atomic_write_json(record, rec)
+    record = path.parent / START_FILE
+    atomic_write_json(record, {k: v for k, v in read_record(record).items() if k != "released"})
 
 
 def was_released(model: str | Path) -> bool:

@@ -31,11 +31,11 @@ from bbjtune.train.inputs import TrainingData, load_training_data
 from bbjtune.train.job import StageJob, is_main_process, read_record
 from bbjtune.train.modelcard import write_model_card
 from bbjtune.train.release import (
-    RELEASED_FILE,
     START_FILE,
     ensure_stage1_merged,
     ensure_start,
     release_stage1_merged,
+    was_released,
 )
 from bbjtune.train.resources import check_before_loading, show_train_disk
 from bbjtune.train.selftrain import run_selftrain
@@ -109,9 +109,8 @@ def run_stage(
             console.print(f"stage 2 starts from stage 1's merged model {job.base_source}")
         results[stage] = _run_one(job, data)
     if is_main_process():
-        ensure_start(
-            cfg, model_after(cfg, stages[-1], chained)[0], console
-        )  # released by a longer run before
+        # the model trained.json will name may have been released by a longer plan run before
+        ensure_start(cfg, model_after(cfg, stages[-1], chained)[0], console)
         _write_handle(cfg, stages[-1], results[stages[-1]], data, chained)
         if chained and stages[-1] == "sft":
             if not cfg.train.cpt.keep_merged:
@@ -165,9 +164,8 @@ def _run_self_training(
             f"{stage} samples from the model in one process; it does not run under a multi-process launch",
             f"run it on its own without accelerate launch/torchrun: bbjtune train CONFIG --stage {stage}",
         )
-    previous = model_after(
-        cfg, _before(cfg, stage), chained
-    )  # a released model is merged anew from its chain
+    # a released model is stood in for by its chain (release.start_chain) when the first start is merged
+    previous = model_after(cfg, _before(cfg, stage), chained)
     job = StageJob(
         cfg=cfg,
         stage=stage,
@@ -191,7 +189,7 @@ def base_for(cfg: RunConfig, stage: str, chained: bool) -> str:
     if stage == "cpt" or not chained:
         return cfg.model.source
     merged = cfg.train_dir / "cpt" / "merged"
-    if not (merged / "config.json").exists() and not (merged.parent / RELEASED_FILE).exists():
+    if not (merged / "config.json").exists() and not was_released(merged):
         raise BbjtuneError(
             f"stage 2 trains on stage 1's merged model, but {merged} does not exist",
             "run stage 1 first (--stage cpt or --stage all), or set train.stages: sft",
@@ -225,7 +223,7 @@ def _is_done(job: StageJob) -> bool:
     outputs_there = (job.adapter_dir / "adapter_config.json").exists() and (
         job.stage != "cpt"
         or (job.out_dir / "merged" / "config.json").exists()
-        or (job.out_dir / RELEASED_FILE).exists()  # released after stage 2: rebuilt when needed
+        or was_released(job.out_dir / "merged")  # released after stage 2: rebuilt when needed
     )
     return (
         job.resume != "never"
