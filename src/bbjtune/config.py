@@ -207,15 +207,6 @@ class CptConfig(StageConfig):
     learning_rate: float = Field(2e-4, gt=0.0, lt=1.0)
     # 0.5: the FIM paper (arXiv:2207.14255) saw no left-to-right cost at 0.5-0.9, StarCoder used 0.5,
     # and Qwen2.5-Coder was pretrained with FIM: plain text alone would train editor completion away.
-    keep_merged: bool = Field(
-        True,
-        description=(
-            "keep stage 1's merged 16-bit model (cpt/merged, as large as the model: 27.5 GiB for 14B) once stage 2 "
-            "has trained on it. false: deleted after stage 2; trained.json then names the original model and "
-            "stage 1's adapter, which evaluation and export merge on the fly, and a stage that trains on it "
-            "again rebuilds it"
-        ),
-    )
     fim_rate: float = Field(
         0.5,
         ge=0.0,
@@ -242,6 +233,15 @@ class CptConfig(StageConfig):
         le=1.0,
         description="share of FIM samples from source files that start with other files of "
         "the same folder (<|repo_name|>/<|file_sep|>, repository-level completion)",
+    )
+    keep_merged: bool = Field(
+        True,
+        description=(
+            "keep stage 1's merged 16-bit model (cpt/merged, as large as the model: 27.5 GiB for 14B) once stage 2 "
+            "has trained on it. false: deleted after stage 2 (before the first self-training round's start when "
+            "one follows); trained.json then names the original model and stage 1's adapter, which evaluation and "
+            "export merge on the fly, and a stage that trains on it again rebuilds it"
+        ),
     )
 
 
@@ -271,7 +271,16 @@ class SftConfig(StageConfig):
 SELFTRAIN_PROMPTS_FILE = "selftrain-prompts.jsonl"
 
 
-class SelfSampleConfig(Section):
+class RefillEngine:
+    """A section whose `engine` may be `refill` (models/generate_refill.py), with its `segment_tokens`."""
+
+    @property
+    def refill_segment(self) -> int | None:
+        """The transformers backend's segment size, or None for the other engines."""
+        return self.segment_tokens if self.engine == "refill" else None  # type: ignore[attr-defined]
+
+
+class SelfSampleConfig(RefillEngine, Section):
     """How a self-training stage samples and judges answers to the training prompts."""
 
     samples_per_prompt: int = Field(8, ge=2, description="answers sampled per training prompt (k)")
@@ -500,7 +509,7 @@ class FimEvalConfig(Section):
     seed: int = 42
 
 
-class EvalConfig(Section):
+class EvalConfig(RefillEngine, Section):
     suites: list[str] = Field(
         default_factory=lambda: ["evals/bbj-core.jsonl", "evals/bbj-challenge.jsonl"],
         description="eval suite files (JSONL or YAML); globs allowed",
@@ -552,11 +561,6 @@ class EvalConfig(Section):
         ),
     )
     segment_tokens: int = Field(128, gt=0, description="refill: new tokens per segment")
-
-    @property
-    def refill_segment(self) -> int | None:
-        """The transformers backend's segment size, or None for padded batches."""
-        return self.segment_tokens if self.engine == "refill" else None
 
     limit: int | None = Field(
         None, gt=0, description="at most N prompts per suite, spread over the categories"

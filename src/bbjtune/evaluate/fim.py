@@ -298,8 +298,9 @@ def shown(case: FimCase, completion: str) -> str:
     """The part of a completion an editor shows: the completion cut before the first line that repeats
     the suffix's next non-blank line (the model has run on into code that is already below the cursor).
 
-    Editor completion tools stop a multi-line completion there (Continue's filter for a line similar to
-    the one after the cursor); the raw metrics score the whole completion instead. The rule is the same
+    Editor completion tools stop a multi-line completion there (Continue stops at a line similar to the
+    one after the cursor; this takes exact repeats only, so it cuts no more than an editor would); the
+    raw metrics score the whole completion instead. The rule is the same
     for every kind of hole: a statement hole's completion may go on past its line, as it may in an editor
     when the cursor stands at the end of the line.
     """

@@ -160,12 +160,8 @@ def _round_done(job: RoundJob) -> bool:
 
 def run_round(job: RoundJob, data: TrainingData) -> dict[str, Any]:
     """Sample, judge, build the data and train one round; a round already done is read back."""
-    done = read_record(job.out_dir / ROUND_FILE)
-    if (
-        job.resume != "never"
-        and done.get("fingerprint") == job.fingerprint()
-        and (job.adapter_dir / "adapter_config.json").exists()
-    ):
+    if _round_done(job):
+        done = read_record(job.out_dir / ROUND_FILE)
         job.console.print(f"[green]✓[/] {job.stage} round {job.round}: already trained ({job.adapter_dir})")
         return {"metrics": done.get("metrics", {}), "lora": done.get("lora", {}), "round": done["stats"]}
     sampling = job.stage_cfg.sampling
@@ -243,7 +239,7 @@ def _sample(
                         dtype=job.cfg.model.dtype,
                         batch_tokens=sampling.batch_tokens,
                         continuous=sampling.engine == "continuous",
-                        refill_segment=sampling.segment_tokens if sampling.engine == "refill" else None,
+                        refill_segment=sampling.refill_segment,
                     )
                     started = time.monotonic()
                     yield from backend.generate(requests, settings)
