@@ -84,8 +84,8 @@ def stop_check(model: Any, tokenizer: Any, data: TrainingData, n: int) -> dict[s
 
     A Base model that never learnt to stop rambles until max_new_tokens; this catches it here,
     not at evaluation. Each answer may take 1.5x its reference length plus 16 tokens. The requests
-    go in one batch: one after another they were most of what a 3-step 7B stage 2 spent besides its
-    35 s of training (239 s in all, loading included; the parts were not timed apart)."""
+    go in one batch: a 3-step 7B stage 2 took 239 s, 35 s of it training; four 400-650-token answers one
+    after another and loading the model shared the rest (not timed apart)."""
     import torch
 
     conversations = [c for c in (data.heldout or data.conversations) if c[-1]["role"] == "assistant"][:n]
