@@ -318,6 +318,13 @@ def _best_first(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(samples, key=lambda r: (-r["verdict"]["reward"], len(r["output"]), r["sample"]))
 
 
+def _rejected_first(failing: list[dict[str, Any]], greedy_sample: int | None) -> list[dict[str, Any]]:
+    """Failing answers in the order DPO rejects them: a failing greedy answer (`sampling.greedy`) first,
+    as it is the one an evaluation and an editor see; then the worst first."""
+    worst_first = _best_first(failing)[::-1]
+    return sorted(worst_first, key=lambda r: r["sample"] != greedy_sample)  # stable: the rest keep their order
+
+
 def _keeps_reference(setting: bool | str, prompt: SelfPrompt) -> bool:
     """train.rft.include_references: all, none, or only where stage 2 has not trained on the reference."""
     return prompt.source != TRAIN if setting == "untrained" else bool(setting)
@@ -331,12 +338,14 @@ def build_data(job: StageJob, prompts: list[SelfPrompt], rows: list[dict[str, An
     pairs: list[dict[str, Any]] = []
     unpaired: list[dict[str, Any]] = []
     prompts_with_pass = 0
+    sampling = getattr(cfg, "sampling", None)
+    greedy_sample = sampling.samples_per_prompt if sampling is not None and sampling.greedy else None
     for pid, samples in by_prompt(rows):
         prompt = by_id.get(pid)
         if prompt is None:
             continue
         passing = _best_first([r for r in samples if r["verdict"]["passed"]])
-        failing = _best_first([r for r in samples if r["verdict"]["failed"]])[::-1]  # worst first
+        failing = _rejected_first([r for r in samples if r["verdict"]["failed"]], greedy_sample)
         prompts_with_pass += bool(passing)
         if passing:
             rft.append([*prompt.context, {"role": "assistant", "content": passing[0]["output"]}])
