@@ -672,3 +672,19 @@ def test_released_start_models_leave_one_at_a_time_and_the_same_weights(
     after_rft1 = load_file(f"{tmp_path / 'step2'}/model.safetensors")  # merged up to rft round 1's adapter
     assert all(torch.allclose(rebuilt[k], after_rft1[k], atol=1e-6) for k in after_rft1)
     assert not all(torch.allclose(rebuilt[k], want[k], atol=1e-6) for k in want)  # not the final model
+
+
+def test_a_round_is_kept_when_only_rounds_or_how_samples_are_computed_change(tmp_path, tiny_model_dir):
+    # Asking for a second round (or another sampling engine) must not retrain round 1; another
+    # temperature draws other samples and must.
+    cfg = make_config(tmp_path, tiny_model_dir, train__stages=["sft", "dpo"])
+
+    def fingerprint():
+        return StageJob(cfg=cfg, stage="dpo", base_source="x", backend="hf", console=QUIET).fingerprint()
+
+    before = fingerprint()
+    sampling = cfg.train.dpo.sampling
+    sampling.rounds, sampling.engine, sampling.batch_tokens, sampling.segment_tokens = 2, "refill", 4096, 32
+    assert fingerprint() == before
+    sampling.temperature = 0.5
+    assert fingerprint() != before

@@ -353,6 +353,10 @@ class SelfSampleConfig(RefillEngine, Section):
     seed: int = 42
 
 
+# How self-training samples are computed, not what is drawn: changing them keeps samples and rounds done.
+SAMPLING_EXECUTION = ("engine", "batch_tokens", "segment_tokens")
+
+
 class RftConfig(SftConfig):
     """Rejection-sampling fine-tuning: stage 2's recipe on the best passing sample of each prompt (and the references)."""
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bbjtune.config import RunConfig, StageConfig
+from bbjtune.config import SAMPLING_EXECUTION, RunConfig, StageConfig
 
 STOP_HINT = "run the same command again to continue (it resumes from the checkpoint), or add --resume"
 
@@ -58,6 +58,14 @@ class StageJob:
     def metrics_path(self) -> Path:
         return self.cfg.train_dir / "metrics.jsonl"
 
+    def _not_deciding(self) -> dict[str, Any]:
+        """Settings that do not change what a stage or round trains: keep_merged (what stays on disk
+        afterwards), sampling.rounds (a later round's business) and how samples are computed."""
+        out: dict[str, Any] = {"keep_merged": True}
+        if hasattr(self.stage_cfg, "sampling"):
+            out["sampling"] = dict.fromkeys(("rounds", *SAMPLING_EXECUTION), True)
+        return out
+
     def fingerprint(self) -> str:
         """Everything that decides this stage's result; a checkpoint is resumable only when it matches."""
         t = self.cfg.train
@@ -67,8 +75,7 @@ class StageJob:
             "model": self.cfg.model.model_dump(mode="json"),
             "lora": t.lora.model_dump(mode="json"),
             "quantization": t.quantization.model_dump(mode="json"),
-            # keep_merged decides what stays on disk afterwards, not what is trained
-            "stage_cfg": self.stage_cfg.model_dump(mode="json", exclude={"keep_merged"}),
+            "stage_cfg": self.stage_cfg.model_dump(mode="json", exclude=self._not_deciding()),
             "optim": t.optim,
             "seed": t.seed,
             "gradient_checkpointing": t.gradient_checkpointing,

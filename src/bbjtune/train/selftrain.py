@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bbjtune.artifacts import atomic_write_json, atomic_write_text, sha256_file
-from bbjtune.config import SelfSampleConfig
+from bbjtune.config import SAMPLING_EXECUTION, SelfSampleConfig
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.generate import TransformersBackend
 from bbjtune.progress import new_progress
@@ -201,12 +201,8 @@ def run_round(job: RoundJob, data: TrainingData) -> dict[str, Any]:
     return {**result, "round": stats}
 
 
-# How samples are computed, not what is drawn: changing them keeps the samples already written.
-EXECUTION_SETTINGS = ("engine", "batch_tokens", "segment_tokens")
-
-
 def _what_is_drawn(settings: dict[str, Any]) -> dict[str, Any]:
-    sampling = {k: v for k, v in (settings.get("sampling") or {}).items() if k not in EXECUTION_SETTINGS}
+    sampling = {k: v for k, v in (settings.get("sampling") or {}).items() if k not in SAMPLING_EXECUTION}
     return {**settings, "sampling": sampling}
 
 
