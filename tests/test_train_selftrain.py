@@ -344,10 +344,14 @@ def test_rft_keeps_the_best_passing_answer_and_dpo_pairs_pass_with_fail(tmp_path
     # with sampling.greedy the greedy answer (sample k) is rejected first when it fails, worse ones or not
     k = cfg.train.dpo.sampling.samples_per_prompt
     greedy_rows = [*rows, row("b", k, "greedy-loop", judge(GOOD, "length"))]
-    worst_first = [p["rejected"][0]["content"] for p in selftrain.build_data(djob, prompts, greedy_rows).pairs]
+    worst_first = [
+        p["rejected"][0]["content"] for p in selftrain.build_data(djob, prompts, greedy_rows).pairs
+    ]
     assert worst_first == ["oops", "nope", GOOD]  # two pairs a prompt: the greedy answer is left out
     cfg.train.dpo.sampling.greedy = True
-    greedy_first = [p["rejected"][0]["content"] for p in selftrain.build_data(djob, prompts, greedy_rows).pairs]
+    greedy_first = [
+        p["rejected"][0]["content"] for p in selftrain.build_data(djob, prompts, greedy_rows).pairs
+    ]
     assert greedy_first == ["oops", "greedy-loop", "nope"]
     cfg.train.dpo.sampling.greedy = False
     stats = selftrain.sample_stats(rows)

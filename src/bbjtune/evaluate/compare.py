@@ -19,6 +19,7 @@ from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_text, re
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.fim import FIM_METRICS
 from bbjtune.evaluate.metrics import PRIMARY, Metric, flat, metric_of, percent, present
+from bbjtune.evaluate.paired import paired_changes
 from bbjtune.evaluate.report import compare_report_html
 from bbjtune.evaluate.run import GENERATIONS_FILE, RESULTS_FILE, SCORES_FILE
 from bbjtune.review_summary import format_summary, load_review_summary
@@ -48,8 +49,17 @@ def _cell(a: float | None, b: float | None, metric: Metric | None = None) -> dic
     return {"a": a, "b": b, "delta": delta, "regression": worse}
 
 
-def compare_results(ra: dict[str, Any], rb: dict[str, Any], max_drop_points: float = 5.0) -> dict[str, Any]:
-    """The comparison of two results.json contents (A is the reference, B the candidate)."""
+def compare_results(
+    ra: dict[str, Any],
+    rb: dict[str, Any],
+    max_drop_points: float = 5.0,
+    paired: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The comparison of two results.json contents (A is the reference, B the candidate).
+
+    `paired` (paired.paired_changes on both score files) says which tier differences are real; a
+    regression within noise says so."""
+    paired = paired or {}
     a, b = ra["model"], rb["model"]
     if a == b:
         a, b = f"{a} (A)", f"{b} (B)"
@@ -86,6 +96,7 @@ def compare_results(ra: dict[str, Any], rb: dict[str, Any], max_drop_points: flo
         }
     regressions = [
         f"{name}: {percent(c['a'])} → {percent(c['b'])} ({100 * c['delta']:+.1f} points)"
+        + _noise_note(paired.get(name))
         for name, c in tiers.items()
         if c["regression"]
     ]
@@ -120,12 +131,22 @@ def compare_results(ra: dict[str, Any], rb: dict[str, Any], max_drop_points: flo
         "tiers": tiers,
         **breakdowns,
         "regressions": regressions,
+        "paired": paired,
         "no_signal": no_signal(tiers, ra.get("n_prompts")),
         "humaneval_gate": humaneval_gate(
             hea.get("pass_at_1"), heb.get("pass_at_1"), max_drop_points, a, b, n_tasks
         ),
         "n_prompts": {"a": ra.get("n_prompts"), "b": rb.get("n_prompts")},
     }
+
+
+def _noise_note(change: dict[str, Any] | None) -> str:
+    if change is None or change["verdict"] != "within noise":
+        return ""
+    return (
+        f" — within noise: {change['better']} prompts better, {change['worse']} worse of {change['n']} "
+        f"(sign test p = {change['p_value']:.2g})"
+    )
 
 
 def no_signal(tiers: dict[str, dict[str, Any]], n_prompts: int | None) -> list[str]:
@@ -270,6 +291,11 @@ def _verdict(score: dict[str, Any] | None) -> tuple[int, str]:
     return passed, words
 
 
+def _scores(directory: Path) -> list[dict[str, Any]]:
+    """The per-answer scores ([] for an eval directory without scores.jsonl: no paired tests then)."""
+    return read_complete_jsonl(directory / SCORES_FILE)
+
+
 def load_review(a_dir: Path) -> dict[str, Any] | None:
     """The human review (bbjtune review) summary exported beside the eval directories, if any."""
     summary = load_review_summary(a_dir)
@@ -291,7 +317,8 @@ def compare_dirs(
         config={"a": str(a_dir), "b": str(b_dir), "max_drop_points": max_drop_points},
     ) as run:
         run.add_inputs([a_dir / RESULTS_FILE, b_dir / RESULTS_FILE])
-        cmp = compare_results(ra, rb, max_drop_points)
+        paired = paired_changes(_scores(a_dir), _scores(b_dir))
+        cmp = compare_results(ra, rb, max_drop_points, paired)
         cmp.update(a_dir=str(a_dir), b_dir=str(b_dir), examples=example_pairs(a_dir, b_dir))
         review = load_review(a_dir)
         if review is not None:

@@ -255,6 +255,21 @@ def compare_report_html(cmp: dict[str, Any]) -> str:
         )
         classes.append("bad" if t["regression"] else "good" if (t["delta"] or 0) > 0 else "")
     parts += ["<h2>Tiers</h2>", table(["metric", a, b, "Δ points"], tier_rows, classes)]
+    if cmp.get("paired"):
+        rows, classes = [], []
+        for name, c in cmp["paired"].items():
+            rows.append(
+                [td(esc(name)), td(c["n"], True), td(c["better"], True), td(c["worse"], True)]
+                + [td(f"{c['p_value']:.2g}", True), td(esc(c["verdict"]))]
+            )
+            classes.append({"a real gain": "good", "a real loss": "bad"}.get(c["verdict"], ""))
+        parts += [
+            "<h2>Is the difference real?</h2>",
+            f"<p class='muted'>The same prompts, answer by answer: {esc(b)} better means {esc(b)} passes where "
+            f"{esc(a)} fails. A two-sided sign test on those that changed; p below 0.05 is called real, "
+            "anything else could turn the other way in a rerun.</p>",
+            table(["metric", "prompts", f"{b} better", f"{b} worse", "p", "verdict"], rows, classes),
+        ]
     for field, title, noun in (
         ("by_category", "By category", "category"),
         ("by_generation", "By BBj generation", "BBj generation"),

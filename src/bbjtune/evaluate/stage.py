@@ -26,6 +26,7 @@ from bbjtune.config import REPO_ROOT, RunConfig, expand_globs
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate import fim
 from bbjtune.evaluate.metrics import PRIMARY, flat, percent
+from bbjtune.evaluate.paired import describe
 from bbjtune.evaluate.report import words
 from bbjtune.evaluate.compare import compare_dirs
 from bbjtune.evaluate.run import evaluate_model
@@ -271,5 +272,9 @@ def print_summary(results: dict[str, dict[str, Any]], cmp: dict[str, Any] | None
                 "(README, 'Keeping general coding skills')",
                 highlight=False,
             )
+        for name, change in (cmp.get("paired") or {}).items():
+            if change["verdict"] != "no change":
+                colour = {"a real gain": "green", "a real loss": "red"}.get(change["verdict"], "yellow")
+                console.print(f"  [{colour}]{describe(name, change)}[/]", highlight=False)
         if cmp["regressions"]:
             console.print(f"  {len(cmp['regressions'])} regression(s); see the compare report")

@@ -318,7 +318,9 @@ def _rejected_first(failing: list[dict[str, Any]], greedy_sample: int | None) ->
     """Failing answers in the order DPO rejects them: a failing greedy answer (`sampling.greedy`) first,
     as it is the one an evaluation and an editor see; then the worst first."""
     worst_first = _best_first(failing)[::-1]
-    return sorted(worst_first, key=lambda r: r["sample"] != greedy_sample)  # stable: the rest keep their order
+    return sorted(
+        worst_first, key=lambda r: r["sample"] != greedy_sample
+    )  # stable: the rest keep their order
 
 
 def _keeps_reference(setting: bool | str, prompt: SelfPrompt) -> bool:
