@@ -13,8 +13,13 @@ import sys
 from pathlib import Path
 
 ORDER = ["base", "stage1-no-fim", "stage1-fim", "no-fim", "fim"]
-WHAT = {"base": "the model as released", "stage1-no-fim": "stage 1, plain text", "stage1-fim": "stage 1, 50% FIM",
-        "no-fim": "stage 1 plain + stage 2", "fim": "stage 1 with 50% FIM + stage 2"}
+WHAT = {
+    "base": "the model as released",
+    "stage1-no-fim": "stage 1, plain text",
+    "stage1-fim": "stage 1, 50% FIM",
+    "no-fim": "stage 1 plain + stage 2",
+    "fim": "stage 1 with 50% FIM + stage 2",
+}
 
 
 def pct(value: float | None) -> str:
@@ -41,13 +46,17 @@ def main(eval_dir: Path) -> str:
     found = {label: r for label, r in found.items() if "tiers" not in r}  # not the compare-* folders
     labels = [x for x in ORDER if x in found] + sorted(set(found) - set(ORDER))
     n = next((r["fim"]["n_cases"] for r in found.values() if r.get("fim")), 0)
-    intro = (f"FIM: {n} holes in held-out real BBj files (never trained on), in %. Raw: the whole completion "
-             "(exact match, edit similarity, compile@1 of the filled file, stops by itself). As shown: cut where "
-             "an editor cuts it (before a line repeating the one after the hole); "
-             "per-kind columns are exact match as shown. BBj compile@1 / clean@1 (chat) and HumanEval pass@1 as "
-             "in the main tables.")
-    header = ("| model | what | exact | edit sim. | compile@1 | stops | shown: exact | shown: edit sim. "
-              "| shown: compile@1 | line | block | statement | BBj compile@1 | BBj clean@1 | HumanEval |")
+    intro = (
+        f"FIM: {n} holes in held-out real BBj files (never trained on), in %. Raw: the whole completion "
+        "(exact match, edit similarity, compile@1 of the filled file, stops by itself). As shown: cut where "
+        "an editor cuts it (before a line repeating the one after the hole); "
+        "per-kind columns are exact match as shown. BBj compile@1 / clean@1 (chat) and HumanEval pass@1 as "
+        "in the main tables."
+    )
+    header = (
+        "| model | what | exact | edit sim. | compile@1 | stops | shown: exact | shown: edit sim. "
+        "| shown: compile@1 | line | block | statement | BBj compile@1 | BBj clean@1 | HumanEval |"
+    )
     lines = [intro, "", header, "|" + "---|" * 15]
     lines += [row(label, found[label]) for label in labels]
     text = "\n".join(lines) + "\n"

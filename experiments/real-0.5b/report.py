@@ -54,23 +54,34 @@ def load(run: Path, labels=MODELS) -> dict[str, dict]:
 
 
 def headline_table(results: dict[str, dict], names: dict[str, str] = MODELS) -> str:
-    rows = ["| model | compile@1 | compile@1 bbj-core | compile@1 bbj-challenge | patterns | factual "
-            "| HumanEval pass@1 | BBj prompts |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| model | compile@1 | compile@1 bbj-core | compile@1 bbj-challenge | patterns | factual "
+        "| HumanEval pass@1 | BBj prompts |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for label, r in results.items():
         he = (r.get("humaneval") or {}).get("pass_at_1")
-        suite = {s: r["by_suite"].get(s, {}).get("compile_at_k", {}).get("1") for s in ("bbj-core", "bbj-challenge")}
-        rows.append(f"| {names[label]} (`{label}`) | {pct(r['compile_at_k'].get('1'))} | {pct(suite['bbj-core'])} | "
-                    f"{pct(suite['bbj-challenge'])} | {pct(r.get('patterns_pass_rate'))} | "
-                    f"{pct(r.get('factual_accuracy'))} | {pct(he)} | {r['n_prompts']} |")
+        suite = {
+            s: r["by_suite"].get(s, {}).get("compile_at_k", {}).get("1")
+            for s in ("bbj-core", "bbj-challenge")
+        }
+        rows.append(
+            f"| {names[label]} (`{label}`) | {pct(r['compile_at_k'].get('1'))} | {pct(suite['bbj-core'])} | "
+            f"{pct(suite['bbj-challenge'])} | {pct(r.get('patterns_pass_rate'))} | "
+            f"{pct(r.get('factual_accuracy'))} | {pct(he)} | {r['n_prompts']} |"
+        )
     return "\n".join(rows)
 
 
 def breakdown_table(results: dict[str, dict], key: str) -> str:
-    groups = sorted({g for r in results.values() for g in r[key]},
-                    key=lambda g: (GENERATIONS.index(g) if g in GENERATIONS else 99, g))
-    rows = ["| " + key.replace("by_", "") + " | " + " | ".join(label for label in results) + " |",
-            "|---" * (len(results) + 1) + "|"]
+    groups = sorted(
+        {g for r in results.values() for g in r[key]},
+        key=lambda g: (GENERATIONS.index(g) if g in GENERATIONS else 99, g),
+    )
+    rows = [
+        "| " + key.replace("by_", "") + " | " + " | ".join(label for label in results) + " |",
+        "|---" * (len(results) + 1) + "|",
+    ]
     for g in groups:
         cells = [pct(r[key].get(g, {}).get("compile_at_k", {}).get("1")) for r in results.values()]
         n = next(r[key][g]["n_prompts"] for r in results.values() if g in r[key])
@@ -96,12 +107,22 @@ def eval_overlap(run: Path, n: int = 8) -> dict[str, float]:
         return {g for t in texts for g in ngrams(words(t), n)}
 
     def rows(name: str):
-        return [json.loads(line) for line in (run / "data" / name).read_text(encoding="utf-8").splitlines() if line]
+        return [
+            json.loads(line)
+            for line in (run / "data" / name).read_text(encoding="utf-8").splitlines()
+            if line
+        ]
 
-    trained = {"stage 1": grams(r["text"] for r in rows("cpt.jsonl")),
-               "stage 2": grams("\n".join(m["content"] for m in r["messages"]) for r in rows("train.jsonl"))}
-    prompts = [json.loads(line)["prompt"] for f in sorted(Path("evals").glob("*.jsonl"))
-               for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    trained = {
+        "stage 1": grams(r["text"] for r in rows("cpt.jsonl")),
+        "stage 2": grams("\n".join(m["content"] for m in r["messages"]) for r in rows("train.jsonl")),
+    }
+    prompts = [
+        json.loads(line)["prompt"]
+        for f in sorted(Path("evals").glob("*.jsonl"))
+        for line in f.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
     worst = {k: 0.0 for k in trained}
     for p in prompts:
         own = grams([p])
@@ -135,8 +156,10 @@ def plot_generations(results: dict[str, dict]) -> Path:
     fig, ax = plt.subplots(figsize=(8, 3.6))
     width = 0.8 / max(len(labels), 1)
     for i, label in enumerate(labels):
-        vals = [100 * (results[label]["by_generation"].get(g, {}).get("compile_at_k", {}).get("1") or 0)
-                for g in GENERATIONS]
+        vals = [
+            100 * (results[label]["by_generation"].get(g, {}).get("compile_at_k", {}).get("1") or 0)
+            for g in GENERATIONS
+        ]
         ax.bar([x + i * width for x in range(len(GENERATIONS))], vals, width, label=label)
     ax.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(GENERATIONS))], GENERATIONS)
     ax.set_ylabel("compile@1 (%)")
@@ -173,14 +196,22 @@ def main(run: Path) -> None:
     sweep = load(run, SWEEP)
     if len(sweep) > 1:
         parts += ["## Recipe sweep (same data, same stage 1 unless said)", headline_table(sweep, SWEEP)]
-    parts += ["## compile@1 by BBj generation", breakdown_table(results, "by_generation"),
-              "## compile@1 by category", breakdown_table(results, "by_category"),
-              "## compile@1 by task", breakdown_table(results, "by_task")]
+    parts += [
+        "## compile@1 by BBj generation",
+        breakdown_table(results, "by_generation"),
+        "## compile@1 by category",
+        breakdown_table(results, "by_category"),
+        "## compile@1 by task",
+        breakdown_table(results, "by_task"),
+    ]
     if (run / "data" / "train.jsonl").exists():
         overlap = eval_overlap(run)
-        parts += ["## Decontamination, checked after the fact",
-                  "Largest share of one evaluation prompt's 8-word sequences (the data stage's words) found in the training data: "
-                  + ", ".join(f"{k} {100 * v:.1f} %" for k, v in overlap.items()) + "."]
+        parts += [
+            "## Decontamination, checked after the fact",
+            "Largest share of one evaluation prompt's 8-word sequences (the data stage's words) found in the training data: "
+            + ", ".join(f"{k} {100 * v:.1f} %" for k, v in overlap.items())
+            + ".",
+        ]
     (HERE / "results.md").write_text("\n\n".join(parts) + "\n", encoding="utf-8")
     plot_losses(run)
     plot_generations(results)

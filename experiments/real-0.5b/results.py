@@ -42,6 +42,8 @@ RECIPES = {
     "rft": "+rft",
     "rft-dpo": "+dpo",
     "dpo": "+dpo (on sft)",
+    "dpo-greedy": "+dpo on sft+replay, greedy answers rejected first",
+    "dpo-greedy-r2": "+dpo on sft+replay, greedy answers rejected first, round 2",
     "grpo": "+grpo",
     "tuned-q8_0": "sft q8_0 gguf",
     "tuned-q4_k_m": "sft q4_k_m gguf",

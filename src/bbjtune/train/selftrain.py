@@ -227,17 +227,18 @@ def _sample(
                 total=len(prompts),
             )
 
-            class Lazy:  # the model loads only when a prompt is left to sample
+            class Lazy:  # the model loads once, when a prompt is left to sample (the k samples, then the greedy)
                 def generate(self, requests, settings):
                     nonlocal backend, started
-                    backend = TransformersBackend.load(
-                        job.base_source,
-                        dtype=job.cfg.model.dtype,
-                        batch_tokens=sampling.batch_tokens,
-                        continuous=sampling.engine == "continuous",
-                        refill_segment=sampling.refill_segment,
-                    )
-                    started = time.monotonic()
+                    if backend is None:
+                        backend = TransformersBackend.load(
+                            job.base_source,
+                            dtype=job.cfg.model.dtype,
+                            batch_tokens=sampling.batch_tokens,
+                            continuous=sampling.engine == "continuous",
+                            refill_segment=sampling.refill_segment,
+                        )
+                        started = time.monotonic()
                     yield from backend.generate(requests, settings)
 
             rows = sample_prompts(
