@@ -139,3 +139,32 @@ def test_fim_request_rewrite():
     assert out["logit_bias"] == {"7": 5.0, "8": -100.0, "9": -100.0}
     for body in (b'{"prompt": "print 1"}', b"not json", b'{"prompt": ["a"]}'):
         assert rewrite_completion_request(body, ids) == body
+
+
+def test_sampling_defaults_fill_in_only_what_the_request_leaves_out():
+    from bbjtune.serve.llama_server import sampling_defaults, with_sampling_defaults
+
+    defaults = sampling_defaults(1.0)
+    out = json.loads(with_sampling_defaults(b'{"messages": [], "temperature": 0.7, "top_k": null}', defaults))
+    assert out == {"messages": [], "temperature": 0.7, "repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}
+    mine = b'{"prompt": "x", "repeat_penalty": 1.3, "top_k": 20, "min_p": 0.1}'
+    assert with_sampling_defaults(mine, defaults) == mine
+    for body in (b"not json", b"[1, 2]"):
+        assert with_sampling_defaults(body, defaults) == body
+
+
+def test_a_request_without_sampling_settings_gets_bbjtunes_not_llama_cpps(server):
+    # llama-cpp-python's server applies repeat_penalty 1.1, top_k 40 and min_p 0.05 where a request is
+    # silent, and OpenAI clients (Continue, the gateway, eval --backend http) are: a model nobody
+    # measured. Served, a silent request samples like one asking for bbjtune's settings (no penalty, no
+    # cut), and unlike one asking for llama.cpp's. Sampled with a fixed seed, where every setting counts.
+    messages = [{"role": "user", "content": "Write a BBj loop that prints 1 to 10"}]
+
+    def answer(**extra):
+        body = {"model": "bbj-tiny", "messages": messages, "max_tokens": 48, "temperature": 1.0, "seed": 7}
+        reply = httpx.post(f"{server}/chat/completions", timeout=60, json={**body, **extra}).json()
+        return reply["choices"][0]["message"]["content"]
+
+    silent = answer()
+    assert silent == answer(repeat_penalty=1.0, top_k=0, min_p=0.0)
+    assert silent != answer(repeat_penalty=1.1, top_k=40, min_p=0.05)

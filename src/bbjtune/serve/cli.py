@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from bbjtune.artifacts import read_manifest
-from bbjtune.config import RunConfig, load_config
+from bbjtune.config import EvalConfig, RunConfig, load_config
 from bbjtune.errors import BbjtuneError
 from bbjtune.serve.gateway.cli import serve_gateway
 from bbjtune.net import is_loopback
@@ -112,6 +112,13 @@ def serve_gguf(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context length in tokens (prompt + answer).")] = 4096,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: llama.cpp's choice).")] = None,
+    repeat_penalty: Annotated[
+        float | None,
+        typer.Option(
+            help="Repetition penalty for requests that do not set one (default: the config's, as in the Modelfile; "
+            "1.0 = off, what the evaluation measured)."
+        ),
+    ] = None,
     set_: SetOpt = None,
 ) -> None:
     """Serve a GGUF model through an OpenAI-compatible HTTP API (llama.cpp; no Ollama needed).
@@ -119,6 +126,9 @@ def serve_gguf(
     Editors, scripts and `bbjtune eval` (eval.backend: http) can then talk to the model at http://HOST:PORT/v1. Code completion: POST /v1/completions with the raw fill-in-the-middle prompt (<|fim_prefix|>…<|fim_suffix|>…<|fim_middle|>, as Continue sends it) or with "suffix". Stop it with Ctrl-C.
     """
     path, alias = _gguf_target(target, quant, set_)
+    penalty, last_n = _repetition(target, set_)
+    if repeat_penalty is not None:
+        penalty = repeat_penalty
     if importlib.util.find_spec("llama_cpp") is None:
         raise BbjtuneError(
             "llama-cpp-python is not installed; it runs the GGUF server",
@@ -141,6 +151,11 @@ def serve_gguf(
         str(n_ctx),
         "--verbose",
         "False",
+        # llama-cpp-python's own default for requests that do not say is 1.1 (llama_server.py)
+        "--bbjtune_repeat_penalty",
+        str(penalty),
+        "--last_n_tokens_size",
+        str(last_n),
     ]
     if threads:
         command += ["--n_threads", str(threads)]
@@ -197,6 +212,17 @@ def modelfile_from(text: str) -> str:
     if not m:
         raise BbjtuneError("the Modelfile has no FROM line", "run `bbjtune export` again")
     return m.group(1)
+
+
+def _repetition(target: str, overrides: list[str] | None) -> tuple[float, int]:
+    """(repeat_penalty, repeat_last_n) as the Modelfile states them: the config's, or bbjtune's defaults
+    (the evaluation's: no penalty) for a bare .gguf file."""
+    if Path(target).suffix.lower() == ".gguf":
+        fields = EvalConfig.model_fields
+        return fields["repeat_penalty"].default, fields["repeat_last_n"].default
+    cfg = load_config(target, overrides)
+    chosen = cfg.export.ollama.repeat_penalty
+    return (cfg.eval.repeat_penalty if chosen is None else chosen), cfg.eval.repeat_last_n
 
 
 def _gguf_target(target: str, quant: str | None, overrides: list[str] | None) -> tuple[Path, str]:

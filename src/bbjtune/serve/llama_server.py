@@ -17,6 +17,14 @@ but not on `<|fim_prefix|>`/`<|fim_suffix|>`/`<|fim_middle|>`; and llama-cpp-pyt
 tokens to nothing, so a stop string cannot catch them either (measured: a forced `<|fim_prefix|>`
 ran on to the length limit with stop=["<|fim_prefix|>"]). A FIM request therefore gets those three
 tokens banned (logit bias -100; a middle never contains them) unless the client biases them itself.
+
+Sampling defaults: llama-cpp-python's server fills in what a request leaves out with its own
+defaults, `repeat_penalty` 1.1, `top_k` 40 and `min_p` 0.05, and OpenAI clients (Continue, the
+gateway, `bbjtune eval --backend http`) never send them. No evaluation used those: on the real 0.5B a
+repetition penalty of 1.1 cost 5.8 points of compile@1 (experiments/real-0.5b/RESULTS.md). So every
+completion and chat request without them gets what bbjtune measures with: the configured repetition
+penalty (`eval.repeat_penalty`, 1.0 = off; its window is the server's `last_n_tokens_size`), no
+top-k and no min-p cut (plain temperature and top_p). A request that sets them keeps its values.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from bbjtune.models.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX, fim_prompt
 from bbjtune.web_security import replay_body
 
 COMPLETIONS_PATH = "/v1/completions"
+CHAT_PATH = "/v1/chat/completions"
 BANNED_IN_MIDDLE = (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
 
 
@@ -56,12 +65,31 @@ def rewrite_completion_request(body: bytes, banned_ids: dict[str, int]) -> bytes
     return json.dumps(request).encode() if changed else body
 
 
-class FimRequests:
-    """ASGI middleware: `rewrite_completion_request` on every POST /v1/completions."""
+def sampling_defaults(repeat_penalty: float = 1.0) -> dict[str, float]:
+    """What a request that leaves them out gets, instead of llama-cpp-python's 1.1 / 40 / 0.05."""
+    return {"repeat_penalty": repeat_penalty, "top_k": 0, "min_p": 0.0}
 
-    def __init__(self, app: Any, banned_ids: dict[str, int]):
+
+def with_sampling_defaults(body: bytes, defaults: dict[str, float]) -> bytes:
+    """A completion or chat body with `defaults` filled in where the request does not say otherwise."""
+    try:
+        request = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return body  # the server answers it with its own validation error
+    if not isinstance(request, dict):
+        return body
+    missing = {k: v for k, v in defaults.items() if request.get(k) is None}
+    return json.dumps({**request, **missing}).encode() if missing else body
+
+
+class FimRequests:
+    """ASGI middleware on every POST /v1/completions and /v1/chat/completions: the sampling defaults,
+    and `rewrite_completion_request` for completions."""
+
+    def __init__(self, app: Any, banned_ids: dict[str, int], defaults: dict[str, float] | None = None):
         self.app = app
         self.banned_ids = banned_ids
+        self.defaults = sampling_defaults() if defaults is None else defaults
 
     async def __call__(
         self,
@@ -69,7 +97,11 @@ class FimRequests:
         receive: Callable[[], Awaitable[dict[str, Any]]],
         send: Callable[[dict[str, Any]], Awaitable[None]],
     ) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != COMPLETIONS_PATH:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] not in (COMPLETIONS_PATH, CHAT_PATH)
+        ):
             await self.app(scope, receive, send)
             return
         chunks, more = [], True
@@ -79,7 +111,9 @@ class FimRequests:
                 return
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
-        body = rewrite_completion_request(b"".join(chunks), self.banned_ids)
+        body = with_sampling_defaults(b"".join(chunks), self.defaults)
+        if scope["path"] == COMPLETIONS_PATH:
+            body = rewrite_completion_request(body, self.banned_ids)
         headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
         await self.app({**scope, "headers": headers}, replay_body(body, receive), send)
@@ -114,11 +148,19 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description="bbjtune's llama.cpp server (OpenAI-compatible, FIM-aware)")
     add_args_from_model(parser, Settings)
+    parser.add_argument(
+        "--bbjtune_repeat_penalty",
+        type=float,
+        default=1.0,
+        help="for requests that do not set repeat_penalty",
+    )
     args = parser.parse_args()
     server_settings = parse_model_from_args(ServerSettings, args)
     model_settings = parse_model_from_args(ModelSettings, args)
     app = create_app(server_settings=server_settings, model_settings=[model_settings])
-    wrapped = FimRequests(app, fim_token_ids(model_settings.model))
+    wrapped = FimRequests(
+        app, fim_token_ids(model_settings.model), sampling_defaults(args.bbjtune_repeat_penalty)
+    )
     uvicorn.run(
         wrapped,
         host=os.getenv("HOST", server_settings.host),
