@@ -716,3 +716,33 @@ def test_a_round_is_kept_when_only_rounds_or_how_samples_are_computed_change(tmp
     assert fingerprint() == before
     sampling.temperature = 0.5
     assert fingerprint() != before
+
+
+def test_loop_pairs_cut_a_runaway_answer_where_it_starts_to_repeat(tmp_path, tiny_model_dir):
+    cfg = make_config(tmp_path, tiny_model_dir, train__stages=["sft", "dpo"])
+    prompts = [
+        SelfPrompt("a", conversation(0)[:2], "REF-A", MUST),
+        SelfPrompt("b", conversation(1)[:2], "REF-B", MUST),
+    ]
+    head = '```bbj\nch = unt\nopen (ch)"notes.txt"\n'
+    runaway = head + "read (ch,end=done)x$\n" * 40 + "read (ch,e"
+    broken = "```bbj\nx = = 1\n" + "print x\n" * 40 + "pri"  # its cut does not compile: no loop pair
+
+    def judge(text, reason="stop"):
+        return verdict.judge(text, MUST, finish_reason=reason, compiler="builtin")
+
+    rows = [
+        row("a", 0, GOOD, judge(GOOD)),
+        row("a", 1, runaway, judge(runaway, "length")),
+        row("b", 0, broken, judge(broken, "length")),
+    ]
+    djob = StageJob(cfg=cfg, stage="dpo", base_source="x", backend="hf", console=QUIET)
+    plain = selftrain.build_data(djob, prompts, rows)
+    assert "loop_pairs" not in plain.stats
+    cfg.train.dpo.loop_pairs = True
+    built = selftrain.build_data(djob, prompts, rows)
+    loops = [p for p in built.pairs if p not in plain.pairs]
+    assert built.stats["loop_pairs"] == 1 and len(loops) == 1
+    (loop,) = loops
+    assert loop["chosen"][0]["content"] == head + "read (ch,end=done)x$\n```"
+    assert loop["rejected"][0]["content"] == runaway and loop["prompt"] == prompts[0].context

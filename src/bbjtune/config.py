@@ -395,6 +395,14 @@ class DpoConfig(StageConfig):
         description=("when no sample of a prompt passes, pair its reference answer with a failing sample"),
     )
     max_pairs_per_prompt: int = Field(2, gt=0)
+    loop_pairs: bool = Field(
+        False,
+        description=(
+            "also pair an answer that ran to the token limit in a loop against itself cut after the loop's first "
+            "copy (when the cut answer compiles): the pair differs only where the loop starts (train/loops.py). "
+            "Not yet measured on a real model"
+        ),
+    )
     sampling: SelfSampleConfig = Field(default_factory=SelfSampleConfig)
 
 

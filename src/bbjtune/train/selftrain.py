@@ -31,9 +31,10 @@ from bbjtune.config import SAMPLING_EXECUTION, SelfSampleConfig
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.generate import TransformersBackend
 from bbjtune.progress import new_progress
-from bbjtune.train import preference, sft
+from bbjtune.train import preference, sft, verdict
 from bbjtune.train.inputs import TrainingData
 from bbjtune.train.job import StageJob, is_main_process, read_record, wait_for_everyone
+from bbjtune.train.loops import loop_cut
 from bbjtune.train.release import START_FILE, merge_start, release_superseded, start_chain, was_released
 from bbjtune.train.samples import SAMPLES_FILE, TRAIN, SelfPrompt, by_prompt, sample_prompts, training_prompts
 from bbjtune.train.trainer import free_memory
@@ -324,6 +325,27 @@ def _rejected_first(failing: list[dict[str, Any]], greedy_sample: int | None) ->
     )  # stable: the rest keep their order
 
 
+def _loop_pair(prompt: SelfPrompt, failing: list[dict[str, Any]], sampling: Any) -> dict[str, Any] | None:
+    """train.dpo.loop_pairs: the first answer that ran on in a loop (failing answers in rejection order),
+    cut after the loop's first copy as chosen against itself in full, when the cut answer compiles."""
+    for r in failing:
+        if not r["verdict"]["ran_on"] or (cut := loop_cut(r["output"])) is None:
+            continue
+        judged = verdict.judge(
+            cut,
+            prompt.must,
+            compiler=sampling.compiler,
+            min_pattern_share=sampling.min_pattern_share,
+        )
+        if judged.compiles:
+            return {
+                "prompt": prompt.context,
+                "chosen": [{"role": "assistant", "content": cut}],
+                "rejected": [{"role": "assistant", "content": r["output"]}],
+            }
+    return None
+
+
 def _keeps_reference(setting: bool | str, prompt: SelfPrompt) -> bool:
     """train.rft.include_references: all, none, or only where stage 2 has not trained on the reference."""
     return prompt.source != TRAIN if setting == "untrained" else bool(setting)
@@ -336,7 +358,7 @@ def build_data(job: StageJob, prompts: list[SelfPrompt], rows: list[dict[str, An
     rft: list[list[dict[str, str]]] = []
     pairs: list[dict[str, Any]] = []
     unpaired: list[dict[str, Any]] = []
-    prompts_with_pass = 0
+    prompts_with_pass = loop_pairs = 0
     sampling = getattr(cfg, "sampling", None)
     greedy_sample = sampling.samples_per_prompt if sampling is not None and sampling.greedy else None
     for pid, samples in by_prompt(rows):
@@ -362,6 +384,11 @@ def build_data(job: StageJob, prompts: list[SelfPrompt], rows: list[dict[str, An
                     "rejected": [{"role": "assistant", "content": bad}],
                 }
             )
+        if getattr(cfg, "loop_pairs", False):
+            loop = _loop_pair(prompt, failing, sampling)
+            if loop is not None:
+                pairs.append(loop)
+                loop_pairs += 1
         for r in passing[:limit] + failing[:limit]:
             unpaired.append(
                 {
@@ -374,6 +401,7 @@ def build_data(job: StageJob, prompts: list[SelfPrompt], rows: list[dict[str, An
         "prompts_with_a_passing_answer": prompts_with_pass,
         "rft_examples": len(rft),
         "pairs": len(pairs),
+        **({"loop_pairs": loop_pairs} if getattr(cfg, "loop_pairs", False) else {}),
         "kto_examples": len(unpaired),
     }
     return Built(rft, pairs, unpaired, stats)
