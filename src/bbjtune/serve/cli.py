@@ -214,6 +214,13 @@ def modelfile_from(text: str) -> str:
     return m.group(1)
 
 
+def gguf_alias(file_name: str) -> str:
+    """The model name a bare GGUF file is served as: its name without `.gguf` and the quantization
+    (`real-0.5b.q8_0.gguf` → `real-0.5b`, where cutting at the first dot gave `real-0`)."""
+    stem = re.sub(r"\.gguf$", "", file_name, flags=re.IGNORECASE)
+    return re.sub(r"[.-](f32|f16|bf16|q\d[\w]*|iq\d[\w]*)$", "", stem, flags=re.IGNORECASE) or stem
+
+
 def _repetition(target: str, overrides: list[str] | None) -> tuple[float, int]:
     """(repeat_penalty, repeat_last_n) as the Modelfile states them: the config's, or bbjtune's defaults
     (the evaluation's: no penalty) for a bare .gguf file."""
@@ -232,7 +239,7 @@ def _gguf_target(target: str, quant: str | None, overrides: list[str] | None) ->
             raise BbjtuneError(
                 f"{path} does not exist", "give an existing .gguf file, or a config to serve its export"
             )
-        return path, path.name.split(".")[0]
+        return path, gguf_alias(path.name)
 
     cfg = load_config(target, overrides)
     path = cfg.gguf_file(quant or modelfile_quant(cfg))
