@@ -426,6 +426,51 @@ def test_dpo_raises_the_margin_of_chosen_over_rejected(tmp_path, tiny_model_dir)
     assert (job.adapter_dir / "adapter_config.json").exists()
 
 
+def test_an_sft_term_keeps_the_chosen_answers_likely_under_dpo(tmp_path, tiny_model_dir):
+    # train.dpo.sft_weight adds trl's "sft" loss on the chosen answers: after the same steps on the same
+    # pairs, the chosen answers are more likely than after plain DPO (which may lower both answers).
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from bbjtune.models import load_tokenizer
+
+    pairs = [
+        {
+            "prompt": conversation(i)[:2],
+            "chosen": [{"role": "assistant", "content": conversation(i)[2]["content"]}],
+            "rejected": [{"role": "assistant", "content": "def main():\n    return None"}],
+        }
+        for i in range(4)
+    ]
+    tok = load_tokenizer(str(tiny_model_dir))
+
+    def chosen_nll(adapter):
+        model = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), str(adapter)
+        )
+        total = 0.0
+        for p in pairs:
+            prompt = tok.apply_chat_template(p["prompt"], tokenize=False, add_generation_prompt=True)
+            ids = tok(prompt + p["chosen"][0]["content"], return_tensors="pt")["input_ids"]
+            labels = ids.clone()
+            labels[:, : len(tok(prompt)["input_ids"])] = -100
+            with torch.no_grad():
+                total += model(input_ids=ids, labels=labels).loss.item()
+        return total / len(pairs)
+
+    nll = {}
+    for weight in (0.0, 10.0):
+        cfg = dpo_config(tmp_path / f"w{weight}", tiny_model_dir, sft_weight=weight)
+        job = selftrain.RoundJob(
+            cfg=cfg, stage="dpo", base_source=str(tiny_model_dir), backend="hf", console=QUIET
+        )
+        result = preference.run_preference(job, pairs, [])
+        assert result["metrics"]["loss_type"] == ("dpo+sft" if weight else "dpo")
+        nll[weight] = chosen_nll(job.adapter_dir)
+    assert nll[10.0] < nll[0.0] - 0.05  # measured: 8.08 against 8.19
+
+
 def test_kto_trains_on_unpaired_answers(tmp_path, tiny_model_dir):
     cfg = dpo_config(tmp_path, tiny_model_dir, loss="auto", max_steps=3)
     unpaired = [

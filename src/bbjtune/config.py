@@ -395,6 +395,15 @@ class DpoConfig(StageConfig):
         description=("when no sample of a prompt passes, pair its reference answer with a failing sample"),
     )
     max_pairs_per_prompt: int = Field(2, gt=0)
+    sft_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description=(
+            "weight of a supervised term on the chosen answers added to the DPO loss (trl's loss_type [sigmoid, "
+            "sft], the RPO recipe): the chosen answers stay likely while the pair's margin grows, where plain DPO "
+            "can lower both. 0 = plain DPO. Not yet measured on a real model"
+        ),
+    )
     loop_pairs: bool = Field(
         False,
         description=(

@@ -72,7 +72,8 @@ def run_preference(
     if loss == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        args = DPOConfig(**common_arguments(job), beta=sc.beta, max_length=sc.max_length)
+        mix = {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, sc.sft_weight]} if sc.sft_weight else {}
+        args = DPOConfig(**common_arguments(job), beta=sc.beta, max_length=sc.max_length, **mix)
         trainer_cls, dataset = DPOTrainer, Dataset.from_list(pairs)
     else:
         from trl import KTOConfig, KTOTrainer
@@ -80,7 +81,7 @@ def run_preference(
         args = KTOConfig(**common_arguments(job), beta=sc.beta, max_length=sc.max_length)
         trainer_cls, dataset = KTOTrainer, Dataset.from_list(unpaired)
     metrics = _train_and_save(job, trainer_cls, model, tokenizer, args, dataset, lora)
-    metrics["loss_type"] = loss
+    metrics["loss_type"] = f"{loss}+sft" if loss == "dpo" and sc.sft_weight else loss
     return {"metrics": metrics, "lora": lora}
 
 
