@@ -10,7 +10,9 @@
    judge each (`verdict.py`: compiles, tier-2 clean, the prompt's must-patterns, finished);
 3. build the data: RFT — the best passing answer of each prompt (plus the references); DPO — pairs
    of a passing and a failing answer to the same prompt (the reference stands in for a passing
-   one where none passed); KTO instead when pairs are scarce (unpaired good and bad answers);
+   one where none passed; a failing greedy answer is rejected first), and with `loop_pairs` a
+   runaway answer against itself cut where its loop starts (`loops.py`); KTO instead when pairs
+   are scarce (unpaired good and bad answers);
 4. train (`preference.py` for DPO/KTO/GRPO, stage 2's recipe for RFT) into `round-N/adapter/`.
 
 `round-N/round.json` records pass rates, answers kept, pairs built; `<stage>/selftrain.json`
