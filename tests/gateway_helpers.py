@@ -90,7 +90,8 @@ def serving(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
 
 
 class ReplayUpstream:
-    """An OpenAI-compatible server that answers from `answers` in turn (the last one repeats)."""
+    """An OpenAI-compatible server that answers from `answers` in turn (the last one repeats); an
+    answer given as (text, finish_reason) ends with that reason, e.g. "length" for a runaway."""
 
     def __init__(self, answers: list[str], model: str = "bbj-replay"):
         self.answers = list(answers)
@@ -105,9 +106,9 @@ class ReplayUpstream:
             ]
         )
 
-    def _next(self) -> str:
-        i = min(len(self.requests) - 1, len(self.answers) - 1)
-        return self.answers[i]
+    def _next(self) -> tuple[str, str]:
+        answer = self.answers[min(len(self.requests) - 1, len(self.answers) - 1)]
+        return answer if isinstance(answer, tuple) else (answer, "stop")
 
     async def models(self, request: Request):
         return JSONResponse(
@@ -122,7 +123,7 @@ class ReplayUpstream:
 
     async def chat(self, request: Request):
         body = await self._take(request)
-        text = self._next()
+        text, finish = self._next()
         head = {"id": f"chatcmpl-{len(self.requests)}", "created": 1, "model": self.model}
         if body.get("stream"):
             pieces = [text[i : i + 7] for i in range(0, len(text), 7)]
@@ -147,7 +148,7 @@ class ReplayUpstream:
                 {
                     **head,
                     "object": "chat.completion.chunk",
-                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
                 }
             )
             return StreamingResponse(_sse(events), media_type="text/event-stream")
@@ -156,7 +157,7 @@ class ReplayUpstream:
                 **head,
                 "object": "chat.completion",
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
                 ],
                 "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
             }
@@ -164,7 +165,7 @@ class ReplayUpstream:
 
     async def completions(self, request: Request):
         body = await self._take(request)
-        text = self._next()
+        text, finish = self._next()
         head = {
             "id": f"cmpl-{len(self.requests)}",
             "created": 1,
@@ -176,12 +177,12 @@ class ReplayUpstream:
                 {**head, "choices": [{"index": 0, "text": text[i : i + 5], "finish_reason": None}]}
                 for i in range(0, len(text), 5)
             ]
-            events.append({**head, "choices": [{"index": 0, "text": "", "finish_reason": "stop"}]})
+            events.append({**head, "choices": [{"index": 0, "text": "", "finish_reason": finish}]})
             return StreamingResponse(_sse(events), media_type="text/event-stream")
         return JSONResponse(
             {
                 **head,
-                "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+                "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
                 "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
             }
         )

@@ -78,6 +78,35 @@ def test_when_nothing_passes_the_answer_with_fewest_errors_comes_back_with_diagn
     assert extra["diagnostics"][0]["line"] == 2 and "line 2" in extra["reason"]  # lines of the code block
 
 
+RUNAWAY = "Here is the loop:\n```bbj\nfor i=1 to 10\n  print i\nnext i\n" + "print i\n" * 60 + "pri"
+
+
+def test_an_answer_that_ran_on_in_a_loop_comes_back_cut_where_the_loop_starts(gateway, tmp_path):
+    url, upstream, log = gateway([(RUNAWAY, "length"), GOOD_BBJ], best_of=2)
+    reply = client(url).chat.completions.create(model="m", messages=ASK, temperature=0)
+    cut = "Here is the loop:\n```bbj\nfor i=1 to 10\n  print i\nnext i\nprint i\n```"
+    assert reply.choices[0].message.content == cut and reply.choices[0].finish_reason == "stop"
+    extra = reply.model_extra["bbjtune"]
+    assert extra["verdict"] == "pass" and extra["loop_cut"] is True and extra["attempts"] == 1
+    assert len(upstream.requests) == 1  # the cut answer passed: no retry
+    row = log.get(extra["id"])
+    assert row["answer"] == cut
+    assert [(r["verdict"], r["answer"]) for r in row["rejected"]] == [("loop", RUNAWAY)]
+    # an answer that stopped by itself is never cut, however it repeats
+    url, upstream, _ = gateway([RUNAWAY], best_of=1)
+    reply = client(url).chat.completions.create(model="m", messages=ASK)
+    assert reply.choices[0].message.content == RUNAWAY and "loop_cut" not in reply.model_extra["bbjtune"]
+    # `data feedback --checker-pairs` turns the loop into a pair: the runaway against the cut answer
+    from bbjtune.config import DataConfig
+    from bbjtune.data import feedback
+
+    rows = read_log(tmp_path / "log.sqlite")
+    result = feedback.build(rows, DataConfig(), compiler="builtin", eval_items=[], checker_pairs=True)
+    assert [(p["source"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in result.pairs] == [
+        ("loop", cut, RUNAWAY)
+    ]
+
+
 def test_answers_without_bbj_are_not_retried(gateway):
     url, upstream, _ = gateway([PROSE, GOOD_BBJ], best_of=3)
     reply = client(url).chat.completions.create(model="m", messages=[{"role": "user", "content": "Capital?"}])

@@ -408,7 +408,7 @@ class DpoConfig(StageConfig):
         False,
         description=(
             "also pair an answer that ran to the token limit in a loop against itself cut after the loop's first "
-            "copy (when the cut answer compiles): the pair differs only where the loop starts (train/loops.py). "
+            "copy (when the cut answer compiles): the pair differs only where the loop starts (models/loops.py). "
             "Not yet measured on a real model"
         ),
     )

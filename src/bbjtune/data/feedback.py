@@ -5,8 +5,9 @@ From each chat exchange of the log (`bbjtune serve gateway`):
 - corrected: the correction is an SFT conversation (request + correction), and, when it differs
   from the model's answer, a preference pair: chosen = the correction, rejected = the answer;
 - with `checker_pairs`, also a pair per best-of-N attempt that failed the checker against the
-  answer that passed (never for an answer rated down). Off by default: the checker judges syntax,
-  not whether the code does what was asked.
+  answer that passed (never for an answer rated down), and per answer the gateway cut where it
+  looped, the runaway against the answer given (source "loop"). Off by default: the checker judges
+  syntax, not whether the code does what was asked.
 Rated down without a correction, unrated and fill-in-the-middle exchanges give nothing.
 
 The same cleaning as any other data, with the data stage's own functions: the conversation must
@@ -132,8 +133,9 @@ class _Builder:
             self._pair(row, prompt, correction, row["answer"], "corrected")
         if checker_pairs:
             for attempt in row["rejected"]:
-                if attempt["verdict"] == "fail":
-                    self._pair(row, prompt, row["answer"], attempt["answer"], "checker")
+                if attempt["verdict"] in ("fail", "loop"):  # loop: the gateway cut the answer where it looped
+                    source = "checker" if attempt["verdict"] == "fail" else "loop"
+                    self._pair(row, prompt, row["answer"], attempt["answer"], source)
 
     def _prompt(self, row: dict[str, Any]) -> list[dict[str, str]] | None:
         messages = []

@@ -11,7 +11,7 @@
 3. build the data: RFT — the best passing answer of each prompt (plus the references); DPO — pairs
    of a passing and a failing answer to the same prompt (the reference stands in for a passing
    one where none passed; a failing greedy answer is rejected first), and with `loop_pairs` a
-   runaway answer against itself cut where its loop starts (`loops.py`); KTO instead when pairs
+   runaway answer against itself cut where its loop starts (`models/loops.py`); KTO instead when pairs
    are scarce (unpaired good and bad answers);
 4. train (`preference.py` for DPO/KTO/GRPO, stage 2's recipe for RFT) into `round-N/adapter/`.
 
@@ -36,7 +36,7 @@ from bbjtune.progress import new_progress
 from bbjtune.train import preference, sft, verdict
 from bbjtune.train.inputs import TrainingData
 from bbjtune.train.job import StageJob, is_main_process, read_record, wait_for_everyone
-from bbjtune.train.loops import loop_cut
+from bbjtune.models.loops import loop_cut
 from bbjtune.train.release import START_FILE, merge_start, release_superseded, start_chain, was_released
 from bbjtune.train.samples import SAMPLES_FILE, TRAIN, SelfPrompt, by_prompt, sample_prompts, training_prompts
 from bbjtune.train.trainer import free_memory

@@ -161,6 +161,11 @@ class Gateway:
         chosen = outcome.chosen
         result = copy.deepcopy(chosen.body)
         extra = _extra(ex_id, chosen.verdict, outcome.attempts)
+        if chosen.runaway is not None:  # cut where its loop starts: it ends there now
+            extra["loop_cut"] = True
+            for choice in result.get("choices") or []:
+                if isinstance(choice, dict):
+                    choice["finish_reason"] = "stop"
         shown = chosen.text + self._comment(kind, chosen.verdict, outcome.attempts)
         _set_text(kind, result, shown)
         result["bbjtune"] = extra

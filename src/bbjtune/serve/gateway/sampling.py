@@ -4,6 +4,12 @@ Retries sample at `retry_temperature` at least: with the client's temperature 0 
 editors often send) every retry would return the same failing answer. When no attempt passes, the
 one with the fewest checker errors is returned (the first among equals), and the others are kept in
 the log as rejected answers.
+
+An answer the upstream ended at its token limit (`finish_reason: length`) that loops (a line,
+block or sentence written again and again; `models/loops.py`) is cut after the loop's first copy,
+its code fence closed, and checked as cut: that is the answer the model meant to give, and on the
+fine-tuned 0.5B's q8_0 file the cut fixes 13 of 188 evaluation answers and breaks 1. The cut
+answer is used unless the whole one passes and the cut does not; the runaway is logged as rejected.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+
+from bbjtune.models.loops import loop_cut
 
 from .check import Verdict, check_chat_answer, check_completion, split_fim
 from .upstream import Upstream
@@ -25,6 +33,7 @@ class Attempt:
     body: dict[str, Any]
     text: str
     verdict: Verdict
+    runaway: str | None = None  # the whole answer, when `text` is it cut where its loop starts
 
 
 @dataclass
@@ -34,6 +43,11 @@ class Outcome:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     upstream_s: float = 0.0
     check_s: float = 0.0
+
+
+def finish_reason(body: dict[str, Any]) -> str | None:
+    choices = body.get("choices") or [{}]
+    return choices[0].get("finish_reason") if isinstance(choices[0], dict) else None
 
 
 def answer_text(kind: str, body: dict[str, Any]) -> str:
@@ -69,8 +83,14 @@ async def best_of(
         text = answer_text(kind, reply.body)
         start = time.perf_counter()
         verdict = await check_text(kind, request, text, compiler)
+        attempt = Attempt(reply.body, text, verdict)
+        if finish_reason(reply.body) == "length" and (cut := loop_cut(text)) is not None:
+            cut_verdict = await check_text(kind, request, cut, compiler)
+            if cut_verdict.passed or not verdict.passed:
+                attempt = Attempt(reply.body, cut, cut_verdict, runaway=text)
         outcome.check_s += time.perf_counter() - start
-        tried.append(Attempt(reply.body, text, verdict))
+        tried.append(attempt)
+        verdict = attempt.verdict
         if verdict.passed:
             break
     outcome.attempts = len(tried)
@@ -87,5 +107,15 @@ async def best_of(
         }
         for j, a in enumerate(tried)
         if j != best
+    ]
+    outcome.rejected += [  # the loops themselves: `data feedback --checker-pairs` pairs them with the cut
+        {
+            "answer": a.runaway,
+            "verdict": "loop",
+            "reason": "ran to the token limit in a loop",
+            "diagnostics": [],
+        }
+        for a in tried
+        if a.runaway is not None
     ]
     return outcome

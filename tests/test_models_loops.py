@@ -1,6 +1,6 @@
-"""Loop-cut pairs: where a runaway answer starts to loop, and the answer cut there (train/loops.py)."""
+"""Loop-cut pairs: where a runaway answer starts to loop, and the answer cut there (models/loops.py)."""
 
-from bbjtune.train.loops import loop_cut
+from bbjtune.models.loops import loop_cut
 
 INTRO = 'Bind each parameter in turn:\n\n```bbj\nsqlconn! = BBjAPI().getJDBCConnection("CDStore")\n'
 
