@@ -84,7 +84,10 @@ async def best_of(
         start = time.perf_counter()
         verdict = await check_text(kind, request, text, compiler)
         attempt = Attempt(reply.body, text, verdict)
-        if finish_reason(reply.body) == "length" and (cut := loop_cut(text)) is not None:
+        cut = (
+            await anyio.to_thread.run_sync(loop_cut, text) if finish_reason(reply.body) == "length" else None
+        )
+        if cut is not None:
             cut_verdict = await check_text(kind, request, cut, compiler)
             if cut_verdict.passed or not verdict.passed:
                 attempt = Attempt(reply.body, cut, cut_verdict, runaway=text)
