@@ -369,3 +369,45 @@ def test_gguf_backend_applies_the_repeat_penalty_like_transformers(tiny_model_di
         assert [cpp[i][0].text for i in cpp] == [ref[i][0].text for i in ref], penalty
     plain, penalised = texts[1.0][0], texts[1.5][0]
     assert [plain[i][0].text for i in plain] != [penalised[i][0].text for i in penalised]
+
+
+class OneSlotOpenAI(FakeOpenAI):
+    """Answers one request at a time in 0.4 s, as llama.cpp's server with one slot does."""
+
+    def do_POST(self):
+        time.sleep(0.4)
+        super().do_POST()
+
+
+def test_requests_queued_at_a_one_slot_server_are_not_timed_out_and_sent_again():
+    # eval gives each http request request_timeout_s x concurrency: 3 requests in flight at a server that
+    # answers one at a time in 0.4 s wait up to 1.2 s. With the bare 0.5 s, the queued ones timed out and
+    # were sent again while the server still worked on them (34 requests for 15 prompts, measured).
+    from http.server import HTTPServer
+
+    from bbjtune.config import EvalConfig
+
+    class Quiet(HTTPServer):  # not threading: one request at a time
+        def handle_error(self, request, client_address):  # a client that gave up: a broken pipe
+            pass
+
+    server = Quiet(("127.0.0.1", 0), OneSlotOpenAI)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        ecfg = EvalConfig(request_timeout_s=0.5, concurrency=3)
+        assert ecfg.http_wait_s == 1.5
+        requests, sampling = [chat(p) for p in ("a", "b", "c")], Sampling(max_new_tokens=8)
+        FakeOpenAI.calls = []
+        bare = HttpBackend(url, "m", timeout_s=ecfg.request_timeout_s, retries=0, concurrency=3)
+        errors = [c[0].error for _, c in bare.generate(requests, sampling)]
+        assert any(e and "within 0.5 s" in e for e in errors)
+        time.sleep(1.5)  # the server still answers the abandoned requests, one by one
+        FakeOpenAI.calls = []
+        queued = HttpBackend(url, "m", timeout_s=ecfg.http_wait_s, retries=0, concurrency=3)
+        answers = dict(queued.generate(requests, sampling))
+        assert all(c[0].error is None for c in answers.values()) and len(FakeOpenAI.calls) == 3
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -547,9 +547,27 @@ class EvalConfig(RefillEngine, Section):
     )
     gguf_file: str | None = Field(None, description="gguf backend: the tuned model's .gguf file")
     base_gguf_file: str | None = Field(None, description="gguf backend: the base model's .gguf file, if any")
-    request_timeout_s: float = Field(120.0, gt=0.0)
+    request_timeout_s: float = Field(
+        120.0,
+        gt=0.0,
+        description=(
+            "http backend: seconds one answer may take. A request may wait behind the others in flight, since "
+            "one-slot servers (llama.cpp's, `bbjtune serve gguf`, Ollama by default) answer them one by one: "
+            "each request is given request_timeout_s x concurrency before it is retried"
+        ),
+    )
     retries: int = Field(3, ge=0)
     concurrency: int = Field(8, gt=0, description="http backend: requests in flight at once")
+
+    @property
+    def http_wait_s(self) -> float:
+        """How long one request to the http backend may take: its answer, after those ahead of it.
+
+        With a plain per-request timeout, 8 requests in flight at a one-slot llama.cpp server timed out
+        after 120 s in the queue and were sent again while the server still worked on them: 34 requests
+        for 15 prompts through the gateway, the duplicates slowing every later answer."""
+        return self.request_timeout_s * self.concurrency
+
     threads: int | None = Field(None, gt=0, description="gguf backend: CPU threads (default: all cores)")
     system_prompt: str | None = Field(
         None, description="default: the training data's system prompt (trained.json)"

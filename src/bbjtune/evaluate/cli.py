@@ -261,7 +261,7 @@ def _eval_one(
             "http",
             base_url=ecfg.base_url,
             api_model=ecfg.api_model,
-            timeout_s=ecfg.request_timeout_s,
+            timeout_s=ecfg.http_wait_s,
             retries=ecfg.retries,
             concurrency=ecfg.concurrency,
         )

@@ -192,7 +192,7 @@ def plan_models(cfg: RunConfig, trained: Trained | None) -> list[ModelPlan]:
                 "http",
                 base_url=e.base_url,
                 api_model=model,
-                timeout_s=e.request_timeout_s,
+                timeout_s=e.http_wait_s,
                 retries=e.retries,
                 concurrency=e.concurrency,
             )
