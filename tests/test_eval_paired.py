@@ -4,7 +4,7 @@ import json
 from math import comb
 
 from bbjtune.evaluate.compare import compare_dirs
-from bbjtune.evaluate.paired import describe, paired_changes, sign_test
+from bbjtune.evaluate.paired import describe, p_text, paired_changes, sign_test
 
 
 def test_the_sign_test_is_the_exact_two_sided_binomial():
@@ -15,6 +15,8 @@ def test_the_sign_test_is_the_exact_two_sided_binomial():
     # the real 0.5B: SFT + replay against DPO straight after it, compile@1 (34 fixed, 49 broken)
     assert abs(sign_test(34, 49) - 2 * sum(comb(83, i) for i in range(35)) / 2**83) < 1e-12
     assert 0.1 < sign_test(34, 49) < 0.15
+    # the gateway's 16 fixed, 0 broken: printed as such, not rounded to 0
+    assert p_text(sign_test(16, 0)) == "p < 0.001" and p_text(sign_test(34, 49)) == "p = 0.12"
 
 
 def bbj(case, sample=0, **fields):
@@ -33,7 +35,7 @@ def test_paired_changes_count_only_first_answers_both_models_were_judged_on():
         "n": 8,
         "better": 8,
         "worse": 0,
-        "p_value": round(2 / 256, 4),
+        "p_value": 0.00781,
         "verdict": "a real gain",
     }
     assert got["clean@1"]["better"] == 2 and got["clean@1"]["verdict"] == "within noise"

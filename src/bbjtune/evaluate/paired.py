@@ -80,7 +80,7 @@ def paired_changes(
             "n": len(both),
             "better": better,
             "worse": worse,
-            "p_value": round(p, 4),
+            "p_value": float(f"{p:.3g}"),
             "verdict": verdict,
         }
     return out
@@ -93,5 +93,10 @@ def describe(name: str, change: dict[str, Any]) -> str:
         verdict = "within noise, a rerun could reverse it"
     return (
         f"{name}: {change['better']} better, {change['worse']} worse of {change['n']} "
-        f"(sign test p = {change['p_value']:.2g}): {verdict}"
+        f"(sign test {p_text(change['p_value'])}): {verdict}"
     )
+
+
+def p_text(p: float) -> str:
+    """`p = 0.12`, or `p < 0.001` where two digits would print a small p as 0."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"

@@ -14,6 +14,7 @@ from typing import Any
 from bbjtune.artifacts import atomic_write_text
 from bbjtune.evaluate.fim import FIM_METRICS
 from bbjtune.evaluate.metrics import flat, percent, present
+from bbjtune.evaluate.paired import p_text
 from bbjtune.html_report import clip, esc, figure, img, table, td
 from bbjtune.html_report import page as html_page
 
@@ -260,7 +261,7 @@ def compare_report_html(cmp: dict[str, Any]) -> str:
         for name, c in cmp["paired"].items():
             rows.append(
                 [td(esc(name)), td(c["n"], True), td(c["better"], True), td(c["worse"], True)]
-                + [td(f"{c['p_value']:.2g}", True), td(esc(c["verdict"]))]
+                + [td(p_text(c["p_value"]).removeprefix("p = "), True), td(esc(c["verdict"]))]
             )
             classes.append({"a real gain": "good", "a real loss": "bad"}.get(c["verdict"], ""))
         parts += [
