@@ -50,6 +50,7 @@ RECIPES = {
     "best-q8_0": "best q8_0 gguf",
     "rft-dpo-q8_0": "+dpo q8_0 gguf (llama.cpp)",
     "rft-dpo-q8_0-rp1.1": "+dpo q8_0 gguf (llama.cpp), repeat_penalty 1.1",
+    "rft-dpo-q8_0-gateway-bo3": "+dpo q8_0 gguf through the checking gateway (best-of-3, loop cut)",
     "base-q4_k_m": "base q4_k_m gguf",
 }
 
