@@ -1,4 +1,4 @@
-"""Where a runaway answer starts to loop, and the answer cut there: DPO's loop-cut pairs.
+"""Where a runaway answer starts to loop, and the answer cut there: DPO's loop-cut pairs, the gateway's cut.
 
 The largest single loss of the tuned 0.5B is answers that run to the token limit (42-57 of 220 on
 the evaluation suites), nearly all failing. They loop: a line or block of code again and again,
@@ -10,7 +10,8 @@ A loop-cut pair does: its chosen answer is the runaway answer itself, cut after 
 what it repeats (a code fence left open is closed), and its rejected answer is the runaway in full.
 The two share every token up to the cut, so the preference falls on the one decision that matters:
 stop there rather than write it once more. `train.dpo.loop_pairs` turns them on; a cut answer is
-only chosen when its BBj compiles.
+only chosen when its BBj compiles. The checking gateway returns a served answer that ran on in a
+loop cut the same way (serve/gateway/sampling.py).
 
 The text is read as words, numbers, punctuation marks and line ends, with case folded and every
 number read as one value, so copies whose numbers count up still match. A loop is a tail of the
