@@ -552,8 +552,8 @@ class EvalConfig(RefillEngine, Section):
         gt=0.0,
         description=(
             "http backend: seconds one answer may take. A request may wait behind the others in flight, since "
-            "one-slot servers (llama.cpp's, `bbjtune serve gguf`, Ollama by default) answer them one by one: "
-            "each request is given request_timeout_s x concurrency before it is retried"
+            "a one-slot server (llama.cpp's, as `bbjtune serve gguf` runs it) answers them one by one: each "
+            "request is given request_timeout_s x concurrency before it is retried"
         ),
     )
     retries: int = Field(3, ge=0)
@@ -779,6 +779,13 @@ class RunConfig(Section):
     def gguf_file(self, quant: str) -> Path:
         """Where the export writes the GGUF of one quant type, and where `serve` looks for it."""
         return self.export_dir / f"{self.name}.{quant}.gguf"
+
+    @property
+    def served_repetition(self) -> tuple[float, int]:
+        """(repeat_penalty, repeat_last_n) the Modelfile states and `serve gguf` applies:
+        export.ollama.repeat_penalty when set, else the evaluation's."""
+        chosen = self.export.ollama.repeat_penalty
+        return (self.eval.repeat_penalty if chosen is None else chosen), self.eval.repeat_last_n
 
     @property
     def planned_stages(self) -> list[str]:

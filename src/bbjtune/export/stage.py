@@ -422,8 +422,8 @@ def _write_modelfile(cfg: RunConfig, plan, run: StageRun, report: dict[str, Any]
         num_ctx=o.num_ctx,
         temperature=o.temperature,
         model_name=name,
-        repeat_penalty=cfg.eval.repeat_penalty if o.repeat_penalty is None else o.repeat_penalty,
-        repeat_last_n=cfg.eval.repeat_last_n,
+        repeat_penalty=cfg.served_repetition[0],
+        repeat_last_n=cfg.served_repetition[1],
     )
     run.outputs.append(path.name)
     run.extra["ollama"] = {

@@ -125,8 +125,7 @@ def serve_gguf(
 
     Editors, scripts and `bbjtune eval` (eval.backend: http) can then talk to the model at http://HOST:PORT/v1. Code completion: POST /v1/completions with the raw fill-in-the-middle prompt (<|fim_prefix|>…<|fim_suffix|>…<|fim_middle|>, as Continue sends it) or with "suffix". Stop it with Ctrl-C.
     """
-    path, alias = _gguf_target(target, quant, set_)
-    penalty, last_n = _repetition(target, set_)
+    path, alias, (penalty, last_n) = _gguf_target(target, quant, set_)
     if repeat_penalty is not None:
         penalty = repeat_penalty
     if importlib.util.find_spec("llama_cpp") is None:
@@ -221,25 +220,19 @@ def gguf_alias(file_name: str) -> str:
     return re.sub(r"[.-](f32|f16|bf16|q\d[\w]*|iq\d[\w]*)$", "", stem, flags=re.IGNORECASE) or stem
 
 
-def _repetition(target: str, overrides: list[str] | None) -> tuple[float, int]:
-    """(repeat_penalty, repeat_last_n) as the Modelfile states them: the config's, or bbjtune's defaults
-    (the evaluation's: no penalty) for a bare .gguf file."""
-    if Path(target).suffix.lower() == ".gguf":
-        fields = EvalConfig.model_fields
-        return fields["repeat_penalty"].default, fields["repeat_last_n"].default
-    cfg = load_config(target, overrides)
-    chosen = cfg.export.ollama.repeat_penalty
-    return (cfg.eval.repeat_penalty if chosen is None else chosen), cfg.eval.repeat_last_n
-
-
-def _gguf_target(target: str, quant: str | None, overrides: list[str] | None) -> tuple[Path, str]:
+def _gguf_target(
+    target: str, quant: str | None, overrides: list[str] | None
+) -> tuple[Path, str, tuple[float, int]]:
+    """(GGUF file, served model name, (repeat_penalty, repeat_last_n) as the Modelfile states them: the
+    config's, or bbjtune's defaults, the evaluation's, for a bare .gguf file)."""
     path = Path(target).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise BbjtuneError(
                 f"{path} does not exist", "give an existing .gguf file, or a config to serve its export"
             )
-        return path, gguf_alias(path.name)
+        defaults = EvalConfig()
+        return path, gguf_alias(path.name), (defaults.repeat_penalty, defaults.repeat_last_n)
 
     cfg = load_config(target, overrides)
     path = cfg.gguf_file(quant or modelfile_quant(cfg))
@@ -251,4 +244,4 @@ def _gguf_target(target: str, quant: str | None, overrides: list[str] | None) ->
             else f"run `bbjtune export {target}` first"
         )
         raise BbjtuneError(f"{path} does not exist", hint)
-    return path, exported_ollama(cfg).get("model_name") or default_model_name(cfg)
+    return path, exported_ollama(cfg).get("model_name") or default_model_name(cfg), cfg.served_repetition
