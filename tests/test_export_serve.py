@@ -142,13 +142,16 @@ def test_fim_request_rewrite():
 
 
 def test_sampling_defaults_fill_in_only_what_the_request_leaves_out():
-    from bbjtune.serve.llama_server import sampling_defaults, with_sampling_defaults
+    from bbjtune.serve.llama_server import CHAT_PATH, COMPLETIONS_PATH, rewrite_request, sampling_defaults
+
+    def with_sampling_defaults(body, defaults, path=CHAT_PATH):
+        return rewrite_request(path, body, {}, defaults)
 
     defaults = sampling_defaults(1.0)
     out = json.loads(with_sampling_defaults(b'{"messages": [], "temperature": 0.7, "top_k": null}', defaults))
     assert out == {"messages": [], "temperature": 0.7, "repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}
     mine = b'{"prompt": "x", "repeat_penalty": 1.3, "top_k": 20, "min_p": 0.1}'
-    assert with_sampling_defaults(mine, defaults) == mine
+    assert with_sampling_defaults(mine, defaults, COMPLETIONS_PATH) == mine
     for body in (b"not json", b"[1, 2]"):
         assert with_sampling_defaults(body, defaults) == body
 

@@ -42,15 +42,20 @@ CHAT_PATH = "/v1/chat/completions"
 BANNED_IN_MIDDLE = (FIM_PREFIX, FIM_SUFFIX, FIM_MIDDLE)
 
 
-def rewrite_completion_request(body: bytes, banned_ids: dict[str, int]) -> bytes:
-    """A /v1/completions body with `suffix` turned into the raw FIM prompt, and FIM structure tokens
-    banned from a FIM completion. Anything that is not such a request passes unchanged."""
+def _parsed(body: bytes) -> dict[str, Any] | None:
+    """The request body as a JSON object, or None (the server answers that with its own validation error)."""
     try:
         request = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return body  # the server answers it with its own validation error
-    if not isinstance(request, dict) or not isinstance(request.get("prompt"), str):
-        return body
+        return None
+    return request if isinstance(request, dict) else None
+
+
+def _rewrite_fim(request: dict[str, Any], banned_ids: dict[str, int]) -> bool:
+    """`suffix` turned into the raw FIM prompt, FIM structure tokens banned from a FIM completion, in
+    place; whether anything changed."""
+    if not isinstance(request.get("prompt"), str):
+        return False
     changed = False
     if isinstance(request.get("suffix"), str):
         request["prompt"] = fim_prompt(request["prompt"], request.pop("suffix"))
@@ -62,7 +67,21 @@ def rewrite_completion_request(body: bytes, banned_ids: dict[str, int]) -> bytes
                 bias.setdefault(str(token_id), -100.0)
             request["logit_bias"] = bias
             changed = True
-    return json.dumps(request).encode() if changed else body
+    return changed
+
+
+def _fill_defaults(request: dict[str, Any], defaults: dict[str, float]) -> bool:
+    """`defaults` filled in, in place, where the request does not say otherwise; whether any was missing."""
+    missing = {k: v for k, v in defaults.items() if request.get(k) is None}
+    request.update(missing)
+    return bool(missing)
+
+
+def rewrite_completion_request(body: bytes, banned_ids: dict[str, int]) -> bytes:
+    """A /v1/completions body with `suffix` turned into the raw FIM prompt, and FIM structure tokens
+    banned from a FIM completion. Anything that is not such a request passes unchanged."""
+    request = _parsed(body)
+    return json.dumps(request).encode() if request is not None and _rewrite_fim(request, banned_ids) else body
 
 
 def sampling_defaults(repeat_penalty: float = 1.0) -> dict[str, float]:
@@ -70,19 +89,19 @@ def sampling_defaults(repeat_penalty: float = 1.0) -> dict[str, float]:
     return {"repeat_penalty": repeat_penalty, "top_k": 0, "min_p": 0.0}
 
 
-def with_sampling_defaults(body: bytes, defaults: dict[str, float]) -> bytes:
-    """A completion or chat body with `defaults` filled in where the request does not say otherwise."""
-    try:
-        request = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return body  # the server answers it with its own validation error
-    if not isinstance(request, dict):
+def rewrite_request(path: str, body: bytes, banned_ids: dict[str, int], defaults: dict[str, float]) -> bytes:
+    """A chat or completion body as llama-cpp-python should see it: the sampling defaults, and for a
+    completion the FIM rewrite; parsed and written once."""
+    request = _parsed(body)
+    if request is None:
         return body
-    missing = {k: v for k, v in defaults.items() if request.get(k) is None}
-    return json.dumps({**request, **missing}).encode() if missing else body
+    changed = _fill_defaults(request, defaults)
+    if path == COMPLETIONS_PATH:
+        changed = _rewrite_fim(request, banned_ids) or changed
+    return json.dumps(request).encode() if changed else body
 
 
-class FimRequests:
+class ServedRequests:
     """ASGI middleware on every POST /v1/completions and /v1/chat/completions: the sampling defaults,
     and `rewrite_completion_request` for completions."""
 
@@ -111,9 +130,7 @@ class FimRequests:
                 return
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
-        body = with_sampling_defaults(b"".join(chunks), self.defaults)
-        if scope["path"] == COMPLETIONS_PATH:
-            body = rewrite_completion_request(body, self.banned_ids)
+        body = rewrite_request(scope["path"], b"".join(chunks), self.banned_ids, self.defaults)
         headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(body)).encode()))
         await self.app({**scope, "headers": headers}, replay_body(body, receive), send)
@@ -158,7 +175,7 @@ def main() -> None:
     server_settings = parse_model_from_args(ServerSettings, args)
     model_settings = parse_model_from_args(ModelSettings, args)
     app = create_app(server_settings=server_settings, model_settings=[model_settings])
-    wrapped = FimRequests(
+    wrapped = ServedRequests(
         app, fim_token_ids(model_settings.model), sampling_defaults(args.bbjtune_repeat_penalty)
     )
     uvicorn.run(
