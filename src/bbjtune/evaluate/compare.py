@@ -19,7 +19,7 @@ from bbjtune.artifacts import StageRun, atomic_write_json, atomic_write_text, re
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.fim import FIM_METRICS
 from bbjtune.evaluate.metrics import PRIMARY, Metric, flat, metric_of, percent, present
-from bbjtune.evaluate.paired import p_text, paired_changes
+from bbjtune.evaluate.paired import counts, paired_changes
 from bbjtune.evaluate.report import compare_report_html
 from bbjtune.evaluate.run import GENERATIONS_FILE, RESULTS_FILE, SCORES_FILE
 from bbjtune.review_summary import format_summary, load_review_summary
@@ -143,10 +143,7 @@ def compare_results(
 def _noise_note(change: dict[str, Any] | None) -> str:
     if change is None or change["verdict"] != "within noise":
         return ""
-    return (
-        f" — within noise: {change['better']} prompts better, {change['worse']} worse of {change['n']} "
-        f"(sign test {p_text(change['p_value'])})"
-    )
+    return f" — within noise: {counts(change)}"
 
 
 def no_signal(tiers: dict[str, dict[str, Any]], n_prompts: int | None) -> list[str]:

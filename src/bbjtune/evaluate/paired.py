@@ -2,8 +2,8 @@
 
 Two models answer the same prompts, so each prompt's verdict can be compared directly: B fixed it,
 B broke it, or both agree. Only the prompts whose verdict changed say anything about which model is
-better, and on the real 0.5B they are many: between two fine-tuned models about 70-85 of 188
-prompts change their compile verdict in each direction together, so a gap of 8 points of
+better, and on the real 0.5B they are many: between two fine-tuned models 67 to 83 of 188
+prompts change their compile verdict, in both directions together, so a gap of 8 points of
 compile@1 can still be 34 prompts fixed against 49 broken, which a rerun could reverse. The sign
 test says how often a split at least that uneven comes from a fair coin (two-sided, exact).
 
@@ -86,15 +86,20 @@ def paired_changes(
     return out
 
 
+def counts(change: dict[str, Any]) -> str:
+    """`34 prompts better, 49 worse of 188 (sign test p = 0.12)`."""
+    return (
+        f"{change['better']} prompts better, {change['worse']} worse of {change['n']} "
+        f"(sign test {p_text(change['p_value'])})"
+    )
+
+
 def describe(name: str, change: dict[str, Any]) -> str:
-    """One line: `compile@1: 34 prompts better, 49 worse of 188 (sign test p = 0.12): within noise`."""
+    """One line: `compile@1: 34 prompts better, 49 worse of 188 (sign test p = 0.12): within noise, ...`."""
     verdict = change["verdict"]
     if verdict == "within noise":
         verdict = "within noise, a rerun could reverse it"
-    return (
-        f"{name}: {change['better']} better, {change['worse']} worse of {change['n']} "
-        f"(sign test {p_text(change['p_value'])}): {verdict}"
-    )
+    return f"{name}: {counts(change)}: {verdict}"
 
 
 def p_text(p: float) -> str:

@@ -32,11 +32,11 @@ from bbjtune.artifacts import atomic_write_json, atomic_write_text, sha256_file
 from bbjtune.config import SAMPLING_EXECUTION, SelfSampleConfig
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.generate import TransformersBackend
+from bbjtune.models.loops import loop_cut
 from bbjtune.progress import new_progress
 from bbjtune.train import preference, sft, verdict
 from bbjtune.train.inputs import TrainingData
 from bbjtune.train.job import StageJob, is_main_process, read_record, wait_for_everyone
-from bbjtune.models.loops import loop_cut
 from bbjtune.train.release import START_FILE, merge_start, release_superseded, start_chain, was_released
 from bbjtune.train.samples import SAMPLES_FILE, TRAIN, SelfPrompt, by_prompt, sample_prompts, training_prompts
 from bbjtune.train.trainer import free_memory
@@ -327,7 +327,18 @@ def _rejected_first(failing: list[dict[str, Any]], greedy_sample: int | None) ->
     )  # stable: the rest keep their order
 
 
-def _loop_pair(prompt: SelfPrompt, failing: list[dict[str, Any]], sampling: Any) -> dict[str, Any] | None:
+def _pair(prompt: SelfPrompt, chosen: str, rejected: str) -> dict[str, Any]:
+    """One preference pair in trl's conversational format."""
+    return {
+        "prompt": prompt.context,
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }
+
+
+def _loop_pair(
+    prompt: SelfPrompt, failing: list[dict[str, Any]], sampling: SelfSampleConfig
+) -> dict[str, Any] | None:
     """train.dpo.loop_pairs: the first answer that ran on in a loop (failing answers in rejection order),
     cut after the loop's first copy as chosen against itself in full, when the cut answer compiles."""
     for r in failing:
@@ -340,11 +351,7 @@ def _loop_pair(prompt: SelfPrompt, failing: list[dict[str, Any]], sampling: Any)
             min_pattern_share=sampling.min_pattern_share,
         )
         if judged.compiles:
-            return {
-                "prompt": prompt.context,
-                "chosen": [{"role": "assistant", "content": cut}],
-                "rejected": [{"role": "assistant", "content": r["output"]}],
-            }
+            return _pair(prompt, cut, r["output"])
     return None
 
 
@@ -363,6 +370,7 @@ def build_data(job: StageJob, prompts: list[SelfPrompt], rows: list[dict[str, An
     prompts_with_pass = loop_pairs = 0
     sampling = getattr(cfg, "sampling", None)
     greedy_sample = sampling.samples_per_prompt if sampling is not None and sampling.greedy else None
+    with_loops = getattr(cfg, "loop_pairs", False)
     for pid, samples in by_prompt(rows):
         prompt = by_id.get(pid)
         if prompt is None:
@@ -379,14 +387,8 @@ def build_data(job: StageJob, prompts: list[SelfPrompt], rows: list[dict[str, An
             chosen = [prompt.reference] * len(failing)  # against each failing answer, up to the limit
         limit = getattr(cfg, "max_pairs_per_prompt", 1)
         for good, bad in list(zip(chosen, [r["output"] for r in failing]))[:limit]:
-            pairs.append(
-                {
-                    "prompt": prompt.context,
-                    "chosen": [{"role": "assistant", "content": good}],
-                    "rejected": [{"role": "assistant", "content": bad}],
-                }
-            )
-        if getattr(cfg, "loop_pairs", False):
+            pairs.append(_pair(prompt, good, bad))
+        if with_loops:
             loop = _loop_pair(prompt, failing, sampling)
             if loop is not None:
                 pairs.append(loop)
@@ -403,7 +405,7 @@ def build_data(job: StageJob, prompts: list[SelfPrompt], rows: list[dict[str, An
         "prompts_with_a_passing_answer": prompts_with_pass,
         "rft_examples": len(rft),
         "pairs": len(pairs),
-        **({"loop_pairs": loop_pairs} if getattr(cfg, "loop_pairs", False) else {}),
+        **({"loop_pairs": loop_pairs} if with_loops else {}),
         "kto_examples": len(unpaired),
     }
     return Built(rft, pairs, unpaired, stats)
