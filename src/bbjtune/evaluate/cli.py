@@ -29,6 +29,7 @@ from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate.compare import compare_dirs
 from bbjtune.evaluate.run import evaluate_model, score_dir
 from bbjtune.evaluate.stage import (
+    http_backend,
     humaneval_style,
     load_fim_cases,
     load_suites,
@@ -257,14 +258,7 @@ def _eval_one(
         )
     elif kind == "http":
         spec.update(base_url=ecfg.base_url, model=ecfg.api_model)
-        factory = lambda: make_backend(  # noqa: E731
-            "http",
-            base_url=ecfg.base_url,
-            api_model=ecfg.api_model,
-            timeout_s=ecfg.http_wait_s,
-            retries=ecfg.retries,
-            concurrency=ecfg.concurrency,
-        )
+        factory = lambda: http_backend(ecfg, ecfg.api_model)  # noqa: E731
     else:
         spec.update(gguf=ecfg.gguf_file)
         factory = lambda: make_backend("gguf", model=ecfg.gguf_file, threads=ecfg.threads)  # noqa: E731

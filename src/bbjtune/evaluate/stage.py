@@ -22,7 +22,7 @@ from typing import Any
 from rich.console import Console
 
 from bbjtune.artifacts import common_system_prompt, sha256_file
-from bbjtune.config import REPO_ROOT, RunConfig, expand_globs
+from bbjtune.config import REPO_ROOT, EvalConfig, RunConfig, expand_globs
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate import fim
 from bbjtune.evaluate.metrics import PRIMARY, flat, percent
@@ -143,6 +143,18 @@ def humaneval_style(setting: str, model_kind: str) -> str:
     return "completion" if model_kind == "base" else "chat"
 
 
+def http_backend(e: EvalConfig, model: str | None) -> Any:
+    """The http backend for `model` at eval.base_url, with the config's timeout, retries and concurrency."""
+    return make_backend(
+        "http",
+        base_url=e.base_url,
+        api_model=model,
+        timeout_s=e.http_wait_s,
+        retries=e.retries,
+        concurrency=e.concurrency,
+    )
+
+
 def plan_models(cfg: RunConfig, trained: Trained | None) -> list[ModelPlan]:
     e = cfg.eval
     plans: list[ModelPlan] = []
@@ -188,14 +200,7 @@ def plan_models(cfg: RunConfig, trained: Trained | None) -> list[ModelPlan]:
     elif e.backend == "http":
 
         def http(model: str | None) -> Callable[[], Any]:
-            return lambda: make_backend(
-                "http",
-                base_url=e.base_url,
-                api_model=model,
-                timeout_s=e.http_wait_s,
-                retries=e.retries,
-                concurrency=e.concurrency,
-            )
+            return lambda: http_backend(e, model)
 
         if e.compare_with_base and e.base_api_model:
             plans.append(
