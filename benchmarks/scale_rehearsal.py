@@ -9,8 +9,12 @@ architecture, random bf16 weights, the Qwen2.5 tokenizer) through the preset
 - GPU memory of the step's processes (nvidia-smi's compute apps; where it lists none of them, e.g. in
   another pid namespace, the whole card's memory in use, and the row says `peak_gpu_of: card`),
 - host RAM: the resident memory of the step's whole process tree,
-- disk: bytes used on the work directory's file system beyond what was used when the rehearsal started
-  (the random base, runs, temporary files).
+- disk: bytes under the work directory beyond what was there when the rehearsal started: the random
+  base is built there (BBJTUNE_CACHE_DIR) and temporary files go there (TMPDIR), so two rehearsals on
+  one disk do not count each other's files.
+
+A stage's own manifest records its process's peak GPU memory (`peaks`, torch's reserved bytes); a row
+takes that figure where nvidia-smi could not tell the step's processes apart (`peak_gpu_of: torch`).
 
     python benchmarks/scale_rehearsal.py --size 7b --work /big/disk/scale \\
         --data runs/prepared-data --json benchmarks/results/scale-2026-12-08-gpu.json
@@ -86,6 +90,18 @@ def process_tree(pid: int) -> tuple[int, set[int]]:
     return total, seen
 
 
+def tree_bytes(root: Path) -> int:
+    """Bytes allocated to the files under `root` (files that vanish while it walks are skipped)."""
+    total = 0
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total
+
+
 class Monitor(threading.Thread):
     """Peak GPU memory, process-tree RSS and extra disk while one step runs."""
 
@@ -106,7 +122,7 @@ class Monitor(threading.Thread):
             else:
                 self.card = max(self.card, used)
         self.ram = max(self.ram, rss)
-        self.disk = max(self.disk, shutil.disk_usage(self.work).used - self.disk0)
+        self.disk = max(self.disk, tree_bytes(self.work) - self.disk0)
 
     def run(self) -> None:
         self.sample()  # a step shorter than one interval is seen at least once
@@ -217,6 +233,14 @@ def stage_metrics(path: Path) -> dict | None:
         return None
 
 
+def stage_peaks(path: Path) -> dict | None:
+    """The `peaks` of a stage's manifest.json: its process's own peak GPU memory and RAM."""
+    try:
+        return json.loads(path.read_text()).get("peaks")
+    except (OSError, ValueError):
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="7b", choices=["0.5b", "1.5b", "3b", "7b", "14b", "32b"])
@@ -235,7 +259,21 @@ def main() -> None:
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    (work / "tmp").mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "BBJTUNE_CACHE_DIR": str(work / "cache"),
+        "TMPDIR": str(work / "tmp"),
+    }
+    if not env.get("BBJTUNE_TOKENIZER_SOURCE"):  # found in the usual cache before the cache moves to `work`
+        from bbjtune.errors import BbjtuneError
+        from bbjtune.models.random_weights import tokenizer_source
+
+        try:
+            env["BBJTUNE_TOKENIZER_SOURCE"] = tokenizer_source()
+        except BbjtuneError as exc:
+            parser.error(str(exc))
     preset = args.preset or f"qwen2.5-coder-{args.size}-base"
     data_dir = args.data.resolve() if args.data else work / "data"
     sets = [
@@ -271,7 +309,7 @@ def main() -> None:
     wanted = args.only or [*steps, "serve"]
     if args.data and "data" in wanted and not args.only:
         wanted.remove("data")
-    disk0 = shutil.disk_usage(work).used
+    disk0 = tree_bytes(work)
     gpu = (
         subprocess.run(
             ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
@@ -297,6 +335,9 @@ def main() -> None:
         else:
             row = run_step(name, steps[name], work, disk0, log, env)
             row["metrics"] = stage_metrics(manifests[name]) if name in manifests else None
+            own = stage_peaks(manifests[name]) if name in manifests else None
+            if own and own.get("peak_gpu_gib") is not None and row["peak_gpu_of"] != "process":
+                row.update(peak_gpu_gib=own["peak_gpu_gib"], peak_gpu_of="torch")
             if name == "export" and row["rc"] == 2:
                 # exit 2: a GGUF failed verification, files kept. Random weights give near-flat logits whose
                 # top-1 choice any rounding flips, so that verdict says nothing here; the files are there

@@ -47,6 +47,8 @@ def test_stage_run_manifest_records_inputs_status_and_metrics(tmp_path):
     assert m["inputs"][0]["sha256"] == sha256_file(src) and m["inputs"][0]["bytes"] == 5
     assert "step_s" in m["timings"] and "total_s" in m["timings"]
     assert m["versions"]["torch"] and m["config"] == {"seed": 1}
+    # no GPU here; a Python process that imported bbjtune holds well over 20 MiB
+    assert m["peaks"]["peak_gpu_gib"] is None and 0.02 < m["peaks"]["peak_ram_gib"] < 24
 
 
 def test_stage_run_marks_failures(tmp_path):

@@ -170,3 +170,18 @@ def test_a_tokenizer_only_directory_is_a_tokenizer_source(tmp_path, tiny_model_d
     copied = AutoTokenizer.from_pretrained(str(tmp_path / "out"))
     assert copied.get_vocab() == load_tokenizer(str(tiny_model_dir)).get_vocab()
     assert copied("print 1").input_ids == load_tokenizer(str(tiny_model_dir))("print 1").input_ids
+
+
+def test_tokenizer_and_architecture_of_a_random_source_need_no_build(monkeypatch, tmp_path, tiny_model_dir):
+    """A dry run of the 32B preset reads its tokens and shapes without writing 61 GiB of weights."""
+    from bbjtune.models.loading import find_architecture
+
+    monkeypatch.setenv("BBJTUNE_TOKENIZER_SOURCE", str(tiny_model_dir))
+    monkeypatch.setenv("BBJTUNE_CACHE_DIR", str(tmp_path))
+    tok = load_tokenizer("random:qwen2.5-coder-32b")
+    assert tok.get_vocab() == load_tokenizer(str(tiny_model_dir)).get_vocab() and tok.pad_token
+    arch = find_architecture("random:qwen2.5-coder-32b")
+    assert arch is not None and 32.0e9 < arch.params < 33.5e9
+    assert not (tmp_path / "random").exists(), "nothing may be built"
+    with pytest.raises(BbjtuneError, match="unknown architecture"):
+        load_tokenizer("random:qwen2.5-coder-9b")

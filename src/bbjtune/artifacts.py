@@ -321,6 +321,22 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def resource_peaks() -> dict[str, float | None]:
+    """This process's peak memory so far: GPU (torch's reserved bytes, where torch is loaded and has used
+    CUDA; None otherwise) and host RAM (resident set of this process and of its finished children), in
+    GiB. Stage manifests carry it, so a run's memory needs are on record per stage."""
+    import resource
+
+    gpu = None
+    torch = sys.modules.get("torch")  # never imported for this: a data stage stays light
+    if torch is not None:
+        with contextlib.suppress(Exception):
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                gpu = round(torch.cuda.max_memory_reserved() / 2**30, 2)  # this process's device
+    kib = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return {"peak_gpu_gib": gpu, "peak_ram_gib": round(kib / 2**20, 2)}
+
+
 def git_revision(cwd: str | os.PathLike | None = None) -> str | None:
     """The checkout's commit (with `-dirty` when there are local changes), or None outside git."""
     try:
@@ -415,6 +431,7 @@ class StageRun:
             "git_revision": git_revision(Path(__file__).parent),
             "timings": self.timings,
             "metrics": self.metrics,
+            "peaks": resource_peaks(),
             **self.extra,
         }
 

@@ -22,7 +22,12 @@ from typing import Any, Literal
 
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.architecture import Architecture, known_architecture, read_gguf_metadata
-from bbjtune.models.random_weights import build_random, parse_random_source
+from bbjtune.models.random_weights import (
+    build_random,
+    parse_random_source,
+    published_config,
+    tokenizer_source,
+)
 from bbjtune.models.tiny import build_tiny, parse_tiny_source
 from bbjtune.quiet import quiet_weight_bars
 
@@ -154,14 +159,20 @@ def load_tokenizer(source: str | ModelSource, **kwargs: Any):
     """The tokenizer of a source, with Qwen's pad token set when the source has none."""
     from transformers import AutoTokenizer
 
-    src = source if isinstance(source, ModelSource) else resolve_source(source)
-    if src.kind == "hub":
-        _check_hub_reachable(src)
-    name, extra = src.pretrained_args
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, **extra, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise _load_error(src.spec, exc) from exc
+    if isinstance(source, str) and source.strip().startswith("random:"):
+        # random weights borrow the Qwen2.5 tokenizer: read it there, without building a checkpoint
+        # (a dry run of the 32B preset must not write 61 GiB of weights to show its tokens)
+        parse_random_source(source.strip())  # an unknown architecture is said as such
+        tokenizer = borrowed_tokenizer(tokenizer_source(), **kwargs)
+    else:
+        src = source if isinstance(source, ModelSource) else resolve_source(source)
+        if src.kind == "hub":
+            _check_hub_reachable(src)
+        name, extra = src.pretrained_args
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, **extra, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise _load_error(src.spec, exc) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = (
             "<|endoftext|>" if "<|endoftext|>" in tokenizer.get_vocab() else tokenizer.eos_token
@@ -196,19 +207,21 @@ def restore_control_tokens(tokenizer: Any) -> list[str]:
 
 
 def save_tokenizer(source: str, out: Path) -> None:
-    """Copy a source's tokenizer into `out` (random-weight checkpoints borrow the Qwen2.5 one).
+    """Copy a source's tokenizer into `out` (random-weight checkpoints borrow the Qwen2.5 one)."""
+    borrowed_tokenizer(source).save_pretrained(out)
 
-    The source is any model source, or a directory that holds only a tokenizer (tokenizer.json):
+
+def borrowed_tokenizer(source: str, **kwargs: Any):
+    """The tokenizer of any model source, or of a directory that holds only a tokenizer (tokenizer.json):
     the 11 MB a GPU machine without the hub needs to build random weights."""
     folder = Path(source).expanduser()
     if folder.is_dir() and (folder / "tokenizer.json").exists() and not (folder / "config.json").exists():
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(str(folder))
+        tok = AutoTokenizer.from_pretrained(str(folder), **kwargs)
         restore_control_tokens(tok)
-        tok.save_pretrained(out)
-        return
-    load_tokenizer(source).save_pretrained(out)
+        return tok
+    return load_tokenizer(source, **kwargs)
 
 
 def torch_dtype(name: str):
@@ -329,7 +342,15 @@ def find_architecture(source: str) -> Architecture | None:
 
 
 def architecture_of(source: str) -> Architecture | None:
-    """The architecture of a local, tiny or GGUF model from its files (nothing downloaded); None when unknown."""
+    """The architecture of a local, tiny or GGUF model from its files (nothing downloaded); None when unknown.
+
+    A `random:` source answers from its published config: nothing is built."""
+    if source.strip().startswith("random:"):
+        try:
+            name, variant, _ = parse_random_source(source.strip())
+            return Architecture.from_config(published_config(name, variant))
+        except BbjtuneError:
+            return None
     try:
         resolved = resolve_source(source)
     except BbjtuneError:
