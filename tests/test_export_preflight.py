@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from rich.console import Console
 
 from bbjtune.config import load_config
 from bbjtune.errors import BbjtuneError
-from bbjtune.sizing import GiB, check_export, estimate_export
+from bbjtune.sizing import GiB, check_export, choose_merged, estimate_export
 from bbjtune.models.architecture import QWEN25
 
 SEVEN = QWEN25["7b"]
@@ -150,6 +151,42 @@ def test_dry_run_prints_the_export_estimate(tmp_path):
     n = QWEN25["32b"].params
     assert f"{n * 0.61 / GiB:.1f}" in text  # the q4_k_m size in GiB
     assert "GiB RAM available" in text
+
+
+def test_merged_auto_keeps_merged_only_where_disk_and_ram_hold_it():
+    """The 14B rehearsal on a 64 GiB disk: the shipped preset asked for merged/ and export refused after
+    training (53.2 GiB needed, 35.6 free). auto streams there instead, and says why."""
+    fourteen = QWEN25["14b"]
+
+    def estimate(keep):
+        return estimate_export(
+            fourteen, ["q8_0", "q4_k_m"], streaming=not keep, keep_merged=keep, kquant_source="q8_0"
+        )
+
+    roomy = choose_merged("auto", free=500 * GiB, ram=128 * GiB, estimate=estimate)
+    assert roomy == (True, None)
+    keep, why = choose_merged("auto", free=int(35.6 * GiB), ram=128 * GiB, estimate=estimate)
+    assert keep is False and "35.6 GiB of free disk cannot hold merged/ (27.5 GiB)" in why
+    # the streamed route it falls back to fits the same disk (check_export does not refuse it)
+    assert check_export(Path("/nonexistent/x"), estimate(False), free=int(35.6 * GiB), ram=128 * GiB) is not None
+    keep, why = choose_merged("auto", free=500 * GiB, ram=16 * GiB, estimate=estimate)
+    assert keep is False and "16.0 GiB of RAM cannot merge the whole model" in why
+    # an explicit setting is obeyed, whatever the machine
+    assert choose_merged(True, free=0, ram=0, estimate=estimate) == (True, None)
+    assert choose_merged(False, free=500 * GiB, ram=128 * GiB, estimate=estimate) == (False, None)
+
+
+def test_dry_run_says_when_merged_auto_will_stream(tmp_path, monkeypatch):
+    from bbjtune.train import dryrun
+
+    cfg = load_config("qwen2.5-coder-14b-base", [f"output_dir={tmp_path}/{{name}}"])
+    assert cfg.export.merged == "auto"
+    monkeypatch.setattr(dryrun, "free_disk", lambda where: 40 * GiB)
+    monkeypatch.setattr(dryrun, "available_ram", lambda: 128 * GiB)
+    console = Console(record=True, width=240)
+    dryrun._show_export(cfg, console)
+    text = console.export_text()
+    assert "export.merged: auto → no merged/ on this machine" in text and "streamed merge" in text
 
 
 # ----------------------------------------------------------------------------- the streamed stage

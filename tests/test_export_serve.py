@@ -71,6 +71,24 @@ def test_only_loopback_by_default():
     assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_a_busy_port_is_said_before_the_model_loads(tiny_model_dir, tmp_path):
+    import socket
+    import time
+
+    from bbjtune.export.gguf import write_gguf
+
+    gguf = write_gguf(tiny_model_dir, tmp_path / "bbj-tiny.f16.gguf", "f16")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        t0 = time.monotonic()
+        res = run_cli("serve", "gguf", str(gguf), "--port", str(port))
+    assert res.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in res.stderr, res.stderr
+    assert "--port" in res.stderr and "Traceback" not in res.stderr
+    assert time.monotonic() - t0 < 30  # no model was loaded and no server started
+
+
 # ----------------------------------------------------------------------------- code completion (FIM)
 
 

@@ -648,11 +648,12 @@ class VllmConfig(Section):
 
 class ExportConfig(Section):
     output_dir: str | None = Field(None, description="default: <run output_dir>/export")
-    merged: bool = Field(
-        True,
+    merged: bool | Literal["auto"] = Field(
+        "auto",
         description="keep merged/ (16-bit safetensors for vLLM or transformers), merged by PEFT on the whole "
         "model; false: the GGUF files are made by merging tensor by tensor (RAM of one tensor, no merged copy "
-        "on disk)",
+        "on disk); auto: true when this machine's free disk and RAM hold it beside the GGUF files, else false "
+        "(said when it happens)",
     )
     gguf: list[QuantType] = Field(
         default_factory=lambda: ["f16", "q8_0", "q4_k_m"],

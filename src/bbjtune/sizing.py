@@ -173,6 +173,31 @@ def choose_kquant_source(
     return source, est
 
 
+def choose_merged(
+    setting: bool | str, free: int, ram: int, estimate: Callable[[bool], ExportEstimate]
+) -> tuple[bool, str | None]:
+    """export.merged as a decision, and why auto said no (None otherwise).
+
+    auto: keep merged/ when the export that writes it (`estimate(True)`) fits this machine's free disk
+    and RAM, as check_export counts them; otherwise stream the merge into the GGUF files."""
+    if setting != "auto":
+        return bool(setting), None
+    est = estimate(True)
+    disk = est.disk_peak * DISK_MARGIN
+    need_ram = max(v for k, v in est.ram.items() if k != "verify")
+    short = []
+    if disk > free:
+        short.append(
+            f"{free / GiB:.1f} GiB of free disk cannot hold merged/ ({est.merged / GiB:.1f} GiB) beside the "
+            f"GGUF files ({disk / GiB:.1f} GiB needed)"
+        )
+    if need_ram > ram:
+        short.append(
+            f"{ram / GiB:.1f} GiB of RAM cannot merge the whole model ({need_ram / GiB:.1f} GiB needed)"
+        )
+    return not short, "; ".join(short) or None
+
+
 # ----------------------------------------------------------------------------- the machine
 
 

@@ -50,6 +50,7 @@ from bbjtune.sizing import (
     available_ram,
     check_export,
     choose_kquant_source,
+    choose_merged,
     configured_kquant_source,
     estimate_export,
     free_disk,
@@ -71,31 +72,45 @@ def run_stage(cfg: RunConfig) -> Path:
     llama_types = [q for q in export.gguf if q not in WRITER_TYPES]
     if llama_types or export.verify or export.lora_gguf:
         require_llama_cpp()
-    streaming, why = choose_merge_path(export.merged, plan.base, adapters)
     arch = architecture_of(plan.base)
     ram = available_ram()
+    free = free_disk(out)
+
+    def estimate(kquant_source: str, keep: bool, streaming: bool):
+        return estimate_export(
+            arch,
+            list(export.gguf),
+            streaming=streaming,
+            keep_merged=keep,
+            lora_gguf=export.lora_gguf,
+            verify=export.verify,
+            merge_bytes=torch_dtype(cfg.model.dtype).itemsize,
+            save_bytes=_save_bytes(plan.base, cfg.model.dtype),
+            available_ram=ram,
+            kquant_source=kquant_source,
+        )
+
+    def routed(keep: bool, streaming: bool):  # the estimate with the k-quant source auto would pick
+        return choose_kquant_source(
+            export.kquant_source, list(export.gguf), free, lambda s: estimate(s, keep, streaming)
+        )
+
+    keep_merged, short = (
+        choose_merged(export.merged, free, ram, lambda keep: routed(keep, not keep)[1])
+        if arch is not None
+        else (export.merged is not False, None)  # without an architecture, no estimate to choose by
+    )
+    if short:
+        console.print(
+            f"[yellow]note:[/] no merged/ safetensors (export.merged: auto): {short}. The GGUF files are "
+            "made by merging tensor by tensor; set export.merged: true and free space to have merged/ too",
+            highlight=False,
+        )
+    streaming, why = choose_merge_path(keep_merged, plan.base, adapters)
     est = None
-    source = configured_kquant_source(
-        export.kquant_source
-    )  # without an architecture, no estimate to choose by
+    source = configured_kquant_source(export.kquant_source)
     if arch is not None:
-
-        def estimate(kquant_source: str):
-            return estimate_export(
-                arch,
-                list(export.gguf),
-                streaming=streaming,
-                keep_merged=export.merged,
-                lora_gguf=export.lora_gguf,
-                verify=export.verify,
-                merge_bytes=torch_dtype(cfg.model.dtype).itemsize,
-                save_bytes=_save_bytes(plan.base, cfg.model.dtype),
-                available_ram=ram,
-                kquant_source=kquant_source,
-            )
-
-        free = free_disk(out)
-        source, est = choose_kquant_source(export.kquant_source, list(export.gguf), free, estimate)
+        source, est = routed(keep_merged, streaming)
         if export.kquant_source == "auto" and source == "q8_0":
             console.print(
                 f"[yellow]note:[/] {', '.join(llama_types)} will be quantized from a q8_0 file, not f16: "
@@ -142,10 +157,10 @@ def run_stage(cfg: RunConfig) -> Path:
                         cfg, model_dir, run, scratch, tensors, need_reference, source
                     )
             else:
-                model_dir = merged if export.merged else scratch / "merged"
+                model_dir = merged if keep_merged else scratch / "merged"
                 with run.timed("merge"), console.status(f"merging the adapter into {plan.base}"):
                     _merge(plan, model_dir, cfg.model.dtype)
-                console.print(f"[green]✓[/] merged model → {model_dir if export.merged else '(temporary)'}")
+                console.print(f"[green]✓[/] merged model → {model_dir if keep_merged else '(temporary)'}")
                 ggufs, temporary = _write_ggufs(cfg, model_dir, run, scratch, None, need_reference, source)
             if not reference_why:  # the f16 intermediate is nobody's reference: gone before verification
                 for path in temporary.values():
@@ -169,12 +184,12 @@ def run_stage(cfg: RunConfig) -> Path:
                 report["lora_gguf"] = lora
                 atomic_write_json(out / "verify.json", report)
                 run.outputs.append("verify.json")
-        if export.merged:
+        if keep_merged:
             run.outputs.append("merged/")
         if export.ollama.enabled:
             _write_modelfile(cfg, plan, run, report)
         if export.vllm.enabled:
-            _write_vllm(cfg, plan, adapters, run)
+            _write_vllm(cfg, plan, adapters, run, keep_merged)
         run.outputs.extend(p.name for p in ggufs.values())
         if report is not None:
             raise_on_failure(report)
@@ -187,7 +202,7 @@ def run_stage(cfg: RunConfig) -> Path:
 def choose_merge_path(keep_merged: bool, base: str, adapters) -> tuple[bool, str]:
     """(stream?, why): stream unless merged safetensors are asked for or the adapter needs the HF merge."""
     if keep_merged:
-        return False, "export.merged is true: the merged safetensors are written, so the HF merge runs"
+        return False, "merged/ is written (export.merged), so the HF merge runs"
     blockers = stream_blockers(base, adapters)
     if blockers:
         return False, "the streaming merge cannot reproduce it: " + "; ".join(blockers)
@@ -436,7 +451,7 @@ def _write_modelfile(cfg: RunConfig, plan, run: StageRun, report: dict[str, Any]
     console.print(f"[green]✓[/] Modelfile ({quant}) → ollama create {name} -f {path}")
 
 
-def _write_vllm(cfg: RunConfig, plan, adapters, run: StageRun) -> None:
+def _write_vllm(cfg: RunConfig, plan, adapters, run: StageRun, keep_merged: bool) -> None:
     v = cfg.export.vllm
     vplan = plan_vllm(
         adapters[-1] if adapters else None,
@@ -444,7 +459,7 @@ def _write_vllm(cfg: RunConfig, plan, adapters, run: StageRun) -> None:
         served_name=v.served_name or f"bbj-{cfg.name}",
         max_loras=v.max_loras,
         max_model_len=v.max_model_len,
-        merged_dir=cfg.export_dir / "merged" if cfg.export.merged else None,
+        merged_dir=cfg.export_dir / "merged" if keep_merged else None,
         chained=len(adapters),
     )
     atomic_write_json(cfg.export_dir / "vllm-lora.json", vplan.to_json())

@@ -19,7 +19,7 @@ from bbjtune.artifacts import read_manifest
 from bbjtune.config import EvalConfig, RunConfig, load_config
 from bbjtune.errors import BbjtuneError
 from bbjtune.serve.gateway.cli import serve_gateway
-from bbjtune.net import is_loopback
+from bbjtune.net import is_loopback, listening_socket
 
 ConfigArg = Annotated[
     str, typer.Argument(help="A config YAML file or a preset name (see `bbjtune config list`).")
@@ -158,6 +158,7 @@ def serve_gguf(
     ]
     if threads:
         command += ["--n_threads", str(threads)]
+    listening_socket(host, port).close()  # a busy port or a bad address is said before the model loads
     if not is_loopback(host):
         typer.echo(
             f"warning: listening on {host}: other machines can reach this server (it has no password)",
@@ -179,7 +180,8 @@ def serve_gguf(
     if code != 0:
         raise BbjtuneError(
             f"the llama.cpp server stopped with exit code {code}",
-            f"is port {port} already in use? Choose another with --port",
+            "its own message is just above; a ModuleNotFoundError means llama-cpp-python's server extra is "
+            "incomplete: pip install 'llama-cpp-python[server]'",
         )
 
 

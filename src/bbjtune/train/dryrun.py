@@ -28,6 +28,7 @@ from bbjtune.sizing import (
     DISK_MARGIN,
     available_ram,
     choose_kquant_source,
+    choose_merged,
     configured_kquant_source,
     estimate_export,
     free_disk,
@@ -238,21 +239,35 @@ def _show_export(cfg: RunConfig, console: Console) -> None:
         return
     e = cfg.export
     ram = available_ram()
-    estimate = functools.partial(
-        estimate_export,
-        arch,
-        list(e.gguf),
-        streaming=not e.merged,  # a DoRA adapter falls back to the HF merge (export says so)
-        keep_merged=e.merged,
-        lora_gguf=e.lora_gguf,
-        verify=e.verify,
-        merge_bytes=torch_dtype(cfg.model.dtype).itemsize,  # as the export stage counts it
-        available_ram=ram,
+    free = free_disk(cfg.export_dir)
+
+    def estimate_for(keep: bool, kquant_source: str):
+        return estimate_export(
+            arch,
+            list(e.gguf),
+            streaming=not keep,  # a DoRA adapter falls back to the HF merge (export says so)
+            keep_merged=keep,
+            lora_gguf=e.lora_gguf,
+            verify=e.verify,
+            merge_bytes=torch_dtype(cfg.model.dtype).itemsize,  # as the export stage counts it
+            available_ram=ram,
+            kquant_source=kquant_source,
+        )
+
+    # export.merged: auto decides on this machine as export will
+    keep, short = choose_merged(
+        e.merged,
+        free,
+        ram,
+        lambda k: choose_kquant_source(
+            e.kquant_source, list(e.gguf), free, functools.partial(estimate_for, k)
+        )[1],
     )
+    estimate = functools.partial(estimate_for, keep)
     est = estimate(kquant_source=configured_kquant_source(e.kquant_source))
     unit, scale = ("GiB", 2**30) if arch.params > 5e7 else ("MiB", 2**20)
     table = Table(
-        title=f"export ({unit}, estimate): {'HF merge' if e.merged else 'streamed merge'}",
+        title=f"export ({unit}, estimate): {'HF merge' if keep else 'streamed merge'}",
         title_justify="left",
     )
     table.add_column("file or step")
@@ -277,11 +292,12 @@ def _show_export(cfg: RunConfig, console: Console) -> None:
         if est.verify_reference == "hf"
         else "; verification against the 16-bit GGUF (the HF model does not fit in this RAM)"
     )
-    free = free_disk(cfg.export_dir)
+    if short:
+        console.print(f"  export.merged: auto → no merged/ on this machine: {short}", highlight=False)
     console.print(
         f"  this machine: {ram / 2**30:.1f} GiB RAM available, {free / 2**30:.1f} GiB "
         f"free for {cfg.export_dir}{verify}"
-        + ("; export.merged: false streams the merge (no whole model in RAM)" if e.merged else "")
+        + ("; export.merged: false streams the merge (no whole model in RAM)" if keep else "")
     )
     if e.kquant_source == "auto" and "f16 (llama.cpp's input)" in est.scratch:
         console.print(
