@@ -326,12 +326,12 @@ class SelfSampleConfig(RefillEngine, Section):
         ),
     )
     engine: Literal["batched", "refill", "continuous"] = Field(
-        "batched",
+        "refill",
         description=(
-            "batched: padded batches of batch_tokens, each decoding until its longest answer ends; refill: "
-            "segments of segment_tokens, after each of which ended answers give their rows to waiting ones "
-            "(for answers of very different lengths); continuous: transformers' continuous batching (GPU only "
-            "in practice). benchmarks/sample_speed.py compares them"
+            "refill: segments of segment_tokens, after each of which ended answers give their rows to waiting "
+            "ones (sampled answers end at very different lengths: 2.75x the useful tokens/s of batched on one "
+            "H100, benchmarks/refill_speed.py); batched: padded batches of batch_tokens, each decoding until its "
+            "longest answer ends; continuous: transformers' continuous batching (GPU only in practice)"
         ),
     )
     segment_tokens: int = Field(
