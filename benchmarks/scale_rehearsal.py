@@ -258,11 +258,18 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="more config overrides")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--preset", help="default: qwen2.5-coder-<size>-base")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help="where the random base is built (default: WORK/cache); e.g. a RAM disk when the disk cannot "
+        "hold the 32B base beside the run (its bytes then do not count as disk)",
+    )
     args = parser.parse_args()
 
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "BBJTUNE_CACHE_DIR": str(work / "cache")}
+    cache = (args.cache or work / "cache").resolve()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "BBJTUNE_CACHE_DIR": str(cache)}
     if not env.get("BBJTUNE_TOKENIZER_SOURCE"):  # found in the usual cache before the cache moves to `work`
         from bbjtune.errors import BbjtuneError
         from bbjtune.models.random_weights import tokenizer_source
@@ -272,9 +279,11 @@ def main() -> None:
         except BbjtuneError as exc:
             parser.error(str(exc))
     preset = args.preset or f"qwen2.5-coder-{args.size}-base"
+    # the random weights of the preset's variant (an Instruct preset's generation config stops on <|im_end|>)
+    source = f"random:qwen2.5-coder-{args.size}" + ("-instruct" if preset.endswith("-instruct") else "")
     data_dir = args.data.resolve() if args.data else work / "data"
     sets = [
-        f"model.source=random:qwen2.5-coder-{args.size}",
+        f"model.source={source}",
         f"output_dir={work}/runs/{{name}}",
         f"data.output_dir={data_dir}",
         "data.chatml=[examples/chatml/*.jsonl]",
@@ -295,7 +304,7 @@ def main() -> None:
             sys.executable,
             "-c",
             "import sys; from bbjtune.models.loading import resolve_source; print(resolve_source(sys.argv[1]).path)",
-            f"random:qwen2.5-coder-{args.size}",
+            source,
         ],
         "data": [*cli, "data", "prepare", *cfg_args],
         "cpt": [*cli, "train", *cfg_args, "--stage", "cpt"],

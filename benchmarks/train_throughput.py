@@ -11,18 +11,27 @@ libraries on import; a fresh process keeps every row honest):
               packing each batch is padded to its longest conversation, bbjtune packs them; the
               figure that matters is useful (non-padding) tokens per second
 
-Each group has four rows: (a) hf-peft: transformers + peft + Trainer, the plain baseline;
-(b) unsloth: FastLanguageModel + get_peft_model + trl's SFTTrainer as Unsloth's docs show;
-(c) bbjtune-hf and (d) bbjtune-unsloth: bbjtune's SFT recipe (`bbjtune.train.trainer`) with each
+Each group has these rows: (a) hf-peft: transformers + peft + Trainer, the plain baseline;
+(b) unsloth: FastLanguageModel + get_peft_model + trl's SFTTrainer as Unsloth's docs show, and
+unsloth-packed: the same with trl's packing on (Unsloth's own answer to mixed lengths, the fair peer
+on the length mix); (c) bbjtune-hf, bbjtune-hf-liger (the hf backend with Liger's fused kernels,
+`train.use_liger`) and (d) bbjtune-unsloth: bbjtune's SFT recipe (`bbjtune.train.trainer`) with each
 backend. Reported per row: tokens/s (all tokens fed to the model, padding included), useful
 tokens/s, MFU (model FLOPs utilisation: 6 x (linear + lm_head parameters) + 6 x layers x hidden x
 sequence per token for the causal attention, over the GPU's dense bf16 peak), peak memory
 (torch's max allocated), for bbjtune rows the memory estimate and its error, and the ratios to (a)
-and (b). A row whose library is missing says "not available".
+and to the best Unsloth row of its group. A row whose library is missing says "not available".
+
+`--profile` records one step of every row with torch's profiler (the last warm-up step, so the
+timed steps run unprofiled): the step's wall time, the
+time the GPU (or, on a CPU, the operators) was busy and the rest (host gaps: Python, launches,
+callbacks, data), the optimizer's share, and the 12 operators with the most self time; the summary
+goes into the row (`profile`), the table into the worker's log.
 
     python benchmarks/train_throughput.py --out benchmarks/results/train_throughput.json
     python benchmarks/train_throughput.py --groups 7b-lora,mix --steps 8
     python benchmarks/train_throughput.py --smoke --out /tmp/smoke.json      # CPU, tiny sizes, seconds
+    python benchmarks/train_throughput.py --groups 7b-qlora --paths unsloth,bbjtune-unsloth --profile
 
 Prints a markdown table; writes every measurement as JSON to --out (after each row, so a run cut
 short keeps what it measured) and each worker's output to --work-dir/logs/. BENCH_DEBUG=1 prints the
@@ -73,7 +82,8 @@ GROUPS = {  # group: (architecture, 4-bit, workload)
     "14b-qlora": ("14b", True, "full"),
     "mix": ("7b", False, "mix"),
 }
-PATHS = ("hf-peft", "unsloth", "bbjtune-hf", "bbjtune-unsloth")
+PATHS = ("hf-peft", "unsloth", "unsloth-packed", "bbjtune-hf", "bbjtune-hf-liger", "bbjtune-unsloth")
+UNSLOTH_PATHS = ("unsloth", "unsloth-packed")  # Unsloth used directly
 QWEN2_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 GiB = 1024**3
@@ -89,6 +99,7 @@ class Settings:
     warmup: int = 2
     smoke: bool = False
     gradient_checkpointing: bool = True
+    profile: bool = False
 
 
 # ----------------------------------------------------------------------------- workloads
@@ -237,7 +248,7 @@ def meter_callback(meter: Meter):
     return _Callback()
 
 
-def attach(trainer: Any, meter: Meter) -> None:
+def attach(trainer: Any, meter: Meter, profile: StepProfile | None = None) -> None:
     """Count the tokens of every micro-batch the trainer computes a loss on, and time its steps."""
     compute_loss = trainer.compute_loss
 
@@ -248,6 +259,92 @@ def attach(trainer: Any, meter: Meter) -> None:
 
     trainer.compute_loss = counted
     trainer.add_callback(meter_callback(meter))
+    if profile is not None:
+        from transformers import TrainerCallback
+
+        class _Profile(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                profile.begin()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                profile.end()
+
+        trainer.add_callback(_Profile())
+
+
+class StepProfile:
+    """torch.profiler around one optimizer step (the last warm-up step: not among the timed ones)."""
+
+    def __init__(self, at_step: int):
+        self.at, self.step = at_step, 0
+        self.prof: Any = None
+        self.t0 = 0.0
+        self.summary: dict[str, Any] | None = None
+
+    def begin(self) -> None:
+        if self.step != self.at:
+            return
+        import torch
+
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self.prof = torch.profiler.profile(activities=activities)
+        _sync()
+        self.prof.start()
+        self.t0 = time.perf_counter()
+
+    def end(self) -> None:
+        if self.prof is not None and self.step == self.at:
+            _sync()
+            wall = time.perf_counter() - self.t0
+            self.prof.stop()
+            self.summary = summarize_profile(self.prof, wall)
+            self.prof = None
+        self.step += 1
+
+
+def summarize_profile(prof: Any, wall_s: float, top: int = 12) -> dict[str, Any]:
+    """One profiled step: wall time, busy time (GPU kernels and copies; on a CPU, the operators' own
+    time), the rest as host gaps, the optimizer's share, and the operators with the most self time."""
+    import torch
+
+    events = prof.key_averages()
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        device = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy_us = sum(e.self_device_time_total for e in device)
+        ranked = sorted(device, key=lambda e: e.self_device_time_total, reverse=True)
+        own = [(e.key, e.self_device_time_total, e.count) for e in ranked[:top]]
+    else:
+        cpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+        busy_us = sum(e.self_cpu_time_total for e in cpu)
+        ranked = sorted(cpu, key=lambda e: e.self_cpu_time_total, reverse=True)
+        own = [(e.key, e.self_cpu_time_total, e.count) for e in ranked[:top]]
+    optimizer = [e for e in events if e.key.startswith("Optimizer.step")]
+    wall_us = wall_s * 1e6
+    summary = {
+        "wall_ms": round(wall_s * 1e3, 2),
+        "busy_ms": round(busy_us / 1e3, 2),
+        "busy_share": round(min(busy_us / wall_us, 1.0), 4) if wall_us else None,
+        "host_gap_ms": round(max(wall_us - busy_us, 0.0) / 1e3, 2),
+        "optimizer_host_ms": round(sum(e.cpu_time_total for e in optimizer) / 1e3, 2),
+        "optimizer_device_ms": round(sum(e.device_time_total for e in optimizer) / 1e3, 2)
+        if on_gpu
+        else None,
+        "top": [
+            {
+                "name": name[:120],
+                "ms": round(us / 1e3, 3),
+                "share": round(us / busy_us, 4) if busy_us else None,
+                "calls": n,
+            }
+            for name, us, n in own
+        ],
+    }
+    sort = "self_cuda_time_total" if on_gpu else "self_cpu_time_total"
+    print(events.table(sort_by=sort, row_limit=25), file=sys.stderr, flush=True)
+    return summary
 
 
 def reset_peak() -> None:
@@ -290,7 +387,13 @@ def gpu_peak_flops() -> tuple[str, float | None]:
 
 
 def run_hf_peft(
-    ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, meter: Meter, out_dir: Path
+    ckpt: Path,
+    quant: bool,
+    rows: list[list[int]],
+    s: Settings,
+    meter: Meter,
+    out_dir: Path,
+    profile: StepProfile | None = None,
 ) -> None:
     """(a) The plain baseline: transformers model + peft LoRA + transformers Trainer, padding per batch."""
     import torch
@@ -351,15 +454,23 @@ def run_hf_peft(
         dataloader_num_workers=0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator)
-    attach(trainer, meter)
+    attach(trainer, meter, profile)
     reset_peak()
     trainer.train()
 
 
 def run_unsloth(
-    ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, meter: Meter, out_dir: Path
+    ckpt: Path,
+    quant: bool,
+    rows: list[list[int]],
+    s: Settings,
+    meter: Meter,
+    out_dir: Path,
+    packing: bool = False,
+    profile: StepProfile | None = None,
 ) -> None:
-    """(b) Unsloth as its documentation shows: FastLanguageModel, get_peft_model, trl's SFTTrainer."""
+    """(b) Unsloth as its documentation shows: FastLanguageModel, get_peft_model, trl's SFTTrainer;
+    `packing`: with trl's packing on, as Unsloth recommends for mixed lengths."""
     from unsloth import FastLanguageModel  # noqa: I001 — before trl/transformers, as Unsloth requires
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -391,19 +502,28 @@ def run_unsloth(
         bf16=True,
         optim="adamw_torch",
         max_length=s.seq,
-        packing=False,
+        packing=packing,
         disable_tqdm=True,
     )
     trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=data, args=args)
-    attach(trainer, meter)
+    attach(trainer, meter, profile)
     reset_peak()
     trainer.train()
 
 
 def run_bbjtune(
-    ckpt: Path, quant: bool, rows: list[list[int]], s: Settings, meter: Meter, out_dir: Path, backend: str
+    ckpt: Path,
+    quant: bool,
+    rows: list[list[int]],
+    s: Settings,
+    meter: Meter,
+    out_dir: Path,
+    backend: str,
+    liger: bool = False,
+    profile: StepProfile | None = None,
 ) -> dict[str, Any]:
-    """(c, d) bbjtune's SFT recipe, with the given backend, on the same tokens as ChatML conversations."""
+    """(c, d) bbjtune's SFT recipe, with the given backend (and Liger's kernels on the hf backend), on the
+    same tokens as ChatML conversations."""
     if backend == "unsloth":
         import unsloth  # noqa: F401 — first, as Unsloth requires
     from rich.console import Console
@@ -431,6 +551,7 @@ def run_bbjtune(
             "data": {"chatml": ["-"], "output_dir": str(out_dir / "data")},
             "train": {
                 "backend": backend,
+                "use_liger": liger,
                 "stages": "sft",
                 "optim": "adamw_torch",
                 "gradient_checkpointing": s.gradient_checkpointing,
@@ -465,7 +586,7 @@ def run_bbjtune(
     train_dataset, _ = sft._setup_data(data)
     args = training_arguments(job, has_eval=False, assistant_only_loss=True, packing_strategy="bfd")
     trainer = make_trainer(job, model, tok, args, train_dataset, None, peft_settings, callbacks=[])
-    attach(trainer, meter)
+    attach(trainer, meter, profile)
     reset_peak()
     trainer.train()
     estimate = estimate_for_config(cfg, "sft", Architecture.from_config(model.config)).as_gib()
@@ -502,10 +623,14 @@ def measure_row(
         row["unsloth_imported_first"] = UNSLOTH_FIRST
     missing = [
         m
-        for m, needed in (("unsloth", "unsloth" in path), ("bitsandbytes", quant))
+        for m, needed in (
+            ("unsloth", "unsloth" in path),
+            ("bitsandbytes", quant),
+            ("liger_kernel", "liger" in path),
+        )
         if needed and importlib.util.find_spec(m) is None
     ]
-    if "unsloth" in path and not torch.cuda.is_available():
+    if ("unsloth" in path or "liger" in path) and not torch.cuda.is_available():
         missing.append("a CUDA GPU")
     if missing:
         row["status"] = "not available (needs " + ", ".join(missing) + ")"
@@ -521,14 +646,21 @@ def measure_row(
     from bbjtune.models import load_tokenizer
 
     meter.pad_id = load_tokenizer(str(ckpt)).pad_token_id
+    # the last warm-up step: warm, and outside the timed steps, which the profiler would slow down
+    profile = StepProfile(max(s.warmup - 1, 0)) if s.profile else None
     try:
         extra = {}
         if path == "hf-peft":
-            run_hf_peft(ckpt, quant, rows, s, meter, out_dir)
-        elif path == "unsloth":
-            run_unsloth(ckpt, quant, rows, s, meter, out_dir)
+            run_hf_peft(ckpt, quant, rows, s, meter, out_dir, profile)
+        elif path in UNSLOTH_PATHS:
+            run_unsloth(
+                ckpt, quant, rows, s, meter, out_dir, packing=path == "unsloth-packed", profile=profile
+            )
         else:
-            extra = run_bbjtune(ckpt, quant, rows, s, meter, out_dir, path.split("-", 1)[1])
+            backend = "unsloth" if "unsloth" in path else "hf"
+            extra = run_bbjtune(
+                ckpt, quant, rows, s, meter, out_dir, backend, liger=path.endswith("-liger"), profile=profile
+            )
     except Exception as exc:  # noqa: BLE001 — a failing row is reported, the others still run
         import traceback
 
@@ -547,6 +679,8 @@ def measure_row(
         **peak_memory(),
         **extra,
     )
+    if profile is not None:
+        row["profile"] = profile.summary
     if peak and row["useful_tokens_per_s"]:
         row["mfu"] = row["useful_tokens_per_s"] * flops_per_token(arch, s.seq) / peak
     if "estimate_gib" in row and "peak_allocated_gib" in row:
@@ -561,24 +695,28 @@ def run_row(group: str, path: str, s: Settings, work_dir: Path, timeout: int) ->
     """Measure one row in a fresh process (Unsloth patches libraries globally)."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         result_file = Path(fh.name)
-    cmd = [
-        sys.executable,
-        __file__,
-        "--worker",
-        f"{group}:{path}",
-        "--work-dir",
-        str(work_dir),
-        "--json",
-        str(result_file),
-        "--steps",
-        str(s.steps),
-        "--warmup",
-        str(s.warmup),
-        "--batch",
-        str(s.batch),
-        "--seq",
-        str(s.seq),
-    ] + (["--smoke"] if s.smoke else [])
+    cmd = (
+        [
+            sys.executable,
+            __file__,
+            "--worker",
+            f"{group}:{path}",
+            "--work-dir",
+            str(work_dir),
+            "--json",
+            str(result_file),
+            "--steps",
+            str(s.steps),
+            "--warmup",
+            str(s.warmup),
+            "--batch",
+            str(s.batch),
+            "--seq",
+            str(s.seq),
+        ]
+        + (["--smoke"] if s.smoke else [])
+        + (["--profile"] if s.profile else [])
+    )
     t0 = time.time()
     try:
         env = {
@@ -617,6 +755,7 @@ def versions() -> dict[str, str | None]:
         "bitsandbytes",
         "unsloth",
         "unsloth_zoo",
+        "liger_kernel",
     ):
         try:
             out[name] = version(name)
@@ -635,7 +774,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     mem_key = "peak_allocated_gib" if any("peak_allocated_gib" in r for r in rows) else "peak_rss_gib"
     lines = [
         "| group | path | tokens/s | useful tokens/s | MFU | peak memory GiB | estimate GiB (error) "
-        "| vs (a) hf-peft | vs (b) unsloth |",
+        "| vs (a) hf-peft | vs best Unsloth row |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -643,6 +782,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['group']} | {r['path']} | {r.get('status')} | | | | | | |")
             continue
         same = {x["path"]: x for x in rows if x["group"] == r["group"]}
+        unsloth_ok = [same[p] for p in UNSLOTH_PATHS if same.get(p, {}).get("status") == "ok"]
+        best_unsloth = max(unsloth_ok, key=lambda x: x["useful_tokens_per_s"] or 0, default=None)
         est = (
             f"{r['estimate_gib']:.1f} ({100 * r['estimate_error']:+.0f}%)"
             if "estimate_error" in r
@@ -654,7 +795,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['group']} | {r['path']} | {r['tokens_per_s']:,.0f} | {r['useful_tokens_per_s']:,.0f} | {mfu} "
             f"| {r[mem_key]:.1f} | {est} | {ratio(r, same.get('hf-peft'), 'useful_tokens_per_s')} "
-            f"| {ratio(r, same.get('unsloth'), 'useful_tokens_per_s')} |"
+            f"| {ratio(r, best_unsloth, 'useful_tokens_per_s')} |"
         )
     return "\n".join(lines)
 
@@ -682,6 +823,9 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON file for all measurements")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per row")
+    parser.add_argument(
+        "--profile", action="store_true", help="profile the last warm-up step of every row (torch profiler)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     a = parser.parse_args()
@@ -691,6 +835,7 @@ def main() -> None:
         steps=a.steps,
         warmup=a.warmup,
         smoke=a.smoke,
+        profile=a.profile,
     )
     a.work_dir.mkdir(parents=True, exist_ok=True)
     if a.worker:

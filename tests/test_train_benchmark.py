@@ -20,7 +20,7 @@ def test_throughput_smoke(tmp_path):
             "--groups",
             "mix",
             "--paths",
-            "hf-peft,unsloth,bbjtune-hf",
+            "hf-peft,unsloth,unsloth-packed,bbjtune-hf,bbjtune-hf-liger",
             "--steps",
             "1",
             "--warmup",
@@ -29,6 +29,7 @@ def test_throughput_smoke(tmp_path):
             str(tmp_path / "work"),
             "--out",
             str(out),
+            "--profile",
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -48,4 +49,17 @@ def test_throughput_smoke(tmp_path):
     assert "estimate_gib" in rows["bbjtune-hf"]
     if importlib.util.find_spec("unsloth") is None:
         assert rows["unsloth"]["status"].startswith("not available")
+        assert rows["unsloth-packed"]["status"].startswith("not available")
+    # Liger's kernels are Triton: no row without a GPU
+    assert (
+        rows["bbjtune-hf-liger"]["status"].startswith("not available")
+        and "GPU" in rows["bbjtune-hf-liger"]["status"]
+    )
+    # --profile: one (warm-up) step of each row under torch's profiler, summarised in the row
+    for path in ("hf-peft", "bbjtune-hf"):
+        prof = rows[path]["profile"]
+        assert prof["wall_ms"] > 0 and 0 < prof["busy_ms"] and 0 < prof["busy_share"] <= 1
+        assert prof["optimizer_host_ms"] > 0  # the AdamW step was seen
+        assert prof["top"] and prof["top"][0]["ms"] >= prof["top"][-1]["ms"]
+    assert "Self CPU" in (tmp_path / "work" / "logs" / "mix-hf-peft.log").read_text()  # the table, in the log
     assert "| mix | bbjtune-hf |" in proc.stdout and "| mix | unsloth | not available" in proc.stdout
