@@ -226,3 +226,20 @@ def test_chat_prompt_tokenizes_the_same_in_llama_cpp(ggufs, tiny_model_dir):
         assert llm.metadata["tokenizer.chat_template"] == CHATML_TEMPLATE
     finally:
         llm.close()
+
+
+@pytest.mark.parametrize("out_type", ["f16", "q8_0"])
+def test_tensors_prepared_in_threads_give_the_same_file(tiny_model_dir, tmp_path, out_type):
+    """The writer prepares several tensors at once; the file must be byte for byte the one-at-a-time file."""
+    one = write_gguf(tiny_model_dir, tmp_path / f"one.{out_type}.gguf", out_type, workers=1, name="m")
+    seen = []
+    many = write_gguf(
+        tiny_model_dir,
+        tmp_path / f"many.{out_type}.gguf",
+        out_type,
+        workers=3,
+        name="m",
+        on_tensor=lambda done, total: seen.append((done, total)),
+    )
+    assert one.read_bytes() == many.read_bytes()
+    assert [d for d, _ in seen] == list(range(1, seen[-1][1] + 1))  # every tensor reported, in order

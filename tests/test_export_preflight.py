@@ -25,11 +25,12 @@ def test_quantized_only_streaming_counts_the_f16_intermediate_once():
     assert list(est.scratch.values()) == [N7 * 2]  # llama.cpp's f16 input, nothing else
     assert est.disk_peak == int(N7 * 1.07) + int(N7 * 0.61) + N7 * 2
     assert est.merged == 0 and est.path == "stream"
-    # the streaming write holds tensors, not the model: below the 14 GiB of 7B weights in bf16, and the
-    # same for 14B and 32B (same embedding matrix, more layers)
+    # the streaming write holds tensors, not the model: below the 14 GiB of 7B weights in bf16
     assert est.ram["merge+write"] < N7 * 2
+    # about the same for 14B and 32B: the same embedding matrix; 64 layers instead of 48 add nothing, only
+    # the wider MLP matrices the writer prepares beside it (ENCODE_WORKERS at once) add a little
     ram = [estimate_export(QWEN25[s], ["q8_0"], streaming=True).ram["merge+write"] for s in ("14b", "32b")]
-    assert ram[0] == ram[1]
+    assert ram[0] < ram[1] < ram[0] + 3 * GiB and ram[1] < QWEN25["14b"].params * 2
     assert est.verify_reference == "hf"  # 64 GiB hold the 7B model in float32
 
 
@@ -302,6 +303,11 @@ def test_streamed_export_verifies_against_a_temporary_f16_when_ram_is_short(
     from bbjtune.sizing import BASELINE_RAM
     from bbjtune.models.loading import architecture_of
 
+    from bbjtune import sizing
+
+    # one tensor prepared at a time: in this one-layer model the layer matrices prepared beside the
+    # embeddings would weigh as much as the model itself, which no real model comes near
+    monkeypatch.setattr(sizing, "ENCODE_WORKERS", 1)
     wide = make_wide_model(tiny_model_dir, tmp_path / "wide")
     arch = architecture_of(str(wide))
     stream = estimate_export(arch, ["q4_k_m"], streaming=True, verify=False).ram_peak

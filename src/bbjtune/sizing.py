@@ -10,7 +10,8 @@ on a 2-core CPU (benchmarks/RESULTS.md, "Export at scale"):
 - streaming merge + GGUF writer: float32-sized copies of the largest tensor (the embeddings: the
   tensor read from safetensors and the merge's result, the writer's float32 array and its f16 copy,
   about two float32 copies in all; gguf's numpy q8_0 quantizer makes one more), plus the
-  Python/torch baseline. It does not grow with the number of layers: 14B and 32B need the same;
+  Python/torch baseline, and the same for each further tensor the writer prepares at once
+  (ENCODE_WORKERS: a layer's MLP matrix, far smaller). It does not grow with the number of layers;
 - HF merge: the whole model in the merge dtype (float32 on a CPU: 4 bytes per parameter);
 - verification against the HF model: the merged model in float32 (hf_reference loads it so);
   against a 16-bit GGUF instead: llama.cpp maps the file, so about its size.
@@ -47,6 +48,8 @@ WRITER_TYPES = ("f32", "f16", "bf16", "q8_0")
 REFERENCE_TYPES = ("f32", "f16", "bf16")  # GGUFs precise enough to stand in for the HF model
 BASELINE_RAM = int(1.5 * GiB)  # Python, torch, tokenizer, llama.cpp's context: measured ~1.2 GiB at 7B
 STREAM_COPIES = 2  # float32-sized copies of the largest tensor alive at once while streaming (see above)
+ENCODE_WORKERS = 4  # tensors the GGUF writer prepares at once (export/gguf.py); each beyond the first holds a
+# float32 copy or so of a layer's largest matrix (its MLP weight), not of the embeddings
 Q8_EXTRA_COPIES = 1  # gguf's numpy q8_0 quantizer: its scaled and rounded blocks (7B measured: +1.9 GiB)
 DISK_MARGIN = 1.05  # file sizes vary a little with the tokenizer and the k-quant mixes
 WARN_MARGIN = 1.15
@@ -123,13 +126,16 @@ def estimate_export(
         merged_kept = merged if keep_merged else 0
 
     big = largest_tensor(arch) * 4
+    # the tensors prepared beside the largest one: a layer's largest matrix each, in float32 (never more
+    # than the rest of the model)
+    beside = min((ENCODE_WORKERS - 1) * arch.intermediate * arch.hidden * 4, max(n * 4 - big, 0))
     ram: dict[str, int] = {}
     if streaming:
         copies = STREAM_COPIES + (Q8_EXTRA_COPIES if "q8_0" in quants else 0)
-        ram["merge+write"] = BASELINE_RAM + copies * big
+        ram["merge+write"] = BASELINE_RAM + copies * (big + beside)
     else:
         ram["merge"] = BASELINE_RAM + int(n * merge_bytes * 1.05)
-        ram["write"] = BASELINE_RAM + STREAM_COPIES * big
+        ram["write"] = BASELINE_RAM + STREAM_COPIES * (big + beside)
     if llama_types:
         ram["quantize"] = BASELINE_RAM + 2 * big
     reference = "hf"

@@ -18,6 +18,7 @@ Norms and biases stay f32 in every type, as llama.cpp's own converter does.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,7 +31,7 @@ import numpy as np
 from bbjtune.artifacts import atomic_path
 from bbjtune.errors import BbjtuneError
 from bbjtune.models.chat_template import CHATML_TEMPLATE, ENDOFTEXT, IM_END
-from bbjtune.sizing import WRITER_TYPES  # the types written here; the rest go through llama.cpp
+from bbjtune.sizing import ENCODE_WORKERS, WRITER_TYPES  # WRITER_TYPES: written here; the rest by llama.cpp
 
 ARCH = "qwen2"
 
@@ -319,11 +320,13 @@ def write_gguf(
     chat_template: str = CHATML_TEMPLATE,
     on_tensor: Callable[[int, int], None] | None = None,
     tensors: Any = None,
+    workers: int | None = None,
 ) -> Path:
     """Write `model_dir` (a Qwen2 safetensors checkpoint) as one GGUF file of `out_type`.
 
     `tensors`, when given, supplies the weights instead of `model_dir`'s safetensors: an object with
     `names` (list), `shape(name)` and `get(name)` (a torch tensor), e.g. stream.StreamedMerge.
+    `workers`: tensors prepared at once (default: encode_workers()); the file is the same for any number.
     The file appears at `out_path` only when complete (it is written beside it and renamed).
     """
     import gguf
@@ -366,13 +369,44 @@ def write_gguf(
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for i, (hf_name, qtype) in enumerate(plan):
-            tensor = get(hf_name).float().numpy()
-            writer.write_tensor_data(_encode(tensor, qtype))
+        for i, data in enumerate(_encoded(plan, get, workers or encode_workers())):
+            writer.write_tensor_data(data)
             if on_tensor:
                 on_tensor(i + 1, len(plan))
         writer.close()
     return Path(out_path)
+
+
+def encode_workers() -> int:
+    """Tensors read, merged and encoded at once while the file is written (sizing counts their RAM)."""
+    return max(1, min(ENCODE_WORKERS, os.cpu_count() or 1))
+
+
+def _encoded(plan: list[tuple[str, Any]], get: Callable, workers: int) -> Iterator[np.ndarray]:
+    """Each planned tensor's bytes, in order; up to `workers` of them prepared at once in threads (reading
+    safetensors, the merge's matmul and numpy's quantizer release the GIL), so the writer never waits for
+    one tensor at a time on a many-core machine."""
+
+    def encode(item: tuple[str, Any]) -> np.ndarray:
+        name, qtype = item
+        return _encode(get(name).float().numpy(), qtype)
+
+    if workers <= 1:
+        yield from map(encode, plan)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import islice
+
+    todo = iter(plan)
+    with ThreadPoolExecutor(workers, thread_name_prefix="gguf-encode") as pool:
+        pending = deque(pool.submit(encode, item) for item in islice(todo, workers))
+        while pending:
+            data = pending.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(pool.submit(encode, nxt))
+            yield data
 
 
 def _add_metadata(
