@@ -383,19 +383,30 @@ def gpu_peak_flops() -> tuple[str, float | None]:
     return name, next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
-# ----------------------------------------------------------------------------- the four paths
+# ----------------------------------------------------------------------------- the paths
 
 
-def run_hf_peft(
-    ckpt: Path,
-    quant: bool,
-    rows: list[list[int]],
-    s: Settings,
-    meter: Meter,
-    out_dir: Path,
-    profile: StepProfile | None = None,
-) -> None:
+@dataclass
+class Job:
+    """What a row's path trains on (a checkpoint, 4-bit or not, token rows) and what measures it."""
+
+    ckpt: Path
+    quant: bool
+    rows: list[list[int]]
+    s: Settings
+    meter: Meter
+    out_dir: Path
+    profile: StepProfile | None = None
+
+    def watch(self, trainer: Any) -> None:
+        """Meter (and profile) the trainer's steps from a clean memory peak on."""
+        attach(trainer, self.meter, self.profile)
+        reset_peak()
+
+
+def run_hf_peft(j: Job) -> None:
     """(a) The plain baseline: transformers model + peft LoRA + transformers Trainer, padding per batch."""
+    ckpt, quant, rows, s, out_dir = j.ckpt, j.quant, j.rows, j.s, j.out_dir
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
@@ -454,23 +465,14 @@ def run_hf_peft(
         dataloader_num_workers=0,
     )
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator)
-    attach(trainer, meter, profile)
-    reset_peak()
+    j.watch(trainer)
     trainer.train()
 
 
-def run_unsloth(
-    ckpt: Path,
-    quant: bool,
-    rows: list[list[int]],
-    s: Settings,
-    meter: Meter,
-    out_dir: Path,
-    packing: bool = False,
-    profile: StepProfile | None = None,
-) -> None:
+def run_unsloth(j: Job, packing: bool = False) -> None:
     """(b) Unsloth as its documentation shows: FastLanguageModel, get_peft_model, trl's SFTTrainer;
     `packing`: with trl's packing on, as Unsloth recommends for mixed lengths."""
+    ckpt, quant, rows, s, out_dir = j.ckpt, j.quant, j.rows, j.s, j.out_dir
     from unsloth import FastLanguageModel  # noqa: I001 — before trl/transformers, as Unsloth requires
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -506,24 +508,14 @@ def run_unsloth(
         disable_tqdm=True,
     )
     trainer = SFTTrainer(model=model, processing_class=tokenizer, train_dataset=data, args=args)
-    attach(trainer, meter, profile)
-    reset_peak()
+    j.watch(trainer)
     trainer.train()
 
 
-def run_bbjtune(
-    ckpt: Path,
-    quant: bool,
-    rows: list[list[int]],
-    s: Settings,
-    meter: Meter,
-    out_dir: Path,
-    backend: str,
-    liger: bool = False,
-    profile: StepProfile | None = None,
-) -> dict[str, Any]:
+def run_bbjtune(j: Job, backend: str, liger: bool = False) -> dict[str, Any]:
     """(c, d) bbjtune's SFT recipe, with the given backend (and Liger's kernels on the hf backend), on the
     same tokens as ChatML conversations."""
+    ckpt, quant, rows, s, out_dir = j.ckpt, j.quant, j.rows, j.s, j.out_dir
     if backend == "unsloth":
         import unsloth  # noqa: F401 — first, as Unsloth requires
     from rich.console import Console
@@ -586,8 +578,7 @@ def run_bbjtune(
     train_dataset, _ = sft._setup_data(data)
     args = training_arguments(job, has_eval=False, assistant_only_loss=True, packing_strategy="bfd")
     trainer = make_trainer(job, model, tok, args, train_dataset, None, peft_settings, callbacks=[])
-    attach(trainer, meter, profile)
-    reset_peak()
+    j.watch(trainer)
     trainer.train()
     estimate = estimate_for_config(cfg, "sft", Architecture.from_config(model.config)).as_gib()
     return {"estimate_gib": estimate["total"]}
@@ -648,19 +639,15 @@ def measure_row(
     meter.pad_id = load_tokenizer(str(ckpt)).pad_token_id
     # the last warm-up step: warm, and outside the timed steps, which the profiler would slow down
     profile = StepProfile(max(s.warmup - 1, 0)) if s.profile else None
+    job = Job(ckpt, quant, rows, s, meter, out_dir, profile)
     try:
         extra = {}
         if path == "hf-peft":
-            run_hf_peft(ckpt, quant, rows, s, meter, out_dir, profile)
+            run_hf_peft(job)
         elif path in UNSLOTH_PATHS:
-            run_unsloth(
-                ckpt, quant, rows, s, meter, out_dir, packing=path == "unsloth-packed", profile=profile
-            )
+            run_unsloth(job, packing=path == "unsloth-packed")
         else:
-            backend = "unsloth" if "unsloth" in path else "hf"
-            extra = run_bbjtune(
-                ckpt, quant, rows, s, meter, out_dir, backend, liger=path.endswith("-liger"), profile=profile
-            )
+            extra = run_bbjtune(job, "unsloth" if "unsloth" in path else "hf", liger=path.endswith("-liger"))
     except Exception as exc:  # noqa: BLE001 — a failing row is reported, the others still run
         import traceback
 
