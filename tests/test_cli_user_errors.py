@@ -98,3 +98,24 @@ def test_every_compiler_option_refuses_an_unknown_name_the_same_way(tmp_path, ar
     out = run_cli(*args, cwd=tmp_path)
     assert_one_clear_error(out, "unknown --compiler 'bbjc'")
     assert "use one of: auto, builtin, bbjcpl" in out.stderr
+
+
+def test_run_says_before_training_that_the_evaluation_has_no_sandbox(tmp_path):
+    """On a GPU server without the sandbox's tools, `bbjtune run` must not train for hours and then stop
+    at the evaluation: it says so before the first stage, with what to do."""
+    import sys
+    from pathlib import Path
+
+    res = run_cli(
+        "run",
+        "quickstart",
+        "--set",
+        f"output_dir={tmp_path}/{{name}}",
+        "--set",
+        "eval.humaneval.sandbox=namespaces",
+        env={"PATH": str(Path(sys.executable).parent)},  # no unshare, which this sandbox mode needs
+        timeout=120,
+    )
+    assert_one_clear_error(res, "the evaluation stage would stop after training")
+    assert "unshare" in res.stderr and "eval.humaneval.enabled: false" in res.stderr
+    assert not (tmp_path / "quickstart").exists()  # no stage ran

@@ -48,6 +48,7 @@ def parse_stages(text: str | None) -> list[str]:
 def run_pipeline(cfg: RunConfig, stages: list[str], console: Console | None = None) -> dict[str, Path]:
     """Run the chosen stages in pipeline order; returns each stage's output directory."""
     console = console or Console(stderr=True)
+    check_before_start(cfg, stages)
     outputs: dict[str, Path] = {}
     for i, stage in enumerate(stages, 1):
         console.rule(f"[bold]{i}/{len(stages)} {STAGE_TITLES[stage]}")
@@ -55,6 +56,21 @@ def run_pipeline(cfg: RunConfig, stages: list[str], console: Console | None = No
         outputs[stage] = STAGES[stage](cfg)
         console.print(f"[green]✓[/] {stage} finished in {time.time() - t0:.0f} s → {outputs[stage]}")
     return outputs
+
+
+def check_before_start(cfg: RunConfig, stages: list[str]) -> None:
+    """What a later stage would refuse, said before the first one starts: an evaluation with HumanEval
+    needs a working sandbox, and finding out after hours of training helps nobody."""
+    if "eval" in stages and cfg.eval.humaneval.enabled and stages[0] != "eval":
+        from bbjtune.evaluate.sandbox import detect_isolation
+
+        try:
+            detect_isolation(cfg.eval.humaneval.sandbox)
+        except BbjtuneError as exc:
+            raise BbjtuneError(
+                f"the evaluation stage would stop after training: {exc.message}",
+                f"{exc.hint}; or leave HumanEval out (eval.humaneval.enabled: false)",
+            ) from exc
 
 
 def next_steps(outputs: dict[str, Path]) -> list[tuple[str, str]]:
