@@ -107,6 +107,8 @@ def run_stage(cfg: RunConfig) -> Path:
             highlight=False,
         )
     streaming, why = choose_merge_path(keep_merged, plan.base, adapters)
+    if short:  # the manifest's merge_path says why there is no merged/
+        why = f"export.merged: auto, and {short}; {why}"
     est = None
     source = configured_kquant_source(export.kquant_source)
     if arch is not None:
