@@ -391,3 +391,31 @@ def test_auto_kquant_source_takes_q8_0_only_where_f16_does_not_fit_and_q8_0_does
     )  # neither fits: export refuses on f16
     assert choose_kquant_source("f16", quants, int((f16 + q8) / 2 * DISK_MARGIN), estimate)[0] == "f16"
     assert choose_kquant_source("auto", ["f16", "q4_k_m"], 0, estimate)[0] == "f16"  # f16 is written anyway
+
+
+def test_merged_auto_streams_where_the_disk_cannot_hold_merged(tiny_model_dir, tmp_path, monkeypatch):
+    """export.merged: auto (the default) on a disk that holds the GGUF files but not merged/ beside them:
+    export streams instead of refusing, says so, and the manifest records why."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    from bbjtune.export import stage
+    from bbjtune.models.loading import architecture_of
+    from bbjtune.sizing import DISK_MARGIN
+
+    cfg, _ = _streamed_run(
+        tiny_model_dir, tmp_path / "runs", "[q8_0]", "export.merged=auto", "export.ollama.quant=q8_0"
+    )
+    arch = architecture_of(str(tiny_model_dir))
+    with_merged = estimate_export(arch, ["q8_0"], streaming=False, keep_merged=True, merge_bytes=4)
+    streamed = estimate_export(arch, ["q8_0"], streaming=True)
+    assert streamed.disk_peak < with_merged.disk_peak
+    free = int((streamed.disk_peak + with_merged.disk_peak) / 2 * DISK_MARGIN)  # between the two
+    monkeypatch.setattr(stage, "free_disk", lambda where: free)
+    out = stage.run_stage(cfg)
+    assert not (out / "merged").exists() and (out / f"{cfg.name}.q8_0.gguf").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (
+        manifest["merge_path"]["path"] == "stream"
+        and "export.merged: auto" in manifest["merge_path"]["reason"]
+    )
+    assert "cannot hold merged/" in manifest["merge_path"]["reason"]
+    assert "merged/" not in manifest["outputs"]
