@@ -17,6 +17,7 @@ from bbjtune.config import RunConfig
 from bbjtune.data import stage as data_stage
 from bbjtune.errors import BbjtuneError
 from bbjtune.evaluate import stage as eval_stage
+from bbjtune.evaluate.sandbox import detect_isolation
 from bbjtune.export import stage as export_stage
 from bbjtune.train import stage as train_stage
 
@@ -62,8 +63,6 @@ def check_before_start(cfg: RunConfig, stages: list[str]) -> None:
     """What a later stage would refuse, said before the first one starts: an evaluation with HumanEval
     needs a working sandbox, and finding out after hours of training helps nobody."""
     if "eval" in stages and cfg.eval.humaneval.enabled and stages[0] != "eval":
-        from bbjtune.evaluate.sandbox import detect_isolation
-
         try:
             detect_isolation(cfg.eval.humaneval.sandbox)
         except BbjtuneError as exc:
