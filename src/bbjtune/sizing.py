@@ -204,6 +204,46 @@ def choose_merged(
     return not short, "; ".join(short) or None
 
 
+@dataclass
+class ExportSizing:
+    """One export's estimates on one machine, as the export stage and `train --dry-run` both decide them:
+    the configured GGUF types and checks, this machine's free disk and RAM."""
+
+    arch: Architecture
+    quants: list[str]
+    kquant_setting: str
+    lora_gguf: bool
+    verify: bool
+    merge_bytes: int
+    free: int
+    ram: int
+    save_bytes: int = 2
+
+    def estimate(self, kquant_source: str, keep: bool, streaming: bool) -> ExportEstimate:
+        return estimate_export(
+            self.arch,
+            self.quants,
+            streaming=streaming,
+            keep_merged=keep,
+            lora_gguf=self.lora_gguf,
+            verify=self.verify,
+            merge_bytes=self.merge_bytes,
+            save_bytes=self.save_bytes,
+            available_ram=self.ram,
+            kquant_source=kquant_source,
+        )
+
+    def routed(self, keep: bool, streaming: bool) -> tuple[str, ExportEstimate]:
+        """The k-quant source export.kquant_source picks here, with its estimate."""
+        return choose_kquant_source(
+            self.kquant_setting, self.quants, self.free, lambda s: self.estimate(s, keep, streaming)
+        )
+
+    def merged(self, setting: bool | str) -> tuple[bool, str | None]:
+        """export.merged decided here (choose_merged), and why auto said no."""
+        return choose_merged(setting, self.free, self.ram, lambda keep: self.routed(keep, not keep)[1])
+
+
 # ----------------------------------------------------------------------------- the machine
 
 

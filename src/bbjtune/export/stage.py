@@ -49,10 +49,8 @@ from bbjtune.sizing import (
     REFERENCE_TYPES,
     available_ram,
     check_export,
-    choose_kquant_source,
-    choose_merged,
+    ExportSizing,
     configured_kquant_source,
-    estimate_export,
     free_disk,
 )
 from bbjtune.export.stream import StreamedMerge, stream_blockers, write_model_files
@@ -76,30 +74,22 @@ def run_stage(cfg: RunConfig) -> Path:
     ram = available_ram()
     free = free_disk(out)
 
-    def estimate(kquant_source: str, keep: bool, streaming: bool):
-        return estimate_export(
+    sizing = (
+        ExportSizing(
             arch,
             list(export.gguf),
-            streaming=streaming,
-            keep_merged=keep,
-            lora_gguf=export.lora_gguf,
-            verify=export.verify,
+            export.kquant_source,
+            export.lora_gguf,
+            export.verify,
             merge_bytes=torch_dtype(cfg.model.dtype).itemsize,
+            free=free,
+            ram=ram,
             save_bytes=_save_bytes(plan.base, cfg.model.dtype),
-            available_ram=ram,
-            kquant_source=kquant_source,
         )
-
-    def routed(keep: bool, streaming: bool):  # the estimate with the k-quant source auto would pick
-        return choose_kquant_source(
-            export.kquant_source, list(export.gguf), free, lambda s: estimate(s, keep, streaming)
-        )
-
-    keep_merged, short = (
-        choose_merged(export.merged, free, ram, lambda keep: routed(keep, not keep)[1])
         if arch is not None
-        else (export.merged is not False, None)  # without an architecture, no estimate to choose by
+        else None  # without an architecture, no estimate to choose by
     )
+    keep_merged, short = sizing.merged(export.merged) if sizing else (export.merged is not False, None)
     if short:
         console.print(
             f"[yellow]note:[/] no merged/ safetensors (export.merged: auto): {short}. The GGUF files are "
@@ -111,8 +101,8 @@ def run_stage(cfg: RunConfig) -> Path:
         why = f"export.merged: auto, and {short}; {why}"
     est = None
     source = configured_kquant_source(export.kquant_source)
-    if arch is not None:
-        source, est = routed(keep_merged, streaming)
+    if sizing is not None:
+        source, est = sizing.routed(keep_merged, streaming)
         if export.kquant_source == "auto" and source == "q8_0":
             console.print(
                 f"[yellow]note:[/] {', '.join(llama_types)} will be quantized from a q8_0 file, not f16: "

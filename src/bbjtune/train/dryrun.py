@@ -27,10 +27,8 @@ from bbjtune.train.model_io import load_training_tokenizer
 from bbjtune.sizing import (
     DISK_MARGIN,
     available_ram,
-    choose_kquant_source,
-    choose_merged,
+    ExportSizing,
     configured_kquant_source,
-    estimate_export,
     free_disk,
 )
 
@@ -241,29 +239,19 @@ def _show_export(cfg: RunConfig, console: Console) -> None:
     ram = available_ram()
     free = free_disk(cfg.export_dir)
 
-    def estimate_for(keep: bool, kquant_source: str):
-        return estimate_export(
-            arch,
-            list(e.gguf),
-            streaming=not keep,  # a DoRA adapter falls back to the HF merge (export says so)
-            keep_merged=keep,
-            lora_gguf=e.lora_gguf,
-            verify=e.verify,
-            merge_bytes=torch_dtype(cfg.model.dtype).itemsize,  # as the export stage counts it
-            available_ram=ram,
-            kquant_source=kquant_source,
-        )
-
-    # export.merged: auto decides on this machine as export will
-    keep, short = choose_merged(
-        e.merged,
-        free,
-        ram,
-        lambda k: choose_kquant_source(
-            e.kquant_source, list(e.gguf), free, functools.partial(estimate_for, k)
-        )[1],
+    sizing = ExportSizing(
+        arch,
+        list(e.gguf),
+        e.kquant_source,
+        e.lora_gguf,
+        e.verify,
+        merge_bytes=torch_dtype(cfg.model.dtype).itemsize,  # as the export stage counts it
+        free=free,
+        ram=ram,
     )
-    estimate = functools.partial(estimate_for, keep)
+    keep, short = sizing.merged(e.merged)  # export.merged: auto decides on this machine as export will
+    # a DoRA adapter falls back to the HF merge (export says so)
+    estimate = functools.partial(sizing.estimate, keep=keep, streaming=not keep)
     est = estimate(kquant_source=configured_kquant_source(e.kquant_source))
     unit, scale = ("GiB", 2**30) if arch.params > 5e7 else ("MiB", 2**20)
     table = Table(
@@ -305,7 +293,7 @@ def _show_export(cfg: RunConfig, console: Console) -> None:
             f"{estimate(kquant_source='q8_0').disk_peak / scale:.1f} {unit} (export.kquant_source: auto)"
         )
     # what export itself would choose on this machine decides whether it would refuse
-    est = choose_kquant_source(e.kquant_source, list(e.gguf), free, lambda s: estimate(kquant_source=s))[1]
+    est = sizing.routed(keep, not keep)[1]
     step, need = max(((k, v) for k, v in est.ram.items() if k != "verify"), key=lambda kv: kv[1])
     disk = est.disk_peak * DISK_MARGIN
     if need > ram or disk > free:
