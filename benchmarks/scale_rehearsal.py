@@ -228,20 +228,12 @@ def serve_step(cfg_args: list[str], work: Path, disk0: int, log: Path, env: dict
     }
 
 
-def stage_metrics(path: Path) -> dict | None:
-    """The `metrics` of a stage's manifest.json (train/export/eval), when it wrote one."""
+def stage_manifest(path: Path) -> dict:
+    """A stage's manifest.json (train/export/eval: its `metrics` and its process's `peaks`); {} without one."""
     try:
-        return json.loads(path.read_text()).get("metrics")
+        return json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-
-
-def stage_peaks(path: Path) -> dict | None:
-    """The `peaks` of a stage's manifest.json: its process's own peak GPU memory and RAM."""
-    try:
-        return json.loads(path.read_text()).get("peaks")
-    except (OSError, ValueError):
-        return None
+        return {}
 
 
 def main() -> None:
@@ -340,8 +332,9 @@ def main() -> None:
             row = serve_step(cfg_args, work, disk0, log, env, args.port)
         else:
             row = run_step(name, steps[name], work, disk0, log, env)
-            row["metrics"] = stage_metrics(manifests[name]) if name in manifests else None
-            own = stage_peaks(manifests[name]) if name in manifests else None
+            manifest = stage_manifest(manifests[name]) if name in manifests else {}
+            row["metrics"] = manifest.get("metrics")
+            own = manifest.get("peaks")
             if own and own.get("peak_gpu_gib") is not None and row["peak_gpu_of"] != "process":
                 row.update(peak_gpu_gib=own["peak_gpu_gib"], peak_gpu_of="torch")
             if name == "export" and row["rc"] == 2 and "GGUF verification failed" in (row["error"] or ""):
