@@ -30,6 +30,11 @@ def server(tiny_model_dir, tmp_path_factory):
     assert proc.wait(timeout=30) == 0
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{base}/models", timeout=2)
+    # every layer on the GPU where this llama.cpp build has one, else the CPU, and the start line says which
+    from bbjtune.serve.cli import gpu_offload_possible
+
+    where = "on the GPU" if gpu_offload_possible() else "on the CPU"
+    assert f'as "bbj-tiny" {where} at {base}' in proc.stdout.read()
 
 
 def test_models_endpoint_names_the_model(server):

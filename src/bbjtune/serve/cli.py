@@ -112,6 +112,14 @@ def serve_gguf(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context length in tokens (prompt + answer).")] = 4096,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: llama.cpp's choice).")] = None,
+    gpu_layers: Annotated[
+        int | None,
+        typer.Option(
+            "--gpu-layers",
+            help="Layers on the GPU: -1 all, 0 none (default: all when this llama.cpp build can use a GPU, "
+            "else 0).",
+        ),
+    ] = None,
     repeat_penalty: Annotated[
         float | None,
         typer.Option(
@@ -158,13 +166,17 @@ def serve_gguf(
     ]
     if threads:
         command += ["--n_threads", str(threads)]
+    if gpu_layers is None:
+        gpu_layers = -1 if gpu_offload_possible() else 0
+    command += ["--n_gpu_layers", str(gpu_layers)]
     listening_socket(host, port).close()  # a busy port or a bad address is said before the model loads
     if not is_loopback(host):
         typer.echo(
             f"warning: listening on {host}: other machines can reach this server (it has no password)",
             err=True,
         )
-    typer.echo(f'Serving {path.name} as "{alias}" at http://{host}:{port}/v1  (Ctrl-C stops)', err=True)
+    where = "on the CPU" if gpu_layers == 0 else "on the GPU" if gpu_layers < 0 else f"{gpu_layers} layers on the GPU"
+    typer.echo(f'Serving {path.name} as "{alias}" {where} at http://{host}:{port}/v1  (Ctrl-C stops)', err=True)
     proc = subprocess.Popen(command)
     # stopping bbjtune stops the server too (a service manager or a test sends SIGTERM, not Ctrl-C)
     for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -220,6 +232,16 @@ def gguf_alias(file_name: str) -> str:
     (`real-0.5b.q8_0.gguf` → `real-0.5b`, where cutting at the first dot gave `real-0`)."""
     stem = re.sub(r"\.gguf$", "", file_name, flags=re.IGNORECASE)
     return re.sub(r"[.-](f32|f16|bf16|q\d[\w]*|iq\d[\w]*)$", "", stem, flags=re.IGNORECASE) or stem
+
+
+def gpu_offload_possible() -> bool:
+    """Whether the installed llama.cpp was built with a GPU backend (CUDA, Metal, …) that can take layers.
+    A CPU-only build (the default pip build on a machine without a GPU toolkit) serves on the CPU."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return False
+    return bool(llama_cpp.llama_supports_gpu_offload())
 
 
 def _gguf_target(
