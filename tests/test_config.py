@@ -140,3 +140,20 @@ def test_dump_round_trips():
     cfg = load_config("quickstart")
     again = validate_config(yaml.safe_load(dump_config(cfg)))
     assert again == cfg
+
+
+def test_unquoted_yaml_off_yes_no_mean_the_words(tmp_path):
+    """YAML 1.1 reads `off`, `yes` and `no` as booleans; users write them unquoted."""
+    from bbjtune.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "name: t\nmodel: {source: 'tiny:test'}\ndata: {chatml: [x.jsonl], code_check: off, quality_check: off}\n"
+        "train: {sft: {train_chat_tokens: no}, cpt: {}}\n",
+        encoding="utf-8",
+    )
+    cfg = load_config(str(path), ["train.rft.train_chat_tokens=yes"])
+    assert cfg.data.code_check == "off" and cfg.data.quality_check == "off"
+    assert cfg.train.sft.train_chat_tokens == "no" and cfg.train.rft.train_chat_tokens == "yes"
+    cfg = load_config(str(path), ["data.quality_check=reject"])
+    assert cfg.data.quality_check == "reject"

@@ -142,6 +142,20 @@ class DataConfig(Section):
         description="prompts at least this similar always land on the same side of the split",
     )
     code_check: Literal["off", "report", "reject"] = "report"
+
+    @field_validator("code_check", "quality_check", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML reads an unquoted `off` as false: `code_check: off` means "off"."""
+        return "off" if value is False else value
+
+    quality_check: Literal["off", "report", "reject"] = Field(
+        "report",
+        description="the tier 2 checks on the BBj of training answers that pass the checker: BBjAPI methods "
+        "that do not exist, impossible argument counts, GOTO/GOSUB/ERR= to labels the code lacks, code "
+        "with no statement, runaway repetition. report: count and list them in the audit; reject: set "
+        "those answers aside (the model learns what it is shown)",
+    )
     scrub_secrets: bool = True
     decontaminate_against: list[str] = Field(default_factory=lambda: ["evals/*.jsonl"])
     decontaminate_ngram: int = Field(8, ge=3)
@@ -252,6 +266,13 @@ class SftConfig(StageConfig):
     train_chat_tokens: Literal["auto", "yes", "no"] = Field(
         "auto", description="train the <|im_start|>/<|im_end|> embedding rows (auto: yes for Base models)"
     )
+
+    @field_validator("train_chat_tokens", mode="before")
+    @classmethod
+    def _yaml_yes_no(cls, value: Any) -> Any:
+        """YAML reads unquoted yes/no as true/false."""
+        return {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else value
+
     replay_ratio: float = Field(
         0.2,
         ge=0.0,

@@ -54,9 +54,16 @@ def build_audit(a: Analysis, written: Written | None = None) -> dict[str, Any]:
         },
         "duplicates": _duplicates(a),
         "code": {
-            **{k: v for k, v in scan.code.__dict__.items() if k != "failures"},
+            **{
+                k: v
+                for k, v in scan.code.__dict__.items()
+                if k not in ("failures", "flags", "flagged_by_rule")
+            },
             "check": a.cfg.data.code_check,
             "failures": scan.code.failures,
+            "quality_check": a.cfg.data.quality_check,
+            "flagged_by_rule": dict(scan.code.flagged_by_rule.most_common()),
+            "flags": scan.code.flags,
         },
         "scrubbed": {
             "examples": scan.scrubbed_count,

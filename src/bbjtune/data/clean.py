@@ -5,8 +5,8 @@ whole data set in memory, so the data stage can stream files of any size.
 
 - Repairs change an example and are counted: literal `\\n` escapes turned back into line breaks.
 - Filters reject an example with a reason: answers of at most `min_answer_chars` characters,
-  answers that look cut off, answers whose BBj does not pass the checker (when configured), and
-  conversations longer than the token limit.
+  answers that look cut off, answers whose BBj does not pass the checker or its tier 2 checks (when
+  configured), and conversations longer than the token limit.
 - Duplicates: exact copies of an example, repeated prompts (the first one is kept unless
   `duplicate_prompts: keep-all`), and near copies found with MinHash/LSH (datasketch).
 """
@@ -25,11 +25,12 @@ import numpy as np
 TOO_SHORT = "too-short"
 TRUNCATED = "truncated"
 CODE_ERROR = "code-error"
+CODE_QUALITY = "code-quality"
 TOO_LONG = "too-long"
 DUPLICATE = "duplicate"
 DUPLICATE_PROMPT = "duplicate-prompt"
 NEAR_DUPLICATE = "near-duplicate"
-FILTER_REASONS = (TOO_SHORT, TRUNCATED, CODE_ERROR, TOO_LONG)
+FILTER_REASONS = (TOO_SHORT, TRUNCATED, CODE_ERROR, CODE_QUALITY, TOO_LONG)
 DEDUPE_REASONS = (DUPLICATE, DUPLICATE_PROMPT, NEAR_DUPLICATE)
 
 NUM_PERM = 128  # MinHash permutations: 512 bytes per example; Jaccard estimates within ~±0.03 near 0.9
@@ -59,6 +60,8 @@ class ExampleInfo:
     code_error: str | None = None  # first checker error in the answer's BBj, if any
     code_failure: tuple[int, int, str] | None = None  # (block, line, message) of that error
     failing_blocks: tuple[int, ...] = ()  # positions of the answer's BBj blocks that fail the checker
+    quality_error: str | None = None  # first tier 2 error in the answer's (checker-clean) BBj, if any
+    quality_rules: tuple[str, ...] = ()  # the tier 2 rules its blocks break, one each
     escapes_found: bool = False
     escapes_fixed: bool = False
     scrubbed: dict[str, int] = field(default_factory=dict)
@@ -262,12 +265,14 @@ def filter_and_dedupe(
     drop_truncated: bool,
     code_check: str,
     max_length: int,
+    quality_check: str = "off",
     drop_too_long: bool,
     duplicate_prompts: str,
     near_duplicate_threshold: float,
 ) -> list[Decision]:
     """Decide which examples to leave out; the first applicable reason wins, in pipeline order:
-    too short, truncated, code error, too long, duplicate, duplicate prompt, near duplicate.
+    too short, truncated, code error, tier 2 finding, too long, duplicate, duplicate prompt, near
+    duplicate.
     The first of each duplicate set is kept (files and lines are read in the given order)."""
     out: list[Decision] = []
     seen_examples: dict[bytes, ExampleInfo] = {}
@@ -286,6 +291,8 @@ def filter_and_dedupe(
             out.append(Decision(info.index, TRUNCATED, f"the answer looks cut off: {info.truncated}"))
         elif code_check == "reject" and info.code_error:
             out.append(Decision(info.index, CODE_ERROR, info.code_error))
+        elif quality_check == "reject" and info.quality_error:
+            out.append(Decision(info.index, CODE_QUALITY, info.quality_error))
         elif drop_too_long and info.n_tokens > max_length:
             out.append(
                 Decision(

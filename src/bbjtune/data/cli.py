@@ -386,6 +386,17 @@ def _print_summary(audit: dict, out_dir: Path, prepared: bool) -> None:
     code = audit["code"]
     if code["blocks"]:
         console.print(f"BBj code blocks: {code['blocks']} checked, {code['blocks_failed']} fail the checker")
+    if code.get("examples_flagged"):
+        rules = ", ".join(f"{k} {v}" for k, v in code["flagged_by_rule"].items())
+        kept = (
+            "set aside"
+            if code["quality_check"] == "reject"
+            else "kept; data.quality_check: reject sets them aside"
+        )
+        console.print(
+            f"tier 2: {code['examples_flagged']} answers whose BBj passes the checker break a tier 2 check "
+            f"({rules}; {kept}; the report lists them)"
+        )
     if "cpt" in audit:
         c = audit["cpt"]
         console.print(

@@ -137,6 +137,10 @@ def _quality(a: dict[str, Any]) -> str:
         ("answers with BBj code", code["examples_with_code"]),
         ("BBj blocks (checked / failing the checker)", f"{code['blocks']} / {code['blocks_failed']}"),
         ("answers whose BBj fails the checker", code["examples_failed"]),
+        (
+            "answers whose BBj passes it but breaks a tier 2 check",
+            code.get("examples_flagged", 0) if code.get("quality_check", "off") != "off" else "not checked",
+        ),
         ("answers with bare code (no ``` fence)", code["unfenced_code"]),
         ("conversations scrubbed of secrets/PII", scrub["examples"]),
     ]
@@ -149,6 +153,22 @@ def _quality(a: dict[str, Any]) -> str:
             f"<tr><td>{e(f['where'])} block {e(f['block'])}</td><td>line {e(f['line'])}: "
             f"<code>{e(f['message'])}</code></td></tr>"
             for f in code["failures"]
+        )
+        out += "</table>"
+    if code.get("flags"):
+        rules = ", ".join(f"{k}: {v}" for k, v in code["flagged_by_rule"].items())
+        action = (
+            "set aside"
+            if code["quality_check"] == "reject"
+            else "kept (data.quality_check: reject sets them aside)"
+        )
+        out += (
+            f"<h3>Tier 2 findings in answers that pass the checker (first examples)</h3><p>By rule: {e(rules)}. "
+            f"These answers are {e(action)}: a model trained on an invented method or a jump to a missing "
+            "label learns to write them.</p><table><tr><th>where</th><th>finding</th></tr>"
+        )
+        out += "".join(
+            f"<tr><td>{e(f['where'])}</td><td><code>{e(f['finding'])}</code></td></tr>" for f in code["flags"]
         )
         out += "</table>"
     return out

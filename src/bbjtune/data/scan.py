@@ -21,6 +21,7 @@ from typing import Any
 
 from bbjtune.bbj import check_source, extract_code_blocks
 from bbjtune.bbj.extract import BBJ_LANGUAGES, LOOSE_LANGUAGES, looks_like_bbj
+from bbjtune.bbj.quality import check_quality
 from bbjtune.data.chatml import Example, LineProblem, Rejection, decode_raw, parse_line, read_lines
 from bbjtune.data.clean import (
     ExampleInfo,
@@ -52,6 +53,9 @@ class CodeFindings:
     examples_failed: int = 0
     unfenced_code: int = 0  # answers that are bare code, or code mixed into prose without a fence
     failures: list[dict[str, Any]] = field(default_factory=list)
+    examples_flagged: int = 0  # answers whose checker-clean BBj breaks a tier 2 check
+    flagged_by_rule: Counter = field(default_factory=Counter)  # rule -> answers
+    flags: list[dict[str, Any]] = field(default_factory=list)  # the first MAX_SHOWN, for the report
 
 
 @dataclass
@@ -109,6 +113,7 @@ class CodeChecker:
 
     def __init__(self) -> None:
         self._verdicts: dict[bytes, tuple[str, int] | None] = {}
+        self._tier2: dict[bytes, list[tuple[str, int, str]]] = {}
 
     def first_error(self, code: str) -> tuple[str, int] | None:
         """(message, line) of the first error in a block, or None when it passes."""
@@ -123,6 +128,15 @@ class CodeChecker:
             )
         return self._verdicts[key]
 
+    def tier2_errors(self, code: str) -> list[tuple[str, int, str]]:
+        """(rule, line, message) of the tier 2 errors in a block (warnings left out)."""
+        key = text_key(code) + len(code).to_bytes(4, "little")
+        if key not in self._tier2:
+            self._tier2[key] = [
+                (f.rule, f.line, f.message) for f in check_quality(code) if f.severity == "error"
+            ]
+        return self._tier2[key]
+
 
 @dataclass(frozen=True)
 class ScanOptions:
@@ -130,6 +144,7 @@ class ScanOptions:
     scrub: bool
     check_code: bool
     min_hash: bool = True
+    check_quality: bool = False  # tier 2 on the blocks that pass the checker
 
 
 def scan_chatml(
@@ -264,8 +279,8 @@ def summarise(ex: Example, options: ScanOptions) -> tuple[ExampleInfo, str]:
     if options.min_hash:
         info.example_sig = minhash(word_shingles(f"{prompt}\n{answer}"))
         info.prompt_sig = minhash(char_shingles(prompt))
-    if options.check_code:
-        _check_answer_code(info, answer)
+    if options.check_code or options.check_quality:
+        _check_answer_code(info, answer, tier1=options.check_code, tier2=options.check_quality)
     return info, render_chatml(ex.messages)
 
 
@@ -273,15 +288,25 @@ _scrub_system = functools.lru_cache(maxsize=64)(scrub_text)  # the same system p
 _CHECKER: CodeChecker | None = None  # one per process
 
 
-def _check_answer_code(info: ExampleInfo, answer: str) -> None:
+def _check_answer_code(info: ExampleInfo, answer: str, *, tier1: bool = True, tier2: bool = False) -> None:
+    """The checker's verdict on each BBj block of the answer (tier1), and the tier 2 checks on the blocks
+    that pass it (tier2: their findings on code that does not parse would be noise)."""
     global _CHECKER
     _CHECKER = _CHECKER or CodeChecker()
     codes, info.bare_code = answer_bbj_blocks(answer)
     info.code_blocks = len(codes)
-    failing = []
+    failing, rules = [], []
     for n, code in enumerate(codes):
         error = _CHECKER.first_error(code)
         if error is None:
+            if tier2:
+                for rule, line, message in _CHECKER.tier2_errors(code):
+                    if rule not in rules:
+                        rules.append(rule)
+                    if info.quality_error is None:
+                        info.quality_error = f"BBj block {n + 1}, line {line}: {rule}: {message}"
+            continue
+        if not tier1:
             continue
         failing.append(n)
         if info.code_error is None:
@@ -289,6 +314,7 @@ def _check_answer_code(info: ExampleInfo, answer: str) -> None:
             info.code_error = f"BBj block {n + 1}, line {line}: {message}"
             info.code_failure = (n + 1, line, message)
     info.failing_blocks = tuple(failing)
+    info.quality_rules = tuple(rules)
 
 
 def _tally(result: ScanResult, ex: Example, info: ExampleInfo) -> None:
@@ -317,6 +343,11 @@ def _tally(result: ScanResult, ex: Example, info: ExampleInfo) -> None:
         if len(code.failures) < MAX_SHOWN:
             block, line, message = info.code_failure
             code.failures.append({"where": info.where, "block": block, "line": line, "message": message})
+    if info.quality_error is not None:
+        code.examples_flagged += 1
+        code.flagged_by_rule.update(info.quality_rules)
+        if len(code.flags) < MAX_SHOWN:
+            code.flags.append({"where": info.where, "finding": info.quality_error})
 
 
 def _offset(item: Any) -> int:

@@ -139,7 +139,10 @@ def analyse(
     total = sum(f.stat().st_size for f in files)
     with _progress(console, "Reading ChatML", total) as advance:
         options = ScanOptions(
-            fix_escapes=d.fix_escapes, scrub=d.scrub_secrets, check_code=d.code_check != "off"
+            fix_escapes=d.fix_escapes,
+            scrub=d.scrub_secrets,
+            check_code=d.code_check != "off",
+            check_quality=d.quality_check != "off",
         )
         scan = scan_chatml(
             files,
@@ -164,6 +167,7 @@ def analyse(
         min_answer_chars=d.min_answer_chars,
         drop_truncated=d.drop_truncated,
         code_check=d.code_check,
+        quality_check=d.quality_check,
         max_length=max_length,
         drop_too_long=d.drop_too_long,
         duplicate_prompts=d.duplicate_prompts,

@@ -175,8 +175,16 @@ def serve_gguf(
             f"warning: listening on {host}: other machines can reach this server (it has no password)",
             err=True,
         )
-    where = "on the CPU" if gpu_layers == 0 else "on the GPU" if gpu_layers < 0 else f"{gpu_layers} layers on the GPU"
-    typer.echo(f'Serving {path.name} as "{alias}" {where} at http://{host}:{port}/v1  (Ctrl-C stops)', err=True)
+    where = (
+        "on the CPU"
+        if gpu_layers == 0
+        else "on the GPU"
+        if gpu_layers < 0
+        else f"{gpu_layers} layers on the GPU"
+    )
+    typer.echo(
+        f'Serving {path.name} as "{alias}" {where} at http://{host}:{port}/v1  (Ctrl-C stops)', err=True
+    )
     proc = subprocess.Popen(command)
     # stopping bbjtune stops the server too (a service manager or a test sends SIGTERM, not Ctrl-C)
     for sig in (signal.SIGTERM, signal.SIGHUP):
