@@ -76,6 +76,16 @@ def test_only_loopback_by_default():
     assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_files_that_are_not_gguf_are_refused_before_a_server_starts(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"<html>not found</html>")  # what a failed download leaves behind
+    other = tmp_path / "notes.txt"
+    other.write_text("hello")
+    for path, said in ((fake, "is not a GGUF file"), (other, "neither a .gguf file nor a config")):
+        res = run_cli("serve", "gguf", str(path), "--port", "1")
+        assert res.returncode == 2 and said in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
 def test_a_busy_port_is_said_before_the_model_loads(tiny_model_dir, tmp_path):
     import socket
     import time

@@ -263,8 +263,21 @@ def _gguf_target(
             raise BbjtuneError(
                 f"{path} does not exist", "give an existing .gguf file, or a config to serve its export"
             )
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+        if magic != b"GGUF":
+            raise BbjtuneError(
+                f"{path} is not a GGUF file (it does not start with the GGUF signature)",
+                "pass a .gguf file written by `bbjtune export` or llama.cpp (a partly copied or downloaded "
+                "file looks like this too: copy it again)",
+            )
         defaults = EvalConfig()
         return path, gguf_alias(path.name), (defaults.repeat_penalty, defaults.repeat_last_n)
+    if path.is_file() and path.suffix.lower() not in (".yaml", ".yml"):
+        raise BbjtuneError(
+            f"{path} is neither a .gguf file nor a config (.yaml)",
+            "pass the GGUF file to serve, or the config/preset whose export to serve",
+        )
 
     cfg = load_config(target, overrides)
     path = cfg.gguf_file(quant or modelfile_quant(cfg))
