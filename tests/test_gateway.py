@@ -78,6 +78,35 @@ def test_when_nothing_passes_the_answer_with_fewest_errors_comes_back_with_diagn
     assert extra["diagnostics"][0]["line"] == 2 and "line 2" in extra["reason"]  # lines of the code block
 
 
+# compiles, but asks BBjAPI for a method it does not have: tier 2 fails it
+INVENTED_BBJ = 'Here it is:\n```bbj\napi! = BBjAPI()\napp! = api!.openApp("orders")\nprint "ok"\nend\n```\n'
+
+
+def test_an_answer_that_compiles_but_calls_an_invented_method_is_asked_again(gateway):
+    url, upstream, log = gateway([INVENTED_BBJ, GOOD_BBJ], best_of=3)
+    reply = client(url).chat.completions.create(model="m", messages=ASK, temperature=0)
+    extra = reply.model_extra["bbjtune"]
+    assert reply.choices[0].message.content == GOOD_BBJ and extra["attempts"] == 2
+    row = log.get(extra["id"])
+    assert [r["verdict"] for r in row["rejected"]] == ["fail"]
+    assert "tier 2" in row["rejected"][0]["reason"] and "openApp" in row["rejected"][0]["reason"]
+    assert row["rejected"][0]["diagnostics"][0]["code"] == "unknown-method"
+    # --checks compile: the checker alone, the first answer stands
+    url, upstream, _ = gateway([INVENTED_BBJ, GOOD_BBJ], best_of=3, checks="compile")
+    reply = client(url).chat.completions.create(model="m", messages=ASK, temperature=0)
+    assert reply.choices[0].message.content == INVENTED_BBJ and len(upstream.requests) == 1
+    assert reply.model_extra["bbjtune"]["verdict"] == "pass"
+
+
+def test_when_nothing_passes_an_answer_that_compiles_is_preferred(gateway):
+    # BAD_BBJ has one checker error; INVENTED_BBJ compiles with one tier 2 finding: it is the better answer
+    url, _upstream, _log = gateway([BAD_BBJ, INVENTED_BBJ], best_of=2)
+    reply = client(url).chat.completions.create(model="m", messages=ASK)
+    extra = reply.model_extra["bbjtune"]
+    assert reply.choices[0].message.content == INVENTED_BBJ
+    assert extra["verdict"] == "fail" and extra["reason"].startswith("tier 2, line 2:")
+
+
 RUNAWAY = "Here is the loop:\n```bbj\nfor i=1 to 10\n  print i\nnext i\n" + "print i\n" * 60 + "pri"
 
 
@@ -290,6 +319,8 @@ def test_cli_refuses_bad_options_in_one_line():
     assert res.returncode == 2 and "not an http(s) address" in res.stderr and "Traceback" not in res.stderr
     res = run_cli("serve", "gateway", "--diagnostics", "loud", "--port", "0")
     assert res.returncode == 2 and "--diagnostics" in res.stderr
+    res = run_cli("serve", "gateway", "--checks", "strict", "--port", "0")
+    assert res.returncode == 2 and "--checks" in res.stderr and "clean or compile" in res.stderr
 
 
 def test_cli_off_loopback_prints_a_token_and_requires_it(tmp_path):

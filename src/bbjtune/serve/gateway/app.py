@@ -63,6 +63,7 @@ class GatewaySettings:
     best_of: int = 1
     diagnostics: str = "field"  # field | comment
     compiler: str = "auto"
+    checks: str = "clean"  # compile: the checker alone; clean: the checker and tier 2
     retry_temperature: float = 0.7
     max_body_bytes: int = 1_000_000
     timeout: float = 600.0
@@ -155,6 +156,7 @@ class Gateway:
                 self.settings.best_of,
                 self.settings.compiler,
                 self.settings.retry_temperature,
+                self.settings.checks,
             )
         except UpstreamError as exc:
             return JSONResponse(exc.body, status_code=exc.status)
@@ -212,7 +214,7 @@ class Gateway:
         upstream_s = time.perf_counter() - upstream_start
         text = "".join(parts)
         check_start = time.perf_counter()
-        verdict = await check_text(kind, body, text, self.settings.compiler)
+        verdict = await check_text(kind, body, text, self.settings.compiler, self.settings.checks)
         check_s = time.perf_counter() - check_start
         final = {k: last[k] for k in ("id", "object", "created", "model") if k in last}
         final["choices"] = []

@@ -1,4 +1,6 @@
-"""The gateway's verdict on one answer: does the BBj in it pass the checker?
+"""The gateway's verdict on one answer: does the BBj in it pass the checker (and, with `checks="clean"`,
+the tier 2 checks: BBjAPI methods that exist and get possible argument counts, labels that are
+defined, code with a statement, no runaway repetition)?
 
 Chat answers: the code is taken as evaluation takes it (`compile_answer`: ```bbj fences first,
 then unlabelled fences that read as BBj, then bare code) and checked by bbjcpl when installed,
@@ -20,6 +22,7 @@ from typing import Any
 from bbjtune.bbj import check_with
 from bbjtune.bbj.compile import FAILING_WARNINGS, compile_answer
 from bbjtune.bbj.extract import bbj_line_ratio
+from bbjtune.bbj.quality import check_quality
 from bbjtune.models.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 # Qwen2.5-Coder's fill-in-the-middle tokens: an editor may send the whole FIM prompt as `prompt`.
@@ -30,6 +33,7 @@ _FIM_RE = re.compile(
 # window onto a file often starts or ends inside a comment block).
 FILE_BBJ_RATIO = 0.5
 MAX_DIAGNOSTICS = 20
+CHECKS = ("compile", "clean")  # what an answer must pass: the checker, or the checker and tier 2
 
 
 @dataclass
@@ -38,17 +42,31 @@ class Verdict:
     compiler: str | None = None
     reason: str = ""
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
+    compiles: bool | None = None  # the checker's own verdict (a "fail" may compile and fail tier 2 only)
 
     @property
     def passed(self) -> bool:
         return self.verdict != "fail"
 
 
-def check_chat_answer(answer: str, compiler: str) -> Verdict:
+def check_chat_answer(answer: str, compiler: str, checks: str = "clean") -> Verdict:
     result = compile_answer(answer, compiler)
     if not result.code.strip():
         return Verdict("no-code")
-    return Verdict("pass" if result.compiles else "fail", result.compiler, result.reason, result.diagnostics)
+    if not result.compiles:
+        return Verdict("fail", result.compiler, result.reason, result.diagnostics, compiles=False)
+    findings = [f for f in check_quality(result.code) if f.severity == "error"] if checks == "clean" else []
+    if not findings:
+        return Verdict("pass", result.compiler, "", result.diagnostics, compiles=True)
+    first = findings[0]
+    reason = f"tier 2, line {first.line}: {first.message}" + (
+        f" (+{len(findings) - 1} more)" if len(findings) > 1 else ""
+    )
+    diagnostics = [
+        {"line": f.line, "column": 1, "severity": "error", "code": f.rule, "message": f.message, "tier": 2}
+        for f in findings[:MAX_DIAGNOSTICS]
+    ]
+    return Verdict("fail", result.compiler, reason, diagnostics, compiles=True)
 
 
 def split_fim(prompt: str, suffix: str | None) -> tuple[str, str]:

@@ -37,7 +37,7 @@ def serve_gateway(
     best_of: Annotated[
         int,
         typer.Option(
-            "--best-of", min=1, max=8, help="Draw up to N answers until the BBj code passes the checker."
+            "--best-of", min=1, max=8, help="Draw up to N answers until the BBj code passes (see --checks)."
         ),
     ] = 1,
     diagnostics: Annotated[
@@ -50,6 +50,13 @@ def serve_gateway(
     compiler: Annotated[
         str, typer.Option(help="auto (bbjcpl when installed, else the built-in checker), bbjcpl or builtin.")
     ] = "auto",
+    checks: Annotated[
+        str,
+        typer.Option(
+            help="What a chat answer's BBj must pass: clean (the checker and the tier 2 checks: BBjAPI methods "
+            "that exist, defined labels, no runaway repetition) or compile (the checker alone)."
+        ),
+    ] = "clean",
     host: Annotated[
         str,
         typer.Option(
@@ -90,6 +97,8 @@ def serve_gateway(
 
     if diagnostics not in ("field", "comment"):
         raise BbjtuneError(f"unknown --diagnostics {diagnostics!r}", "use field or comment")
+    if checks not in ("clean", "compile"):  # check.CHECKS (imported with the app, not at start)
+        raise BbjtuneError(f"unknown --checks {checks!r}", "use clean or compile")
     check_compiler(compiler)
     if compiler == "bbjcpl":
         from bbjtune.bbj.bbjcpl import find_bbjcpl
@@ -116,6 +125,7 @@ def serve_gateway(
         best_of=best_of,
         diagnostics=diagnostics,
         compiler=compiler,
+        checks=checks,
         max_body_bytes=max_request_kb * 1024,
     )
     sock = listening_socket(host, port)
@@ -125,7 +135,8 @@ def serve_gateway(
         typer.echo(f"note: prompts and answers go to {base}, which is not on this machine", err=True)
     typer.echo(
         f"Gateway at http://{shown}:{port}/v1 in front of {base}"
-        + (f"; best of {best_of}" if best_of > 1 else ""),
+        + (f"; best of {best_of}" if best_of > 1 else "")
+        + ("; the checker alone" if checks == "compile" else "; the checker and tier 2"),
         err=True,
     )
     typer.echo(

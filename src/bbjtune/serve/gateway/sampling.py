@@ -1,5 +1,9 @@
 """Best-of-N: ask the upstream, check the BBj, ask again until it passes or N answers are drawn.
 
+"Passes" means the checker and, with `checks="clean"` (the default), the tier 2 checks too: an answer
+that compiles but calls a BBjAPI method that does not exist is asked again. When none passes, an
+answer that compiles is preferred to one that does not.
+
 Retries sample at `retry_temperature` at least: with the client's temperature 0 (greedy, what
 editors often send) every retry would return the same failing answer. When no attempt passes, the
 one with the fewest checker errors is returned (the first among equals), and the others are kept in
@@ -59,17 +63,27 @@ def answer_text(kind: str, body: dict[str, Any]) -> str:
     return first.get("text") or ""
 
 
-async def check_text(kind: str, request: dict[str, Any], text: str, compiler: str) -> Verdict:
+async def check_text(
+    kind: str, request: dict[str, Any], text: str, compiler: str, checks: str = "clean"
+) -> Verdict:
     """The checker runs in a worker thread: bbjcpl is a separate process and the built-in
-    checker takes milliseconds to tens of milliseconds, either of which would stall other clients."""
+    checker takes milliseconds to tens of milliseconds, either of which would stall other clients.
+    Completions get the checker only: tier 2 on a file the editor shows in part would flag what the
+    rest of the file defines."""
     if kind == "chat":
-        return await anyio.to_thread.run_sync(check_chat_answer, text, compiler)
+        return await anyio.to_thread.run_sync(check_chat_answer, text, compiler, checks)
     prefix, suffix = split_fim(str(request.get("prompt") or ""), request.get("suffix"))
     return await anyio.to_thread.run_sync(check_completion, prefix, text, suffix, compiler)
 
 
 async def best_of(
-    upstream: Upstream, kind: str, request: dict[str, Any], n: int, compiler: str, retry_temperature: float
+    upstream: Upstream,
+    kind: str,
+    request: dict[str, Any],
+    n: int,
+    compiler: str,
+    retry_temperature: float,
+    checks: str = "clean",
 ) -> Outcome:
     tried: list[Attempt] = []
     outcome = Outcome(chosen=None, attempts=0)  # type: ignore[arg-type]
@@ -82,13 +96,13 @@ async def best_of(
         outcome.upstream_s += reply.seconds
         text = answer_text(kind, reply.body)
         start = time.perf_counter()
-        verdict = await check_text(kind, request, text, compiler)
+        verdict = await check_text(kind, request, text, compiler, checks)
         attempt = Attempt(reply.body, text, verdict)
         cut = (
             await anyio.to_thread.run_sync(loop_cut, text) if finish_reason(reply.body) == "length" else None
         )
         if cut is not None:
-            cut_verdict = await check_text(kind, request, cut, compiler)
+            cut_verdict = await check_text(kind, request, cut, compiler, checks)
             if cut_verdict.passed or not verdict.passed:
                 attempt = Attempt(reply.body, cut, cut_verdict, runaway=text)
         outcome.check_s += time.perf_counter() - start
@@ -97,8 +111,15 @@ async def best_of(
         if verdict.passed:
             break
     outcome.attempts = len(tried)
+    # passing first; then answers that compile (failing tier 2 only); then the fewest findings
     best = min(
-        range(len(tried)), key=lambda j: (not tried[j].verdict.passed, len(tried[j].verdict.diagnostics), j)
+        range(len(tried)),
+        key=lambda j: (
+            not tried[j].verdict.passed,
+            tried[j].verdict.compiles is False,
+            len(tried[j].verdict.diagnostics),
+            j,
+        ),
     )
     outcome.chosen = tried[best]
     outcome.rejected = [
