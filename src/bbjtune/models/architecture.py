@@ -104,6 +104,13 @@ def known_architecture(source: str) -> Architecture | None:
     return QWEN25[m.group(1) + "b"] if m else None
 
 
+def is_gguf_file(path: str | Path) -> bool:
+    """Whether the file starts with the GGUF signature (a partly copied file or a download that saved an
+    error page does not)."""
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"GGUF"
+
+
 def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
     """Scalar and string metadata of a GGUF file (token lists are summarised by their length)."""
     import gguf

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bbjtune.errors import BbjtuneError
+from bbjtune.models.architecture import is_gguf_file
 from bbjtune.models.chat_template import render_chatml
 from bbjtune.models.generate import STOP_TOKENS, Completion, Request, Sampling, truncate_at_stop
 
@@ -39,11 +40,10 @@ class GgufBackend:
                 f"GGUF file {path} does not exist",
                 "pass the path of a .gguf file (bbjtune export writes them)",
             )
-        with open(p, "rb") as fh:
-            if fh.read(4) != b"GGUF":
-                raise BbjtuneError(
-                    f"{path} is not a GGUF file", "the file may be incomplete; export or download it again"
-                )
+        if not is_gguf_file(p):
+            raise BbjtuneError(
+                f"{path} is not a GGUF file", "the file may be incomplete; export or download it again"
+            )
         if n_threads is None:  # a small model is faster on one thread than on a busy machine's many
             n_threads = 1 if p.stat().st_size < 100_000_000 else os.cpu_count()
         if n_gpu_layers is None:

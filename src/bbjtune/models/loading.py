@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bbjtune.errors import BbjtuneError
-from bbjtune.models.architecture import Architecture, known_architecture, read_gguf_metadata
+from bbjtune.models.architecture import Architecture, is_gguf_file, known_architecture, read_gguf_metadata
 from bbjtune.models.random_weights import (
     build_random,
     parse_random_source,
@@ -101,12 +101,11 @@ def resolve_source(spec: str) -> ModelSource:
                 f"model source '{spec}' is a file but not a .gguf",
                 "pass the model's directory (with config.json) or a .gguf file",
             )
-        with open(path, "rb") as fh:
-            if fh.read(4) != b"GGUF":
-                raise BbjtuneError(
-                    f"'{spec}' is not a GGUF file (bad magic bytes)",
-                    "the download may be incomplete; fetch it again",
-                )
+        if not is_gguf_file(path):
+            raise BbjtuneError(
+                f"'{spec}' is not a GGUF file (bad magic bytes)",
+                "the download may be incomplete; fetch it again",
+            )
         return ModelSource("gguf", spec, path.resolve())
     if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
         ggufs = sorted(path.glob("*.gguf"))

@@ -18,6 +18,7 @@ import typer
 from bbjtune.artifacts import read_manifest
 from bbjtune.config import EvalConfig, RunConfig, load_config
 from bbjtune.errors import BbjtuneError
+from bbjtune.models.architecture import is_gguf_file
 from bbjtune.serve.gateway.cli import serve_gateway
 from bbjtune.net import is_loopback, listening_socket
 
@@ -263,9 +264,7 @@ def _gguf_target(
             raise BbjtuneError(
                 f"{path} does not exist", "give an existing .gguf file, or a config to serve its export"
             )
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-        if magic != b"GGUF":
+        if not is_gguf_file(path):
             raise BbjtuneError(
                 f"{path} is not a GGUF file (it does not start with the GGUF signature)",
                 "pass a .gguf file written by `bbjtune export` or llama.cpp (a partly copied or downloaded "
