@@ -12,10 +12,11 @@ they ship in (`config_paths.py`).
 from __future__ import annotations
 
 import difflib
+import functools
 import glob
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -40,10 +41,36 @@ SELF_TRAINING_STAGES = ("rft", "dpo", "grpo")
 TRAIN_STAGE_ORDER = ("cpt", "sft", *SELF_TRAINING_STAGES)  # the order a train.stages list runs in
 
 
+# YAML 1.1 reads these words, unquoted, as booleans
+_YAML_BOOL_WORDS = {True: ("on", "yes"), False: ("off", "no")}
+
+
+@functools.cache
+def _literal_words(annotation: Any) -> frozenset[str]:
+    """The words a setting takes when its type is a Literal of words only (else none)."""
+    if get_origin(annotation) is Literal and all(isinstance(a, str) for a in get_args(annotation)):
+        return frozenset(get_args(annotation))
+    return frozenset()
+
+
 class Section(BaseModel):
     """A config section: unknown keys are errors, values are re-checked when assigned."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_words(cls, data: Any) -> Any:
+        """YAML reads an unquoted `off`, `on`, `yes` or `no` as a boolean; a setting that takes only words
+        gets the word back (`code_check: off`, `train_chat_tokens: no`)."""
+        if not isinstance(data, dict):
+            return data
+        words = {}
+        for name, value in data.items():
+            if isinstance(value, bool) and name in cls.model_fields:
+                options = _literal_words(cls.model_fields[name].annotation)
+                words.update({name: w for w in _YAML_BOOL_WORDS[value] if w in options})
+        return {**data, **words} if words else data
 
 
 # ----------------------------------------------------------------------------- model
@@ -142,13 +169,6 @@ class DataConfig(Section):
         description="prompts at least this similar always land on the same side of the split",
     )
     code_check: Literal["off", "report", "reject"] = "report"
-
-    @field_validator("code_check", "quality_check", mode="before")
-    @classmethod
-    def _yaml_off(cls, value: Any) -> Any:
-        """YAML reads an unquoted `off` as false: `code_check: off` means "off"."""
-        return "off" if value is False else value
-
     quality_check: Literal["off", "report", "reject"] = Field(
         "report",
         description="the tier 2 checks on the BBj of training answers that pass the checker: BBjAPI methods "
@@ -266,13 +286,6 @@ class SftConfig(StageConfig):
     train_chat_tokens: Literal["auto", "yes", "no"] = Field(
         "auto", description="train the <|im_start|>/<|im_end|> embedding rows (auto: yes for Base models)"
     )
-
-    @field_validator("train_chat_tokens", mode="before")
-    @classmethod
-    def _yaml_yes_no(cls, value: Any) -> Any:
-        """YAML reads unquoted yes/no as true/false."""
-        return {True: "yes", False: "no"}.get(value, value) if isinstance(value, bool) else value
-
     replay_ratio: float = Field(
         0.2,
         ge=0.0,
