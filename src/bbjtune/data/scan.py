@@ -21,7 +21,7 @@ from typing import Any
 
 from bbjtune.bbj import check_source, extract_code_blocks
 from bbjtune.bbj.extract import BBJ_LANGUAGES, LOOSE_LANGUAGES, looks_like_bbj
-from bbjtune.bbj.quality import check_quality
+from bbjtune.bbj.quality import quality_errors
 from bbjtune.data.chatml import Example, LineProblem, Rejection, decode_raw, parse_line, read_lines
 from bbjtune.data.clean import (
     ExampleInfo,
@@ -115,10 +115,14 @@ class CodeChecker:
         self._verdicts: dict[bytes, tuple[str, int] | None] = {}
         self._tier2: dict[bytes, list[tuple[str, int, str]]] = {}
 
+    @staticmethod
+    def _key(code: str) -> bytes:
+        return text_key(code) + len(code).to_bytes(4, "little")
+
     def first_error(self, code: str) -> tuple[str, int] | None:
         """(message, line) of the first error in a block, or None when it passes."""
 
-        key = text_key(code) + len(code).to_bytes(4, "little")
+        key = self._key(code)
         if key not in self._verdicts:
             errors = [d for d in check_source(code, "answer.bbj") if d.is_error]
             self._verdicts[key] = (
@@ -130,11 +134,9 @@ class CodeChecker:
 
     def tier2_errors(self, code: str) -> list[tuple[str, int, str]]:
         """(rule, line, message) of the tier 2 errors in a block (warnings left out)."""
-        key = text_key(code) + len(code).to_bytes(4, "little")
+        key = self._key(code)
         if key not in self._tier2:
-            self._tier2[key] = [
-                (f.rule, f.line, f.message) for f in check_quality(code) if f.severity == "error"
-            ]
+            self._tier2[key] = [(f.rule, f.line, f.message) for f in quality_errors(code)]
         return self._tier2[key]
 
 

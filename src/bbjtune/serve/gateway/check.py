@@ -22,7 +22,7 @@ from typing import Any
 from bbjtune.bbj import check_with
 from bbjtune.bbj.compile import FAILING_WARNINGS, compile_answer
 from bbjtune.bbj.extract import bbj_line_ratio
-from bbjtune.bbj.quality import check_quality
+from bbjtune.bbj.quality import quality_errors
 from bbjtune.models.fim import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 # Qwen2.5-Coder's fill-in-the-middle tokens: an editor may send the whole FIM prompt as `prompt`.
@@ -55,7 +55,7 @@ def check_chat_answer(answer: str, compiler: str, checks: str = "clean") -> Verd
         return Verdict("no-code")
     if not result.compiles:
         return Verdict("fail", result.compiler, result.reason, result.diagnostics, compiles=False)
-    findings = [f for f in check_quality(result.code) if f.severity == "error"] if checks == "clean" else []
+    findings = quality_errors(result.code) if checks == "clean" else []
     if not findings:
         return Verdict("pass", result.compiler, "", result.diagnostics, compiles=True)
     first = findings[0]

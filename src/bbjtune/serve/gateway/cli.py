@@ -12,6 +12,8 @@ from bbjtune.net import LOOPBACK_HOSTS, is_loopback, listening_socket, new_token
 from bbjtune.bbj.compile import check_compiler
 from bbjtune.errors import BbjtuneError
 
+from .check import CHECKS
+
 DEFAULT_LOG = Path("runs/gateway/exchanges.sqlite")
 UPSTREAM_SHORTCUTS = {
     "ollama": "http://127.0.0.1:11434/v1",
@@ -97,7 +99,7 @@ def serve_gateway(
 
     if diagnostics not in ("field", "comment"):
         raise BbjtuneError(f"unknown --diagnostics {diagnostics!r}", "use field or comment")
-    if checks not in ("clean", "compile"):  # check.CHECKS (imported with the app, not at start)
+    if checks not in CHECKS:
         raise BbjtuneError(f"unknown --checks {checks!r}", "use clean or compile")
     check_compiler(compiler)
     if compiler == "bbjcpl":
