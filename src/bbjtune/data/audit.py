@@ -18,6 +18,18 @@ MAX_SHOWN = 20
 HISTOGRAM_BINS = 30
 
 
+def flagged_summary(code: dict[str, Any]) -> tuple[str, str]:
+    """(the tier 2 rules broken, with their answer counts; what happened to those answers), as the CLI
+    summary and the report say them, from the audit's `code` section."""
+    rules = ", ".join(f"{rule} {n}" for rule, n in code["flagged_by_rule"].items())
+    fate = (
+        "set aside"
+        if code["quality_check"] == "reject"
+        else "kept (data.quality_check: reject sets them aside)"
+    )
+    return rules, fate
+
+
 def build_audit(a: Analysis, written: Written | None = None) -> dict[str, Any]:
     scan, infos = a.scan, a.scan.infos
     decisions_by_reason: dict[str, list] = defaultdict(list)

@@ -11,6 +11,7 @@ from bbjtune.artifacts import atomic_write_jsonl
 from bbjtune.bbj.compile import check_compiler
 from bbjtune.config import apply_override, default_data_config, load_config, validate_config
 from bbjtune.data import feedback, replay, self_replay
+from bbjtune.data.audit import flagged_summary
 from bbjtune.data.cpt import find_sources
 from bbjtune.data.derive import default_system_prompt, derive_pairs
 from bbjtune.data.stage import audit as run_audit
@@ -387,15 +388,10 @@ def _print_summary(audit: dict, out_dir: Path, prepared: bool) -> None:
     if code["blocks"]:
         console.print(f"BBj code blocks: {code['blocks']} checked, {code['blocks_failed']} fail the checker")
     if code.get("examples_flagged"):
-        rules = ", ".join(f"{k} {v}" for k, v in code["flagged_by_rule"].items())
-        kept = (
-            "set aside"
-            if code["quality_check"] == "reject"
-            else "kept; data.quality_check: reject sets them aside"
-        )
+        rules, fate = flagged_summary(code)
         console.print(
             f"tier 2: {code['examples_flagged']} answers whose BBj passes the checker break a tier 2 check "
-            f"({rules}; {kept}; the report lists them)"
+            f"({rules}); {fate}; the report lists them"
         )
     if "cpt" in audit:
         c = audit["cpt"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bbjtune.data.audit import flagged_summary
 from bbjtune.html_report import clip, figure, img, page
 from bbjtune.html_report import esc as e
 
@@ -156,15 +157,10 @@ def _quality(a: dict[str, Any]) -> str:
         )
         out += "</table>"
     if code.get("flags"):
-        rules = ", ".join(f"{k}: {v}" for k, v in code["flagged_by_rule"].items())
-        action = (
-            "set aside"
-            if code["quality_check"] == "reject"
-            else "kept (data.quality_check: reject sets them aside)"
-        )
+        rules, fate = flagged_summary(code)
         out += (
             f"<h3>Tier 2 findings in answers that pass the checker (first examples)</h3><p>By rule: {e(rules)}. "
-            f"These answers are {e(action)}: a model trained on an invented method or a jump to a missing "
+            f"These answers are {e(fate)}: a model trained on an invented method or a jump to a missing "
             "label learns to write them.</p><table><tr><th>where</th><th>finding</th></tr>"
         )
         out += "".join(
