@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+from train_helpers import data_config, read_jsonl
 
-from bbjtune.config import validate_config
 from bbjtune.data.split import MIN_SOURCES_TO_HOLD_OUT, file_digest, split_sources
 
 QUIET = Console(stderr=True, quiet=True)
@@ -15,10 +15,6 @@ QUIET = Console(stderr=True, quiet=True)
 
 def program(i: int) -> str:
     return f'rem program {i}\nfor i = 1 to {i + 3}\n  print "line ", i, " of {i}"\nnext i\nend\n'
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def test_split_sources_is_deterministic_and_independent_of_order():
@@ -58,20 +54,7 @@ def test_prepare_keeps_heldout_sources_out_of_training(tmp_path):
         for i in range(20)
     ]
     derived.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    cfg = validate_config(
-        {
-            "name": "t",
-            "output_dir": str(tmp_path / "run"),
-            "model": {"source": "tiny:test"},
-            "data": {
-                "chatml": [str(derived)],
-                "sources": [str(src)],
-                "heldout_sources_ratio": 0.1,
-                "heldout_ratio": 0.0,
-                "decontaminate_against": [],
-            },
-        }
-    )
+    cfg = data_config(tmp_path, [derived], sources=[str(src)], heldout_sources_ratio=0.1)
     out = prepare(cfg, cfg.data_dir, console=QUIET)
 
     held = read_jsonl(cfg.data_dir / "heldout_sources.jsonl")

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from train_helpers import SYSTEM, write_jsonl
+from train_helpers import SYSTEM, data_config, read_jsonl, write_jsonl
 
-from bbjtune.config import validate_config
 from bbjtune.data.chatml import Example
 from bbjtune.data.scan import ScanOptions, summarise
 
@@ -68,28 +67,10 @@ def prepare(tmp_path: Path, quality_check: str):
         chat("Open the customer file, jumping on error.", MISSING_LABEL),
         chat("Show a window.", GOOD),
     ]
-    chatml = write_jsonl(tmp_path / "chat.jsonl", rows)
-    cfg = validate_config(
-        {
-            "name": "t",
-            "output_dir": str(tmp_path / "run"),
-            "model": {"source": "tiny:test"},
-            "data": {
-                "chatml": [str(chatml)],
-                "heldout_ratio": 0.0,
-                "decontaminate_against": [],
-                "quality_check": quality_check,
-            },
-        }
-    )
+    cfg = data_config(tmp_path, [write_jsonl(tmp_path / "chat.jsonl", rows)], quality_check=quality_check)
     run(cfg, cfg.data_dir, console=QUIET)
-    read = lambda name: [json.loads(x) for x in (cfg.data_dir / name).read_text().splitlines() if x]  # noqa: E731
-    return (
-        read("train.jsonl"),
-        read("rejected.jsonl"),
-        json.loads((cfg.data_dir / "audit.json").read_text()),
-        cfg,
-    )
+    audit = json.loads((cfg.data_dir / "audit.json").read_text())
+    return read_jsonl(cfg.data_dir / "train.jsonl"), read_jsonl(cfg.data_dir / "rejected.jsonl"), audit, cfg
 
 
 @pytest.mark.parametrize("mode", ["report", "reject"])

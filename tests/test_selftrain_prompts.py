@@ -7,9 +7,18 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
-from train_helpers import SYSTEM, conversation, fenced, make_config, write_data, write_jsonl
+from train_helpers import (
+    SYSTEM,
+    conversation,
+    data_config,
+    fenced,
+    make_config,
+    read_jsonl,
+    write_data,
+    write_jsonl,
+)
 
-from bbjtune.config import SELFTRAIN_PROMPTS_FILE, SelfSampleConfig, validate_config
+from bbjtune.config import SELFTRAIN_PROMPTS_FILE, SelfSampleConfig
 from bbjtune.data import selftrain_prompts as fresh
 from bbjtune.data.derive import derive_pairs
 from bbjtune.train.inputs import load_conversations
@@ -74,10 +83,6 @@ classend
 EVAL_PROMPT = "Counts the vowels in a text, ignoring upper and lower case."
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def asks(row_or_messages) -> str:
     messages = row_or_messages["messages"] if isinstance(row_or_messages, dict) else row_or_messages
     return next(m["content"] for m in messages if m["role"] == "user")
@@ -95,19 +100,8 @@ def prepare_with_sources(tmp_path: Path, code_check: str):
         [{"messages": greet["messages"]}, *({"messages": fenced(conversation(i))} for i in range(4))],
     )
     evals = write_jsonl(tmp_path / "evals.jsonl", [{"id": "v1", "prompt": EVAL_PROMPT}])
-    cfg = validate_config(
-        {
-            "name": "t",
-            "output_dir": str(tmp_path / "run"),
-            "model": {"source": "tiny:test"},
-            "data": {
-                "chatml": [str(chatml)],
-                "sources": [str(src)],
-                "heldout_ratio": 0.0,
-                "decontaminate_against": [str(evals)],
-                "code_check": code_check,
-            },
-        }
+    cfg = data_config(
+        tmp_path, [chatml], sources=[str(src)], decontaminate_against=[str(evals)], code_check=code_check
     )
     out = prepare(cfg, cfg.data_dir, console=QUIET)
     return cfg, out

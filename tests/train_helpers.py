@@ -57,6 +57,28 @@ def fenced(conv: list[dict[str, str]]) -> list[dict[str, str]]:
     return [*head, {"role": "assistant", "content": f"Like this:\n\n```bbj\n{answer['content']}\n```"}]
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def data_config(tmp_path: Path, chatml: list[Path], **data: Any) -> RunConfig:
+    """A validated config for the data stage alone: tiny:test's tokenizer, the run under tmp_path, nothing
+    held out and no eval prompts to decontaminate against unless `data` says otherwise."""
+    return validate_config(
+        {
+            "name": "t",
+            "output_dir": str(tmp_path / "run"),
+            "model": {"source": "tiny:test"},
+            "data": {
+                "chatml": [str(p) for p in chatml],
+                "heldout_ratio": 0.0,
+                "decontaminate_against": [],
+                **data,
+            },
+        }
+    )
+
+
 def write_jsonl(path: Path, rows: list[dict[str, Any] | str]) -> Path:
     """One JSON line per row; a string row is written as it is (a broken line, for the error paths)."""
     path.parent.mkdir(parents=True, exist_ok=True)
