@@ -1,7 +1,7 @@
 """Keep third-party noise out of what a bbjtune command prints, so that what remains is actionable.
 
 - bitsandbytes is loaded only by runs that quantize (QLoRA) or use its 8-bit optimizers. peft
-  imports it whenever it is installed, and on a CPU with AVX-512 BF16 its import logs
+  before 0.22 imports it whenever it is installed (later ones when a layer needs it), and on a CPU with AVX-512 BF16 its import logs
   "Failed to load CPU gemm_4bit_forward from kernels-community ..." (a kernel for an inference
   layout bbjtune never uses, see models.loading.keep_4bit_layout_trainable) and costs seconds
   (measured with bitsandbytes 0.50.2: 14 s of its import time is torch.compile machinery, on a
