@@ -93,9 +93,10 @@ class ReplayUpstream:
     """An OpenAI-compatible server that answers from `answers` in turn (the last one repeats); an
     answer given as (text, finish_reason) ends with that reason, e.g. "length" for a runaway."""
 
-    def __init__(self, answers: list[str], model: str = "bbj-replay"):
+    def __init__(self, answers: list[str], model: str = "bbj-replay", max_chars: int | None = None):
         self.answers = list(answers)
         self.model = model
+        self.max_chars = max_chars  # a chat longer than this is refused with 400, as a full context is
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.app = Starlette(
@@ -123,6 +124,11 @@ class ReplayUpstream:
 
     async def chat(self, request: Request):
         body = await self._take(request)
+        size = sum(len(str(m.get("content") or "")) for m in body.get("messages") or [])
+        if self.max_chars is not None and size > self.max_chars:
+            self.requests.pop()  # refused: it draws no answer
+            message = f"the request exceeds the available context size ({size} > {self.max_chars})"
+            return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, 400)
         text, finish = self._next()
         head = {"id": f"chatcmpl-{len(self.requests)}", "created": 1, "model": self.model}
         if body.get("stream"):

@@ -26,8 +26,8 @@ def gateway(tmp_path):
     """gateway(answers, **settings) -> (base url, upstream, log): a gateway in front of a replaying upstream."""
     stack = []
 
-    def start(answers, *, log=True, token=None, allowed_hosts=None, **settings):
-        upstream = ReplayUpstream(answers)
+    def start(answers, *, log=True, token=None, allowed_hosts=None, max_chars=None, **settings):
+        upstream = ReplayUpstream(answers, max_chars=max_chars)
         up_ctx = serving(upstream.app)
         up_url = up_ctx.__enter__()
         stack.append(up_ctx)
@@ -105,6 +105,51 @@ def test_when_nothing_passes_an_answer_that_compiles_is_preferred(gateway):
     extra = reply.model_extra["bbjtune"]
     assert reply.choices[0].message.content == INVENTED_BBJ
     assert extra["verdict"] == "fail" and extra["reason"].startswith("tier 2, line 2:")
+
+
+def test_repair_sends_the_failing_answer_back_with_what_the_checker_found(gateway):
+    url, upstream, log = gateway([BAD_BBJ, GOOD_BBJ], best_of=3, retry="repair")
+    reply = client(url).chat.completions.create(model="m", messages=ASK, temperature=0)
+    extra = reply.model_extra["bbjtune"]
+    assert reply.choices[0].message.content == GOOD_BBJ and extra["attempts"] == 2 and extra["repaired"]
+    first, second = upstream.requests
+    assert first["messages"] == ASK
+    assert second["messages"][:2] == [*ASK, {"role": "assistant", "content": BAD_BBJ}]
+    ask = second["messages"][2]
+    assert ask["role"] == "user" and "does not compile" in ask["content"]
+    # the line as the model wrote it, with the checker's message: a small model cannot count lines
+    assert 'line 2 `print ("a"`: malformed option list' in ask["content"]
+    assert second["temperature"] == 0  # a new conversation: greedy stays greedy
+    row = log.get(extra["id"])
+    assert row["answer"] == GOOD_BBJ and [r["verdict"] for r in row["rejected"]] == ["fail"]
+
+
+def test_repair_names_the_tier_2_finding_and_sends_each_answer_back_once(gateway):
+    # the repair returns the same code: it is not sent back again, the third answer is a new draw
+    url, upstream, log = gateway([INVENTED_BBJ, INVENTED_BBJ, GOOD_BBJ], best_of=3, retry="repair")
+    reply = client(url).chat.completions.create(model="m", messages=ASK, temperature=0)
+    assert reply.choices[0].message.content == GOOD_BBJ
+    assert "repaired" not in reply.model_extra["bbjtune"]
+    first, second, third = upstream.requests
+    ask = second["messages"][-1]["content"]
+    assert "compiles, but has these problems" in ask and "openApp" in ask
+    assert third["messages"] == ASK and third["temperature"] == 0.7
+    rejected = log.get(reply.model_extra["bbjtune"]["id"])["rejected"]
+    assert [r.get("repair_of") for r in rejected] == [None, 1]  # the second answer corrected the first
+
+
+def test_repair_past_the_upstream_context_draws_afresh_and_completions_resample(gateway):
+    # the upstream refuses the longer conversation (400, as a full context): a new draw instead
+    url, upstream, _ = gateway([BAD_BBJ, GOOD_BBJ], best_of=2, retry="repair", max_chars=len(BAD_BBJ) + 50)
+    reply = client(url).chat.completions.create(model="m", messages=ASK, temperature=0)
+    assert reply.choices[0].message.content == GOOD_BBJ
+    assert [r["messages"] for r in upstream.requests] == [ASK, ASK]
+    assert upstream.requests[1]["temperature"] == 0.7
+    # a completion has no conversation to extend: it is drawn again
+    url, upstream, _ = gateway([' print ("a"\n', " print i\n"], best_of=2, retry="repair")
+    prompt = "<|fim_prefix|>for i=1 to 3\n<|fim_suffix|>next i\nend\n<|fim_middle|>"
+    client(url).completions.create(model="m", prompt=prompt, temperature=0)
+    assert [r["prompt"] for r in upstream.requests] == [prompt, prompt]
 
 
 RUNAWAY = "Here is the loop:\n```bbj\nfor i=1 to 10\n  print i\nnext i\n" + "print i\n" * 60 + "pri"
@@ -321,6 +366,8 @@ def test_cli_refuses_bad_options_in_one_line():
     assert res.returncode == 2 and "--diagnostics" in res.stderr
     res = run_cli("serve", "gateway", "--checks", "strict", "--port", "0")
     assert res.returncode == 2 and "--checks" in res.stderr and "clean or compile" in res.stderr
+    res = run_cli("serve", "gateway", "--retry", "twice", "--port", "0")
+    assert res.returncode == 2 and "--retry" in res.stderr and "resample or repair" in res.stderr
 
 
 def test_cli_off_loopback_prints_a_token_and_requires_it(tmp_path):

@@ -65,6 +65,7 @@ class GatewaySettings:
     compiler: str = "auto"
     checks: str = "clean"  # compile: the checker alone; clean: the checker and tier 2
     retry_temperature: float = 0.7
+    retry: str = "resample"  # resample: draw a new answer; repair: send the answer and its findings back
     max_body_bytes: int = 1_000_000
     timeout: float = 600.0
 
@@ -157,12 +158,15 @@ class Gateway:
                 self.settings.compiler,
                 self.settings.retry_temperature,
                 self.settings.checks,
+                self.settings.retry,
             )
         except UpstreamError as exc:
             return JSONResponse(exc.body, status_code=exc.status)
         chosen = outcome.chosen
         result = copy.deepcopy(chosen.body)
         extra = _extra(ex_id, chosen.verdict, outcome.attempts)
+        if chosen.repair_of is not None:  # the model's correction of an earlier answer
+            extra["repaired"] = True
         if chosen.runaway is not None:  # cut where its loop starts: it ends there now
             extra["loop_cut"] = True
             for choice in result.get("choices") or []:

@@ -34,6 +34,10 @@ _FIM_RE = re.compile(
 FILE_BBJ_RATIO = 0.5
 MAX_DIAGNOSTICS = 20
 CHECKS = ("compile", "clean")  # what an answer must pass: the checker, or the checker and tier 2
+RETRIES = (
+    "resample",
+    "repair",
+)  # how best-of-N asks again: a new draw, or the answer sent back to be corrected
 
 
 @dataclass
@@ -43,6 +47,7 @@ class Verdict:
     reason: str = ""
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
     compiles: bool | None = None  # the checker's own verdict (a "fail" may compile and fail tier 2 only)
+    code: str = ""  # the BBj that was checked (a chat answer's code block; diagnostics count its lines)
 
     @property
     def passed(self) -> bool:
@@ -54,10 +59,10 @@ def check_chat_answer(answer: str, compiler: str, checks: str = "clean") -> Verd
     if not result.code.strip():
         return Verdict("no-code")
     if not result.compiles:
-        return Verdict("fail", result.compiler, result.reason, result.diagnostics, compiles=False)
+        return Verdict("fail", result.compiler, result.reason, result.diagnostics, False, result.code)
     findings = quality_errors(result.code) if checks == "clean" else []
     if not findings:
-        return Verdict("pass", result.compiler, "", result.diagnostics, compiles=True)
+        return Verdict("pass", result.compiler, "", result.diagnostics, True, result.code)
     first = findings[0]
     reason = f"tier 2, line {first.line}: {first.message}" + (
         f" (+{len(findings) - 1} more)" if len(findings) > 1 else ""
@@ -66,7 +71,35 @@ def check_chat_answer(answer: str, compiler: str, checks: str = "clean") -> Verd
         {"line": f.line, "column": 1, "severity": "error", "code": f.rule, "message": f.message, "tier": 2}
         for f in findings[:MAX_DIAGNOSTICS]
     ]
-    return Verdict("fail", result.compiler, reason, diagnostics, compiles=True)
+    return Verdict("fail", result.compiler, reason, diagnostics, True, result.code)
+
+
+# the findings a repair request quotes (the first ones: later errors often follow from them)
+REPAIR_FINDINGS = 8
+
+
+def repair_request(v: Verdict) -> str:
+    """The user turn that asks the model to correct its failing answer: what the checker found, each
+    with the line it found it on (a small model cannot count lines), then what to write."""
+    checker = "bbjcpl" if v.compiler == "bbjcpl" else "the BBj checker"
+    lines = v.code.splitlines()
+    found = []
+    for d in v.diagnostics:
+        n = int(d.get("line") or 0)
+        source = lines[n - 1].strip() if 0 < n <= len(lines) else ""
+        quoted = f" `{source[:120]}`" if source else ""
+        found.append(f"- line {n}{quoted}: {d['message']}")
+        if len(found) == REPAIR_FINDINGS:
+            break
+    if not found:
+        found.append(f"- {v.reason}")
+    what = "does not compile" if v.compiles is False else "compiles, but has these problems"
+    return (
+        f"The BBj code in your answer {what} ({checker}):\n"
+        + "\n".join(found)
+        + "\n\nCorrect it and give the whole corrected program in one ```bbj code block. Use only "
+        "BBj statements, functions and BBjAPI methods that exist, and keep doing what was asked."
+    )
 
 
 def split_fim(prompt: str, suffix: str | None) -> tuple[str, str]:

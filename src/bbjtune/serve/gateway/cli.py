@@ -12,7 +12,7 @@ from bbjtune.net import LOOPBACK_HOSTS, is_loopback, listening_socket, new_token
 from bbjtune.bbj.compile import check_compiler
 from bbjtune.errors import BbjtuneError
 
-from .check import CHECKS
+from .check import CHECKS, RETRIES
 
 DEFAULT_LOG = Path("runs/gateway/exchanges.sqlite")
 UPSTREAM_SHORTCUTS = {
@@ -59,6 +59,14 @@ def serve_gateway(
             "that exist, defined labels, no runaway repetition) or compile (the checker alone)."
         ),
     ] = "clean",
+    retry: Annotated[
+        str,
+        typer.Option(
+            help="How --best-of asks again for a chat answer that fails: resample (a new answer at temperature "
+            "0.7) or repair (the answer goes back to the model with what the checker found, to be corrected; "
+            "once each answer, then resample). Completions always resample."
+        ),
+    ] = "resample",
     host: Annotated[
         str,
         typer.Option(
@@ -101,6 +109,10 @@ def serve_gateway(
         raise BbjtuneError(f"unknown --diagnostics {diagnostics!r}", "use field or comment")
     if checks not in CHECKS:
         raise BbjtuneError(f"unknown --checks {checks!r}", "use clean or compile")
+    if retry not in RETRIES:
+        raise BbjtuneError(f"unknown --retry {retry!r}", "use resample or repair")
+    if retry == "repair" and best_of == 1:
+        typer.echo("note: --retry repair takes effect with --best-of 2 or more", err=True)
     check_compiler(compiler)
     if compiler == "bbjcpl":
         from bbjtune.bbj.bbjcpl import find_bbjcpl
@@ -128,6 +140,7 @@ def serve_gateway(
         diagnostics=diagnostics,
         compiler=compiler,
         checks=checks,
+        retry=retry,
         max_body_bytes=max_request_kb * 1024,
     )
     sock = listening_socket(host, port)
@@ -137,7 +150,11 @@ def serve_gateway(
         typer.echo(f"note: prompts and answers go to {base}, which is not on this machine", err=True)
     typer.echo(
         f"Gateway at http://{shown}:{port}/v1 in front of {base}"
-        + (f"; best of {best_of}" if best_of > 1 else "")
+        + (
+            f"; best of {best_of}" + ("; failing answers go back for repair" if retry == "repair" else "")
+            if best_of > 1
+            else ""
+        )
         + ("; the checker alone" if checks == "compile" else "; the checker and tier 2"),
         err=True,
     )

@@ -26,8 +26,8 @@ import anyio
 
 from bbjtune.models.loops import loop_cut
 
-from .check import Verdict, check_chat_answer, check_completion, split_fim
-from .upstream import Upstream
+from .check import Verdict, check_chat_answer, check_completion, repair_request, split_fim
+from .upstream import Upstream, UpstreamError
 
 PATHS = {"chat": "/chat/completions", "completion": "/completions"}
 
@@ -38,6 +38,7 @@ class Attempt:
     text: str
     verdict: Verdict
     runaway: str | None = None  # the whole answer, when `text` is it cut where its loop starts
+    repair_of: int | None = None  # the attempt (0-based) this answer corrects (`--retry repair`)
 
 
 @dataclass
@@ -84,27 +85,42 @@ async def best_of(
     compiler: str,
     retry_temperature: float,
     checks: str = "clean",
+    retry: str = "resample",
 ) -> Outcome:
     tried: list[Attempt] = []
     outcome = Outcome(chosen=None, attempts=0)  # type: ignore[arg-type]
-    body = dict(request)
+    resample = dict(request)
+    resample["temperature"] = max(float(request.get("temperature") or 0.0), retry_temperature)
+    resample.pop("seed", None)  # a fixed seed would draw the same answer again
+    repaired: set[str] = set()  # code already sent back for repair (each version once)
     for i in range(n):
-        if i == 1:
-            body["temperature"] = max(float(body.get("temperature") or 0.0), retry_temperature)
-            body.pop("seed", None)  # a fixed seed would draw the same answer again
-        reply = await upstream.post(PATHS[kind], body)
+        body, repair_of = request, None
+        if i:
+            body = resample
+            target = _repair_target(tried, repaired) if retry == "repair" and kind == "chat" else None
+            if target is not None:
+                repaired.add(tried[target].verdict.code)
+                body, repair_of = repair_body(request, tried[target]), target
+        try:
+            reply = await upstream.post(PATHS[kind], body)
+        except UpstreamError as exc:
+            if repair_of is None or exc.status >= 500:
+                raise
+            # the conversation grew past what the upstream takes (its context): draw afresh instead
+            reply = await upstream.post(PATHS[kind], resample)
+            repair_of = None
         outcome.upstream_s += reply.seconds
         text = answer_text(kind, reply.body)
         start = time.perf_counter()
         verdict = await check_text(kind, request, text, compiler, checks)
-        attempt = Attempt(reply.body, text, verdict)
+        attempt = Attempt(reply.body, text, verdict, repair_of=repair_of)
         cut = (
             await anyio.to_thread.run_sync(loop_cut, text) if finish_reason(reply.body) == "length" else None
         )
         if cut is not None:
             cut_verdict = await check_text(kind, request, cut, compiler, checks)
             if cut_verdict.passed or not verdict.passed:
-                attempt = Attempt(reply.body, cut, cut_verdict, runaway=text)
+                attempt = Attempt(reply.body, cut, cut_verdict, runaway=text, repair_of=repair_of)
         outcome.check_s += time.perf_counter() - start
         tried.append(attempt)
         verdict = attempt.verdict
@@ -112,15 +128,7 @@ async def best_of(
             break
     outcome.attempts = len(tried)
     # passing first; then answers that compile (failing tier 2 only); then the fewest findings
-    best = min(
-        range(len(tried)),
-        key=lambda j: (
-            not tried[j].verdict.passed,
-            tried[j].verdict.compiles is False,
-            len(tried[j].verdict.diagnostics),
-            j,
-        ),
-    )
+    best = min(range(len(tried)), key=lambda j: _rank(tried, j))
     outcome.chosen = tried[best]
     outcome.rejected = [
         {
@@ -128,6 +136,7 @@ async def best_of(
             "verdict": a.verdict.verdict,
             "reason": a.verdict.reason,
             "diagnostics": a.verdict.diagnostics,
+            **({"repair_of": a.repair_of + 1} if a.repair_of is not None else {}),
         }
         for j, a in enumerate(tried)
         if j != best
@@ -143,3 +152,28 @@ async def best_of(
         if a.runaway is not None
     ]
     return outcome
+
+
+def _rank(tried: list[Attempt], j: int) -> tuple[bool, bool, int, int]:
+    """Passing first; then answers that compile (failing tier 2 only); then the fewest findings."""
+    v = tried[j].verdict
+    return (not v.passed, v.compiles is False, len(v.diagnostics), j)
+
+
+def _repair_target(tried: list[Attempt], repaired: set[str]) -> int | None:
+    """The best failing answer whose code has not been sent back yet (None: draw a new answer)."""
+    open_ = [j for j, a in enumerate(tried) if a.verdict.code.strip() and a.verdict.code not in repaired]
+    return min(open_, key=lambda j: _rank(tried, j)) if open_ else None
+
+
+def repair_body(request: dict[str, Any], attempt: Attempt) -> dict[str, Any]:
+    """The chat request again, with the failing answer and what the checker found appended: the
+    model corrects its own answer (`--retry repair`). The client's temperature is kept: the
+    conversation is new, so even a greedy client gets a new answer."""
+    body = dict(request)
+    body["messages"] = [
+        *request["messages"],
+        {"role": "assistant", "content": attempt.text},
+        {"role": "user", "content": repair_request(attempt.verdict)},
+    ]
+    return body
