@@ -107,6 +107,18 @@ def test_when_nothing_passes_an_answer_that_compiles_is_preferred(gateway):
     assert extra["verdict"] == "fail" and extra["reason"].startswith("tier 2, line 2:")
 
 
+def test_a_retry_without_code_does_not_replace_code_that_failed(gateway):
+    # drawn again after failing code, a prose answer answers nothing: the next draw is taken
+    url, upstream, _ = gateway([BAD_BBJ, PROSE, GOOD_BBJ], best_of=3)
+    reply = client(url).chat.completions.create(model="m", messages=ASK, temperature=0)
+    assert reply.choices[0].message.content == GOOD_BBJ and reply.model_extra["bbjtune"]["attempts"] == 3
+    # and when nothing better comes, the failing code is returned with its diagnostics
+    url, upstream, _ = gateway([BAD_BBJ, PROSE], best_of=2)
+    reply = client(url).chat.completions.create(model="m", messages=ASK, temperature=0)
+    assert reply.choices[0].message.content == BAD_BBJ
+    assert reply.model_extra["bbjtune"]["verdict"] == "fail" and len(upstream.requests) == 2
+
+
 def test_repair_sends_the_failing_answer_back_with_what_the_checker_found(gateway):
     url, upstream, log = gateway([BAD_BBJ, GOOD_BBJ], best_of=3, retry="repair")
     reply = client(url).chat.completions.create(model="m", messages=ASK, temperature=0)

@@ -5,9 +5,14 @@ that compiles but calls a BBjAPI method that does not exist is asked again. When
 answer that compiles is preferred to one that does not.
 
 Retries sample at `retry_temperature` at least: with the client's temperature 0 (greedy, what
-editors often send) every retry would return the same failing answer. When no attempt passes, the
-one with the fewest checker errors is returned (the first among equals), and the others are kept in
-the log as rejected answers.
+editors often send) every retry would return the same failing answer. With `retry="repair"` a chat
+answer that fails goes back to the model instead, with what the checker found (each finding with the
+line it is on) and a request for the whole corrected program; each version of the code is sent back
+once, the best failing one first, and when none is left a new answer is drawn. When no attempt
+passes, the one with the fewest checker errors is returned (the first among equals), and the others
+are kept in the log as rejected answers. An answer without BBj passes as the first answer (a
+question that needs no code is not asked again) but not as a later one: after code that failed, a
+prose answer answers nothing, and the failing code is returned with its diagnostics instead.
 
 An answer the upstream ended at its token limit (`finish_reason: length`) that loops (a line,
 block or sentence written again and again; `models/loops.py`) is cut after the loop's first copy,
@@ -123,11 +128,9 @@ async def best_of(
                 attempt = Attempt(reply.body, cut, cut_verdict, runaway=text, repair_of=repair_of)
         outcome.check_s += time.perf_counter() - start
         tried.append(attempt)
-        verdict = attempt.verdict
-        if verdict.passed:
+        if _class(attempt.verdict, i) == 0:
             break
     outcome.attempts = len(tried)
-    # passing first; then answers that compile (failing tier 2 only); then the fewest findings
     best = min(range(len(tried)), key=lambda j: _rank(tried, j))
     outcome.chosen = tried[best]
     outcome.rejected = [
@@ -154,10 +157,21 @@ async def best_of(
     return outcome
 
 
-def _rank(tried: list[Attempt], j: int) -> tuple[bool, bool, int, int]:
+def _class(v: Verdict, j: int) -> int:
+    """0 passes; 1 compiles but fails tier 2; 2 does not compile; 3 holds no BBj although an earlier
+    answer did (a question that needs no code passes with its first answer, but once the model wrote
+    code that failed, a prose answer drawn after it answers nothing)."""
+    if v.verdict == "no-code":
+        return 3 if j else 0
+    if v.passed:
+        return 0
+    return 1 if v.compiles else 2
+
+
+def _rank(tried: list[Attempt], j: int) -> tuple[int, int, int]:
     """Passing first; then answers that compile (failing tier 2 only); then the fewest findings."""
     v = tried[j].verdict
-    return (not v.passed, v.compiles is False, len(v.diagnostics), j)
+    return (_class(v, j), len(v.diagnostics), j)
 
 
 def _repair_target(tried: list[Attempt], repaired: set[str]) -> int | None:
