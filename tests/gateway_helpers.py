@@ -93,10 +93,17 @@ class ReplayUpstream:
     """An OpenAI-compatible server that answers from `answers` in turn (the last one repeats); an
     answer given as (text, finish_reason) ends with that reason, e.g. "length" for a runaway."""
 
-    def __init__(self, answers: list[str], model: str = "bbj-replay", max_chars: int | None = None):
+    def __init__(
+        self,
+        answers: list[str],
+        model: str = "bbj-replay",
+        max_chars: int | None = None,
+        down_after: int | None = None,
+    ):
         self.answers = list(answers)
         self.model = model
         self.max_chars = max_chars  # a chat longer than this is refused with 400, as a full context is
+        self.down_after = down_after  # after this many answers every request gets 503, as a crashed server
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.app = Starlette(
@@ -124,6 +131,11 @@ class ReplayUpstream:
 
     async def chat(self, request: Request):
         body = await self._take(request)
+        if self.down_after is not None and len(self.requests) > self.down_after:
+            self.requests.pop()
+            return JSONResponse(
+                {"error": {"message": "the model server is down", "type": "server_error"}}, 503
+            )
         size = sum(len(str(m.get("content") or "")) for m in body.get("messages") or [])
         if self.max_chars is not None and size > self.max_chars:
             self.requests.pop()  # refused: it draws no answer

@@ -26,8 +26,10 @@ def gateway(tmp_path):
     """gateway(answers, **settings) -> (base url, upstream, log): a gateway in front of a replaying upstream."""
     stack = []
 
-    def start(answers, *, log=True, token=None, allowed_hosts=None, max_chars=None, **settings):
-        upstream = ReplayUpstream(answers, max_chars=max_chars)
+    def start(
+        answers, *, log=True, token=None, allowed_hosts=None, max_chars=None, down_after=None, **settings
+    ):
+        upstream = ReplayUpstream(answers, max_chars=max_chars, down_after=down_after)
         up_ctx = serving(upstream.app)
         up_url = up_ctx.__enter__()
         stack.append(up_ctx)
@@ -191,6 +193,22 @@ def test_an_answer_that_ran_on_in_a_loop_comes_back_cut_where_the_loop_starts(ga
     assert [(p["source"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in result.pairs] == [
         ("loop", cut, RUNAWAY)
     ]
+
+
+def test_a_retry_the_upstream_cannot_answer_keeps_the_answer_already_drawn(gateway):
+    # the model server goes down after the first answer: the client gets that answer, not an error
+    for retry in ("resample", "repair"):
+        url, upstream, _ = gateway([BAD_BBJ, GOOD_BBJ], best_of=3, retry=retry, down_after=1)
+        reply = client(url).chat.completions.create(model="m", messages=ASK, temperature=0)
+        assert reply.choices[0].message.content == BAD_BBJ and len(upstream.requests) == 1
+        assert (
+            reply.model_extra["bbjtune"]["verdict"] == "fail"
+            and reply.model_extra["bbjtune"]["attempts"] == 1
+        )
+    # down from the start: the upstream's error, as before
+    url, _, _ = gateway([GOOD_BBJ], best_of=3, down_after=0)
+    with pytest.raises(openai.InternalServerError):
+        client(url).chat.completions.create(model="m", messages=ASK)
 
 
 def test_answers_without_bbj_are_not_retried(gateway):

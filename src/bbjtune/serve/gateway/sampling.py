@@ -8,7 +8,9 @@ Retries sample at `retry_temperature` at least: with the client's temperature 0 
 editors often send) every retry would return the same failing answer. With `retry="repair"` a chat
 answer that fails goes back to the model instead, with what the checker found (each finding with the
 line it is on) and a request for the whole corrected program; each version of the code is sent back
-once, the best failing one first, and when none is left a new answer is drawn. When no attempt
+once, the best failing one first, and when none is left a new answer is drawn. A retry the
+upstream fails (it went down, or a repair no longer fits its context and a new draw fails too)
+ends the search with the answers already drawn, instead of failing the request. When no attempt
 passes, the one with the fewest checker errors is returned (the first among equals), and the others
 are kept in the log as rejected answers. An answer without BBj passes as the first answer (a
 question that needs no code is not asked again) but not as a later one: after code that failed, a
@@ -23,6 +25,7 @@ answer is used unless the whole one passes and the cut does not; the runaway is 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,11 +112,16 @@ async def best_of(
         try:
             reply = await upstream.post(PATHS[kind], body)
         except UpstreamError as exc:
-            if repair_of is None or exc.status >= 500:
+            if not tried:
                 raise
-            # the conversation grew past what the upstream takes (its context): draw afresh instead
-            reply = await upstream.post(PATHS[kind], resample)
-            repair_of = None
+            reply = None
+            if repair_of is not None and exc.status < 500:
+                # the conversation grew past what the upstream takes (its context): draw afresh instead
+                repair_of = None
+                with contextlib.suppress(UpstreamError):
+                    reply = await upstream.post(PATHS[kind], resample)
+            if reply is None:  # a retry the upstream could not answer: the answers drawn so far stand
+                break
         outcome.upstream_s += reply.seconds
         text = answer_text(kind, reply.body)
         start = time.perf_counter()
