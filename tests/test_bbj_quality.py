@@ -67,6 +67,18 @@ def test_the_invented_methods_of_the_issue_are_caught(line, owner):
     assert not assess(code).clean and assess(code).compiles
 
 
+def test_a_misspelt_method_gets_the_real_name_and_a_guess_far_off_gets_none():
+    def hint(line):
+        code = GUI.replace("process_events", line + "\nprocess_events")
+        return [f.message for f in check_quality(code) if f.rule == "unknown-method"][0]
+
+    assert hint('edit! = window!.addBbjEditBox(102, 10, 40, 200, 25, "")').endswith(
+        "did you mean addEditBox()?"
+    )
+    assert hint('window!.setTitel("Orders")').endswith("did you mean setTitle()?")
+    assert "did you mean" not in hint('app! = BBjAPI().openApp("orders")')  # nothing close: no lead
+
+
 def test_real_methods_reached_through_inferred_types_pass():
     code = """\
 declare BBjTopLevelWindow wnd!

@@ -13,6 +13,9 @@ Types are inferred only where the code makes them plain, and an unknown type mea
 - a method's result: a program's own method gives its declared return type; an API method named
   getX/addX/openX/createX/makeX gives class BBjX (or X) when the table has it (`openSysGui` ->
   BBjSysGui, `addButton` -> BBjButton, `getControl` -> BBjControl), `getLastEvent` gives an event.
+An unknown method's finding says which classes have a method of that name, or that none has, and
+names the family's method spelled most like it when one is close (`addBbjEditBox` -> addEditBox):
+the hint a developer, and a model asked to repair its answer, can act on.
 A type stands for its whole family (ancestors and descendants): `getControl` may return any
 control, `addGrid` a BBjStandardGrid. Method names compare case-insensitively. Both choices cost
 a few missed mistakes and keep false alarms on real code near zero (benchmarks/RESULTS.md).
@@ -20,6 +23,7 @@ a few missed mistakes and keep false alarms on real code near zero (benchmarks/R
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 from dataclasses import dataclass, field
@@ -44,6 +48,10 @@ NOT_RESULT_TYPES = frozenset({"bbjstring", "bbjnumber", "bbjint", "string", "num
 # other objects in practice, and a templated string's methods come from its template's fields.
 NOT_CHECKED = frozenset({"bbjstring", "bbjnumber", "bbjint", "bbjtemplatedstring"})
 RESULT_PREFIXES = ("get", "add", "open", "create", "make")
+# How alike a name must be to a real method to be suggested (difflib's ratio): addBbjEditBox ->
+# addEditBox (0.87) and setTitel -> setTitle (0.88) pass; setCellValue -> setCellStyle (0.75), a
+# wrong lead, does not.
+NEAR_NAME_CUTOFF = 0.85
 SPECIAL_RESULTS = {"getlastevent": "BBjEvent", "geteventobject": "BBjEvent"}
 MODIFIERS = frozenset({"public", "private", "protected", "static", "abstract", "final", "override"})
 UNKNOWN = ""  # the type of a variable seen with no type or with two different types
@@ -69,7 +77,8 @@ class ApiTable:
             for parent in cls["parents"]:
                 children.setdefault(parent, set()).add(name)
         self.children = children
-        self.method_names = {m.lower() for cls in self.classes.values() for m in cls["methods"]}
+        self.spelling = {m.lower(): m for cls in self.classes.values() for m in cls["methods"]}
+        self.method_names = set(self.spelling)
 
     def canonical(self, name: str) -> str | None:
         return self.by_lower.get(name.lower())
@@ -107,6 +116,14 @@ class ApiTable:
                     if cand in self.by_lower and cand not in NOT_RESULT_TYPES:
                         return self.by_lower[cand]
         return None
+
+    def near_names(self, cls: str, method: str) -> list[str]:
+        """The class family's methods spelled most like `method` (`addBbjEditBox` -> addEditBox), for a
+        finding's hint; close matches only, so that a guess is rarely a wrong lead."""
+        close = difflib.get_close_matches(
+            method.lower(), list(self.methods(cls)), n=2, cutoff=NEAR_NAME_CUTOFF
+        )
+        return [self.spelling.get(m, m) for m in close]
 
     def owner_of(self, method: str) -> list[str]:
         """Classes whose own methods include `method` (for the hint in a finding)."""
@@ -437,7 +454,10 @@ class Program:
             hint = ""
             if not self.own.get(typ.lower()):
                 owners = self.api.owner_of(name)[:3]
+                near = self.api.near_names(typ, name)
                 hint = f" (it exists on {', '.join(owners)})" if owners else " (no BBj class has it)"
+                if near:
+                    hint += f"; did you mean {' or '.join(n + '()' for n in near)}?"
             problems.append(ApiProblem(where, "unknown-method", f"{typ} has no method {name}(){hint}"))
         elif n_args not in counts:
             expected = " or ".join(str(c) for c in sorted(counts))
