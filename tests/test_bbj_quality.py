@@ -77,6 +77,7 @@ def test_a_misspelt_method_gets_the_real_name_and_a_guess_far_off_gets_none():
     )
     assert hint('window!.setTitel("Orders")').endswith("did you mean setTitle()?")
     assert "did you mean" not in hint('app! = BBjAPI().openApp("orders")')  # nothing close: no lead
+    assert "did you mean" not in hint("x = window!.get()")  # too short to guess from (getX? getY?)
 
 
 def test_real_methods_reached_through_inferred_types_pass():

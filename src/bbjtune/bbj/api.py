@@ -52,6 +52,7 @@ RESULT_PREFIXES = ("get", "add", "open", "create", "make")
 # addEditBox (0.87) and setTitel -> setTitle (0.88) pass; setCellValue -> setCellStyle (0.75), a
 # wrong lead, does not.
 NEAR_NAME_CUTOFF = 0.85
+NEAR_NAME_MIN = 5  # shorter names are close to too much (get -> getX, getY)
 SPECIAL_RESULTS = {"getlastevent": "BBjEvent", "geteventobject": "BBjEvent"}
 MODIFIERS = frozenset({"public", "private", "protected", "static", "abstract", "final", "override"})
 UNKNOWN = ""  # the type of a variable seen with no type or with two different types
@@ -120,6 +121,8 @@ class ApiTable:
     def near_names(self, cls: str, method: str) -> list[str]:
         """The class family's methods spelled most like `method` (`addBbjEditBox` -> addEditBox), for a
         finding's hint; close matches only, so that a guess is rarely a wrong lead."""
+        if len(method) < NEAR_NAME_MIN:
+            return []
         close = difflib.get_close_matches(
             method.lower(), list(self.methods(cls)), n=2, cutoff=NEAR_NAME_CUTOFF
         )
