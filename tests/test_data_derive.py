@@ -95,3 +95,97 @@ def test_data_derive_command_writes_chatml(tmp_path):
     assert "3 instruction pairs" in out.stderr
     missing = run_cli("data", "derive", "nowhere", "--out", "x.jsonl", cwd=tmp_path)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
+
+
+# A reference library in the BBj language server's format (written for this test): doc blocks, each
+# followed by the declaration it documents.
+LIBRARY = """\
+library
+
+/@@
+#### Syntax
+\\`REPEAT(text{,count}{,ERR=lineref})\\`
+
+#### Description
+
+The **REPEAT()** function returns its text the given number of times.
+@/
+REPEAT(text: string, count?: int, ERR?!: lineref): string
+
+/@@
+Too short.
+@/
+SHORT(x: int): int
+
+/@@
+The CLOCK variable returns the seconds since midnight as a whole number.
+@/
+var CLOCK: int
+
+/@@
+If an error occurs, go on with the statement after the failing one.
+@/
+label *ONWARD
+
+/@@
+Window Wobble
+@/
+eventtype ON_WOBBLE
+
+/@@
+Shared Title
+@/
+eventtype ON_ONE
+
+/@@
+Shared Title
+@/
+eventtype ON_TWO
+"""
+
+
+def test_a_reference_library_gives_one_factual_pair_per_documented_name(tmp_path):
+    lib = tmp_path / "builtins.bbl"
+    lib.write_text(LIBRARY)
+    pairs = {p["derived"]: p for p in derive_pairs([lib], system="S")}
+    # SHORT's doc is too thin to teach anything; a title two events share names neither; no
+    # "complete this program" pair from a library of declarations
+    assert sorted(pairs) == ["reference-event", "reference-function", "reference-label", "reference-variable"]
+    fn = pairs["reference-function"]
+    assert "REPEAT()" in fn["messages"][1]["content"]
+    answer = fn["messages"][2]["content"]
+    assert answer.startswith("The **REPEAT()** function returns its text the given number of times.")
+    assert "- `REPEAT(text{,count}{,ERR=lineref})`" in answer  # the syntax as documented
+    assert "- `count`: an integer (optional)" in answer and "- `ERR=`: a line label (optional)" in answer
+    assert answer.endswith("It returns a string.") and "####" not in answer
+    assert fn["task"] == "factual" and fn["category"] == "reference" and fn["source"] == str(lib)
+    var = pairs["reference-variable"]["messages"]
+    assert var[1]["content"] == "What does the BBj system variable CLOCK hold?"
+    assert var[2]["content"].endswith("`CLOCK` is an integer.")
+    label = pairs["reference-label"]["messages"]
+    assert label[1]["content"] == "What does ERR=*ONWARD do in BBj?"
+    assert label[2]["content"].startswith("`ERR=*ONWARD` on a statement: if an error occurs, go on")
+    event = pairs["reference-event"]["messages"]
+    assert '"Window Wobble"' in event[1]["content"] and event[2]["content"].startswith("`ON_WOBBLE`")
+
+
+def test_the_language_servers_builtins_pass_the_data_stage(corpus_dir, tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    builtins = corpus_dir / "language-server" / "builtins"
+    out = run_cli("data", "derive", str(builtins), "--out", "ref.jsonl", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    pairs = [json.loads(line) for line in (tmp_path / "ref.jsonl").read_text().splitlines()]
+    kinds = {p["derived"] for p in pairs}
+    assert kinds == {"reference-function", "reference-variable", "reference-label", "reference-event"}
+    assert len(pairs) >= 250 and len({p["id"] for p in pairs}) == len(pairs)
+    assert not [
+        p for p in pairs if "\\`" in p["messages"][2]["content"] or "@/" in p["messages"][2]["content"]
+    ]
+    # the data stage's own checks (the checker on any code, fragments, duplicates): nothing set aside
+    audit = run_cli("data", "audit", "ref.jsonl", "--out", "audit", "--model", "tiny:demo", cwd=tmp_path)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    steps = json.loads((tmp_path / "audit" / "audit.json").read_text())["steps"]
+    assert steps[-1]["out"] == len(pairs)

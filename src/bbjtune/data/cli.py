@@ -154,8 +154,10 @@ def derive(
     ] = None,
 ) -> None:
     """Derive instruction pairs from real BBj code: "write this documented method", "explain this \
-method" (from its rem /** ... */ doc comment) and "complete this program". Feed the file to \
-[bold]prepare[/bold] with your other ChatML data; prepare deduplicates and decontaminates it."""
+method" (from its rem /** ... */ doc comment) and "complete this program"; and from reference \
+libraries in the BBj language server's .bbl format, one factual pair per documented builtin function, \
+system variable, ERR=* label and callback event. Feed the file to [bold]prepare[/bold] with your other \
+ChatML data; prepare deduplicates and decontaminates it."""
     from rich.console import Console
 
     files, _ = find_sources(sources)

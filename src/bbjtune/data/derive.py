@@ -8,6 +8,13 @@ each documented method we derive two ChatML examples:
 - explain: "Explain what this BBj method does" + the code → the doc text as prose;
 
 and from each small program one "complete this program" pair (its first part → the whole program).
+
+Reference libraries in the BBj language server's format (`.bbl` files whose declarations carry a
+`/@@ ... @/` doc block: the builtin functions, system variables, error branch labels and callback
+events) give one factual pair per documented name, the answer made of the doc text and the
+declared syntax only, so it is right by construction: "What does the BBj function FILL() do, and
+how is it called?", "What does the system variable CTL hold?", "What does ERR=*NEXT do?", "Which
+callback event is the Control Push Button Event?".
 Everything derived keeps its provenance (`source`, `derived`), so the data stage can deduplicate it
 and decontaminate it against the evaluation suite like any other example.
 """
@@ -35,6 +42,21 @@ DOC_START_RE = re.compile(r"^\s*rem\s*/\*\*(?P<rest>.*)$", re.IGNORECASE)
 DOC_LINE_RE = re.compile(r"^\s*rem\s?\s*\*?\s?(?P<text>.*)$", re.IGNORECASE)
 
 MIN_DOC_CHARS = 25
+# a language-server library's doc block and the declaration after it
+REF_BLOCK_RE = re.compile(r"^/@@[ \t]*\n(?P<doc>.*?)\n@/[ \t]*\n(?P<decl>[^\n]+)", re.MULTILINE | re.DOTALL)
+REF_DECL_RE = re.compile(
+    r"^(?:(?P<kind>var|label|eventtype)\s+(?P<name>\*?\w+[$%!]?)(?:\s*:\s*(?P<vtype>\w+))?"
+    r"|(?P<fname>\w+[$%]?)\s*\((?P<params>[^)]*)\)\s*(?::\s*(?P<ftype>\w+))?)\s*$"
+)
+TYPE_WORDS = {
+    "string": "a string",
+    "str": "a string",
+    "int": "an integer",
+    "num": "a number",
+    "number": "a number",
+    "lineref": "a line label",
+    "any": "any value",
+}
 MAX_METHOD_LINES = 60
 COMPLETE_MIN_LINES, COMPLETE_MAX_LINES = 16, 140
 
@@ -220,6 +242,101 @@ def completion_pair(text: str, path: str, system: str) -> dict | None:
     )
 
 
+def _type_words(name: str | None) -> str:
+    return TYPE_WORDS.get((name or "").lower(), f"a {name}" if name else "a value")
+
+
+def _parameters(params: str) -> list[str]:
+    """`count: int, pattern?: string, ERR?!: lineref` -> readable parameter lines."""
+    out = []
+    for raw in (p.strip() for p in params.split(",")):
+        name, _, typ = raw.partition(":")
+        name = name.strip()
+        if not name:
+            continue
+        optional = "?" in name
+        keyword = "!" in name
+        bare = name.replace("?", "").replace("!", "")
+        label = f"`{bare}=`" if keyword else f"`{bare}`"
+        what = _type_words(typ.strip())
+        out.append(f"- {label}: {what}" + (" (optional)" if optional else ""))
+    return out
+
+
+def _doc_text(doc: str) -> tuple[list[str], str]:
+    """(syntax lines quoted in backticks, the prose) of a doc block; markdown headings dropped."""
+    doc = doc.replace("\\`", "`")
+    syntax: list[str] = []
+    m = re.search(r"`([^`]+)`", doc)
+    if m:
+        syntax = [line.strip() for line in m.group(1).strip().split("\n") if line.strip()]
+        doc = doc[: m.start()] + doc[m.end() :]
+    prose = re.sub(r"(?m)^#+\s*\w+\s*$", "", doc)
+    prose = re.sub(r"[ \t]+", " ", prose)
+    prose = re.sub(r"\n{3,}", "\n\n", prose).strip()
+    return syntax, prose
+
+
+def _pick(options: list[str], key: str) -> str:
+    """One of several phrasings, the same for the same name every time (no randomness in the data)."""
+    return options[int(hashlib.sha256(key.encode("utf-8")).hexdigest(), 16) % len(options)]
+
+
+def reference_pairs(text: str, path: str, system: str) -> list[dict]:
+    """Factual pairs from a language-server library's documented declarations (see the module doc)."""
+    blocks = [(m.group("doc"), m.group("decl").strip()) for m in REF_BLOCK_RE.finditer(text)]
+    titles = [doc.strip() for doc, decl in blocks if decl.startswith("eventtype")]
+    out: list[dict] = []
+    for doc, decl in blocks:
+        d = REF_DECL_RE.match(decl)
+        if not d:
+            continue
+        syntax, prose = _doc_text(doc)
+        meta = {"category": "reference", "generation": "any", "source": path, "task": "factual"}
+        if d.group("fname"):
+            name = d.group("fname").upper()
+            if len(prose) < MIN_DOC_CHARS:
+                continue
+            answer = _sentence(prose)
+            shown = syntax or [
+                f"{name}({', '.join(p.split(':')[0].strip() for p in d.group('params').split(',') if p.strip())})"
+            ]
+            answer += "\n\nSyntax:\n" + "\n".join(f"- `{line}`" for line in shown)
+            params = _parameters(d.group("params"))
+            if params:
+                answer += "\n\nParameters:\n" + "\n".join(params)
+            if d.group("ftype"):
+                answer += f"\n\nIt returns {_type_words(d.group('ftype'))}."
+            ask = _pick(
+                [
+                    f"What does the BBj function {name}() do, and how is it called?",
+                    f"How do I use the {name}() function in BBj?",
+                    f"Explain the BBj function {name}() and its syntax.",
+                ],
+                name,
+            )
+            out.append(_example(system, ask, answer, derived="reference-function", **meta))
+            continue
+        kind, name = d.group("kind"), d.group("name")
+        if kind == "var" and len(prose) >= MIN_DOC_CHARS:
+            answer = _sentence(prose) + f"\n\n`{name}` is {_type_words(d.group('vtype'))}."
+            ask = f"What does the BBj system variable {name} hold?"
+            out.append(_example(system, ask, answer, derived="reference-variable", **meta))
+        elif kind == "label" and len(prose) >= MIN_DOC_CHARS:
+            ask = f"What does ERR={name} do in BBj?"
+            answer = f"`ERR={name}` on a statement: {prose[0].lower() + prose[1:]}"
+            out.append(_example(system, ask, _sentence(answer), derived="reference-label", **meta))
+        elif kind == "eventtype":
+            title = doc.strip()
+            # a title several events share, or none, does not tell which one is meant
+            if not title or titles.count(title) > 1 or title.upper() in ("N/A", "NA"):
+                continue
+            ask = f'Which BBj callback event code stands for "{title}"?'
+            answer = f"`{name}` ({title}). Register a handler for it with `setCallback()`."
+            out.append(_example(system, ask, answer, derived="reference-event", **meta))
+    return out
+
+
 def derive_pairs(files: Iterable[Path], system: str) -> Iterator[dict]:
     """All derived pairs from the given source files, each with a stable id."""
     for path in files:
@@ -228,7 +345,10 @@ def derive_pairs(files: Iterable[Path], system: str) -> Iterator[dict]:
         except SourceProblem:
             continue  # binary or empty: nothing to learn from
         derived = [p for m in documented_methods(text, str(path)) for p in pairs_from_method(m, system)]
-        if (pair := completion_pair(text, str(path), system)) is not None:
+        reference = reference_pairs(text, str(path), system)
+        derived += reference
+        # a reference library is declarations, not a program to complete
+        if not reference and (pair := completion_pair(text, str(path), system)) is not None:
             derived.append(pair)
         for pair in derived:
             key = "\n".join(msg["content"] for msg in pair["messages"][1:])
