@@ -24,6 +24,10 @@
 #           checker and tier 2, SFT on the best passing answers + references (sweep/rft)
 #   dpo     DPO on pairs of passing/failing samples of the RFT model (sweep/rft-dpo; DPO_AFTER=sft
 #           puts it on the replay step's stage-2 model instead, in sweep/dpo)
+#   reference  stage 2 as in the replay step plus the factual pairs `data derive` makes from the
+#           language server's builtins reference (functions, system variables, ERR=* labels, callback
+#           events), then evaluated: does the documented vocabulary raise patterns and factual accuracy?
+#           (sweep/sft-replay-20-reference; run --steps replay first)
 #   results experiments/real-0.5b/results.json: one row per evaluated recipe (results.py)
 # e.g. the self-training proof in pieces: --steps rft   then --steps dpo   then --steps results
 set -euo pipefail
@@ -131,6 +135,17 @@ if want dpo; then
     link dpo cpt ../../cpt; link dpo sft ../sft-replay-20/sft
     selftrain dpo cpt,sft,dpo "${RSET[@]}" --stage dpo
   fi
+fi
+if want reference; then
+  [ -e "$RUN/replay/self-distilled.jsonl" ] || { echo "reference builds on the replay step: run --steps replay first" >&2; exit 2; }
+  [ -d "$CORPUS/language-server/builtins" ] || { echo "no builtins reference at $CORPUS/language-server/builtins" >&2; exit 2; }
+  stamp "reference: factual pairs from the builtins reference"
+  $BBJ data derive "$CORPUS/language-server/builtins" --out "$RUN/reference.jsonl"
+  FSET=("${RSET[@]}" --set "data.output_dir=$RUN/data-reference"
+        --set "data.chatml=[examples/chatml/*.jsonl, $RUN/derived.jsonl, $RUN/reference.jsonl]")
+  $BBJ data prepare "$CFG" "${SET[@]}" "${FSET[@]}" || [ $? -eq 1 ]
+  link sft-replay-20-reference cpt ../../cpt
+  selftrain sft-replay-20-reference cpt,sft "${FSET[@]}" --stage sft
 fi
 if want fim; then
   # Does stage 1 with FIM help completion without hurting chat? Two runs on the same data, differing only
