@@ -80,6 +80,20 @@ def test_a_misspelt_method_gets_the_real_name_and_a_guess_far_off_gets_none():
     assert "did you mean" not in hint("x = window!.get()")  # too short to guess from (getX? getY?)
 
 
+def test_an_invented_method_gets_the_real_methods_of_its_verb():
+    from bbjtune.bbj.api import method_menus
+
+    code = GUI.replace(
+        "process_events",
+        'lb! = window!.addListBox(101, 10, 10, 100, 80, "")\nlb!.addString("a")\nprocess_events',
+    )
+    menus = method_menus(code)
+    assert list(menus) == ["BBjListBox.addString()"]  # the program's real calls get no menu
+    names = menus["BBjListBox.addString()"]
+    assert "addItem(1 argument)" in names and all(n.startswith("add") for n in names)
+    assert method_menus("x = 1\n") == {}
+
+
 def test_real_methods_reached_through_inferred_types_pass():
     code = """\
 declare BBjTopLevelWindow wnd!

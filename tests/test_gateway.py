@@ -147,6 +147,8 @@ def test_repair_names_the_tier_2_finding_and_sends_each_answer_back_once(gateway
     first, second, third = upstream.requests
     ask = second["messages"][-1]["content"]
     assert "compiles, but has these problems" in ask and "openApp" in ask
+    # what BBjAPI has instead, by the same verb, with argument counts
+    assert "instead of BBjAPI.openApp(): BBjAPI has openSysGui(" in ask
     assert third["messages"] == ASK and third["temperature"] == 0.7
     rejected = log.get(reply.model_extra["bbjtune"]["id"])["rejected"]
     assert [r.get("repair_of") for r in rejected] == [None, 1]  # the second answer corrected the first

@@ -26,10 +26,11 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .lexer import LogicalLine, tokenize
+from .lexer import LogicalLine, logical_lines, split_physical_lines, tokenize
 
 TABLE_PATH = Path(__file__).with_name("bbjapi_table.json")
 # java.lang.Object's methods: every object has them, with these argument counts.
@@ -53,6 +54,7 @@ RESULT_PREFIXES = ("get", "add", "open", "create", "make")
 # wrong lead, does not.
 NEAR_NAME_CUTOFF = 0.85
 NEAR_NAME_MIN = 5  # shorter names are close to too much (get -> getX, getY)
+MENU_SIZE = 12  # methods of the same verb listed for a repair
 SPECIAL_RESULTS = {"getlastevent": "BBjEvent", "geteventobject": "BBjEvent"}
 MODIFIERS = frozenset({"public", "private", "protected", "static", "abstract", "final", "override"})
 UNKNOWN = ""  # the type of a variable seen with no type or with two different types
@@ -65,6 +67,8 @@ class ApiProblem:
     rule: str  # unknown-method | bad-arity
     message: str
     severity: str = "error"
+    receiver: str = ""  # unknown-method on an API class: the class and the name called
+    method: str = ""
 
 
 class ApiTable:
@@ -128,6 +132,18 @@ class ApiTable:
         )
         return [self.spelling.get(m, m) for m in close]
 
+    def same_verb(self, cls: str, method: str, limit: int = MENU_SIZE) -> list[str]:
+        """The class family's methods that start with the same verb as `method` (get, add, set,
+        remove...), those spelled most like it first, each with its argument counts: what a model
+        asked to correct `BBjListBox.addString()` can choose from (`addItem(1 argument)`, ...)."""
+        verb = re.match(r"[a-z]+", method)
+        if not verb:
+            return []
+        family = self.methods(cls)
+        names = [m for m in family if m.startswith(verb.group(0).lower()) and m not in OBJECT_METHODS]
+        ranked = sorted(names, key=lambda m: (-difflib.SequenceMatcher(None, method.lower(), m).ratio(), m))
+        return [f"{self.spelling.get(m, m)}({_counts(family[m])})" for m in ranked[:limit]]
+
     def owner_of(self, method: str) -> list[str]:
         """Classes whose own methods include `method` (for the hint in a finding)."""
         low = method.lower()
@@ -164,6 +180,21 @@ def _type_at(K: list[str], T: list[str], i: int) -> tuple[str | None, int]:
     if K[i] == "[":
         return None, i
     return name, i
+
+
+def _counts(counts: set[int]) -> str:
+    """{1} -> "1 argument", {0} -> "no arguments", {1, 2, 3, 6, 7} -> "1-3 or 6-7 arguments"."""
+    ordered = sorted(counts)
+    if ordered == [0]:
+        return "no arguments"
+    runs: list[list[int]] = []
+    for n in ordered:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    text = " or ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+    return text + (" argument" if ordered == [1] else " arguments")
 
 
 def _close(K: list[str], i: int) -> int:
@@ -461,7 +492,12 @@ class Program:
                 hint = f" (it exists on {', '.join(owners)})" if owners else " (no BBj class has it)"
                 if near:
                     hint += f"; did you mean {' or '.join(n + '()' for n in near)}?"
-            problems.append(ApiProblem(where, "unknown-method", f"{typ} has no method {name}(){hint}"))
+            api_class = "" if self.own.get(typ.lower()) else typ
+            problems.append(
+                ApiProblem(
+                    where, "unknown-method", f"{typ} has no method {name}(){hint}", "error", api_class, name
+                )
+            )
         elif n_args not in counts:
             expected = " or ".join(str(c) for c in sorted(counts))
             # The javadoc data misses some overloads (real code calls getSysGui with one argument):
@@ -539,3 +575,14 @@ def tokenized(lines: list[LogicalLine]) -> list[tuple[LogicalLine, list[str], li
 def check_api_calls(lines: list[LogicalLine]) -> list[ApiProblem]:
     """Unknown methods and impossible argument counts on objects of a known type."""
     return Program(tokenized(lines)).check_calls()
+
+
+def method_menus(code: str) -> dict[str, list[str]]:
+    """For each unknown BBjAPI method the code calls, `Class.name()` -> the class's methods of the same
+    verb (`ApiTable.same_verb`), in the order the calls come; for a repair request."""
+    menus: dict[str, list[str]] = {}
+    for p in check_api_calls(logical_lines(split_physical_lines(code or ""))):
+        key = f"{p.receiver}.{p.method}()"
+        if p.receiver and key not in menus:
+            menus[key] = api_table().same_verb(p.receiver, p.method)
+    return {k: v for k, v in menus.items() if v}

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bbjtune.bbj import check_with
+from bbjtune.bbj.api import MENU_SIZE, method_menus
 from bbjtune.bbj.compile import FAILING_WARNINGS, compile_answer
 from bbjtune.bbj.extract import bbj_line_ratio
 from bbjtune.bbj.quality import quality_errors
@@ -94,9 +95,20 @@ def repair_request(v: Verdict) -> str:
     if not found:
         found.append(f"- {v.reason}")
     what = "does not compile" if v.compiles is False else "compiles, but has these problems"
+    menus = method_menus(v.code) if v.compiles else {}
+    real = [
+        f"- instead of {call}: {call.split('.')[0]} has {', '.join(names)}"
+        + (" ..." if len(names) == MENU_SIZE else "")
+        for call, names in menus.items()
+    ]
     return (
         f"The BBj code in your answer {what} ({checker}):\n"
         + "\n".join(found)
+        + (
+            "\n\nThe real methods of the same kind (name and argument count):\n" + "\n".join(real)
+            if real
+            else ""
+        )
         + "\n\nCorrect it and give the whole corrected program in one ```bbj code block. Use only "
         "BBj statements, functions and BBjAPI methods that exist, and keep doing what was asked."
     )

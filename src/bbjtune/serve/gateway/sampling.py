@@ -7,7 +7,8 @@ answer that compiles is preferred to one that does not.
 Retries sample at `retry_temperature` at least: with the client's temperature 0 (greedy, what
 editors often send) every retry would return the same failing answer. With `retry="repair"` a chat
 answer that fails goes back to the model instead, with what the checker found (each finding with the
-line it is on) and a request for the whole corrected program; each version of the code is sent back
+line it is on; for a BBjAPI method that does not exist, the class's real methods of the same verb)
+and a request for the whole corrected program; each version of the code is sent back
 once, the best failing one first, and when none is left a new answer is drawn. A retry the
 upstream fails (it went down, or a repair no longer fits its context and a new draw fails too)
 ends the search with the answers already drawn, instead of failing the request. When no attempt
