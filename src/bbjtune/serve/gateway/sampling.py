@@ -6,16 +6,18 @@ answer that compiles is preferred to one that does not.
 
 Retries sample at `retry_temperature` at least: with the client's temperature 0 (greedy, what
 editors often send) every retry would return the same failing answer. With `retry="repair"` a chat
-answer that fails goes back to the model instead, with what the checker found (each finding with the
-line it is on; for a BBjAPI method that does not exist, the class's real methods of the same verb)
-and a request for the whole corrected program; each version of the code is sent back
-once, the best failing one first, and when none is left a new answer is drawn. A retry the
-upstream fails (it went down, or a repair no longer fits its context and a new draw fails too)
-ends the search with the answers already drawn, instead of failing the request. When no attempt
-passes, the one with the fewest checker errors is returned (the first among equals), and the others
-are kept in the log as rejected answers. An answer without BBj passes as the first answer (a
-question that needs no code is not asked again) but not as a later one: after code that failed, a
-prose answer answers nothing, and the failing code is returned with its diagnostics instead.
+answer that fails goes back to the model instead, with what the checker found (each finding with
+the line it is on; for a BBjAPI method that does not exist, the class's real methods of the same
+verb) and a request for the whole corrected program; each version of the code is sent back once,
+the best failing one first, and when none is left a new answer is drawn. A retry the upstream fails
+(it went down, or a repair no longer fits its context and a new draw fails too) ends the search
+with the answers already drawn, instead of failing the request.
+
+When no attempt passes, the one with the fewest checker errors is returned (the first among
+equals), and the others are kept in the log as rejected answers. An answer without BBj passes as
+the first answer (a question that needs no code is not asked again) but not as a later one: after
+code that failed, a prose answer answers nothing, and the failing code is returned with its
+diagnostics instead.
 
 An answer the upstream ended at its token limit (`finish_reason: length`) that loops (a line,
 block or sentence written again and again; `models/loops.py`) is cut after the loop's first copy,
