@@ -52,6 +52,9 @@ RECIPES = {
     "rft-dpo-q8_0-rp1.1": "+dpo q8_0 gguf (llama.cpp), repeat_penalty 1.1",
     "rft-dpo-q8_0-gateway-bo3": "+dpo q8_0 gguf through the checking gateway (best-of-3, loop cut)",
     "base-q4_k_m": "base q4_k_m gguf",
+    "sft-replay-20-reference": "+replay, + factual pairs from the builtins reference",
+    "gateway-bo3-resample": "q8_0 gguf through the checking gateway (best-of-3, resample)",
+    "gateway-bo3-repair": "q8_0 gguf through the checking gateway (best-of-3, repair)",
 }
 
 

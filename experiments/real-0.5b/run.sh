@@ -28,6 +28,10 @@
 #           language server's builtins reference (functions, system variables, ERR=* labels, callback
 #           events), then evaluated: does the documented vocabulary raise patterns and factual accuracy?
 #           (sweep/sft-replay-20-reference; run --steps replay first)
+#   gateway what a developer gets: the exported q8_0 file (GATEWAY_MODEL to choose another GGUF) served by
+#           llama.cpp (serve gguf) behind the checking gateway at best-of 3, evaluated through it once per
+#           retry way (GATEWAY_RETRY, default "resample repair"; GATEWAY_LIMIT=N for N prompts per suite):
+#           eval/gateway-bo3-<retry>, and each exchange in gateway-<retry>.sqlite
 #   results experiments/real-0.5b/results.json: one row per evaluated recipe (results.py)
 # e.g. the self-training proof in pieces: --steps rft   then --steps dpo   then --steps results
 set -euo pipefail
@@ -181,6 +185,32 @@ if want export; then
   done
   stamp "eval: the base model's own q4_k_m GGUF (llama.cpp), like for like"
   $BBJ eval run "$CFG" "${SET[@]}" --backend gguf --model "$MODEL" --label base-q4_k_m --no-humaneval
+fi
+if want gateway; then
+  GGUF=${GATEWAY_MODEL:-$RUN/export/real-0.5b.q8_0.gguf}
+  [ -f "$GGUF" ] || { echo "no $GGUF: run --steps export first (or set GATEWAY_MODEL)" >&2; exit 2; }
+  up() {  # wait until the server at $1 answers, or stop when its process $2 has ended
+    until $PY -c "import urllib.request as u; u.urlopen('$1', timeout=2)" 2>/dev/null; do
+      kill -0 "$2" 2>/dev/null || { echo "the server for $1 stopped: see its log in $RUN" >&2; exit 1; }
+      sleep 1
+    done
+  }
+  stamp "gateway: serve $GGUF"
+  $BBJ serve gguf "$GGUF" --port 8000 > "$RUN/gateway-gguf.log" 2>&1 &
+  GGUF_PID=$!
+  trap 'kill $GGUF_PID 2>/dev/null' EXIT
+  up http://127.0.0.1:8000/v1/models $GGUF_PID
+  for retry in ${GATEWAY_RETRY:-resample repair}; do
+    stamp "gateway: best-of 3, --retry $retry"
+    $BBJ serve gateway --upstream gguf --best-of 3 --retry "$retry" --port 8100 \
+      --log "$RUN/gateway-$retry.sqlite" > "$RUN/gateway-$retry.log" 2>&1 &
+    GW_PID=$!
+    up http://127.0.0.1:8100/v1/models $GW_PID
+    $BBJ eval run "$CFG" "${SET[@]}" --backend http --base-url http://127.0.0.1:8100/v1 --model real-0.5b \
+      --label "gateway-bo3-$retry" --no-humaneval ${GATEWAY_LIMIT:+--limit "$GATEWAY_LIMIT"} || true
+    kill $GW_PID; wait $GW_PID 2>/dev/null || true
+  done
+  kill $GGUF_PID; wait $GGUF_PID 2>/dev/null || true
 fi
 if want report; then
   stamp "report"
