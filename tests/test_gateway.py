@@ -100,6 +100,24 @@ def test_an_answer_that_compiles_but_calls_an_invented_method_is_asked_again(gat
     assert reply.model_extra["bbjtune"]["verdict"] == "pass"
 
 
+# compiles and calls only real methods, but opens a BBjAPI window where Visual PRO/5 was asked for
+SYSGUI_BBJ = '```bbj\nsysgui! = BBjAPI().openSysGui("X0")\nwin! = sysgui!.addWindow(10, 10, 200, 100, "Hi")\nend\n```\n'
+MNEMONIC_BBJ = '```bbj\nsysgui = unt\nopen (sysgui) "X0"\nprint (sysgui) \'window\'(10, 10, 200, 100, "Hi", $$)\nend\n```\n'
+
+
+def test_code_of_the_other_generation_than_the_question_names_is_asked_again(gateway):
+    vpro5 = [{"role": "user", "content": "In Visual PRO/5, open a window titled Hi."}]
+    url, upstream, log = gateway([SYSGUI_BBJ, MNEMONIC_BBJ], best_of=2)
+    reply = client(url).chat.completions.create(model="m", messages=vpro5, temperature=0)
+    assert reply.choices[0].message.content == MNEMONIC_BBJ
+    rejected = log.get(reply.model_extra["bbjtune"]["id"])["rejected"]
+    assert rejected[0]["diagnostics"][0]["code"] == "generation-mismatch" and "vpro5" in rejected[0]["reason"]
+    # a question that names no generation: the BBjAPI window stands
+    url, upstream, _ = gateway([SYSGUI_BBJ, MNEMONIC_BBJ], best_of=2)
+    reply = client(url).chat.completions.create(model="m", messages=ASK, temperature=0)
+    assert reply.choices[0].message.content == SYSGUI_BBJ and len(upstream.requests) == 1
+
+
 def test_when_nothing_passes_an_answer_that_compiles_is_preferred(gateway):
     # BAD_BBJ has one checker error; INVENTED_BBJ compiles with one tier 2 finding: it is the better answer
     url, _upstream, _log = gateway([BAD_BBJ, INVENTED_BBJ], best_of=2)

@@ -1,6 +1,7 @@
 """The gateway's verdict on one answer: does the BBj in it pass the checker (and, with `checks="clean"`,
 the tier 2 checks: BBjAPI methods that exist and get possible argument counts, labels that are
-defined, code with a statement, no runaway repetition)?
+defined, code with a statement, no runaway repetition, and code of the BBj generation the question
+names, when it names one)?
 
 Chat answers: the code is taken as evaluation takes it (`compile_answer`: ```bbj fences first,
 then unlabelled fences that read as BBj, then bare code) and checked by bbjcpl when installed,
@@ -55,13 +56,17 @@ class Verdict:
         return self.verdict != "fail"
 
 
-def check_chat_answer(answer: str, compiler: str, checks: str = "clean") -> Verdict:
+def check_chat_answer(
+    answer: str, compiler: str, checks: str = "clean", generation: str | None = None
+) -> Verdict:
+    """`generation`: the one the question asks for (`bbj.generation.generation_asked`), when it names
+    one; tier 2 then also fails code of the other family (a SYSGUI channel in BBj GUI code, ...)."""
     result = compile_answer(answer, compiler)
     if not result.code.strip():
         return Verdict("no-code")
     if not result.compiles:
         return Verdict("fail", result.compiler, result.reason, result.diagnostics, False, result.code)
-    findings = quality_errors(result.code) if checks == "clean" else []
+    findings = quality_errors(result.code, generation) if checks == "clean" else []
     if not findings:
         return Verdict("pass", result.compiler, "", result.diagnostics, True, result.code)
     first = findings[0]
