@@ -111,7 +111,10 @@ def test_code_of_the_other_generation_than_the_question_names_is_asked_again(gat
     reply = client(url).chat.completions.create(model="m", messages=vpro5, temperature=0)
     assert reply.choices[0].message.content == MNEMONIC_BBJ
     rejected = log.get(reply.model_extra["bbjtune"]["id"])["rejected"]
-    assert rejected[0]["diagnostics"][0]["code"] == "generation-mismatch" and "vpro5" in rejected[0]["reason"]
+    assert (
+        rejected[0]["diagnostics"][0]["code"] == "generation-mismatch"
+        and "Visual PRO/5" in rejected[0]["reason"]
+    )
     # a question that names no generation: the BBjAPI window stands
     url, upstream, _ = gateway([SYSGUI_BBJ, MNEMONIC_BBJ], best_of=2)
     reply = client(url).chat.completions.create(model="m", messages=ASK, temperature=0)

@@ -37,6 +37,14 @@ LABEL_OPTIONS = frozenset({"err", "end", "dom"})
 # a BBjAPI SysGui window; GUI/DWC answers must not build windows with Visual PRO/5 mnemonics.
 SYSGUI_WINDOW = (r"(?i)\bopenSysGui\b", r"(?i)\.addWindow\s*\(")
 MNEMONIC_WINDOW = (r"(?i)'window'\s*\(", r"(?i)\bctrl\s*\(\s*sysgui", r"(?i)\btmpl\s*\(\s*sysgui")
+GENERATION_NAMES = {"character": "character-UI", "vpro5": "Visual PRO/5", "gui": "BBj GUI", "dwc": "DWC"}
+# what the generation uses instead, for the finding's message (and a model asked to repair)
+GENERATION_WAYS = {
+    "character": "a terminal program prints and reads on the screen, with no SysGui window",
+    "vpro5": "windows come from a SYSGUI channel and mnemonics ('WINDOW', 'BUTTON', READ RECORD), not BBjAPI",
+    "gui": "windows and controls are BBjAPI objects (openSysGui, addWindow, addButton), not mnemonics",
+    "dwc": "windows and controls are BBjAPI objects (openSysGui, addWindow, addButton), not mnemonics",
+}
 GENERATION_PATTERNS: dict[str, tuple[str, ...]] = {
     "character": SYSGUI_WINDOW,
     "vpro5": SYSGUI_WINDOW,
@@ -257,16 +265,10 @@ def _pattern_findings(code: str, generation: str | None, must_not: Sequence[str]
         if m is None:
             continue
         line = code.count("\n", 0, m.start()) + 1
-        why = (
-            f"for {generation} code"
-            if pattern in GENERATION_PATTERNS.get(generation or "", ())
-            else "(must_not)"
-        )
-        out.append(
-            Finding(
-                "generation-mismatch",
-                line,
-                f"{m.group(0).strip()[:60]!r} does not belong here {why}: matches {pattern}",
-            )
-        )
+        found = m.group(0).strip()[:60]
+        if pattern in GENERATION_PATTERNS.get(generation or "", ()):
+            message = f"{found!r} does not belong in {GENERATION_NAMES[generation]} code: {GENERATION_WAYS[generation]}"
+        else:
+            message = f"{found!r} does not belong here (must_not): matches {pattern}"
+        out.append(Finding("generation-mismatch", line, message))
     return out

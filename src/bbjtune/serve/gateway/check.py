@@ -114,8 +114,9 @@ def repair_request(v: Verdict) -> str:
             if real
             else ""
         )
-        + "\n\nCorrect it and give the whole corrected program in one ```bbj code block. Use only "
-        "BBj statements, functions and BBjAPI methods that exist, and keep doing what was asked."
+        + "\n\nAnswer my question again with the whole corrected program in one ```bbj code block, "
+        "using only BBj statements, functions and BBjAPI methods that exist and doing what I asked. "
+        "Answer as you would have the first time: do not mention this correction."
     )
 
 
