@@ -93,6 +93,9 @@ def test_data_derive_command_writes_chatml(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "derived.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["messages"][0]["content"] == "You are a BBj expert." for r in rows)
     assert "3 instruction pairs" in out.stderr
+    (tmp_path / "tiny.bbj").write_text('print "hi"\n')
+    empty = run_cli("data", "derive", "tiny.bbj", "--out", "e.jsonl", cwd=tmp_path)
+    assert empty.returncode == 0 and "nothing to derive from" in empty.stderr
     missing = run_cli("data", "derive", "nowhere", "--out", "x.jsonl", cwd=tmp_path)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
 

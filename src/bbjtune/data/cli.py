@@ -13,7 +13,7 @@ from bbjtune.config import apply_override, default_data_config, load_config, val
 from bbjtune.data import feedback, replay, self_replay
 from bbjtune.data.audit import flagged_summary
 from bbjtune.data.cpt import find_sources
-from bbjtune.data.derive import default_system_prompt, derive_pairs
+from bbjtune.data.derive import COMPLETE_MAX_LINES, COMPLETE_MIN_LINES, default_system_prompt, derive_pairs
 from bbjtune.data.stage import audit as run_audit
 from bbjtune.data.stage import prepare as run_prepare
 from bbjtune.errors import BbjtuneError
@@ -162,7 +162,14 @@ ChatML data; prepare deduplicates and decontaminates it."""
 
     files, _ = find_sources(sources)
     n = atomic_write_jsonl(out, derive_pairs(files, system or default_system_prompt()))
-    Console(stderr=True).print(f"{n} instruction pairs from {len(files)} source files → {out}")
+    console = Console(stderr=True)
+    console.print(f"{n} instruction pairs from {len(files)} source files → {out}")
+    if not n:
+        console.print(
+            "[yellow]note:[/] nothing to derive from: pairs come from methods with a rem /** ... */ doc "
+            f"comment, programs of {COMPLETE_MIN_LINES}-{COMPLETE_MAX_LINES} lines and /@@ ... @/ doc blocks "
+            "of reference libraries (.bbl)"
+        )
 
 
 def replay_command(
