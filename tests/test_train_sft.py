@@ -2,50 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 import torch
 from rich.console import Console
-from train_helpers import PAIRS, SYSTEM, conversation, make_config, padding_start, write_data
+from train_helpers import PAIRS, SYSTEM, build_trainer, conversation, make_config, padding_start, write_data
 
 from bbjtune.models.chat_template import ENDOFTEXT, IM_END, IM_START
 from bbjtune.train import sft
-from bbjtune.train.job import StageJob
 from bbjtune.train.model_io import load_training_tokenizer
-from bbjtune.train.trainer import configure_torch, make_trainer, training_arguments
 from bbjtune.train.dryrun import tokenize_conversation
-from bbjtune.train.inputs import load_training_data
 
 pytestmark = pytest.mark.slow  # trains tiny models: `make test` runs it, `make test-fast` leaves it out
-
-
-def build_trainer(cfg, stage="sft", trainer_backend="hf"):
-    """The exact trainer `bbjtune train` builds, without training it (the model always loads the hf way)."""
-    configure_torch(cfg)
-    data = load_training_data(cfg.data_dir, [stage])
-    job = StageJob(
-        cfg=cfg,
-        stage=stage,
-        base_source=cfg.model.source,
-        backend="hf",
-        console=Console(stderr=True, quiet=True),
-        resume="never",
-    )
-    tokenizer = load_training_tokenizer(job.base_source)
-    model, peft_settings, _ = sft._setup_model(job, tokenizer)
-    train_dataset, eval_dataset = sft._setup_data(data)
-    job = dataclasses.replace(job, backend=trainer_backend)
-    args = training_arguments(
-        job,
-        has_eval=eval_dataset is not None,
-        assistant_only_loss=cfg.train.sft.assistant_only_loss,
-        packing_strategy="bfd",
-    )
-    return make_trainer(
-        job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings, callbacks=[]
-    ), data
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +22,7 @@ def unpacked(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("sft-unpacked")
     write_data(tmp / "data", n_train=6, multi_turn=True)
     cfg = make_config(tmp, tiny_model_dir, train__sft__packing=False)
-    return build_trainer(cfg)
+    return build_trainer(cfg)[:2]
 
 
 def test_trained_span_is_exactly_each_answer_and_its_im_end(unpacked):
@@ -90,7 +59,7 @@ def test_full_sequence_loss_when_assistant_only_is_off(tmp_path, tiny_model_dir)
     cfg = make_config(
         tmp_path, tiny_model_dir, train__sft__packing=False, train__sft__assistant_only_loss=False
     )
-    trainer, _ = build_trainer(cfg)
+    trainer, _, _ = build_trainer(cfg)
     row = trainer.train_dataset[0]
     assert row["labels"] == row["input_ids"]
 
@@ -100,7 +69,7 @@ def test_packing_keeps_examples_apart(tmp_path, tiny_model_dir):
     cfg = make_config(
         tmp_path, tiny_model_dir, train__sft__max_length=96, train__sft__per_device_batch_size=2
     )
-    trainer, data = build_trainer(cfg)
+    trainer, data, _ = build_trainer(cfg)
     tokenizer = trainer.processing_class
     batch = next(iter(trainer.get_train_dataloader()))
     assert "attention_mask" not in batch  # the mask comes from the position ids: block-diagonal per row
@@ -142,9 +111,9 @@ def test_unsloth_keeps_its_padding_free_batches_and_refuses_others(tmp_path, tin
     cfg = make_config(
         tmp_path, tiny_model_dir, train__sft__max_length=96, train__sft__per_device_batch_size=2
     )
-    hf, _ = build_trainer(cfg)
+    hf, _, _ = build_trainer(cfg)
     assert isinstance(hf.data_collator, PackedRowsCollator)
-    unsloth, _ = build_trainer(cfg, trainer_backend="unsloth")  # the collator is the point
+    unsloth, _, _ = build_trainer(cfg, trainer_backend="unsloth")  # the collator is the point
     assert not isinstance(unsloth.data_collator, PackedRowsCollator) and unsloth.data_collator.padding_free
     batch = next(iter(unsloth.get_train_dataloader()))
     assert batch["input_ids"].shape[0] == 1  # one flattened row; the examples' boundaries travel with it

@@ -237,3 +237,42 @@ def padding_start(ids: Any, labels: Any, pad_id: int, floor: int = 0) -> int:
     while end > floor and labels[end - 1] == -100 and ids[end - 1] == pad_id:
         end -= 1
     return end
+
+
+def build_trainer(cfg, stage="sft", trainer_backend="hf", callbacks=()):
+    """The exact trainer `bbjtune train` builds, without training it (the model always loads the hf way);
+    (trainer, data, job)."""
+    import dataclasses
+
+    from rich.console import Console
+
+    from bbjtune.train import sft
+    from bbjtune.train.inputs import load_training_data
+    from bbjtune.train.job import StageJob
+    from bbjtune.train.model_io import load_training_tokenizer
+    from bbjtune.train.trainer import configure_torch, make_trainer, training_arguments
+
+    configure_torch(cfg)
+    data = load_training_data(cfg.data_dir, [stage])
+    job = StageJob(
+        cfg=cfg,
+        stage=stage,
+        base_source=cfg.model.source,
+        backend="hf",
+        console=Console(stderr=True, quiet=True),
+        resume="never",
+    )
+    tokenizer = load_training_tokenizer(job.base_source)
+    model, peft_settings, _ = sft._setup_model(job, tokenizer)
+    train_dataset, eval_dataset = sft._setup_data(data)
+    job = dataclasses.replace(job, backend=trainer_backend)
+    args = training_arguments(
+        job,
+        has_eval=eval_dataset is not None,
+        assistant_only_loss=cfg.train.sft.assistant_only_loss,
+        packing_strategy="bfd",
+    )
+    trainer = make_trainer(
+        job, model, tokenizer, args, train_dataset, eval_dataset, peft_settings, callbacks=list(callbacks)
+    )
+    return trainer, data, job

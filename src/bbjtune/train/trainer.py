@@ -20,6 +20,7 @@ from rich.console import Console
 
 from bbjtune.config import RunConfig
 from bbjtune.errors import BbjtuneError
+from bbjtune.models.architecture import Architecture
 from bbjtune.models.loading import torch_dtype
 from bbjtune.train.callbacks import GracefulStop, MetricsLog, RichProgress
 from bbjtune.train.checkpoints import checkpoint_step, decide_resume, record_fingerprint
@@ -296,12 +297,17 @@ def run_trainer(
 
 
 def train(trainer: Any, job: StageJob, resume_from: Path | None) -> Any:
-    """Run trainer.train(); a stop request saves a checkpoint and raises TrainingStopped."""
+    """Run trainer.train(); a stop request saves a checkpoint and raises TrainingStopped; running out
+    of GPU memory becomes a BbjtuneError that says which settings to lower."""
+    import torch
+
     stop = GracefulStop(job.console)
     trainer.add_callback(stop)
     stop.install()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except torch.OutOfMemoryError as exc:
+        raise out_of_memory(job, trainer, exc) from None
     finally:
         stop.uninstall()
         for cb in trainer.callback_handler.callbacks:
@@ -313,6 +319,43 @@ def train(trainer: Any, job: StageJob, resume_from: Path | None) -> Any:
         job.console.print(f"[yellow]{message}[/]\n{STOP_HINT}", highlight=False)
         raise TrainingStopped(message)
     return result
+
+
+def out_of_memory(job: StageJob, trainer: Any, exc: BaseException) -> BbjtuneError:
+    """The stage ran out of GPU memory: where, what the dry run estimates, and what to lower, in the
+    order that costs least (batch size with accumulation keeps the effective batch; checkpointing
+    and 4-bit weights cost speed; a shorter max_length drops long examples)."""
+    from bbjtune.train.memory import GiB, estimate_for_config
+
+    t, sc, stage = job.cfg.train, job.stage_cfg, job.stage
+    step = trainer.state.global_step
+    first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "out of memory"
+    estimate = ""
+    try:
+        arch = Architecture.from_config(trainer.model.config)
+        gib = estimate_for_config(job.cfg, stage, arch).total / GiB
+        estimate = f"; the dry run estimates {gib:.1f} GiB per GPU for these settings"
+    except Exception:  # noqa: BLE001 — the estimate only helps the message
+        pass
+    hints = []
+    if sc.per_device_batch_size > 1:
+        half = max(sc.per_device_batch_size // 2, 1)
+        hints.append(
+            f"set train.{stage}.per_device_batch_size: {half} (now {sc.per_device_batch_size}) and "
+            f"train.{stage}.gradient_accumulation_steps: {sc.gradient_accumulation_steps * 2} "
+            "(the same effective batch)"
+        )
+    if not t.gradient_checkpointing:
+        hints.append("set train.gradient_checkpointing: true")
+    if not t.quantization.load_in_4bit:
+        hints.append("set train.quantization.load_in_4bit: true (QLoRA)")
+    hints.append(f"lower train.{stage}.max_length (now {sc.max_length})")
+    return BbjtuneError(
+        f"{stage}: the GPU ran out of memory at step {step} ({first}){estimate}",
+        "; or ".join(hints)
+        + f". `bbjtune train CONFIG --dry-run` shows the estimate for new settings; checkpoints saved in "
+        f"{job.checkpoints_dir} are kept, and the same command resumes from the last one",
+    )
 
 
 def final_metrics(trainer: Any, has_eval: bool) -> dict[str, Any]:
