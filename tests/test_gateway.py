@@ -234,6 +234,50 @@ def test_a_retry_the_upstream_cannot_answer_keeps_the_answer_already_drawn(gatew
         client(url).chat.completions.create(model="m", messages=ASK)
 
 
+def test_an_evaluation_through_the_gateway_records_how_each_answer_was_got(gateway):
+    from bbjtune.evaluate.run import gateway_summary
+    from bbjtune.models.generate_http import HttpBackend
+    from bbjtune.models.generations import make_row
+    from bbjtune.models.requests import Request, Sampling
+
+    url, _upstream, _ = gateway([BAD_BBJ, GOOD_BBJ], best_of=3, retry="repair")
+    backend = HttpBackend(f"{url}/v1", model="m")
+    request = Request(messages=ASK, meta={"id": "loop", "suite": "s"})
+    (_, [completion]) = next(iter(backend.generate([request], Sampling(temperature=0.0))))
+    assert completion.text == GOOD_BBJ
+    assert completion.gateway == {"verdict": "pass", "attempts": 2, "repaired": True}
+    row = make_row(request, 0, completion, "gw", "")
+    assert row["gateway"] == completion.gateway
+    summary = gateway_summary([row, {**row, "gateway": {"verdict": "pass", "attempts": 1}}, {"id": "x"}])
+    assert summary == {
+        "requests": 2,
+        "answers_drawn": 3,
+        "requests_by_answers_drawn": {"1": 1, "2": 1},
+        "repaired": 1,
+        "loop_cut": 0,
+        "verdicts": {"pass": 2},
+    }
+    assert gateway_summary([{"id": "x"}]) is None  # not through a gateway: no such section
+
+
+def test_eval_through_the_gateway_reports_the_answers_it_drew(gateway, tmp_path):
+    import json
+
+    from conftest import REPO_ROOT
+
+    url, upstream, _ = gateway([BAD_BBJ, GOOD_BBJ], best_of=3)
+    res = run_cli(
+        "eval", "run", "--model", "m", "--backend", "http", "--base-url", f"{url}/v1",
+        "--suite", str(REPO_ROOT / "evals" / "bbj-core.jsonl"), "--limit", "1", "--no-humaneval",
+        "--compiler", "builtin", "--label", "gw", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    results = json.loads((tmp_path / "gw" / "results.json").read_text())
+    assert results["gateway"]["requests"] == 1 and results["gateway"]["answers_drawn"] == 2
+    assert "2 answers drawn for 1 requests" in (tmp_path / "gw" / "report.html").read_text()
+    assert len(upstream.requests) == 2
+
+
 def test_answers_without_bbj_are_not_retried(gateway):
     url, upstream, _ = gateway([PROSE, GOOD_BBJ], best_of=3)
     reply = client(url).chat.completions.create(model="m", messages=[{"role": "user", "content": "Capital?"}])

@@ -107,6 +107,13 @@ def model_report_html(
         f"{results.get('n_compiled_prompts', 0)} prompts with compiled code; "
         f"{len(results.get('errors', []))} error(s) recorded.</p>",
     ]
+    if gw := results.get("gateway"):
+        drawn = ", ".join(f"{n} answer(s) for {c}" for n, c in gw["requests_by_answers_drawn"].items())
+        parts.append(
+            f"<p>Answered through the checking gateway: {gw['answers_drawn']} answers drawn for "
+            f"{gw['requests']} requests ({esc(drawn)}); {gw['repaired']} repaired, {gw['loop_cut']} cut "
+            "where a loop started.</p>"
+        )
     first_k = ks[0] if ks else None
     for field, title in (
         ("by_category", "By category"),

@@ -342,9 +342,29 @@ def score_dir(
             "sampling": settings["sampling"],
             "suites": [s["name"] for s in settings.get("suites", [])],
             "fim": fim.summarize_fim(fim_scores),
+            **({"gateway": summary} if (summary := gateway_summary(rows)) else {}),
         },
     )
     atomic_write_jsonl(out / SCORES_FILE, scores_all)
     atomic_write_json(out / RESULTS_FILE, results)
     report.write_model_report(out / REPORT_FILE, results, scores_all, rows)
     return results
+
+
+def gateway_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """How the checking gateway got the answers, when it gave them (`eval --backend http` through
+    `bbjtune serve gateway`): answers drawn in all and per request, repaired and loop-cut answers."""
+    seen = [r["gateway"] for r in rows if isinstance(r.get("gateway"), dict)]
+    if not seen:
+        return None
+    attempts = [int(g.get("attempts") or 1) for g in seen]
+    return {
+        "requests": len(seen),
+        "answers_drawn": sum(attempts),
+        "requests_by_answers_drawn": {str(k): attempts.count(k) for k in sorted(set(attempts))},
+        "repaired": sum(bool(g.get("repaired")) for g in seen),
+        "loop_cut": sum(bool(g.get("loop_cut")) for g in seen),
+        "verdicts": {
+            v: sum(g.get("verdict") == v for g in seen) for v in sorted({str(g.get("verdict")) for g in seen})
+        },
+    }

@@ -22,6 +22,10 @@ from bbjtune.errors import BbjtuneError
 from bbjtune.models.generate import STOP_TOKENS, Completion, Request, Sampling, truncate_at_stop
 
 
+# what a generation row keeps of the checking gateway's `bbjtune` field
+GATEWAY_KEYS = ("verdict", "attempts", "repaired", "loop_cut")
+
+
 class HttpBackend:
     name = "http"
 
@@ -149,13 +153,17 @@ class HttpBackend:
                 f"the server's answer is not an OpenAI completion: {resp.text[:200]!r}", latency
             )
         text, hit = truncate_at_stop(text or "", stops)
-        tokens = (resp.json().get("usage") or {}).get("completion_tokens")
+        body = resp.json()
+        tokens = (body.get("usage") or {}).get("completion_tokens")
+        checked = body.get("bbjtune")  # `bbjtune serve gateway` answered: how it got this answer
+        gateway = {k: checked[k] for k in GATEWAY_KEYS if k in checked} if isinstance(checked, dict) else None
         return Completion(
             text,
             "stop" if hit else ("length" if finish == "length" else "stop"),
             None,
             round(latency, 4),
             tokens,
+            gateway,
         )
 
     def _note_connect_failure(self, reason: str) -> None:

@@ -69,6 +69,7 @@ def make_row(request: Request, sample: int, completion: Completion, label: str, 
         "tokens": completion.tokens,
         "model": label,
         "suite": m["suite"],
+        **({"gateway": completion.gateway} if completion.gateway is not None else {}),
     }
 
 

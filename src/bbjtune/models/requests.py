@@ -58,6 +58,7 @@ class Completion:
     error: str | None = None
     latency_s: float = 0.0
     tokens: int | None = None
+    gateway: dict[str, Any] | None = None  # the checking gateway's verdict, when one answered (http)
 
     @classmethod
     def failed(cls, reason: str, latency_s: float = 0.0) -> Completion:
