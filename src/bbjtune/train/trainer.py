@@ -26,6 +26,7 @@ from bbjtune.train.callbacks import GracefulStop, MetricsLog, RichProgress
 from bbjtune.train.checkpoints import checkpoint_step, decide_resume, record_fingerprint
 from bbjtune.train.job import STOP_HINT, StageJob, TrainingStopped, is_main_process
 from bbjtune.train.lora import peft_config
+from bbjtune.train.memory import GiB, estimate_for_config
 from bbjtune.train.packing import install_collator
 
 # ----------------------------------------------------------------------------- environment
@@ -325,8 +326,6 @@ def out_of_memory(job: StageJob, trainer: Any, exc: BaseException) -> BbjtuneErr
     """The stage ran out of GPU memory: where, what the dry run estimates, and what to lower, in the
     order that costs least (batch size with accumulation keeps the effective batch; checkpointing
     and 4-bit weights cost speed; a shorter max_length drops long examples)."""
-    from bbjtune.train.memory import GiB, estimate_for_config
-
     t, sc, stage = job.cfg.train, job.stage_cfg, job.stage
     step = trainer.state.global_step
     first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "out of memory"
