@@ -9,7 +9,7 @@ import json
 import pytest
 from conftest import REPO_ROOT
 
-from bbjtune.bbj.generation import generation_asked
+from bbjtune.bbj.generation import generation_asked, generation_of_chat
 
 FAMILY = {"gui": "objects", "dwc": "objects", "vpro5": "mnemonics", "character": "mnemonics"}
 
@@ -57,3 +57,20 @@ def test_it_never_names_the_wrong_family_on_labelled_prompts(pattern, question, 
     named = [(generation_asked(q), label) for q, label in rows if generation_asked(q)]
     wrong = [(g, label) for g, label in named if FAMILY[g] != FAMILY[label]]
     assert not wrong and len(named) >= at_least, (len(named), wrong[:3])
+
+
+def test_a_chat_asks_its_question_first_then_its_system_prompt():
+    from bbjtune.data.derive import default_system_prompt
+
+    team = {"role": "system", "content": "Our programs are Visual PRO/5."}
+    plain = {"role": "user", "content": "Open a window with an OK button."}
+    assert generation_of_chat([team, plain]) == "vpro5"  # the question names none: the team's system prompt
+    gui = {"role": "user", "content": "Open a BBj GUI window with an OK button."}
+    assert generation_of_chat([team, gui]) == "gui"  # the question's own word wins
+    both = {"role": "user", "content": "Convert this Visual PRO/5 window to BBjAPI objects."}
+    assert generation_of_chat([team, both]) is None  # a conversion: nothing to hold it to
+    parts = {"role": "user", "content": [{"type": "text", "text": "On a terminal screen, print a title."}]}
+    assert generation_of_chat([parts]) == "character"
+    # bbjtune's own system prompt names every generation: it says nothing about this chat
+    assert generation_of_chat([{"role": "system", "content": default_system_prompt()}, plain]) is None
+    assert generation_of_chat(None) is None

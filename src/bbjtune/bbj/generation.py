@@ -9,7 +9,8 @@ carry it, and a question put to the gateway often names it ("in Visual PRO/5", "
 
 `generation_asked` reads only such explicit words. A question that names both families (a
 conversion, "no BBjAPI objects") or neither gives None, and then nothing is checked: a wrong guess
-would send a right answer back. Measured (benchmarks/RESULTS.md): on the project's 131 training
+would send a right answer back. `generation_of_chat` asks the last question first and, when it
+names no family at all, the chat's system prompt. Measured (benchmarks/RESULTS.md): on the project's 131 training
 examples it names 65 and none wrongly; on the 220 evaluation prompts, 72 and none wrongly.
 """
 
@@ -51,13 +52,41 @@ def _any(patterns: tuple[str, ...], text: str) -> bool:
     return any(re.search(p, text) for p in patterns)
 
 
+def named_families(text: str) -> set[str]:
+    """Which families the text names: "objects", "mnemonics", both or neither."""
+    low = (text or "").lower()
+    named = set()
+    if _any(OBJECT, low) or _any(DWC, low):
+        named.add("objects")
+    if _any(MNEMONIC, low) or _any(CHARACTER, low):
+        named.add("mnemonics")
+    return named
+
+
 def generation_asked(text: str) -> str | None:
     """gui, dwc, vpro5 or character when the question names one family only; else None."""
-    low = (text or "").lower()
-    objects = _any(OBJECT, low) or _any(DWC, low)
-    mnemonic, character = _any(MNEMONIC, low), _any(CHARACTER, low)
-    if objects == (mnemonic or character):  # both families named, or neither
+    if len(named_families(text)) != 1:  # both families named, or neither
         return None
-    if objects:
+    low = (text or "").lower()
+    if _any(OBJECT, low) or _any(DWC, low):
         return "dwc" if _any(DWC, low) else "gui"
-    return "vpro5" if mnemonic else "character"
+    return "vpro5" if _any(MNEMONIC, low) else "character"
+
+
+def generation_of_chat(messages: list[dict] | None) -> str | None:
+    """The generation a chat asks for: its last question's; when that names no family at all, the
+    system prompt's (a team's editor may say there which BBj it writes: "our programs are Visual
+    PRO/5"). A system prompt that names every generation, as bbjtune's own does, gives None."""
+
+    def text(message: dict) -> str:
+        content = message.get("content")
+        if isinstance(content, list):
+            return " ".join(str(part.get("text") or "") for part in content if isinstance(part, dict))
+        return str(content or "")
+
+    messages = [m for m in messages or [] if isinstance(m, dict)]
+    question = next((text(m) for m in reversed(messages) if m.get("role") == "user"), "")
+    if named_families(question):
+        return generation_asked(question)
+    system = " ".join(text(m) for m in messages if m.get("role") == "system")
+    return generation_asked(system)

@@ -35,7 +35,7 @@ from typing import Any
 
 import anyio
 
-from bbjtune.bbj.generation import generation_asked
+from bbjtune.bbj.generation import generation_of_chat
 from bbjtune.models.loops import loop_cut
 
 from .check import Verdict, check_chat_answer, check_completion, repair_request, split_fim
@@ -76,17 +76,6 @@ def answer_text(kind: str, body: dict[str, Any]) -> str:
     return first.get("text") or ""
 
 
-def question_text(request: dict[str, Any]) -> str:
-    """The last user message of a chat request (its text parts, when it comes in parts)."""
-    for message in reversed(request.get("messages") or []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):
-                return " ".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
-            return str(content or "")
-    return ""
-
-
 async def check_text(
     kind: str, request: dict[str, Any], text: str, compiler: str, checks: str = "clean"
 ) -> Verdict:
@@ -95,7 +84,7 @@ async def check_text(
     Completions get the checker only: tier 2 on a file the editor shows in part would flag what the
     rest of the file defines."""
     if kind == "chat":
-        generation = generation_asked(question_text(request)) if checks == "clean" else None
+        generation = generation_of_chat(request.get("messages")) if checks == "clean" else None
         return await anyio.to_thread.run_sync(check_chat_answer, text, compiler, checks, generation)
     prefix, suffix = split_fim(str(request.get("prompt") or ""), request.get("suffix"))
     return await anyio.to_thread.run_sync(check_completion, prefix, text, suffix, compiler)
