@@ -19,11 +19,10 @@ import json
 from pathlib import Path
 
 from bbjtune.bbj.compile import compile_answer
-from bbjtune.bbj.generation import generation_asked
+from bbjtune.bbj.generation import FAMILY, generation_asked
 from bbjtune.bbj.quality import check_quality
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILY = {"gui": "objects", "dwc": "objects", "vpro5": "mnemonics", "character": "mnemonics"}
 
 
 def precision(rows: list[tuple[str, str]]) -> dict[str, int]:

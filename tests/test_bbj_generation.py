@@ -9,9 +9,7 @@ import json
 import pytest
 from conftest import REPO_ROOT
 
-from bbjtune.bbj.generation import generation_asked, generation_of_chat
-
-FAMILY = {"gui": "objects", "dwc": "objects", "vpro5": "mnemonics", "character": "mnemonics"}
+from bbjtune.bbj.generation import FAMILY, generation_asked, generation_of_chat
 
 
 @pytest.mark.parametrize(

@@ -48,45 +48,55 @@ CHARACTER = (
 )
 
 
+# the family each generation belongs to: a check can only tell the families apart
+FAMILY = {"gui": "objects", "dwc": "objects", "vpro5": "mnemonics", "character": "mnemonics"}
+
+
 def _any(patterns: tuple[str, ...], text: str) -> bool:
     return any(re.search(p, text) for p in patterns)
 
 
+def _read(text: str) -> tuple[set[str], str | None]:
+    """(the families the text names, the generation when it names one family only)."""
+    low = (text or "").lower()
+    dwc = _any(DWC, low)
+    objects, mnemonic = dwc or _any(OBJECT, low), _any(MNEMONIC, low)
+    mnemonics = mnemonic or _any(CHARACTER, low)
+    named = {f for f, said in (("objects", objects), ("mnemonics", mnemonics)) if said}
+    if len(named) != 1:  # both families named, or neither
+        return named, None
+    if objects:
+        return named, "dwc" if dwc else "gui"
+    return named, "vpro5" if mnemonic else "character"
+
+
 def named_families(text: str) -> set[str]:
     """Which families the text names: "objects", "mnemonics", both or neither."""
-    low = (text or "").lower()
-    named = set()
-    if _any(OBJECT, low) or _any(DWC, low):
-        named.add("objects")
-    if _any(MNEMONIC, low) or _any(CHARACTER, low):
-        named.add("mnemonics")
-    return named
+    return _read(text)[0]
 
 
 def generation_asked(text: str) -> str | None:
     """gui, dwc, vpro5 or character when the question names one family only; else None."""
-    if len(named_families(text)) != 1:  # both families named, or neither
-        return None
-    low = (text or "").lower()
-    if _any(OBJECT, low) or _any(DWC, low):
-        return "dwc" if _any(DWC, low) else "gui"
-    return "vpro5" if _any(MNEMONIC, low) else "character"
+    return _read(text)[1]
+
+
+def _message_text(message: dict) -> str:
+    """A message's text: a string, or the text parts of OpenAI's list of content parts."""
+    content = message.get("content")
+    if isinstance(content, list):
+        return " ".join(
+            str(p.get("text") or "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return str(content or "")
 
 
 def generation_of_chat(messages: list[dict] | None) -> str | None:
     """The generation a chat asks for: its last question's; when that names no family at all, the
     system prompt's (a team's editor may say there which BBj it writes: "our programs are Visual
     PRO/5"). A system prompt that names every generation, as bbjtune's own does, gives None."""
-
-    def text(message: dict) -> str:
-        content = message.get("content")
-        if isinstance(content, list):
-            return " ".join(str(part.get("text") or "") for part in content if isinstance(part, dict))
-        return str(content or "")
-
     messages = [m for m in messages or [] if isinstance(m, dict)]
-    question = next((text(m) for m in reversed(messages) if m.get("role") == "user"), "")
-    if named_families(question):
-        return generation_asked(question)
-    system = " ".join(text(m) for m in messages if m.get("role") == "system")
-    return generation_asked(system)
+    question = next((_message_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
+    named, generation = _read(question)
+    if named:
+        return generation
+    return generation_asked(" ".join(_message_text(m) for m in messages if m.get("role") == "system"))

@@ -36,10 +36,8 @@ _FIM_RE = re.compile(
 FILE_BBJ_RATIO = 0.5
 MAX_DIAGNOSTICS = 20
 CHECKS = ("compile", "clean")  # what an answer must pass: the checker, or the checker and tier 2
-RETRIES = (
-    "resample",
-    "repair",
-)  # how best-of-N asks again: a new draw, or the answer sent back to be corrected
+# how best-of-N asks again: a new draw, or the answer sent back to be corrected
+RETRIES = ("resample", "repair")
 
 
 @dataclass
