@@ -192,6 +192,7 @@ class Meter:
         self.steps = 0
         self.t0: float | None = None
         self.elapsed = 0.0
+        self.step_ms: list[float] = []  # every step, warm-up included: spread and outliers
 
     def count(self, batch: dict[str, Any]) -> None:
         """Called with each micro-batch as the model receives it."""
@@ -221,8 +222,10 @@ class Meter:
     def step_end(self) -> None:
         _sync()
         self.steps += 1
+        took = time.perf_counter() - self.t0
+        self.step_ms.append(round(took * 1e3, 1))
         if self.steps > self.warmup:
-            self.elapsed += time.perf_counter() - self.t0
+            self.elapsed += took
             self.tokens += self.pending_tokens
             self.useful += self.pending_useful
         self.pending_tokens = self.pending_useful = 0
@@ -322,6 +325,11 @@ def summarize_profile(prof: Any, wall_s: float, top: int = 12) -> dict[str, Any]
         ranked = sorted(cpu, key=lambda e: e.self_cpu_time_total, reverse=True)
         own = [(e.key, e.self_cpu_time_total, e.count) for e in ranked[:top]]
     optimizer = [e for e in events if e.key.startswith("Optimizer.step")]
+    host = sorted(
+        (e for e in events if e.device_type == torch.autograd.DeviceType.CPU),
+        key=lambda e: e.self_cpu_time_total,
+        reverse=True,
+    )
     wall_us = wall_s * 1e6
     summary = {
         "wall_ms": round(wall_s * 1e3, 2),
@@ -341,9 +349,16 @@ def summarize_profile(prof: Any, wall_s: float, top: int = 12) -> dict[str, Any]
             }
             for name, us, n in own
         ],
+        # where the host's time goes (Python-side operators, launches, syncs): the source of host gaps
+        "top_host": [
+            {"name": e.key[:120], "ms": round(e.self_cpu_time_total / 1e3, 3), "calls": e.count}
+            for e in host[:top]
+        ],
     }
     sort = "self_cuda_time_total" if on_gpu else "self_cpu_time_total"
     print(events.table(sort_by=sort, row_limit=25), file=sys.stderr, flush=True)
+    if on_gpu:
+        print(events.table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr, flush=True)
     return summary
 
 
@@ -660,6 +675,7 @@ def measure_row(
         device=gpu,
         measured_steps=meter.steps - s.warmup,
         seconds=round(meter.elapsed, 3),
+        step_ms=meter.step_ms,
         tokens_per_s=meter.tokens / meter.elapsed if meter.elapsed else None,
         useful_tokens_per_s=meter.useful / meter.elapsed if meter.elapsed else None,
         padding_share=1 - meter.useful / meter.tokens if meter.tokens else None,
