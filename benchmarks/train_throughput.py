@@ -193,6 +193,8 @@ class Meter:
         self.t0: float | None = None
         self.elapsed = 0.0
         self.step_ms: list[float] = []  # every step, warm-up included: spread and outliers
+        self.step_segments: list[int] = []  # examples per step: a slow step with a new layout is a recompile
+        self.pending_segments = 0
 
     def count(self, batch: dict[str, Any]) -> None:
         """Called with each micro-batch as the model receives it."""
@@ -210,6 +212,8 @@ class Meter:
                 flush=True,
             )
         self.pending_tokens += ids.numel()
+        pos = batch.get("position_ids")
+        self.pending_segments += int((pos == 0).sum()) if pos is not None else ids.shape[0]
         if "attention_mask" in batch:
             self.pending_useful += int(batch["attention_mask"].sum())
         else:
@@ -224,6 +228,8 @@ class Meter:
         self.steps += 1
         took = time.perf_counter() - self.t0
         self.step_ms.append(round(took * 1e3, 1))
+        self.step_segments.append(self.pending_segments)
+        self.pending_segments = 0
         if self.steps > self.warmup:
             self.elapsed += took
             self.tokens += self.pending_tokens
@@ -676,6 +682,11 @@ def measure_row(
         measured_steps=meter.steps - s.warmup,
         seconds=round(meter.elapsed, 3),
         step_ms=meter.step_ms,
+        step_segments=meter.step_segments,
+        median_step_tokens_per_s=(meter.tokens / max(meter.steps - s.warmup, 1))
+        / (sorted(meter.step_ms[s.warmup :])[len(meter.step_ms[s.warmup :]) // 2] / 1e3)
+        if meter.step_ms[s.warmup :]
+        else None,
         tokens_per_s=meter.tokens / meter.elapsed if meter.elapsed else None,
         useful_tokens_per_s=meter.useful / meter.elapsed if meter.elapsed else None,
         padding_share=1 - meter.useful / meter.tokens if meter.tokens else None,
