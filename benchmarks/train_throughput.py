@@ -95,8 +95,8 @@ class Settings:
     seq: int = 2048
     lora_r: int = 32
     lora_alpha: int = 64
-    steps: int = 6
-    warmup: int = 2
+    steps: int = 15
+    warmup: int = 5
     smoke: bool = False
     gradient_checkpointing: bool = True
     profile: bool = False
@@ -820,9 +820,13 @@ def main() -> None:
         "--groups", default=",".join(GROUPS), help=f"comma-separated, from {', '.join(GROUPS)}"
     )
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, from {', '.join(PATHS)}")
-    parser.add_argument("--steps", type=int, default=6, help="measured optimizer steps per row")
+    parser.add_argument("--steps", type=int, default=15, help="measured optimizer steps per row")
     parser.add_argument(
-        "--warmup", type=int, default=2, help="steps before measuring (compilation, allocator)"
+        "--warmup",
+        type=int,
+        default=5,
+        help="steps before measuring (compilation and recompilation, allocator); on 2026-12-07 a one-off "
+        "1.5 s step fell at step 3 of a 7B row, so 2 warm-up steps were too few",
     )
     parser.add_argument("--batch", type=int, default=None, help="rows per step (default 4; smoke 2)")
     parser.add_argument("--seq", type=int, default=None, help="tokens per row (default 2048; smoke 128)")
