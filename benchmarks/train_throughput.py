@@ -82,7 +82,15 @@ GROUPS = {  # group: (architecture, 4-bit, workload)
     "14b-qlora": ("14b", True, "full"),
     "mix": ("7b", False, "mix"),
 }
-PATHS = ("hf-peft", "unsloth", "unsloth-packed", "bbjtune-hf", "bbjtune-hf-liger", "bbjtune-unsloth")
+PATHS = (
+    "hf-peft",
+    "unsloth",
+    "unsloth-packed",
+    "bbjtune-hf",
+    "bbjtune-hf-liger",
+    "bbjtune-unsloth",
+    "bbjtune-unsloth-auto",
+)
 UNSLOTH_PATHS = ("unsloth", "unsloth-packed")  # Unsloth used directly
 QWEN2_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -533,9 +541,10 @@ def run_unsloth(j: Job, packing: bool = False) -> None:
     trainer.train()
 
 
-def run_bbjtune(j: Job, backend: str, liger: bool = False) -> dict[str, Any]:
+def run_bbjtune(j: Job, backend: str, liger: bool = False, auto: bool = False) -> dict[str, Any]:
     """(c, d) bbjtune's SFT recipe, with the given backend (and Liger's kernels on the hf backend), on the
-    same tokens as ChatML conversations."""
+    same tokens as ChatML conversations; `auto`: `train.gradient_checkpointing: auto` (off where the card
+    has room for the activations)."""
     ckpt, quant, rows, s, out_dir = j.ckpt, j.quant, j.rows, j.s, j.out_dir
     if backend == "unsloth":
         import unsloth  # noqa: F401 — first, as Unsloth requires
@@ -567,7 +576,7 @@ def run_bbjtune(j: Job, backend: str, liger: bool = False) -> dict[str, Any]:
                 "use_liger": liger,
                 "stages": "sft",
                 "optim": "adamw_torch",
-                "gradient_checkpointing": s.gradient_checkpointing,
+                "gradient_checkpointing": "auto" if auto else s.gradient_checkpointing,
                 "lora": {"r": s.lora_r, "alpha": s.lora_alpha, "dropout": 0.0},
                 "quantization": {"load_in_4bit": quant},
                 "save_steps": 10**6,
@@ -601,8 +610,10 @@ def run_bbjtune(j: Job, backend: str, liger: bool = False) -> dict[str, Any]:
     trainer = make_trainer(job, model, tok, args, train_dataset, None, peft_settings, callbacks=[])
     j.watch(trainer)
     trainer.train()
-    estimate = estimate_for_config(cfg, "sft", Architecture.from_config(model.config)).as_gib()
-    return {"estimate_gib": estimate["total"]}
+    estimate = estimate_for_config(
+        cfg, "sft", Architecture.from_config(model.config), gradient_checkpointing=job.checkpointing
+    ).as_gib()
+    return {"estimate_gib": estimate["total"], "gradient_checkpointing": job.checkpointing}
 
 
 # ----------------------------------------------------------------------------- one row (worker process)
@@ -668,7 +679,12 @@ def measure_row(
         elif path in UNSLOTH_PATHS:
             run_unsloth(job, packing=path == "unsloth-packed")
         else:
-            extra = run_bbjtune(job, "unsloth" if "unsloth" in path else "hf", liger=path.endswith("-liger"))
+            extra = run_bbjtune(
+                job,
+                "unsloth" if "unsloth" in path else "hf",
+                liger=path.endswith("-liger"),
+                auto=path.endswith("-auto"),
+            )
     except Exception as exc:  # noqa: BLE001 — a failing row is reported, the others still run
         import traceback
 

@@ -498,7 +498,15 @@ class TrainConfig(Section):
         ),
     )
     optim: Literal["paged_adamw_8bit", "adamw_8bit", "adamw_torch", "adamw_torch_fused"] = "paged_adamw_8bit"
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        True,
+        description=(
+            "recompute each layer's activations in the backward pass instead of keeping them (less memory, "
+            "about a third more compute). auto: off when the dry run's estimate without it fits in 85% of the "
+            "GPU memory free when the stage starts, else on; always on without a CUDA GPU and for sharded "
+            "launches"
+        ),
+    )
     use_liger: bool = False
     seed: int = 42
     logging_steps: int = Field(10, gt=0)

@@ -168,7 +168,9 @@ def load_hf(source: str, cfg: Any) -> Any:
     )
 
 
-def load_unsloth(source: str, cfg: Any, stage_cfg: Any, lora: dict[str, Any]) -> Any:
+def load_unsloth(
+    source: str, cfg: Any, stage_cfg: Any, lora: dict[str, Any], checkpointing: bool = True
+) -> Any:
     """The Unsloth path, as Unsloth documents it: FastLanguageModel + get_peft_model (LoRA applied)."""
     from unsloth import FastLanguageModel
 
@@ -199,7 +201,7 @@ def load_unsloth(source: str, cfg: Any, stage_cfg: Any, lora: dict[str, Any]) ->
         lora_dropout=lora["lora_dropout"],
         target_modules=QWEN2_LINEAR_MODULES if targets == "all-linear" else targets,
         bias="none",
-        use_gradient_checkpointing="unsloth" if cfg.train.gradient_checkpointing else False,
+        use_gradient_checkpointing="unsloth" if checkpointing else False,
         random_state=cfg.train.seed,
         use_rslora=lora["use_rslora"],
         modules_to_save=lora["modules_to_save"],

@@ -65,10 +65,15 @@ def merged_dir(job: StageJob) -> Path:
 
 
 def _setup_model(job: StageJob) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
+    checkpointing = job.checkpointing  # decided (and said) before the model takes GPU memory
     modules = ["embed_tokens", "lm_head"] if job.stage_cfg.train_embeddings else None
     lora = lora_settings(job.cfg, model_config(job.base_source), modules_to_save=modules)
     if job.backend == "unsloth":
-        return backends.load_unsloth(job.base_source, job.cfg, job.stage_cfg, lora), None, lora
+        return (
+            backends.load_unsloth(job.base_source, job.cfg, job.stage_cfg, lora, checkpointing),
+            None,
+            lora,
+        )
     return backends.load_hf(job.base_source, job.cfg), lora, lora
 
 

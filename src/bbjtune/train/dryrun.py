@@ -210,6 +210,8 @@ def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Con
                 gradient_checkpointing=ckpt,
             )
             mark = " ←" if ckpt == cfg.train.gradient_checkpointing else ""
+            if cfg.train.gradient_checkpointing == "auto":
+                mark = " (auto: off where this row fits in 85% of the GPU's free memory)" if not ckpt else ""
             table.add_row(
                 f"{stage}, checkpointing {'on' if ckpt else 'off'}{mark}",
                 *(

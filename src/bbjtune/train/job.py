@@ -43,6 +43,18 @@ class StageJob:
         return getattr(self.cfg.train, self.stage)
 
     @property
+    def checkpointing(self) -> bool:
+        """train.gradient_checkpointing for this stage, `auto` decided once (resources.choose_checkpointing)."""
+        if "checkpointing" not in self.extra:
+            from bbjtune.train.resources import choose_checkpointing
+
+            on, why = choose_checkpointing(self.cfg, self.stage, self.base_source)
+            self.extra["checkpointing"] = on
+            if self.cfg.train.gradient_checkpointing == "auto":
+                self.console.print(f"gradient checkpointing {'on' if on else 'off'} ({why})")
+        return self.extra["checkpointing"]
+
+    @property
     def out_dir(self) -> Path:
         return self.cfg.train_dir / self.stage
 

@@ -108,3 +108,48 @@ def show_train_disk(cfg: RunConfig, stages: list[str], console) -> None:
         f"{free_disk(cfg.train_dir) / GiB:.1f} GiB free there",
         highlight=False,
     )
+
+
+# Share of the GPU memory a stage may plan to fill when `gradient_checkpointing: auto` turns checkpointing
+# off: the estimate's error on the measured runs was +4% to +33% (benchmarks/RESULTS.md), always on the
+# safe side, and the allocator needs room beyond torch's own count.
+CHECKPOINTING_OFF_SHARE = 0.85
+
+
+def choose_checkpointing(
+    cfg: RunConfig, stage: str, base_source: str, usable: int | None = None
+) -> tuple[bool, str]:
+    """Gradient checkpointing for one stage, and why: the config's true/false as given; `auto` is off
+    when the stage's estimate without it (memory.estimate_for_config) fits in CHECKPOINTING_OFF_SHARE of
+    `usable` bytes of GPU memory (default: what this process can use on its GPU, free memory plus what
+    torch already holds), else on.
+
+    Checkpointing recomputes every layer's forward pass during the backward pass, about a third more
+    compute for a fraction of the activation memory; where the card has room, keeping the activations
+    trains faster. Without a CUDA GPU, under a sharded launch (FSDP, ZeRO-3) or for a model whose
+    architecture is unknown it stays on."""
+    setting = cfg.train.gradient_checkpointing
+    if setting != "auto":
+        return bool(setting), "train.gradient_checkpointing"
+    from bbjtune.train.backends import sharded_launch
+    from bbjtune.train.memory import estimate_for_config
+
+    if usable is None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return True, "auto: no CUDA GPU"
+        free, _total = torch.cuda.mem_get_info()
+        usable = free + torch.cuda.memory_reserved()
+    if sharded_launch():
+        return True, "auto: a sharded launch (FSDP, ZeRO-3)"
+    arch = find_architecture(base_source)
+    if arch is None:
+        return True, "auto: the model's architecture is not known before loading"
+    need = estimate_for_config(cfg, stage, arch, gradient_checkpointing=False).total
+    room = CHECKPOINTING_OFF_SHARE * usable
+    verdict = "fits" if need <= room else "does not fit"
+    return need > room, (
+        f"auto: without it a step needs about {need / GiB:.1f} GiB, which {verdict} in "
+        f"{100 * CHECKPOINTING_OFF_SHARE:.0f}% of the {usable / GiB:.1f} GiB this GPU has free"
+    )

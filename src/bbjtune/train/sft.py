@@ -59,6 +59,7 @@ def run_sft(job: StageJob, data: TrainingData) -> dict[str, Any]:
 
 
 def _setup_model(job: StageJob, tokenizer: Any) -> tuple[Any, dict[str, Any] | None, dict[str, Any]]:
+    checkpointing = job.checkpointing  # decided (and said) before the model takes GPU memory
     architecture = model_config(job.base_source)
     if job.stage_cfg.train_embeddings:  # whole embedding (chat-token rows included) and lm_head
         lora = lora_settings(job.cfg, architecture, modules_to_save=["embed_tokens", "lm_head"])
@@ -66,7 +67,11 @@ def _setup_model(job: StageJob, tokenizer: Any) -> tuple[Any, dict[str, Any] | N
         tokens = chat_token_ids(tokenizer) if wants_chat_token_training(job.cfg) else None
         lora = lora_settings(job.cfg, architecture, trainable_tokens=tokens)
     if job.backend == "unsloth":
-        return backends.load_unsloth(job.base_source, job.cfg, job.stage_cfg, lora), None, lora
+        return (
+            backends.load_unsloth(job.base_source, job.cfg, job.stage_cfg, lora, checkpointing),
+            None,
+            lora,
+        )
     return backends.load_hf(job.base_source, job.cfg), lora, lora
 
 

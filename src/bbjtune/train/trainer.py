@@ -114,8 +114,8 @@ def common_arguments(job: StageJob) -> dict[str, Any]:
         max_grad_norm=t.max_grad_norm,
         optim=optimizer_name(job.cfg),
         **precision(job.cfg),
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        gradient_checkpointing=job.checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if job.checkpointing else None,
         logging_steps=t.logging_steps,
         logging_first_step=True,
         disable_tqdm=True,
@@ -143,7 +143,7 @@ def training_arguments(job: StageJob, has_eval: bool, **stage_specific: Any):
     args.update(
         per_device_eval_batch_size=sc.per_device_batch_size,
         # Unsloth applies its own (faster) gradient checkpointing when it wraps the model
-        gradient_checkpointing=t.gradient_checkpointing and job.backend == "hf",
+        gradient_checkpointing=job.checkpointing and job.backend == "hf",
         report_to=report_to or "none",
         eval_strategy=eval_strategy,
         eval_steps=t.eval_steps if eval_strategy == "steps" else None,
@@ -344,7 +344,7 @@ def out_of_memory(job: StageJob, trainer: Any, exc: BaseException) -> BbjtuneErr
             f"train.{stage}.gradient_accumulation_steps: {sc.gradient_accumulation_steps * 2} "
             "(the same effective batch)"
         )
-    if not t.gradient_checkpointing:
+    if not job.checkpointing:
         hints.append("set train.gradient_checkpointing: true")
     if not t.quantization.load_in_4bit:
         hints.append("set train.quantization.load_in_4bit: true (QLoRA)")

@@ -1,0 +1,92 @@
+"""`train.gradient_checkpointing: auto`: off where the dry run's estimate without it fits the GPU, else on."""
+
+from __future__ import annotations
+
+import pytest
+
+from bbjtune.config import load_config
+from bbjtune.errors import BbjtuneError
+from bbjtune.train.memory import estimate_for_config
+from bbjtune.train.resources import CHECKPOINTING_OFF_SHARE, choose_checkpointing
+from bbjtune.models.loading import find_architecture
+
+GiB = 2**30
+
+
+def preset(name: str, *overrides: str):
+    return load_config(name, ["train.gradient_checkpointing=auto", *overrides])
+
+
+def test_config_takes_auto_true_false_and_refuses_other_words():
+    assert preset("qwen2.5-coder-7b-instruct").train.gradient_checkpointing == "auto"
+    assert (
+        load_config(
+            "qwen2.5-coder-7b-instruct", ["train.gradient_checkpointing=false"]
+        ).train.gradient_checkpointing
+        is False
+    )
+    with pytest.raises(BbjtuneError, match="gradient_checkpointing"):
+        load_config("qwen2.5-coder-7b-instruct", ["train.gradient_checkpointing=sometimes"])
+
+
+def test_an_explicit_setting_is_kept_whatever_the_card():
+    for value in (True, False):
+        cfg = load_config("qwen2.5-coder-7b-instruct", [f"train.gradient_checkpointing={str(value).lower()}"])
+        assert choose_checkpointing(cfg, "sft", cfg.model.source, usable=200 * GiB)[0] is value
+        assert choose_checkpointing(cfg, "sft", cfg.model.source, usable=1 * GiB)[0] is value
+
+
+def test_auto_turns_it_off_only_where_the_estimate_without_it_fits():
+    # 7B QLoRA at 4 x 2048 tokens, no dropout (the throughput benchmark's rows)
+    cfg = preset(
+        "qwen2.5-coder-7b-instruct",
+        "train.sft.max_length=2048",
+        "train.lora.dropout=0.0",
+    )
+    arch = find_architecture(cfg.model.source)
+    need = estimate_for_config(cfg, "sft", arch, gradient_checkpointing=False).total
+    with_it = estimate_for_config(cfg, "sft", arch, gradient_checkpointing=True).total
+    assert with_it < need  # checkpointing is what saves the memory
+    on, why = choose_checkpointing(
+        cfg, "sft", cfg.model.source, usable=int(need / CHECKPOINTING_OFF_SHARE) + GiB
+    )
+    assert on is False and "fits in 85%" in why
+    on, why = choose_checkpointing(
+        cfg, "sft", cfg.model.source, usable=int(need / CHECKPOINTING_OFF_SHARE) - GiB
+    )
+    assert on is True and "does not fit" in why
+    # an 80 GB card holds that step without checkpointing; a 24 GB card does not
+    assert choose_checkpointing(cfg, "sft", cfg.model.source, usable=79 * GiB)[0] is False
+    assert choose_checkpointing(cfg, "sft", cfg.model.source, usable=23 * GiB)[0] is True
+
+
+def test_auto_keeps_it_on_for_the_presets_own_batches():
+    # 4 x 4096 tokens per step with LoRA dropout: the activations alone outgrow even a 141 GB card
+    for name in ("qwen2.5-coder-7b-instruct", "qwen2.5-coder-14b-instruct", "qwen2.5-coder-32b-instruct"):
+        cfg = preset(name)
+        assert choose_checkpointing(cfg, "sft", cfg.model.source, usable=140 * GiB)[0] is True, name
+
+
+def test_auto_without_a_gpu_keeps_it_on(tiny_model_dir, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this case is about a machine without a CUDA GPU")
+    from train_helpers import make_config
+
+    cfg = make_config(tmp_path, tiny_model_dir, train__gradient_checkpointing="auto")
+    assert choose_checkpointing(cfg, "sft", str(tiny_model_dir)) == (True, "auto: no CUDA GPU")
+
+
+def test_the_trainer_follows_the_decision(tiny_model_dir, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU the decision depends on the card")
+    from train_helpers import build_trainer, make_config, write_data
+
+    cfg = make_config(
+        tmp_path, tiny_model_dir, write_data(tmp_path / "data"), train__gradient_checkpointing="auto"
+    )
+    trainer, _data, job = build_trainer(cfg)
+    assert job.checkpointing is True and trainer.args.gradient_checkpointing is True
