@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from bbjtune.config import SAMPLING_EXECUTION, RunConfig, StageConfig
+from bbjtune.train.resources import choose_checkpointing
 
 STOP_HINT = "run the same command again to continue (it resumes from the checkpoint), or add --resume"
 
@@ -46,8 +47,6 @@ class StageJob:
     def checkpointing(self) -> bool:
         """train.gradient_checkpointing for this stage, `auto` decided once (resources.choose_checkpointing)."""
         if "checkpointing" not in self.extra:
-            from bbjtune.train.resources import choose_checkpointing
-
             on, why = choose_checkpointing(self.cfg, self.stage, self.base_source)
             self.extra["checkpointing"] = on
             if self.cfg.train.gradient_checkpointing == "auto":

@@ -19,6 +19,8 @@ from bbjtune.errors import BbjtuneError
 from bbjtune.models.architecture import Architecture
 from bbjtune.sizing import available_ram, free_disk
 from bbjtune.models.loading import find_architecture
+from bbjtune.train.backends import sharded_launch
+from bbjtune.train.memory import estimate_for_config
 
 GiB = 2**30
 BASELINE_RAM = int(1.5 * GiB)
@@ -131,9 +133,6 @@ def choose_checkpointing(
     setting = cfg.train.gradient_checkpointing
     if setting != "auto":
         return bool(setting), "train.gradient_checkpointing"
-    from bbjtune.train.backends import sharded_launch
-    from bbjtune.train.memory import estimate_for_config
-
     if usable is None:
         import torch
 
