@@ -803,13 +803,13 @@ def ratio(row: dict[str, Any], ref: dict[str, Any] | None, key: str) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     mem_key = "peak_allocated_gib" if any("peak_allocated_gib" in r for r in rows) else "peak_rss_gib"
     lines = [
-        "| group | path | tokens/s | useful tokens/s | MFU | peak memory GiB | estimate GiB (error) "
-        "| vs (a) hf-peft | vs best Unsloth row |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| group | path | tokens/s | at the median step | useful tokens/s | MFU | peak memory GiB "
+        "| estimate GiB (error) | vs (a) hf-peft | vs best Unsloth row |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.get("status") != "ok":
-            lines.append(f"| {r['group']} | {r['path']} | {r.get('status')} | | | | | | |")
+            lines.append(f"| {r['group']} | {r['path']} | {r.get('status')} | | | | | | | |")
             continue
         same = {x["path"]: x for x in rows if x["group"] == r["group"]}
         unsloth_ok = [same[p] for p in UNSLOTH_PATHS if same.get(p, {}).get("status") == "ok"]
@@ -822,8 +822,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             else "–"
         )
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "–"
+        median = f"{r['median_step_tokens_per_s']:,.0f}" if r.get("median_step_tokens_per_s") else "–"
         lines.append(
-            f"| {r['group']} | {r['path']} | {r['tokens_per_s']:,.0f} | {r['useful_tokens_per_s']:,.0f} | {mfu} "
+            f"| {r['group']} | {r['path']} | {r['tokens_per_s']:,.0f} | {median} | {r['useful_tokens_per_s']:,.0f} | {mfu} "
             f"| {r[mem_key]:.1f} | {est} | {ratio(r, same.get('hf-peft'), 'useful_tokens_per_s')} "
             f"| {ratio(r, best_unsloth, 'useful_tokens_per_s')} |"
         )
