@@ -90,3 +90,10 @@ def test_the_trainer_follows_the_decision(tiny_model_dir, tmp_path):
     )
     trainer, _data, job = build_trainer(cfg)
     assert job.checkpointing is True and trainer.args.gradient_checkpointing is True
+
+
+def test_auto_keeps_it_on_for_self_training_stages():
+    cfg = preset("qwen2.5-coder-7b-instruct", "train.sft.max_length=2048", "train.lora.dropout=0.0")
+    assert choose_checkpointing(cfg, "sft", cfg.model.source, usable=200 * GiB)[0] is False
+    on, why = choose_checkpointing(cfg, "dpo", cfg.model.source, usable=200 * GiB)
+    assert on is True and "stages 1 and 2" in why

@@ -503,8 +503,8 @@ class TrainConfig(Section):
         description=(
             "recompute each layer's activations in the backward pass instead of keeping them (less memory, "
             "about a third more compute). auto: off when the dry run's estimate without it fits in 85% of the "
-            "GPU memory free when the stage starts, else on; always on without a CUDA GPU and for sharded "
-            "launches"
+            "GPU memory free when the stage starts, else on; always on without a CUDA GPU, for sharded "
+            "launches and for the self-training stages"
         ),
     )
     use_liger: bool = False

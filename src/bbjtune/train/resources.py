@@ -19,7 +19,7 @@ from bbjtune.errors import BbjtuneError
 from bbjtune.models.architecture import Architecture
 from bbjtune.sizing import available_ram, free_disk
 from bbjtune.models.loading import find_architecture
-from bbjtune.train.backends import sharded_launch
+from bbjtune.train.backends import local_rank, sharded_launch
 from bbjtune.train.memory import estimate_for_config
 
 GiB = 2**30
@@ -128,18 +128,22 @@ def choose_checkpointing(
 
     Checkpointing recomputes every layer's forward pass during the backward pass, about a third more
     compute for a fraction of the activation memory; where the card has room, keeping the activations
-    trains faster. Without a CUDA GPU, under a sharded launch (FSDP, ZeRO-3) or for a model whose
-    architecture is unknown it stays on."""
+    trains faster. Without a CUDA GPU, under a sharded launch (FSDP, ZeRO-3), for a model whose
+    architecture is unknown and for the self-training stages (a preference step holds two answers per
+    example, which the estimate does not model) it stays on."""
     setting = cfg.train.gradient_checkpointing
     if setting != "auto":
         return bool(setting), "train.gradient_checkpointing"
+    if stage not in ("cpt", "sft"):
+        return True, "auto: only stages 1 and 2 are estimated"
     if usable is None:
         import torch
 
         if not torch.cuda.is_available():
             return True, "auto: no CUDA GPU"
-        free, _total = torch.cuda.mem_get_info()
-        usable = free + torch.cuda.memory_reserved()
+        device = local_rank()  # each process of a multi-GPU launch asks about its own GPU
+        free, _total = torch.cuda.mem_get_info(device)
+        usable = free + torch.cuda.memory_reserved(device)
     if sharded_launch():
         return True, "auto: a sharded launch (FSDP, ZeRO-3)"
     arch = find_architecture(base_source)
