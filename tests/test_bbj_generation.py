@@ -23,7 +23,12 @@ from bbjtune.bbj.generation import FAMILY, generation_asked, generation_of_chat
         ("In DWC, give a button a hover style.", "dwc"),
         ("Sum the numbers 1 to 10 in BBj.", None),  # names neither
         ("Convert this Visual PRO/5 fragment to BBjAPI object calls.", None),  # names both
-        ("A Visual PRO/5 style program (no BBjAPI objects) with a window.", None),
+        # a word said in the negative does not ask for its family
+        ("A Visual PRO/5 style program (no BBjAPI objects) with a window.", "vpro5"),
+        ("Open a window without any mnemonics, in BBj GUI.", "gui"),
+        ("Use BBjAPI objects instead of the SYSGUI channel.", "gui"),
+        ("Not a BBj GUI program: print the totals on the terminal.", "character"),
+        ("No BBjAPI, no mnemonics: just sum the numbers.", None),
     ],
 )
 def test_the_generation_a_question_names(question, expected):

@@ -7,9 +7,10 @@ flag the wrong family (`quality.GENERATION_PATTERNS`) once the generation is kno
 carry it, and a question put to the gateway often names it ("in Visual PRO/5", "a BBj GUI form",
 "on a terminal screen").
 
-`generation_asked` reads only such explicit words. A question that names both families (a
-conversion, "no BBjAPI objects") or neither gives None, and then nothing is checked: a wrong guess
-would send a right answer back. `generation_of_chat` asks the last question first and, when it
+`generation_asked` reads only such explicit words. A word said in the negative ("no BBjAPI objects",
+"without mnemonics", "instead of a SYSGUI channel") does not ask for its family. A question that
+names both families (a conversion) or neither gives None, and then nothing is checked: a wrong
+guess would send a right answer back. `generation_of_chat` asks the last question first and, when it
 names no family at all, the chat's system prompt. Measured (benchmarks/RESULTS.md): on the project's 131 training
 examples it names 65 and none wrongly; on the 220 evaluation prompts, 72 and none wrongly.
 """
@@ -52,8 +53,18 @@ CHARACTER = (
 FAMILY = {"gui": "objects", "dwc": "objects", "vpro5": "mnemonics", "character": "mnemonics"}
 
 
+# "no BBjAPI objects", "without any mnemonics", "not a BBj GUI", "instead of the SYSGUI channel":
+# up to two words (an article, an adjective) between the negation and the family's word
+NEGATED = re.compile(r"\b(?:no|not|without|instead\s+of|rather\s+than|never)\s+(?:[\w/'-]+\s+){0,2}$")
+
+
 def _any(patterns: tuple[str, ...], text: str) -> bool:
-    return any(re.search(p, text) for p in patterns)
+    """True when the text names one of the patterns in the affirmative."""
+    return any(
+        not NEGATED.search(text[max(m.start() - 40, 0) : m.start()])
+        for p in patterns
+        for m in re.finditer(p, text)
+    )
 
 
 def _read(text: str) -> tuple[set[str], str | None]:
