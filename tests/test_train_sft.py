@@ -275,6 +275,7 @@ def test_saved_adapter_and_handle(tmp_path, tiny_model_dir):
     assert any("loss" in r for r in rows) and any("eval_loss" in r for r in rows)
     manifest = json.loads((cfg.train_dir / "sft" / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["metrics"]["steps"] == 2
+    assert manifest["gradient_checkpointing"] is cfg.train.gradient_checkpointing  # what ran
     assert not (cfg.train_dir / "sft" / "checkpoints").exists()  # removed once the stage is complete
     assert list((cfg.train_dir / "tensorboard" / "sft").glob("events.out.tfevents.*"))
 

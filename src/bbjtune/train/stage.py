@@ -259,6 +259,7 @@ def _run_one(job: StageJob, data: TrainingData) -> dict[str, Any]:
             result = (cpt.run_cpt if job.stage == "cpt" else sft.run_sft)(job, data)
         run.metrics.update(result["metrics"])
         run.extra["lora"] = result["lora"]
+        run.extra["gradient_checkpointing"] = job.checkpointing  # what ran (`auto` decided)
         run.outputs += [str(job.adapter_dir)] + ([str(job.out_dir / "merged")] if job.stage == "cpt" else [])
         if is_main_process():
             write_model_card(
