@@ -16,7 +16,8 @@ Each group has these rows: (a) hf-peft: transformers + peft + Trainer, the plain
 unsloth-packed: the same with trl's packing on (Unsloth's own answer to mixed lengths, the fair peer
 on the length mix); (c) bbjtune-hf, bbjtune-hf-liger (the hf backend with Liger's fused kernels,
 `train.use_liger`) and (d) bbjtune-unsloth: bbjtune's SFT recipe (`bbjtune.train.trainer`) with each
-backend. Reported per row: tokens/s (all tokens fed to the model, padding included), useful
+backend; bbjtune-unsloth-auto is (d) with `train.gradient_checkpointing: auto` (checkpointing off
+where the card holds the activations; the row records what it chose). Reported per row: tokens/s (all tokens fed to the model, padding included), useful
 tokens/s, MFU (model FLOPs utilisation: 6 x (linear + lm_head parameters) + 6 x layers x hidden x
 sequence per token for the causal attention, over the GPU's dense bf16 peak), peak memory
 (torch's max allocated), for bbjtune rows the memory estimate and its error, and the ratios to (a)
