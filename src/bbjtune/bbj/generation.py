@@ -12,7 +12,7 @@ carry it, and a question put to the gateway often names it ("in Visual PRO/5", "
 names both families (a conversion) or neither gives None, and then nothing is checked: a wrong
 guess would send a right answer back. `generation_of_chat` asks the last question first and, when it
 names no family at all, the chat's system prompt. Measured (benchmarks/RESULTS.md): on the project's 131 training
-examples it names 65 and none wrongly; on the 220 evaluation prompts, 72 and none wrongly.
+examples it names 66 and none wrongly; on the 220 evaluation prompts, 74 and none wrongly.
 """
 
 from __future__ import annotations
