@@ -17,9 +17,10 @@ unsloth-packed: the same with trl's packing on (Unsloth's own answer to mixed le
 on the length mix); (c) bbjtune-hf, bbjtune-hf-liger (the hf backend with Liger's fused kernels,
 `train.use_liger`) and (d) bbjtune-unsloth: bbjtune's SFT recipe (`bbjtune.train.trainer`) with each
 backend; bbjtune-unsloth-auto is (d) with `train.gradient_checkpointing: auto` (checkpointing off
-where the card holds the activations; the row records what it chose). Reported per row: tokens/s (all tokens fed to the model, padding included), useful
-tokens/s, MFU (model FLOPs utilisation: 6 x (linear + lm_head parameters) + 6 x layers x hidden x
-sequence per token for the causal attention, over the GPU's dense bf16 peak), peak memory
+where the card holds the activations; the row records what it chose). Reported per row: tokens/s
+(all tokens fed to the model, padding included), tokens/s at the median step, useful tokens/s,
+MFU (model FLOPs utilisation: 6 x (linear + lm_head parameters) + 6 x layers x hidden x sequence
+per token for the causal attention, over the GPU's dense bf16 peak), peak memory
 (torch's max allocated), for bbjtune rows the memory estimate and its error, and the ratios to (a)
 and to the best Unsloth row of its group. A row whose library is missing says "not available".
 
@@ -202,7 +203,7 @@ class Meter:
         self.t0: float | None = None
         self.elapsed = 0.0
         self.step_ms: list[float] = []  # every step, warm-up included: spread and outliers
-        self.step_segments: list[int] = []  # examples per step: a slow step with a new layout is a recompile
+        self.step_segments: list[int] = []  # examples per step: does a slow step come with a new layout?
         self.pending_segments = 0
 
     def count(self, batch: dict[str, Any]) -> None:
@@ -227,6 +228,14 @@ class Meter:
             self.pending_useful += int(batch["attention_mask"].sum())
         else:
             self.pending_useful += int((ids != self.pad_id).sum())
+
+    def median_rate(self) -> float | None:
+        """Tokens per second at the median measured step (the mean tokens per step over its time):
+        a one-off slow step does not move it, as it moves the mean."""
+        timed = sorted(self.step_ms[self.warmup :])
+        if not timed:
+            return None
+        return self.tokens / len(timed) / (timed[len(timed) // 2] / 1e3)
 
     def step_begin(self) -> None:
         _sync()
@@ -700,10 +709,7 @@ def measure_row(
         seconds=round(meter.elapsed, 3),
         step_ms=meter.step_ms,
         step_segments=meter.step_segments,
-        median_step_tokens_per_s=(meter.tokens / max(meter.steps - s.warmup, 1))
-        / (sorted(meter.step_ms[s.warmup :])[len(meter.step_ms[s.warmup :]) // 2] / 1e3)
-        if meter.step_ms[s.warmup :]
-        else None,
+        median_step_tokens_per_s=meter.median_rate(),
         tokens_per_s=meter.tokens / meter.elapsed if meter.elapsed else None,
         useful_tokens_per_s=meter.useful / meter.elapsed if meter.elapsed else None,
         padding_share=1 - meter.useful / meter.tokens if meter.tokens else None,
@@ -843,8 +849,8 @@ def main() -> None:
         "--warmup",
         type=int,
         default=5,
-        help="steps before measuring (compilation and recompilation, allocator); on 2026-12-07 a one-off "
-        "1.5 s step fell at step 3 of a 7B row, so 2 warm-up steps were too few",
+        help="steps before measuring (compilation, allocator); on 2026-12-07 a one-off 2.2 s step (the "
+        "others took 0.76 s) fell at the third step of a 7B row, so 2 warm-up steps were too few",
     )
     parser.add_argument("--batch", type=int, default=None, help="rows per step (default 4; smoke 2)")
     parser.add_argument("--seq", type=int, default=None, help="tokens per row (default 2048; smoke 128)")

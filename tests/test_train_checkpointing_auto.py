@@ -97,3 +97,17 @@ def test_auto_keeps_it_on_for_self_training_stages():
     assert choose_checkpointing(cfg, "sft", cfg.model.source, usable=200 * GiB)[0] is False
     on, why = choose_checkpointing(cfg, "dpo", cfg.model.source, usable=200 * GiB)
     assert on is True and "stages 1 and 2" in why
+
+
+def test_the_dry_run_says_where_auto_turns_it_off(tmp_path, tiny_model_dir):
+    from rich.console import Console
+    from train_helpers import make_config
+
+    from bbjtune.train.dryrun import _show_memory
+
+    cfg = make_config(tmp_path, tiny_model_dir, train__stages="sft", train__gradient_checkpointing="auto")
+    console = Console(record=True, width=200)
+    _show_memory(cfg, ["sft"], None, console)
+    text = console.export_text()
+    assert "sft, checkpointing off (auto: off where this fits in 85% of the free GPU memory)" in text
+    assert "←" not in text  # with auto, neither row is the fixed choice

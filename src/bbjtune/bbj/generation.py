@@ -10,9 +10,10 @@ carry it, and a question put to the gateway often names it ("in Visual PRO/5", "
 `generation_asked` reads only such explicit words. A word said in the negative ("no BBjAPI objects",
 "without mnemonics", "instead of a SYSGUI channel") does not ask for its family. A question that
 names both families (a conversion) or neither gives None, and then nothing is checked: a wrong
-guess would send a right answer back. `generation_of_chat` asks the last question first and, when it
-names no family at all, the chat's system prompt. Measured (benchmarks/RESULTS.md): on the project's 131 training
-examples it names 66 and none wrongly; on the 220 evaluation prompts, 74 and none wrongly.
+guess would send a right answer back. `generation_of_chat` asks the last question first and, when
+it names no family at all, the chat's system prompt. Measured (benchmarks/RESULTS.md): on the
+project's 131 training examples it names 66 and none wrongly; on the 220 evaluation prompts, 74
+and none wrongly.
 """
 
 from __future__ import annotations
@@ -79,11 +80,6 @@ def _read(text: str) -> tuple[set[str], str | None]:
     if objects:
         return named, "dwc" if dwc else "gui"
     return named, "vpro5" if mnemonic else "character"
-
-
-def named_families(text: str) -> set[str]:
-    """Which families the text names: "objects", "mnemonics", both or neither."""
-    return _read(text)[0]
 
 
 def generation_asked(text: str) -> str | None:

@@ -24,6 +24,7 @@ from bbjtune.train import backends
 from bbjtune.train.inputs import TrainingData
 from bbjtune.train.memory import GiB, estimate_for_config
 from bbjtune.train.model_io import load_training_tokenizer
+from bbjtune.train.resources import CHECKPOINTING_OFF_SHARE
 from bbjtune.sizing import (
     DISK_MARGIN,
     available_ram,
@@ -209,9 +210,14 @@ def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Con
                 trainable_tokens=tokens if stage == "sft" else 0,
                 gradient_checkpointing=ckpt,
             )
-            mark = " ←" if ckpt == cfg.train.gradient_checkpointing else ""
             if cfg.train.gradient_checkpointing == "auto":
-                mark = " (auto: off where this row fits in 85% of the GPU's free memory)" if not ckpt else ""
+                mark = (
+                    ""
+                    if ckpt
+                    else f" (auto: off where this fits in {CHECKPOINTING_OFF_SHARE:.0%} of the free GPU memory)"
+                )
+            else:
+                mark = " ←" if ckpt == cfg.train.gradient_checkpointing else ""
             table.add_row(
                 f"{stage}, checkpointing {'on' if ckpt else 'off'}{mark}",
                 *(

@@ -6,10 +6,11 @@ Under `accelerate launch` or `torchrun` every process runs the same code; only t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,22 +37,19 @@ class StageJob:
     console: Console
     data_fingerprint: str = ""
     resume: str = "auto"  # "auto" | "always" | "never"
-    extra: dict[str, Any] = field(default_factory=dict)
     round: int | None = None  # the round of a self-training stage (selftrain.RoundJob); None otherwise
 
     @property
     def stage_cfg(self) -> StageConfig:
         return getattr(self.cfg.train, self.stage)
 
-    @property
+    @functools.cached_property
     def checkpointing(self) -> bool:
         """train.gradient_checkpointing for this stage, `auto` decided once (resources.choose_checkpointing)."""
-        if "checkpointing" not in self.extra:
-            on, why = choose_checkpointing(self.cfg, self.stage, self.base_source)
-            self.extra["checkpointing"] = on
-            if self.cfg.train.gradient_checkpointing == "auto":
-                self.console.print(f"gradient checkpointing {'on' if on else 'off'} ({why})")
-        return self.extra["checkpointing"]
+        on, why = choose_checkpointing(self.cfg, self.stage, self.base_source)
+        if self.cfg.train.gradient_checkpointing == "auto":
+            self.console.print(f"gradient checkpointing {'on' if on else 'off'} ({why})")
+        return on
 
     @property
     def out_dir(self) -> Path:
