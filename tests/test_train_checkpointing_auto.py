@@ -14,7 +14,24 @@ GiB = 2**30
 
 
 def preset(name: str, *overrides: str):
-    return load_config(name, ["train.gradient_checkpointing=auto", *overrides])
+    return load_config(name, list(overrides))
+
+
+def test_auto_is_the_default_and_the_presets_use_it():
+    from bbjtune.config import TrainConfig
+
+    assert TrainConfig().gradient_checkpointing == "auto"
+    for size in ("7b", "14b", "32b"):
+        for kind in ("base", "instruct"):
+            assert preset(f"qwen2.5-coder-{size}-{kind}").train.gradient_checkpointing == "auto", (size, kind)
+
+
+def test_an_undecided_auto_is_estimated_with_checkpointing_on():
+    cfg = preset("qwen2.5-coder-7b-instruct")
+    arch = find_architecture(cfg.model.source)
+    undecided = estimate_for_config(cfg, "sft", arch).total
+    assert undecided == estimate_for_config(cfg, "sft", arch, gradient_checkpointing=True).total
+    assert undecided < estimate_for_config(cfg, "sft", arch, gradient_checkpointing=False).total
 
 
 def test_config_takes_auto_true_false_and_refuses_other_words():

@@ -499,12 +499,12 @@ class TrainConfig(Section):
     )
     optim: Literal["paged_adamw_8bit", "adamw_8bit", "adamw_torch", "adamw_torch_fused"] = "paged_adamw_8bit"
     gradient_checkpointing: bool | Literal["auto"] = Field(
-        True,
+        "auto",
         description=(
             "recompute each layer's activations in the backward pass instead of keeping them (less memory, "
-            "about a third more compute). auto: off when the dry run's estimate without it fits in 85% of the "
-            "GPU memory free when the stage starts, else on; always on without a CUDA GPU, for sharded "
-            "launches and for the self-training stages"
+            "about a third more compute). auto (the default): off when the dry run's estimate without it "
+            "fits in 85% of the GPU memory free when the stage starts, else on; always on without a CUDA "
+            "GPU, for sharded launches and for the self-training stages"
         ),
     )
     use_liger: bool = False

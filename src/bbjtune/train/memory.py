@@ -168,7 +168,9 @@ def estimate_for_config(
         modules_to_save=modules,
         trainable_tokens=trainable_tokens,
         optim=t.optim,
-        gradient_checkpointing=t.gradient_checkpointing
+        # `auto` is decided on the GPU when the stage starts (resources.choose_checkpointing); undecided, the
+        # estimate assumes it on: `auto` turns it off only where the larger figure fits
+        gradient_checkpointing=t.gradient_checkpointing is not False
         if gradient_checkpointing is None
         else gradient_checkpointing,
         fused_loss=fused_loss,

@@ -332,7 +332,7 @@ def out_of_memory(job: StageJob, trainer: Any, exc: BaseException) -> BbjtuneErr
     estimate = ""
     try:
         arch = Architecture.from_config(trainer.model.config)
-        gib = estimate_for_config(job.cfg, stage, arch).total / GiB
+        gib = estimate_for_config(job.cfg, stage, arch, gradient_checkpointing=job.checkpointing).total / GiB
         estimate = f"; the dry run estimates {gib:.1f} GiB per GPU for these settings"
     except Exception:  # noqa: BLE001 — the estimate only helps the message
         pass
