@@ -830,8 +830,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         )
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "–"
         median = f"{r['median_step_tokens_per_s']:,.0f}" if r.get("median_step_tokens_per_s") else "–"
+        path = r["path"] + (" (checkpointing off)" if r.get("gradient_checkpointing") is False else "")
         lines.append(
-            f"| {r['group']} | {r['path']} | {r['tokens_per_s']:,.0f} | {median} | {r['useful_tokens_per_s']:,.0f} | {mfu} "
+            f"| {r['group']} | {path} | {r['tokens_per_s']:,.0f} | {median} | {r['useful_tokens_per_s']:,.0f} | {mfu} "
             f"| {r[mem_key]:.1f} | {est} | {ratio(r, same.get('hf-peft'), 'useful_tokens_per_s')} "
             f"| {ratio(r, best_unsloth, 'useful_tokens_per_s')} |"
         )
@@ -902,7 +903,7 @@ def main() -> None:
                 atomic_write_json(a.out, result)
     header = (
         f"Training throughput — {datetime.now(timezone.utc).strftime('%Y-%m-%d')}, `{command}`, "
-        f"batch {s.batch} x {s.seq}, LoRA r={s.lora_r} all linear, gradient checkpointing, SDPA, "
+        f"batch {s.batch} x {s.seq}, LoRA r={s.lora_r} all linear, gradient checkpointing (where a row does not say it is off), SDPA, "
         f"{s.steps} measured steps after {s.warmup} warm-up"
     )
     print(header + "\n\n" + markdown(rows))
