@@ -30,6 +30,8 @@ def test_throughput_smoke(tmp_path):
             "--out",
             str(out),
             "--profile",
+            "--lora-dropout",
+            "0.05",
         ],
         cwd=REPO_ROOT,
         capture_output=True,
@@ -40,6 +42,7 @@ def test_throughput_smoke(tmp_path):
     result = json.loads(out.read_text())
     rows = {r["path"]: r for r in result["rows"]}
     assert result["versions"]["torch"] and result["versions"]["trl"]  # what the rows ran with
+    assert result["settings"]["lora_dropout"] == 0.05
     assert (tmp_path / "work" / "logs" / "mix-bbjtune-hf.log").exists()  # each worker's output is kept
     for path in ("hf-peft", "bbjtune-hf"):
         assert rows[path]["status"] == "ok", rows[path]
