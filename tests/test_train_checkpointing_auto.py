@@ -128,3 +128,39 @@ def test_the_dry_run_says_where_auto_turns_it_off(tmp_path, tiny_model_dir):
     text = console.export_text()
     assert "sft, checkpointing off (auto: off where this fits in 85% of the free GPU memory)" in text
     assert "←" not in text  # with auto, neither row is the fixed choice
+
+
+def test_largest_batch_is_the_last_one_the_estimate_fits():
+    from bbjtune.train.resources import largest_batch
+
+    cfg = preset("qwen2.5-coder-7b-instruct", "train.sft.max_length=2048", "train.lora.dropout=0.0")
+    arch = find_architecture(cfg.model.source)
+    card = 79.1 * GiB  # an 80 GB card
+    room = CHECKPOINTING_OFF_SHARE * card
+    for ckpt in (True, False):
+        n = largest_batch(cfg, "sft", arch, card, ckpt, limit=1024)
+        assert 0 < n < 1024
+        assert estimate_for_config(cfg, "sft", arch, batch=n, gradient_checkpointing=ckpt).total <= room
+        assert estimate_for_config(cfg, "sft", arch, batch=n + 1, gradient_checkpointing=ckpt).total > room
+    # the measured case: 4 x 2,048 without checkpointing ran in 34 GiB on an 80 GB card
+    off = largest_batch(cfg, "sft", arch, card, False)
+    assert off >= 4
+    assert largest_batch(cfg, "sft", arch, card, True) == 64  # more than the default limit fits
+    assert largest_batch(cfg, "sft", arch, 139.8 * GiB, False) > off
+    assert largest_batch(cfg, "sft", arch, 4 * GiB, True) == 0  # the 7B weights alone outgrow 4 GiB
+
+
+def test_the_dry_run_shows_the_batch_each_card_holds(tmp_path, tiny_model_dir):
+    from rich.console import Console
+    from train_helpers import make_config
+
+    from bbjtune.train.dryrun import _show_memory
+
+    cfg = make_config(tmp_path, tiny_model_dir, train__stages="sft")
+    console = Console(record=True, width=200)
+    _show_memory(cfg, ["sft"], None, console)
+    text = console.export_text()
+    assert "per-GPU batch that fits" in text and "sft, checkpointing off" in text
+    assert any(line.startswith("│ 80 GB") and "64+" in line for line in text.splitlines())  # a tiny model
+    sc = cfg.train.sft
+    assert f"(now sft {sc.per_device_batch_size} x {sc.gradient_accumulation_steps})" in text

@@ -24,7 +24,7 @@ from bbjtune.train import backends
 from bbjtune.train.inputs import TrainingData
 from bbjtune.train.memory import GiB, estimate_for_config
 from bbjtune.train.model_io import load_training_tokenizer
-from bbjtune.train.resources import CHECKPOINTING_OFF_SHARE
+from bbjtune.train.resources import CARDS_GIB, CHECKPOINTING_OFF_SHARE, largest_batch, usable_gpu_memory
 from bbjtune.sizing import (
     DISK_MARGIN,
     available_ram,
@@ -235,6 +235,70 @@ def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Con
         f"  batch {sc.per_device_batch_size} x {sc.max_length} tokens per GPU; "
         "the CUDA context (~0.5 GiB) comes on top"
     )
+    _show_batch_fit(cfg, stages, arch, tokens, console)
+
+
+def _show_batch_fit(
+    cfg: RunConfig, stages: list[str], arch: Architecture, tokens: int, console: Console
+) -> None:
+    """The largest per-GPU batch each card holds, by the estimate, with checkpointing on and off: how to fill
+    a card (raise the batch, lower the accumulation so the effective batch stays)."""
+    stages = [s for s in stages if s in ("cpt", "sft")]
+    if not stages:
+        return
+    cards = [(name, gib * GiB) for name, gib in CARDS_GIB]
+    here = _this_gpu()
+    if here is not None:
+        cards.insert(0, here)
+    table = Table(
+        title=(
+            "per-GPU batch that fits, in rows of the stage's max_length "
+            f"({CHECKPOINTING_OFF_SHARE:.0%} of the card, by the estimate)"
+        ),
+        title_justify="left",
+    )
+    table.add_column("GPU")
+    for stage in stages:
+        for ckpt in ("on", "off"):
+            table.add_column(f"{stage}, checkpointing {ckpt}", justify="right")
+    limit = 64
+    for name, usable in cards:
+        cells = []
+        for stage in stages:
+            for ckpt in (True, False):
+                n = largest_batch(
+                    cfg,
+                    stage,
+                    arch,
+                    usable,
+                    ckpt,
+                    trainable_tokens=tokens if stage == "sft" else 0,
+                    limit=limit,
+                )
+                cells.append("none" if n == 0 else f"{n}+" if n == limit else str(n))
+        table.add_row(name, *cells)
+    console.print(table)
+    now = ", ".join(
+        f"{stage} {getattr(cfg.train, stage).per_device_batch_size} x "
+        f"{getattr(cfg.train, stage).gradient_accumulation_steps}"
+        for stage in stages
+    )
+    console.print(
+        f"  to fill a card, raise train.<stage>.per_device_batch_size and lower gradient_accumulation_steps so "
+        f"their product, the effective batch, stays the same (now {now})",
+        highlight=False,
+    )
+
+
+def _this_gpu() -> tuple[str, float] | None:
+    """This machine's GPU and the memory a stage could use on it, None without CUDA."""
+    usable = usable_gpu_memory()
+    if usable is None:
+        return None
+    import torch
+
+    _free, total = torch.cuda.mem_get_info(backends.local_rank())
+    return f"this GPU ({total / GiB:.0f} GiB)", usable
 
 
 def _show_export(cfg: RunConfig, console: Console) -> None:

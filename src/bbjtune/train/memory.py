@@ -148,15 +148,16 @@ def estimate_for_config(
     strategy: Strategy = "single",
     gpus: int = 1,
     fused_loss: bool = True,
+    batch: int | None = None,
 ) -> Estimate:
-    """The estimate for one stage of a bbjtune config."""
+    """The estimate for one stage of a bbjtune config; `batch`: another per-GPU batch than the config's."""
     t = cfg.train
     sc = getattr(t, stage)
     weight_bytes = 4 if cfg.model.dtype == "float32" else 2
     modules = ["embed_tokens", "lm_head"] if sc.train_embeddings else None
     return estimate(
         arch,
-        batch=sc.per_device_batch_size,
+        batch=sc.per_device_batch_size if batch is None else batch,
         seq=sc.max_length,
         quant_4bit=t.quantization.load_in_4bit,
         double_quant=t.quantization.double_quant,

@@ -117,6 +117,49 @@ def show_train_disk(cfg: RunConfig, stages: list[str], console) -> None:
 # safe side, and the allocator needs room beyond torch's own count.
 CHECKPOINTING_OFF_SHARE = 0.85
 
+# Cards the dry run sizes batches for: the memory torch reports for each (GiB).
+CARDS_GIB = (("24 GB", 23.6), ("48 GB", 47.5), ("80 GB", 79.1), ("141 GB", 139.8))
+
+
+def largest_batch(
+    cfg: RunConfig,
+    stage: str,
+    arch: Architecture,
+    usable: float,
+    checkpointing: bool,
+    trainable_tokens: int = 0,
+    limit: int = 64,
+) -> int:
+    """The largest per-GPU batch (rows of the stage's max_length) whose estimate fits in
+    CHECKPOINTING_OFF_SHARE of `usable` bytes, up to `limit`; 0 when not even one row fits."""
+    room = CHECKPOINTING_OFF_SHARE * usable
+    fits = 0
+    for batch in range(1, limit + 1):  # the estimate grows with the batch
+        need = estimate_for_config(
+            cfg,
+            stage,
+            arch,
+            batch=batch,
+            gradient_checkpointing=checkpointing,
+            trainable_tokens=trainable_tokens,
+        ).total
+        if need > room:
+            break
+        fits = batch
+    return fits
+
+
+def usable_gpu_memory(device: int | None = None) -> int | None:
+    """The bytes a stage can use on a GPU (free memory plus what torch already holds), None without CUDA;
+    `device` defaults to this process's own GPU in a multi-GPU launch."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    device = local_rank() if device is None else device
+    free, _total = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device)
+
 
 def choose_checkpointing(
     cfg: RunConfig, stage: str, base_source: str, usable: int | None = None
@@ -137,13 +180,9 @@ def choose_checkpointing(
     if stage not in ("cpt", "sft"):
         return True, "auto: only stages 1 and 2 are estimated"
     if usable is None:
-        import torch
-
-        if not torch.cuda.is_available():
+        usable = usable_gpu_memory()
+        if usable is None:
             return True, "auto: no CUDA GPU"
-        device = local_rank()  # each process of a multi-GPU launch asks about its own GPU
-        free, _total = torch.cuda.mem_get_info(device)
-        usable = free + torch.cuda.memory_reserved(device)
     if sharded_launch():
         return True, "auto: a sharded launch (FSDP, ZeRO-3)"
     arch = find_architecture(base_source)
