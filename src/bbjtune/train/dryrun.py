@@ -95,6 +95,12 @@ def show_dry_run(cfg: RunConfig, stages: list[str], data: TrainingData, console:
         f"LoRA       r={cfg.train.lora.r} alpha={cfg.train.lora.alpha} dropout={cfg.train.lora.dropout} "
         f"targets={cfg.train.lora.target_modules} rsLoRA={cfg.train.lora.use_rslora} DoRA={cfg.train.lora.use_dora}"
     )
+    if chosen == "unsloth" and cfg.train.lora.dropout > 0:
+        console.print(
+            f"[yellow]note:[/] with LoRA dropout {cfg.train.lora.dropout} Unsloth runs the LoRA matrices without "
+            "its fused kernels (slower); --set train.lora.dropout=0 keeps them",
+            highlight=False,
+        )
     console.print(
         f"data       {cfg.data_dir}: {len(data.conversations)} conversations, {len(data.heldout)} held out, "
         f"{len(data.texts)} stage 1 chunks"
