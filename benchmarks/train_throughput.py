@@ -651,6 +651,7 @@ def measure_row(
         "batch": s.batch,
         "seq": s.seq,
         "lora_r": s.lora_r,
+        "lora_dropout": s.lora_dropout,
         "gradient_checkpointing": s.gradient_checkpointing,
     }
     if "unsloth" in path:

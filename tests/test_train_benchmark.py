@@ -47,6 +47,7 @@ def test_throughput_smoke(tmp_path):
     for path in ("hf-peft", "bbjtune-hf"):
         assert rows[path]["status"] == "ok", rows[path]
         assert rows[path]["useful_tokens_per_s"] > 0 and rows[path]["measured_steps"] == 1
+        assert rows[path]["lora_dropout"] == 0.05  # the worker got the option, not only the parent
     # packing: bbjtune feeds (almost) no padding; the padded baseline does
     assert rows["bbjtune-hf"]["padding_share"] < rows["hf-peft"]["padding_share"]
     assert "estimate_gib" in rows["bbjtune-hf"]

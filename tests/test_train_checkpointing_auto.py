@@ -7,7 +7,7 @@ import pytest
 from bbjtune.config import load_config
 from bbjtune.errors import BbjtuneError
 from bbjtune.train.memory import estimate_for_config
-from bbjtune.train.resources import CHECKPOINTING_OFF_SHARE, choose_checkpointing
+from bbjtune.train.resources import GPU_PLAN_SHARE, choose_checkpointing
 from bbjtune.models.loading import find_architecture
 
 GiB = 2**30
@@ -64,13 +64,9 @@ def test_auto_turns_it_off_only_where_the_estimate_without_it_fits():
     need = estimate_for_config(cfg, "sft", arch, gradient_checkpointing=False).total
     with_it = estimate_for_config(cfg, "sft", arch, gradient_checkpointing=True).total
     assert with_it < need  # checkpointing is what saves the memory
-    on, why = choose_checkpointing(
-        cfg, "sft", cfg.model.source, usable=int(need / CHECKPOINTING_OFF_SHARE) + GiB
-    )
+    on, why = choose_checkpointing(cfg, "sft", cfg.model.source, usable=int(need / GPU_PLAN_SHARE) + GiB)
     assert on is False and "fits in 85%" in why
-    on, why = choose_checkpointing(
-        cfg, "sft", cfg.model.source, usable=int(need / CHECKPOINTING_OFF_SHARE) - GiB
-    )
+    on, why = choose_checkpointing(cfg, "sft", cfg.model.source, usable=int(need / GPU_PLAN_SHARE) - GiB)
     assert on is True and "does not fit" in why
     # an 80 GB card holds that step without checkpointing; a 24 GB card does not
     assert choose_checkpointing(cfg, "sft", cfg.model.source, usable=79 * GiB)[0] is False
@@ -136,7 +132,7 @@ def test_largest_batch_is_the_last_one_the_estimate_fits():
     cfg = preset("qwen2.5-coder-7b-instruct", "train.sft.max_length=2048", "train.lora.dropout=0.0")
     arch = find_architecture(cfg.model.source)
     card = 79.1 * GiB  # an 80 GB card
-    room = CHECKPOINTING_OFF_SHARE * card
+    room = GPU_PLAN_SHARE * card
     for ckpt in (True, False):
         n = largest_batch(cfg, "sft", arch, card, ckpt, limit=1024)
         assert 0 < n < 1024

@@ -24,7 +24,7 @@ from bbjtune.train import backends
 from bbjtune.train.inputs import TrainingData
 from bbjtune.train.memory import GiB, estimate_for_config
 from bbjtune.train.model_io import load_training_tokenizer
-from bbjtune.train.resources import CARDS_GIB, CHECKPOINTING_OFF_SHARE, largest_batch, usable_gpu_memory
+from bbjtune.train.resources import GPU_PLAN_SHARE, largest_batch, usable_gpu_memory
 from bbjtune.sizing import (
     DISK_MARGIN,
     available_ram,
@@ -36,6 +36,9 @@ from bbjtune.sizing import (
 TRAINED_STYLE = "bold black on green3"
 CONTEXT_STYLE = "grey50"
 SAMPLE_CHARS = 1600
+# Cards the batch table sizes batches for: the memory torch reports for each (GiB).
+CARDS_GIB = (("24 GB", 23.6), ("48 GB", 47.5), ("80 GB", 79.1), ("141 GB", 139.8))
+BATCH_LIMIT = 64  # the batch table stops counting here ("64+")
 
 
 def tokenize_conversation(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
@@ -199,6 +202,7 @@ def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Con
     tokens = (
         2 if "sft" in stages and cfg.train.sft.train_chat_tokens != "no" and cfg.model.kind == "base" else 0
     )
+    trained_tokens = {stage: tokens if stage == "sft" else 0 for stage in stages}  # chat-token rows trained
     unit, scale = ("GiB", 1.0) if arch.params > 5e7 else ("MiB", 1024.0)  # tiny models: MiB
     table = Table(
         title=f"GPU memory per GPU (estimate, {unit}) — {arch.params / 1e9:.2f}B parameters",
@@ -207,31 +211,24 @@ def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Con
     table.add_column("stage")
     for col in ("weights", "LoRA+grads+optimizer", "activations", "output head", "overhead", "total"):
         table.add_column(col, justify="right")
-    for stage in stages:
-        for ckpt in (True, False):
-            e = estimate_for_config(
-                cfg,
-                stage,
-                arch,
-                trainable_tokens=tokens if stage == "sft" else 0,
-                gradient_checkpointing=ckpt,
+    for stage, ckpt in _modes(stages):
+        e = estimate_for_config(
+            cfg, stage, arch, trainable_tokens=trained_tokens[stage], gradient_checkpointing=ckpt
+        )
+        if cfg.train.gradient_checkpointing == "auto":
+            mark = (
+                "" if ckpt else f" (auto: off where this fits in {GPU_PLAN_SHARE:.0%} of the free GPU memory)"
             )
-            if cfg.train.gradient_checkpointing == "auto":
-                mark = (
-                    ""
-                    if ckpt
-                    else f" (auto: off where this fits in {CHECKPOINTING_OFF_SHARE:.0%} of the free GPU memory)"
-                )
-            else:
-                mark = " ←" if ckpt == cfg.train.gradient_checkpointing else ""
-            table.add_row(
-                f"{stage}, checkpointing {'on' if ckpt else 'off'}{mark}",
-                *(
-                    f"{getattr(e, k) * scale / GiB:.1f}"
-                    for k in ("weights", "adapter", "activations", "output_head", "overhead")
-                ),
-                f"[bold]{e.total * scale / GiB:.1f}[/]",
-            )
+        else:
+            mark = " ←" if ckpt == cfg.train.gradient_checkpointing else ""
+        table.add_row(
+            f"{stage}, checkpointing {'on' if ckpt else 'off'}{mark}",
+            *(
+                f"{getattr(e, k) * scale / GiB:.1f}"
+                for k in ("weights", "adapter", "activations", "output_head", "overhead")
+            ),
+            f"[bold]{e.total * scale / GiB:.1f}[/]",
+        )
     console.print(table)
     sc = getattr(cfg.train, stages[-1])
     for strategy, gpus in (("zero2", 2), ("zero3", 4)):
@@ -241,11 +238,16 @@ def _show_memory(cfg: RunConfig, stages: list[str], tokenizer: Any, console: Con
         f"  batch {sc.per_device_batch_size} x {sc.max_length} tokens per GPU; "
         "the CUDA context (~0.5 GiB) comes on top"
     )
-    _show_batch_fit(cfg, stages, arch, tokens, console)
+    _show_batch_fit(cfg, stages, arch, trained_tokens, console)
+
+
+def _modes(stages: list[str]) -> list[tuple[str, bool]]:
+    """Each stage with checkpointing on, then off: the rows and columns of the dry run's memory tables."""
+    return [(stage, ckpt) for stage in stages for ckpt in (True, False)]
 
 
 def _show_batch_fit(
-    cfg: RunConfig, stages: list[str], arch: Architecture, tokens: int, console: Console
+    cfg: RunConfig, stages: list[str], arch: Architecture, trained_tokens: dict[str, int], console: Console
 ) -> None:
     """The largest per-GPU batch each card holds, by the estimate, with checkpointing on and off: how to fill
     a card (raise the batch, lower the accumulation so the effective batch stays)."""
@@ -253,58 +255,36 @@ def _show_batch_fit(
     if not stages:
         return
     cards = [(name, gib * GiB) for name, gib in CARDS_GIB]
-    here = _this_gpu()
+    here = usable_gpu_memory()
     if here is not None:
-        cards.insert(0, here)
+        cards.insert(0, (f"this GPU ({here / GiB:.0f} GiB usable)", here))
     table = Table(
         title=(
             "per-GPU batch that fits, in rows of the stage's max_length "
-            f"({CHECKPOINTING_OFF_SHARE:.0%} of the card, by the estimate)"
+            f"({GPU_PLAN_SHARE:.0%} of the card, by the estimate)"
         ),
         title_justify="left",
     )
     table.add_column("GPU")
-    for stage in stages:
-        for ckpt in ("on", "off"):
-            table.add_column(f"{stage}, checkpointing {ckpt}", justify="right")
-    limit = 64
+    for stage, ckpt in _modes(stages):
+        table.add_column(f"{stage}, checkpointing {'on' if ckpt else 'off'}", justify="right")
     for name, usable in cards:
-        cells = []
-        for stage in stages:
-            for ckpt in (True, False):
-                n = largest_batch(
-                    cfg,
-                    stage,
-                    arch,
-                    usable,
-                    ckpt,
-                    trainable_tokens=tokens if stage == "sft" else 0,
-                    limit=limit,
-                )
-                cells.append("none" if n == 0 else f"{n}+" if n == limit else str(n))
-        table.add_row(name, *cells)
+        fits = [
+            largest_batch(cfg, stage, arch, usable, ckpt, trained_tokens[stage], limit=BATCH_LIMIT)
+            for stage, ckpt in _modes(stages)
+        ]
+        table.add_row(name, *("none" if n == 0 else f"{n}+" if n == BATCH_LIMIT else str(n) for n in fits))
     console.print(table)
+    stage_cfgs = {stage: getattr(cfg.train, stage) for stage in stages}
     now = ", ".join(
-        f"{stage} {getattr(cfg.train, stage).per_device_batch_size} x "
-        f"{getattr(cfg.train, stage).gradient_accumulation_steps}"
-        for stage in stages
+        f"{stage} {sc.per_device_batch_size} x {sc.gradient_accumulation_steps}"
+        for stage, sc in stage_cfgs.items()
     )
     console.print(
         f"  to fill a card, raise train.<stage>.per_device_batch_size and lower gradient_accumulation_steps so "
         f"their product, the effective batch, stays the same (now {now})",
         highlight=False,
     )
-
-
-def _this_gpu() -> tuple[str, float] | None:
-    """This machine's GPU and the memory a stage could use on it, None without CUDA."""
-    usable = usable_gpu_memory()
-    if usable is None:
-        return None
-    import torch
-
-    _free, total = torch.cuda.mem_get_info(backends.local_rank())
-    return f"this GPU ({total / GiB:.0f} GiB)", usable
 
 
 def _show_export(cfg: RunConfig, console: Console) -> None:

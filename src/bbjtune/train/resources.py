@@ -112,13 +112,11 @@ def show_train_disk(cfg: RunConfig, stages: list[str], console) -> None:
     )
 
 
-# Share of the GPU memory a stage may plan to fill when `gradient_checkpointing: auto` turns checkpointing
-# off: the estimate's error on the measured runs was +4% to +33% (benchmarks/RESULTS.md), always on the
-# safe side, and the allocator needs room beyond torch's own count.
-CHECKPOINTING_OFF_SHARE = 0.85
-
-# Cards the dry run sizes batches for: the memory torch reports for each (GiB).
-CARDS_GIB = (("24 GB", 23.6), ("48 GB", 47.5), ("80 GB", 79.1), ("141 GB", 139.8))
+# Share of a GPU's memory a stage may plan to fill, by the estimate: where `gradient_checkpointing: auto`
+# turns checkpointing off, and the dry run's batch table. The estimate's error on the measured runs was -1%
+# to +53% (benchmarks/RESULTS.md), almost always on the safe side, and the allocator needs room beyond
+# torch's own count.
+GPU_PLAN_SHARE = 0.85
 
 
 def largest_batch(
@@ -131,8 +129,8 @@ def largest_batch(
     limit: int = 64,
 ) -> int:
     """The largest per-GPU batch (rows of the stage's max_length) whose estimate fits in
-    CHECKPOINTING_OFF_SHARE of `usable` bytes, up to `limit`; 0 when not even one row fits."""
-    room = CHECKPOINTING_OFF_SHARE * usable
+    GPU_PLAN_SHARE of `usable` bytes, up to `limit`; 0 when not even one row fits."""
+    room = GPU_PLAN_SHARE * usable
     fits = 0
     for batch in range(1, limit + 1):  # the estimate grows with the batch
         need = estimate_for_config(
@@ -165,7 +163,7 @@ def choose_checkpointing(
     cfg: RunConfig, stage: str, base_source: str, usable: int | None = None
 ) -> tuple[bool, str]:
     """Gradient checkpointing for one stage, and why: the config's true/false as given; `auto` is off
-    when the stage's estimate without it (memory.estimate_for_config) fits in CHECKPOINTING_OFF_SHARE of
+    when the stage's estimate without it (memory.estimate_for_config) fits in GPU_PLAN_SHARE of
     `usable` bytes of GPU memory (default: what this process can use on its GPU, free memory plus what
     torch already holds), else on.
 
@@ -189,9 +187,9 @@ def choose_checkpointing(
     if arch is None:
         return True, "auto: the model's architecture is not known before loading"
     need = estimate_for_config(cfg, stage, arch, gradient_checkpointing=False).total
-    room = CHECKPOINTING_OFF_SHARE * usable
+    room = GPU_PLAN_SHARE * usable
     verdict = "fits" if need <= room else "does not fit"
     return need > room, (
         f"auto: without it a step needs about {need / GiB:.1f} GiB, which {verdict} in "
-        f"{100 * CHECKPOINTING_OFF_SHARE:.0f}% of the {usable / GiB:.1f} GiB this GPU has free"
+        f"{100 * GPU_PLAN_SHARE:.0f}% of the {usable / GiB:.1f} GiB this GPU has free"
     )
