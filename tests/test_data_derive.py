@@ -192,3 +192,19 @@ def test_the_language_servers_builtins_pass_the_data_stage(corpus_dir, tmp_path)
     assert audit.returncode == 0, audit.stdout + audit.stderr
     steps = json.loads((tmp_path / "audit" / "audit.json").read_text())["steps"]
     assert steps[-1]["out"] == len(pairs)
+
+
+def test_a_folder_of_sources_keeps_bbj_txt_files_and_skips_prose_ones(tmp_path):
+    from bbjtune.data.cpt import find_sources
+
+    (tmp_path / "prog.bbj").write_text(SOURCE)
+    (tmp_path / "old.txt").write_text('rem an old program saved as text\nx = 1\nprint x\nend\n')
+    (tmp_path / "LICENSE.txt").write_text(
+        "Permission is hereby granted, free of charge, to any person obtaining a copy.\n"
+        "The above copyright notice shall be included in all copies of the Software.\n"
+    )
+    (tmp_path / "compile-stderr.txt").write_text("prog.bbj: error at line 3 (12): unexpected token\n")
+    files, skipped = find_sources([str(tmp_path)])
+    assert sorted(p.name for p in files) == ["old.txt", "prog.bbj"]
+    assert sorted(s.rsplit("/", 1)[-1] for s in skipped) == ["LICENSE.txt", "compile-stderr.txt"]
+    assert not any("Permission" in m["content"] for p in derive_pairs(files, "sys") for m in p["messages"])

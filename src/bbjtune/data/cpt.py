@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from bbjtune.bbj.extract import looks_like_bbj
 from bbjtune.data.chatml import Rejection
 from bbjtune.data.clean import SimilarityIndex, minhash, word_shingles
 from bbjtune.data.scrub import scrub_text
@@ -34,6 +35,8 @@ from bbjtune.errors import BbjtuneError
 
 SOURCE_EXTENSIONS = (".bbj", ".src", ".bbjt", ".bbl", ".txt")
 BINARY_SNIFF_BYTES = 8192
+# a .txt file counts as a BBj source when at least this share of its lines reads as BBj
+TXT_BBJ_SHARE = 0.5
 # BBj code averages 3-4 characters per token: a text over 8 x budget characters is counted line by
 # line at once (the chunks are the same either way; this saves counting it whole first)
 MAX_CHARS_PER_TOKEN = 8
@@ -65,8 +68,8 @@ def find_sources(patterns: list[str]) -> tuple[list[Path], list[str]]:
             candidates = sorted(p for p in Path(expanded).rglob("*") if p.is_file())
         else:
             candidates = [Path(p) for p in sorted(glob.glob(expanded, recursive=True)) if os.path.isfile(p)]
-        sources = [p for p in candidates if p.suffix.lower() in SOURCE_EXTENSIONS]
-        skipped.extend(str(p) for p in candidates if p.suffix.lower() not in SOURCE_EXTENSIONS)
+        sources = [p for p in candidates if p.suffix.lower() in SOURCE_EXTENSIONS and not _prose_txt(p)]
+        skipped.extend(str(p) for p in candidates if p not in sources)
         if not sources:
             what = (
                 "matches no file"
@@ -80,6 +83,18 @@ def find_sources(patterns: list[str]) -> tuple[list[Path], list[str]]:
         for p in sources:
             found.setdefault(os.path.realpath(p), p)
     return list(found.values()), sorted(set(skipped))
+
+
+def _prose_txt(path: Path) -> bool:
+    """A .txt file that is not BBj code (a licence, a compiler log): some BBj sources are saved as
+    .txt, but most .txt files beside them are not code, and training on them as BBj teaches prose."""
+    if path.suffix.lower() != ".txt":
+        return False
+    try:
+        text, _ = decode_source(path.read_bytes())
+    except (OSError, SourceProblem):
+        return False  # kept, so that reading it later reports the problem
+    return not looks_like_bbj(text, threshold=TXT_BBJ_SHARE)
 
 
 # ----------------------------------------------------------------------------- reading
