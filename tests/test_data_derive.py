@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 
 from bbjtune.data.derive import derive_pairs, documented_methods
 
@@ -198,7 +200,7 @@ def test_a_folder_of_sources_keeps_bbj_txt_files_and_skips_prose_ones(tmp_path):
     from bbjtune.data.cpt import find_sources
 
     (tmp_path / "prog.bbj").write_text(SOURCE)
-    (tmp_path / "old.txt").write_text('rem an old program saved as text\nx = 1\nprint x\nend\n')
+    (tmp_path / "old.txt").write_text("rem an old program saved as text\nx = 1\nprint x\nend\n")
     (tmp_path / "LICENSE.txt").write_text(
         "Permission is hereby granted, free of charge, to any person obtaining a copy.\n"
         "The above copyright notice shall be included in all copies of the Software.\n"
@@ -208,3 +210,38 @@ def test_a_folder_of_sources_keeps_bbj_txt_files_and_skips_prose_ones(tmp_path):
     assert sorted(p.name for p in files) == ["old.txt", "prog.bbj"]
     assert sorted(s.rsplit("/", 1)[-1] for s in skipped) == ["LICENSE.txt", "compile-stderr.txt"]
     assert not any("Permission" in m["content"] for p in derive_pairs(files, "sys") for m in p["messages"])
+
+
+def test_bbjapi_pairs_name_only_real_methods_with_their_argument_counts():
+    from bbjtune.bbj.api import api_table
+    from bbjtune.data.derive import API_CLASS_METHODS, api_pairs
+
+    pairs = api_pairs("sys")
+    table = api_table()
+    assert len({p["id"] for p in pairs}) == len(pairs)
+    window = [p for p in pairs if p["source"] == "bbjapi:BBjWindow"]
+    assert len(table.classes["BBjWindow"]["methods"]) > API_CLASS_METHODS  # asked one verb at a time
+    adds = next(p for p in window if "add...()" in p["messages"][1]["content"])["messages"][2]["content"]
+    assert "- `addButton()`: 1, 2, 3, 6 or 7 arguments" in adds
+    assert "getText" not in adds and "addBbjEditBox" not in adds
+    for pair in pairs:  # every listed method exists on the class with exactly those counts
+        cls = table.classes[pair["source"].removeprefix("bbjapi:")]
+        for name, counts in re.findall(r"^- `(\w+)\(\)`: (.*)$", pair["messages"][2]["content"], re.M):
+            assert name in cls["methods"]
+            assert sorted(int(c) for c in re.findall(r"\d+", counts)) == sorted(
+                set(cls["methods"][name])
+            ) or (counts == "no arguments" and cls["methods"][name] == [0])
+    assert all(p["task"] == "factual" and "```" not in p["messages"][2]["content"] for p in pairs)
+
+
+def test_derive_cli_writes_bbjapi_pairs_and_says_what_to_do_with_nothing(tmp_path):
+    from conftest import run_cli
+
+    out = tmp_path / "api.jsonl"
+    result = run_cli("data", "derive", "--bbjapi", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert len(out.read_text().splitlines()) > 300
+    assert "about the BBjAPI classes" in result.stderr
+    result = run_cli("data", "derive", "--out", str(tmp_path / "none.jsonl"))
+    assert result.returncode != 0 and "--bbjapi" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "none.jsonl").exists()

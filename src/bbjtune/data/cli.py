@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +14,13 @@ from bbjtune.config import apply_override, default_data_config, load_config, val
 from bbjtune.data import feedback, replay, self_replay
 from bbjtune.data.audit import flagged_summary
 from bbjtune.data.cpt import find_sources
-from bbjtune.data.derive import COMPLETE_MAX_LINES, COMPLETE_MIN_LINES, default_system_prompt, derive_pairs
+from bbjtune.data.derive import (
+    COMPLETE_MAX_LINES,
+    COMPLETE_MIN_LINES,
+    api_pairs,
+    default_system_prompt,
+    derive_pairs,
+)
 from bbjtune.data.stage import audit as run_audit
 from bbjtune.data.stage import prepare as run_prepare
 from bbjtune.errors import BbjtuneError
@@ -143,15 +150,23 @@ complete; see rejected.jsonl); 2 — a usage problem (a missing file or folder, 
 
 
 def derive(
-    sources: Annotated[
-        list[str],
-        typer.Argument(help="BBj source files, globs or folders to derive from.", show_default=False),
-    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="The ChatML JSONL file to write.")],
+    sources: Annotated[
+        list[str] | None,
+        typer.Argument(help="BBj source files, globs or folders to derive from.", show_default=False),
+    ] = None,
     system: Annotated[
         str | None,
         typer.Option(help="The system prompt of every pair (default: the one in examples/chatml)."),
     ] = None,
+    bbjapi: Annotated[
+        bool,
+        typer.Option(
+            "--bbjapi",
+            help="Also write factual pairs about the real BBjAPI classes: each class's methods and their "
+            "argument counts (from the API table the checks use), so the model learns names that exist.",
+        ),
+    ] = False,
 ) -> None:
     """Derive instruction pairs from real BBj code: "write this documented method", "explain this \
 method" (from its rem /** ... */ doc comment) and "complete this program"; and from reference \
@@ -160,10 +175,20 @@ system variable, ERR=* label and callback event. Feed the file to [bold]prepare[
 ChatML data; prepare deduplicates and decontaminates it."""
     from rich.console import Console
 
-    files, _ = find_sources(sources)
-    n = atomic_write_jsonl(out, derive_pairs(files, system or default_system_prompt()))
+    if not sources and not bbjapi:
+        raise BbjtuneError(
+            "data derive: nothing to derive from", "name BBj source files or folders, or pass --bbjapi"
+        )
+    files, _ = find_sources(sources) if sources else ([], [])
+    system = system or default_system_prompt()
+    api = api_pairs(system) if bbjapi else []
+    n = atomic_write_jsonl(out, itertools.chain(derive_pairs(files, system), api))
     console = Console(stderr=True)
-    console.print(f"{n} instruction pairs from {len(files)} source files → {out}")
+    console.print(
+        f"{n - len(api)} instruction pairs from {len(files)} source files"
+        + (f" and {len(api)} about the BBjAPI classes" if bbjapi else "")
+        + f" → {out}"
+    )
     if not n:
         console.print(
             "[yellow]note:[/] nothing to derive from: pairs come from methods with a rem /** ... */ doc "

@@ -365,3 +365,88 @@ def default_system_prompt() -> str:
         with open(examples, encoding="utf-8") as fh:
             return json.loads(fh.readline())["messages"][0]["content"]
     return "You are a BBj expert. Answer with correct, idiomatic BBj code."
+
+
+# A class with more methods than this is asked about one verb at a time (its add... methods, its
+# get... methods), so that no answer is a wall of names.
+API_CLASS_METHODS = 40
+API_VERBS = ("add", "get", "set", "is", "remove")
+API_PACKAGES = {"proxies": "a BBjAPI class", "sysgui": "a GUI class", "event": "an event class"}
+
+
+def _arguments(counts: list[int]) -> str:
+    counts = sorted(set(counts))
+    if counts == [0]:
+        return "no arguments"
+    if len(counts) == 1:
+        return f"{counts[0]} argument{'s' if counts[0] != 1 else ''}"
+    return ", ".join(str(c) for c in counts[:-1]) + f" or {counts[-1]} arguments"
+
+
+def _method_lines(methods: dict[str, list[int]]) -> str:
+    return "\n".join(
+        f"- `{name}()`: {_arguments(counts)}"
+        for name, counts in sorted(methods.items(), key=lambda m: m[0].lower())
+    )
+
+
+def api_pairs(system: str) -> list[dict]:
+    """Factual pairs about the real BBjAPI classes (the API table the tier-2 checks use): which methods
+    a class has and how many arguments each takes, so that a model learns the names that exist
+    instead of inventing `addBbjEditBox` or `BBjAPI().openWindow()`. Right by construction: names and
+    argument counts only, as the table has no descriptions."""
+    from bbjtune.bbj.api import api_table
+
+    table = api_table()
+    out: list[dict] = []
+    for name in sorted(table.classes):
+        cls = table.classes[name]
+        methods = cls["methods"]
+        if not methods:
+            continue
+        kind = API_PACKAGES.get(cls.get("package", ""), "a BBj class")
+        meta = {"category": "reference", "generation": "any", "source": f"bbjapi:{name}", "task": "factual"}
+        parents = [p for p in cls["parents"] if p in table.classes and table.classes[p]["methods"]]
+        inherits = (
+            f"\n\nIt also has the methods of {', '.join(f'`{p}`' for p in parents[:4])}." if parents else ""
+        )
+        if len(methods) <= API_CLASS_METHODS:
+            ask = _pick(
+                [
+                    f"Which methods does a {name} object have in BBj?",
+                    f"List the methods of the BBj class {name}.",
+                    f"What can I call on a {name} in BBj?",
+                ],
+                name,
+            )
+            answer = f"`{name}` ({kind}) has these methods, with the number of arguments each takes:\n\n"
+            out.append(
+                _example(
+                    system, ask, answer + _method_lines(methods) + inherits, derived="reference-api", **meta
+                )
+            )
+            continue
+        groups: dict[str, dict[str, list[int]]] = {}
+        for method, counts in methods.items():
+            verb = next(
+                (v for v in API_VERBS if method.startswith(v) and method[len(v) : len(v) + 1].isupper()), ""
+            )
+            groups.setdefault(verb, {})[method] = counts
+        for verb, group in sorted(groups.items()):
+            if verb:
+                ask = f"Which {verb}...() methods does a {name} have in BBj?"
+                answer = f"`{name}` ({kind}) has these `{verb}` methods, with the number of arguments each takes:\n\n"
+            else:
+                ask = f"Besides its add, get, set, is and remove methods, what else can I call on a {name} in BBj?"
+                answer = (
+                    f"`{name}` ({kind}) also has these methods, with the number of arguments each takes:\n\n"
+                )
+            out.append(
+                _example(
+                    system, ask, answer + _method_lines(group) + inherits, derived="reference-api", **meta
+                )
+            )
+    for pair in out:
+        key = "\n".join(msg["content"] for msg in pair["messages"][1:])
+        pair["id"] = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+    return out
