@@ -24,10 +24,13 @@
 #           checker and tier 2, SFT on the best passing answers + references (sweep/rft)
 #   dpo     DPO on pairs of passing/failing samples of the RFT model (sweep/rft-dpo; DPO_AFTER=sft
 #           puts it on the replay step's stage-2 model instead, in sweep/dpo)
-#   reference  stage 2 as in the replay step plus the factual pairs `data derive` makes from the
-#           language server's builtins reference (functions, system variables, ERR=* labels, callback
-#           events), then evaluated: does the documented vocabulary raise patterns and factual accuracy?
-#           (sweep/sft-replay-20-reference; run --steps replay first)
+#   reference  stage 2 as in the replay step plus what the language server documents: the factual pairs
+#           `data derive` makes from its builtins reference (functions, system variables, ERR=* labels,
+#           callback events), the write/explain pairs of its examples and snippets, and `--bbjapi`'s
+#           pairs naming each BBjAPI class's real methods; trained for 8 and for 12 epochs (8 x 2 rows
+#           per step) and evaluated: does the documented vocabulary raise compile@1, clean@1, patterns
+#           and factual accuracy? (sweep/ref-8, sweep/ref-12; run --steps replay first, or only its
+#           `data replay`)
 #   gateway what a developer gets: the exported q8_0 file (GATEWAY_MODEL to choose another GGUF) served by
 #           llama.cpp (serve gguf) behind the checking gateway at best-of 3, evaluated through it once per
 #           retry way (GATEWAY_RETRY, default "resample repair"; GATEWAY_LIMIT=N for N prompts per suite):
@@ -142,14 +145,17 @@ if want dpo; then
 fi
 if want reference; then
   [ -e "$RUN/replay/self-distilled.jsonl" ] || { echo "reference builds on the replay step: run --steps replay first" >&2; exit 2; }
-  [ -d "$CORPUS/language-server/builtins" ] || { echo "no builtins reference at $CORPUS/language-server/builtins" >&2; exit 2; }
-  stamp "reference: factual pairs from the builtins reference"
-  $BBJ data derive "$CORPUS/language-server/builtins" --out "$RUN/reference.jsonl"
-  FSET=("${RSET[@]}" --set "data.output_dir=$RUN/data-reference"
+  [ -d "$CORPUS/language-server" ] || { echo "no language-server reference at $CORPUS/language-server" >&2; exit 2; }
+  stamp "reference: pairs from the language server's builtins, examples and snippets, and the BBjAPI classes"
+  $BBJ data derive "$CORPUS/language-server" --bbjapi --out "$RUN/reference.jsonl"
+  FSET=("${RSET[@]}" --set "data.output_dir=$RUN/data-ref-replay"
         --set "data.chatml=[examples/chatml/*.jsonl, $RUN/derived.jsonl, $RUN/reference.jsonl]")
   $BBJ data prepare "$CFG" "${SET[@]}" "${FSET[@]}" || [ $? -eq 1 ]
-  link sft-replay-20-reference cpt ../../cpt
-  selftrain sft-replay-20-reference cpt,sft "${FSET[@]}" --stage sft
+  for epochs in 8 12; do
+    link ref-$epochs cpt ../../cpt
+    selftrain ref-$epochs cpt,sft "${FSET[@]}" --stage sft --set train.sft.epochs=$epochs \
+      --set train.sft.per_device_batch_size=8 --set train.sft.gradient_accumulation_steps=2
+  done
 fi
 if want fim; then
   # Does stage 1 with FIM help completion without hurting chat? Two runs on the same data, differing only
