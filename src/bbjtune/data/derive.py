@@ -14,7 +14,8 @@ Reference libraries in the BBj language server's format (`.bbl` files whose decl
 events) give one factual pair per documented name, the answer made of the doc text and the
 declared syntax only, so it is right by construction: "What does the BBj function FILL() do, and
 how is it called?", "What does the system variable CTL hold?", "What does ERR=*NEXT do?", "Which
-callback event is the Control Push Button Event?".
+callback event is the Control Push Button Event?". And `api_pairs` names each real BBjAPI class's
+methods with their argument counts, from the API table the tier-2 checks use.
 Everything derived keeps its provenance (`source`, `derived`), so the data stage can deduplicate it
 and decontaminate it against the evaluation suite like any other example.
 """
@@ -337,6 +338,13 @@ def reference_pairs(text: str, path: str, system: str) -> list[dict]:
     return out
 
 
+def _with_id(pair: dict) -> dict:
+    """The pair with a stable id: the hash of its user and assistant turns."""
+    key = "\n".join(msg["content"] for msg in pair["messages"][1:])
+    pair["id"] = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+    return pair
+
+
 def derive_pairs(files: Iterable[Path], system: str) -> Iterator[dict]:
     """All derived pairs from the given source files, each with a stable id."""
     for path in files:
@@ -350,10 +358,7 @@ def derive_pairs(files: Iterable[Path], system: str) -> Iterator[dict]:
         # a reference library is declarations, not a program to complete
         if not reference and (pair := completion_pair(text, str(path), system)) is not None:
             derived.append(pair)
-        for pair in derived:
-            key = "\n".join(msg["content"] for msg in pair["messages"][1:])
-            pair["id"] = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
-            yield pair
+        yield from (_with_id(pair) for pair in derived)
 
 
 def default_system_prompt() -> str:
@@ -408,7 +413,9 @@ def api_pairs(system: str) -> list[dict]:
         meta = {"category": "reference", "generation": "any", "source": f"bbjapi:{name}", "task": "factual"}
         parents = [p for p in cls["parents"] if p in table.classes and table.classes[p]["methods"]]
         inherits = (
-            f"\n\nIt also has the methods of {', '.join(f'`{p}`' for p in parents[:4])}." if parents else ""
+            f"\n\nIt also has the methods of the types it extends, such as {', '.join(f'`{p}`' for p in parents[:4])}."
+            if parents
+            else ""
         )
         if len(methods) <= API_CLASS_METHODS:
             ask = _pick(
@@ -446,7 +453,4 @@ def api_pairs(system: str) -> list[dict]:
                     system, ask, answer + _method_lines(group) + inherits, derived="reference-api", **meta
                 )
             )
-    for pair in out:
-        key = "\n".join(msg["content"] for msg in pair["messages"][1:])
-        pair["id"] = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
-    return out
+    return [_with_id(pair) for pair in out]
