@@ -315,12 +315,23 @@ def test_false_alarms_on_real_bbj_stay_near_zero():
     files = [p for p in (CORPUS / "real").rglob("*") if p.suffix.lower() in (".bbj", ".bbjt")]
     files += sorted((CORPUS / "language-server" / "examples").glob("*.bbj"))
     assert len(files) >= 150
-    flagged = []
+    flagged, mixed = [], set()
     for path in files:
         errors = [f for f in check_quality(decode_source(path.read_bytes())) if f.severity == "error"]
+        mixed |= {path.name for f in errors if f.rule == "type-mismatch"}
+        errors = [f for f in errors if f.rule != "type-mismatch"]
         if errors:
             flagged.append(f"{path.name}: {errors[0].rule} {errors[0].message}")
     assert len(flagged) <= len(files) // 100, flagged  # at most 1 % of real files
+    # string/number mixes: none in the real programs; among the language server's examples, only its
+    # parser tests that assign a literal of the other kind (`let exitcode$ = 1`, `let ABS = "func"`),
+    # which BBj stops on with error 26 if they ever ran
+    assert mixed == {
+        "issue181-release-syntax.bbj",
+        "issue182-clipfromstr-syntax.bbj",
+        "issue224.bbj",
+        "mnemonics.bbj",
+    }
 
 
 def test_check_tier2_on_the_command_line(tmp_path):

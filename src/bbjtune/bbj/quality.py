@@ -5,6 +5,8 @@ developer sees at once; these checks find the common ones in model answers:
   API does not have, or with an impossible number of arguments (see `api.py`);
 - `undefined-label`: GOTO/GOSUB/EXITTO/SETERR/SETESC/ON..GOTO targets, ERR=/END=/DOM= options,
   CALLBACK(...) and setCallback(event, "label") targets that no label in the code answers;
+- `type-mismatch`: a string and a number mixed where BBj stops with error 26: `"Total: " + total`,
+  `name$ = 5`, `n < "5"` (see `mismatch.py`; only values whose type the text makes plain);
 - `no-statement`: code with no executable statement (only REM lines);
 - `repetition`: the same line or block repeated over and over (a model running to its token limit);
 - `generation-mismatch`: the suite's `must_not` patterns, and for a known BBj generation the
@@ -26,6 +28,7 @@ from typing import Any, Literal
 from .api import body_start, check_api_calls, tokenized
 from .compile import compile_code
 from .lexer import LogicalLine, logical_lines, split_physical_lines
+from .mismatch import check_type_mismatch
 
 Severity = Literal["error", "warning"]
 
@@ -116,6 +119,7 @@ def check_quality(code: str, *, generation: str | None = None, must_not: Sequenc
             )
         findings += _label_findings(toks)
         findings += [Finding(p.rule, p.line, p.message, p.severity) for p in check_api_calls(lines)]
+        findings += [Finding("type-mismatch", m.line, m.message) for m in check_type_mismatch(toks)]
         findings += _repetition(lines)
     findings += _pattern_findings(code, generation, must_not)
     return sorted(findings, key=lambda f: (f.line, f.rule))

@@ -1,0 +1,293 @@
+"""String and number mixed where BBj cannot mix them: `"Total: " + total`, `name$ = 5`.
+
+BBj writes a value's type into its name: `x$` is a string, `x` and `x%` are numbers, `x!` an object.
+`+` joins two strings or adds two numbers, never one of each; `-`, `*`, `/` and `^` take numbers
+only; a comparison needs two values of one kind; an assignment needs a value of the variable's kind.
+Anything else stops the program with error 26 (type mismatch) when the line runs, although the line
+compiles (`bbjcpl -N` checks syntax, not types). Python and Java habits write it all the time
+(`print "Total: " + total`, `str$ = 5`).
+
+Only values whose type is plain from the text take part, so a finding is always a real mismatch:
+- strings: string literals, hex strings `$0D0A$`, mnemonics `'CS'`, `@(col,row)`, names ending in `$`
+  (variables, arrays, substrings `a$(1,3)`, template fields `rec.name$`, fields `#name$`, `FNX$()`),
+  and the builtin functions that return a string (`STR()`, `CHR()`, `DATE()`, ...);
+- numbers: numeric literals, names without a suffix or with `%` (`#count`, `a[i]`), `FNX()`, and the
+  builtin functions that return a number (`LEN()`, `POS()`, `NUM()`, ...);
+- everything else is unknown and never reported: objects and their methods (`w!.getText()` gives a
+  string, but the table has no return types), Java classes (`String.valueOf()`), parenthesised
+  expressions, user functions of unknown kind, and the system variables that hold strings without a
+  `$` (`DAY`, `SSN`: a program may also name its own numeric variable so).
+`=` is checked only as an assignment at the start of a statement: elsewhere it is also the `NAME=value`
+of an option list (`read (ch,key=k$)`), where a bare name and a string meet legally.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .api import body_start
+from .lexer import LogicalLine
+
+STRING, NUMBER = "string", "number"
+# Builtin functions by the kind of value they return (the BBj language server's builtins reference).
+# Functions whose result depends on their arguments (AND, OR, XOR, NOT, IOR and IFF work on strings
+# and numbers alike) and those returning objects are left out.
+STRING_FUNCTIONS = frozenset(
+    "adjn argv ath bin chanopt chr clientenv cliptostr cpl crc crc16 ctrl cvs date decrypt dims dir dsk "
+    "encrypt env errmes fattr fbin fid field fileopen fileopt filesave fill fin gap hsh hta info keyf "
+    "key keyl keyn keyp keyr kgen linfo lrc lst menuinfo notice noticetpl pad pck pgm prompt "
+    "pub resfirst resget resinfo resnext sendmsg serverenv seval sqlerr sqlfetch sqllist sqltables "
+    "sqltmpl ssort stbl str swap tbl tmpl tsk winfirst wininfo winnext xfid xfin xkgen xssort".split()
+)
+NUMBER_FUNCTIONS = frozenset(
+    "abs asc atn bsz clipisformat clipregformat cos cvt dec ept err fdec fpt hsa ind int jul lcheckout "
+    "len levenshtein log mask max min mod msgbox neval nfield num pos resopen rnd round scall sgn sin sqr "
+    "ssz tcb topen upk".split()
+)
+COMPARISONS = frozenset({"<>", "<", ">", "<=", ">=", "=<", "=>", "><"})
+ARITHMETIC = frozenset({"-", "*", "/", "^"})
+# words that end a value without an operator in between (`if a$="x" then`, `for i=1 to n step 2`)
+NOT_VALUES = frozenset({"then", "else", "to", "step", "and", "or", "new", "cast", "declare", "let"})
+# A name declared with a type (FIELD, METHOD parameters, DECLARE) takes the declared type, whatever its
+# suffix: `field public BBjString subject` makes `#subject` a string. Numeric types keep a name numeric.
+DECLARING = frozenset({"field", "method", "declare"})
+NUMERIC_TYPES = frozenset(
+    {"bbjnumber", "bbjint", "int", "integer", "double", "float", "long", "short", "byte"}
+)
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    line: int  # physical line, 1-based
+    message: str
+
+
+def _close(K: list[str], i: int) -> int:
+    """Index after the bracket group that opens at i (or the end of the line when it never closes)."""
+    depth = 0
+    for j in range(i, len(K)):
+        if K[j] in ("(", "["):
+            depth += 1
+        elif K[j] in (")", "]"):
+            depth -= 1
+            if depth == 0:
+                return j + 1
+        elif K[j] == "eol":
+            return j
+    return len(K) - 1
+
+
+def _show(tokens: list[str]) -> str:
+    """Tokens as code: a space only between two words (`len(a$)`, `#count`, `str(n) + x`)."""
+    out = ""
+    for t in tokens:
+        if out and (out[-1].isalnum() or out[-1] in "$%!@_\"'") and (t[0].isalnum() or t[0] in "_\"'"):
+            out += " "
+        out += t
+    return out
+
+
+def _name_kind(name: str) -> str | None:
+    suffix = name[-1]
+    if suffix == "$":
+        return STRING
+    if suffix == "%" or suffix.isalnum() or suffix == "_":
+        return NUMBER
+    return None  # ! objects, @ client objects
+
+
+class _Scan:
+    """One logical line: each value's kind, checked where an operator meets two of them."""
+
+    def __init__(self, K: list[str], T: list[str], declared: frozenset[str] = frozenset()):
+        self.K, self.T = K, T
+        self.declared = declared  # names without a suffix declared with a non-numeric type
+        self.groups: list[tuple[int, int]] = []  # bracket contents to scan as expressions of their own
+        self.found: str | None = None
+
+    def value(self, i: int) -> tuple[str | None, int]:
+        """The kind of the value that starts at i, and the index after it."""
+        K, T = self.K, self.T
+        k = K[i]
+        if k in ("str", "hex", "mnem"):
+            j = i + 1
+            while K[j] == "(":  # a substring of a literal
+                j = self._group(j)
+            return STRING, j
+        if k == "num":
+            return NUMBER, i + 1
+        if k == "@" and K[i + 1] == "(":
+            return STRING, self._group(i + 1)
+        if k == "#" and K[i + 1] == "id":
+            kind, j = self.value(i + 1)
+            return (kind if "." not in T[i + 1 : j] else None), j
+        if k != "id":
+            return None, i + 1
+        low = T[i].lower()
+        if low in NOT_VALUES:
+            return None, i + 1
+        j, dotted, objects, last = i + 1, False, T[i][-1] in "!@", T[i]
+        while True:
+            if K[j] in ("(", "["):
+                j = self._group(j)
+            elif K[j] == "." and K[j + 1] == "id":
+                dotted, last = True, T[j + 1]
+                # an object's field or method, or a Java class's: the table has no return types
+                objects = objects or last[-1] in "!@" or (K[j + 2] == "(" and last[-1] != "$")
+                j += 2
+            else:
+                break
+        kind = _name_kind(last)
+        if kind == STRING:
+            return STRING, j
+        if objects or kind is None or last.lower() in self.declared:
+            return None, j
+        if dotted:
+            return None, j  # rec.amount (a template field) or a Java constant: not plain enough
+        if K[i + 1] == "(":
+            if low.startswith("fn"):
+                return kind, j  # DEF FNX(...) returns a number, FNX$ a string
+            return (STRING if low in STRING_FUNCTIONS else NUMBER if low in NUMBER_FUNCTIONS else None), j
+        if low in ("day", "ssn", "chn", "opts", "pfx", "rev", "sqlchn", "sys"):
+            return None, j  # string system variables, or a program's own number of that name
+        return NUMBER, j
+
+    def _group(self, i: int) -> int:
+        end = _close(self.K, i)
+        self.groups.append((i + 1, end - 1))
+        return end
+
+    def expression(self, lo: int, hi: int) -> None:
+        """Check the operators between lo and hi (exclusive) at this bracket depth."""
+        K, T = self.K, self.T
+        i, left, op = lo, None, None  # left: (kind, text) of the value before the operator
+        while i < hi and K[i] != "eol":
+            k = K[i]
+            if k in ("+", *ARITHMETIC, *COMPARISONS) and left is not None and op is None:
+                op = k
+                i += 1
+                continue
+            if k in (",", ";", ":", "=", ")", "]", "+", *ARITHMETIC, *COMPARISONS):
+                left, op = None, None  # a separator, an option's =, a sign
+                i += 1
+                continue
+            kind, j = self.value(i)
+            text = _show(T[i:j])
+            if op is None or left is None:
+                left = (kind, text)
+            else:
+                if self.found is None:
+                    self.found = self._verdict(left[0], op, kind, left[1], text)
+                result = (kind if kind == left[0] else None) if op == "+" else NUMBER
+                left = (result, text)
+            op = None
+            i = j
+
+    @staticmethod
+    def _verdict(a: str | None, op: str, b: str | None, a_text: str, b_text: str) -> str | None:
+        if a is None or b is None:
+            return None
+        if op == "+" and a != b:
+            return (
+                f"`{a_text} + {b_text}` adds a {b} to a {a}: BBj stops with error 26 (type mismatch); "
+                "STR() turns a number into text, NUM() reads a number from text"
+            )
+        if op in ARITHMETIC and STRING in (a, b):
+            text = a_text if a == STRING else b_text
+            return f"`{op}` needs numbers, and `{text}` is a string: BBj stops with error 26 (type mismatch); use NUM() to read a number from text"
+        if op in COMPARISONS and a != b:
+            return (
+                f"`{a_text} {op} {b_text}` compares a {a} with a {b}: BBj stops with error 26 (type mismatch)"
+            )
+        return None
+
+    def assignments(self) -> None:
+        """`[LET] target = value` at the start of each statement: the value must be of the target's kind."""
+        K, T = self.K, self.T
+        starts = [body_start(K, T)]
+        for j, k in enumerate(K):
+            if k == ";" or (k == "id" and T[j].lower() in ("then", "else")):
+                starts.append(j + 1)
+        for s in starts:
+            if self.found is not None:
+                return
+            if K[s] == "id" and T[s].lower() == "let":
+                s += 1
+            if K[s] != "id" or T[s].lower() in NOT_VALUES:
+                continue
+            groups = len(self.groups)
+            target, j = self.value(s)
+            del self.groups[groups:]
+            if target is None or K[j] != "=":
+                continue
+            value, end = self._statement_value(j + 1)
+            if value is not None and value != target:
+                shown = f"{_show(T[s:j])} = {_show(T[j + 1 : end])}"
+                self.found = (
+                    f"`{shown}` puts a {value} into the {target} variable `{T[s]}`: BBj stops with error 26 "
+                    "(type mismatch)"
+                    + (
+                        "; STR() turns a number into text"
+                        if target == STRING
+                        else "; NUM() reads a number from text"
+                    )
+                )
+
+    def _statement_value(self, i: int) -> tuple[str | None, int]:
+        """The kind of an assignment's value: a comparison or AND/OR anywhere in it makes a number;
+        else the kind of its first value, when every value is of that kind."""
+        K, T = self.K, self.T
+        kinds, j, compared = [], i, False
+        groups = len(self.groups)
+        while K[j] not in ("eol", ";", ","):
+            if K[j] == "id" and T[j].lower() in ("else", "then"):
+                break
+            if K[j] in COMPARISONS or K[j] == "=" or (K[j] == "id" and T[j].lower() in ("and", "or")):
+                compared = True
+                j += 1
+                continue
+            if K[j] in ("+", *ARITHMETIC, ":"):
+                j += 1
+                continue
+            kind, j = self.value(j)
+            kinds.append(kind)
+        del self.groups[groups:]
+        if compared:
+            return NUMBER, j
+        if not kinds or None in kinds or len(set(kinds)) != 1:
+            return None, j
+        return kinds[0], j
+
+    def run(self) -> str | None:
+        self.assignments()
+        self.expression(body_start(self.K, self.T), len(self.K))
+        while self.groups and self.found is None:
+            lo, hi = self.groups.pop()
+            # each argument of a call or index is an expression of its own
+            self.expression(lo, hi)
+        return self.found
+
+
+def declared_names(toks: list[tuple[LogicalLine, list[str], list[str]]]) -> frozenset[str]:
+    """Names without a suffix that a FIELD, METHOD or DECLARE line gives a non-numeric type."""
+    names = set()
+    for _line, K, T in toks:
+        start = body_start(K, T)
+        if K[start] != "id" or T[start].lower() not in DECLARING:
+            continue
+        for j in range(start + 1, len(K) - 1):
+            if K[j] == "id" and K[j + 1] == "id" and T[j + 1][-1] not in "$%!@":
+                if T[j].lower() not in NUMERIC_TYPES:
+                    names.add(T[j + 1].lower())
+    return frozenset(names)
+
+
+def check_type_mismatch(toks: list[tuple[LogicalLine, list[str], list[str]]]) -> list[Mismatch]:
+    """At most one finding per line: the first string/number mix on it."""
+    declared = declared_names(toks)
+    out = []
+    for line, K, T in toks:
+        found = _Scan(K, T, declared).run()
+        if found:
+            out.append(Mismatch(line.first + 1, found.rstrip("; ")))
+    return out
