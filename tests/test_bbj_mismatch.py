@@ -39,6 +39,11 @@ def mismatches(code: str) -> list[str]:
         ("x = num(a$) + date(0)", "`num(a$) + date(0)` adds a string to a number"),
         ('print str(n + "1")', '`n + "1"` adds a string to a number'),  # inside a call's argument
         ("x = fnsum(1) + fnname$(2)", "adds a string to a number"),  # DEF FN kinds by their suffix
+        ("if a$ = 5 then print 1", "`a$ = 5` compares a string with a number"),  # = in a condition
+        ('sysgui = BBjAPI().openSysGui("X0")', "puts a BBj object into the number variable `sysgui`"),
+        ('w = sysgui!.addWindow(10,10,200,200,"x")', "an object variable's name ends with `!` (`w!`)"),
+        ("api$ = BBjAPI()", "puts a BBj object into the string variable `api$`"),
+        ("class public Inv\nclassend\ninv = new Inv()", "`inv = new Inv()` puts a BBj object"),
     ],
 )
 def test_string_and_number_mixed_are_caught(line, shown):
@@ -77,6 +82,14 @@ def test_string_and_number_mixed_are_caught(line, shown):
         "x = max(1, 2) * 3 + a[1]",
         "rem a$ = 5 is only a comment",
         'x = iff(a > 1, "big", 0)',  # functions of either kind: unknown
+        "lib$ = BBjAPI().getConfig().getCurrentCommandLine()",  # a chain ending in an unknown result
+        "hash$ = new String(b!)",  # BBj turns Java strings and numbers into its own
+        "x = new java.lang.Integer(5)",
+        "n = BBjAPI().getSysGui().getAvailableContext()",
+        "v! = BBjAPI().makeVector()",
+        "c = w!.getControl(5).getID()",
+        'if pos("x"=a$) then stop',  # POS's = inside its parentheses
+        "if num(a$,err=*next) = 5 then stop",
     ],
 )
 def test_plain_or_unknown_types_give_no_finding(line):

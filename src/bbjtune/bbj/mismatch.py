@@ -1,11 +1,13 @@
-"""String and number mixed where BBj cannot mix them: `"Total: " + total`, `name$ = 5`.
+"""String, number and object mixed where BBj cannot mix them: `"Total: " + total`, `name$ = 5`,
+`sysgui = BBjAPI().openSysGui("X0")`.
 
 BBj writes a value's type into its name: `x$` is a string, `x` and `x%` are numbers, `x!` an object.
 `+` joins two strings or adds two numbers, never one of each; `-`, `*`, `/` and `^` take numbers
-only; a comparison needs two values of one kind; an assignment needs a value of the variable's kind.
-Anything else stops the program with error 26 (type mismatch) when the line runs, although the line
-compiles (`bbjcpl -N` checks syntax, not types). Python and Java habits write it all the time
-(`print "Total: " + total`, `str$ = 5`).
+only; a comparison needs two values of one kind; an assignment needs a value of the variable's kind,
+and only an object variable (`!`) holds a BBj object. Anything else stops the program with error 26
+("String/Number Mismatch"; for objects "incompatible types in an assignment") when the line runs,
+although the line compiles (`bbjcpl -N` checks syntax, not types). Python and Java habits write it
+all the time (`print "Total: " + total`, `str$ = 5`, `fruit = BBjAPI().makeVector()`).
 
 Only values whose type is plain from the text take part, so a finding is always a real mismatch:
 - strings: string literals, hex strings `$0D0A$`, mnemonics `'CS'`, `@(col,row)`, names ending in `$`
@@ -13,22 +15,26 @@ Only values whose type is plain from the text take part, so a finding is always 
   and the builtin functions that return a string (`STR()`, `CHR()`, `DATE()`, ...);
 - numbers: numeric literals, names without a suffix or with `%` (`#count`, `a[i]`), `FNX()`, and the
   builtin functions that return a number (`LEN()`, `POS()`, `NUM()`, ...);
-- everything else is unknown and never reported: objects and their methods (`w!.getText()` gives a
-  string, but the table has no return types), Java classes (`String.valueOf()`), parenthesised
-  expressions, user functions of unknown kind, and the system variables that hold strings without a
-  `$` (`DAY`, `SSN`: a program may also name its own numeric variable so).
-`=` is checked only as an assignment at the start of a statement: elsewhere it is also the `NAME=value`
-of an option list (`read (ch,key=k$)`), where a bare name and a string meet legally.
+- BBj objects: `BBjAPI()`, a method on it or on an object whose name gives an API class
+  (`openSysGui`, `addWindow`, `makeVector`: the tier-2 API table), `new` of an API class or of the
+  program's own class (not of Java classes: BBj turns a java.lang.String into a string);
+- everything else is unknown and never reported: other methods (`w!.getText()` gives a string, but
+  the table has no return types), Java classes (`String.valueOf()`), parenthesised expressions, user
+  functions of unknown kind, names declared with a type (`field public BBjString subject`), and the
+  system variables that hold strings without a `$` (`DAY`, `SSN`: a program may own a number so named).
+`=` is checked as an assignment at the start of a statement and as the comparison of an IF, WHILE or
+UNTIL condition (outside parentheses); elsewhere it is also the `NAME=value` of an option list
+(`read (ch,key=k$)`), where a bare name and a string meet legally.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .api import body_start
+from .api import NOT_RESULT_TYPES, api_table, body_start
 from .lexer import LogicalLine
 
-STRING, NUMBER = "string", "number"
+STRING, NUMBER, OBJECT = "string", "number", "BBj object"
 # Builtin functions by the kind of value they return (the BBj language server's builtins reference).
 # Functions whose result depends on their arguments (AND, OR, XOR, NOT, IOR and IFF work on strings
 # and numbers alike) and those returning objects are left out.
@@ -47,7 +53,7 @@ NUMBER_FUNCTIONS = frozenset(
 COMPARISONS = frozenset({"<>", "<", ">", "<=", ">=", "=<", "=>", "><"})
 ARITHMETIC = frozenset({"-", "*", "/", "^"})
 # words that end a value without an operator in between (`if a$="x" then`, `for i=1 to n step 2`)
-NOT_VALUES = frozenset({"then", "else", "to", "step", "and", "or", "new", "cast", "declare", "let"})
+NOT_VALUES = frozenset({"then", "else", "to", "step", "and", "or", "cast", "declare", "let"})
 # A name declared with a type (FIELD, METHOD parameters, DECLARE) takes the declared type, whatever its
 # suffix: `field public BBjString subject` makes `#subject` a string. Numeric types keep a name numeric.
 DECLARING = frozenset({"field", "method", "declare"})
@@ -99,9 +105,17 @@ def _name_kind(name: str) -> str | None:
 class _Scan:
     """One logical line: each value's kind, checked where an operator meets two of them."""
 
-    def __init__(self, K: list[str], T: list[str], declared: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        K: list[str],
+        T: list[str],
+        declared: frozenset[str] = frozenset(),
+        classes: frozenset[str] = frozenset(),
+    ):
         self.K, self.T = K, T
         self.declared = declared  # names without a suffix declared with a non-numeric type
+        self.classes = classes  # the program's own CLASS names (lower case)
+        self.tests = self._conditions()  # indexes of the `=` that compare (IF a$ = "x" THEN)
         self.groups: list[tuple[int, int]] = []  # bracket contents to scan as expressions of their own
         self.found: str | None = None
 
@@ -126,7 +140,11 @@ class _Scan:
         low = T[i].lower()
         if low in NOT_VALUES:
             return None, i + 1
+        if low == "new" and K[i + 1] == "id":
+            return self._new(i + 1)
         j, dotted, objects, last = i + 1, False, T[i][-1] in "!@", T[i]
+        api = low == "bbjapi" and K[i + 1] == "(" and K[i + 2] == ")"  # BBjAPI(): the API object
+        method = ""  # the chain's last method, when the chain ends with a call
         while True:
             if K[j] in ("(", "["):
                 j = self._group(j)
@@ -134,9 +152,17 @@ class _Scan:
                 dotted, last = True, T[j + 1]
                 # an object's field or method, or a Java class's: the table has no return types
                 objects = objects or last[-1] in "!@" or (K[j + 2] == "(" and last[-1] != "$")
+                method = last if K[j + 2] == "(" else ""
                 j += 2
             else:
                 break
+        if api and (not dotted or method) and K[j - 1] == ")":
+            # BBjAPI() itself, or a chain on it that ends in a method whose name gives an API class
+            # (openSysGui -> BBjSysGui, makeVector -> BBjVector, addWindow -> BBjWindow)
+            if not dotted or api_table().result_type("", method):
+                return OBJECT, j
+        if objects and method and K[j - 1] == ")" and api_table().result_type("", method):
+            return OBJECT, j
         kind = _name_kind(last)
         if kind == STRING:
             return STRING, j
@@ -152,6 +178,43 @@ class _Scan:
             return None, j  # string system variables, or a program's own number of that name
         return NUMBER, j
 
+    def _new(self, i: int) -> tuple[str | None, int]:
+        """`new Class(...)` at i (the class name): an object of a BBj API class or of the program's own
+        class. Java classes are left out: BBj turns a java.lang.String into a string, and so on."""
+        K, T = self.K, self.T
+        j, name = i + 1, T[i]
+        while K[j] == "." and K[j + 1] == "id":
+            name, j = T[j + 1], j + 2
+        if K[j] != "(":
+            return None, j
+        j = self._group(j)
+        if K[j] in (".", "(", "["):
+            return None, j  # a call on the new object: its result is unknown
+        plain = name.rstrip("@")
+        own = plain.lower() in self.classes or api_table().canonical(plain) is not None
+        return (OBJECT if own and plain.lower() not in NOT_RESULT_TYPES else None), j
+
+    def _conditions(self) -> set[int]:
+        """The `=` at bracket depth 0 in the condition of an IF, WHILE or UNTIL: a comparison there."""
+        K, T = self.K, self.T
+        out, cond, depth = set(), False, 0
+        for j, k in enumerate(K):
+            if (
+                k == "id"
+                and T[j].lower() in ("if", "while", "until")
+                and (j == body_start(K, T) or K[j - 1] == ";")
+            ):
+                cond, depth = True, 0
+            elif k == "id" and T[j].lower() in ("then", "else") or k in (";", "eol"):
+                cond = False
+            elif k in ("(", "["):
+                depth += 1
+            elif k in (")", "]"):
+                depth -= 1
+            elif k == "=" and cond and depth == 0:
+                out.add(j)
+        return out
+
     def _group(self, i: int) -> int:
         end = _close(self.K, i)
         self.groups.append((i + 1, end - 1))
@@ -163,7 +226,9 @@ class _Scan:
         i, left, op = lo, None, None  # left: (kind, text) of the value before the operator
         while i < hi and K[i] != "eol":
             k = K[i]
-            if k in ("+", *ARITHMETIC, *COMPARISONS) and left is not None and op is None:
+            if k == "=" and i in self.tests and left is not None and op is None:
+                k = "=="  # the comparison of an IF/WHILE/UNTIL condition
+            if k in ("+", "==", *ARITHMETIC, *COMPARISONS) and left is not None and op is None:
                 op = k
                 i += 1
                 continue
@@ -185,7 +250,7 @@ class _Scan:
 
     @staticmethod
     def _verdict(a: str | None, op: str, b: str | None, a_text: str, b_text: str) -> str | None:
-        if a is None or b is None:
+        if a is None or b is None or OBJECT in (a, b):
             return None
         if op == "+" and a != b:
             return (
@@ -195,7 +260,8 @@ class _Scan:
         if op in ARITHMETIC and STRING in (a, b):
             text = a_text if a == STRING else b_text
             return f"`{op}` needs numbers, and `{text}` is a string: BBj stops with error 26 (type mismatch); use NUM() to read a number from text"
-        if op in COMPARISONS and a != b:
+        if (op in COMPARISONS or op == "==") and a != b:
+            op = "=" if op == "==" else op
             return (
                 f"`{a_text} {op} {b_text}` compares a {a} with a {b}: BBj stops with error 26 (type mismatch)"
             )
@@ -221,7 +287,14 @@ class _Scan:
             if target is None or K[j] != "=":
                 continue
             value, end = self._statement_value(j + 1)
-            if value is not None and value != target:
+            if value == OBJECT:
+                shown = f"{_show(T[s:j])} = {_show(T[j + 1 : end])}"
+                name = T[s].rstrip("$%")
+                self.found = (
+                    f"`{shown}` puts a BBj object into the {target} variable `{T[s]}`: BBj stops with error 26 "
+                    f"(type mismatch); an object variable's name ends with `!` (`{name}!`)"
+                )
+            elif value is not None and value != target:
                 shown = f"{_show(T[s:j])} = {_show(T[j + 1 : end])}"
                 self.found = (
                     f"`{shown}` puts a {value} into the {target} variable `{T[s]}`: BBj stops with error 26 "
@@ -268,26 +341,33 @@ class _Scan:
         return self.found
 
 
-def declared_names(toks: list[tuple[LogicalLine, list[str], list[str]]]) -> frozenset[str]:
-    """Names without a suffix that a FIELD, METHOD or DECLARE line gives a non-numeric type."""
-    names = set()
+def declared_names(
+    toks: list[tuple[LogicalLine, list[str], list[str]]],
+) -> tuple[frozenset[str], frozenset[str]]:
+    """Names without a suffix that a FIELD, METHOD or DECLARE line gives a non-numeric type; and the
+    names of the program's own classes (all lower case)."""
+    names, classes = set(), set()
     for _line, K, T in toks:
         start = body_start(K, T)
+        if K[start] == "id" and T[start].lower() in ("class", "interface"):
+            classes.update(T[j].lower() for j in range(start + 1, len(K)) if K[j] == "id")
         if K[start] != "id" or T[start].lower() not in DECLARING:
             continue
         for j in range(start + 1, len(K) - 1):
             if K[j] == "id" and K[j + 1] == "id" and T[j + 1][-1] not in "$%!@":
                 if T[j].lower() not in NUMERIC_TYPES:
                     names.add(T[j + 1].lower())
-    return frozenset(names)
+    return frozenset(names), frozenset(
+        classes - {"public", "private", "protected", "static", "extends", "implements"}
+    )
 
 
 def check_type_mismatch(toks: list[tuple[LogicalLine, list[str], list[str]]]) -> list[Mismatch]:
     """At most one finding per line: the first string/number mix on it."""
-    declared = declared_names(toks)
+    declared, classes = declared_names(toks)
     out = []
     for line, K, T in toks:
-        found = _Scan(K, T, declared).run()
+        found = _Scan(K, T, declared, classes).run()
         if found:
             out.append(Mismatch(line.first + 1, found.rstrip("; ")))
     return out

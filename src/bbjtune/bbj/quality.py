@@ -5,8 +5,9 @@ developer sees at once; these checks find the common ones in model answers:
   API does not have, or with an impossible number of arguments (see `api.py`);
 - `undefined-label`: GOTO/GOSUB/EXITTO/SETERR/SETESC/ON..GOTO targets, ERR=/END=/DOM= options,
   CALLBACK(...) and setCallback(event, "label") targets that no label in the code answers;
-- `type-mismatch`: a string and a number mixed where BBj stops with error 26: `"Total: " + total`,
-  `name$ = 5`, `n < "5"` (see `mismatch.py`; only values whose type the text makes plain);
+- `type-mismatch`: a string, a number or a BBj object mixed where BBj stops with error 26:
+  `"Total: " + total`, `name$ = 5`, `n < "5"`, `sysgui = BBjAPI().openSysGui("X0")` (see
+  `mismatch.py`; only values whose type the text makes plain);
 - `no-statement`: code with no executable statement (only REM lines);
 - `repetition`: the same line or block repeated over and over (a model running to its token limit);
 - `generation-mismatch`: the suite's `must_not` patterns, and for a known BBj generation the
