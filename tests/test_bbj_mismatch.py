@@ -135,3 +135,79 @@ def test_real_programs_and_the_language_servers_type_tests():
     assert len(targets) == 7
     for path in targets:
         assert len(mismatches(path.read_text())) == 1, path
+
+
+@pytest.mark.parametrize(
+    "line, shown",
+    [
+        ('x$ = str(n, "###", 3, 1)', "STR() takes 1 to 2 arguments, not 4"),
+        ("x$ = cvs(a$)", "CVS() takes 2 arguments, not 1"),
+        ("x$ = ath()", "ATH() takes 1 argument, not 0"),
+        ("x = max()", "MAX() takes at least 1 argument, not 0"),
+        ('d$ = date("YYYY-MM-DD")', 'argument 1 of DATE() is a number, and `"YYYY-MM-DD"` is a string'),
+        ("x$ = cvs(whse, 3)", "argument 1 of CVS() is a string, and `whse` is a number"),
+        ("print hta(abs(4.5))", "argument 1 of HTA() is a string, and `abs(4.5)` is a number"),
+    ],
+)
+def test_builtin_functions_get_possible_argument_counts_and_kinds(line, shown):
+    found = check_type_mismatch(tokenized(logical_lines(split_physical_lines(line))))
+    assert len(found) == 1 and shown in found[0].message, found
+    assert found[0].rule == ("bad-arity" if "takes" in shown else "type-mismatch")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "x = max(1, 2, 3, 4, 5)",  # MAX takes any number
+        'x$ = ath("8", err=*next)',  # NAME=value options are not arguments
+        'r = msgbox("Hello!", "IconInfo", "Greetings", MODE="theme=primary")',  # documented `expr`
+        'x$ = date(0:"%Y-%Mz-%Dz")',
+        "size = dec(fin(ch)(1,4))",  # FIN(ch), then a substring of its result
+        'chanopt (1,mode="123") "BAUD=9600"',  # the CHANOPT verb, not the function
+        "methodret (a! <> null()) and (b! <> null())",  # the AND operator, not AND()
+        "x$ = and(a$, $7F$)",
+        "library\nASC(param:string, ERR?:lineref): int",  # a library's declarations are not calls
+    ],
+)
+def test_builtin_calls_that_are_fine(line):
+    assert check_type_mismatch(tokenized(logical_lines(split_physical_lines(line)))) == []
+
+
+@pytest.mark.skipif(not (CORPUS / "language-server").is_dir(), reason="../shared/bbj-corpus is not present")
+def test_the_language_servers_builtin_call_tests():
+    """Its validation-function-calls tests: no valid one flagged; of those it flags, all but ADJN("2")
+    (ADJN's argument is documented `val`, so its kind is left unknown) are caught."""
+    import json
+
+    root = CORPUS / "language-server"
+    missed, false = [], []
+    for line in (root / "index.jsonl").read_text(encoding="utf-8").splitlines():
+        test = json.loads(line)
+        if not test["id"].startswith("validation-function-calls/"):
+            continue
+        code = (root / test["path"]).read_text(encoding="utf-8")
+        flagged = [f for f in check_quality(code) if f.severity == "error"]
+        if test["label"] == "valid" and flagged:
+            false.append(code)
+        if test["label"] == "invalid-semantic" and not flagged:
+            missed.append(code.strip())
+    assert false == []
+    assert missed == ['? ADJN("2")']
+
+
+def test_the_builtins_table_is_what_the_build_script_makes_of_the_reference():
+    source = CORPUS / "language-server" / "builtins" / "functions.bbl"
+    if not source.exists():
+        pytest.skip("../shared/bbj-corpus is not present")
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location(
+        "build_builtins_table", Path(__file__).resolve().parents[1] / "benchmarks" / "build_builtins_table.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    built = module.build(source.read_text(encoding="utf-8"))
+    assert built == json.loads(module.OUT.read_text(encoding="utf-8"))
+    assert built["functions"]["MAX"]["variadic"] and not built["functions"]["ABS"]["variadic"]
+    assert built["functions"]["MSGBOX"]["options"] == ["MODE", "TIM", "ERR"]

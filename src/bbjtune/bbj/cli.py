@@ -61,7 +61,8 @@ Tier2Opt = Annotated[
     typer.Option(
         "--tier2",
         help="Also run the checks beyond syntax (as clean@k does): BBjAPI methods that do not "
-        "exist or get an impossible number of arguments, strings, numbers and objects mixed (error 26), undefined labels, "
+        "exist or get an impossible number of arguments, builtin functions with impossible arguments, strings, "
+        "numbers and objects mixed (error 26), undefined labels, "
         "no statement, runaway repetition.",
     ),
 ]

@@ -22,6 +22,12 @@ Only values whose type is plain from the text take part, so a finding is always 
   the table has no return types), Java classes (`String.valueOf()`), parenthesised expressions, user
   functions of unknown kind, names declared with a type (`field public BBjString subject`), and the
   system variables that hold strings without a `$` (`DAY`, `SSN`: a program may own a number so named).
+Builtin function calls are checked the same way against the language server's builtins reference
+(builtins_table.json): the number of positional arguments (`NAME=value` options such as `ERR=` do
+not count; MAX() and MIN() take any number), and each argument's kind where the declared type and
+the name the doc's syntax line gives it agree (`ATH(string)`, `ABS(num)`; MSGBOX's second argument is
+declared a number but documented `expr`, so it is not checked). A builtin's name that starts a
+statement is the verb (`CHANOPT (1,MODE="x")`), and a library file's declarations are not calls.
 `=` is checked as an assignment at the start of a statement and as the comparison of an IF, WHILE or
 UNTIL condition (outside parentheses); elsewhere it is also the `NAME=value` of an option list
 (`read (ch,key=k$)`), where a bare name and a string meet legally.
@@ -29,27 +35,25 @@ UNTIL condition (outside parentheses); elsewhere it is also the `NAME=value` of 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from .api import NOT_RESULT_TYPES, api_table, body_start
 from .lexer import LogicalLine
+from .library import is_library
 
 STRING, NUMBER, OBJECT = "string", "number", "BBj object"
-# Builtin functions by the kind of value they return (the BBj language server's builtins reference).
-# Functions whose result depends on their arguments (AND, OR, XOR, NOT, IOR and IFF work on strings
-# and numbers alike) and those returning objects are left out.
-STRING_FUNCTIONS = frozenset(
-    "adjn argv ath bin chanopt chr clientenv cliptostr cpl crc crc16 ctrl cvs date decrypt dims dir dsk "
-    "encrypt env errmes fattr fbin fid field fileopen fileopt filesave fill fin gap hsh hta info keyf "
-    "key keyl keyn keyp keyr kgen linfo lrc lst menuinfo notice noticetpl pad pck pgm prompt "
-    "pub resfirst resget resinfo resnext sendmsg serverenv seval sqlerr sqlfetch sqllist sqltables "
-    "sqltmpl ssort stbl str swap tbl tmpl tsk winfirst wininfo winnext xfid xfin xkgen xssort".split()
-)
-NUMBER_FUNCTIONS = frozenset(
-    "abs asc atn bsz clipisformat clipregformat cos cvt dec ept err fdec fpt hsa ind int jul lcheckout "
-    "len levenshtein log mask max min mod msgbox neval nfield num pos resopen rnd round scall sgn sin sqr "
-    "ssz tcb topen upk".split()
-)
+# Builtin functions (the BBj language server's builtins reference, builtins_table.json): parameters,
+# named options and the kind of value returned. AND, OR, XOR, NOT, IOR and IFF work on strings and
+# numbers alike, so their results are left unknown.
+BUILTINS: dict[str, dict] = json.loads(
+    Path(__file__).with_name("builtins_table.json").read_text(encoding="utf-8")
+)["functions"]
+KINDS = {"string": STRING, "char": STRING, "num": NUMBER, "int": NUMBER}
+EITHER_KIND = frozenset({"AND", "OR", "XOR", "NOT", "IOR", "IFF"})
+RESULTS = {name.lower(): KINDS.get(f["returns"]) for name, f in BUILTINS.items() if name not in EITHER_KIND}
+VALUE_ENDS = frozenset({"id", "num", "str", "hex", "mnem", ")", "]"})
 COMPARISONS = frozenset({"<>", "<", ">", "<=", ">=", "=<", "=>", "><"})
 ARITHMETIC = frozenset({"-", "*", "/", "^"})
 # words that end a value without an operator in between (`if a$="x" then`, `for i=1 to n step 2`)
@@ -66,6 +70,7 @@ NUMERIC_TYPES = frozenset(
 class Mismatch:
     line: int  # physical line, 1-based
     message: str
+    rule: str = "type-mismatch"  # or bad-arity: a builtin function called with an impossible argument count
 
 
 def _close(K: list[str], i: int) -> int:
@@ -93,6 +98,12 @@ def _show(tokens: list[str]) -> str:
     return out
 
 
+def _doc_kind(name: str) -> str | None:
+    """The kind a doc's syntax line gives an argument by its name: str1 -> string, intA -> number."""
+    low = name.lower()
+    return STRING if low.startswith("str") else NUMBER if low.startswith(("int", "num")) else None
+
+
 def _name_kind(name: str) -> str | None:
     suffix = name[-1]
     if suffix == "$":
@@ -116,8 +127,11 @@ class _Scan:
         self.declared = declared  # names without a suffix declared with a non-numeric type
         self.classes = classes  # the program's own CLASS names (lower case)
         self.tests = self._conditions()  # indexes of the `=` that compare (IF a$ = "x" THEN)
+        # statement starts: a builtin's name there is the verb (`CHANOPT (1,MODE="x")"..."`)
+        self.starts = {body_start(K, T)} | {j + 1 for j, k in enumerate(K) if k == ";"}
         self.groups: list[tuple[int, int]] = []  # bracket contents to scan as expressions of their own
         self.found: str | None = None
+        self.rule = "type-mismatch"
 
     def value(self, i: int) -> tuple[str | None, int]:
         """The kind of the value that starts at i, and the index after it."""
@@ -138,16 +152,18 @@ class _Scan:
         if k != "id":
             return None, i + 1
         low = T[i].lower()
-        if low in NOT_VALUES:
+        if low in NOT_VALUES and not (low in ("and", "or") and self._function_word(i)):
             return None, i + 1
         if low == "new" and K[i + 1] == "id":
             return self._new(i + 1)
         j, dotted, objects, last = i + 1, False, T[i][-1] in "!@", T[i]
         api = low == "bbjapi" and K[i + 1] == "(" and K[i + 2] == ")"  # BBjAPI(): the API object
         method = ""  # the chain's last method, when the chain ends with a call
+        call_end = 0  # where the name's own argument list ends: fin(ch)(1,4) is FIN(ch), then a substring
         while True:
             if K[j] in ("(", "["):
                 j = self._group(j)
+                call_end = call_end or j
             elif K[j] == "." and K[j + 1] == "id":
                 dotted, last = True, T[j + 1]
                 # an object's field or method, or a Java class's: the table has no return types
@@ -173,7 +189,9 @@ class _Scan:
         if K[i + 1] == "(":
             if low.startswith("fn"):
                 return kind, j  # DEF FNX(...) returns a number, FNX$ a string
-            return (STRING if low in STRING_FUNCTIONS else NUMBER if low in NUMBER_FUNCTIONS else None), j
+            if low.upper() in BUILTINS and self.found is None and i not in self.starts:
+                self._call(T[i].upper(), i + 1, call_end - 1)
+            return RESULTS.get(low), j
         if low in ("day", "ssn", "chn", "opts", "pfx", "rev", "sqlchn", "sys"):
             return None, j  # string system variables, or a program's own number of that name
         return NUMBER, j
@@ -193,6 +211,56 @@ class _Scan:
         plain = name.rstrip("@")
         own = plain.lower() in self.classes or api_table().canonical(plain) is not None
         return (OBJECT if own and plain.lower() not in NOT_RESULT_TYPES else None), j
+
+    def _function_word(self, i: int) -> bool:
+        """Whether AND/OR at i is the function (`AND(a$,b$)`), not the operator (`x > 1 and (y < 2)`):
+        the function stands where a value starts, the operator after one."""
+        return self.K[i + 1] == "(" and (i == 0 or self.K[i - 1] not in VALUE_ENDS)
+
+    def _call(self, name: str, lo: int, hi: int) -> None:
+        """A builtin function's call, its parentheses at lo and hi: the number of positional
+        arguments (NAME=value options do not count) and the kind of each one whose kind is plain."""
+        K, T = self.K, self.T
+        spec = BUILTINS[name]
+        args, start, depth = [], lo + 1, 0
+        for j in range(lo + 1, hi + 1):
+            if K[j] in ("(", "["):
+                depth += 1
+            elif K[j] in (")", "]") and depth:
+                depth -= 1
+            elif (K[j] == "," and depth == 0) or j == hi:
+                if j > start or K[j] == ",":
+                    args.append((start, j))
+                start = j + 1
+        positional = [
+            (a, b)
+            for a, b in args
+            if not (K[a] == "id" and K[a + 1] == "=" and T[a].upper() in spec["options"])
+        ]
+        params, n = spec["params"], len(positional)
+        least, most = sum(not optional for _, optional, _doc in params), len(params)
+        if n < least or (n > most and not spec["variadic"]):
+            takes = (
+                f"at least {least}"
+                if spec["variadic"]
+                else f"{least}"
+                if least == most
+                else f"{least} to {most}"
+            )
+            self.rule = "bad-arity"
+            self.found = f"{name}() takes {takes} argument{'' if takes.endswith(' 1') or takes == '1' else 's'}, not {n}"
+            return
+        for k, ((a, b), (ptype, _, doc)) in enumerate(zip(positional, params), 1):
+            # only where the declared type and the doc's name for the argument agree (MSGBOX's
+            # options are declared a number but documented `expr`, and take "IconInfo" too)
+            expected = KINDS.get(ptype) if _doc_kind(doc) == KINDS.get(ptype) else None
+            kind, _end = self._statement_value(a, b)
+            if expected and kind in (STRING, NUMBER) and kind != expected:
+                self.found = (
+                    f"argument {k} of {name}() is a {expected}, and `{_show(T[a:b])}` is a {kind}: "
+                    "BBj stops with error 26 (type mismatch)"
+                )
+                return
 
     def _conditions(self) -> set[int]:
         """The `=` at bracket depth 0 in the condition of an IF, WHILE or UNTIL: a comparison there."""
@@ -306,16 +374,17 @@ class _Scan:
                     )
                 )
 
-    def _statement_value(self, i: int) -> tuple[str | None, int]:
+    def _statement_value(self, i: int, hi: int | None = None) -> tuple[str | None, int]:
         """The kind of an assignment's value: a comparison or AND/OR anywhere in it makes a number;
         else the kind of its first value, when every value is of that kind."""
         K, T = self.K, self.T
         kinds, j, compared = [], i, False
         groups = len(self.groups)
-        while K[j] not in ("eol", ";", ","):
+        while K[j] not in ("eol", ";", ",") and (hi is None or j < hi):
             if K[j] == "id" and T[j].lower() in ("else", "then"):
                 break
-            if K[j] in COMPARISONS or K[j] == "=" or (K[j] == "id" and T[j].lower() in ("and", "or")):
+            word_op = K[j] == "id" and T[j].lower() in ("and", "or") and not self._function_word(j)
+            if K[j] in COMPARISONS or K[j] == "=" or word_op:
                 compared = True
                 j += 1
                 continue
@@ -364,10 +433,13 @@ def declared_names(
 
 def check_type_mismatch(toks: list[tuple[LogicalLine, list[str], list[str]]]) -> list[Mismatch]:
     """At most one finding per line: the first string/number mix on it."""
+    if is_library([line for line, _K, _T in toks]):
+        return []  # declarations of builtins, not code
     declared, classes = declared_names(toks)
     out = []
     for line, K, T in toks:
-        found = _Scan(K, T, declared, classes).run()
+        scan = _Scan(K, T, declared, classes)
+        found = scan.run()
         if found:
-            out.append(Mismatch(line.first + 1, found.rstrip("; ")))
+            out.append(Mismatch(line.first + 1, found.rstrip("; "), scan.rule))
     return out

@@ -2,12 +2,13 @@
 developer sees at once; these checks find the common ones in model answers:
 
 - `unknown-method`, `bad-arity`: calls on BBjAPI objects (and the program's own classes) that the
-  API does not have, or with an impossible number of arguments (see `api.py`);
+  API does not have, or with an impossible number of arguments (see `api.py`); `bad-arity` also for
+  builtin functions (`STR(n,"###",3)`, `CVS(a$)`; the language server's builtins reference);
 - `undefined-label`: GOTO/GOSUB/EXITTO/SETERR/SETESC/ON..GOTO targets, ERR=/END=/DOM= options,
   CALLBACK(...) and setCallback(event, "label") targets that no label in the code answers;
 - `type-mismatch`: a string, a number or a BBj object mixed where BBj stops with error 26:
-  `"Total: " + total`, `name$ = 5`, `n < "5"`, `sysgui = BBjAPI().openSysGui("X0")` (see
-  `mismatch.py`; only values whose type the text makes plain);
+  `"Total: " + total`, `name$ = 5`, `n < "5"`, `sysgui = BBjAPI().openSysGui("X0")`,
+  `date("YYYY-MM-DD")` (see `mismatch.py`; only values whose type the text makes plain);
 - `no-statement`: code with no executable statement (only REM lines);
 - `repetition`: the same line or block repeated over and over (a model running to its token limit);
 - `generation-mismatch`: the suite's `must_not` patterns, and for a known BBj generation the
@@ -120,7 +121,7 @@ def check_quality(code: str, *, generation: str | None = None, must_not: Sequenc
             )
         findings += _label_findings(toks)
         findings += [Finding(p.rule, p.line, p.message, p.severity) for p in check_api_calls(lines)]
-        findings += [Finding("type-mismatch", m.line, m.message) for m in check_type_mismatch(toks)]
+        findings += [Finding(m.rule, m.line, m.message) for m in check_type_mismatch(toks)]
         findings += _repetition(lines)
     findings += _pattern_findings(code, generation, must_not)
     return sorted(findings, key=lambda f: (f.line, f.rule))
