@@ -10,6 +10,19 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def benchmark_module(name: str):
+    """A script of benchmarks/ imported as a module (registered in sys.modules, which dataclasses need)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 SHARED_CORPUS = REPO_ROOT.parent / "shared" / "bbj-corpus"
 
 

@@ -199,14 +199,11 @@ def test_the_builtins_table_is_what_the_build_script_makes_of_the_reference():
     source = CORPUS / "language-server" / "builtins" / "functions.bbl"
     if not source.exists():
         pytest.skip("../shared/bbj-corpus is not present")
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location(
-        "build_builtins_table", Path(__file__).resolve().parents[1] / "benchmarks" / "build_builtins_table.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from conftest import benchmark_module
+
+    module = benchmark_module("build_builtins_table")
     built = module.build(source.read_text(encoding="utf-8"))
     assert built == json.loads(module.OUT.read_text(encoding="utf-8"))
     assert built["functions"]["MAX"]["variadic"] and not built["functions"]["ABS"]["variadic"]

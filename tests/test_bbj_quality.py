@@ -296,13 +296,9 @@ def test_the_table_is_what_the_build_script_makes_of_the_index():
     index = CORPUS / "language-server" / "api" / "bbjapi-index.json"
     if not index.exists():
         pytest.skip("../shared/bbj-corpus is not present")
-    import importlib.util
+    from conftest import benchmark_module
 
-    spec = importlib.util.spec_from_file_location(
-        "build_api_table", Path(__file__).resolve().parents[1] / "benchmarks" / "build_api_table.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = benchmark_module("build_api_table")
     built = module.build(json.loads(index.read_text(encoding="utf-8")))
     shipped = json.loads(module.OUT.read_text(encoding="utf-8"))
     assert built == shipped

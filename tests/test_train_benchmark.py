@@ -70,12 +70,9 @@ def test_throughput_smoke(tmp_path):
 
 
 def test_the_table_says_which_rows_ran_without_checkpointing():
-    spec = importlib.util.spec_from_file_location(
-        "train_throughput", REPO_ROOT / "benchmarks" / "train_throughput.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # its dataclasses look their module up there
-    spec.loader.exec_module(bench)
+    from conftest import benchmark_module
+
+    bench = benchmark_module("train_throughput")
     common = {"group": "mix", "status": "ok", "peak_allocated_gib": 17.0, "mfu": 0.3}
     rows = [
         {**common, "path": "unsloth-packed", "tokens_per_s": 7000.0, "useful_tokens_per_s": 7000.0},
