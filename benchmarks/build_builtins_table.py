@@ -21,7 +21,9 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parents[1] / "src" / "bbjtune" / "bbj" / "builtins_table.json"
 BLOCK_RE = re.compile(r"^/@@[ \t]*\n(?P<doc>.*?)\n@/[ \t]*\n(?P<decl>[^\n]+)", re.MULTILINE | re.DOTALL)
 DECL_RE = re.compile(r"^(?P<name>[A-Za-z_]\w*)\s*\((?P<params>[^)]*)\)\s*:\s*(?P<returns>\w+)\s*$")
-PARAM_RE = re.compile(r"^(?P<name>[A-Za-z_]\w*)\s*(?P<optional>\?)?\s*(?P<named>!)?\s*(?::\s*(?P<type>\w+))?$")
+PARAM_RE = re.compile(
+    r"^(?P<name>[A-Za-z_]\w*)\s*(?P<optional>\?)?\s*(?P<named>!)?\s*(?::\s*(?P<type>\w+))?$"
+)
 
 
 def syntax_names(syntax: str) -> list[str]:
@@ -33,7 +35,12 @@ def syntax_names(syntax: str) -> list[str]:
     names = []
     for piece in inner.replace("{", "").replace("}", "").split(","):
         piece = piece.strip().split(":")[0].strip()
-        if not piece or "=" in piece or piece == "..." or (piece.isupper() and piece.isalpha() and len(piece) > 2):
+        if (
+            not piece
+            or "=" in piece
+            or piece == "..."
+            or (piece.isupper() and piece.isalpha() and len(piece) > 2)
+        ):
             continue
         names.append(piece)
     return names
@@ -74,7 +81,9 @@ def build(text: str) -> dict:
 def main(argv: list[str]) -> int:
     source = Path(argv[0] if argv else "../shared/bbj-corpus/language-server/builtins/functions.bbl")
     if not source.is_file():
-        print(f"{source}: not found (pass the functions.bbl of the language server's builtins)", file=sys.stderr)
+        print(
+            f"{source}: not found (pass the functions.bbl of the language server's builtins)", file=sys.stderr
+        )
         return 2
     table = build(source.read_text(encoding="utf-8"))
     OUT.write_text(json.dumps(table, indent=1, sort_keys=False) + "\n", encoding="utf-8")
