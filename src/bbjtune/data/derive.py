@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bbjtune.bbj.api import api_table
 from bbjtune.data.cpt import SourceProblem, decode_source
 
 METHOD_RE = re.compile(r"^\s*method\s+(?P<sig>.*)$", re.IGNORECASE)
@@ -400,8 +401,6 @@ def api_pairs(system: str) -> list[dict]:
     a class has and how many arguments each takes, so that a model learns the names that exist
     instead of inventing `addBbjEditBox` or `BBjAPI().openWindow()`. Right by construction: names and
     argument counts only, as the table has no descriptions."""
-    from bbjtune.bbj.api import api_table
-
     table = api_table()
     out: list[dict] = []
     for name in sorted(table.classes):
