@@ -197,7 +197,7 @@ def _counts(counts: set[int]) -> str:
     return text + (" argument" if ordered == [1] else " arguments")
 
 
-def _close(K: list[str], i: int) -> int:
+def bracket_end(K: list[str], i: int) -> int:
     """Index just after the bracket that closes the one at i (or the end of the line)."""
     depth = 0
     while K[i] != "eol":
@@ -317,7 +317,7 @@ class Program:
         if ret and ret.lower() != "void":
             cls.returns[name.lower()] = ret
         # parameter types: `Type name` pairs inside the parentheses
-        end = _close(K, k)
+        end = bracket_end(K, k)
         p = k + 1
         while p < end - 1:
             ptype, q = _type_at(K, T, p)
@@ -360,7 +360,7 @@ class Program:
         found: dict[str, str] = {}
         for n, (_line, K, T) in enumerate(self.lines):
             self.scope = self.scopes[n]
-            for start in _statement_starts(K, T):
+            for start in statement_starts(K, T):
                 i = start
                 if K[i] == "num" and i == 0:
                     i += 1
@@ -400,12 +400,12 @@ class Program:
         if low == "new":
             name, j = _type_at(K, T, i + 1)
             if name and K[j] == "(":
-                return self._class_name(name), _close(K, j)
+                return self._class_name(name), bracket_end(K, j)
             return None, i
         if low == "cast" and K[i + 1] == "(":
             name, j = _type_at(K, T, i + 2)
             if name and K[j] == ",":
-                return self._class_name(name), _close(K, i + 1)
+                return self._class_name(name), bracket_end(K, i + 1)
             return None, i
         if K[i + 1] == "(":
             return None, i  # a function call or an array
@@ -461,8 +461,8 @@ class Program:
             if allowed is not None and problems is not None:
                 self._check(allowed, typ, name, n_args, problems, line)
             if allowed is None or name.lower() not in allowed:
-                return None, _close(K, i + 2)
-            typ, i = self.result(typ, name), _close(K, i + 2)
+                return None, bracket_end(K, i + 2)
+            typ, i = self.result(typ, name), bracket_end(K, i + 2)
         return typ, i
 
     def _result_by_name(self, K, T, i: int) -> tuple[str | None, int]:
@@ -478,7 +478,7 @@ class Program:
         if low not in self.api.method_names or any(low in own.methods for own in self.own.values()):
             return None, i
         typ = self.api.result_type("", low)
-        return (typ, _close(K, i + 2)) if typ else (None, i)
+        return (typ, bracket_end(K, i + 2)) if typ else (None, i)
 
     def _check(self, allowed, typ: str, name: str, n_args: int, problems: list, line) -> None:
         self.calls_checked += 1
@@ -548,7 +548,7 @@ def body_start(K: list[str], T: list[str]) -> int:
     return i
 
 
-def _statement_starts(K: list[str], T: list[str]) -> list[int]:
+def statement_starts(K: list[str], T: list[str]) -> list[int]:
     """Indexes where the statements of a line start (after ';' outside brackets, THEN, ELSE)."""
     starts, depth = [0], 0
     for i, k in enumerate(K):

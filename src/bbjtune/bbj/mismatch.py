@@ -35,11 +35,12 @@ UNTIL condition (outside parentheses); elsewhere it is also the `NAME=value` of 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .api import NOT_RESULT_TYPES, api_table, body_start
+from .api import NOT_RESULT_TYPES, api_table, body_start, bracket_end, statement_starts
 from .lexer import LogicalLine
 from .library import is_library
 
@@ -47,12 +48,21 @@ STRING, NUMBER, OBJECT = "string", "number", "BBj object"
 # Builtin functions (the BBj language server's builtins reference, builtins_table.json): parameters,
 # named options and the kind of value returned. AND, OR, XOR, NOT, IOR and IFF work on strings and
 # numbers alike, so their results are left unknown.
-BUILTINS: dict[str, dict] = json.loads(
-    Path(__file__).with_name("builtins_table.json").read_text(encoding="utf-8")
-)["functions"]
 KINDS = {"string": STRING, "char": STRING, "num": NUMBER, "int": NUMBER}
 EITHER_KIND = frozenset({"AND", "OR", "XOR", "NOT", "IOR", "IFF"})
-RESULTS = {name.lower(): KINDS.get(f["returns"]) for name, f in BUILTINS.items() if name not in EITHER_KIND}
+
+
+@functools.lru_cache(maxsize=1)
+def builtins() -> tuple[dict[str, dict], dict[str, str | None]]:
+    """The builtin functions by upper-case name, and the kind each returns by lower-case name (read on
+    first use, not at import)."""
+    table = json.loads(Path(__file__).with_name("builtins_table.json").read_text(encoding="utf-8"))[
+        "functions"
+    ]
+    results = {name.lower(): KINDS.get(f["returns"]) for name, f in table.items() if name not in EITHER_KIND}
+    return table, results
+
+
 VALUE_ENDS = frozenset({"id", "num", "str", "hex", "mnem", ")", "]"})
 COMPARISONS = frozenset({"<>", "<", ">", "<=", ">=", "=<", "=>", "><"})
 ARITHMETIC = frozenset({"-", "*", "/", "^"})
@@ -71,21 +81,6 @@ class Mismatch:
     line: int  # physical line, 1-based
     message: str
     rule: str = "type-mismatch"  # or bad-arity: a builtin function called with an impossible argument count
-
-
-def _close(K: list[str], i: int) -> int:
-    """Index after the bracket group that opens at i (or the end of the line when it never closes)."""
-    depth = 0
-    for j in range(i, len(K)):
-        if K[j] in ("(", "["):
-            depth += 1
-        elif K[j] in (")", "]"):
-            depth -= 1
-            if depth == 0:
-                return j + 1
-        elif K[j] == "eol":
-            return j
-    return len(K) - 1
 
 
 def _show(tokens: list[str]) -> str:
@@ -126,9 +121,10 @@ class _Scan:
         self.K, self.T = K, T
         self.declared = declared  # names without a suffix declared with a non-numeric type
         self.classes = classes  # the program's own CLASS names (lower case)
+        # where the statements start (after a line number and label, `;`, THEN, ELSE): a builtin's name
+        # there is the verb (`CHANOPT (1,MODE="x")"..."`), and assignments and conditions start there
+        self.starts = [body_start(K, T), *statement_starts(K, T)[1:]]
         self.tests = self._conditions()  # indexes of the `=` that compare (IF a$ = "x" THEN)
-        # statement starts: a builtin's name there is the verb (`CHANOPT (1,MODE="x")"..."`)
-        self.starts = {body_start(K, T)} | {j + 1 for j, k in enumerate(K) if k == ";"}
         self.groups: list[tuple[int, int]] = []  # bracket contents to scan as expressions of their own
         self.found: str | None = None
         self.rule = "type-mismatch"
@@ -189,9 +185,10 @@ class _Scan:
         if K[i + 1] == "(":
             if low.startswith("fn"):
                 return kind, j  # DEF FNX(...) returns a number, FNX$ a string
-            if low.upper() in BUILTINS and self.found is None and i not in self.starts:
-                self._call(T[i].upper(), i + 1, call_end - 1)
-            return RESULTS.get(low), j
+            table, results = builtins()
+            if low.upper() in table and self.found is None and i not in self.starts:
+                self._call(table[low.upper()], T[i].upper(), i + 1, call_end - 1)
+            return results.get(low), j
         if low in ("day", "ssn", "chn", "opts", "pfx", "rev", "sqlchn", "sys"):
             return None, j  # string system variables, or a program's own number of that name
         return NUMBER, j
@@ -217,11 +214,10 @@ class _Scan:
         the function stands where a value starts, the operator after one."""
         return self.K[i + 1] == "(" and (i == 0 or self.K[i - 1] not in VALUE_ENDS)
 
-    def _call(self, name: str, lo: int, hi: int) -> None:
+    def _call(self, spec: dict, name: str, lo: int, hi: int) -> None:
         """A builtin function's call, its parentheses at lo and hi: the number of positional
         arguments (NAME=value options do not count) and the kind of each one whose kind is plain."""
         K, T = self.K, self.T
-        spec = BUILTINS[name]
         args, start, depth = [], lo + 1, 0
         for j in range(lo + 1, hi + 1):
             if K[j] in ("(", "["):
@@ -267,11 +263,7 @@ class _Scan:
         K, T = self.K, self.T
         out, cond, depth = set(), False, 0
         for j, k in enumerate(K):
-            if (
-                k == "id"
-                and T[j].lower() in ("if", "while", "until")
-                and (j == body_start(K, T) or K[j - 1] == ";")
-            ):
+            if k == "id" and T[j].lower() in ("if", "while", "until") and j in self.starts:
                 cond, depth = True, 0
             elif k == "id" and T[j].lower() in ("then", "else") or k in (";", "eol"):
                 cond = False
@@ -284,7 +276,7 @@ class _Scan:
         return out
 
     def _group(self, i: int) -> int:
-        end = _close(self.K, i)
+        end = bracket_end(self.K, i)
         self.groups.append((i + 1, end - 1))
         return end
 
@@ -338,11 +330,7 @@ class _Scan:
     def assignments(self) -> None:
         """`[LET] target = value` at the start of each statement: the value must be of the target's kind."""
         K, T = self.K, self.T
-        starts = [body_start(K, T)]
-        for j, k in enumerate(K):
-            if k == ";" or (k == "id" and T[j].lower() in ("then", "else")):
-                starts.append(j + 1)
-        for s in starts:
+        for s in self.starts:
             if self.found is not None:
                 return
             if K[s] == "id" and T[s].lower() == "let":
@@ -410,7 +398,7 @@ class _Scan:
         return self.found
 
 
-def declared_names(
+def declarations(
     toks: list[tuple[LogicalLine, list[str], list[str]]],
 ) -> tuple[frozenset[str], frozenset[str]]:
     """Names without a suffix that a FIELD, METHOD or DECLARE line gives a non-numeric type; and the
@@ -435,7 +423,7 @@ def check_type_mismatch(toks: list[tuple[LogicalLine, list[str], list[str]]]) ->
     """At most one finding per line: the first string/number mix on it."""
     if is_library([line for line, _K, _T in toks]):
         return []  # declarations of builtins, not code
-    declared, classes = declared_names(toks)
+    declared, classes = declarations(toks)
     out = []
     for line, K, T in toks:
         scan = _Scan(K, T, declared, classes)
